@@ -1,0 +1,51 @@
+"""Backends, one file each, loaded lazily by name.
+
+A new backend = one file with one :class:`~postemb_rt.backends.base.Backend` subclass,
+plus one line in ``_REGISTRY``; the conformance tests in ``tests/backends/`` then run
+against it unchanged.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+from ..errors import BackendUnavailableError, ValidationError
+from ..model_dir import ModelDir
+
+# name -> (module, class, the pip package it needs, install hint)
+_REGISTRY = {
+    "torch": ("torch_backend", "TorchBackend", "torch", "pip install torch==2.13.0"),
+    "onnxruntime": ("onnx_backend", "OnnxBackend", "onnxruntime", "pip install onnxruntime onnx"),
+}
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def backend_class(name: str):
+    """The Backend subclass registered under ``name``; raises BackendUnavailableError with the
+    install hint when its package is missing."""
+    if name not in _REGISTRY:
+        raise ValidationError(f"`backend` must be one of {['auto', *_REGISTRY]}. Given: {name!r}.")
+    module, cls, package, hint = _REGISTRY[name]
+    if importlib.util.find_spec(package) is None:
+        raise BackendUnavailableError(f"backend {name!r} needs the package `{package}`. Fix: {hint}")
+    return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
+
+
+def choose(model: ModelDir, device: str) -> tuple[str, str]:
+    """backend="auto": (name, why). The fastest exact backend that can run this model here."""
+    has_ort = importlib.util.find_spec("onnxruntime") is not None
+    if model.encoder_path is None:
+        if not has_ort:
+            raise BackendUnavailableError(
+                f"`{model.path}` holds only an ONNX model and onnxruntime is not installed. "
+                "Fix: pip install onnxruntime"
+            )
+        return "onnxruntime", "the model directory holds only an ONNX model"
+    if device.startswith("cuda"):
+        return "torch", "CUDA device: the torch backend runs the GPU path"
+    if has_ort:
+        return "onnxruntime", "fastest exact CPU backend (see benchmarks/RESULTS.md)"
+    return "torch", "onnxruntime is not installed"

@@ -1,0 +1,184 @@
+"""``Encoder``: the front door. Texts in, float32 unit vectors out, in input order."""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import backends, native
+from .batching import padding_ratio, plan_batches
+from .errors import ValidationError
+from .model_dir import ModelDir, resolve
+from .tokenization import PostTokenizer
+
+log = logging.getLogger("postemb_rt")
+PRECISIONS = ("fp32",)
+
+
+@dataclass
+class EncodeStats:
+    """What the last ``encode`` call did (``Encoder.last_stats``)."""
+
+    posts: int = 0
+    tokens: int = 0
+    truncated: list[int] = field(default_factory=list)  # indices of texts cut to max_length
+    batches: int = 0
+    padding_ratio: float = 0.0
+    seconds: float = 0.0
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        try:
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:
+            return "cpu"
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValidationError(f"`device` must be 'auto', 'cpu' or 'cuda[:N]'. Given: {device!r}.")
+    return device
+
+
+class Encoder:
+    """A loaded model on one backend. Build it with :meth:`from_pretrained`."""
+
+    def __init__(self, model: ModelDir, backend: backends.base.Backend, backend_reason: str,
+                 max_length: int | None = None, max_batch_tokens: int | None = None):
+        self.model = model
+        self.backend = backend
+        self.backend_reason = backend_reason
+        self.max_length = max_length or model.config.max_length
+        self.max_batch_tokens = max_batch_tokens or backend.max_batch_tokens
+        if self.max_batch_tokens < self.max_length:
+            raise ValidationError(
+                f"`max_batch_tokens` must be >= max_length ({self.max_length}). Given: {self.max_batch_tokens}."
+            )
+        self.tokenizer = PostTokenizer(model.tokenizer_path, self.max_length)
+        self.last_stats = EncodeStats()
+
+    @classmethod
+    def from_pretrained(cls, name_or_path="default", backend: str = "auto", device: str = "auto",
+                        precision: str = "fp32", max_length: int | None = None,
+                        max_batch_tokens: int | None = None, warmup: bool = True) -> "Encoder":
+        """Load a model.
+
+        name_or_path: "default" (the shipped post-embedding model), "base" (the pre-trained
+            encoder, all-MiniLM-L6-v2), or a model directory.
+        backend: "auto" (fastest exact backend available; logged and in ``describe()``),
+            "torch" or "onnxruntime".
+        device: "auto", "cpu" or "cuda[:N]".
+        precision: "fp32" (exact).
+        max_length: tokens per post after truncation (default: the model's, 256).
+        max_batch_tokens: padded tokens per batch (rows x longest row); default: the backend's.
+        """
+        if precision not in PRECISIONS:
+            raise ValidationError(f"`precision` must be one of {PRECISIONS}. Given: {precision!r}.")
+        md = resolve(name_or_path)
+        device = _resolve_device(device)
+        if max_length is not None and not (2 <= max_length <= md.config.max_length):
+            raise ValidationError(
+                f"`max_length` must be between 2 and the model's max_length ({md.config.max_length}). "
+                f"Given: {max_length}."
+            )
+        if backend == "auto":
+            name, reason = backends.choose(md, device)
+            log.info("backend='auto' chose %r: %s", name, reason)
+        else:
+            name, reason = backend, "asked for by name"
+        impl = backends.backend_class(name)(md, device=device, precision=precision)
+        enc = cls(md, impl, reason, max_length=max_length, max_batch_tokens=max_batch_tokens)
+        if warmup:
+            impl.warmup()
+        return enc
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.dim
+
+    @property
+    def model_version(self) -> str:
+        return self.model.config.model_version
+
+    def describe(self) -> dict:
+        """What runs: model version, dim, backend (and why), device, precision, kernels."""
+        return {
+            "model_version": self.model_version,
+            "model_path": str(self.model.path),
+            "dim": self.dim,
+            "max_length": self.max_length,
+            "max_batch_tokens": self.max_batch_tokens,
+            **self.backend.describe(),
+            "backend_reason": self.backend_reason,
+            "packing": "C++ (postemb_rt._C)" if native.NATIVE else "python fallback",
+        }
+
+    @staticmethod
+    def _check_texts(texts) -> list[str]:
+        if isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
+            raise ValidationError(f"`texts` must be a str or a list of str. Given: {type(texts).__name__}.")
+        texts = list(texts)
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise ValidationError(f"`texts[{i}]` must be str. Given: {type(t).__name__}.")
+        return texts
+
+    def encode(self, texts, batch_size: int = 64, show_progress_bar: bool = False, normalize: bool = True,
+               truncate: bool = True, max_batch_tokens: int | None = None) -> np.ndarray:
+        """Embed texts.
+
+        texts: a str, or a list (any iterable) of str. An empty string is embedded as
+            the model sees it: [CLS] [SEP] and nothing else (a valid, near-"neutral" vector).
+        batch_size: at most this many posts per batch.
+        max_batch_tokens: at most this many padded tokens per batch (default: the encoder's).
+        truncate: cut posts longer than max_length tokens (counted in ``last_stats`` and
+            logged); with False, such a post raises ValidationError instead.
+        normalize: unit L2 rows (True) or the raw pooled/projected vectors.
+        Returns float32 (len(texts), dim) in input order; (dim,) for a single str; (0, dim)
+        for an empty list.
+        """
+        single = isinstance(texts, str)
+        texts = self._check_texts([texts] if single else texts)
+        start = time.perf_counter()
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            self.last_stats = EncodeStats()
+            return out
+        tok = self.tokenizer(texts, truncate=truncate)
+        if tok.truncated:
+            log.warning("%d of %d texts were longer than max_length (%d tokens) and were truncated",
+                        len(tok.truncated), len(texts), self.max_length)
+        lengths = tok.lengths
+        plan = plan_batches(lengths, batch_size, max_batch_tokens or self.max_batch_tokens)
+        bar = None
+        if show_progress_bar:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(texts), unit="post", desc="encode")
+        pad_id = self.tokenizer.pad_id
+        for idx in plan:
+            ids, mask = native.pack_padded([tok.ids[i] for i in idx], pad_id)
+            out[idx] = self.backend.embed(ids, mask, normalize=normalize)
+            if bar is not None:
+                bar.update(len(idx))
+        if bar is not None:
+            bar.close()
+        self.last_stats = EncodeStats(
+            posts=len(texts), tokens=int(sum(lengths)), truncated=tok.truncated, batches=len(plan),
+            padding_ratio=padding_ratio(lengths, plan), seconds=time.perf_counter() - start,
+        )
+        return out[0] if single else out
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"Encoder({self.model_version!r}, dim={self.dim}, backend={self.backend.name!r})"

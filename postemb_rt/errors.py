@@ -1,0 +1,25 @@
+"""Typed errors. Messages name the argument, the value given and, where there is one, the fix."""
+
+
+class PostEmbError(Exception):
+    """Base class of every error raised by postemb_rt."""
+
+
+class ValidationError(PostEmbError, ValueError):
+    """A caller passed a value the runtime cannot use (wrong type, out of range)."""
+
+
+class ModelNotFoundError(PostEmbError, FileNotFoundError):
+    """A model name or directory does not resolve to a usable model directory."""
+
+
+class BackendUnavailableError(PostEmbError, RuntimeError):
+    """A backend was asked for by name but cannot load here (missing package or device)."""
+
+
+class OverloadedError(PostEmbError, RuntimeError):
+    """The batcher's queue is full; retry later."""
+
+
+class EngineMismatchError(PostEmbError, RuntimeError):
+    """A compiled artefact (ONNX file, TensorRT engine) does not match the model or runtime."""

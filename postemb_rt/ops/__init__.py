@@ -1,0 +1,1 @@
+"""Reference implementations of the runtime's ops (torch), shared by tests and benchmarks."""
