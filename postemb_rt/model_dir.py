@@ -176,7 +176,8 @@ def load_model_dir(path: str | Path) -> ModelDir:
     tokenizer = root / "tokenizer.json"
     if not tokenizer.exists() and encoder is not None:
         tokenizer = encoder / "tokenizer.json"
-    projection = root / PROJECTION_FILE if cfg.projection_dim else None
+    # An ONNX-only directory carries the projection inside the graph.
+    projection = root / PROJECTION_FILE if cfg.projection_dim and encoder is not None else None
     onnx = root / cfg.onnx if cfg.onnx else None
     for what, p in (("tokenizer", tokenizer), ("projection", projection), ("onnx", onnx), ("encoder", encoder)):
         if p is not None and not p.exists():

@@ -1,0 +1,1 @@
+"""Subcommands of ``postemb``: one module each, each with ``register(subparsers)``."""

@@ -1,0 +1,64 @@
+"""Where the shared data lives, and the standard benchmark workloads built from it.
+
+The data (TweetEval, STS-B) is not part of the repository: it is read from
+``POSTEMB_DATA`` if set, else ``../shared/data`` relative to the working directory (the
+project root), else ``../shared/data`` relative to the source checkout.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ModelNotFoundError
+
+_CHECKOUT = Path(__file__).resolve().parent.parent
+SHORT_POSTS = "tweeteval/emoji/test_text.txt"
+
+
+def data_root(required: bool = True) -> Path | None:
+    """The data directory, or None (required=False) / an error (required=True) if absent."""
+    candidates = [Path(os.environ["POSTEMB_DATA"])] if os.environ.get("POSTEMB_DATA") else []
+    candidates += [Path.cwd().parent / "shared" / "data", _CHECKOUT.parent / "shared" / "data"]
+    for c in candidates:
+        if (c / "tweeteval").is_dir():
+            return c
+    if required:
+        raise ModelNotFoundError(
+            f"the shared data directory was not found (looked in {', '.join(map(str, candidates))}). "
+            "Fix: set POSTEMB_DATA to the folder holding tweeteval/ and stsb/."
+        )
+    return None
+
+
+def read_lines(path: Path) -> list[str]:
+    """Lines of a UTF-8 text file, without line endings (empty lines kept)."""
+    return path.read_text(encoding="utf-8").splitlines()
+
+
+def short_posts(n: int = 4000) -> list[str]:
+    """The standard short-post workload: the first ``n`` tweets of the emoji test split
+    (mean about 21 word-piece tokens)."""
+    return read_lines(data_root() / SHORT_POSTS)[:n]
+
+
+def long_posts(n: int = 1000, seed: int = 0, median_tokens: int = 100, max_tokens: int = 512) -> list[str]:
+    """The long-post workload: tweets concatenated (in file order, wrapping around) until
+    each post reaches a target length drawn from a log-normal distribution with median
+    ``median_tokens`` and sigma 0.6, capped at ``max_tokens``. Lengths are counted in
+    whitespace words x 1.3 (the measured word-piece/word ratio of these tweets), so no
+    tokenizer is needed here."""
+    rng = np.random.default_rng(seed)
+    targets = np.minimum(rng.lognormal(np.log(median_tokens), 0.6, n), max_tokens)
+    tweets = read_lines(data_root() / SHORT_POSTS)
+    posts, j = [], 0
+    for target in targets:
+        parts, tokens = [], 0.0
+        while tokens < target:
+            t = tweets[j % len(tweets)]
+            j += 1
+            parts.append(t)
+            tokens += 1.3 * len(t.split()) + 1
+        posts.append(" ".join(parts))
+    return posts

@@ -1,0 +1,89 @@
+"""`postemb` end to end on small files."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from postemb_rt.cli import main
+from tests.conftest import cosines
+
+POSTS = ["first post about hiring", "", "second post: climate and energy 🌍", "third"]
+
+
+def test_console_script_is_installed():
+    out = subprocess.run(["postemb", "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "embed" in out.stdout and "demo" in out.stdout
+
+
+def test_embed_txt_to_npy_keeps_every_line_in_order(tmp_path, capsys, base_onnx):
+    src = tmp_path / "posts.txt"
+    src.write_text("\n".join(POSTS) + "\n")
+    out = tmp_path / "out" / "emb.npy"
+    assert main(["embed", str(src), "--out", str(out), "--model", "base"]) == 0
+    got = np.load(out)
+    assert got.shape == (4, 384) and got.dtype == np.float32
+    assert cosines(got, base_onnx.encode(POSTS)).min() >= 0.9999
+    summary = capsys.readouterr().out
+    assert "embedded 4 posts" in summary and "posts/s" in summary and "backend=onnxruntime" in summary
+
+
+def test_embed_jsonl_to_parquet_keeps_ids(tmp_path, base_onnx):
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "posts.jsonl"
+    src.write_text("".join(json.dumps({"id": f"p{i}", "text": t}) + "\n" for i, t in enumerate(POSTS)))
+    out = tmp_path / "emb.parquet"
+    assert main(["embed", str(src), "--out", str(out), "--model", "base", "--backend", "torch"]) == 0
+    table = pq.read_table(out)
+    assert table.column("id").to_pylist() == ["p0", "p1", "p2", "p3"]
+    assert set(table.column("model_version").to_pylist()) == {"all-MiniLM-L6-v2"}
+    emb = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
+    assert cosines(emb, base_onnx.encode(POSTS)).min() >= 0.9999
+
+
+def test_embed_parquet_input(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "posts.parquet"
+    pq.write_table(pa.table({"id": [10, 11], "text": ["a", "b"]}), src)
+    out = tmp_path / "emb.npy"
+    assert main(["embed", str(src), "--out", str(out), "--model", "base"]) == 0
+    assert np.load(out).shape == (2, 384)
+
+
+def test_bad_jsonl_line_is_named(tmp_path, capsys):
+    src = tmp_path / "posts.jsonl"
+    src.write_text('{"text": "ok"}\n{"txt": "wrong field"}\n')
+    assert main(["embed", str(src), "--out", str(tmp_path / "o.npy"), "--model", "base"]) == 2
+    assert "posts.jsonl:2: needs a string field `text`" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name, out, match", [("posts.csv", "o.npy", "`INPUT` must end in one of"),
+                                              ("posts.txt", "o.csv", "`--out` must end in one of")])
+def test_unsupported_formats_are_named(tmp_path, capsys, name, out, match):
+    (tmp_path / name).write_text("x\n")
+    assert main(["embed", str(tmp_path / name), "--out", str(tmp_path / out)]) == 2
+    assert match in capsys.readouterr().err
+
+
+def test_too_long_post_with_no_truncate_fails_clearly(tmp_path, capsys):
+    src = tmp_path / "posts.txt"
+    src.write_text("short\n" + "word " * 400 + "\n")
+    assert main(["embed", str(src), "--out", str(tmp_path / "o.npy"), "--model", "base", "--no-truncate"]) == 2
+    assert "`texts[1]` is longer than max_length" in capsys.readouterr().err
+
+
+def test_demo_prints_throughput_and_neighbours(capsys):
+    assert main(["demo", "--n", "40", "--model", "base", "--queries", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "posts/s" in out and "query:" in out and "backend: onnxruntime" in out
+
+
+def test_missing_model_is_an_error_not_a_traceback(tmp_path, capsys):
+    src = tmp_path / "posts.txt"
+    src.write_text("x\n")
+    assert main(["embed", str(src), "--out", str(tmp_path / "o.npy"), "--model", str(tmp_path / "nope")]) == 2
+    assert "Fix:" in capsys.readouterr().err

@@ -1,0 +1,146 @@
+import numpy as np
+import pytest
+
+from postemb_rt import BackendUnavailableError, Encoder, ModelNotFoundError, ValidationError
+from tests.conftest import LONG_POST, cosines
+
+EXACT = 0.9999
+
+
+@pytest.fixture(scope="module", params=["torch", "onnxruntime"])
+def enc(request, base_torch, base_onnx):
+    return {"torch": base_torch, "onnxruntime": base_onnx}[request.param]
+
+
+def test_onnxruntime_matches_torch_on_every_post(base_torch, base_onnx, sample_texts):
+    assert cosines(base_torch.encode(sample_texts), base_onnx.encode(sample_texts)).min() >= EXACT
+
+
+def test_matches_sentence_transformers_normalized_encode(base_onnx, sample_texts):
+    from sentence_transformers import SentenceTransformer
+
+    from postemb_rt.model_dir import base_encoder_path
+
+    st = SentenceTransformer(str(base_encoder_path()), device="cpu")
+    ref = st.encode(sample_texts, normalize_embeddings=True, batch_size=4)
+    assert cosines(base_onnx.encode(sample_texts), ref).min() >= EXACT
+
+
+def test_post_alone_equals_post_in_batch_of_very_different_lengths(enc, sample_texts):
+    batch = enc.encode(sample_texts, batch_size=len(sample_texts), max_batch_tokens=100_000)
+    alone = np.stack([enc.encode([t]) [0] for t in sample_texts])
+    assert cosines(batch, alone).min() >= EXACT
+
+
+def test_batch_size_and_token_budget_do_not_change_embeddings(enc, sample_texts):
+    a = enc.encode(sample_texts, batch_size=1)
+    b = enc.encode(sample_texts, batch_size=3, max_batch_tokens=300)
+    assert cosines(a, b).min() >= EXACT
+
+
+def test_output_order_equals_input_order(enc, sample_texts):
+    perm = np.random.default_rng(0).permutation(len(sample_texts))
+    base = enc.encode(sample_texts)
+    shuffled = enc.encode([sample_texts[i] for i in perm])
+    assert cosines(shuffled, base[perm]).min() >= EXACT
+    # and the rows really differ from one another, so the check above can fail
+    assert cosines(base[:-1], base[1:]).max() < 0.99
+
+
+def test_output_is_float32_unit_rows_of_model_dim(enc, sample_texts):
+    out = enc.encode(sample_texts)
+    assert out.dtype == np.float32 and out.shape == (len(sample_texts), enc.dim) == (len(sample_texts), 384)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def test_single_string_returns_one_vector(enc):
+    v = enc.encode("just one post")
+    assert v.shape == (enc.dim,)
+    assert cosines(v[None], enc.encode(["just one post"]))[0] >= EXACT
+
+
+def test_empty_list_returns_zero_rows(enc):
+    out = enc.encode([])
+    assert out.shape == (0, enc.dim) and out.dtype == np.float32
+
+
+def test_empty_string_is_embedded_as_cls_sep(enc):
+    v = enc.encode([""])
+    assert np.isfinite(v).all() and abs(np.linalg.norm(v) - 1) < 1e-5
+
+
+def test_normalize_false_returns_the_pooled_vector(enc):
+    raw = enc.encode(["a post", "another post"], normalize=False)
+    unit = enc.encode(["a post", "another post"])
+    assert not np.allclose(np.linalg.norm(raw, axis=1), 1.0, atol=1e-3)
+    assert cosines(raw, unit).min() >= EXACT
+
+
+def test_truncated_posts_are_counted(enc, sample_texts):
+    enc.encode(sample_texts)
+    assert enc.last_stats.truncated == [sample_texts.index(LONG_POST)]
+    assert enc.last_stats.posts == len(sample_texts)
+
+
+def test_truncate_false_rejects_overlong_post_with_its_index(enc):
+    with pytest.raises(ValidationError, match=r"texts\[1\].*max_length \(256 tokens\).*truncate=True"):
+        enc.encode(["short", LONG_POST], truncate=False)
+
+
+@pytest.mark.parametrize("bad, index, typename", [(["ok", None], 1, "NoneType"), ([b"bytes"], 0, "bytes"),
+                                                   (["a", "b", 3], 2, "int")])
+def test_non_str_item_names_its_index_and_type(enc, bad, index, typename):
+    with pytest.raises(ValidationError, match=rf"`texts\[{index}\]` must be str. Given: {typename}"):
+        enc.encode(bad)
+
+
+def test_non_iterable_texts_rejected(enc):
+    with pytest.raises(ValidationError, match="`texts` must be a str or a list of str. Given: int"):
+        enc.encode(42)
+
+
+def test_describe_reports_what_runs(enc):
+    d = enc.describe()
+    assert d["backend"] == enc.backend.name and d["dim"] == 384 and d["device"] == "cpu"
+    for key in ("model_version", "precision", "pooling_kernel", "backend_reason", "packing", "max_length"):
+        assert d[key], key
+
+
+def test_auto_backend_says_why():
+    enc = Encoder.from_pretrained("base", backend="auto", device="cpu", warmup=False)
+    assert enc.describe()["backend"] == "onnxruntime"
+    assert "fastest" in enc.describe()["backend_reason"]
+
+
+def test_default_resolves_to_a_registered_model():
+    enc = Encoder.from_pretrained("default", backend="torch", device="cpu", warmup=False)
+    assert enc.model_version
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"backend": "tpu"}, r"`backend` must be one of \['auto', 'torch', 'onnxruntime'.*Given: 'tpu'"),
+        ({"precision": "int3"}, r"`precision` must be one of .*Given: 'int3'"),
+        ({"device": "gpu0"}, r"`device` must be 'auto', 'cpu' or 'cuda\[:N\]'. Given: 'gpu0'"),
+        ({"max_length": 1000}, r"`max_length` must be between 2 and the model's max_length \(256\). Given: 1000"),
+        ({"max_batch_tokens": 100}, r"`max_batch_tokens` must be >= max_length \(256\). Given: 100"),
+    ],
+)
+def test_bad_arguments_name_the_argument_and_value(kwargs, match):
+    with pytest.raises(ValidationError, match=match):
+        Encoder.from_pretrained("base", **{"backend": "torch", **kwargs})
+
+
+def test_missing_model_directory_says_how_to_fix(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="neither a registered name .* Fix:"):
+        Encoder.from_pretrained(str(tmp_path / "nope"))
+
+
+def test_cuda_without_gpu_is_a_clear_error():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    with pytest.raises(BackendUnavailableError, match="no CUDA device"):
+        Encoder.from_pretrained("base", backend="torch", device="cuda")

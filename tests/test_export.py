@@ -1,0 +1,39 @@
+"""export/export_onnx.py: the round trip and its parity gate."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from postemb_rt import Encoder
+from tests.conftest import cosines
+
+SCRIPT = Path(__file__).resolve().parent.parent / "export" / "export_onnx.py"
+
+
+def run_export(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
+
+
+def test_export_round_trip_writes_a_self_contained_directory(tmp_path, base_torch, sample_texts):
+    out = tmp_path / "base-onnx"
+    res = run_export("--model", "base", "--out", str(out), "--parity-posts", "16")
+    assert res.returncode == 0, res.stderr
+    assert "parity on" in res.stdout
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "tokenizer.json", "postemb.json"}
+    enc = Encoder.from_pretrained(out)
+    assert enc.describe()["backend"] == "onnxruntime"
+    assert cosines(enc.encode(sample_texts), base_torch.encode(sample_texts)).min() >= 0.9999
+
+
+def test_parity_gate_fails_the_export_below_threshold(tmp_path):
+    # cosine can never exceed 1 + float error, so a threshold of 1.01 must fail the gate
+    res = run_export("--model", "base", "--out", str(tmp_path / "o"), "--no-optimize",
+                     "--parity-posts", "4", "--min-cosine", "1.01")
+    assert res.returncode == 3
+    assert "parity FAILED" in res.stderr
+
+
+def test_missing_model_exits_2_with_a_message(tmp_path):
+    res = run_export("--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and "Fix:" in res.stderr

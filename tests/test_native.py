@@ -1,0 +1,45 @@
+"""postemb_rt._C batch packing against the pure-Python fallback."""
+import numpy as np
+import pytest
+
+from postemb_rt import native
+
+pytestmark = pytest.mark.skipif(not native.NATIVE, reason="postemb_rt._C is not built")
+
+ROWS = [[101, 5, 6, 102], [101, 102], [101, 7, 8, 9, 10, 11, 102]]
+
+
+@pytest.mark.parametrize("multiple", [1, 8])
+def test_native_packing_equals_python_fallback(multiple):
+    ids, mask = native.pack_padded(ROWS, 0, multiple)
+    ref_ids, ref_mask = native._pack_padded_py(ROWS, 0, multiple)
+    assert ids.dtype == mask.dtype == np.int64
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(mask, ref_mask)
+    assert ids.shape == (3, 7 if multiple == 1 else 8)
+    assert mask.sum(1).tolist() == [4, 2, 7]
+
+
+def test_pad_id_fills_padding():
+    ids, _ = native.pack_padded([[1, 2, 3], [4]], 9)
+    assert ids.tolist() == [[1, 2, 3], [4, 9, 9]]
+
+
+def test_accepts_tuples_and_numpy_rows():
+    ids, _ = native.pack_padded([(1, 2), np.array([3], dtype=np.int64)], 0)
+    assert ids.tolist() == [[1, 2], [3, 0]]
+
+
+def test_empty_batch_is_a_value_error():
+    with pytest.raises(ValueError, match="at least one row"):
+        native.pack_padded([], 0)
+
+
+def test_non_sequence_row_names_its_index():
+    with pytest.raises(TypeError, match=r"`seqs\[1\]` must be a sequence of int token ids. Given: int"):
+        native.pack_padded([[1, 2], 5], 0)
+
+
+def test_bad_multiple_is_rejected():
+    with pytest.raises(ValueError, match="`pad_to_multiple` must be >= 1. Given: 0"):
+        native.pack_padded([[1]], 0, 0)
