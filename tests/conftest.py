@@ -1,28 +1,5 @@
-"""Shared fixtures. Tests make their own small data; nothing here reads ../shared/data.
-
-Unless POSTEMB_CACHE is set, the session uses a fresh ONNX cache, so the first-use
-export of the onnxruntime backend is exercised on every CI run.
-"""
-import os
-import shutil
-import tempfile
-
+"""Shared fixtures. Tests make their own small data; nothing here reads ../shared/data."""
 import pytest
-
-_TMP_CACHE = None
-
-
-def pytest_configure(config):
-    global _TMP_CACHE
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if not os.environ.get("POSTEMB_CACHE"):
-        _TMP_CACHE = tempfile.mkdtemp(prefix="postemb-cache-")
-        os.environ["POSTEMB_CACHE"] = _TMP_CACHE
-
-
-def pytest_unconfigure(config):
-    if _TMP_CACHE:
-        shutil.rmtree(_TMP_CACHE, ignore_errors=True)
 
 
 LONG_POST = " ".join(["Scaling inference for post embeddings means batching, caching and care."] * 40)

@@ -1,0 +1,37 @@
+# Two commands do everything: `make demo` (set up, then run the main job on the built-in
+# default) and `make test` (set up, then run the tests; this is what CI runs).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+# CPU build of torch, installed first: a bare `torch` requirement pulls a multi-GB CUDA build.
+# On a machine with torch preinstalled: make TORCH_SPEC= VENV_FLAGS=--system-site-packages
+TORCH_SPEC ?= torch==2.13.0
+VENV_FLAGS ?=
+
+.PHONY: install demo test bench compare clean
+
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
+	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(if $(TORCH_SPEC),$(BIN)/pip install -q $(TORCH_SPEC))
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/postemb demo
+
+# Benchmarks run as quick tests here (one round, 200 posts, no timing assertions).
+test: $(STAMP)
+	POSTEMB_BENCH_N=200 $(BIN)/python -m pytest -q -p no:cacheprovider tests benchmarks --benchmark-disable
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-columns=median,ops,rounds
+
+compare: $(STAMP)
+	$(BIN)/python benchmarks/compare.py --long 1000
+
+clean:
+	rm -rf $(VENV) build *.egg-info postemb_rt/_C*.so

@@ -1,0 +1,46 @@
+"""End-to-end encode throughput: each backend of this project vs sentence-transformers.
+
+    pytest benchmarks/bench_encode.py --benchmark-only            # 4000 short posts
+    POSTEMB_BENCH_N=200 pytest benchmarks/bench_encode.py --benchmark-disable   # as a test
+
+extra_info carries posts/s and tokens/s; the baseline is sentence-transformers'
+`SentenceTransformer(base).encode(texts, batch_size=32)`.
+"""
+import pytest
+
+PROVIDERS = ["sentence-transformers", "torch", "onnxruntime"]
+
+
+def make_encode(provider):
+    """A callable texts -> (n, d) float32 for one provider, loaded and warmed up."""
+    if provider == "sentence-transformers":
+        from sentence_transformers import SentenceTransformer
+
+        from postemb_rt.model_dir import base_encoder_path
+
+        st = SentenceTransformer(str(base_encoder_path()), device="cpu")
+        st.encode(["warm up"])
+        return lambda texts: st.encode(texts, batch_size=32, normalize_embeddings=True)
+    from postemb_rt import Encoder
+
+    enc = Encoder.from_pretrained("base", backend=provider, device="cpu")
+    return lambda texts: enc.encode(texts)
+
+
+def count_tokens(texts) -> int:
+    from postemb_rt.model_dir import resolve
+    from postemb_rt.tokenization import PostTokenizer
+
+    md = resolve("base")
+    return sum(PostTokenizer(md.tokenizer_path, md.config.max_length)(texts).lengths)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+def test_encode_short_posts(benchmark, provider, short_workload):
+    encode = make_encode(provider)
+    out = benchmark.pedantic(encode, args=(short_workload,), rounds=3, iterations=1, warmup_rounds=0)
+    assert out.shape == (len(short_workload), 384)
+    if benchmark.stats is not None:  # None under --benchmark-disable
+        seconds = benchmark.stats.stats.median
+        benchmark.extra_info["posts_per_s"] = round(len(short_workload) / seconds, 1)
+        benchmark.extra_info["tokens_per_s"] = round(count_tokens(short_workload) / seconds, 1)
