@@ -1,0 +1,120 @@
+"""``postemb nearline``: run a near-line embedding worker, or show the pipeline's stats.
+
+    postemb nearline --redis redis://127.0.0.1:6379/0 --group embedder --consumer w1 --model default
+    postemb nearline --redis redis://127.0.0.1:6379/0 --group embedder --stats [--json]
+
+Also runnable without the ``postemb`` entry point: ``python -m postemb_rt.commands.nearline ...``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+
+log = logging.getLogger("postemb_rt.nearline")
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "nearline", help="near-line worker: posts stream -> embeddings store (Redis Streams)",
+        description="Embed post-created events from a Redis stream with a consumer group, store one hash per "
+                    "post at postemb:{model_version}:{post_id}, announce it on the `embeddings` stream, then "
+                    "acknowledge. SIGTERM/SIGINT finish the current batch and exit 0.")
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--redis", default=os.environ.get("POSTEMB_REDIS_URL", "redis://127.0.0.1:6379/0"),
+                   help="Redis URL (default: $POSTEMB_REDIS_URL or redis://127.0.0.1:6379/0)")
+    p.add_argument("--group", default="embedder", help="consumer group (default: embedder)")
+    p.add_argument("--consumer", default=None, help="consumer name, unique per live worker (default: HOST-PID)")
+    p.add_argument("--model", default="default", help="model name or directory (default: default)")
+    p.add_argument("--backend", default="auto", help="auto | torch | onnxruntime (default: auto)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads for the model (sets POSTEMB_NUM_THREADS; default: one per core)")
+    p.add_argument("--batch-size", type=int, default=64, help="max events per micro-batch (default: 64)")
+    p.add_argument("--max-wait-ms", type=float, default=10.0,
+                   help="after a batch's first event, wait at most this long for more (default: 10)")
+    p.add_argument("--claim-idle-ms", type=int, default=30_000,
+                   help="claim other consumers' pending events idle this long (default: 30000)")
+    p.add_argument("--max-deliveries", type=int, default=10,
+                   help="dead-letter an event delivered more often than this (default: 10)")
+    p.add_argument("--posts-stream", default="posts")
+    p.add_argument("--dead-stream", default="posts-dead")
+    p.add_argument("--embeddings-stream", default="embeddings")
+    p.add_argument("--max-events", type=int, default=None, help="exit after this many events (testing)")
+    p.add_argument("--stats", action="store_true", help="print lag, pending, throughput and freshness; exit")
+    p.add_argument("--window", type=float, default=60.0, help="--stats: seconds of history (default: 60)")
+    p.add_argument("--json", action="store_true", help="--stats: print JSON")
+
+
+def _print_stats(s: dict) -> None:
+    def f(v, unit=""):
+        return "-" if v is None else f"{v}{unit}"
+
+    print(f"group {s['group']}: lag {f(s['lag'])} events (oldest undelivered {f(s['lag_s'], ' s')}), "
+          f"pending {s['pending']} (oldest {f(s['oldest_pending_s'], ' s')}), consumers {s.get('consumers', 0)}")
+    print(f"streams: posts {s['posts_len']}, embeddings {s['embeddings_len']}, posts-dead {s['dead_len']}")
+    print(f"last {s['window_s']:.0f} s: {s['throughput_per_s']} posts/s; freshness p50 {f(s['freshness_p50_s'], ' s')}"
+          f", p90 {f(s['freshness_p90_s'], ' s')}, p99 {f(s['freshness_p99_s'], ' s')}, "
+          f"max {f(s['freshness_max_s'], ' s')}")
+    for c, v in sorted(s.get("consumer_pending", {}).items()):
+        print(f"  consumer {c}: pending {v['pending']}, idle {v['idle_ms']} ms")
+    for w in s["workers"]:
+        print(f"  worker {w['consumer']} (pid {w['pid']}, {w['model_version']}): events {w['events']}, "
+              f"stored {w['stored']}, rewrites {w['rewrites']}, dead {w['dead']}, claimed {w['claimed']}, "
+              f"retries {w['retries']}, reconnects {w['reconnects']}, p99 {f(w['freshness_p99_s'], ' s')}")
+
+
+def run(args) -> int:
+    from .. import nearline
+
+    client = nearline.connect(args.redis)
+    if args.stats:
+        s = nearline.stats(client, args.group, posts_stream=args.posts_stream, dead_stream=args.dead_stream,
+                           embeddings_stream=args.embeddings_stream, window_s=args.window)
+        if args.json:
+            print(json.dumps(s, indent=2, default=str))
+        else:
+            _print_stats(s)
+        return 0
+    if args.threads:
+        os.environ["POSTEMB_NUM_THREADS"] = str(args.threads)
+    from ..encoder import Encoder
+
+    encoder = Encoder.from_pretrained(args.model, backend=args.backend)
+    worker = nearline.Worker(client, encoder, args.group, args.consumer, batch_size=args.batch_size,
+                             max_wait_ms=args.max_wait_ms, claim_idle_ms=args.claim_idle_ms,
+                             max_deliveries=args.max_deliveries, posts_stream=args.posts_stream,
+                             dead_stream=args.dead_stream, embeddings_stream=args.embeddings_stream)
+
+    def on_signal(signum, frame):
+        log.warning("%s: finishing the current batch, then exiting", signal.Signals(signum).name)
+        worker.stop()
+        # a second signal ends the process at once
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return worker.run(max_events=args.max_events)
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="postemb nearline")
+    p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    add_arguments(p)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

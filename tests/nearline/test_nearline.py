@@ -1,0 +1,359 @@
+"""Near-line pipeline against a real redis-server: end to end, crash, poison, restart."""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from postemb_rt import ValidationError, nearline
+
+WORDS = ("hiring launch team data model growth lesson startup remote python rust ship customer product "
+         "design scale coffee monday career network mentor cloud security climate energy learning "
+         "leadership feedback release open source community conference talk #AI #jobs 🚀 🎉 Berlin").split()
+
+
+def make_posts(n: int, seed: int = 0) -> list[str]:
+    """n distinct short posts (5..40 words)."""
+    rng = random.Random(seed)
+    return [f"post {i}: " + " ".join(rng.choices(WORDS, k=rng.randint(5, 40))) for i in range(n)]
+
+
+def wait_until(pred, timeout: float, what: str, every: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(every)
+
+
+@contextlib.contextmanager
+def running(worker: nearline.Worker):
+    """Run a worker in a thread; stop it (finishing its batch) on exit."""
+    errors = worker.errors = []
+
+    def target():
+        try:
+            worker.run()
+        except BaseException as exc:  # surfaced by the test below
+            errors.append(exc)
+
+    t = threading.Thread(target=target, name=worker.consumer, daemon=True)
+    t.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        t.join(60)
+        assert not t.is_alive(), f"worker {worker.consumer} did not stop"
+
+
+def drained(client, group="embedder"):
+    g = next((x for x in client.xinfo_groups("posts") if x["name"] == group.encode()), None)
+    return g is not None and g["pending"] == 0 and g["lag"] == 0
+
+
+def announcements(client) -> list[str]:
+    return [f[b"post_id"].decode() for _, f in client.xrange("embeddings")]
+
+
+def stored_keys(client, model_version) -> set[bytes]:
+    return set(client.scan_iter(match=f"postemb:{model_version}:*", count=1000))
+
+
+def assert_exactly_once(client, model_version, ids: list[str]):
+    ann = announcements(client)
+    assert len(ann) == len(set(ann)), "a post was announced (written) twice"
+    assert sorted(ann) == sorted(ids)
+    assert stored_keys(client, model_version) == {f"postemb:{model_version}:{i}".encode() for i in ids}
+    assert drained(client)
+
+
+# -- producer --------------------------------------------------------------------------
+
+
+def test_publish_writes_fields_validates_and_trims(redis_client):
+    eid = nearline.publish(redis_client, 7, "héllo", created_at=dt.datetime(2025, 1, 1, tzinfo=dt.timezone.utc))
+    ((got_id, fields),) = redis_client.xrange("posts")
+    assert got_id == eid
+    assert fields == {b"post_id": b"7", b"text": "héllo".encode(), b"created_at": b"1735689600.000000"}
+    for bad in (dict(post_id=None, text="x"), dict(post_id="", text="x"), dict(post_id="p", text=b"x"),
+                dict(post_id="p", text="x" * (nearline.MAX_TEXT_BYTES + 1)),
+                dict(post_id="p", text="x", created_at=dt.datetime(2025, 1, 1)),
+                dict(post_id="p", text="x", created_at=float("nan"))):
+        with pytest.raises(ValidationError):
+            nearline.publish(redis_client, **bad)
+    for i in range(1000):  # MAXLEN ~ trims whole macro-nodes: bounded, not exact
+        nearline.publish(redis_client, i, "x", stream="small", maxlen=50)
+    assert 50 <= redis_client.xlen("small") < 1000
+
+
+def test_poison_event_reasons():
+    ok, why = nearline.parse_event(b"1700000000000-0", {b"post_id": b"1", b"text": b"hi"})
+    assert ok.created_at == 1700000000.0 and why == ""  # created_at defaults to the broker's time
+    cases = {
+        "missing field `text`": {b"post_id": b"1"},
+        "missing field `post_id`": {b"text": b"hi"},
+        "not valid UTF-8": {b"post_id": b"1", b"text": b"\xc3\x28"},
+        "not text": {b"post_id": b"1", b"text": b"\x00\x01binary"},
+        "oversized": {b"post_id": b"1", b"text": b"x" * (nearline.MAX_TEXT_BYTES + 1)},
+        "invalid `created_at`": {b"post_id": b"1", b"text": b"hi", b"created_at": b"yesterday"},
+    }
+    for reason, fields in cases.items():
+        post, why = nearline.parse_event(b"1-0", fields)
+        assert post is None and reason in why, (fields, why)
+
+
+# -- end to end ------------------------------------------------------------------------
+
+
+def test_end_to_end_2000_posts_stored_exactly_once_equal_to_encode(redis_server, redis_client, nearline_encoder):
+    enc = nearline_encoder
+    texts = make_posts(2000)
+    workers = [nearline.Worker(nearline.connect(redis_server.url), enc, consumer=f"w{i}", batch_size=64)
+               for i in range(2)]
+    t0 = time.time()
+    with running(workers[0]), running(workers[1]):
+        for i, text in enumerate(texts):
+            nearline.publish(redis_client, i, text)
+        wait_until(lambda: drained(redis_client) and redis_client.xlen("embeddings") >= 2000, 120, "2000 posts")
+    assert not workers[0].errors and not workers[1].errors
+    ids = [str(i) for i in range(2000)]
+    assert_exactly_once(redis_client, enc.model_version, ids)
+    assert all(w.stats.events > 0 for w in workers), "both workers should share the load"
+    assert sum(w.stats.stored for w in workers) == 2000 and sum(w.stats.rewrites for w in workers) == 0
+
+    want = enc.encode(texts)
+    pipe = redis_client.pipeline(transaction=False)
+    for i in ids:
+        pipe.hgetall(nearline.store_key(enc.model_version, i))
+    rows = pipe.execute()
+    got = np.stack([np.frombuffer(r[b"vector"], dtype="<f4") for r in rows])
+    assert got.shape == (2000, enc.dim) and got.dtype == np.float32
+    cos = np.sum(got * want, axis=1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() >= 0.9999, cos.min()
+    for r in rows[:50]:
+        assert t0 - 1 <= float(r[b"created_at"]) <= float(r[b"embedded_at"]) <= time.time()
+        assert int(r[b"dim"]) == enc.dim and r[b"model_version"].decode() == enc.model_version
+
+    s = nearline.stats(redis_client, window_s=600)
+    assert s["lag"] == 0 and s["pending"] == 0 and s["embeddings_len"] == 2000
+    assert s["throughput_per_s"] > 0 and 0 <= s["freshness_p50_s"] <= s["freshness_p99_s"]
+
+
+def test_reprocessing_is_an_idempotent_noop(redis_server, redis_client, nearline_encoder):
+    texts = make_posts(100, seed=1)
+    for i, text in enumerate(texts):
+        nearline.publish(redis_client, i, text)
+    with running(nearline.Worker(nearline.connect(redis_server.url), nearline_encoder, "g1")) as w1:
+        wait_until(lambda: w1.stats.events == 100, 60, "first pass")
+    key = nearline.store_key(nearline_encoder.model_version, 42)
+    before = redis_client.hgetall(key)
+    # a second group replays every event: the same records, no new announcement
+    with running(nearline.Worker(nearline.connect(redis_server.url), nearline_encoder, "g2")) as w2:
+        wait_until(lambda: w2.stats.events == 100, 60, "replay")
+    assert w2.stats.rewrites == 100 and w2.stats.stored == 0
+    assert redis_client.hgetall(key) == before
+    assert redis_client.xlen("embeddings") == 100
+
+
+class Crash(BaseException):
+    """Simulates the process dying at a chosen point (not caught by the worker's retries)."""
+
+
+def test_crash_between_write_and_ack_causes_only_a_rewrite(redis_server, redis_client, nearline_encoder):
+    for i, text in enumerate(make_posts(40, seed=2)):
+        nearline.publish(redis_client, i, text)
+    c1 = nearline.connect(redis_server.url)
+    w1 = nearline.Worker(c1, nearline_encoder, consumer="dies", batch_size=40, max_wait_ms=200)
+
+    def xack_crash(*a, **k):
+        raise Crash()
+
+    c1.xack = xack_crash
+    with running(w1):
+        wait_until(lambda: w1.errors, 60, "the crash after the write")
+    assert redis_client.xlen("embeddings") == 40
+    assert isinstance(w1.errors[0], Crash)
+    assert redis_client.xpending("posts", "embedder")["pending"] == 40  # written, never acked
+    w2 = nearline.Worker(nearline.connect(redis_server.url), nearline_encoder, consumer="live", claim_idle_ms=200)
+    with running(w2):
+        wait_until(lambda: drained(redis_client), 60, "the claim")
+    assert w2.stats.claimed == 40 and w2.stats.rewrites == 40 and w2.stats.stored == 0
+    assert_exactly_once(redis_client, nearline_encoder.model_version, [str(i) for i in range(40)])
+
+
+def has_consumer(client, name: str) -> bool:
+    if not client.exists("posts") or not client.xinfo_groups("posts"):
+        return False
+    return any(c["name"] == name.encode() for c in client.xinfo_consumers("posts", "embedder"))
+
+
+def _worker_cmd(url, consumer, *extra):
+    return [sys.executable, "-m", "postemb_rt.commands.nearline", "--redis", url, "--consumer", consumer, *extra]
+
+
+def test_kill9_mid_batch_while_posts_arrive_then_new_worker_recovers(redis_server, redis_client,
+                                                                     nearline_encoder, tmp_path):
+    texts = make_posts(600, seed=3)
+    published = []
+
+    def produce():  # ~150 posts/s for 4 s, through the crash and the takeover
+        c = nearline.connect(redis_server.url)
+        for i, text in enumerate(texts):
+            nearline.publish(c, i, text)
+            published.append(i)
+            time.sleep(1 / 150)
+
+    log = open(tmp_path / "worker.log", "w")
+    proc = subprocess.Popen(_worker_cmd(redis_server.url, "victim", "--batch-size", "16", "--max-wait-ms", "50"),
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_until(lambda: has_consumer(redis_client, "victim"), 90, "the worker to start", every=0.1)
+        producer = threading.Thread(target=produce)
+        producer.start()
+
+        def victim_pending():
+            return redis_client.xpending_range("posts", "embedder", "-", "+", 100, consumername="victim")
+
+        while True:  # freeze it while it holds a batch, then kill -9
+            wait_until(lambda: redis_client.xlen("embeddings") >= 32 and victim_pending(), 60, "a batch in flight",
+                       every=0.01)
+            proc.send_signal(signal.SIGSTOP)
+            if victim_pending():
+                break
+            proc.send_signal(signal.SIGCONT)
+        proc.kill()
+        proc.wait(10)
+        in_flight = len(victim_pending())
+        assert in_flight > 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        log.close()
+    rescuer = nearline.Worker(nearline.connect(redis_server.url), nearline_encoder, consumer="rescuer",
+                              claim_idle_ms=500)
+    with running(rescuer):
+        producer.join(30)
+        wait_until(lambda: len(published) == 600 and drained(redis_client)
+                   and redis_client.xlen("embeddings") == 600, 120, "every post")
+    assert rescuer.stats.claimed >= in_flight
+    assert_exactly_once(redis_client, nearline_encoder.model_version, [str(i) for i in range(600)])
+
+
+# -- poison and failures ---------------------------------------------------------------
+
+
+def test_poison_events_go_to_dead_letter_and_the_rest_flow(redis_server, redis_client, nearline_encoder):
+    bad = [{"post_id": "b1"}, {"text": "no id"}, {"post_id": "b3", "text": b"\xff\xfe\xfd"},
+           {"post_id": "b4", "text": b"\x00\x00PNG"}, {"post_id": "b5", "text": b"y" * 40_000},
+           {"post_id": "b6", "text": "ok", "created_at": "soon"}]
+    good = make_posts(60, seed=4)
+    for i, text in enumerate(good):
+        nearline.publish(redis_client, i, text)
+        if i % 10 == 0:
+            redis_client.xadd("posts", bad[i // 10])
+    with running(nearline.Worker(nearline.connect(redis_server.url), nearline_encoder, batch_size=8)) as w:
+        wait_until(lambda: drained(redis_client), 60, "drain")
+    assert w.stats.dead == len(bad) and w.stats.stored == 60
+    dead = redis_client.xrange("posts-dead")
+    assert len(dead) == len(bad)
+    reasons = [f[b"reason"].decode() for _, f in dead]
+    for want in ("missing field `text`", "missing field `post_id`", "not valid UTF-8", "not text", "oversized",
+                 "invalid `created_at`"):
+        assert any(want in r for r in reasons), (want, reasons)
+    assert all(f[b"event_id"] and f[b"consumer"] == w.consumer.encode() for _, f in dead)
+    assert_exactly_once(redis_client, nearline_encoder.model_version, [str(i) for i in range(60)])
+
+
+class FlakyEncoder:
+    """The real encoder, failing the first ``failures`` calls and rejecting one text."""
+
+    def __init__(self, enc, failures: int, reject: str | None = None):
+        self.enc, self.failures, self.reject, self.calls = enc, failures, reject, 0
+        self.model_version, self.dim = enc.model_version, enc.dim
+
+    def encode(self, texts, **kw):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise RuntimeError("backend out of memory (simulated)")
+        if self.reject in texts:
+            raise ValidationError(f"`texts[{texts.index(self.reject)}]` cannot be encoded (simulated)")
+        return self.enc.encode(texts, **kw)
+
+
+def test_model_failure_is_retried_and_never_acked_before_the_write(redis_server, redis_client, nearline_encoder):
+    texts = make_posts(20, seed=5)
+    flaky = FlakyEncoder(nearline_encoder, failures=3, reject=texts[7])
+    for i, text in enumerate(texts):
+        nearline.publish(redis_client, i, text)
+    w = nearline.Worker(nearline.connect(redis_server.url), flaky, batch_size=20, max_wait_ms=100)
+    with running(w):
+        wait_until(lambda: flaky.calls >= 2, 30, "a failure")
+        assert redis_client.xpending("posts", "embedder")["pending"] == 20  # held, not acked
+        assert not stored_keys(redis_client, flaky.model_version)
+        wait_until(lambda: drained(redis_client), 60, "drain")
+    assert w.stats.retries >= 3
+    ((_, dead),) = redis_client.xrange("posts-dead")
+    assert dead[b"post_id"] == b"7" and b"the model rejected it" in dead[b"reason"]
+    assert_exactly_once(redis_client, flaky.model_version, [str(i) for i in range(20) if i != 7])
+
+
+def test_redis_restart_and_connection_drop_worker_reconnects(persistent_redis, nearline_encoder):
+    server = persistent_redis
+    client = nearline.connect(server.url)
+    texts = make_posts(300, seed=6)
+    w = nearline.Worker(nearline.connect(server.url), nearline_encoder, batch_size=32)
+    with running(w):
+        for i in range(100):
+            nearline.publish(client, i, texts[i])
+        wait_until(lambda: client.xlen("embeddings") >= 30, 60, "some progress")
+        server.restart(down_s=0.5)  # mid-run: a batch is usually in flight
+        for i in range(100, 200):
+            nearline.publish(client, i, texts[i])
+        wait_until(lambda: client.xlen("embeddings") >= 150, 60, "progress after the restart")
+        client.client_kill_filter(_type="normal", skipme=True)  # drop every other connection
+        for i in range(200, 300):
+            nearline.publish(client, i, texts[i])
+        wait_until(lambda: drained(client) and client.xlen("embeddings") == 300, 60, "every post")
+    assert not w.errors
+    assert w.stats.reconnects + w.stats.retries >= 1
+    assert_exactly_once(client, nearline_encoder.model_version, [str(i) for i in range(300)])
+
+
+# -- the command -----------------------------------------------------------------------
+
+
+def test_cli_worker_sigterm_finishes_batch_exits_0_and_stats(redis_server, redis_client, tmp_path):
+    for i, text in enumerate(make_posts(300, seed=7)):
+        nearline.publish(redis_client, i, text)
+    with open(tmp_path / "worker.log", "w") as log:
+        proc = subprocess.Popen(_worker_cmd(redis_server.url, "cli", "--batch-size", "32"), stdout=log,
+                                stderr=subprocess.STDOUT)
+        try:
+            wait_until(lambda: redis_client.xlen("embeddings") >= 32, 90, "first batch", every=0.1)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert redis_client.xpending("posts", "embedder")["pending"] == 0  # its batch was finished and acked
+    n = redis_client.xlen("embeddings")
+    assert 32 <= n < 300
+    out = subprocess.run([sys.executable, "-m", "postemb_rt.commands.nearline", "--redis", redis_server.url,
+                          "--stats", "--json"], capture_output=True, text=True, timeout=60, check=True)
+    s = json.loads(out.stdout)
+    assert s["lag"] == 300 - n and s["pending"] == 0 and s["embeddings_len"] == n
+    assert s["freshness_p99_s"] is not None and s["throughput_per_s"] > 0
+    text = subprocess.run([sys.executable, "-m", "postemb_rt.commands.nearline", "--redis", redis_server.url,
+                           "--stats"], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert f"lag {300 - n} events" in text and "pending 0" in text
