@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "pack.h"
+#include "batcher.h"
 
 namespace py = pybind11;
 
@@ -51,9 +52,196 @@ void bind_pack(py::module_& m) {
       "where L is the longest row rounded up to pad_to_multiple.");
 }
 
+// DynamicBatcher for Python: `run(input_ids, attention_mask) -> float32 (B, D)` is called on
+// the scheduler thread with the GIL held for that call only; `on_done(list of (ticket,
+// status, values | None, message, queue_s, inference_s))` once per batch (and per group of
+// expiries), also under the GIL. submit/cancel/close/stats release the GIL before taking the
+// batcher mutex, so the lock order is always batcher mutex -> GIL, never the reverse.
+struct PyBatcherCallbacks {
+  py::object run;
+  py::object on_done;
+};
+
+class PyDynamicBatcher {
+ public:
+  PyDynamicBatcher(py::object run, py::object on_done, const postemb::BatcherOptions& opt)
+      : cb_(std::make_shared<PyBatcherCallbacks>(PyBatcherCallbacks{std::move(run), std::move(on_done)})) {
+    if (!PyCallable_Check(cb_->run.ptr()) || !PyCallable_Check(cb_->on_done.ptr()))
+      throw py::type_error("`run` and `on_done` must be callable.");
+    auto cb = cb_;
+    core_ = std::make_unique<postemb::DynamicBatcher>(
+        opt,
+        [cb](const postemb::BatchView& v, std::vector<float>& out, int64_t& dim) {
+          py::gil_scoped_acquire gil;
+          try {
+            py::array_t<int64_t> ids({v.rows, v.width});
+            py::array_t<int64_t> mask({v.rows, v.width});
+            const size_t n = static_cast<size_t>(v.rows * v.width);
+            std::copy_n(v.input_ids, n, ids.mutable_data());
+            std::copy_n(v.attention_mask, n, mask.mutable_data());
+            py::object res = cb->run(ids, mask);
+            if (!py::isinstance<py::array>(res))
+              throw std::runtime_error("`run` must return a numpy float32 array (B, D). Given: " +
+                                       std::string(py::str(py::type::of(res).attr("__name__"))) + ".");
+            auto arr = py::reinterpret_borrow<py::array>(res);
+            if (!arr.dtype().is(py::dtype::of<float>()) || arr.ndim() != 2 || arr.shape(0) != v.rows)
+              throw std::runtime_error("`run` must return float32 (" + std::to_string(v.rows) +
+                                       ", D). Given: " + std::string(py::str(arr.dtype())) + " " +
+                                       std::string(py::str(res.attr("shape"))) + ".");
+            auto c = py::array_t<float, py::array::c_style>::ensure(arr);  // copies only if strided
+            dim = static_cast<int64_t>(c.shape(1));
+            out.assign(c.data(), c.data() + static_cast<size_t>(v.rows * dim));
+          } catch (py::error_already_set& e) {
+            std::string msg = py::str(e.value());
+            if (msg.empty()) msg = py::str(py::type::of(e.value()).attr("__name__"));
+            throw std::runtime_error(msg);  // the original message; the Python face keeps the object
+          }
+        },
+        [cb](std::vector<postemb::Completion>& done) {
+          py::gil_scoped_acquire gil;
+          try {
+            py::list items;
+            for (auto& c : done) {
+              py::object values = py::none();
+              if (c.status == postemb::RequestStatus::kOk) {
+                auto* vec = new std::vector<float>(std::move(c.values));  // owned by the array
+                py::capsule owner(vec, [](void* p) { delete static_cast<std::vector<float>*>(p); });
+                values = py::array_t<float>({c.rows, c.dim}, vec->data(), owner);
+              }
+              items.append(py::make_tuple(c.ticket, static_cast<int>(c.status), values, c.message,
+                                          c.queue_seconds, c.inference_seconds));
+            }
+            cb->on_done(items);
+          } catch (py::error_already_set& e) {
+            e.discard_as_unraisable("postemb_rt._C.DynamicBatcher on_done");
+          }
+        });
+  }
+
+  ~PyDynamicBatcher() {
+    if (!core_) return;
+    const bool own_thread = core_->on_scheduler_thread();
+    {
+      py::gil_scoped_release release;  // the scheduler may need the GIL to finish its batch
+      core_->close(false);             // joins, except on the scheduler thread itself
+    }
+    if (own_thread) {
+      // Dropped from inside a callback: leave the core (and the callbacks it holds) to the
+      // exiting thread rather than free them under it.
+      core_.release();
+      return;
+    }
+    core_.reset();  // destroys the callbacks' Python references with the GIL held
+  }
+
+  postemb::DynamicBatcher& core() { return *core_; }
+
+ private:
+  std::shared_ptr<PyBatcherCallbacks> cb_;
+  std::unique_ptr<postemb::DynamicBatcher> core_;
+};
+
+py::dict histogram_dict(const postemb::Histogram& h) {
+  py::dict d;
+  d["bounds"] = h.bounds;
+  d["counts"] = h.counts;
+  d["sum"] = h.sum;
+  d["count"] = h.count;
+  return d;
+}
+
+void bind_batcher(py::module_& m) {
+  py::register_local_exception_translator([](std::exception_ptr p) {
+    try {
+      if (p) std::rethrow_exception(p);
+    } catch (const postemb::OverloadedError& e) {
+      py::set_error(py::module_::import("postemb_rt.errors").attr("OverloadedError"), e.what());
+    } catch (const postemb::BatcherClosedError& e) {
+      py::set_error(py::module_::import("postemb_rt.batching").attr("BatcherClosedError"), e.what());
+    }
+  });
+  py::class_<PyDynamicBatcher>(m, "DynamicBatcher",
+                               "C++ dynamic batcher (csrc/batcher.h). Use postemb_rt.batching.DynamicBatcher.")
+      .def(py::init([](py::object run, py::object on_done, int64_t max_batch_tokens, int64_t max_batch_size,
+                       int64_t max_wait_us, int64_t max_queued_tokens, double max_padding_ratio, int64_t window,
+                       int64_t pad_id) {
+             postemb::BatcherOptions o;
+             o.max_batch_tokens = max_batch_tokens;
+             o.max_batch_size = max_batch_size;
+             o.max_wait_us = max_wait_us;
+             o.max_queued_tokens = max_queued_tokens;
+             o.max_padding_ratio = max_padding_ratio;
+             o.window = window;
+             o.pad_id = pad_id;
+             return std::make_unique<PyDynamicBatcher>(std::move(run), std::move(on_done), o);
+           }),
+           py::arg("run"), py::arg("on_done"), py::arg("max_batch_tokens") = 4096, py::arg("max_batch_size") = 64,
+           py::arg("max_wait_us") = 500, py::arg("max_queued_tokens") = 65536, py::arg("max_padding_ratio") = 0.5,
+           py::arg("window") = 1024, py::arg("pad_id") = 0)
+      .def(
+          "submit",
+          [](PyDynamicBatcher& self, uint64_t ticket, const py::sequence& posts, double timeout_s) {
+            auto rows = rows_from_python(posts);
+            const int64_t timeout_us = timeout_s > 0 ? std::max<int64_t>(1, static_cast<int64_t>(timeout_s * 1e6)) : 0;
+            py::gil_scoped_release release;
+            self.core().submit(ticket, std::move(rows), timeout_us);
+          },
+          py::arg("ticket"), py::arg("posts"), py::arg("timeout_s") = 0.0,
+          "Queue posts (a sequence of int token-id sequences) under `ticket`. Raises OverloadedError,\n"
+          "BatcherClosedError, ValueError. timeout_s > 0: fail instead of computing after that long.")
+      .def(
+          "cancel",
+          [](PyDynamicBatcher& self, uint64_t ticket) {
+            py::gil_scoped_release release;
+            return self.core().cancel(ticket);
+          },
+          py::arg("ticket"))
+      .def(
+          "close",
+          [](PyDynamicBatcher& self, bool drain) {
+            py::gil_scoped_release release;
+            self.core().close(drain);
+          },
+          py::arg("drain") = true, "Stop; drain=True computes what is queued first. Joins the thread.")
+      .def_property_readonly("closed", [](PyDynamicBatcher& self) {
+        py::gil_scoped_release release;
+        return self.core().closed();
+      })
+      .def("stats", [](PyDynamicBatcher& self) {
+        postemb::BatcherStats s;
+        {
+          py::gil_scoped_release release;
+          s = self.core().stats();
+        }
+        py::dict d;
+        d["pending_requests"] = s.pending_requests;
+        d["queued_posts"] = s.queued_posts;
+        d["queued_tokens"] = s.queued_tokens;
+        d["in_flight_posts"] = s.in_flight_posts;
+        d["requests_submitted"] = s.requests_submitted;
+        d["requests_ok"] = s.requests_ok;
+        d["requests_failed"] = s.requests_failed;
+        d["requests_expired"] = s.requests_expired;
+        d["requests_rejected"] = s.requests_rejected;
+        d["requests_cancelled"] = s.requests_cancelled;
+        d["requests_closed"] = s.requests_closed;
+        d["batches"] = s.batches;
+        d["batches_failed"] = s.batches_failed;
+        d["posts_computed"] = s.posts_computed;
+        d["tokens_computed"] = s.tokens_computed;
+        d["padded_tokens_computed"] = s.padded_tokens_computed;
+        d["batch_size"] = histogram_dict(s.batch_size);
+        d["batch_padding_ratio"] = histogram_dict(s.batch_padding_ratio);
+        d["queue_seconds"] = histogram_dict(s.queue_seconds);
+        d["inference_seconds"] = histogram_dict(s.inference_seconds);
+        return d;
+      });
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "postemb_rt native extension: batch packing, CPU kernels, dynamic batcher.";
   bind_pack(m);
+  bind_batcher(m);
 }

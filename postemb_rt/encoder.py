@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from . import backends, native
-from .batching import padding_ratio, plan_batches
+from .batching import BatcherClosedError, DynamicBatcher, padding_ratio, plan_batches
 from .errors import ValidationError
 from .model_dir import ModelDir, resolve
 from .tokenization import PostTokenizer
@@ -58,6 +60,9 @@ class Encoder:
             )
         self.tokenizer = PostTokenizer(model.tokenizer_path, self.max_length)
         self.last_stats = EncodeStats()
+        self._batcher: DynamicBatcher | None = None  # started by the first submit()/aencode()
+        self._batcher_lock = threading.Lock()
+        self._batcher_closed = False
 
     @classmethod
     def from_pretrained(cls, name_or_path="default", backend: str = "auto", device: str = "auto",
@@ -171,7 +176,67 @@ class Encoder:
         )
         return out[0] if single else out
 
+    # -- concurrent callers: submit / aencode share one dynamic batcher -------------------
+    def start_batcher(self, **options) -> DynamicBatcher:
+        """Start the dynamic batcher behind ``submit``/``aencode`` with non-default options
+        (see ``postemb_rt.batching.DynamicBatcher``: max_batch_size, max_wait_us,
+        max_queued_tokens, max_padding_ratio, max_batch_tokens). The first ``submit`` starts
+        it with the defaults; raises ValidationError if it is already started."""
+        with self._batcher_lock:
+            if self._batcher is not None:
+                raise ValidationError("the batcher is already started; call start_batcher() before submit().")
+            return self._start_batcher_locked(options)
+
+    def _start_batcher_locked(self, options: dict) -> DynamicBatcher:
+        if self._batcher_closed:
+            raise BatcherClosedError("this Encoder is closed; submit() is no longer accepted.")
+        opts = {"max_batch_tokens": self.max_batch_tokens,
+                "max_queued_tokens": max(65536, 16 * self.max_batch_tokens), **options}
+        self._batcher = DynamicBatcher(self.backend.embed, pad_id=self.tokenizer.pad_id, **opts)
+        return self._batcher
+
+    @property
+    def batcher(self) -> DynamicBatcher:
+        """The dynamic batcher behind ``submit`` (started on first use); ``.stats()`` for metrics."""
+        with self._batcher_lock:
+            return self._batcher or self._start_batcher_locked({})
+
+    def submit(self, texts, timeout: float | None = None, truncate: bool = True) -> Future:
+        """Embed texts through the shared dynamic batcher; for many concurrent callers.
+
+        texts: a str or a list of str (a few posts; big lists are better served by ``encode``).
+        timeout: seconds; a request not computed by then fails with DeadlineExceededError.
+        Returns a ``concurrent.futures.Future`` of float32 (len(texts), dim) in input order, or
+        (dim,) for a single str; always normalised. Tokenizes on the calling thread, never
+        waits for the model. Raises at once: ValidationError, OverloadedError (queue full:
+        retry later), BatcherClosedError (after ``close()``).
+        """
+        single = isinstance(texts, str)
+        texts = self._check_texts([texts] if single else texts)
+        if not texts:
+            fut: Future = Future()
+            fut.set_result(np.empty((0, self.dim), dtype=np.float32))
+            return fut
+        tok = self.tokenizer(texts, truncate=truncate)
+        if tok.truncated:
+            log.warning("%d of %d texts were longer than max_length (%d tokens) and were truncated",
+                        len(tok.truncated), len(texts), self.max_length)
+        return self.batcher.submit(tok.ids, timeout=timeout, squeeze=single)
+
+    async def aencode(self, texts, timeout: float | None = None, truncate: bool = True) -> np.ndarray:
+        """``await enc.aencode(texts)``: ``submit`` for asyncio; the event loop never blocks on
+        the model (only tokenization of ``texts`` runs on the loop's thread)."""
+        import asyncio
+
+        return await asyncio.wrap_future(self.submit(texts, timeout=timeout, truncate=truncate))
+
     def close(self) -> None:
+        """Drain and stop the batcher (if started), then release the backend."""
+        with self._batcher_lock:
+            b, self._batcher = self._batcher, None
+            self._batcher_closed = True
+        if b is not None:
+            b.close(drain=True)
         self.backend.close()
 
     def __enter__(self):

@@ -1,0 +1,387 @@
+"""The dynamic batcher from Python: Encoder.submit / aencode and batching.DynamicBatcher.
+
+Most tests use a cheap fake backend (a deterministic function of each row's real tokens, so
+padding and batch composition must not change it); the equality-with-encode test uses the
+real model.
+"""
+import asyncio
+import os
+import random
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from postemb_rt import Encoder, OverloadedError, ValidationError
+from postemb_rt.backends.base import Backend
+from postemb_rt.batching import BatcherClosedError, DeadlineExceededError, DynamicBatcher
+from postemb_rt.model_dir import resolve
+from tests.conftest import cosines
+
+WORDS = ("post hiring launch team data model growth berlin remote rust python coffee monday "
+         "thrilled announce lesson startup ship repeat climate energy 🚀 日本語 ünïcödé").split()
+
+
+def random_texts(rng: random.Random, n: int) -> list[str]:
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 40))) for _ in range(n)]
+
+
+def fake_vectors(ids: np.ndarray, mask: np.ndarray, dim: int = 8) -> np.ndarray:
+    """(B, S) int64 -> (B, dim) float32; depends on the real tokens of each row only."""
+    pos = np.arange(ids.shape[1])[None, :, None]
+    k = np.arange(1, dim + 1)[None, None, :]
+    v = (np.sin(ids[:, :, None] * 0.013 * k + pos * 0.1) * mask[:, :, None]).sum(1)
+    return v.astype(np.float32)
+
+
+class FakeBackend(Backend):
+    name = "fake"
+
+    def __init__(self, model, sleep_s: float = 0.0):
+        super().__init__(model)
+        self.sleep_s = sleep_s
+        self.calls = 0
+
+    def embed(self, input_ids, attention_mask, normalize=True):
+        self.calls += 1
+        if self.sleep_s:
+            time.sleep(self.sleep_s)  # releases the GIL, like onnxruntime and torch
+        return fake_vectors(input_ids, attention_mask, dim=self.model.config.dim)
+
+
+@pytest.fixture(scope="module")
+def base_dir():
+    return resolve("base")
+
+
+@pytest.fixture
+def fake_encoder(base_dir):
+    enc = Encoder(base_dir, FakeBackend(base_dir), "test")
+    yield enc
+    enc.close()
+
+
+def os_threads() -> int:
+    return len(os.listdir("/proc/self/task"))
+
+
+# -- correctness under load --------------------------------------------------------------
+@pytest.mark.parametrize("run", range(3))
+def test_stress_every_caller_gets_exactly_its_rows(fake_encoder, run):
+    """32 threads x 200 requests of 1-8 posts: each future holds exactly its rows, in order,
+    equal to a single-threaded encode; nothing lost or duplicated."""
+    rng = random.Random(run)
+    pool = random_texts(rng, 400)
+    expected = dict(zip(pool, fake_encoder.encode(pool)))
+    n_threads, n_requests = 32, 200
+    plans = [[rng.sample(pool, rng.randint(1, 8)) for _ in range(n_requests)] for _ in range(n_threads)]
+    errors: list[BaseException] = []
+    fake_encoder.start_batcher(max_batch_size=32, max_wait_us=300)
+
+    def caller(plan):
+        try:
+            for texts in plan:
+                got = fake_encoder.submit(texts).result(timeout=60)
+                assert got.shape == (len(texts), fake_encoder.dim) and got.dtype == np.float32
+                np.testing.assert_allclose(got, np.stack([expected[t] for t in texts]), rtol=1e-5, atol=1e-5)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=caller, args=(p,)) for p in plans]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:3]
+    s = fake_encoder.batcher.stats()
+    total_posts = sum(len(texts) for plan in plans for texts in plan)
+    assert s["requests_ok"] == s["requests_submitted"] == n_threads * n_requests
+    assert s["posts_computed"] == total_posts  # nothing lost, nothing computed twice
+    assert s["pending_requests"] == s["queued_posts"] == s["queued_tokens"] == 0
+    assert s["batch_size"]["count"] == s["batches"] and s["batch_size"]["sum"] == total_posts
+    assert 0.0 <= s["padding_ratio"] < 0.5
+
+
+def test_concurrent_submit_matches_encode_on_the_real_model(base_torch):
+    """Real model: results through the batcher match a single-threaded encode (cos >= 0.9999)."""
+    rng = random.Random(7)
+    plans = [[random_texts(rng, rng.randint(1, 8)) for _ in range(3)] for _ in range(12)]
+    flat = [t for plan in plans for texts in plan for t in texts]
+    expected = base_torch.encode(flat)
+    results: dict[int, list[np.ndarray]] = {}
+
+    def caller(i, plan):
+        results[i] = [base_torch.submit(texts).result(timeout=120) for texts in plan]
+
+    threads = [threading.Thread(target=caller, args=(i, p)) for i, p in enumerate(plans)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    got = np.concatenate([r for i in range(len(plans)) for r in results[i]])
+    assert got.shape == expected.shape
+    assert cosines(got, expected).min() >= 0.9999
+
+
+def test_submit_shapes_and_validation(fake_encoder):
+    one = fake_encoder.submit("a single post").result(timeout=10)
+    assert one.shape == (fake_encoder.dim,)
+    np.testing.assert_allclose(one, fake_encoder.encode("a single post"), rtol=1e-5, atol=1e-5)
+    assert fake_encoder.submit([]).result().shape == (0, fake_encoder.dim)
+    with pytest.raises(ValidationError, match=r"`texts\[1\]` must be str"):
+        fake_encoder.submit(["ok", None])
+
+
+# -- errors --------------------------------------------------------------------------------
+def test_backend_exception_fails_exactly_the_requests_of_that_batch():
+    """Posts carry their request id as first token; the backend raises on any batch that holds
+    a multiple of 7. Exactly the requests in such a batch fail, with the original exception."""
+    batches: list[set[int]] = []
+    lock = threading.Lock()
+
+    def embed(ids, mask):
+        rids = {int(x) for x in ids[:, 0]}
+        with lock:
+            batches.append(rids)
+        if any(r % 7 == 0 for r in rids):
+            raise KeyError(f"poisoned batch {sorted(rids)}")
+        return fake_vectors(ids, mask)
+
+    with DynamicBatcher(embed, max_batch_size=4, max_wait_us=200) as b:
+        futs = {}
+
+        def caller(start):
+            for rid in range(start, start + 50):
+                futs[rid] = b.submit([[rid, 5, 6], [rid, 7]])
+
+        threads = [threading.Thread(target=caller, args=(1 + 50 * i,)) for i in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        poisoned = set().union(*(bs for bs in batches_when_done(futs, batches) if any(r % 7 == 0 for r in bs)))
+        for rid, fut in futs.items():
+            if rid in poisoned:
+                with pytest.raises(KeyError, match="poisoned batch"):
+                    fut.result()
+            else:
+                assert fut.result().shape == (2, 8)
+        # The batcher keeps serving after failures.
+        assert b.submit([[1, 2, 3]]).result(timeout=10).shape == (1, 8)
+        s = b.stats()
+    assert s["batches_failed"] > 0 and s["requests_failed"] == len(poisoned)
+
+
+def batches_when_done(futs, batches):
+    for f in futs.values():
+        f.exception(timeout=30)
+    return batches
+
+
+def test_overload_raises_immediately_and_bounds_the_queue():
+    gate = threading.Event()
+
+    def embed(ids, mask):
+        gate.wait(10)
+        return fake_vectors(ids, mask)
+
+    b = DynamicBatcher(embed, max_queued_tokens=100, max_batch_size=1, max_wait_us=0)
+    try:
+        accepted = [b.submit([[1] * 10])]
+        t0 = time.perf_counter()
+        with pytest.raises(OverloadedError, match="max_queued_tokens is 100"):
+            for _ in range(100):
+                accepted.append(b.submit([[1] * 10]))
+        assert time.perf_counter() - t0 < 0.5
+        s = b.stats()
+        assert s["queued_tokens"] <= 100 and s["requests_rejected"] == 1
+        gate.set()
+        for f in accepted:
+            assert f.result(timeout=10).shape == (1, 8)
+        assert b.submit([[1] * 10]).result(timeout=10).shape == (1, 8)  # accepted again
+        with pytest.raises(ValidationError, match="more than max_queued_tokens"):
+            b.submit([[1] * 101])  # can never fit: a ValidationError, not an overload
+    finally:
+        gate.set()
+        b.close()
+
+
+def test_expired_request_fails_clearly_and_is_not_computed():
+    gate = threading.Event()
+    seen: list[int] = []
+
+    def embed(ids, mask):
+        seen.extend(int(x) for x in ids[:, 0])
+        gate.wait(10)
+        return fake_vectors(ids, mask)
+
+    with DynamicBatcher(embed, max_batch_size=1, max_wait_us=0) as b:
+        busy = b.submit([[1, 2]])
+        time.sleep(0.05)  # the scheduler is now inside embed, blocked on the gate
+        late = b.submit([[77, 2]], timeout=0.01)
+        fine = b.submit([[3, 2]], timeout=30)
+        time.sleep(0.05)
+        gate.set()
+        with pytest.raises(DeadlineExceededError, match="deadline passed"):
+            late.result(timeout=10)
+        assert busy.result(timeout=10).shape == fine.result(timeout=10).shape == (1, 8)
+        assert 77 not in seen
+        assert b.stats()["requests_expired"] == 1
+
+
+# -- shutdown -------------------------------------------------------------------------------
+@pytest.mark.parametrize("drain", [True, False])
+def test_close_while_callers_are_blocked(drain):
+    """close() with callers blocked on result(): drain finishes everything; no-drain fails the
+    queued rest; no deadlock, and the scheduler thread is gone afterwards."""
+    before = os_threads()
+    b = DynamicBatcher(lambda ids, mask: (time.sleep(0.01), fake_vectors(ids, mask))[1],
+                       max_batch_size=2, max_wait_us=0)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+
+    def caller(i):
+        try:
+            fut = b.submit([[i + 1, 2, 3]])
+        except BatcherClosedError:
+            out = "refused"
+        else:
+            try:
+                fut.result(timeout=30)
+                out = "ok"
+            except BatcherClosedError:
+                out = "closed"
+        with lock:
+            outcomes.append(out)
+
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(40)]
+    for t in threads:
+        t.start()
+    time.sleep(0.03)
+    b.close(drain=drain)
+    for t in threads:
+        t.join(timeout=30)
+    assert not any(t.is_alive() for t in threads)
+    assert len(outcomes) == 40
+    if drain:
+        assert set(outcomes) <= {"ok", "refused"}
+    assert os_threads() == before
+    with pytest.raises(BatcherClosedError):
+        b.submit([[1]])
+    b.close()  # idempotent
+
+
+def test_encoder_close_drains_and_rejects_later_submits(base_dir):
+    enc = Encoder(base_dir, FakeBackend(base_dir, sleep_s=0.01), "test")
+    futs = [enc.submit(["post number %d" % i]) for i in range(30)]
+    enc.close()
+    assert all(f.done() and f.result().shape == (1, enc.dim) for f in futs)
+    with pytest.raises(BatcherClosedError):
+        enc.submit("too late")
+
+
+def test_interpreter_exit_with_work_in_flight_drains_and_exits():
+    script = textwrap.dedent("""
+        import atexit
+        futs = []
+        # Registered before postemb_rt is imported, so it runs after the batcher's drain hook.
+        atexit.register(lambda: print("done", sum(f.done() for f in futs), len(futs), flush=True))
+        import threading, time, numpy as np
+        from postemb_rt.batching import DynamicBatcher
+
+        def embed(ids, mask):
+            time.sleep(0.005)
+            return np.ones((ids.shape[0], 4), np.float32)
+
+        b = DynamicBatcher(embed, max_batch_size=2)
+        futs.extend(b.submit([[1, 2, 3]]) for _ in range(40))
+        def waiter():  # a daemon caller still blocked at exit
+            futs[-1].result()
+        threading.Thread(target=waiter, daemon=True).start()
+        # no close(): the atexit hook of postemb_rt.batching drains the queue
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "Traceback" not in out.stderr and "terminate" not in out.stderr
+    assert "done 40 40" in out.stdout
+
+
+# -- asyncio ---------------------------------------------------------------------------------
+def test_aencode_from_many_coroutines_never_blocks_the_loop(base_dir):
+    enc = Encoder(base_dir, FakeBackend(base_dir, sleep_s=0.02), "test")
+    rng = random.Random(3)
+    requests = [random_texts(rng, rng.randint(1, 4)) for _ in range(300)]
+    expected = [enc.encode(t) for t in requests]
+
+    async def main():
+        gaps = []
+
+        async def ticker(stop):
+            last = time.perf_counter()
+            while not stop.is_set():
+                await asyncio.sleep(0.005)
+                now = time.perf_counter()
+                gaps.append(now - last)
+                last = now
+
+        stop = asyncio.Event()
+        tick = asyncio.create_task(ticker(stop))
+        results = await asyncio.gather(*(enc.aencode(t) for t in requests))
+        # A cancelled awaiter does not break the batcher.
+        task = asyncio.create_task(enc.aencode(["cancel me"] * 3))
+        await asyncio.sleep(0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        results.append(await enc.aencode("after a cancel"))
+        stop.set()
+        await tick
+        return results, max(gaps)
+
+    try:
+        results, worst_gap = asyncio.run(main())
+        for got, want in zip(results, expected):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        assert results[-1].shape == (enc.dim,)
+        # The backend sleeps 20 ms per batch on the scheduler thread; the loop keeps ticking.
+        assert worst_gap < 0.5
+    finally:
+        enc.close()
+
+
+# -- batch formation and stats ----------------------------------------------------------------
+def test_length_grouping_cuts_padding_and_stats_expose_it():
+    widths: list[tuple[int, int]] = []
+
+    def embed(ids, mask):
+        widths.append(ids.shape)
+        return fake_vectors(ids, mask)
+
+    # Nothing is due before 8 posts wait (max_wait 1 s): then they are grouped by length.
+    with DynamicBatcher(embed, max_batch_size=8, max_wait_us=1_000_000, max_padding_ratio=0.25) as b:
+        futs = [b.submit([[i + 1] * (40 if i % 2 else 8)]) for i in range(8)]
+        for f in futs:
+            f.result(timeout=10)
+        s = b.stats()
+    assert sorted(widths) == [(4, 8), (4, 40)]
+    assert s["padding_ratio"] == 0.0 and s["mean_batch_size"] == 4.0
+    for name in ("batch_size", "batch_padding_ratio", "queue_seconds", "inference_seconds"):
+        h = s[name]
+        assert len(h["counts"]) == len(h["bounds"]) + 1 and sum(h["counts"]) == h["count"]
+    assert s["queue_seconds"]["count"] == 8 and s["inference_seconds"]["count"] == 2
+
+
+def test_options_are_validated():
+    with pytest.raises(ValidationError, match="`max_batch_size` must be an int >= 1. Given: 0"):
+        DynamicBatcher(fake_vectors, max_batch_size=0)
+    with pytest.raises(ValidationError, match="`max_wait_us`"):
+        DynamicBatcher(fake_vectors, max_wait_us=-1)
+    with DynamicBatcher(fake_vectors) as b:
+        with pytest.raises(ValidationError, match=r"`posts\[1\]` must hold 1 to max_batch_tokens"):
+            b.submit([[1, 2], []])
+        with pytest.raises(TypeError, match="sequence of int"):
+            b.submit(["not ids"])
