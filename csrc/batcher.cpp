@@ -65,8 +65,9 @@ DynamicBatcher::DynamicBatcher(BatcherOptions options, RunBatchFn run, Completio
   check_positive("window", opt_.window);
   if (opt_.max_wait_us < 0)
     throw std::invalid_argument("`max_wait_us` must be >= 0. Given: " + std::to_string(opt_.max_wait_us) + ".");
-  if (!(opt_.max_padding_ratio >= 0.0))  // also rejects NaN
-    throw std::invalid_argument("`max_padding_ratio` must be >= 0. Given: " + std::to_string(opt_.max_padding_ratio) + ".");
+  if (opt_.batch_overhead_tokens < 0)
+    throw std::invalid_argument("`batch_overhead_tokens` must be >= 0. Given: " +
+                                std::to_string(opt_.batch_overhead_tokens) + ".");
   if (!run_ || !on_done_) throw std::invalid_argument("`run` and `on_done` must be callable.");
   thread_ = std::thread([this] { loop(); });
   thread_id_ = thread_.get_id();
@@ -219,50 +220,42 @@ void DynamicBatcher::fail_all_locked(RequestStatus status, const std::string& me
 }
 
 DynamicBatcher::Batch DynamicBatcher::form_locked() {
-  // Candidates: the oldest `window` posts, sorted by (length, arrival). The anchor (oldest)
-  // starts the batch; then grow one neighbour at a time on either side of it in length order.
+  // Candidates: the oldest `window` posts, sorted by (length, arrival). Cut that sorted list
+  // into contiguous groups minimising sum(batch_overhead_tokens + rows x width) under the
+  // row and token limits (exact DP, O(window x max_batch_size)); run the group holding the
+  // oldest post. Contiguous groups of sorted lengths are optimal for this cost: swapping two
+  // posts across groups never lowers either group's width.
   const size_t n = std::min(queue_.size(), static_cast<size_t>(opt_.window));
   std::vector<size_t> order(n);
   std::iota(order.begin(), order.end(), size_t{0});
   std::sort(order.begin(), order.end(), [this](size_t a, size_t b) {
     return queue_[a].len != queue_[b].len ? queue_[a].len < queue_[b].len : a < b;
   });
-  const size_t anchor = static_cast<size_t>(std::find(order.begin(), order.end(), size_t{0}) - order.begin());
-  std::vector<size_t> chosen{0};
-  int64_t width = queue_[0].len;
-  int64_t rows = 1;
-  // lo: next shorter-or-equal candidate (index into order, moving down); hi: next longer one.
-  std::ptrdiff_t lo = static_cast<std::ptrdiff_t>(anchor) - 1;
-  size_t hi = anchor + 1;
-  const double r = opt_.max_padding_ratio;
-  while (rows < opt_.max_batch_size) {
-    // Padding each side would add, or -1 if it does not fit / is not acceptable.
-    double add_lo = -1, add_hi = -1;
-    if (lo >= 0) {
-      const int64_t len = queue_[order[lo]].len;
-      const double pad = static_cast<double>(width - len);
-      if ((rows + 1) * width <= opt_.max_batch_tokens && pad <= r * len) add_lo = pad;
+  const auto overhead = static_cast<double>(opt_.batch_overhead_tokens);
+  std::vector<double> best(n + 1, 0.0);  // best[j]: cost of grouping order[0..j)
+  std::vector<size_t> cut(n + 1, 0);      // the group ending at j starts at cut[j]
+  for (size_t j = 1; j <= n; ++j) {
+    const int64_t width = queue_[order[j - 1]].len;
+    best[j] = -1;
+    for (size_t rows = 1; rows <= j && static_cast<int64_t>(rows) <= opt_.max_batch_size; ++rows) {
+      // A single post always forms a group, even one longer than the budget would allow.
+      if (rows > 1 && static_cast<int64_t>(rows) * width > opt_.max_batch_tokens) break;
+      const double c = best[j - rows] + overhead + static_cast<double>(rows) * static_cast<double>(width);
+      if (best[j] < 0 || c < best[j]) {
+        best[j] = c;
+        cut[j] = j - rows;
+      }
     }
-    if (hi < n) {
-      const int64_t len = queue_[order[hi]].len;
-      const double pad = static_cast<double>(rows * (len - width));
-      if ((rows + 1) * len <= opt_.max_batch_tokens && pad <= r * len) add_hi = pad;
-    }
-    if (add_lo < 0 && add_hi < 0) break;
-    // Cheapest first; on a tie, the older post.
-    bool take_lo;
-    if (add_lo < 0) take_lo = false;
-    else if (add_hi < 0) take_lo = true;
-    else if (add_lo != add_hi) take_lo = add_lo < add_hi;
-    else take_lo = order[lo] < order[hi];
-    if (take_lo) {
-      chosen.push_back(order[lo--]);
-    } else {
-      width = queue_[order[hi]].len;
-      chosen.push_back(order[hi++]);
-    }
-    ++rows;
   }
+  const size_t anchor = static_cast<size_t>(std::find(order.begin(), order.end(), size_t{0}) - order.begin());
+  size_t hi = n, lo = cut[n];
+  while (anchor < lo) {
+    hi = lo;
+    lo = cut[hi];
+  }
+  std::vector<size_t> chosen(order.begin() + static_cast<std::ptrdiff_t>(lo),
+                             order.begin() + static_cast<std::ptrdiff_t>(hi));
+  const int64_t width = queue_[order[hi - 1]].len;
   std::sort(chosen.begin(), chosen.end());
   Batch b;
   b.width = width;

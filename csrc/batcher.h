@@ -3,14 +3,12 @@
 // Callers submit requests (a few tokenized posts each) and are told about the result through
 // a completion callback; one scheduler thread forms batches and calls the model.
 //
-// Batch formation (per batch, all under the batcher mutex, O(queue) work):
-//   * the oldest queued post (the "anchor") is always in the next batch: a post at queue
-//     position k is computed within k batches, whatever arrives behind it (fairness);
-//   * other posts from the oldest `window` queued ones join greedily, cheapest first, where the
-//     cost of a post is the padding it adds (a shorter post pads up to the batch width; a longer
-//     one widens every row already in). A post joins only if that padding is at most
-//     max_padding_ratio x its own tokens, so a batch's padding is <= max_padding_ratio x its
-//     real tokens; posts left out go in a later, better-fitting batch;
+// Batch formation (per batch, under the batcher mutex, O(window x max_batch_size) work):
+//   * the oldest `window` queued posts are sorted by length and cut into the groups that
+//     minimise the modelled cost sum(batch_overhead_tokens + rows x longest) (an exact DP;
+//     padded tokens are what the model computes, the overhead is each call's fixed cost);
+//   * the group holding the oldest queued post runs next: a post at queue position k is
+//     computed within k batches, whatever better-fitting posts arrive behind it (fairness);
 //   * a batch holds at most max_batch_size rows and rows x longest <= max_batch_tokens.
 // A batch is formed when the oldest post has waited max_wait_us, or a full batch is waiting,
 // or the batcher is draining.
@@ -53,7 +51,7 @@ struct BatcherOptions {
   int64_t max_batch_size = 64;        // rows per batch
   int64_t max_wait_us = 500;          // how long the oldest queued post waits for company
   int64_t max_queued_tokens = 65536;  // backpressure: real tokens queued (not yet in a batch)
-  double max_padding_ratio = 0.5;     // a post joins a batch only if it adds <= this x its tokens
+  int64_t batch_overhead_tokens = 64;  // a model call's fixed cost, in padded tokens (grouping)
   int64_t window = 1024;              // how many of the oldest queued posts are grouping candidates
   int64_t pad_id = 0;                 // token id written into padding slots
 };

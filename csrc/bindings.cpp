@@ -163,20 +163,20 @@ void bind_batcher(py::module_& m) {
   py::class_<PyDynamicBatcher>(m, "DynamicBatcher",
                                "C++ dynamic batcher (csrc/batcher.h). Use postemb_rt.batching.DynamicBatcher.")
       .def(py::init([](py::object run, py::object on_done, int64_t max_batch_tokens, int64_t max_batch_size,
-                       int64_t max_wait_us, int64_t max_queued_tokens, double max_padding_ratio, int64_t window,
+                       int64_t max_wait_us, int64_t max_queued_tokens, int64_t batch_overhead_tokens, int64_t window,
                        int64_t pad_id) {
              postemb::BatcherOptions o;
              o.max_batch_tokens = max_batch_tokens;
              o.max_batch_size = max_batch_size;
              o.max_wait_us = max_wait_us;
              o.max_queued_tokens = max_queued_tokens;
-             o.max_padding_ratio = max_padding_ratio;
+             o.batch_overhead_tokens = batch_overhead_tokens;
              o.window = window;
              o.pad_id = pad_id;
              return std::make_unique<PyDynamicBatcher>(std::move(run), std::move(on_done), o);
            }),
            py::arg("run"), py::arg("on_done"), py::arg("max_batch_tokens") = 4096, py::arg("max_batch_size") = 64,
-           py::arg("max_wait_us") = 500, py::arg("max_queued_tokens") = 65536, py::arg("max_padding_ratio") = 0.5,
+           py::arg("max_wait_us") = 500, py::arg("max_queued_tokens") = 65536, py::arg("batch_overhead_tokens") = 64,
            py::arg("window") = 1024, py::arg("pad_id") = 0)
       .def(
           "submit",

@@ -95,9 +95,10 @@ class DynamicBatcher:
     max_batch_size: rows per batch.
     max_wait_us: how long the oldest queued post waits for company before its batch runs.
     max_queued_tokens: backpressure; ``submit`` past it raises ``OverloadedError`` at once.
-    max_padding_ratio: a post joins a batch only if the padding it adds is at most this
-        times its own tokens (0 = only equal lengths; large = plain fill-up batching). The
-        oldest queued post always leads the next batch, so nothing waits behind better fits.
+    batch_overhead_tokens: a model call's fixed cost in padded tokens. Queued posts are
+        grouped by length to minimise sum(overhead + rows x longest row): 0 splits into
+        many tight batches, a large value gives plain fill-up batches. The group holding the
+        oldest queued post always runs next, so nothing waits behind better fits.
     pad_id: the token id written into padding slots.
 
     ``submit`` returns a ``concurrent.futures.Future`` per request; ``stats()`` gives queue
@@ -107,7 +108,7 @@ class DynamicBatcher:
     """
 
     def __init__(self, embed, *, max_batch_tokens: int = 4096, max_batch_size: int = 64,
-                 max_wait_us: int = 500, max_queued_tokens: int = 65536, max_padding_ratio: float = 0.5,
+                 max_wait_us: int = 500, max_queued_tokens: int = 65536, batch_overhead_tokens: int = 64,
                  pad_id: int = 0):
         from . import native
 
@@ -123,15 +124,15 @@ class DynamicBatcher:
                 raise ValidationError(f"`{name}` must be an int >= 1. Given: {value!r}.")
         if not isinstance(max_wait_us, int) or max_wait_us < 0:
             raise ValidationError(f"`max_wait_us` must be an int >= 0. Given: {max_wait_us!r}.")
-        if not max_padding_ratio >= 0:
-            raise ValidationError(f"`max_padding_ratio` must be >= 0. Given: {max_padding_ratio!r}.")
+        if not isinstance(batch_overhead_tokens, int) or batch_overhead_tokens < 0:
+            raise ValidationError(f"`batch_overhead_tokens` must be an int >= 0. Given: {batch_overhead_tokens!r}.")
         self._embed = embed
         self._pending: dict[int, tuple[Future, bool]] = {}
         self._tickets = itertools.count(1)
         self._batch_exc: BaseException | None = None
         self.options = dict(max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
                             max_wait_us=max_wait_us, max_queued_tokens=max_queued_tokens,
-                            max_padding_ratio=float(max_padding_ratio), pad_id=pad_id)
+                            batch_overhead_tokens=batch_overhead_tokens, pad_id=pad_id)
         # The callbacks hold only a weak reference to self, so dropping the last user reference
         # is never done by (nor waits for) the scheduler thread; _LIVE keeps self until close().
         ref = weakref.ref(self)

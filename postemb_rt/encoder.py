@@ -180,7 +180,7 @@ class Encoder:
     def start_batcher(self, **options) -> DynamicBatcher:
         """Start the dynamic batcher behind ``submit``/``aencode`` with non-default options
         (see ``postemb_rt.batching.DynamicBatcher``: max_batch_size, max_wait_us,
-        max_queued_tokens, max_padding_ratio, max_batch_tokens). The first ``submit`` starts
+        max_queued_tokens, batch_overhead_tokens, max_batch_tokens). The first ``submit`` starts
         it with the defaults; raises ValidationError if it is already started."""
         with self._batcher_lock:
             if self._batcher is not None:

@@ -362,7 +362,7 @@ def test_length_grouping_cuts_padding_and_stats_expose_it():
         return fake_vectors(ids, mask)
 
     # Nothing is due before 8 posts wait (max_wait 1 s): then they are grouped by length.
-    with DynamicBatcher(embed, max_batch_size=8, max_wait_us=1_000_000, max_padding_ratio=0.25) as b:
+    with DynamicBatcher(embed, max_batch_size=8, max_wait_us=1_000_000, batch_overhead_tokens=16) as b:
         futs = [b.submit([[i + 1] * (40 if i % 2 else 8)]) for i in range(8)]
         for f in futs:
             f.result(timeout=10)

@@ -270,7 +270,7 @@ void test_grouping_and_fairness() {
   BatcherOptions opt;
   opt.max_wait_us = 200000;  // nothing is due until we say so (by filling a batch or closing)
   opt.max_batch_size = 8;
-  opt.max_padding_ratio = 0.25;
+  opt.batch_overhead_tokens = 16;
   DynamicBatcher b(
       opt,
       [&](const BatchView& v, std::vector<float>& o, int64_t& d) {
@@ -298,7 +298,7 @@ void test_grouping_and_fairness() {
   BatcherOptions opt2;
   opt2.max_wait_us = 100;
   opt2.max_batch_size = 4;
-  opt2.max_padding_ratio = 0.0;
+  opt2.batch_overhead_tokens = 0;
   DynamicBatcher b2(
       opt2,
       [&](const BatchView& v, std::vector<float>& o, int64_t& d) {
