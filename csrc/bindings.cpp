@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "pack.h"
+#include "pool.h"
 #include "batcher.h"
 
 namespace py = pybind11;
@@ -50,6 +51,108 @@ void bind_pack(py::module_& m) {
       "Pack ragged token-id rows into zero-padded int64 arrays.\n\n"
       "seqs: sequence of B sequences of int. Returns (input_ids, attention_mask), both int64 (B, L)\n"
       "where L is the longest row rounded up to pad_to_multiple.");
+}
+
+// masked_mean_pool_l2: zero-copy numpy views (any strides), validated here with the GIL
+// held; the kernel runs with the GIL released.
+std::string dtype_name(const py::array& a) { return py::str(a.dtype().attr("name")); }
+
+int64_t elem_stride(const py::array& a, py::ssize_t axis, const char* arg) {
+  const auto bytes = static_cast<int64_t>(a.strides(axis));
+  const auto item = static_cast<int64_t>(a.itemsize());
+  if (bytes % item != 0)
+    throw std::invalid_argument(std::string("`") + arg + "` stride " + std::to_string(axis) + " (" +
+                                std::to_string(bytes) + " bytes) must be a multiple of its item size (" +
+                                std::to_string(item) + ").");
+  return bytes / item;
+}
+
+const py::array* optional_f32(const py::object& obj, const char* arg, py::ssize_t ndim) {
+  if (obj.is_none()) return nullptr;
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string("`") + arg + "` must be a numpy float32 array or None. Given: " +
+                         std::string(py::str(py::type::of(obj).attr("__name__"))) + ".");
+  const auto& a = reinterpret_cast<const py::array&>(obj);
+  if (!a.dtype().is(py::dtype::of<float>()))
+    throw std::invalid_argument(std::string("`") + arg + "` must be float32. Given: " + dtype_name(a) + ".");
+  if (a.ndim() != ndim)
+    throw std::invalid_argument(std::string("`") + arg + "` must have " + std::to_string(ndim) +
+                                " dimension(s). Given: " + std::to_string(a.ndim()) + ".");
+  return &a;
+}
+
+void bind_pool(py::module_& m) {
+  m.def(
+      "masked_mean_pool_l2",
+      [](const py::array& hidden, const py::array& mask, const py::object& weight, const py::object& bias,
+         bool normalize, const std::string& isa, int num_threads) {
+        postemb::PoolArgs a;
+        if (hidden.ndim() != 3)
+          throw std::invalid_argument("`hidden` must be 3-d (B, S, H). Given: " + std::to_string(hidden.ndim()) + "-d.");
+        const std::string hname = dtype_name(hidden);
+        const char kind = hidden.dtype().kind();
+        const char order = hidden.dtype().byteorder();
+        if (order == '>') throw std::invalid_argument("`hidden` must be native-endian. Given: " + hname + " big-endian.");
+        if (kind == 'f' && hidden.itemsize() == 4) a.hidden_type = postemb::HiddenType::f32;
+        else if (kind == 'f' && hidden.itemsize() == 2) a.hidden_type = postemb::HiddenType::f16;
+        else if (hname == "bfloat16" && hidden.itemsize() == 2) a.hidden_type = postemb::HiddenType::bf16;
+        else throw std::invalid_argument("`hidden` must be float32, float16 or bfloat16 (ml_dtypes). Given: " + hname + ".");
+        a.B = hidden.shape(0), a.S = hidden.shape(1), a.H = hidden.shape(2);
+        a.hidden = hidden.data();
+        a.hidden_stride_b = elem_stride(hidden, 0, "hidden");
+        a.hidden_stride_s = elem_stride(hidden, 1, "hidden");
+        a.hidden_stride_h = elem_stride(hidden, 2, "hidden");
+
+        const char mkind = mask.dtype().kind();
+        if (mask.ndim() != 2 || mask.shape(0) != a.B || mask.shape(1) != a.S)
+          throw std::invalid_argument("`mask` must have shape (B, S) = (" + std::to_string(a.B) + ", " +
+                                      std::to_string(a.S) + ") to match `hidden`. Given: " +
+                                      std::string(py::str(mask.attr("shape"))) + ".");
+        if ((mkind != 'b' && mkind != 'i' && mkind != 'u') || mask.dtype().byteorder() == '>')
+          throw std::invalid_argument("`mask` must be a native-endian bool or integer array. Given: " + dtype_name(mask) + ".");
+        a.mask = mask.data();
+        a.mask_bytes = static_cast<int>(mask.itemsize());
+        a.mask_stride_b = elem_stride(mask, 0, "mask");
+        a.mask_stride_s = elem_stride(mask, 1, "mask");
+
+        a.D = a.H;
+        if (const py::array* w = optional_f32(weight, "weight", 2)) {
+          if (w->shape(0) != a.H)
+            throw std::invalid_argument("`weight` must have shape (H, D) with H = " + std::to_string(a.H) +
+                                        ". Given: (" + std::to_string(w->shape(0)) + ", " + std::to_string(w->shape(1)) + ").");
+          a.weight = static_cast<const float*>(w->data());
+          a.D = w->shape(1);
+          a.weight_stride_h = elem_stride(*w, 0, "weight");
+          a.weight_stride_d = elem_stride(*w, 1, "weight");
+        }
+        if (const py::array* bv = optional_f32(bias, "bias", 1)) {
+          if (bv->shape(0) != a.D)
+            throw std::invalid_argument("`bias` must have shape (D,) = (" + std::to_string(a.D) + ",). Given: (" +
+                                        std::to_string(bv->shape(0)) + ",).");
+          a.bias = static_cast<const float*>(bv->data());
+          a.bias_stride = elem_stride(*bv, 0, "bias");
+        }
+        a.normalize = normalize;
+        const postemb::CpuIsa which = postemb::resolve_cpu_isa(isa);
+        py::array_t<float> out({static_cast<py::ssize_t>(a.B), static_cast<py::ssize_t>(a.D)});
+        a.out = out.mutable_data();
+        {
+          py::gil_scoped_release release;
+          postemb::masked_mean_pool_l2(a, which, num_threads);
+        }
+        return out;
+      },
+      py::arg("hidden").noconvert(), py::arg("mask").noconvert(), py::arg("weight") = py::none(),
+      py::arg("bias") = py::none(), py::arg("normalize") = true, py::arg("isa") = "auto", py::arg("num_threads") = 0,
+      "normalize(W^T * mean_{s: mask[b,s] != 0} hidden[b,s] + bias) per row, in one pass, GIL released.\n\n"
+      "hidden: (B, S, H) float32, float16 or ml_dtypes.bfloat16, any strides (no copy). mask: (B, S) bool or\n"
+      "integer (nonzero = token). weight: (H, D) float32 or None. bias: (D,) float32 or None.\n"
+      "normalize: unit L2 rows, else the raw projected mean. isa: 'auto' ($POSTEMB_CPU_ISA, else the best\n"
+      "this CPU has), 'generic', 'avx2' or 'avx512'. num_threads: 0 = automatic.\n"
+      "Returns float32 (B, D). A row without tokens pools to zeros (+ bias), never NaN.");
+  m.def(
+      "cpu_isa", [](const std::string& isa) { return std::string(postemb::cpu_isa_name(postemb::resolve_cpu_isa(isa))); },
+      py::arg("isa") = "auto", "The ISA masked_mean_pool_l2 runs with for `isa` ('auto' honours $POSTEMB_CPU_ISA).");
 }
 
 // DynamicBatcher for Python: `run(input_ids, attention_mask) -> float32 (B, D)` is called on
@@ -243,5 +346,6 @@ void bind_batcher(py::module_& m) {
 PYBIND11_MODULE(_C, m) {
   m.doc() = "postemb_rt native extension: batch packing, CPU kernels, dynamic batcher.";
   bind_pack(m);
+  bind_pool(m);
   bind_batcher(m);
 }
