@@ -320,6 +320,7 @@ class Worker:
             except transient as exc:
                 self.stats.reconnects += 1
                 self._group_ready = False
+                self._own_cursor = "0"  # entries read before the failure are ours: replay them first
                 wait = delay.next()
                 log.warning("redis unavailable (%s); retrying in %.2f s", exc, wait)
                 self.stop_event.wait(wait)

@@ -22,9 +22,9 @@ WORDS = ("hiring launch team data model growth lesson startup remote python rust
 
 
 def make_posts(n: int, seed: int = 0) -> list[str]:
-    """n distinct short posts (5..40 words)."""
+    """n distinct short posts (3..24 words, tweet-sized)."""
     rng = random.Random(seed)
-    return [f"post {i}: " + " ".join(rng.choices(WORDS, k=rng.randint(5, 40))) for i in range(n)]
+    return [f"post {i}: " + " ".join(rng.choices(WORDS, k=rng.randint(3, 24))) for i in range(n)]
 
 
 def wait_until(pred, timeout: float, what: str, every: float = 0.05):
