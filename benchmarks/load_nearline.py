@@ -164,6 +164,9 @@ def one_run(client, url, texts, workers, rate, duration, args, logdir) -> dict:
         **{k: _num(v) for k, v in pct.items()}, "max_s": _num(float(values.max())),
         "end_lag": end_lag, "drain_s": round(drain_s, 2),
         "batches": sum(w["batches"] for w in worker_stats),
+        # share of the publish window the workers spent inside the model (1.0 per busy worker)
+        "model_busy": round(sum(w["encode_s"] for w in worker_stats) / (time.time() - start), 2),
+        "store_s": round(sum(w["store_s"] for w in worker_stats), 2),
         "load_avg_1m": round(os.getloadavg()[0], 2),
     }
     res["ok"] = bool(res["embedded"] == n and pct["p99_s"] <= args.target_p99)

@@ -235,14 +235,17 @@ class WorkerStats:
     trimmed: int = 0         # pending entries whose event was trimmed from the stream
     retries: int = 0         # model/store attempts that failed and were retried
     reconnects: int = 0
+    encode_s: float = 0.0    # wall time inside encoder.encode (incl. failed attempts)
+    store_s: float = 0.0     # wall time writing + acknowledging
     freshness: deque = field(default_factory=lambda: deque(maxlen=4096))  # seconds, last N stored
 
     def snapshot(self) -> dict:
         f = np.array(self.freshness, dtype=np.float64)
         pct = {f"freshness_p{p}_s": (round(float(np.percentile(f, p)), 4) if f.size else None) for p in (50, 90, 99)}
         up = max(time.time() - self.started_at, 1e-9)
-        return {k: v for k, v in self.__dict__.items() if k != "freshness"} | pct | {
-            "posts_per_s": round(self.events / up, 2)}
+        snap = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()
+                if k != "freshness"}
+        return snap | pct | {"posts_per_s": round(self.events / up, 2)}
 
 
 class Worker:
@@ -448,9 +451,11 @@ class Worker:
         entries. A batch the model rejects is split until the offending post is isolated;
         any other failure is retried with backoff (nothing is acknowledged meanwhile)."""
         def encode(chunk):
-            return list(self._retry("encode", lambda: self.encoder.encode([p.text for p in chunk],
-                                                                          batch_size=len(chunk)),
-                                    [p.event_id for p in chunk], fatal=(ValidationError,)))
+            t = time.perf_counter()
+            try:
+                return self._encode(chunk)
+            finally:
+                self.stats.encode_s += time.perf_counter() - t
 
         vectors, rejected, todo = [None] * len(posts), [], [(0, len(posts))]
         while todo:
@@ -467,7 +472,13 @@ class Worker:
                                      f"the model rejected it: {exc}"))
         return vectors, rejected
 
+    def _encode(self, chunk: list[Post]) -> list:
+        return list(self._retry("encode", lambda: self.encoder.encode([p.text for p in chunk],
+                                                                      batch_size=len(chunk)),
+                                [p.event_id for p in chunk], fatal=(ValidationError,)))
+
     def _store(self, posts: list[Post], vectors: list) -> None:
+        t0 = time.perf_counter()
         embedded_at = f"{time.time():.6f}"
         keys = [self.embeddings] + [store_key(self.model_version, p.post_id, self.prefix) for p in posts]
         args = [self.embeddings_maxlen, self.model_version, self.dim, embedded_at]
@@ -482,6 +493,7 @@ class Worker:
         self.stats.rewrites += len(posts) - written
         t = float(embedded_at)
         self.stats.freshness.extend(t - p.created_at for p in posts)
+        self.stats.store_s += time.perf_counter() - t0
 
     def _dead_letter(self, dead: list) -> None:
         def move():
