@@ -44,9 +44,11 @@ def padding_ratio(lengths, batches: list[np.ndarray]) -> float:
 # Dynamic batching for concurrent callers: the thin Python face of csrc/batcher.h.
 # ---------------------------------------------------------------------------------------
 import atexit  # noqa: E402
+import bisect  # noqa: E402
 import itertools  # noqa: E402
 import logging  # noqa: E402
 import threading  # noqa: E402
+import time  # noqa: E402
 import weakref  # noqa: E402
 from concurrent.futures import Future, InvalidStateError  # noqa: E402
 
@@ -103,21 +105,27 @@ class DynamicBatcher:
 
     ``submit`` returns a ``concurrent.futures.Future`` per request; ``stats()`` gives queue
     depth, counters and Prometheus-shaped histograms. ``close()`` (also at interpreter exit)
-    stops the scheduler thread. The C++ extension is required: there is no pure-Python
-    batcher (``Encoder.encode`` needs none), and constructing one without ``_C`` raises.
+    stops the scheduler thread.
+
+    native: None (default) uses the C++ batcher when ``postemb_rt._C`` is loaded, else the
+        pure-Python twin ``PyBatcherCore`` with a logged warning; True requires C++; False
+        picks the Python twin. ``implementation`` says which runs (also in ``stats()``).
     """
 
     def __init__(self, embed, *, max_batch_tokens: int = 4096, max_batch_size: int = 64,
                  max_wait_us: int = 500, max_queued_tokens: int = 65536, batch_overhead_tokens: int = 64,
-                 pad_id: int = 0):
-        from . import native
+                 pad_id: int = 0, native: bool | None = None):
+        from . import native as _native
 
-        if native._C is None:
+        if native and _native._C is None:
             raise PostEmbError(
-                "the dynamic batcher needs the native extension postemb_rt._C, which is not loaded "
-                "(not built, or POSTEMB_NATIVE=0). Fix: pip install -e . (needs a C++17 compiler), "
-                "or call Encoder.encode from one thread."
+                "`native=True` needs the extension postemb_rt._C, which is not loaded (not built, or "
+                "POSTEMB_NATIVE=0). Fix: pip install -e . (needs a C++17 compiler), or native=None."
             )
+        use_c = _native._C is not None if native is None else bool(native)
+        if native is None and not use_c:
+            log.warning("postemb_rt._C is not loaded: the dynamic batcher runs its pure-Python twin "
+                        "(slower, holds the GIL while scheduling). Fix: pip install -e .")
         for name, value in (("max_batch_tokens", max_batch_tokens), ("max_batch_size", max_batch_size),
                             ("max_queued_tokens", max_queued_tokens)):
             if not isinstance(value, int) or value < 1:
@@ -136,7 +144,9 @@ class DynamicBatcher:
         # The callbacks hold only a weak reference to self, so dropping the last user reference
         # is never done by (nor waits for) the scheduler thread; _LIVE keeps self until close().
         ref = weakref.ref(self)
-        self._core = native._C.DynamicBatcher(_make_run(ref), _make_on_done(ref), **self.options)
+        core_cls = _native._C.DynamicBatcher if use_c else PyBatcherCore
+        self.implementation = "C++ (postemb_rt._C)" if use_c else "python fallback"
+        self._core = core_cls(_make_run(ref), _make_on_done(ref), **self.options)
         with _LIVE_LOCK:
             _LIVE.add(self)
 
@@ -183,6 +193,7 @@ class DynamicBatcher:
         padded = s["padded_tokens_computed"]
         s["padding_ratio"] = 1.0 - s["tokens_computed"] / padded if padded else 0.0
         s["mean_batch_size"] = s["posts_computed"] / s["batches"] if s["batches"] else 0.0
+        s["implementation"] = self.implementation
         return s
 
     @property
@@ -249,3 +260,272 @@ def _make_on_done(ref):
             self._on_done(items)
 
     return on_done
+
+
+# ---------------------------------------------------------------------------------------
+# Pure-Python twin of _C.DynamicBatcher (same constructor, methods, statuses and stats), for
+# builds without the extension or POSTEMB_NATIVE=0. Same algorithm as csrc/batcher.cpp;
+# it schedules while holding the GIL, so it is slower under many callers.
+# ---------------------------------------------------------------------------------------
+_LATENCY_BOUNDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+
+
+class _Hist:
+    def __init__(self, bounds):
+        self.bounds, self.counts, self.sum, self.count = list(bounds), [0] * (len(bounds) + 1), 0.0, 0
+
+    def observe(self, v: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, v)] += 1
+        self.sum += v
+        self.count += 1
+
+    def as_dict(self) -> dict:
+        return {"bounds": list(self.bounds), "counts": list(self.counts), "sum": self.sum, "count": self.count}
+
+
+class _Req:
+    __slots__ = ("ticket", "rows", "posts", "enqueued", "deadline", "finished", "remaining", "values",
+                 "queue_s", "infer_s")
+
+    def __init__(self, ticket, posts, now, timeout_s):
+        self.ticket, self.rows, self.posts, self.enqueued = ticket, len(posts), posts, now
+        self.deadline = now + timeout_s if timeout_s > 0 else float("inf")
+        self.finished, self.remaining, self.values, self.queue_s, self.infer_s = False, len(posts), None, 0.0, 0.0
+
+
+_COUNTERS = ("requests_submitted", "requests_ok", "requests_failed", "requests_expired", "requests_rejected",
+             "requests_cancelled", "requests_closed", "batches", "batches_failed", "posts_computed",
+             "tokens_computed", "padded_tokens_computed")
+
+
+class PyBatcherCore:
+    """The Python fallback scheduler; see ``csrc/batcher.h`` for the semantics."""
+
+    def __init__(self, run, on_done, max_batch_tokens=4096, max_batch_size=64, max_wait_us=500,
+                 max_queued_tokens=65536, batch_overhead_tokens=64, window=1024, pad_id=0):
+        self._run, self._on_done = run, on_done
+        self._opt = dict(max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
+                         max_wait_s=max_wait_us / 1e6, max_queued_tokens=max_queued_tokens,
+                         overhead=batch_overhead_tokens, window=window, pad_id=pad_id)
+        self._cv = threading.Condition()
+        self._queue: list[list] = []  # [request, row, length, enqueued], arrival order
+        self._live: dict[int, _Req] = {}
+        self._queued_tokens = 0
+        self._in_flight = 0
+        self._closing, self._drain = False, True
+        self._c = dict.fromkeys(_COUNTERS, 0)
+        self._h = {"batch_size": _Hist([1, 2, 4, 8, 16, 32, 64, 128, 256]),
+                   "batch_padding_ratio": _Hist([0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75]),
+                   "queue_seconds": _Hist(_LATENCY_BOUNDS), "inference_seconds": _Hist(_LATENCY_BOUNDS)}
+        # Daemon: the atexit hook above drains it; a non-daemon thread would block exit first.
+        self._thread = threading.Thread(target=self._loop, name="postemb-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, ticket: int, posts, timeout_s: float = 0.0) -> None:
+        o = self._opt
+        rows = []
+        for i, p in enumerate(posts):
+            if isinstance(p, (str, bytes)) or not hasattr(p, "__len__"):
+                raise TypeError(f"`seqs[{i}]` must be a sequence of int token ids. Given: {type(p).__name__}.")
+            rows.append([int(x) for x in p])
+        if not rows:
+            raise ValueError("`posts` must hold at least one post. Given: 0 posts.")
+        for i, r in enumerate(rows):
+            if not 1 <= len(r) <= o["max_batch_tokens"]:
+                raise ValueError(f"`posts[{i}]` must hold 1 to max_batch_tokens ({o['max_batch_tokens']}) "
+                                 f"token ids. Given: {len(r)}.")
+        tokens = sum(map(len, rows))
+        if tokens > o["max_queued_tokens"]:
+            raise ValueError(f"`posts` hold {tokens} tokens, more than max_queued_tokens ({o['max_queued_tokens']}), "
+                             "so they can never be queued. Fix: split the request or raise max_queued_tokens.")
+        with self._cv:
+            if self._closing:
+                raise BatcherClosedError("the batcher is closed; submit() is no longer accepted.")
+            if self._queued_tokens + tokens > o["max_queued_tokens"]:
+                self._c["requests_rejected"] += 1
+                from .errors import OverloadedError
+
+                raise OverloadedError(f"the batcher queue is full: {self._queued_tokens} tokens queued, this request "
+                                      f"adds {tokens}, max_queued_tokens is {o['max_queued_tokens']}. Retry later.")
+            if ticket in self._live:
+                raise ValueError(f"`ticket` {ticket} is already pending.")
+            now = time.monotonic()
+            req = _Req(ticket, rows, now, timeout_s)
+            self._live[ticket] = req
+            self._queue.extend([req, r, len(rows[r]), now] for r in range(len(rows)))
+            self._queued_tokens += tokens
+            self._c["requests_submitted"] += 1
+            self._cv.notify()
+
+    def cancel(self, ticket: int) -> bool:
+        with self._cv:
+            req = self._live.pop(ticket, None)
+            if req is None or req.finished:
+                return False
+            req.finished = True
+            self._c["requests_cancelled"] += 1
+            self._cv.notify()
+            return True
+
+    def close(self, drain: bool = True) -> None:
+        with self._cv:
+            if not self._closing:
+                self._closing, self._drain = True, drain
+            elif not drain:
+                self._drain = False
+            self._cv.notify_all()
+        if threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    @property
+    def closed(self) -> bool:
+        with self._cv:
+            return self._closing
+
+    def stats(self) -> dict:
+        with self._cv:
+            s = dict(self._c, pending_requests=len(self._live), queued_posts=len(self._queue),
+                     queued_tokens=self._queued_tokens, in_flight_posts=self._in_flight)
+            s.update({k: h.as_dict() for k, h in self._h.items()})
+            return s
+
+    # -- scheduler thread ------------------------------------------------------------
+    def _finish(self, req, status, message, done):
+        req.finished = True
+        self._live.pop(req.ticket, None)
+        done.append((req.ticket, status, None, message, req.queue_s, req.infer_s))
+
+    def _purge(self, now, done):
+        keep = []
+        for item in self._queue:
+            req = item[0]
+            if not req.finished and now >= req.deadline:
+                self._c["requests_expired"] += 1
+                req.queue_s = now - req.enqueued
+                self._finish(req, _DEADLINE, f"the request's deadline passed after {req.queue_s:.6f} s in the "
+                                             "batcher queue; it was not computed.", done)
+            if req.finished:
+                self._queued_tokens -= item[2]
+            else:
+                keep.append(item)
+        self._queue = keep
+
+    def _due(self, now) -> bool:
+        o = self._opt
+        return bool(self._queue) and (self._closing or len(self._queue) >= o["max_batch_size"]
+                                      or self._queued_tokens >= o["max_batch_tokens"]
+                                      or now - self._queue[0][3] >= o["max_wait_s"])
+
+    def _form(self):
+        o = self._opt
+        n = min(len(self._queue), o["window"])
+        order = sorted(range(n), key=lambda i: (self._queue[i][2], i))
+        best, cut = [0.0] * (n + 1), [0] * (n + 1)
+        for j in range(1, n + 1):
+            width = self._queue[order[j - 1]][2]
+            best[j] = -1.0
+            for rows in range(1, min(j, o["max_batch_size"]) + 1):
+                if rows > 1 and rows * width > o["max_batch_tokens"]:
+                    break
+                c = best[j - rows] + o["overhead"] + rows * width
+                if best[j] < 0 or c < best[j]:
+                    best[j], cut[j] = c, j - rows
+        anchor = order.index(0)
+        hi, lo = n, cut[n]
+        while anchor < lo:
+            hi, lo = lo, cut[lo]
+        chosen = sorted(order[lo:hi])
+        taken = set(chosen)
+        batch = [self._queue[i] for i in chosen]
+        self._queue = [x for i, x in enumerate(self._queue) if i not in taken]
+        self._queued_tokens -= sum(x[2] for x in batch)
+        self._in_flight = len(batch)
+        return batch
+
+    def _run_batch(self, batch, done):
+        from .native import _pack_padded_py
+
+        start = time.monotonic()
+        ids, mask = _pack_padded_py([x[0].posts[x[1]] for x in batch], self._opt["pad_id"])
+        error = None
+        try:
+            out = self._run(ids, mask)
+            if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.ndim != 2 or len(out) != len(batch):
+                error = (f"`run` must return float32 ({len(batch)}, D). Given: "
+                         f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}.")
+        except BaseException as exc:  # noqa: BLE001 - fails this batch only, like the C++ twin
+            error = str(exc) or type(exc).__name__
+        infer = time.monotonic() - start
+        real, padded = int(mask.sum()), mask.size
+        with self._cv:
+            c = self._c
+            c["batches"] += 1
+            c["batches_failed"] += error is not None
+            c["posts_computed"] += len(batch)
+            c["tokens_computed"] += real
+            c["padded_tokens_computed"] += padded
+            self._in_flight = 0
+            self._h["inference_seconds"].observe(infer)
+            self._h["batch_size"].observe(len(batch))
+            self._h["batch_padding_ratio"].observe(1.0 - real / padded)
+            for i, (req, row, _len, enq) in enumerate(batch):
+                self._h["queue_seconds"].observe(start - enq)
+                req.queue_s = max(req.queue_s, start - enq)
+                req.infer_s += infer
+                req.remaining -= 1
+                if req.finished:
+                    continue
+                if error is not None:
+                    c["requests_failed"] += 1
+                    self._finish(req, _BACKEND_ERROR, error, done)
+                    continue
+                if req.values is None:
+                    req.values = np.zeros((req.rows, out.shape[1]), np.float32)
+                req.values[row] = out[i]
+                if req.remaining == 0:
+                    c["requests_ok"] += 1
+                    req.finished = True
+                    self._live.pop(req.ticket, None)
+                    done.append((req.ticket, _OK, req.values, "", req.queue_s, req.infer_s))
+
+    def _deliver(self, done):
+        if done:
+            try:
+                self._on_done(done)
+            except BaseException:  # noqa: BLE001 - must not stop the scheduler
+                log.exception("postemb_rt batcher on_done raised")
+
+    def _loop(self):
+        while True:
+            done, batch, exit_after = [], None, False
+            with self._cv:
+                while True:
+                    now = time.monotonic()
+                    self._purge(now, done)
+                    if self._closing and not self._drain:
+                        for req, *_ in self._queue:
+                            if not req.finished:
+                                self._c["requests_closed"] += 1
+                                self._finish(req, _CLOSED, "the batcher was closed before this request was "
+                                                           "computed.", done)
+                        self._queue, self._queued_tokens, exit_after = [], 0, True
+                        break
+                    if done:
+                        break
+                    if not self._queue:
+                        if self._closing:
+                            exit_after = True
+                            break
+                        self._cv.wait()
+                        continue
+                    if self._due(now):
+                        batch = self._form()
+                        break
+                    self._cv.wait(max(0.0, self._queue[0][3] + self._opt["max_wait_s"] - now))
+            if batch:
+                self._run_batch(batch, done)
+            self._deliver(done)
+            if exit_after:
+                with self._cv:
+                    if not self._queue:
+                        return

@@ -65,13 +65,20 @@ def fake_encoder(base_dir):
     enc.close()
 
 
+IMPLS = ["native", "python"]  # the C++ batcher and its pure-Python twin (PyBatcherCore)
+
+
+def make_batcher(embed, impl, **options) -> DynamicBatcher:
+    return DynamicBatcher(embed, native=impl == "native", **options)
+
+
 def os_threads() -> int:
     return len(os.listdir("/proc/self/task"))
 
 
 # -- correctness under load --------------------------------------------------------------
-@pytest.mark.parametrize("run", range(3))
-def test_stress_every_caller_gets_exactly_its_rows(fake_encoder, run):
+@pytest.mark.parametrize("impl,run", [("native", 0), ("native", 1), ("native", 2), ("python", 0)])
+def test_stress_every_caller_gets_exactly_its_rows(fake_encoder, impl, run):
     """32 threads x 200 requests of 1-8 posts: each future holds exactly its rows, in order,
     equal to a single-threaded encode; nothing lost or duplicated."""
     rng = random.Random(run)
@@ -80,7 +87,7 @@ def test_stress_every_caller_gets_exactly_its_rows(fake_encoder, run):
     n_threads, n_requests = 32, 200
     plans = [[rng.sample(pool, rng.randint(1, 8)) for _ in range(n_requests)] for _ in range(n_threads)]
     errors: list[BaseException] = []
-    fake_encoder.start_batcher(max_batch_size=32, max_wait_us=300)
+    fake_encoder.start_batcher(max_batch_size=32, max_wait_us=300, native=impl == "native")
 
     def caller(plan):
         try:
@@ -137,7 +144,8 @@ def test_submit_shapes_and_validation(fake_encoder):
 
 
 # -- errors --------------------------------------------------------------------------------
-def test_backend_exception_fails_exactly_the_requests_of_that_batch():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_backend_exception_fails_exactly_the_requests_of_that_batch(impl):
     """Posts carry their request id as first token; the backend raises on any batch that holds
     a multiple of 7. Exactly the requests in such a batch fail, with the original exception."""
     batches: list[set[int]] = []
@@ -151,7 +159,7 @@ def test_backend_exception_fails_exactly_the_requests_of_that_batch():
             raise KeyError(f"poisoned batch {sorted(rids)}")
         return fake_vectors(ids, mask)
 
-    with DynamicBatcher(embed, max_batch_size=4, max_wait_us=200) as b:
+    with make_batcher(embed, impl, max_batch_size=4, max_wait_us=200) as b:
         futs = {}
 
         def caller(start):
@@ -182,14 +190,15 @@ def batches_when_done(futs, batches):
     return batches
 
 
-def test_overload_raises_immediately_and_bounds_the_queue():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_overload_raises_immediately_and_bounds_the_queue(impl):
     gate = threading.Event()
 
     def embed(ids, mask):
         gate.wait(10)
         return fake_vectors(ids, mask)
 
-    b = DynamicBatcher(embed, max_queued_tokens=100, max_batch_size=1, max_wait_us=0)
+    b = make_batcher(embed, impl, max_queued_tokens=100, max_batch_size=1, max_wait_us=0)
     try:
         accepted = [b.submit([[1] * 10])]
         t0 = time.perf_counter()
@@ -210,7 +219,8 @@ def test_overload_raises_immediately_and_bounds_the_queue():
         b.close()
 
 
-def test_expired_request_fails_clearly_and_is_not_computed():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_expired_request_fails_clearly_and_is_not_computed(impl):
     gate = threading.Event()
     seen: list[int] = []
 
@@ -219,7 +229,7 @@ def test_expired_request_fails_clearly_and_is_not_computed():
         gate.wait(10)
         return fake_vectors(ids, mask)
 
-    with DynamicBatcher(embed, max_batch_size=1, max_wait_us=0) as b:
+    with make_batcher(embed, impl, max_batch_size=1, max_wait_us=0) as b:
         busy = b.submit([[1, 2]])
         time.sleep(0.05)  # the scheduler is now inside embed, blocked on the gate
         late = b.submit([[77, 2]], timeout=0.01)
@@ -234,13 +244,14 @@ def test_expired_request_fails_clearly_and_is_not_computed():
 
 
 # -- shutdown -------------------------------------------------------------------------------
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("drain", [True, False])
-def test_close_while_callers_are_blocked(drain):
+def test_close_while_callers_are_blocked(drain, impl):
     """close() with callers blocked on result(): drain finishes everything; no-drain fails the
     queued rest; no deadlock, and the scheduler thread is gone afterwards."""
     before = os_threads()
-    b = DynamicBatcher(lambda ids, mask: (time.sleep(0.01), fake_vectors(ids, mask))[1],
-                       max_batch_size=2, max_wait_us=0)
+    b = make_batcher(lambda ids, mask: (time.sleep(0.01), fake_vectors(ids, mask))[1], impl,
+                     max_batch_size=2, max_wait_us=0)
     outcomes: list[str] = []
     lock = threading.Lock()
 
@@ -269,6 +280,10 @@ def test_close_while_callers_are_blocked(drain):
     assert len(outcomes) == 40
     if drain:
         assert set(outcomes) <= {"ok", "refused"}
+    # A joined Python thread's OS thread can linger for a moment after join() returns.
+    deadline = time.monotonic() + 5
+    while os_threads() > before and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert os_threads() == before
     with pytest.raises(BatcherClosedError):
         b.submit([[1]])
@@ -284,7 +299,8 @@ def test_encoder_close_drains_and_rejects_later_submits(base_dir):
         enc.submit("too late")
 
 
-def test_interpreter_exit_with_work_in_flight_drains_and_exits():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_interpreter_exit_with_work_in_flight_drains_and_exits(impl):
     script = textwrap.dedent("""
         import atexit
         futs = []
@@ -297,13 +313,14 @@ def test_interpreter_exit_with_work_in_flight_drains_and_exits():
             time.sleep(0.005)
             return np.ones((ids.shape[0], 4), np.float32)
 
-        b = DynamicBatcher(embed, max_batch_size=2)
+        b = DynamicBatcher(embed, max_batch_size=2, native=NATIVE)
         futs.extend(b.submit([[1, 2, 3]]) for _ in range(40))
         def waiter():  # a daemon caller still blocked at exit
             futs[-1].result()
         threading.Thread(target=waiter, daemon=True).start()
         # no close(): the atexit hook of postemb_rt.batching drains the queue
     """)
+    script = script.replace("NATIVE", str(impl == "native"))
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Traceback" not in out.stderr and "terminate" not in out.stderr
@@ -354,7 +371,8 @@ def test_aencode_from_many_coroutines_never_blocks_the_loop(base_dir):
 
 
 # -- batch formation and stats ----------------------------------------------------------------
-def test_length_grouping_cuts_padding_and_stats_expose_it():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_length_grouping_cuts_padding_and_stats_expose_it(impl):
     widths: list[tuple[int, int]] = []
 
     def embed(ids, mask):
@@ -362,7 +380,7 @@ def test_length_grouping_cuts_padding_and_stats_expose_it():
         return fake_vectors(ids, mask)
 
     # Nothing is due before 8 posts wait (max_wait 1 s): then they are grouped by length.
-    with DynamicBatcher(embed, max_batch_size=8, max_wait_us=1_000_000, batch_overhead_tokens=16) as b:
+    with make_batcher(embed, impl, max_batch_size=8, max_wait_us=1_000_000, batch_overhead_tokens=16) as b:
         futs = [b.submit([[i + 1] * (40 if i % 2 else 8)]) for i in range(8)]
         for f in futs:
             f.result(timeout=10)
@@ -373,14 +391,16 @@ def test_length_grouping_cuts_padding_and_stats_expose_it():
         h = s[name]
         assert len(h["counts"]) == len(h["bounds"]) + 1 and sum(h["counts"]) == h["count"]
     assert s["queue_seconds"]["count"] == 8 and s["inference_seconds"]["count"] == 2
+    assert s["implementation"] == ("C++ (postemb_rt._C)" if impl == "native" else "python fallback")
 
 
-def test_options_are_validated():
+@pytest.mark.parametrize("impl", IMPLS)
+def test_options_are_validated(impl):
     with pytest.raises(ValidationError, match="`max_batch_size` must be an int >= 1. Given: 0"):
         DynamicBatcher(fake_vectors, max_batch_size=0)
     with pytest.raises(ValidationError, match="`max_wait_us`"):
         DynamicBatcher(fake_vectors, max_wait_us=-1)
-    with DynamicBatcher(fake_vectors) as b:
+    with make_batcher(fake_vectors, impl) as b:
         with pytest.raises(ValidationError, match=r"`posts\[1\]` must hold 1 to max_batch_tokens"):
             b.submit([[1, 2], []])
         with pytest.raises(TypeError, match="sequence of int"):
