@@ -2,6 +2,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,8 @@ POSTS = ["first post about hiring", "", "second post: climate and energy 🌍", 
 
 
 def test_console_script_is_installed():
-    out = subprocess.run(["postemb", "--help"], capture_output=True, text=True, timeout=60)
+    script = Path(sys.executable).parent / "postemb"  # the environment's bin/, not whatever is on PATH
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "embed" in out.stdout and "demo" in out.stdout
 
 
