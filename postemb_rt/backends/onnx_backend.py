@@ -1,6 +1,11 @@
 """onnxruntime backend: an exported, graph-fused ONNX model (CPUExecutionProvider; CUDA EP
 when asked for and present).
 
+Pooling follows the model directory's ``onnx_pooling``: "graph" reads the model's own
+``embedding`` / ``pooled`` outputs; "external" reads ``last_hidden_state`` and pools with
+the C++ kernel (``postemb_rt.ops.pooling.CpuPooler``), projection from
+``projection.safetensors``.
+
 A model directory without an ONNX file is exported on first use into the cache
 (``POSTEMB_CACHE``, default ``~/.cache/postemb_rt``) and reused afterwards.
 """
@@ -10,13 +15,38 @@ import os
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, ValidationError
+from ..errors import BackendUnavailableError, ModelNotFoundError, ValidationError
+from ..model_dir import PROJECTION_FILE
+from ..ops.pooling import CpuPooler
 from .base import Backend
+
+
+def _projection(md) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(weight (H, D), bias (D,)) float32 from an external-pooling directory's
+    projection.safetensors, or Nones when the model has no projection."""
+    if not md.config.projection_dim:
+        return None, None
+    path = md.projection_path or md.path / PROJECTION_FILE  # ONNX-only dirs leave projection_path None
+    if not path.exists():
+        raise ModelNotFoundError(
+            f"`{md.path}` has onnx_pooling 'external' and projection_dim {md.config.projection_dim} but no "
+            f"{PROJECTION_FILE}. Fix: re-export it with export/export_onnx.py --pooling external."
+        )
+    from safetensors.numpy import load_file
+
+    state = load_file(str(path))
+    weight = state["weight"].T  # (D, H) -> (H, D)
+    if weight.shape != (md.config.hidden_size, md.config.projection_dim):
+        raise ValidationError(
+            f"`{path}` has weight shape {state['weight'].shape}; postemb.json says "
+            f"({md.config.projection_dim}, {md.config.hidden_size})."
+        )
+    return weight, state.get("bias")
 
 
 class OnnxBackend(Backend):
     name = "onnxruntime"
-    pooling_kernel = "onnx graph (fused into the exported model)"
+    pooling_kernel = "onnx graph (inside the exported model)"
 
     def __init__(self, model, device="cpu", precision="fp32"):
         import onnxruntime as ort
@@ -24,12 +54,12 @@ class OnnxBackend(Backend):
         if precision != "fp32":
             raise ValidationError(f"`precision` for the onnxruntime backend must be 'fp32'. Given: {precision!r}.")
         super().__init__(model, device, precision)
-        onnx_path = model.onnx_path
-        if onnx_path is None:
+        onnx_md = model
+        if model.onnx_path is None:
             from ..onnx_export import cached_export  # first use only; see module docstring
 
-            onnx_path = cached_export(model).onnx_path
-        self.onnx_path = onnx_path
+            onnx_md = cached_export(model)
+        onnx_path = self.onnx_path = onnx_md.onnx_path
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendUnavailableError(
@@ -45,13 +75,23 @@ class OnnxBackend(Backend):
         so.intra_op_num_threads = threads
         self._session = ort.InferenceSession(str(onnx_path), so, providers=providers)
         outputs = {o.name for o in self._session.get_outputs()}
-        if not {"embedding", "pooled"} <= outputs:
+        pooling = onnx_md.config.onnx_pooling
+        need = {"embedding", "pooled"} if pooling == "graph" else {"last_hidden_state"}
+        if not need <= outputs:
             raise ValidationError(
-                f"`{onnx_path}` must output 'embedding' and 'pooled'. Given outputs: {sorted(outputs)}. "
-                "Fix: re-export it with export/export_onnx.py."
+                f"`{onnx_path}` (onnx_pooling {pooling!r}) must output {sorted(need)}. Given outputs: "
+                f"{sorted(outputs)}. Fix: re-export it with export/export_onnx.py."
             )
+        self._pool = None
+        if pooling == "external":
+            self._pool = CpuPooler(*_projection(onnx_md))
+            self.pooling_kernel = self._pool.name
 
     def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray, normalize: bool = True) -> np.ndarray:
+        feeds = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self._pool is not None:
+            (hidden,) = self._session.run(["last_hidden_state"], feeds)  # (B, S, H) float32
+            return self._pool(hidden, attention_mask, normalize=normalize)
         out = "embedding" if normalize else "pooled"
         (vec,) = self._session.run([out], {"input_ids": input_ids, "attention_mask": attention_mask})
         return vec

@@ -1,4 +1,5 @@
-"""torch backend: the reference model (transformers) on CPU or CUDA, float32."""
+"""torch backend: the encoder (transformers) on CPU or CUDA, float32, then the fused pooling
+kernel: C++ (``postemb_rt._C``) on CPU, Triton on CUDA (see ``postemb_rt.ops.pooling``)."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,12 +7,12 @@ import torch
 
 from ..errors import BackendUnavailableError, ValidationError
 from ..modeling import PostEmbModel
+from ..ops.pooling import CpuPooler, CudaPooler
 from .base import Backend
 
 
 class TorchBackend(Backend):
     name = "torch"
-    pooling_kernel = "torch (reference composition)"
 
     def __init__(self, model, device="cpu", precision="fp32"):
         if precision != "fp32":
@@ -22,13 +23,26 @@ class TorchBackend(Backend):
             )
         super().__init__(model, device, precision)
         self._model = PostEmbModel.from_model_dir(model).to(device)
+        weight = bias = None
+        if self._model.projection is not None:
+            # (D, H) Linear weight -> (H, D) C-contiguous, once: the kernels read it row by row.
+            weight = self._model.projection.weight.detach().t().contiguous()
+            bias = None if self._model.projection.bias is None else self._model.projection.bias.detach()
+        if device.startswith("cuda"):
+            self._pool = CudaPooler(weight, bias)
+        else:
+            self._pool = CpuPooler(None if weight is None else weight.numpy(),
+                                   None if bias is None else bias.numpy())
+        self.pooling_kernel = self._pool.name
 
     @torch.inference_mode()
     def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray, normalize: bool = True) -> np.ndarray:
         ids = torch.from_numpy(input_ids).to(self.device)
         mask = torch.from_numpy(attention_mask).to(self.device)
-        pooled, unit = self._model(ids, mask)
-        return (unit if normalize else pooled).float().cpu().numpy()
+        hidden = self._model.hidden_states(ids, mask)  # (B, S, H) float32
+        if self.device.startswith("cuda"):
+            return self._pool(hidden, mask, normalize=normalize).cpu().numpy()
+        return self._pool(hidden.numpy(), attention_mask, normalize=normalize)
 
     def close(self) -> None:
         self._model = None

@@ -1,0 +1,84 @@
+"""Which code pools hidden states into embeddings, chosen once per backend and reported.
+
+``CpuPooler``: the C++ kernel ``postemb_rt._C.masked_mean_pool_l2`` on numpy arrays; the
+torch reference when the extension is not built or ``POSTEMB_NATIVE=0`` (logged, and named
+in ``describe()``). ``CudaPooler``: the Triton kernel on CUDA tensors; the torch reference
+when triton is not installed (same rule).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import numpy as np
+
+from .. import native
+from .reference import masked_mean_pool_l2_ref
+
+log = logging.getLogger("postemb_rt")
+
+
+def _native_disabled() -> bool:
+    return os.environ.get("POSTEMB_NATIVE", "1") == "0"
+
+
+def _has_cpu_kernel() -> bool:
+    return native._C is not None and hasattr(native._C, "masked_mean_pool_l2")
+
+
+class CpuPooler:
+    """Pools numpy hidden states (B, S, H) float32 with mask (B, S) into float32 (B, D).
+
+    weight: (H, D) float32 or None; bias: (D,) float32 or None. Both are kept C-contiguous
+    (copied once here, never per call).
+    """
+
+    def __init__(self, weight=None, bias=None):
+        self.weight = None if weight is None else np.ascontiguousarray(weight, dtype=np.float32)
+        self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+        if _has_cpu_kernel():
+            self.name = f"C++ masked_mean_pool_l2 ({native._C.cpu_isa()})"
+        else:
+            if _native_disabled():
+                reason = "POSTEMB_NATIVE=0"
+            elif native._C is None:
+                reason = "postemb_rt._C is not built; fix: pip install -e ."
+            else:
+                reason = "postemb_rt._C predates it; fix: pip install -e ."
+            self.name = f"torch reference composition (C++ kernel unavailable: {reason})"
+            log.warning("pooling with the torch reference: %s", self.name)
+
+    def __call__(self, hidden: np.ndarray, mask: np.ndarray, normalize: bool = True) -> np.ndarray:
+        if _has_cpu_kernel():
+            return native._C.masked_mean_pool_l2(hidden, mask, self.weight, self.bias, normalize)
+        import torch
+
+        t = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
+        out = masked_mean_pool_l2_ref(t(hidden), t(mask), t(self.weight), t(self.bias), normalize=normalize)
+        return out.numpy()
+
+
+class CudaPooler:
+    """Pools CUDA tensors (B, S, H) with the Triton kernel into float32 (B, D) tensors.
+
+    weight: (H, D) tensor or None; bias: (D,) tensor or None (on the same device).
+    """
+
+    def __init__(self, weight=None, bias=None):
+        self.weight = weight
+        self.bias = bias
+        try:
+            from postemb_rt.kernels.masked_mean_pool_l2 import masked_mean_pool_l2
+
+            self._kernel = masked_mean_pool_l2
+            self.name = "triton masked_mean_pool_l2"
+        except ImportError as exc:
+            self._kernel = None
+            self.name = f"torch reference composition (triton unavailable: {exc.name or exc})"
+            log.warning("pooling with the torch reference on CUDA: triton is not installed. "
+                        "Fix: pip install 'postemb_rt[gpu]'")
+
+    def __call__(self, hidden, mask, normalize: bool = True):
+        if self._kernel is not None:
+            return self._kernel(hidden, mask, self.weight, self.bias, normalize=normalize)
+        return masked_mean_pool_l2_ref(hidden, mask, self.weight, self.bias, normalize=normalize)

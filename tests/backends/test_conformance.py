@@ -1,0 +1,70 @@
+"""Every backend x pooling variant computes the same function as the torch reference, and
+says which pooling kernel ran."""
+import numpy as np
+import pytest
+
+from tests.conftest import cosines
+
+from .conftest import model_dirs, reference_embeddings
+
+VARIANTS = [("base", "torch"), ("base", "onnx-graph"), ("base", "onnx-external"),
+            ("projected", "torch"), ("projected", "onnx-external")]
+
+
+@pytest.fixture(scope="module")
+def references(projected_model, sample_texts):
+    return {name: (reference_embeddings(md, sample_texts), reference_embeddings(md, sample_texts, normalize=False))
+            for name, md in model_dirs(projected_model).items()}
+
+
+@pytest.mark.parametrize("model,variant", VARIANTS)
+def test_embeddings_match_the_torch_reference(encoders, references, sample_texts, model, variant):
+    enc = encoders[model, variant]
+    unit, raw = references[model]
+    got = enc.encode(sample_texts, batch_size=4)  # batches mix lengths: padding must not leak in
+    assert got.dtype == np.float32 and got.shape == unit.shape
+    assert cosines(got, unit).min() >= 0.9999
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    got_raw = enc.encode(sample_texts, batch_size=4, normalize=False)
+    assert cosines(got_raw, raw).min() >= 0.9999
+    np.testing.assert_allclose(np.linalg.norm(got_raw, axis=1), np.linalg.norm(raw, axis=1), rtol=1e-4)
+
+
+@pytest.mark.parametrize("model,variant", VARIANTS)
+def test_describe_reports_the_pooling_kernel_that_ran(encoders, model, variant):
+    kernel = encoders[model, variant].describe()["pooling_kernel"]
+    if variant == "onnx-graph":
+        assert kernel.startswith("onnx graph")
+    else:
+        assert kernel.startswith("C++ masked_mean_pool_l2 (")
+
+
+def test_external_export_stops_at_hidden_states(encoders):
+    enc = encoders["projected", "onnx-external"]
+    assert enc.model.config.onnx_pooling == "external"
+    assert (enc.model.path / "projection.safetensors").exists()
+    outputs = [o.name for o in enc.backend._session.get_outputs()]
+    assert outputs == ["last_hidden_state"]
+
+
+def test_python_fallback_is_reported_and_exact(monkeypatch, encoders, sample_texts):
+    from postemb_rt import native
+    from postemb_rt.ops.pooling import CpuPooler
+
+    enc = encoders["projected", "torch"]
+    expected = enc.encode(sample_texts)
+    pool = enc.backend._pool
+    monkeypatch.setattr(native, "_C", None)
+    fallback = CpuPooler(pool.weight, pool.bias)
+    assert fallback.name.startswith("torch reference composition (C++ kernel unavailable")
+    monkeypatch.setattr(enc.backend, "_pool", fallback)
+    assert cosines(enc.encode(sample_texts), expected).min() >= 0.9999
+
+
+def test_export_rejects_an_unknown_pooling(tmp_path):
+    from postemb_rt.errors import ValidationError
+    from postemb_rt.model_dir import resolve
+    from postemb_rt.onnx_export import export_onnx
+
+    with pytest.raises(ValidationError, match=r"`pooling` must be one of \('graph', 'external'\). Given: 'inside'"):
+        export_onnx(resolve("base"), tmp_path, pooling="inside")
