@@ -4,6 +4,7 @@ offline bulk encode, all on one onnxruntime model in the same run.
 
     pytest benchmarks/bench_batcher.py --benchmark-only -s          # 1000 requests per case
     POSTEMB_BENCH_N=200 pytest benchmarks/bench_batcher.py --benchmark-disable   # as a test
+                                                 # (then at most 50 requests per case, or 1 per caller)
 
 extra_info: posts_per_s, p50_ms, p99_ms, padding_ratio, mean_batch_size. The closed-loop
 driver is benchmarks/load_batcher.py (also a script printing the same table).
@@ -51,8 +52,11 @@ def test_bulk_encode(benchmark, encoder, posts):
 @pytest.mark.parametrize("mode", ["batcher", "naive"])
 def test_closed_loop(benchmark, encoder, posts, mode, callers):
     n = bench_n(1000)
+    quick = getattr(benchmark, "disabled", False)  # run as a test: exercise every caller, no more
+    if quick:
+        n = min(n, 50)
     if mode == "batcher":
-        fn, requests = run_batcher, max(n, 2 * callers)
+        fn, requests = run_batcher, max(n, (1 if quick else 2) * callers)
     else:  # one post at a time under a lock: fewer requests keep the run short
         fn, requests = run_naive, max(n // 4, callers)
     result = benchmark.pedantic(fn, args=(encoder, posts, callers, requests), rounds=1, iterations=1)
