@@ -1,4 +1,5 @@
-"""Batch formation for bulk ``encode``: sort by length, cut by a token budget.
+"""Batch formation: ``plan_batches`` for bulk ``encode`` (sort by length, cut by a token
+budget), and ``DynamicBatcher`` for concurrent callers (the face of csrc/batcher.h).
 
 A batch costs what its padded matrix costs (rows x longest row), so rows are sorted by
 length (longest first: a too-large budget fails on the first batch, not the last) and
@@ -7,9 +8,20 @@ exceeded. Results are scattered back to input order by the caller.
 """
 from __future__ import annotations
 
+import atexit
+import bisect
+import itertools
+import logging
+import threading
+import time
+import weakref
+from concurrent.futures import Future, InvalidStateError
+
 import numpy as np
 
-from .errors import ValidationError
+from .errors import BatcherClosedError, BatchFailedError, DeadlineExceededError, ValidationError
+
+log = logging.getLogger("postemb_rt")
 
 
 def plan_batches(lengths, max_batch_size: int, max_batch_tokens: int) -> list[np.ndarray]:
@@ -43,32 +55,6 @@ def padding_ratio(lengths, batches: list[np.ndarray]) -> float:
 # ---------------------------------------------------------------------------------------
 # Dynamic batching for concurrent callers: the thin Python face of csrc/batcher.h.
 # ---------------------------------------------------------------------------------------
-import atexit  # noqa: E402
-import bisect  # noqa: E402
-import itertools  # noqa: E402
-import logging  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-import weakref  # noqa: E402
-from concurrent.futures import Future, InvalidStateError  # noqa: E402
-
-from .errors import PostEmbError  # noqa: E402
-
-log = logging.getLogger("postemb_rt")
-
-
-class BatcherClosedError(PostEmbError, RuntimeError):
-    """``submit`` after the batcher was closed, or a request dropped by ``close(drain=False)``."""
-
-
-class DeadlineExceededError(PostEmbError, TimeoutError):
-    """A request's ``timeout`` passed before it was computed; it was not computed."""
-
-
-class BatchFailedError(PostEmbError, RuntimeError):
-    """The backend failed the batch this request was in (raised when the original exception
-    object is not available; normally the backend's own exception is raised)."""
-
 
 # Status codes of csrc/batcher.h RequestStatus.
 _OK, _BACKEND_ERROR, _DEADLINE, _CLOSED = 0, 1, 2, 3

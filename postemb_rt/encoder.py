@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import backends, native
-from .batching import BatcherClosedError, DynamicBatcher, padding_ratio, plan_batches
-from .errors import ValidationError
+from .batching import DynamicBatcher, padding_ratio, plan_batches
+from .errors import BatcherClosedError, ValidationError
 from .model_dir import ModelDir, resolve
 from .tokenization import PostTokenizer
 

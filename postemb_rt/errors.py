@@ -23,3 +23,16 @@ class OverloadedError(PostEmbError, RuntimeError):
 
 class EngineMismatchError(PostEmbError, RuntimeError):
     """A compiled artefact (ONNX file, TensorRT engine) does not match the model or runtime."""
+
+
+class BatcherClosedError(PostEmbError, RuntimeError):
+    """``submit`` after the batcher was closed, or a request dropped by ``close(drain=False)``."""
+
+
+class DeadlineExceededError(PostEmbError, TimeoutError):
+    """A request's ``timeout`` passed before it was computed; it was not computed."""
+
+
+class BatchFailedError(PostEmbError, RuntimeError):
+    """The backend failed the batch this request was in (raised when the original exception
+    object is not available; normally the backend's own exception is raised)."""
