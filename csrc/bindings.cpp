@@ -260,7 +260,7 @@ void bind_batcher(py::module_& m) {
     } catch (const postemb::OverloadedError& e) {
       py::set_error(py::module_::import("postemb_rt.errors").attr("OverloadedError"), e.what());
     } catch (const postemb::BatcherClosedError& e) {
-      py::set_error(py::module_::import("postemb_rt.batching").attr("BatcherClosedError"), e.what());
+      py::set_error(py::module_::import("postemb_rt.errors").attr("BatcherClosedError"), e.what());
     }
   });
   py::class_<PyDynamicBatcher>(m, "DynamicBatcher",
