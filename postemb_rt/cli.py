@@ -13,7 +13,8 @@ import sys
 from .errors import PostEmbError
 
 # subcommand modules, in the order `postemb --help` lists them
-COMMANDS = ["postemb_rt.commands.embed", "postemb_rt.commands.demo"]
+COMMANDS = ["postemb_rt.commands.embed", "postemb_rt.commands.demo", "postemb_rt.commands.train",
+            "postemb_rt.commands.eval"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,6 +10,10 @@ A model directory holds:
   model can ship only what it changed;
 - ``projection.safetensors`` (tensors ``weight`` (D, H) and ``bias`` (D)) when
   ``projection_dim`` is set;
+- optionally an adapter file (``"adapters": "adapters.safetensors"``): low-rank deltas
+  ``<linear>.lora_A`` (r, in) and ``<linear>.lora_B`` (out, r, already scaled) for linear
+  layers of the encoder, merged into the weights at load (``W += B @ A``), so a fine-tuned
+  model ships a few MB and runs at the base model's speed;
 - optionally ``model.onnx`` (see ``export/export_onnx.py``); a directory may hold only
   the ONNX file and the tokenizer, in which case only the onnxruntime backend can run it.
 
@@ -48,6 +52,7 @@ class PostEmbConfig:
     encoder: str | None = "."  # ".", a relative path, "pip:<package>", or None (ONNX only)
     onnx: str | None = None  # file name of an ONNX model in the directory
     onnx_pooling: str = "graph"  # "graph": the ONNX model outputs embeddings; "external": hidden states
+    adapters: str | None = None  # file name of low-rank encoder deltas merged at load (see module docstring)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -92,12 +97,14 @@ class ModelDir:
     tokenizer_path: Path
     projection_path: Path | None
     onnx_path: Path | None
+    adapters_path: Path | None = None  # low-rank encoder deltas, merged at load
 
     @property
     def fingerprint(self) -> str:
         """Short hash of the config and the weight files' sizes and mtimes (cache key)."""
         h = hashlib.sha256(self.config.to_json().encode())
-        for p in (self.encoder_path and self.encoder_path / "model.safetensors", self.projection_path):
+        for p in (self.encoder_path and self.encoder_path / "model.safetensors", self.projection_path,
+                  self.adapters_path):
             if p is not None and p.exists():
                 st = p.stat()
                 h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
@@ -179,12 +186,14 @@ def load_model_dir(path: str | Path) -> ModelDir:
     # An ONNX-only directory carries the projection inside the graph.
     projection = root / PROJECTION_FILE if cfg.projection_dim and encoder is not None else None
     onnx = root / cfg.onnx if cfg.onnx else None
-    for what, p in (("tokenizer", tokenizer), ("projection", projection), ("onnx", onnx), ("encoder", encoder)):
+    adapters = root / cfg.adapters if cfg.adapters and encoder is not None else None
+    for what, p in (("tokenizer", tokenizer), ("projection", projection), ("onnx", onnx), ("encoder", encoder),
+                    ("adapters", adapters)):
         if p is not None and not p.exists():
             raise ModelNotFoundError(f"`{root}` is incomplete: its {what} file {p} is missing. Re-export it.")
     if encoder is None and onnx is None:
         raise ModelNotFoundError(f"`{cfg_file}` names neither an encoder nor an ONNX file.")
-    return ModelDir(root, cfg, encoder, tokenizer, projection, onnx)
+    return ModelDir(root, cfg, encoder, tokenizer, projection, onnx, adapters)
 
 
 def resolve(name_or_path: str | Path) -> ModelDir:

@@ -13,6 +13,31 @@ from .model_dir import ModelDir, PROJECTION_FILE
 from .ops.reference import masked_mean_pool_l2_ref
 
 
+def merge_adapters(encoder: nn.Module, path) -> int:
+    """Add low-rank deltas to the encoder's linear weights in place: W (out, in) += B (out, r)
+    @ A (r, in), for each ``<module>.lora_A`` / ``<module>.lora_B`` pair in the safetensors
+    file. After the merge the model is an ordinary encoder: no extra work per forward pass.
+    Returns the number of layers changed."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(path))
+    modules = dict(encoder.named_modules())
+    names = sorted({k.rsplit(".", 1)[0] for k in state})
+    for name in names:
+        a, b = state.get(f"{name}.lora_A"), state.get(f"{name}.lora_B")
+        mod = modules.get(name)
+        if a is None or b is None or not isinstance(mod, nn.Linear):
+            raise ValueError(f"`{path}`: {name!r} needs lora_A and lora_B and must name a linear layer of the encoder.")
+        if (b.shape[0], a.shape[1]) != tuple(mod.weight.shape) or a.shape[0] != b.shape[1]:
+            raise ValueError(
+                f"`{path}`: {name!r} has lora_A {tuple(a.shape)}, lora_B {tuple(b.shape)}; "
+                f"the layer's weight is {tuple(mod.weight.shape)}."
+            )
+        with torch.no_grad():
+            mod.weight += (b.float() @ a.float()).to(mod.weight.dtype)
+    return len(names)
+
+
 class PostEmbModel(nn.Module):
     """forward(input_ids (B, S) int64, attention_mask (B, S) int64) -> (pooled (B, D) float32
     before normalisation, embedding (B, D) float32 unit rows)."""
@@ -35,6 +60,8 @@ class PostEmbModel(nn.Module):
         kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
         hf_logging.disable_progress_bar()  # a per-load weights bar is noise inside a runtime
         encoder = AutoModel.from_pretrained(str(md.encoder_path), local_files_only=True, **kwargs)
+        if md.adapters_path is not None:
+            merge_adapters(encoder, md.adapters_path)
         projection = None
         if md.projection_path is not None:
             from safetensors.torch import load_file

@@ -1,0 +1,58 @@
+"""``postemb eval --model default --out reports/``: the offline evaluation report.
+
+Rows: ``base`` (384-d), ``base-pca50`` (the dimension-matched baseline) and one per
+``--model`` (``NAME=PATH`` or a registered name / directory; the first is the model the
+targets are checked for; rows named ``single-<task>`` are the single-task models of the
+positive-transfer target). Writes ``OUT/eval.md`` and ``OUT/eval.json``; each row is
+cached in ``OUT/rows/`` so rows can be added in later runs. Sizes and seeds: see
+``postemb_rt.train.evaluate.EvalSpec``.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def _parse_model(spec: str) -> tuple[str, str]:
+    if "=" in spec:
+        name, path = spec.split("=", 1)
+        return name, path
+    return ("multitask" if spec == "default" else Path(spec).name or spec), spec
+
+
+def run(args) -> int:
+    from ..data import data_root, read_lines, SHORT_POSTS
+    from ..train.evaluate import EvalSpec, evaluate_rows, throughput, write_report
+
+    root = Path(args.data) if args.data else data_root()
+    out = Path(args.out)
+    spec = EvalSpec(seed=args.seed, auc_anchors=args.auc_anchors, zs_fit=args.zs_posts, zs_test=args.zs_posts,
+                    retrieval_posts=args.retrieval_posts, pca_posts=args.pca_posts)
+    models = [_parse_model(m) for m in (args.model or ["default"])]
+    pr = lambda m: print(m, flush=True)  # noqa: E731
+    rows = evaluate_rows(models, root, out, spec, backend=args.backend, progress=pr)
+    extra = {}
+    if args.throughput_posts:
+        posts = read_lines(root / SHORT_POSTS)[:args.throughput_posts]
+        extra["throughput"] = throughput(models[0][1], args.backend, posts)
+    jp, mp = write_report(out, rows, models[0][0], spec, extra)
+    print(mp.read_text())
+    print(f"-> {mp}, {jp}")
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="offline evaluation report (per-task AUC, zero-shot, STS-B, retrieval)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", action="append", help="NAME=PATH or a model name/dir; repeatable (default: default)")
+    p.add_argument("--out", required=True, help="report folder, e.g. reports/")
+    p.add_argument("--data", default=None, help="data root holding tweeteval/ and stsb/ (default: ../shared/data)")
+    p.add_argument("--backend", default="auto", help="runtime backend for the embeddings (default: auto)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--auc-anchors", type=int, default=1000, help="held-out anchors per task (default: 1000)")
+    p.add_argument("--zs-posts", type=int, default=2000, help="zero-shot fit and test posts per task (default: 2000)")
+    p.add_argument("--retrieval-posts", type=int, default=2000, help="emoji test posts for P@10 (default: 2000)")
+    p.add_argument("--pca-posts", type=int, default=2000, help="train posts for the base-PCA-50 fit (default: 2000)")
+    p.add_argument("--throughput-posts", type=int, default=2000,
+                   help="short posts for the 50-d vs base throughput (0: skip; default: 2000)")
+    p.set_defaults(func=run)

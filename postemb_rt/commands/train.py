@@ -1,0 +1,39 @@
+"""``postemb train --config CONFIG.json --out DIR``: fine-tune the post-embedding model.
+
+The config is JSON with the fields of ``postemb_rt.train.trainer.TrainConfig`` (see
+``configs/``). DIR becomes a model directory that ``Encoder.from_pretrained(DIR)`` loads.
+``--plan`` prints the task mixing and steps per task without training.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def run(args) -> int:
+    from ..train.trainer import TrainConfig, task_schedule_counts, task_sizes, train
+    from ..train.tasks import mixing_probabilities
+
+    cfg = TrainConfig.from_file(args.config)
+    if args.steps is not None:
+        cfg.steps = args.steps
+    if args.plan:
+        sizes = task_sizes(cfg)
+        print(json.dumps({"steps": cfg.steps, "batch_size": cfg.batch_size, "task_anchors": sizes,
+                          "mixing_probabilities": mixing_probabilities(sizes, cfg.mixing_temperature),
+                          "steps_per_task": task_schedule_counts(cfg)}, indent=2))
+        return 0
+    if not args.out:
+        raise SystemExit("postemb train: error: --out is required (unless --plan)")
+    train(cfg, args.out, progress=lambda m: print(m, flush=True))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("train", help="fine-tune the 50-d post-embedding model", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", required=True, help="training config (JSON), e.g. configs/multitask.json")
+    p.add_argument("--out", help="output model directory")
+    p.add_argument("--steps", type=int, default=None, help="override the config's steps")
+    p.add_argument("--plan", action="store_true", help="print task mixing and steps per task, then exit")
+    p.set_defaults(func=run)

@@ -1,0 +1,265 @@
+"""Multi-task fine-tuning: base encoder + LoRA -> masked mean pool -> linear to 50 -> L2.
+
+One step = one task (drawn by temperature-scaled mixing, the whole schedule fixed by the
+seed up front) and ``batch_size`` pairs of it. Loss ``bce`` (the paper's): binary
+cross-entropy on ``s * cos(a, b) + c`` with a learnt scale s and offset c; ``contrastive``
+(option): softmax over the batch's distinct b texts (in-batch negatives), positives only.
+
+Output: a normal model directory (``postemb.json``, ``projection.safetensors``,
+``adapters.safetensors``; the encoder borrowed from the pip package) plus
+``train_summary.json`` (time, trained parameters, pairs per task, loss curve).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ValidationError
+from . import tasks as T
+
+log = logging.getLogger(__name__)
+
+ADAPTERS_FILE = "adapters.safetensors"
+SUMMARY_FILE = "train_summary.json"
+LORA_TARGETS = ["attention.self.query", "attention.self.key", "attention.self.value",
+                "attention.output.dense", "intermediate.dense", "output.dense"]
+
+
+@dataclass
+class TrainConfig:
+    model_version: str = "postemb-mt50"
+    tasks: list[str] = field(default_factory=lambda: list(T.TASKS))
+    data: str | None = None  # data root (tweeteval/, stsb/); default: postemb_rt.data.data_root()
+    base: str = "base"
+    steps: int = 1000
+    steps_from: str | None = None  # another config: take this run's steps = that run's steps of our task
+    batch_size: int = 32
+    mixing_temperature: float = 2.0
+    loss: str = "bce"  # or "contrastive"
+    lr: float = 5e-4  # adapters
+    head_lr: float = 2e-3  # projection, scale, offset
+    warmup_frac: float = 0.05
+    weight_decay: float = 0.0
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_layers: list[int] | None = None  # None: all
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
+    projection_dim: int = 50
+    projection_init: str = "pca"  # or "random"
+    pca_posts: int = 2000
+    scale_init: float = 10.0
+    max_length: int = 64  # training truncation; the shipped model keeps the base's 256
+    seed: int = 0
+    threads: int = 2
+    log_every: int = 20
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            raw = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValidationError(f"`--config` {str(path)!r} could not be read as JSON: {exc}.") from None
+        raw = {k: v for k, v in raw.items() if not k.startswith("_")}  # "_comment" keys
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ValidationError(f"`{path}` has unknown keys {unknown}. Known keys: {sorted(known)}.")
+        cfg = cls(**raw)
+        if cfg.steps_from:
+            ref_path = (path.parent / cfg.steps_from).resolve()
+            ref = cls.from_file(ref_path)
+            if len(cfg.tasks) != 1 or cfg.tasks[0] not in ref.tasks:
+                raise ValidationError(f"`steps_from` needs exactly one task of {ref_path}'s tasks. Given: {cfg.tasks}.")
+            cfg.steps = max(1, task_schedule_counts(ref)[cfg.tasks[0]])
+        cfg.validate(path)
+        return cfg
+
+    def validate(self, where="config"):
+        if self.loss not in ("bce", "contrastive"):
+            raise ValidationError(f"`loss` in {where} must be 'bce' or 'contrastive'. Given: {self.loss!r}.")
+        if self.projection_init not in ("pca", "random"):
+            raise ValidationError(f"`projection_init` in {where} must be 'pca' or 'random'. Given: {self.projection_init!r}.")
+        for t in self.tasks:
+            if t in T.ZERO_SHOT:
+                raise ValidationError(f"`tasks` in {where} must not include {t!r}: it is a zero-shot evaluation task.")
+            if t not in T.TASKS:
+                raise ValidationError(f"`tasks` in {where} entries must be among {list(T.TASKS)}. Given: {t!r}.")
+        if not self.tasks or self.steps < 1 or self.batch_size < 2:
+            raise ValidationError(f"{where}: needs tasks, steps >= 1 and batch_size >= 2.")
+
+
+def data_root_of(cfg: TrainConfig) -> Path:
+    from ..data import data_root
+
+    return Path(cfg.data).expanduser() if cfg.data else data_root()
+
+
+def task_sizes(cfg: TrainConfig) -> dict[str, int]:
+    sd = T.load_split(data_root_of(cfg), "train")
+    return {t: len(T.build_task(sd, t)) for t in cfg.tasks}
+
+
+def schedule(cfg: TrainConfig, sizes: dict[str, int] | None = None) -> list[str]:
+    """The task of every step, fixed by the seed and the mixing temperature."""
+    sizes = sizes or task_sizes(cfg)
+    p = T.mixing_probabilities(sizes, cfg.mixing_temperature)
+    rng = np.random.default_rng([cfg.seed, 1])
+    names = list(p)
+    return [names[i] for i in rng.choice(len(names), size=cfg.steps, p=[p[t] for t in names])]
+
+
+def task_schedule_counts(cfg: TrainConfig) -> dict[str, int]:
+    s = schedule(cfg)
+    return {t: s.count(t) for t in cfg.tasks}
+
+
+def _batches_to_tensors(tokenizer, texts, pack):
+    import torch
+
+    ids, mask = pack(tokenizer(texts).ids, tokenizer.pad_id)
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def _pca_projection(model, tokenizer, posts, dim, pack):
+    """(weight (dim, H), bias (dim,)) of PCA on the base's pooled vectors: the projection
+    starts as the base-PCA baseline."""
+    import torch
+
+    vecs = []
+    with torch.no_grad():
+        for i in range(0, len(posts), 64):
+            ids, mask = _batches_to_tensors(tokenizer, posts[i:i + 64], pack)
+            vecs.append(model(ids, mask)[0])
+    x = torch.cat(vecs).double()
+    mean = x.mean(0)
+    _, _, vt = torch.linalg.svd(x - mean, full_matrices=False)
+    w = vt[:dim]
+    if w.shape[0] < dim:  # fewer posts than dimensions: fill up with small random directions
+        gen = torch.Generator().manual_seed(0)
+        w = torch.cat([w, 0.01 * torch.randn(dim - w.shape[0], w.shape[1], generator=gen, dtype=w.dtype)])
+    return w.float(), (-(w @ mean)).float()
+
+
+def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
+    """Train and write the model directory ``out``. Returns the summary dict."""
+    import torch
+    from safetensors.torch import save_file
+    from torch import nn
+
+    from ..model_dir import CONFIG_FILE, PROJECTION_FILE, BASE_PACKAGE, PostEmbConfig, resolve
+    from ..modeling import PostEmbModel
+    from ..native import pack_padded
+    from ..tokenization import PostTokenizer
+    from .lora import add_lora, adapter_state
+
+    t_start = time.perf_counter()
+    cfg.validate()
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    out = Path(out)
+    root = data_root_of(cfg)
+    sd = T.load_split(root, "train")
+    tasks = {t: T.build_task(sd, t) for t in cfg.tasks}
+    sizes = {t: len(v) for t, v in tasks.items()}
+    plan = schedule(cfg, sizes)
+    probs = T.mixing_probabilities(sizes, cfg.mixing_temperature)
+    progress(f"tasks (anchors): {sizes}; mixing p: { {t: round(p, 3) for t, p in probs.items()} }; steps {cfg.steps}")
+
+    md = resolve(cfg.base)
+    if md.config.projection_dim:
+        raise ValidationError(f"`base` must be an encoder without a projection. Given: {cfg.base!r}.")
+    model = PostEmbModel.from_model_dir(md)
+    tok = PostTokenizer(md.tokenizer_path, cfg.max_length)
+    hidden = md.config.hidden_size
+    proj = nn.Linear(hidden, cfg.projection_dim)
+    if cfg.projection_init == "pca":
+        rng = np.random.default_rng([cfg.seed, 2])
+        pool = sd.emoji.texts + sd.emotion.texts + sd.topic.texts
+        posts = [pool[i] for i in rng.permutation(len(pool))[:cfg.pca_posts]]
+        w, b = _pca_projection(model, tok, posts, cfg.projection_dim, pack_padded)
+        with torch.no_grad():
+            proj.weight.copy_(w)
+            proj.bias.copy_(b)
+    wrapped = add_lora(model.encoder, cfg.lora_targets, cfg.lora_layers, cfg.lora_rank, cfg.lora_alpha)
+    model.projection = proj
+    log_scale = nn.Parameter(torch.tensor(math.log(cfg.scale_init)))
+    offset = nn.Parameter(torch.tensor(-0.5 * cfg.scale_init))
+    adapter_params = [p for p in model.encoder.parameters() if p.requires_grad]
+    head_params = list(proj.parameters()) + [log_scale, offset]
+    n_trained = sum(p.numel() for p in adapter_params + head_params)
+    opt = torch.optim.AdamW([{"params": adapter_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.head_lr}],
+                            weight_decay=cfg.weight_decay)
+    warm = max(1, int(cfg.warmup_frac * cfg.steps))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm))))
+    model.train()
+    progress(f"set-up {time.perf_counter() - t_start:.0f}s; {n_trained} trained parameters")
+    t_loop = time.perf_counter()
+    rng = np.random.default_rng([cfg.seed, 3])
+    seen = {t: 0 for t in cfg.tasks}
+    curve, window = [], []
+    for step, tname in enumerate(plan):
+        pairs = tasks[tname].sample(rng, cfg.batch_size, positives_only=cfg.loss == "contrastive")
+        uniq: dict[str, int] = {}
+        for p in pairs:
+            uniq.setdefault(p.b, len(uniq))
+        col = torch.tensor([uniq[p.b] for p in pairs])
+        ea = model(*_batches_to_tensors(tok, [p.a for p in pairs], pack_padded))[1]
+        eb = model(*_batches_to_tensors(tok, list(uniq), pack_padded))[1]
+        if cfg.loss == "bce":
+            cos = (ea * eb[col]).sum(-1)
+            y = torch.tensor([p.label for p in pairs])
+            loss = nn.functional.binary_cross_entropy_with_logits(log_scale.exp() * cos + offset, y)
+        else:
+            logits = log_scale.exp() * ea @ eb.t()
+            loss = nn.functional.cross_entropy(logits, col)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(adapter_params + head_params, 1.0)
+        opt.step()
+        sched.step()
+        seen[tname] += len(pairs)
+        window.append(loss.item())
+        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+            curve.append({"step": step + 1, "loss": float(np.mean(window))})
+            window = []
+            el = time.perf_counter() - t_loop
+            progress(f"step {step + 1}/{cfg.steps} loss {curve[-1]['loss']:.4f} scale {log_scale.exp().item():.2f} "
+                     f"{el / (step + 1):.2f}s/step, eta {el / (step + 1) * (cfg.steps - step - 1):.0f}s")
+    train_seconds = time.perf_counter() - t_start
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().clone().contiguous() for k, v in proj.state_dict().items()}, str(out / PROJECTION_FILE))
+    save_file(adapter_state(model.encoder), str(out / ADAPTERS_FILE))
+    pcfg = PostEmbConfig(model_version=cfg.model_version, hidden_size=hidden, projection_dim=cfg.projection_dim,
+                         normalize=True, max_length=md.config.max_length, encoder=f"pip:{BASE_PACKAGE}",
+                         adapters=ADAPTERS_FILE)
+    (out / CONFIG_FILE).write_text(pcfg.to_json())
+    artefact = sum((out / f).stat().st_size for f in (CONFIG_FILE, PROJECTION_FILE, ADAPTERS_FILE))
+    summary = {
+        "model_version": cfg.model_version,
+        "config": dataclasses.asdict(cfg),
+        "data_root": str(root),
+        "train_seconds": round(train_seconds, 1),
+        "threads": cfg.threads,
+        "trained_parameters": n_trained,
+        "lora_layers_wrapped": len(wrapped),
+        "artefact_bytes": artefact,
+        "task_anchors": sizes,
+        "mixing_probabilities": probs,
+        "pairs_seen": seen,
+        "final_scale": log_scale.exp().item(),
+        "final_offset": offset.item(),
+        "loss_curve": curve,
+    }
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    progress(f"trained {n_trained} parameters in {train_seconds:.0f}s; artefact {artefact / 1e6:.2f} MB -> {out}")
+    return summary

@@ -1,0 +1,87 @@
+"""Bad training data stops with a message naming the file and the line."""
+import json
+import shutil
+
+import pytest
+
+from postemb_rt.errors import ValidationError
+from postemb_rt.train.trainer import TrainConfig, train
+from postemb_rt.train import tasks as T
+
+
+@pytest.fixture
+def data(tiny_data, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    return root
+
+
+def _lines(path):
+    return path.read_text().splitlines()
+
+
+def test_empty_line_names_file_and_line(data):
+    f = data / "tweeteval/emotion/train_text.txt"
+    lines = _lines(f)
+    lines[6] = "   "
+    f.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValidationError, match=r"emotion/train_text.txt:7: empty text"):
+        T.load_split(data, "train")
+
+
+def test_label_text_count_mismatch_names_both_files_and_line(data):
+    f = data / "tweeteval/emoji/train_labels.txt"
+    f.write_text("\n".join(_lines(f)[:-3]) + "\n")
+    with pytest.raises(ValidationError, match=r"emoji/train_text.txt has 48 lines but .*emoji/train_labels.txt has 45: "
+                                              r"line 46 has no partner"):
+        T.load_split(data, "train")
+
+
+def test_unknown_label_id_names_file_and_line(data):
+    f = data / "tweeteval/stance/climate/train_labels.txt"
+    lines = _lines(f)
+    lines[2] = "7"
+    f.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValidationError, match=r"climate/train_labels.txt:3: unknown label id 7"):
+        T.load_split(data, "train")
+
+
+def test_non_integer_label_names_file_and_line(data):
+    f = data / "tweeteval/emoji/train_labels.txt"
+    lines = _lines(f)
+    lines[0] = "fire"
+    f.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValidationError, match=r"emoji/train_labels.txt:1: label must be an integer"):
+        T.load_split(data, "train")
+
+
+def test_bad_sts_score_names_file_and_line(data):
+    f = data / "stsb/stsb-en-train.csv"
+    lines = _lines(f)
+    lines[3] = "a,b,lots"
+    f.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValidationError, match=r"stsb-en-train.csv:4: score must be a number"):
+        train(TrainConfig(data=str(data), tasks=["sts"], steps=1), data / "out", progress=lambda m: None)
+
+
+def test_test_splits_keep_empty_posts(data):
+    f = data / "tweeteval/emoji/test_text.txt"
+    lines = _lines(f)
+    lines[0] = ""
+    f.write_text("\n".join(lines) + "\n")
+    assert T.load_split(data, "test").emoji.texts[0] == ""
+
+
+@pytest.mark.parametrize("task", ["sentiment", "hate", "offensive"])
+def test_zero_shot_tasks_are_refused(tmp_path, task):
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"tasks": ["emoji", task]}))
+    with pytest.raises(ValidationError, match=f"must not include '{task}'"):
+        TrainConfig.from_file(p)
+
+
+def test_unknown_config_key_is_refused(tmp_path):
+    p = tmp_path / "c.json"
+    p.write_text(json.dumps({"stepz": 3}))
+    with pytest.raises(ValidationError, match=r"unknown keys \['stepz'\]"):
+        TrainConfig.from_file(p)

@@ -1,0 +1,110 @@
+import json
+
+import numpy as np
+import pytest
+
+from postemb_rt.train import tasks as T
+from postemb_rt.train.trainer import TrainConfig, schedule, task_schedule_counts
+
+
+def test_smoke_training_loss_falls(smoke_model):
+    _, summary = smoke_model
+    losses = [p["loss"] for p in summary["loss_curve"]]
+    assert len(losses) == 6
+    assert np.mean(losses[-2:]) < np.mean(losses[:2]), losses
+
+
+def test_output_directory_loads_with_encoder_at_dim_50(smoke_model, tmp_path):
+    from postemb_rt import Encoder
+
+    out, summary = smoke_model
+    cfg = json.loads((out / "postemb.json").read_text())
+    assert cfg["projection_dim"] == 50 and cfg["model_version"] == "smoke-mt50"
+    assert cfg["encoder"].startswith("pip:") and cfg["adapters"] == "adapters.safetensors"
+    enc = Encoder.from_pretrained(str(out), backend="torch", device="cpu", warmup=False)
+    x = enc.encode(["a sunny beach today", "furious again"])
+    assert x.shape == (2, 50) and x.dtype == np.float32
+    assert np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    assert summary["artefact_bytes"] < 10e6
+    assert sum(summary["pairs_seen"].values()) == 30 * 8
+
+
+def test_adapters_change_the_encoder_and_enter_the_fingerprint(smoke_model, tmp_path):
+    import shutil
+
+    from postemb_rt.model_dir import load_model_dir
+
+    out, _ = smoke_model
+    copy = tmp_path / "m"
+    shutil.copytree(out, copy)
+    before = load_model_dir(copy).fingerprint
+    (copy / "adapters.safetensors").write_bytes((copy / "adapters.safetensors").read_bytes() + b"")
+    import os
+    os.utime(copy / "adapters.safetensors", ns=(1, 1))
+    assert load_model_dir(copy).fingerprint != before
+
+
+def test_merged_adapters_equal_the_lora_model():
+    """Merging W += B @ A at load gives what the training-time LoRA wrapper computes."""
+    import torch
+    from safetensors.torch import save_file
+
+    from postemb_rt.model_dir import resolve
+    from postemb_rt.modeling import PostEmbModel, merge_adapters
+    from postemb_rt.train.lora import add_lora, adapter_state
+
+    md = resolve("base")
+    lora = PostEmbModel.from_model_dir(md)
+    add_lora(lora.encoder, ["attention.self.query", "output.dense"], [0, 5], rank=4, alpha=8)
+    torch.manual_seed(0)
+    for name, p in lora.encoder.named_parameters():
+        if "lora_B" in name:
+            p.data.normal_(0, 0.05)
+    ids = torch.tensor([[101, 2023, 2003, 1037, 3231, 102]])
+    mask = torch.ones_like(ids)
+    import tempfile, os
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "a.safetensors")
+        save_file(adapter_state(lora.encoder), path)
+        merged = PostEmbModel.from_model_dir(md)
+        assert merge_adapters(merged.encoder, path) == 4
+    with torch.no_grad():
+        a, b = lora(ids, mask)[1], merged(ids, mask)[1]
+        base = PostEmbModel.from_model_dir(md)(ids, mask)[1]
+    assert torch.allclose(a, b, atol=1e-5)
+    assert not torch.allclose(a, base, atol=1e-3)
+
+
+def test_schedule_is_seeded_and_mixing_is_temperature_scaled(tiny_data):
+    cfg = TrainConfig(data=str(tiny_data), steps=50)
+    assert schedule(cfg) == schedule(cfg)
+    p1 = T.mixing_probabilities({"a": 100, "b": 1}, 1.0)
+    p_inf = T.mixing_probabilities({"a": 100, "b": 1}, 1e9)
+    assert p1["a"] == pytest.approx(100 / 101) and p_inf["a"] == pytest.approx(0.5)
+    assert sum(task_schedule_counts(cfg).values()) == 50
+
+
+def test_single_task_config_takes_its_steps_from_the_multitask_run(tiny_data, tmp_path):
+    multi = tmp_path / "multi.json"
+    multi.write_text(json.dumps({"data": str(tiny_data), "steps": 40}))
+    single = tmp_path / "single.json"
+    single.write_text(json.dumps({"data": str(tiny_data), "tasks": ["emoji"], "steps_from": "multi.json"}))
+    counts = task_schedule_counts(TrainConfig.from_file(multi))
+    assert TrainConfig.from_file(single).steps == counts["emoji"]
+
+
+def test_pair_tasks_from_tiny_data(tiny_data):
+    sd = T.load_split(tiny_data, "train")
+    rng = np.random.default_rng(0)
+    for name in T.TASKS:
+        task = T.build_task(sd, name)
+        pairs = task.heldout(rng, 10)
+        assert {p.label for p in pairs} == {0.0, 1.0}, name
+        assert all(p.a.strip() and p.b.strip() for p in pairs), name
+    topic = T.build_task(sd, "topic")
+    assert all("#SemST" not in t for t in topic.ds.texts)
+    tags = T.build_task(sd, "hashtag")
+    assert "semst" not in tags.vocab and "beachlife" in tags.vocab
+    assert tags.words["beachlife"] == "Beach Life"
+    for p in tags.sample(rng, 20, positives_only=True):
+        assert "#" not in p.a or "#beachlife" not in p.a.lower()
