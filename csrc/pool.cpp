@@ -19,6 +19,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -309,7 +310,13 @@ void masked_mean_pool_l2(const PoolArgs& a, CpuIsa isa, int num_threads) {
   };
   std::vector<std::thread> pool;
   pool.reserve(static_cast<size_t>(threads - 1));
-  for (int64_t i = 1; i < threads; ++i) pool.emplace_back(work, i);
+  for (int64_t i = 1; i < threads; ++i) {
+    try {
+      pool.emplace_back(work, i);
+    } catch (const std::system_error&) {  // cannot start more threads: the started ones share the rows
+      break;
+    }
+  }
   work(0);
   for (auto& th : pool) th.join();
 }
