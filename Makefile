@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 VENV_FLAGS ?=
 
-.PHONY: install demo test bench compare clean
+.PHONY: install system-deps demo test bench compare clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -23,8 +23,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/postemb demo
 
+# Debian packages the tests need: redis-server (the near-line tests start their own on loopback).
+system-deps:
+	@command -v redis-server >/dev/null || (apt-get update -q && apt-get install -y -q redis-server)
+
 # Benchmarks run as quick tests here (one round, 200 posts, no timing assertions).
-test: $(STAMP)
+test: $(STAMP) system-deps
 	POSTEMB_BENCH_N=200 $(BIN)/python -m pytest -q -p no:cacheprovider tests benchmarks --benchmark-disable
 
 bench: $(STAMP)
