@@ -118,6 +118,7 @@ class Encoder:
             **self.backend.describe(),
             "backend_reason": self.backend_reason,
             "packing": "C++ (postemb_rt._C)" if native.NATIVE else "python fallback",
+            "batcher": self._batcher.implementation if self._batcher is not None else "not started",
         }
 
     @staticmethod

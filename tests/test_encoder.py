@@ -106,6 +106,13 @@ def test_describe_reports_what_runs(enc):
         assert d[key], key
 
 
+def test_describe_reports_the_batcher_once_started():
+    with Encoder.from_pretrained("base", backend="torch", device="cpu", warmup=False) as enc:
+        assert enc.describe()["batcher"] == "not started"
+        enc.submit(["a post"]).result(timeout=60)
+        assert enc.describe()["batcher"] == enc.batcher.implementation
+
+
 def test_auto_backend_says_why():
     enc = Encoder.from_pretrained("base", backend="auto", device="cpu", warmup=False)
     assert enc.describe()["backend"] == "onnxruntime"
