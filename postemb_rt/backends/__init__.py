@@ -47,5 +47,6 @@ def choose(model: ModelDir, device: str) -> tuple[str, str]:
     if device.startswith("cuda"):
         return "torch", "CUDA device: the torch backend runs the GPU path"
     if has_ort:
-        return "onnxruntime", "fastest exact CPU backend (see benchmarks/RESULTS.md)"
+        return "onnxruntime", ("fastest exact CPU backend (see benchmarks/RESULTS.md); pooling as the export "
+                               "says (onnx_export.DEFAULT_POOLING, the faster on CPU)")
     return "torch", "onnxruntime is not installed"
