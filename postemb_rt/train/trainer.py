@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ValidationError
+from . import data as D
 from . import tasks as T
 
 log = logging.getLogger(__name__)
@@ -182,7 +183,10 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     proj = nn.Linear(hidden, cfg.projection_dim)
     if cfg.projection_init == "pca":
         rng = np.random.default_rng([cfg.seed, 2])
-        pool = sd.emoji.texts + sd.emotion.texts + sd.topic.texts
+        # the training texts of every task (STS-B sentences included), whichever tasks this run trains,
+        # so single-task runs start from the same projection as the multi-task run
+        sts_a, sts_b, _ = D.read_sts(sd.sts_path, strict=True)
+        pool = sd.emoji.texts + sd.emotion.texts + sd.topic.texts + sts_a + sts_b
         posts = [pool[i] for i in rng.permutation(len(pool))[:cfg.pca_posts]]
         w, b = _pca_projection(model, tok, posts, cfg.projection_dim, pack_padded)
         with torch.no_grad():
