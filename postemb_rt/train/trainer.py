@@ -60,6 +60,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     log_every: int = 20
+    probe_pairs: int = 32  # per task: a fixed sample of train pairs whose loss is measured before and after
 
     @classmethod
     def from_file(cls, path: str | Path) -> "TrainConfig":
@@ -204,6 +205,33 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     warm = max(1, int(cfg.warmup_frac * cfg.steps))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min((s + 1) / warm, max(0.0, (cfg.steps - s) / max(1, cfg.steps - warm))))
+    probe_rng = np.random.default_rng([cfg.seed, 4])
+    probe = {t: task.sample(probe_rng, cfg.probe_pairs) for t, task in tasks.items()} if cfg.probe_pairs else {}
+
+    def pair_loss(pairs, contrastive):
+        # b texts are de-duplicated: a label task's batch encodes each label name once, and the
+        # contrastive softmax runs over distinct b texts (a repeated label is not its own negative)
+        uniq: dict[str, int] = {}
+        for p in pairs:
+            uniq.setdefault(p.b, len(uniq))
+        col = torch.tensor([uniq[p.b] for p in pairs])
+        ea = model(*_batches_to_tensors(tok, [p.a for p in pairs], pack_padded))[1]
+        eb = model(*_batches_to_tensors(tok, list(uniq), pack_padded))[1]
+        if not contrastive:
+            cos = (ea * eb[col]).sum(-1)
+            y = torch.tensor([p.label for p in pairs])
+            return nn.functional.binary_cross_entropy_with_logits(log_scale.exp() * cos + offset, y)
+        return nn.functional.cross_entropy(log_scale.exp() * ea @ eb.t(), col)
+
+    def probe_losses():
+        # BCE (the paper's loss) on the fixed probe pairs, dropout off: comparable before/after
+        model.eval()
+        with torch.no_grad():
+            got = {t: round(pair_loss(ps, False).item(), 4) for t, ps in probe.items()}
+        model.train()
+        return got
+
+    probe_start = probe_losses()
     model.train()
     progress(f"set-up {time.perf_counter() - t_start:.0f}s; {n_trained} trained parameters")
     t_loop = time.perf_counter()
@@ -212,19 +240,7 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     curve, window = [], []
     for step, tname in enumerate(plan):
         pairs = tasks[tname].sample(rng, cfg.batch_size, positives_only=cfg.loss == "contrastive")
-        uniq: dict[str, int] = {}
-        for p in pairs:
-            uniq.setdefault(p.b, len(uniq))
-        col = torch.tensor([uniq[p.b] for p in pairs])
-        ea = model(*_batches_to_tensors(tok, [p.a for p in pairs], pack_padded))[1]
-        eb = model(*_batches_to_tensors(tok, list(uniq), pack_padded))[1]
-        if cfg.loss == "bce":
-            cos = (ea * eb[col]).sum(-1)
-            y = torch.tensor([p.label for p in pairs])
-            loss = nn.functional.binary_cross_entropy_with_logits(log_scale.exp() * cos + offset, y)
-        else:
-            logits = log_scale.exp() * ea @ eb.t()
-            loss = nn.functional.cross_entropy(logits, col)
+        loss = pair_loss(pairs, cfg.loss == "contrastive")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(adapter_params + head_params, 1.0)
@@ -238,6 +254,8 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
             el = time.perf_counter() - t_loop
             progress(f"step {step + 1}/{cfg.steps} loss {curve[-1]['loss']:.4f} scale {log_scale.exp().item():.2f} "
                      f"{el / (step + 1):.2f}s/step, eta {el / (step + 1) * (cfg.steps - step - 1):.0f}s")
+    probe_end = probe_losses()
+    progress(f"probe loss (BCE on {cfg.probe_pairs} fixed train pairs per task) before {probe_start} after {probe_end}")
     train_seconds = time.perf_counter() - t_start
 
     out.mkdir(parents=True, exist_ok=True)
@@ -262,6 +280,8 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         "pairs_seen": seen,
         "final_scale": log_scale.exp().item(),
         "final_offset": offset.item(),
+        "probe_loss_start": probe_start,
+        "probe_loss_end": probe_end,
         "loss_curve": curve,
     }
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
