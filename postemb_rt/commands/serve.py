@@ -1,0 +1,124 @@
+"""``postemb serve``: the HTTP embedding server (see ``postemb_rt.server`` for the API).
+
+    postemb serve --model default --host 127.0.0.1 --port 8080
+    POSTEMB_API_KEY=secret postemb serve --port 8080       # 401 without `Authorization: Bearer secret`
+
+The port opens at once (``GET /health`` answers); the model loads meanwhile and ``GET /ready``
+turns 200 when it is warmed up. SIGTERM or Ctrl-C: stop accepting, finish the requests in
+flight (at most --drain-timeout seconds), drain the batcher, exit 0. A model that fails to
+load stops the server with exit code 1. Needs the ``[serve]`` extra (fastapi, uvicorn,
+prometheus-client).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import sys
+
+from ..errors import ValidationError
+
+
+def config_from_args(args):
+    from ..server import ServeConfig
+
+    cfg = ServeConfig(model=args.model, backend=args.backend, api_key=args.api_key or None,
+                      max_inputs=args.max_inputs, max_input_chars=args.max_input_chars,
+                      max_body_bytes=args.max_body_bytes, max_queued_tokens=args.max_queued_tokens,
+                      max_batch_size=args.max_batch_size, max_wait_us=args.max_wait_us,
+                      request_timeout_s=args.request_timeout, drain_timeout_s=args.drain_timeout)
+    for name in ("max_inputs", "max_input_chars", "max_body_bytes", "max_queued_tokens", "max_batch_size"):
+        if getattr(cfg, name) < 1:
+            raise ValidationError(f"`--{name.replace('_', '-')}` must be >= 1. Given: {getattr(cfg, name)}.")
+    if cfg.max_wait_us < 0:
+        raise ValidationError(f"`--max-wait-us` must be >= 0. Given: {cfg.max_wait_us}.")
+    if args.workers < 1:
+        raise ValidationError(f"`--workers` must be >= 1. Given: {args.workers}.")
+    return cfg
+
+
+def run(args) -> int:
+    try:
+        import uvicorn
+
+        from ..server import create_app
+    except ImportError as exc:
+        raise ValidationError(f"`postemb serve` needs the serve extra ({exc.name} is missing). "
+                              "Fix: pip install 'postemb_rt[serve]'.") from None
+    if args.threads:
+        os.environ["POSTEMB_NUM_THREADS"] = str(args.threads)
+    cfg = config_from_args(args)
+    if args.workers > 1:
+        # each worker process loads its own model and batcher: only worth it with cores to spare
+        os.environ["POSTEMB_SERVE_CONFIG"] = json.dumps(cfg.__dict__)
+        signal.signal(signal.SIGTERM, lambda *_: None)  # see serve_app
+        uvicorn.run("postemb_rt.server:app_from_env", factory=True, host=args.host, port=args.port,
+                    workers=args.workers, log_level="info" if args.verbose else "warning",
+                    access_log=args.access_log, timeout_graceful_shutdown=cfg.drain_timeout_s)
+        return 0
+    return serve_app(create_app(cfg), args.host, args.port, cfg.drain_timeout_s, verbose=args.verbose,
+                     access_log=args.access_log, what=f"model {cfg.model!r}, backend {cfg.backend!r}")
+
+
+def serve_app(app, host: str, port: int, drain_timeout_s: float, verbose: bool = False, access_log: bool = False,
+              what: str = "") -> int:
+    """Serve a ``postemb_rt.server.create_app`` app on host:port (0: a free port) until SIGTERM
+    or Ctrl-C; prints the address once listening. Returns the exit code: 0 after a drain, 1
+    when the model failed to load."""
+    import uvicorn
+
+    # uvicorn re-raises a captured SIGTERM after its graceful shutdown, which would end the
+    # process with -15: a handler of our own makes that re-raise a no-op, so a drain exits 0.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        raise ValidationError(f"cannot listen on {host}:{port}: {exc.strerror}.") from None
+    sock.listen(2048)
+    host, port = sock.getsockname()[:2]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="info" if verbose else "warning", access_log=access_log,
+                                           timeout_graceful_shutdown=drain_timeout_s, lifespan="on"))
+    runtime = app.state.runtime
+    runtime.on_fatal = lambda: setattr(server, "should_exit", True)
+    print(f"postemb serve: listening on http://{host}:{port} ({what}; GET /ready turns 200 when the model is "
+          "loaded)", flush=True)
+    server.run(sockets=[sock])
+    if runtime.load_error:
+        print(f"postemb serve: error: the model failed to load: {runtime.load_error}", file=sys.stderr)
+        return 1
+    print("postemb serve: stopped", flush=True)
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="HTTP embedding server (OpenAI-compatible /v1/embeddings, /embed, /metrics)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="default", help="'default', 'base' or a model directory (default: default)")
+    p.add_argument("--backend", default="auto", help="auto, torch or onnxruntime (default: auto)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one, printed (default: 8080)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="server processes, each with its own model (default: 1; more only with spare cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads for the model (sets POSTEMB_NUM_THREADS; default: one per core)")
+    p.add_argument("--api-key", default=os.environ.get("POSTEMB_API_KEY"),
+                   help="require `Authorization: Bearer KEY` (default: $POSTEMB_API_KEY; the environment keeps "
+                        "it out of `ps`)")
+    p.add_argument("--max-inputs", type=int, default=256, help="posts per request (default: 256)")
+    p.add_argument("--max-input-chars", type=int, default=16_384, help="characters per post (default: 16384)")
+    p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request body bytes (default: 4 MiB)")
+    p.add_argument("--max-queued-tokens", type=int, default=65_536,
+                   help="batcher queue bound in tokens; past it requests get 429 (default: 65536)")
+    p.add_argument("--max-batch-size", type=int, default=64, help="posts per model call (default: 64)")
+    p.add_argument("--max-wait-us", type=int, default=500,
+                   help="how long a post waits for company before its batch runs (default: 500)")
+    p.add_argument("--request-timeout", type=float, default=30.0,
+                   help="seconds a request may wait in the queue before a 503 (default: 30)")
+    p.add_argument("--drain-timeout", type=float, default=30.0,
+                   help="SIGTERM: seconds in-flight requests get to finish (default: 30)")
+    p.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
+    p.set_defaults(func=run)

@@ -1,0 +1,103 @@
+"""Real server processes on loopback for the server tests.
+
+``main_server``: ``postemb serve --model base --backend onnxruntime --port 0`` with an API key and
+small limits (one per session). ``fault_server``: the same app behind ``fault_server.py``, whose
+backend fails or slows down while a file exists in its fault directory. Every process is
+started once, waited for (``GET /ready``) and stopped with SIGTERM at the end.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi", reason="the server needs the [serve] extra")
+httpx = pytest.importorskip("httpx")
+
+API_KEY = "test-key-7f3a"
+READY_TIMEOUT_S = 180  # the first onnxruntime load exports the model (~15 s, more on busy cores)
+ROOT = Path(__file__).resolve().parents[2]
+LIMITS = dict(max_inputs=32, max_input_chars=2000, max_body_bytes=64 * 1024)
+
+
+class ServerProc:
+    """A server subprocess: ``url``, ``proc``, ``stop()`` (SIGTERM; returns the exit code)."""
+
+    def __init__(self, argv: list[str], env: dict | None = None):
+        self.argv = argv
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     cwd=ROOT, env={**os.environ, **(env or {})})
+        line = self.proc.stdout.readline()  # "postemb serve: listening on http://127.0.0.1:PORT (...)"
+        if "listening on" not in line:
+            rest = self.proc.stdout.read() if self.proc.poll() is not None else ""
+            raise RuntimeError(f"server did not start: {line}{rest}")
+        self.url = line.split("listening on ")[1].split()[0]
+        self.lines: list[str] = []
+        import threading
+
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self):
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}: {''.join(self.lines)}")
+            try:
+                if httpx.get(self.url + "/ready", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"server not ready after {timeout} s: {''.join(self.lines)}")
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+
+
+def serve_argv(*extra: str) -> list[str]:
+    return [sys.executable, "-m", "postemb_rt.cli", "serve", "--model", "base", "--backend", "onnxruntime",
+            "--host", "127.0.0.1", "--port", "0", *extra]
+
+
+def fault_argv(fault_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, str(Path(__file__).with_name("fault_server.py")), str(fault_dir), *extra]
+
+
+@pytest.fixture(scope="session")
+def main_server():
+    limits = [f"--{k.replace('_', '-')}={v}" for k, v in LIMITS.items()]
+    srv = ServerProc(serve_argv(*limits), env={"POSTEMB_API_KEY": API_KEY})
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        rc = srv.stop()
+    assert rc == 0, f"postemb serve exited {rc} after SIGTERM: {''.join(srv.lines)}"
+
+
+@pytest.fixture(scope="session")
+def client(main_server):
+    with httpx.Client(base_url=main_server.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def server_encoder(main_server):
+    """The in-process reference (after the server exported the model, so the cache is warm)."""
+    from postemb_rt import Encoder
+
+    return Encoder.from_pretrained("base", backend="onnxruntime", device="cpu")

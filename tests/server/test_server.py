@@ -1,0 +1,127 @@
+"""`postemb serve` answers like `Encoder.encode`: the official openai client, the native /embed
+route with every encoding, probes, /info, /metrics and the API key (real server process)."""
+import base64
+
+import numpy as np
+import pytest
+
+from tests.conftest import LONG_POST, SAMPLE_TEXTS, cosines
+from tests.server.conftest import API_KEY, LIMITS, httpx
+
+openai = pytest.importorskip("openai")
+
+TEXTS = [t for t in SAMPLE_TEXTS if len(t) <= LIMITS["max_input_chars"]]
+
+
+def test_openai_client_float_equals_encode(main_server, server_encoder):
+    c = openai.OpenAI(base_url=main_server.url + "/v1", api_key=API_KEY, max_retries=0)
+    r = c.embeddings.create(model="base", input=TEXTS, encoding_format="float")
+    got = np.array([d.embedding for d in r.data], dtype=np.float32)
+    assert [d.index for d in r.data] == list(range(len(TEXTS)))
+    assert got.shape == (len(TEXTS), server_encoder.dim)
+    assert cosines(got, server_encoder.encode(TEXTS)).min() >= 0.9999
+    tokens = sum(server_encoder.tokenizer(TEXTS).lengths)
+    assert r.usage.prompt_tokens == r.usage.total_tokens == tokens
+    assert r.model == server_encoder.model_version
+
+
+def test_openai_client_default_base64_and_single_string(main_server, server_encoder):
+    c = openai.OpenAI(base_url=main_server.url + "/v1", api_key=API_KEY, max_retries=0)
+    r = c.embeddings.create(model="anything", input="one post about hiring")  # client asks for base64
+    got = np.array(r.data[0].embedding, dtype=np.float32)
+    assert cosines(got[None], server_encoder.encode(["one post about hiring"])).min() >= 0.9999
+
+
+def test_base64_is_little_endian_float32_unit_rows(client, server_encoder):
+    r = client.post("/v1/embeddings", json={"input": ["a", "b c"], "encoding_format": "base64",
+                                            "dimensions": server_encoder.dim, "user": "ignored"})
+    assert r.status_code == 200, r.text
+    rows = [np.frombuffer(base64.b64decode(d["embedding"]), "<f4") for d in r.json()["data"]]
+    got = np.stack(rows)
+    assert got.shape == (2, server_encoder.dim)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
+    assert cosines(got, server_encoder.encode(["a", "b c"])).min() >= 0.9999
+
+
+def test_native_float32_reports_truncation_and_tokens(client, server_encoder):
+    texts = ["short", "x " * 400]  # the second is over max_length tokens
+    r = client.post("/embed", json={"inputs": texts})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    got = np.array(body["embeddings"], dtype=np.float32)
+    assert body["dim"] == server_encoder.dim and body["encoding"] == "float32" and body["normalized"] is True
+    assert body["truncated"] == [1]
+    assert body["usage"]["prompt_tokens"] == sum(server_encoder.tokenizer(texts).lengths)
+    assert cosines(got, server_encoder.encode(texts)).min() >= 0.9999
+
+
+def test_native_unnormalized_rows_point_the_same_way(client, server_encoder):
+    r = client.post("/embed", json={"inputs": ["a post", "another"], "normalize": False})
+    got = np.array(r.json()["embeddings"], dtype=np.float32)
+    want = server_encoder.encode(["a post", "another"], normalize=False)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), np.linalg.norm(want, axis=1), rtol=1e-4)
+    assert cosines(got, want).min() >= 0.9999
+
+
+def test_native_int8_uses_the_fixed_scale_and_keeps_cosine(client, server_encoder):
+    from postemb_rt.server import int8_scale
+
+    texts = TEXTS
+    r = client.post("/embed", json={"inputs": texts, "encoding": "int8"})
+    body = r.json()
+    assert body["scale"] == pytest.approx(int8_scale(server_encoder.dim))
+    q = np.array(body["embeddings"])
+    assert q.shape == (len(texts), server_encoder.dim) and q.min() >= -127 and q.max() <= 127
+    assert cosines(q * body["scale"], server_encoder.encode(texts)).min() >= 0.999
+
+
+def test_native_int8_scale_does_not_depend_on_the_request(client):
+    a = client.post("/embed", json={"inputs": ["same post"], "encoding": "int8"}).json()
+    b = client.post("/embed", json={"inputs": ["same post", LONG_POST[:1000], "!!!"], "encoding": "int8"}).json()
+    assert a["scale"] == b["scale"] and a["embeddings"][0] == b["embeddings"][0]
+
+
+def test_native_binary_is_packed_sign_bits(client, server_encoder):
+    r = client.post("/embed", json={"inputs": TEXTS[:3], "encoding": "binary"})
+    body = r.json()
+    packed = np.array(body["embeddings"], dtype=np.uint8)
+    assert packed.shape == (3, (server_encoder.dim + 7) // 8) == (3, body["bytes_per_row"])
+    bits = np.unpackbits(packed, axis=1)[:, : server_encoder.dim]
+    want = server_encoder.encode(TEXTS[:3]) > 0
+    assert (bits == want).mean() >= 0.999  # a component within float noise of 0 may flip
+
+
+def test_probes_info_and_openapi(main_server, client, server_encoder):
+    assert httpx.get(main_server.url + "/health").json() == {"status": "ok"}  # no key needed for probes
+    assert httpx.get(main_server.url + "/ready").status_code == 200
+    info = client.get("/info").json()
+    assert info["dim"] == server_encoder.dim and info["model"] == server_encoder.model_version
+    assert info["backend"] == "onnxruntime" and info["precision"] == "fp32"
+    assert info["limits"]["max_inputs"] == LIMITS["max_inputs"] and info["limits"]["api_key"] is True
+    assert API_KEY not in client.get("/info").text
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/v1/embeddings", "/embed", "/health", "/ready", "/info", "/metrics"} <= set(paths)
+
+
+def test_metrics_export_requests_queue_and_batcher_histograms(client):
+    client.post("/embed", json={"inputs": ["metrics post"]})
+    client.post("/embed", json={"inputs": []})  # a 422
+    text = client.get("/metrics").text
+    for name in ('postemb_http_requests_total{route="/embed",status="200"}',
+                 'postemb_http_requests_total{route="/embed",status="422"}',
+                 "postemb_batcher_queued_posts ", "postemb_batcher_queued_tokens ",
+                 'postemb_batcher_batch_size_bucket{le="+Inf"}', 'postemb_batcher_batch_padding_ratio_bucket',
+                 "postemb_batcher_queue_seconds_count", "postemb_batcher_inference_seconds_sum",
+                 "postemb_batcher_requests_rejected_total", 'postemb_http_request_seconds_bucket', "postemb_ready 1.0"):
+        assert name in text, name
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {API_KEY}"},
+                                     {"Authorization": "Bearer"}])
+def test_api_key_is_required_except_for_probes(main_server, headers):
+    for path in ("/embed", "/v1/embeddings"):
+        r = httpx.post(main_server.url + path, json={"inputs": ["x"], "input": ["x"]}, headers=headers)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert r.headers["www-authenticate"] == "Bearer"
+    assert httpx.get(main_server.url + "/metrics", headers=headers).status_code == 401
+    assert httpx.get(main_server.url + "/health", headers=headers).status_code == 200
