@@ -563,8 +563,8 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         truncate, normalize = _flag(obj, "truncate", True), _flag(obj, "normalize", True)
         encoding = _choice(obj, "encoding", NATIVE_ENCODINGS, "float32")
         if encoding != "float32" and not normalize:
-            raise ApiError(422, f"`encoding` {encoding!r} is calibrated for unit vectors and needs normalize: true. "
-                                "Given: normalize false.", param="normalize", code="invalid_value")
+            raise ApiError(422, f"`normalize` must be true with encoding {encoding!r}, which is calibrated for unit "
+                                "vectors. Given: false.", param="normalize", code="invalid_value")
         enc = rt.require_encoder()
         vecs, tokens, truncated = await rt.embed(texts, "inputs", truncate=truncate, normalize=normalize)
         out = {"model": enc.model_version, "dim": enc.dim, "encoding": encoding, "normalized": normalize}

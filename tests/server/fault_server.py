@@ -2,7 +2,8 @@
 
 Same app and serving code as ``postemb serve`` (model "base", onnxruntime), with the backend's
 ``embed`` wrapped: while ``FAULT_DIR/fail`` exists every batch raises; while ``FAULT_DIR/slow``
-exists every batch first sleeps that file's number of seconds.
+exists every batch first sleeps that file's number of seconds. A ``fail`` file holding a word
+fails only the batches with a post that starts with that word.
 """
 import argparse
 import sys
@@ -17,18 +18,26 @@ class InjectedFault(RuntimeError):
     pass
 
 
+def _starts_with(input_ids, prefix) -> bool:
+    n = len(prefix)
+    return any(list(row[:n]) == prefix for row in input_ids)
+
+
 def faulty_loader(cfg, fault_dir: Path):
     def load():
         from postemb_rt import Encoder
 
         enc = Encoder.from_pretrained(cfg.model, backend=cfg.backend, device="cpu")
         embed = enc.backend.embed
+        cls = enc.tokenizer([""]).ids[0][:1]
 
         def flaky_embed(input_ids, attention_mask, normalize=True):
             slow = fault_dir / "slow"
             if slow.exists():
                 time.sleep(float(slow.read_text() or "0.5"))
-            if (fault_dir / "fail").exists():
+            fail = fault_dir / "fail"
+            word = fail.read_text().strip() if fail.exists() else None
+            if word is not None and (not word or _starts_with(input_ids, cls + enc.tokenizer([word]).ids[0][1:-1])):
                 raise InjectedFault(f"injected backend failure on a batch of {len(input_ids)} posts")
             return embed(input_ids, attention_mask, normalize=normalize)
 

@@ -1,0 +1,241 @@
+"""Every error path of `postemb serve`: limits (413), bad input (422), API key (401, in
+test_server.py), overload (429 + Retry-After, at once), backend failure and queue deadline
+(503, server stays up, /ready follows health), and SIGTERM draining requests in flight."""
+import json
+import signal
+import threading
+import time
+
+import pytest
+
+from tests.server.conftest import API_KEY, LIMITS, ServerProc, fault_argv, httpx
+
+MAX_QUEUED_TOKENS = 600
+REQUEST_TIMEOUT_S = 1.0
+LONG = "word " * 300  # > 256 tokens, < max_input_chars
+
+# (route, body: bytes or a JSON value, status, param, code)
+BAD_BODIES = [
+    ("/v1/embeddings", b'{"input": ["a"', 422, "body", "invalid_json"),
+    ("/v1/embeddings", b"\xff\xfe not utf-8", 422, "body", "invalid_json"),
+    ("/v1/embeddings", b"[" * 5000 + b"]" * 5000, 422, "body", "invalid_json"),
+    ("/v1/embeddings", b"", 422, "body", "invalid_json"),
+    ("/v1/embeddings", ["a"], 422, "body", "invalid_type"),
+    ("/v1/embeddings", {"model": "base"}, 422, "input", "missing_field"),
+    ("/v1/embeddings", {"input": None}, 422, "input", "invalid_type"),
+    ("/v1/embeddings", {"input": {"text": "a"}}, 422, "input", "invalid_type"),
+    ("/v1/embeddings", {"input": []}, 422, "input", "empty_input"),
+    ("/v1/embeddings", {"input": ["a", "b", 3]}, 422, "input[2]", "invalid_type"),
+    ("/v1/embeddings", {"input": [[101, 2023]]}, 422, "input[0]", "invalid_type"),
+    ("/v1/embeddings", {"input": ["a", "\ud800"]}, 422, "input[1]", "invalid_text"),
+    ("/v1/embeddings", {"input": "a", "encoding_format": "int8"}, 422, "encoding_format", "invalid_value"),
+    ("/v1/embeddings", {"input": "a", "dimensions": 64}, 422, "dimensions", "dimensions_unsupported"),
+    ("/v1/embeddings", {"input": "a", "dimensions": True}, 422, "dimensions", "dimensions_unsupported"),
+    ("/v1/embeddings", {"input": "a", "model": 7}, 422, "model", "invalid_type"),
+    ("/v1/embeddings", {"input": ["a"] * (LIMITS["max_inputs"] + 1)}, 413, "input", "max_inputs"),
+    ("/v1/embeddings", {"input": ["a", "b" * (LIMITS["max_input_chars"] + 1)]}, 413, "input[1]", "max_input_chars"),
+    ("/v1/embeddings", {"input": ["x" * 1000] * 30, "pad": "y" * LIMITS["max_body_bytes"]}, 413, "body",
+     "max_body_bytes"),
+    ("/embed", {"inputs": ["a"], "normalise": False}, 422, "normalise", "unknown_field"),
+    ("/embed", {"input": ["a"]}, 422, "input", "unknown_field"),
+    ("/embed", {"inputs": "a", "truncate": "no"}, 422, "truncate", "invalid_type"),
+    ("/embed", {"inputs": "a", "normalize": 1}, 422, "normalize", "invalid_type"),
+    ("/embed", {"inputs": "a", "encoding": "float16"}, 422, "encoding", "invalid_value"),
+    ("/embed", {"inputs": "a", "encoding": "int8", "normalize": False}, 422, "normalize", "invalid_value"),
+    ("/embed", {"inputs": ["ok", LONG], "truncate": False}, 422, "inputs[1]", "max_length"),
+    ("/embed", {"inputs": ["ok", 1.5]}, 422, "inputs[1]", "invalid_type"),
+]
+
+
+@pytest.mark.parametrize("route,body,status,param,code", BAD_BODIES,
+                         ids=[f"{r}-{c}-{i}" for i, (r, _, _, _, c) in enumerate(BAD_BODIES)])
+def test_bad_requests_get_json_errors_naming_the_field(client, route, body, status, param, code):
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    r = client.post(route, content=data, headers={"Content-Type": "application/json"})
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert err["param"] == param and err["code"] == code, err
+    assert f"`{param}`" in err["message"] or param == "body"
+    if status == 413:
+        assert err["limit"] is not None and err["given"] is not None, err
+        assert str(err["limit"]) in err["message"]
+
+
+def test_limit_errors_name_the_limit_and_the_value_given(client):
+    n = LIMITS["max_inputs"] + 5
+    err = client.post("/embed", json={"inputs": ["a"] * n}).json()["error"]
+    assert (err["limit"], err["given"]) == (LIMITS["max_inputs"], n)
+    assert f"max_inputs ({LIMITS['max_inputs']})" in err["message"] and str(n) in err["message"]
+    err = client.post("/embed", json={"inputs": ["ok", LONG], "truncate": False}).json()["error"]
+    assert err["limit"] == 256 and "max_length (256 tokens)" in err["message"]
+
+
+def test_chunked_body_over_the_limit_is_413(client):
+    def chunks():
+        for _ in range(LIMITS["max_body_bytes"] // 4096 + 2):
+            yield b" " * 4096  # whitespace: valid JSON padding, no Content-Length
+
+    r = client.post("/embed", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "max_body_bytes"
+
+
+def test_unknown_route_and_method_are_json(client):
+    r = client.get("/nope")
+    assert r.status_code == 404 and "error" in r.json()
+    r = client.get("/embed")
+    assert r.status_code == 405 and "error" in r.json()
+
+
+def test_bad_requests_leave_the_server_serving(main_server, client):
+    assert client.post("/embed", json={"inputs": ["still fine"]}).status_code == 200
+    assert main_server.proc.poll() is None
+
+
+# ---------------------------------------------------------------------------------------
+# The fault-injecting server: overload, backend failure, deadline, drain.
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fault(main_server, tmp_path_factory):
+    """(server, fault_dir, httpx.Client); the server is stopped by the last test (drain)."""
+    fault_dir = tmp_path_factory.mktemp("faults")
+    srv = ServerProc(fault_argv(fault_dir, f"--max-queued-tokens={MAX_QUEUED_TOKENS}",
+                                f"--request-timeout={REQUEST_TIMEOUT_S}"))
+    try:
+        srv.wait_ready()
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            yield srv, fault_dir, c
+    finally:
+        srv.stop()
+
+
+def _concurrently(fn, args_list):
+    """Run fn(*args) on one thread each, started together; returns their results in order."""
+    out = [None] * len(args_list)
+    gate = threading.Barrier(len(args_list))
+
+    def run(i, args):
+        gate.wait()
+        out[i] = fn(*args)
+
+    threads = [threading.Thread(target=run, args=(i, a)) for i, a in enumerate(args_list)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return out
+
+
+def _timed_post(url, body):
+    t0 = time.perf_counter()
+    r = httpx.post(url, json=body, timeout=60)
+    return r, time.perf_counter() - t0
+
+
+def test_request_over_the_queue_bound_in_tokens_is_413(fault):
+    srv, _, c = fault
+    r = c.post("/embed", json={"inputs": [LONG, LONG, LONG]})  # 3 x 256 tokens > 600
+    err = r.json()["error"]
+    assert r.status_code == 413 and err["code"] == "max_queued_tokens"
+    assert (err["limit"], err["given"]) == (MAX_QUEUED_TOKENS, 768)
+
+
+def test_overload_is_429_with_retry_after_at_once(fault):
+    srv, fault_dir, c = fault
+    (fault_dir / "slow").write_text("0.6")
+    try:
+        body = {"inputs": ["a post that is about twenty five tokens long, give or take a few words here"] * 4}
+        results = _concurrently(_timed_post, [(srv.url + "/embed", body)] * 16)  # 16 x ~80 tokens > 600
+    finally:
+        (fault_dir / "slow").unlink()
+    codes = [r.status_code for r, _ in results]
+    rejected = [(r, s) for r, s in results if r.status_code == 429]
+    served = [s for r, s in results if r.status_code == 200]
+    assert rejected and served and set(codes) <= {200, 429}, codes
+    for r, seconds in rejected:
+        assert int(r.headers["Retry-After"]) >= 1 and r.json()["error"]["code"] == "queue_full"
+        assert seconds < min(served), "a 429 must not wait for the model"
+    assert "postemb_batcher_requests_rejected_total" in c.get("/metrics").text
+
+
+def test_queue_deadline_is_503_and_other_requests_still_pass(fault):
+    srv, fault_dir, c = fault
+    (fault_dir / "slow").write_text("2.0")
+    try:
+        results = _concurrently(lambda i: httpx.post(srv.url + "/embed", json={"inputs": [f"post {i}"]}, timeout=60)
+                                if i == 0 else (time.sleep(0.3), httpx.post(srv.url + "/embed",
+                                json={"inputs": [f"post {i}"]}, timeout=60))[1], [(0,), (1,)])
+    finally:
+        (fault_dir / "slow").unlink()
+    assert results[0].status_code == 200
+    assert results[1].status_code == 503 and results[1].json()["error"]["code"] == "timeout"
+    assert "Retry-After" in results[1].headers
+    assert c.post("/embed", json={"inputs": ["after the deadline"]}).status_code == 200
+
+
+def test_backend_failure_is_503_for_that_request_only(fault):
+    srv, fault_dir, c = fault
+    (fault_dir / "fail").write_text("kaboom")
+    try:
+        r = c.post("/embed", json={"inputs": ["kaboom goes the model"]})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "backend_error"
+        assert "injected backend failure" in r.json()["error"]["message"]
+        assert c.post("/v1/embeddings", json={"input": ["a healthy post"]}).status_code == 200
+        assert srv.proc.poll() is None
+    finally:
+        (fault_dir / "fail").unlink()
+
+
+def test_ready_follows_backend_health(fault):
+    srv, fault_dir, c = fault
+    (fault_dir / "fail").write_text("")  # every batch fails
+    try:
+        assert c.post("/embed", json={"inputs": ["x"]}).status_code == 503
+        r = c.get("/ready")
+        assert r.status_code == 503 and r.json()["status"] == "unhealthy"
+        assert "postemb_ready 0.0" in c.get("/metrics").text
+        assert c.get("/health").status_code == 200
+    finally:
+        (fault_dir / "fail").unlink()
+    assert c.get("/ready").status_code == 200  # re-probed: healthy again
+    assert c.post("/embed", json={"inputs": ["x"]}).status_code == 200
+
+
+def test_sigterm_drains_requests_in_flight_and_exits_zero(fault):
+    """Last test of the module: it stops the fault server."""
+    srv, fault_dir, c = fault
+    (fault_dir / "slow").write_text("0.8")
+    submitted_before = _metric(c, "postemb_batcher_requests_submitted_total")
+    results, done_at = [None] * 6, [0.0] * 6
+
+    def send(i):
+        results[i] = httpx.post(srv.url + "/embed", json={"inputs": [f"drain post {i} {j}" for j in range(8)]},
+                                timeout=60)
+        done_at[i] = time.monotonic()
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + 30
+    while _metric(c, "postemb_batcher_requests_submitted_total") < submitted_before + 6:
+        assert time.monotonic() < deadline, "requests never reached the batcher"
+        time.sleep(0.05)
+    c.close()
+    sigterm_at = time.monotonic()
+    srv.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.4)
+    with pytest.raises(httpx.TransportError):  # the listener is closed while in-flight work drains
+        httpx.get(srv.url + "/health", timeout=5)
+    rc = srv.proc.wait(60)
+    for t in threads:
+        t.join(60)
+    assert rc == 0, "".join(srv.lines)
+    assert all(r is not None and r.status_code == 200 for r in results), [r and r.status_code for r in results]
+    assert all(len(r.json()["embeddings"]) == 8 for r in results)
+    assert max(done_at) > sigterm_at, "no request was in flight at SIGTERM"
+
+
+def _metric(c, name: str) -> float:
+    for line in c.get("/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
