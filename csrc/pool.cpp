@@ -2,8 +2,8 @@
 //
 // Layout of the work: rows (b) are handed out to threads in small chunks through one atomic
 // counter (rows differ in length, so static splits would idle a thread). Per row, the
-// unmasked tokens are added four at a time into a double accumulator of H elements (L1
-// resident: 3 KiB .. 32 KiB), then mean -> projection (double) -> bias -> L2 norm.
+// unmasked tokens are summed eight at a time in fp32 and carried in a double accumulator of
+// H elements (L1/L2 resident: 3 KiB .. 32 KiB), then mean -> projection (double) -> bias -> L2 norm.
 //
 // ISA dispatch: the row code below is plain C++ marked always_inline and is inlined into
 // three thin entry points compiled with different `target` attributes, so GCC/Clang
@@ -127,23 +127,32 @@ POSTEMB_INLINE const float* token(const PoolArgs& a, int64_t b, int64_t s, float
   return tmp;
 }
 
-POSTEMB_INLINE void add4(double* __restrict acc, const float* __restrict t0, const float* __restrict t1,
-                         const float* __restrict t2, const float* __restrict t3, int64_t H) {
+// Eight tokens summed as a pairwise fp32 tree (error <= 3 ulp of the block's magnitude),
+// then added to the double accumulator: one float->double convert per 8 tokens instead of
+// per token keeps the loop at load speed, and the double carry keeps long rows exact.
+POSTEMB_INLINE void add8(double* __restrict acc, const float* const* t, int64_t H) {
+  const float* __restrict t0 = t[0];
+  const float* __restrict t1 = t[1];
+  const float* __restrict t2 = t[2];
+  const float* __restrict t3 = t[3];
+  const float* __restrict t4 = t[4];
+  const float* __restrict t5 = t[5];
+  const float* __restrict t6 = t[6];
+  const float* __restrict t7 = t[7];
   for (int64_t h = 0; h < H; ++h)
-    acc[h] += (static_cast<double>(t0[h]) + static_cast<double>(t1[h])) +
-              (static_cast<double>(t2[h]) + static_cast<double>(t3[h]));
+    acc[h] += static_cast<double>(((t0[h] + t1[h]) + (t2[h] + t3[h])) + ((t4[h] + t5[h]) + (t6[h] + t7[h])));
 }
 
 POSTEMB_INLINE void add1(double* __restrict acc, const float* __restrict t0, int64_t H) {
   for (int64_t h = 0; h < H; ++h) acc[h] += static_cast<double>(t0[h]);
 }
 
-// Per-thread buffers: acc (H doubles), proj (D doubles), tmp (4*H floats).
+// Per-thread buffers: acc (H doubles), proj (D doubles), tmp (8*H floats).
 struct Scratch {
   std::vector<double> acc, proj;
   std::vector<float> tmp;
   explicit Scratch(const PoolArgs& a)
-      : acc(static_cast<size_t>(a.H)), proj(static_cast<size_t>(a.D)), tmp(static_cast<size_t>(4 * a.H)) {}
+      : acc(static_cast<size_t>(a.H)), proj(static_cast<size_t>(a.D)), tmp(static_cast<size_t>(8 * a.H)) {}
 };
 
 POSTEMB_INLINE void pool_row(const PoolArgs& a, int64_t b, Scratch& sc, HalfRow half_row) {
@@ -151,15 +160,15 @@ POSTEMB_INLINE void pool_row(const PoolArgs& a, int64_t b, Scratch& sc, HalfRow 
   double* __restrict acc = sc.acc.data();
   double* __restrict proj = sc.proj.data();
   std::fill(acc, acc + H, 0.0);
-  const float* t[4];
+  const float* t[8];
   int n = 0;
   int64_t count = 0;
   for (int64_t s = 0; s < a.S; ++s) {
     if (!mask_at(a, b, s)) continue;
     t[n] = token(a, b, s, sc.tmp.data() + n * H, half_row);
     ++count;
-    if (++n == 4) {
-      add4(acc, t[0], t[1], t[2], t[3], H);
+    if (++n == 8) {
+      add8(acc, t, H);
       n = 0;
     }
   }
@@ -168,10 +177,28 @@ POSTEMB_INLINE void pool_row(const PoolArgs& a, int64_t b, Scratch& sc, HalfRow 
   const double inv = count > 0 ? 1.0 / static_cast<double>(count) : 0.0;  // empty row -> mean 0
   if (a.weight != nullptr) {
     std::fill(proj, proj + D, 0.0);
-    const int64_t wd = a.weight_stride_d;
-    for (int64_t h = 0; h < H; ++h) {
+    const int64_t wd = a.weight_stride_d, wh = a.weight_stride_h;
+    int64_t h = 0;
+    if (wd == 1) {  // 8 rows of W per sweep over D, summed in fp32, carried in double (as the tokens)
+      for (; h + 8 <= H; h += 8) {
+        float m[8];
+        for (int j = 0; j < 8; ++j) m[j] = static_cast<float>(acc[h + j] * inv);
+        const float* __restrict w0 = a.weight + h * wh;
+        const float* __restrict w1 = w0 + wh;
+        const float* __restrict w2 = w1 + wh;
+        const float* __restrict w3 = w2 + wh;
+        const float* __restrict w4 = w3 + wh;
+        const float* __restrict w5 = w4 + wh;
+        const float* __restrict w6 = w5 + wh;
+        const float* __restrict w7 = w6 + wh;
+        for (int64_t d = 0; d < D; ++d)
+          proj[d] += static_cast<double>(((m[0] * w0[d] + m[1] * w1[d]) + (m[2] * w2[d] + m[3] * w3[d])) +
+                                         ((m[4] * w4[d] + m[5] * w5[d]) + (m[6] * w6[d] + m[7] * w7[d])));
+      }
+    }
+    for (; h < H; ++h) {
       const double m = acc[h] * inv;
-      const float* __restrict w = a.weight + h * a.weight_stride_h;
+      const float* __restrict w = a.weight + h * wh;
       if (wd == 1) {
         for (int64_t d = 0; d < D; ++d) proj[d] += m * static_cast<double>(w[d]);
       } else {
@@ -285,11 +312,18 @@ void masked_mean_pool_l2(const PoolArgs& a, CpuIsa isa, int num_threads) {
   validate(a);
   if (a.B == 0) return;
   const RowsFn rows = rows_fn(isa);
-  const int64_t elem = a.hidden_type == HiddenType::f32 ? 4 : 2;
-  const int64_t bytes = a.B * a.S * a.H * elem;
-  int64_t threads = num_threads > 0 ? num_threads
-                                    : std::max<int64_t>(1, std::thread::hardware_concurrency());
-  if (num_threads <= 0) threads = std::min<int64_t>(threads, std::max<int64_t>(1, bytes >> 18));  // >= 256 KiB each
+  int64_t threads = num_threads;
+  if (threads <= 0) {
+    // A thread costs ~20-50 us to start and contends with whatever else runs (e.g. an
+    // inference runtime's spinning workers right after a batch): give each >= 4 MiB of
+    // hidden states actually read (unmasked tokens; the mask scan is B*S reads).
+    int64_t tokens = 0;
+    for (int64_t b = 0; b < a.B; ++b)
+      for (int64_t s = 0; s < a.S; ++s) tokens += mask_at(a, b, s);
+    const int64_t bytes = tokens * a.H * (a.hidden_type == HiddenType::f32 ? 4 : 2);
+    threads = std::min<int64_t>(std::max<int64_t>(1, std::thread::hardware_concurrency()),
+                                std::max<int64_t>(1, bytes >> 22));
+  }
   threads = std::min<int64_t>(threads, a.B);
   if (threads <= 1) {
     Scratch sc(a);

@@ -43,9 +43,9 @@ CpuIsa resolve_cpu_isa(const std::string& requested);
 const char* cpu_isa_name(CpuIsa isa);
 
 // Validates `a` (throws std::invalid_argument naming the field and value) and computes
-// out. Accumulates in double (one pass; reads only the unmasked tokens' B*S_real*H
+// out. Sums 8-token blocks in fp32, carries them in double (one pass; reads only the unmasked tokens' B*S_real*H
 // elements once). A row without tokens pools to the zero vector (then + bias); never NaN.
-// num_threads <= 0: one thread per hardware thread, fewer for small inputs.
+// num_threads <= 0: one thread per hardware thread, fewer for small inputs (>= 4 MiB read each).
 void masked_mean_pool_l2(const PoolArgs& a, CpuIsa isa, int num_threads = 0);
 
 }  // namespace postemb

@@ -29,8 +29,9 @@ OPSET = 17
 POOLINGS = ("graph", "external")
 # What cached_export (the onnxruntime backend's first use, so backend="auto" on CPU) writes.
 # Measured on the 2-core CPU machine, first 4000 short posts, per-batch paired timing:
-# external/graph throughput 0.984 (pooling is < 1% of a batch either way; the external path
-# also copies the (B, S, H) hidden states out of the session), so the graph stays the default.
+# external/graph throughput 0.98-1.00 over three runs (pooling is < 1% of a batch either
+# way; the external path also copies the (B, S, H) hidden states out of the session), so the
+# graph stays the default: a tie, and one artefact instead of two.
 # benchmarks/bench_masked_mean_pool_l2.py::test_onnx_pooling_short_posts re-measures it.
 DEFAULT_POOLING = "graph"
 
