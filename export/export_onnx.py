@@ -3,7 +3,8 @@
     python export/export_onnx.py --model default --out models/default-onnx
 
 Writes OUT/model.onnx (dynamic batch and sequence axes; ONNX Runtime transformer fusions
-unless --no-optimize), OUT/tokenizer.json and OUT/postemb.json. Then embeds real posts
+unless --no-optimize), OUT/tokenizer.json and OUT/postemb.json (and, with --pooling
+external, OUT/projection.safetensors for a model with a projection). Then embeds real posts
 with the torch model and with the exported model and exits non-zero (3) if any cosine
 similarity is below --min-cosine (default 0.9999).
 """
@@ -27,10 +28,16 @@ def parity_texts(n: int) -> list[str]:
 
 
 def main(argv=None) -> int:
+    from postemb_rt.onnx_export import DEFAULT_POOLING
+
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="'default', 'base' or a model directory")
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--no-optimize", action="store_true", help="skip ONNX Runtime's transformer graph fusions")
+    p.add_argument("--pooling", choices=["graph", "external"], default=DEFAULT_POOLING,
+                   help="graph: pooling, projection and normalisation inside the ONNX model; external: "
+                        "the model ends at last_hidden_state and the runtime pools with the C++ kernel "
+                        "(default: %(default)s, as fast on CPU: benchmarks/RESULTS.md)")
     p.add_argument("--parity-posts", type=int, default=256, help="short posts in the parity check (default 256)")
     p.add_argument("--min-cosine", type=float, default=0.9999, help="parity threshold (default 0.9999)")
     args = p.parse_args(argv)
@@ -45,7 +52,7 @@ def main(argv=None) -> int:
     try:
         src = resolve(args.model)
         start = time.perf_counter()
-        out = export_onnx(src, args.out, optimize=not args.no_optimize)
+        out = export_onnx(src, args.out, optimize=not args.no_optimize, pooling=args.pooling)
         print(f"wrote {out.onnx_path} ({out.onnx_path.stat().st_size / 2**20:.1f} MiB) in "
               f"{time.perf_counter() - start:.1f} s")
         texts = parity_texts(args.parity_posts)

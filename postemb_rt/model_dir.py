@@ -183,8 +183,10 @@ def load_model_dir(path: str | Path) -> ModelDir:
     tokenizer = root / "tokenizer.json"
     if not tokenizer.exists() and encoder is not None:
         tokenizer = encoder / "tokenizer.json"
-    # An ONNX-only directory carries the projection inside the graph.
-    projection = root / PROJECTION_FILE if cfg.projection_dim and encoder is not None else None
+    # An ONNX-only directory with graph pooling carries the projection inside the graph;
+    # with external pooling the projection is applied outside it, from projection.safetensors.
+    needs_projection = encoder is not None or cfg.onnx_pooling == "external"
+    projection = root / PROJECTION_FILE if cfg.projection_dim and needs_projection else None
     onnx = root / cfg.onnx if cfg.onnx else None
     adapters = root / cfg.adapters if cfg.adapters and encoder is not None else None
     for what, p in (("tokenizer", tokenizer), ("projection", projection), ("onnx", onnx), ("encoder", encoder),

@@ -26,6 +26,16 @@ def test_export_round_trip_writes_a_self_contained_directory(tmp_path, base_torc
     assert cosines(enc.encode(sample_texts), base_torch.encode(sample_texts)).min() >= 0.9999
 
 
+def test_external_pooling_export_pools_outside_the_graph(tmp_path, base_torch, sample_texts):
+    out = tmp_path / "base-onnx-external"
+    res = run_export("--model", "base", "--out", str(out), "--pooling", "external", "--parity-posts", "8")
+    assert res.returncode == 0, res.stderr
+    enc = Encoder.from_pretrained(out)
+    assert enc.model.config.onnx_pooling == "external"
+    assert "C++" in enc.describe()["pooling_kernel"]
+    assert cosines(enc.encode(sample_texts), base_torch.encode(sample_texts)).min() >= 0.9999
+
+
 def test_parity_gate_fails_the_export_below_threshold(tmp_path):
     # cosine can never exceed 1 + float error, so a threshold of 1.01 must fail the gate
     res = run_export("--model", "base", "--out", str(tmp_path / "o"), "--no-optimize",

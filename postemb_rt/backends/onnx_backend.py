@@ -15,8 +15,7 @@ import os
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, ModelNotFoundError, ValidationError
-from ..model_dir import PROJECTION_FILE
+from ..errors import BackendUnavailableError, ValidationError
 from ..ops.pooling import CpuPooler
 from .base import Backend
 
@@ -26,12 +25,7 @@ def _projection(md) -> tuple[np.ndarray | None, np.ndarray | None]:
     projection.safetensors, or Nones when the model has no projection."""
     if not md.config.projection_dim:
         return None, None
-    path = md.projection_path or md.path / PROJECTION_FILE  # ONNX-only dirs leave projection_path None
-    if not path.exists():
-        raise ModelNotFoundError(
-            f"`{md.path}` has onnx_pooling 'external' and projection_dim {md.config.projection_dim} but no "
-            f"{PROJECTION_FILE}. Fix: re-export it with export/export_onnx.py --pooling external."
-        )
+    path = md.projection_path  # load_model_dir checked that it exists
     from safetensors.numpy import load_file
 
     state = load_file(str(path))
