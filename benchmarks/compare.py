@@ -59,21 +59,26 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
-def measure(encode, texts, repeats: int) -> tuple[float, np.ndarray]:
-    """Median seconds over repeats, and the output of the last run."""
-    times, out = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = encode(texts)
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)), out
+def measure_interleaved(encoders: dict, texts, repeats: int) -> dict:
+    """{provider: (median seconds, last output)}. Rounds are interleaved (every provider
+    once per round, rotating who goes first), so load from other processes hits all
+    providers alike and the ratios stay fair on a shared machine."""
+    names = list(encoders)
+    times = {n: [] for n in names}
+    outs = {}
+    for r in range(repeats):
+        for n in names[r % len(names):] + names[: r % len(names)]:
+            t = time.perf_counter()
+            outs[n] = encoders[n](texts)
+            times[n].append(time.perf_counter() - t)
+    return {n: (float(np.median(times[n])), outs[n]) for n in names}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=4000, help="short posts (default 4000)")
     p.add_argument("--long", type=int, default=0, help="also run N long posts (median ~100 tokens)")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is reported")
     p.add_argument("--providers", default=",".join(PROVIDERS))
     args = p.parse_args(argv)
 
@@ -88,24 +93,24 @@ def main(argv=None) -> int:
     workloads = [("short", short_posts(args.n))]
     if args.long:
         workloads.append(("long", long_posts(args.long)))
-    print(f"# {date.today()} | {cpu_name()} | {os.cpu_count()} CPUs | torch {torch.__version__} threads "
+    print(f"# {date.today()} | {cpu_name()} | {os.cpu_count()} CPUs | load {os.getloadavg()[0]:.2f} | torch {torch.__version__} threads "
           f"{torch.get_num_threads()} | float32 GEMM peak {peak:.0f} GFLOP/s | {fpt / 1e6:.1f} MFLOP/token\n")
     print("| workload | provider | posts/s | tokens/s | x baseline | cosine min vs torch | % of fp32 peak |")
     print("|---|---|---:|---:|---:|---:|---:|")
     encoders = {name: make_encode(name) for name in args.providers.split(",")}
     for wname, texts in workloads:
         tokens = count_tokens(texts)
-        ref = encoders["torch"](texts) if "torch" in encoders else None
-        base_rate = None
-        for name, encode in encoders.items():
-            seconds, out = measure(encode, texts, args.repeats)
+        results = measure_interleaved(encoders, texts, args.repeats)
+        ref = results["torch"][1] if "torch" in results else None
+        base = results.get("sentence-transformers")
+        for name, (seconds, out) in results.items():
             rate = len(texts) / seconds
-            base_rate = base_rate or (rate if name == "sentence-transformers" else None)
-            ratio = f"{rate / base_rate:.2f}" if base_rate else "-"
+            ratio = f"{base[0] / seconds:.2f}" if base else "-"
             cos = f"{np.min(np.sum(out * ref, axis=1)):.6f}" if ref is not None else "-"
             frac = tokens / seconds * fpt / (peak * 1e9)
             print(f"| {wname} ({len(texts)}) | {name} | {rate:.0f} | {tokens / seconds:.0f} | {ratio} | {cos} | "
                   f"{frac:.0%} |", flush=True)
+    print(f"\nload average after the run: {os.getloadavg()[0]:.2f} (1 min)")
     return 0
 
 
