@@ -6,6 +6,7 @@ Routes:
                          string; the answer names the served model), ``encoding_format``
                          (float | base64), ``dimensions`` (only the model's own dim), ``user``
                          (ignored). Unknown fields are ignored, as OpenAI clients send extras.
+    GET  /v1/models      the served model (OpenAI-compatible listing).
     POST /embed          native: ``inputs``, ``truncate`` (true), ``normalize`` (true),
                          ``encoding`` (float32 | int8 | binary). Unknown fields are a 422.
     GET  /health         live (200 as soon as the process serves HTTP).
@@ -58,9 +59,10 @@ log = logging.getLogger("postemb_rt.server")
 
 INT8_CLIP_SIGMAS = 16.0  # int8 clips at this many (1/sqrt(dim)) standard deviations
 TOKENIZE_INLINE_CHARS = 16_384  # requests with more characters are tokenized off the event loop
+RENDER_INLINE_VALUES = 16_384  # answers with more numbers are JSON-encoded off the event loop
 PROBE_TIMEOUT_S = 10.0
 OPEN_PATHS = frozenset({"/health", "/ready"})  # no API key needed (probes)
-ROUTES = ("/v1/embeddings", "/embed", "/health", "/ready", "/info", "/metrics", "/openapi.json", "/docs")
+ROUTES = ("/v1/embeddings", "/v1/models", "/embed", "/health", "/ready", "/info", "/metrics", "/openapi.json", "/docs")
 V1_ENCODINGS = ("float", "base64")
 NATIVE_ENCODINGS = ("float32", "int8", "binary")
 NATIVE_FIELDS = ("inputs", "truncate", "normalize", "encoding")
@@ -94,6 +96,7 @@ class ServeConfig:
     max_queued_tokens: int = 65_536  # batcher backpressure: past it, 429
     max_batch_size: int = 64
     max_wait_us: int = 500
+    batch_overhead_tokens: int = 64  # a model call's fixed cost in padded tokens (batch grouping)
     request_timeout_s: float = 30.0  # a request still queued after this is a 503
     drain_timeout_s: float = 30.0  # SIGTERM: in-flight requests get this long to finish
 
@@ -120,6 +123,17 @@ def _json_response(status: int, obj, headers: dict | None = None):
 
     return Response(json.dumps(obj, separators=(",", ":")), status_code=status, headers=headers,
                     media_type="application/json")
+
+
+async def _render(obj, values: int):
+    """A 200 JSON answer; a big one (rows x dim numbers, ~20 bytes each) is encoded on a worker
+    thread so that the event loop keeps accepting and answering meanwhile."""
+    if values <= RENDER_INLINE_VALUES:
+        return _json_response(200, obj)
+    from fastapi import Response
+
+    body = await asyncio.to_thread(json.dumps, obj, separators=(",", ":"))
+    return Response(body, media_type="application/json")
 
 
 def _type_name(v) -> str:
@@ -247,7 +261,8 @@ class Runtime:
             batcher = DynamicBatcher(
                 functools.partial(enc.backend.embed, normalize=False), pad_id=enc.tokenizer.pad_id,
                 max_batch_tokens=enc.max_batch_tokens, max_batch_size=self.cfg.max_batch_size,
-                max_wait_us=self.cfg.max_wait_us, max_queued_tokens=self.cfg.max_queued_tokens)
+                max_wait_us=self.cfg.max_wait_us, max_queued_tokens=self.cfg.max_queued_tokens,
+                batch_overhead_tokens=self.cfg.batch_overhead_tokens)
             with self._lock:
                 if self._closed:  # shut down while loading
                     batcher.close()
@@ -549,8 +564,9 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
             le = vecs.astype("<f4", copy=False)
             rows = [base64.b64encode(r.tobytes()).decode("ascii") for r in le]
         data = [{"object": "embedding", "index": i, "embedding": r} for i, r in enumerate(rows)]
-        return _json_response(200, {"object": "list", "data": data, "model": enc.model_version,
-                                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}})
+        return await _render({"object": "list", "data": data, "model": enc.model_version,
+                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
+                             vecs.size if fmt == "float" else 0)
 
     @app.post("/embed", openapi_extra=_body_doc(_NATIVE_SCHEMA))
     async def embed(request: Request):
@@ -576,7 +592,13 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         else:
             out.update(bytes_per_row=(enc.dim + 7) // 8, bit_order="big", embeddings=pack_binary(vecs).tolist())
         out.update(truncated=truncated, usage={"prompt_tokens": tokens, "total_tokens": tokens})
-        return _json_response(200, out)
+        return await _render(out, vecs.size)
+
+    @app.get("/v1/models")
+    async def v1_models():  # OpenAI clients and tools list models before using one
+        enc = rt.require_encoder()
+        return _json_response(200, {"object": "list", "data": [{"id": enc.model_version, "object": "model",
+                                                                  "created": int(rt.started), "owned_by": "postemb_rt"}]})
 
     @app.get("/health")
     async def health():

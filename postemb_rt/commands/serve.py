@@ -4,8 +4,8 @@
     POSTEMB_API_KEY=secret postemb serve --port 8080       # 401 without `Authorization: Bearer secret`
 
 The port opens at once (``GET /health`` answers); the model loads meanwhile and ``GET /ready``
-turns 200 when it is warmed up. SIGTERM or Ctrl-C: stop accepting, finish the requests in
-flight (at most --drain-timeout seconds), drain the batcher, exit 0. A model that fails to
+turns 200 when it is warmed up. SIGTERM: stop accepting, finish the requests in flight (at
+most --drain-timeout seconds), drain the batcher, exit 0 (Ctrl-C does the same, exit 130). A model that fails to
 load stops the server with exit code 1. Needs the ``[serve]`` extra (fastapi, uvicorn,
 prometheus-client).
 """
@@ -28,12 +28,14 @@ def config_from_args(args):
                       max_inputs=args.max_inputs, max_input_chars=args.max_input_chars,
                       max_body_bytes=args.max_body_bytes, max_queued_tokens=args.max_queued_tokens,
                       max_batch_size=args.max_batch_size, max_wait_us=args.max_wait_us,
+                      batch_overhead_tokens=args.batch_overhead_tokens,
                       request_timeout_s=args.request_timeout, drain_timeout_s=args.drain_timeout)
     for name in ("max_inputs", "max_input_chars", "max_body_bytes", "max_queued_tokens", "max_batch_size"):
         if getattr(cfg, name) < 1:
             raise ValidationError(f"`--{name.replace('_', '-')}` must be >= 1. Given: {getattr(cfg, name)}.")
-    if cfg.max_wait_us < 0:
-        raise ValidationError(f"`--max-wait-us` must be >= 0. Given: {cfg.max_wait_us}.")
+    for name in ("max_wait_us", "batch_overhead_tokens"):
+        if getattr(cfg, name) < 0:
+            raise ValidationError(f"`--{name.replace('_', '-')}` must be >= 0. Given: {getattr(cfg, name)}.")
     if args.workers < 1:
         raise ValidationError(f"`--workers` must be >= 1. Given: {args.workers}.")
     return cfg
@@ -123,6 +125,8 @@ def register(sub) -> None:
     p.add_argument("--max-batch-size", type=int, default=64, help="posts per model call (default: 64)")
     p.add_argument("--max-wait-us", type=int, default=500,
                    help="how long a post waits for company before its batch runs (default: 500)")
+    p.add_argument("--batch-overhead-tokens", type=int, default=64,
+                   help="a model call's fixed cost in padded tokens: larger gives fewer, fuller batches (default: 64)")
     p.add_argument("--request-timeout", type=float, default=30.0,
                    help="seconds a request may wait in the queue before a 503 (default: 30)")
     p.add_argument("--drain-timeout", type=float, default=30.0,

@@ -32,6 +32,18 @@ def test_openai_client_default_base64_and_single_string(main_server, server_enco
     assert cosines(got[None], server_encoder.encode(["one post about hiring"])).min() >= 0.9999
 
 
+def test_openai_client_lists_the_served_model(main_server, server_encoder):
+    c = openai.OpenAI(base_url=main_server.url + "/v1", api_key=API_KEY, max_retries=0)
+    assert [m.id for m in c.models.list()] == [server_encoder.model_version]
+
+
+def test_big_answers_are_complete(client, server_encoder):
+    texts = [f"post number {i} about hiring and climate" for i in range(LIMITS["max_inputs"])]
+    r = client.post("/embed", json={"inputs": texts})  # 32 x 384 numbers: encoded off the event loop
+    got = np.array(r.json()["embeddings"], dtype=np.float32)
+    assert cosines(got, server_encoder.encode(texts)).min() >= 0.9999
+
+
 def test_base64_is_little_endian_float32_unit_rows(client, server_encoder):
     r = client.post("/v1/embeddings", json={"input": ["a", "b c"], "encoding_format": "base64",
                                             "dimensions": server_encoder.dim, "user": "ignored"})

@@ -239,3 +239,14 @@ def _metric(c, name: str) -> float:
         if line.startswith(name + " "):
             return float(line.split()[1])
     raise AssertionError(f"{name} not in /metrics")
+
+
+def test_a_model_that_fails_to_load_stops_the_server_with_exit_1(tmp_path):
+    import subprocess
+    import sys
+
+    argv = [sys.executable, "-m", "postemb_rt.cli", "serve", "--model", str(tmp_path / "no-such-model"),
+            "--port", "0"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1, out
+    assert "failed to load" in out.stderr and "no-such-model" in out.stderr
