@@ -1,0 +1,234 @@
+"""Build a TensorRT engine from an ONNX model exported with external pooling.
+
+    python export/export_onnx.py --model default --out models/default-trt --pooling external
+    python export/build_engine.py --onnx models/default-trt/model.onnx --out models/default-trt --fp16
+
+Writes OUT/model.plan (the serialized engine) and OUT/engine.json (profile shapes,
+precision, TensorRT version, GPU, source model version; see postemb_rt/engine_meta.py).
+When OUT is not the ONNX file's directory, the model directory's other files
+(postemb.json, tokenizer, projection, model.onnx) are copied there, so OUT is a complete
+model directory for Encoder.from_pretrained(OUT, backend="tensorrt", device="cuda").
+
+Shapes (batch x seq) of the one optimisation profile, trtexec style:
+    --min-shape 1x1 --opt-shape 32x64 --max-shape 128x256     (every input)
+    --max-shape input_ids:64x256,attention_mask:64x256         (named)
+Defaults: min 1x1, opt 32x64, max --max-batch x the model's max_length.
+
+An engine runs only under the TensorRT version and on the GPU generation that built it:
+build on the machine (type) that serves. --dry-run checks the arguments and prints the
+engine.json it would write, without TensorRT or a GPU.
+
+Precision: --fp16 / --bf16 set TensorRT 10's BuilderFlag.FP16 / BF16 (weak typing).
+TensorRT 11 removed those flags (strongly typed networks only): there, build from an ONNX
+model already converted to fp16/bf16 and leave the flag off.
+
+Exit status: 0 built; 1 TensorRT failed to parse or build; 2 bad arguments, or TensorRT /
+CUDA missing.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import shutil
+import sys
+import time
+from pathlib import Path
+
+INSTALL_HINT = ("Fix: on a machine with an NVIDIA GPU and driver, pip install 'postemb_rt[gpu]' tensorrt "
+                "(TensorRT 10.x; see the README's GPU section).")
+
+
+class BuildError(Exception):
+    """TensorRT could not parse or build (exit status 1)."""
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--onnx", required=True, help="model.onnx written by export_onnx.py --pooling external")
+    p.add_argument("--out", help="output directory (default: the ONNX file's directory)")
+    prec = p.add_mutually_exclusive_group()
+    prec.add_argument("--fp16", action="store_true", help="allow fp16 kernels (TensorRT 10 BuilderFlag.FP16)")
+    prec.add_argument("--bf16", action="store_true", help="allow bf16 kernels (TensorRT 10 BuilderFlag.BF16)")
+    p.add_argument("--min-shape", help="BATCHxSEQ or name:BATCHxSEQ,... (default 1x1)")
+    p.add_argument("--opt-shape", help="shape TensorRT tunes for (default 32x64, capped by --max-shape)")
+    p.add_argument("--max-shape", help="largest shape served (default: --max-batch x the model's max_length)")
+    p.add_argument("--max-batch", type=int, default=None, help="rows in the default --max-shape (default 128)")
+    p.add_argument("--timing-cache", help="file to read layer timings from and save them to (speeds up rebuilds)")
+    p.add_argument("--workspace-gib", type=float, default=4.0, help="builder workspace limit in GiB (default 4)")
+    p.add_argument("--dry-run", action="store_true", help="check arguments, print engine.json; no TensorRT")
+    args = p.parse_args(argv)
+    if args.workspace_gib <= 0:
+        p.error(f"--workspace-gib must be > 0. Given: {args.workspace_gib}.")
+    return args
+
+
+def precision_of(args) -> str:
+    return "fp16" if args.fp16 else "bf16" if args.bf16 else "fp32"
+
+
+def plan_build(args):
+    """(model dir, out dir, profiles) from the arguments; ValidationError / ModelNotFoundError
+    on bad input. Needs neither TensorRT nor a GPU."""
+    from postemb_rt.engine_meta import DEFAULT_MAX_BATCH, build_profiles
+    from postemb_rt.errors import ValidationError
+    from postemb_rt.model_dir import load_model_dir
+
+    onnx = Path(args.onnx)
+    if not onnx.is_file():
+        raise ValidationError(f"`--onnx` must be an existing ONNX file. Given: {args.onnx!r}. Fix: python "
+                              "export/export_onnx.py --pooling external --out DIR, then --onnx DIR/model.onnx.")
+    md = load_model_dir(onnx.parent)
+    if md.onnx_path is None or md.onnx_path.resolve() != onnx.resolve():
+        raise ValidationError(f"`--onnx` {args.onnx!r} is not the ONNX model named by {onnx.parent}/postemb.json "
+                              f"({md.config.onnx!r}).")
+    if md.config.onnx_pooling != "external":
+        raise ValidationError(
+            f"`--onnx` {args.onnx!r} was exported with onnx_pooling {md.config.onnx_pooling!r}; TensorRT builds from "
+            "the hidden-states graph and the runtime pools with the Triton kernel. Fix: python "
+            "export/export_onnx.py --pooling external --out DIR."
+        )
+    max_batch = DEFAULT_MAX_BATCH if args.max_batch is None else args.max_batch
+    if args.max_batch is not None and args.max_shape:
+        raise ValidationError(f"give `--max-batch` or `--max-shape`, not both. Given: --max-batch {args.max_batch} "
+                              f"--max-shape {args.max_shape!r}.")
+    profiles = build_profiles(md.config.max_length, args.min_shape, args.opt_shape, args.max_shape, max_batch)
+    out = Path(args.out) if args.out else onnx.parent
+    return md, out, profiles
+
+
+def _meta(md, profiles, precision, argv, **built):
+    from postemb_rt.engine_meta import EngineMeta
+
+    return EngineMeta(precision=precision, inputs={k: v.as_dict() for k, v in profiles.items()},
+                      hidden_size=md.config.hidden_size, model_version=md.config.model_version,
+                      onnx_file=md.onnx_path.name, builder_args=list(argv), **built)
+
+
+def build(md, profiles, precision: str, timing_cache: Path | None, workspace_bytes: int):
+    """Serialize an engine with the TensorRT Python API. Returns (plan bytes, output dtype
+    name, tensorrt version). Raises BuildError; exits through main() when TensorRT is missing."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    major = int(trt.__version__.split(".")[0])
+    # TensorRT < 10 needs explicit batch asked for; 10+ has only explicit batch (flag deprecated).
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH) if major < 10 else 0
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(md.onnx_path)):  # reads external weight files beside it too
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise BuildError(f"TensorRT could not parse {md.onnx_path}: {errors}")
+    names = [network.get_input(i).name for i in range(network.num_inputs)]
+    if sorted(names) != sorted(profiles):
+        raise BuildError(f"{md.onnx_path} has inputs {names}; expected {sorted(profiles)}. Re-export it.")
+    outputs = {network.get_output(i).name: network.get_output(i) for i in range(network.num_outputs)}
+    from postemb_rt.engine_meta import OUTPUT
+
+    if OUTPUT not in outputs:
+        raise BuildError(f"{md.onnx_path} has outputs {sorted(outputs)}; expected {OUTPUT!r} "
+                         "(export_onnx.py --pooling external).")
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if precision != "fp32":
+        flag = getattr(trt.BuilderFlag, precision.upper(), None)
+        if flag is None:
+            raise BuildError(
+                f"TensorRT {trt.__version__} has no BuilderFlag.{precision.upper()} (weak typing was removed in "
+                f"TensorRT 11). Fix: convert model.onnx to {precision} (e.g. ModelOpt AutoCast, fp32 I/O kept) and "
+                f"build without --{precision}, or use TensorRT 10.x."
+            )
+        config.set_flag(flag)
+    profile = builder.create_optimization_profile()
+    for name, p in profiles.items():
+        profile.set_shape(name, p.min, p.opt, p.max)
+    config.add_optimization_profile(profile)
+    cache = None
+    if timing_cache is not None:
+        data = timing_cache.read_bytes() if timing_cache.exists() else b""
+        cache = config.create_timing_cache(data)  # b"": a new, empty cache
+        config.set_timing_cache(cache, ignore_mismatch=False)
+
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise BuildError("TensorRT's build_serialized_network failed (see the TensorRT log above).")
+    if cache is not None:
+        timing_cache.parent.mkdir(parents=True, exist_ok=True)
+        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+    out_dtype = str(outputs[OUTPUT].dtype).rsplit(".", 1)[-1].lower()  # DataType.FLOAT -> "float"
+    return bytes(plan), {"float": "float32", "half": "float16", "bf16": "bfloat16"}.get(out_dtype, out_dtype), \
+        trt.__version__
+
+
+def copy_model_dir(src: Path, out: Path) -> None:
+    """Copy the model directory's files (not engines) so ``out`` is a complete model directory."""
+    from postemb_rt.engine_meta import ENGINE_FILE, META_FILE
+
+    out.mkdir(parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file() and f.name not in (ENGINE_FILE, META_FILE):
+            shutil.copy2(f, out / f.name)
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    from postemb_rt.engine_meta import ENGINE_FILE, file_sha256
+    from postemb_rt.errors import PostEmbError
+
+    precision = precision_of(args)
+    try:
+        md, out, profiles = plan_build(args)
+    except PostEmbError as exc:
+        print(f"build_engine: error: {exc}", file=sys.stderr)
+        return 2
+    p = next(iter(profiles.values()))
+    print(f"profile (batch x seq): min {p.min[0]}x{p.min[1]}, opt {p.opt[0]}x{p.opt[1]}, max {p.max[0]}x{p.max[1]}; "
+          f"precision {precision}")
+    if args.dry_run:
+        print(_meta(md, profiles, precision, argv, tensorrt_version="(not built)", compute_capability="?",
+                    device_name="?").to_json(), end="")
+        return 0
+
+    try:
+        import tensorrt  # noqa: F401
+    except ImportError:
+        print(f"build_engine: error: the `tensorrt` Python package is not installed. {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    if torch is None or not torch.cuda.is_available():
+        print("build_engine: error: TensorRT builds on a CUDA GPU and none is visible (torch.cuda.is_available() "
+              f"is False). {INSTALL_HINT}", file=sys.stderr)
+        return 2
+    major, minor = torch.cuda.get_device_capability()
+    start = time.perf_counter()
+    try:
+        plan, out_dtype, trt_version = build(md, profiles, precision,
+                                             Path(args.timing_cache) if args.timing_cache else None,
+                                             int(args.workspace_gib * 2**30))
+    except BuildError as exc:
+        print(f"build_engine: error: {exc}", file=sys.stderr)
+        return 1
+    if out.resolve() != md.path.resolve():
+        copy_model_dir(md.path, out)
+    engine_path = out / ENGINE_FILE
+    tmp = engine_path.with_suffix(".plan.tmp")
+    tmp.write_bytes(plan)
+    tmp.replace(engine_path)
+    meta = _meta(md, profiles, precision, argv, tensorrt_version=trt_version,
+                 compute_capability=f"{major}.{minor}", device_name=torch.cuda.get_device_name(),
+                 engine_sha256=file_sha256(engine_path), engine_bytes=len(plan), output_dtype=out_dtype,
+                 onnx_sha256=file_sha256(md.onnx_path),
+                 built_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"))
+    meta.write(out)
+    print(f"wrote {engine_path} ({len(plan) / 2**20:.1f} MiB, TensorRT {trt_version}, {meta.device_name}) and "
+          f"{out / 'engine.json'} in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

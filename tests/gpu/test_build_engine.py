@@ -1,0 +1,97 @@
+"""export/build_engine.py without TensorRT: argument handling, the dry run's engine.json,
+and clear exits when the ONNX model, TensorRT or CUDA is missing."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.gpu.conftest import HAS_TRT, needs_cuda, needs_trt
+
+SCRIPT = Path(__file__).resolve().parents[2] / "export" / "build_engine.py"
+
+
+@pytest.fixture(scope="module")
+def build_engine():
+    spec = importlib.util.spec_from_file_location("build_engine", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def run(mod, capsys, *args):
+    code = mod.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_dry_run_prints_the_profile_and_engine_json(build_engine, onnx_dir, capsys):
+    code, out, _ = run(build_engine, capsys, "--onnx", onnx_dir / "model.onnx", "--fp16", "--max-shape", "64x128",
+                       "--dry-run")
+    assert code == 0
+    assert "min 1x1, opt 32x64, max 64x128; precision fp16" in out
+    meta = json.loads(out[out.index("{"):])
+    assert meta["precision"] == "fp16" and meta["model_version"] == "test-v1" and meta["hidden_size"] == 384
+    assert meta["inputs"]["attention_mask"] == {"min": [1, 1], "opt": [32, 64], "max": [64, 128]}
+
+
+def test_max_batch_sets_the_default_max_shape(build_engine, onnx_dir, capsys):
+    code, out, _ = run(build_engine, capsys, "--onnx", onnx_dir / "model.onnx", "--max-batch", "16", "--dry-run")
+    assert code == 0 and "opt 16x64, max 16x256; precision fp32" in out
+
+
+@pytest.mark.parametrize("extra, match", [
+    (["--max-shape", "8x1024"], "seq must be <= the model's max_length (256)"),
+    (["--max-shape", "8x64", "--max-batch", "8"], "give `--max-batch` or `--max-shape`, not both"),
+    (["--opt-shape", "banana"], "`--opt-shape` shapes must be BATCHxSEQ"),
+])
+def test_bad_shapes_exit_2_naming_the_flag(build_engine, onnx_dir, capsys, extra, match):
+    code, _, err = run(build_engine, capsys, "--onnx", onnx_dir / "model.onnx", *extra, "--dry-run")
+    assert code == 2 and match in err
+
+
+def test_graph_pooling_onnx_is_refused_with_the_export_command(build_engine, onnx_dir, capsys):
+    cfg = json.loads((onnx_dir / "postemb.json").read_text())
+    (onnx_dir / "postemb.json").write_text(json.dumps({**cfg, "onnx_pooling": "graph"}))
+    code, _, err = run(build_engine, capsys, "--onnx", onnx_dir / "model.onnx", "--dry-run")
+    assert code == 2 and "onnx_pooling 'graph'" in err and "--pooling external" in err
+
+
+def test_missing_onnx_exits_2(build_engine, tmp_path, capsys):
+    code, _, err = run(build_engine, capsys, "--onnx", tmp_path / "nope.onnx")
+    assert code == 2 and "`--onnx` must be an existing ONNX file" in err
+
+
+def test_fp16_and_bf16_are_exclusive(build_engine, onnx_dir):
+    with pytest.raises(SystemExit) as exc:
+        build_engine.parse_args(["--onnx", str(onnx_dir / "model.onnx"), "--fp16", "--bf16"])
+    assert exc.value.code == 2
+
+
+@pytest.mark.skipif(HAS_TRT, reason="tensorrt is installed here")
+def test_without_tensorrt_the_build_exits_2_with_the_install_hint(build_engine, onnx_dir, capsys):
+    code, _, err = run(build_engine, capsys, "--onnx", onnx_dir / "model.onnx", "--fp16")
+    assert code == 2 and "the `tensorrt` Python package is not installed" in err and "pip install" in err
+    assert not (onnx_dir / "model.plan").exists() and not (onnx_dir / "engine.json").exists()
+
+
+def test_copy_model_dir_skips_engines(build_engine, onnx_dir, tmp_path):
+    (onnx_dir / "model.plan").write_bytes(b"old")
+    build_engine.copy_model_dir(onnx_dir, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model.onnx", "postemb.json", "tokenizer.json"]
+
+
+@needs_cuda
+@needs_trt
+def test_builds_a_real_engine_for_the_base_model(build_engine, tmp_path, capsys):
+    """GPU + TensorRT only: export base with external pooling, build, check engine.json."""
+    from postemb_rt.model_dir import resolve
+    from postemb_rt.onnx_export import export_onnx
+
+    out = export_onnx(resolve("base"), tmp_path / "trt", pooling="external")
+    code, _, err = run(build_engine, capsys, "--onnx", out.onnx_path, "--fp16", "--max-batch", "32",
+                       "--timing-cache", tmp_path / "timing.cache")
+    assert code == 0, err
+    meta = json.loads((out.path / "engine.json").read_text())
+    assert meta["precision"] == "fp16" and (out.path / "model.plan").stat().st_size == meta["engine_bytes"]
+    assert (tmp_path / "timing.cache").stat().st_size > 0
