@@ -16,7 +16,7 @@ from .model_dir import ModelDir, resolve
 from .tokenization import PostTokenizer
 
 log = logging.getLogger("postemb_rt")
-PRECISIONS = ("fp32",)
+PRECISIONS = ("fp32", "fp16", "bf16")  # fp16/bf16: CUDA backends only; CPU backends reject them
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Encoder:
         backend: "auto" (fastest exact backend available; logged and in ``describe()``),
             "torch" or "onnxruntime".
         device: "auto", "cpu" or "cuda[:N]".
-        precision: "fp32" (exact).
+        precision: "fp32" (exact); "fp16" / "bf16" (CUDA only: torch, or a tensorrt engine built so).
         max_length: tokens per post after truncation (default: the model's, 256).
         max_batch_tokens: padded tokens per batch (rows x longest row); default: the backend's.
         """

@@ -1,5 +1,8 @@
 """torch backend: the encoder (transformers) on CPU or CUDA, float32, then the fused pooling
-kernel: C++ (``postemb_rt._C``) on CPU, Triton on CUDA (see ``postemb_rt.ops.pooling``)."""
+kernel: C++ (``postemb_rt._C``) on CPU, Triton on CUDA (see ``postemb_rt.ops.pooling``).
+
+On CUDA the work is delegated to ``torch_cuda.TorchCudaRunner`` (fp32/fp16/bf16, SDPA, CUDA
+graphs per length bucket); the CPU path is float32 only."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,6 +18,10 @@ class TorchBackend(Backend):
     name = "torch"
 
     def __init__(self, model, device="cpu", precision="fp32"):
+        self._cuda = None
+        if device.startswith("cuda"):
+            self._init_cuda(model, device, precision)
+            return
         if precision != "fp32":
             raise ValidationError(f"`precision` for the torch backend must be 'fp32'. Given: {precision!r}.")
         if device.startswith("cuda") and not torch.cuda.is_available():
@@ -35,8 +42,28 @@ class TorchBackend(Backend):
                                    None if bias is None else bias.numpy())
         self.pooling_kernel = self._pool.name
 
+    def _init_cuda(self, model, device, precision):
+        """CUDA: fp32/fp16/bf16, SDPA, CUDA graphs per bucket, Triton pooling (torch_cuda.py)."""
+        from .torch_cuda import CUDA_PRECISIONS, TorchCudaRunner
+
+        if precision not in CUDA_PRECISIONS:
+            raise ValidationError(f"`precision` for the torch backend on CUDA must be one of {CUDA_PRECISIONS}. "
+                                  f"Given: {precision!r}.")
+        if not torch.cuda.is_available():
+            raise BackendUnavailableError(
+                f"`device` {device!r} was asked for but torch sees no CUDA device. Fix: device='cpu'."
+            )
+        super().__init__(model, device, precision)
+        self._cuda = TorchCudaRunner(model, device, precision, max_batch_tokens=self.max_batch_tokens)
+        self.pooling_kernel = self._cuda.pooling_kernel
+
+    def describe(self) -> dict:
+        return {**super().describe(), **(self._cuda.describe() if self._cuda is not None else {})}
+
     @torch.inference_mode()
     def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray, normalize: bool = True) -> np.ndarray:
+        if self._cuda is not None:
+            return self._cuda(input_ids, attention_mask, normalize=normalize)
         ids = torch.from_numpy(input_ids).to(self.device)
         mask = torch.from_numpy(attention_mask).to(self.device)
         hidden = self._model.hidden_states(ids, mask)  # (B, S, H) float32
@@ -45,4 +72,6 @@ class TorchBackend(Backend):
         return self._pool(hidden.numpy(), attention_mask, normalize=normalize)
 
     def close(self) -> None:
+        if self._cuda is not None:
+            self._cuda.close()
         self._model = None
