@@ -326,6 +326,8 @@ class Runtime:
                            headers={"Retry-After": str(retry)}) from None
         except BatcherClosedError:
             raise ApiError(503, "The server is shutting down.", type="server_error", code="shutting_down") from None
+        except ValidationError as exc:  # the batcher's own checks; the ones above should catch everything first
+            raise ApiError(422, f"`{field}`: {exc}", param=field, code="invalid_value") from None
         try:
             vecs = await asyncio.wrap_future(fut)
         except DeadlineExceededError as exc:
