@@ -12,7 +12,8 @@ buffers and one graph; all graphs share one memory pool and replay on one stream
 lock, never concurrently, so their intermediates may share memory. A batch is padded to
 the smallest bucket that holds it (padding rows get one token so no row is all-masked;
 padding never changes a real row: masked keys get zero attention weight and the pooler
-skips masked tokens). A batch no bucket holds runs eagerly (counted in describe()).
+skips masked tokens). More rows than any bucket of that length: split into chunks. A
+length beyond every bucket runs eagerly (counted in describe()).
 
 ``POSTEMB_CUDA_GRAPHS=0`` runs everything eagerly (the benchmark's baseline).
 
@@ -61,6 +62,13 @@ def pick_bucket(buckets, rows: int, seq: int) -> tuple[int, int] | None:
     (rows, seq) batch; None when none does."""
     fits = [(b * s, s, (b, s)) for b, s in buckets if b >= rows and s >= seq]
     return min(fits)[2] if fits else None
+
+
+def split_rows(buckets, rows: int, seq: int) -> list[tuple[int, int]]:
+    """Row slices [(start, stop)] of a (rows, seq) batch, each small enough for a bucket of
+    length >= seq; [] when seq is longer than every bucket (the batch then runs eagerly)."""
+    cap = max((b for b, s in buckets if s >= seq), default=0)
+    return [(i, min(i + cap, rows)) for i in range(0, rows, cap)] if cap else []
 
 
 def fill_padded(dst_ids: np.ndarray, dst_mask: np.ndarray, ids: np.ndarray, mask: np.ndarray) -> None:
@@ -158,23 +166,29 @@ class TorchCudaRunner:
         import torch
 
         rows, seq = input_ids.shape
-        bucket = pick_bucket(self._graphs, rows, seq) if self._graphs else None
+        chunks = split_rows(self._graphs, rows, seq) if self._graphs else []
         with self._lock, torch.inference_mode(), torch.cuda.device(self.device), torch.cuda.stream(self._stream):
-            if bucket is None:
+            if not chunks:
                 self.eager_batches += 1
                 ids = torch.from_numpy(input_ids).to(self.device, non_blocking=True)
                 mask = torch.from_numpy(attention_mask).to(self.device, non_blocking=True)
                 out = self._forward(ids, mask).cpu().numpy()
             else:
-                graph, ids, mask, dev_out, pin_ids, pin_mask, pin_out = self._graphs[bucket]
-                fill_padded(pin_ids.numpy(), pin_mask.numpy(), input_ids, attention_mask)
-                ids.copy_(pin_ids, non_blocking=True)  # rows*seq*8 bytes each, from pinned memory
-                mask.copy_(pin_mask, non_blocking=True)
-                graph.replay()
-                pin_out.copy_(dev_out, non_blocking=True)
-                self._stream.synchronize()
-                out = pin_out.numpy()[:rows].copy()  # the pinned buffer is reused by the next call
+                parts = [self._replay(input_ids[a:b], attention_mask[a:b]) for a, b in chunks]
+                out = parts[0] if len(parts) == 1 else np.concatenate(parts)
         return l2_normalize(out) if normalize else out
+
+    def _replay(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """One (B, S) batch that a bucket holds: stage, copy, replay, copy back. (B, D) float32."""
+        rows, seq = input_ids.shape
+        graph, ids, mask, dev_out, pin_ids, pin_mask, pin_out = self._graphs[pick_bucket(self._graphs, rows, seq)]
+        fill_padded(pin_ids.numpy(), pin_mask.numpy(), input_ids, attention_mask)
+        ids.copy_(pin_ids, non_blocking=True)  # rows*seq*8 bytes each, from pinned memory
+        mask.copy_(pin_mask, non_blocking=True)
+        graph.replay()
+        pin_out.copy_(dev_out, non_blocking=True)
+        self._stream.synchronize()  # the staging buffers are reused by the next replay
+        return pin_out.numpy()[:rows].copy()
 
     def describe(self) -> dict:
         return {"cuda_graphs": self.graphs, "eager_batches": self.eager_batches, "attention": "sdpa"}

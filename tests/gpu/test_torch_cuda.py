@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from postemb_rt import Encoder
-from postemb_rt.backends.torch_cuda import fill_padded, l2_normalize, pick_bucket, plan_buckets, seq_buckets
+from postemb_rt.backends.torch_cuda import (fill_padded, l2_normalize, pick_bucket, plan_buckets, seq_buckets,
+                                            split_rows)
 from postemb_rt.errors import BackendUnavailableError, ValidationError
 from tests.gpu.conftest import needs_cuda
 
@@ -31,6 +32,16 @@ def test_pick_bucket_takes_the_fewest_padded_slots(rows, seq, want):
 
 def test_pick_bucket_prefers_shorter_seq_on_ties():
     assert pick_bucket([(2, 32), (4, 16)], 1, 10) == (4, 16)
+
+
+@pytest.mark.parametrize("rows, seq, want", [(10, 16, [(0, 10)]), (300, 16, [(0, 64), (64, 128), (128, 192),
+                                                                         (192, 256), (256, 300)]),
+                                             (40, 200, [(0, 16), (16, 32), (32, 40)]), (1, 257, [])])
+def test_split_rows_fits_each_chunk_in_a_bucket(rows, seq, want):
+    buckets = plan_buckets(256, 4096, max_rows=64)
+    chunks = split_rows(buckets, rows, seq)
+    assert chunks == want
+    assert all(pick_bucket(buckets, b - a, seq) is not None for a, b in chunks)
 
 
 def test_fill_padded_keeps_rows_and_gives_padding_rows_one_token():

@@ -1,0 +1,96 @@
+"""A stand-in ``tensorrt`` module that records the builder calls build_engine.py makes, so
+the call sequence (network, parser, profile, flags, timing cache) is tested on CPU. It
+mirrors the documented TensorRT 10 Python API names only; it computes nothing."""
+import types
+
+
+def make(version="10.9.0", has_fp16=True, parse_ok=True, plan=b"PLAN-BYTES"):
+    calls = []
+    trt = types.ModuleType("tensorrt")
+    trt.__version__ = version
+    trt.calls = calls
+
+    class Logger:
+        WARNING = "WARNING"
+
+        def __init__(self, severity):
+            calls.append(("Logger", severity))
+
+    class _Tensor:
+        def __init__(self, name, dtype="DataType.FLOAT"):
+            self.name, self.dtype = name, dtype
+
+    class Network:
+        num_inputs, num_outputs = 2, 1
+
+        def get_input(self, i):
+            return _Tensor(["input_ids", "attention_mask"][i], "DataType.INT64")
+
+        def get_output(self, i):
+            return _Tensor("last_hidden_state")
+
+    class OnnxParser:
+        num_errors = 0 if parse_ok else 1
+
+        def __init__(self, network, logger):
+            calls.append(("OnnxParser",))
+
+        def parse_from_file(self, path):
+            calls.append(("parse_from_file", path))
+            return parse_ok
+
+        def get_error(self, i):
+            return "In node 3 (Gather): unsupported"
+
+    class TimingCache:
+        def serialize(self):
+            return b"TIMINGS"
+
+    class Profile:
+        def set_shape(self, name, lo, opt, hi):
+            calls.append(("set_shape", name, tuple(lo), tuple(opt), tuple(hi)))
+
+    class Config:
+        def set_memory_pool_limit(self, pool, size):
+            calls.append(("set_memory_pool_limit", pool, size))
+
+        def set_flag(self, flag):
+            calls.append(("set_flag", flag))
+
+        def add_optimization_profile(self, profile):
+            calls.append(("add_optimization_profile",))
+
+        def create_timing_cache(self, data):
+            calls.append(("create_timing_cache", bytes(data)))
+            self._cache = TimingCache()
+            return self._cache
+
+        def set_timing_cache(self, cache, ignore_mismatch):
+            calls.append(("set_timing_cache", ignore_mismatch))
+
+        def get_timing_cache(self):
+            return self._cache
+
+    class Builder:
+        def __init__(self, logger):
+            pass
+
+        def create_network(self, flags):
+            calls.append(("create_network", flags))
+            return Network()
+
+        def create_builder_config(self):
+            return Config()
+
+        def create_optimization_profile(self):
+            return Profile()
+
+        def build_serialized_network(self, network, config):
+            calls.append(("build_serialized_network",))
+            return plan
+
+    trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, OnnxParser
+    trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0)
+    trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
+    trt.BuilderFlag = types.SimpleNamespace(**({"FP16": "FP16", "BF16": "BF16"} if has_fp16 else {}))
+    return trt
