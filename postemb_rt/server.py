@@ -29,7 +29,8 @@ on the request. int8: ``q = clip(rint(x / scale), -127, 127)`` with
 standard deviation about 1 / sqrt(dim); with the 384-d base model the largest component seen
 is 5.9 / sqrt(dim) on 4000 short posts and 14.5 / sqrt(dim) on degenerate inputs ("" gives
 8.0, "[CLS]" 14.5), so 16 / sqrt(dim) clips nothing seen; measured min cosine to float32 on
-1000 short posts: 0.9992 (a 50-d model gets scale 1/127: no clipping possible at all). binary: bit = (x > 0), packed 8 per byte, first component in the high bit
+1000 short posts: 0.9992 (a 50-d model gets scale 1/127: no clipping possible at all).
+binary: bit = (x > 0), packed 8 per byte, first component in the high bit
 (``numpy.packbits``), ceil(dim / 8) bytes per row. Both need ``normalize: true``.
 
 ``dimensions``: neither the base encoder nor the fine-tuned model was trained for shortened
@@ -599,8 +600,8 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
     @app.get("/v1/models")
     async def v1_models():  # OpenAI clients and tools list models before using one
         enc = rt.require_encoder()
-        return _json_response(200, {"object": "list", "data": [{"id": enc.model_version, "object": "model",
-                                                                  "created": int(rt.started), "owned_by": "postemb_rt"}]})
+        model = {"id": enc.model_version, "object": "model", "created": int(rt.started), "owned_by": "postemb_rt"}
+        return _json_response(200, {"object": "list", "data": [model]})
 
     @app.get("/health")
     async def health():

@@ -14,8 +14,13 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("fastapi", reason="the server needs the [serve] extra")
-httpx = pytest.importorskip("httpx")
+
+def require_serve_extra():
+    """Call at a test module's top: skips the module unless the [serve] extra and httpx are
+    installed; returns the httpx module."""
+    for name in ("fastapi", "uvicorn", "prometheus_client"):
+        pytest.importorskip(name, reason="the server needs the [serve] extra")
+    return pytest.importorskip("httpx")
 
 API_KEY = "test-key-7f3a"
 READY_TIMEOUT_S = 180  # the first onnxruntime load exports the model (~15 s, more on busy cores)
@@ -45,6 +50,8 @@ class ServerProc:
             self.lines.append(line)
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        import httpx
+
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -91,6 +98,8 @@ def main_server():
 
 @pytest.fixture(scope="session")
 def client(main_server):
+    import httpx
+
     with httpx.Client(base_url=main_server.url, headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60) as c:
         yield c
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 from tests.conftest import LONG_POST, SAMPLE_TEXTS, cosines
-from tests.server.conftest import API_KEY, LIMITS, httpx
+from tests.server.conftest import API_KEY, LIMITS, require_serve_extra
+
+httpx = require_serve_extra()
 
 openai = pytest.importorskip("openai")
 

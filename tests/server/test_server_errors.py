@@ -8,7 +8,9 @@ import time
 
 import pytest
 
-from tests.server.conftest import API_KEY, LIMITS, ServerProc, fault_argv, httpx
+from tests.server.conftest import LIMITS, ServerProc, fault_argv, require_serve_extra
+
+httpx = require_serve_extra()
 
 MAX_QUEUED_TOKENS = 600
 REQUEST_TIMEOUT_S = 1.0

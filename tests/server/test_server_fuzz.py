@@ -4,7 +4,9 @@ import json
 
 import pytest
 
-from tests.server.conftest import LIMITS
+from tests.server.conftest import LIMITS, require_serve_extra
+
+require_serve_extra()
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -36,8 +38,8 @@ valid_inputs = st.one_of(texts, st.lists(texts, min_size=1, max_size=8))
 v1_bodies = _fields("input", {"input": st.one_of(valid_inputs, inputs), "model": st.text(max_size=20),
                      "encoding_format": st.sampled_from(["float", "base64", "int8", ""]),
                      "dimensions": st.one_of(st.just(384), st.integers(-5, 2000)), "user": st.text(max_size=10)})
-native_bodies = _fields("inputs", {"inputs": st.one_of(valid_inputs, inputs), "truncate": st.booleans(), "normalize": st.booleans(),
-                         "encoding": st.sampled_from(["float32", "int8", "binary", "bf16"])})
+native_bodies = _fields("inputs", {"inputs": st.one_of(valid_inputs, inputs), "truncate": st.booleans(),
+                                   "normalize": st.booleans(), "encoding": st.sampled_from(["float32", "int8", "binary", "bf16"])})
 
 
 def _check(client, route, data: bytes):

@@ -6,7 +6,9 @@ import time
 import numpy as np
 
 from tests.conftest import cosines
-from tests.server.conftest import API_KEY, httpx
+from tests.server.conftest import API_KEY, require_serve_extra
+
+httpx = require_serve_extra()
 
 CLIENTS = 64
 REQUESTS_PER_CLIENT = 8
