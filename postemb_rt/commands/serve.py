@@ -92,7 +92,8 @@ def serve_app(app, host: str, port: int, drain_timeout_s: float, verbose: bool =
                                            timeout_graceful_shutdown=drain_timeout_s, lifespan="on"))
     runtime = app.state.runtime
     runtime.on_fatal = lambda: setattr(server, "should_exit", True)
-    print(f"postemb serve: listening on http://{host}:{port} ({what}; GET /ready turns 200 when the model is "
+    shown = f"[{host}]" if ":" in host else host
+    print(f"postemb serve: listening on http://{shown}:{port} ({what}; GET /ready turns 200 when the model is "
           "loaded)", flush=True)
     server.run(sockets=[sock])
     if runtime.load_error:
