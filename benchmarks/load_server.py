@@ -116,14 +116,10 @@ def run_case(url, api_key, mode, path, bodies, posts_per_request, clients, reque
                 1.0 - d["tokens_computed"] / padded if padded else 0.0)
 
 
-def start_server(args) -> tuple[subprocess.Popen, str]:
-    argv = [sys.executable, "-m", "postemb_rt.cli", "serve", "--model", args.model, "--backend", args.backend,
-            "--host", "127.0.0.1", "--port", "0", "--max-queued-tokens", str(args.max_queued_tokens),
-            "--max-wait-us", str(args.max_wait_us), "--max-batch-size", str(args.max_batch_size)]
-    if args.threads:
-        argv += ["--threads", str(args.threads)]
-    if args.batch_overhead_tokens is not None:
-        argv += ["--batch-overhead-tokens", str(args.batch_overhead_tokens)]
+def start_server(model: str, backend: str, *options: str) -> tuple[subprocess.Popen, str]:
+    """``postemb serve`` on a free loopback port; returns (process, url) once /ready is 200."""
+    argv = [sys.executable, "-m", "postemb_rt.cli", "serve", "--model", model, "--backend", backend,
+            "--host", "127.0.0.1", "--port", "0", *options]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=ROOT)
     line = proc.stdout.readline()
     if "listening on" not in line:
@@ -175,7 +171,13 @@ def main(argv=None) -> int:
     posts = load_posts(args.posts)
     proc = None
     if args.url is None:
-        proc, url = start_server(args)
+        options = ["--max-queued-tokens", str(args.max_queued_tokens), "--max-wait-us", str(args.max_wait_us),
+                   "--max-batch-size", str(args.max_batch_size)]
+        if args.threads:
+            options += ["--threads", str(args.threads)]
+        if args.batch_overhead_tokens is not None:
+            options += ["--batch-overhead-tokens", str(args.batch_overhead_tokens)]
+        proc, url = start_server(args.model, args.backend, *options)
     else:
         url = args.url.rstrip("/")
     try:
