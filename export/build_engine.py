@@ -148,7 +148,7 @@ def build(md, profiles, precision: str, timing_cache: Path | None, workspace_byt
     if timing_cache is not None:
         data = timing_cache.read_bytes() if timing_cache.exists() else b""
         cache = config.create_timing_cache(data)  # b"": a new, empty cache
-        config.set_timing_cache(cache, ignore_mismatch=False)
+        config.set_timing_cache(cache, False)  # False: refuse a cache from another TensorRT / GPU
 
     plan = builder.build_serialized_network(network, config)
     if plan is None:

@@ -35,6 +35,11 @@ def _torch_dtype(torch, trt, dtype):
     return table[dtype]
 
 
+def _device(torch, device: str):
+    """The torch device tensors live on (one seam: the CPU tests put them in host memory)."""
+    return torch.device(device)
+
+
 class TensorRTBackend(Backend):
     name = "tensorrt"
 
@@ -58,7 +63,7 @@ class TensorRTBackend(Backend):
             raise ValidationError(
                 f"`precision` must match the engine's ({meta.precision!r}, `{directory}/engine.json`). "
                 f"Given: {precision!r}. Fix: precision={meta.precision!r}, or {rebuild_hint(directory, precision)}")
-        self._torch_device = torch.device(device)
+        self._torch_device = _device(torch, device)
         cap = torch.cuda.get_device_capability(self._torch_device)
         check_meta(meta, directory, model_version=model.config.model_version, hidden_size=model.config.hidden_size,
                    tensorrt_version=trt.__version__, compute_capability=f"{cap[0]}.{cap[1]}")
@@ -131,10 +136,12 @@ class TensorRTBackend(Backend):
         b, s = ids.shape
         hidden = torch.empty((b, s, self.model.config.hidden_size), dtype=self._dtypes[OUTPUT], device=dev)
         ctx = self._context
-        for name, t in (("input_ids", ids), ("attention_mask", mask)):
-            ctx.set_input_shape(name, (b, s))
-            ctx.set_tensor_address(name, t.data_ptr())
-        ctx.set_tensor_address(OUTPUT, hidden.data_ptr())
+        for name, t in (("input_ids", ids), ("attention_mask", mask), (OUTPUT, hidden)):
+            if name != OUTPUT and not ctx.set_input_shape(name, (b, s)):
+                raise EngineMismatchError(f"TensorRT refused input shape {(b, s)} for {name!r}; the engine's profile is "
+                                          f"{self.meta.inputs[name]}. Fix: {rebuild_hint(self.model.path)}")
+            if not ctx.set_tensor_address(name, t.data_ptr()):
+                raise RuntimeError(f"TensorRT set_tensor_address failed for {name!r}.")
         if not ctx.execute_async_v3(self._stream.cuda_stream):
             raise RuntimeError(f"TensorRT execute_async_v3 failed for a ({b}, {s}) batch (see the TensorRT log).")
         # The pooler runs on the same stream after the engine: reads B*S*H*itemsize bytes once.

@@ -94,3 +94,65 @@ def make(version="10.9.0", has_fp16=True, parse_ok=True, plan=b"PLAN-BYTES"):
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
     trt.BuilderFlag = types.SimpleNamespace(**({"FP16": "FP16", "BF16": "BF16"} if has_fp16 else {}))
     return trt
+
+
+def add_runtime(trt, hidden_fn):
+    """Give ``trt`` a Runtime whose engine writes ``hidden_fn(ids, mask)`` (numpy, float32
+    (b, s, H)) to the output address on execute_async_v3: memory is host memory here (the
+    backend's tensors are moved to CPU by the test), reached through ctypes like a device
+    pointer would be by TensorRT."""
+    import ctypes
+
+    import numpy as np
+
+    trt.DataType = types.SimpleNamespace(FLOAT="FLOAT", HALF="HALF", INT32="INT32", INT64="INT64", BF16="BF16")
+    calls = trt.calls
+
+    def view(ptr, shape, dtype):
+        n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        return np.frombuffer((ctypes.c_char * n).from_address(ptr), dtype=dtype).reshape(shape)
+
+    class Context:
+        def __init__(self):
+            self.shapes, self.ptrs = {}, {}
+
+        def set_input_shape(self, name, shape):
+            self.shapes[name] = tuple(shape)
+            return True
+
+        def set_tensor_address(self, name, ptr):
+            self.ptrs[name] = ptr
+            return True
+
+        def execute_async_v3(self, stream):
+            b, s = self.shapes["input_ids"]
+            calls.append(("execute_async_v3", b, s))
+            ids = view(self.ptrs["input_ids"], (b, s), np.int64)
+            mask = view(self.ptrs["attention_mask"], (b, s), np.int64)
+            hidden = hidden_fn(ids, mask)
+            view(self.ptrs["last_hidden_state"], hidden.shape, np.float32)[...] = hidden
+            return True
+
+    class Engine:
+        num_io_tensors = 3
+        _names = ["input_ids", "attention_mask", "last_hidden_state"]
+
+        def get_tensor_name(self, i):
+            return self._names[i]
+
+        def get_tensor_dtype(self, name):
+            return "FLOAT" if name == "last_hidden_state" else "INT64"
+
+        def create_execution_context(self):
+            return Context()
+
+    class Runtime:
+        def __init__(self, logger):
+            pass
+
+        def deserialize_cuda_engine(self, data):
+            calls.append(("deserialize_cuda_engine", bytes(data)))
+            return Engine()
+
+    trt.Runtime = Runtime
+    return trt
