@@ -90,6 +90,31 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     return x / np.maximum(norm, eps)[:, None]
 
 
+def new_stream(device):
+    """The runner's own CUDA stream: copies and replays are ordered on it, off the default stream."""
+    import torch
+
+    return torch.cuda.Stream(device)
+
+
+def capture_graph(fn, pool, stream, device):
+    """Run ``fn`` (reads and writes only static tensors) twice on ``stream`` to warm up (lazy
+    init, Triton compiles, cuBLAS workspaces), then capture it into a CUDA graph sharing
+    ``pool``. Returns (replay, out): replay() reruns the captured work on the current stream
+    and leaves the result in ``out``, the tensor fn returned during capture."""
+    import torch
+
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            fn()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool, stream=stream):
+        out = fn()
+    return graph.replay, out
+
+
 class TorchCudaRunner:
     """The model on one CUDA device: ``__call__(ids, mask, normalize)`` -> float32 (B, D) numpy."""
 
@@ -114,7 +139,7 @@ class TorchCudaRunner:
         self.pooling_kernel = self._pool.name
         self._net = net
         self.dim = model.config.dim
-        self._stream = torch.cuda.Stream(self.device)
+        self._stream = new_stream(self.device)
         self._lock = threading.Lock()
         self._graphs: dict[tuple[int, int], tuple] = {}
         self.eager_batches = 0
@@ -136,24 +161,19 @@ class TorchCudaRunner:
         import torch
 
         pool = torch.cuda.graph_pool_handle()
+        pin = self.device.type == "cuda"
         try:
             with torch.inference_mode(), torch.cuda.device(self.device):
                 for b, s in sorted(buckets, key=lambda bs: -bs[0] * bs[1]):
                     ids = torch.zeros((b, s), dtype=torch.int64, device=self.device)
                     mask = torch.zeros((b, s), dtype=torch.int64, device=self.device)
                     mask[:, 0] = 1
-                    # Warm up on the capture stream (lazy init, autotuning, cuBLAS workspaces) before capture.
-                    self._stream.wait_stream(torch.cuda.current_stream(self.device))
-                    with torch.cuda.stream(self._stream):
-                        for _ in range(2):
-                            self._forward(ids, mask)
-                    torch.cuda.current_stream(self.device).wait_stream(self._stream)
-                    graph = torch.cuda.CUDAGraph()
-                    with torch.cuda.graph(graph, pool=pool, stream=self._stream):
-                        out = self._forward(ids, mask)
-                    pin = lambda shape, dt: torch.empty(shape, dtype=dt, pin_memory=True)  # noqa: E731
-                    self._graphs[b, s] = (graph, ids, mask, out, pin((b, s), torch.int64), pin((b, s), torch.int64),
-                                          pin((b, self.dim), torch.float32))
+                    replay, out = capture_graph(lambda ids=ids, mask=mask: self._forward(ids, mask), pool,
+                                                self._stream, self.device)
+                    staging = [torch.empty(shape, dtype=dt, pin_memory=pin)
+                               for shape, dt in (((b, s), torch.int64), ((b, s), torch.int64),
+                                                 ((b, self.dim), torch.float32))]
+                    self._graphs[b, s] = (replay, ids, mask, out, *staging)
             torch.cuda.synchronize(self.device)
         except Exception as exc:  # never silent: logged and reported by describe()
             self._graphs.clear()
@@ -181,11 +201,11 @@ class TorchCudaRunner:
     def _replay(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """One (B, S) batch that a bucket holds: stage, copy, replay, copy back. (B, D) float32."""
         rows, seq = input_ids.shape
-        graph, ids, mask, dev_out, pin_ids, pin_mask, pin_out = self._graphs[pick_bucket(self._graphs, rows, seq)]
+        replay, ids, mask, dev_out, pin_ids, pin_mask, pin_out = self._graphs[pick_bucket(self._graphs, rows, seq)]
         fill_padded(pin_ids.numpy(), pin_mask.numpy(), input_ids, attention_mask)
         ids.copy_(pin_ids, non_blocking=True)  # rows*seq*8 bytes each, from pinned memory
         mask.copy_(pin_mask, non_blocking=True)
-        graph.replay()
+        replay()
         pin_out.copy_(dev_out, non_blocking=True)
         self._stream.synchronize()  # the staging buffers are reused by the next replay
         return pin_out.numpy()[:rows].copy()

@@ -1,0 +1,97 @@
+"""TorchCudaRunner's bucket path on CPU: the real model and the Triton kernel (interpreted),
+with graph capture replaced by "rerun the captured function on the static buffers" (what a
+replay does) and CUDA streams by no-ops. Shows that staging, padding to a bucket, splitting
+rows and normalising never change an embedding. What it cannot show: CUDA graph capture
+itself, pinned-memory copies, fp16/bf16 kernels on a GPU."""
+import contextlib
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from postemb_rt.backends import torch_cuda
+
+
+@pytest.fixture(scope="module")
+def small_model(tmp_path_factory):
+    """The base encoder with max_length 32: three buckets (1x16, 2x16, 1x32) keep the CPU run short."""
+    from postemb_rt.model_dir import BASE_PACKAGE, PostEmbConfig, load_model_dir
+
+    root = tmp_path_factory.mktemp("short")
+    (root / "postemb.json").write_text(PostEmbConfig(model_version="short", hidden_size=384, max_length=32,
+                                                     encoder=f"pip:{BASE_PACKAGE}").to_json())
+    return load_model_dir(root)
+
+
+@pytest.fixture(scope="module")
+def runner(reference, small_model):  # the reference loads transformers fully before torch.cuda is patched
+    mp = pytest.MonkeyPatch()
+    stub_stream = types.SimpleNamespace(wait_stream=lambda s: None, synchronize=lambda: None)
+    mp.setattr(torch_cuda, "new_stream", lambda device: stub_stream)
+    for name, value in (("device", lambda *a: contextlib.nullcontext()),
+                        ("stream", lambda *a: contextlib.nullcontext()), ("graph_pool_handle", lambda: None),
+                        ("synchronize", lambda *a: None)):
+        mp.setattr(torch.cuda, name, value)
+
+    def fake_capture(fn, pool, stream, device):
+        out = fn()
+        return (lambda: out.copy_(fn())), out
+
+    mp.setattr(torch_cuda, "capture_graph", fake_capture)
+    r = torch_cuda.TorchCudaRunner(small_model, "cpu", "fp32", max_batch_tokens=32, use_graphs=True)
+    yield r
+    mp.undo()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny batches: one intra-op thread is several times faster on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    from postemb_rt.modeling import PostEmbModel
+    from postemb_rt.model_dir import resolve
+
+    model = PostEmbModel.from_model_dir(resolve("base"))
+
+    def embed(ids, mask, normalize=True):
+        with torch.inference_mode():  # one unpadded row at a time: no padding anywhere
+            rows = [model(torch.from_numpy(i[m == 1][None]), torch.ones((1, int(m.sum())), dtype=torch.int64))
+                    for i, m in zip(ids, mask)]
+        return np.concatenate([(unit if normalize else pooled).numpy() for pooled, unit in rows])
+    return embed
+
+
+def batch(rows, seq, seed=0):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, seq + 1, rows)
+    lengths[0] = seq
+    mask = (np.arange(seq)[None, :] < lengths[:, None]).astype(np.int64)
+    ids = rng.integers(1000, 20000, (rows, seq), dtype=np.int64) * mask
+    ids[:, 0] = 101
+    return np.ascontiguousarray(ids), mask
+
+
+def test_buckets_are_captured_and_reported(runner):
+    assert sorted(runner._graphs) == [(1, 16), (1, 32), (2, 16)] and runner.graphs == "3 buckets"
+    assert runner.describe()["attention"] == "sdpa"
+
+
+@pytest.mark.parametrize("rows, seq", [(1, 1), (2, 16), (3, 20), (5, 3)])
+def test_bucketed_rows_equal_the_unpadded_reference(runner, reference, rows, seq):
+    ids, mask = batch(rows, seq)
+    before = runner.eager_batches
+    got = runner(ids, mask)
+    assert runner.eager_batches == before  # more rows than a bucket holds: split, still replayed
+    np.testing.assert_allclose(got, reference(ids, mask), atol=2e-5)
+
+
+def test_unnormalized_output_is_the_pooled_vector(runner, reference):
+    ids, mask = batch(2, 12, seed=3)
+    np.testing.assert_allclose(runner(ids, mask, normalize=False), reference(ids, mask, normalize=False), atol=1e-4)
