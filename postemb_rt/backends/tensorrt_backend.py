@@ -8,7 +8,13 @@ capability; any mismatch raises EngineMismatchError naming the rebuild command. 
 with more rows than the engine's profile are split; a padded length beyond it raises.
 
 UNVERIFIED: written against the TensorRT 10 Python API documentation; no machine of this
-project had TensorRT when it was written (see the README's GPU section).
+project had TensorRT when it was written. On CPU, tests/gpu runs it against a stand-in
+engine (bindings, row splitting, pooling, every engine.json check); a real engine only in
+tests/gpu with CUDA + tensorrt and in benchmarks/gpu_suite.py.
+
+Use: python export/export_onnx.py --model M --out DIR --pooling external, then
+python export/build_engine.py --onnx DIR/model.onnx --out DIR --fp16, then
+Encoder.from_pretrained(DIR, backend="tensorrt", device="cuda", precision="fp16").
 """
 from __future__ import annotations
 

@@ -17,8 +17,10 @@ length beyond every bucket runs eagerly (counted in describe()).
 
 ``POSTEMB_CUDA_GRAPHS=0`` runs everything eagerly (the benchmark's baseline).
 
-UNVERIFIED on a GPU when written (no device was lent): the pure bucket logic is tested on
-CPU; capture/replay is exercised by tests/gpu and benchmarks/gpu_suite.py on CUDA.
+UNVERIFIED on a GPU when written (no device was lent). On CPU, tests/gpu checks the bucket
+logic and the whole bucket path with capture replaced by re-running the captured function;
+real capture/replay, pinned copies and fp16/bf16 run only in tests/gpu on CUDA and in
+benchmarks/gpu_suite.py.
 """
 from __future__ import annotations
 
