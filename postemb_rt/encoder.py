@@ -73,7 +73,7 @@ class Encoder:
         name_or_path: "default" (the shipped post-embedding model), "base" (the pre-trained
             encoder, all-MiniLM-L6-v2), or a model directory.
         backend: "auto" (fastest exact backend available; logged and in ``describe()``),
-            "torch" or "onnxruntime".
+            "torch", "onnxruntime" or "tensorrt" (a directory built by export/build_engine.py).
         device: "auto", "cpu" or "cuda[:N]".
         precision: "fp32" (exact); "fp16" / "bf16" (CUDA only: torch, or a tensorrt engine built so).
         max_length: tokens per post after truncation (default: the model's, 256).

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import BackendUnavailableError, ValidationError
 from ..modeling import PostEmbModel
-from ..ops.pooling import CpuPooler, CudaPooler
+from ..ops.pooling import CpuPooler
 from .base import Backend
 
 
@@ -23,23 +23,15 @@ class TorchBackend(Backend):
             self._init_cuda(model, device, precision)
             return
         if precision != "fp32":
-            raise ValidationError(f"`precision` for the torch backend must be 'fp32'. Given: {precision!r}.")
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise BackendUnavailableError(
-                f"`device` {device!r} was asked for but torch sees no CUDA device. Fix: device='cpu'."
-            )
+            raise ValidationError(f"`precision` for the torch backend on CPU must be 'fp32'. Given: {precision!r}.")
         super().__init__(model, device, precision)
-        self._model = PostEmbModel.from_model_dir(model).to(device)
+        self._model = PostEmbModel.from_model_dir(model)
         weight = bias = None
         if self._model.projection is not None:
-            # (D, H) Linear weight -> (H, D) C-contiguous, once: the kernels read it row by row.
-            weight = self._model.projection.weight.detach().t().contiguous()
-            bias = None if self._model.projection.bias is None else self._model.projection.bias.detach()
-        if device.startswith("cuda"):
-            self._pool = CudaPooler(weight, bias)
-        else:
-            self._pool = CpuPooler(None if weight is None else weight.numpy(),
-                                   None if bias is None else bias.numpy())
+            # (D, H) Linear weight -> (H, D) C-contiguous, once: the kernel reads it row by row.
+            weight = self._model.projection.weight.detach().t().contiguous().numpy()
+            bias = None if self._model.projection.bias is None else self._model.projection.bias.detach().numpy()
+        self._pool = CpuPooler(weight, bias)
         self.pooling_kernel = self._pool.name
 
     def _init_cuda(self, model, device, precision):
@@ -64,12 +56,8 @@ class TorchBackend(Backend):
     def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray, normalize: bool = True) -> np.ndarray:
         if self._cuda is not None:
             return self._cuda(input_ids, attention_mask, normalize=normalize)
-        ids = torch.from_numpy(input_ids).to(self.device)
-        mask = torch.from_numpy(attention_mask).to(self.device)
-        hidden = self._model.hidden_states(ids, mask)  # (B, S, H) float32
-        if self.device.startswith("cuda"):
-            return self._pool(hidden, mask, normalize=normalize).cpu().numpy()
-        return self._pool(hidden.numpy(), attention_mask, normalize=normalize)
+        hidden = self._model.hidden_states(torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
+        return self._pool(hidden.numpy(), attention_mask, normalize=normalize)  # (B, S, H) float32 -> (B, D)
 
     def close(self) -> None:
         if self._cuda is not None:

@@ -82,7 +82,7 @@ def run(args) -> int:
         raise ValidationError(f"`--out` must end in one of {OUTPUTS}. Given: {args.out!r}.")
     ids, texts = read_posts(inp)
     enc = Encoder.from_pretrained(args.model, backend=args.backend, device=args.device,
-                                  max_length=args.max_length)
+                                  precision=args.precision, max_length=args.max_length)
     start = time.perf_counter()
     show = not args.no_progress and len(texts) >= PROGRESS_MIN_POSTS
     vectors = enc.encode(texts, batch_size=args.batch_size, show_progress_bar=show, truncate=not args.no_truncate)
@@ -102,8 +102,9 @@ def register(sub) -> None:
     p.add_argument("input", metavar="INPUT", help="posts: .txt, .jsonl or .parquet")
     p.add_argument("--out", required=True, help="embeddings: .npy or .parquet")
     p.add_argument("--model", default="default", help="'default', 'base' or a model directory (default: default)")
-    p.add_argument("--backend", default="auto", help="auto, torch or onnxruntime (default: auto)")
+    p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt (default: auto)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--precision", default="fp32", help="fp32; fp16 or bf16 on CUDA backends (default: fp32)")
     p.add_argument("--batch-size", type=int, default=64, help="posts per batch at most (default: 64)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per post (default: the model's)")
     p.add_argument("--no-truncate", action="store_true", help="fail on posts longer than max-length")

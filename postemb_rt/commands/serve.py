@@ -107,7 +107,7 @@ def register(sub) -> None:
     p = sub.add_parser("serve", help="HTTP embedding server (OpenAI-compatible /v1/embeddings, /embed, /metrics)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="'default', 'base' or a model directory (default: default)")
-    p.add_argument("--backend", default="auto", help="auto, torch or onnxruntime (default: auto)")
+    p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt (default: auto)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one, printed (default: 8080)")
     p.add_argument("--workers", type=int, default=1,
