@@ -150,6 +150,31 @@ def _pca_projection(model, tokenizer, posts, dim, pack):
     return w.float(), (-(w @ mean)).float()
 
 
+def _cached_pca(md, model, tok, posts, cfg, pack, progress):
+    """The PCA projection, cached under ``$POSTEMB_CACHE/pca/`` by base fingerprint, texts
+    and sizes: the single-task runs share the multi-task run's initial projection and skip
+    re-encoding the same texts (about a minute on 2 cores)."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    from ..onnx_export import cache_root
+
+    h = hashlib.sha256(f"{md.fingerprint}|{cfg.projection_dim}|{cfg.max_length}|".encode())
+    h.update("\n".join(posts).encode())
+    path = cache_root() / "pca" / f"{h.hexdigest()[:20]}.safetensors"
+    if path.exists():
+        st = load_file(str(path))
+        progress(f"PCA projection from cache {path}")
+        return st["weight"], st["bias"]
+    w, b = _pca_projection(model, tok, posts, cfg.projection_dim, pack)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"weight": w.contiguous(), "bias": b.contiguous()}, str(tmp))
+    tmp.replace(path)
+    return w, b
+
+
 def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     """Train and write the model directory ``out``. Returns the summary dict."""
     import torch
@@ -189,7 +214,7 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         sts_a, sts_b, _ = D.read_sts(sd.sts_path, strict=True)
         pool = sd.emoji.texts + sd.emotion.texts + sd.topic.texts + sts_a + sts_b
         posts = [pool[i] for i in rng.permutation(len(pool))[:cfg.pca_posts]]
-        w, b = _pca_projection(model, tok, posts, cfg.projection_dim, pack_padded)
+        w, b = _cached_pca(md, model, tok, posts, cfg, pack_padded, progress)
         with torch.no_grad():
             proj.weight.copy_(w)
             proj.bias.copy_(b)
