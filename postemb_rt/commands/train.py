@@ -17,6 +17,8 @@ def run(args) -> int:
     cfg = TrainConfig.from_file(args.config)
     if args.steps is not None:
         cfg.steps = args.steps
+    if args.threads is not None:
+        cfg.threads = args.threads
     if args.plan:
         sizes = task_sizes(cfg)
         print(json.dumps({"steps": cfg.steps, "batch_size": cfg.batch_size, "task_anchors": sizes,
@@ -35,5 +37,7 @@ def register(sub) -> None:
     p.add_argument("--config", required=True, help="training config (JSON), e.g. configs/multitask.json")
     p.add_argument("--out", help="output model directory")
     p.add_argument("--steps", type=int, default=None, help="override the config's steps")
+    p.add_argument("--threads", type=int, default=None,
+                   help="override the config's torch threads (1 beats 2 when other jobs share 2 cores)")
     p.add_argument("--plan", action="store_true", help="print task mixing and steps per task, then exit")
     p.set_defaults(func=run)
