@@ -292,8 +292,9 @@ def write_report(out: Path, rows: dict, main: str, spec: EvalSpec, extra: dict) 
     lines = [f"# Evaluation: `{main}`", "",
              "AUC / F1 / kNN / P@10 in [0, 1]; STS-B Spearman x100. Built by `postemb eval`; "
              "definitions in `postemb_rt/train/evaluate.py`.", ""]
-    for title, cols in (("Trained tasks: held-out pair ROC-AUC", COLUMNS[:8]),
-                        ("Zero-shot, STS-B dev and retrieval", ["dim"] + COLUMNS[8:])):
+    n_auc = 2 + len(T.TASKS)  # dim, the AUCs, their mean
+    for title, cols in (("Trained tasks: held-out pair ROC-AUC", COLUMNS[:n_auc]),
+                        ("Zero-shot, STS-B dev and retrieval", ["dim"] + COLUMNS[n_auc:])):
         lines += [f"## {title}", "", "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
         for name, r in rows.items():
             cells = [str(r.get(c, "")) if c == "dim" else (f"{r[c]:.2f}" if c == "sts_spearman" else f"{r[c]:.4f}")
