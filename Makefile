@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 VENV_FLAGS ?=
 
-.PHONY: install system-deps demo test bench compare clean
+.PHONY: install system-deps demo test bench compare train eval clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -36,6 +36,13 @@ bench: $(STAMP)
 
 compare: $(STAMP)
 	$(BIN)/python benchmarks/compare.py --long 1000
+
+# The shipped model's recipe (writes ../runs/multitask; copy it into postemb_rt/models/default/)
+train: $(STAMP)
+	$(BIN)/postemb train --config configs/multitask.json --out ../runs/multitask
+
+eval: $(STAMP)
+	$(BIN)/postemb eval --model default --out reports/
 
 clean:
 	rm -rf $(VENV) build *.egg-info postemb_rt/_C*.so
