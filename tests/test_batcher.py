@@ -281,10 +281,12 @@ def test_close_while_callers_are_blocked(drain, impl):
     if drain:
         assert set(outcomes) <= {"ok", "refused"}
     # A joined Python thread's OS thread can linger for a moment after join() returns.
+    # Unrelated threads started by earlier tests (tokenizer pools, closed batchers) may end
+    # meanwhile, so the count may drop below `before`; it must never stay above it.
     deadline = time.monotonic() + 5
     while os_threads() > before and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert os_threads() == before
+    assert os_threads() <= before
     with pytest.raises(BatcherClosedError):
         b.submit([[1]])
     b.close()  # idempotent
