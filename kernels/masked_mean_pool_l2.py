@@ -24,6 +24,21 @@ _MAX_BLOCK_D = 4096  # the projected row is held in registers: D up to 4096
 
 
 @triton.jit
+def _masked_column_sum(h_base, m_base, h, h_ok, offs_s, S, stride_hs, stride_hh, stride_ms,
+                       BLOCK_S: tl.constexpr, BLOCK_H: tl.constexpr):
+    """Sum over the row's unmasked tokens of hidden[s, h] for one chunk h (BLOCK_H,), in fp32;
+    masked-out tokens are never loaded."""
+    acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for s0 in range(0, S, BLOCK_S):
+        s = s0 + offs_s
+        tok = (tl.load(m_base + s * stride_ms, mask=s < S, other=0) != 0) & (s < S)
+        x = tl.load(h_base + s[:, None] * stride_hs + h[None, :] * stride_hh,
+                    mask=tok[:, None] & h_ok[None, :], other=0.0)
+        acc += tl.sum(x.to(tl.float32), axis=0)
+    return acc
+
+
+@triton.jit
 def _masked_mean_pool_l2_kernel(
     hidden_ptr,  # (B, S, H) fp32 / fp16 / bf16, any strides
     mask_ptr,  # (B, S) bool or integer, nonzero = token
@@ -65,13 +80,8 @@ def _masked_mean_pool_l2_kernel(
         for h0 in range(0, H, BLOCK_H):
             h = h0 + offs_h
             h_ok = h < H
-            acc = tl.zeros([BLOCK_H], dtype=tl.float32)
-            for s0 in range(0, S, BLOCK_S):
-                s = s0 + offs_s
-                tok = (tl.load(m_base + s * stride_ms, mask=s < S, other=0) != 0) & (s < S)
-                x = tl.load(h_base + s[:, None] * stride_hs + h[None, :] * stride_hh,
-                            mask=tok[:, None] & h_ok[None, :], other=0.0)
-                acc += tl.sum(x.to(tl.float32), axis=0)
+            acc = _masked_column_sum(h_base, m_base, h, h_ok, offs_s, S, stride_hs, stride_hh, stride_ms,
+                                     BLOCK_S, BLOCK_H)
             w = tl.load(weight_ptr + h[:, None] * stride_wh + offs_d[None, :] * stride_wd,
                         mask=h_ok[:, None] & d_ok[None, :], other=0.0)
             proj += tl.sum((acc * inv)[:, None] * w.to(tl.float32), axis=0)
@@ -87,13 +97,8 @@ def _masked_mean_pool_l2_kernel(
         for h0 in range(0, H, BLOCK_H):
             h = h0 + offs_h
             h_ok = h < H
-            acc = tl.zeros([BLOCK_H], dtype=tl.float32)
-            for s0 in range(0, S, BLOCK_S):
-                s = s0 + offs_s
-                tok = (tl.load(m_base + s * stride_ms, mask=s < S, other=0) != 0) & (s < S)
-                x = tl.load(h_base + s[:, None] * stride_hs + h[None, :] * stride_hh,
-                            mask=tok[:, None] & h_ok[None, :], other=0.0)
-                acc += tl.sum(x.to(tl.float32), axis=0)
+            acc = _masked_column_sum(h_base, m_base, h, h_ok, offs_s, S, stride_hs, stride_hh, stride_ms,
+                                     BLOCK_S, BLOCK_H)
             v = acc * inv
             if HAS_BIAS:
                 v += tl.load(bias_ptr + h * stride_bias, mask=h_ok, other=0.0).to(tl.float32)
