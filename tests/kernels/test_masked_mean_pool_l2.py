@@ -76,6 +76,21 @@ def test_long_sequence_loops_over_many_tiles():
     torch.testing.assert_close(out, ref, atol=TOL[torch.bfloat16], rtol=0)
 
 
+@pytest.mark.parametrize("B,S,H,D", [(2, 300, 384, 50), (3, 600, 200, None), (1, 1000, 96, 7)])
+def test_rows_split_along_s_sum_to_the_same_mean(B, S, H, D, monkeypatch):
+    """Many programs per row (as on a large GPU with few rows): the partial sums over slices
+    of S (some ending past S, some only padding) add up to the reference mean."""
+    from postemb_rt.kernels import masked_mean_pool_l2 as mod
+
+    monkeypatch.setattr(mod, "_sm_count", lambda device: 10_000)
+    hidden, mask, weight, bias = make_inputs(B, S, H, D)
+    mask[-1] = 1  # a full row beside make_inputs' one-token and all-padding rows
+    out, ref = run(hidden, mask, weight, bias)
+    torch.testing.assert_close(out, ref, atol=TOL[torch.float32], rtol=0)
+    out, ref = run(hidden, mask, weight, bias, normalize=False)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-6)
+
+
 def test_empty_batch_and_bad_arguments():
     hidden, mask, weight, _ = make_inputs(2, 3, 384, 50)
     assert masked_mean_pool_l2(hidden[:0].to(DEVICE), mask[:0].to(DEVICE)).shape == (0, 384)
