@@ -1,0 +1,69 @@
+"""``postemb backfill --input posts/ --output embeddings/``: embed every post of a folder on Ray Data.
+
+INPUT: a folder of ``.parquet`` files (columns ``id``, ``text``) or of ``.jsonl`` files
+(objects with ``id`` and ``text``), searched recursively, or one such file. OUTPUT: one
+folder per input file, mirroring the input tree, holding ``part-NNNNN.parquet`` (``id``,
+``embedding`` fixed-size list of float32, ``model_version``), ``_errors-NNNNN.jsonl`` (bad
+rows and why) and ``_SUCCESS.json``. Re-running the same command resumes: finished files
+are skipped, nothing is written twice. Local by default (Ray on this machine);
+``--ray-address auto`` joins the Ray cluster this machine belongs to. Layout, resuming and
+scaling: docs/BACKFILL.md.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+
+    from ..backfill import BackfillError, backfill
+
+    bar = None
+
+    def on_split(row, report):
+        nonlocal bar
+        if args.no_progress:
+            return
+        if bar is None:
+            bar = tqdm(unit="post", desc="backfill")
+        bar.update(int(row["rows"]) + int(row["bad"]))
+
+    try:
+        r = backfill(args.input, args.output, args.model, backend=args.backend, num_workers=args.num_workers,
+                     threads_per_worker=args.threads_per_worker, batch_size=args.batch_size,
+                     rows_per_split=args.rows_per_split, ray_address=args.ray_address, on_split=on_split)
+    except BackfillError as exc:
+        if bar is not None:
+            bar.close()
+        print(f"postemb backfill: {exc}")
+        return 1
+    if bar is not None:
+        bar.close()
+    print(f"backfilled {r.rows_embedded} posts in {r.seconds:.1f} s ({r.posts_per_s:.0f} posts/s), "
+          f"files: {r.files_committed} committed, {r.files_skipped} skipped (done before), {r.files_total} total; "
+          f"bad rows: {r.rows_bad}; splits: {r.splits_run} run, {r.splits_reused} reused; workers={r.workers}, "
+          f"model={r.model_version} -> {args.output}")
+    if r.errors_files:
+        print(f"bad rows and reasons: {r.errors_files[0]}" + (f" (+{len(r.errors_files) - 1} more)" if len(r.errors_files) > 1 else ""))
+    return 0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("backfill", help="embed a folder of posts on Ray Data (resumable)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--input", required=True, help="folder (or file) of .parquet or .jsonl posts with id, text")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--model", default="default", help="'default', 'base' or a model directory (default: default)")
+    p.add_argument("--backend", default="auto", help="auto, torch or onnxruntime (default: auto)")
+    p.add_argument("--num-workers", type=int, default=None,
+                   help="model actors (default: the cluster's CPUs // --threads-per-worker)")
+    p.add_argument("--threads-per-worker", type=int, default=1,
+                   help="inference threads of each actor, and the CPUs it asks Ray for (default: 1)")
+    p.add_argument("--ray-address", default=None,
+                   help="omit: start Ray on this machine; 'auto' or HOST:PORT: join that Ray cluster")
+    p.add_argument("--batch-size", type=int, default=64, help="posts per model batch at most (default: 64)")
+    p.add_argument("--rows-per-split", type=int, default=10_000,
+                   help="rows per unit of work (Parquet row groups are never cut) (default: 10000)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)

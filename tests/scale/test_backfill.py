@@ -1,0 +1,181 @@
+"""``postemb_rt.backfill`` on Ray Data: rows, ids and vectors, bad rows, resuming without duplicates.
+
+The splitting and reading of files is tested without Ray (fast); the end-to-end runs use
+a local Ray with 2 CPUs (``ray_local``) and the shipped default model.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from postemb_rt.errors import ValidationError
+from tests.conftest import cosines
+from tests.scale.conftest import POSTS
+
+pa = pytest.importorskip("pyarrow")
+import pyarrow.dataset as pads  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from postemb_rt import backfill as bf  # noqa: E402
+
+
+def write_parquet_set(folder, n_files=3, rows_per_group=5):
+    """n_files Parquet files under folder/ (one in a subfolder), several row groups each; ids
+    are globally unique strings. Returns {id: text}."""
+    truth = {}
+    per = len(POSTS) // n_files
+    for f in range(n_files):
+        texts = POSTS[f * per:(f + 1) * per]
+        ids = [f"f{f}-{i}" for i in range(len(texts))]
+        truth.update(zip(ids, texts))
+        path = folder / ("sub" if f == 0 else "") / f"posts-{f}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"id": ids, "text": texts}), path, row_group_size=rows_per_group)
+    return truth
+
+
+def read_output(out):
+    t = pads.dataset(str(out), format="parquet").to_table()
+    return t.column("id").to_pylist(), np.array(t.column("embedding").to_pylist(), np.float32), t
+
+
+# -- without Ray ----------------------------------------------------------------------------
+def test_parquet_splits_follow_row_groups_and_cover_every_row(tmp_path):
+    pq.write_table(pa.table({"id": list(range(23)), "text": ["x"] * 23}), tmp_path / "a.parquet", row_group_size=5)
+    plan = bf.plan_file(tmp_path / "a.parquet", tmp_path, rows_per_split=8)
+    # row groups of 5,5,5,5,3 rows; a split closes once it holds >= 8 rows
+    assert [(s.first, s.count, s.rows) for s in plan.splits] == [(0, 2, 10), (2, 2, 10), (4, 1, 3)]
+    ids = [i for s in plan.splits for i in bf._read_parquet_split(s)[0].to_pylist()]
+    assert ids == list(range(23))
+
+
+def test_jsonl_byte_splits_read_every_line_exactly_once(tmp_path):
+    lines = [json.dumps({"id": i, "text": POSTS[i % len(POSTS)] * (1 + i % 3)}, ensure_ascii=False) for i in range(60)]
+    path = tmp_path / "p.jsonl"
+    path.write_text("\n".join(lines[:30]) + "\n\n   \n" + "\n".join(lines[30:]), encoding="utf-8")  # no final newline
+    plan = bf.plan_file(path, tmp_path, rows_per_split=1)  # 200-byte splits: boundaries fall mid-line
+    assert len(plan.splits) > 20
+    got = []
+    for s in plan.splits:
+        ids, texts, bad = bf._read_jsonl_split(s)
+        assert bad == []
+        got += ids
+    assert got == list(range(60))
+
+
+def test_bad_parquet_rows_are_reported_not_embedded(tmp_path):
+    pq.write_table(pa.table({"id": ["a", None, "c", "d"], "text": ["ok", "no id", None, "fine"]}), tmp_path / "b.parquet")
+    (s,) = bf.plan_file(tmp_path / "b.parquet", tmp_path).splits
+    ids, texts, bad = bf._read_parquet_split(s)
+    assert ids.to_pylist() == ["a", "d"] and texts == ["ok", "fine"]
+    assert [(b["id"], b["reason"]) for b in bad] == [(None, "`id` is null"), ("c", "`text` is null")]
+
+
+def test_inputs_are_checked_before_any_work(tmp_path):
+    (tmp_path / "mixed").mkdir()
+    pq.write_table(pa.table({"id": [1], "text": ["a"]}), tmp_path / "mixed" / "a.parquet")
+    (tmp_path / "mixed" / "b.jsonl").write_text('{"id": 1, "text": "b"}\n')
+    with pytest.raises(ValidationError, match="mixes .parquet and .jsonl"):
+        bf.backfill(tmp_path / "mixed", tmp_path / "out")
+    pq.write_table(pa.table({"post": [1], "text": ["a"]}), tmp_path / "noid.parquet")
+    with pytest.raises(ValidationError, match=r"needs columns `id` and `text`.*\['post', 'text'\]"):
+        bf.backfill(tmp_path / "noid.parquet", tmp_path / "out2")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        bf.backfill(tmp_path / "nowhere", tmp_path / "out3")
+    (tmp_path / "out4" / "x.parquet").mkdir(parents=True)
+    (tmp_path / "out4" / "x.parquet" / bf.SUCCESS).write_text(json.dumps({"model_version": "other-model"}))
+    with pytest.raises(ValidationError, match="'other-model'.*Fix: pick a new --output"):
+        bf.backfill(tmp_path / "mixed" / "a.parquet", tmp_path / "out4")
+
+
+# -- on Ray -----------------------------------------------------------------------------------
+def test_backfill_output_rows_ids_and_vectors_match_encode(tmp_path, ray_local, default_encoder):
+    truth = write_parquet_set(tmp_path / "posts")
+    report = bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=2, rows_per_split=8)
+    assert (report.files_committed, report.rows_embedded, report.rows_bad) == (3, len(truth), 0)
+    assert report.splits_run > 3 and report.workers == 2
+    ids, vectors, table = read_output(tmp_path / "emb")
+    assert sorted(ids) == sorted(truth) and len(ids) == len(truth)
+    assert table.schema.field("embedding").type == pa.list_(pa.float32(), 50)
+    assert set(table.column("model_version").to_pylist()) == {"postemb-mt50-v1"}
+    expected = default_encoder.encode([truth[i] for i in ids])
+    assert cosines(vectors, expected).min() >= 0.9999
+    # the output mirrors the input tree, one folder per input file, each with its counts
+    meta = json.loads((tmp_path / "emb" / "sub" / "posts-0.parquet" / bf.SUCCESS).read_text())
+    assert meta["rows"] == len(POSTS) // 3 and meta["bad_rows"] == 0
+    assert not any((tmp_path / "emb" / bf.STAGING).iterdir())
+
+
+def test_cli_backfill_jsonl_sends_bad_rows_to_errors_file_with_reason(tmp_path, ray_local, capsys):
+    from postemb_rt.cli import main
+
+    src = tmp_path / "posts"
+    src.mkdir()
+    good = [{"id": i, "text": POSTS[i]} for i in range(6)]
+    lines = [json.dumps(g) for g in good[:3]] + [
+        json.dumps({"id": 100, "text": None}),
+        json.dumps({"id": 101, "text": 5}),
+        "this is not json",
+        json.dumps({"text": "no id"}),
+        json.dumps(["a", "list"]),
+        "",
+    ] + [json.dumps(g) for g in good[3:]]
+    data = "\n".join(lines).encode() + b'\n{"id": 102, "text": "bad \xff byte"}\n'
+    (src / "a.jsonl").write_bytes(data)
+    assert main(["backfill", "--input", str(src), "--output", str(tmp_path / "emb"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "backfilled 6 posts" in printed and "bad rows: 6" in printed and "_errors-00000.jsonl" in printed
+    ids, vectors, _ = read_output(tmp_path / "emb")
+    assert sorted(ids) == list(range(6))
+    errors = [json.loads(x) for x in (tmp_path / "emb" / "a.jsonl" / "_errors-00000.jsonl").read_text().splitlines()]
+    reasons = {e["reason"] for e in errors}
+    assert reasons == {"`text` is missing or null", "`text` must be a string. Given: int",
+                       "not valid JSON (Expecting value)", "`id` is missing or null",
+                       "must be a JSON object. Given: list", "line is not valid UTF-8"}
+    assert {e["id"] for e in errors if e["id"] is not None} == {100, 101}
+    assert all(isinstance(e["byte"], int) for e in errors)
+    # the same command again: nothing to do, nothing written
+    assert main(["backfill", "--input", str(src), "--output", str(tmp_path / "emb"), "--no-progress"]) == 0
+    second = capsys.readouterr().out
+    assert "backfilled 0 posts" in second and "0 committed, 1 skipped" in second
+
+
+def test_rerun_after_interruption_skips_finished_files_and_writes_no_duplicates(tmp_path, ray_local):
+    truth = write_parquet_set(tmp_path / "posts", n_files=4, rows_per_group=3)
+
+    class Interrupt(Exception):
+        pass
+
+    def stop_after_first_commit(row, report):
+        if report.files_committed >= 1:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=1, rows_per_split=3,
+                    on_split=stop_after_first_commit)
+    done = sorted(p.parent for p in (tmp_path / "emb").rglob(bf.SUCCESS))
+    assert 1 <= len(done) < 4
+    first_parts = {p: p.stat().st_mtime_ns for d in done for p in d.glob("part-*.parquet")}
+
+    report = bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=2, rows_per_split=3)
+    assert report.files_skipped == len(done) and report.files_committed == 4 - len(done)
+    ids, _, _ = read_output(tmp_path / "emb")
+    assert len(ids) == len(set(ids)) == len(truth) and set(ids) == set(truth)
+    assert {p: p.stat().st_mtime_ns for p in first_parts} == first_parts  # finished files untouched
+
+    again = bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=2, rows_per_split=3)
+    assert (again.files_skipped, again.splits_run, again.rows_embedded) == (4, 0, 0)
+    assert sorted(read_output(tmp_path / "emb")[0]) == sorted(ids)
+
+
+def test_changed_input_file_is_not_silently_reembedded(tmp_path, ray_local, caplog):
+    write_parquet_set(tmp_path / "posts", n_files=1)
+    bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=1)
+    path = tmp_path / "posts" / "sub" / "posts-0.parquet"
+    os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
+    report = bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=1)
+    assert report.files_skipped == 1 and report.splits_run == 0
+    assert "changed since it was embedded" in caplog.text
