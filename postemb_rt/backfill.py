@@ -49,8 +49,8 @@ ROWS_PER_SPLIT = 10_000  # ~30 s of CPU inference per split on one core: fine-gr
 
 
 class BackfillError(PostEmbError, RuntimeError):
-    """Some splits failed (unreadable input, model failure); the files they belong to stay
-    uncommitted and a re-run retries them."""
+    """Some files failed (unreadable input, a split's model failure); they stay uncommitted
+    and a re-run retries them. ``.report``: the BackfillReport of the run."""
 
 
 @dataclass(frozen=True)
@@ -396,7 +396,14 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
             report.files_skipped += 1
             shutil.rmtree(out / STAGING / rel, ignore_errors=True)  # late writes of an interrupted run
             continue
-        plan = plan_file(f, root, rows_per_split)
+        try:
+            plan = plan_file(f, root, rows_per_split)
+        except ValidationError:
+            raise  # a file without `id`/`text`: the input is not what the run expects
+        except Exception as exc:  # noqa: BLE001 - an unreadable file fails alone; the rest runs
+            report.failures.append(f"{rel}: cannot read it ({type(exc).__name__}: {exc})"[:500])
+            report.files_failed += 1
+            continue
         staging = out / STAGING / rel
         marker = _read_json(staging / "_source.json")
         if marker != {"size": plan.size, "mtime_ns": plan.mtime_ns, "splits": len(plan.splits)}:
@@ -445,16 +452,18 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
                         _commit(out, pending[rel], report)
                 if on_split is not None:
                     on_split(row, report)
-        report.files_failed = sum(1 for rel, left in todo.items() if left)
+        report.files_failed += sum(1 for rel, left in todo.items() if left)
     finally:
         if started_ray:
             ray.shutdown()
         _remove_empty_dirs(out / STAGING)
         report.seconds = time.perf_counter() - start
     if report.failures:
-        raise BackfillError(
-            f"{len(report.failures)} split(s) of {report.files_failed} file(s) failed; the other files are committed "
-            f"and a re-run retries only these. First: {report.failures[0]}")
+        err = BackfillError(
+            f"{report.files_failed} file(s) failed ({len(report.failures)} failure(s)); the other files are committed "
+            f"and a re-run retries only the failed ones. First: {report.failures[0]}")
+        err.report = report
+        raise err
     return report
 
 

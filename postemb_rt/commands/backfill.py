@@ -12,6 +12,7 @@ scaling: docs/BACKFILL.md.
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def run(args) -> int:
@@ -29,23 +30,26 @@ def run(args) -> int:
             bar = tqdm(unit="post", desc="backfill")
         bar.update(int(row["rows"]) + int(row["bad"]))
 
+    failed = None
     try:
         r = backfill(args.input, args.output, args.model, backend=args.backend, num_workers=args.num_workers,
                      threads_per_worker=args.threads_per_worker, batch_size=args.batch_size,
                      rows_per_split=args.rows_per_split, ray_address=args.ray_address, on_split=on_split)
     except BackfillError as exc:
+        r, failed = exc.report, exc
+    finally:
         if bar is not None:
             bar.close()
-        print(f"postemb backfill: {exc}")
-        return 1
-    if bar is not None:
-        bar.close()
     print(f"backfilled {r.rows_embedded} posts in {r.seconds:.1f} s ({r.posts_per_s:.0f} posts/s), "
-          f"files: {r.files_committed} committed, {r.files_skipped} skipped (done before), {r.files_total} total; "
-          f"bad rows: {r.rows_bad}; splits: {r.splits_run} run, {r.splits_reused} reused; workers={r.workers}, "
-          f"model={r.model_version} -> {args.output}")
+          f"files: {r.files_committed} committed, {r.files_skipped} skipped (done before), {r.files_failed} failed, "
+          f"{r.files_total} total; bad rows: {r.rows_bad}; splits: {r.splits_run} run, {r.splits_reused} reused; "
+          f"workers={r.workers}, model={r.model_version} -> {args.output}")
     if r.errors_files:
-        print(f"bad rows and reasons: {r.errors_files[0]}" + (f" (+{len(r.errors_files) - 1} more)" if len(r.errors_files) > 1 else ""))
+        more = f" (+{len(r.errors_files) - 1} more)" if len(r.errors_files) > 1 else ""
+        print(f"bad rows and reasons: {r.errors_files[0]}{more}")
+    if failed is not None:
+        print(f"postemb backfill: error: {failed}", file=sys.stderr)
+        return 1
     return 0
 
 

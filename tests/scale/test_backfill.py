@@ -91,6 +91,20 @@ def test_inputs_are_checked_before_any_work(tmp_path):
         bf.backfill(tmp_path / "mixed" / "a.parquet", tmp_path / "out4")
 
 
+def test_unreadable_file_fails_alone_and_is_named(tmp_path, capsys):
+    (tmp_path / "posts").mkdir()
+    (tmp_path / "posts" / "broken.parquet").write_bytes(b"not a parquet file at all")
+    with pytest.raises(bf.BackfillError, match=r"1 file\(s\) failed.*broken.parquet: cannot read it") as exc:
+        bf.backfill(tmp_path / "posts", tmp_path / "emb")
+    assert exc.value.report.files_failed == 1 and exc.value.report.files_committed == 0
+    assert not (tmp_path / "emb" / "broken.parquet").exists()
+    from postemb_rt.cli import main
+
+    assert main(["backfill", "--input", str(tmp_path / "posts"), "--output", str(tmp_path / "emb")]) == 1
+    out, err = capsys.readouterr()
+    assert "0 committed, 0 skipped (done before), 1 failed" in out and "broken.parquet: cannot read it" in err
+
+
 # -- on Ray -----------------------------------------------------------------------------------
 def test_backfill_output_rows_ids_and_vectors_match_encode(tmp_path, ray_local, default_encoder):
     truth = write_parquet_set(tmp_path / "posts")
