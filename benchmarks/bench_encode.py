@@ -11,8 +11,9 @@ import pytest
 PROVIDERS = ["sentence-transformers", "torch", "onnxruntime"]
 
 
-def make_encode(provider):
-    """A callable texts -> (n, d) float32 for one provider, loaded and warmed up."""
+def make_encode(provider, model: str = "base"):
+    """A callable texts -> (n, d) float32 for one provider ("sentence-transformers", or a
+    backend with an optional ":precision", e.g. "onnxruntime:int8"), loaded and warmed up."""
     if provider == "sentence-transformers":
         from sentence_transformers import SentenceTransformer
 
@@ -23,7 +24,8 @@ def make_encode(provider):
         return lambda texts: st.encode(texts, batch_size=32, normalize_embeddings=True)
     from postemb_rt import Encoder
 
-    enc = Encoder.from_pretrained("base", backend=provider, device="cpu")
+    backend, _, precision = provider.partition(":")
+    enc = Encoder.from_pretrained(model, backend=backend, device="cpu", precision=precision or "fp32")
     return lambda texts: enc.encode(texts)
 
 

@@ -1,30 +1,30 @@
-"""Export a model to a self-contained ONNX model directory, then check parity.
+"""Export a model to a self-contained ONNX model directory, then check parity (and, for int8,
+fidelity).
 
     python export/export_onnx.py --model default --out models/default-onnx
+    python export/export_onnx.py --model default --out models/default-int8 --precision int8 [--force]
 
 Writes OUT/model.onnx (dynamic batch and sequence axes; ONNX Runtime transformer fusions
 unless --no-optimize), OUT/tokenizer.json and OUT/postemb.json (and, with --pooling
 external, OUT/projection.safetensors for a model with a projection). Then embeds real posts
 with the torch model and with the exported model and exits non-zero (3) if any cosine
 similarity is below --min-cosine (default 0.9999).
+
+With --precision int8 the float32 export is then quantized (postemb_rt.onnx_export.quantize_int8)
+and its fidelity to float32 is measured on real posts (postemb_rt.fidelity: mean and minimum
+cosine, overlap@10 of nearest neighbours). Below the thresholds nothing is written to OUT and
+the exit code is 3, unless --force, which writes it marked as forced. The measured fidelity is
+stored in OUT/postemb.json, and Encoder.describe() reports it.
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import sys
+import tempfile
 import time
-
-
-def parity_texts(n: int) -> list[str]:
-    """Real posts for the parity check: short tweets plus long concatenated posts
-    (the built-in sample when the shared data is absent)."""
-    from postemb_rt.commands.demo import BUILTIN_POSTS
-    from postemb_rt.data import data_root, long_posts, short_posts
-
-    if data_root(required=False) is None:
-        return BUILTIN_POSTS[:n]
-    return short_posts(n) + long_posts(max(n // 8, 1))
+from pathlib import Path
 
 
 def main(argv=None) -> int:
@@ -38,29 +38,46 @@ def main(argv=None) -> int:
                    help="graph: pooling, projection and normalisation inside the ONNX model; external: "
                         "the model ends at last_hidden_state and the runtime pools with the C++ kernel "
                         "(default: %(default)s, as fast on CPU: benchmarks/RESULTS.md)")
-    p.add_argument("--parity-posts", type=int, default=256, help="short posts in the parity check (default 256)")
+    p.add_argument("--parity-posts", type=int, default=256,
+                   help="real posts (5/6 short, 1/6 long) in the parity check (default 256)")
     p.add_argument("--min-cosine", type=float, default=0.9999, help="parity threshold (default 0.9999)")
+    p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
+                   help="fp32 (exact), or int8 (dynamic quantization, gated by the fidelity check)")
+    p.add_argument("--fidelity-posts", type=int, default=None,
+                   help="posts in the int8 fidelity check (default: postemb_rt.fidelity.DEFAULT_POSTS)")
+    p.add_argument("--force", action="store_true", help="write an int8 model even if its fidelity misses the bar")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
-    import numpy as np
-
-    from postemb_rt import Encoder, PostEmbError
+    from postemb_rt import PostEmbError
     from postemb_rt.model_dir import resolve
-    from postemb_rt.onnx_export import export_onnx
 
     try:
         src = resolve(args.model)
-        start = time.perf_counter()
-        out = export_onnx(src, args.out, optimize=not args.no_optimize, pooling=args.pooling)
-        print(f"wrote {out.onnx_path} ({out.onnx_path.stat().st_size / 2**20:.1f} MiB) in "
-              f"{time.perf_counter() - start:.1f} s")
-        texts = parity_texts(args.parity_posts)
-        ref = Encoder.from_pretrained(args.model, backend="torch", device="cpu").encode(texts)
-        got = Encoder.from_pretrained(out.path, backend="onnxruntime", device="cpu").encode(texts)
+        if args.precision == "fp32":
+            return export_checked(src, Path(args.out), args)
+        with tempfile.TemporaryDirectory(prefix=".fp32-", dir=Path(args.out).resolve().parent) as tmp:
+            rc = export_checked(src, Path(tmp), args)
+            return rc if rc else quantize_checked(Path(tmp), Path(args.out), args)
     except PostEmbError as exc:
         print(f"export_onnx: error: {exc}", file=sys.stderr)
         return 2
+
+
+def export_checked(src, out: Path, args) -> int:
+    """Export ``src`` to float32 ONNX in ``out`` and check parity with the torch model: 0, or 3."""
+    import numpy as np
+
+    from postemb_rt import Encoder, fidelity
+    from postemb_rt.onnx_export import export_onnx
+
+    start = time.perf_counter()
+    md = export_onnx(src, out, optimize=not args.no_optimize, pooling=args.pooling)
+    print(f"wrote {md.onnx_path} ({md.onnx_path.stat().st_size / 2**20:.1f} MiB) in "
+          f"{time.perf_counter() - start:.1f} s")
+    texts, _ = fidelity.posts(args.parity_posts)
+    ref = Encoder.from_pretrained(src.path, backend="torch", device="cpu").encode(texts)
+    got = Encoder.from_pretrained(md.path, backend="onnxruntime", device="cpu").encode(texts)
     cos = np.sum(ref * got, axis=1)
     worst = int(np.argmin(cos))
     print(f"parity on {len(texts)} posts: min cosine {cos.min():.7f}, mean {cos.mean():.7f} "
@@ -69,6 +86,39 @@ def main(argv=None) -> int:
         print(f"export_onnx: parity FAILED: post {worst} ({texts[worst][:80]!r}) has cosine {cos[worst]:.7f}",
               file=sys.stderr)
         return 3
+    return 0
+
+
+def quantize_checked(fp32_dir: Path, out: Path, args) -> int:
+    """Quantize the float32 export in ``fp32_dir`` to int8, measure its fidelity, and write it to
+    ``out`` only if it clears the bar (or --force): 0, or 3 (nothing written)."""
+    import dataclasses
+
+    from postemb_rt import Encoder, fidelity
+    from postemb_rt.backends import backend_class
+    from postemb_rt.model_dir import CONFIG_FILE, load_model_dir
+    from postemb_rt.onnx_export import quantize_int8
+
+    int8 = quantize_int8(load_model_dir(fp32_dir), fp32_dir / "int8")
+    with Encoder.from_pretrained(fp32_dir, backend="onnxruntime", device="cpu") as ref, \
+            Encoder(int8, backend_class("onnxruntime")(int8, device="cpu", precision="int8"),
+                    "export_onnx.py fidelity check") as cand:
+        f = fidelity.measure_encoders(ref, cand, *fidelity.posts(args.fidelity_posts))
+    print(f"int8 fidelity: {f.summary()}; thresholds {fidelity.THRESHOLDS}")
+    if not f.ok and not args.force:
+        print(f"export_onnx: int8 fidelity below the bar ({'; '.join(f.failures())}); nothing written to "
+              f"{out}. Fix: keep fp32, or pass --force to write it anyway.", file=sys.stderr)
+        return 3
+    if not f.ok:
+        f = dataclasses.replace(f, forced=True)
+        print(f"export_onnx: --force: writing an int8 model that misses the bar ({'; '.join(f.failures())})",
+              file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    for item in int8.path.iterdir():
+        shutil.copyfile(item, out / item.name)
+    cfg = dataclasses.replace(int8.config, fidelity=f.to_dict())
+    (out / CONFIG_FILE).write_text(cfg.to_json())
+    print(f"wrote {out / 'model.onnx'} (int8, {(out / 'model.onnx').stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 

@@ -11,6 +11,7 @@ from .encoder import Encoder
 from .errors import (
     BackendUnavailableError,
     EngineMismatchError,
+    FidelityError,
     ModelNotFoundError,
     OverloadedError,
     PostEmbError,
@@ -26,4 +27,5 @@ __all__ = [
     "BackendUnavailableError",
     "OverloadedError",
     "EngineMismatchError",
+    "FidelityError",
 ]

@@ -9,14 +9,16 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import backends, native
+from . import backends, fidelity, native
 from .batching import DynamicBatcher, padding_ratio, plan_batches
-from .errors import BatcherClosedError, ValidationError
+from .errors import BatcherClosedError, FidelityError, ValidationError
+from .fidelity import Fidelity
 from .model_dir import ModelDir, resolve
 from .tokenization import PostTokenizer
 
 log = logging.getLogger("postemb_rt")
-PRECISIONS = ("fp32", "fp16", "bf16")  # fp16/bf16: CUDA backends only; CPU backends reject them
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+CPU_FAST = ("bf16", "int8")  # CPU precisions gated by measured fidelity (postemb_rt.fidelity)
 
 
 @dataclass
@@ -63,6 +65,7 @@ class Encoder:
         self._batcher: DynamicBatcher | None = None  # started by the first submit()/aencode()
         self._batcher_lock = threading.Lock()
         self._batcher_closed = False
+        self.fidelity: Fidelity | None = None  # measured fidelity of a fast CPU precision to fp32
 
     @classmethod
     def from_pretrained(cls, name_or_path="default", backend: str = "auto", device: str = "auto",
@@ -75,7 +78,10 @@ class Encoder:
         backend: "auto" (fastest exact backend available; logged and in ``describe()``),
             "torch", "onnxruntime" or "tensorrt" (a directory built by export/build_engine.py).
         device: "auto", "cpu" or "cuda[:N]".
-        precision: "fp32" (exact); "fp16" / "bf16" (CUDA only: torch, or a tensorrt engine built so).
+        precision: "fp32" (exact). On CPU also "bf16" (torch, oneDNN) and "int8" (onnxruntime,
+            quantized on first use), each offered only when its fidelity to fp32, measured on
+            real posts on first use and cached, clears postemb_rt.fidelity.THRESHOLDS (else
+            FidelityError). On CUDA "fp16" / "bf16" (torch, or a tensorrt engine built so).
         max_length: tokens per post after truncation (default: the model's, 256).
         max_batch_tokens: padded tokens per batch (rows x longest row); default: the backend's.
         """
@@ -89,7 +95,7 @@ class Encoder:
                 f"Given: {max_length}."
             )
         if backend == "auto":
-            name, reason = backends.choose(md, device)
+            name, reason = backends.choose(md, device, precision)
             log.info("backend='auto' chose %r: %s", name, reason)
         else:
             name, reason = backend, "asked for by name"
@@ -97,7 +103,50 @@ class Encoder:
         enc = cls(md, impl, reason, max_length=max_length, max_batch_tokens=max_batch_tokens)
         if warmup:
             impl.warmup()
+        if precision in CPU_FAST and device == "cpu":
+            try:
+                enc.fidelity = enc._check_fidelity(name)
+            except BaseException:
+                enc.close()
+                raise
         return enc
+
+    def _check_fidelity(self, backend_name: str) -> Fidelity:
+        """This encoder's fidelity to float32: carried by an exported int8 directory, else measured
+        on first use against the same model in float32 and cached. Raises FidelityError below
+        the thresholds unless the artefact was exported with --force."""
+        import onnxruntime
+        import torch
+
+        precision = self.backend.precision
+        onnx_md = getattr(self.backend, "onnx_model", None)
+        stored = onnx_md.config.fidelity if onnx_md is not None else None
+        if stored is not None:
+            f = Fidelity.from_dict(stored)
+        else:
+            texts, source = fidelity.posts()
+            key = (f"{self.model_version}-{self.model.fingerprint}-{backend_name}-{precision}-"
+                   f"{fidelity.texts_key(texts)}-torch{torch.__version__}-ort{onnxruntime.__version__}")
+
+            def measure() -> Fidelity:
+                log.warning("measuring the fidelity of %s to fp32 on %d posts on first use (once; cached)",
+                            precision, len(texts))
+                with Encoder.from_pretrained(self.model.path, backend=backend_name, device="cpu",
+                                             max_length=self.max_length) as ref:
+                    return fidelity.measure_encoders(ref, self, texts, source)
+
+            f = fidelity.cached(key, measure)
+        if f.ok:
+            return f
+        if f.forced:
+            log.warning("precision %r misses the fidelity bar (%s) but its artefact was exported with --force: "
+                        "%s", precision, "; ".join(f.failures()), f.summary())
+            return f
+        raise FidelityError(
+            f"`precision` {precision!r} misses the fidelity bar for {self.model_version}: "
+            f"{'; '.join(f.failures())} ({f.summary()}). Fix: precision='fp32' (exact) or another "
+            f"precision, or export an artefact anyway with export/export_onnx.py --precision int8 --force."
+        )
 
     @property
     def dim(self) -> int:
@@ -117,6 +166,9 @@ class Encoder:
             "max_batch_tokens": self.max_batch_tokens,
             **self.backend.describe(),
             "backend_reason": self.backend_reason,
+            "fidelity": (self.fidelity.to_dict() if self.fidelity is not None
+                         else "exact (float32)" if self.backend.precision == "fp32"
+                         else "not measured at load (GPU precisions: benchmarks/gpu_suite.py)"),
             "packing": "C++ (postemb_rt._C)" if native.NATIVE else "python fallback",
             "batcher": self._batcher.implementation if self._batcher is not None else "not started",
         }

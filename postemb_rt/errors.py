@@ -36,3 +36,7 @@ class DeadlineExceededError(PostEmbError, TimeoutError):
 class BatchFailedError(PostEmbError, RuntimeError):
     """The backend failed the batch this request was in (raised when the original exception
     object is not available; normally the backend's own exception is raised)."""
+
+
+class FidelityError(PostEmbError, RuntimeError):
+    """A fast precision's measured fidelity to float32 misses the bar (postemb_rt.fidelity)."""

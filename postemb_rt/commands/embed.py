@@ -104,7 +104,9 @@ def register(sub) -> None:
     p.add_argument("--model", default="default", help="'default', 'base' or a model directory (default: default)")
     p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt (default: auto)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    p.add_argument("--precision", default="fp32", help="fp32; fp16 or bf16 on CUDA backends (default: fp32)")
+    p.add_argument("--precision", default="fp32",
+                   help="fp32 (exact); on CPU bf16 or int8 (gated by measured fidelity, see README \"Fast precisions\"); "
+                        "on CUDA fp16 or bf16 (default: fp32)")
     p.add_argument("--batch-size", type=int, default=64, help="posts per batch at most (default: 64)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per post (default: the model's)")
     p.add_argument("--no-truncate", action="store_true", help="fail on posts longer than max-length")

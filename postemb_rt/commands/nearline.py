@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--consumer", default=None, help="consumer name, unique per live worker (default: HOST-PID)")
     p.add_argument("--model", default="default", help="model name or directory (default: default)")
     p.add_argument("--backend", default="auto", help="auto | torch | onnxruntime (default: auto)")
+    p.add_argument("--precision", default="fp32", help="fp32 (exact), or bf16 / int8 on CPU (gated by measured "
+                   "fidelity; default: fp32)")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads for the model (sets POSTEMB_NUM_THREADS; default: one per core)")
     p.add_argument("--batch-size", type=int, default=64, help="max events per micro-batch (default: 64)")
@@ -86,7 +88,7 @@ def run(args) -> int:
         os.environ["POSTEMB_NUM_THREADS"] = str(args.threads)
     from ..encoder import Encoder
 
-    encoder = Encoder.from_pretrained(args.model, backend=args.backend)
+    encoder = Encoder.from_pretrained(args.model, backend=args.backend, precision=args.precision)
     worker = nearline.Worker(client, encoder, args.group, args.consumer, batch_size=args.batch_size,
                              max_wait_ms=args.max_wait_ms, claim_idle_ms=args.claim_idle_ms,
                              max_deliveries=args.max_deliveries, posts_stream=args.posts_stream,

@@ -24,7 +24,7 @@ from ..errors import ValidationError
 def config_from_args(args):
     from ..server import ServeConfig
 
-    cfg = ServeConfig(model=args.model, backend=args.backend, api_key=args.api_key or None,
+    cfg = ServeConfig(model=args.model, backend=args.backend, precision=args.precision, api_key=args.api_key or None,
                       max_inputs=args.max_inputs, max_input_chars=args.max_input_chars,
                       max_body_bytes=args.max_body_bytes, max_queued_tokens=args.max_queued_tokens,
                       max_batch_size=args.max_batch_size, max_wait_us=args.max_wait_us,
@@ -108,6 +108,8 @@ def register(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="'default', 'base' or a model directory (default: default)")
     p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt (default: auto)")
+    p.add_argument("--precision", default="fp32", help="fp32 (exact), bf16 or int8 on CPU (gated by measured "
+                   "fidelity), fp16/bf16 on CUDA (default: fp32)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one, printed (default: 8080)")
     p.add_argument("--workers", type=int, default=1,

@@ -1,0 +1,131 @@
+"""Fidelity of a fast precision (bf16, int8) to the float32 model, and the bar it must clear.
+
+Measured on real posts: the cosine of each post's embedding to its float32 embedding (mean
+and minimum), and how much nearest-neighbour retrieval changes: for query posts, the overlap
+of their 10 nearest neighbours among all the posts in float32 and in the candidate precision
+(``overlap_at_10``, 1.0 = the same neighbours).
+
+A precision is offered only when it clears :data:`THRESHOLDS`; ``Encoder.from_pretrained``
+refuses one that does not, unless the artefact was written with ``export_onnx.py --force``.
+Measurements for precisions made at load time (bf16 on CPU, int8 quantized on first use) are
+cached under ``POSTEMB_CACHE``; an exported int8 directory carries its own in ``postemb.json``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("postemb_rt")
+
+THRESHOLDS = {"mean_cos": 0.995, "min_cos": 0.98, "overlap_at_10": 0.9}
+# Posts in the check: short tweets plus long concatenated posts (postemb_rt.data), so both
+# workloads' length ranges are covered. POSTEMB_FIDELITY_POSTS scales it down for tests.
+DEFAULT_POSTS = 1200
+QUERY_EVERY = 5  # every 5th post is a query against all posts
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """Fidelity of one precision to float32 on ``posts`` posts from ``source``."""
+
+    mean_cos: float
+    min_cos: float
+    overlap_at_10: float
+    posts: int
+    source: str
+    forced: bool = False  # written by export_onnx.py --force despite missing THRESHOLDS
+
+    def failures(self) -> list[str]:
+        """The thresholds this measurement misses, as readable strings (empty: it passes)."""
+        return [f"{k} {getattr(self, k):.4f} < {v}" for k, v in THRESHOLDS.items() if getattr(self, k) < v]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures()
+
+    def summary(self) -> str:
+        return (f"mean cosine {self.mean_cos:.5f}, min {self.min_cos:.5f}, overlap@10 {self.overlap_at_10:.3f} "
+                f"on {self.posts} posts ({self.source})")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Fidelity":
+        return cls(**d)
+
+
+def overlap_at_k(ref: np.ndarray, other: np.ndarray, k: int = 10, every: int = QUERY_EVERY) -> float:
+    """Mean share of the k nearest neighbours (inner product, the query itself excluded) that
+    ``other`` keeps from ``ref``, over every ``every``-th row as a query."""
+    n = len(ref)
+    if n <= k:
+        raise ValueError(f"`ref` must hold more than k = {k} rows for overlap@{k}. Given: {n}.")
+    q = np.arange(0, n, every)
+
+    def neighbours(e: np.ndarray) -> np.ndarray:
+        s = e[q] @ e.T
+        s[np.arange(len(q)), q] = -np.inf
+        return np.argpartition(-s, k, axis=1)[:, :k]
+
+    a, b = neighbours(ref), neighbours(other)
+    return float(np.mean([len(np.intersect1d(x, y)) / k for x, y in zip(a, b)]))
+
+
+def measure(ref: np.ndarray, other: np.ndarray, source: str) -> Fidelity:
+    """Fidelity of ``other`` to ``ref`` (same posts, unit rows)."""
+    if ref.shape != other.shape:
+        raise ValueError(f"`other` must have the shape of `ref` {ref.shape}. Given: {other.shape}.")
+    cos = np.sum(ref.astype(np.float64) * other.astype(np.float64), axis=1)
+    return Fidelity(float(cos.mean()), float(cos.min()), overlap_at_k(ref, other), len(ref), source)
+
+
+def posts(n: int | None = None) -> tuple[list[str], str]:
+    """(texts, source) for the check: 5/6 short posts and 1/6 long ones from the shared data,
+    else the built-in sample (too few posts for a meaningful overlap@10: the source says so)."""
+    from .commands.demo import BUILTIN_POSTS
+    from .data import data_root, long_posts, short_posts
+
+    n = n or int(os.environ.get("POSTEMB_FIDELITY_POSTS", DEFAULT_POSTS))
+    if data_root(required=False) is None:
+        return list(BUILTIN_POSTS), f"built-in sample of {len(BUILTIN_POSTS)} posts: no shared data"
+    n_long = max(n // 6, 1)
+    return short_posts(n - n_long) + long_posts(n_long), "TweetEval emoji test + concatenated long posts"
+
+
+def measure_encoders(reference, candidate, texts: list[str], source: str) -> Fidelity:
+    """Fidelity of ``candidate`` (an Encoder) to ``reference`` (float32) on ``texts``."""
+    start = time.perf_counter()
+    f = measure(reference.encode(texts), candidate.encode(texts), source)
+    log.info("fidelity of %s to float32: %s (%.1f s)", candidate.backend.precision, f.summary(),
+             time.perf_counter() - start)
+    return f
+
+
+def texts_key(texts: list[str]) -> str:
+    """Short hash of the posts a measurement used (part of its cache key)."""
+    return hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:12]
+
+
+def cached(key: str, compute) -> Fidelity:
+    """The Fidelity stored under ``key`` in the cache, computing (``compute()``) and storing it first
+    if absent."""
+    from .onnx_export import cache_root
+
+    path = Path(cache_root()) / "fidelity" / f"{key.replace('/', '_').replace('+', '_')}.json"
+    if path.exists():
+        return Fidelity.from_dict(json.loads(path.read_text()))
+    f = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(f.to_dict(), indent=2) + "\n")
+    tmp.replace(path)
+    return f

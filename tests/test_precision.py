@@ -1,0 +1,108 @@
+"""Fast CPU precisions (bf16 on torch, int8 on onnxruntime) and the fidelity bar that gates them."""
+import argparse
+import importlib.util
+import itertools
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from postemb_rt import Encoder, FidelityError, ValidationError, fidelity
+from tests.conftest import cosines
+
+OPENERS = ["Excited to share", "Hot take:", "Lessons learned from", "Why I stopped", "Announcing",
+           "A thread on"]
+TOPICS = ["remote work", "our Series A", "learning Rust", "climate tech", "hiring juniors", "burnout",
+          "open source maintainers", "the new office"]
+CLOSERS = ["What do you think?", "🚀", "#leadership", "Link in comments."]
+CORPUS = [f"{a} {t}. {c}" for a, t, c in itertools.product(OPENERS, TOPICS, CLOSERS)][:120]
+
+
+@pytest.fixture(autouse=True)
+def test_corpus(monkeypatch):
+    """The fidelity check runs on this module's own 120 posts, not the shared data."""
+    monkeypatch.setattr(fidelity, "posts", lambda n=None: (list(CORPUS), "test corpus"))
+
+
+def load_export_tool():
+    path = Path(__file__).resolve().parent.parent / "export" / "export_onnx.py"
+    spec = importlib.util.spec_from_file_location("export_onnx_tool", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_identical_embeddings_have_perfect_fidelity_and_noise_lowers_it():
+    rng = np.random.default_rng(0)
+    ref = rng.normal(size=(200, 16)).astype(np.float32)
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    same = fidelity.measure(ref, ref.copy(), "unit test")
+    assert (same.mean_cos, same.overlap_at_10) == (pytest.approx(1.0), 1.0) and same.ok and not same.failures()
+    noisy = ref + rng.normal(scale=0.3, size=ref.shape).astype(np.float32)
+    noisy /= np.linalg.norm(noisy, axis=1, keepdims=True)
+    worse = fidelity.measure(ref, noisy, "unit test")
+    assert worse.min_cos < worse.mean_cos < 0.99 and worse.overlap_at_10 < 0.9
+    assert not worse.ok and any(f.startswith("overlap_at_10") for f in worse.failures())
+
+
+def test_overlap_counts_shared_neighbours_and_needs_more_rows_than_k():
+    ref = np.eye(12, dtype=np.float32)[:, :12]
+    assert fidelity.overlap_at_k(ref, ref, k=3, every=1) == 1.0
+    with pytest.raises(ValueError, match="more than k = 10 rows"):
+        fidelity.overlap_at_k(ref[:10], ref[:10])
+
+
+def test_int8_on_onnxruntime_is_measured_cached_and_described(base_onnx):
+    enc = Encoder.from_pretrained("base", precision="int8")
+    info = enc.describe()
+    assert info["backend"] == "onnxruntime" and info["precision"] == "int8"
+    assert info["fidelity"]["posts"] == len(CORPUS) and info["fidelity"]["source"] == "test corpus"
+    assert info["fidelity"]["mean_cos"] >= fidelity.THRESHOLDS["mean_cos"]
+    cos = cosines(enc.encode(CORPUS), base_onnx.encode(CORPUS))
+    assert cos.mean() == pytest.approx(info["fidelity"]["mean_cos"], abs=1e-4)
+    again = Encoder.from_pretrained("base", precision="int8")  # from the cache: same numbers
+    assert again.describe()["fidelity"] == info["fidelity"]
+    assert base_onnx.describe()["fidelity"] == "exact (float32)"
+
+
+def test_bf16_on_torch_cpu_keeps_the_embedding(base_torch):
+    enc = Encoder.from_pretrained("base", precision="bf16")
+    assert enc.describe()["backend"] == "torch" and enc.describe()["fidelity"]["min_cos"] >= 0.99
+    assert cosines(enc.encode(CORPUS[:20]), base_torch.encode(CORPUS[:20])).min() >= 0.99
+
+
+def test_a_precision_below_the_bar_is_refused(monkeypatch):
+    monkeypatch.setitem(fidelity.THRESHOLDS, "mean_cos", 1.5)  # no measurement can reach it
+    with pytest.raises(FidelityError, match=r"mean_cos .* < 1.5.*Fix: precision='fp32'"):
+        Encoder.from_pretrained("base", precision="int8")
+
+
+def test_precisions_on_the_wrong_backend_say_where_they_run():
+    with pytest.raises(ValidationError, match="int8 runs on backend='onnxruntime'"):
+        Encoder.from_pretrained("base", backend="torch", precision="int8")
+    with pytest.raises(ValidationError, match="bf16 runs on backend='torch'"):
+        Encoder.from_pretrained("base", backend="onnxruntime", precision="bf16")
+
+
+def test_export_tool_refuses_a_low_fidelity_int8_model_unless_forced(tmp_path, monkeypatch, base_onnx):
+    tool = load_export_tool()
+    fp32 = tmp_path / "fp32"
+    shutil.copytree(base_onnx.backend.onnx_model.path, fp32)
+    args = argparse.Namespace(fidelity_posts=None, force=False)
+    assert tool.quantize_checked(fp32, tmp_path / "ok", args) == 0  # clears the real bar
+    stored = json.loads((tmp_path / "ok" / "postemb.json").read_text())
+    assert stored["precision"] == "int8" and stored["fidelity"]["forced"] is False
+    loaded = Encoder.from_pretrained(tmp_path / "ok", precision="int8")  # fidelity read, not re-measured
+    assert loaded.describe()["fidelity"] == stored["fidelity"]
+    with pytest.raises(ValidationError, match="holds an int8 ONNX model"):
+        Encoder.from_pretrained(tmp_path / "ok", precision="fp32")
+
+    monkeypatch.setitem(fidelity.THRESHOLDS, "overlap_at_10", 1.01)
+    assert tool.quantize_checked(fp32, tmp_path / "refused", args) == 3
+    assert not (tmp_path / "refused").exists()
+    args.force = True
+    assert tool.quantize_checked(fp32, tmp_path / "forced", args) == 0
+    forced = Encoder.from_pretrained(tmp_path / "forced", precision="int8")  # warns, loads
+    assert forced.describe()["fidelity"]["forced"] is True
