@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(if $(TORCH_SPEC),$(BIN)/pip install -q $(TORCH_SPEC))
-	$(BIN)/pip install -q -e '.[test,serve,nearline,train]'
+	$(BIN)/pip install -q -e '.[test,serve,nearline,train,scale]'
 	touch $(STAMP)
 
 install: $(STAMP)
