@@ -115,8 +115,13 @@ class Encoder:
         """This encoder's fidelity to float32: carried by an exported int8 directory, else measured
         on first use against the same model in float32 and cached. Raises FidelityError below
         the thresholds unless the artefact was exported with --force."""
-        import onnxruntime
-        import torch
+        from importlib.metadata import PackageNotFoundError, version
+
+        def v(package: str) -> str:
+            try:
+                return version(package)
+            except PackageNotFoundError:
+                return "none"
 
         precision = self.backend.precision
         onnx_md = getattr(self.backend, "onnx_model", None)
@@ -126,7 +131,7 @@ class Encoder:
         else:
             texts, source = fidelity.posts()
             key = (f"{self.model_version}-{self.model.fingerprint}-{backend_name}-{precision}-"
-                   f"{fidelity.texts_key(texts)}-torch{torch.__version__}-ort{onnxruntime.__version__}")
+                   f"{fidelity.texts_key(texts)}-torch{v('torch')}-ort{v('onnxruntime')}")
 
             def measure() -> Fidelity:
                 log.warning("measuring the fidelity of %s to fp32 on %d posts on first use (once; cached)",
