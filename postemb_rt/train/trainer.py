@@ -60,6 +60,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     log_every: int = 20
+    distill_weight: float = 0.0  # similarity preservation (see _similarity_loss); 0: off
     probe_pairs: int = 32  # per task: a fixed sample of train pairs whose loss is measured before and after
 
     @classmethod
@@ -94,6 +95,8 @@ class TrainConfig:
                 raise ValidationError(f"`tasks` in {where} must not include {t!r}: it is a zero-shot evaluation task.")
             if t not in T.TASKS:
                 raise ValidationError(f"`tasks` in {where} entries must be among {list(T.TASKS)}. Given: {t!r}.")
+        if self.distill_weight < 0:
+            raise ValidationError(f"`distill_weight` in {where} must be >= 0. Given: {self.distill_weight}.")
         if not self.tasks or self.steps < 1 or self.batch_size < 2:
             raise ValidationError(f"{where}: needs tasks, steps >= 1 and batch_size >= 2.")
 
@@ -128,6 +131,19 @@ def _batches_to_tensors(tokenizer, texts, pack):
 
     ids, mask = pack(tokenizer(texts).ids, tokenizer.pad_id)
     return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def _similarity_loss(student, teacher):
+    """1 - Pearson r between the off-diagonal cosines of ``student`` (n, 50) and ``teacher``
+    (n, 384) unit rows, n >= 3: keeps the fine-tuned model's similarity structure close to
+    the frozen base's (up to an affine map of the cosines, which no ranking metric sees)."""
+    import torch
+
+    n = student.shape[0]
+    off = ~torch.eye(n, dtype=torch.bool)
+    s, t = (student @ student.t())[off], (teacher @ teacher.t())[off]
+    s, t = s - s.mean(), t - t.mean()
+    return 1.0 - (s * t).sum() / (s.norm() * t.norm() + 1e-8)
 
 
 def _pca_projection(model, tokenizer, posts, dim, pack):
@@ -218,6 +234,11 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         with torch.no_grad():
             proj.weight.copy_(w)
             proj.bias.copy_(b)
+    teacher = None
+    if cfg.distill_weight > 0:  # the frozen base, 384-d, no projection
+        teacher = PostEmbModel.from_model_dir(md).eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
     wrapped = add_lora(model.encoder, cfg.lora_targets, cfg.lora_layers, cfg.lora_rank, cfg.lora_alpha)
     model.projection = proj
     log_scale = nn.Parameter(torch.tensor(math.log(cfg.scale_init)))
@@ -233,20 +254,27 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     probe_rng = np.random.default_rng([cfg.seed, 4])
     probe = {t: task.sample(probe_rng, cfg.probe_pairs) for t, task in tasks.items()} if cfg.probe_pairs else {}
 
-    def pair_loss(pairs, contrastive):
+    def pair_loss(pairs, contrastive, distill=0.0):
         # b texts are de-duplicated: a label task's batch encodes each label name once, and the
         # contrastive softmax runs over distinct b texts (a repeated label is not its own negative)
         uniq: dict[str, int] = {}
         for p in pairs:
             uniq.setdefault(p.b, len(uniq))
         col = torch.tensor([uniq[p.b] for p in pairs])
-        ea = model(*_batches_to_tensors(tok, [p.a for p in pairs], pack_padded))[1]
+        a_batch = _batches_to_tensors(tok, [p.a for p in pairs], pack_padded)
+        ea = model(*a_batch)[1]
         eb = model(*_batches_to_tensors(tok, list(uniq), pack_padded))[1]
         if not contrastive:
             cos = (ea * eb[col]).sum(-1)
             y = torch.tensor([p.label for p in pairs])
-            return nn.functional.binary_cross_entropy_with_logits(log_scale.exp() * cos + offset, y)
-        return nn.functional.cross_entropy(log_scale.exp() * ea @ eb.t(), col)
+            loss = nn.functional.binary_cross_entropy_with_logits(log_scale.exp() * cos + offset, y)
+        else:
+            loss = nn.functional.cross_entropy(log_scale.exp() * ea @ eb.t(), col)
+        if distill:  # on the anchors (posts, sentences: never label names, which the tasks move)
+            with torch.no_grad():
+                ta = teacher(*a_batch)[1]
+            loss = loss + distill * _similarity_loss(ea, ta)
+        return loss
 
     def probe_losses():
         # BCE (the paper's loss) on the fixed probe pairs, dropout off: comparable before/after
@@ -265,7 +293,7 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     curve, window = [], []
     for step, tname in enumerate(plan):
         pairs = tasks[tname].sample(rng, cfg.batch_size, positives_only=cfg.loss == "contrastive")
-        loss = pair_loss(pairs, cfg.loss == "contrastive")
+        loss = pair_loss(pairs, cfg.loss == "contrastive", cfg.distill_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(adapter_params + head_params, 1.0)

@@ -111,3 +111,24 @@ def test_pair_tasks_from_tiny_data(tiny_data):
     assert tags.words["beachlife"] == "Beach Life"
     for p in tags.sample(rng, 20, positives_only=True):
         assert "#" not in p.a or "#beachlife" not in p.a.lower()
+
+
+def test_similarity_loss_is_zero_for_an_affine_copy_of_the_teacher_cosines_and_positive_otherwise():
+    import torch
+
+    from postemb_rt.train.trainer import _similarity_loss
+
+    gen = torch.Generator().manual_seed(0)
+    teacher = torch.nn.functional.normalize(torch.randn(8, 384, generator=gen), dim=-1)
+    # an orthonormal map keeps every cosine: the loss is 0 whatever the dimension of the student
+    q, _ = torch.linalg.qr(torch.randn(384, 384, generator=gen))
+    assert _similarity_loss(teacher @ q, teacher).item() < 1e-5
+    other = torch.nn.functional.normalize(torch.randn(8, 50, generator=gen), dim=-1)
+    assert _similarity_loss(other, teacher).item() > 0.5
+
+
+def test_config_rejects_a_negative_distill_weight():
+    from postemb_rt.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="distill_weight"):
+        TrainConfig(distill_weight=-1.0).validate()
