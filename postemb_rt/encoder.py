@@ -130,8 +130,9 @@ class Encoder:
             f = Fidelity.from_dict(stored)
         else:
             texts, source = fidelity.posts()
-            key = (f"{self.model_version}-{self.model.fingerprint}-{backend_name}-{precision}-"
-                   f"{fidelity.texts_key(texts)}-torch{v('torch')}-ort{v('onnxruntime')}")
+            artefact = onnx_md.path.name if onnx_md is not None else ""  # the int8 cache entry names its recipe
+            key = (f"{self.model_version}-{self.model.fingerprint}-{backend_name}-{precision}-{artefact}-"
+                   f"{fidelity.texts_key(texts)}-postemb{v('postemb_rt')}-torch{v('torch')}-ort{v('onnxruntime')}")
 
             def measure() -> Fidelity:
                 log.warning("measuring the fidelity of %s to fp32 on %d posts on first use (once; cached)",

@@ -116,11 +116,11 @@ def texts_key(texts: list[str]) -> str:
 
 
 def cached(key: str, compute) -> Fidelity:
-    """The Fidelity stored under ``key`` in the cache, computing (``compute()``) and storing it first
-    if absent."""
+    """The Fidelity stored under ``key`` (any string; hashed into the file name) in the cache,
+    computing (``compute()``) and storing it first if absent."""
     from .onnx_export import cache_root
 
-    path = Path(cache_root()) / "fidelity" / f"{key.replace('/', '_').replace('+', '_')}.json"
+    path = Path(cache_root()) / "fidelity" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
     if path.exists():
         return Fidelity.from_dict(json.loads(path.read_text()))
     f = compute()

@@ -171,6 +171,9 @@ def _cached(key: str, build, what: str) -> ModelDir:
     return load_model_dir(target)
 
 
+INT8_RECIPE = 2  # bump when quantize_int8 / int8_nodes change: cached int8 models and fidelities are keyed by it
+
+
 def int8_nodes(onnx_model) -> list[str]:
     """The MatMul nodes quantize_int8 quantizes: those with a 2-D weight (in, out) where in <= out
     (the attention output and feed-forward up-projections), except the first encoder layer's.
@@ -217,9 +220,11 @@ def quantize_int8(fp32: ModelDir, out_dir: str | Path) -> ModelDir:
 
 def cached_int8(fp32: ModelDir) -> ModelDir:
     """:func:`quantize_int8` of the float32 ONNX directory ``fp32``, from the cache (keyed by the
-    ONNX file's size and mtime and the onnxruntime version), quantizing it first if absent."""
+    ONNX file's size and mtime, INT8_RECIPE and the onnxruntime version), quantizing it first if
+    absent."""
     import onnxruntime
 
     st = fp32.onnx_path.stat()
-    key = f"{fp32.config.model_version}-{fp32.fingerprint}-{st.st_size}-{st.st_mtime_ns}-int8-ort{onnxruntime.__version__}"
+    key = (f"{fp32.config.model_version}-{fp32.fingerprint}-{st.st_size}-{st.st_mtime_ns}-int8r{INT8_RECIPE}"
+           f"-ort{onnxruntime.__version__}")
     return _cached(key, lambda tmp: quantize_int8(fp32, tmp), f"quantizing {fp32.config.model_version} to int8")
