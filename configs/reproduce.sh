@@ -3,8 +3,8 @@
 # RUNS: where the training outputs go (outside the repository). Stages: multi, ship, eval1, singles, eval.
 # THREADS: torch threads per training run (default 1). The shipped model's numbers: the `multi` and
 # `singles` stages ran at the same time, one thread each, then `ship` and `eval`:
-#   RUNS=../runs/v2 configs/reproduce.sh multi & RUNS=../runs/v2 configs/reproduce.sh singles; wait
-#   RUNS=../runs/v2 configs/reproduce.sh ship eval
+#   RUNS=../runs/p1 configs/reproduce.sh multi & RUNS=../runs/p1 configs/reproduce.sh singles; wait
+#   RUNS=../runs/p1 configs/reproduce.sh ship eval
 set -euo pipefail
 RUNS=${RUNS:-../runs}
 STAGES=${*:-multi ship eval1 singles eval}
