@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Reproduce the shipped model and its evaluation report (2-core CPU; see docs/MODEL_CARD.md).
 # RUNS: where the training outputs go (outside the repository). Stages: multi, ship, eval1, singles, eval.
-# THREADS: torch threads per training run (default 1). The shipped model's numbers: the `multi` and
-# `singles` stages ran at the same time, one thread each, then `ship` and `eval`:
-#   RUNS=../runs/p1 configs/reproduce.sh multi & RUNS=../runs/p1 configs/reproduce.sh singles; wait
-#   RUNS=../runs/p1 configs/reproduce.sh ship eval
+# THREADS: torch threads per training run (default 1). Two runs fit the 2 cores side by side, e.g.
+#   RUNS=../runs configs/reproduce.sh multi & RUNS=../runs configs/reproduce.sh singles; wait
+#   RUNS=../runs configs/reproduce.sh ship eval
+# (the shipped model: `multi` ran as pilot p1, one thread, beside another pilot; then `singles`,
+# `ship`, `eval`; times in docs/MODEL_CARD.md)
 set -euo pipefail
 RUNS=${RUNS:-../runs}
 STAGES=${*:-multi ship eval1 singles eval}
