@@ -114,7 +114,7 @@ def test_backfill_output_rows_ids_and_vectors_match_encode(tmp_path, ray_local, 
     ids, vectors, table = read_output(tmp_path / "emb")
     assert sorted(ids) == sorted(truth) and len(ids) == len(truth)
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 50)
-    assert set(table.column("model_version").to_pylist()) == {"postemb-mt50-v1"}
+    assert set(table.column("model_version").to_pylist()) == {default_encoder.model_version}
     expected = default_encoder.encode([truth[i] for i in ids])
     assert cosines(vectors, expected).min() >= 0.9999
     # the output mirrors the input tree, one folder per input file, each with its counts

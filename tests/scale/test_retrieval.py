@@ -251,4 +251,4 @@ def test_cli_index_build_and_query_by_text_and_member(tmp_path, capsys, default_
     member = json.loads(capsys.readouterr().out)
     assert len(member["hits"]) == 4 and not {"p12", "p13", "p20"} & {h["id"] for h in member["hits"]}
     assert main(["index", "query", "--index", str(tmp_path / "idx"), "--text", "x", "--model", "base"]) == 2
-    assert "is 'all-MiniLM-L6-v2' but the index holds 'postemb-mt50-v1'" in capsys.readouterr().err
+    assert f"is 'all-MiniLM-L6-v2' but the index holds '{default_encoder.model_version}'" in capsys.readouterr().err
