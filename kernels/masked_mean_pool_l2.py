@@ -61,6 +61,15 @@ def _partial_sums_kernel(
 
 
 @triton.jit
+def _sum_splits(w_base, h, h_ok, H, SPLITS, BLOCK_H: tl.constexpr):
+    """One row's partial sums for columns h (BLOCK_H,), added over its SPLITS slices of S."""
+    acc = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for k in range(0, SPLITS):
+        acc += tl.load(w_base + k * H + h, mask=h_ok, other=0.0)
+    return acc
+
+
+@triton.jit
 def _finish_rows_kernel(
     ws_ptr,  # (B, SPLITS, H) fp32 partial sums from _partial_sums_kernel
     mask_ptr,  # (B, S) integer, nonzero = token
@@ -101,9 +110,7 @@ def _finish_rows_kernel(
         for h0 in range(0, H, BLOCK_H):
             h = h0 + offs_h
             h_ok = h < H
-            acc = tl.zeros([BLOCK_H], dtype=tl.float32)
-            for k in range(0, SPLITS):
-                acc += tl.load(w_base + k * H + h, mask=h_ok, other=0.0)
+            acc = _sum_splits(w_base, h, h_ok, H, SPLITS, BLOCK_H)
             w = tl.load(weight_ptr + h[:, None] * stride_wh + offs_d[None, :] * stride_wd,
                         mask=h_ok[:, None] & d_ok[None, :], other=0.0)
             proj += tl.sum((acc * inv)[:, None] * w.to(tl.float32), axis=0)
@@ -119,9 +126,7 @@ def _finish_rows_kernel(
         for h0 in range(0, H, BLOCK_H):
             h = h0 + offs_h
             h_ok = h < H
-            acc = tl.zeros([BLOCK_H], dtype=tl.float32)
-            for k in range(0, SPLITS):
-                acc += tl.load(w_base + k * H + h, mask=h_ok, other=0.0)
+            acc = _sum_splits(w_base, h, h_ok, H, SPLITS, BLOCK_H)
             v = acc * inv
             if HAS_BIAS:
                 v += tl.load(bias_ptr + h * stride_bias, mask=h_ok, other=0.0).to(tl.float32)
