@@ -28,13 +28,11 @@ def main() -> int:
         return 0
     from triton.testing import do_bench
 
+    from benchmarks.gpu_suite import copy_bandwidth_gbs
     from postemb_rt.kernels import masked_mean_pool_l2 as mod
     from postemb_rt.ops.reference import masked_mean_pool_l2_ref
 
-    src = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
-    dst = torch.empty_like(src)
-    bw = 2 * src.numel() / (do_bench(lambda: dst.copy_(src), warmup=5, rep=50) / 1e3) / 1e9
-    del src, dst
+    bw = copy_bandwidth_gbs()
     print(f"{torch.cuda.get_device_name()}: device copy bandwidth {bw:.0f} GB/s; defaults {mod.TILE_DEFAULTS}")
     g = torch.Generator(device="cuda").manual_seed(0)
     for (b, s, h), dtype in itertools.product(SHAPES, (torch.float16, torch.float32)):
