@@ -30,18 +30,20 @@ def run(args) -> int:
                     retrieval_posts=args.retrieval_posts, pca_posts=args.pca_posts)
     models = [_parse_model(m) for m in (args.model or ["default"])]
     pr = lambda m: print(m, flush=True)  # noqa: E731
-    rows = evaluate_rows(models, root, out, spec, backend=args.backend, progress=pr)
+    rows, outs, data = evaluate_rows(models, root, out, spec, backend=args.backend, progress=pr)
     extra = {}
     if args.throughput_posts:
         posts = read_lines(root / SHORT_POSTS)[:args.throughput_posts]
         extra["throughput"] = throughput(models[0][1], args.backend, posts)
-    jp, mp = write_report(out, rows, models[0][0], spec, extra)
+    jp, mp = write_report(out, rows, models[0][0], spec, extra, outs, data)
     print(mp.read_text())
     print(f"-> {mp}, {jp}")
     return 0
 
 
 def register(sub) -> None:
+    from ..train.evaluate import EvalSpec  # light: numpy only
+
     p = sub.add_parser("eval", help="offline evaluation report (per-task AUC, zero-shot, STS-B, retrieval)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", action="append", help="NAME=PATH or a model name/dir; repeatable (default: default)")
@@ -49,10 +51,15 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, help="data root holding tweeteval/ and stsb/ (default: ../shared/data)")
     p.add_argument("--backend", default="auto", help="runtime backend for the embeddings (default: auto)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--auc-anchors", type=int, default=1000, help="held-out anchors per task (default: 1000)")
-    p.add_argument("--zs-posts", type=int, default=2000, help="zero-shot fit and test posts per task (default: 2000)")
-    p.add_argument("--retrieval-posts", type=int, default=2000, help="emoji test posts for P@10 (default: 2000)")
-    p.add_argument("--pca-posts", type=int, default=2000, help="train posts for the base-PCA-50 fit (default: 2000)")
+    d = EvalSpec()
+    p.add_argument("--auc-anchors", type=int, default=d.auc_anchors,
+                   help=f"held-out anchors per task (default: {d.auc_anchors})")
+    p.add_argument("--zs-posts", type=int, default=d.zs_fit,
+                   help=f"zero-shot fit and test posts per task (default: {d.zs_fit})")
+    p.add_argument("--retrieval-posts", type=int, default=d.retrieval_posts,
+                   help=f"emoji test posts for P@10 (default: {d.retrieval_posts})")
+    p.add_argument("--pca-posts", type=int, default=d.pca_posts,
+                   help=f"train posts for the base-PCA-50 fit (default: {d.pca_posts})")
     p.add_argument("--throughput-posts", type=int, default=2000,
                    help="short posts for the 50-d vs base throughput (0: skip; default: 2000)")
     p.set_defaults(func=run)

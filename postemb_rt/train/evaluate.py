@@ -5,14 +5,22 @@ Metrics (embeddings always come from the runtime, ``Encoder.encode``, unit rows)
 - ``auc_<task>``: ROC-AUC of cos(a, b) on held-out pairs built like the training pairs
   (``tasks.py``) from the *test* splits (STS: STS-B dev, score >= 4 vs <= 1);
 - ``f1_<task>`` / ``knn_<task>`` for the zero-shot tasks (sentiment, hate, offensive):
-  macro-F1 of a logistic-regression probe (class_weight='balanced') fitted on frozen
-  embeddings of the train split (sentiment: val, it has no train split), and accuracy of
-  a cosine kNN (k = 10, majority vote) over the same fit set, both on test;
+  macro-F1 of a logistic-regression probe (class_weight='balanced'; its L2 strength C
+  chosen per row and task by 5-fold cross-validated macro-F1 on the fit set, from
+  ``EvalSpec.probe_cs``) fitted on frozen embeddings of the train split (sentiment: val,
+  it has no train split), and accuracy of a cosine kNN (k = 10, majority vote) over the
+  same fit set, both on test;
 - ``sts_spearman``: Spearman (x100) of cosine vs gold score on all of STS-B dev;
 - ``p10_emoji`` / ``p10_topic``: precision@10 of same-label neighbours among test posts.
 
 The ``base-pca50`` row is the base's 384-d embeddings reduced by PCA (fitted on train
 posts) and re-normalised: the dimension-matched baseline. Sizes and seeds: :class:`EvalSpec`.
+
+Noise: every target comparison carries a paired bootstrap 95% interval of the difference
+(the same held-out items resampled for both rows, :func:`paired_delta`), from the
+per-item outputs kept in ``rows/<name>.npz``. Rows named ``<name>-seed<N>`` are further
+training seeds of ``<name>``: the report adds their mean and spread, and the targets
+checked on the seed means.
 """
 from __future__ import annotations
 
@@ -20,6 +28,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,17 +46,21 @@ class EvalSpec:
     """Subsample sizes (None = all) and the seed; recorded in the report."""
 
     seed: int = 0
-    auc_anchors: int = 1000  # per task (each gives one positive and one negative pair); sts: all dev pairs
-    zs_fit: int = 2000  # probe/kNN fit posts per zero-shot task
-    zs_test: int = 2000  # test posts per zero-shot task
+    auc_anchors: int = 2000  # per task (each gives one positive and one negative pair); sts: all dev pairs
+    zs_fit: int = 4000  # probe/kNN fit posts per zero-shot task
+    zs_test: int = 4000  # test posts per zero-shot task
     retrieval_posts: int = 2000  # emoji test posts (topic: all test posts, 1,249)
     pca_posts: int = 2000  # train posts the base-PCA-50 baseline is fitted on
     pca_dim: int = 50
     knn_k: int = 10
     batch_size: int = 64
+    probe_cs: tuple = (0.1, 1.0, 10.0, 100.0)  # the probe's C grid (5-fold CV on the fit set)
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+
+
+BOOTSTRAP = 1000  # resamples behind every interval in the report
 
 
 def _sub(rng, n_total, n):
@@ -110,41 +123,135 @@ def build_eval_data(root: Path, spec: EvalSpec) -> EvalData:
 
 
 def _auc(scores, labels) -> float:
-    from sklearn.metrics import roc_auc_score
+    """ROC-AUC by the rank-sum (ties averaged): the same value as sklearn's roc_auc_score,
+    fast enough to bootstrap."""
+    from scipy.stats import rankdata
 
-    return float(roc_auc_score(labels, scores))
+    labels = np.asarray(labels)
+    pos = labels == 1
+    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
+    return float((rankdata(scores)[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
 
 
-def metrics(emb, data: EvalData, spec: EvalSpec) -> dict:
-    """emb: callable list[str] -> float32 (n, d) unit rows (a lookup into precomputed ones)."""
-    from scipy.stats import spearmanr
+def _macro_f1(y, pred) -> float:
+    """Macro-F1 over the labels present in ``y`` or ``pred`` (sklearn's f1_score(average="macro"))."""
+    labels = np.union1d(y, pred)
+    tp = np.array([np.sum((y == c) & (pred == c)) for c in labels], dtype=float)
+    fp = np.array([np.sum((y != c) & (pred == c)) for c in labels], dtype=float)
+    fn = np.array([np.sum((y == c) & (pred != c)) for c in labels], dtype=float)
+    den = 2 * tp + fp + fn
+    return float(np.mean(np.where(den > 0, 2 * tp / np.maximum(den, 1), 0.0)))
+
+
+def outputs(emb, data: EvalData, spec: EvalSpec) -> dict[str, np.ndarray]:
+    """Per-item outputs every metric is computed from (and bootstrapped over): pair cosines
+    ``pair_<task>``, probe and kNN predictions ``probe_<task>`` / ``knn_<task>`` on the
+    test posts, STS-B dev cosines ``sts``, per-query same-label fraction ``p10_<name>``.
+    ``emb``: callable list[str] -> float32 (n, d) unit rows (a lookup into precomputed ones)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import f1_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
 
-    row = {}
+    got = {}
     for t, ps in data.pairs.items():
-        a, b = emb([p.a for p in ps]), emb([p.b for p in ps])
-        row[f"auc_{t}"] = _auc((a * b).sum(1), [p.label for p in ps])
-    row["auc_mean"] = float(np.mean([row[f"auc_{t}"] for t in data.pairs]))
+        got[f"pair_{t}"] = (emb([p.a for p in ps]) * emb([p.b for p in ps])).sum(1)
     for t, (ft, fy, tt, ty) in data.zs.items():
         xf, xt = emb(ft), emb(tt)
-        clf = LogisticRegression(max_iter=2000, class_weight="balanced").fit(xf, fy)
-        row[f"f1_{t}"] = float(f1_score(ty, clf.predict(xt), average="macro"))
+        folds = StratifiedKFold(5, shuffle=True, random_state=spec.seed)
+        probe = lambda c: LogisticRegression(C=c, class_weight="balanced", max_iter=2000)  # noqa: E731
+        cv = [cross_val_score(probe(c), xf, fy, cv=folds, scoring="f1_macro").mean() for c in spec.probe_cs]
+        best = float(spec.probe_cs[int(np.argmax(cv))])
+        got[f"probe_{t}"] = probe(best).fit(xf, fy).predict(xt)
+        got[f"probe_c_{t}"] = np.array([best])
         nn_idx = np.argsort(-(xt @ xf.T), axis=1)[:, :spec.knn_k]
-        votes = fy[nn_idx]
-        pred = np.array([np.bincount(v, minlength=fy.max() + 1).argmax() for v in votes])
-        row[f"knn_{t}"] = float((pred == ty).mean())
-    row["f1_zero_shot_mean"] = float(np.mean([row[f"f1_{t}"] for t in data.zs]))
-    row["knn_zero_shot_mean"] = float(np.mean([row[f"knn_{t}"] for t in data.zs]))
-    a, b, s = data.sts
-    row["sts_spearman"] = float(100 * spearmanr((emb(a) * emb(b)).sum(1), s).statistic)
+        got[f"knn_{t}"] = np.array([np.bincount(v, minlength=fy.max() + 1).argmax() for v in fy[nn_idx]])
+    a, b, _ = data.sts
+    got["sts"] = (emb(a) * emb(b)).sum(1)
     for name, (texts, labels) in data.retrieval.items():
         x = emb(texts)
         sim = x @ x.T
         np.fill_diagonal(sim, -np.inf)
         top = np.argsort(-sim, axis=1)[:, :10]
-        row[f"p10_{name}"] = float((labels[top] == labels[:, None]).mean())
+        got[f"p10_{name}"] = (labels[top] == labels[:, None]).mean(1)
+    return got
+
+
+def _metric(kind: str, task: str, out: np.ndarray, data: EvalData, idx=None) -> float:
+    """One metric from per-item outputs, over items ``idx`` (None: all)."""
+    from scipy.stats import spearmanr
+
+    sel = slice(None) if idx is None else idx
+    if kind == "auc":
+        return _auc(out[sel], np.array([p.label for p in data.pairs[task]])[sel])
+    if kind == "f1":
+        ty = data.zs[task][3]
+        return _macro_f1(ty[sel], out[sel])
+    if kind == "knn":
+        return float((out[sel] == data.zs[task][3][sel]).mean())
+    if kind == "sts":
+        return float(100 * spearmanr(out[sel], data.sts[2][sel]).statistic)
+    if kind == "p10":
+        return float(out[sel].mean())
+    raise ValueError(kind)
+
+
+# column prefix -> (metric kind, outputs key prefix)
+_KINDS = {"auc": ("auc", "pair"), "f1": ("f1", "probe"), "knn": ("knn", "knn"), "p10": ("p10", "p10")}
+
+
+def _source(col: str) -> tuple[str, str, str]:
+    """column -> (kind, task, outputs key): ``auc_topic`` -> ("auc", "topic", "pair_topic")."""
+    if col == "sts_spearman":
+        return "sts", "", "sts"
+    prefix, task = col.split("_", 1)
+    kind, key = _KINDS[prefix]
+    return kind, task, f"{key}_{task}"
+
+
+def metrics_from(out: dict, data: EvalData) -> dict:
+    row = {}
+    for col in COLUMNS[1:]:
+        if col.endswith("_mean"):
+            continue
+        kind, task, key = _source(col)
+        row[col] = _metric(kind, task, out[key], data)
+    row["auc_mean"] = float(np.mean([row[f"auc_{t}"] for t in data.pairs]))
+    row["f1_zero_shot_mean"] = float(np.mean([row[f"f1_{t}"] for t in data.zs]))
+    row["knn_zero_shot_mean"] = float(np.mean([row[f"knn_{t}"] for t in data.zs]))
+    row["probe_c"] = {t: float(out[f"probe_c_{t}"][0]) for t in data.zs}
     return row
+
+
+def _n_items(kind: str, task: str, data: EvalData) -> int:
+    return {"auc": lambda: len(data.pairs[task]), "f1": lambda: len(data.zs[task][3]),
+            "knn": lambda: len(data.zs[task][3]), "sts": lambda: len(data.sts[2]),
+            "p10": lambda: len(data.retrieval[task][1])}[kind]()
+
+
+def paired_delta(items: list[tuple[str, dict, dict]], data: EvalData, n_boot: int = BOOTSTRAP,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """For ``items`` = [(column, outputs of x, outputs of y), ...]: the mean over items of
+    (metric of x - metric of y), and its paired bootstrap 95% interval. Each column's
+    held-out items are resampled with replacement (the same indices for x and y; AUC pairs
+    within each label), independently per column, ``n_boot`` times."""
+    rng = np.random.default_rng([seed, 50])
+    point, reps = [], []
+    for col, x, y in items:
+        kind, task, key = _source(col)
+        point.append(_metric(kind, task, x[key], data) - _metric(kind, task, y[key], data))
+        n = _n_items(kind, task, data)
+        if kind == "auc":
+            lab = np.array([p.label for p in data.pairs[task]])
+            groups = [np.flatnonzero(lab == v) for v in (0.0, 1.0)]
+        else:
+            groups = [np.arange(n)]
+        r = []
+        for _ in range(n_boot):
+            idx = np.concatenate([g[rng.integers(len(g), size=len(g))] for g in groups])
+            r.append(_metric(kind, task, x[key], data, idx) - _metric(kind, task, y[key], data, idx))
+        reps.append(r)
+    reps = np.mean(np.array(reps), axis=0)
+    lo, hi = np.percentile(reps, [2.5, 97.5])
+    return float(np.mean(point)), float(lo), float(hi)
 
 
 def embed_all(model: str, texts: list[str], backend: str, spec: EvalSpec) -> tuple[dict, dict]:
@@ -212,10 +319,17 @@ def throughput(model: str, backend: str, posts: list[str], repeats: int = 2) -> 
     return out
 
 
+def _save_outputs(path: Path, out: dict) -> None:
+    tmp = path.with_name(path.stem + ".tmp.npz")
+    np.savez_compressed(tmp, **out)
+    tmp.replace(path)
+
+
 def evaluate_rows(models: list[tuple[str, str]], root: Path, out: Path, spec: EvalSpec, backend: str = "auto",
-                  baselines: bool = True, progress=print) -> dict:
-    """Rows for base, base-pca50 (if ``baselines``) and each (name, model); each row is
-    cached in ``out/rows/<name>.json`` keyed by the model fingerprint and the spec."""
+                  baselines: bool = True, progress=print) -> tuple[dict, dict, EvalData]:
+    """(rows, per-item outputs, the evaluation data) for base, base-pca50 (if ``baselines``)
+    and each (name, model); each row is cached in ``out/rows/<name>.json`` (+ ``.npz``, its
+    per-item outputs) keyed by the model fingerprint and the spec."""
     from ..model_dir import resolve
 
     data = build_eval_data(root, spec)
@@ -224,28 +338,36 @@ def evaluate_rows(models: list[tuple[str, str]], root: Path, out: Path, spec: Ev
     rows_dir = out / "rows"
     rows_dir.mkdir(parents=True, exist_ok=True)
     todo = ([("base", "base")] if baselines else []) + list(models)
-    rows = {}
+    rows, outs = {}, {}
     for name, model in todo:
         key = f"{resolve(model).fingerprint}-{spec.key()}-{root}"
         cache = rows_dir / f"{name}.json"
         names = [name, "base-pca50"] if name == "base" and baselines else [name]
-        if cache.exists():
+        if cache.exists() and all((rows_dir / f"{n}.npz").exists() for n in names):
             cached = json.loads(cache.read_text())
             if cached.get("key") == key:
                 rows.update(cached["rows"])
+                for n in names:
+                    with np.load(rows_dir / f"{n}.npz") as z:
+                        outs[n] = dict(z)
                 progress(f"{name}: cached")
                 continue
         t0 = time.perf_counter()
         need = data.texts_with_pca() if name == "base" and baselines else texts
         table, info = embed_all(model, need, backend, spec)
-        got = {name: {**info, **model_meta(model), **metrics(_lookup(table), data, spec)}}
+        got_out = {name: outputs(_lookup(table), data, spec)}
+        got = {name: {**info, **model_meta(model), **metrics_from(got_out[name], data)}}
         if name == "base" and baselines:
             pt = pca_table(table, data.pca_posts, spec.pca_dim)
-            got["base-pca50"] = {**info, "dim": spec.pca_dim, **metrics(_lookup(pt), data, spec)}
+            got_out["base-pca50"] = outputs(_lookup(pt), data, spec)
+            got["base-pca50"] = {**info, "dim": spec.pca_dim, **metrics_from(got_out["base-pca50"], data)}
+        for n, o in got_out.items():
+            _save_outputs(rows_dir / f"{n}.npz", o)
         cache.write_text(json.dumps({"key": key, "rows": got}, indent=2) + "\n")
         rows.update(got)
+        outs.update(got_out)
         progress(f"{names}: done in {time.perf_counter() - t0:.0f}s (embed {info['embed_seconds']}s)")
-    return rows
+    return rows, outs, data
 
 
 COLUMNS = (["dim"] + [f"auc_{t}" for t in T.TASKS] + ["auc_mean"] + [f"f1_{t}" for t in T.ZERO_SHOT]
@@ -253,54 +375,129 @@ COLUMNS = (["dim"] + [f"auc_{t}" for t in T.TASKS] + ["auc_mean"] + [f"f1_{t}" f
                                                                           "p10_emoji", "p10_topic"])
 
 
-def check_targets(rows: dict, main: str) -> list[dict]:
-    """The issue's 4 targets, for the row ``main`` (the multi-task model)."""
+SEED = re.compile(r"^(?P<group>.+)-seed(?P<seed>\d+)$")
+
+
+def seed_means(rows: dict) -> tuple[dict, dict]:
+    """Rows ``<name>-seed<N>`` are further training seeds of ``<name>``: ({name: mean row},
+    {name: {column: standard deviation}}) for every name with at least one such row."""
+    groups: dict[str, list[str]] = {}
+    for name in rows:
+        m = SEED.match(name)
+        if m and m["group"] in rows:
+            groups.setdefault(m["group"], [m["group"]]).append(name)
+    means, sds = {}, {}
+    for g, members in groups.items():
+        means[g] = {"dim": rows[g].get("dim"), "seeds": len(members)}
+        sds[g] = {}
+        for c in COLUMNS[1:]:
+            v = [rows[n][c] for n in members]
+            means[g][c], sds[g][c] = float(np.mean(v)), float(np.std(v, ddof=1))
+    return means, sds
+
+
+def _interval(comparisons: list[tuple[str, str, str]], outs, data) -> str:
+    """"delta [lo, hi]" for [(column, row x, row y), ...] (see paired_delta); "" without outputs."""
+    if outs is None or data is None or any(a not in outs or b not in outs for _, a, b in comparisons):
+        return ""
+    d, lo, hi = paired_delta([(c, outs[a], outs[b]) for c, a, b in comparisons], data)
+    fmt = "+.2f" if comparisons[0][0] == "sts_spearman" else "+.4f"
+    return f"{d:{fmt}} [{lo:{fmt}}, {hi:{fmt}}]"
+
+
+def check_targets(rows: dict, main: str, outs: dict | None = None, data: EvalData | None = None) -> list[dict]:
+    """The issue's 4 targets, for the row ``main`` (the multi-task model). With the per-item
+    outputs, each comparison also gets its difference and paired bootstrap 95% interval
+    (``ci``: "delta [lo, hi]"; an interval above 0 is a significant win, below 0 a loss)."""
     out = []
     m, base, pca = rows.get(main), rows.get("base"), rows.get("base-pca50")
     if m is None or base is None:
         return out
     lost = [t for t in T.TASKS if m[f"auc_{t}"] <= base[f"auc_{t}"]]
+    ci = {t: _interval([(f"auc_{t}", main, "base")], outs, data) for t in T.TASKS}
     out.append({"target": "1. multi-task beats base on every trained task's AUC", "met": not lost,
-                "detail": "all 5 tasks" if not lost else f"not on: {lost}"})
-    singles = {t: rows[f"single-{t}"] for t in T.TASKS if f"single-{t}" in rows}
+                "detail": "all 5 tasks" if not lost else f"not on: {lost}", "ci": ci})
+    singles = {t: f"single-{t}" for t in T.TASKS if f"single-{t}" in rows}
     if singles:
-        wins = [t for t in singles if m[f"auc_{t}"] >= singles[t][f"auc_{t}"]]
+        wins = [t for t, n in singles.items() if m[f"auc_{t}"] >= rows[n][f"auc_{t}"]]
         m_mean = float(np.mean([m[f"auc_{t}"] for t in singles]))
-        s_mean = float(np.mean([singles[t][f"auc_{t}"] for t in singles]))
+        s_mean = float(np.mean([rows[n][f"auc_{t}"] for t, n in singles.items()]))
+        ci = {t: _interval([(f"auc_{t}", main, n)], outs, data) for t, n in singles.items()}
+        ci["mean"] = _interval([(f"auc_{t}", main, n) for t, n in singles.items()], outs, data)
         out.append({"target": "2. multi-task >= single-task on >= 4 of 5 tasks and on their mean",
                     "met": len(singles) == 5 and len(wins) >= 4 and m_mean >= s_mean,
-                    "detail": f"wins {len(wins)}/{len(singles)} ({wins}); mean AUC {m_mean:.4f} vs single {s_mean:.4f}"})
+                    "detail": f"wins {len(wins)}/{len(singles)} ({wins}); mean AUC {m_mean:.4f} vs single {s_mean:.4f}",
+                    "ci": ci})
     else:
         out.append({"target": "2. positive transfer", "met": None, "detail": "no single-task rows evaluated"})
     if pca is not None:
         f = m["f1_zero_shot_mean"]
+        cols = [f"f1_{t}" for t in T.ZERO_SHOT]
         out.append({"target": "3. zero-shot mean probe macro-F1 >= base (384-d) and > base-PCA-50",
                     "met": f >= base["f1_zero_shot_mean"] and f > pca["f1_zero_shot_mean"],
-                    "detail": f"{f:.4f} vs base {base['f1_zero_shot_mean']:.4f}, base-PCA-50 {pca['f1_zero_shot_mean']:.4f}"})
+                    "detail": f"{f:.4f} vs base {base['f1_zero_shot_mean']:.4f}, base-PCA-50 {pca['f1_zero_shot_mean']:.4f}",
+                    "ci": {"vs base": _interval([(c, main, "base") for c in cols], outs, data),
+                           "vs base-pca50": _interval([(c, main, "base-pca50") for c in cols], outs, data)}})
     d = m["sts_spearman"] - base["sts_spearman"]
     out.append({"target": "4. STS-B dev Spearman no more than 3 points below base", "met": d >= -3.0,
-                "detail": f"{m['sts_spearman']:.2f} vs base {base['sts_spearman']:.2f} ({d:+.2f})"})
+                "detail": f"{m['sts_spearman']:.2f} vs base {base['sts_spearman']:.2f} ({d:+.2f})",
+                "ci": {"vs base": _interval([("sts_spearman", main, "base")], outs, data)}})
+    for t in out:  # drop empty intervals (no per-item outputs)
+        if "ci" in t:
+            t["ci"] = {k: v for k, v in t["ci"].items() if v}
     return out
 
 
-def write_report(out: Path, rows: dict, main: str, spec: EvalSpec, extra: dict) -> tuple[Path, Path]:
-    """reports: ``eval.json`` (everything) and ``eval.md`` (tables + targets)."""
-    targets = check_targets(rows, main)
-    report = {"main_model": main, "spec": dataclasses.asdict(spec), "rows": rows, "targets": targets, **extra}
+def _table(title: str, cols: list[str], rows: dict, sds: dict | None = None) -> list[str]:
+    lines = [f"## {title}", "", "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name, r in rows.items():
+        cells = []
+        for c in cols:
+            if c in ("dim", "seeds"):
+                cells.append(str(r.get(c, "")))
+                continue
+            fmt = ".2f" if c == "sts_spearman" else ".4f"
+            sd = (sds or {}).get(name, {}).get(c)
+            cells.append(f"{r[c]:{fmt}}" + (f" ± {sd:{fmt}}" if sd is not None else ""))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _target_lines(targets: list[dict]) -> list[str]:
+    lines = []
+    for t in targets:
+        mark = "n/a" if t["met"] is None else ("met" if t["met"] else "MISSED")
+        lines.append(f"- {t['target']}: **{mark}** ({t['detail']})")
+        if t.get("ci"):
+            lines.append("  - difference [95% interval]: " + "; ".join(f"{k}: {v}" for k, v in t["ci"].items()))
+    return lines
+
+
+def write_report(out: Path, rows: dict, main: str, spec: EvalSpec, extra: dict, outs: dict | None = None,
+                 data: EvalData | None = None) -> tuple[Path, Path]:
+    """reports: ``eval.json`` (everything) and ``eval.md`` (tables + targets, with paired
+    bootstrap intervals where ``outs``/``data`` are given, and seed means where rows
+    ``<name>-seed<N>`` exist)."""
+    targets = check_targets(rows, main, outs, data)
+    means, sds = seed_means(rows)
+    seed_targets = check_targets({**rows, **means}, main) if main in means else []
+    report = {"main_model": main, "spec": dataclasses.asdict(spec), "bootstrap": BOOTSTRAP, "rows": rows,
+              "targets": targets, "seed_means": means, "seed_sds": sds, "seed_targets": seed_targets, **extra}
     jp, mp = out / "eval.json", out / "eval.md"
     jp.write_text(json.dumps(report, indent=2, default=float) + "\n")
     lines = [f"# Evaluation: `{main}`", "",
              "AUC / F1 / kNN / P@10 in [0, 1]; STS-B Spearman x100. Built by `postemb eval`; "
              "definitions in `postemb_rt/train/evaluate.py`.", ""]
     n_auc = 2 + len(T.TASKS)  # dim, the AUCs, their mean
-    for title, cols in (("Trained tasks: held-out pair ROC-AUC", COLUMNS[:n_auc]),
-                        ("Zero-shot, STS-B dev and retrieval", ["dim"] + COLUMNS[n_auc:])):
-        lines += [f"## {title}", "", "| model | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-        for name, r in rows.items():
-            cells = [str(r.get(c, "")) if c == "dim" else (f"{r[c]:.2f}" if c == "sts_spearman" else f"{r[c]:.4f}")
-                     for c in cols]
-            lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        lines.append("")
+    lines += _table("Trained tasks: held-out pair ROC-AUC", COLUMNS[:n_auc], rows)
+    lines += _table("Zero-shot, STS-B dev and retrieval", ["dim"] + COLUMNS[n_auc:], rows)
+    if means:
+        lines += ["## Training seeds", "",
+                  "Rows `<name>-seed<N>` are the same recipe with another training seed: mean ± standard "
+                  "deviation over the seeds (the training noise; the intervals under Targets are the "
+                  "evaluation noise).", ""]
+        lines += _table("Seed means: trained tasks", ["seeds"] + COLUMNS[1:n_auc], means, sds)[2:]
+        lines += _table("Seed means: zero-shot, STS-B, retrieval", ["seeds"] + COLUMNS[n_auc:], means, sds)[2:]
     lines += ["## Cost", "", "| model | train s | trained params | artefact MB | eval embed s |", "|---|---|---|---|---|"]
     for name, r in rows.items():
         ab = r.get("artefact_bytes")
@@ -314,9 +511,15 @@ def write_report(out: Path, rows: dict, main: str, spec: EvalSpec, extra: dict) 
                   f"{tp['model_posts_per_s']} posts/s, base ({tp['base_dim']}-d) {tp['base_posts_per_s']} posts/s "
                   "(best of 2, interleaved).", ""]
     lines += ["## Targets", ""]
-    for t in targets:
-        mark = "n/a" if t["met"] is None else ("met" if t["met"] else "MISSED")
-        lines.append(f"- {t['target']}: **{mark}** ({t['detail']})")
+    if outs is not None:
+        lines += [f"Intervals: paired bootstrap ({BOOTSTRAP} resamples of the held-out items, the same for both "
+                  "rows) of the difference, main model minus the other row; entirely above 0: a significant "
+                  "win, entirely below: a significant loss, spanning 0: within evaluation noise.", ""]
+    lines += _target_lines(targets)
+    if seed_targets:
+        lines += ["", f"On the means over {means[main]['seeds']} training seeds (each row with seed rows "
+                  "replaced by their mean):", ""]
+        lines += _target_lines(seed_targets)
     lines += ["", f"Spec: `{json.dumps(dataclasses.asdict(spec))}`", ""]
     mp.write_text("\n".join(lines))
     return jp, mp
