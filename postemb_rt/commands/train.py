@@ -14,7 +14,9 @@ def run(args) -> int:
     from ..train.trainer import TrainConfig, task_schedule_counts, task_sizes, train
     from ..train.tasks import mixing_probabilities
 
-    cfg = TrainConfig.from_file(args.config)
+    cfg = TrainConfig.from_file(args.config, seed=args.seed)
+    if args.seed is not None:
+        cfg.model_version = f"{cfg.model_version}-seed{args.seed}"
     if args.steps is not None:
         cfg.steps = args.steps
     if args.threads is not None:
@@ -39,5 +41,8 @@ def register(sub) -> None:
     p.add_argument("--steps", type=int, default=None, help="override the config's steps")
     p.add_argument("--threads", type=int, default=None,
                    help="override the config's torch threads (1 beats 2 when other jobs share 2 cores)")
+    p.add_argument("--seed", type=int, default=None,
+                   help="override the config's seed (also for its steps_from reference); "
+                        "appends -seed<N> to the model version")
     p.add_argument("--plan", action="store_true", help="print task mixing and steps per task, then exit")
     p.set_defaults(func=run)

@@ -61,10 +61,12 @@ class TrainConfig:
     threads: int = 2
     log_every: int = 20
     distill_weight: float = 0.0  # similarity preservation (see _similarity_loss); 0: off
+    distill_posts: int = 0  # per step, general posts added to the similarity term's batch (see general_posts)
     probe_pairs: int = 32  # per task: a fixed sample of train pairs whose loss is measured before and after
 
     @classmethod
-    def from_file(cls, path: str | Path) -> "TrainConfig":
+    def from_file(cls, path: str | Path, seed: int | None = None) -> "TrainConfig":
+        """``seed`` (if given) replaces the file's seed, in a ``steps_from`` reference too."""
         path = Path(path)
         try:
             raw = json.loads(path.read_text())
@@ -75,10 +77,12 @@ class TrainConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValidationError(f"`{path}` has unknown keys {unknown}. Known keys: {sorted(known)}.")
+        if seed is not None:
+            raw["seed"] = seed
         cfg = cls(**raw)
         if cfg.steps_from:
             ref_path = (path.parent / cfg.steps_from).resolve()
-            ref = cls.from_file(ref_path)
+            ref = cls.from_file(ref_path, seed)
             if len(cfg.tasks) != 1 or cfg.tasks[0] not in ref.tasks:
                 raise ValidationError(f"`steps_from` needs exactly one task of {ref_path}'s tasks. Given: {cfg.tasks}.")
             cfg.steps = max(1, task_schedule_counts(ref)[cfg.tasks[0]])
@@ -97,6 +101,9 @@ class TrainConfig:
                 raise ValidationError(f"`tasks` in {where} entries must be among {list(T.TASKS)}. Given: {t!r}.")
         if self.distill_weight < 0:
             raise ValidationError(f"`distill_weight` in {where} must be >= 0. Given: {self.distill_weight}.")
+        if self.distill_posts < 0 or (self.distill_posts and not self.distill_weight):
+            raise ValidationError(f"`distill_posts` in {where} must be >= 0, and needs `distill_weight` > 0. "
+                                  f"Given: distill_posts {self.distill_posts}, distill_weight {self.distill_weight}.")
         if not self.tasks or self.steps < 1 or self.batch_size < 2:
             raise ValidationError(f"{where}: needs tasks, steps >= 1 and batch_size >= 2.")
 
@@ -144,6 +151,14 @@ def _similarity_loss(student, teacher):
     s, t = (student @ student.t())[off], (teacher @ teacher.t())[off]
     s, t = s - s.mean(), t - t.mean()
     return 1.0 - (s * t).sum() / (s.norm() * t.norm() + 1e-8)
+
+
+def general_posts(sd: T.SplitData) -> list[str]:
+    """Every train text of every task (emoji, emotion, stance posts and the STS-B sentences),
+    whichever tasks a run trains: the PCA initialisation's pool and the ``distill_posts``
+    stream. Never a zero-shot task's texts."""
+    sts_a, sts_b, _ = D.read_sts(sd.sts_path, strict=sd.strict)
+    return sd.emoji.texts + sd.emotion.texts + sd.topic.texts + sts_a + sts_b
 
 
 def _pca_projection(model, tokenizer, posts, dim, pack):
@@ -225,10 +240,8 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     proj = nn.Linear(hidden, cfg.projection_dim)
     if cfg.projection_init == "pca":
         rng = np.random.default_rng([cfg.seed, 2])
-        # the training texts of every task (STS-B sentences included), whichever tasks this run trains,
-        # so single-task runs start from the same projection as the multi-task run
-        sts_a, sts_b, _ = D.read_sts(sd.sts_path, strict=True)
-        pool = sd.emoji.texts + sd.emotion.texts + sd.topic.texts + sts_a + sts_b
+        # the same pool whichever tasks this run trains: single-task runs start from the multi-task run's projection
+        pool = general_posts(sd)
         posts = [pool[i] for i in rng.permutation(len(pool))[:cfg.pca_posts]]
         w, b = _cached_pca(md, model, tok, posts, cfg, pack_padded, progress)
         with torch.no_grad():
@@ -254,7 +267,10 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     probe_rng = np.random.default_rng([cfg.seed, 4])
     probe = {t: task.sample(probe_rng, cfg.probe_pairs) for t, task in tasks.items()} if cfg.probe_pairs else {}
 
-    def pair_loss(pairs, contrastive, distill=0.0):
+    stream = general_posts(sd) if cfg.distill_posts else []
+    stream_rng = np.random.default_rng([cfg.seed, 5])
+
+    def pair_loss(pairs, contrastive, distill=0.0, extra=()):
         # b texts are de-duplicated: a label task's batch encodes each label name once, and the
         # contrastive softmax runs over distinct b texts (a repeated label is not its own negative)
         uniq: dict[str, int] = {}
@@ -273,6 +289,11 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         if distill:  # on the anchors (posts, sentences: never label names, which the tasks move)
             with torch.no_grad():
                 ta = teacher(*a_batch)[1]
+            if extra:  # plus general posts, so the term also sees texts outside the step's task
+                x_batch = _batches_to_tensors(tok, list(extra), pack_padded)
+                ea = torch.cat([ea, model(*x_batch)[1]])
+                with torch.no_grad():
+                    ta = torch.cat([ta, teacher(*x_batch)[1]])
             loss = loss + distill * _similarity_loss(ea, ta)
         return loss
 
@@ -293,7 +314,8 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     curve, window = [], []
     for step, tname in enumerate(plan):
         pairs = tasks[tname].sample(rng, cfg.batch_size, positives_only=cfg.loss == "contrastive")
-        loss = pair_loss(pairs, cfg.loss == "contrastive", cfg.distill_weight)
+        extra = [stream[i] for i in stream_rng.integers(len(stream), size=cfg.distill_posts)] if stream else ()
+        loss = pair_loss(pairs, cfg.loss == "contrastive", cfg.distill_weight, extra)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(adapter_params + head_params, 1.0)

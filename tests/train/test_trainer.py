@@ -94,6 +94,12 @@ def test_single_task_config_takes_its_steps_from_the_multitask_run(tiny_data, tm
     single.write_text(json.dumps({"data": str(tiny_data), "tasks": ["emoji"], "steps_from": "multi.json"}))
     counts = task_schedule_counts(TrainConfig.from_file(multi))
     assert TrainConfig.from_file(single).steps == counts["emoji"]
+    # another seed draws another schedule: the single-task run follows the multi-task run's seed
+    by_seed = {s: task_schedule_counts(TrainConfig.from_file(multi, seed=s))["emoji"] for s in range(6)}
+    assert len(set(by_seed.values())) > 1
+    for s, n in by_seed.items():
+        cfg = TrainConfig.from_file(single, seed=s)
+        assert cfg.seed == s and cfg.steps == n
 
 
 def test_pair_tasks_from_tiny_data(tiny_data):
@@ -132,3 +138,27 @@ def test_config_rejects_a_negative_distill_weight():
 
     with pytest.raises(ValidationError, match="distill_weight"):
         TrainConfig(distill_weight=-1.0).validate()
+
+
+def test_config_rejects_distill_posts_without_a_distill_weight():
+    from postemb_rt.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="distill_posts.*distill_weight"):
+        TrainConfig(distill_posts=16).validate()
+    TrainConfig(distill_posts=16, distill_weight=1.0).validate()
+
+
+def test_general_posts_stream_feeds_the_similarity_term(tiny_data, tmp_path):
+    """A short run with the general-posts stream: trains, and its loss includes the stream's term."""
+    from postemb_rt.train.trainer import general_posts, train
+    from tests.train.conftest import SMOKE
+
+    sd = T.load_split(tiny_data, "train")
+    pool = general_posts(sd)
+    assert len(pool) == len(sd.emoji) + len(sd.emotion) + len(sd.topic) + 2 * 40  # 40 STS train pairs
+    cfg = dict(SMOKE, steps=4, log_every=1, distill_weight=1.0)
+    plain = train(TrainConfig(data=str(tiny_data), **cfg), tmp_path / "a", progress=lambda m: None)
+    stream = train(TrainConfig(data=str(tiny_data), distill_posts=8, **cfg), tmp_path / "b", progress=lambda m: None)
+    assert stream["config"]["distill_posts"] == 8
+    # same seed, same pairs: the first step's loss differs only by the stream posts in the similarity term
+    assert stream["loss_curve"][0]["loss"] != pytest.approx(plain["loss_curve"][0]["loss"], abs=1e-6)
