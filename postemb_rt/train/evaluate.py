@@ -31,6 +31,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -94,6 +95,12 @@ class EvalData:
 
     def texts_with_pca(self) -> list[str]:
         return sorted(set(self.texts()) | set(self.pca_posts))
+
+    @cached_property
+    def pair_labels(self) -> dict:
+        """task -> the held-out pairs' labels as an array (built once; the bootstrap reads it
+        thousands of times)."""
+        return {t: np.array([p.label for p in ps]) for t, ps in self.pairs.items()}
 
 
 def build_eval_data(root: Path, spec: EvalSpec) -> EvalData:
@@ -181,7 +188,7 @@ def _metric(kind: str, task: str, out: np.ndarray, data: EvalData, idx=None) -> 
 
     sel = slice(None) if idx is None else idx
     if kind == "auc":
-        return _auc(out[sel], np.array([p.label for p in data.pairs[task]])[sel])
+        return _auc(out[sel], data.pair_labels[task][sel])
     if kind == "f1":
         ty = data.zs[task][3]
         return _macro_f1(ty[sel], out[sel])
@@ -221,12 +228,6 @@ def metrics_from(out: dict, data: EvalData) -> dict:
     return row
 
 
-def _n_items(kind: str, task: str, data: EvalData) -> int:
-    return {"auc": lambda: len(data.pairs[task]), "f1": lambda: len(data.zs[task][3]),
-            "knn": lambda: len(data.zs[task][3]), "sts": lambda: len(data.sts[2]),
-            "p10": lambda: len(data.retrieval[task][1])}[kind]()
-
-
 def paired_delta(items: list[tuple[str, dict, dict]], data: EvalData, n_boot: int = BOOTSTRAP,
                  seed: int = 0) -> tuple[float, float, float]:
     """For ``items`` = [(column, outputs of x, outputs of y), ...]: the mean over items of
@@ -238,12 +239,11 @@ def paired_delta(items: list[tuple[str, dict, dict]], data: EvalData, n_boot: in
     for col, x, y in items:
         kind, task, key = _source(col)
         point.append(_metric(kind, task, x[key], data) - _metric(kind, task, y[key], data))
-        n = _n_items(kind, task, data)
         if kind == "auc":
-            lab = np.array([p.label for p in data.pairs[task]])
+            lab = data.pair_labels[task]
             groups = [np.flatnonzero(lab == v) for v in (0.0, 1.0)]
-        else:
-            groups = [np.arange(n)]
+        else:  # one output per held-out item
+            groups = [np.arange(len(x[key]))]
         r = []
         for _ in range(n_boot):
             idx = np.concatenate([g[rng.integers(len(g), size=len(g))] for g in groups])
