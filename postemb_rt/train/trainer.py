@@ -5,6 +5,14 @@ seed up front) and ``batch_size`` pairs of it. Loss ``bce`` (the paper's): binar
 cross-entropy on ``s * cos(a, b) + c`` with a learnt scale s and offset c; ``contrastive``
 (option): softmax over the batch's distinct b texts (in-batch negatives), positives only.
 
+Distillation (``teacher``): a stronger sentence encoder embeds the general posts of the
+train splits once (cached, ``teacher.py``); every step then adds ``distill_posts`` of them
+to the task batch, with up to three terms on their 50-d embeddings: ``distill_weight``
+(1 - Pearson r of in-batch cosines against the teacher's), ``direct_weight`` (1 - cosine
+to the teacher's embedding reduced to 50-d by PCA on the pool, or through a learnt linear
+map) and ``nce_weight`` (softmax over the stream's PCA targets: in-batch negatives).
+Without a teacher, ``distill_weight`` compares the step's anchors with the frozen base.
+
 Output: a normal model directory (``postemb.json``, ``projection.safetensors``,
 ``adapters.safetensors``; the encoder borrowed from the pip package) plus
 ``train_summary.json`` (time, trained parameters, pairs per task, loss curve).
@@ -53,7 +61,7 @@ class TrainConfig:
     lora_layers: list[int] | None = None  # None: all
     lora_targets: list[str] = field(default_factory=lambda: list(LORA_TARGETS))
     projection_dim: int = 50
-    projection_init: str = "pca"  # or "random"
+    projection_init: str = "pca"  # or "random", or "teacher": least squares onto the teacher's PCA targets
     pca_posts: int = 2000
     scale_init: float = 10.0
     max_length: int = 64  # training truncation; the shipped model keeps the base's 256
@@ -62,17 +70,24 @@ class TrainConfig:
     log_every: int = 20
     distill_weight: float = 0.0  # similarity preservation (see _similarity_loss); 0: off
     distill_posts: int = 0  # per step, general posts added to the similarity term's batch (see general_posts)
+    # Distillation from a teacher (see the module docstring): a registered name ("all-mpnet-base-v2",
+    # `postemb teacher fetch`), "base", or a sentence-transformers folder. None: distill_weight keeps
+    # the similarity structure of the frozen base on each step's anchors (the v2 recipe).
+    teacher: str | None = None
+    teacher_max_length: int = 128
+    distill_pool: int = 0  # general posts the teacher embeds once (0: all of them)
+    direct_weight: float = 0.0  # 1 - cos(student, teacher target) on the stream posts
+    direct_target: str = "pca"  # "pca": the teacher's top projection_dim principal axes; "linear": a learnt map to the teacher
+    nce_weight: float = 0.0  # in-batch negatives: softmax over the stream's teacher PCA targets
+    nce_temperature: float = 0.05
     probe_pairs: int = 32  # per task: a fixed sample of train pairs whose loss is measured before and after
 
     @classmethod
     def from_file(cls, path: str | Path, seed: int | None = None) -> "TrainConfig":
-        """``seed`` (if given) replaces the file's seed, in a ``steps_from`` reference too."""
+        """``seed`` (if given) replaces the file's seed, in a ``steps_from`` reference too.
+        ``"extends": "other.json"`` (relative to the file) starts from that config's keys."""
         path = Path(path)
-        try:
-            raw = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValidationError(f"`--config` {str(path)!r} could not be read as JSON: {exc}.") from None
-        raw = {k: v for k, v in raw.items() if not k.startswith("_")}  # "_comment" keys
+        raw = _read_config(path)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -92,8 +107,9 @@ class TrainConfig:
     def validate(self, where="config"):
         if self.loss not in ("bce", "contrastive"):
             raise ValidationError(f"`loss` in {where} must be 'bce' or 'contrastive'. Given: {self.loss!r}.")
-        if self.projection_init not in ("pca", "random"):
-            raise ValidationError(f"`projection_init` in {where} must be 'pca' or 'random'. Given: {self.projection_init!r}.")
+        if self.projection_init not in ("pca", "random", "teacher"):
+            raise ValidationError(f"`projection_init` in {where} must be 'pca', 'random' or 'teacher'. "
+                                  f"Given: {self.projection_init!r}.")
         for t in self.tasks:
             if t in T.ZERO_SHOT:
                 raise ValidationError(f"`tasks` in {where} must not include {t!r}: it is a zero-shot evaluation task.")
@@ -101,11 +117,44 @@ class TrainConfig:
                 raise ValidationError(f"`tasks` in {where} entries must be among {list(T.TASKS)}. Given: {t!r}.")
         if self.distill_weight < 0:
             raise ValidationError(f"`distill_weight` in {where} must be >= 0. Given: {self.distill_weight}.")
-        if self.distill_posts < 0 or (self.distill_posts and not self.distill_weight):
-            raise ValidationError(f"`distill_posts` in {where} must be >= 0, and needs `distill_weight` > 0. "
-                                  f"Given: distill_posts {self.distill_posts}, distill_weight {self.distill_weight}.")
+        terms = {"distill_weight": self.distill_weight, "direct_weight": self.direct_weight,
+                 "nce_weight": self.nce_weight}
+        for k, v in terms.items():
+            if v < 0:
+                raise ValidationError(f"`{k}` in {where} must be >= 0. Given: {v}.")
+        if self.distill_posts < 0 or (self.distill_posts and not any(terms.values())):
+            raise ValidationError(f"`distill_posts` in {where} must be >= 0, and needs a distillation term > 0. "
+                                  f"Given: distill_posts {self.distill_posts}, {terms}.")
+        if self.teacher:
+            if self.distill_posts < 2 or not any(terms.values()):
+                raise ValidationError(f"`teacher` in {where} needs `distill_posts` >= 2 and a distillation term > 0 "
+                                      f"(the teacher is distilled on that stream). Given: distill_posts "
+                                      f"{self.distill_posts}, {terms}.")
+        elif self.direct_weight or self.nce_weight:
+            raise ValidationError(f"`direct_weight` and `nce_weight` in {where} need a `teacher`. "
+                                  f"Given: direct_weight {self.direct_weight}, nce_weight {self.nce_weight}.")
+        if self.direct_target not in ("pca", "linear"):
+            raise ValidationError(f"`direct_target` in {where} must be 'pca' or 'linear'. Given: {self.direct_target!r}.")
+        if self.projection_init == "teacher" and not self.teacher:
+            raise ValidationError(f"`projection_init` 'teacher' in {where} needs a `teacher`.")
         if not self.tasks or self.steps < 1 or self.batch_size < 2:
             raise ValidationError(f"{where}: needs tasks, steps >= 1 and batch_size >= 2.")
+
+
+def _read_config(path: Path, seen: tuple = ()) -> dict:
+    """The JSON keys of a config file, ``_comment`` keys dropped, ``extends`` resolved."""
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValidationError(f"`--config` {str(path)!r} could not be read as JSON: {exc}.") from None
+    raw = {k: v for k, v in raw.items() if not k.startswith("_")}
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    ref = (path.parent / parent).resolve()
+    if ref in seen:
+        raise ValidationError(f"`extends` in {path} makes a cycle: {[str(p) for p in seen + (ref,)]}.")
+    return {**_read_config(ref, seen + (path.resolve(),)), **raw}
 
 
 def data_root_of(cfg: TrainConfig) -> Path:
@@ -206,6 +255,54 @@ def _cached_pca(md, model, tok, posts, cfg, pack, progress):
     return w, b
 
 
+@dataclass
+class TeacherStream:
+    """The posts distilled on and the teacher's view of them (rows aligned with ``posts``):
+    ``emb`` (n, D) unit rows, ``pca`` (n, projection_dim) unit rows of the teacher's
+    embeddings projected on their top principal axes (fitted on these posts)."""
+
+    posts: list[str]
+    emb: np.ndarray
+    pca: np.ndarray
+    info: dict
+
+
+def teacher_stream(cfg: TrainConfig, sd: T.SplitData, progress=print) -> TeacherStream:
+    """Embed the distillation pool (general posts of the train splits: never a zero-shot
+    task's texts) with the teacher, once (cached), and fit its PCA targets."""
+    from . import teacher as TT
+
+    pool = sorted(set(general_posts(sd)))
+    if cfg.distill_pool and cfg.distill_pool < len(pool):
+        keep = np.random.default_rng([cfg.seed, 6]).permutation(len(pool))[:cfg.distill_pool]
+        pool = [pool[i] for i in sorted(keep)]
+    emb, info = TT.embed_cached(cfg.teacher, pool, cfg.teacher_max_length, threads=cfg.threads, progress=progress)
+    x = emb.astype(np.float64)
+    mean = x.mean(0)
+    _, sv, vt = np.linalg.svd(x - mean, full_matrices=False)
+    pca = (x - mean) @ vt[:cfg.projection_dim].T
+    pca /= np.maximum(np.linalg.norm(pca, axis=1, keepdims=True), 1e-12)
+    info = {**info, "pool": len(pool),
+            "pca_explained": float((sv[:cfg.projection_dim] ** 2).sum() / (sv ** 2).sum())}
+    return TeacherStream(pool, emb, pca.astype(np.float32), info)
+
+
+def _lstsq_projection(model, tokenizer, posts, targets, pack):
+    """(weight (D, H), bias (D,)): least squares from the base's pooled vectors of ``posts``
+    to ``targets`` (n, D): the projection starts as the best linear map onto the teacher."""
+    import torch
+
+    vecs = []
+    with torch.no_grad():
+        for i in range(0, len(posts), 64):
+            ids, mask = _batches_to_tensors(tokenizer, posts[i:i + 64], pack)
+            vecs.append(model(ids, mask)[0])
+    x = torch.cat(vecs).double()
+    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    sol = torch.linalg.lstsq(x1, torch.from_numpy(targets).double()).solution  # (H + 1, D)
+    return sol[:-1].t().float().contiguous(), sol[-1].float().contiguous()
+
+
 def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     """Train and write the model directory ``out``. Returns the summary dict."""
     import torch
@@ -238,7 +335,20 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     tok = PostTokenizer(md.tokenizer_path, cfg.max_length)
     hidden = md.config.hidden_size
     proj = nn.Linear(hidden, cfg.projection_dim)
-    if cfg.projection_init == "pca":
+    t_teacher = time.perf_counter()
+    ts = teacher_stream(cfg, sd, progress) if cfg.teacher else None
+    t_teacher = time.perf_counter() - t_teacher  # the one-time teacher cache, reported apart from training
+    if ts is not None:
+        progress(f"teacher {cfg.teacher}: {ts.info['pool']} posts, {ts.info['dim']}-d; its top {cfg.projection_dim} "
+                 f"principal axes hold {ts.info['pca_explained']:.1%} of the variance")
+    if cfg.projection_init == "teacher":
+        rng = np.random.default_rng([cfg.seed, 2])
+        pick = rng.permutation(len(ts.posts))[:cfg.pca_posts]
+        w, b = _lstsq_projection(model, tok, [ts.posts[i] for i in pick], ts.pca[pick], pack_padded)
+        with torch.no_grad():
+            proj.weight.copy_(w)
+            proj.bias.copy_(b)
+    elif cfg.projection_init == "pca":
         rng = np.random.default_rng([cfg.seed, 2])
         # the same pool whichever tasks this run trains: single-task runs start from the multi-task run's projection
         pool = general_posts(sd)
@@ -248,7 +358,7 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
             proj.weight.copy_(w)
             proj.bias.copy_(b)
     teacher = None
-    if cfg.distill_weight > 0:  # the frozen base, 384-d, no projection
+    if cfg.distill_weight > 0 and ts is None:  # the frozen base, 384-d, no projection
         teacher = PostEmbModel.from_model_dir(md).eval()
         for p in teacher.parameters():
             p.requires_grad_(False)
@@ -258,6 +368,10 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     offset = nn.Parameter(torch.tensor(-0.5 * cfg.scale_init))
     adapter_params = [p for p in model.encoder.parameters() if p.requires_grad]
     head_params = list(proj.parameters()) + [log_scale, offset]
+    to_teacher = None  # direct_target "linear": a map from the 50-d output to the teacher (training only)
+    if ts is not None and cfg.direct_weight and cfg.direct_target == "linear":
+        to_teacher = nn.Linear(cfg.projection_dim, ts.emb.shape[1])
+        head_params += list(to_teacher.parameters())
     n_trained = sum(p.numel() for p in adapter_params + head_params)
     opt = torch.optim.AdamW([{"params": adapter_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.head_lr}],
                             weight_decay=cfg.weight_decay)
@@ -267,8 +381,28 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     probe_rng = np.random.default_rng([cfg.seed, 4])
     probe = {t: task.sample(probe_rng, cfg.probe_pairs) for t, task in tasks.items()} if cfg.probe_pairs else {}
 
-    stream = general_posts(sd) if cfg.distill_posts else []
+    stream = general_posts(sd) if cfg.distill_posts and ts is None else []
     stream_rng = np.random.default_rng([cfg.seed, 5])
+    if ts is not None:
+        t_emb, t_pca = torch.from_numpy(ts.emb), torch.from_numpy(ts.pca)
+
+    def teacher_loss(idx):
+        """The distillation terms on the stream posts ``idx`` (indices into ts.posts)."""
+        es = model(*_batches_to_tensors(tok, [ts.posts[i] for i in idx], pack_padded))[1]
+        idx = torch.from_numpy(idx)
+        terms = {}
+        if cfg.distill_weight:
+            terms["similarity"] = cfg.distill_weight * _similarity_loss(es, t_emb[idx])
+        if cfg.direct_weight:
+            if to_teacher is None:
+                got, want = es, t_pca[idx]
+            else:
+                got, want = nn.functional.normalize(to_teacher(es), dim=-1), t_emb[idx]
+            terms["direct"] = cfg.direct_weight * (1.0 - (got * want).sum(-1)).mean()
+        if cfg.nce_weight:
+            logits = es @ t_pca[idx].t() / cfg.nce_temperature
+            terms["nce"] = cfg.nce_weight * nn.functional.cross_entropy(logits, torch.arange(len(idx)))
+        return terms
 
     def pair_loss(pairs, contrastive, distill=0.0, extra=()):
         # b texts are de-duplicated: a label task's batch encodes each label name once, and the
@@ -311,11 +445,16 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     t_loop = time.perf_counter()
     rng = np.random.default_rng([cfg.seed, 3])
     seen = {t: 0 for t in cfg.tasks}
-    curve, window = [], []
+    curve, window, term_window = [], [], {}
     for step, tname in enumerate(plan):
         pairs = tasks[tname].sample(rng, cfg.batch_size, positives_only=cfg.loss == "contrastive")
         extra = [stream[i] for i in stream_rng.integers(len(stream), size=cfg.distill_posts)] if stream else ()
-        loss = pair_loss(pairs, cfg.loss == "contrastive", cfg.distill_weight, extra)
+        loss = pair_loss(pairs, cfg.loss == "contrastive", cfg.distill_weight if ts is None else 0.0, extra)
+        if ts is not None:
+            terms = teacher_loss(stream_rng.choice(len(ts.posts), size=cfg.distill_posts, replace=False))
+            for k, v in terms.items():
+                term_window.setdefault(k, []).append(v.item())
+            loss = loss + sum(terms.values())
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(adapter_params + head_params, 1.0)
@@ -324,14 +463,16 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         seen[tname] += len(pairs)
         window.append(loss.item())
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            curve.append({"step": step + 1, "loss": float(np.mean(window))})
-            window = []
+            curve.append({"step": step + 1, "loss": float(np.mean(window)),
+                          **{k: float(np.mean(v)) for k, v in term_window.items()}})
+            window, term_window = [], {}
             el = time.perf_counter() - t_loop
-            progress(f"step {step + 1}/{cfg.steps} loss {curve[-1]['loss']:.4f} scale {log_scale.exp().item():.2f} "
+            parts = "".join(f" {k} {curve[-1][k]:.4f}" for k in ("similarity", "direct", "nce") if k in curve[-1])
+            progress(f"step {step + 1}/{cfg.steps} loss {curve[-1]['loss']:.4f}{parts} scale {log_scale.exp().item():.2f} "
                      f"{el / (step + 1):.2f}s/step, eta {el / (step + 1) * (cfg.steps - step - 1):.0f}s")
     probe_end = probe_losses()
     progress(f"probe loss (BCE on {cfg.probe_pairs} fixed train pairs per task) before {probe_start} after {probe_end}")
-    train_seconds = time.perf_counter() - t_start
+    train_seconds = time.perf_counter() - t_start - t_teacher
 
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().clone().contiguous() for k, v in proj.state_dict().items()}, str(out / PROJECTION_FILE))
@@ -359,6 +500,8 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         "probe_loss_end": probe_end,
         "loss_curve": curve,
     }
+    if ts is not None:
+        summary["teacher"] = {**ts.info, "load_seconds": round(t_teacher, 1)}
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     progress(f"trained {n_trained} parameters in {train_seconds:.0f}s; artefact {artefact / 1e6:.2f} MB -> {out}")
     return summary

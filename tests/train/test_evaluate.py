@@ -9,10 +9,11 @@ def test_eval_command_writes_report_with_all_rows(smoke_model, tiny_data, tmp_pa
     model, _ = smoke_model
     out = tmp_path / "reports"
     rc = main(["eval", "--model", f"multitask={model}", "--model", f"single-emoji={model}", "--out", str(out),
-               "--data", str(tiny_data), "--backend", "torch", "--pca-posts", "40", "--throughput-posts", "16"])
+               "--data", str(tiny_data), "--backend", "torch", "--pca-posts", "40", "--throughput-posts", "16",
+               "--teacher", "base"])
     assert rc == 0
     report = json.loads((out / "eval.json").read_text())
-    assert set(report["rows"]) == {"base", "base-pca50", "multitask", "single-emoji"}
+    assert set(report["rows"]) == {"base", "base-pca50", "teacher", "teacher-pca50", "multitask", "single-emoji"}
     for name, row in report["rows"].items():
         for col in E.COLUMNS[1:]:
             lo, hi = (-100, 100) if col == "sts_spearman" else (0, 1)
@@ -20,11 +21,15 @@ def test_eval_command_writes_report_with_all_rows(smoke_model, tiny_data, tmp_pa
     assert report["rows"]["base"]["dim"] == 384 and report["rows"]["base-pca50"]["dim"] == 50
     assert report["rows"]["multitask"]["dim"] == 50 and report["rows"]["multitask"]["trained_parameters"] > 0
     assert report["throughput"]["model_dim"] == 50 and report["throughput"]["model_posts_per_s"] > 0
-    assert [t["target"][:2] for t in report["targets"]] == ["1.", "2.", "3.", "4."]
+    assert report["rows"]["teacher"]["dim"] == 384 and report["rows"]["teacher-pca50"]["dim"] == 50
+    # the base as its own teacher: the teacher row (sentence-transformers, bf16 matmuls) ~ the base row
+    assert abs(report["rows"]["teacher"]["sts_spearman"] - report["rows"]["base"]["sts_spearman"]) < 1.0
+    assert [t["target"][:2] for t in report["targets"]] == ["1.", "2.", "3.", "4.", "5."]
     # every comparison carries its paired bootstrap interval, "delta [lo, hi]" with lo <= delta <= hi
-    t1 = report["targets"][0]["ci"]
-    assert set(t1) == {"topic", "emoji", "hashtag", "emotion", "sts"}
-    for text in t1.values():
+    assert set(report["targets"][0]["ci"]) == {"vs base", "vs base-pca50", "vs teacher-pca50"}
+    t4 = report["targets"][3]["ci"]
+    assert set(t4) == {"topic", "emoji", "hashtag", "emotion", "sts"}
+    for text in t4.values():
         d, lo, hi = (float(v) for v in text.replace("[", "").replace("]", "").replace(",", "").split())
         assert lo <= d + 1e-9 and d <= hi + 1e-9, text
     assert set(report["targets"][1]["ci"]) == {"emoji", "mean"}
@@ -44,3 +49,18 @@ def test_eval_command_writes_report_with_all_rows(smoke_model, tiny_data, tmp_pa
     assert report["seed_sds"]["multitask"]["auc_topic"] == 0.0  # the same model twice
     assert [t["target"][:2] for t in report["seed_targets"]] == ["1.", "2.", "3.", "4."]
     assert "## Training seeds" in (out / "eval.md").read_text()
+
+
+def test_val_split_never_reads_test_files(tiny_data, tmp_path):
+    """--split val (choosing a recipe): held-out pairs and zero-shot scores come from val;
+    sentiment (no train split) fits on one half of val and scores on the other."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    for p in root.rglob("test_*.txt"):
+        p.unlink()
+    data = E.build_eval_data(root, E.EvalSpec(split="val", pca_posts=20))
+    fit, _, test, _ = data.zs["sentiment"]
+    assert len(fit) == len(test) == 12  # the 24 val posts, split in two
+    assert all(len(data.pairs[t]) > 0 for t in data.pairs)

