@@ -14,8 +14,8 @@ from .errors import PostEmbError
 
 # subcommand modules, in the order `postemb --help` lists them
 COMMANDS = ["postemb_rt.commands.embed", "postemb_rt.commands.demo", "postemb_rt.commands.train",
-            "postemb_rt.commands.teacher", "postemb_rt.commands.eval", "postemb_rt.commands.nearline", "postemb_rt.commands.serve",
-            "postemb_rt.commands.backfill", "postemb_rt.commands.index"]
+            "postemb_rt.commands.teacher", "postemb_rt.commands.eval", "postemb_rt.commands.nearline",
+            "postemb_rt.commands.serve", "postemb_rt.commands.backfill", "postemb_rt.commands.index"]
 
 
 def build_parser() -> argparse.ArgumentParser:

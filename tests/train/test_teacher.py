@@ -136,3 +136,11 @@ def test_smoke_distillation_from_the_base_as_teacher(tiny_data, tmp_path, target
         assert curve[-1]["direct"] < curve[0]["direct"], curve
     x = Encoder.from_pretrained(str(tmp_path / "m"), backend="torch", device="cpu", warmup=False).encode(["hi"])
     assert x.shape == (1, 50)
+
+
+def test_teacher_path_command_says_how_to_fetch(monkeypatch, tmp_path, capsys):
+    from postemb_rt.cli import main
+
+    monkeypatch.setenv("POSTEMB_CACHE", str(tmp_path))
+    assert main(["teacher", "path"]) == 2
+    assert "postemb teacher fetch --name all-mpnet-base-v2" in capsys.readouterr().err
