@@ -178,7 +178,7 @@ def test_extends_takes_every_key_of_the_parent_and_the_repo_configs_parse(tmp_pa
     with pytest.raises(ValidationError, match="cycle"):
         TrainConfig.from_file(tmp_path / "loop.json")
     configs = Path(__file__).resolve().parents[2] / "configs"
-    for folder in (configs, configs / "v2"):
+    for folder in (configs, configs / "v3"):
         multi = TrainConfig.from_file(folder / "multitask.json")
         for t in T.TASKS:
             single = TrainConfig.from_file(folder / f"single_{t}.json")
