@@ -254,3 +254,29 @@ def test_changed_rows_per_split_restarts_a_jsonl_file_no_row_lost_or_doubled(tmp
     assert "the split plan changed" in caplog.text
     ids, _, _ = read_output(tmp_path / "emb")
     assert sorted(ids) == list(range(10))  # the old plan's split 0 + the new split 1 would miss rows 6 and 7
+
+
+@pytest.mark.skipif(os.environ.get("POSTEMB_RAY_CLUSTER_TEST") != "1",
+                    reason="opt-in (POSTEMB_RAY_CLUSTER_TEST=1): starts a two-node Ray cluster; not yet seen to "
+                           "finish on the 2 shared cores it was written on")
+def test_backfill_on_a_two_node_ray_cluster_survives_a_killed_worker_node(tmp_path):
+    """A real two-node cluster (``ray.cluster_utils.Cluster``: separate head and worker raylets
+    on 127.0.0.1), the worker node SIGKILLed after the first split; the run, or its rerun,
+    commits every file with every row exactly once. See ray_cluster_backfill.py."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("ray.cluster_utils", reason="ray is not installed (pip install -e '.[scale]')")
+    truth = write_parquet_set(tmp_path / "posts", n_files=3, rows_per_group=3)
+    script = Path(__file__).with_name("ray_cluster_backfill.py")
+    root = Path(__file__).resolve().parents[2]
+    env = dict(os.environ, PYTHONPATH=str(root), RAY_USAGE_STATS_ENABLED="0")
+    out = subprocess.run([sys.executable, str(script), str(tmp_path / "posts"), str(tmp_path / "emb")],
+                         capture_output=True, text=True, timeout=600, env=env, cwd=root)
+    assert out.returncode == 0, out.stderr[-4000:]
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["killed"] and summary["workers"] == 2, summary
+    assert summary["committed"] == 3, summary
+    ids, _, _ = read_output(tmp_path / "emb")
+    assert len(ids) == len(set(ids)) == len(truth) and set(ids) == set(truth)
