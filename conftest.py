@@ -21,3 +21,6 @@ def pytest_configure(config):
 def pytest_unconfigure(config):
     if _TMP_CACHE:
         shutil.rmtree(_TMP_CACHE, ignore_errors=True)
+
+
+pytest_plugins = ["tests.ci_skips"]  # POSTEMB_REQUIRE_EXTRAS=1 (CI): a skip for a missing extra fails

@@ -21,7 +21,13 @@ input file is done, the driver writes ``_SUCCESS.json`` and renames the staging 
 place (one ``rename``: the file's embeddings appear all at once or not at all). A re-run
 skips input files whose output has ``_SUCCESS.json``, and reuses the finished splits of a
 file that was interrupted half-way (each part is complete: parts are renamed into place
-only once written). Readers of ``output/`` (pyarrow, ``postemb index build``) ignore
+only once written). The staging folder's ``_source.json`` records what its parts were made
+from: the source's size and mtime, the model (version and content fingerprint) and the
+split plan. A resumed run with another model is refused (naming both); a changed source
+or split plan (``rows_per_split``) restarts that file, so parts of two plans are never
+mixed. Before a commit the rows are counted against the input (Parquet: the footer;
+JSONL: its non-blank lines). Every file is written by ``postemb_rt.durable`` (temporary
+name, fsync, rename, fsync of the folder), and so is the commit's rename. Readers of ``output/`` (pyarrow, ``postemb index build``) ignore
 ``_staging/`` and every ``_``- or ``.``-prefixed file, so they see committed files only.
 
 Paths must be visible under the same name to every Ray node (a shared file system) and
@@ -38,6 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .durable import atomic_write, durable_rename
 from .errors import PostEmbError, ValidationError
 
 log = logging.getLogger("postemb_rt.backfill")
@@ -45,6 +52,7 @@ log = logging.getLogger("postemb_rt.backfill")
 FORMATS = (".parquet", ".jsonl")
 STAGING = "_staging"
 SUCCESS = "_SUCCESS.json"
+MARKER = "_source.json"  # in a staging folder: what its parts were made from (see _marker)
 ROWS_PER_SPLIT = 10_000  # ~30 s of CPU inference per split on one core: fine-grained resume, small retries
 
 
@@ -91,6 +99,7 @@ class BackfillReport:
     rows_bad: int = 0
     seconds: float = 0.0
     model_version: str = ""
+    model_fingerprint: str = ""
     workers: int = 0
     failures: list[str] = field(default_factory=list)
     errors_files: list[str] = field(default_factory=list)
@@ -149,6 +158,16 @@ def plan_file(path: Path, root: Path, rows_per_split: int = ROWS_PER_SPLIT) -> F
         for start in range(0, max(st.st_size, 1), step):
             splits.append(Split(str(path), rel, len(splits), "jsonl", start, min(step, st.st_size - start), -1))
     return FilePlan(path, rel, st.st_size, st.st_mtime_ns, splits)
+
+
+def jsonl_rows(path: Path) -> int:
+    """Rows of a JSONL file as the split reader counts them: lines that are not blank
+    (good and bad rows alike). Reads the file once, line by line."""
+    n = 0
+    with open(path, "rb") as f:
+        for line in f:
+            n += bool(line.strip())
+    return n
 
 
 def part_name(index: int) -> str:
@@ -258,12 +277,6 @@ def embeddings_table(ids, vectors, model_version: str):
     return pa.table({"id": ids, "embedding": emb, "model_version": pa.array([model_version] * len(vectors), pa.string())})
 
 
-def _replace_atomically(final: Path, write: Callable[[Path], None]) -> None:
-    tmp = final.with_name(f".tmp-{os.getpid()}-{final.name}")
-    write(tmp)
-    os.replace(tmp, final)
-
-
 class SplitEmbedder:
     """The Ray Data actor: loads the model once, then embeds one split per call.
 
@@ -308,10 +321,10 @@ class SplitEmbedder:
             for b in bad:
                 b.setdefault("split", s.index)
             lines = "".join(json.dumps(b, ensure_ascii=False, default=str) + "\n" for b in bad)
-            _replace_atomically(folder / errors_name(s.index), lambda p: p.write_text(lines, encoding="utf-8"))
+            atomic_write(folder / errors_name(s.index), lines)
         table = embeddings_table(ids, vectors, self.enc.model_version)
         # the part is written last: its presence marks the split done (errors file included)
-        _replace_atomically(folder / part_name(s.index), lambda p: pq.write_table(table, p))
+        atomic_write(folder / part_name(s.index), lambda p: pq.write_table(table, p))
         return len(texts), len(bad)
 
 
@@ -323,14 +336,61 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
-def _check_model_version(out: Path, model_version: str) -> None:
+def _model_of(meta: dict) -> tuple:
+    return meta.get("model_version"), meta.get("model_fingerprint")
+
+
+def _check_model_version(out: Path, model_version: str, fingerprint: str) -> None:
     for success in out.rglob(SUCCESS):
+        if STAGING in success.relative_to(out).parts:
+            continue
         meta = _read_json(success) or {}
-        if meta.get("model_version", model_version) != model_version:
+        theirs = _model_of(meta)
+        if theirs[0] not in (None, model_version) or theirs[1] not in (None, fingerprint):
             raise ValidationError(
-                f"`--output` {str(out)!r} holds embeddings of model {meta['model_version']!r} "
-                f"({success.parent}); this run uses {model_version!r}. Fix: pick a new --output folder.")
+                f"`--output` {str(out)!r} holds embeddings of model {theirs[0]!r} (fingerprint {theirs[1]}, "
+                f"{success.parent}); this run uses {model_version!r} (fingerprint {fingerprint}). "
+                "Fix: pick a new --output folder, or run with the model that wrote it.")
         return  # one committed file is enough: every file of a folder was written by one model
+
+
+def _marker(plan: FilePlan, model_version: str, fingerprint: str, rows_per_split: int) -> dict:
+    """What the staging folder of an unfinished file was started with (``_source.json``):
+    the source's size and mtime, the model, and the split plan (each split's first and
+    count: for JSONL, byte ranges), so parts of different runs are never mixed."""
+    return {"size": plan.size, "mtime_ns": plan.mtime_ns, "model_version": model_version,
+            "model_fingerprint": fingerprint, "rows_per_split": rows_per_split,
+            "splits": [[s.first, s.count] for s in plan.splits]}
+
+
+def _resume_staging(staging: Path, want: dict, rel: str) -> None:
+    """Keep the finished parts of ``staging`` if its marker matches ``want``; restart the file
+    if the source or the split plan changed; refuse if another model wrote them."""
+    have = _read_json(staging / MARKER)
+    if have == want:
+        return
+    if have is not None and staging.is_dir() and any(staging.glob("part-*.parquet")):
+        if _model_of(have) != _model_of(want):
+            raise ValidationError(
+                f"`--output`: the unfinished file {rel!r} ({staging}) was started with model "
+                f"{have.get('model_version')!r} (fingerprint {have.get('model_fingerprint')}); this run uses "
+                f"{want['model_version']!r} (fingerprint {want['model_fingerprint']}). Its parts would be committed "
+                "under the wrong model. Fix: finish it with the first model, or delete that staging folder "
+                "(or pick a new --output folder) to embed it with this one.")
+        if (have.get("size"), have.get("mtime_ns")) == (want["size"], want["mtime_ns"]):
+            log.warning("%s: the split plan changed since the interrupted run (rows_per_split %s -> %s); its "
+                        "finished splits are discarded and the file restarts", rel, have.get("rows_per_split"),
+                        want["rows_per_split"])
+    shutil.rmtree(staging, ignore_errors=True)  # absent, or from another version of the file or plan
+    staging.mkdir(parents=True)
+    atomic_write(staging / MARKER, json.dumps(want))
+
+
+def resolve_model_version(model: str) -> str:
+    """The model version a backfill with ``model`` writes (no model is loaded)."""
+    from .model_dir import resolve
+
+    return resolve(model).config.model_version
 
 
 def _ray_init(ray_address: str | None, num_cpus: int | None) -> bool:
@@ -378,10 +438,11 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     start = time.perf_counter()
     inp, out = Path(input_path), Path(output_path)
     root, files = list_inputs(inp)
-    model_version = resolve(model).config.model_version
+    md = resolve(model)
+    model_version, fingerprint = md.config.model_version, md.fingerprint
     out.mkdir(parents=True, exist_ok=True)
-    _check_model_version(out, model_version)
-    report = BackfillReport(files_total=len(files), model_version=model_version)
+    _check_model_version(out, model_version, fingerprint)
+    report = BackfillReport(files_total=len(files), model_version=model_version, model_fingerprint=fingerprint)
 
     # what is left to do
     pending: dict[str, FilePlan] = {}
@@ -405,12 +466,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
             report.files_failed += 1
             continue
         staging = out / STAGING / rel
-        marker = _read_json(staging / "_source.json")
-        if marker != {"size": plan.size, "mtime_ns": plan.mtime_ns, "splits": len(plan.splits)}:
-            shutil.rmtree(staging, ignore_errors=True)  # absent, or from another version of the file
-            staging.mkdir(parents=True)
-            (staging / "_source.json").write_text(json.dumps(
-                {"size": plan.size, "mtime_ns": plan.mtime_ns, "splits": len(plan.splits)}))
+        _resume_staging(staging, _marker(plan, model_version, fingerprint, rows_per_split), rel)
         left = {s.index for s in plan.splits if not (staging / part_name(s.index)).exists()}
         report.splits_reused += len(plan.splits) - len(left)
         pending[rel], todo[rel] = plan, left
@@ -476,20 +532,20 @@ def _commit(out: Path, plan: FilePlan, report: BackfillReport) -> None:
     rows = sum(pq.ParquetFile(staging / part_name(s.index)).metadata.num_rows for s in plan.splits)
     errors = [staging / errors_name(s.index) for s in plan.splits if (staging / errors_name(s.index)).exists()]
     bad = sum(sum(1 for _ in e.open(encoding="utf-8")) for e in errors)
-    expected = sum(s.rows for s in plan.splits) if plan.path.suffix == ".parquet" else None
-    if expected is not None and rows + bad != expected:  # a part written twice or lost: never commit it
+    expected = sum(s.rows for s in plan.splits) if plan.path.suffix == ".parquet" else jsonl_rows(plan.path)
+    if rows + bad != expected:  # a part written twice or lost: never commit it
         raise BackfillError(f"{plan.path}: {rows} embedded + {bad} bad rows != {expected} input rows; "
                             f"left in {staging} for inspection.")
     meta = {"source": str(plan.path), "source_size": plan.size, "source_mtime_ns": plan.mtime_ns,
-            "model_version": report.model_version, "rows": rows, "bad_rows": bad, "splits": len(plan.splits),
-            "committed_at": time.time()}
-    (staging / SUCCESS).write_text(json.dumps(meta, indent=1))
-    (staging / "_source.json").unlink(missing_ok=True)
+            "model_version": report.model_version, "model_fingerprint": report.model_fingerprint, "rows": rows,
+            "bad_rows": bad, "splits": len(plan.splits), "committed_at": time.time()}
+    atomic_write(staging / SUCCESS, json.dumps(meta, indent=1))
+    (staging / MARKER).unlink(missing_ok=True)
     final = out / plan.rel
     final.parent.mkdir(parents=True, exist_ok=True)
     if final.exists():  # an uncommitted leftover (no _SUCCESS.json): replace it
         shutil.rmtree(final)
-    os.rename(staging, final)
+    durable_rename(staging, final)  # the parts and _SUCCESS.json are fsynced already
     report.files_committed += 1
     report.errors_files += [str(final / e.name) for e in errors]
 

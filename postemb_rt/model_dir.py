@@ -109,14 +109,38 @@ class ModelDir:
 
     @property
     def fingerprint(self) -> str:
-        """Short hash of the config and the weight files' sizes and mtimes (cache key)."""
+        """Short hash of the config and the *contents* of every file that defines the function
+        (encoder weights and config, tokenizer, projection, adapters, ONNX model): the cache key
+        of exports, int8 models and fidelities, and what a backfill records. Independent of
+        paths and mtimes, so a copy of a model has the same fingerprint and a rewritten file of
+        the same size does not."""
         h = hashlib.sha256(self.config.to_json().encode())
-        for p in (self.encoder_path and self.encoder_path / "model.safetensors", self.projection_path,
-                  self.adapters_path):
-            if p is not None and p.exists():
-                st = p.stat()
-                h.update(f"{p}:{st.st_size}:{st.st_mtime_ns}".encode())
+        enc = self.encoder_path
+        files = [("encoder/config.json", enc and enc / "config.json"),
+                 *((f"encoder/{w.name}", w) for w in (sorted(enc.glob("*.safetensors")) if enc else [])),
+                 ("tokenizer", self.tokenizer_path), ("projection", self.projection_path),
+                 ("adapters", self.adapters_path), ("onnx", self.onnx_path)]
+        for role, p in files:
+            if p is not None and p.is_file():
+                h.update(f"{role}:{_file_digest(p)}\n".encode())
         return h.hexdigest()[:16]
+
+
+_DIGESTS: dict = {}  # (path, inode, size, mtime, ctime) -> sha256 hex: each file is read once per process
+
+
+def _file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (read in 1 MiB blocks), memoised per process on the file's
+    inode, size, mtime and ctime (a write changes ctime even when mtime is set back)."""
+    st = path.stat()
+    key = (str(path.resolve()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+    if key not in _DIGESTS:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        _DIGESTS[key] = h.hexdigest()
+    return _DIGESTS[key]
 
 
 def base_encoder_path() -> Path:
@@ -163,7 +187,27 @@ def _resolve_encoder(spec: str | None, root: Path) -> Path | None:
                 f"`encoder` in {root / CONFIG_FILE} names package {spec[4:]!r}; only {BASE_PACKAGE!r} is known."
             )
         return base_encoder_path()
-    return (root / spec).resolve()
+    return _confined(root, spec, "encoder")
+
+
+def _confined(root: Path, spec, key: str) -> Path:
+    """``root / spec`` for a path named in postemb.json, which must stay inside the model
+    directory: relative, no ``..``, and not leading out through a symlink."""
+    where = root / CONFIG_FILE
+    if not isinstance(spec, str) or not spec:
+        raise ValidationError(f"`{key}` in {where} must be a file name inside the model directory. Given: {spec!r}.")
+    p = Path(spec)
+    if p.is_absolute() or ".." in p.parts:
+        raise ValidationError(
+            f"`{key}` in {where} must be a path inside the model directory (relative, without '..'). "
+            f"Given: {spec!r}. Fix: copy the file into {root} and name it relative to it"
+            + (", or use 'pip:<package>' for an installed encoder." if key == "encoder" else "."))
+    resolved = (root / p).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ValidationError(
+            f"`{key}` in {where} leads out of the model directory through a symlink: {spec!r} -> {resolved}. "
+            f"Fix: copy the file into {root}.")
+    return resolved
 
 
 def load_model_dir(path: str | Path) -> ModelDir:
@@ -195,8 +239,8 @@ def load_model_dir(path: str | Path) -> ModelDir:
     # with external pooling the projection is applied outside it, from projection.safetensors.
     needs_projection = encoder is not None or cfg.onnx_pooling == "external"
     projection = root / PROJECTION_FILE if cfg.projection_dim and needs_projection else None
-    onnx = root / cfg.onnx if cfg.onnx else None
-    adapters = root / cfg.adapters if cfg.adapters and encoder is not None else None
+    onnx = _confined(root, cfg.onnx, "onnx") if cfg.onnx else None
+    adapters = _confined(root, cfg.adapters, "adapters") if cfg.adapters and encoder is not None else None
     for what, p in (("tokenizer", tokenizer), ("projection", projection), ("onnx", onnx), ("encoder", encoder),
                     ("adapters", adapters)):
         if p is not None and not p.exists():

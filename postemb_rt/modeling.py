@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .errors import BackendUnavailableError
+from .errors import BackendUnavailableError, ModelNotFoundError
 from .model_dir import ModelDir, PROJECTION_FILE
 from .ops.reference import masked_mean_pool_l2_ref
 
@@ -59,7 +59,15 @@ class PostEmbModel(nn.Module):
             )
         kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
         hf_logging.disable_progress_bar()  # a per-load weights bar is noise inside a runtime
-        encoder = AutoModel.from_pretrained(str(md.encoder_path), local_files_only=True, **kwargs)
+        if not any(md.encoder_path.glob("*.safetensors")):
+            found = sorted(p.name for p in md.encoder_path.glob("*.bin")) or "no weights file"
+            raise ModelNotFoundError(
+                f"`{md.encoder_path}` has no model.safetensors (found: {found}). Pickled weights "
+                "(pytorch_model.bin) are never loaded: unpickling can run code. Fix: convert them once where you "
+                "trust the file, e.g. AutoModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True).")
+        # use_safetensors=True: never fall back to unpickling a .bin file
+        encoder = AutoModel.from_pretrained(str(md.encoder_path), local_files_only=True, use_safetensors=True,
+                                            **kwargs)
         if md.adapters_path is not None:
             merge_adapters(encoder, md.adapters_path)
         projection = None

@@ -8,9 +8,29 @@
 Delivery is at-least-once: an event is acknowledged only after its embedding is written,
 so a crash anywhere leaves it pending, and a live worker claims it (XAUTOCLAIM) once it
 has been idle for ``claim_idle_ms``. The store write is idempotent: a Lua script writes
-the hash and announces it in one atomic step, and skips an event it has already written
-(same or newer stream id stored for that post), so a re-delivered event changes nothing
-(exactly-once effect on the hash and on the ``embeddings`` stream).
+the hash and announces it in one atomic step, and skips an event when the record already
+holds this post's current content (same ``text_sha256``) or a newer event for the post.
+The guarantee, exactly: the hash ends up with one embedding per (model version, post id),
+of the newest event's text; the ``embeddings`` stream gets one announcement per
+(post id, distinct text) in event order: a re-delivered event, or the same post
+published twice with the same text, announces nothing new; an edited text (a new event
+with different text) is announced again, as it should be. A late, older event is never
+announced. An announcement can still be lost only with the Redis node itself (its
+persistence settings decide that), never by a worker crash.
+
+Failures: an input the model rejects (``ValidationError``) is isolated at once by
+splitting its batch; any other model failure is retried ``max_attempts`` times, then the
+batch is split until the failing post is alone. A post that still fails alone while a
+probe text encodes fine is dead-lettered with the error; if the probe fails too, the
+model itself is down and the batch is retried (with backoff) until it comes back, so a
+model outage never dead-letters good posts. A Redis outage is retried without limit:
+nothing is acknowledged before it is written.
+
+Single node only: the store script writes several keys in one atomic step, which Redis
+Cluster refuses (CROSSSLOT) unless every key shares one hash slot, and putting every key
+in one slot would remove the point of a cluster. The worker checks ``INFO cluster`` on
+connecting and refuses a cluster node with a clear error (use one primary, with replicas
+or Sentinel for failover).
 
 Record layout (hash ``postemb:{model_version}:{post_id}``):
     vector        dim*4 bytes, float32 little-endian, unit L2 norm
@@ -18,12 +38,14 @@ Record layout (hash ``postemb:{model_version}:{post_id}``):
     created_at    seconds since the epoch (producer's clock), "%.6f"
     embedded_at   seconds since the epoch when the worker wrote it, "%.6f"
     event_id      the ``posts`` stream id the record came from
+    text_sha256   hex SHA-256 of the post's UTF-8 text (the content the vector is of)
 
 ``redis`` (redis-py >= 5) is imported here only; ``import postemb_rt`` does not need it.
 """
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import logging
 import math
@@ -52,17 +74,24 @@ EMBEDDINGS_MAXLEN = 1_000_000  # announcements kept (MAXLEN ~) for downstream co
 DEAD_MAXLEN = 100_000
 MAX_TEXT_BYTES = 32 * 1024  # a post larger than this (UTF-8) is poison, not a post
 MAX_POST_ID_BYTES = 256
+PROBE_TEXT = "model health probe"  # encoded to tell a failing post from a failing model
 
 
 def connect(url: str = "redis://127.0.0.1:6379/0", **kwargs):
     """A redis-py client for ``url`` with the timeouts the pipeline expects (bytes replies).
 
     socket_timeout must exceed the longest XREADGROUP BLOCK the worker issues (1 s).
+    A dropped connection or a timeout is retried by redis-py itself (``Retry``: 5 retries,
+    exponential backoff 50 ms .. 1 s, about 1.5 s in all); past that the worker's own loop
+    keeps retrying without limit (every command it sends is safe to repeat).
     """
     import redis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
 
     opts = dict(socket_timeout=10.0, socket_connect_timeout=2.0, health_check_interval=15,
-                decode_responses=False)
+                decode_responses=False, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 5),
+                retry_on_error=[redis.ConnectionError, redis.TimeoutError])
     opts.update(kwargs)
     return redis.Redis.from_url(url, **opts)
 
@@ -168,9 +197,11 @@ def parse_event(event_id: bytes, fields: dict, max_text_bytes: int = MAX_TEXT_BY
 
 # KEYS[1] = embeddings stream, KEYS[1+i] = hash key of item i.
 # ARGV = embeddings maxlen, model_version, dim, embedded_at, then per item
-#        event_id, post_id, created_at, vector bytes.
+#        event_id, post_id, created_at, vector bytes, text_sha256.
 # A hash already holding this event id or a newer one for the post is left alone (a
-# re-delivery or an older event arriving late), so rewrites are no-ops. Returns #written.
+# re-delivery or an older event arriving late). A newer event with the text already
+# stored (the post published twice) only moves ``event_id`` forward: no new vector, no
+# announcement. Returns the number of records written (= announced).
 _STORE_LUA = """
 local function newer(a, b)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
@@ -181,15 +212,19 @@ local function newer(a, b)
 end
 local written = 0
 for i = 2, #KEYS do
-  local a = 5 + (i - 2) * 4
-  local cur = redis.call('HGET', KEYS[i], 'event_id')
-  if (not cur) or newer(ARGV[a], cur) then
-    redis.call('HSET', KEYS[i], 'vector', ARGV[a + 3], 'dim', ARGV[3], 'model_version', ARGV[2],
-               'post_id', ARGV[a + 1], 'created_at', ARGV[a + 2], 'embedded_at', ARGV[4],
-               'event_id', ARGV[a])
-    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'post_id', ARGV[a + 1], 'key', KEYS[i],
-               'model_version', ARGV[2], 'created_at', ARGV[a + 2], 'embedded_at', ARGV[4])
-    written = written + 1
+  local a = 5 + (i - 2) * 5
+  local cur = redis.call('HMGET', KEYS[i], 'event_id', 'text_sha256')
+  if (not cur[1]) or newer(ARGV[a], cur[1]) then
+    if cur[1] and cur[2] == ARGV[a + 4] then
+      redis.call('HSET', KEYS[i], 'event_id', ARGV[a])
+    else
+      redis.call('HSET', KEYS[i], 'vector', ARGV[a + 3], 'dim', ARGV[3], 'model_version', ARGV[2],
+                 'post_id', ARGV[a + 1], 'created_at', ARGV[a + 2], 'embedded_at', ARGV[4],
+                 'event_id', ARGV[a], 'text_sha256', ARGV[a + 4])
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'post_id', ARGV[a + 1], 'key', KEYS[i],
+                 'model_version', ARGV[2], 'created_at', ARGV[a + 2], 'embedded_at', ARGV[4])
+      written = written + 1
+    end
   end
 end
 return written
@@ -219,6 +254,17 @@ def fetch(client, model_version: str, post_id, prefix: str = KEY_PREFIX) -> Stor
                            h[b"model_version"].decode())
 
 
+def _refuse_cluster(client) -> None:
+    """Raise ValidationError on a Redis Cluster node (see the module docstring: the store
+    script writes several keys atomically, which a cluster refuses with CROSSSLOT)."""
+    info = client.info("cluster")
+    if int(info.get("cluster_enabled", 0) or 0):
+        raise ValidationError(
+            "`client` is connected to a Redis Cluster node (INFO cluster: cluster_enabled:1); the near-line store "
+            "writes a post's hash and its announcement in one atomic script, which Redis Cluster refuses "
+            "(CROSSSLOT). Fix: point --redis at a single Redis primary (use replicas or Sentinel for failover).")
+
+
 class _Stopped(Exception):
     """Shutdown was asked for while a batch could not be finished; it stays pending."""
 
@@ -233,7 +279,7 @@ class WorkerStats:
     dead: int = 0
     claimed: int = 0         # entries taken over from idle consumers
     trimmed: int = 0         # pending entries whose event was trimmed from the stream
-    retries: int = 0         # model/store attempts that failed and were retried
+    retries: int = 0         # model/store attempts that failed (then retried, or the batch split)
     reconnects: int = 0
     encode_s: float = 0.0    # wall time inside encoder.encode (incl. failed attempts)
     store_s: float = 0.0     # wall time writing + acknowledging
@@ -259,11 +305,13 @@ class Worker:
     claim_idle_ms: pending events idle this long (their consumer is presumed dead) are claimed.
     max_deliveries: an event delivered more often than this without being finished is poison
         (e.g. it crashes the worker) and is dead-lettered.
+    max_attempts: model calls per chunk before the chunk is split to find the post that
+        fails (see :meth:`_embed`); Redis failures are retried without limit.
     """
 
     def __init__(self, client, encoder, group: str = "embedder", consumer: str | None = None, *,
                  batch_size: int = 64, max_wait_ms: float = 10.0, claim_idle_ms: int = 30_000,
-                 max_deliveries: int = 10, max_text_bytes: int = MAX_TEXT_BYTES, start_id: str = "0",
+                 max_deliveries: int = 10, max_attempts: int = 3, max_text_bytes: int = MAX_TEXT_BYTES, start_id: str = "0",
                  posts_stream: str = POSTS_STREAM, dead_stream: str = DEAD_STREAM,
                  embeddings_stream: str = EMBEDDINGS_STREAM, prefix: str = KEY_PREFIX,
                  embeddings_maxlen: int = EMBEDDINGS_MAXLEN, poll_ms: int = 500, heartbeat_s: float = 2.0):
@@ -271,6 +319,8 @@ class Worker:
             raise ValidationError(f"`batch_size` must be >= 1. Given: {batch_size}.")
         if max_wait_ms < 0:
             raise ValidationError(f"`max_wait_ms` must be >= 0. Given: {max_wait_ms}.")
+        if max_attempts < 1:
+            raise ValidationError(f"`max_attempts` must be >= 1. Given: {max_attempts}.")
         if claim_idle_ms < 1:
             raise ValidationError(f"`claim_idle_ms` must be >= 1. Given: {claim_idle_ms}.")
         self.client, self.encoder = client, encoder
@@ -278,6 +328,7 @@ class Worker:
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.batch_size, self.max_wait_ms = batch_size, max_wait_ms
         self.claim_idle_ms, self.max_deliveries = claim_idle_ms, max_deliveries
+        self.max_attempts = max_attempts
         self.max_text_bytes, self.start_id = max_text_bytes, start_id
         self.posts, self.dead, self.embeddings = posts_stream, dead_stream, embeddings_stream
         self.prefix, self.embeddings_maxlen = prefix, embeddings_maxlen
@@ -341,6 +392,7 @@ class Worker:
     def _ensure_group(self) -> None:
         import redis
 
+        _refuse_cluster(self.client)
         try:
             # id "0": a new group starts from the beginning of the stream, so no event
             # published before the first worker started is skipped.
@@ -447,35 +499,71 @@ class Worker:
                 if r["message_id"] in want and r["times_delivered"] > self.max_deliveries}
 
     def _embed(self, posts: list[Post]) -> tuple[list, list]:
-        """Vectors for posts (None where the model rejects that input) and the rejected
-        entries. A batch the model rejects is split until the offending post is isolated;
-        any other failure is retried with backoff (nothing is acknowledged meanwhile)."""
-        def encode(chunk):
-            t = time.perf_counter()
-            try:
-                return self._encode(chunk)
-            finally:
-                self.stats.encode_s += time.perf_counter() - t
+        """Vectors for posts (None where the post could not be embedded) and the rejected
+        entries (event_id, fields, reason) to dead-letter.
 
+        A chunk the model rejects (ValidationError) is split at once. Any other failure is
+        retried up to ``max_attempts`` times with backoff, then the chunk is split, until
+        the failing post is alone. A post that keeps failing alone is dead-lettered only if
+        the probe text encodes fine (the post is the culprit); if the probe fails too, the
+        model is down for every input, so the call is retried without limit (nothing is
+        acknowledged meanwhile) instead of dead-lettering good posts."""
         vectors, rejected, todo = [None] * len(posts), [], [(0, len(posts))]
         while todo:
             lo, hi = todo.pop()
+            chunk = posts[lo:hi]
             try:
-                vectors[lo:hi] = encode(posts[lo:hi])
+                vectors[lo:hi] = self._encode_bounded(chunk)
+                continue
             except ValidationError as exc:
-                if hi - lo > 1:
-                    mid = (lo + hi) // 2
-                    todo += [(lo, mid), (mid, hi)]
-                else:
-                    p = posts[lo]
-                    rejected.append((p.event_id, {b"post_id": p.post_id.encode(), b"text": p.text.encode()},
-                                     f"the model rejected it: {exc}"))
+                err, why = exc, "the model rejected it"
+            except _Stopped:
+                raise
+            except Exception as exc:  # noqa: BLE001 - still failing after max_attempts
+                err, why = exc, f"the model failed on it {self.max_attempts} times"
+            if hi - lo > 1:
+                mid = (lo + hi) // 2
+                todo += [(mid, hi), (lo, mid)]
+                continue
+            if not isinstance(err, ValidationError):
+                # alone and still failing: the post, or the model as a whole?
+                self._retry("encode (probe)", lambda: self._encode_once([PROBE_TEXT]), [p.event_id for p in posts])
+                try:
+                    vectors[lo:hi] = self._encode_once([p.text for p in chunk])  # the model is fine now: last try
+                    continue
+                except Exception as exc:  # noqa: BLE001
+                    err = exc
+            p = posts[lo]
+            rejected.append((p.event_id, {b"post_id": p.post_id.encode(), b"text": p.text.encode()},
+                             f"{why}: {type(err).__name__}: {err}"[:1000]))
         return vectors, rejected
 
-    def _encode(self, chunk: list[Post]) -> list:
-        return list(self._retry("encode", lambda: self.encoder.encode([p.text for p in chunk],
-                                                                      batch_size=len(chunk)),
-                                [p.event_id for p in chunk], fatal=(ValidationError,)))
+    def _encode_once(self, texts: list[str]) -> list:
+        t = time.perf_counter()
+        try:
+            return list(self.encoder.encode(texts, batch_size=len(texts)))
+        finally:
+            self.stats.encode_s += time.perf_counter() - t
+
+    def _encode_bounded(self, chunk: list[Post]) -> list:
+        """encode(chunk), retried up to max_attempts times (backoff 50 ms .. 5 s) on any error
+        but a ValidationError; the last error is raised. Raises _Stopped on shutdown."""
+        delay = _Backoff()
+        for attempt in range(1, self.max_attempts + 1):
+            try:
+                return self._encode_once([p.text for p in chunk])
+            except ValidationError:
+                raise
+            except Exception as exc:  # noqa: BLE001
+                self.stats.retries += 1  # retried here, or split by the caller
+                if attempt == self.max_attempts:
+                    raise
+                wait = delay.next()
+                log.warning("encode failed for %d events (attempt %d/%d: %s: %s); retry in %.2f s", len(chunk),
+                            attempt, self.max_attempts, type(exc).__name__, exc, wait)
+                if self.stop_event.wait(wait):
+                    raise _Stopped() from None
+        raise AssertionError("unreachable")
 
     def _store(self, posts: list[Post], vectors: list) -> None:
         t0 = time.perf_counter()
@@ -484,7 +572,8 @@ class Worker:
         args = [self.embeddings_maxlen, self.model_version, self.dim, embedded_at]
         for p, v in zip(posts, vectors):
             args += [p.event_id, p.post_id, f"{p.created_at:.6f}",
-                     np.ascontiguousarray(v, dtype="<f4").tobytes()]  # dim*4 bytes
+                     np.ascontiguousarray(v, dtype="<f4").tobytes(),  # dim*4 bytes
+                     hashlib.sha256(p.text.encode("utf-8")).hexdigest()]
         ids = [p.event_id for p in posts]
         written = self._retry("store", lambda: self._script(keys=keys, args=args), ids)
         # never before the write above has succeeded

@@ -139,7 +139,7 @@ def cached_export(model: ModelDir, pooling: str = DEFAULT_POOLING) -> ModelDir:
     """The ONNX export of ``model`` (with ``pooling``, see export_onnx) from the cache,
     exporting it first if it is not there.
 
-    The cache key is the model's fingerprint (config + weight file sizes and mtimes), so a
+    The cache key is the model's fingerprint (a hash of the config and the files' contents), so a
     retrained model gets a fresh export.
     """
     import onnxruntime

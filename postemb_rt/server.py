@@ -11,7 +11,8 @@ Routes:
                          ``encoding`` (float32 | int8 | binary). Unknown fields are a 422.
     GET  /health         live (200 as soon as the process serves HTTP).
     GET  /ready          200 once the model is loaded and warmed up through the batcher, 503
-                         while loading or after a backend failure (re-probed on each call).
+                         while loading or after a backend failure (re-probed on each call);
+                         the body gives a reason code only (details: the log, /info).
     GET  /info           model version, dim, backend, precision, limits, batcher options.
     GET  /metrics        Prometheus text: requests by route and status, request latency,
                          batcher queue depth (posts, tokens), batch size / padding ratio /
@@ -20,8 +21,11 @@ Routes:
 Errors are OpenAI-shaped JSON, ``{"error": {"message", "type", "param", "code", ...}}``;
 limit errors add ``limit`` and ``given``. Client mistakes are 413 (a size limit) or 422
 (malformed JSON, wrong type, empty list, naming the field and index), 401 (API key),
-429 + ``Retry-After`` (batcher queue full, counted in tokens), 503 (model not ready, backend
-failure for the requests in that batch only, queue deadline passed, shutting down).
+429 + ``Retry-After`` (batcher queue full, counted in tokens; or ``max_concurrent_requests``
+embedding requests already in progress, answered before the body is read), 503 (model not
+ready, backend failure for the requests in that batch only, queue deadline passed, shutting
+down). A client that disconnects before its answer is counted and logged as 499 (nginx's
+"client closed request"), never as a server error. Every status is in the OpenAPI spec.
 
 int8 / binary (``/embed``): fixed calibration that depends only on the model's dim, never
 on the request. int8: ``q = clip(rint(x / scale), -127, 127)`` with
@@ -63,6 +67,8 @@ TOKENIZE_INLINE_CHARS = 16_384  # requests with more characters are tokenized of
 RENDER_INLINE_VALUES = 16_384  # answers with more numbers are JSON-encoded off the event loop
 PROBE_TIMEOUT_S = 10.0
 OPEN_PATHS = frozenset({"/health", "/ready"})  # no API key needed (probes)
+ADMITTED_PATHS = frozenset({"/v1/embeddings", "/embed"})  # bounded by max_concurrent_requests
+CLIENT_CLOSED = 499  # nginx's "client closed request": the client left before its answer
 ROUTES = ("/v1/embeddings", "/v1/models", "/embed", "/health", "/ready", "/info", "/metrics", "/openapi.json", "/docs")
 V1_ENCODINGS = ("float", "base64")
 NATIVE_ENCODINGS = ("float32", "int8", "binary")
@@ -95,6 +101,11 @@ class ServeConfig:
     max_inputs: int = 256  # posts per request
     max_input_chars: int = 16_384  # characters per post (the model reads max_length tokens of it)
     max_body_bytes: int = 4 * 1024 * 1024
+    # embedding requests (/v1/embeddings, /embed) in progress at once, body reading included;
+    # past it a request gets 429 before its body is read. Bounds request memory at about
+    # max_concurrent_requests * max_body_bytes (128 * 4 MiB = 512 MiB) whatever the number of
+    # open connections; probes and /metrics are never refused.
+    max_concurrent_requests: int = 128
     max_queued_tokens: int = 65_536  # batcher backpressure: past it, 429
     max_batch_size: int = 64
     max_wait_us: int = 500
@@ -431,7 +442,7 @@ class _BatcherCollector:
 
 class _Metrics:
     def __init__(self, runtime: Runtime):
-        from prometheus_client import CollectorRegistry, Counter, Histogram
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry(auto_describe=False)
         self.requests = Counter("postemb_http_requests", "HTTP requests by route and status",
@@ -439,16 +450,22 @@ class _Metrics:
         self.latency = Histogram("postemb_http_request_seconds", "HTTP request latency by route", ["route"],
                                  buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
                                  registry=self.registry)
+        self.in_flight = Gauge("postemb_http_requests_in_flight", "embedding requests in progress (admitted)",
+                               registry=self.registry)
         self.registry.register(_BatcherCollector(runtime))
 
 
 class _Gate:
-    """Pure ASGI middleware: API key (constant time), request count and latency by route."""
+    """Pure ASGI middleware: API key (constant time), admission (at most
+    ``max_concurrent_requests`` embedding requests at once, refused before their body is
+    read), request count and latency by route. A client that disconnects before its answer
+    is counted (and logged) as 499, nginx's "client closed request", never as a 500."""
 
     def __init__(self, app, runtime: Runtime, metrics: _Metrics):
         self.app, self.runtime, self.metrics = app, runtime, metrics
         key = runtime.cfg.api_key
         self._key_digest = hashlib.sha256(key.encode()).digest() if key else None
+        self.active = 0  # admitted embedding requests (one event loop: no lock needed)
 
     def _authorized(self, scope) -> bool:
         for name, value in scope["headers"]:
@@ -466,13 +483,19 @@ class _Gate:
         path = scope["path"]
         route = path if path in ROUTES else "other"
         start = time.perf_counter()
-        status = 500
+        status, gone, admitted = 500, False, False
 
         async def send_status(msg):
             nonlocal status
             if msg["type"] == "http.response.start":
                 status = msg["status"]
             await send(msg)
+
+        async def receive_watch():
+            nonlocal gone
+            msg = await receive()
+            gone = gone or msg["type"] == "http.disconnect"
+            return msg
 
         try:
             if self._key_digest is not None and path not in OPEN_PATHS and not self._authorized(scope):
@@ -481,8 +504,25 @@ class _Gate:
                                headers={"WWW-Authenticate": "Bearer"})
                 await _error_response(err)(scope, receive, send_status)
                 return
-            await self.app(scope, receive, send_status)
+            if path in ADMITTED_PATHS:
+                limit = self.runtime.cfg.max_concurrent_requests
+                if self.active >= limit:
+                    err = ApiError(429, f"Too many embedding requests in progress (max_concurrent_requests is "
+                                        f"{limit}); retry shortly.", type="overloaded", code="max_concurrent_requests",
+                                   limit=limit, given=self.active + 1, headers={"Retry-After": "1"})
+                    await _error_response(err)(scope, receive, send_status)
+                    return
+                self.active += 1
+                admitted = True
+                self.metrics.in_flight.set(self.active)
+            await self.app(scope, receive_watch, send_status)
         finally:
+            if admitted:
+                self.active -= 1
+                self.metrics.in_flight.set(self.active)
+            if gone and status in (500, CLIENT_CLOSED):
+                status = CLIENT_CLOSED
+                log.info("client disconnected before the answer to %s %s (499)", scope.get("method"), path)
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)
 
@@ -509,15 +549,42 @@ def _body_doc(schema: dict) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
+_ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type", "param", "code"], "properties": {
+        "message": {"type": "string"}, "type": {"type": "string"},
+        "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]},
+        "limit": {}, "given": {}}}}}
+_ERRORS = {
+    401: "missing or wrong API key (`Authorization: Bearer <key>`)",
+    413: "a size limit: body bytes, inputs per request, characters per post, or max_queued_tokens",
+    422: "malformed JSON, a wrong type, an empty list, an unknown field, or too long with truncate: false",
+    429: "overloaded (batcher queue full, or max_concurrent_requests in progress); see Retry-After",
+    503: "the model is loading or failed to load, a backend failure, a queue deadline, or shutting down",
+}
+_JSON_ANY = {"application/json": {"schema": {"type": "object"}}}
+
+
+def _responses(*codes: int, ok: dict | None = None) -> dict:
+    """OpenAPI ``responses`` of a route: its 200 body, then each error status it can answer
+    (all OpenAI-shaped JSON, _ERROR_SCHEMA)."""
+    out = {200: {"description": "OK", "content": ok or _JSON_ANY}}
+    for c in codes:
+        out[c] = {"description": _ERRORS[c], "content": {"application/json": {"schema": _ERROR_SCHEMA}}}
+    return out
+
+
 def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = None):
     """The FastAPI app. The model loads on a thread when the app starts (lifespan); the
     batcher is drained when it stops. ``app.state.runtime`` is the :class:`Runtime`."""
     from fastapi import FastAPI, Request, Response
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
 
     cfg = cfg or ServeConfig()
     rt = Runtime(cfg, load_encoder)
+    KEYED = (401,) if cfg.api_key else ()  # a route behind the API key can answer 401
+    EMBED_ERRORS = (*KEYED, 413, 422, 429, 503)
     metrics = _Metrics(rt)
 
     @asynccontextmanager
@@ -541,13 +608,18 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
                                                           "param": None, "code": str(exc.status_code)}},
                               getattr(exc, "headers", None))
 
+    @app.exception_handler(ClientDisconnect)
+    async def _client_left(request, exc):  # not a server error: nobody reads this answer
+        return Response(status_code=CLIENT_CLOSED)
+
     @app.exception_handler(Exception)
     async def _bug(request, exc):  # a server bug, never a client mistake: logged, answered as JSON
         log.exception("unhandled error on %s", request.url.path)
         return _json_response(500, {"error": {"message": f"Internal error: {type(exc).__name__}.",
                                               "type": "server_error", "param": None, "code": "internal"}})
 
-    @app.post("/v1/embeddings", openapi_extra=_body_doc(_V1_SCHEMA))
+    @app.post("/v1/embeddings", openapi_extra=_body_doc(_V1_SCHEMA), response_class=Response,
+              responses=_responses(*EMBED_ERRORS))
     async def v1_embeddings(request: Request):
         obj = await _read_json(request, cfg.max_body_bytes)
         texts = _texts(obj, "input", cfg)
@@ -572,7 +644,8 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
                               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
                              vecs.size if fmt == "float" else 0)
 
-    @app.post("/embed", openapi_extra=_body_doc(_NATIVE_SCHEMA))
+    @app.post("/embed", openapi_extra=_body_doc(_NATIVE_SCHEMA), response_class=Response,
+              responses=_responses(*EMBED_ERRORS))
     async def embed(request: Request):
         obj = await _read_json(request, cfg.max_body_bytes)
         unknown = sorted(set(obj) - set(NATIVE_FIELDS))
@@ -598,31 +671,34 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         out.update(truncated=truncated, usage={"prompt_tokens": tokens, "total_tokens": tokens})
         return await _render(out, vecs.size)
 
-    @app.get("/v1/models")
+    @app.get("/v1/models", response_class=Response, responses=_responses(*KEYED, 503))
     async def v1_models():  # OpenAI clients and tools list models before using one
         enc = rt.require_encoder()
         model = {"id": enc.model_version, "object": "model", "created": int(rt.started), "owned_by": "postemb_rt"}
         return _json_response(200, {"object": "list", "data": [model]})
 
-    @app.get("/health")
+    @app.get("/health", response_class=Response, responses=_responses())
     async def health():
         return _json_response(200, {"status": "ok"})
 
-    @app.get("/ready")
+    @app.get("/ready", response_class=Response, responses=_responses(503))
     async def ready():
+        # Unauthenticated: a reason code only; the details are in the log (and /info, with the key).
         if rt.load_error:
-            return _json_response(503, {"status": "failed", "error": rt.load_error})
+            return _json_response(503, {"status": "failed", "reason": "model_load_failed"})
         if not rt.ready:
-            return _json_response(503, {"status": "loading"}, {"Retry-After": "1"})
+            return _json_response(503, {"status": "loading", "reason": "loading"}, {"Retry-After": "1"})
         if rt.backend_error is not None and not await rt.probe():
-            return _json_response(503, {"status": "unhealthy", "error": rt.backend_error})
+            log.warning("/ready: backend still failing: %s", rt.backend_error)
+            return _json_response(503, {"status": "unhealthy", "reason": "backend_error"})
         return _json_response(200, {"status": "ready", "model": rt.encoder.model_version})
 
-    @app.get("/info")
+    @app.get("/info", response_class=Response, responses=_responses(*KEYED))
     async def info():
         return _json_response(200, rt.info())
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=Response, responses=_responses(
+        *KEYED, ok={CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}))
     async def prometheus_metrics():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -632,7 +708,20 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
 
 def app_from_env():
     """uvicorn factory for ``--workers N`` (each worker process loads its own model): reads
-    the config that ``postemb serve`` put in ``POSTEMB_SERVE_CONFIG`` (JSON)."""
+    the config that ``postemb serve`` put in ``POSTEMB_SERVE_CONFIG`` (JSON). A worker whose
+    model fails to load writes the error to ``POSTEMB_SERVE_FATAL_FILE`` and stops the
+    supervisor (SIGTERM to its parent), which then exits 1, as one worker would."""
     import os
+    import signal
 
-    return create_app(ServeConfig(**json.loads(os.environ["POSTEMB_SERVE_CONFIG"])))
+    app = create_app(ServeConfig(**json.loads(os.environ["POSTEMB_SERVE_CONFIG"])))
+    rt, fatal_file = app.state.runtime, os.environ.get("POSTEMB_SERVE_FATAL_FILE")
+
+    def stop_everything():
+        if fatal_file:
+            with open(fatal_file, "a", encoding="utf-8") as f:
+                f.write(f"{rt.load_error}\n")
+        os.kill(os.getppid(), signal.SIGTERM)  # uvicorn's supervisor: stop every worker and exit
+
+    rt.on_fatal = stop_everything
+    return app

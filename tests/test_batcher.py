@@ -45,9 +45,15 @@ class FakeBackend(Backend):
         super().__init__(model)
         self.sleep_s = sleep_s
         self.calls = 0
+        self.gate: threading.Event | None = None  # when set up: every call waits for it (30 s at most)
+        self.inside = threading.Event()  # a call is waiting on the gate
+        self.gate_timeouts = 0
 
     def embed(self, input_ids, attention_mask, normalize=True):
         self.calls += 1
+        if self.gate is not None:
+            self.inside.set()
+            self.gate_timeouts += not self.gate.wait(30)
         if self.sleep_s:
             time.sleep(self.sleep_s)  # releases the GIL, like onnxruntime and torch
         return fake_vectors(input_ids, attention_mask, dim=self.model.config.dim)
@@ -201,11 +207,20 @@ def test_overload_raises_immediately_and_bounds_the_queue(impl):
     b = make_batcher(embed, impl, max_queued_tokens=100, max_batch_size=1, max_wait_us=0)
     try:
         accepted = [b.submit([[1] * 10])]
-        t0 = time.perf_counter()
-        with pytest.raises(OverloadedError, match="max_queued_tokens is 100"):
-            for _ in range(100):
-                accepted.append(b.submit([[1] * 10]))
-        assert time.perf_counter() - t0 < 0.5
+        refused = []
+
+        def flood():  # the model is blocked on the gate: a submit that waited would never return
+            try:
+                for _ in range(100):
+                    accepted.append(b.submit([[1] * 10]))
+            except OverloadedError as exc:
+                refused.append(exc)
+
+        t = threading.Thread(target=flood)
+        t.start()
+        t.join(30)
+        assert not t.is_alive(), "submit blocked on a full queue instead of raising OverloadedError"
+        assert len(refused) == 1 and "max_queued_tokens is 100" in str(refused[0])
         s = b.stats()
         assert s["queued_tokens"] <= 100 and s["requests_rejected"] == 1
         gate.set()
@@ -221,20 +236,23 @@ def test_overload_raises_immediately_and_bounds_the_queue(impl):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_expired_request_fails_clearly_and_is_not_computed(impl):
-    gate = threading.Event()
+    gate, entered = threading.Event(), threading.Event()
     seen: list[int] = []
 
     def embed(ids, mask):
         seen.extend(int(x) for x in ids[:, 0])
+        entered.set()
         gate.wait(10)
         return fake_vectors(ids, mask)
 
     with make_batcher(embed, impl, max_batch_size=1, max_wait_us=0) as b:
         busy = b.submit([[1, 2]])
-        time.sleep(0.05)  # the scheduler is now inside embed, blocked on the gate
+        assert entered.wait(10)  # the scheduler is now inside embed, blocked on the gate
         late = b.submit([[77, 2]], timeout=0.01)
         fine = b.submit([[3, 2]], timeout=30)
-        time.sleep(0.05)
+        expires = time.monotonic() + 0.01
+        while time.monotonic() <= expires:  # what we wait for here is the deadline itself
+            time.sleep(expires - time.monotonic() + 0.001)
         gate.set()
         with pytest.raises(DeadlineExceededError, match="deadline passed"):
             late.result(timeout=10)
@@ -247,13 +265,24 @@ def test_expired_request_fails_clearly_and_is_not_computed(impl):
 @pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("drain", [True, False])
 def test_close_while_callers_are_blocked(drain, impl):
-    """close() with callers blocked on result(): drain finishes everything; no-drain fails the
-    queued rest; no deadlock, and the scheduler thread is gone afterwards."""
+    """close() with 40 callers blocked on result() while the model is inside its first batch:
+    drain=True computes all 40; drain=False finishes the batch in flight only and fails every
+    queued request with BatcherClosedError (none computed). No deadlock, and the scheduler
+    thread is gone afterwards. Barriers are events, not sleeps."""
     before = os_threads()
-    b = make_batcher(lambda ids, mask: (time.sleep(0.01), fake_vectors(ids, mask))[1], impl,
-                     max_batch_size=2, max_wait_us=0)
-    outcomes: list[str] = []
+    gate, entered = threading.Event(), threading.Event()
+    computed: list[int] = []
+
+    def embed(ids, mask):
+        entered.set()
+        gate.wait(30)
+        computed.extend(int(x) for x in ids[:, 0])
+        return fake_vectors(ids, mask)
+
+    b = make_batcher(embed, impl, max_batch_size=2, max_wait_us=0)
+    outcomes: dict[int, str] = {}
     lock = threading.Lock()
+    submitted = threading.Semaphore(0)
 
     def caller(i):
         try:
@@ -261,25 +290,45 @@ def test_close_while_callers_are_blocked(drain, impl):
         except BatcherClosedError:
             out = "refused"
         else:
+            submitted.release()
             try:
                 fut.result(timeout=30)
                 out = "ok"
             except BatcherClosedError:
                 out = "closed"
         with lock:
-            outcomes.append(out)
+            outcomes[i + 1] = out
 
-    threads = [threading.Thread(target=caller, args=(i,)) for i in range(40)]
-    for t in threads:
-        t.start()
-    time.sleep(0.03)
-    b.close(drain=drain)
-    for t in threads:
+    first = threading.Thread(target=caller, args=(0,))
+    first.start()
+    assert entered.wait(10)  # the scheduler holds post 1 inside embed
+    threads = [threading.Thread(target=caller, args=(i,)) for i in range(1, 40)]
+    for t in [first] + threads:
+        if t is not first:
+            t.start()
+    for _ in range(40):
+        assert submitted.acquire(timeout=10)  # all 40 accepted before close
+    closer = threading.Thread(target=b.close, kwargs={"drain": drain})
+    closer.start()
+    deadline = time.monotonic() + 10
+    while not b.closed:  # close() has registered; its batch is still blocked on the gate
+        assert time.monotonic() < deadline, "close() never registered"
+        time.sleep(0.001)
+    gate.set()
+    closer.join(30)
+    assert not closer.is_alive()
+    for t in [first] + threads:
         t.join(timeout=30)
-    assert not any(t.is_alive() for t in threads)
-    assert len(outcomes) == 40
+    assert not any(t.is_alive() for t in threads) and len(outcomes) == 40
+    assert "refused" not in outcomes.values()
+    s = b.stats()
     if drain:
-        assert set(outcomes) <= {"ok", "refused"}
+        assert set(outcomes.values()) == {"ok"} and sorted(computed) == list(range(1, 41))
+        assert s["requests_closed"] == 0
+    else:
+        assert computed == [1]  # the batch in flight, nothing queued after it
+        assert outcomes[1] == "ok" and all(outcomes[i] == "closed" for i in range(2, 41)), outcomes
+        assert s["requests_closed"] == 39 and s["requests_ok"] == 1
     # A joined Python thread's OS thread can linger for a moment after join() returns.
     # Unrelated threads started by earlier tests (tokenizer pools, closed batchers) may end
     # meanwhile, so the count may drop below `before`; it must never stay above it.
@@ -290,6 +339,25 @@ def test_close_while_callers_are_blocked(drain, impl):
     with pytest.raises(BatcherClosedError):
         b.submit([[1]])
     b.close()  # idempotent
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_each_caller_of_a_failed_batch_gets_its_own_exception(impl):
+    class ModelCrash(RuntimeError):
+        pass
+
+    gate = threading.Event()
+
+    def embed(ids, mask):
+        gate.wait(10)
+        raise ModelCrash("the kernel crashed (simulated)")
+
+    with make_batcher(embed, impl, max_batch_size=8, max_wait_us=1_000_000) as b:
+        futs = [b.submit([[i + 1, 2]]) for i in range(8)]  # max_wait 1 s: one batch of 8
+        gate.set()
+        errors = [f.exception(timeout=10) for f in futs]
+    assert all(type(e) is ModelCrash and str(e) == "the kernel crashed (simulated)" for e in errors)
+    assert len({id(e) for e in errors}) == 8, "one exception object shared by every future"
 
 
 def test_encoder_close_drains_and_rejects_later_submits(base_dir):
@@ -331,24 +399,29 @@ def test_interpreter_exit_with_work_in_flight_drains_and_exits(impl):
 
 # -- asyncio ---------------------------------------------------------------------------------
 def test_aencode_from_many_coroutines_never_blocks_the_loop(base_dir):
-    enc = Encoder(base_dir, FakeBackend(base_dir, sleep_s=0.02), "test")
+    backend = FakeBackend(base_dir, sleep_s=0.002)
+    enc = Encoder(base_dir, backend, "test")
     rng = random.Random(3)
     requests = [random_texts(rng, rng.randint(1, 4)) for _ in range(300)]
     expected = [enc.encode(t) for t in requests]
+    backend.gate = threading.Event()
 
     async def main():
-        gaps = []
+        ticks = 0
 
-        async def ticker(stop):
-            last = time.perf_counter()
-            while not stop.is_set():
-                await asyncio.sleep(0.005)
-                now = time.perf_counter()
-                gaps.append(now - last)
-                last = now
+        async def opener():
+            # Runs on the loop: it can open the gate that the model (on the scheduler thread)
+            # waits on only if aencode leaves the loop free meanwhile; if the loop were
+            # blocked, the model would time out on the gate instead.
+            nonlocal ticks
+            while not backend.inside.is_set():
+                await asyncio.sleep(0.001)
+            for _ in range(10):
+                await asyncio.sleep(0)
+                ticks += 1
+            backend.gate.set()
 
-        stop = asyncio.Event()
-        tick = asyncio.create_task(ticker(stop))
+        tick = asyncio.create_task(opener())
         results = await asyncio.gather(*(enc.aencode(t) for t in requests))
         # A cancelled awaiter does not break the batcher.
         task = asyncio.create_task(enc.aencode(["cancel me"] * 3))
@@ -357,17 +430,16 @@ def test_aencode_from_many_coroutines_never_blocks_the_loop(base_dir):
         with pytest.raises(asyncio.CancelledError):
             await task
         results.append(await enc.aencode("after a cancel"))
-        stop.set()
         await tick
-        return results, max(gaps)
+        return results, ticks
 
     try:
-        results, worst_gap = asyncio.run(main())
+        results, ticks = asyncio.run(main())
         for got, want in zip(results, expected):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
         assert results[-1].shape == (enc.dim,)
-        # The backend sleeps 20 ms per batch on the scheduler thread; the loop keeps ticking.
-        assert worst_gap < 0.5
+        # The model was held inside its first batch until the loop, still running, let it go.
+        assert ticks == 10 and backend.gate_timeouts == 0
     finally:
         enc.close()
 
@@ -407,3 +479,11 @@ def test_options_are_validated(impl):
             b.submit([[1, 2], []])
         with pytest.raises(TypeError, match="sequence of int"):
             b.submit(["not ids"])
+
+
+def test_native_true_without_the_extension_raises_a_clear_error(monkeypatch):
+    from postemb_rt import PostEmbError, native
+
+    monkeypatch.setattr(native, "_C", None)
+    with pytest.raises(PostEmbError, match=r"`native=True` needs the extension postemb_rt._C.*Fix:"):
+        DynamicBatcher(lambda ids, mask: fake_vectors(ids, mask), native=True)

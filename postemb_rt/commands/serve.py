@@ -17,6 +17,7 @@ import os
 import signal
 import socket
 import sys
+import tempfile
 
 from ..errors import ValidationError
 
@@ -24,13 +25,19 @@ from ..errors import ValidationError
 def config_from_args(args):
     from ..server import ServeConfig
 
-    cfg = ServeConfig(model=args.model, backend=args.backend, precision=args.precision, api_key=args.api_key or None,
+    if args.api_key is not None and not args.api_key.strip():
+        raise ValidationError("`--api-key` (or $POSTEMB_API_KEY) is empty, which would serve without "
+                              "authentication. Given: ''. Fix: set a non-empty key, or unset POSTEMB_API_KEY "
+                              "(and drop --api-key) to serve without one on purpose.")
+    cfg = ServeConfig(model=args.model, backend=args.backend, precision=args.precision, api_key=args.api_key,
                       max_inputs=args.max_inputs, max_input_chars=args.max_input_chars,
-                      max_body_bytes=args.max_body_bytes, max_queued_tokens=args.max_queued_tokens,
+                      max_body_bytes=args.max_body_bytes, max_concurrent_requests=args.max_concurrent_requests,
+                      max_queued_tokens=args.max_queued_tokens,
                       max_batch_size=args.max_batch_size, max_wait_us=args.max_wait_us,
                       batch_overhead_tokens=args.batch_overhead_tokens,
                       request_timeout_s=args.request_timeout, drain_timeout_s=args.drain_timeout)
-    for name in ("max_inputs", "max_input_chars", "max_body_bytes", "max_queued_tokens", "max_batch_size"):
+    for name in ("max_inputs", "max_input_chars", "max_body_bytes", "max_concurrent_requests", "max_queued_tokens",
+                 "max_batch_size"):
         if getattr(cfg, name) < 1:
             raise ValidationError(f"`--{name.replace('_', '-')}` must be >= 1. Given: {getattr(cfg, name)}.")
     for name in ("max_wait_us", "batch_overhead_tokens"):
@@ -59,10 +66,21 @@ def run(args) -> int:
     if args.workers > 1:
         # each worker process loads its own model and batcher: only worth it with cores to spare
         os.environ["POSTEMB_SERVE_CONFIG"] = json.dumps(cfg.__dict__)
+        fd, fatal = tempfile.mkstemp(prefix="postemb-serve-fatal-")  # a worker's failed model load lands here
+        os.close(fd)
+        os.environ["POSTEMB_SERVE_FATAL_FILE"] = fatal
         signal.signal(signal.SIGTERM, lambda *_: None)  # see serve_app
-        uvicorn.run("postemb_rt.server:app_from_env", factory=True, host=args.host, port=args.port,
-                    workers=args.workers, log_level="info" if args.verbose else "warning",
-                    access_log=args.access_log, timeout_graceful_shutdown=cfg.drain_timeout_s)
+        try:
+            uvicorn.run("postemb_rt.server:app_from_env", factory=True, host=args.host, port=args.port,
+                        workers=args.workers, log_level="info" if args.verbose else "warning",
+                        access_log=args.access_log, timeout_graceful_shutdown=cfg.drain_timeout_s)
+            with open(fatal, encoding="utf-8") as f:
+                errors = f.read().split("\n")[0]
+        finally:
+            os.unlink(fatal)
+        if errors:
+            print(f"postemb serve: error: the model failed to load: {errors}", file=sys.stderr)
+            return 1
         return 0
     return serve_app(create_app(cfg), args.host, args.port, cfg.drain_timeout_s, verbose=args.verbose,
                      access_log=args.access_log, what=f"model {cfg.model!r}, backend {cfg.backend!r}")
@@ -123,6 +141,9 @@ def register(sub) -> None:
     p.add_argument("--max-inputs", type=int, default=256, help="posts per request (default: 256)")
     p.add_argument("--max-input-chars", type=int, default=16_384, help="characters per post (default: 16384)")
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request body bytes (default: 4 MiB)")
+    p.add_argument("--max-concurrent-requests", type=int, default=128,
+                   help="embedding requests in progress at once (body reading included); past it a 429 before the "
+                        "body is read, so request memory stays under this times --max-body-bytes (default: 128)")
     p.add_argument("--max-queued-tokens", type=int, default=65_536,
                    help="batcher queue bound in tokens; past it requests get 429 (default: 65536)")
     p.add_argument("--max-batch-size", type=int, default=64, help="posts per model call (default: 64)")

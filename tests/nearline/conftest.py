@@ -32,6 +32,7 @@ class RedisServer:
         self.port = free_port()
         self.persistent = persistent
         self.proc: subprocess.Popen | None = None
+        self.start_args: list[str] = []  # extra redis-server arguments (e.g. cluster mode)
 
     @property
     def url(self) -> str:
@@ -42,6 +43,7 @@ class RedisServer:
                "--save", "", "--protected-mode", "yes", "--daemonize", "no",
                "--logfile", os.path.join(self.dir, "redis.log")]
         cmd += ["--appendonly", "yes", "--appendfsync", "always"] if self.persistent else ["--appendonly", "no"]
+        cmd += self.start_args
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(host="127.0.0.1", port=self.port, socket_connect_timeout=0.5)
         deadline = time.monotonic() + 10

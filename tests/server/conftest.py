@@ -25,7 +25,7 @@ def require_serve_extra():
 API_KEY = "test-key-7f3a"
 READY_TIMEOUT_S = 180  # the first onnxruntime load exports the model (~15 s, more on busy cores)
 ROOT = Path(__file__).resolve().parents[2]
-LIMITS = dict(max_inputs=32, max_input_chars=2000, max_body_bytes=64 * 1024)
+LIMITS = dict(max_inputs=32, max_input_chars=2000, max_body_bytes=64 * 1024, max_concurrent_requests=64)
 
 
 class ServerProc:

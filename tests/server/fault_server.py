@@ -2,7 +2,9 @@
 
 Same app and serving code as ``postemb serve`` (model "base", onnxruntime), with the backend's
 ``embed`` wrapped: while ``FAULT_DIR/fail`` exists every batch raises; while ``FAULT_DIR/slow``
-exists every batch first sleeps that file's number of seconds. A ``fail`` file holding a word
+exists every batch first sleeps that file's number of seconds; while ``FAULT_DIR/hold``
+exists every batch waits (polling every 10 ms, 60 s at most) until the file is removed, and
+``FAULT_DIR/held`` exists while a batch waits (the test's barrier, instead of a sleep). A ``fail`` file holding a word
 fails only the batches with a post that starts with that word.
 """
 import argparse
@@ -32,6 +34,13 @@ def faulty_loader(cfg, fault_dir: Path):
         cls = enc.tokenizer([""]).ids[0][:1]
 
         def flaky_embed(input_ids, attention_mask, normalize=True):
+            hold = fault_dir / "hold"
+            if hold.exists():
+                (fault_dir / "held").touch()
+                deadline = time.monotonic() + 60
+                while hold.exists() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                (fault_dir / "held").unlink(missing_ok=True)
             slow = fault_dir / "slow"
             if slow.exists():
                 time.sleep(float(slow.read_text() or "0.5"))

@@ -1,0 +1,144 @@
+"""Bounded server memory and honest accounting: 1,000 slow clients on loopback, client
+disconnects (499), startup refusals, the OpenAPI spec checked by schemathesis."""
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.server.conftest import API_KEY, LIMITS, require_serve_extra
+
+httpx = require_serve_extra()
+
+SLOW_CLIENTS = 1000
+RSS_GROWTH_BOUND_MIB = 150  # 64 admitted x 64 KiB bodies + 1,000 connections' buffers, with room
+
+
+def rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def metric(client, name: str, **labels) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f"{name}{{{want}}} " if labels else f"{name} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def wait_for(pred, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while not pred():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _head(port: int, length: int) -> bytes:
+    return (f"POST /embed HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {API_KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n").encode() + b'{"inputs": ["slow'
+
+
+def test_1000_slow_clients_memory_stays_bounded_and_health_answers(main_server, client):
+    """1,000 clients each send headers and the start of a 60 KB body, then stall. At most
+    max_concurrent_requests (64) are admitted (reading their body); the rest get 429 before
+    the server reads any body. Meanwhile /health answers and the server's RSS grows by less
+    than RSS_GROWTH_BOUND_MIB. Closing the stalled ones is a 499 each, never a 500."""
+    port = int(main_server.url.rsplit(":", 1)[1])
+    pid = main_server.proc.pid
+    limit = LIMITS["max_concurrent_requests"]
+    before_rss = rss_mib(pid)
+    before_499 = metric(client, "postemb_http_requests_total", route="/embed", status="499")
+    before_500 = metric(client, "postemb_http_requests_total", route="/embed", status="500")
+
+    async def run():
+        conns = []
+        for _ in range(SLOW_CLIENTS):
+            r, w = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 30)
+            w.write(_head(port, 60_000))
+            conns.append((r, w))
+        await asyncio.gather(*(w.drain() for _, w in conns))
+
+        async def status(r):
+            try:
+                line = await asyncio.wait_for(r.readline(), 20)
+            except asyncio.TimeoutError:
+                return None  # admitted: the server waits for the rest of its body
+            return int(line.split()[1]) if line else -1
+
+        codes = await asyncio.gather(*(status(r) for r, _ in conns))
+        health = await asyncio.to_thread(lambda: httpx.get(main_server.url + "/health", timeout=10).status_code)
+        rss = rss_mib(pid)
+        in_flight = await asyncio.to_thread(metric, client, "postemb_http_requests_in_flight")
+        for _, w in conns:
+            w.close()
+        return codes, health, rss, in_flight
+
+    codes, health, rss, in_flight = asyncio.run(run())
+    assert codes.count(None) == limit and codes.count(429) == SLOW_CLIENTS - limit, sorted(set(codes), key=str)
+    assert health == 200 and in_flight == limit
+    assert rss - before_rss < RSS_GROWTH_BOUND_MIB, (before_rss, rss)
+    wait_for(lambda: metric(client, "postemb_http_requests_in_flight") == 0, 60, "the stalled requests to end")
+    assert metric(client, "postemb_http_requests_total", route="/embed", status="499") - before_499 == limit
+    assert metric(client, "postemb_http_requests_total", route="/embed", status="500") == before_500
+    assert client.post("/embed", json={"inputs": ["served again"]}).status_code == 200
+    assert "Traceback" not in "".join(main_server.lines)
+
+
+def test_empty_api_key_refuses_to_start(monkeypatch):
+    import argparse
+
+    from postemb_rt.commands.serve import config_from_args, register
+    from postemb_rt.errors import ValidationError
+
+    monkeypatch.setenv("POSTEMB_API_KEY", "")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    for argv in (["serve"], ["serve", "--api-key", "  "]):
+        with pytest.raises(ValidationError, match=r"`--api-key` \(or \$POSTEMB_API_KEY\) is empty.*Fix: set a "
+                                                  r"non-empty key"):
+            config_from_args(parser.parse_args(argv))
+    monkeypatch.delenv("POSTEMB_API_KEY")
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    assert config_from_args(parser.parse_args(["serve"])).api_key is None  # no key on purpose: allowed
+
+
+def test_model_load_failure_with_several_workers_exits_1(tmp_path):
+    argv = [sys.executable, "-m", "postemb_rt.cli", "serve", "--model", str(tmp_path / "no-such-model"),
+            "--port", "0", "--workers", "2"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=240)
+    assert out.returncode == 1, (out.stdout[-2000:], out.stderr[-2000:])
+    assert "failed to load" in out.stderr and "no-such-model" in out.stderr
+
+
+def test_openapi_documents_error_responses_and_metrics_content_type(client):
+    spec = client.get("/openapi.json").json()
+    for path in ("/v1/embeddings", "/embed"):
+        assert {"200", "401", "413", "422", "429", "503"} <= set(spec["paths"][path]["post"]["responses"])
+    assert set(spec["paths"]["/ready"]["get"]["responses"]) == {"200", "503"}
+    metrics_200 = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(metrics_200) == [client.get("/metrics").headers["content-type"]]
+
+
+@pytest.mark.skipif(shutil.which("schemathesis", path=os.path.dirname(sys.executable)) is None,
+                    reason="schemathesis is not installed (pip install -e '.[test]')")
+def test_schemathesis_finds_no_server_error_nor_undocumented_answer(main_server, tmp_path):
+    """A spec-driven fuzzer against the live server: no 500, and every status code, content
+    type and body it sees is the one the OpenAPI spec documents. Bounded: 25 examples per
+    operation, one worker, 10 s per request."""
+    exe = os.path.join(os.path.dirname(sys.executable), "schemathesis")
+    argv = [exe, "--no-color", "run", main_server.url + "/openapi.json", "-H", f"Authorization: Bearer {API_KEY}",
+            "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,"
+                        "response_schema_conformance",
+            "--max-examples", "25", "--workers", "1", "--request-timeout", "10", "--seed", "1",
+            "--generation-deterministic"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=400, cwd=tmp_path,
+                         env={**os.environ, "NO_COLOR": "1"})
+    text = out.stdout + out.stderr
+    assert out.returncode == 0, text[-6000:]
+    assert re.search(r"\b\d+ passed\b", text) or "passed" in text.lower(), text[-2000:]
