@@ -186,3 +186,20 @@ def test_default_prompt_is_refused(folders, tmp_path):
     _edit(d / "config_sentence_transformers.json", prompts={"query": "query: "}, default_prompt_name="query")
     with pytest.raises(ValidationError, match=r"default_prompt_name 'query'.*Fix:"):
         Encoder.from_pretrained(d, backend="torch")
+
+
+def test_transformer_in_a_subfolder_loads(folders, tmp_path):
+    """Older sentence-transformers saves keep the Transformer in 0_Transformer/."""
+    d = _copy(folders, tmp_path, "bert-cls")
+    sub = d / "0_Transformer"
+    sub.mkdir()
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                 "sentence_bert_config.json"):
+        (d / name).rename(sub / name)
+    mods = json.loads((d / "modules.json").read_text())
+    mods[0]["path"] = "0_Transformer"
+    (d / "modules.json").write_text(json.dumps(mods))
+    want = st_reference(d, TEXTS)
+    with Encoder.from_pretrained(d, backend="torch") as enc:
+        assert enc.model.config.encoder == "0_Transformer"
+        assert_parity(enc.encode(TEXTS), want)
