@@ -13,7 +13,8 @@ PROVIDERS = ["sentence-transformers", "torch", "onnxruntime"]
 
 def make_encode(provider, model: str = "base"):
     """A callable texts -> (n, d) float32 for one provider ("sentence-transformers", or a
-    backend with an optional ":precision", e.g. "onnxruntime:int8"), loaded and warmed up."""
+    backend with an optional ":precision", e.g. "onnxruntime:int8", and an optional "@chunk"
+    for long_posts="chunk", e.g. "onnxruntime@chunk"), loaded and warmed up."""
     if provider == "sentence-transformers":
         from sentence_transformers import SentenceTransformer
 
@@ -24,17 +25,24 @@ def make_encode(provider, model: str = "base"):
         return lambda texts: st.encode(texts, batch_size=32, normalize_embeddings=True)
     from postemb_rt import Encoder
 
+    provider, _, mode = provider.partition("@")  # "@chunk": long_posts="chunk" (whole long posts)
     backend, _, precision = provider.partition(":")
-    enc = Encoder.from_pretrained(model, backend=backend, device="cpu", precision=precision or "fp32")
+    enc = Encoder.from_pretrained(model, backend=backend, device="cpu", precision=precision or "fp32",
+                                  long_posts=mode or "truncate")
     return lambda texts: enc.encode(texts)
 
 
-def count_tokens(texts) -> int:
+def count_tokens(texts, chunk: bool = False) -> int:
+    """Real tokens the model computes: truncated posts, or (``chunk``) every window of long_posts="chunk"."""
+    from postemb_rt.long_posts import DEFAULT_MAX_CHUNKS, DEFAULT_OVERLAP
     from postemb_rt.model_dir import resolve
     from postemb_rt.tokenization import PostTokenizer
 
     md = resolve("base")
-    return sum(PostTokenizer(md.tokenizer_path, md.config.max_length)(texts).lengths)
+    tok = PostTokenizer(md.tokenizer_path, md.config.max_length)
+    if chunk:
+        return sum(len(w) for post in tok.windows(texts, DEFAULT_OVERLAP) for w in post[:DEFAULT_MAX_CHUNKS])
+    return sum(tok(texts).lengths)
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
@@ -46,3 +54,13 @@ def test_encode_short_posts(benchmark, provider, short_workload):
         seconds = benchmark.stats.stats.median
         benchmark.extra_info["posts_per_s"] = round(len(short_workload) / seconds, 1)
         benchmark.extra_info["tokens_per_s"] = round(count_tokens(short_workload) / seconds, 1)
+
+
+@pytest.mark.parametrize("provider", ["onnxruntime", "onnxruntime@chunk"])
+def test_encode_long_posts(benchmark, provider, long_workload):
+    """The long-post workload, truncated vs embedded whole (chunk mode: more windows, more tokens)."""
+    encode = make_encode(provider)
+    out = benchmark.pedantic(encode, args=(long_workload,), rounds=3, iterations=1, warmup_rounds=0)
+    assert out.shape == (len(long_workload), 384)
+    if benchmark.stats is not None:
+        benchmark.extra_info["posts_per_s"] = round(len(long_workload) / benchmark.stats.stats.median, 1)

@@ -3,6 +3,10 @@ sentence-transformers.
 
     python benchmarks/compare.py [--n 4000] [--long 0] [--repeats 3] [--model base]
         [--providers sentence-transformers,torch,onnxruntime,torch:bf16,onnxruntime:int8]
+    python benchmarks/compare.py --long 1000 --providers onnxruntime,onnxruntime@chunk   # long posts whole
+
+A provider ending in ``@chunk`` embeds with ``long_posts="chunk"`` (long posts whole, as
+windows); its tokens/s counts every window's tokens, the work it really does.
 
 For each provider (a backend, optionally ``:precision``): posts/s and tokens/s (real tokens,
 not padding) on the short-post workload (first N posts of TweetEval emoji test; see
@@ -162,18 +166,18 @@ def main(argv=None) -> int:
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     encoders = {name: make_encode(name, args.model) for name in args.providers.split(",")}
     for wname, texts in workloads:
-        tokens = count_tokens(texts)
         results = measure_interleaved(encoders, texts, args.repeats)
         ref = results["torch"][1] if "torch" in results else None
         base = results.get("sentence-transformers")
         for name, (seconds, out) in results.items():
+            tokens = count_tokens(texts, chunk=name.endswith("@chunk"))
             rate = len(texts) / seconds
             ratio = f"{base[0] / seconds:.2f}" if base else "-"
             fid = "-", "-"
             if ref is not None and out.shape == ref.shape:
                 cos = np.sum(out * ref, axis=1)
                 fid = f"{cos.min():.4f} / {cos.mean():.4f}", f"{overlap_at_k(ref, out):.3f}"
-            precision = name.partition(":")[2] or "fp32"
+            precision = name.partition("@")[0].partition(":")[2] or "fp32"
             if precision == "int8":  # the time those FLOPs need at the int8 and fp32 ceilings together
                 ideal = tokens * fpt * (share / (peaks["int8"] * 1e9) + (1 - share) / (peaks["fp32"] * 1e9))
             else:

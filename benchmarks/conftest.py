@@ -16,3 +16,13 @@ def short_workload():
     if data_root(required=False) is None:
         pytest.skip("shared data not found (set POSTEMB_DATA)")
     return short_posts(bench_n())
+
+
+@pytest.fixture(scope="session")
+def long_workload():
+    """Long posts (median ~100 tokens, some past max_length): postemb_rt.data.long_posts."""
+    from postemb_rt.data import data_root, long_posts
+
+    if data_root(required=False) is None:
+        pytest.skip("shared data not found (set POSTEMB_DATA)")
+    return long_posts(max(bench_n(1000) // 4, 8))

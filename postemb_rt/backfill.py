@@ -284,14 +284,15 @@ class SplitEmbedder:
     and returns one summary row per split: rel, index, rows (embedded), bad, seconds,
     error (empty, or why the split failed: it is then retried by a later run)."""
 
-    def __init__(self, model: str, backend: str, threads: int, batch_size: int, out: str):
+    def __init__(self, model: str, backend: str, threads: int, batch_size: int, out: str,
+                 long_posts: str = "truncate"):
         os.environ["POSTEMB_NUM_THREADS"] = str(threads)  # read by the onnxruntime backend
         import torch
 
         torch.set_num_threads(threads)
         from .encoder import Encoder
 
-        self.enc = Encoder.from_pretrained(model, backend=backend, device="cpu")
+        self.enc = Encoder.from_pretrained(model, backend=backend, device="cpu", long_posts=long_posts)
         self.batch_size = batch_size
         self.staging = Path(out) / STAGING
 
@@ -410,7 +411,8 @@ def _ray_init(ray_address: str | None, num_cpus: int | None) -> bool:
 def backfill(input_path, output_path, model: str = "default", *, backend: str = "auto",
              num_workers: int | None = None, threads_per_worker: int = 1, batch_size: int = 64,
              rows_per_split: int = ROWS_PER_SPLIT, ray_address: str | None = None,
-             on_split: Callable[[dict, BackfillReport], None] | None = None) -> BackfillReport:
+             on_split: Callable[[dict, BackfillReport], None] | None = None,
+             long_posts: str = "truncate") -> BackfillReport:
     """Embed every post under ``input_path`` into Parquet under ``output_path`` on Ray Data.
 
     input_path: a .parquet / .jsonl file or a folder of them (columns / fields ``id``, ``text``).
@@ -421,6 +423,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
         "auto" or "ray://host:port" / "host:port" joins a cluster.
     on_split: called on the driver after each finished split (summary row, report so far);
         an exception raised there stops the run (what the tests use to interrupt one).
+    long_posts: "truncate" or "chunk" (embed whole posts; see postemb_rt.long_posts).
     Returns a BackfillReport; raises BackfillError after the run if some splits failed
     (their files stay uncommitted; the rest is committed).
     """
@@ -493,7 +496,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
                 SplitEmbedder, batch_size=1, batch_format="numpy",
                 compute=rd.ActorPoolStrategy(size=workers), num_cpus=threads_per_worker,
                 fn_constructor_kwargs=dict(model=model, backend=backend, threads=threads_per_worker,
-                                           batch_size=batch_size, out=str(out)),
+                                           batch_size=batch_size, out=str(out), long_posts=long_posts),
             )
             for row in ds.iter_rows():
                 rel, index = row["rel"], int(row["index"])

@@ -1,6 +1,7 @@
 """``Encoder``: the front door. Texts in, float32 unit vectors out, in input order."""
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -9,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import backends, fidelity, native
+from . import backends, fidelity, long_posts as lp, native
 from .batching import DynamicBatcher, padding_ratio, plan_batches
 from .errors import BatcherClosedError, FidelityError, ValidationError
 from .fidelity import Fidelity
@@ -31,6 +32,8 @@ class EncodeStats:
     batches: int = 0
     padding_ratio: float = 0.0
     seconds: float = 0.0
+    chunked: int = 0  # long_posts="chunk": posts embedded as several windows
+    windows: int = 0  # the windows those posts were cut into
 
 
 def _resolve_device(device: str) -> str:
@@ -50,7 +53,8 @@ class Encoder:
     """A loaded model on one backend. Build it with :meth:`from_pretrained`."""
 
     def __init__(self, model: ModelDir, backend: backends.base.Backend, backend_reason: str,
-                 max_length: int | None = None, max_batch_tokens: int | None = None):
+                 max_length: int | None = None, max_batch_tokens: int | None = None, long_posts: str = "truncate",
+                 chunk_overlap: int = lp.DEFAULT_OVERLAP, max_chunks: int = lp.DEFAULT_MAX_CHUNKS):
         self.model = model
         self.backend = backend
         self.backend_reason = backend_reason
@@ -60,9 +64,13 @@ class Encoder:
             raise ValidationError(
                 f"`max_batch_tokens` must be >= max_length ({self.max_length}). Given: {self.max_batch_tokens}."
             )
-        self.tokenizer = PostTokenizer(model.tokenizer_path, self.max_length)
+        self.tokenizer = PostTokenizer(model.tokenizer_path, self.max_length, lowercase=model.config.do_lower_case)
+        self.long_posts = lp.check_mode(long_posts)
+        lp.check_chunking(chunk_overlap, max_chunks, self.max_length, self.tokenizer.specials)
+        self.chunk_overlap, self.max_chunks = chunk_overlap, max_chunks
         self.last_stats = EncodeStats()
         self._batcher: DynamicBatcher | None = None  # started by the first submit()/aencode()
+        self._raw_batcher: DynamicBatcher | None = None  # chunk mode's windows: raw vectors, combined after
         self._batcher_lock = threading.Lock()
         self._batcher_closed = False
         self.fidelity: Fidelity | None = None  # measured fidelity of a fast CPU precision to fp32
@@ -70,7 +78,8 @@ class Encoder:
     @classmethod
     def from_pretrained(cls, name_or_path="default", backend: str = "auto", device: str = "auto",
                         precision: str = "fp32", max_length: int | None = None,
-                        max_batch_tokens: int | None = None, warmup: bool = True) -> "Encoder":
+                        max_batch_tokens: int | None = None, warmup: bool = True, long_posts: str = "truncate",
+                        chunk_overlap: int = lp.DEFAULT_OVERLAP, max_chunks: int = lp.DEFAULT_MAX_CHUNKS) -> "Encoder":
         """Load a model.
 
         name_or_path: "default" (the shipped post-embedding model), "base" (the pre-trained
@@ -84,6 +93,10 @@ class Encoder:
             FidelityError). On CUDA "fp16" / "bf16" (torch, or a tensorrt engine built so).
         max_length: tokens per post after truncation (default: the model's, 256).
         max_batch_tokens: padded tokens per batch (rows x longest row); default: the backend's.
+        long_posts: "truncate" (cut posts at max_length) or "chunk" (embed the whole post as windows
+            of max_length tokens sharing ``chunk_overlap`` tokens, at most ``max_chunks`` of them,
+            combined by their token-weighted mean; see postemb_rt.long_posts). The default of
+            ``encode`` / ``submit`` / ``aencode``, which can override it per call.
         """
         if precision not in PRECISIONS:
             raise ValidationError(f"`precision` must be one of {PRECISIONS}. Given: {precision!r}.")
@@ -100,9 +113,14 @@ class Encoder:
         else:
             name, reason = backend, "asked for by name"
         impl = backends.backend_class(name)(md, device=device, precision=precision)
-        enc = cls(md, impl, reason, max_length=max_length, max_batch_tokens=max_batch_tokens)
+        try:
+            enc = cls(md, impl, reason, max_length=max_length, max_batch_tokens=max_batch_tokens,
+                      long_posts=long_posts, chunk_overlap=chunk_overlap, max_chunks=max_chunks)
+        except BaseException:
+            impl.close()
+            raise
         if warmup:
-            impl.warmup()
+            impl.warmup(enc.tokenizer(["warm up"]).ids[0])
         if precision in CPU_FAST and device == "cpu":
             try:
                 enc.fidelity = enc._check_fidelity(name)
@@ -163,12 +181,22 @@ class Encoder:
         return self.model.config.model_version
 
     def describe(self) -> dict:
-        """What runs: model version, dim, backend (and why), device, precision, kernels."""
+        """What runs: model version, dim, pooling and head, backend (and why), device, precision,
+        kernels, long-post mode."""
+        cfg = self.model.config
+        head = [f"Dense {d['in_features']}->{d['out_features']} ({d['activation']})" for d in cfg.dense or ()]
+        if cfg.projection_dim and not cfg.dense:
+            head.insert(0, f"projection {cfg.hidden_size}->{cfg.projection_dim}")
         return {
             "model_version": self.model_version,
             "model_path": str(self.model.path),
             "dim": self.dim,
+            "pooling": cfg.pooling,
+            "head": ", ".join(head) or "none",
+            "normalize": cfg.normalize,
             "max_length": self.max_length,
+            "long_posts": (self.long_posts if self.long_posts == "truncate" else
+                           f"chunk (overlap {self.chunk_overlap}, max_chunks {self.max_chunks})"),
             "max_batch_tokens": self.max_batch_tokens,
             **self.backend.describe(),
             "backend_reason": self.backend_reason,
@@ -189,51 +217,85 @@ class Encoder:
                 raise ValidationError(f"`texts[{i}]` must be str. Given: {type(t).__name__}.")
         return texts
 
-    def encode(self, texts, batch_size: int = 64, show_progress_bar: bool = False, normalize: bool = True,
-               truncate: bool = True, max_batch_tokens: int | None = None) -> np.ndarray:
+    def encode(self, texts, batch_size: int = 64, show_progress_bar: bool = False, normalize: bool | None = None,
+               truncate: bool = True, max_batch_tokens: int | None = None, long_posts: str | None = None) -> np.ndarray:
         """Embed texts.
 
         texts: a str, or a list (any iterable) of str. An empty string is embedded as
             the model sees it: [CLS] [SEP] and nothing else (a valid, near-"neutral" vector).
-        batch_size: at most this many posts per batch.
+        batch_size: at most this many posts (chunk mode: windows) per batch.
         max_batch_tokens: at most this many padded tokens per batch (default: the encoder's).
-        truncate: cut posts longer than max_length tokens (counted in ``last_stats`` and
-            logged); with False, such a post raises ValidationError instead.
-        normalize: unit L2 rows (True) or the raw pooled/projected vectors.
+        truncate: cut posts longer than max_length tokens (chunk mode: longer than max_chunks
+            windows), counted in ``last_stats`` and logged; with False, such a post raises
+            ValidationError instead.
+        normalize: unit L2 rows (True) or the raw pooled/projected vectors (False); default:
+            as the model says (a sentence-transformers folder without Normalize: raw).
+        long_posts: "truncate" or "chunk" for this call (default: the encoder's; see from_pretrained).
         Returns float32 (len(texts), dim) in input order; (dim,) for a single str; (0, dim)
         for an empty list.
         """
         single = isinstance(texts, str)
         texts = self._check_texts([texts] if single else texts)
+        mode = lp.check_mode(long_posts or self.long_posts)
+        normalize = self.model.config.normalize if normalize is None else normalize
         start = time.perf_counter()
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             self.last_stats = EncodeStats()
             return out
-        tok = self.tokenizer(texts, truncate=truncate)
-        if tok.truncated:
-            log.warning("%d of %d texts were longer than max_length (%d tokens) and were truncated",
-                        len(tok.truncated), len(texts), self.max_length)
-        lengths = tok.lengths
-        plan = plan_batches(lengths, batch_size, max_batch_tokens or self.max_batch_tokens)
+        budget = max_batch_tokens or self.max_batch_tokens
         bar = None
         if show_progress_bar:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(texts), unit="post", desc="encode")
+        if mode == "truncate":
+            tok = self.tokenizer(texts, truncate=truncate)
+            idx, seqs, cut, chunks = np.arange(len(texts)), tok.ids, tok.truncated, None
+        else:
+            chunks = lp.split(self.tokenizer.windows(texts, self.chunk_overlap), self.max_chunks, truncate)
+            idx, seqs, cut = np.asarray(chunks.singles, dtype=np.int64), chunks.single_ids, chunks.truncated
+        if cut:
+            what = f"max_length ({self.max_length} tokens)" if mode == "truncate" else f"max_chunks ({self.max_chunks})"
+            log.warning("%d of %d texts were longer than %s and were truncated", len(cut), len(texts), what)
+        lengths = [len(x) for x in seqs]
+        plans = []
+        if seqs:
+            vecs, plan = self._embed_all(seqs, batch_size, budget, normalize, bar)
+            out[idx] = vecs
+            plans.append((lengths, plan))
+        if chunks is not None and chunks.windows:
+            vecs, plan = self._embed_all(chunks.windows, batch_size, budget, False, None)
+            posts, combined = lp.combine(vecs, chunks, normalize)
+            out[posts] = combined
+            if bar is not None:
+                bar.update(len(posts))
+            plans.append(([len(w) for w in chunks.windows], plan))
+        if bar is not None:
+            bar.close()
+        all_lengths, all_batches = [], []  # both plans as one, for the padding ratio
+        for ls, plan in plans:
+            all_batches += [b + len(all_lengths) for b in plan]
+            all_lengths += ls
+        self.last_stats = EncodeStats(
+            posts=len(texts), tokens=int(sum(all_lengths)), truncated=list(cut), batches=len(all_batches),
+            padding_ratio=padding_ratio(all_lengths, all_batches), seconds=time.perf_counter() - start,
+            chunked=chunks.chunked if chunks is not None else 0,
+            windows=len(chunks.windows) if chunks is not None else 0,
+        )
+        return out[0] if single else out
+
+    def _embed_all(self, seqs: list[list[int]], batch_size: int, max_batch_tokens: int, normalize: bool, bar):
+        """Token-id lists -> (float32 (len(seqs), dim) in their order, the batch plan)."""
+        out = np.empty((len(seqs), self.dim), dtype=np.float32)
+        plan = plan_batches([len(x) for x in seqs], batch_size, max_batch_tokens)
         pad_id = self.tokenizer.pad_id
         for idx in plan:
-            ids, mask = native.pack_padded([tok.ids[i] for i in idx], pad_id)
+            ids, mask = native.pack_padded([seqs[i] for i in idx], pad_id)
             out[idx] = self.backend.embed(ids, mask, normalize=normalize)
             if bar is not None:
                 bar.update(len(idx))
-        if bar is not None:
-            bar.close()
-        self.last_stats = EncodeStats(
-            posts=len(texts), tokens=int(sum(lengths)), truncated=tok.truncated, batches=len(plan),
-            padding_ratio=padding_ratio(lengths, plan), seconds=time.perf_counter() - start,
-        )
-        return out[0] if single else out
+        return out, plan
 
     # -- concurrent callers: submit / aencode share one dynamic batcher -------------------
     def start_batcher(self, **options) -> DynamicBatcher:
@@ -249,9 +311,10 @@ class Encoder:
     def _start_batcher_locked(self, options: dict) -> DynamicBatcher:
         if self._batcher_closed:
             raise BatcherClosedError("this Encoder is closed; submit() is no longer accepted.")
-        opts = {"max_batch_tokens": self.max_batch_tokens,
-                "max_queued_tokens": max(65536, 16 * self.max_batch_tokens), **options}
-        self._batcher = DynamicBatcher(self.backend.embed, pad_id=self.tokenizer.pad_id, **opts)
+        self._batcher_opts = {"max_batch_tokens": self.max_batch_tokens,
+                              "max_queued_tokens": max(65536, 16 * self.max_batch_tokens), **options}
+        embed = functools.partial(self.backend.embed, normalize=self.model.config.normalize)
+        self._batcher = DynamicBatcher(embed, pad_id=self.tokenizer.pad_id, **self._batcher_opts)
         return self._batcher
 
     @property
@@ -260,42 +323,80 @@ class Encoder:
         with self._batcher_lock:
             return self._batcher or self._start_batcher_locked({})
 
-    def submit(self, texts, timeout: float | None = None, truncate: bool = True) -> Future:
+    def _window_batcher(self) -> DynamicBatcher:
+        """Chunk mode's second batcher (same options): windows of long posts, raw vectors, which
+        submit() combines; short posts stay on ``batcher``, so they match truncate mode exactly."""
+        self.batcher  # noqa: B018 -- started first: the window batcher copies its options
+        with self._batcher_lock:
+            if self._raw_batcher is None:
+                if self._batcher_closed:
+                    raise BatcherClosedError("this Encoder is closed; submit() is no longer accepted.")
+                self._raw_batcher = DynamicBatcher(functools.partial(self.backend.embed, normalize=False),
+                                                   pad_id=self.tokenizer.pad_id, **self._batcher_opts)
+            return self._raw_batcher
+
+    def submit(self, texts, timeout: float | None = None, truncate: bool = True,
+               long_posts: str | None = None) -> Future:
         """Embed texts through the shared dynamic batcher; for many concurrent callers.
 
         texts: a str or a list of str (a few posts; big lists are better served by ``encode``).
         timeout: seconds; a request not computed by then fails with DeadlineExceededError.
+        long_posts: "truncate" or "chunk" for this call (default: the encoder's).
         Returns a ``concurrent.futures.Future`` of float32 (len(texts), dim) in input order, or
-        (dim,) for a single str; always normalised. Tokenizes on the calling thread, never
-        waits for the model. Raises at once: ValidationError, OverloadedError (queue full:
-        retry later), BatcherClosedError (after ``close()``).
+        (dim,) for a single str; normalised as the model says (``encode``'s default). Tokenizes on
+        the calling thread, never waits for the model. Raises at once: ValidationError,
+        OverloadedError (queue full: retry later), BatcherClosedError (after ``close()``).
         """
         single = isinstance(texts, str)
         texts = self._check_texts([texts] if single else texts)
+        mode = lp.check_mode(long_posts or self.long_posts)
         if not texts:
             fut: Future = Future()
             fut.set_result(np.empty((0, self.dim), dtype=np.float32))
             return fut
-        tok = self.tokenizer(texts, truncate=truncate)
-        if tok.truncated:
-            log.warning("%d of %d texts were longer than max_length (%d tokens) and were truncated",
-                        len(tok.truncated), len(texts), self.max_length)
-        return self.batcher.submit(tok.ids, timeout=timeout, squeeze=single)
+        if mode == "truncate":
+            tok = self.tokenizer(texts, truncate=truncate)
+            if tok.truncated:
+                log.warning("%d of %d texts were longer than max_length (%d tokens) and were truncated",
+                            len(tok.truncated), len(texts), self.max_length)
+            return self.batcher.submit(tok.ids, timeout=timeout, squeeze=single)
+        chunks = lp.split(self.tokenizer.windows(texts, self.chunk_overlap), self.max_chunks, truncate)
+        if chunks.truncated:
+            log.warning("%d of %d texts needed more than max_chunks (%d) windows and were truncated",
+                        len(chunks.truncated), len(texts), self.max_chunks)
+        if not chunks.windows:
+            return self.batcher.submit(chunks.single_ids, timeout=timeout, squeeze=single)
+        parts = [self._window_batcher().submit(chunks.windows, timeout=timeout)]
+        if chunks.singles:
+            parts.append(self.batcher.submit(chunks.single_ids, timeout=timeout))
+        return _gather(parts, lambda res: self._assemble(res, chunks, len(texts), single))
 
-    async def aencode(self, texts, timeout: float | None = None, truncate: bool = True) -> np.ndarray:
+    def _assemble(self, results, chunks, n: int, single: bool) -> np.ndarray:
+        out = np.empty((n, self.dim), dtype=np.float32)
+        posts, combined = lp.combine(results[0], chunks, self.model.config.normalize)
+        out[posts] = combined
+        if chunks.singles:
+            out[chunks.singles] = results[1]
+        return out[0] if single else out
+
+    async def aencode(self, texts, timeout: float | None = None, truncate: bool = True,
+                      long_posts: str | None = None) -> np.ndarray:
         """``await enc.aencode(texts)``: ``submit`` for asyncio; the event loop never blocks on
         the model (only tokenization of ``texts`` runs on the loop's thread)."""
         import asyncio
 
-        return await asyncio.wrap_future(self.submit(texts, timeout=timeout, truncate=truncate))
+        return await asyncio.wrap_future(self.submit(texts, timeout=timeout, truncate=truncate,
+                                                     long_posts=long_posts))
 
     def close(self) -> None:
         """Drain and stop the batcher (if started), then release the backend."""
         with self._batcher_lock:
             b, self._batcher = self._batcher, None
+            raw, self._raw_batcher = self._raw_batcher, None
             self._batcher_closed = True
-        if b is not None:
-            b.close(drain=True)
+        for x in (b, raw):
+            if x is not None:
+                x.close(drain=True)
         self.backend.close()
 
     def __enter__(self):
@@ -306,3 +407,24 @@ class Encoder:
 
     def __repr__(self) -> str:
         return f"Encoder({self.model_version!r}, dim={self.dim}, backend={self.backend.name!r})"
+
+
+def _gather(parts: list[Future], build) -> Future:
+    """A Future of ``build([f.result() for f in parts])``, failing with the first part's error."""
+    out: Future = Future()
+    left = [len(parts)]
+    lock = threading.Lock()
+
+    def done(_):
+        with lock:
+            left[0] -= 1
+            if left[0]:
+                return
+        try:
+            out.set_result(build([f.result() for f in parts]))
+        except BaseException as exc:  # a part's error (deadline, closed, backend) or the combine's
+            out.set_exception(exc)
+
+    for f in parts:
+        f.add_done_callback(done)
+    return out

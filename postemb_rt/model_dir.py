@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ModelNotFoundError, ValidationError
+from .ops.reference import POOLINGS
 
 CONFIG_FILE = "postemb.json"
 PROJECTION_FILE = "projection.safetensors"
@@ -57,10 +58,16 @@ class PostEmbConfig:
     adapters: str | None = None  # file name of low-rank encoder deltas merged at load (see module docstring)
     precision: str = "fp32"  # of the ONNX model: "fp32", or "int8" (postemb_rt.onnx_export.quantize_int8)
     fidelity: dict | None = None  # an int8 model's measured fidelity to fp32 (postemb_rt.fidelity.Fidelity)
+    # sentence-transformers Dense modules after pooling (postemb_rt.st_folder): [{"file", "in_features",
+    # "out_features", "bias", "activation"}], weights ``linear.weight`` (out, in) / ``linear.bias`` in "file"
+    dense: list | None = None
+    do_lower_case: bool = False  # lower-case texts before tokenizing (sentence_bert_config.json)
     format_version: int = FORMAT_VERSION
 
     @property
     def dim(self) -> int:
+        if self.dense:
+            return self.dense[-1]["out_features"]
         return self.projection_dim or self.hidden_size
 
     def to_json(self) -> str:
@@ -82,8 +89,8 @@ class PostEmbConfig:
                 f"{FORMAT_VERSION}. Upgrade postemb_rt."
             )
         cfg = cls(**raw)
-        if cfg.pooling != "mean":
-            raise ValidationError(f"`pooling` in {path} must be 'mean'. Given: {cfg.pooling!r}.")
+        if cfg.pooling not in POOLINGS:
+            raise ValidationError(f"`pooling` in {path} must be one of {POOLINGS}. Given: {cfg.pooling!r}.")
         if cfg.precision not in ("fp32", "int8") or (cfg.precision == "int8" and not cfg.onnx):
             raise ValidationError(
                 f"`precision` in {path} must be 'fp32', or 'int8' for an ONNX model. Given: {cfg.precision!r}."
@@ -221,14 +228,22 @@ def load_model_dir(path: str | Path) -> ModelDir:
         )
     cfg_file = root / CONFIG_FILE
     if not cfg_file.exists():
+        from . import st_folder
+
+        if st_folder.is_st_folder(root):  # its modules.json pipeline (postemb_rt.st_folder)
+            return st_folder.load_st_folder(root)
         if (root / "config.json").exists() and (root / "tokenizer.json").exists():
             # A plain Hugging Face sentence-embedding directory: mean pooling, no projection.
             hf = json.loads((root / "config.json").read_text())
-            cfg = PostEmbConfig(model_version=root.name, hidden_size=hf["hidden_size"])
+            files = [(n, root / n) for n in ("config.json", "tokenizer.json", "model.safetensors",
+                                             "pytorch_model.bin") if (root / n).exists()]
+            version = f"{root.name}-{st_folder.content_hash(files)}"
+            cfg = PostEmbConfig(model_version=version, hidden_size=hf["hidden_size"])
             return ModelDir(root, cfg, root, root / "tokenizer.json", None, None)
         raise ModelNotFoundError(
             f"`{root}` has no {CONFIG_FILE}. Fix: point at a directory written by export/export_onnx.py or "
-            "`postemb train`, or at a Hugging Face encoder directory (config.json + tokenizer.json)."
+            "`postemb train`, a sentence-transformers folder (modules.json), or a Hugging Face encoder "
+            "directory (config.json + tokenizer.json)."
         )
     cfg = PostEmbConfig.from_file(cfg_file)
     encoder = _resolve_encoder(cfg.encoder, root)

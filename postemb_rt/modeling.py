@@ -1,16 +1,48 @@
-"""The model as a torch module: encoder -> masked mean pool -> optional projection -> L2 norm.
+"""The model as a torch module: encoder -> pooling -> head -> L2 norm.
 
-One class serves the torch backend, the ONNX exporter and fine-tuning, so every path
-computes the same function.
+Pooling is the model's mode (mean, cls, max, lasttoken); the head is the projection of a
+postemb.json model, or a sentence-transformers folder's Dense modules (each Linear then its
+activation). One class serves the torch backend, the ONNX exporter and fine-tuning, so
+every path computes the same function.
 """
 from __future__ import annotations
+
+import inspect
 
 import torch
 from torch import nn
 
 from .errors import BackendUnavailableError, ModelNotFoundError
 from .model_dir import ModelDir, PROJECTION_FILE
-from .ops.reference import masked_mean_pool_l2_ref
+from .ops.reference import masked_mean_pool_l2_ref, pool_ref
+
+# Dense activations by the name postemb_rt.st_folder gives them
+ACTIVATIONS = {"identity": nn.Identity, "tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "sigmoid": nn.Sigmoid,
+               "silu": nn.SiLU}
+
+
+def load_dense(md: ModelDir) -> nn.ModuleList:
+    """The Dense modules of ``md.config.dense`` as nn.Sequential(Linear, activation) each, weights
+    read from their files (safetensors, or a torch pickle loaded with weights_only)."""
+    layers = nn.ModuleList()
+    for d in md.config.dense or ():
+        path = md.path / d["file"]
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+        linear = nn.Linear(d["in_features"], d["out_features"], bias=d["bias"])
+        want = {"linear.weight": (d["out_features"], d["in_features"]), **({"linear.bias": (d["out_features"],)}
+                                                                           if d["bias"] else {})}
+        got = {k: tuple(v.shape) for k, v in state.items() if k in want}
+        if got != want:
+            raise ValueError(f"`{path}` holds {got or sorted(state)}; its config.json says {want}. "
+                             "Fix: save the Dense module again so its weights match its config.")
+        linear.load_state_dict({k[len("linear."):]: v for k, v in state.items() if k in want})
+        layers.append(nn.Sequential(linear, ACTIVATIONS[d["activation"]]()))
+    return layers
 
 
 def merge_adapters(encoder: nn.Module, path) -> int:
@@ -40,12 +72,55 @@ def merge_adapters(encoder: nn.Module, path) -> int:
 
 class PostEmbModel(nn.Module):
     """forward(input_ids (B, S) int64, attention_mask (B, S) int64) -> (pooled (B, D) float32
-    before normalisation, embedding (B, D) float32 unit rows)."""
+    before normalisation, embedding (B, D) float32 unit rows).
 
-    def __init__(self, encoder: nn.Module, projection: nn.Linear | None):
+    pooling: "mean" | "cls" | "max" | "lasttoken"; projection: a Linear after pooling (postemb.json
+    models); dense: sentence-transformers Dense modules after that (each Linear + activation)."""
+
+    def __init__(self, encoder: nn.Module, projection: nn.Linear | None, pooling: str = "mean",
+                 dense: nn.ModuleList | None = None):
         super().__init__()
         self.encoder = encoder
         self.projection = projection
+        self.pooling = pooling
+        self.dense = dense if dense is not None else nn.ModuleList()
+        # DistilBERT and MPNet take no token_type_ids; BERT-likes get zeros, as their tokenizers give
+        self._token_types = "token_type_ids" in inspect.signature(encoder.forward).parameters
+
+    def fused_head(self):
+        """(weight (D, H), bias (D,) or None) of the single linear map after mean pooling, when the
+        pooling kernels (masked mean + projection, postemb_rt.ops.pooling) compute the whole
+        pipeline; (None, None) for mean pooling without a head; False when they cannot (another
+        pooling mode, several Dense modules, or an activation)."""
+        if self.pooling != "mean":
+            return False
+        layers = ([self.projection] if self.projection is not None else [])
+        for seq in self.dense:
+            if not isinstance(seq[1], nn.Identity):
+                return False
+            layers.append(seq[0])
+        if not layers:
+            return None, None
+        if len(layers) > 1:
+            return False
+        return layers[0].weight, layers[0].bias
+
+    def head(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, H) pooled -> (B, D): projection, then each Dense module."""
+        if self.projection is not None:
+            pooled = self.projection(pooled)
+        for layer in self.dense:
+            pooled = layer(pooled)
+        return pooled
+
+    def pool_and_head(self, hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, S, H) hidden states -> (B, D) pooled and projected, not normalised (in fp32 for mean)."""
+        if self.pooling == "mean" and not self.dense:
+            weight = bias = None
+            if self.projection is not None:
+                weight, bias = self.projection.weight.t(), self.projection.bias
+            return masked_mean_pool_l2_ref(hidden, attention_mask, weight, bias, normalize=False, dtype=hidden.dtype)
+        return self.head(pool_ref(hidden, attention_mask, self.pooling))
 
     @classmethod
     def from_model_dir(cls, md: ModelDir, attn_implementation: str | None = None) -> "PostEmbModel":
@@ -83,21 +158,14 @@ class PostEmbModel(nn.Module):
                 )
             projection = nn.Linear(in_dim, out_dim, bias="bias" in state)
             projection.load_state_dict(state)
-        return cls(encoder, projection).eval()
+        return cls(encoder, projection, pooling=md.config.pooling, dense=load_dense(md)).eval()
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B, S, H) last hidden states."""
-        out = self.encoder(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=torch.zeros_like(input_ids),
-        )
+        extra = {"token_type_ids": torch.zeros_like(input_ids)} if self._token_types else {}
+        out = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **extra)
         return out.last_hidden_state
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
-        h = self.hidden_states(input_ids, attention_mask)
-        weight = bias = None
-        if self.projection is not None:
-            weight, bias = self.projection.weight.t(), self.projection.bias
-        pooled = masked_mean_pool_l2_ref(h, attention_mask, weight, bias, normalize=False, dtype=h.dtype)
+        pooled = self.pool_and_head(self.hidden_states(input_ids, attention_mask), attention_mask)
         return pooled, nn.functional.normalize(pooled, p=2.0, dim=-1, eps=1e-12)

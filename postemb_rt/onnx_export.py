@@ -35,6 +35,9 @@ POOLINGS = ("graph", "external")
 # graph stays the default: a tie, and one artefact instead of two.
 # benchmarks/bench_masked_mean_pool_l2.py::test_onnx_pooling_short_posts re-measures it.
 DEFAULT_POOLING = "graph"
+# Encoders whose exported graph ONNX Runtime's "bert" fusions recognise; others are exported
+# unfused (MPNet's relative attention bias is not a pattern the optimizer knows).
+OPTIMIZED_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert")
 
 
 def cache_root() -> Path:
@@ -79,14 +82,21 @@ def export_onnx(model: ModelDir, out_dir: str | Path, optimize: bool = True,
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     torch_model = PostEmbModel.from_model_dir(model, attn_implementation="eager")
+    head = torch_model.fused_head()
+    if pooling == "external" and head is False:
+        raise ValidationError(
+            f"`pooling` 'external' needs mean pooling and at most one linear head (the pooling kernels "
+            f"compute nothing else); {model.path} has {torch_model.describe_head()}. Fix: pooling='graph'."
+        )
     if pooling == "graph":
         exported, outputs = torch_model, ["pooled", "embedding"]
         axes = {"pooled": {0: "batch"}, "embedding": {0: "batch"}}
     else:
         exported, outputs = _hidden_states_module(torch_model), ["last_hidden_state"]
         axes = {"last_hidden_state": {0: "batch", 1: "sequence"}}
-    ids = torch.tensor([[101, 7592, 2088, 102], [101, 2023, 102, 0]], dtype=torch.int64)
-    mask = (ids != 0).to(torch.int64)
+    # tracing inputs: any ids the vocabulary holds (a small test model's may be tiny)
+    ids = torch.tensor([[1, 5, 6, 2], [1, 7, 2, 0]], dtype=torch.int64)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.int64)
     raw = out / "model.raw.onnx"
     with warnings.catch_warnings(), torch.inference_mode():
         warnings.simplefilter("ignore")
@@ -105,10 +115,13 @@ def export_onnx(model: ModelDir, out_dir: str | Path, optimize: bool = True,
             dynamo=False,
         )
     final = out / "model.onnx"
+    hf = torch_model.encoder.config
+    if optimize and hf.model_type not in OPTIMIZED_TYPES:
+        log.info("onnx export: no transformer fusions for model_type %r (fused: %s)", hf.model_type, OPTIMIZED_TYPES)
+        optimize = False
     if optimize:
         from onnxruntime.transformers.optimizer import optimize_model
 
-        hf = torch_model.encoder.config
         opt = optimize_model(str(raw), model_type="bert", num_heads=hf.num_attention_heads,
                              hidden_size=hf.hidden_size)
         fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
@@ -118,18 +131,26 @@ def export_onnx(model: ModelDir, out_dir: str | Path, optimize: bool = True,
     else:
         raw.replace(final)
     shutil.copyfile(model.tokenizer_path, out / "tokenizer.json")
-    if pooling == "external" and model.projection_path is not None:  # the runtime projects
-        shutil.copyfile(model.projection_path, out / PROJECTION_FILE)
+    if pooling == "external" and head[0] is not None:  # the runtime projects: the head as one projection
+        from safetensors.torch import save_file
+
+        state = {"weight": head[0].detach().contiguous()}
+        if head[1] is not None:
+            state["bias"] = head[1].detach().contiguous()
+        save_file(state, str(out / PROJECTION_FILE))
     cfg = PostEmbConfig(
         model_version=model.config.model_version,
         hidden_size=model.config.hidden_size,
         pooling=model.config.pooling,
-        projection_dim=model.config.projection_dim,
+        # the head runs in the graph (its Dense entries stay, for describe()), or outside it as one projection
+        projection_dim=model.config.dim if pooling == "external" and head[0] is not None else model.config.projection_dim,
+        dense=None if pooling == "external" else model.config.dense,
         normalize=model.config.normalize,
         max_length=model.config.max_length,
         encoder=None,
         onnx="model.onnx",
         onnx_pooling=pooling,
+        do_lower_case=model.config.do_lower_case,
     )
     (out / CONFIG_FILE).write_text(cfg.to_json())
     return load_model_dir(out)

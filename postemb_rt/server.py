@@ -8,7 +8,9 @@ Routes:
                          (ignored). Unknown fields are ignored, as OpenAI clients send extras.
     GET  /v1/models      the served model (OpenAI-compatible listing).
     POST /embed          native: ``inputs``, ``truncate`` (true), ``normalize`` (true),
-                         ``encoding`` (float32 | int8 | binary). Unknown fields are a 422.
+                         ``encoding`` (float32 | int8 | binary), ``long_posts`` (truncate |
+                         chunk; default ``--long-posts``; the answer counts ``chunked`` posts
+                         and their ``windows``). Unknown fields are a 422.
     GET  /health         live (200 as soon as the process serves HTTP).
     GET  /ready          200 once the model is loaded and warmed up through the batcher, 503
                          while loading or after a backend failure (re-probed on each call);
@@ -72,7 +74,7 @@ CLIENT_CLOSED = 499  # nginx's "client closed request": the client left before i
 ROUTES = ("/v1/embeddings", "/v1/models", "/embed", "/health", "/ready", "/info", "/metrics", "/openapi.json", "/docs")
 V1_ENCODINGS = ("float", "base64")
 NATIVE_ENCODINGS = ("float32", "int8", "binary")
-NATIVE_FIELDS = ("inputs", "truncate", "normalize", "encoding")
+NATIVE_FIELDS = ("inputs", "truncate", "normalize", "encoding", "long_posts")
 
 
 def int8_scale(dim: int) -> float:
@@ -112,6 +114,7 @@ class ServeConfig:
     batch_overhead_tokens: int = 64  # a model call's fixed cost in padded tokens (batch grouping)
     request_timeout_s: float = 30.0  # a request still queued after this is a 503
     drain_timeout_s: float = 30.0  # SIGTERM: in-flight requests get this long to finish
+    long_posts: str = "truncate"  # /embed's default: "truncate" or "chunk" (postemb_rt.long_posts)
 
     def public(self) -> dict:
         d = asdict(self)
@@ -312,9 +315,14 @@ class Runtime:
         return self.encoder
 
     # -- one embedding request ---------------------------------------------------------
-    async def embed(self, texts: list[str], field: str, truncate: bool, normalize: bool):
-        """Returns (float32 (n, dim) vectors in input order, tokens computed, truncated indices)."""
+    async def embed(self, texts: list[str], field: str, truncate: bool, normalize: bool,
+                    long_posts: str = "truncate", chunk_stats: dict | None = None):
+        """Returns (float32 (n, dim) vectors in input order, tokens computed, truncated indices).
+        long_posts="chunk": windows of long posts share the batcher, combined here
+        (postemb_rt.long_posts); ``chunk_stats`` gets {"chunked", "windows"}."""
         enc = self.require_encoder()
+        if long_posts == "chunk":
+            return await self._embed_chunked(enc, texts, field, truncate, normalize, chunk_stats)
         if sum(map(len, texts)) > TOKENIZE_INLINE_CHARS:
             tok = await asyncio.to_thread(enc.tokenizer, texts, True)
         else:
@@ -325,14 +333,44 @@ class Runtime:
                                 f"is false; {len(tok.truncated)} input(s) are too long. Fix: shorten them or send "
                                 "truncate: true.", param=f"{field}[{i}]", code="max_length",
                            limit=enc.max_length, given=f">{enc.max_length}")
-        tokens = sum(map(len, tok.ids))
+        vecs, tokens = await self._compute(tok.ids, field)
+        if normalize:
+            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        return vecs, tokens, tok.truncated
+
+    async def _embed_chunked(self, enc, texts, field, truncate, normalize, chunk_stats):
+        from . import long_posts as lp
+
+        try:
+            chunks = lp.split(await asyncio.to_thread(enc.tokenizer.windows, texts, enc.chunk_overlap),
+                              enc.max_chunks, truncate)
+        except ValidationError as exc:
+            raise ApiError(422, f"{exc}".replace("`texts[", f"`{field}["), param=field, code="max_chunks",
+                           limit=enc.max_chunks) from None
+        n = len(chunks.single_ids)
+        vecs, tokens = await self._compute(chunks.single_ids + chunks.windows, field)
+        out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
+        single = vecs[:n]
+        if normalize:
+            single = single / np.maximum(np.linalg.norm(single, axis=1, keepdims=True), 1e-12)
+        out[chunks.singles] = single
+        if chunks.windows:
+            posts, combined = lp.combine(vecs[n:], chunks, normalize)
+            out[posts] = combined
+        if chunk_stats is not None:
+            chunk_stats.update(chunked=chunks.chunked, windows=len(chunks.windows))
+        return out, tokens, chunks.truncated
+
+    async def _compute(self, ids: list[list[int]], field: str):
+        """Token-id lists through the batcher: (raw float32 (n, dim), tokens); errors as ApiError."""
+        tokens = sum(map(len, ids))
         limit = self.cfg.max_queued_tokens
         if tokens > limit:
             raise ApiError(413, f"`{field}` is {tokens} tokens, more than max_queued_tokens ({limit}), so it can "
                                 "never be queued. Fix: split the request.", param=field, code="max_queued_tokens",
                            limit=limit, given=tokens)
         try:
-            fut = self.batcher.submit(tok.ids, timeout=self.cfg.request_timeout_s)
+            fut = self.batcher.submit(ids, timeout=self.cfg.request_timeout_s)
         except OverloadedError as exc:
             retry = self.retry_after_s()
             raise ApiError(429, f"Overloaded: {exc}", type="overloaded", code="queue_full",
@@ -354,9 +392,7 @@ class Runtime:
             raise ApiError(503, f"The model failed on the batch holding this request: {self.backend_error}",
                            type="server_error", code="backend_error") from None
         self.backend_error = None
-        if normalize:
-            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        return vecs, tokens, tok.truncated
+        return vecs, tokens
 
     def retry_after_s(self) -> int:
         """Whole seconds until the queued tokens are computed at the rate measured so far (1..60)."""
@@ -542,7 +578,8 @@ _V1_SCHEMA = {"type": "object", "required": ["input"], "properties": {
 _NATIVE_SCHEMA = {"type": "object", "required": ["inputs"], "additionalProperties": False, "properties": {
     "inputs": _STR_OR_LIST, "truncate": {"type": "boolean", "default": True},
     "normalize": {"type": "boolean", "default": True},
-    "encoding": {"type": "string", "enum": list(NATIVE_ENCODINGS), "default": "float32"}}}
+    "encoding": {"type": "string", "enum": list(NATIVE_ENCODINGS), "default": "float32"},
+    "long_posts": {"type": "string", "enum": ["truncate", "chunk"]}}}
 
 
 def _body_doc(schema: dict) -> dict:
@@ -658,8 +695,11 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         if encoding != "float32" and not normalize:
             raise ApiError(422, f"`normalize` must be true with encoding {encoding!r}, which is calibrated for unit "
                                 "vectors. Given: false.", param="normalize", code="invalid_value")
+        long_posts = _choice(obj, "long_posts", ("truncate", "chunk"), cfg.long_posts)
         enc = rt.require_encoder()
-        vecs, tokens, truncated = await rt.embed(texts, "inputs", truncate=truncate, normalize=normalize)
+        chunk_stats = {"chunked": 0, "windows": 0}
+        vecs, tokens, truncated = await rt.embed(texts, "inputs", truncate=truncate, normalize=normalize,
+                                                 long_posts=long_posts, chunk_stats=chunk_stats)
         out = {"model": enc.model_version, "dim": enc.dim, "encoding": encoding, "normalized": normalize}
         if encoding == "float32":
             out["embeddings"] = vecs.tolist()
@@ -668,7 +708,8 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
             out.update(scale=scale, embeddings=quantize_int8(vecs, scale).tolist())
         else:
             out.update(bytes_per_row=(enc.dim + 7) // 8, bit_order="big", embeddings=pack_binary(vecs).tolist())
-        out.update(truncated=truncated, usage={"prompt_tokens": tokens, "total_tokens": tokens})
+        out.update(truncated=truncated, long_posts=long_posts, **chunk_stats,
+                   usage={"prompt_tokens": tokens, "total_tokens": tokens})
         return await _render(out, vecs.size)
 
     @app.get("/v1/models", response_class=Response, responses=_responses(*KEYED, 503))

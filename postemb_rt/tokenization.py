@@ -24,7 +24,7 @@ class Tokenized:
 class PostTokenizer:
     """Wraps a ``tokenizers.Tokenizer``: texts -> ragged token-id lists of at most max_length."""
 
-    def __init__(self, path: Path, max_length: int):
+    def __init__(self, path: Path, max_length: int, lowercase: bool = False):
         from tokenizers import Tokenizer
 
         if max_length < 2:
@@ -32,9 +32,12 @@ class PostTokenizer:
         self.max_length = max_length
         self._tok = Tokenizer.from_file(str(path))
         self._tok.no_padding()
+        if lowercase:
+            _add_lowercase(self._tok)
+        self._windows: dict[int, object] = {}  # overlap -> a copy of the tokenizer cutting windows
         self._tok.enable_truncation(max_length)
-        pad = self._tok.token_to_id("[PAD]")
-        self.pad_id = 0 if pad is None else pad
+        self.pad_id = _pad_id(self._tok, Path(path).parent / "tokenizer_config.json")
+        self.specials = self._tok.num_special_tokens_to_add(False)
 
     def __call__(self, texts: list[str], truncate: bool = True) -> Tokenized:
         """texts: list of str (already validated). Raises ValidationError for an over-long
@@ -48,3 +51,49 @@ class PostTokenizer:
                 f"{len(truncated)} text(s) are too long. Fix: shorten them or pass truncate=True."
             )
         return Tokenized([e.ids for e in encs], truncated)
+
+    def windows(self, texts: list[str], overlap: int) -> list[list[list[int]]]:
+        """Each text's windows of at most max_length tokens, special tokens included, consecutive
+        windows sharing ``overlap`` content tokens (the tokenizer's overflow with a stride). A text
+        that fits yields one window, the same ids as ``__call__``."""
+        tok = self._windows.get(overlap)
+        if tok is None:  # one tokenizer per overlap: truncation settings are per object, not per call
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_str(self._tok.to_str())
+            tok.enable_truncation(self.max_length, stride=overlap)
+            self._windows[overlap] = tok
+        return [[e.ids] + [o.ids for o in e.overflowing] for e in tok.encode_batch(texts)]
+
+
+def _add_lowercase(tok) -> None:
+    """Put a Lowercase normaliser before the tokenizer's own, as sentence-transformers does for
+    ``do_lower_case`` (unless one is already there)."""
+    from tokenizers import normalizers
+
+    current = tok.normalizer
+    if isinstance(current, normalizers.Lowercase) or (
+            isinstance(current, normalizers.Sequence) and any(isinstance(n, normalizers.Lowercase) for n in current)):
+        return
+    rest = list(current) if isinstance(current, normalizers.Sequence) else [current] if current is not None else []
+    tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), *rest])
+
+
+def _pad_id(tok, tokenizer_config: Path) -> int:
+    """The pad token's id: ``pad_token`` of tokenizer_config.json when present, else [PAD] or <pad>, else 0."""
+    import json
+
+    names = ["[PAD]", "<pad>"]
+    if tokenizer_config.exists():
+        try:
+            pad = json.loads(tokenizer_config.read_text()).get("pad_token")
+        except (json.JSONDecodeError, AttributeError):
+            pad = None
+        pad = pad.get("content") if isinstance(pad, dict) else pad
+        if isinstance(pad, str):
+            names.insert(0, pad)
+    for name in names:
+        i = tok.token_to_id(name)
+        if i is not None:
+            return i
+    return 0

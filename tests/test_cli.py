@@ -89,3 +89,13 @@ def test_missing_model_is_an_error_not_a_traceback(tmp_path, capsys):
     src.write_text("x\n")
     assert main(["embed", str(src), "--out", str(tmp_path / "o.npy"), "--model", str(tmp_path / "nope")]) == 2
     assert "Fix:" in capsys.readouterr().err
+
+
+def test_embed_long_posts_chunk_reports_windows(tmp_path, capsys):
+    src = tmp_path / "posts.txt"
+    src.write_text("short\n" + "word " * 400 + "\n")
+    out = tmp_path / "o.npy"
+    assert main(["embed", str(src), "--out", str(out), "--model", "base", "--backend", "torch",
+                 "--long-posts", "chunk"]) == 0
+    assert "truncated=0, chunked=1 (2 windows)" in capsys.readouterr().out
+    assert np.load(out).shape == (2, 384)

@@ -27,9 +27,10 @@ class Backend(abc.ABC):
         """Padded tokens per batch that keep this backend near its best throughput."""
         return 4096
 
-    def warmup(self) -> None:
-        """Run one small batch so the first real call pays no set-up cost."""
-        ids = np.array([[101, 2023, 2003, 102]], dtype=np.int64)
+    def warmup(self, input_ids: list[int] | None = None) -> None:
+        """Run one small batch (``input_ids``: one tokenized post) so the first real call pays no
+        set-up cost."""
+        ids = np.array([input_ids or [101, 2023, 2003, 102]], dtype=np.int64)
         self.embed(ids, np.ones_like(ids))
 
     @abc.abstractmethod

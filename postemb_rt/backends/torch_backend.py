@@ -38,13 +38,19 @@ class TorchBackend(Backend):
                 log.warning("precision='bf16': this CPU lacks native bf16 instructions (AVX512-BF16 or AMX); "
                             "oneDNN emulates them, which is usually slower than fp32")
             self._model.encoder.to(torch.bfloat16)  # oneDNN bf16 matmuls; pooling reads float32
+        fused = self._model.fused_head()
         weight = bias = None
-        if self._model.projection is not None:
+        if fused and fused[0] is not None:
             # (D, H) Linear weight -> (H, D) C-contiguous, once: the kernel reads it row by row.
-            weight = self._model.projection.weight.detach().t().contiguous().numpy()
-            bias = None if self._model.projection.bias is None else self._model.projection.bias.detach().numpy()
-        self._pool = CpuPooler(weight, bias)
-        self.pooling_kernel = self._pool.name
+            weight = fused[0].detach().t().contiguous().numpy()
+            bias = None if fused[1] is None else fused[1].detach().numpy()
+        # Mean pooling runs in the C++ kernel (with the projection when it is the whole head); other
+        # modes, and heads the kernel cannot fuse, in torch after it (postemb_rt.modeling).
+        self._pool = CpuPooler(weight, bias) if self._model.pooling == "mean" else None
+        self._fused = fused is not False
+        self.pooling_kernel = (self._pool.name if self._fused else
+                               f"{self._pool.name}, then the head in torch" if self._pool is not None else
+                               f"torch ({self._model.pooling} pooling and head)")
 
     def _init_cuda(self, model, device, precision):
         """CUDA: fp32/fp16/bf16, SDPA, CUDA graphs per bucket, Triton pooling (torch_cuda.py)."""
@@ -68,8 +74,16 @@ class TorchBackend(Backend):
     def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray, normalize: bool = True) -> np.ndarray:
         if self._cuda is not None:
             return self._cuda(input_ids, attention_mask, normalize=normalize)
-        hidden = self._model.hidden_states(torch.from_numpy(input_ids), torch.from_numpy(attention_mask))
-        return self._pool(hidden.float().numpy(), attention_mask, normalize=normalize)  # (B, S, H) -> (B, D)
+        hidden = self._model.hidden_states(torch.from_numpy(input_ids), torch.from_numpy(attention_mask)).float()
+        if self._fused:
+            return self._pool(hidden.numpy(), attention_mask, normalize=normalize)  # (B, S, H) -> (B, D)
+        if self._pool is not None:  # C++ mean pooling, then the head
+            pooled = self._model.head(torch.from_numpy(self._pool(hidden.numpy(), attention_mask, normalize=False)))
+        else:
+            pooled = self._model.pool_and_head(hidden, torch.from_numpy(attention_mask))
+        if normalize:
+            pooled = torch.nn.functional.normalize(pooled, p=2.0, dim=-1, eps=1e-12)
+        return pooled.numpy()
 
     def close(self) -> None:
         if self._cuda is not None:

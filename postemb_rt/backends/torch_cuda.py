@@ -134,11 +134,20 @@ class TorchCudaRunner:
         net = PostEmbModel.from_model_dir(model, attn_implementation="sdpa")
         self._encoder = net.encoder.to(self.device, dtype=dtype).eval()
         weight = bias = None
-        if net.projection is not None:  # the projection stays fp32: the kernel accumulates in fp32
-            weight = net.projection.weight.detach().t().contiguous().to(self.device)
-            bias = None if net.projection.bias is None else net.projection.bias.detach().to(self.device)
-        self._pool = CudaPooler(weight, bias)
-        self.pooling_kernel = self._pool.name
+        fused = net.fused_head()
+        if fused and fused[0] is not None:  # the projection stays fp32: the kernel accumulates in fp32
+            weight = fused[0].detach().t().contiguous().to(self.device)
+            bias = None if fused[1] is None else fused[1].detach().to(self.device)
+        # Mean pooling in the Triton kernel (with the projection when it is the whole head); other
+        # pooling modes and heads in torch, fp32, on the kernel's or the encoder's output.
+        self._fused = fused is not False
+        self._pool = CudaPooler(weight, bias) if net.pooling == "mean" else None
+        net.dense.to(self.device)
+        if net.projection is not None:
+            net.projection.to(self.device)
+        self.pooling_kernel = (self._pool.name if self._fused else
+                               f"{self._pool.name}, then the head in torch" if self._pool is not None else
+                               f"torch ({net.pooling} pooling and head)")
         self._net = net
         self.dim = model.config.dim
         self._stream = new_stream(self.device)
@@ -155,8 +164,13 @@ class TorchCudaRunner:
         """(B, S) int64 device tensors -> (B, D) float32 pooled, not normalised."""
         import torch
 
-        out = self._encoder(input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(ids))
-        return self._pool(out.last_hidden_state, mask, normalize=False)
+        extra = {"token_type_ids": torch.zeros_like(ids)} if self._net._token_types else {}
+        hidden = self._encoder(input_ids=ids, attention_mask=mask, **extra).last_hidden_state
+        if self._fused:
+            return self._pool(hidden, mask, normalize=False)
+        if self._pool is not None:
+            return self._net.head(self._pool(hidden, mask, normalize=False))
+        return self._net.pool_and_head(hidden.float(), mask)
 
     def capture(self, buckets) -> None:
         """Capture one graph per bucket, largest first so smaller captures reuse the shared pool."""

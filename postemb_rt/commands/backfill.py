@@ -34,7 +34,8 @@ def run(args) -> int:
     try:
         r = backfill(args.input, args.output, args.model, backend=args.backend, num_workers=args.num_workers,
                      threads_per_worker=args.threads_per_worker, batch_size=args.batch_size,
-                     rows_per_split=args.rows_per_split, ray_address=args.ray_address, on_split=on_split)
+                     rows_per_split=args.rows_per_split, ray_address=args.ray_address, on_split=on_split,
+                     long_posts=args.long_posts)
     except BackfillError as exc:
         r, failed = exc.report, exc
     finally:
@@ -67,6 +68,8 @@ def register(sub) -> None:
     p.add_argument("--ray-address", default=None,
                    help="omit: start Ray on this machine; 'auto' or HOST:PORT: join that Ray cluster")
     p.add_argument("--batch-size", type=int, default=64, help="posts per model batch at most (default: 64)")
+    p.add_argument("--long-posts", choices=["truncate", "chunk"], default="truncate",
+                   help="posts longer than max_length: truncate, or chunk (embed them whole) (default: truncate)")
     p.add_argument("--rows-per-split", type=int, default=10_000,
                    help="rows per unit of work (Parquet row groups are never cut) (default: 10000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -82,7 +82,7 @@ def run(args) -> int:
         raise ValidationError(f"`--out` must end in one of {OUTPUTS}. Given: {args.out!r}.")
     ids, texts = read_posts(inp)
     enc = Encoder.from_pretrained(args.model, backend=args.backend, device=args.device,
-                                  precision=args.precision, max_length=args.max_length)
+                                  precision=args.precision, max_length=args.max_length, long_posts=args.long_posts)
     start = time.perf_counter()
     show = not args.no_progress and len(texts) >= PROGRESS_MIN_POSTS
     vectors = enc.encode(texts, batch_size=args.batch_size, show_progress_bar=show, truncate=not args.no_truncate)
@@ -92,7 +92,7 @@ def run(args) -> int:
     rate = len(texts) / seconds if seconds > 0 else float("inf")
     print(f"embedded {len(texts)} posts in {seconds:.2f} s ({rate:.0f} posts/s, {st.tokens / max(seconds, 1e-9):.0f} "
           f"tokens/s), backend={enc.backend.name}, model={enc.model_version}, dim={enc.dim}, "
-          f"truncated={len(st.truncated)} -> {out}")
+          f"truncated={len(st.truncated)}, chunked={st.chunked} ({st.windows} windows) -> {out}")
     return 0
 
 
@@ -109,6 +109,10 @@ def register(sub) -> None:
                         "on CUDA fp16 or bf16 (default: fp32)")
     p.add_argument("--batch-size", type=int, default=64, help="posts per batch at most (default: 64)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per post (default: the model's)")
-    p.add_argument("--no-truncate", action="store_true", help="fail on posts longer than max-length")
+    p.add_argument("--no-truncate", action="store_true",
+                   help="fail on posts longer than max-length (with --long-posts chunk: than max_chunks windows)")
+    p.add_argument("--long-posts", choices=["truncate", "chunk"], default="truncate",
+                   help="truncate: cut posts at max-length; chunk: embed whole posts as windows of max-length "
+                        "tokens, token-weighted mean (default: truncate)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--consumer", default=None, help="consumer name, unique per live worker (default: HOST-PID)")
     p.add_argument("--model", default="default", help="model name or directory (default: default)")
     p.add_argument("--backend", default="auto", help="auto | torch | onnxruntime (default: auto)")
+    p.add_argument("--long-posts", choices=["truncate", "chunk"], default="truncate",
+                   help="posts longer than max_length: truncate, or chunk (embed them whole) (default: truncate)")
     p.add_argument("--precision", default="fp32", help="fp32 (exact), or bf16 / int8 on CPU (gated by measured "
                    "fidelity; default: fp32)")
     p.add_argument("--threads", type=int, default=None,
@@ -88,7 +90,8 @@ def run(args) -> int:
         os.environ["POSTEMB_NUM_THREADS"] = str(args.threads)
     from ..encoder import Encoder
 
-    encoder = Encoder.from_pretrained(args.model, backend=args.backend, precision=args.precision)
+    encoder = Encoder.from_pretrained(args.model, backend=args.backend, precision=args.precision,
+                                      long_posts=args.long_posts)
     worker = nearline.Worker(client, encoder, args.group, args.consumer, batch_size=args.batch_size,
                              max_wait_ms=args.max_wait_ms, claim_idle_ms=args.claim_idle_ms,
                              max_deliveries=args.max_deliveries, posts_stream=args.posts_stream,

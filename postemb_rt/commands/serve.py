@@ -35,7 +35,8 @@ def config_from_args(args):
                       max_queued_tokens=args.max_queued_tokens,
                       max_batch_size=args.max_batch_size, max_wait_us=args.max_wait_us,
                       batch_overhead_tokens=args.batch_overhead_tokens,
-                      request_timeout_s=args.request_timeout, drain_timeout_s=args.drain_timeout)
+                      request_timeout_s=args.request_timeout, drain_timeout_s=args.drain_timeout,
+                      long_posts=args.long_posts)
     for name in ("max_inputs", "max_input_chars", "max_body_bytes", "max_concurrent_requests", "max_queued_tokens",
                  "max_batch_size"):
         if getattr(cfg, name) < 1:
@@ -155,5 +156,8 @@ def register(sub) -> None:
                    help="seconds a request may wait in the queue before a 503 (default: 30)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="SIGTERM: seconds in-flight requests get to finish (default: 30)")
+    p.add_argument("--long-posts", choices=["truncate", "chunk"], default="truncate",
+                   help="/embed's default for posts longer than max_length: truncate, or chunk (embed the "
+                        "whole post as windows; see README) (default: truncate)")
     p.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     p.set_defaults(func=run)

@@ -65,11 +65,9 @@ def teachers_root() -> Path:
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    from ..model_dir import _file_digest  # the one (memoised) file hash
+
+    return _file_digest(path)
 
 
 def _installed_piece(dist: str, rel: str) -> Path | None:

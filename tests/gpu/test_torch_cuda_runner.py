@@ -100,3 +100,32 @@ def test_bucketed_rows_equal_the_unpadded_reference(runner, reference, rows, seq
 def test_unnormalized_output_is_the_pooled_vector(runner, reference):
     ids, mask = batch(2, 12, seed=3)
     np.testing.assert_allclose(runner(ids, mask, normalize=False), reference(ids, mask, normalize=False), atol=1e-4)
+
+
+@pytest.mark.parametrize("pooling, dense", [("cls", [(24, True, "relu")]), ("mean", [(48, True, "gelu"), (8, False, None)]),
+                                            ("max", []), ("mean", [(20, False, None)])])
+def test_sentence_transformers_heads_match_on_the_cuda_path(tmp_path, pooling, dense):
+    """The runner computes a sentence-transformers folder's pooling and Dense head as
+    sentence-transformers does (eager; mean pooling with one linear head in the Triton kernel)."""
+    from postemb_rt import native
+    from postemb_rt.model_dir import load_model_dir
+    from postemb_rt.tokenization import PostTokenizer
+    from tests.test_st_folder import st_reference
+    from tests.st_models import build_st_folder
+
+    acts = {"relu": torch.nn.ReLU(), "gelu": torch.nn.GELU(), None: None}
+    path = build_st_folder(tmp_path / "st", "bert", pooling=pooling, dense=[(o, b, acts[a]) for o, b, a in dense])
+    texts = ["a post about hiring", "hi", "Climate change is the defining challenge of our generation."]
+    want = st_reference(path, texts)
+    md = load_model_dir(path)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(torch_cuda, "new_stream", lambda device: types.SimpleNamespace(synchronize=lambda: None))
+    for name in ("device", "stream"):
+        mp.setattr(torch.cuda, name, lambda *a: contextlib.nullcontext())
+    try:
+        r = torch_cuda.TorchCudaRunner(md, "cpu", "fp32", use_graphs=False)
+        ids, mask = native.pack_padded(PostTokenizer(md.tokenizer_path, md.config.max_length)(texts).ids, 0)
+        got = r(ids, mask, normalize=True)
+    finally:
+        mp.undo()
+    np.testing.assert_allclose(got, want, atol=1e-5)

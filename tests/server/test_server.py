@@ -139,3 +139,19 @@ def test_api_key_is_required_except_for_probes(main_server, headers):
         assert r.headers["www-authenticate"] == "Bearer"
     assert httpx.get(main_server.url + "/metrics", headers=headers).status_code == 401
     assert httpx.get(main_server.url + "/health", headers=headers).status_code == 200
+
+
+def test_native_chunk_mode_embeds_long_posts_whole(client, server_encoder):
+    long = "Scaling inference for post embeddings means batching, caching and care. " * 25  # > 256 tokens, < 2000 chars
+    texts = ["short post", long]
+    r = client.post("/embed", json={"inputs": texts, "long_posts": "chunk"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["long_posts"] == "chunk" and body["chunked"] == 1 and body["windows"] > 1
+    assert body["truncated"] == []
+    got = np.array(body["embeddings"], dtype=np.float32)
+    assert cosines(got, server_encoder.encode(texts, long_posts="chunk")).min() >= 0.9999
+    default = client.post("/embed", json={"inputs": texts}).json()  # the server default: truncate
+    assert default["long_posts"] == "truncate" and default["chunked"] == 0
+    bad = client.post("/embed", json={"inputs": texts, "long_posts": "split"})
+    assert bad.status_code == 422 and "`long_posts` must be one of" in bad.json()["error"]["message"]

@@ -1,0 +1,225 @@
+"""Reading a sentence-transformers folder: its ``modules.json`` pipeline as a :class:`ModelDir`.
+
+A sentence-transformers folder lists its modules in ``modules.json``; this runtime computes
+the pipeline
+
+    Transformer -> Pooling -> Dense* -> Normalize?
+
+with, per module (its ``path`` relative to the folder):
+
+- ``Transformer``: ``sentence_bert_config.json`` (``max_seq_length``, ``do_lower_case``),
+  the Hugging Face encoder (``config.json`` + weights; any ``AutoModel`` encoder) and
+  ``tokenizer.json``;
+- ``Pooling``: ``config.json``; one mode of mean, cls, max, lasttoken (either the
+  ``pooling_mode`` key of sentence-transformers >= 5 or the older ``pooling_mode_*``
+  booleans); ``include_prompt`` only matters with prompts, which are not supported
+  (a folder with a default prompt is refused);
+- ``Dense``: ``config.json`` (``in_features``, ``out_features``, ``bias``,
+  ``activation_function``, default Tanh as in sentence-transformers) and
+  ``model.safetensors`` or ``pytorch_model.bin`` (``linear.weight``, ``linear.bias``);
+- ``Normalize``: unit L2 rows; without it the folder's embeddings are not normalised, so
+  ``Encoder.encode`` returns them raw by default, as ``SentenceTransformer.encode`` does.
+
+Anything else (another module type, an order other than the above, a pooling mode or
+activation not listed, sizes that do not chain, no tokenizer) raises one error naming the
+file, the value and the fix: a folder never loads half a pipeline.
+
+``model_version`` is ``<folder name>-<12 hex digits>`` of a SHA-256 over the pipeline's
+files' contents (configs, tokenizer, weights), so a copy of the folder gets the same version
+and a retrained one a new version: the near-line store and backfill key on it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from .errors import ModelNotFoundError, ValidationError
+
+MODULES_FILE = "modules.json"
+ST_CONFIG_FILE = "sentence_bert_config.json"
+POOLING_MODES = ("mean", "cls", "max", "lasttoken")
+# sentence-transformers' activation_function (a torch.nn class path) -> the name the runtime uses
+ACTIVATIONS = {
+    "torch.nn.modules.linear.Identity": "identity",
+    "torch.nn.modules.activation.Tanh": "tanh",
+    "torch.nn.modules.activation.ReLU": "relu",
+    "torch.nn.modules.activation.GELU": "gelu",
+    "torch.nn.modules.activation.Sigmoid": "sigmoid",
+    "torch.nn.modules.activation.SiLU": "silu",
+}
+_LEGACY_POOLING = {"pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+                   "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+                   "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+_KINDS = ("Transformer", "Pooling", "Dense", "Normalize")
+
+
+def _read_json(path: Path, what: str):
+    if not path.exists():
+        raise ModelNotFoundError(f"`{path}` ({what}) is missing. Fix: save the folder again with "
+                                 "SentenceTransformer.save(), or restore the file.")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValidationError(f"`{path}` is not valid JSON: {exc}. Fix: restore the file.") from None
+
+
+def _kind(entry, modules_file: Path, i: int) -> str:
+    """'Transformer' | 'Pooling' | 'Dense' | 'Normalize' from a modules.json entry's ``type``."""
+    t = entry.get("type") if isinstance(entry, dict) else None
+    name = t.rsplit(".", 1)[-1] if isinstance(t, str) else None
+    if not (isinstance(t, str) and t.startswith("sentence_transformers.") and name in _KINDS):
+        raise ValidationError(
+            f"`{modules_file}` module {i} has type {t!r}, which postemb_rt does not compute. Supported: "
+            f"sentence_transformers' {', '.join(_KINDS)}. Fix: use a folder whose pipeline is "
+            "Transformer -> Pooling -> Dense* -> Normalize, or load it with sentence-transformers itself."
+        )
+    return name
+
+
+def _pooling(path: Path, hidden_size: int) -> str:
+    cfg_file = path / "config.json"
+    cfg = _read_json(cfg_file, "Pooling config")
+    if "pooling_mode" in cfg:
+        mode = cfg["pooling_mode"]
+        modes = [mode] if isinstance(mode, str) else list(mode)
+    else:
+        modes = [m for k, m in _LEGACY_POOLING.items() if cfg.get(k)] or ["mean"]
+    if len(modes) != 1 or modes[0] not in POOLING_MODES:
+        raise ValidationError(
+            f"`{cfg_file}` asks for pooling {modes if len(modes) != 1 else modes[0]!r}; postemb_rt computes one "
+            f"of {POOLING_MODES}. Fix: pick one of those modes, or load the folder with sentence-transformers."
+        )
+    dim = cfg.get("embedding_dimension", cfg.get("word_embedding_dimension", hidden_size))
+    if dim != hidden_size:
+        raise ValidationError(f"`{cfg_file}` has embedding dimension {dim}; the encoder's hidden_size is "
+                              f"{hidden_size}. Fix: set it to {hidden_size}.")
+    return modes[0]
+
+
+def _dense(root: Path, path: Path, in_dim: int) -> dict:
+    cfg_file = path / "config.json"
+    cfg = _read_json(cfg_file, "Dense config")
+    act_name = cfg.get("activation_function", "torch.nn.modules.activation.Tanh")  # sentence-transformers' default
+    if act_name not in ACTIVATIONS:
+        raise ValidationError(
+            f"`{cfg_file}` has activation_function {act_name!r}; postemb_rt computes {sorted(ACTIVATIONS)}. "
+            "Fix: use one of those, or load the folder with sentence-transformers."
+        )
+    if cfg.get("use_residual") or cfg.get("module_input_name", "sentence_embedding") != "sentence_embedding":
+        raise ValidationError(f"`{cfg_file}`: use_residual and module_input_name other than "
+                              "'sentence_embedding' are not supported. Fix: load it with sentence-transformers.")
+    if cfg.get("in_features") != in_dim:
+        raise ValidationError(
+            f"`{cfg_file}` has in_features {cfg.get('in_features')}, but the module before it outputs "
+            f"{in_dim}. Fix: set in_features to {in_dim}, or restore the module order in modules.json."
+        )
+    weights = next((path / f for f in _WEIGHT_FILES if (path / f).exists()), None)
+    if weights is None:
+        raise ModelNotFoundError(f"`{path}` (Dense) has no weights: neither {' nor '.join(_WEIGHT_FILES)}. "
+                                 "Fix: save the folder again with SentenceTransformer.save().")
+    return {"file": str(weights.relative_to(root)), "in_features": in_dim, "out_features": int(cfg["out_features"]),
+            "bias": bool(cfg.get("bias", True)), "activation": ACTIVATIONS[act_name]}
+
+
+def content_hash(files) -> str:
+    """12 hex digits of SHA-256 over the files' names (relative) and contents, in the given order."""
+    from .model_dir import _file_digest  # the one (memoised) file hash
+
+    h = hashlib.sha256()
+    for name, p in files:
+        h.update(f"{name}\0{p.stat().st_size}\0{_file_digest(p)}".encode())
+    return h.hexdigest()[:12]
+
+
+def is_st_folder(root: Path) -> bool:
+    return (root / MODULES_FILE).exists()
+
+
+def load_st_folder(root: Path):
+    """The ModelDir of the sentence-transformers folder ``root`` (see the module docstring)."""
+    from .model_dir import ModelDir, PostEmbConfig
+
+    modules_file = root / MODULES_FILE
+    modules = _read_json(modules_file, "the module list")
+    if not isinstance(modules, list) or not modules:
+        raise ValidationError(f"`{modules_file}` must be a non-empty list of modules. Given: {modules!r}.")
+    kinds = [_kind(m, modules_file, i) for i, m in enumerate(modules)]
+    body = kinds[2:-1] if kinds[-1] == "Normalize" else kinds[2:]
+    if kinds[:2] != ["Transformer", "Pooling"] or any(k != "Dense" for k in body):
+        raise ValidationError(
+            f"`{modules_file}` lists {kinds}; postemb_rt computes Transformer -> Pooling -> Dense* -> Normalize? "
+            "in that order. Fix: reorder modules.json, or load the folder with sentence-transformers."
+        )
+    paths = [(root / m.get("path", "")).resolve() for m in modules]
+    enc = paths[0]
+    hf_file = enc / "config.json"
+    hf = _read_json(hf_file, "Hugging Face encoder config")
+    hidden = hf.get("hidden_size", hf.get("dim", hf.get("d_model")))  # "dim": DistilBERT
+    if not isinstance(hidden, int):
+        raise ValidationError(f"`{hf_file}` has no hidden_size, so it is not an encoder postemb_rt can run "
+                              f"(model_type {hf.get('model_type')!r}). Fix: use an encoder model (BERT, MPNet, ...).")
+    weights = next((enc / f for f in _WEIGHT_FILES if (enc / f).exists()), None)
+    if weights is None:
+        raise ModelNotFoundError(f"`{enc}` (Transformer) has no encoder weights: neither "
+                                 f"{' nor '.join(_WEIGHT_FILES)}. Fix: save the folder again.")
+    tokenizer = enc / "tokenizer.json"
+    if not tokenizer.exists():
+        raise ModelNotFoundError(
+            f"`{enc}` has no tokenizer.json (the fast tokenizer postemb_rt reads). Fix: write it with "
+            f"python -c \"from transformers import AutoTokenizer as T; T.from_pretrained('{enc}').save_pretrained('{enc}')\""
+        )
+    st_cfg = _read_json(enc / ST_CONFIG_FILE, "Transformer config") if (enc / ST_CONFIG_FILE).exists() else {}
+    task = st_cfg.get("transformer_task", "feature-extraction")
+    out_name = ((st_cfg.get("modality_config") or {}).get("text") or {}).get("method_output_name", "last_hidden_state")
+    if task != "feature-extraction" or out_name != "last_hidden_state":
+        raise ValidationError(
+            f"`{enc / ST_CONFIG_FILE}` has transformer_task {task!r} reading {out_name!r}; postemb_rt runs "
+            "'feature-extraction' encoders pooled from 'last_hidden_state'. Fix: load it with sentence-transformers."
+        )
+    max_len = _max_length(st_cfg, enc / "tokenizer_config.json", hf)
+    _refuse_default_prompt(root)
+    pooling = _pooling(paths[1], hidden)
+    dense, dim = [], hidden
+    for p, kind in zip(paths[2:], kinds[2:]):
+        if kind == "Dense":
+            dense.append(_dense(root, p, dim))
+            dim = dense[-1]["out_features"]
+    files = [(str(p.relative_to(root)), p) for p in (modules_file, hf_file, weights, tokenizer)]
+    files += [(str(p.relative_to(root)), p) for p in (enc / ST_CONFIG_FILE, *(q / "config.json" for q in paths[1:]))
+              if p.exists()]
+    files += [(d["file"], root / d["file"]) for d in dense]
+    cfg = PostEmbConfig(
+        model_version=f"{root.name}-{content_hash(files)}",
+        hidden_size=hidden,
+        pooling=pooling,
+        normalize=kinds[-1] == "Normalize",
+        max_length=int(max_len),
+        encoder=str(enc.relative_to(root)) if enc != root else ".",
+        dense=dense or None,
+        do_lower_case=bool(st_cfg.get("do_lower_case", False)),
+    )
+    return ModelDir(root, cfg, enc, tokenizer, None, None)
+
+
+def _max_length(st_cfg: dict, tokenizer_config: Path, hf: dict) -> int:
+    """As sentence-transformers: ``max_seq_length`` of sentence_bert_config.json (older saves), else
+    the tokenizer's ``model_max_length`` (newer saves) capped at the encoder's max_position_embeddings."""
+    if st_cfg.get("max_seq_length"):
+        return int(st_cfg["max_seq_length"])
+    limit = hf.get("max_position_embeddings") or 512
+    tm = _read_json(tokenizer_config, "tokenizer config").get("model_max_length") if tokenizer_config.exists() else None
+    return int(min(tm, limit)) if isinstance(tm, (int, float)) and tm > 0 else int(limit)
+
+
+def _refuse_default_prompt(root: Path) -> None:
+    """sentence-transformers prepends a folder's default prompt to every text; postemb_rt does not."""
+    path = root / "config_sentence_transformers.json"
+    if path.exists():
+        cfg = _read_json(path, "sentence-transformers config")
+        if cfg.get("default_prompt_name"):
+            raise ValidationError(
+                f"`{path}` sets default_prompt_name {cfg['default_prompt_name']!r}; postemb_rt does not add "
+                "prompts. Fix: set it to null (and prepend the prompt to your texts yourself)."
+            )

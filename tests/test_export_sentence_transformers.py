@@ -1,0 +1,54 @@
+"""export/export_sentence_transformers.py: `default` as a sentence-transformers folder, round trip."""
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from postemb_rt import Encoder
+from tests.test_st_folder import TEXTS, assert_parity
+
+SCRIPT = Path(__file__).resolve().parent.parent / "export" / "export_sentence_transformers.py"
+
+
+def run_export(*args):
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def st_default(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "default-st"
+    res = run_export("--model", "default", "--out", str(out), "--parity-posts", "16")
+    assert res.returncode == 0, res.stderr
+    assert "parity with sentence-transformers" in res.stdout
+    return out
+
+
+def test_sentence_transformers_loads_it_and_matches_encoder(st_default):
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(st_default), device="cpu")
+    assert [type(m).__name__ for m in st] == ["Transformer", "Pooling", "Dense", "Normalize"]
+    got = st.encode(TEXTS, normalize_embeddings=True)
+    with Encoder.from_pretrained("default", backend="torch") as enc:
+        assert got.shape == (len(TEXTS), enc.dim)
+        assert_parity(got, enc.encode(TEXTS))
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+def test_the_folder_loads_back_into_encoder(st_default, backend):
+    with Encoder.from_pretrained("default", backend="torch") as ref, \
+            Encoder.from_pretrained(st_default, backend=backend) as enc:
+        d = enc.describe()
+        assert (d["pooling"], d["head"], d["dim"]) == ("mean", f"Dense {ref.model.config.hidden_size}->{ref.dim} "
+                                                                "(identity)", ref.dim)
+        assert_parity(enc.encode(TEXTS), ref.encode(TEXTS))
+        assert np.allclose(np.linalg.norm(enc.encode(TEXTS), axis=1), 1.0, atol=1e-5)
+
+
+def test_a_non_empty_out_folder_is_refused(tmp_path):
+    (tmp_path / "x").write_text("keep me")
+    res = run_export("--model", "default", "--out", str(tmp_path))
+    assert res.returncode == 2 and "is not empty. Fix:" in res.stderr
