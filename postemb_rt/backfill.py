@@ -443,6 +443,8 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     root, files = list_inputs(inp)
     md = resolve(model)
     model_version, fingerprint = md.config.model_version, md.fingerprint
+    if long_posts != "truncate":  # chunk mode changes the vectors of long posts: part of what a resume must match
+        fingerprint = f"{fingerprint}+{long_posts}"
     out.mkdir(parents=True, exist_ok=True)
     _check_model_version(out, model_version, fingerprint)
     report = BackfillReport(files_total=len(files), model_version=model_version, model_fingerprint=fingerprint)
