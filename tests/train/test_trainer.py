@@ -165,7 +165,7 @@ def test_general_posts_stream_feeds_the_similarity_term(tiny_data, tmp_path):
     assert stream["loss_curve"][0]["loss"] != pytest.approx(plain["loss_curve"][0]["loss"], abs=1e-6)
 
 
-def test_extends_takes_every_key_of_the_parent_and_the_repo_configs_parse(tmp_path):
+def test_extends_takes_every_key_of_the_parent_and_the_repo_configs_parse(tmp_path, tiny_data, monkeypatch):
     from pathlib import Path
 
     from postemb_rt.errors import ValidationError
@@ -177,6 +177,7 @@ def test_extends_takes_every_key_of_the_parent_and_the_repo_configs_parse(tmp_pa
     (tmp_path / "loop.json").write_text(json.dumps({"extends": "loop.json"}))
     with pytest.raises(ValidationError, match="cycle"):
         TrainConfig.from_file(tmp_path / "loop.json")
+    monkeypatch.setenv("POSTEMB_DATA", str(tiny_data))  # steps_from counts the schedule on the (tiny) data
     configs = Path(__file__).resolve().parents[2] / "configs"
     for folder in (configs, configs / "v3"):
         multi = TrainConfig.from_file(folder / "multitask.json")
