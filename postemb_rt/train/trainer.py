@@ -210,9 +210,8 @@ def general_posts(sd: T.SplitData) -> list[str]:
     return sd.emoji.texts + sd.emotion.texts + sd.topic.texts + sts_a + sts_b
 
 
-def _pca_projection(model, tokenizer, posts, dim, pack):
-    """(weight (dim, H), bias (dim,)) of PCA on the base's pooled vectors: the projection
-    starts as the base-PCA baseline."""
+def _pooled(model, tokenizer, posts, pack):
+    """float64 (n, H): the model's pooled vectors (before projection) of ``posts``, no grad."""
     import torch
 
     vecs = []
@@ -221,6 +220,15 @@ def _pca_projection(model, tokenizer, posts, dim, pack):
             ids, mask = _batches_to_tensors(tokenizer, posts[i:i + 64], pack)
             vecs.append(model(ids, mask)[0])
     x = torch.cat(vecs).double()
+    return x
+
+
+def _pca_projection(model, tokenizer, posts, dim, pack):
+    """(weight (dim, H), bias (dim,)) of PCA on the base's pooled vectors: the projection
+    starts as the base-PCA baseline."""
+    import torch
+
+    x = _pooled(model, tokenizer, posts, pack)
     mean = x.mean(0)
     _, _, vt = torch.linalg.svd(x - mean, full_matrices=False)
     w = vt[:dim]
@@ -292,12 +300,7 @@ def _lstsq_projection(model, tokenizer, posts, targets, pack):
     to ``targets`` (n, D): the projection starts as the best linear map onto the teacher."""
     import torch
 
-    vecs = []
-    with torch.no_grad():
-        for i in range(0, len(posts), 64):
-            ids, mask = _batches_to_tensors(tokenizer, posts[i:i + 64], pack)
-            vecs.append(model(ids, mask)[0])
-    x = torch.cat(vecs).double()
+    x = _pooled(model, tokenizer, posts, pack)
     x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
     sol = torch.linalg.lstsq(x1, torch.from_numpy(targets).double()).solution  # (H + 1, D)
     return sol[:-1].t().float().contiguous(), sol[-1].float().contiguous()
