@@ -219,8 +219,7 @@ def _pooled(model, tokenizer, posts, pack):
         for i in range(0, len(posts), 64):
             ids, mask = _batches_to_tensors(tokenizer, posts[i:i + 64], pack)
             vecs.append(model(ids, mask)[0])
-    x = torch.cat(vecs).double()
-    return x
+    return torch.cat(vecs).double()
 
 
 def _pca_projection(model, tokenizer, posts, dim, pack):
