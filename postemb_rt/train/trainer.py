@@ -453,7 +453,8 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         extra = [stream[i] for i in stream_rng.integers(len(stream), size=cfg.distill_posts)] if stream else ()
         loss = pair_loss(pairs, cfg.loss == "contrastive", cfg.distill_weight if ts is None else 0.0, extra)
         if ts is not None:
-            terms = teacher_loss(stream_rng.choice(len(ts.posts), size=cfg.distill_posts, replace=False))
+            n = min(cfg.distill_posts, len(ts.posts))  # distinct posts: in-batch negatives are never the post itself
+            terms = teacher_loss(stream_rng.choice(len(ts.posts), size=n, replace=False))
             for k, v in terms.items():
                 term_window.setdefault(k, []).append(v.item())
             loss = loss + sum(terms.values())
