@@ -342,6 +342,21 @@ def _save_outputs(path: Path, out: dict) -> None:
     tmp.replace(path)
 
 
+def _cached_rows(rows_dir: Path, cache: Path, names: list[str], key: str) -> tuple[dict, dict] | None:
+    """(rows, per-item outputs of ``names``) from ``cache`` and ``rows_dir/<name>.npz`` if
+    all exist and the cache was written under ``key``; else None."""
+    if not (cache.exists() and all((rows_dir / f"{n}.npz").exists() for n in names)):
+        return None
+    cached = json.loads(cache.read_text())
+    if cached.get("key") != key:
+        return None
+    outs = {}
+    for n in names:
+        with np.load(rows_dir / f"{n}.npz") as z:
+            outs[n] = dict(z)
+    return cached["rows"], outs
+
+
 def _teacher_rows(teacher: str, data: EvalData, spec: EvalSpec, rows_dir: Path, progress) -> tuple[dict, dict]:
     """Rows ``teacher`` (its own dim) and ``teacher-pca50`` (PCA fitted on the same train
     posts as base-pca50), embedded by the teacher's embedder (``teacher.embed_cached``)."""
@@ -350,15 +365,10 @@ def _teacher_rows(teacher: str, data: EvalData, spec: EvalSpec, rows_dir: Path, 
     key = f"{TT.fingerprint(TT.resolve(teacher))}-{spec.key()}"
     cache = rows_dir / "teacher.json"
     names = ["teacher", "teacher-pca50"]
-    if cache.exists() and all((rows_dir / f"{n}.npz").exists() for n in names):
-        cached = json.loads(cache.read_text())
-        if cached.get("key") == key:
-            outs = {}
-            for n in names:
-                with np.load(rows_dir / f"{n}.npz") as z:
-                    outs[n] = dict(z)
-            progress("teacher: cached")
-            return cached["rows"], outs
+    hit = _cached_rows(rows_dir, cache, names, key)
+    if hit is not None:
+        progress("teacher: cached")
+        return hit
     texts = data.texts_with_pca()
     x, info = TT.embed_cached(teacher, texts, progress=progress)
     table = dict(zip(texts, x))
@@ -393,15 +403,12 @@ def evaluate_rows(models: list[tuple[str, str]], root: Path, out: Path, spec: Ev
         key = f"{resolve(model).fingerprint}-{spec.key()}-{root}"
         cache = rows_dir / f"{name}.json"
         names = [name, "base-pca50"] if name == "base" and baselines else [name]
-        if cache.exists() and all((rows_dir / f"{n}.npz").exists() for n in names):
-            cached = json.loads(cache.read_text())
-            if cached.get("key") == key:
-                rows.update(cached["rows"])
-                for n in names:
-                    with np.load(rows_dir / f"{n}.npz") as z:
-                        outs[n] = dict(z)
-                progress(f"{name}: cached")
-                continue
+        hit = _cached_rows(rows_dir, cache, names, key)
+        if hit is not None:
+            rows.update(hit[0])
+            outs.update(hit[1])
+            progress(f"{name}: cached")
+            continue
         t0 = time.perf_counter()
         need = data.texts_with_pca() if name == "base" and baselines else texts
         table, info = embed_all(model, need, backend, spec)
