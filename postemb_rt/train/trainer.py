@@ -11,6 +11,11 @@ to the task batch, with up to three terms on their 50-d embeddings: ``distill_we
 (1 - Pearson r of in-batch cosines against the teacher's), ``direct_weight`` (1 - cosine
 to the teacher's embedding reduced to 50-d by PCA on the pool, or through a learnt linear
 map) and ``nce_weight`` (softmax over the stream's PCA targets: in-batch negatives).
+``pair_weight`` adds ``pair_posts`` related pairs per step (half STS-B train pairs of every
+score, half posts with one of their teacher-nearest neighbours in the pool; all STS-B pairs
+if ``pair_neighbours`` is 0): 1 - Pearson r of the student's pair cosines against the
+teacher's. Random posts are mostly unrelated, so the in-batch term says little about how
+close two related texts are; this term does.
 Without a teacher, ``distill_weight`` compares the step's anchors with the frozen base.
 
 Output: a normal model directory (``postemb.json``, ``projection.safetensors``,
@@ -80,6 +85,9 @@ class TrainConfig:
     direct_target: str = "pca"  # "pca": the teacher's top projection_dim principal axes; "linear": a learnt map to the teacher
     nce_weight: float = 0.0  # in-batch negatives: softmax over the stream's teacher PCA targets
     nce_temperature: float = 0.05
+    pair_weight: float = 0.0  # 1 - Pearson r of related pairs' cosines vs the teacher's (see teacher_pairs)
+    pair_posts: int = 16  # related pairs per step (half STS-B train pairs, half teacher neighbours)
+    pair_neighbours: int = 10  # a neighbour pair takes one of a post's top-k teacher neighbours; 0: STS-B pairs only
     probe_pairs: int = 32  # per task: a fixed sample of train pairs whose loss is measured before and after
 
     @classmethod
@@ -118,7 +126,7 @@ class TrainConfig:
         if self.distill_weight < 0:
             raise ValidationError(f"`distill_weight` in {where} must be >= 0. Given: {self.distill_weight}.")
         terms = {"distill_weight": self.distill_weight, "direct_weight": self.direct_weight,
-                 "nce_weight": self.nce_weight}
+                 "nce_weight": self.nce_weight, "pair_weight": self.pair_weight}
         for k, v in terms.items():
             if v < 0:
                 raise ValidationError(f"`{k}` in {where} must be >= 0. Given: {v}.")
@@ -130,9 +138,13 @@ class TrainConfig:
                 raise ValidationError(f"`teacher` in {where} needs `distill_posts` >= 2 and a distillation term > 0 "
                                       f"(the teacher is distilled on that stream). Given: distill_posts "
                                       f"{self.distill_posts}, {terms}.")
-        elif self.direct_weight or self.nce_weight:
-            raise ValidationError(f"`direct_weight` and `nce_weight` in {where} need a `teacher`. "
-                                  f"Given: direct_weight {self.direct_weight}, nce_weight {self.nce_weight}.")
+        elif self.direct_weight or self.nce_weight or self.pair_weight:
+            raise ValidationError(f"`direct_weight`, `nce_weight` and `pair_weight` in {where} need a `teacher`. "
+                                  f"Given: direct_weight {self.direct_weight}, nce_weight {self.nce_weight}, "
+                                  f"pair_weight {self.pair_weight}.")
+        if self.pair_weight and (self.pair_posts < 4 or self.pair_neighbours < 0):
+            raise ValidationError(f"`pair_weight` in {where} needs `pair_posts` >= 4 and `pair_neighbours` >= 0. "
+                                  f"Given: pair_posts {self.pair_posts}, pair_neighbours {self.pair_neighbours}.")
         if self.direct_target not in ("pca", "linear"):
             raise ValidationError(f"`direct_target` in {where} must be 'pca' or 'linear'. Given: {self.direct_target!r}.")
         if self.projection_init == "teacher" and not self.teacher:
@@ -189,17 +201,21 @@ def _batches_to_tensors(tokenizer, texts, pack):
     return torch.from_numpy(ids), torch.from_numpy(mask)
 
 
+def _pearson_loss(s, t):
+    """1 - Pearson r between two vectors of cosines (blind to an affine map of either, which
+    no ranking metric sees)."""
+    s, t = s - s.mean(), t - t.mean()
+    return 1.0 - (s * t).sum() / (s.norm() * t.norm() + 1e-8)
+
+
 def _similarity_loss(student, teacher):
     """1 - Pearson r between the off-diagonal cosines of ``student`` (n, 50) and ``teacher``
     (n, 384) unit rows, n >= 3: keeps the fine-tuned model's similarity structure close to
-    the frozen base's (up to an affine map of the cosines, which no ranking metric sees)."""
+    the frozen base's."""
     import torch
 
-    n = student.shape[0]
-    off = ~torch.eye(n, dtype=torch.bool)
-    s, t = (student @ student.t())[off], (teacher @ teacher.t())[off]
-    s, t = s - s.mean(), t - t.mean()
-    return 1.0 - (s * t).sum() / (s.norm() * t.norm() + 1e-8)
+    off = ~torch.eye(student.shape[0], dtype=torch.bool)
+    return _pearson_loss((student @ student.t())[off], (teacher @ teacher.t())[off])
 
 
 def general_posts(sd: T.SplitData) -> list[str]:
@@ -294,6 +310,29 @@ def teacher_stream(cfg: TrainConfig, sd: T.SplitData, progress=print) -> Teacher
     return TeacherStream(pool, emb, pca.astype(np.float32), info)
 
 
+def teacher_pairs(cfg: TrainConfig, sd: T.SplitData, ts: TeacherStream, anchors: int = 8192) -> dict:
+    """Related pairs of the distillation pool, as (P, 2) indices into ``ts.posts``: ``sts``
+    (every STS-B train pair, whatever its score, both sentences in the pool) and
+    ``neighbour`` (``anchors`` seeded pool posts, each with its top ``pair_neighbours``
+    teacher neighbours; near-copies, cosine > 0.99, left out; none if ``pair_neighbours`` is 0)."""
+    where = {t: i for i, t in enumerate(ts.posts)}
+    a, b, _ = D.read_sts(sd.sts_path, strict=sd.strict)
+    sts = np.array([(where[x], where[y]) for x, y in zip(a, b) if x in where and y in where and x != y],
+                   dtype=np.int64).reshape(-1, 2)
+    rng = np.random.default_rng([cfg.seed, 7])
+    pick = np.sort(rng.permutation(len(ts.posts))[:anchors])
+    k = cfg.pair_neighbours
+    nb = [np.zeros((0, 2), dtype=np.int64)]
+    for i in range(0, len(pick) if k else 0, 1024):
+        rows = pick[i:i + 1024]
+        sim = ts.emb[rows] @ ts.emb.T
+        sim[np.arange(len(rows)), rows] = -1.0
+        sim[sim > 0.99] = -1.0
+        top = np.argpartition(-sim, k, axis=1)[:, :k]
+        nb.append(np.stack([np.repeat(rows, k), top.ravel()], 1))
+    return {"sts": sts, "neighbour": np.concatenate(nb).astype(np.int64)}
+
+
 def _lstsq_projection(model, tokenizer, posts, targets, pack):
     """(weight (D, H), bias (D,)): least squares from the base's pooled vectors of ``posts``
     to ``targets`` (n, D): the projection starts as the best linear map onto the teacher."""
@@ -370,6 +409,10 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     offset = nn.Parameter(torch.tensor(-0.5 * cfg.scale_init))
     adapter_params = [p for p in model.encoder.parameters() if p.requires_grad]
     head_params = list(proj.parameters()) + [log_scale, offset]
+    pairs_of = None
+    if ts is not None and cfg.pair_weight:
+        pairs_of = teacher_pairs(cfg, sd, ts)
+        progress(f"pair term: {len(pairs_of['sts'])} STS-B train pairs, {len(pairs_of['neighbour'])} neighbour pairs")
     to_teacher = None  # direct_target "linear": a map from the 50-d output to the teacher (training only)
     if ts is not None and cfg.direct_weight and cfg.direct_target == "linear":
         to_teacher = nn.Linear(cfg.projection_dim, ts.emb.shape[1])
@@ -385,6 +428,7 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
 
     stream = general_posts(sd) if cfg.distill_posts and ts is None else []
     stream_rng = np.random.default_rng([cfg.seed, 5])
+    pair_rng = np.random.default_rng([cfg.seed, 8])  # its own stream: pair_weight 0 leaves the other draws as they were
     if ts is not None:
         t_emb, t_pca = torch.from_numpy(ts.emb), torch.from_numpy(ts.pca)
 
@@ -404,6 +448,13 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         if cfg.nce_weight:
             logits = es @ t_pca[idx].t() / cfg.nce_temperature
             terms["nce"] = cfg.nce_weight * nn.functional.cross_entropy(logits, torch.arange(len(idx)))
+        if pairs_of is not None:
+            half = cfg.pair_posts // 2 if len(pairs_of["neighbour"]) else cfg.pair_posts
+            pr = np.concatenate([v[pair_rng.integers(len(v), size=n)] for v, n in
+                                 ((pairs_of["sts"], half), (pairs_of["neighbour"], cfg.pair_posts - half)) if len(v)])
+            e = model(*_batches_to_tensors(tok, [ts.posts[i] for i in pr.ravel()], pack_padded))[1].view(len(pr), 2, -1)
+            want = (t_emb[pr[:, 0]] * t_emb[pr[:, 1]]).sum(-1)
+            terms["pair"] = cfg.pair_weight * _pearson_loss((e[:, 0] * e[:, 1]).sum(-1), want)
         return terms
 
     def pair_loss(pairs, contrastive, distill=0.0, extra=()):
@@ -470,7 +521,7 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
                           **{k: float(np.mean(v)) for k, v in term_window.items()}})
             window, term_window = [], {}
             el = time.perf_counter() - t_loop
-            parts = "".join(f" {k} {curve[-1][k]:.4f}" for k in ("similarity", "direct", "nce") if k in curve[-1])
+            parts = "".join(f" {k} {curve[-1][k]:.4f}" for k in ("similarity", "direct", "nce", "pair") if k in curve[-1])
             progress(f"step {step + 1}/{cfg.steps} loss {curve[-1]['loss']:.4f}{parts} scale {log_scale.exp().item():.2f} "
                      f"{el / (step + 1):.2f}s/step, eta {el / (step + 1) * (cfg.steps - step - 1):.0f}s")
     probe_end = probe_losses()
@@ -505,6 +556,8 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     }
     if ts is not None:
         summary["teacher"] = {**ts.info, "load_seconds": round(t_teacher, 1)}
+    if pairs_of is not None:
+        summary["pair_pool"] = {k: len(v) for k, v in pairs_of.items()}
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     progress(f"trained {n_trained} parameters in {train_seconds:.0f}s; artefact {artefact / 1e6:.2f} MB -> {out}")
     return summary

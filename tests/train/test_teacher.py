@@ -114,6 +114,33 @@ def test_distillation_config_errors_name_the_field():
         TrainConfig(projection_init="teacher").validate()
     with pytest.raises(ValidationError, match="`nce_weight` .* must be >= 0"):
         TrainConfig(teacher="base", distill_posts=8, nce_weight=-1.0).validate()
+    with pytest.raises(ValidationError, match="`pair_weight` .* need a `teacher`"):
+        TrainConfig(pair_weight=1.0).validate()
+    with pytest.raises(ValidationError, match="`pair_weight` .* needs `pair_posts` >= 4"):
+        TrainConfig(teacher="base", distill_posts=8, pair_weight=1.0, pair_posts=2).validate()
+
+
+def test_teacher_pairs_are_the_sts_pairs_and_true_teacher_neighbours(tiny_data):
+    from postemb_rt.train import data as D
+    from postemb_rt.train import tasks as T
+    from postemb_rt.train.trainer import TeacherStream, teacher_pairs
+
+    sd = T.load_split(tiny_data, "train")
+    a, b, _ = D.read_sts(sd.sts_path, strict=sd.strict)
+    posts = sorted(set(a + b + sd.emoji.texts))
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(len(posts), 16)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    ts = TeacherStream(posts, emb, emb[:, :4], {})
+    got = teacher_pairs(TrainConfig(pair_neighbours=3), sd, ts, anchors=10)
+    assert {(posts[i], posts[j]) for i, j in got["sts"]} == {(x, y) for x, y in zip(a, b) if x != y}
+    nb = got["neighbour"]
+    assert len(nb) == 30 and len(set(nb[:, 0])) == 10 and (nb[:, 0] != nb[:, 1]).all()
+    for i in set(nb[:, 0]):
+        sim = emb @ emb[i]
+        sim[i] = -1
+        assert set(nb[nb[:, 0] == i, 1]) == set(np.argsort(-sim)[:3])
+    assert len(teacher_pairs(TrainConfig(pair_neighbours=0), sd, ts, anchors=10)["neighbour"]) == 0
 
 
 @pytest.mark.parametrize("target", ["pca", "linear"])
@@ -125,11 +152,12 @@ def test_smoke_distillation_from_the_base_as_teacher(tiny_data, tmp_path, target
 
     cfg = TrainConfig(data=str(tiny_data), **{**SMOKE, "steps": 20}, teacher="base", teacher_max_length=32,
                       distill_posts=8, distill_weight=1.0, direct_weight=1.0, direct_target=target,
-                      nce_weight=0.5 if target == "pca" else 0.0,
+                      nce_weight=0.5 if target == "pca" else 0.0, pair_weight=1.0 if target == "pca" else 0.0,
                       projection_init="teacher" if target == "pca" else "pca")
     summary = train(cfg, tmp_path / "m", progress=lambda m: None)
     curve = summary["loss_curve"]
     assert {"similarity", "direct"} <= set(curve[0]) and ("nce" in curve[0]) == (target == "pca")
+    assert ("pair" in curve[0]) == ("pair_pool" in summary) == (target == "pca")
     assert summary["teacher"]["dim"] == 384 and summary["teacher"]["pool"] > 0
     assert 0 < summary["teacher"]["pca_explained"] <= 1
     if target == "linear":  # from the base-PCA start, the learnt map's cosine to the teacher improves
