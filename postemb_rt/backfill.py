@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .durable import atomic_write, durable_rename
+from .durable import atomic_write, durable_rename, read_json
 from .errors import PostEmbError, ValidationError
 
 log = logging.getLogger("postemb_rt.backfill")
@@ -330,13 +330,6 @@ class SplitEmbedder:
 
 
 # -- the run (driver) ---------------------------------------------------------------------
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
 def _model_of(meta: dict) -> tuple:
     return meta.get("model_version"), meta.get("model_fingerprint")
 
@@ -345,7 +338,7 @@ def _check_model_version(out: Path, model_version: str, fingerprint: str) -> Non
     for success in out.rglob(SUCCESS):
         if STAGING in success.relative_to(out).parts:
             continue
-        meta = _read_json(success) or {}
+        meta = read_json(success) or {}
         theirs = _model_of(meta)
         if theirs[0] not in (None, model_version) or theirs[1] not in (None, fingerprint):
             raise ValidationError(
@@ -367,7 +360,7 @@ def _marker(plan: FilePlan, model_version: str, fingerprint: str, rows_per_split
 def _resume_staging(staging: Path, want: dict, rel: str) -> None:
     """Keep the finished parts of ``staging`` if its marker matches ``want``; restart the file
     if the source or the split plan changed; refuse if another model wrote them."""
-    have = _read_json(staging / MARKER)
+    have = read_json(staging / MARKER)
     if have == want:
         return
     if have is not None and staging.is_dir() and any(staging.glob("part-*.parquet")):
@@ -454,7 +447,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     todo: dict[str, set[int]] = {}
     for f in files:
         rel = f.relative_to(root).as_posix()
-        done = _read_json(out / rel / SUCCESS)
+        done = read_json(out / rel / SUCCESS)
         if done is not None:
             st = f.stat()
             if (done.get("source_size"), done.get("source_mtime_ns")) != (st.st_size, st.st_mtime_ns):

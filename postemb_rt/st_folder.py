@@ -31,9 +31,9 @@ and a retrained one a new version: the near-line store and backfill key on it.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
+from .durable import read_json
 from .errors import ModelNotFoundError, ValidationError
 
 MODULES_FILE = "modules.json"
@@ -56,13 +56,7 @@ _KINDS = ("Transformer", "Pooling", "Dense", "Normalize")
 
 
 def _read_json(path: Path, what: str):
-    if not path.exists():
-        raise ModelNotFoundError(f"`{path}` ({what}) is missing. Fix: save the folder again with "
-                                 "SentenceTransformer.save(), or restore the file.")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValidationError(f"`{path}` is not valid JSON: {exc}. Fix: restore the file.") from None
+    return read_json(path, what, fix="save the folder again with SentenceTransformer.save(), or restore the file")
 
 
 def _kind(entry, modules_file: Path, i: int) -> str:
