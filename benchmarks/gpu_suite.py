@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def texts_for(n_short: int, n_long: int) -> tuple[list[str], list[str], str]:
-    from postemb_rt.commands.demo import BUILTIN_POSTS
+    from postemb_rt.data import BUILTIN_POSTS
     from postemb_rt.data import data_root, long_posts, short_posts
 
     if data_root(required=False) is None:

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "pack.h"
-#include "pool.h"
+#include "masked_mean_pool_l2.h"
 #include "batcher.h"
 
 namespace py = pybind11;

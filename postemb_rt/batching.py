@@ -1,5 +1,7 @@
 """Batch formation: ``plan_batches`` for bulk ``encode`` (sort by length, cut by a token
-budget), and ``DynamicBatcher`` for concurrent callers (the face of csrc/batcher.h).
+budget), and ``DynamicBatcher`` for concurrent callers (the face of csrc/batcher.h; the
+scheduler exists in C++ only, and without the extension ``SerialCore`` below computes one
+request at a time instead).
 
 A batch costs what its padded matrix costs (rows x longest row), so rows are sorted by
 length (longest first: a too-large budget fails on the first batch, not the last) and
@@ -9,7 +11,7 @@ exceeded. Results are scattered back to input order by the caller.
 from __future__ import annotations
 
 import atexit
-import bisect
+import collections
 import copy
 import itertools
 import logging
@@ -94,9 +96,10 @@ class DynamicBatcher:
     depth, counters and Prometheus-shaped histograms. ``close()`` (also at interpreter exit)
     stops the scheduler thread.
 
-    native: None (default) uses the C++ batcher when ``postemb_rt._C`` is loaded, else the
-        pure-Python twin ``PyBatcherCore`` with a logged warning; True requires C++; False
-        picks the Python twin. ``implementation`` says which runs (also in ``stats()``).
+    native: None (default) uses the C++ batcher when ``postemb_rt._C`` is loaded, else
+        ``SerialCore`` (no batching across requests) with a logged warning; True requires C++;
+        False picks ``SerialCore``. ``implementation`` says which runs (also in ``stats()``
+        and ``Encoder.describe()``).
     """
 
     def __init__(self, embed, *, max_batch_tokens: int = 4096, max_batch_size: int = 64,
@@ -111,8 +114,8 @@ class DynamicBatcher:
             )
         use_c = _native._C is not None if native is None else bool(native)
         if native is None and not use_c:
-            log.warning("postemb_rt._C is not loaded: the dynamic batcher runs its pure-Python twin "
-                        "(slower, holds the GIL while scheduling). Fix: pip install -e .")
+            log.warning("postemb_rt._C is not loaded: concurrent requests are computed one at a time, "
+                        "without batching across requests (%s). Fix: pip install -e .", SERIAL)
         for name, value in (("max_batch_tokens", max_batch_tokens), ("max_batch_size", max_batch_size),
                             ("max_queued_tokens", max_queued_tokens)):
             if not isinstance(value, int) or value < 1:
@@ -131,8 +134,8 @@ class DynamicBatcher:
         # The callbacks hold only a weak reference to self, so dropping the last user reference
         # is never done by (nor waits for) the scheduler thread; _LIVE keeps self until close().
         ref = weakref.ref(self)
-        core_cls = _native._C.DynamicBatcher if use_c else PyBatcherCore
-        self.implementation = "C++ (postemb_rt._C)" if use_c else "python fallback"
+        core_cls = _native._C.DynamicBatcher if use_c else SerialCore
+        self.implementation = "C++ (postemb_rt._C)" if use_c else SERIAL
         self._core = core_cls(_make_run(ref), _make_on_done(ref), **self.options)
         with _LIVE_LOCK:
             _LIVE.add(self)
@@ -174,8 +177,9 @@ class DynamicBatcher:
 
     def stats(self) -> dict:
         """Counters and gauges (see csrc/batcher.h BatcherStats), plus ``padding_ratio`` (over
-        all computed batches) and ``mean_batch_size``. Histograms are dicts of ``bounds``,
-        ``counts`` (per bucket, the last one above the last bound), ``sum``, ``count``."""
+        all computed batches), ``mean_batch_size`` and ``implementation``. Histograms (C++
+        only; ``SerialCore`` has none) are dicts of ``bounds``, ``counts`` (per bucket, the
+        last one above the last bound), ``sum``, ``count``."""
         s = self._core.stats()
         padded = s["padded_tokens_computed"]
         s["padding_ratio"] = 1.0 - s["tokens_computed"] / padded if padded else 0.0
@@ -268,66 +272,44 @@ def _make_on_done(ref):
 
 
 # ---------------------------------------------------------------------------------------
-# Pure-Python twin of _C.DynamicBatcher (same constructor, methods, statuses and stats), for
-# builds without the extension or POSTEMB_NATIVE=0. Same algorithm as csrc/batcher.cpp;
-# it schedules while holding the GIL, so it is slower under many callers.
+# Without the extension: no second scheduler, just one request at a time.
 # ---------------------------------------------------------------------------------------
-_LATENCY_BOUNDS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]
+SERIAL = "serial fallback (postemb_rt._C not loaded: one request at a time, no batching across requests)"
+COUNTERS = ("requests_submitted", "requests_ok", "requests_failed", "requests_expired", "requests_rejected",
+            "requests_cancelled", "requests_closed", "batches", "batches_failed", "posts_computed",
+            "tokens_computed", "padded_tokens_computed")  # csrc/batcher.h BatcherStats
+GAUGES = ("pending_requests", "queued_posts", "queued_tokens", "in_flight_posts")
 
 
-class _Hist:
-    def __init__(self, bounds):
-        self.bounds, self.counts, self.sum, self.count = list(bounds), [0] * (len(bounds) + 1), 0.0, 0
+class SerialCore:
+    """The batcher core without ``postemb_rt._C``: requests are computed one after another, in
+    arrival order, on one thread, each cut by ``plan_batches`` as ``Encoder.encode`` cuts a
+    call, so concurrent callers are served correctly but never share a model call.
 
-    def observe(self, v: float) -> None:
-        self.counts[bisect.bisect_left(self.bounds, v)] += 1
-        self.sum += v
-        self.count += 1
-
-    def as_dict(self) -> dict:
-        return {"bounds": list(self.bounds), "counts": list(self.counts), "sum": self.sum, "count": self.count}
-
-
-class _Req:
-    __slots__ = ("ticket", "rows", "posts", "enqueued", "deadline", "finished", "remaining", "values",
-                 "queue_s", "infer_s")
-
-    def __init__(self, ticket, posts, now, timeout_s):
-        self.ticket, self.rows, self.posts, self.enqueued = ticket, len(posts), posts, now
-        self.deadline = now + timeout_s if timeout_s > 0 else float("inf")
-        self.finished, self.remaining, self.values, self.queue_s, self.infer_s = False, len(posts), None, 0.0, 0.0
-
-
-_COUNTERS = ("requests_submitted", "requests_ok", "requests_failed", "requests_expired", "requests_rejected",
-             "requests_cancelled", "requests_closed", "batches", "batches_failed", "posts_computed",
-             "tokens_computed", "padded_tokens_computed")
-
-
-class PyBatcherCore:
-    """The Python fallback scheduler; see ``csrc/batcher.h`` for the semantics."""
+    Same constructor, methods, statuses and counters as ``_C.DynamicBatcher`` (csrc/batcher.h),
+    so ``DynamicBatcher`` wraps either; ``max_wait_us`` and ``batch_overhead_tokens`` are
+    accepted and unused (nothing is grouped), and ``stats()`` has no histograms. Backpressure
+    (``max_queued_tokens``), deadlines, cancellation and ``close(drain)`` behave as in C++.
+    """
 
     def __init__(self, run, on_done, max_batch_tokens=4096, max_batch_size=64, max_wait_us=500,
-                 max_queued_tokens=65536, batch_overhead_tokens=64, window=1024, pad_id=0):
+                 max_queued_tokens=65536, batch_overhead_tokens=64, pad_id=0):
         self._run, self._on_done = run, on_done
-        self._opt = dict(max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
-                         max_wait_s=max_wait_us / 1e6, max_queued_tokens=max_queued_tokens,
-                         overhead=batch_overhead_tokens, window=window, pad_id=pad_id)
+        self._max_batch_tokens, self._max_batch_size = max_batch_tokens, max_batch_size
+        self._max_queued_tokens, self._pad_id = max_queued_tokens, pad_id
         self._cv = threading.Condition()
-        self._queue: list[list] = []  # [request, row, length, enqueued], arrival order
-        self._live: dict[int, _Req] = {}
-        self._queued_tokens = 0
-        self._in_flight = 0
+        self._queue: collections.deque = collections.deque()  # (ticket, rows, deadline), arrival order
+        self._live: set[int] = set()  # tickets queued or in flight, not cancelled
+        self._queued_tokens = self._in_flight = 0
         self._closing, self._drain = False, True
-        self._c = dict.fromkeys(_COUNTERS, 0)
-        self._h = {"batch_size": _Hist([1, 2, 4, 8, 16, 32, 64, 128, 256]),
-                   "batch_padding_ratio": _Hist([0.0, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.75]),
-                   "queue_seconds": _Hist(_LATENCY_BOUNDS), "inference_seconds": _Hist(_LATENCY_BOUNDS)}
+        self._c = dict.fromkeys(COUNTERS, 0)
         # Daemon: the atexit hook above drains it; a non-daemon thread would block exit first.
-        self._thread = threading.Thread(target=self._loop, name="postemb-batcher", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="postemb-serial-batcher", daemon=True)
         self._thread.start()
 
     def submit(self, ticket: int, posts, timeout_s: float = 0.0) -> None:
-        o = self._opt
+        from .errors import OverloadedError
+
         rows = []
         for i, p in enumerate(posts):
             if isinstance(p, (str, bytes)) or not hasattr(p, "__len__"):
@@ -336,48 +318,41 @@ class PyBatcherCore:
         if not rows:
             raise ValueError("`posts` must hold at least one post. Given: 0 posts.")
         for i, r in enumerate(rows):
-            if not 1 <= len(r) <= o["max_batch_tokens"]:
-                raise ValueError(f"`posts[{i}]` must hold 1 to max_batch_tokens ({o['max_batch_tokens']}) "
+            if not 1 <= len(r) <= self._max_batch_tokens:
+                raise ValueError(f"`posts[{i}]` must hold 1 to max_batch_tokens ({self._max_batch_tokens}) "
                                  f"token ids. Given: {len(r)}.")
-        tokens = sum(map(len, rows))
-        if tokens > o["max_queued_tokens"]:
-            raise ValueError(f"`posts` hold {tokens} tokens, more than max_queued_tokens ({o['max_queued_tokens']}), "
-                             "so they can never be queued. Fix: split the request or raise max_queued_tokens.")
+        tokens, limit = sum(map(len, rows)), self._max_queued_tokens
+        if tokens > limit:
+            raise ValueError(f"`posts` hold {tokens} tokens, more than max_queued_tokens ({limit}), so they can "
+                             "never be queued. Fix: split the request or raise max_queued_tokens.")
         with self._cv:
             if self._closing:
                 raise BatcherClosedError("the batcher is closed; submit() is no longer accepted.")
-            if self._queued_tokens + tokens > o["max_queued_tokens"]:
+            if self._queued_tokens + tokens > limit:
                 self._c["requests_rejected"] += 1
-                from .errors import OverloadedError
-
                 raise OverloadedError(f"the batcher queue is full: {self._queued_tokens} tokens queued, this request "
-                                      f"adds {tokens}, max_queued_tokens is {o['max_queued_tokens']}. Retry later.")
+                                      f"adds {tokens}, max_queued_tokens is {limit}. Retry later.")
             if ticket in self._live:
                 raise ValueError(f"`ticket` {ticket} is already pending.")
-            now = time.monotonic()
-            req = _Req(ticket, rows, now, timeout_s)
-            self._live[ticket] = req
-            self._queue.extend([req, r, len(rows[r]), now] for r in range(len(rows)))
+            deadline = time.monotonic() + timeout_s if timeout_s > 0 else float("inf")
+            self._queue.append((ticket, rows, deadline, tokens))
+            self._live.add(ticket)
             self._queued_tokens += tokens
             self._c["requests_submitted"] += 1
             self._cv.notify()
 
     def cancel(self, ticket: int) -> bool:
         with self._cv:
-            req = self._live.pop(ticket, None)
-            if req is None or req.finished:
+            if ticket not in self._live:
                 return False
-            req.finished = True
+            self._live.discard(ticket)  # skipped when its turn comes (or its result dropped)
             self._c["requests_cancelled"] += 1
-            self._cv.notify()
             return True
 
     def close(self, drain: bool = True) -> None:
         with self._cv:
-            if not self._closing:
-                self._closing, self._drain = True, drain
-            elif not drain:
-                self._drain = False
+            self._drain = self._drain and drain
+            self._closing = True
             self._cv.notify_all()
         if threading.current_thread() is not self._thread:
             self._thread.join()
@@ -389,148 +364,75 @@ class PyBatcherCore:
 
     def stats(self) -> dict:
         with self._cv:
-            s = dict(self._c, pending_requests=len(self._live), queued_posts=len(self._queue),
-                     queued_tokens=self._queued_tokens, in_flight_posts=self._in_flight)
-            s.update({k: h.as_dict() for k, h in self._h.items()})
-            return s
+            return dict(self._c, pending_requests=len(self._live), queued_posts=sum(len(r[1]) for r in self._queue),
+                        queued_tokens=self._queued_tokens, in_flight_posts=self._in_flight)
 
-    # -- scheduler thread ------------------------------------------------------------
-    def _finish(self, req, status, message, done):
-        req.finished = True
-        self._live.pop(req.ticket, None)
-        done.append((req.ticket, status, None, message, req.queue_s, req.infer_s))
+    # -- the one worker thread -----------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closing:
+                    self._cv.wait()
+                if not self._queue:
+                    return  # closing, nothing left
+                ticket, rows, deadline, tokens = self._queue.popleft()
+                self._queued_tokens -= tokens
+                if ticket not in self._live:  # cancelled while queued
+                    continue
+                if self._closing and not self._drain:
+                    self._live.discard(ticket)
+                    self._c["requests_closed"] += 1
+                    item = (ticket, _CLOSED, None, "the batcher was closed before this request was computed.", 0.0, 0.0)
+                elif time.monotonic() >= deadline:
+                    self._live.discard(ticket)
+                    self._c["requests_expired"] += 1
+                    item = (ticket, _DEADLINE, None, "the request's deadline passed in the batcher queue; it was "
+                                                     "not computed.", 0.0, 0.0)
+                else:
+                    item = None
+                    self._in_flight = len(rows)
+            if item is None:
+                item = self._compute(ticket, rows)
+            try:
+                self._on_done([item])
+            except BaseException:  # noqa: BLE001 - must not stop the worker
+                log.exception("postemb_rt serial batcher on_done raised")
 
-    def _purge(self, now, done):
-        keep = []
-        for item in self._queue:
-            req = item[0]
-            if not req.finished and now >= req.deadline:
-                self._c["requests_expired"] += 1
-                req.queue_s = now - req.enqueued
-                self._finish(req, _DEADLINE, f"the request's deadline passed after {req.queue_s:.6f} s in the "
-                                             "batcher queue; it was not computed.", done)
-            if req.finished:
-                self._queued_tokens -= item[2]
-            else:
-                keep.append(item)
-        self._queue = keep
-
-    def _due(self, now) -> bool:
-        o = self._opt
-        return bool(self._queue) and (self._closing or len(self._queue) >= o["max_batch_size"]
-                                      or self._queued_tokens >= o["max_batch_tokens"]
-                                      or now - self._queue[0][3] >= o["max_wait_s"])
-
-    def _form(self):
-        o = self._opt
-        n = min(len(self._queue), o["window"])
-        order = sorted(range(n), key=lambda i: (self._queue[i][2], i))
-        best, cut = [0.0] * (n + 1), [0] * (n + 1)
-        for j in range(1, n + 1):
-            width = self._queue[order[j - 1]][2]
-            best[j] = -1.0
-            for rows in range(1, min(j, o["max_batch_size"]) + 1):
-                if rows > 1 and rows * width > o["max_batch_tokens"]:
-                    break
-                c = best[j - rows] + o["overhead"] + rows * width
-                if best[j] < 0 or c < best[j]:
-                    best[j], cut[j] = c, j - rows
-        anchor = order.index(0)
-        hi, lo = n, cut[n]
-        while anchor < lo:
-            hi, lo = lo, cut[lo]
-        chosen = sorted(order[lo:hi])
-        taken = set(chosen)
-        batch = [self._queue[i] for i in chosen]
-        self._queue = [x for i, x in enumerate(self._queue) if i not in taken]
-        self._queued_tokens -= sum(x[2] for x in batch)
-        self._in_flight = len(batch)
-        return batch
-
-    def _run_batch(self, batch, done):
-        from .native import _pack_padded_py
+    def _compute(self, ticket: int, rows: list[list[int]]) -> tuple:
+        from .native import pack_padded
 
         start = time.monotonic()
-        ids, mask = _pack_padded_py([x[0].posts[x[1]] for x in batch], self._opt["pad_id"])
-        error = None
-        try:
-            out = self._run(ids, mask)
-            if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.ndim != 2 or len(out) != len(batch):
-                error = (f"`run` must return float32 ({len(batch)}, D). Given: "
+        values, error, counts = None, None, []
+        for idx in plan_batches([len(r) for r in rows], self._max_batch_size, self._max_batch_tokens):
+            ids, mask = pack_padded([rows[i] for i in idx], self._pad_id)
+            counts.append((len(idx), int(mask.sum()), mask.size))
+            try:
+                out = self._run(ids, mask)
+            except BaseException as exc:  # noqa: BLE001 - fails this request only, as in C++
+                error = str(exc) or type(exc).__name__
+                break
+            if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.ndim != 2 or len(out) != len(idx):
+                error = (f"`run` must return float32 ({len(idx)}, D). Given: "
                          f"{getattr(out, 'dtype', type(out).__name__)} {getattr(out, 'shape', '')}.")
-        except BaseException as exc:  # noqa: BLE001 - fails this batch only, like the C++ twin
-            error = str(exc) or type(exc).__name__
+                break
+            if values is None:
+                values = np.empty((len(rows), out.shape[1]), np.float32)
+            values[idx] = out
         infer = time.monotonic() - start
-        real, padded = int(mask.sum()), mask.size
         with self._cv:
             c = self._c
-            c["batches"] += 1
+            for posts, real, padded in counts:
+                c["batches"] += 1
+                c["posts_computed"] += posts
+                c["tokens_computed"] += real
+                c["padded_tokens_computed"] += padded
             c["batches_failed"] += error is not None
-            c["posts_computed"] += len(batch)
-            c["tokens_computed"] += real
-            c["padded_tokens_computed"] += padded
             self._in_flight = 0
-            self._h["inference_seconds"].observe(infer)
-            self._h["batch_size"].observe(len(batch))
-            self._h["batch_padding_ratio"].observe(1.0 - real / padded)
-            for i, (req, row, _len, enq) in enumerate(batch):
-                self._h["queue_seconds"].observe(start - enq)
-                req.queue_s = max(req.queue_s, start - enq)
-                req.infer_s += infer
-                req.remaining -= 1
-                if req.finished:
-                    continue
-                if error is not None:
-                    c["requests_failed"] += 1
-                    self._finish(req, _BACKEND_ERROR, error, done)
-                    continue
-                if req.values is None:
-                    req.values = np.zeros((req.rows, out.shape[1]), np.float32)
-                req.values[row] = out[i]
-                if req.remaining == 0:
-                    c["requests_ok"] += 1
-                    req.finished = True
-                    self._live.pop(req.ticket, None)
-                    done.append((req.ticket, _OK, req.values, "", req.queue_s, req.infer_s))
-
-    def _deliver(self, done):
-        if done:
-            try:
-                self._on_done(done)
-            except BaseException:  # noqa: BLE001 - must not stop the scheduler
-                log.exception("postemb_rt batcher on_done raised")
-
-    def _loop(self):
-        while True:
-            done, batch, exit_after = [], None, False
-            with self._cv:
-                while True:
-                    now = time.monotonic()
-                    self._purge(now, done)
-                    if self._closing and not self._drain:
-                        for req, *_ in self._queue:
-                            if not req.finished:
-                                self._c["requests_closed"] += 1
-                                self._finish(req, _CLOSED, "the batcher was closed before this request was "
-                                                           "computed.", done)
-                        self._queue, self._queued_tokens, exit_after = [], 0, True
-                        break
-                    if done:
-                        break
-                    if not self._queue:
-                        if self._closing:
-                            exit_after = True
-                            break
-                        self._cv.wait()
-                        continue
-                    if self._due(now):
-                        batch = self._form()
-                        break
-                    self._cv.wait(max(0.0, self._queue[0][3] + self._opt["max_wait_s"] - now))
-            if batch:
-                self._run_batch(batch, done)
-            self._deliver(done)
-            if exit_after:
-                with self._cv:
-                    if not self._queue:
-                        return
+            if ticket not in self._live:  # cancelled while computed: nobody waits for it
+                return (ticket, _CLOSED, None, "cancelled", 0.0, infer)
+            self._live.discard(ticket)
+            if error is not None:
+                c["requests_failed"] += 1
+                return (ticket, _BACKEND_ERROR, None, error, 0.0, infer)
+            c["requests_ok"] += 1
+            return (ticket, _OK, values, "", 0.0, infer)

@@ -15,6 +15,25 @@ from .errors import ModelNotFoundError
 
 _CHECKOUT = Path(__file__).resolve().parent.parent
 SHORT_POSTS = "tweeteval/emoji/test_text.txt"
+# A few posts for when the shared data is absent (`postemb demo`, the fidelity check, tests).
+BUILTIN_POSTS = [
+    "Thrilled to announce I've joined a new team as a data engineer!",
+    "We are hiring backend engineers in Berlin. DM me for details.",
+    "Three lessons I learned from failing my first startup.",
+    "Our quarterly results beat expectations thanks to the whole sales team.",
+    "Climate change is the defining challenge of our generation.",
+    "Renewable energy jobs grew faster than any other sector last year.",
+    "Just finished a marathon. Legs hurt, heart is full.",
+    "Morning run by the river before a long day of meetings.",
+    "New paper out on efficient transformer inference on CPUs.",
+    "How we cut our model serving latency in half with better batching.",
+    "Happy to share that I passed my cloud architecture certification.",
+    "Remote work is here to stay, but culture needs deliberate effort.",
+    "Coffee, code, repeat. Shipping the new release today.",
+    "Grateful for my mentors who believed in me early on.",
+    "The best leaders listen more than they speak.",
+    "Our team volunteered at the food bank this weekend.",
+]
 
 
 def data_root(required: bool = True) -> Path | None:

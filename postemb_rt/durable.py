@@ -1,5 +1,5 @@
 """Durable file writes: the one helper for "write to a temporary name, fsync the file,
-rename, fsync the folder".
+rename, fsync the folder"; and the one reader of the small JSON files written so.
 
 A plain ``os.replace`` is atomic but not durable: after a power cut the rename may be on
 disk while the file's data is not (an empty or truncated file under the final name), or
@@ -8,6 +8,7 @@ fsync of the folder after it, for both to survive.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Callable
@@ -61,3 +62,26 @@ def durable_rename(src: str | Path, dst: str | Path) -> None:
     fsync_dir(dst.parent)
     if src.parent != dst.parent:
         fsync_dir(src.parent)
+
+
+def read_json(path: str | Path, what: str | None = None, fix: str = "restore the file"):
+    """The JSON value stored in ``path`` (UTF-8).
+
+    what=None: a marker or cache file that may be absent (not written yet, or by an older
+    version): None when it is missing or not valid JSON. Else ``what`` names the file in the
+    errors: ``ModelNotFoundError`` when it is missing, ``ValidationError`` when it is not
+    valid JSON, each ending with ``fix``.
+    """
+    from .errors import ModelNotFoundError, ValidationError
+
+    path = Path(path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        if what is None:
+            return None
+        raise ModelNotFoundError(f"`{path}` ({what}) is missing. Fix: {fix}.") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        if what is None:
+            return None
+        raise ValidationError(f"`{path}` ({what}) is not valid JSON: {exc}. Fix: restore the file.") from None

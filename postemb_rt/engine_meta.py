@@ -23,6 +23,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .durable import atomic_write
 from .errors import EngineMismatchError, ValidationError
 
 META_FILE = "engine.json"
@@ -158,10 +159,7 @@ class EngineMeta:
 
     def write(self, directory: Path) -> Path:
         path = Path(directory) / META_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(self.to_json())
-        tmp.replace(path)  # atomic: a reader never sees half a file
-        return path
+        return atomic_write(path, self.to_json())  # a reader never sees half a file
 
     @classmethod
     def read(cls, directory: Path) -> "EngineMeta":

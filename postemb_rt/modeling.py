@@ -89,7 +89,7 @@ class PostEmbModel(nn.Module):
 
     def fused_head(self):
         """(weight (D, H), bias (D,) or None) of the single linear map after mean pooling, when the
-        pooling kernels (masked mean + projection, postemb_rt.ops.pooling) compute the whole
+        pooling kernels (masked mean + projection, postemb_rt.ops.masked_mean_pool_l2) compute the whole
         pipeline; (None, None) for mean pooling without a head; False when they cannot (another
         pooling mode, several Dense modules, or an activation)."""
         if self.pooling != "mean":

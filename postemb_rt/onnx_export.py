@@ -23,6 +23,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+from .durable import durable_rename
 from .model_dir import CONFIG_FILE, PROJECTION_FILE, ModelDir, PostEmbConfig, load_model_dir
 
 log = logging.getLogger("postemb_rt")
@@ -184,7 +185,7 @@ def _cached(key: str, build, what: str) -> ModelDir:
     try:
         build(tmp)
         try:
-            tmp.rename(target)
+            durable_rename(tmp, target)
         except OSError:  # another process finished first; use its copy
             pass
     finally:

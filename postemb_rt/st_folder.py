@@ -1,4 +1,5 @@
-"""Reading a sentence-transformers folder: its ``modules.json`` pipeline as a :class:`ModelDir`.
+"""Reading a sentence-transformers folder: its ``modules.json`` pipeline as the pieces of a
+``ModelDir`` (``postemb_rt.model_dir`` builds it; this module does not import it).
 
 A sentence-transformers folder lists its modules in ``modules.json``; this runtime computes
 the pipeline
@@ -30,10 +31,9 @@ and a retrained one a new version: the near-line store and backfill key on it.
 """
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
+from .durable import read_json
 from .errors import ModelNotFoundError, ValidationError
 
 MODULES_FILE = "modules.json"
@@ -56,13 +56,7 @@ _KINDS = ("Transformer", "Pooling", "Dense", "Normalize")
 
 
 def _read_json(path: Path, what: str):
-    if not path.exists():
-        raise ModelNotFoundError(f"`{path}` ({what}) is missing. Fix: save the folder again with "
-                                 "SentenceTransformer.save(), or restore the file.")
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValidationError(f"`{path}` is not valid JSON: {exc}. Fix: restore the file.") from None
+    return read_json(path, what, fix="save the folder again with SentenceTransformer.save(), or restore the file")
 
 
 def _kind(entry, modules_file: Path, i: int) -> str:
@@ -123,24 +117,14 @@ def _dense(root: Path, path: Path, in_dim: int) -> dict:
             "bias": bool(cfg.get("bias", True)), "activation": ACTIVATIONS[act_name]}
 
 
-def content_hash(files) -> str:
-    """12 hex digits of SHA-256 over the files' names (relative) and contents, in the given order."""
-    from .model_dir import _file_digest  # the one (memoised) file hash
-
-    h = hashlib.sha256()
-    for name, p in files:
-        h.update(f"{name}\0{p.stat().st_size}\0{_file_digest(p)}".encode())
-    return h.hexdigest()[:12]
-
-
 def is_st_folder(root: Path) -> bool:
     return (root / MODULES_FILE).exists()
 
 
-def load_st_folder(root: Path):
-    """The ModelDir of the sentence-transformers folder ``root`` (see the module docstring)."""
-    from .model_dir import ModelDir, PostEmbConfig
-
+def read_st_folder(root: Path) -> tuple[dict, list, Path, Path]:
+    """The sentence-transformers folder ``root`` (see the module docstring) as (PostEmbConfig
+    fields but ``model_version``, the (name, path) files its version is a hash of, the encoder
+    folder, tokenizer.json)."""
     modules_file = root / MODULES_FILE
     modules = _read_json(modules_file, "the module list")
     if not isinstance(modules, list) or not modules:
@@ -190,8 +174,7 @@ def load_st_folder(root: Path):
     files += [(str(p.relative_to(root)), p) for p in (enc / ST_CONFIG_FILE, *(q / "config.json" for q in paths[1:]))
               if p.exists()]
     files += [(d["file"], root / d["file"]) for d in dense]
-    cfg = PostEmbConfig(
-        model_version=f"{root.name}-{content_hash(files)}",
+    cfg = dict(
         hidden_size=hidden,
         pooling=pooling,
         normalize=kinds[-1] == "Normalize",
@@ -200,7 +183,7 @@ def load_st_folder(root: Path):
         dense=dense or None,
         do_lower_case=bool(st_cfg.get("do_lower_case", False)),
     )
-    return ModelDir(root, cfg, enc, tokenizer, None, None)
+    return cfg, files, enc, tokenizer
 
 
 def _max_length(st_cfg: dict, tokenizer_config: Path, hf: dict) -> int:

@@ -57,3 +57,21 @@ def test_durable_rename_fsyncs_both_parent_folders(tmp_path, calls):
     durable.durable_rename(tmp_path / "staging" / "f", tmp_path / "out" / "f")
     assert calls == [("rename", str(tmp_path / "out" / "f")), ("fsync", str(tmp_path / "out")),
                      ("fsync", str(tmp_path / "staging"))]
+
+
+def test_read_json_of_an_optional_file_is_none_when_missing_or_corrupt(tmp_path):
+    assert durable.read_json(tmp_path / "absent.json") is None
+    (tmp_path / "half.json").write_text('{"x": ')
+    assert durable.read_json(tmp_path / "half.json") is None
+    durable.atomic_write(tmp_path / "ok.json", '{"x": 1}')
+    assert durable.read_json(tmp_path / "ok.json") == {"x": 1}
+
+
+def test_read_json_of_a_required_file_names_it_and_the_fix(tmp_path):
+    from postemb_rt import ModelNotFoundError, ValidationError
+
+    with pytest.raises(ModelNotFoundError, match=r"absent.json` \(the module list\) is missing. Fix: save it"):
+        durable.read_json(tmp_path / "absent.json", "the module list", fix="save it")
+    (tmp_path / "half.json").write_text('{"x": ')
+    with pytest.raises(ValidationError, match=r"half.json` \(config\) is not valid JSON: .*Fix: restore the file"):
+        durable.read_json(tmp_path / "half.json", "config")

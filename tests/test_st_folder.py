@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from postemb_rt import Encoder, ModelNotFoundError, ValidationError
-from postemb_rt.commands.demo import BUILTIN_POSTS
+from postemb_rt.data import BUILTIN_POSTS
 from tests.conftest import SAMPLE_TEXTS, cosines
 from tests.st_models import ARCHS, build_st_folder
 

@@ -5,7 +5,7 @@ already holds an int8 model).
 
 Pooling follows the model directory's ``onnx_pooling``: "graph" reads the model's own
 ``embedding`` / ``pooled`` outputs; "external" reads ``last_hidden_state`` and pools with
-the C++ kernel (``postemb_rt.ops.pooling.CpuPooler``), projection from
+the C++ kernel (``postemb_rt.ops.masked_mean_pool_l2.CpuPooler``), projection from
 ``projection.safetensors``.
 
 A model directory without an ONNX file is exported on first use into the cache
@@ -18,7 +18,7 @@ import os
 import numpy as np
 
 from ..errors import BackendUnavailableError, ValidationError
-from ..ops.pooling import CpuPooler
+from ..ops.masked_mean_pool_l2 import CpuPooler
 from .base import Backend
 
 PRECISIONS = ("fp32", "int8")  # int8: postemb_rt.onnx_export.quantize_int8

@@ -104,7 +104,7 @@ class TensorRTBackend(Backend):
         self._pool, self.pooling_kernel = self._pooler(model, torch)
 
     def _pooler(self, model, torch):
-        from ..ops.pooling import CudaPooler
+        from ..ops.masked_mean_pool_l2 import CudaPooler
 
         weight = bias = None
         if model.config.projection_dim:

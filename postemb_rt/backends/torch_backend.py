@@ -1,5 +1,5 @@
 """torch backend: the encoder (transformers) on CPU or CUDA, float32, then the fused pooling
-kernel: C++ (``postemb_rt._C``) on CPU, Triton on CUDA (see ``postemb_rt.ops.pooling``).
+kernel: C++ (``postemb_rt._C``) on CPU, Triton on CUDA (see ``postemb_rt.ops.masked_mean_pool_l2``).
 
 On CUDA the work is delegated to ``torch_cuda.TorchCudaRunner`` (fp32/fp16/bf16, SDPA, CUDA
 graphs per length bucket); on CPU float32, or bf16 (encoder weights in bf16, oneDNN's bf16
@@ -13,7 +13,7 @@ import torch
 
 from ..errors import BackendUnavailableError, ValidationError
 from ..modeling import PostEmbModel
-from ..ops.pooling import CpuPooler
+from ..ops.masked_mean_pool_l2 import CpuPooler
 from .base import Backend
 
 log = logging.getLogger("postemb_rt")

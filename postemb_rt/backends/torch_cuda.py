@@ -125,7 +125,7 @@ class TorchCudaRunner:
         import torch
 
         from ..modeling import PostEmbModel
-        from ..ops.pooling import CudaPooler
+        from ..ops.masked_mean_pool_l2 import CudaPooler
 
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         self.device = torch.device(device)

@@ -10,28 +10,9 @@ import time
 
 import numpy as np
 
-BUILTIN_POSTS = [
-    "Thrilled to announce I've joined a new team as a data engineer!",
-    "We are hiring backend engineers in Berlin. DM me for details.",
-    "Three lessons I learned from failing my first startup.",
-    "Our quarterly results beat expectations thanks to the whole sales team.",
-    "Climate change is the defining challenge of our generation.",
-    "Renewable energy jobs grew faster than any other sector last year.",
-    "Just finished a marathon. Legs hurt, heart is full.",
-    "Morning run by the river before a long day of meetings.",
-    "New paper out on efficient transformer inference on CPUs.",
-    "How we cut our model serving latency in half with better batching.",
-    "Happy to share that I passed my cloud architecture certification.",
-    "Remote work is here to stay, but culture needs deliberate effort.",
-    "Coffee, code, repeat. Shipping the new release today.",
-    "Grateful for my mentors who believed in me early on.",
-    "The best leaders listen more than they speak.",
-    "Our team volunteered at the food bank this weekend.",
-]
-
 
 def run(args) -> int:
-    from ..data import data_root, short_posts
+    from ..data import BUILTIN_POSTS, data_root, short_posts
     from ..encoder import Encoder
 
     if data_root(required=False) is not None:

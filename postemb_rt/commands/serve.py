@@ -1,4 +1,4 @@
-"""``postemb serve``: the HTTP embedding server (see ``postemb_rt.server`` for the API).
+"""``postemb serve``: the HTTP embedding server (see ``postemb_rt.serving`` for the API).
 
     postemb serve --model default --host 127.0.0.1 --port 8080
     POSTEMB_API_KEY=secret postemb serve --port 8080       # 401 without `Authorization: Bearer secret`
@@ -23,7 +23,7 @@ from ..errors import ValidationError
 
 
 def config_from_args(args):
-    from ..server import ServeConfig
+    from ..serving.config import ServeConfig
 
     if args.api_key is not None and not args.api_key.strip():
         raise ValidationError("`--api-key` (or $POSTEMB_API_KEY) is empty, which would serve without "
@@ -53,7 +53,7 @@ def run(args) -> int:
     try:
         import uvicorn
 
-        from ..server import create_app
+        from ..serving.routes import create_app
     except ImportError as exc:
         raise ValidationError(f"`postemb serve` needs the serve extra ({exc.name} is missing). "
                               "Fix: pip install 'postemb_rt[serve]'.") from None
@@ -72,7 +72,7 @@ def run(args) -> int:
         os.environ["POSTEMB_SERVE_FATAL_FILE"] = fatal
         signal.signal(signal.SIGTERM, lambda *_: None)  # see serve_app
         try:
-            uvicorn.run("postemb_rt.server:app_from_env", factory=True, host=args.host, port=args.port,
+            uvicorn.run("postemb_rt.serving.routes:app_from_env", factory=True, host=args.host, port=args.port,
                         workers=args.workers, log_level="info" if args.verbose else "warning",
                         access_log=args.access_log, timeout_graceful_shutdown=cfg.drain_timeout_s)
             with open(fatal, encoding="utf-8") as f:
@@ -89,7 +89,7 @@ def run(args) -> int:
 
 def serve_app(app, host: str, port: int, drain_timeout_s: float, verbose: bool = False, access_log: bool = False,
               what: str = "") -> int:
-    """Serve a ``postemb_rt.server.create_app`` app on host:port (0: a free port) until SIGTERM
+    """Serve a ``postemb_rt.serving.routes.create_app`` app on host:port (0: a free port) until SIGTERM
     or Ctrl-C; prints the address once listening. Returns the exit code: 0 after a drain, 1
     when the model failed to load."""
     import uvicorn

@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..durable import atomic_write
 from . import data as D
 from . import tasks as T
 
@@ -337,9 +338,7 @@ def throughput(model: str, backend: str, posts: list[str], repeats: int = 2) -> 
 
 
 def _save_outputs(path: Path, out: dict) -> None:
-    tmp = path.with_name(path.stem + ".tmp.npz")
-    np.savez_compressed(tmp, **out)
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: np.savez_compressed(tmp, **out))
 
 
 def _cached_rows(rows_dir: Path, cache: Path, names: list[str], key: str) -> tuple[dict, dict] | None:

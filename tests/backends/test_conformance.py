@@ -49,7 +49,7 @@ def test_external_export_stops_at_hidden_states(encoders):
 
 def test_python_fallback_is_reported_and_exact(monkeypatch, encoders, sample_texts):
     from postemb_rt import native
-    from postemb_rt.ops.pooling import CpuPooler
+    from postemb_rt.ops.masked_mean_pool_l2 import CpuPooler
 
     enc = encoders["projected", "torch"]
     expected = enc.encode(sample_texts)

@@ -20,6 +20,7 @@ import pyarrow.dataset as pads  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
 from postemb_rt import backfill as bf  # noqa: E402
+from postemb_rt.backfill import run as bf_run, splits as bf_splits  # noqa: E402
 
 
 def write_parquet_set(folder, n_files=3, rows_per_group=5):
@@ -48,7 +49,7 @@ def test_parquet_splits_follow_row_groups_and_cover_every_row(tmp_path):
     plan = bf.plan_file(tmp_path / "a.parquet", tmp_path, rows_per_split=8)
     # row groups of 5,5,5,5,3 rows; a split closes once it holds >= 8 rows
     assert [(s.first, s.count, s.rows) for s in plan.splits] == [(0, 2, 10), (2, 2, 10), (4, 1, 3)]
-    ids = [i for s in plan.splits for i in bf._read_parquet_split(s)[0].to_pylist()]
+    ids = [i for s in plan.splits for i in bf_splits._read_parquet_split(s)[0].to_pylist()]
     assert ids == list(range(23))
 
 
@@ -60,7 +61,7 @@ def test_jsonl_byte_splits_read_every_line_exactly_once(tmp_path):
     assert len(plan.splits) > 20
     got = []
     for s in plan.splits:
-        ids, texts, bad = bf._read_jsonl_split(s)
+        ids, texts, bad = bf_splits._read_jsonl_split(s)
         assert bad == []
         got += ids
     assert got == list(range(60))
@@ -69,7 +70,7 @@ def test_jsonl_byte_splits_read_every_line_exactly_once(tmp_path):
 def test_bad_parquet_rows_are_reported_not_embedded(tmp_path):
     pq.write_table(pa.table({"id": ["a", None, "c", "d"], "text": ["ok", "no id", None, "fine"]}), tmp_path / "b.parquet")
     (s,) = bf.plan_file(tmp_path / "b.parquet", tmp_path).splits
-    ids, texts, bad = bf._read_parquet_split(s)
+    ids, texts, bad = bf_splits._read_parquet_split(s)
     assert ids.to_pylist() == ["a", "d"] and texts == ["ok", "fine"]
     assert [(b["id"], b["reason"]) for b in bad] == [(None, "`id` is null"), ("c", "`text` is null")]
 
@@ -214,7 +215,7 @@ def test_jsonl_commit_checks_the_row_count_against_the_input(tmp_path):
     vectors = np.ones((4, 50), np.float32)  # a part that lost a row
     pq.write_table(bf.embeddings_table([0, 1, 2, 3], vectors, "m"), staging / bf.part_name(0))
     with pytest.raises(bf.BackfillError, match=r"4 embedded \+ 0 bad rows != 5 input rows"):
-        bf._commit(tmp_path / "out", plan, bf.BackfillReport(model_version="m"))
+        bf_run._commit(tmp_path / "out", plan, bf.BackfillReport(model_version="m"))
     assert not (tmp_path / "out" / plan.rel).exists()
 
 

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from postemb_rt.commands.serve import config_from_args, register, serve_app
-from postemb_rt.server import create_app
+from postemb_rt.serving.routes import create_app
 
 
 class InjectedFault(RuntimeError):

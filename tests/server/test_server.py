@@ -78,7 +78,7 @@ def test_native_unnormalized_rows_point_the_same_way(client, server_encoder):
 
 
 def test_native_int8_uses_the_fixed_scale_and_keeps_cosine(client, server_encoder):
-    from postemb_rt.server import int8_scale
+    from postemb_rt.serving.encodings import int8_scale
 
     texts = TEXTS
     r = client.post("/embed", json={"inputs": texts, "encoding": "int8"})

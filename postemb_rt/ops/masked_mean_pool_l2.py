@@ -1,9 +1,20 @@
-"""Which code pools hidden states into embeddings, chosen once per backend and reported.
+"""masked_mean_pool_l2: which implementation pools hidden states into embeddings, where.
 
-``CpuPooler``: the C++ kernel ``postemb_rt._C.masked_mean_pool_l2`` on numpy arrays; the
-torch reference when the extension is not built or ``POSTEMB_NATIVE=0`` (logged, and named
-in ``describe()``). ``CudaPooler``: the Triton kernel on CUDA tensors; the torch reference
-when triton is not installed (same rule).
+One op, one name in each of its homes:
+
+| where it runs | implementation | chosen by |
+|---|---|---|
+| CPU, torch and onnxruntime (``onnx_pooling: external``) backends | C++ ``postemb_rt._C.masked_mean_pool_l2`` (``csrc/masked_mean_pool_l2.cpp``) | ``CpuPooler`` |
+| CUDA, torch_cuda and tensorrt backends | Triton ``postemb_rt.kernels.masked_mean_pool_l2`` (``kernels/masked_mean_pool_l2.py``) | ``CudaPooler`` |
+| inside an exported ONNX graph (``onnx_pooling: graph``) | the torch reference, traced by ``onnx_export`` through ``PostEmbModel.pool_and_head`` | the model directory |
+| tests, benchmarks, and the fallbacks below | ``postemb_rt.ops.reference.masked_mean_pool_l2_ref`` | - |
+
+Tests: ``tests/kernels/test_masked_mean_pool_l2.py`` (Triton), ``..._cpu.py`` (C++);
+benchmark: ``benchmarks/bench_masked_mean_pool_l2.py``; all compare to the reference.
+
+``CpuPooler`` uses the torch reference when the extension is not built or
+``POSTEMB_NATIVE=0``; ``CudaPooler`` when triton is not installed. Either fallback is logged
+and named (``.name``, in ``Encoder.describe()["pooling_kernel"]``), never silent.
 """
 from __future__ import annotations
 

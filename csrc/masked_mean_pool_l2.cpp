@@ -1,4 +1,4 @@
-// CPU kernel for masked_mean_pool_l2 (see pool.h).
+// CPU kernel for masked_mean_pool_l2 (see masked_mean_pool_l2.h).
 //
 // Layout of the work: rows (b) are handed out to threads in small chunks through one atomic
 // counter (rows differ in length, so static splits would idle a thread). Per row, the
@@ -10,7 +10,7 @@
 // auto-vectorise the same source for baseline x86-64 (SSE2), AVX2+FMA+F16C and AVX-512.
 // The only intrinsics are the fp16 -> fp32 converters, which live in their own target
 // functions. No -march=native anywhere: the shipped binary runs on any x86-64.
-#include "pool.h"
+#include "masked_mean_pool_l2.h"
 
 #include <algorithm>
 #include <atomic>

@@ -1,297 +1,36 @@
-"""Near-line embedding pipeline on Redis Streams.
+"""The consumer: ``Worker`` reads micro-batches from ``posts`` in a consumer group, embeds
+them, writes them through the store script, and acknowledges them only then (at-least-once;
+see the package docstring for the failure handling).
 
-    posts (stream) --XREADGROUP--> Worker: validate -> Encoder.encode -> store -> XACK
-                                     |                                   |
-                                     +--> posts-dead (poison + reason)   +--> postemb:{model_version}:{post_id} (hash)
-                                                                         +--> embeddings (stream, announcements)
-
-Delivery is at-least-once: an event is acknowledged only after its embedding is written,
-so a crash anywhere leaves it pending, and a live worker claims it (XAUTOCLAIM) once it
-has been idle for ``claim_idle_ms``. The store write is idempotent: a Lua script writes
-the hash and announces it in one atomic step, and skips an event when the record already
-holds this post's current content (same ``text_sha256``) or a newer event for the post.
-The guarantee, exactly: the hash ends up with one embedding per (model version, post id),
-of the newest event's text; the ``embeddings`` stream gets one announcement per
-(post id, distinct text) in event order: a re-delivered event, or the same post
-published twice with the same text, announces nothing new; an edited text (a new event
-with different text) is announced again, as it should be. A late, older event is never
-announced. An announcement can still be lost only with the Redis node itself (its
-persistence settings decide that), never by a worker crash.
-
-Failures: an input the model rejects (``ValidationError``) is isolated at once by
-splitting its batch; any other model failure is retried ``max_attempts`` times, then the
-batch is split until the failing post is alone. A post that still fails alone while a
-probe text encodes fine is dead-lettered with the error; if the probe fails too, the
-model itself is down and the batch is retried (with backoff) until it comes back, so a
-model outage never dead-letters good posts. A Redis outage is retried without limit:
-nothing is acknowledged before it is written.
-
-Single node only: the store script writes several keys in one atomic step, which Redis
-Cluster refuses (CROSSSLOT) unless every key shares one hash slot, and putting every key
-in one slot would remove the point of a cluster. The worker checks ``INFO cluster`` on
-connecting and refuses a cluster node with a clear error (use one primary, with replicas
-or Sentinel for failover).
-
-Record layout (hash ``postemb:{model_version}:{post_id}``):
-    vector        dim*4 bytes, float32 little-endian, unit L2 norm
-    dim, model_version, post_id
-    created_at    seconds since the epoch (producer's clock), "%.6f"
-    embedded_at   seconds since the epoch when the worker wrote it, "%.6f"
-    event_id      the ``posts`` stream id the record came from
-    text_sha256   hex SHA-256 of the post's UTF-8 text (the content the vector is of)
-
-``redis`` (redis-py >= 5) is imported here only; ``import postemb_rt`` does not need it.
+Waits between attempts use redis-py's ``EqualJitterBackoff`` (50 ms * 2^n with jitter,
+capped at 5 s). The loop itself is not ``redis.retry.Retry``: it retries model failures as
+well as Redis ones, and every wait must end at once when ``stop()`` is called.
 """
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import logging
-import math
 import os
-import random
 import socket
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import ValidationError
+from ..errors import ValidationError
+from .events import MAX_TEXT_BYTES, Post, parse_event
+from .health import WorkerStats
+from .keys import (DEAD_MAXLEN, DEAD_STREAM, EMBEDDINGS_MAXLEN, EMBEDDINGS_STREAM, KEY_PREFIX, POSTS_STREAM,
+                   STORE_LUA, refuse_cluster, store_key)
 
 log = logging.getLogger("postemb_rt.nearline")
 
-POSTS_STREAM = "posts"
-DEAD_STREAM = "posts-dead"
-EMBEDDINGS_STREAM = "embeddings"
-KEY_PREFIX = "postemb"
-# Producer-side cap on the ``posts`` stream (XADD MAXLEN ~): 1M events is ~1.4 h of backlog
-# at 200 posts/s and ~150-250 MB of Redis memory for short posts. See publish().
-POSTS_MAXLEN = 1_000_000
-EMBEDDINGS_MAXLEN = 1_000_000  # announcements kept (MAXLEN ~) for downstream consumers
-DEAD_MAXLEN = 100_000
-MAX_TEXT_BYTES = 32 * 1024  # a post larger than this (UTF-8) is poison, not a post
-MAX_POST_ID_BYTES = 256
 PROBE_TEXT = "model health probe"  # encoded to tell a failing post from a failing model
-
-
-def connect(url: str = "redis://127.0.0.1:6379/0", **kwargs):
-    """A redis-py client for ``url`` with the timeouts the pipeline expects (bytes replies).
-
-    socket_timeout must exceed the longest XREADGROUP BLOCK the worker issues (1 s).
-    A dropped connection or a timeout is retried by redis-py itself (``Retry``: 5 retries,
-    exponential backoff 50 ms .. 1 s, about 1.5 s in all); past that the worker's own loop
-    keeps retrying without limit (every command it sends is safe to repeat).
-    """
-    import redis
-    from redis.backoff import ExponentialBackoff
-    from redis.retry import Retry
-
-    opts = dict(socket_timeout=10.0, socket_connect_timeout=2.0, health_check_interval=15,
-                decode_responses=False, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 5),
-                retry_on_error=[redis.ConnectionError, redis.TimeoutError])
-    opts.update(kwargs)
-    return redis.Redis.from_url(url, **opts)
-
-
-def _as_epoch(created_at) -> float:
-    if created_at is None:
-        return time.time()
-    if isinstance(created_at, _dt.datetime):
-        if created_at.tzinfo is None:
-            raise ValidationError(f"`created_at` must be timezone-aware. Given: {created_at!r}.")
-        return created_at.timestamp()
-    if isinstance(created_at, bool) or not isinstance(created_at, (int, float)) or not math.isfinite(created_at) \
-            or created_at < 0:
-        raise ValidationError(f"`created_at` must be seconds since the epoch (float >= 0) or an aware datetime. "
-                              f"Given: {created_at!r}.")
-    return float(created_at)
-
-
-def publish(client, post_id, text: str, created_at=None, *, stream: str = POSTS_STREAM,
-            maxlen: int | None = POSTS_MAXLEN) -> bytes:
-    """Append a post-created event to the ``posts`` stream; returns its stream id.
-
-    client: a redis-py client (see :func:`connect`).
-    post_id: str or int, non-empty, at most 256 UTF-8 bytes.
-    text: the post (str, at most MAX_TEXT_BYTES = 32 KiB as UTF-8; longer posts are
-        rejected here, and a worker dead-letters any that reach it from other producers).
-    created_at: seconds since the epoch (float) or an aware datetime; default: now.
-    Event fields: ``post_id``, ``text`` (UTF-8), ``created_at`` ("%.6f").
-
-    maxlen policy: each XADD trims the stream approximately (``MAXLEN ~ maxlen``, whole
-    macro-nodes, O(1) amortised) to bound Redis memory. Trimming ignores consumer groups,
-    so an event trimmed before any worker read it is lost: size ``maxlen`` above the
-    peak rate times the longest backlog you will tolerate (default 1,000,000 = ~1.4 h at
-    200 posts/s) and alert on ``postemb nearline --stats`` lag. Pending (read, not yet
-    acknowledged) events that get trimmed are reported by the worker as ``trimmed``.
-    ``maxlen=None`` never trims (then trim acknowledged history yourself, e.g. XTRIM MINID).
-    Publishing is at-least-once too: a retried publish may add a second event for the
-    same post, which the idempotent store absorbs (same vector, one hash per post).
-    """
-    if isinstance(post_id, bool) or not isinstance(post_id, (str, int)):
-        raise ValidationError(f"`post_id` must be str or int. Given: {type(post_id).__name__}.")
-    pid = str(post_id)
-    if not pid or len(pid.encode("utf-8")) > MAX_POST_ID_BYTES:
-        raise ValidationError(f"`post_id` must be 1..{MAX_POST_ID_BYTES} UTF-8 bytes. Given: {pid[:40]!r} "
-                              f"({len(pid.encode('utf-8'))} bytes).")
-    if not isinstance(text, str):
-        raise ValidationError(f"`text` must be str. Given: {type(text).__name__}.")
-    data = text.encode("utf-8")
-    if len(data) > MAX_TEXT_BYTES:
-        raise ValidationError(f"`text` must be at most {MAX_TEXT_BYTES} UTF-8 bytes. Given: {len(data)} bytes.")
-    fields = {"post_id": pid, "text": data, "created_at": f"{_as_epoch(created_at):.6f}"}
-    return client.xadd(stream, fields, maxlen=maxlen, approximate=True)
-
-
-@dataclass
-class Post:
-    event_id: bytes
-    post_id: str
-    text: str
-    created_at: float
-
-
-def _id_ms(event_id) -> int:
-    s = event_id.decode() if isinstance(event_id, bytes) else str(event_id)
-    return int(s.split("-", 1)[0])
-
-
-def parse_event(event_id: bytes, fields: dict, max_text_bytes: int = MAX_TEXT_BYTES) -> tuple[Post | None, str]:
-    """Validate one ``posts`` entry. Returns (Post, "") or (None, reason) for a poison event."""
-    if not fields:
-        return None, "empty event (no fields)"
-    raw_pid, raw_text = fields.get(b"post_id"), fields.get(b"text")
-    if raw_pid is None:
-        return None, "missing field `post_id`"
-    if raw_text is None:
-        return None, "missing field `text`"
-    try:
-        pid = raw_pid.decode("utf-8")
-    except UnicodeDecodeError:
-        return None, "`post_id` is not valid UTF-8"
-    if not pid or len(raw_pid) > MAX_POST_ID_BYTES:
-        return None, f"`post_id` must be 1..{MAX_POST_ID_BYTES} bytes. Given: {len(raw_pid)} bytes"
-    if len(raw_text) > max_text_bytes:
-        return None, f"oversized `text`: {len(raw_text)} bytes > {max_text_bytes}"
-    try:
-        text = raw_text.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        return None, f"`text` is not valid UTF-8 ({exc.reason} at byte {exc.start})"
-    if "\x00" in text:
-        return None, "`text` is not text (contains NUL bytes: a binary payload)"
-    raw_ts = fields.get(b"created_at")
-    if raw_ts is None:
-        created = _id_ms(event_id) / 1000.0  # the broker's append time
-    else:
-        try:
-            created = float(raw_ts)
-        except ValueError:
-            created = float("nan")
-        if not math.isfinite(created) or created < 0:
-            return None, f"invalid `created_at`: {raw_ts[:40]!r}"
-    return Post(event_id, pid, text, created), ""
-
-
-# KEYS[1] = embeddings stream, KEYS[1+i] = hash key of item i.
-# ARGV = embeddings maxlen, model_version, dim, embedded_at, then per item
-#        event_id, post_id, created_at, vector bytes, text_sha256.
-# A hash already holding this event id or a newer one for the post is left alone (a
-# re-delivery or an older event arriving late). A newer event with the text already
-# stored (the post published twice) only moves ``event_id`` forward: no new vector, no
-# announcement. Returns the number of records written (= announced).
-_STORE_LUA = """
-local function newer(a, b)
-  local am, as = string.match(a, '^(%d+)-(%d+)$')
-  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
-  if not bm then return true end
-  am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
-  return am > bm or (am == bm and as > bs)
-end
-local written = 0
-for i = 2, #KEYS do
-  local a = 5 + (i - 2) * 5
-  local cur = redis.call('HMGET', KEYS[i], 'event_id', 'text_sha256')
-  if (not cur[1]) or newer(ARGV[a], cur[1]) then
-    if cur[1] and cur[2] == ARGV[a + 4] then
-      redis.call('HSET', KEYS[i], 'event_id', ARGV[a])
-    else
-      redis.call('HSET', KEYS[i], 'vector', ARGV[a + 3], 'dim', ARGV[3], 'model_version', ARGV[2],
-                 'post_id', ARGV[a + 1], 'created_at', ARGV[a + 2], 'embedded_at', ARGV[4],
-                 'event_id', ARGV[a], 'text_sha256', ARGV[a + 4])
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'post_id', ARGV[a + 1], 'key', KEYS[i],
-                 'model_version', ARGV[2], 'created_at', ARGV[a + 2], 'embedded_at', ARGV[4])
-      written = written + 1
-    end
-  end
-end
-return written
-"""
-
-
-def store_key(model_version: str, post_id: str, prefix: str = KEY_PREFIX) -> str:
-    return f"{prefix}:{model_version}:{post_id}"
-
-
-@dataclass
-class StoredEmbedding:
-    vector: np.ndarray  # float32 (dim,)
-    created_at: float
-    embedded_at: float
-    event_id: str
-    model_version: str
-
-
-def fetch(client, model_version: str, post_id, prefix: str = KEY_PREFIX) -> StoredEmbedding | None:
-    """Read one stored embedding back (None if absent). vector: float32 (dim,)."""
-    h = client.hgetall(store_key(model_version, str(post_id), prefix))
-    if not h:
-        return None
-    return StoredEmbedding(np.frombuffer(h[b"vector"], dtype="<f4").astype(np.float32),
-                           float(h[b"created_at"]), float(h[b"embedded_at"]), h[b"event_id"].decode(),
-                           h[b"model_version"].decode())
-
-
-def _refuse_cluster(client) -> None:
-    """Raise ValidationError on a Redis Cluster node (see the module docstring: the store
-    script writes several keys atomically, which a cluster refuses with CROSSSLOT)."""
-    info = client.info("cluster")
-    if int(info.get("cluster_enabled", 0) or 0):
-        raise ValidationError(
-            "`client` is connected to a Redis Cluster node (INFO cluster: cluster_enabled:1); the near-line store "
-            "writes a post's hash and its announcement in one atomic script, which Redis Cluster refuses "
-            "(CROSSSLOT). Fix: point --redis at a single Redis primary (use replicas or Sentinel for failover).")
 
 
 class _Stopped(Exception):
     """Shutdown was asked for while a batch could not be finished; it stays pending."""
-
-
-@dataclass
-class WorkerStats:
-    started_at: float = field(default_factory=time.time)
-    batches: int = 0
-    events: int = 0          # entries handled (stored, skipped as rewrites, or dead-lettered)
-    stored: int = 0          # hashes written
-    rewrites: int = 0        # re-deliveries whose record already existed (no-op)
-    dead: int = 0
-    claimed: int = 0         # entries taken over from idle consumers
-    trimmed: int = 0         # pending entries whose event was trimmed from the stream
-    retries: int = 0         # model/store attempts that failed (then retried, or the batch split)
-    reconnects: int = 0
-    encode_s: float = 0.0    # wall time inside encoder.encode (incl. failed attempts)
-    store_s: float = 0.0     # wall time writing + acknowledging
-    freshness: deque = field(default_factory=lambda: deque(maxlen=4096))  # seconds, last N stored
-
-    def snapshot(self) -> dict:
-        f = np.array(self.freshness, dtype=np.float64)
-        pct = {f"freshness_p{p}_s": (round(float(np.percentile(f, p)), 4) if f.size else None) for p in (50, 90, 99)}
-        up = max(time.time() - self.started_at, 1e-9)
-        snap = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()
-                if k != "freshness"}
-        return snap | pct | {"posts_per_s": round(self.events / up, 2)}
 
 
 class Worker:
@@ -336,7 +75,11 @@ class Worker:
         self.model_version, self.dim = encoder.model_version, encoder.dim
         self.stats = WorkerStats()
         self.stop_event = threading.Event()
-        self._script = client.register_script(_STORE_LUA)
+        self._script = client.register_script(STORE_LUA)
+        from redis.backoff import EqualJitterBackoff
+
+        # wait before attempt n+1: uniform(0.5, 1) * min(5 s, 50 ms * 2^n)
+        self._backoff = EqualJitterBackoff(cap=5.0, base=0.05)
         self._own_cursor: bytes | str | None = "0"  # replay our own pending entries first
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
@@ -354,7 +97,7 @@ class Worker:
         import redis
 
         transient = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
-        delay = _Backoff()
+        failures = 0
         log.info("worker %s/%s on %s: model %s (dim %d), batch %d, wait %.0f ms", self.group, self.consumer,
                  self.posts, self.model_version, self.dim, self.batch_size, self.max_wait_ms)
         while not self.stop_event.is_set():
@@ -367,7 +110,7 @@ class Worker:
                 if entries:
                     self._process(entries, claimed)
                 self._heartbeat()
-                delay.reset()
+                failures = 0
             except _Stopped:
                 log.warning("stopping with a batch unfinished; it stays pending and will be claimed")
                 break
@@ -375,7 +118,8 @@ class Worker:
                 self.stats.reconnects += 1
                 self._group_ready = False
                 self._own_cursor = "0"  # entries read before the failure are ours: replay them first
-                wait = delay.next()
+                failures += 1
+                wait = self._wait_s(failures)
                 log.warning("redis unavailable (%s); retrying in %.2f s", exc, wait)
                 self.stop_event.wait(wait)
             except redis.ResponseError as exc:
@@ -392,7 +136,7 @@ class Worker:
     def _ensure_group(self) -> None:
         import redis
 
-        _refuse_cluster(self.client)
+        refuse_cluster(self.client)
         try:
             # id "0": a new group starts from the beginning of the stream, so no event
             # published before the first worker started is skipped.
@@ -548,7 +292,6 @@ class Worker:
     def _encode_bounded(self, chunk: list[Post]) -> list:
         """encode(chunk), retried up to max_attempts times (backoff 50 ms .. 5 s) on any error
         but a ValidationError; the last error is raised. Raises _Stopped on shutdown."""
-        delay = _Backoff()
         for attempt in range(1, self.max_attempts + 1):
             try:
                 return self._encode_once([p.text for p in chunk])
@@ -558,7 +301,7 @@ class Worker:
                 self.stats.retries += 1  # retried here, or split by the caller
                 if attempt == self.max_attempts:
                     raise
-                wait = delay.next()
+                wait = self._wait_s(attempt)
                 log.warning("encode failed for %d events (attempt %d/%d: %s: %s); retry in %.2f s", len(chunk),
                             attempt, self.max_attempts, type(exc).__name__, exc, wait)
                 if self.stop_event.wait(wait):
@@ -606,7 +349,7 @@ class Worker:
         workers do not take them over. Raises _Stopped if shutdown is asked for meanwhile."""
         import redis
 
-        delay = _Backoff()
+        failures = 0
         started = last_touch = time.monotonic()
         while True:
             try:
@@ -620,7 +363,8 @@ class Worker:
             except Exception as exc:  # model or store failure: keep the batch, try again
                 err = exc
             self.stats.retries += 1
-            wait = delay.next()
+            failures += 1
+            wait = self._wait_s(failures)
             log.warning("%s failed for %d events (%s: %s); retry in %.2f s", what, len(ids),
                         type(err).__name__, err, wait)
             if self.stop_event.wait(wait):
@@ -633,8 +377,12 @@ class Worker:
                     last_touch = time.monotonic()
             except Exception:  # the broker is down too; the next attempt will tell
                 pass
-            if time.monotonic() - started > 60 and delay.attempt % 10 == 0:
+            if time.monotonic() - started > 60 and failures % 10 == 0:
                 log.error("%s has been failing for %.0f s", what, time.monotonic() - started)
+
+    def _wait_s(self, failures: int) -> float:
+        """Seconds to wait after the ``failures``-th failure in a row (capped at 5 s from n = 7)."""
+        return self._backoff.compute(min(failures, 20))  # bounded exponent: 2^n stays a small float
 
     def _heartbeat(self, force: bool = False) -> None:
         """Publish this worker's counters (hash ``{prefix}:nearline:worker:{group}:{consumer}``,
@@ -653,70 +401,3 @@ class Worker:
                 log.debug("final heartbeat failed: %s", exc)
             else:
                 raise
-
-
-class _Backoff:
-    """Exponential backoff with full jitter: 50 ms * 2^n, capped at 5 s."""
-
-    def __init__(self, base: float = 0.05, cap: float = 5.0):
-        self.base, self.cap, self.attempt = base, cap, 0
-
-    def next(self) -> float:
-        self.attempt += 1
-        return random.uniform(0.5, 1.0) * min(self.cap, self.base * 2 ** min(self.attempt, 20))
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
-def _pct(values, p):
-    return round(float(np.percentile(values, p)), 4) if len(values) else None
-
-
-def stats(client, group: str = "embedder", *, posts_stream: str = POSTS_STREAM, dead_stream: str = DEAD_STREAM,
-          embeddings_stream: str = EMBEDDINGS_STREAM, prefix: str = KEY_PREFIX, window_s: float = 60.0,
-          sample: int = 5000) -> dict:
-    """Pipeline health, read from Redis only (no model needed).
-
-    lag: events in ``posts`` not yet delivered to the group; lag_s: age of the oldest of them.
-    pending: delivered, not yet acknowledged; oldest_pending_s: age of the oldest.
-    throughput_per_s and freshness (embedded_at - created_at) percentiles: over the last
-    ``window_s`` seconds of the ``embeddings`` stream (at most ``sample`` announcements).
-    """
-    now = time.time()
-    out: dict = {"group": group, "posts_len": client.xlen(posts_stream), "dead_len": client.xlen(dead_stream),
-                 "embeddings_len": client.xlen(embeddings_stream)}
-    groups = client.xinfo_groups(posts_stream) if client.exists(posts_stream) else []
-    g = next((x for x in groups if x["name"] in (group, group.encode())), None)
-    if g is None:
-        out.update(lag=out["posts_len"], pending=0, consumers=0, lag_s=None, oldest_pending_s=None)
-    else:
-        lag = g.get("lag")
-        last = g.get("last-delivered-id")
-        nxt = client.xrange(posts_stream, min=b"(" + last if isinstance(last, bytes) else f"({last}", count=1)
-        out.update(lag=lag, pending=g["pending"], consumers=g["consumers"],
-                   last_delivered_id=last.decode() if isinstance(last, bytes) else last,
-                   lag_s=round(now - _id_ms(nxt[0][0]) / 1000.0, 3) if nxt else 0.0)
-        pend = client.xpending(posts_stream, group)
-        out["oldest_pending_s"] = round(now - _id_ms(pend["min"]) / 1000.0, 3) if pend["pending"] else None
-        out["consumer_pending"] = {c["name"].decode() if isinstance(c["name"], bytes) else c["name"]:
-                                   {"pending": c["pending"], "idle_ms": c["idle"]}
-                                   for c in client.xinfo_consumers(posts_stream, group)}
-    fresh, times = [], []
-    for _, f in client.xrevrange(embeddings_stream, count=sample):
-        t = float(f[b"embedded_at"])
-        if t < now - window_s:
-            break
-        times.append(t)
-        fresh.append(t - float(f[b"created_at"]))
-    out["window_s"] = window_s
-    out["throughput_per_s"] = round(len(times) / window_s, 2)
-    out.update({f"freshness_p{p}_s": _pct(fresh, p) for p in (50, 90, 99)})
-    out["freshness_max_s"] = round(max(fresh), 4) if fresh else None
-    workers = []
-    for key in client.scan_iter(match=f"{prefix}:nearline:worker:{group}:*", count=100):
-        raw = client.get(key)
-        if raw:
-            workers.append(json.loads(raw))
-    out["workers"] = workers
-    return out

@@ -1,0 +1,107 @@
+"""Planning (driver side): the input files of a run, and each file cut into splits, the unit
+of work (a run of Parquet row groups, or a byte range of a JSONL file)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import ValidationError
+
+FORMATS = (".parquet", ".jsonl")
+STAGING = "_staging"
+SUCCESS = "_SUCCESS.json"
+MARKER = "_source.json"  # in a staging folder: what its parts were made from (see _marker)
+ROWS_PER_SPLIT = 10_000  # ~30 s of CPU inference per split on one core: fine-grained resume, small retries
+
+
+@dataclass(frozen=True)
+class Split:
+    """One unit of work. ``rel``: the input file's path relative to the input root (also its
+    output folder). Parquet: row groups [first, first + count). JSONL: bytes [start, end)."""
+
+    path: str
+    rel: str
+    index: int
+    kind: str  # "parquet" | "jsonl"
+    first: int
+    count: int
+    rows: int  # rows in the split (Parquet: exact; JSONL: -1, unknown until read)
+
+
+@dataclass
+class FilePlan:
+    path: Path
+    rel: str
+    size: int
+    mtime_ns: int
+    splits: list[Split]
+
+
+
+
+def list_inputs(input_path: Path) -> tuple[Path, list[Path]]:
+    """(root, files): a single .parquet/.jsonl file, or every such file under a folder
+    (recursively, sorted; ``_``/``.``-prefixed names skipped). One format per run."""
+    if not input_path.exists():
+        raise FileNotFoundError(f"`--input` {str(input_path)!r} does not exist.")
+    if input_path.is_file():
+        if input_path.suffix not in FORMATS:
+            raise ValidationError(f"`--input` must be a folder or a file ending in {FORMATS}. Given: {str(input_path)!r}.")
+        return input_path.parent, [input_path]
+    files = sorted(p for p in input_path.rglob("*") if p.is_file() and p.suffix in FORMATS
+                   and not any(part.startswith(("_", ".")) for part in p.relative_to(input_path).parts))
+    if not files:
+        raise ValidationError(f"`--input` {str(input_path)!r} holds no {' or '.join(FORMATS)} files.")
+    kinds = {p.suffix for p in files}
+    if len(kinds) > 1:
+        raise ValidationError(f"`--input` {str(input_path)!r} mixes .parquet and .jsonl files. "
+                              "Fix: put each format in its own folder and run backfill once per folder.")
+    return input_path, files
+
+
+def plan_file(path: Path, root: Path, rows_per_split: int = ROWS_PER_SPLIT) -> FilePlan:
+    """The splits of one input file. Parquet: consecutive row groups up to ``rows_per_split``
+    rows (a row group is never cut, so a file written as one huge row group is one split);
+    reads only the footer, and checks the ``id`` and ``text`` columns exist. JSONL: byte
+    ranges of about ``rows_per_split`` * 200 bytes (no read)."""
+    st = path.stat()
+    rel = path.relative_to(root).as_posix()
+    splits: list[Split] = []
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        meta = pq.ParquetFile(path)
+        names = meta.schema_arrow.names
+        missing = [c for c in ("id", "text") if c not in names]
+        if missing:
+            raise ValidationError(f"`--input` file {str(path)!r} needs columns `id` and `text`. "
+                                  f"Given columns: {names}.")
+        first, rows = 0, 0
+        for rg in range(meta.num_row_groups):
+            rows += meta.metadata.row_group(rg).num_rows
+            if rows >= rows_per_split or rg == meta.num_row_groups - 1:
+                splits.append(Split(str(path), rel, len(splits), "parquet", first, rg + 1 - first, rows))
+                first, rows = rg + 1, 0
+    else:
+        step = max(1, rows_per_split * 200)
+        for start in range(0, max(st.st_size, 1), step):
+            splits.append(Split(str(path), rel, len(splits), "jsonl", start, min(step, st.st_size - start), -1))
+    return FilePlan(path, rel, st.st_size, st.st_mtime_ns, splits)
+
+
+def jsonl_rows(path: Path) -> int:
+    """Rows of a JSONL file as the split reader counts them: lines that are not blank
+    (good and bad rows alike). Reads the file once, line by line."""
+    n = 0
+    with open(path, "rb") as f:
+        for line in f:
+            n += bool(line.strip())
+    return n
+
+
+def part_name(index: int) -> str:
+    return f"part-{index:05d}.parquet"
+
+
+def errors_name(index: int) -> str:
+    return f"_errors-{index:05d}.jsonl"

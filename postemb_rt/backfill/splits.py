@@ -1,0 +1,162 @@
+"""One split (actor side): read it, check every row, embed the good ones, write its part
+(and its errors file) into the staging folder durably."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+from ..durable import atomic_write
+from .plan import STAGING, Split, errors_name, part_name
+
+
+# -- reading and checking one split (actor) -----------------------------------------------
+def _read_parquet_split(s: Split):
+    """(ids: pyarrow Array of the good rows, texts: list[str], bad: list[dict])."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    t = pq.ParquetFile(s.path).read_row_groups(list(range(s.first, s.first + s.count)), columns=["id", "text"])
+    ids, text = t.column("id").combine_chunks(), t.column("text").combine_chunks()
+    bad: list[dict] = []
+    if pa.types.is_string(text.type) or pa.types.is_large_string(text.type):
+        texts = text.to_pylist()
+    elif pa.types.is_binary(text.type) or pa.types.is_large_binary(text.type):
+        texts = []
+        for v in text.to_pylist():
+            try:
+                texts.append(None if v is None else v.decode("utf-8"))
+            except UnicodeDecodeError:
+                texts.append(b"")  # marked bad below
+    else:
+        texts = [b""] * len(text)
+    good = []
+    for i, (pid, tx) in enumerate(zip(ids.to_pylist(), texts)):
+        if pid is None:
+            bad.append({"id": None, "row_in_split": i, "reason": "`id` is null"})
+        elif tx is None:
+            bad.append({"id": pid, "row_in_split": i, "reason": "`text` is null"})
+        elif isinstance(tx, bytes):
+            why = ("`text` is not valid UTF-8" if pa.types.is_binary(text.type) or pa.types.is_large_binary(text.type)
+                   else f"`text` must be a string column. Given: {text.type}")
+            bad.append({"id": pid, "row_in_split": i, "reason": why})
+        else:
+            good.append(i)
+    if len(good) == len(texts):
+        return ids, texts, bad
+    keep = pa.array(good, type=pa.int64())
+    return pc.take(ids, keep), [texts[i] for i in good], bad
+
+
+def _read_jsonl_split(s: Split):
+    """(ids: list, texts: list[str], bad: list[dict]) for the lines starting in [first, first + count)."""
+    ids, texts, bad = [], [], []
+    end = s.first + s.count
+    with open(s.path, "rb") as f:
+        if s.first > 0:
+            f.seek(s.first - 1)
+            if f.read(1) != b"\n":
+                f.readline()  # the line in progress belongs to the previous split
+        while True:
+            offset = f.tell()
+            if offset >= end:
+                break
+            raw = f.readline()
+            if not raw:
+                break
+            if not raw.strip():
+                continue  # blank lines are not rows
+            where = {"byte": offset}
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                bad.append({**where, "id": None, "reason": "line is not valid UTF-8"})
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                bad.append({**where, "id": None, "reason": f"not valid JSON ({exc.msg})"})
+                continue
+            if not isinstance(obj, dict):
+                bad.append({**where, "id": None, "reason": f"must be a JSON object. Given: {type(obj).__name__}"})
+                continue
+            pid = obj.get("id")
+            if pid is None or isinstance(pid, bool) or not isinstance(pid, (int, str)):
+                why = "`id` is missing or null" if pid is None else \
+                    f"`id` must be a string or an integer. Given: {type(pid).__name__}"
+                bad.append({**where, "id": None if pid is None else repr(pid)[:80], "reason": why})
+                continue
+            tx = obj.get("text")
+            if not isinstance(tx, str):
+                why = "`text` is missing or null" if tx is None else f"`text` must be a string. Given: {type(tx).__name__}"
+                bad.append({**where, "id": pid, "reason": why})
+                continue
+            ids.append(pid)
+            texts.append(tx)
+    if any(isinstance(i, str) for i in ids):  # one Arrow type per part: mixed ids are written as strings
+        ids = [str(i) for i in ids]
+    return ids, texts, bad
+
+
+def embeddings_table(ids, vectors, model_version: str):
+    """The output schema: ``id`` (as read), ``embedding`` fixed_size_list<float32>[dim],
+    ``model_version`` (string). vectors: float32 (n, dim)."""
+    import pyarrow as pa
+
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    emb = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+    return pa.table({"id": ids, "embedding": emb, "model_version": pa.array([model_version] * len(vectors), pa.string())})
+
+
+class SplitEmbedder:
+    """The Ray Data actor: loads the model once, then embeds one split per call.
+
+    ``__call__`` gets a batch of split descriptions (dict of numpy columns; ``batch_size=1``)
+    and returns one summary row per split: rel, index, rows (embedded), bad, seconds,
+    error (empty, or why the split failed: it is then retried by a later run)."""
+
+    def __init__(self, model: str, backend: str, threads: int, batch_size: int, out: str,
+                 long_posts: str = "truncate"):
+        os.environ["POSTEMB_NUM_THREADS"] = str(threads)  # read by the onnxruntime backend
+        import torch
+
+        torch.set_num_threads(threads)
+        from ..encoder import Encoder
+
+        self.enc = Encoder.from_pretrained(model, backend=backend, device="cpu", long_posts=long_posts)
+        self.batch_size = batch_size
+        self.staging = Path(out) / STAGING
+
+    def __call__(self, batch: dict) -> dict:
+        out = {"rel": [], "index": [], "rows": [], "bad": [], "seconds": [], "error": []}
+        for j in range(len(batch["rel"])):
+            s = Split(**{k: (v[j].item() if hasattr(v[j], "item") else v[j]) for k, v in batch.items()})
+            start = time.perf_counter()
+            rows = bad = 0
+            error = ""
+            try:
+                rows, bad = self.run_split(s)
+            except Exception as exc:  # noqa: BLE001 - reported per split; the file stays uncommitted
+                error = f"{type(exc).__name__}: {exc}"[:500]
+            for k, v in zip(out, (s.rel, s.index, rows, bad, time.perf_counter() - start, error)):
+                out[k].append(v)
+        return out
+
+    def run_split(self, s: Split) -> tuple[int, int]:
+        import pyarrow.parquet as pq
+
+        ids, texts, bad = (_read_parquet_split if s.kind == "parquet" else _read_jsonl_split)(s)
+        vectors = self.enc.encode(texts, batch_size=self.batch_size)
+        folder = self.staging / s.rel
+        folder.mkdir(parents=True, exist_ok=True)
+        if bad:
+            for b in bad:
+                b.setdefault("split", s.index)
+            lines = "".join(json.dumps(b, ensure_ascii=False, default=str) + "\n" for b in bad)
+            atomic_write(folder / errors_name(s.index), lines)
+        table = embeddings_table(ids, vectors, self.enc.model_version)
+        # the part is written last: its presence marks the split done (errors file included)
+        atomic_write(folder / part_name(s.index), lambda p: pq.write_table(table, p))
+        return len(texts), len(bad)

@@ -1,0 +1,93 @@
+"""Counters and health: ``WorkerStats`` (one worker's counters, published as its heartbeat)
+and ``stats`` (the pipeline's lag, pending entries, throughput and freshness, read from
+Redis alone: ``postemb nearline --stats``)."""
+from __future__ import annotations
+
+import json
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .events import id_ms
+from .keys import DEAD_STREAM, EMBEDDINGS_STREAM, KEY_PREFIX, POSTS_STREAM
+
+
+@dataclass
+class WorkerStats:
+    started_at: float = field(default_factory=time.time)
+    batches: int = 0
+    events: int = 0          # entries handled (stored, skipped as rewrites, or dead-lettered)
+    stored: int = 0          # hashes written
+    rewrites: int = 0        # re-deliveries whose record already existed (no-op)
+    dead: int = 0
+    claimed: int = 0         # entries taken over from idle consumers
+    trimmed: int = 0         # pending entries whose event was trimmed from the stream
+    retries: int = 0         # model/store attempts that failed (then retried, or the batch split)
+    reconnects: int = 0
+    encode_s: float = 0.0    # wall time inside encoder.encode (incl. failed attempts)
+    store_s: float = 0.0     # wall time writing + acknowledging
+    freshness: deque = field(default_factory=lambda: deque(maxlen=4096))  # seconds, last N stored
+
+    def snapshot(self) -> dict:
+        f = np.array(self.freshness, dtype=np.float64)
+        pct = {f"freshness_p{p}_s": (round(float(np.percentile(f, p)), 4) if f.size else None) for p in (50, 90, 99)}
+        up = max(time.time() - self.started_at, 1e-9)
+        snap = {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()
+                if k != "freshness"}
+        return snap | pct | {"posts_per_s": round(self.events / up, 2)}
+
+
+
+def _pct(values, p):
+    return round(float(np.percentile(values, p)), 4) if len(values) else None
+
+
+def stats(client, group: str = "embedder", *, posts_stream: str = POSTS_STREAM, dead_stream: str = DEAD_STREAM,
+          embeddings_stream: str = EMBEDDINGS_STREAM, prefix: str = KEY_PREFIX, window_s: float = 60.0,
+          sample: int = 5000) -> dict:
+    """Pipeline health, read from Redis only (no model needed).
+
+    lag: events in ``posts`` not yet delivered to the group; lag_s: age of the oldest of them.
+    pending: delivered, not yet acknowledged; oldest_pending_s: age of the oldest.
+    throughput_per_s and freshness (embedded_at - created_at) percentiles: over the last
+    ``window_s`` seconds of the ``embeddings`` stream (at most ``sample`` announcements).
+    """
+    now = time.time()
+    out: dict = {"group": group, "posts_len": client.xlen(posts_stream), "dead_len": client.xlen(dead_stream),
+                 "embeddings_len": client.xlen(embeddings_stream)}
+    groups = client.xinfo_groups(posts_stream) if client.exists(posts_stream) else []
+    g = next((x for x in groups if x["name"] in (group, group.encode())), None)
+    if g is None:
+        out.update(lag=out["posts_len"], pending=0, consumers=0, lag_s=None, oldest_pending_s=None)
+    else:
+        lag = g.get("lag")
+        last = g.get("last-delivered-id")
+        nxt = client.xrange(posts_stream, min=b"(" + last if isinstance(last, bytes) else f"({last}", count=1)
+        out.update(lag=lag, pending=g["pending"], consumers=g["consumers"],
+                   last_delivered_id=last.decode() if isinstance(last, bytes) else last,
+                   lag_s=round(now - id_ms(nxt[0][0]) / 1000.0, 3) if nxt else 0.0)
+        pend = client.xpending(posts_stream, group)
+        out["oldest_pending_s"] = round(now - id_ms(pend["min"]) / 1000.0, 3) if pend["pending"] else None
+        out["consumer_pending"] = {c["name"].decode() if isinstance(c["name"], bytes) else c["name"]:
+                                   {"pending": c["pending"], "idle_ms": c["idle"]}
+                                   for c in client.xinfo_consumers(posts_stream, group)}
+    fresh, times = [], []
+    for _, f in client.xrevrange(embeddings_stream, count=sample):
+        t = float(f[b"embedded_at"])
+        if t < now - window_s:
+            break
+        times.append(t)
+        fresh.append(t - float(f[b"created_at"]))
+    out["window_s"] = window_s
+    out["throughput_per_s"] = round(len(times) / window_s, 2)
+    out.update({f"freshness_p{p}_s": _pct(fresh, p) for p in (50, 90, 99)})
+    out["freshness_max_s"] = round(max(fresh), 4) if fresh else None
+    workers = []
+    for key in client.scan_iter(match=f"{prefix}:nearline:worker:{group}:*", count=100):
+        raw = client.get(key)
+        if raw:
+            workers.append(json.loads(raw))
+    out["workers"] = workers
+    return out

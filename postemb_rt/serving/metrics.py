@@ -1,0 +1,59 @@
+"""Prometheus metrics: HTTP request counters (fed by ``auth.Gate``) and the batcher's
+``stats()`` (counters, gauges, histograms) read at scrape time."""
+from __future__ import annotations
+
+import math
+
+from ..batching import COUNTERS, GAUGES
+
+_BATCHER_HISTOGRAMS = {"batch_size": "posts per batch", "batch_padding_ratio": "padded share of a batch's slots",
+                       "queue_seconds": "seconds a post waited in the batcher queue",
+                       "inference_seconds": "seconds per model call"}
+
+
+class BatcherCollector:
+    """prometheus-client custom collector over ``DynamicBatcher.stats()``."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        rt = self.runtime
+        yield GaugeMetricFamily("postemb_ready", "1 when the model is loaded, warmed up and healthy",
+                                value=float(rt.ready and rt.backend_error is None))
+        if rt.batcher is None:
+            return
+        s = rt.batcher.stats()
+        for k in GAUGES:
+            yield GaugeMetricFamily(f"postemb_batcher_{k}", f"batcher {k.replace('_', ' ')} now", value=s[k])
+        for k in COUNTERS:
+            yield CounterMetricFamily(f"postemb_batcher_{k}", f"batcher {k.replace('_', ' ')}", value=s[k])
+        for k, doc in _BATCHER_HISTOGRAMS.items():
+            h = s.get(k)
+            if h is None:  # SerialCore (no extension) keeps counters only
+                continue
+            cum, buckets = 0, []
+            for bound, n in zip(h["bounds"] + [math.inf], h["counts"]):
+                cum += n
+                buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), cum))
+            yield HistogramMetricFamily(f"postemb_batcher_{k}", doc, buckets=buckets, sum_value=h["sum"])
+
+
+class Metrics:
+    """One app's registry: requests by route and status, latency by route, admitted requests
+    in flight, and the batcher collector."""
+
+    def __init__(self, runtime):
+        from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.requests = Counter("postemb_http_requests", "HTTP requests by route and status",
+                                ["route", "status"], registry=self.registry)
+        self.latency = Histogram("postemb_http_request_seconds", "HTTP request latency by route", ["route"],
+                                 buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+                                 registry=self.registry)
+        self.in_flight = Gauge("postemb_http_requests_in_flight", "embedding requests in progress (admitted)",
+                               registry=self.registry)
+        self.registry.register(BatcherCollector(runtime))

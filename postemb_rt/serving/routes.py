@@ -1,0 +1,193 @@
+"""The FastAPI app: one function per route, thin. Bodies are parsed by ``schemas``, the work is
+done by ``runtime``, access by ``auth``, counting by ``metrics``."""
+
+import asyncio
+import base64
+import json
+import logging
+import threading
+from contextlib import asynccontextmanager
+from typing import Callable
+
+from .auth import Gate
+from .config import ServeConfig
+from .encodings import int8_scale, pack_binary, quantize_int8
+from .errors import CLIENT_CLOSED, ApiError, error_response, json_response
+from .metrics import Metrics
+from .runtime import Runtime
+from .schemas import EmbedRequest, ErrorResponse, V1EmbeddingsRequest, body_doc, given, parse, read_body
+
+log = logging.getLogger("postemb_rt.server")
+
+RENDER_INLINE_VALUES = 16_384  # answers with more numbers are JSON-encoded off the event loop
+_ERRORS = {
+    401: "missing or wrong API key (`Authorization: Bearer <key>`)",
+    413: "a size limit: body bytes, inputs per request, characters per post, or max_queued_tokens",
+    422: "malformed JSON, a wrong type, an empty list, an unknown field, or too long with truncate: false",
+    429: "overloaded (batcher queue full, or max_concurrent_requests in progress); see Retry-After",
+    503: "the model is loading or failed to load, a backend failure, a queue deadline, or shutting down",
+}
+_JSON_ANY = {"application/json": {"schema": {"type": "object"}}}
+
+
+async def _render(obj, values: int):
+    """A 200 JSON answer; a big one (rows x dim numbers, ~20 bytes each) is encoded on a worker
+    thread so that the event loop keeps accepting and answering meanwhile."""
+    if values <= RENDER_INLINE_VALUES:
+        return json_response(200, obj)
+    from fastapi import Response
+
+    body = await asyncio.to_thread(json.dumps, obj, separators=(",", ":"))
+    return Response(body, media_type="application/json")
+
+
+def _responses(*codes: int, ok: dict | None = None) -> dict:
+    """OpenAPI ``responses`` of a route: its 200 body, then each error status it can answer
+    (all ``schemas.ErrorResponse``)."""
+    out = {200: {"description": "OK", "content": ok or _JSON_ANY}}
+    for c in codes:
+        out[c] = {"description": _ERRORS[c], "model": ErrorResponse}
+    return out
+
+
+def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = None):
+    """The FastAPI app. The model loads on a thread when the app starts (lifespan); the
+    batcher is drained when it stops. ``app.state.runtime`` is the :class:`Runtime`."""
+    from fastapi import FastAPI, Request, Response
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from starlette.requests import ClientDisconnect
+
+    cfg = cfg or ServeConfig()
+    rt = Runtime(cfg, load_encoder)
+    KEYED = (401,) if cfg.api_key else ()  # a route behind the API key can answer 401
+    EMBED_ERRORS = (*KEYED, 413, 422, 429, 503)
+    metrics = Metrics(rt)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        loader = threading.Thread(target=rt.load, name="postemb-load", daemon=True)
+        loader.start()
+        yield
+        await asyncio.to_thread(loader.join)
+        await asyncio.to_thread(rt.close)
+
+    app = FastAPI(title="postemb_rt embedding server", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.runtime = rt
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request, exc: ApiError):
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request, exc):
+        return json_response(exc.status_code, {"error": {"message": str(exc.detail), "type": "invalid_request_error",
+                                                         "param": None, "code": str(exc.status_code)}},
+                             getattr(exc, "headers", None))
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_left(request, exc):  # not a server error: nobody reads this answer
+        return Response(status_code=CLIENT_CLOSED)
+
+    @app.exception_handler(Exception)
+    async def _bug(request, exc):  # a server bug, never a client mistake: logged, answered as JSON
+        log.exception("unhandled error on %s", request.url.path)
+        return json_response(500, {"error": {"message": f"Internal error: {type(exc).__name__}.",
+                                             "type": "server_error", "param": None, "code": "internal"}})
+
+    @app.post("/v1/embeddings", openapi_extra=body_doc(V1EmbeddingsRequest), response_class=Response,
+              responses=_responses(*EMBED_ERRORS))
+    async def v1_embeddings(request: Request):
+        req = parse(V1EmbeddingsRequest, await read_body(request, cfg.max_body_bytes), cfg)
+        enc = rt.require_encoder()
+        dims = req.dimensions
+        if dims is not None and (type(dims) is not int or dims != enc.dim):
+            raise ApiError(422, f"`dimensions` must be {enc.dim}, this model's dim: it was not trained for shortened "
+                                f"(Matryoshka) embeddings. Given: {given(dims)}.", param="dimensions",
+                           code="dimensions_unsupported", limit=enc.dim, given=dims)
+        vecs, tokens, _ = await rt.embed(req.input, "input", truncate=True, normalize=True)
+        if req.encoding_format == "float":
+            rows = vecs.tolist()
+        else:
+            le = vecs.astype("<f4", copy=False)
+            rows = [base64.b64encode(r.tobytes()).decode("ascii") for r in le]
+        data = [{"object": "embedding", "index": i, "embedding": r} for i, r in enumerate(rows)]
+        return await _render({"object": "list", "data": data, "model": enc.model_version,
+                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
+                             vecs.size if req.encoding_format == "float" else 0)
+
+    @app.post("/embed", openapi_extra=body_doc(EmbedRequest), response_class=Response,
+              responses=_responses(*EMBED_ERRORS))
+    async def embed(request: Request):
+        req = parse(EmbedRequest, await read_body(request, cfg.max_body_bytes), cfg)
+        long_posts = req.long_posts or cfg.long_posts
+        enc = rt.require_encoder()
+        chunk_stats = {"chunked": 0, "windows": 0}
+        vecs, tokens, truncated = await rt.embed(req.inputs, "inputs", truncate=req.truncate, normalize=req.normalize,
+                                                 long_posts=long_posts, chunk_stats=chunk_stats)
+        out = {"model": enc.model_version, "dim": enc.dim, "encoding": req.encoding, "normalized": req.normalize}
+        if req.encoding == "float32":
+            out["embeddings"] = vecs.tolist()
+        elif req.encoding == "int8":
+            scale = int8_scale(enc.dim)
+            out.update(scale=scale, embeddings=quantize_int8(vecs, scale).tolist())
+        else:
+            out.update(bytes_per_row=(enc.dim + 7) // 8, bit_order="big", embeddings=pack_binary(vecs).tolist())
+        out.update(truncated=truncated, long_posts=long_posts, **chunk_stats,
+                   usage={"prompt_tokens": tokens, "total_tokens": tokens})
+        return await _render(out, vecs.size)
+
+    @app.get("/v1/models", response_class=Response, responses=_responses(*KEYED, 503))
+    async def v1_models():  # OpenAI clients and tools list models before using one
+        enc = rt.require_encoder()
+        model = {"id": enc.model_version, "object": "model", "created": int(rt.started), "owned_by": "postemb_rt"}
+        return json_response(200, {"object": "list", "data": [model]})
+
+    @app.get("/health", response_class=Response, responses=_responses())
+    async def health():
+        return json_response(200, {"status": "ok"})
+
+    @app.get("/ready", response_class=Response, responses=_responses(503))
+    async def ready():
+        # Unauthenticated: a reason code only; the details are in the log (and /info, with the key).
+        if rt.load_error:
+            return json_response(503, {"status": "failed", "reason": "model_load_failed"})
+        if not rt.ready:
+            return json_response(503, {"status": "loading", "reason": "loading"}, {"Retry-After": "1"})
+        if rt.backend_error is not None and not await rt.probe():
+            log.warning("/ready: backend still failing: %s", rt.backend_error)
+            return json_response(503, {"status": "unhealthy", "reason": "backend_error"})
+        return json_response(200, {"status": "ready", "model": rt.encoder.model_version})
+
+    @app.get("/info", response_class=Response, responses=_responses(*KEYED))
+    async def info():
+        return json_response(200, rt.info())
+
+    @app.get("/metrics", response_class=Response, responses=_responses(
+        *KEYED, ok={CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}))
+    async def prometheus_metrics():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.add_middleware(Gate, runtime=rt, metrics=metrics)
+    return app
+
+
+def app_from_env():
+    """uvicorn factory for ``--workers N`` (each worker process loads its own model): reads
+    the config that ``postemb serve`` put in ``POSTEMB_SERVE_CONFIG`` (JSON). A worker whose
+    model fails to load writes the error to ``POSTEMB_SERVE_FATAL_FILE`` and stops the
+    supervisor (SIGTERM to its parent), which then exits 1, as one worker would."""
+    import os
+    import signal
+
+    app = create_app(ServeConfig(**json.loads(os.environ["POSTEMB_SERVE_CONFIG"])))
+    rt, fatal_file = app.state.runtime, os.environ.get("POSTEMB_SERVE_FATAL_FILE")
+
+    def stop_everything():
+        if fatal_file:
+            with open(fatal_file, "a", encoding="utf-8") as f:
+                f.write(f"{rt.load_error}\n")
+        os.kill(os.getppid(), signal.SIGTERM)  # uvicorn's supervisor: stop every worker and exit
+
+    rt.on_fatal = stop_everything
+    return app

@@ -1,0 +1,212 @@
+"""The serving runtime: loads the model (on a thread, so ``/health`` answers meanwhile), owns
+the encoder and the dynamic batcher, tracks readiness and backend health, and turns a list
+of texts into vectors. Routes (``routes``) call it; it knows nothing of routing, request
+bodies or metrics. Its failures are ``ApiError`` (the status each condition answers)."""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import math
+import threading
+import time
+from typing import Callable
+
+import numpy as np
+
+from ..errors import BatcherClosedError, DeadlineExceededError, OverloadedError, ValidationError
+from .config import ServeConfig
+from .encodings import int8_scale
+from .errors import ApiError
+
+log = logging.getLogger("postemb_rt.server")
+
+TOKENIZE_INLINE_CHARS = 16_384  # requests with more characters are tokenized off the event loop
+PROBE_TIMEOUT_S = 10.0
+
+
+class Runtime:
+    """Loads the model (on a thread, so /health answers meanwhile), owns the batcher, tracks
+    readiness and backend health. ``load_encoder``: () -> Encoder (tests inject faults here)."""
+
+    def __init__(self, cfg: ServeConfig, load_encoder: Callable | None = None):
+        self.cfg = cfg
+        self._load_encoder = load_encoder or functools.partial(_default_encoder, cfg)
+        self.encoder = None
+        self.batcher = None
+        self.ready = False
+        self.load_error: str | None = None
+        self.backend_error: str | None = None  # last backend failure; cleared by the next success
+        self.on_fatal: Callable[[], None] = lambda: None  # set by `postemb serve`: stop the server
+        self.started = time.time()
+        self._closed = False
+        self._lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def load(self) -> None:
+        from ..batching import DynamicBatcher
+
+        try:
+            enc = self._load_encoder()
+            # normalize=False on the batcher so /embed can serve raw vectors; rows are
+            # normalised per request below (one pass over (n, dim) float32).
+            batcher = DynamicBatcher(
+                functools.partial(enc.backend.embed, normalize=False), pad_id=enc.tokenizer.pad_id,
+                max_batch_tokens=enc.max_batch_tokens, max_batch_size=self.cfg.max_batch_size,
+                max_wait_us=self.cfg.max_wait_us, max_queued_tokens=self.cfg.max_queued_tokens,
+                batch_overhead_tokens=self.cfg.batch_overhead_tokens)
+            with self._lock:
+                if self._closed:  # shut down while loading
+                    batcher.close()
+                    enc.close()
+                    return
+                self.encoder, self.batcher = enc, batcher
+            # warm-up through the whole path (tokenizer, batcher, backend)
+            batcher.submit(enc.tokenizer(["warm-up post"]).ids).result(timeout=120)
+            self.ready = True
+            log.info("ready: %s", enc.describe())
+        except Exception as exc:  # noqa: BLE001 - reported by /ready and the exit code
+            self.load_error = f"{type(exc).__name__}: {exc}"
+            log.error("postemb serve: the model failed to load: %s", self.load_error)
+            self.on_fatal()
+
+    def close(self) -> None:
+        """Drain the batcher (every queued request is computed), then release the model."""
+        with self._lock:
+            self._closed = True
+            batcher, enc = self.batcher, self.encoder
+        self.ready = False
+        if batcher is not None:
+            batcher.close(drain=True)
+        if enc is not None:
+            enc.close()
+
+    def require_encoder(self):
+        if not self.ready:
+            if self.load_error:
+                raise ApiError(503, f"The model failed to load: {self.load_error}", type="server_error",
+                               code="model_load_failed")
+            raise ApiError(503, "The model is still loading; retry shortly.", type="server_error",
+                           code="loading", headers={"Retry-After": "1"})
+        return self.encoder
+
+    # -- one embedding request ---------------------------------------------------------
+    async def embed(self, texts: list[str], field: str, truncate: bool, normalize: bool,
+                    long_posts: str = "truncate", chunk_stats: dict | None = None):
+        """Returns (float32 (n, dim) vectors in input order, tokens computed, truncated indices).
+        long_posts="chunk": windows of long posts share the batcher, combined here
+        (postemb_rt.long_posts); ``chunk_stats`` gets {"chunked", "windows"}."""
+        enc = self.require_encoder()
+        if long_posts == "chunk":
+            return await self._embed_chunked(enc, texts, field, truncate, normalize, chunk_stats)
+        if sum(map(len, texts)) > TOKENIZE_INLINE_CHARS:
+            tok = await asyncio.to_thread(enc.tokenizer, texts, True)
+        else:
+            tok = enc.tokenizer(texts, True)
+        if tok.truncated and not truncate:
+            i = tok.truncated[0]
+            raise ApiError(422, f"`{field}[{i}]` is longer than max_length ({enc.max_length} tokens) and truncate "
+                                f"is false; {len(tok.truncated)} input(s) are too long. Fix: shorten them or send "
+                                "truncate: true.", param=f"{field}[{i}]", code="max_length",
+                           limit=enc.max_length, given=f">{enc.max_length}")
+        vecs, tokens = await self._compute(tok.ids, field)
+        if normalize:
+            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        return vecs, tokens, tok.truncated
+
+    async def _embed_chunked(self, enc, texts, field, truncate, normalize, chunk_stats):
+        from .. import long_posts as lp
+
+        try:
+            chunks = lp.split(await asyncio.to_thread(enc.tokenizer.windows, texts, enc.chunk_overlap),
+                              enc.max_chunks, truncate)
+        except ValidationError as exc:
+            raise ApiError(422, f"{exc}".replace("`texts[", f"`{field}["), param=field, code="max_chunks",
+                           limit=enc.max_chunks) from None
+        n = len(chunks.single_ids)
+        vecs, tokens = await self._compute(chunks.single_ids + chunks.windows, field)
+        out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
+        single = vecs[:n]
+        if normalize:
+            single = single / np.maximum(np.linalg.norm(single, axis=1, keepdims=True), 1e-12)
+        out[chunks.singles] = single
+        if chunks.windows:
+            posts, combined = lp.combine(vecs[n:], chunks, normalize)
+            out[posts] = combined
+        if chunk_stats is not None:
+            chunk_stats.update(chunked=chunks.chunked, windows=len(chunks.windows))
+        return out, tokens, chunks.truncated
+
+    async def _compute(self, ids: list[list[int]], field: str):
+        """Token-id lists through the batcher: (raw float32 (n, dim), tokens); errors as ApiError."""
+        tokens = sum(map(len, ids))
+        limit = self.cfg.max_queued_tokens
+        if tokens > limit:
+            raise ApiError(413, f"`{field}` is {tokens} tokens, more than max_queued_tokens ({limit}), so it can "
+                                "never be queued. Fix: split the request.", param=field, code="max_queued_tokens",
+                           limit=limit, given=tokens)
+        try:
+            fut = self.batcher.submit(ids, timeout=self.cfg.request_timeout_s)
+        except OverloadedError as exc:
+            retry = self.retry_after_s()
+            raise ApiError(429, f"Overloaded: {exc}", type="overloaded", code="queue_full",
+                           headers={"Retry-After": str(retry)}) from None
+        except BatcherClosedError:
+            raise ApiError(503, "The server is shutting down.", type="server_error", code="shutting_down") from None
+        except ValidationError as exc:  # the batcher's own checks; the ones above should catch everything first
+            raise ApiError(422, f"`{field}`: {exc}", param=field, code="invalid_value") from None
+        try:
+            vecs = await asyncio.wrap_future(fut)
+        except DeadlineExceededError as exc:
+            raise ApiError(503, f"Timed out in the queue: {exc}", type="server_error", code="timeout",
+                           headers={"Retry-After": str(self.retry_after_s())}) from None
+        except BatcherClosedError:
+            raise ApiError(503, "The server is shutting down.", type="server_error", code="shutting_down") from None
+        except Exception as exc:  # noqa: BLE001 - the backend failed this request's batch
+            self.backend_error = f"{type(exc).__name__}: {exc}"
+            log.error("backend failure (answered 503): %s", self.backend_error)
+            raise ApiError(503, f"The model failed on the batch holding this request: {self.backend_error}",
+                           type="server_error", code="backend_error") from None
+        self.backend_error = None
+        return vecs, tokens
+
+    def retry_after_s(self) -> int:
+        """Whole seconds until the queued tokens are computed at the rate measured so far (1..60)."""
+        s = self.batcher.stats()
+        busy = s["inference_seconds"]["sum"] if "inference_seconds" in s else 0.0  # SerialCore: no histograms
+        rate = s["tokens_computed"] / busy if busy > 0 else 0.0
+        return max(1, min(60, math.ceil(s["queued_tokens"] / rate))) if rate > 0 else 1
+
+    async def probe(self) -> bool:
+        """After a backend failure: one tiny request through the batcher; True if it worked."""
+        try:
+            fut = self.batcher.submit(self.encoder.tokenizer(["readiness probe"]).ids, timeout=PROBE_TIMEOUT_S)
+            await asyncio.wrap_future(fut)
+        except Exception as exc:  # noqa: BLE001
+            self.backend_error = f"{type(exc).__name__}: {exc}"
+            return False
+        self.backend_error = None
+        return True
+
+    def info(self) -> dict:
+        enc = self.encoder
+        d = {"ready": self.ready, "limits": self.cfg.public(), "uptime_s": round(time.time() - self.started, 3)}
+        if enc is not None:
+            desc = enc.describe()
+            if self.batcher is not None:
+                desc["batcher"] = self.batcher.implementation
+                d["batcher_options"] = self.batcher.options
+            d.update(model=enc.model_version, dim=enc.dim, max_length=enc.max_length,
+                     backend=desc.get("backend"), precision=desc.get("precision"), runtime=desc,
+                     encodings={"float32": {}, "int8": {"scale": int8_scale(enc.dim)},
+                                "binary": {"bytes_per_row": (enc.dim + 7) // 8, "bit_order": "big"}},
+                     dimensions=[enc.dim])
+        if self.load_error:
+            d["load_error"] = self.load_error
+        return d
+
+
+def _default_encoder(cfg: ServeConfig):
+    from ..encoder import Encoder
+
+    return Encoder.from_pretrained(cfg.model, backend=cfg.backend, precision=cfg.precision)

@@ -1,0 +1,194 @@
+"""Request bodies, declared once: each pydantic model below is both the OpenAPI schema of a
+route's body (``body_doc``) and its validation (``parse``), with errors that name the
+field, the index and the value given (``ApiError``, OpenAI-shaped)."""
+from __future__ import annotations
+
+import json
+import typing
+from typing import Annotated, Any, Literal, Optional
+
+from pydantic import (BaseModel, ConfigDict, Field, StrictBool, StrictStr, ValidationInfo, WithJsonSchema,
+                      field_validator, model_validator)
+from pydantic import ValidationError as PydanticValidationError
+
+from .config import ServeConfig
+from .errors import ApiError
+
+Texts = Annotated[str | Annotated[list[str], Field(min_length=1)],
+                  Field(description="a string or a list of strings")]
+LongPosts = Literal["truncate", "chunk"]
+
+
+def type_name(v) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", int: "integer", float: "number",
+            type(None): "null"}.get(type(v), type(v).__name__)
+
+
+def given(v) -> str:
+    s = json.dumps(v, ensure_ascii=True)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def _texts(value, info: ValidationInfo) -> list[str]:
+    """``value`` as a non-empty list of str within the limits of the ``cfg`` in the context."""
+    field = info.field_name
+    cfg = (info.context or {}).get("cfg") or ServeConfig()
+    if isinstance(value, str):
+        value = [value]
+    elif not isinstance(value, list):
+        raise ApiError(422, f"`{field}` must be a string or a list of strings. Given: {type_name(value)} "
+                            f"{given(value)}.", param=field, code="invalid_type")
+    if not value:
+        raise ApiError(422, f"`{field}` must hold at least one string. Given: an empty list.", param=field,
+                       code="empty_input")
+    if len(value) > cfg.max_inputs:
+        raise ApiError(413, f"`{field}` holds {len(value)} strings, more than max_inputs ({cfg.max_inputs}). "
+                            "Fix: split the request.", param=field, code="max_inputs", limit=cfg.max_inputs,
+                       given=len(value))
+    for i, t in enumerate(value):
+        if not isinstance(t, str):
+            hint = (" Token-id arrays are not supported: send text." if isinstance(t, (int, list)) and
+                    not isinstance(t, bool) else "")
+            raise ApiError(422, f"`{field}[{i}]` must be a string. Given: {type_name(t)} {given(t)}.{hint}",
+                           param=f"{field}[{i}]", code="invalid_type")
+        if len(t) > cfg.max_input_chars:
+            raise ApiError(413, f"`{field}[{i}]` is {len(t)} characters, more than max_input_chars "
+                                f"({cfg.max_input_chars}).", param=f"{field}[{i}]", code="max_input_chars",
+                           limit=cfg.max_input_chars, given=len(t))
+        if not t.isascii():
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800" from JSON escapes
+                raise ApiError(422, f"`{field}[{i}]` is not valid Unicode text: {exc.reason} at character "
+                                    f"{exc.start}.", param=f"{field}[{i}]", code="invalid_text") from None
+    return value
+
+
+def _null_is_default(cls, value, info: ValidationInfo):
+    return cls.model_fields[info.field_name].default if value is None else value
+
+
+class V1EmbeddingsRequest(BaseModel):
+    """``POST /v1/embeddings`` (OpenAI-compatible). Unknown fields are ignored: OpenAI clients
+    send extras. ``dimensions`` is checked against the served model by the route."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: Texts
+    encoding_format: Literal["float", "base64"] = "float"
+    model: StrictStr = Field(None, description="any string; the answer names the served model")
+    dimensions: Annotated[Any, WithJsonSchema({"type": "integer"})] = None
+    user: Annotated[Any, WithJsonSchema({"type": "string"})] = None  # ignored
+
+    _check_input = field_validator("input", mode="before")(_texts)
+    _defaults = field_validator("encoding_format", mode="before")(classmethod(_null_is_default))
+
+
+class EmbedRequest(BaseModel):
+    """``POST /embed`` (native). Unknown fields are a 422."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: Texts
+    truncate: StrictBool = True
+    normalize: StrictBool = True
+    encoding: Literal["float32", "int8", "binary"] = "float32"
+    long_posts: Optional[LongPosts] = Field(None, description="default: the server's --long-posts")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_fields_only(cls, data):
+        unknown = sorted(set(data) - set(cls.model_fields)) if isinstance(data, dict) else []
+        if unknown:
+            raise ApiError(422, f"Unknown field `{unknown[0]}`. Known fields: {list(cls.model_fields)}.",
+                           param=unknown[0], code="unknown_field")
+        return data
+
+    _check_inputs = field_validator("inputs", mode="before")(_texts)
+    _defaults = field_validator("encoding", mode="before")(classmethod(_null_is_default))
+
+    @model_validator(mode="after")
+    def _quantized_needs_unit_rows(self):
+        if self.encoding != "float32" and not self.normalize:
+            raise ApiError(422, f"`normalize` must be true with encoding {self.encoding!r}, which is calibrated "
+                                "for unit vectors. Given: false.", param="normalize", code="invalid_value")
+        return self
+
+
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: Optional[str]
+    code: Optional[str]
+    limit: Any = None  # limit errors (413): the limit and the value given
+    given: Any = None
+
+
+class ErrorResponse(BaseModel):
+    """Every error answer: ``{"error": {...}}``, OpenAI-shaped."""
+
+    error: ErrorDetail
+
+
+def _literals(annotation) -> list:
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is Literal:
+        return list(args)
+    return [x for a in args for x in _literals(a)]
+
+
+def parse(model: type[BaseModel], obj: dict, cfg: ServeConfig) -> BaseModel:
+    """``obj`` (a JSON object) validated as ``model`` under ``cfg``'s limits; ApiError if not."""
+    try:
+        return model.model_validate(obj, context={"cfg": cfg})
+    except PydanticValidationError as exc:
+        e = exc.errors(include_url=False)[0]
+        name = str(e["loc"][0]) if e["loc"] else "body"
+        v, t = e.get("input"), e["type"]
+        field = model.model_fields.get(name)
+        if t == "missing":
+            raise ApiError(422, f"`{name}` is required: {field.description}.", param=name,
+                           code="missing_field") from None
+        if t == "literal_error":
+            raise ApiError(422, f"`{name}` must be one of {_literals(field.annotation)}. Given: {given(v)}.",
+                           param=name, code="invalid_value") from None
+        if t == "bool_type":
+            raise ApiError(422, f"`{name}` must be true or false. Given: {type_name(v)} {given(v)}.", param=name,
+                           code="invalid_type") from None
+        if t == "string_type":
+            raise ApiError(422, f"`{name}` must be a string. Given: {type_name(v)}.", param=name,
+                           code="invalid_type") from None
+        raise ApiError(422, f"`{name}`: {e['msg']}. Given: {given(v)}.", param=name, code="invalid_value") from None
+
+
+def body_doc(model: type[BaseModel]) -> dict:
+    """The OpenAPI ``requestBody`` of a route whose body is ``model``."""
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
+
+
+async def read_body(request, limit: int) -> dict:
+    """The request's JSON object, read at most ``limit`` bytes far (413 past it; 422 if it is
+    not a JSON object)."""
+    cl = request.headers.get("content-length")
+    if cl is not None and cl.isdigit() and int(cl) > limit:
+        raise ApiError(413, f"The request body is {int(cl)} bytes, more than max_body_bytes ({limit}).",
+                       param="body", code="max_body_bytes", limit=limit, given=int(cl))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"The request body is more than max_body_bytes ({limit}) bytes.",
+                           param="body", code="max_body_bytes", limit=limit, given=f">{limit}")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    try:
+        obj = json.loads(body)
+    except RecursionError:
+        raise ApiError(422, "The request body nests JSON too deeply.", param="body", code="invalid_json") from None
+    except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+        raise ApiError(422, f"The request body is not valid JSON: {exc}.", param="body",
+                       code="invalid_json") from None
+    if not isinstance(obj, dict):
+        raise ApiError(422, f"The request body must be a JSON object. Given: {type_name(obj)}.", param="body",
+                       code="invalid_type")
+    return obj
