@@ -23,7 +23,8 @@ def _parse_model(spec: str) -> tuple[str, str]:
 
 def run(args) -> int:
     from ..data import data_root, read_lines, SHORT_POSTS
-    from ..train.evaluate import EvalSpec, evaluate_rows, throughput, write_report
+    from ..train.evaluate import EvalSpec, evaluate_rows, throughput
+    from ..train.report import write_report
 
     root = Path(args.data) if args.data else data_root()
     out = Path(args.out)

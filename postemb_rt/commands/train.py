@@ -1,6 +1,6 @@
 """``postemb train --config CONFIG.json --out DIR``: fine-tune the post-embedding model.
 
-The config is JSON with the fields of ``postemb_rt.train.trainer.TrainConfig`` (see
+The config is JSON with the fields of ``postemb_rt.train.config.TrainConfig`` (see
 ``configs/``). DIR becomes a model directory that ``Encoder.from_pretrained(DIR)`` loads.
 ``--plan`` prints the task mixing and steps per task without training.
 """
@@ -11,7 +11,8 @@ import json
 
 
 def run(args) -> int:
-    from ..train.trainer import TrainConfig, task_schedule_counts, task_sizes, train
+    from ..train.config import TrainConfig, task_schedule_counts, task_sizes
+    from ..train.trainer import train
     from ..train.tasks import mixing_probabilities
 
     cfg = TrainConfig.from_file(args.config, seed=args.seed)

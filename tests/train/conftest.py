@@ -80,7 +80,8 @@ SMOKE = {
 @pytest.fixture(scope="session")
 def smoke_model(tiny_data, tmp_path_factory):
     """(model dir, summary) of the CI smoke training run on the tiny data."""
-    from postemb_rt.train.trainer import TrainConfig, train
+    from postemb_rt.train.config import TrainConfig
+    from postemb_rt.train.trainer import train
 
     out = tmp_path_factory.mktemp("smoke") / "model"
     summary = train(TrainConfig(data=str(tiny_data), **SMOKE), out, progress=lambda m: None)

@@ -5,7 +5,8 @@ import shutil
 import pytest
 
 from postemb_rt.errors import ValidationError
-from postemb_rt.train.trainer import TrainConfig, train
+from postemb_rt.train.config import TrainConfig
+from postemb_rt.train.trainer import train
 from postemb_rt.train import tasks as T
 
 

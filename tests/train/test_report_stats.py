@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from postemb_rt.train import evaluate as E
+from postemb_rt.train import report as R
 from postemb_rt.train.tasks import Pair
 
 
@@ -56,7 +57,7 @@ def test_seed_rows_are_grouped_into_means_and_spreads():
     row = lambda v: {"dim": 50, **{c: v for c in E.COLUMNS[1:]}}  # noqa: E731
     rows = {"base": row(0.1), "multitask": row(0.5), "multitask-seed1": row(0.7), "multitask-seed2": row(0.6),
             "orphan-seed1": row(0.9)}
-    means, sds = E.seed_means(rows)
+    means, sds = R.seed_means(rows)
     assert set(means) == {"multitask"} and means["multitask"]["seeds"] == 3
     assert means["multitask"]["auc_topic"] == pytest.approx(0.6)
     assert sds["multitask"]["auc_topic"] == pytest.approx(0.1)

@@ -10,7 +10,7 @@ import pytest
 
 from postemb_rt.errors import ValidationError
 from postemb_rt.train import teacher as TT
-from postemb_rt.train.trainer import TrainConfig
+from postemb_rt.train.config import TrainConfig
 
 from .conftest import SMOKE
 
@@ -123,7 +123,7 @@ def test_distillation_config_errors_name_the_field():
 def test_teacher_pairs_are_the_sts_pairs_and_true_teacher_neighbours(tiny_data):
     from postemb_rt.train import data as D
     from postemb_rt.train import tasks as T
-    from postemb_rt.train.trainer import TeacherStream, teacher_pairs
+    from postemb_rt.train.distill import TeacherStream, teacher_pairs
 
     sd = T.load_split(tiny_data, "train")
     a, b, _ = D.read_sts(sd.sts_path, strict=sd.strict)

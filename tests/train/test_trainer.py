@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from postemb_rt.train import tasks as T
-from postemb_rt.train.trainer import TrainConfig, schedule, task_schedule_counts
+from postemb_rt.train.config import TrainConfig, schedule, task_schedule_counts
 
 
 def test_smoke_training_loss_falls(smoke_model):
@@ -130,7 +130,7 @@ def test_pair_tasks_from_tiny_data(tiny_data):
 def test_similarity_loss_is_zero_for_an_affine_copy_of_the_teacher_cosines_and_positive_otherwise():
     import torch
 
-    from postemb_rt.train.trainer import _similarity_loss
+    from postemb_rt.train.distill import _similarity_loss
 
     gen = torch.Generator().manual_seed(0)
     teacher = torch.nn.functional.normalize(torch.randn(8, 384, generator=gen), dim=-1)
@@ -158,7 +158,8 @@ def test_config_rejects_distill_posts_without_a_distill_weight():
 
 def test_general_posts_stream_feeds_the_similarity_term(tiny_data, tmp_path):
     """A short run with the general-posts stream: trains, and its loss includes the stream's term."""
-    from postemb_rt.train.trainer import general_posts, train
+    from postemb_rt.train.distill import general_posts
+    from postemb_rt.train.trainer import train
     from tests.train.conftest import SMOKE
 
     sd = T.load_split(tiny_data, "train")

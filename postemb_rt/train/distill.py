@@ -1,0 +1,163 @@
+"""What the student is pulled toward: the base-PCA and least-squares starts of the
+projection, the teacher's view of the distillation posts (``teacher_stream``) and of related
+pairs (``teacher_pairs``), and the Pearson-r similarity losses. Used by
+:mod:`postemb_rt.train.trainer`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import data as D
+from . import tasks as T
+from .config import TrainConfig
+
+
+def _batches_to_tensors(tokenizer, texts, pack):
+    import torch
+
+    ids, mask = pack(tokenizer(texts).ids, tokenizer.pad_id)
+    return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+def _pearson_loss(s, t):
+    """1 - Pearson r between two vectors of cosines (blind to an affine map of either, which
+    no ranking metric sees)."""
+    s, t = s - s.mean(), t - t.mean()
+    return 1.0 - (s * t).sum() / (s.norm() * t.norm() + 1e-8)
+
+
+def _similarity_loss(student, teacher):
+    """1 - Pearson r between the off-diagonal cosines of ``student`` (n, 50) and ``teacher``
+    (n, 384) unit rows, n >= 3: keeps the fine-tuned model's similarity structure close to
+    the frozen base's."""
+    import torch
+
+    off = ~torch.eye(student.shape[0], dtype=torch.bool)
+    return _pearson_loss((student @ student.t())[off], (teacher @ teacher.t())[off])
+
+
+def general_posts(sd: T.SplitData) -> list[str]:
+    """Every train text of every task (emoji, emotion, stance posts and the STS-B sentences),
+    whichever tasks a run trains: the PCA initialisation's pool and the ``distill_posts``
+    stream. Never a zero-shot task's texts."""
+    sts_a, sts_b, _ = D.read_sts(sd.sts_path, strict=sd.strict)
+    return sd.emoji.texts + sd.emotion.texts + sd.topic.texts + sts_a + sts_b
+
+
+def _pooled(model, tokenizer, posts, pack):
+    """float64 (n, H): the model's pooled vectors (before projection) of ``posts``, no grad."""
+    import torch
+
+    vecs = []
+    with torch.no_grad():
+        for i in range(0, len(posts), 64):
+            ids, mask = _batches_to_tensors(tokenizer, posts[i:i + 64], pack)
+            vecs.append(model(ids, mask)[0])
+    return torch.cat(vecs).double()
+
+
+def _pca_projection(model, tokenizer, posts, dim, pack):
+    """(weight (dim, H), bias (dim,)) of PCA on the base's pooled vectors: the projection
+    starts as the base-PCA baseline."""
+    import torch
+
+    x = _pooled(model, tokenizer, posts, pack)
+    mean = x.mean(0)
+    _, _, vt = torch.linalg.svd(x - mean, full_matrices=False)
+    w = vt[:dim]
+    if w.shape[0] < dim:  # fewer posts than dimensions: fill up with small random directions
+        gen = torch.Generator().manual_seed(0)
+        w = torch.cat([w, 0.01 * torch.randn(dim - w.shape[0], w.shape[1], generator=gen, dtype=w.dtype)])
+    return w.float(), (-(w @ mean)).float()
+
+
+def _cached_pca(md, model, tok, posts, cfg, pack, progress):
+    """The PCA projection, cached under ``$POSTEMB_CACHE/pca/`` by base fingerprint, texts
+    and sizes: the single-task runs share the multi-task run's initial projection and skip
+    re-encoding the same texts (about a minute on 2 cores)."""
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    from ..onnx_export import cache_root
+
+    h = hashlib.sha256(f"{md.fingerprint}|{cfg.projection_dim}|{cfg.max_length}|".encode())
+    h.update("\n".join(posts).encode())
+    path = cache_root() / "pca" / f"{h.hexdigest()[:20]}.safetensors"
+    if path.exists():
+        st = load_file(str(path))
+        progress(f"PCA projection from cache {path}")
+        return st["weight"], st["bias"]
+    w, b = _pca_projection(model, tok, posts, cfg.projection_dim, pack)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({"weight": w.contiguous(), "bias": b.contiguous()}, str(tmp))
+    tmp.replace(path)
+    return w, b
+
+
+@dataclass
+class TeacherStream:
+    """The posts distilled on and the teacher's view of them (rows aligned with ``posts``):
+    ``emb`` (n, D) unit rows, ``pca`` (n, projection_dim) unit rows of the teacher's
+    embeddings projected on their top principal axes (fitted on these posts)."""
+
+    posts: list[str]
+    emb: np.ndarray
+    pca: np.ndarray
+    info: dict
+
+
+def teacher_stream(cfg: TrainConfig, sd: T.SplitData, progress=print) -> TeacherStream:
+    """Embed the distillation pool (general posts of the train splits: never a zero-shot
+    task's texts) with the teacher, once (cached), and fit its PCA targets."""
+    from . import teacher as TT
+
+    pool = sorted(set(general_posts(sd)))
+    if cfg.distill_pool and cfg.distill_pool < len(pool):
+        keep = np.random.default_rng([cfg.seed, 6]).permutation(len(pool))[:cfg.distill_pool]
+        pool = [pool[i] for i in sorted(keep)]
+    emb, info = TT.embed_cached(cfg.teacher, pool, cfg.teacher_max_length, threads=cfg.threads, progress=progress)
+    x = emb.astype(np.float64)
+    mean = x.mean(0)
+    _, sv, vt = np.linalg.svd(x - mean, full_matrices=False)
+    pca = (x - mean) @ vt[:cfg.projection_dim].T
+    pca /= np.maximum(np.linalg.norm(pca, axis=1, keepdims=True), 1e-12)
+    info = {**info, "pool": len(pool),
+            "pca_explained": float((sv[:cfg.projection_dim] ** 2).sum() / (sv ** 2).sum())}
+    return TeacherStream(pool, emb, pca.astype(np.float32), info)
+
+
+def teacher_pairs(cfg: TrainConfig, sd: T.SplitData, ts: TeacherStream, anchors: int = 8192) -> dict:
+    """Related pairs of the distillation pool, as (P, 2) indices into ``ts.posts``: ``sts``
+    (every STS-B train pair, whatever its score, both sentences in the pool) and
+    ``neighbour`` (``anchors`` seeded pool posts, each with its top ``pair_neighbours``
+    teacher neighbours; near-copies, cosine > 0.99, left out; none if ``pair_neighbours`` is 0)."""
+    where = {t: i for i, t in enumerate(ts.posts)}
+    a, b, _ = D.read_sts(sd.sts_path, strict=sd.strict)
+    sts = np.array([(where[x], where[y]) for x, y in zip(a, b) if x in where and y in where and x != y],
+                   dtype=np.int64).reshape(-1, 2)
+    rng = np.random.default_rng([cfg.seed, 7])
+    pick = np.sort(rng.permutation(len(ts.posts))[:anchors])
+    k = cfg.pair_neighbours
+    nb = [np.zeros((0, 2), dtype=np.int64)]
+    for i in range(0, len(pick) if k else 0, 1024):
+        rows = pick[i:i + 1024]
+        sim = ts.emb[rows] @ ts.emb.T
+        sim[np.arange(len(rows)), rows] = -1.0
+        sim[sim > 0.99] = -1.0
+        top = np.argpartition(-sim, k, axis=1)[:, :k]
+        nb.append(np.stack([np.repeat(rows, k), top.ravel()], 1))
+    return {"sts": sts, "neighbour": np.concatenate(nb).astype(np.int64)}
+
+
+def _lstsq_projection(model, tokenizer, posts, targets, pack):
+    """(weight (D, H), bias (D,)): least squares from the base's pooled vectors of ``posts``
+    to ``targets`` (n, D): the projection starts as the best linear map onto the teacher."""
+    import torch
+
+    x = _pooled(model, tokenizer, posts, pack)
+    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    sol = torch.linalg.lstsq(x1, torch.from_numpy(targets).double()).solution  # (H + 1, D)
+    return sol[:-1].t().float().contiguous(), sol[-1].float().contiguous()
