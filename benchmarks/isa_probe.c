@@ -26,52 +26,31 @@ long add_chain(long iters) {
     return x;
 }
 
-#define ACC12(DECL) DECL(0) DECL(1) DECL(2) DECL(3) DECL(4) DECL(5) DECL(6) DECL(7) DECL(8) DECL(9) DECL(10) DECL(11)
-
-__attribute__((target("avx512f"))) double zmm_fma(long iters) {
-    __m512 b = _mm512_set1_ps(0.999f), c = _mm512_set1_ps(1e-7f);
-#define D(k) __m512 a##k = _mm512_set1_ps((float)(k));
-    ACC12(D)
-#undef D
-    for (long i = 0; i < iters; ++i) {
-#define F(k) __asm__ volatile("vfmadd231ps %2, %1, %0" : "+v"(a##k) : "v"(b), "v"(c));
-        ACC12(F)
-#undef F
+/* One probe: 12 accumulators of type T (INIT(k)), each updated per iteration by the 512-bit
+ * instruction INSN reading the constant registers b and c; returns REDUCE of their sum. */
+#define DECL(k, T, INIT) T a##k = INIT(k);
+#define STEP(k, INSN) __asm__ volatile(INSN " %2, %1, %0" : "+v"(a##k) : "v"(b), "v"(c));
+#define EACH(X, ...) X(0, __VA_ARGS__) X(1, __VA_ARGS__) X(2, __VA_ARGS__) X(3, __VA_ARGS__) \
+    X(4, __VA_ARGS__) X(5, __VA_ARGS__) X(6, __VA_ARGS__) X(7, __VA_ARGS__) X(8, __VA_ARGS__) \
+    X(9, __VA_ARGS__) X(10, __VA_ARGS__) X(11, __VA_ARGS__)
+#define PROBE(NAME, TARGET, T, INIT, B, C, INSN, ADD, REDUCE)                                   \
+    __attribute__((target(TARGET))) double NAME(long iters) {                               \
+        const __m512i b = B, c = C;                                                        \
+        EACH(DECL, T, INIT)                                                                \
+        for (long i = 0; i < iters; ++i) {                                                 \
+            EACH(STEP, INSN)                                                               \
+        }                                                                                  \
+        return (double)REDUCE(ADD(ADD(ADD(ADD(a0, a1), ADD(a2, a3)), ADD(ADD(a4, a5), ADD(a6, a7))), \
+                                  ADD(ADD(a8, a9), ADD(a10, a11))));                        \
     }
-    __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
-                             _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
-    s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
-    return (double)_mm512_reduce_add_ps(s);
-}
 
-__attribute__((target("avx512f,avx512bf16"))) double zmm_dpbf16(long iters) {
-    __m512i b = _mm512_set1_epi16(0x3f80), c = _mm512_set1_epi16(0x3380); /* bf16 1.0, ~6e-8 */
-#define D(k) __m512 a##k = _mm512_set1_ps((float)(k));
-    ACC12(D)
-#undef D
-    for (long i = 0; i < iters; ++i) {
-#define F(k) __asm__ volatile("vdpbf16ps %2, %1, %0" : "+v"(a##k) : "v"(b), "v"(c));
-        ACC12(F)
-#undef F
-    }
-    __m512 s = _mm512_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)),
-                             _mm512_add_ps(_mm512_add_ps(a4, a5), _mm512_add_ps(a6, a7)));
-    s = _mm512_add_ps(s, _mm512_add_ps(_mm512_add_ps(a8, a9), _mm512_add_ps(a10, a11)));
-    return (double)_mm512_reduce_add_ps(s);
-}
+#define INIT_PS(k) _mm512_set1_ps((float)(k))
+#define INIT_EPI32(k) _mm512_set1_epi32(k)
 
-__attribute__((target("avx512f,avx512vnni"))) double zmm_dpbusd(long iters) {
-    __m512i b = _mm512_set1_epi8(1), c = _mm512_set1_epi8(1);
-#define D(k) __m512i a##k = _mm512_set1_epi32(k);
-    ACC12(D)
-#undef D
-    for (long i = 0; i < iters; ++i) {
-#define F(k) __asm__ volatile("vpdpbusd %2, %1, %0" : "+v"(a##k) : "v"(b), "v"(c));
-        ACC12(F)
-#undef F
-    }
-    __m512i s = _mm512_add_epi32(_mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)),
-                                 _mm512_add_epi32(_mm512_add_epi32(a4, a5), _mm512_add_epi32(a6, a7)));
-    s = _mm512_add_epi32(s, _mm512_add_epi32(_mm512_add_epi32(a8, a9), _mm512_add_epi32(a10, a11)));
-    return (double)_mm512_reduce_add_epi32(s);
-}
+PROBE(zmm_fma, "avx512f", __m512, INIT_PS, _mm512_castps_si512(_mm512_set1_ps(0.999f)),
+      _mm512_castps_si512(_mm512_set1_ps(1e-7f)), "vfmadd231ps", _mm512_add_ps, _mm512_reduce_add_ps)
+/* bf16 pairs 1.0 x ~6e-8 */
+PROBE(zmm_dpbf16, "avx512f,avx512bf16", __m512, INIT_PS, _mm512_set1_epi16(0x3f80), _mm512_set1_epi16(0x3380),
+      "vdpbf16ps", _mm512_add_ps, _mm512_reduce_add_ps)
+PROBE(zmm_dpbusd, "avx512f,avx512vnni", __m512i, INIT_EPI32, _mm512_set1_epi8(1), _mm512_set1_epi8(1), "vpdpbusd",
+      _mm512_add_epi32, _mm512_reduce_add_epi32)
