@@ -193,13 +193,20 @@ def main(argv=None) -> int:
                            max_abs_err=float(np.abs(out - ref).max()))
             precision = name.partition("@")[0].partition(":")[2] or "fp32"
             fraction = ideal_seconds(tokens, fpt, precision, ceils, share) / seconds
-            row.update(precision=precision, fraction_of_ceiling=fraction, over_ceiling=ceil.over_ceiling(fraction))
+            cell = ceil.fraction_cell(fraction)
+            if not np.isfinite(fraction):  # a GEMM no library ran: nothing to check the row against
+                row.update(precision=precision, fraction_of_ceiling=None, over_ceiling=None)
+                cell = "- (no ceiling)"
+                notes.append(f"WARNING: {wname}/{name}: no {precision} ceiling was measured (see the unavailable "
+                             "libraries below), so this row cannot be checked against one")
+            else:
+                row.update(precision=precision, fraction_of_ceiling=fraction, over_ceiling=ceil.over_ceiling(fraction))
             wrep["rows"].append(row)
             if row["over_ceiling"]:
                 notes.append(f"WARNING: {wname}/{name} computes at {fraction:.0%} of its {precision} ceiling: the "
                              "ceiling is wrong (a faster library, kernel or FLOP count is missing), not the row")
             print(f"| {wname} ({len(texts)}) | {name} | {rate:.0f} | {tokens / seconds:.0f} | {ratio} | {fid[0]} | "
-                  f"{fid[1]} | {ceil.fraction_cell(fraction)} |", flush=True)
+                  f"{fid[1]} | {cell} |", flush=True)
         notes += ceil.ceiling_warnings(ceils, peak)
     print(f"\nload average after the run: {os.getloadavg()[0]:.2f} (1 min)")
     print(f"\nmatmul ceilings ({threads} threads; best library per GEMM, measured before and after each workload, "
@@ -210,7 +217,7 @@ def main(argv=None) -> int:
     for line in notes:
         print(line)
     report["warnings"], report["over_ceiling"] = notes, any(
-        r["over_ceiling"] for w in report["workloads"].values() for r in w["rows"])
+        r["over_ceiling"] is True for w in report["workloads"].values() for r in w["rows"])
     report["load_end"] = os.getloadavg()[0]
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

@@ -126,3 +126,12 @@ def test_isa_peak_is_cores_x_pipes_x_lanes_x_2_x_measured_clock():
         assert p["per_cycle"] in np.arange(0.5, 8.5, 0.5)
         assert p["ops_per_s"] == pytest.approx(2 * p["per_cycle"] * ceil.LANES[prec] * 2 * peak["clock_hz"])
         assert p["formula"].startswith("2 cores x ")
+
+
+def test_compare_charges_int8_rows_at_both_ceilings_and_a_missing_ceiling_is_not_a_number():
+    from benchmarks.compare import ideal_seconds
+
+    ceils = {"fp32": {"ops_per_s": 100e9}, "bf16": {"ops_per_s": None}, "int8": {"ops_per_s": 400e9}}
+    assert ideal_seconds(1000, 1e6, "fp32", ceils, 0.35) == pytest.approx(1e9 / 100e9)
+    assert ideal_seconds(1000, 1e6, "int8", ceils, 0.35) == pytest.approx(1e9 * (0.35 / 400e9 + 0.65 / 100e9))
+    assert math.isnan(ideal_seconds(1000, 1e6, "bf16", ceils, 0.35))
