@@ -32,8 +32,9 @@ def make_encode(provider, model: str = "base"):
     return lambda texts: enc.encode(texts)
 
 
-def count_tokens(texts, chunk: bool = False) -> int:
-    """Real tokens the model computes: truncated posts, or (``chunk``) every window of long_posts="chunk"."""
+def token_lengths(texts, chunk: bool = False) -> list[int]:
+    """Real tokens per sequence the model computes: each truncated post, or (``chunk``) each
+    window of long_posts="chunk"."""
     from postemb_rt.long_posts import DEFAULT_MAX_CHUNKS, DEFAULT_OVERLAP
     from postemb_rt.model_dir import resolve
     from postemb_rt.tokenization import PostTokenizer
@@ -41,8 +42,13 @@ def count_tokens(texts, chunk: bool = False) -> int:
     md = resolve("base")
     tok = PostTokenizer(md.tokenizer_path, md.config.max_length)
     if chunk:
-        return sum(len(w) for post in tok.windows(texts, DEFAULT_OVERLAP) for w in post[:DEFAULT_MAX_CHUNKS])
-    return sum(tok(texts).lengths)
+        return [len(w) for post in tok.windows(texts, DEFAULT_OVERLAP) for w in post[:DEFAULT_MAX_CHUNKS]]
+    return list(tok(texts).lengths)
+
+
+def count_tokens(texts, chunk: bool = False) -> int:
+    """Real tokens the model computes: truncated posts, or (``chunk``) every window of long_posts="chunk"."""
+    return int(sum(token_lengths(texts, chunk)))
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)

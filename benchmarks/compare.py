@@ -4,6 +4,7 @@ sentence-transformers.
     python benchmarks/compare.py [--n 4000] [--long 0] [--repeats 3] [--model base]
         [--providers sentence-transformers,torch,onnxruntime,torch:bf16,onnxruntime:int8]
     python benchmarks/compare.py --long 1000 --providers onnxruntime,onnxruntime@chunk   # long posts whole
+    python benchmarks/compare.py --quick --providers torch,onnxruntime   # smoke run (200 posts, 1 round)
 
 A provider ending in ``@chunk`` embeds with ``long_posts="chunk"`` (long posts whole, as
 windows); its tokens/s counts every window's tokens, the work it really does.
@@ -14,12 +15,22 @@ postemb_rt/data.py) and, with --long, the long-post workload; the ratio to the
 sentence-transformers float32 baseline (`SentenceTransformer(base).encode(texts,
 batch_size=32)`); the cosine to the torch float32 reference (min and mean) and overlap@10
 of nearest neighbours (postemb_rt.fidelity); and the fraction of the ceiling of the
-precision it computes in, measured in the same run: matmul throughput of float32 (torch),
-bf16 (torch, oneDNN) and int8 (onnxruntime MatMulInteger, the kernel the int8 model uses).
+precision it computes in.
+
+Ceilings (benchmarks/ceilings.py): for each workload, the best of the libraries the runtime
+could use (MKL, oneDNN, MLAS; fp32, bf16, int8) at the model's own GEMM shapes with M = rows x
+padded tokens of the workload's median batch (Encoder.encode's planner), on the workloads'
+thread count, measured just before and just after that workload's rounds (best kept). They
+are printed after the table with the library that won each GEMM and the ISA peak (cores x
+512-bit instructions per cycle x lanes x 2 x clock, clock and instructions per cycle
+measured by benchmarks/isa_probe.c). A row above 100% of its ceiling is not printed as a
+percentage: its cell says OVER CEILING, a WARNING line follows the table, the JSON (--json)
+has "over_ceiling": true, and the script exits with status 2. So does a ceiling above the ISA
+peak.
 FLOPs per token come from the model config: 2 x layers x (4 H^2 + 2 H I), about 21 MFLOP
 for all-MiniLM-L6-v2 (attention scores add 4 S H per layer, under 2% at these lengths).
 The int8 model keeps some matmuls in float32 (postemb_rt.onnx_export.int8_nodes), so its
-ceiling is the time those FLOPs need at the int8 and float32 peaks together.
+ceiling is the time those FLOPs need at the int8 and float32 ceilings together.
 """
 from __future__ import annotations
 
@@ -33,46 +44,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.bench_encode import PROVIDERS, count_tokens, make_encode  # noqa: E402
-
-
-def best_of(fn, repeats: int = 5) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def gemm_peak_gflops(n: int = 2048, dtype: str = "fp32") -> float:
-    """Best-of matmul throughput (torch, all threads) in GFLOP/s, float32 or bf16."""
-    import torch
-
-    dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
-    a, b = torch.randn(n, n, dtype=dt), torch.randn(n, n, dtype=dt)
-    return 2 * n**3 / best_of(lambda: a @ b) / 1e9
-
-
-def int8_peak_gops(n: int = 2048) -> float:
-    """Best-of uint8 x int8 -> int32 matmul throughput of onnxruntime's MatMulInteger (MLAS, the
-    kernel behind the int8 model's DynamicQuantizeMatMul) in GOP/s."""
-    import onnx
-    import onnxruntime as ort
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("MatMulInteger", ["a", "b"], ["c"])], "int8_peak",
-        [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n]),
-         helper.make_tensor_value_info("b", TensorProto.INT8, [n, n])],
-        [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
-    rng = np.random.default_rng(0)
-    feeds = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8), "b": rng.integers(-127, 127, (n, n), dtype=np.int8)}
-    onnx.checker.check_model(model)
-    return 2 * n**3 / best_of(lambda: sess.run(None, feeds)) / 1e9
+from benchmarks.bench_encode import PROVIDERS, count_tokens, make_encode, token_lengths  # noqa: E402
 
 
 def int8_share() -> float:
@@ -98,13 +70,18 @@ def int8_share() -> float:
     return quant / total
 
 
-def flops_per_token() -> float:
+def model_dims() -> tuple[int, int, int]:
+    """(hidden, intermediate, layers) of the base encoder's config."""
     import json
 
     from postemb_rt.model_dir import base_encoder_path
 
     cfg = json.loads((base_encoder_path() / "config.json").read_text())
-    h, i, layers = cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+    return cfg["hidden_size"], cfg["intermediate_size"], cfg["num_hidden_layers"]
+
+
+def flops_per_token() -> float:
+    h, i, layers = model_dims()
     return 2 * layers * (4 * h * h + 2 * h * i)
 
 
@@ -133,6 +110,15 @@ def measure_interleaved(encoders: dict, texts, repeats: int) -> dict:
     return {n: (float(np.median(times[n])), outs[n]) for n in names}
 
 
+def ideal_seconds(tokens: int, fpt: float, precision: str, ceils: dict, share: float) -> float:
+    """Seconds the workload's matmul FLOPs need at the ceiling of the precision they run in (int8:
+    the int8 model's int8 share at the int8 ceiling, the rest at the fp32 ceiling)."""
+    rate = {p: c["ops_per_s"] or float("nan") for p, c in ceils.items()}
+    if precision == "int8":
+        return tokens * fpt * (share / rate["int8"] + (1 - share) / rate["fp32"])
+    return tokens * fpt / rate[precision]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--n", type=int, default=4000, help="short posts (default 4000)")
@@ -142,31 +128,56 @@ def main(argv=None) -> int:
                    help="backend[:precision], comma-separated (default: %(default)s)")
     p.add_argument("--model", default="base", help="model for this project's providers (default: base, the "
                    "model sentence-transformers runs)")
+    p.add_argument("--ceiling-repeats", type=int, default=5, help="timed calls per GEMM and library in each "
+                   "ceiling measurement (best kept; default 5)")
+    p.add_argument("--quick", action="store_true", help="smoke run: --n 200, --long 50 if --long, 1 round, "
+                   "2 ceiling repeats (numbers not for the record)")
+    p.add_argument("--json", type=Path, default=None, help="also write rows, ceilings, ISA peak and warnings here")
     args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.long = min(args.n, 200), min(args.long, 50)
+        args.repeats, args.ceiling_repeats = 1, 2
+    for name in ("n", "repeats", "ceiling_repeats"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1. Given: {getattr(args, name)}.")
 
+    import json
     import os
 
     import torch
 
+    from benchmarks import ceilings as ceil
     from postemb_rt.data import long_posts, short_posts
     from postemb_rt.fidelity import overlap_at_k
 
-    peaks = {"fp32": gemm_peak_gflops(), "bf16": gemm_peak_gflops(dtype="bf16"), "int8": int8_peak_gops()}
+    threads = int(os.environ.get("POSTEMB_NUM_THREADS") or 0) or torch.get_num_threads()
+    hidden, intermediate, _ = model_dims()
     share = int8_share()
     fpt = flops_per_token()
     workloads = [("short", short_posts(args.n))]
     if args.long:
         workloads.append(("long", long_posts(args.long)))
-    print(f"# {date.today()} | {cpu_name()} | {os.cpu_count()} CPUs | load {os.getloadavg()[0]:.2f} | torch "
-          f"{torch.__version__} threads {torch.get_num_threads()} | matmul ceilings: fp32 {peaks['fp32']:.0f} "
-          f"GFLOP/s, bf16 {peaks['bf16']:.0f} GFLOP/s, int8 {peaks['int8']:.0f} GOP/s | {fpt / 1e6:.1f} MFLOP/token "
-          f"| int8 model: {share:.0%} of matmul FLOPs in int8\n")
+    peak = ceil.isa_peak(threads)
+    load_start = os.getloadavg()[0]
+    print(f"# {date.today()} | {cpu_name()} | {os.cpu_count()} CPUs | load {load_start:.2f} | torch "
+          f"{torch.__version__} threads {torch.get_num_threads()} | matmul ceilings: per workload, below the table "
+          f"| {fpt / 1e6:.1f} MFLOP/token | int8 model: {share:.0%} of matmul FLOPs in int8\n")
     print("| workload | provider | posts/s | tokens/s | x baseline | cosine min / mean vs torch fp32 | overlap@10 "
           "| % of its ceiling |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     encoders = {name: make_encode(name, args.model) for name in args.providers.split(",")}
+    report = {"date": str(date.today()), "cpu": cpu_name(), "cpus": os.cpu_count(), "threads": threads,
+              "load_start": load_start, "mflop_per_token": fpt / 1e6, "int8_share": share, "isa_peak": peak,
+              "workloads": {}, "warnings": [], "over_ceiling": False}
+    notes = []
     for wname, texts in workloads:
+        m = ceil.typical_rows(token_lengths(texts))
+        before = ceil.measure(m, threads, args.ceiling_repeats, hidden, intermediate)
         results = measure_interleaved(encoders, texts, args.repeats)
+        measured = ceil.merge(before, ceil.measure(m, threads, args.ceiling_repeats, hidden, intermediate))
+        ceils = ceil.ceilings(measured)
+        wrep = report["workloads"][wname] = {"posts": len(texts), "m": m, "ceilings": ceils, "measurement": measured,
+                                             "rows": []}
         ref = results["torch"][1] if "torch" in results else None
         base = results.get("sentence-transformers")
         for name, (seconds, out) in results.items():
@@ -174,18 +185,43 @@ def main(argv=None) -> int:
             rate = len(texts) / seconds
             ratio = f"{base[0] / seconds:.2f}" if base else "-"
             fid = "-", "-"
+            row = {"provider": name, "posts_per_s": rate, "tokens_per_s": tokens / seconds}
             if ref is not None and out.shape == ref.shape:
                 cos = np.sum(out * ref, axis=1)
-                fid = f"{cos.min():.4f} / {cos.mean():.4f}", f"{overlap_at_k(ref, out):.3f}"
+                fid = f"{cos.min():.6f} / {cos.mean():.6f}", f"{overlap_at_k(ref, out):.3f}"
+                row.update(cos_min=float(cos.min()), cos_mean=float(cos.mean()),
+                           max_abs_err=float(np.abs(out - ref).max()))
             precision = name.partition("@")[0].partition(":")[2] or "fp32"
-            if precision == "int8":  # the time those FLOPs need at the int8 and fp32 ceilings together
-                ideal = tokens * fpt * (share / (peaks["int8"] * 1e9) + (1 - share) / (peaks["fp32"] * 1e9))
+            fraction = ideal_seconds(tokens, fpt, precision, ceils, share) / seconds
+            cell = ceil.fraction_cell(fraction)
+            if not np.isfinite(fraction):  # a GEMM no library ran: nothing to check the row against
+                row.update(precision=precision, fraction_of_ceiling=None, over_ceiling=None)
+                cell = "- (no ceiling)"
+                notes.append(f"WARNING: {wname}/{name}: no {precision} ceiling was measured (see the unavailable "
+                             "libraries below), so this row cannot be checked against one")
             else:
-                ideal = tokens * fpt / (peaks[precision] * 1e9)
+                row.update(precision=precision, fraction_of_ceiling=fraction, over_ceiling=ceil.over_ceiling(fraction))
+            wrep["rows"].append(row)
+            if row["over_ceiling"]:
+                notes.append(f"WARNING: {wname}/{name} computes at {fraction:.0%} of its {precision} ceiling: the "
+                             "ceiling is wrong (a faster library, kernel or FLOP count is missing), not the row")
             print(f"| {wname} ({len(texts)}) | {name} | {rate:.0f} | {tokens / seconds:.0f} | {ratio} | {fid[0]} | "
-                  f"{fid[1]} | {ideal / seconds:.0%} |", flush=True)
+                  f"{fid[1]} | {cell} |", flush=True)
+        notes += ceil.ceiling_warnings(ceils, peak)
     print(f"\nload average after the run: {os.getloadavg()[0]:.2f} (1 min)")
-    return 0
+    print(f"\nmatmul ceilings ({threads} threads; best library per GEMM, measured before and after each workload, "
+          f"best kept; ISA peak clock {peak['clock_source']}):")
+    for wname, wrep in report["workloads"].items():
+        print(f"{wname}: M = {wrep['m']} (median rows x padded tokens of a batch)")
+        print("\n".join(ceil.describe(wrep["ceilings"], wrep["measurement"], peak)))
+    for line in notes:
+        print(line)
+    report["warnings"], report["over_ceiling"] = notes, any(
+        r["over_ceiling"] is True for w in report["workloads"].values() for r in w["rows"])
+    report["load_end"] = os.getloadavg()[0]
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 2 if notes else 0
 
 
 if __name__ == "__main__":

@@ -131,7 +131,11 @@ def build(md, profiles, precision: str, timing_cache: Path | None, workspace_byt
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
-    if precision != "fp32":
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        # BuilderFlag.TF32 is on by default: float32 matmuls would round their inputs to 10-bit
+        # mantissas, which is not float32 (fails the exact bar, max abs error <= 1e-5).
+        config.clear_flag(trt.BuilderFlag.TF32)
+    elif precision != "fp32":
         flag = getattr(trt.BuilderFlag, precision.upper(), None)
         if flag is None:
             raise BuildError(

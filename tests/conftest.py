@@ -44,3 +44,28 @@ def cosines(a, b):
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+# "Exact" means float32. A model silently running in bf16 passes cosine >= 0.9999 (its minimum
+# cosine to float32 is ~0.99996) but not these: its components are off by ~1e-3.
+EXACT_ATOL = 1e-5  # max abs error per component
+EXACT_COS = 0.999999  # min row-wise cosine
+
+
+def exact_errors(got, want):
+    """(max abs error per component, min row-wise cosine) of two (n, d) arrays (float64 maths)."""
+    import numpy as np
+
+    got = np.atleast_2d(np.asarray(got, dtype=np.float64))
+    want = np.atleast_2d(np.asarray(want, dtype=np.float64))
+    assert got.shape == want.shape, f"shapes differ: {got.shape} vs {want.shape}"
+    return float(np.abs(got - want).max()), float(cosines(got, want).min())
+
+
+def assert_exact(got, want, atol: float = EXACT_ATOL, min_cos: float = EXACT_COS):
+    """Float32 agreement: max |got - want| <= atol per component AND every row's cosine >= min_cos.
+    Returns the measured (max abs error, min cosine)."""
+    err, cos = exact_errors(got, want)
+    assert err <= atol and cos >= min_cos, (
+        f"not exact (float32): max abs error {err:.3g} (bar {atol:g}), min cosine {cos:.9f} (bar {min_cos})")
+    return err, cos

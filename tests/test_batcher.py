@@ -20,7 +20,7 @@ from postemb_rt import Encoder, OverloadedError, ValidationError
 from postemb_rt.backends.base import Backend
 from postemb_rt.batching import BatcherClosedError, DeadlineExceededError, DynamicBatcher
 from postemb_rt.model_dir import resolve
-from tests.conftest import cosines
+from tests.conftest import assert_exact
 
 WORDS = ("post hiring launch team data model growth berlin remote rust python coffee monday "
          "thrilled announce lesson startup ship repeat climate energy 🚀 日本語 ünïcödé").split()
@@ -100,7 +100,7 @@ def test_stress_every_caller_gets_exactly_its_rows(fake_encoder, impl, run):
             for texts in plan:
                 got = fake_encoder.submit(texts).result(timeout=60)
                 assert got.shape == (len(texts), fake_encoder.dim) and got.dtype == np.float32
-                np.testing.assert_allclose(got, np.stack([expected[t] for t in texts]), rtol=1e-5, atol=1e-5)
+                assert_exact(got, np.stack([expected[t] for t in texts]))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 
@@ -120,7 +120,7 @@ def test_stress_every_caller_gets_exactly_its_rows(fake_encoder, impl, run):
 
 
 def test_concurrent_submit_matches_encode_on_the_real_model(base_torch):
-    """Real model: results through the batcher match a single-threaded encode (cos >= 0.9999)."""
+    """Real model: results through the batcher match a single-threaded encode (exact: float32 bar of tests.conftest.assert_exact)."""
     rng = random.Random(7)
     plans = [[random_texts(rng, rng.randint(1, 8)) for _ in range(3)] for _ in range(12)]
     flat = [t for plan in plans for texts in plan for t in texts]
@@ -137,13 +137,13 @@ def test_concurrent_submit_matches_encode_on_the_real_model(base_torch):
         t.join()
     got = np.concatenate([r for i in range(len(plans)) for r in results[i]])
     assert got.shape == expected.shape
-    assert cosines(got, expected).min() >= 0.9999
+    assert_exact(got, expected)
 
 
 def test_submit_shapes_and_validation(fake_encoder):
     one = fake_encoder.submit("a single post").result(timeout=10)
     assert one.shape == (fake_encoder.dim,)
-    np.testing.assert_allclose(one, fake_encoder.encode("a single post"), rtol=1e-5, atol=1e-5)
+    assert_exact(one, fake_encoder.encode("a single post"))
     assert fake_encoder.submit([]).result().shape == (0, fake_encoder.dim)
     with pytest.raises(ValidationError, match=r"`texts\[1\]` must be str"):
         fake_encoder.submit(["ok", None])
@@ -436,7 +436,7 @@ def test_aencode_from_many_coroutines_never_blocks_the_loop(base_dir):
     try:
         results, ticks = asyncio.run(main())
         for got, want in zip(results, expected):
-            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+            assert_exact(got, want)
         assert results[-1].shape == (enc.dim,)
         # The model was held inside its first batch until the loop, still running, let it go.
         assert ticks == 10 and backend.gate_timeouts == 0

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from postemb_rt.cli import main
-from tests.conftest import cosines
+from tests.conftest import assert_exact
 
 POSTS = ["first post about hiring", "", "second post: climate and energy 🌍", "third"]
 
@@ -26,7 +26,7 @@ def test_embed_txt_to_npy_keeps_every_line_in_order(tmp_path, capsys, base_onnx)
     assert main(["embed", str(src), "--out", str(out), "--model", "base"]) == 0
     got = np.load(out)
     assert got.shape == (4, 384) and got.dtype == np.float32
-    assert cosines(got, base_onnx.encode(POSTS)).min() >= 0.9999
+    assert_exact(got, base_onnx.encode(POSTS))
     summary = capsys.readouterr().out
     assert "embedded 4 posts" in summary and "posts/s" in summary and "backend=onnxruntime" in summary
 
@@ -42,7 +42,7 @@ def test_embed_jsonl_to_parquet_keeps_ids(tmp_path, base_onnx):
     assert table.column("id").to_pylist() == ["p0", "p1", "p2", "p3"]
     assert set(table.column("model_version").to_pylist()) == {"all-MiniLM-L6-v2"}
     emb = np.array(table.column("embedding").to_pylist(), dtype=np.float32)
-    assert cosines(emb, base_onnx.encode(POSTS)).min() >= 0.9999
+    assert_exact(emb, base_onnx.encode(POSTS))
 
 
 def test_embed_parquet_input(tmp_path):

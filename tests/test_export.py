@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from postemb_rt import Encoder
-from tests.conftest import cosines
+from tests.conftest import assert_exact
 
 SCRIPT = Path(__file__).resolve().parent.parent / "export" / "export_onnx.py"
 
@@ -23,7 +23,7 @@ def test_export_round_trip_writes_a_self_contained_directory(tmp_path, base_torc
     assert {p.name for p in out.iterdir()} == {"model.onnx", "tokenizer.json", "postemb.json"}
     enc = Encoder.from_pretrained(out)
     assert enc.describe()["backend"] == "onnxruntime"
-    assert cosines(enc.encode(sample_texts), base_torch.encode(sample_texts)).min() >= 0.9999
+    assert_exact(enc.encode(sample_texts), base_torch.encode(sample_texts))
 
 
 def test_external_pooling_export_pools_outside_the_graph(tmp_path, base_torch, sample_texts):
@@ -33,7 +33,7 @@ def test_external_pooling_export_pools_outside_the_graph(tmp_path, base_torch, s
     enc = Encoder.from_pretrained(out)
     assert enc.model.config.onnx_pooling == "external"
     assert "C++" in enc.describe()["pooling_kernel"]
-    assert cosines(enc.encode(sample_texts), base_torch.encode(sample_texts)).min() >= 0.9999
+    assert_exact(enc.encode(sample_texts), base_torch.encode(sample_texts))
 
 
 def test_parity_gate_fails_the_export_below_threshold(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 
 from postemb_rt import Encoder, ValidationError
 from postemb_rt.long_posts import Chunked, combine, split
-from tests.conftest import LONG_POST, SAMPLE_TEXTS, cosines
+from tests.conftest import LONG_POST, SAMPLE_TEXTS, assert_exact, cosines
 
 SHORT = [t for t in SAMPLE_TEXTS if t != LONG_POST and len(t) < 200]
 
@@ -37,7 +37,7 @@ def test_a_long_post_is_the_token_weighted_mean_of_its_windows(enc):
     want = (raw * n[:, None]).sum(0) / n.sum()
     want /= np.linalg.norm(want)
     got = enc.encode([text, "hi"])
-    assert cosines(got[:1], want[None])[0] >= 0.99999 and np.abs(got[0] - want).max() <= 1e-5
+    assert_exact(got[:1], want[None])
     st = enc.last_stats
     assert (st.posts, st.chunked, st.windows, st.truncated) == (2, 1, len(windows), [])
     assert abs(np.linalg.norm(got[0]) - 1) < 1e-5
@@ -49,7 +49,7 @@ def test_chunk_mode_is_independent_of_the_batch(enc):
     texts = [LONG_POST, "hi", LONG_POST[:300], "#MondayMotivation"]
     whole = enc.encode(texts, batch_size=3)
     one_by_one = np.stack([enc.encode([t]) [0] for t in texts])
-    assert cosines(whole, one_by_one).min() >= 0.99999
+    assert_exact(whole, one_by_one)
 
 
 def test_max_chunks_truncates_or_raises_as_asked(enc):
@@ -63,7 +63,7 @@ def test_max_chunks_truncates_or_raises_as_asked(enc):
 def test_submit_matches_encode_in_chunk_mode(enc):
     texts = ["Scaling inference means batching and caching. " * 8, "hi", LONG_POST]
     got = enc.submit(texts).result(timeout=120)
-    assert cosines(got, enc.encode(texts)).min() >= 0.99999
+    assert_exact(got, enc.encode(texts))
     assert np.array_equal(enc.submit("hi").result(timeout=60), enc.encode("hi", long_posts="truncate"))
 
 

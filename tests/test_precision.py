@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from postemb_rt import Encoder, FidelityError, ValidationError, fidelity
-from tests.conftest import cosines
+from tests.conftest import EXACT_ATOL, EXACT_COS, assert_exact, cosines, exact_errors
 
 OPENERS = ["Excited to share", "Hot take:", "Lessons learned from", "Why I stopped", "Announcing",
            "A thread on"]
@@ -71,6 +71,19 @@ def test_bf16_on_torch_cpu_keeps_the_embedding(base_torch):
     enc = Encoder.from_pretrained("base", precision="bf16")
     assert enc.describe()["backend"] == "torch" and enc.describe()["fidelity"]["min_cos"] >= 0.99
     assert cosines(enc.encode(CORPUS[:20]), base_torch.encode(CORPUS[:20])).min() >= 0.99
+
+
+def test_the_exact_bar_catches_a_model_silently_running_in_bf16(base_torch):
+    """The old "exact" bar (cosine >= 0.9999) let a bf16 model through; the float32 bar of
+    tests.conftest.assert_exact (max abs error <= 1e-5 and cosine >= 0.999999) does not."""
+    bf16 = Encoder.from_pretrained("base", backend="torch", precision="bf16")
+    got, want = bf16.encode(CORPUS[:40]), base_torch.encode(CORPUS[:40])
+    err, cos = exact_errors(got, want)
+    assert cos >= 0.9999, cos  # the old bar passes it: that was the hole
+    assert err > EXACT_ATOL and cos < EXACT_COS, (err, cos)  # the new bar fails it on both counts
+    with pytest.raises(AssertionError, match="not exact"):
+        assert_exact(got, want)
+    assert_exact(base_torch.encode(CORPUS[:40]), want)  # and float32 itself still passes
 
 
 def test_a_precision_below_the_bar_is_refused(monkeypatch):

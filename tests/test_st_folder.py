@@ -9,7 +9,7 @@ import pytest
 
 from postemb_rt import Encoder, ModelNotFoundError, ValidationError
 from postemb_rt.data import BUILTIN_POSTS
-from tests.conftest import SAMPLE_TEXTS, cosines
+from tests.conftest import SAMPLE_TEXTS, assert_exact
 from tests.st_models import ARCHS, build_st_folder
 
 torch = pytest.importorskip("torch")
@@ -51,8 +51,7 @@ def st_reference(path, texts):
 
 def assert_parity(got, want):
     assert got.shape == want.shape
-    assert cosines(got, want).min() >= 0.99999
-    assert np.abs(got - want).max() <= 1e-5
+    assert_exact(got, want)
 
 
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])

@@ -57,6 +57,9 @@ def make(version="10.9.0", has_fp16=True, parse_ok=True, plan=b"PLAN-BYTES"):
         def set_flag(self, flag):
             calls.append(("set_flag", flag))
 
+        def clear_flag(self, flag):
+            calls.append(("clear_flag", flag))
+
         def add_optimization_profile(self, profile):
             calls.append(("add_optimization_profile",))
 
@@ -92,7 +95,7 @@ def make(version="10.9.0", has_fp16=True, parse_ok=True, plan=b"PLAN-BYTES"):
     trt.Logger, trt.Builder, trt.OnnxParser = Logger, Builder, OnnxParser
     trt.NetworkDefinitionCreationFlag = types.SimpleNamespace(EXPLICIT_BATCH=0)
     trt.MemoryPoolType = types.SimpleNamespace(WORKSPACE="WORKSPACE")
-    trt.BuilderFlag = types.SimpleNamespace(**({"FP16": "FP16", "BF16": "BF16"} if has_fp16 else {}))
+    trt.BuilderFlag = types.SimpleNamespace(TF32="TF32", **({"FP16": "FP16", "BF16": "BF16"} if has_fp16 else {}))
     return trt
 
 

@@ -57,6 +57,16 @@ def test_fp16_build_makes_the_documented_calls(build_engine, onnx_dir, fake_gpu,
     assert meta.engine_bytes == 10 and len(meta.engine_sha256) == 64 and meta.output_dtype == "float32"
 
 
+def test_fp32_build_turns_tf32_off_and_fp16_leaves_it(build_engine, onnx_dir, fake_gpu, monkeypatch):
+    """TensorRT enables BuilderFlag.TF32 by default; a float32 engine must be exact, so it clears it."""
+    assert build_engine.main(["--onnx", str(onnx_dir / "model.onnx")]) == 0
+    assert ("clear_flag", "TF32") in fake_gpu.calls and not any(c[0] == "set_flag" for c in fake_gpu.calls)
+    half = fake_tensorrt.make()
+    monkeypatch.setitem(sys.modules, "tensorrt", half)
+    assert build_engine.main(["--onnx", str(onnx_dir / "model.onnx"), "--fp16"]) == 0
+    assert ("set_flag", "FP16") in half.calls and ("clear_flag", "TF32") not in half.calls
+
+
 def test_out_dir_gets_a_complete_model_directory(build_engine, onnx_dir, fake_gpu, tmp_path):
     out = tmp_path / "engine-dir"
     assert build_engine.main(["--onnx", str(onnx_dir / "model.onnx"), "--out", str(out)]) == 0

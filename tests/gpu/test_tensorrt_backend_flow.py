@@ -13,6 +13,7 @@ import torch
 from postemb_rt.engine_meta import INPUTS, EngineMeta, ShapeProfile, file_sha256
 from postemb_rt.errors import EngineMismatchError
 from postemb_rt.ops.reference import masked_mean_pool_l2_ref
+from tests.conftest import assert_exact
 from tests.gpu import fake_tensorrt
 
 # A CPU simulation: the Triton kernel runs interpreted on CPU tensors, which a CUDA build of
@@ -85,15 +86,14 @@ def test_embeddings_match_the_reference_and_rows_beyond_the_profile_are_split(ba
     ids, mask = batch(rows, seq)
     got = backend.embed(ids, mask)
     assert got.shape == (rows, D) and got.dtype == np.float32
-    np.testing.assert_allclose(got, expected(backend, table, ids, mask), atol=1e-5)
+    assert_exact(got, expected(backend, table, ids, mask))
     runs = [c for c in backend.calls if c[0] == "execute_async_v3"]
     assert [c[1] for c in runs] == [min(4, rows - i) for i in range(0, rows, 4)] and all(c[2] == seq for c in runs)
 
 
 def test_unnormalized_output_is_the_projected_mean(backend, table):
     ids, mask = batch(5, 9)
-    np.testing.assert_allclose(backend.embed(ids, mask, normalize=False),
-                               expected(backend, table, ids, mask, normalize=False), atol=1e-5)
+    assert_exact(backend.embed(ids, mask, normalize=False), expected(backend, table, ids, mask, normalize=False))
 
 
 def test_seq_beyond_the_profile_raises_before_running(backend):

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from postemb_rt.backends import torch_cuda
+from tests.conftest import assert_exact
 
 # A CPU simulation: the Triton kernel runs interpreted on CPU tensors, which a CUDA build of
 # Triton refuses. On a CUDA machine test_torch_cuda.py and benchmarks/gpu_suite.py run the real path.
@@ -94,12 +95,12 @@ def test_bucketed_rows_equal_the_unpadded_reference(runner, reference, rows, seq
     before = runner.eager_batches
     got = runner(ids, mask)
     assert runner.eager_batches == before  # more rows than a bucket holds: split, still replayed
-    np.testing.assert_allclose(got, reference(ids, mask), atol=2e-5)
+    assert_exact(got, reference(ids, mask))
 
 
 def test_unnormalized_output_is_the_pooled_vector(runner, reference):
     ids, mask = batch(2, 12, seed=3)
-    np.testing.assert_allclose(runner(ids, mask, normalize=False), reference(ids, mask, normalize=False), atol=1e-4)
+    assert_exact(runner(ids, mask, normalize=False), reference(ids, mask, normalize=False))
 
 
 @pytest.mark.parametrize("pooling, dense", [("cls", [(24, True, "relu")]), ("mean", [(48, True, "gelu"), (8, False, None)]),
@@ -128,4 +129,4 @@ def test_sentence_transformers_heads_match_on_the_cuda_path(tmp_path, pooling, d
         got = r(ids, mask, normalize=True)
     finally:
         mp.undo()
-    np.testing.assert_allclose(got, want, atol=1e-5)
+    assert_exact(got, want)

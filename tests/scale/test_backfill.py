@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from postemb_rt.errors import ValidationError
-from tests.conftest import cosines
+from tests.conftest import assert_exact
 from tests.scale.conftest import POSTS
 
 pa = pytest.importorskip("pyarrow")
@@ -117,7 +117,7 @@ def test_backfill_output_rows_ids_and_vectors_match_encode(tmp_path, ray_local, 
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 50)
     assert set(table.column("model_version").to_pylist()) == {default_encoder.model_version}
     expected = default_encoder.encode([truth[i] for i in ids])
-    assert cosines(vectors, expected).min() >= 0.9999
+    assert_exact(vectors, expected)
     # the output mirrors the input tree, one folder per input file, each with its counts
     meta = json.loads((tmp_path / "emb" / "sub" / "posts-0.parquet" / bf.SUCCESS).read_text())
     assert meta["rows"] == len(POSTS) // 3 and meta["bad_rows"] == 0

@@ -5,7 +5,7 @@ import time
 
 import numpy as np
 
-from tests.conftest import cosines
+from tests.conftest import assert_exact
 from tests.server.conftest import API_KEY, require_serve_extra
 
 httpx = require_serve_extra()
@@ -55,7 +55,7 @@ def test_64_concurrent_clients_single_posts(main_server, client, server_encoder)
     got = np.zeros((len(posts), server_encoder.dim), np.float32)
     for i, r in results:
         got[i] = np.frombuffer(base64.b64decode(r.json()["data"][0]["embedding"]), "<f4")
-    assert cosines(got, server_encoder.encode(posts)).min() >= 0.9999
+    assert_exact(got, server_encoder.encode(posts))
     batches = _metric(client, "postemb_batcher_batches_total") - before["batches"]
     computed = _metric(client, "postemb_batcher_posts_computed_total") - before["posts_computed"]
     assert computed == len(posts)

@@ -1,0 +1,436 @@
+"""Per-precision matmul ceilings at the model's own GEMM shapes, and the ISA peak beside them.
+
+    python benchmarks/ceilings.py [--m 1408] [--threads 2] [--repeats 5] [--json out.json]
+
+A precision's **ceiling** is the fastest the model's matmuls could run on this machine with
+the libraries the runtime can use: for every GEMM shape of one encoder layer at a typical
+batch (M = rows x padded tokens; (K, N) = (H, H) for the four attention projections,
+(H, I) and (I, H) for the feed-forward pair), every library below is timed (best of
+``repeats``) and the fastest kept; the ceiling is the layer's FLOPs over the sum of those
+best times, so each shape counts with its share of the FLOPs.
+
+| precision | libraries tried |
+|---|---|
+| fp32 | MKL (torch F.linear), oneDNN (torch.utils.mkldnn Linear), MLAS (onnxruntime MatMul) |
+| bf16 | oneDNN (torch F.linear in bf16; torch.utils.mkldnn Linear in bf16), MLAS (onnxruntime MatMul in bf16: not implemented on CPU in onnxruntime 1.32, reported as unavailable) |
+| int8 | MLAS (onnxruntime MatMulInteger u8 x s8 -> s32), oneDNN (torch._int_mm s8 x s8 -> s32), torch quantized.linear (x86 engine: fbgemm or oneDNN; u8 x s8 -> u8 requantized) |
+
+Weights are constants the library may pre-pack (ONNX initializers, mkldnn/quantized packed
+weights), as in the model. A library that cannot run a shape is listed with its error, not
+dropped silently. ``merge`` keeps the best of several measurements (compare.py measures
+before and after each workload). A workload row above 100% of its ceiling means the
+ceiling is wrong (a faster library or path exists), so ``fraction_cell`` refuses to print
+it as a percentage and ``over_ceiling`` flags it.
+
+The **ISA peak** (:func:`isa_peak`) = cores x 512-bit FMA-class instructions per cycle x
+lanes x 2 x clock. The clock is measured by a timed chain of dependent integer adds (one
+cycle each) and the instructions per cycle by 12 independent vfmadd231ps / vdpbf16ps /
+vpdpbusd chains, both in ``isa_probe.c`` compiled here with the system C compiler
+(a VM's cpuid does not reveal whether a core splits 512-bit work into two 256-bit halves).
+The clock is one thread's; the all-core clock may be lower, so the peak is an upper bound.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+PRECISIONS = ("fp32", "bf16", "int8")
+UNITS = {"fp32": "GFLOP/s", "bf16": "GFLOP/s", "int8": "GOP/s"}
+# Per 512-bit instruction: fp32 FMA 16 lanes; vdpbf16ps 32 bf16 products; vpdpbusd 64 u8 x s8
+# products. Each lane is a multiply and an add (the "x 2").
+LANES = {"fp32": 16, "bf16": 32, "int8": 64}
+PROBES = {"fp32": ("zmm_fma", "avx512f"), "bf16": ("zmm_dpbf16", "avx512_bf16"), "int8": ("zmm_dpbusd", "avx512_vnni")}
+
+
+def model_gemms(m: int, hidden: int = 384, intermediate: int = 1536) -> list[dict]:
+    """The GEMMs of one encoder layer at M rows: name, (m, k, n) and how many per layer.
+    Attention scores and context (4 S H per token and layer) are left out, as in compare.py's
+    FLOP count (under 2% at these lengths)."""
+    for name, value in (("m", m), ("hidden", hidden), ("intermediate", intermediate)):
+        if not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"`{name}` must be a positive int. Given: {value!r}.")
+    return [
+        {"name": "attn_proj", "m": int(m), "k": int(hidden), "n": int(hidden), "count": 4},
+        {"name": "ffn_up", "m": int(m), "k": int(hidden), "n": int(intermediate), "count": 1},
+        {"name": "ffn_down", "m": int(m), "k": int(intermediate), "n": int(hidden), "count": 1},
+    ]
+
+
+def typical_rows(lengths, batch_size: int = 64, max_batch_tokens: int = 4096) -> int:
+    """M of a typical batch: the median over ``Encoder.encode``'s batch plan (same planner,
+    same defaults) of rows x longest row (the padded tokens the matmuls compute)."""
+    from postemb_rt.batching import plan_batches
+
+    lengths = np.asarray(lengths)
+    if lengths.size == 0:
+        raise ValueError("`lengths` must hold at least one post's token count. Given: an empty list.")
+    sizes = [len(b) * int(lengths[b].max()) for b in plan_batches(lengths, batch_size, max_batch_tokens)]
+    return int(np.median(sizes))
+
+
+# -- the libraries: each factory (m, k, n, threads) -> a zero-argument callable running one GEMM ----
+
+def _rng():
+    return np.random.default_rng(0)
+
+
+def _torch_linear(dtype_name: str):
+    def make(m, k, n, threads):
+        import torch
+
+        dt = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+        x, w = torch.randn(m, k, dtype=dt), torch.randn(n, k, dtype=dt)
+        return lambda: torch.nn.functional.linear(x, w)
+    return make
+
+
+def _mkldnn_linear(dtype_name: str):
+    def make(m, k, n, threads):
+        import torch
+        from torch.utils import mkldnn
+
+        lin = torch.nn.Linear(k, n, bias=False).eval()
+        if dtype_name == "bf16":
+            mod, x = mkldnn.to_mkldnn(lin, torch.bfloat16), torch.randn(m, k).bfloat16().to_mkldnn()
+        else:
+            mod, x = mkldnn.to_mkldnn(lin), torch.randn(m, k).to_mkldnn()
+        mod(x)  # fails here, not in the timed loop, if this build lacks the kernel
+        return lambda: mod(x)
+    return make
+
+
+def _ort_session(node, inputs, init, output, threads):
+    import onnxruntime as ort
+    from onnx import helper
+
+    graph = helper.make_graph([node], "ceiling", inputs, [output], initializer=[init])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def _ort_matmul(dtype_name: str):
+    def make(m, k, n, threads):
+        from onnx import TensorProto, helper, numpy_helper
+
+        if dtype_name == "bf16":  # raises NOT_IMPLEMENTED on onnxruntime's CPU provider (1.32)
+            w = helper.make_tensor("w", TensorProto.BFLOAT16, [k, n], np.zeros(k * n, np.uint16).tobytes(), raw=True)
+            tp, x = TensorProto.BFLOAT16, None
+        else:
+            w = numpy_helper.from_array(_rng().standard_normal((k, n), dtype=np.float32), "w")
+            tp, x = TensorProto.FLOAT, _rng().standard_normal((m, k), dtype=np.float32)
+        sess = _ort_session(helper.make_node("MatMul", ["x", "w"], ["y"]),
+                            [helper.make_tensor_value_info("x", tp, [m, k])], w,
+                            helper.make_tensor_value_info("y", tp, [m, n]), threads)
+        feeds = {"x": x}
+        return lambda: sess.run(None, feeds)
+    return make
+
+
+def _ort_matmul_integer(m, k, n, threads):
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = numpy_helper.from_array(_rng().integers(-127, 128, (k, n), dtype=np.int8), "w")
+    sess = _ort_session(helper.make_node("MatMulInteger", ["x", "w"], ["y"]),
+                        [helper.make_tensor_value_info("x", TensorProto.UINT8, [m, k])], w,
+                        helper.make_tensor_value_info("y", TensorProto.INT32, [m, n]), threads)
+    feeds = {"x": _rng().integers(0, 256, (m, k), dtype=np.uint8)}
+    return lambda: sess.run(None, feeds)
+
+
+def _torch_int_mm(m, k, n, threads):
+    import torch
+
+    x = torch.randint(-127, 128, (m, k), dtype=torch.int8)
+    w = torch.randint(-127, 128, (k, n), dtype=torch.int8)
+    torch._int_mm(x, w)
+    return lambda: torch._int_mm(x, w)
+
+
+def _torch_qlinear(m, k, n, threads):
+    import torch
+
+    with warnings.catch_warnings():  # quantized tensors are deprecated in torch 2.13, still supported
+        warnings.simplefilter("ignore")
+        w = torch.quantize_per_tensor(torch.randn(n, k), 0.05, 0, torch.qint8)
+        packed = torch.ops.quantized.linear_prepack(w, None)
+        x = torch.quantize_per_tensor(torch.randn(m, k), 0.05, 128, torch.quint8)
+    return lambda: torch.ops.quantized.linear(x, packed, 1.0, 128)
+
+
+LIBRARIES = {
+    "fp32": [("mkl: torch F.linear", _torch_linear("fp32")),
+             ("onednn: torch mkldnn Linear", _mkldnn_linear("fp32")),
+             ("mlas: onnxruntime MatMul", _ort_matmul("fp32"))],
+    "bf16": [("onednn: torch F.linear", _torch_linear("bf16")),
+             ("onednn: torch mkldnn Linear", _mkldnn_linear("bf16")),
+             ("mlas: onnxruntime MatMul", _ort_matmul("bf16"))],
+    "int8": [("mlas: onnxruntime MatMulInteger", _ort_matmul_integer),
+             ("onednn: torch._int_mm", _torch_int_mm),
+             ("x86 engine (fbgemm/onednn): torch quantized.linear", _torch_qlinear)],
+}
+
+
+def best_seconds(fn, repeats: int) -> float:
+    """Best of ``repeats`` timed calls after one warm-up call."""
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def measure(m: int, threads: int, repeats: int = 5, hidden: int = 384, intermediate: int = 1536,
+            precisions=PRECISIONS, libraries: dict | None = None) -> dict:
+    """Time every library on every GEMM of :func:`model_gemms`.
+
+    Returns ``{"m", "threads", "gemms": [...], "rates": {precision: {gemm: {library: ops/s}}},
+    "unavailable": {precision: {library: reason}}}``; pass it to :func:`ceilings`."""
+    import torch
+
+    if not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"`threads` must be an int >= 1 (the workloads' thread count). Given: {threads!r}.")
+    if repeats < 1:
+        raise ValueError(f"`repeats` must be >= 1. Given: {repeats!r}.")
+    libraries = LIBRARIES if libraries is None else libraries
+    unknown = [p for p in precisions if p not in libraries]
+    if unknown:
+        raise ValueError(f"`precisions` must be among {sorted(libraries)}. Given: {unknown}.")
+    gemms = model_gemms(m, hidden, intermediate)
+    out = {"m": int(m), "threads": threads, "gemms": gemms, "rates": {}, "unavailable": {}}
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for prec in precisions:
+            rates, missing = out["rates"].setdefault(prec, {}), out["unavailable"].setdefault(prec, {})
+            for lib, make in libraries[prec]:
+                for g in gemms:
+                    try:
+                        fn = make(g["m"], g["k"], g["n"], threads)
+                        seconds = best_seconds(fn, repeats)
+                    except Exception as e:  # a library without this kernel: say which and why
+                        missing[lib] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+                        break
+                    rates.setdefault(g["name"], {})[lib] = 2 * g["m"] * g["k"] * g["n"] / seconds
+    finally:
+        torch.set_num_threads(saved)
+    for prec in precisions:  # a library that failed part-way contributes nothing
+        for lib in out["unavailable"][prec]:
+            for per_lib in out["rates"][prec].values():
+                per_lib.pop(lib, None)
+    return out
+
+
+def merge(*measurements: dict) -> dict:
+    """The best rate of each (precision, GEMM, library) over several measurements of the same
+    shapes (e.g. before and after the workloads)."""
+    if not measurements:
+        raise ValueError("`measurements` must hold at least one measure() result. Given: none.")
+    first = measurements[0]
+    for other in measurements[1:]:
+        if (other["m"], other["threads"], other["gemms"]) != (first["m"], first["threads"], first["gemms"]):
+            raise ValueError(f"`measurements` must share m, threads and GEMMs. Given: m {first['m']} vs "
+                             f"{other['m']}, threads {first['threads']} vs {other['threads']}.")
+    out = {"m": first["m"], "threads": first["threads"], "gemms": first["gemms"], "rates": {}, "unavailable": {},
+           "measurements": len(measurements)}
+    for meas in measurements:
+        for prec, per_gemm in meas["rates"].items():
+            for gname, per_lib in per_gemm.items():
+                dst = out["rates"].setdefault(prec, {}).setdefault(gname, {})
+                for lib, rate in per_lib.items():
+                    dst[lib] = max(dst.get(lib, 0.0), rate)
+        for prec, missing in meas["unavailable"].items():
+            out["unavailable"].setdefault(prec, {}).update(missing)
+    return out
+
+
+def ceilings(measurement: dict) -> dict:
+    """{precision: {"ops_per_s", "unit", "best": {gemm: library}}} from a measure()/merge()
+    result: the layer's FLOPs over the sum of each GEMM's best time (FLOP-weighted harmonic
+    mean of the per-GEMM best rates). A precision with a GEMM no library ran has ops_per_s None."""
+    out = {}
+    for prec, per_gemm in measurement["rates"].items():
+        total = seconds = 0.0
+        best = {}
+        for g in measurement["gemms"]:
+            rates = per_gemm.get(g["name"], {})
+            flops = 2 * g["m"] * g["k"] * g["n"] * g["count"]
+            total += flops
+            if not rates:
+                seconds = float("nan")
+                continue
+            lib = max(rates, key=rates.get)
+            best[g["name"]] = lib
+            seconds += flops / rates[lib]
+        ok = total > 0 and np.isfinite(seconds) and seconds > 0
+        out[prec] = {"ops_per_s": total / seconds if ok else None, "unit": UNITS.get(prec, "OP/s"), "best": best}
+    return out
+
+
+# -- the guard ------------------------------------------------------------------------------
+
+def over_ceiling(fraction: float) -> bool:
+    """True where a measured row claims more than its ceiling allows (the ceiling is wrong)."""
+    return not (fraction <= 1.0)  # NaN counts as over: it cannot be shown to be within
+
+
+def fraction_cell(fraction: float) -> str:
+    """The "% of its ceiling" cell: a percentage up to 100%, never above it."""
+    return f"{fraction:.0%}" if not over_ceiling(fraction) else "OVER CEILING (ceiling wrong)"
+
+
+def ceiling_warnings(ceils: dict, peak: dict | None) -> list[str]:
+    """Warnings where a measured ceiling exceeds the ISA peak (the peak, or the probe, is wrong)."""
+    out = []
+    for prec, c in ceils.items():
+        p = (peak or {}).get("precisions", {}).get(prec, {}).get("ops_per_s")
+        if c["ops_per_s"] is not None and p is not None and c["ops_per_s"] > p:
+            out.append(f"WARNING: the {prec} ceiling ({c['ops_per_s'] / 1e9:.0f} {c['unit']}) exceeds the ISA peak "
+                       f"({p / 1e9:.0f}): the peak's pipe count or clock is wrong on this machine")
+    return out
+
+
+# -- the ISA peak -----------------------------------------------------------------------------
+
+def cpu_flags() -> set[str]:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def _cpuinfo_mhz() -> float | None:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("cpu MHz"):
+                return float(line.split(":", 1)[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _load_probe():
+    """Compile isa_probe.c (system C compiler, -O2, no -march: each probe names its own target)
+    and load it, or return (None, reason)."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        return None, "no C compiler (cc) on PATH"
+    out = Path(tempfile.mkdtemp(prefix="postemb_isa_")) / "isa_probe.so"
+    src = Path(__file__).with_name("isa_probe.c")
+    r = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(src)], capture_output=True, text=True)
+    if r.returncode != 0:
+        return None, f"{cc} failed on {src.name}: {r.stderr.strip()[:200]}"
+    lib = ctypes.CDLL(str(out))
+    lib.add_chain.argtypes, lib.add_chain.restype = [ctypes.c_long], ctypes.c_long
+    for name, _ in PROBES.values():
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = [ctypes.c_long], ctypes.c_double
+    return lib, None
+
+
+def isa_peak(cores: int, iters: int = 500_000, repeats: int = 20) -> dict:
+    """Theoretical peak per precision: cores x 512-bit instructions per cycle (measured, rounded
+    to the nearest half) x LANES x 2 x clock (measured). Returns {"clock_hz", "clock_source",
+    "cores", "precisions": {p: {"ops_per_s", "per_cycle_measured", "per_cycle", "formula"} or
+    {"ops_per_s": None, "reason"}}}."""
+    if not isinstance(cores, int) or cores < 1:
+        raise ValueError(f"`cores` must be an int >= 1. Given: {cores!r}.")
+    flags = cpu_flags()
+    lib, why = _load_probe()
+    out = {"cores": cores, "precisions": {}}
+    if lib is None:
+        mhz = _cpuinfo_mhz()
+        out["clock_hz"] = mhz * 1e6 if mhz else None
+        out["clock_source"] = f"/proc/cpuinfo 'cpu MHz' (not measured: {why})"
+        for p in PRECISIONS:
+            out["precisions"][p] = {"ops_per_s": None, "reason": f"instructions per cycle not measured: {why}"}
+        return out
+    clock = 16 * iters / best_seconds(lambda: lib.add_chain(iters), repeats)
+    out["clock_hz"] = clock
+    out["clock_source"] = (f"measured: timed chain of 16 x {iters:,} dependent integer adds, best of {repeats}, "
+                           "one thread")
+    amx = {"amx_bf16", "amx_int8", "amx_tile"} & flags
+    for p, (probe, flag) in PROBES.items():
+        if flag not in flags:
+            out["precisions"][p] = {"ops_per_s": None, "reason": f"no {flag} (this probe needs it)"}
+            continue
+        fn = getattr(lib, probe)
+        per_cycle_measured = 12 * iters / best_seconds(lambda: fn(iters), repeats) / clock
+        per_cycle = max(0.5, round(per_cycle_measured * 2) / 2)
+        entry = {"ops_per_s": cores * per_cycle * LANES[p] * 2 * clock, "per_cycle_measured": per_cycle_measured,
+                 "per_cycle": per_cycle,
+                 "formula": f"{cores} core{'s' if cores > 1 else ''} x {per_cycle:g} zmm {probe[4:]}/cycle x {LANES[p]} lanes x 2 x "
+                            f"{clock / 1e9:.2f} GHz"}
+        if amx and p != "fp32":  # AMX tiles are faster than any zmm instruction: this is not the peak
+            entry = {"ops_per_s": None, "reason": f"AMX present ({', '.join(sorted(amx))}): tile peak not modelled"}
+        out["precisions"][p] = entry
+    return out
+
+
+def describe(ceils: dict, measurement: dict, peak: dict | None) -> list[str]:
+    """Printable lines: each precision's ceiling, the library that won each GEMM, the ISA peak."""
+    lines = []
+    for prec, c in ceils.items():
+        p = (peak or {}).get("precisions", {}).get(prec, {})
+        rate = "-" if c["ops_per_s"] is None else f"{c['ops_per_s'] / 1e9:.0f} {c['unit']}"
+        wins = ", ".join(f"{g} {lib.split(':')[0]}" for g, lib in c["best"].items())
+        isa = (f"{p['ops_per_s'] / 1e9:.0f} {c['unit']} = {p['formula']}" if p.get("ops_per_s")
+               else f"- ({p.get('reason', 'not measured')})")
+        pct = f", {c['ops_per_s'] / p['ops_per_s']:.0%} of it" if p.get("ops_per_s") and c["ops_per_s"] else ""
+        lines.append(f"- {prec}: ceiling {rate} (best per GEMM: {wins}) | ISA peak {isa}{pct}")
+        for g in measurement["gemms"]:
+            per_lib = measurement["rates"][prec].get(g["name"], {})
+            libs = ", ".join(f"{lib} {r / 1e9:.0f}" for lib, r in sorted(per_lib.items(), key=lambda kv: -kv[1]))
+            lines.append(f"  - {g['name']} {g['m']}x{g['k']}x{g['n']} (x{g['count']}): {libs or 'no library ran'}")
+        for lib, reason in measurement["unavailable"].get(prec, {}).items():
+            lines.append(f"  - unavailable: {lib} ({reason})")
+    return lines
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--m", type=int, default=1408, help="GEMM rows (rows x padded tokens of a batch; default "
+                    "1408, about a 64-post batch of short posts)")
+    ap.add_argument("--threads", type=int, default=None, help="threads (default: torch's, as the workloads)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--json", type=Path, default=None, help="also write the measurement here")
+    args = ap.parse_args(argv)
+    import torch
+
+    threads = args.threads or torch.get_num_threads()
+    meas = measure(args.m, threads, args.repeats)
+    peak = isa_peak(threads)
+    ceils = ceilings(meas)
+    print(f"# matmul ceilings, M = {args.m}, {threads} threads; ISA clock: {peak['clock_source']}")
+    print("\n".join(describe(ceils, meas, peak)))
+    warn = ceiling_warnings(ceils, peak)
+    for w in warn:
+        print(w)
+    if args.json:
+        args.json.write_text(json.dumps({"measurement": meas, "ceilings": ceils, "isa_peak": peak,
+                                         "warnings": warn}, indent=1))
+    return 2 if warn else 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.exit(main())
