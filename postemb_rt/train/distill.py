@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..durable import atomic_write
 from . import data as D
 from . import tasks as T
 from .config import TrainConfig
@@ -91,9 +92,7 @@ def _cached_pca(md, model, tok, posts, cfg, pack, progress):
         return st["weight"], st["bias"]
     w, b = _pca_projection(model, tok, posts, cfg.projection_dim, pack)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({"weight": w.contiguous(), "bias": b.contiguous()}, str(tmp))
-    tmp.replace(path)
+    atomic_write(path, lambda tmp: save_file({"weight": w.contiguous(), "bias": b.contiguous()}, str(tmp)))
     return w, b
 
 

@@ -6,6 +6,7 @@ redis-py (``pip install redis``); without either, they skip with that reason.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,22 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_cluster_port() -> int:
+    """A free port p <= 55535 whose cluster-bus port p + 10000 is free too (redis-server in
+    cluster mode refuses a higher port; the kernel's ephemeral range often hands one out)."""
+    rng = random.Random()
+    for _ in range(200):
+        p = rng.randrange(20000, 55536)
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", p))
+                b.bind(("127.0.0.1", p + 10000))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError("no free port pair (p, p + 10000) below 55536 on 127.0.0.1")
 
 
 class RedisServer:

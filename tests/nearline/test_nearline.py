@@ -450,10 +450,11 @@ def test_same_post_published_twice_is_announced_once_an_edit_again(redis_server,
 
 
 def test_worker_refuses_a_redis_cluster_node(tmp_path, nearline_encoder):
-    from tests.nearline.conftest import RedisServer, _need_binary
+    from tests.nearline.conftest import RedisServer, _need_binary, free_cluster_port
 
     _need_binary()
     server = RedisServer(tmp_path)
+    server.port = free_cluster_port()
     server.start_args = ["--cluster-enabled", "yes", "--cluster-config-file", str(tmp_path / "nodes.conf")]
     server.start()
     try:
