@@ -257,9 +257,6 @@ def test_changed_rows_per_split_restarts_a_jsonl_file_no_row_lost_or_doubled(tmp
     assert sorted(ids) == list(range(10))  # the old plan's split 0 + the new split 1 would miss rows 6 and 7
 
 
-@pytest.mark.skipif(os.environ.get("POSTEMB_RAY_CLUSTER_TEST") != "1",
-                    reason="opt-in (POSTEMB_RAY_CLUSTER_TEST=1): starts a two-node Ray cluster; not yet seen to "
-                           "finish on the 2 shared cores it was written on")
 def test_backfill_on_a_two_node_ray_cluster_survives_a_killed_worker_node(tmp_path):
     """A real two-node cluster (``ray.cluster_utils.Cluster``: separate head and worker raylets
     on 127.0.0.1), the worker node SIGKILLed after the first split; the run, or its rerun,
