@@ -59,6 +59,8 @@ def test_64_concurrent_clients_single_posts(main_server, client, server_encoder)
     batches = _metric(client, "postemb_batcher_batches_total") - before["batches"]
     computed = _metric(client, "postemb_batcher_posts_computed_total") - before["posts_computed"]
     assert computed == len(posts)
-    assert computed / batches > 2, f"mean batch size {computed / batches:.1f}: requests were not coalesced"
+    # Without coalescing the mean is exactly 1. How far above 1 it gets depends on how the HTTP
+    # arrivals interleave with the compute: measured 1.9-6.1 on the 2-core CI machine (2026-12-01).
+    assert computed / batches > 1.5, f"mean batch size {computed / batches:.1f}: requests were not coalesced"
     print(f"{len(posts)} requests from {CLIENTS} clients in {seconds:.2f} s ({len(posts) / seconds:.0f} req/s), "
           f"mean batch {computed / batches:.1f}")
