@@ -110,10 +110,18 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     offset = nn.Parameter(torch.tensor(-0.5 * cfg.scale_init))
     adapter_params = [p for p in model.encoder.parameters() if p.requires_grad]
     head_params = list(proj.parameters()) + [log_scale, offset]
-    pairs_of = None
+    pairs_of, pair_draws = None, []  # pair_draws: (pool of pairs, pairs drawn from it per step)
     if ts is not None and cfg.pair_weight:
         pairs_of = teacher_pairs(cfg, sd, ts)
         progress(f"pair term: {len(pairs_of['sts'])} STS-B train pairs, {len(pairs_of['neighbour'])} neighbour pairs")
+        n_sts = cfg.pair_posts // 2 if len(pairs_of["neighbour"]) else cfg.pair_posts
+        pair_draws = [(v, n) for v, n in ((pairs_of["sts"], n_sts), (pairs_of["neighbour"], cfg.pair_posts - n_sts))
+                      if len(v)]
+        if not pair_draws:
+            raise ValidationError(f"`pair_weight` {cfg.pair_weight} has no pairs to draw: no STS-B train pair has both "
+                                  f"sentences in the distillation pool (distill_pool {cfg.distill_pool}) and "
+                                  f"pair_neighbours is {cfg.pair_neighbours}. Fix: raise distill_pool (0: every post) "
+                                  "or set pair_neighbours >= 1.")
     to_teacher = None  # direct_target "linear": a map from the 50-d output to the teacher (training only)
     if ts is not None and cfg.direct_weight and cfg.direct_target == "linear":
         to_teacher = nn.Linear(cfg.projection_dim, ts.emb.shape[1])
@@ -149,10 +157,8 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         if cfg.nce_weight:
             logits = es @ t_pca[idx].t() / cfg.nce_temperature
             terms["nce"] = cfg.nce_weight * nn.functional.cross_entropy(logits, torch.arange(len(idx)))
-        if pairs_of is not None:
-            half = cfg.pair_posts // 2 if len(pairs_of["neighbour"]) else cfg.pair_posts
-            pr = np.concatenate([v[pair_rng.integers(len(v), size=n)] for v, n in
-                                 ((pairs_of["sts"], half), (pairs_of["neighbour"], cfg.pair_posts - half)) if len(v)])
+        if pair_draws:
+            pr = np.concatenate([v[pair_rng.integers(len(v), size=n)] for v, n in pair_draws])
             e = model(*_batches_to_tensors(tok, [ts.posts[i] for i in pr.ravel()], pack_padded))[1].view(len(pr), 2, -1)
             want = (t_emb[pr[:, 0]] * t_emb[pr[:, 1]]).sum(-1)
             terms["pair"] = cfg.pair_weight * _pearson_loss((e[:, 0] * e[:, 1]).sum(-1), want)
