@@ -28,6 +28,7 @@ class TrainConfig:
     batch_size: int = 32
     mixing_temperature: float = 2.0
     loss: str = "bce"  # or "contrastive"
+    task_weight: float = 1.0  # the task loss's weight beside the distillation terms
     lr: float = 5e-4  # adapters
     head_lr: float = 2e-3  # projection, scale, offset
     warmup_frac: float = 0.05
@@ -94,6 +95,9 @@ class TrainConfig:
                 raise ValidationError(f"`tasks` in {where} must not include {t!r}: it is a zero-shot evaluation task.")
             if t not in T.TASKS:
                 raise ValidationError(f"`tasks` in {where} entries must be among {list(T.TASKS)}. Given: {t!r}.")
+        if not self.task_weight > 0:
+            raise ValidationError(f"`task_weight` in {where} must be > 0 (a run without its task loss trains no task). "
+                                  f"Given: {self.task_weight}.")
         if self.distill_weight < 0:
             raise ValidationError(f"`distill_weight` in {where} must be >= 0. Given: {self.distill_weight}.")
         terms = {"distill_weight": self.distill_weight, "direct_weight": self.direct_weight,

@@ -4,6 +4,7 @@ One step = one task (drawn by temperature-scaled mixing, the whole schedule fixe
 seed up front) and ``batch_size`` pairs of it. Loss ``bce`` (the paper's): binary
 cross-entropy on ``s * cos(a, b) + c`` with a learnt scale s and offset c; ``contrastive``
 (option): softmax over the batch's distinct b texts (in-batch negatives), positives only.
+``task_weight`` scales it beside the distillation terms.
 
 Distillation (``teacher``): a stronger sentence encoder embeds the general posts of the
 train splits once (cached, ``teacher.py``); every step then adds ``distill_posts`` of them
@@ -164,7 +165,7 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
             terms["pair"] = cfg.pair_weight * _pearson_loss((e[:, 0] * e[:, 1]).sum(-1), want)
         return terms
 
-    def pair_loss(pairs, contrastive, distill=0.0, extra=()):
+    def pair_loss(pairs, contrastive, distill=0.0, extra=(), weight=1.0):
         # b texts are de-duplicated: a label task's batch encodes each label name once, and the
         # contrastive softmax runs over distinct b texts (a repeated label is not its own negative)
         uniq: dict[str, int] = {}
@@ -177,9 +178,9 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         if not contrastive:
             cos = (ea * eb[col]).sum(-1)
             y = torch.tensor([p.label for p in pairs])
-            loss = nn.functional.binary_cross_entropy_with_logits(log_scale.exp() * cos + offset, y)
+            loss = weight * nn.functional.binary_cross_entropy_with_logits(log_scale.exp() * cos + offset, y)
         else:
-            loss = nn.functional.cross_entropy(log_scale.exp() * ea @ eb.t(), col)
+            loss = weight * nn.functional.cross_entropy(log_scale.exp() * ea @ eb.t(), col)
         if distill:  # on the anchors (posts, sentences: never label names, which the tasks move)
             with torch.no_grad():
                 ta = teacher(*a_batch)[1]
@@ -209,7 +210,8 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     for step, tname in enumerate(plan):
         pairs = tasks[tname].sample(rng, cfg.batch_size, positives_only=cfg.loss == "contrastive")
         extra = [stream[i] for i in stream_rng.integers(len(stream), size=cfg.distill_posts)] if stream else ()
-        loss = pair_loss(pairs, cfg.loss == "contrastive", cfg.distill_weight if ts is None else 0.0, extra)
+        loss = pair_loss(pairs, cfg.loss == "contrastive", cfg.distill_weight if ts is None else 0.0, extra,
+                         cfg.task_weight)
         if ts is not None:
             n = min(cfg.distill_posts, len(ts.posts))  # distinct posts: in-batch negatives are never the post itself
             terms = teacher_loss(stream_rng.choice(len(ts.posts), size=n, replace=False))

@@ -156,6 +156,20 @@ def test_config_rejects_distill_posts_without_a_distill_weight():
     TrainConfig(distill_posts=16, distill_weight=1.0).validate()
 
 
+def test_task_weight_scales_the_task_loss_and_must_be_positive(tiny_data, tmp_path):
+    from postemb_rt.errors import ValidationError
+    from postemb_rt.train.trainer import train
+    from tests.train.conftest import SMOKE
+
+    with pytest.raises(ValidationError, match="`task_weight` .* must be > 0.*Given: 0.0"):
+        TrainConfig(task_weight=0.0).validate()
+    cfg = dict(SMOKE, steps=1, log_every=1)
+    full = train(TrainConfig(data=str(tiny_data), **cfg), tmp_path / "a", progress=lambda m: None)
+    half = train(TrainConfig(data=str(tiny_data), task_weight=0.5, **cfg), tmp_path / "b", progress=lambda m: None)
+    # same seed, same pairs, no distillation: the first step's loss is the task loss alone
+    assert half["loss_curve"][0]["loss"] == pytest.approx(0.5 * full["loss_curve"][0]["loss"], rel=1e-5)
+
+
 def test_general_posts_stream_feeds_the_similarity_term(tiny_data, tmp_path):
     """A short run with the general-posts stream: trains, and its loss includes the stream's term."""
     from postemb_rt.train.distill import general_posts
