@@ -114,10 +114,10 @@ def run_bulk(enc, posts) -> LoadResult:
     return r
 
 
-def load_encoder(backend: str = "onnxruntime", **batcher_options):
+def load_encoder(backend: str = "onnxruntime", precision: str = "fp32", **batcher_options):
     from postemb_rt import Encoder
 
-    enc = Encoder.from_pretrained("base", backend=backend, device="cpu")
+    enc = Encoder.from_pretrained("base", backend=backend, device="cpu", precision=precision)
     enc.start_batcher(**batcher_options)
     enc.submit("warm up the batcher").result()
     return enc
@@ -132,13 +132,15 @@ def main(argv=None) -> None:
     ap.add_argument("--naive-requests", type=int, default=250, help="requests per naive case")
     ap.add_argument("--bulk", type=int, default=1000, help="posts in the bulk encode")
     ap.add_argument("--backend", default="onnxruntime")
+    ap.add_argument("--precision", default="fp32", help="fp32 (exact), or bf16 / int8 on CPU (gated by measured fidelity; bf16 runs on torch, int8 on onnxruntime)")
     ap.add_argument("--max-wait-us", type=int, default=500)
     ap.add_argument("--batch-overhead-tokens", type=int, default=64)
     ap.add_argument("--max-batch-size", type=int, default=64)
     args = ap.parse_args(argv)
     posts = short_posts(max(args.requests, args.naive_requests, args.bulk))
-    enc = load_encoder(args.backend, max_wait_us=args.max_wait_us, batch_overhead_tokens=args.batch_overhead_tokens,
-                       max_batch_size=args.max_batch_size)
+    enc = load_encoder(args.backend, args.precision, max_wait_us=args.max_wait_us,
+                       batch_overhead_tokens=args.batch_overhead_tokens, max_batch_size=args.max_batch_size)
+    print(f"model base backend {args.backend} precision {args.precision}", flush=True)
     enc.encode(posts[:64])  # warm up
     results = [run_bulk(enc, posts[: args.bulk])]
     print(results[-1].line(), flush=True)

@@ -80,7 +80,8 @@ def start_workers(url, n, tag, args, logdir):
     procs = []
     for i in range(n):
         cmd = [sys.executable, "-m", "postemb_rt.commands.nearline", "--redis", url, "--group", "bench",
-               "--consumer", f"{tag}-w{i}", "--model", args.model, "--threads", str(threads),
+               "--consumer", f"{tag}-w{i}", "--model", args.model, "--backend", args.backend, "--precision", args.precision,
+               "--threads", str(threads),
                "--batch-size", str(args.batch_size), "--max-wait-ms", str(args.max_wait_ms),
                "--posts-stream", f"bench:{tag}:posts", "--dead-stream", f"bench:{tag}:dead",
                "--embeddings-stream", f"bench:{tag}:embeddings"]
@@ -182,7 +183,7 @@ def model_ceiling(texts, args, n: int = 1024) -> float:
     worker could reach with zero pipeline overhead on this machine right now."""
     from postemb_rt import Encoder
 
-    enc = Encoder.from_pretrained(args.model)
+    enc = Encoder.from_pretrained(args.model, backend=args.backend, precision=args.precision)
     enc.encode(texts[:args.batch_size], batch_size=args.batch_size)
     t = time.perf_counter()
     enc.encode(texts[:n], batch_size=args.batch_size)
@@ -217,6 +218,8 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to run (default 1 2)")
     p.add_argument("--threads", type=int, default=None, help="model threads per worker (default cores/workers)")
     p.add_argument("--model", default="default")
+    p.add_argument("--backend", default="auto", help="the workers' and the ceiling's backend (default auto)")
+    p.add_argument("--precision", default="fp32", help="fp32 (exact), or bf16 / int8 on CPU (gated by measured fidelity; bf16 runs on torch, int8 on onnxruntime)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--target-p99", type=float, default=1.0, help="freshness p99 target, s (default 1)")
@@ -253,7 +256,8 @@ def main(argv=None) -> int:
         print(json.dumps(res), flush=True)
         return res
 
-    print(f"redis {url}; {os.cpu_count()} CPUs; worker logs in {logdir}", flush=True)
+    print(f"redis {url}; {os.cpu_count()} CPUs; model {args.model} backend {args.backend} precision "
+          f"{args.precision}; worker logs in {logdir}", flush=True)
     best = {}
     ceiling = None if args.no_ceiling else model_ceiling(texts, args)
     if ceiling:
