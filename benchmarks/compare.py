@@ -49,7 +49,8 @@ from benchmarks.bench_encode import PROVIDERS, count_tokens, make_encode, token_
 
 def int8_share() -> float:
     """Share of the model's matmul FLOPs that the int8 model runs in int8 (the rest is float32):
-    the MatMuls postemb_rt.onnx_export.int8_nodes picks, counted from the base model's ONNX export."""
+    the nodes postemb_rt.onnx_export.int8_nodes picks (MatMuls, and fused Attention ops, whose QKV
+    weight (H, 3H) is counted), weighed by their weights' in x out, from the base model's ONNX export."""
     import onnx
 
     from postemb_rt.model_dir import resolve

@@ -193,44 +193,89 @@ def _cached(key: str, build, what: str) -> ModelDir:
     return load_model_dir(target)
 
 
-INT8_RECIPE = 2  # bump when quantize_int8 / int8_nodes change: cached int8 models and fidelities are keyed by it
+INT8_RECIPE = 3  # bump when quantize_int8 / int8_nodes change: cached int8 models and fidelities are keyed by it
+# Smoothing strength for the smoothed matmuls (postemb_rt.int8_smooth); 0.75 measured better than 0.5
+# for QKV and the up-projections on both models (benchmarks/RESULTS.md, "Fast precisions").
+INT8_SMOOTH_ALPHA = 0.75
+
+
+def _layer_matmuls(onnx_model) -> list[dict]:
+    """Per encoder layer of a fused graph (one ``Attention`` op per layer, in topological order):
+    {"qkv": the Attention node, "out", "up", "down": the three MatMuls with a 2-D weight that follow
+    it}. Matmuls outside the layers (a Dense head) are in none. Empty for an unfused graph."""
+    weights = {t.name: tuple(t.dims) for t in onnx_model.graph.initializer}
+    layers: list[dict] = []
+    for node in onnx_model.graph.node:
+        if node.op_type == "Attention":
+            layers.append({"qkv": node})
+        elif node.op_type == "MatMul" and layers and len(layers[-1]) < 4:
+            if any(len(weights.get(i, ())) == 2 for i in node.input):
+                layers[-1][("out", "up", "down")[len(layers[-1]) - 1]] = node
+    return layers
 
 
 def int8_nodes(onnx_model) -> list[str]:
-    """The MatMul nodes quantize_int8 quantizes: those with a 2-D weight (in, out) where in <= out
-    (the attention output and feed-forward up-projections), except the first encoder layer's.
-    Left in float32: the feed-forward down-projections (in = 4 x out; their inputs, after GELU,
-    have the widest ranges), the whole first layer, and attention (Q, K, V and its products).
-    Each exclusion was chosen by measured fidelity (benchmarks/RESULTS.md, "Fast precisions")."""
-    weights = {t.name: tuple(t.dims) for t in onnx_model.graph.initializer}
+    """The nodes quantize_int8 quantizes. In a fused graph: every layer's QKV projection (the fused
+    Attention op, run as QAttention), attention output and feed-forward up-projection, and the
+    feed-forward down-projections of the second half of the layers. Left in float32: the first
+    half's down-projections (their post-GELU inputs have the widest ranges: 14-25 against 6-7 in
+    the last layers, measured; quantizing layers 0-2's cost the base model 0.035 of overlap@10),
+    a Dense head, pooling and normalisation. Unfused graphs (no Attention op): the MatMuls with a
+    2-D weight (in, out) where in <= out. Each choice was made by measured fidelity
+    (benchmarks/RESULTS.md, "Fast precisions")."""
+    layers = _layer_matmuls(onnx_model)
+    if not layers:
+        weights = {t.name: tuple(t.dims) for t in onnx_model.graph.initializer}
+        return [n.name for n in onnx_model.graph.node if n.op_type == "MatMul" and any(
+            len(weights.get(i, ())) == 2 and weights[i][0] <= weights[i][1] for i in n.input)]
     picked = []
-    for node in onnx_model.graph.node:  # in topological order: layer 0 first
-        shape = next((weights[i] for i in node.input if i in weights), None) if node.op_type == "MatMul" else None
-        if shape is not None and len(shape) == 2 and shape[0] <= shape[1]:
-            picked.append(node.name)
-    layers = sum(n.op_type == "Attention" for n in onnx_model.graph.node) or 1
-    return picked[len(picked) // layers:]
+    for i, layer in enumerate(layers):
+        kinds = ("qkv", "out", "up") + (("down",) if i >= len(layers) // 2 else ())
+        picked += [layer[k].name for k in kinds if k in layer]
+    return picked
 
 
-def quantize_int8(fp32: ModelDir, out_dir: str | Path) -> ModelDir:
-    """Write an int8 copy of the float32 ONNX model directory ``fp32`` into ``out_dir``: ONNX
-    Runtime dynamic quantization (int8 weights per output channel, activations quantized per
-    batch at run time) of the MatMuls :func:`int8_nodes` names; the rest (the first layer,
-    feed-forward down-projections, attention, LayerNorm, pooling, projection) stays float32.
+def int8_smoothed_nodes(onnx_model) -> list[str]:
+    """The int8 nodes that are smoothed first (postemb_rt.int8_smooth): all but the down-projections,
+    where smoothing measured worse than none at every alpha tried (0.25-0.9)."""
+    downs = {layer["down"].name for layer in _layer_matmuls(onnx_model) if "down" in layer}
+    return [n for n in int8_nodes(onnx_model) if n not in downs]
+
+
+def quantize_int8(fp32: ModelDir, out_dir: str | Path, calibration: list[str] | None = None) -> ModelDir:
+    """Write an int8 copy of the float32 ONNX model directory ``fp32`` into ``out_dir``.
+
+    1. Smoothing (postemb_rt.int8_smooth, alpha INT8_SMOOTH_ALPHA) of :func:`int8_smoothed_nodes`,
+       with per-channel activation maxima from ``calibration`` posts (default:
+       ``int8_smooth.calibration_posts()``, TweetEval train tweets, never the fidelity posts). The
+       smoothed float32 graph computes the same embeddings up to float rounding.
+    2. ONNX Runtime dynamic quantization (int8 weights per output channel, activations quantized
+       per batch at run time) of :func:`int8_nodes`; the rest stays float32.
     ``postemb.json`` says ``"precision": "int8"``; its fidelity is measured by the caller."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from . import int8_smooth
     from .errors import ValidationError
+    from .tokenization import PostTokenizer
 
     if fp32.onnx_path is None or fp32.config.precision != "fp32":
         raise ValidationError(f"`fp32` must be a float32 ONNX model directory. Given: {fp32.path} "
                               f"(onnx {fp32.config.onnx!r}, precision {fp32.config.precision!r}).")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    nodes = int8_nodes(onnx.load(str(fp32.onnx_path)))
-    quantize_dynamic(str(fp32.onnx_path), str(out / "model.onnx"), per_channel=True,
-                     weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
+    model = onnx.load(str(fp32.onnx_path))
+    nodes = int8_nodes(model)
+    smoothed = int8_smoothed_nodes(model)
+    if smoothed:
+        texts = calibration if calibration is not None else int8_smooth.calibration_posts()[0]
+        tok = PostTokenizer(fp32.tokenizer_path, fp32.config.max_length, lowercase=fp32.config.do_lower_case)
+        targets = [t for t in int8_smooth.smoothable(model) if t[0].name in set(smoothed)]
+        act_max = int8_smooth.activation_maxima(fp32.onnx_path, tok, texts, targets)
+        int8_smooth.smooth(model, act_max, INT8_SMOOTH_ALPHA)
+    ops = sorted({n.op_type for n in model.graph.node if n.name in set(nodes)})
+    quantize_dynamic(model, str(out / "model.onnx"), per_channel=True, weight_type=QuantType.QInt8,
+                     op_types_to_quantize=ops or ["MatMul"], nodes_to_quantize=nodes,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
     for name in ("tokenizer.json", PROJECTION_FILE):
         if (fp32.path / name).exists():
@@ -242,11 +287,17 @@ def quantize_int8(fp32: ModelDir, out_dir: str | Path) -> ModelDir:
 
 def cached_int8(fp32: ModelDir) -> ModelDir:
     """:func:`quantize_int8` of the float32 ONNX directory ``fp32``, from the cache (keyed by the
-    ONNX file's size and mtime, INT8_RECIPE and the onnxruntime version), quantizing it first if
-    absent."""
+    ONNX file's size and mtime, INT8_RECIPE, the calibration posts and the onnxruntime version),
+    quantizing it first if absent."""
+    import hashlib
+
     import onnxruntime
 
+    from .int8_smooth import calibration_posts
+
+    texts, _ = calibration_posts()
+    cal = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:8]  # built-in sample or shared data
     st = fp32.onnx_path.stat()
     key = (f"{fp32.config.model_version}-{fp32.fingerprint}-{st.st_size}-{st.st_mtime_ns}-int8r{INT8_RECIPE}"
-           f"-ort{onnxruntime.__version__}")
-    return _cached(key, lambda tmp: quantize_int8(fp32, tmp), f"quantizing {fp32.config.model_version} to int8")
+           f"-cal{cal}-ort{onnxruntime.__version__}")
+    return _cached(key, lambda tmp: quantize_int8(fp32, tmp, texts), f"quantizing {fp32.config.model_version} to int8")
