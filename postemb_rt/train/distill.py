@@ -106,6 +106,9 @@ class TeacherStream:
     emb: np.ndarray
     pca: np.ndarray
     info: dict
+    # (projection_dim, D) axes scaled by the median projection length, and (D,) mean: the map
+    # from a ``pca`` row back to the teacher's space (direct_target "linear" starts there)
+    back: tuple[np.ndarray, np.ndarray] | None = None
 
 
 def teacher_stream(cfg: TrainConfig, sd: T.SplitData, progress=print) -> TeacherStream:
@@ -118,14 +121,23 @@ def teacher_stream(cfg: TrainConfig, sd: T.SplitData, progress=print) -> Teacher
         keep = np.random.default_rng([cfg.seed, 6]).permutation(len(pool))[:cfg.distill_pool]
         pool = [pool[i] for i in sorted(keep)]
     emb, info = TT.embed_cached(cfg.teacher, pool, cfg.teacher_max_length, threads=cfg.threads, progress=progress)
+    pca, back, explained = teacher_pca(emb, cfg.projection_dim)
+    return TeacherStream(pool, emb, pca, {**info, "pool": len(pool), "pca_explained": explained}, back)
+
+
+def teacher_pca(emb: np.ndarray, dim: int) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray], float]:
+    """(targets, back, explained) of the teacher's embeddings ``emb`` (n, D): ``targets`` (n, dim)
+    the unit rows of their coordinates on the top ``dim`` principal axes; ``back`` (axes x the
+    median coordinate length (dim, D), mean (D,)), the way from a target back to the teacher's
+    space; ``explained`` the share of the variance those axes hold."""
     x = emb.astype(np.float64)
     mean = x.mean(0)
     _, sv, vt = np.linalg.svd(x - mean, full_matrices=False)
-    pca = (x - mean) @ vt[:cfg.projection_dim].T
-    pca /= np.maximum(np.linalg.norm(pca, axis=1, keepdims=True), 1e-12)
-    info = {**info, "pool": len(pool),
-            "pca_explained": float((sv[:cfg.projection_dim] ** 2).sum() / (sv ** 2).sum())}
-    return TeacherStream(pool, emb, pca.astype(np.float32), info)
+    pca = (x - mean) @ vt[:dim].T
+    length = np.linalg.norm(pca, axis=1, keepdims=True)
+    pca /= np.maximum(length, 1e-12)
+    back = ((np.median(length) * vt[:dim]).astype(np.float32), mean.astype(np.float32))
+    return pca.astype(np.float32), back, float((sv[:dim] ** 2).sum() / (sv ** 2).sum())
 
 
 def teacher_pairs(cfg: TrainConfig, sd: T.SplitData, ts: TeacherStream, anchors: int = 8192) -> dict:

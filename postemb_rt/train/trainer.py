@@ -126,6 +126,10 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     to_teacher = None  # direct_target "linear": a map from the 50-d output to the teacher (training only)
     if ts is not None and cfg.direct_weight and cfg.direct_target == "linear":
         to_teacher = nn.Linear(cfg.projection_dim, ts.emb.shape[1])
+        if ts.back is not None:  # start as the PCA targets' way back to the teacher's space
+            with torch.no_grad():
+                to_teacher.weight.copy_(torch.from_numpy(ts.back[0].T))
+                to_teacher.bias.copy_(torch.from_numpy(ts.back[1]))
         head_params += list(to_teacher.parameters())
     n_trained = sum(p.numel() for p in adapter_params + head_params)
     opt = torch.optim.AdamW([{"params": adapter_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.head_lr}],

@@ -143,6 +143,21 @@ def test_teacher_pairs_are_the_sts_pairs_and_true_teacher_neighbours(tiny_data):
     assert len(teacher_pairs(TrainConfig(pair_neighbours=0), sd, ts, anchors=10)["neighbour"]) == 0
 
 
+def test_teacher_pca_targets_and_their_way_back_to_the_teacher():
+    from postemb_rt.train.distill import teacher_pca
+
+    rng = np.random.default_rng(0)
+    # centred points of one length in a 3-d subspace of 8-d, plus a mean: 3 axes hold it all
+    c = rng.normal(size=(100, 3))
+    c = np.concatenate([c, -c]) / np.linalg.norm(np.concatenate([c, -c]), axis=1, keepdims=True)  # mean 0
+    axes = np.linalg.qr(rng.normal(size=(8, 3)))[0].T
+    x = (2.0 * c @ axes + rng.normal(size=8)).astype(np.float32)
+    targets, (w, mean), explained = teacher_pca(x, 3)
+    assert targets.shape == (200, 3) and np.allclose(np.linalg.norm(targets, axis=1), 1, atol=1e-5)
+    assert explained == pytest.approx(1.0, abs=1e-6)
+    assert np.allclose(targets @ w + mean, x, atol=1e-4)  # the learnt map's start reproduces the teacher
+
+
 @pytest.mark.parametrize("target", ["pca", "linear"])
 def test_smoke_distillation_from_the_base_as_teacher(tiny_data, tmp_path, target):
     """The CI smoke run of the teacher recipe (no download: the base is the teacher): every
