@@ -122,7 +122,7 @@ def one_run(client, url, texts, workers, rate, duration, args, logdir) -> dict:
                 raise RuntimeError(f"workers did not start; see {logdir}")
             time.sleep(0.2)
         for i in range(64):
-            nearline.publish(client, f"warm{i}", texts[i], stream=posts, maxlen=None)
+            nearline.publish(client, f"{tag}-warm{i}", texts[i], stream=posts, maxlen=None)
         while group_backlog(client, posts) > 0:
             time.sleep(0.05)
         n = int(round(rate * duration))
@@ -135,7 +135,8 @@ def one_run(client, url, texts, workers, rate, duration, args, logdir) -> dict:
                 time.sleep(due - now)
             elif now - due > 0.05:
                 late += 1
-            nearline.publish(client, f"p{i}", texts[i % len(texts)], stream=posts, maxlen=None)
+            # ids unique to the run: a post id stored before with the same text is not announced again
+            nearline.publish(client, f"{tag}-p{i}", texts[i % len(texts)], stream=posts, maxlen=None)
         publish_s = time.time() - start
         end_lag = group_backlog(client, posts)
         drain_start = time.time()
@@ -145,7 +146,7 @@ def one_run(client, url, texts, workers, rate, duration, args, logdir) -> dict:
         fresh, in_window = {}, 0
         for _, f in client.xrange(emb):
             pid = f[b"post_id"].decode()
-            if pid.startswith("p"):
+            if pid.startswith(f"{tag}-p"):
                 t = float(f[b"embedded_at"])
                 fresh[pid] = t - float(f[b"created_at"])
                 in_window += t <= start + publish_s
@@ -156,8 +157,9 @@ def one_run(client, url, texts, workers, rate, duration, args, logdir) -> dict:
                         client.scan_iter(match=f"postemb:nearline:worker:bench:{tag}-*") if client.get(k)]
     finally:
         stop_workers(procs)
-    for key in client.scan_iter(match=f"bench:{tag}:*"):
-        client.delete(key)
+    for pattern in (f"bench:{tag}:*", f"postemb:*:{tag}-*"):  # the run's streams and stored embeddings
+        for key in client.scan_iter(match=pattern):
+            client.delete(key)
     res = {
         "workers": workers, "threads_per_worker": threads, "rate_target": rate, "duration_s": duration,
         "published": n, "publish_rate": round(n / publish_s, 1), "publish_late": late,
