@@ -1,0 +1,146 @@
+"""Where the CPU time of one precision goes, over ``Encoder.encode`` on the short-post
+workload. torch backend: torch.profiler, operators grouped into matmuls, attention, layer
+norm, GELU, other element-wise work, dtype casts and the rest (tokenizer, pooling kernel,
+Python). onnxruntime backend: the session's own profiler, time per node op type (a second
+session on the same model file with profiling on replaces the encoder's for the run).
+
+    python benchmarks/profile_cpu.py [--backend torch] [--precision bf16] [--n 1000] [--model base] [--compile]
+    python benchmarks/profile_cpu.py --backend onnxruntime --precision int8
+
+``--compile`` runs the encoder through ``torch.compile`` (the inductor CPU backend: fused
+element-wise kernels, matmuls still in oneDNN) and prints its posts/s beside eager's, both
+measured in this run after a warm-up, so the two numbers are comparable. Profiling adds
+overhead per operator: the shares are the point, the profiled wall time is not a benchmark.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.compare import cpu_name  # noqa: E402
+
+GROUPS = (  # (group, substrings of aten op names), first match wins
+    ("matmul", ("addmm", "aten::mm", "bmm", "aten::linear", "mkldnn_linear", "matmul")),
+    ("attention", ("scaled_dot_product", "flash_attention", "softmax")),
+    ("layer norm", ("layer_norm",)),
+    ("GELU", ("gelu",)),
+    ("dtype casts / copies", ("aten::to", "_to_copy", "copy_", "contiguous", "clone")),
+    ("element-wise", ("aten::add", "aten::mul", "aten::div", "aten::sub", "aten::where", "aten::masked_fill",
+                      "aten::expand", "aten::view", "aten::reshape", "aten::transpose", "aten::permute",
+                      "aten::embedding", "aten::index", "aten::slice", "aten::select", "aten::dropout")),
+)
+
+
+def group_of(name: str) -> str:
+    for g, keys in GROUPS:
+        if any(k in name for k in keys):
+            return g
+    return "other operators"
+
+
+def rate(enc, texts) -> float:
+    t = time.perf_counter()
+    enc.encode(texts)
+    return len(texts) / (time.perf_counter() - t)
+
+
+def onnxruntime_profile(enc, texts) -> tuple[float, dict[str, float]]:
+    """(wall seconds, {op type: seconds}) of encoding ``texts`` with profiling on."""
+    import json
+
+    import onnxruntime as ort
+
+    backend = enc.backend
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = int(os.environ.get("POSTEMB_NUM_THREADS", "0"))
+    so.enable_profiling = True
+    so.profile_file_prefix = "/tmp/postemb-ort-profile"
+    plain, backend._session = backend._session, ort.InferenceSession(str(backend.onnx_path), so,
+                                                                     providers=["CPUExecutionProvider"])
+    t0 = time.perf_counter()
+    enc.encode(texts)
+    wall = time.perf_counter() - t0
+    trace = backend._session.end_profiling()
+    backend._session = plain
+    by: dict[str, float] = {}
+    with open(trace) as f:
+        for ev in json.load(f):
+            if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
+                op = ev.get("args", {}).get("op_name", "?")
+                by[op] = by.get(op, 0.0) + ev["dur"] / 1e6
+    os.unlink(trace)
+    return wall, by
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--backend", default="torch", help="torch or onnxruntime (default torch)")
+    p.add_argument("--precision", default="bf16", help="torch: fp32 or bf16; onnxruntime: fp32 or int8 (default bf16)")
+    p.add_argument("--n", type=int, default=1000, help="short posts (default 1000)")
+    p.add_argument("--model", default="base")
+    p.add_argument("--compile", action="store_true", help="also time the encoder under torch.compile")
+    args = p.parse_args(argv)
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from postemb_rt import Encoder
+    from postemb_rt.data import short_posts
+
+    texts = short_posts(args.n)
+    enc = Encoder.from_pretrained(args.model, backend=args.backend, precision=args.precision)
+    enc.encode(texts[:256])
+    load = os.getloadavg()[0]
+    print(f"# {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC | {cpu_name()} | "
+          f"{os.cpu_count()} CPUs | torch {torch.__version__} threads {torch.get_num_threads()} | "
+          f"model {args.model} backend {args.backend} precision {args.precision} | {args.n} short posts | "
+          f"load {load:.2f}")
+    eager = rate(enc, texts)
+    if args.backend == "onnxruntime":
+        wall, by = onnxruntime_profile(enc, texts)
+        nodes = sum(by.values())
+        by["not in graph nodes (tokenizer, pooling kernel, Python, session overhead)"] = max(wall - nodes, 0.0)
+        print(f"{args.precision}: {eager:.1f} posts/s; profiled run {wall:.2f} s")
+        print("| where (node op type) | seconds | share |\n|---|---:|---:|")
+        for g, sec in sorted(by.items(), key=lambda kv: -kv[1]):
+            print(f"| {g} | {sec:.2f} | {sec / wall:.0%} |")
+        enc.close()
+        return
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        enc.encode(texts)
+    wall = time.perf_counter() - t0
+    by: dict[str, float] = {}
+    for ev in prof.key_averages():
+        if ev.key.startswith("aten::") or ev.key.startswith("mkldnn") or "postemb" in ev.key:
+            by[group_of(ev.key)] = by.get(group_of(ev.key), 0.0) + ev.self_cpu_time_total / 1e6
+    threads = torch.get_num_threads()
+    # self CPU time: the calling thread's time inside each operator (its intra-op threads work
+    # meanwhile); the rest of the wall time is the tokenizer, the pooling kernel and Python
+    ops = sum(by.values())
+    by["not in aten operators (tokenizer, pooling kernel, Python)"] = max(wall - ops, 0.0)
+    print(f"eager {args.precision}: {eager:.1f} posts/s; profiled run {wall:.2f} s ({threads} threads)")
+    print("| where | seconds | share |\n|---|---:|---:|")
+    for g, s in sorted(by.items(), key=lambda kv: -kv[1]):
+        print(f"| {g} | {s:.2f} | {s / wall:.0%} |")
+    if args.compile:
+        backend = enc.backend
+        model = backend._model
+        model.encoder = torch.compile(model.encoder, dynamic=True)
+        t = time.perf_counter()
+        enc.encode(texts[:512])  # compiles for the shapes it meets
+        print(f"torch.compile warm-up {time.perf_counter() - t:.0f} s")
+        compiled = rate(enc, texts)
+        again = rate(enc, texts)
+        print(f"compiled {args.precision}: {max(compiled, again):.1f} posts/s vs eager {eager:.1f} "
+              f"({max(compiled, again) / eager:.2f}x); load {os.getloadavg()[0]:.2f}")
+    enc.close()
+
+
+if __name__ == "__main__":
+    main()
