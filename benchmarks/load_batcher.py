@@ -132,7 +132,9 @@ def main(argv=None) -> None:
     ap.add_argument("--naive-requests", type=int, default=250, help="requests per naive case")
     ap.add_argument("--bulk", type=int, default=1000, help="posts in the bulk encode")
     ap.add_argument("--backend", default="onnxruntime")
-    ap.add_argument("--precision", default="fp32", help="fp32 (exact), or bf16 / int8 on CPU (gated by measured fidelity; bf16 runs on torch, int8 on onnxruntime)")
+    ap.add_argument("--precision", default="fp32",
+                     help="fp32 (exact), or bf16 / int8 on CPU (gated by measured fidelity; bf16 runs on torch, "
+                          "int8 on onnxruntime)")
     ap.add_argument("--max-wait-us", type=int, default=500)
     ap.add_argument("--batch-overhead-tokens", type=int, default=64)
     ap.add_argument("--max-batch-size", type=int, default=64)

@@ -80,8 +80,8 @@ def start_workers(url, n, tag, args, logdir):
     procs = []
     for i in range(n):
         cmd = [sys.executable, "-m", "postemb_rt.commands.nearline", "--redis", url, "--group", "bench",
-               "--consumer", f"{tag}-w{i}", "--model", args.model, "--backend", args.backend, "--precision", args.precision,
-               "--threads", str(threads),
+               "--consumer", f"{tag}-w{i}", "--model", args.model, "--backend", args.backend,
+               "--precision", args.precision, "--threads", str(threads),
                "--batch-size", str(args.batch_size), "--max-wait-ms", str(args.max_wait_ms),
                "--posts-stream", f"bench:{tag}:posts", "--dead-stream", f"bench:{tag}:dead",
                "--embeddings-stream", f"bench:{tag}:embeddings"]
@@ -221,7 +221,9 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=None, help="model threads per worker (default cores/workers)")
     p.add_argument("--model", default="default")
     p.add_argument("--backend", default="auto", help="the workers' and the ceiling's backend (default auto)")
-    p.add_argument("--precision", default="fp32", help="fp32 (exact), or bf16 / int8 on CPU (gated by measured fidelity; bf16 runs on torch, int8 on onnxruntime)")
+    p.add_argument("--precision", default="fp32",
+                    help="fp32 (exact), or bf16 / int8 on CPU (gated by measured fidelity; bf16 runs on torch, "
+                         "int8 on onnxruntime)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--target-p99", type=float, default=1.0, help="freshness p99 target, s (default 1)")

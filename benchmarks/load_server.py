@@ -152,7 +152,9 @@ def main(argv=None) -> int:
     p.add_argument("--api-key", default=os.environ.get("POSTEMB_API_KEY"))
     p.add_argument("--model", default="default")
     p.add_argument("--backend", default="onnxruntime")
-    p.add_argument("--precision", default="fp32", help="fp32 (exact), or bf16 / int8 on CPU (gated by measured fidelity; bf16 runs on torch, int8 on onnxruntime)")
+    p.add_argument("--precision", default="fp32",
+                    help="fp32 (exact), or bf16 / int8 on CPU (gated by measured fidelity; bf16 runs on torch, "
+                         "int8 on onnxruntime)")
     p.add_argument("--clients", default="1,16,64,256", help="single-post concurrency levels")
     p.add_argument("--batch-clients", default="1,4", help="64-post request concurrency levels")
     p.add_argument("--requests", type=int, default=2000, help="single-post requests per level (>= 4 x clients)")
@@ -172,8 +174,8 @@ def main(argv=None) -> int:
     posts = load_posts(args.posts)
     proc = None
     if args.url is None:
-        options = ["--precision", args.precision, "--max-queued-tokens", str(args.max_queued_tokens), "--max-wait-us", str(args.max_wait_us),
-                   "--max-batch-size", str(args.max_batch_size)]
+        options = ["--precision", args.precision, "--max-queued-tokens", str(args.max_queued_tokens),
+                   "--max-wait-us", str(args.max_wait_us), "--max-batch-size", str(args.max_batch_size)]
         if args.threads:
             options += ["--threads", str(args.threads)]
         if args.batch_overhead_tokens is not None:
@@ -197,7 +199,8 @@ def main(argv=None) -> int:
 
         bulk_s = bulk()
         bulk_rate = len(posts) / bulk_s
-        print(f"model {args.model} backend {args.backend} precision {args.precision}, {threads} model thread(s); {len(posts)} posts; "
+        print(f"model {args.model} backend {args.backend} precision {args.precision}, {threads} model thread(s); "
+              f"{len(posts)} posts; "
               f"load average {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
         cases = [Case("bulk", 0, 1, len(posts), bulk_s, bulk_rate, 1.0, bulk_s * 1e3, bulk_s * 1e3, {}, 0.0, 0.0)]
         print(cases[0].line())
