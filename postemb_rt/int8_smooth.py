@@ -54,25 +54,14 @@ def calibration_posts(n_short: int = 512, n_long: int = 64, seed: int = 0) -> tu
     """(texts, source): ``n_short`` tweets from the TweetEval emoji *train* split and ``n_long``
     long posts made of consecutive train tweets (lengths as ``postemb_rt.data.long_posts`` draws
     them), so both workloads' activations are seen. Without the shared data: the built-in sample."""
-    from .data import BUILTIN_POSTS, data_root, read_lines
+    from .data import BUILTIN_POSTS, concatenated_posts, data_root, read_lines
 
     root = data_root(required=False)
     if root is None:
         log.warning("int8 smoothing: no shared data, calibrating on the %d built-in posts", len(BUILTIN_POSTS))
         return list(BUILTIN_POSTS), "built-in sample"
     tweets = [t for t in read_lines(root / CALIBRATION_POSTS) if t.strip()]
-    rng = np.random.default_rng(seed)
-    targets = np.minimum(rng.lognormal(np.log(100), 0.6, n_long), 512)
-    start = n_short  # long posts from tweets the short ones do not use
-    longs, j = [], start
-    for target in targets:
-        parts, tokens = [], 0.0
-        while tokens < target:
-            t = tweets[j % len(tweets)]
-            j += 1
-            parts.append(t)
-            tokens += 1.6 * len(t.split()) + 1
-        longs.append(" ".join(parts))
+    longs = concatenated_posts(tweets, n_long, seed, start=n_short)  # tweets the short ones do not use
     return tweets[:n_short] + longs, f"TweetEval emoji train: {n_short} tweets + {n_long} long posts"
 
 
