@@ -43,6 +43,13 @@ def group_of(name: str) -> str:
     return "other operators"
 
 
+def print_shares(header: str, by: dict[str, float], wall: float) -> None:
+    """A markdown table of ``by`` (seconds per group), largest first, with shares of ``wall``."""
+    print(f"| {header} | seconds | share |\n|---|---:|---:|")
+    for g, sec in sorted(by.items(), key=lambda kv: -kv[1]):
+        print(f"| {g} | {sec:.2f} | {sec / wall:.0%} |")
+
+
 def rate(enc, texts) -> float:
     t = time.perf_counter()
     enc.encode(texts)
@@ -106,9 +113,7 @@ def main(argv=None) -> None:
         nodes = sum(by.values())
         by["not in graph nodes (tokenizer, pooling kernel, Python, session overhead)"] = max(wall - nodes, 0.0)
         print(f"{args.precision}: {eager:.1f} posts/s; profiled run {wall:.2f} s")
-        print("| where (node op type) | seconds | share |\n|---|---:|---:|")
-        for g, sec in sorted(by.items(), key=lambda kv: -kv[1]):
-            print(f"| {g} | {sec:.2f} | {sec / wall:.0%} |")
+        print_shares("where (node op type)", by, wall)
         enc.close()
         return
     t0 = time.perf_counter()
@@ -125,9 +130,7 @@ def main(argv=None) -> None:
     ops = sum(by.values())
     by["not in aten operators (tokenizer, pooling kernel, Python)"] = max(wall - ops, 0.0)
     print(f"eager {args.precision}: {eager:.1f} posts/s; profiled run {wall:.2f} s ({threads} threads)")
-    print("| where | seconds | share |\n|---|---:|---:|")
-    for g, s in sorted(by.items(), key=lambda kv: -kv[1]):
-        print(f"| {g} | {s:.2f} | {s / wall:.0%} |")
+    print_shares("where", by, wall)
     if args.compile:
         backend = enc.backend
         model = backend._model
