@@ -266,14 +266,15 @@ def quantize_int8(fp32: ModelDir, out_dir: str | Path, calibration: list[str] | 
     out.mkdir(parents=True, exist_ok=True)
     model = onnx.load(str(fp32.onnx_path))
     nodes = int8_nodes(model)
-    smoothed = int8_smoothed_nodes(model)
+    smoothed = set(int8_smoothed_nodes(model))
     if smoothed:
         texts = calibration if calibration is not None else int8_smooth.calibration_posts()[0]
         tok = PostTokenizer(fp32.tokenizer_path, fp32.config.max_length, lowercase=fp32.config.do_lower_case)
-        targets = [t for t in int8_smooth.smoothable(model) if t[0].name in set(smoothed)]
+        targets = [t for t in int8_smooth.smoothable(model) if t[0].name in smoothed]
         act_max = int8_smooth.activation_maxima(fp32.onnx_path, tok, texts, targets)
         int8_smooth.smooth(model, act_max, INT8_SMOOTH_ALPHA)
-    ops = sorted({n.op_type for n in model.graph.node if n.name in set(nodes)})
+    picked = set(nodes)
+    ops = sorted({n.op_type for n in model.graph.node if n.name in picked})
     quantize_dynamic(model, str(out / "model.onnx"), per_channel=True, weight_type=QuantType.QInt8,
                      op_types_to_quantize=ops or ["MatMul"], nodes_to_quantize=nodes,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
