@@ -27,6 +27,7 @@ class TrainConfig:
     steps_from: str | None = None  # another config: take this run's steps = that run's steps of our task
     batch_size: int = 32
     mixing_temperature: float = 2.0
+    task_batches: str = "one"  # "one": each step one task (the paper's); "mixed": each step several (see step_pairs)
     loss: str = "bce"  # or "contrastive"
     task_weight: float = 1.0  # the task loss's weight beside the distillation terms
     lr: float = 5e-4  # adapters
@@ -120,6 +121,11 @@ class TrainConfig:
         if self.pair_weight and (self.pair_posts < 4 or self.pair_neighbours < 0):
             raise ValidationError(f"`pair_weight` in {where} needs `pair_posts` >= 4 and `pair_neighbours` >= 0. "
                                   f"Given: pair_posts {self.pair_posts}, pair_neighbours {self.pair_neighbours}.")
+        if self.task_batches not in ("one", "mixed"):
+            raise ValidationError(f"`task_batches` in {where} must be 'one' or 'mixed'. Given: {self.task_batches!r}.")
+        if self.task_batches == "mixed" and self.loss != "bce":
+            raise ValidationError(f"`task_batches` 'mixed' in {where} needs `loss` 'bce' (a contrastive softmax over "
+                                  f"several tasks' label names is not defined here). Given: loss {self.loss!r}.")
         if self.direct_target not in ("pca", "linear"):
             raise ValidationError(f"`direct_target` in {where} must be 'pca' or 'linear'. Given: {self.direct_target!r}.")
         if self.projection_init == "teacher" and not self.teacher:
@@ -162,6 +168,22 @@ def schedule(cfg: TrainConfig, sizes: dict[str, int] | None = None) -> list[str]
     rng = np.random.default_rng([cfg.seed, 1])
     names = list(p)
     return [names[i] for i in rng.choice(len(names), size=cfg.steps, p=[p[t] for t in names])]
+
+
+def step_pairs(cfg: TrainConfig, plan: list[str]) -> list[dict[str, int]]:
+    """The pairs of each task in every step. ``task_batches`` "one": ``batch_size`` pairs of the
+    step's task of ``plan``. "mixed": the same pairs per task over the run (``batch_size`` x that
+    task's steps of ``plan``, so single-task runs with ``steps_from`` stay matched), dealt across
+    the steps in a seeded shuffle: each step holds ``batch_size`` pairs of several tasks."""
+    if cfg.task_batches == "one":
+        return [{t: cfg.batch_size} for t in plan]
+    slots = np.repeat(np.array(plan), cfg.batch_size)
+    np.random.default_rng([cfg.seed, 9]).shuffle(slots)
+    out = []
+    for row in slots.reshape(len(plan), cfg.batch_size):
+        n = {t: int((row == t).sum()) for t in cfg.tasks}
+        out.append({t: k for t, k in n.items() if k})
+    return out
 
 
 def task_schedule_counts(cfg: TrainConfig) -> dict[str, int]:

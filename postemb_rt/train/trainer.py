@@ -1,7 +1,8 @@
 """Multi-task fine-tuning: base encoder + LoRA -> masked mean pool -> linear to 50 -> L2.
 
 One step = one task (drawn by temperature-scaled mixing, the whole schedule fixed by the
-seed up front) and ``batch_size`` pairs of it. Loss ``bce`` (the paper's): binary
+seed up front) and ``batch_size`` pairs of it; with ``task_batches`` "mixed", the same pairs
+per task are dealt across the steps, so each step holds several tasks. Loss ``bce`` (the paper's): binary
 cross-entropy on ``s * cos(a, b) + c`` with a learnt scale s and offset c; ``contrastive``
 (option): softmax over the batch's distinct b texts (in-batch negatives), positives only.
 ``task_weight`` scales it beside the distillation terms.
@@ -36,7 +37,7 @@ import numpy as np
 
 from ..errors import ValidationError
 from . import tasks as T
-from .config import TrainConfig, data_root_of, schedule
+from .config import TrainConfig, data_root_of, schedule, step_pairs
 from .distill import (_batches_to_tensors, _cached_pca, _lstsq_projection, _pearson_loss, _similarity_loss,
                       general_posts, teacher_pairs, teacher_stream)
 
@@ -211,8 +212,9 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     rng = np.random.default_rng([cfg.seed, 3])
     seen = {t: 0 for t in cfg.tasks}
     curve, window, term_window = [], [], {}
-    for step, tname in enumerate(plan):
-        pairs = tasks[tname].sample(rng, cfg.batch_size, positives_only=cfg.loss == "contrastive")
+    for step, counts in enumerate(step_pairs(cfg, plan)):
+        pairs = [p for t, n in counts.items()
+                 for p in tasks[t].sample(rng, n, positives_only=cfg.loss == "contrastive")]
         extra = [stream[i] for i in stream_rng.integers(len(stream), size=cfg.distill_posts)] if stream else ()
         loss = pair_loss(pairs, cfg.loss == "contrastive", cfg.distill_weight if ts is None else 0.0, extra,
                          cfg.task_weight)
@@ -227,7 +229,8 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         torch.nn.utils.clip_grad_norm_(adapter_params + head_params, 1.0)
         opt.step()
         sched.step()
-        seen[tname] += len(pairs)
+        for t, n in counts.items():
+            seen[t] += n
         window.append(loss.item())
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             curve.append({"step": step + 1, "loss": float(np.mean(window)),

@@ -110,6 +110,32 @@ def test_single_task_config_takes_its_steps_from_the_multitask_run(tiny_data, tm
         assert cfg.seed == s and cfg.steps == n
 
 
+def test_mixed_task_batches_keep_each_tasks_pairs_and_spread_them_over_the_steps(tiny_data, tmp_path):
+    from postemb_rt.errors import ValidationError
+    from postemb_rt.train.config import step_pairs
+    from postemb_rt.train.trainer import train
+    from tests.train.conftest import SMOKE
+
+    one = TrainConfig(data=str(tiny_data), steps=40, batch_size=8)
+    mixed = dataclasses.replace(one, task_batches="mixed")
+    plan = schedule(one)
+    assert step_pairs(one, plan) == [{t: 8} for t in plan]
+    got = step_pairs(mixed, plan)
+    assert got == step_pairs(mixed, plan) and len(got) == 40
+    assert all(sum(c.values()) == 8 for c in got)
+    totals = {t: sum(c.get(t, 0) for c in got) for t in one.tasks}
+    assert totals == {t: 8 * n for t, n in task_schedule_counts(one).items()}  # single-task runs stay matched
+    assert np.mean([len(c) for c in got]) > 2  # several tasks per step, not one
+    with pytest.raises(ValidationError, match="`task_batches` in .* must be 'one' or 'mixed'. Given: 'per-step'"):
+        TrainConfig(task_batches="per-step").validate()
+    with pytest.raises(ValidationError, match="`task_batches` 'mixed' .* needs `loss` 'bce'"):
+        TrainConfig(task_batches="mixed", loss="contrastive").validate()
+    cfg = dict(SMOKE, steps=4, log_every=2)
+    a = train(TrainConfig(data=str(tiny_data), **cfg), tmp_path / "a", progress=lambda m: None)
+    b = train(TrainConfig(data=str(tiny_data), task_batches="mixed", **cfg), tmp_path / "b", progress=lambda m: None)
+    assert b["pairs_seen"] == a["pairs_seen"] and np.isfinite(b["loss_curve"][-1]["loss"])
+
+
 def test_pair_tasks_from_tiny_data(tiny_data):
     sd = T.load_split(tiny_data, "train")
     rng = np.random.default_rng(0)
