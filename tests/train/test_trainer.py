@@ -227,7 +227,7 @@ def test_extends_takes_every_key_of_the_parent_and_the_repo_configs_parse(tmp_pa
         TrainConfig.from_file(tmp_path / "loop.json")
     monkeypatch.setenv("POSTEMB_DATA", str(tiny_data))  # steps_from counts the schedule on the (tiny) data
     configs = Path(__file__).resolve().parents[2] / "configs"
-    for folder in (configs, configs / "v3"):
+    for folder in (configs, configs / "v3", configs / "v3" / "steps1600"):
         multi = TrainConfig.from_file(folder / "multitask.json")
         for t in T.TASKS:
             single = TrainConfig.from_file(folder / f"single_{t}.json")
@@ -235,3 +235,7 @@ def test_extends_takes_every_key_of_the_parent_and_the_repo_configs_parse(tmp_pa
             same = {k: v for k, v in dataclasses.asdict(single).items() if k not in ("tasks", "steps", "steps_from",
                                                                                     "model_version", "threads")}
             assert same == {k: v for k, v in dataclasses.asdict(multi).items() if k in same}, (folder, t)
+    v3 = TrainConfig.from_file(configs / "v3" / "multitask.json")
+    for path in sorted((configs / "v3" / "ablations").glob("*.json")):  # every ablation parses and validates
+        cfg = TrainConfig.from_file(path)
+        assert cfg.model_version != v3.model_version and cfg.steps == v3.steps, path
