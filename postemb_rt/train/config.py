@@ -42,6 +42,7 @@ class TrainConfig:
     projection_init: str = "pca"  # or "random", or "teacher": least squares onto the teacher's PCA targets
     pca_posts: int = 2000
     scale_init: float = 10.0
+    calibration: str = "shared"  # the task loss's scale s and offset c: "shared" by every task, or "per_task"
     max_length: int = 64  # training truncation; the shipped model keeps the base's 256
     seed: int = 0
     threads: int = 2
@@ -126,6 +127,8 @@ class TrainConfig:
         if self.task_batches == "mixed" and self.loss != "bce":
             raise ValidationError(f"`task_batches` 'mixed' in {where} needs `loss` 'bce' (a contrastive softmax over "
                                   f"several tasks' label names is not defined here). Given: loss {self.loss!r}.")
+        if self.calibration not in ("shared", "per_task"):
+            raise ValidationError(f"`calibration` in {where} must be 'shared' or 'per_task'. Given: {self.calibration!r}.")
         if self.direct_target not in ("pca", "linear"):
             raise ValidationError(f"`direct_target` in {where} must be 'pca' or 'linear'. Given: {self.direct_target!r}.")
         if self.projection_init == "teacher" and not self.teacher:

@@ -3,8 +3,10 @@
 One step = one task (drawn by temperature-scaled mixing, the whole schedule fixed by the
 seed up front) and ``batch_size`` pairs of it; with ``task_batches`` "mixed", the same pairs
 per task are dealt across the steps, so each step holds several tasks. Loss ``bce`` (the paper's): binary
-cross-entropy on ``s * cos(a, b) + c`` with a learnt scale s and offset c; ``contrastive``
-(option): softmax over the batch's distinct b texts (in-batch negatives), positives only.
+cross-entropy on ``s * cos(a, b) + c`` with a learnt scale s and offset c (one pair for every
+task, or with ``calibration`` "per_task" one per task: each task's own cosine threshold and
+sharpness, as its single-task run has); ``contrastive`` (option): softmax over the batch's
+distinct b texts (in-batch negatives), positives only.
 ``task_weight`` scales it beside the distillation terms.
 
 Distillation (``teacher``): a stronger sentence encoder embeds the general posts of the
@@ -108,8 +110,11 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
             p.requires_grad_(False)
     wrapped = add_lora(model.encoder, cfg.lora_targets, cfg.lora_layers, cfg.lora_rank, cfg.lora_alpha)
     model.projection = proj
-    log_scale = nn.Parameter(torch.tensor(math.log(cfg.scale_init)))
-    offset = nn.Parameter(torch.tensor(-0.5 * cfg.scale_init))
+    # the task loss's scale and offset: one entry shared by every task, or one per task
+    head_of = {t: (i if cfg.calibration == "per_task" else 0) for i, t in enumerate(cfg.tasks)}
+    n_heads = len(cfg.tasks) if cfg.calibration == "per_task" else 1
+    log_scale = nn.Parameter(torch.full((n_heads,), math.log(cfg.scale_init)))
+    offset = nn.Parameter(torch.full((n_heads,), -0.5 * cfg.scale_init))
     adapter_params = [p for p in model.encoder.parameters() if p.requires_grad]
     head_params = list(proj.parameters()) + [log_scale, offset]
     pairs_of, pair_draws = None, []  # pair_draws: (pool of pairs, pairs drawn from it per step)
@@ -132,6 +137,10 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
                 to_teacher.weight.copy_(torch.from_numpy(ts.back[0].T))
                 to_teacher.bias.copy_(torch.from_numpy(ts.back[1]))
         head_params += list(to_teacher.parameters())
+    def calibration_values(v):
+        v = v.tolist()
+        return v[0] if cfg.calibration == "shared" else dict(zip(cfg.tasks, v))
+
     n_trained = sum(p.numel() for p in adapter_params + head_params)
     opt = torch.optim.AdamW([{"params": adapter_params, "lr": cfg.lr}, {"params": head_params, "lr": cfg.head_lr}],
                             weight_decay=cfg.weight_decay)
@@ -170,9 +179,11 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
             terms["pair"] = cfg.pair_weight * _pearson_loss((e[:, 0] * e[:, 1]).sum(-1), want)
         return terms
 
-    def pair_loss(pairs, contrastive, distill=0.0, extra=(), weight=1.0):
+    def pair_loss(pairs, heads, contrastive, distill=0.0, extra=(), weight=1.0):
+        # heads: each pair's entry of log_scale/offset (its task's, see head_of).
         # b texts are de-duplicated: a label task's batch encodes each label name once, and the
         # contrastive softmax runs over distinct b texts (a repeated label is not its own negative)
+        heads = torch.tensor(heads)
         uniq: dict[str, int] = {}
         for p in pairs:
             uniq.setdefault(p.b, len(uniq))
@@ -183,9 +194,10 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         if not contrastive:
             cos = (ea * eb[col]).sum(-1)
             y = torch.tensor([p.label for p in pairs])
-            loss = weight * nn.functional.binary_cross_entropy_with_logits(log_scale.exp() * cos + offset, y)
+            loss = weight * nn.functional.binary_cross_entropy_with_logits(
+                log_scale.exp()[heads] * cos + offset[heads], y)
         else:
-            loss = weight * nn.functional.cross_entropy(log_scale.exp() * ea @ eb.t(), col)
+            loss = weight * nn.functional.cross_entropy(log_scale.exp()[heads, None] * (ea @ eb.t()), col)
         if distill:  # on the anchors (posts, sentences: never label names, which the tasks move)
             with torch.no_grad():
                 ta = teacher(*a_batch)[1]
@@ -201,7 +213,7 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         # BCE (the paper's loss) on the fixed probe pairs, dropout off: comparable before/after
         model.eval()
         with torch.no_grad():
-            got = {t: round(pair_loss(ps, False).item(), 4) for t, ps in probe.items()}
+            got = {t: round(pair_loss(ps, [head_of[t]] * len(ps), False).item(), 4) for t, ps in probe.items()}
         model.train()
         return got
 
@@ -215,8 +227,9 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     for step, counts in enumerate(step_pairs(cfg, plan)):
         pairs = [p for t, n in counts.items()
                  for p in tasks[t].sample(rng, n, positives_only=cfg.loss == "contrastive")]
+        heads = [head_of[t] for t, n in counts.items() for _ in range(n)]
         extra = [stream[i] for i in stream_rng.integers(len(stream), size=cfg.distill_posts)] if stream else ()
-        loss = pair_loss(pairs, cfg.loss == "contrastive", cfg.distill_weight if ts is None else 0.0, extra,
+        loss = pair_loss(pairs, heads, cfg.loss == "contrastive", cfg.distill_weight if ts is None else 0.0, extra,
                          cfg.task_weight)
         if ts is not None:
             n = min(cfg.distill_posts, len(ts.posts))  # distinct posts: in-batch negatives are never the post itself
@@ -238,7 +251,8 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
             window, term_window = [], {}
             el = time.perf_counter() - t_loop
             parts = "".join(f" {k} {curve[-1][k]:.4f}" for k in ("similarity", "direct", "nce", "pair") if k in curve[-1])
-            progress(f"step {step + 1}/{cfg.steps} loss {curve[-1]['loss']:.4f}{parts} scale {log_scale.exp().item():.2f} "
+            scales = "/".join(f"{v:.2f}" for v in log_scale.exp().tolist())
+            progress(f"step {step + 1}/{cfg.steps} loss {curve[-1]['loss']:.4f}{parts} scale {scales} "
                      f"{el / (step + 1):.2f}s/step, eta {el / (step + 1) * (cfg.steps - step - 1):.0f}s")
     probe_end = probe_losses()
     progress(f"probe loss (BCE on {cfg.probe_pairs} fixed train pairs per task) before {probe_start} after {probe_end}")
@@ -264,8 +278,9 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         "task_anchors": sizes,
         "mixing_probabilities": probs,
         "pairs_seen": seen,
-        "final_scale": log_scale.exp().item(),
-        "final_offset": offset.item(),
+        # a number ("shared") or {task: number} ("per_task")
+        "final_scale": calibration_values(log_scale.exp()),
+        "final_offset": calibration_values(offset),
         "probe_loss_start": probe_start,
         "probe_loss_end": probe_end,
         "loss_curve": curve,

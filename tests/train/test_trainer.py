@@ -136,6 +136,28 @@ def test_mixed_task_batches_keep_each_tasks_pairs_and_spread_them_over_the_steps
     assert b["pairs_seen"] == a["pairs_seen"] and np.isfinite(b["loss_curve"][-1]["loss"])
 
 
+def test_per_task_calibration_gives_each_task_its_scale_and_leaves_single_task_runs_as_they_were(tiny_data, tmp_path):
+    from postemb_rt.errors import ValidationError
+    from postemb_rt.train.trainer import train
+    from tests.train.conftest import SMOKE
+
+    with pytest.raises(ValidationError, match="`calibration` in .* must be 'shared' or 'per_task'. Given: 'task'"):
+        TrainConfig(calibration="task").validate()
+    cfg = dict(SMOKE, steps=6, log_every=3, task_batches="mixed")
+    multi = train(TrainConfig(data=str(tiny_data), calibration="per_task", **cfg), tmp_path / "m", progress=lambda m: None)
+    scales, offsets = multi["final_scale"], multi["final_offset"]
+    assert set(scales) == set(offsets) == set(T.TASKS)
+    assert len({round(v, 6) for v in scales.values()}) == len(T.TASKS)  # each task moved its own scale
+    shared = train(TrainConfig(data=str(tiny_data), **cfg), tmp_path / "s", progress=lambda m: None)
+    assert isinstance(shared["final_scale"], float) and shared["pairs_seen"] == multi["pairs_seen"]
+    # one task: one scale either way, so a single-task run of a per_task config is the shared run
+    one = dict(cfg, tasks=["emoji"])
+    a = train(TrainConfig(data=str(tiny_data), **one), tmp_path / "a", progress=lambda m: None)
+    b = train(TrainConfig(data=str(tiny_data), calibration="per_task", **one), tmp_path / "b", progress=lambda m: None)
+    assert b["final_scale"] == {"emoji": pytest.approx(a["final_scale"], rel=1e-6)}
+    assert [c["loss"] for c in b["loss_curve"]] == pytest.approx([c["loss"] for c in a["loss_curve"]], rel=1e-6)
+
+
 def test_pair_tasks_from_tiny_data(tiny_data):
     sd = T.load_split(tiny_data, "train")
     rng = np.random.default_rng(0)
