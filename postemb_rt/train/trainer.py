@@ -137,6 +137,7 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
                 to_teacher.weight.copy_(torch.from_numpy(ts.back[0].T))
                 to_teacher.bias.copy_(torch.from_numpy(ts.back[1]))
         head_params += list(to_teacher.parameters())
+
     def calibration_values(v):
         v = v.tolist()
         return v[0] if cfg.calibration == "shared" else dict(zip(cfg.tasks, v))
