@@ -30,6 +30,7 @@ class TrainConfig:
     task_batches: str = "one"  # "one": each step one task (the paper's); "mixed": each step several (see step_pairs)
     loss: str = "bce"  # or "contrastive"
     task_weight: float = 1.0  # the task loss's weight beside the distillation terms
+    task_balance: str = "pairs"  # "pairs": every pair weighs the same; "tasks": every task's pairs weigh the same in all
     lr: float = 5e-4  # adapters
     head_lr: float = 2e-3  # projection, scale, offset
     warmup_frac: float = 0.05
@@ -127,6 +128,8 @@ class TrainConfig:
         if self.task_batches == "mixed" and self.loss != "bce":
             raise ValidationError(f"`task_batches` 'mixed' in {where} needs `loss` 'bce' (a contrastive softmax over "
                                   f"several tasks' label names is not defined here). Given: loss {self.loss!r}.")
+        if self.task_balance not in ("pairs", "tasks"):
+            raise ValidationError(f"`task_balance` in {where} must be 'pairs' or 'tasks'. Given: {self.task_balance!r}.")
         if self.calibration not in ("shared", "per_task"):
             raise ValidationError(f"`calibration` in {where} must be 'shared' or 'per_task'. Given: {self.calibration!r}.")
         if self.direct_target not in ("pca", "linear"):

@@ -7,7 +7,9 @@ cross-entropy on ``s * cos(a, b) + c`` with a learnt scale s and offset c (one p
 task, or with ``calibration`` "per_task" one per task: each task's own cosine threshold and
 sharpness, as its single-task run has); ``contrastive`` (option): softmax over the batch's
 distinct b texts (in-batch negatives), positives only.
-``task_weight`` scales it beside the distillation terms.
+``task_weight`` scales it beside the distillation terms. ``task_balance`` "tasks" weights each
+pair by mean(n) / n_t, n_t its task's steps in the schedule: every task then carries the same
+weight over the run instead of its share of the steps (one task: weight 1, the "pairs" run).
 
 Distillation (``teacher``): a stronger sentence encoder embeds the general posts of the
 train splits once (cached, ``teacher.py``); every step then adds ``distill_posts`` of them
@@ -113,6 +115,9 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     # the task loss's scale and offset: one entry shared by every task, or one per task
     head_of = {t: (i if cfg.calibration == "per_task" else 0) for i, t in enumerate(cfg.tasks)}
     n_heads = len(cfg.tasks) if cfg.calibration == "per_task" else 1
+    steps_of = {t: plan.count(t) for t in cfg.tasks if t in plan}
+    balance = ({t: float(np.mean(list(steps_of.values()))) / n for t, n in steps_of.items()}
+               if cfg.task_balance == "tasks" else None)  # each task's pair weight; None: 1
     log_scale = nn.Parameter(torch.full((n_heads,), math.log(cfg.scale_init)))
     offset = nn.Parameter(torch.full((n_heads,), -0.5 * cfg.scale_init))
     adapter_params = [p for p in model.encoder.parameters() if p.requires_grad]
@@ -180,11 +185,13 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
             terms["pair"] = cfg.pair_weight * _pearson_loss((e[:, 0] * e[:, 1]).sum(-1), want)
         return terms
 
-    def pair_loss(pairs, heads, contrastive, distill=0.0, extra=(), weight=1.0):
-        # heads: each pair's entry of log_scale/offset (its task's, see head_of).
+    def pair_loss(pairs, heads, contrastive, distill=0.0, extra=(), weight=1.0, pair_w=None):
+        # heads: each pair's entry of log_scale/offset (its task's, see head_of); pair_w: each
+        # pair's weight (its task's, see balance), None: 1.
         # b texts are de-duplicated: a label task's batch encodes each label name once, and the
         # contrastive softmax runs over distinct b texts (a repeated label is not its own negative)
         heads = torch.tensor(heads)
+        pair_w = None if pair_w is None else torch.tensor(pair_w)
         uniq: dict[str, int] = {}
         for p in pairs:
             uniq.setdefault(p.b, len(uniq))
@@ -196,9 +203,11 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
             cos = (ea * eb[col]).sum(-1)
             y = torch.tensor([p.label for p in pairs])
             loss = weight * nn.functional.binary_cross_entropy_with_logits(
-                log_scale.exp()[heads] * cos + offset[heads], y)
+                log_scale.exp()[heads] * cos + offset[heads], y, weight=pair_w)
         else:
-            loss = weight * nn.functional.cross_entropy(log_scale.exp()[heads, None] * (ea @ eb.t()), col)
+            ce = nn.functional.cross_entropy(log_scale.exp()[heads, None] * (ea @ eb.t()), col,
+                                             reduction="mean" if pair_w is None else "none")
+            loss = weight * (ce if pair_w is None else (pair_w * ce).mean())
         if distill:  # on the anchors (posts, sentences: never label names, which the tasks move)
             with torch.no_grad():
                 ta = teacher(*a_batch)[1]
@@ -229,9 +238,10 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         pairs = [p for t, n in counts.items()
                  for p in tasks[t].sample(rng, n, positives_only=cfg.loss == "contrastive")]
         heads = [head_of[t] for t, n in counts.items() for _ in range(n)]
+        pair_w = None if balance is None else [balance[t] for t, n in counts.items() for _ in range(n)]
         extra = [stream[i] for i in stream_rng.integers(len(stream), size=cfg.distill_posts)] if stream else ()
         loss = pair_loss(pairs, heads, cfg.loss == "contrastive", cfg.distill_weight if ts is None else 0.0, extra,
-                         cfg.task_weight)
+                         cfg.task_weight, pair_w)
         if ts is not None:
             n = min(cfg.distill_posts, len(ts.posts))  # distinct posts: in-batch negatives are never the post itself
             terms = teacher_loss(stream_rng.choice(len(ts.posts), size=n, replace=False))
@@ -279,6 +289,7 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         "task_anchors": sizes,
         "mixing_probabilities": probs,
         "pairs_seen": seen,
+        "task_balance": balance or {t: 1.0 for t in steps_of},  # each task's pair weight
         # a number ("shared") or {task: number} ("per_task")
         "final_scale": calibration_values(log_scale.exp()),
         "final_offset": calibration_values(offset),

@@ -158,6 +158,29 @@ def test_per_task_calibration_gives_each_task_its_scale_and_leaves_single_task_r
     assert [c["loss"] for c in b["loss_curve"]] == pytest.approx([c["loss"] for c in a["loss_curve"]], rel=1e-6)
 
 
+def test_task_balance_gives_every_task_the_same_total_weight_and_leaves_single_task_runs_as_they_were(tiny_data, tmp_path):
+    from postemb_rt.errors import ValidationError
+    from postemb_rt.train.trainer import train
+    from tests.train.conftest import SMOKE
+
+    with pytest.raises(ValidationError, match="`task_balance` in .* must be 'pairs' or 'tasks'. Given: 'task'"):
+        TrainConfig(task_balance="task").validate()
+    cfg = dict(SMOKE, steps=10, log_every=5, task_batches="mixed")
+    pairs = train(TrainConfig(data=str(tiny_data), **cfg), tmp_path / "p", progress=lambda m: None)
+    tasks = train(TrainConfig(data=str(tiny_data), task_balance="tasks", **cfg), tmp_path / "t", progress=lambda m: None)
+    assert pairs["task_balance"] == {t: 1.0 for t in pairs["pairs_seen"] if pairs["pairs_seen"][t]}
+    seen, w = tasks["pairs_seen"], tasks["task_balance"]
+    assert len({round(seen[t] * w[t], 6) for t in w}) == 1  # the same total weight for every task
+    assert sum(seen[t] * w[t] for t in w) == pytest.approx(sum(seen.values()))  # the run's total is kept
+    assert len(set(w.values())) > 1 and tasks["loss_curve"] != pairs["loss_curve"]
+    # one task: weight 1, so a single-task run of a "tasks" config is the "pairs" run
+    one = dict(cfg, tasks=["emoji"])
+    a = train(TrainConfig(data=str(tiny_data), **one), tmp_path / "a", progress=lambda m: None)
+    b = train(TrainConfig(data=str(tiny_data), task_balance="tasks", **one), tmp_path / "b", progress=lambda m: None)
+    assert b["task_balance"] == {"emoji": 1.0}
+    assert [c["loss"] for c in b["loss_curve"]] == pytest.approx([c["loss"] for c in a["loss_curve"]], rel=1e-6)
+
+
 def test_pair_tasks_from_tiny_data(tiny_data):
     sd = T.load_split(tiny_data, "train")
     rng = np.random.default_rng(0)
