@@ -281,6 +281,12 @@ def test_extends_takes_every_key_of_the_parent_and_the_repo_configs_parse(tmp_pa
                                                                                     "model_version", "threads")}
             assert same == {k: v for k, v in dataclasses.asdict(multi).items() if k in same}, (folder, t)
     v3 = TrainConfig.from_file(configs / "v3" / "multitask.json")
+    # the shipped recipe: the v3 terms plus three options that change nothing with one task, so the
+    # v3 single-task runs (steps from v3/multitask.json's schedule, the same as default.json's) are its own
+    shipped = TrainConfig.from_file(configs / "v3" / "default.json")
+    differ = {k for k, v in dataclasses.asdict(shipped).items() if dataclasses.asdict(v3)[k] != v}
+    assert differ == {"model_version", "task_batches", "calibration", "task_balance"}, differ
+    assert task_schedule_counts(shipped) == task_schedule_counts(v3)
     for path in sorted((configs / "v3" / "ablations").glob("*.json")):  # every ablation parses and validates
         cfg = TrainConfig.from_file(path)
         assert cfg.model_version != v3.model_version and cfg.steps == v3.steps, path
