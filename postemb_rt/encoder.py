@@ -36,6 +36,21 @@ class EncodeStats:
     windows: int = 0  # the windows those posts were cut into
 
 
+def vector_version(model_version: str, precision: str = "fp32", long_posts: str = "truncate") -> str:
+    """The version string stored with each vector: the model version, plus every setting that
+    changes the numbers beyond the exactness bar (cosine 0.9999). ``fp32`` and ``truncate`` add
+    nothing, so exact vectors keep the plain model version; a fast precision or chunk mode adds
+    ``+<precision>`` / ``+chunk`` (``postemb-mt50-v3+bf16+chunk``), so vectors from two
+    precisions or two long-post modes never share a version (a store key, a backfill output).
+    fp16 and bf16 differ from fp32 by up to the fidelity bar, hence their own suffix too."""
+    parts = [model_version]
+    if precision != "fp32":
+        parts.append(precision)
+    if lp.check_mode(long_posts) != "truncate":
+        parts.append(long_posts)
+    return "+".join(parts)
+
+
 def _resolve_device(device: str) -> str:
     if device == "auto":
         try:
@@ -180,6 +195,12 @@ class Encoder:
     def model_version(self) -> str:
         return self.model.config.model_version
 
+    @property
+    def vector_version(self) -> str:
+        """``vector_version(model_version, precision, long_posts)`` for this encoder's defaults: what
+        a store, a backfill output or a server reports with the vectors it writes."""
+        return vector_version(self.model_version, self.backend.precision, self.long_posts)
+
     def describe(self) -> dict:
         """What runs: model version, dim, pooling and head, backend (and why), device, precision,
         kernels, long-post mode."""
@@ -189,6 +210,7 @@ class Encoder:
             head.insert(0, f"projection {cfg.hidden_size}->{cfg.projection_dim}")
         return {
             "model_version": self.model_version,
+            "vector_version": self.vector_version,
             "model_path": str(self.model.path),
             "dim": self.dim,
             "pooling": cfg.pooling,
