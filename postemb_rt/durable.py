@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -31,13 +32,29 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def _temporary(final: Path) -> Path:
+    """A new, empty file beside ``final``, unique per call (a random name created with O_EXCL,
+    so two writers of one file, even two threads of one process, never share it). Created with
+    the umask's permissions as ``open()`` would, not ``tempfile.mkstemp``'s 0600: outputs that
+    others should read stay readable. The name ends with ``final``'s (at most 120 characters of
+    it), so writers that add a missing suffix (``numpy.save``) keep the name given."""
+    while True:
+        tmp = final.with_name(f".tmp-{uuid.uuid4().hex[:16]}-{final.name[-120:]}")
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:  # pragma: no cover - 64 random bits
+            continue
+
+
 def atomic_write(final: str | Path, write: Callable[[Path], None] | bytes | str) -> Path:
     """Write ``final`` durably: ``write(tmp)`` (or the bytes / str given) to a temporary name
-    in the same folder, fsync it, rename it to ``final``, fsync the folder. Readers see the
-    old file or the whole new one, never a part, and so does a reboot after a power cut.
-    Returns ``final``. The temporary file is removed if ``write`` fails."""
+    in the same folder (unique per call), fsync it, rename it to ``final``, fsync the folder.
+    Readers see the old file or the whole new one, never a part, and so does a reboot after a
+    power cut. Returns ``final``. The temporary file is removed if anything fails (a full disk:
+    the OSError propagates and nothing is left behind)."""
     final = Path(final)
-    tmp = final.with_name(f".tmp-{os.getpid()}-{final.name}")
+    tmp = _temporary(final)
     try:
         if callable(write):
             write(tmp)
@@ -52,6 +69,17 @@ def atomic_write(final: str | Path, write: Callable[[Path], None] | bytes | str)
         raise
     fsync_dir(final.parent)
     return final
+
+
+def fsync_tree(root: str | Path) -> None:
+    """fsync every file and folder under ``root`` (and ``root`` itself), deepest first: a folder
+    built by tools that do not fsync (an ONNX export) made durable before :func:`durable_rename`
+    publishes it."""
+    root = Path(root)
+    for dirpath, dirnames, filenames in os.walk(root, topdown=False):
+        for name in filenames:
+            _fsync_file(Path(dirpath) / name)
+        fsync_dir(dirpath)
 
 
 def durable_rename(src: str | Path, dst: str | Path) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -33,7 +34,8 @@ def test_atomic_write_fsyncs_the_file_before_the_rename_and_the_folder_after(tmp
     assert final.read_text() == '{"x": 1}'
     kinds = [c[0] for c in calls]
     assert kinds == ["fsync", "rename", "fsync"], calls
-    assert calls[0][1].endswith(".tmp-%d-a.json" % os.getpid()) and calls[1][1] == str(final)
+    assert Path(calls[0][1]).name.startswith(".tmp-") and calls[0][1].endswith("-a.json")
+    assert calls[1][1] == str(final)
     assert calls[2][1] == str(tmp_path)
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]  # no temporary left behind
 
@@ -75,3 +77,53 @@ def test_read_json_of_a_required_file_names_it_and_the_fix(tmp_path):
     (tmp_path / "half.json").write_text('{"x": ')
     with pytest.raises(ValidationError, match=r"half.json` \(config\) is not valid JSON: .*Fix: restore the file"):
         durable.read_json(tmp_path / "half.json", "config")
+
+
+def test_two_writers_of_one_file_in_one_process_do_not_collide(tmp_path):
+    """Each call writes its own temporary file: two threads writing the same final name at once
+    both succeed (one wins the rename), where a per-process name made the second fail."""
+    import threading
+
+    final = tmp_path / "shared.json"
+    both_written = threading.Barrier(2, timeout=10)
+    errors = []
+
+    def writer(value):
+        def write(p):
+            p.write_text(value)
+            both_written.wait()  # both temporaries exist before either is renamed
+
+        try:
+            durable.atomic_write(final, write)
+        except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(v,)) for v in ('{"w": 1}', '{"w": 2}')]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert final.read_text() in ('{"w": 1}', '{"w": 2}')
+    assert [p.name for p in tmp_path.iterdir()] == ["shared.json"]
+
+
+def test_atomic_write_keeps_the_umask_permissions(tmp_path):
+    """The temporary file is created as a plain open() would create it (not mkstemp's 0600), so
+    outputs others should read stay readable."""
+    old = os.umask(0o022)
+    try:
+        durable.atomic_write(tmp_path / "p.txt", "x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "p.txt").stat().st_mode & 0o777 == 0o644
+
+
+def test_fsync_tree_fsyncs_every_file_and_folder(tmp_path, calls):
+    (tmp_path / "d" / "sub").mkdir(parents=True)
+    (tmp_path / "d" / "a.bin").write_bytes(b"a")
+    (tmp_path / "d" / "sub" / "b.bin").write_bytes(b"b")
+    durable.fsync_tree(tmp_path / "d")
+    synced = {c[1] for c in calls if c[0] == "fsync"}
+    assert synced == {str(tmp_path / "d"), str(tmp_path / "d" / "sub"), str(tmp_path / "d" / "a.bin"),
+                      str(tmp_path / "d" / "sub" / "b.bin")}
