@@ -16,6 +16,7 @@ from ..model_dir import ModelDir
 _REGISTRY = {
     "torch": ("torch_backend", "TorchBackend", "torch", "pip install torch==2.13.0"),
     "onnxruntime": ("onnx_backend", "OnnxBackend", "onnxruntime", "pip install onnxruntime onnx"),
+    "openvino": ("openvino_backend", "OpenVinoBackend", "openvino", "pip install openvino"),
     "tensorrt": ("tensorrt_backend", "TensorRTBackend", "tensorrt", "pip install 'postemb_rt[gpu]' tensorrt (NVIDIA GPU)"),
 }
 

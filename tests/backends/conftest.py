@@ -33,7 +33,8 @@ def _export(tmp_path_factory, model, pooling):
 
 @pytest.fixture(scope="session")
 def encoders(tmp_path_factory, projected_model):
-    """{(model, variant): Encoder}; variants: torch, onnx-graph, onnx-external."""
+    """{(model, variant): Encoder}; variants: torch, onnx-graph, onnx-external, and OpenVINO on both
+    exports (openvino-graph, openvino-external)."""
     from postemb_rt import Encoder
     from postemb_rt.model_dir import resolve
 
@@ -46,6 +47,7 @@ def encoders(tmp_path_factory, projected_model):
                 continue  # the graph path is the same exporter code as for base
             exported = _export(tmp_path_factory, md, pooling)
             out[name, f"onnx-{pooling}"] = Encoder.from_pretrained(exported.path, backend="onnxruntime", device="cpu")
+            out[name, f"openvino-{pooling}"] = Encoder.from_pretrained(exported.path, backend="openvino", device="cpu")
     return out
 
 

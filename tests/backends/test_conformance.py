@@ -8,7 +8,8 @@ from tests.conftest import assert_exact
 from .conftest import model_dirs, reference_embeddings
 
 VARIANTS = [("base", "torch"), ("base", "onnx-graph"), ("base", "onnx-external"),
-            ("projected", "torch"), ("projected", "onnx-external")]
+            ("projected", "torch"), ("projected", "onnx-external"),
+            ("base", "openvino-graph"), ("base", "openvino-external"), ("projected", "openvino-external")]
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +33,7 @@ def test_embeddings_match_the_torch_reference(encoders, references, sample_texts
 @pytest.mark.parametrize("model,variant", VARIANTS)
 def test_describe_reports_the_pooling_kernel_that_ran(encoders, model, variant):
     kernel = encoders[model, variant].describe()["pooling_kernel"]
-    if variant == "onnx-graph":
+    if variant.endswith("-graph"):
         assert kernel.startswith("onnx graph")
     else:
         assert kernel.startswith("C++ masked_mean_pool_l2 (")
@@ -44,6 +45,27 @@ def test_external_export_stops_at_hidden_states(encoders):
     assert (enc.model.path / "projection.safetensors").exists()
     outputs = [o.name for o in enc.backend._session.get_outputs()]
     assert outputs == ["last_hidden_state"]
+
+
+def test_openvino_fp32_is_pinned_to_f32_and_bf16_needs_native_bf16(encoders, monkeypatch):
+    """OpenVINO computes in bf16 by default on a CPU with native bf16: the exact backend must say f32.
+    bf16 on a CPU without it is refused with the fix, never emulated silently."""
+    from postemb_rt import Encoder
+    from postemb_rt.backends import openvino_backend
+    from postemb_rt.errors import BackendUnavailableError
+
+    enc = encoders["base", "openvino-graph"]
+    assert enc.describe()["inference_precision"] in ("f32", "<Type: 'float32'>")
+
+    class NoBf16Core:
+        def get_property(self, device, name):
+            return ["FP32", "INT8"]
+
+    import openvino
+    monkeypatch.setattr(openvino, "Core", NoBf16Core)
+    assert openvino_backend.native_bf16() is False
+    with pytest.raises(BackendUnavailableError, match="needs a CPU with native bf16.*Fix: precision='fp32'"):
+        Encoder.from_pretrained(enc.model.path, backend="openvino", precision="bf16", warmup=False)
 
 
 def test_python_fallback_is_reported_and_exact(monkeypatch, encoders, sample_texts):
