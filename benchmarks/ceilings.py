@@ -23,11 +23,17 @@ ceiling is wrong (a faster library or path exists), so ``fraction_cell`` refuses
 it as a percentage and ``over_ceiling`` flags it.
 
 The **ISA peak** (:func:`isa_peak`) = cores x 512-bit FMA-class instructions per cycle x
-lanes x 2 x clock. The clock is measured by a timed chain of dependent integer adds (one
-cycle each) and the instructions per cycle by 12 independent vfmadd231ps / vdpbf16ps /
-vpdpbusd chains, both in ``isa_probe.c`` compiled here with the system C compiler
-(a VM's cpuid does not reveal whether a core splits 512-bit work into two 256-bit halves).
-The clock is one thread's; the all-core clock may be lower, so the peak is an upper bound.
+lanes x 2 x clock; with AMX (amx_bf16 / amx_int8 in the CPU flags) the bf16 and int8 peaks are
+cores x the tile throughput Intel documents (1,024 bf16 FLOP, 2,048 int8 OP per cycle and core;
+see ``AMX``) x clock, with the zmm figure kept beside them. The clock is measured by a timed
+chain of dependent register-register add/xor (one cycle each on every x86 core, and not
+something a renamer can fold: see ``isa_probe.c``) and cross-checked against the chain's own
+core cycles (perf counter, where the kernel exposes one), else the TSC rate, else
+/proc/cpuinfo; where they disagree by more than ``CLOCK_FACTOR`` the cross-check is used and the
+clock source says so. The instructions per cycle come from 12 independent vfmadd231ps /
+vdpbf16ps / vpdpbusd chains, compiled here with the system C compiler (a VM's cpuid does not
+reveal whether a core splits 512-bit work into two 256-bit halves). The clock is one thread's;
+the all-core clock may be lower, so the peak is an upper bound.
 """
 from __future__ import annotations
 
@@ -308,6 +314,30 @@ def ceiling_warnings(ceils: dict, peak: dict | None) -> list[str]:
 
 # -- the ISA peak -----------------------------------------------------------------------------
 
+# Per core and cycle, from Intel's documentation, not measured here (no AMX machine has been lent
+# to this project, and a tile probe needs the kernel's XTILEDATA permission): one TDPBF16PS
+# multiplies a 16x32 by a 32x16 bf16 tile into 16x16 fp32, 16*16*32*2 = 16,384 FLOP, and one
+# TDPBSSD/TDPBUSD a 16x64 by a 64x16 int8 tile, 32,768 OP, each at a throughput of one per 16
+# cycles per core on Sapphire Rapids and later: 1,024 bf16 FLOP and 2,048 int8 OP per cycle
+# ("4th Gen Intel Xeon Scalable processors can perform 2048 INT8 or 1024 BF16 operations per
+# cycle"; Intel 64 and IA-32 Architectures Optimization Reference Manual, chapter "Intel Advanced
+# Matrix Extensions"; Wikipedia "Advanced Matrix Extensions", which cites it).
+AMX = {"bf16": ("amx_bf16", 1024, "TDPBF16PS: 16x16x32 bf16 tile multiply-add, 16,384 FLOP per 16 cycles"),
+       "int8": ("amx_int8", 2048, "TDPBSSD: 16x16x64 int8 tile multiply-add, 32,768 OP per 16 cycles")}
+AMX_SOURCE = ("documented, not measured: Intel 64 and IA-32 Architectures Optimization Reference Manual, "
+              "Intel AMX (one tile multiply-add per 16 cycles per core)")
+CHAIN_OPS = 16  # dependent ALU ops per alu_chain iteration (isa_probe.c)
+ZMM_OPS = 12  # independent 512-bit instructions per zmm probe iteration
+# No x86 core has shipped above ~6.2 GHz: a chain that measures more than this was shortcut.
+MAX_X86_CLOCK_HZ = 6.5e9
+# How far the chain's clock may lie from a cross-check (either way) before the cross-check is used
+# instead. "perf": the same chain counted in core cycles by the kernel, so the two must agree up to
+# timer noise. "tsc" and "cpuinfo": the nominal clock (cpuinfo: in most VMs; on bare metal the
+# current one), which a turbo clock exceeds by up to ~2x on server parts (e.g. 2.0 -> 3.9 GHz);
+# a chain shortcut by renaming runs 4-5x too fast (issue 27: 18.6 GHz), far outside.
+CLOCK_FACTOR = {"perf": 1.25, "tsc": 2.5, "cpuinfo": 2.5}
+
+
 def cpu_flags() -> set[str]:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -328,60 +358,150 @@ def _cpuinfo_mhz() -> float | None:
     return None
 
 
-def _load_probe():
-    """Compile isa_probe.c (system C compiler, -O2, no -march: each probe names its own target)
-    and load it, or return (None, reason)."""
-    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
-    if not cc:
-        return None, "no C compiler (cc) on PATH"
-    out = Path(tempfile.mkdtemp(prefix="postemb_isa_")) / "isa_probe.so"
-    src = Path(__file__).with_name("isa_probe.c")
-    r = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(src)], capture_output=True, text=True)
-    if r.returncode != 0:
-        return None, f"{cc} failed on {src.name}: {r.stderr.strip()[:200]}"
-    lib = ctypes.CDLL(str(out))
-    lib.add_chain.argtypes, lib.add_chain.restype = [ctypes.c_long], ctypes.c_long
-    for name, _ in PROBES.values():
-        fn = getattr(lib, name)
-        fn.argtypes, fn.restype = [ctypes.c_long], ctypes.c_double
-    return lib, None
+class CompiledProbe:
+    """isa_probe.c compiled with the system C compiler (-O2, no -march: each probe names its own
+    target) and loaded. The same methods on a fake drive :func:`isa_peak` in the tests."""
+
+    def __init__(self):
+        cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+        if not cc:
+            raise RuntimeError("no C compiler (cc) on PATH")
+        out = Path(tempfile.mkdtemp(prefix="postemb_isa_")) / "isa_probe.so"
+        src = Path(__file__).with_name("isa_probe.c")
+        r = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(src)], capture_output=True, text=True)
+        if r.returncode != 0:
+            raise RuntimeError(f"{cc} failed on {src.name}: {r.stderr.strip()[:200]}")
+        lib = self.lib = ctypes.CDLL(str(out))
+        lib.alu_chain.argtypes, lib.alu_chain.restype = [ctypes.c_long] * 3, ctypes.c_long
+        lib.alu_chain_cycles.argtypes, lib.alu_chain_cycles.restype = [ctypes.c_long] * 3, ctypes.c_longlong
+        lib.tsc.argtypes, lib.tsc.restype = [], ctypes.c_ulonglong
+        for name, _ in PROBES.values():
+            fn = getattr(lib, name)
+            fn.argtypes, fn.restype = [ctypes.c_long], ctypes.c_double
+
+    def chain_seconds(self, iters: int, repeats: int) -> float:
+        """Best seconds of CHAIN_OPS * iters dependent ALU ops (one cycle each)."""
+        return best_seconds(lambda: self.lib.alu_chain(iters, 3, 5), repeats)
+
+    def chain_cycles_hz(self, iters: int, repeats: int) -> float | None:
+        """The chain's core cycles (kernel perf counter) over its seconds, best of ``repeats``; None
+        without a counter."""
+        best = None
+        for _ in range(repeats):
+            t = time.perf_counter()
+            cycles = self.lib.alu_chain_cycles(iters, 3, 5)
+            seconds = time.perf_counter() - t
+            if cycles <= 0:
+                return None
+            best = max(best or 0.0, cycles / seconds)
+        return best
+
+    def tsc_hz(self, seconds: float = 0.05) -> float:
+        """Time-stamp counter ticks per wall-clock second."""
+        t, c = time.perf_counter(), self.lib.tsc()
+        time.sleep(seconds)
+        return (self.lib.tsc() - c) / (time.perf_counter() - t)
+
+    def zmm_seconds(self, probe: str, iters: int, repeats: int) -> float:
+        """Best seconds of ZMM_OPS * iters independent 512-bit instructions of one kind."""
+        fn = getattr(self.lib, probe)
+        return best_seconds(lambda: fn(iters), repeats)
 
 
-def isa_peak(cores: int, iters: int = 500_000, repeats: int = 20) -> dict:
-    """Theoretical peak per precision: cores x 512-bit instructions per cycle (measured, rounded
-    to the nearest half) x LANES x 2 x clock (measured). Returns {"clock_hz", "clock_source",
-    "cores", "precisions": {p: {"ops_per_s", "per_cycle_measured", "per_cycle", "formula"} or
-    {"ops_per_s": None, "reason"}}}."""
+def clock_references(probe, flags: set[str], cpuinfo_mhz: float | None, iters: int, repeats: int) -> list[dict]:
+    """Every clock the chain can be checked against, most direct first: the chain's own core cycles
+    (perf counter), the TSC (with constant_tsc), /proc/cpuinfo 'cpu MHz'."""
+    refs = []
+    hz = probe.chain_cycles_hz(iters, max(1, repeats // 4))
+    if hz:
+        refs.append({"kind": "perf", "hz": hz, "source": "perf counter: the chain's core cycles over its seconds"})
+    if "constant_tsc" in flags:
+        refs.append({"kind": "tsc", "hz": probe.tsc_hz(), "source": "TSC rate (constant_tsc; about the nominal clock)"})
+    if cpuinfo_mhz:
+        refs.append({"kind": "cpuinfo", "hz": cpuinfo_mhz * 1e6, "source": "/proc/cpuinfo 'cpu MHz'"})
+    return refs
+
+
+def choose_clock(chain_hz: float, refs: list[dict], chain_label: str = "ALU chain") -> dict:
+    """The clock the ISA peak uses: the chain's, unless the first cross-check in ``refs`` disagrees
+    by more than its CLOCK_FACTOR (or the chain exceeds MAX_X86_CLOCK_HZ), in which case that
+    cross-check, marked as such. Returns {"clock_hz", "clock_source", "chain_hz", "cross_check",
+    "disagreement"} (disagreement: a sentence, or None)."""
+    out = {"chain_hz": chain_hz, "cross_check": refs[0] if refs else None, "disagreement": None}
+    measured = f"measured: {chain_label} at {chain_hz / 1e9:.2f} GHz"
+    if not refs:
+        if chain_hz <= MAX_X86_CLOCK_HZ:
+            return dict(out, clock_hz=chain_hz, clock_source=f"{measured} (no cross-check available)")
+        out["disagreement"] = (f"the {chain_label} measured {chain_hz / 1e9:.1f} GHz, above any x86 clock "
+                               f"({MAX_X86_CLOCK_HZ / 1e9:.1f} GHz), and nothing else gives the clock")
+        return dict(out, clock_hz=None, clock_source=f"unknown: {out['disagreement']}")
+    ref = refs[0]
+    factor = CLOCK_FACTOR[ref["kind"]]
+    ratio = chain_hz / ref["hz"]
+    if 1 / factor <= ratio <= factor and chain_hz <= MAX_X86_CLOCK_HZ:
+        return dict(out, clock_hz=chain_hz, clock_source=f"{measured}, cross-checked: {ref['source']} "
+                                                         f"{ref['hz'] / 1e9:.2f} GHz (agree within {factor:g}x)")
+    out["disagreement"] = (f"the {chain_label} measured {chain_hz / 1e9:.2f} GHz, {ratio:.2f}x the {ref['source']} "
+                           f"({ref['hz'] / 1e9:.2f} GHz): outside {factor:g}x"
+                           + (f" or above {MAX_X86_CLOCK_HZ / 1e9:.1f} GHz" if chain_hz > MAX_X86_CLOCK_HZ else "")
+                           + ", so the chain is not trusted")
+    return dict(out, clock_hz=ref["hz"], clock_source=f"cross-check: {ref['source']} {ref['hz'] / 1e9:.2f} GHz "
+                                                      f"({out['disagreement']})")
+
+
+def isa_peak(cores: int, iters: int = 500_000, repeats: int = 20, probe=None, flags: set[str] | None = None,
+             cpuinfo_mhz: float | None = None) -> dict:
+    """Theoretical peak per precision: cores x 512-bit instructions per cycle (measured, rounded to
+    the nearest half) x LANES x 2 x clock, or with AMX (amx_bf16 / amx_int8 flags) for bf16 / int8
+    cores x the documented tile OP per cycle (AMX) x clock. The clock is measured by
+    isa_probe.c's dependent ALU chain and cross-checked (:func:`choose_clock`).
+
+    ``probe`` (default: :class:`CompiledProbe`), ``flags`` (default: /proc/cpuinfo) and
+    ``cpuinfo_mhz`` (default: /proc/cpuinfo) are there for tests. Returns {"clock_hz",
+    "clock_source", "clock": {chain_hz, cross_check, disagreement, references}, "cores",
+    "precisions": {p: {"ops_per_s", "formula", "per_cycle"(, "per_cycle_measured", "source",
+    "zmm")} or {"ops_per_s": None, "reason"}}}."""
     if not isinstance(cores, int) or cores < 1:
         raise ValueError(f"`cores` must be an int >= 1. Given: {cores!r}.")
-    flags = cpu_flags()
-    lib, why = _load_probe()
+    flags = cpu_flags() if flags is None else set(flags)
+    cpuinfo_mhz = _cpuinfo_mhz() if cpuinfo_mhz is None else cpuinfo_mhz
     out = {"cores": cores, "precisions": {}}
-    if lib is None:
-        mhz = _cpuinfo_mhz()
-        out["clock_hz"] = mhz * 1e6 if mhz else None
-        out["clock_source"] = f"/proc/cpuinfo 'cpu MHz' (not measured: {why})"
-        for p in PRECISIONS:
-            out["precisions"][p] = {"ops_per_s": None, "reason": f"instructions per cycle not measured: {why}"}
-        return out
-    clock = 16 * iters / best_seconds(lambda: lib.add_chain(iters), repeats)
-    out["clock_hz"] = clock
-    out["clock_source"] = (f"measured: timed chain of 16 x {iters:,} dependent integer adds, best of {repeats}, "
-                           "one thread")
-    amx = {"amx_bf16", "amx_int8", "amx_tile"} & flags
-    for p, (probe, flag) in PROBES.items():
-        if flag not in flags:
-            out["precisions"][p] = {"ops_per_s": None, "reason": f"no {flag} (this probe needs it)"}
+    if probe is None:
+        try:
+            probe = CompiledProbe()
+        except (RuntimeError, OSError) as e:
+            out["clock_hz"] = cpuinfo_mhz * 1e6 if cpuinfo_mhz else None
+            out["clock_source"] = f"/proc/cpuinfo 'cpu MHz' (not measured: {e})"
+            for p in PRECISIONS:
+                out["precisions"][p] = {"ops_per_s": None, "reason": f"instructions per cycle not measured: {e}"}
+            return out
+    chain_hz = CHAIN_OPS * iters / probe.chain_seconds(iters, repeats)
+    refs = clock_references(probe, flags, cpuinfo_mhz, iters, repeats)
+    label = f"chain of {CHAIN_OPS} x {iters:,} dependent reg-reg add/xor, best of {repeats}, one thread"
+    chosen = choose_clock(chain_hz, refs, label)
+    clock = out["clock_hz"] = chosen["clock_hz"]
+    out["clock_source"] = chosen["clock_source"]
+    out["clock"] = {"chain_hz": chain_hz, "cross_check": chosen["cross_check"],
+                    "disagreement": chosen["disagreement"], "references": refs}
+    s = "s" if cores > 1 else ""
+    for p, (name, flag) in PROBES.items():
+        if clock is None:
+            out["precisions"][p] = {"ops_per_s": None, "reason": f"no clock: {chosen['disagreement']}"}
             continue
-        fn = getattr(lib, probe)
-        per_cycle_measured = 12 * iters / best_seconds(lambda: fn(iters), repeats) / clock
-        per_cycle = max(0.5, round(per_cycle_measured * 2) / 2)
-        entry = {"ops_per_s": cores * per_cycle * LANES[p] * 2 * clock, "per_cycle_measured": per_cycle_measured,
-                 "per_cycle": per_cycle,
-                 "formula": f"{cores} core{'s' if cores > 1 else ''} x {per_cycle:g} zmm {probe[4:]}/cycle x {LANES[p]} lanes x 2 x "
-                            f"{clock / 1e9:.2f} GHz"}
-        if amx and p != "fp32":  # AMX tiles are faster than any zmm instruction: this is not the peak
-            entry = {"ops_per_s": None, "reason": f"AMX present ({', '.join(sorted(amx))}): tile peak not modelled"}
+        entry = {"ops_per_s": None, "reason": f"no {flag} (this probe needs it)"}
+        if flag in flags:
+            measured = ZMM_OPS * iters / probe.zmm_seconds(name, iters, repeats) / clock
+            per_cycle = max(0.5, round(measured * 2) / 2)
+            entry = {"ops_per_s": cores * per_cycle * LANES[p] * 2 * clock, "per_cycle_measured": measured,
+                     "per_cycle": per_cycle,
+                     "formula": f"{cores} core{s} x {per_cycle:g} zmm {name[4:]}/cycle x {LANES[p]} lanes x 2 x "
+                                f"{clock / 1e9:.2f} GHz"}
+        amx_flag, per_cycle_amx, what = AMX.get(p, (None, 0, ""))
+        if amx_flag in flags:  # tiles outrun any zmm instruction: they are the peak, the zmm figure stays beside
+            zmm = entry
+            entry = {"ops_per_s": cores * per_cycle_amx * clock, "per_cycle": per_cycle_amx,
+                     "formula": f"{cores} core{s} x {per_cycle_amx} {p} OP/cycle (AMX {what}) x {clock / 1e9:.2f} GHz",
+                     "source": AMX_SOURCE, "zmm": zmm}
         out["precisions"][p] = entry
     return out
 
