@@ -34,6 +34,7 @@ from pathlib import Path
 
 from .errors import ModelNotFoundError, ValidationError
 from .ops.reference import POOLINGS
+from .prompts import check_prompts
 
 CONFIG_FILE = "postemb.json"
 PROJECTION_FILE = "projection.safetensors"
@@ -62,6 +63,12 @@ class PostEmbConfig:
     # "out_features", "bias", "activation"}], weights ``linear.weight`` (out, in) / ``linear.bias`` in "file"
     dense: list | None = None
     do_lower_case: bool = False  # lower-case texts before tokenizing (sentence_bert_config.json)
+    # prompts (sentence-transformers' config_sentence_transformers.json): name -> text prepended to each
+    # input; default_prompt_name: the one applied when a call names none (postemb_rt.st_encode)
+    prompts: dict | None = None
+    default_prompt_name: str | None = None
+    include_prompt: bool = True  # Pooling's include_prompt; False (prompt tokens not pooled) is refused
+    matryoshka_dims: list | None = None  # prefixes the model was trained to embed in (encode's truncate_dim)
     format_version: int = FORMAT_VERSION
 
     @property
@@ -71,7 +78,11 @@ class PostEmbConfig:
         return self.projection_dim or self.hidden_size
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+        d = dataclasses.asdict(self)
+        for k, default in _OPTIONAL_KEYS.items():  # absent when unset: older files and fingerprints unchanged
+            if d[k] == default:
+                del d[k]
+        return json.dumps(d, indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_file(cls, path: Path) -> "PostEmbConfig":
@@ -95,11 +106,20 @@ class PostEmbConfig:
             raise ValidationError(
                 f"`precision` in {path} must be 'fp32', or 'int8' for an ONNX model. Given: {cfg.precision!r}."
             )
+        check_prompts(cfg.prompts, cfg.default_prompt_name, cfg.include_prompt, path)
+        if cfg.matryoshka_dims is not None and not (
+                isinstance(cfg.matryoshka_dims, list)
+                and all(isinstance(k, int) and not isinstance(k, bool) and 0 < k < cfg.dim for k in cfg.matryoshka_dims)):
+            raise ValidationError(f"`matryoshka_dims` in {path} must be a list of ints between 1 and dim - 1 "
+                                  f"({cfg.dim - 1}). Given: {cfg.matryoshka_dims!r}.")
         if cfg.onnx_pooling not in ("graph", "external"):
             raise ValidationError(
                 f"`onnx_pooling` in {path} must be 'graph' or 'external'. Given: {cfg.onnx_pooling!r}."
             )
         return cfg
+
+
+_OPTIONAL_KEYS = {"prompts": None, "default_prompt_name": None, "include_prompt": True, "matryoshka_dims": None}
 
 
 @dataclass(frozen=True)
@@ -219,23 +239,26 @@ def _resolve_encoder(spec: str | None, root: Path) -> Path | None:
     return _confined(root, spec, "encoder")
 
 
-def _confined(root: Path, spec, key: str) -> Path:
-    """``root / spec`` for a path named in postemb.json, which must stay inside the model
-    directory: relative, no ``..``, and not leading out through a symlink."""
-    where = root / CONFIG_FILE
+def _confined(root: Path, spec, key: str, where: Path | None = None, fix: str | None = None) -> Path:
+    """``root / spec`` for a path named in a folder's own file (``where``: postemb.json by
+    default; modules.json for a sentence-transformers folder), which must stay inside the
+    folder: relative, no ``..``, and not leading out through a symlink. Checked before anything
+    under the path is read."""
+    where = where or root / CONFIG_FILE
+    fix = fix or (f"copy the file into {root} and name it relative to it"
+                  + (", or use 'pip:<package>' for an installed encoder" if key == "encoder" else ""))
     if not isinstance(spec, str) or not spec:
         raise ValidationError(f"`{key}` in {where} must be a file name inside the model directory. Given: {spec!r}.")
     p = Path(spec)
     if p.is_absolute() or ".." in p.parts:
         raise ValidationError(
             f"`{key}` in {where} must be a path inside the model directory (relative, without '..'). "
-            f"Given: {spec!r}. Fix: copy the file into {root} and name it relative to it"
-            + (", or use 'pip:<package>' for an installed encoder." if key == "encoder" else "."))
+            f"Given: {spec!r}. Fix: {fix}.")
     resolved = (root / p).resolve()
     if resolved != root and root not in resolved.parents:
         raise ValidationError(
             f"`{key}` in {where} leads out of the model directory through a symlink: {spec!r} -> {resolved}. "
-            f"Fix: copy the file into {root}.")
+            f"Fix: {fix}.")
     return resolved
 
 

@@ -1,5 +1,5 @@
 """Reading a sentence-transformers folder: its ``modules.json`` pipeline as the pieces of a
-``ModelDir`` (``postemb_rt.model_dir`` builds it; this module does not import it).
+``ModelDir`` (``postemb_rt.model_dir`` builds it; this module borrows only its path check).
 
 A sentence-transformers folder lists its modules in ``modules.json``; this runtime computes
 the pipeline
@@ -13,8 +13,11 @@ with, per module (its ``path`` relative to the folder):
   ``tokenizer.json``;
 - ``Pooling``: ``config.json``; one mode of mean, cls, max, lasttoken (either the
   ``pooling_mode`` key of sentence-transformers >= 5 or the older ``pooling_mode_*``
-  booleans); ``include_prompt`` only matters with prompts, which are not supported
-  (a folder with a default prompt is refused);
+  booleans); ``include_prompt: false`` (prompt tokens left out of pooling) is not computed:
+  a folder whose default prompt it would apply to is refused, and so is an ``encode`` call
+  with a non-empty prompt on it;
+- ``config_sentence_transformers.json``: ``prompts`` and ``default_prompt_name``, applied by
+  ``Encoder.encode`` as sentence-transformers does (postemb_rt.prompts);
 - ``Dense``: ``config.json`` (``in_features``, ``out_features``, ``bias``,
   ``activation_function``, default Tanh as in sentence-transformers) and
   ``model.safetensors`` or ``pytorch_model.bin`` (``linear.weight``, ``linear.bias``);
@@ -26,7 +29,7 @@ activation not listed, sizes that do not chain, no tokenizer) raises one error n
 file, the value and the fix: a folder never loads half a pipeline.
 
 ``model_version`` is ``<folder name>-<12 hex digits>`` of a SHA-256 over the pipeline's
-files' contents (configs, tokenizer, weights), so a copy of the folder gets the same version
+files' contents (configs, tokenizer and ``tokenizer_config.json``, weights), so a copy of the folder gets the same version
 and a retrained one a new version: the near-line store and backfill key on it.
 """
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 
 from .durable import read_json
 from .errors import ModelNotFoundError, ValidationError
+from .prompts import check_prompts
 
 MODULES_FILE = "modules.json"
 ST_CONFIG_FILE = "sentence_bert_config.json"
@@ -136,7 +140,7 @@ def read_st_folder(root: Path) -> tuple[dict, list, Path, Path]:
             f"`{modules_file}` lists {kinds}; postemb_rt computes Transformer -> Pooling -> Dense* -> Normalize? "
             "in that order. Fix: reorder modules.json, or load the folder with sentence-transformers."
         )
-    paths = [(root / m.get("path", "")).resolve() for m in modules]
+    paths = [_module_path(root, m, modules_file, i) for i, m in enumerate(modules)]
     enc = paths[0]
     hf_file = enc / "config.json"
     hf = _read_json(hf_file, "Hugging Face encoder config")
@@ -163,7 +167,6 @@ def read_st_folder(root: Path) -> tuple[dict, list, Path, Path]:
             "'feature-extraction' encoders pooled from 'last_hidden_state'. Fix: load it with sentence-transformers."
         )
     max_len = _max_length(st_cfg, enc / "tokenizer_config.json", hf)
-    _refuse_default_prompt(root)
     pooling = _pooling(paths[1], hidden)
     dense, dim = [], hidden
     for p, kind in zip(paths[2:], kinds[2:]):
@@ -171,8 +174,9 @@ def read_st_folder(root: Path) -> tuple[dict, list, Path, Path]:
             dense.append(_dense(root, p, dim))
             dim = dense[-1]["out_features"]
     files = [(str(p.relative_to(root)), p) for p in (modules_file, hf_file, weights, tokenizer)]
-    files += [(str(p.relative_to(root)), p) for p in (enc / ST_CONFIG_FILE, *(q / "config.json" for q in paths[1:]))
-              if p.exists()]
+    # tokenizer_config.json: its model_max_length can set max_length (see _max_length)
+    files += [(str(p.relative_to(root)), p) for p in (enc / ST_CONFIG_FILE, enc / "tokenizer_config.json",
+                                                      *(q / "config.json" for q in paths[1:])) if p.exists()]
     files += [(d["file"], root / d["file"]) for d in dense]
     cfg = dict(
         hidden_size=hidden,
@@ -182,8 +186,22 @@ def read_st_folder(root: Path) -> tuple[dict, list, Path, Path]:
         encoder=str(enc.relative_to(root)) if enc != root else ".",
         dense=dense or None,
         do_lower_case=bool(st_cfg.get("do_lower_case", False)),
+        **_prompts(root, paths[1]),
     )
     return cfg, files, enc, tokenizer
+
+
+def _module_path(root: Path, entry: dict, modules_file: Path, i: int) -> Path:
+    """The folder of module ``i`` (its ``path``, relative to ``root``; "" or absent: ``root``),
+    refused before anything in it is read when it leads out of ``root`` ("../x", an absolute
+    path, a symlink out)."""
+    from .model_dir import _confined  # the one check of paths named inside a model folder
+
+    spec = entry.get("path", "")
+    if spec in ("", "."):
+        return root
+    return _confined(root, spec, f"modules[{i}].path", where=modules_file,
+                     fix=f"copy the module's folder into {root} and give its path relative to it in {MODULES_FILE}")
 
 
 def _max_length(st_cfg: dict, tokenizer_config: Path, hf: dict) -> int:
@@ -196,13 +214,18 @@ def _max_length(st_cfg: dict, tokenizer_config: Path, hf: dict) -> int:
     return int(min(tm, limit)) if isinstance(tm, (int, float)) and tm > 0 else int(limit)
 
 
-def _refuse_default_prompt(root: Path) -> None:
-    """sentence-transformers prepends a folder's default prompt to every text; postemb_rt does not."""
+def _prompts(root: Path, pooling_path: Path) -> dict:
+    """The folder's prompts as PostEmbConfig fields: ``prompts`` and ``default_prompt_name`` of
+    config_sentence_transformers.json (a null prompt text is "", as sentence-transformers reads
+    it) and the Pooling module's ``include_prompt``; checked by prompts.check_prompts."""
     path = root / "config_sentence_transformers.json"
-    if path.exists():
-        cfg = _read_json(path, "sentence-transformers config")
-        if cfg.get("default_prompt_name"):
-            raise ValidationError(
-                f"`{path}` sets default_prompt_name {cfg['default_prompt_name']!r}; postemb_rt does not add "
-                "prompts. Fix: set it to null (and prepend the prompt to your texts yourself)."
-            )
+    cfg = _read_json(path, "sentence-transformers config") if path.exists() else {}
+    raw = cfg.get("prompts") or {}
+    if not isinstance(raw, dict):
+        raise ValidationError(f"`{path}` has prompts {raw!r}; it must be a mapping of prompt name to text. "
+                              "Fix: save the folder again with SentenceTransformer.save().")
+    prompts = {k: "" if v is None else v for k, v in raw.items()}
+    default = cfg.get("default_prompt_name") or None
+    include = _read_json(pooling_path / "config.json", "Pooling config").get("include_prompt", True)
+    check_prompts(prompts, default, include, path)
+    return {"prompts": prompts or None, "default_prompt_name": default, "include_prompt": bool(include)}

@@ -204,3 +204,42 @@ def test_transformer_in_a_subfolder_loads(folders, tmp_path):
     with Encoder.from_pretrained(d, backend="torch") as enc:
         assert enc.model.config.encoder == "0_Transformer"
         assert_parity(enc.encode(TEXTS), want)
+
+
+# -- what the version covers, and paths that leave the folder -------------------------------
+def test_tokenizer_config_max_length_is_part_of_the_model_version(tmp_path):
+    """A newer save has no max_seq_length in sentence_bert_config.json: the tokenizer's
+    model_max_length sets max_length, so changing it must change the version."""
+    d = build_st_folder(tmp_path / "newer", arch="bert")
+    st_cfg = json.loads((d / "sentence_bert_config.json").read_text())
+    st_cfg.pop("max_seq_length", None)  # sentence-transformers >= 6 saves it in tokenizer_config.json only
+    (d / "sentence_bert_config.json").write_text(json.dumps(st_cfg))
+    _edit(d / "tokenizer_config.json", model_max_length=64)
+    from postemb_rt.model_dir import load_model_dir
+
+    a = load_model_dir(d).config
+    _edit(d / "tokenizer_config.json", model_max_length=32)
+    b = load_model_dir(d).config
+    assert (a.max_length, b.max_length) == (64, 32)
+    assert a.model_version != b.model_version
+
+
+@pytest.mark.parametrize("escape", ["../victim", "/abs/victim", "link"])
+def test_a_module_path_out_of_the_folder_is_refused_before_reading_it(tmp_path, monkeypatch, escape):
+    from postemb_rt import st_folder
+
+    d = build_st_folder(tmp_path / "model", arch="bert", normalize=False)
+    victim = tmp_path / "victim"
+    shutil.copytree(d / "1_Pooling", victim)
+    if escape == "link":
+        (d / "link").symlink_to(victim, target_is_directory=True)
+    mods = json.loads((d / "modules.json").read_text())
+    mods[1]["path"] = escape if escape != "/abs/victim" else str(victim)
+    (d / "modules.json").write_text(json.dumps(mods))
+    read = []
+    real = st_folder._read_json
+    monkeypatch.setattr(st_folder, "_read_json", lambda p, what: (read.append(Path(p).resolve()), real(p, what))[1])
+    with pytest.raises(ValidationError, match=r"modules\[1\]\.path` in .*modules.json (must be a path inside|leads "
+                                              r"out of) the model directory.*(victim|link).*Fix: copy the module"):
+        Encoder.from_pretrained(d, backend="torch", warmup=False)
+    assert all(d.resolve() in p.parents for p in read), read  # nothing outside the folder was read
