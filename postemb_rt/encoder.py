@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import backends, fidelity, long_posts as lp, native
+from . import backends, encode_options as eo, fidelity, long_posts as lp, native, prompts
 from .batching import DynamicBatcher, padding_ratio, plan_batches
 from .errors import BatcherClosedError, FidelityError, ValidationError
 from .fidelity import Fidelity
@@ -239,9 +239,13 @@ class Encoder:
                 raise ValidationError(f"`texts[{i}]` must be str. Given: {type(t).__name__}.")
         return texts
 
-    def encode(self, texts, batch_size: int = 64, show_progress_bar: bool = False, normalize: bool | None = None,
-               truncate: bool = True, max_batch_tokens: int | None = None, long_posts: str | None = None) -> np.ndarray:
-        """Embed texts.
+    def encode(self, texts, batch_size: int = 64, show_progress_bar: bool | None = False, normalize: bool | None = None,
+               truncate: bool = True, max_batch_tokens: int | None = None, long_posts: str | None = None, *,
+               prompt_name: str | None = None, prompt: str | None = None, normalize_embeddings: bool | None = None,
+               truncate_dim: int | None = None, precision: str = "float32", convert_to_numpy: bool = True,
+               convert_to_tensor: bool = False, device=None, output_value: str = "sentence_embedding"):
+        """Embed texts. Accepts ``SentenceTransformer.encode``'s keyword arguments with its meaning;
+        where that meets one of ours, one rule (postemb_rt.encode_options, README "Encoding semantics").
 
         texts: a str, or a list (any iterable) of str. An empty string is embedded as
             the model sees it: [CLS] [SEP] and nothing else (a valid, near-"neutral" vector).
@@ -253,20 +257,39 @@ class Encoder:
         normalize: unit L2 rows (True) or the raw pooled/projected vectors (False); default:
             as the model says (a sentence-transformers folder without Normalize: raw).
         long_posts: "truncate" or "chunk" for this call (default: the encoder's; see from_pretrained).
-        Returns float32 (len(texts), dim) in input order; (dim,) for a single str; (0, dim)
-        for an empty list.
+        show_progress_bar: default False; None: shown when the "postemb_rt" logger is at INFO or DEBUG.
+        prompt_name / prompt: a prompt of the model's (``prompts``), or prompt text, prepended to each
+            text; neither: the model's default prompt, if any (postemb_rt.prompts). Not both.
+        normalize_embeddings: sentence-transformers' flag: True = normalize=True; False/None = the
+            model's own output. Contradicting ``normalize`` raises ValidationError.
+        truncate_dim: keep the first k components (before normalising): the model's dim or one of its
+            ``matryoshka_dims``.
+        precision: the OUTPUT quantization, as sentence-transformers: "float32", "int8", "uint8",
+            "binary", "ubinary" (postemb_rt.quantization; ranges calibrated once per model). The compute
+            precision is from_pretrained(precision=...).
+        convert_to_numpy / convert_to_tensor: numpy (default), one torch tensor, or (both False) a
+            list of 1-D torch tensors. device: None or the encoder's own. output_value: "sentence_embedding".
+        Returns float32 (len(texts), dim) in input order (quantized: int8/uint8 (n, dim), binary/ubinary
+        (n, ceil(dim / 8))); (dim,) for a single str; (0, dim) for an empty list.
         """
+        opts = eo.resolve(self, prompt_name=prompt_name, prompt=prompt, normalize=normalize,
+                          normalize_embeddings=normalize_embeddings, truncate_dim=truncate_dim, precision=precision,
+                          convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor, device=device,
+                          output_value=output_value, batch_size=batch_size)
         single = isinstance(texts, str)
-        texts = self._check_texts([texts] if single else texts)
+        texts = prompts.apply(self._check_texts([texts] if single else texts), opts.prompt)
         mode = lp.check_mode(long_posts or self.long_posts)
-        normalize = self.model.config.normalize if normalize is None else normalize
+        cut_dim = opts.dim < self.dim  # matryoshka prefix: raw vectors, sliced and normalised after
+        normalize = opts.normalize and not cut_dim
         start = time.perf_counter()
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         if not texts:
             self.last_stats = EncodeStats()
-            return out
+            return eo.finish(out[:, :opts.dim], opts, False)
         budget = max_batch_tokens or self.max_batch_tokens
         bar = None
+        if show_progress_bar is None:
+            show_progress_bar = log.getEffectiveLevel() in (logging.INFO, logging.DEBUG)  # sentence-transformers' rule
         if show_progress_bar:
             from tqdm.auto import tqdm
 
@@ -305,7 +328,22 @@ class Encoder:
             chunked=chunks.chunked if chunks is not None else 0,
             windows=len(chunks.windows) if chunks is not None else 0,
         )
-        return out[0] if single else out
+        if cut_dim:
+            out = eo.truncate(out, opts.dim, opts.normalize)
+        return eo.finish(out, opts, single)
+
+    def encode_query(self, texts, **kwargs):
+        """sentence-transformers' ``encode_query``: ``encode`` with the model's "query" prompt ("" if it
+        has none, which also skips the default prompt) unless ``prompt`` / ``prompt_name`` is given."""
+        if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None:
+            kwargs["prompt_name"] = "query"
+        return self.encode(texts, **kwargs)
+
+    def encode_document(self, texts, **kwargs):
+        """sentence-transformers' ``encode_document``: as ``encode_query`` with the "document" prompt."""
+        if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None:
+            kwargs["prompt_name"] = "document"
+        return self.encode(texts, **kwargs)
 
     def _embed_all(self, seqs: list[list[int]], batch_size: int, max_batch_tokens: int, normalize: bool, bar):
         """Token-id lists -> (float32 (len(seqs), dim) in their order, the batch plan)."""
@@ -358,19 +396,21 @@ class Encoder:
             return self._raw_batcher
 
     def submit(self, texts, timeout: float | None = None, truncate: bool = True,
-               long_posts: str | None = None) -> Future:
+               long_posts: str | None = None, prompt_name: str | None = None, prompt: str | None = None) -> Future:
         """Embed texts through the shared dynamic batcher; for many concurrent callers.
 
         texts: a str or a list of str (a few posts; big lists are better served by ``encode``).
         timeout: seconds; a request not computed by then fails with DeadlineExceededError.
         long_posts: "truncate" or "chunk" for this call (default: the encoder's).
+        prompt_name / prompt: as ``encode`` (default: the model's default prompt, if any).
         Returns a ``concurrent.futures.Future`` of float32 (len(texts), dim) in input order, or
         (dim,) for a single str; normalised as the model says (``encode``'s default). Tokenizes on
         the calling thread, never waits for the model. Raises at once: ValidationError,
         OverloadedError (queue full: retry later), BatcherClosedError (after ``close()``).
         """
         single = isinstance(texts, str)
-        texts = self._check_texts([texts] if single else texts)
+        text = prompts.resolve(self.model.config, prompt=prompt, prompt_name=prompt_name)
+        texts = prompts.apply(self._check_texts([texts] if single else texts), text)
         mode = lp.check_mode(long_posts or self.long_posts)
         if not texts:
             fut: Future = Future()
@@ -402,13 +442,14 @@ class Encoder:
         return out[0] if single else out
 
     async def aencode(self, texts, timeout: float | None = None, truncate: bool = True,
-                      long_posts: str | None = None) -> np.ndarray:
+                      long_posts: str | None = None, prompt_name: str | None = None,
+                      prompt: str | None = None) -> np.ndarray:
         """``await enc.aencode(texts)``: ``submit`` for asyncio; the event loop never blocks on
         the model (only tokenization of ``texts`` runs on the loop's thread)."""
         import asyncio
 
         return await asyncio.wrap_future(self.submit(texts, timeout=timeout, truncate=truncate,
-                                                     long_posts=long_posts))
+                                                     long_posts=long_posts, prompt_name=prompt_name, prompt=prompt))
 
     def close(self) -> None:
         """Drain and stop the batcher (if started), then release the backend."""

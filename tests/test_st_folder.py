@@ -182,11 +182,12 @@ def test_module_order_other_than_the_pipeline_is_refused(folders, tmp_path):
         Encoder.from_pretrained(d, backend="torch")
 
 
-def test_default_prompt_is_refused(folders, tmp_path):
+def test_default_prompt_loads_and_is_applied(folders, tmp_path):
+    """Prompts are honoured (tests/test_prompts.py): a folder with a default prompt loads."""
     d = _copy(folders, tmp_path)
     _edit(d / "config_sentence_transformers.json", prompts={"query": "query: "}, default_prompt_name="query")
-    with pytest.raises(ValidationError, match=r"default_prompt_name 'query'.*Fix:"):
-        Encoder.from_pretrained(d, backend="torch")
+    with Encoder.from_pretrained(d, backend="torch") as enc:
+        assert_parity(enc.encode(TEXTS[:4]), st_reference(d, TEXTS[:4]))
 
 
 def test_transformer_in_a_subfolder_loads(folders, tmp_path):

@@ -1,0 +1,109 @@
+"""``Encoder.encode``'s sentence-transformers keyword arguments: one rule each, checked in one place.
+
+``resolve`` turns a call's arguments into :class:`EncodeOptions` (or raises ValidationError
+naming the argument, the value and the fix); ``Encoder.encode`` embeds with them and ``finish``
+quantizes and converts. The rules (README "Encoding semantics"):
+
+- ``normalize_embeddings`` (sentence-transformers): True adds L2 normalisation; False (its
+  default) adds none, so the output is what the model's pipeline computes (unit rows for a model
+  that normalises), as in sentence-transformers. ``normalize`` (ours) forces True / False, None
+  = the model's. Both given and disagreeing (``normalize=False, normalize_embeddings=True``, or
+  ``normalize=True, normalize_embeddings=False``) is an error.
+- ``truncate_dim``: the model's dim, or a prefix it declares (``matryoshka_dims`` in
+  postemb.json); any other value is refused. The first ``truncate_dim`` components are kept
+  **before** normalisation and the prefix is normalised again (when the output is normalised),
+  so rows stay unit vectors: sentence-transformers with ``normalize_embeddings=True``; without
+  it, sentence-transformers slices after its Normalize module (rows shorter than 1, same cosines).
+- ``precision``: the output quantization (postemb_rt.quantization), not the compute precision.
+- ``device``: None, or the device the encoder was loaded on (an Encoder does not move).
+- ``output_value``: "sentence_embedding" only.
+- ``convert_to_tensor`` (a torch tensor) wins over ``convert_to_numpy`` (default: numpy); both
+  False gives a list of 1-D torch tensors, as in sentence-transformers.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import prompts, quantization
+from .errors import ValidationError
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    prompt: str  # prepended to every text ("" for none)
+    normalize: bool  # unit rows out
+    dim: int  # output components (truncate_dim)
+    precision: str  # output quantization (quantization.PRECISIONS)
+    ranges: np.ndarray | None  # int8 / uint8 calibration (quantization.ranges_for)
+    output: str  # "numpy" | "tensor" | "list"
+
+
+def _same_device(given: str, loaded: str) -> bool:
+    def norm(d: str) -> str:
+        return "cuda:0" if d == "cuda" else d
+
+    return norm(given) == norm(loaded)
+
+
+def resolve(encoder, *, prompt_name=None, prompt=None, normalize=None, normalize_embeddings=None, truncate_dim=None,
+            precision="float32", convert_to_numpy=True, convert_to_tensor=False, device=None,
+            output_value="sentence_embedding", batch_size=64) -> EncodeOptions:
+    """Check a call's arguments against ``encoder`` (see the module docstring)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValidationError(f"`batch_size` must be a positive int. Given: {batch_size!r}.")
+    if output_value != "sentence_embedding":
+        raise ValidationError(
+            f"`output_value` must be 'sentence_embedding': postemb_rt returns one vector per text. "
+            f"Given: {output_value!r}. Fix: drop it, or use sentence-transformers for token embeddings.")
+    if device is not None:
+        loaded = encoder.backend.device
+        if not isinstance(device, str) and type(device).__name__ == "device":  # a torch.device
+            device = str(device)
+        if not isinstance(device, str) or not _same_device(device, loaded):
+            raise ValidationError(
+                f"`device` must be None or the device this Encoder was loaded on ({loaded!r}): an Encoder does "
+                f"not move between devices, nor spread over several. Given: {device!r}. "
+                f"Fix: Encoder.from_pretrained(..., device={device!r}) (one Encoder per device).")
+    model = encoder.model.config
+    if normalize is not None and normalize_embeddings is not None and bool(normalize) != bool(normalize_embeddings):
+        raise ValidationError(
+            f"`normalize` and `normalize_embeddings` disagree: normalize={normalize!r}, "
+            f"normalize_embeddings={normalize_embeddings!r}. Fix: pass one of them (normalize_embeddings is "
+            "sentence-transformers' name; False there means 'as the model computes', not 'raw').")
+    if normalize is None:
+        normalize = True if normalize_embeddings else model.normalize
+    dims = sorted({*(model.matryoshka_dims or ()), encoder.dim})
+    k = encoder.dim if truncate_dim is None else truncate_dim
+    if isinstance(k, bool) or k not in dims:
+        raise ValidationError(
+            f"`truncate_dim` must be one of the dims this model was trained to embed in {dims} (its dim, and "
+            f"the matryoshka_dims of its postemb.json). Given: {truncate_dim!r}. Fix: use one of those.")
+    precision = quantization.check_precision(precision)
+    text = prompts.resolve(model, prompt=prompt, prompt_name=prompt_name)
+    ranges = (quantization.ranges_for(encoder, truncate_dim=k, normalize=bool(normalize))
+              if precision in ("int8", "uint8") else None)
+    output = "tensor" if convert_to_tensor else "numpy" if convert_to_numpy else "list"
+    return EncodeOptions(text, bool(normalize), k, precision, ranges, output)
+
+
+def truncate(vectors: np.ndarray, dim: int, normalize: bool) -> np.ndarray:
+    """float32 (n, D) pre-normalisation vectors -> (n, dim): the first ``dim`` components,
+    L2-normalised when ``normalize`` (a zero row stays zero, as torch's normalize with eps 1e-12)."""
+    out = np.ascontiguousarray(vectors[:, :dim])
+    if normalize:
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+    return out
+
+
+def finish(vectors: np.ndarray, opts: EncodeOptions, single: bool):
+    """(n, dim) float32 -> quantized and converted as ``opts`` says; row 0 alone for ``single``."""
+    out = quantization.quantize(vectors, opts.precision, opts.ranges)
+    if opts.output != "numpy":
+        import torch
+
+        out = torch.from_numpy(np.ascontiguousarray(out))
+        if opts.output == "list":
+            out = list(out)
+    return out[0] if single else out
