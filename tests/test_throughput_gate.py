@@ -1,0 +1,126 @@
+"""benchmarks/throughput_gate.py: the floor logic on fake timings, the path choice on fake CPU flags,
+and the real gate failing on a really slowed runtime."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import throughput_gate as gate
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ratio_per_round_is_baseline_over_row_and_the_median_is_gated():
+    seconds = {"sentence-transformers": [3.0, 3.0, 3.3], "auto": [2.0, 1.5, 1.1], "fastest": [1.0, 1.5, 1.1]}
+    v = gate.evaluate(seconds, {"auto": 0.9, "fastest": 1.5})
+    assert v["rows"]["auto"]["ratios"] == pytest.approx([1.5, 2.0, 3.0])
+    assert v["rows"]["auto"]["ratio"] == pytest.approx(2.0)
+    assert v["rows"]["fastest"]["ratio"] == pytest.approx(3.0)
+    assert v["passed"] and v["failures"] == []
+
+
+def test_one_noisy_round_does_not_fail_the_gate_but_a_slowed_runtime_does():
+    noisy = {"sentence-transformers": [3.0] * 5, "auto": [2.0, 2.0, 6.0, 2.0, 2.0], "fastest": [1.0] * 5}
+    assert gate.evaluate(noisy, gate.FLOORS)["passed"]
+    slowed = {"sentence-transformers": [3.0] * 5, "auto": [2.0] * 5, "fastest": [2.5, 2.4, 2.6, 1.0, 2.5]}
+    v = gate.evaluate(slowed, gate.FLOORS)
+    assert not v["passed"] and v["rows"]["auto"]["ok"] and not v["rows"]["fastest"]["ok"]
+    assert v["failures"] == ["fastest: median 1.20x sentence-transformers is below its floor 1.50x "
+                             "(rounds: 1.20, 1.25, 1.15, 3.00, 1.20)"]
+
+
+def test_a_ratio_exactly_at_the_floor_passes():
+    v = gate.evaluate({"sentence-transformers": [0.9], "auto": [1.0]}, {"auto": 0.9})
+    assert v["rows"]["auto"]["ratio"] == pytest.approx(0.9) and v["passed"]
+
+
+@pytest.mark.parametrize("seconds, floors, match", [
+    ({"auto": [1.0]}, {"auto": 0.9}, r"`seconds` must hold the baseline row 'sentence-transformers'"),
+    ({"sentence-transformers": [1.0, 1.0], "auto": [1.0]}, {"auto": 0.9},
+     r"`seconds\['auto'\]` must have one time per round, as the baseline \(2\). Given: 1"),
+    ({"sentence-transformers": [1.0], "fastest": [1.0]}, {"auto": 0.9}, r"Missing: 'fastest'"),
+])
+def test_evaluate_rejects_mismatched_input_naming_it(seconds, floors, match):
+    with pytest.raises(ValueError, match=match):
+        gate.evaluate(seconds, floors)
+
+
+@pytest.mark.parametrize("flags, provider", [
+    ({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8"}, "auto:bf16"),  # Intel AMX generation
+    ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "auto:bf16"),  # AMD Zen 4/5
+    ({"avx2", "avx512f", "avx512_vnni"}, "auto:int8"),  # Cascade/Ice Lake
+    ({"avx2"}, "auto:int8"),  # AVX2 only
+])
+def test_fastest_path_is_bf16_where_the_cpu_computes_it_natively_else_int8(flags, provider):
+    got, why = gate.fastest_provider(flags)
+    assert got == provider and why.startswith(provider.split(":")[1])
+
+
+def test_rounds_are_interleaved_with_the_first_row_rotating():
+    calls = []
+
+    def fake(name):
+        def encode(texts):
+            calls.append(name)
+            return np.ones((len(texts), 4), np.float32) / 2
+        return encode
+
+    encoders = {n: fake(n) for n in ("sentence-transformers", "auto", "fastest")}
+    seconds, outs = gate.interleaved_seconds(encoders, ["a", "b"], rounds=4)
+    assert calls == ["sentence-transformers", "auto", "fastest", "auto", "fastest", "sentence-transformers",
+                     "fastest", "sentence-transformers", "auto", "sentence-transformers", "auto", "fastest"]
+    assert {n: len(s) for n, s in seconds.items()} == {n: 4 for n in encoders}
+    assert all(t > 0 for s in seconds.values() for t in s) and outs["auto"].shape == (2, 4)
+
+
+def test_table_names_the_machine_and_marks_a_row_below_its_floor():
+    verdict = gate.evaluate({"sentence-transformers": [2.0], "auto": [1.0], "fastest": [2.0]}, gate.FLOORS)
+    for name, row in verdict["rows"].items():
+        row.update(what=name, seconds=[1.0], posts_per_s=100.0, min_cos_vs_baseline=0.99999)
+    report = {"date": "2026-12-03 23:00 UTC", "cpu": "Fake CPU", "cpus": 2, "flags": ["avx2", "amx_bf16"],
+              "load_start": (0.5, 0.4, 0.3), "load_end": (0.7, 0.5, 0.3), "posts": 10, "rounds": 1,
+              "baseline": {"what": "ST", "posts_per_s": 50.0}, **verdict}
+    lines = gate.table(report)
+    assert lines[0].startswith("# throughput gate | 2026-12-03 23:00 UTC | Fake CPU | 2 CPUs | flags: avx2 amx_bf16 "
+                               "| load (1 min) before/after 0.50/0.70")
+    assert any(line.startswith("| auto |") and line.endswith("| ok |") for line in lines)
+    assert any(line.startswith("| fastest |") and "BELOW FLOOR" in line for line in lines)
+    assert lines[-1].startswith("FAIL: fastest: median 1.00x") and not any("WARNING" in line for line in lines)
+    loaded = dict(report, load_end=(5.5, 3.0, 1.0))
+    assert gate.overloaded(loaded) and not gate.overloaded(report)
+    assert any(line.startswith("WARNING: other processes load this machine (1-min load 0.50 before, 5.50 after, "
+                               "on 2 CPUs)") for line in gate.table(loaded))
+
+
+def test_the_real_gate_fails_when_our_runtime_is_slowed(tmp_path):
+    """The gate itself, end to end, with our rows really slowed: one intra-op thread and fp32 on the
+    "fastest" row (against sentence-transformers on every core). Exits 1 and says which row."""
+    from postemb_rt.data import data_root
+
+    if data_root(required=False) is None:
+        pytest.skip("shared data not found (set POSTEMB_DATA): the gate's workload is the shared short posts")
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs 2 cores: one thread for our runtime against all of them for sentence-transformers")
+    out = tmp_path / "gate.json"
+    r = subprocess.run([sys.executable, "benchmarks/throughput_gate.py", "--n", "64", "--rounds", "3",
+                        "--fastest", "onnxruntime:fp32", "--ours-threads", "1", "--json", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+    print(r.stdout[-3000:], r.stderr[-3000:])
+    assert r.returncode in (0, 1), r.stdout + r.stderr
+    report = json.loads(out.read_text())
+    if r.returncode == 0 and gate.overloaded(report):
+        # Seen on a 2-core machine shared by several sessions (load 5-7): sentence-transformers' two
+        # threads ran at 1/12 of their idle speed, our one thread at 1/2, and every ratio rose 4x.
+        # CI runs this alone; on a loaded machine the test cannot judge the gate.
+        pytest.skip(f"machine loaded by other processes (load {report['load_start'][0]:.1f} -> "
+                    f"{report['load_end'][0]:.1f} on {report['cpus']} CPUs): the ratios are not reliable")
+    assert r.returncode == 1, r.stdout + r.stderr
+    fastest = report["rows"]["fastest"]
+    assert not report["passed"] and not fastest["ok"] and fastest["ratio"] < gate.FLOORS["fastest"]
+    assert fastest["what"] == "onnxruntime:fp32" and fastest["why"] == "forced by --fastest"
+    assert report["threads_env"] == "1" and len(fastest["ratios"]) == 3
+    assert "FAIL: fastest: median" in r.stdout and "| fastest |" in r.stdout
