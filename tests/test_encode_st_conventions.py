@@ -1,0 +1,220 @@
+"""``Encoder.encode`` with sentence-transformers' keyword arguments (postemb_rt.encode_options):
+each keyword with ST's meaning and numbers, and each conflict rule's error."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from postemb_rt import Encoder, ValidationError, quantization
+from postemb_rt.data import BUILTIN_POSTS
+from tests.conftest import SAMPLE_TEXTS, assert_exact
+from tests.st_models import build_st_folder
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sentence_transformers")
+
+TEXTS = list(SAMPLE_TEXTS) + list(BUILTIN_POSTS[:6])
+MRL = [8, 16]  # matryoshka_dims of the postemb.json model below (dim 32)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """A normalising and a raw sentence-transformers folder (dim 32), and a postemb.json model of the
+    first's encoder (mean pooling, normalised) declaring matryoshka_dims."""
+    root = tmp_path_factory.mktemp("stconv")
+    norm = build_st_folder(root / "norm")
+    raw = build_st_folder(root / "raw", normalize=False)
+    mrl = Path(shutil.copytree(norm, root / "mrl"))
+    (mrl / "postemb.json").write_text(json.dumps(dict(model_version="tiny-mrl", hidden_size=32, pooling="mean",
+                                                      max_length=64, encoder=".", matryoshka_dims=MRL)))
+    return {"norm": norm, "raw": raw, "mrl": mrl}
+
+
+@pytest.fixture(scope="module")
+def st(folders):
+    from sentence_transformers import SentenceTransformer
+
+    return {k: SentenceTransformer(str(folders[k]), device="cpu") for k in ("norm", "raw")}
+
+
+@pytest.fixture(scope="module")
+def enc(folders):
+    with Encoder.from_pretrained(folders["norm"], backend="torch") as e:
+        yield e
+
+
+@pytest.fixture(scope="module")
+def raw(folders):
+    with Encoder.from_pretrained(folders["raw"], backend="torch") as e:
+        yield e
+
+
+@pytest.fixture(scope="module")
+def mrl(folders):
+    with Encoder.from_pretrained(folders["mrl"], backend="torch") as e:
+        yield e
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("POSTEMB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+# -- normalize_embeddings -------------------------------------------------------------------
+@pytest.mark.parametrize("flag", [True, False])
+@pytest.mark.parametrize("name", ["norm", "raw"])
+def test_normalize_embeddings_matches_sentence_transformers(enc, raw, st, name, flag):
+    """True adds normalisation; False adds none: a folder with Normalize still gives unit rows."""
+    e = enc if name == "norm" else raw
+    assert_exact(e.encode(TEXTS, normalize_embeddings=flag), st[name].encode(TEXTS, normalize_embeddings=flag))
+
+
+def test_normalize_and_normalize_embeddings_that_disagree_are_refused(enc):
+    for a, b in ((False, True), (True, False)):
+        with pytest.raises(ValidationError, match=r"`normalize` and `normalize_embeddings` disagree.*Fix:"):
+            enc.encode(TEXTS[:2], normalize=a, normalize_embeddings=b)
+    assert_exact(enc.encode(TEXTS[:2], normalize=True, normalize_embeddings=True), enc.encode(TEXTS[:2]))
+
+
+# -- truncate_dim ---------------------------------------------------------------------------
+@pytest.mark.parametrize("k", MRL)
+def test_truncate_dim_is_the_normalised_prefix_as_sentence_transformers(mrl, st, k):
+    """First k components before normalisation, normalised again: ST with normalize_embeddings=True."""
+    got = mrl.encode(TEXTS, truncate_dim=k)
+    assert got.shape == (len(TEXTS), k)
+    assert_exact(got, st["norm"].encode(TEXTS, truncate_dim=k, normalize_embeddings=True))
+    assert_exact(mrl.encode(TEXTS, truncate_dim=k, normalize=False), mrl.encode(TEXTS, normalize=False)[:, :k])
+    assert mrl.encode(TEXTS[0], truncate_dim=k).shape == (k,) and mrl.encode([], truncate_dim=k).shape == (0, k)
+
+
+def test_truncate_dim_in_chunk_mode_cuts_the_combined_vector(mrl):
+    long = " ".join(BUILTIN_POSTS)
+    got = mrl.encode([long, "hi"], truncate_dim=8, long_posts="chunk")
+    full = mrl.encode([long, "hi"], normalize=False, long_posts="chunk")[:, :8]
+    assert_exact(got, full / np.linalg.norm(full, axis=1, keepdims=True))
+
+
+def test_truncate_dim_the_model_does_not_declare_is_refused(enc, mrl):
+    assert_exact(enc.encode(TEXTS[:2], truncate_dim=32), enc.encode(TEXTS[:2]))
+    with pytest.raises(ValidationError, match=r"`truncate_dim` must be one of .* \[32\].*Given: 16. Fix:"):
+        enc.encode(TEXTS[:2], truncate_dim=16)
+    with pytest.raises(ValidationError, match=r"one of .* \[8, 16, 32\].*Given: 12"):
+        mrl.encode(TEXTS[:2], truncate_dim=12)
+
+
+def test_matryoshka_dims_must_be_prefixes(folders, tmp_path):
+    d = Path(shutil.copytree(folders["mrl"], tmp_path / "bad"))
+    cfg = json.loads((d / "postemb.json").read_text())
+    (d / "postemb.json").write_text(json.dumps({**cfg, "matryoshka_dims": [8, 32]}))
+    with pytest.raises(ValidationError, match=r"`matryoshka_dims` in .* between 1 and dim - 1 \(31\). Given: \[8, 32\]"):
+        Encoder.from_pretrained(d, backend="torch", warmup=False)
+
+
+# -- precision: output quantization -----------------------------------------------------------
+@pytest.mark.parametrize("precision", ["binary", "ubinary"])
+def test_binary_precisions_match_sentence_transformers(enc, st, precision):
+    from sentence_transformers import quantize_embeddings
+
+    got = enc.encode(TEXTS, precision=precision)
+    assert got.shape == (len(TEXTS), 4) and got.dtype == (np.int8 if precision == "binary" else np.uint8)
+    np.testing.assert_array_equal(got, quantize_embeddings(enc.encode(TEXTS), precision=precision))
+    want = st["norm"].encode(TEXTS, precision=precision)
+    assert (got == want).mean() > 0.99  # equal but where a component is within float error of 0
+
+
+@pytest.mark.parametrize("precision", ["int8", "uint8"])
+def test_scalar_precisions_use_the_models_cached_ranges(enc, precision):
+    from sentence_transformers import quantize_embeddings
+
+    ranges = quantization.ranges_for(enc)
+    floats = enc.encode(BUILTIN_POSTS)
+    np.testing.assert_allclose(ranges, [floats.min(0), floats.max(0)], atol=1e-6)  # calibrated on the built-in posts
+    got = enc.encode(TEXTS, precision=precision)
+    assert got.dtype == np.dtype(precision) and got.shape == (len(TEXTS), 32)
+    np.testing.assert_array_equal(got, quantize_embeddings(enc.encode(TEXTS), precision=precision, ranges=ranges))
+    # a text's bytes do not depend on what it is batched with (ST calibrates on the batch: they would)
+    np.testing.assert_array_equal(enc.encode(TEXTS[3], precision=precision), got[3])
+    assert enc.encode([], precision=precision).shape == (0, 32)
+
+
+def test_ranges_are_stored_once_per_model_and_read_back(enc, mrl, tmp_path, monkeypatch):
+    monkeypatch.setenv("POSTEMB_CACHE", str(tmp_path))
+    monkeypatch.setattr(quantization, "_RANGES", {})
+    a = quantization.ranges_for(enc)
+    files = list((tmp_path / "quantization").glob("*.json"))
+    assert len(files) == 1 and json.loads(files[0].read_text())["posts"] == len(BUILTIN_POSTS)
+    monkeypatch.setattr(quantization, "_RANGES", {})
+    monkeypatch.setattr(enc, "encode", None)  # read from the cache, not computed again
+    np.testing.assert_array_equal(quantization.ranges_for(enc), a)
+    assert quantization.ranges_for(mrl, truncate_dim=8).shape == (2, 8)  # one entry per truncate_dim
+    assert len(list((tmp_path / "quantization").glob("*.json"))) == 2
+
+
+def test_compute_precisions_are_refused_with_a_pointer_to_from_pretrained(enc):
+    for p in ("fp32", "bf16", "fp16"):
+        with pytest.raises(ValidationError, match=rf"output quantization.*Given: '{p}'. '{p}' is a compute precision: "
+                                                  rf"Encoder.from_pretrained\(..., precision='{p}'\)"):
+            enc.encode(TEXTS[:2], precision=p)
+    with pytest.raises(ValidationError, match=r"one of \('float32', 'int8', 'uint8', 'binary', 'ubinary'\)"):
+        enc.encode(TEXTS[:2], precision="int4")
+
+
+def test_quantize_without_ranges_is_refused():
+    with pytest.raises(ValidationError, match=r"`ranges` for int8 must be float32 \(2, 4\).*Fix: quantization.ranges_for"):
+        quantization.quantize(np.ones((3, 4), np.float32), "int8")
+
+
+# -- output types, device, output_value, batch_size, progress bar -------------------------------
+def test_convert_to_tensor_and_numpy_as_sentence_transformers(enc, st):
+    want = enc.encode(TEXTS)
+    t = enc.encode(TEXTS, convert_to_tensor=True)
+    assert isinstance(t, torch.Tensor) and t.shape == (len(TEXTS), 32)
+    assert_exact(t.numpy(), want)
+    assert isinstance(enc.encode(TEXTS, convert_to_tensor=True, convert_to_numpy=True), torch.Tensor)  # tensor wins
+    as_list = enc.encode(TEXTS, convert_to_numpy=False)
+    ref = st["norm"].encode(TEXTS, convert_to_numpy=False)
+    assert isinstance(as_list, list) and len(as_list) == len(ref) and as_list[0].shape == ref[0].shape == (32,)
+    one = enc.encode(TEXTS[0], convert_to_tensor=True)
+    assert isinstance(one, torch.Tensor) and one.shape == (32,)
+    q = enc.encode(TEXTS, convert_to_tensor=True, precision="ubinary")
+    assert q.dtype == torch.uint8 and q.shape == (len(TEXTS), 4)
+
+
+def test_device_must_be_the_encoders_own(enc):
+    assert_exact(enc.encode(TEXTS[:2], device="cpu"), enc.encode(TEXTS[:2]))
+    assert_exact(enc.encode(TEXTS[:2], device=torch.device("cpu")), enc.encode(TEXTS[:2]))
+    for d in ("cuda", "cuda:1", ["cpu", "cpu"]):
+        with pytest.raises(ValidationError, match=r"`device` must be None or the device this Encoder was loaded on "
+                                                  r"\('cpu'\).*Fix: Encoder.from_pretrained\(..., device="):
+            enc.encode(TEXTS[:2], device=d)
+
+
+def test_output_value_other_than_sentence_embedding_is_refused(enc):
+    for v in ("token_embeddings", None):
+        with pytest.raises(ValidationError, match=r"`output_value` must be 'sentence_embedding'.*Fix:"):
+            enc.encode(TEXTS[:2], output_value=v)
+
+
+def test_batch_size_must_be_positive(enc):
+    for b in (0, -1, 2.5, True):
+        with pytest.raises(ValidationError, match=r"`batch_size` must be a positive int"):
+            enc.encode(TEXTS[:2], batch_size=b)
+    assert_exact(enc.encode(TEXTS, batch_size=1), enc.encode(TEXTS, batch_size=32))  # ST's default, same vectors
+
+
+def test_show_progress_bar_none_follows_the_log_level(enc, capsys):
+    import logging
+
+    log = logging.getLogger("postemb_rt")
+    old = log.level
+    try:
+        log.setLevel(logging.WARNING)
+        enc.encode(TEXTS[:2], show_progress_bar=None)
+        assert "post" not in capsys.readouterr().err
+        log.setLevel(logging.INFO)
+        enc.encode(TEXTS[:2], show_progress_bar=None)
+        assert "encode" in capsys.readouterr().err
+    finally:
+        log.setLevel(old)
