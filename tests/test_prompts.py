@@ -136,3 +136,28 @@ def test_pooling_without_the_prompt_is_refused_where_a_prompt_applies(folder, tm
         with pytest.raises(ValidationError, match=r"include_prompt: false.*Given prompt: 'query: '. Fix:"):
             e.encode(TEXTS[:2], prompt_name="query")
         e.encode(TEXTS[:2], prompt_name="document")  # empty: nothing to leave out
+
+
+def test_lowercasing_folder_lowercases_the_prompt_too(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    d = build_st_folder(tmp_path / "lower", do_lower_case=True, normalize=False)
+    _edit(d / "config_sentence_transformers.json", prompts={"query": "Query: "}, default_prompt_name="query")
+    with Encoder.from_pretrained(d, backend="torch") as e:
+        assert_exact(e.encode(TEXTS), SentenceTransformer(str(d), device="cpu").encode(TEXTS))
+
+
+def test_postemb_json_prompts(folder, tmp_path):
+    """The same keys in postemb.json; unset, they stay out of the file (fingerprints of older models unchanged)."""
+    from postemb_rt.model_dir import PostEmbConfig
+
+    d = Path(shutil.copytree(folder, tmp_path / "md"))
+    cfg = dict(model_version="tiny-prompts", hidden_size=32, pooling="mean", max_length=64, encoder=".")
+    assert "prompts" not in json.loads(PostEmbConfig(**cfg).to_json())
+    (d / "postemb.json").write_text(json.dumps({**cfg, "prompts": {"query": "q: "}, "default_prompt_name": "query"}))
+    with Encoder.from_pretrained(d, backend="torch") as e:
+        assert json.loads(e.model.config.to_json())["prompts"] == {"query": "q: "}
+        assert_exact(e.encode(TEXTS[:4]), e.encode(["q: " + t for t in TEXTS[:4]], prompt=""))
+    (d / "postemb.json").write_text(json.dumps({**cfg, "prompts": {"query": 3}}))
+    with pytest.raises(ValidationError, match=r"`prompts` in .*postemb.json must be a mapping of prompt name to text"):
+        Encoder.from_pretrained(d, backend="torch", warmup=False)
