@@ -12,13 +12,13 @@ import numpy as np
 
 from . import backends, encode_options as eo, fidelity, long_posts as lp, native, prompts
 from .batching import DynamicBatcher, padding_ratio, plan_batches
-from .errors import BatcherClosedError, FidelityError, ValidationError
+from .errors import BackendUnavailableError, BatcherClosedError, FidelityError, ValidationError
 from .fidelity import Fidelity
 from .model_dir import ModelDir, resolve
 from .tokenization import PostTokenizer
 
 log = logging.getLogger("postemb_rt")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "auto")
 CPU_FAST = ("bf16", "int8")  # CPU precisions gated by measured fidelity (postemb_rt.fidelity)
 
 
@@ -89,6 +89,7 @@ class Encoder:
         self._batcher_lock = threading.Lock()
         self._batcher_closed = False
         self.fidelity: Fidelity | None = None  # measured fidelity of a fast CPU precision to fp32
+        self.precision_reason = "asked for"  # precision="auto": which precisions were tried and why
 
     @classmethod
     def from_pretrained(cls, name_or_path="default", backend: str = "auto", device: str = "auto",
@@ -102,10 +103,14 @@ class Encoder:
         backend: "auto" (fastest exact backend available; logged and in ``describe()``),
             "torch", "onnxruntime" or "tensorrt" (a directory built by export/build_engine.py).
         device: "auto", "cpu" or "cuda[:N]".
-        precision: "fp32" (exact). On CPU also "bf16" (torch, oneDNN) and "int8" (onnxruntime,
-            quantized on first use), each offered only when its fidelity to fp32, measured on
-            real posts on first use and cached, clears postemb_rt.fidelity.THRESHOLDS (else
-            FidelityError). On CUDA "fp16" / "bf16" (torch, or a tensorrt engine built so).
+        precision: "fp32" (exact, the default). On CPU also "bf16" (OpenVINO or torch, native bf16
+            CPUs) and "int8" (onnxruntime, quantized on first use), each offered only when its
+            fidelity to fp32, measured on real posts on first use and cached, clears
+            postemb_rt.fidelity.THRESHOLDS (else FidelityError). On CUDA "fp16" / "bf16" (torch,
+            or a tensorrt engine built so). "auto": the fastest precision that clears the bar on
+            this CPU (backends.precision_candidates: bf16 where the CPU has it natively, else
+            int8, else fp32); ``describe()["precision_reason"]`` says which ran and why. The
+            vectors' version says the precision (``vector_version``).
         max_length: tokens per post after truncation (default: the model's, 256).
         max_batch_tokens: padded tokens per batch (rows x longest row); default: the backend's.
         long_posts: "truncate" (cut posts at max_length) or "chunk" (embed the whole post as windows
@@ -122,6 +127,31 @@ class Encoder:
                 f"`max_length` must be between 2 and the model's max_length ({md.config.max_length}). "
                 f"Given: {max_length}."
             )
+        options = dict(max_length=max_length, max_batch_tokens=max_batch_tokens, warmup=warmup,
+                       long_posts=long_posts, chunk_overlap=chunk_overlap, max_chunks=max_chunks)
+        if precision != "auto":
+            return cls._load(md, backend, device, precision, "asked for", **options)
+        candidates, why = backends.precision_candidates(md, device, backend)
+        tried = []
+        for p in candidates:
+            try:
+                enc = cls._load(md, backend, device, p, why + (f"; not offered here: {'; '.join(tried)}" if tried else ""),
+                                **options)
+            except (FidelityError, BackendUnavailableError) as e:
+                if p == candidates[-1]:
+                    raise
+                tried.append(f"{p} ({type(e).__name__}: {e})")
+                log.warning("precision='auto': %s is not offered here (%s); trying %s", p, e,
+                            candidates[candidates.index(p) + 1])
+                continue
+            log.info("precision='auto' chose %r on backend %r: %s", p, enc.backend.name, enc.precision_reason)
+            return enc
+        raise AssertionError("unreachable: the last candidate returns or raises")
+
+    @classmethod
+    def _load(cls, md: ModelDir, backend: str, device: str, precision: str, precision_reason: str, *,
+              max_length, max_batch_tokens, warmup, long_posts, chunk_overlap, max_chunks) -> "Encoder":
+        """One (backend, precision) on ``device``: build, warm up, gate a fast CPU precision by fidelity."""
         if backend == "auto":
             name, reason = backends.choose(md, device, precision)
             log.info("backend='auto' chose %r: %s", name, reason)
@@ -134,6 +164,7 @@ class Encoder:
         except BaseException:
             impl.close()
             raise
+        enc.precision_reason = precision_reason
         if warmup:
             impl.warmup(enc.tokenizer(["warm up"]).ids[0])
         if precision in CPU_FAST and device == "cpu":
@@ -165,7 +196,8 @@ class Encoder:
             texts, source = fidelity.posts()
             artefact = onnx_md.path.name if onnx_md is not None else ""  # the int8 cache entry names its recipe
             key = (f"{self.model_version}-{self.model.fingerprint}-{backend_name}-{precision}-{artefact}-"
-                   f"{fidelity.texts_key(texts)}-postemb{v('postemb_rt')}-torch{v('torch')}-ort{v('onnxruntime')}")
+                   f"{fidelity.texts_key(texts)}-postemb{v('postemb_rt')}-torch{v('torch')}-ort{v('onnxruntime')}"
+                   f"-ov{v('openvino')}")
 
             def measure() -> Fidelity:
                 log.warning("measuring the fidelity of %s to fp32 on %d posts on first use (once; cached)",
@@ -222,6 +254,7 @@ class Encoder:
             "max_batch_tokens": self.max_batch_tokens,
             **self.backend.describe(),
             "backend_reason": self.backend_reason,
+            "precision_reason": self.precision_reason,
             "fidelity": (self.fidelity.to_dict() if self.fidelity is not None
                          else "exact (float32)" if self.backend.precision == "fp32"
                          else "not measured at load (GPU precisions: benchmarks/gpu_suite.py)"),

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from postemb_rt import Encoder, FidelityError, ValidationError, fidelity
+from postemb_rt import BackendUnavailableError, Encoder, FidelityError, ValidationError, fidelity
 from tests.conftest import EXACT_ATOL, EXACT_COS, assert_exact, cosines, exact_errors
 
 OPENERS = ["Excited to share", "Hot take:", "Lessons learned from", "Why I stopped", "Announcing",
@@ -67,10 +67,52 @@ def test_int8_on_onnxruntime_is_measured_cached_and_described(base_onnx):
     assert base_onnx.describe()["fidelity"] == "exact (float32)"
 
 
-def test_bf16_on_torch_cpu_keeps_the_embedding(base_torch):
-    enc = Encoder.from_pretrained("base", precision="bf16")
-    assert enc.describe()["backend"] == "torch" and enc.describe()["fidelity"]["min_cos"] >= 0.99
+@pytest.mark.parametrize("backend", ["torch", "openvino"])
+def test_bf16_on_cpu_keeps_the_embedding(base_torch, backend):
+    from postemb_rt.backends import cpu_native_bf16
+
+    if backend == "openvino" and not cpu_native_bf16():
+        with pytest.raises(BackendUnavailableError, match="needs a CPU with native bf16"):
+            Encoder.from_pretrained("base", backend=backend, precision="bf16")
+        return
+    enc = Encoder.from_pretrained("base", backend=backend, precision="bf16")
+    assert enc.describe()["backend"] == backend and enc.describe()["fidelity"]["min_cos"] >= 0.99
+    assert enc.vector_version == "all-MiniLM-L6-v2+bf16"
     assert cosines(enc.encode(CORPUS[:20]), base_torch.encode(CORPUS[:20])).min() >= 0.99
+
+
+def _fake_cpu(monkeypatch, native_bf16: bool):
+    from postemb_rt import backends
+
+    monkeypatch.setattr(backends, "cpu_native_bf16", lambda: native_bf16)
+
+
+@pytest.mark.parametrize("native_bf16,expected", [(True, ["bf16", "int8", "fp32"]), (False, ["int8", "fp32"])])
+def test_auto_precision_tries_native_bf16_first_then_int8_then_fp32(monkeypatch, native_bf16, expected):
+    from postemb_rt import backends
+    from postemb_rt.model_dir import resolve
+
+    _fake_cpu(monkeypatch, native_bf16)
+    got, why = backends.precision_candidates(resolve("base"), "cpu")
+    assert got == expected and "fidelity bar" in why
+    assert backends.precision_candidates(resolve("base"), "cpu", backend="onnxruntime")[0] == ["int8", "fp32"]
+    assert backends.precision_candidates(resolve("base"), "cpu", backend="torch")[0] == expected[:1] * native_bf16 + ["fp32"]
+    assert backends.precision_candidates(resolve("base"), "cuda")[0] == ["fp32"]
+
+
+def test_auto_precision_loads_the_first_that_clears_the_bar_and_says_why(monkeypatch):
+    _fake_cpu(monkeypatch, False)  # int8 first, on every CPU
+    enc = Encoder.from_pretrained("base", precision="auto")
+    info = enc.describe()
+    assert (info["backend"], info["precision"]) == ("onnxruntime", "int8")
+    assert "no native bf16" in info["precision_reason"] and info["vector_version"] == "all-MiniLM-L6-v2+int8"
+    monkeypatch.setitem(fidelity.THRESHOLDS, "mean_cos", 1.5)  # no fast precision can clear it now
+    enc = Encoder.from_pretrained("base", precision="auto")
+    info = enc.describe()
+    assert info["precision"] == "fp32" and info["fidelity"] == "exact (float32)"
+    assert "not offered here: int8 (FidelityError" in info["precision_reason"]
+    assert info["vector_version"] == "all-MiniLM-L6-v2"
+    assert Encoder.from_pretrained("base").describe()["precision_reason"] == "asked for"
 
 
 def test_the_exact_bar_catches_a_model_silently_running_in_bf16(base_torch):
@@ -95,7 +137,7 @@ def test_a_precision_below_the_bar_is_refused(monkeypatch):
 def test_precisions_on_the_wrong_backend_say_where_they_run():
     with pytest.raises(ValidationError, match="int8 runs on backend='onnxruntime'"):
         Encoder.from_pretrained("base", backend="torch", precision="int8")
-    with pytest.raises(ValidationError, match="bf16 runs on backend='torch'"):
+    with pytest.raises(ValidationError, match="bf16 runs on backend='openvino' or 'torch'"):
         Encoder.from_pretrained("base", backend="onnxruntime", precision="bf16")
 
 

@@ -36,27 +36,77 @@ def backend_class(name: str):
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
+def _has(package: str) -> bool:
+    return importlib.util.find_spec(package) is not None
+
+
+def cpu_native_bf16() -> bool:
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX), as oneDNN sees it."""
+    if _has("openvino"):
+        from .openvino_backend import native_bf16
+
+        return native_bf16()
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def choose(model: ModelDir, device: str, precision: str = "fp32") -> tuple[str, str]:
     """backend="auto": (name, why). The fastest backend that can run this model at ``precision``
-    here (for fp32: the fastest exact one)."""
-    has_ort = importlib.util.find_spec("onnxruntime") is not None
+    here (for fp32: the fastest exact one). The ranking is measured (benchmarks/RESULTS.md,
+    "Every x86 server CPU"): OpenVINO's CPU plugin ran our exported graph faster than onnxruntime
+    in float32 and faster than torch in bf16 on AMD Zen 5 and Intel Xeon (AMX) alike."""
+    has_ort, has_ov = _has("onnxruntime"), _has("openvino")
+    cpu = not device.startswith("cuda")
     if precision == "int8":
         if not has_ort:
             raise BackendUnavailableError("`precision` 'int8' runs on onnxruntime, which is not installed. "
                                           "Fix: pip install onnxruntime onnx")
         return "onnxruntime", "precision int8 runs on onnxruntime (dynamic int8 quantization)"
-    if precision == "bf16" and not device.startswith("cuda"):
-        return "torch", "precision bf16 on CPU runs on torch (oneDNN bf16)"
+    if precision == "bf16" and cpu:
+        if has_ov and has_ort and cpu_native_bf16():
+            return "openvino", "precision bf16 on CPU: OpenVINO (native bf16 here; faster than torch, RESULTS.md)"
+        return "torch", ("precision bf16 on CPU runs on torch (oneDNN bf16)" + ("" if has_ov else
+                         "; openvino, the faster bf16 backend, is not installed"))
     if model.encoder_path is None:
         if not has_ort:
             raise BackendUnavailableError(
                 f"`{model.path}` holds only an ONNX model and onnxruntime is not installed. "
                 "Fix: pip install onnxruntime"
             )
+        if has_ov and model.config.precision == "fp32":
+            return "openvino", "the model directory holds only an ONNX model; OpenVINO runs it fastest (exact f32)"
         return "onnxruntime", "the model directory holds only an ONNX model"
-    if device.startswith("cuda"):
+    if not cpu:
         return "torch", "CUDA device: the torch backend runs the GPU path"
+    if has_ov and has_ort:  # the export needs onnxruntime's optimizer
+        return "openvino", ("fastest exact CPU backend: our ONNX export on OpenVINO at f32 (RESULTS.md, "
+                            "'Every x86 server CPU'); pooling inside the graph")
     if has_ort:
-        return "onnxruntime", ("fastest exact CPU backend (see benchmarks/RESULTS.md); pooling as the export "
-                               "says (onnx_export.DEFAULT_POOLING, the faster on CPU)")
+        return "onnxruntime", ("fastest exact CPU backend installed (see benchmarks/RESULTS.md); pooling as the "
+                               "export says (onnx_export.DEFAULT_POOLING, the faster on CPU)")
     return "torch", "onnxruntime is not installed"
+
+
+def precision_candidates(model: ModelDir, device: str, backend: str = "auto") -> tuple[list[str], str]:
+    """precision="auto": (the precisions to try, fastest first, each gated by the fidelity bar at
+    load; why). On CPU: bf16 where the CPU has native bf16 (AVX512-BF16 or AMX), then int8
+    (onnxruntime), then fp32. On CUDA: fp32 (the fast CUDA precisions are not fidelity-gated at
+    load; ask for fp16 / bf16 by name). ``backend`` narrows the list to what that backend runs."""
+    if device.startswith("cuda"):
+        return ["fp32"], "CUDA: fast precisions are not fidelity-gated at load; ask for fp16/bf16 by name"
+    if model.encoder_path is None and model.config.precision != "fp32":
+        return [model.config.precision], f"the model directory holds only a {model.config.precision} ONNX model"
+    offers = {"torch": ("bf16", "fp32"), "openvino": ("bf16", "fp32"), "onnxruntime": ("int8", "fp32"),
+              "tensorrt": ("fp32",)}
+    out, why = [], []
+    if cpu_native_bf16():
+        out.append("bf16")
+        why.append("this CPU has native bf16 (AVX512-BF16 or AMX): bf16 first")
+    else:
+        why.append("no native bf16 on this CPU (oneDNN would emulate it): bf16 skipped")
+    out += ["int8", "fp32"]
+    if backend != "auto":
+        out = [p for p in out if p in offers.get(backend, ("fp32",))]
+        why.append(f"backend {backend!r} runs {', '.join(out)}")
+    return out, "; ".join(why) + "; each must clear the fidelity bar (postemb_rt.fidelity), else the next"

@@ -51,7 +51,7 @@ class OnnxBackend(Backend):
 
         if precision not in PRECISIONS:
             raise ValidationError(f"`precision` for the onnxruntime backend must be one of {PRECISIONS}. Given: "
-                                  f"{precision!r}. Fix: fp16 is CUDA-only; bf16 runs on backend='torch'.")
+                                  f"{precision!r}. Fix: fp16 is CUDA-only; bf16 runs on backend='openvino' or 'torch'.")
         super().__init__(model, device, precision)
         onnx_md = model
         if model.onnx_path is None:
