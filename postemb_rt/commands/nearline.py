@@ -14,6 +14,8 @@ import os
 import signal
 import sys
 
+from ..nearline.worker import DEFAULT_MODEL_TIMEOUT_S, EXIT_MODEL_TIMEOUT
+
 log = logging.getLogger("postemb_rt.nearline")
 
 
@@ -21,8 +23,12 @@ def register(subparsers) -> None:
     p = subparsers.add_parser(
         "nearline", help="near-line worker: posts stream -> embeddings store (Redis Streams)",
         description="Embed post-created events from a Redis stream with a consumer group, store one hash per "
-                    "post at postemb:{model_version}:{post_id}, announce it on the `embeddings` stream, then "
-                    "acknowledge. SIGTERM/SIGINT finish the current batch and exit 0.")
+                    "post at postemb:{vector_version}:{post_id} (the model version, plus +precision / +chunk when "
+                    "those change the numbers), announce it on the `embeddings` stream, then acknowledge. "
+                    "SIGTERM/SIGINT finish the current batch and exit 0. Exit 2: Redis refuses every write (a "
+                    "shared key of the wrong type, NOPERM; nothing acknowledged). Exit 3: a model call ran past "
+                    "--model-timeout (restart the worker; a post that hangs the model every time is dead-lettered "
+                    "after --max-deliveries).")
     add_arguments(p)
     p.set_defaults(func=run)
 
@@ -47,6 +53,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="claim other consumers' pending events idle this long (default: 30000)")
     p.add_argument("--max-deliveries", type=int, default=10,
                    help="dead-letter an event delivered more often than this (default: 10)")
+    p.add_argument("--model-timeout", type=float, default=DEFAULT_MODEL_TIMEOUT_S, metavar="S",
+                   help="a model call (one micro-batch) that runs longer than this stops the worker with exit code "
+                        "3, for its supervisor to restart it; its events stay pending and are retried one at a "
+                        "time (0: no bound; default: %(default)s)")
     p.add_argument("--posts-stream", default="posts")
     p.add_argument("--dead-stream", default="posts-dead")
     p.add_argument("--embeddings-stream", default="embeddings")
@@ -69,7 +79,8 @@ def _print_stats(s: dict) -> None:
     for c, v in sorted(s.get("consumer_pending", {}).items()):
         print(f"  consumer {c}: pending {v['pending']}, idle {v['idle_ms']} ms")
     for w in s["workers"]:
-        print(f"  worker {w['consumer']} (pid {w['pid']}, {w['model_version']}): events {w['events']}, "
+        print(f"  worker {w['consumer']} (pid {w['pid']}, {w.get('vector_version') or w['model_version']}): "
+              f"events {w['events']}, "
               f"stored {w['stored']}, rewrites {w['rewrites']}, dead {w['dead']}, claimed {w['claimed']}, "
               f"retries {w['retries']}, reconnects {w['reconnects']}, p99 {f(w['freshness_p99_s'], ' s')}")
 
@@ -95,7 +106,8 @@ def run(args) -> int:
     worker = nearline.Worker(client, encoder, args.group, args.consumer, batch_size=args.batch_size,
                              max_wait_ms=args.max_wait_ms, claim_idle_ms=args.claim_idle_ms,
                              max_deliveries=args.max_deliveries, posts_stream=args.posts_stream,
-                             dead_stream=args.dead_stream, embeddings_stream=args.embeddings_stream)
+                             dead_stream=args.dead_stream, embeddings_stream=args.embeddings_stream,
+                             model_timeout_s=args.model_timeout)
 
     def on_signal(signum, frame):
         log.warning("%s: finishing the current batch, then exiting", signal.Signals(signum).name)
@@ -106,6 +118,10 @@ def run(args) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         return worker.run(max_events=args.max_events)
+    except nearline.ModelTimeoutError as exc:
+        # the model thread is stuck and cannot be joined: exit now (it is a daemon thread)
+        print(f"postemb nearline: error: {exc}", file=sys.stderr)
+        return EXIT_MODEL_TIMEOUT
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
@@ -118,7 +134,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    return run(args)
+    from ..errors import PostEmbError
+
+    try:
+        return run(args)
+    except PostEmbError as exc:  # as `postemb nearline` reports it
+        print(f"postemb nearline: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

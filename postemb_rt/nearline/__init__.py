@@ -2,15 +2,22 @@
 
     posts (stream) --XREADGROUP--> Worker: validate -> Encoder.encode -> store -> XACK
                                      |                                   |
-                                     +--> posts-dead (poison + reason)   +--> postemb:{model_version}:{post_id} (hash)
+                                     +--> posts-dead (poison + reason)   +--> postemb:{vector_version}:{post_id} (hash)
                                                                          +--> embeddings (stream, announcements)
+
+``vector_version`` is the encoder's :attr:`~postemb_rt.Encoder.vector_version`: the model
+version, plus ``+<precision>`` / ``+chunk`` when the precision or the long-post mode changes
+the numbers (the plain model version for fp32 + truncate), so vectors of two modes never
+share a key. Read a record back with ``fetch(client, encoder.vector_version, post_id)``.
 
 Delivery is at-least-once: an event is acknowledged only after its embedding is written,
 so a crash anywhere leaves it pending, and a live worker claims it (XAUTOCLAIM) once it
 has been idle for ``claim_idle_ms``. The store write is idempotent: a Lua script writes
-the hash and announces it in one atomic step, and skips an event when the record already
-holds this post's current content (same ``text_sha256``) or a newer event for the post.
-The guarantee, exactly: the hash ends up with one embedding per (model version, post id),
+the hash and announces it, all or nothing (every key's type is checked before the first
+write; a key of the wrong type fails the call with an error naming it, and nothing is
+written), and skips an event when the record already holds this post's current content
+(same ``text_sha256``) or a newer event for the post.
+The guarantee, exactly: the hash ends up with one embedding per (vector version, post id),
 of the newest event's text; the ``embeddings`` stream gets one announcement per
 (post id, distinct text) in event order: a re-delivered event, or the same post
 published twice with the same text, announces nothing new; an edited text (a new event
@@ -18,19 +25,34 @@ with different text) is announced again, as it should be. A late, older event is
 announced. An announcement can still be lost only with the Redis node itself (its
 persistence settings decide that), never by a worker crash.
 
-Failures: an input the model rejects (``ValidationError``) is isolated at once by
-splitting its batch; any other model failure is retried ``max_attempts`` times, then the
-batch is split until the failing post is alone. A post that still fails alone while a
-probe text encodes fine is dead-lettered with the error; if the probe fails too, the
-model itself is down and the batch is retried (with backoff) until it comes back, so a
-model outage never dead-letters good posts. A Redis outage is retried without limit:
-nothing is acknowledged before it is written.
+Failures, each costing only the post that causes it:
+- The model: an input it rejects (``ValidationError``) is isolated at once by splitting
+  its batch; any other model failure is retried ``max_attempts`` times, then the batch is
+  split until the failing post is alone. A post that still fails alone while a probe text
+  encodes fine is dead-lettered with the error; if the probe fails too, the model itself is
+  down and the batch is retried (with backoff) until it comes back, so a model outage
+  never dead-letters good posts.
+- Redis, transient (``keys.transient``: connection lost or refused, timeouts, LOADING,
+  READONLY/MASTERDOWN during a failover, BUSY, OOM, MISCONF, NOGROUP after a restart):
+  retried without limit; nothing is acknowledged before it is written.
+- Redis, deterministic (a ``ResponseError`` such as WRONGTYPE, a script error): never
+  retried. In the store and dead-letter paths the batch is split until the post that
+  causes it is alone; that post is dead-lettered with the error, the rest are stored. If
+  an empty call (the script's key checks alone) fails too, no post is to blame (e.g. the
+  ``embeddings`` or ``posts-dead`` key holds a string, or NOPERM): the worker stops with
+  ``StoreError`` naming the key and the fix, acknowledging nothing.
+- A post that kills the worker (a crash) or hangs the model: redelivered events are
+  claimed and processed one at a time, so the delivery count of each counts the attempts
+  on it alone; a post delivered more than ``max_deliveries`` times is dead-lettered
+  without being run again, and its batch neighbours are stored. A model call that runs
+  past ``model_timeout_s`` (default 60 s) stops the worker with ``ModelTimeoutError``
+  (``postemb nearline`` exits with code 3; its supervisor restarts it).
 
 Single node only: the store script writes several keys in one atomic step, which Redis
 Cluster refuses (CROSSSLOT) unless every key shares one hash slot, and putting every key
 in one slot would remove the point of a cluster. The worker checks ``INFO cluster`` on
 connecting and refuses a cluster node with a clear error (use one primary, with replicas
-or Sentinel for failover).
+or Sentinel for failover). Needs Redis >= 6.2 (XAUTOCLAIM); tested with 7.0.
 
 Modules: ``keys`` (stream and key names, the client set-up, the store script, reading a
 stored embedding back), ``events`` (publishing and validating post-created events),
@@ -45,8 +67,9 @@ from .events import MAX_POST_ID_BYTES, MAX_TEXT_BYTES, Post, parse_event, publis
 from .health import WorkerStats, stats
 from .keys import (DEAD_MAXLEN, DEAD_STREAM, EMBEDDINGS_MAXLEN, EMBEDDINGS_STREAM, KEY_PREFIX, POSTS_MAXLEN,
                    POSTS_STREAM, StoredEmbedding, connect, fetch, store_key)
-from .worker import PROBE_TEXT, Worker
+from .worker import DEFAULT_MODEL_TIMEOUT_S, EXIT_MODEL_TIMEOUT, PROBE_TEXT, ModelTimeoutError, StoreError, Worker
 
 __all__ = ["connect", "publish", "parse_event", "fetch", "store_key", "stats", "Worker", "WorkerStats", "Post",
+           "StoreError", "ModelTimeoutError", "DEFAULT_MODEL_TIMEOUT_S", "EXIT_MODEL_TIMEOUT",
            "StoredEmbedding", "POSTS_STREAM", "DEAD_STREAM", "EMBEDDINGS_STREAM", "KEY_PREFIX", "POSTS_MAXLEN",
            "EMBEDDINGS_MAXLEN", "DEAD_MAXLEN", "MAX_TEXT_BYTES", "MAX_POST_ID_BYTES", "PROBE_TEXT"]

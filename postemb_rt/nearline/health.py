@@ -26,6 +26,7 @@ class WorkerStats:
     trimmed: int = 0         # pending entries whose event was trimmed from the stream
     retries: int = 0         # model/store attempts that failed (then retried, or the batch split)
     reconnects: int = 0
+    model_timeouts: int = 0  # model calls that ran past model_timeout_s (the worker stopped)
     encode_s: float = 0.0    # wall time inside encoder.encode (incl. failed attempts)
     store_s: float = 0.0     # wall time writing + acknowledging
     freshness: deque = field(default_factory=lambda: deque(maxlen=4096))  # seconds, last N stored

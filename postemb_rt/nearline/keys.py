@@ -1,10 +1,15 @@
 """Redis names and the store: stream and key names, the client set-up (``connect``), the
-Lua script that writes a post's record and its announcement in one atomic step, and
-reading a record back (``fetch``).
+Lua scripts that write a post's record and its announcement (``STORE_LUA``) or move events
+to the dead-letter stream (``DEAD_LUA``), each all or nothing, which Redis errors are worth
+retrying (``transient``), and reading a record back (``fetch``).
 
-Record layout (hash ``postemb:{model_version}:{post_id}``):
+Record layout (hash ``postemb:{vector_version}:{post_id}``):
     vector        dim*4 bytes, float32 little-endian, unit L2 norm
-    dim, model_version, post_id
+    dim, post_id
+    model_version   the model's version (``Encoder.model_version``)
+    vector_version  the key's version: ``Encoder.vector_version``, the model version plus
+                  ``+<precision>`` / ``+chunk`` when the precision or the long-post mode
+                  changes the numbers (vectors of two modes never share a key)
     created_at    seconds since the epoch (producer's clock), "%.6f"
     embedded_at   seconds since the epoch when the worker wrote it, "%.6f"
     event_id      the ``posts`` stream id the record came from
@@ -50,13 +55,31 @@ def connect(url: str = "redis://127.0.0.1:6379/0", **kwargs):
 
 
 # KEYS[1] = embeddings stream, KEYS[1+i] = hash key of item i.
-# ARGV = embeddings maxlen, model_version, dim, embedded_at, then per item
+# ARGV = embeddings maxlen, model_version, vector_version, dim, embedded_at, then per item
 #        event_id, post_id, created_at, vector bytes, text_sha256.
-# A hash already holding this event id or a newer one for the post is left alone (a
-# re-delivery or an older event arriving late). A newer event with the text already
+# All or nothing: every key's TYPE is checked before the first write, and a key of the wrong
+# type fails the whole call with an error that names it (nothing written, nothing
+# announced). Past the checks no command can fail on the data (an out-of-memory server
+# refuses the first write of a script, never a later one), so a call writes every record
+# or none. A hash already holding this event id or a newer one for the post is left alone
+# (a re-delivery or an older event arriving late). A newer event with the text already
 # stored (the post published twice) only moves ``event_id`` forward: no new vector, no
-# announcement. Returns the number of records written (= announced).
+# announcement. Returns the number of records written (= announced). No items (KEYS[1]
+# only): the checks alone, the worker's probe.
 STORE_LUA = """
+local function check(key, want)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= want and t ~= 'none' then
+    return 'WRONGTYPE postemb store: key ' .. key .. ' holds a ' .. t .. ', not a ' .. want ..
+           '; nothing was written. Fix: delete or rename that key'
+  end
+end
+local bad = check(KEYS[1], 'stream')
+for i = 2, #KEYS do bad = bad or check(KEYS[i], 'hash') end
+if bad then return redis.error_reply(bad) end
+if #ARGV ~= 5 + (#KEYS - 1) * 5 then
+  return redis.error_reply('ERR postemb store: ' .. #ARGV .. ' arguments for ' .. (#KEYS - 1) .. ' items')
+end
 local function newer(a, b)
   local am, as = string.match(a, '^(%d+)-(%d+)$')
   local bm, bs = string.match(b, '^(%d+)-(%d+)$')
@@ -66,17 +89,18 @@ local function newer(a, b)
 end
 local written = 0
 for i = 2, #KEYS do
-  local a = 5 + (i - 2) * 5
+  local a = 6 + (i - 2) * 5
   local cur = redis.call('HMGET', KEYS[i], 'event_id', 'text_sha256')
   if (not cur[1]) or newer(ARGV[a], cur[1]) then
     if cur[1] and cur[2] == ARGV[a + 4] then
       redis.call('HSET', KEYS[i], 'event_id', ARGV[a])
     else
-      redis.call('HSET', KEYS[i], 'vector', ARGV[a + 3], 'dim', ARGV[3], 'model_version', ARGV[2],
-                 'post_id', ARGV[a + 1], 'created_at', ARGV[a + 2], 'embedded_at', ARGV[4],
-                 'event_id', ARGV[a], 'text_sha256', ARGV[a + 4])
+      redis.call('HSET', KEYS[i], 'vector', ARGV[a + 3], 'dim', ARGV[4], 'model_version', ARGV[2],
+                 'vector_version', ARGV[3], 'post_id', ARGV[a + 1], 'created_at', ARGV[a + 2],
+                 'embedded_at', ARGV[5], 'event_id', ARGV[a], 'text_sha256', ARGV[a + 4])
       redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'post_id', ARGV[a + 1], 'key', KEYS[i],
-                 'model_version', ARGV[2], 'created_at', ARGV[a + 2], 'embedded_at', ARGV[4])
+                 'model_version', ARGV[2], 'vector_version', ARGV[3], 'created_at', ARGV[a + 2],
+                 'embedded_at', ARGV[5])
       written = written + 1
     end
   end
@@ -84,9 +108,69 @@ end
 return written
 """
 
+# KEYS[1] = dead-letter stream, KEYS[2] = posts stream.
+# ARGV = group, dead maxlen, then per record: event id, n (an even field count), n values
+#        (field, value, field, value, ...).
+# Adds each record to the dead-letter stream and acknowledges its event, all or nothing as
+# STORE_LUA: types and record shapes are checked before the first write, and an error
+# names the key or the event. Returns the number of records moved. No records: the checks
+# alone (the worker's probe).
+DEAD_LUA = """
+local function check(key)
+  local t = redis.call('TYPE', key)['ok']
+  if t ~= 'stream' and t ~= 'none' then
+    return 'WRONGTYPE postemb dead-letter: key ' .. key .. ' holds a ' .. t ..
+           ', not a stream; nothing was written. Fix: delete or rename that key'
+  end
+end
+local bad = check(KEYS[1]) or check(KEYS[2])
+if bad then return redis.error_reply(bad) end
+local records, i = {}, 3
+while i <= #ARGV do
+  local n = tonumber(ARGV[i + 1])
+  if (not n) or n < 2 or n % 2 == 1 or n > 7000 or i + 1 + n > #ARGV then
+    return redis.error_reply('ERR postemb dead-letter: the record of event ' .. ARGV[i] ..
+                             ' has a bad field count ' .. tostring(ARGV[i + 1]) .. ' (2..7000, even)')
+  end
+  records[#records + 1] = {i + 2, i + 1 + n}
+  i = i + 2 + n
+end
+local ids = {}
+for _, r in ipairs(records) do
+  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, r[1], r[2]))
+  ids[#ids + 1] = ARGV[r[1] - 2]
+end
+if #ids > 0 then redis.call('XACK', KEYS[2], ARGV[1], unpack(ids)) end
+return #ids
+"""
 
-def store_key(model_version: str, post_id: str, prefix: str = KEY_PREFIX) -> str:
-    return f"{prefix}:{model_version}:{post_id}"
+TRANSIENT_PREFIXES = ("LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY ", "OOM", "MISCONF",
+                      "NOREPLICAS", "NOSCRIPT", "NOGROUP", "UNBLOCKED")
+
+
+def transient(exc: BaseException) -> bool:
+    """True for a Redis failure that retrying can cure: the connection (dropped, refused,
+    timed out), a server loading its data, a replica promoted or demoted (READONLY,
+    MASTERDOWN), a busy script, out of memory (OOM: consumers trim), a failing disk
+    (MISCONF), a stream or group lost in a restart (NOGROUP: the worker recreates it).
+    False for the rest, which fail the same way every time: a key of the wrong type
+    (WRONGTYPE), a script error, a refused permission (NOPERM), a client-side DataError."""
+    import redis
+
+    if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
+        return True
+    if isinstance(exc, redis.ResponseError):
+        if isinstance(exc, (redis.exceptions.ReadOnlyError, redis.exceptions.OutOfMemoryError,
+                            redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
+                            redis.exceptions.NoScriptError)):
+            return True
+        return str(exc).startswith(TRANSIENT_PREFIXES)
+    return False
+
+
+def store_key(vector_version: str, post_id: str, prefix: str = KEY_PREFIX) -> str:
+    """``{prefix}:{vector_version}:{post_id}``: the hash holding one post's embedding."""
+    return f"{prefix}:{vector_version}:{post_id}"
 
 
 @dataclass
@@ -95,17 +179,24 @@ class StoredEmbedding:
     created_at: float
     embedded_at: float
     event_id: str
-    model_version: str
+    model_version: str   # the model's own version (``Encoder.model_version``)
+    vector_version: str  # the version the record is stored under (``Encoder.vector_version``)
 
 
-def fetch(client, model_version: str, post_id, prefix: str = KEY_PREFIX) -> StoredEmbedding | None:
-    """Read one stored embedding back (None if absent). vector: float32 (dim,)."""
-    h = client.hgetall(store_key(model_version, str(post_id), prefix))
+def fetch(client, vector_version: str, post_id, prefix: str = KEY_PREFIX) -> StoredEmbedding | None:
+    """Read one stored embedding back (None if absent). vector: float32 (dim,).
+
+    vector_version: the version the worker stores under, its encoder's ``vector_version``
+    (the model version, plus ``+<precision>`` / ``+chunk`` for a fast precision or the chunk
+    long-post mode; the plain model version for fp32 + truncate). Records written before
+    the vector version existed report their model version as ``vector_version``."""
+    h = client.hgetall(store_key(vector_version, str(post_id), prefix))
     if not h:
         return None
+    model_version = h[b"model_version"].decode()
     return StoredEmbedding(np.frombuffer(h[b"vector"], dtype="<f4").astype(np.float32),
                            float(h[b"created_at"]), float(h[b"embedded_at"]), h[b"event_id"].decode(),
-                           h[b"model_version"].decode())
+                           model_version, h.get(b"vector_version", b"").decode() or model_version)
 
 
 def refuse_cluster(client) -> None:

@@ -4,48 +4,108 @@ see the package docstring for the failure handling).
 
 Waits between attempts use redis-py's ``EqualJitterBackoff`` (50 ms * 2^n with jitter,
 capped at 5 s). The loop itself is not ``redis.retry.Retry``: it retries model failures as
-well as Redis ones, and every wait must end at once when ``stop()`` is called.
+well as Redis ones, tells a transient Redis failure (retried) from a deterministic one (the
+batch is split until the post that causes it is alone, and that post is dead-lettered), and
+every wait must end at once when ``stop()`` is called.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import math
 import os
+import queue
 import socket
 import threading
 import time
+from concurrent import futures
 
 import numpy as np
 
-from ..errors import ValidationError
+from ..errors import PostEmbError, ValidationError
 from .events import MAX_TEXT_BYTES, Post, parse_event
 from .health import WorkerStats
-from .keys import (DEAD_MAXLEN, DEAD_STREAM, EMBEDDINGS_MAXLEN, EMBEDDINGS_STREAM, KEY_PREFIX, POSTS_STREAM,
-                   STORE_LUA, refuse_cluster, store_key)
+from .keys import (DEAD_LUA, DEAD_MAXLEN, DEAD_STREAM, EMBEDDINGS_MAXLEN, EMBEDDINGS_STREAM, KEY_PREFIX,
+                   POSTS_STREAM, STORE_LUA, refuse_cluster, store_key, transient)
 
 log = logging.getLogger("postemb_rt.nearline")
 
 PROBE_TEXT = "model health probe"  # encoded to tell a failing post from a failing model
+DEFAULT_MODEL_TIMEOUT_S = 60.0  # a batch of 64 posts of 32 KiB in chunk mode takes seconds on 2 CPU cores
+EXIT_MODEL_TIMEOUT = 3  # `postemb nearline` exit code after a model call ran past --model-timeout
+
+
+class StoreError(PostEmbError):
+    """Redis refuses a write for every post, not for one (a shared key of the wrong type, a
+    refused permission). The worker stops; nothing was acknowledged, so the events stay
+    pending until the cause is fixed."""
+
+
+class ModelTimeoutError(PostEmbError):
+    """A model call ran past ``model_timeout_s``. The worker stops (its model thread is
+    stuck and cannot be killed; the process must exit); its events stay pending."""
 
 
 class _Stopped(Exception):
     """Shutdown was asked for while a batch could not be finished; it stays pending."""
 
 
+class _ModelThread:
+    """Runs a worker's model calls on one daemon thread, so the worker can stop waiting for a
+    call that hangs: a thread cannot be killed, and a daemon thread does not keep the process
+    alive. (``concurrent.futures`` executors join their threads at exit, so a hung call would
+    block the very exit a supervisor waits for.) One thread for every call keeps thread-local
+    model state (CUDA streams and graphs) in one place."""
+
+    def __init__(self, name: str):
+        self._jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, fut = job
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:  # noqa: BLE001 - handed to the caller, who re-raises it
+                    fut.set_exception(exc)
+
+    def submit(self, fn) -> futures.Future:
+        fut: futures.Future = futures.Future()
+        self._jobs.put((fn, fut))
+        return fut
+
+    def close(self) -> None:
+        self._jobs.put(None)
+
+
 class Worker:
     """One consumer in a consumer group: micro-batches from ``posts`` -> vectors in the store.
 
     client: redis-py client with bytes replies (:func:`connect`).
-    encoder: anything with ``encode(list[str]) -> float32 (n, dim)``, ``model_version`` and ``dim``.
+    encoder: anything with ``encode(list[str]) -> float32 (n, dim)``, ``model_version``, ``dim``
+        and ``vector_version`` (the version stored with the vectors: :attr:`Encoder.vector_version`,
+        the model version plus the precision and long-post mode when they change the numbers;
+        a duck-typed encoder without it stores under its ``model_version``).
     batch_size: at most this many events per micro-batch.
     max_wait_ms: once the first event of a batch is read, wait at most this long for more
         (0: take what is there; a busy worker batches naturally while it encodes).
     claim_idle_ms: pending events idle this long (their consumer is presumed dead) are claimed.
+        Redelivered events (claimed, or our own replayed after a restart) are taken and
+        processed one at a time, so the delivery count of an event counts the attempts on
+        it alone: a post that kills or hangs the worker reaches ``max_deliveries`` by itself
+        and the innocent posts of its batch are stored.
     max_deliveries: an event delivered more often than this without being finished is poison
-        (e.g. it crashes the worker) and is dead-lettered.
+        (it crashes or hangs the worker) and is dead-lettered without being run again.
     max_attempts: model calls per chunk before the chunk is split to find the post that
-        fails (see :meth:`_embed`); Redis failures are retried without limit.
+        fails (see :meth:`_embed`); transient Redis failures are retried without limit.
+    model_timeout_s: a model call (one micro-batch, or a part of one) that runs longer than
+        this stops the worker: ``run`` raises :class:`ModelTimeoutError` (``postemb nearline``
+        exits with code 3 so that its supervisor restarts it). Its events stay pending and
+        are retried one at a time, so a post that hangs the model is dead-lettered after
+        ``max_deliveries``. 0 or None: no bound (the call runs on the worker's own thread).
     """
 
     def __init__(self, client, encoder, group: str = "embedder", consumer: str | None = None, *,
@@ -53,7 +113,8 @@ class Worker:
                  max_deliveries: int = 10, max_attempts: int = 3, max_text_bytes: int = MAX_TEXT_BYTES, start_id: str = "0",
                  posts_stream: str = POSTS_STREAM, dead_stream: str = DEAD_STREAM,
                  embeddings_stream: str = EMBEDDINGS_STREAM, prefix: str = KEY_PREFIX,
-                 embeddings_maxlen: int = EMBEDDINGS_MAXLEN, poll_ms: int = 500, heartbeat_s: float = 2.0):
+                 embeddings_maxlen: int = EMBEDDINGS_MAXLEN, poll_ms: int = 500, heartbeat_s: float = 2.0,
+                 model_timeout_s: float | None = DEFAULT_MODEL_TIMEOUT_S):
         if batch_size < 1:
             raise ValidationError(f"`batch_size` must be >= 1. Given: {batch_size}.")
         if max_wait_ms < 0:
@@ -62,6 +123,11 @@ class Worker:
             raise ValidationError(f"`max_attempts` must be >= 1. Given: {max_attempts}.")
         if claim_idle_ms < 1:
             raise ValidationError(f"`claim_idle_ms` must be >= 1. Given: {claim_idle_ms}.")
+        if model_timeout_s is not None and (isinstance(model_timeout_s, bool)
+                                            or not isinstance(model_timeout_s, (int, float))
+                                            or not math.isfinite(model_timeout_s) or model_timeout_s < 0):
+            raise ValidationError(f"`model_timeout_s` must be a number of seconds >= 0 (0 or None: no bound). "
+                                  f"Given: {model_timeout_s!r}.")
         self.client, self.encoder = client, encoder
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
@@ -72,10 +138,14 @@ class Worker:
         self.posts, self.dead, self.embeddings = posts_stream, dead_stream, embeddings_stream
         self.prefix, self.embeddings_maxlen = prefix, embeddings_maxlen
         self.poll_ms, self.heartbeat_s = poll_ms, heartbeat_s
+        self.model_timeout_s = float(model_timeout_s or 0.0)
         self.model_version, self.dim = encoder.model_version, encoder.dim
+        # the store's version: keys, records, announcements and heartbeats carry it
+        self.vector_version = getattr(encoder, "vector_version", None) or encoder.model_version
         self.stats = WorkerStats()
         self.stop_event = threading.Event()
         self._script = client.register_script(STORE_LUA)
+        self._dead_script = client.register_script(DEAD_LUA)
         from redis.backoff import EqualJitterBackoff
 
         # wait before attempt n+1: uniform(0.5, 1) * min(5 s, 50 ms * 2^n)
@@ -85,6 +155,8 @@ class Worker:
         self._next_claim = 0.0
         self._next_beat = 0.0
         self._group_ready = False
+        self._model: _ModelThread | None = None
+        self._model_hung = False
 
     # -- public ---------------------------------------------------------------------------
 
@@ -93,42 +165,53 @@ class Worker:
         self.stop_event.set()
 
     def run(self, max_events: int | None = None) -> int:
-        """Process until :meth:`stop` (or ``max_events`` handled). Returns 0."""
-        import redis
-
-        transient = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+        """Process until :meth:`stop` (or ``max_events`` handled: stored, rewritten or
+        dead-lettered). Returns 0. Raises :class:`StoreError` when Redis refuses a write for
+        every post, :class:`ModelTimeoutError` when a model call hangs (then this worker
+        cannot run again: exit the process)."""
+        if self._model_hung:
+            raise ModelTimeoutError("this worker's model thread is still stuck in a call that ran past "
+                                    f"`model_timeout_s` ({self.model_timeout_s} s). Fix: exit the process and "
+                                    "start a new worker.")
         failures = 0
-        log.info("worker %s/%s on %s: model %s (dim %d), batch %d, wait %.0f ms", self.group, self.consumer,
-                 self.posts, self.model_version, self.dim, self.batch_size, self.max_wait_ms)
-        while not self.stop_event.is_set():
-            if max_events is not None and self.stats.events >= max_events:
-                break
-            try:
-                if not self._group_ready:
-                    self._ensure_group()
-                entries, claimed = self._next_batch()
-                if entries:
-                    self._process(entries, claimed)
-                self._heartbeat()
-                failures = 0
-            except _Stopped:
-                log.warning("stopping with a batch unfinished; it stays pending and will be claimed")
-                break
-            except transient as exc:
-                self.stats.reconnects += 1
-                self._group_ready = False
-                self._own_cursor = "0"  # entries read before the failure are ours: replay them first
-                failures += 1
-                wait = self._wait_s(failures)
-                log.warning("redis unavailable (%s); retrying in %.2f s", exc, wait)
-                self.stop_event.wait(wait)
-            except redis.ResponseError as exc:
-                if "NOGROUP" not in str(exc):
-                    raise
-                log.warning("group %r or stream %r is gone (server restarted?); recreating", self.group, self.posts)
-                self._group_ready = False
-        self._heartbeat(force=True)
-        log.info("worker %s stopped: %s", self.consumer, self.stats.snapshot())
+        log.info("worker %s/%s on %s: model %s (vectors %s, dim %d), batch %d, wait %.0f ms", self.group,
+                 self.consumer, self.posts, self.model_version, self.vector_version, self.dim, self.batch_size,
+                 self.max_wait_ms)
+        try:
+            while not self.stop_event.is_set():
+                if max_events is not None and self.stats.events >= max_events:
+                    break
+                try:
+                    if not self._group_ready:
+                        self._ensure_group()
+                    entries, claimed = self._next_batch()
+                    if entries:
+                        self._process(entries, claimed)
+                    self._heartbeat()
+                    failures = 0
+                except _Stopped:
+                    log.warning("stopping with a batch unfinished; it stays pending and will be claimed")
+                    break
+                except Exception as exc:
+                    if not transient(exc):
+                        raise
+                    self._group_ready = False
+                    if "NOGROUP" in str(exc):
+                        log.warning("group %r or stream %r is gone (server restarted?); recreating", self.group,
+                                    self.posts)
+                        continue
+                    self.stats.reconnects += 1
+                    self._own_cursor = "0"  # entries read before the failure are ours: replay them first
+                    failures += 1
+                    wait = self._wait_s(failures)
+                    log.warning("redis unavailable (%s); retrying in %.2f s", exc, wait)
+                    self.stop_event.wait(wait)
+        finally:
+            if self._model is not None and not self._model_hung:
+                self._model.close()
+                self._model = None
+            self._heartbeat(force=True)
+            log.info("worker %s stopped: %s", self.consumer, self.stats.snapshot())
         return 0
 
     # -- reading --------------------------------------------------------------------------
@@ -156,10 +239,16 @@ class Worker:
         return resp[0][1]
 
     def _next_batch(self) -> tuple[list, bool]:
-        """(entries, claimed): our own pending entries after a restart, then idle entries
-        of other consumers (XAUTOCLAIM, at most every claim_idle_ms/4), then new ones."""
+        """(entries, redelivered): our own pending entries after a restart, then idle entries
+        of other consumers (XAUTOCLAIM, at most every claim_idle_ms/4), then new ones.
+
+        Redelivered entries come one at a time (COUNT 1): reading or claiming an entry adds
+        one to its delivery count, so counting one entry at a time makes the count the
+        number of attempts on that entry alone. Taking a dead worker's whole batch at once
+        would add one to every entry of it for each crash, and the crashing post's innocent
+        neighbours would reach max_deliveries with it."""
         if self._own_cursor is not None:
-            entries = self._read(self._own_cursor, self.batch_size, None)
+            entries = self._read(self._own_cursor, 1, None)
             if entries:
                 self._own_cursor = entries[-1][0]
                 return entries, True
@@ -167,7 +256,7 @@ class Worker:
         now = time.monotonic()
         if now >= self._next_claim:
             resp = self.client.xautoclaim(self.posts, self.group, self.consumer, self.claim_idle_ms,
-                                          start_id=self._claim_cursor, count=self.batch_size)
+                                          start_id=self._claim_cursor, count=1)
             cursor, entries = resp[0], resp[1]
             deleted = resp[2] if len(resp) > 2 else []
             if deleted:  # Redis >= 7 drops trimmed ids from the PEL itself
@@ -179,7 +268,7 @@ class Worker:
                 self._next_claim = now + self.claim_idle_ms / 4000.0
             if entries:
                 self.stats.claimed += len(entries)
-                log.warning("claimed %d idle pending events", len(entries))
+                log.warning("claimed idle pending event %s", entries[0][0])
                 return entries, True
         first = self._read(">", self.batch_size, min(self.poll_ms, max(1, int(self.claim_idle_ms / 4))))
         if not first or self.max_wait_ms <= 0:
@@ -210,7 +299,8 @@ class Worker:
                 continue
             if eid in over:
                 dead.append((eid, fields, f"delivered {over[eid]} times without being finished "
-                                          f"(max_deliveries={self.max_deliveries}): the worker dies on it?"))
+                                          f"(max_deliveries={self.max_deliveries}): the worker crashed or its "
+                                          f"model hung (model_timeout_s={self.model_timeout_s}) on it"))
                 continue
             post, reason = parse_event(eid, fields, self.max_text_bytes)
             if post is None:
@@ -220,18 +310,18 @@ class Worker:
         if gone:
             self.stats.trimmed += len(gone)
             log.error("%d pending events were trimmed from %r before being embedded (lost)", len(gone), self.posts)
-            self._retry("ack", lambda: self.client.xack(self.posts, self.group, *gone), [])
+            self._ack(gone)
         if dead:
             self._dead_letter(dead)
         if good:
             vectors, rejected = self._embed(good)
+            keep = [i for i, v in enumerate(vectors) if v is not None]
+            if keep:
+                rejected += self._store([good[i] for i in keep], [vectors[i] for i in keep])
             if rejected:
                 self._dead_letter(rejected)
-                kept = {p.event_id for p, _ in zip(good, vectors) if _ is not None}
-                good, vectors = [p for p in good if p.event_id in kept], [v for v in vectors if v is not None]
-            if good:
-                self._store(good, vectors)
-        self.stats.events += len(good) + len(dead) + len(gone)
+        # every entry is now acknowledged: stored (or a rewrite), dead-lettered, or trimmed
+        self.stats.events += sum(1 for eid, _ in entries if eid is not None)
 
     def _over_delivered(self, ids: list) -> dict:
         if not ids or self.max_deliveries <= 0:
@@ -242,6 +332,10 @@ class Worker:
         return {r["message_id"]: r["times_delivered"] for r in rows
                 if r["message_id"] in want and r["times_delivered"] > self.max_deliveries}
 
+    @staticmethod
+    def _fields(p: Post) -> dict:
+        return {b"post_id": p.post_id.encode(), b"text": p.text.encode(), b"created_at": f"{p.created_at:.6f}".encode()}
+
     def _embed(self, posts: list[Post]) -> tuple[list, list]:
         """Vectors for posts (None where the post could not be embedded) and the rejected
         entries (event_id, fields, reason) to dead-letter.
@@ -251,7 +345,8 @@ class Worker:
         the failing post is alone. A post that keeps failing alone is dead-lettered only if
         the probe text encodes fine (the post is the culprit); if the probe fails too, the
         model is down for every input, so the call is retried without limit (nothing is
-        acknowledged meanwhile) instead of dead-lettering good posts."""
+        acknowledged meanwhile) instead of dead-lettering good posts. A call that runs past
+        ``model_timeout_s`` raises ModelTimeoutError (the worker stops)."""
         vectors, rejected, todo = [None] * len(posts), [], [(0, len(posts))]
         while todo:
             lo, hi = todo.pop()
@@ -261,7 +356,7 @@ class Worker:
                 continue
             except ValidationError as exc:
                 err, why = exc, "the model rejected it"
-            except _Stopped:
+            except (_Stopped, ModelTimeoutError):
                 raise
             except Exception as exc:  # noqa: BLE001 - still failing after max_attempts
                 err, why = exc, f"the model failed on it {self.max_attempts} times"
@@ -271,31 +366,56 @@ class Worker:
                 continue
             if not isinstance(err, ValidationError):
                 # alone and still failing: the post, or the model as a whole?
-                self._retry("encode (probe)", lambda: self._encode_once([PROBE_TEXT]), [p.event_id for p in posts])
+                self._retry("encode (probe)", lambda: self._encode_once([PROBE_TEXT], []), [p.event_id for p in posts],
+                            retry_if=lambda e: not isinstance(e, ModelTimeoutError))
                 try:
-                    vectors[lo:hi] = self._encode_once([p.text for p in chunk])  # the model is fine now: last try
+                    vectors[lo:hi] = self._encode_once([p.text for p in chunk], chunk)  # the model is fine now: last try
                     continue
+                except ModelTimeoutError:
+                    raise
                 except Exception as exc:  # noqa: BLE001
                     err = exc
             p = posts[lo]
-            rejected.append((p.event_id, {b"post_id": p.post_id.encode(), b"text": p.text.encode()},
-                             f"{why}: {type(err).__name__}: {err}"[:1000]))
+            rejected.append((p.event_id, self._fields(p), f"{why}: {type(err).__name__}: {err}"[:1000]))
         return vectors, rejected
 
-    def _encode_once(self, texts: list[str]) -> list:
+    def _encode_once(self, texts: list[str], posts: list[Post]) -> list:
+        """encoder.encode(texts) as a list of float32 (dim,) rows; bounded by model_timeout_s
+        (on the worker's model thread) when that is set. posts: what the texts are of (for
+        the error message; [] for the probe)."""
+        def call():
+            return list(self.encoder.encode(texts, batch_size=len(texts)))
+
         t = time.perf_counter()
         try:
-            return list(self.encoder.encode(texts, batch_size=len(texts)))
+            if not self.model_timeout_s:
+                return call()
+            if self._model is None:
+                self._model = _ModelThread(f"postemb-model-{self.consumer}")
+            fut = self._model.submit(call)
+            futures.wait([fut], timeout=self.model_timeout_s)
+            if not fut.done():
+                self._model_hung = True
+                self.stats.model_timeouts += 1
+                what = (f"{len(posts)} post(s) (post ids {[p.post_id for p in posts][:8]}, event ids "
+                        f"{[p.event_id for p in posts][:8]})" if posts else "the probe text")
+                msg = (f"the model did not return within `model_timeout_s` ({self.model_timeout_s} s) on {what}. "
+                       f"The worker stops; its events stay pending and are retried one at a time, and a post that "
+                       f"hangs the model on every try is dead-lettered after max_deliveries ({self.max_deliveries}). "
+                       f"Fix: if the model is merely slow, raise --model-timeout.")
+                log.error(msg)
+                raise ModelTimeoutError(msg)
+            return fut.result()
         finally:
             self.stats.encode_s += time.perf_counter() - t
 
     def _encode_bounded(self, chunk: list[Post]) -> list:
         """encode(chunk), retried up to max_attempts times (backoff 50 ms .. 5 s) on any error
-        but a ValidationError; the last error is raised. Raises _Stopped on shutdown."""
+        but a ValidationError or a timeout; the last error is raised. Raises _Stopped on shutdown."""
         for attempt in range(1, self.max_attempts + 1):
             try:
-                return self._encode_once([p.text for p in chunk])
-            except ValidationError:
+                return self._encode_once([p.text for p in chunk], chunk)
+            except (ValidationError, ModelTimeoutError):
                 raise
             except Exception as exc:  # noqa: BLE001
                 self.stats.retries += 1  # retried here, or split by the caller
@@ -308,60 +428,135 @@ class Worker:
                     raise _Stopped() from None
         raise AssertionError("unreachable")
 
-    def _store(self, posts: list[Post], vectors: list) -> None:
+    def _store(self, posts: list[Post], vectors: list) -> list:
+        """Write and announce (the store script), then acknowledge. Returns the dead-letter
+        entries (event_id, fields, reason) of posts the store refuses deterministically
+        (e.g. WRONGTYPE at the post's key): found by splitting the batch, the rest is stored."""
         t0 = time.perf_counter()
         embedded_at = f"{time.time():.6f}"
-        keys = [self.embeddings] + [store_key(self.model_version, p.post_id, self.prefix) for p in posts]
-        args = [self.embeddings_maxlen, self.model_version, self.dim, embedded_at]
-        for p, v in zip(posts, vectors):
-            args += [p.event_id, p.post_id, f"{p.created_at:.6f}",
-                     np.ascontiguousarray(v, dtype="<f4").tobytes(),  # dim*4 bytes
-                     hashlib.sha256(p.text.encode("utf-8")).hexdigest()]
-        ids = [p.event_id for p in posts]
-        written = self._retry("store", lambda: self._script(keys=keys, args=args), ids)
-        # never before the write above has succeeded
-        self._retry("ack", lambda: self.client.xack(self.posts, self.group, *ids), ids)
+        items = [(p, [p.event_id, p.post_id, f"{p.created_at:.6f}",
+                      np.ascontiguousarray(v, dtype="<f4").tobytes(),  # dim*4 bytes
+                      hashlib.sha256(p.text.encode("utf-8")).hexdigest()]) for p, v in zip(posts, vectors)]
+
+        def write(chunk):
+            keys = [self.embeddings] + [store_key(self.vector_version, p.post_id, self.prefix) for p, _ in chunk]
+            args = [self.embeddings_maxlen, self.model_version, self.vector_version, self.dim, embedded_at]
+            for _, a in chunk:
+                args += a
+            return self._script(keys=keys, args=args)
+
+        results, failed = self._isolate("store", items, write)
+        done = [p for chunk, _ in results for p, _ in chunk]
+        if done:
+            self._ack([p.event_id for p in done])  # never before the write above has succeeded
+        written = sum(n for _, n in results)
         self.stats.stored += written
-        self.stats.rewrites += len(posts) - written
+        self.stats.rewrites += len(done) - written
         t = float(embedded_at)
-        self.stats.freshness.extend(t - p.created_at for p in posts)
+        self.stats.freshness.extend(t - p.created_at for p in done)
         self.stats.store_s += time.perf_counter() - t0
+        return [(p.event_id, self._fields(p), f"the store refused it: {type(err).__name__}: {err}"[:1000])
+                for (p, _), err in failed]
+
+    def _ack(self, ids: list) -> None:
+        try:
+            self._retry("ack", lambda: self.client.xack(self.posts, self.group, *ids), ids)
+        except _Stopped:
+            raise
+        except Exception as exc:
+            raise StoreError(f"XACK on {self.posts!r} (group {self.group!r}) failed deterministically: "
+                             f"{type(exc).__name__}: {exc}. The events stay pending (nothing is lost). "
+                             f"Fix: {_fix_hint(exc)}") from exc
 
     def _dead_letter(self, dead: list) -> None:
-        def move():
-            pipe = self.client.pipeline(transaction=True)  # dead-letter and ack atomically
-            for eid, fields, reason in dead:
-                rec = {k: v for k, v in fields.items() if k not in (b"event_id", b"reason")}
+        """Move entries (event_id, fields, reason) to the dead-letter stream and acknowledge
+        them, in one all-or-nothing script call (DEAD_LUA). A record Redis refuses (e.g. an
+        event with more than 3,500 fields) is isolated and replaced by a minimal one (ids and
+        reason, the event's own fields dropped)."""
+        def move(chunk):
+            args = [self.group, DEAD_MAXLEN]
+            for eid, fields, reason in chunk:
+                rec = {k: v for k, v in fields.items()
+                       if k not in (b"event_id", b"reason", b"group", b"consumer", b"dead_at")}
                 rec.update({b"event_id": eid, b"reason": reason, b"group": self.group,
                             b"consumer": self.consumer, b"dead_at": f"{time.time():.6f}"})
-                pipe.xadd(self.dead, rec, maxlen=DEAD_MAXLEN, approximate=True)
-            pipe.xack(self.posts, self.group, *[d[0] for d in dead])
-            pipe.execute()
+                args += [eid, 2 * len(rec)] + [x for kv in rec.items() for x in kv]
+            return self._dead_script(keys=[self.dead, self.posts], args=args)
 
-        self._retry("dead-letter", move, [d[0] for d in dead])
+        _, failed = self._isolate("dead-letter", dead, move)
+        for (eid, _, reason), err in failed:
+            minimal = (eid, {}, f"{reason} [the event's own fields were dropped: the dead-letter stream refused "
+                                f"them: {type(err).__name__}: {err}]"[:2000])
+            try:
+                self._retry("dead-letter (minimal record)", lambda m=minimal: move([m]), [eid])
+            except _Stopped:
+                raise
+            except Exception as exc:
+                raise StoreError(f"dead-lettering event {eid!r} on {self.dead!r} failed: {type(exc).__name__}: "
+                                 f"{exc}. It stays pending. Fix: {_fix_hint(exc)}") from exc
         self.stats.dead += len(dead)
         for eid, _, reason in dead:
             log.warning("dead-lettered %s: %s", eid, reason)
 
-    def _retry(self, what: str, fn, ids: list, fatal: tuple = ()):
-        """fn() until it succeeds; exponential backoff with jitter (50 ms .. 5 s). While
-        retrying, the batch's pending entries are re-claimed by us now and then so other
-        workers do not take them over. Raises _Stopped if shutdown is asked for meanwhile."""
+    def _isolate(self, what: str, items: list, write) -> tuple[list, list]:
+        """write(chunk) for all items, in as few calls as the data allow. Transient Redis
+        failures are retried (:meth:`_retry`). A deterministic failure splits the chunk in
+        two until the item that causes it is alone; then an empty call (the script's key
+        checks alone) tells an item's own fault from a shared one. Returns (results, failed):
+        results [(chunk, write's return)], failed [(item, exception)]. Raises StoreError for
+        a shared fault (a wrong-type stream key, NOPERM): no post is to blame for it."""
         import redis
 
+        results, failed, todo = [], [], [(0, len(items))]
+        while todo:
+            lo, hi = todo.pop()
+            chunk = items[lo:hi]
+            ids = [x[0].event_id if isinstance(x[0], Post) else x[0] for x in chunk]
+            try:
+                results.append((chunk, self._retry(what, lambda c=chunk: write(c), ids)))
+                continue
+            except _Stopped:
+                raise
+            except Exception as exc:  # noqa: BLE001 - deterministic (_retry retries the rest)
+                err = exc
+            self.stats.retries += 1
+            if isinstance(err, redis.exceptions.NoPermissionError):
+                raise StoreError(f"{what} refused: {type(err).__name__}: {err}. Nothing was acknowledged. "
+                                 f"Fix: {_fix_hint(err)}") from err
+            if hi - lo > 1:
+                log.warning("%s failed for %d events (%s: %s); splitting the batch to find the cause", what,
+                            hi - lo, type(err).__name__, err)
+                mid = (lo + hi) // 2
+                todo += [(mid, hi), (lo, mid)]
+                continue
+            try:
+                self._retry(f"{what} (probe)", lambda: write([]), [])
+            except _Stopped:
+                raise
+            except Exception as probe_err:
+                raise StoreError(f"{what} fails for every post, not one: {type(probe_err).__name__}: {probe_err}. "
+                                 f"Nothing was acknowledged: the events stay pending. "
+                                 f"Fix: {_fix_hint(probe_err)}") from probe_err
+            failed.append((chunk[0], err))
+        return results, failed
+
+    def _retry(self, what: str, fn, ids: list, retry_if=transient):
+        """fn() until it succeeds; exponential backoff with jitter (50 ms .. 5 s) after each
+        failure for which ``retry_if(exc)`` is true (default: a transient Redis failure); any
+        other is raised at once, for the caller to isolate. While retrying, the batch's
+        pending entries are re-claimed by us now and then so other workers do not take them
+        over. Raises _Stopped if shutdown is asked for meanwhile."""
         failures = 0
         started = last_touch = time.monotonic()
         while True:
             try:
                 return fn()
-            except fatal:
-                raise
-            except redis.ResponseError as exc:
-                if "NOGROUP" in str(exc):  # the stream/group vanished (restart without persistence)
-                    self._group_ready = False
+            except Exception as exc:
+                if not retry_if(exc):
+                    raise
                 err = exc
-            except Exception as exc:  # model or store failure: keep the batch, try again
-                err = exc
+            if "NOGROUP" in str(err):  # the stream/group vanished (restart without persistence)
+                self._group_ready = False
             self.stats.retries += 1
             failures += 1
             wait = self._wait_s(failures)
@@ -393,7 +588,8 @@ class Worker:
         self._next_beat = now + self.heartbeat_s
         key = f"{self.prefix}:nearline:worker:{self.group}:{self.consumer}"
         snap = self.stats.snapshot() | {"consumer": self.consumer, "model_version": self.model_version,
-                                         "pid": os.getpid(), "at": time.time()}
+                                         "vector_version": self.vector_version, "pid": os.getpid(),
+                                         "at": time.time()}
         try:
             self.client.set(key, json.dumps(snap), ex=max(1, int(self.heartbeat_s * 5)))
         except Exception as exc:  # observability must not stop the pipeline
@@ -401,3 +597,14 @@ class Worker:
                 log.debug("final heartbeat failed: %s", exc)
             else:
                 raise
+
+
+def _fix_hint(exc: BaseException) -> str:
+    import redis
+
+    if "WRONGTYPE" in str(exc):
+        return "delete or rename the key the error names (or point the worker at other stream names)."
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return ("grant the worker's Redis user the commands and keys it needs (EVALSHA/EVAL, XREADGROUP, XACK, "
+                "XADD, XAUTOCLAIM, XCLAIM, XPENDING, HSET/HMGET on the store prefix, the three streams).")
+    return "see the Redis error above; the worker can go on once Redis accepts the write."
