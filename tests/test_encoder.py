@@ -113,8 +113,8 @@ def test_describe_reports_the_batcher_once_started():
 
 def test_auto_backend_says_why():
     enc = Encoder.from_pretrained("base", backend="auto", device="cpu", warmup=False)
-    assert enc.describe()["backend"] == "onnxruntime"
-    assert "fastest" in enc.describe()["backend_reason"]
+    assert enc.describe()["backend"] == "openvino"
+    assert "fastest exact CPU backend" in enc.describe()["backend_reason"]
 
 
 def test_default_resolves_to_a_registered_model():

@@ -109,7 +109,7 @@ def test_probes_info_and_openapi(main_server, client, server_encoder):
     assert httpx.get(main_server.url + "/ready").status_code == 200
     info = client.get("/info").json()
     assert info["dim"] == server_encoder.dim and info["model"] == server_encoder.model_version
-    assert info["backend"] == "onnxruntime" and info["precision"] == "fp32"
+    assert info["backend"] == "openvino" and info["precision"] == "fp32"  # backend auto on CPU
     assert info["limits"]["max_inputs"] == LIMITS["max_inputs"] and info["limits"]["api_key"] is True
     assert API_KEY not in client.get("/info").text
     paths = client.get("/openapi.json").json()["paths"]
