@@ -8,13 +8,14 @@ extra_info carries posts/s and tokens/s; the baseline is sentence-transformers'
 """
 import pytest
 
-PROVIDERS = ["sentence-transformers", "torch", "onnxruntime"]
+PROVIDERS = ["sentence-transformers", "torch", "onnxruntime", "openvino"]
 
 
 def make_encode(provider, model: str = "base"):
     """A callable texts -> (n, d) float32 for one provider ("sentence-transformers", or a
-    backend with an optional ":precision", e.g. "onnxruntime:int8", and an optional "@chunk"
-    for long_posts="chunk", e.g. "onnxruntime@chunk"), loaded and warmed up."""
+    backend with an optional ":precision", e.g. "onnxruntime:int8" or "auto:auto", and an optional
+    "@chunk" for long_posts="chunk", e.g. "onnxruntime@chunk"), loaded and warmed up. Our
+    providers' callables carry ``precision`` and ``backend``: what ran ("auto" resolved)."""
     if provider == "sentence-transformers":
         from sentence_transformers import SentenceTransformer
 
@@ -29,7 +30,13 @@ def make_encode(provider, model: str = "base"):
     backend, _, precision = provider.partition(":")
     enc = Encoder.from_pretrained(model, backend=backend, device="cpu", precision=precision or "fp32",
                                   long_posts=mode or "truncate")
-    return lambda texts: enc.encode(texts)
+
+    def encode(texts):
+        return enc.encode(texts)
+
+    encode.precision = enc.backend.precision  # what "auto" resolved to (compare.py's ceiling column)
+    encode.backend = enc.backend.name
+    return encode
 
 
 def token_lengths(texts, chunk: bool = False) -> list[int]:

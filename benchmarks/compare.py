@@ -125,7 +125,8 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=4000, help="short posts (default 4000)")
     p.add_argument("--long", type=int, default=0, help="also run N long posts (median ~100 tokens)")
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is reported")
-    p.add_argument("--providers", default=",".join(PROVIDERS + ["torch:bf16", "onnxruntime:int8"]),
+    p.add_argument("--providers", default=",".join(PROVIDERS + ["openvino", "torch:bf16", "openvino:bf16",
+                                                                 "onnxruntime:int8", "auto:auto"]),
                    help="backend[:precision], comma-separated (default: %(default)s)")
     p.add_argument("--model", default="base", help="model for this project's providers (default: base, the "
                    "model sentence-transformers runs)")
@@ -192,7 +193,7 @@ def main(argv=None) -> int:
                 fid = f"{cos.min():.6f} / {cos.mean():.6f}", f"{overlap_at_k(ref, out):.3f}"
                 row.update(cos_min=float(cos.min()), cos_mean=float(cos.mean()),
                            max_abs_err=float(np.abs(out - ref).max()))
-            precision = name.partition("@")[0].partition(":")[2] or "fp32"
+            precision = getattr(encoders[name], "precision", "fp32")  # "auto" as resolved at load
             fraction = ideal_seconds(tokens, fpt, precision, ceils, share) / seconds
             cell = ceil.fraction_cell(fraction)
             if not np.isfinite(fraction):  # a GEMM no library ran: nothing to check the row against
@@ -206,7 +207,8 @@ def main(argv=None) -> int:
             if row["over_ceiling"]:
                 notes.append(f"WARNING: {wname}/{name} computes at {fraction:.0%} of its {precision} ceiling: the "
                              "ceiling is wrong (a faster library, kernel or FLOP count is missing), not the row")
-            print(f"| {wname} ({len(texts)}) | {name} | {rate:.0f} | {tokens / seconds:.0f} | {ratio} | {fid[0]} | "
+            shown = name if "auto" not in name else f"{name} (= {encoders[name].backend}:{precision})"
+            print(f"| {wname} ({len(texts)}) | {shown} | {rate:.0f} | {tokens / seconds:.0f} | {ratio} | {fid[0]} | "
                   f"{fid[1]} | {cell} |", flush=True)
         notes += ceil.ceiling_warnings(ceils, peak)
     print(f"\nload average after the run: {os.getloadavg()[0]:.2f} (1 min)")
