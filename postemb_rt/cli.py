@@ -2,15 +2,22 @@
 
 Each subcommand lives in its own module, which defines ``register(subparsers)``: it adds
 its parser and sets ``func`` (called with the parsed args; returns an exit code).
+
+Deployed commands (``ENV_COMMANDS``: serve, nearline, backfill) take every flag from the
+environment too, by one rule: ``--max-batch-size`` <- ``POSTEMB_MAX_BATCH_SIZE``. The command
+line wins over the environment, the environment over the built-in default; ``--help`` names
+each variable. A flag two commands share (``--model``, ``--precision``) reads one variable.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import logging
+import os
 import sys
 
-from .errors import PostEmbError
+from .errors import PostEmbError, ValidationError
 
 # subcommand modules, in the order `postemb --help` lists them
 COMMANDS = ["postemb_rt.commands.embed", "postemb_rt.commands.demo", "postemb_rt.commands.train",
@@ -18,19 +25,111 @@ COMMANDS = ["postemb_rt.commands.embed", "postemb_rt.commands.demo", "postemb_rt
             "postemb_rt.commands.serve", "postemb_rt.commands.backfill", "postemb_rt.commands.index"]
 
 
-def build_parser() -> argparse.ArgumentParser:
+ENV_COMMANDS = ("serve", "nearline", "backfill")
+ENV_PREFIX = "POSTEMB_"
+_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off", ""}
+
+
+def env_name(option: str) -> str:
+    """``--max-batch-size`` -> ``POSTEMB_MAX_BATCH_SIZE``."""
+    return ENV_PREFIX + option.lstrip("-").replace("-", "_").upper()
+
+
+def apply_env_defaults(parser: argparse.ArgumentParser, environ=None) -> None:
+    """Every long option of ``parser`` (but --help) takes its default from ``env_name(option)``
+    when that variable is set, converted and checked as the flag's own value would be; a value
+    that does not parse raises ValidationError naming the variable. ``--help`` shows the name."""
+    environ = os.environ if environ is None else environ
+    for action in parser._actions:
+        longs = [o for o in action.option_strings if o.startswith("--")]
+        if not longs or isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            continue
+        var = env_name(longs[0])
+        action.help = f"{action.help or ''} [env: {var}]".strip()
+        raw = environ.get(var)
+        if raw is None:
+            continue
+        action.default = _env_value(action, var, raw)
+        action.required = False  # the environment gave it
+
+
+def _env_value(action: argparse.Action, var: str, raw: str):
+    def bad(why: str):
+        return ValidationError(f"${var} must be {why}. Given: {raw!r}. Fix: set it to a valid "
+                               f"{action.option_strings[-1]} value, or unset it.")
+
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+        if raw.strip().lower() not in _TRUE | _FALSE:
+            raise bad("a boolean (1/0, true/false, yes/no, on/off)")
+        on = raw.strip().lower() in _TRUE
+        return on if isinstance(action, argparse._StoreTrueAction) else not on
+
+    def one(text: str):
+        try:
+            value = action.type(text) if action.type is not None else text
+        except (TypeError, ValueError):
+            raise bad({int: "an integer", float: "a number"}.get(action.type, "a valid value")) from None
+        if action.choices is not None and value not in action.choices:
+            raise bad(f"one of {list(action.choices)}")
+        return value
+
+    if action.nargs in ("+", "*") or isinstance(action, argparse._AppendAction):
+        return [one(part.strip()) for part in raw.split(",") if part.strip()]
+    return one(raw)
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per log line (``--log-format json``): time, level, logger, message."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname,
+               "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+def configure_logging(verbose: bool, log_format: str) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if log_format == "json" else
+                         logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("postemb_rt")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
+def build_parser(environ=None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="postemb", description="Post embeddings: embed, serve, evaluate.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    parser.add_argument("--version", action="version", version=f"postemb {_version()}")
+    parser.add_argument("--log-format", choices=["text", "json"],
+                        default=(os.environ if environ is None else environ).get(env_name("--log-format"), "text"),
+                        help="log lines as text or as one JSON object each (default: text) [env: POSTEMB_LOG_FORMAT]")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).register(sub)
+    for name in ENV_COMMANDS:
+        apply_env_defaults(sub.choices[name], environ)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        parser = build_parser()
+    except ValidationError as exc:  # a POSTEMB_* variable that does not parse
+        print(f"postemb: error: {exc}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    if args.log_format not in ("text", "json"):
+        parser.error(f"$POSTEMB_LOG_FORMAT must be 'text' or 'json'. Given: {args.log_format!r}.")
+    configure_logging(args.verbose, args.log_format)
     try:
         return int(args.func(args) or 0)
     except (PostEmbError, FileNotFoundError) as exc:

@@ -1,0 +1,68 @@
+"""Every flag of the deployed commands (serve, nearline, backfill) from the environment, by one
+naming rule; --version; JSON logs."""
+import json
+import logging
+import subprocess
+import sys
+
+import pytest
+
+from postemb_rt import cli
+from postemb_rt.errors import ValidationError
+
+
+def parse(argv, env):
+    return cli.build_parser(environ=env).parse_args(argv)
+
+
+def test_one_naming_rule_for_every_flag_of_the_deployed_commands():
+    parser = cli.build_parser(environ={})
+    sub = next(a for a in parser._actions if a.dest == "command")
+    for command in cli.ENV_COMMANDS:
+        for action in sub.choices[command]._actions:
+            longs = [o for o in action.option_strings if o.startswith("--")]
+            if longs and longs[0] != "--help":
+                assert f"[env: {cli.env_name(longs[0])}]" in action.help, (command, longs[0])
+    assert cli.env_name("--max-batch-size") == "POSTEMB_MAX_BATCH_SIZE"
+
+
+def test_environment_sets_defaults_and_the_command_line_wins():
+    env = {"POSTEMB_PORT": "9090", "POSTEMB_MAX_WAIT_US": "250", "POSTEMB_ACCESS_LOG": "true",
+           "POSTEMB_LONG_POSTS": "chunk", "POSTEMB_MODEL": "base"}
+    args = parse(["serve"], env)
+    assert (args.port, args.max_wait_us, args.access_log, args.long_posts, args.model) == (9090, 250, True, "chunk", "base")
+    args = parse(["serve", "--port", "7000", "--model", "default"], env)
+    assert (args.port, args.model) == (7000, "default")
+    assert parse(["serve"], {}).port == 8080  # unset: the built-in default
+    assert parse(["backfill"], {"POSTEMB_INPUT": "in/", "POSTEMB_OUTPUT": "out/"}).input == "in/"  # required flags too
+    assert parse(["embed", "x.txt", "--out", "y.npy"], {"POSTEMB_BATCH_SIZE": "7"}).batch_size != 7  # embed: flags only
+
+
+@pytest.mark.parametrize("var,value,match", [
+    ("POSTEMB_PORT", "eighty", r"\$POSTEMB_PORT must be an integer. Given: 'eighty'. Fix: .*--port"),
+    ("POSTEMB_LONG_POSTS", "split", r"\$POSTEMB_LONG_POSTS must be one of \['truncate', 'chunk'\]. Given: 'split'"),
+    ("POSTEMB_ACCESS_LOG", "maybe", r"\$POSTEMB_ACCESS_LOG must be a boolean"),
+    ("POSTEMB_REQUEST_TIMEOUT", "soon", r"must be a number"),
+])
+def test_a_bad_value_names_the_variable_the_value_and_the_fix(var, value, match):
+    with pytest.raises(ValidationError, match=match):
+        cli.build_parser(environ={var: value})
+
+
+def test_version_and_a_bad_variable_exit_cleanly():
+    out = subprocess.run([sys.executable, "-m", "postemb_rt.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("postemb ")
+    bad = subprocess.run([sys.executable, "-m", "postemb_rt.cli", "serve", "--help"], capture_output=True, text=True,
+                         env={**__import__("os").environ, "POSTEMB_MAX_INPUTS": "many"})
+    assert bad.returncode == 2 and "$POSTEMB_MAX_INPUTS must be an integer" in bad.stderr
+
+
+def test_json_logs_are_one_object_per_line(capsys):
+    try:
+        cli.configure_logging(verbose=False, log_format="json")
+        logging.getLogger("postemb_rt").warning("disk %s is full", "/tmp")
+        line = capsys.readouterr().err.strip().splitlines()[-1]
+        rec = json.loads(line)
+        assert rec["level"] == "WARNING" and rec["logger"] == "postemb_rt" and rec["message"] == "disk /tmp is full"
+    finally:
+        cli.configure_logging(verbose=False, log_format="text")
