@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 VENV_FLAGS ?=
 
-.PHONY: install system-deps demo test bench compare train eval clean
+.PHONY: install system-deps demo test test-isa gate bench compare train eval clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -27,9 +27,23 @@ demo: $(STAMP)
 system-deps:
 	@command -v redis-server >/dev/null || (apt-get update -q && apt-get install -y -q redis-server)
 
-# Benchmarks run as quick tests here (one round, 200 posts, no timing assertions).
+# The suite (benchmarks run as quick tests here: one round, 200 posts, no timing assertions), then
+# test-isa and the throughput gate.
 test: $(STAMP) system-deps
 	POSTEMB_BENCH_N=200 $(BIN)/python -m pytest -q -p no:cacheprovider tests benchmarks --benchmark-disable
+	$(BIN)/python -m tests.isa_emulation
+	$(BIN)/python benchmarks/throughput_gate.py --json $(GATE_JSON)
+
+# The backend, precision and kernel tests again with oneDNN, MKL, ATen and our pooling kernel held to
+# AVX2, then to AVX-512 without BF16/VNNI (tests/isa_emulation.py says what is and is not held).
+test-isa: $(STAMP)
+	$(BIN)/python -m tests.isa_emulation
+
+# Ratios of our `auto` and fastest faithful paths to sentence-transformers fp32, in one process;
+# fails below the floors in benchmarks/throughput_gate.py. Under 2 minutes on 2 cores.
+GATE_JSON ?= .benchmarks/throughput_gate.json
+gate: $(STAMP)
+	$(BIN)/python benchmarks/throughput_gate.py --json $(GATE_JSON)
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest benchmarks --benchmark-only --benchmark-columns=median,ops,rounds

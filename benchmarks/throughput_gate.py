@@ -205,6 +205,7 @@ def main(argv=None) -> int:
                  args.fastest)
     print("\n".join(table(report)), flush=True)
     if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1))
     return 0 if report["passed"] else 1
 

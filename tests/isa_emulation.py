@@ -1,0 +1,71 @@
+"""Older x86 CPUs, emulated on this one: the backend, precision and kernel tests again with the
+libraries held to an older instruction set (run by `make test` through `make test-isa`).
+
+    python -m tests.isa_emulation [avx2|avx512-core ...] [-- extra pytest args]
+
+| pass | stands for | oneDNN | MKL | ATen | our pooling kernel |
+|---|---|---|---|---|---|
+| avx2 | AVX2 only (Haswell .. Zen 3) | ONEDNN_MAX_CPU_ISA=AVX2 | MKL_ENABLE_INSTRUCTIONS=AVX2 | ATEN_CPU_CAPABILITY=avx2 | POSTEMB_CPU_ISA=avx2 |
+| avx512-core | AVX-512 without BF16 or VNNI (Skylake-SP) | AVX512_CORE | AVX512 | avx512 | POSTEMB_CPU_ISA=generic (the portable fallback) |
+
+OpenVINO's CPU plugin bundles its own oneDNN and honours ONEDNN_MAX_CPU_ISA too.
+
+Not emulated: MLAS, onnxruntime's own kernels. onnxruntime 1.32 has no run-time switch for them
+(MLAS picks its kernels from cpuid in its platform constructor; its only ISA options are build
+flags, e.g. onnxruntime PR 20215), so onnxruntime still runs this CPU's best kernels in both passes,
+and the int8 tests (onnxruntime only) are left out of them (``-k "not int8"``; they are also the
+slowest). Nor does anything that reads the CPU's features itself change: /proc/cpuinfo, torch's
+``_is_mkldnn_bf16_supported``, OpenVINO's OPTIMIZATION_CAPABILITIES. tests/test_isa_emulation.py
+checks that each pass's variables take effect.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+PASSES = {
+    "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+             "POSTEMB_CPU_ISA": "avx2"},
+    "avx512-core": {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE", "MKL_ENABLE_INSTRUCTIONS": "AVX512",
+                    "ATEN_CPU_CAPABILITY": "avx512", "POSTEMB_CPU_ISA": "generic"},
+}
+# The tests that exercise the ISA-dependent code: every backend against the torch reference (the C++
+# pooling kernel on the path the pass forces), bf16 and the fidelity bar. The kernel's own tests
+# already run every path on this CPU (tests/kernels), so they are not repeated.
+TESTS = ["tests/backends", "tests/test_precision.py", "tests/test_isa_emulation.py"]
+SELECT = ["-k", "not int8"]
+# Emulation artefacts, per pass: tests that fail only because the emulation is partial.
+DESELECT = {
+    # OpenVINO offers bf16 from cpuid (this CPU: AVX512-BF16) but compiles with the kernels
+    # ONEDNN_MAX_CPU_ISA=AVX2 leaves it, and has no bf16 Softmax there ("Supported primitive
+    # descriptors list is empty"). A real AVX2 CPU lists no BF16, and the backend refuses bf16 with
+    # its own error, which this test checks on such a CPU.
+    "avx2": ["tests/test_precision.py::test_bf16_on_cpu_keeps_the_embedding[openvino]"],
+}
+
+
+def env_for(name: str) -> dict:
+    """os.environ with the pass's variables set."""
+    if name not in PASSES:
+        raise ValueError(f"`pass` must be one of {sorted(PASSES)}. Given: {name!r}.")
+    return {**os.environ, **PASSES[name], "POSTEMB_ISA_PASS": name}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []
+    names = (argv[: argv.index("--")] if "--" in argv else argv) or list(PASSES)
+    worst = 0
+    for name in names:
+        env = env_for(name)
+        print(f"== emulated ISA pass {name}: {' '.join(f'{k}={v}' for k, v in PASSES[name].items())}", flush=True)
+        deselect = [arg for nodeid in DESELECT.get(name, ()) for arg in ("--deselect", nodeid)]
+        rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS, *SELECT,
+                              *deselect, *extra], env=env)
+        worst = max(worst, rc)
+    return worst
+
+
+if __name__ == "__main__":
+    sys.exit(main())
