@@ -8,12 +8,12 @@ Rows, all on the model sentence-transformers runs (``base``), so a ratio is the 
 
 - ``sentence-transformers``: ``SentenceTransformer(base).encode(texts, batch_size=32)`` in fp32,
   the baseline (benchmarks/bench_encode.py's ``make_encode``, as benchmarks/compare.py).
-- ``auto``: ``Encoder.from_pretrained("base")`` with every default (backend "auto", the library's
-  default precision): what a user gets without choosing anything.
-- ``fastest``: our fastest faithful path on this CPU (:func:`fastest_provider`): bf16 where the CPU
-  has AVX512-BF16 or AMX-BF16, else int8 (README "Fast precisions"), backend "auto" for that
-  precision. Its first load measures its fidelity (the runtime raises below the bar), which is
-  part of the gate's time.
+- ``auto``: ``backend="auto"`` at the library's default precision, fp32 (exact): what a user gets
+  without choosing anything.
+- ``fastest``: our fastest faithful path on this CPU as the runtime picks it, ``precision="auto"``
+  (backends.precision_candidates: bf16 where the CPU computes it natively, AVX512-BF16 or AMX,
+  else int8, each only if it clears the fidelity bar; README "Fast precisions"), on
+  ``backend="auto"``. Its first load measures its fidelity, which is part of the gate's time.
 
 Workload: the first ``--n`` short posts (postemb_rt/data.py ``short_posts``). One untimed warm-up
 pass over 64 posts, then ``--rounds`` interleaved rounds (every row once per round, rotating who
@@ -56,18 +56,11 @@ from benchmarks.compare import cpu_name, measure_interleaved  # noqa: E402
 
 BASELINE = "sentence-transformers"
 FLOORS = {"auto": 0.9, "fastest": 1.5}
+# The rows as bench_encode.make_encode providers (backend:precision).
+PROVIDERS = {"auto": "auto:fp32", "fastest": "auto:auto"}
 # The CPU flags that decide the fast path, shown in the table.
 SHOWN_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 WARMUP_POSTS = 64
-
-
-def fastest_provider(flags: set[str]) -> tuple[str, str]:
-    """(provider, why): our fastest faithful path on a CPU with these flags, as
-    ``backend:precision`` for bench_encode.make_encode."""
-    native = sorted({"avx512_bf16", "amx_bf16"} & set(flags))
-    if native:
-        return "auto:bf16", f"bf16: the CPU computes bf16 natively ({', '.join(native)})"
-    return "auto:int8", "int8: no native bf16 on this CPU (no avx512_bf16 / amx_bf16)"
 
 
 def evaluate(seconds: dict[str, list[float]], floors: dict[str, float], baseline: str = BASELINE) -> dict:
@@ -111,14 +104,11 @@ def interleaved_seconds(encoders: dict, texts, rounds: int) -> tuple[dict[str, l
 
 def load_rows(model: str, fastest: str) -> tuple[dict, dict]:
     """({row: texts -> (n, d) float32}, {row: what runs}) for the baseline, auto and fastest rows."""
-    from postemb_rt import Encoder
-
-    auto = Encoder.from_pretrained(model, device="cpu")
-    encoders = {BASELINE: make_encode(BASELINE), "auto": auto.encode, "fastest": make_encode(fastest, model)}
-    info = auto.describe()
-    what = {BASELINE: "SentenceTransformer(base), fp32, batch 32",
-            "auto": f"Encoder.from_pretrained({model!r}): {info['backend']}, {info['precision']}",
-            "fastest": fastest}
+    encoders = {BASELINE: make_encode(BASELINE)}
+    what = {BASELINE: "SentenceTransformer(base), fp32, batch 32"}
+    for row, provider in (("auto", PROVIDERS["auto"]), ("fastest", fastest)):
+        encoders[row] = make_encode(provider, model)
+        what[row] = f"{provider} -> {encoders[row].backend}, {encoders[row].precision}"
     return encoders, what
 
 
@@ -129,7 +119,7 @@ def run(n: int, rounds: int, floors: dict[str, float], model: str = "base", fast
     flags = cpu_flags()
     why = "forced by --fastest"
     if fastest is None:
-        fastest, why = fastest_provider(flags)
+        fastest, why = PROVIDERS["fastest"], "the runtime's precision='auto'"
     texts = short_posts(n)
     load_start = os.getloadavg()
     encoders, what = load_rows(model, fastest)
@@ -187,7 +177,7 @@ def main(argv=None) -> int:
     p.add_argument("--floor-auto", type=float, default=FLOORS["auto"])
     p.add_argument("--floor-fastest", type=float, default=FLOORS["fastest"])
     p.add_argument("--fastest", default=None, help="force the fastest row's backend:precision (default: "
-                   "bf16 with native bf16, else int8); e.g. onnxruntime:fp32 to see the gate fail")
+                   "auto:auto, the runtime's own choice); e.g. onnxruntime:fp32 to see the gate fail")
     p.add_argument("--ours-threads", type=int, default=None, help="intra-op threads for our rows "
                    "(sets POSTEMB_NUM_THREADS; onnxruntime reads it). Default: the runtime's")
     p.add_argument("--model", default="base", help="our rows' model (default: base, the model "

@@ -49,17 +49,6 @@ def test_evaluate_rejects_mismatched_input_naming_it(seconds, floors, match):
         gate.evaluate(seconds, floors)
 
 
-@pytest.mark.parametrize("flags, provider", [
-    ({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_int8"}, "auto:bf16"),  # Intel AMX generation
-    ({"avx2", "avx512f", "avx512_vnni", "avx512_bf16"}, "auto:bf16"),  # AMD Zen 4/5
-    ({"avx2", "avx512f", "avx512_vnni"}, "auto:int8"),  # Cascade/Ice Lake
-    ({"avx2"}, "auto:int8"),  # AVX2 only
-])
-def test_fastest_path_is_bf16_where_the_cpu_computes_it_natively_else_int8(flags, provider):
-    got, why = gate.fastest_provider(flags)
-    assert got == provider and why.startswith(provider.split(":")[1])
-
-
 def test_rounds_are_interleaved_with_the_first_row_rotating():
     calls = []
 
@@ -121,6 +110,6 @@ def test_the_real_gate_fails_when_our_runtime_is_slowed(tmp_path):
     assert r.returncode == 1, r.stdout + r.stderr
     fastest = report["rows"]["fastest"]
     assert not report["passed"] and not fastest["ok"] and fastest["ratio"] < gate.FLOORS["fastest"]
-    assert fastest["what"] == "onnxruntime:fp32" and fastest["why"] == "forced by --fastest"
+    assert fastest["what"] == "onnxruntime:fp32 -> onnxruntime, fp32" and fastest["why"] == "forced by --fastest"
     assert report["threads_env"] == "1" and len(fastest["ratios"]) == 3
     assert "FAIL: fastest: median" in r.stdout and "| fastest |" in r.stdout
