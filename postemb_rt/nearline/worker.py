@@ -445,7 +445,7 @@ class Worker:
                 args += a
             return self._script(keys=keys, args=args)
 
-        results, failed = self._isolate("store", items, write)
+        results, failed = self._isolate("store", items, write, lambda item: item[0].event_id)
         done = [p for chunk, _ in results for p, _ in chunk]
         if done:
             self._ack([p.event_id for p in done])  # never before the write above has succeeded
@@ -483,7 +483,7 @@ class Worker:
                 args += [eid, 2 * len(rec)] + [x for kv in rec.items() for x in kv]
             return self._dead_script(keys=[self.dead, self.posts], args=args)
 
-        _, failed = self._isolate("dead-letter", dead, move)
+        _, failed = self._isolate("dead-letter", dead, move, lambda item: item[0])
         for (eid, _, reason), err in failed:
             minimal = (eid, {}, f"{reason} [the event's own fields were dropped: the dead-letter stream refused "
                                 f"them: {type(err).__name__}: {err}]"[:2000])
@@ -498,20 +498,21 @@ class Worker:
         for eid, _, reason in dead:
             log.warning("dead-lettered %s: %s", eid, reason)
 
-    def _isolate(self, what: str, items: list, write) -> tuple[list, list]:
+    def _isolate(self, what: str, items: list, write, event_id) -> tuple[list, list]:
         """write(chunk) for all items, in as few calls as the data allow. Transient Redis
         failures are retried (:meth:`_retry`). A deterministic failure splits the chunk in
         two until the item that causes it is alone; then an empty call (the script's key
         checks alone) tells an item's own fault from a shared one. Returns (results, failed):
         results [(chunk, write's return)], failed [(item, exception)]. Raises StoreError for
-        a shared fault (a wrong-type stream key, NOPERM): no post is to blame for it."""
+        a shared fault (a wrong-type stream key, NOPERM): no post is to blame for it.
+        event_id(item): the event an item is of (to keep the chunk's entries ours while retrying)."""
         import redis
 
         results, failed, todo = [], [], [(0, len(items))]
         while todo:
             lo, hi = todo.pop()
             chunk = items[lo:hi]
-            ids = [x[0].event_id if isinstance(x[0], Post) else x[0] for x in chunk]
+            ids = [event_id(x) for x in chunk]
             try:
                 results.append((chunk, self._retry(what, lambda c=chunk: write(c), ids)))
                 continue

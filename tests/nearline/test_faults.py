@@ -238,6 +238,27 @@ def test_hanging_post_is_bounded_and_dead_lettered_alone(redis_server, redis_cli
     assert sum("HANG" in " ".join(c) for c in enc.calls) == 2
 
 
+def test_cli_exits_3_on_a_model_timeout(redis_server, redis_client, monkeypatch, capsys):
+    import argparse
+
+    from postemb_rt.commands import nearline as command
+    from postemb_rt.encoder import Encoder
+
+    enc = FakeEncoder(hang="HANG")
+    publish_all(redis_client, 2, marked={1: "HANG"})
+    monkeypatch.setattr(Encoder, "from_pretrained", classmethod(lambda cls, *a, **k: enc))
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    assert parser.parse_args([]).model_timeout == nearline.DEFAULT_MODEL_TIMEOUT_S == 60.0
+    args = parser.parse_args(["--redis", redis_server.url, "--consumer", "cli", "--model-timeout", "0.2"])
+    try:
+        assert command.run(args) == nearline.EXIT_MODEL_TIMEOUT == 3
+    finally:
+        enc.release.set()
+    assert "`model_timeout_s` (0.2 s)" in capsys.readouterr().err
+    assert pending(redis_client) == 2 and not stored_ids(redis_client)  # waiting for the next worker
+
+
 def test_model_timeout_is_validated():
     for bad in (-1, float("nan"), "60", True):
         with pytest.raises(ValidationError, match=r"`model_timeout_s` must be .*Given"):

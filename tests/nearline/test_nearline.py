@@ -127,6 +127,7 @@ def test_end_to_end_2000_posts_stored_exactly_once_equal_to_encode(redis_server,
             nearline.publish(redis_client, i, text)
         wait_until(lambda: drained(redis_client) and redis_client.xlen("embeddings") >= 2000, 120, "2000 posts")
     assert not workers[0].errors and not workers[1].errors
+    assert workers[0].vector_version == enc.vector_version == enc.model_version  # fp32 + truncate: the plain version
     ids = [str(i) for i in range(2000)]
     assert_exactly_once(redis_client, enc.model_version, ids)
     assert all(w.stats.events > 0 for w in workers), "both workers should share the load"
