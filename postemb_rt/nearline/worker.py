@@ -369,7 +369,8 @@ class Worker:
                 self._retry("encode (probe)", lambda: self._encode_once([PROBE_TEXT], []), [p.event_id for p in posts],
                             retry_if=lambda e: not isinstance(e, ModelTimeoutError))
                 try:
-                    vectors[lo:hi] = self._encode_once([p.text for p in chunk], chunk)  # the model is fine now: last try
+                    # the model is fine now: one last try
+                    vectors[lo:hi] = self._encode_once([p.text for p in chunk], chunk)
                     continue
                 except ModelTimeoutError:
                     raise

@@ -92,6 +92,25 @@ def run_until_done(url, client, encoder, *, limit=8, timeout=15.0, **kw) -> list
     raise AssertionError(f"not drained after {limit} workers: {[w.errors for w in workers]}")
 
 
+# -- which Redis errors are retried ---------------------------------------------------------
+
+
+def test_transient_redis_errors_are_told_from_deterministic_ones():
+    from redis.exceptions import (BusyLoadingError, ConnectionError, DataError, NoPermissionError, OutOfMemoryError,
+                                  ReadOnlyError, ResponseError, TimeoutError)
+
+    retried = [ConnectionError("refused"), TimeoutError("timed out"), BusyLoadingError("loading"),
+               ReadOnlyError("You can't write against a read only replica."), OutOfMemoryError("maxmemory"),
+               ResponseError("NOGROUP No such key 'posts' or consumer group 'embedder'"),
+               ResponseError("BUSY Redis is busy running a script."), ResponseError("MISCONF unable to persist")]
+    refused = [ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+               ResponseError("ERR user_script:1: Script attempted to access nonexistent global variable"),
+               NoPermissionError("User w has no permissions to run the 'xack' command"), DataError("bad arg"),
+               RuntimeError("not redis")]
+    assert [nearline.keys.transient(e) for e in retried] == [True] * len(retried)
+    assert [nearline.keys.transient(e) for e in refused] == [False] * len(refused)
+
+
 # -- the store script ----------------------------------------------------------------------
 
 
@@ -183,7 +202,8 @@ def test_ack_refused_stops_the_worker_instead_of_looping(redis_server, redis_cli
     publish_all(redis_client, 5)
     url = redis_server.url.replace("redis://", "redis://noack:pw@")
     w = nearline.Worker(nearline.connect(url), FakeEncoder(), batch_size=8, max_wait_ms=50)
-    with pytest.raises(nearline.StoreError, match=r"XACK on 'posts'.*NoPermissionError.*xack.*stay pending.*Fix: grant"):
+    with pytest.raises(nearline.StoreError,
+                       match=r"XACK on 'posts'.*NoPermissionError.*xack.*stay pending.*Fix: grant"):
         w.run(max_events=5)
     assert stored_ids(redis_client) == {f"p{i}" for i in range(5)} and pending(redis_client) == 5
     redis_client.acl_deluser("noack")
