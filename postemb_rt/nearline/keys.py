@@ -4,16 +4,19 @@ to the dead-letter stream (``DEAD_LUA``), each all or nothing, which Redis error
 retrying (``transient``), and reading a record back (``fetch``).
 
 Record layout (hash ``postemb:{vector_version}:{post_id}``):
-    vector        dim*4 bytes, float32 little-endian, unit L2 norm
+    vector          dim*4 bytes, float32 little-endian, unit L2 norm
     dim, post_id
     model_version   the model's version (``Encoder.model_version``)
     vector_version  the key's version: ``Encoder.vector_version``, the model version plus
-                  ``+<precision>`` / ``+chunk`` when the precision or the long-post mode
-                  changes the numbers (vectors of two modes never share a key)
-    created_at    seconds since the epoch (producer's clock), "%.6f"
-    embedded_at   seconds since the epoch when the worker wrote it, "%.6f"
-    event_id      the ``posts`` stream id the record came from
-    text_sha256   hex SHA-256 of the post's UTF-8 text (the content the vector is of)
+                    ``+<precision>`` / ``+chunk`` when the precision or the long-post mode
+                    changes the numbers (vectors of two modes never share a key)
+    created_at      seconds since the epoch (producer's clock), "%.6f"
+    embedded_at     seconds since the epoch when the worker wrote it, "%.6f"
+    event_id        the ``posts`` stream id the record came from
+    text_sha256     hex SHA-256 of the post's UTF-8 text (the content the vector is of)
+
+Announcement (``embeddings`` stream): post_id, key, model_version, vector_version,
+created_at, embedded_at.
 """
 from __future__ import annotations
 
