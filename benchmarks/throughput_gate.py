@@ -19,8 +19,9 @@ Workload: the first ``--n`` short posts (postemb_rt/data.py ``short_posts``). On
 pass over 64 posts, then ``--rounds`` interleaved rounds (every row once per round, rotating who
 goes first: compare.py's ``measure_interleaved``); per round, each row's ratio = the baseline's
 seconds / the row's seconds; the gate reads the **median** ratio. Defaults (800 posts, 5 rounds):
-about 40 s of encoding on 2 cores plus the model loads (and a first fidelity check, 10-40 s),
-under 2 minutes.
+about 5-6 s a round on 2 cores at the rates in README "Benchmarks" (an estimate; the gate was not
+timed while other sessions shared the machine), so ~30 s of encoding plus the model loads and a
+first fidelity check (10-40 s): under 2 minutes.
 
 **Floors** (FLOORS; --floor-auto / --floor-fastest override them). The gate exits 1 when a median
 ratio is below its floor, 0 otherwise. They sit well under every ratio measured so far on both
