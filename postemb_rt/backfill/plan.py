@@ -12,6 +12,7 @@ STAGING = "_staging"
 SUCCESS = "_SUCCESS.json"
 MARKER = "_source.json"  # in a staging folder: what its parts were made from (see _marker)
 ROWS_PER_SPLIT = 10_000  # ~30 s of CPU inference per split on one core: fine-grained resume, small retries
+ID_TYPES = ("int", "string")  # of an output's `id` column (Arrow int64 / string): one per output
 
 
 @dataclass(frozen=True)
@@ -105,3 +106,43 @@ def part_name(index: int) -> str:
 
 def errors_name(index: int) -> str:
     return f"_errors-{index:05d}.jsonl"
+
+
+def parquet_id_type(path: Path) -> str | None:
+    """The id type ("int" or "string") of a Parquet input's ``id`` column, from its footer;
+    None for a column of nulls only (every row is bad: it fits any output). Other column types
+    are refused (ValidationError naming the file, the type and the fix)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    names = pq.read_schema(path).names
+    if "id" not in names:
+        raise ValidationError(f"`--input` file {str(path)!r} needs columns `id` and `text`. Given columns: {names}.")
+    t = pq.read_schema(path).field("id").type
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "string"
+    if pa.types.is_null(t):
+        return None
+    raise ValidationError(f"`--input` file {str(path)!r}: column `id` must hold integers or strings. Given: {t}. "
+                          "Fix: cast the column to int64 or string and run again.")
+
+
+def jsonl_first_id_type(path: Path) -> str | None:
+    """The id type ("int" or "string") of the first row of a JSONL input with a valid id (an
+    integer or a string); None when no row has one. Reads the file only up to that row."""
+    import json
+
+    with open(path, "rb") as f:
+        for raw in f:
+            try:
+                obj = json.loads(raw)
+            except ValueError:  # not JSON, not UTF-8: a bad row, skipped here as the split reader will
+                continue
+            pid = obj.get("id") if isinstance(obj, dict) else None
+            if isinstance(pid, str):
+                return "string"
+            if isinstance(pid, int) and not isinstance(pid, bool):
+                return "int"
+    return None

@@ -13,9 +13,9 @@ from typing import Callable
 
 from ..durable import atomic_write, durable_rename, read_json
 from ..errors import PostEmbError, ValidationError
-from .plan import (MARKER, ROWS_PER_SPLIT, STAGING, SUCCESS, FilePlan, errors_name, jsonl_rows, list_inputs, part_name,
-                   plan_file)
-from .splits import SplitEmbedder
+from .plan import (ID_TYPES, MARKER, ROWS_PER_SPLIT, STAGING, SUCCESS, FilePlan, errors_name, jsonl_first_id_type,
+                   jsonl_rows, list_inputs, parquet_id_type, part_name, plan_file)
+from .splits import SplitEmbedder, describe_error
 
 log = logging.getLogger("postemb_rt.backfill")
 
@@ -40,8 +40,9 @@ class BackfillReport:
     rows_embedded: int = 0
     rows_bad: int = 0
     seconds: float = 0.0
-    model_version: str = ""
+    model_version: str = ""  # the vector version written with each vector (Encoder.vector_version)
     model_fingerprint: str = ""
+    id_type: str = ""  # of the output's `id` column: "int" (int64) or "string"
     workers: int = 0
     failures: list[str] = field(default_factory=list)
     errors_files: list[str] = field(default_factory=list)
@@ -57,27 +58,106 @@ def _model_of(meta: dict) -> tuple:
     return meta.get("model_version"), meta.get("model_fingerprint")
 
 
-def _check_model_version(out: Path, model_version: str, fingerprint: str) -> None:
+def _committed(out: Path):
+    """(the _SUCCESS.json of one committed file of ``out``, its meta), or (None, {}) if none."""
     for success in out.rglob(SUCCESS):
-        if STAGING in success.relative_to(out).parts:
-            continue
-        meta = read_json(success) or {}
+        if STAGING not in success.relative_to(out).parts:
+            return success, read_json(success) or {}
+    return None, {}
+
+
+def _check_model_version(out: Path, model_version: str, fingerprint: str) -> None:
+    success, meta = _committed(out)
+    if success is not None:
         theirs = _model_of(meta)
         if theirs[0] not in (None, model_version) or theirs[1] not in (None, fingerprint):
             raise ValidationError(
                 f"`--output` {str(out)!r} holds embeddings of model {theirs[0]!r} (fingerprint {theirs[1]}, "
                 f"{success.parent}); this run uses {model_version!r} (fingerprint {fingerprint}). "
-                "Fix: pick a new --output folder, or run with the model that wrote it.")
-        return  # one committed file is enough: every file of a folder was written by one model
+                "Fix: pick a new --output folder, or run with the model (and --precision, --long-posts) that "
+                "wrote it.")
+        # one committed file is enough: every file of a folder was written by one model
 
 
-def _marker(plan: FilePlan, model_version: str, fingerprint: str, rows_per_split: int) -> dict:
+def _output_id_type(out: Path) -> tuple[str | None, str]:
+    """(the id type of the committed files of ``out``, where it was read), or (None, "") when
+    nothing is committed. Outputs of older versions (no ``id_type`` in _SUCCESS.json): from a
+    part's schema."""
+    success, meta = _committed(out)
+    if success is None:
+        return None, ""
+    if meta.get("id_type") in ID_TYPES:
+        return meta["id_type"], str(success)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for part in sorted(success.parent.glob("part-*.parquet")):
+        t = pq.read_schema(part).field("id").type
+        if pa.types.is_integer(t):
+            return "int", str(part)
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            return "string", str(part)
+    return None, ""
+
+
+def decide_id_type(files: list[Path], out: Path, id_type: str = "auto") -> str:
+    """The one id type ("int" or "string") of the output, decided before any work, or a
+    ValidationError naming the clash and the fix.
+
+    An output that already holds committed files keeps their type (``id_type`` must then be
+    "auto" or that type). Else ``id_type`` "int" / "string" as asked, or for "auto": Parquet
+    inputs, the type of their ``id`` columns (read from the footers; integer and string
+    columns mixed are refused: use "string"); JSONL inputs, the type of the first valid id of
+    the first file. Rows then cast: integer ids into a "string" output as their decimal
+    strings; a string id into an "int" output is a bad row (errors file, with the fix), and a
+    string Parquet column into an "int" output is refused here."""
+    if id_type not in ("auto", *ID_TYPES):
+        raise ValidationError(f"`id_type` must be 'auto', 'int' or 'string'. Given: {id_type!r}.")
+    have, where = _output_id_type(out)
+    if have is not None and id_type not in ("auto", have):
+        raise ValidationError(
+            f"`--id-type` {id_type!r}: `--output` {str(out)!r} already holds {have} ids ({where}); one output has "
+            f"one id type. Fix: --id-type {have} (or auto), or pick a new --output folder.")
+    want = have or (id_type if id_type != "auto" else None)
+    why = f"the ids already in {where}" if have else "--id-type int"
+    if files[0].suffix == ".parquet":
+        found: dict[str, Path] = {}
+        for f in files:
+            try:
+                t = parquet_id_type(f)
+            except ValidationError:
+                raise
+            except Exception:  # noqa: BLE001 - an unreadable file fails alone when it is planned
+                continue
+            if t is not None:
+                found.setdefault(t, f)
+        if want == "int" and "string" in found:
+            raise ValidationError(
+                f"`--input` file {str(found['string'])!r} has string ids, but this output's ids are integers ({why}). "
+                "Fix: pick a new --output folder and run with --id-type string.")
+        if want is None and len(found) > 1:
+            raise ValidationError(
+                f"`--input` mixes integer ids ({found['int']}) and string ids ({found['string']}); an output holds one "
+                "id type, so its index can read it. Fix: --id-type string (integer ids are written as their decimal "
+                "strings), or split the input into one folder per id type.")
+        return want or next(iter(found), "string")
+    if want is not None:
+        return want
+    for f in files:
+        t = jsonl_first_id_type(f)
+        if t is not None:
+            return t
+    return "string"  # no row has an id: every row is bad, the parts are empty
+
+
+def _marker(plan: FilePlan, model_version: str, fingerprint: str, rows_per_split: int, id_type: str) -> dict:
     """What the staging folder of an unfinished file was started with (``_source.json``):
-    the source's size and mtime, the model, and the split plan (each split's first and
-    count: for JSONL, byte ranges), so parts of different runs are never mixed."""
+    the source's size and mtime, the model (vector version and fingerprint), the split plan
+    (each split's first and count: for JSONL, byte ranges) and the id type, so parts of
+    different runs are never mixed."""
     return {"size": plan.size, "mtime_ns": plan.mtime_ns, "model_version": model_version,
             "model_fingerprint": fingerprint, "rows_per_split": rows_per_split,
-            "splits": [[s.first, s.count] for s in plan.splits]}
+            "splits": [[s.first, s.count] for s in plan.splits], "id_type": id_type}
 
 
 def _resume_staging(staging: Path, want: dict, rel: str) -> None:
@@ -95,19 +175,23 @@ def _resume_staging(staging: Path, want: dict, rel: str) -> None:
                 "under the wrong model. Fix: finish it with the first model, or delete that staging folder "
                 "(or pick a new --output folder) to embed it with this one.")
         if (have.get("size"), have.get("mtime_ns")) == (want["size"], want["mtime_ns"]):
-            log.warning("%s: the split plan changed since the interrupted run (rows_per_split %s -> %s); its "
-                        "finished splits are discarded and the file restarts", rel, have.get("rows_per_split"),
-                        want["rows_per_split"])
+            log.warning("%s: the split plan or id type changed since the interrupted run (rows_per_split %s -> "
+                        "%s, id type %s -> %s); its finished splits are discarded and the file restarts", rel,
+                        have.get("rows_per_split"), want["rows_per_split"], have.get("id_type"), want["id_type"])
     shutil.rmtree(staging, ignore_errors=True)  # absent, or from another version of the file or plan
     staging.mkdir(parents=True)
     atomic_write(staging / MARKER, json.dumps(want))
 
 
-def resolve_model_version(model: str) -> str:
-    """The model version a backfill with ``model`` writes (no model is loaded)."""
+def resolve_model_version(model: str, precision: str = "fp32", long_posts: str = "truncate") -> str:
+    """The version a backfill with ``model``, ``precision`` and ``long_posts`` writes with each
+    vector: ``postemb_rt.encoder.vector_version`` (the model version, plus ``+<precision>``
+    and ``+chunk`` where they change the numbers), the same string ``Encoder.vector_version``
+    gives. No model is loaded."""
+    from ..encoder import vector_version
     from ..model_dir import resolve
 
-    return resolve(model).config.model_version
+    return vector_version(resolve(model).config.model_version, precision, long_posts)
 
 
 def _ray_init(ray_address: str | None, num_cpus: int | None) -> bool:
@@ -128,7 +212,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
              num_workers: int | None = None, threads_per_worker: int = 1, batch_size: int = 64,
              rows_per_split: int = ROWS_PER_SPLIT, ray_address: str | None = None,
              on_split: Callable[[dict, BackfillReport], None] | None = None,
-             long_posts: str = "truncate") -> BackfillReport:
+             long_posts: str = "truncate", precision: str = "fp32", id_type: str = "auto") -> BackfillReport:
     """Embed every post under ``input_path`` into Parquet under ``output_path`` on Ray Data.
 
     input_path: a .parquet / .jsonl file or a folder of them (columns / fields ``id``, ``text``).
@@ -140,8 +224,15 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     on_split: called on the driver after each finished split (summary row, report so far);
         an exception raised there stops the run (what the tests use to interrupt one).
     long_posts: "truncate" or "chunk" (embed whole posts; see postemb_rt.long_posts).
-    Returns a BackfillReport; raises BackfillError after the run if some splits failed
-    (their files stay uncommitted; the rest is committed).
+    precision: "fp32" (exact), or "bf16" / "int8" on CPU (see ``Encoder.from_pretrained``).
+    The output's ``model_version`` column holds the vector version (the model version plus
+    ``+<precision>`` / ``+chunk``); a resumed run must use the same (refused otherwise).
+    id_type: "auto", "int" or "string": the one type of the output's ``id`` column, decided
+    before any work (see :func:`decide_id_type`), so every output loads in
+    ``PostIndex.from_parquet``.
+    Returns a BackfillReport; raises BackfillError after the run if some splits or commits
+    failed (their files stay uncommitted, and a re-run finishes them; the rest is committed),
+    e.g. on a full disk (the error says so and what to do).
     """
     import ray
     import ray.data as rd
@@ -157,13 +248,18 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     start = time.perf_counter()
     inp, out = Path(input_path), Path(output_path)
     root, files = list_inputs(inp)
+    from ..encoder import PRECISIONS, vector_version
+
+    if precision not in PRECISIONS:
+        raise ValidationError(f"`precision` must be one of {PRECISIONS}. Given: {precision!r}.")
     md = resolve(model)
-    model_version, fingerprint = md.config.model_version, md.fingerprint
-    if long_posts != "truncate":  # chunk mode changes the vectors of long posts: part of what a resume must match
-        fingerprint = f"{fingerprint}+{long_posts}"
+    # the vector version (precision and long-post mode included): what each vector is written with
+    model_version, fingerprint = vector_version(md.config.model_version, precision, long_posts), md.fingerprint
     out.mkdir(parents=True, exist_ok=True)
     _check_model_version(out, model_version, fingerprint)
-    report = BackfillReport(files_total=len(files), model_version=model_version, model_fingerprint=fingerprint)
+    id_type = decide_id_type(files, out, id_type)
+    report = BackfillReport(files_total=len(files), model_version=model_version, model_fingerprint=fingerprint,
+                            id_type=id_type)
 
     # what is left to do
     pending: dict[str, FilePlan] = {}
@@ -187,7 +283,12 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
             report.files_failed += 1
             continue
         staging = out / STAGING / rel
-        _resume_staging(staging, _marker(plan, model_version, fingerprint, rows_per_split), rel)
+        try:
+            _resume_staging(staging, _marker(plan, model_version, fingerprint, rows_per_split, id_type), rel)
+        except OSError as exc:  # a full disk: this file cannot start; the report names it
+            report.failures.append(f"{rel}: cannot prepare its staging folder ({describe_error(exc)})"[:500])
+            report.files_failed += 1
+            continue
         left = {s.index for s in plan.splits if not (staging / part_name(s.index)).exists()}
         report.splits_reused += len(plan.splits) - len(left)
         pending[rel], todo[rel] = plan, left
@@ -196,12 +297,12 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     try:
         units = [asdict(s) for rel, p in pending.items() for s in p.splits if s.index in todo[rel]]
         for rel in [r for r, left in todo.items() if not left]:  # every split reused: commit now
-            _commit(out, pending[rel], report)
+            _try_commit(out, pending[rel], report)
         if units:
             # Warm the ONNX export cache once here, so the actors do not all export at once.
             from ..encoder import Encoder
 
-            Encoder.from_pretrained(model, backend=backend, device="cpu", warmup=False).close()
+            Encoder.from_pretrained(model, backend=backend, device="cpu", warmup=False, precision=precision).close()
             started_ray = _ray_init(ray_address, None)
             cpus = int(ray.cluster_resources().get("CPU", 1))
             workers = num_workers or max(1, cpus // threads_per_worker)
@@ -214,7 +315,8 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
                 SplitEmbedder, batch_size=1, batch_format="numpy",
                 compute=rd.ActorPoolStrategy(size=workers), num_cpus=threads_per_worker,
                 fn_constructor_kwargs=dict(model=model, backend=backend, threads=threads_per_worker,
-                                           batch_size=batch_size, out=str(out), long_posts=long_posts),
+                                           batch_size=batch_size, out=str(out), long_posts=long_posts,
+                                           precision=precision, id_type=id_type, vector_version=model_version),
             )
             for row in ds.iter_rows():
                 rel, index = row["rel"], int(row["index"])
@@ -226,7 +328,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
                     report.rows_bad += int(row["bad"])
                     todo[rel].discard(index)
                     if not todo[rel]:
-                        _commit(out, pending[rel], report)
+                        _try_commit(out, pending[rel], report)
                 if on_split is not None:
                     on_split(row, report)
         report.files_failed += sum(1 for rel, left in todo.items() if left)
@@ -244,6 +346,16 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     return report
 
 
+def _try_commit(out: Path, plan: FilePlan, report: BackfillReport) -> None:
+    """:func:`_commit`, a failure (a full disk, a row count that does not add up) recorded
+    against this file alone: it stays uncommitted and the next run commits it."""
+    try:
+        _commit(out, plan, report)
+    except (OSError, BackfillError) as exc:
+        report.failures.append(f"{plan.rel}: cannot commit ({describe_error(exc)})"[:500])
+        report.files_failed += 1
+
+
 def _commit(out: Path, plan: FilePlan, report: BackfillReport) -> None:
     """All splits of a file are done: write _SUCCESS.json (counts checked against the parts),
     then rename the staging folder into place."""
@@ -258,7 +370,8 @@ def _commit(out: Path, plan: FilePlan, report: BackfillReport) -> None:
         raise BackfillError(f"{plan.path}: {rows} embedded + {bad} bad rows != {expected} input rows; "
                             f"left in {staging} for inspection.")
     meta = {"source": str(plan.path), "source_size": plan.size, "source_mtime_ns": plan.mtime_ns,
-            "model_version": report.model_version, "model_fingerprint": report.model_fingerprint, "rows": rows,
+            "model_version": report.model_version, "model_fingerprint": report.model_fingerprint,
+            "id_type": report.id_type, "rows": rows,
             "bad_rows": bad, "splits": len(plan.splits), "committed_at": time.time()}
     atomic_write(staging / SUCCESS, json.dumps(meta, indent=1))
     (staging / MARKER).unlink(missing_ok=True)

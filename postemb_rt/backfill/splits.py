@@ -2,18 +2,23 @@
 (and its errors file) into the staging folder durably."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
 from pathlib import Path
 
 from ..durable import atomic_write
-from .plan import STAGING, Split, errors_name, part_name
+from .plan import ID_TYPES, STAGING, Split, errors_name, part_name
+
+INT64 = (-(2 ** 63), 2 ** 63 - 1)
 
 
 # -- reading and checking one split (actor) -----------------------------------------------
-def _read_parquet_split(s: Split):
-    """(ids: pyarrow Array of the good rows, texts: list[str], bad: list[dict])."""
+def _read_parquet_split(s: Split, id_type: str):
+    """(ids: pyarrow Array of the good rows, cast to the output's ``id_type``, texts: list[str],
+    bad: list[dict]). The run checked before any work that the column casts (integer or
+    string columns; a string column only into a "string" output)."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
@@ -44,14 +49,15 @@ def _read_parquet_split(s: Split):
             bad.append({"id": pid, "row_in_split": i, "reason": why})
         else:
             good.append(i)
-    if len(good) == len(texts):
-        return ids, texts, bad
-    keep = pa.array(good, type=pa.int64())
-    return pc.take(ids, keep), [texts[i] for i in good], bad
+    if len(good) < len(texts):
+        ids, texts = pc.take(ids, pa.array(good, type=pa.int64())), [texts[i] for i in good]
+    return pc.cast(ids, arrow_id_type(id_type)), texts, bad
 
 
-def _read_jsonl_split(s: Split):
-    """(ids: list, texts: list[str], bad: list[dict]) for the lines starting in [first, first + count)."""
+def _read_jsonl_split(s: Split, id_type: str):
+    """(ids: list, texts: list[str], bad: list[dict]) for the lines starting in [first, first + count).
+    ``id_type`` (the output's, decided before any work): "string" writes an integer id as its
+    decimal string; "int" sends a string id to the errors file (with the fix)."""
     ids, texts, bad = [], [], []
     end = s.first + s.count
     with open(s.path, "rb") as f:
@@ -88,6 +94,14 @@ def _read_jsonl_split(s: Split):
                     f"`id` must be a string or an integer. Given: {type(pid).__name__}"
                 bad.append({**where, "id": None if pid is None else repr(pid)[:80], "reason": why})
                 continue
+            if id_type == "string":
+                pid = str(pid)
+            elif isinstance(pid, str) or not INT64[0] <= pid <= INT64[1]:
+                why = ("`id` must be an integer: this output's ids are integers (`id_type` in its _SUCCESS.json)"
+                       if isinstance(pid, str) else "`id` is outside the int64 range")
+                bad.append({**where, "id": pid, "reason": f"{why}. Fix: embed this input into a new --output "
+                                                          "with --id-type string"})
+                continue
             tx = obj.get("text")
             if not isinstance(tx, str):
                 why = "`text` is missing or null" if tx is None else f"`text` must be a string. Given: {type(tx).__name__}"
@@ -95,19 +109,40 @@ def _read_jsonl_split(s: Split):
                 continue
             ids.append(pid)
             texts.append(tx)
-    if any(isinstance(i, str) for i in ids):  # one Arrow type per part: mixed ids are written as strings
-        ids = [str(i) for i in ids]
     return ids, texts, bad
 
 
-def embeddings_table(ids, vectors, model_version: str):
-    """The output schema: ``id`` (as read), ``embedding`` fixed_size_list<float32>[dim],
-    ``model_version`` (string). vectors: float32 (n, dim)."""
+def arrow_id_type(id_type: str):
+    """The Arrow type of an output's ``id`` column: int64 ("int") or string ("string")."""
+    import pyarrow as pa
+
+    if id_type not in ID_TYPES:
+        raise ValueError(f"`id_type` must be one of {ID_TYPES}. Given: {id_type!r}.")
+    return pa.int64() if id_type == "int" else pa.string()
+
+
+def embeddings_table(ids, vectors, model_version: str, id_type: str):
+    """The output schema (of ``postemb backfill`` and ``postemb embed``): ``id`` (int64 for
+    ``id_type`` "int", string for "string", whatever the rows: a part with no good rows is
+    still of that type), ``embedding`` fixed_size_list<float32>[dim], ``model_version``
+    (string: the vector version, ``Encoder.vector_version``). ids: n ints or strs (or a
+    pyarrow Array); vectors: float32 (n, dim)."""
     import pyarrow as pa
 
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
     emb = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
-    return pa.table({"id": ids, "embedding": emb, "model_version": pa.array([model_version] * len(vectors), pa.string())})
+    ids = ids.cast(arrow_id_type(id_type)) if isinstance(ids, pa.Array) else pa.array(ids, arrow_id_type(id_type))
+    return pa.table({"id": ids, "embedding": emb,
+                     "model_version": pa.array([model_version] * len(vectors), pa.string())})
+
+
+def describe_error(exc: BaseException) -> str:
+    """A split's or a commit's error as the report shows it; a full disk says what to do."""
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or "No space left on device" in str(exc)):
+        text = (f"no space left on the output's file system ({text}). Fix: free space there (or pick another "
+                "--output) and run the same command again: finished splits and files are kept")
+    return text[:500]
 
 
 class SplitEmbedder:
@@ -118,15 +153,21 @@ class SplitEmbedder:
     error (empty, or why the split failed: it is then retried by a later run)."""
 
     def __init__(self, model: str, backend: str, threads: int, batch_size: int, out: str,
-                 long_posts: str = "truncate"):
+                 long_posts: str = "truncate", precision: str = "fp32", id_type: str = "string",
+                 vector_version: str | None = None):
         os.environ["POSTEMB_NUM_THREADS"] = str(threads)  # read by the onnxruntime backend
         import torch
 
         torch.set_num_threads(threads)
         from ..encoder import Encoder
 
-        self.enc = Encoder.from_pretrained(model, backend=backend, device="cpu", long_posts=long_posts)
+        self.enc = Encoder.from_pretrained(model, backend=backend, device="cpu", long_posts=long_posts,
+                                           precision=precision)
+        if vector_version is not None and self.enc.vector_version != vector_version:  # the model changed on disk
+            raise RuntimeError(f"the model {model!r} loaded by this worker has vector version "
+                               f"{self.enc.vector_version!r}; the run started with {vector_version!r}.")
         self.batch_size = batch_size
+        self.id_type = id_type
         self.staging = Path(out) / STAGING
 
     def __call__(self, batch: dict) -> dict:
@@ -139,7 +180,7 @@ class SplitEmbedder:
             try:
                 rows, bad = self.run_split(s)
             except Exception as exc:  # noqa: BLE001 - reported per split; the file stays uncommitted
-                error = f"{type(exc).__name__}: {exc}"[:500]
+                error = describe_error(exc)
             for k, v in zip(out, (s.rel, s.index, rows, bad, time.perf_counter() - start, error)):
                 out[k].append(v)
         return out
@@ -147,7 +188,7 @@ class SplitEmbedder:
     def run_split(self, s: Split) -> tuple[int, int]:
         import pyarrow.parquet as pq
 
-        ids, texts, bad = (_read_parquet_split if s.kind == "parquet" else _read_jsonl_split)(s)
+        ids, texts, bad = (_read_parquet_split if s.kind == "parquet" else _read_jsonl_split)(s, self.id_type)
         vectors = self.enc.encode(texts, batch_size=self.batch_size)
         folder = self.staging / s.rel
         folder.mkdir(parents=True, exist_ok=True)
@@ -156,7 +197,7 @@ class SplitEmbedder:
                 b.setdefault("split", s.index)
             lines = "".join(json.dumps(b, ensure_ascii=False, default=str) + "\n" for b in bad)
             atomic_write(folder / errors_name(s.index), lines)
-        table = embeddings_table(ids, vectors, self.enc.model_version)
+        table = embeddings_table(ids, vectors, self.enc.vector_version, self.id_type)
         # the part is written last: its presence marks the split done (errors file included)
         atomic_write(folder / part_name(s.index), lambda p: pq.write_table(table, p))
         return len(texts), len(bad)

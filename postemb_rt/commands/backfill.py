@@ -3,8 +3,10 @@
 INPUT: a folder of ``.parquet`` files (columns ``id``, ``text``) or of ``.jsonl`` files
 (objects with ``id`` and ``text``), searched recursively, or one such file. OUTPUT: one
 folder per input file, mirroring the input tree, holding ``part-NNNNN.parquet`` (``id``,
-``embedding`` fixed-size list of float32, ``model_version``), ``_errors-NNNNN.jsonl`` (bad
-rows and why) and ``_SUCCESS.json``. Re-running the same command resumes: finished files
+``embedding`` fixed-size list of float32, ``model_version``: the vector version, e.g.
+``postemb-mt50-v3+chunk``), ``_errors-NNNNN.jsonl`` (bad rows and why) and ``_SUCCESS.json``.
+The ``id`` column has one type in the whole output (int64 or string, ``--id-type``), so
+``postemb index build`` reads it. Re-running the same command resumes: finished files
 are skipped, nothing is written twice. Local by default (Ray on this machine);
 ``--ray-address auto`` joins the Ray cluster this machine belongs to. Layout, resuming and
 scaling: docs/BACKFILL.md.
@@ -35,7 +37,7 @@ def run(args) -> int:
         r = backfill(args.input, args.output, args.model, backend=args.backend, num_workers=args.num_workers,
                      threads_per_worker=args.threads_per_worker, batch_size=args.batch_size,
                      rows_per_split=args.rows_per_split, ray_address=args.ray_address, on_split=on_split,
-                     long_posts=args.long_posts)
+                     long_posts=args.long_posts, precision=args.precision, id_type=args.id_type)
     except BackfillError as exc:
         r, failed = exc.report, exc
     finally:
@@ -44,7 +46,7 @@ def run(args) -> int:
     print(f"backfilled {r.rows_embedded} posts in {r.seconds:.1f} s ({r.posts_per_s:.0f} posts/s), "
           f"files: {r.files_committed} committed, {r.files_skipped} skipped (done before), {r.files_failed} failed, "
           f"{r.files_total} total; bad rows: {r.rows_bad}; splits: {r.splits_run} run, {r.splits_reused} reused; "
-          f"workers={r.workers}, model={r.model_version} -> {args.output}")
+          f"workers={r.workers}, model={r.model_version}, ids={r.id_type} -> {args.output}")
     if r.errors_files:
         more = f" (+{len(r.errors_files) - 1} more)" if len(r.errors_files) > 1 else ""
         print(f"bad rows and reasons: {r.errors_files[0]}{more}")
@@ -70,6 +72,14 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="posts per model batch at most (default: 64)")
     p.add_argument("--long-posts", choices=["truncate", "chunk"], default="truncate",
                    help="posts longer than max_length: truncate, or chunk (embed them whole) (default: truncate)")
+    p.add_argument("--precision", default="fp32",
+                   help="fp32 (exact), or on CPU bf16 / int8 (gated by measured fidelity); written into the vectors' "
+                        "model_version as +bf16 / +int8 (default: fp32)")
+    p.add_argument("--id-type", choices=["auto", "int", "string"], default="auto",
+                   help="the one type of the output's id column. auto: an existing output's; else Parquet: the id "
+                        "columns' (integer and string files mixed are refused: use string); JSONL: the first id's. "
+                        "string writes integer ids as decimal strings; a string id in an int output is a bad row "
+                        "(default: auto)")
     p.add_argument("--rows-per-split", type=int, default=10_000,
                    help="rows per unit of work (Parquet row groups are never cut) (default: 10000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -49,7 +50,7 @@ def test_parquet_splits_follow_row_groups_and_cover_every_row(tmp_path):
     plan = bf.plan_file(tmp_path / "a.parquet", tmp_path, rows_per_split=8)
     # row groups of 5,5,5,5,3 rows; a split closes once it holds >= 8 rows
     assert [(s.first, s.count, s.rows) for s in plan.splits] == [(0, 2, 10), (2, 2, 10), (4, 1, 3)]
-    ids = [i for s in plan.splits for i in bf_splits._read_parquet_split(s)[0].to_pylist()]
+    ids = [i for s in plan.splits for i in bf_splits._read_parquet_split(s, "int")[0].to_pylist()]
     assert ids == list(range(23))
 
 
@@ -61,7 +62,7 @@ def test_jsonl_byte_splits_read_every_line_exactly_once(tmp_path):
     assert len(plan.splits) > 20
     got = []
     for s in plan.splits:
-        ids, texts, bad = bf_splits._read_jsonl_split(s)
+        ids, texts, bad = bf_splits._read_jsonl_split(s, "int")
         assert bad == []
         got += ids
     assert got == list(range(60))
@@ -70,7 +71,7 @@ def test_jsonl_byte_splits_read_every_line_exactly_once(tmp_path):
 def test_bad_parquet_rows_are_reported_not_embedded(tmp_path):
     pq.write_table(pa.table({"id": ["a", None, "c", "d"], "text": ["ok", "no id", None, "fine"]}), tmp_path / "b.parquet")
     (s,) = bf.plan_file(tmp_path / "b.parquet", tmp_path).splits
-    ids, texts, bad = bf_splits._read_parquet_split(s)
+    ids, texts, bad = bf_splits._read_parquet_split(s, "string")
     assert ids.to_pylist() == ["a", "d"] and texts == ["ok", "fine"]
     assert [(b["id"], b["reason"]) for b in bad] == [(None, "`id` is null"), ("c", "`text` is null")]
 
@@ -213,7 +214,7 @@ def test_jsonl_commit_checks_the_row_count_against_the_input(tmp_path):
     staging = tmp_path / "out" / bf.STAGING / plan.rel
     staging.mkdir(parents=True)
     vectors = np.ones((4, 50), np.float32)  # a part that lost a row
-    pq.write_table(bf.embeddings_table([0, 1, 2, 3], vectors, "m"), staging / bf.part_name(0))
+    pq.write_table(bf.embeddings_table([0, 1, 2, 3], vectors, "m", "int"), staging / bf.part_name(0))
     with pytest.raises(bf.BackfillError, match=r"4 embedded \+ 0 bad rows != 5 input rows"):
         bf_run._commit(tmp_path / "out", plan, bf.BackfillReport(model_version="m"))
     assert not (tmp_path / "out" / plan.rel).exists()
@@ -252,7 +253,7 @@ def test_changed_rows_per_split_restarts_a_jsonl_file_no_row_lost_or_doubled(tmp
     assert (staging / bf.part_name(0)).exists()
     report = bf.backfill(src, tmp_path / "emb", num_workers=1, rows_per_split=4)
     assert report.files_committed == 1 and report.splits_reused == 0 and report.rows_embedded == 10
-    assert "the split plan changed" in caplog.text
+    assert "the split plan or id type changed" in caplog.text
     ids, _, _ = read_output(tmp_path / "emb")
     assert sorted(ids) == list(range(10))  # the old plan's split 0 + the new split 1 would miss rows 6 and 7
 
@@ -278,3 +279,85 @@ def test_backfill_on_a_two_node_ray_cluster_survives_a_killed_worker_node(tmp_pa
     assert summary["committed"] == 3, summary
     ids, _, _ = read_output(tmp_path / "emb")
     assert len(ids) == len(set(ids)) == len(truth) and set(ids) == set(truth)
+
+
+# -- one id type per output, decided before any work ----------------------------------------
+def test_mixed_parquet_id_types_are_refused_before_any_work(tmp_path):
+    (tmp_path / "posts").mkdir()
+    pq.write_table(pa.table({"id": [1, 2], "text": ["a", "b"]}), tmp_path / "posts" / "a.parquet")
+    pq.write_table(pa.table({"id": ["x", "y"], "text": ["c", "d"]}), tmp_path / "posts" / "b.parquet")
+    with pytest.raises(ValidationError, match=r"mixes integer ids .*a.parquet\) and string ids .*b.parquet\).*"
+                                              r"Fix: --id-type string"):
+        bf.backfill(tmp_path / "posts", tmp_path / "emb")
+    assert not (tmp_path / "emb" / bf.STAGING).exists()  # refused before any file was started
+    files = sorted((tmp_path / "posts").iterdir())
+    assert bf_run.decide_id_type(files, tmp_path / "emb", "string") == "string"
+    with pytest.raises(ValidationError, match=r"b.parquet' has string ids, but this output's ids are integers"):
+        bf_run.decide_id_type(files, tmp_path / "emb", "int")
+    pq.write_table(pa.table({"id": [1.5], "text": ["a"]}), tmp_path / "posts" / "b.parquet")
+    with pytest.raises(ValidationError, match=r"column `id` must hold integers or strings. Given: double. Fix:"):
+        bf.backfill(tmp_path / "posts", tmp_path / "emb2")
+
+
+def test_an_output_keeps_the_id_type_it_was_committed_with(tmp_path):
+    (tmp_path / "posts").mkdir()
+    (tmp_path / "posts" / "a.jsonl").write_text('{"id": "s1", "text": "a"}\n{"id": 2, "text": "b"}\n')
+    files = [tmp_path / "posts" / "a.jsonl"]
+    assert bf_run.decide_id_type(files, tmp_path / "emb", "auto") == "string"  # the first id's type
+    done = tmp_path / "emb" / "old.jsonl"
+    done.mkdir(parents=True)
+    (done / bf.SUCCESS).write_text(json.dumps({"model_version": "m", "id_type": "int"}))
+    assert bf_run.decide_id_type(files, tmp_path / "emb", "auto") == "int"
+    with pytest.raises(ValidationError, match=r"`--id-type` 'string'.*already holds int ids.*Fix: --id-type int"):
+        bf_run.decide_id_type(files, tmp_path / "emb", "string")
+    (done / bf.SUCCESS).write_text(json.dumps({"model_version": "m"}))  # an older output: from a part's schema
+    pq.write_table(bf.embeddings_table(["a"], np.ones((1, 4), np.float32), "m", "string"), done / bf.part_name(0))
+    assert bf_run.decide_id_type(files, tmp_path / "emb", "auto") == "string"
+
+
+def test_jsonl_ids_are_cast_to_the_output_type(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in
+                            [{"id": 1, "text": "a"}, {"id": "x", "text": "b"}, {"id": 2 ** 63, "text": "c"}]))
+    (s,) = bf.plan_file(path, tmp_path).splits
+    ids, texts, bad = bf_splits._read_jsonl_split(s, "string")
+    assert ids == ["1", "x", str(2 ** 63)] and bad == []
+    ids, texts, bad = bf_splits._read_jsonl_split(s, "int")
+    assert ids == [1] and texts == ["a"]
+    assert [b["id"] for b in bad] == ["x", 2 ** 63]
+    assert all("Fix: embed this input into a new --output with --id-type string" in b["reason"] for b in bad)
+    empty = bf.embeddings_table([], np.zeros((0, 50), np.float32), "m", "int")  # a part with no good rows
+    assert empty.schema.field("id").type == pa.int64()
+
+
+def test_every_backfill_output_loads_in_the_index(tmp_path, ray_local):
+    """A split with no good rows, and int and string ids across files: before, the first made
+    a part with `id: null` and the second parts of two types, and the index could not read them."""
+    from postemb_rt.retrieval.index import PostIndex
+
+    src = tmp_path / "posts"
+    src.mkdir()
+    good = [json.dumps({"id": i, "text": POSTS[i]}) for i in range(3)]
+    garbage = ["this line is not json " + "x" * 120] * 4  # > 200 bytes: a whole split of bad rows
+    (src / "a.jsonl").write_text("\n".join(good + garbage + [json.dumps({"id": 7, "text": POSTS[7]})]) + "\n")
+    (src / "b.jsonl").write_text("".join(json.dumps({"id": f"s{i}", "text": POSTS[i]}) + "\n" for i in range(2)))
+    report = bf.backfill(src, tmp_path / "emb", num_workers=1, rows_per_split=1, id_type="string")
+    assert report.files_committed == 2 and report.rows_bad == 4 and report.id_type == "string"
+    idx = PostIndex.from_parquet(tmp_path / "emb")
+    assert sorted(idx.ids) == ["0", "1", "2", "7", "s0", "s1"]
+    assert json.loads((tmp_path / "emb" / "a.jsonl" / bf.SUCCESS).read_text())["id_type"] == "string"
+
+
+def test_vectors_carry_the_vector_version_and_a_resume_cannot_mix_long_post_modes(tmp_path, ray_local):
+    write_parquet_set(tmp_path / "posts", n_files=1, rows_per_group=3)
+    chunk_v = bf.resolve_model_version("default", long_posts="chunk")
+    assert chunk_v == bf.resolve_model_version("default") + "+chunk"
+    with pytest.raises(Interrupt):
+        bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=1, rows_per_split=3, long_posts="chunk",
+                    on_split=_stop_at_first_split)
+    with pytest.raises(ValidationError, match=rf"started with model '{re.escape(chunk_v)}'.*this run uses "
+                                              rf"'{re.escape(bf.resolve_model_version('default'))}'"):
+        bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=1, rows_per_split=3)
+    report = bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=1, rows_per_split=3, long_posts="chunk")
+    assert report.model_version == chunk_v and report.files_committed == 1
+    assert set(read_output(tmp_path / "emb")[2].column("model_version").to_pylist()) == {chunk_v}
