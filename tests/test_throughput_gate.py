@@ -49,6 +49,17 @@ def test_evaluate_rejects_mismatched_input_naming_it(seconds, floors, match):
         gate.evaluate(seconds, floors)
 
 
+def test_without_the_shared_data_the_workload_is_the_built_in_posts_repeated(monkeypatch, tmp_path):
+    from postemb_rt import data
+
+    monkeypatch.setenv("POSTEMB_DATA", str(tmp_path))  # holds no tweeteval/
+    monkeypatch.setattr(data, "_CHECKOUT", tmp_path / "nowhere")
+    monkeypatch.chdir(tmp_path)
+    texts, what = gate.workload(40)
+    assert len(texts) == 40 and texts[:16] == data.BUILTIN_POSTS and texts[16] == data.BUILTIN_POSTS[0]
+    assert what.startswith("built-in posts repeated (shared data not found")
+
+
 def test_rounds_are_interleaved_with_the_first_row_rotating():
     calls = []
 
@@ -71,7 +82,8 @@ def test_table_names_the_machine_and_marks_a_row_below_its_floor():
     for name, row in verdict["rows"].items():
         row.update(what=name, seconds=[1.0], posts_per_s=100.0, min_cos_vs_baseline=0.99999)
     report = {"date": "2026-12-03 23:00 UTC", "cpu": "Fake CPU", "cpus": 2, "flags": ["avx2", "amx_bf16"],
-              "load_start": (0.5, 0.4, 0.3), "load_end": (0.7, 0.5, 0.3), "posts": 10, "rounds": 1,
+              "load_start": (0.5, 0.4, 0.3), "load_end": (0.7, 0.5, 0.3), "posts": 10, "workload": "short posts",
+              "rounds": 1,
               "baseline": {"what": "ST", "posts_per_s": 50.0}, **verdict}
     lines = gate.table(report)
     assert lines[0].startswith("# throughput gate | 2026-12-03 23:00 UTC | Fake CPU | 2 CPUs | flags: avx2 amx_bf16 "
@@ -88,10 +100,6 @@ def test_table_names_the_machine_and_marks_a_row_below_its_floor():
 def test_the_real_gate_fails_when_our_runtime_is_slowed(tmp_path):
     """The gate itself, end to end, with our rows really slowed: one intra-op thread and fp32 on the
     "fastest" row (against sentence-transformers on every core). Exits 1 and says which row."""
-    from postemb_rt.data import data_root
-
-    if data_root(required=False) is None:
-        pytest.skip("shared data not found (set POSTEMB_DATA): the gate's workload is the shared short posts")
     if (os.cpu_count() or 1) < 2:
         pytest.skip("needs 2 cores: one thread for our runtime against all of them for sentence-transformers")
     out = tmp_path / "gate.json"
