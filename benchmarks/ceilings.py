@@ -500,7 +500,8 @@ def isa_peak(cores: int, iters: int = 500_000, repeats: int = 20, probe=None, fl
         if amx_flag in flags:  # tiles outrun any zmm instruction: they are the peak, the zmm figure stays beside
             zmm = entry
             entry = {"ops_per_s": cores * per_cycle_amx * clock, "per_cycle": per_cycle_amx,
-                     "formula": f"{cores} core{s} x {per_cycle_amx} {p} OP/cycle (AMX {what}) x {clock / 1e9:.2f} GHz",
+                     "formula": f"{cores} core{s} x {per_cycle_amx} {p} {'FLOP' if p == 'bf16' else 'OP'}/cycle (AMX {what}) x "
+                                f"{clock / 1e9:.2f} GHz",
                      "source": AMX_SOURCE, "zmm": zmm}
         out["precisions"][p] = entry
     return out
