@@ -33,6 +33,8 @@ PASSES = {
 # The tests that exercise the ISA-dependent code: every backend against the torch reference (the C++
 # pooling kernel on the path the pass forces), bf16 and the fidelity bar. The kernel's own tests
 # already run every path on this CPU (tests/kernels), so they are not repeated.
+# The CPU features a pass needs (it can only hold libraries below what the CPU has).
+NEEDS = {"avx2": {"avx2"}, "avx512-core": {"avx512f", "avx512bw", "avx512vl", "avx512dq"}}
 TESTS = ["tests/backends", "tests/test_precision.py", "tests/test_isa_emulation.py"]
 SELECT = ["-k", "not int8"]
 # Emulation artefacts, per pass: tests that fail only because the emulation is partial.
@@ -43,6 +45,19 @@ DESELECT = {
     # its own error, which this test checks on such a CPU.
     "avx2": ["tests/test_precision.py::test_bf16_on_cpu_keeps_the_embedding[openvino]"],
 }
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
+    except OSError:
+        return set()
+
+
+def missing(name: str) -> list[str]:
+    """The features the pass needs that this CPU lacks (then the pass cannot run here)."""
+    return sorted(NEEDS[name] - cpu_flags())
 
 
 def env_for(name: str) -> dict:
@@ -59,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     worst = 0
     for name in names:
         env = env_for(name)
+        if missing(name):
+            print(f"== emulated ISA pass {name}: not run, this CPU lacks {', '.join(missing(name))}", flush=True)
+            continue
         print(f"== emulated ISA pass {name}: {' '.join(f'{k}={v}' for k, v in PASSES[name].items())}", flush=True)
         deselect = [arg for nodeid in DESELECT.get(name, ()) for arg in ("--deselect", nodeid)]
         rc = subprocess.call([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *TESTS, *SELECT,
