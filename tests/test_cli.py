@@ -13,6 +13,14 @@ from tests.conftest import assert_exact
 POSTS = ["first post about hiring", "", "second post: climate and energy 🌍", "third"]
 
 
+def auto_backend() -> str:
+    """What backend='auto' picks for the base model on this CPU (postemb_rt.backends.choose)."""
+    from postemb_rt import backends
+    from postemb_rt.model_dir import resolve
+
+    return backends.choose(resolve("base"), "cpu", "fp32")[0]
+
+
 def test_console_script_is_installed():
     script = Path(sys.executable).parent / "postemb"  # the environment's bin/, not whatever is on PATH
     out = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
@@ -28,7 +36,7 @@ def test_embed_txt_to_npy_keeps_every_line_in_order(tmp_path, capsys, base_onnx)
     assert got.shape == (4, 384) and got.dtype == np.float32
     assert_exact(got, base_onnx.encode(POSTS))
     summary = capsys.readouterr().out
-    assert "embedded 4 posts" in summary and "posts/s" in summary and "backend=onnxruntime" in summary
+    assert "embedded 4 posts" in summary and "posts/s" in summary and f"backend={auto_backend()}" in summary
 
 
 def test_embed_jsonl_to_parquet_keeps_ids(tmp_path, base_onnx):
@@ -81,7 +89,7 @@ def test_too_long_post_with_no_truncate_fails_clearly(tmp_path, capsys):
 def test_demo_prints_throughput_and_neighbours(capsys):
     assert main(["demo", "--n", "40", "--model", "base", "--queries", "1"]) == 0
     out = capsys.readouterr().out
-    assert "posts/s" in out and "query:" in out and "backend: onnxruntime" in out
+    assert "posts/s" in out and "query:" in out and f"backend: {auto_backend()}" in out
 
 
 def test_missing_model_is_an_error_not_a_traceback(tmp_path, capsys):
@@ -99,3 +107,78 @@ def test_embed_long_posts_chunk_reports_windows(tmp_path, capsys):
                  "--long-posts", "chunk"]) == 0
     assert "truncated=0, chunked=1 (2 windows)" in capsys.readouterr().out
     assert np.load(out).shape == (2, 384)
+
+
+# -- ids and lines: every output loads in PostIndex.from_parquet ------------------------------
+def test_txt_lines_end_at_newline_only(tmp_path):
+    """U+2028, \\x0c and \\x85 are characters of a post, not line ends (str.splitlines would cut
+    there); a \\r before \\n is dropped (Windows line ends); ids are line numbers."""
+    from postemb_rt.commands.embed import read_posts
+
+    src = tmp_path / "posts.txt"
+    src.write_bytes("a\u2028b\nc\x0cd\r\n\ne\x85f\rg\nlast".encode("utf-8"))
+    ids, texts = read_posts(src)
+    assert texts == ["a\u2028b", "c\x0cd", "", "e\x85f\rg", "last"] and ids == [0, 1, 2, 3, 4]
+    src.write_bytes(b"one\ntwo\n")  # the final newline ends the last line; it starts no post
+    assert read_posts(src) == ([0, 1], ["one", "two"])
+    src.write_bytes(b"")
+    assert read_posts(src) == ([], [])
+
+
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if the model is loaded: the ids must be refused before any work."""
+    from postemb_rt.encoder import Encoder
+
+    def refuse(*a, **k):
+        raise AssertionError("the model was loaded before the ids were checked")
+
+    monkeypatch.setattr(Encoder, "from_pretrained", refuse)
+
+
+@pytest.mark.parametrize("rows, match", [
+    ([{"id": 1, "text": "a"}, {"id": "x", "text": "b"}],
+     r"posts.jsonl:2: `id` 'x' is a string, but .*posts.jsonl:1's is an integer.*Fix:"),
+    ([{"text": "a"}, {"id": "x", "text": "b"}], r"posts.jsonl:2: `id` 'x' is a string, but .*posts.jsonl:1's is an integer"),
+    ([{"id": "a", "text": "a"}, {"id": None, "text": "b"}], r"posts.jsonl:2: `id` is null.*Fix:"),
+    ([{"id": True, "text": "a"}], r"posts.jsonl:1: `id` must be an integer or a string. Given: bool"),
+    ([{"id": 1.5, "text": "a"}], r"posts.jsonl:1: `id` must be an integer or a string. Given: float"),
+])
+def test_bad_or_mixed_jsonl_ids_are_refused_before_embedding(tmp_path, capsys, no_model, rows, match):
+    src = tmp_path / "posts.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert main(["embed", str(src), "--out", str(tmp_path / "o.parquet"), "--model", "base"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    import re
+
+    assert re.search(match, err), err
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_null_parquet_ids_are_refused_before_embedding(tmp_path, capsys, no_model):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "posts.parquet"
+    pq.write_table(pa.table({"id": [10, None], "text": ["a", "b"]}), src)
+    assert main(["embed", str(src), "--out", str(tmp_path / "o.parquet"), "--model", "base"]) == 2
+    assert "posts.parquet row 1: `id` is null" in capsys.readouterr().err
+    pq.write_table(pa.table({"id": [1.5, 2.5], "text": ["a", "b"]}), src)
+    assert main(["embed", str(src), "--out", str(tmp_path / "o.parquet"), "--model", "base"]) == 2
+    assert "column `id` must be integers or strings. Given: double" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("ids", [[5, 6, 7, 8], None])
+def test_embed_parquet_output_loads_in_the_index_with_the_vector_version(tmp_path, ids):
+    from postemb_rt.retrieval.index import PostIndex
+
+    src = tmp_path / "posts.jsonl"
+    src.write_text("".join(json.dumps({"text": t} if ids is None else {"id": ids[i], "text": t}) + "\n"
+                           for i, t in enumerate(POSTS)))
+    out = tmp_path / "emb.parquet"
+    assert main(["embed", str(src), "--out", str(out), "--model", "base", "--backend", "torch",
+                 "--long-posts", "chunk"]) == 0
+    idx = PostIndex.from_parquet(out)
+    assert idx.ids == (ids or [0, 1, 2, 3])
+    assert idx.model_version == "all-MiniLM-L6-v2+chunk"  # the vector version: chunk vectors are not truncate's

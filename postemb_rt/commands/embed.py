@@ -1,10 +1,14 @@
 """``postemb embed INPUT --out OUT``: embed a file of posts.
 
 INPUT: ``.txt`` (one post per line; every line is a post, empty lines included; ids are
-0-based line numbers), ``.jsonl`` (one object per line with ``text`` and optional ``id``)
-or ``.parquet`` (column ``text``, optional ``id``). OUT: ``.npy`` (float32 (n, dim), input
-order) or ``.parquet`` (``id``, ``embedding`` as fixed-size list of float32,
-``model_version``).
+0-based line numbers; a line ends at "\n" only, a "\r" just before it is dropped, and
+U+2028, form feeds and the like stay inside the post), ``.jsonl`` (one object per line with
+``text`` and optional ``id``) or ``.parquet`` (column ``text``, optional ``id``). Ids are
+all integers or all strings, never null (checked before the model loads; without ``id``,
+posts are numbered by position). OUT: ``.npy`` (float32 (n, dim), input order) or
+``.parquet`` (``id`` int64 or string, ``embedding`` as fixed-size list of float32,
+``model_version``: the vector version, e.g. ``all-MiniLM-L6-v2+chunk``), written durably,
+and readable by ``postemb index build``.
 """
 from __future__ import annotations
 
@@ -16,22 +20,68 @@ from pathlib import Path
 
 from ..errors import ValidationError
 
+INT64 = (-(2 ** 63), 2 ** 63 - 1)
+
 INPUTS = (".txt", ".jsonl", ".parquet")
 OUTPUTS = (".npy", ".parquet")
 PROGRESS_MIN_POSTS = 1000  # show a progress bar from this many posts on
 
 
+def _lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file: split at "\n" only (``str.splitlines`` would also cut at
+    U+2028, \x0c, \x85, ... so ids would stop being line numbers), a "\r" just before it
+    dropped; a final "\n" ends the last line and starts none."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ValidationError(f"`INPUT` {path}:{line} is not valid UTF-8 (byte {exc.start}). "
+                              "Fix: save the file as UTF-8.") from None
+    if not text:
+        return []
+    lines = text.split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return [x[:-1] if x.endswith("\r") else x for x in lines]
+
+
+def check_ids(ids: list, where) -> str:
+    """The one id type of ``ids`` ("int" or "string"), or a ValidationError naming the first
+    row (``where(i)``) whose id is null, of another type, or not of the first row's type."""
+    kind = first = None
+    names = {"int": "an integer", "string": "a string"}
+    for i, pid in enumerate(ids):
+        if pid is None:
+            raise ValidationError(f"{where(i)}: `id` is null. Fix: give every post an id (all integers or all "
+                                  "strings), or leave `id` out of every post to number them by position.")
+        if isinstance(pid, bool) or not isinstance(pid, (int, str)):
+            raise ValidationError(f"{where(i)}: `id` must be an integer or a string. Given: {type(pid).__name__} "
+                                  f"({pid!r}).")
+        if isinstance(pid, int) and not INT64[0] <= pid <= INT64[1]:
+            raise ValidationError(f"{where(i)}: `id` {pid} is outside the int64 range. Fix: write the ids as strings.")
+        k = "string" if isinstance(pid, str) else "int"
+        if kind is None:
+            kind, first = k, i
+        elif k != kind:
+            raise ValidationError(
+                f"{where(i)}: `id` {pid!r} is {names[k]}, but {where(first)}'s is {names[kind]}; the output's `id` "
+                "column holds one type. Fix: make every id a string (or every id an integer).")
+    return kind or "int"
+
+
 def read_posts(path: Path) -> tuple[list, list[str]]:
-    """(ids, texts) from a .txt, .jsonl or .parquet file; errors name the file and line."""
+    """(ids, texts) from a .txt, .jsonl or .parquet file; errors name the file and line (or
+    row). The ids are checked (:func:`check_ids`) here, before any model is loaded."""
     if path.suffix not in INPUTS:
         raise ValidationError(f"`INPUT` must end in one of {INPUTS}. Given: {str(path)!r}.")
     if not path.exists():
         raise FileNotFoundError(f"`INPUT` {str(path)!r} does not exist.")
     if path.suffix == ".txt":
-        texts = path.read_text(encoding="utf-8").splitlines()
+        texts = _lines(path)
         return list(range(len(texts))), texts
     if path.suffix == ".jsonl":
-        ids, texts = [], []
+        ids, texts, linenos = [], [], []
         with path.open(encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
@@ -44,7 +94,10 @@ def read_posts(path: Path) -> tuple[list, list[str]]:
                     raise ValidationError(f"{path}:{lineno}: needs a string field `text`. Given: {line.strip()[:80]!r}.")
                 ids.append(obj.get("id", len(ids)))
                 texts.append(obj["text"])
+                linenos.append(lineno)
+        check_ids(ids, lambda i: f"{path}:{linenos[i]}")
         return ids, texts
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     table = pq.read_table(path)
@@ -54,24 +107,35 @@ def read_posts(path: Path) -> tuple[list, list[str]]:
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise ValidationError(f"{path}: row {i} column `text` must be a string. Given: {type(t).__name__}.")
-    ids = table.column("id").to_pylist() if "id" in table.column_names else list(range(len(texts)))
+    if "id" not in table.column_names:
+        return list(range(len(texts))), texts
+    col = table.column("id")
+    if not (pa.types.is_integer(col.type) or pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+            or pa.types.is_null(col.type)):
+        raise ValidationError(f"`INPUT` {path}: column `id` must be integers or strings. Given: {col.type}. "
+                              "Fix: cast the column to int64 or string.")
+    ids = col.to_pylist()
+    check_ids(ids, lambda i: f"{path} row {i}")
     return ids, texts
 
 
 def write_embeddings(path: Path, ids: list, vectors, model_version: str) -> None:
+    """Write ``vectors`` float32 (n, dim) to ``path`` (.npy, or .parquet with ``ids`` and
+    ``model_version``: the schema of ``postemb backfill``) durably: a temporary name, fsync,
+    rename, so a failure (a full disk) leaves no partial file under ``path``."""
     import numpy as np
+
+    from ..backfill.splits import embeddings_table
+    from ..durable import atomic_write
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".npy":
-        np.save(path, vectors)
+        atomic_write(path, lambda tmp: np.save(tmp, vectors))
         return
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    flat = pa.array(vectors.reshape(-1), type=pa.float32())
-    emb = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
-    table = pa.table({"id": ids, "embedding": emb, "model_version": [model_version] * len(ids)})
-    pq.write_table(table, path)
+    table = embeddings_table(ids, vectors, model_version, check_ids(ids, lambda i: f"ids[{i}]"))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
 def run(args) -> int:
@@ -87,11 +151,11 @@ def run(args) -> int:
     show = not args.no_progress and len(texts) >= PROGRESS_MIN_POSTS
     vectors = enc.encode(texts, batch_size=args.batch_size, show_progress_bar=show, truncate=not args.no_truncate)
     seconds = time.perf_counter() - start
-    write_embeddings(out, ids, vectors, enc.model_version)
+    write_embeddings(out, ids, vectors, enc.vector_version)
     st = enc.last_stats
     rate = len(texts) / seconds if seconds > 0 else float("inf")
     print(f"embedded {len(texts)} posts in {seconds:.2f} s ({rate:.0f} posts/s, {st.tokens / max(seconds, 1e-9):.0f} "
-          f"tokens/s), backend={enc.backend.name}, model={enc.model_version}, dim={enc.dim}, "
+          f"tokens/s), backend={enc.backend.name}, model={enc.vector_version}, dim={enc.dim}, "
           f"truncated={len(st.truncated)}, chunked={st.chunked} ({st.windows} windows) -> {out}")
     return 0
 
