@@ -51,6 +51,8 @@ from pathlib import Path
 
 import numpy as np
 
+from postemb_rt.cpu import cpu_flags  # one reader of /proc/cpuinfo's flags
+
 PRECISIONS = ("fp32", "bf16", "int8")
 UNITS = {"fp32": "GFLOP/s", "bf16": "GFLOP/s", "int8": "GOP/s"}
 # Per 512-bit instruction: fp32 FMA 16 lanes; vdpbf16ps 32 bf16 products; vpdpbusd 64 u8 x s8
@@ -338,14 +340,6 @@ MAX_X86_CLOCK_HZ = 6.5e9
 CLOCK_FACTOR = {"perf": 1.25, "tsc": 2.5, "cpuinfo": 2.5}
 
 
-def cpu_flags() -> set[str]:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def _cpuinfo_mhz() -> float | None:

@@ -24,6 +24,8 @@ import os
 import subprocess
 import sys
 
+from postemb_rt.cpu import cpu_flags
+
 PASSES = {
     "avx2": {"ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_ENABLE_INSTRUCTIONS": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
              "POSTEMB_CPU_ISA": "avx2"},
@@ -37,22 +39,11 @@ PASSES = {
 NEEDS = {"avx2": {"avx2"}, "avx512-core": {"avx512f", "avx512bw", "avx512vl", "avx512dq"}}
 TESTS = ["tests/backends", "tests/test_precision.py", "tests/test_isa_emulation.py"]
 SELECT = ["-k", "not int8"]
-# Emulation artefacts, per pass: tests that fail only because the emulation is partial.
-DESELECT = {
-    # OpenVINO offers bf16 from cpuid (this CPU: AVX512-BF16) but compiles with the kernels
-    # ONEDNN_MAX_CPU_ISA=AVX2 leaves it, and has no bf16 Softmax there ("Supported primitive
-    # descriptors list is empty"). A real AVX2 CPU lists no BF16, and the backend refuses bf16 with
-    # its own error, which this test checks on such a CPU.
-    "avx2": ["tests/test_precision.py::test_bf16_on_cpu_keeps_the_embedding[openvino]"],
-}
+# Emulation artefacts, per pass: tests that fail only because the emulation is partial (none today:
+# OpenVINO's bf16 under ONEDNN_MAX_CPU_ISA below BF16 is refused by the runtime, postemb_rt.cpu).
+DESELECT: dict[str, list[str]] = {}
 
 
-def cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((set(line.split(":", 1)[1].split()) for line in f if line.startswith("flags")), set())
-    except OSError:
-        return set()
 
 
 def missing(name: str) -> list[str]:

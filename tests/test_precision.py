@@ -161,3 +161,18 @@ def test_export_tool_refuses_a_low_fidelity_int8_model_unless_forced(tmp_path, m
     assert tool.quantize_checked(fp32, tmp_path / "forced", args) == 0
     forced = Encoder.from_pretrained(tmp_path / "forced", precision="int8")  # warns, loads
     assert forced.describe()["fidelity"]["forced"] is True
+
+
+@pytest.mark.parametrize("flags,cap,expected", [
+    ({"avx512f", "avx512_bf16"}, "", True),             # Zen 4 / Zen 5, Cooper Lake
+    ({"avx512f", "amx_bf16", "avx512_bf16"}, "", True),  # Sapphire Rapids and later
+    ({"avx512f", "avx512_vnni"}, "", False),            # Skylake-SP / Cascade Lake: oneDNN would emulate bf16
+    ({"avx2", "fma"}, "", False),
+    ({"avx512f", "avx512_bf16"}, "AVX2", False),        # held below bf16 by ONEDNN_MAX_CPU_ISA
+    ({"avx512f", "avx512_bf16"}, "avx512_core_vnni", False),
+    ({"avx512f", "amx_bf16"}, "AVX512_CORE_AMX", True),
+])
+def test_native_bf16_reads_the_cpu_flags_and_the_onednn_cap(flags, cap, expected):
+    from postemb_rt.cpu import native_bf16
+
+    assert native_bf16(flags, {"ONEDNN_MAX_CPU_ISA": cap} if cap else {}) is expected

@@ -41,14 +41,12 @@ def _has(package: str) -> bool:
 
 
 def cpu_native_bf16() -> bool:
-    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX), as oneDNN sees it."""
-    if _has("openvino"):
-        from .openvino_backend import native_bf16
+    """True when this CPU computes bf16 natively (AVX512-BF16 or AMX) and oneDNN is not held below
+    it (``postemb_rt.cpu.native_bf16``). Read from the CPU's flags, not from torch's
+    ``_is_mkldnn_bf16_supported``, which also says True on AVX-512 CPUs that only emulate bf16."""
+    from ..cpu import native_bf16
 
-        return native_bf16()
-    import torch
-
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return native_bf16()
 
 
 def choose(model: ModelDir, device: str, precision: str = "fp32") -> tuple[str, str]:

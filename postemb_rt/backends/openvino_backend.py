@@ -32,10 +32,14 @@ PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # ours -> OpenVINO's INFERENCE_PRE
 
 
 def native_bf16() -> bool:
-    """True when OpenVINO's CPU plugin computes bf16 natively here (AVX512-BF16 or AMX)."""
+    """True when OpenVINO's CPU plugin computes bf16 natively here: the plugin lists BF16 and
+    oneDNN is not held below it (postemb_rt.cpu.native_bf16; the plugin's own list ignores
+    ONEDNN_MAX_CPU_ISA, and its bf16 graph then fails to compile)."""
     import openvino as ov
 
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    from ..cpu import native_bf16 as cpu_bf16
+
+    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") and cpu_bf16()
 
 
 class OpenVinoBackend(Backend):
@@ -52,10 +56,11 @@ class OpenVinoBackend(Backend):
             raise ValidationError(f"`precision` for the openvino backend must be one of {tuple(PRECISIONS)}. "
                                   f"Given: {precision!r}. Fix: int8 runs on backend='onnxruntime'.")
         core = ov.Core()
-        if precision == "bf16" and "BF16" not in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+        if precision == "bf16" and not native_bf16():
             raise BackendUnavailableError(
-                "`precision` 'bf16' on backend 'openvino' needs a CPU with native bf16 (AVX512-BF16 or AMX); "
-                "this one has neither. Fix: precision='fp32', or precision='int8' (onnxruntime).")
+                "`precision` 'bf16' on backend 'openvino' needs a CPU with native bf16 (AVX512-BF16 or AMX), "
+                "with ONEDNN_MAX_CPU_ISA (if set) not below it; here it is not. Fix: precision='fp32', or "
+                "precision='int8' (onnxruntime).")
         super().__init__(model, device, precision)
         onnx_md = model
         if model.onnx_path is None:
