@@ -9,6 +9,11 @@ A precision is offered only when it clears :data:`THRESHOLDS`; ``Encoder.from_pr
 refuses one that does not, unless the artefact was written with ``export_onnx.py --force``.
 Measurements for precisions made at load time (bf16 on CPU, int8 quantized on first use) are
 cached under ``POSTEMB_CACHE``; an exported int8 directory carries its own in ``postemb.json``.
+A cache entry is bound to its key and content by a SHA-256 stored with it and checked, with
+the entry's shape, on every read: an entry that is damaged, of another shape, moved from
+another key or edited by hand (a "passing" forgery) is measured again, never trusted. (The
+hash cannot stop someone who can write the cache and recompute it: the cache is trusted as
+far as the account that owns it.)
 """
 from __future__ import annotations
 
@@ -16,6 +21,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -112,20 +118,61 @@ def measure_encoders(reference, candidate, texts: list[str], source: str) -> Fid
 
 
 def texts_key(texts: list[str]) -> str:
-    """Short hash of the posts a measurement used (part of its cache key)."""
-    return hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:12]
+    """Short hash of the posts a measurement used (part of its cache key): each post's length
+    and bytes (``model_dir.texts_digest``), so no two lists of posts share it."""
+    from .model_dir import texts_digest
+
+    return texts_digest(texts)[:12]
+
+
+def entry_path(key: str) -> Path:
+    """The cache file of the measurement stored under ``key``."""
+    from .onnx_export import cache_root
+
+    return Path(cache_root()) / "fidelity" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+def _seal(key: str, fidelity: dict) -> str:
+    """SHA-256 binding an entry's key and content (canonical JSON)."""
+    return hashlib.sha256(json.dumps({"key": key, "fidelity": fidelity}, sort_keys=True).encode()).hexdigest()
+
+
+def _number(v, lo: float, hi: float) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
+
+
+def _verified(stored, key: str) -> tuple[Fidelity | None, str]:
+    """(the Fidelity of a cache entry, "") if it is whole, of the right shape, bound to ``key``
+    by its hash and not ``forced`` (only an exported artefact can be); else (None, why)."""
+    if not isinstance(stored, dict) or set(stored) != {"key", "fidelity", "sha256"}:
+        return None, "not a sealed entry (an older version's, or another shape)"
+    d = stored["fidelity"]
+    if stored["key"] != key:
+        return None, "written under another key"
+    if not isinstance(d, dict) or stored["sha256"] != _seal(key, d):
+        return None, "its sha256 does not match its key and content"
+    names = {f.name for f in dataclasses.fields(Fidelity)}
+    ok = (set(d) == names and _number(d["mean_cos"], -1.0001, 1.0001) and _number(d["min_cos"], -1.0001, 1.0001)
+          and _number(d["overlap_at_10"], 0, 1) and isinstance(d["posts"], int) and not isinstance(d["posts"], bool)
+          and d["posts"] > 0 and isinstance(d["source"], str) and d["forced"] is False)
+    if not ok:
+        return None, "its fields are not a measurement (shape, ranges, or forced)"
+    return Fidelity.from_dict(d), ""
 
 
 def cached(key: str, compute) -> Fidelity:
     """The Fidelity stored under ``key`` (any string; hashed into the file name) in the cache,
-    computing (``compute()``) and storing it first if absent."""
-    from .onnx_export import cache_root
-
-    path = Path(cache_root()) / "fidelity" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+    computing (``compute()``) and storing it (sealed, durably) first if absent or if the entry
+    fails verification (see the module docstring)."""
+    path = entry_path(key)
     stored = read_json(path)
     if stored is not None:
-        return Fidelity.from_dict(stored)
+        f, why = _verified(stored, key)
+        if f is not None:
+            return f
+        log.warning("fidelity cache entry %s is not trusted (%s); measuring again", path, why)
     f = compute()
+    d = f.to_dict()
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps(f.to_dict(), indent=2) + "\n")
+    atomic_write(path, json.dumps({"key": key, "fidelity": d, "sha256": _seal(key, d)}, indent=2) + "\n")
     return f

@@ -16,14 +16,16 @@ eager attention because that is the pattern the attention fusion recognises.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
 import tempfile
+import uuid
 import warnings
 from pathlib import Path
 
-from .durable import durable_rename
+from .durable import atomic_write, durable_rename, fsync_tree, read_json
 from .model_dir import CONFIG_FILE, PROJECTION_FILE, ModelDir, PostEmbConfig, load_model_dir
 
 log = logging.getLogger("postemb_rt")
@@ -172,24 +174,72 @@ def cached_export(model: ModelDir, pooling: str = DEFAULT_POOLING) -> ModelDir:
                    f"exporting {model.config.model_version} to ONNX")
 
 
+CACHE_MANIFEST = "_cache.json"  # in a cache entry: its key and the sha256 of every file in it
+
+
+def _entry_problem(target: Path, key: str) -> str:
+    """Why the cache entry ``target`` cannot be trusted ("" if it can): its manifest must be
+    whole, name ``key`` and list postemb.json, and every file it lists must have that sha256
+    (read in full, memoised per process on the file's inode, size, mtime and ctime)."""
+    from .model_dir import _file_digest
+
+    man = read_json(target / CACHE_MANIFEST)
+    files = man.get("files") if isinstance(man, dict) else None
+    if not isinstance(files, dict) or man.get("key") != key or CONFIG_FILE not in files:
+        return f"no valid {CACHE_MANIFEST} (written by an older version, or the entry is incomplete)"
+    for name, digest in files.items():
+        p = target / name
+        if not isinstance(name, str) or ".." in Path(name).parts or not p.is_file() or _file_digest(p) != digest:
+            return f"{name} is missing or changed (sha256 mismatch)"
+    return ""
+
+
+def _discard(target: Path) -> None:
+    """Move a damaged entry aside (one rename: a concurrent reader sees it whole or absent),
+    then delete it."""
+    aside = target.with_name(f".damaged-{uuid.uuid4().hex[:12]}")
+    try:
+        os.rename(target, aside)
+    except FileNotFoundError:  # another process discarded it first
+        return
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def _cached(key: str, build, what: str) -> ModelDir:
-    """The model directory cached under ``key``, built first by ``build(tmp_dir)`` if absent.
-    Writes go to a temporary directory renamed into place, so concurrent first uses never see
-    half a file."""
+    """The model directory cached under ``key``, built first by ``build(tmp_dir)`` if absent or
+    if it fails verification (:func:`_entry_problem`: a damaged, partial or edited entry is
+    rebuilt, never trusted). A build goes to a temporary directory that gets a manifest (the
+    sha256 of each file), is fsynced file by file and renamed into place, so concurrent first
+    uses never see half an entry and a power cut never leaves one that passes."""
+    from .errors import PostEmbError
+
     target = cache_root() / "onnx" / key.replace("/", "_").replace("+", "_")
-    if (target / CONFIG_FILE).exists():
-        return load_model_dir(target)
+    if target.exists():
+        why = _entry_problem(target, key)
+        if not why:
+            return load_model_dir(target)
+        log.warning("cache entry %s is not trusted (%s); rebuilding it", target, why)
+        _discard(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     log.warning("%s on first use (once; cached in %s)", what, target)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
     try:
         build(tmp)
+        from .model_dir import _file_digest
+
+        files = {p.relative_to(tmp).as_posix(): _file_digest(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        atomic_write(tmp / CACHE_MANIFEST, json.dumps({"key": key, "files": files}, indent=1, sort_keys=True))
+        fsync_tree(tmp)
         try:
             durable_rename(tmp, target)
         except OSError:  # another process finished first; use its copy
             pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+    why = _entry_problem(target, key)
+    if why:
+        raise PostEmbError(f"the cache entry {target} fails verification right after it was built ({why}). "
+                           f"Fix: delete {target} (or point POSTEMB_CACHE at another folder) and try again.")
     return load_model_dir(target)
 
 
@@ -290,14 +340,13 @@ def cached_int8(fp32: ModelDir) -> ModelDir:
     """:func:`quantize_int8` of the float32 ONNX directory ``fp32``, from the cache (keyed by the
     ONNX file's size and mtime, INT8_RECIPE, the calibration posts and the onnxruntime version),
     quantizing it first if absent."""
-    import hashlib
-
     import onnxruntime
 
     from .int8_smooth import calibration_posts
+    from .model_dir import texts_digest
 
     texts, _ = calibration_posts()
-    cal = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:8]  # built-in sample or shared data
+    cal = texts_digest(texts)[:8]  # built-in sample or shared data
     st = fp32.onnx_path.stat()
     key = (f"{fp32.config.model_version}-{fp32.fingerprint}-{st.st_size}-{st.st_mtime_ns}-int8r{INT8_RECIPE}"
            f"-cal{cal}-ort{onnxruntime.__version__}")
