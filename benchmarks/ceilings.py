@@ -11,8 +11,8 @@ best times, so each shape counts with its share of the FLOPs.
 
 | precision | libraries tried |
 |---|---|
-| fp32 | MKL (torch F.linear), oneDNN (torch.utils.mkldnn Linear), MLAS (onnxruntime MatMul) |
-| bf16 | oneDNN (torch F.linear in bf16; torch.utils.mkldnn Linear in bf16), MLAS (onnxruntime MatMul in bf16: not implemented on CPU in onnxruntime 1.32, reported as unavailable) |
+| fp32 | MKL (torch F.linear), oneDNN (torch.utils.mkldnn Linear), MLAS (onnxruntime MatMul), OpenVINO (MatMul, f32) |
+| bf16 | oneDNN (torch F.linear in bf16; torch.utils.mkldnn Linear in bf16), MLAS (onnxruntime MatMul in bf16: not implemented on CPU in onnxruntime 1.32, reported as unavailable), OpenVINO (MatMul, inference precision bf16: its own oneDNN build, AMX tiles where present; only with native bf16) |
 | int8 | MLAS (onnxruntime MatMulInteger u8 x s8 -> s32), oneDNN (torch._int_mm s8 x s8 -> s32), torch quantized.linear (x86 engine: fbgemm or oneDNN; u8 x s8 -> u8 requantized) |
 
 Weights are constants the library may pre-pack (ONNX initializers, mkldnn/quantized packed
@@ -149,6 +149,28 @@ def _ort_matmul(dtype_name: str):
     return make
 
 
+def _openvino_matmul(dtype_name: str):
+    """OpenVINO's CPU plugin (its own oneDNN, AMX tiles where present) on one MatMul with a constant
+    weight, at the inference precision the openvino backend uses for ``dtype_name``."""
+    def make(m, k, n, threads):
+        import openvino as ov
+        from openvino import opset13 as ops
+
+        from postemb_rt.cpu import native_bf16
+
+        if dtype_name == "bf16" and not native_bf16():
+            raise RuntimeError("no native bf16 here (the openvino backend refuses bf16)")
+        x = ops.parameter([m, k], ov.Type.f32, name="x")
+        w = ops.constant(_rng().standard_normal((k, n), dtype=np.float32))
+        model = ov.Model([ops.matmul(x, w, False, False)], [x])
+        compiled = ov.Core().compile_model(model, "CPU", {
+            "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[dtype_name],
+            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
+        req, feeds = compiled.create_infer_request(), {0: _rng().standard_normal((m, k), dtype=np.float32)}
+        return lambda: req.infer(feeds)
+    return make
+
+
 def _ort_matmul_integer(m, k, n, threads):
     from onnx import TensorProto, helper, numpy_helper
 
@@ -183,10 +205,12 @@ def _torch_qlinear(m, k, n, threads):
 LIBRARIES = {
     "fp32": [("mkl: torch F.linear", _torch_linear("fp32")),
              ("onednn: torch mkldnn Linear", _mkldnn_linear("fp32")),
-             ("mlas: onnxruntime MatMul", _ort_matmul("fp32"))],
+             ("mlas: onnxruntime MatMul", _ort_matmul("fp32")),
+             ("openvino: MatMul f32", _openvino_matmul("fp32"))],
     "bf16": [("onednn: torch F.linear", _torch_linear("bf16")),
              ("onednn: torch mkldnn Linear", _mkldnn_linear("bf16")),
-             ("mlas: onnxruntime MatMul", _ort_matmul("bf16"))],
+             ("mlas: onnxruntime MatMul", _ort_matmul("bf16")),
+             ("openvino: MatMul bf16", _openvino_matmul("bf16"))],
     "int8": [("mlas: onnxruntime MatMulInteger", _ort_matmul_integer),
              ("onednn: torch._int_mm", _torch_int_mm),
              ("x86 engine (fbgemm/onednn): torch quantized.linear", _torch_qlinear)],
