@@ -240,6 +240,20 @@ def embeddings_path(fp: str, max_length: int, texts: list[str]) -> Path:
     return cache_root() / "teacher_emb" / f"{key}.npz"
 
 
+def _read_cached(path: Path, fp: str, n: int):
+    """(emb, info) from a cache file if it is whole and what it claims: float32 (n, D) whose
+    bytes have the sha256 recorded in info, for the teacher ``fp``; else None (recompute)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            info = json.loads(str(z["info"]))
+            emb = z["emb"]
+    except Exception:  # noqa: BLE001 - truncated zip, missing array, bad JSON: the entry is rebuilt
+        return None
+    ok = (isinstance(info, dict) and info.get("fingerprint") == fp and emb.dtype == np.float32 and emb.ndim == 2
+          and emb.shape[0] == n and info.get("emb_sha256") == hashlib.sha256(emb.tobytes()).hexdigest())
+    return (emb, info) if ok else None
+
+
 def embed_cached(teacher: str, texts: list[str], max_length: int = 128, threads: int = 2, batch_size: int = 64,
                  progress=print) -> tuple[np.ndarray, dict]:
     """(float32 (n, D) unit rows in the order of ``texts``, info) from the teacher, computed
@@ -249,10 +263,11 @@ def embed_cached(teacher: str, texts: list[str], max_length: int = 128, threads:
     fp = fingerprint(folder)
     path = embeddings_path(fp, max_length, texts)
     if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            info = json.loads(str(z["info"]))
-            progress(f"teacher embeddings from cache {path} ({len(texts)} texts; computed in {info['seconds']}s)")
-            return z["emb"], info
+        hit = _read_cached(path, fp, len(texts))
+        if hit is not None:
+            progress(f"teacher embeddings from cache {path} ({len(texts)} texts; computed in {hit[1]['seconds']}s)")
+            return hit
+        progress(f"teacher embeddings cache {path} is damaged or of another shape; computing them again")
     m = _model(folder, max_length, threads)
     sample = texts[:: max(1, len(texts) // 256)][:256]  # bf16 fidelity against float32
     ref = _encode(m, sample, batch_size, bf16=False)
@@ -265,7 +280,8 @@ def embed_cached(teacher: str, texts: list[str], max_length: int = 128, threads:
     secs = round(time.perf_counter() - t0, 1)
     info = {"teacher": teacher, "fingerprint": fp, "dim": int(emb.shape[1]), "texts": len(texts),
             "max_length": max_length, "seconds": secs, "threads": threads, "precision": "bf16 matmuls (autocast)",
-            "bf16_min_cos": float(cos.min()), "bf16_mean_cos": float(cos.mean())}
+            "bf16_min_cos": float(cos.min()), "bf16_mean_cos": float(cos.mean()),
+            "emb_sha256": hashlib.sha256(np.ascontiguousarray(emb).tobytes()).hexdigest()}
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: np.savez(tmp, emb=emb, info=np.array(json.dumps(info))))
     progress(f"teacher embeddings: {len(texts)} texts in {secs}s ({len(texts) / max(secs, 1e-9):.0f}/s) -> {path}")

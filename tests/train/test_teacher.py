@@ -199,3 +199,22 @@ def test_teacher_embedding_cache_keys_each_text_not_their_join(monkeypatch, tmp_
     one, _ = TT.embed_cached("base", ["a\nb"], progress=lambda m: None)
     two, _ = TT.embed_cached("base", ["a", "b"], progress=lambda m: None)
     assert one.shape == (1, 4) and two.shape == (2, 4)
+
+
+@pytest.mark.parametrize("damage", ["truncated", "other rows"])
+def test_a_damaged_teacher_embedding_cache_is_recomputed(monkeypatch, tmp_path, damage):
+    monkeypatch.setenv("POSTEMB_CACHE", str(tmp_path))
+    monkeypatch.setattr(TT, "_model", lambda folder, max_length, threads: None)
+    monkeypatch.setattr(TT, "_encode", lambda m, texts, batch_size, bf16: np.eye(len(texts), 4, dtype=np.float32))
+    texts = ["a", "b", "c"]
+    want, _ = TT.embed_cached("base", texts, progress=lambda m: None)
+    path = TT.embeddings_path(TT.fingerprint(TT.resolve("base")), 128, texts)
+    if damage == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    else:  # a whole file, but not what this key claims
+        with np.load(path) as z:
+            info = str(z["info"])
+        np.savez(path, emb=np.zeros((2, 4), np.float32), info=np.array(info))
+    msgs = []
+    got, _ = TT.embed_cached("base", texts, progress=msgs.append)
+    assert np.array_equal(got, want) and any("computing them again" in m for m in msgs)
