@@ -1,0 +1,91 @@
+"""Backfill under a full disk: a 2 MB tmpfs (mounted here; needs root, which CI has) holds the
+output and is filled up after the first finished split. The run must fail with an error that
+says so and what to do, commit nothing partial or corrupt, leave no temporary file, and a
+re-run after space is freed must finish every file with every row exactly once."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import subprocess
+
+import pytest
+
+from tests.scale.conftest import POSTS
+from tests.scale.test_backfill import read_output, write_parquet_set
+
+pa = pytest.importorskip("pyarrow")
+import pyarrow.parquet as pq  # noqa: E402
+
+from postemb_rt import backfill as bf  # noqa: E402
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 2 MB tmpfs at tmp_path/disk, unmounted after the test."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs the suite as root)")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.fail(f"mount -t tmpfs failed as root: {res.stderr.strip()}")
+    yield disk
+    subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def fill(path) -> None:
+    """Write ``path`` until the file system is full."""
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+        except OSError as exc:
+            assert exc.errno == errno.ENOSPC, exc
+
+
+def committed_folders(out):
+    return {p.parent for p in out.rglob(bf.SUCCESS) if bf.STAGING not in p.relative_to(out).parts}
+
+
+def assert_committed_output_is_whole(out):
+    """Every output folder outside _staging has _SUCCESS.json and exactly the rows it counts;
+    no temporary file anywhere."""
+    assert not [p for p in out.rglob(".tmp-*")], "a temporary file was left behind"
+    for part in out.rglob("part-*.parquet"):
+        if bf.STAGING in part.relative_to(out).parts:
+            continue
+        assert (part.parent / bf.SUCCESS).exists(), f"{part} is visible without a commit"
+    for folder in committed_folders(out):
+        meta = json.loads((folder / bf.SUCCESS).read_text())
+        rows = sum(pq.ParquetFile(p).metadata.num_rows for p in folder.glob("part-*.parquet"))
+        assert rows == meta["rows"], folder
+
+
+def test_a_full_disk_fails_clearly_commits_nothing_partial_and_a_rerun_finishes(tmp_path, small_disk, ray_local):
+    from postemb_rt.retrieval.index import PostIndex
+
+    truth = write_parquet_set(tmp_path / "posts", n_files=3, rows_per_group=3)
+    out, filler = small_disk / "emb", small_disk / "filler"
+
+    def fill_after_first_split(row, report):
+        if not filler.exists():
+            fill(filler)
+
+    with pytest.raises(bf.BackfillError, match=r"no space left on the output's file system.*Fix: free space") as exc:
+        bf.backfill(tmp_path / "posts", out, num_workers=1, rows_per_split=3, on_split=fill_after_first_split)
+    first = exc.value.report
+    assert first.files_failed >= 1 and first.files_committed + first.files_failed == 3
+    assert_committed_output_is_whole(out)
+    done = committed_folders(out)
+    if done:  # what was committed before the disk filled up is readable as it is
+        assert len(PostIndex.from_parquet(out)) == sum(json.loads((d / bf.SUCCESS).read_text())["rows"] for d in done)
+
+    filler.unlink()  # space freed: the same command finishes the rest
+    report = bf.backfill(tmp_path / "posts", out, num_workers=1, rows_per_split=3)
+    assert report.files_skipped == len(done) and report.files_committed == 3 - len(done)
+    assert_committed_output_is_whole(out)
+    ids, _, _ = read_output(out)
+    assert len(ids) == len(set(ids)) == len(truth) and set(ids) == set(truth)
+    assert len(PostIndex.from_parquet(out)) == len(POSTS) // 3 * 3
