@@ -131,13 +131,13 @@ def test_build_from_parquet_reads_committed_backfill_output_only(tmp_path):
     x = random_unit(40, 13)
     (tmp_path / "emb" / "a.parquet").mkdir(parents=True)
     (tmp_path / "emb" / STAGING / "b.parquet").mkdir(parents=True)
-    pq.write_table(embeddings_table(list(range(30)), x[:30], "m1"), tmp_path / "emb" / "a.parquet" / "part-00000.parquet")
-    pq.write_table(embeddings_table(list(range(30, 40)), x[30:], "m1"),
+    pq.write_table(embeddings_table(list(range(30)), x[:30], "m1", "int"), tmp_path / "emb" / "a.parquet" / "part-00000.parquet")
+    pq.write_table(embeddings_table(list(range(30, 40)), x[30:], "m1", "int"),
                    tmp_path / "emb" / STAGING / "b.parquet" / "part-00000.parquet")  # uncommitted
     idx = PostIndex.from_parquet(tmp_path / "emb")
     assert len(idx) == 30 and idx.model_version == "m1" and sorted(idx.ids) == list(range(30))
     np.testing.assert_allclose(idx.vectors_of([7])[0], x[7])
-    pq.write_table(embeddings_table([99], x[:1], "m2"), tmp_path / "emb" / "a.parquet" / "part-00001.parquet")
+    pq.write_table(embeddings_table([99], x[:1], "m2", "int"), tmp_path / "emb" / "a.parquet" / "part-00001.parquet")
     with pytest.raises(ValidationError, match="mixes model versions"):
         PostIndex.from_parquet(tmp_path / "emb")
 
@@ -240,7 +240,7 @@ def test_cli_index_build_and_query_by_text_and_member(tmp_path, capsys, default_
 
     ids = [f"p{i}" for i in range(len(POSTS))]
     (tmp_path / "emb").mkdir()
-    pq.write_table(embeddings_table(ids, default_encoder.encode(POSTS), default_encoder.model_version),
+    pq.write_table(embeddings_table(ids, default_encoder.encode(POSTS), default_encoder.model_version, "string"),
                    tmp_path / "emb" / "part-00000.parquet")
     assert main(["index", "build", "--input", str(tmp_path / "emb"), "--out", str(tmp_path / "idx")]) == 0
     assert f"indexed {len(POSTS)} posts" in capsys.readouterr().out
