@@ -21,6 +21,8 @@ import tempfile
 
 from ..errors import ValidationError
 
+LISTEN_BACKLOG = 2048  # connections the kernel completes before we accept them (capped by net.core.somaxconn)
+
 
 def config_from_args(args):
     from ..serving.config import ServeConfig
@@ -32,18 +34,23 @@ def config_from_args(args):
     cfg = ServeConfig(model=args.model, backend=args.backend, precision=args.precision, api_key=args.api_key,
                       max_inputs=args.max_inputs, max_input_chars=args.max_input_chars,
                       max_body_bytes=args.max_body_bytes, max_concurrent_requests=args.max_concurrent_requests,
+                      max_connections=args.max_connections, header_timeout_s=args.header_timeout,
+                      body_timeout_s=args.body_timeout,
                       max_queued_tokens=args.max_queued_tokens,
                       max_batch_size=args.max_batch_size, max_wait_us=args.max_wait_us,
                       batch_overhead_tokens=args.batch_overhead_tokens,
                       request_timeout_s=args.request_timeout, drain_timeout_s=args.drain_timeout,
                       long_posts=args.long_posts)
     for name in ("max_inputs", "max_input_chars", "max_body_bytes", "max_concurrent_requests", "max_queued_tokens",
-                 "max_batch_size"):
+                 "max_batch_size", "max_connections"):
         if getattr(cfg, name) < 1:
             raise ValidationError(f"`--{name.replace('_', '-')}` must be >= 1. Given: {getattr(cfg, name)}.")
     for name in ("max_wait_us", "batch_overhead_tokens"):
         if getattr(cfg, name) < 0:
             raise ValidationError(f"`--{name.replace('_', '-')}` must be >= 0. Given: {getattr(cfg, name)}.")
+    for name, flag in (("header_timeout_s", "header-timeout"), ("body_timeout_s", "body-timeout")):
+        if not getattr(cfg, name) > 0:
+            raise ValidationError(f"`--{flag}` must be > 0 seconds. Given: {getattr(cfg, name)}.")
     if args.workers < 1:
         raise ValidationError(f"`--workers` must be >= 1. Given: {args.workers}.")
     return cfg
@@ -71,10 +78,14 @@ def run(args) -> int:
         os.close(fd)
         os.environ["POSTEMB_SERVE_FATAL_FILE"] = fatal
         signal.signal(signal.SIGTERM, lambda *_: None)  # see serve_app
+        from ..serving.connections import configure, uvicorn_options
+
+        configure(cfg.max_connections, cfg.header_timeout_s, cfg.body_timeout_s)  # each worker does it again
         try:
             uvicorn.run("postemb_rt.serving.routes:app_from_env", factory=True, host=args.host, port=args.port,
                         workers=args.workers, log_level="info" if args.verbose else "warning",
-                        access_log=args.access_log, timeout_graceful_shutdown=cfg.drain_timeout_s)
+                        access_log=args.access_log, timeout_graceful_shutdown=cfg.drain_timeout_s,
+                        backlog=LISTEN_BACKLOG, **uvicorn_options())
             with open(fatal, encoding="utf-8") as f:
                 errors = f.read().split("\n")[0]
         finally:
@@ -94,6 +105,10 @@ def serve_app(app, host: str, port: int, drain_timeout_s: float, verbose: bool =
     when the model failed to load."""
     import uvicorn
 
+    from ..serving.connections import configure, uvicorn_options
+
+    cfg = app.state.runtime.cfg
+    configure(cfg.max_connections, cfg.header_timeout_s, cfg.body_timeout_s)
     # uvicorn re-raises a captured SIGTERM after its graceful shutdown, which would end the
     # process with -15: a handler of our own makes that re-raise a no-op, so a drain exits 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
@@ -105,10 +120,11 @@ def serve_app(app, host: str, port: int, drain_timeout_s: float, verbose: bool =
         sock.bind((host, port))
     except OSError as exc:
         raise ValidationError(f"cannot listen on {host}:{port}: {exc.strerror}.") from None
-    sock.listen(2048)
+    sock.listen(LISTEN_BACKLOG)
     host, port = sock.getsockname()[:2]
     server = uvicorn.Server(uvicorn.Config(app, log_level="info" if verbose else "warning", access_log=access_log,
-                                           timeout_graceful_shutdown=drain_timeout_s, lifespan="on"))
+                                           timeout_graceful_shutdown=drain_timeout_s, lifespan="on",
+                                           backlog=LISTEN_BACKLOG, **uvicorn_options()))
     runtime = app.state.runtime
     runtime.on_fatal = lambda: setattr(server, "should_exit", True)
     shown = f"[{host}]" if ":" in host else host
@@ -143,8 +159,19 @@ def register(sub) -> None:
     p.add_argument("--max-input-chars", type=int, default=16_384, help="characters per post (default: 16384)")
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request body bytes (default: 4 MiB)")
     p.add_argument("--max-concurrent-requests", type=int, default=128,
-                   help="embedding requests in progress at once (body reading included); past it a 429 before the "
-                        "body is read, so request memory stays under this times --max-body-bytes (default: 128)")
+                   help="embedding requests computed at once, taken after the body is read (a slow client holds "
+                        "none); past it 429. Bodies held in all stay under this times --max-body-bytes "
+                        "(default: 128)")
+    p.add_argument("--max-connections", type=int, default=2048,
+                   help="open connections; one more closes the oldest connection still sending its request, and "
+                        "when every one has a request in progress it gets 503 (default: 2048, at most the open-file "
+                        "limit less 128; the soft limit is raised to the hard one at start)")
+    p.add_argument("--header-timeout", type=float, default=10.0,
+                   help="seconds a connection gets to send a request's headers, counted from its start or the "
+                        "previous answer; then 408 and closed (default: 10)")
+    p.add_argument("--body-timeout", type=float, default=30.0,
+                   help="seconds a request gets to send its body once its headers came; then 408 and closed "
+                        "(default: 30)")
     p.add_argument("--max-queued-tokens", type=int, default=65_536,
                    help="batcher queue bound in tokens; past it requests get 429 (default: 65536)")
     p.add_argument("--max-batch-size", type=int, default=64, help="posts per model call (default: 64)")

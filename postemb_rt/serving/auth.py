@@ -1,32 +1,105 @@
-"""Access to the app: ``Gate``, the one ASGI middleware in front of every route: API key,
-admission (``max_concurrent_requests``), and the request count and latency by route."""
+"""Access to the app: ``Gate``, the one ASGI middleware in front of every route (API key, the
+request count and latency by route), and ``Admission``, which embedding routes go through
+(the body read within bounds, then a compute slot)."""
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
 import time
+from contextlib import asynccontextmanager
 
 from .errors import CLIENT_CLOSED, ApiError, error_response
 
 log = logging.getLogger("postemb_rt.server")
 
 OPEN_PATHS = frozenset({"/health", "/ready"})  # no API key needed (probes)
-ADMITTED_PATHS = frozenset({"/v1/embeddings", "/embed"})  # bounded by max_concurrent_requests
 ROUTES = ("/v1/embeddings", "/v1/models", "/embed", "/health", "/ready", "/info", "/metrics", "/openapi.json", "/docs")
 
 
+CLOSE = {"Connection": "close"}  # answers sent before the body was read: the connection cannot be reused
+
+
+class Admission:
+    """An embedding request's way in: its body is read first, bounded in size
+    (``max_body_bytes``: 413), time (``body_timeout_s`` once the headers came: 408) and, over all
+    requests reading at once, bytes (``max_concurrent_requests * max_body_bytes``: 429); only
+    then does it take one of ``max_concurrent_requests`` compute slots (429 when none is free).
+    A client still sending its body holds no slot. One event loop: no lock needed."""
+
+    def __init__(self, cfg, metrics):
+        self.cfg, self.metrics = cfg, metrics
+        self.active = 0  # requests holding a compute slot
+        self.buffered = 0  # body bytes held by requests (being read, or read and not yet answered)
+        self.buffer_limit = cfg.max_concurrent_requests * cfg.max_body_bytes
+
+    @asynccontextmanager
+    async def __call__(self, request):
+        """``async with admission(request) as body``: the body's bytes, inside a compute slot."""
+        body = await self._read(request)
+        try:
+            limit = self.cfg.max_concurrent_requests
+            if self.active >= limit:
+                raise ApiError(429, f"Too many embedding requests in progress (max_concurrent_requests is {limit}); "
+                                    "retry shortly.", type="overloaded", code="max_concurrent_requests", limit=limit,
+                               given=self.active + 1, headers={"Retry-After": "1"})
+            self.active += 1
+            self.metrics.in_flight.set(self.active)
+            try:
+                yield body
+            finally:
+                self.active -= 1
+                self.metrics.in_flight.set(self.active)
+        finally:
+            self.buffered -= len(body)
+
+    async def _read(self, request) -> bytes:
+        limit = self.cfg.max_body_bytes
+        cl = request.headers.get("content-length")
+        if cl is not None and cl.isdigit() and int(cl) > limit:
+            raise ApiError(413, f"The request body is {int(cl)} bytes, more than max_body_bytes ({limit}).",
+                           param="body", code="max_body_bytes", limit=limit, given=int(cl), headers=CLOSE)
+        chunks, size = [], 0
+
+        async def pull():
+            nonlocal size
+            async for chunk in request.stream():
+                if size + len(chunk) > limit:
+                    raise ApiError(413, f"The request body is more than max_body_bytes ({limit}) bytes.",
+                                   param="body", code="max_body_bytes", limit=limit, given=f">{limit}", headers=CLOSE)
+                if self.buffered + len(chunk) > self.buffer_limit:
+                    raise ApiError(429, f"The server holds {self.buffered} bytes of request bodies, its bound "
+                                        f"(max_concurrent_requests * max_body_bytes = {self.buffer_limit}); retry "
+                                        "shortly.", type="overloaded", code="body_buffer_full",
+                                   limit=self.buffer_limit, given=self.buffered + len(chunk),
+                                   headers={"Retry-After": "1", **CLOSE})
+                self.buffered += len(chunk)
+                size += len(chunk)
+                chunks.append(chunk)
+
+        try:
+            await asyncio.wait_for(pull(), self.cfg.body_timeout_s)
+        except asyncio.TimeoutError:
+            self.buffered -= size
+            raise ApiError(408, f"The request body did not arrive within body_timeout_s ({self.cfg.body_timeout_s:g} "
+                                f"s); {size} bytes came.", param="body", code="body_timeout",
+                           limit=self.cfg.body_timeout_s, given=size, headers=CLOSE) from None
+        except BaseException:
+            self.buffered -= size
+            raise
+        return b"".join(chunks)
+
+
 class Gate:
-    """Pure ASGI middleware: API key (constant time), admission (at most
-    ``max_concurrent_requests`` embedding requests at once, refused before their body is
-    read), request count and latency by route. A client that disconnects before its answer
-    is counted (and logged) as 499, nginx's "client closed request", never as a 500."""
+    """Pure ASGI middleware: API key (constant time), request count and latency by route. A
+    client that disconnects before its answer is counted (and logged) as 499, nginx's "client
+    closed request", never as a 500."""
 
     def __init__(self, app, runtime, metrics):
         self.app, self.runtime, self.metrics = app, runtime, metrics
         key = runtime.cfg.api_key
         self._key_digest = hashlib.sha256(key.encode()).digest() if key else None
-        self.active = 0  # admitted embedding requests (one event loop: no lock needed)
 
     def _authorized(self, scope) -> bool:
         for name, value in scope["headers"]:
@@ -44,7 +117,7 @@ class Gate:
         path = scope["path"]
         route = path if path in ROUTES else "other"
         start = time.perf_counter()
-        status, gone, admitted = 500, False, False
+        status, gone = 500, False
 
         async def send_status(msg):
             nonlocal status
@@ -65,22 +138,8 @@ class Gate:
                                headers={"WWW-Authenticate": "Bearer"})
                 await error_response(err)(scope, receive, send_status)
                 return
-            if path in ADMITTED_PATHS:
-                limit = self.runtime.cfg.max_concurrent_requests
-                if self.active >= limit:
-                    err = ApiError(429, f"Too many embedding requests in progress (max_concurrent_requests is "
-                                        f"{limit}); retry shortly.", type="overloaded", code="max_concurrent_requests",
-                                   limit=limit, given=self.active + 1, headers={"Retry-After": "1"})
-                    await error_response(err)(scope, receive, send_status)
-                    return
-                self.active += 1
-                admitted = True
-                self.metrics.in_flight.set(self.active)
             await self.app(scope, receive_watch, send_status)
         finally:
-            if admitted:
-                self.active -= 1
-                self.metrics.in_flight.set(self.active)
             if gone and status in (500, CLIENT_CLOSED):
                 status = CLIENT_CLOSED
                 log.info("client disconnected before the answer to %s %s (499)", scope.get("method"), path)

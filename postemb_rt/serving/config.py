@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..errors import ValidationError
+
 
 @dataclass
 class ServeConfig:
@@ -15,11 +17,14 @@ class ServeConfig:
     max_inputs: int = 256  # posts per request
     max_input_chars: int = 16_384  # characters per post (the model reads max_length tokens of it)
     max_body_bytes: int = 4 * 1024 * 1024
-    # embedding requests (/v1/embeddings, /embed) in progress at once, body reading included;
-    # past it a request gets 429 before its body is read. Bounds request memory at about
-    # max_concurrent_requests * max_body_bytes (128 * 4 MiB = 512 MiB) whatever the number of
-    # open connections; probes and /metrics are never refused.
+    # embedding requests being computed at once (after their body is read: a slow client holds
+    # no slot); past it, 429. Bodies being read hold at most max_concurrent_requests *
+    # max_body_bytes bytes in all (128 * 4 MiB = 512 MiB), past it 429 too; probes and
+    # /metrics are never refused.
     max_concurrent_requests: int = 128
+    max_connections: int = 2048  # open connections; one more closes the oldest one still sending its request
+    header_timeout_s: float = 10.0  # a request's headers must arrive within this (408, closed)
+    body_timeout_s: float = 30.0  # a request's body must arrive within this once its headers did (408, closed)
     max_queued_tokens: int = 65_536  # batcher backpressure: past it, 429
     max_batch_size: int = 64
     max_wait_us: int = 500
@@ -27,6 +32,16 @@ class ServeConfig:
     request_timeout_s: float = 30.0  # a request still queued after this is a 503
     drain_timeout_s: float = 30.0  # SIGTERM: in-flight requests get this long to finish
     long_posts: str = "truncate"  # /embed's default: "truncate" or "chunk" (postemb_rt.long_posts)
+
+    def __post_init__(self):
+        if self.api_key is not None:
+            if not isinstance(self.api_key, str) or not self.api_key.strip():
+                raise ValidationError(f"`api_key` must be a non-empty string, or None to serve without "
+                                      f"authentication. Given: {self.api_key!r}. Fix: set a key, or pass "
+                                      "api_key=None on purpose.")
+            # a key read from a file or a heredoc often ends in a newline; the token a client
+            # sends is compared stripped too, so a stripped key is the only one that can match
+            self.api_key = self.api_key.strip()
 
     def public(self) -> dict:
         d = asdict(self)

@@ -20,6 +20,15 @@ class BatcherCollector:
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
+        from .connections import STATS
+
+        yield GaugeMetricFamily("postemb_http_connections", "open HTTP connections (postemb serve's protocol)",
+                                value=STATS["open"])
+        closed = CounterMetricFamily("postemb_http_connections_closed", "connections closed by a limit, by reason",
+                                     labels=["reason"])
+        for reason in ("evicted", "refused", "header_timeout", "body_timeout", "accept_failed"):
+            closed.add_metric([reason], STATS[reason])
+        yield closed
         rt = self.runtime
         yield GaugeMetricFamily("postemb_ready", "1 when the model is loaded, warmed up and healthy",
                                 value=float(rt.ready and rt.backend_error is None))

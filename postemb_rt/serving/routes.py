@@ -9,22 +9,25 @@ import threading
 from contextlib import asynccontextmanager
 from typing import Callable
 
-from .auth import Gate
+from ..encoder import vector_version
+from .auth import Admission, Gate
 from .config import ServeConfig
 from .encodings import int8_scale, pack_binary, quantize_int8
 from .errors import CLIENT_CLOSED, ApiError, error_response, json_response
 from .metrics import Metrics
 from .runtime import Runtime
-from .schemas import EmbedRequest, ErrorResponse, V1EmbeddingsRequest, body_doc, given, parse, read_body
+from .schemas import EmbedRequest, ErrorResponse, V1EmbeddingsRequest, body_doc, given, json_object, parse
 
 log = logging.getLogger("postemb_rt.server")
 
 RENDER_INLINE_VALUES = 16_384  # answers with more numbers are JSON-encoded off the event loop
 _ERRORS = {
     401: "missing or wrong API key (`Authorization: Bearer <key>`)",
+    408: "the request body did not arrive within body_timeout_s (the connection is closed)",
     413: "a size limit: body bytes, inputs per request, characters per post, or max_queued_tokens",
     422: "malformed JSON, a wrong type, an empty list, an unknown field, or too long with truncate: false",
-    429: "overloaded (batcher queue full, or max_concurrent_requests in progress); see Retry-After",
+    429: "overloaded (batcher queue full or too slow to meet the request timeout, max_concurrent_requests in "
+         "progress, or the bound on request bodies held); see Retry-After",
     503: "the model is loading or failed to load, a backend failure, a queue deadline, or shutting down",
 }
 _JSON_ANY = {"application/json": {"schema": {"type": "object"}}}
@@ -61,8 +64,9 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
     cfg = cfg or ServeConfig()
     rt = Runtime(cfg, load_encoder)
     KEYED = (401,) if cfg.api_key else ()  # a route behind the API key can answer 401
-    EMBED_ERRORS = (*KEYED, 413, 422, 429, 503)
+    EMBED_ERRORS = (*KEYED, 408, 413, 422, 429, 503)
     metrics = Metrics(rt)
+    admission = Admission(cfg, metrics)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -98,7 +102,10 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
     @app.post("/v1/embeddings", openapi_extra=body_doc(V1EmbeddingsRequest), response_class=Response,
               responses=_responses(*EMBED_ERRORS))
     async def v1_embeddings(request: Request):
-        req = parse(V1EmbeddingsRequest, await read_body(request, cfg.max_body_bytes), cfg)
+        async with admission(request) as body:
+            return await _v1_embeddings(parse(V1EmbeddingsRequest, json_object(body), cfg))
+
+    async def _v1_embeddings(req):
         enc = rt.require_encoder()
         dims = req.dimensions
         if dims is not None and (type(dims) is not int or dims != enc.dim):
@@ -119,13 +126,18 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
     @app.post("/embed", openapi_extra=body_doc(EmbedRequest), response_class=Response,
               responses=_responses(*EMBED_ERRORS))
     async def embed(request: Request):
-        req = parse(EmbedRequest, await read_body(request, cfg.max_body_bytes), cfg)
+        async with admission(request) as body:
+            return await _embed(parse(EmbedRequest, json_object(body), cfg))
+
+    async def _embed(req):
         long_posts = req.long_posts or cfg.long_posts
         enc = rt.require_encoder()
         chunk_stats = {"chunked": 0, "windows": 0}
         vecs, tokens, truncated = await rt.embed(req.inputs, "inputs", truncate=req.truncate, normalize=req.normalize,
                                                  long_posts=long_posts, chunk_stats=chunk_stats)
-        out = {"model": enc.model_version, "dim": enc.dim, "encoding": req.encoding, "normalized": req.normalize}
+        version = vector_version(enc.model_version, enc.backend.precision, long_posts)
+        out = {"model": enc.model_version, "vector_version": version, "dim": enc.dim, "encoding": req.encoding,
+               "normalized": req.normalize}
         if req.encoding == "float32":
             out["embeddings"] = vecs.tolist()
         elif req.encoding == "int8":
@@ -180,7 +192,11 @@ def app_from_env():
     import os
     import signal
 
-    app = create_app(ServeConfig(**json.loads(os.environ["POSTEMB_SERVE_CONFIG"])))
+    from .connections import configure
+
+    cfg = ServeConfig(**json.loads(os.environ["POSTEMB_SERVE_CONFIG"]))
+    configure(cfg.max_connections, cfg.header_timeout_s, cfg.body_timeout_s)  # this worker's connection limits
+    app = create_app(cfg)
     rt, fatal_file = app.state.runtime, os.environ.get("POSTEMB_SERVE_FATAL_FILE")
 
     def stop_everything():

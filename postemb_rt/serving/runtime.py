@@ -83,8 +83,8 @@ class Runtime:
 
     def require_encoder(self):
         if not self.ready:
-            if self.load_error:
-                raise ApiError(503, f"The model failed to load: {self.load_error}", type="server_error",
+            if self.load_error:  # the detail (paths, OS errors) is in the log, never in an answer
+                raise ApiError(503, "The model failed to load; the server log says why.", type="server_error",
                                code="model_load_failed")
             raise ApiError(503, "The model is still loading; retry shortly.", type="server_error",
                            code="loading", headers={"Retry-After": "1"})
@@ -145,6 +145,13 @@ class Runtime:
             raise ApiError(413, f"`{field}` is {tokens} tokens, more than max_queued_tokens ({limit}), so it can "
                                 "never be queued. Fix: split the request.", param=field, code="max_queued_tokens",
                            limit=limit, given=tokens)
+        wait = self.estimated_wait_s(tokens)
+        if wait > self.cfg.request_timeout_s:
+            # it would wait past its deadline and end as a 503 after request_timeout_s: refuse it now
+            raise ApiError(429, f"Overloaded: the queue ahead of this request takes about {wait:.0f} s at the rate "
+                                f"measured, more than request_timeout_s ({self.cfg.request_timeout_s:g} s).",
+                           type="overloaded", code="queue_too_slow",
+                           headers={"Retry-After": str(self.retry_after_s())})
         try:
             fut = self.batcher.submit(ids, timeout=self.cfg.request_timeout_s)
         except OverloadedError as exc:
@@ -165,16 +172,27 @@ class Runtime:
         except Exception as exc:  # noqa: BLE001 - the backend failed this request's batch
             self.backend_error = f"{type(exc).__name__}: {exc}"
             log.error("backend failure (answered 503): %s", self.backend_error)
-            raise ApiError(503, f"The model failed on the batch holding this request: {self.backend_error}",
+            raise ApiError(503, "The model failed on the batch holding this request; the server log says why.",
                            type="server_error", code="backend_error") from None
         self.backend_error = None
         return vecs, tokens
 
+    def _rate(self, s: dict) -> float:
+        """Tokens per second of model time measured so far (0 before the first batch)."""
+        busy = s["inference_seconds"]["sum"] if "inference_seconds" in s else 0.0  # SerialCore: no histograms
+        return s["tokens_computed"] / busy if busy > 0 else 0.0
+
+    def estimated_wait_s(self, tokens: int) -> float:
+        """Seconds until ``tokens`` more would be computed: the queued tokens and these at the rate
+        measured so far (0 while nothing is measured or nothing is queued)."""
+        s = self.batcher.stats()
+        rate = self._rate(s)
+        return (s["queued_tokens"] + tokens) / rate if rate > 0 and s["queued_tokens"] > 0 else 0.0
+
     def retry_after_s(self) -> int:
         """Whole seconds until the queued tokens are computed at the rate measured so far (1..60)."""
         s = self.batcher.stats()
-        busy = s["inference_seconds"]["sum"] if "inference_seconds" in s else 0.0  # SerialCore: no histograms
-        rate = s["tokens_computed"] / busy if busy > 0 else 0.0
+        rate = self._rate(s)
         return max(1, min(60, math.ceil(s["queued_tokens"] / rate))) if rate > 0 else 1
 
     async def probe(self) -> bool:
@@ -196,7 +214,7 @@ class Runtime:
             if self.batcher is not None:
                 desc["batcher"] = self.batcher.implementation
                 d["batcher_options"] = self.batcher.options
-            d.update(model=enc.model_version, dim=enc.dim, max_length=enc.max_length,
+            d.update(model=enc.model_version, vector_version=enc.vector_version, dim=enc.dim, max_length=enc.max_length,
                      backend=desc.get("backend"), precision=desc.get("precision"), runtime=desc,
                      encodings={"float32": {}, "int8": {"scale": int8_scale(enc.dim)},
                                 "binary": {"bytes_per_row": (enc.dim + 7) // 8, "bit_order": "big"}},
@@ -209,4 +227,4 @@ class Runtime:
 def _default_encoder(cfg: ServeConfig):
     from ..encoder import Encoder
 
-    return Encoder.from_pretrained(cfg.model, backend=cfg.backend, precision=cfg.precision)
+    return Encoder.from_pretrained(cfg.model, backend=cfg.backend, precision=cfg.precision, long_posts=cfg.long_posts)

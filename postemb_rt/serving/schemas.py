@@ -166,21 +166,8 @@ def body_doc(model: type[BaseModel]) -> dict:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
-async def read_body(request, limit: int) -> dict:
-    """The request's JSON object, read at most ``limit`` bytes far (413 past it; 422 if it is
-    not a JSON object)."""
-    cl = request.headers.get("content-length")
-    if cl is not None and cl.isdigit() and int(cl) > limit:
-        raise ApiError(413, f"The request body is {int(cl)} bytes, more than max_body_bytes ({limit}).",
-                       param="body", code="max_body_bytes", limit=limit, given=int(cl))
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"The request body is more than max_body_bytes ({limit}) bytes.",
-                           param="body", code="max_body_bytes", limit=limit, given=f">{limit}")
-        chunks.append(chunk)
-    body = b"".join(chunks)
+def json_object(body: bytes) -> dict:
+    """The request body (bytes, read by ``auth.Admission``) as a JSON object; 422 if it is not one."""
     try:
         obj = json.loads(body)
     except RecursionError:

@@ -31,16 +31,18 @@ LIMITS = dict(max_inputs=32, max_input_chars=2000, max_body_bytes=64 * 1024, max
 class ServerProc:
     """A server subprocess: ``url``, ``proc``, ``stop()`` (SIGTERM; returns the exit code)."""
 
-    def __init__(self, argv: list[str], env: dict | None = None):
+    def __init__(self, argv: list[str], env: dict | None = None, preexec_fn=None):
         self.argv = argv
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     cwd=ROOT, env={**os.environ, **(env or {})})
-        line = self.proc.stdout.readline()  # "postemb serve: listening on http://127.0.0.1:PORT (...)"
-        if "listening on" not in line:
-            rest = self.proc.stdout.read() if self.proc.poll() is not None else ""
-            raise RuntimeError(f"server did not start: {line}{rest}")
-        self.url = line.split("listening on ")[1].split()[0]
+                                     cwd=ROOT, env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
         self.lines: list[str] = []
+        for line in self.proc.stdout:  # warnings, then "postemb serve: listening on http://127.0.0.1:PORT (...)"
+            self.lines.append(line)
+            if "listening on" in line:
+                break
+        else:
+            raise RuntimeError(f"server did not start: {''.join(self.lines)}")
+        self.url = line.split("listening on ")[1].split()[0]
         import threading
 
         threading.Thread(target=self._pump, daemon=True).start()

@@ -154,3 +154,12 @@ def test_native_chunk_mode_embeds_long_posts_whole(client, server_encoder):
     assert default["long_posts"] == "truncate" and default["chunked"] == 0
     bad = client.post("/embed", json={"inputs": texts, "long_posts": "split"})
     assert bad.status_code == 422 and "`long_posts` must be one of" in bad.json()["error"]["message"]
+
+
+def test_info_and_answers_report_the_vector_version(client, server_encoder):
+    """Vectors of two precisions or long-post modes never share a version string."""
+    info = client.get("/info").json()
+    assert info["vector_version"] == server_encoder.vector_version == info["runtime"]["vector_version"]
+    truncate = client.post("/embed", json={"inputs": ["a post"]}).json()["vector_version"]
+    chunk = client.post("/embed", json={"inputs": ["a post"], "long_posts": "chunk"}).json()["vector_version"]
+    assert truncate == server_encoder.vector_version and chunk.endswith("+chunk") and chunk != truncate

@@ -1,0 +1,176 @@
+"""Fault and abuse: stalled, idle and slow clients against a real server at a low open-file limit
+(``RLIMIT_NOFILE`` 1024, soft and hard, as ``ulimit -n 1024`` gives), on 127.0.0.1 only. Every
+loop is bounded and every socket is closed at the end."""
+import resource
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.server.conftest import API_KEY, ServerProc, require_serve_extra, serve_argv
+
+httpx = require_serve_extra()
+
+FD_LIMIT = 1024
+STALLED = 2000
+HEADER_TIMEOUT_S = 4.0
+BODY_TIMEOUT_S = 3.0
+PARTIAL_HEADERS = b"GET /health HTTP/1.1\r\nHost: x\r\nX-a: "
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+def _low_fd_limit():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT))
+
+
+@pytest.fixture(scope="module")
+def abuse_server():
+    argv = serve_argv("--max-concurrent-requests", "2", "--header-timeout", str(HEADER_TIMEOUT_S),
+                      "--body-timeout", str(BODY_TIMEOUT_S))
+    srv = ServerProc(argv, env={"POSTEMB_API_KEY": API_KEY}, preexec_fn=_low_fd_limit)
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        rc = srv.stop()
+    assert rc == 0, f"postemb serve exited {rc} after SIGTERM: {''.join(srv.lines)[-3000:]}"
+
+
+def _port(srv) -> int:
+    return int(srv.url.rsplit(":", 1)[1])
+
+
+def _log_bytes(srv) -> int:
+    return sum(len(line) for line in list(srv.lines))
+
+
+def _metric(srv, name: str, **labels) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    text = httpx.get(srv.url + "/metrics", headers=AUTH, timeout=10).text
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{want}}} " if labels else f"{name} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def _client_fds(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(need, hard), hard))
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] >= need, (
+        f"this test opens {need} sockets; the hard open-file limit is {hard}. Fix: ulimit -Hn {need}")
+
+
+def _connect(port: int, first: bytes = b"") -> socket.socket | None:
+    try:
+        s = socket.create_connection(("127.0.0.1", port), timeout=5)
+        if first:
+            s.sendall(first)
+        return s
+    except OSError:  # closed by the server already (it holds at most max_connections)
+        return None
+
+
+def _status(s: socket.socket, timeout: float) -> int | None:
+    """The status of the answer on ``s`` within ``timeout`` s; None if none came, 0 if closed."""
+    s.settimeout(timeout)
+    try:
+        line = s.makefile("rb").readline()
+    except (TimeoutError, socket.timeout):
+        return None
+    except OSError:
+        return 0
+    return int(line.split()[1]) if line else 0
+
+
+def test_2000_stalled_sockets_at_1024_fds_leave_probes_and_embeddings_answering(abuse_server):
+    """2,000 sockets that each send half a header and stop, against a server allowed 1,024
+    files: /health answers in < 1 s throughout, an embedding request succeeds within 2 s while
+    they are held, and the log grows by < 1 MB (no EMFILE flood)."""
+    _client_fds(STALLED + 100)
+    srv, port = abuse_server, _port(abuse_server)
+    log_before = _log_bytes(srv)
+    probes, stop = [], threading.Event()
+
+    def probe():
+        with httpx.Client(timeout=5) as c:
+            while not stop.is_set():
+                t = time.perf_counter()
+                try:
+                    code = c.get(srv.url + "/health", headers={"Connection": "close"}).status_code
+                except httpx.TransportError as exc:
+                    code = type(exc).__name__
+                probes.append((code, time.perf_counter() - t))
+                time.sleep(0.05)
+
+    prober = threading.Thread(target=probe, daemon=True)
+    prober.start()
+    stalled = []
+    try:
+        for _ in range(STALLED):
+            stalled.append(_connect(port, PARTIAL_HEADERS))
+        t = time.perf_counter()
+        r = httpx.post(srv.url + "/v1/embeddings", json={"input": ["a post while 2,000 sockets stall"]},
+                       headers=AUTH, timeout=10)
+        embed_s = time.perf_counter() - t
+        time.sleep(1.0)  # keep probing while they are held
+    finally:
+        stop.set()
+        prober.join(10)
+        for s in stalled:
+            if s is not None:
+                s.close()
+    assert r.status_code == 200 and embed_s < 2.0, (r.status_code, r.text[:300], embed_s)
+    assert len(probes) >= 5
+    slow = [(code, round(s, 3)) for code, s in probes if code != 200 or s >= 1.0]
+    assert not slow, f"{len(slow)} of {len(probes)} probes failed or took >= 1 s: {slow[:10]}"
+    assert _metric(srv, "postemb_http_connections_closed_total", reason="evicted") > 0  # the cap was reached
+    grown = _log_bytes(srv) - log_before
+    assert grown < 1_000_000, f"the log grew by {grown} bytes: {''.join(srv.lines)[-2000:]}"
+    assert httpx.get(srv.url + "/ready", timeout=5).status_code == 200
+
+
+def test_slow_bodies_hold_no_slot_and_time_out_with_408(abuse_server):
+    """max_concurrent_requests is 2: 2 (then 200) clients that send headers and part of a body
+    hold no compute slot, so a normal request is served at once; each slow one gets 408
+    body_timeout after body_timeout_s, and its connection is closed."""
+    srv, port = abuse_server, _port(abuse_server)
+    head = (f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"input\": [\"slow").encode()
+    for n in (2, 200):
+        slow = [_connect(port, head) for _ in range(n)]
+        try:
+            assert all(s is not None for s in slow)
+            time.sleep(0.2)
+            r = httpx.post(srv.url + "/v1/embeddings", json={"input": "served at once"}, headers=AUTH, timeout=10)
+            assert r.status_code == 200, r.text[:300]
+            codes = [_status(s, BODY_TIMEOUT_S + 5) for s in slow]
+            assert codes == [408] * n, sorted(set(codes), key=str)
+        finally:
+            for s in slow:
+                s.close()
+    assert _metric(srv, "postemb_http_requests_in_flight") == 0
+
+
+def test_header_timeout_answers_408_and_closes_idle_connections(abuse_server):
+    port = _port(abuse_server)
+    partial, idle = _connect(port, PARTIAL_HEADERS), _connect(port)
+    trickle = _connect(port, b"GET /hea")
+    try:
+        t = time.perf_counter()
+        for _ in range(int(HEADER_TIMEOUT_S) + 2):  # bytes every second do not extend the deadline
+            time.sleep(1)
+            try:
+                trickle.sendall(b"l")
+            except OSError:
+                break
+        assert _status(trickle, 5) in (408, 0)
+        assert _status(partial, 5) == 408
+        idle.settimeout(5)
+        assert idle.recv(100) == b""  # closed without an answer: it never sent a byte
+        assert time.perf_counter() - t < HEADER_TIMEOUT_S + 6
+    finally:
+        for s in (partial, idle, trickle):
+            s.close()
+    assert _metric(abuse_server, "postemb_http_connections_closed_total", reason="header_timeout") >= 2
