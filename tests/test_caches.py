@@ -110,7 +110,8 @@ def test_fidelity_is_measured_once_then_read_back(cache):
 def test_a_wrong_shape_moved_or_forged_fidelity_entry_is_measured_again(cache, caplog, entry):
     path = fidelity.entry_path("k")
     path.parent.mkdir(parents=True)
-    perfect = {"mean_cos": 1.0, "min_cos": 1.0, "overlap_at_10": 1.0, "posts": 1200, "source": "forged", "forced": False}
+    perfect = {"mean_cos": 1.0, "min_cos": 1.0, "overlap_at_10": 1.0, "posts": 1200, "source": "forged",
+               "forced": False}
     if entry == "old format: a bare passing measurement":  # what the cache held before entries were sealed
         entry = perfect
     elif entry == "moved from another key":

@@ -139,7 +139,8 @@ def no_model(monkeypatch):
 @pytest.mark.parametrize("rows, match", [
     ([{"id": 1, "text": "a"}, {"id": "x", "text": "b"}],
      r"posts.jsonl:2: `id` 'x' is a string, but .*posts.jsonl:1's is an integer.*Fix:"),
-    ([{"text": "a"}, {"id": "x", "text": "b"}], r"posts.jsonl:2: `id` 'x' is a string, but .*posts.jsonl:1's is an integer"),
+    ([{"text": "a"}, {"id": "x", "text": "b"}],
+     r"posts.jsonl:2: `id` 'x' is a string, but .*posts.jsonl:1's is an integer"),
     ([{"id": "a", "text": "a"}, {"id": None, "text": "b"}], r"posts.jsonl:2: `id` is null.*Fix:"),
     ([{"id": True, "text": "a"}], r"posts.jsonl:1: `id` must be an integer or a string. Given: bool"),
     ([{"id": 1.5, "text": "a"}], r"posts.jsonl:1: `id` must be an integer or a string. Given: float"),
