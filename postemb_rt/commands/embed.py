@@ -1,7 +1,7 @@
 """``postemb embed INPUT --out OUT``: embed a file of posts.
 
 INPUT: ``.txt`` (one post per line; every line is a post, empty lines included; ids are
-0-based line numbers; a line ends at "\n" only, a "\r" just before it is dropped, and
+0-based line numbers; a line ends at "\\n" only, a "\\r" just before it is dropped, and
 U+2028, form feeds and the like stay inside the post), ``.jsonl`` (one object per line with
 ``text`` and optional ``id``) or ``.parquet`` (column ``text``, optional ``id``). Ids are
 all integers or all strings, never null (checked before the model loads; without ``id``,
@@ -28,7 +28,7 @@ PROGRESS_MIN_POSTS = 1000  # show a progress bar from this many posts on
 
 
 def _lines(path: Path) -> list[str]:
-    """The lines of a UTF-8 text file: split at "\n" only (``str.splitlines`` would also cut at
+    r"""The lines of a UTF-8 text file: split at "\n" only (``str.splitlines`` would also cut at
     U+2028, \x0c, \x85, ... so ids would stop being line numbers), a "\r" just before it
     dropped; a final "\n" ends the last line and starts none."""
     data = path.read_bytes()
