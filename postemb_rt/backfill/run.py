@@ -250,6 +250,11 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     root, files = list_inputs(inp)
     from ..encoder import PRECISIONS, vector_version
 
+    if precision == "auto":  # each node would resolve it for its own CPU: one output, several versions
+        raise ValidationError("`precision` 'auto' is refused by backfill: every worker would pick the fastest "
+                              "precision for its own CPU, and one output would hold vectors of several versions. "
+                              "Fix: name one precision (fp32, bf16 or int8); `Encoder.from_pretrained('MODEL', "
+                              "precision='auto').describe()['precision']` says which is fastest on a node.")
     if precision not in PRECISIONS:
         raise ValidationError(f"`precision` must be one of {PRECISIONS}. Given: {precision!r}.")
     md = resolve(model)

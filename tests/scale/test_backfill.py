@@ -91,6 +91,9 @@ def test_inputs_are_checked_before_any_work(tmp_path):
     (tmp_path / "out4" / "x.parquet" / bf.SUCCESS).write_text(json.dumps({"model_version": "other-model"}))
     with pytest.raises(ValidationError, match="'other-model'.*Fix: pick a new --output"):
         bf.backfill(tmp_path / "mixed" / "a.parquet", tmp_path / "out4")
+    with pytest.raises(ValidationError, match="'auto' is refused by backfill.*Fix: name one precision"):
+        bf.backfill(tmp_path / "mixed" / "a.parquet", tmp_path / "out5", precision="auto")  # one version per output
+    assert not (tmp_path / "out5").exists()
 
 
 def test_unreadable_file_fails_alone_and_is_named(tmp_path, capsys):
