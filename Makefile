@@ -27,12 +27,13 @@ demo: $(STAMP)
 system-deps:
 	@command -v redis-server >/dev/null || (apt-get update -q && apt-get install -y -q redis-server)
 
-# The suite (benchmarks run as quick tests here: one round, 200 posts, no timing assertions), then
-# test-isa and the throughput gate.
+# The throughput gate first (the machine is at its quietest before the suite), then test-isa, then the
+# suite (benchmarks run as quick tests here: one round, 200 posts, no timing assertions), whose
+# summary line closes the log.
 test: $(STAMP) system-deps
-	POSTEMB_BENCH_N=200 $(BIN)/python -m pytest -q -p no:cacheprovider tests benchmarks --benchmark-disable
-	$(BIN)/python -m tests.isa_emulation
 	$(BIN)/python benchmarks/throughput_gate.py --json $(GATE_JSON)
+	$(BIN)/python -m tests.isa_emulation
+	POSTEMB_BENCH_N=200 $(BIN)/python -m pytest -q -p no:cacheprovider tests benchmarks --benchmark-disable
 
 # The backend, precision and kernel tests again with oneDNN, MKL, ATen and our pooling kernel held to
 # AVX2, then to AVX-512 without BF16/VNNI (tests/isa_emulation.py says what is and is not held).
