@@ -68,7 +68,10 @@ def quantize(vectors: np.ndarray, precision: str, ranges: np.ndarray | None = No
                 f"`ranges` for {precision} must be float32 (2, {vectors.shape[-1]}): per-dimension min and max. "
                 f"Given: {None if ranges is None else np.shape(ranges)}. Fix: quantization.ranges_for(encoder).")
     try:
-        from sentence_transformers import quantize_embeddings
+        try:
+            from sentence_transformers import quantize_embeddings
+        except ImportError:  # sentence-transformers < 5 exports it from its quantization module only
+            from sentence_transformers.quantization import quantize_embeddings
     except ImportError:
         raise BackendUnavailableError(
             f"`precision` {precision!r} quantizes through sentence_transformers.quantize_embeddings, which is "

@@ -218,3 +218,15 @@ def test_show_progress_bar_none_follows_the_log_level(enc, capsys):
         assert "encode" in capsys.readouterr().err
     finally:
         log.setLevel(old)
+
+
+def test_quantization_without_sentence_transformers_names_the_install(monkeypatch):
+    import sys
+
+    from postemb_rt import BackendUnavailableError
+
+    monkeypatch.setitem(sys.modules, "sentence_transformers", None)
+    monkeypatch.setitem(sys.modules, "sentence_transformers.quantization", None)
+    with pytest.raises(BackendUnavailableError, match=r"`precision` 'ubinary' .*Fix: pip install sentence-transformers"):
+        quantization.quantize(np.ones((3, 4), np.float32), "ubinary")
+    assert quantization.quantize(np.ones((3, 4), np.float32), "float32").dtype == np.float32  # needs nothing
