@@ -107,3 +107,21 @@ def finish(vectors: np.ndarray, opts: EncodeOptions, single: bool):
         if opts.output == "list":
             out = list(out)
     return out[0] if single else out
+
+
+def postprocess(vectors: np.ndarray, opts: EncodeOptions, normalized: bool, single: bool = False):
+    """What ``encode`` returns for ``opts``, from the vectors of ``Encoder.submit`` / ``aencode``
+    called with ``prompt=opts.prompt`` (float32 (n, D): the model's own output, unit rows when
+    ``normalized``, i.e. ``encoder.model.config.normalize``): truncate_dim, normalisation and
+    precision applied (a unit row's prefix normalised again equals the raw prefix normalised).
+    The one entry point for the HTTP routes and the near-line worker, which embed through the
+    batcher. Raises ValidationError for ``normalize=False`` on a normalising model (the batcher
+    has only unit rows: use ``encode``)."""
+    if normalized and not opts.normalize:
+        raise ValidationError(
+            "`normalize` False asks for the vectors before normalisation, which the batcher behind submit() does "
+            "not keep for this model (it normalises). Given: normalize=False. Fix: Encoder.encode(..., "
+            "normalize=False), or drop it.")
+    if opts.dim < vectors.shape[1] or (opts.normalize and not normalized):
+        vectors = truncate(vectors, opts.dim, opts.normalize)
+    return finish(vectors, opts, single)

@@ -230,3 +230,28 @@ def test_quantization_without_sentence_transformers_names_the_install(monkeypatc
     with pytest.raises(BackendUnavailableError, match=r"`precision` 'ubinary' .*Fix: pip install sentence-transformers"):
         quantization.quantize(np.ones((3, 4), np.float32), "ubinary")
     assert quantization.quantize(np.ones((3, 4), np.float32), "float32").dtype == np.float32  # needs nothing
+
+
+@pytest.mark.parametrize("kwargs", [dict(truncate_dim=8, precision="int8"), dict(precision="ubinary"), {},
+                                    dict(truncate_dim=16, convert_to_tensor=True)])
+def test_postprocess_of_submit_equals_encode(mrl, kwargs):
+    """The routes' and near-line's path: resolve once, submit with the resolved prompt, postprocess."""
+    from postemb_rt import encode_options as eo
+
+    opts = eo.resolve(mrl, **kwargs)
+    got = eo.postprocess(mrl.submit(TEXTS, prompt=opts.prompt).result(timeout=60), opts, normalized=True)
+    want = mrl.encode(TEXTS, **kwargs)
+    if opts.precision == "float32":
+        assert_exact(np.asarray(got), np.asarray(want))
+    else:
+        assert (np.asarray(got) == want).mean() > 0.99  # equal but at a rounding edge within float error
+
+
+def test_postprocess_normalises_a_raw_model_and_refuses_raw_from_a_normalising_one(raw, enc):
+    from postemb_rt import encode_options as eo
+
+    opts = eo.resolve(raw, normalize_embeddings=True)
+    assert_exact(eo.postprocess(raw.submit(TEXTS).result(timeout=60), opts, normalized=False),
+                 raw.encode(TEXTS, normalize_embeddings=True))
+    with pytest.raises(ValidationError, match=r"`normalize` False .*Fix: Encoder.encode"):
+        eo.postprocess(enc.submit(TEXTS).result(timeout=60), eo.resolve(enc, normalize=False), normalized=True)
