@@ -154,6 +154,11 @@ def export_onnx(model: ModelDir, out_dir: str | Path, optimize: bool = True,
         onnx="model.onnx",
         onnx_pooling=pooling,
         do_lower_case=model.config.do_lower_case,
+        # inputs and outputs the model defines, kept so the exported directory embeds the same texts alike
+        prompts=model.config.prompts,
+        default_prompt_name=model.config.default_prompt_name,
+        include_prompt=model.config.include_prompt,
+        matryoshka_dims=model.config.matryoshka_dims,
     )
     (out / CONFIG_FILE).write_text(cfg.to_json())
     return load_model_dir(out)

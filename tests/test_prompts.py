@@ -161,3 +161,15 @@ def test_postemb_json_prompts(folder, tmp_path):
     (d / "postemb.json").write_text(json.dumps({**cfg, "prompts": {"query": 3}}))
     with pytest.raises(ValidationError, match=r"`prompts` in .*postemb.json must be a mapping of prompt name to text"):
         Encoder.from_pretrained(d, backend="torch", warmup=False)
+
+
+def test_an_exported_directory_keeps_the_prompts(folder, st, tmp_path):
+    """export_onnx writes the folder's prompts into postemb.json: the ONNX-only directory embeds alike."""
+    from postemb_rt.model_dir import resolve
+    from postemb_rt.onnx_export import export_onnx
+
+    out = export_onnx(resolve(folder), tmp_path / "onnx", optimize=False)
+    assert out.config.default_prompt_name == "passage" and out.config.prompts == PROMPTS
+    with Encoder.from_pretrained(out.path, backend="onnxruntime") as e:
+        assert_exact(e.encode(TEXTS), st.encode(TEXTS, batch_size=8))
+        assert_exact(e.encode(TEXTS, prompt_name="query"), st.encode(TEXTS, prompt_name="query", batch_size=8))
