@@ -113,3 +113,25 @@ def read_json(path: str | Path, what: str | None = None, fix: str = "restore the
         if what is None:
             return None
         raise ValidationError(f"`{path}` ({what}) is not valid JSON: {exc}. Fix: restore the file.") from None
+
+
+def confined(root: Path, spec, key: str, where: Path, fix: str) -> Path:
+    """``root / spec`` for a path named in a folder's own file ``where`` (a model directory's
+    postemb.json, a sentence-transformers folder's modules.json), which must stay inside the
+    folder: relative, no ``..``, and not leading out through a symlink. Checked before anything
+    under the path is read; ``fix`` is the error's advice. The one such check."""
+    from .errors import ValidationError
+
+    if not isinstance(spec, str) or not spec:
+        raise ValidationError(f"`{key}` in {where} must be a file name inside the model directory. Given: {spec!r}.")
+    p = Path(spec)
+    if p.is_absolute() or ".." in p.parts:
+        raise ValidationError(
+            f"`{key}` in {where} must be a path inside the model directory (relative, without '..'). "
+            f"Given: {spec!r}. Fix: {fix}.")
+    resolved = (root / p).resolve()
+    if resolved != root and root not in resolved.parents:
+        raise ValidationError(
+            f"`{key}` in {where} leads out of the model directory through a symlink: {spec!r} -> {resolved}. "
+            f"Fix: {fix}.")
+    return resolved

@@ -32,6 +32,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from .durable import confined
 from .errors import ModelNotFoundError, ValidationError
 from .ops.reference import POOLINGS
 from .prompts import check_prompts
@@ -239,27 +240,11 @@ def _resolve_encoder(spec: str | None, root: Path) -> Path | None:
     return _confined(root, spec, "encoder")
 
 
-def _confined(root: Path, spec, key: str, where: Path | None = None, fix: str | None = None) -> Path:
-    """``root / spec`` for a path named in a folder's own file (``where``: postemb.json by
-    default; modules.json for a sentence-transformers folder), which must stay inside the
-    folder: relative, no ``..``, and not leading out through a symlink. Checked before anything
-    under the path is read."""
-    where = where or root / CONFIG_FILE
-    fix = fix or (f"copy the file into {root} and name it relative to it"
-                  + (", or use 'pip:<package>' for an installed encoder" if key == "encoder" else ""))
-    if not isinstance(spec, str) or not spec:
-        raise ValidationError(f"`{key}` in {where} must be a file name inside the model directory. Given: {spec!r}.")
-    p = Path(spec)
-    if p.is_absolute() or ".." in p.parts:
-        raise ValidationError(
-            f"`{key}` in {where} must be a path inside the model directory (relative, without '..'). "
-            f"Given: {spec!r}. Fix: {fix}.")
-    resolved = (root / p).resolve()
-    if resolved != root and root not in resolved.parents:
-        raise ValidationError(
-            f"`{key}` in {where} leads out of the model directory through a symlink: {spec!r} -> {resolved}. "
-            f"Fix: {fix}.")
-    return resolved
+def _confined(root: Path, spec, key: str) -> Path:
+    """``root / spec`` for a path named in postemb.json: ``durable.confined`` with this file's fix."""
+    fix = ("copy the file into " + str(root) + " and name it relative to it"
+           + (", or use 'pip:<package>' for an installed encoder" if key == "encoder" else ""))
+    return confined(root, spec, key, root / CONFIG_FILE, fix)
 
 
 def load_model_dir(path: str | Path) -> ModelDir:

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .durable import read_json
+from .durable import confined, read_json
 from .errors import ModelNotFoundError, ValidationError
 from .prompts import check_prompts
 
@@ -178,6 +178,9 @@ def read_st_folder(root: Path) -> tuple[dict, list, Path, Path]:
     files += [(str(p.relative_to(root)), p) for p in (enc / ST_CONFIG_FILE, enc / "tokenizer_config.json",
                                                       *(q / "config.json" for q in paths[1:])) if p.exists()]
     files += [(d["file"], root / d["file"]) for d in dense]
+    prompts = _prompts(root, paths[1])
+    if prompts["prompts"] or prompts["default_prompt_name"]:  # a prompt changes every vector it applies to
+        files.append(("config_sentence_transformers.json", root / "config_sentence_transformers.json"))
     cfg = dict(
         hidden_size=hidden,
         pooling=pooling,
@@ -186,7 +189,7 @@ def read_st_folder(root: Path) -> tuple[dict, list, Path, Path]:
         encoder=str(enc.relative_to(root)) if enc != root else ".",
         dense=dense or None,
         do_lower_case=bool(st_cfg.get("do_lower_case", False)),
-        **_prompts(root, paths[1]),
+        **prompts,
     )
     return cfg, files, enc, tokenizer
 
@@ -195,13 +198,11 @@ def _module_path(root: Path, entry: dict, modules_file: Path, i: int) -> Path:
     """The folder of module ``i`` (its ``path``, relative to ``root``; "" or absent: ``root``),
     refused before anything in it is read when it leads out of ``root`` ("../x", an absolute
     path, a symlink out)."""
-    from .model_dir import _confined  # the one check of paths named inside a model folder
-
     spec = entry.get("path", "")
     if spec in ("", "."):
         return root
-    return _confined(root, spec, f"modules[{i}].path", where=modules_file,
-                     fix=f"copy the module's folder into {root} and give its path relative to it in {MODULES_FILE}")
+    return confined(root, spec, f"modules[{i}].path", modules_file,
+                    f"copy the module's folder into {root} and give its path relative to it in {MODULES_FILE}")
 
 
 def _max_length(st_cfg: dict, tokenizer_config: Path, hf: dict) -> int:

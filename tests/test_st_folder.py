@@ -225,6 +225,21 @@ def test_tokenizer_config_max_length_is_part_of_the_model_version(tmp_path):
     assert a.model_version != b.model_version
 
 
+def test_the_default_prompt_is_part_of_the_model_version(tmp_path):
+    """A default prompt changes every vector, so editing it must change the version; a folder
+    without prompts keeps the version it had before prompts were read."""
+    from postemb_rt.model_dir import load_model_dir
+
+    d = build_st_folder(tmp_path / "e5", arch="bert")
+    plain = load_model_dir(d).config.model_version
+    _edit(d / "config_sentence_transformers.json", prompts={"query": "query: ", "passage": "passage: "},
+          default_prompt_name="passage")
+    a = load_model_dir(d).config.model_version
+    _edit(d / "config_sentence_transformers.json", default_prompt_name="query")
+    b = load_model_dir(d).config.model_version
+    assert len({plain, a, b}) == 3
+
+
 @pytest.mark.parametrize("escape", ["../victim", "/abs/victim", "link"])
 def test_a_module_path_out_of_the_folder_is_refused_before_reading_it(tmp_path, monkeypatch, escape):
     from postemb_rt import st_folder
