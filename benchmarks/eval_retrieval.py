@@ -186,7 +186,7 @@ def main(argv=None) -> int:
         for name in ("emoji", "topic"):
             texts, labels, _ = load_corpus(name, split, args.emoji_n if name == "emoji" and split == "test" else None)
             vecs = embed_cached(enc, texts, cache, f"{name}-{split}")
-            index = PostIndex.build(range(len(vecs)), vecs, model_version=enc.model_version)
+            index = PostIndex.build(range(len(vecs)), vecs, vector_version=enc.vector_version)
             out[name] = (vecs, labels, index)
         return out
 

@@ -1,12 +1,19 @@
 """``postemb index build|query``: an ANN index over post embeddings, and top-k queries on it.
 
 build: from Parquet embeddings (``postemb backfill`` or ``postemb embed`` output: a file
-or a folder) or from the near-line store (``--redis URL --model-version V``); FAISS kind
-by size (flat up to 20k posts, HNSW up to 2M, IVF beyond) unless ``--kind`` says.
-query: by text (``--text``, embedded with ``--model``, which must be the index's model),
-or for a member (``--member ID,ID,...``: the posts they engaged with; Ward clusters, one
-query per cluster, merged; the history itself is left out; ``--mean`` uses the single
-mean vector instead). See docs/RETRIEVAL.md.
+or a folder) or from the near-line store (``--redis URL --vector-version V``: the version the
+worker stores under, e.g. postemb-mt50-v3 or postemb-mt50-v3+bf16+chunk); FAISS kind by size
+(flat up to 20k posts, HNSW up to 2M, IVF beyond) unless ``--kind`` says. ``--binary`` stores
+sign bits (1 bit per dimension, Hamming distance); ``--rescore N`` keeps the float vectors
+too and re-ranks the k*N Hamming-nearest by cosine.
+query: by text (``--text``), embedded the way the index's vectors were: the index records
+their vector version (model version + "+<precision>" when not fp32 + "+chunk" in chunk
+mode), and the query encoder is loaded with that precision and long-post mode; ``--model``
+must be that model (default: default); ``--precision`` / ``--long-posts`` may say the same
+thing explicitly, and anything that would give another vector version is refused. Or for a
+member (``--member ID,ID,...``: the posts they engaged with; Ward clusters, one query per
+cluster, merged; the history itself is left out; ``--mean`` uses the single mean vector
+instead). See docs/RETRIEVAL.md.
 """
 from __future__ import annotations
 
@@ -27,24 +34,69 @@ def _parse_id(raw: str, index):
         return raw
 
 
+def split_vector_version(version: str) -> tuple[str, str, str]:
+    """``postemb_rt.encoder.vector_version``'s inverse: "X+bf16+chunk" -> ("X", "bf16", "chunk");
+    "X" -> ("X", "fp32", "truncate"). Suffixes are read from the right, so a model version that
+    itself holds "+" stays whole."""
+    from ..encoder import PRECISIONS, vector_version
+
+    model, precision, long_posts = version, "fp32", "truncate"
+    if model.endswith("+chunk"):
+        model, long_posts = model[: -len("+chunk")], "chunk"
+    for p in PRECISIONS:
+        if p not in ("fp32", "auto") and model.endswith(f"+{p}"):
+            model, precision = model[: -len(p) - 1], p
+            break
+    assert vector_version(model, precision, long_posts) == version
+    return model, precision, long_posts
+
+
+def query_encoder(args, index_version: str | None):
+    """The encoder for ``--text`` queries, loaded so its vector version is the index's: the
+    precision and long-post mode come from the index's recorded version unless ``--precision`` /
+    ``--long-posts`` say otherwise (then they must agree with it). Checked before the model loads."""
+    from ..encoder import Encoder, vector_version
+    from ..model_dir import resolve
+
+    if index_version:
+        model, want_p, want_lp = split_vector_version(index_version)
+    else:  # an index built without a version (PostIndex.build in code): the encoder's defaults
+        model, want_p, want_lp = None, "fp32", "truncate"
+    precision, long_posts = args.precision or want_p, args.long_posts or want_lp
+    got = vector_version(resolve(args.model).config.model_version, precision, long_posts)
+    if index_version and got != index_version:
+        raise ValidationError(
+            f"`--model` {args.model!r} with --precision {precision} --long-posts {long_posts} gives vectors of "
+            f"version {got!r} but the index holds {index_version!r} vectors. Fix: --model with model version "
+            f"{model!r}, and --precision {want_p} --long-posts {want_lp} (or leave both out: they are read from "
+            "the index).")
+    return Encoder.from_pretrained(args.model, device=args.device, precision=precision, long_posts=long_posts)
+
+
 def run_build(args) -> int:
     from ..retrieval import PostIndex
 
     start = time.perf_counter()
+    if args.rescore and not args.binary:
+        raise ValidationError(f"`--rescore` {args.rescore} needs `--binary` (a float index ranks by exact cosine "
+                              "already). Fix: add --binary, or drop --rescore.")
+    params = {"kind": args.kind, "binary": args.binary, "rescore": args.rescore}
     if args.redis:
-        if not args.model_version:
-            raise ValidationError("`--redis` needs `--model-version` (which embeddings to index). Given: none.")
-        idx = PostIndex.from_redis(args.redis, args.model_version, kind=args.kind)
+        if not args.vector_version:
+            raise ValidationError("`--redis` needs `--vector-version` (which embeddings to index: the version the "
+                                  "near-line worker stores under, its Encoder.vector_version). Given: none.")
+        idx = PostIndex.from_redis(args.redis, args.vector_version, **params)
         source = args.redis
     else:
         if not args.input:
             raise ValidationError("`index build` needs `--input` (Parquet embeddings) or `--redis URL`. Given: neither.")
-        idx = PostIndex.from_parquet(args.input, kind=args.kind)
+        idx = PostIndex.from_parquet(args.input, **params)
         source = args.input
     idx.save(args.out)
     d = idx.describe()
+    binary = f", binary ({d['bits']} bits, rescore {d['rescore']})" if d["binary"] else ""
     print(f"indexed {d['count']} posts from {source} in {time.perf_counter() - start:.1f} s: kind={d['kind']} "
-          f"({d['faiss_index']}), dim={d['dim']}, model={d['model_version']} -> {args.out}")
+          f"({d['faiss_index']}), dim={d['dim']}{binary}, vector version={d['vector_version']} -> {args.out}")
     return 0
 
 
@@ -57,20 +109,19 @@ def run_query(args) -> int:
                               f"{'both' if args.text else 'neither'}.")
     results = []
     if args.text:
-        from ..encoder import Encoder
-
-        enc = Encoder.from_pretrained(args.model, device="cpu")
-        if idx.model_version and enc.model_version != idx.model_version:
-            raise ValidationError(f"`--model` {args.model!r} is {enc.model_version!r} but the index holds "
-                                  f"{idx.model_version!r} embeddings. Fix: --model with that version.")
-        for text, hits in zip(args.text, idx.search(enc.encode(args.text), args.k)):
+        enc = query_encoder(args, idx.vector_version)
+        try:
+            vectors = enc.encode(args.text)
+        finally:
+            enc.close()
+        for text, hits in zip(args.text, idx.search(vectors, args.k, rescore=args.rescore)):
             results.append({"query": text, "hits": hits})
     else:
         ids = [_parse_id(x.strip(), idx) for x in args.member.split(",") if x.strip()]
         history = idx.vectors_of(ids)
         member = mean_embedding(history) if args.mean else member_embedding(
             history, distance_threshold=args.distance_threshold, max_clusters=args.max_clusters)
-        hits = retrieve(idx, member, args.k, exclude=ids)
+        hits = retrieve(idx, member, args.k, exclude=ids, rescore=args.rescore)
         results.append({"query": f"member of {len(ids)} posts, {len(member)} cluster(s) "
                                  f"(weights {', '.join(f'{w:.2f}' for w in member.weights)})", "hits": hits})
     for r in results:
@@ -93,16 +144,33 @@ def register(sub) -> None:
     b = isub.add_parser("build", help="build an index from Parquet embeddings or the near-line store")
     b.add_argument("--input", help="Parquet embeddings: a file or a folder (columns id, embedding, model_version)")
     b.add_argument("--redis", help="or: a near-line store URL (redis://host:port/db)")
-    b.add_argument("--model-version", help="with --redis: which model's embeddings")
+    b.add_argument("--vector-version", "--model-version", dest="vector_version",
+                   help="with --redis: the vector version the worker stores under (its Encoder.vector_version: "
+                        "model version + '+<precision>' when not fp32 + '+chunk' in chunk mode); "
+                        "--model-version is its old name")
     b.add_argument("--out", required=True, help="index folder to write")
     b.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw", "ivf"], help="FAISS index kind (default: auto)")
+    b.add_argument("--binary", action="store_true",
+                   help="store sign bits (1 bit per dimension, Hamming distance) instead of float32")
+    b.add_argument("--rescore", type=int, default=0, metavar="N",
+                   help="with --binary: keep the float vectors too (vectors.npy) and re-rank the k*N nearest by "
+                        "Hamming with them (default: 0, no rescoring; 4 is usual)")
     b.set_defaults(func=run_build)
     q = isub.add_parser("query", help="top-k posts for texts or for a member")
     q.add_argument("--index", required=True, help="index folder (from `postemb index build`)")
     q.add_argument("--text", action="append", help="a query post (repeatable)")
     q.add_argument("--member", help="comma-separated ids of the posts a member engaged with")
     q.add_argument("--k", type=int, default=10, help="posts to return (default: 10)")
-    q.add_argument("--model", default="default", help="with --text: the model that embeds it (default: default)")
+    q.add_argument("--model", default="default", help="with --text: the model that embeds it; must be the index's "
+                                                      "(default: default)")
+    q.add_argument("--device", default="cpu", help="with --text: cpu, cuda[:N] or auto (default: cpu; an fp16 "
+                                                   "index's vectors need cuda)")
+    q.add_argument("--precision", choices=["fp32", "fp16", "bf16", "int8"],
+                   help="with --text: compute precision (default: the one the index's vector version records)")
+    q.add_argument("--long-posts", choices=["truncate", "chunk"],
+                   help="with --text: long-post mode (default: the one the index's vector version records)")
+    q.add_argument("--rescore", type=int, metavar="N",
+                   help="binary index: rescore multiplier for this query (default: the index's; 0: Hamming order)")
     q.add_argument("--mean", action="store_true", help="with --member: one mean vector instead of Ward clusters")
     q.add_argument("--distance-threshold", type=float, default=DISTANCE_THRESHOLD,
                    help=f"Ward cut height (default: {DISTANCE_THRESHOLD})")

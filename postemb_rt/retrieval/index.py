@@ -10,13 +10,29 @@ batch; later adds keep it):
 | <= 2,000,000 | ``hnsw`` (IndexHNSWFlat, M=32) | no training, incremental adds, recall@10 >= 0.95 at efSearch 128; +M*2*4 = 256 bytes/post of links |
 | larger | ``ivf`` (IndexIVFFlat, nlist = 4*sqrt(n)) | cheaper to build and smaller than HNSW; trained once on the first 256*nlist vectors |
 
+Binary (``binary=True``): each post is stored as its sign bits, ``quantize_embeddings(v,
+"ubinary")`` (``postemb_rt.quantization``, the library's one quantization: bit = x > 0, packed 8
+per byte, so ceil(dim/8) bytes per post instead of dim*4: 7 vs 200 bytes at 50-d, 48 vs 1536 at
+384-d), in FAISS's binary indexes (``IndexBinaryFlat`` / ``IndexBinaryHNSW`` / ``IndexBinaryIVF``,
+Hamming distance; queries are quantized the same way). A binary hit's score is
+``1 - 2 * hamming / dim``, the cosine of the two sign vectors. With ``rescore=m`` (> 0) the
+float vectors are kept too (``vectors.npy`` when saved, memory-mapped on load, so they can stay
+on disk): a query fetches the ``k * m`` nearest by Hamming and re-ranks them by float cosine,
+the practice of sentence-transformers' binary-quantization retrieval (``rescore_multiplier``);
+scores are then exact cosines. What recall this keeps on our data: docs/RETRIEVAL.md.
+
 Post ids are arbitrary (int or str): FAISS stores row positions 0..n-1 and ``ids[pos]`` maps
 them back. Adding an id already present is skipped (an embedding is a pure function of
-(text, model version), so it is the same vector); ``add`` returns how many were new.
+(text, vector version), so it is the same vector); ``add`` returns how many were new.
 
-Saved as a folder: ``index.faiss`` (faiss.write_index), ``ids.parquet`` (one column ``id``,
-its Arrow type kept), ``index.json`` (kind, dim, count, parameters, model version, faiss
-version). ``faiss`` is imported here only.
+Versions: an index records the **vector version** of its vectors (``Encoder.vector_version``:
+the model version plus ``+<precision>`` / ``+chunk`` when those change the numbers), the string
+the near-line store keys by and backfill writes in its ``model_version`` column.
+
+Saved as a folder: ``index.faiss`` (faiss.write_index, or write_index_binary), ``ids.parquet``
+(one column ``id``, its Arrow type kept), ``vectors.npy`` (binary with rescoring only: float32
+(n, dim)), ``index.json`` (kind, dim, binary, bits, rescore, count, parameters, vector version,
+faiss version). ``faiss`` is imported here only.
 """
 from __future__ import annotations
 
@@ -58,6 +74,9 @@ def _as_vectors(vectors, dim: int | None, name: str = "vectors") -> np.ndarray:
     if not np.issubdtype(v.dtype, np.floating):
         raise ValidationError(f"`{name}` must be float32. Given: {v.dtype}.")
     v = np.ascontiguousarray(v, dtype=np.float32)
+    if len(v) and not np.isfinite(v).all():  # NaN slips through the norm check below (NaN > tol is False)
+        row = int(np.flatnonzero(~np.isfinite(v).all(1))[0])
+        raise ValidationError(f"`{name}` must be finite. Given: NaN or inf in row {row}.")
     if len(v):
         norms = np.linalg.norm(v, axis=1)
         bad = np.flatnonzero(np.abs(norms - 1) > UNIT_TOLERANCE)
@@ -68,20 +87,32 @@ def _as_vectors(vectors, dim: int | None, name: str = "vectors") -> np.ndarray:
     return v
 
 
+def _check_rescore(rescore, binary: bool) -> int:
+    if isinstance(rescore, bool) or not isinstance(rescore, (int, np.integer)) or rescore < 0:
+        raise ValidationError(f"`rescore` must be an int >= 0 (0: no rescoring; m: re-rank the k*m nearest by "
+                              f"Hamming with the float vectors). Given: {rescore!r}.")
+    if rescore and not binary:
+        raise ValidationError(f"`rescore` applies to a binary index only (a float index ranks by exact cosine "
+                              f"already). Given: rescore={rescore} with binary=False. Fix: binary=True, or rescore=0.")
+    return int(rescore)
+
+
 @dataclass
 class Hit:
     id: object
-    score: float  # inner product = cosine
+    score: float  # inner product = cosine (binary, not rescored: cosine of the sign vectors)
 
 
 class PostIndex:
     """An ANN index over unit post embeddings. Build with :meth:`build`, :meth:`from_parquet`,
     :meth:`from_redis`, or ``PostIndex(dim, kind)`` + :meth:`add`; persist with :meth:`save` /
-    :meth:`load`; query with :meth:`search`."""
+    :meth:`load`; query with :meth:`search`. ``binary=True`` stores sign bits (Hamming);
+    ``rescore=m`` also keeps the float vectors and re-ranks the k*m Hamming-nearest by cosine
+    (see the module docstring). ``vector_version``: the version of the vectors it holds."""
 
     def __init__(self, dim: int, kind: str = "auto", *, expected_size: int | None = None,
-                 model_version: str | None = None, ef_search: int = HNSW_EF_SEARCH, nprobe: int = IVF_NPROBE,
-                 nlist: int | None = None):
+                 vector_version: str | None = None, binary: bool = False, rescore: int = 0,
+                 ef_search: int = HNSW_EF_SEARCH, nprobe: int = IVF_NPROBE, nlist: int | None = None):
         import faiss
 
         if kind not in KINDS:
@@ -93,10 +124,22 @@ class PostIndex:
                 raise ValidationError("`kind='auto'` needs `expected_size` (the number of posts it will hold). "
                                       "Fix: pass expected_size=N, or use PostIndex.build(ids, vectors).")
             kind = choose_kind(expected_size)
-        self.dim, self.kind, self.model_version = dim, kind, model_version
+        self.dim, self.kind, self.vector_version = dim, kind, vector_version
+        self.binary, self.rescore = bool(binary), _check_rescore(rescore, bool(binary))
+        self.bits = 8 * -(-dim // 8) if self.binary else 0  # FAISS binary codes are whole bytes
         self.ef_search, self.nprobe = ef_search, nprobe
         self.nlist = nlist or (ivf_nlist(expected_size or 0) if kind == "ivf" else 0)
-        if kind == "flat":
+        # binary + rescore: the float vectors, in parts appended by add() (joined on first use)
+        self._float_parts: list[np.ndarray] = []
+        if self.binary:
+            if kind == "flat":
+                self.index = faiss.IndexBinaryFlat(self.bits)
+            elif kind == "hnsw":
+                self.index = faiss.IndexBinaryHNSW(self.bits, HNSW_M)
+                self.index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+            else:
+                self.index = faiss.IndexBinaryIVF(faiss.IndexBinaryFlat(self.bits), self.bits, self.nlist)
+        elif kind == "flat":
             self.index = faiss.IndexFlatIP(dim)
         elif kind == "hnsw":
             self.index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
@@ -106,14 +149,35 @@ class PostIndex:
         self.ids: list = []
         self._pos: dict = {}
 
+    @property
+    def model_version(self) -> str | None:
+        """Alias of :attr:`vector_version` (what older code and index.json files call it)."""
+        return self.vector_version
+
     # -- building ----------------------------------------------------------------------
     @classmethod
-    def build(cls, ids, vectors, kind: str = "auto", model_version: str | None = None, **params) -> "PostIndex":
-        """An index over ``vectors`` float32 (n, dim) unit rows with ``ids`` (n,), kind by size."""
+    def build(cls, ids, vectors, kind: str = "auto", vector_version: str | None = None, **params) -> "PostIndex":
+        """An index over ``vectors`` float32 (n, dim) unit rows with ``ids`` (n,), kind by size;
+        ``params``: ``binary``, ``rescore``, ``ef_search``, ``nprobe``, ``nlist``."""
         v = _as_vectors(vectors, None)
-        idx = cls(v.shape[1], kind, expected_size=len(v), model_version=model_version, **params)
+        idx = cls(v.shape[1], kind, expected_size=len(v), vector_version=vector_version, **params)
         idx.add(ids, v)
         return idx
+
+    def _codes(self, v: np.ndarray) -> np.ndarray:
+        """What FAISS stores: float32 (n, dim) as is, or (binary) uint8 (n, bits/8) sign bits."""
+        if not self.binary:
+            return v
+        from ..quantization import quantize
+
+        return np.ascontiguousarray(quantize(v, "ubinary"), dtype=np.uint8)
+
+    def _floats(self) -> np.ndarray:
+        """float32 (n, dim): the kept float vectors of a binary index with rescoring."""
+        if len(self._float_parts) != 1:
+            self._float_parts = [np.concatenate(self._float_parts) if self._float_parts
+                                 else np.empty((0, self.dim), np.float32)]
+        return self._float_parts[0]
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -138,6 +202,7 @@ class PostIndex:
         if len(keep) < len(ids):
             v = v[keep]
             ids = [ids[i] for i in keep]
+        codes = self._codes(v)
         if self.kind == "ivf" and not self.index.is_trained:
             if len(v) < 39 * self.nlist:
                 for pid in ids:
@@ -145,8 +210,10 @@ class PostIndex:
                 raise ValidationError(
                     f"an IVF index with nlist={self.nlist} trains on its first add, which needs >= {39 * self.nlist} "
                     f"vectors. Given: {len(v)}. Fix: add more at once, a smaller nlist, or kind='hnsw'.")
-            self.index.train(v[: 256 * self.nlist])
-        self.index.add(v)
+            self.index.train(codes[: 256 * self.nlist])
+        self.index.add(codes)
+        if self.rescore:
+            self._float_parts.append(v)
         self.ids.extend(ids)
         return len(ids)
 
@@ -154,7 +221,8 @@ class PostIndex:
     def from_parquet(cls, path, kind: str = "auto", batch_rows: int = 65_536, **params) -> "PostIndex":
         """An index over Parquet embeddings (``postemb backfill`` / ``postemb embed`` output: columns
         ``id``, ``embedding`` fixed-size list<float32>, ``model_version``): a file or a folder
-        (read recursively; ``_``/``.``-prefixed files and folders ignored). One model version only."""
+        (read recursively; ``_``/``.``-prefixed files and folders ignored). One version only: the
+        ``model_version`` column holds the vector version (``Encoder.vector_version``)."""
         import pyarrow.dataset as pads
 
         ds = pads.dataset(str(path), format="parquet")
@@ -181,9 +249,9 @@ class PostIndex:
                                           "Fix: build one index per model version.")
                 mv = versions.pop()
             if idx is None:
-                idx = cls(dim, kind, expected_size=n, model_version=mv, **params)
-            elif mv is not None and idx.model_version is not None and mv != idx.model_version:
-                raise ValidationError(f"`path` {str(path)!r} mixes model versions {idx.model_version!r} and {mv!r}. "
+                idx = cls(dim, kind, expected_size=n, vector_version=mv, **params)
+            elif mv is not None and idx.vector_version is not None and mv != idx.vector_version:
+                raise ValidationError(f"`path` {str(path)!r} mixes model versions {idx.vector_version!r} and {mv!r}. "
                                       "Fix: build one index per model version.")
             pending_ids += batch.column("id").to_pylist()
             pending_v.append(vec)
@@ -196,18 +264,22 @@ class PostIndex:
         return idx
 
     @classmethod
-    def from_redis(cls, client, model_version: str, kind: str = "auto", prefix: str | None = None,
+    def from_redis(cls, client, vector_version: str, kind: str = "auto", prefix: str | None = None,
                    scan_count: int = 1000, **params) -> "PostIndex":
         """An index over the near-line store (``postemb_rt.nearline``): every hash at
-        ``{prefix}:{model_version}:*``. ``client``: a redis-py client or a ``redis://`` URL.
-        Reads in SCAN pages of ``scan_count`` keys, one pipeline each."""
+        ``{prefix}:{vector_version}:*``. ``vector_version``: the version the worker stores under,
+        its encoder's ``Encoder.vector_version`` (the model version, plus ``+bf16`` / ``+int8`` /
+        ``+chunk`` where the worker runs so); ``postemb_rt.encoder.vector_version(model_version,
+        precision, long_posts)`` computes it. ``client``: a redis-py client or a ``redis://`` URL.
+        Reads in SCAN pages of ``scan_count`` keys, one pipeline each. Nothing under that version:
+        ValidationError listing the versions the store does hold (from a few SCAN pages)."""
         from .. import nearline
 
         if isinstance(client, str):
             client = nearline.connect(client)
         prefix = prefix or nearline.KEY_PREFIX
         ids, vecs = [], []
-        for keys in _scan_pages(client, f"{nearline.store_key(model_version, '', prefix)}*", scan_count):
+        for keys in _scan_pages(client, f"{nearline.store_key(vector_version, '', prefix)}*", scan_count):
             pipe = client.pipeline(transaction=False)
             for key in keys:
                 pipe.hmget(key, "post_id", "vector")
@@ -217,37 +289,58 @@ class PostIndex:
                 ids.append(pid.decode())
                 vecs.append(np.frombuffer(vec, dtype="<f4"))
         if not ids:
-            raise ValidationError(f"the store holds no embeddings of model {model_version!r} "
-                                  f"(keys {prefix}:{model_version}:*). Fix: check `model_version`.")
-        return cls.build(ids, np.stack(vecs).astype(np.float32), kind=kind, model_version=model_version, **params)
+            held = _versions_held(client, prefix)
+            raise ValidationError(
+                f"`vector_version` {vector_version!r}: the store holds no embeddings under it (keys "
+                f"{prefix}:{vector_version}:*). Versions it holds: {', '.join(map(repr, held)) or 'none'}"
+                f"{' (from a sample of keys)' if held else ''}. Fix: pass the worker's vector version "
+                "(Encoder.vector_version: the model version plus +<precision> / +chunk when not fp32 / truncate).")
+        return cls.build(ids, np.stack(vecs).astype(np.float32), kind=kind, vector_version=vector_version, **params)
 
     # -- querying ----------------------------------------------------------------------
-    def search_positions(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search_positions(self, queries, k: int, rescore: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Raw search: ``queries`` float32 (q, dim) unit rows -> (scores float32 (q, k),
-        positions int64 (q, k)); position -1 (score -inf) where fewer than k posts were found."""
+        positions int64 (q, k)); position -1 (score -inf) where fewer than k posts were found.
+        ``rescore``: a binary index's rescore multiplier for this call (default: the index's;
+        0: Hamming order; > 0 needs an index built with rescore > 0, which kept the floats)."""
         import faiss
 
         q = _as_vectors(queries, self.dim, "queries")
         if not isinstance(k, (int, np.integer)) or k < 1:
             raise ValidationError(f"`k` must be a positive int. Given: {k!r}.")
+        m = self.rescore if rescore is None else _check_rescore(rescore, self.binary)
+        if m and not self.rescore:
+            raise ValidationError(f"`rescore` {m} needs the float vectors, which this index did not keep (built "
+                                  "with rescore=0). Fix: rebuild with rescore > 0 (`postemb index build --binary "
+                                  "--rescore N`), or rescore=0.")
         if len(self) == 0 or len(q) == 0:
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
+        fetch = int(k) * max(m, 1)
         if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, k))
+            params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, fetch))
         elif self.kind == "ivf":
             params = faiss.SearchParametersIVF(nprobe=min(self.nprobe, self.nlist))
         else:
             params = None
-        scores, pos = self.index.search(q, int(k), params=params)
-        scores[pos < 0] = -np.inf
-        return scores, pos
+        if not self.binary:
+            scores, pos = self.index.search(q, fetch, params=params)
+            scores[pos < 0] = -np.inf
+            return scores, pos
+        hamming, pos = self.index.search(self._codes(q), fetch, params=params)
+        pos = pos.astype(np.int64, copy=False)
+        if not m:  # cosine of the sign vectors: (dim - 2 * hamming) / dim; padding bits are 0 on both sides
+            scores = (1.0 - 2.0 * hamming.astype(np.float32) / self.dim).astype(np.float32)
+            scores[pos < 0] = -np.inf
+            return scores, pos
+        return _rescore(q, pos, self._floats(), int(k))
 
-    def search(self, queries, k: int = 10, exclude=()) -> list[list[Hit]]:
+    def search(self, queries, k: int = 10, exclude=(), rescore: int | None = None) -> list[list[Hit]]:
         """Top-k posts for each query (float32 (q, dim) or (dim,)), best first, as ``Hit(id,
-        score)``; ids in ``exclude`` (e.g. what the member already saw) are left out."""
+        score)``; ids in ``exclude`` (e.g. what the member already saw) are left out.
+        ``rescore``: as in :meth:`search_positions`."""
         exclude = set(exclude)
         extra = sum(1 for e in exclude if e in self._pos)
-        scores, pos = self.search_positions(queries, k + extra)
+        scores, pos = self.search_positions(queries, k + extra, rescore=rescore)
         out = []
         for srow, prow in zip(scores, pos):
             hits = [Hit(self.ids[p], float(s)) for s, p in zip(srow, prow) if p >= 0 and self.ids[p] not in exclude]
@@ -256,14 +349,24 @@ class PostIndex:
 
     def vectors_of(self, ids) -> np.ndarray:
         """The stored vectors of ``ids`` as float32 (n, dim); raises ValidationError naming an
-        unknown id."""
+        unknown id. A binary index returns the kept float vectors (rescore > 0), else the sign
+        vectors scaled to unit norm (+-1/sqrt(dim)): the most its bits say."""
         out = np.empty((len(ids), self.dim), np.float32)
-        if self.kind == "ivf" and len(ids):
-            self.index.make_direct_map()
+        positions = []
         for i, pid in enumerate(ids):
             if pid not in self._pos:
                 raise ValidationError(f"`ids[{i}]` {pid!r} is not in the index.")
-            out[i] = self.index.reconstruct(self._pos[pid])
+            positions.append(self._pos[pid])
+        if self.binary and self.rescore:
+            return np.asarray(self._floats()[positions], np.float32).reshape(len(ids), self.dim)
+        if self.kind == "ivf" and len(ids):
+            self.index.make_direct_map()
+        for i, p in enumerate(positions):
+            row = self.index.reconstruct(p)
+            if self.binary:
+                bits = np.unpackbits(np.asarray(row, np.uint8))[: self.dim]
+                row = (bits.astype(np.float32) * 2 - 1) / np.sqrt(self.dim)
+            out[i] = row
         return out
 
     def position(self, pid) -> int | None:
@@ -273,25 +376,34 @@ class PostIndex:
     def describe(self) -> dict:
         import faiss
 
-        return {"kind": self.kind, "dim": self.dim, "count": len(self), "model_version": self.model_version,
+        return {"kind": self.kind, "dim": self.dim, "binary": self.binary, "bits": self.bits,
+                "rescore": self.rescore, "count": len(self), "vector_version": self.vector_version,
+                "bytes_per_post": self.bits // 8 if self.binary else 4 * self.dim,
                 "ef_search": self.ef_search, "nprobe": self.nprobe, "nlist": self.nlist, "hnsw_m": HNSW_M,
                 "faiss_version": faiss.__version__, "faiss_index": type(self.index).__name__}
 
     def save(self, folder) -> Path:
-        """Write ``index.faiss``, ``ids.parquet`` and ``index.json`` into ``folder`` (created)."""
+        """Write ``index.faiss``, ``ids.parquet``, ``vectors.npy`` (binary with rescoring) and
+        ``index.json`` into ``folder`` (created)."""
         import faiss
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        faiss.write_index(self.index, str(folder / "index.faiss"))
+        (faiss.write_index_binary if self.binary else faiss.write_index)(self.index, str(folder / "index.faiss"))
         pq.write_table(pa.table({"id": pa.array(self.ids)}), folder / "ids.parquet")
+        if self.rescore:
+            np.save(folder / "vectors.npy", self._floats())
+        elif (folder / "vectors.npy").exists():  # left by an earlier save with rescoring
+            (folder / "vectors.npy").unlink()
         (folder / "index.json").write_text(json.dumps(self.describe(), indent=1))
         return folder
 
     @classmethod
-    def load(cls, folder) -> "PostIndex":
+    def load(cls, folder, mmap: bool = True) -> "PostIndex":
+        """A saved index; ``mmap``: a binary index's float vectors (rescoring) are memory-mapped
+        from ``vectors.npy`` (read from disk as queries touch them) rather than read in."""
         import faiss
         import pyarrow.parquet as pq
 
@@ -302,15 +414,58 @@ class PostIndex:
                                     "Fix: build one with `postemb index build`.")
         meta = json.loads(meta_path.read_text())
         idx = cls.__new__(cls)
-        idx.dim, idx.kind, idx.model_version = meta["dim"], meta["kind"], meta["model_version"]
+        idx.dim, idx.kind = meta["dim"], meta["kind"]
+        idx.vector_version = meta.get("vector_version", meta.get("model_version"))  # older files: model_version
+        idx.binary, idx.rescore = bool(meta.get("binary", False)), int(meta.get("rescore", 0))
+        idx.bits = int(meta.get("bits", 0))
         idx.ef_search, idx.nprobe, idx.nlist = meta["ef_search"], meta["nprobe"], meta["nlist"]
-        idx.index = faiss.read_index(str(folder / "index.faiss"))
+        read = faiss.read_index_binary if idx.binary else faiss.read_index
+        idx.index = read(str(folder / "index.faiss"))
         idx.ids = pq.read_table(folder / "ids.parquet").column("id").to_pylist()
         idx._pos = {pid: i for i, pid in enumerate(idx.ids)}
-        if idx.index.ntotal != len(idx.ids) or idx.index.d != idx.dim:
-            raise ValidationError(f"`index` {str(folder)!r} is inconsistent: {idx.index.ntotal} vectors of dim "
-                                  f"{idx.index.d}, {len(idx.ids)} ids, index.json says dim {idx.dim}. Fix: rebuild it.")
+        idx._float_parts = []
+        want_d = idx.bits if idx.binary else idx.dim
+        if idx.index.ntotal != len(idx.ids) or idx.index.d != want_d:
+            raise ValidationError(f"`index` {str(folder)!r} is inconsistent: {idx.index.ntotal} vectors of "
+                                  f"{idx.index.d} {'bits' if idx.binary else 'dims'}, {len(idx.ids)} ids, index.json "
+                                  f"says {want_d}. Fix: rebuild it.")
+        if idx.rescore:
+            floats = np.load(folder / "vectors.npy", mmap_mode="r" if mmap else None)
+            if floats.shape != (len(idx.ids), idx.dim) or floats.dtype != np.float32:
+                raise ValidationError(f"`index` {str(folder)!r} is inconsistent: vectors.npy is {floats.dtype} "
+                                      f"{floats.shape}, expected float32 ({len(idx.ids)}, {idx.dim}). Fix: rebuild it.")
+            idx._float_parts = [floats]
         return idx
+
+
+def _rescore(q: np.ndarray, candidates: np.ndarray, floats: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Re-rank each query's candidate positions (q, c) (-1: none) by float cosine with ``floats``
+    (n, dim); -> (scores float32 (q, k), positions int64 (q, k)), best first, -1 / -inf padded."""
+    scores = np.full((len(q), k), -np.inf, np.float32)
+    pos = np.full((len(q), k), -1, np.int64)
+    for i, row in enumerate(candidates):
+        row = np.sort(row[row >= 0])  # sorted: sequential reads from a memmap
+        if not len(row):
+            continue
+        s = np.asarray(floats[row], np.float32) @ q[i]
+        top = np.argsort(-s, kind="stable")[:k]
+        scores[i, : len(top)], pos[i, : len(top)] = s[top], row[top]
+    return scores, pos
+
+
+def _versions_held(client, prefix: str, pages: int = 3, count: int = 1000) -> list[str]:
+    """Vector versions seen in up to ``pages`` SCAN pages of ``{prefix}:*`` keys (a sample, cheap)."""
+    seen, cursor = set(), 0
+    for _ in range(pages):
+        cursor, keys = client.scan(cursor=cursor, match=f"{prefix}:*", count=count)
+        for key in keys:
+            key = key.decode() if isinstance(key, bytes) else key
+            version = key[len(prefix) + 1:].split(":", 1)[0]
+            if version and version != "nearline":  # {prefix}:nearline:worker:* are worker counters
+                seen.add(version)
+        if cursor == 0:
+            break
+    return sorted(seen)
 
 
 def _scan_pages(client, match: str, count: int):

@@ -112,16 +112,18 @@ def quotas(weights, k: int) -> np.ndarray:
     return q
 
 
-def retrieve(index: PostIndex, member: MemberEmbedding, k: int = 10, exclude=()) -> list[Hit]:
+def retrieve(index: PostIndex, member: MemberEmbedding, k: int = 10, exclude=(),
+             rescore: int | None = None) -> list[Hit]:
     """Top-k posts for a member by the merging rule of the module docstring. ``exclude``: ids
     to leave out (normally the member's history). An empty member gives an empty list (the
-    caller falls back to, e.g., popular posts)."""
+    caller falls back to, e.g., popular posts). ``rescore``: a binary index's rescore multiplier
+    (default: the index's; see ``PostIndex.search_positions``)."""
     if len(member) == 0 or len(index) == 0:
         return []
     exclude = set(exclude)
     q = quotas(member.weights, k)
     # a cluster loses at most k - 1 candidates to heavier clusters, so 2k each always suffice
-    per_cluster = index.search(member.vectors, 2 * k, exclude=exclude)
+    per_cluster = index.search(member.vectors, 2 * k, exclude=exclude, rescore=rescore)
     taken: dict = {}
     leftovers: list[Hit] = []
     for c in np.argsort(-member.weights, kind="stable"):

@@ -90,12 +90,13 @@ def test_incremental_add_equals_one_build_and_skips_known_ids():
 def test_save_load_roundtrip_keeps_ids_kind_and_results(tmp_path):
     x = clustered_unit(3_000, seed=10)
     ids = [f"urn:li:share:{i}" for i in range(3_000)]
-    idx = PostIndex.build(ids, x, kind="hnsw", model_version="postemb-mt50-v1")
+    idx = PostIndex.build(ids, x, kind="hnsw", vector_version="postemb-mt50-v1")
     q = random_unit(4, 11)
     before = idx.search(q, 5)
     idx.save(tmp_path / "idx")
     meta = json.loads((tmp_path / "idx" / "index.json").read_text())
-    assert (meta["kind"], meta["count"], meta["dim"], meta["model_version"]) == ("hnsw", 3_000, DIM, "postemb-mt50-v1")
+    assert (meta["kind"], meta["count"], meta["dim"], meta["vector_version"]) == ("hnsw", 3_000, DIM, "postemb-mt50-v1")
+    assert (meta["binary"], meta["rescore"], meta["bytes_per_post"]) == (False, 0, 4 * DIM)
     back = PostIndex.load(tmp_path / "idx")
     assert back.search(q, 5) == before
     assert back.add(["new"], random_unit(1, 12)) == 1 and len(back) == 3_001
@@ -115,6 +116,8 @@ def test_bad_arguments_are_named():
         PostIndex(DIM, "ivf", expected_size=3_000_000).add(range(100), random_unit(100))
     with pytest.raises(ValidationError, match=r"`ids\[0\]` 'nope' is not in the index"):
         idx.vectors_of(["nope"])
+    with pytest.raises(ValidationError, match="`vectors` must be finite. Given: NaN or inf in row 1"):
+        idx.add([6, 7], np.vstack([random_unit(1), np.full((1, DIM), np.nan, np.float32)]))  # NaN passed the norm check
 
 
 def test_fewer_posts_than_k_returns_what_there_is():
@@ -149,7 +152,7 @@ def test_build_from_the_nearline_store(tmp_path):
     from tests.nearline.conftest import RedisServer
 
     class StubEncoder:  # the Worker's contract; vectors are a fixed function of the text
-        model_version, dim = "stub-v1", DIM
+        model_version, vector_version, dim = "stub-v1", "stub-v1+chunk", DIM  # stored under the vector version
 
         def encode(self, texts, **kw):
             return np.stack([random_unit(1, seed=sum(map(ord, t)))[0] for t in texts])
@@ -161,11 +164,12 @@ def test_build_from_the_nearline_store(tmp_path):
         for i, t in enumerate(POSTS[:20]):
             nearline.publish(client, f"post{i}", t)
         nearline.Worker(client, StubEncoder(), batch_size=8, max_wait_ms=0).run(max_events=20)
-        idx = PostIndex.from_redis(server.url, "stub-v1", scan_count=7)
-        assert sorted(idx.ids) == sorted(f"post{i}" for i in range(20)) and idx.model_version == "stub-v1"
+        idx = PostIndex.from_redis(server.url, "stub-v1+chunk", scan_count=7)
+        assert sorted(idx.ids) == sorted(f"post{i}" for i in range(20)) and idx.vector_version == "stub-v1+chunk"
         np.testing.assert_allclose(idx.vectors_of(["post3"])[0], StubEncoder().encode([POSTS[3]])[0])
-        with pytest.raises(ValidationError, match="no embeddings of model 'other'"):
-            PostIndex.from_redis(client, "other")
+        with pytest.raises(ValidationError, match=r"`vector_version` 'stub-v1': the store holds no embeddings under it "
+                                                  r"\(keys postemb:stub-v1:\*\). Versions it holds: 'stub-v1\+chunk'"):
+            PostIndex.from_redis(client, "stub-v1")  # the model version alone: not what the worker stored under
         client.close()
     finally:
         server.stop()
@@ -251,4 +255,5 @@ def test_cli_index_build_and_query_by_text_and_member(tmp_path, capsys, default_
     member = json.loads(capsys.readouterr().out)
     assert len(member["hits"]) == 4 and not {"p12", "p13", "p20"} & {h["id"] for h in member["hits"]}
     assert main(["index", "query", "--index", str(tmp_path / "idx"), "--text", "x", "--model", "base"]) == 2
-    assert f"is 'all-MiniLM-L6-v2' but the index holds '{default_encoder.model_version}'" in capsys.readouterr().err
+    assert (f"`--model` 'base' with --precision fp32 --long-posts truncate gives vectors of version 'all-MiniLM-L6-v2' "
+            f"but the index holds '{default_encoder.model_version}'") in capsys.readouterr().err
