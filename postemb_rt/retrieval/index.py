@@ -384,26 +384,32 @@ class PostIndex:
 
     def save(self, folder) -> Path:
         """Write ``index.faiss``, ``ids.parquet``, ``vectors.npy`` (binary with rescoring) and
-        ``index.json`` into ``folder`` (created)."""
+        ``index.json`` into ``folder`` (created), each durably (``durable.atomic_write``: a new
+        file renamed over the old, so saving over the folder an index was loaded from, whose
+        ``vectors.npy`` is memory-mapped, is safe). ``index.json`` is written last."""
         import faiss
         import pyarrow as pa
         import pyarrow.parquet as pq
 
+        from ..durable import atomic_write
+
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (faiss.write_index_binary if self.binary else faiss.write_index)(self.index, str(folder / "index.faiss"))
-        pq.write_table(pa.table({"id": pa.array(self.ids)}), folder / "ids.parquet")
+        write_index = faiss.write_index_binary if self.binary else faiss.write_index
+        atomic_write(folder / "index.faiss", lambda tmp: write_index(self.index, str(tmp)))
+        atomic_write(folder / "ids.parquet", lambda tmp: pq.write_table(pa.table({"id": pa.array(self.ids)}), tmp))
         if self.rescore:
-            np.save(folder / "vectors.npy", self._floats())
-        elif (folder / "vectors.npy").exists():  # left by an earlier save with rescoring
-            (folder / "vectors.npy").unlink()
-        (folder / "index.json").write_text(json.dumps(self.describe(), indent=1))
+            atomic_write(folder / "vectors.npy", lambda tmp: np.save(tmp, self._floats()))
+        else:  # left by an earlier save with rescoring
+            (folder / "vectors.npy").unlink(missing_ok=True)
+        atomic_write(folder / "index.json", json.dumps(self.describe(), indent=1))
         return folder
 
     @classmethod
     def load(cls, folder, mmap: bool = True) -> "PostIndex":
         """A saved index; ``mmap``: a binary index's float vectors (rescoring) are memory-mapped
-        from ``vectors.npy`` (read from disk as queries touch them) rather than read in."""
+        from ``vectors.npy`` (read from disk as queries touch them) rather than read in; an
+        ``add`` after loading reads them into memory."""
         import faiss
         import pyarrow.parquet as pq
 

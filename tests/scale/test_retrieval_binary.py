@@ -89,6 +89,8 @@ def test_binary_save_load_roundtrip(tmp_path, rescore):
     assert (back.binary, back.rescore, back.kind, back.vector_version) == (True, rescore, "hnsw", "m-v1+chunk")
     assert isinstance(back.index, faiss.IndexBinaryHNSW)
     assert back.search(q, 5) == before
+    back.save(tmp_path / "idx")  # over the folder whose vectors.npy it has memory-mapped
+    assert PostIndex.load(tmp_path / "idx").search(q, 5) == before and back.search(q, 5) == before
     assert back.add(["new"], random_unit(1, 12)) == 1 and len(back) == 2_001
     assert back.search(random_unit(1, 12), 1)[0][0].id == "new"
     back.save(tmp_path / "idx")
