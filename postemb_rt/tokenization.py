@@ -52,6 +52,20 @@ class PostTokenizer:
             )
         return Tokenized([e.ids for e in encs], truncated)
 
+    def encodings(self, texts: list[str], add_special_tokens: bool = True) -> list:
+        """Each text's ``tokenizers.Encoding`` (ids, tokens, character offsets, special-token mask),
+        cut to max_length as the model reads it (the server's /tokenize)."""
+        return self._tok.encode_batch(texts, add_special_tokens=add_special_tokens)
+
+    def decode(self, ids: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
+        """Token-id lists back to text (the server's /decode); ids past the vocabulary raise ValidationError."""
+        size = self._tok.get_vocab_size(with_added_tokens=True)
+        for i, row in enumerate(ids):
+            bad = next((x for x in row if not 0 <= x < size), None)
+            if bad is not None:
+                raise ValidationError(f"`ids[{i}]` holds {bad}, not a token id of this tokenizer (0..{size - 1}).")
+        return self._tok.decode_batch(ids, skip_special_tokens=skip_special_tokens)
+
     def windows(self, texts: list[str], overlap: int) -> list[list[list[int]]]:
         """Each text's windows of at most max_length tokens, special tokens included, consecutive
         windows sharing ``overlap`` content tokens (the tokenizer's overflow with a stride). A text

@@ -139,7 +139,8 @@ def serve_app(app, host: str, port: int, drain_timeout_s: float, verbose: bool =
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="HTTP embedding server (OpenAI-compatible /v1/embeddings, /embed, /metrics)",
+    p = sub.add_parser("serve", help="HTTP embedding server (OpenAI-compatible /v1/embeddings, "
+                       "text-embeddings-inference's /embed, native /embed_full, /metrics)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="'default', 'base' or a model directory (default: default)")
     p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt (default: auto)")
@@ -184,7 +185,7 @@ def register(sub) -> None:
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="SIGTERM: seconds in-flight requests get to finish (default: 30)")
     p.add_argument("--long-posts", choices=["truncate", "chunk"], default="truncate",
-                   help="/embed's default for posts longer than max_length: truncate, or chunk (embed the "
-                        "whole post as windows; see README) (default: truncate)")
+                   help="/embed_full's and /embed's default for posts longer than max_length: truncate, or chunk "
+                        "(embed the whole post as windows; see README) (default: truncate)")
     p.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     p.set_defaults(func=run)

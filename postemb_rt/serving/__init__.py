@@ -5,35 +5,44 @@ Modules (text-embeddings-inference's router/backend split): ``schemas`` (request
 response models: the OpenAPI schema and the validation are one pydantic object),
 ``routes`` (the FastAPI app), ``runtime`` (owns the encoder and the batcher; no HTTP
 routing), ``metrics`` (Prometheus), ``auth`` (API key and admission), ``errors`` (the
-error answer), ``encodings`` (int8 / binary), ``config`` (``ServeConfig``).
+error answer), ``encodings`` (int8 / binary), ``config`` (``ServeConfig``), ``tei``
+(text-embeddings-inference's routes and errors), ``connections`` (connection cap, header and
+body deadlines, accept batches: what ``postemb serve`` runs uvicorn with).
 
 Routes:
     POST /v1/embeddings  OpenAI-compatible: ``input`` (str | list[str]), ``model`` (any
                          string; the answer names the served model), ``encoding_format``
                          (float | base64), ``dimensions`` (only the model's own dim), ``user``
                          (ignored). Unknown fields are ignored, as OpenAI clients send extras.
+                         The answer adds ``truncated`` (indices of inputs cut to max_length).
     GET  /v1/models      the served model (OpenAI-compatible listing).
-    POST /embed          native: ``inputs``, ``truncate`` (true), ``normalize`` (true),
+    POST /embed, POST /  text-embeddings-inference's (see ``tei``): a bare array of vectors.
+    POST /tokenize, /decode  text-embeddings-inference's.
+    POST /embed_full     native: ``inputs``, ``truncate`` (true), ``normalize`` (true),
                          ``encoding`` (float32 | int8 | binary), ``long_posts`` (truncate |
                          chunk; default ``--long-posts``; the answer counts ``chunked`` posts
-                         and their ``windows``). Unknown fields are a 422.
+                         and their ``windows``), ``prompt_name``, ``truncation_direction``.
+                         Unknown fields are a 422. (It was ``/embed`` before /embed became TEI's.)
     GET  /health         live (200 as soon as the process serves HTTP).
     GET  /ready          200 once the model is loaded and warmed up through the batcher, 503
                          while loading or after a backend failure (re-probed on each call);
                          the body gives a reason code only (details: the log, /info).
-    GET  /info           model version, dim, backend, precision, limits, batcher options.
+    GET  /info           model version, vector version, dim, backend, precision, limits, batcher
+                         options, and text-embeddings-inference's fields.
     GET  /metrics        Prometheus text: requests by route and status, request latency,
                          batcher queue depth (posts, tokens), batch size / padding ratio /
                          queue time / inference time histograms, batcher counters.
 
-Errors are OpenAI-shaped JSON, ``{"error": {"message", "type", "param", "code", ...}}``;
-limit errors add ``limit`` and ``given``. Client mistakes are 413 (a size limit) or 422
-(malformed JSON, wrong type, empty list, naming the field and index), 401 (API key),
-429 + ``Retry-After`` (batcher queue full, counted in tokens; or ``max_concurrent_requests``
-embedding requests already in progress, answered before the body is read), 503 (model not
+Errors are OpenAI-shaped JSON, ``{"error": {"message", "type", "param", "code", ...}}``
+(TEI's routes: TEI's shape); limit errors add ``limit`` and ``given``. Client mistakes are
+413 (a size limit) or 422 (malformed JSON, wrong type, empty list, naming the field and
+index), 401 (API key), 408 (headers or body too slow), 429 + ``Retry-After`` (batcher queue
+full, counted in tokens, or too slow to meet request_timeout at the measured rate;
+``max_concurrent_requests`` requests computing; the bound on body bytes held), 503 (model not
 ready, backend failure for the requests in that batch only, queue deadline passed, shutting
-down). A client that disconnects before its answer is counted and logged as 499 (nginx's
-"client closed request"), never as a server error. Every status is in the OpenAPI spec.
+down; a code and a generic message, the detail in the log). A client that disconnects before
+its answer is counted and logged as 499 (nginx's "client closed request"), never as a server
+error. Every status is in the OpenAPI spec.
 
 int8 / binary: see ``postemb_rt.serving.encodings``.
 

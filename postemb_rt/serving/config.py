@@ -31,7 +31,7 @@ class ServeConfig:
     batch_overhead_tokens: int = 64  # a model call's fixed cost in padded tokens (batch grouping)
     request_timeout_s: float = 30.0  # a request still queued after this is a 503
     drain_timeout_s: float = 30.0  # SIGTERM: in-flight requests get this long to finish
-    long_posts: str = "truncate"  # /embed's default: "truncate" or "chunk" (postemb_rt.long_posts)
+    long_posts: str = "truncate"  # /embed_full's and /embed's default: "truncate" or "chunk" (postemb_rt.long_posts)
 
     def __post_init__(self):
         if self.api_key is not None:

@@ -1,4 +1,4 @@
-"""The int8 and binary encodings of ``/embed``.
+"""The int8 and binary encodings of ``/embed_full``.
 
 Fixed calibration that depends only on the model's dim, never
 on the request. int8: ``q = clip(rint(x / scale), -127, 127)`` with

@@ -2,7 +2,6 @@
 done by ``runtime``, access by ``auth``, counting by ``metrics``."""
 
 import asyncio
-import base64
 import json
 import logging
 import threading
@@ -10,13 +9,15 @@ from contextlib import asynccontextmanager
 from typing import Callable
 
 from ..encoder import vector_version
+from . import tei
 from .auth import Admission, Gate
 from .config import ServeConfig
 from .encodings import int8_scale, pack_binary, quantize_int8
 from .errors import CLIENT_CLOSED, ApiError, error_response, json_response
 from .metrics import Metrics
 from .runtime import Runtime
-from .schemas import EmbedRequest, ErrorResponse, V1EmbeddingsRequest, body_doc, given, json_object, parse
+from .schemas import EmbedRequest, ErrorResponse, V1EmbeddingsRequest, body_doc, json_object, parse
+from .tei import TRUNCATED_HEADER, base64_rows, check_dimensions
 
 log = logging.getLogger("postemb_rt.server")
 
@@ -107,25 +108,20 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
 
     async def _v1_embeddings(req):
         enc = rt.require_encoder()
-        dims = req.dimensions
-        if dims is not None and (type(dims) is not int or dims != enc.dim):
-            raise ApiError(422, f"`dimensions` must be {enc.dim}, this model's dim: it was not trained for shortened "
-                                f"(Matryoshka) embeddings. Given: {given(dims)}.", param="dimensions",
-                           code="dimensions_unsupported", limit=enc.dim, given=dims)
-        vecs, tokens, _ = await rt.embed(req.input, "input", truncate=True, normalize=True)
-        if req.encoding_format == "float":
-            rows = vecs.tolist()
-        else:
-            le = vecs.astype("<f4", copy=False)
-            rows = [base64.b64encode(r.tobytes()).decode("ascii") for r in le]
+        check_dimensions(enc, req.dimensions)
+        vecs, tokens, truncated = await rt.embed(req.input, "input", truncate=True, normalize=True)
+        rows = vecs.tolist() if req.encoding_format == "float" else base64_rows(vecs)
         data = [{"object": "embedding", "index": i, "embedding": r} for i, r in enumerate(rows)]
-        return await _render({"object": "list", "data": data, "model": enc.model_version,
-                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
+        # `truncated`: indices of inputs cut to max_length (OpenAI clients keep unknown fields)
+        resp = await _render({"object": "list", "data": data, "model": enc.model_version,
+                              "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "truncated": truncated},
                              vecs.size if req.encoding_format == "float" else 0)
+        resp.headers[TRUNCATED_HEADER] = str(len(truncated))
+        return resp
 
-    @app.post("/embed", openapi_extra=body_doc(EmbedRequest), response_class=Response,
+    @app.post("/embed_full", openapi_extra=body_doc(EmbedRequest), response_class=Response,
               responses=_responses(*EMBED_ERRORS))
-    async def embed(request: Request):
+    async def embed_full(request: Request):
         async with admission(request) as body:
             return await _embed(parse(EmbedRequest, json_object(body), cfg))
 
@@ -134,7 +130,9 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         enc = rt.require_encoder()
         chunk_stats = {"chunked": 0, "windows": 0}
         vecs, tokens, truncated = await rt.embed(req.inputs, "inputs", truncate=req.truncate, normalize=req.normalize,
-                                                 long_posts=long_posts, chunk_stats=chunk_stats)
+                                                 long_posts=long_posts, chunk_stats=chunk_stats,
+                                                 prompt_name=req.prompt_name,
+                                                 truncation_direction=req.truncation_direction)
         version = vector_version(enc.model_version, enc.backend.precision, long_posts)
         out = {"model": enc.model_version, "vector_version": version, "dim": enc.dim, "encoding": req.encoding,
                "normalized": req.normalize}
@@ -172,14 +170,15 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         return json_response(200, {"status": "ready", "model": rt.encoder.model_version})
 
     @app.get("/info", response_class=Response, responses=_responses(*KEYED))
-    async def info():
-        return json_response(200, rt.info())
+    async def info():  # ours, then text-embeddings-inference's fields
+        return json_response(200, {**rt.info(), **tei.info_fields(rt)})
 
     @app.get("/metrics", response_class=Response, responses=_responses(
         *KEYED, ok={CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}))
     async def prometheus_metrics():
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    tei.add_routes(app, cfg, rt, admission, _render, KEYED)
     app.add_middleware(Gate, runtime=rt, metrics=metrics)
     return app
 

@@ -37,6 +37,8 @@ class Runtime:
         self.ready = False
         self.load_error: str | None = None
         self.backend_error: str | None = None  # last backend failure; cleared by the next success
+        self.last_batch_end = 0.0  # time.monotonic() when the last model call returned (or failed)
+        self.batches_done = 0  # model calls returned (or failed)
         self.on_fatal: Callable[[], None] = lambda: None  # set by `postemb serve`: stop the server
         self.started = time.time()
         self._closed = False
@@ -48,10 +50,19 @@ class Runtime:
 
         try:
             enc = self._load_encoder()
-            # normalize=False on the batcher so /embed can serve raw vectors; rows are
+            # normalize=False on the batcher so /embed and /embed_full can serve raw vectors; rows are
             # normalised per request below (one pass over (n, dim) float32).
+            embed = functools.partial(enc.backend.embed, normalize=False)
+
+            def timed_embed(input_ids, attention_mask):  # on the batcher's thread
+                try:
+                    return embed(input_ids, attention_mask)
+                finally:
+                    self.last_batch_end = time.monotonic()
+                    self.batches_done += 1
+
             batcher = DynamicBatcher(
-                functools.partial(enc.backend.embed, normalize=False), pad_id=enc.tokenizer.pad_id,
+                timed_embed, pad_id=enc.tokenizer.pad_id,
                 max_batch_tokens=enc.max_batch_tokens, max_batch_size=self.cfg.max_batch_size,
                 max_wait_us=self.cfg.max_wait_us, max_queued_tokens=self.cfg.max_queued_tokens,
                 batch_overhead_tokens=self.cfg.batch_overhead_tokens)
@@ -91,15 +102,30 @@ class Runtime:
         return self.encoder
 
     # -- one embedding request ---------------------------------------------------------
+    def prompted(self, enc, texts: list[str], prompt_name: str | None) -> list[str]:
+        """``texts`` with the prompt that applies (``prompt_name``'s, else the model's default, if
+        any) prepended, as ``Encoder.encode`` does (postemb_rt.prompts); 422 for an unknown name."""
+        from .. import prompts
+
+        try:
+            return prompts.apply(texts, prompts.resolve(enc.model.config, None, prompt_name))
+        except ValidationError as exc:
+            raise ApiError(422, str(exc), param="prompt_name", code="invalid_value") from None
+
     async def embed(self, texts: list[str], field: str, truncate: bool, normalize: bool,
-                    long_posts: str = "truncate", chunk_stats: dict | None = None):
+                    long_posts: str = "truncate", chunk_stats: dict | None = None, prompt_name: str | None = None,
+                    truncation_direction: str = "right"):
         """Returns (float32 (n, dim) vectors in input order, tokens computed, truncated indices).
         long_posts="chunk": windows of long posts share the batcher, combined here
-        (postemb_rt.long_posts); ``chunk_stats`` gets {"chunked", "windows"}."""
+        (postemb_rt.long_posts); ``chunk_stats`` gets {"chunked", "windows"}. truncation_direction
+        "left" keeps a long post's last max_length tokens instead of its first."""
         enc = self.require_encoder()
+        texts = self.prompted(enc, texts, prompt_name)
         if long_posts == "chunk":
             return await self._embed_chunked(enc, texts, field, truncate, normalize, chunk_stats)
-        if sum(map(len, texts)) > TOKENIZE_INLINE_CHARS:
+        if truncation_direction.lower() == "left":
+            tok = await asyncio.to_thread(_tokenize_left, enc.tokenizer, texts)
+        elif sum(map(len, texts)) > TOKENIZE_INLINE_CHARS:
             tok = await asyncio.to_thread(enc.tokenizer, texts, True)
         else:
             tok = enc.tokenizer(texts, True)
@@ -145,13 +171,7 @@ class Runtime:
             raise ApiError(413, f"`{field}` is {tokens} tokens, more than max_queued_tokens ({limit}), so it can "
                                 "never be queued. Fix: split the request.", param=field, code="max_queued_tokens",
                            limit=limit, given=tokens)
-        wait = self.estimated_wait_s(tokens)
-        if wait > self.cfg.request_timeout_s:
-            # it would wait past its deadline and end as a 503 after request_timeout_s: refuse it now
-            raise ApiError(429, f"Overloaded: the queue ahead of this request takes about {wait:.0f} s at the rate "
-                                f"measured, more than request_timeout_s ({self.cfg.request_timeout_s:g} s).",
-                           type="overloaded", code="queue_too_slow",
-                           headers={"Retry-After": str(self.retry_after_s())})
+        submitted, batches_before = time.monotonic(), self.batches_done
         try:
             fut = self.batcher.submit(ids, timeout=self.cfg.request_timeout_s)
         except OverloadedError as exc:
@@ -165,6 +185,17 @@ class Runtime:
         try:
             vecs = await asyncio.wrap_future(fut)
         except DeadlineExceededError as exc:
+            # the batcher notices an expired request when it forms its next batch, i.e. after a
+            # model call returns: that call does not show progress if it returned past the deadline
+            ended = self.batches_done - batches_before
+            if self.last_batch_end > submitted + self.cfg.request_timeout_s:
+                ended -= 1
+            if ended > 0:
+                # batches finished while it waited: the model works, the server is overloaded (a
+                # client's 429, not a server error; a storm used to count these as 5xx)
+                raise ApiError(429, f"Overloaded: {exc}", type="overloaded", code="queue_timeout",
+                               headers={"Retry-After": str(self.retry_after_s())}) from None
+            # no batch finished while it waited: the model is stuck
             raise ApiError(503, f"Timed out in the queue: {exc}", type="server_error", code="timeout",
                            headers={"Retry-After": str(self.retry_after_s())}) from None
         except BatcherClosedError:
@@ -177,22 +208,11 @@ class Runtime:
         self.backend_error = None
         return vecs, tokens
 
-    def _rate(self, s: dict) -> float:
-        """Tokens per second of model time measured so far (0 before the first batch)."""
-        busy = s["inference_seconds"]["sum"] if "inference_seconds" in s else 0.0  # SerialCore: no histograms
-        return s["tokens_computed"] / busy if busy > 0 else 0.0
-
-    def estimated_wait_s(self, tokens: int) -> float:
-        """Seconds until ``tokens`` more would be computed: the queued tokens and these at the rate
-        measured so far (0 while nothing is measured or nothing is queued)."""
-        s = self.batcher.stats()
-        rate = self._rate(s)
-        return (s["queued_tokens"] + tokens) / rate if rate > 0 and s["queued_tokens"] > 0 else 0.0
-
     def retry_after_s(self) -> int:
         """Whole seconds until the queued tokens are computed at the rate measured so far (1..60)."""
         s = self.batcher.stats()
-        rate = self._rate(s)
+        busy = s["inference_seconds"]["sum"] if "inference_seconds" in s else 0.0  # SerialCore: no histograms
+        rate = s["tokens_computed"] / busy if busy > 0 else 0.0
         return max(1, min(60, math.ceil(s["queued_tokens"] / rate))) if rate > 0 else 1
 
     async def probe(self) -> bool:
@@ -222,6 +242,26 @@ class Runtime:
         if self.load_error:
             d["load_error"] = self.load_error
         return d
+
+
+def _tokenize_left(tokenizer, texts: list[str]):
+    """Tokenized with truncation from the left: a long text keeps its last max_length - 2 content
+    tokens between [CLS] and [SEP] (its windows without overlap, joined, cut from the start)."""
+    from ..tokenization import Tokenized
+
+    if tokenizer.specials != 2:
+        raise ApiError(422, "truncation_direction \"left\" needs a tokenizer that adds one token before and one "
+                            f"after a text; this one adds {tokenizer.specials}. Fix: truncate from the right.",
+                       param="truncation_direction", code="invalid_value")
+    ids, truncated, keep = [], [], tokenizer.max_length - 2
+    for i, windows in enumerate(tokenizer.windows(texts, 0)):
+        if len(windows) == 1:
+            ids.append(windows[0])
+            continue
+        content = [t for w in windows for t in w[1:-1]]
+        ids.append(windows[0][:1] + content[-keep:] + windows[0][-1:])
+        truncated.append(i)
+    return Tokenized(ids, truncated)
 
 
 def _default_encoder(cfg: ServeConfig):

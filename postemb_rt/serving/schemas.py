@@ -84,8 +84,12 @@ class V1EmbeddingsRequest(BaseModel):
     _defaults = field_validator("encoding_format", mode="before")(classmethod(_null_is_default))
 
 
+PromptName = Optional[StrictStr]
+PROMPT_DOC = "a prompt of the model's (`prompts`), prepended to each input; null: the model's default prompt, if any"
+
+
 class EmbedRequest(BaseModel):
-    """``POST /embed`` (native). Unknown fields are a 422."""
+    """``POST /embed_full`` (native, the richer answer). Unknown fields are a 422."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -94,6 +98,8 @@ class EmbedRequest(BaseModel):
     normalize: StrictBool = True
     encoding: Literal["float32", "int8", "binary"] = "float32"
     long_posts: Optional[LongPosts] = Field(None, description="default: the server's --long-posts")
+    prompt_name: PromptName = Field(None, description=PROMPT_DOC)
+    truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
 
     @model_validator(mode="before")
     @classmethod
@@ -113,6 +119,81 @@ class EmbedRequest(BaseModel):
             raise ApiError(422, f"`normalize` must be true with encoding {self.encoding!r}, which is calibrated "
                                 "for unit vectors. Given: false.", param="normalize", code="invalid_value")
         return self
+
+
+NATIVE_ONLY = ("encoding", "long_posts")  # fields of /embed_full that text-embeddings-inference's /embed lacks
+
+
+class TeiEmbedRequest(BaseModel):
+    """``POST /embed`` and ``POST /``, text-embeddings-inference's request: unknown fields are
+    ignored as TEI does, except our native ones, which name /embed_full (never a silent change)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: Texts
+    normalize: StrictBool = True
+    truncate: Optional[StrictBool] = Field(None, description="null: the server's auto_truncate (true)")
+    truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
+    prompt_name: PromptName = Field(None, description=PROMPT_DOC)
+    dimensions: Annotated[Any, WithJsonSchema({"type": "integer"})] = None
+    encoding_format: Literal["float", "base64"] = "float"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _native_fields_moved(cls, data):
+        moved = [k for k in NATIVE_ONLY if isinstance(data, dict) and k in data]
+        if moved:
+            raise ApiError(422, f"`{moved[0]}` is a field of POST /embed_full, where the native answer moved; /embed "
+                                "follows text-embeddings-inference (a bare array of vectors). Fix: send it to "
+                                "/embed_full.", param=moved[0], code="moved_to_embed_full")
+        return data
+
+    _check_inputs = field_validator("inputs", mode="before")(_texts)
+    _defaults = field_validator("normalize", "truncation_direction", "encoding_format",
+                                mode="before")(classmethod(_null_is_default))
+
+
+class TokenizeRequest(BaseModel):
+    """``POST /tokenize`` (text-embeddings-inference's)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: Texts
+    add_special_tokens: StrictBool = True
+    prompt_name: PromptName = Field(None, description=PROMPT_DOC)
+
+    _check_inputs = field_validator("inputs", mode="before")(_texts)
+
+
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
+class DecodeRequest(BaseModel):
+    """``POST /decode`` (text-embeddings-inference's): token ids, one list or a list of lists."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    ids: Annotated[TokenIds | list[TokenIds], Field(description="token ids: a list, or a list of lists")]
+    skip_special_tokens: StrictBool = True
+
+    @field_validator("ids", mode="before")
+    @classmethod
+    def _strict_ints(cls, v):
+        rows = v if isinstance(v, list) and v and isinstance(v[0], list) else [v]
+        for i, row in enumerate(rows):
+            if not isinstance(row, list) or not row or any(type(x) is not int or x < 0 for x in row):
+                raise ApiError(422, f"`ids` must be a non-empty list of token ids (integers >= 0), or a list of "
+                                    f"such lists. Given: {given(row if len(rows) > 1 else v)}.",
+                               param="ids" if len(rows) == 1 else f"ids[{i}]", code="invalid_value")
+        return v
+
+
+class TeiErrorResponse(BaseModel):
+    """text-embeddings-inference's error answer (its routes): ``error_type`` is Validation (413,
+    422), Empty (400), Overloaded (429), Backend (424) or Unhealthy (503)."""
+
+    error: str
+    error_type: str
 
 
 class ErrorDetail(BaseModel):

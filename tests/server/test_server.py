@@ -41,7 +41,7 @@ def test_openai_client_lists_the_served_model(main_server, server_encoder):
 
 def test_big_answers_are_complete(client, server_encoder):
     texts = [f"post number {i} about hiring and climate" for i in range(LIMITS["max_inputs"])]
-    r = client.post("/embed", json={"inputs": texts})  # 32 x 384 numbers: encoded off the event loop
+    r = client.post("/embed_full", json={"inputs": texts})  # 32 x 384 numbers: encoded off the event loop
     got = np.array(r.json()["embeddings"], dtype=np.float32)
     assert_exact(got, server_encoder.encode(texts))
 
@@ -59,7 +59,7 @@ def test_base64_is_little_endian_float32_unit_rows(client, server_encoder):
 
 def test_native_float32_reports_truncation_and_tokens(client, server_encoder):
     texts = ["short", "x " * 400]  # the second is over max_length tokens
-    r = client.post("/embed", json={"inputs": texts})
+    r = client.post("/embed_full", json={"inputs": texts})
     assert r.status_code == 200, r.text
     body = r.json()
     got = np.array(body["embeddings"], dtype=np.float32)
@@ -70,7 +70,7 @@ def test_native_float32_reports_truncation_and_tokens(client, server_encoder):
 
 
 def test_native_unnormalized_rows_point_the_same_way(client, server_encoder):
-    r = client.post("/embed", json={"inputs": ["a post", "another"], "normalize": False})
+    r = client.post("/embed_full", json={"inputs": ["a post", "another"], "normalize": False})
     got = np.array(r.json()["embeddings"], dtype=np.float32)
     want = server_encoder.encode(["a post", "another"], normalize=False)
     assert_exact(got, want)  # the raw vectors themselves, so their norms too
@@ -80,7 +80,7 @@ def test_native_int8_uses_the_fixed_scale_and_keeps_cosine(client, server_encode
     from postemb_rt.serving.encodings import int8_scale
 
     texts = TEXTS
-    r = client.post("/embed", json={"inputs": texts, "encoding": "int8"})
+    r = client.post("/embed_full", json={"inputs": texts, "encoding": "int8"})
     body = r.json()
     assert body["scale"] == pytest.approx(int8_scale(server_encoder.dim))
     q = np.array(body["embeddings"])
@@ -89,13 +89,13 @@ def test_native_int8_uses_the_fixed_scale_and_keeps_cosine(client, server_encode
 
 
 def test_native_int8_scale_does_not_depend_on_the_request(client):
-    a = client.post("/embed", json={"inputs": ["same post"], "encoding": "int8"}).json()
-    b = client.post("/embed", json={"inputs": ["same post", LONG_POST[:1000], "!!!"], "encoding": "int8"}).json()
+    a = client.post("/embed_full", json={"inputs": ["same post"], "encoding": "int8"}).json()
+    b = client.post("/embed_full", json={"inputs": ["same post", LONG_POST[:1000], "!!!"], "encoding": "int8"}).json()
     assert a["scale"] == b["scale"] and a["embeddings"][0] == b["embeddings"][0]
 
 
 def test_native_binary_is_packed_sign_bits(client, server_encoder):
-    r = client.post("/embed", json={"inputs": TEXTS[:3], "encoding": "binary"})
+    r = client.post("/embed_full", json={"inputs": TEXTS[:3], "encoding": "binary"})
     body = r.json()
     packed = np.array(body["embeddings"], dtype=np.uint8)
     assert packed.shape == (3, (server_encoder.dim + 7) // 8) == (3, body["bytes_per_row"])
@@ -113,15 +113,15 @@ def test_probes_info_and_openapi(main_server, client, server_encoder):
     assert info["limits"]["max_inputs"] == LIMITS["max_inputs"] and info["limits"]["api_key"] is True
     assert API_KEY not in client.get("/info").text
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/v1/embeddings", "/embed", "/health", "/ready", "/info", "/metrics"} <= set(paths)
+    assert {"/v1/embeddings", "/embed_full", "/health", "/ready", "/info", "/metrics"} <= set(paths)
 
 
 def test_metrics_export_requests_queue_and_batcher_histograms(client):
-    client.post("/embed", json={"inputs": ["metrics post"]})
-    client.post("/embed", json={"inputs": []})  # a 422
+    client.post("/embed_full", json={"inputs": ["metrics post"]})
+    client.post("/embed_full", json={"inputs": []})  # a 422
     text = client.get("/metrics").text
-    for name in ('postemb_http_requests_total{route="/embed",status="200"}',
-                 'postemb_http_requests_total{route="/embed",status="422"}',
+    for name in ('postemb_http_requests_total{route="/embed_full",status="200"}',
+                 'postemb_http_requests_total{route="/embed_full",status="422"}',
                  "postemb_batcher_queued_posts ", "postemb_batcher_queued_tokens ",
                  'postemb_batcher_batch_size_bucket{le="+Inf"}', 'postemb_batcher_batch_padding_ratio_bucket',
                  "postemb_batcher_queue_seconds_count", "postemb_batcher_inference_seconds_sum",
@@ -132,7 +132,7 @@ def test_metrics_export_requests_queue_and_batcher_histograms(client):
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {API_KEY}"},
                                      {"Authorization": "Bearer"}])
 def test_api_key_is_required_except_for_probes(main_server, headers):
-    for path in ("/embed", "/v1/embeddings"):
+    for path in ("/embed_full", "/v1/embeddings"):
         r = httpx.post(main_server.url + path, json={"inputs": ["x"], "input": ["x"]}, headers=headers)
         assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
         assert r.headers["www-authenticate"] == "Bearer"
@@ -143,16 +143,16 @@ def test_api_key_is_required_except_for_probes(main_server, headers):
 def test_native_chunk_mode_embeds_long_posts_whole(client, server_encoder):
     long = "Scaling inference for post embeddings means batching, caching and care. " * 25  # > 256 tokens, < 2000 chars
     texts = ["short post", long]
-    r = client.post("/embed", json={"inputs": texts, "long_posts": "chunk"})
+    r = client.post("/embed_full", json={"inputs": texts, "long_posts": "chunk"})
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["long_posts"] == "chunk" and body["chunked"] == 1 and body["windows"] > 1
     assert body["truncated"] == []
     got = np.array(body["embeddings"], dtype=np.float32)
     assert_exact(got, server_encoder.encode(texts, long_posts="chunk"))
-    default = client.post("/embed", json={"inputs": texts}).json()  # the server default: truncate
+    default = client.post("/embed_full", json={"inputs": texts}).json()  # the server default: truncate
     assert default["long_posts"] == "truncate" and default["chunked"] == 0
-    bad = client.post("/embed", json={"inputs": texts, "long_posts": "split"})
+    bad = client.post("/embed_full", json={"inputs": texts, "long_posts": "split"})
     assert bad.status_code == 422 and "`long_posts` must be one of" in bad.json()["error"]["message"]
 
 
@@ -160,6 +160,6 @@ def test_info_and_answers_report_the_vector_version(client, server_encoder):
     """Vectors of two precisions or long-post modes never share a version string."""
     info = client.get("/info").json()
     assert info["vector_version"] == server_encoder.vector_version == info["runtime"]["vector_version"]
-    truncate = client.post("/embed", json={"inputs": ["a post"]}).json()["vector_version"]
-    chunk = client.post("/embed", json={"inputs": ["a post"], "long_posts": "chunk"}).json()["vector_version"]
+    truncate = client.post("/embed_full", json={"inputs": ["a post"]}).json()["vector_version"]
+    chunk = client.post("/embed_full", json={"inputs": ["a post"], "long_posts": "chunk"}).json()["vector_version"]
     assert truncate == server_encoder.vector_version and chunk.endswith("+chunk") and chunk != truncate

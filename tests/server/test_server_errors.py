@@ -38,14 +38,14 @@ BAD_BODIES = [
     ("/v1/embeddings", {"input": ["a", "b" * (LIMITS["max_input_chars"] + 1)]}, 413, "input[1]", "max_input_chars"),
     ("/v1/embeddings", {"input": ["x" * 1000] * 30, "pad": "y" * LIMITS["max_body_bytes"]}, 413, "body",
      "max_body_bytes"),
-    ("/embed", {"inputs": ["a"], "normalise": False}, 422, "normalise", "unknown_field"),
-    ("/embed", {"input": ["a"]}, 422, "input", "unknown_field"),
-    ("/embed", {"inputs": "a", "truncate": "no"}, 422, "truncate", "invalid_type"),
-    ("/embed", {"inputs": "a", "normalize": 1}, 422, "normalize", "invalid_type"),
-    ("/embed", {"inputs": "a", "encoding": "float16"}, 422, "encoding", "invalid_value"),
-    ("/embed", {"inputs": "a", "encoding": "int8", "normalize": False}, 422, "normalize", "invalid_value"),
-    ("/embed", {"inputs": ["ok", LONG], "truncate": False}, 422, "inputs[1]", "max_length"),
-    ("/embed", {"inputs": ["ok", 1.5]}, 422, "inputs[1]", "invalid_type"),
+    ("/embed_full", {"inputs": ["a"], "normalise": False}, 422, "normalise", "unknown_field"),
+    ("/embed_full", {"input": ["a"]}, 422, "input", "unknown_field"),
+    ("/embed_full", {"inputs": "a", "truncate": "no"}, 422, "truncate", "invalid_type"),
+    ("/embed_full", {"inputs": "a", "normalize": 1}, 422, "normalize", "invalid_type"),
+    ("/embed_full", {"inputs": "a", "encoding": "float16"}, 422, "encoding", "invalid_value"),
+    ("/embed_full", {"inputs": "a", "encoding": "int8", "normalize": False}, 422, "normalize", "invalid_value"),
+    ("/embed_full", {"inputs": ["ok", LONG], "truncate": False}, 422, "inputs[1]", "max_length"),
+    ("/embed_full", {"inputs": ["ok", 1.5]}, 422, "inputs[1]", "invalid_type"),
 ]
 
 
@@ -65,10 +65,10 @@ def test_bad_requests_get_json_errors_naming_the_field(client, route, body, stat
 
 def test_limit_errors_name_the_limit_and_the_value_given(client):
     n = LIMITS["max_inputs"] + 5
-    err = client.post("/embed", json={"inputs": ["a"] * n}).json()["error"]
+    err = client.post("/embed_full", json={"inputs": ["a"] * n}).json()["error"]
     assert (err["limit"], err["given"]) == (LIMITS["max_inputs"], n)
     assert f"max_inputs ({LIMITS['max_inputs']})" in err["message"] and str(n) in err["message"]
-    err = client.post("/embed", json={"inputs": ["ok", LONG], "truncate": False}).json()["error"]
+    err = client.post("/embed_full", json={"inputs": ["ok", LONG], "truncate": False}).json()["error"]
     assert err["limit"] == 256 and "max_length (256 tokens)" in err["message"]
 
 
@@ -77,19 +77,19 @@ def test_chunked_body_over_the_limit_is_413(client):
         for _ in range(LIMITS["max_body_bytes"] // 4096 + 2):
             yield b" " * 4096  # whitespace: valid JSON padding, no Content-Length
 
-    r = client.post("/embed", content=chunks(), headers={"Content-Type": "application/json"})
+    r = client.post("/embed_full", content=chunks(), headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and r.json()["error"]["code"] == "max_body_bytes"
 
 
 def test_unknown_route_and_method_are_json(client):
     r = client.get("/nope")
     assert r.status_code == 404 and "error" in r.json()
-    r = client.get("/embed")
+    r = client.get("/embed_full")
     assert r.status_code == 405 and "error" in r.json()
 
 
 def test_bad_requests_leave_the_server_serving(main_server, client):
-    assert client.post("/embed", json={"inputs": ["still fine"]}).status_code == 200
+    assert client.post("/embed_full", json={"inputs": ["still fine"]}).status_code == 200
     assert main_server.proc.poll() is None
 
 
@@ -136,7 +136,7 @@ def _wait_for(pred, timeout: float, what: str):
 
 def test_request_over_the_queue_bound_in_tokens_is_413(fault):
     srv, _, c = fault
-    r = c.post("/embed", json={"inputs": [LONG, LONG, LONG]})  # 3 x 256 tokens > 600
+    r = c.post("/embed_full", json={"inputs": [LONG, LONG, LONG]})  # 3 x 256 tokens > 600
     err = r.json()["error"]
     assert r.status_code == 413 and err["code"] == "max_queued_tokens"
     assert (err["limit"], err["given"]) == (MAX_QUEUED_TOKENS, 768)
@@ -160,7 +160,7 @@ def test_overload_is_429_with_retry_after_at_once(fault):
     answered_429 = []
 
     def post():
-        r = httpx.post(srv.url + "/embed", json=body, timeout=60)
+        r = httpx.post(srv.url + "/embed_full", json=body, timeout=60)
         if r.status_code == 429:
             answered_429.append(r)
         return r
@@ -196,7 +196,7 @@ def test_queue_deadline_is_503_and_other_requests_still_pass(fault):
     results = [None, None]
 
     def send(i):
-        results[i] = httpx.post(srv.url + "/embed", json={"inputs": [f"post {i}"]}, timeout=60)
+        results[i] = httpx.post(srv.url + "/embed_full", json={"inputs": [f"post {i}"]}, timeout=60)
 
     first = threading.Thread(target=send, args=(0,))
     second = threading.Thread(target=send, args=(1,))
@@ -215,14 +215,14 @@ def test_queue_deadline_is_503_and_other_requests_still_pass(fault):
     assert results[0].status_code == 200
     assert results[1].status_code == 503 and results[1].json()["error"]["code"] == "timeout"
     assert "Retry-After" in results[1].headers
-    assert c.post("/embed", json={"inputs": ["after the deadline"]}).status_code == 200
+    assert c.post("/embed_full", json={"inputs": ["after the deadline"]}).status_code == 200
 
 
 def test_backend_failure_is_503_for_that_request_only(fault):
     srv, fault_dir, c = fault
     (fault_dir / "fail").write_text("kaboom")
     try:
-        r = c.post("/embed", json={"inputs": ["kaboom goes the model"]})
+        r = c.post("/embed_full", json={"inputs": ["kaboom goes the model"]})
         assert r.status_code == 503 and r.json()["error"]["code"] == "backend_error"
         # the detail goes to the log only: an answer never carries exception text (paths, OS errors)
         assert "injected" not in r.text and "the server log says why" in r.json()["error"]["message"]
@@ -237,7 +237,7 @@ def test_ready_follows_backend_health(fault):
     srv, fault_dir, c = fault
     (fault_dir / "fail").write_text("")  # every batch fails
     try:
-        assert c.post("/embed", json={"inputs": ["x"]}).status_code == 503
+        assert c.post("/embed_full", json={"inputs": ["x"]}).status_code == 503
         r = c.get("/ready")
         assert r.status_code == 503 and r.json() == {"status": "unhealthy", "reason": "backend_error"}
         assert "injected" not in r.text  # no exception text for unauthenticated callers
@@ -246,7 +246,7 @@ def test_ready_follows_backend_health(fault):
     finally:
         (fault_dir / "fail").unlink()
     assert c.get("/ready").status_code == 200  # re-probed: healthy again
-    assert c.post("/embed", json={"inputs": ["x"]}).status_code == 200
+    assert c.post("/embed_full", json={"inputs": ["x"]}).status_code == 200
 
 
 def test_sigterm_drains_requests_in_flight_and_exits_zero(fault):
@@ -257,7 +257,7 @@ def test_sigterm_drains_requests_in_flight_and_exits_zero(fault):
     results, done_at = [None] * 6, [0.0] * 6
 
     def send(i):
-        results[i] = httpx.post(srv.url + "/embed", json={"inputs": [f"drain post {i} {j}" for j in range(8)]},
+        results[i] = httpx.post(srv.url + "/embed_full", json={"inputs": [f"drain post {i} {j}" for j in range(8)]},
                                 timeout=60)
         done_at[i] = time.monotonic()
 

@@ -39,7 +39,7 @@ def wait_for(pred, timeout: float, what: str):
 
 
 def _head(port: int, length: int) -> bytes:
-    return (f"POST /embed HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {API_KEY}\r\n"
+    return (f"POST /embed_full HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {API_KEY}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n").encode() + b'{"inputs": ["slow'
 
 
@@ -51,8 +51,8 @@ def test_1000_slow_clients_hold_no_slot_memory_stays_bounded_and_requests_pass(m
     port = int(main_server.url.rsplit(":", 1)[1])
     pid = main_server.proc.pid
     before_rss = rss_mib(pid)
-    before_499 = metric(client, "postemb_http_requests_total", route="/embed", status="499")
-    before_500 = metric(client, "postemb_http_requests_total", route="/embed", status="500")
+    before_499 = metric(client, "postemb_http_requests_total", route="/embed_full", status="499")
+    before_500 = metric(client, "postemb_http_requests_total", route="/embed_full", status="500")
 
     async def run():
         conns = []
@@ -71,7 +71,7 @@ def test_1000_slow_clients_hold_no_slot_memory_stays_bounded_and_requests_pass(m
 
         codes = await asyncio.gather(*(status(r) for r, _ in conns))
         health = await asyncio.to_thread(lambda: httpx.get(main_server.url + "/health", timeout=10).status_code)
-        served = await asyncio.to_thread(lambda: client.post("/embed", json={"inputs": ["served meanwhile"]}))
+        served = await asyncio.to_thread(lambda: client.post("/embed_full", json={"inputs": ["served meanwhile"]}))
         rss = rss_mib(pid)
         in_flight = await asyncio.to_thread(metric, client, "postemb_http_requests_in_flight")
         for _, w in conns:
@@ -82,10 +82,10 @@ def test_1000_slow_clients_hold_no_slot_memory_stays_bounded_and_requests_pass(m
     assert codes == [None] * SLOW_CLIENTS, sorted(set(codes), key=str)
     assert health == 200 and served.status_code == 200 and in_flight == 0, (health, served.text[:300], in_flight)
     assert rss - before_rss < RSS_GROWTH_BOUND_MIB, (before_rss, rss)
-    wait_for(lambda: metric(client, "postemb_http_requests_total", route="/embed", status="499") - before_499
+    wait_for(lambda: metric(client, "postemb_http_requests_total", route="/embed_full", status="499") - before_499
              == SLOW_CLIENTS, 60, "the stalled requests to end as 499")
-    assert metric(client, "postemb_http_requests_total", route="/embed", status="500") == before_500
-    assert client.post("/embed", json={"inputs": ["served again"]}).status_code == 200
+    assert metric(client, "postemb_http_requests_total", route="/embed_full", status="500") == before_500
+    assert client.post("/embed_full", json={"inputs": ["served again"]}).status_code == 200
     assert "Traceback" not in "".join(main_server.lines)
 
 
@@ -118,7 +118,7 @@ def test_model_load_failure_with_several_workers_exits_1(tmp_path):
 
 def test_openapi_documents_error_responses_and_metrics_content_type(client):
     spec = client.get("/openapi.json").json()
-    for path in ("/v1/embeddings", "/embed"):
+    for path in ("/v1/embeddings", "/embed_full"):
         assert {"200", "401", "413", "422", "429", "503"} <= set(spec["paths"][path]["post"]["responses"])
     assert set(spec["paths"]["/ready"]["get"]["responses"]) == {"200", "503"}
     metrics_200 = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]

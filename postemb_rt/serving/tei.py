@@ -1,0 +1,162 @@
+"""text-embeddings-inference's HTTP API on our runtime, so TEI clients (``huggingface_hub``'s
+``InferenceClient.feature_extraction``, the TEI integrations of langchain and llama-index) work
+unchanged:
+
+    POST /embed, POST /   ``inputs`` (str | list[str]), ``normalize`` (true), ``truncate`` (null:
+                          the server's ``auto_truncate``, true here), ``truncation_direction``
+                          (right | left), ``prompt_name``, ``dimensions`` (the model's own dim
+                          only), ``encoding_format`` (float | base64); answers a bare JSON array,
+                          one vector per input. Unknown fields are ignored, as TEI does; our
+                          native fields (``encoding``, ``long_posts``) are a 422 naming
+                          ``/embed_full``, where the native answer moved.
+    POST /tokenize        ``inputs``, ``add_special_tokens`` (true), ``prompt_name``: per input, its
+                          tokens ``{id, text, special, start, stop}`` (character offsets), as the
+                          model reads them (cut to max_length).
+    POST /decode          ``ids`` (a list, or a list of lists), ``skip_special_tokens`` (true): texts.
+    GET  /info            TEI's fields (``model_id``, ``max_input_length``, ...) beside ours.
+
+Errors on these routes are TEI's: ``{"error": message, "error_type": type}``, Validation 413 (a
+size limit, a post too long with truncate false) or 422 (a malformed request), Empty 400,
+Overloaded 429, Backend 424 (the model failed on the batch), Unhealthy 503. A missing or wrong
+API key is our 401 (as on every route). Every answer of an embedding says in the
+``X-Truncated-Inputs`` header how many inputs were cut to max_length.
+"""
+import asyncio
+import base64
+
+import numpy as np
+
+from .. import __version__
+from .errors import ApiError, json_response
+from .schemas import (DecodeRequest, ErrorResponse, TeiEmbedRequest, TeiErrorResponse, TokenizeRequest, body_doc,
+                      given, json_object, parse)
+
+TRUNCATED_HEADER = "X-Truncated-Inputs"  # how many inputs of the request were cut to max_length
+AUTO_TRUNCATE = True  # TEI's --auto-truncate: what `truncate: null` means here (as /v1/embeddings always does)
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
+_ERRORS = {
+    400: "Empty: an empty input list",
+    401: "missing or wrong API key (`Authorization: Bearer <key>`), our answer shape",
+    408: "Validation: the request body did not arrive within body_timeout_s",
+    413: "Validation: a size limit (body bytes, inputs, characters per post, queued tokens), or a post longer "
+         "than max_input_length with truncate false",
+    422: "Validation: malformed JSON, a wrong type, an unknown prompt_name or dimensions",
+    424: "Backend: the model failed on the batch holding this request",
+    429: "Overloaded: see Retry-After",
+    503: "Unhealthy: the model is loading or failed to load, a queue deadline, or shutting down",
+}
+
+
+def tei_error(err: ApiError):
+    """Our ``ApiError`` as text-embeddings-inference answers the same mistake."""
+    status, code = err.status, err.body.get("code")
+    if status == 422 and code == "empty_input":
+        status, kind = 400, "Empty"
+    elif status == 422 and code == "max_length":
+        status, kind = 413, "Validation"
+    elif status in (408, 413, 422):
+        kind = "Validation"
+    elif status == 429:
+        kind = "Overloaded"
+    elif status == 503 and code == "backend_error":
+        status, kind = 424, "Backend"
+    else:
+        kind = "Unhealthy"
+    return json_response(status, {"error": err.body["message"], "error_type": kind}, err.headers)
+
+
+def check_dimensions(enc, dims) -> None:
+    """``dimensions`` must be absent or the model's dim: it was not trained for shortened vectors."""
+    if dims is not None and (type(dims) is not int or dims != enc.dim):
+        raise ApiError(422, f"`dimensions` must be {enc.dim}, this model's dim: it was not trained for shortened "
+                            f"(Matryoshka) embeddings. Given: {given(dims)}.", param="dimensions",
+                       code="dimensions_unsupported", limit=enc.dim, given=dims)
+
+
+def base64_rows(vecs: np.ndarray) -> list[str]:
+    """float32 (n, dim) -> n base64 strings of little-endian float32 (OpenAI's ``base64``)."""
+    return [base64.b64encode(r.tobytes()).decode("ascii") for r in vecs.astype("<f4", copy=False)]
+
+
+def info_fields(rt) -> dict:
+    """TEI's ``/info`` fields (``model_*`` only once the model is loaded)."""
+    cfg, enc = rt.cfg, rt.encoder
+    d = {"max_concurrent_requests": cfg.max_concurrent_requests, "max_batch_requests": cfg.max_batch_size,
+         "max_client_batch_size": cfg.max_inputs, "auto_truncate": AUTO_TRUNCATE, "tokenization_workers": 1,
+         "version": __version__, "sha": None, "docker_label": None}
+    if enc is not None:
+        d.update(model_id=enc.model_version, model_sha=None,
+                 model_dtype=_DTYPES.get(enc.backend.precision, enc.backend.precision),
+                 model_type={"embedding": {"pooling": enc.model.config.pooling}},
+                 max_input_length=enc.max_length, max_batch_tokens=enc.max_batch_tokens)
+    return d
+
+
+def _responses(keyed: tuple) -> dict:
+    out = {200: {"description": "OK", "content": {"application/json": {"schema": {"type": "array"}}}}}
+    for c in (*keyed, 400, 408, 413, 422, 424, 429, 503):
+        out[c] = {"description": _ERRORS[c], "model": ErrorResponse if c == 401 else TeiErrorResponse}
+    return out
+
+
+def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
+    """TEI's routes on ``app`` (``routes.create_app``): ``admission`` reads bodies within the limits,
+    ``render`` writes a 200 JSON answer, ``keyed`` is (401,) when an API key is required."""
+    from fastapi import Request, Response
+
+    responses = _responses(keyed)
+
+    async def embed(request: Request):
+        try:
+            async with admission(request) as body:
+                req = parse(TeiEmbedRequest, json_object(body), cfg)
+                enc = rt.require_encoder()
+                check_dimensions(enc, req.dimensions)
+                truncate = AUTO_TRUNCATE if req.truncate is None else req.truncate
+                vecs, tokens, truncated = await rt.embed(
+                    req.inputs, "inputs", truncate=truncate, normalize=req.normalize, long_posts=cfg.long_posts,
+                    prompt_name=req.prompt_name, truncation_direction=req.truncation_direction)
+                floats = req.encoding_format == "float"
+                resp = await render(vecs.tolist() if floats else base64_rows(vecs), vecs.size if floats else 0)
+        except ApiError as err:
+            return tei_error(err)
+        resp.headers[TRUNCATED_HEADER] = str(len(truncated))
+        resp.headers["X-Compute-Tokens"] = str(tokens)  # TEI's header
+        return resp
+
+    for path in ("/embed", "/"):
+        app.add_api_route(path, embed, methods=["POST"], openapi_extra=body_doc(TeiEmbedRequest),
+                          response_class=Response, responses=responses, name=f"tei_embed{path.replace('/', '_')}")
+
+    @app.post("/tokenize", openapi_extra=body_doc(TokenizeRequest), response_class=Response, responses=responses)
+    async def tokenize(request: Request):
+        try:
+            async with admission(request) as body:
+                req = parse(TokenizeRequest, json_object(body), cfg)
+                enc = rt.require_encoder()
+                texts = rt.prompted(enc, req.inputs, req.prompt_name)
+                encs = await asyncio.to_thread(enc.tokenizer.encodings, texts, req.add_special_tokens)
+        except ApiError as err:
+            return tei_error(err)
+        out = [[{"id": i, "text": tok if special else text[a:b], "special": bool(special),
+                 "start": None if special else a, "stop": None if special else b}
+                for i, tok, special, (a, b) in zip(e.ids, e.tokens, e.special_tokens_mask, e.offsets)]
+               for e, text in zip(encs, texts)]
+        return await render(out, sum(len(e.ids) for e in encs) * 5)
+
+    @app.post("/decode", openapi_extra=body_doc(DecodeRequest), response_class=Response, responses=responses)
+    async def decode(request: Request):
+        from ..errors import ValidationError
+
+        try:
+            async with admission(request) as body:
+                req = parse(DecodeRequest, json_object(body), cfg)
+                enc = rt.require_encoder()
+                ids = req.ids if isinstance(req.ids[0], list) else [req.ids]
+                try:
+                    texts = enc.tokenizer.decode(ids, req.skip_special_tokens)
+                except ValidationError as exc:
+                    raise ApiError(422, str(exc), param="ids", code="invalid_value") from None
+        except ApiError as err:
+            return tei_error(err)
+        return json_response(200, texts)

@@ -1,0 +1,111 @@
+"""text-embeddings-inference's API (POST /embed and /, /tokenize, /decode, /info), tested with
+the real clients: ``huggingface_hub.InferenceClient.feature_extraction`` and ``openai``."""
+import numpy as np
+import pytest
+
+from tests.conftest import assert_exact
+from tests.server.conftest import API_KEY, LIMITS, require_serve_extra
+
+httpx = require_serve_extra()
+huggingface_hub = pytest.importorskip("huggingface_hub", reason="the [test] extra installs huggingface_hub")
+openai = pytest.importorskip("openai", reason="the [test] extra installs openai")
+
+TEXTS = ["Thrilled to announce our seed round!", "Five lessons from a failed product launch."]
+LONG = " ".join(["a"] * 300 + ["b"] * 300)  # 600 tokens, 1,199 characters: right keeps the a's, left the b's
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _hub_may_reach_loopback():
+    """The session runs with HF_HUB_OFFLINE=1 (no model hub, ever), which also blocks the client
+    from our own server on 127.0.0.1: allowed here, for this module only."""
+    with pytest.MonkeyPatch.context() as mp:
+        from huggingface_hub import constants
+
+        mp.setattr(constants, "HF_HUB_OFFLINE", False)
+        yield
+
+
+@pytest.fixture(scope="module")
+def hub(main_server):
+    assert main_server.url.startswith("http://127.0.0.1:")
+    return huggingface_hub.InferenceClient(base_url=main_server.url, api_key=API_KEY)  # posts to "/"
+
+
+def test_huggingface_hub_feature_extraction_equals_encode(main_server, hub, server_encoder):
+    assert_exact(hub.feature_extraction(TEXTS[0]), server_encoder.encode(TEXTS[:1]))
+    on_embed = huggingface_hub.InferenceClient(base_url=main_server.url + "/embed", api_key=API_KEY)
+    assert_exact(on_embed.feature_extraction(TEXTS), server_encoder.encode(TEXTS))
+
+
+def test_huggingface_hub_passes_tei_fields(hub, server_encoder):
+    raw = hub.feature_extraction(TEXTS[:1], normalize=False, truncate=True, truncation_direction="right",
+                                 prompt_name="query", dimensions=server_encoder.dim)
+    assert abs(np.linalg.norm(raw) - 1) > 1e-3  # not normalised
+    unit = raw / np.linalg.norm(raw, axis=1, keepdims=True)
+    assert_exact(unit, server_encoder.encode(TEXTS[:1]))  # the "query" prompt of this model is ""
+
+
+def test_truncation_direction_left_keeps_the_end(client, server_encoder):
+    right = client.post("/embed", json={"inputs": [LONG]})
+    left = client.post("/embed", json={"inputs": [LONG], "truncation_direction": "left"})
+    assert right.headers["X-Truncated-Inputs"] == left.headers["X-Truncated-Inputs"] == "1"
+    n = server_encoder.max_length - 2
+    assert_exact(np.array(right.json(), np.float32), server_encoder.encode([" ".join(["a"] * n)]))
+    assert_exact(np.array(left.json(), np.float32), server_encoder.encode([" ".join(["b"] * n)]))
+
+
+@pytest.mark.parametrize("body, status, error_type, words", [
+    ({"inputs": [LONG], "truncate": False}, 413, "Validation", "max_length"),
+    ({"inputs": ["a"] * (LIMITS["max_inputs"] + 1)}, 413, "Validation", "max_inputs"),
+    ({"inputs": []}, 400, "Empty", "at least one"),
+    ({"inputs": "a", "prompt_name": "no-such-prompt"}, 422, "Validation", "prompt_name"),
+    ({"inputs": "a", "dimensions": 7}, 422, "Validation", "dimensions"),
+    ({"inputs": "a", "normalize": "yes"}, 422, "Validation", "normalize"),
+    ({"inputs": "a", "encoding": "int8"}, 422, "Validation", "/embed_full"),
+])
+def test_errors_are_tei_shaped_with_tei_status(client, body, status, error_type, words):
+    r = client.post("/embed", json=body)
+    assert r.status_code == status and r.json()["error_type"] == error_type, r.text[:300]
+    assert words in r.json()["error"]
+
+
+def test_unknown_fields_are_ignored_as_tei_does(client):
+    assert client.post("/embed", json={"inputs": "a", "some_future_field": 1}).status_code == 200
+
+
+def test_huggingface_hub_sees_the_error(hub):
+    with pytest.raises(huggingface_hub.errors.HfHubHTTPError) as info:
+        hub.feature_extraction(LONG, truncate=False)
+    assert info.value.response.status_code == 413
+
+
+def test_tokenize_and_decode(client, server_encoder):
+    toks = client.post("/tokenize", json={"inputs": "Hello world"}).json()
+    assert [t["id"] for t in toks[0]] == server_encoder.tokenizer(["Hello world"]).ids[0]
+    assert toks[0][0]["special"] and toks[0][-1]["special"] and toks[0][0]["start"] is None
+    assert [t["text"] for t in toks[0] if not t["special"]] == ["Hello", "world"]  # offsets into the input
+    assert [(t["start"], t["stop"]) for t in toks[0][1:-1]] == [(0, 5), (6, 11)]
+    no_special = client.post("/tokenize", json={"inputs": ["Hello world"], "add_special_tokens": False}).json()
+    assert [t["id"] for t in no_special[0]] == [t["id"] for t in toks[0][1:-1]]
+    ids = [t["id"] for t in toks[0]]
+    assert client.post("/decode", json={"ids": ids}).json() == ["hello world"]
+    assert client.post("/decode", json={"ids": [ids, ids[1:2]], "skip_special_tokens": False}).json() == [
+        "[CLS] hello world [SEP]", "hello"]
+    bad = client.post("/decode", json={"ids": [10**9]})
+    assert bad.status_code == 422 and bad.json()["error_type"] == "Validation" and "ids[0]" in bad.json()["error"]
+
+
+def test_info_has_tei_fields_and_ours(client, server_encoder):
+    info = client.get("/info").json()
+    assert info["model_id"] == server_encoder.model_version and info["max_input_length"] == server_encoder.max_length
+    assert info["max_client_batch_size"] == LIMITS["max_inputs"] and info["auto_truncate"] is True
+    assert info["model_type"] == {"embedding": {"pooling": "mean"}} and info["model_dtype"] == "float32"
+    assert info["dim"] == server_encoder.dim and info["vector_version"] == server_encoder.vector_version
+
+
+def test_openai_client_reads_how_many_inputs_were_truncated(main_server):
+    oa = openai.OpenAI(base_url=main_server.url + "/v1", api_key=API_KEY)
+    raw = oa.embeddings.with_raw_response.create(model="any", input=["short", LONG], encoding_format="float")
+    resp = raw.parse()
+    assert len(resp.data) == 2 and raw.headers["X-Truncated-Inputs"] == "1"
+    assert resp.model_extra["truncated"] == [1]
