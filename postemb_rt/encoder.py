@@ -14,7 +14,8 @@ from . import backends, encode_options as eo, fidelity, long_posts as lp, native
 from .batching import DynamicBatcher, padding_ratio, plan_batches
 from .errors import BackendUnavailableError, BatcherClosedError, FidelityError, ValidationError
 from .fidelity import Fidelity
-from .model_dir import ModelDir, resolve
+from .futures import gather
+from .model_dir import ModelDir, resolve, vector_version
 from .tokenization import PostTokenizer
 
 log = logging.getLogger("postemb_rt")
@@ -34,34 +35,6 @@ class EncodeStats:
     seconds: float = 0.0
     chunked: int = 0  # long_posts="chunk": posts embedded as several windows
     windows: int = 0  # the windows those posts were cut into
-
-
-def vector_version(model_version: str, precision: str = "fp32", long_posts: str = "truncate") -> str:
-    """The version string stored with each vector: the model version, plus every setting that
-    changes the numbers beyond the exactness bar (cosine 0.9999). ``fp32`` and ``truncate`` add
-    nothing, so exact vectors keep the plain model version; a fast precision or chunk mode adds
-    ``+<precision>`` / ``+chunk`` (``postemb-mt50-v3+bf16+chunk``), so vectors from two
-    precisions or two long-post modes never share a version (a store key, a backfill output).
-    fp16 and bf16 differ from fp32 by up to the fidelity bar, hence their own suffix too."""
-    parts = [model_version]
-    if precision != "fp32":
-        parts.append(precision)
-    if lp.check_mode(long_posts) != "truncate":
-        parts.append(long_posts)
-    return "+".join(parts)
-
-
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        try:
-            import torch
-
-            return "cuda" if torch.cuda.is_available() else "cpu"
-        except ImportError:
-            return "cpu"
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValidationError(f"`device` must be 'auto', 'cpu' or 'cuda[:N]'. Given: {device!r}.")
-    return device
 
 
 class Encoder:
@@ -121,7 +94,7 @@ class Encoder:
         if precision not in PRECISIONS:
             raise ValidationError(f"`precision` must be one of {PRECISIONS}. Given: {precision!r}.")
         md = resolve(name_or_path)
-        device = _resolve_device(device)
+        device = backends.resolve_device(device)
         if max_length is not None and not (2 <= max_length <= md.config.max_length):
             raise ValidationError(
                 f"`max_length` must be between 2 and the model's max_length ({md.config.max_length}). "
@@ -176,48 +149,10 @@ class Encoder:
         return enc
 
     def _check_fidelity(self, backend_name: str) -> Fidelity:
-        """This encoder's fidelity to float32: carried by an exported int8 directory, else measured
-        on first use against the same model in float32 and cached. Raises FidelityError below
-        the thresholds unless the artefact was exported with --force."""
-        from importlib.metadata import PackageNotFoundError, version
-
-        def v(package: str) -> str:
-            try:
-                return version(package)
-            except PackageNotFoundError:
-                return "none"
-
-        precision = self.backend.precision
-        onnx_md = getattr(self.backend, "onnx_model", None)
-        stored = onnx_md.config.fidelity if onnx_md is not None else None
-        if stored is not None:
-            f = Fidelity.from_dict(stored)
-        else:
-            texts, source = fidelity.posts()
-            artefact = onnx_md.path.name if onnx_md is not None else ""  # the int8 cache entry names its recipe
-            key = (f"{self.model_version}-{self.model.fingerprint}-{backend_name}-{precision}-{artefact}-"
-                   f"{fidelity.texts_key(texts)}-postemb{v('postemb_rt')}-torch{v('torch')}-ort{v('onnxruntime')}"
-                   f"-ov{v('openvino')}")
-
-            def measure() -> Fidelity:
-                log.warning("measuring the fidelity of %s to fp32 on %d posts on first use (once; cached)",
-                            precision, len(texts))
-                with Encoder.from_pretrained(self.model.path, backend=backend_name, device="cpu",
-                                             max_length=self.max_length) as ref:
-                    return fidelity.measure_encoders(ref, self, texts, source)
-
-            f = fidelity.cached(key, measure)
-        if f.ok:
-            return f
-        if f.forced:
-            log.warning("precision %r misses the fidelity bar (%s) but its artefact was exported with --force: "
-                        "%s", precision, "; ".join(f.failures()), f.summary())
-            return f
-        raise FidelityError(
-            f"`precision` {precision!r} misses the fidelity bar for {self.model_version}: "
-            f"{'; '.join(f.failures())} ({f.summary()}). Fix: precision='fp32' (exact) or another "
-            f"precision, or export an artefact anyway with export/export_onnx.py --precision int8 --force."
-        )
+        """This encoder's fidelity to float32 (``fidelity.gate``; the reference is the same model on
+        ``backend_name`` in float32)."""
+        return fidelity.gate(self, backend_name, lambda: Encoder.from_pretrained(
+            self.model.path, backend=backend_name, device="cpu", max_length=self.max_length))
 
     @property
     def dim(self) -> int:
@@ -464,7 +399,7 @@ class Encoder:
         parts = [self._window_batcher().submit(chunks.windows, timeout=timeout)]
         if chunks.singles:
             parts.append(self.batcher.submit(chunks.single_ids, timeout=timeout))
-        return _gather(parts, lambda res: self._assemble(res, chunks, len(texts), single))
+        return gather(parts, lambda res: self._assemble(res, chunks, len(texts), single))
 
     def _assemble(self, results, chunks, n: int, single: bool) -> np.ndarray:
         out = np.empty((n, self.dim), dtype=np.float32)
@@ -503,24 +438,3 @@ class Encoder:
 
     def __repr__(self) -> str:
         return f"Encoder({self.model_version!r}, dim={self.dim}, backend={self.backend.name!r})"
-
-
-def _gather(parts: list[Future], build) -> Future:
-    """A Future of ``build([f.result() for f in parts])``, failing with the first part's error."""
-    out: Future = Future()
-    left = [len(parts)]
-    lock = threading.Lock()
-
-    def done(_):
-        with lock:
-            left[0] -= 1
-            if left[0]:
-                return
-        try:
-            out.set_result(build([f.result() for f in parts]))
-        except BaseException as exc:  # a part's error (deadline, closed, backend) or the combine's
-            out.set_exception(exc)
-
-    for f in parts:
-        f.add_done_callback(done)
-    return out

@@ -176,3 +176,54 @@ def cached(key: str, compute) -> Fidelity:
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, json.dumps({"key": key, "fidelity": d, "sha256": _seal(key, d)}, indent=2) + "\n")
     return f
+
+
+def _versions_key() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    def v(package: str) -> str:
+        try:
+            return version(package)
+        except PackageNotFoundError:
+            return "none"
+
+    return "-".join(f"{name}{v(pkg)}" for name, pkg in (("postemb", "postemb_rt"), ("torch", "torch"),
+                                                          ("ort", "onnxruntime"), ("ov", "openvino")))
+
+
+def gate(encoder, backend_name: str, load_reference) -> Fidelity:
+    """``encoder``'s fidelity to float32: carried by an exported int8 directory, else measured on
+    first use against ``load_reference()`` (the same model in float32, a context manager) and
+    cached under a key of model, weights, backend, precision, artefact, posts and library
+    versions. Raises FidelityError below THRESHOLDS unless the artefact was exported with --force."""
+    from .errors import FidelityError
+
+    precision = encoder.backend.precision
+    onnx_md = getattr(encoder.backend, "onnx_model", None)
+    stored = onnx_md.config.fidelity if onnx_md is not None else None
+    if stored is not None:
+        f = Fidelity.from_dict(stored)
+    else:
+        texts, source = posts()
+        artefact = onnx_md.path.name if onnx_md is not None else ""  # the int8 cache entry names its recipe
+        key = (f"{encoder.model_version}-{encoder.model.fingerprint}-{backend_name}-{precision}-{artefact}-"
+               f"{texts_key(texts)}-{_versions_key()}")
+
+        def measure() -> Fidelity:
+            log.warning("measuring the fidelity of %s to fp32 on %d posts on first use (once; cached)",
+                        precision, len(texts))
+            with load_reference() as ref:
+                return measure_encoders(ref, encoder, texts, source)
+
+        f = cached(key, measure)
+    if f.ok:
+        return f
+    if f.forced:
+        log.warning("precision %r misses the fidelity bar (%s) but its artefact was exported with --force: "
+                    "%s", precision, "; ".join(f.failures()), f.summary())
+        return f
+    raise FidelityError(
+        f"`precision` {precision!r} misses the fidelity bar for {encoder.model_version}: "
+        f"{'; '.join(f.failures())} ({f.summary()}). Fix: precision='fp32' (exact) or another "
+        f"precision, or export an artefact anyway with export/export_onnx.py --precision int8 --force."
+    )

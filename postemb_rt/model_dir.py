@@ -34,6 +34,7 @@ from pathlib import Path
 
 from .durable import confined
 from .errors import ModelNotFoundError, ValidationError
+from .long_posts import check_mode
 from .ops.reference import POOLINGS
 from .prompts import check_prompts
 
@@ -306,3 +307,18 @@ def resolve(name_or_path: str | Path) -> ModelDir:
     if isinstance(name_or_path, str) and name_or_path in REGISTERED:
         return REGISTERED[name_or_path]()
     return load_model_dir(name_or_path)
+
+
+def vector_version(model_version: str, precision: str = "fp32", long_posts: str = "truncate") -> str:
+    """The version string stored with each vector: the model version, plus every setting that
+    changes the numbers beyond the exactness bar (cosine 0.9999). ``fp32`` and ``truncate`` add
+    nothing, so exact vectors keep the plain model version; a fast precision or chunk mode adds
+    ``+<precision>`` / ``+chunk`` (``postemb-mt50-v3+bf16+chunk``), so vectors from two
+    precisions or two long-post modes never share a version (a store key, a backfill output).
+    fp16 and bf16 differ from fp32 by up to the fidelity bar, hence their own suffix too."""
+    parts = [model_version]
+    if precision != "fp32":
+        parts.append(precision)
+    if check_mode(long_posts) != "truncate":
+        parts.append(long_posts)
+    return "+".join(parts)

@@ -36,6 +36,20 @@ def backend_class(name: str):
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
+def resolve_device(device: str) -> str:
+    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; "cpu" / "cuda[:N]" as given; else ValidationError."""
+    if device == "auto":
+        try:
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:
+            return "cpu"
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValidationError(f"`device` must be 'auto', 'cpu' or 'cuda[:N]'. Given: {device!r}.")
+    return device
+
+
 def _has(package: str) -> bool:
     return importlib.util.find_spec(package) is not None
 
