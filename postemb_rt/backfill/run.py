@@ -188,7 +188,7 @@ def resolve_model_version(model: str, precision: str = "fp32", long_posts: str =
     vector: ``postemb_rt.encoder.vector_version`` (the model version, plus ``+<precision>``
     and ``+chunk`` where they change the numbers), the same string ``Encoder.vector_version``
     gives. No model is loaded."""
-    from ..encoder import vector_version
+    from ..model_dir import vector_version
     from ..model_dir import resolve
 
     return vector_version(resolve(model).config.model_version, precision, long_posts)
@@ -248,7 +248,8 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     start = time.perf_counter()
     inp, out = Path(input_path), Path(output_path)
     root, files = list_inputs(inp)
-    from ..encoder import PRECISIONS, vector_version
+    from ..encoder import PRECISIONS
+    from ..model_dir import vector_version
 
     if precision == "auto":  # each node would resolve it for its own CPU: one output, several versions
         raise ValidationError("`precision` 'auto' is refused by backfill: every worker would pick the fastest "

@@ -38,7 +38,8 @@ def split_vector_version(version: str) -> tuple[str, str, str]:
     """``postemb_rt.encoder.vector_version``'s inverse: "X+bf16+chunk" -> ("X", "bf16", "chunk");
     "X" -> ("X", "fp32", "truncate"). Suffixes are read from the right, so a model version that
     itself holds "+" stays whole."""
-    from ..encoder import PRECISIONS, vector_version
+    from ..encoder import PRECISIONS
+    from ..model_dir import vector_version
 
     model, precision, long_posts = version, "fp32", "truncate"
     if model.endswith("+chunk"):
@@ -55,7 +56,8 @@ def query_encoder(args, index_version: str | None):
     """The encoder for ``--text`` queries, loaded so its vector version is the index's: the
     precision and long-post mode come from the index's recorded version unless ``--precision`` /
     ``--long-posts`` say otherwise (then they must agree with it). Checked before the model loads."""
-    from ..encoder import Encoder, vector_version
+    from ..encoder import Encoder
+    from ..model_dir import vector_version
     from ..model_dir import resolve
 
     if index_version:

@@ -174,7 +174,7 @@ def test_cli_query_loads_the_encoder_the_index_s_vector_version_names(tmp_path, 
 
 def test_split_vector_version_inverts_vector_version():
     from postemb_rt.commands.index import split_vector_version
-    from postemb_rt.encoder import vector_version
+    from postemb_rt.model_dir import vector_version
 
     for args in [("m-v3", "fp32", "truncate"), ("m-v3", "bf16", "chunk"), ("m-v3", "int8", "truncate"),
                  ("m-v3", "fp32", "chunk"), ("odd+name", "fp16", "chunk"), ("odd+bf16-ish", "fp32", "truncate")]:
