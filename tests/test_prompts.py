@@ -173,3 +173,9 @@ def test_an_exported_directory_keeps_the_prompts(folder, st, tmp_path):
     with Encoder.from_pretrained(out.path, backend="onnxruntime") as e:
         assert_exact(e.encode(TEXTS), st.encode(TEXTS, batch_size=8))
         assert_exact(e.encode(TEXTS, prompt_name="query"), st.encode(TEXTS, prompt_name="query", batch_size=8))
+
+
+def test_describe_names_the_prompts_and_the_dims(enc):
+    info = enc.describe()
+    assert info["prompts"]["passage"] == PROMPTS["passage"] and info["default_prompt_name"] == "passage"
+    assert info["matryoshka_dims"] == [enc.dim]  # no nested dims declared: the full one only
