@@ -22,6 +22,7 @@ from .errors import ApiError
 log = logging.getLogger("postemb_rt.server")
 
 TOKENIZE_INLINE_CHARS = 16_384  # requests with more characters are tokenized off the event loop
+TOKENIZE_THREADS = 2  # big requests tokenized at once (encode_batch is itself multi-threaded)
 PROBE_TIMEOUT_S = 10.0
 
 
@@ -39,6 +40,7 @@ class Runtime:
         self.backend_error: str | None = None  # last backend failure; cleared by the next success
         self.last_batch_end = 0.0  # time.monotonic() when the last model call returned (or failed)
         self.batches_done = 0  # model calls returned (or failed)
+        self._tokenize_slots: asyncio.Semaphore | None = None
         self.on_fatal: Callable[[], None] = lambda: None  # set by `postemb serve`: stop the server
         self.started = time.time()
         self._closed = False
@@ -124,9 +126,9 @@ class Runtime:
         if long_posts == "chunk":
             return await self._embed_chunked(enc, texts, field, truncate, normalize, chunk_stats)
         if truncation_direction.lower() == "left":
-            tok = await asyncio.to_thread(_tokenize_left, enc.tokenizer, texts)
+            tok = await self.off_loop(_tokenize_left, enc.tokenizer, texts)
         elif sum(map(len, texts)) > TOKENIZE_INLINE_CHARS:
-            tok = await asyncio.to_thread(enc.tokenizer, texts, True)
+            tok = await self.off_loop(enc.tokenizer, texts, True)
         else:
             tok = enc.tokenizer(texts, True)
         if tok.truncated and not truncate:
@@ -144,7 +146,7 @@ class Runtime:
         from .. import long_posts as lp
 
         try:
-            chunks = lp.split(await asyncio.to_thread(enc.tokenizer.windows, texts, enc.chunk_overlap),
+            chunks = lp.split(await self.off_loop(enc.tokenizer.windows, texts, enc.chunk_overlap),
                               enc.max_chunks, truncate)
         except ValidationError as exc:
             raise ApiError(422, f"{exc}".replace("`texts[", f"`{field}["), param=field, code="max_chunks",
@@ -162,6 +164,23 @@ class Runtime:
         if chunk_stats is not None:
             chunk_stats.update(chunked=chunks.chunked, windows=len(chunks.windows))
         return out, tokens, chunks.truncated
+
+    async def off_loop(self, fn, *args):
+        """``fn(*args)`` (tokenization) on a worker thread, ``TOKENIZE_THREADS`` at once: a storm of
+        big requests queues here without holding threads, and a request that waits past
+        request_timeout_s gets 429 (it used to wait behind every other request's tokenization)."""
+        if self._tokenize_slots is None:
+            self._tokenize_slots = asyncio.Semaphore(TOKENIZE_THREADS)
+        try:
+            await asyncio.wait_for(self._tokenize_slots.acquire(), self.cfg.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise ApiError(429, f"Overloaded: the tokenizer was busy with other requests for request_timeout_s "
+                                f"({self.cfg.request_timeout_s:g} s).", type="overloaded", code="tokenizer_busy",
+                           headers={"Retry-After": "1"}) from None
+        try:
+            return await asyncio.to_thread(fn, *args)
+        finally:
+            self._tokenize_slots.release()
 
     async def _compute(self, ids: list[list[int]], field: str):
         """Token-id lists through the batcher: (raw float32 (n, dim), tokens); errors as ApiError."""

@@ -21,7 +21,6 @@ Overloaded 429, Backend 424 (the model failed on the batch), Unhealthy 503. A mi
 API key is our 401 (as on every route). Every answer of an embedding says in the
 ``X-Truncated-Inputs`` header how many inputs were cut to max_length.
 """
-import asyncio
 import base64
 
 import numpy as np
@@ -135,7 +134,7 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
                 req = parse(TokenizeRequest, json_object(body), cfg)
                 enc = rt.require_encoder()
                 texts = rt.prompted(enc, req.inputs, req.prompt_name)
-                encs = await asyncio.to_thread(enc.tokenizer.encodings, texts, req.add_special_tokens)
+                encs = await rt.off_loop(enc.tokenizer.encodings, texts, req.add_special_tokens)
         except ApiError as err:
             return tei_error(err)
         out = [[{"id": i, "text": tok if special else text[a:b], "special": bool(special),

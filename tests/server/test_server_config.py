@@ -89,3 +89,25 @@ def test_a_queue_deadline_under_load_is_429_and_503_only_when_the_model_is_stuck
         asyncio.run(rt._compute([[101, 2000, 102]], "input"))
     assert info.value.status == status and info.value.body["code"] == code
     assert int(info.value.headers["Retry-After"]) == 10
+
+
+def test_tokenization_waits_are_bounded_by_the_request_timeout():
+    """A storm of big requests: at most TOKENIZE_THREADS tokenize at once; one that waits for a
+    turn longer than request_timeout_s gets 429 tokenizer_busy instead of waiting minutes."""
+    from postemb_rt.serving.runtime import TOKENIZE_THREADS
+
+    rt = Runtime(ServeConfig(request_timeout_s=0.3))
+
+    async def run():
+        busy = [asyncio.ensure_future(rt.off_loop(time.sleep, 1.5)) for _ in range(TOKENIZE_THREADS)]
+        await asyncio.sleep(0.05)
+        try:
+            with pytest.raises(ApiError) as info:
+                await rt.off_loop(len, "waits")
+        finally:
+            await asyncio.gather(*busy)
+        assert await rt.off_loop(len, "its turn") == 8
+        return info.value
+
+    err = asyncio.run(run())
+    assert err.status == 429 and err.body["code"] == "tokenizer_busy"
