@@ -109,11 +109,13 @@ def test_probes_info_and_openapi(main_server, client, server_encoder):
     assert httpx.get(main_server.url + "/ready").status_code == 200
     info = client.get("/info").json()
     assert info["dim"] == server_encoder.dim and info["model"] == server_encoder.model_version
-    assert info["backend"] == "openvino" and info["precision"] == "fp32"  # backend auto on CPU
+    asked = main_server.argv[main_server.argv.index("--backend") + 1]  # the fixture's --backend
+    assert info["backend"] == asked and info["precision"] == "fp32"
     assert info["limits"]["max_inputs"] == LIMITS["max_inputs"] and info["limits"]["api_key"] is True
     assert API_KEY not in client.get("/info").text
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/v1/embeddings", "/embed_full", "/health", "/ready", "/info", "/metrics"} <= set(paths)
+    assert {"/v1/embeddings", "/embed_full", "/embed", "/", "/tokenize", "/decode", "/health", "/ready", "/info",
+            "/metrics"} <= set(paths)
 
 
 def test_metrics_export_requests_queue_and_batcher_histograms(client):
