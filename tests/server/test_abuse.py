@@ -86,7 +86,7 @@ def _status(s: socket.socket, timeout: float) -> int | None:
 
 def test_2000_stalled_sockets_at_1024_fds_leave_probes_and_embeddings_answering(abuse_server):
     """2,000 sockets that each send half a header and stop, against a server allowed 1,024
-    files: /health answers in < 1 s throughout, an embedding request succeeds within 2 s while
+    files: /health, /ready and /metrics answer in < 1 s throughout, an embedding request succeeds within 2 s while
     they are held, and the log grows by < 1 MB (no EMFILE flood)."""
     _client_fds(STALLED + 100)
     srv, port = abuse_server, _port(abuse_server)
@@ -94,14 +94,16 @@ def test_2000_stalled_sockets_at_1024_fds_leave_probes_and_embeddings_answering(
     probes, stop = [], threading.Event()
 
     def probe():
+        paths = ("/health", "/ready", "/metrics")
         with httpx.Client(timeout=5) as c:
             while not stop.is_set():
+                path = paths[len(probes) % 3]
                 t = time.perf_counter()
                 try:
-                    code = c.get(srv.url + "/health", headers={"Connection": "close"}).status_code
+                    code = c.get(srv.url + path, headers={"Connection": "close", **AUTH}).status_code
                 except httpx.TransportError as exc:
                     code = type(exc).__name__
-                probes.append((code, time.perf_counter() - t))
+                probes.append((path, code, time.perf_counter() - t))
                 time.sleep(0.05)
 
     prober = threading.Thread(target=probe, daemon=True)
@@ -122,8 +124,8 @@ def test_2000_stalled_sockets_at_1024_fds_leave_probes_and_embeddings_answering(
             if s is not None:
                 s.close()
     assert r.status_code == 200 and embed_s < 2.0, (r.status_code, r.text[:300], embed_s)
-    assert len(probes) >= 5
-    slow = [(code, round(s, 3)) for code, s in probes if code != 200 or s >= 1.0]
+    assert len(probes) >= 6
+    slow = [(path, code, round(s, 3)) for path, code, s in probes if code != 200 or s >= 1.0]
     assert not slow, f"{len(slow)} of {len(probes)} probes failed or took >= 1 s: {slow[:10]}"
     assert _metric(srv, "postemb_http_connections_closed_total", reason="evicted") > 0  # the cap was reached
     grown = _log_bytes(srv) - log_before
