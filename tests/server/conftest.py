@@ -41,6 +41,8 @@ class ServerProc:
             if "listening on" in line:
                 break
         else:
+            self.proc.kill()  # never leave a server behind
+            self.proc.wait()
             raise RuntimeError(f"server did not start: {''.join(self.lines)}")
         self.url = line.split("listening on ")[1].split()[0]
         import threading
