@@ -4,7 +4,13 @@ Rows: ``base`` (384-d), ``base-pca50`` (the dimension-matched baseline), with ``
 ``teacher`` and ``teacher-pca50``, and one per
 ``--model`` (``NAME=PATH`` or a registered name / directory; the first is the model the
 targets are checked for; rows named ``single-<task>`` are the single-task models of the
-positive-transfer target). Writes ``OUT/eval.md`` and ``OUT/eval.json``; each row is
+positive-transfer target).
+Nested dimensions: a model whose postemb.json declares ``matryoshka_dims`` also gets a row
+``NAME@K`` per prefix K (its first K components re-normalised, as ``truncate_dim=K`` serves
+them); ``--prefixes 32,16,8`` adds ``NAME@K`` for every model even where it declares no such
+prefix (the control: truncated without nested training; the evaluation slices and
+re-normalises itself, since the runtime refuses that truncate_dim). Every prefix K adds the
+row ``base-pcaK`` (and ``teacher-pcaK``). Writes ``OUT/eval.md`` and ``OUT/eval.json``; each row is
 cached in ``OUT/rows/`` so rows can be added in later runs. Sizes and seeds: see
 ``postemb_rt.train.evaluate.EvalSpec``.
 """
@@ -32,7 +38,8 @@ def run(args) -> int:
                     retrieval_posts=args.retrieval_posts, pca_posts=args.pca_posts, split=args.split)
     models = [_parse_model(m) for m in (args.model or ["default"])]
     pr = lambda m: print(m, flush=True)  # noqa: E731
-    rows, outs, data = evaluate_rows(models, root, out, spec, backend=args.backend, progress=pr, teacher=args.teacher)
+    rows, outs, data = evaluate_rows(models, root, out, spec, backend=args.backend, progress=pr, teacher=args.teacher,
+                                     prefixes=args.prefixes)
     extra = {}
     if args.throughput_posts:
         posts = read_lines(root / SHORT_POSTS)[:args.throughput_posts]
@@ -41,6 +48,17 @@ def run(args) -> int:
     print(mp.read_text())
     print(f"-> {mp}, {jp}")
     return 0
+
+
+def _prefixes(text: str) -> list[int]:
+    try:
+        ks = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        ks = None
+    if not ks or len(set(ks)) != len(ks):
+        raise argparse.ArgumentTypeError(f"must be distinct integers separated by commas, e.g. 32,16,8. "
+                                         f"Given: {text!r}.")
+    return ks
 
 
 def register(sub) -> None:
@@ -67,6 +85,9 @@ def register(sub) -> None:
                    help=f"emoji test posts for P@10 (default: {d.retrieval_posts})")
     p.add_argument("--pca-posts", type=int, default=d.pca_posts,
                    help=f"train posts for the base-PCA-50 fit (default: {d.pca_posts})")
+    p.add_argument("--prefixes", type=_prefixes, default=(),
+                   help="K,K,...: also score every --model's first K components re-normalised (rows NAME@K; the "
+                        "control for a model trained without nested dims) and base-pcaK")
     p.add_argument("--throughput-posts", type=int, default=2000,
                    help="short posts for the 50-d vs base throughput (0: skip; default: 2000)")
     p.set_defaults(func=run)

@@ -2,7 +2,8 @@
 
 The config is JSON with the fields of ``postemb_rt.train.config.TrainConfig`` (see
 ``configs/``). DIR becomes a model directory that ``Encoder.from_pretrained(DIR)`` loads.
-``--plan`` prints the task mixing and steps per task without training.
+``--plan`` prints the task mixing, steps per task and the nested prefixes (``matryoshka_dims``)
+without training.
 """
 from __future__ import annotations
 
@@ -26,7 +27,10 @@ def run(args) -> int:
         sizes = task_sizes(cfg)
         print(json.dumps({"steps": cfg.steps, "batch_size": cfg.batch_size, "task_anchors": sizes,
                           "mixing_probabilities": mixing_probabilities(sizes, cfg.mixing_temperature),
-                          "steps_per_task": task_schedule_counts(cfg)}, indent=2))
+                          "steps_per_task": task_schedule_counts(cfg),
+                          # the prefixes every loss term is summed over, and their weights (losses.py)
+                          "matryoshka_dims": [k for k, _ in cfg.nested_dims()],
+                          "matryoshka_weights": [w for _, w in cfg.nested_dims()]}, indent=2))
         return 0
     if not args.out:
         raise SystemExit("postemb train: error: --out is required (unless --plan)")

@@ -64,6 +64,17 @@ class TrainConfig:
     pair_posts: int = 16  # related pairs per step (half STS-B train pairs, half teacher neighbours)
     pair_neighbours: int = 10  # a neighbour pair takes one of a post's top-k teacher neighbours; 0: STS-B pairs only
     probe_pairs: int = 32  # per task: a fixed sample of train pairs whose loss is measured before and after
+    # Nested dimensions (Matryoshka, see postemb_rt.train.losses): every loss term is computed on the
+    # first k components re-normalised, for each k, and summed with matryoshka_weights (default all 1).
+    # Descending, starting at projection_dim, e.g. [50, 32, 16, 8]. None (or [projection_dim]): today's loss.
+    matryoshka_dims: list[int] | None = None
+    matryoshka_weights: list[float] | None = None
+
+    def nested_dims(self) -> list[tuple[int, float]]:
+        """[(k, weight), ...] of the trained prefixes, descending; [(projection_dim, 1.0)] without nesting."""
+        dims = self.matryoshka_dims or [self.projection_dim]
+        weights = self.matryoshka_weights or [1.0] * len(dims)
+        return [(int(k), float(w)) for k, w in zip(dims, weights)]
 
     @classmethod
     def from_file(cls, path: str | Path, seed: int | None = None) -> "TrainConfig":
@@ -136,8 +147,35 @@ class TrainConfig:
             raise ValidationError(f"`direct_target` in {where} must be 'pca' or 'linear'. Given: {self.direct_target!r}.")
         if self.projection_init == "teacher" and not self.teacher:
             raise ValidationError(f"`projection_init` 'teacher' in {where} needs a `teacher`.")
+        self._check_matryoshka(where)
         if not self.tasks or self.steps < 1 or self.batch_size < 2:
             raise ValidationError(f"{where}: needs tasks, steps >= 1 and batch_size >= 2.")
+
+    def _check_matryoshka(self, where):
+        dims, weights, d = self.matryoshka_dims, self.matryoshka_weights, self.projection_dim
+        if dims is not None:
+            ints = isinstance(dims, list) and dims and all(isinstance(k, int) and not isinstance(k, bool) for k in dims)
+            if not ints:
+                raise ValidationError(f"`matryoshka_dims` in {where} must be a non-empty list of ints. "
+                                      f"Given: {dims!r}. Fix: e.g. [{d}, 32, 16, 8], or leave it out.")
+            if not (dims[0] == d and all(1 <= k <= d for k in dims) and all(a > b for a, b in zip(dims, dims[1:]))):
+                raise ValidationError(
+                    f"`matryoshka_dims` in {where} must be strictly descending, start at projection_dim ({d}: the "
+                    f"full vector is what the model serves by default) and stay >= 1, without duplicates. Given: "
+                    f"{dims}. Fix: e.g. {[d] + [k for k in sorted(set(dims), reverse=True) if 1 <= k < d]}.")
+            if len(dims) > 1 and self.direct_weight and self.direct_target != "pca":
+                raise ValidationError(f"`matryoshka_dims` in {where} needs `direct_target` 'pca' (a prefix k is pulled "
+                                      f"toward the teacher's top k principal axes; a learnt map to the teacher has no "
+                                      f"nested form here). Given: direct_target {self.direct_target!r}.")
+        if weights is not None:
+            n = len(dims) if dims else 1
+            ok = (isinstance(weights, list) and len(weights) == n
+                  and all(isinstance(w, (int, float)) and not isinstance(w, bool) and 0 < w < float("inf")
+                          for w in weights))
+            if not ok:
+                raise ValidationError(f"`matryoshka_weights` in {where} must be a list of {n} numbers > 0, one per "
+                                      f"entry of `matryoshka_dims` ({dims}). Given: {weights!r}. Fix: one positive "
+                                      "weight per dim, or leave it out (all 1).")
 
 
 def _read_config(path: Path, seen: tuple = ()) -> dict:

@@ -17,6 +17,15 @@ The ``base-pca50`` row is the base's 384-d embeddings reduced by PCA (fitted on 
 posts) and re-normalised: the dimension-matched baseline. With a teacher, rows ``teacher``
 (its own dimension) and ``teacher-pca50`` are made the same way from the teacher's embeddings. Sizes and seeds: :class:`EvalSpec`.
 
+Nested prefixes (Matryoshka): a model whose ``postemb.json`` declares ``matryoshka_dims`` gets
+a row ``<name>@<k>`` for every declared prefix k (its first k components re-normalised, the
+vector ``Encoder.encode(truncate_dim=k)`` serves: checked on a sample, :func:`embed_all`);
+``prefixes`` adds rows ``<name>@<k>`` for a model that declares no such k: the control, a model
+truncated without nested training (the serving side refuses that truncation, so the evaluation
+slices and re-normalises itself, :func:`prefix_table`). Every prefix k also adds the row
+``base-pca<k>`` (and ``teacher-pca<k>``): the base's top k principal axes (:func:`pca_tables`;
+PCA is nested too, so one fit serves every k).
+
 Noise: every target comparison carries a paired bootstrap 95% interval of the difference
 (the same held-out items resampled for both rows, :func:`paired_delta`), from the
 per-item outputs kept in ``rows/<name>.npz``. Rows named ``<name>-seed<N>`` are further
@@ -276,8 +285,13 @@ def paired_delta(items: list[tuple[str, dict, dict]], data: EvalData, n_boot: in
     return float(np.mean(point)), float(lo), float(hi)
 
 
-def embed_all(model: str, texts: list[str], backend: str, spec: EvalSpec) -> tuple[dict, dict]:
-    """({text: row}, info) for every text, through the runtime."""
+PREFIX_CHECK_TEXTS = 32  # texts on which each declared prefix is checked against the served truncate_dim
+
+
+def embed_all(model: str, texts: list[str], backend: str, spec: EvalSpec, declared=()) -> tuple[dict, dict]:
+    """({text: row}, info) for every text, through the runtime. For each ``declared`` prefix k,
+    the first texts are also encoded with ``truncate_dim=k``: the served vectors must be the
+    evaluation's :func:`prefix_table` rows (|diff| <= 1e-5), so a prefix row scores what is served."""
     from ..encoder import Encoder
 
     enc = Encoder.from_pretrained(model, backend=backend, device="cpu")
@@ -285,24 +299,64 @@ def embed_all(model: str, texts: list[str], backend: str, spec: EvalSpec) -> tup
     x = enc.encode(texts, batch_size=spec.batch_size)
     info = {"model_version": enc.model_version, "dim": enc.dim, "backend": enc.backend.name,
             "embed_seconds": round(time.perf_counter() - t0, 1), "texts": len(texts)}
+    table = dict(zip(texts, x))
+    sample = texts[:PREFIX_CHECK_TEXTS]
+    for k in declared:
+        served = enc.encode(sample, batch_size=spec.batch_size, truncate_dim=k)
+        ours = np.stack([r for r in prefix_table({t: table[t] for t in sample}, k).values()])
+        if served.shape != ours.shape or not np.allclose(served, ours, atol=1e-5):
+            raise RuntimeError(f"{model}: encode(truncate_dim={k}) differs from the first {k} components "
+                               "re-normalised; the prefix rows would not score what is served.")
     enc.close()
-    return dict(zip(texts, x)), info
+    return table, info
 
 
 def _lookup(table):
     return lambda texts: np.stack([table[t] for t in texts]) if texts else np.zeros((0, 1), np.float32)
 
 
-def pca_table(table: dict, fit_texts: list[str], dim: int) -> dict:
-    """Project every row onto the top ``dim`` principal axes of the fit rows; re-normalise."""
+def _unit_rows(y: np.ndarray) -> np.ndarray:
+    return (y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+
+def pca_tables(table: dict, fit_texts: list[str], dims) -> dict[int, dict]:
+    """{k: table} for every k of ``dims``: each row projected onto the top k principal axes of
+    the fit rows, re-normalised. One SVD for all k (the top k axes are the first k of the top
+    max(dims)), so PCA-k is exactly PCA-max's first k coordinates re-normalised."""
     x = np.stack([table[t] for t in fit_texts]).astype(np.float64)
     mean = x.mean(0)
     _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
-    w = vt[:dim]
     keys = list(table)
-    y = (np.stack([table[k] for k in keys]) - mean) @ w.T
-    y /= np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)
-    return dict(zip(keys, y.astype(np.float32)))
+    y = (np.stack([table[k] for k in keys]) - mean) @ vt[:max(dims)].T
+    return {k: dict(zip(keys, _unit_rows(y[:, :k]))) for k in dims}
+
+
+def prefix_table(table: dict, k: int) -> dict:
+    """Every row's first ``k`` components, re-normalised (float32 (k,) unit rows): a nested
+    prefix, or the control's plain truncation of a model not trained for it."""
+    keys = list(table)
+    return dict(zip(keys, _unit_rows(np.stack([table[t] for t in keys])[:, :k].astype(np.float64))))
+
+
+def pca_dims(spec: "EvalSpec", prefixes) -> list[int]:
+    """The base-PCA (and teacher-PCA) rows to make: ``spec.pca_dim`` and every prefix, descending."""
+    return sorted({spec.pca_dim, *prefixes}, reverse=True)
+
+
+def model_prefixes(name: str, model: str, prefixes=()) -> tuple[list[int], list[int]]:
+    """(every prefix k to evaluate for ``model``, descending; the ones it declares in its
+    ``postemb.json`` ``matryoshka_dims``). ``prefixes`` (``postemb eval --prefixes``) adds the
+    control rows: each must be below the model's dim."""
+    from ..errors import ValidationError
+    from ..model_dir import resolve
+
+    cfg = resolve(model).config
+    declared = sorted(cfg.matryoshka_dims or (), reverse=True)
+    bad = [k for k in prefixes if not 0 < k < cfg.dim]
+    if bad:
+        raise ValidationError(f"`--prefixes` must be between 1 and the dim of every --model minus 1; `{name}` is "
+                              f"{cfg.dim}-d. Given: {bad}. Fix: drop them, or leave that model out.")
+    return sorted({*declared, *prefixes}, reverse=True), declared
 
 
 def model_meta(model: str) -> dict:
@@ -360,14 +414,17 @@ def _cached_rows(rows_dir: Path, cache: Path, names: list[str], key: str) -> tup
     return cached["rows"], outs
 
 
-def _teacher_rows(teacher: str, data: EvalData, spec: EvalSpec, rows_dir: Path, progress) -> tuple[dict, dict]:
-    """Rows ``teacher`` (its own dim) and ``teacher-pca50`` (PCA fitted on the same train
-    posts as base-pca50), embedded by the teacher's embedder (``teacher.embed_cached``)."""
+def _teacher_rows(teacher: str, data: EvalData, spec: EvalSpec, rows_dir: Path, progress,
+                  dims=None) -> tuple[dict, dict]:
+    """Rows ``teacher`` (its own dim) and ``teacher-pca<k>`` for each k of ``dims`` (default
+    ``spec.pca_dim``; PCA fitted on the same train posts as base-pca<k>), embedded by the
+    teacher's embedder (``teacher.embed_cached``)."""
     from . import teacher as TT
 
-    key = f"{TT.fingerprint(TT.resolve(teacher))}-{spec.key()}"
+    dims = dims or [spec.pca_dim]
+    key = f"{TT.fingerprint(TT.resolve(teacher))}-{spec.key()}-pca{dims}"
     cache = rows_dir / "teacher.json"
-    names = ["teacher", "teacher-pca50"]
+    names = ["teacher"] + [f"teacher-pca{k}" for k in dims]
     hit = _cached_rows(rows_dir, cache, names, key)
     if hit is not None:
         progress("teacher: cached")
@@ -376,11 +433,12 @@ def _teacher_rows(teacher: str, data: EvalData, spec: EvalSpec, rows_dir: Path, 
     x, info = TT.embed_cached(teacher, texts, progress=progress)
     table = dict(zip(texts, x))
     outs = {"teacher": outputs(_lookup(table), data, spec)}
-    outs["teacher-pca50"] = outputs(_lookup(pca_table(table, data.pca_posts, spec.pca_dim)), data, spec)
+    for k, t in pca_tables(table, data.pca_posts, dims).items():
+        outs[f"teacher-pca{k}"] = outputs(_lookup(t), data, spec)
     meta = {"model_version": teacher, "backend": "sentence-transformers (bf16 matmuls)",
             "embed_seconds": info["seconds"], "texts": len(texts)}
-    rows = {"teacher": {**meta, "dim": info["dim"], **metrics_from(outs["teacher"], data)},
-            "teacher-pca50": {**meta, "dim": spec.pca_dim, **metrics_from(outs["teacher-pca50"], data)}}
+    rows = {"teacher": {**meta, "dim": info["dim"], **metrics_from(outs["teacher"], data)}}
+    rows.update({f"teacher-pca{k}": {**meta, "dim": k, **metrics_from(outs[f"teacher-pca{k}"], data)} for k in dims})
     for n, o in outs.items():
         _save_outputs(rows_dir / f"{n}.npz", o)
     cache.write_text(json.dumps({"key": key, "rows": rows}, indent=2) + "\n")
@@ -388,13 +446,17 @@ def _teacher_rows(teacher: str, data: EvalData, spec: EvalSpec, rows_dir: Path, 
 
 
 def evaluate_rows(models: list[tuple[str, str]], root: Path, out: Path, spec: EvalSpec, backend: str = "auto",
-                  baselines: bool = True, progress=print, teacher: str | None = None) -> tuple[dict, dict, EvalData]:
-    """(rows, per-item outputs, the evaluation data) for base, base-pca50 (if ``baselines``),
-    teacher and teacher-pca50 (if ``teacher``) and each (name, model); each row is cached in
-    ``out/rows/<name>.json`` (+ ``.npz``, its per-item outputs) keyed by the model
-    fingerprint and the spec."""
+                  baselines: bool = True, progress=print, teacher: str | None = None,
+                  prefixes=()) -> tuple[dict, dict, EvalData]:
+    """(rows, per-item outputs, the evaluation data) for base and base-pca<k> (if ``baselines``),
+    teacher and teacher-pca<k> (if ``teacher``) and each (name, model), with ``<name>@<k>``
+    for every prefix k the model declares or ``prefixes`` asks for (see the module docstring);
+    each model's rows are cached in ``out/rows/<name>.json`` (+ ``.npz``, per-item outputs)
+    keyed by the model fingerprint, the spec and its prefixes."""
     from ..model_dir import resolve
 
+    plan = {name: model_prefixes(name, model, prefixes) for name, model in models}
+    dims = pca_dims(spec, [k for ks, _ in plan.values() for k in ks])
     data = build_eval_data(root, spec)
     texts = data.texts()
     progress(f"evaluation texts: {len(texts)} unique")
@@ -403,9 +465,11 @@ def evaluate_rows(models: list[tuple[str, str]], root: Path, out: Path, spec: Ev
     todo = ([("base", "base")] if baselines else []) + list(models)
     rows, outs = {}, {}
     for name, model in todo:
-        key = f"{resolve(model).fingerprint}-{spec.key()}-{root}"
+        with_pca = name == "base" and baselines
+        ks, declared = ([], []) if with_pca else plan[name]
+        names = [name] + ([f"base-pca{k}" for k in dims] if with_pca else [f"{name}@{k}" for k in ks])
+        key = f"{resolve(model).fingerprint}-{spec.key()}-{root}-{names}"
         cache = rows_dir / f"{name}.json"
-        names = [name, "base-pca50"] if name == "base" and baselines else [name]
         hit = _cached_rows(rows_dir, cache, names, key)
         if hit is not None:
             rows.update(hit[0])
@@ -413,14 +477,17 @@ def evaluate_rows(models: list[tuple[str, str]], root: Path, out: Path, spec: Ev
             progress(f"{name}: cached")
             continue
         t0 = time.perf_counter()
-        need = data.texts_with_pca() if name == "base" and baselines else texts
-        table, info = embed_all(model, need, backend, spec)
+        need = data.texts_with_pca() if with_pca else texts
+        table, info = embed_all(model, need, backend, spec, declared)
         got_out = {name: outputs(_lookup(table), data, spec)}
         got = {name: {**info, **model_meta(model), **metrics_from(got_out[name], data)}}
-        if name == "base" and baselines:
-            pt = pca_table(table, data.pca_posts, spec.pca_dim)
-            got_out["base-pca50"] = outputs(_lookup(pt), data, spec)
-            got["base-pca50"] = {**info, "dim": spec.pca_dim, **metrics_from(got_out["base-pca50"], data)}
+        derived = pca_tables(table, data.pca_posts, dims) if with_pca else {k: prefix_table(table, k) for k in ks}
+        for k, t in derived.items():
+            n = f"base-pca{k}" if with_pca else f"{name}@{k}"
+            got_out[n] = outputs(_lookup(t), data, spec)
+            # prefix rows: "nested" true for a prefix the model was trained for, false for the control
+            extra = {} if with_pca else {"prefix_of": name, "nested": k in declared}
+            got[n] = {**info, "dim": k, **extra, **metrics_from(got_out[n], data)}
         for n, o in got_out.items():
             _save_outputs(rows_dir / f"{n}.npz", o)
         cache.write_text(json.dumps({"key": key, "rows": got}, indent=2) + "\n")
@@ -428,7 +495,7 @@ def evaluate_rows(models: list[tuple[str, str]], root: Path, out: Path, spec: Ev
         outs.update(got_out)
         progress(f"{names}: done in {time.perf_counter() - t0:.0f}s (embed {info['embed_seconds']}s)")
     if teacher:
-        got, got_out = _teacher_rows(teacher, data, spec, rows_dir, progress)
+        got, got_out = _teacher_rows(teacher, data, spec, rows_dir, progress, dims)
         rows.update(got)
         outs.update(got_out)
     return rows, outs, data

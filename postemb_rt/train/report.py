@@ -13,17 +13,19 @@ from . import tasks as T
 from .evaluate import BOOTSTRAP, COLUMNS, EvalData, EvalSpec, paired_delta
 
 
-SEED = re.compile(r"^(?P<group>.+)-seed(?P<seed>\d+)$")
+SEED = re.compile(r"^(?P<group>.+)-seed(?P<seed>\d+)(?P<prefix>@\d+)?$")
 
 
 def seed_means(rows: dict) -> tuple[dict, dict]:
-    """Rows ``<name>-seed<N>`` are further training seeds of ``<name>``: ({name: mean row},
-    {name: {column: standard deviation}}) for every name with at least one such row."""
+    """Rows ``<name>-seed<N>`` are further training seeds of ``<name>`` (and ``<name>-seed<N>@<k>``
+    of the prefix row ``<name>@<k>``): ({name: mean row}, {name: {column: standard deviation}})
+    for every name with at least one such row."""
     groups: dict[str, list[str]] = {}
     for name in rows:
         m = SEED.match(name)
-        if m and m["group"] in rows:
-            groups.setdefault(m["group"], [m["group"]]).append(name)
+        group = m and m["group"] + (m["prefix"] or "")
+        if m and group in rows:
+            groups.setdefault(group, [group]).append(name)
     means, sds = {}, {}
     for g, members in groups.items():
         means[g] = {"dim": rows[g].get("dim"), "seeds": len(members)}
@@ -120,6 +122,41 @@ def _table(title: str, cols: list[str], rows: dict, sds: dict | None = None) -> 
     return lines + [""]
 
 
+PREFIX_COLS = ["dim", "auc_mean", "f1_zero_shot_mean", "knn_zero_shot_mean", "sts_spearman", "p10_emoji",
+               "p10_topic"]
+PCA = re.compile(r"^(base|teacher)-pca(?P<k>\d+)$")
+
+
+def prefix_lines(rows: dict, outs: dict | None = None, data: EvalData | None = None) -> list[str]:
+    """The nested-dimension section: for each prefix k of a row ``<name>@<k>``, that prefix's rows
+    (nested, or the control: truncated without nested training) beside ``base-pca<k>``, and each
+    prefix row minus ``base-pca<k>`` (and minus ``base-pca50``) on zero-shot F1 and STS-B with its
+    paired bootstrap interval. Empty without prefix rows."""
+    ks = sorted({r["dim"] for r in rows.values() if "prefix_of" in r}, reverse=True)
+    if not ks:
+        return []
+    lines = ["## Nested dimensions (prefixes)", "",
+             "`NAME@K`: the first K components of NAME, re-normalised; *nested* where NAME was trained for K "
+             "(`matryoshka_dims`), *control* where it was not (truncated without nested training). `base-pcaK`: "
+             "the base's top K principal axes.", ""]
+    for k in ks:
+        names = [n for n, r in rows.items() if r.get("dim") == k and ("prefix_of" in r or PCA.match(n))]
+        table = {(f"{n} ({'nested' if rows[n]['nested'] else 'control'})" if "prefix_of" in rows[n] else n): rows[n]
+                 for n in names}
+        lines += ["#" + line if i == 0 else line for i, line in enumerate(_table(f"{k} dims", PREFIX_COLS, table))]
+        for n in names:
+            if "prefix_of" not in rows[n]:
+                continue
+            for ref in dict.fromkeys((f"base-pca{k}", "base-pca50")):
+                if ref not in rows:
+                    continue
+                zs = _interval([(c, n, ref) for c in ZS_COLS], outs, data)
+                sts = _interval([("sts_spearman", n, ref)], outs, data)
+                lines.append(f"- `{n}` minus `{ref}`: zero-shot F1 {zs or 'n/a'}; STS-B {sts or 'n/a'}")
+        lines.append("")
+    return lines
+
+
 def _target_lines(targets: list[dict]) -> list[str]:
     lines = []
     for t in targets:
@@ -157,6 +194,7 @@ def write_report(out: Path, rows: dict, main: str, spec: EvalSpec, extra: dict, 
                   "evaluation noise).", ""]
         lines += _table("Seed means: trained tasks", ["seeds"] + COLUMNS[1:n_auc], means, sds)[2:]
         lines += _table("Seed means: zero-shot, STS-B, retrieval", ["seeds"] + COLUMNS[n_auc:], means, sds)[2:]
+    lines += prefix_lines(rows, outs, data)
     lines += ["## Cost", "", "| model | train s | trained params | artefact MB | eval embed s |", "|---|---|---|---|---|"]
     for name, r in rows.items():
         ab = r.get("artefact_bytes")

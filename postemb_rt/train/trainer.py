@@ -24,6 +24,13 @@ teacher's. Random posts are mostly unrelated, so the in-batch term says little a
 close two related texts are; this term does.
 Without a teacher, ``distill_weight`` compares the step's anchors with the frozen base.
 
+Nested dimensions (``matryoshka_dims``, e.g. [50, 32, 16, 8]): every term above is computed
+on the first k components re-normalised, for each k, and summed with ``matryoshka_weights``
+(``losses.py`` says what each term compares at k); the model directory then declares the
+prefixes below the full dim in ``postemb.json`` (``matryoshka_dims``, what
+``Encoder.encode(truncate_dim=k)`` accepts). Absent (or [projection_dim]): the loss is exactly
+the un-nested one.
+
 Output: a normal model directory (``postemb.json``, ``projection.safetensors``,
 ``adapters.safetensors``; the encoder borrowed from the pip package) plus
 ``train_summary.json`` (time, trained parameters, pairs per task, loss curve).
@@ -42,8 +49,8 @@ import numpy as np
 from ..errors import ValidationError
 from . import tasks as T
 from .config import TrainConfig, data_root_of, schedule, step_pairs
-from .distill import (_batches_to_tensors, _cached_pca, _lstsq_projection, _pearson_loss, _similarity_loss,
-                      general_posts, teacher_pairs, teacher_stream)
+from .distill import _batches_to_tensors, _cached_pca, _lstsq_projection, general_posts, teacher_pairs, teacher_stream
+from .losses import direct_term, nce_term, pair_term, similarity_term, task_loss, teacher_targets
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +166,10 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     stream = general_posts(sd) if cfg.distill_posts and ts is None else []
     stream_rng = np.random.default_rng([cfg.seed, 5])
     pair_rng = np.random.default_rng([cfg.seed, 8])  # its own stream: pair_weight 0 leaves the other draws as they were
+    dims = cfg.nested_dims()  # [(k, weight)]: every term below is summed over these prefixes (losses.py)
     if ts is not None:
         t_emb, t_pca = torch.from_numpy(ts.emb), torch.from_numpy(ts.pca)
+        targets = teacher_targets(t_pca, dims)  # {k: the teacher's PCA-k unit targets}
 
     def teacher_loss(idx):
         """The distillation terms on the stream posts ``idx`` (indices into ts.posts)."""
@@ -168,26 +177,25 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         idx = torch.from_numpy(idx)
         terms = {}
         if cfg.distill_weight:
-            terms["similarity"] = cfg.distill_weight * _similarity_loss(es, t_emb[idx])
+            terms["similarity"] = cfg.distill_weight * similarity_term(es, t_emb[idx], dims)
         if cfg.direct_weight:
             if to_teacher is None:
-                got, want = es, t_pca[idx]
-            else:
+                terms["direct"] = cfg.direct_weight * direct_term(es, targets, idx, dims)
+            else:  # one dim only (the config refuses nesting with a learnt map)
                 got, want = nn.functional.normalize(to_teacher(es), dim=-1), t_emb[idx]
-            terms["direct"] = cfg.direct_weight * (1.0 - (got * want).sum(-1)).mean()
+                terms["direct"] = cfg.direct_weight * (1.0 - (got * want).sum(-1)).mean()
         if cfg.nce_weight:
-            logits = es @ t_pca[idx].t() / cfg.nce_temperature
-            terms["nce"] = cfg.nce_weight * nn.functional.cross_entropy(logits, torch.arange(len(idx)))
+            terms["nce"] = cfg.nce_weight * nce_term(es, targets, idx, cfg.nce_temperature, dims)
         if pair_draws:
             pr = np.concatenate([v[pair_rng.integers(len(v), size=n)] for v, n in pair_draws])
             e = model(*_batches_to_tensors(tok, [ts.posts[i] for i in pr.ravel()], pack_padded))[1].view(len(pr), 2, -1)
             want = (t_emb[pr[:, 0]] * t_emb[pr[:, 1]]).sum(-1)
-            terms["pair"] = cfg.pair_weight * _pearson_loss((e[:, 0] * e[:, 1]).sum(-1), want)
+            terms["pair"] = cfg.pair_weight * pair_term(e[:, 0], e[:, 1], want, dims)
         return terms
 
-    def pair_loss(pairs, heads, contrastive, distill=0.0, extra=(), weight=1.0, pair_w=None):
+    def pair_loss(pairs, heads, contrastive, distill=0.0, extra=(), weight=1.0, pair_w=None, nest=dims):
         # heads: each pair's entry of log_scale/offset (its task's, see head_of); pair_w: each
-        # pair's weight (its task's, see balance), None: 1.
+        # pair's weight (its task's, see balance), None: 1. nest: the prefixes summed over.
         # b texts are de-duplicated: a label task's batch encodes each label name once, and the
         # contrastive softmax runs over distinct b texts (a repeated label is not its own negative)
         heads = torch.tensor(heads)
@@ -199,15 +207,8 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         a_batch = _batches_to_tensors(tok, [p.a for p in pairs], pack_padded)
         ea = model(*a_batch)[1]
         eb = model(*_batches_to_tensors(tok, list(uniq), pack_padded))[1]
-        if not contrastive:
-            cos = (ea * eb[col]).sum(-1)
-            y = torch.tensor([p.label for p in pairs])
-            loss = weight * nn.functional.binary_cross_entropy_with_logits(
-                log_scale.exp()[heads] * cos + offset[heads], y, weight=pair_w)
-        else:
-            ce = nn.functional.cross_entropy(log_scale.exp()[heads, None] * (ea @ eb.t()), col,
-                                             reduction="mean" if pair_w is None else "none")
-            loss = weight * (ce if pair_w is None else (pair_w * ce).mean())
+        y = torch.tensor([p.label for p in pairs])
+        loss = weight * task_loss(ea, eb, col, y, log_scale.exp()[heads], offset[heads], pair_w, contrastive, nest)
         if distill:  # on the anchors (posts, sentences: never label names, which the tasks move)
             with torch.no_grad():
                 ta = teacher(*a_batch)[1]
@@ -216,14 +217,15 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
                 ea = torch.cat([ea, model(*x_batch)[1]])
                 with torch.no_grad():
                     ta = torch.cat([ta, teacher(*x_batch)[1]])
-            loss = loss + distill * _similarity_loss(ea, ta)
+            loss = loss + distill * similarity_term(ea, ta, nest)
         return loss
 
     def probe_losses():
         # BCE (the paper's loss) on the fixed probe pairs, dropout off: comparable before/after
         model.eval()
         with torch.no_grad():
-            got = {t: round(pair_loss(ps, [head_of[t]] * len(ps), False).item(), 4) for t, ps in probe.items()}
+            got = {t: round(pair_loss(ps, [head_of[t]] * len(ps), False, nest=[(cfg.projection_dim, 1.0)]).item(), 4)
+                   for t, ps in probe.items()}
         model.train()
         return got
 
@@ -272,9 +274,10 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_file({k: v.detach().clone().contiguous() for k, v in proj.state_dict().items()}, str(out / PROJECTION_FILE))
     save_file(adapter_state(model.encoder), str(out / ADAPTERS_FILE))
+    prefixes = [k for k, _ in dims if k < cfg.projection_dim]  # the serving side lists the prefixes below dim
     pcfg = PostEmbConfig(model_version=cfg.model_version, hidden_size=hidden, projection_dim=cfg.projection_dim,
                          normalize=True, max_length=md.config.max_length, encoder=f"pip:{BASE_PACKAGE}",
-                         adapters=ADAPTERS_FILE)
+                         adapters=ADAPTERS_FILE, matryoshka_dims=prefixes or None)
     (out / CONFIG_FILE).write_text(pcfg.to_json())
     artefact = sum((out / f).stat().st_size for f in (CONFIG_FILE, PROJECTION_FILE, ADAPTERS_FILE))
     summary = {
