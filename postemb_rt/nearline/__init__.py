@@ -56,7 +56,9 @@ or Sentinel for failover). Needs Redis >= 6.2 (XAUTOCLAIM); tested with 7.0.
 
 Modules: ``keys`` (stream and key names, the client set-up, the store script, reading a
 stored embedding back), ``events`` (publishing and validating post-created events),
-``worker`` (the consumer loop), ``health`` (worker counters and the pipeline's health).
+``worker`` (the consumer loop), ``store`` (the worker's Redis writes: store, acknowledge,
+dead-letter, retry, and isolating the post a deterministic failure is of), ``health`` (worker
+counters and the pipeline's health).
 The names below are the public API: ``from postemb_rt import nearline``, then
 ``nearline.connect``, ``nearline.publish``, ``nearline.Worker``, ``nearline.stats``.
 
@@ -67,7 +69,8 @@ from .events import MAX_POST_ID_BYTES, MAX_TEXT_BYTES, Post, parse_event, publis
 from .health import WorkerStats, stats
 from .keys import (DEAD_MAXLEN, DEAD_STREAM, EMBEDDINGS_MAXLEN, EMBEDDINGS_STREAM, KEY_PREFIX, POSTS_MAXLEN,
                    POSTS_STREAM, StoredEmbedding, connect, fetch, store_key)
-from .worker import DEFAULT_MODEL_TIMEOUT_S, EXIT_MODEL_TIMEOUT, PROBE_TEXT, ModelTimeoutError, StoreError, Worker
+from .store import StoreError
+from .worker import DEFAULT_MODEL_TIMEOUT_S, EXIT_MODEL_TIMEOUT, PROBE_TEXT, ModelTimeoutError, Worker
 
 __all__ = ["connect", "publish", "parse_event", "fetch", "store_key", "stats", "Worker", "WorkerStats", "Post",
            "StoreError", "ModelTimeoutError", "DEFAULT_MODEL_TIMEOUT_S", "EXIT_MODEL_TIMEOUT",

@@ -72,6 +72,11 @@ class Post:
     created_at: float
 
 
+def event_fields(p: Post) -> dict:
+    """The fields of the event ``p`` was parsed from (what its dead-letter record keeps)."""
+    return {b"post_id": p.post_id.encode(), b"text": p.text.encode(), b"created_at": f"{p.created_at:.6f}".encode()}
+
+
 def id_ms(event_id) -> int:
     s = event_id.decode() if isinstance(event_id, bytes) else str(event_id)
     return int(s.split("-", 1)[0])

@@ -1,5 +1,6 @@
 """Retrieval over post embeddings: an ANN index (``PostIndex``, FAISS) and member embeddings
-by Ward clustering of engaged posts (``member_embedding``, ``retrieve``). See docs/RETRIEVAL.md.
+by Ward clustering of engaged posts (``member_embedding``, ``retrieve``). ``sources`` reads the
+vectors an index is built from (Parquet, the near-line store). See docs/RETRIEVAL.md.
 
 Needs the ``[scale]`` extra (faiss-cpu, scipy); they are imported on first use, not here.
 """

@@ -32,7 +32,8 @@ the near-line store keys by and backfill writes in its ``model_version`` column.
 Saved as a folder: ``index.faiss`` (faiss.write_index, or write_index_binary), ``ids.parquet``
 (one column ``id``, its Arrow type kept), ``vectors.npy`` (binary with rescoring only: float32
 (n, dim)), ``index.json`` (kind, dim, binary, bits, rescore, count, parameters, vector version,
-faiss version). ``faiss`` is imported here only.
+faiss version). ``faiss`` is imported here only. Reading the sources (Parquet, the near-line
+store) is ``sources.py``'s.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ValidationError
+from .sources import read_parquet, read_store
 
 KINDS = ("auto", "flat", "hnsw", "ivf")
 FLAT_MAX = 20_000
@@ -223,37 +225,13 @@ class PostIndex:
         ``id``, ``embedding`` fixed-size list<float32>, ``model_version``): a file or a folder
         (read recursively; ``_``/``.``-prefixed files and folders ignored). One version only: the
         ``model_version`` column holds the vector version (``Encoder.vector_version``)."""
-        import pyarrow.dataset as pads
-
-        ds = pads.dataset(str(path), format="parquet")
-        names = ds.schema.names
-        if "id" not in names or "embedding" not in names:
-            raise ValidationError(f"`path` {str(path)!r} needs columns `id` and `embedding`. Given columns: {names}.")
-        n = ds.count_rows()
-        if n == 0:
-            raise ValidationError(f"`path` {str(path)!r} holds no embeddings.")
-        cols = ["id", "embedding"] + (["model_version"] if "model_version" in names else [])
+        n, batches = read_parquet(path, batch_rows)
         idx: PostIndex | None = None
         pending_ids, pending_v = [], []
-        for batch in ds.to_batches(columns=cols, batch_size=batch_rows):
-            if batch.num_rows == 0:
-                continue
-            emb = batch.column("embedding")
-            dim = emb.type.list_size if hasattr(emb.type, "list_size") and emb.type.list_size > 0 else len(emb[0])
-            vec = np.asarray(emb.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
-            mv = None
-            if "model_version" in cols:
-                versions = set(batch.column("model_version").to_pylist())
-                if len(versions) != 1:
-                    raise ValidationError(f"`path` {str(path)!r} mixes model versions {sorted(map(str, versions))}. "
-                                          "Fix: build one index per model version.")
-                mv = versions.pop()
+        for ids, vec, mv in batches:
             if idx is None:
-                idx = cls(dim, kind, expected_size=n, vector_version=mv, **params)
-            elif mv is not None and idx.vector_version is not None and mv != idx.vector_version:
-                raise ValidationError(f"`path` {str(path)!r} mixes model versions {idx.vector_version!r} and {mv!r}. "
-                                      "Fix: build one index per model version.")
-            pending_ids += batch.column("id").to_pylist()
+                idx = cls(vec.shape[1], kind, expected_size=n, vector_version=mv, **params)
+            pending_ids += ids
             pending_v.append(vec)
             need = 256 * idx.nlist if idx.kind == "ivf" and not idx.index.is_trained else 0
             if sum(len(p) for p in pending_v) >= need:
@@ -273,29 +251,8 @@ class PostIndex:
         precision, long_posts)`` computes it. ``client``: a redis-py client or a ``redis://`` URL.
         Reads in SCAN pages of ``scan_count`` keys, one pipeline each. Nothing under that version:
         ValidationError listing the versions the store does hold (from a few SCAN pages)."""
-        from .. import nearline
-
-        if isinstance(client, str):
-            client = nearline.connect(client)
-        prefix = prefix or nearline.KEY_PREFIX
-        ids, vecs = [], []
-        for keys in _scan_pages(client, f"{nearline.store_key(vector_version, '', prefix)}*", scan_count):
-            pipe = client.pipeline(transaction=False)
-            for key in keys:
-                pipe.hmget(key, "post_id", "vector")
-            for pid, vec in pipe.execute():
-                if pid is None or vec is None:
-                    continue  # deleted between SCAN and HMGET, or not an embedding record
-                ids.append(pid.decode())
-                vecs.append(np.frombuffer(vec, dtype="<f4"))
-        if not ids:
-            held = _versions_held(client, prefix)
-            raise ValidationError(
-                f"`vector_version` {vector_version!r}: the store holds no embeddings under it (keys "
-                f"{prefix}:{vector_version}:*). Versions it holds: {', '.join(map(repr, held)) or 'none'}"
-                f"{' (from a sample of keys)' if held else ''}. Fix: pass the worker's vector version "
-                "(Encoder.vector_version: the model version plus +<precision> / +chunk when not fp32 / truncate).")
-        return cls.build(ids, np.stack(vecs).astype(np.float32), kind=kind, vector_version=vector_version, **params)
+        ids, vectors = read_store(client, vector_version, prefix, scan_count)
+        return cls.build(ids, vectors, kind=kind, vector_version=vector_version, **params)
 
     # -- querying ----------------------------------------------------------------------
     def search_positions(self, queries, k: int, rescore: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -457,28 +414,3 @@ def _rescore(q: np.ndarray, candidates: np.ndarray, floats: np.ndarray, k: int) 
         top = np.argsort(-s, kind="stable")[:k]
         scores[i, : len(top)], pos[i, : len(top)] = s[top], row[top]
     return scores, pos
-
-
-def _versions_held(client, prefix: str, pages: int = 3, count: int = 1000) -> list[str]:
-    """Vector versions seen in up to ``pages`` SCAN pages of ``{prefix}:*`` keys (a sample, cheap)."""
-    seen, cursor = set(), 0
-    for _ in range(pages):
-        cursor, keys = client.scan(cursor=cursor, match=f"{prefix}:*", count=count)
-        for key in keys:
-            key = key.decode() if isinstance(key, bytes) else key
-            version = key[len(prefix) + 1:].split(":", 1)[0]
-            if version and version != "nearline":  # {prefix}:nearline:worker:* are worker counters
-                seen.add(version)
-        if cursor == 0:
-            break
-    return sorted(seen)
-
-
-def _scan_pages(client, match: str, count: int):
-    cursor = 0
-    while True:
-        cursor, keys = client.scan(cursor=cursor, match=match, count=count)
-        if keys:
-            yield keys
-        if cursor == 0:
-            return

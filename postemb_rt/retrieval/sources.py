@@ -1,0 +1,112 @@
+"""Where an index's vectors come from: Parquet embeddings (``postemb backfill`` / ``postemb
+embed`` output) and the near-line Redis store (``postemb_rt.nearline``). Each reader checks
+its source (columns, one vector version) and hands back ids and float32 vectors;
+``PostIndex.from_parquet`` / ``PostIndex.from_redis`` build the index from them.
+``pyarrow`` and ``redis`` are imported inside the reader that needs them.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from ..errors import ValidationError
+
+
+def read_parquet(path, batch_rows: int = 65_536) -> tuple[int, Iterator[tuple[list, np.ndarray, object]]]:
+    """(n, batches) for Parquet embeddings at ``path`` (columns ``id``, ``embedding``
+    fixed-size list<float32>, optional ``model_version``: the vector version), a file or a
+    folder (read recursively; ``_``/``.``-prefixed files and folders ignored). n: the row
+    count; batches: (ids (b,), float32 (b, dim), vector version or None) of up to
+    ``batch_rows`` rows, lazily. Raises ValidationError for missing columns, no rows, or
+    more than one vector version (met while iterating)."""
+    import pyarrow.dataset as pads
+
+    ds = pads.dataset(str(path), format="parquet")
+    names = ds.schema.names
+    if "id" not in names or "embedding" not in names:
+        raise ValidationError(f"`path` {str(path)!r} needs columns `id` and `embedding`. Given columns: {names}.")
+    n = ds.count_rows()
+    if n == 0:
+        raise ValidationError(f"`path` {str(path)!r} holds no embeddings.")
+    cols = ["id", "embedding"] + (["model_version"] if "model_version" in names else [])
+
+    def batches():
+        first, seen = None, False
+        for batch in ds.to_batches(columns=cols, batch_size=batch_rows):
+            if batch.num_rows == 0:
+                continue
+            emb = batch.column("embedding")
+            dim = emb.type.list_size if hasattr(emb.type, "list_size") and emb.type.list_size > 0 else len(emb[0])
+            vec = np.asarray(emb.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+            mv = None
+            if "model_version" in cols:
+                versions = set(batch.column("model_version").to_pylist())
+                if len(versions) != 1:
+                    raise ValidationError(f"`path` {str(path)!r} mixes model versions {sorted(map(str, versions))}. "
+                                          "Fix: build one index per model version.")
+                mv = versions.pop()
+            if not seen:
+                first, seen = mv, True
+            elif mv is not None and first is not None and mv != first:
+                raise ValidationError(f"`path` {str(path)!r} mixes model versions {first!r} and {mv!r}. "
+                                      "Fix: build one index per model version.")
+            yield batch.column("id").to_pylist(), vec, mv
+
+    return n, batches()
+
+
+def read_store(client, vector_version: str, prefix: str | None = None,
+               scan_count: int = 1000) -> tuple[list[str], np.ndarray]:
+    """(ids (n,), float32 (n, dim)): every embedding hash at ``{prefix}:{vector_version}:*`` in
+    the near-line store. ``client``: a redis-py client or a ``redis://`` URL. Reads in SCAN
+    pages of ``scan_count`` keys, one pipeline each. Nothing under that version:
+    ValidationError listing the versions the store does hold (from a few SCAN pages)."""
+    from .. import nearline
+
+    if isinstance(client, str):
+        client = nearline.connect(client)
+    prefix = prefix or nearline.KEY_PREFIX
+    ids, vecs = [], []
+    for keys in _scan_pages(client, f"{nearline.store_key(vector_version, '', prefix)}*", scan_count):
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.hmget(key, "post_id", "vector")
+        for pid, vec in pipe.execute():
+            if pid is None or vec is None:
+                continue  # deleted between SCAN and HMGET, or not an embedding record
+            ids.append(pid.decode())
+            vecs.append(np.frombuffer(vec, dtype="<f4"))
+    if not ids:
+        held = _versions_held(client, prefix)
+        raise ValidationError(
+            f"`vector_version` {vector_version!r}: the store holds no embeddings under it (keys "
+            f"{prefix}:{vector_version}:*). Versions it holds: {', '.join(map(repr, held)) or 'none'}"
+            f"{' (from a sample of keys)' if held else ''}. Fix: pass the worker's vector version "
+            "(Encoder.vector_version: the model version plus +<precision> / +chunk when not fp32 / truncate).")
+    return ids, np.stack(vecs).astype(np.float32)
+
+
+def _versions_held(client, prefix: str, pages: int = 3, count: int = 1000) -> list[str]:
+    """Vector versions seen in up to ``pages`` SCAN pages of ``{prefix}:*`` keys (a sample, cheap)."""
+    seen, cursor = set(), 0
+    for _ in range(pages):
+        cursor, keys = client.scan(cursor=cursor, match=f"{prefix}:*", count=count)
+        for key in keys:
+            key = key.decode() if isinstance(key, bytes) else key
+            version = key[len(prefix) + 1:].split(":", 1)[0]
+            if version and version != "nearline":  # {prefix}:nearline:worker:* are worker counters
+                seen.add(version)
+        if cursor == 0:
+            break
+    return sorted(seen)
+
+
+def _scan_pages(client, match: str, count: int):
+    cursor = 0
+    while True:
+        cursor, keys = client.scan(cursor=cursor, match=match, count=count)
+        if keys:
+            yield keys
+        if cursor == 0:
+            return
