@@ -9,7 +9,8 @@ Cases, all in one run and on the same model:
   * bulk:    offline ``Encoder.encode(posts)`` in this process while the server is idle (the
              throughput ceiling; same backend as the server);
   * single:  ``POST /v1/embeddings`` with one post per request at each --clients level;
-  * batch64: ``POST /embed`` with 64 posts per request at each --batch-clients level.
+  * batch64: ``POST /embed_full`` (the native route; ``/embed`` is TEI's) with 64 posts per request at each
+    --batch-clients level.
 Prints one line per case (posts/s, share of bulk, p50/p99 latency, server-side mean batch
 size and padding from /metrics) and writes them as JSON with --json. The client is a small
 asyncio HTTP/1.1 loop (no HTTP library) so that it costs the shared cores little.
@@ -212,7 +213,7 @@ def main(argv=None) -> int:
             print(cases[-1].line(), flush=True)
         chunks = [json.dumps({"inputs": posts[i:i + 64]}).encode() for i in range(0, len(posts) - 63, 64)]
         for c in (int(x) for x in args.batch_clients.split(",") if x):
-            cases.append(run_case(url, args.api_key, "batch64", "/embed", chunks, 64, c, args.batch_requests,
+            cases.append(run_case(url, args.api_key, "batch64", "/embed_full", chunks, 64, c, args.batch_requests,
                                   bulk_rate))
             print(cases[-1].line(), flush=True)
         after_s = bulk()  # the cores' load drifts: the ceiling again, after the sweep

@@ -144,8 +144,9 @@ def register(sub) -> None:
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="'default', 'base' or a model directory (default: default)")
     p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt (default: auto)")
-    p.add_argument("--precision", default="fp32", help="fp32 (exact), bf16 or int8 on CPU (gated by measured "
-                   "fidelity), fp16/bf16 on CUDA (default: fp32)")
+    p.add_argument("--precision", default="auto", help="auto (the fastest precision that clears the fidelity bar "
+                   "on this CPU: bf16 with native bf16, else int8, else fp32; /info says which and why, and the "
+                   "vector version carries it), fp32 (exact), bf16 or int8 on CPU, fp16/bf16 on CUDA (default: auto)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one, printed (default: 8080)")
     p.add_argument("--workers", type=int, default=1,

@@ -254,7 +254,8 @@ class Runtime:
                 desc["batcher"] = self.batcher.implementation
                 d["batcher_options"] = self.batcher.options
             d.update(model=enc.model_version, vector_version=enc.vector_version, dim=enc.dim, max_length=enc.max_length,
-                     backend=desc.get("backend"), precision=desc.get("precision"), runtime=desc,
+                     backend=desc.get("backend"), precision=desc.get("precision"),
+                     precision_reason=desc.get("precision_reason"), runtime=desc,
                      encodings={"float32": {}, "int8": {"scale": int8_scale(enc.dim)},
                                 "binary": {"bytes_per_row": (enc.dim + 7) // 8, "bit_order": "big"}},
                      dimensions=[enc.dim])

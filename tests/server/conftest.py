@@ -80,8 +80,9 @@ class ServerProc:
 
 
 def serve_argv(*extra: str) -> list[str]:
+    # --precision fp32: the tests compare answers with an exact encoder (the CLI's default is auto)
     return [sys.executable, "-m", "postemb_rt.cli", "serve", "--model", "base", "--backend", "onnxruntime",
-            "--host", "127.0.0.1", "--port", "0", *extra]
+            "--precision", "fp32", "--host", "127.0.0.1", "--port", "0", *extra]
 
 
 def fault_argv(fault_dir: Path, *extra: str) -> list[str]:

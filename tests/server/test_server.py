@@ -110,7 +110,7 @@ def test_probes_info_and_openapi(main_server, client, server_encoder):
     info = client.get("/info").json()
     assert info["dim"] == server_encoder.dim and info["model"] == server_encoder.model_version
     asked = main_server.argv[main_server.argv.index("--backend") + 1]  # the fixture's --backend
-    assert info["backend"] == asked and info["precision"] == "fp32"
+    assert info["backend"] == asked and info["precision"] == "fp32" and info["precision_reason"] == "asked for"
     assert info["limits"]["max_inputs"] == LIMITS["max_inputs"] and info["limits"]["api_key"] is True
     assert API_KEY not in client.get("/info").text
     paths = client.get("/openapi.json").json()["paths"]
@@ -156,6 +156,16 @@ def test_native_chunk_mode_embeds_long_posts_whole(client, server_encoder):
     assert default["long_posts"] == "truncate" and default["chunked"] == 0
     bad = client.post("/embed_full", json={"inputs": texts, "long_posts": "split"})
     assert bad.status_code == 422 and "`long_posts` must be one of" in bad.json()["error"]["message"]
+
+
+def test_the_cli_serves_the_fastest_faithful_precision_by_default():
+    """`postemb serve` defaults to precision auto (README "Serving"); the library stays exact."""
+    from postemb_rt.cli import build_parser
+    from postemb_rt.serving.config import ServeConfig
+
+    assert build_parser(environ={}).parse_args(["serve"]).precision == "auto"
+    assert build_parser(environ={"POSTEMB_PRECISION": "fp32"}).parse_args(["serve"]).precision == "fp32"
+    assert ServeConfig().precision == "fp32"
 
 
 def test_info_and_answers_report_the_vector_version(client, server_encoder):
