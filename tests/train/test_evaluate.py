@@ -64,3 +64,32 @@ def test_val_split_never_reads_test_files(tiny_data, tmp_path):
     fit, _, test, _ = data.zs["sentiment"]
     assert len(fit) == len(test) == 12  # the 24 val posts, split in two
     assert all(len(data.pairs[t]) > 0 for t in data.pairs)
+
+
+def test_prefix_rows_for_declared_dims_and_truncation_controls(smoke_model, tiny_data, tmp_path, capsys):
+    """A model declaring matryoshka_dims gets a row per prefix (served by truncate_dim, checked);
+    --prefixes adds control rows for a model that declares none; each prefix adds base-pcaK."""
+    import shutil
+
+    model, _ = smoke_model
+    nested = tmp_path / "nested"
+    shutil.copytree(model, nested)
+    cfg = json.loads((nested / "postemb.json").read_text())
+    (nested / "postemb.json").write_text(json.dumps({**cfg, "matryoshka_dims": [16, 8]}))  # declared, for the plumbing
+    out = tmp_path / "reports"
+    common = ["--out", str(out), "--data", str(tiny_data), "--backend", "torch", "--pca-posts", "40",
+              "--throughput-posts", "0"]
+    assert main(["eval", "--model", f"nested={nested}", "--model", f"plain={model}", "--prefixes", "32"] + common) == 0
+    rows = json.loads((out / "eval.json").read_text())["rows"]
+    assert set(rows) == {"base", "base-pca50", "base-pca32", "base-pca16", "base-pca8", "nested", "nested@32",
+                         "nested@16", "nested@8", "plain", "plain@32"}
+    assert [rows[n]["dim"] for n in ("base-pca32", "nested@16", "plain@32")] == [32, 16, 32]
+    assert (rows["nested@16"]["nested"], rows["nested@32"]["nested"], rows["plain@32"]["nested"]) == (True, False, False)
+    # the same weights: the declared prefix and the control truncation score the same
+    assert {c: rows["nested@32"][c] for c in E.COLUMNS[1:]} == {c: rows["plain@32"][c] for c in E.COLUMNS[1:]}
+    md = (out / "eval.md").read_text()
+    assert "## Nested dimensions" in md and "| nested@16 (nested) |" in md and "| plain@32 (control) |" in md
+    assert "- `nested@8` minus `base-pca8`: zero-shot F1 " in md
+    # a prefix at or above a model's dim is refused, naming the option and the value
+    assert main(["eval", "--model", f"plain={model}", "--prefixes", "50"] + common) == 2
+    assert "`--prefixes` must be between 1 and the dim" in capsys.readouterr().err

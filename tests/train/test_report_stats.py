@@ -61,3 +61,29 @@ def test_seed_rows_are_grouped_into_means_and_spreads():
     assert set(means) == {"multitask"} and means["multitask"]["seeds"] == 3
     assert means["multitask"]["auc_topic"] == pytest.approx(0.6)
     assert sds["multitask"]["auc_topic"] == pytest.approx(0.1)
+
+
+def test_seed_rows_of_a_prefix_are_grouped_with_that_prefix():
+    row = lambda v, d=50: {"dim": d, **{c: v for c in E.COLUMNS[1:]}}  # noqa: E731
+    rows = {"v4": row(0.5), "v4-seed1": row(0.7), "v4@16": row(0.2, 16), "v4-seed1@16": row(0.4, 16),
+            "v4-seed2@16": row(0.3, 16)}
+    means, _ = R.seed_means(rows)
+    assert set(means) == {"v4", "v4@16"} and means["v4@16"]["seeds"] == 3 and means["v4"]["seeds"] == 2
+    assert means["v4@16"]["auc_topic"] == pytest.approx(0.3)
+
+
+def test_pca_k_is_the_first_k_coordinates_of_one_fit_and_matches_sklearn():
+    from sklearn.decomposition import PCA
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(120, 24)) @ rng.normal(size=(24, 24))
+    table = {f"t{i}": v.astype(np.float32) for i, v in enumerate(x)}
+    fit = [f"t{i}" for i in range(80)]
+    both, alone = E.pca_tables(table, fit, [16, 4]), E.pca_tables(table, fit, [4])
+    rows = lambda t: np.stack(list(t.values()))  # noqa: E731
+    assert np.allclose(rows(both[4]), rows(alone[4]), atol=1e-6)
+    assert np.allclose(rows(both[4]), rows(E.prefix_table(both[16], 4)), atol=1e-5)  # PCA is nested
+    ref = PCA(4).fit(x[:80].astype(np.float32)).transform(x.astype(np.float32))
+    ref /= np.linalg.norm(ref, axis=1, keepdims=True)
+    got = rows(both[4])
+    assert np.allclose(got @ got.T, ref @ ref.T, atol=1e-4)  # the same cosines (axis signs aside)
