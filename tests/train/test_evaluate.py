@@ -84,7 +84,7 @@ def test_prefix_rows_for_declared_dims_and_truncation_controls(smoke_model, tiny
     assert set(rows) == {"base", "base-pca50", "base-pca32", "base-pca16", "base-pca8", "nested", "nested@32",
                          "nested@16", "nested@8", "plain", "plain@32"}
     assert [rows[n]["dim"] for n in ("base-pca32", "nested@16", "plain@32")] == [32, 16, 32]
-    assert (rows["nested@16"]["nested"], rows["nested@32"]["nested"], rows["plain@32"]["nested"]) == (True, False, False)
+    assert [rows[n]["nested"] for n in ("nested@16", "nested@32", "plain@32")] == [True, False, False]
     # the same weights: the declared prefix and the control truncation score the same
     assert {c: rows["nested@32"][c] for c in E.COLUMNS[1:]} == {c: rows["plain@32"][c] for c in E.COLUMNS[1:]}
     md = (out / "eval.md").read_text()
