@@ -29,7 +29,8 @@ def _parse_model(spec: str) -> tuple[str, str]:
 
 def run(args) -> int:
     from ..data import data_root, read_lines, SHORT_POSTS
-    from ..train.evaluate import EvalSpec, evaluate_rows, throughput
+    from ..train.eval_rows import evaluate_rows, throughput
+    from ..train.evaluate import EvalSpec
     from ..train.report import write_report
 
     root = Path(args.data) if args.data else data_root()
