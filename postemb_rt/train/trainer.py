@@ -33,7 +33,8 @@ the un-nested one.
 
 Output: a normal model directory (``postemb.json``, ``projection.safetensors``,
 ``adapters.safetensors``; the encoder borrowed from the pip package) plus
-``train_summary.json`` (time, trained parameters, pairs per task, loss curve).
+``train_summary.json`` (time, trained parameters, pairs per task, loss curve; a nested run adds
+the probe loss of every prefix at the end, ``probe_loss_end_prefixes``).
 """
 from __future__ import annotations
 
@@ -220,11 +221,12 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
             loss = loss + distill * similarity_term(ea, ta, nest)
         return loss
 
-    def probe_losses():
-        # BCE (the paper's loss) on the fixed probe pairs, dropout off: comparable before/after
+    def probe_losses(k=cfg.projection_dim):
+        # BCE (the paper's loss) on the fixed probe pairs at prefix k (default: the full vector),
+        # dropout off: comparable before/after
         model.eval()
         with torch.no_grad():
-            got = {t: round(pair_loss(ps, [head_of[t]] * len(ps), False, nest=[(cfg.projection_dim, 1.0)]).item(), 4)
+            got = {t: round(pair_loss(ps, [head_of[t]] * len(ps), False, nest=[(k, 1.0)]).item(), 4)
                    for t, ps in probe.items()}
         model.train()
         return got
@@ -269,6 +271,8 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
                      f"{el / (step + 1):.2f}s/step, eta {el / (step + 1) * (cfg.steps - step - 1):.0f}s")
     probe_end = probe_losses()
     progress(f"probe loss (BCE on {cfg.probe_pairs} fixed train pairs per task) before {probe_start} after {probe_end}")
+    # each trained prefix's probe loss at the end (nested runs only; its first entry is probe_end)
+    probe_prefixes = {k: probe_losses(k) for k, _ in dims} if len(dims) > 1 and probe else None
     train_seconds = time.perf_counter() - t_start - t_teacher
 
     out.mkdir(parents=True, exist_ok=True)
@@ -298,6 +302,7 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         "final_offset": calibration_values(offset),
         "probe_loss_start": probe_start,
         "probe_loss_end": probe_end,
+        **({"probe_loss_end_prefixes": probe_prefixes} if probe_prefixes else {}),
         "loss_curve": curve,
     }
     if ts is not None:

@@ -151,6 +151,9 @@ def test_a_nested_run_adds_every_prefix_to_every_term_and_declares_the_prefixes(
         assert first[term] > ref[term] * 1.2, (term, first[term], ref[term])
     assert json.loads((out / "postemb.json").read_text())["matryoshka_dims"] == [32, 16, 8]
     assert nested["probe_loss_start"] == plain["probe_loss_start"]  # the probe stays the full-dim BCE
+    by_k = nested["probe_loss_end_prefixes"]  # and is also reported per prefix at the end
+    assert list(by_k) == PREFIXES and by_k[50] == nested["probe_loss_end"] and set(by_k[8]) == set(by_k[50])
+    assert "probe_loss_end_prefixes" not in plain
     enc = Encoder.from_pretrained(str(out), backend="torch", device="cpu", warmup=False)
     full, cut = enc.encode(["a sunny beach today", "furious again"]), enc.encode(
         ["a sunny beach today", "furious again"], truncate_dim=16)
