@@ -65,7 +65,7 @@ def run_baseline(enc, paths: list[Path], out: Path) -> float:
     start = time.perf_counter()
     t = pa.concat_tables([pq.read_table(p, columns=["id", "text"]) for p in paths])
     vectors = enc.encode(t.column("text").to_pylist())
-    pq.write_table(embeddings_table(t.column("id"), vectors, enc.model_version), out)
+    pq.write_table(embeddings_table(t.column("id"), vectors, enc.vector_version, "int"), out)
     return time.perf_counter() - start
 
 
