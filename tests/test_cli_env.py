@@ -66,3 +66,15 @@ def test_json_logs_are_one_object_per_line(capsys):
         assert rec["level"] == "WARNING" and rec["logger"] == "postemb_rt" and rec["message"] == "disk /tmp is full"
     finally:
         cli.configure_logging(verbose=False, log_format="text")
+
+
+def test_serve_takes_device_and_max_batch_tokens():
+    from postemb_rt.commands.serve import config_from_args
+
+    args = parse(["serve", "--device", "cpu", "--max-batch-tokens", "2048"], {})
+    cfg = config_from_args(args)
+    assert (cfg.device, cfg.max_batch_tokens) == ("cpu", 2048)
+    assert config_from_args(parse(["serve"], {"POSTEMB_MAX_BATCH_TOKENS": "1024"})).max_batch_tokens == 1024
+    assert config_from_args(parse(["serve"], {})).max_batch_tokens is None
+    with pytest.raises(ValidationError, match=r"`--max-batch-tokens` must be >= 1. Given: 0"):
+        config_from_args(parse(["serve", "--max-batch-tokens", "0"], {}))

@@ -31,7 +31,10 @@ def config_from_args(args):
         raise ValidationError("`--api-key` (or $POSTEMB_API_KEY) is empty, which would serve without "
                               "authentication. Given: ''. Fix: set a non-empty key, or unset POSTEMB_API_KEY "
                               "(and drop --api-key) to serve without one on purpose.")
-    cfg = ServeConfig(model=args.model, backend=args.backend, precision=args.precision, api_key=args.api_key,
+    if args.max_batch_tokens is not None and args.max_batch_tokens < 1:
+        raise ValidationError(f"`--max-batch-tokens` must be >= 1. Given: {args.max_batch_tokens}.")
+    cfg = ServeConfig(model=args.model, backend=args.backend, device=args.device, precision=args.precision,
+                      max_batch_tokens=args.max_batch_tokens, api_key=args.api_key,
                       max_inputs=args.max_inputs, max_input_chars=args.max_input_chars,
                       max_body_bytes=args.max_body_bytes, max_concurrent_requests=args.max_concurrent_requests,
                       max_connections=args.max_connections, header_timeout_s=args.header_timeout,
@@ -147,6 +150,9 @@ def register(sub) -> None:
     p.add_argument("--precision", default="auto", help="auto (the fastest precision that clears the fidelity bar "
                    "on this CPU: bf16 with native bf16, else int8, else fp32; /info says which and why, and the "
                    "vector version carries it), fp32 (exact), bf16 or int8 on CPU, fp16/bf16 on CUDA (default: auto)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto: CUDA when torch sees a GPU)")
+    p.add_argument("--max-batch-tokens", type=int, default=None, help="padded tokens per model call, rows x longest "
+                   "row (default: the backend's; at least the model's max_length)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one, printed (default: 8080)")
     p.add_argument("--workers", type=int, default=1,

@@ -12,6 +12,8 @@ class ServeConfig:
 
     model: str = "default"
     backend: str = "auto"
+    device: str = "auto"  # "auto", "cpu" or "cuda[:N]" (Encoder.from_pretrained)
+    max_batch_tokens: int | None = None  # padded tokens per model call (rows x longest row); None: the backend's
     precision: str = "fp32"  # CPU: bf16 / int8 gated by measured fidelity (README "Fast precisions")
     api_key: str | None = None
     max_inputs: int = 256  # posts per request

@@ -287,4 +287,5 @@ def _tokenize_left(tokenizer, texts: list[str]):
 def _default_encoder(cfg: ServeConfig):
     from ..encoder import Encoder
 
-    return Encoder.from_pretrained(cfg.model, backend=cfg.backend, precision=cfg.precision, long_posts=cfg.long_posts)
+    return Encoder.from_pretrained(cfg.model, backend=cfg.backend, device=cfg.device, precision=cfg.precision,
+                                   long_posts=cfg.long_posts, max_batch_tokens=cfg.max_batch_tokens)
