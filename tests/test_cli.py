@@ -53,6 +53,26 @@ def test_embed_jsonl_to_parquet_keeps_ids(tmp_path, base_onnx):
     assert_exact(emb, base_onnx.encode(POSTS))
 
 
+@pytest.mark.parametrize("quantize, dtype, width", [("int8", np.int8, 384), ("ubinary", np.uint8, 48)])
+def test_embed_quantize_keeps_the_dtype_and_equals_encode(tmp_path, base_onnx, quantize, dtype, width):
+    src = tmp_path / "posts.txt"
+    src.write_text("\n".join(POSTS) + "\n")
+    out = tmp_path / "emb.npy"
+    argv = ["embed", str(src), "--out", str(out), "--model", "base", "--backend", "onnxruntime", "--device", "cpu"]
+    assert main([*argv, "--quantize", quantize]) == 0
+    got = np.load(out)
+    assert got.shape == (4, width) and got.dtype == dtype
+    np.testing.assert_array_equal(got, base_onnx.encode(POSTS, precision=quantize))
+
+
+def test_embed_quantize_refuses_parquet_output(tmp_path, capsys):
+    src = tmp_path / "posts.txt"
+    src.write_text("x\n")
+    assert main(["embed", str(src), "--out", str(tmp_path / "o.parquet"), "--quantize", "int8"]) == 2
+    err = capsys.readouterr().err
+    assert "`--quantize int8` needs a .npy `--out`" in err and "o.parquet" in err
+
+
 def test_embed_parquet_input(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq

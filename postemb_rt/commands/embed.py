@@ -5,7 +5,8 @@ INPUT: ``.txt`` (one post per line; every line is a post, empty lines included; 
 U+2028, form feeds and the like stay inside the post), ``.jsonl`` (one object per line with
 ``text`` and optional ``id``) or ``.parquet`` (column ``text``, optional ``id``). Ids are
 all integers or all strings, never null (checked before the model loads; without ``id``,
-posts are numbered by position). OUT: ``.npy`` (float32 (n, dim), input order) or
+posts are numbered by position). OUT: ``.npy`` (float32 (n, dim), input order; with
+``--quantize`` the quantized array and dtype, as ``Encoder.encode(precision=...)``) or
 ``.parquet`` (``id`` int64 or string, ``embedding`` as fixed-size list of float32,
 ``model_version``: the vector version, e.g. ``all-MiniLM-L6-v2+chunk``), written durably,
 and readable by ``postemb index build``.
@@ -19,6 +20,7 @@ import time
 from pathlib import Path
 
 from ..errors import ValidationError
+from ..quantization import PRECISIONS
 
 INT64 = (-(2 ** 63), 2 ** 63 - 1)
 
@@ -144,12 +146,18 @@ def run(args) -> int:
     inp, out = Path(args.input), Path(args.out)
     if out.suffix not in OUTPUTS:
         raise ValidationError(f"`--out` must end in one of {OUTPUTS}. Given: {args.out!r}.")
+    if args.quantize != "float32" and out.suffix != ".npy":
+        raise ValidationError(
+            f"`--quantize {args.quantize}` needs a .npy `--out` (the quantized dtype is kept there); .parquet holds "
+            f"float32 embeddings, as `postemb index build` reads them. Given: --out {args.out!r}. "
+            "Fix: write to a .npy file, or drop --quantize.")
     ids, texts = read_posts(inp)
     enc = Encoder.from_pretrained(args.model, backend=args.backend, device=args.device,
                                   precision=args.precision, max_length=args.max_length, long_posts=args.long_posts)
     start = time.perf_counter()
     show = not args.no_progress and len(texts) >= PROGRESS_MIN_POSTS
-    vectors = enc.encode(texts, batch_size=args.batch_size, show_progress_bar=show, truncate=not args.no_truncate)
+    vectors = enc.encode(texts, batch_size=args.batch_size, show_progress_bar=show, truncate=not args.no_truncate,
+                         precision=args.quantize)
     seconds = time.perf_counter() - start
     write_embeddings(out, ids, vectors, enc.vector_version)
     st = enc.last_stats
@@ -171,6 +179,10 @@ def register(sub) -> None:
     p.add_argument("--precision", default="fp32",
                    help="fp32 (exact); on CPU bf16 or int8 (gated by measured fidelity, see README \"Fast precisions\"); "
                         "on CUDA fp16 or bf16 (default: fp32)")
+    p.add_argument("--quantize", choices=list(PRECISIONS), default="float32",
+                   help="output quantization, Encoder.encode(precision=...): int8 / uint8 one byte per dimension "
+                        "(the model's calibration ranges), binary / ubinary one bit (8 per byte); .npy output "
+                        "only, which keeps the dtype (default: float32)")
     p.add_argument("--batch-size", type=int, default=64, help="posts per batch at most (default: 64)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per post (default: the model's)")
     p.add_argument("--no-truncate", action="store_true",

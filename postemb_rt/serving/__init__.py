@@ -5,7 +5,7 @@ Modules (text-embeddings-inference's router/backend split): ``schemas`` (request
 response models: the OpenAPI schema and the validation are one pydantic object),
 ``routes`` (the FastAPI app), ``runtime`` (owns the encoder and the batcher; no HTTP
 routing), ``metrics`` (Prometheus), ``auth`` (API key and admission), ``errors`` (the
-error answer), ``encodings`` (int8 / binary), ``config`` (``ServeConfig``), ``tei``
+error answer), ``encodings`` (HTTP names of the quantized outputs), ``config`` (``ServeConfig``), ``tei``
 (text-embeddings-inference's routes and errors), ``connections`` (connection cap, header and
 body deadlines, accept batches: what ``postemb serve`` runs uvicorn with).
 
@@ -19,7 +19,7 @@ Routes:
     POST /embed, POST /  text-embeddings-inference's (see ``tei``): a bare array of vectors.
     POST /tokenize, /decode  text-embeddings-inference's.
     POST /embed_full     native: ``inputs``, ``truncate`` (true), ``normalize`` (true),
-                         ``encoding`` (float32 | int8 | binary), ``long_posts`` (truncate |
+                         ``encoding`` (float32 | int8 | uint8 | binary | ubinary), ``long_posts`` (truncate |
                          chunk; default ``--long-posts``; the answer counts ``chunked`` posts
                          and their ``windows``), ``prompt_name``, ``truncation_direction``.
                          Unknown fields are a 422. (It was ``/embed`` before /embed became TEI's.)
@@ -44,7 +44,8 @@ down; a code and a generic message, the detail in the log). A client that discon
 its answer is counted and logged as 499 (nginx's "client closed request"), never as a server
 error. Every status is in the OpenAPI spec.
 
-int8 / binary: see ``postemb_rt.serving.encodings``.
+int8 / uint8 / binary: ``Encoder.encode(precision=...)``'s quantization, see
+``postemb_rt.serving.encodings``.
 
 ``dimensions``: neither the base encoder nor the fine-tuned model was trained for shortened
 (Matryoshka) embeddings, so a prefix of the vector is not a meaningful embedding; only the

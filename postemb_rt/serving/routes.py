@@ -12,7 +12,8 @@ from ..encoder import vector_version
 from . import tei
 from .auth import Admission, Gate
 from .config import ServeConfig
-from .encodings import int8_scale, pack_binary, quantize_int8
+from .docs import add_docs
+from . import encodings
 from .errors import CLIENT_CLOSED, ApiError, error_response, json_response
 from .metrics import Metrics
 from .runtime import Runtime
@@ -77,7 +78,8 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         await asyncio.to_thread(loader.join)
         await asyncio.to_thread(rt.close)
 
-    app = FastAPI(title="postemb_rt embedding server", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app = FastAPI(title="postemb_rt embedding server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    add_docs(app, app.title)  # Swagger UI from a PyPI package: works offline
     app.state.runtime = rt
 
     @app.exception_handler(ApiError)
@@ -136,13 +138,13 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         version = vector_version(enc.model_version, enc.backend.precision, long_posts)
         out = {"model": enc.model_version, "vector_version": version, "dim": enc.dim, "encoding": req.encoding,
                "normalized": req.normalize}
+        if req.encoding in ("binary", "ubinary"):
+            out.update(bytes_per_row=(enc.dim + 7) // 8, bit_order="big")
         if req.encoding == "float32":
             out["embeddings"] = vecs.tolist()
-        elif req.encoding == "int8":
-            scale = int8_scale(enc.dim)
-            out.update(scale=scale, embeddings=quantize_int8(vecs, scale).tolist())
-        else:
-            out.update(bytes_per_row=(enc.dim + 7) // 8, bit_order="big", embeddings=pack_binary(vecs).tolist())
+        else:  # as Encoder.encode(precision=...), the model's ranges (GET /info); off the loop: the first
+            # call imports sentence-transformers (and torch), which a float32-only server never loads
+            out["embeddings"] = (await rt.off_loop(encodings.quantize, vecs, req.encoding, rt.quant_ranges)).tolist()
         out.update(truncated=truncated, long_posts=long_posts, **chunk_stats,
                    usage={"prompt_tokens": tokens, "total_tokens": tokens})
         return await _render(out, vecs.size)

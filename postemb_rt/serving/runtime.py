@@ -14,9 +14,10 @@ from typing import Callable
 
 import numpy as np
 
+from .. import quantization
 from ..errors import BatcherClosedError, DeadlineExceededError, OverloadedError, ValidationError
 from .config import ServeConfig
-from .encodings import int8_scale
+from . import encodings
 from .errors import ApiError
 
 log = logging.getLogger("postemb_rt.server")
@@ -37,6 +38,7 @@ class Runtime:
         self.batcher = None
         self.ready = False
         self.load_error: str | None = None
+        self.quant_ranges: np.ndarray | None = None  # int8 / uint8 calibration of /embed_full (at load)
         self.backend_error: str | None = None  # last backend failure; cleared by the next success
         self.last_batch_end = 0.0  # time.monotonic() when the last model call returned (or failed)
         self.batches_done = 0  # model calls returned (or failed)
@@ -52,6 +54,8 @@ class Runtime:
 
         try:
             enc = self._load_encoder()
+            # /embed_full's int8 / uint8 calibration: once per model (cached on disk), before any request
+            self.quant_ranges = quantization.ranges_for(enc, normalize=True)
             # normalize=False on the batcher so /embed and /embed_full can serve raw vectors; rows are
             # normalised per request below (one pass over (n, dim) float32).
             embed = functools.partial(enc.backend.embed, normalize=False)
@@ -256,8 +260,7 @@ class Runtime:
             d.update(model=enc.model_version, vector_version=enc.vector_version, dim=enc.dim, max_length=enc.max_length,
                      backend=desc.get("backend"), precision=desc.get("precision"),
                      precision_reason=desc.get("precision_reason"), runtime=desc,
-                     encodings={"float32": {}, "int8": {"scale": int8_scale(enc.dim)},
-                                "binary": {"bytes_per_row": (enc.dim + 7) // 8, "bit_order": "big"}},
+                     encodings=encodings.describe(enc.dim, self.quant_ranges),
                      dimensions=[enc.dim])
         if self.load_error:
             d["load_error"] = self.load_error

@@ -96,7 +96,9 @@ class EmbedRequest(BaseModel):
     inputs: Texts
     truncate: StrictBool = True
     normalize: StrictBool = True
-    encoding: Literal["float32", "int8", "binary"] = "float32"
+    encoding: Literal["float32", "int8", "uint8", "binary", "ubinary"] = Field(
+        "float32", description="int8 / uint8: Encoder.encode(precision=...)'s calibrated ranges (GET /info); "
+                               "binary (= ubinary): packed sign bits, unsigned bytes")
     long_posts: Optional[LongPosts] = Field(None, description="default: the server's --long-posts")
     prompt_name: PromptName = Field(None, description=PROMPT_DOC)
     truncation_direction: Literal["right", "left", "Right", "Left"] = "right"

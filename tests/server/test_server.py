@@ -5,7 +5,7 @@ import base64
 import numpy as np
 import pytest
 
-from tests.conftest import LONG_POST, SAMPLE_TEXTS, assert_exact, cosines
+from tests.conftest import LONG_POST, SAMPLE_TEXTS, assert_exact
 from tests.server.conftest import API_KEY, LIMITS, require_serve_extra
 
 httpx = require_serve_extra()
@@ -76,22 +76,27 @@ def test_native_unnormalized_rows_point_the_same_way(client, server_encoder):
     assert_exact(got, want)  # the raw vectors themselves, so their norms too
 
 
-def test_native_int8_uses_the_fixed_scale_and_keeps_cosine(client, server_encoder):
-    from postemb_rt.serving.encodings import int8_scale
-
+def test_native_int8_equals_encode_with_precision_int8(client, server_encoder):
     texts = TEXTS
     r = client.post("/embed_full", json={"inputs": texts, "encoding": "int8"})
-    body = r.json()
-    assert body["scale"] == pytest.approx(int8_scale(server_encoder.dim))
-    q = np.array(body["embeddings"])
-    assert q.shape == (len(texts), server_encoder.dim) and q.min() >= -127 and q.max() <= 127
-    assert cosines(q * body["scale"], server_encoder.encode(texts)).min() >= 0.999
+    assert r.status_code == 200, r.text
+    got = np.array(r.json()["embeddings"], dtype=np.int64)
+    want = server_encoder.encode(texts, precision="int8")
+    assert want.dtype == np.int8 and got.shape == want.shape == (len(texts), server_encoder.dim)
+    np.testing.assert_array_equal(got, want)
+    uint8 = client.post("/embed_full", json={"inputs": texts[:2], "encoding": "uint8"}).json()["embeddings"]
+    np.testing.assert_array_equal(uint8, server_encoder.encode(texts[:2], precision="uint8"))
 
 
-def test_native_int8_scale_does_not_depend_on_the_request(client):
+def test_native_int8_ranges_are_the_models_and_do_not_depend_on_the_request(client, server_encoder):
+    from postemb_rt.quantization import ranges_for
+
     a = client.post("/embed_full", json={"inputs": ["same post"], "encoding": "int8"}).json()
     b = client.post("/embed_full", json={"inputs": ["same post", LONG_POST[:1000], "!!!"], "encoding": "int8"}).json()
-    assert a["scale"] == b["scale"] and a["embeddings"][0] == b["embeddings"][0]
+    assert a["embeddings"][0] == b["embeddings"][0]
+    info = client.get("/info").json()["encodings"]["int8"]
+    assert info["precision"] == "int8" and "scale" not in info
+    np.testing.assert_allclose(info["ranges"], ranges_for(server_encoder, normalize=True), rtol=0, atol=1e-7)
 
 
 def test_native_binary_is_packed_sign_bits(client, server_encoder):
@@ -102,6 +107,11 @@ def test_native_binary_is_packed_sign_bits(client, server_encoder):
     bits = np.unpackbits(packed, axis=1)[:, : server_encoder.dim]
     want = server_encoder.encode(TEXTS[:3]) > 0
     assert (bits == want).mean() >= 0.999  # a component within float noise of 0 may flip
+    # sentence-transformers' "ubinary" (also accepted under that name); its "binary" is the bytes minus 128
+    ubinary = server_encoder.encode(TEXTS[:3], precision="ubinary")
+    assert (np.unpackbits(packed, axis=1) == np.unpackbits(ubinary, axis=1)).mean() >= 0.999
+    again = client.post("/embed_full", json={"inputs": TEXTS[:3], "encoding": "ubinary"}).json()["embeddings"]
+    np.testing.assert_array_equal(again, packed)
 
 
 def test_probes_info_and_openapi(main_server, client, server_encoder):
