@@ -9,11 +9,10 @@ from contextlib import asynccontextmanager
 from typing import Callable
 
 from ..encoder import vector_version
-from . import tei
+from . import encodings, tei
 from .auth import Admission, Gate
 from .config import ServeConfig
 from .docs import add_docs
-from . import encodings
 from .errors import CLIENT_CLOSED, ApiError, error_response, json_response
 from .metrics import Metrics
 from .runtime import Runtime
