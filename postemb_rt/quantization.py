@@ -75,7 +75,7 @@ def quantize(vectors: np.ndarray, precision: str, ranges: np.ndarray | None = No
     except ImportError:
         raise BackendUnavailableError(
             f"`precision` {precision!r} quantizes through sentence_transformers.quantize_embeddings, which is "
-            "not installed. Fix: pip install sentence-transformers (or postemb_rt[train]).") from None
+            "not installed. Fix: pip install sentence-transformers (or postemb_rt[serve] or [train]).") from None
     if len(vectors) == 0:  # quantize_embeddings wants rows; the empty shape is known
         width = vectors.shape[-1] if precision.endswith("int8") else -(-vectors.shape[-1] // 8)
         return np.zeros((0, width), dtype=np.int8 if precision in ("int8", "binary") else np.uint8)
