@@ -2,6 +2,7 @@
 done by ``runtime``, access by ``auth``, counting by ``metrics``."""
 
 import asyncio
+import base64
 import json
 import logging
 import threading
@@ -111,7 +112,11 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         enc = rt.require_encoder()
         check_dimensions(enc, req.dimensions)
         vecs, tokens, truncated = await rt.embed(req.input, "input", truncate=True, normalize=True)
-        rows = vecs.tolist() if req.encoding_format == "float" else base64_rows(vecs)
+        if req.embedding_type != "float":  # as /embed_full's `encoding`: the model's calibrated ranges, packed bits
+            q = await rt.off_loop(encodings.quantize, vecs, req.embedding_type, rt.quant_ranges)
+            rows = q.tolist() if req.encoding_format == "float" else [base64.b64encode(r.tobytes()).decode() for r in q]
+        else:
+            rows = vecs.tolist() if req.encoding_format == "float" else base64_rows(vecs)
         data = [{"object": "embedding", "index": i, "embedding": r} for i, r in enumerate(rows)]
         # `truncated`: indices of inputs cut to max_length (OpenAI clients keep unknown fields)
         resp = await _render({"object": "list", "data": data, "model": enc.model_version,

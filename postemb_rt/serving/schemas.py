@@ -79,6 +79,10 @@ class V1EmbeddingsRequest(BaseModel):
     model: StrictStr = Field(None, description="any string; the answer names the served model")
     dimensions: Annotated[Any, WithJsonSchema({"type": "integer"})] = None
     user: Annotated[Any, WithJsonSchema({"type": "string"})] = None  # ignored
+    embedding_type: Literal["float", "int8", "uint8", "binary", "ubinary"] = Field(
+        "float", description="our extension (the openai client sends it in extra_body): int8 / uint8 / binary "
+                             "(= ubinary, packed sign bits) as Encoder.encode(precision=...); with encoding_format "
+                             "base64, each row's raw bytes")
 
     _check_input = field_validator("input", mode="before")(_texts)
     _defaults = field_validator("encoding_format", mode="before")(classmethod(_null_is_default))
