@@ -65,6 +65,22 @@ def test_embed_quantize_keeps_the_dtype_and_equals_encode(tmp_path, base_onnx, q
     np.testing.assert_array_equal(got, base_onnx.encode(POSTS, precision=quantize))
 
 
+def test_embed_prompts_equal_encode_and_a_bad_one_is_named(tmp_path, base_onnx, capsys):
+    src = tmp_path / "posts.txt"
+    src.write_text("\n".join(POSTS) + "\n")
+    out = tmp_path / "emb.npy"
+    argv = ["embed", str(src), "--out", str(out), "--model", "base", "--backend", "onnxruntime", "--device", "cpu"]
+    assert main([*argv, "--prompt", "query: "]) == 0
+    np.testing.assert_array_equal(np.load(out), base_onnx.encode(POSTS, prompt="query: "))
+    assert not np.allclose(np.load(out), base_onnx.encode(POSTS))  # the prompt changed the vectors
+    assert main([*argv, "--prompt-name", "query"]) == 0  # every model has the empty query/document prompts
+    np.testing.assert_array_equal(np.load(out), base_onnx.encode(POSTS))
+    capsys.readouterr()
+    assert main([*argv, "--prompt-name", "passage"]) == 2
+    assert "passage" in capsys.readouterr().err
+    assert main([*argv, "--prompt-name", "query", "--prompt", "q: "]) == 2
+
+
 def test_embed_quantize_refuses_parquet_output(tmp_path, capsys):
     src = tmp_path / "posts.txt"
     src.write_text("x\n")

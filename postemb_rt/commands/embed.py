@@ -157,7 +157,7 @@ def run(args) -> int:
     start = time.perf_counter()
     show = not args.no_progress and len(texts) >= PROGRESS_MIN_POSTS
     vectors = enc.encode(texts, batch_size=args.batch_size, show_progress_bar=show, truncate=not args.no_truncate,
-                         precision=args.quantize)
+                         precision=args.quantize, prompt_name=args.prompt_name, prompt=args.prompt)
     seconds = time.perf_counter() - start
     write_embeddings(out, ids, vectors, enc.vector_version)
     st = enc.last_stats
@@ -183,6 +183,10 @@ def register(sub) -> None:
                    help="output quantization, Encoder.encode(precision=...): int8 / uint8 one byte per dimension "
                         "(the model's calibration ranges), binary / ubinary one bit (8 per byte); .npy output "
                         "only, which keeps the dtype (default: float32)")
+    p.add_argument("--prompt-name", default=None, help="a prompt of the model's (its `prompts`, e.g. query or "
+                   "document) prepended to every post (default: the model's default prompt, if any)")
+    p.add_argument("--prompt", default=None, help="a prompt text prepended to every post (\"\" turns the model's "
+                   "default prompt off); not with --prompt-name")
     p.add_argument("--batch-size", type=int, default=64, help="posts per batch at most (default: 64)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per post (default: the model's)")
     p.add_argument("--no-truncate", action="store_true",
