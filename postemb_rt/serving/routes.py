@@ -111,7 +111,8 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
     async def _v1_embeddings(req):
         enc = rt.require_encoder()
         check_dimensions(enc, req.dimensions)
-        vecs, tokens, truncated = await rt.embed(req.input, "input", truncate=True, normalize=True)
+        vecs, tokens, truncated = await rt.embed(req.input, "input", truncate=True, normalize=True,
+                                                 prompt_name=req.prompt_name)
         if req.embedding_type != "float":  # as /embed_full's `encoding`: the model's calibrated ranges, packed bits
             q = await rt.off_loop(encodings.quantize, vecs, req.embedding_type, rt.quant_ranges)
             rows = q.tolist() if req.encoding_format == "float" else [base64.b64encode(r.tobytes()).decode() for r in q]

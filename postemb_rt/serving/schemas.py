@@ -68,6 +68,10 @@ def _null_is_default(cls, value, info: ValidationInfo):
     return cls.model_fields[info.field_name].default if value is None else value
 
 
+PromptName = Optional[StrictStr]
+PROMPT_DOC = "a prompt of the model's (`prompts`), prepended to each input; null: the model's default prompt, if any"
+
+
 class V1EmbeddingsRequest(BaseModel):
     """``POST /v1/embeddings`` (OpenAI-compatible). Unknown fields are ignored: OpenAI clients
     send extras. ``dimensions`` is checked against the served model by the route."""
@@ -83,13 +87,10 @@ class V1EmbeddingsRequest(BaseModel):
         "float", description="our extension (the openai client sends it in extra_body): int8 / uint8 / binary "
                              "(= ubinary, packed sign bits) as Encoder.encode(precision=...); with encoding_format "
                              "base64, each row's raw bytes")
+    prompt_name: PromptName = Field(None, description=PROMPT_DOC + " (our extension, as embedding_type)")
 
     _check_input = field_validator("input", mode="before")(_texts)
     _defaults = field_validator("encoding_format", mode="before")(classmethod(_null_is_default))
-
-
-PromptName = Optional[StrictStr]
-PROMPT_DOC = "a prompt of the model's (`prompts`), prepended to each input; null: the model's default prompt, if any"
 
 
 class EmbedRequest(BaseModel):

@@ -100,6 +100,11 @@ def test_openai_client_gets_quantized_and_packed_binary_rows(main_server, server
     packed = np.stack([np.frombuffer(base64.b64decode(d["embedding"]), dtype=np.uint8) for d in raw["data"]])
     np.testing.assert_array_equal(packed, server_encoder.encode(texts, precision="ubinary"))
     assert packed.shape == (3, (server_encoder.dim + 7) // 8)
+    r = c.embeddings.create(model="m", input=texts, encoding_format="float", extra_body={"prompt_name": "query"})
+    np.testing.assert_allclose([d.embedding for d in r.data], server_encoder.encode(texts, prompt_name="query"),
+                               rtol=0, atol=1e-5)
+    with pytest.raises(openai.UnprocessableEntityError, match="passage"):  # not one of the model's prompts
+        c.embeddings.create(model="m", input=texts, extra_body={"prompt_name": "passage"})
 
 
 def test_native_int8_ranges_are_the_models_and_do_not_depend_on_the_request(client, server_encoder):
