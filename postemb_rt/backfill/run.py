@@ -42,6 +42,7 @@ class BackfillReport:
     seconds: float = 0.0
     model_version: str = ""  # the vector version written with each vector (Encoder.vector_version)
     model_fingerprint: str = ""
+    prompt_name: str | None = None  # the model's prompt every post was embedded with (None: no prompt)
     id_type: str = ""  # of the output's `id` column: "int" (int64) or "string"
     workers: int = 0
     failures: list[str] = field(default_factory=list)
@@ -77,6 +78,19 @@ def _check_model_version(out: Path, model_version: str, fingerprint: str) -> Non
                 "Fix: pick a new --output folder, or run with the model (and --precision, --long-posts) that "
                 "wrote it.")
         # one committed file is enough: every file of a folder was written by one model
+
+
+_NO_PROMPT_RECORD = object()  # outputs of versions before prompts: no `prompt_name` recorded
+
+
+def _check_prompt(have: dict, prompt_name: str | None, where: str, fix: str) -> None:
+    """Refuse to mix vectors of two prompts in one output (``have``: a _SUCCESS.json or a
+    staging marker; one written before prompts existed records none and is not checked)."""
+    theirs = have.get("prompt_name", _NO_PROMPT_RECORD)
+    if theirs is not _NO_PROMPT_RECORD and theirs != prompt_name:
+        raise ValidationError(
+            f"`--prompt-name`: {where} was embedded with prompt {theirs!r}; this run uses {prompt_name!r} "
+            f"(None: no prompt). One output holds vectors of one prompt. Fix: {fix}")
 
 
 def _output_id_type(out: Path) -> tuple[str | None, str]:
@@ -150,14 +164,16 @@ def decide_id_type(files: list[Path], out: Path, id_type: str = "auto") -> str:
     return "string"  # no row has an id: every row is bad, the parts are empty
 
 
-def _marker(plan: FilePlan, model_version: str, fingerprint: str, rows_per_split: int, id_type: str) -> dict:
+def _marker(plan: FilePlan, model_version: str, fingerprint: str, rows_per_split: int, id_type: str,
+            prompt_name: str | None = None) -> dict:
     """What the staging folder of an unfinished file was started with (``_source.json``):
     the source's size and mtime, the model (vector version and fingerprint), the split plan
-    (each split's first and count: for JSONL, byte ranges) and the id type, so parts of
+    (each split's first and count: for JSONL, byte ranges), the id type and the prompt name, so parts of
     different runs are never mixed."""
     return {"size": plan.size, "mtime_ns": plan.mtime_ns, "model_version": model_version,
             "model_fingerprint": fingerprint, "rows_per_split": rows_per_split,
-            "splits": [[s.first, s.count] for s in plan.splits], "id_type": id_type}
+            "splits": [[s.first, s.count] for s in plan.splits], "id_type": id_type,
+            "prompt_name": prompt_name}
 
 
 def _resume_staging(staging: Path, want: dict, rel: str) -> None:
@@ -174,6 +190,9 @@ def _resume_staging(staging: Path, want: dict, rel: str) -> None:
                 f"{want['model_version']!r} (fingerprint {want['model_fingerprint']}). Its parts would be committed "
                 "under the wrong model. Fix: finish it with the first model, or delete that staging folder "
                 "(or pick a new --output folder) to embed it with this one.")
+        _check_prompt(have, want.get("prompt_name"), f"the unfinished file {rel!r} ({staging})",
+                      "finish it with that --prompt-name, or delete that staging folder (or pick a new --output "
+                      "folder) to embed it with this one.")
         if (have.get("size"), have.get("mtime_ns")) == (want["size"], want["mtime_ns"]):
             log.warning("%s: the split plan or id type changed since the interrupted run (rows_per_split %s -> "
                         "%s, id type %s -> %s); its finished splits are discarded and the file restarts", rel,
@@ -212,7 +231,8 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
              num_workers: int | None = None, threads_per_worker: int = 1, batch_size: int = 64,
              rows_per_split: int = ROWS_PER_SPLIT, ray_address: str | None = None,
              on_split: Callable[[dict, BackfillReport], None] | None = None,
-             long_posts: str = "truncate", precision: str = "fp32", id_type: str = "auto") -> BackfillReport:
+             long_posts: str = "truncate", precision: str = "fp32", id_type: str = "auto",
+             prompt_name: str | None = None) -> BackfillReport:
     """Embed every post under ``input_path`` into Parquet under ``output_path`` on Ray Data.
 
     input_path: a .parquet / .jsonl file or a folder of them (columns / fields ``id``, ``text``).
@@ -230,6 +250,10 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     id_type: "auto", "int" or "string": the one type of the output's ``id`` column, decided
     before any work (see :func:`decide_id_type`), so every output loads in
     ``PostIndex.from_parquet``.
+    prompt_name: the model's prompt every post is embedded with (``Encoder.encode(prompt_name=)``;
+    None: the model's default prompt, if it has one). An unknown name is refused before any
+    work; the name used is recorded in each ``_SUCCESS.json`` (and the report), and a resume
+    with another prompt is refused.
     Returns a BackfillReport; raises BackfillError after the run if some splits or commits
     failed (their files stay uncommitted, and a re-run finishes them; the rest is committed),
     e.g. on a full disk (the error says so and what to do).
@@ -261,11 +285,17 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     md = resolve(model)
     # the vector version (precision and long-post mode included): what each vector is written with
     model_version, fingerprint = vector_version(md.config.model_version, precision, long_posts), md.fingerprint
+    from ..prompts import resolve as resolve_prompt
+
+    resolve_prompt(md.config, prompt_name=prompt_name)  # an unknown name: refused here, listing the prompts
+    prompt_name = prompt_name if prompt_name is not None else md.config.default_prompt_name
     out.mkdir(parents=True, exist_ok=True)
     _check_model_version(out, model_version, fingerprint)
+    _check_prompt(_committed(out)[1], prompt_name, f"`--output` {str(out)!r}",
+                  "pick a new --output folder, or run with the --prompt-name that wrote it.")
     id_type = decide_id_type(files, out, id_type)
     report = BackfillReport(files_total=len(files), model_version=model_version, model_fingerprint=fingerprint,
-                            id_type=id_type)
+                            id_type=id_type, prompt_name=prompt_name)
 
     # what is left to do
     pending: dict[str, FilePlan] = {}
@@ -290,7 +320,8 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
             continue
         staging = out / STAGING / rel
         try:
-            _resume_staging(staging, _marker(plan, model_version, fingerprint, rows_per_split, id_type), rel)
+            _resume_staging(staging, _marker(plan, model_version, fingerprint, rows_per_split, id_type, prompt_name),
+                            rel)
         except OSError as exc:  # a full disk: this file cannot start; the report names it
             report.failures.append(f"{rel}: cannot prepare its staging folder ({describe_error(exc)})"[:500])
             report.files_failed += 1
@@ -322,7 +353,8 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
                 compute=rd.ActorPoolStrategy(size=workers), num_cpus=threads_per_worker,
                 fn_constructor_kwargs=dict(model=model, backend=backend, threads=threads_per_worker,
                                            batch_size=batch_size, out=str(out), long_posts=long_posts,
-                                           precision=precision, id_type=id_type, vector_version=model_version),
+                                           precision=precision, id_type=id_type, vector_version=model_version,
+                                           prompt_name=prompt_name),
             )
             for row in ds.iter_rows():
                 rel, index = row["rel"], int(row["index"])
@@ -377,7 +409,7 @@ def _commit(out: Path, plan: FilePlan, report: BackfillReport) -> None:
                             f"left in {staging} for inspection.")
     meta = {"source": str(plan.path), "source_size": plan.size, "source_mtime_ns": plan.mtime_ns,
             "model_version": report.model_version, "model_fingerprint": report.model_fingerprint,
-            "id_type": report.id_type, "rows": rows,
+            "id_type": report.id_type, "prompt_name": report.prompt_name, "rows": rows,
             "bad_rows": bad, "splits": len(plan.splits), "committed_at": time.time()}
     atomic_write(staging / SUCCESS, json.dumps(meta, indent=1))
     (staging / MARKER).unlink(missing_ok=True)

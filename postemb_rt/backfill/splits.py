@@ -154,7 +154,7 @@ class SplitEmbedder:
 
     def __init__(self, model: str, backend: str, threads: int, batch_size: int, out: str,
                  long_posts: str = "truncate", precision: str = "fp32", id_type: str = "string",
-                 vector_version: str | None = None):
+                 vector_version: str | None = None, prompt_name: str | None = None):
         os.environ["POSTEMB_NUM_THREADS"] = str(threads)  # read by the onnxruntime backend
         import torch
 
@@ -168,6 +168,7 @@ class SplitEmbedder:
                                f"{self.enc.vector_version!r}; the run started with {vector_version!r}.")
         self.batch_size = batch_size
         self.id_type = id_type
+        self.prompt_name = prompt_name  # the driver resolved it (None: the model has no default prompt)
         self.staging = Path(out) / STAGING
 
     def __call__(self, batch: dict) -> dict:
@@ -189,7 +190,9 @@ class SplitEmbedder:
         import pyarrow.parquet as pq
 
         ids, texts, bad = (_read_parquet_split if s.kind == "parquet" else _read_jsonl_split)(s, self.id_type)
-        vectors = self.enc.encode(texts, batch_size=self.batch_size)
+        # prompt="" when no prompt applies: never the model's default behind the driver's back
+        prompt = {"prompt_name": self.prompt_name} if self.prompt_name is not None else {"prompt": ""}
+        vectors = self.enc.encode(texts, batch_size=self.batch_size, **prompt)
         folder = self.staging / s.rel
         folder.mkdir(parents=True, exist_ok=True)
         if bad:

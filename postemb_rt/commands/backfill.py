@@ -37,7 +37,8 @@ def run(args) -> int:
         r = backfill(args.input, args.output, args.model, backend=args.backend, num_workers=args.num_workers,
                      threads_per_worker=args.threads_per_worker, batch_size=args.batch_size,
                      rows_per_split=args.rows_per_split, ray_address=args.ray_address, on_split=on_split,
-                     long_posts=args.long_posts, precision=args.precision, id_type=args.id_type)
+                     long_posts=args.long_posts, precision=args.precision, id_type=args.id_type,
+                     prompt_name=args.prompt_name)
     except BackfillError as exc:
         r, failed = exc.report, exc
     finally:
@@ -46,7 +47,7 @@ def run(args) -> int:
     print(f"backfilled {r.rows_embedded} posts in {r.seconds:.1f} s ({r.posts_per_s:.0f} posts/s), "
           f"files: {r.files_committed} committed, {r.files_skipped} skipped (done before), {r.files_failed} failed, "
           f"{r.files_total} total; bad rows: {r.rows_bad}; splits: {r.splits_run} run, {r.splits_reused} reused; "
-          f"workers={r.workers}, model={r.model_version}, ids={r.id_type} -> {args.output}")
+          f"workers={r.workers}, model={r.model_version}, prompt={r.prompt_name}, ids={r.id_type} -> {args.output}")
     if r.errors_files:
         more = f" (+{len(r.errors_files) - 1} more)" if len(r.errors_files) > 1 else ""
         print(f"bad rows and reasons: {r.errors_files[0]}{more}")
@@ -80,6 +81,10 @@ def register(sub) -> None:
                         "columns' (integer and string files mixed are refused: use string); JSONL: the first id's. "
                         "string writes integer ids as decimal strings; a string id in an int output is a bad row "
                         "(default: auto)")
+    p.add_argument("--prompt-name", default=None,
+                   help="the model's prompt to embed every post with (e.g. query or document: its `prompts`); "
+                        "recorded in each _SUCCESS.json, and a resume must use the same (default: the model's "
+                        "default prompt, if any)")
     p.add_argument("--rows-per-split", type=int, default=10_000,
                    help="rows per unit of work (Parquet row groups are never cut) (default: 10000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -364,3 +364,53 @@ def test_vectors_carry_the_vector_version_and_a_resume_cannot_mix_long_post_mode
     report = bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=1, rows_per_split=3, long_posts="chunk")
     assert report.model_version == chunk_v and report.files_committed == 1
     assert set(read_output(tmp_path / "emb")[2].column("model_version").to_pylist()) == {chunk_v}
+
+
+# -- prompts --------------------------------------------------------------------------------
+def _prompted_model(tmp_path):
+    """The default model with e5-style prompts in its postemb.json (default prompt 'passage')."""
+    import shutil
+
+    from postemb_rt.model_dir import resolve
+
+    d = tmp_path / "prompted"
+    shutil.copytree(resolve("default").path, d)
+    cfg = json.loads((d / "postemb.json").read_text())
+    cfg.update(prompts={"query": "query: ", "passage": "passage: "}, default_prompt_name="passage")
+    (d / "postemb.json").write_text(json.dumps(cfg))
+    return d
+
+
+def test_unknown_prompt_name_is_refused_before_any_work_listing_the_prompts(tmp_path):
+    write_parquet_set(tmp_path / "posts", n_files=1)
+    with pytest.raises(ValidationError, match=r"`prompt_name` must be one of this model's prompts "
+                                              r"\['document', 'passage', 'query'\]\. Given: 'nope'"):
+        bf.backfill(tmp_path / "posts", tmp_path / "emb", str(_prompted_model(tmp_path)), prompt_name="nope")
+    assert not (tmp_path / "emb").exists()
+
+
+def test_prompt_name_embeds_every_post_is_recorded_and_a_resume_cannot_mix_prompts(tmp_path, ray_local):
+    from postemb_rt import Encoder
+
+    truth = write_parquet_set(tmp_path / "posts", n_files=1, rows_per_group=3)
+    model = str(_prompted_model(tmp_path))
+    with pytest.raises(Interrupt):
+        bf.backfill(tmp_path / "posts", tmp_path / "emb", model, num_workers=1, rows_per_split=3,
+                    prompt_name="query", on_split=_stop_at_first_split)
+    # no --prompt-name: the model's default prompt ('passage'), not the 'query' the parts were made with
+    with pytest.raises(ValidationError, match=r"`--prompt-name`: the unfinished file .* was embedded with prompt "
+                                              r"'query'; this run uses 'passage'.*Fix: finish it with that"):
+        bf.backfill(tmp_path / "posts", tmp_path / "emb", model, num_workers=1, rows_per_split=3)
+    report = bf.backfill(tmp_path / "posts", tmp_path / "emb", model, num_workers=1, rows_per_split=3,
+                         prompt_name="query")
+    assert report.splits_reused >= 1 and report.files_committed == 1 and report.prompt_name == "query"
+    meta = json.loads((tmp_path / "emb" / "sub" / "posts-0.parquet" / bf.SUCCESS).read_text())
+    assert meta["prompt_name"] == "query"
+    ids, vectors, _ = read_output(tmp_path / "emb")
+    with Encoder.from_pretrained(model, device="cpu") as enc:
+        texts = [truth[i] for i in ids]
+        assert_exact(vectors, enc.encode(texts, prompt_name="query"))
+        assert not np.allclose(vectors, enc.encode(texts), atol=1e-3)  # the prompt changed the vectors
+    with pytest.raises(ValidationError, match=r"`--prompt-name`: `--output` .* was embedded with prompt 'query'; "
+                                              r"this run uses 'passage'.*Fix: pick a new --output folder"):
+        bf.backfill(tmp_path / "posts", tmp_path / "emb", model, num_workers=1, prompt_name="passage")
