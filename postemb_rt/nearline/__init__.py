@@ -10,6 +10,13 @@ version, plus ``+<precision>`` / ``+chunk`` when the precision or the long-post 
 the numbers (the plain model version for fp32 + truncate), so vectors of two modes never
 share a key. Read a record back with ``fetch(client, encoder.vector_version, post_id)``.
 
+Prompts: an event may carry ``prompt_name`` (``publish(..., prompt_name="query")``), else the
+worker's ``prompt_name`` (``--prompt-name``; default: the model's default prompt) applies. A
+micro-batch is embedded with one model call per distinct prompt in it; an event naming a
+prompt the model lacks is dead-lettered (the reason lists the model's prompts); the record
+and its announcement carry ``prompt_name``, and the same text with another prompt is a new
+vector (stored and announced again).
+
 Delivery is at-least-once: an event is acknowledged only after its embedding is written,
 so a crash anywhere leaves it pending, and a live worker claims it (XAUTOCLAIM) once it
 has been idle for ``claim_idle_ms``. The store write is idempotent: a Lua script writes

@@ -12,6 +12,7 @@ from .keys import POSTS_MAXLEN, POSTS_STREAM
 
 MAX_TEXT_BYTES = 32 * 1024  # a post larger than this (UTF-8) is poison, not a post
 MAX_POST_ID_BYTES = 256
+MAX_PROMPT_NAME_BYTES = 256
 
 
 def _as_epoch(created_at) -> float:
@@ -29,7 +30,7 @@ def _as_epoch(created_at) -> float:
 
 
 def publish(client, post_id, text: str, created_at=None, *, stream: str = POSTS_STREAM,
-            maxlen: int | None = POSTS_MAXLEN) -> bytes:
+            maxlen: int | None = POSTS_MAXLEN, prompt_name: str | None = None) -> bytes:
     """Append a post-created event to the ``posts`` stream; returns its stream id.
 
     client: a redis-py client (see :func:`connect`).
@@ -37,7 +38,12 @@ def publish(client, post_id, text: str, created_at=None, *, stream: str = POSTS_
     text: the post (str, at most MAX_TEXT_BYTES = 32 KiB as UTF-8; longer posts are
         rejected here, and a worker dead-letters any that reach it from other producers).
     created_at: seconds since the epoch (float) or an aware datetime; default: now.
-    Event fields: ``post_id``, ``text`` (UTF-8), ``created_at`` ("%.6f").
+    prompt_name: a prompt of the worker's model (its ``prompts``, e.g. "query" / "document")
+        to embed this post with; None: the worker's ``--prompt-name`` (default: the model's
+        default prompt, if any). A name the model lacks is dead-lettered by the worker with
+        a reason listing the model's prompts.
+    Event fields: ``post_id``, ``text`` (UTF-8), ``created_at`` ("%.6f"), and ``prompt_name``
+    when given.
 
     maxlen policy: each XADD trims the stream approximately (``MAXLEN ~ maxlen``, whole
     macro-nodes, O(1) amortised) to bound Redis memory. Trimming ignores consumer groups,
@@ -61,6 +67,12 @@ def publish(client, post_id, text: str, created_at=None, *, stream: str = POSTS_
     if len(data) > MAX_TEXT_BYTES:
         raise ValidationError(f"`text` must be at most {MAX_TEXT_BYTES} UTF-8 bytes. Given: {len(data)} bytes.")
     fields = {"post_id": pid, "text": data, "created_at": f"{_as_epoch(created_at):.6f}"}
+    if prompt_name is not None:
+        if not isinstance(prompt_name, str) or not prompt_name \
+                or len(prompt_name.encode("utf-8")) > MAX_PROMPT_NAME_BYTES:
+            raise ValidationError(f"`prompt_name` must be a non-empty str of at most {MAX_PROMPT_NAME_BYTES} UTF-8 "
+                                  f"bytes, or None (the worker's default). Given: {prompt_name!r}.")
+        fields["prompt_name"] = prompt_name
     return client.xadd(stream, fields, maxlen=maxlen, approximate=True)
 
 
@@ -70,11 +82,15 @@ class Post:
     post_id: str
     text: str
     created_at: float
+    prompt_name: str | None = None  # the event's prompt (None: the worker's default)
 
 
 def event_fields(p: Post) -> dict:
     """The fields of the event ``p`` was parsed from (what its dead-letter record keeps)."""
-    return {b"post_id": p.post_id.encode(), b"text": p.text.encode(), b"created_at": f"{p.created_at:.6f}".encode()}
+    fields = {b"post_id": p.post_id.encode(), b"text": p.text.encode(), b"created_at": f"{p.created_at:.6f}".encode()}
+    if p.prompt_name is not None:
+        fields[b"prompt_name"] = p.prompt_name.encode()
+    return fields
 
 
 def id_ms(event_id) -> int:
@@ -83,7 +99,8 @@ def id_ms(event_id) -> int:
 
 
 def parse_event(event_id: bytes, fields: dict, max_text_bytes: int = MAX_TEXT_BYTES) -> tuple[Post | None, str]:
-    """Validate one ``posts`` entry. Returns (Post, "") or (None, reason) for a poison event."""
+    """Validate one ``posts`` entry. Returns (Post, "") or (None, reason) for a poison event.
+    (Whether a ``prompt_name`` is one of the model's prompts is checked by the worker.)"""
     if not fields:
         return None, "empty event (no fields)"
     raw_pid, raw_text = fields.get(b"post_id"), fields.get(b"text")
@@ -115,4 +132,13 @@ def parse_event(event_id: bytes, fields: dict, max_text_bytes: int = MAX_TEXT_BY
             created = float("nan")
         if not math.isfinite(created) or created < 0:
             return None, f"invalid `created_at`: {raw_ts[:40]!r}"
-    return Post(event_id, pid, text, created), ""
+    raw_prompt = fields.get(b"prompt_name")
+    prompt_name = None
+    if raw_prompt is not None:
+        try:
+            prompt_name = raw_prompt.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "`prompt_name` is not valid UTF-8"
+        if not prompt_name or len(raw_prompt) > MAX_PROMPT_NAME_BYTES:
+            return None, f"`prompt_name` must be 1..{MAX_PROMPT_NAME_BYTES} bytes. Given: {len(raw_prompt)} bytes"
+    return Post(event_id, pid, text, created, prompt_name), ""

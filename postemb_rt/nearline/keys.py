@@ -14,9 +14,11 @@ Record layout (hash ``postemb:{vector_version}:{post_id}``):
     embedded_at     seconds since the epoch when the worker wrote it, "%.6f"
     event_id        the ``posts`` stream id the record came from
     text_sha256     hex SHA-256 of the post's UTF-8 text (the content the vector is of)
+    prompt_name     the model's prompt the text was embedded with ("" for none; records
+                    written before prompts lack it, and were embedded with no prompt name)
 
 Announcement (``embeddings`` stream): post_id, key, model_version, vector_version,
-created_at, embedded_at.
+created_at, embedded_at, prompt_name.
 """
 from __future__ import annotations
 
@@ -59,15 +61,15 @@ def connect(url: str = "redis://127.0.0.1:6379/0", **kwargs):
 
 # KEYS[1] = embeddings stream, KEYS[1+i] = hash key of item i.
 # ARGV = embeddings maxlen, model_version, vector_version, dim, embedded_at, then per item
-#        event_id, post_id, created_at, vector bytes, text_sha256.
+#        event_id, post_id, created_at, vector bytes, text_sha256, prompt_name ("" for none).
 # All or nothing: every key's TYPE is checked before the first write, and a key of the wrong
 # type fails the whole call with an error that names it (nothing written, nothing
 # announced). Past the checks no command can fail on the data (an out-of-memory server
 # refuses the first write of a script, never a later one), so a call writes every record
 # or none. A hash already holding this event id or a newer one for the post is left alone
 # (a re-delivery or an older event arriving late). A newer event with the text already
-# stored (the post published twice) only moves ``event_id`` forward: no new vector, no
-# announcement. Returns the number of records written (= announced). No items (KEYS[1]
+# stored with the same prompt (the post published twice) only moves ``event_id`` forward: no
+# new vector, no announcement. Returns the number of records written (= announced). No items (KEYS[1]
 # only): the checks alone, the worker's probe.
 STORE_LUA = """
 local function check(key, want)
@@ -80,7 +82,7 @@ end
 local bad = check(KEYS[1], 'stream')
 for i = 2, #KEYS do bad = bad or check(KEYS[i], 'hash') end
 if bad then return redis.error_reply(bad) end
-if #ARGV ~= 5 + (#KEYS - 1) * 5 then
+if #ARGV ~= 5 + (#KEYS - 1) * 6 then
   return redis.error_reply('ERR postemb store: ' .. #ARGV .. ' arguments for ' .. (#KEYS - 1) .. ' items')
 end
 local function newer(a, b)
@@ -92,18 +94,19 @@ local function newer(a, b)
 end
 local written = 0
 for i = 2, #KEYS do
-  local a = 6 + (i - 2) * 5
-  local cur = redis.call('HMGET', KEYS[i], 'event_id', 'text_sha256')
+  local a = 6 + (i - 2) * 6
+  local cur = redis.call('HMGET', KEYS[i], 'event_id', 'text_sha256', 'prompt_name')
   if (not cur[1]) or newer(ARGV[a], cur[1]) then
-    if cur[1] and cur[2] == ARGV[a + 4] then
+    if cur[1] and cur[2] == ARGV[a + 4] and (cur[3] or '') == ARGV[a + 5] then
       redis.call('HSET', KEYS[i], 'event_id', ARGV[a])
     else
       redis.call('HSET', KEYS[i], 'vector', ARGV[a + 3], 'dim', ARGV[4], 'model_version', ARGV[2],
                  'vector_version', ARGV[3], 'post_id', ARGV[a + 1], 'created_at', ARGV[a + 2],
-                 'embedded_at', ARGV[5], 'event_id', ARGV[a], 'text_sha256', ARGV[a + 4])
+                 'embedded_at', ARGV[5], 'event_id', ARGV[a], 'text_sha256', ARGV[a + 4],
+                 'prompt_name', ARGV[a + 5])
       redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'post_id', ARGV[a + 1], 'key', KEYS[i],
                  'model_version', ARGV[2], 'vector_version', ARGV[3], 'created_at', ARGV[a + 2],
-                 'embedded_at', ARGV[5])
+                 'embedded_at', ARGV[5], 'prompt_name', ARGV[a + 5])
       written = written + 1
     end
   end
@@ -184,6 +187,7 @@ class StoredEmbedding:
     event_id: str
     model_version: str   # the model's own version (``Encoder.model_version``)
     vector_version: str  # the version the record is stored under (``Encoder.vector_version``)
+    prompt_name: str = ""  # the model's prompt the text was embedded with ("" for none)
 
 
 def fetch(client, vector_version: str, post_id, prefix: str = KEY_PREFIX) -> StoredEmbedding | None:
@@ -199,7 +203,8 @@ def fetch(client, vector_version: str, post_id, prefix: str = KEY_PREFIX) -> Sto
     model_version = h[b"model_version"].decode()
     return StoredEmbedding(np.frombuffer(h[b"vector"], dtype="<f4").astype(np.float32),
                            float(h[b"created_at"]), float(h[b"embedded_at"]), h[b"event_id"].decode(),
-                           model_version, h.get(b"vector_version", b"").decode() or model_version)
+                           model_version, h.get(b"vector_version", b"").decode() or model_version,
+                           h.get(b"prompt_name", b"").decode())
 
 
 def refuse_cluster(client) -> None:

@@ -51,7 +51,8 @@ class StoreMixin:
         embedded_at = f"{time.time():.6f}"
         items = [(p, [p.event_id, p.post_id, f"{p.created_at:.6f}",
                       np.ascontiguousarray(v, dtype="<f4").tobytes(),  # dim*4 bytes
-                      hashlib.sha256(p.text.encode("utf-8")).hexdigest()]) for p, v in zip(posts, vectors)]
+                      hashlib.sha256(p.text.encode("utf-8")).hexdigest(),
+                      self.prompt_of(p) or ""]) for p, v in zip(posts, vectors)]
 
         def write(chunk):
             keys = [self.embeddings] + [store_key(self.vector_version, p.post_id, self.prefix) for p, _ in chunk]

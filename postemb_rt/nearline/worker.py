@@ -24,6 +24,7 @@ import threading
 import time
 from concurrent import futures
 
+from .. import prompts
 from ..errors import PostEmbError, ValidationError
 from .events import MAX_TEXT_BYTES, Post, event_fields, parse_event
 from .health import WorkerStats
@@ -98,6 +99,13 @@ class Worker(StoreMixin):
         exits with code 3 so that its supervisor restarts it). Its events stay pending and
         are retried one at a time, so a post that hangs the model is dead-lettered after
         ``max_deliveries``. 0 or None: no bound (the call runs on the worker's own thread).
+    prompt_name: the model's prompt for events that name none (an event's ``prompt_name``
+        wins; None: the model's default prompt, if any). Each micro-batch is embedded with one
+        model call per distinct prompt in it. An event naming a prompt the model lacks is
+        dead-lettered with a reason listing the model's prompts. The prompt used is stored
+        in the record (``prompt_name``). Prompts need an :class:`~postemb_rt.Encoder` (its
+        ``model.config``); a duck-typed encoder without one embeds without prompts and
+        dead-letters events that name one.
     """
 
     def __init__(self, client, encoder, group: str = "embedder", consumer: str | None = None, *,
@@ -106,7 +114,7 @@ class Worker(StoreMixin):
                  posts_stream: str = POSTS_STREAM, dead_stream: str = DEAD_STREAM,
                  embeddings_stream: str = EMBEDDINGS_STREAM, prefix: str = KEY_PREFIX,
                  embeddings_maxlen: int = EMBEDDINGS_MAXLEN, poll_ms: int = 500, heartbeat_s: float = 2.0,
-                 model_timeout_s: float | None = DEFAULT_MODEL_TIMEOUT_S):
+                 model_timeout_s: float | None = DEFAULT_MODEL_TIMEOUT_S, prompt_name: str | None = None):
         if batch_size < 1:
             raise ValidationError(f"`batch_size` must be >= 1. Given: {batch_size}.")
         if max_wait_ms < 0:
@@ -134,6 +142,15 @@ class Worker(StoreMixin):
         self.model_version, self.dim = encoder.model_version, encoder.dim
         # the store's version: keys, records, announcements and heartbeats carry it
         self.vector_version = getattr(encoder, "vector_version", None) or encoder.model_version
+        # the model's prompts (postemb_rt.prompts): None for a duck-typed encoder without a config
+        self._model_config = getattr(getattr(encoder, "model", None), "config", None)
+        if prompt_name is not None:
+            if self._model_config is None:
+                raise ValidationError(f"`prompt_name` {prompt_name!r}: this encoder ({type(encoder).__name__}) has no "
+                                      "prompts. Fix: pass a postemb_rt Encoder, or no prompt_name.")
+            prompts.resolve(self._model_config, prompt_name=prompt_name)  # unknown: refused, listing the prompts
+        self.prompt_name = prompt_name if prompt_name is not None else getattr(self._model_config,
+                                                                               "default_prompt_name", None)
         self.stats = WorkerStats()
         self.stop_event = threading.Event()
         self._script = client.register_script(STORE_LUA)
@@ -295,6 +312,8 @@ class Worker(StoreMixin):
                                           f"model hung (model_timeout_s={self.model_timeout_s}) on it"))
                 continue
             post, reason = parse_event(eid, fields, self.max_text_bytes)
+            if post is not None and post.prompt_name is not None:
+                post, reason = self._check_prompt(post)
             if post is None:
                 dead.append((eid, fields, reason))
             else:
@@ -315,6 +334,22 @@ class Worker(StoreMixin):
         # every entry is now acknowledged: stored (or a rewrite), dead-lettered, or trimmed
         self.stats.events += sum(1 for eid, _ in entries if eid is not None)
 
+    def _check_prompt(self, post: Post) -> tuple[Post | None, str]:
+        """(post, "") if the event's ``prompt_name`` is one of the model's prompts, else (None, why)."""
+        if self._model_config is None:
+            return None, (f"`prompt_name` {post.prompt_name!r}: this worker's encoder has no prompts; "
+                          "Fix: publish without prompt_name")
+        try:
+            prompts.resolve(self._model_config, prompt_name=post.prompt_name)
+        except ValidationError as exc:
+            return None, f"bad `prompt_name`: {exc}"
+        return post, ""
+
+    def prompt_of(self, post: Post) -> str | None:
+        """The prompt name ``post`` is embedded with: its event's, else the worker's default
+        (None: no prompt)."""
+        return post.prompt_name if post.prompt_name is not None else self.prompt_name
+
     def _over_delivered(self, ids: list) -> dict:
         if not ids or self.max_deliveries <= 0:
             return {}
@@ -326,7 +361,22 @@ class Worker(StoreMixin):
 
     def _embed(self, posts: list[Post]) -> tuple[list, list]:
         """Vectors for posts (None where the post could not be embedded) and the rejected
-        entries (event_id, fields, reason) to dead-letter.
+        entries (event_id, fields, reason) to dead-letter: the posts grouped by prompt
+        (:meth:`prompt_of`), one :meth:`_embed_group` (one model call when all goes well) per
+        distinct prompt, in the order each prompt first appears."""
+        groups: dict[str | None, list[int]] = {}
+        for i, p in enumerate(posts):
+            groups.setdefault(self.prompt_of(p), []).append(i)
+        vectors, rejected = [None] * len(posts), []
+        for name, idx in groups.items():
+            got, bad = self._embed_group([posts[i] for i in idx], name)
+            for i, v in zip(idx, got):
+                vectors[i] = v
+            rejected += bad
+        return vectors, rejected
+
+    def _embed_group(self, posts: list[Post], prompt_name: str | None) -> tuple[list, list]:
+        """:meth:`_embed` for posts of one prompt (``prompt_name``).
 
         A chunk the model rejects (ValidationError) is split at once. Any other failure is
         retried up to ``max_attempts`` times with backoff, then the chunk is split, until
@@ -340,7 +390,7 @@ class Worker(StoreMixin):
             lo, hi = todo.pop()
             chunk = posts[lo:hi]
             try:
-                vectors[lo:hi] = self._encode_bounded(chunk)
+                vectors[lo:hi] = self._encode_bounded(chunk, prompt_name)
                 continue
             except ValidationError as exc:
                 err, why = exc, "the model rejected it"
@@ -358,7 +408,7 @@ class Worker(StoreMixin):
                             retry_if=lambda e: not isinstance(e, ModelTimeoutError))
                 try:
                     # the model is fine now: one last try
-                    vectors[lo:hi] = self._encode_once([p.text for p in chunk], chunk)
+                    vectors[lo:hi] = self._encode_once([p.text for p in chunk], chunk, prompt_name)
                     continue
                 except ModelTimeoutError:
                     raise
@@ -368,12 +418,16 @@ class Worker(StoreMixin):
             rejected.append((p.event_id, event_fields(p), f"{why}: {type(err).__name__}: {err}"[:1000]))
         return vectors, rejected
 
-    def _encode_once(self, texts: list[str], posts: list[Post]) -> list:
-        """encoder.encode(texts) as a list of float32 (dim,) rows; bounded by model_timeout_s
-        (on the worker's model thread) when that is set. posts: what the texts are of (for
-        the error message; [] for the probe)."""
+    def _encode_once(self, texts: list[str], posts: list[Post], prompt_name: str | None = None) -> list:
+        """encoder.encode(texts, prompt_name=prompt_name) as a list of float32 (dim,) rows;
+        bounded by model_timeout_s (on the worker's model thread) when that is set. posts: what
+        the texts are of (for the error message; [] for the probe). prompt_name None: no
+        prompt_name argument (the model's default prompt, which the worker's default already
+        names when there is one)."""
+        kw = {"prompt_name": prompt_name} if prompt_name is not None else {}
+
         def call():
-            return list(self.encoder.encode(texts, batch_size=len(texts)))
+            return list(self.encoder.encode(texts, batch_size=len(texts), **kw))
 
         t = time.perf_counter()
         try:
@@ -398,12 +452,12 @@ class Worker(StoreMixin):
         finally:
             self.stats.encode_s += time.perf_counter() - t
 
-    def _encode_bounded(self, chunk: list[Post]) -> list:
+    def _encode_bounded(self, chunk: list[Post], prompt_name: str | None = None) -> list:
         """encode(chunk), retried up to max_attempts times (backoff 50 ms .. 5 s) on any error
         but a ValidationError or a timeout; the last error is raised. Raises Stopped on shutdown."""
         for attempt in range(1, self.max_attempts + 1):
             try:
-                return self._encode_once([p.text for p in chunk], chunk)
+                return self._encode_once([p.text for p in chunk], chunk, prompt_name)
             except (ValidationError, ModelTimeoutError):
                 raise
             except Exception as exc:  # noqa: BLE001
@@ -430,7 +484,8 @@ class Worker(StoreMixin):
         self._next_beat = now + self.heartbeat_s
         key = f"{self.prefix}:nearline:worker:{self.group}:{self.consumer}"
         snap = self.stats.snapshot() | {"consumer": self.consumer, "model_version": self.model_version,
-                                         "vector_version": self.vector_version, "pid": os.getpid(),
+                                         "vector_version": self.vector_version, "prompt_name": self.prompt_name,
+                                         "pid": os.getpid(),
                                          "at": time.time()}
         try:
             self.client.set(key, json.dumps(snap), ex=max(1, int(self.heartbeat_s * 5)))

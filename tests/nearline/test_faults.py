@@ -120,7 +120,7 @@ def test_store_script_checks_every_key_before_writing_and_names_the_bad_one(redi
     keys = ["embeddings"] + [nearline.store_key("v", f"p{i}") for i in (1, 2, 3)]
     args = [1000, "v", "v", DIM, "1.0"]
     for i in (1, 2, 3):
-        args += [f"1-{i}", f"p{i}", "1.0", fake_vector(str(i)).tobytes(), "sha"]
+        args += [f"1-{i}", f"p{i}", "1.0", fake_vector(str(i)).tobytes(), "sha", ""]
     with pytest.raises(redis.ResponseError) as err:
         script(keys=keys, args=args)
     # all or nothing: p1 (before the bad key) is neither written nor announced
@@ -128,7 +128,7 @@ def test_store_script_checks_every_key_before_writing_and_names_the_bad_one(redi
     assert "WRONGTYPE postemb store: key postemb:v:p2 holds a string, not a hash; nothing was written" in str(err.value)
     redis_client.set("embeddings", "not a stream")
     with pytest.raises(redis.ResponseError, match="key embeddings holds a string, not a stream"):
-        script(keys=keys[:2], args=args[:10])
+        script(keys=keys[:2], args=args[:11])
     assert not redis_client.exists("postemb:v:p1")
 
 

@@ -464,3 +464,82 @@ def test_worker_refuses_a_redis_cluster_node(tmp_path, nearline_encoder):
             w.run(max_events=1)
     finally:
         server.stop()
+
+
+# -- prompts --------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def prompted_encoder(tmp_path_factory):
+    """The default model with e5-style prompts in its postemb.json (default prompt 'passage')."""
+    import shutil
+
+    from postemb_rt import Encoder
+    from postemb_rt.model_dir import resolve
+
+    d = tmp_path_factory.mktemp("prompted") / "model"
+    shutil.copytree(resolve("default").path, d)
+    cfg = json.loads((d / "postemb.json").read_text())
+    cfg.update(prompts={"query": "query: ", "passage": "passage: "}, default_prompt_name="passage")
+    (d / "postemb.json").write_text(json.dumps(cfg))
+    with Encoder.from_pretrained(d, device="cpu") as enc:
+        yield enc
+
+
+class CallLog:
+    """An Encoder, logging the texts and keyword arguments of each encode call."""
+
+    def __init__(self, enc):
+        self.enc, self.calls = enc, []
+        self.model, self.model_version, self.dim = enc.model, enc.model_version, enc.dim
+        self.vector_version = enc.vector_version
+
+    def encode(self, texts, **kw):
+        self.calls.append((list(texts), kw.get("prompt_name")))
+        return self.enc.encode(texts, **kw)
+
+
+def test_prompt_events_publish_validate_and_refuse_bad_names(redis_client, prompted_encoder):
+    nearline.publish(redis_client, 1, "hi", created_at=1.0, prompt_name="query")
+    ((eid, fields),) = redis_client.xrange("posts")
+    assert fields[b"prompt_name"] == b"query"
+    post, why = nearline.parse_event(eid, fields)
+    assert post.prompt_name == "query" and why == ""
+    for bad in ("", 3, "x" * 300):
+        with pytest.raises(ValidationError, match="`prompt_name` must be a non-empty str"):
+            nearline.publish(redis_client, 1, "hi", prompt_name=bad)
+    assert nearline.parse_event(b"1-0", {b"post_id": b"1", b"text": b"hi", b"prompt_name": b""})[1] == \
+        "`prompt_name` must be 1..256 bytes. Given: 0 bytes"
+    with pytest.raises(ValidationError, match=r"prompts \['document', 'passage', 'query'\]\. Given: 'nope'"):
+        nearline.Worker(redis_client, prompted_encoder, prompt_name="nope")
+
+
+def test_batch_is_embedded_once_per_prompt_recorded_and_unknown_prompt_dead_lettered(redis_server, redis_client,
+                                                                                     prompted_encoder):
+    texts = make_posts(6, seed=11)
+    prompt_of = {0: None, 1: "query", 2: "passage", 3: None, 4: "query", 5: "nope"}
+    for i, text in enumerate(texts):
+        nearline.publish(redis_client, i, text, created_at=1.0, prompt_name=prompt_of[i])
+    enc = CallLog(prompted_encoder)
+    with running(nearline.Worker(nearline.connect(redis_server.url), enc, batch_size=8, max_wait_ms=200)) as w:
+        wait_until(lambda: drained(redis_client), 60, "drain")
+    # one micro-batch: one model call per distinct prompt (None -> the model's default, 'passage')
+    assert sorted((p, len(t)) for t, p in enc.calls) == [("passage", 3), ("query", 2)]
+    assert w.stats.stored == 5 and w.stats.dead == 1
+    ((_, dead),) = redis_client.xrange("posts-dead")
+    assert dead[b"post_id"] == b"5" and dead[b"prompt_name"] == b"nope"
+    assert b"bad `prompt_name`" in dead[b"reason"] and b"['document', 'passage', 'query']" in dead[b"reason"]
+    for i in range(5):
+        rec = nearline.fetch(redis_client, prompted_encoder.vector_version, i)
+        want = prompt_of[i] or "passage"
+        assert rec.prompt_name == want
+        assert_exact(rec.vector[None], prompted_encoder.encode([texts[i]], prompt_name=want))
+    # the same text again with another prompt is another vector: stored and announced, not a no-op
+    nearline.publish(redis_client, 0, texts[0], created_at=2.0, prompt_name="query")
+    with running(nearline.Worker(nearline.connect(redis_server.url), enc, prompt_name="query")) as w:
+        wait_until(lambda: drained(redis_client), 60, "drain")
+    assert w.stats.stored == 1 and w.stats.rewrites == 0
+    rec = nearline.fetch(redis_client, prompted_encoder.vector_version, 0)
+    assert rec.prompt_name == "query"
+    assert_exact(rec.vector[None], prompted_encoder.encode([texts[0]], prompt_name="query"))
+    assert [f[b"prompt_name"] for _, f in redis_client.xrange("embeddings")][-1] == b"query"
