@@ -543,3 +543,31 @@ def test_batch_is_embedded_once_per_prompt_recorded_and_unknown_prompt_dead_lett
     assert rec.prompt_name == "query"
     assert_exact(rec.vector[None], prompted_encoder.encode([texts[0]], prompt_name="query"))
     assert [f[b"prompt_name"] for _, f in redis_client.xrange("embeddings")][-1] == b"query"
+
+
+def test_a_rejected_post_is_isolated_within_its_prompt_group(redis_server, redis_client, prompted_encoder):
+    texts = make_posts(6, seed=12)
+    texts[3] = "REJECTED " + texts[3]
+    for i, text in enumerate(texts):
+        nearline.publish(redis_client, i, text, created_at=1.0, prompt_name="query" if i % 2 else None)
+
+    class Rejecting(CallLog):
+        def encode(self, texts, **kw):
+            self.calls.append((list(texts), kw.get("prompt_name")))
+            if any(t.startswith("REJECTED") for t in texts):
+                raise ValidationError("`texts` holds a post the model rejects (simulated)")
+            return self.enc.encode(texts, **kw)
+
+    enc = Rejecting(prompted_encoder)
+    with running(nearline.Worker(nearline.connect(redis_server.url), enc, batch_size=8, max_wait_ms=200)) as w:
+        wait_until(lambda: drained(redis_client), 60, "drain")
+    assert w.stats.stored == 5 and w.stats.dead == 1
+    ((_, dead),) = redis_client.xrange("posts-dead")
+    assert dead[b"post_id"] == b"3" and b"the model rejected it" in dead[b"reason"]
+    assert dead[b"prompt_name"] == b"query"
+    # the 'passage' group ran once, untouched by the split of the 'query' group
+    assert [len(t) for t, p in enc.calls if p == "passage"] == [3]
+    for i in (0, 1, 2, 4, 5):
+        want = "query" if i % 2 else "passage"
+        assert_exact(nearline.fetch(redis_client, prompted_encoder.vector_version, i).vector[None],
+                     prompted_encoder.encode([texts[i]], prompt_name=want))
