@@ -183,9 +183,9 @@ class Worker(StoreMixin):
                                     f"`model_timeout_s` ({self.model_timeout_s} s). Fix: exit the process and "
                                     "start a new worker.")
         failures = 0
-        log.info("worker %s/%s on %s: model %s (vectors %s, dim %d), batch %d, wait %.0f ms", self.group,
-                 self.consumer, self.posts, self.model_version, self.vector_version, self.dim, self.batch_size,
-                 self.max_wait_ms)
+        log.info("worker %s/%s on %s: model %s (vectors %s, dim %d, default prompt %s), batch %d, wait %.0f ms",
+                 self.group, self.consumer, self.posts, self.model_version, self.vector_version, self.dim,
+                 self.prompt_name, self.batch_size, self.max_wait_ms)
         try:
             while not self.stop_event.is_set():
                 if max_events is not None and self.stats.events >= max_events:
