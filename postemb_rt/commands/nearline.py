@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 
-from ..nearline.worker import DEFAULT_MODEL_TIMEOUT_S, EXIT_MODEL_TIMEOUT
+from ..nearline.model import DEFAULT_MODEL_TIMEOUT_S, EXIT_MODEL_TIMEOUT
 
 log = logging.getLogger("postemb_rt.nearline")
 

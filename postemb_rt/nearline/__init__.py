@@ -77,7 +77,8 @@ from .health import WorkerStats, stats
 from .keys import (DEAD_MAXLEN, DEAD_STREAM, EMBEDDINGS_MAXLEN, EMBEDDINGS_STREAM, KEY_PREFIX, POSTS_MAXLEN,
                    POSTS_STREAM, StoredEmbedding, connect, fetch, store_key)
 from .store import StoreError
-from .worker import DEFAULT_MODEL_TIMEOUT_S, EXIT_MODEL_TIMEOUT, PROBE_TEXT, ModelTimeoutError, Worker
+from .model import DEFAULT_MODEL_TIMEOUT_S, EXIT_MODEL_TIMEOUT, PROBE_TEXT, ModelTimeoutError
+from .worker import Worker
 
 __all__ = ["connect", "publish", "parse_event", "fetch", "store_key", "stats", "Worker", "WorkerStats", "Post",
            "StoreError", "ModelTimeoutError", "DEFAULT_MODEL_TIMEOUT_S", "EXIT_MODEL_TIMEOUT",
