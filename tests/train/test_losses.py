@@ -120,9 +120,8 @@ def runs(tiny_data, tmp_path_factory):
     """{label: (model dir, summary)}: the recipe with [50] and with [50, 32, 16, 8].
 
     Each run is checked on its own, never against another run: two runs of this tiny recipe do
-    not always start alike (found 2026-12-03: in the full suite, and in about 1 run of 5 even in
-    one fresh process with an empty cache, a fixed hash seed and one thread, the starting probe
-    loss differed). The cause is open (docs/MODEL_CARD.md, "v4"); that the nesting leaves the
+    not always start alike (found 2026-12-03, in the test process and in fresh processes with
+    empty caches alike). The cause is open (docs/MODEL_CARD.md, "v4"); that the nesting leaves the
     full-dim terms untouched is checked on fixed tensors (test_one_prefix_is_the_full_rows_untouched,
     test_the_full_dim_alone_is_the_unnested_recipe)."""
     from postemb_rt.train.trainer import train
