@@ -52,7 +52,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_encode import make_encode  # noqa: E402
-from benchmarks.ceilings import cpu_flags  # noqa: E402
+from postemb_rt.cpu import cpu_flags  # noqa: E402
 from benchmarks.compare import cpu_name, measure_interleaved  # noqa: E402
 
 BASELINE = "sentence-transformers"

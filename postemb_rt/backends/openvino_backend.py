@@ -31,15 +31,17 @@ from .onnx_backend import _projection
 PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # ours -> OpenVINO's INFERENCE_PRECISION_HINT
 
 
-def native_bf16() -> bool:
+def native_bf16(core=None) -> bool:
     """True when OpenVINO's CPU plugin computes bf16 natively here: the plugin lists BF16 and
     oneDNN is not held below it (postemb_rt.cpu.native_bf16; the plugin's own list ignores
-    ONEDNN_MAX_CPU_ISA, and its bf16 graph then fails to compile)."""
+    ONEDNN_MAX_CPU_ISA, and its bf16 graph then fails to compile). ``core``: an ``openvino.Core``
+    to ask (default: a new one)."""
     import openvino as ov
 
     from ..cpu import native_bf16 as cpu_bf16
 
-    return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES") and cpu_bf16()
+    core = core or ov.Core()
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") and cpu_bf16()
 
 
 class OpenVinoBackend(Backend):
@@ -56,7 +58,7 @@ class OpenVinoBackend(Backend):
             raise ValidationError(f"`precision` for the openvino backend must be one of {tuple(PRECISIONS)}. "
                                   f"Given: {precision!r}. Fix: int8 runs on backend='onnxruntime'.")
         core = ov.Core()
-        if precision == "bf16" and not native_bf16():
+        if precision == "bf16" and not native_bf16(core):
             raise BackendUnavailableError(
                 "`precision` 'bf16' on backend 'openvino' needs a CPU with native bf16 (AVX512-BF16 or AMX), "
                 "with ONEDNN_MAX_CPU_ISA (if set) not below it; here it is not. Fix: precision='fp32', or "

@@ -89,16 +89,21 @@ def fault_argv(fault_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, str(Path(__file__).with_name("fault_server.py")), str(fault_dir), *extra]
 
 
-@pytest.fixture(scope="session")
-def main_server():
-    limits = [f"--{k.replace('_', '-')}={v}" for k, v in LIMITS.items()]
-    srv = ServerProc(serve_argv(*limits), env={"POSTEMB_API_KEY": API_KEY})
+def ready_until_done(srv: "ServerProc"):
+    """A fixture's body for a server process: yields it once ready, then stops it with SIGTERM and
+    checks that it exited 0 (the tail of its output in the message otherwise)."""
     try:
         srv.wait_ready()
         yield srv
     finally:
         rc = srv.stop()
-    assert rc == 0, f"postemb serve exited {rc} after SIGTERM: {''.join(srv.lines)}"
+    assert rc == 0, f"postemb serve exited {rc} after SIGTERM: {''.join(srv.lines)[-3000:]}"
+
+
+@pytest.fixture(scope="session")
+def main_server():
+    limits = [f"--{k.replace('_', '-')}={v}" for k, v in LIMITS.items()]
+    yield from ready_until_done(ServerProc(serve_argv(*limits), env={"POSTEMB_API_KEY": API_KEY}))
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.server.conftest import API_KEY, ServerProc, require_serve_extra, serve_argv
+from tests.server.conftest import API_KEY, ServerProc, ready_until_done, require_serve_extra, serve_argv
 
 httpx = require_serve_extra()
 
@@ -28,13 +28,7 @@ def _low_fd_limit():
 def abuse_server():
     argv = serve_argv("--max-concurrent-requests", "2", "--header-timeout", str(HEADER_TIMEOUT_S),
                       "--body-timeout", str(BODY_TIMEOUT_S))
-    srv = ServerProc(argv, env={"POSTEMB_API_KEY": API_KEY}, preexec_fn=_low_fd_limit)
-    try:
-        srv.wait_ready()
-        yield srv
-    finally:
-        rc = srv.stop()
-    assert rc == 0, f"postemb serve exited {rc} after SIGTERM: {''.join(srv.lines)[-3000:]}"
+    yield from ready_until_done(ServerProc(argv, env={"POSTEMB_API_KEY": API_KEY}, preexec_fn=_low_fd_limit))
 
 
 def _port(srv) -> int:
