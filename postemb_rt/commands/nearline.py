@@ -129,6 +129,8 @@ def run(args) -> int:
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        if not worker.model_hung:  # release the backend now, not in the interpreter's teardown
+            encoder.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -55,8 +55,12 @@ class _ModelThread:
         self._jobs.put((fn, fut))
         return fut
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """End the thread after the call in hand and wait for it (at most ``timeout`` s), so that
+        nothing it holds (a backend's per-thread inference request) outlives the worker and is
+        torn down while the interpreter exits."""
         self._jobs.put(None)
+        self._thread.join(timeout)
 
 
 

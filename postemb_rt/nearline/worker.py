@@ -133,6 +133,12 @@ class Worker(StoreMixin, ModelMixin):
         """Ask the loop to finish the current batch and return."""
         self.stop_event.set()
 
+    @property
+    def model_hung(self) -> bool:
+        """True once a model call ran past ``model_timeout_s``: its thread is stuck, and the
+        encoder must not be closed under it (the process exits instead)."""
+        return self._model_hung
+
     def run(self, max_events: int | None = None) -> int:
         """Process until :meth:`stop` (or ``max_events`` handled: stored, rewritten or
         dead-lettered). Returns 0. Raises :class:`~.store.StoreError` when Redis refuses a

@@ -39,9 +39,15 @@ class FakeEncoder:
             self.vector_version = vector_version
         self.release = threading.Event()
         self.calls: list[list[str]] = []
+        self.threads: set[threading.Thread] = set()  # the threads encode ran on
+        self.closed = False
+
+    def close(self):
+        self.closed = True
 
     def encode(self, texts, **kw):
         self.calls.append(list(texts))
+        self.threads.add(threading.current_thread())
         if self.crash and any(self.crash in t for t in texts):
             raise Crash()
         if self.hang and any(self.hang in t for t in texts):
@@ -277,6 +283,29 @@ def test_cli_exits_3_on_a_model_timeout(redis_server, redis_client, monkeypatch,
         enc.release.set()
     assert "`model_timeout_s` (0.2 s)" in capsys.readouterr().err
     assert pending(redis_client) == 2 and not stored_ids(redis_client)  # waiting for the next worker
+    assert not enc.closed  # its model thread is stuck in it
+
+
+def test_cli_joins_the_model_thread_and_closes_the_encoder_before_returning(redis_server, redis_client,
+                                                                            monkeypatch):
+    """Nothing the model thread holds (OpenVINO keeps an inference request per thread) is left
+    for the interpreter's teardown, where destruction order is not ours to choose."""
+    import argparse
+
+    from postemb_rt.commands import nearline as command
+    from postemb_rt.encoder import Encoder
+
+    enc = FakeEncoder()
+    ids = publish_all(redis_client, 6)
+    monkeypatch.setattr(Encoder, "from_pretrained", classmethod(lambda cls, *a, **k: enc))
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args(["--redis", redis_server.url, "--consumer", "cli", "--max-events", "6"])
+    assert command.run(args) == 0
+    assert stored_ids(redis_client) == set(ids)
+    (model_thread,) = enc.threads
+    assert model_thread is not threading.main_thread() and not model_thread.is_alive()
+    assert enc.closed
 
 
 def test_model_timeout_is_validated():

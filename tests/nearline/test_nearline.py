@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
+import os
 import random
 import signal
 import subprocess
@@ -198,6 +199,10 @@ def has_consumer(client, name: str) -> bool:
     return any(c["name"] == name.encode() for c in client.xinfo_consumers("posts", "embedder"))
 
 
+# a worker that dies of a signal (SIGABRT, SIGSEGV) leaves every thread's traceback in its log
+_WORKER_ENV = {**os.environ, "PYTHONFAULTHANDLER": "1"}
+
+
 def _worker_cmd(url, consumer, *extra):
     return [sys.executable, "-m", "postemb_rt.commands.nearline", "--redis", url, "--consumer", consumer, *extra]
 
@@ -216,7 +221,7 @@ def test_kill9_mid_batch_while_posts_arrive_then_new_worker_recovers(redis_serve
 
     log = open(tmp_path / "worker.log", "w")
     proc = subprocess.Popen(_worker_cmd(redis_server.url, "victim", "--batch-size", "16", "--max-wait-ms", "50"),
-                            stdout=log, stderr=subprocess.STDOUT)
+                            stdout=log, stderr=subprocess.STDOUT, env=_WORKER_ENV)
     try:
         wait_until(lambda: has_consumer(redis_client, "victim"), 90, "the worker to start", every=0.1)
         producer = threading.Thread(target=produce)
@@ -341,11 +346,12 @@ def test_cli_worker_sigterm_finishes_batch_exits_0_and_stats(redis_server, redis
         nearline.publish(redis_client, i, text)
     with open(tmp_path / "worker.log", "w") as log:
         proc = subprocess.Popen(_worker_cmd(redis_server.url, "cli", "--batch-size", "32"), stdout=log,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, env=_WORKER_ENV)
         try:
             wait_until(lambda: redis_client.xlen("embeddings") >= 32, 90, "first batch", every=0.1)
             proc.send_signal(signal.SIGTERM)
-            assert proc.wait(30) == 0
+            rc = proc.wait(30)
+            assert rc == 0, f"exit code {rc}; the worker's log:\n{(tmp_path / 'worker.log').read_text()}"
         finally:
             if proc.poll() is None:
                 proc.kill()
