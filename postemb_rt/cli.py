@@ -6,7 +6,9 @@ its parser and sets ``func`` (called with the parsed args; returns an exit code)
 Deployed commands (``ENV_COMMANDS``: serve, nearline, backfill) take every flag from the
 environment too, by one rule: ``--max-batch-size`` <- ``POSTEMB_MAX_BATCH_SIZE``. The command
 line wins over the environment, the environment over the built-in default; ``--help`` names
-each variable. A flag two commands share (``--model``, ``--precision``) reads one variable.
+each variable. A flag two commands share (``--model``, ``--precision``) reads one variable; where
+one command takes a list of it (``serve --model``, repeatable: ``POSTEMB_MODEL=default,base``) and
+another one value (``nearline``, ``backfill``), the latter refuses a list from the variable, naming it.
 """
 from __future__ import annotations
 
@@ -35,10 +37,20 @@ def env_name(option: str) -> str:
     return ENV_PREFIX + option.lstrip("-").replace("-", "_").upper()
 
 
-def apply_env_defaults(parser: argparse.ArgumentParser, environ=None) -> None:
+def _is_list(action: argparse.Action) -> bool:
+    """Whether the variable of ``action`` holds a comma-separated list: a multi-value flag, or one
+    that declares ``env_list`` (``serve --model``, which splits it itself)."""
+    return (action.nargs in ("+", "*") or isinstance(action, argparse._AppendAction)
+            or getattr(action, "env_list", False))
+
+
+def apply_env_defaults(parser: argparse.ArgumentParser, environ=None, list_vars: dict | None = None) -> None:
     """Every long option of ``parser`` (but --help) takes its default from ``env_name(option)``
     when that variable is set, converted and checked as the flag's own value would be; a value
-    that does not parse raises ValidationError naming the variable. ``--help`` shows the name."""
+    that does not parse raises ValidationError naming the variable. ``--help`` shows the name.
+    ``list_vars``: {variable: the command that reads it as a list}; a one-value flag of this command
+    given a list by one of them fails when this command runs without the flag (argparse converts a
+    string default through ``type`` only then), naming the variable and the fix."""
     environ = os.environ if environ is None else environ
     for action in parser._actions:
         longs = [o for o in action.option_strings if o.startswith("--")]
@@ -51,6 +63,23 @@ def apply_env_defaults(parser: argparse.ArgumentParser, environ=None) -> None:
             continue
         action.default = _env_value(action, var, raw)
         action.required = False  # the environment gave it
+        parts = [p.strip() for p in raw.split(",") if p.strip()]
+        if var in (list_vars or {}) and not _is_list(action) and len(parts) > 1:
+            action.type = _refuse_list(action, var, raw, parts, list_vars[var], parser.prog)
+
+
+def _refuse_list(action: argparse.Action, var: str, raw: str, parts: list[str], lister: str, prog: str):
+    """``action.type`` for a one-value flag whose variable holds a list (meant for another command)."""
+    convert = action.type or str
+
+    def one(text: str):
+        if text == raw:
+            raise argparse.ArgumentTypeError(
+                f"${var} holds {len(parts)} values, a list for `{lister}`; `{prog}` takes one. Given: {raw!r}. "
+                f"Fix: set {var} to one value for this command, or pass {action.option_strings[-1]} VALUE.")
+        return convert(text)
+
+    return one
 
 
 def _env_value(action: argparse.Action, var: str, raw: str):
@@ -74,7 +103,7 @@ def _env_value(action: argparse.Action, var: str, raw: str):
         return value
 
     if action.nargs in ("+", "*") or isinstance(action, argparse._AppendAction):
-        return [one(part.strip()) for part in raw.split(",") if part.strip()]
+        return [one(part.strip()) for part in raw.split(",") if part.strip()]  # (env_list flags split it themselves)
     return one(raw)
 
 
@@ -115,8 +144,11 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(name).register(sub)
+    list_vars = {env_name(longs[0]): sub.choices[name].prog for name in ENV_COMMANDS
+                 for a in sub.choices[name]._actions
+                 if (longs := [o for o in a.option_strings if o.startswith("--")]) and _is_list(a)}
     for name in ENV_COMMANDS:
-        apply_env_defaults(sub.choices[name], environ)
+        apply_env_defaults(sub.choices[name], environ, list_vars)
     return parser
 
 

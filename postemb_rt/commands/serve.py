@@ -1,12 +1,21 @@
 """``postemb serve``: the HTTP embedding server (see ``postemb_rt.serving`` for the API).
 
     postemb serve --model default --host 127.0.0.1 --port 8080
+    postemb serve --model default --model base --model v4=./runs/v4   # several models, one server
     POSTEMB_API_KEY=secret postemb serve --port 8080       # 401 without `Authorization: Bearer secret`
 
 The port opens at once (``GET /health`` answers); the model loads meanwhile and ``GET /ready``
 turns 200 when it is warmed up. SIGTERM: stop accepting, finish the requests in flight (at
 most --drain-timeout seconds), drain the batcher, exit 0 (Ctrl-C does the same, exit 130). A model that fails to
-load stops the server with exit code 1. Needs the ``[serve]`` extra (fastapi, uvicorn,
+load stops the server with exit code 1.
+
+Several models: repeat --model (each NAME=MODEL or MODEL; $POSTEMB_MODEL takes them
+comma-separated). Each model has its own encoder and batcher and is served under its NAME, else
+its model_version; the first is the default. /v1/embeddings and /embed_full pick one by the
+request's `model` field (a served name or a model_version; absent: the default; unknown: 404
+model_not_found); text-embeddings-inference's routes (/embed, /, /tokenize, /decode) have no such
+field and serve the default model. GET /v1/models lists them; GET /ready turns 200 when every
+one is loaded. Two models served under one name are refused at start. Needs the ``[serve]`` extra (fastapi, uvicorn,
 prometheus-client).
 """
 from __future__ import annotations
@@ -33,7 +42,7 @@ def config_from_args(args):
                               "(and drop --api-key) to serve without one on purpose.")
     if args.max_batch_tokens is not None and args.max_batch_tokens < 1:
         raise ValidationError(f"`--max-batch-tokens` must be >= 1. Given: {args.max_batch_tokens}.")
-    cfg = ServeConfig(model=args.model, backend=args.backend, device=args.device, precision=args.precision,
+    cfg = ServeConfig(model=model_specs(args), backend=args.backend, device=args.device, precision=args.precision,
                       max_batch_tokens=args.max_batch_tokens, api_key=args.api_key,
                       max_inputs=args.max_inputs, max_input_chars=args.max_input_chars,
                       max_body_bytes=args.max_body_bytes, max_concurrent_requests=args.max_concurrent_requests,
@@ -57,6 +66,25 @@ def config_from_args(args):
     if args.workers < 1:
         raise ValidationError(f"`--workers` must be >= 1. Given: {args.workers}.")
     return cfg
+
+
+class ModelsAction(argparse.Action):
+    """``--model``, repeatable: ``args.model`` is the first given (the default model), ``args.models``
+    every one given (None when none was: then ``args.model`` is the default or $POSTEMB_MODEL, a
+    comma-separated list). ``env_list``: $POSTEMB_MODEL holds a list for this command (``postemb_rt.cli``)."""
+
+    env_list = True
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        namespace.models = [*(getattr(namespace, "models", None) or []), values]
+        namespace.model = namespace.models[0]
+
+
+def model_specs(args) -> str | list[str]:
+    """The served models from the command line (every --model) or the environment (comma-separated):
+    one str for one model (``ServeConfig.model`` as before), else the list."""
+    specs = args.models or [part.strip() for part in args.model.split(",") if part.strip()]
+    return specs[0] if len(specs) == 1 else specs
 
 
 def run(args) -> int:
@@ -94,23 +122,24 @@ def run(args) -> int:
         finally:
             os.unlink(fatal)
         if errors:
-            print(f"postemb serve: error: the model failed to load: {errors}", file=sys.stderr)
+            print(f"postemb serve: error: {errors}", file=sys.stderr)
             return 1
         return 0
     return serve_app(create_app(cfg), args.host, args.port, cfg.drain_timeout_s, verbose=args.verbose,
-                     access_log=args.access_log, what=f"model {cfg.model!r}, backend {cfg.backend!r}")
+                     access_log=args.access_log, what=f"model {cfg.model!r}, backend {cfg.backend!r}"
+                     if isinstance(cfg.model, str) else f"models {cfg.model}, backend {cfg.backend!r}")
 
 
 def serve_app(app, host: str, port: int, drain_timeout_s: float, verbose: bool = False, access_log: bool = False,
               what: str = "") -> int:
     """Serve a ``postemb_rt.serving.routes.create_app`` app on host:port (0: a free port) until SIGTERM
     or Ctrl-C; prints the address once listening. Returns the exit code: 0 after a drain, 1
-    when the model failed to load."""
+    when a model failed to load."""
     import uvicorn
 
     from ..serving.connections import configure, uvicorn_options
 
-    cfg = app.state.runtime.cfg
+    cfg = app.state.models.cfg
     configure(cfg.max_connections, cfg.header_timeout_s, cfg.body_timeout_s)
     # uvicorn re-raises a captured SIGTERM after its graceful shutdown, which would end the
     # process with -15: a handler of our own makes that re-raise a no-op, so a drain exits 0.
@@ -128,14 +157,14 @@ def serve_app(app, host: str, port: int, drain_timeout_s: float, verbose: bool =
     server = uvicorn.Server(uvicorn.Config(app, log_level="info" if verbose else "warning", access_log=access_log,
                                            timeout_graceful_shutdown=drain_timeout_s, lifespan="on",
                                            backlog=LISTEN_BACKLOG, **uvicorn_options()))
-    runtime = app.state.runtime
-    runtime.on_fatal = lambda: setattr(server, "should_exit", True)
+    models = app.state.models
+    models.on_fatal = lambda: setattr(server, "should_exit", True)
     shown = f"[{host}]" if ":" in host else host
     print(f"postemb serve: listening on http://{shown}:{port} ({what}; GET /ready turns 200 when the model is "
           "loaded)", flush=True)
     server.run(sockets=[sock])
-    if runtime.load_error:
-        print(f"postemb serve: error: the model failed to load: {runtime.load_error}", file=sys.stderr)
+    if models.load_error:
+        print(f"postemb serve: error: {models.load_error}", file=sys.stderr)
         return 1
     print("postemb serve: stopped", flush=True)
     return 0
@@ -145,7 +174,11 @@ def register(sub) -> None:
     p = sub.add_parser("serve", help="HTTP embedding server (OpenAI-compatible /v1/embeddings, "
                        "text-embeddings-inference's /embed, native /embed_full, /metrics)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="default", help="'default', 'base' or a model directory (default: default)")
+    p.add_argument("--model", default="default", action=ModelsAction, metavar="[NAME=]MODEL",
+                   help="'default', 'base', a model directory or a sentence-transformers folder; repeat it to serve "
+                        "several (the first is the default; served as NAME, else as the model's model_version; "
+                        "comma-separated in the environment) (default: default)")
+    p.set_defaults(models=None)
     p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt (default: auto)")
     p.add_argument("--precision", default="auto", help="auto (the fastest precision that clears the fidelity bar "
                    "on this CPU: bf16 with native bf16, else int8, else fp32; /info says which and why, and the "

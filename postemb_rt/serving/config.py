@@ -10,7 +10,9 @@ from ..errors import ValidationError
 class ServeConfig:
     """What ``postemb serve`` runs; every limit is reported by ``GET /info``."""
 
-    model: str = "default"
+    # "default", "base", a model directory or an ST folder; or a list of them, each "NAME=MODEL" or "MODEL",
+    # served under NAME, else the model's model_version; the first is the default model (README "Several models")
+    model: str | list[str] = "default"
     backend: str = "auto"
     device: str = "auto"  # "auto", "cpu" or "cuda[:N]" (Encoder.from_pretrained)
     max_batch_tokens: int | None = None  # padded tokens per model call (rows x longest row); None: the backend's
@@ -44,6 +46,35 @@ class ServeConfig:
             # a key read from a file or a heredoc often ends in a newline; the token a client
             # sends is compared stripped too, so a stripped key is the only one that can match
             self.api_key = self.api_key.strip()
+        self.model_specs()  # refuses an empty list, an empty NAME or MODEL, and a name given twice
+
+    def model_specs(self) -> list[tuple[str | None, str]]:
+        """``model`` as [(NAME or None, MODEL)], the default model first. An entry is ``NAME=MODEL`` when
+        it holds a ``=`` with no ``/`` before it (``./runs/lr=2e-5`` is a directory; ``lr=2e-5`` is NAME
+        lr: write ``./lr=2e-5`` for that directory)."""
+        entries = [self.model] if isinstance(self.model, str) else list(self.model)
+        if not entries:
+            raise ValidationError("`model` must name at least one model. Given: []. Fix: pass 'default', 'base', "
+                                  "a model directory, or several (each NAME=MODEL or MODEL).")
+        specs, seen = [], {}
+        for entry in entries:
+            if not isinstance(entry, str):
+                raise ValidationError(f"`model` entries must be strings (NAME=MODEL or MODEL). Given: {entry!r}.")
+            name, model = entry.split("=", 1) if "=" in entry.split("/", 1)[0] else (None, entry)
+            name, model = (None if name is None else name.strip()), model.strip()
+            if name == "" or not model:
+                raise ValidationError(f"`--model` {entry!r} has an empty {'NAME' if name == '' else 'MODEL'}. Fix: "
+                                      "pass NAME=MODEL (e.g. v4=./runs/v4) or just MODEL.")
+            # a NAME given twice; or the same MODEL twice without one (one model_version, served twice)
+            key = ("name", name) if name is not None else ("model", model)
+            if key in seen:
+                what = (f"serves two models as {name!r}: {seen[key]!r} and {entry!r}" if name is not None else
+                        f"names {model!r} twice without a NAME: both would be served as its model_version")
+                raise ValidationError(f"`--model` {what}. Served names must differ. Fix: give each its own name, "
+                                      f"--model NAME=MODEL (e.g. --model {name or model}-2={model}).")
+            seen[key] = entry
+            specs.append((name, model))
+        return specs
 
     def public(self) -> dict:
         d = asdict(self)

@@ -12,10 +12,12 @@ _BATCHER_HISTOGRAMS = {"batch_size": "posts per batch", "batch_padding_ratio": "
 
 
 class BatcherCollector:
-    """prometheus-client custom collector over ``DynamicBatcher.stats()``."""
+    """prometheus-client custom collector over each model's ``DynamicBatcher.stats()``. With several
+    models served, ``postemb_ready`` and every ``postemb_batcher_*`` series get a ``model`` label (the
+    served name); with one, they have none, as before."""
 
-    def __init__(self, runtime):
-        self.runtime = runtime
+    def __init__(self, models):
+        self.models = models  # serving.registry.ModelRegistry
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -29,32 +31,49 @@ class BatcherCollector:
         for reason in ("evicted", "refused", "header_timeout", "body_timeout", "accept_failed"):
             closed.add_metric([reason], STATS[reason])
         yield closed
-        rt = self.runtime
-        yield GaugeMetricFamily("postemb_ready", "1 when the model is loaded, warmed up and healthy",
-                                value=float(rt.ready and rt.backend_error is None))
-        if rt.batcher is None:
+        runtimes = self.models.runtimes
+        labels = ["model"] if self.models.multi else []
+        names = self.models.names()
+        ready = GaugeMetricFamily("postemb_ready", "1 when the model is loaded, warmed up and healthy", labels=labels)
+        stats = []  # (label values, batcher stats) of the loaded models
+        for rt, name in zip(runtimes, names):
+            values = [name] if labels else []
+            ready.add_metric(values, float(rt.ready and rt.backend_error is None))
+            if rt.batcher is not None:
+                stats.append((values, rt.batcher.stats()))
+        yield ready
+        if not stats:
             return
-        s = rt.batcher.stats()
         for k in GAUGES:
-            yield GaugeMetricFamily(f"postemb_batcher_{k}", f"batcher {k.replace('_', ' ')} now", value=s[k])
+            fam = GaugeMetricFamily(f"postemb_batcher_{k}", f"batcher {k.replace('_', ' ')} now", labels=labels)
+            for values, s in stats:
+                fam.add_metric(values, s[k])
+            yield fam
         for k in COUNTERS:
-            yield CounterMetricFamily(f"postemb_batcher_{k}", f"batcher {k.replace('_', ' ')}", value=s[k])
+            fam = CounterMetricFamily(f"postemb_batcher_{k}", f"batcher {k.replace('_', ' ')}", labels=labels)
+            for values, s in stats:
+                fam.add_metric(values, s[k])
+            yield fam
         for k, doc in _BATCHER_HISTOGRAMS.items():
-            h = s.get(k)
-            if h is None:  # SerialCore (no extension) keeps counters only
-                continue
-            cum, buckets = 0, []
-            for bound, n in zip(h["bounds"] + [math.inf], h["counts"]):
-                cum += n
-                buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), cum))
-            yield HistogramMetricFamily(f"postemb_batcher_{k}", doc, buckets=buckets, sum_value=h["sum"])
+            fam = HistogramMetricFamily(f"postemb_batcher_{k}", doc, labels=labels)
+            for values, s in stats:
+                h = s.get(k)
+                if h is None:  # SerialCore (no extension) keeps counters only
+                    continue
+                cum, buckets = 0, []
+                for bound, n in zip(h["bounds"] + [math.inf], h["counts"]):
+                    cum += n
+                    buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), cum))
+                fam.add_metric(values, buckets, sum_value=h["sum"])
+            if fam.samples:
+                yield fam
 
 
 class Metrics:
     """One app's registry: requests by route and status, latency by route, admitted requests
-    in flight, and the batcher collector."""
+    in flight, and the batcher collector over ``models`` (``serving.registry.ModelRegistry``)."""
 
-    def __init__(self, runtime):
+    def __init__(self, models):
         from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
         self.registry = CollectorRegistry(auto_describe=False)
@@ -65,4 +84,4 @@ class Metrics:
                                  registry=self.registry)
         self.in_flight = Gauge("postemb_http_requests_in_flight", "embedding requests in progress (admitted)",
                                registry=self.registry)
-        self.registry.register(BatcherCollector(runtime))
+        self.registry.register(BatcherCollector(models))

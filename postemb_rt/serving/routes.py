@@ -16,7 +16,7 @@ from .config import ServeConfig
 from .docs import add_docs
 from .errors import CLIENT_CLOSED, ApiError, error_response, json_response
 from .metrics import Metrics
-from .runtime import Runtime
+from .registry import ModelRegistry
 from .schemas import EmbedRequest, ErrorResponse, V1EmbeddingsRequest, body_doc, json_object, parse
 from .tei import TRUNCATED_HEADER, base64_rows, check_dimensions
 
@@ -56,31 +56,35 @@ def _responses(*codes: int, ok: dict | None = None) -> dict:
 
 
 def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = None):
-    """The FastAPI app. The model loads on a thread when the app starts (lifespan); the
-    batcher is drained when it stops. ``app.state.runtime`` is the :class:`Runtime`."""
+    """The FastAPI app. The models load on a thread when the app starts (lifespan); their
+    batchers are drained when it stops. ``app.state.models`` is the
+    :class:`~postemb_rt.serving.registry.ModelRegistry`, ``app.state.runtime`` the default model's
+    :class:`~postemb_rt.serving.runtime.Runtime` (the only one, unless ``cfg.model`` lists several)."""
     from fastapi import FastAPI, Request, Response
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.requests import ClientDisconnect
 
     cfg = cfg or ServeConfig()
-    rt = Runtime(cfg, load_encoder)
+    models = ModelRegistry(cfg, load_encoder)
+    rt = models.default  # the default model: TEI's routes, and requests without a `model` field
+    multi = models.multi
     KEYED = (401,) if cfg.api_key else ()  # a route behind the API key can answer 401
     EMBED_ERRORS = (*KEYED, 408, 413, 422, 429, 503)
-    metrics = Metrics(rt)
+    metrics = Metrics(models)
     admission = Admission(cfg, metrics)
 
     @asynccontextmanager
     async def lifespan(app):
-        loader = threading.Thread(target=rt.load, name="postemb-load", daemon=True)
+        loader = threading.Thread(target=models.load, name="postemb-load", daemon=True)
         loader.start()
         yield
         await asyncio.to_thread(loader.join)
-        await asyncio.to_thread(rt.close)
+        await asyncio.to_thread(models.close)
 
     app = FastAPI(title="postemb_rt embedding server", lifespan=lifespan, docs_url=None, redoc_url=None)
     add_docs(app, app.title)  # Swagger UI from a PyPI package: works offline
-    app.state.runtime = rt
+    app.state.runtime, app.state.models = rt, models
 
     @app.exception_handler(ApiError)
     async def _api_error(request, exc: ApiError):
@@ -109,18 +113,19 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
             return await _v1_embeddings(parse(V1EmbeddingsRequest, json_object(body), cfg))
 
     async def _v1_embeddings(req):
-        enc = rt.require_encoder()
+        m = models.resolve(req.model) if multi else rt  # one model: `model` is ignored, as it always was
+        enc = m.require_encoder()
         check_dimensions(enc, req.dimensions)
-        vecs, tokens, truncated = await rt.embed(req.input, "input", truncate=True, normalize=True,
-                                                 prompt_name=req.prompt_name)
+        vecs, tokens, truncated = await m.embed(req.input, "input", truncate=True, normalize=True,
+                                                prompt_name=req.prompt_name)
         if req.embedding_type != "float":  # as /embed_full's `encoding`: the model's calibrated ranges, packed bits
-            q = await rt.off_loop(encodings.quantize, vecs, req.embedding_type, rt.quant_ranges)
+            q = await m.off_loop(encodings.quantize, vecs, req.embedding_type, m.quant_ranges)
             rows = q.tolist() if req.encoding_format == "float" else [base64.b64encode(r.tobytes()).decode() for r in q]
         else:
             rows = vecs.tolist() if req.encoding_format == "float" else base64_rows(vecs)
         data = [{"object": "embedding", "index": i, "embedding": r} for i, r in enumerate(rows)]
         # `truncated`: indices of inputs cut to max_length (OpenAI clients keep unknown fields)
-        resp = await _render({"object": "list", "data": data, "model": enc.model_version,
+        resp = await _render({"object": "list", "data": data, "model": m.name,
                               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "truncated": truncated},
                              vecs.size if req.encoding_format == "float" else 0)
         resp.headers[TRUNCATED_HEADER] = str(len(truncated))
@@ -134,14 +139,15 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
 
     async def _embed(req):
         long_posts = req.long_posts or cfg.long_posts
-        enc = rt.require_encoder()
+        m = models.resolve(req.model) if multi else rt
+        enc = m.require_encoder()
         chunk_stats = {"chunked": 0, "windows": 0}
-        vecs, tokens, truncated = await rt.embed(req.inputs, "inputs", truncate=req.truncate, normalize=req.normalize,
-                                                 long_posts=long_posts, chunk_stats=chunk_stats,
-                                                 prompt_name=req.prompt_name,
-                                                 truncation_direction=req.truncation_direction)
+        vecs, tokens, truncated = await m.embed(req.inputs, "inputs", truncate=req.truncate, normalize=req.normalize,
+                                                long_posts=long_posts, chunk_stats=chunk_stats,
+                                                prompt_name=req.prompt_name,
+                                                truncation_direction=req.truncation_direction)
         version = vector_version(enc.model_version, enc.backend.precision, long_posts)
-        out = {"model": enc.model_version, "vector_version": version, "dim": enc.dim, "encoding": req.encoding,
+        out = {"model": m.name, "vector_version": version, "dim": enc.dim, "encoding": req.encoding,
                "normalized": req.normalize}
         if req.encoding in ("binary", "ubinary"):
             out.update(bytes_per_row=(enc.dim + 7) // 8, bit_order="big")
@@ -149,16 +155,18 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
             out["embeddings"] = vecs.tolist()
         else:  # as Encoder.encode(precision=...), the model's ranges (GET /info); off the loop: the first
             # call imports sentence-transformers (and torch), which a float32-only server never loads
-            out["embeddings"] = (await rt.off_loop(encodings.quantize, vecs, req.encoding, rt.quant_ranges)).tolist()
+            out["embeddings"] = (await m.off_loop(encodings.quantize, vecs, req.encoding, m.quant_ranges)).tolist()
         out.update(truncated=truncated, long_posts=long_posts, **chunk_stats,
                    usage={"prompt_tokens": tokens, "total_tokens": tokens})
         return await _render(out, vecs.size)
 
     @app.get("/v1/models", response_class=Response, responses=_responses(*KEYED, 503))
     async def v1_models():  # OpenAI clients and tools list models before using one
-        enc = rt.require_encoder()
-        model = {"id": enc.model_version, "object": "model", "created": int(rt.started), "owned_by": "postemb_rt"}
-        return json_response(200, {"object": "list", "data": [model]})
+        for m in models.runtimes:  # 503 until every model is loaded (an unnamed one's name is its version)
+            m.require_encoder()
+        data = [{"id": m.name, "object": "model", "created": int(m.started), "owned_by": "postemb_rt"}
+                for m in models.runtimes]
+        return json_response(200, {"object": "list", "data": data})
 
     @app.get("/health", response_class=Response, responses=_responses())
     async def health():
@@ -167,18 +175,25 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
     @app.get("/ready", response_class=Response, responses=_responses(503))
     async def ready():
         # Unauthenticated: a reason code only; the details are in the log (and /info, with the key).
-        if rt.load_error:
+        # 200 only when every model is loaded, warmed up and healthy.
+        if models.load_error:
             return json_response(503, {"status": "failed", "reason": "model_load_failed"})
-        if not rt.ready:
+        if not models.loaded:
             return json_response(503, {"status": "loading", "reason": "loading"}, {"Retry-After": "1"})
-        if rt.backend_error is not None and not await rt.probe():
-            log.warning("/ready: backend still failing: %s", rt.backend_error)
-            return json_response(503, {"status": "unhealthy", "reason": "backend_error"})
-        return json_response(200, {"status": "ready", "model": rt.encoder.model_version})
+        for m in models.runtimes:
+            if m.backend_error is not None and not await m.probe():
+                log.warning("/ready: backend of model %r still failing: %s", m.name, m.backend_error)
+                return json_response(503, {"status": "unhealthy", "reason": "backend_error",
+                                           **({"model": m.name} if multi else {})})
+        return json_response(200, {"status": "ready", "model": rt.name, "models": models.names()})
 
     @app.get("/info", response_class=Response, responses=_responses(*KEYED))
-    async def info():  # ours, then text-embeddings-inference's fields
-        return json_response(200, {**rt.info(), **tei.info_fields(rt)})
+    async def info():  # ours and text-embeddings-inference's fields, of the default model; then every model
+        out = {**rt.info(), **tei.info_fields(rt), "ready": models.loaded, "limits": cfg.public(),
+               "models": models.describe()}
+        if multi and models.load_error:  # which model failed, or a clash of served names
+            out["load_error"] = models.load_error
+        return json_response(200, out)
 
     @app.get("/metrics", response_class=Response, responses=_responses(
         *KEYED, ok={CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}))
@@ -203,13 +218,13 @@ def app_from_env():
     cfg = ServeConfig(**json.loads(os.environ["POSTEMB_SERVE_CONFIG"]))
     configure(cfg.max_connections, cfg.header_timeout_s, cfg.body_timeout_s)  # this worker's connection limits
     app = create_app(cfg)
-    rt, fatal_file = app.state.runtime, os.environ.get("POSTEMB_SERVE_FATAL_FILE")
+    models, fatal_file = app.state.models, os.environ.get("POSTEMB_SERVE_FATAL_FILE")
 
     def stop_everything():
         if fatal_file:
             with open(fatal_file, "a", encoding="utf-8") as f:
-                f.write(f"{rt.load_error}\n")
+                f.write(f"{models.load_error}\n")
         os.kill(os.getppid(), signal.SIGTERM)  # uvicorn's supervisor: stop every worker and exit
 
-    rt.on_fatal = stop_everything
+    models.on_fatal = stop_everything
     return app

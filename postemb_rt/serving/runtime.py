@@ -29,10 +29,12 @@ PROBE_TIMEOUT_S = 10.0
 
 class Runtime:
     """Loads the model (on a thread, so /health answers meanwhile), owns the batcher, tracks
-    readiness and backend health. ``load_encoder``: () -> Encoder (tests inject faults here)."""
+    readiness and backend health. ``load_encoder``: () -> Encoder (tests inject faults here).
+    ``name``: the served name (``--model NAME=MODEL``); None: the model's model_version, once loaded."""
 
-    def __init__(self, cfg: ServeConfig, load_encoder: Callable | None = None):
+    def __init__(self, cfg: ServeConfig, load_encoder: Callable | None = None, name: str | None = None):
         self.cfg = cfg
+        self.name = name
         self._load_encoder = load_encoder or functools.partial(_default_encoder, cfg)
         self.encoder = None
         self.batcher = None
@@ -80,11 +82,12 @@ class Runtime:
                 self.encoder, self.batcher = enc, batcher
             # warm-up through the whole path (tokenizer, batcher, backend)
             batcher.submit(enc.tokenizer(["warm-up post"]).ids).result(timeout=120)
+            self.name = self.name or enc.model_version
             self.ready = True
             log.info("ready: %s", enc.describe())
         except Exception as exc:  # noqa: BLE001 - reported by /ready and the exit code
             self.load_error = f"{type(exc).__name__}: {exc}"
-            log.error("postemb serve: the model failed to load: %s", self.load_error)
+            log.error("postemb serve: the model %r failed to load: %s", self.cfg.model, self.load_error)
             self.on_fatal()
 
     def close(self) -> None:

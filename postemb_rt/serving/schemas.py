@@ -69,6 +69,8 @@ def _null_is_default(cls, value, info: ValidationInfo):
 
 
 PromptName = Optional[StrictStr]
+MODEL_DOC = ("a served model's name (GET /v1/models) or model_version; null: the default model (the first "
+             "--model); ignored by a server with one model, which serves it whatever the name")
 PROMPT_DOC = "a prompt of the model's (`prompts`), prepended to each input; null: the model's default prompt, if any"
 
 
@@ -80,7 +82,7 @@ class V1EmbeddingsRequest(BaseModel):
 
     input: Texts
     encoding_format: Literal["float", "base64"] = "float"
-    model: StrictStr = Field(None, description="any string; the answer names the served model")
+    model: Optional[StrictStr] = Field(None, description=MODEL_DOC)
     dimensions: Annotated[Any, WithJsonSchema({"type": "integer"})] = None
     user: Annotated[Any, WithJsonSchema({"type": "string"})] = None  # ignored
     embedding_type: Literal["float", "int8", "uint8", "binary", "ubinary"] = Field(
@@ -107,6 +109,7 @@ class EmbedRequest(BaseModel):
     long_posts: Optional[LongPosts] = Field(None, description="default: the server's --long-posts")
     prompt_name: PromptName = Field(None, description=PROMPT_DOC)
     truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
+    model: Optional[StrictStr] = Field(None, description=MODEL_DOC)
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,126 @@
+"""The served models: one :class:`Runtime` (its own encoder and dynamic batcher) per ``--model``,
+loaded in order on the load thread, and the lookup of a request's ``model`` field.
+
+A model is served under its NAME (``--model NAME=MODEL``), else its ``model_version``; a request
+may name it either way. The first ``--model`` is the default model: requests without a
+``model`` field, and text-embeddings-inference's routes (which have none), get it. A server with
+one model ignores the field, as it always has (clients that hard-code a model name keep working);
+with several, an unknown name is a 404 ``model_not_found`` (OpenAI's answer)."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Callable
+
+from .config import ServeConfig
+from .errors import ApiError
+from .runtime import Runtime
+
+log = logging.getLogger("postemb_rt.server")
+
+
+class ModelRegistry:
+    """``runtimes`` in ``--model`` order (``default`` is the first); ``resolve(name)`` -> Runtime.
+    ``load_encoder`` (() -> Encoder, tests inject faults here) is for a one-model ``cfg`` only."""
+
+    def __init__(self, cfg: ServeConfig, load_encoder: Callable | None = None):
+        specs = cfg.model_specs()
+        self.cfg = cfg
+        self.multi = len(specs) > 1
+        if self.multi and load_encoder is not None:
+            raise ValueError("`load_encoder` serves one model; this config names "
+                             f"{len(specs)}. Fix: one model per app when injecting a loader.")
+        # one model: the Runtime gets cfg itself (as before); several: each its own copy naming its model
+        self.runtimes = [Runtime(dataclasses.replace(cfg, model=model) if self.multi else cfg, load_encoder, name)
+                         for name, model in specs]
+        self.default = self.runtimes[0]
+        self._specs = [model for _, model in specs]
+        # served names (and, once every model is loaded, model_versions) -> Runtime
+        self._by_name = {name: rt for (name, _), rt in zip(specs, self.runtimes) if name is not None}
+        self.loaded = False  # every model loaded and its name in the table
+        self._error: str | None = None
+        self._closed = False
+        self.on_fatal: Callable[[], None] = lambda: None  # set by `postemb serve`: stop the server
+
+    # -- lifecycle ---------------------------------------------------------------------
+    def load(self) -> None:
+        """Loads each model in turn (on the caller's thread: the app's load thread); the first that
+        fails, or two models served under one name, fails the server (``load_error``, ``on_fatal``)."""
+        for rt, spec in zip(self.runtimes, self._specs):
+            if self._closed:
+                return
+            rt.on_fatal = lambda: None  # reported below, once
+            rt.load()
+            if rt.load_error is not None:
+                self._fail(f"the model {spec!r} failed to load: {rt.load_error}" if self.multi else
+                           f"the model failed to load: {rt.load_error}")
+                return
+        by_name = dict(self._by_name)
+        for rt, spec in zip(self.runtimes, self._specs):
+            other = by_name.setdefault(rt.name, rt)
+            if other is not rt:
+                self._fail(f"two models are served as {rt.name!r}: --model {self._spec_of(other)!r} and --model "
+                           f"{spec!r} (a model without a NAME is served under its model_version). Fix: name them, "
+                           f"--model NAME=MODEL (e.g. --model {rt.name}-2={spec}).", log_it=True)
+                return
+        for rt in self.runtimes:  # a request may also name a model by its model_version
+            by_name.setdefault(rt.encoder.model_version, rt)
+        self._by_name = by_name
+        self.loaded = True
+
+    def _spec_of(self, rt: Runtime) -> str:
+        return self._specs[self.runtimes.index(rt)]
+
+    def _fail(self, error: str, log_it: bool = False) -> None:
+        self._error = error
+        if log_it:  # a Runtime's own load failure is logged by it
+            log.error("postemb serve: %s", error)
+        self.on_fatal()
+
+    @property
+    def load_error(self) -> str | None:
+        """Why the server failed to start: a model's load error, or two models served under one name
+        (a sentence, e.g. "the model failed to load: OSError: ...")."""
+        return self._error
+
+    def close(self) -> None:
+        """Drain every batcher and release every model (see ``Runtime.close``)."""
+        self._closed = True
+        for rt in self.runtimes:
+            rt.close()
+
+    # -- requests ----------------------------------------------------------------------
+    def resolve(self, name: str | None) -> Runtime:
+        """The Runtime a request's ``model`` field names; the default one for None (and always with
+        one model). Several models: 404 ``model_not_found`` for an unknown name, 503 ``loading``
+        while a model it might be (an unnamed one's model_version) is still loading."""
+        if name is None or not self.multi:
+            return self.default
+        rt = self._by_name.get(name)
+        if rt is not None:
+            return rt
+        if self._error is not None:  # the detail is in the log, never in an answer
+            raise ApiError(503, "A model failed to load; the server log says why.", type="server_error",
+                           code="model_load_failed")
+        if not self.loaded:
+            raise ApiError(503, "The models are still loading; retry shortly.", type="server_error",
+                           code="loading", headers={"Retry-After": "1"})
+        raise ApiError(404, f"The model {name!r} does not exist on this server. Served models: {self.names()} "
+                            "(GET /v1/models). Fix: send one of them as `model`, or leave `model` out for the "
+                            f"default ({self.default.name!r}).", param="model", code="model_not_found")
+
+    def names(self) -> list[str]:
+        """Served names in --model order (an unnamed model's is known once it is loaded)."""
+        return [rt.name or spec for rt, spec in zip(self.runtimes, self._specs)]
+
+    def describe(self) -> list[dict]:
+        """``/info``'s ``models``: each served model's name, version, dim and state."""
+        out = []
+        for rt, spec in zip(self.runtimes, self._specs):
+            enc = rt.encoder
+            d = {"name": rt.name or spec, "model": spec, "default": rt is self.default, "ready": rt.ready}
+            if enc is not None:
+                d.update(model_version=enc.model_version, vector_version=enc.vector_version, dim=enc.dim,
+                         max_length=enc.max_length, backend=enc.backend.name, precision=enc.backend.precision)
+            out.append(d)
+        return out

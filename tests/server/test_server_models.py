@@ -1,0 +1,234 @@
+"""Several models in one server (``postemb serve --model base --model small=default``): the request's
+``model`` picks one (OpenAI's semantics, with the real ``openai`` client), ``/v1/models`` lists
+them, ``/ready`` waits for every one, two models under one served name are refused, and
+``$POSTEMB_MODEL`` takes a comma-separated list for ``serve`` only."""
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import SAMPLE_TEXTS, assert_exact
+from tests.server.conftest import API_KEY, LIMITS, ServerProc, ready_until_done, require_serve_extra, serve_argv
+
+httpx = require_serve_extra()
+openai = pytest.importorskip("openai", reason="the [test] extra installs openai")
+
+from postemb_rt import cli  # noqa: E402
+from postemb_rt.errors import ValidationError  # noqa: E402
+from postemb_rt.serving.config import ServeConfig  # noqa: E402
+from postemb_rt.serving.errors import ApiError  # noqa: E402
+from postemb_rt.serving.registry import ModelRegistry  # noqa: E402
+from postemb_rt.serving.routes import create_app  # noqa: E402
+from postemb_rt.serving.runtime import Runtime  # noqa: E402
+
+TEXTS = [t for t in SAMPLE_TEXTS if len(t) <= LIMITS["max_input_chars"]][:6]
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture(scope="module")
+def two_models():
+    """base (unnamed: served as its model_version; the default) and small=default (50-d)."""
+    yield from ready_until_done(ServerProc(serve_argv("--model", "small=default"), env={"POSTEMB_API_KEY": API_KEY}))
+
+
+@pytest.fixture(scope="module")
+def encoders(two_models):
+    from postemb_rt import Encoder
+
+    return {"base": Encoder.from_pretrained("base", backend="onnxruntime", device="cpu"),
+            "small": Encoder.from_pretrained("default", backend="onnxruntime", device="cpu")}
+
+
+@pytest.fixture(scope="module")
+def oai(two_models):
+    return openai.OpenAI(base_url=two_models.url + "/v1", api_key=API_KEY, max_retries=0)
+
+
+def test_openai_client_gets_the_model_it_names(oai, encoders):
+    base_version, small_version = encoders["base"].model_version, encoders["small"].model_version
+    assert encoders["base"].dim != encoders["small"].dim  # 384 and 50: a wrong pick cannot pass
+    for asked, key, answered in ((base_version, "base", base_version), ("small", "small", "small"),
+                                 (small_version, "small", "small")):  # a served name, or a model_version
+        r = oai.embeddings.create(model=asked, input=TEXTS, encoding_format="float")
+        got = np.array([d.embedding for d in r.data], dtype=np.float32)
+        assert got.shape == (len(TEXTS), encoders[key].dim), asked
+        assert_exact(got, encoders[key].encode(TEXTS))
+        assert r.model == answered
+
+
+def test_no_model_field_gets_the_default_model_as_do_tei_routes(two_models, encoders):
+    with httpx.Client(base_url=two_models.url, headers=AUTH, timeout=60) as c:
+        r = c.post("/v1/embeddings", json={"input": TEXTS})
+        assert r.status_code == 200 and r.json()["model"] == encoders["base"].model_version
+        assert_exact(np.array([d["embedding"] for d in r.json()["data"]], np.float32), encoders["base"].encode(TEXTS))
+        assert_exact(np.array(c.post("/embed", json={"inputs": TEXTS}).json(), np.float32),
+                     encoders["base"].encode(TEXTS))
+        full = c.post("/embed_full", json={"inputs": TEXTS, "model": "small"}).json()
+        assert full["model"] == "small" and full["dim"] == encoders["small"].dim
+        assert full["vector_version"] == encoders["small"].vector_version
+        assert_exact(np.array(full["embeddings"], np.float32), encoders["small"].encode(TEXTS))
+
+
+def test_an_unknown_model_is_openais_404_model_not_found(two_models, oai, encoders):
+    with pytest.raises(openai.NotFoundError) as info:
+        oai.embeddings.create(model="text-embedding-3-small", input="a post")
+    err = info.value
+    assert err.status_code == 404 and err.code == "model_not_found" and err.param == "model"
+    assert "text-embedding-3-small" in err.message and "small" in err.message
+    assert encoders["base"].model_version in err.message  # the served names
+    r = httpx.post(two_models.url + "/embed_full", json={"inputs": ["a post"], "model": "nope"}, headers=AUTH)
+    assert r.status_code == 404 and r.json()["error"]["code"] == "model_not_found"
+
+
+def test_v1_models_ready_info_and_metrics_name_every_model(two_models, oai, encoders):
+    names = [encoders["base"].model_version, "small"]
+    assert [m.id for m in oai.models.list()] == names
+    ready = httpx.get(two_models.url + "/ready").json()
+    assert ready == {"status": "ready", "model": names[0], "models": names}
+    info = httpx.get(two_models.url + "/info", headers=AUTH).json()
+    assert info["model_id"] == info["model"] == names[0] and info["dim"] == encoders["base"].dim  # the default's
+    assert [(m["name"], m["dim"], m["default"], m["ready"]) for m in info["models"]] == [
+        (names[0], encoders["base"].dim, True, True), ("small", encoders["small"].dim, False, True)]
+    assert info["limits"]["model"] == ["base", "small=default"]
+    oai.embeddings.create(model="small", input="counted")
+    text = httpx.get(two_models.url + "/metrics", headers=AUTH).text
+    assert 'postemb_ready{model="small"} 1.0' in text and f'postemb_ready{{model="{names[0]}"}} 1.0' in text
+    computed = [line for line in text.splitlines() if line.startswith('postemb_batcher_posts_computed_total{model="small"}')]
+    assert computed and float(computed[0].split()[1]) >= 1
+
+
+# -- in process: names, readiness, failures ------------------------------------------------
+
+
+def test_two_models_under_one_name_are_refused_at_start():
+    with pytest.raises(ValidationError, match=r"`--model` serves two models as 'a': 'a=default' and 'a=base'.*Fix: "):
+        ServeConfig(model=["a=default", "a=base"])
+    with pytest.raises(ValidationError, match=r"`--model` names 'base' twice without a NAME.*Fix: .*--model NAME=MODEL"):
+        ServeConfig(model=["base", "base"])
+    with pytest.raises(ValidationError, match=r"empty NAME"):
+        ServeConfig(model=["=default"])
+    argv = [sys.executable, "-m", "postemb_rt.cli", "serve", "--model", "a=default", "--model", "a=base", "--port", "0"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "serves two models as 'a'" in out.stderr, out
+
+
+def test_name_model_entries_split_at_the_first_equals_sign_before_any_slash():
+    assert ServeConfig(model=["default", "v4=/runs/v4", "./runs/lr=2e-5", "x=a=b"]).model_specs() == [
+        (None, "default"), ("v4", "/runs/v4"), (None, "./runs/lr=2e-5"), ("x", "a=b")]
+    assert ServeConfig().model_specs() == [(None, "default")]
+
+
+class _Enc:
+    """What ModelRegistry reads of a loaded encoder."""
+
+    def __init__(self, version):
+        self.model_version = version
+
+    def close(self):
+        pass
+
+
+@pytest.fixture
+def fake_loads(monkeypatch):
+    """Runtime.load replaced: model "slow" waits for ``release``, "broken" fails, ``versions`` maps a
+    model to its model_version (default: "<model>-v1")."""
+    release, versions = threading.Event(), {}
+
+    def load(self):  # Runtime.load's contract: encoder, name and ready, or load_error
+        if self.cfg.model == "slow":
+            release.wait(10)
+        if self.cfg.model == "broken":
+            self.load_error = "OSError: no such model"
+            return
+        self.encoder = _Enc(versions.get(self.cfg.model, f"{self.cfg.model}-v1"))
+        self.name = self.name or self.encoder.model_version
+        self.ready = True
+
+    monkeypatch.setattr(Runtime, "load", load)
+    return release, versions
+
+
+def _wait(cond, what: str, timeout: float = 10):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.01)
+
+
+def test_ready_is_200_only_once_every_model_is_loaded(fake_loads):
+    from starlette.testclient import TestClient
+
+    release, _ = fake_loads
+    app = create_app(ServeConfig(model=["first", "two=slow"]))
+    with TestClient(app) as c:
+        _wait(lambda: app.state.runtime.ready, "the first model to load")
+        r = c.get("/ready")
+        assert r.status_code == 503 and r.json()["reason"] == "loading"
+        r = c.post("/v1/embeddings", json={"input": "x", "model": "first-v1"})  # a version: known once loaded
+        assert r.status_code == 503 and r.json()["error"]["code"] == "loading"
+        release.set()
+        _wait(lambda: c.get("/ready").status_code == 200, "/ready to turn 200")
+        assert c.get("/ready").json()["models"] == ["first-v1", "two"]
+
+
+def test_lookup_by_served_name_or_version_and_one_model_ignores_the_field(fake_loads):
+    models = ModelRegistry(ServeConfig(model=["first", "two=second"]))
+    assert models.resolve(None) is models.default and models.resolve("two") is models.runtimes[1]
+    with pytest.raises(ApiError) as info:
+        models.resolve("first-v1")  # not loaded yet: it might be the first model's version
+    assert info.value.status == 503
+    models.load()
+    assert models.resolve("first-v1") is models.default and models.resolve("second-v1") is models.runtimes[1]
+    with pytest.raises(ApiError) as info:
+        models.resolve("third")
+    assert info.value.status == 404 and info.value.body["code"] == "model_not_found"
+    assert "'third'" in info.value.body["message"] and "['first-v1', 'two']" in info.value.body["message"]
+    one = ModelRegistry(ServeConfig(model="first"))
+    assert one.resolve("anything") is one.default  # as before: clients that hard-code a name keep working
+
+
+@pytest.mark.parametrize("model, versions, error", [
+    (["a", "broken"], {}, "the model 'broken' failed to load: OSError: no such model"),
+    (["a", "./copy-of-a"], {"./copy-of-a": "a-v1"}, "two models are served as 'a-v1': --model 'a' and --model "
+                                                    "'./copy-of-a'"),
+])
+def test_a_model_that_fails_or_clashes_fails_the_server(fake_loads, model, versions, error):
+    from starlette.testclient import TestClient
+
+    fake_loads[1].update(versions)
+    app = create_app(ServeConfig(model=model))
+    fatal = []
+    app.state.models.on_fatal = lambda: fatal.append(app.state.models.load_error)
+    with TestClient(app) as c:
+        _wait(lambda: fatal, "the server to fail")
+        assert c.get("/ready").json() == {"status": "failed", "reason": "model_load_failed"}
+    assert error in fatal[0], fatal
+    if "two models" in error:
+        assert "Fix: name them, --model NAME=MODEL" in fatal[0]
+
+
+# -- $POSTEMB_MODEL ----------------------------------------------------------------------------
+
+
+def test_postemb_model_is_a_list_for_serve_and_refused_as_one_by_one_model_commands(capsys):
+    from postemb_rt.commands.serve import config_from_args
+
+    env = {"POSTEMB_MODEL": "default, small=base", "POSTEMB_INPUT": "in/", "POSTEMB_OUTPUT": "out/"}
+    parser = cli.build_parser(environ=env)
+    assert config_from_args(parser.parse_args(["serve"])).model == ["default", "small=base"]
+    assert config_from_args(parser.parse_args(["serve", "--model", "base"])).model == "base"  # the command line wins
+    assert config_from_args(parser.parse_args(["serve", "--model", "a=base", "--model", "default"])).model == [
+        "a=base", "default"]
+    assert parser.parse_args(["backfill", "--model", "base"]).model == "base"
+    for command in (["backfill"], ["nearline"]):
+        with pytest.raises(SystemExit) as info:
+            parser.parse_args(command)
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert (f"$POSTEMB_MODEL holds 2 values, a list for `postemb serve`; `postemb {command[0]}` takes one. "
+                "Given: 'default, small=base'. Fix: set POSTEMB_MODEL to one value") in err, err
+    one = cli.build_parser(environ={"POSTEMB_MODEL": "base"})
+    assert one.parse_args(["nearline"]).model == one.parse_args(["serve"]).model == "base"
