@@ -15,8 +15,10 @@ its model_version; the first is the default. /v1/embeddings and /embed_full pick
 request's `model` field (a served name or a model_version; absent: the default; unknown: 404
 model_not_found); text-embeddings-inference's routes (/embed, /, /tokenize, /decode) have no such
 field and serve the default model. GET /v1/models lists them; GET /ready turns 200 when every
-one is loaded. Two models served under one name are refused at start. Needs the ``[serve]`` extra (fastapi, uvicorn,
-prometheus-client).
+one is loaded. Two models served under one name are refused at start. With one model, the
+request's `model` is ignored, as before.
+
+Needs the ``[serve]`` extra (fastapi, uvicorn, prometheus-client).
 """
 from __future__ import annotations
 

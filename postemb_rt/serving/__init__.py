@@ -1,37 +1,46 @@
-"""HTTP embedding server (``postemb serve``): FastAPI on uvicorn, every request on one
-shared dynamic batcher.
+"""HTTP embedding server (``postemb serve``): FastAPI on uvicorn, every request of a model on
+that model's shared dynamic batcher.
 
 Modules (text-embeddings-inference's router/backend split): ``schemas`` (request and
 response models: the OpenAPI schema and the validation are one pydantic object),
 ``routes`` (the FastAPI app), ``runtime`` (owns the encoder and the batcher; no HTTP
-routing), ``metrics`` (Prometheus), ``auth`` (API key and admission), ``errors`` (the
+routing), ``registry`` (the served models: one runtime each, the request's ``model`` looked up),
+``metrics`` (Prometheus), ``auth`` (API key and admission), ``errors`` (the
 error answer), ``encodings`` (HTTP names of the quantized outputs), ``config`` (``ServeConfig``), ``tei``
 (text-embeddings-inference's routes and errors), ``connections`` (connection cap, header and
 body deadlines, accept batches: what ``postemb serve`` runs uvicorn with).
 
 Routes:
-    POST /v1/embeddings  OpenAI-compatible: ``input`` (str | list[str]), ``model`` (any
-                         string; the answer names the served model), ``encoding_format``
+    POST /v1/embeddings  OpenAI-compatible: ``input`` (str | list[str]), ``model`` (with several
+                         models: a served name or a model_version, absent = the default
+                         model, unknown = 404 ``model_not_found``; with one: any string;
+                         the answer's ``model`` names the model that answered), ``encoding_format``
                          (float | base64), ``dimensions`` (only the model's own dim), ``user``
                          (ignored). Unknown fields are ignored, as OpenAI clients send extras.
                          The answer adds ``truncated`` (indices of inputs cut to max_length).
-    GET  /v1/models      the served model (OpenAI-compatible listing).
-    POST /embed, POST /  text-embeddings-inference's (see ``tei``): a bare array of vectors.
+    GET  /v1/models      every served model, ``id`` = its served name (OpenAI-compatible listing).
+    POST /embed, POST /  text-embeddings-inference's (see ``tei``): a bare array of vectors; TEI has
+                         no ``model`` field, so these (and /tokenize, /decode) serve the default model.
     POST /tokenize, /decode  text-embeddings-inference's.
     POST /embed_full     native: ``inputs``, ``truncate`` (true), ``normalize`` (true),
                          ``encoding`` (float32 | int8 | uint8 | binary | ubinary), ``long_posts`` (truncate |
                          chunk; default ``--long-posts``; the answer counts ``chunked`` posts
-                         and their ``windows``), ``prompt_name``, ``truncation_direction``.
+                         and their ``windows``), ``prompt_name``, ``truncation_direction``,
+                         ``model`` (as /v1/embeddings').
                          Unknown fields are a 422. (It was ``/embed`` before /embed became TEI's.)
     GET  /health         live (200 as soon as the process serves HTTP).
-    GET  /ready          200 once the model is loaded and warmed up through the batcher, 503
+    GET  /ready          200 once every model is loaded and warmed up through its batcher (the
+                         body lists them, ``models``), 503
                          while loading or after a backend failure (re-probed on each call);
                          the body gives a reason code only (details: the log, /info).
     GET  /info           model version, vector version, dim, backend, precision, limits, batcher
-                         options, and text-embeddings-inference's fields.
+                         options, and text-embeddings-inference's fields, of the default model;
+                         ``models``: every served model (name, model, model_version, dim, ready).
     GET  /metrics        Prometheus text: requests by route and status, request latency,
                          batcher queue depth (posts, tokens), batch size / padding ratio /
-                         queue time / inference time histograms, batcher counters.
+                         queue time / inference time histograms, batcher counters; with several
+                         models, ``postemb_ready`` and ``postemb_batcher_*`` carry a ``model``
+                         label (the served name).
 
 Errors are OpenAI-shaped JSON, ``{"error": {"message", "type", "param", "code", ...}}``
 (TEI's routes: TEI's shape); limit errors add ``limit`` and ``given``. Client mistakes are

@@ -25,6 +25,7 @@ log = logging.getLogger("postemb_rt.server")
 RENDER_INLINE_VALUES = 16_384  # answers with more numbers are JSON-encoded off the event loop
 _ERRORS = {
     401: "missing or wrong API key (`Authorization: Bearer <key>`)",
+    404: "model_not_found: the request's `model` is none of the served models (a server with several)",
     408: "the request body did not arrive within body_timeout_s (the connection is closed)",
     413: "a size limit: body bytes, inputs per request, characters per post, or max_queued_tokens",
     422: "malformed JSON, a wrong type, an empty list, an unknown field, or too long with truncate: false",
@@ -70,7 +71,7 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
     rt = models.default  # the default model: TEI's routes, and requests without a `model` field
     multi = models.multi
     KEYED = (401,) if cfg.api_key else ()  # a route behind the API key can answer 401
-    EMBED_ERRORS = (*KEYED, 408, 413, 422, 429, 503)
+    EMBED_ERRORS = (*KEYED, *((404,) if models.multi else ()), 408, 413, 422, 429, 503)
     metrics = Metrics(models)
     admission = Admission(cfg, metrics)
 

@@ -15,6 +15,9 @@ unchanged:
     POST /decode          ``ids`` (a list, or a list of lists), ``skip_special_tokens`` (true): texts.
     GET  /info            TEI's fields (``model_id``, ``max_input_length``, ...) beside ours.
 
+TEI's requests name no model: with several models served (``--model`` repeated), these routes
+serve the default one (the first ``--model``), and ``/info``'s TEI fields describe it.
+
 Errors on these routes are TEI's: ``{"error": message, "error_type": type}``, Validation 413 (a
 size limit, a post too long with truncate false) or 422 (a malformed request), Empty 400,
 Overloaded 429, Backend 424 (the model failed on the batch), Unhealthy 503. A missing or wrong

@@ -93,6 +93,9 @@ def test_v1_models_ready_info_and_metrics_name_every_model(two_models, oai, enco
     assert [(m["name"], m["dim"], m["default"], m["ready"]) for m in info["models"]] == [
         (names[0], encoders["base"].dim, True, True), ("small", encoders["small"].dim, False, True)]
     assert info["limits"]["model"] == ["base", "small=default"]
+    spec = httpx.get(two_models.url + "/openapi.json", headers=AUTH).json()["paths"]
+    assert "404" in spec["/v1/embeddings"]["post"]["responses"] and "404" in spec["/embed_full"]["post"]["responses"]
+    assert "model" in spec["/embed_full"]["post"]["requestBody"]["content"]["application/json"]["schema"]["properties"]
     oai.embeddings.create(model="small", input="counted")
     text = httpx.get(two_models.url + "/metrics", headers=AUTH).text
     assert 'postemb_ready{model="small"} 1.0' in text and f'postemb_ready{{model="{names[0]}"}} 1.0' in text
