@@ -35,6 +35,7 @@ class ModelRegistry:
                          for name, model in specs]
         self.default = self.runtimes[0]
         self._specs = [model for _, model in specs]
+        self._entries = [cfg.model] if isinstance(cfg.model, str) else list(cfg.model)  # as given: messages
         # served names (and, once every model is loaded, model_versions) -> Runtime
         self._by_name = {name: rt for (name, _), rt in zip(specs, self.runtimes) if name is not None}
         self.loaded = False  # every model loaded and its name in the table
@@ -46,30 +47,28 @@ class ModelRegistry:
     def load(self) -> None:
         """Loads each model in turn (on the caller's thread: the app's load thread); the first that
         fails, or two models served under one name, fails the server (``load_error``, ``on_fatal``)."""
-        for rt, spec in zip(self.runtimes, self._specs):
+        for rt, entry in zip(self.runtimes, self._entries):
             if self._closed:
                 return
             rt.on_fatal = lambda: None  # reported below, once
             rt.load()
             if rt.load_error is not None:
-                self._fail(f"the model {spec!r} failed to load: {rt.load_error}" if self.multi else
+                self._fail(f"the model {entry!r} failed to load: {rt.load_error}" if self.multi else
                            f"the model failed to load: {rt.load_error}")
                 return
         by_name = dict(self._by_name)
-        for rt, spec in zip(self.runtimes, self._specs):
+        for rt, entry, spec in zip(self.runtimes, self._entries, self._specs):
             other = by_name.setdefault(rt.name, rt)
             if other is not rt:
-                self._fail(f"two models are served as {rt.name!r}: --model {self._spec_of(other)!r} and --model "
-                           f"{spec!r} (a model without a NAME is served under its model_version). Fix: name them, "
-                           f"--model NAME=MODEL (e.g. --model {rt.name}-2={spec}).", log_it=True)
+                self._fail(f"two models are served as {rt.name!r}: --model "
+                           f"{self._entries[self.runtimes.index(other)]!r} and --model {entry!r} (a model without "
+                           "a NAME is served under its model_version). Fix: name them, --model NAME=MODEL (e.g. "
+                           f"--model {rt.name}-2={spec}).", log_it=True)
                 return
         for rt in self.runtimes:  # a request may also name a model by its model_version
             by_name.setdefault(rt.encoder.model_version, rt)
         self._by_name = by_name
         self.loaded = True
-
-    def _spec_of(self, rt: Runtime) -> str:
-        return self._specs[self.runtimes.index(rt)]
 
     def _fail(self, error: str, log_it: bool = False) -> None:
         self._error = error

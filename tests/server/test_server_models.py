@@ -99,7 +99,8 @@ def test_v1_models_ready_info_and_metrics_name_every_model(two_models, oai, enco
     oai.embeddings.create(model="small", input="counted")
     text = httpx.get(two_models.url + "/metrics", headers=AUTH).text
     assert 'postemb_ready{model="small"} 1.0' in text and f'postemb_ready{{model="{names[0]}"}} 1.0' in text
-    computed = [line for line in text.splitlines() if line.startswith('postemb_batcher_posts_computed_total{model="small"}')]
+    computed = [line for line in text.splitlines()
+                if line.startswith('postemb_batcher_posts_computed_total{model="small"}')]
     assert computed and float(computed[0].split()[1]) >= 1
 
 
@@ -109,7 +110,7 @@ def test_v1_models_ready_info_and_metrics_name_every_model(two_models, oai, enco
 def test_two_models_under_one_name_are_refused_at_start():
     with pytest.raises(ValidationError, match=r"`--model` serves two models as 'a': 'a=default' and 'a=base'.*Fix: "):
         ServeConfig(model=["a=default", "a=base"])
-    with pytest.raises(ValidationError, match=r"`--model` names 'base' twice without a NAME.*Fix: .*--model NAME=MODEL"):
+    with pytest.raises(ValidationError, match=r"`--model` names 'base' twice without a NAME.*Fix: .*NAME=MODEL"):
         ServeConfig(model=["base", "base"])
     with pytest.raises(ValidationError, match=r"empty NAME"):
         ServeConfig(model=["=default"])
