@@ -163,12 +163,24 @@ def teacher_pairs(cfg: TrainConfig, sd: T.SplitData, ts: TeacherStream, anchors:
     return {"sts": sts, "neighbour": np.concatenate(nb).astype(np.int64)}
 
 
+def least_squares_map(x, targets):
+    """(weight (D, H), bias (D,)) float64: the minimum-norm least-squares affine map from ``x``
+    (n, H) float64 to ``targets`` (n, D), by SVD (LAPACK gelsd). Not torch's CPU default, gelsy:
+    its pivoted-QR rank decision on a near rank-deficient ``x`` (fewer posts than dimensions, as
+    in small runs) answered differently from call to call for the same input: mostly in the last
+    digits, once in a while by up to 20% of the largest weight (MKL, on a loaded 2-core machine,
+    2026-12-04), so two runs of one config started apart."""
+    import torch
+
+    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
+    sol = torch.linalg.lstsq(x1, targets, driver="gelsd").solution  # (H + 1, D)
+    return sol[:-1].t(), sol[-1]
+
+
 def _lstsq_projection(model, tokenizer, posts, targets, pack):
     """(weight (D, H), bias (D,)): least squares from the base's pooled vectors of ``posts``
     to ``targets`` (n, D): the projection starts as the best linear map onto the teacher."""
     import torch
 
-    x = _pooled(model, tokenizer, posts, pack)
-    x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
-    sol = torch.linalg.lstsq(x1, torch.from_numpy(targets).double()).solution  # (H + 1, D)
-    return sol[:-1].t().float().contiguous(), sol[-1].float().contiguous()
+    w, b = least_squares_map(_pooled(model, tokenizer, posts, pack), torch.from_numpy(targets).double())
+    return w.float().contiguous(), b.float().contiguous()

@@ -290,3 +290,31 @@ def test_extends_takes_every_key_of_the_parent_and_the_repo_configs_parse(tmp_pa
     for path in sorted((configs / "v3" / "ablations").glob("*.json")):  # every ablation parses and validates
         cfg = TrainConfig.from_file(path)
         assert cfg.model_version != v3.model_version and cfg.steps == v3.steps, path
+
+
+def test_the_projections_least_squares_start_is_the_same_on_every_call():
+    """The teacher-init projection solves an affine least-squares map from the base's pooled
+    vectors. With LAPACK's pivoted-QR solver (gelsy, torch's CPU default) the same input gave
+    a different answer from call to call: on this input in the 11th digit, and on a small run's
+    real input on a loaded machine by up to 20% of the largest weight, so two runs of one config
+    started apart. The solve must be a function of its input (to rounding: 1e-13 of the largest
+    weight here, where gelsy differed by 3e-11) and the minimum-norm least-squares map."""
+    import torch
+
+    from postemb_rt.train.distill import least_squares_map
+
+    rng = np.random.default_rng(0)
+    n, h, d = 64, 384, 50  # fewer posts than dimensions, a common mean, a decaying spectrum
+    basis = np.linalg.qr(rng.standard_normal((h, n - 1)))[0]
+    coef = rng.standard_normal((n, n - 1)) * np.geomspace(1.0, 1e-3, n - 1)
+    x = torch.from_numpy((0.5 * rng.standard_normal(h) + coef @ basis.T).astype(np.float32)).double()
+    y = torch.from_numpy(rng.standard_normal((n, d)))
+    w0, b0 = least_squares_map(x, y)
+    tol = 1e-13 * float(w0.abs().max())
+    for _ in range(100):
+        w, b = least_squares_map(x, y)
+        assert float((w - w0).abs().max()) <= tol and float((b - b0).abs().max()) <= tol
+    x1 = np.hstack([x.numpy(), np.ones((n, 1))])
+    want = np.linalg.pinv(x1) @ y.numpy()  # the minimum-norm least-squares solution
+    assert np.allclose(w0.numpy(), want[:-1].T, rtol=0, atol=1e-8 * np.abs(want).max())
+    assert np.allclose(b0.numpy(), want[-1], rtol=0, atol=1e-8 * np.abs(want).max())
