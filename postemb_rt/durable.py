@@ -8,6 +8,7 @@ fsync of the folder after it, for both to survive.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import uuid
@@ -113,6 +114,35 @@ def read_json(path: str | Path, what: str | None = None, fix: str = "restore the
         if what is None:
             return None
         raise ValidationError(f"`{path}` ({what}) is not valid JSON: {exc}. Fix: restore the file.") from None
+
+
+def seal(key: str, field: str, content) -> str:
+    """SHA-256 binding a cache entry's key and content (canonical JSON of {"key", field})."""
+    return hashlib.sha256(json.dumps({"key": key, field: content}, sort_keys=True).encode()).hexdigest()
+
+
+def write_sealed(path: str | Path, key: str, field: str, content) -> None:
+    """Store ``content`` (JSON-able) durably in ``path`` as ``{"key", field, "sha256"}``, the
+    hash binding key and content (``read_sealed`` checks it)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, json.dumps({"key": key, field: content, "sha256": seal(key, field, content)}, indent=2) + "\n")
+
+
+def read_sealed(path: str | Path, key: str, field: str):
+    """(content, "") of a cache entry written by ``write_sealed`` under ``key``; (None, why) when it
+    is absent, not sealed (an older version's, or another shape), written under another key, or
+    edited or damaged since (its sha256 does not match). The caller checks the content's own shape."""
+    stored = read_json(path)
+    if stored is None:
+        return None, "absent or not JSON"
+    if not isinstance(stored, dict) or set(stored) != {"key", field, "sha256"}:
+        return None, "not a sealed entry (an older version's, or another shape)"
+    if stored["key"] != key:
+        return None, "written under another key"
+    if stored["sha256"] != seal(key, field, stored[field]):
+        return None, "its sha256 does not match its key and content"
+    return stored[field], ""
 
 
 def confined(root: Path, spec, key: str, where: Path, fix: str) -> Path:

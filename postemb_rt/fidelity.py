@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import logging
 import math
 import os
@@ -29,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .durable import atomic_write, read_json
+from .durable import read_sealed, write_sealed
 
 log = logging.getLogger("postemb_rt")
 
@@ -132,29 +131,18 @@ def entry_path(key: str) -> Path:
     return Path(cache_root()) / "fidelity" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
 
 
-def _seal(key: str, fidelity: dict) -> str:
-    """SHA-256 binding an entry's key and content (canonical JSON)."""
-    return hashlib.sha256(json.dumps({"key": key, "fidelity": fidelity}, sort_keys=True).encode()).hexdigest()
-
-
 def _number(v, lo: float, hi: float) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and lo <= v <= hi
 
 
-def _verified(stored, key: str) -> tuple[Fidelity | None, str]:
-    """(the Fidelity of a cache entry, "") if it is whole, of the right shape, bound to ``key``
-    by its hash and not ``forced`` (only an exported artefact can be); else (None, why)."""
-    if not isinstance(stored, dict) or set(stored) != {"key", "fidelity", "sha256"}:
-        return None, "not a sealed entry (an older version's, or another shape)"
-    d = stored["fidelity"]
-    if stored["key"] != key:
-        return None, "written under another key"
-    if not isinstance(d, dict) or stored["sha256"] != _seal(key, d):
-        return None, "its sha256 does not match its key and content"
+def _verified(d) -> tuple[Fidelity | None, str]:
+    """(the Fidelity of a verified cache entry's content, "") if it has a measurement's fields and
+    ranges and is not ``forced`` (only an exported artefact can be); else (None, why)."""
     names = {f.name for f in dataclasses.fields(Fidelity)}
-    ok = (set(d) == names and _number(d["mean_cos"], -1.0001, 1.0001) and _number(d["min_cos"], -1.0001, 1.0001)
-          and _number(d["overlap_at_10"], 0, 1) and isinstance(d["posts"], int) and not isinstance(d["posts"], bool)
-          and d["posts"] > 0 and isinstance(d["source"], str) and d["forced"] is False)
+    ok = (isinstance(d, dict) and set(d) == names and _number(d["mean_cos"], -1.0001, 1.0001)
+          and _number(d["min_cos"], -1.0001, 1.0001) and _number(d["overlap_at_10"], 0, 1)
+          and isinstance(d["posts"], int) and not isinstance(d["posts"], bool) and d["posts"] > 0
+          and isinstance(d["source"], str) and d["forced"] is False)
     if not ok:
         return None, "its fields are not a measurement (shape, ranges, or forced)"
     return Fidelity.from_dict(d), ""
@@ -162,19 +150,18 @@ def _verified(stored, key: str) -> tuple[Fidelity | None, str]:
 
 def cached(key: str, compute) -> Fidelity:
     """The Fidelity stored under ``key`` (any string; hashed into the file name) in the cache,
-    computing (``compute()``) and storing it (sealed, durably) first if absent or if the entry
-    fails verification (see the module docstring)."""
+    computing (``compute()``) and storing it (sealed, durably: ``durable.write_sealed``) first if
+    absent or if the entry fails verification (see the module docstring)."""
     path = entry_path(key)
-    stored = read_json(path)
-    if stored is not None:
-        f, why = _verified(stored, key)
+    d, why = read_sealed(path, key, "fidelity")
+    if d is not None:
+        f, why = _verified(d)
         if f is not None:
             return f
+    if path.exists():
         log.warning("fidelity cache entry %s is not trusted (%s); measuring again", path, why)
     f = compute()
-    d = f.to_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, json.dumps({"key": key, "fidelity": d, "sha256": _seal(key, d)}, indent=2) + "\n")
+    write_sealed(path, key, "fidelity", f.to_dict())
     return f
 
 

@@ -27,7 +27,6 @@ float32 vectors ``encode`` would return (normalised, truncated as asked):
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import threading
 from pathlib import Path
@@ -98,19 +97,31 @@ def ranges_for(encoder, truncate_dim: int | None = None, normalize: bool | None 
         if key in _RANGES:
             return _RANGES[key]
     path = Path(cache_root()) / "quantization" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
-    from .durable import atomic_write, read_json
+    from .durable import read_sealed, write_sealed
 
-    stored = read_json(path)
-    if isinstance(stored, dict) and np.shape(stored.get("ranges")) == (2, k):
-        ranges = np.asarray(stored["ranges"], dtype=np.float32)
-    else:
+    stored, why = read_sealed(path, key, "calibration")  # sealed: an edited or moved entry is not used
+    ranges = _checked_ranges(stored, k)
+    if ranges is None:
+        if path.exists():
+            log.warning("quantization cache entry %s is not trusted (%s); computing the ranges again", path,
+                        why or "its ranges are not (2, dim) finite min <= max")
         log.info("computing int8 quantization ranges of %s (dim %d) on %d built-in posts (once; cached in %s)",
                  encoder.model_version, k, len(BUILTIN_POSTS), path.parent)
         vecs = encoder.encode(BUILTIN_POSTS, normalize=norm, truncate_dim=k, long_posts="truncate")
         ranges = np.vstack([vecs.min(axis=0), vecs.max(axis=0)]).astype(np.float32)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps({"ranges": ranges.tolist(), "key": key, "posts": len(BUILTIN_POSTS),
-                                       "source": "postemb_rt.data.BUILTIN_POSTS"}) + "\n")
+        write_sealed(path, key, "calibration", {"ranges": ranges.tolist(), "posts": len(BUILTIN_POSTS),
+                                                "source": "postemb_rt.data.BUILTIN_POSTS"})
     with _LOCK:
         _RANGES[key] = ranges
     return ranges
+
+
+def _checked_ranges(stored, k: int) -> np.ndarray | None:
+    """float32 (2, k) ranges of a verified cache entry's content if they are finite with min <= max."""
+    if not isinstance(stored, dict) or np.shape(stored.get("ranges")) != (2, k):
+        return None
+    try:
+        ranges = np.asarray(stored["ranges"], dtype=np.float32)
+    except (TypeError, ValueError):
+        return None
+    return ranges if np.isfinite(ranges).all() and (ranges[0] <= ranges[1]).all() else None

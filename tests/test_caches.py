@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from postemb_rt import fidelity, onnx_export
+from postemb_rt import durable, fidelity, onnx_export
 from postemb_rt.fidelity import Fidelity
 from postemb_rt.model_dir import _file_digest, load_model_dir
 
@@ -119,7 +119,7 @@ def test_a_wrong_shape_moved_or_forged_fidelity_entry_is_measured_again(cache, c
         entry = json.loads(fidelity.entry_path("other").read_text())
     elif entry == "forced":  # sealed correctly, but only an exported artefact may be forced
         d = {**perfect, "forced": True, "mean_cos": 0.5}
-        entry = {"key": "k", "fidelity": d, "sha256": fidelity._seal("k", d)}
+        entry = {"key": "k", "fidelity": d, "sha256": durable.seal("k", "fidelity", d)}
     path.write_text(json.dumps(entry))
     calls = []
     with caplog.at_level(logging.WARNING, logger="postemb_rt"):

@@ -1,13 +1,14 @@
 """``Encoder.encode`` with sentence-transformers' keyword arguments (postemb_rt.encode_options):
 each keyword with ST's meaning and numbers, and each conflict rule's error."""
 import json
+import logging
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from postemb_rt import Encoder, ValidationError, quantization
+from postemb_rt import Encoder, ValidationError, durable, quantization
 from postemb_rt.data import BUILTIN_POSTS
 from tests.conftest import SAMPLE_TEXTS, assert_exact
 from tests.st_models import build_st_folder
@@ -144,12 +145,37 @@ def test_ranges_are_stored_once_per_model_and_read_back(enc, mrl, tmp_path, monk
     monkeypatch.setattr(quantization, "_RANGES", {})
     a = quantization.ranges_for(enc)
     files = list((tmp_path / "quantization").glob("*.json"))
-    assert len(files) == 1 and json.loads(files[0].read_text())["posts"] == len(BUILTIN_POSTS)
+    assert len(files) == 1 and json.loads(files[0].read_text())["calibration"]["posts"] == len(BUILTIN_POSTS)
     monkeypatch.setattr(quantization, "_RANGES", {})
     monkeypatch.setattr(enc, "encode", None)  # read from the cache, not computed again
     np.testing.assert_array_equal(quantization.ranges_for(enc), a)
     assert quantization.ranges_for(mrl, truncate_dim=8).shape == (2, 8)  # one entry per truncate_dim
     assert len(list((tmp_path / "quantization").glob("*.json"))) == 2
+
+
+@pytest.mark.parametrize("damage", ["edited ranges", "moved from another model", "old format", "not finite"])
+def test_an_edited_moved_or_old_ranges_entry_is_computed_again(enc, mrl, tmp_path, monkeypatch, caplog, damage):
+    monkeypatch.setenv("POSTEMB_CACHE", str(tmp_path))
+    monkeypatch.setattr(quantization, "_RANGES", {})
+    good = quantization.ranges_for(enc)
+    (path,) = (tmp_path / "quantization").glob("*.json")
+    entry = json.loads(path.read_text())
+    if damage == "edited ranges":  # sealed content changed after the fact: every vector would quantize wrongly
+        entry["calibration"]["ranges"][1] = [v * 10 for v in entry["calibration"]["ranges"][1]]
+    elif damage == "moved from another model":  # a whole, sealed entry of another key
+        quantization.ranges_for(mrl, truncate_dim=32)
+        (other,) = [p for p in (tmp_path / "quantization").glob("*.json") if p != path]
+        entry = json.loads(other.read_text())
+    elif damage == "old format":  # what the cache held before entries were sealed
+        entry = {"ranges": entry["calibration"]["ranges"], "key": entry["key"], "posts": 1}
+    else:  # sealed, but not ranges: NaN
+        bad = {**entry["calibration"], "ranges": [[float("nan")] * 32, [1.0] * 32]}
+        entry = {"key": entry["key"], "calibration": bad, "sha256": durable.seal(entry["key"], "calibration", bad)}
+    path.write_text(json.dumps(entry))
+    monkeypatch.setattr(quantization, "_RANGES", {})
+    with caplog.at_level(logging.WARNING, logger="postemb_rt"):
+        np.testing.assert_array_equal(quantization.ranges_for(enc), good)
+    assert "is not trusted" in caplog.text
 
 
 def test_compute_precisions_are_refused_with_a_pointer_to_from_pretrained(enc):

@@ -76,23 +76,43 @@ def _pca_projection(model, tokenizer, posts, dim, pack):
 def _cached_pca(md, model, tok, posts, cfg, pack, progress):
     """The PCA projection, cached under ``$POSTEMB_CACHE/pca/`` by base fingerprint, texts
     and sizes: the single-task runs share the multi-task run's initial projection and skip
-    re-encoding the same texts (about a minute on 2 cores)."""
+    re-encoding the same texts (about a minute on 2 cores). An entry carries its key and the
+    sha256 of its tensors (safetensors metadata); one that is damaged, moved, edited or of an
+    older version is computed again, never used."""
     import hashlib
 
-    from safetensors.torch import load_file, save_file
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open, save_file
 
     from ..onnx_export import cache_root
 
     h = hashlib.sha256(f"{md.fingerprint}|{cfg.projection_dim}|{cfg.max_length}|".encode())
     h.update("\n".join(posts).encode())
-    path = cache_root() / "pca" / f"{h.hexdigest()[:20]}.safetensors"
+    key = h.hexdigest()
+    path = cache_root() / "pca" / f"{key[:20]}.safetensors"
+
+    def digest(w, b):
+        return hashlib.sha256(w.contiguous().numpy().tobytes() + b.contiguous().numpy().tobytes()).hexdigest()
+
     if path.exists():
-        st = load_file(str(path))
-        progress(f"PCA projection from cache {path}")
-        return st["weight"], st["bias"]
+        try:
+            with safe_open(str(path), "pt") as f:
+                meta = f.metadata() or {}
+            st = load_file(str(path))
+            w, b = st["weight"], st["bias"]
+            ok = (meta.get("key") == key and meta.get("sha256") == digest(w, b)
+                  and tuple(w.shape) == (cfg.projection_dim, md.config.hidden_size))
+        except (SafetensorError, OSError, KeyError, ValueError):
+            ok = False
+        if ok:
+            progress(f"PCA projection from cache {path}")
+            return w, b
+        progress(f"PCA projection cache {path} is damaged, moved or of an older version; computing it again")
     w, b = _pca_projection(model, tok, posts, cfg.projection_dim, pack)
+    w, b = w.contiguous(), b.contiguous()
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, lambda tmp: save_file({"weight": w.contiguous(), "bias": b.contiguous()}, str(tmp)))
+    atomic_write(path, lambda tmp: save_file({"weight": w, "bias": b}, str(tmp),
+                                             metadata={"key": key, "sha256": digest(w, b)}))
     return w, b
 
 

@@ -318,3 +318,45 @@ def test_the_projections_least_squares_start_is_the_same_on_every_call():
     want = np.linalg.pinv(x1) @ y.numpy()  # the minimum-norm least-squares solution
     assert np.allclose(w0.numpy(), want[:-1].T, rtol=0, atol=1e-8 * np.abs(want).max())
     assert np.allclose(b0.numpy(), want[-1], rtol=0, atol=1e-8 * np.abs(want).max())
+
+
+@pytest.mark.parametrize("damage", ["edited weights", "truncated file", "moved from another key", "old format"])
+def test_a_damaged_edited_moved_or_old_pca_cache_entry_is_computed_again(tmp_path, monkeypatch, damage):
+    import torch
+    from safetensors.torch import save_file
+
+    from postemb_rt.modeling import PostEmbModel
+    from postemb_rt.model_dir import resolve
+    from postemb_rt.native import pack_padded
+    from postemb_rt.tokenization import PostTokenizer
+    from postemb_rt.train.distill import _cached_pca
+
+    monkeypatch.setenv("POSTEMB_CACHE", str(tmp_path))
+    md = resolve("base")
+    model, tok = PostEmbModel.from_model_dir(md), PostTokenizer(md.tokenizer_path, 16)
+    cfg = TrainConfig(projection_dim=8, max_length=16)
+    posts = [f"post number {i} about the sea" for i in range(12)]
+    said: list[str] = []
+    w, b = _cached_pca(md, model, tok, posts, cfg, pack_padded, said.append)
+    assert w.shape == (8, md.config.hidden_size) and not said  # computed
+    assert all(torch.equal(x, y) for x, y in zip(_cached_pca(md, model, tok, posts, cfg, pack_padded, said.append),
+                                                 (w, b)))
+    assert said and "from cache" in said[-1]
+    (path,) = (tmp_path / "pca").glob("*.safetensors")
+    if damage == "edited weights":  # the stored key and hash kept, the weights changed
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata()
+        save_file({"weight": w * 2, "bias": b}, str(path), metadata=meta)
+    elif damage == "truncated file":
+        path.write_bytes(path.read_bytes()[:100])
+    elif damage == "moved from another key":
+        _cached_pca(md, model, tok, posts[:-1], cfg, pack_padded, said.append)
+        (other,) = [p for p in (tmp_path / "pca").glob("*.safetensors") if p != path]
+        path.write_bytes(other.read_bytes())
+    else:  # what the cache held before entries carried their key and hash
+        save_file({"weight": w * 2, "bias": b}, str(path))
+    said.clear()
+    again = _cached_pca(md, model, tok, posts, cfg, pack_padded, said.append)
+    assert "computing it again" in said[0] and torch.allclose(again[0], w) and torch.allclose(again[1], b)
