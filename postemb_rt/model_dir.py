@@ -322,3 +322,14 @@ def vector_version(model_version: str, precision: str = "fp32", long_posts: str 
     if check_mode(long_posts) != "truncate":
         parts.append(long_posts)
     return "+".join(parts)
+
+
+def split_named(entry: str) -> tuple[str | None, str]:
+    """``NAME=MODEL`` -> (NAME, MODEL); ``MODEL`` -> (None, MODEL). An entry is named when it
+    holds a ``=`` with no ``/`` before it: ``./runs/lr=2e-5`` is a directory, ``lr=2e-5`` names
+    the model ``2e-5`` (write ``./lr=2e-5`` for that directory). Used by every command that
+    takes several models (``serve``, ``eval``)."""
+    if "=" in entry.split("/", 1)[0]:
+        name, model = entry.split("=", 1)
+        return name.strip(), model.strip()
+    return None, entry.strip()

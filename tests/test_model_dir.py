@@ -87,3 +87,16 @@ def test_onnx_only_directory_runs_on_the_onnx_backends_only(base_onnx, sample_te
     assert "only an ONNX model" in auto.describe()["backend_reason"]
     with pytest.raises(BackendUnavailableError, match="holds only an ONNX model.*backend='onnxruntime'"):
         Encoder.from_pretrained(md.path, backend="torch")
+
+
+def test_named_model_entries_split_on_an_equals_sign_before_any_slash():
+    """One rule for every command that takes several models (serve, eval)."""
+    from postemb_rt.commands.eval import _parse_model
+    from postemb_rt.model_dir import split_named
+
+    assert split_named("v4=./runs/v4") == ("v4", "./runs/v4")
+    assert split_named("./runs/lr=2e-5") == (None, "./runs/lr=2e-5")  # a directory whose name holds '='
+    assert split_named("x=a=b") == ("x", "a=b") and split_named(" v = base ") == ("v", "base")
+    assert split_named("default") == (None, "default")
+    assert _parse_model("./runs/lr=2e-5") == ("lr=2e-5", "./runs/lr=2e-5")  # eval: the row named after the folder
+    assert _parse_model("default") == ("multitask", "default") and _parse_model("v4=/r/v4") == ("v4", "/r/v4")

@@ -21,10 +21,11 @@ from pathlib import Path
 
 
 def _parse_model(spec: str) -> tuple[str, str]:
-    if "=" in spec:
-        name, path = spec.split("=", 1)
-        return name, path
-    return ("multitask" if spec == "default" else Path(spec).name or spec), spec
+    """``--model NAME=PATH`` or ``PATH`` -> (row name, model); unnamed rows are named after the model."""
+    from ..model_dir import split_named
+
+    name, path = split_named(spec)
+    return (name or ("multitask" if path == "default" else Path(path).name or path)), path
 
 
 def run(args) -> int:

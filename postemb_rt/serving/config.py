@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from ..errors import ValidationError
+from ..model_dir import split_named
 
 
 @dataclass
@@ -60,8 +61,7 @@ class ServeConfig:
         for entry in entries:
             if not isinstance(entry, str):
                 raise ValidationError(f"`model` entries must be strings (NAME=MODEL or MODEL). Given: {entry!r}.")
-            name, model = entry.split("=", 1) if "=" in entry.split("/", 1)[0] else (None, entry)
-            name, model = (None if name is None else name.strip()), model.strip()
+            name, model = split_named(entry)
             if name == "" or not model:
                 raise ValidationError(f"`--model` {entry!r} has an empty {'NAME' if name == '' else 'MODEL'}. Fix: "
                                       "pass NAME=MODEL (e.g. v4=./runs/v4) or just MODEL.")
