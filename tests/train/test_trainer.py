@@ -290,6 +290,12 @@ def test_extends_takes_every_key_of_the_parent_and_the_repo_configs_parse(tmp_pa
     for path in sorted((configs / "v3" / "ablations").glob("*.json")):  # every ablation parses and validates
         cfg = TrainConfig.from_file(path)
         assert cfg.model_version != v3.model_version and cfg.steps == v3.steps, path
+    v4 = TrainConfig.from_file(configs / "v4" / "default.json")
+    for path in sorted((configs / "v4" / "ablations").glob("*.json")):  # v4's variants: nesting options only
+        cfg = TrainConfig.from_file(path)
+        cfg.validate()
+        differ = {k for k, v in dataclasses.asdict(cfg).items() if dataclasses.asdict(v4)[k] != v}
+        assert "model_version" in differ and differ <= {"model_version", "matryoshka_dims", "matryoshka_weights"}, path
 
 
 def test_the_projections_least_squares_start_is_the_same_on_every_call():
