@@ -185,11 +185,11 @@ def teacher_pairs(cfg: TrainConfig, sd: T.SplitData, ts: TeacherStream, anchors:
 
 def least_squares_map(x, targets):
     """(weight (D, H), bias (D,)) float64: the minimum-norm least-squares affine map from ``x``
-    (n, H) float64 to ``targets`` (n, D), by SVD (LAPACK gelsd). Not torch's CPU default, gelsy:
-    its pivoted-QR rank decision on a near rank-deficient ``x`` (fewer posts than dimensions, as
-    in small runs) answered differently from call to call for the same input: mostly in the last
-    digits, once in a while by up to 20% of the largest weight (MKL, on a loaded 2-core machine,
-    2026-12-04), so two runs of one config started apart."""
+    (n, H) float64 to ``targets`` (n, D), by SVD (LAPACK gelsd). Not torch's CPU default, gelsy
+    (pivoted QR): in torch's MKL it answered differently from call to call for the same input,
+    mostly in the last digits, and on a loaded 2-core machine by up to 20% of the largest weight
+    (2026-12-04; a small run's input, 64 posts, not ill-conditioned: why MKL does this was not
+    found), so two runs of one config started apart. gelsd gave the same answer on every call."""
     import torch
 
     x1 = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], 1)
