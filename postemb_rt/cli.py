@@ -37,6 +37,11 @@ def env_name(option: str) -> str:
     return ENV_PREFIX + option.lstrip("-").replace("-", "_").upper()
 
 
+def env_items(raw: str) -> list[str]:
+    """A list-valued environment variable's items: comma-separated, stripped, empty ones dropped."""
+    return [part.strip() for part in raw.split(",") if part.strip()]
+
+
 def _is_list(action: argparse.Action) -> bool:
     """Whether the variable of ``action`` holds a comma-separated list: a multi-value flag, or one
     that declares ``env_list`` (``serve --model``, which splits it itself)."""
@@ -63,7 +68,7 @@ def apply_env_defaults(parser: argparse.ArgumentParser, environ=None, list_vars:
             continue
         action.default = _env_value(action, var, raw)
         action.required = False  # the environment gave it
-        parts = [p.strip() for p in raw.split(",") if p.strip()]
+        parts = env_items(raw)
         if var in (list_vars or {}) and not _is_list(action) and len(parts) > 1:
             action.type = _refuse_list(action, var, raw, parts, list_vars[var], parser.prog)
 
@@ -103,7 +108,7 @@ def _env_value(action: argparse.Action, var: str, raw: str):
         return value
 
     if action.nargs in ("+", "*") or isinstance(action, argparse._AppendAction):
-        return [one(part.strip()) for part in raw.split(",") if part.strip()]  # (env_list flags split it themselves)
+        return [one(part) for part in env_items(raw)]  # (env_list flags split it themselves, by env_items)
     return one(raw)
 
 

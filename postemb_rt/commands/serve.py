@@ -85,7 +85,9 @@ class ModelsAction(argparse.Action):
 def model_specs(args) -> str | list[str]:
     """The served models from the command line (every --model) or the environment (comma-separated):
     one str for one model (``ServeConfig.model`` as before), else the list."""
-    specs = args.models or [part.strip() for part in args.model.split(",") if part.strip()]
+    from ..cli import env_items
+
+    specs = args.models or env_items(args.model)
     return specs[0] if len(specs) == 1 else specs
 
 

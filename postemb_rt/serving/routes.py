@@ -71,7 +71,7 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
     rt = models.default  # the default model: TEI's routes, and requests without a `model` field
     multi = models.multi
     KEYED = (401,) if cfg.api_key else ()  # a route behind the API key can answer 401
-    EMBED_ERRORS = (*KEYED, *((404,) if models.multi else ()), 408, 413, 422, 429, 503)
+    EMBED_ERRORS = (*KEYED, *((404,) if multi else ()), 408, 413, 422, 429, 503)
     metrics = Metrics(models)
     admission = Admission(cfg, metrics)
 
@@ -114,7 +114,7 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
             return await _v1_embeddings(parse(V1EmbeddingsRequest, json_object(body), cfg))
 
     async def _v1_embeddings(req):
-        m = models.resolve(req.model) if multi else rt  # one model: `model` is ignored, as it always was
+        m = models.resolve(req.model)  # one model: `model` is ignored, as it always was
         enc = m.require_encoder()
         check_dimensions(enc, req.dimensions)
         vecs, tokens, truncated = await m.embed(req.input, "input", truncate=True, normalize=True,
@@ -140,7 +140,7 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
 
     async def _embed(req):
         long_posts = req.long_posts or cfg.long_posts
-        m = models.resolve(req.model) if multi else rt
+        m = models.resolve(req.model)
         enc = m.require_encoder()
         chunk_stats = {"chunked": 0, "windows": 0}
         vecs, tokens, truncated = await m.embed(req.inputs, "inputs", truncate=req.truncate, normalize=req.normalize,
