@@ -296,6 +296,12 @@ def test_extends_takes_every_key_of_the_parent_and_the_repo_configs_parse(tmp_pa
         cfg.validate()
         differ = {k for k, v in dataclasses.asdict(cfg).items() if dataclasses.asdict(v4)[k] != v}
         assert "model_version" in differ and differ <= {"model_version", "matryoshka_dims", "matryoshka_weights"}, path
+    for path in sorted((configs / "v4" / "steps1600").glob("*.json")):  # the same variants at 1,600 steps
+        cfg = TrainConfig.from_file(path)
+        cfg.validate()
+        same = TrainConfig.from_file(configs / "v4" / "ablations" / path.name)
+        differ = {k for k, v in dataclasses.asdict(cfg).items() if dataclasses.asdict(same)[k] != v}
+        assert differ == {"model_version", "steps"} and cfg.steps == 2 * same.steps, path
 
 
 def test_the_projections_least_squares_start_is_the_same_on_every_call():
