@@ -54,7 +54,7 @@ compare: $(STAMP)
 
 # The shipped model's recipe (writes ../runs/multitask; copy it into postemb_rt/models/default/)
 train: $(STAMP)
-	$(BIN)/postemb train --config configs/v3/default.json --out ../runs/multitask
+	$(BIN)/postemb train --config configs/v4/steps1600/light_prefixes.json --out ../runs/multitask
 
 eval: $(STAMP)
 	$(BIN)/postemb eval --model default --out reports/

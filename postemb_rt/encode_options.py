@@ -47,6 +47,12 @@ def _same_device(given: str, loaded: str) -> bool:
     return norm(given) == norm(loaded)
 
 
+def allowed_dims(encoder) -> list[int]:
+    """The dims ``encoder`` embeds in: its own, and the prefixes its postemb.json declares
+    (``matryoshka_dims``), ascending. ``truncate_dim`` and the server's ``dimensions`` take these."""
+    return sorted({*(encoder.model.config.matryoshka_dims or ()), encoder.dim})
+
+
 def resolve(encoder, *, prompt_name=None, prompt=None, normalize=None, normalize_embeddings=None, truncate_dim=None,
             precision="float32", convert_to_numpy=True, convert_to_tensor=False, device=None,
             output_value="sentence_embedding", batch_size=64) -> EncodeOptions:
@@ -74,7 +80,7 @@ def resolve(encoder, *, prompt_name=None, prompt=None, normalize=None, normalize
             "sentence-transformers' name; False there means 'as the model computes', not 'raw').")
     if normalize is None:
         normalize = True if normalize_embeddings else model.normalize
-    dims = sorted({*(model.matryoshka_dims or ()), encoder.dim})
+    dims = allowed_dims(encoder)
     k = encoder.dim if truncate_dim is None else truncate_dim
     if isinstance(k, bool) or k not in dims:
         raise ValidationError(

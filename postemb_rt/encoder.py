@@ -184,7 +184,7 @@ class Encoder:
             "head": ", ".join(head) or "none",
             "normalize": cfg.normalize,
             "prompts": prompts.model_prompts(cfg), "default_prompt_name": cfg.default_prompt_name,
-            "matryoshka_dims": list(cfg.matryoshka_dims or [cfg.dim]),  # the truncate_dim values encode accepts
+            "matryoshka_dims": eo.allowed_dims(self),  # the truncate_dim values encode accepts
             "max_length": self.max_length,
             "long_posts": (self.long_posts if self.long_posts == "truncate" else
                            f"chunk (overlap {self.chunk_overlap}, max_chunks {self.max_chunks})"),

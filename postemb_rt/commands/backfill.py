@@ -4,7 +4,7 @@ INPUT: a folder of ``.parquet`` files (columns ``id``, ``text``) or of ``.jsonl`
 (objects with ``id`` and ``text``), searched recursively, or one such file. OUTPUT: one
 folder per input file, mirroring the input tree, holding ``part-NNNNN.parquet`` (``id``,
 ``embedding`` fixed-size list of float32, ``model_version``: the vector version, e.g.
-``postemb-mt50-v3+chunk``), ``_errors-NNNNN.jsonl`` (bad rows and why) and ``_SUCCESS.json``.
+``postemb-mt50-v4+chunk``), ``_errors-NNNNN.jsonl`` (bad rows and why) and ``_SUCCESS.json``.
 The ``id`` column has one type in the whole output (int64 or string, ``--id-type``), so
 ``postemb index build`` reads it. Re-running the same command resumes: finished files
 are skipped, nothing is written twice. Local by default (Ray on this machine);

@@ -2,7 +2,7 @@
 
 build: from Parquet embeddings (``postemb backfill`` or ``postemb embed`` output: a file
 or a folder) or from the near-line store (``--redis URL --vector-version V``: the version the
-worker stores under, e.g. postemb-mt50-v3 or postemb-mt50-v3+bf16+chunk); FAISS kind by size
+worker stores under, e.g. postemb-mt50-v4 or postemb-mt50-v4+bf16+chunk); FAISS kind by size
 (flat up to 20k posts, HNSW up to 2M, IVF beyond) unless ``--kind`` says. ``--binary`` stores
 sign bits (1 bit per dimension, Hamming distance); ``--rescore N`` keeps the float vectors
 too and re-ranks the k*N Hamming-nearest by cosine.

@@ -15,7 +15,7 @@ Routes:
                          models: a served name or a model_version, absent = the default
                          model, unknown = 404 ``model_not_found``; with one: any string;
                          the answer's ``model`` names the model that answered), ``encoding_format``
-                         (float | base64), ``dimensions`` (only the model's own dim), ``user``
+                         (float | base64), ``dimensions`` (the model's dim or a declared prefix), ``user``
                          (ignored). Unknown fields are ignored, as OpenAI clients send extras.
                          The answer adds ``truncated`` (indices of inputs cut to max_length).
     GET  /v1/models      every served model, ``id`` = its served name (OpenAI-compatible listing).
@@ -56,7 +56,7 @@ error. Every status is in the OpenAPI spec.
 int8 / uint8 / binary: ``Encoder.encode(precision=...)``'s quantization, see
 ``postemb_rt.serving.encodings``.
 
-``dimensions``: neither the base encoder nor the fine-tuned model was trained for shortened
-(Matryoshka) embeddings, so a prefix of the vector is not a meaningful embedding; only the
-model's own dim is accepted.
+``dimensions``: the model's dim, or a prefix it was trained to embed in (``matryoshka_dims`` in its
+postemb.json: 32, 16 and 8 for ``default`` since v4); the answer is that prefix re-normalised, as
+``Encoder.encode(truncate_dim=...)``. Any other value is a 422 naming the allowed ones.
 """

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 from typing import Callable
 
+from ..encode_options import allowed_dims
 from .config import ServeConfig
 from .errors import ApiError
 from .runtime import Runtime
@@ -113,13 +114,14 @@ class ModelRegistry:
         return [rt.name or spec for rt, spec in zip(self.runtimes, self._specs)]
 
     def describe(self) -> list[dict]:
-        """``/info``'s ``models``: each served model's name, version, dim and state."""
+        """``/info``'s ``models``: each served model's name, version, dim, allowed ``dimensions`` and state."""
         out = []
         for rt, spec in zip(self.runtimes, self._specs):
             enc = rt.encoder
             d = {"name": rt.name or spec, "model": spec, "default": rt is self.default, "ready": rt.ready}
             if enc is not None:
                 d.update(model_version=enc.model_version, vector_version=enc.vector_version, dim=enc.dim,
-                         max_length=enc.max_length, backend=enc.backend.name, precision=enc.backend.precision)
+                         max_length=enc.max_length, backend=enc.backend.name, precision=enc.backend.precision,
+                         dimensions=allowed_dims(enc))
             out.append(d)
         return out

@@ -9,6 +9,8 @@ import threading
 from contextlib import asynccontextmanager
 from typing import Callable
 
+from .. import quantization
+from ..encode_options import truncate as truncate_rows
 from ..encoder import vector_version
 from . import encodings, tei
 from .auth import Admission, Gate
@@ -116,11 +118,16 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
     async def _v1_embeddings(req):
         m = models.resolve(req.model)  # one model: `model` is ignored, as it always was
         enc = m.require_encoder()
-        check_dimensions(enc, req.dimensions)
+        dim = check_dimensions(enc, req.dimensions)
         vecs, tokens, truncated = await m.embed(req.input, "input", truncate=True, normalize=True,
                                                 prompt_name=req.prompt_name)
+        ranges = m.quant_ranges
+        if dim < enc.dim:  # a declared matryoshka prefix: the first `dim` components re-normalised
+            vecs = truncate_rows(vecs, dim, True)
+            if req.embedding_type in ("int8", "uint8"):  # ranges calibrated for that prefix (computed once, cached)
+                ranges = await m.off_loop(quantization.ranges_for, enc, truncate_dim=dim, normalize=True)
         if req.embedding_type != "float":  # as /embed_full's `encoding`: the model's calibrated ranges, packed bits
-            q = await m.off_loop(encodings.quantize, vecs, req.embedding_type, m.quant_ranges)
+            q = await m.off_loop(encodings.quantize, vecs, req.embedding_type, ranges)
             rows = q.tolist() if req.encoding_format == "float" else [base64.b64encode(r.tobytes()).decode() for r in q]
         else:
             rows = vecs.tolist() if req.encoding_format == "float" else base64_rows(vecs)

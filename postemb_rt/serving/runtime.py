@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 
 from .. import quantization
+from ..encode_options import allowed_dims
 from ..errors import BatcherClosedError, DeadlineExceededError, OverloadedError, ValidationError
 from .config import ServeConfig
 from . import encodings
@@ -264,7 +265,7 @@ class Runtime:
                      backend=desc.get("backend"), precision=desc.get("precision"),
                      precision_reason=desc.get("precision_reason"), runtime=desc,
                      encodings=encodings.describe(enc.dim, self.quant_ranges),
-                     dimensions=[enc.dim])
+                     dimensions=allowed_dims(enc))
         if self.load_error:
             d["load_error"] = self.load_error
         return d

@@ -4,8 +4,8 @@ unchanged:
 
     POST /embed, POST /   ``inputs`` (str | list[str]), ``normalize`` (true), ``truncate`` (null:
                           the server's ``auto_truncate``, true here), ``truncation_direction``
-                          (right | left), ``prompt_name``, ``dimensions`` (the model's own dim
-                          only), ``encoding_format`` (float | base64); answers a bare JSON array,
+                          (right | left), ``prompt_name``, ``dimensions`` (the model's dim or
+                          a declared matryoshka prefix), ``encoding_format`` (float | base64); answers a bare JSON array,
                           one vector per input. Unknown fields are ignored, as TEI does; our
                           native fields (``encoding``, ``long_posts``) are a 422 naming
                           ``/embed_full``, where the native answer moved.
@@ -29,6 +29,7 @@ import base64
 import numpy as np
 
 from .. import __version__
+from ..encode_options import allowed_dims, truncate as truncate_rows
 from .errors import ApiError, json_response
 from .schemas import (DecodeRequest, ErrorResponse, TeiEmbedRequest, TeiErrorResponse, TokenizeRequest, body_doc,
                       given, json_object, parse)
@@ -67,12 +68,17 @@ def tei_error(err: ApiError):
     return json_response(status, {"error": err.body["message"], "error_type": kind}, err.headers)
 
 
-def check_dimensions(enc, dims) -> None:
-    """``dimensions`` must be absent or the model's dim: it was not trained for shortened vectors."""
-    if dims is not None and (type(dims) is not int or dims != enc.dim):
-        raise ApiError(422, f"`dimensions` must be {enc.dim}, this model's dim: it was not trained for shortened "
-                            f"(Matryoshka) embeddings. Given: {given(dims)}.", param="dimensions",
-                       code="dimensions_unsupported", limit=enc.dim, given=dims)
+def check_dimensions(enc, dims) -> int:
+    """``dimensions`` -> the dim to answer in: absent means the model's own; otherwise one the model
+    was trained to embed in (its dim or a declared ``matryoshka_dims`` prefix), else a 422 naming them."""
+    allowed = allowed_dims(enc)
+    if dims is None:
+        return enc.dim
+    if type(dims) is not int or dims not in allowed:
+        raise ApiError(422, f"`dimensions` must be one of {allowed}: this model's dim and the prefixes it was "
+                            f"trained to embed in (matryoshka_dims). Given: {given(dims)}.", param="dimensions",
+                       code="dimensions_unsupported", limit=allowed, given=dims)
+    return dims
 
 
 def base64_rows(vecs: np.ndarray) -> list[str]:
@@ -113,11 +119,13 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
             async with admission(request) as body:
                 req = parse(TeiEmbedRequest, json_object(body), cfg)
                 enc = rt.require_encoder()
-                check_dimensions(enc, req.dimensions)
+                dim = check_dimensions(enc, req.dimensions)
                 truncate = AUTO_TRUNCATE if req.truncate is None else req.truncate
                 vecs, tokens, truncated = await rt.embed(
                     req.inputs, "inputs", truncate=truncate, normalize=req.normalize, long_posts=cfg.long_posts,
                     prompt_name=req.prompt_name, truncation_direction=req.truncation_direction)
+                if dim < enc.dim:  # the prefix, re-normalised when asked (as Encoder.encode's truncate_dim)
+                    vecs = truncate_rows(vecs, dim, req.normalize)
                 floats = req.encoding_format == "float"
                 resp = await render(vecs.tolist() if floats else base64_rows(vecs), vecs.size if floats else 0)
         except ApiError as err:

@@ -236,3 +236,26 @@ def test_postemb_model_is_a_list_for_serve_and_refused_as_one_by_one_model_comma
                 "Given: 'default, small=base'. Fix: set POSTEMB_MODEL to one value") in err, err
     one = cli.build_parser(environ={"POSTEMB_MODEL": "base"})
     assert one.parse_args(["nearline"]).model == one.parse_args(["serve"]).model == "base"
+
+
+@pytest.mark.parametrize("k", [32, 16, 8])
+def test_dimensions_serves_the_nested_prefixes_a_model_declares(two_models, oai, encoders, k):
+    """``default`` (v4) declares matryoshka_dims [32, 16, 8]: ``dimensions`` from the openai client
+    answers Encoder.encode(truncate_dim=k) (the prefix re-normalised), the TEI route likewise, and
+    /info lists the allowed dims; base, trained for none, still refuses them."""
+    small = encoders["small"]
+    want = small.encode(TEXTS, truncate_dim=k)
+    r = oai.embeddings.create(model="small", input=TEXTS, dimensions=k, encoding_format="float")
+    assert_exact(np.array([d.embedding for d in r.data], dtype=np.float32), want)
+    b64 = oai.embeddings.create(model="small", input=TEXTS, dimensions=k)  # the client's default: base64
+    assert_exact(np.array([d.embedding for d in b64.data], dtype=np.float32), want)
+    with httpx.Client(base_url=two_models.url, headers=AUTH, timeout=60) as c:
+        bits = c.post("/v1/embeddings", json={"model": "small", "input": TEXTS, "dimensions": k,
+                                              "embedding_type": "ubinary"}).json()["data"]
+        assert [len(d["embedding"]) for d in bits] == [(k + 7) // 8] * len(TEXTS)
+        listed = {m["name"]: m["dimensions"] for m in c.get("/info").json()["models"]}
+        assert listed["small"] == [8, 16, 32, 50] and listed[encoders["base"].model_version] == [384]
+        refused = c.post("/v1/embeddings", json={"model": "small", "input": TEXTS, "dimensions": 12})
+        assert refused.status_code == 422 and "[8, 16, 32, 50]" in refused.json()["error"]["message"]
+    with pytest.raises(openai.UnprocessableEntityError, match=r"must be one of \[384\]"):
+        oai.embeddings.create(model=encoders["base"].model_version, input=TEXTS, dimensions=k)
