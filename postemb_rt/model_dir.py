@@ -316,14 +316,16 @@ def resolve(name_or_path: str | Path) -> ModelDir:
     return load_model_dir(name_or_path)
 
 
-def vector_version(model_version: str, precision: str = "fp32", long_posts: str = "truncate") -> str:
+def vector_version(model_version: str, precision: str = "fp32", long_posts: str = "truncate",
+                   truncate_dim: int | None = None) -> str:
     """The version string stored with each vector: the model version, plus every setting that
     changes the numbers beyond the exactness bar (cosine 0.9999). ``fp32`` and ``truncate`` add
-    nothing, so exact vectors keep the plain model version; a fast precision or chunk mode adds
-    ``+<precision>`` / ``+chunk`` (``postemb-mt50-v4+bf16+chunk``), so vectors from two
-    precisions or two long-post modes never share a version (a store key, a backfill output).
-    fp16 and bf16 differ from fp32 by up to the fidelity bar, hence their own suffix too."""
-    parts = [model_version]
+    nothing, so exact vectors keep the plain model version; a nested prefix adds ``@<k>``, a fast
+    precision or chunk mode ``+<precision>`` / ``+chunk`` (``postemb-mt50-v4@16+bf16+chunk``), so
+    vectors of two dims, two precisions or two long-post modes never share a version (a store
+    key, a backfill output). fp16 and bf16 differ from fp32 by up to the fidelity bar, hence their
+    own suffix too. ``truncate_dim`` None means the model's full dim."""
+    parts = [model_version if truncate_dim is None else f"{model_version}@{truncate_dim}"]
     if precision != "fp32":
         parts.append(precision)
     if check_mode(long_posts) != "truncate":

@@ -142,6 +142,7 @@ def write_embeddings(path: Path, ids: list, vectors, model_version: str) -> None
 
 def run(args) -> int:
     from ..encoder import Encoder
+    from ..model_dir import vector_version
 
     inp, out = Path(args.input), Path(args.out)
     if out.suffix not in OUTPUTS:
@@ -157,13 +158,16 @@ def run(args) -> int:
     start = time.perf_counter()
     show = not args.no_progress and len(texts) >= PROGRESS_MIN_POSTS
     vectors = enc.encode(texts, batch_size=args.batch_size, show_progress_bar=show, truncate=not args.no_truncate,
-                         precision=args.quantize, prompt_name=args.prompt_name, prompt=args.prompt)
+                         precision=args.quantize, prompt_name=args.prompt_name, prompt=args.prompt,
+                         truncate_dim=args.truncate_dim)
     seconds = time.perf_counter() - start
-    write_embeddings(out, ids, vectors, enc.vector_version)
+    dim = args.truncate_dim if args.truncate_dim not in (None, enc.dim) else None
+    version = vector_version(enc.model_version, enc.backend.precision, enc.long_posts, dim)
+    write_embeddings(out, ids, vectors, version)
     st = enc.last_stats
     rate = len(texts) / seconds if seconds > 0 else float("inf")
     print(f"embedded {len(texts)} posts in {seconds:.2f} s ({rate:.0f} posts/s, {st.tokens / max(seconds, 1e-9):.0f} "
-          f"tokens/s), backend={enc.backend.name}, model={enc.vector_version}, dim={enc.dim}, "
+          f"tokens/s), backend={enc.backend.name}, model={version}, dim={vectors.shape[-1]}, "
           f"truncated={len(st.truncated)}, chunked={st.chunked} ({st.windows} windows) -> {out}")
     return 0
 
@@ -187,6 +191,9 @@ def register(sub) -> None:
                    "document) prepended to every post (default: the model's default prompt, if any)")
     p.add_argument("--prompt", default=None, help="a prompt text prepended to every post (\"\" turns the model's "
                    "default prompt off); not with --prompt-name")
+    p.add_argument("--truncate-dim", type=int, default=None,
+                   help="a nested prefix the model declares (its matryoshka_dims, e.g. 32, 16 or 8 for default): the "
+                        "first K components re-normalised; the vector version gets '@K' (default: the full dim)")
     p.add_argument("--batch-size", type=int, default=64, help="posts per batch at most (default: 64)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per post (default: the model's)")
     p.add_argument("--no-truncate", action="store_true",

@@ -34,45 +34,50 @@ def _parse_id(raw: str, index):
         return raw
 
 
-def split_vector_version(version: str) -> tuple[str, str, str]:
-    """``postemb_rt.encoder.vector_version``'s inverse: "X+bf16+chunk" -> ("X", "bf16", "chunk");
-    "X" -> ("X", "fp32", "truncate"). Suffixes are read from the right, so a model version that
-    itself holds "+" stays whole."""
+def split_vector_version(version: str) -> tuple[str, str, str, int | None]:
+    """``postemb_rt.encoder.vector_version``'s inverse: "X@16+bf16+chunk" -> ("X", "bf16", "chunk", 16);
+    "X" -> ("X", "fp32", "truncate", None). Suffixes are read from the right, so a model version that
+    itself holds "+" or "@" stays whole unless "@<digits>" ends it."""
     from ..encoder import PRECISIONS
     from ..model_dir import vector_version
 
-    model, precision, long_posts = version, "fp32", "truncate"
+    model, precision, long_posts, dim = version, "fp32", "truncate", None
     if model.endswith("+chunk"):
         model, long_posts = model[: -len("+chunk")], "chunk"
     for p in PRECISIONS:
         if p not in ("fp32", "auto") and model.endswith(f"+{p}"):
             model, precision = model[: -len(p) - 1], p
             break
-    assert vector_version(model, precision, long_posts) == version
-    return model, precision, long_posts
+    head, at, k = model.rpartition("@")
+    if at and head and k.isdigit() and not k.startswith("0"):
+        model, dim = head, int(k)
+    assert vector_version(model, precision, long_posts, dim) == version
+    return model, precision, long_posts, dim
 
 
 def query_encoder(args, index_version: str | None):
     """The encoder for ``--text`` queries, loaded so its vector version is the index's: the
     precision and long-post mode come from the index's recorded version unless ``--precision`` /
-    ``--long-posts`` say otherwise (then they must agree with it). Checked before the model loads."""
+    ``--long-posts`` say otherwise (then they must agree with it); a nested prefix (``@<k>``) is
+    returned as the ``truncate_dim`` to encode queries with. Checked before the model loads.
+    Returns (encoder, truncate_dim or None)."""
     from ..encoder import Encoder
     from ..model_dir import vector_version
     from ..model_dir import resolve
 
     if index_version:
-        model, want_p, want_lp = split_vector_version(index_version)
+        model, want_p, want_lp, dim = split_vector_version(index_version)
     else:  # an index built without a version (PostIndex.build in code): the encoder's defaults
-        model, want_p, want_lp = None, "fp32", "truncate"
+        model, want_p, want_lp, dim = None, "fp32", "truncate", None
     precision, long_posts = args.precision or want_p, args.long_posts or want_lp
-    got = vector_version(resolve(args.model).config.model_version, precision, long_posts)
+    got = vector_version(resolve(args.model).config.model_version, precision, long_posts, dim)
     if index_version and got != index_version:
         raise ValidationError(
             f"`--model` {args.model!r} with --precision {precision} --long-posts {long_posts} gives vectors of "
             f"version {got!r} but the index holds {index_version!r} vectors. Fix: --model with model version "
             f"{model!r}, and --precision {want_p} --long-posts {want_lp} (or leave both out: they are read from "
             "the index).")
-    return Encoder.from_pretrained(args.model, device=args.device, precision=precision, long_posts=long_posts)
+    return Encoder.from_pretrained(args.model, device=args.device, precision=precision, long_posts=long_posts), dim
 
 
 def run_build(args) -> int:
@@ -111,9 +116,9 @@ def run_query(args) -> int:
                               f"{'both' if args.text else 'neither'}.")
     results = []
     if args.text:
-        enc = query_encoder(args, idx.vector_version)
+        enc, dim = query_encoder(args, idx.vector_version)
         try:
-            vectors = enc.encode(args.text)
+            vectors = enc.encode(args.text, truncate_dim=dim)
         finally:
             enc.close()
         for text, hits in zip(args.text, idx.search(vectors, args.k, rescore=args.rescore)):

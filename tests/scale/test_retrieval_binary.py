@@ -176,6 +176,28 @@ def test_split_vector_version_inverts_vector_version():
     from postemb_rt.commands.index import split_vector_version
     from postemb_rt.model_dir import vector_version
 
-    for args in [("m-v3", "fp32", "truncate"), ("m-v3", "bf16", "chunk"), ("m-v3", "int8", "truncate"),
-                 ("m-v3", "fp32", "chunk"), ("odd+name", "fp16", "chunk"), ("odd+bf16-ish", "fp32", "truncate")]:
+    for args in [("m-v3", "fp32", "truncate", None), ("m-v3", "bf16", "chunk", None), ("m-v3", "int8", "truncate", 8),
+                 ("m-v3", "fp32", "chunk", 16), ("odd+name", "fp16", "chunk", 32), ("odd+bf16-ish", "fp32", "truncate", None),
+                 ("at@home", "fp32", "truncate", None), ("at@home", "bf16", "truncate", 16), ("v@07", "fp32", "truncate", None)]:
         assert split_vector_version(vector_version(*args)) == args
+    assert vector_version("m-v4", "bf16", "chunk", 16) == "m-v4@16+bf16+chunk"
+
+
+def test_embed_at_a_nested_dim_builds_an_index_that_queries_at_that_dim(tmp_path, capsys, default_encoder):
+    """``postemb embed --truncate-dim 16`` writes 16-d vectors under version "<model>@16"; the index
+    built from them records that version and dim, and ``index query --text`` encodes the query at 16."""
+    from postemb_rt.cli import main
+
+    (tmp_path / "posts.txt").write_text("\n".join(POSTS) + "\n")
+    assert main(["embed", str(tmp_path / "posts.txt"), "--out", str(tmp_path / "emb" / "part-0.parquet"),
+                 "--truncate-dim", "16", "--no-progress"]) == 0
+    version = default_encoder.model_version + "@16"
+    assert f"model={version}, dim=16" in capsys.readouterr().out
+    assert main(["index", "build", "--input", str(tmp_path / "emb"), "--out", str(tmp_path / "idx")]) == 0
+    assert f"vector version={version}" in capsys.readouterr().out
+    assert json.loads((tmp_path / "idx" / "index.json").read_text())["dim"] == 16
+    assert main(["index", "query", "--index", str(tmp_path / "idx"), "--text", POSTS[12], "--k", "2", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["hits"][0]["id"] == 12 and got["hits"][0]["score"] > 0.9999
+    assert main(["embed", str(tmp_path / "posts.txt"), "--out", str(tmp_path / "x.npy"), "--truncate-dim", "12"]) == 2
+    assert "`truncate_dim` must be one of" in capsys.readouterr().err
