@@ -48,6 +48,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the model's prompt (its `prompts`, e.g. query or document) for events without a "
                         "prompt_name field; an event naming a prompt the model lacks is dead-lettered; stored in "
                         "each record (default: the model's default prompt, if any)")
+    p.add_argument("--truncate-dim", type=int, default=None,
+                   help="a nested prefix the model declares (its matryoshka_dims, e.g. 32, 16 or 8 for default): "
+                        "store the first K components re-normalised, under vector version '<model>@K' "
+                        "(default: the full dim)")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads for the model (sets POSTEMB_NUM_THREADS; default: one per core)")
     p.add_argument("--batch-size", type=int, default=64, help="max events per micro-batch (default: 64)")
@@ -111,7 +115,8 @@ def run(args) -> int:
                              max_wait_ms=args.max_wait_ms, claim_idle_ms=args.claim_idle_ms,
                              max_deliveries=args.max_deliveries, posts_stream=args.posts_stream,
                              dead_stream=args.dead_stream, embeddings_stream=args.embeddings_stream,
-                             model_timeout_s=args.model_timeout, prompt_name=args.prompt_name)
+                             model_timeout_s=args.model_timeout, prompt_name=args.prompt_name,
+                             truncate_dim=args.truncate_dim)
 
     def on_signal(signum, frame):
         log.warning("%s: finishing the current batch, then exiting", signal.Signals(signum).name)

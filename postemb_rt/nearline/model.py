@@ -151,6 +151,8 @@ class ModelMixin:
         prompt_name argument (the model's default prompt, which the worker's default already
         names when there is one)."""
         kw = {"prompt_name": prompt_name} if prompt_name is not None else {}
+        if self.truncate_dim is not None:
+            kw["truncate_dim"] = self.truncate_dim
 
         def call():
             return list(self.encoder.encode(texts, batch_size=len(texts), **kw))

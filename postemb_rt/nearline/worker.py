@@ -24,6 +24,8 @@ import threading
 import time
 
 from .. import prompts
+from ..encode_options import allowed_dims
+from ..model_dir import vector_version
 from ..errors import ValidationError
 from .events import MAX_TEXT_BYTES, parse_event
 from .health import WorkerStats
@@ -66,6 +68,10 @@ class Worker(StoreMixin, ModelMixin):
         in the record (``prompt_name``). Prompts need an :class:`~postemb_rt.Encoder` (its
         ``model.config``); a duck-typed encoder without one embeds without prompts and
         dead-letters events that name one.
+    truncate_dim: a nested prefix the model declares (``matryoshka_dims``; needs an
+        :class:`~postemb_rt.Encoder`): every vector is its first ``truncate_dim`` components
+        re-normalised, stored under the vector version ``<model>@<k>`` (so a store never mixes
+        dims). None: the model's full dim.
     """
 
     def __init__(self, client, encoder, group: str = "embedder", consumer: str | None = None, *,
@@ -74,7 +80,8 @@ class Worker(StoreMixin, ModelMixin):
                  posts_stream: str = POSTS_STREAM, dead_stream: str = DEAD_STREAM,
                  embeddings_stream: str = EMBEDDINGS_STREAM, prefix: str = KEY_PREFIX,
                  embeddings_maxlen: int = EMBEDDINGS_MAXLEN, poll_ms: int = 500, heartbeat_s: float = 2.0,
-                 model_timeout_s: float | None = DEFAULT_MODEL_TIMEOUT_S, prompt_name: str | None = None):
+                 model_timeout_s: float | None = DEFAULT_MODEL_TIMEOUT_S, prompt_name: str | None = None,
+                 truncate_dim: int | None = None):
         if batch_size < 1:
             raise ValidationError(f"`batch_size` must be >= 1. Given: {batch_size}.")
         if max_wait_ms < 0:
@@ -104,6 +111,18 @@ class Worker(StoreMixin, ModelMixin):
         self.vector_version = getattr(encoder, "vector_version", None) or encoder.model_version
         # the model's prompts (postemb_rt.prompts): None for a duck-typed encoder without a config
         self._model_config = getattr(getattr(encoder, "model", None), "config", None)
+        self.truncate_dim = None
+        if truncate_dim is not None and truncate_dim != encoder.dim:
+            if self._model_config is None:
+                raise ValidationError(f"`truncate_dim` {truncate_dim!r}: this encoder ({type(encoder).__name__}) "
+                                      "declares no nested dims. Fix: pass a postemb_rt Encoder, or no truncate_dim.")
+            allowed = allowed_dims(encoder)
+            if isinstance(truncate_dim, bool) or truncate_dim not in allowed:
+                raise ValidationError(f"`truncate_dim` must be one of the dims this model was trained to embed in "
+                                      f"{allowed}. Given: {truncate_dim!r}. Fix: use one of those.")
+            self.truncate_dim = self.dim = truncate_dim
+            self.vector_version = vector_version(encoder.model_version, encoder.backend.precision,
+                                                 encoder.long_posts, truncate_dim)
         if prompt_name is not None:
             if self._model_config is None:
                 raise ValidationError(f"`prompt_name` {prompt_name!r}: this encoder ({type(encoder).__name__}) has no "

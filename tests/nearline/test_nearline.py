@@ -151,6 +151,27 @@ def test_end_to_end_2000_posts_stored_exactly_once_equal_to_encode(redis_server,
     assert s["throughput_per_s"] > 0 and 0 <= s["freshness_p50_s"] <= s["freshness_p99_s"]
 
 
+def test_a_nested_prefix_is_stored_under_its_own_vector_version(redis_server, redis_client, nearline_encoder):
+    """truncate_dim=16 on default (v4: matryoshka_dims [32, 16, 8]): 16-d vectors equal to
+    encode(truncate_dim=16), under "<model>@16", never beside the 50-d ones; an undeclared dim is refused."""
+    enc = nearline_encoder
+    texts = make_posts(40, seed=3)
+    worker = nearline.Worker(nearline.connect(redis_server.url), enc, consumer="nested", truncate_dim=16)
+    version = enc.model_version + "@16"
+    assert worker.vector_version == version and worker.dim == 16
+    with running(worker):
+        for i, text in enumerate(texts):
+            nearline.publish(redis_client, 9000 + i, text)
+        wait_until(lambda: drained(redis_client), 60, "40 posts")
+    assert not worker.errors
+    rows = [redis_client.hgetall(nearline.store_key(version, str(9000 + i))) for i in range(len(texts))]
+    got = np.stack([np.frombuffer(r[b"vector"], dtype="<f4") for r in rows])
+    assert_exact(got, enc.encode(texts, truncate_dim=16))
+    assert int(rows[0][b"dim"]) == 16 and not redis_client.exists(nearline.store_key(enc.model_version, "9000"))
+    with pytest.raises(ValidationError, match=r"`truncate_dim` must be one of .*\[8, 16, 32, 50\]. Given: 12"):
+        nearline.Worker(redis_client, enc, truncate_dim=12)
+
+
 def test_reprocessing_is_an_idempotent_noop(redis_server, redis_client, nearline_encoder):
     texts = make_posts(100, seed=1)
     for i, text in enumerate(texts):
