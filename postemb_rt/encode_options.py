@@ -47,10 +47,23 @@ def _same_device(given: str, loaded: str) -> bool:
     return norm(given) == norm(loaded)
 
 
-def allowed_dims(encoder) -> list[int]:
-    """The dims ``encoder`` embeds in: its own, and the prefixes its postemb.json declares
-    (``matryoshka_dims``), ascending. ``truncate_dim`` and the server's ``dimensions`` take these."""
-    return sorted({*(encoder.model.config.matryoshka_dims or ()), encoder.dim})
+def allowed_dims(model) -> list[int]:
+    """The dims a model embeds in: its own, and the prefixes its postemb.json declares
+    (``matryoshka_dims``), ascending. ``model``: an Encoder or its ``PostEmbConfig``.
+    ``truncate_dim``, the server's ``dimensions`` and the commands' ``--truncate-dim`` take these."""
+    cfg = getattr(getattr(model, "model", None), "config", None) or model
+    return sorted({*(cfg.matryoshka_dims or ()), cfg.dim})
+
+
+def check_truncate_dim(model, truncate_dim) -> int | None:
+    """``truncate_dim`` for ``model`` (an Encoder or its config) -> the prefix to cut to, or None
+    for the full dim (None or the model's own dim); anything else is refused, naming the allowed dims."""
+    dims = allowed_dims(model)
+    if truncate_dim is not None and (isinstance(truncate_dim, bool) or truncate_dim not in dims):
+        raise ValidationError(
+            f"`truncate_dim` must be one of the dims this model was trained to embed in {dims} (its dim, and "
+            f"the matryoshka_dims of its postemb.json). Given: {truncate_dim!r}. Fix: use one of those.")
+    return None if truncate_dim is None or truncate_dim == dims[-1] else truncate_dim
 
 
 def resolve(encoder, *, prompt_name=None, prompt=None, normalize=None, normalize_embeddings=None, truncate_dim=None,
@@ -80,12 +93,7 @@ def resolve(encoder, *, prompt_name=None, prompt=None, normalize=None, normalize
             "sentence-transformers' name; False there means 'as the model computes', not 'raw').")
     if normalize is None:
         normalize = True if normalize_embeddings else model.normalize
-    dims = allowed_dims(encoder)
-    k = encoder.dim if truncate_dim is None else truncate_dim
-    if isinstance(k, bool) or k not in dims:
-        raise ValidationError(
-            f"`truncate_dim` must be one of the dims this model was trained to embed in {dims} (its dim, and "
-            f"the matryoshka_dims of its postemb.json). Given: {truncate_dim!r}. Fix: use one of those.")
+    k = check_truncate_dim(encoder, truncate_dim) or encoder.dim
     precision = quantization.check_precision(precision)
     text = prompts.resolve(model, prompt=prompt, prompt_name=prompt_name)
     ranges = (quantization.ranges_for(encoder, truncate_dim=k, normalize=bool(normalize))

@@ -202,15 +202,18 @@ def _resume_staging(staging: Path, want: dict, rel: str) -> None:
     atomic_write(staging / MARKER, json.dumps(want))
 
 
-def resolve_model_version(model: str, precision: str = "fp32", long_posts: str = "truncate") -> str:
+def resolve_model_version(model: str, precision: str = "fp32", long_posts: str = "truncate",
+                          truncate_dim: int | None = None) -> str:
     """The version a backfill with ``model``, ``precision`` and ``long_posts`` writes with each
-    vector: ``postemb_rt.encoder.vector_version`` (the model version, plus ``+<precision>``
-    and ``+chunk`` where they change the numbers), the same string ``Encoder.vector_version``
-    gives. No model is loaded."""
+    vector: ``postemb_rt.encoder.vector_version`` (the model version, plus ``@<k>`` for a nested
+    prefix, ``+<precision>`` and ``+chunk`` where they change the numbers), the same string
+    ``Encoder.vector_version`` gives at the full dim. No model is loaded."""
+    from ..encode_options import check_truncate_dim
     from ..model_dir import vector_version
     from ..model_dir import resolve
 
-    return vector_version(resolve(model).config.model_version, precision, long_posts)
+    cfg = resolve(model).config
+    return vector_version(cfg.model_version, precision, long_posts, check_truncate_dim(cfg, truncate_dim))
 
 
 def _ray_init(ray_address: str | None, num_cpus: int | None) -> bool:
@@ -232,7 +235,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
              rows_per_split: int = ROWS_PER_SPLIT, ray_address: str | None = None,
              on_split: Callable[[dict, BackfillReport], None] | None = None,
              long_posts: str = "truncate", precision: str = "fp32", id_type: str = "auto",
-             prompt_name: str | None = None) -> BackfillReport:
+             prompt_name: str | None = None, truncate_dim: int | None = None) -> BackfillReport:
     """Embed every post under ``input_path`` into Parquet under ``output_path`` on Ray Data.
 
     input_path: a .parquet / .jsonl file or a folder of them (columns / fields ``id``, ``text``).
@@ -254,6 +257,9 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     None: the model's default prompt, if it has one). An unknown name is refused before any
     work; the name used is recorded in each ``_SUCCESS.json`` (and the report), and a resume
     with another prompt is refused.
+    truncate_dim: a nested prefix the model declares (``matryoshka_dims``): each vector is its
+    first ``truncate_dim`` components re-normalised, and the vector version gets ``@<k>`` (so a
+    resume at another dim is refused like one with another model). None: the full dim.
     Returns a BackfillReport; raises BackfillError after the run if some splits or commits
     failed (their files stay uncommitted, and a re-run finishes them; the rest is committed),
     e.g. on a full disk (the error says so and what to do).
@@ -284,7 +290,11 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
         raise ValidationError(f"`precision` must be one of {PRECISIONS}. Given: {precision!r}.")
     md = resolve(model)
     # the vector version (precision and long-post mode included): what each vector is written with
-    model_version, fingerprint = vector_version(md.config.model_version, precision, long_posts), md.fingerprint
+    from ..encode_options import check_truncate_dim
+
+    truncate_dim = check_truncate_dim(md.config, truncate_dim)  # None: the full dim
+    model_version = vector_version(md.config.model_version, precision, long_posts, truncate_dim)
+    fingerprint = md.fingerprint
     from ..prompts import resolve as resolve_prompt
 
     resolve_prompt(md.config, prompt_name=prompt_name)  # an unknown name: refused here, listing the prompts
@@ -354,7 +364,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
                 fn_constructor_kwargs=dict(model=model, backend=backend, threads=threads_per_worker,
                                            batch_size=batch_size, out=str(out), long_posts=long_posts,
                                            precision=precision, id_type=id_type, vector_version=model_version,
-                                           prompt_name=prompt_name),
+                                           prompt_name=prompt_name, truncate_dim=truncate_dim),
             )
             for row in ds.iter_rows():
                 rel, index = row["rel"], int(row["index"])

@@ -154,7 +154,8 @@ class SplitEmbedder:
 
     def __init__(self, model: str, backend: str, threads: int, batch_size: int, out: str,
                  long_posts: str = "truncate", precision: str = "fp32", id_type: str = "string",
-                 vector_version: str | None = None, prompt_name: str | None = None):
+                 vector_version: str | None = None, prompt_name: str | None = None,
+                 truncate_dim: int | None = None):
         os.environ["POSTEMB_NUM_THREADS"] = str(threads)  # read by the onnxruntime backend
         import torch
 
@@ -163,9 +164,13 @@ class SplitEmbedder:
 
         self.enc = Encoder.from_pretrained(model, backend=backend, device="cpu", long_posts=long_posts,
                                            precision=precision)
-        if vector_version is not None and self.enc.vector_version != vector_version:  # the model changed on disk
+        from ..model_dir import vector_version as version_of
+
+        self.truncate_dim = truncate_dim  # the driver checked it (None: the full dim)
+        self.vector_version = version_of(self.enc.model_version, self.enc.backend.precision, long_posts, truncate_dim)
+        if vector_version is not None and self.vector_version != vector_version:  # the model changed on disk
             raise RuntimeError(f"the model {model!r} loaded by this worker has vector version "
-                               f"{self.enc.vector_version!r}; the run started with {vector_version!r}.")
+                               f"{self.vector_version!r}; the run started with {vector_version!r}.")
         self.batch_size = batch_size
         self.id_type = id_type
         self.prompt_name = prompt_name  # the driver resolved it (None: the model has no default prompt)
@@ -192,7 +197,7 @@ class SplitEmbedder:
         ids, texts, bad = (_read_parquet_split if s.kind == "parquet" else _read_jsonl_split)(s, self.id_type)
         # prompt="" when no prompt applies: never the model's default behind the driver's back
         prompt = {"prompt_name": self.prompt_name} if self.prompt_name is not None else {"prompt": ""}
-        vectors = self.enc.encode(texts, batch_size=self.batch_size, **prompt)
+        vectors = self.enc.encode(texts, batch_size=self.batch_size, truncate_dim=self.truncate_dim, **prompt)
         folder = self.staging / s.rel
         folder.mkdir(parents=True, exist_ok=True)
         if bad:
@@ -200,7 +205,7 @@ class SplitEmbedder:
                 b.setdefault("split", s.index)
             lines = "".join(json.dumps(b, ensure_ascii=False, default=str) + "\n" for b in bad)
             atomic_write(folder / errors_name(s.index), lines)
-        table = embeddings_table(ids, vectors, self.enc.vector_version, self.id_type)
+        table = embeddings_table(ids, vectors, self.vector_version, self.id_type)
         # the part is written last: its presence marks the split done (errors file included)
         atomic_write(folder / part_name(s.index), lambda p: pq.write_table(table, p))
         return len(texts), len(bad)

@@ -38,7 +38,7 @@ def run(args) -> int:
                      threads_per_worker=args.threads_per_worker, batch_size=args.batch_size,
                      rows_per_split=args.rows_per_split, ray_address=args.ray_address, on_split=on_split,
                      long_posts=args.long_posts, precision=args.precision, id_type=args.id_type,
-                     prompt_name=args.prompt_name)
+                     prompt_name=args.prompt_name, truncate_dim=args.truncate_dim)
     except BackfillError as exc:
         r, failed = exc.report, exc
     finally:
@@ -85,6 +85,10 @@ def register(sub) -> None:
                    help="the model's prompt to embed every post with (e.g. query or document: its `prompts`); "
                         "recorded in each _SUCCESS.json, and a resume must use the same (default: the model's "
                         "default prompt, if any)")
+    p.add_argument("--truncate-dim", type=int, default=None,
+                   help="a nested prefix the model declares (its matryoshka_dims, e.g. 32, 16 or 8 for default): "
+                        "write the first K components re-normalised, under vector version '<model>@K' "
+                        "(default: the full dim)")
     p.add_argument("--rows-per-split", type=int, default=10_000,
                    help="rows per unit of work (Parquet row groups are never cut) (default: 10000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

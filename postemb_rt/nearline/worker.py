@@ -24,7 +24,7 @@ import threading
 import time
 
 from .. import prompts
-from ..encode_options import allowed_dims
+from ..encode_options import check_truncate_dim
 from ..model_dir import vector_version
 from ..errors import ValidationError
 from .events import MAX_TEXT_BYTES, parse_event
@@ -116,11 +116,7 @@ class Worker(StoreMixin, ModelMixin):
             if self._model_config is None:
                 raise ValidationError(f"`truncate_dim` {truncate_dim!r}: this encoder ({type(encoder).__name__}) "
                                       "declares no nested dims. Fix: pass a postemb_rt Encoder, or no truncate_dim.")
-            allowed = allowed_dims(encoder)
-            if isinstance(truncate_dim, bool) or truncate_dim not in allowed:
-                raise ValidationError(f"`truncate_dim` must be one of the dims this model was trained to embed in "
-                                      f"{allowed}. Given: {truncate_dim!r}. Fix: use one of those.")
-            self.truncate_dim = self.dim = truncate_dim
+            self.truncate_dim = self.dim = check_truncate_dim(encoder, truncate_dim)
             self.vector_version = vector_version(encoder.model_version, encoder.backend.precision,
                                                  encoder.long_posts, truncate_dim)
         if prompt_name is not None:

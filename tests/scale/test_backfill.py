@@ -366,6 +366,27 @@ def test_vectors_carry_the_vector_version_and_a_resume_cannot_mix_long_post_mode
     assert set(read_output(tmp_path / "emb")[2].column("model_version").to_pylist()) == {chunk_v}
 
 
+def test_a_nested_prefix_is_written_under_its_own_version_and_a_resume_cannot_mix_dims(tmp_path, ray_local,
+                                                                                      default_encoder):
+    """truncate_dim=16 on default (v4, nested 32/16/8): 16-d vectors equal to encode(truncate_dim=16),
+    version "<model>@16"; resuming that output at the full dim is refused; an undeclared dim too."""
+    truth = write_parquet_set(tmp_path / "posts", n_files=1, rows_per_group=3)
+    v16 = bf.resolve_model_version("default", truncate_dim=16)
+    assert v16 == bf.resolve_model_version("default") + "@16" == default_encoder.model_version + "@16"
+    with pytest.raises(Interrupt):
+        bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=1, rows_per_split=3, truncate_dim=16,
+                    on_split=_stop_at_first_split)
+    with pytest.raises(ValidationError, match=rf"started with model '{re.escape(v16)}'"):
+        bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=1, rows_per_split=3)
+    report = bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=1, rows_per_split=3, truncate_dim=16)
+    assert report.model_version == v16 and report.files_committed == 1
+    ids, vectors, table = read_output(tmp_path / "emb")
+    assert set(table.column("model_version").to_pylist()) == {v16} and vectors.shape == (len(truth), 16)
+    assert_exact(vectors, default_encoder.encode([truth[i] for i in ids], truncate_dim=16))
+    with pytest.raises(ValidationError, match=r"`truncate_dim` must be one of .*\[8, 16, 32, 50\].*Given: 12"):
+        bf.backfill(tmp_path / "posts", tmp_path / "other", num_workers=1, truncate_dim=12)
+
+
 # -- prompts --------------------------------------------------------------------------------
 def _prompted_model(tmp_path):
     """The default model with e5-style prompts in its postemb.json (default prompt 'passage')."""
