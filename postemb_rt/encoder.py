@@ -166,7 +166,13 @@ class Encoder:
     def vector_version(self) -> str:
         """``vector_version(model_version, precision, long_posts)`` for this encoder's defaults: what
         a store, a backfill output or a server reports with the vectors it writes."""
-        return vector_version(self.model_version, self.backend.precision, self.long_posts)
+        return self.vector_version_at(None)
+
+    def vector_version_at(self, truncate_dim: int | None) -> str:
+        """:attr:`vector_version` of this encoder's vectors cut to ``truncate_dim`` (a nested prefix it
+        declares, ``@<k>`` in the version; None or its own dim: the full vector). Refuses other dims."""
+        return vector_version(self.model_version, self.backend.precision, self.long_posts,
+                              eo.check_truncate_dim(self, truncate_dim))
 
     def describe(self) -> dict:
         """What runs: model version, dim, pooling and head, backend (and why), device, precision,

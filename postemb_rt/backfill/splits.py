@@ -164,10 +164,8 @@ class SplitEmbedder:
 
         self.enc = Encoder.from_pretrained(model, backend=backend, device="cpu", long_posts=long_posts,
                                            precision=precision)
-        from ..model_dir import vector_version as version_of
-
         self.truncate_dim = truncate_dim  # the driver checked it (None: the full dim)
-        self.vector_version = version_of(self.enc.model_version, self.enc.backend.precision, long_posts, truncate_dim)
+        self.vector_version = self.enc.vector_version_at(truncate_dim)
         if vector_version is not None and self.vector_version != vector_version:  # the model changed on disk
             raise RuntimeError(f"the model {model!r} loaded by this worker has vector version "
                                f"{self.vector_version!r}; the run started with {vector_version!r}.")

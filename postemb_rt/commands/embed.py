@@ -142,9 +142,6 @@ def write_embeddings(path: Path, ids: list, vectors, model_version: str) -> None
 
 def run(args) -> int:
     from ..encoder import Encoder
-    from ..encode_options import check_truncate_dim
-    from ..model_dir import vector_version
-
     inp, out = Path(args.input), Path(args.out)
     if out.suffix not in OUTPUTS:
         raise ValidationError(f"`--out` must end in one of {OUTPUTS}. Given: {args.out!r}.")
@@ -162,8 +159,7 @@ def run(args) -> int:
                          precision=args.quantize, prompt_name=args.prompt_name, prompt=args.prompt,
                          truncate_dim=args.truncate_dim)
     seconds = time.perf_counter() - start
-    version = vector_version(enc.model_version, enc.backend.precision, enc.long_posts,
-                             check_truncate_dim(enc, args.truncate_dim))
+    version = enc.vector_version_at(args.truncate_dim)
     write_embeddings(out, ids, vectors, version)
     st = enc.last_stats
     rate = len(texts) / seconds if seconds > 0 else float("inf")

@@ -24,8 +24,6 @@ import threading
 import time
 
 from .. import prompts
-from ..encode_options import check_truncate_dim
-from ..model_dir import vector_version
 from ..errors import ValidationError
 from .events import MAX_TEXT_BYTES, parse_event
 from .health import WorkerStats
@@ -116,9 +114,8 @@ class Worker(StoreMixin, ModelMixin):
             if self._model_config is None:
                 raise ValidationError(f"`truncate_dim` {truncate_dim!r}: this encoder ({type(encoder).__name__}) "
                                       "declares no nested dims. Fix: pass a postemb_rt Encoder, or no truncate_dim.")
-            self.truncate_dim = self.dim = check_truncate_dim(encoder, truncate_dim)
-            self.vector_version = vector_version(encoder.model_version, encoder.backend.precision,
-                                                 encoder.long_posts, truncate_dim)
+            self.vector_version = encoder.vector_version_at(truncate_dim)  # refuses an undeclared dim
+            self.truncate_dim = self.dim = truncate_dim
         if prompt_name is not None:
             if self._model_config is None:
                 raise ValidationError(f"`prompt_name` {prompt_name!r}: this encoder ({type(encoder).__name__}) has no "

@@ -241,8 +241,8 @@ def test_postemb_model_is_a_list_for_serve_and_refused_as_one_by_one_model_comma
 @pytest.mark.parametrize("k", [32, 16, 8])
 def test_dimensions_serves_the_nested_prefixes_a_model_declares(two_models, oai, encoders, k):
     """``default`` (v4) declares matryoshka_dims [32, 16, 8]: ``dimensions`` from the openai client
-    answers Encoder.encode(truncate_dim=k) (the prefix re-normalised), the TEI route likewise, and
-    /info lists the allowed dims; base, trained for none, still refuses them."""
+    answers Encoder.encode(truncate_dim=k) (the prefix re-normalised), and /info lists the allowed
+    dims; base, trained for none, still refuses them. The TEI route: the next test."""
     small = encoders["small"]
     want = small.encode(TEXTS, truncate_dim=k)
     r = oai.embeddings.create(model="small", input=TEXTS, dimensions=k, encoding_format="float")
@@ -259,3 +259,21 @@ def test_dimensions_serves_the_nested_prefixes_a_model_declares(two_models, oai,
         assert refused.status_code == 422 and "[8, 16, 32, 50]" in refused.json()["error"]["message"]
     with pytest.raises(openai.UnprocessableEntityError, match=r"must be one of \[384\]"):
         oai.embeddings.create(model=encoders["base"].model_version, input=TEXTS, dimensions=k)
+
+
+def test_tei_dimensions_serves_a_declared_prefix(encoders):
+    """TEI's ``/embed`` serves the server's default model: with ``default`` (v4) there, ``dimensions``
+    16 answers encode(truncate_dim=16), normalised or not as asked; an undeclared dim is TEI's 422."""
+    from starlette.testclient import TestClient
+
+    app = create_app(ServeConfig(model="default", backend="onnxruntime", precision="fp32"))
+    with TestClient(app) as c:
+        _wait(lambda: app.state.runtime.ready, "the default model to load", timeout=120)
+        small = encoders["small"]
+        got = c.post("/embed", json={"inputs": TEXTS, "dimensions": 16})
+        assert_exact(np.array(got.json(), np.float32), small.encode(TEXTS, truncate_dim=16))
+        raw = c.post("/embed", json={"inputs": TEXTS, "dimensions": 16, "normalize": False})
+        assert_exact(np.array(raw.json(), np.float32), small.encode(TEXTS, truncate_dim=16, normalize=False))
+        refused = c.post("/embed", json={"inputs": TEXTS, "dimensions": 12})
+        assert refused.status_code == 422 and refused.json()["error_type"] == "Validation"
+        assert "[8, 16, 32, 50]" in refused.json()["error"]
