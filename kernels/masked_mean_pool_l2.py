@@ -9,7 +9,8 @@ bytes). Long rows are split along S so that a launch has about 4 programs per SM
 small B is; one program per row would leave most of a GPU's memory pipeline idle. The
 tile is accumulated element-wise and reduced over S once at the end, so the loop is loads
 and adds only. The partial sums go to a (B, splits, H) fp32 workspace (a few % of the bytes
-read). Measured on an H100: at most 69% of copy bandwidth (benchmarks/RESULTS.md, "GPU").
+read). Measured by GPU time on an H200: at most 68-69% of copy bandwidth (fp32), 46% (fp16);
+benchmarks/RESULTS.md, "GPU".
 ``_finish_rows_kernel`` then runs one program per row: the token count, the mean, the
 projection by W and bias, and the L2 normalisation (without a projection the row is
 written and rescaled once its norm is known).
@@ -183,7 +184,8 @@ def masked_mean_pool_l2(hidden, mask, weight=None, bias=None, normalize: bool = 
 
 
 # Tiles of 64 tokens x 64 features, 4 warps, 4 programs per SM: the best or near it for fp16 and
-# fp32 alike in a sweep on an H100 (benchmarks/sweep_pool_tiles.py; numbers in RESULTS.md).
+# fp32 alike in a sweep on an H100, and first overall by GPU time in the sweep on an H200
+# (benchmarks/sweep_pool_tiles.py; numbers in RESULTS.md).
 TILE_DEFAULTS = {"block_s": 64, "block_h": 64, "num_warps": 4, "programs_per_sm": 4}
 
 
