@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -89,20 +88,11 @@ def unpack(bundle: Path, into: Path) -> dict[str, str]:
             "POSTEMB_CACHE": str(into / "cache")}
 
 
-def cpu_model() -> str:
-    """The host CPU's model name (/proc/cpuinfo on Linux, else platform's)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def describe_machine() -> str:
+    from benchmarks.compare import cpu_name
+
     lines = [f"date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC",
-             f"cpu: {cpu_model()}, {os.cpu_count()} logical cores, 1-min load {os.getloadavg()[0]:.2f}"]
+             f"cpu: {cpu_name()}, {os.cpu_count()} logical cores, 1-min load {os.getloadavg()[0]:.2f}"]
     try:
         import torch
 
