@@ -142,6 +142,7 @@ def write_embeddings(path: Path, ids: list, vectors, model_version: str) -> None
 
 def run(args) -> int:
     from ..encoder import Encoder
+
     inp, out = Path(args.input), Path(args.out)
     if out.suffix not in OUTPUTS:
         raise ValidationError(f"`--out` must end in one of {OUTPUTS}. Given: {args.out!r}.")
