@@ -3,9 +3,15 @@ workload. torch backend: torch.profiler, operators grouped into matmuls, attenti
 norm, GELU, other element-wise work, dtype casts and the rest (tokenizer, pooling kernel,
 Python). onnxruntime backend: the session's own profiler, time per node op type (a second
 session on the same model file with profiling on replaces the encoder's for the run).
+openvino backend: the CPU plugin's performance counters (``PERF_COUNT``) over the workload's
+median batch, the model compiled at that static shape (see ``openvino_profile``), time per node
+type and per implementation: the plugin names the kernel each node ran (``brgemm_avx512_bf16`` for a bf16
+matmul on AVX512-BF16; an ``amx`` in the name for AMX tiles), so this says which instructions
+the matmuls of a precision reached on this CPU.
 
     python benchmarks/profile_cpu.py [--backend torch] [--precision bf16] [--n 1000] [--model base] [--compile]
     python benchmarks/profile_cpu.py --backend onnxruntime --precision int8
+    python benchmarks/profile_cpu.py --backend openvino --precision bf16   # or int8
 
 ``--compile`` runs the encoder through ``torch.compile`` (the inductor CPU backend: fused
 element-wise kernels, matmuls still in oneDNN) and prints its posts/s beside eager's, both
@@ -43,11 +49,12 @@ def group_of(name: str) -> str:
     return "other operators"
 
 
-def print_shares(header: str, by: dict[str, float], wall: float) -> None:
-    """A markdown table of ``by`` (seconds per group), largest first, with shares of ``wall``."""
-    print(f"| {header} | seconds | share |\n|---|---:|---:|")
+def print_shares(header: str, by: dict[str, float], wall: float, ms: bool = False) -> None:
+    """A markdown table of ``by`` (seconds per group), largest first, with shares of ``wall``;
+    ``ms``: print milliseconds."""
+    print(f"| {header} | {'ms' if ms else 'seconds'} | share |\n|---|---:|---:|")
     for g, sec in sorted(by.items(), key=lambda kv: -kv[1]):
-        print(f"| {g} | {sec:.2f} | {sec / wall:.0%} |")
+        print(f"| {g} | {sec * 1e3:.1f} | {sec / wall:.0%} |" if ms else f"| {g} | {sec:.2f} | {sec / wall:.0%} |")
 
 
 def rate(enc, texts) -> float:
@@ -85,10 +92,57 @@ def onnxruntime_profile(enc, texts) -> tuple[float, dict[str, float]]:
     return wall, by
 
 
+def median_batch(enc, texts) -> tuple:
+    """(input_ids, attention_mask) of the median-cost batch ``enc.encode(texts)`` would run
+    (its batch plan, ordered by padded tokens)."""
+    from postemb_rt import native
+    from postemb_rt.batching import plan_batches
+
+    seqs = enc.tokenizer(texts).ids
+    plan = plan_batches([len(x) for x in seqs], 64, enc.max_batch_tokens)
+    plan = sorted(plan, key=lambda idx: len(idx) * max(len(seqs[i]) for i in idx))
+    return native.pack_padded([seqs[i] for i in plan[len(plan) // 2]], enc.tokenizer.pad_id)
+
+
+def openvino_profile(enc, texts, repeats: int = 10) -> tuple[tuple, float, dict[str, float], dict[str, float]]:
+    """(batch shape, seconds per inference, {node type: seconds}, {"node type: implementation":
+    seconds}) per inference of the workload's median batch, with the CPU plugin's performance
+    counters on. The model is compiled at that one static shape: with a dynamic shape OpenVINO's
+    per-node times after a shape change are not the inference's own (their sum ranges from 0.3x
+    to 3x its wall time here), at a static shape they add up to it."""
+    import openvino as ov
+
+    from postemb_rt.backends.openvino_backend import compile_config
+
+    backend = enc.backend
+    ids, mask = median_batch(enc, texts)
+    core = ov.Core()
+    model = backend.ov_model(core)  # int8: the weights quantized as the backend does
+    model.reshape({"input_ids": ids.shape, "attention_mask": mask.shape})
+    request = core.compile_model(model, "CPU", compile_config(backend.precision, PERF_COUNT="YES")).create_infer_request()
+    feed = {"input_ids": ids, "attention_mask": mask}
+    request.infer(feed)  # warm-up
+    by: dict[str, float] = {}
+    impl: dict[str, float] = {}
+    wall = 0.0
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        request.infer(feed)
+        wall += time.perf_counter() - t0
+        for info in request.get_profiling_info():
+            sec = info.real_time.total_seconds() / repeats
+            by[info.node_type] = by.get(info.node_type, 0.0) + sec
+            key = f"{info.node_type}: {info.exec_type}"
+            impl[key] = impl.get(key, 0.0) + sec
+    return ids.shape, wall / repeats, by, impl
+
+
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--backend", default="torch", help="torch or onnxruntime (default torch)")
-    p.add_argument("--precision", default="bf16", help="torch: fp32 or bf16; onnxruntime: fp32 or int8 (default bf16)")
+    p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "openvino"),
+                   help="torch, onnxruntime or openvino (default torch)")
+    p.add_argument("--precision", default="bf16",
+                   help="torch: fp32 or bf16; onnxruntime: fp32 or int8; openvino: fp32, bf16 or int8 (default bf16)")
     p.add_argument("--n", type=int, default=1000, help="short posts (default 1000)")
     p.add_argument("--model", default="base")
     p.add_argument("--compile", action="store_true", help="also time the encoder under torch.compile")
@@ -114,6 +168,18 @@ def main(argv=None) -> None:
         by["not in graph nodes (tokenizer, pooling kernel, Python, session overhead)"] = max(wall - nodes, 0.0)
         print(f"{args.precision}: {eager:.1f} posts/s; profiled run {wall:.2f} s")
         print_shares("where (node op type)", by, wall)
+        enc.close()
+        return
+    if args.backend == "openvino":
+        shape, wall, by, impl = openvino_profile(enc, texts)
+        nodes = sum(by.values())
+        print(f"{args.precision}: {eager:.1f} posts/s on the workload; profiled: its median batch {shape[0]} x "
+              f"{shape[1]} tokens at a static shape, {wall * 1e3:.1f} ms per inference, node times sum to "
+              f"{nodes * 1e3:.1f} ms ({nodes / wall:.0%})")
+        top = dict(sorted(impl.items(), key=lambda kv: -kv[1])[:12])
+        print_shares("where (node type: implementation; top 12)", top, wall, ms=True)
+        print()
+        print_shares("where (node type)", {k: v for k, v in by.items() if v >= 0.0005 * wall}, wall, ms=True)
         enc.close()
         return
     t0 = time.perf_counter()

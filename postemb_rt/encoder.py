@@ -74,10 +74,11 @@ class Encoder:
         name_or_path: "default" (the shipped post-embedding model), "base" (the pre-trained
             encoder, all-MiniLM-L6-v2), or a model directory.
         backend: "auto" (fastest exact backend available; logged and in ``describe()``),
-            "torch", "onnxruntime" or "tensorrt" (a directory built by export/build_engine.py).
+            "torch", "onnxruntime", "openvino" or "tensorrt" (a directory built by export/build_engine.py).
         device: "auto", "cpu" or "cuda[:N]".
         precision: "fp32" (exact, the default). On CPU also "bf16" (OpenVINO or torch, native bf16
-            CPUs) and "int8" (onnxruntime, quantized on first use), each offered only when its
+            CPUs) and "int8" (OpenVINO: int8 weights and int8 activations quantized as it runs; or
+            onnxruntime, quantized on first use), each offered only when its
             fidelity to fp32, measured on real posts on first use and cached, clears
             postemb_rt.fidelity.THRESHOLDS (else FidelityError). On CUDA "fp16" / "bf16" (torch,
             or a tensorrt engine built so). "auto": the fastest precision that clears the bar on

@@ -181,8 +181,9 @@ def _versions_key() -> str:
 def gate(encoder, backend_name: str, load_reference) -> Fidelity:
     """``encoder``'s fidelity to float32: carried by an exported int8 directory, else measured on
     first use against ``load_reference()`` (the same model in float32, a context manager) and
-    cached under a key of model, weights, backend, precision, artefact, posts and library
-    versions. Raises FidelityError below THRESHOLDS unless the artefact was exported with --force."""
+    cached under a key of model, weights, backend, precision (and the backend's ``numerics``),
+    artefact, posts and library versions. Raises FidelityError below THRESHOLDS unless the
+    artefact was exported with --force."""
     from .errors import FidelityError
 
     precision = encoder.backend.precision
@@ -193,7 +194,8 @@ def gate(encoder, backend_name: str, load_reference) -> Fidelity:
     else:
         texts, source = posts()
         artefact = onnx_md.path.name if onnx_md is not None else ""  # the int8 cache entry names its recipe
-        key = (f"{encoder.model_version}-{encoder.model.fingerprint}-{backend_name}-{precision}-{artefact}-"
+        key = (f"{encoder.model_version}-{encoder.model.fingerprint}-{backend_name}-{precision}"
+               f"{encoder.backend.numerics}-{artefact}-"
                f"{texts_key(texts)}-{_versions_key()}")
 
         def measure() -> Fidelity:

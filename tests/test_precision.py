@@ -1,4 +1,5 @@
-"""Fast CPU precisions (bf16 on torch, int8 on onnxruntime) and the fidelity bar that gates them."""
+"""Fast CPU precisions (bf16 on OpenVINO and torch, int8 on OpenVINO and onnxruntime) and the
+fidelity bar that gates them."""
 import argparse
 import importlib.util
 import itertools
@@ -55,16 +56,67 @@ def test_overlap_counts_shared_neighbours_and_needs_more_rows_than_k():
 
 
 def test_int8_on_onnxruntime_is_measured_cached_and_described(base_onnx):
-    enc = Encoder.from_pretrained("base", precision="int8")
+    enc = Encoder.from_pretrained("base", backend="onnxruntime", precision="int8")
     info = enc.describe()
     assert info["backend"] == "onnxruntime" and info["precision"] == "int8"
     assert info["fidelity"]["posts"] == len(CORPUS) and info["fidelity"]["source"] == "test corpus"
     assert info["fidelity"]["mean_cos"] >= fidelity.THRESHOLDS["mean_cos"]
     cos = cosines(enc.encode(CORPUS), base_onnx.encode(CORPUS))
     assert cos.mean() == pytest.approx(info["fidelity"]["mean_cos"], abs=1e-4)
-    again = Encoder.from_pretrained("base", precision="int8")  # from the cache: same numbers
+    again = Encoder.from_pretrained("base", backend="onnxruntime", precision="int8")  # from the cache: same numbers
     assert again.describe()["fidelity"] == info["fidelity"]
     assert base_onnx.describe()["fidelity"] == "exact (float32)"
+
+
+def test_int8_on_openvino_quantizes_every_encoder_matmul_and_clears_the_bar(base_onnx):
+    from postemb_rt.backends import cpu_vnni512
+
+    if not cpu_vnni512():  # a CPU without AVX512-VNNI / AMX: not offered there (and said so)
+        assert Encoder.from_pretrained("base", precision="int8").describe()["backend"] == "onnxruntime"
+        with pytest.raises(BackendUnavailableError, match="needs a CPU with AVX512-VNNI or AMX"):
+            Encoder.from_pretrained("base", backend="openvino", precision="int8")
+        return
+    enc = Encoder.from_pretrained("base", precision="int8")  # backend auto: openvino
+    info = enc.describe()
+    assert (info["backend"], info["precision"]) == ("openvino", "int8") and "OpenVINO" in info["backend_reason"]
+    # 6 layers x (query/key/value, attention output, feed-forward in, feed-forward out)
+    assert enc.backend.int8_matmuls == 24 and info["int8"].startswith("24 matmuls: int8 weights")
+    assert info["fidelity"]["source"] == "test corpus" and info["fidelity"]["min_cos"] >= fidelity.THRESHOLDS["min_cos"]
+    assert enc.vector_version == "all-MiniLM-L6-v2+int8"
+    got, want = enc.encode(CORPUS), base_onnx.encode(CORPUS)
+    cos = cosines(got, want)
+    assert cos.mean() == pytest.approx(info["fidelity"]["mean_cos"], abs=1e-4)
+    # quantized, not float32 under another name: measurably off, yet within the bar
+    assert cos.min() < EXACT_COS and np.abs(got - want).max() > EXACT_ATOL
+
+
+def test_compress_int8_quantizes_token_matmuls_per_output_channel_and_leaves_the_rest():
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from postemb_rt.backends.openvino_backend import compress_int8
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(16, 8)).astype(np.float32) * np.linspace(0.1, 10, 8, dtype=np.float32)  # (K, N)
+    w_t = rng.normal(size=(8, 16)).astype(np.float32)  # (N, K), transpose_b
+    w_proj = rng.normal(size=(8, 4)).astype(np.float32)
+    x = ops.parameter([-1, -1, 16], ov.Type.f32, name="x")
+    a = ops.matmul(x, ops.constant(w), False, False)
+    b = ops.matmul(x, ops.constant(w_t), False, True)
+    pooled = ops.reduce_mean(a, ops.constant(np.array([1], dtype=np.int64)), False)  # (batch, 8)
+    proj = ops.matmul(pooled, ops.constant(w_proj), False, False)  # one row per post: not quantized
+    model = ov.Model([a.output(0), b.output(0), proj.output(0)], [x])
+    assert compress_int8(model) == 2
+    consts = [op for op in model.get_ops() if op.get_type_name() == "Constant"]
+    int8 = [c.get_data() for c in consts if c.get_element_type() == ov.Type.i8]
+    assert sorted(q.shape for q in int8) == [(8, 16), (16, 8)] and all(np.abs(q).max() == 127 for q in int8)
+    assert any(np.array_equal(c.get_data(), w_proj) for c in consts)  # the projection kept its floats
+    inp = rng.normal(size=(2, 3, 16)).astype(np.float32)
+    out = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})({"x": inp})
+    for got, want in ((out[0], inp @ w), (out[1], inp @ w_t.T)):
+        # one scale per output channel: each column's error is bounded by its own scale (max |w| / 127)
+        assert np.abs(got - want).max() > 0 and np.abs(got - want).max() < 0.05 * np.abs(want).max()
+    assert np.allclose(out[2], (inp @ w).mean(1) @ w_proj, atol=0.05 * np.abs(out[2]).max())
 
 
 @pytest.mark.parametrize("backend", ["torch", "openvino"])
@@ -97,14 +149,17 @@ def test_auto_precision_tries_native_bf16_first_then_int8_then_fp32(monkeypatch,
     assert got == expected and "fidelity bar" in why
     assert backends.precision_candidates(resolve("base"), "cpu", backend="onnxruntime")[0] == ["int8", "fp32"]
     assert backends.precision_candidates(resolve("base"), "cpu", backend="torch")[0] == expected[:1] * native_bf16 + ["fp32"]
+    assert backends.precision_candidates(resolve("base"), "cpu", backend="openvino")[0] == expected
     assert backends.precision_candidates(resolve("base"), "cuda")[0] == ["fp32"]
 
 
 def test_auto_precision_loads_the_first_that_clears_the_bar_and_says_why(monkeypatch):
+    from postemb_rt import backends
+
     _fake_cpu(monkeypatch, False)  # int8 first, on every CPU
     enc = Encoder.from_pretrained("base", precision="auto")
     info = enc.describe()
-    assert (info["backend"], info["precision"]) == ("onnxruntime", "int8")
+    assert (info["backend"], info["precision"]) == ("openvino" if backends.cpu_vnni512() else "onnxruntime", "int8")
     assert "no native bf16" in info["precision_reason"] and info["vector_version"] == "all-MiniLM-L6-v2+int8"
     monkeypatch.setitem(fidelity.THRESHOLDS, "mean_cos", 1.5)  # no fast precision can clear it now
     enc = Encoder.from_pretrained("base", precision="auto")
@@ -135,8 +190,10 @@ def test_a_precision_below_the_bar_is_refused(monkeypatch):
 
 
 def test_precisions_on_the_wrong_backend_say_where_they_run():
-    with pytest.raises(ValidationError, match="int8 runs on backend='onnxruntime'"):
+    with pytest.raises(ValidationError, match="int8 runs on backend='openvino' or 'onnxruntime'"):
         Encoder.from_pretrained("base", backend="torch", precision="int8")
+    with pytest.raises(ValidationError, match="fp16 runs on backend='torch' on CUDA"):
+        Encoder.from_pretrained("base", backend="openvino", precision="fp16")
     with pytest.raises(ValidationError, match="bf16 runs on backend='openvino' or 'torch'"):
         Encoder.from_pretrained("base", backend="onnxruntime", precision="bf16")
 
@@ -176,3 +233,32 @@ def test_native_bf16_reads_the_cpu_flags_and_the_onednn_cap(flags, cap, expected
     from postemb_rt.cpu import native_bf16
 
     assert native_bf16(flags, {"ONEDNN_MAX_CPU_ISA": cap} if cap else {}) is expected
+
+
+@pytest.mark.parametrize("flags,cap,expected", [
+    ({"avx512f", "avx512_vnni", "avx512_bf16"}, "", True),  # Zen 4 / Zen 5, Cooper Lake
+    ({"avx512f", "avx512_vnni"}, "", True),                 # Cascade Lake, Ice Lake
+    ({"avx512f", "avx512_vnni", "amx_int8"}, "", True),     # Sapphire Rapids and later
+    ({"avx512f"}, "", False),                               # Skylake-SP: int8 stays on onnxruntime
+    ({"avx2", "avx_vnni"}, "", False),                      # AVX-VNNI without AVX-512: not measured
+    ({"avx512f", "avx512_vnni"}, "AVX2", False),            # held below it by ONEDNN_MAX_CPU_ISA
+    ({"avx512f", "avx512_vnni"}, "avx512_core", False),
+    ({"avx512f", "avx512_vnni"}, "AVX512_CORE_VNNI", True),
+])
+def test_openvino_int8_needs_avx512_vnni_or_amx_and_no_lower_onednn_cap(flags, cap, expected):
+    from postemb_rt.cpu import vnni512
+
+    assert vnni512(flags, {"ONEDNN_MAX_CPU_ISA": cap} if cap else {}) is expected
+
+
+def test_int8_without_avx512_vnni_runs_on_onnxruntime_and_says_why(monkeypatch):
+    from postemb_rt import backends
+    from postemb_rt.backends import openvino_backend
+    from postemb_rt.model_dir import resolve
+
+    monkeypatch.setattr(backends, "cpu_vnni512", lambda: False)
+    name, why = backends.choose(resolve("base"), "cpu", "int8")
+    assert name == "onnxruntime" and "only on AVX512-VNNI or AMX" in why
+    monkeypatch.setattr(openvino_backend, "vnni512", lambda: False)
+    with pytest.raises(BackendUnavailableError, match="needs a CPU with AVX512-VNNI or AMX.*Fix: backend='onnxruntime'"):
+        Encoder.from_pretrained("base", backend="openvino", precision="int8")

@@ -63,6 +63,13 @@ def cpu_native_bf16() -> bool:
     return native_bf16()
 
 
+def cpu_vnni512() -> bool:
+    """True when OpenVINO's int8 runs natively here (AVX512-VNNI or AMX; ``postemb_rt.cpu.vnni512``)."""
+    from ..cpu import vnni512
+
+    return vnni512()
+
+
 def choose(model: ModelDir, device: str, precision: str = "fp32") -> tuple[str, str]:
     """backend="auto": (name, why). The fastest backend that can run this model at ``precision``
     here (for fp32: the fastest exact one). The ranking is measured (benchmarks/RESULTS.md,
@@ -72,9 +79,17 @@ def choose(model: ModelDir, device: str, precision: str = "fp32") -> tuple[str, 
     cpu = not device.startswith("cuda")
     if precision == "int8":
         if not has_ort:
-            raise BackendUnavailableError("`precision` 'int8' runs on onnxruntime, which is not installed. "
-                                          "Fix: pip install onnxruntime onnx")
-        return "onnxruntime", "precision int8 runs on onnxruntime (dynamic int8 quantization)"
+            raise BackendUnavailableError("`precision` 'int8' needs onnxruntime (the ONNX export, and int8 on "
+                                          "onnxruntime), which is not installed. Fix: pip install onnxruntime onnx")
+        if model.encoder_path is None and model.config.precision == "int8":
+            return "onnxruntime", "the model directory holds an int8 ONNX model (onnxruntime's quantization)"
+        if has_ov and cpu and cpu_vnni512():
+            return "openvino", ("precision int8 on CPU: OpenVINO (AVX512-VNNI or AMX here; int8 weights, int8 "
+                                "activations quantized at run time; faster and closer to fp32 than onnxruntime's "
+                                "int8, RESULTS.md)")
+        return "onnxruntime", ("precision int8 runs on onnxruntime (dynamic int8 quantization); " +
+                               ("openvino's int8 runs only on AVX512-VNNI or AMX CPUs" if has_ov else
+                                "openvino, the faster int8 backend, is not installed"))
     if precision == "bf16" and cpu:
         if has_ov and has_ort and cpu_native_bf16():
             return "openvino", "precision bf16 on CPU: OpenVINO (native bf16 here; faster than torch, RESULTS.md)"
@@ -102,14 +117,15 @@ def choose(model: ModelDir, device: str, precision: str = "fp32") -> tuple[str, 
 
 def precision_candidates(model: ModelDir, device: str, backend: str = "auto") -> tuple[list[str], str]:
     """precision="auto": (the precisions to try, fastest first, each gated by the fidelity bar at
-    load; why). On CPU: bf16 where the CPU has native bf16 (AVX512-BF16 or AMX), then int8
-    (onnxruntime), then fp32. On CUDA: fp32 (the fast CUDA precisions are not fidelity-gated at
+    load; why). On CPU: bf16 where the CPU has native bf16 (AVX512-BF16 or AMX), then int8, then
+    fp32. bf16 comes before int8 even where int8 is faster (OpenVINO int8 on AVX512-BF16): it is
+    far closer to fp32 (RESULTS.md, "int8 on OpenVINO"). On CUDA: fp32 (the fast CUDA precisions are not fidelity-gated at
     load; ask for fp16 / bf16 by name). ``backend`` narrows the list to what that backend runs."""
     if device.startswith("cuda"):
         return ["fp32"], "CUDA: fast precisions are not fidelity-gated at load; ask for fp16/bf16 by name"
     if model.encoder_path is None and model.config.precision != "fp32":
         return [model.config.precision], f"the model directory holds only a {model.config.precision} ONNX model"
-    offers = {"torch": ("bf16", "fp32"), "openvino": ("bf16", "fp32"), "onnxruntime": ("int8", "fp32"),
+    offers = {"torch": ("bf16", "fp32"), "openvino": ("bf16", "int8", "fp32"), "onnxruntime": ("int8", "fp32"),
               "tensorrt": ("fp32",)}
     out, why = [], []
     if cpu_native_bf16():

@@ -16,6 +16,7 @@ class Backend(abc.ABC):
 
     name: str = "?"
     pooling_kernel: str = "?"  # which code pooled the hidden states (reported by describe())
+    numerics: str = ""  # settings beyond backend and precision that change the numbers (fidelity cache key)
 
     def __init__(self, model: ModelDir, device: str = "cpu", precision: str = "fp32"):
         self.model = model

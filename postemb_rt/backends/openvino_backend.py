@@ -11,6 +11,16 @@ matmuls through oneDNN with AMX tiles where the CPU has them. Precisions:
 - ``bf16``: ``INFERENCE_PRECISION_HINT=bf16``; offered only where the CPU plugin lists BF16
   among its capabilities (AVX512-BF16 or AMX), and gated by the fidelity bar like every fast
   CPU precision (``postemb_rt.fidelity``).
+- ``int8``: the encoder's token-level matmuls (``compress_int8``: query/key/value, attention
+  output, both feed-forward layers) get int8 weights, one scale per output channel, and the
+  plugin quantizes their activations to int8 as it runs (``DYNAMIC_QUANTIZATION_GROUP_SIZE``:
+  one scale per group of ``INT8_GROUP`` values of each token), so the matmuls run int8 x int8
+  (VNNI, or AMX tiles where the CPU has them); everything else at bf16 where the CPU has it
+  natively, else f32. Offered only where the CPU has AVX512-VNNI or AMX (``postemb_rt.cpu.vnni512``;
+  held to AVX2, the plugin's int8 matmuls fail to compile). No calibration data and nothing
+  written to disk: the weights are
+  quantized in memory at load (well under a second). Gated by the fidelity bar like every fast
+  CPU precision; measured in benchmarks/RESULTS.md ("int8 on OpenVINO").
 
 One compiled model per backend; one infer request per calling thread (an infer request is
 not thread-safe, the compiled model is). ``POSTEMB_NUM_THREADS`` sets the plugin's threads
@@ -23,12 +33,17 @@ import threading
 
 import numpy as np
 
+from ..cpu import vnni512
 from ..errors import BackendUnavailableError, ValidationError
 from ..ops.masked_mean_pool_l2 import CpuPooler
 from .base import Backend
 from .onnx_backend import _projection
 
-PRECISIONS = {"fp32": "f32", "bf16": "bf16"}  # ours -> OpenVINO's INFERENCE_PRECISION_HINT
+PRECISIONS = ("fp32", "bf16", "int8")
+# int8: the activations' dynamic quantization group. Measured on 2,000 short posts (RESULTS.md): 32
+# is more faithful and no faster than 64; 128 is a little faster and less faithful; a group must
+# divide both matmul depths (384 and 1,536), so 256 falls back to a slow path.
+INT8_GROUP = 64
 
 
 def native_bf16(core=None) -> bool:
@@ -44,6 +59,54 @@ def native_bf16(core=None) -> bool:
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") and cpu_bf16()
 
 
+def compress_int8(model) -> int:
+    """Quantize, in place, the weights of ``model``'s (an ``openvino.Model`` of our export)
+    token-level matmuls to int8, symmetric, one scale per output channel: each constant weight
+    becomes Constant(i8) -> Convert(f32) -> Multiply(scale), the pattern the CPU plugin runs as
+    a compressed FullyConnected. Only matmuls over (batch, tokens, features) inputs: the
+    projection after pooling (one row per post, a negligible share of the time) keeps its
+    float weights; the plugin computed it wrongly with int8 weights in testing (OpenVINO
+    2026.4). Returns how many matmuls were quantized."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    n = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "MatMul" or op.input(0).get_partial_shape().rank.get_length() != 3:
+            continue
+        weight = op.input(1).get_source_output().get_node()
+        if weight.get_type_name() != "Constant" or len(weight.get_output_shape(0)) != 2:
+            continue
+        w = weight.get_data().astype(np.float32)
+        depth_axis = 1 if op.get_attributes()["transpose_b"] else 0  # W is (K, N), or (N, K) transposed
+        scale = np.abs(w).max(axis=depth_axis, keepdims=True) / 127.0
+        scale[scale == 0] = 1.0
+        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        deq = ops.multiply(ops.convert(ops.constant(q, dtype=ov.Type.i8), ov.Type.f32),
+                           ops.constant(scale.astype(np.float32)))
+        op.input(1).replace_source_output(deq.output(0))
+        n += 1
+    model.validate_nodes_and_infer_types()
+    return n
+
+
+def compile_config(precision: str, **extra) -> dict:
+    """The CPU plugin's configuration for one of our precisions (``extra``: more properties,
+    e.g. ``PERF_COUNT="YES"`` for benchmarks/profile_cpu.py)."""
+    if precision == "int8":  # int8 matmuls, dynamic activations; the rest as fast as is native here
+        from ..cpu import native_bf16 as cpu_bf16
+
+        hint = "bf16" if cpu_bf16() else "f32"
+        extra = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": INT8_GROUP, **extra}
+    else:
+        hint = {"fp32": "f32", "bf16": "bf16"}[precision]
+    config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", **extra}
+    threads = int(os.environ.get("POSTEMB_NUM_THREADS", "0"))
+    if threads > 0:
+        config["INFERENCE_NUM_THREADS"] = threads
+    return config
+
+
 class OpenVinoBackend(Backend):
     name = "openvino"
     pooling_kernel = "onnx graph (inside the exported model, run by OpenVINO)"
@@ -55,14 +118,19 @@ class OpenVinoBackend(Backend):
             raise BackendUnavailableError(f"backend 'openvino' runs on the CPU only. Given `device`: {device!r}. "
                                           "Fix: device='cpu', or backend='torch' for CUDA.")
         if precision not in PRECISIONS:
-            raise ValidationError(f"`precision` for the openvino backend must be one of {tuple(PRECISIONS)}. "
-                                  f"Given: {precision!r}. Fix: int8 runs on backend='onnxruntime'.")
+            raise ValidationError(f"`precision` for the openvino backend must be one of {PRECISIONS}. "
+                                  f"Given: {precision!r}. Fix: one of those (fp16 runs on backend='torch' on CUDA).")
         core = ov.Core()
         if precision == "bf16" and not native_bf16(core):
             raise BackendUnavailableError(
                 "`precision` 'bf16' on backend 'openvino' needs a CPU with native bf16 (AVX512-BF16 or AMX), "
                 "with ONEDNN_MAX_CPU_ISA (if set) not below it; here it is not. Fix: precision='fp32', or "
-                "precision='int8' (onnxruntime).")
+                "precision='int8'.")
+        if precision == "int8" and not vnni512():
+            raise BackendUnavailableError(
+                "`precision` 'int8' on backend 'openvino' needs a CPU with AVX512-VNNI or AMX, with "
+                "ONEDNN_MAX_CPU_ISA (if set) not below it; here it is not. Fix: backend='onnxruntime' for int8, "
+                "or precision='fp32'.")
         super().__init__(model, device, precision)
         onnx_md = model
         if model.onnx_path is None:
@@ -74,11 +142,11 @@ class OpenVinoBackend(Backend):
                                   "'openvino' compiles float32 graphs. Fix: load the float32 model directory.")
         self.onnx_model = onnx_md
         self.onnx_path = onnx_md.onnx_path
-        config = {"INFERENCE_PRECISION_HINT": PRECISIONS[precision], "PERFORMANCE_HINT": "LATENCY"}
-        threads = int(os.environ.get("POSTEMB_NUM_THREADS", "0"))
-        if threads > 0:
-            config["INFERENCE_NUM_THREADS"] = threads
-        self._compiled = core.compile_model(str(self.onnx_path), "CPU", config)
+        self.int8_matmuls = 0
+        config = compile_config(precision)
+        self._compiled = core.compile_model(self.ov_model(core), "CPU", config)
+        if precision == "int8":
+            self.numerics = f"g{INT8_GROUP}-{config['INFERENCE_PRECISION_HINT']}"
         outputs = {name for o in self._compiled.outputs for name in o.get_names()}
         pooling = onnx_md.config.onnx_pooling
         need = {"embedding", "pooled"} if pooling == "graph" else {"last_hidden_state"}
@@ -91,6 +159,16 @@ class OpenVinoBackend(Backend):
             self.pooling_kernel = self._pool.name
         self._local = threading.local()
         self._version = ov.__version__
+
+    def ov_model(self, core):
+        """The ``openvino.Model`` this backend compiles: our export, int8-quantized for ``int8``."""
+        model = core.read_model(str(self.onnx_path))
+        if self.precision == "int8":
+            self.int8_matmuls = compress_int8(model)
+            if not self.int8_matmuls:
+                raise ValidationError(f"`{self.onnx_path}` has no token-level matmul with constant weights to "
+                                      "quantize to int8. Fix: re-export it with export/export_onnx.py.")
+        return model
 
     def _request(self):
         req = getattr(self._local, "request", None)
@@ -106,8 +184,12 @@ class OpenVinoBackend(Backend):
         return np.array(out["embedding" if normalize else "pooled"], dtype=np.float32, copy=True)
 
     def describe(self) -> dict:
-        return {**super().describe(), "onnx_path": str(self.onnx_path), "openvino": self._version,
-                "inference_precision": str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))}
+        out = {**super().describe(), "onnx_path": str(self.onnx_path), "openvino": self._version,
+               "inference_precision": str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))}
+        if self.precision == "int8":
+            out["int8"] = (f"{self.int8_matmuls} matmuls: int8 weights (per output channel) x int8 activations "
+                           f"(quantized at run time, groups of {INT8_GROUP})")
+        return out
 
     def close(self) -> None:
         self._local = threading.local()

@@ -30,7 +30,7 @@ class TorchBackend(Backend):
             return
         if precision not in CPU_PRECISIONS:
             raise ValidationError(f"`precision` for the torch backend on CPU must be one of {CPU_PRECISIONS}. "
-                                  f"Given: {precision!r}. Fix: fp16 is CUDA-only; int8 runs on backend='onnxruntime'.")
+                                  f"Given: {precision!r}. Fix: fp16 is CUDA-only; int8 runs on backend='openvino' or 'onnxruntime'.")
         super().__init__(model, device, precision)
         self._model = PostEmbModel.from_model_dir(model)
         if precision == "bf16":
