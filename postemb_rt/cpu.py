@@ -31,8 +31,8 @@ def native_bf16(flags: set[str] | None = None, environ=None) -> bool:
 
 def vnni512(flags: set[str] | None = None, environ=None) -> bool:
     """True when OpenVINO's int8 matmuls run natively here: the CPU has AVX512-VNNI or AMX-INT8
-    and ONEDNN_MAX_CPU_ISA does not hold oneDNN below them. The only int8 paths measured
-    (RESULTS.md, "int8 on OpenVINO"); elsewhere int8 stays on onnxruntime."""
+    and ONEDNN_MAX_CPU_ISA does not hold oneDNN below them. Measured with AVX512-VNNI (Zen 5,
+    RESULTS.md "int8 on OpenVINO"); the AMX CPUs have it too. Elsewhere int8 stays on onnxruntime."""
     flags = cpu_flags() if flags is None else flags
     cap = (os.environ if environ is None else environ).get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
     return bool({"avx512_vnni", "amx_int8"} & flags) and cap not in BELOW_VNNI512

@@ -16,11 +16,11 @@ matmuls through oneDNN with AMX tiles where the CPU has them. Precisions:
   plugin quantizes their activations to int8 as it runs (``DYNAMIC_QUANTIZATION_GROUP_SIZE``:
   one scale per group of ``INT8_GROUP`` values of each token), so the matmuls run int8 x int8
   (VNNI, or AMX tiles where the CPU has them); everything else at bf16 where the CPU has it
-  natively, else f32. Offered only where the CPU has AVX512-VNNI or AMX (``postemb_rt.cpu.vnni512``;
-  held to AVX2, the plugin's int8 matmuls fail to compile). No calibration data and nothing
-  written to disk: the weights are
-  quantized in memory at load (well under a second). Gated by the fidelity bar like every fast
-  CPU precision; measured in benchmarks/RESULTS.md ("int8 on OpenVINO").
+  natively, else f32. Offered only where the CPU has AVX512-VNNI or AMX
+  (``postemb_rt.cpu.vnni512``; held to AVX2, the plugin's int8 matmuls fail to compile). No
+  calibration data and nothing written to disk: the weights are quantized in memory at load
+  (well under a second). Gated by the fidelity bar like every fast CPU precision; measured in
+  benchmarks/RESULTS.md ("int8 on OpenVINO").
 
 One compiled model per backend; one infer request per calling thread (an infer request is
 not thread-safe, the compiled model is). ``POSTEMB_NUM_THREADS`` sets the plugin's threads
