@@ -33,7 +33,7 @@ import threading
 
 import numpy as np
 
-from ..cpu import vnni512
+from ..cpu import native_bf16 as cpu_native_bf16, vnni512
 from ..errors import BackendUnavailableError, ValidationError
 from ..ops.masked_mean_pool_l2 import CpuPooler
 from .base import Backend
@@ -53,10 +53,8 @@ def native_bf16(core=None) -> bool:
     to ask (default: a new one)."""
     import openvino as ov
 
-    from ..cpu import native_bf16 as cpu_bf16
-
     core = core or ov.Core()
-    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") and cpu_bf16()
+    return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") and cpu_native_bf16()
 
 
 def compress_int8(model) -> int:
@@ -94,9 +92,7 @@ def compile_config(precision: str, **extra) -> dict:
     """The CPU plugin's configuration for one of our precisions (``extra``: more properties,
     e.g. ``PERF_COUNT="YES"`` for benchmarks/profile_cpu.py)."""
     if precision == "int8":  # int8 matmuls, dynamic activations; the rest as fast as is native here
-        from ..cpu import native_bf16 as cpu_bf16
-
-        hint = "bf16" if cpu_bf16() else "f32"
+        hint = "bf16" if cpu_native_bf16() else "f32"
         extra = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": INT8_GROUP, **extra}
     else:
         hint = {"fp32": "f32", "bf16": "bf16"}[precision]
