@@ -102,10 +102,11 @@ def activation_maxima(onnx_path: str | Path, tokenizer, texts: list[str], nodes:
     return {node: maxima[t] for node, t in inputs.items()}
 
 
-def smooth(onnx_model, act_max: dict[str, np.ndarray], alpha: float = DEFAULT_ALPHA) -> list[str]:
+def smooth(onnx_model, act_max: dict[str, np.ndarray], alpha: float = DEFAULT_ALPHA) -> dict[str, np.ndarray]:
     """Smooth, in place, every node of ``onnx_model`` named in ``act_max`` (from
     :func:`activation_maxima`) with strength ``alpha`` (0: all range stays in X, 1: all moves
-    into W). Returns the names of the smoothed nodes."""
+    into W). Returns {smoothed node name: its scales ``s`` (float64 (in,))}: the node's input is
+    now ``X / s``, whose channel maxima are ``act_max[name] / s``."""
     from onnx import helper, numpy_helper
 
     from .errors import ValidationError
@@ -124,7 +125,7 @@ def smooth(onnx_model, act_max: dict[str, np.ndarray], alpha: float = DEFAULT_AL
         raise ValidationError(f"`act_max` names nodes that are not matmuls with a constant weight: {unknown[:3]}. "
                               "Fix: take the nodes from int8_smooth.smoothable(onnx_model).")
     new_nodes: dict[str, object] = {}  # node name -> the Mul to insert in front of it
-    done = []
+    done: dict[str, np.ndarray] = {}
     for name, a in act_max.items():
         node, wname = targets[name]
         if consumers.get(wname) != 1:
@@ -147,7 +148,7 @@ def smooth(onnx_model, act_max: dict[str, np.ndarray], alpha: float = DEFAULT_AL
             out = f"{node.input[0]}_smoothed_for_{name}"
             new_nodes[name] = helper.make_node("Mul", [node.input[0], inv], [out], name=f"{name}_smooth")
             node.input[0] = out
-        done.append(name)
+        done[name] = s
     if new_nodes:  # keep topological order: each Mul right before its matmul
         ordered = []
         for n in onnx_model.graph.node:

@@ -297,18 +297,16 @@ def int8_smoothed_nodes(onnx_model) -> list[str]:
     return [n for n in int8_nodes(onnx_model) if n not in downs]
 
 
-def quantize_int8(fp32: ModelDir, out_dir: str | Path, calibration: list[str] | None = None) -> ModelDir:
-    """Write an int8 copy of the float32 ONNX model directory ``fp32`` into ``out_dir``.
-
-    1. Smoothing (postemb_rt.int8_smooth, alpha INT8_SMOOTH_ALPHA) of :func:`int8_smoothed_nodes`,
-       with per-channel activation maxima from ``calibration`` posts (default:
-       ``int8_smooth.calibration_posts()``, TweetEval train tweets, never the fidelity posts). The
-       smoothed float32 graph computes the same embeddings up to float rounding.
-    2. ONNX Runtime dynamic quantization (int8 weights per output channel, activations quantized
-       per batch at run time) of :func:`int8_nodes`; the rest stays float32.
-    ``postemb.json`` says ``"precision": "int8"``; its fidelity is measured by the caller."""
+def smooth_int8(fp32: ModelDir, calibration: list[str] | None = None) -> tuple:
+    """Step 1 of both int8 recipes: (model, ranges). ``model``: the onnx.ModelProto of the float32
+    ONNX directory ``fp32`` with :func:`int8_smoothed_nodes` smoothed (postemb_rt.int8_smooth,
+    alpha INT8_SMOOTH_ALPHA) by per-channel activation maxima over the ``calibration`` posts
+    (default: ``int8_smooth.calibration_posts()``, TweetEval train tweets, never the fidelity
+    posts); it computes the same embeddings as ``fp32`` up to float rounding. ``ranges``: {each of
+    :func:`int8_nodes`: the largest |value| its input (smoothed where it was) took over those
+    posts}, the range a static quantizer gives that input."""
+    import numpy as np
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from . import int8_smooth
     from .errors import ValidationError
@@ -317,42 +315,97 @@ def quantize_int8(fp32: ModelDir, out_dir: str | Path, calibration: list[str] | 
     if fp32.onnx_path is None or fp32.config.precision != "fp32":
         raise ValidationError(f"`fp32` must be a float32 ONNX model directory. Given: {fp32.path} "
                               f"(onnx {fp32.config.onnx!r}, precision {fp32.config.precision!r}).")
+    model = onnx.load(str(fp32.onnx_path))
+    texts = calibration if calibration is not None else int8_smooth.calibration_posts()[0]
+    nodes = set(int8_nodes(model))
+    smoothed = set(int8_smoothed_nodes(model))
+    tok = PostTokenizer(fp32.tokenizer_path, fp32.config.max_length, lowercase=fp32.config.do_lower_case)
+    targets = [t for t in int8_smooth.smoothable(model) if t[0].name in nodes]
+    act_max = int8_smooth.activation_maxima(fp32.onnx_path, tok, texts, targets)
+    scales = int8_smooth.smooth(model, {n: a for n, a in act_max.items() if n in smoothed}, INT8_SMOOTH_ALPHA)
+    return model, {n: float(np.max(a / scales[n] if n in scales else a)) for n, a in act_max.items()}
+
+
+def _copy_dir_files(fp32: ModelDir, out: Path, precision: str) -> ModelDir:
+    """Copy ``fp32``'s tokenizer and projection into ``out`` (which holds a new model.onnx) and
+    write its postemb.json with ``precision``; the fidelity is measured by the caller."""
+    for name in ("tokenizer.json", PROJECTION_FILE):
+        if (fp32.path / name).exists():
+            shutil.copyfile(fp32.path / name, out / name)
+    cfg = dataclasses.replace(fp32.config, onnx="model.onnx", precision=precision, fidelity=None)
+    (out / CONFIG_FILE).write_text(cfg.to_json())
+    return load_model_dir(out)
+
+
+def quantize_int8(fp32: ModelDir, out_dir: str | Path, calibration: list[str] | None = None) -> ModelDir:
+    """Write an int8 copy of the float32 ONNX model directory ``fp32`` into ``out_dir``: the
+    onnxruntime backend's int8 (recipe INT8_RECIPE).
+
+    1. :func:`smooth_int8` with the ``calibration`` posts.
+    2. ONNX Runtime dynamic quantization (int8 weights per output channel, activations quantized
+       per batch at run time) of :func:`int8_nodes`; the rest stays float32.
+    ``postemb.json`` says ``"precision": "int8"``; its fidelity is measured by the caller."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model, _ = smooth_int8(fp32, calibration)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    model = onnx.load(str(fp32.onnx_path))
     nodes = int8_nodes(model)
-    smoothed = set(int8_smoothed_nodes(model))
-    if smoothed:
-        texts = calibration if calibration is not None else int8_smooth.calibration_posts()[0]
-        tok = PostTokenizer(fp32.tokenizer_path, fp32.config.max_length, lowercase=fp32.config.do_lower_case)
-        targets = [t for t in int8_smooth.smoothable(model) if t[0].name in smoothed]
-        act_max = int8_smooth.activation_maxima(fp32.onnx_path, tok, texts, targets)
-        int8_smooth.smooth(model, act_max, INT8_SMOOTH_ALPHA)
     picked = set(nodes)
     ops = sorted({n.op_type for n in model.graph.node if n.name in picked})
     quantize_dynamic(model, str(out / "model.onnx"), per_channel=True, weight_type=QuantType.QInt8,
                      op_types_to_quantize=ops or ["MatMul"], nodes_to_quantize=nodes,
                      extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    for name in ("tokenizer.json", PROJECTION_FILE):
-        if (fp32.path / name).exists():
-            shutil.copyfile(fp32.path / name, out / name)
-    cfg = dataclasses.replace(fp32.config, onnx="model.onnx", precision="int8", fidelity=None)
-    (out / CONFIG_FILE).write_text(cfg.to_json())
-    return load_model_dir(out)
+    return _copy_dir_files(fp32, out, "int8")
+
+
+STATIC_RANGES_FILE = "int8_ranges.json"
+
+
+def smoothed_for_static_int8(fp32: ModelDir, out_dir: str | Path, calibration: list[str] | None = None) -> ModelDir:
+    """Write what the openvino backend's int8 quantizes (postemb_rt.backends.openvino_backend.
+    quantize_static) into ``out_dir``: :func:`smooth_int8` of ``fp32``'s graph (a float32 graph,
+    ``"precision": "fp32"``) and ``int8_ranges.json``, {the name of the tensor each of
+    :func:`int8_nodes` reads: the largest |value| it took over the ``calibration`` posts}."""
+    import onnx
+
+    model, ranges = smooth_int8(fp32, calibration)
+    reads = {n.name: n.input[0] for n in model.graph.node}  # after smoothing: the Mul's output
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(out / "model.onnx"))
+    (out / STATIC_RANGES_FILE).write_text(json.dumps({reads[n]: r for n, r in ranges.items()}, indent=1))
+    return _copy_dir_files(fp32, out, "fp32")
+
+
+def _int8_key(fp32: ModelDir, texts: list[str]) -> str:
+    """The cache key of an int8 artefact of ``fp32``: the ONNX file's size and mtime, INT8_RECIPE
+    and the calibration posts."""
+    from .model_dir import texts_digest
+
+    cal = texts_digest(texts)[:8]  # built-in sample or shared data
+    st = fp32.onnx_path.stat()
+    return f"{fp32.config.model_version}-{fp32.fingerprint}-{st.st_size}-{st.st_mtime_ns}-int8r{INT8_RECIPE}-cal{cal}"
 
 
 def cached_int8(fp32: ModelDir) -> ModelDir:
-    """:func:`quantize_int8` of the float32 ONNX directory ``fp32``, from the cache (keyed by the
-    ONNX file's size and mtime, INT8_RECIPE, the calibration posts and the onnxruntime version),
-    quantizing it first if absent."""
+    """:func:`quantize_int8` of the float32 ONNX directory ``fp32``, from the cache (keyed by
+    :func:`_int8_key` and the onnxruntime version), quantizing it first if absent."""
     import onnxruntime
 
     from .int8_smooth import calibration_posts
-    from .model_dir import texts_digest
 
     texts, _ = calibration_posts()
-    cal = texts_digest(texts)[:8]  # built-in sample or shared data
-    st = fp32.onnx_path.stat()
-    key = (f"{fp32.config.model_version}-{fp32.fingerprint}-{st.st_size}-{st.st_mtime_ns}-int8r{INT8_RECIPE}"
-           f"-cal{cal}-ort{onnxruntime.__version__}")
+    key = f"{_int8_key(fp32, texts)}-ort{onnxruntime.__version__}"
     return _cached(key, lambda tmp: quantize_int8(fp32, tmp, texts), f"quantizing {fp32.config.model_version} to int8")
+
+
+def cached_smoothed_for_static_int8(fp32: ModelDir) -> ModelDir:
+    """:func:`smoothed_for_static_int8` of the float32 ONNX directory ``fp32``, from the cache
+    (keyed by :func:`_int8_key`), calibrating it first if absent."""
+    from .int8_smooth import calibration_posts
+
+    texts, _ = calibration_posts()
+    return _cached(f"{_int8_key(fp32, texts)}-static", lambda tmp: smoothed_for_static_int8(fp32, tmp, texts),
+                   f"calibrating {fp32.config.model_version} for static int8")

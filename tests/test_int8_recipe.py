@@ -1,5 +1,8 @@
-"""The int8 recipe (postemb_rt.onnx_export.quantize_int8): which matmuls run in int8, and the
-SmoothQuant-style smoothing before it (postemb_rt.int8_smooth), on a small random BERT built here."""
+"""The int8 recipes (postemb_rt.onnx_export: quantize_int8 for onnxruntime, smoothed_for_static_int8
+for OpenVINO): which matmuls run in int8, the SmoothQuant-style smoothing before it
+(postemb_rt.int8_smooth) and the static ranges, on a small random BERT built here."""
+import json
+
 import numpy as np
 import onnx
 import pytest
@@ -8,7 +11,8 @@ import torch
 from postemb_rt import ValidationError
 from postemb_rt import int8_smooth as sm
 from postemb_rt.model_dir import resolve
-from postemb_rt.onnx_export import export_onnx, int8_nodes, int8_smoothed_nodes, quantize_int8
+from postemb_rt.onnx_export import (STATIC_RANGES_FILE, export_onnx, int8_nodes, int8_smoothed_nodes, quantize_int8,
+                                    smoothed_for_static_int8)
 from postemb_rt.tokenization import PostTokenizer
 from tests.conftest import SAMPLE_TEXTS, assert_exact
 from tests.st_models import build_st_folder
@@ -108,6 +112,21 @@ def test_quantized_graph_runs_qattention_and_keeps_the_first_half_down_projectio
     assert q.config.precision == "int8" and q.config.fidelity is None
     vecs = run(q.onnx_path, TEXTS, tokenizer_of(q))
     assert vecs.shape == (len(TEXTS), fp32.config.dim) and np.allclose(np.linalg.norm(vecs, axis=1), 1, atol=1e-5)
+
+
+def test_static_int8_ranges_are_the_maxima_of_the_tensors_the_int8_matmuls_read(fp32, tmp_path):
+    smoothed = smoothed_for_static_int8(fp32, tmp_path / "static", calibration=TEXTS[:20])
+    ranges = json.loads((smoothed.path / STATIC_RANGES_FILE).read_text())
+    model = onnx.load(str(smoothed.onnx_path))
+    reads = {n.name: n.input[0] for n in model.graph.node}
+    assert sorted(ranges) == sorted(reads[n] for n in int8_nodes(model))
+    # recalibrated on the smoothed graph, each read tensor's largest |value| is its stored range
+    targets = [t for t in sm.smoothable(model) if t[0].name in set(int8_nodes(model))]
+    act_max = sm.activation_maxima(smoothed.onnx_path, tokenizer_of(smoothed), TEXTS[:20], targets)
+    for node, a in act_max.items():
+        assert ranges[reads[node]] == pytest.approx(float(a.max()), rel=1e-3)
+    assert smoothed.config.precision == "fp32"  # a float32 graph: OpenVINO quantizes it at load
+    assert_exact(run(smoothed.onnx_path, TEXTS, tokenizer_of(smoothed)), run(fp32.onnx_path, TEXTS, tokenizer_of(fp32)))
 
 
 def test_smoothing_errors_name_the_argument_the_value_and_the_fix(fp32):
