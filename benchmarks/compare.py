@@ -29,8 +29,9 @@ has "over_ceiling": true, and the script exits with status 2. So does a ceiling 
 peak.
 FLOPs per token come from the model config: 2 x layers x (4 H^2 + 2 H I), about 21 MFLOP
 for all-MiniLM-L6-v2 (attention scores add 4 S H per layer, under 2% at these lengths).
-The int8 model keeps some matmuls in float32 (postemb_rt.onnx_export.int8_nodes), so its
-ceiling is the time those FLOPs need at the int8 and float32 ceilings together.
+Both int8 backends keep the same matmuls float (postemb_rt.onnx_export.int8_nodes picks the
+rest), so an int8 row's ceiling is the time those FLOPs need at the int8 ceiling and the float
+ones at theirs: float32 on onnxruntime, OpenVINO's inference precision (bf16 where native).
 """
 from __future__ import annotations
 
@@ -111,13 +112,13 @@ def measure_interleaved(encoders: dict, texts, repeats: int) -> dict:
     return {n: (float(np.median(times[n])), outs[n]) for n in names}
 
 
-def ideal_seconds(tokens: int, fpt: float, precision: str, ceils: dict, share: float) -> float:
+def ideal_seconds(tokens: int, fpt: float, precision: str, ceils: dict, share: float, rest: str = "fp32") -> float:
     """Seconds the workload's matmul FLOPs need at the ceiling of the precision they run in (int8:
-    ``share`` of them at the int8 ceiling, the rest at the fp32 ceiling; onnxruntime's int8 model:
-    ``int8_share()``, OpenVINO's int8: 1)."""
+    ``share`` of them at the int8 ceiling, ``int8_share()`` for both int8 backends, the rest at the
+    ``rest`` ceiling: fp32 on onnxruntime, OpenVINO's inference precision there)."""
     rate = {p: c["ops_per_s"] or float("nan") for p, c in ceils.items()}
     if precision == "int8":
-        return tokens * fpt * (share / rate["int8"] + (1 - share) / rate["fp32"])
+        return tokens * fpt * (share / rate["int8"] + (1 - share) / rate[rest])
     return tokens * fpt / rate[precision]
 
 
@@ -150,12 +151,14 @@ def main(argv=None) -> int:
     import torch
 
     from benchmarks import ceilings as ceil
+    from postemb_rt.backends.openvino_backend import compile_config
     from postemb_rt.data import long_posts, short_posts
     from postemb_rt.fidelity import overlap_at_k
 
     threads = int(os.environ.get("POSTEMB_NUM_THREADS") or 0) or torch.get_num_threads()
     hidden, intermediate, _ = model_dims()
     share = int8_share()
+    ov_rest = {"bf16": "bf16", "f32": "fp32"}[compile_config("int8")["INFERENCE_PRECISION_HINT"]]  # int8's float part
     fpt = flops_per_token()
     workloads = [("short", short_posts(args.n))]
     if args.long:
@@ -164,7 +167,7 @@ def main(argv=None) -> int:
     load_start = os.getloadavg()[0]
     print(f"# {date.today()} | {cpu_name()} | {os.cpu_count()} CPUs | load {load_start:.2f} | torch "
           f"{torch.__version__} threads {torch.get_num_threads()} | matmul ceilings: per workload, below the table "
-          f"| {fpt / 1e6:.1f} MFLOP/token | int8 model: {share:.0%} of matmul FLOPs in int8\n")
+          f"| {fpt / 1e6:.1f} MFLOP/token | int8 models: {share:.0%} of matmul FLOPs in int8\n")
     print("| workload | provider | posts/s | tokens/s | x baseline | cosine min / mean vs torch fp32 | overlap@10 "
           "| % of its ceiling |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
@@ -195,9 +198,9 @@ def main(argv=None) -> int:
                 row.update(cos_min=float(cos.min()), cos_mean=float(cos.mean()),
                            max_abs_err=float(np.abs(out - ref).max()))
             precision = getattr(encoders[name], "precision", "fp32")  # "auto" as resolved at load
-            # OpenVINO's int8 runs every one of the encoder's matmuls in int8 (compress_int8)
-            row_share = 1.0 if getattr(encoders[name], "backend", "") == "openvino" else share
-            fraction = ideal_seconds(tokens, fpt, precision, ceils, row_share) / seconds
+            # OpenVINO's int8 runs the matmuls it leaves float at its inference precision
+            rest = ov_rest if getattr(encoders[name], "backend", "") == "openvino" else "fp32"
+            fraction = ideal_seconds(tokens, fpt, precision, ceils, share, rest) / seconds
             cell = ceil.fraction_cell(fraction)
             if not np.isfinite(fraction):  # a GEMM no library ran: nothing to check the row against
                 row.update(precision=precision, fraction_of_ceiling=None, over_ceiling=None)

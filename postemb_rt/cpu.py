@@ -38,5 +38,7 @@ def native_bf16(flags: set[str] | None = None, environ=None) -> bool:
 def vnni512(flags: set[str] | None = None, environ=None) -> bool:
     """True when OpenVINO's int8 matmuls run natively here: the CPU has AVX512-VNNI or AMX-INT8
     and ONEDNN_MAX_CPU_ISA does not hold oneDNN below them. Measured with AVX512-VNNI (Zen 5,
-    RESULTS.md "int8 on OpenVINO"); the AMX CPUs have it too. Elsewhere int8 stays on onnxruntime."""
+    RESULTS.md "Static int8 on OpenVINO"); the AMX CPUs have it too. Held below VNNI it was no
+    faster than onnxruntime's int8 (AVX512_CORE) or slower than fp32 (AVX2), so elsewhere int8
+    stays on onnxruntime."""
     return _native({"avx512_vnni", "amx_int8"}, "AVX512_CORE_VNNI", flags, environ)

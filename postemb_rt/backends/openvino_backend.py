@@ -11,16 +11,18 @@ matmuls through oneDNN with AMX tiles where the CPU has them. Precisions:
 - ``bf16``: ``INFERENCE_PRECISION_HINT=bf16``; offered only where the CPU plugin lists BF16
   among its capabilities (AVX512-BF16 or AMX), and gated by the fidelity bar like every fast
   CPU precision (``postemb_rt.fidelity``).
-- ``int8``: the encoder's token-level matmuls (``compress_int8``: query/key/value, attention
-  output, both feed-forward layers) get int8 weights, one scale per output channel, and the
-  plugin quantizes their activations to int8 as it runs (``DYNAMIC_QUANTIZATION_GROUP_SIZE``:
-  one scale per group of ``INT8_GROUP`` values of each token), so the matmuls run int8 x int8
-  (VNNI, or AMX tiles where the CPU has them); everything else at bf16 where the CPU has it
+- ``int8``: static int8 on the matmuls the onnxruntime recipe quantizes
+  (``onnx_export.int8_nodes``: every layer's query/key/value, attention output and
+  feed-forward up-projection, and the second half's down-projections), after the same
+  SmoothQuant smoothing (``onnx_export.smooth_int8``, calibrated once on TweetEval *train*
+  posts and cached under ``POSTEMB_CACHE``). ``quantize_static`` puts OpenVINO's FakeQuantize
+  in front of each: weights symmetric, one scale per output channel; inputs one scale per
+  tensor, from the calibration maxima (post-GELU inputs asymmetric, from GELU's minimum), and
+  the CPU plugin's low-precision transformations turn each into an int8 x int8 matmul (VNNI,
+  or AMX tiles where the CPU has them). Everything else runs at bf16 where the CPU has it
   natively, else f32. Offered only where the CPU has AVX512-VNNI or AMX
-  (``postemb_rt.cpu.vnni512``; held to AVX2, the plugin's int8 matmuls fail to compile). No
-  calibration data and nothing written to disk: the weights are quantized in memory at load
-  (well under a second). Gated by the fidelity bar like every fast CPU precision; measured in
-  benchmarks/RESULTS.md ("int8 on OpenVINO").
+  (``postemb_rt.cpu.vnni512``). Gated by the fidelity bar like every fast CPU precision;
+  measured in benchmarks/RESULTS.md ("Static int8 on OpenVINO").
 
 One compiled model per backend; one infer request per calling thread (an infer request is
 not thread-safe, the compiled model is). ``POSTEMB_NUM_THREADS`` sets the plugin's threads
@@ -34,16 +36,15 @@ import threading
 import numpy as np
 
 from ..cpu import native_bf16 as cpu_native_bf16, vnni512
+from ..durable import read_json
 from ..errors import BackendUnavailableError, ValidationError
 from ..ops.masked_mean_pool_l2 import CpuPooler
 from .base import Backend
 from .onnx_backend import _projection
 
 PRECISIONS = ("fp32", "bf16", "int8")
-# int8: the activations' dynamic quantization group. Measured on 2,000 short posts (RESULTS.md): 32
-# is more faithful and no faster than 64; 128 is a little faster and less faithful; a group must
-# divide both matmul depths (384 and 1,536), so 256 falls back to a slow path.
-INT8_GROUP = 64
+GELU_MIN = -0.1700  # erf GELU's minimum (-0.16997, at x = -0.7518): no post-GELU value is lower
+INT8_STATIC_RECIPE = 1  # bump when quantize_static changes: cached fidelities are keyed by it
 
 
 def native_bf16(core=None) -> bool:
@@ -57,32 +58,35 @@ def native_bf16(core=None) -> bool:
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") and cpu_native_bf16()
 
 
-def compress_int8(model) -> int:
-    """Quantize, in place, the weights of ``model``'s (an ``openvino.Model`` of our export)
-    token-level matmuls to int8, symmetric, one scale per output channel: each constant weight
-    becomes Constant(i8) -> Convert(f32) -> Multiply(scale), the pattern the CPU plugin runs as
-    a compressed FullyConnected. Only matmuls over (batch, tokens, features) inputs: the
-    projection after pooling (one row per post, a negligible share of the time) keeps its
-    float weights; the plugin computed it wrongly with int8 weights in testing (OpenVINO
-    2026.4). Returns how many matmuls were quantized."""
-    import openvino as ov
+def quantize_static(model, ranges: dict[str, float]) -> int:
+    """Put a FakeQuantize on both inputs of each token-level matmul of ``model`` (an
+    ``openvino.Model`` of our export) whose input tensor is named in ``ranges`` ({tensor name:
+    the largest |value| it takes}, ``int8_ranges.json`` of
+    ``onnx_export.smoothed_for_static_int8``), in place: the weight symmetric (255 levels, zero
+    exact), one scale per output channel; the input one scale per tensor, [-r, r] in 255 levels,
+    or [GELU_MIN, r] in 256 where a GELU makes it. The CPU plugin runs each such matmul int8 x
+    int8. Only matmuls over (batch, tokens, features) with a constant weight: the projection
+    after pooling keeps its float weights. Returns how many matmuls were quantized."""
     from openvino import opset13 as ops
 
     n = 0
     for op in model.get_ordered_ops():
         if op.get_type_name() != "MatMul" or op.input(0).get_partial_shape().rank.get_length() != 3:
             continue
+        src = op.input(0).get_source_output()
         weight = op.input(1).get_source_output().get_node()
-        if weight.get_type_name() != "Constant" or len(weight.get_output_shape(0)) != 2:
+        r = next((ranges[name] for name in src.get_names() if name in ranges), None)
+        if r is None or weight.get_type_name() != "Constant" or len(weight.get_output_shape(0)) != 2:
             continue
+        lo, levels = (GELU_MIN, 256) if src.get_node().get_type_name() == "Gelu" else (-r, 255)
+        a_lo, a_hi = ops.constant(np.float32(lo)), ops.constant(np.float32(r))
+        op.input(0).replace_source_output(ops.fake_quantize(src, a_lo, a_hi, a_lo, a_hi, levels).output(0))
         w = weight.get_data().astype(np.float32)
         depth_axis = 1 if op.get_attributes()["transpose_b"] else 0  # W is (K, N), or (N, K) transposed
-        scale = np.abs(w).max(axis=depth_axis, keepdims=True) / 127.0
-        scale[scale == 0] = 1.0
-        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
-        deq = ops.multiply(ops.convert(ops.constant(q, dtype=ov.Type.i8), ov.Type.f32),
-                           ops.constant(scale.astype(np.float32)))
-        op.input(1).replace_source_output(deq.output(0))
+        w_hi = np.abs(w).max(axis=depth_axis, keepdims=True)
+        w_hi[w_hi == 0] = 1.0
+        w_lo, w_hi = ops.constant(-w_hi), ops.constant(w_hi)
+        op.input(1).replace_source_output(ops.fake_quantize(weight.output(0), w_lo, w_hi, w_lo, w_hi, 255).output(0))
         n += 1
     model.validate_nodes_and_infer_types()
     return n
@@ -91,9 +95,8 @@ def compress_int8(model) -> int:
 def compile_config(precision: str, **extra) -> dict:
     """The CPU plugin's configuration for one of our precisions (``extra``: more properties,
     e.g. ``PERF_COUNT="YES"`` for benchmarks/profile_cpu.py)."""
-    if precision == "int8":  # int8 matmuls, dynamic activations; the rest as fast as is native here
+    if precision == "int8":  # int8 matmuls (quantize_static); the rest as fast as is native here
         hint = "bf16" if cpu_native_bf16() else "f32"
-        extra = {"DYNAMIC_QUANTIZATION_GROUP_SIZE": INT8_GROUP, **extra}
     else:
         hint = {"fp32": "f32", "bf16": "bf16"}[precision]
     config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", **extra}
@@ -139,10 +142,17 @@ class OpenVinoBackend(Backend):
         self.onnx_model = onnx_md
         self.onnx_path = onnx_md.onnx_path
         self.int8_matmuls = 0
+        self._ranges = None
         config = compile_config(precision)
+        if precision == "int8":  # the smoothed graph and its calibrated ranges (cached after first use)
+            from ..onnx_export import STATIC_RANGES_FILE, cached_smoothed_for_static_int8
+
+            smoothed = cached_smoothed_for_static_int8(onnx_md)
+            self.onnx_path = smoothed.onnx_path
+            self._ranges = read_json(smoothed.path / STATIC_RANGES_FILE, STATIC_RANGES_FILE,
+                                     fix=f"delete {smoothed.path} so that it is calibrated again")
+            self.numerics = f"-static{INT8_STATIC_RECIPE}-{config['INFERENCE_PRECISION_HINT']}-{smoothed.path.name}"
         self._compiled = core.compile_model(self.ov_model(core), "CPU", config)
-        if precision == "int8":
-            self.numerics = f"g{INT8_GROUP}-{config['INFERENCE_PRECISION_HINT']}"
         outputs = {name for o in self._compiled.outputs for name in o.get_names()}
         pooling = onnx_md.config.onnx_pooling
         need = {"embedding", "pooled"} if pooling == "graph" else {"last_hidden_state"}
@@ -157,13 +167,14 @@ class OpenVinoBackend(Backend):
         self._version = ov.__version__
 
     def ov_model(self, core):
-        """The ``openvino.Model`` this backend compiles: our export, int8-quantized for ``int8``."""
+        """The ``openvino.Model`` this backend compiles: our export; for ``int8``, its smoothed copy
+        with ``quantize_static``'s FakeQuantize nodes."""
         model = core.read_model(str(self.onnx_path))
         if self.precision == "int8":
-            self.int8_matmuls = compress_int8(model)
+            self.int8_matmuls = quantize_static(model, self._ranges)
             if not self.int8_matmuls:
-                raise ValidationError(f"`{self.onnx_path}` has no token-level matmul with constant weights to "
-                                      "quantize to int8. Fix: re-export it with export/export_onnx.py.")
+                raise ValidationError(f"`{self.onnx_path}` has no token-level matmul with a constant weight whose "
+                                      "input is calibrated. Fix: re-export it with export/export_onnx.py.")
         return model
 
     def _request(self):
@@ -183,8 +194,8 @@ class OpenVinoBackend(Backend):
         out = {**super().describe(), "onnx_path": str(self.onnx_path), "openvino": self._version,
                "inference_precision": str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))}
         if self.precision == "int8":
-            out["int8"] = (f"{self.int8_matmuls} matmuls: int8 weights (per output channel) x int8 activations "
-                           f"(quantized at run time, groups of {INT8_GROUP})")
+            out["int8"] = (f"{self.int8_matmuls} matmuls int8 x int8: weights per output channel, inputs one "
+                           "static scale per tensor (calibrated on TweetEval train posts, after SmoothQuant)")
         return out
 
     def close(self) -> None:
