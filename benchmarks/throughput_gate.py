@@ -10,10 +10,15 @@ Rows, all on the model sentence-transformers runs (``base``), so a ratio is the 
   the baseline (benchmarks/bench_encode.py's ``make_encode``, as benchmarks/compare.py).
 - ``auto``: ``backend="auto"`` at the library's default precision, fp32 (exact): what a user gets
   without choosing anything.
-- ``fastest``: our fastest faithful path on this CPU as the runtime picks it, ``precision="auto"``
+- ``fastest``: the fast path the runtime picks by itself (what ``postemb serve`` runs), ``precision="auto"``
   (backends.precision_candidates: bf16 where the CPU computes it natively, AVX512-BF16 or AMX,
   else int8, each only if it clears the fidelity bar; README "Fast precisions"), on
   ``backend="auto"``. Its first load measures its fidelity, which is part of the gate's time.
+- ``int8``: ``precision="int8"`` on ``backend="auto"`` (OpenVINO's static int8 where the CPU has
+  AVX512-VNNI or AMX, else onnxruntime's; README "Fast precisions"): opt-in, and faster than
+  ``precision="auto"`` where ``auto`` picks bf16 (Zen 5), so the fastest faithful path is the
+  faster of this row and ``fastest``. Its first load calibrates it (once, cached) and measures
+  its fidelity, also part of the gate's time.
 
 Workload: the first ``--n`` short posts (postemb_rt/data.py ``short_posts``). One untimed warm-up
 pass over 64 posts, then ``--rounds`` interleaved rounds (every row once per round, rotating who
@@ -34,6 +39,9 @@ real regression (a lost thread, a fast path silently running fp32) does:
 - fastest 1.5: today 3.91x (bf16) on the Intel AMX Xeon and 2.35x (bf16) - 2.76x (int8) on AMD
   Zen 4; 1.5 is 0.64x of the lowest. An fp32 path (1.3-1.6x) or a one-thread run sits below or at
   it; a CPU without VNNI or BF16 has never been measured (README "Benchmarks").
+- int8 1.5: today 2.49x (onnxruntime's) on the Intel AMX Xeon before OpenVINO, 2.76x (onnxruntime's)
+  on Zen 4, 6.6-7.3x (OpenVINO's) on Zen 5; 1.5 is 0.6x of the lowest. int8 silently running as
+  float32, or on one thread, falls to or below it.
 
 Output: a table in the log (CPU model and the flags that pick the path, date, load average before
 and after), and with ``--json`` every round's seconds and ratios, the medians, floors and verdict.
@@ -56,9 +64,9 @@ from postemb_rt.cpu import cpu_flags  # noqa: E402
 from benchmarks.compare import cpu_name, measure_interleaved  # noqa: E402
 
 BASELINE = "sentence-transformers"
-FLOORS = {"auto": 0.9, "fastest": 1.5}
+FLOORS = {"auto": 0.9, "fastest": 1.5, "int8": 1.5}
 # The rows as bench_encode.make_encode providers (backend:precision).
-PROVIDERS = {"auto": "auto:fp32", "fastest": "auto:auto"}
+PROVIDERS = {"auto": "auto:fp32", "fastest": "auto:auto", "int8": "auto:int8"}
 # The CPU flags that decide the fast path, shown in the table.
 SHOWN_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 WARMUP_POSTS = 64
@@ -104,10 +112,11 @@ def interleaved_seconds(encoders: dict, texts, rounds: int) -> tuple[dict[str, l
 
 
 def load_rows(model: str, fastest: str) -> tuple[dict, dict]:
-    """({row: texts -> (n, d) float32}, {row: what runs}) for the baseline, auto and fastest rows."""
+    """({row: texts -> (n, d) float32}, {row: what runs}) for the baseline and our rows (``fastest``:
+    the provider given for that row)."""
     encoders = {BASELINE: make_encode(BASELINE)}
     what = {BASELINE: "SentenceTransformer(base), fp32, batch 32"}
-    for row, provider in (("auto", PROVIDERS["auto"]), ("fastest", fastest)):
+    for row, provider in {**PROVIDERS, "fastest": fastest}.items():
         encoders[row] = make_encode(provider, model)
         what[row] = f"{provider} -> {encoders[row].backend}, {encoders[row].precision}"
     return encoders, what
@@ -187,6 +196,7 @@ def main(argv=None) -> int:
                    "(default %(default)s)")
     p.add_argument("--floor-auto", type=float, default=FLOORS["auto"])
     p.add_argument("--floor-fastest", type=float, default=FLOORS["fastest"])
+    p.add_argument("--floor-int8", type=float, default=FLOORS["int8"])
     p.add_argument("--fastest", default=None, help="force the fastest row's backend:precision (default: "
                    "auto:auto, the runtime's own choice); e.g. onnxruntime:fp32 to see the gate fail")
     p.add_argument("--ours-threads", type=int, default=None, help="intra-op threads for our rows "
@@ -202,8 +212,8 @@ def main(argv=None) -> int:
         if args.ours_threads < 1:
             p.error(f"--ours-threads must be >= 1. Given: {args.ours_threads}.")
         os.environ["POSTEMB_NUM_THREADS"] = str(args.ours_threads)
-    report = run(args.n, args.rounds, {"auto": args.floor_auto, "fastest": args.floor_fastest}, args.model,
-                 args.fastest)
+    floors = {"auto": args.floor_auto, "fastest": args.floor_fastest, "int8": args.floor_int8}
+    report = run(args.n, args.rounds, floors, args.model, args.fastest)
     print("\n".join(table(report)), flush=True)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

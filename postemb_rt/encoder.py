@@ -77,13 +77,13 @@ class Encoder:
             "torch", "onnxruntime", "openvino" or "tensorrt" (a directory built by export/build_engine.py).
         device: "auto", "cpu" or "cuda[:N]".
         precision: "fp32" (exact, the default). On CPU also "bf16" (OpenVINO or torch, native bf16
-            CPUs) and "int8" (OpenVINO: int8 weights and int8 activations quantized as it runs; or
+            CPUs) and "int8" (OpenVINO: static int8 matmuls, calibrated on first use; or
             onnxruntime, quantized on first use), each offered only when its
             fidelity to fp32, measured on real posts on first use and cached, clears
             postemb_rt.fidelity.THRESHOLDS (else FidelityError). On CUDA "fp16" / "bf16" (torch,
-            or a tensorrt engine built so). "auto": the fastest precision that clears the bar on
-            this CPU (backends.precision_candidates: bf16 where the CPU has it natively, else
-            int8, else fp32); ``describe()["precision_reason"]`` says which ran and why. The
+            or a tensorrt engine built so). "auto": the first precision that clears the bar on
+            this CPU of (backends.precision_candidates) bf16 where the CPU has it natively, else
+            int8, else fp32 (bf16 before a faster int8: it is much closer to fp32); ``describe()["precision_reason"]`` says which ran and why. The
             vectors' version says the precision (``vector_version``).
         max_length: tokens per post after truncation (default: the model's, 256).
         max_batch_tokens: padded tokens per batch (rows x longest row); default: the backend's.

@@ -16,7 +16,8 @@ flags, e.g. onnxruntime PR 20215), so onnxruntime still runs this CPU's best ker
 and the int8 tests are left out of them (``-k "not int8"``; they are also the slowest): in both
 passes int8 runs on onnxruntime, since OpenVINO's int8 is offered only from AVX512-VNNI up
 (``postemb_rt.cpu.vnni512``; held below it, its int8 matmuls ran slower or no faster, and less
-exactly: a small test graph's int8 matmul was off by 12% of its range, against under 1% with VNNI). Nor does anything that reads the CPU's features itself change: /proc/cpuinfo, torch's
+exactly: a small test graph's int8 matmul was off by 12% of its range, against under 1% with
+VNNI). Nor does anything that reads the CPU's features itself change: /proc/cpuinfo, torch's
 ``_is_mkldnn_bf16_supported``, OpenVINO's OPTIMIZATION_CAPABILITIES. tests/test_isa_emulation.py
 checks that each pass's variables take effect.
 """

@@ -121,3 +121,6 @@ def test_the_real_gate_fails_when_our_runtime_is_slowed(tmp_path):
     assert fastest["what"] == "onnxruntime:fp32 -> onnxruntime, fp32" and fastest["why"] == "forced by --fastest"
     assert report["threads_env"] == "1" and len(fastest["ratios"]) == 3
     assert "FAIL: fastest: median" in r.stdout and "| fastest |" in r.stdout
+    # the int8 row runs too, on the backend auto picks for int8 here, one thread like the others
+    assert report["rows"]["int8"]["what"].startswith("auto:int8 -> ") and report["rows"]["int8"]["what"].endswith(", int8")
+    assert "| int8 |" in r.stdout

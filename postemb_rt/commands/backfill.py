@@ -63,7 +63,7 @@ def register(sub) -> None:
     p.add_argument("--input", required=True, help="folder (or file) of .parquet or .jsonl posts with id, text")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--model", default="default", help="'default', 'base' or a model directory (default: default)")
-    p.add_argument("--backend", default="auto", help="auto, torch or onnxruntime (default: auto)")
+    p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or openvino (default: auto)")
     p.add_argument("--num-workers", type=int, default=None,
                    help="model actors (default: the cluster's CPUs // --threads-per-worker)")
     p.add_argument("--threads-per-worker", type=int, default=1,

@@ -45,5 +45,5 @@ def register(sub) -> None:
     p.add_argument("--n", type=int, default=2000, help="posts to embed (default: 2000)")
     p.add_argument("--queries", type=int, default=3, help="posts to show neighbours for (default: 3)")
     p.add_argument("--model", default="default", help="model name or directory (default: default)")
-    p.add_argument("--backend", default="auto", help="auto, torch or onnxruntime (default: auto)")
+    p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or openvino (default: auto)")
     p.set_defaults(func=run)

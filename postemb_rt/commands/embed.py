@@ -176,7 +176,7 @@ def register(sub) -> None:
     p.add_argument("input", metavar="INPUT", help="posts: .txt, .jsonl or .parquet")
     p.add_argument("--out", required=True, help="embeddings: .npy or .parquet")
     p.add_argument("--model", default="default", help="'default', 'base' or a model directory (default: default)")
-    p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt (default: auto)")
+    p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime, openvino or tensorrt (default: auto)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--precision", default="fp32",
                    help="fp32 (exact); on CPU bf16 or int8 (gated by measured fidelity, see README \"Fast precisions\"); "

@@ -39,7 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group", default="embedder", help="consumer group (default: embedder)")
     p.add_argument("--consumer", default=None, help="consumer name, unique per live worker (default: HOST-PID)")
     p.add_argument("--model", default="default", help="model name or directory (default: default)")
-    p.add_argument("--backend", default="auto", help="auto | torch | onnxruntime (default: auto)")
+    p.add_argument("--backend", default="auto", help="auto | torch | onnxruntime | openvino (default: auto)")
     p.add_argument("--long-posts", choices=["truncate", "chunk"], default="truncate",
                    help="posts longer than max_length: truncate, or chunk (embed them whole) (default: truncate)")
     p.add_argument("--precision", default="fp32", help="fp32 (exact), or bf16 / int8 on CPU (gated by measured "

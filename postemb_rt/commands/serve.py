@@ -183,9 +183,9 @@ def register(sub) -> None:
                         "several (the first is the default; served as NAME, else as the model's model_version; "
                         "comma-separated in the environment) (default: default)")
     p.set_defaults(models=None)
-    p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or tensorrt (default: auto)")
-    p.add_argument("--precision", default="auto", help="auto (the fastest precision that clears the fidelity bar "
-                   "on this CPU: bf16 with native bf16, else int8, else fp32; /info says which and why, and the "
+    p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime, openvino or tensorrt (default: auto)")
+    p.add_argument("--precision", default="auto", help="auto (the first precision that clears the fidelity bar "
+                   "on this CPU of: bf16 with native bf16, else int8, else fp32; /info says which and why, and the "
                    "vector version carries it), fp32 (exact), bf16 or int8 on CPU, fp16/bf16 on CUDA (default: auto)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto: CUDA when torch sees a GPU)")
     p.add_argument("--max-batch-tokens", type=int, default=None, help="padded tokens per model call, rows x longest "
