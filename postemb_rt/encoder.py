@@ -83,8 +83,9 @@ class Encoder:
             postemb_rt.fidelity.THRESHOLDS (else FidelityError). On CUDA "fp16" / "bf16" (torch,
             or a tensorrt engine built so). "auto": the first precision that clears the bar on
             this CPU of (backends.precision_candidates) bf16 where the CPU has it natively, else
-            int8, else fp32 (bf16 before a faster int8: it is much closer to fp32); ``describe()["precision_reason"]`` says which ran and why. The
-            vectors' version says the precision (``vector_version``).
+            int8, else fp32 (bf16 before a faster int8: it is much closer to fp32);
+            ``describe()["precision_reason"]`` says which ran and why. The vectors' version says
+            the precision (``vector_version``).
         max_length: tokens per post after truncation (default: the model's, 256).
         max_batch_tokens: padded tokens per batch (rows x longest row); default: the backend's.
         long_posts: "truncate" (cut posts at max_length) or "chunk" (embed the whole post as windows

@@ -118,7 +118,7 @@ def choose(model: ModelDir, device: str, precision: str = "fp32") -> tuple[str, 
 def precision_candidates(model: ModelDir, device: str, backend: str = "auto") -> tuple[list[str], str]:
     """precision="auto": (the precisions to try, in order, each gated by the fidelity bar at
     load; why). On CPU: bf16 where the CPU has native bf16 (AVX512-BF16 or AMX), then int8, then
-    fp32. bf16 comes before int8 even where int8 is faster (OpenVINO's int8, 1.4x bf16 on Zen 5):
+    fp32. bf16 comes before int8 even where int8 is faster (OpenVINO's int8, 1.3-1.4x bf16 on Zen 5):
     it is far closer to fp32 (RESULTS.md, "Static int8 on OpenVINO"). On CUDA: fp32 (the fast CUDA
     precisions are not fidelity-gated at load; ask for fp16 / bf16 by name). ``backend`` narrows the list to what that backend runs."""
     if device.startswith("cuda"):
