@@ -91,7 +91,7 @@ def test_int8_on_openvino_quantizes_the_recipe_matmuls_and_clears_the_bar(base_o
     assert cos.min() < EXACT_COS and np.abs(got - want).max() > EXACT_ATOL
 
 
-def test_static_int8_puts_fake_quantize_on_calibrated_token_matmuls_only():
+def test_static_int8_puts_fake_quantize_on_calibrated_token_matmuls_only(caplog):
     import openvino as ov
     import torch
     from openvino import opset13 as ops
@@ -118,6 +118,9 @@ def test_static_int8_puts_fake_quantize_on_calibrated_token_matmuls_only():
     gelu = torch.nn.functional.gelu(torch.from_numpy(inp)).numpy()
     ranges = {"x": float(np.abs(inp).max()), "x_gelu": float(gelu.max())}
 
+    # a calibrated tensor the graph lacks: its matmul cannot be quantized, and the log says so
+    assert quantize_static(model.clone(), {**ranges, "not in the graph": 1.0}) == 2
+    assert "1 of the 3 calibrated matmul inputs feed no token-level matmul" in caplog.text
     assert quantize_static(model, ranges) == 2
     fqs = [op for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
     assert len(fqs) == 4  # input and weight of a and b

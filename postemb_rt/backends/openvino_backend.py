@@ -30,6 +30,7 @@ not thread-safe, the compiled model is). ``POSTEMB_NUM_THREADS`` sets the plugin
 """
 from __future__ import annotations
 
+import logging
 import os
 import threading
 
@@ -42,6 +43,7 @@ from ..ops.masked_mean_pool_l2 import CpuPooler
 from .base import Backend
 from .onnx_backend import _projection
 
+log = logging.getLogger("postemb_rt")
 PRECISIONS = ("fp32", "bf16", "int8")
 GELU_MIN = -0.1700  # erf GELU's minimum (-0.16997, at x = -0.7518): no post-GELU value is lower
 INT8_STATIC_RECIPE = 1  # bump when quantize_static changes: cached fidelities are keyed by it
@@ -66,18 +68,22 @@ def quantize_static(model, ranges: dict[str, float]) -> int:
     exact), one scale per output channel; the input one scale per tensor, [-r, r] in 255 levels,
     or [GELU_MIN, r] in 256 where a GELU makes it. The CPU plugin runs each such matmul int8 x
     int8. Only matmuls over (batch, tokens, features) with a constant weight: the projection
-    after pooling keeps its float weights. Returns how many matmuls were quantized."""
+    after pooling keeps its float weights. Returns how many matmuls were quantized; warns when a
+    tensor named in ``ranges`` feeds none of them (its matmul then runs in float)."""
     from openvino import opset13 as ops
 
     n = 0
+    used = set()
     for op in model.get_ordered_ops():
         if op.get_type_name() != "MatMul" or op.input(0).get_partial_shape().rank.get_length() != 3:
             continue
         src = op.input(0).get_source_output()
         weight = op.input(1).get_source_output().get_node()
-        r = next((ranges[name] for name in src.get_names() if name in ranges), None)
-        if r is None or weight.get_type_name() != "Constant" or len(weight.get_output_shape(0)) != 2:
+        name = next((name for name in src.get_names() if name in ranges), None)
+        if name is None or weight.get_type_name() != "Constant" or len(weight.get_output_shape(0)) != 2:
             continue
+        r = ranges[name]
+        used.add(name)
         lo, levels = (GELU_MIN, 256) if src.get_node().get_type_name() == "Gelu" else (-r, 255)
         a_lo, a_hi = ops.constant(np.float32(lo)), ops.constant(np.float32(r))
         op.input(0).replace_source_output(ops.fake_quantize(src, a_lo, a_hi, a_lo, a_hi, levels).output(0))
@@ -89,6 +95,11 @@ def quantize_static(model, ranges: dict[str, float]) -> int:
         op.input(1).replace_source_output(ops.fake_quantize(weight.output(0), w_lo, w_hi, w_lo, w_hi, 255).output(0))
         n += 1
     model.validate_nodes_and_infer_types()
+    missing = sorted(set(ranges) - used)
+    if missing:
+        log.warning("int8: %d of the %d calibrated matmul inputs feed no token-level matmul with a constant "
+                    "weight in the OpenVINO graph, so their matmuls run in float: %s", len(missing), len(ranges),
+                    ", ".join(missing[:3]) + (" ..." if len(missing) > 3 else ""))
     return n
 
 
