@@ -117,7 +117,7 @@ def openvino_profile(enc, texts, repeats: int = 10) -> tuple[tuple, float, dict[
     backend = enc.backend
     ids, mask = median_batch(enc, texts)
     core = ov.Core()
-    model = backend.ov_model(core)  # int8: the weights quantized as the backend does
+    model = backend.ov_model(core)  # int8: the smoothed graph quantized as the backend does
     model.reshape({"input_ids": ids.shape, "attention_mask": mask.shape})
     request = core.compile_model(model, "CPU", compile_config(backend.precision, PERF_COUNT="YES")).create_infer_request()
     feed = {"input_ids": ids, "attention_mask": mask}

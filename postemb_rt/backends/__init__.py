@@ -84,9 +84,8 @@ def choose(model: ModelDir, device: str, precision: str = "fp32") -> tuple[str, 
         if model.encoder_path is None and model.config.precision == "int8":
             return "onnxruntime", "the model directory holds an int8 ONNX model (onnxruntime's quantization)"
         if has_ov and cpu and cpu_vnni512():
-            return "openvino", ("precision int8 on CPU: OpenVINO (AVX512-VNNI or AMX here; int8 weights, int8 "
-                                "activations quantized at run time; faster and closer to fp32 than onnxruntime's "
-                                "int8, RESULTS.md)")
+            return "openvino", ("precision int8 on CPU: OpenVINO (AVX512-VNNI or AMX here; static int8 from "
+                                "calibrated ranges; faster and closer to fp32 than onnxruntime's int8, RESULTS.md)")
         return "onnxruntime", ("precision int8 runs on onnxruntime (dynamic int8 quantization); " +
                                ("openvino's int8 runs only on AVX512-VNNI or AMX CPUs" if has_ov else
                                 "openvino, the faster int8 backend, is not installed"))
