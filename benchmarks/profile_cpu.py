@@ -1,7 +1,9 @@
 """Where the CPU time of one precision goes, over ``Encoder.encode`` on the short-post
 workload. torch backend: torch.profiler, operators grouped into matmuls, attention, layer
 norm, GELU, other element-wise work, dtype casts and the rest (tokenizer, pooling kernel,
-Python). onnxruntime backend: the session's own profiler, time per node op type (a second
+Python), then the oneDNN primitives the run executed, from oneDNN's verbose mode, per
+implementation (a bf16 matmul runs ``brg_matmul:avx512_core_bf16`` on AVX512-BF16,
+``brg_matmul:avx512_core_amx`` on AMX tiles; fp32 matmuls go to MKL, not oneDNN). onnxruntime backend: the session's own profiler, time per node op type (a second
 session on the same model file with profiling on replaces the encoder's for the run).
 openvino backend: the CPU plugin's performance counters (``PERF_COUNT``) over the workload's
 median batch, the model compiled at that static shape (see ``openvino_profile``), time per node
@@ -55,6 +57,51 @@ def print_shares(header: str, by: dict[str, float], wall: float, ms: bool = Fals
     print(f"| {header} | {'ms' if ms else 'seconds'} | share |\n|---|---:|---:|")
     for g, sec in sorted(by.items(), key=lambda kv: -kv[1]):
         print(f"| {g} | {sec * 1e3:.1f} | {sec / wall:.0%} |" if ms else f"| {g} | {sec:.2f} | {sec / wall:.0%} |")
+
+
+def parse_onednn_verbose(text: str) -> dict[str, tuple[int, float]]:
+    """{"primitive: implementation": (calls, seconds)} from oneDNN's verbose output: its
+    ``primitive,exec`` lines (``onednn_verbose,v1,primitive,exec,cpu,matmul,brg_matmul:avx512_core_bf16,
+    ...,640x384:384x1536,1.07``; the last field is the time in ms). Other lines are ignored."""
+    out: dict[str, tuple[int, float]] = {}
+    for line in text.splitlines():
+        f = line.split(",")
+        if f[0] != "onednn_verbose" or "exec" not in f[:5]:
+            continue
+        i = f.index("exec")
+        if f[i - 1] == "graph" or len(f) < i + 4:
+            continue
+        try:
+            ms = float(f[-1])
+        except ValueError:
+            continue
+        key = f"{f[i + 2]}: {f[i + 3]}"
+        calls, sec = out.get(key, (0, 0.0))
+        out[key] = (calls + 1, sec + ms / 1e3)
+    return out
+
+
+def onednn_kernels(run) -> dict[str, tuple[int, float]]:
+    """{"primitive: implementation": (calls, seconds)} of the oneDNN primitives ``run()``
+    executes in this process: torch's switch for oneDNN's verbose mode around the call, its
+    output (written by C to file descriptor 1) captured in a temporary file."""
+    import tempfile
+
+    import torch
+
+    with tempfile.TemporaryFile(mode="w+") as log:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        os.dup2(log.fileno(), 1)
+        try:
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                run()
+        finally:
+            sys.stdout.flush()
+            os.dup2(saved, 1)
+            os.close(saved)
+        log.seek(0)
+        return parse_onednn_verbose(log.read())
 
 
 def rate(enc, texts) -> float:
@@ -197,6 +244,17 @@ def main(argv=None) -> None:
     by["not in aten operators (tokenizer, pooling kernel, Python)"] = max(wall - ops, 0.0)
     print(f"eager {args.precision}: {eager:.1f} posts/s; profiled run {wall:.2f} s ({threads} threads)")
     print_shares("where", by, wall)
+    t0 = time.perf_counter()
+    kernels = onednn_kernels(lambda: enc.encode(texts))
+    wall = time.perf_counter() - t0
+    print()
+    if kernels:
+        print(f"oneDNN primitives of one more run ({wall:.2f} s, verbose mode on), by implementation:\n"
+              f"| primitive: implementation | calls | seconds | share |\n|---|---:|---:|---:|")
+        for k, (calls, sec) in sorted(kernels.items(), key=lambda kv: -kv[1][1]):
+            print(f"| {k} | {calls} | {sec:.2f} | {sec / wall:.0%} |")
+    if not any(k.startswith("matmul:") for k in kernels):
+        print(f"no oneDNN matmul ran at {args.precision} (torch's fp32 matmuls go to MKL, not oneDNN)")
     if args.compile:
         backend = enc.backend
         model = backend._model

@@ -1,7 +1,8 @@
-"""benchmarks/profile_cpu.py's OpenVINO profile: the counters it sums are the inference's own."""
+"""benchmarks/profile_cpu.py: the OpenVINO profile's counters are the inference's own; the oneDNN
+kernel table reads oneDNN's verbose lines and captures them from this process."""
 import pytest
 
-from benchmarks.profile_cpu import median_batch, openvino_profile
+from benchmarks.profile_cpu import median_batch, onednn_kernels, openvino_profile, parse_onednn_verbose
 
 TEXTS = [f"post {i}: " + "word " * (i % 37) for i in range(300)]
 
@@ -24,3 +25,34 @@ def test_openvino_profile_counts_add_up_to_the_inference_and_name_the_kernels():
     assert max(by, key=by.get) == "FullyConnected"  # the matmuls dominate a 6-layer encoder
     assert sum(impl.values()) == pytest.approx(nodes) and any(k.startswith("FullyConnected: ") for k in impl)
     assert enc.backend._compiled is compiled and shape[0] <= 64  # profiled on its own compiled copy
+
+
+VERBOSE = """onednn_verbose,v1,info,cpu,isa:Intel AVX-512 with Intel DL Boost and bfloat16 support
+onednn_verbose,v1,primitive,info,template:operation,engine,primitive,implementation,prop_kind,memory_descriptors,attributes,auxiliary,problem_desc,exec_time
+onednn_verbose,v1,primitive,exec,cpu,matmul,brg_matmul:avx512_core_amx,undef,src:bf16::blocked:ab::f0,attr-scratchpad:user,,640x384:384x1536,1.5
+onednn_verbose,v1,primitive,create:cache_miss,cpu,matmul,brg_matmul:avx512_core_amx,undef,src:bf16::blocked:ab::f0,,,640x384:384x1536,0.2
+onednn_verbose,v1,primitive,exec,cpu,matmul,brg_matmul:avx512_core_amx,undef,src:bf16::blocked:ab::f0,attr-scratchpad:user,,640x1536:1536x384,0.5
+onednn_verbose,v1,graph,exec,cpu,100002,sdp,,,,,dnnl_backend,0.7
+onednn_verbose,exec,cpu,eltwise,jit:avx512_core_bf16,forward_inference,data_bf16::blocked:ab:f0,,alg:eltwise_gelu_erf,640x1536,0.25
+a line of the program's own
+"""
+
+
+def test_the_verbose_parser_sums_exec_lines_per_primitive_and_implementation():
+    got = parse_onednn_verbose(VERBOSE)
+    assert got.keys() == {"matmul: brg_matmul:avx512_core_amx", "eltwise: jit:avx512_core_bf16"}
+    calls, sec = got["matmul: brg_matmul:avx512_core_amx"]
+    assert calls == 2 and sec == pytest.approx(0.002)  # creations, graph partitions and info lines not counted
+    assert got["eltwise: jit:avx512_core_bf16"] == (1, pytest.approx(0.00025))  # the older format (no v1)
+
+
+def test_onednn_kernels_captures_the_bf16_matmul_this_process_runs_and_restores_stdout(capfd):
+    import torch
+
+    lin = torch.nn.Linear(64, 256).to(torch.bfloat16)
+    x = torch.randn(32, 64, dtype=torch.bfloat16)
+    got = onednn_kernels(lambda: (lin(x), lin(x)))
+    matmuls = {k: v for k, v in got.items() if k.startswith("matmul: ")}
+    assert sum(calls for calls, _ in matmuls.values()) == 2, got  # one implementation per CPU; its name varies
+    print("after")
+    assert capfd.readouterr().out == "after\n"  # nothing of oneDNN's leaked, and stdout is back
