@@ -60,6 +60,14 @@ def native_bf16(core=None) -> bool:
     return "BF16" in core.get_property("CPU", "OPTIMIZATION_CAPABILITIES") and cpu_native_bf16()
 
 
+def inference_precision(compiled) -> str:
+    """The precision an ``openvino.CompiledModel`` computes its float ops in, as OpenVINO spells
+    it: "f32", "bf16" or "f16" (the property is an ``openvino.Type``, whose str() is
+    "<Type: 'bfloat16'>")."""
+    hint = compiled.get_property("INFERENCE_PRECISION_HINT")
+    return hint.to_string() if hasattr(hint, "to_string") else str(hint)
+
+
 def quantize_static(model, ranges: dict[str, float]) -> int:
     """Put a FakeQuantize on both inputs of each token-level matmul of ``model`` (an
     ``openvino.Model`` of our export) whose input tensor is named in ``ranges`` ({tensor name:
@@ -203,7 +211,7 @@ class OpenVinoBackend(Backend):
 
     def describe(self) -> dict:
         out = {**super().describe(), "onnx_path": str(self.onnx_path), "openvino": self._version,
-               "inference_precision": str(self._compiled.get_property("INFERENCE_PRECISION_HINT"))}
+               "inference_precision": inference_precision(self._compiled)}
         if self.precision == "int8":
             out["int8"] = (f"{self.int8_matmuls} matmuls int8 x int8: weights per output channel, inputs one "
                            "static scale per tensor (calibrated on TweetEval train posts, after SmoothQuant)")

@@ -47,6 +47,24 @@ def test_external_export_stops_at_hidden_states(encoders):
     assert outputs == ["last_hidden_state"]
 
 
+def test_inference_precision_reads_openvinos_type_as_its_short_name():
+    import openvino as ov
+
+    from postemb_rt.backends.openvino_backend import inference_precision
+
+    class Compiled:
+        def __init__(self, hint):
+            self.hint = hint
+
+        def get_property(self, name):
+            assert name == "INFERENCE_PRECISION_HINT"
+            return self.hint
+
+    assert inference_precision(Compiled(ov.Type.bf16)) == "bf16"  # str() of it is "<Type: 'bfloat16'>"
+    assert inference_precision(Compiled(ov.Type.f32)) == "f32"
+    assert inference_precision(Compiled("f32")) == "f32"
+
+
 def test_openvino_fp32_is_pinned_to_f32_and_bf16_needs_native_bf16(encoders, monkeypatch):
     """OpenVINO computes in bf16 by default on a CPU with native bf16: the exact backend must say f32.
     bf16 on a CPU without it is refused with the fix, never emulated silently."""
@@ -55,7 +73,7 @@ def test_openvino_fp32_is_pinned_to_f32_and_bf16_needs_native_bf16(encoders, mon
     from postemb_rt.errors import BackendUnavailableError
 
     enc = encoders["base", "openvino-graph"]
-    assert enc.describe()["inference_precision"] in ("f32", "<Type: 'float32'>")
+    assert enc.describe()["inference_precision"] == "f32"
 
     class NoBf16Core:
         def get_property(self, device, name):
