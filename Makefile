@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 VENV_FLAGS ?=
 
-.PHONY: install system-deps demo test test-isa gate bench compare train eval clean
+.PHONY: install system-deps demo test test-isa gate bench compare compare-st-openvino train eval clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -52,6 +52,24 @@ bench: $(STAMP)
 compare: $(STAMP)
 	$(BIN)/python benchmarks/compare.py --long 1000
 
+# sentence-transformers on its own OpenVINO backend, beside our rows, in one run. That backend needs
+# optimum-intel, which caps transformers below the project's (2.2.0: < 5.6), so it gets a side
+# environment and the project's stays as it is. optimum-intel lists torchvision, which this model
+# never imports and whose PyPI build does not load beside the CPU torch: TORCH_SPEC in the same
+# install keeps pip from taking a newer torchvision with the CUDA torch it needs, and it is removed again.
+ST_OV_VENV := .venv-st-openvino
+$(ST_OV_VENV)/.installed: pyproject.toml setup.py
+	$(PYTHON) -m venv $(ST_OV_VENV)
+	$(ST_OV_VENV)/bin/pip install -q --upgrade pip
+	$(if $(TORCH_SPEC),$(ST_OV_VENV)/bin/pip install -q $(TORCH_SPEC))
+	$(ST_OV_VENV)/bin/pip install -q -e . $(TORCH_SPEC) pytest sentence-transformers 'optimum-intel[openvino]>=2.2'
+	$(ST_OV_VENV)/bin/pip uninstall -q -y torchvision
+	touch $@
+
+compare-st-openvino: $(ST_OV_VENV)/.installed
+	$(ST_OV_VENV)/bin/python benchmarks/compare.py --long 500 --providers \
+	  sentence-transformers,sentence-transformers:openvino,openvino,openvino:bf16,openvino:int8,auto:auto
+
 # The shipped model's recipe (writes ../runs/multitask; copy it into postemb_rt/models/default/)
 train: $(STAMP)
 	$(BIN)/postemb train --config configs/v4/steps1600/light_prefixes.json --out ../runs/multitask
@@ -60,4 +78,4 @@ eval: $(STAMP)
 	$(BIN)/postemb eval --model default --out reports/
 
 clean:
-	rm -rf $(VENV) build *.egg-info postemb_rt/_C*.so
+	rm -rf $(VENV) $(ST_OV_VENV) build *.egg-info postemb_rt/_C*.so

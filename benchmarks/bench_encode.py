@@ -11,19 +11,22 @@ import pytest
 PROVIDERS = ["sentence-transformers", "torch", "onnxruntime", "openvino"]
 
 
+ST_BACKENDS = ("torch", "onnx", "openvino")  # SentenceTransformer(..., backend=...)
+
+
 def make_encode(provider, model: str = "base"):
-    """A callable texts -> (n, d) float32 for one provider ("sentence-transformers", or a
-    backend with an optional ":precision", e.g. "onnxruntime:int8" or "auto:auto", and an optional
-    "@chunk" for long_posts="chunk", e.g. "onnxruntime@chunk"), loaded and warmed up. Our
-    providers' callables carry ``precision`` and ``backend``: what ran ("auto" resolved)."""
-    if provider == "sentence-transformers":
-        from sentence_transformers import SentenceTransformer
+    """A callable texts -> (n, d) float32 for one provider, loaded and warmed up:
 
-        from postemb_rt.model_dir import base_encoder_path
+    - "sentence-transformers": ``SentenceTransformer(base)`` on torch in float32, the baseline;
+      "sentence-transformers:openvino" (or ":onnx"): the same model on sentence-transformers' own
+      ``backend=`` (exported by optimum at load, OpenVINO at its own default precision: bf16 on a
+      CPU with native bf16; needs optimum-intel, README "Benchmarks");
+    - this project's backend with an optional ":precision", e.g. "onnxruntime:int8" or "auto:auto",
+      and an optional "@chunk" for long_posts="chunk", e.g. "onnxruntime@chunk".
 
-        st = SentenceTransformer(str(base_encoder_path()), device="cpu")
-        st.encode(["warm up"])
-        return lambda texts: st.encode(texts, batch_size=32, normalize_embeddings=True)
+    The callables carry ``precision`` and ``backend``: what ran ("auto" resolved)."""
+    if provider.split(":")[0] == "sentence-transformers":
+        return _sentence_transformers(provider.partition(":")[2] or "torch")
     from postemb_rt import Encoder
 
     provider, _, mode = provider.partition("@")  # "@chunk": long_posts="chunk" (whole long posts)
@@ -36,6 +39,30 @@ def make_encode(provider, model: str = "base"):
 
     encode.precision = enc.backend.precision  # what "auto" resolved to (compare.py's ceiling column)
     encode.backend = enc.backend.name
+    return encode
+
+
+def _sentence_transformers(backend: str):
+    if backend not in ST_BACKENDS:
+        raise ValueError(f"provider `sentence-transformers:{backend}`: the backend must be one of {list(ST_BACKENDS)}. "
+                         f"Given: {backend!r}.")
+    from sentence_transformers import SentenceTransformer
+
+    from postemb_rt.model_dir import base_encoder_path
+
+    st = SentenceTransformer(str(base_encoder_path()), device="cpu", backend=backend)
+    st.encode(["warm up"])
+
+    def encode(texts):
+        return st.encode(texts, batch_size=32, normalize_embeddings=True)
+
+    encode.backend = f"sentence-transformers+{backend}"
+    encode.precision = "fp32"
+    if backend == "openvino":  # the precision OpenVINO chose for the compiled model (its default, not ours)
+        from postemb_rt.backends.openvino_backend import inference_precision
+
+        hint = inference_precision(st[0].auto_model.request)
+        encode.precision = {"f32": "fp32", "f16": "fp16"}.get(hint, hint)
     return encode
 
 
@@ -77,3 +104,11 @@ def test_encode_long_posts(benchmark, provider, long_workload):
     assert out.shape == (len(long_workload), 384)
     if benchmark.stats is not None:
         benchmark.extra_info["posts_per_s"] = round(len(long_workload) / benchmark.stats.stats.median, 1)
+
+
+def test_sentence_transformers_providers_name_their_backend_and_refuse_an_unknown_one():
+    encode = make_encode("sentence-transformers:torch")
+    assert (encode.backend, encode.precision) == ("sentence-transformers+torch", "fp32")
+    assert encode(["a post", "another post"]).shape == (2, 384)
+    with pytest.raises(ValueError, match=r"the backend must be one of \['torch', 'onnx', 'openvino'\]. Given: 'tensorrt'"):
+        make_encode("sentence-transformers:tensorrt")

@@ -44,6 +44,12 @@ from pathlib import Path
 
 import numpy as np
 
+try:  # before the repo root is on sys.path: imported after it, transformers 5.5 (the side environment of
+    # `make compare-st-openvino`) takes this repo's kernels/ folder for the package `kernels`, reads its
+    # version as "N/A" and fails. transformers 5.24 (the project's environment) does not.
+    import sentence_transformers  # noqa: F401
+except ImportError:
+    pass
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_encode import PROVIDERS, count_tokens, make_encode, token_lengths  # noqa: E402
 
@@ -213,7 +219,8 @@ def main(argv=None) -> int:
             if row["over_ceiling"]:
                 notes.append(f"WARNING: {wname}/{name} computes at {fraction:.0%} of its {precision} ceiling: the "
                              "ceiling is wrong (a faster library, kernel or FLOP count is missing), not the row")
-            shown = name if "auto" not in name else f"{name} (= {encoders[name].backend}:{precision})"
+            resolved = "auto" in name or name.startswith("sentence-transformers:")
+            shown = f"{name} (= {encoders[name].backend}:{precision})" if resolved else name
             print(f"| {wname} ({len(texts)}) | {shown} | {rate:.0f} | {tokens / seconds:.0f} | {ratio} | {fid[0]} | "
                   f"{fid[1]} | {cell} |", flush=True)
         notes += ceil.ceiling_warnings(ceils, peak)
