@@ -42,3 +42,21 @@ def vnni512(flags: set[str] | None = None, environ=None) -> bool:
     faster than onnxruntime's int8 (AVX512_CORE) or slower than fp32 (AVX2), so elsewhere int8
     stays on onnxruntime."""
     return _native({"avx512_vnni", "amx_int8"}, "AVX512_CORE_VNNI", flags, environ)
+
+
+# oneDNN verbose modes that time every primitive's execution (ONEDNN_VERBOSE, or its old name
+# DNNL_VERBOSE; comma-separated): 1, 2, all, profile, profile_exec. Measured with OpenVINO 2026.4.1:
+# with any of them set, its CPU plugin fails to compile our graph ("could not execute a primitive"
+# on a constant's reorder); 0, none, error, check, dispatch and profile_create compile.
+VERBOSE_EXEC = {"1", "2", "all", "profile", "profile_exec"}
+
+
+def onednn_exec_verbose(environ=None) -> str | None:
+    """``"NAME=value"`` when oneDNN's verbose mode times primitive executions (VERBOSE_EXEC), else
+    None. OpenVINO's CPU plugin cannot compile our graph then, so backend="auto" leaves it out."""
+    environ = os.environ if environ is None else environ
+    for name in ("ONEDNN_VERBOSE", "DNNL_VERBOSE"):
+        value = environ.get(name, "")
+        if {v.strip().lower() for v in value.split(",")} & VERBOSE_EXEC:
+            return f"{name}={value}"
+    return None

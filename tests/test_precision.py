@@ -283,3 +283,60 @@ def test_int8_without_avx512_vnni_runs_on_onnxruntime_and_says_why(monkeypatch):
     monkeypatch.setattr(openvino_backend, "vnni512", lambda: False)
     with pytest.raises(BackendUnavailableError, match="needs a CPU with AVX512-VNNI or AMX.*Fix: backend='onnxruntime'"):
         Encoder.from_pretrained("base", backend="openvino", precision="int8")
+
+
+@pytest.mark.parametrize("environ,expected", [
+    ({}, None),
+    ({"ONEDNN_VERBOSE": "0"}, None),
+    ({"ONEDNN_VERBOSE": "dispatch"}, None),                # says which kernel was picked; compiles
+    ({"ONEDNN_VERBOSE": "profile_create,error"}, None),
+    ({"ONEDNN_VERBOSE": "1"}, "ONEDNN_VERBOSE=1"),
+    ({"ONEDNN_VERBOSE": "error,profile_exec"}, "ONEDNN_VERBOSE=error,profile_exec"),
+    ({"ONEDNN_VERBOSE": "ALL"}, "ONEDNN_VERBOSE=ALL"),
+    ({"DNNL_VERBOSE": "2"}, "DNNL_VERBOSE=2"),             # the old name, which oneDNN still reads
+])
+def test_onednn_exec_verbose_names_the_variable_that_times_executions(environ, expected):
+    from postemb_rt.cpu import onednn_exec_verbose
+
+    assert onednn_exec_verbose(environ) == expected
+
+
+def test_auto_leaves_openvino_out_under_onednn_exec_verbose_and_says_why(monkeypatch):
+    from postemb_rt import backends
+    from postemb_rt.model_dir import resolve
+
+    monkeypatch.setenv("ONEDNN_VERBOSE", "1")
+    for precision in ("fp32", "int8", "bf16"):
+        name, why = backends.choose(resolve("base"), "cpu", precision)
+        assert name != "openvino" and "openvino is left out" in why and "ONEDNN_VERBOSE=1" in why, (precision, why)
+    monkeypatch.setenv("ONEDNN_VERBOSE", "dispatch")
+    assert backends.choose(resolve("base"), "cpu", "fp32")[0] == "openvino"
+
+
+def test_under_onednn_exec_verbose_auto_runs_and_openvino_by_name_fails_with_the_fix():
+    """OpenVINO 2026.4's CPU plugin cannot compile our graph with oneDNN's verbose mode timing
+    executions (oneDNN reads the variable once per process: a fresh one). By name, openvino either
+    compiles (an OpenVINO that fixed it) or fails with BackendUnavailableError naming the variable."""
+    import os
+    import subprocess
+    import sys
+
+    probe = """
+from postemb_rt import Encoder
+from postemb_rt.errors import BackendUnavailableError
+enc = Encoder.from_pretrained("base", warmup=False)
+print("auto:", enc.describe()["backend"], enc.encode(["a post"]).shape)
+try:
+    Encoder.from_pretrained("base", backend="openvino", warmup=False)
+    print("openvino: compiled")
+except BackendUnavailableError as e:
+    print("openvino:", e)
+"""
+    r = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "ONEDNN_VERBOSE": "1"},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [line for line in r.stdout.splitlines() if not line.startswith("onednn_verbose")]
+    assert "auto: onnxruntime (1, 384)" in lines, lines
+    last = lines[-1]
+    assert last == "openvino: compiled" or (
+        "with oneDNN's verbose mode on (ONEDNN_VERBOSE=1)" in last and "Fix: unset ONEDNN_VERBOSE" in last), last

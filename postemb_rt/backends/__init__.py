@@ -75,8 +75,16 @@ def choose(model: ModelDir, device: str, precision: str = "fp32") -> tuple[str, 
     here (for fp32: the fastest exact one). The ranking is measured (benchmarks/RESULTS.md,
     "Every x86 server CPU"): OpenVINO's CPU plugin ran our exported graph faster than onnxruntime
     in float32 and faster than torch in bf16 on AMD Zen 5 and Intel Xeon (AMX) alike."""
-    has_ort, has_ov = _has("onnxruntime"), _has("openvino")
+    from ..cpu import onednn_exec_verbose
+
+    verbose = onednn_exec_verbose()
+    has_ort, has_ov = _has("onnxruntime"), _has("openvino") and not verbose
     cpu = not device.startswith("cuda")
+
+    def no_ov(what: str) -> str:
+        return (f"openvino is left out: it cannot compile with oneDNN's verbose mode on ({verbose}; unset it)"
+                if verbose else f"openvino, the faster {what} backend, is not installed")
+
     if precision == "int8":
         if not has_ort:
             raise BackendUnavailableError("`precision` 'int8' needs onnxruntime (the ONNX export, and int8 on "
@@ -88,12 +96,12 @@ def choose(model: ModelDir, device: str, precision: str = "fp32") -> tuple[str, 
                                 "calibrated ranges; faster and closer to fp32 than onnxruntime's int8, RESULTS.md)")
         return "onnxruntime", ("precision int8 runs on onnxruntime (dynamic int8 quantization); " +
                                ("openvino's int8 runs only on AVX512-VNNI or AMX CPUs" if has_ov else
-                                "openvino, the faster int8 backend, is not installed"))
+                                no_ov("int8")))
     if precision == "bf16" and cpu:
         if has_ov and has_ort and cpu_native_bf16():
             return "openvino", "precision bf16 on CPU: OpenVINO (native bf16 here; faster than torch, RESULTS.md)"
         return "torch", ("precision bf16 on CPU runs on torch (oneDNN bf16)" + ("" if has_ov else
-                         "; openvino, the faster bf16 backend, is not installed"))
+                         "; " + no_ov("bf16")))
     if model.encoder_path is None:
         if not has_ort:
             raise BackendUnavailableError(
@@ -102,7 +110,7 @@ def choose(model: ModelDir, device: str, precision: str = "fp32") -> tuple[str, 
             )
         if has_ov and model.config.precision == "fp32":
             return "openvino", "the model directory holds only an ONNX model; OpenVINO runs it fastest (exact f32)"
-        return "onnxruntime", "the model directory holds only an ONNX model"
+        return "onnxruntime", "the model directory holds only an ONNX model" + (f"; {no_ov('fp32')}" if verbose else "")
     if not cpu:
         return "torch", "CUDA device: the torch backend runs the GPU path"
     if has_ov and has_ort:  # the export needs onnxruntime's optimizer
@@ -110,7 +118,8 @@ def choose(model: ModelDir, device: str, precision: str = "fp32") -> tuple[str, 
                             "'Every x86 server CPU'); pooling inside the graph")
     if has_ort:
         return "onnxruntime", ("fastest exact CPU backend installed (see benchmarks/RESULTS.md); pooling as the "
-                               "export says (onnx_export.DEFAULT_POOLING, the faster on CPU)")
+                               "export says (onnx_export.DEFAULT_POOLING, the faster on CPU)" +
+                               (f"; {no_ov('fp32')}" if verbose else ""))
     return "torch", "onnxruntime is not installed"
 
 

@@ -36,7 +36,7 @@ import threading
 
 import numpy as np
 
-from ..cpu import native_bf16 as cpu_native_bf16, vnni512
+from ..cpu import native_bf16 as cpu_native_bf16, onednn_exec_verbose, vnni512
 from ..durable import read_json
 from ..errors import BackendUnavailableError, ValidationError
 from ..ops.masked_mean_pool_l2 import CpuPooler
@@ -171,7 +171,17 @@ class OpenVinoBackend(Backend):
             self._ranges = read_json(smoothed.path / STATIC_RANGES_FILE, STATIC_RANGES_FILE,
                                      fix=f"delete {smoothed.path} so that it is calibrated again")
             self.numerics = f"-static{INT8_STATIC_RECIPE}-{config['INFERENCE_PRECISION_HINT']}-{smoothed.path.name}"
-        self._compiled = core.compile_model(self.ov_model(core), "CPU", config)
+        try:
+            self._compiled = core.compile_model(self.ov_model(core), "CPU", config)
+        except RuntimeError as e:
+            verbose = onednn_exec_verbose()
+            if verbose is None:
+                raise
+            raise BackendUnavailableError(
+                f"OpenVINO's CPU plugin could not compile `{self.onnx_path}` with oneDNN's verbose mode on "
+                f"({verbose}): it fails so whenever primitive executions are timed. Fix: unset "
+                f"{verbose.split('=')[0]} (or set it to 'dispatch' or 'profile_create'), or backend='onnxruntime'."
+            ) from e
         outputs = {name for o in self._compiled.outputs for name in o.get_names()}
         pooling = onnx_md.config.onnx_pooling
         need = {"embedding", "pooled"} if pooling == "graph" else {"last_hidden_state"}
