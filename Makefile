@@ -36,7 +36,8 @@ test: $(STAMP) system-deps
 	POSTEMB_BENCH_N=200 $(BIN)/python -m pytest -q -p no:cacheprovider tests benchmarks --benchmark-disable
 
 # The backend, precision and kernel tests again with oneDNN, MKL, ATen and our pooling kernel held to
-# AVX2, then to AVX-512 without BF16/VNNI (tests/isa_emulation.py says what is and is not held).
+# AVX2, then to AVX-512 without BF16/VNNI, then to AVX-512 with VNNI (tests/isa_emulation.py says what is
+# and is not held).
 test-isa: $(STAMP)
 	$(BIN)/python -m tests.isa_emulation
 
