@@ -60,7 +60,7 @@ compare: $(STAMP)
 # install keeps pip from taking a newer torchvision with the CUDA torch it needs, and it is removed again.
 ST_OV_VENV := .venv-st-openvino
 $(ST_OV_VENV)/.installed: pyproject.toml setup.py
-	$(PYTHON) -m venv $(ST_OV_VENV)
+	$(PYTHON) -m venv $(VENV_FLAGS) $(ST_OV_VENV)
 	$(ST_OV_VENV)/bin/pip install -q --upgrade pip
 	$(if $(TORCH_SPEC),$(ST_OV_VENV)/bin/pip install -q $(TORCH_SPEC))
 	$(ST_OV_VENV)/bin/pip install -q -e . $(TORCH_SPEC) pytest sentence-transformers 'optimum-intel[openvino]>=2.2'
