@@ -152,10 +152,12 @@ def main(argv=None) -> int:
     p.add_argument("--url", default=None, help="a running server (loopback only); default: start one")
     p.add_argument("--api-key", default=os.environ.get("POSTEMB_API_KEY"))
     p.add_argument("--model", default="default")
-    p.add_argument("--backend", default="onnxruntime")
+    p.add_argument("--backend", default="onnxruntime",
+                   help="auto, torch, onnxruntime or openvino (default onnxruntime, the rows of 'HTTP server')")
     p.add_argument("--precision", default="fp32",
-                    help="fp32 (exact), or bf16 / int8 on CPU (gated by measured fidelity; bf16 runs on torch, "
-                         "int8 on onnxruntime)")
+                   help="fp32 (exact), bf16 or int8 on CPU (gated by measured fidelity), or auto (`postemb serve`'s "
+                        "default: the fastest that clears the bar); with --backend auto, which backend runs each: "
+                        "README 'Backends'")
     p.add_argument("--clients", default="1,16,64,256", help="single-post concurrency levels")
     p.add_argument("--batch-clients", default="1,4", help="64-post request concurrency levels")
     p.add_argument("--requests", type=int, default=2000, help="single-post requests per level (>= 4 x clients)")
