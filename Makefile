@@ -62,7 +62,6 @@ ST_OV_VENV := .venv-st-openvino
 $(ST_OV_VENV)/.installed: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV_FLAGS) $(ST_OV_VENV)
 	$(ST_OV_VENV)/bin/pip install -q --upgrade pip
-	$(if $(TORCH_SPEC),$(ST_OV_VENV)/bin/pip install -q $(TORCH_SPEC))
 	$(ST_OV_VENV)/bin/pip install -q -e . $(TORCH_SPEC) pytest sentence-transformers 'optimum-intel[openvino]>=2.2'
 	$(ST_OV_VENV)/bin/pip uninstall -q -y torchvision
 	touch $@

@@ -59,10 +59,10 @@ def _sentence_transformers(backend: str):
     encode.backend = f"sentence-transformers+{backend}"
     encode.precision = "fp32"
     if backend == "openvino":  # the precision OpenVINO chose for the compiled model (its default, not ours)
-        from postemb_rt.backends.openvino_backend import inference_precision
+        from postemb_rt.backends.openvino_backend import PRECISION_OF_HINT, inference_precision
 
         hint = inference_precision(st[0].auto_model.request)
-        encode.precision = {"f32": "fp32", "f16": "fp16"}.get(hint, hint)
+        encode.precision = PRECISION_OF_HINT.get(hint, hint)
     return encode
 
 

@@ -156,6 +156,7 @@ def _openvino_matmul(dtype_name: str):
         import openvino as ov
         from openvino import opset13 as ops
 
+        from postemb_rt.backends.openvino_backend import HINTS
         from postemb_rt.cpu import native_bf16
 
         if dtype_name == "bf16" and not native_bf16():
@@ -164,7 +165,7 @@ def _openvino_matmul(dtype_name: str):
         w = ops.constant(_rng().standard_normal((k, n), dtype=np.float32))
         model = ov.Model([ops.matmul(x, w, False, False)], [x])
         compiled = ov.Core().compile_model(model, "CPU", {
-            "INFERENCE_PRECISION_HINT": {"fp32": "f32", "bf16": "bf16"}[dtype_name],
+            "INFERENCE_PRECISION_HINT": HINTS[dtype_name],
             "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
         req, feeds = compiled.create_infer_request(), {0: _rng().standard_normal((m, k), dtype=np.float32)}
         return lambda: req.infer(feeds)

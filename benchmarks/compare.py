@@ -157,14 +157,14 @@ def main(argv=None) -> int:
     import torch
 
     from benchmarks import ceilings as ceil
-    from postemb_rt.backends.openvino_backend import compile_config
+    from postemb_rt.backends.openvino_backend import PRECISION_OF_HINT, compile_config
     from postemb_rt.data import long_posts, short_posts
     from postemb_rt.fidelity import overlap_at_k
 
     threads = int(os.environ.get("POSTEMB_NUM_THREADS") or 0) or torch.get_num_threads()
     hidden, intermediate, _ = model_dims()
     share = int8_share()
-    ov_rest = {"bf16": "bf16", "f32": "fp32"}[compile_config("int8")["INFERENCE_PRECISION_HINT"]]  # int8's float part
+    ov_rest = PRECISION_OF_HINT[compile_config("int8")["INFERENCE_PRECISION_HINT"]]  # int8's float part
     fpt = flops_per_token()
     workloads = [("short", short_posts(args.n))]
     if args.long:

@@ -47,6 +47,8 @@ log = logging.getLogger("postemb_rt")
 PRECISIONS = ("fp32", "bf16", "int8")
 GELU_MIN = -0.1700  # erf GELU's minimum (-0.16997, at x = -0.7518): no post-GELU value is lower
 INT8_STATIC_RECIPE = 1  # bump when quantize_static changes: cached fidelities are keyed by it
+HINTS = {"fp32": "f32", "bf16": "bf16"}  # our float precisions -> OpenVINO's INFERENCE_PRECISION_HINT
+PRECISION_OF_HINT = {**{hint: p for p, hint in HINTS.items()}, "f16": "fp16"}  # as OpenVINO reports them
 
 
 def native_bf16(core=None) -> bool:
@@ -117,7 +119,7 @@ def compile_config(precision: str, **extra) -> dict:
     if precision == "int8":  # int8 matmuls (quantize_static); the rest as fast as is native here
         hint = "bf16" if cpu_native_bf16() else "f32"
     else:
-        hint = {"fp32": "f32", "bf16": "bf16"}[precision]
+        hint = HINTS[precision]
     config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", **extra}
     threads = int(os.environ.get("POSTEMB_NUM_THREADS", "0"))
     if threads > 0:
