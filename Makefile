@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 TORCH_SPEC ?= torch==2.13.0
 VENV_FLAGS ?=
 
-.PHONY: install system-deps demo test test-isa gate bench compare compare-st-openvino train eval clean
+.PHONY: install system-deps demo test test-isa gate bench compare compare-st-openvino cpu-report train eval clean
 
 $(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -69,6 +69,11 @@ $(ST_OV_VENV)/.installed: pyproject.toml setup.py
 compare-st-openvino: $(ST_OV_VENV)/.installed
 	$(ST_OV_VENV)/bin/python benchmarks/compare.py --long 500 --providers \
 	  sentence-transformers,sentence-transformers:openvino,openvino,openvino:bf16,openvino:int8,auto:auto
+
+# Every CPU measurement of issue 27 on this machine (gate, encode tables, profiles, server), one after
+# another into one log: benchmarks/cpu_report.sh. About 20 minutes on 2 idle cores.
+cpu-report: $(STAMP) $(ST_OV_VENV)/.installed
+	bash benchmarks/cpu_report.sh
 
 # The shipped model's recipe (writes ../runs/multitask; copy it into postemb_rt/models/default/)
 train: $(STAMP)

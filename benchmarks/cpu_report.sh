@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Every CPU measurement of issue 27 on this machine, one command after another, into one log:
+# the CPU, the throughput gate, the full encode table, sentence-transformers on its own OpenVINO
+# backend, where each fast path's time goes (with the kernel names: `amx` on AMX), and the server at
+# onnxruntime fp32, its default and int8. About 20 minutes on 2 cores; run it on an otherwise idle machine.
+#
+#   make cpu-report                       # or: bash benchmarks/cpu_report.sh [LOG]
+#
+# LOG (default .benchmarks/cpu-report-<date>.txt) gets everything printed. A step that fails is
+# named at the end and the script exits 1; the steps after it still run. PY and ST_OV_PY are the
+# project's Python and the side environment's (`make compare-st-openvino` builds it).
+set -u -o pipefail
+cd "$(dirname "$0")/.."
+LOG=${1:-.benchmarks/cpu-report-$(date -u +%Y%m%d-%H%M).txt}
+PY=${PY:-.venv/bin/python}
+ST_OV_PY=${ST_OV_PY:-.venv-st-openvino/bin/python}
+mkdir -p "$(dirname "$LOG")"
+failed=()
+
+step() {  # step NAME COMMAND...: run it, log it, remember a failure
+    local name=$1; shift
+    { echo; echo "## $name ($(date -u +%H:%M:%S) UTC, load $(cut -d' ' -f1 /proc/loadavg)): $*"; } | tee -a "$LOG"
+    "$@" 2>&1 | grep --line-buffered -v 'it/s]$' | tee -a "$LOG" || failed+=("$name")
+}
+
+{ echo "# CPU report, $(date -u '+%Y-%m-%d %H:%M UTC'), $(git rev-parse --short HEAD 2>/dev/null)"
+  lscpu | grep -E '^(Model name|CPU family|Model|Thread\(s\) per core|Core\(s\) per socket|Flags):'
+  nproc; uptime; } | tee "$LOG"
+
+step gate "$PY" benchmarks/throughput_gate.py
+step compare "$PY" benchmarks/compare.py --n 4000 --long 500 --repeats 3 --providers \
+    sentence-transformers,torch,onnxruntime,openvino,torch:bf16,openvino:bf16,onnxruntime:int8,openvino:int8,auto:auto
+if [ -x "$ST_OV_PY" ]; then
+    step compare-st-openvino "$ST_OV_PY" benchmarks/compare.py --n 4000 --long 500 --repeats 3 --providers \
+        sentence-transformers,sentence-transformers:openvino,openvino,openvino:bf16,openvino:int8,auto:auto
+else
+    echo "## compare-st-openvino: skipped, $ST_OV_PY not found (make compare-st-openvino builds it)" | tee -a "$LOG"
+    failed+=(compare-st-openvino)
+fi
+step profile-openvino-bf16 "$PY" benchmarks/profile_cpu.py --backend openvino --precision bf16
+step profile-openvino-int8 "$PY" benchmarks/profile_cpu.py --backend openvino --precision int8
+step profile-torch-bf16 "$PY" benchmarks/profile_cpu.py --precision bf16
+for bp in "onnxruntime fp32" "auto auto" "openvino int8"; do
+    set -- $bp
+    step "server-$1-$2" "$PY" benchmarks/load_server.py --model base --backend "$1" --precision "$2" \
+        --clients 1,64 --batch-clients 1 --requests 1000 --batch-requests 20 --posts 2000
+done
+
+echo | tee -a "$LOG"
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "FAILED: ${failed[*]} (log: $LOG)" | tee -a "$LOG"
+    exit 1
+fi
+echo "every step ran (log: $LOG)" | tee -a "$LOG"
