@@ -1,7 +1,8 @@
 """pytest plugin: with ``POSTEMB_REQUIRE_EXTRAS=1`` (set by ``.ci/run``), a test that skips
 because an extra, a binary or the C++ extension is missing fails instead.
 
-CI installs every extra (``make test``), so such a skip there means a broken environment
+CI installs every extra (``make test``) and fetches the distillation teacher (``.ci/run``), so such
+a skip there means a broken environment
 that would otherwise turn a whole folder of tests green by not running them. Skips that
 depend on the hardware (CUDA, TensorRT, which CI machines cannot have) or on optional
 shared data stay skips. Loaded by the root ``conftest.py``.
@@ -17,7 +18,8 @@ ENV = "POSTEMB_REQUIRE_EXTRAS"
 # How the suite's skip reasons say "something that CI installs is missing" (pytest's own
 # importorskip message included).
 MISSING = re.compile(r"could not import|is not installed|not installed \(|is not built|is not loaded|"
-                     r"binary not found|needs the \[\w+\] extra|no C\+\+ compiler|cannot build with -fsanitize",
+                     r"binary not found|needs the \[\w+\] extra|no C\+\+ compiler|cannot build with -fsanitize|"
+                     r"not fetched",
                      re.IGNORECASE)
 
 

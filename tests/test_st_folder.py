@@ -94,7 +94,9 @@ def test_base_package_folder_matches_sentence_transformers():
             assert_parity(enc.encode(TEXTS), want)
 
 
-@pytest.mark.skipif(not (TEACHER / "modules.json").exists(), reason=f"teacher folder not fetched: {TEACHER}")
+@pytest.mark.skipif(not (TEACHER / "modules.json").exists(),
+                    reason=f"teacher folder not fetched: {TEACHER} (training-time only, 419 MB; .ci/run "
+                           "fetches it): `postemb teacher fetch` without POSTEMB_CACHE set puts it there")
 def test_mpnet_teacher_matches_sentence_transformers():
     """The real 110M-parameter teacher, torch only: its ONNX export and optimisation take
     minutes on 2 cores (onnxruntime parity on MPNet is covered by the random MPNet folders;
