@@ -71,7 +71,7 @@ compare-st-openvino: $(ST_OV_VENV)/.installed
 	  sentence-transformers,sentence-transformers:openvino,openvino,openvino:bf16,openvino:int8,auto:auto
 
 # Every CPU measurement of issue 27 on this machine (gate, encode tables, profiles, server), one after
-# another into one log: benchmarks/cpu_report.sh. About 20 minutes on 2 idle cores.
+# another into one log: benchmarks/cpu_report.sh. 16 minutes on an idle 2-core Zen 4.
 cpu-report: $(STAMP) $(ST_OV_VENV)/.installed
 	bash benchmarks/cpu_report.sh
 

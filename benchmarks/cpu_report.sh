@@ -2,7 +2,7 @@
 # Every CPU measurement of issue 27 on this machine, one command after another, into one log:
 # the CPU, the throughput gate, the full encode table, sentence-transformers on its own OpenVINO
 # backend, where each fast path's time goes (with the kernel names: `amx` on AMX), and the server at
-# onnxruntime fp32, its default and int8. About 20 minutes on 2 cores; run it on an otherwise idle machine.
+# onnxruntime fp32, its default and int8. 16 minutes on a 2-core Zen 4; run it on an idle machine.
 #
 #   make cpu-report                       # or: bash benchmarks/cpu_report.sh [LOG]
 #
