@@ -1,11 +1,10 @@
 """pytest plugin: with ``POSTEMB_REQUIRE_EXTRAS=1`` (set by ``.ci/run``), a test that skips
-because an extra, a binary or the C++ extension is missing fails instead.
+because an extra, a binary, the C++ extension or the fetched teacher is missing fails instead.
 
-CI installs every extra (``make test``) and fetches the distillation teacher (``.ci/run``), so such
-a skip there means a broken environment
-that would otherwise turn a whole folder of tests green by not running them. Skips that
-depend on the hardware (CUDA, TensorRT, which CI machines cannot have) or on optional
-shared data stay skips. Loaded by the root ``conftest.py``.
+CI installs every extra (``make test``) and fetches the distillation teacher (``.ci/run``), so
+such a skip there means a broken environment that would otherwise turn a whole folder of tests
+green by not running them. Skips that depend on the hardware (CUDA, TensorRT, which CI machines
+cannot have) or on optional shared data stay skips. Loaded by the root ``conftest.py``.
 """
 from __future__ import annotations
 
