@@ -3,8 +3,9 @@ workload. torch backend: torch.profiler, operators grouped into matmuls, attenti
 norm, GELU, other element-wise work, dtype casts and the rest (tokenizer, pooling kernel,
 Python), then the oneDNN primitives the run executed, from oneDNN's verbose mode, per
 implementation (a bf16 matmul runs ``brg_matmul:avx512_core_bf16`` on AVX512-BF16,
-``brg_matmul:avx512_core_amx`` on AMX tiles; fp32 matmuls go to MKL, not oneDNN). onnxruntime backend: the session's own profiler, time per node op type (a second
-session on the same model file with profiling on replaces the encoder's for the run).
+``brg_matmul:avx512_core_amx`` on AMX tiles; fp32 matmuls go to MKL, not oneDNN).
+onnxruntime backend: the session's own profiler, time per node op type (a second session on
+the same model file with profiling on replaces the encoder's for the run).
 openvino backend: the CPU plugin's performance counters (``PERF_COUNT``) over the workload's
 median batch, the model compiled at that static shape (see ``openvino_profile``), time per node
 type and per implementation: the plugin names the kernel each node ran (``brgemm_avx512_bf16`` for a bf16

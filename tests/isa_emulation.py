@@ -21,9 +21,10 @@ exactly: a small test graph's int8 matmul was off by 12% of its range, against u
 VNNI). The avx512-vnni pass runs them (and the pass checks of tests/test_isa_emulation.py; the
 float tests would repeat avx512-core): there ``precision="auto"`` skips bf16 (not native) and
 takes OpenVINO's int8 with its float part in f32, the path of the most common AVX-512 Xeons,
-which no machine here has natively. Nor does anything that reads the CPU's features itself change: /proc/cpuinfo, torch's
-``_is_mkldnn_bf16_supported``, OpenVINO's OPTIMIZATION_CAPABILITIES. tests/test_isa_emulation.py
-checks that each pass's variables take effect.
+which no machine here has natively. Nor does anything that reads the CPU's features itself
+change: /proc/cpuinfo, torch's ``_is_mkldnn_bf16_supported``, OpenVINO's
+OPTIMIZATION_CAPABILITIES. tests/test_isa_emulation.py checks that each pass's variables take
+effect.
 """
 from __future__ import annotations
 

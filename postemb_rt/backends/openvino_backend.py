@@ -117,7 +117,7 @@ def compile_config(precision: str, **extra) -> dict:
     """The CPU plugin's configuration for one of our precisions (``extra``: more properties,
     e.g. ``PERF_COUNT="YES"`` for benchmarks/profile_cpu.py)."""
     if precision == "int8":  # int8 matmuls (quantize_static); the rest as fast as is native here
-        hint = "bf16" if cpu_native_bf16() else "f32"
+        hint = HINTS["bf16" if cpu_native_bf16() else "fp32"]
     else:
         hint = HINTS[precision]
     config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", **extra}
