@@ -19,6 +19,8 @@ from .model_dir import ModelDir, resolve, vector_version
 from .tokenization import PostTokenizer
 
 log = logging.getLogger("postemb_rt")
+# The warning for posts cut at max_length or max_chunks (its args: count, of how many, what cut them).
+TRUNCATED_WARNING = "%d of %d texts were longer than %s and were truncated"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "auto")
 CPU_FAST = ("bf16", "int8")  # CPU precisions gated by measured fidelity (postemb_rt.fidelity)
 
@@ -280,7 +282,7 @@ class Encoder:
             idx, seqs, cut = np.asarray(chunks.singles, dtype=np.int64), chunks.single_ids, chunks.truncated
         if cut:
             what = f"max_length ({self.max_length} tokens)" if mode == "truncate" else f"max_chunks ({self.max_chunks})"
-            log.warning("%d of %d texts were longer than %s and were truncated", len(cut), len(texts), what)
+            log.warning(TRUNCATED_WARNING, len(cut), len(texts), what)
         lengths = [len(x) for x in seqs]
         plans = []
         if seqs:
@@ -397,8 +399,7 @@ class Encoder:
         if mode == "truncate":
             tok = self.tokenizer(texts, truncate=truncate)
             if tok.truncated:
-                log.warning("%d of %d texts were longer than max_length (%d tokens) and were truncated",
-                            len(tok.truncated), len(texts), self.max_length)
+                log.warning(TRUNCATED_WARNING, len(tok.truncated), len(texts), f"max_length ({self.max_length} tokens)")
             return self.batcher.submit(tok.ids, timeout=timeout, squeeze=single)
         chunks = lp.split(self.tokenizer.windows(texts, self.chunk_overlap), self.max_chunks, truncate)
         if chunks.truncated:

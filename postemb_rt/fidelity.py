@@ -22,6 +22,7 @@ import hashlib
 import logging
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,10 +108,30 @@ def posts(n: int | None = None) -> tuple[list[str], str]:
     return short_posts(n - n_long) + long_posts(n_long), "TweetEval emoji test + concatenated long posts"
 
 
+class _DropTruncationWarnings(logging.Filter):
+    """Drops the encoder's "texts were truncated" warnings logged by the thread that made it: the
+    check's long posts are cut at max_length on purpose (as in use), and a user who sent nothing
+    should not read that their texts were truncated."""
+
+    def __init__(self):
+        super().__init__()
+        from .encoder import TRUNCATED_WARNING
+
+        self.message, self.thread = TRUNCATED_WARNING, threading.get_ident()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == self.message and record.thread == self.thread)
+
+
 def measure_encoders(reference, candidate, texts: list[str], source: str) -> Fidelity:
     """Fidelity of ``candidate`` (an Encoder) to ``reference`` (float32) on ``texts``."""
     start = time.perf_counter()
-    f = measure(reference.encode(texts), candidate.encode(texts), source)
+    quiet = _DropTruncationWarnings()
+    log.addFilter(quiet)
+    try:
+        f = measure(reference.encode(texts), candidate.encode(texts), source)
+    finally:
+        log.removeFilter(quiet)
     log.info("fidelity of %s to float32: %s (%.1f s)", candidate.backend.precision, f.summary(),
              time.perf_counter() - start)
     return f
@@ -199,8 +220,8 @@ def gate(encoder, backend_name: str, load_reference) -> Fidelity:
                f"{texts_key(texts)}-{_versions_key()}")
 
         def measure() -> Fidelity:
-            log.warning("measuring the fidelity of %s to fp32 on %d posts on first use (once; cached)",
-                        precision, len(texts))
+            log.warning("measuring the fidelity of %s to fp32 on %d posts on first use (once; cached; posts "
+                        "longer than max_length are cut, as in use)", precision, len(texts))
             with load_reference() as ref:
                 return measure_encoders(ref, encoder, texts, source)
 

@@ -4,14 +4,16 @@ import argparse
 import importlib.util
 import itertools
 import json
+import logging
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from postemb_rt import BackendUnavailableError, Encoder, FidelityError, ValidationError, fidelity
-from tests.conftest import EXACT_ATOL, EXACT_COS, assert_exact, cosines, exact_errors
+from tests.conftest import EXACT_ATOL, EXACT_COS, LONG_POST, assert_exact, cosines, exact_errors
 
 OPENERS = ["Excited to share", "Hot take:", "Lessons learned from", "Why I stopped", "Announcing",
            "A thread on"]
@@ -53,6 +55,28 @@ def test_overlap_counts_shared_neighbours_and_needs_more_rows_than_k():
     assert fidelity.overlap_at_k(ref, ref, k=3, every=1) == 1.0
     with pytest.raises(ValueError, match="more than k = 10 rows"):
         fidelity.overlap_at_k(ref[:10], ref[:10])
+
+
+def test_the_check_cuts_its_long_posts_without_saying_a_users_texts_were_truncated(base_torch, caplog):
+    users = []
+
+    class Reference:  # the float32 side; meanwhile a user's long post is encoded on another thread
+        def encode(self, texts):
+            user = threading.Thread(target=lambda: users.append(base_torch.encode([LONG_POST])))
+            user.start()
+            user.join()
+            return base_torch.encode(texts)
+
+    with caplog.at_level(logging.WARNING, logger="postemb_rt"):
+        f = fidelity.measure_encoders(Reference(), base_torch, [LONG_POST] + CORPUS[:20], "unit test")
+    assert f.posts == 21 and len(users) == 1
+    cut = [r for r in caplog.records if "were truncated" in r.getMessage()]
+    assert [r.getMessage() for r in cut] == ["1 of 1 texts were longer than max_length (256 tokens) and were truncated"]
+    assert cut[0].thread != threading.get_ident()  # the user's warning stays; the check's two are gone
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="postemb_rt"):
+        base_torch.encode([LONG_POST])
+    assert "1 of 1 texts were longer than max_length" in caplog.text  # and only while it measures
 
 
 def test_int8_on_onnxruntime_is_measured_cached_and_described(base_onnx):
