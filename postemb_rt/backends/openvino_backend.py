@@ -26,7 +26,12 @@ matmuls through oneDNN with AMX tiles where the CPU has them. Precisions:
 
 One compiled model per backend; one infer request per calling thread (an infer request is
 not thread-safe, the compiled model is). ``POSTEMB_NUM_THREADS`` sets the plugin's threads
-(default: the plugin's, one per physical core).
+(default: the plugin's, one per physical core). Threads are never pinned to cores
+(``ENABLE_CPU_PINNING=False``; the plugin pins them by default on Linux): each process pins
+its first thread to the same first core, so processes sharing a machine (near-line workers,
+Ray backfill actors, ``serve --workers``) all ran on one core. Two 1-thread processes on 2
+cores gave 90 posts/s each pinned, 186 unpinned; one process runs as fast either way
+(benchmarks/RESULTS.md, "Thread pinning").
 """
 from __future__ import annotations
 
@@ -120,7 +125,8 @@ def compile_config(precision: str, **extra) -> dict:
         hint = HINTS["bf16" if cpu_native_bf16() else "fp32"]
     else:
         hint = HINTS[precision]
-    config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", **extra}
+    config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False,
+              **extra}  # no pinning: see the module's docstring
     threads = int(os.environ.get("POSTEMB_NUM_THREADS", "0"))
     if threads > 0:
         config["INFERENCE_NUM_THREADS"] = threads

@@ -86,6 +86,17 @@ def test_openvino_fp32_is_pinned_to_f32_and_bf16_needs_native_bf16(encoders, mon
         Encoder.from_pretrained(enc.model.path, backend="openvino", precision="bf16", warmup=False)
 
 
+def test_openvino_never_pins_threads_to_cores(encoders):
+    """The CPU plugin pins by default on Linux, and every process then pins to the same first core:
+    near-line workers and backfill actors ran at half speed (benchmarks/RESULTS.md, "Thread pinning")."""
+    from postemb_rt.backends.openvino_backend import compile_config
+
+    compiled = encoders["base", "openvino-graph"].backend._compiled
+    assert compiled.get_property("ENABLE_CPU_PINNING") is False
+    for precision in ("fp32", "bf16", "int8"):
+        assert compile_config(precision)["ENABLE_CPU_PINNING"] is False
+
+
 def test_python_fallback_is_reported_and_exact(monkeypatch, encoders, sample_texts):
     from postemb_rt import native
     from postemb_rt.ops.masked_mean_pool_l2 import CpuPooler
