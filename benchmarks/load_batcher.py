@@ -133,8 +133,8 @@ def main(argv=None) -> None:
     ap.add_argument("--bulk", type=int, default=1000, help="posts in the bulk encode")
     ap.add_argument("--backend", default="onnxruntime")
     ap.add_argument("--precision", default="fp32",
-                     help="fp32 (exact), or bf16 / int8 on CPU (gated by measured fidelity; bf16 runs on torch, "
-                          "int8 on onnxruntime)")
+                     help="fp32 (exact), or bf16 / int8 on CPU (gated by measured fidelity; which backend runs "
+                          "each: README \"Fast precisions\")")
     ap.add_argument("--max-wait-us", type=int, default=500)
     ap.add_argument("--batch-overhead-tokens", type=int, default=64)
     ap.add_argument("--max-batch-size", type=int, default=64)
@@ -142,7 +142,9 @@ def main(argv=None) -> None:
     posts = short_posts(max(args.requests, args.naive_requests, args.bulk))
     enc = load_encoder(args.backend, args.precision, max_wait_us=args.max_wait_us,
                        batch_overhead_tokens=args.batch_overhead_tokens, max_batch_size=args.max_batch_size)
-    print(f"model base backend {args.backend} precision {args.precision}", flush=True)
+    ran = enc.describe()
+    print(f"model base backend {args.backend} precision {args.precision}: ran {ran['backend']} {ran['precision']}",
+          flush=True)
     enc.encode(posts[:64])  # warm up
     results = [run_bulk(enc, posts[: args.bulk])]
     print(results[-1].line(), flush=True)

@@ -190,6 +190,8 @@ def model_ceiling(texts, args, n: int = 1024) -> float:
     t = time.perf_counter()
     enc.encode(texts[:n], batch_size=args.batch_size)
     rate = n / (time.perf_counter() - t)
+    ran = enc.describe()
+    print(f"ran {ran['backend']} {ran['precision']} (the workers load the same)", flush=True)
     enc.close()
     return round(rate, 1)
 
@@ -222,8 +224,8 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="default")
     p.add_argument("--backend", default="auto", help="the workers' and the ceiling's backend (default auto)")
     p.add_argument("--precision", default="fp32",
-                    help="fp32 (exact), or bf16 / int8 on CPU (gated by measured fidelity; bf16 runs on torch, "
-                         "int8 on onnxruntime)")
+                    help="fp32 (exact), or bf16 / int8 on CPU (gated by measured fidelity; which backend runs "
+                         "each: README \"Fast precisions\")")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=10.0)
     p.add_argument("--target-p99", type=float, default=1.0, help="freshness p99 target, s (default 1)")
