@@ -70,9 +70,10 @@ compare-st-openvino: $(ST_OV_VENV)/.installed
 	$(ST_OV_VENV)/bin/python benchmarks/compare.py --long 500 --providers \
 	  sentence-transformers,sentence-transformers:openvino,openvino,openvino:bf16,openvino:int8,auto:auto
 
-# Every CPU measurement of issue 27 on this machine (gate, encode tables, profiles, server), one after
-# another into one log: benchmarks/cpu_report.sh. 16 minutes on an idle 2-core Zen 4.
-cpu-report: $(STAMP) $(ST_OV_VENV)/.installed
+# Every CPU measurement of issue 27 on this machine (gate, encode tables, profiles, server, batcher,
+# near-line, backfill), one after another into one log: benchmarks/cpu_report.sh. About 27 minutes on
+# an idle 2-core Zen 4.
+cpu-report: $(STAMP) $(ST_OV_VENV)/.installed system-deps
 	bash benchmarks/cpu_report.sh
 
 # The shipped model's recipe (writes ../runs/multitask; copy it into postemb_rt/models/default/)

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Every CPU measurement of issue 27 on this machine, one command after another, into one log:
 # the CPU, the throughput gate, the full encode table, sentence-transformers on its own OpenVINO
-# backend, where each fast path's time goes (with the kernel names: `amx` on AMX), and the server at
-# onnxruntime fp32, its default and int8. 16 minutes on a 2-core Zen 4; run it on an idle machine.
+# backend, where each fast path's time goes (with the kernel names: `amx` on AMX), the server at
+# onnxruntime fp32, its default and int8, then the dynamic batcher at the server's precision, the
+# near-line worker at its default (fp32) and at `auto`, and the Ray backfill (the near-line steps
+# need redis-server). About 27 minutes on a 2-core Zen 4; run it on an idle machine.
 #
 #   make cpu-report                       # or: bash benchmarks/cpu_report.sh [LOG]
 #
@@ -45,6 +47,11 @@ for bp in "onnxruntime fp32" "auto auto" "openvino int8"; do
     step "server-$1-$2" "$PY" benchmarks/load_server.py --model base --backend "$1" --precision "$2" \
         --clients 1,64 --batch-clients 1 --requests 1000 --batch-requests 20 --posts 2000
 done
+step batcher-auto-auto "$PY" benchmarks/load_batcher.py --backend auto --precision auto
+for p in fp32 auto; do
+    step "nearline-auto-$p" "$PY" benchmarks/load_nearline.py --search-only --workers 2 --model default --precision "$p"
+done
+step backfill "$PY" benchmarks/bench_backfill.py --n 8000 --files 4 --rounds 2
 
 echo | tee -a "$LOG"
 if [ ${#failed[@]} -gt 0 ]; then
