@@ -16,11 +16,9 @@ from .errors import BackendUnavailableError, BatcherClosedError, FidelityError, 
 from .fidelity import Fidelity
 from .futures import gather
 from .model_dir import ModelDir, resolve, vector_version
-from .tokenization import PostTokenizer
+from .tokenization import TRUNCATED_WARNING, PostTokenizer
 
 log = logging.getLogger("postemb_rt")
-# The warning for posts cut at max_length or max_chunks (its args: count, of how many, what cut them).
-TRUNCATED_WARNING = "%d of %d texts were longer than %s and were truncated"
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "auto")
 CPU_FAST = ("bf16", "int8")  # CPU precisions gated by measured fidelity (postemb_rt.fidelity)
 

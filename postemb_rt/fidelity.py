@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .durable import read_sealed, write_sealed
+from .tokenization import TRUNCATED_WARNING
 
 log = logging.getLogger("postemb_rt")
 
@@ -115,8 +116,6 @@ class _DropTruncationWarnings(logging.Filter):
 
     def __init__(self):
         super().__init__()
-        from .encoder import TRUNCATED_WARNING
-
         self.message, self.thread = TRUNCATED_WARNING, threading.get_ident()
 
     def filter(self, record: logging.LogRecord) -> bool:

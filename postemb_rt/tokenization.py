@@ -10,6 +10,10 @@ from pathlib import Path
 
 from .errors import ValidationError
 
+# The encoder's warning for posts cut at max_length or max_chunks (args: how many, of how many, what
+# cut them); postemb_rt.fidelity drops it for the posts of its own check.
+TRUNCATED_WARNING = "%d of %d texts were longer than %s and were truncated"
+
 
 @dataclass
 class Tokenized:
