@@ -71,7 +71,7 @@ compare-st-openvino: $(ST_OV_VENV)/.installed
 	  sentence-transformers,sentence-transformers:openvino,openvino,openvino:bf16,openvino:int8,auto:auto
 
 # Every CPU measurement of issue 27 on this machine (gate, encode tables, profiles, server, batcher,
-# near-line, backfill), one after another into one log: benchmarks/cpu_report.sh. About 27 minutes on
+# near-line, backfill), one after another into one log: benchmarks/cpu_report.sh. 23 minutes on
 # an idle 2-core Zen 4.
 cpu-report: $(STAMP) $(ST_OV_VENV)/.installed system-deps
 	bash benchmarks/cpu_report.sh

@@ -4,7 +4,7 @@
 # backend, where each fast path's time goes (with the kernel names: `amx` on AMX), the server at
 # onnxruntime fp32, its default and int8, then the dynamic batcher at the server's precision, the
 # near-line worker at its default (fp32) and at `auto`, and the Ray backfill (the near-line steps
-# need redis-server). About 27 minutes on a 2-core Zen 4; run it on an idle machine.
+# need redis-server). 23 minutes on a 2-core Zen 4; run it on an idle machine.
 #
 #   make cpu-report                       # or: bash benchmarks/cpu_report.sh [LOG]
 #
