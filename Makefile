@@ -67,8 +67,7 @@ $(ST_OV_VENV)/.installed: pyproject.toml setup.py
 	touch $@
 
 compare-st-openvino: $(ST_OV_VENV)/.installed
-	$(ST_OV_VENV)/bin/python benchmarks/compare.py --long 500 --providers \
-	  sentence-transformers,sentence-transformers:openvino,openvino,openvino:bf16,openvino:int8,auto:auto
+	$(ST_OV_VENV)/bin/python benchmarks/compare.py --long 500 --providers st-openvino
 
 # Every CPU measurement of issue 27 on this machine (gate, encode tables, profiles, server, batcher,
 # near-line, backfill), one after another into one log: benchmarks/cpu_report.sh. 23 minutes on

@@ -103,6 +103,17 @@ def cpu_name() -> str:
     return platform.processor() or "unknown CPU"
 
 
+# Named sets for --providers. "st-openvino": issue 27's target rows against sentence-transformers on
+# its own OpenVINO backend (needs the side environment: `make compare-st-openvino`, cpu_report.sh).
+PROVIDER_SETS = {"st-openvino": "sentence-transformers,sentence-transformers:openvino,openvino,openvino:bf16,"
+                                "openvino:int8,auto:auto"}
+
+
+def provider_list(arg: str) -> list[str]:
+    """--providers as a list: a named set (PROVIDER_SETS) expanded, else split on commas."""
+    return PROVIDER_SETS.get(arg, arg).split(",")
+
+
 def measure_interleaved(encoders: dict, texts, repeats: int) -> dict:
     """{provider: (median seconds, last output)}. Rounds are interleaved (every provider
     once per round, rotating who goes first), so load from other processes hits all
@@ -135,7 +146,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the median is reported")
     p.add_argument("--providers", default=",".join(PROVIDERS + ["openvino", "torch:bf16", "openvino:bf16",
                                                                  "onnxruntime:int8", "auto:auto"]),
-                   help="backend[:precision], comma-separated (default: %(default)s)")
+                   help="backend[:precision], comma-separated, or the name of a set: "
+                   + "; ".join(f"{k} = {v}" for k, v in PROVIDER_SETS.items()) + " (default: %(default)s)")
     p.add_argument("--model", default="base", help="model for this project's providers (default: base, the "
                    "model sentence-transformers runs)")
     p.add_argument("--ceiling-repeats", type=int, default=5, help="timed calls per GEMM and library in each "
@@ -177,7 +189,7 @@ def main(argv=None) -> int:
     print("| workload | provider | posts/s | tokens/s | x baseline | cosine min / mean vs torch fp32 | overlap@10 "
           "| % of its ceiling |")
     print("|---|---|---:|---:|---:|---:|---:|---:|")
-    encoders = {name: make_encode(name, args.model) for name in args.providers.split(",")}
+    encoders = {name: make_encode(name, args.model) for name in provider_list(args.providers)}
     report = {"date": str(date.today()), "cpu": cpu_name(), "cpus": os.cpu_count(), "threads": threads,
               "load_start": load_start, "mflop_per_token": fpt / 1e6, "int8_share": share, "isa_peak": peak,
               "workloads": {}, "warnings": [], "over_ceiling": False}

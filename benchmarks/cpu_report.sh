@@ -33,8 +33,7 @@ step gate "$PY" benchmarks/throughput_gate.py
 step compare "$PY" benchmarks/compare.py --n 4000 --long 500 --repeats 3 --providers \
     sentence-transformers,torch,onnxruntime,openvino,torch:bf16,openvino:bf16,onnxruntime:int8,openvino:int8,auto:auto
 if [ -x "$ST_OV_PY" ]; then
-    step compare-st-openvino "$ST_OV_PY" benchmarks/compare.py --n 4000 --long 500 --repeats 3 --providers \
-        sentence-transformers,sentence-transformers:openvino,openvino,openvino:bf16,openvino:int8,auto:auto
+    step compare-st-openvino "$ST_OV_PY" benchmarks/compare.py --n 4000 --long 500 --repeats 3 --providers st-openvino
 else
     echo "## compare-st-openvino: skipped, $ST_OV_PY not found (make compare-st-openvino builds it)" | tee -a "$LOG"
     failed+=(compare-st-openvino)

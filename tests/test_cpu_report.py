@@ -54,3 +54,13 @@ def test_a_missing_side_environment_fails_that_step_with_the_fix(tmp_path):
     assert r.returncode == 1
     assert "make compare-st-openvino builds it" in log and "FAILED: compare-st-openvino" in log
     assert "ran: benchmarks/load_server.py" in log
+
+
+def test_the_side_environment_step_runs_compares_named_set_of_st_openvino_rows(tmp_path):
+    from benchmarks.compare import provider_list
+
+    _, log = _run(tmp_path, _stub(tmp_path))
+    assert "ran: benchmarks/compare.py --n 4000 --long 500 --repeats 3 --providers st-openvino" in log
+    rows = provider_list("st-openvino")
+    assert rows[:2] == ["sentence-transformers", "sentence-transformers:openvino"] and "openvino:int8" in rows
+    assert provider_list("torch,onnxruntime:int8") == ["torch", "onnxruntime:int8"]
