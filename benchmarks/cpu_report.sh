@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every CPU measurement of issue 27 on this machine, one command after another, into one log:
 # the CPU, the throughput gate, the full encode table, sentence-transformers on its own OpenVINO
-# backend, where each fast path's time goes (with the kernel names: `amx` on AMX), the server at
+# backend, where each fast path's time goes (OpenVINO's and torch's kernel names: `amx` on AMX), the server at
 # onnxruntime fp32, its default and int8, then the dynamic batcher at the server's precision, the
 # near-line worker at its default (fp32) and at `auto`, and the Ray backfill (the near-line steps
 # need redis-server). 23 minutes on a 2-core Zen 4; run it on an idle machine.
@@ -41,6 +41,7 @@ fi
 step profile-openvino-bf16 "$PY" benchmarks/profile_cpu.py --backend openvino --precision bf16
 step profile-openvino-int8 "$PY" benchmarks/profile_cpu.py --backend openvino --precision int8
 step profile-torch-bf16 "$PY" benchmarks/profile_cpu.py --precision bf16
+step profile-onnxruntime-int8 "$PY" benchmarks/profile_cpu.py --backend onnxruntime --precision int8
 for bp in "onnxruntime fp32" "auto auto" "openvino int8"; do
     set -- $bp
     step "server-$1-$2" "$PY" benchmarks/load_server.py --model base --backend "$1" --precision "$2" \

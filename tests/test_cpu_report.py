@@ -8,7 +8,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 STEPS = ["gate", "compare", "compare-st-openvino", "profile-openvino-bf16", "profile-openvino-int8",
-         "profile-torch-bf16", "server-onnxruntime-fp32", "server-auto-auto", "server-openvino-int8",
+         "profile-torch-bf16", "profile-onnxruntime-int8",
+         "server-onnxruntime-fp32", "server-auto-auto", "server-openvino-int8",
          "batcher-auto-auto", "nearline-auto-fp32", "nearline-auto-auto", "backfill"]
 
 
@@ -44,7 +45,7 @@ def test_every_step_runs_in_order_into_one_log(tmp_path):
 def test_a_failed_step_is_named_at_the_end_and_the_rest_still_run(tmp_path):
     r, log = _run(tmp_path, _stub(tmp_path, fail_when="--precision int8"))
     assert r.returncode == 1
-    assert "FAILED: profile-openvino-int8 server-openvino-int8" in log
+    assert "FAILED: profile-openvino-int8 profile-onnxruntime-int8 server-openvino-int8" in log
     assert "ran: benchmarks/load_server.py --model base --backend auto --precision auto" in log
     assert "ran: benchmarks/bench_backfill.py --n 8000 --files 4 --rounds 2" in log
 
