@@ -166,7 +166,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-queued-tokens", type=int, default=65536)
     p.add_argument("--max-wait-us", type=int, default=500)
     p.add_argument("--max-batch-size", type=int, default=64)
-    p.add_argument("--threads", type=int, default=None, help="the server's model threads (default: one per core)")
+    p.add_argument("--threads", type=int, default=None, help="the server's model threads, and the bulk reference's "
+                   "(default: the server's default, one per physical core)")
     p.add_argument("--batch-overhead-tokens", type=int, default=None, help="the server's (default: its default)")
     p.add_argument("--json", default=None, help="write the cases here")
     args = p.parse_args(argv)
@@ -189,9 +190,10 @@ def main(argv=None) -> int:
     try:
         from postemb_rt import Encoder
 
-        # the same model threads as the server (postemb serve's default: one fewer than the cores)
-        threads = args.threads or max(1, (os.cpu_count() or 2) - 1)
-        os.environ["POSTEMB_NUM_THREADS"] = str(threads)
+        # the same model threads as the server (postemb serve's default: the backend's, one per physical core)
+        if args.threads:
+            os.environ["POSTEMB_NUM_THREADS"] = str(args.threads)
+        threads = args.threads or os.environ.get("POSTEMB_NUM_THREADS") or "the backend's default"
         enc = Encoder.from_pretrained(args.model, backend=args.backend, precision=args.precision)
         enc.encode(posts[:256])
 

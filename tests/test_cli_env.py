@@ -78,3 +78,16 @@ def test_serve_takes_device_and_max_batch_tokens():
     assert config_from_args(parse(["serve"], {})).max_batch_tokens is None
     with pytest.raises(ValidationError, match=r"`--max-batch-tokens` must be >= 1. Given: 0"):
         config_from_args(parse(["serve", "--max-batch-tokens", "0"], {}))
+
+
+def test_serve_leaves_model_threads_to_the_backend_and_shares_the_cores_among_workers(monkeypatch):
+    import os
+
+    from postemb_rt.commands.serve import default_threads
+
+    monkeypatch.delenv("POSTEMB_NUM_THREADS", raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    assert default_threads(1) is None  # the backend's own default, as Encoder.encode has
+    assert (default_threads(2), default_threads(3), default_threads(16)) == (4, 2, 1)
+    monkeypatch.setenv("POSTEMB_NUM_THREADS", "3")
+    assert default_threads(2) is None  # the environment's value stands

@@ -91,6 +91,18 @@ def model_specs(args) -> str | list[str]:
     return specs[0] if len(specs) == 1 else specs
 
 
+def default_threads(workers: int) -> int | None:
+    """Model threads per server process when neither --threads nor $POSTEMB_NUM_THREADS says:
+    None with one worker (the backend's own default, one per physical core, as ``encode`` has),
+    else the cores shared out among the workers. The event loop gets no core of its own: on an
+    idle 2-core Zen 4, 2 model threads served 1.2-1.6x the posts/s of 1 at 64 clients, with a
+    lower latency at 1 client, on OpenVINO bf16 and fp32 and onnxruntime fp32
+    (benchmarks/RESULTS.md "Server threads")."""
+    if "POSTEMB_NUM_THREADS" in os.environ or workers <= 1:
+        return None
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def run(args) -> int:
     try:
         import uvicorn
@@ -99,12 +111,9 @@ def run(args) -> int:
     except ImportError as exc:
         raise ValidationError(f"`postemb serve` needs the serve extra ({exc.name} is missing). "
                               "Fix: pip install 'postemb_rt[serve]'.") from None
-    if args.threads:
-        os.environ["POSTEMB_NUM_THREADS"] = str(args.threads)
-    elif "POSTEMB_NUM_THREADS" not in os.environ:
-        # Leave a core to the event loop (HTTP, JSON, tokenizer): measured on 2 busy cores, 64
-        # clients, one model thread served 147 posts/s against 99 with two.
-        os.environ["POSTEMB_NUM_THREADS"] = str(max(1, (os.cpu_count() or 2) - 1))
+    threads = args.threads or default_threads(args.workers)
+    if threads:
+        os.environ["POSTEMB_NUM_THREADS"] = str(threads)
     cfg = config_from_args(args)
     if args.workers > 1:
         # each worker process loads its own model and batcher: only worth it with cores to spare
@@ -193,10 +202,10 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port; 0 picks a free one, printed (default: 8080)")
     p.add_argument("--workers", type=int, default=1,
-                   help="server processes, each with its own model (default: 1; more only with spare cores)")
+                   help="server processes, each with its own model and its share of the cores (default: 1)")
     p.add_argument("--threads", type=int, default=None,
-                   help="intra-op threads for the model (sets POSTEMB_NUM_THREADS; default: $POSTEMB_NUM_THREADS, "
-                        "else one fewer than the cores, at least 1)")
+                   help="intra-op threads for the model, per worker (sets POSTEMB_NUM_THREADS; default: "
+                        "$POSTEMB_NUM_THREADS, else one per physical core, shared out among the workers)")
     p.add_argument("--api-key", default=os.environ.get("POSTEMB_API_KEY"),
                    help="require `Authorization: Bearer KEY` (default: $POSTEMB_API_KEY; the environment keeps "
                         "it out of `ps`)")
