@@ -115,8 +115,15 @@ def run(args) -> int:
     if threads:
         os.environ["POSTEMB_NUM_THREADS"] = str(threads)
     cfg = config_from_args(args)
+    what = (f"model {cfg.model!r}, backend {cfg.backend!r}" if isinstance(cfg.model, str)
+            else f"models {cfg.model}, backend {cfg.backend!r}")
     if args.workers > 1:
-        # each worker process loads its own model and batcher: only worth it with cores to spare
+        # each worker process loads its own model and batcher. uvicorn binds the port itself in
+        # the supervisor; binding it here first gives the same error as one worker for a port in
+        # use, and the real port for --port 0, printed as with one worker.
+        probe = listen(args.host, args.port)
+        port = probe.getsockname()[1]
+        probe.close()
         os.environ["POSTEMB_SERVE_CONFIG"] = json.dumps(cfg.__dict__)
         fd, fatal = tempfile.mkstemp(prefix="postemb-serve-fatal-")  # a worker's failed model load lands here
         os.close(fd)
@@ -125,8 +132,11 @@ def run(args) -> int:
         from ..serving.connections import configure, uvicorn_options
 
         configure(cfg.max_connections, cfg.header_timeout_s, cfg.body_timeout_s)  # each worker does it again
+        print(f"postemb serve: listening on {url(args.host, port)} ({what}; {args.workers} workers, model threads "
+              f"per worker: {os.environ.get('POSTEMB_NUM_THREADS', 'the backend default')}; GET /ready turns 200 "
+              "when a worker's model is loaded)", flush=True)
         try:
-            uvicorn.run("postemb_rt.serving.routes:app_from_env", factory=True, host=args.host, port=args.port,
+            uvicorn.run("postemb_rt.serving.routes:app_from_env", factory=True, host=args.host, port=port,
                         workers=args.workers, log_level="info" if args.verbose else "warning",
                         access_log=args.access_log, timeout_graceful_shutdown=cfg.drain_timeout_s,
                         backlog=LISTEN_BACKLOG, **uvicorn_options())
@@ -139,8 +149,26 @@ def run(args) -> int:
             return 1
         return 0
     return serve_app(create_app(cfg), args.host, args.port, cfg.drain_timeout_s, verbose=args.verbose,
-                     access_log=args.access_log, what=f"model {cfg.model!r}, backend {cfg.backend!r}"
-                     if isinstance(cfg.model, str) else f"models {cfg.model}, backend {cfg.backend!r}")
+                     access_log=args.access_log, what=what)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on host:port (0: a free port), or the ValidationError naming them."""
+    # proto IPPROTO_TCP (not 0): asyncio sets TCP_NODELAY on accepted sockets only then; without
+    # it a keep-alive answer (headers and body in two writes) waits ~40 ms for a delayed ACK.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ValidationError(f"cannot listen on {host}:{port}: {exc.strerror}.") from None
+    sock.listen(LISTEN_BACKLOG)
+    return sock
+
+
+def url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
 def serve_app(app, host: str, port: int, drain_timeout_s: float, verbose: bool = False, access_log: bool = False,
@@ -157,23 +185,14 @@ def serve_app(app, host: str, port: int, drain_timeout_s: float, verbose: bool =
     # uvicorn re-raises a captured SIGTERM after its graceful shutdown, which would end the
     # process with -15: a handler of our own makes that re-raise a no-op, so a drain exits 0.
     signal.signal(signal.SIGTERM, lambda *_: None)
-    # proto IPPROTO_TCP (not 0): asyncio sets TCP_NODELAY on accepted sockets only then; without
-    # it a keep-alive answer (headers and body in two writes) waits ~40 ms for a delayed ACK.
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-    except OSError as exc:
-        raise ValidationError(f"cannot listen on {host}:{port}: {exc.strerror}.") from None
-    sock.listen(LISTEN_BACKLOG)
+    sock = listen(host, port)
     host, port = sock.getsockname()[:2]
     server = uvicorn.Server(uvicorn.Config(app, log_level="info" if verbose else "warning", access_log=access_log,
                                            timeout_graceful_shutdown=drain_timeout_s, lifespan="on",
                                            backlog=LISTEN_BACKLOG, **uvicorn_options()))
     models = app.state.models
     models.on_fatal = lambda: setattr(server, "should_exit", True)
-    shown = f"[{host}]" if ":" in host else host
-    print(f"postemb serve: listening on http://{shown}:{port} ({what}; GET /ready turns 200 when the model is "
+    print(f"postemb serve: listening on {url(host, port)} ({what}; GET /ready turns 200 when the model is "
           "loaded)", flush=True)
     server.run(sockets=[sock])
     if models.load_error:

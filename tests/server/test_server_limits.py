@@ -4,6 +4,7 @@ import asyncio
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -114,6 +115,20 @@ def test_model_load_failure_with_several_workers_exits_1(tmp_path):
     out = subprocess.run(argv, capture_output=True, text=True, timeout=240)
     assert out.returncode == 1, (out.stdout[-2000:], out.stderr[-2000:])
     assert "failed to load" in out.stderr and "no-such-model" in out.stderr
+    port = int(re.search(r"listening on http://127\.0\.0\.1:(\d+) .*2 workers", out.stdout).group(1))
+    assert port > 0  # --port 0 is resolved and printed, as with one worker
+
+
+def test_several_workers_on_a_port_in_use_fail_as_one_worker_does():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = [sys.executable, "-m", "postemb_rt.cli", "serve", "--model", "base", "--port", str(port),
+                "--workers", "2"]
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, (out.stdout[-2000:], out.stderr[-2000:])
+    assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
 
 
 def test_openapi_documents_error_responses_and_metrics_content_type(client):
