@@ -1,5 +1,6 @@
 """Builds the native extension postemb_rt._C; all metadata lives in pyproject.toml."""
 from glob import glob
+from pathlib import Path
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import find_packages, setup
@@ -14,8 +15,15 @@ ext_modules = [
     ),
 ]
 
+# The shipped models are data (package_data below), but setuptools sees a directory with an
+# identifier name as a package and warns, for each, that it is missing from `packages` (a
+# configuration it calls ambiguous): listing them says that they are meant to ship.
+MODEL_DIRS = sorted(f"postemb_rt.models.{d.name}" for d in (Path(__file__).parent / "postemb_rt/models").iterdir()
+                    if d.is_dir() and d.name.isidentifier())
+
 setup(
-    packages=find_packages(include=["postemb_rt", "postemb_rt.*"]) + ["postemb_rt.kernels"],
+    packages=find_packages(include=["postemb_rt", "postemb_rt.*"]) + ["postemb_rt.kernels", "postemb_rt.models",
+                                                                     *MODEL_DIRS],
     package_dir={"postemb_rt.kernels": "kernels"},
     package_data={"postemb_rt": ["models/*/*", "py.typed"]},
     ext_modules=ext_modules,
