@@ -117,10 +117,12 @@ def onnxruntime_profile(enc, texts) -> tuple[float, dict[str, float]]:
 
     import onnxruntime as ort
 
+    from postemb_rt.cpu import model_threads
+
     backend = enc.backend
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    so.intra_op_num_threads = int(os.environ.get("POSTEMB_NUM_THREADS", "0"))
+    so.intra_op_num_threads = model_threads()  # as the onnxruntime backend's session
     so.enable_profiling = True
     so.profile_file_prefix = "/tmp/postemb-ort-profile"
     plain, backend._session = backend._session, ort.InferenceSession(str(backend.onnx_path), so,

@@ -3,7 +3,9 @@
 call."""
 from __future__ import annotations
 
+import math
 import os
+from pathlib import Path
 
 # ONEDNN_MAX_CPU_ISA values, lowest first, up to the first level with native bf16 (oneDNN's order;
 # OpenVINO's copy of oneDNN honours the same variable)
@@ -60,3 +62,72 @@ def onednn_exec_verbose(environ=None) -> str | None:
         if {v.strip().lower() for v in value.split(",")} & VERBOSE_EXEC:
             return f"{name}={value}"
     return None
+
+
+def _quota_files(proc_cgroup: str, cgroup_root: str) -> list[tuple[Path, str]]:
+    """(file, "v2" | "v1") for this process's cgroup and each of its ancestors: cgroup v2's
+    cpu.max, v1's cpu.cfs_quota_us (under the cpu controller's mount)."""
+    try:
+        lines = Path(proc_cgroup).read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        if controllers == "":
+            mounts, name, kind = [Path(cgroup_root)], "cpu.max", "v2"
+        elif "cpu" in controllers.split(","):
+            mounts, name, kind = [Path(cgroup_root) / d for d in ("cpu,cpuacct", "cpu")], "cpu.cfs_quota_us", "v1"
+        else:
+            continue
+        parts = [q for q in path.strip("/").split("/") if q]
+        for mount in mounts:
+            for depth in range(len(parts), -1, -1):
+                out.append((mount.joinpath(*parts[:depth]) / name, kind))
+    return out
+
+
+def cgroup_cpu_quota(proc_cgroup: str = "/proc/self/cgroup", cgroup_root: str = "/sys/fs/cgroup") -> float | None:
+    """The CPU quota of this process's cgroup, in CPUs (a container's ``--cpus``, a Kubernetes CPU
+    limit): the smallest over its cgroup and their ancestors, cgroup v2 or v1; None without one."""
+    quotas = []
+    for f, kind in _quota_files(proc_cgroup, cgroup_root):
+        try:
+            if kind == "v2":
+                quota, period = f.read_text().split()[:2]
+            else:
+                quota, period = f.read_text().strip(), (f.parent / "cpu.cfs_period_us").read_text().strip()
+        except (OSError, ValueError):
+            continue
+        if quota not in ("max", "-1") and int(period) > 0:
+            quotas.append(int(quota) / int(period))
+    return min(quotas) if quotas else None
+
+
+def usable_cpus(proc_cgroup: str = "/proc/self/cgroup", cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """The CPUs this process may use: its affinity mask (``taskset``, a container's cpuset), capped
+    by its cgroup CPU quota rounded up."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    quota = cgroup_cpu_quota(proc_cgroup, cgroup_root)
+    return max(1, min(n, math.ceil(quota))) if quota else n
+
+
+def model_threads(environ=None, usable: int | None = None) -> int:
+    """Intra-op threads for onnxruntime and OpenVINO: ``POSTEMB_NUM_THREADS`` when set; else, when
+    this process may use fewer CPUs than the machine has (:func:`usable_cpus`), that many; else 0,
+    the library's default (one thread per physical core). Without it, onnxruntime's default counts
+    every physical core of the machine and pins a thread to each, so it leaves ``taskset`` and
+    runs on cores given to other processes (two processes set to a core each: 126-135 posts/s
+    each against 172-174; benchmarks/RESULTS.md "CPU limits"), and neither library reads a
+    cgroup quota."""
+    environ = os.environ if environ is None else environ
+    value = environ.get("POSTEMB_NUM_THREADS", "").strip()
+    if value:
+        if not value.isdigit():
+            from .errors import ValidationError
+
+            raise ValidationError(f"`POSTEMB_NUM_THREADS` must be an integer >= 0 (0: the library's default). "
+                                  f"Given: {value!r}.")
+        return int(value)
+    usable = usable_cpus() if usable is None else usable
+    return usable if usable < (os.cpu_count() or usable) else 0

@@ -21,7 +21,6 @@ The float32 smoothed graph computes the same embeddings as the original up to fl
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
@@ -70,11 +69,12 @@ def activation_maxima(onnx_path: str | Path, tokenizer, texts: list[str], nodes:
     """{node name: per-input-channel max |X_j| over the real (unpadded) tokens of ``texts``} for the
     input 0 of each node in ``nodes`` (from :func:`smoothable`). ``tokenizer``: a
     ``postemb_rt.tokenization.PostTokenizer``. Runs the graph in onnxruntime, with
-    ``POSTEMB_NUM_THREADS`` threads (0 or unset: onnxruntime's default)."""
+    ``postemb_rt.cpu.model_threads()`` threads."""
     import onnx
     import onnxruntime as ort
 
     from . import native
+    from .cpu import model_threads
     from .errors import ValidationError
 
     if not texts:
@@ -86,7 +86,7 @@ def activation_maxima(onnx_path: str | Path, tokenizer, texts: list[str], nodes:
         if name not in have:
             model.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     so = ort.SessionOptions()
-    so.intra_op_num_threads = int(os.environ.get("POSTEMB_NUM_THREADS", "0"))
+    so.intra_op_num_threads = model_threads()
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     wanted = list(dict.fromkeys(inputs.values()))
     seqs = tokenizer(texts).ids

@@ -81,12 +81,11 @@ def test_serve_takes_device_and_max_batch_tokens():
 
 
 def test_serve_leaves_model_threads_to_the_backend_and_shares_the_cores_among_workers(monkeypatch):
-    import os
-
+    import postemb_rt.cpu
     from postemb_rt.commands.serve import default_threads
 
     monkeypatch.delenv("POSTEMB_NUM_THREADS", raising=False)
-    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    monkeypatch.setattr(postemb_rt.cpu, "usable_cpus", lambda: 8)
     assert default_threads(1) is None  # the backend's own default, as Encoder.encode has
     assert (default_threads(2), default_threads(3), default_threads(16)) == (4, 2, 1)
     monkeypatch.setenv("POSTEMB_NUM_THREADS", "3")

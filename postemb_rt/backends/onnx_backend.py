@@ -13,10 +13,9 @@ A model directory without an ONNX file is exported on first use into the cache
 """
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
+from ..cpu import model_threads
 from ..errors import BackendUnavailableError, ValidationError
 from ..ops.masked_mean_pool_l2 import CpuPooler
 from .base import Backend
@@ -81,8 +80,7 @@ class OnnxBackend(Backend):
             providers = ["CPUExecutionProvider"]
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        threads = int(os.environ.get("POSTEMB_NUM_THREADS", "0"))  # 0: one per physical core
-        so.intra_op_num_threads = threads
+        so.intra_op_num_threads = model_threads()  # 0: one per physical core
         self._session = ort.InferenceSession(str(onnx_path), so, providers=providers)
         outputs = {o.name for o in self._session.get_outputs()}
         pooling = onnx_md.config.onnx_pooling

@@ -26,7 +26,8 @@ matmuls through oneDNN with AMX tiles where the CPU has them. Precisions:
 
 One compiled model per backend; one infer request per calling thread (an infer request is
 not thread-safe, the compiled model is). ``POSTEMB_NUM_THREADS`` sets the plugin's threads
-(default: the plugin's, one per physical core). Threads are never pinned to cores
+(default: the plugin's, one per physical core, or the CPUs this process may use where a CPU
+mask or quota limits it: ``postemb_rt.cpu.model_threads``). Threads are never pinned to cores
 (``ENABLE_CPU_PINNING=False``; the plugin pins them by default on Linux): each process pins
 its first thread to the same first core, so processes sharing a machine (near-line workers,
 Ray backfill actors, ``serve --workers``) all ran on one core. Two 1-thread processes on 2
@@ -36,12 +37,11 @@ cores gave 90 posts/s each pinned, 186 unpinned; one process runs as fast either
 from __future__ import annotations
 
 import logging
-import os
 import threading
 
 import numpy as np
 
-from ..cpu import native_bf16 as cpu_native_bf16, onednn_exec_verbose, vnni512
+from ..cpu import model_threads, native_bf16 as cpu_native_bf16, onednn_exec_verbose, vnni512
 from ..durable import read_json
 from ..errors import BackendUnavailableError, ValidationError
 from ..ops.masked_mean_pool_l2 import CpuPooler
@@ -127,7 +127,7 @@ def compile_config(precision: str, **extra) -> dict:
         hint = HINTS[precision]
     config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False,
               **extra}  # no pinning: see the module's docstring
-    threads = int(os.environ.get("POSTEMB_NUM_THREADS", "0"))
+    threads = model_threads()
     if threads > 0:
         config["INFERENCE_NUM_THREADS"] = threads
     return config

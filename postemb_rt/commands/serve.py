@@ -93,14 +93,16 @@ def model_specs(args) -> str | list[str]:
 
 def default_threads(workers: int) -> int | None:
     """Model threads per server process when neither --threads nor $POSTEMB_NUM_THREADS says:
-    None with one worker (the backend's own default, one per physical core, as ``encode`` has),
-    else the cores shared out among the workers. The event loop gets no core of its own: on an
+    None with one worker (the backends' default, as ``encode`` has: ``cpu.model_threads``), else
+    the CPUs this process may use shared out among the workers. The event loop gets no core of its own: on an
     idle 2-core Zen 4, 2 model threads served 1.2-1.6x the posts/s of 1 at 64 clients, with a
     lower latency at 1 client, on OpenVINO bf16 and fp32 and onnxruntime fp32
     (benchmarks/RESULTS.md "Server threads")."""
     if "POSTEMB_NUM_THREADS" in os.environ or workers <= 1:
         return None
-    return max(1, (os.cpu_count() or 1) // workers)
+    from ..cpu import usable_cpus
+
+    return max(1, usable_cpus() // workers)
 
 
 def run(args) -> int:
