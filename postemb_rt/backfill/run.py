@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..cpu import usable_cpus
 from ..durable import atomic_write, durable_rename, read_json
 from ..errors import PostEmbError, ValidationError
 from .plan import (ID_TYPES, MARKER, ROWS_PER_SPLIT, STAGING, SUCCESS, FilePlan, errors_name, jsonl_first_id_type,
@@ -226,7 +226,7 @@ def _ray_init(ray_address: str | None, num_cpus: int | None) -> bool:
     if ray_address:
         ray.init(address=ray_address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus or os.cpu_count(), **kwargs)
+        ray.init(num_cpus=num_cpus or usable_cpus(), **kwargs)  # a CPU mask or quota, else every CPU
     return True
 
 
