@@ -73,7 +73,10 @@ def _quota_files(proc_cgroup: str, cgroup_root: str) -> list[tuple[Path, str]]:
         return []
     out = []
     for line in lines:
-        _, controllers, path = line.split(":", 2)
+        fields = line.split(":", 2)
+        if len(fields) != 3:
+            continue
+        _, controllers, path = fields
         if controllers == "":
             mounts, name, kind = [Path(cgroup_root)], "cpu.max", "v2"
         elif "cpu" in controllers.split(","):
@@ -97,10 +100,10 @@ def cgroup_cpu_quota(proc_cgroup: str = "/proc/self/cgroup", cgroup_root: str = 
                 quota, period = f.read_text().split()[:2]
             else:
                 quota, period = f.read_text().strip(), (f.parent / "cpu.cfs_period_us").read_text().strip()
+            if quota not in ("max", "-1") and int(period) > 0:
+                quotas.append(int(quota) / int(period))
         except (OSError, ValueError):
             continue
-        if quota not in ("max", "-1") and int(period) > 0:
-            quotas.append(int(quota) / int(period))
     return min(quotas) if quotas else None
 
 
@@ -118,7 +121,7 @@ def model_threads(environ=None, usable: int | None = None) -> int:
     the library's default (one thread per physical core). Without it, onnxruntime's default counts
     every physical core of the machine and pins a thread to each, so it leaves ``taskset`` and
     runs on cores given to other processes (two processes set to a core each: 126-135 posts/s
-    each against 172-174; benchmarks/RESULTS.md "CPU limits"), and neither library reads a
+    each, 167-173 with this; benchmarks/RESULTS.md "CPU limits"), and neither library reads a
     cgroup quota."""
     environ = os.environ if environ is None else environ
     value = environ.get("POSTEMB_NUM_THREADS", "").strip()
