@@ -79,10 +79,11 @@ def test_the_backends_threads_stay_on_the_cpus_the_process_was_given(backend):
         for task in glob.glob("/proc/self/task/*/status"):
             line = next(x for x in open(task) if x.startswith("Cpus_allowed_list"))
             allowed.add(line.split(":")[1].strip())
-        print(first, sorted(allowed))
+        print(enc.describe()["threads"], first, sorted(allowed))
     """)
     env = {k: v for k, v in os.environ.items() if k != "POSTEMB_NUM_THREADS"}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    first, allowed = out.stdout.split(maxsplit=1)
+    threads, first, allowed = out.stdout.split(maxsplit=2)
     assert allowed.strip() == repr([first])
+    assert threads == "1"  # describe() (and the server's /info) says so

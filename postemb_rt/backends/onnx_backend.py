@@ -105,8 +105,10 @@ class OnnxBackend(Backend):
         return vec
 
     def describe(self) -> dict:
+        threads = self._session.get_session_options().intra_op_num_threads
         return {**super().describe(), "onnx_path": str(self.onnx_path),
-                "providers": self._session.get_providers()}
+                "providers": self._session.get_providers(),
+                "threads": threads or "onnxruntime's default: one per physical core"}
 
     def close(self) -> None:
         self._session = None

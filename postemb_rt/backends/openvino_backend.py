@@ -229,7 +229,8 @@ class OpenVinoBackend(Backend):
 
     def describe(self) -> dict:
         out = {**super().describe(), "onnx_path": str(self.onnx_path), "openvino": self._version,
-               "inference_precision": inference_precision(self._compiled)}
+               "inference_precision": inference_precision(self._compiled),
+               "threads": int(self._compiled.get_property("INFERENCE_NUM_THREADS"))}
         if self.precision == "int8":
             out["int8"] = (f"{self.int8_matmuls} matmuls int8 x int8: weights per output channel, inputs one "
                            "static scale per tensor (calibrated on TweetEval train posts, after SmoothQuant)")
