@@ -53,7 +53,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "store the first K components re-normalised, under vector version '<model>@K' "
                         "(default: the full dim)")
     p.add_argument("--threads", type=int, default=None,
-                   help="intra-op threads for the model (sets POSTEMB_NUM_THREADS; default: one per core)")
+                   help="intra-op threads for the model (sets POSTEMB_NUM_THREADS; default: one per physical "
+                        "core, or the CPUs this process may use where a CPU mask or quota limits it)")
     p.add_argument("--batch-size", type=int, default=64, help="max events per micro-batch (default: 64)")
     p.add_argument("--max-wait-ms", type=float, default=10.0,
                    help="after a batch's first event, wait at most this long for more (default: 10)")
