@@ -226,7 +226,8 @@ def register(sub) -> None:
                    help="server processes, each with its own model and its share of the cores (default: 1)")
     p.add_argument("--threads", type=int, default=None,
                    help="intra-op threads for the model, per worker (sets POSTEMB_NUM_THREADS; default: "
-                        "$POSTEMB_NUM_THREADS, else one per physical core, shared out among the workers)")
+                        "$POSTEMB_NUM_THREADS, else one per physical core or the process's CPU limit, shared out among "
+                        "the workers)")
     p.add_argument("--api-key", default=os.environ.get("POSTEMB_API_KEY"),
                    help="require `Authorization: Bearer KEY` (default: $POSTEMB_API_KEY; the environment keeps "
                         "it out of `ps`)")
