@@ -94,10 +94,11 @@ def model_specs(args) -> str | list[str]:
 def default_threads(workers: int) -> int | None:
     """Model threads per server process when neither --threads nor $POSTEMB_NUM_THREADS says:
     None with one worker (the backends' default, as ``encode`` has: ``cpu.model_threads``), else
-    the CPUs this process may use shared out among the workers. The event loop gets no core of its own: on an
-    idle 2-core Zen 4, 2 model threads served 1.2-1.6x the posts/s of 1 at 64 clients, with a
-    lower latency at 1 client, on OpenVINO bf16 and fp32 and onnxruntime fp32
-    (benchmarks/RESULTS.md "Server threads")."""
+    the CPUs this process may use shared out among the workers (so with several workers
+    $POSTEMB_NUM_THREADS is always set). The event loop gets no core of its own: on an idle
+    2-core Zen 4, 2 model threads served 1.2-1.6x the posts/s of 1 at 64 clients, with a lower
+    latency at 1 client, on OpenVINO bf16 and fp32 and onnxruntime fp32 (benchmarks/RESULTS.md
+    "Server threads")."""
     if "POSTEMB_NUM_THREADS" in os.environ or workers <= 1:
         return None
     from ..cpu import usable_cpus
@@ -135,7 +136,7 @@ def run(args) -> int:
 
         configure(cfg.max_connections, cfg.header_timeout_s, cfg.body_timeout_s)  # each worker does it again
         print(f"postemb serve: listening on {url(args.host, port)} ({what}; {args.workers} workers, model threads "
-              f"per worker: {os.environ.get('POSTEMB_NUM_THREADS', 'the backend default')}; GET /ready turns 200 "
+              f"per worker: {os.environ['POSTEMB_NUM_THREADS']}; GET /ready turns 200 "
               "when a worker's model is loaded)", flush=True)
         try:
             uvicorn.run("postemb_rt.serving.routes:app_from_env", factory=True, host=args.host, port=port,
