@@ -15,8 +15,8 @@ from .errors import CLIENT_CLOSED, ApiError, error_response
 log = logging.getLogger("postemb_rt.server")
 
 OPEN_PATHS = frozenset({"/health", "/ready"})  # no API key needed (probes)
-ROUTES = ("/v1/embeddings", "/v1/models", "/embed", "/embed_full", "/", "/tokenize", "/decode", "/health", "/ready",
-          "/info", "/metrics", "/openapi.json", "/docs")
+ROUTES = ("/v1/embeddings", "/embeddings", "/v1/models", "/embed", "/embed_full", "/", "/similarity", "/tokenize",
+          "/decode", "/health", "/ready", "/info", "/metrics", "/openapi.json", "/docs")
 
 
 CLOSE = {"Connection": "close"}  # answers sent before the body was read: the connection cannot be reused

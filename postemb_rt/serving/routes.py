@@ -109,11 +109,14 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         return json_response(500, {"error": {"message": f"Internal error: {type(exc).__name__}.",
                                              "type": "server_error", "param": None, "code": "internal"}})
 
-    @app.post("/v1/embeddings", openapi_extra=body_doc(V1EmbeddingsRequest), response_class=Response,
-              responses=_responses(*EMBED_ERRORS))
     async def v1_embeddings(request: Request):
         async with admission(request) as body:
             return await _v1_embeddings(parse(V1EmbeddingsRequest, json_object(body), cfg))
+
+    for path in ("/v1/embeddings", "/embeddings"):  # the second: an OpenAI client whose base_url lacks /v1 (TEI too)
+        app.add_api_route(path, v1_embeddings, methods=["POST"], openapi_extra=body_doc(V1EmbeddingsRequest),
+                          response_class=Response, responses=_responses(*EMBED_ERRORS),
+                          name="v1_embeddings" if path.startswith("/v1") else "embeddings")
 
     async def _v1_embeddings(req):
         m = models.resolve(req.model)  # one model: `model` is ignored, as it always was

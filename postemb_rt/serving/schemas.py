@@ -30,9 +30,16 @@ def given(v) -> str:
 
 
 def _texts(value, info: ValidationInfo) -> list[str]:
-    """``value`` as a non-empty list of str within the limits of the ``cfg`` in the context."""
-    field = info.field_name
-    cfg = (info.context or {}).get("cfg") or ServeConfig()
+    """A field validator: ``check_texts`` under the ``cfg`` in the validation context."""
+    return check_texts(value, info.field_name, _cfg(info))
+
+
+def _cfg(info: ValidationInfo) -> ServeConfig:
+    return (info.context or {}).get("cfg") or ServeConfig()
+
+
+def check_texts(value, field: str, cfg: ServeConfig) -> list[str]:
+    """``value`` as a non-empty list of str within ``cfg``'s limits; errors name ``field``."""
     if isinstance(value, str):
         value = [value]
     elif not isinstance(value, list):
@@ -163,6 +170,51 @@ class TeiEmbedRequest(BaseModel):
                                 mode="before")(classmethod(_null_is_default))
 
 
+class SimilarityInputs(BaseModel):
+    """``inputs`` of ``POST /similarity``: one sentence and the sentences to score against it."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    source_sentence: StrictStr = Field(description="the sentence the others are compared with")
+    sentences: Texts = Field(description="the sentences to score: a list of strings")
+
+    @field_validator("source_sentence", mode="before")
+    @classmethod
+    def _check_source(cls, value, info: ValidationInfo):
+        if not isinstance(value, str):  # a list here is a mistake, not a batch: one source per request
+            raise ApiError(422, f"`inputs.source_sentence` must be a string. Given: {type_name(value)} "
+                                f"{given(value)}.", param="inputs.source_sentence", code="invalid_type")
+        return check_texts(value, "inputs.source_sentence", _cfg(info))[0]  # the limits of every input
+
+    @field_validator("sentences", mode="before")
+    @classmethod
+    def _check_sentences(cls, value, info: ValidationInfo):
+        return check_texts(value, "inputs.sentences", _cfg(info))
+
+
+class SimilarityParameters(BaseModel):
+    """``parameters`` of ``POST /similarity`` (text-embeddings-inference's)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    truncate: Optional[StrictBool] = Field(None, description="null: the server's auto_truncate (true)")
+    truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
+    prompt_name: PromptName = Field(None, description=PROMPT_DOC)
+
+    _defaults = field_validator("truncation_direction", mode="before")(classmethod(_null_is_default))
+
+
+class SimilarityRequest(BaseModel):
+    """``POST /similarity``, text-embeddings-inference's request (``huggingface_hub``'s
+    ``InferenceClient.sentence_similarity`` sends it): unknown fields are ignored, as TEI does."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    inputs: SimilarityInputs = Field(description="source_sentence (a string) and sentences (a list of strings)")
+    parameters: Optional[SimilarityParameters] = Field(None, description="truncate, truncation_direction, "
+                                                                         "prompt_name; null: their defaults")
+
+
 class TokenizeRequest(BaseModel):
     """``POST /tokenize`` (text-embeddings-inference's)."""
 
@@ -228,19 +280,35 @@ def _literals(annotation) -> list:
     return [x for a in args for x in _literals(a)]
 
 
+def _field_at(model: type[BaseModel], loc: tuple):
+    """The pydantic field at ``loc`` (through nested request models), or None."""
+    field = None
+    for key in loc:
+        fields = getattr(model, "model_fields", None) or {}
+        field = fields.get(key) if isinstance(key, str) else None
+        if field is None:
+            return None
+        model = next((a for a in (field.annotation, *typing.get_args(field.annotation))
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None)
+    return field
+
+
 def parse(model: type[BaseModel], obj: dict, cfg: ServeConfig) -> BaseModel:
     """``obj`` (a JSON object) validated as ``model`` under ``cfg``'s limits; ApiError if not."""
     try:
         return model.model_validate(obj, context={"cfg": cfg})
     except PydanticValidationError as exc:
         e = exc.errors(include_url=False)[0]
-        name = str(e["loc"][0]) if e["loc"] else "body"
+        name = ".".join(map(str, e["loc"])) or "body"  # a nested field as `inputs.sentences`
         v, t = e.get("input"), e["type"]
-        field = model.model_fields.get(name)
+        field = _field_at(model, e["loc"])
+        about = f": {field.description}" if field is not None and field.description else ""
         if t == "missing":
-            raise ApiError(422, f"`{name}` is required: {field.description}.", param=name,
-                           code="missing_field") from None
-        if t == "literal_error":
+            raise ApiError(422, f"`{name}` is required{about}.", param=name, code="missing_field") from None
+        if t in ("model_type", "model_attributes_type", "dict_type"):
+            raise ApiError(422, f"`{name}` must be an object{about}. Given: {type_name(v)} {given(v)}.", param=name,
+                           code="invalid_type") from None
+        if t == "literal_error" and field is not None:
             raise ApiError(422, f"`{name}` must be one of {_literals(field.annotation)}. Given: {given(v)}.",
                            param=name, code="invalid_value") from None
         if t == "bool_type":

@@ -9,6 +9,11 @@ unchanged:
                           one vector per input. Unknown fields are ignored, as TEI does; our
                           native fields (``encoding``, ``long_posts``) are a 422 naming
                           ``/embed_full``, where the native answer moved.
+    POST /similarity      ``inputs: {source_sentence, sentences}``, ``parameters: {truncate,
+                          truncation_direction, prompt_name}`` (``InferenceClient.sentence_similarity``
+                          sent to ``URL/similarity``): the cosine of each sentence with the source, a
+                          bare JSON array. ``POST /`` stays ``/embed``, TEI's default for an
+                          embedding model.
     POST /tokenize        ``inputs``, ``add_special_tokens`` (true), ``prompt_name``: per input, its
                           tokens ``{id, text, special, start, stop}`` (character offsets), as the
                           model reads them (cut to max_length).
@@ -31,8 +36,8 @@ import numpy as np
 from .. import __version__
 from ..encode_options import allowed_dims, truncate as truncate_rows
 from .errors import ApiError, json_response
-from .schemas import (DecodeRequest, ErrorResponse, TeiEmbedRequest, TeiErrorResponse, TokenizeRequest, body_doc,
-                      given, json_object, parse)
+from .schemas import (DecodeRequest, ErrorResponse, SimilarityRequest, TeiEmbedRequest, TeiErrorResponse,
+                      TokenizeRequest, body_doc, given, json_object, parse)
 
 TRUNCATED_HEADER = "X-Truncated-Inputs"  # how many inputs of the request were cut to max_length
 AUTO_TRUNCATE = True  # TEI's --auto-truncate: what `truncate: null` means here (as /v1/embeddings always does)
@@ -100,6 +105,18 @@ def info_fields(rt) -> dict:
     return d
 
 
+def _similarity_names(err: ApiError) -> ApiError:
+    """``Runtime.embed`` names one post of ``/similarity``'s list ``inputs[i]`` (source first):
+    renamed to the request's own field, ``inputs.source_sentence`` or ``inputs.sentences[i - 1]``."""
+    param = err.body.get("param") or ""
+    if param.startswith("inputs[") and param.endswith("]"):
+        i = int(param[len("inputs["):-1])
+        name = "inputs.source_sentence" if i == 0 else f"inputs.sentences[{i - 1}]"
+        err.body["message"] = err.body["message"].replace(f"`{param}`", f"`{name}`")
+        err.body["param"] = name
+    return err
+
+
 def _responses(keyed: tuple) -> dict:
     out = {200: {"description": "OK", "content": {"application/json": {"schema": {"type": "array"}}}}}
     for c in (*keyed, 400, 408, 413, 422, 424, 429, 503):
@@ -137,6 +154,33 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
     for path in ("/embed", "/"):
         app.add_api_route(path, embed, methods=["POST"], openapi_extra=body_doc(TeiEmbedRequest),
                           response_class=Response, responses=responses, name=f"tei_embed{path.replace('/', '_')}")
+
+    @app.post("/similarity", openapi_extra=body_doc(SimilarityRequest), response_class=Response,
+              responses=responses)
+    async def similarity(request: Request):
+        try:
+            async with admission(request) as body:
+                req = parse(SimilarityRequest, json_object(body), cfg)
+                texts, p = [req.inputs.source_sentence, *req.inputs.sentences], req.parameters
+                if len(texts) > cfg.max_inputs:
+                    raise ApiError(413, f"`inputs` holds {len(texts)} sentences (source_sentence and sentences), "
+                                        f"more than max_inputs ({cfg.max_inputs}). Fix: split the request.",
+                                   param="inputs.sentences", code="max_inputs", limit=cfg.max_inputs,
+                                   given=len(texts))
+                truncate = AUTO_TRUNCATE if p is None or p.truncate is None else p.truncate
+                try:
+                    vecs, tokens, truncated = await rt.embed(
+                        texts, "inputs", truncate=truncate, normalize=True, long_posts=cfg.long_posts,
+                        prompt_name=p and p.prompt_name, truncation_direction=p.truncation_direction if p else "right")
+                except ApiError as err:
+                    raise _similarity_names(err) from None
+                scores = vecs[1:] @ vecs[0]  # cosine: the rows are unit vectors
+                resp = await render(scores.tolist(), 0)
+        except ApiError as err:
+            return tei_error(err)
+        resp.headers[TRUNCATED_HEADER] = str(len(truncated))
+        resp.headers["X-Compute-Tokens"] = str(tokens)
+        return resp
 
     @app.post("/tokenize", openapi_extra=body_doc(TokenizeRequest), response_class=Response, responses=responses)
     async def tokenize(request: Request):

@@ -1,5 +1,6 @@
-"""text-embeddings-inference's API (POST /embed and /, /tokenize, /decode, /info), tested with
-the real clients: ``huggingface_hub.InferenceClient.feature_extraction`` and ``openai``."""
+"""text-embeddings-inference's API (POST /embed and /, /similarity, /tokenize, /decode, /info), tested with
+the real clients: ``huggingface_hub.InferenceClient`` (``feature_extraction``, ``sentence_similarity``)
+and ``openai``."""
 import numpy as np
 import pytest
 
@@ -109,3 +110,48 @@ def test_openai_client_reads_how_many_inputs_were_truncated(main_server):
     resp = raw.parse()
     assert len(resp.data) == 2 and raw.headers["X-Truncated-Inputs"] == "1"
     assert resp.model_extra["truncated"] == [1]
+
+
+def test_huggingface_hub_sentence_similarity_is_the_cosine(main_server, server_encoder):
+    hub = huggingface_hub.InferenceClient(base_url=main_server.url + "/similarity", api_key=API_KEY)
+    others = [TEXTS[1], TEXTS[0], LONG]
+    scores = hub.sentence_similarity(TEXTS[0], other_sentences=others)
+    vecs = server_encoder.encode([TEXTS[0], *others])  # unit rows; LONG cut to max_length, as the server does
+    want = vecs[1:] @ vecs[0]
+    assert len(scores) == 3 and np.abs(np.array(scores) - want).max() <= 1e-5, (scores, want)
+    assert abs(scores[1] - 1) <= 1e-5 and scores[0] < 0.99  # itself, and another post
+
+
+def test_similarity_passes_tei_parameters(client, server_encoder):
+    body = {"inputs": {"source_sentence": LONG, "sentences": [LONG, " ".join(["b"] * 600)]},
+            "parameters": {"truncation_direction": "left", "prompt_name": "query"}, "future_field": 1}
+    r = client.post("/similarity", json=body)
+    assert r.status_code == 200 and r.headers["X-Truncated-Inputs"] == "3", r.text[:300]
+    assert r.json()[0] == pytest.approx(1, abs=1e-5) and r.json()[1] == pytest.approx(1, abs=1e-5)  # all end in b's
+
+
+@pytest.mark.parametrize("body, status, error_type, words", [
+    ({"inputs": {"source_sentence": "a", "sentences": []}}, 400, "Empty", "`inputs.sentences` must hold"),
+    ({"inputs": {"source_sentence": ["a"], "sentences": ["b"]}}, 422, "Validation", "`inputs.source_sentence` must"),
+    ({"inputs": {"source_sentence": "a"}}, 422, "Validation", "`inputs.sentences` is required"),
+    ({"inputs": "a"}, 422, "Validation", "`inputs` must be an object: source_sentence"),
+    ({"inputs": {"source_sentence": "a", "sentences": ["b", 3]}}, 422, "Validation", "`inputs.sentences[1]` must"),
+    ({"inputs": {"source_sentence": "a", "sentences": ["b"] * LIMITS["max_inputs"]}}, 413, "Validation",
+     "max_inputs"),
+    ({"inputs": {"source_sentence": "a", "sentences": ["b", LONG]}, "parameters": {"truncate": False}}, 413,
+     "Validation", "`inputs.sentences[1]` is longer than max_length"),
+    ({"inputs": {"source_sentence": LONG, "sentences": ["b"]}, "parameters": {"truncate": False}}, 413,
+     "Validation", "`inputs.source_sentence` is longer than max_length"),
+    ({"inputs": {"source_sentence": "a", "sentences": ["b"]}, "parameters": {"truncation_direction": "up"}}, 422,
+     "Validation", "`parameters.truncation_direction` must be one of"),
+])
+def test_similarity_errors_are_tei_shaped(client, body, status, error_type, words):
+    r = client.post("/similarity", json=body)
+    assert r.status_code == status and r.json()["error_type"] == error_type, r.text[:300]
+    assert words in r.json()["error"], r.json()["error"]
+
+
+def test_openai_client_without_v1_in_base_url(main_server, server_encoder):
+    oa = openai.OpenAI(base_url=main_server.url, api_key=API_KEY)  # posts to /embeddings, which TEI answers too
+    resp = oa.embeddings.create(model="any", input=TEXTS, encoding_format="float")
+    assert_exact(np.array([d.embedding for d in resp.data], np.float32), server_encoder.encode(TEXTS))
