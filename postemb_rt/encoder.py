@@ -217,6 +217,12 @@ class Encoder:
                 raise ValidationError(f"`texts[{i}]` must be str. Given: {type(t).__name__}.")
         return texts
 
+    def _warn_truncated(self, cut: int, n: int, mode: str) -> None:
+        """One warning when ``cut`` of ``n`` texts were cut (by ``mode``'s limit); none when no text was."""
+        if cut:
+            limit = f"max_length ({self.max_length} tokens)" if mode == "truncate" else f"max_chunks ({self.max_chunks})"
+            log.warning(TRUNCATED_WARNING, cut, n, limit)
+
     def encode(self, texts, batch_size: int = 64, show_progress_bar: bool | None = False, normalize: bool | None = None,
                truncate: bool = True, max_batch_tokens: int | None = None, long_posts: str | None = None, *,
                prompt_name: str | None = None, prompt: str | None = None, normalize_embeddings: bool | None = None,
@@ -278,9 +284,7 @@ class Encoder:
         else:
             chunks = lp.split(self.tokenizer.windows(texts, self.chunk_overlap), self.max_chunks, truncate)
             idx, seqs, cut = np.asarray(chunks.singles, dtype=np.int64), chunks.single_ids, chunks.truncated
-        if cut:
-            what = f"max_length ({self.max_length} tokens)" if mode == "truncate" else f"max_chunks ({self.max_chunks})"
-            log.warning(TRUNCATED_WARNING, len(cut), len(texts), what)
+        self._warn_truncated(len(cut), len(texts), mode)
         lengths = [len(x) for x in seqs]
         plans = []
         if seqs:
@@ -396,13 +400,10 @@ class Encoder:
             return fut
         if mode == "truncate":
             tok = self.tokenizer(texts, truncate=truncate)
-            if tok.truncated:
-                log.warning(TRUNCATED_WARNING, len(tok.truncated), len(texts), f"max_length ({self.max_length} tokens)")
+            self._warn_truncated(len(tok.truncated), len(texts), mode)
             return self.batcher.submit(tok.ids, timeout=timeout, squeeze=single)
         chunks = lp.split(self.tokenizer.windows(texts, self.chunk_overlap), self.max_chunks, truncate)
-        if chunks.truncated:
-            log.warning("%d of %d texts needed more than max_chunks (%d) windows and were truncated",
-                        len(chunks.truncated), len(texts), self.max_chunks)
+        self._warn_truncated(len(chunks.truncated), len(texts), mode)
         if not chunks.windows:
             return self.batcher.submit(chunks.single_ids, timeout=timeout, squeeze=single)
         parts = [self._window_batcher().submit(chunks.windows, timeout=timeout)]
