@@ -14,9 +14,10 @@ from .errors import CLIENT_CLOSED, ApiError, error_response
 
 log = logging.getLogger("postemb_rt.server")
 
-OPEN_PATHS = frozenset({"/health", "/ready"})  # no API key needed (probes)
-ROUTES = ("/v1/embeddings", "/embeddings", "/v1/models", "/embed", "/embed_full", "/", "/similarity", "/tokenize",
-          "/decode", "/health", "/ready", "/info", "/metrics", "/openapi.json", "/docs")
+OPEN_PATHS = frozenset({"/health", "/ready", "/ping"})  # no API key needed (probes)
+OPEN_GET_PATHS = frozenset({"/"})  # probes only when read (GET, HEAD): POST / embeds, behind the key
+ROUTES = ("/v1/embeddings", "/embeddings", "/v1/models", "/embed", "/embed_full", "/", "/invocations", "/similarity",
+          "/tokenize", "/decode", "/health", "/ready", "/ping", "/info", "/metrics", "/openapi.json", "/docs")
 
 
 CLOSE = {"Connection": "close"}  # answers sent before the body was read: the connection cannot be reused
@@ -116,7 +117,8 @@ class Gate:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
-        route = path if path in ROUTES else "other"
+        probe = path in OPEN_GET_PATHS and scope["method"] in ("GET", "HEAD")
+        route = "GET /" if probe else path if path in ROUTES else "other"  # probes of / apart from POST / (embeds)
         start = time.perf_counter()
         status, gone = 500, False
 
@@ -133,7 +135,7 @@ class Gate:
             return msg
 
         try:
-            if self._key_digest is not None and path not in OPEN_PATHS and not self._authorized(scope):
+            if self._key_digest is not None and not (probe or path in OPEN_PATHS) and not self._authorized(scope):
                 err = ApiError(401, "Missing or wrong API key. Send `Authorization: Bearer <key>`.",
                                type="authentication_error", code="invalid_api_key",
                                headers={"WWW-Authenticate": "Bearer"})

@@ -179,9 +179,12 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
                 for m in models.runtimes]
         return json_response(200, {"object": "list", "data": data})
 
-    @app.get("/health", response_class=Response, responses=_responses())
     async def health():
         return json_response(200, {"status": "ok"})
+
+    for path in ("/health", "/ping", "/"):  # liveness; /ping and GET / are TEI's (SageMaker's, load balancers')
+        app.add_api_route(path, health, methods=["GET", "HEAD"], response_class=Response, responses=_responses(),
+                          name=f"health{path.replace('/', '_')}")
 
     @app.get("/ready", response_class=Response, responses=_responses(503))
     async def ready():

@@ -8,7 +8,8 @@ unchanged:
                           a declared matryoshka prefix), ``encoding_format`` (float | base64); answers a bare JSON array,
                           one vector per input. Unknown fields are ignored, as TEI does; our
                           native fields (``encoding``, ``long_posts``) are a 422 naming
-                          ``/embed_full``, where the native answer moved.
+                          ``/embed_full``, where the native answer moved. POST /invocations is the
+                          same route (SageMaker's, as TEI serves it).
     POST /similarity      ``inputs: {source_sentence, sentences}``, ``parameters: {truncate,
                           truncation_direction, prompt_name}`` (``InferenceClient.sentence_similarity``
                           sent to ``URL/similarity``): the cosine of each sentence with the source, a
@@ -151,7 +152,7 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
         resp.headers["X-Compute-Tokens"] = str(tokens)  # TEI's header
         return resp
 
-    for path in ("/embed", "/"):
+    for path in ("/embed", "/", "/invocations"):  # /invocations: SageMaker's, as TEI serves it
         app.add_api_route(path, embed, methods=["POST"], openapi_extra=body_doc(TeiEmbedRequest),
                           response_class=Response, responses=responses, name=f"tei_embed{path.replace('/', '_')}")
 

@@ -143,8 +143,8 @@ def test_probes_info_and_openapi(main_server, client, server_encoder):
     assert info["limits"]["max_inputs"] == LIMITS["max_inputs"] and info["limits"]["api_key"] is True
     assert API_KEY not in client.get("/info").text
     paths = client.get("/openapi.json").json()["paths"]
-    assert {"/v1/embeddings", "/embed_full", "/embed", "/", "/tokenize", "/decode", "/health", "/ready", "/info",
-            "/metrics"} <= set(paths)
+    assert {"/v1/embeddings", "/embeddings", "/embed_full", "/embed", "/", "/invocations", "/similarity", "/tokenize",
+            "/decode", "/health", "/ping", "/ready", "/info", "/metrics"} <= set(paths)
 
 
 def test_metrics_export_requests_queue_and_batcher_histograms(client):
@@ -163,12 +163,17 @@ def test_metrics_export_requests_queue_and_batcher_histograms(client):
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {API_KEY}"},
                                      {"Authorization": "Bearer"}])
 def test_api_key_is_required_except_for_probes(main_server, headers):
-    for path in ("/embed_full", "/v1/embeddings"):
+    for path in ("/embed_full", "/v1/embeddings", "/embeddings", "/", "/invocations", "/similarity"):
         r = httpx.post(main_server.url + path, json={"inputs": ["x"], "input": ["x"]}, headers=headers)
-        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", path
         assert r.headers["www-authenticate"] == "Bearer"
     assert httpx.get(main_server.url + "/metrics", headers=headers).status_code == 401
-    assert httpx.get(main_server.url + "/health", headers=headers).status_code == 200
+    for path in ("/health", "/ping", "/"):  # liveness: GET / and /ping as TEI answers them (load balancers, SageMaker)
+        r = httpx.get(main_server.url + path, headers=headers)
+        assert r.status_code == 200 and r.json() == {"status": "ok"}, path
+        assert httpx.head(main_server.url + path, headers=headers).status_code == 200, path
+    metrics = httpx.get(main_server.url + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
+    assert 'postemb_http_requests_total{route="GET /",status="200"}' in metrics  # apart from POST / (embeds)
 
 
 def test_native_chunk_mode_embeds_long_posts_whole(client, server_encoder):

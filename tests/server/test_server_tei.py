@@ -34,8 +34,9 @@ def hub(main_server):
 
 def test_huggingface_hub_feature_extraction_equals_encode(main_server, hub, server_encoder):
     assert_exact(hub.feature_extraction(TEXTS[0]), server_encoder.encode(TEXTS[:1]))
-    on_embed = huggingface_hub.InferenceClient(base_url=main_server.url + "/embed", api_key=API_KEY)
-    assert_exact(on_embed.feature_extraction(TEXTS), server_encoder.encode(TEXTS))
+    for path in ("/embed", "/invocations"):  # /invocations: SageMaker's route, as TEI serves it
+        on_path = huggingface_hub.InferenceClient(base_url=main_server.url + path, api_key=API_KEY)
+        assert_exact(on_path.feature_extraction(TEXTS), server_encoder.encode(TEXTS))
 
 
 def test_huggingface_hub_passes_tei_fields(hub, server_encoder):
