@@ -13,7 +13,7 @@ Several models: repeat --model (each NAME=MODEL or MODEL; $POSTEMB_MODEL takes t
 comma-separated). Each model has its own encoder and batcher and is served under its NAME, else
 its model_version; the first is the default. /v1/embeddings and /embed_full pick one by the
 request's `model` field (a served name or a model_version; absent: the default; unknown: 404
-model_not_found); text-embeddings-inference's routes (/embed, /, /tokenize, /decode) have no such
+model_not_found); text-embeddings-inference's routes (/embed, /, /similarity, /tokenize, /decode) have no such
 field and serve the default model. GET /v1/models lists them; GET /ready turns 200 when every
 one is loaded. Two models served under one name are refused at start. With one model, the
 request's `model` is ignored, as before.
@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -131,6 +132,10 @@ def run(args) -> int:
         fd, fatal = tempfile.mkstemp(prefix="postemb-serve-fatal-")  # a worker's failed model load lands here
         os.close(fd)
         os.environ["POSTEMB_SERVE_FATAL_FILE"] = fatal
+        # every worker's /metrics answers for all: prometheus-client's multiprocess files and our
+        # workers' snapshots (serving/metrics.py) go here, a fresh directory per run
+        metrics_dir = tempfile.mkdtemp(prefix="postemb-serve-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         signal.signal(signal.SIGTERM, lambda *_: None)  # see serve_app
         from ..serving.connections import configure, uvicorn_options
 
@@ -147,6 +152,7 @@ def run(args) -> int:
                 errors = f.read().split("\n")[0]
         finally:
             os.unlink(fatal)
+            shutil.rmtree(metrics_dir, ignore_errors=True)
         if errors:
             print(f"postemb serve: error: {errors}", file=sys.stderr)
             return 1

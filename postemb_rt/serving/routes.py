@@ -64,7 +64,7 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
     :class:`~postemb_rt.serving.registry.ModelRegistry`, ``app.state.runtime`` the default model's
     :class:`~postemb_rt.serving.runtime.Runtime` (the only one, unless ``cfg.model`` lists several)."""
     from fastapi import FastAPI, Request, Response
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.requests import ClientDisconnect
 
@@ -81,9 +81,12 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
     async def lifespan(app):
         loader = threading.Thread(target=models.load, name="postemb-load", daemon=True)
         loader.start()
+        stop_publishing = metrics.start_publishing()  # with --workers N: this worker's numbers for the others
         yield
         await asyncio.to_thread(loader.join)
         await asyncio.to_thread(models.close)
+        if stop_publishing:
+            await asyncio.to_thread(stop_publishing)
 
     app = FastAPI(title="postemb_rt embedding server", lifespan=lifespan, docs_url=None, redoc_url=None)
     add_docs(app, app.title)  # Swagger UI from a PyPI package: works offline
@@ -212,7 +215,7 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
     @app.get("/metrics", response_class=Response, responses=_responses(
         *KEYED, ok={CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}))
     async def prometheus_metrics():
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     tei.add_routes(app, cfg, rt, admission, _render, KEYED)
     app.add_middleware(Gate, runtime=rt, metrics=metrics)

@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.server.conftest import API_KEY, LIMITS, require_serve_extra
+from tests.server.conftest import API_KEY, LIMITS, READY_TIMEOUT_S, ServerProc, require_serve_extra, serve_argv
 
 httpx = require_serve_extra()
 
@@ -117,6 +117,53 @@ def test_model_load_failure_with_several_workers_exits_1(tmp_path):
     assert "failed to load" in out.stderr and "no-such-model" in out.stderr
     port = int(re.search(r"listening on http://127\.0\.0\.1:(\d+) .*2 workers", out.stdout).group(1))
     assert port > 0  # --port 0 is resolved and printed, as with one worker
+
+
+def test_several_workers_each_answer_metrics_for_all(tmp_path):
+    """A scrape reaches one of the workers; whichever it is, it counts every worker's requests,
+    posts and connections. Each request opens a new connection, so the workers share them."""
+    srv = ServerProc(serve_argv("--workers", "2"), env={"TMPDIR": str(tmp_path)})  # the metrics dir lands there
+    try:
+        srv.wait_ready()  # one worker's answer
+        c = httpx.Client(base_url=srv.url, timeout=60)
+        wait_for(lambda: metric(c, "postemb_server_workers") == 2 and metric(c, "postemb_ready") == 1
+                 and metric(c, "postemb_batcher_posts_computed_total") >= 2,  # each worker's warm-up post
+                 READY_TIMEOUT_S, "both workers ready and publishing")
+        before = metric(c, "postemb_batcher_posts_computed_total")
+        for i in range(16):  # a new connection each: the kernel hands them to either worker
+            assert httpx.post(srv.url + "/embed_full", json={"inputs": [f"post {i}", "another"]}).status_code == 200
+
+        def counted():
+            return (metric(c, "postemb_http_requests_total", route="/embed_full", status="200") == 16
+                    and metric(c, "postemb_batcher_posts_computed_total") == before + 32)
+        wait_for(counted, 10, "every worker's requests in the scrape")
+        for _ in range(8):  # every scrape, whichever worker answers it
+            c.close()
+            c = httpx.Client(base_url=srv.url, timeout=60)
+            assert counted() and metric(c, "postemb_server_workers") == 2
+    finally:
+        rc = srv.stop()
+    assert rc == 0, "".join(srv.lines)[-3000:]
+    assert not list(tmp_path.glob("postemb-serve-metrics-*")), "the metrics directory outlived the server"
+
+
+def test_metrics_merge_sums_workers_and_a_model_is_ready_only_in_all():
+    from postemb_rt.batching import COUNTERS, GAUGES
+    from postemb_rt.serving.metrics import merge
+
+    def snap(pid, ready, n, bounds=(1.0, 2.0)):
+        stats = {**{k: n for k in (*GAUGES, *COUNTERS)},
+                 "batch_size": {"bounds": list(bounds), "counts": [n, 0, 1], "sum": 1.5 * n}}
+        conns = {"open": n, "evicted": 0, "refused": 1, "header_timeout": 0, "body_timeout": 0, "accept_failed": 0}
+        return {"pid": pid, "connections": conns, "models": [{"name": "m", "ready": ready, "stats": stats}]}
+
+    conns, models = merge([snap(1, 1.0, 2), snap(2, 0.0, 3)])
+    assert conns["open"] == 5 and conns["refused"] == 2
+    m = models["m"]
+    assert m["ready"] == 0.0 and m["stats"]["posts_computed"] == 5 and m["stats"]["queued_tokens"] == 5
+    assert m["stats"]["batch_size"] == {"bounds": [1.0, 2.0], "counts": [5, 0, 2], "sum": 7.5}
+    _, models = merge([snap(1, 1.0, 2), snap(2, 1.0, 3, bounds=(1.0, 4.0))])
+    assert models["m"]["ready"] == 1.0 and "batch_size" not in models["m"]["stats"]  # never summed wrongly
 
 
 def test_several_workers_on_a_port_in_use_fail_as_one_worker_does():
