@@ -136,13 +136,14 @@ def run(args) -> int:
         # workers' snapshots (serving/metrics.py) go here, a fresh directory per run
         metrics_dir = tempfile.mkdtemp(prefix="postemb-serve-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        os.environ["POSTEMB_SERVE_WORKERS"] = str(args.workers)  # /ready waits for them all
         signal.signal(signal.SIGTERM, lambda *_: None)  # see serve_app
         from ..serving.connections import configure, uvicorn_options
 
         configure(cfg.max_connections, cfg.header_timeout_s, cfg.body_timeout_s)  # each worker does it again
         print(f"postemb serve: listening on {url(args.host, port)} ({what}; {args.workers} workers, model threads "
               f"per worker: {os.environ['POSTEMB_NUM_THREADS']}; GET /ready turns 200 "
-              "when a worker's model is loaded)", flush=True)
+              "when every worker's model is loaded)", flush=True)
         try:
             uvicorn.run("postemb_rt.serving.routes:app_from_env", factory=True, host=args.host, port=port,
                         workers=args.workers, log_level="info" if args.verbose else "warning",

@@ -21,6 +21,7 @@ from ..batching import COUNTERS, GAUGES
 log = logging.getLogger("postemb_rt.server")
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's; set by `postemb serve --workers N`
+WORKERS_ENV = "POSTEMB_SERVE_WORKERS"  # how many workers `postemb serve --workers N` started
 PUBLISH_S = 1.0  # how often a worker writes its snapshot (another worker's numbers are at most this old)
 
 _BATCHER_HISTOGRAMS = {"batch_size": "posts per batch", "batch_padding_ratio": "padded share of a batch's slots",
@@ -78,6 +79,7 @@ class BatcherCollector:
         self.models = models  # serving.registry.ModelRegistry
         self.shared_dir = shared_dir
         self.pid = os.getpid()
+        self.wake = threading.Event()  # set: publish now (the models' state changed), or stop
 
     def snapshot(self) -> dict:
         """This process's numbers, now (JSON-ready)."""
@@ -99,17 +101,17 @@ class BatcherCollector:
         os.replace(tmp, self._path(self.pid))
 
     def run_publisher(self, stop: threading.Event) -> None:
-        """``publish`` every PUBLISH_S until ``stop``; then this worker's files are removed (its live
+        """``publish`` every PUBLISH_S, and at once when ``wake`` is set, until ``stop``; then this worker's files are removed (its live
         gauges included), so a stopped worker no longer counts."""
         from prometheus_client import multiprocess
 
-        while True:
+        while not stop.is_set():
             try:
                 self.publish()
             except OSError as exc:  # a full disk: the other workers' scrapes miss this one meanwhile
                 log.warning("cannot write this worker's metrics snapshot to %s: %s", self.shared_dir, exc)
-            if stop.wait(PUBLISH_S):
-                break
+            self.wake.wait(PUBLISH_S)
+            self.wake.clear()
         try:
             os.unlink(self._path(self.pid))
         except FileNotFoundError:
@@ -130,6 +132,12 @@ class BatcherCollector:
             if snap["pid"] != self.pid and _alive(snap["pid"]):
                 out.append(snap)
         return out
+
+    def workers_ready(self) -> tuple[int, int]:
+        """(workers whose every model is ready, workers started): this one live, the others as
+        last published."""
+        ready = sum(all(m["ready"] for m in snap["models"]) for snap in self.snapshots())
+        return ready, int(os.environ.get(WORKERS_ENV, "1"))
 
     def collect(self):
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -228,5 +236,6 @@ class Metrics:
 
         def halt():
             stop.set()
+            self.batchers.wake.set()
             thread.join()
         return halt

@@ -79,7 +79,11 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
 
     @asynccontextmanager
     async def lifespan(app):
-        loader = threading.Thread(target=models.load, name="postemb-load", daemon=True)
+        def load():
+            models.load()
+            metrics.batchers.wake.set()  # with --workers N: the others' /ready and /metrics see it at once
+
+        loader = threading.Thread(target=load, name="postemb-load", daemon=True)
         loader.start()
         stop_publishing = metrics.start_publishing()  # with --workers N: this worker's numbers for the others
         yield
@@ -202,6 +206,11 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
                 log.warning("/ready: backend of model %r still failing: %s", m.name, m.backend_error)
                 return json_response(503, {"status": "unhealthy", "reason": "backend_error",
                                            **({"model": m.name} if multi else {})})
+        if metrics.shared_dir:  # --workers N: a worker still loading would answer 503 to the requests it accepts
+            ready_workers, workers = metrics.batchers.workers_ready()
+            if ready_workers < workers:
+                return json_response(503, {"status": "loading", "reason": "workers_loading",
+                                           "workers_ready": ready_workers, "workers": workers}, {"Retry-After": "1"})
         return json_response(200, {"status": "ready", "model": rt.name, "models": models.names()})
 
     @app.get("/info", response_class=Response, responses=_responses(*KEYED))

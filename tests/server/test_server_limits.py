@@ -122,13 +122,18 @@ def test_model_load_failure_with_several_workers_exits_1(tmp_path):
 def test_several_workers_each_answer_metrics_for_all(tmp_path):
     """A scrape reaches one of the workers; whichever it is, it counts every worker's requests,
     posts and connections. Each request opens a new connection, so the workers share them."""
+    from postemb_rt.serving.metrics import PUBLISH_S
+
     srv = ServerProc(serve_argv("--workers", "2"), env={"TMPDIR": str(tmp_path)})  # the metrics dir lands there
     try:
-        srv.wait_ready()  # one worker's answer
+        srv.wait_ready()  # every worker's model is loaded
+        for _ in range(4):  # whichever worker answers (a new connection each)
+            assert httpx.get(srv.url + "/ready").status_code == 200
         c = httpx.Client(base_url=srv.url, timeout=60)
         wait_for(lambda: metric(c, "postemb_server_workers") == 2 and metric(c, "postemb_ready") == 1
                  and metric(c, "postemb_batcher_posts_computed_total") >= 2,  # each worker's warm-up post
                  READY_TIMEOUT_S, "both workers ready and publishing")
+        time.sleep(2 * PUBLISH_S)  # another worker's batcher numbers are up to PUBLISH_S old
         before = metric(c, "postemb_batcher_posts_computed_total")
         for i in range(16):  # a new connection each: the kernel hands them to either worker
             assert httpx.post(srv.url + "/embed_full", json={"inputs": [f"post {i}", "another"]}).status_code == 200
@@ -137,6 +142,7 @@ def test_several_workers_each_answer_metrics_for_all(tmp_path):
             return (metric(c, "postemb_http_requests_total", route="/embed_full", status="200") == 16
                     and metric(c, "postemb_batcher_posts_computed_total") == before + 32)
         wait_for(counted, 10, "every worker's requests in the scrape")
+        time.sleep(2 * PUBLISH_S)
         for _ in range(8):  # every scrape, whichever worker answers it
             c.close()
             c = httpx.Client(base_url=srv.url, timeout=60)
@@ -164,6 +170,34 @@ def test_metrics_merge_sums_workers_and_a_model_is_ready_only_in_all():
     assert m["stats"]["batch_size"] == {"bounds": [1.0, 2.0], "counts": [5, 0, 2], "sum": 7.5}
     _, models = merge([snap(1, 1.0, 2), snap(2, 1.0, 3, bounds=(1.0, 4.0))])
     assert models["m"]["ready"] == 1.0 and "batch_size" not in models["m"]["stats"]  # never summed wrongly
+
+
+def test_ready_with_several_workers_waits_for_every_worker(tmp_path, monkeypatch):
+    """A worker still loading answers 503 to the requests it accepts, so /ready counts the other
+    workers' last snapshots too: ready only when all --workers N are. A dead worker's is ignored."""
+    import json
+    from types import SimpleNamespace
+
+    from postemb_rt.serving.metrics import WORKERS_ENV, BatcherCollector
+
+    monkeypatch.setenv(WORKERS_ENV, "2")
+    rt = SimpleNamespace(ready=True, backend_error=None, batcher=None)
+    me = BatcherCollector(SimpleNamespace(runtimes=[rt], names=lambda: ["m"], multi=False), str(tmp_path))
+    assert me.workers_ready() == (1, 2)  # the other worker has not published yet
+
+    def other(pid, ready):
+        (tmp_path / f"postemb-worker-{pid}.json").write_text(json.dumps(
+            {"pid": pid, "connections": me.snapshot()["connections"],
+             "models": [{"name": "m", "ready": ready, "stats": None}]}))
+    other(os.getppid(), 0.0)
+    assert me.workers_ready() == (1, 2)
+    other(os.getppid(), 1.0)
+    assert me.workers_ready() == (2, 2)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    other(os.getppid(), 0.0)
+    other(dead.pid, 1.0)  # a stopped worker's file left behind: not counted
+    assert me.workers_ready() == (1, 2)
 
 
 def test_several_workers_on_a_port_in_use_fail_as_one_worker_does():
