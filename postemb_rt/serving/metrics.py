@@ -64,8 +64,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # another user's process: alive
+        pass
     return True
 
 
@@ -101,8 +101,8 @@ class BatcherCollector:
         os.replace(tmp, self._path(self.pid))
 
     def run_publisher(self, stop: threading.Event) -> None:
-        """``publish`` every PUBLISH_S, and at once when ``wake`` is set, until ``stop``; then this worker's files are removed (its live
-        gauges included), so a stopped worker no longer counts."""
+        """``publish`` every PUBLISH_S, and at once when ``wake`` is set, until ``stop``; then this
+        worker's files are removed (its live gauges included), so a stopped worker no longer counts."""
         from prometheus_client import multiprocess
 
         while not stop.is_set():
