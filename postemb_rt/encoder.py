@@ -42,7 +42,7 @@ class Encoder:
 
     def __init__(self, model: ModelDir, backend: backends.base.Backend, backend_reason: str,
                  max_length: int | None = None, max_batch_tokens: int | None = None, long_posts: str = "truncate",
-                 chunk_overlap: int = lp.DEFAULT_OVERLAP, max_chunks: int = lp.DEFAULT_MAX_CHUNKS):
+                 chunk_overlap: int | None = None, max_chunks: int = lp.DEFAULT_MAX_CHUNKS):
         self.model = model
         self.backend = backend
         self.backend_reason = backend_reason
@@ -54,8 +54,8 @@ class Encoder:
             )
         self.tokenizer = PostTokenizer(model.tokenizer_path, self.max_length, lowercase=model.config.do_lower_case)
         self.long_posts = lp.check_mode(long_posts)
-        lp.check_chunking(chunk_overlap, max_chunks, self.max_length, self.tokenizer.specials)
-        self.chunk_overlap, self.max_chunks = chunk_overlap, max_chunks
+        self.chunk_overlap = lp.check_chunking(chunk_overlap, max_chunks, self.max_length, self.tokenizer.specials)
+        self.max_chunks = max_chunks
         self.last_stats = EncodeStats()
         self._batcher: DynamicBatcher | None = None  # started by the first submit()/aencode()
         self._raw_batcher: DynamicBatcher | None = None  # chunk mode's windows: raw vectors, combined after
@@ -68,7 +68,7 @@ class Encoder:
     def from_pretrained(cls, name_or_path="default", backend: str = "auto", device: str = "auto",
                         precision: str = "fp32", max_length: int | None = None,
                         max_batch_tokens: int | None = None, warmup: bool = True, long_posts: str = "truncate",
-                        chunk_overlap: int = lp.DEFAULT_OVERLAP, max_chunks: int = lp.DEFAULT_MAX_CHUNKS) -> "Encoder":
+                        chunk_overlap: int | None = None, max_chunks: int = lp.DEFAULT_MAX_CHUNKS) -> "Encoder":
         """Load a model.
 
         name_or_path: "default" (the shipped post-embedding model), "base" (the pre-trained
@@ -89,8 +89,9 @@ class Encoder:
         max_length: tokens per post after truncation (default: the model's, 256).
         max_batch_tokens: padded tokens per batch (rows x longest row); default: the backend's.
         long_posts: "truncate" (cut posts at max_length) or "chunk" (embed the whole post as windows
-            of max_length tokens sharing ``chunk_overlap`` tokens, at most ``max_chunks`` of them,
-            combined by their token-weighted mean; see postemb_rt.long_posts). The default of
+            of max_length tokens sharing ``chunk_overlap`` tokens (default: 32, at most a quarter of a
+            window), at most ``max_chunks`` of them, combined by their token-weighted mean; see
+            postemb_rt.long_posts). The default of
             ``encode`` / ``submit`` / ``aencode``, which can override it per call.
         """
         if precision not in PRECISIONS:

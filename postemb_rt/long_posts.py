@@ -22,7 +22,7 @@ import numpy as np
 from .errors import ValidationError
 
 MODES = ("truncate", "chunk")
-DEFAULT_OVERLAP = 32  # tokens shared by consecutive windows
+DEFAULT_OVERLAP = 32  # tokens shared by consecutive windows (at most a quarter of a window's content)
 DEFAULT_MAX_CHUNKS = 16
 
 
@@ -32,9 +32,13 @@ def check_mode(long_posts) -> str:
     return long_posts
 
 
-def check_chunking(overlap, max_chunks, max_length: int, specials: int) -> None:
-    """Raise ValidationError unless 0 <= overlap < the content tokens of a window and max_chunks >= 1."""
+def check_chunking(overlap, max_chunks, max_length: int, specials: int) -> int:
+    """The overlap to use (None: DEFAULT_OVERLAP, at most a quarter of a window's content tokens, so
+    that a short max_length works); ValidationError unless 0 <= overlap < the content tokens of a
+    window and max_chunks >= 1."""
     room = max_length - specials
+    if overlap is None:
+        overlap = min(DEFAULT_OVERLAP, room // 4)
     if not isinstance(overlap, int) or isinstance(overlap, bool) or not 0 <= overlap < room:
         raise ValidationError(
             f"`chunk_overlap` must be an int in [0, {room}) (max_length {max_length} minus {specials} special "
@@ -42,6 +46,7 @@ def check_chunking(overlap, max_chunks, max_length: int, specials: int) -> None:
         )
     if not isinstance(max_chunks, int) or isinstance(max_chunks, bool) or max_chunks < 1:
         raise ValidationError(f"`max_chunks` must be an int >= 1. Given: {max_chunks!r}.")
+    return overlap
 
 
 @dataclass

@@ -81,3 +81,14 @@ def test_combine_weights_by_tokens():
     posts, v = combine(np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32), c, normalize=False)
     assert posts.tolist() == [3] and np.allclose(v, [[1 / 3, 2 / 3]])
     assert split([[[1, 2]], [[1, 3], [1, 4]]], 4, True).singles == [0]
+
+
+def test_default_overlap_fits_a_short_max_length():
+    """The default overlap (32) shrinks to a quarter of the window for a short max_length: truncate
+    mode must not fail on a chunking default it never uses."""
+    from postemb_rt import Encoder
+
+    with Encoder.from_pretrained("base", backend="torch", max_length=16, warmup=False) as enc:
+        assert enc.chunk_overlap == (16 - 2) // 4 and enc.encode(["a short post"]).shape == (1, enc.dim)
+    with Encoder.from_pretrained("base", backend="torch", warmup=False) as enc:
+        assert enc.chunk_overlap == 32  # unchanged at the model's max_length
