@@ -114,8 +114,9 @@ class DynamicBatcher:
             )
         use_c = _native._C is not None if native is None else bool(native)
         if native is None and not use_c:
+            fix = ("unset POSTEMB_NATIVE" if _native.disabled() else "pip install -e . (needs a C++17 compiler)")
             log.warning("postemb_rt._C is not loaded: concurrent requests are computed one at a time, "
-                        "without batching across requests (%s). Fix: pip install -e .", SERIAL)
+                        "without batching across requests (%s). Fix: %s", SERIAL, fix)
         for name, value in (("max_batch_tokens", max_batch_tokens), ("max_batch_size", max_batch_size),
                             ("max_queued_tokens", max_queued_tokens)):
             if not isinstance(value, int) or value < 1:

@@ -1,6 +1,7 @@
 """``Encoder``: the front door. Texts in, float32 unit vectors out, in input order."""
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
@@ -19,7 +20,7 @@ from .model_dir import ModelDir, resolve, vector_version
 from .tokenization import TRUNCATED_WARNING, PostTokenizer
 
 log = logging.getLogger("postemb_rt")
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "auto")
+PRECISIONS = backends.PRECISIONS
 CPU_FAST = ("bf16", "int8")  # CPU precisions gated by measured fidelity (postemb_rt.fidelity)
 
 
@@ -208,8 +209,9 @@ class Encoder:
             "batcher": self._batcher.implementation if self._batcher is not None else "not started",
         }
 
-    @staticmethod
-    def _check_texts(texts) -> list[str]:
+    def _check_texts(self, texts) -> list[str]:
+        if self._batcher_closed:  # the backend is released too
+            raise BatcherClosedError("this Encoder is closed. Fix: load another with Encoder.from_pretrained.")
         if isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
             raise ValidationError(f"`texts` must be a str or a list of str. Given: {type(texts).__name__}.")
         texts = list(texts)
@@ -219,8 +221,7 @@ class Encoder:
         return texts
 
     def _warn_truncated(self, cut: int, n: int, mode: str) -> None:
-        """One warning when ``cut`` of ``n`` texts were cut (by ``mode``'s limit); none when no text was."""
-        if cut:
+        if cut:  # one warning when `cut` of `n` texts were cut, naming `mode`'s limit
             limit = f"max_length ({self.max_length} tokens)" if mode == "truncate" else f"max_chunks ({self.max_chunks})"
             log.warning(TRUNCATED_WARNING, cut, n, limit)
 
@@ -425,8 +426,6 @@ class Encoder:
                       prompt: str | None = None) -> np.ndarray:
         """``await enc.aencode(texts)``: ``submit`` for asyncio; the event loop never blocks on
         the model (only tokenization of ``texts`` runs on the loop's thread)."""
-        import asyncio
-
         return await asyncio.wrap_future(self.submit(texts, timeout=timeout, truncate=truncate,
                                                      long_posts=long_posts, prompt_name=prompt_name, prompt=prompt))
 

@@ -1,6 +1,6 @@
 """Access to the native extension ``postemb_rt._C``, with an explicit pure-Python fallback.
 
-Set ``POSTEMB_NATIVE=0`` to force the Python paths (for debugging, or to compare). When
+Set ``POSTEMB_NATIVE=0`` (or false, no, off) to force the Python paths (for debugging, or to compare). When
 the extension is missing the fallback is used with a warning, and
 ``Encoder.describe()["native"]`` says which ran.
 """
@@ -13,8 +13,16 @@ import numpy as np
 
 log = logging.getLogger("postemb_rt")
 
+OFF = ("0", "false", "no", "off")  # $POSTEMB_NATIVE values that turn the extension off (any case)
+
+
+def disabled() -> bool:
+    """$POSTEMB_NATIVE asks for the Python paths."""
+    return os.environ.get("POSTEMB_NATIVE", "1").strip().lower() in OFF
+
+
 _C = None
-if os.environ.get("POSTEMB_NATIVE", "1") != "0":
+if not disabled():
     try:
         from . import _C  # type: ignore[attr-defined,no-redef]
     except ImportError as exc:  # pragma: no cover - only without a build

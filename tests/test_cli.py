@@ -219,3 +219,29 @@ def test_embed_parquet_output_loads_in_the_index_with_the_vector_version(tmp_pat
     idx = PostIndex.from_parquet(out)
     assert idx.ids == (ids or [0, 1, 2, 3])
     assert idx.model_version == "all-MiniLM-L6-v2+chunk"  # the vector version: chunk vectors are not truncate's
+
+
+@pytest.mark.parametrize("argv, env, words", [
+    (["serve", "--precision", "bf17"], {}, "argument --precision: invalid choice: 'bf17'"),
+    (["nearline", "--backend", "nosuch"], {}, "argument --backend: invalid choice: 'nosuch'"),
+    (["serve"], {"POSTEMB_PRECISION": "bf17"}, "$POSTEMB_PRECISION must be one of"),
+    (["serve", "--port", "70000"], {}, "`--port` must be in 0..65535"),
+])
+def test_serving_flags_are_checked_before_anything_starts(argv, env, words, monkeypatch, capsys):
+    """A typo in a deployed command's flag or variable is exit 2 at once, naming it (the server
+    used to open its port first, then fail to load with exit 1)."""
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    try:
+        code = main(argv)  # a ValidationError: printed, 2 returned
+    except SystemExit as exc:  # argparse's own refusal
+        code = exc.code
+    assert code == 2 and words in capsys.readouterr().err
+
+
+def test_a_bad_cpu_isa_variable_is_named_not_a_traceback(tmp_path, monkeypatch, capsys):
+    src = tmp_path / "posts.txt"
+    src.write_text("x\n")
+    monkeypatch.setenv("POSTEMB_CPU_ISA", "foo")
+    assert main(["embed", str(src), "--out", str(tmp_path / "o.npy"), "--model", "base", "--backend", "torch"]) == 2
+    assert "POSTEMB_CPU_ISA must be one of auto, generic, avx2, avx512. Given: 'foo'. Fix:" in capsys.readouterr().err

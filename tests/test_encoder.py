@@ -162,3 +162,13 @@ def test_cuda_without_gpu_is_a_clear_error():
         pytest.skip("this machine has CUDA")
     with pytest.raises(BackendUnavailableError, match="no CUDA device"):
         Encoder.from_pretrained("base", backend="torch", device="cuda")
+
+
+def test_a_closed_encoder_refuses_every_call_by_name():
+    from postemb_rt.errors import BatcherClosedError
+
+    enc = Encoder.from_pretrained("base", backend="onnxruntime", warmup=False)
+    enc.close()
+    for call in (lambda: enc.encode(["a post"]), lambda: enc.submit(["a post"])):
+        with pytest.raises(BatcherClosedError, match="this Encoder is closed. Fix: load another"):
+            call()

@@ -12,6 +12,8 @@ import importlib.util
 from ..errors import BackendUnavailableError, ValidationError
 from ..model_dir import ModelDir
 
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "auto")  # what Encoder.from_pretrained and the commands take
+
 # name -> (module, class, the pip package it needs, install hint)
 _REGISTRY = {
     "torch": ("torch_backend", "TorchBackend", "torch", "pip install torch==2.13.0"),
@@ -19,6 +21,7 @@ _REGISTRY = {
     "openvino": ("openvino_backend", "OpenVinoBackend", "openvino", "pip install openvino"),
     "tensorrt": ("tensorrt_backend", "TensorRTBackend", "tensorrt", "pip install 'postemb_rt[gpu]' tensorrt (NVIDIA GPU)"),
 }
+CHOICES = ("auto", *_REGISTRY)  # what a --backend flag takes
 
 
 def names() -> list[str]:

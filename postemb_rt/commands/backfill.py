@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from .. import backends
+
 
 def run(args) -> int:
     from tqdm.auto import tqdm
@@ -63,7 +65,8 @@ def register(sub) -> None:
     p.add_argument("--input", required=True, help="folder (or file) of .parquet or .jsonl posts with id, text")
     p.add_argument("--output", required=True, help="output folder")
     p.add_argument("--model", default="default", help="'default', 'base' or a model directory (default: default)")
-    p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or openvino (default: auto)")
+    p.add_argument("--backend", default="auto", choices=backends.CHOICES,
+                   help="the runtime (default: auto: the fastest installed for this device and precision)")
     p.add_argument("--num-workers", type=int, default=None,
                    help="model actors (default: the cluster's CPUs // --threads-per-worker)")
     p.add_argument("--threads-per-worker", type=int, default=1,
@@ -73,7 +76,7 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=64, help="posts per model batch at most (default: 64)")
     p.add_argument("--long-posts", choices=["truncate", "chunk"], default="truncate",
                    help="posts longer than max_length: truncate, or chunk (embed them whole) (default: truncate)")
-    p.add_argument("--precision", default="fp32",
+    p.add_argument("--precision", default="fp32", choices=backends.PRECISIONS,
                    help="fp32 (exact), or on CPU bf16 / int8 (gated by measured fidelity); written into the vectors' "
                         "model_version as +bf16 / +int8 (default: fp32)")
     p.add_argument("--id-type", choices=["auto", "int", "string"], default="auto",

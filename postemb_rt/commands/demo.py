@@ -10,6 +10,8 @@ import time
 
 import numpy as np
 
+from .. import backends
+
 
 def run(args) -> int:
     from ..data import BUILTIN_POSTS, data_root, short_posts
@@ -45,5 +47,6 @@ def register(sub) -> None:
     p.add_argument("--n", type=int, default=2000, help="posts to embed (default: 2000)")
     p.add_argument("--queries", type=int, default=3, help="posts to show neighbours for (default: 3)")
     p.add_argument("--model", default="default", help="model name or directory (default: default)")
-    p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime or openvino (default: auto)")
+    p.add_argument("--backend", default="auto", choices=backends.CHOICES,
+                   help="the runtime (default: auto: the fastest installed for this device and precision)")
     p.set_defaults(func=run)

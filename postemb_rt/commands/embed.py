@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import backends
 from ..errors import ValidationError
 from ..quantization import PRECISIONS
 
@@ -176,9 +177,10 @@ def register(sub) -> None:
     p.add_argument("input", metavar="INPUT", help="posts: .txt, .jsonl or .parquet")
     p.add_argument("--out", required=True, help="embeddings: .npy or .parquet")
     p.add_argument("--model", default="default", help="'default', 'base' or a model directory (default: default)")
-    p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime, openvino or tensorrt (default: auto)")
+    p.add_argument("--backend", default="auto", choices=backends.CHOICES,
+                   help="the runtime (default: auto: the fastest installed for this device and precision)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    p.add_argument("--precision", default="fp32",
+    p.add_argument("--precision", default="fp32", choices=backends.PRECISIONS,
                    help="fp32 (exact); on CPU bf16 or int8 (gated by measured fidelity, see README \"Fast precisions\"); "
                         "on CUDA fp16 or bf16 (default: fp32)")
     p.add_argument("--quantize", choices=list(PRECISIONS), default="float32",

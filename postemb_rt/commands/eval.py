@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .. import backends
+
 
 def _parse_model(spec: str) -> tuple[str, str]:
     """``--model NAME=PATH`` or ``PATH`` -> (row name, model); unnamed rows are named after the model."""
@@ -71,7 +73,8 @@ def register(sub) -> None:
     p.add_argument("--model", action="append", help="NAME=PATH or a model name/dir; repeatable (default: default)")
     p.add_argument("--out", required=True, help="report folder, e.g. reports/")
     p.add_argument("--data", default=None, help="data root holding tweeteval/ and stsb/ (default: ../shared/data)")
-    p.add_argument("--backend", default="auto", help="runtime backend for the embeddings (default: auto)")
+    p.add_argument("--backend", default="auto", choices=backends.CHOICES,
+                   help="the runtime (default: auto: the fastest installed for this device and precision)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", choices=["test", "val"], default="test",
                    help="held-out data: test (the report) or val (to choose a recipe without looking at test)")

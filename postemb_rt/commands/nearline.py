@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 
+from .. import backends
 from ..nearline.model import DEFAULT_MODEL_TIMEOUT_S, EXIT_MODEL_TIMEOUT
 
 log = logging.getLogger("postemb_rt.nearline")
@@ -39,11 +40,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--group", default="embedder", help="consumer group (default: embedder)")
     p.add_argument("--consumer", default=None, help="consumer name, unique per live worker (default: HOST-PID)")
     p.add_argument("--model", default="default", help="model name or directory (default: default)")
-    p.add_argument("--backend", default="auto", help="auto | torch | onnxruntime | openvino (default: auto)")
+    p.add_argument("--backend", default="auto", choices=backends.CHOICES,
+                   help="the runtime (default: auto: the fastest installed for this device and precision)")
     p.add_argument("--long-posts", choices=["truncate", "chunk"], default="truncate",
                    help="posts longer than max_length: truncate, or chunk (embed them whole) (default: truncate)")
-    p.add_argument("--precision", default="fp32", help="fp32 (exact), or bf16 / int8 on CPU (gated by measured "
-                   "fidelity; default: fp32)")
+    p.add_argument("--precision", default="fp32", choices=backends.PRECISIONS,
+                   help="fp32 (exact), or bf16 / int8 on CPU (gated by measured fidelity; default: fp32)")
     p.add_argument("--prompt-name", default=None,
                    help="the model's prompt (its `prompts`, e.g. query or document) for events without a "
                         "prompt_name field; an event naming a prompt the model lacks is dead-lettered; stored in "

@@ -31,6 +31,7 @@ import socket
 import sys
 import tempfile
 
+from .. import backends
 from ..errors import ValidationError
 
 LISTEN_BACKLOG = 2048  # connections the kernel completes before we accept them (capped by net.core.somaxconn)
@@ -68,6 +69,8 @@ def config_from_args(args):
             raise ValidationError(f"`--{flag}` must be > 0 seconds. Given: {getattr(cfg, name)}.")
     if args.workers < 1:
         raise ValidationError(f"`--workers` must be >= 1. Given: {args.workers}.")
+    if not 0 <= args.port <= 65535:
+        raise ValidationError(f"`--port` must be in 0..65535 (0: a free one, printed). Given: {args.port}.")
     return cfg
 
 
@@ -221,8 +224,10 @@ def register(sub) -> None:
                         "several (the first is the default; served as NAME, else as the model's model_version; "
                         "comma-separated in the environment) (default: default)")
     p.set_defaults(models=None)
-    p.add_argument("--backend", default="auto", help="auto, torch, onnxruntime, openvino or tensorrt (default: auto)")
-    p.add_argument("--precision", default="auto", help="auto (the first precision that clears the fidelity bar "
+    p.add_argument("--backend", default="auto", choices=backends.CHOICES,
+                   help="the runtime (default: auto: the fastest installed for this device and precision)")
+    p.add_argument("--precision", default="auto", choices=backends.PRECISIONS,
+                   help="auto (the first precision that clears the fidelity bar "
                    "on this CPU of: bf16 with native bf16, else int8, else fp32; /info says which and why, and the "
                    "vector version carries it), fp32 (exact), bf16 or int8 on CPU, fp16/bf16 on CUDA (default: auto)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto: CUDA when torch sees a GPU)")

@@ -24,13 +24,10 @@ import os
 import numpy as np
 
 from .. import native
+from ..errors import ValidationError
 from .reference import masked_mean_pool_l2_ref
 
 log = logging.getLogger("postemb_rt")
-
-
-def _native_disabled() -> bool:
-    return os.environ.get("POSTEMB_NATIVE", "1") == "0"
 
 
 def _has_cpu_kernel() -> bool:
@@ -48,10 +45,14 @@ class CpuPooler:
         self.weight = None if weight is None else np.ascontiguousarray(weight, dtype=np.float32)
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
         if _has_cpu_kernel():
-            self.name = f"C++ masked_mean_pool_l2 ({native._C.cpu_isa()})"
+            try:
+                isa = native._C.cpu_isa()
+            except ValueError as exc:  # a bad $POSTEMB_CPU_ISA, named by the extension
+                raise ValidationError(f"{exc} Fix: set it to one of them, or unset it.") from None
+            self.name = f"C++ masked_mean_pool_l2 ({isa})"
         else:
-            if _native_disabled():
-                reason = "POSTEMB_NATIVE=0"
+            if native.disabled():
+                reason = f"POSTEMB_NATIVE={os.environ['POSTEMB_NATIVE']}"
             elif native._C is None:
                 reason = "postemb_rt._C is not built; fix: pip install -e ."
             else:
