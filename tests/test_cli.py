@@ -245,3 +245,17 @@ def test_a_bad_cpu_isa_variable_is_named_not_a_traceback(tmp_path, monkeypatch, 
     monkeypatch.setenv("POSTEMB_CPU_ISA", "foo")
     assert main(["embed", str(src), "--out", str(tmp_path / "o.npy"), "--model", "base", "--backend", "torch"]) == 2
     assert "POSTEMB_CPU_ISA must be one of auto, generic, avx2, avx512. Given: 'foo'. Fix:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["embed", "{bad}", "--out", "{tmp}/o.npy"], "is not a readable Parquet file"),
+    (["index", "build", "--input", "{bad}", "--out", "{tmp}/idx"], "is not readable as Parquet embeddings"),
+    (["index", "build", "--input", "{tmp}/nosuch.parquet", "--out", "{tmp}/idx"], "does not exist. Fix:"),
+    (["nearline", "--redis", "notaurl"], "`--redis` is not a Redis URL"),
+])
+def test_unreadable_inputs_are_named_not_tracebacks(tmp_path, capsys, argv, words):
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"not parquet")
+    assert main([a.format(bad=bad, tmp=tmp_path) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err

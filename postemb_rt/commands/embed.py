@@ -103,7 +103,11 @@ def read_posts(path: Path) -> tuple[list, list[str]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path)
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+        raise ValidationError(f"`INPUT` {path} is not a readable Parquet file: {exc}. Fix: give a Parquet table with "
+                              "a `text` column (and optionally `id`), or a .txt / .jsonl file.") from None
     if "text" not in table.column_names:
         raise ValidationError(f"`INPUT` {path} needs a column `text`. Given columns: {table.column_names}.")
     texts = table.column("text").to_pylist()

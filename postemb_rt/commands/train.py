@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..errors import ValidationError
+
 
 def run(args) -> int:
     from ..train.config import TrainConfig, task_schedule_counts, task_sizes
@@ -19,8 +21,11 @@ def run(args) -> int:
     cfg = TrainConfig.from_file(args.config, seed=args.seed)
     if args.seed is not None:
         cfg.model_version = f"{cfg.model_version}-seed{args.seed}"
-    if args.steps is not None:
-        cfg.steps = args.steps
+    for flag, value in (("--steps", args.steps), ("--threads", args.threads)):
+        if value is not None and value < 1:
+            raise ValidationError(f"`{flag}` must be >= 1. Given: {value}.")
+    if args.steps is not None and args.steps != cfg.steps:  # other weights: never the recipe's vector version
+        cfg.steps, cfg.model_version = args.steps, f"{cfg.model_version}-steps{args.steps}"
     if args.threads is not None:
         cfg.threads = args.threads
     if args.plan:
@@ -33,7 +38,7 @@ def run(args) -> int:
                           "matryoshka_weights": [w for _, w in cfg.nested_dims()]}, indent=2))
         return 0
     if not args.out:
-        raise SystemExit("postemb train: error: --out is required (unless --plan)")
+        raise ValidationError("`--out` is required (the model directory to write), unless --plan. Given: none.")
     train(cfg, args.out, progress=lambda m: print(m, flush=True))
     return 0
 
@@ -43,7 +48,8 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", required=True, help="training config (JSON), e.g. configs/multitask.json")
     p.add_argument("--out", help="output model directory")
-    p.add_argument("--steps", type=int, default=None, help="override the config's steps")
+    p.add_argument("--steps", type=int, default=None,
+                   help="override the config's steps (the model version then ends in -steps<N>)")
     p.add_argument("--threads", type=int, default=None,
                    help="override the config's torch threads (1 beats 2 when other jobs share 2 cores)")
     p.add_argument("--seed", type=int, default=None,

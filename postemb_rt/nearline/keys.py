@@ -55,7 +55,11 @@ def connect(url: str = "redis://127.0.0.1:6379/0", **kwargs):
                 decode_responses=False, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 5),
                 retry_on_error=[redis.ConnectionError, redis.TimeoutError])
     opts.update(kwargs)
-    return redis.Redis.from_url(url, **opts)
+    try:
+        return redis.Redis.from_url(url, **opts)
+    except ValueError as exc:  # redis-py's "Redis URL must specify one of the following schemes ..."
+        raise ValidationError(f"`--redis` is not a Redis URL: {exc}. Given: {url!r}. Fix: "
+                              "e.g. redis://127.0.0.1:6379/0 (rediss:// for TLS, unix:///path/to/socket).") from None
 
 
 

@@ -7,10 +7,26 @@ its source (columns, one vector version) and hands back ids and float32 vectors;
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 
 from ..errors import ValidationError
+
+
+@contextmanager
+def _arrow_errors(path):
+    """pyarrow's errors on reading ``path`` as the ValidationError naming it (no traceback)."""
+    import pyarrow as pa
+
+    try:
+        yield
+    except FileNotFoundError:
+        raise ValidationError(f"`path` {str(path)!r} does not exist. Fix: give a Parquet file or a folder of them "
+                              "(postemb embed --out X.parquet, or postemb backfill's output).") from None
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise ValidationError(f"`path` {str(path)!r} is not readable as Parquet embeddings of one dim: {exc}. Fix: "
+                              "give the Parquet output of postemb embed or backfill (one model per index).") from None
 
 
 def read_parquet(path, batch_rows: int = 65_536) -> tuple[int, Iterator[tuple[list, np.ndarray, object]]]:
@@ -22,7 +38,8 @@ def read_parquet(path, batch_rows: int = 65_536) -> tuple[int, Iterator[tuple[li
     more than one vector version (met while iterating)."""
     import pyarrow.dataset as pads
 
-    ds = pads.dataset(str(path), format="parquet")
+    with _arrow_errors(path):
+        ds = pads.dataset(str(path), format="parquet")
     names = ds.schema.names
     if "id" not in names or "embedding" not in names:
         raise ValidationError(f"`path` {str(path)!r} needs columns `id` and `embedding`. Given columns: {names}.")
@@ -32,6 +49,10 @@ def read_parquet(path, batch_rows: int = 65_536) -> tuple[int, Iterator[tuple[li
     cols = ["id", "embedding"] + (["model_version"] if "model_version" in names else [])
 
     def batches():
+        with _arrow_errors(path):
+            yield from _batches()
+
+    def _batches():
         first, seen = None, False
         for batch in ds.to_batches(columns=cols, batch_size=batch_rows):
             if batch.num_rows == 0:
