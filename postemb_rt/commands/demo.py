@@ -16,9 +16,15 @@ from .. import backends
 def run(args) -> int:
     from ..data import BUILTIN_POSTS, data_root, short_posts
     from ..encoder import Encoder
+    from ..errors import ValidationError
 
+    for flag, value, least in (("--n", args.n, 1), ("--queries", args.queries, 0)):
+        if value < least:
+            raise ValidationError(f"`{flag}` must be >= {least}. Given: {value}.")
     if data_root(required=False) is not None:
-        texts, source = short_posts(args.n), f"first {args.n} posts of the TweetEval emoji test split"
+        texts = short_posts(args.n)
+        source = f"first {len(texts)} posts of the TweetEval emoji test split" + (
+            f", all it holds (--n {args.n} asked for more)" if len(texts) < args.n else "")
     else:
         texts, source = BUILTIN_POSTS, "built-in sample (shared data not found; set POSTEMB_DATA)"
     print(f"loading model {args.model!r} (backend={args.backend}) ...")
@@ -26,7 +32,7 @@ def run(args) -> int:
     for k, v in enc.describe().items():
         print(f"  {k}: {v}")
     start = time.perf_counter()
-    vectors = enc.encode(texts, batch_size=64)
+    vectors = enc.encode(texts, batch_size=64, show_progress_bar=len(texts) > 5000)  # a bar only when it takes a while
     seconds = time.perf_counter() - start
     st = enc.last_stats
     print(f"embedded {len(texts)} posts ({source}) in {seconds:.2f} s: {len(texts) / seconds:.0f} posts/s, "
@@ -35,7 +41,7 @@ def run(args) -> int:
     sims = vectors[: args.queries] @ vectors.T
     for q in range(min(args.queries, len(texts))):
         sims[q, q] = -np.inf
-        top = np.argsort(-sims[q])[:3]
+        top = [j for j in np.argsort(-sims[q])[:3] if j != q]  # never the query itself (a tiny --n)
         print(f"\nquery: {texts[q][:100]!r}")
         for j in top:
             print(f"  {sims[q, j]:.3f}  {texts[j][:100]!r}")
