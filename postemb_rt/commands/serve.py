@@ -205,6 +205,7 @@ def serve_app(app, host: str, port: int, drain_timeout_s: float, verbose: bool =
                                            backlog=LISTEN_BACKLOG, **uvicorn_options()))
     models = app.state.models
     models.on_fatal = lambda: setattr(server, "should_exit", True)
+    models.on_loaded = lambda: print(f"postemb serve: ready: {models.summary()}", flush=True)
     print(f"postemb serve: listening on {url(host, port)} ({what}; GET /ready turns 200 when the model is "
           "loaded)", flush=True)
     server.run(sockets=[sock])

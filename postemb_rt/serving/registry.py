@@ -43,6 +43,7 @@ class ModelRegistry:
         self._error: str | None = None
         self._closed = False
         self.on_fatal: Callable[[], None] = lambda: None  # set by `postemb serve`: stop the server
+        self.on_loaded: Callable[[], None] = lambda: None  # set by `postemb serve`: say what runs
 
     # -- lifecycle ---------------------------------------------------------------------
     def load(self) -> None:
@@ -70,6 +71,14 @@ class ModelRegistry:
             by_name.setdefault(rt.encoder.model_version, rt)
         self._by_name = by_name
         self.loaded = True
+        self.on_loaded()
+
+    def summary(self) -> str:
+        """What each loaded model runs on, for the log: served name, backend, precision and why,
+        vector version."""
+        return "; ".join(f"{rt.name!r} on {rt.encoder.backend.name} {rt.encoder.backend.precision} "
+                         f"({rt.encoder.precision_reason}), vectors {rt.encoder.vector_version}"
+                         for rt in self.runtimes)
 
     def _fail(self, error: str, log_it: bool = False) -> None:
         self._error = error

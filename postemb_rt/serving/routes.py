@@ -253,4 +253,5 @@ def app_from_env():
         os.kill(os.getppid(), signal.SIGTERM)  # uvicorn's supervisor: stop every worker and exit
 
     models.on_fatal = stop_everything
+    models.on_loaded = lambda: print(f"postemb serve: worker {os.getpid()} ready: {models.summary()}", flush=True)
     return app

@@ -1,6 +1,7 @@
 """`postemb serve` answers like `Encoder.encode`: the official openai client, the native /embed
 route with every encoding, probes, /info, /metrics and the API key (real server process)."""
 import base64
+import time
 
 import numpy as np
 import pytest
@@ -135,6 +136,12 @@ def test_native_binary_is_packed_sign_bits(client, server_encoder):
 
 def test_probes_info_and_openapi(main_server, client, server_encoder):
     assert httpx.get(main_server.url + "/health").json() == {"status": "ok"}  # no key needed for probes
+    deadline = time.monotonic() + 10  # the log says what runs, once loaded (printed as /ready turns 200)
+    while not any(line.startswith("postemb serve: ready: ") for line in main_server.lines):
+        assert time.monotonic() < deadline, "".join(main_server.lines)[-2000:]
+        time.sleep(0.05)
+    ready = next(line for line in main_server.lines if line.startswith("postemb serve: ready: "))
+    assert f"on onnxruntime fp32 (asked for), vectors {server_encoder.vector_version}" in ready, ready
     assert httpx.get(main_server.url + "/ready").status_code == 200
     info = client.get("/info").json()
     assert info["dim"] == server_encoder.dim and info["model"] == server_encoder.model_version
