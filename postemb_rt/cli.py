@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import sys
+from pathlib import Path
 
 from .errors import PostEmbError, ValidationError
 
@@ -157,6 +158,18 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
     return parser
 
 
+def _cache_hint(exc: Exception) -> str:
+    """For a missing file inside the cache: which folder that is and how to move it."""
+    from .onnx_export import cache_root
+
+    name = getattr(exc, "filename", None)
+    root = cache_root()
+    if not name or not (Path(name) == root or root in Path(name).parents):
+        return ""
+    return (f" (the cache folder, {root}: $POSTEMB_CACHE, else $XDG_CACHE_HOME/postemb_rt, else "
+            "~/.cache/postemb_rt). Fix: point POSTEMB_CACHE at a writable folder.")
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
@@ -170,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (PostEmbError, FileNotFoundError) as exc:
-        print(f"postemb {args.command}: error: {exc}", file=sys.stderr)
+        print(f"postemb {args.command}: error: {exc}{_cache_hint(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -6,6 +6,7 @@ project root), else ``../shared/data`` relative to the source checkout.
 """
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -40,8 +41,11 @@ def data_root(required: bool = True) -> Path | None:
     """The data directory, or None (required=False) / an error (required=True) if absent."""
     candidates = [Path(os.environ["POSTEMB_DATA"])] if os.environ.get("POSTEMB_DATA") else []
     candidates += [Path.cwd().parent / "shared" / "data", _CHECKOUT.parent / "shared" / "data"]
-    for c in candidates:
+    for i, c in enumerate(candidates):
         if (c / "tweeteval").is_dir():
+            if i and os.environ.get("POSTEMB_DATA"):  # set, but not to the data: say which folder is used
+                logging.getLogger("postemb_rt").warning(
+                    "POSTEMB_DATA=%s holds no tweeteval/; using %s instead", os.environ["POSTEMB_DATA"], c)
             return c
     if required:
         raise ModelNotFoundError(

@@ -19,7 +19,8 @@ _REGISTRY = {
     "torch": ("torch_backend", "TorchBackend", "torch", "pip install torch==2.13.0"),
     "onnxruntime": ("onnx_backend", "OnnxBackend", "onnxruntime", "pip install onnxruntime onnx"),
     "openvino": ("openvino_backend", "OpenVinoBackend", "openvino", "pip install openvino"),
-    "tensorrt": ("tensorrt_backend", "TensorRTBackend", "tensorrt", "pip install 'postemb_rt[gpu]' tensorrt (NVIDIA GPU)"),
+    "tensorrt": ("tensorrt_backend", "TensorRTBackend", "tensorrt",
+                 "pip install 'postemb_rt[gpu,tensorrt]' (NVIDIA GPU; TensorRT 10.x)"),
 }
 CHOICES = ("auto", *_REGISTRY)  # what a --backend flag takes
 

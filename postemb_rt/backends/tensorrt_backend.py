@@ -28,7 +28,7 @@ from ..errors import BackendUnavailableError, EngineMismatchError, ValidationErr
 from .base import Backend
 
 log = logging.getLogger("postemb_rt")
-INSTALL_HINT = "pip install 'postemb_rt[gpu]' tensorrt (TensorRT 10.x, on a machine with an NVIDIA GPU)"
+INSTALL_HINT = "pip install 'postemb_rt[gpu,tensorrt]' (TensorRT 10.x, on a machine with an NVIDIA GPU)"
 
 
 def _torch_dtype(torch, trt, dtype):

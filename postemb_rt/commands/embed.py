@@ -183,7 +183,7 @@ def register(sub) -> None:
     p.add_argument("--model", default="default", help="'default', 'base' or a model directory (default: default)")
     p.add_argument("--backend", default="auto", choices=backends.CHOICES,
                    help="the runtime (default: auto: the fastest installed for this device and precision)")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     p.add_argument("--precision", default="fp32", choices=backends.PRECISIONS,
                    help="fp32 (exact); on CPU bf16 or int8 (gated by measured fidelity, see README \"Fast precisions\"); "
                         "on CUDA fp16 or bf16 (default: fp32)")

@@ -36,7 +36,8 @@ def register(subparsers) -> None:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--redis", default=os.environ.get("POSTEMB_REDIS_URL", "redis://127.0.0.1:6379/0"),
-                   help="Redis URL (default: $POSTEMB_REDIS_URL or redis://127.0.0.1:6379/0)")
+                   help="Redis URL (default: $POSTEMB_REDIS, else its older name $POSTEMB_REDIS_URL, else "
+                        "redis://127.0.0.1:6379/0)")
     p.add_argument("--group", default="embedder", help="consumer group (default: embedder)")
     p.add_argument("--consumer", default=None, help="consumer name, unique per live worker (default: HOST-PID)")
     p.add_argument("--model", default="default", help="model name or directory (default: default)")
@@ -68,9 +69,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a model call (one micro-batch) that runs longer than this stops the worker with exit code "
                         "3, for its supervisor to restart it; its events stay pending and are retried one at a "
                         "time (0: no bound; default: %(default)s)")
-    p.add_argument("--posts-stream", default="posts")
-    p.add_argument("--dead-stream", default="posts-dead")
-    p.add_argument("--embeddings-stream", default="embeddings")
+    p.add_argument("--posts-stream", default="posts", help="the stream of post-created events (default: posts)")
+    p.add_argument("--dead-stream", default="posts-dead",
+                   help="where events that failed --max-deliveries times go (default: posts-dead)")
+    p.add_argument("--embeddings-stream", default="embeddings",
+                   help="where each stored embedding is announced (default: embeddings)")
     p.add_argument("--max-events", type=int, default=None, help="exit after this many events (testing)")
     p.add_argument("--stats", action="store_true", help="print lag, pending, throughput and freshness; exit")
     p.add_argument("--window", type=float, default=60.0, help="--stats: seconds of history (default: 60)")
@@ -128,6 +131,11 @@ def run(args) -> int:
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    where = client.connection_pool.connection_kwargs  # never the password
+    print(f"postemb nearline: consumer {worker.consumer!r} of group {args.group!r} reading stream "
+          f"{args.posts_stream!r} on redis {where.get('host', where.get('path'))}:{where.get('port', '')} "
+          f"db {where.get('db', 0)}; model {encoder.model_version}, vectors {encoder.vector_version}; SIGTERM "
+          "finishes the batch in hand, then exits", flush=True)
     try:
         return worker.run(max_events=args.max_events)
     except nearline.ModelTimeoutError as exc:

@@ -270,7 +270,8 @@ def register(sub) -> None:
     p.add_argument("--batch-overhead-tokens", type=int, default=64,
                    help="a model call's fixed cost in padded tokens: larger gives fewer, fuller batches (default: 64)")
     p.add_argument("--request-timeout", type=float, default=30.0,
-                   help="seconds a request may wait in the queue before a 503 (default: 30)")
+                   help="seconds a request may wait in the queue: then 429 queue_timeout, or 503 when no batch "
+                        "finished meanwhile (default: 30)")
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="SIGTERM: seconds in-flight requests get to finish (default: 30)")
     p.add_argument("--long-posts", choices=["truncate", "chunk"], default="truncate",
