@@ -8,7 +8,7 @@ Writes OUT/model.onnx (dynamic batch and sequence axes; ONNX Runtime transformer
 unless --no-optimize), OUT/tokenizer.json and OUT/postemb.json (and, with --pooling
 external, OUT/projection.safetensors for a model with a projection). Then embeds real posts
 with the torch model and with the exported model and exits non-zero (3) if any cosine
-similarity is below --min-cosine (default 0.9999).
+similarity is below --min-cosine (default 0.9999); OUT is written only when the check passes.
 
 With --precision int8 the float32 export is then quantized (postemb_rt.onnx_export.quantize_int8)
 and its fidelity to float32 is measured on real posts (postemb_rt.fidelity: mean and minimum
@@ -54,11 +54,18 @@ def main(argv=None) -> int:
 
     try:
         src = resolve(args.model)
-        if args.precision == "fp32":
-            return export_checked(src, Path(args.out), args)
-        with tempfile.TemporaryDirectory(prefix=".fp32-", dir=Path(args.out).resolve().parent) as tmp:
-            rc = export_checked(src, Path(tmp), args)
-            return rc if rc else quantize_checked(Path(tmp), Path(args.out), args)
+        out = Path(args.out)
+        out.resolve().parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".fp32-", dir=out.resolve().parent) as tmp:
+            rc = export_checked(src, Path(tmp), args)  # written to OUT only once it passed the parity check
+            if rc:
+                print(f"export_onnx: nothing written to {out}.", file=sys.stderr)
+                return rc
+            if args.precision == "int8":
+                return quantize_checked(Path(tmp), out, args)
+            copy_dir(Path(tmp), out)
+            print(f"wrote {out / 'model.onnx'}")
+            return 0
     except PostEmbError as exc:
         print(f"export_onnx: error: {exc}", file=sys.stderr)
         return 2
@@ -73,7 +80,7 @@ def export_checked(src, out: Path, args) -> int:
 
     start = time.perf_counter()
     md = export_onnx(src, out, optimize=not args.no_optimize, pooling=args.pooling)
-    print(f"wrote {md.onnx_path} ({md.onnx_path.stat().st_size / 2**20:.1f} MiB) in "
+    print(f"exported {md.onnx_path.name} ({md.onnx_path.stat().st_size / 2**20:.1f} MiB) in "
           f"{time.perf_counter() - start:.1f} s")
     texts, _ = fidelity.posts(args.parity_posts)
     ref = Encoder.from_pretrained(src.path, backend="torch", device="cpu").encode(texts)
@@ -113,13 +120,19 @@ def quantize_checked(fp32_dir: Path, out: Path, args) -> int:
         f = dataclasses.replace(f, forced=True)
         print(f"export_onnx: --force: writing an int8 model that misses the bar ({'; '.join(f.failures())})",
               file=sys.stderr)
-    out.mkdir(parents=True, exist_ok=True)
-    for item in int8.path.iterdir():
-        shutil.copyfile(item, out / item.name)
+    copy_dir(int8.path, out)
     cfg = dataclasses.replace(int8.config, fidelity=f.to_dict())
     (out / CONFIG_FILE).write_text(cfg.to_json())
     print(f"wrote {out / 'model.onnx'} (int8, {(out / 'model.onnx').stat().st_size / 2**20:.1f} MiB)")
     return 0
+
+
+def copy_dir(src: Path, out: Path) -> None:
+    """The files of the model directory ``src`` into ``out`` (created)."""
+    out.mkdir(parents=True, exist_ok=True)
+    for item in src.iterdir():
+        if item.is_file():
+            shutil.copyfile(item, out / item.name)
 
 
 if __name__ == "__main__":

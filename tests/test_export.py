@@ -41,7 +41,8 @@ def test_parity_gate_fails_the_export_below_threshold(tmp_path):
     res = run_export("--model", "base", "--out", str(tmp_path / "o"), "--no-optimize",
                      "--parity-posts", "4", "--min-cosine", "1.01")
     assert res.returncode == 3
-    assert "parity FAILED" in res.stderr
+    assert "parity FAILED" in res.stderr and "nothing written to" in res.stderr
+    assert not (tmp_path / "o").exists()  # no loadable model behind a failed check
 
 
 def test_missing_model_exits_2_with_a_message(tmp_path):
