@@ -119,7 +119,8 @@ def test_too_long_post_with_no_truncate_fails_clearly(tmp_path, capsys):
     src = tmp_path / "posts.txt"
     src.write_text("short\n" + "word " * 400 + "\n")
     assert main(["embed", str(src), "--out", str(tmp_path / "o.npy"), "--model", "base", "--no-truncate"]) == 2
-    assert "`texts[1]` is longer than max_length" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "post 1 of" in err and "(id 1) is longer than max_length (256 tokens), and --no-truncate is given" in err
 
 
 def test_demo_prints_throughput_and_neighbours(capsys):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -159,18 +160,33 @@ def run(args) -> int:
     ids, texts = read_posts(inp)
     enc = Encoder.from_pretrained(args.model, backend=args.backend, device=args.device,
                                   precision=args.precision, max_length=args.max_length, long_posts=args.long_posts)
+    if not texts:
+        print(f"postemb embed: warning: {inp} holds no posts; writing an empty array", file=sys.stderr)
+    opts = dict(precision=args.quantize, prompt_name=args.prompt_name, prompt=args.prompt,
+                truncate_dim=args.truncate_dim)
+    if args.quantize != "float32" and texts:  # imports sentence-transformers, calibrates (once): not timed
+        enc.encode(texts[:1], **opts)
     start = time.perf_counter()
     show = not args.no_progress and len(texts) >= PROGRESS_MIN_POSTS
-    vectors = enc.encode(texts, batch_size=args.batch_size, show_progress_bar=show, truncate=not args.no_truncate,
-                         precision=args.quantize, prompt_name=args.prompt_name, prompt=args.prompt,
-                         truncate_dim=args.truncate_dim)
+    try:
+        vectors = enc.encode(texts, batch_size=args.batch_size, show_progress_bar=show,
+                             truncate=not args.no_truncate, **opts)
+    except ValidationError as exc:  # the library names `texts[i]` and its argument: named here as posts and flags
+        too_long = re.match(r"`texts\[(\d+)\]` is longer than (max_length \(\d+ tokens\))", str(exc))
+        if too_long is None:
+            raise
+        i = int(too_long.group(1))
+        raise ValidationError(f"post {i} of {inp} (id {ids[i]!r}) is longer than {too_long.group(2)}, and "
+                              "--no-truncate is given. Fix: shorten it, drop --no-truncate (posts are cut at "
+                              "max_length), or --long-posts chunk (embed long posts whole).") from None
     seconds = time.perf_counter() - start
     version = enc.vector_version_at(args.truncate_dim)
     write_embeddings(out, ids, vectors, version)
     st = enc.last_stats
     rate = len(texts) / seconds if seconds > 0 else float("inf")
     print(f"embedded {len(texts)} posts in {seconds:.2f} s ({rate:.0f} posts/s, {st.tokens / max(seconds, 1e-9):.0f} "
-          f"tokens/s), backend={enc.backend.name}, model={version}, dim={vectors.shape[-1]}, "
+          f"tokens/s), backend={enc.backend.name}, model={version}, dim={args.truncate_dim or enc.dim}"
+          f"{f' ({vectors.shape[-1]} bytes per row, packed bits)' if args.quantize.endswith('binary') else ''}, "
           f"truncated={len(st.truncated)}, chunked={st.chunked} ({st.windows} windows) -> {out}")
     return 0
 
