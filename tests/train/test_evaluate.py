@@ -93,3 +93,17 @@ def test_prefix_rows_for_declared_dims_and_truncation_controls(smoke_model, tiny
     # a prefix at or above a model's dim is refused, naming the option and the value
     assert main(["eval", "--model", f"plain={model}", "--prefixes", "50"] + common) == 2
     assert "`--prefixes` must be between 1 and the dim" in capsys.readouterr().err
+
+
+
+def test_target_1_is_na_not_missed_when_a_reference_row_was_not_evaluated():
+    from postemb_rt.train.report import ZS_COLS, check_targets
+
+    def row(f):
+        return {"f1_zero_shot_mean": f, "sts_spearman": 80.0, **{c: f for c in ZS_COLS}}
+
+    rows = {"base": row(0.50), "base-pca50": row(0.40), "multitask": row(0.60)}  # no teacher-pca50 row
+    t1 = check_targets(rows, "multitask")[0]
+    assert t1["met"] is None and "rows missing: ['teacher-pca50']" in t1["detail"]
+    rows["base"] = row(0.70)  # a present row beats it: missed, whatever is missing
+    assert check_targets(rows, "multitask")[0]["met"] is False
