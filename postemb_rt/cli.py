@@ -17,6 +17,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -158,6 +159,21 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
     return parser
 
 
+ARGUMENT_FLAGS = {"name_or_path": "model"}  # a library argument whose flag has another name
+
+
+def _as_flags(message: str, parser: argparse.ArgumentParser, command: str) -> str:
+    """A library error as the command line says it: each `argument` the command has a flag for
+    becomes that flag (`batch_size` -> `--batch-size`, `name_or_path` -> `--model`)."""
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    flags = {o[2:].replace("-", "_"): o for a in sub._actions for o in a.option_strings if o.startswith("--")}
+
+    def flag(m: re.Match) -> str:
+        name = m.group(1)
+        return f"`{flags.get(ARGUMENT_FLAGS.get(name, name), name)}`"
+    return re.sub(r"`(\w+)`", flag, message)
+
+
 def _cache_hint(exc: Exception) -> str:
     """For a missing file inside the cache: which folder that is and how to move it."""
     from .onnx_export import cache_root
@@ -183,7 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (PostEmbError, FileNotFoundError) as exc:
-        print(f"postemb {args.command}: error: {exc}{_cache_hint(exc)}", file=sys.stderr)
+        print(f"postemb {args.command}: error: {_as_flags(str(exc), parser, args.command)}{_cache_hint(exc)}",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -260,3 +260,12 @@ def test_unreadable_inputs_are_named_not_tracebacks(tmp_path, capsys, argv, word
     assert main([a.format(bad=bad, tmp=tmp_path) for a in argv]) == 2
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
+
+
+def test_library_errors_name_the_commands_flags(tmp_path, capsys):
+    src = tmp_path / "posts.txt"
+    src.write_text("x\n")
+    assert main(["embed", str(src), "--out", str(tmp_path / "o.npy"), "--model", "nosuch"]) == 2
+    assert "`--model` 'nosuch' is neither a registered name" in capsys.readouterr().err  # not `name_or_path`
+    assert main(["embed", str(src), "--out", str(tmp_path / "o.npy"), "--model", "base", "--batch-size", "0"]) == 2
+    assert "`--batch-size` must be a positive int. Given: 0." in capsys.readouterr().err

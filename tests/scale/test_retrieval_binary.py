@@ -200,4 +200,4 @@ def test_embed_at_a_nested_dim_builds_an_index_that_queries_at_that_dim(tmp_path
     got = json.loads(capsys.readouterr().out)
     assert got["hits"][0]["id"] == 12 and got["hits"][0]["score"] > 0.9999
     assert main(["embed", str(tmp_path / "posts.txt"), "--out", str(tmp_path / "x.npy"), "--truncate-dim", "12"]) == 2
-    assert "`truncate_dim` must be one of" in capsys.readouterr().err
+    assert "`--truncate-dim` must be one of" in capsys.readouterr().err  # the flag, as the command line says it
