@@ -37,8 +37,8 @@ import numpy as np
 from .. import __version__
 from ..encode_options import allowed_dims, truncate as truncate_rows
 from .errors import ApiError, json_response
-from .schemas import (DecodeRequest, ErrorResponse, SimilarityRequest, TeiEmbedRequest, TeiErrorResponse,
-                      TokenizeRequest, body_doc, given, json_object, parse)
+from .schemas import (DecodeRequest, ErrorResponse, SimilarityParameters, SimilarityRequest, TeiEmbedRequest,
+                      TeiErrorResponse, TokenizeRequest, body_doc, given, json_object, parse)
 
 TRUNCATED_HEADER = "X-Truncated-Inputs"  # how many inputs of the request were cut to max_length
 AUTO_TRUNCATE = True  # TEI's --auto-truncate: what `truncate: null` means here (as /v1/embeddings always does)
@@ -162,17 +162,17 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
         try:
             async with admission(request) as body:
                 req = parse(SimilarityRequest, json_object(body), cfg)
-                texts, p = [req.inputs.source_sentence, *req.inputs.sentences], req.parameters
+                texts, p = [req.inputs.source_sentence, *req.inputs.sentences], req.parameters or SimilarityParameters()
                 if len(texts) > cfg.max_inputs:
                     raise ApiError(413, f"`inputs` holds {len(texts)} sentences (source_sentence and sentences), "
                                         f"more than max_inputs ({cfg.max_inputs}). Fix: split the request.",
                                    param="inputs.sentences", code="max_inputs", limit=cfg.max_inputs,
                                    given=len(texts))
-                truncate = AUTO_TRUNCATE if p is None or p.truncate is None else p.truncate
+                truncate = AUTO_TRUNCATE if p.truncate is None else p.truncate
                 try:
                     vecs, tokens, truncated = await rt.embed(
                         texts, "inputs", truncate=truncate, normalize=True, long_posts=cfg.long_posts,
-                        prompt_name=p and p.prompt_name, truncation_direction=p.truncation_direction if p else "right")
+                        prompt_name=p.prompt_name, truncation_direction=p.truncation_direction)
                 except ApiError as err:
                     raise _similarity_names(err) from None
                 scores = vecs[1:] @ vecs[0]  # cosine: the rows are unit vectors
