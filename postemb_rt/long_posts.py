@@ -15,6 +15,7 @@ past that the post is cut to its first ``max_chunks`` windows when ``truncate`` 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,14 +68,16 @@ class Chunked:
         return len(np.unique(self.owner))
 
 
-def split(windows_per_post: list[list[list[int]]], max_chunks: int, truncate: bool) -> Chunked:
-    """windows_per_post[i]: post i's windows (token-id lists, the first one the truncated post)."""
+def split(windows_per_post: list[list[list[int]]], max_chunks: int, truncate: bool,
+          name: Callable[[int], str] = "texts[{}]".format) -> Chunked:
+    """windows_per_post[i]: post i's windows (token-id lists, the first one the truncated post);
+    ``name(i)``: post i as the caller's error messages call it."""
     singles, single_ids, flat, owner, cut = [], [], [], [], []
     for i, wins in enumerate(windows_per_post):
         if len(wins) > max_chunks:
             if not truncate:
                 raise ValidationError(
-                    f"`texts[{i}]` needs {len(wins)} windows, more than max_chunks ({max_chunks}), and "
+                    f"`{name(i)}` needs {len(wins)} windows, more than max_chunks ({max_chunks}), and "
                     "truncate=False. Fix: raise max_chunks, shorten the post, or pass truncate=True "
                     f"(keeps its first {max_chunks} windows)."
                 )

@@ -124,15 +124,17 @@ class Runtime:
 
     async def embed(self, texts: list[str], field: str, truncate: bool, normalize: bool,
                     long_posts: str = "truncate", chunk_stats: dict | None = None, prompt_name: str | None = None,
-                    truncation_direction: str = "right"):
+                    truncation_direction: str = "right", item: Callable[[int], str] | None = None):
         """Returns (float32 (n, dim) vectors in input order, tokens computed, truncated indices).
         long_posts="chunk": windows of long posts share the batcher, combined here
         (postemb_rt.long_posts); ``chunk_stats`` gets {"chunked", "windows"}. truncation_direction
-        "left" keeps a long post's last max_length tokens instead of its first."""
+        "left" keeps a long post's last max_length tokens instead of its first. Errors call the
+        request's field ``field`` and its post i ``item(i)`` (default ``field[i]``)."""
         enc = self.require_encoder()
         texts = self.prompted(enc, texts, prompt_name)
+        item = item or f"{field}[{{}}]".format
         if long_posts == "chunk":
-            return await self._embed_chunked(enc, texts, field, truncate, normalize, chunk_stats)
+            return await self._embed_chunked(enc, texts, field, item, truncate, normalize, chunk_stats)
         if truncation_direction.lower() == "left":
             tok = await self.off_loop(_tokenize_left, enc.tokenizer, texts)
         elif sum(map(len, texts)) > TOKENIZE_INLINE_CHARS:
@@ -140,25 +142,24 @@ class Runtime:
         else:
             tok = enc.tokenizer(texts, True)
         if tok.truncated and not truncate:
-            i = tok.truncated[0]
-            raise ApiError(422, f"`{field}[{i}]` is longer than max_length ({enc.max_length} tokens) and truncate "
+            name = item(tok.truncated[0])
+            raise ApiError(422, f"`{name}` is longer than max_length ({enc.max_length} tokens) and truncate "
                                 f"is false; {len(tok.truncated)} input(s) are too long. Fix: shorten them or send "
-                                "truncate: true.", param=f"{field}[{i}]", code="max_length",
+                                "truncate: true.", param=name, code="max_length",
                            limit=enc.max_length, given=f">{enc.max_length}")
         vecs, tokens = await self._compute(tok.ids, field)
         if normalize:
             vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
         return vecs, tokens, tok.truncated
 
-    async def _embed_chunked(self, enc, texts, field, truncate, normalize, chunk_stats):
+    async def _embed_chunked(self, enc, texts, field, item, truncate, normalize, chunk_stats):
         from .. import long_posts as lp
 
         try:
             chunks = lp.split(await self.off_loop(enc.tokenizer.windows, texts, enc.chunk_overlap),
-                              enc.max_chunks, truncate)
+                              enc.max_chunks, truncate, item)
         except ValidationError as exc:
-            raise ApiError(422, f"{exc}".replace("`texts[", f"`{field}["), param=field, code="max_chunks",
-                           limit=enc.max_chunks) from None
+            raise ApiError(422, str(exc), param=field, code="max_chunks", limit=enc.max_chunks) from None
         n = len(chunks.single_ids)
         vecs, tokens = await self._compute(chunks.single_ids + chunks.windows, field)
         out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)

@@ -106,16 +106,9 @@ def info_fields(rt) -> dict:
     return d
 
 
-def _similarity_names(err: ApiError) -> ApiError:
-    """``Runtime.embed`` names one post of ``/similarity``'s list ``inputs[i]`` (source first):
-    renamed to the request's own field, ``inputs.source_sentence`` or ``inputs.sentences[i - 1]``."""
-    param = err.body.get("param") or ""
-    if param.startswith("inputs[") and param.endswith("]"):
-        i = int(param[len("inputs["):-1])
-        name = "inputs.source_sentence" if i == 0 else f"inputs.sentences[{i - 1}]"
-        err.body["message"] = err.body["message"].replace(f"`{param}`", f"`{name}`")
-        err.body["param"] = name
-    return err
+def _similarity_item(i: int) -> str:
+    """Post i of ``/similarity``'s list (source first) as the request names it."""
+    return "inputs.source_sentence" if i == 0 else f"inputs.sentences[{i - 1}]"
 
 
 def _responses(keyed: tuple) -> dict:
@@ -169,12 +162,9 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
                                    param="inputs.sentences", code="max_inputs", limit=cfg.max_inputs,
                                    given=len(texts))
                 truncate = AUTO_TRUNCATE if p.truncate is None else p.truncate
-                try:
-                    vecs, tokens, truncated = await rt.embed(
-                        texts, "inputs", truncate=truncate, normalize=True, long_posts=cfg.long_posts,
-                        prompt_name=p.prompt_name, truncation_direction=p.truncation_direction)
-                except ApiError as err:
-                    raise _similarity_names(err) from None
+                vecs, tokens, truncated = await rt.embed(
+                    texts, "inputs", truncate=truncate, normalize=True, long_posts=cfg.long_posts,
+                    prompt_name=p.prompt_name, truncation_direction=p.truncation_direction, item=_similarity_item)
                 scores = vecs[1:] @ vecs[0]  # cosine: the rows are unit vectors
                 resp = await render(scores.tolist(), 0)
         except ApiError as err:

@@ -1,6 +1,8 @@
 """text-embeddings-inference's API (POST /embed and /, /similarity, /tokenize, /decode, /info), tested with
 the real clients: ``huggingface_hub.InferenceClient`` (``feature_extraction``, ``sentence_similarity``)
 and ``openai``."""
+import time
+
 import numpy as np
 import pytest
 
@@ -156,3 +158,34 @@ def test_openai_client_without_v1_in_base_url(main_server, server_encoder):
     oa = openai.OpenAI(base_url=main_server.url, api_key=API_KEY)  # posts to /embeddings, which TEI answers too
     resp = oa.embeddings.create(model="any", input=TEXTS, encoding_format="float")
     assert_exact(np.array([d.embedding for d in resp.data], np.float32), server_encoder.encode(TEXTS))
+
+
+def test_chunk_mode_errors_name_the_requests_own_field():
+    """With long_posts "chunk", a post needing more than max_chunks windows under truncate false is
+    named as its request names it: ``inputs[1]`` on /embed, ``inputs.sentences[0]`` on /similarity."""
+    from starlette.testclient import TestClient
+
+    from postemb_rt.long_posts import DEFAULT_MAX_CHUNKS
+    from postemb_rt.serving.config import ServeConfig
+    from postemb_rt.serving.routes import create_app
+
+    huge = " ".join(["a"] * 300 * DEFAULT_MAX_CHUNKS)  # more windows than max_chunks at any window size
+    app = create_app(ServeConfig(model="base", backend="onnxruntime", precision="fp32", long_posts="chunk",
+                                 max_input_chars=len(huge), max_queued_tokens=1 << 20))
+    with TestClient(app) as c:
+        deadline = time.monotonic() + 120
+        while not app.state.runtime.ready:
+            assert time.monotonic() < deadline, "the model did not load"
+            time.sleep(0.05)
+        for path, body, name in [
+            ("/embed", {"inputs": ["b", huge], "truncate": False}, "inputs[1]"),
+            ("/similarity", {"inputs": {"source_sentence": "b", "sentences": [huge]},
+                             "parameters": {"truncate": False}}, "inputs.sentences[0]"),
+            ("/similarity", {"inputs": {"source_sentence": huge, "sentences": ["b"]},
+                             "parameters": {"truncate": False}}, "inputs.source_sentence"),
+        ]:
+            r = c.post(path, json=body)
+            assert r.status_code in (413, 422) and r.json()["error_type"] == "Validation", r.text[:300]
+            assert f"`{name}` needs" in r.json()["error"] and f"max_chunks ({DEFAULT_MAX_CHUNKS})" in r.json()["error"], r.json()
+        ok = c.post("/similarity", json={"inputs": {"source_sentence": huge, "sentences": [huge, "b"]}})
+        assert ok.status_code == 200 and ok.json()[0] == pytest.approx(1, abs=1e-5)
