@@ -186,6 +186,7 @@ def test_chunk_mode_errors_name_the_requests_own_field():
         ]:
             r = c.post(path, json=body)
             assert r.status_code in (413, 422) and r.json()["error_type"] == "Validation", r.text[:300]
-            assert f"`{name}` needs" in r.json()["error"] and f"max_chunks ({DEFAULT_MAX_CHUNKS})" in r.json()["error"], r.json()
+            msg = r.json()["error"]
+            assert f"`{name}` needs" in msg and f"max_chunks ({DEFAULT_MAX_CHUNKS})" in msg, msg
         ok = c.post("/similarity", json={"inputs": {"source_sentence": huge, "sentences": [huge, "b"]}})
         assert ok.status_code == 200 and ok.json()[0] == pytest.approx(1, abs=1e-5)
