@@ -63,7 +63,7 @@ class Encoder:
         self._batcher_lock = threading.Lock()
         self._batcher_closed = False
         self.fidelity: Fidelity | None = None  # measured fidelity of a fast CPU precision to fp32
-        self.precision_reason = "asked for"  # precision="auto": which precisions were tried and why
+        self.precision_reason = "exact" if backend.precision == "fp32" else "asked for"  # "auto": what it tried
 
     @classmethod
     def from_pretrained(cls, name_or_path="default", backend: str = "auto", device: str = "auto",
@@ -107,7 +107,7 @@ class Encoder:
         options = dict(max_length=max_length, max_batch_tokens=max_batch_tokens, warmup=warmup,
                        long_posts=long_posts, chunk_overlap=chunk_overlap, max_chunks=max_chunks)
         if precision != "auto":
-            return cls._load(md, backend, device, precision, "asked for", **options)
+            return cls._load(md, backend, device, precision, None, **options)
         candidates, why = backends.precision_candidates(md, device, backend)
         tried = []
         for p in candidates:
@@ -126,7 +126,7 @@ class Encoder:
         raise AssertionError("unreachable: the last candidate returns or raises")
 
     @classmethod
-    def _load(cls, md: ModelDir, backend: str, device: str, precision: str, precision_reason: str, *,
+    def _load(cls, md: ModelDir, backend: str, device: str, precision: str, precision_reason: str | None, *,
               max_length, max_batch_tokens, warmup, long_posts, chunk_overlap, max_chunks) -> "Encoder":
         """One (backend, precision) on ``device``: build, warm up, gate a fast CPU precision by fidelity."""
         if backend == "auto":
@@ -141,7 +141,7 @@ class Encoder:
         except BaseException:
             impl.close()
             raise
-        enc.precision_reason = precision_reason
+        enc.precision_reason = precision_reason or enc.precision_reason
         if warmup:
             impl.warmup(enc.tokenizer(["warm up"]).ids[0])
         if precision in CPU_FAST and device == "cpu":

@@ -82,7 +82,7 @@ def test_the_check_cuts_its_long_posts_without_saying_a_users_texts_were_truncat
 def test_int8_on_onnxruntime_is_measured_cached_and_described(base_onnx):
     enc = Encoder.from_pretrained("base", backend="onnxruntime", precision="int8")
     info = enc.describe()
-    assert info["backend"] == "onnxruntime" and info["precision"] == "int8"
+    assert info["backend"] == "onnxruntime" and info["precision"] == "int8" and info["precision_reason"] == "asked for"
     assert info["fidelity"]["posts"] == len(CORPUS) and info["fidelity"]["source"] == "test corpus"
     assert info["fidelity"]["mean_cos"] >= fidelity.THRESHOLDS["mean_cos"]
     cos = cosines(enc.encode(CORPUS), base_onnx.encode(CORPUS))
@@ -212,7 +212,7 @@ def test_auto_precision_loads_the_first_that_clears_the_bar_and_says_why(monkeyp
     assert info["precision"] == "fp32" and info["fidelity"] == "exact (float32)"
     assert "not offered here: int8 (FidelityError" in info["precision_reason"]
     assert info["vector_version"] == "all-MiniLM-L6-v2"
-    assert Encoder.from_pretrained("base").describe()["precision_reason"] == "asked for"
+    assert Encoder.from_pretrained("base").describe()["precision_reason"] == "exact"
 
 
 def test_the_exact_bar_catches_a_model_silently_running_in_bf16(base_torch):

@@ -141,12 +141,12 @@ def test_probes_info_and_openapi(main_server, client, server_encoder):
         assert time.monotonic() < deadline, "".join(main_server.lines)[-2000:]
         time.sleep(0.05)
     ready = next(line for line in main_server.lines if line.startswith("postemb serve: ready: "))
-    assert f"on onnxruntime fp32 (asked for), vectors {server_encoder.vector_version}" in ready, ready
+    assert f"on onnxruntime fp32 (exact), vectors {server_encoder.vector_version}" in ready, ready
     assert httpx.get(main_server.url + "/ready").status_code == 200
     info = client.get("/info").json()
     assert info["dim"] == server_encoder.dim and info["model"] == server_encoder.model_version
     asked = main_server.argv[main_server.argv.index("--backend") + 1]  # the fixture's --backend
-    assert info["backend"] == asked and info["precision"] == "fp32" and info["precision_reason"] == "asked for"
+    assert info["backend"] == asked and info["precision"] == "fp32" and info["precision_reason"] == "exact"
     assert info["limits"]["max_inputs"] == LIMITS["max_inputs"] and info["limits"]["api_key"] is True
     assert API_KEY not in client.get("/info").text
     paths = client.get("/openapi.json").json()["paths"]
