@@ -162,16 +162,23 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
 ARGUMENT_FLAGS = {"name_or_path": "model"}  # a library argument whose flag has another name
 
 
-def _as_flags(message: str, parser: argparse.ArgumentParser, command: str) -> str:
+def _as_flags(message: str, parser: argparse.ArgumentParser, command: str, argv: list[str]) -> str:
     """A library error as the command line says it: each `argument` the command has a flag for
-    becomes that flag (`batch_size` -> `--batch-size`, `name_or_path` -> `--model`)."""
+    becomes that flag (`batch_size` -> `--batch-size`, `name_or_path` -> `--model`); one whose
+    value came from the environment (a deployed command, the flag not in ``argv``) also names
+    its variable: `--max-inputs` (from $POSTEMB_MAX_INPUTS)."""
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
     flags = {o[2:].replace("-", "_"): o for a in sub._actions for o in a.option_strings if o.startswith("--")}
 
     def flag(m: re.Match) -> str:
-        name = m.group(1)
-        return f"`{flags.get(ARGUMENT_FLAGS.get(name, name), name)}`"
-    return re.sub(r"`(\w+)`", flag, message)
+        name = m.group(1).removeprefix("--").replace("-", "_")
+        opt = flags.get(ARGUMENT_FLAGS.get(name, name))
+        if opt is None:
+            return m.group(0)
+        given = any(a == opt or a.startswith(opt + "=") for a in argv)
+        from_env = command in ENV_COMMANDS and not given and env_name(opt) in os.environ
+        return f"`{opt}` (from ${env_name(opt)})" if from_env else f"`{opt}`"
+    return re.sub(r"`((?:--)?[\w-]+)`", flag, message)
 
 
 def _cache_hint(exc: Exception) -> str:
@@ -192,6 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:  # a POSTEMB_* variable that does not parse
         print(f"postemb: error: {exc}", file=sys.stderr)
         return 2
+    argv = sys.argv[1:] if argv is None else argv
     args = parser.parse_args(argv)
     if args.log_format not in ("text", "json"):
         parser.error(f"$POSTEMB_LOG_FORMAT must be 'text' or 'json'. Given: {args.log_format!r}.")
@@ -199,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (PostEmbError, FileNotFoundError) as exc:
-        print(f"postemb {args.command}: error: {_as_flags(str(exc), parser, args.command)}{_cache_hint(exc)}",
+        print(f"postemb {args.command}: error: {_as_flags(str(exc), parser, args.command, argv)}{_cache_hint(exc)}",
               file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -90,3 +90,13 @@ def test_serve_leaves_model_threads_to_the_backend_and_shares_the_cores_among_wo
     assert (default_threads(2), default_threads(3), default_threads(16)) == (4, 2, 1)
     monkeypatch.setenv("POSTEMB_NUM_THREADS", "3")
     assert default_threads(2) is None  # the environment's value stands
+
+
+def test_a_value_the_environment_gave_is_named_by_its_variable_in_a_later_error(monkeypatch, capsys):
+    """A variable's value can parse and still be refused (``--max-inputs`` -1): the error names the
+    flag and, when the value came from the environment, the variable too."""
+    monkeypatch.setenv("POSTEMB_MAX_INPUTS", "-1")
+    assert cli.main(["serve", "--model", "base"]) == 2
+    assert "`--max-inputs` (from $POSTEMB_MAX_INPUTS) must be >= 1. Given: -1." in capsys.readouterr().err
+    assert cli.main(["serve", "--model", "base", "--max-inputs=-2"]) == 2  # the command line won: no variable
+    assert "error: `--max-inputs` must be >= 1. Given: -2." in capsys.readouterr().err
