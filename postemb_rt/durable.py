@@ -10,10 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
+
+log = logging.getLogger("postemb_rt")
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -114,6 +118,29 @@ def read_json(path: str | Path, what: str | None = None, fix: str = "restore the
         if what is None:
             return None
         raise ValidationError(f"`{path}` ({what}) is not valid JSON: {exc}. Fix: restore the file.") from None
+
+
+@contextmanager
+def one_builder(final: str | Path, what: str) -> Iterator[None]:
+    """Held while a process checks for, and builds, the cache entry ``final`` (``what`` names it in
+    the log): a second process that needs the same entry (two server workers, Ray workers on one
+    node) waits, logging once, then finds it built instead of building it too. An OS file lock
+    (filelock) beside the entry, released when its holder exits, a crash included. Callers check
+    for a good entry before taking it, so a read-only cache that holds the entry needs no lock."""
+    from filelock import FileLock, Timeout
+
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(final.with_name(f".{final.name}.lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        log.warning("waiting for another process that is building %s (%s)", what, final)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def seal(key: str, field: str, content) -> str:

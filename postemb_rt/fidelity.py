@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .durable import read_sealed, write_sealed
+from .durable import one_builder, read_sealed, write_sealed
 from .tokenization import TRUNCATED_WARNING
 
 log = logging.getLogger("postemb_rt")
@@ -171,18 +171,26 @@ def _verified(d) -> tuple[Fidelity | None, str]:
 def cached(key: str, compute) -> Fidelity:
     """The Fidelity stored under ``key`` (any string; hashed into the file name) in the cache,
     computing (``compute()``) and storing it (sealed, durably: ``durable.write_sealed``) first if
-    absent or if the entry fails verification (see the module docstring)."""
+    absent or if the entry fails verification (see the module docstring); one process measures, others
+    that need it meanwhile wait for it (``durable.one_builder``)."""
     path = entry_path(key)
-    d, why = read_sealed(path, key, "fidelity")
-    if d is not None:
-        f, why = _verified(d)
-        if f is not None:
+    f, why = _read(path, key)
+    if f is not None:
+        return f
+    with one_builder(path, "a fidelity measurement"):
+        f, why = _read(path, key)
+        if f is not None:  # another process measured it while this one waited for the lock
             return f
-    if path.exists():
-        log.warning("fidelity cache entry %s is not trusted (%s); measuring again", path, why)
-    f = compute()
-    write_sealed(path, key, "fidelity", f.to_dict())
+        if path.exists():
+            log.warning("fidelity cache entry %s is not trusted (%s); measuring again", path, why)
+        f = compute()
+        write_sealed(path, key, "fidelity", f.to_dict())
     return f
+
+
+def _read(path: Path, key: str) -> tuple[Fidelity | None, str]:
+    d, why = read_sealed(path, key, "fidelity")
+    return _verified(d) if d is not None else (None, why)
 
 
 def _versions_key() -> str:

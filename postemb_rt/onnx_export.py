@@ -25,7 +25,7 @@ import uuid
 import warnings
 from pathlib import Path
 
-from .durable import atomic_write, durable_rename, fsync_tree, read_json
+from .durable import atomic_write, durable_rename, fsync_tree, one_builder, read_json
 from .model_dir import CONFIG_FILE, PROJECTION_FILE, ModelDir, PostEmbConfig, load_model_dir
 
 log = logging.getLogger("postemb_rt")
@@ -215,17 +215,25 @@ def _cached(key: str, build, what: str) -> ModelDir:
     if it fails verification (:func:`_entry_problem`: a damaged, partial or edited entry is
     rebuilt, never trusted). A build goes to a temporary directory that gets a manifest (the
     sha256 of each file), is fsynced file by file and renamed into place, so concurrent first
-    uses never see half an entry and a power cut never leaves one that passes."""
+    uses never see half an entry and a power cut never leaves one that passes. One process
+    builds a missing entry; others that need it meanwhile wait for it (``durable.one_builder``)."""
+    target = cache_root() / "onnx" / key.replace("/", "_").replace("+", "_")
+    if target.exists() and not _entry_problem(target, key):
+        return load_model_dir(target)
+    with one_builder(target, what):
+        return _build_entry(target, key, build, what)
+
+
+def _build_entry(target: Path, key: str, build, what: str) -> ModelDir:
+    """``_cached``'s build, under its lock."""
     from .errors import PostEmbError
 
-    target = cache_root() / "onnx" / key.replace("/", "_").replace("+", "_")
     if target.exists():
         why = _entry_problem(target, key)
-        if not why:
+        if not why:  # another process built it while this one waited for the lock
             return load_model_dir(target)
         log.warning("cache entry %s is not trusted (%s); rebuilding it", target, why)
         _discard(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
     log.warning("%s on first use (once; cached in %s)", what, target)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=target.parent))
     try:

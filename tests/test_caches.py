@@ -82,8 +82,56 @@ def test_a_damaged_or_forged_onnx_entry_is_rebuilt(cache, tiny_model, monkeypatc
     assert onnx_export.cached_export(tiny_model) and calls == [1]  # the rebuilt entry is trusted
 
 
+def _at_once(fn, n: int = 2) -> list:
+    """``fn()`` in ``n`` threads started together (each takes the cache's OS file lock through its own
+    file descriptor, as separate processes do); their results."""
+    import threading
+
+    start, out = threading.Barrier(n), [None] * n
+
+    def run(i):
+        start.wait()
+        out[i] = fn()
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return out
+
+
+def test_concurrent_first_uses_build_an_entry_once(cache, tiny_model, monkeypatch, caplog):
+    """Two server workers (or Ray workers on a node) on a cold cache: one exports, the other waits."""
+    import time
+
+    calls, real = [], onnx_export.export_onnx
+
+    def slow(*a, **k):
+        calls.append(1)
+        time.sleep(1)  # long enough that the other caller arrives while this one builds
+        return real(*a, **k)
+
+    monkeypatch.setattr(onnx_export, "export_onnx", slow)
+    with caplog.at_level(logging.WARNING, logger="postemb_rt"):
+        got = _at_once(lambda: onnx_export.cached_export(tiny_model))
+    assert calls == [1], "both callers exported"
+    assert got[0].path == got[1].path and "waiting for another process that is building" in caplog.text
+
+
 # -- the fidelity cache -----------------------------------------------------------------------
 GOOD = Fidelity(0.999, 0.99, 0.97, 120, "test posts")
+
+
+def test_concurrent_first_uses_measure_a_fidelity_once(cache):
+    import time
+
+    calls = []
+
+    def slow():
+        calls.append(1)
+        time.sleep(1)
+        return GOOD
+    assert _at_once(lambda: fidelity.cached("k", slow)) == [GOOD, GOOD] and calls == [1]
 
 
 def _compute(results):
