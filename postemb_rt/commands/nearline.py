@@ -27,7 +27,8 @@ def register(subparsers) -> None:
                     "post at postemb:{vector_version}:{post_id} (the model version, plus +precision / +chunk when "
                     "those change the numbers), announce it on the `embeddings` stream, then acknowledge. "
                     "SIGTERM/SIGINT finish the current batch and exit 0. Exit 2: Redis refuses every write (a "
-                    "shared key of the wrong type, NOPERM; nothing acknowledged). Exit 3: a model call ran past "
+                    "shared key of the wrong type, NOPERM; nothing acknowledged) or the credentials (checked "
+                    "before the model loads). Exit 3: a model call ran past "
                     "--model-timeout (restart the worker; a post that hangs the model every time is dead-lettered "
                     "after --max-deliveries).")
     add_arguments(p)
@@ -103,6 +104,9 @@ def run(args) -> int:
     from .. import nearline
 
     client = nearline.connect(args.redis)
+    where = client.connection_pool.connection_kwargs  # never the password
+    where = f"{where.get('host', where.get('path'))}:{where.get('port', '')} db {where.get('db', 0)}"
+    _preflight(client, where, must_answer=args.stats)
     if args.stats:
         s = nearline.stats(client, args.group, posts_stream=args.posts_stream, dead_stream=args.dead_stream,
                            embeddings_stream=args.embeddings_stream, window_s=args.window)
@@ -131,10 +135,8 @@ def run(args) -> int:
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
-    where = client.connection_pool.connection_kwargs  # never the password
     print(f"postemb nearline: consumer {worker.consumer!r} of group {args.group!r} reading stream "
-          f"{args.posts_stream!r} on redis {where.get('host', where.get('path'))}:{where.get('port', '')} "
-          f"db {where.get('db', 0)}; model {encoder.model_version}, vectors {encoder.vector_version}; SIGTERM "
+          f"{args.posts_stream!r} on redis {where}; model {encoder.model_version}, vectors {encoder.vector_version}; SIGTERM "
           "finishes the batch in hand, then exits", flush=True)
     try:
         return worker.run(max_events=args.max_events)
@@ -147,6 +149,28 @@ def run(args) -> int:
             signal.signal(s, h)
         if not worker.model_hung:  # release the backend now, not in the interpreter's teardown
             encoder.close()
+
+
+def _preflight(client, where: str, must_answer: bool) -> None:
+    """One PING before the model loads. Refused credentials end the command now (exit 2), not after
+    the load; a server that does not answer ends ``--stats`` (``must_answer``) and is only logged for
+    the worker, which retries until it answers (its loop's backoff)."""
+    import redis
+
+    from ..nearline.keys import refused_everything
+    from ..nearline.store import StoreError, fix_hint
+
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        if refused_everything(exc):
+            raise StoreError(f"redis {where} refused the credentials: {type(exc).__name__}: {str(exc).rstrip('.')}. "
+                             f"Fix: {fix_hint(exc)}") from None
+        if must_answer:
+            raise StoreError(f"redis {where} does not answer: {type(exc).__name__}: {str(exc).rstrip('.')}. Fix: start it, or "
+                             "point --redis (or $POSTEMB_REDIS) at the right one.") from None
+        log.warning("redis %s does not answer yet (%s: %s); the worker starts and retries until it does",
+                    where, type(exc).__name__, exc)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -48,6 +48,9 @@ Failures, each costing only the post that causes it:
   an empty call (the script's key checks alone) fails too, no post is to blame (e.g. the
   ``embeddings`` or ``posts-dead`` key holds a string, or NOPERM): the worker stops with
   ``StoreError`` naming the key and the fix, acknowledging nothing.
+- Redis refusing the worker (wrong or missing credentials, a disabled user: redis-py's
+  AuthenticationError / AuthorizationError, which subclass ConnectionError): not transient;
+  the worker stops with ``StoreError`` at once, acknowledging nothing (``keys.refused_everything``).
 - A post that kills the worker (a crash) or hangs the model: redelivered events are
   claimed and processed one at a time, so the delivery count of each counts the attempts
   on it alone; a post delivered more than ``max_deliveries`` times is dead-lettered

@@ -164,9 +164,12 @@ def transient(exc: BaseException) -> bool:
     MASTERDOWN), a busy script, out of memory (OOM: consumers trim), a failing disk
     (MISCONF), a stream or group lost in a restart (NOGROUP: the worker recreates it).
     False for the rest, which fail the same way every time: a key of the wrong type
-    (WRONGTYPE), a script error, a refused permission (NOPERM), a client-side DataError."""
+    (WRONGTYPE), a script error, a refused permission (NOPERM), a client-side DataError, and
+    refused credentials (``refused_everything``), which redis-py raises as a ConnectionError."""
     import redis
 
+    if refused_everything(exc):
+        return False
     if isinstance(exc, (redis.ConnectionError, redis.TimeoutError)):
         return True
     if isinstance(exc, redis.ResponseError):
@@ -176,6 +179,16 @@ def transient(exc: BaseException) -> bool:
             return True
         return str(exc).startswith(TRANSIENT_PREFIXES)
     return False
+
+
+def refused_everything(exc: BaseException) -> bool:
+    """True when Redis refuses this client whatever it sends: a wrong or missing password, a
+    disabled user (AuthenticationError, AuthorizationError), or a user without permission for a
+    command or key (NOPERM). Neither retrying nor isolating a post can cure it: the worker stops."""
+    import redis
+
+    return isinstance(exc, (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError,
+                            redis.exceptions.NoPermissionError))
 
 
 def store_key(vector_version: str, post_id: str, prefix: str = KEY_PREFIX) -> str:

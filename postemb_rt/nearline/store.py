@@ -19,15 +19,15 @@ import numpy as np
 
 from ..errors import PostEmbError
 from .events import Post, event_fields
-from .keys import DEAD_MAXLEN, store_key, transient
+from .keys import DEAD_MAXLEN, refused_everything, store_key, transient
 
 log = logging.getLogger("postemb_rt.nearline")
 
 
 class StoreError(PostEmbError):
     """Redis refuses a write for every post, not for one (a shared key of the wrong type, a
-    refused permission). The worker stops; nothing was acknowledged, so the events stay
-    pending until the cause is fixed."""
+    refused permission), or refuses the worker altogether (wrong credentials). The worker
+    stops; nothing was acknowledged, so the events stay pending until the cause is fixed."""
 
 
 class Stopped(Exception):
@@ -82,7 +82,7 @@ class StoreMixin:
         except Exception as exc:
             raise StoreError(f"XACK on {self.posts!r} (group {self.group!r}) failed deterministically: "
                              f"{type(exc).__name__}: {exc}. The events stay pending (nothing is lost). "
-                             f"Fix: {_fix_hint(exc)}") from exc
+                             f"Fix: {fix_hint(exc)}") from exc
 
     def _dead_letter(self, dead: list) -> None:
         """Move entries (event_id, fields, reason) to the dead-letter stream and acknowledge
@@ -109,7 +109,7 @@ class StoreMixin:
                 raise
             except Exception as exc:
                 raise StoreError(f"dead-lettering event {eid!r} on {self.dead!r} failed: {type(exc).__name__}: "
-                                 f"{exc}. It stays pending. Fix: {_fix_hint(exc)}") from exc
+                                 f"{exc}. It stays pending. Fix: {fix_hint(exc)}") from exc
         self.stats.dead += len(dead)
         for eid, _, reason in dead:
             log.warning("dead-lettered %s: %s", eid, reason)
@@ -137,9 +137,9 @@ class StoreMixin:
             except Exception as exc:  # noqa: BLE001 - deterministic (_retry retries the rest)
                 err = exc
             self.stats.retries += 1
-            if isinstance(err, redis.exceptions.NoPermissionError):
+            if refused_everything(err):
                 raise StoreError(f"{what} refused: {type(err).__name__}: {err}. Nothing was acknowledged. "
-                                 f"Fix: {_fix_hint(err)}") from err
+                                 f"Fix: {fix_hint(err)}") from err
             if hi - lo > 1:
                 log.warning("%s failed for %d events (%s: %s); splitting the batch to find the cause", what,
                             hi - lo, type(err).__name__, err)
@@ -153,7 +153,7 @@ class StoreMixin:
             except Exception as probe_err:
                 raise StoreError(f"{what} fails for every post, not one: {type(probe_err).__name__}: {probe_err}. "
                                  f"Nothing was acknowledged: the events stay pending. "
-                                 f"Fix: {_fix_hint(probe_err)}") from probe_err
+                                 f"Fix: {fix_hint(probe_err)}") from probe_err
             failed.append((chunk[0], err))
         return results, failed
 
@@ -193,11 +193,14 @@ class StoreMixin:
                 log.error("%s has been failing for %.0f s", what, time.monotonic() - started)
 
 
-def _fix_hint(exc: BaseException) -> str:
+def fix_hint(exc: BaseException) -> str:
     import redis
 
     if "WRONGTYPE" in str(exc):
         return "delete or rename the key the error names (or point the worker at other stream names)."
+    if isinstance(exc, (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)):
+        return ("give the worker the right credentials in its Redis URL, redis://[USER]:PASSWORD@HOST:PORT/DB "
+                "(--redis, or $POSTEMB_REDIS), for a user that is enabled.")
     if isinstance(exc, redis.exceptions.NoPermissionError):
         return ("grant the worker's Redis user the commands and keys it needs (EVALSHA/EVAL, XREADGROUP, XACK, "
                 "XADD, XAUTOCLAIM, XCLAIM, XPENDING, HSET/HMGET on the store prefix, the three streams).")

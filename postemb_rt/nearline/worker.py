@@ -28,9 +28,9 @@ from ..errors import ValidationError
 from .events import MAX_TEXT_BYTES, parse_event
 from .health import WorkerStats
 from .keys import (DEAD_LUA, DEAD_STREAM, EMBEDDINGS_MAXLEN, EMBEDDINGS_STREAM, KEY_PREFIX, POSTS_STREAM, STORE_LUA,
-                   refuse_cluster, transient)
+                   refuse_cluster, refused_everything, transient)
 from .model import DEFAULT_MODEL_TIMEOUT_S, ModelMixin, ModelTimeoutError, _ModelThread
-from .store import Stopped, StoreMixin
+from .store import Stopped, StoreError, StoreMixin, fix_hint
 
 log = logging.getLogger("postemb_rt.nearline")
 
@@ -154,7 +154,7 @@ class Worker(StoreMixin, ModelMixin):
     def run(self, max_events: int | None = None) -> int:
         """Process until :meth:`stop` (or ``max_events`` handled: stored, rewritten or
         dead-lettered). Returns 0. Raises :class:`~.store.StoreError` when Redis refuses a
-        write for every post, :class:`ModelTimeoutError` when a model call hangs (then this
+        write for every post or refuses the worker (credentials, permissions), :class:`ModelTimeoutError` when a model call hangs (then this
         worker cannot run again: exit the process)."""
         if self._model_hung:
             raise ModelTimeoutError("this worker's model thread is still stuck in a call that ran past "
@@ -180,6 +180,9 @@ class Worker(StoreMixin, ModelMixin):
                     log.warning("stopping with a batch unfinished; it stays pending and will be claimed")
                     break
                 except Exception as exc:
+                    if refused_everything(exc):  # credentials or permissions: no retry can cure it
+                        raise StoreError(f"redis refused the worker: {type(exc).__name__}: {str(exc).rstrip('.')}. Nothing was "
+                                         f"acknowledged. Fix: {fix_hint(exc)}") from exc
                     if not transient(exc):
                         raise
                     self._group_ready = False

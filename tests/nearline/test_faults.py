@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from postemb_rt import ValidationError, nearline
+from tests.nearline.conftest import free_port
 from tests.nearline.test_nearline import Crash, drained, running, wait_until
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'redis>=5')")
@@ -102,8 +103,8 @@ def run_until_done(url, client, encoder, *, limit=8, timeout=15.0, **kw) -> list
 
 
 def test_transient_redis_errors_are_told_from_deterministic_ones():
-    from redis.exceptions import (BusyLoadingError, ConnectionError, DataError, NoPermissionError, OutOfMemoryError,
-                                  ReadOnlyError, ResponseError, TimeoutError)
+    from redis.exceptions import (AuthenticationError, AuthorizationError, BusyLoadingError, ConnectionError, DataError,
+                                  NoPermissionError, OutOfMemoryError, ReadOnlyError, ResponseError, TimeoutError)
 
     retried = [ConnectionError("refused"), TimeoutError("timed out"), BusyLoadingError("loading"),
                ReadOnlyError("You can't write against a read only replica."), OutOfMemoryError("maxmemory"),
@@ -112,7 +113,8 @@ def test_transient_redis_errors_are_told_from_deterministic_ones():
     refused = [ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
                ResponseError("ERR user_script:1: Script attempted to access nonexistent global variable"),
                NoPermissionError("User w has no permissions to run the 'xack' command"), DataError("bad arg"),
-               RuntimeError("not redis")]
+               RuntimeError("not redis"), AuthenticationError("invalid username-password pair"),
+               AuthorizationError("user is disabled")]  # both subclass ConnectionError in redis-py
     assert [nearline.keys.transient(e) for e in retried] == [True] * len(retried)
     assert [nearline.keys.transient(e) for e in refused] == [False] * len(refused)
 
@@ -201,6 +203,35 @@ def test_a_shared_key_of_the_wrong_type_stops_the_worker_and_acks_nothing(redis_
     with running(w2):
         wait_until(lambda: drained(redis_client), 10, "the replay after the fix")
     assert stored_ids(redis_client) == set(ids) and list(dead(redis_client)) == ["bad"] and pending(redis_client) == 0
+
+
+def test_wrong_credentials_stop_the_worker_and_the_command_instead_of_retrying(redis_server, redis_client,
+                                                                               monkeypatch, capsys):
+    """redis-py raises refused credentials as a ConnectionError; they used to be retried forever."""
+    import argparse
+
+    from postemb_rt.commands import nearline as command
+    from postemb_rt.encoder import Encoder
+
+    redis_client.acl_setuser("w", enabled=True, passwords=["+right"], keys=["~*"], commands=["+@all"])
+    publish_all(redis_client, 3)
+    wrong = redis_server.url.replace("redis://", "redis://w:wrong@")
+    w = nearline.Worker(nearline.connect(wrong), FakeEncoder(), batch_size=8, max_wait_ms=50)
+    with pytest.raises(nearline.StoreError, match=r"refused the worker: AuthenticationError.*Fix: give the worker "
+                                                  r"the right credentials"):
+        w.run(max_events=3)
+    loaded = []
+    monkeypatch.setattr(Encoder, "from_pretrained", classmethod(lambda cls, *a, **k: loaded.append(1)))
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    for extra in ([], ["--stats"]):  # the command refuses before it loads a model
+        with pytest.raises(nearline.StoreError, match=r"refused the credentials: AuthenticationError"):
+            command.run(parser.parse_args(["--redis", wrong, *extra]))
+    assert not loaded and redis_client.xlen("posts") == 3 and not stored_ids(redis_client)  # nothing read
+    nobody = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    with pytest.raises(nearline.StoreError, match=r"does not answer: ConnectionError.*Fix: start it"):
+        command.run(parser.parse_args(["--redis", nobody, "--stats"]))
+    redis_client.acl_deluser("w")
 
 
 def test_ack_refused_stops_the_worker_instead_of_looping(redis_server, redis_client):
