@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .durable import one_builder, read_sealed, write_sealed
+from .logs import dropped
 from .tokenization import TRUNCATED_WARNING
 
 log = logging.getLogger("postemb_rt")
@@ -109,28 +110,14 @@ def posts(n: int | None = None) -> tuple[list[str], str]:
     return short_posts(n - n_long) + long_posts(n_long), "TweetEval emoji test + concatenated long posts"
 
 
-class _DropTruncationWarnings(logging.Filter):
-    """Drops the encoder's "texts were truncated" warnings logged by the thread that made it: the
-    check's long posts are cut at max_length on purpose (as in use), and a user who sent nothing
-    should not read that their texts were truncated."""
-
-    def __init__(self):
-        super().__init__()
-        self.message, self.thread = TRUNCATED_WARNING, threading.get_ident()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.msg == self.message and record.thread == self.thread)
-
-
 def measure_encoders(reference, candidate, texts: list[str], source: str) -> Fidelity:
     """Fidelity of ``candidate`` (an Encoder) to ``reference`` (float32) on ``texts``."""
     start = time.perf_counter()
-    quiet = _DropTruncationWarnings()
-    log.addFilter(quiet)
-    try:
+    # the check's long posts are cut at max_length on purpose (as in use): a user who sent nothing
+    # should not read that their texts were truncated (only this thread's warnings are dropped)
+    me = threading.get_ident()
+    with dropped(log, lambda r: r.msg == TRUNCATED_WARNING and r.thread == me):
         f = measure(reference.encode(texts), candidate.encode(texts), source)
-    finally:
-        log.removeFilter(quiet)
     log.info("fidelity of %s to float32: %s (%.1f s)", candidate.backend.precision, f.summary(),
              time.perf_counter() - start)
     return f

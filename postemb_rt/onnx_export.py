@@ -26,6 +26,7 @@ import warnings
 from pathlib import Path
 
 from .durable import atomic_write, durable_rename, fsync_tree, one_builder, read_json
+from .logs import dropped
 from .model_dir import CONFIG_FILE, PROJECTION_FILE, ModelDir, PostEmbConfig, load_model_dir
 
 log = logging.getLogger("postemb_rt")
@@ -364,27 +365,11 @@ def quantize_int8(fp32: ModelDir, out_dir: str | Path, calibration: list[str] | 
     ops = sorted({n.op_type for n in model.graph.node if n.name in picked})
     # onnxruntime logs "consider to run pre-processing" (shape inference, graph optimisation) for every
     # graph without its tag; this graph is already optimised and fused by its transformer optimizer.
-    root = logging.getLogger()
-    advice = _DropRecords("pre-processing before quantization")
-    root.addFilter(advice)
-    try:
+    with dropped(logging.getLogger(), lambda r: "pre-processing before quantization" in r.getMessage()):
         quantize_dynamic(model, str(out / "model.onnx"), per_channel=True, weight_type=QuantType.QInt8,
                          op_types_to_quantize=ops or ["MatMul"], nodes_to_quantize=nodes,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
-    finally:
-        root.removeFilter(advice)
     return _copy_dir_files(fp32, out, "int8")
-
-
-class _DropRecords(logging.Filter):
-    """Drops the log records whose message contains ``text``."""
-
-    def __init__(self, text: str):
-        super().__init__()
-        self.text = text
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return self.text not in record.getMessage()
 
 
 STATIC_RANGES_FILE = "int8_ranges.json"

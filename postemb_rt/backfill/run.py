@@ -10,11 +10,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..cpu import usable_cpus
 from ..durable import atomic_write, durable_rename, read_json
 from ..errors import PostEmbError, ValidationError
 from .plan import (ID_TYPES, MARKER, ROWS_PER_SPLIT, STAGING, SUCCESS, FilePlan, errors_name, jsonl_first_id_type,
                    jsonl_rows, list_inputs, parquet_id_type, part_name, plan_file)
+from .ray_setup import ray_init, rows
 from .splits import SplitEmbedder, describe_error
 
 log = logging.getLogger("postemb_rt.backfill")
@@ -216,20 +216,6 @@ def resolve_model_version(model: str, precision: str = "fp32", long_posts: str =
     return vector_version(cfg.model_version, precision, long_posts, check_truncate_dim(cfg, truncate_dim))
 
 
-def _ray_init(ray_address: str | None, num_cpus: int | None) -> bool:
-    """Connect (or start a local Ray). Returns True if this call started it."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
-    if ray_address:
-        ray.init(address=ray_address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus or usable_cpus(), **kwargs)  # a CPU mask or quota, else every CPU
-    return True
-
-
 def backfill(input_path, output_path, model: str = "default", *, backend: str = "auto",
              num_workers: int | None = None, threads_per_worker: int = 1, batch_size: int = 64,
              rows_per_split: int = ROWS_PER_SPLIT, ray_address: str | None = None,
@@ -350,7 +336,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
             from ..encoder import Encoder
 
             Encoder.from_pretrained(model, backend=backend, device="cpu", warmup=False, precision=precision).close()
-            started_ray = _ray_init(ray_address, None)
+            started_ray = ray_init(ray_address, None)
             cpus = int(ray.cluster_resources().get("CPU", 1))
             workers = num_workers or max(1, cpus // threads_per_worker)
             workers = min(workers, len(units))
@@ -366,7 +352,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
                                            precision=precision, id_type=id_type, vector_version=model_version,
                                            prompt_name=prompt_name, truncate_dim=truncate_dim),
             )
-            for row in ds.iter_rows():
+            for row in rows(ds):
                 rel, index = row["rel"], int(row["index"])
                 report.splits_run += 1
                 if row["error"]:

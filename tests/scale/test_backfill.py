@@ -435,3 +435,41 @@ def test_prompt_name_embeds_every_post_is_recorded_and_a_resume_cannot_mix_promp
     with pytest.raises(ValidationError, match=r"`--prompt-name`: `--output` .* was embedded with prompt 'query'; "
                                               r"this run uses 'passage'.*Fix: pick a new --output folder"):
         bf.backfill(tmp_path / "posts", tmp_path / "emb", model, num_workers=1, prompt_name="passage")
+
+
+@pytest.mark.parametrize("verbose", [False, True])
+def test_ray_datas_expected_chatter_is_kept_from_the_console(verbose, monkeypatch):
+    """Ray Data's INFO lines (shown with ``postemb -v``) and its "Progress bars disabled" notice
+    are dropped while a backfill runs its dataset; its warnings still show, and nothing is left
+    changed afterwards."""
+    import logging
+
+    from postemb_rt.backfill import ray_setup
+
+    seen = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    data, handler = logging.getLogger("ray.data"), Keep(level=logging.DEBUG)
+    data.addHandler(handler)
+    monkeypatch.setattr(data, "level", logging.DEBUG)  # Ray Data's own setting: everything to its file log
+    monkeypatch.setattr(ray_setup.log, "level", logging.INFO if verbose else logging.WARNING)
+    executor, progress = (logging.getLogger(f"ray.data._internal.{m}") for m in ("execution.streaming_executor",
+                                                                                 "progress"))
+
+    class Dataset:  # logs as Ray Data's does once it runs, i.e. when iterated
+        def iter_rows(self):
+            executor.info("Execution plan of Dataset ...")
+            progress.warning("Progress bars disabled. To enable, set ...")
+            executor.warning("a real warning")
+            yield {"rel": "a.jsonl"}
+
+    try:
+        assert list(ray_setup.rows(Dataset())) == [{"rel": "a.jsonl"}]
+        executor.info("after the run")
+    finally:
+        data.removeHandler(handler)
+    during = (["Execution plan of Dataset ..."] if verbose else []) + ["a real warning"]
+    assert seen == during + ["after the run"] and data.level == logging.DEBUG and not progress.filters
