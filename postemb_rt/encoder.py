@@ -168,15 +168,15 @@ class Encoder:
 
     @property
     def vector_version(self) -> str:
-        """``vector_version(model_version, precision, long_posts)`` for this encoder's defaults: what
-        a store, a backfill output or a server reports with the vectors it writes."""
+        """model_dir.vector_version of this encoder's vectors: what a store, output or server records."""
         return self.vector_version_at(None)
 
     def vector_version_at(self, truncate_dim: int | None) -> str:
         """:attr:`vector_version` of this encoder's vectors cut to ``truncate_dim`` (a nested prefix it
         declares, ``@<k>`` in the version; None or its own dim: the full vector). Refuses other dims."""
         return vector_version(self.model_version, self.backend.precision, self.long_posts,
-                              eo.check_truncate_dim(self, truncate_dim))
+                              eo.check_truncate_dim(self, truncate_dim),
+                              self.max_length if self.max_length != self.model.config.max_length else None)
 
     def describe(self) -> dict:
         """What runs: model version, dim, pooling and head, backend (and why), device, precision,

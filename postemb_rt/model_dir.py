@@ -317,17 +317,20 @@ def resolve(name_or_path: str | Path) -> ModelDir:
 
 
 def vector_version(model_version: str, precision: str = "fp32", long_posts: str = "truncate",
-                   truncate_dim: int | None = None) -> str:
+                   truncate_dim: int | None = None, max_length: int | None = None) -> str:
     """The version string stored with each vector: the model version, plus every setting that
     changes the numbers beyond the exactness bar (cosine 0.9999). ``fp32`` and ``truncate`` add
     nothing, so exact vectors keep the plain model version; a nested prefix adds ``@<k>``, a fast
-    precision or chunk mode ``+<precision>`` / ``+chunk`` (``postemb-mt50-v4@16+bf16+chunk``), so
-    vectors of two dims, two precisions or two long-post modes never share a version (a store
-    key, a backfill output). fp16 and bf16 differ from fp32 by up to the fidelity bar, hence their
-    own suffix too. ``truncate_dim`` None means the model's full dim."""
+    precision, a shorter max_length or chunk mode ``+<precision>`` / ``+max<n>`` / ``+chunk``
+    (``postemb-mt50-v4@16+bf16+max64+chunk``), so vectors of two dims, two precisions, two
+    max_lengths or two long-post modes never share a version (a store key, a backfill output).
+    fp16 and bf16 differ from fp32 by up to the fidelity bar, hence their own suffix too.
+    ``truncate_dim`` None means the model's full dim, ``max_length`` None the model's own."""
     parts = [model_version if truncate_dim is None else f"{model_version}@{truncate_dim}"]
     if precision != "fp32":
         parts.append(precision)
+    if max_length is not None:
+        parts.append(f"max{max_length}")
     if check_mode(long_posts) != "truncate":
         parts.append(long_posts)
     return "+".join(parts)

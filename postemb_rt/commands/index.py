@@ -34,16 +34,19 @@ def _parse_id(raw: str, index):
         return raw
 
 
-def split_vector_version(version: str) -> tuple[str, str, str, int | None]:
-    """``postemb_rt.encoder.vector_version``'s inverse: "X@16+bf16+chunk" -> ("X", "bf16", "chunk", 16);
-    "X" -> ("X", "fp32", "truncate", None). Suffixes are read from the right, so a model version that
-    itself holds "+" or "@" stays whole unless "@<digits>" ends it."""
+def split_vector_version(version: str) -> tuple[str, str, str, int | None, int | None]:
+    """``postemb_rt.model_dir.vector_version``'s inverse: "X@16+bf16+max64+chunk" -> ("X", "bf16", "chunk",
+    16, 64); "X" -> ("X", "fp32", "truncate", None, None). Suffixes are read from the right, so a model
+    version that itself holds "+" or "@" stays whole unless "@<digits>" ends it."""
     from ..encoder import PRECISIONS
     from ..model_dir import vector_version
 
-    model, precision, long_posts, dim = version, "fp32", "truncate", None
+    model, precision, long_posts, dim, max_length = version, "fp32", "truncate", None, None
     if model.endswith("+chunk"):
         model, long_posts = model[: -len("+chunk")], "chunk"
+    head, plus, tail = model.rpartition("+max")
+    if plus and head and tail.isdigit() and not tail.startswith("0"):
+        model, max_length = head, int(tail)
     for p in PRECISIONS:
         if p not in ("fp32", "auto") and model.endswith(f"+{p}"):
             model, precision = model[: -len(p) - 1], p
@@ -51,8 +54,8 @@ def split_vector_version(version: str) -> tuple[str, str, str, int | None]:
     head, at, k = model.rpartition("@")
     if at and head and k.isdigit() and not k.startswith("0"):
         model, dim = head, int(k)
-    assert vector_version(model, precision, long_posts, dim) == version
-    return model, precision, long_posts, dim
+    assert vector_version(model, precision, long_posts, dim, max_length) == version
+    return model, precision, long_posts, dim, max_length
 
 
 def query_encoder(args, index_version: str | None):
@@ -66,18 +69,19 @@ def query_encoder(args, index_version: str | None):
     from ..model_dir import resolve
 
     if index_version:
-        model, want_p, want_lp, dim = split_vector_version(index_version)
+        model, want_p, want_lp, dim, max_length = split_vector_version(index_version)
     else:  # an index built without a version (PostIndex.build in code): the encoder's defaults
-        model, want_p, want_lp, dim = None, "fp32", "truncate", None
+        model, want_p, want_lp, dim, max_length = None, "fp32", "truncate", None, None
     precision, long_posts = args.precision or want_p, args.long_posts or want_lp
-    got = vector_version(resolve(args.model).config.model_version, precision, long_posts, dim)
+    got = vector_version(resolve(args.model).config.model_version, precision, long_posts, dim, max_length)
     if index_version and got != index_version:
         raise ValidationError(
             f"`--model` {args.model!r} with --precision {precision} --long-posts {long_posts} gives vectors of "
             f"version {got!r} but the index holds {index_version!r} vectors. Fix: --model with model version "
             f"{model!r}, and --precision {want_p} --long-posts {want_lp} (or leave both out: they are read from "
             "the index).")
-    return Encoder.from_pretrained(args.model, device=args.device, precision=precision, long_posts=long_posts), dim
+    return Encoder.from_pretrained(args.model, device=args.device, precision=precision, long_posts=long_posts,
+                                   max_length=max_length), dim
 
 
 def run_build(args) -> int:

@@ -176,11 +176,14 @@ def test_split_vector_version_inverts_vector_version():
     from postemb_rt.commands.index import split_vector_version
     from postemb_rt.model_dir import vector_version
 
-    for args in [("m-v3", "fp32", "truncate", None), ("m-v3", "bf16", "chunk", None), ("m-v3", "int8", "truncate", 8),
-                 ("m-v3", "fp32", "chunk", 16), ("odd+name", "fp16", "chunk", 32), ("odd+bf16-ish", "fp32", "truncate", None),
-                 ("at@home", "fp32", "truncate", None), ("at@home", "bf16", "truncate", 16), ("v@07", "fp32", "truncate", None)]:
+    for args in [("m-v3", "fp32", "truncate", None, None), ("m-v3", "bf16", "chunk", None, None),
+                 ("m-v3", "int8", "truncate", 8, None), ("m-v3", "fp32", "chunk", 16, 64),
+                 ("odd+name", "fp16", "chunk", 32, None), ("odd+bf16-ish", "fp32", "truncate", None, 128),
+                 ("at@home", "fp32", "truncate", None, None), ("at@home", "bf16", "truncate", 16, 32),
+                 ("v@07", "fp32", "truncate", None, None), ("a+max07", "fp32", "truncate", None, None)]:
         assert split_vector_version(vector_version(*args)) == args
     assert vector_version("m-v4", "bf16", "chunk", 16) == "m-v4@16+bf16+chunk"
+    assert vector_version("m-v4", "bf16", "chunk", 16, 64) == "m-v4@16+bf16+max64+chunk"
 
 
 def test_embed_at_a_nested_dim_builds_an_index_that_queries_at_that_dim(tmp_path, capsys, default_encoder):
@@ -201,3 +204,27 @@ def test_embed_at_a_nested_dim_builds_an_index_that_queries_at_that_dim(tmp_path
     assert got["hits"][0]["id"] == 12 and got["hits"][0]["score"] > 0.9999
     assert main(["embed", str(tmp_path / "posts.txt"), "--out", str(tmp_path / "x.npy"), "--truncate-dim", "12"]) == 2
     assert "`--truncate-dim` must be one of" in capsys.readouterr().err  # the flag, as the command line says it
+
+
+def test_a_shorter_max_length_is_its_own_vector_version_end_to_end(tmp_path, capsys, default_encoder):
+    """``postemb embed --max-length 16`` cuts long posts shorter, so its vectors are not the model's:
+    version "<model>+max16" (never the plain one), and ``index query --text`` on an index of them
+    encodes the query with max_length 16 too."""
+    from postemb_rt import Encoder
+    from postemb_rt.cli import main
+
+    assert Encoder.from_pretrained("default", max_length=default_encoder.max_length).vector_version == \
+        default_encoder.model_version
+    (tmp_path / "posts.txt").write_text("\n".join(POSTS) + "\n")
+    assert main(["embed", str(tmp_path / "posts.txt"), "--out", str(tmp_path / "emb" / "part-0.parquet"),
+                 "--max-length", "16", "--no-progress"]) == 0
+    version = default_encoder.model_version + "+max16"
+    assert f"model={version}," in capsys.readouterr().out
+    assert main(["index", "build", "--input", str(tmp_path / "emb"), "--out", str(tmp_path / "idx")]) == 0
+    assert f"vector version={version}" in capsys.readouterr().out
+    long_post = max(POSTS, key=len)
+    assert len(default_encoder.tokenizer([long_post]).ids[0]) > 16  # cut at 16 or not: the test can tell
+    assert main(["index", "query", "--index", str(tmp_path / "idx"), "--text", long_post, "--k", "1", "--json"]) == 0
+    hit = json.loads(capsys.readouterr().out)["hits"][0]
+    cut = Encoder.from_pretrained("default", max_length=16).tokenizer
+    assert cut([POSTS[hit["id"]]]).ids == cut([long_post]).ids and hit["score"] > 0.9999
