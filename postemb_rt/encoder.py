@@ -17,6 +17,7 @@ from .errors import BackendUnavailableError, BatcherClosedError, FidelityError, 
 from .fidelity import Fidelity
 from .futures import gather
 from .model_dir import ModelDir, resolve, vector_version
+from .st_api import SentenceTransformerAPI
 from .tokenization import TRUNCATED_WARNING, PostTokenizer
 
 log = logging.getLogger("postemb_rt")
@@ -38,7 +39,7 @@ class EncodeStats:
     windows: int = 0  # the windows those posts were cut into
 
 
-class Encoder:
+class Encoder(SentenceTransformerAPI):
     """A loaded model on one backend. Build it with :meth:`from_pretrained`."""
 
     def __init__(self, model: ModelDir, backend: backends.base.Backend, backend_reason: str,
@@ -315,19 +316,6 @@ class Encoder:
         if cut_dim:
             out = eo.truncate(out, opts.dim, opts.normalize)
         return eo.finish(out, opts, single)
-
-    def encode_query(self, texts, **kwargs):
-        """sentence-transformers' ``encode_query``: ``encode`` with the model's "query" prompt ("" if it
-        has none, which also skips the default prompt) unless ``prompt`` / ``prompt_name`` is given."""
-        if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None:
-            kwargs["prompt_name"] = "query"
-        return self.encode(texts, **kwargs)
-
-    def encode_document(self, texts, **kwargs):
-        """sentence-transformers' ``encode_document``: as ``encode_query`` with the "document" prompt."""
-        if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None:
-            kwargs["prompt_name"] = "document"
-        return self.encode(texts, **kwargs)
 
     def _embed_all(self, seqs: list[list[int]], batch_size: int, max_batch_tokens: int, normalize: bool, bar):
         """Token-id lists -> (float32 (len(seqs), dim) in their order, the batch plan)."""

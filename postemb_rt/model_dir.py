@@ -72,6 +72,8 @@ class PostEmbConfig:
     default_prompt_name: str | None = None
     include_prompt: bool = True  # Pooling's include_prompt; False (prompt tokens not pooled) is refused
     matryoshka_dims: list | None = None  # prefixes the model was trained to embed in (encode's truncate_dim)
+    # sentence-transformers' similarity_fn_name ("dot", "euclidean", "manhattan"); None: "cosine"
+    similarity_fn_name: str | None = None
     format_version: int = FORMAT_VERSION
 
     @property
@@ -122,7 +124,8 @@ class PostEmbConfig:
         return cfg
 
 
-_OPTIONAL_KEYS = {"prompts": None, "default_prompt_name": None, "include_prompt": True, "matryoshka_dims": None}
+_OPTIONAL_KEYS = {"prompts": None, "default_prompt_name": None, "include_prompt": True, "matryoshka_dims": None,
+                  "similarity_fn_name": None}
 
 
 @dataclass(frozen=True)

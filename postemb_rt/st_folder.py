@@ -39,6 +39,7 @@ from pathlib import Path
 from .durable import confined, read_json
 from .errors import ModelNotFoundError, ValidationError
 from .prompts import check_prompts
+from .st_api import SIMILARITY_FNS
 
 MODULES_FILE = "modules.json"
 ST_CONFIG_FILE = "sentence_bert_config.json"
@@ -218,7 +219,8 @@ def _max_length(st_cfg: dict, tokenizer_config: Path, hf: dict) -> int:
 def _prompts(root: Path, pooling_path: Path) -> dict:
     """The folder's prompts as PostEmbConfig fields: ``prompts`` and ``default_prompt_name`` of
     config_sentence_transformers.json (a null prompt text is "", as sentence-transformers reads
-    it) and the Pooling module's ``include_prompt``; checked by prompts.check_prompts."""
+    it) and the Pooling module's ``include_prompt``; checked by prompts.check_prompts. Also its
+    ``similarity_fn_name`` (``Encoder.similarity``; None for "cosine")."""
     path = root / "config_sentence_transformers.json"
     cfg = _read_json(path, "sentence-transformers config") if path.exists() else {}
     raw = cfg.get("prompts") or {}
@@ -229,4 +231,9 @@ def _prompts(root: Path, pooling_path: Path) -> dict:
     default = cfg.get("default_prompt_name") or None
     include = _read_json(pooling_path / "config.json", "Pooling config").get("include_prompt", True)
     check_prompts(prompts, default, include, path)
-    return {"prompts": prompts or None, "default_prompt_name": default, "include_prompt": bool(include)}
+    similarity = cfg.get("similarity_fn_name") or "cosine"
+    if similarity not in SIMILARITY_FNS:
+        raise ValidationError(f"`{path}` has similarity_fn_name {similarity!r}; it must be one of {SIMILARITY_FNS}. "
+                              "Fix: save the folder again with SentenceTransformer.save().")
+    return {"prompts": prompts or None, "default_prompt_name": default, "include_prompt": bool(include),
+            "similarity_fn_name": None if similarity == "cosine" else similarity}

@@ -52,3 +52,29 @@ def test_a_non_empty_out_folder_is_refused(tmp_path):
     (tmp_path / "x").write_text("keep me")
     res = run_export("--model", "default", "--out", str(tmp_path))
     assert res.returncode == 2 and "is not empty. Fix:" in res.stderr
+
+
+def test_the_models_prompts_and_similarity_fn_name_are_exported(tmp_path):
+    """A model whose postemb.json declares prompts and a similarity function keeps them in the folder."""
+    import importlib.util
+    import json
+    import shutil
+
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers import SentenceTransformer
+
+    from postemb_rt.model_dir import resolve
+
+    src = Path(shutil.copytree(resolve("default").path, tmp_path / "src"))
+    cfg = json.loads((src / "postemb.json").read_text())
+    cfg.update(prompts={"query": "query: ", "document": ""}, default_prompt_name="document", similarity_fn_name="dot")
+    (src / "postemb.json").write_text(json.dumps(cfg))
+    spec = importlib.util.spec_from_file_location("export_st", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.write_st_folder(resolve(src), tmp_path / "out")
+    st = SentenceTransformer(str(tmp_path / "out"), device="cpu")
+    assert st.prompts["query"] == "query: " and st.default_prompt_name == "document"
+    assert st.similarity_fn_name == "dot"
+    with Encoder.from_pretrained(tmp_path / "out", backend="torch") as enc:
+        assert enc.similarity_fn_name == "dot" and enc.model.config.prompts["query"] == "query: "

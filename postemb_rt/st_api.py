@@ -1,0 +1,136 @@
+"""The rest of sentence-transformers' ``SentenceTransformer`` API on ``Encoder``, so code written
+for it runs unchanged: ``similarity`` / ``similarity_pairwise`` with ``similarity_fn_name``,
+``get_sentence_embedding_dimension``, ``max_seq_length``, ``encode_query`` / ``encode_document``.
+(``encode``'s own keyword arguments are in ``encode_options``.) Each method has
+sentence-transformers' meaning and return type (torch tensors for scores).
+"""
+from __future__ import annotations
+
+from .errors import ValidationError
+
+SIMILARITY_FNS = ("cosine", "dot", "euclidean", "manhattan")  # sentence-transformers' SimilarityFunction
+
+
+def _matrix(x, name: str):
+    """Embeddings as sentence-transformers' ``similarity`` takes them (a 1-D or 2-D numpy array or
+    torch tensor, or a list of 1-D ones) -> float32 2-D torch tensor."""
+    import numpy as np
+    import torch
+
+    if isinstance(x, (list, tuple)):
+        if not x:
+            raise ValidationError(f"`{name}` is an empty list; pass at least one embedding.")
+        x = torch.stack([torch.as_tensor(np.asarray(v) if not isinstance(v, torch.Tensor) else v) for v in x])
+    elif not isinstance(x, torch.Tensor):
+        x = torch.as_tensor(np.asarray(x))
+    if x.dim() == 1:
+        x = x.unsqueeze(0)
+    if x.dim() != 2 or not (x.dtype.is_floating_point or x.dtype in (torch.int8, torch.uint8)):
+        raise ValidationError(f"`{name}` must be embeddings, (n, dim) or (dim,), of numbers. Given: shape "
+                              f"{tuple(x.shape)}, dtype {x.dtype}.")
+    return x.float()
+
+
+class SentenceTransformerAPI:
+    """A base of ``Encoder`` (which provides ``model``, ``dim``, ``max_length``, ``tokenizer``,
+    ``encode`` and the chunking settings)."""
+
+    _similarity_fn_name: str | None = None
+
+    @property
+    def similarity_fn_name(self) -> str:
+        """"cosine" (the default), "dot", "euclidean" or "manhattan": what ``similarity`` computes. A
+        sentence-transformers folder's own ``similarity_fn_name`` is read at load; settable."""
+        return self._similarity_fn_name or self.model.config.similarity_fn_name or "cosine"
+
+    @similarity_fn_name.setter
+    def similarity_fn_name(self, value) -> None:
+        value = getattr(value, "value", value)  # sentence-transformers' SimilarityFunction enum
+        if value is not None and value not in SIMILARITY_FNS:
+            raise ValidationError(f"`similarity_fn_name` must be one of {SIMILARITY_FNS} (or None: the model's). "
+                                  f"Given: {value!r}.")
+        self._similarity_fn_name = value
+
+    def similarity(self, embeddings1, embeddings2):
+        """(n1, n2) torch float32 tensor of scores between every row of ``embeddings1`` and every row
+        of ``embeddings2`` (numpy arrays, torch tensors, or lists of 1-D ones; a 1-D input is one
+        row): cosine, dot product, or negative euclidean / manhattan distance, as
+        ``similarity_fn_name`` says. Higher is more similar, as in sentence-transformers."""
+        import torch
+
+        a, b = _matrix(embeddings1, "embeddings1"), _matrix(embeddings2, "embeddings2")
+        self._same_dim(a, b)
+        fn = self.similarity_fn_name
+        if fn == "cosine":
+            a, b = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1)
+        if fn in ("cosine", "dot"):
+            return a @ b.T
+        return -torch.cdist(a, b, p=2.0 if fn == "euclidean" else 1.0)
+
+    def similarity_pairwise(self, embeddings1, embeddings2):
+        """(n,) torch float32 tensor: the score of ``embeddings1[i]`` with ``embeddings2[i]`` (as
+        ``similarity``, row by row; both hold n rows)."""
+        import torch
+
+        a, b = _matrix(embeddings1, "embeddings1"), _matrix(embeddings2, "embeddings2")
+        self._same_dim(a, b)
+        if a.shape[0] != b.shape[0]:
+            raise ValidationError(f"`embeddings1` and `embeddings2` must hold as many rows for pairwise scores. "
+                                  f"Given: {a.shape[0]} and {b.shape[0]}. Fix: pair them up, or use similarity().")
+        fn = self.similarity_fn_name
+        if fn == "cosine":
+            a, b = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1)
+        if fn in ("cosine", "dot"):
+            return (a * b).sum(dim=1)
+        return -(a - b).norm(p=2.0 if fn == "euclidean" else 1.0, dim=1)
+
+    @staticmethod
+    def _same_dim(a, b) -> None:
+        if a.shape[1] != b.shape[1]:
+            raise ValidationError(f"`embeddings1` and `embeddings2` must have one dim. Given: {a.shape[1]} and "
+                                  f"{b.shape[1]}. Fix: encode both with the same model and truncate_dim.")
+
+    def get_sentence_embedding_dimension(self) -> int:
+        """The output dim (``dim``), as sentence-transformers names it."""
+        return self.dim
+
+    get_embedding_dimension = get_sentence_embedding_dimension
+
+    @property
+    def max_seq_length(self) -> int:
+        """sentence-transformers' name for ``max_length``: tokens per post, special tokens included.
+        Settable, from 2 to the model's own, before the first ``submit``/``aencode``; a shorter one
+        is part of the vectors' version (``+max<n>``)."""
+        return self.max_length
+
+    @max_seq_length.setter
+    def max_seq_length(self, value: int) -> None:
+        from . import long_posts as lp
+        from .tokenization import PostTokenizer
+
+        own = self.model.config.max_length
+        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= own:
+            raise ValidationError(f"`max_seq_length` must be an int from 2 to the model's max_length ({own}). "
+                                  f"Given: {value!r}.")
+        if value > self.max_batch_tokens:
+            raise ValidationError(f"`max_seq_length` must be <= max_batch_tokens ({self.max_batch_tokens}). "
+                                  f"Given: {value}. Fix: Encoder.from_pretrained(..., max_batch_tokens=N).")
+        if self._batcher is not None or self._raw_batcher is not None:
+            raise ValidationError("`max_seq_length` cannot change once submit()/aencode() started the batcher. "
+                                  f"Fix: Encoder.from_pretrained(..., max_length={value}).")
+        overlap = lp.check_chunking(None, self.max_chunks, value, self.tokenizer.specials)
+        self.tokenizer = PostTokenizer(self.model.tokenizer_path, value, lowercase=self.model.config.do_lower_case)
+        self.max_length, self.chunk_overlap = value, overlap
+
+    def encode_query(self, texts, **kwargs):
+        """sentence-transformers' ``encode_query``: ``encode`` with the model's "query" prompt ("" if it
+        has none, which also skips the default prompt) unless ``prompt`` / ``prompt_name`` is given."""
+        if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None:
+            kwargs["prompt_name"] = "query"
+        return self.encode(texts, **kwargs)
+
+    def encode_document(self, texts, **kwargs):
+        """sentence-transformers' ``encode_document``: as ``encode_query`` with the "document" prompt."""
+        if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None:
+            kwargs["prompt_name"] = "document"
+        return self.encode(texts, **kwargs)

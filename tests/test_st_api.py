@@ -1,0 +1,107 @@
+"""The rest of ``SentenceTransformer``'s API on ``Encoder`` (postemb_rt.st_api): ``similarity``,
+``similarity_pairwise`` and ``similarity_fn_name``, the dimension getters and ``max_seq_length``,
+each compared with sentence-transformers itself on the same folder."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from postemb_rt import Encoder, ValidationError
+from tests.conftest import SAMPLE_TEXTS, assert_exact
+from tests.st_models import build_st_folder
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sentence_transformers")
+
+FNS = ["cosine", "dot", "euclidean", "manhattan"]
+LONG = " ".join(["word"] * 100)  # longer than any max_seq_length below
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A sentence-transformers folder without Normalize (raw vectors: the four scores differ)."""
+    return build_st_folder(tmp_path_factory.mktemp("stapi") / "raw", normalize=False)
+
+
+@pytest.fixture(scope="module")
+def st(folder):
+    from sentence_transformers import SentenceTransformer
+
+    return SentenceTransformer(str(folder), device="cpu")
+
+
+@pytest.fixture
+def enc(folder, tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("POSTEMB_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    with Encoder.from_pretrained(folder, backend="torch") as e:
+        yield e
+
+
+@pytest.mark.parametrize("fn", FNS)
+def test_similarity_and_pairwise_equal_sentence_transformers(enc, st, fn):
+    a, b = enc.encode(SAMPLE_TEXTS[:4]), enc.encode(SAMPLE_TEXTS[2:6])
+    st.similarity_fn_name = fn
+    enc.similarity_fn_name = fn
+    want, want_pairs = st.similarity(a, b), st.similarity_pairwise(a, b)
+    for x, y in [(a, b), (torch.from_numpy(a), torch.from_numpy(b)), (list(a), list(torch.from_numpy(b)))]:
+        got = enc.similarity(x, y)
+        assert isinstance(got, torch.Tensor) and got.shape == (4, 4) and got.dtype == torch.float32
+        assert torch.allclose(got, want, atol=1e-5), (fn, got, want)
+        assert torch.allclose(enc.similarity_pairwise(x, y), want_pairs, atol=1e-5)
+    assert torch.allclose(enc.similarity(a[0], b), want[:1], atol=1e-5)  # a 1-D input is one row
+    if fn != "cosine":
+        st.similarity_fn_name = "cosine"
+        assert not torch.allclose(got, st.similarity(a, b), atol=1e-3)  # the test can tell the functions apart
+
+
+def test_similarity_fn_name_comes_from_the_folder_and_is_checked(folder, tmp_path, enc):
+    from sentence_transformers import SentenceTransformer, SimilarityFunction
+
+    assert enc.similarity_fn_name == "cosine"
+    enc.similarity_fn_name = SimilarityFunction.DOT_PRODUCT  # sentence-transformers' enum works too
+    assert enc.similarity_fn_name == "dot"
+    with pytest.raises(ValidationError, match=r"`similarity_fn_name` must be one of .*Given: 'maxsim'"):
+        enc.similarity_fn_name = "maxsim"
+    dot = Path(shutil.copytree(folder, tmp_path / "dot"))
+    cfg_path = dot / "config_sentence_transformers.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "similarity_fn_name": "manhattan"}))
+    with Encoder.from_pretrained(dot, backend="torch") as e:
+        assert e.similarity_fn_name == SentenceTransformer(str(dot), device="cpu").similarity_fn_name == "manhattan"
+        v = e.encode(SAMPLE_TEXTS[:3])
+        assert torch.allclose(e.similarity(v, v), -torch.cdist(torch.from_numpy(v), torch.from_numpy(v), p=1))
+    cfg_path.write_text(json.dumps({**cfg, "similarity_fn_name": "hamming"}))
+    with pytest.raises(ValidationError, match=r"similarity_fn_name 'hamming'; it must be one of"):
+        Encoder.from_pretrained(dot, backend="torch")
+
+
+def test_similarity_refuses_what_it_cannot_score(enc):
+    v = enc.encode(SAMPLE_TEXTS[:3])
+    with pytest.raises(ValidationError, match=r"must have one dim. Given: 32 and 16"):
+        enc.similarity(v, v[:, :16])
+    with pytest.raises(ValidationError, match=r"as many rows for pairwise scores. Given: 3 and 2"):
+        enc.similarity_pairwise(v, v[:2])
+    with pytest.raises(ValidationError, match=r"`embeddings1` must be embeddings"):
+        enc.similarity(np.zeros((2, 3, 4)), v)
+
+
+def test_dimension_and_max_seq_length_as_sentence_transformers(enc, st):
+    assert enc.get_sentence_embedding_dimension() == enc.get_embedding_dimension() == \
+        st.get_embedding_dimension() == enc.dim
+    assert enc.max_seq_length == st.max_seq_length == enc.max_length == 64
+    version = enc.vector_version
+    st.max_seq_length = enc.max_seq_length = 16
+    try:
+        assert enc.max_length == 16 and enc.vector_version == version + "+max16"
+        assert_exact(enc.encode([LONG, "short"]), st.encode([LONG, "short"]))
+        assert enc.last_stats.truncated == [0]
+    finally:
+        st.max_seq_length = 64
+    for bad in (1, 65, 16.0, True):
+        with pytest.raises(ValidationError, match=r"`max_seq_length` must be an int from 2 to the model's "):
+            enc.max_seq_length = bad
+    enc.submit(["a post"]).result()
+    with pytest.raises(ValidationError, match=r"cannot change once submit\(\)/aencode\(\) started the batcher"):
+        enc.max_seq_length = 32
