@@ -186,22 +186,30 @@ def test_split_vector_version_inverts_vector_version():
     assert vector_version("m-v4", "bf16", "chunk", 16, 64) == "m-v4@16+bf16+max64+chunk"
 
 
+def _embed_index_query(tmp_path, capsys, flags: list[str], version: str, query: str) -> dict:
+    """``postemb embed POSTS FLAGS`` to Parquet, ``index build`` on it (both print ``version``), then
+    ``index query --text QUERY --k 2``: its top hit."""
+    from postemb_rt.cli import main
+
+    (tmp_path / "posts.txt").write_text("\n".join(POSTS) + "\n")
+    assert main(["embed", str(tmp_path / "posts.txt"), "--out", str(tmp_path / "emb" / "part-0.parquet"), *flags,
+                 "--no-progress"]) == 0
+    assert f"model={version}," in capsys.readouterr().out
+    assert main(["index", "build", "--input", str(tmp_path / "emb"), "--out", str(tmp_path / "idx")]) == 0
+    assert f"vector version={version}" in capsys.readouterr().out
+    assert main(["index", "query", "--index", str(tmp_path / "idx"), "--text", query, "--k", "2", "--json"]) == 0
+    return json.loads(capsys.readouterr().out)["hits"][0]
+
+
 def test_embed_at_a_nested_dim_builds_an_index_that_queries_at_that_dim(tmp_path, capsys, default_encoder):
     """``postemb embed --truncate-dim 16`` writes 16-d vectors under version "<model>@16"; the index
     built from them records that version and dim, and ``index query --text`` encodes the query at 16."""
     from postemb_rt.cli import main
 
-    (tmp_path / "posts.txt").write_text("\n".join(POSTS) + "\n")
-    assert main(["embed", str(tmp_path / "posts.txt"), "--out", str(tmp_path / "emb" / "part-0.parquet"),
-                 "--truncate-dim", "16", "--no-progress"]) == 0
-    version = default_encoder.model_version + "@16"
-    assert f"model={version}, dim=16" in capsys.readouterr().out
-    assert main(["index", "build", "--input", str(tmp_path / "emb"), "--out", str(tmp_path / "idx")]) == 0
-    assert f"vector version={version}" in capsys.readouterr().out
+    hit = _embed_index_query(tmp_path, capsys, ["--truncate-dim", "16"], default_encoder.model_version + "@16",
+                             POSTS[12])
     assert json.loads((tmp_path / "idx" / "index.json").read_text())["dim"] == 16
-    assert main(["index", "query", "--index", str(tmp_path / "idx"), "--text", POSTS[12], "--k", "2", "--json"]) == 0
-    got = json.loads(capsys.readouterr().out)
-    assert got["hits"][0]["id"] == 12 and got["hits"][0]["score"] > 0.9999
+    assert hit["id"] == 12 and hit["score"] > 0.9999
     assert main(["embed", str(tmp_path / "posts.txt"), "--out", str(tmp_path / "x.npy"), "--truncate-dim", "12"]) == 2
     assert "`--truncate-dim` must be one of" in capsys.readouterr().err  # the flag, as the command line says it
 
@@ -211,20 +219,12 @@ def test_a_shorter_max_length_is_its_own_vector_version_end_to_end(tmp_path, cap
     version "<model>+max16" (never the plain one), and ``index query --text`` on an index of them
     encodes the query with max_length 16 too."""
     from postemb_rt import Encoder
-    from postemb_rt.cli import main
 
     assert Encoder.from_pretrained("default", max_length=default_encoder.max_length).vector_version == \
         default_encoder.model_version
-    (tmp_path / "posts.txt").write_text("\n".join(POSTS) + "\n")
-    assert main(["embed", str(tmp_path / "posts.txt"), "--out", str(tmp_path / "emb" / "part-0.parquet"),
-                 "--max-length", "16", "--no-progress"]) == 0
-    version = default_encoder.model_version + "+max16"
-    assert f"model={version}," in capsys.readouterr().out
-    assert main(["index", "build", "--input", str(tmp_path / "emb"), "--out", str(tmp_path / "idx")]) == 0
-    assert f"vector version={version}" in capsys.readouterr().out
     long_post = max(POSTS, key=len)
     assert len(default_encoder.tokenizer([long_post]).ids[0]) > 16  # cut at 16 or not: the test can tell
-    assert main(["index", "query", "--index", str(tmp_path / "idx"), "--text", long_post, "--k", "1", "--json"]) == 0
-    hit = json.loads(capsys.readouterr().out)["hits"][0]
+    hit = _embed_index_query(tmp_path, capsys, ["--max-length", "16"], default_encoder.model_version + "+max16",
+                             long_post)
     cut = Encoder.from_pretrained("default", max_length=16).tokenizer
     assert cut([POSTS[hit["id"]]]).ids == cut([long_post]).ids and hit["score"] > 0.9999
