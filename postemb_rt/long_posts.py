@@ -35,9 +35,12 @@ def check_mode(long_posts) -> str:
 
 def check_chunking(overlap, max_chunks, max_length: int, specials: int) -> int:
     """The overlap to use (None: DEFAULT_OVERLAP, at most a quarter of a window's content tokens, so
-    that a short max_length works); ValidationError unless 0 <= overlap < the content tokens of a
-    window and max_chunks >= 1."""
+    that a short max_length works); ValidationError unless a window holds a content token,
+    0 <= overlap < the content tokens of a window and max_chunks >= 1."""
     room = max_length - specials
+    if room < 1:
+        raise ValidationError(f"`max_length` must leave room for text: at least {specials + 1} ({specials} special "
+                              f"tokens and one of text). Given: {max_length}.")
     if overlap is None:
         overlap = min(DEFAULT_OVERLAP, room // 4)
     if not isinstance(overlap, int) or isinstance(overlap, bool) or not 0 <= overlap < room:

@@ -142,6 +142,7 @@ def test_the_previous_default_stays_loadable_beside_the_nested_default():
         ({"precision": "int3"}, r"`precision` must be one of .*Given: 'int3'"),
         ({"device": "gpu0"}, r"`device` must be 'auto', 'cpu' or 'cuda\[:N\]'. Given: 'gpu0'"),
         ({"max_length": 1000}, r"`max_length` must be between 2 and the model's max_length \(256\). Given: 1000"),
+        ({"max_length": 2}, r"`max_length` must leave room for text: at least 3 \(2 special tokens and one of text\)"),
         ({"max_batch_tokens": 100}, r"`max_batch_tokens` must be >= max_length \(256\). Given: 100"),
     ],
 )
