@@ -135,7 +135,7 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         if dim < enc.dim:  # a declared matryoshka prefix: the first `dim` components re-normalised
             vecs = truncate_rows(vecs, dim, True)
             if req.embedding_type in ("int8", "uint8"):  # ranges calibrated for that prefix (computed once, cached)
-                ranges = await m.off_loop(quantization.ranges_for, enc, truncate_dim=dim, normalize=True)
+                ranges = await m.off_loop(quantization.ranges_for, enc, dim, True)  # truncate_dim, normalize
         if req.embedding_type != "float":  # as /embed_full's `encoding`: the model's calibrated ranges, packed bits
             q = await m.off_loop(encodings.quantize, vecs, req.embedding_type, ranges)
             rows = q.tolist() if req.encoding_format == "float" else [base64.b64encode(r.tobytes()).decode() for r in q]

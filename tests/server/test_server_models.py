@@ -253,6 +253,12 @@ def test_dimensions_serves_the_nested_prefixes_a_model_declares(two_models, oai,
         bits = c.post("/v1/embeddings", json={"model": "small", "input": TEXTS, "dimensions": k,
                                               "embedding_type": "ubinary"}).json()["data"]
         assert [len(d["embedding"]) for d in bits] == [(k + 7) // 8] * len(TEXTS)
+        for kind in ("int8", "uint8"):  # the prefix's own calibrated ranges (a 500 once), as encode(precision=)
+            q = c.post("/v1/embeddings", json={"model": "small", "input": TEXTS, "dimensions": k,
+                                               "embedding_type": kind, "encoding_format": "float"})
+            assert q.status_code == 200, q.text[:300]
+            assert np.array_equal(np.array([d["embedding"] for d in q.json()["data"]]),
+                                  small.encode(TEXTS, truncate_dim=k, precision=kind).astype(np.int64))
         listed = {m["name"]: m["dimensions"] for m in c.get("/info").json()["models"]}
         assert listed["small"] == [8, 16, 32, 50] and listed[encoders["base"].model_version] == [384]
         refused = c.post("/v1/embeddings", json={"model": "small", "input": TEXTS, "dimensions": 12})
