@@ -260,8 +260,8 @@ def register(sub) -> None:
                    help="seconds a connection gets to send a request's headers, counted from its start or the "
                         "previous answer; then 408 and closed (default: 10)")
     p.add_argument("--body-timeout", type=float, default=30.0,
-                   help="seconds a request gets to send its body once its headers came; then 408 and closed "
-                        "(default: 30)")
+                   help="seconds a request gets to send its body once its headers came (then 408 and closed), "
+                        "and an answer its client stops reading gets to drain (then closed) (default: 30)")
     p.add_argument("--max-queued-tokens", type=int, default=65_536,
                    help="batcher queue bound in tokens; past it requests get 429 (default: 65536)")
     p.add_argument("--max-batch-size", type=int, default=64, help="posts per model call (default: 64)")

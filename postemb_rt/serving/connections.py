@@ -15,8 +15,12 @@ protocol class, ``loop=`` a loop factory):
   extend it; 408 if some bytes came, a plain close if none), then ``body_timeout_s`` plus a
   grace period for the body (the app answers 408 at ``body_timeout_s`` itself). At most
   ``max_connections`` connections: one more closes the oldest connection that is still
-  receiving its request (never one whose request is being computed or answered); when none
-  is, the new connection gets a 503 and is closed.
+  receiving its request, else the oldest whose client has stopped reading its answer (never one
+  whose request is being computed or whose answer is flowing); when none is, the new
+  connection gets a 503 and is closed. An answer the client stops reading (the transport's
+  buffer past its high-water mark, nothing drained) for ``body_timeout_s`` closes the
+  connection (nginx's ``send_timeout``): a crowd of clients that send requests and never
+  read cannot hold every connection.
 - ``loop_factory``: an asyncio loop that accepts at most ``ACCEPT_BATCH`` connections per
   loop turn (asyncio accepts up to the listen backlog, 2048, before any protocol runs, which
   runs past the fd limit at once), and logs "out of file descriptors" once a minute with a
@@ -57,8 +61,10 @@ class ConnectionLimits:
 
 LIMITS = ConnectionLimits()
 # counters read by /metrics (postemb_http_connections*): one server per process
-STATS = {"open": 0, "evicted": 0, "refused": 0, "header_timeout": 0, "body_timeout": 0, "accept_failed": 0}
+STATS = {"open": 0, "stalled": 0, "evicted": 0, "refused": 0, "header_timeout": 0, "body_timeout": 0,
+         "send_timeout": 0, "accept_failed": 0}
 _RECEIVING: dict = {}  # connections still receiving a request, oldest first (dicts keep insertion order)
+_STALLED: dict = {}  # connections whose client stopped reading its answer (writing paused), oldest first
 
 
 def raise_nofile_limit() -> int:
@@ -149,6 +155,7 @@ class GuardedH11Protocol(H11Protocol):
 
     _phase: str | None = None  # "headers", "body" or None (request received: computing or answering)
     _timer: asyncio.TimerHandle | None = None
+    _send_timer: asyncio.TimerHandle | None = None  # while writing is paused (see pause_writing)
     _got_bytes = False
 
     def connection_made(self, transport) -> None:
@@ -168,7 +175,39 @@ class GuardedH11Protocol(H11Protocol):
     def connection_lost(self, exc) -> None:
         STATS["open"] -= 1
         self._set_phase(None)
+        self._unstall()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The transport's buffer passed its high-water mark: the client is not reading its answer
+        as fast as it is written. If it reads nothing more for body_timeout_s the connection is
+        closed (nginx's send_timeout), and meanwhile it is the first to go when connections run out."""
+        super().pause_writing()
+        if self not in _STALLED:
+            _STALLED[self] = None
+            STATS["stalled"] += 1
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(LIMITS.body_timeout_s, self._send_stalled)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        self._unstall()
+
+    def _unstall(self) -> None:
+        if _STALLED.pop(self, False) is None:
+            STATS["stalled"] -= 1
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_stalled(self) -> None:
+        self._send_timer = None
+        self._unstall()
+        if not self.transport.is_closing():
+            STATS["send_timeout"] += 1
+            _warn_rarely("send_timeout", "closing connections whose client read none of its answer for "
+                                         "body_timeout_s (%g s)", LIMITS.body_timeout_s)
+            self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         self._got_bytes = True
@@ -223,14 +262,17 @@ class GuardedH11Protocol(H11Protocol):
 
 
 def _evict_oldest() -> bool:
-    """Close the oldest connection still receiving its request; False if there is none."""
-    if not _RECEIVING:
+    """Close the oldest connection still receiving its request, else the oldest whose client stopped
+    reading its answer; False if there is neither."""
+    pool = _RECEIVING or _STALLED
+    if not pool:
         return False
-    proto = next(iter(_RECEIVING))
+    proto = next(iter(pool))
     proto._set_phase(None)
+    proto._unstall()
     STATS["evicted"] += 1
     _warn_rarely("evicted", "max_connections (%d) reached: closing the oldest connections still sending their "
-                            "request", LIMITS.max_connections)
+                            "request or not reading their answer", LIMITS.max_connections)
     proto.transport.abort()
     return True
 

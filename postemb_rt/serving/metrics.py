@@ -149,10 +149,12 @@ class BatcherCollector:
                                     value=len(snaps))
         yield GaugeMetricFamily("postemb_http_connections", "open HTTP connections (postemb serve's protocol)",
                                 value=conns["open"])
+        yield GaugeMetricFamily("postemb_http_connections_stalled", "open connections whose client is not "
+                                "reading its answer (closed after body_timeout_s)", value=conns.get("stalled", 0))
         closed = CounterMetricFamily("postemb_http_connections_closed", "connections closed by a limit, by reason",
                                      labels=["reason"])
-        for reason in ("evicted", "refused", "header_timeout", "body_timeout", "accept_failed"):
-            closed.add_metric([reason], conns[reason])
+        for reason in ("evicted", "refused", "header_timeout", "body_timeout", "send_timeout", "accept_failed"):
+            closed.add_metric([reason], conns.get(reason, 0))
         yield closed
         labels = ["model"] if self.models.multi else []
         ready = GaugeMetricFamily("postemb_ready", "1 when the model is loaded, warmed up and healthy (in every "

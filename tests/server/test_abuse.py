@@ -170,3 +170,42 @@ def test_header_timeout_answers_408_and_closes_idle_connections(abuse_server):
         for s in (partial, idle, trickle):
             s.close()
     assert _metric(abuse_server, "postemb_http_connections_closed_total", reason="header_timeout") >= 2
+
+
+def test_clients_that_never_read_their_answers_cannot_hold_every_connection():
+    """At max_connections 5, five clients each pipeline six requests with ~1 MB answers and read
+    nothing (more than the kernel's socket buffers hold): their connections show as stalled, /health
+    still answers (a stalled connection is evicted for it), and after body_timeout_s every stalled
+    one is closed (send_timeout). Before, they held every connection until they left, and every new
+    one, probes included, got 503."""
+    argv = serve_argv("--max-connections", "5", "--body-timeout", str(BODY_TIMEOUT_S))
+    body = '{"input": [' + ",".join(['"x"'] * 128) + "]}"  # 128 x 384 floats: about 1 MB of JSON back
+    request = (f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
+    for srv in ready_until_done(ServerProc(argv)):
+        port, stalled = _port(srv), []
+        try:
+            for _ in range(5):
+                s = socket.socket()
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+                s.connect(("127.0.0.1", port))
+                s.sendall(request * 6)
+                stalled.append(s)
+            deadline = time.monotonic() + 30  # a scrape takes a slot: it evicts one of the five once all stall
+            while _metric(srv, "postemb_http_connections_stalled") < 4:
+                assert time.monotonic() < deadline, "the clients' answers never stalled"
+                time.sleep(0.2)
+            probe = httpx.get(srv.url + "/health", timeout=5, headers={"Connection": "close"})
+            assert probe.status_code == 200, probe.text[:300]
+            assert _metric(srv, "postemb_http_connections_closed_total", reason="evicted") >= 1
+            deadline = time.monotonic() + BODY_TIMEOUT_S + 10
+            while _metric(srv, "postemb_http_connections_closed_total", reason="send_timeout") < 1:
+                assert time.monotonic() < deadline, "no stalled connection was closed after body_timeout_s"
+                time.sleep(0.5)
+            deadline = time.monotonic() + BODY_TIMEOUT_S + 10
+            while _metric(srv, "postemb_http_connections") > 1 or _metric(srv, "postemb_http_connections_stalled"):
+                assert time.monotonic() < deadline, "stalled connections are still open"  # 1: the scrape's own
+                time.sleep(0.5)
+        finally:
+            for s in stalled:
+                s.close()
