@@ -198,8 +198,14 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
                 req = parse(DecodeRequest, json_object(body), cfg)
                 enc = rt.require_encoder()
                 ids = req.ids if isinstance(req.ids[0], list) else [req.ids]
-                try:
-                    texts = enc.tokenizer.decode(ids, req.skip_special_tokens)
+                total = sum(map(len, ids))
+                for n, limit, what, name in ((len(ids), cfg.max_inputs, "lists", "max_inputs"),
+                                             (total, cfg.max_queued_tokens, "ids in all", "max_queued_tokens")):
+                    if n > limit:
+                        raise ApiError(413, f"`ids` holds {n} {what}, more than {name} ({limit}). Fix: split the "
+                                            "request.", param="ids", code=name, limit=limit, given=n)
+                try:  # off the event loop, as tokenization: a big batch must not stall the probes
+                    texts = await rt.off_loop(enc.tokenizer.decode, ids, req.skip_special_tokens)
                 except ValidationError as exc:
                     raise ApiError(422, str(exc), param="ids", code="invalid_value") from None
         except ApiError as err:

@@ -97,6 +97,9 @@ def test_tokenize_and_decode(client, server_encoder):
         "[CLS] hello world [SEP]", "hello"]
     bad = client.post("/decode", json={"ids": [10**9]})
     assert bad.status_code == 422 and bad.json()["error_type"] == "Validation" and "ids[0]" in bad.json()["error"]
+    many = client.post("/decode", json={"ids": [ids] * (LIMITS["max_inputs"] + 1)})  # as TEI: a batch limit
+    assert many.status_code == 413 and many.json()["error_type"] == "Validation"
+    assert f"more than max_inputs ({LIMITS['max_inputs']})" in many.json()["error"]
 
 
 def test_info_has_tei_fields_and_ours(client, server_encoder):
