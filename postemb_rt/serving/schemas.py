@@ -328,7 +328,7 @@ def body_doc(model: type[BaseModel]) -> dict:
 def json_object(body: bytes) -> dict:
     """The request body (bytes, read by ``auth.Admission``) as a JSON object; 422 if it is not one."""
     try:
-        obj = json.loads(body)
+        obj = json.loads(body, parse_constant=_not_json)  # NaN / Infinity: Python reads them, JSON has none
     except RecursionError:
         raise ApiError(422, "The request body nests JSON too deeply.", param="body", code="invalid_json") from None
     except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
@@ -338,3 +338,7 @@ def json_object(body: bytes) -> dict:
         raise ApiError(422, f"The request body must be a JSON object. Given: {type_name(obj)}.", param="body",
                        code="invalid_type")
     return obj
+
+
+def _not_json(name: str):
+    raise ValueError(f"{name} is not a JSON value (JSON has no NaN or Infinity)")

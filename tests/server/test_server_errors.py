@@ -22,6 +22,8 @@ BAD_BODIES = [
     ("/v1/embeddings", b"\xff\xfe not utf-8", 422, "body", "invalid_json"),
     ("/v1/embeddings", b"[" * 5000 + b"]" * 5000, 422, "body", "invalid_json"),
     ("/v1/embeddings", b"", 422, "body", "invalid_json"),
+    ("/v1/embeddings", b'{"input": "a", "dimensions": NaN}', 422, "body", "invalid_json"),  # Python reads it
+    ("/v1/embeddings", b'{"input": "a", "dimensions": -Infinity}', 422, "body", "invalid_json"),
     ("/v1/embeddings", ["a"], 422, "body", "invalid_type"),
     ("/v1/embeddings", {"model": "base"}, 422, "input", "missing_field"),
     ("/v1/embeddings", {"input": None}, 422, "input", "invalid_type"),
