@@ -27,7 +27,8 @@ log = logging.getLogger("postemb_rt.server")
 RENDER_INLINE_VALUES = 16_384  # answers with more numbers are JSON-encoded off the event loop
 _ERRORS = {
     401: "missing or wrong API key (`Authorization: Bearer <key>`)",
-    404: "model_not_found: the request's `model` is none of the served models (a server with several)",
+    404: "model_not_found: the request's `model` is none of the served models (a server with several; on "
+         "/v1/models/{model}, any server)",
     408: "the request body did not arrive within body_timeout_s (the connection is closed)",
     413: "a size limit: body bytes, inputs per request, characters per post, or max_queued_tokens",
     422: "malformed JSON, a wrong type, an empty list, an unknown field, or too long with truncate: false",
@@ -182,9 +183,16 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
     async def v1_models():  # OpenAI clients and tools list models before using one
         for m in models.runtimes:  # 503 until every model is loaded (an unnamed one's name is its version)
             m.require_encoder()
-        data = [{"id": m.name, "object": "model", "created": int(m.started), "owned_by": "postemb_rt"}
-                for m in models.runtimes]
-        return json_response(200, {"object": "list", "data": data})
+        return json_response(200, {"object": "list", "data": [_model_card(m) for m in models.runtimes]})
+
+    @app.get("/v1/models/{model:path}", response_class=Response, responses=_responses(*KEYED, 404, 503))
+    async def v1_model(model: str):  # OpenAI's models.retrieve: the served name, exactly
+        for m in models.runtimes:
+            m.require_encoder()
+            if m.name == model:
+                return json_response(200, _model_card(m))
+        raise ApiError(404, f"The model {model!r} does not exist on this server. Served models: {models.names()}.",
+                       param="model", code="model_not_found")
 
     async def health():
         return json_response(200, {"status": "ok"})
@@ -255,3 +263,8 @@ def app_from_env():
     models.on_fatal = stop_everything
     models.on_loaded = lambda: print(f"postemb serve: worker {os.getpid()} ready: {models.summary()}", flush=True)
     return app
+
+
+def _model_card(m) -> dict:
+    """One served model as OpenAI's ``/v1/models`` lists it."""
+    return {"id": m.name, "object": "model", "created": int(m.started), "owned_by": "postemb_rt"}

@@ -54,8 +54,9 @@ def check_texts(value, field: str, cfg: ServeConfig) -> list[str]:
                        given=len(value))
     for i, t in enumerate(value):
         if not isinstance(t, str):
-            hint = (" Token-id arrays are not supported: send text." if isinstance(t, (int, list)) and
-                    not isinstance(t, bool) else "")
+            hint = (" Token-id arrays are not supported (an OpenAI client's are its own tokenizer's ids, not this "
+                    "model's): send text; LangChain's OpenAIEmbeddings: check_embedding_ctx_length=False."
+                    if isinstance(t, (int, list)) and not isinstance(t, bool) else "")
             raise ApiError(422, f"`{field}[{i}]` must be a string. Given: {type_name(t)} {given(t)}.{hint}",
                            param=f"{field}[{i}]", code="invalid_type")
         if len(t) > cfg.max_input_chars:

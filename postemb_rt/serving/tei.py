@@ -211,3 +211,17 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
         except ApiError as err:
             return tei_error(err)
         return json_response(200, texts)
+
+    # TEI serves these for every model; for an embedding model they answer its 424 model-type error,
+    # which TEI clients parse (a 404 in our shape would not tell them why)
+    for path, kind in (("/rerank", "re-ranker"), ("/predict", "classifier")):
+        wrong = {424: {"description": f"Backend: this server serves embedding models, not {kind} models (TEI's "
+                                      "answer)", "model": TeiErrorResponse}, **{c: responses[c] for c in keyed}}
+        app.add_api_route(path, _wrong_model_type(kind), methods=["POST"], response_class=Response, responses=wrong,
+                          name=f"tei{path.replace('/', '_')}")
+
+
+def _wrong_model_type(kind: str):
+    async def answer():
+        return json_response(424, {"error": f"model is not a {kind} model", "error_type": "Backend"})
+    return answer

@@ -86,6 +86,9 @@ def test_an_unknown_model_is_openais_404_model_not_found(two_models, oai, encode
 def test_v1_models_ready_info_and_metrics_name_every_model(two_models, oai, encoders):
     names = [encoders["base"].model_version, "small"]
     assert [m.id for m in oai.models.list()] == names
+    assert [oai.models.retrieve(n).id for n in names] == names  # OpenAI's models.retrieve
+    with pytest.raises(openai.NotFoundError, match=r"'default' does not exist on this server"):
+        oai.models.retrieve("default")
     ready = httpx.get(two_models.url + "/ready").json()
     assert ready == {"status": "ready", "model": names[0], "models": names}
     info = httpx.get(two_models.url + "/info", headers=AUTH).json()

@@ -193,3 +193,13 @@ def test_chunk_mode_errors_name_the_requests_own_field():
             assert f"`{name}` needs" in msg and f"max_chunks ({DEFAULT_MAX_CHUNKS})" in msg, msg
         ok = c.post("/similarity", json={"inputs": {"source_sentence": huge, "sentences": [huge, "b"]}})
         assert ok.status_code == 200 and ok.json()[0] == pytest.approx(1, abs=1e-5)
+
+
+def test_rerank_and_predict_answer_teis_model_type_error(client, main_server):
+    """TEI serves /rerank and /predict for every model; for an embedding model it answers 424 Backend
+    "model is not a re-ranker / classifier model" (a TEI client reads why), behind the API key."""
+    for path, body, kind in (("/rerank", {"query": "a", "texts": ["b"]}, "re-ranker"),
+                             ("/predict", {"inputs": "a"}, "classifier")):
+        r = client.post(path, json=body)
+        assert r.status_code == 424 and r.json() == {"error": f"model is not a {kind} model", "error_type": "Backend"}
+        assert httpx.post(main_server.url + path, json=body, timeout=10).status_code == 401  # no key
