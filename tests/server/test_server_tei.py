@@ -62,7 +62,8 @@ def test_truncation_direction_left_keeps_the_end(client, server_encoder):
     ({"inputs": [LONG], "truncate": False}, 413, "Validation", "max_length"),
     ({"inputs": ["a"] * (LIMITS["max_inputs"] + 1)}, 413, "Validation", "max_inputs"),
     ({"inputs": []}, 400, "Empty", "at least one"),
-    ({"inputs": "a", "prompt_name": "no-such-prompt"}, 422, "Validation", "prompt_name"),
+    ({"inputs": "a", "prompt_name": "no-such-prompt"}, 422, "Validation",
+     "prompts ['document', 'query']. Given: 'no-such-prompt'."),  # nothing about `prompt`, which no route takes
     ({"inputs": "a", "dimensions": 7}, 422, "Validation", "dimensions"),
     ({"inputs": "a", "normalize": "yes"}, 422, "Validation", "normalize"),
     ({"inputs": "a", "encoding": "int8"}, 422, "Validation", "/embed_full"),
