@@ -63,7 +63,7 @@ def test_truncation_direction_left_keeps_the_end(client, server_encoder):
     ({"inputs": ["a"] * (LIMITS["max_inputs"] + 1)}, 413, "Validation", "max_inputs"),
     ({"inputs": []}, 400, "Empty", "at least one"),
     ({"inputs": "a", "prompt_name": "no-such-prompt"}, 422, "Validation",
-     "prompts ['document', 'query']. Given: 'no-such-prompt'."),  # nothing about `prompt`, which no route takes
+     "prompts ['document', 'query']. Given: 'no-such-prompt'."),
     ({"inputs": "a", "dimensions": 7}, 422, "Validation", "dimensions"),
     ({"inputs": "a", "normalize": "yes"}, 422, "Validation", "normalize"),
     ({"inputs": "a", "encoding": "int8"}, 422, "Validation", "/embed_full"),
@@ -72,6 +72,12 @@ def test_errors_are_tei_shaped_with_tei_status(client, body, status, error_type,
     r = client.post("/embed", json=body)
     assert r.status_code == status and r.json()["error_type"] == error_type, r.text[:300]
     assert words in r.json()["error"]
+
+
+def test_an_unknown_prompt_name_is_not_told_to_use_prompt_which_no_route_takes(client):
+    for path, body in (("/embed", {"inputs": "a"}), ("/v1/embeddings", {"input": "a"})):
+        r = client.post(path, json={**body, "prompt_name": "no-such-prompt"})
+        assert r.status_code == 422 and "`prompt`" not in r.text and "no-such-prompt" in r.text, r.text
 
 
 def test_unknown_fields_are_ignored_as_tei_does(client):
