@@ -56,7 +56,7 @@ def config_from_args(args):
                       max_batch_size=args.max_batch_size, max_wait_us=args.max_wait_us,
                       batch_overhead_tokens=args.batch_overhead_tokens,
                       request_timeout_s=args.request_timeout, drain_timeout_s=args.drain_timeout,
-                      long_posts=args.long_posts)
+                      long_posts=args.long_posts, cors_origins=args.cors_origin)
     for name in ("max_inputs", "max_input_chars", "max_body_bytes", "max_concurrent_requests", "max_queued_tokens",
                  "max_batch_size", "max_connections"):
         if getattr(cfg, name) < 1:
@@ -245,6 +245,9 @@ def register(sub) -> None:
     p.add_argument("--api-key", default=os.environ.get("POSTEMB_API_KEY"),
                    help="require `Authorization: Bearer KEY` (default: $POSTEMB_API_KEY; the environment keeps "
                         "it out of `ps`)")
+    p.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
+                   help="a browser origin allowed to call the API (CORS), e.g. https://app.example.com; repeatable; "
+                        "'*' allows any (default: none: browsers on other origins are refused)")
     p.add_argument("--max-inputs", type=int, default=256, help="posts per request (default: 256)")
     p.add_argument("--max-input-chars", type=int, default=16_384, help="characters per post (default: 16384)")
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request body bytes (default: 4 MiB)")

@@ -37,6 +37,8 @@ class ServeConfig:
     request_timeout_s: float = 30.0  # a request still queued after this is a 503
     drain_timeout_s: float = 30.0  # SIGTERM: in-flight requests get this long to finish
     long_posts: str = "truncate"  # /embed_full's and /embed's default: "truncate" or "chunk" (postemb_rt.long_posts)
+    # browser origins allowed to call the API (CORS; "*": any); None: no CORS headers, browsers refuse
+    cors_origins: list[str] | None = None
 
     def __post_init__(self):
         if self.api_key is not None:

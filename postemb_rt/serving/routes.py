@@ -236,6 +236,12 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
 
     tei.add_routes(app, cfg, rt, admission, _render, KEYED)
     app.add_middleware(Gate, runtime=rt, metrics=metrics)
+    if cfg.cors_origins:  # outside the Gate (added last): a browser's preflight carries no API key
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST", "HEAD"],
+                           allow_headers=["authorization", "content-type"],
+                           expose_headers=[TRUNCATED_HEADER, "X-Compute-Tokens", "Retry-After"])
     return app
 
 

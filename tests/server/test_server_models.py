@@ -286,3 +286,27 @@ def test_tei_dimensions_serves_a_declared_prefix(encoders):
         refused = c.post("/embed", json={"inputs": TEXTS, "dimensions": 12})
         assert refused.status_code == 422 and refused.json()["error_type"] == "Validation"
         assert "[8, 16, 32, 50]" in refused.json()["error"]
+
+
+def test_cors_is_off_by_default_and_answers_preflights_before_the_key_when_on(fake_loads):
+    """--cors-origin: a browser app on that origin may call the API (its preflight carries no key, so
+    it is answered before the API key check); another origin gets no CORS headers; without the flag,
+    none at all (browsers refuse cross-origin calls)."""
+    from starlette.testclient import TestClient
+
+    pre = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+           "Access-Control-Request-Headers": "authorization,content-type"}
+    with TestClient(create_app(ServeConfig(model="m", api_key=API_KEY))) as c:
+        assert "access-control-allow-origin" not in c.options("/v1/embeddings", headers=pre).headers
+    app = create_app(ServeConfig(model="m", api_key=API_KEY, cors_origins=["https://app.example"]))
+    with TestClient(app) as c:
+        _wait(lambda: app.state.runtime.ready, "the model to load")
+        r = c.options("/v1/embeddings", headers=pre)
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+        assert "authorization" in r.headers["access-control-allow-headers"].lower()
+        ok = c.get("/v1/models", headers={"Origin": "https://app.example", **AUTH})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://app.example"
+        assert "x-truncated-inputs" in ok.headers["access-control-expose-headers"].lower()
+        assert c.get("/v1/models", headers={"Origin": "https://app.example"}).status_code == 401  # still keyed
+        other = c.options("/v1/embeddings", headers={**pre, "Origin": "https://evil.example"})
+        assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
