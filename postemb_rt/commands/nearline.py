@@ -136,8 +136,8 @@ def run(args) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     print(f"postemb nearline: consumer {worker.consumer!r} of group {args.group!r} reading stream "
-          f"{args.posts_stream!r} on redis {where}; model {encoder.model_version}, vectors {encoder.vector_version}; SIGTERM "
-          "finishes the batch in hand, then exits", flush=True)
+          f"{args.posts_stream!r} on redis {where}; model {encoder.model_version}, vectors "
+          f"{encoder.vector_version}; SIGTERM finishes the batch in hand, then exits", flush=True)
     try:
         return worker.run(max_events=args.max_events)
     except nearline.ModelTimeoutError as exc:
@@ -163,12 +163,12 @@ def _preflight(client, where: str, must_answer: bool) -> None:
     try:
         client.ping()
     except redis.RedisError as exc:
+        why = f"{type(exc).__name__}: {str(exc).rstrip('.')}"
         if refused_everything(exc):
-            raise StoreError(f"redis {where} refused the credentials: {type(exc).__name__}: {str(exc).rstrip('.')}. "
-                             f"Fix: {fix_hint(exc)}") from None
+            raise StoreError(f"redis {where} refused the credentials: {why}. Fix: {fix_hint(exc)}") from None
         if must_answer:
-            raise StoreError(f"redis {where} does not answer: {type(exc).__name__}: {str(exc).rstrip('.')}. Fix: start it, or "
-                             "point --redis (or $POSTEMB_REDIS) at the right one.") from None
+            raise StoreError(f"redis {where} does not answer: {why}. Fix: start it, or point --redis (or "
+                             "$POSTEMB_REDIS) at the right one.") from None
         log.warning("redis %s does not answer yet (%s: %s); the worker starts and retries until it does",
                     where, type(exc).__name__, exc)
 

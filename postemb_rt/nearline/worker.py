@@ -154,8 +154,9 @@ class Worker(StoreMixin, ModelMixin):
     def run(self, max_events: int | None = None) -> int:
         """Process until :meth:`stop` (or ``max_events`` handled: stored, rewritten or
         dead-lettered). Returns 0. Raises :class:`~.store.StoreError` when Redis refuses a
-        write for every post or refuses the worker (credentials, permissions), :class:`ModelTimeoutError` when a model call hangs (then this
-        worker cannot run again: exit the process)."""
+        write for every post or refuses the worker (credentials, permissions),
+        :class:`ModelTimeoutError` when a model call hangs (then this worker cannot run again:
+        exit the process)."""
         if self._model_hung:
             raise ModelTimeoutError("this worker's model thread is still stuck in a call that ran past "
                                     f"`model_timeout_s` ({self.model_timeout_s} s). Fix: exit the process and "
@@ -181,8 +182,8 @@ class Worker(StoreMixin, ModelMixin):
                     break
                 except Exception as exc:
                     if refused_everything(exc):  # credentials or permissions: no retry can cure it
-                        raise StoreError(f"redis refused the worker: {type(exc).__name__}: {str(exc).rstrip('.')}. Nothing was "
-                                         f"acknowledged. Fix: {fix_hint(exc)}") from exc
+                        raise StoreError(f"redis refused the worker: {type(exc).__name__}: {str(exc).rstrip('.')}. "
+                                         f"Nothing was acknowledged. Fix: {fix_hint(exc)}") from exc
                     if not transient(exc):
                         raise
                     self._group_ready = False
