@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import logging
 import time
+import uuid
 from contextlib import asynccontextmanager
 
 from .errors import CLIENT_CLOSED, ApiError, error_response
@@ -17,7 +18,9 @@ log = logging.getLogger("postemb_rt.server")
 OPEN_PATHS = frozenset({"/health", "/ready", "/ping"})  # no API key needed (probes)
 OPEN_GET_PATHS = frozenset({"/"})  # probes only when read (GET, HEAD): POST / embeds, behind the key
 ROUTES = ("/v1/embeddings", "/embeddings", "/v1/models", "/embed", "/embed_full", "/", "/invocations", "/similarity",
-          "/tokenize", "/decode", "/health", "/ready", "/ping", "/info", "/metrics", "/openapi.json", "/docs")
+          "/tokenize", "/decode", "/rerank", "/predict", "/health", "/ready", "/ping", "/info", "/metrics",
+          "/openapi.json", "/docs")
+REQUEST_ID = b"x-request-id"  # echoed on every answer (a new one when the client sent none or a malformed one)
 
 
 CLOSE = {"Connection": "close"}  # answers sent before the body was read: the connection cannot be reused
@@ -119,13 +122,17 @@ class Gate:
         path = scope["path"]
         probe = path in OPEN_GET_PATHS and scope["method"] in ("GET", "HEAD")
         route = "GET /" if probe else path if path in ROUTES else "other"  # probes of / apart from POST / (embeds)
+        if route == "other" and path.startswith("/v1/models/"):
+            route = "/v1/models/{model}"
         start = time.perf_counter()
         status, gone = 500, False
+        request_id = _request_id(scope)
 
         async def send_status(msg):
             nonlocal status
             if msg["type"] == "http.response.start":
                 status = msg["status"]
+                msg = {**msg, "headers": [*msg.get("headers", []), (REQUEST_ID, request_id)]}
             await send(msg)
 
         async def receive_watch():
@@ -148,3 +155,12 @@ class Gate:
                 log.info("client disconnected before the answer to %s %s (499)", scope.get("method"), path)
             self.metrics.requests.labels(route, str(status)).inc()
             self.metrics.latency.labels(route).observe(time.perf_counter() - start)
+
+
+def _request_id(scope) -> bytes:
+    """The client's X-Request-ID when it is 1-128 visible ASCII characters, else a new random one:
+    echoed on the answer, so a client or proxy can match the two in its logs."""
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID and 0 < len(value) <= 128 and all(33 <= c <= 126 for c in value):
+            return value
+    return uuid.uuid4().hex.encode()

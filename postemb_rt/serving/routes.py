@@ -201,7 +201,7 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         app.add_api_route(path, health, methods=["GET", "HEAD"], response_class=Response, responses=_responses(),
                           name=f"health{path.replace('/', '_')}")
 
-    @app.get("/ready", response_class=Response, responses=_responses(503))
+    @app.api_route("/ready", methods=["GET", "HEAD"], response_class=Response, responses=_responses(503))
     async def ready():
         # Unauthenticated: a reason code only; the details are in the log (and /info, with the key).
         # 200 only when every model is loaded, warmed up and healthy.
@@ -221,7 +221,7 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
                                            "workers_ready": ready_workers, "workers": workers}, {"Retry-After": "1"})
         return json_response(200, {"status": "ready", "model": rt.name, "models": models.names()})
 
-    @app.get("/info", response_class=Response, responses=_responses(*KEYED))
+    @app.api_route("/info", methods=["GET", "HEAD"], response_class=Response, responses=_responses(*KEYED))
     async def info():  # ours and text-embeddings-inference's fields, of the default model; then every model
         out = {**rt.info(), **tei.info_fields(rt), "ready": models.loaded, "limits": cfg.public(),
                "models": models.describe()}
@@ -229,7 +229,7 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
             out["load_error"] = models.load_error
         return json_response(200, out)
 
-    @app.get("/metrics", response_class=Response, responses=_responses(
+    @app.api_route("/metrics", methods=["GET", "HEAD"], response_class=Response, responses=_responses(
         *KEYED, ok={CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}))
     async def prometheus_metrics():
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

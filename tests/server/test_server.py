@@ -181,6 +181,24 @@ def test_api_key_is_required_except_for_probes(main_server, headers):
         assert httpx.head(main_server.url + path, headers=headers).status_code == 200, path
     metrics = httpx.get(main_server.url + "/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
     assert 'postemb_http_requests_total{route="GET /",status="200"}' in metrics  # apart from POST / (embeds)
+    assert httpx.head(main_server.url + "/ready", headers=headers).status_code == 200  # HEAD on every GET probe
+    for path in ("/info", "/metrics"):
+        assert httpx.head(main_server.url + path, headers=headers).status_code == 401
+        assert httpx.head(main_server.url + path, headers={"Authorization": f"Bearer {API_KEY}"}).status_code == 200
+
+
+def test_every_answer_carries_a_request_id(main_server, client):
+    """X-Request-ID: the client's own echoed (1-128 visible ASCII characters), else a new one per
+    request; on errors, probes and 401s too, so a client and the server's log can be matched."""
+    mine = client.post("/v1/embeddings", json={"input": "a"}, headers={"X-Request-ID": "trace-42/a.b"})
+    assert mine.status_code == 200 and mine.headers["x-request-id"] == "trace-42/a.b"
+    new = [client.post("/v1/embeddings", json={"input": []}).headers["x-request-id"],  # a 422
+           httpx.get(main_server.url + "/health").headers["x-request-id"],
+           httpx.post(main_server.url + "/embed", json={"inputs": "a"}).headers["x-request-id"]]  # a 401
+    assert all(len(r) == 32 and int(r, 16) >= 0 for r in new) and len(set(new)) == 3
+    for bad in ("has space", "x" * 129, ""):
+        got = client.get("/info", headers={"X-Request-ID": bad}).headers["x-request-id"]
+        assert got != bad and len(got) == 32
 
 
 def test_native_chunk_mode_embeds_long_posts_whole(client, server_encoder):
