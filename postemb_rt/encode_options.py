@@ -10,7 +10,8 @@ quantizes and converts. The rules (README "Encoding semantics"):
   = the model's. Both given and disagreeing (``normalize=False, normalize_embeddings=True``, or
   ``normalize=True, normalize_embeddings=False``) is an error.
 - ``truncate_dim``: the model's dim, or a prefix it declares (``matryoshka_dims`` in
-  postemb.json); any other value is refused. The first ``truncate_dim`` components are kept
+  postemb.json); any other value is refused. None: the encoder's ``truncate_dim`` (set at load,
+  as sentence-transformers' ``SentenceTransformer(..., truncate_dim=k)``), else the full dim. The first ``truncate_dim`` components are kept
   **before** normalisation and the prefix is normalised again (when the output is normalised),
   so rows stay unit vectors: sentence-transformers with ``normalize_embeddings=True``; without
   it, sentence-transformers slices after its Normalize module (rows shorter than 1, same cosines).
@@ -93,6 +94,8 @@ def resolve(encoder, *, prompt_name=None, prompt=None, normalize=None, normalize
             "sentence-transformers' name; False there means 'as the model computes', not 'raw').")
     if normalize is None:
         normalize = True if normalize_embeddings else model.normalize
+    if truncate_dim is None:  # the encoder's own default (from_pretrained(truncate_dim=k)), if any
+        truncate_dim = getattr(encoder, "truncate_dim", None)
     k = check_truncate_dim(encoder, truncate_dim) or encoder.dim
     precision = quantization.check_precision(precision)
     text = prompts.resolve(model, prompt=prompt, prompt_name=prompt_name)

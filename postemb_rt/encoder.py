@@ -65,12 +65,14 @@ class Encoder(SentenceTransformerAPI):
         self._batcher_closed = False
         self.fidelity: Fidelity | None = None  # measured fidelity of a fast CPU precision to fp32
         self.precision_reason = "exact" if backend.precision == "fp32" else "asked for"  # "auto": what it tried
+        self.truncate_dim: int | None = None  # from_pretrained(truncate_dim=k): encode/submit's default prefix
 
     @classmethod
     def from_pretrained(cls, name_or_path="default", backend: str = "auto", device: str = "auto",
                         precision: str = "fp32", max_length: int | None = None,
                         max_batch_tokens: int | None = None, warmup: bool = True, long_posts: str = "truncate",
-                        chunk_overlap: int | None = None, max_chunks: int = lp.DEFAULT_MAX_CHUNKS) -> "Encoder":
+                        chunk_overlap: int | None = None, max_chunks: int = lp.DEFAULT_MAX_CHUNKS,
+                        truncate_dim: int | None = None) -> "Encoder":
         """Load a model.
 
         name_or_path: "default" (the shipped post-embedding model), "base" (the pre-trained
@@ -95,10 +97,13 @@ class Encoder(SentenceTransformerAPI):
             window), at most ``max_chunks`` of them, combined by their token-weighted mean; see
             postemb_rt.long_posts). The default of
             ``encode`` / ``submit`` / ``aencode``, which can override it per call.
+        truncate_dim: a nested prefix the model declares (sentence-transformers' ``truncate_dim``): what
+            ``encode`` and ``submit`` return by default, and the vectors' version (``@<k>``).
         """
         if precision not in PRECISIONS:
             raise ValidationError(f"`precision` must be one of {PRECISIONS}. Given: {precision!r}.")
         md = resolve(name_or_path)
+        k = eo.check_truncate_dim(md.config, truncate_dim)  # refused before the model loads; None: full
         device = backends.resolve_device(device)
         if max_length is not None and not (2 <= max_length <= md.config.max_length):
             raise ValidationError(
@@ -107,14 +112,15 @@ class Encoder(SentenceTransformerAPI):
             )
         options = dict(max_length=max_length, max_batch_tokens=max_batch_tokens, warmup=warmup,
                        long_posts=long_posts, chunk_overlap=chunk_overlap, max_chunks=max_chunks)
-        if precision != "auto":
-            return cls._load(md, backend, device, precision, None, **options)
-        candidates, why = backends.precision_candidates(md, device, backend)
+        if precision == "auto":
+            candidates, why = backends.precision_candidates(md, device, backend)
+        else:
+            candidates, why = [precision], None  # a named precision: its own reason ("exact" / "asked for")
         tried = []
         for p in candidates:
             try:
-                enc = cls._load(md, backend, device, p, why + (f"; not offered here: {'; '.join(tried)}" if tried else ""),
-                                **options)
+                enc = cls._load(md, backend, device, p, why and why + (f"; not offered here: {'; '.join(tried)}"
+                                                                        if tried else ""), **options)
             except (FidelityError, BackendUnavailableError) as e:
                 if p == candidates[-1]:
                     raise
@@ -122,9 +128,10 @@ class Encoder(SentenceTransformerAPI):
                 log.warning("precision='auto': %s is not offered here (%s); trying %s", p, e,
                             candidates[candidates.index(p) + 1])
                 continue
-            log.info("precision='auto' chose %r on backend %r: %s", p, enc.backend.name, enc.precision_reason)
+            if why:
+                log.info("precision='auto' chose %r on backend %r: %s", p, enc.backend.name, enc.precision_reason)
+            enc.truncate_dim = k  # after the fidelity check, which compares full vectors
             return enc
-        raise AssertionError("unreachable: the last candidate returns or raises")
 
     @classmethod
     def _load(cls, md: ModelDir, backend: str, device: str, precision: str, precision_reason: str | None, *,
@@ -170,7 +177,7 @@ class Encoder(SentenceTransformerAPI):
     @property
     def vector_version(self) -> str:
         """model_dir.vector_version of this encoder's vectors: what a store, output or server records."""
-        return self.vector_version_at(None)
+        return self.vector_version_at(self.truncate_dim)
 
     def vector_version_at(self, truncate_dim: int | None) -> str:
         """:attr:`vector_version` of this encoder's vectors cut to ``truncate_dim`` (a nested prefix it
@@ -386,20 +393,23 @@ class Encoder(SentenceTransformerAPI):
         mode = lp.check_mode(long_posts or self.long_posts)
         if not texts:
             fut: Future = Future()
-            fut.set_result(np.empty((0, self.dim), dtype=np.float32))
+            fut.set_result(np.empty((0, self.truncate_dim or self.dim), dtype=np.float32))
             return fut
         if mode == "truncate":
             tok = self.tokenizer(texts, truncate=truncate)
             self._warn_truncated(len(tok.truncated), len(texts), mode)
-            return self.batcher.submit(tok.ids, timeout=timeout, squeeze=single)
-        chunks = lp.split(self.tokenizer.windows(texts, self.chunk_overlap), self.max_chunks, truncate)
-        self._warn_truncated(len(chunks.truncated), len(texts), mode)
-        if not chunks.windows:
-            return self.batcher.submit(chunks.single_ids, timeout=timeout, squeeze=single)
-        parts = [self._window_batcher().submit(chunks.windows, timeout=timeout)]
-        if chunks.singles:
-            parts.append(self.batcher.submit(chunks.single_ids, timeout=timeout))
-        return gather(parts, lambda res: self._assemble(res, chunks, len(texts), single))
+            fut = self.batcher.submit(tok.ids, timeout=timeout, squeeze=single)
+        else:
+            chunks = lp.split(self.tokenizer.windows(texts, self.chunk_overlap), self.max_chunks, truncate)
+            self._warn_truncated(len(chunks.truncated), len(texts), mode)
+            if not chunks.windows:
+                fut = self.batcher.submit(chunks.single_ids, timeout=timeout, squeeze=single)
+            else:
+                parts = [self._window_batcher().submit(chunks.windows, timeout=timeout)]
+                if chunks.singles:
+                    parts.append(self.batcher.submit(chunks.single_ids, timeout=timeout))
+                fut = gather(parts, lambda res: self._assemble(res, chunks, len(texts), single))
+        return fut if self.truncate_dim is None else gather([fut], lambda res: self._prefix(res[0]))
 
     def _assemble(self, results, chunks, n: int, single: bool) -> np.ndarray:
         out = np.empty((n, self.dim), dtype=np.float32)

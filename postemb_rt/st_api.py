@@ -1,14 +1,16 @@
 """The rest of sentence-transformers' ``SentenceTransformer`` API on ``Encoder``, so code written
 for it runs unchanged: ``similarity`` / ``similarity_pairwise`` with ``similarity_fn_name``,
-``get_sentence_embedding_dimension``, ``max_seq_length``, ``encode_query`` / ``encode_document``.
+``get_sentence_embedding_dimension``, ``truncate_embeddings`` (with ``from_pretrained(truncate_dim=)``),
+``max_seq_length``, ``encode_query`` / ``encode_document``.
 (``encode``'s own keyword arguments are in ``encode_options``.) Each method has
 sentence-transformers' meaning and return type (torch tensors for scores).
 """
 from __future__ import annotations
 
-from .errors import ValidationError
+from contextlib import contextmanager
 
-SIMILARITY_FNS = ("cosine", "dot", "euclidean", "manhattan")  # sentence-transformers' SimilarityFunction
+from .errors import ValidationError
+from .st_folder import SIMILARITY_FNS
 
 
 def _matrix(x, name: str):
@@ -91,10 +93,32 @@ class SentenceTransformerAPI:
                                   f"{b.shape[1]}. Fix: encode both with the same model and truncate_dim.")
 
     def get_sentence_embedding_dimension(self) -> int:
-        """The output dim (``dim``), as sentence-transformers names it."""
-        return self.dim
+        """The output dim, as sentence-transformers names it: ``truncate_dim`` when one is set, else ``dim``."""
+        return self.truncate_dim or self.dim
 
     get_embedding_dimension = get_sentence_embedding_dimension
+
+    @contextmanager
+    def truncate_embeddings(self, truncate_dim: int | None):
+        """sentence-transformers' context manager: inside it, ``encode`` and ``submit`` return the
+        ``truncate_dim`` prefix (None: the full dim) and ``vector_version`` says so."""
+        from .encode_options import check_truncate_dim
+
+        before, self.truncate_dim = self.truncate_dim, check_truncate_dim(self, truncate_dim)
+        try:
+            yield self
+        finally:
+            self.truncate_dim = before
+
+    def _prefix(self, vectors):
+        """``submit``'s full vectors (n, dim) or (dim,) -> their ``truncate_dim`` prefix, normalised
+        again when the model normalises (what ``encode`` returns at that prefix)."""
+        import numpy as np
+
+        from .encode_options import truncate
+
+        rows = truncate(np.atleast_2d(vectors), self.truncate_dim, self.model.config.normalize)
+        return rows[0] if vectors.ndim == 1 else rows
 
     @property
     def max_seq_length(self) -> int:

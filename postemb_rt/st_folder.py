@@ -39,7 +39,8 @@ from pathlib import Path
 from .durable import confined, read_json
 from .errors import ModelNotFoundError, ValidationError
 from .prompts import check_prompts
-from .st_api import SIMILARITY_FNS
+
+SIMILARITY_FNS = ("cosine", "dot", "euclidean", "manhattan")  # sentence-transformers' SimilarityFunction
 
 MODULES_FILE = "modules.json"
 ST_CONFIG_FILE = "sentence_bert_config.json"

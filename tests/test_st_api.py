@@ -105,3 +105,42 @@ def test_dimension_and_max_seq_length_as_sentence_transformers(enc, st):
     enc.submit(["a post"]).result()
     with pytest.raises(ValidationError, match=r"cannot change once submit\(\)/aencode\(\) started the batcher"):
         enc.max_seq_length = 32
+
+
+@pytest.fixture(scope="module")
+def mrl(tmp_path_factory):
+    """A normalising folder (dim 32) with a postemb.json declaring matryoshka_dims [8, 16]."""
+    norm = build_st_folder(tmp_path_factory.mktemp("stapi-mrl") / "norm")
+    (norm / "postemb.json").write_text(json.dumps(dict(model_version="tiny-mrl", hidden_size=32, pooling="mean",
+                                                       max_length=64, encoder=".", matryoshka_dims=[8, 16])))
+    return norm
+
+
+def test_truncate_dim_at_load_is_encode_and_submits_default_as_sentence_transformers(mrl, tmp_path, monkeypatch):
+    """from_pretrained(truncate_dim=16) (SentenceTransformer(..., truncate_dim=16)): encode, submit and
+    aencode return the re-normalised 16-d prefix, the version says @16, the getters say 16;
+    truncate_embeddings changes it for a block; an undeclared dim is refused before the model loads."""
+    import asyncio
+
+    monkeypatch.setenv("POSTEMB_CACHE", str(tmp_path / "cache"))
+    texts = SAMPLE_TEXTS[:5]
+    with Encoder.from_pretrained(mrl, backend="torch") as full, \
+            Encoder.from_pretrained(mrl, backend="torch", truncate_dim=16) as enc:
+        want = full.encode(texts, truncate_dim=16)
+        assert_exact(enc.encode(texts), want)
+        assert enc.encode(texts, truncate_dim=32).shape == (5, 32)  # a call's own dim still wins
+        assert_exact(enc.submit(texts).result(), want)
+        assert_exact(enc.submit(texts[0]).result()[None], want[:1])  # one str: (16,)
+        assert_exact(asyncio.run(enc.aencode(texts)), want)
+        assert enc.submit([]).result().shape == (0, 16)
+        chunked = enc.submit([LONG, "short"], long_posts="chunk").result()  # windows combined, then the prefix
+        assert_exact(chunked, full.encode([LONG, "short"], long_posts="chunk", truncate_dim=16))
+        assert enc.vector_version == full.vector_version + "@16" and enc.get_sentence_embedding_dimension() == 16
+        with enc.truncate_embeddings(8):
+            assert enc.encode(texts).shape == (5, 8) and enc.vector_version.endswith("@8")
+            assert_exact(enc.submit(texts).result(), full.encode(texts, truncate_dim=8))
+        with enc.truncate_embeddings(None):
+            assert enc.encode(texts).shape == (5, 32) and enc.vector_version == full.vector_version
+        assert enc.truncate_dim == 16 and full.truncate_dim is None
+    with pytest.raises(ValidationError, match=r"`truncate_dim` must be one of .*\[8, 16, 32\].*Given: 12"):
+        Encoder.from_pretrained(mrl, backend="torch", truncate_dim=12)

@@ -110,6 +110,8 @@ class Worker(StoreMixin, ModelMixin):
         # the model's prompts (postemb_rt.prompts): None for a duck-typed encoder without a config
         self._model_config = getattr(getattr(encoder, "model", None), "config", None)
         self.truncate_dim = None
+        if truncate_dim is None:  # the encoder's own default prefix (from_pretrained(truncate_dim=k)), if any
+            truncate_dim = getattr(encoder, "truncate_dim", None)
         if truncate_dim is not None and truncate_dim != encoder.dim:
             if self._model_config is None:
                 raise ValidationError(f"`truncate_dim` {truncate_dim!r}: this encoder ({type(encoder).__name__}) "

@@ -170,6 +170,9 @@ def test_a_nested_prefix_is_stored_under_its_own_vector_version(redis_server, re
     assert int(rows[0][b"dim"]) == 16 and not redis_client.exists(nearline.store_key(enc.model_version, "9000"))
     with pytest.raises(ValidationError, match=r"`truncate_dim` must be one of .*\[8, 16, 32, 50\].*Given: 12"):
         nearline.Worker(redis_client, enc, truncate_dim=12)
+    with enc.truncate_embeddings(16):  # the encoder's own default prefix: the same worker, the same version
+        again = nearline.Worker(redis_client, enc)
+        assert (again.vector_version, again.dim, again.truncate_dim) == (version, 16, 16)
 
 
 def test_reprocessing_is_an_idempotent_noop(redis_server, redis_client, nearline_encoder):
