@@ -197,7 +197,7 @@ class Encoder(SentenceTransformerAPI):
             "model_version": self.model_version,
             "vector_version": self.vector_version,
             "model_path": str(self.model.path),
-            "dim": self.dim,
+            "dim": self.dim, "truncate_dim": self.truncate_dim,  # encode's default prefix (None: the full dim)
             "pooling": cfg.pooling,
             "head": ", ".join(head) or "none",
             "normalize": cfg.normalize,

@@ -136,6 +136,7 @@ def test_truncate_dim_at_load_is_encode_and_submits_default_as_sentence_transfor
         chunked = enc.submit([LONG, "short"], long_posts="chunk").result()  # windows combined, then the prefix
         assert_exact(chunked, full.encode([LONG, "short"], long_posts="chunk", truncate_dim=16))
         assert enc.vector_version == full.vector_version + "@16" and enc.get_sentence_embedding_dimension() == 16
+        assert enc.describe()["truncate_dim"] == 16 and enc.describe()["vector_version"].endswith("@16")
         with enc.truncate_embeddings(8):
             assert enc.encode(texts).shape == (5, 8) and enc.vector_version.endswith("@8")
             assert_exact(enc.submit(texts).result(), full.encode(texts, truncate_dim=8))
