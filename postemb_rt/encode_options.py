@@ -12,8 +12,8 @@ quantizes and converts. The rules (README "Encoding semantics"):
 - ``truncate_dim``: the model's dim, or a prefix it declares (``matryoshka_dims`` in
   postemb.json); any other value is refused. None: the encoder's ``truncate_dim`` (set at load,
   as sentence-transformers' ``SentenceTransformer(..., truncate_dim=k)``), else the full dim.
-  The first ``truncate_dim`` components are kept **before** normalisation and the prefix is normalised again (when the output is normalised),
-  so rows stay unit vectors: sentence-transformers with ``normalize_embeddings=True``; without
+  The first ``truncate_dim`` components are kept **before** normalisation and the prefix is
+  normalised again (when the output is normalised), so rows stay unit vectors: sentence-transformers with ``normalize_embeddings=True``; without
   it, sentence-transformers slices after its Normalize module (rows shorter than 1, same cosines).
 - ``precision``: the output quantization (postemb_rt.quantization), not the compute precision.
 - ``device``: None, or the device the encoder was loaded on (an Encoder does not move).
