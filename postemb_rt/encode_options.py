@@ -13,8 +13,9 @@ quantizes and converts. The rules (README "Encoding semantics"):
   postemb.json); any other value is refused. None: the encoder's ``truncate_dim`` (set at load,
   as sentence-transformers' ``SentenceTransformer(..., truncate_dim=k)``), else the full dim.
   The first ``truncate_dim`` components are kept **before** normalisation and the prefix is
-  normalised again (when the output is normalised), so rows stay unit vectors: sentence-transformers with ``normalize_embeddings=True``; without
-  it, sentence-transformers slices after its Normalize module (rows shorter than 1, same cosines).
+  normalised again (when the output is normalised), so rows stay unit vectors:
+  sentence-transformers with ``normalize_embeddings=True``; without it, sentence-transformers
+  slices after its Normalize module (rows shorter than 1, same cosines).
 - ``precision``: the output quantization (postemb_rt.quantization), not the compute precision.
 - ``device``: None, or the device the encoder was loaded on (an Encoder does not move).
 - ``output_value``: "sentence_embedding" only.
