@@ -61,8 +61,8 @@ class ConnectionLimits:
 
 LIMITS = ConnectionLimits()
 # counters read by /metrics (postemb_http_connections*): one server per process
-STATS = {"open": 0, "stalled": 0, "evicted": 0, "refused": 0, "header_timeout": 0, "body_timeout": 0,
-         "send_timeout": 0, "accept_failed": 0}
+STATS = {"open": 0, "evicted": 0, "refused": 0, "header_timeout": 0, "body_timeout": 0, "send_timeout": 0,
+         "accept_failed": 0}
 _RECEIVING: dict = {}  # connections still receiving a request, oldest first (dicts keep insertion order)
 _STALLED: dict = {}  # connections whose client stopped reading its answer (writing paused), oldest first
 
@@ -183,9 +183,7 @@ class GuardedH11Protocol(H11Protocol):
         as fast as it is written. If it reads nothing more for body_timeout_s the connection is
         closed (nginx's send_timeout), and meanwhile it is the first to go when connections run out."""
         super().pause_writing()
-        if self not in _STALLED:
-            _STALLED[self] = None
-            STATS["stalled"] += 1
+        _STALLED[self] = None
         if self._send_timer is None:
             self._send_timer = self.loop.call_later(LIMITS.body_timeout_s, self._send_stalled)
 
@@ -194,8 +192,7 @@ class GuardedH11Protocol(H11Protocol):
         self._unstall()
 
     def _unstall(self) -> None:
-        if _STALLED.pop(self, False) is None:
-            STATS["stalled"] -= 1
+        _STALLED.pop(self, None)
         if self._send_timer is not None:
             self._send_timer.cancel()
             self._send_timer = None
@@ -259,6 +256,11 @@ class GuardedH11Protocol(H11Protocol):
         else:  # an idle connection that never sent a byte
             self.transport.close()
         self._set_phase(None)
+
+
+def counts() -> dict:
+    """``STATS`` and the connections stalled now (``postemb_http_connections_stalled``), for /metrics."""
+    return {**STATS, "stalled": len(_STALLED)}
 
 
 def _evict_oldest() -> bool:

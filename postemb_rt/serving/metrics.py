@@ -83,12 +83,12 @@ class BatcherCollector:
 
     def snapshot(self) -> dict:
         """This process's numbers, now (JSON-ready)."""
-        from .connections import STATS
+        from .connections import counts
 
         models = [{"name": name, "ready": float(rt.ready and rt.backend_error is None),
                    "stats": rt.batcher.stats() if rt.batcher is not None else None}
                   for rt, name in zip(self.models.runtimes, self.models.names())]
-        return {"pid": self.pid, "connections": dict(STATS), "models": models}
+        return {"pid": self.pid, "connections": counts(), "models": models}
 
     def _path(self, pid: int) -> str:
         return os.path.join(self.shared_dir, f"postemb-worker-{pid}.json")
