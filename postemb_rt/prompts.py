@@ -44,9 +44,11 @@ def model_prompts(config) -> dict[str, str]:
     return {**dict.fromkeys(BUILTIN_NAMES, ""), **(config.prompts or {})}
 
 
-def resolve(config, prompt: str | None = None, prompt_name: str | None = None) -> str:
+def resolve(config, prompt: str | None = None, prompt_name: str | None = None,
+            fix: str = "use one of those, or pass the text as `prompt`") -> str:
     """The prompt text to prepend ("" for none) for a call with these arguments on a model with
-    this PostEmbConfig; see the module docstring for the rule. Raises ValidationError."""
+    this PostEmbConfig; see the module docstring for the rule. Raises ValidationError; ``fix`` is
+    its advice for an unknown ``prompt_name`` (the HTTP routes take no ``prompt``)."""
     if prompt is not None and prompt_name is not None:
         raise ValidationError(
             f"give `prompt` or `prompt_name`, not both. Given: prompt={prompt!r}, prompt_name={prompt_name!r}. "
@@ -63,7 +65,7 @@ def resolve(config, prompt: str | None = None, prompt_name: str | None = None) -
         if name not in known:
             raise ValidationError(
                 f"`prompt_name` must be one of this model's prompts {sorted(known)}. Given: {name!r}. "
-                "Fix: use one of those, or pass the text as `prompt`.")
+                f"Fix: {fix}.")
         text = known[name]
     if text and not config.include_prompt:
         raise ValidationError(

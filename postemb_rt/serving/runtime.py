@@ -117,12 +117,8 @@ class Runtime:
         any) prepended, as ``Encoder.encode`` does (postemb_rt.prompts); 422 for an unknown name."""
         from .. import prompts
 
-        known = prompts.model_prompts(enc.model.config)
-        if prompt_name is not None and prompt_name not in known:  # the library's own error offers `prompt` too
-            raise ApiError(422, f"`prompt_name` must be one of this model's prompts {sorted(known)}. Given: "
-                                f"{prompt_name!r}.", param="prompt_name", code="invalid_value")
         try:
-            return prompts.apply(texts, prompts.resolve(enc.model.config, None, prompt_name))
+            return prompts.apply(texts, prompts.resolve(enc.model.config, None, prompt_name, fix="use one of those"))
         except ValidationError as exc:
             raise ApiError(422, str(exc), param="prompt_name", code="invalid_value") from None
 
