@@ -51,13 +51,10 @@ class Encoder(SentenceTransformerAPI):
         self.max_length = max_length or model.config.max_length
         self.max_batch_tokens = max_batch_tokens or backend.max_batch_tokens
         if self.max_batch_tokens < self.max_length:
-            raise ValidationError(
-                f"`max_batch_tokens` must be >= max_length ({self.max_length}). Given: {self.max_batch_tokens}."
-            )
-        self.tokenizer = PostTokenizer(model.tokenizer_path, self.max_length, lowercase=model.config.do_lower_case)
-        self.long_posts = lp.check_mode(long_posts)
-        self.chunk_overlap = lp.check_chunking(chunk_overlap, max_chunks, self.max_length, self.tokenizer.specials)
-        self.max_chunks = max_chunks
+            raise ValidationError(f"`max_batch_tokens` must be >= max_length ({self.max_length}). "
+                                  f"Given: {self.max_batch_tokens}.")
+        self.long_posts, self.max_chunks = lp.check_mode(long_posts), max_chunks
+        self._set_max_length(self.max_length, chunk_overlap)
         self.last_stats = EncodeStats()
         self._batcher: DynamicBatcher | None = None  # started by the first submit()/aencode()
         self._raw_batcher: DynamicBatcher | None = None  # chunk mode's windows: raw vectors, combined after
@@ -66,6 +63,12 @@ class Encoder(SentenceTransformerAPI):
         self.fidelity: Fidelity | None = None  # measured fidelity of a fast CPU precision to fp32
         self.precision_reason = "exact" if backend.precision == "fp32" else "asked for"  # "auto": what it tried
         self.truncate_dim: int | None = None  # from_pretrained(truncate_dim=k): encode/submit's default prefix
+
+    def _set_max_length(self, max_length: int, chunk_overlap: int | None) -> None:
+        """``max_length`` and what follows from it: the tokenizer, and the chunk overlap (checked)."""
+        tok = PostTokenizer(self.model.tokenizer_path, max_length, lowercase=self.model.config.do_lower_case)
+        self.chunk_overlap = lp.check_chunking(chunk_overlap, self.max_chunks, max_length, tok.specials)
+        self.tokenizer, self.max_length = tok, max_length
 
     @classmethod
     def from_pretrained(cls, name_or_path="default", backend: str = "auto", device: str = "auto",
@@ -95,8 +98,7 @@ class Encoder(SentenceTransformerAPI):
         long_posts: "truncate" (cut posts at max_length) or "chunk" (embed the whole post as windows
             of max_length tokens sharing ``chunk_overlap`` tokens (default: 32, at most a quarter of a
             window), at most ``max_chunks`` of them, combined by their token-weighted mean; see
-            postemb_rt.long_posts). The default of
-            ``encode`` / ``submit`` / ``aencode``, which can override it per call.
+            postemb_rt.long_posts). The default of ``encode`` / ``submit`` / ``aencode`` (each can override it).
         truncate_dim: a nested prefix the model declares (sentence-transformers' ``truncate_dim``): what
             ``encode`` and ``submit`` return by default, and the vectors' version (``@<k>``).
         """

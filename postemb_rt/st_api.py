@@ -34,8 +34,8 @@ def _matrix(x, name: str):
 
 
 class SentenceTransformerAPI:
-    """A base of ``Encoder`` (which provides ``model``, ``dim``, ``max_length``, ``tokenizer``,
-    ``encode`` and the chunking settings)."""
+    """A base of ``Encoder`` (which provides ``model``, ``dim``, ``max_length``, ``_set_max_length``,
+    ``encode`` and its batchers)."""
 
     _similarity_fn_name: str | None = None
 
@@ -60,11 +60,7 @@ class SentenceTransformerAPI:
         ``similarity_fn_name`` says. Higher is more similar, as in sentence-transformers."""
         import torch
 
-        a, b = _matrix(embeddings1, "embeddings1"), _matrix(embeddings2, "embeddings2")
-        self._same_dim(a, b)
-        fn = self.similarity_fn_name
-        if fn == "cosine":
-            a, b = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1)
+        a, b, fn = self._operands(embeddings1, embeddings2)
         if fn in ("cosine", "dot"):
             return a @ b.T
         return -torch.cdist(a, b, p=2.0 if fn == "euclidean" else 1.0)
@@ -72,25 +68,27 @@ class SentenceTransformerAPI:
     def similarity_pairwise(self, embeddings1, embeddings2):
         """(n,) torch float32 tensor: the score of ``embeddings1[i]`` with ``embeddings2[i]`` (as
         ``similarity``, row by row; both hold n rows)."""
-        import torch
-
-        a, b = _matrix(embeddings1, "embeddings1"), _matrix(embeddings2, "embeddings2")
-        self._same_dim(a, b)
+        a, b, fn = self._operands(embeddings1, embeddings2)
         if a.shape[0] != b.shape[0]:
             raise ValidationError(f"`embeddings1` and `embeddings2` must hold as many rows for pairwise scores. "
                                   f"Given: {a.shape[0]} and {b.shape[0]}. Fix: pair them up, or use similarity().")
-        fn = self.similarity_fn_name
-        if fn == "cosine":
-            a, b = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1)
         if fn in ("cosine", "dot"):
             return (a * b).sum(dim=1)
         return -(a - b).norm(p=2.0 if fn == "euclidean" else 1.0, dim=1)
 
-    @staticmethod
-    def _same_dim(a, b) -> None:
+    def _operands(self, embeddings1, embeddings2):
+        """(a, b, similarity_fn_name): both inputs as float32 2-D tensors of one dim, rows normalised
+        for cosine (which is then a dot product)."""
+        import torch
+
+        a, b = _matrix(embeddings1, "embeddings1"), _matrix(embeddings2, "embeddings2")
         if a.shape[1] != b.shape[1]:
             raise ValidationError(f"`embeddings1` and `embeddings2` must have one dim. Given: {a.shape[1]} and "
                                   f"{b.shape[1]}. Fix: encode both with the same model and truncate_dim.")
+        fn = self.similarity_fn_name
+        if fn == "cosine":
+            a, b = torch.nn.functional.normalize(a, dim=1), torch.nn.functional.normalize(b, dim=1)
+        return a, b, fn
 
     def get_sentence_embedding_dimension(self) -> int:
         """The output dim, as sentence-transformers names it: ``truncate_dim`` when one is set, else ``dim``."""
@@ -129,9 +127,6 @@ class SentenceTransformerAPI:
 
     @max_seq_length.setter
     def max_seq_length(self, value: int) -> None:
-        from . import long_posts as lp
-        from .tokenization import PostTokenizer
-
         own = self.model.config.max_length
         if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= own:
             raise ValidationError(f"`max_seq_length` must be an int from 2 to the model's max_length ({own}). "
@@ -142,9 +137,7 @@ class SentenceTransformerAPI:
         if self._batcher is not None or self._raw_batcher is not None:
             raise ValidationError("`max_seq_length` cannot change once submit()/aencode() started the batcher. "
                                   f"Fix: Encoder.from_pretrained(..., max_length={value}).")
-        overlap = lp.check_chunking(None, self.max_chunks, value, self.tokenizer.specials)
-        self.tokenizer = PostTokenizer(self.model.tokenizer_path, value, lowercase=self.model.config.do_lower_case)
-        self.max_length, self.chunk_overlap = value, overlap
+        self._set_max_length(value, None)  # as at load: the tokenizer, and the default chunk overlap
 
     def encode_query(self, texts, **kwargs):
         """sentence-transformers' ``encode_query``: ``encode`` with the model's "query" prompt ("" if it
