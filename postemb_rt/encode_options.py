@@ -10,14 +10,17 @@ quantizes and converts. The rules (README "Encoding semantics"):
   = the model's. Both given and disagreeing (``normalize=False, normalize_embeddings=True``, or
   ``normalize=True, normalize_embeddings=False``) is an error.
 - ``truncate_dim``: the model's dim, or a prefix it declares (``matryoshka_dims`` in
-  postemb.json); any other value is refused. None: the encoder's ``truncate_dim`` (set at load,
+  postemb.json, or in a sentence-transformers folder's config_sentence_transformers.json); any
+  other value is refused. None: the encoder's ``truncate_dim`` (set at load,
   as sentence-transformers' ``SentenceTransformer(..., truncate_dim=k)``), else the full dim.
   The first ``truncate_dim`` components are kept **before** normalisation and the prefix is
   normalised again (when the output is normalised), so rows stay unit vectors:
   sentence-transformers with ``normalize_embeddings=True``; without it, sentence-transformers
   slices after its Normalize module (rows shorter than 1, same cosines).
-- ``precision``: the output quantization (postemb_rt.quantization), not the compute precision.
-- ``device``: None, or the device the encoder was loaded on (an Encoder does not move).
+- ``precision``: the output quantization (postemb_rt.quantization), not the compute precision;
+  None is "float32", as in sentence-transformers (its evaluators pass None).
+- ``device``: None, or the device the encoder was loaded on (an Encoder does not move; a list,
+  sentence-transformers' multi-process encoding, is refused with a pointer to ``submit``).
 - ``output_value``: "sentence_embedding" only.
 - ``convert_to_tensor`` (a torch tensor) wins over ``convert_to_numpy`` (default: numpy); both
   False gives a list of 1-D torch tensors, as in sentence-transformers.
@@ -42,29 +45,50 @@ class EncodeOptions:
     output: str  # "numpy" | "tensor" | "list"
 
 
-def _same_device(given: str, loaded: str) -> bool:
-    def norm(d: str) -> str:
-        return "cuda:0" if d == "cuda" else d
-
-    return norm(given) == norm(loaded)
+def check_device(encoder, device) -> None:
+    """``device`` (None, a str or a torch.device) must be None or the device ``encoder`` was loaded on
+    ("cuda" is "cuda:0"): an Encoder does not move. Else ValidationError naming the fix."""
+    if device is None:
+        return
+    loaded = encoder.backend.device
+    if isinstance(device, (list, tuple)):  # sentence-transformers' multi-process encoding over these devices
+        raise ValidationError(
+            f"`device` must be None or the device this Encoder was loaded on ({loaded!r}); a list asks "
+            f"sentence-transformers for one process per device, which postemb_rt does not start. Given: {device!r}. "
+            "Fix: drop `device`: one Encoder already uses every core through its C++ batcher, and threads share "
+            "it through submit(); for several GPUs, one Encoder.from_pretrained(..., device='cuda:N') per GPU.")
+    given = str(device) if type(device).__name__ == "device" else device  # a torch.device
+    norm = {"cuda": "cuda:0"}
+    if not isinstance(given, str) or norm.get(given, given) != norm.get(loaded, loaded):
+        raise ValidationError(
+            f"`device` must be None or the device this Encoder was loaded on ({loaded!r}): an Encoder does not move "
+            f"between devices. Given: {device!r}. Fix: Encoder.from_pretrained(..., device={given!r}).")
 
 
 def allowed_dims(model) -> list[int]:
-    """The dims a model embeds in: its own, and the prefixes its postemb.json declares
-    (``matryoshka_dims``), ascending. ``model``: an Encoder or its ``PostEmbConfig``.
-    ``truncate_dim``, the server's ``dimensions`` and the commands' ``--truncate-dim`` take these."""
-    cfg = getattr(getattr(model, "model", None), "config", None) or model
+    """The dims a model embeds in: its own, and the prefixes it declares (``matryoshka_dims`` of its
+    postemb.json, or of a sentence-transformers folder's config_sentence_transformers.json), ascending.
+    ``model``: an Encoder, its ModelDir or its ``PostEmbConfig``. ``truncate_dim``, the server's
+    ``dimensions`` and the commands' ``--truncate-dim`` take these."""
+    md = getattr(model, "model", model)  # an Encoder's ModelDir
+    cfg = getattr(md, "config", md)
     return sorted({*(cfg.matryoshka_dims or ()), cfg.dim})
 
 
 def check_truncate_dim(model, truncate_dim) -> int | None:
-    """``truncate_dim`` for ``model`` (an Encoder or its config) -> the prefix to cut to, or None
-    for the full dim (None or the model's own dim); anything else is refused, naming the allowed dims."""
+    """``truncate_dim`` for ``model`` (an Encoder, its ModelDir or its config) -> the prefix to cut to,
+    or None for the full dim (None or the model's own dim); anything else is refused, naming the
+    allowed dims and the file that declares them."""
     dims = allowed_dims(model)
     if truncate_dim is not None and (isinstance(truncate_dim, bool) or truncate_dim not in dims):
+        path = getattr(getattr(model, "model", model), "path", None)
+        if path is not None and not (path / "postemb.json").exists() and (path / "modules.json").exists():
+            where = f"`matryoshka_dims` of {path / 'config_sentence_transformers.json'}"  # an ST folder
+        else:
+            where = "the matryoshka_dims of its postemb.json"
         raise ValidationError(
             f"`truncate_dim` must be one of the dims this model was trained to embed in {dims} (its dim, and "
-            f"the matryoshka_dims of its postemb.json). Given: {truncate_dim!r}. Fix: use one of those.")
+            f"{where}). Given: {truncate_dim!r}. Fix: use one of those.")
     return None if truncate_dim is None or truncate_dim == dims[-1] else truncate_dim
 
 
@@ -78,15 +102,7 @@ def resolve(encoder, *, prompt_name=None, prompt=None, normalize=None, normalize
         raise ValidationError(
             f"`output_value` must be 'sentence_embedding': postemb_rt returns one vector per text. "
             f"Given: {output_value!r}. Fix: drop it, or use sentence-transformers for token embeddings.")
-    if device is not None:
-        loaded = encoder.backend.device
-        if not isinstance(device, str) and type(device).__name__ == "device":  # a torch.device
-            device = str(device)
-        if not isinstance(device, str) or not _same_device(device, loaded):
-            raise ValidationError(
-                f"`device` must be None or the device this Encoder was loaded on ({loaded!r}): an Encoder does "
-                f"not move between devices, nor spread over several. Given: {device!r}. "
-                f"Fix: Encoder.from_pretrained(..., device={device!r}) (one Encoder per device).")
+    check_device(encoder, device)
     model = encoder.model.config
     if normalize is not None and normalize_embeddings is not None and bool(normalize) != bool(normalize_embeddings):
         raise ValidationError(
@@ -98,7 +114,7 @@ def resolve(encoder, *, prompt_name=None, prompt=None, normalize=None, normalize
     if truncate_dim is None:  # the encoder's own default (from_pretrained(truncate_dim=k)), if any
         truncate_dim = getattr(encoder, "truncate_dim", None)
     k = check_truncate_dim(encoder, truncate_dim) or encoder.dim
-    precision = quantization.check_precision(precision)
+    precision = quantization.check_precision("float32" if precision is None else precision)  # None: ST's float32
     text = prompts.resolve(model, prompt=prompt, prompt_name=prompt_name)
     ranges = (quantization.ranges_for(encoder, truncate_dim=k, normalize=bool(normalize))
               if precision in ("int8", "uint8") else None)

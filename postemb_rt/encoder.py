@@ -17,7 +17,7 @@ from .errors import BackendUnavailableError, BatcherClosedError, FidelityError, 
 from .fidelity import Fidelity
 from .futures import gather
 from .model_dir import ModelDir, resolve, vector_version
-from .st_api import SentenceTransformerAPI
+from .st_api import SentenceTransformerAPI, unordered_hint
 from .tokenization import TRUNCATED_WARNING, PostTokenizer
 
 log = logging.getLogger("postemb_rt")
@@ -105,7 +105,7 @@ class Encoder(SentenceTransformerAPI):
         if precision not in PRECISIONS:
             raise ValidationError(f"`precision` must be one of {PRECISIONS}. Given: {precision!r}.")
         md = resolve(name_or_path)
-        k = eo.check_truncate_dim(md.config, truncate_dim)  # refused before the model loads; None: full
+        k = eo.check_truncate_dim(md, truncate_dim)  # refused before the model loads; None: full
         device = backends.resolve_device(device)
         if max_length is not None and not (2 <= max_length <= md.config.max_length):
             raise ValidationError(
@@ -222,8 +222,9 @@ class Encoder(SentenceTransformerAPI):
     def _check_texts(self, texts) -> list[str]:
         if self._batcher_closed:  # the backend is released too
             raise BatcherClosedError("this Encoder is closed. Fix: load another with Encoder.from_pretrained.")
-        if isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
-            raise ValidationError(f"`texts` must be a str or a list of str. Given: {type(texts).__name__}.")
+        hint = unordered_hint(texts)  # a dict or a set: not a list of texts
+        if hint or isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
+            raise ValidationError(f"`texts` must be a str or a list of str. Given: {type(texts).__name__}.{hint}")
         texts = list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
@@ -235,39 +236,38 @@ class Encoder(SentenceTransformerAPI):
             limit = f"max_length ({self.max_length} tokens)" if mode == "truncate" else f"max_chunks ({self.max_chunks})"
             log.warning(TRUNCATED_WARNING, cut, n, limit)
 
-    def encode(self, texts, batch_size: int = 64, show_progress_bar: bool | None = False, normalize: bool | None = None,
-               truncate: bool = True, max_batch_tokens: int | None = None, long_posts: str | None = None, *,
-               prompt_name: str | None = None, prompt: str | None = None, normalize_embeddings: bool | None = None,
-               truncate_dim: int | None = None, precision: str = "float32", convert_to_numpy: bool = True,
-               convert_to_tensor: bool = False, device=None, output_value: str = "sentence_embedding"):
+    def encode(self, texts=None, *args, batch_size: int = 64, show_progress_bar: bool | None = False,
+               normalize: bool | None = None, truncate: bool = True, max_batch_tokens: int | None = None,
+               long_posts: str | None = None, prompt_name: str | None = None, prompt: str | None = None, device=None,
+               normalize_embeddings: bool | None = None, truncate_dim: int | None = None, precision="float32",
+               convert_to_numpy=True, convert_to_tensor=False, output_value="sentence_embedding", **st_only):
         """Embed texts. Accepts ``SentenceTransformer.encode``'s keyword arguments with its meaning;
         where that meets one of ours, one rule (postemb_rt.encode_options, README "Encoding semantics").
 
-        texts: a str, or a list (any iterable) of str. An empty string is embedded as
-            the model sees it: [CLS] [SEP] and nothing else (a valid, near-"neutral" vector).
+        texts: a str, or a list (any ordered iterable: not a dict or set) of str; or as ``sentences=`` /
+            ``inputs=`` (sentence-transformers' names). The only positional argument. An empty string
+            is embedded as the model sees it: [CLS] [SEP] and nothing else (a valid vector).
         batch_size: at most this many posts (chunk mode: windows) per batch.
         max_batch_tokens: at most this many padded tokens per batch (default: the encoder's).
-        truncate: cut posts longer than max_length tokens (chunk mode: longer than max_chunks
-            windows), counted in ``last_stats`` and logged; with False, such a post raises
-            ValidationError instead.
-        normalize: unit L2 rows (True) or the raw pooled/projected vectors (False); default:
-            as the model says (a sentence-transformers folder without Normalize: raw).
+        truncate: cut posts longer than max_length tokens (chunk mode: longer than max_chunks windows),
+            counted in ``last_stats`` and logged; with False, such a post raises ValidationError instead.
+        normalize: unit L2 rows (True) or raw pooled/projected vectors (False); default: the model's (ST: Normalize).
         long_posts: "truncate" or "chunk" for this call (default: the encoder's; see from_pretrained).
         show_progress_bar: default False; None: shown when the "postemb_rt" logger is at INFO or DEBUG.
         prompt_name / prompt: a prompt of the model's (``prompts``), or prompt text, prepended to each
             text; neither: the model's default prompt, if any (postemb_rt.prompts). Not both.
         normalize_embeddings: sentence-transformers' flag: True = normalize=True; False/None = the
             model's own output. Contradicting ``normalize`` raises ValidationError.
-        truncate_dim: keep the first k components (before normalising): the model's dim or one of its
-            ``matryoshka_dims``.
-        precision: the OUTPUT quantization, as sentence-transformers: "float32", "int8", "uint8",
+        truncate_dim: the first k components (before normalising); k: the model's dim or a ``matryoshka_dims``.
+        precision: the OUTPUT quantization, as sentence-transformers: "float32" (or None), "int8", "uint8",
             "binary", "ubinary" (postemb_rt.quantization; ranges calibrated once per model). The compute
             precision is from_pretrained(precision=...).
-        convert_to_numpy / convert_to_tensor: numpy (default), one torch tensor, or (both False) a
-            list of 1-D torch tensors. device: None or the encoder's own. output_value: "sentence_embedding".
-        Returns float32 (len(texts), dim) in input order (quantized: int8/uint8 (n, dim), binary/ubinary
-        (n, ceil(dim / 8))); (dim,) for a single str; (0, dim) for an empty list.
+        convert_to_numpy / convert_to_tensor: numpy (default), one torch tensor, or (both False) a list of
+            1-D torch tensors. device: None or the encoder's own. output_value: "sentence_embedding".
+        pool / chunk_size (multi-process): None only. Returns float32 (len(texts), dim) in input order
+        (quantized: int8/uint8 (n, dim), binary/ubinary (n, ceil(dim / 8))); (dim,) for a str; (0, dim) for [].
         """
+        texts = self._st_inputs(texts, args, st_only)  # sentences= / inputs=; refuses pool, unknown keywords
         opts = eo.resolve(self, prompt_name=prompt_name, prompt=prompt, normalize=normalize,
                           normalize_embeddings=normalize_embeddings, truncate_dim=truncate_dim, precision=precision,
                           convert_to_numpy=convert_to_numpy, convert_to_tensor=convert_to_tensor, device=device,

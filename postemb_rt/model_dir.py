@@ -112,16 +112,21 @@ class PostEmbConfig:
                 f"`precision` in {path} must be 'fp32', or 'int8' for an ONNX model. Given: {cfg.precision!r}."
             )
         check_prompts(cfg.prompts, cfg.default_prompt_name, cfg.include_prompt, path)
-        if cfg.matryoshka_dims is not None and not (
-                isinstance(cfg.matryoshka_dims, list)
-                and all(isinstance(k, int) and not isinstance(k, bool) and 0 < k < cfg.dim for k in cfg.matryoshka_dims)):
-            raise ValidationError(f"`matryoshka_dims` in {path} must be a list of ints between 1 and dim - 1 "
-                                  f"({cfg.dim - 1}). Given: {cfg.matryoshka_dims!r}.")
+        cfg.check_matryoshka_dims(path)
         if cfg.onnx_pooling not in ("graph", "external"):
             raise ValidationError(
                 f"`onnx_pooling` in {path} must be 'graph' or 'external'. Given: {cfg.onnx_pooling!r}."
             )
         return cfg
+
+    def check_matryoshka_dims(self, path) -> None:
+        """``matryoshka_dims``, as read from ``path``: None, or ints between 1 and dim - 1."""
+        dims = self.matryoshka_dims
+        if dims is not None and not (isinstance(dims, list) and all(
+                isinstance(k, int) and not isinstance(k, bool) and 0 < k < self.dim for k in dims)):
+            raise ValidationError(f"`matryoshka_dims` in {path} must be a list of ints between 1 and dim - 1 "
+                                  f"({self.dim - 1}): the prefixes the model was trained to embed in. Given: {dims!r}. "
+                                  "Fix: correct or remove it.")
 
 
 _OPTIONAL_KEYS = {"prompts": None, "default_prompt_name": None, "include_prompt": True, "matryoshka_dims": None,
@@ -274,6 +279,7 @@ def load_model_dir(path: str | Path) -> ModelDir:
         if st_folder.is_st_folder(root):  # its modules.json pipeline (postemb_rt.st_folder)
             fields, files, enc, tokenizer = st_folder.read_st_folder(root)
             cfg = PostEmbConfig(model_version=f"{root.name}-{content_hash(files)}", **fields)
+            cfg.check_matryoshka_dims(root / "config_sentence_transformers.json")
             return ModelDir(root, cfg, enc, tokenizer, None, None)
         if (root / "config.json").exists() and (root / "tokenizer.json").exists():
             # A plain Hugging Face sentence-embedding directory: mean pooling, no projection.

@@ -1,9 +1,16 @@
 """The rest of sentence-transformers' ``SentenceTransformer`` API on ``Encoder``, so code written
 for it runs unchanged: ``similarity`` / ``similarity_pairwise`` with ``similarity_fn_name``,
 ``get_sentence_embedding_dimension``, ``truncate_embeddings`` (with ``from_pretrained(truncate_dim=)``),
-``max_seq_length``, ``encode_query`` / ``encode_document``.
+``max_seq_length``, ``encode_query`` / ``encode_document``, ``prompts`` / ``default_prompt_name``,
+torch's ``device`` / ``to`` / ``cpu`` / ``eval`` (this Encoder, where it already runs), and the
+``model_card_data`` that sentence-transformers' evaluators write their metrics into.
 (``encode``'s own keyword arguments are in ``encode_options``.) Each method has
 sentence-transformers' meaning and return type (torch tensors for scores).
+
+What an Encoder does not do is refused with ValidationError naming what to use instead: moving or
+casting (``to("cuda")``, ``half()``: ``from_pretrained(device=..., precision=...)``), training,
+the multi-process pool (``submit``: one Encoder already runs every core), ``save`` (the export
+command), and a dict or set as ``encode``'s texts.
 """
 from __future__ import annotations
 
@@ -11,6 +18,46 @@ from contextlib import contextmanager
 
 from .errors import ValidationError
 from .st_folder import SIMILARITY_FNS
+
+_EXPORT = "python export/export_sentence_transformers.py"
+_TORCH_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}  # torch dtype -> compute precision
+
+
+def unordered_hint(texts) -> str:
+    """Why a dict or a set is not a list of texts, for the error of ``encode`` / ``submit``; "" for
+    anything else (iterating a dict gives its keys, a set an arbitrary order)."""
+    from collections.abc import Mapping, Set
+
+    if isinstance(texts, Mapping):
+        return (" sentence-transformers reads a dict as ONE multimodal input ({'text': ..., 'image': ...}), which "
+                "postemb_rt does not embed; iterated, it would give the keys. Fix: pass the text itself "
+                "(d['text']), or list(d.values()) for a dict of texts.")
+    if isinstance(texts, Set):
+        return (" A set has no order, so its rows could not be matched to the texts. Fix: pass a list "
+                "(sorted(texts)) and keep it to pair the rows with their texts.")
+    return ""
+
+
+def _no_pool(what: str):
+    return ValidationError(
+        f"`{what}`: postemb_rt starts no multi-process pool (sentence-transformers' one process per device): "
+        "one Encoder already runs every core (its backend's threads, and the C++ dynamic batcher behind "
+        "submit()). Fix: encode(texts) for one big list, or submit(texts) from several threads; for several GPUs, "
+        "one Encoder.from_pretrained(..., device='cuda:N') per GPU.")
+
+
+class ModelCardData:
+    """What sentence-transformers' evaluators write into: ``evaluator(model)`` ends with
+    ``model.model_card_data.set_evaluation_metrics(evaluator, metrics, epoch, step)``. postemb_rt
+    writes no model card, so the metrics are only kept here, in ``eval_results`` (the evaluator
+    returns them too)."""
+
+    def __init__(self):
+        self.eval_results: list[dict] = []
+
+    def set_evaluation_metrics(self, evaluator, metrics: dict, epoch: int = 0, step: int = 0) -> None:
+        self.eval_results.append({"evaluator": type(evaluator).__name__, "metrics": dict(metrics),
+                                  "epoch": epoch, "step": step})
 
 
 def _matrix(x, name: str):
@@ -38,6 +85,8 @@ class SentenceTransformerAPI:
     ``encode`` and its batchers)."""
 
     _similarity_fn_name: str | None = None
+    _model_card_data: ModelCardData | None = None
+    training = False  # torch's flag: an Encoder only runs the model (see train())
 
     @property
     def similarity_fn_name(self) -> str:
@@ -151,3 +200,152 @@ class SentenceTransformerAPI:
         if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None:
             kwargs["prompt_name"] = "document"
         return self.encode(texts, **kwargs)
+
+    def _st_inputs(self, texts, args: tuple, st_only: dict):
+        """``encode``'s texts: its first argument, or sentence-transformers' ``sentences=`` / ``inputs=``.
+        Refuses further positional arguments (sentence-transformers' order is not ours, and changed
+        between its versions), ``pool`` / ``chunk_size`` other than None, and unknown keywords."""
+        if args:
+            raise ValidationError(
+                f"`encode` takes the texts as its only positional argument. Given: {len(args)} more: {args!r:.80}. "
+                "Fix: pass the others by keyword, e.g. encode(texts, prompt_name='query', batch_size=32) "
+                "(sentence-transformers >= 2.4 takes prompt_name second, older versions batch_size).")
+        if st_only.pop("pool", None) is not None or st_only.pop("chunk_size", None) is not None:
+            raise _no_pool("encode(pool=..., chunk_size=...)")
+        named = {k: st_only.pop(k) for k in ("sentences", "inputs") if k in st_only}
+        if st_only:
+            raise ValidationError(f"`encode` got keyword arguments it does not take: {sorted(st_only)}. Fix: drop "
+                                  "them (help(Encoder.encode) lists sentence-transformers' arguments and ours).")
+        given = {k: v for k, v in {"texts": texts, **named}.items() if v is not None}
+        if len(given) > 1:
+            raise ValidationError(f"pass the texts once: as the first argument, or as `sentences` / `inputs` "
+                                  f"(sentence-transformers' names). Given: {', '.join(given)}. Fix: keep one.")
+        return next(iter(given.values()), None)  # None: refused by _check_texts
+
+    # -- the model's own settings, as sentence-transformers names them -------------------------
+    @property
+    def prompts(self):
+        """The model's prompts, {name: text}, "query" and "document" always among them (as
+        sentence-transformers >= 5): read-only, from its postemb.json or config_sentence_transformers.json."""
+        from types import MappingProxyType
+
+        from .prompts import model_prompts
+
+        return MappingProxyType(model_prompts(self.model.config))
+
+    @prompts.setter
+    def prompts(self, value) -> None:
+        raise ValidationError(f"`prompts` are the model's own (its config file), part of what its vectors mean; an "
+                              f"Encoder does not change them. Given: {value!r:.80}. Fix: pass prompt='...' to encode, "
+                              "or set `prompts` in the model's postemb.json / config_sentence_transformers.json.")
+
+    @property
+    def default_prompt_name(self) -> str | None:
+        """The prompt ``encode`` applies when a call names none (None: no prompt), from the model's config."""
+        return self.model.config.default_prompt_name
+
+    @default_prompt_name.setter
+    def default_prompt_name(self, value) -> None:
+        raise ValidationError(f"`default_prompt_name` is the model's own (its config file). Given: {value!r}. "
+                              "Fix: pass prompt_name=... to encode (or encode_query / encode_document), or set it "
+                              "in the model's postemb.json / config_sentence_transformers.json.")
+
+    def get_max_seq_length(self) -> int:
+        """sentence-transformers' getter of ``max_seq_length`` (== ``max_length``)."""
+        return self.max_length
+
+    @property
+    def model_card_data(self) -> ModelCardData:
+        """Where sentence-transformers' evaluators store their metrics (see ``ModelCardData``)."""
+        if self._model_card_data is None:
+            self._model_card_data = ModelCardData()
+        return self._model_card_data
+
+    # -- torch's module surface: where it runs, and refusals for what an Encoder does not do ------
+    @property
+    def device(self):
+        """The torch.device this Encoder runs on (``from_pretrained(device=...)``; "cuda" is cuda:0)."""
+        import torch
+
+        return torch.device("cuda:0" if self.backend.device == "cuda" else self.backend.device)
+
+    def to(self, *args, **kwargs):
+        """torch's ``module.to(device)`` / ``.to(dtype)``: this Encoder when ``device`` is the one it runs on
+        and ``dtype`` its compute precision; otherwise ValidationError (an Encoder neither moves nor casts:
+        ``from_pretrained(device=..., precision=...)``)."""
+        device, dtype = kwargs.get("device"), kwargs.get("dtype")
+        for a in args:
+            if type(a).__name__ == "dtype":  # a torch.dtype
+                dtype = a
+            elif a is not None and not isinstance(a, bool):  # bool: torch's non_blocking
+                device = a
+        if dtype is not None:
+            self._cast(f"to({dtype})", str(dtype).replace("torch.", ""))
+        from .encode_options import check_device
+
+        check_device(self, device)
+        return self
+
+    def cpu(self):
+        """``to("cpu")``: this Encoder when it runs on the CPU, else ValidationError."""
+        return self.to("cpu")
+
+    def cuda(self, device=None):
+        """``to("cuda[:N]")``: this Encoder when it runs on that GPU, else ValidationError."""
+        return self.to("cuda:0" if device is None else f"cuda:{device}" if isinstance(device, int) else device)
+
+    def eval(self):
+        """This Encoder: it always runs in inference mode."""
+        return self
+
+    def train(self, mode: bool = True):
+        """``train(False)`` is ``eval()``; ``train()`` is refused: an Encoder only runs a model."""
+        if not mode:
+            return self
+        raise ValidationError("`train()`: an Encoder runs a model, it does not train one. Given: mode=True. Fix: "
+                              "fine-tune with `postemb train`, or with sentence-transformers on a folder written by "
+                              f"{_EXPORT} --model MODEL --out FOLDER.")
+
+    def _cast(self, call: str, dtype: str):
+        want = _TORCH_DTYPES.get(dtype)
+        if want != self.backend.precision:
+            fix = f"Encoder.from_pretrained(..., precision={want!r})" if want else "keep the compute precision"
+            raise ValidationError(f"`{call}`: an Encoder's compute precision is set at load, not cast; this one runs "
+                                  f"{self.backend.precision}. Given: {dtype}. Fix: {fix} (fp16 / bf16 on CUDA, "
+                                  "bf16 / int8 on CPU; see describe()).")
+        return self
+
+    def half(self):
+        """This Encoder when it computes in fp16, else ValidationError naming from_pretrained(precision="fp16")."""
+        return self._cast("half()", "float16")
+
+    def bfloat16(self):
+        """This Encoder when it computes in bf16, else ValidationError naming from_pretrained(precision="bf16")."""
+        return self._cast("bfloat16()", "bfloat16")
+
+    def float(self):
+        """This Encoder when it computes in fp32, else ValidationError naming from_pretrained(precision="fp32")."""
+        return self._cast("float()", "float32")
+
+    # -- sentence-transformers' multi-process pool and save: refused, naming what to use ----------
+    def start_multi_process_pool(self, *args, **kwargs):
+        """Refused: see ``_no_pool``."""
+        raise _no_pool("start_multi_process_pool()")
+
+    def encode_multi_process(self, *args, **kwargs):
+        """Refused: see ``_no_pool``."""
+        raise _no_pool("encode_multi_process()")
+
+    @staticmethod
+    def stop_multi_process_pool(*args, **kwargs):
+        """Refused: see ``_no_pool``."""
+        raise _no_pool("stop_multi_process_pool()")
+
+    def save(self, path, *args, **kwargs):
+        """Refused, naming the export command: the runtime reads models, it never writes them."""
+        raise ValidationError(
+            f"`save` / `save_pretrained`: an Encoder does not write models (the runtime reads them; writing is the "
+            f"export scripts' job). Given: path={str(path)!r}. Fix: {_EXPORT} --model {self.model.path} "
+            f"--out {path} (a sentence-transformers folder, checked against this model's vectors).")
+
+    save_pretrained = save

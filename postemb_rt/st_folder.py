@@ -17,7 +17,10 @@ with, per module (its ``path`` relative to the folder):
   a folder whose default prompt it would apply to is refused, and so is an ``encode`` call
   with a non-empty prompt on it;
 - ``config_sentence_transformers.json``: ``prompts`` and ``default_prompt_name``, applied by
-  ``Encoder.encode`` as sentence-transformers does (postemb_rt.prompts);
+  ``Encoder.encode`` as sentence-transformers does (postemb_rt.prompts); ``similarity_fn_name``;
+  and ``matryoshka_dims``, the nested prefixes ``truncate_dim`` accepts (a postemb_rt key, as in
+  postemb.json, that export/export_sentence_transformers.py writes: sentence-transformers has no
+  field declaring them and ignores it);
 - ``Dense``: ``config.json`` (``in_features``, ``out_features``, ``bias``,
   ``activation_function``, default Tanh as in sentence-transformers) and
   ``model.safetensors`` or ``pytorch_model.bin`` (``linear.weight``, ``linear.bias``);
@@ -221,7 +224,7 @@ def _prompts(root: Path, pooling_path: Path) -> dict:
     """The folder's prompts as PostEmbConfig fields: ``prompts`` and ``default_prompt_name`` of
     config_sentence_transformers.json (a null prompt text is "", as sentence-transformers reads
     it) and the Pooling module's ``include_prompt``; checked by prompts.check_prompts. Also its
-    ``similarity_fn_name`` (``Encoder.similarity``; None for "cosine")."""
+    ``similarity_fn_name`` (``Encoder.similarity``; None for "cosine") and ``matryoshka_dims``."""
     path = root / "config_sentence_transformers.json"
     cfg = _read_json(path, "sentence-transformers config") if path.exists() else {}
     raw = cfg.get("prompts") or {}
@@ -237,4 +240,5 @@ def _prompts(root: Path, pooling_path: Path) -> dict:
         raise ValidationError(f"`{path}` has similarity_fn_name {similarity!r}; it must be one of {SIMILARITY_FNS}. "
                               "Fix: save the folder again with SentenceTransformer.save().")
     return {"prompts": prompts or None, "default_prompt_name": default, "include_prompt": bool(include),
-            "similarity_fn_name": None if similarity == "cosine" else similarity}
+            "similarity_fn_name": None if similarity == "cosine" else similarity,
+            "matryoshka_dims": cfg.get("matryoshka_dims")}  # checked by model_dir, as postemb.json's

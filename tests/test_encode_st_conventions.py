@@ -109,7 +109,8 @@ def test_matryoshka_dims_must_be_prefixes(folders, tmp_path):
     d = Path(shutil.copytree(folders["mrl"], tmp_path / "bad"))
     cfg = json.loads((d / "postemb.json").read_text())
     (d / "postemb.json").write_text(json.dumps({**cfg, "matryoshka_dims": [8, 32]}))
-    with pytest.raises(ValidationError, match=r"`matryoshka_dims` in .* between 1 and dim - 1 \(31\). Given: \[8, 32\]"):
+    with pytest.raises(ValidationError, match=r"`matryoshka_dims` in .* between 1 and dim - 1 \(31\): the prefixes "
+                                              r"the model was trained to embed in. Given: \[8, 32\]"):
         Encoder.from_pretrained(d, backend="torch", warmup=False)
 
 
@@ -178,6 +179,12 @@ def test_an_edited_moved_or_old_ranges_entry_is_computed_again(enc, mrl, tmp_pat
     assert "is not trusted" in caplog.text
 
 
+def test_precision_none_is_float32_as_in_sentence_transformers(enc, st):
+    """ST's evaluators pass precision=None."""
+    assert_exact(enc.encode(TEXTS, precision=None), enc.encode(TEXTS))
+    assert_exact(enc.encode(TEXTS, precision=None), st["norm"].encode(TEXTS, precision=None))
+
+
 def test_compute_precisions_are_refused_with_a_pointer_to_from_pretrained(enc):
     for p in ("fp32", "bf16", "fp16"):
         with pytest.raises(ValidationError, match=rf"output quantization.*Given: '{p}'. '{p}' is a compute precision: "
@@ -211,10 +218,70 @@ def test_convert_to_tensor_and_numpy_as_sentence_transformers(enc, st):
 def test_device_must_be_the_encoders_own(enc):
     assert_exact(enc.encode(TEXTS[:2], device="cpu"), enc.encode(TEXTS[:2]))
     assert_exact(enc.encode(TEXTS[:2], device=torch.device("cpu")), enc.encode(TEXTS[:2]))
-    for d in ("cuda", "cuda:1", ["cpu", "cpu"]):
+    for d in ("cuda", "cuda:1", torch.device("cuda:1")):
         with pytest.raises(ValidationError, match=r"`device` must be None or the device this Encoder was loaded on "
-                                                  r"\('cpu'\).*Fix: Encoder.from_pretrained\(..., device="):
+                                                  r"\('cpu'\).*Fix: Encoder.from_pretrained\(..., device='cuda"):
             enc.encode(TEXTS[:2], device=d)
+
+
+# -- how the texts are passed: ST's keyword names, positional order, dicts and sets, the pool ----------
+def test_sentences_and_inputs_are_the_texts_as_in_sentence_transformers(enc, st):
+    """ST 6 names its first parameter ``inputs`` and still takes ``sentences`` (deprecated); both work here."""
+    want = st["norm"].encode(TEXTS)
+    for kw in ("sentences", "inputs"):
+        assert_exact(st["norm"].encode(**{kw: TEXTS}), want)
+        assert_exact(enc.encode(**{kw: TEXTS}), want)
+    assert enc.encode(sentences=TEXTS[0]).shape == (32,)
+    with pytest.raises(ValidationError, match=r"pass the texts once.*Given: texts, sentences. Fix: keep one"):
+        enc.encode(TEXTS, sentences=TEXTS)
+    with pytest.raises(ValidationError, match=r"`texts` must be a str or a list of str. Given: NoneType"):
+        enc.encode()
+    with pytest.raises(ValueError, match=r"foo"):  # ST refuses unknown keywords too (ValueError)
+        st["norm"].encode(TEXTS, foo=1)
+    with pytest.raises(ValidationError, match=r"keyword arguments it does not take: \['foo'\]. Fix: drop them"):
+        enc.encode(TEXTS, foo=1)
+
+
+def test_arguments_after_the_texts_are_keyword_only(enc, st, folders):
+    """ST 6.3 takes prompt_name second (older ST: batch_size): a positional value is refused, naming it."""
+    import inspect
+
+    from sentence_transformers import SentenceTransformer
+
+    assert list(inspect.signature(SentenceTransformer.encode).parameters)[1:3] == ["inputs", "prompt_name"]
+    assert_exact(st["norm"].encode(TEXTS[:3], "query"), st["norm"].encode(TEXTS[:3], prompt_name="query"))
+    for args in (("query",), (16, False)):
+        with pytest.raises(ValidationError, match=r"`encode` takes the texts as its only positional argument.*"
+                                                  r"Fix: pass the others by keyword.*prompt_name='query'"):
+            enc.encode(TEXTS[:3], *args)
+
+
+@pytest.mark.parametrize("texts", [{"text": "a post"}, {"a post": 1, "another": 2}, {"a post", "another"},
+                                   frozenset({"a post"})])
+def test_a_dict_or_a_set_is_refused_not_iterated(enc, st, texts):
+    """ST reads a dict as ONE input (a vector, not rows of its keys) and refuses a set; here both are refused,
+    by encode and submit alike, with the fix."""
+    if isinstance(texts, dict) and "text" in texts:
+        assert st["norm"].encode(texts).shape == (32,)
+    match = r"Given: dict\. sentence-transformers reads a dict as ONE" if isinstance(texts, dict) else \
+        r"Given: (frozen)?set\. A set has no order.*Fix: pass a list"
+    for call in (enc.encode, enc.submit):
+        with pytest.raises(ValidationError, match=r"`texts` must be a str or a list of str. " + match):
+            call(texts)
+
+
+def test_multi_process_pool_is_refused_naming_submit(enc):
+    """``pool=None, chunk_size=None`` (ST's defaults) are accepted; a pool, and the pool methods, are refused."""
+    assert_exact(enc.encode(TEXTS[:3], pool=None, chunk_size=None), enc.encode(TEXTS[:3]))
+    calls = [lambda: enc.encode(TEXTS[:3], pool={"processes": []}), lambda: enc.encode(TEXTS[:3], chunk_size=4),
+             enc.start_multi_process_pool, lambda: enc.encode_multi_process(TEXTS[:3], None),
+             lambda: enc.stop_multi_process_pool(None), lambda: enc.encode(TEXTS[:3], device=["cpu", "cpu"])]
+    for call in calls:
+        with pytest.raises(ValidationError, match=r"(multi-process pool|one process per device).*submit\(\)"):
+            call()
+    with pytest.raises(ValidationError, match=r"Fix: drop `device`") as err:
+        enc.encode(TEXTS[:3], device=["cpu", "cpu"])
+    assert "device=['cpu'" not in str(err.value)  # no advice to load an Encoder on a list of devices
 
 
 def test_output_value_other_than_sentence_embedding_is_refused(enc):

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from postemb_rt import Encoder
+from postemb_rt import Encoder, ValidationError
 from tests.test_st_folder import TEXTS, assert_parity
 
 SCRIPT = Path(__file__).resolve().parent.parent / "export" / "export_sentence_transformers.py"
@@ -78,3 +78,30 @@ def test_the_models_prompts_and_similarity_fn_name_are_exported(tmp_path):
     assert st.similarity_fn_name == "dot"
     with Encoder.from_pretrained(tmp_path / "out", backend="torch") as enc:
         assert enc.similarity_fn_name == "dot" and enc.model.config.prompts["query"] == "query: "
+
+
+def test_the_models_matryoshka_dims_are_exported_and_truncate_dim_matches(st_default, tmp_path, monkeypatch):
+    """default's nested dims [32, 16, 8] are written to config_sentence_transformers.json (sentence-transformers
+    still loads the folder, ignoring the key) and read back: truncate_dim=32 on the folder is default's @32 vector,
+    and SentenceTransformer(folder, truncate_dim=32)'s (re-normalised, as normalize_embeddings=True)."""
+    import json
+
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers import SentenceTransformer
+
+    from postemb_rt.model_dir import resolve
+
+    monkeypatch.setenv("POSTEMB_CACHE", str(tmp_path))
+    dims = resolve("default").config.matryoshka_dims
+    assert dims and json.loads((st_default / "config_sentence_transformers.json").read_text())["matryoshka_dims"] \
+        == dims
+    st = SentenceTransformer(str(st_default), device="cpu", truncate_dim=32)
+    with Encoder.from_pretrained("default", backend="torch", truncate_dim=32) as native, \
+            Encoder.from_pretrained(st_default, backend="torch", truncate_dim=32) as enc:
+        got = enc.encode(TEXTS)
+        assert got.shape == (len(TEXTS), 32) and enc.describe()["matryoshka_dims"] == sorted({*dims, enc.dim})
+        assert_parity(got, native.encode(TEXTS))
+        assert_parity(got, st.encode(TEXTS, normalize_embeddings=True))
+        with pytest.raises(ValidationError,
+                           match=r"`matryoshka_dims` of .*config_sentence_transformers.json\)\. Given: 12"):
+            enc.encode(TEXTS[:1], truncate_dim=12)

@@ -145,3 +145,77 @@ def test_truncate_dim_at_load_is_encode_and_submits_default_as_sentence_transfor
         assert enc.truncate_dim == 16 and full.truncate_dim is None
     with pytest.raises(ValidationError, match=r"`truncate_dim` must be one of .*\[8, 16, 32\].*Given: 12"):
         Encoder.from_pretrained(mrl, backend="torch", truncate_dim=12)
+
+
+def test_torch_module_surface_is_this_encoder_where_it_runs(enc, st):
+    """device / to / cpu / eval / float / train(False) as on a SentenceTransformer (this Encoder, on the device it
+    runs on); moving, casting and training are refused naming from_pretrained's arguments."""
+    assert enc.device == st.device == torch.device("cpu") and isinstance(enc.device, torch.device)
+    assert enc.training is st.eval().training is False  # an Encoder is always in eval mode
+    for same in (enc.to("cpu"), enc.to(torch.device("cpu")), enc.to(device="cpu"), enc.to(torch.float32), enc.cpu(),
+                 enc.eval(), enc.train(False), enc.float(), enc.to("cpu", non_blocking=True)):
+        assert same is enc
+    assert_exact(enc.to("cpu").encode(SAMPLE_TEXTS[:3]), st.to("cpu").encode(SAMPLE_TEXTS[:3]))
+    for call in (lambda: enc.to("cuda"), lambda: enc.cuda(), lambda: enc.to(torch.device("cuda", 1))):
+        with pytest.raises(ValidationError, match=r"`device` must be None or the device this Encoder was loaded on "
+                                                  r"\('cpu'\).*Fix: Encoder.from_pretrained\(..., device='cuda"):
+            call()
+    for call, want in ((enc.half, "fp16"), (enc.bfloat16, "bf16"), (lambda: enc.to(torch.float16), "fp16")):
+        with pytest.raises(ValidationError, match=rf"compute precision is set at load, not cast; this one runs fp32.*"
+                                                  rf"Fix: Encoder.from_pretrained\(..., precision='{want}'\)"):
+            call()
+    with pytest.raises(ValidationError, match=r"`train\(\)`: an Encoder runs a model.*Fix: fine-tune with"):
+        enc.train()
+
+
+@pytest.fixture(scope="module")
+def prompted(folder, tmp_path_factory):
+    """The raw folder with prompts and a default prompt in its config_sentence_transformers.json."""
+    d = Path(shutil.copytree(folder, tmp_path_factory.mktemp("stapi-prompts") / "prompted"))
+    cfg_path = d / "config_sentence_transformers.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps({**cfg, "prompts": {"query": "query: ", "document": "passage: ", "topic": "t: "},
+                                    "default_prompt_name": "query"}))
+    return d
+
+
+def test_prompts_and_default_prompt_name_as_sentence_transformers(enc, st, prompted):
+    from sentence_transformers import SentenceTransformer
+
+    assert dict(enc.prompts) == st.prompts == {"query": "", "document": ""}
+    assert enc.default_prompt_name is st.default_prompt_name is None
+    ref = SentenceTransformer(str(prompted), device="cpu")
+    with Encoder.from_pretrained(prompted, backend="torch") as e:
+        assert dict(e.prompts) == ref.prompts and e.default_prompt_name == ref.default_prompt_name == "query"
+        assert_exact(e.encode(SAMPLE_TEXTS[:3], prompt=e.prompts["topic"]),
+                     ref.encode(SAMPLE_TEXTS[:3], prompt_name="topic"))
+        with pytest.raises(TypeError):  # read-only: a change would not reach encode
+            e.prompts["query"] = "q: "
+        with pytest.raises(ValidationError, match=r"`prompts` are the model's own.*Fix: pass prompt="):
+            e.prompts = {"query": "q: "}
+        with pytest.raises(ValidationError, match=r"`default_prompt_name` is the model's own.*Fix: pass prompt_name="):
+            e.default_prompt_name = None
+
+
+def test_sentence_transformers_evaluators_run_on_an_encoder(enc, st):
+    """Evaluators call encode with precision=None and store metrics in model_card_data: same numbers as ST."""
+    from sentence_transformers.evaluation import EmbeddingSimilarityEvaluator, InformationRetrievalEvaluator
+
+    texts = list(SAMPLE_TEXTS)
+    sts = EmbeddingSimilarityEvaluator(texts[:5], texts[1:6], [0.1, 0.5, 0.9, 0.3, 0.2], name="sts")
+    ir = InformationRetrievalEvaluator({"q1": texts[0], "q2": texts[3]}, {str(i): t for i, t in enumerate(texts)},
+                                       {"q1": {"1"}, "q2": {"4", "5"}}, name="ir")
+    for evaluator in (sts, ir):
+        got, want = evaluator(enc), evaluator(st)
+        assert got.keys() == want.keys() and all(abs(got[k] - want[k]) < 1e-5 for k in got), (got, want)
+    assert [r["evaluator"] for r in enc.model_card_data.eval_results] == ["EmbeddingSimilarityEvaluator",
+                                                                          "InformationRetrievalEvaluator"]
+
+
+def test_get_max_seq_length_and_save(enc, st, tmp_path):
+    assert enc.get_max_seq_length() == st.get_max_seq_length() == enc.max_length
+    for call in (enc.save, enc.save_pretrained):
+        with pytest.raises(ValidationError, match=r"an Encoder does not write models.*Fix: python "
+                                                  r"export/export_sentence_transformers.py --model .* --out "):
+            call(str(tmp_path / "out"))
+    assert not (tmp_path / "out").exists()

@@ -261,3 +261,33 @@ def test_a_module_path_out_of_the_folder_is_refused_before_reading_it(tmp_path, 
                                               r"out of) the model directory.*(victim|link).*Fix: copy the module"):
         Encoder.from_pretrained(d, backend="torch", warmup=False)
     assert all(d.resolve() in p.parents for p in read), read  # nothing outside the folder was read
+
+
+def test_matryoshka_dims_of_config_sentence_transformers_json_are_truncate_dims(tmp_path, monkeypatch):
+    """A folder declaring matryoshka_dims (postemb_rt's key; sentence-transformers ignores it and loads the folder):
+    from_pretrained(truncate_dim=k) as SentenceTransformer(folder, truncate_dim=k), the prefix re-normalised
+    (ST's normalize_embeddings=True; without it ST's rows are shorter than 1 with the same cosines)."""
+    from sentence_transformers import SentenceTransformer
+
+    monkeypatch.setenv("POSTEMB_CACHE", str(tmp_path / "cache"))
+    d = build_st_folder(tmp_path / "mrl", arch="bert", dense=[(24, True, None)])
+    with pytest.raises(ValidationError, match=r"`truncate_dim` must be one of .* \[24\] \(its dim, and "
+                                              r"`matryoshka_dims` of .*mrl/config_sentence_transformers.json\). "
+                                              r"Given: 16"):
+        Encoder.from_pretrained(d, backend="torch", truncate_dim=16)
+    _edit(d / "config_sentence_transformers.json", matryoshka_dims=[16, 8])
+    st = SentenceTransformer(str(d), device="cpu", truncate_dim=16)
+    with Encoder.from_pretrained(d, backend="torch", truncate_dim=16) as enc:
+        assert enc.describe()["matryoshka_dims"] == [8, 16, 24] and enc.get_sentence_embedding_dimension() == 16
+        got = enc.encode(TEXTS)
+        assert_exact(got, st.encode(TEXTS, normalize_embeddings=True))
+        want = st.encode(TEXTS)
+        assert np.allclose((got * want).sum(1) / np.linalg.norm(want, axis=1), 1.0, atol=1e-5)  # same direction
+        with pytest.raises(ValidationError, match=r"\[8, 16, 24\] \(its dim, and `matryoshka_dims` of .*mrl/"
+                                                  r"config_sentence_transformers.json\). Given: 12"):
+            enc.encode(TEXTS[:2], truncate_dim=12)
+    for bad in ([8, 24], ["8"], 8):
+        _edit(d / "config_sentence_transformers.json", matryoshka_dims=bad)
+        with pytest.raises(ValidationError, match=r"`matryoshka_dims` in .*config_sentence_transformers.json must be a "
+                                                  r"list of ints between 1 and dim - 1 \(23\)"):
+            Encoder.from_pretrained(d, backend="torch", warmup=False)
