@@ -17,9 +17,9 @@ log = logging.getLogger("postemb_rt.server")
 
 OPEN_PATHS = frozenset({"/health", "/ready", "/ping"})  # no API key needed (probes)
 OPEN_GET_PATHS = frozenset({"/"})  # probes only when read (GET, HEAD): POST / embeds, behind the key
-ROUTES = ("/v1/embeddings", "/embeddings", "/v1/models", "/embed", "/embed_full", "/", "/invocations", "/similarity",
-          "/tokenize", "/decode", "/rerank", "/predict", "/health", "/ready", "/ping", "/info", "/metrics",
-          "/openapi.json", "/docs")
+ROUTES = ("/v1/embeddings", "/embeddings", "/v1/models", "/models", "/embed", "/embed_full", "/", "/invocations",
+          "/similarity", "/tokenize", "/decode", "/rerank", "/predict", "/embed_sparse", "/embed_all", "/health",
+          "/ready", "/ping", "/info", "/metrics", "/openapi.json", "/docs")
 REQUEST_ID = b"x-request-id"  # echoed on every answer (a new one when the client sent none or a malformed one)
 
 
@@ -60,6 +60,7 @@ class Admission:
             self.buffered -= len(body)
 
     async def _read(self, request) -> bytes:
+        _check_json(request.headers)
         limit = self.cfg.max_body_bytes
         cl = request.headers.get("content-length")
         if cl is not None and cl.isdigit() and int(cl) > limit:
@@ -96,6 +97,24 @@ class Admission:
         return b"".join(chunks)
 
 
+def _check_json(headers) -> None:
+    """415 unless the body is declared JSON, uncompressed: as text-embeddings-inference answers, and
+    so a web page on another origin cannot make the server compute with a "simple" request
+    (``text/plain``, a form), which a browser sends without a CORS preflight."""
+    ctype = headers.get("content-type", "")
+    media = ctype.partition(";")[0].strip().lower()
+    if media != "application/json" and not (media.startswith("application/") and media.endswith("+json")):
+        raise ApiError(415, f"The request body must be JSON, declared by `Content-Type: application/json`. Given: "
+                            f"{ctype or 'no Content-Type'}. Fix: send that header (curl: -H 'Content-Type: "
+                            "application/json').", param="Content-Type", code="unsupported_media_type",
+                       given=ctype or None, limit="application/json", headers=CLOSE)
+    coding = headers.get("content-encoding", "identity").strip().lower()
+    if coding != "identity":
+        raise ApiError(415, f"Compressed request bodies are not accepted. Given: Content-Encoding {coding}. Fix: "
+                            "send the JSON uncompressed (the body limit is max_body_bytes).",
+                       param="Content-Encoding", code="unsupported_content_encoding", headers=CLOSE)
+
+
 class Gate:
     """Pure ASGI middleware: API key (constant time), request count and latency by route. A
     client that disconnects before its answer is counted (and logged) as 499, nginx's "client
@@ -122,8 +141,8 @@ class Gate:
         path = scope["path"]
         probe = path in OPEN_GET_PATHS and scope["method"] in ("GET", "HEAD")
         route = "GET /" if probe else path if path in ROUTES else "other"  # probes of / apart from POST / (embeds)
-        if route == "other" and path.startswith("/v1/models/"):
-            route = "/v1/models/{model}"
+        if route == "other" and path.startswith(("/v1/models/", "/models/")):
+            route = path[:path.index("/models/")] + "/models/{model}"
         start = time.perf_counter()
         status, gone = 500, False
         request_id = _request_id(scope)

@@ -20,23 +20,33 @@ from .errors import CLIENT_CLOSED, ApiError, error_response, json_response
 from .metrics import Metrics
 from .registry import ModelRegistry
 from .schemas import EmbedRequest, ErrorResponse, V1EmbeddingsRequest, body_doc, json_object, parse
-from .tei import TRUNCATED_HEADER, base64_rows, check_dimensions
+from .tei import TRUNCATED_HEADER, check_dimensions
 
 log = logging.getLogger("postemb_rt.server")
 
 RENDER_INLINE_VALUES = 16_384  # answers with more numbers are JSON-encoded off the event loop
 _ERRORS = {
+    400: "OpenAI's invalid_request_error (openai.BadRequestError): what the other routes answer 422, or 413 for "
+         "a limit other than the body's bytes",
     401: "missing or wrong API key (`Authorization: Bearer <key>`)",
     404: "model_not_found: the request's `model` is none of the served models (a server with several; on "
          "/v1/models/{model}, any server)",
     408: "the request body did not arrive within body_timeout_s (the connection is closed)",
-    413: "a size limit: body bytes, inputs per request, characters per post, or max_queued_tokens",
-    422: "malformed JSON, a wrong type, an empty list, an unknown field, or too long with truncate: false",
+    413: "a size limit: body bytes, inputs per request, max_queued_tokens, or characters per post "
+         "(max_input_chars) with truncate false or long_posts chunk",
+    415: "the body is not declared JSON (Content-Type: application/json) or is compressed (Content-Encoding)",
+    422: "malformed JSON, a wrong type, an empty list or string, an unknown field, or too long with truncate: "
+         "false",
     429: "overloaded (batcher queue full or too slow to meet the request timeout, max_concurrent_requests in "
          "progress, or the bound on request bodies held); see Retry-After",
     503: "the model is loading or failed to load, a backend failure, a queue deadline, or shutting down",
 }
 _JSON_ANY = {"application/json": {"schema": {"type": "object"}}}
+
+
+def base64_rows(vecs) -> list[str]:
+    """float32 (n, dim) -> n base64 strings of little-endian float32 (OpenAI's ``base64``)."""
+    return [base64.b64encode(r.tobytes()).decode("ascii") for r in vecs.astype("<f4", copy=False)]
 
 
 async def _render(obj, values: int):
@@ -48,6 +58,14 @@ async def _render(obj, values: int):
 
     body = await asyncio.to_thread(json.dumps, obj, separators=(",", ":"))
     return Response(body, media_type="application/json")
+
+
+def _openai_status(err: ApiError) -> ApiError:
+    """OpenAI's status for a refused request: 400 (``openai.BadRequestError``) for what the other
+    routes answer 422, and for every size limit but the body's bytes (413 there, as a proxy's)."""
+    if err.status == 422 or (err.status == 413 and err.body.get("code") != "max_body_bytes"):
+        err.status = 400
+    return err
 
 
 def _responses(*codes: int, ok: dict | None = None) -> dict:
@@ -74,7 +92,8 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
     rt = models.default  # the default model: TEI's routes, and requests without a `model` field
     multi = models.multi
     KEYED = (401,) if cfg.api_key else ()  # a route behind the API key can answer 401
-    EMBED_ERRORS = (*KEYED, *((404,) if multi else ()), 408, 413, 422, 429, 503)
+    EMBED_ERRORS = (*KEYED, *((404,) if multi else ()), 408, 413, 415, 422, 429, 503)
+    V1_ERRORS = (*KEYED, 400, *((404,) if multi else ()), 408, 413, 415, 429, 503)
     metrics = Metrics(models)
     admission = Admission(cfg, metrics)
 
@@ -93,7 +112,8 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         if stop_publishing:
             await asyncio.to_thread(stop_publishing)
 
-    app = FastAPI(title="postemb_rt embedding server", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app = FastAPI(title="postemb_rt embedding server", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  redirect_slashes=False)  # /embed/ is a 404, as TEI's (a 307 to http:// broke behind TLS)
     add_docs(app, app.title)  # Swagger UI from a PyPI package: works offline
     app.state.runtime, app.state.models = rt, models
 
@@ -118,12 +138,15 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
                                              "type": "server_error", "param": None, "code": "internal"}})
 
     async def v1_embeddings(request: Request):
-        async with admission(request) as body:
-            return await _v1_embeddings(parse(V1EmbeddingsRequest, json_object(body), cfg))
+        try:
+            async with admission(request) as body:
+                return await _v1_embeddings(parse(V1EmbeddingsRequest, json_object(body), cfg))
+        except ApiError as err:
+            raise _openai_status(err) from None
 
     for path in ("/v1/embeddings", "/embeddings"):  # the second: an OpenAI client whose base_url lacks /v1 (TEI too)
         app.add_api_route(path, v1_embeddings, methods=["POST"], openapi_extra=body_doc(V1EmbeddingsRequest),
-                          response_class=Response, responses=_responses(*EMBED_ERRORS),
+                          response_class=Response, responses=_responses(*V1_ERRORS),
                           name="v1_embeddings" if path.startswith("/v1") else "embeddings")
 
     async def _v1_embeddings(req):
@@ -179,13 +202,11 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
                    usage={"prompt_tokens": tokens, "total_tokens": tokens})
         return await _render(out, vecs.size)
 
-    @app.get("/v1/models", response_class=Response, responses=_responses(*KEYED, 503))
     async def v1_models():  # OpenAI clients and tools list models before using one
         for m in models.runtimes:  # 503 until every model is loaded (an unnamed one's name is its version)
             m.require_encoder()
         return json_response(200, {"object": "list", "data": [_model_card(m) for m in models.runtimes]})
 
-    @app.get("/v1/models/{model:path}", response_class=Response, responses=_responses(*KEYED, 404, 503))
     async def v1_model(model: str):  # OpenAI's models.retrieve: the served name, exactly
         for m in models.runtimes:
             m.require_encoder()
@@ -193,6 +214,12 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
                 return json_response(200, _model_card(m))
         raise ApiError(404, f"The model {model!r} does not exist on this server. Served models: {models.names()}.",
                        param="model", code="model_not_found")
+
+    for prefix in ("/v1", ""):  # "": a client whose base_url lacks /v1, as /embeddings
+        app.add_api_route(f"{prefix}/models", v1_models, methods=["GET"], response_class=Response,
+                          responses=_responses(*KEYED, 503), name=f"{prefix[1:]}_models".lstrip("_"))
+        app.add_api_route(f"{prefix}/models/{{model:path}}", v1_model, methods=["GET"], response_class=Response,
+                          responses=_responses(*KEYED, 404, 503), name=f"{prefix[1:]}_model".lstrip("_"))
 
     async def health():
         return json_response(200, {"status": "ok"})

@@ -120,7 +120,7 @@ class Runtime:
         try:
             return prompts.apply(texts, prompts.resolve(enc.model.config, None, prompt_name, fix="use one of those"))
         except ValidationError as exc:
-            raise ApiError(422, str(exc), param="prompt_name", code="invalid_value") from None
+            raise ApiError(422, str(exc), param="prompt_name", code="unknown_prompt_name") from None
 
     async def embed(self, texts: list[str], field: str, truncate: bool, normalize: bool,
                     long_posts: str = "truncate", chunk_stats: dict | None = None, prompt_name: str | None = None,
@@ -131,8 +131,9 @@ class Runtime:
         "left" keeps a long post's last max_length tokens instead of its first. Errors call the
         request's field ``field`` and its post i ``item(i)`` (default ``field[i]``)."""
         enc = self.require_encoder()
-        texts = self.prompted(enc, texts, prompt_name)
         item = item or f"{field}[{{}}]".format
+        texts, cut = self.fit_chars(texts, item, truncate and long_posts != "chunk", truncation_direction)
+        texts = self.prompted(enc, texts, prompt_name)
         if long_posts == "chunk":
             return await self._embed_chunked(enc, texts, field, item, truncate, normalize, chunk_stats)
         if truncation_direction.lower() == "left":
@@ -147,10 +148,38 @@ class Runtime:
                                 f"is false; {len(tok.truncated)} input(s) are too long. Fix: shorten them or send "
                                 "truncate: true.", param=name, code="max_length",
                            limit=enc.max_length, given=f">{enc.max_length}")
+        short = sorted(set(cut) - set(tok.truncated))
+        if short:  # cut where the model still reads: the vector would not be the whole post's
+            name, limit = item(short[0]), self.cfg.max_input_chars
+            side = "last" if truncation_direction.lower() == "left" else "first"
+            raise ApiError(413, f"`{name}` is more than max_input_chars ({limit}) characters, and its {side} {limit} "
+                                f"hold at most max_length ({enc.max_length}) tokens, so cutting it there would "
+                                "change its vector. Fix: shorten it, or raise the server's --max-input-chars.",
+                           param=name,
+                           code="max_input_chars", limit=limit, given=f">{limit}")
         vecs, tokens = await self._compute(tok.ids, field)
         if normalize:
             vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
         return vecs, tokens, tok.truncated
+
+    def fit_chars(self, texts: list[str], item: Callable[[int], str], cut: bool,
+                  direction: str = "right") -> tuple[list[str], list[int]]:
+        """Posts longer than max_input_chars, which bounds the tokenizer's work: when ``cut`` (the
+        request truncates to max_length tokens) each is cut to its first (``direction`` "left": last)
+        max_input_chars characters, as text-embeddings-inference does, far past the tokens the model
+        reads; else 413. Returns (texts, indices cut)."""
+        limit = self.cfg.max_input_chars
+        long = [i for i, t in enumerate(texts) if len(t) > limit]
+        if long and not cut:
+            name = item(long[0])
+            raise ApiError(413, f"`{name}` is {len(texts[long[0]])} characters, more than max_input_chars ({limit}). "
+                                "Fix: shorten it, or send truncate: true (a long post's first max_length tokens "
+                                "are embedded; with long_posts chunk, at most max_input_chars characters are).",
+                           param=name, code="max_input_chars", limit=limit, given=len(texts[long[0]]))
+        if not long:
+            return texts, []
+        left = direction.lower() == "left"
+        return [t[-limit:] if left and len(t) > limit else t[:limit] for t in texts], long
 
     async def _embed_chunked(self, enc, texts, field, item, truncate, normalize, chunk_stats):
         from .. import long_posts as lp

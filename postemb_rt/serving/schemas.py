@@ -39,7 +39,9 @@ def _cfg(info: ValidationInfo) -> ServeConfig:
 
 
 def check_texts(value, field: str, cfg: ServeConfig) -> list[str]:
-    """``value`` as a non-empty list of str within ``cfg``'s limits; errors name ``field``."""
+    """``value`` as a non-empty list of non-empty str, at most ``cfg.max_inputs`` of them; errors
+    name ``field``. Characters per post (``max_input_chars``) are the runtime's: it cuts a long post
+    when the request truncates (``Runtime.fit_chars``)."""
     if isinstance(value, str):
         value = [value]
     elif not isinstance(value, list):
@@ -59,10 +61,9 @@ def check_texts(value, field: str, cfg: ServeConfig) -> list[str]:
                     if isinstance(t, (int, list)) and not isinstance(t, bool) else "")
             raise ApiError(422, f"`{field}[{i}]` must be a string. Given: {type_name(t)} {given(t)}.{hint}",
                            param=f"{field}[{i}]", code="invalid_type")
-        if len(t) > cfg.max_input_chars:
-            raise ApiError(413, f"`{field}[{i}]` is {len(t)} characters, more than max_input_chars "
-                                f"({cfg.max_input_chars}).", param=f"{field}[{i}]", code="max_input_chars",
-                           limit=cfg.max_input_chars, given=len(t))
+        if not t:  # as text-embeddings-inference and OpenAI: [CLS][SEP] alone is no post's vector
+            raise ApiError(422, f"`{field}[{i}]` is an empty string: there is nothing to embed. Fix: leave it out "
+                                "of the request.", param=f"{field}[{i}]", code="empty_string")
         if not t.isascii():
             try:
                 t.encode("utf-8")
@@ -154,7 +155,6 @@ class TeiEmbedRequest(BaseModel):
     truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
     prompt_name: PromptName = Field(None, description=PROMPT_DOC)
     dimensions: Annotated[Any, WithJsonSchema({"type": "integer"})] = None
-    encoding_format: Literal["float", "base64"] = "float"
 
     @model_validator(mode="before")
     @classmethod
@@ -167,8 +167,7 @@ class TeiEmbedRequest(BaseModel):
         return data
 
     _check_inputs = field_validator("inputs", mode="before")(_texts)
-    _defaults = field_validator("normalize", "truncation_direction", "encoding_format",
-                                mode="before")(classmethod(_null_is_default))
+    _defaults = field_validator("normalize", "truncation_direction", mode="before")(classmethod(_null_is_default))
 
 
 class SimilarityInputs(BaseModel):
@@ -177,7 +176,7 @@ class SimilarityInputs(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     source_sentence: StrictStr = Field(description="the sentence the others are compared with")
-    sentences: Texts = Field(description="the sentences to score: a list of strings")
+    sentences: list[str] = Field(description="the sentences to score: a list of strings")
 
     @field_validator("source_sentence", mode="before")
     @classmethod
@@ -190,6 +189,9 @@ class SimilarityInputs(BaseModel):
     @field_validator("sentences", mode="before")
     @classmethod
     def _check_sentences(cls, value, info: ValidationInfo):
+        if isinstance(value, str):  # as TEI: a list always (one string would be scored alone, likely a mistake)
+            raise ApiError(422, f"`inputs.sentences` must be a list of strings. Given: string {given(value)}. Fix: "
+                                "send [\"...\"].", param="inputs.sentences", code="invalid_type")
         return check_texts(value, "inputs.sentences", _cfg(info))
 
 

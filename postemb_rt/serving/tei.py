@@ -5,8 +5,9 @@ unchanged:
     POST /embed, POST /   ``inputs`` (str | list[str]), ``normalize`` (true), ``truncate`` (null:
                           the server's ``auto_truncate``, true here), ``truncation_direction``
                           (right | left), ``prompt_name``, ``dimensions`` (the model's dim or
-                          a declared matryoshka prefix), ``encoding_format`` (float | base64); answers a bare JSON array,
-                          one vector per input. Unknown fields are ignored, as TEI does; our
+                          a declared matryoshka prefix); answers a bare JSON array of floats,
+                          one vector per input. Unknown fields are ignored, as TEI does
+                          (``encoding_format`` too: base64 is /v1/embeddings'); our
                           native fields (``encoding``, ``long_posts``) are a 422 naming
                           ``/embed_full``, where the native answer moved. POST /invocations is the
                           same route (SageMaker's, as TEI serves it).
@@ -16,23 +17,25 @@ unchanged:
                           bare JSON array. ``POST /`` stays ``/embed``, TEI's default for an
                           embedding model.
     POST /tokenize        ``inputs``, ``add_special_tokens`` (true), ``prompt_name``: per input, its
-                          tokens ``{id, text, special, start, stop}`` (character offsets), as the
-                          model reads them (cut to max_length).
+                          tokens ``{id, text, special, start, stop}`` (UTF-8 byte offsets, as TEI's),
+                          as the model reads them (cut to max_length).
     POST /decode          ``ids`` (a list, or a list of lists), ``skip_special_tokens`` (true): texts.
     GET  /info            TEI's fields (``model_id``, ``max_input_length``, ...) beside ours.
 
 TEI's requests name no model: with several models served (``--model`` repeated), these routes
 serve the default one (the first ``--model``), and ``/info``'s TEI fields describe it.
 
+    POST /embed_sparse, /embed_all, /rerank, /predict: TEI's 424 model-type answer (this server
+                          pools dense vectors; it has no SPLADE head, token vectors, re-ranker or
+                          classifier to serve).
+
 Errors on these routes are TEI's: ``{"error": message, "error_type": type}``, Validation 413 (a
-size limit, a post too long with truncate false) or 422 (a malformed request), Empty 400,
-Overloaded 429, Backend 424 (the model failed on the batch), Unhealthy 503. A missing or wrong
+size limit, a post too long with truncate false, an empty string, an unknown prompt_name or
+dimensions) or 422 (a malformed request), 415 (not JSON), Empty 400, Overloaded 429, Backend 424
+(the model failed on the batch), Unhealthy 503. A missing or wrong
 API key is our 401 (as on every route). Every answer of an embedding says in the
 ``X-Truncated-Inputs`` header how many inputs were cut to max_length.
 """
-import base64
-
-import numpy as np
 
 from .. import __version__
 from ..encode_options import allowed_dims, truncate as truncate_rows
@@ -47,23 +50,28 @@ _ERRORS = {
     400: "Empty: an empty input list",
     401: "missing or wrong API key (`Authorization: Bearer <key>`), our answer shape",
     408: "Validation: the request body did not arrive within body_timeout_s",
-    413: "Validation: a size limit (body bytes, inputs, characters per post, queued tokens), or a post longer "
-         "than max_input_length with truncate false",
-    422: "Validation: malformed JSON, a wrong type, an unknown prompt_name or dimensions",
+    413: "Validation: a size limit (body bytes, inputs, queued tokens), a post longer than max_input_length (or "
+         "max_input_chars) with truncate false, an empty string, an unknown prompt_name or dimensions",
+    415: "Validation: the body is not declared JSON (Content-Type) or is compressed (Content-Encoding)",
+    422: "Validation: malformed JSON, a wrong type, a missing field",
     424: "Backend: the model failed on the batch holding this request",
     429: "Overloaded: see Retry-After",
     503: "Unhealthy: the model is loading or failed to load, a queue deadline, or shutting down",
 }
 
 
+VALIDATION_413 = frozenset({"max_length", "empty_string", "dimensions_unsupported", "unknown_prompt_name"})
+
+
 def tei_error(err: ApiError):
-    """Our ``ApiError`` as text-embeddings-inference answers the same mistake."""
+    """Our ``ApiError`` as text-embeddings-inference answers the same mistake: TEI's Validation
+    errors (a check of the request's values, after parsing) are 413, its own parse errors 422."""
     status, code = err.status, err.body.get("code")
     if status == 422 and code == "empty_input":
         status, kind = 400, "Empty"
-    elif status == 422 and code == "max_length":
+    elif status == 422 and code in VALIDATION_413:
         status, kind = 413, "Validation"
-    elif status in (408, 413, 422):
+    elif status in (408, 413, 415, 422):
         kind = "Validation"
     elif status == 429:
         kind = "Overloaded"
@@ -87,11 +95,6 @@ def check_dimensions(enc, dims) -> int:
     return dims
 
 
-def base64_rows(vecs: np.ndarray) -> list[str]:
-    """float32 (n, dim) -> n base64 strings of little-endian float32 (OpenAI's ``base64``)."""
-    return [base64.b64encode(r.tobytes()).decode("ascii") for r in vecs.astype("<f4", copy=False)]
-
-
 def info_fields(rt) -> dict:
     """TEI's ``/info`` fields (``model_*`` only once the model is loaded)."""
     cfg, enc = rt.cfg, rt.encoder
@@ -113,7 +116,7 @@ def _similarity_item(i: int) -> str:
 
 def _responses(keyed: tuple) -> dict:
     out = {200: {"description": "OK", "content": {"application/json": {"schema": {"type": "array"}}}}}
-    for c in (*keyed, 400, 408, 413, 422, 424, 429, 503):
+    for c in (*keyed, 400, 408, 413, 415, 422, 424, 429, 503):
         out[c] = {"description": _ERRORS[c], "model": ErrorResponse if c == 401 else TeiErrorResponse}
     return out
 
@@ -137,8 +140,7 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
                     prompt_name=req.prompt_name, truncation_direction=req.truncation_direction)
                 if dim < enc.dim:  # the prefix, re-normalised when asked (as Encoder.encode's truncate_dim)
                     vecs = truncate_rows(vecs, dim, req.normalize)
-                floats = req.encoding_format == "float"
-                resp = await render(vecs.tolist() if floats else base64_rows(vecs), vecs.size if floats else 0)
+                resp = await render(vecs.tolist(), vecs.size)
         except ApiError as err:
             return tei_error(err)
         resp.headers[TRUNCATED_HEADER] = str(len(truncated))
@@ -179,14 +181,17 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
             async with admission(request) as body:
                 req = parse(TokenizeRequest, json_object(body), cfg)
                 enc = rt.require_encoder()
-                texts = rt.prompted(enc, req.inputs, req.prompt_name)
+                texts, _ = rt.fit_chars(req.inputs, "inputs[{}]".format, cut=False)
+                texts = rt.prompted(enc, texts, req.prompt_name)
                 encs = await rt.off_loop(enc.tokenizer.encodings, texts, req.add_special_tokens)
         except ApiError as err:
             return tei_error(err)
-        out = [[{"id": i, "text": tok if special else text[a:b], "special": bool(special),
-                 "start": None if special else a, "stop": None if special else b}
-                for i, tok, special, (a, b) in zip(e.ids, e.tokens, e.special_tokens_mask, e.offsets)]
-               for e, text in zip(encs, texts)]
+        out = []
+        for e, text in zip(encs, texts):
+            at = _byte_offsets(text)
+            out.append([{"id": i, "text": tok if special else text[a:b], "special": bool(special),
+                         "start": None if special else at[a], "stop": None if special else at[b]}
+                        for i, tok, special, (a, b) in zip(e.ids, e.tokens, e.special_tokens_mask, e.offsets)])
         return await render(out, sum(len(e.ids) for e in encs) * 5)
 
     @app.post("/decode", openapi_extra=body_doc(DecodeRequest), response_class=Response, responses=responses)
@@ -212,16 +217,31 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
             return tei_error(err)
         return json_response(200, texts)
 
-    # TEI serves these for every model; for an embedding model they answer its 424 model-type error,
-    # which TEI clients parse (a 404 in our shape would not tell them why)
-    for path, kind in (("/rerank", "re-ranker"), ("/predict", "classifier")):
-        wrong = {424: {"description": f"Backend: this server serves embedding models, not {kind} models (TEI's "
-                                      "answer)", "model": TeiErrorResponse}, **{c: responses[c] for c in keyed}}
-        app.add_api_route(path, _wrong_model_type(kind), methods=["POST"], response_class=Response, responses=wrong,
+    # TEI serves these for every model; where the model cannot answer them, TEI's 424 model-type
+    # error, which TEI clients parse (a 404 in our shape would not tell them why)
+    for path, why in WRONG_MODEL_TYPE.items():
+        wrong = {424: {"description": f"Backend: {why} (TEI's answer for such a model)", "model": TeiErrorResponse},
+                 **{c: responses[c] for c in keyed}}
+        app.add_api_route(path, _wrong_model_type(why), methods=["POST"], response_class=Response, responses=wrong,
                           name=f"tei{path.replace('/', '_')}")
 
 
-def _wrong_model_type(kind: str):
+WRONG_MODEL_TYPE = {"/rerank": "model is not a re-ranker model", "/predict": "model is not a classifier model",
+                    "/embed_sparse": "model is not an embedding model with SPLADE pooling",
+                    "/embed_all": "this server pools each post into one vector and keeps no token vectors: use /embed"}
+
+
+def _wrong_model_type(why: str):
     async def answer():
-        return json_response(424, {"error": f"model is not a {kind} model", "error_type": "Backend"})
+        return json_response(424, {"error": why, "error_type": "Backend"})
     return answer
+
+
+def _byte_offsets(text: str) -> "list[int] | range":
+    """Character offset -> UTF-8 byte offset, for offsets 0..len(text) (TEI's /tokenize counts bytes)."""
+    if text.isascii():
+        return range(len(text) + 1)
+    at = [0]
+    for ch in text:
+        at.append(at[-1] + len(ch.encode("utf-8", "surrogatepass")))
+    return at

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import SAMPLE_TEXTS
+
 
 def require_serve_extra():
     """Call at a test module's top: skips the module unless the [serve] extra and httpx are
@@ -26,6 +28,8 @@ API_KEY = "test-key-7f3a"
 READY_TIMEOUT_S = 180  # the first onnxruntime load exports the model (~15 s, more on busy cores)
 ROOT = Path(__file__).resolve().parents[2]
 LIMITS = dict(max_inputs=32, max_input_chars=2000, max_body_bytes=64 * 1024, max_concurrent_requests=64)
+# the sample posts a request may hold: no empty string (refused, as TEI and OpenAI do), none over max_input_chars
+TEXTS = [t for t in SAMPLE_TEXTS if t and len(t) <= LIMITS["max_input_chars"]]
 
 
 class ServerProc:

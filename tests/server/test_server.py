@@ -6,14 +6,13 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import LONG_POST, SAMPLE_TEXTS, assert_exact
-from tests.server.conftest import API_KEY, LIMITS, require_serve_extra
+from tests.conftest import LONG_POST, assert_exact
+from tests.server.conftest import API_KEY, LIMITS, TEXTS, require_serve_extra
 
 httpx = require_serve_extra()
 
 openai = pytest.importorskip("openai")
 
-TEXTS = [t for t in SAMPLE_TEXTS if len(t) <= LIMITS["max_input_chars"]]
 
 
 def test_openai_client_float_equals_encode(main_server, server_encoder):
@@ -104,7 +103,7 @@ def test_openai_client_gets_quantized_and_packed_binary_rows(main_server, server
     r = c.embeddings.create(model="m", input=texts, encoding_format="float", extra_body={"prompt_name": "query"})
     np.testing.assert_allclose([d.embedding for d in r.data], server_encoder.encode(texts, prompt_name="query"),
                                rtol=0, atol=1e-5)
-    with pytest.raises(openai.UnprocessableEntityError, match="passage"):  # not one of the model's prompts
+    with pytest.raises(openai.BadRequestError, match="passage"):  # not a prompt of the model: 400, as OpenAI
         c.embeddings.create(model="m", input=texts, extra_body={"prompt_name": "passage"})
 
 

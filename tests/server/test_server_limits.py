@@ -214,8 +214,8 @@ def test_several_workers_on_a_port_in_use_fail_as_one_worker_does():
 
 def test_openapi_documents_error_responses_and_metrics_content_type(client):
     spec = client.get("/openapi.json").json()
-    for path in ("/v1/embeddings", "/embed_full"):
-        assert {"200", "401", "413", "422", "429", "503"} <= set(spec["paths"][path]["post"]["responses"])
+    for path, refused in (("/v1/embeddings", "400"), ("/embed_full", "422")):  # OpenAI's status, and ours
+        assert {"200", "401", refused, "413", "415", "429", "503"} <= set(spec["paths"][path]["post"]["responses"])
     assert set(spec["paths"]["/ready"]["get"]["responses"]) == {"200", "503"}
     metrics_200 = spec["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
     assert list(metrics_200) == [client.get("/metrics").headers["content-type"]]

@@ -10,8 +10,9 @@ import time
 import numpy as np
 import pytest
 
-from tests.conftest import SAMPLE_TEXTS, assert_exact
-from tests.server.conftest import API_KEY, LIMITS, ServerProc, ready_until_done, require_serve_extra, serve_argv
+from tests.conftest import assert_exact
+from tests.server.conftest import (API_KEY, TEXTS as SERVER_TEXTS, ServerProc, ready_until_done, require_serve_extra,
+                                   serve_argv)
 
 httpx = require_serve_extra()
 openai = pytest.importorskip("openai", reason="the [test] extra installs openai")
@@ -24,7 +25,8 @@ from postemb_rt.serving.registry import ModelRegistry  # noqa: E402
 from postemb_rt.serving.routes import create_app  # noqa: E402
 from postemb_rt.serving.runtime import Runtime  # noqa: E402
 
-TEXTS = [t for t in SAMPLE_TEXTS if len(t) <= LIMITS["max_input_chars"]][:6]
+TEXTS = SERVER_TEXTS[:6]
+
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
@@ -265,14 +267,14 @@ def test_dimensions_serves_the_nested_prefixes_a_model_declares(two_models, oai,
         listed = {m["name"]: m["dimensions"] for m in c.get("/info").json()["models"]}
         assert listed["small"] == [8, 16, 32, 50] and listed[encoders["base"].model_version] == [384]
         refused = c.post("/v1/embeddings", json={"model": "small", "input": TEXTS, "dimensions": 12})
-        assert refused.status_code == 422 and "[8, 16, 32, 50]" in refused.json()["error"]["message"]
-    with pytest.raises(openai.UnprocessableEntityError, match=r"must be one of \[384\]"):
+        assert refused.status_code == 400 and "[8, 16, 32, 50]" in refused.json()["error"]["message"]
+    with pytest.raises(openai.BadRequestError, match=r"must be one of \[384\]"):
         oai.embeddings.create(model=encoders["base"].model_version, input=TEXTS, dimensions=k)
 
 
 def test_tei_dimensions_serves_a_declared_prefix(encoders):
     """TEI's ``/embed`` serves the server's default model: with ``default`` (v4) there, ``dimensions``
-    16 answers encode(truncate_dim=16), normalised or not as asked; an undeclared dim is TEI's 422."""
+    16 answers encode(truncate_dim=16), normalised or not as asked; an undeclared dim is TEI's 413 Validation."""
     from starlette.testclient import TestClient
 
     app = create_app(ServeConfig(model="default", backend="onnxruntime", precision="fp32"))
@@ -284,7 +286,7 @@ def test_tei_dimensions_serves_a_declared_prefix(encoders):
         raw = c.post("/embed", json={"inputs": TEXTS, "dimensions": 16, "normalize": False})
         assert_exact(np.array(raw.json(), np.float32), small.encode(TEXTS, truncate_dim=16, normalize=False))
         refused = c.post("/embed", json={"inputs": TEXTS, "dimensions": 12})
-        assert refused.status_code == 422 and refused.json()["error_type"] == "Validation"
+        assert refused.status_code == 413 and refused.json()["error_type"] == "Validation"
         assert "[8, 16, 32, 50]" in refused.json()["error"]
 
 

@@ -62,9 +62,11 @@ def test_truncation_direction_left_keeps_the_end(client, server_encoder):
     ({"inputs": [LONG], "truncate": False}, 413, "Validation", "max_length"),
     ({"inputs": ["a"] * (LIMITS["max_inputs"] + 1)}, 413, "Validation", "max_inputs"),
     ({"inputs": []}, 400, "Empty", "at least one"),
-    ({"inputs": "a", "prompt_name": "no-such-prompt"}, 422, "Validation",
+    ({"inputs": "a", "prompt_name": "no-such-prompt"}, 413, "Validation",  # TEI's status for a Validation error
      "prompts ['document', 'query']. Given: 'no-such-prompt'."),
-    ({"inputs": "a", "dimensions": 7}, 422, "Validation", "dimensions"),
+    ({"inputs": "a", "dimensions": 7}, 413, "Validation", "dimensions"),
+    ({"inputs": ["a", ""]}, 413, "Validation", "`inputs[1]` is an empty string"),  # TEI: "cannot be empty"
+    ({"inputs": "b" * (LIMITS["max_input_chars"] + 1), "truncate": False}, 413, "Validation", "max_input_chars"),
     ({"inputs": "a", "normalize": "yes"}, 422, "Validation", "normalize"),
     ({"inputs": "a", "encoding": "int8"}, 422, "Validation", "/embed_full"),
 ])
@@ -75,9 +77,9 @@ def test_errors_are_tei_shaped_with_tei_status(client, body, status, error_type,
 
 
 def test_an_unknown_prompt_name_is_not_told_to_use_prompt_which_no_route_takes(client):
-    for path, body in (("/embed", {"inputs": "a"}), ("/v1/embeddings", {"input": "a"})):
+    for path, body, status in (("/embed", {"inputs": "a"}, 413), ("/v1/embeddings", {"input": "a"}, 400)):
         r = client.post(path, json={**body, "prompt_name": "no-such-prompt"})
-        assert r.status_code == 422 and "`prompt`" not in r.text and "no-such-prompt" in r.text, r.text
+        assert r.status_code == status and "`prompt`" not in r.text and "no-such-prompt" in r.text, r.text
 
 
 def test_unknown_fields_are_ignored_as_tei_does(client):
@@ -96,6 +98,11 @@ def test_tokenize_and_decode(client, server_encoder):
     assert toks[0][0]["special"] and toks[0][-1]["special"] and toks[0][0]["start"] is None
     assert [t["text"] for t in toks[0] if not t["special"]] == ["Hello", "world"]  # offsets into the input
     assert [(t["start"], t["stop"]) for t in toks[0][1:-1]] == [(0, 5), (6, 11)]
+    text = "café 😀 東京 naïve"  # offsets count UTF-8 bytes, as TEI's (tokenizers' own)
+    pieces = client.post("/tokenize", json={"inputs": text, "add_special_tokens": False}).json()[0]
+    raw = text.encode()
+    assert [raw[t["start"]:t["stop"]].decode() for t in pieces] == [t["text"] for t in pieces]
+    assert (pieces[0]["start"], pieces[0]["stop"]) == (0, 5) and pieces[-1]["stop"] == len(raw)
     no_special = client.post("/tokenize", json={"inputs": ["Hello world"], "add_special_tokens": False}).json()
     assert [t["id"] for t in no_special[0]] == [t["id"] for t in toks[0][1:-1]]
     ids = [t["id"] for t in toks[0]]
@@ -203,10 +210,65 @@ def test_chunk_mode_errors_name_the_requests_own_field():
 
 
 def test_rerank_and_predict_answer_teis_model_type_error(client, main_server):
-    """TEI serves /rerank and /predict for every model; for an embedding model it answers 424 Backend
-    "model is not a re-ranker / classifier model" (a TEI client reads why), behind the API key."""
-    for path, body, kind in (("/rerank", {"query": "a", "texts": ["b"]}, "re-ranker"),
-                             ("/predict", {"inputs": "a"}, "classifier")):
+    """TEI serves /rerank, /predict and /embed_sparse for every model; for an embedding model without
+    them it answers 424 Backend "model is not a re-ranker / classifier model" (a TEI client reads why),
+    behind the API key. /embed_all (token vectors) is a 424 here too: this server keeps none."""
+    for path, body, why in (("/rerank", {"query": "a", "texts": ["b"]}, "not a re-ranker model"),
+                            ("/predict", {"inputs": "a"}, "not a classifier model"),
+                            ("/embed_sparse", {"inputs": "a"}, "SPLADE"), ("/embed_all", {"inputs": "a"}, "/embed")):
         r = client.post(path, json=body)
-        assert r.status_code == 424 and r.json() == {"error": f"model is not a {kind} model", "error_type": "Backend"}
+        assert r.status_code == 424 and r.json()["error_type"] == "Backend" and why in r.json()["error"], r.text
         assert httpx.post(main_server.url + path, json=body, timeout=10).status_code == 401  # no key
+
+
+def test_a_long_post_is_cut_to_max_input_chars_when_truncating(client, server_encoder):
+    """As TEI: with truncation on, a post over max_input_chars is cut to it (on the side truncation
+    keeps), far past the max_length tokens the model reads, so the vector is the whole post's."""
+    limit = LIMITS["max_input_chars"]
+    long = "word " * (limit // 5 + 100)  # > max_input_chars, and > max_length tokens in its first limit chars
+    r = client.post("/embed", json={"inputs": ["short", long]})
+    assert r.status_code == 200 and r.headers["X-Truncated-Inputs"] == "1", r.text[:300]
+    assert_exact(np.array(r.json(), np.float32), server_encoder.encode(["short", long]))
+    tail = "word " * 300  # 1,500 characters, > max_length tokens: left truncation reads only these
+    left = client.post("/embed", json={"inputs": ["other " * 400 + tail, tail], "truncation_direction": "left"})
+    assert left.status_code == 200 and left.headers["X-Truncated-Inputs"] == "2", left.text[:300]
+    assert_exact(*np.array(left.json(), np.float32)[:, None])
+    one_word = "b" * (limit + 1)  # one [UNK]: its first max_input_chars hold 1 token, cutting it would change it
+    r = client.post("/embed", json={"inputs": one_word})
+    assert r.status_code == 413 and "--max-input-chars" in r.json()["error"], r.text
+
+
+def test_requests_must_be_declared_json_and_uncompressed(client, main_server):
+    """415, as TEI's: a body without `Content-Type: application/json` (curl -d alone, text/plain, a form:
+    what a browser sends cross-origin without a preflight) or with Content-Encoding is not read."""
+    import gzip
+    import json
+
+    body = json.dumps({"inputs": "a"}).encode()
+    for headers in ({}, {"Content-Type": "text/plain"}, {"Content-Type": "application/x-www-form-urlencoded"}):
+        r = client.post("/embed", content=body, headers=headers)
+        assert r.status_code == 415 and r.json()["error_type"] == "Validation", (headers, r.text)
+        assert "Content-Type: application/json" in r.json()["error"]
+    r = client.post("/v1/embeddings", content=json.dumps({"input": "a"}).encode(),
+                    headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type", r.text
+    r = client.post("/embed", content=gzip.compress(body),
+                    headers={"Content-Type": "application/json", "Content-Encoding": "gzip"})
+    assert r.status_code == 415 and "Content-Encoding gzip" in r.json()["error"], r.text
+    ok = client.post("/embed", content=body, headers={"Content-Type": "application/json; charset=utf-8"})
+    assert ok.status_code == 200
+
+
+def test_paths_as_tei_and_openai_clients_spell_them(client, server_encoder):
+    assert client.post("/embed/", json={"inputs": "a"}).status_code == 404  # no redirect, as TEI
+    for path in ("/models", "/v1/models"):  # an OpenAI client whose base_url lacks /v1 lists models too
+        assert [m["id"] for m in client.get(path).json()["data"]] == [server_encoder.model_version]
+        assert client.get(f"{path}/{server_encoder.model_version}").status_code == 200
+    r = client.post("/similarity", json={"inputs": {"source_sentence": "a", "sentences": "b"}})
+    assert r.status_code == 422 and "`inputs.sentences` must be a list" in r.json()["error"], r.text
+
+
+def test_huggingface_hub_asking_base64_gets_floats_as_from_tei(hub, server_encoder):
+    """huggingface_hub sends its encoding_format to TEI's /embed, which ignores it (base64 is the
+    OpenAI route's); an answer in base64 would crash the client."""
+    assert_exact(hub.feature_extraction(TEXTS, encoding_format="base64"), server_encoder.encode(TEXTS))
