@@ -13,6 +13,7 @@ SUCCESS = "_SUCCESS.json"
 MARKER = "_source.json"  # in a staging folder: what its parts were made from (see _marker)
 ROWS_PER_SPLIT = 10_000  # ~30 s of CPU inference per split on one core: fine-grained resume, small retries
 ID_TYPES = ("int", "string")  # of an output's `id` column (Arrow int64 / string): one per output
+BOM = b"\xef\xbb\xbf"  # the UTF-8 byte order mark some editors put at the start of a JSONL file
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,23 @@ def list_inputs(input_path: Path) -> tuple[Path, list[Path]]:
     return input_path, files
 
 
+def make_output(input_path: Path, out: Path) -> None:
+    """Create the output folder ``out``, or a ValidationError naming `--output`, the value and the fix:
+    ``out`` equal to or inside the input folder (a rerun would read the run's own parts as input), or a
+    folder the OS will not create (read-only, under a file, a missing mount: its reason)."""
+    inp_r, out_r = input_path.resolve(), out.resolve()
+    if out_r == inp_r or (input_path.is_dir() and inp_r in out_r.parents):
+        raise ValidationError(f"`--output` {str(out)!r} is {'the' if out_r == inp_r else 'inside the'} `--input` "
+                              f"{'folder' if input_path.is_dir() else 'file'} {str(input_path)!r}: the run would "
+                              "read its own output as input. Fix: pick an --output folder outside the input.")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValidationError(f"`--output` {str(out)!r} cannot be created: {exc.strerror or exc} "
+                              f"({type(exc).__name__}). Fix: pick an --output folder you can write to (on a "
+                              "writable file system, not under a file).") from exc
+
+
 def plan_file(path: Path, root: Path, rows_per_split: int = ROWS_PER_SPLIT) -> FilePlan:
     """The splits of one input file. Parquet: consecutive row groups up to ``rows_per_split``
     rows (a row group is never cut, so a file written as one huge row group is one split);
@@ -72,11 +90,7 @@ def plan_file(path: Path, root: Path, rows_per_split: int = ROWS_PER_SPLIT) -> F
         import pyarrow.parquet as pq
 
         meta = pq.ParquetFile(path)
-        names = meta.schema_arrow.names
-        missing = [c for c in ("id", "text") if c not in names]
-        if missing:
-            raise ValidationError(f"`--input` file {str(path)!r} needs columns `id` and `text`. "
-                                  f"Given columns: {names}.")
+        _check_columns(path, meta.schema_arrow.names)
         first, rows = 0, 0
         for rg in range(meta.num_row_groups):
             rows += meta.metadata.row_group(rg).num_rows
@@ -90,13 +104,19 @@ def plan_file(path: Path, root: Path, rows_per_split: int = ROWS_PER_SPLIT) -> F
     return FilePlan(path, rel, st.st_size, st.st_mtime_ns, splits)
 
 
+def _check_columns(path: Path, names: list[str]) -> None:
+    if "id" not in names or "text" not in names:
+        raise ValidationError(f"`--input` file {str(path)!r} needs columns `id` and `text`. Given columns: {names}.")
+
+
 def jsonl_rows(path: Path) -> int:
     """Rows of a JSONL file as the split reader counts them: lines that are not blank
-    (good and bad rows alike). Reads the file once, line by line."""
+    (good and bad rows alike; a UTF-8 byte order mark at the start is not text). Reads the
+    file once, line by line."""
     n = 0
     with open(path, "rb") as f:
-        for line in f:
-            n += bool(line.strip())
+        for i, line in enumerate(f):
+            n += bool((line.removeprefix(BOM) if i == 0 else line).strip())
     return n
 
 
@@ -111,22 +131,43 @@ def errors_name(index: int) -> str:
 def parquet_id_type(path: Path) -> str | None:
     """The id type ("int" or "string") of a Parquet input's ``id`` column, from its footer;
     None for a column of nulls only (every row is bad: it fits any output). Other column types
-    are refused (ValidationError naming the file, the type and the fix)."""
+    are refused (ValidationError naming the file, the type and the fix), and so is a ``text``
+    column that holds no text (:func:`parquet_text_kind`). A dictionary-encoded column (what
+    pandas writes for a ``category``) counts as its values' type."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    names = pq.read_schema(path).names
-    if "id" not in names:
-        raise ValidationError(f"`--input` file {str(path)!r} needs columns `id` and `text`. Given columns: {names}.")
-    t = pq.read_schema(path).field("id").type
+    schema = pq.read_schema(path)
+    _check_columns(path, schema.names)
+    parquet_text_kind(path, schema.field("text").type)
+    t = schema.field("id").type
+    t = t.value_type if pa.types.is_dictionary(t) else t
     if pa.types.is_integer(t):
         return "int"
-    if pa.types.is_string(t) or pa.types.is_large_string(t):
+    if pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t):
         return "string"
     if pa.types.is_null(t):
         return None
     raise ValidationError(f"`--input` file {str(path)!r}: column `id` must hold integers or strings. Given: {t}. "
                           "Fix: cast the column to int64 or string and run again.")
+
+
+def parquet_text_kind(path, t) -> str:
+    """How the split reader takes a Parquet ``text`` column of Arrow type ``t`` (a dictionary by its
+    values' type): "string" (string, large_string, string_view), "binary" (each value decoded as
+    UTF-8; an invalid one is a bad row) or "null" (a column of nulls only: every row is a bad row,
+    "`text` is null"). Any other type is refused: ValidationError naming the file, the type, the fix."""
+    import pyarrow as pa
+
+    v = t.value_type if pa.types.is_dictionary(t) else t
+    if pa.types.is_string(v) or pa.types.is_large_string(v) or pa.types.is_string_view(v):
+        return "string"
+    if pa.types.is_binary(v) or pa.types.is_large_binary(v) or pa.types.is_binary_view(v):
+        return "binary"
+    if pa.types.is_null(v):
+        return "null"
+    raise ValidationError(f"`--input` file {str(path)!r}: column `text` must hold strings. Given: {t}. "
+                          "Fix: cast the column to string (or drop the file from the input) and run again.")
 
 
 def jsonl_first_id_type(path: Path) -> str | None:

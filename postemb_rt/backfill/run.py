@@ -13,7 +13,7 @@ from typing import Callable
 from ..durable import atomic_write, durable_rename, read_json
 from ..errors import PostEmbError, ValidationError
 from .plan import (ID_TYPES, MARKER, ROWS_PER_SPLIT, STAGING, SUCCESS, FilePlan, errors_name, jsonl_first_id_type,
-                   jsonl_rows, list_inputs, parquet_id_type, part_name, plan_file)
+                   jsonl_rows, list_inputs, make_output, parquet_id_type, part_name, plan_file)
 from .ray_setup import ray_init, rows
 from .splits import SplitEmbedder, describe_error
 
@@ -259,6 +259,8 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
         raise ValidationError(f"`threads_per_worker` must be >= 1. Given: {threads_per_worker}.")
     if num_workers is not None and num_workers < 1:
         raise ValidationError(f"`num_workers` must be >= 1. Given: {num_workers}.")
+    if batch_size < 1:
+        raise ValidationError(f"`batch_size` must be >= 1. Given: {batch_size}.")
     if rows_per_split < 1:
         raise ValidationError(f"`rows_per_split` must be >= 1. Given: {rows_per_split}.")
     start = time.perf_counter()
@@ -285,7 +287,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
 
     resolve_prompt(md.config, prompt_name=prompt_name)  # an unknown name: refused here, listing the prompts
     prompt_name = prompt_name if prompt_name is not None else md.config.default_prompt_name
-    out.mkdir(parents=True, exist_ok=True)
+    make_output(inp, out)
     _check_model_version(out, model_version, fingerprint)
     _check_prompt(_committed(out)[1], prompt_name, f"`--output` {str(out)!r}",
                   "pick a new --output folder, or run with the --prompt-name that wrote it.")
@@ -419,9 +421,11 @@ def _commit(out: Path, plan: FilePlan, report: BackfillReport) -> None:
 
 
 def _remove_empty_dirs(root: Path) -> None:
+    """Remove the empty folders under ``root`` (the staging folder), and ``root`` itself when
+    it is left empty: a resumed run recreates what it needs."""
     if not root.is_dir():
         return
-    for d in sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+    for d in [*sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)), root]:
         try:
             d.rmdir()
         except OSError:

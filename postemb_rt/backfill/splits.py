@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..durable import atomic_write
-from .plan import ID_TYPES, STAGING, Split, errors_name, part_name
+from .plan import BOM, ID_TYPES, STAGING, Split, errors_name, parquet_text_kind, part_name
 
 INT64 = (-(2 ** 63), 2 ** 63 - 1)
 
@@ -17,41 +17,55 @@ INT64 = (-(2 ** 63), 2 ** 63 - 1)
 # -- reading and checking one split (actor) -----------------------------------------------
 def _read_parquet_split(s: Split, id_type: str):
     """(ids: pyarrow Array of the good rows, cast to the output's ``id_type``, texts: list[str],
-    bad: list[dict]). The run checked before any work that the column casts (integer or
-    string columns; a string column only into a "string" output)."""
+    bad: list[dict]). The run checked before any work that the columns cast (:func:`parquet_id_type`:
+    integer or string ids, a string column only into a "string" output; a string-like, binary or
+    all-null ``text``); dictionary-encoded columns (pandas ``category``) are read by their values."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     t = pq.ParquetFile(s.path).read_row_groups(list(range(s.first, s.first + s.count)), columns=["id", "text"])
-    ids, text = t.column("id").combine_chunks(), t.column("text").combine_chunks()
+    ids, text = t.column("id"), t.column("text")
+    if pa.types.is_dictionary(ids.type):
+        ids = ids.cast(ids.type.value_type)
+    kind = parquet_text_kind(s.path, text.type)  # checked by the run too; here for a file changed since
+    ids, text = ids.combine_chunks(), text.cast(pa.large_binary() if kind == "binary" else pa.large_string())
     bad: list[dict] = []
-    if pa.types.is_string(text.type) or pa.types.is_large_string(text.type):
-        texts = text.to_pylist()
-    elif pa.types.is_binary(text.type) or pa.types.is_large_binary(text.type):
+    if kind == "binary":
         texts = []
         for v in text.to_pylist():
             try:
                 texts.append(None if v is None else v.decode("utf-8"))
             except UnicodeDecodeError:
                 texts.append(b"")  # marked bad below
-    else:
-        texts = [b""] * len(text)
+    else:  # string-like, or a column of nulls only (every row bad: `text` is null)
+        texts = text.to_pylist()
     good = []
     for i, (pid, tx) in enumerate(zip(ids.to_pylist(), texts)):
         if pid is None:
             bad.append({"id": None, "row_in_split": i, "reason": "`id` is null"})
+        elif id_type == "int" and _int_id_problem(pid):  # a uint64 id above the int64 maximum
+            bad.append({"id": pid, "row_in_split": i, "reason": _int_id_problem(pid)})
         elif tx is None:
             bad.append({"id": pid, "row_in_split": i, "reason": "`text` is null"})
         elif isinstance(tx, bytes):
-            why = ("`text` is not valid UTF-8" if pa.types.is_binary(text.type) or pa.types.is_large_binary(text.type)
-                   else f"`text` must be a string column. Given: {text.type}")
-            bad.append({"id": pid, "row_in_split": i, "reason": why})
+            bad.append({"id": pid, "row_in_split": i, "reason": "`text` is not valid UTF-8"})
         else:
             good.append(i)
     if len(good) < len(texts):
         ids, texts = pc.take(ids, pa.array(good, type=pa.int64())), [texts[i] for i in good]
     return pc.cast(ids, arrow_id_type(id_type)), texts, bad
+
+
+def _int_id_problem(pid) -> str | None:
+    """Why ``pid`` (an int or a str) cannot be an id of an "int" output, with the fix; None if it can."""
+    if isinstance(pid, str):
+        why = "`id` must be an integer: this output's ids are integers (`id_type` in its _SUCCESS.json)"
+    elif not INT64[0] <= pid <= INT64[1]:
+        why = "`id` is outside the int64 range"
+    else:
+        return None
+    return f"{why}. Fix: embed this input into a new --output with --id-type string"
 
 
 def _read_jsonl_split(s: Split, id_type: str):
@@ -65,6 +79,8 @@ def _read_jsonl_split(s: Split, id_type: str):
             f.seek(s.first - 1)
             if f.read(1) != b"\n":
                 f.readline()  # the line in progress belongs to the previous split
+        elif f.read(len(BOM)) != BOM:  # a UTF-8 byte order mark (Windows editors) is no part of row 1
+            f.seek(0)
         while True:
             offset = f.tell()
             if offset >= end:
@@ -96,11 +112,8 @@ def _read_jsonl_split(s: Split, id_type: str):
                 continue
             if id_type == "string":
                 pid = str(pid)
-            elif isinstance(pid, str) or not INT64[0] <= pid <= INT64[1]:
-                why = ("`id` must be an integer: this output's ids are integers (`id_type` in its _SUCCESS.json)"
-                       if isinstance(pid, str) else "`id` is outside the int64 range")
-                bad.append({**where, "id": pid, "reason": f"{why}. Fix: embed this input into a new --output "
-                                                          "with --id-type string"})
+            elif _int_id_problem(pid):
+                bad.append({**where, "id": pid, "reason": _int_id_problem(pid)})
                 continue
             tx = obj.get("text")
             if not isinstance(tx, str):

@@ -1,0 +1,147 @@
+"""``postemb backfill`` on awkward inputs and arguments: dictionary-encoded, non-text and all-null
+``text`` columns, uint64 ids past int64, a UTF-8 byte order mark, an output inside the input or
+that cannot be created, a batch size of 0, and the staging folder left behind. Each is checked
+on the planning and reading functions, or refused before Ray starts: no test here needs Ray."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from postemb_rt.errors import ValidationError
+
+pa = pytest.importorskip("pyarrow")
+import pyarrow.parquet as pq  # noqa: E402
+
+from postemb_rt import backfill as bf  # noqa: E402
+from postemb_rt.backfill import run as bf_run, splits as bf_splits  # noqa: E402
+from postemb_rt.cli import main  # noqa: E402
+
+INT_FIX = "`id` is outside the int64 range. Fix: embed this input into a new --output with --id-type string"
+
+
+def _read(path, id_type="int"):
+    """(ids, texts, bad) of every split of ``path``, through the run's own check of its columns."""
+    assert bf_run.decide_id_type([path], path.parent / "no-output", id_type) == id_type
+    ids, texts, bad = [], [], []
+    for s in bf.plan_file(path, path.parent, rows_per_split=4).splits:
+        i, t, b = (bf_splits._read_parquet_split if s.kind == "parquet" else bf_splits._read_jsonl_split)(s, id_type)
+        ids += i.to_pylist() if hasattr(i, "to_pylist") else i
+        texts += t
+        bad += b
+    return ids, texts, bad
+
+
+def test_a_dictionary_encoded_text_column_is_read_by_its_values(tmp_path):
+    """What pandas writes for a `category` column: before, every row was a bad row and the file
+    was committed with 0 rows."""
+    pd = pytest.importorskip("pandas")
+    words = ["hiring", "coffee", None, "hiring", "robots"] * 2
+    pd.DataFrame({"id": range(10), "text": pd.Categorical(words)}).to_parquet(tmp_path / "cat.parquet",
+                                                                              row_group_size=3)
+    assert pa.types.is_dictionary(pq.read_schema(tmp_path / "cat.parquet").field("text").type)
+    ids, texts, bad = _read(tmp_path / "cat.parquet")
+    assert ids == [i for i in range(10) if words[i] is not None] and texts == [w for w in words if w is not None]
+    assert [(b["id"], b["reason"]) for b in bad] == [(2, "`text` is null"), (7, "`text` is null")]
+    pd.DataFrame({"id": pd.Categorical([f"p{i}" for i in range(4)]), "text": ["a"] * 4}).to_parquet(
+        tmp_path / "cat-id.parquet")  # ids too
+    assert _read(tmp_path / "cat-id.parquet", "string")[:2] == (["p0", "p1", "p2", "p3"], ["a"] * 4)
+
+
+def test_an_all_null_text_column_makes_bad_rows_that_say_so(tmp_path):
+    pq.write_table(pa.table({"id": [1, 2, 3], "text": pa.nulls(3)}), tmp_path / "n.parquet")
+    ids, texts, bad = _read(tmp_path / "n.parquet")
+    assert ids == [] and [(b["id"], b["reason"]) for b in bad] == [(i, "`text` is null") for i in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("column", [pa.array([1, 2], pa.int64()), pa.array([1.5, 2.5])])
+def test_a_text_column_that_holds_no_text_is_refused_before_any_work(tmp_path, capsys, column):
+    (tmp_path / "posts").mkdir()
+    pq.write_table(pa.table({"id": [1, 2], "text": ["fine", "ok"]}), tmp_path / "posts" / "a.parquet")
+    pq.write_table(pa.table({"id": [3, 4], "text": column}), tmp_path / "posts" / "b.parquet")
+    want = rf"b.parquet': column `text` must hold strings. Given: {column.type}. Fix: cast the column to string"
+    with pytest.raises(ValidationError, match=want):
+        bf.backfill(tmp_path / "posts", tmp_path / "emb")
+    assert not (tmp_path / "emb" / bf.STAGING).exists()  # refused before any file was started
+    assert main(["backfill", "--input", str(tmp_path / "posts"), "--output", str(tmp_path / "emb")]) == 2
+    assert "column `text` must hold strings" in capsys.readouterr().err
+
+
+def test_uint64_ids_past_int64_are_bad_rows_as_in_jsonl(tmp_path):
+    """Before, the whole file failed with a raw ArrowInvalid, on every rerun."""
+    big = [1, 2 ** 63, 2 ** 64 - 1, 5]
+    pq.write_table(pa.table({"id": pa.array(big, pa.uint64()), "text": ["a", "b", "c", "d"]}), tmp_path / "u.parquet")
+    ids, texts, bad = _read(tmp_path / "u.parquet", "int")
+    assert (ids, texts) == ([1, 5], ["a", "d"])
+    assert [(b["id"], b["reason"]) for b in bad] == [(2 ** 63, INT_FIX), (2 ** 64 - 1, INT_FIX)]
+    (tmp_path / "u.jsonl").write_text("".join(json.dumps({"id": i, "text": "t"}) + "\n" for i in big))
+    assert [b["reason"] for b in _read(tmp_path / "u.jsonl", "int")[2]] == [INT_FIX, INT_FIX]  # the same reason
+    assert _read(tmp_path / "u.parquet", "string")[0] == [str(i) for i in big]
+
+
+def test_a_byte_order_mark_at_the_start_of_a_jsonl_file_is_not_part_of_row_1(tmp_path):
+    rows = "".join(json.dumps({"id": i, "text": f"post {i} " + "x" * 90}) + "\n" for i in range(12))
+    (tmp_path / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + rows.encode())
+    (tmp_path / "bom-line.jsonl").write_bytes(b"\xef\xbb\xbf\n" + rows.encode())  # a BOM alone on line 1
+    for name in ("bom.jsonl", "bom-line.jsonl"):
+        assert bf.plan_file(tmp_path / name, tmp_path, rows_per_split=4).splits[1:], "several splits"
+        ids, texts, bad = _read(tmp_path / name, "int")
+        assert (ids, bad) == (list(range(12)), []) and texts[0].startswith("post 0")
+        assert bf.jsonl_rows(tmp_path / name) == 12  # the count a commit checks the parts against
+
+
+@pytest.mark.parametrize("where", ["inside", "equal"])
+def test_an_output_inside_or_equal_to_the_input_is_refused(tmp_path, capsys, where):
+    """Before, `--output in3/emb` worked once and its rerun read its own parts as input;
+    `--output in3` ended in a NotADirectoryError traceback."""
+    src = tmp_path / "in3"
+    src.mkdir()
+    pq.write_table(pa.table({"id": [1], "text": ["a"]}), src / "a.parquet")
+    out = src / "emb" if where == "inside" else src
+    with pytest.raises(ValidationError, match=r"`--output` .* is (inside )?the `--input` folder .*Fix: pick an "
+                                              r"--output folder outside the input"):
+        bf.backfill(src, out)
+    assert main(["backfill", "--input", str(src), "--output", str(out)]) == 2
+    assert "Fix: pick an --output folder outside" in capsys.readouterr().err
+    assert sorted(p.name for p in src.iterdir()) == ["a.parquet"]  # nothing written
+    with pytest.raises(ValidationError, match="is the `--input` file"):
+        bf.backfill(src / "a.parquet", src / "a.parquet")
+
+
+def test_an_output_that_cannot_be_created_names_the_flag_the_value_and_the_reason(tmp_path, capsys):
+    pq.write_table(pa.table({"id": [1], "text": ["a"]}), tmp_path / "a.parquet")
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "emb"
+    with pytest.raises(ValidationError, match=rf"`--output` '{out}' cannot be created: Not a directory "
+                                              r"\(NotADirectoryError\)\. Fix: pick an --output folder"):
+        bf.backfill(tmp_path / "a.parquet", out)
+    assert main(["backfill", "--input", str(tmp_path / "a.parquet"), "--output", str(out)]) == 2
+    assert "cannot be created: Not a directory" in capsys.readouterr().err
+
+
+def test_a_batch_size_below_1_is_refused_before_any_work(tmp_path, capsys):
+    """Before, Ray started and every split failed after the model loaded."""
+    pq.write_table(pa.table({"id": [1], "text": ["a"]}), tmp_path / "a.parquet")
+    with pytest.raises(ValidationError, match=r"`batch_size` must be >= 1\. Given: 0\."):
+        bf.backfill(tmp_path / "a.parquet", tmp_path / "emb", batch_size=0)
+    assert not (tmp_path / "emb").exists()
+    assert main(["backfill", "--input", str(tmp_path / "a.parquet"), "--output", str(tmp_path / "emb"),
+                 "--batch-size", "0"]) == 2
+    assert "`--batch-size` must be >= 1. Given: 0." in capsys.readouterr().err
+
+
+def test_a_finished_run_leaves_no_empty_staging_folder(tmp_path):
+    """Every file committed already (no Ray started): the empty staging folders an interrupted
+    run left are removed, the staging folder itself included; an unfinished file's are kept."""
+    pq.write_table(pa.table({"id": [1], "text": ["a"]}), tmp_path / "a.parquet")
+    done = tmp_path / "emb" / "a.parquet"
+    done.mkdir(parents=True)
+    (done / bf.SUCCESS).write_text(json.dumps({"model_version": bf.resolve_model_version("default")}))
+    (tmp_path / "emb" / bf.STAGING / "sub" / "b.parquet").mkdir(parents=True)
+    report = bf.backfill(tmp_path / "a.parquet", tmp_path / "emb")
+    assert report.files_skipped == 1 and not (tmp_path / "emb" / bf.STAGING).exists()
+    unfinished = tmp_path / "emb" / bf.STAGING / "c.parquet"
+    unfinished.mkdir(parents=True)
+    (unfinished / bf.part_name(0)).write_bytes(b"part")
+    bf_run._remove_empty_dirs(tmp_path / "emb" / bf.STAGING)
+    assert (unfinished / bf.part_name(0)).exists()
