@@ -63,13 +63,18 @@ def list_inputs(input_path: Path) -> tuple[Path, list[Path]]:
 
 def make_output(input_path: Path, out: Path) -> None:
     """Create the output folder ``out``, or a ValidationError naming `--output`, the value and the fix:
-    ``out`` equal to or inside the input folder (a rerun would read the run's own parts as input), or a
-    folder the OS will not create (read-only, under a file, a missing mount: its reason)."""
+    ``out`` equal to or inside the input folder (a rerun would read the run's own parts as input), the
+    input inside ``out`` (`postemb index build` on it would read the input as vectors), or a folder the
+    OS will not create (read-only, under a file, a missing mount: its reason)."""
     inp_r, out_r = input_path.resolve(), out.resolve()
     if out_r == inp_r or (input_path.is_dir() and inp_r in out_r.parents):
         raise ValidationError(f"`--output` {str(out)!r} is {'the' if out_r == inp_r else 'inside the'} `--input` "
                               f"{'folder' if input_path.is_dir() else 'file'} {str(input_path)!r}: the run would "
                               "read its own output as input. Fix: pick an --output folder outside the input.")
+    if out_r in inp_r.parents:
+        raise ValidationError(f"`--output` {str(out)!r} holds the `--input` {str(input_path)!r}: `postemb index "
+                              "build` on the output would read the input's files as vectors. Fix: pick an --output "
+                              "folder apart from the input.")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

@@ -106,6 +106,10 @@ def test_an_output_inside_or_equal_to_the_input_is_refused(tmp_path, capsys, whe
     assert sorted(p.name for p in src.iterdir()) == ["a.parquet"]  # nothing written
     with pytest.raises(ValidationError, match="is the `--input` file"):
         bf.backfill(src / "a.parquet", src / "a.parquet")
+    with pytest.raises(ValidationError, match=r"`--output` .* holds the `--input` .*Fix: pick an --output folder "
+                                              "apart from the input"):
+        bf.backfill(src, tmp_path)
+    assert not (src / "_staging").exists() and not (tmp_path / "_staging").exists()
 
 
 def test_an_output_that_cannot_be_created_names_the_flag_the_value_and_the_reason(tmp_path, capsys):
