@@ -26,9 +26,9 @@ def register(subparsers) -> None:
         description="Embed post-created events from a Redis stream with a consumer group, store one hash per "
                     "post at postemb:{vector_version}:{post_id} (the model version, plus +precision / +chunk when "
                     "those change the numbers), announce it on the `embeddings` stream, then acknowledge. "
-                    "SIGTERM/SIGINT finish the current batch and exit 0. Exit 2: Redis refuses every write (a "
-                    "shared key of the wrong type, NOPERM; nothing acknowledged) or the credentials (checked "
-                    "before the model loads). Exit 3: a model call ran past "
+                    "SIGTERM/SIGINT finish the current batch and exit 0. Exit 2: a flag out of range, or Redis "
+                    "refuses every write (a shared key of the wrong type, NOPERM; nothing acknowledged) or the "
+                    "credentials (checked before the model loads). Exit 3: a model call ran past "
                     "--model-timeout (restart the worker; a post that hangs the model every time is dead-lettered "
                     "after --max-deliveries).")
     add_arguments(p)
@@ -65,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--claim-idle-ms", type=int, default=30_000,
                    help="claim other consumers' pending events idle this long (default: 30000)")
     p.add_argument("--max-deliveries", type=int, default=10,
-                   help="dead-letter an event delivered more often than this (default: 10)")
+                   help="dead-letter an event delivered more often than this (>= 1; default: 10)")
     p.add_argument("--model-timeout", type=float, default=DEFAULT_MODEL_TIMEOUT_S, metavar="S",
                    help="a model call (one micro-batch) that runs longer than this stops the worker with exit code "
                         "3, for its supervisor to restart it; its events stay pending and are retried one at a "
@@ -77,7 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="where each stored embedding is announced (default: embeddings)")
     p.add_argument("--max-events", type=int, default=None, help="exit after this many events (testing)")
     p.add_argument("--stats", action="store_true", help="print lag, pending, throughput and freshness; exit")
-    p.add_argument("--window", type=float, default=60.0, help="--stats: seconds of history (default: 60)")
+    p.add_argument("--window", type=float, default=60.0, help="--stats: seconds of history (> 0; default: 60)")
     p.add_argument("--json", action="store_true", help="--stats: print JSON")
 
 
@@ -100,9 +100,22 @@ def _print_stats(s: dict) -> None:
               f"retries {w['retries']}, reconnects {w['reconnects']}, p99 {f(w['freshness_p99_s'], ' s')}")
 
 
+# the library's setting -> this command's flag, for the messages of nearline.settings.check
+FLAGS = {"batch_size": "--batch-size", "max_wait_ms": "--max-wait-ms", "claim_idle_ms": "--claim-idle-ms",
+         "max_deliveries": "--max-deliveries", "model_timeout_s": "--model-timeout", "threads": "--threads",
+         "window_s": "--window"}
+
+
 def run(args) -> int:
     from .. import nearline
+    from ..nearline import settings
 
+    if args.stats:  # refused before anything connects or loads
+        settings.check(FLAGS, window_s=args.window)
+    else:
+        settings.check(FLAGS, batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,
+                       claim_idle_ms=args.claim_idle_ms, max_deliveries=args.max_deliveries,
+                       model_timeout_s=args.model_timeout, threads=args.threads)
     client = nearline.connect(args.redis)
     where = client.connection_pool.connection_kwargs  # never the password
     where = f"{where.get('host', where.get('path'))}:{where.get('port', '')} db {where.get('db', 0)}"

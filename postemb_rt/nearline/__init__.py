@@ -68,7 +68,7 @@ Modules: ``keys`` (stream and key names, the client set-up, the store script, re
 stored embedding back), ``events`` (publishing and validating post-created events),
 ``worker`` (the consumer loop), ``store`` (the worker's Redis writes: store, acknowledge,
 dead-letter, retry, and isolating the post a deterministic failure is of), ``health`` (worker
-counters and the pipeline's health).
+counters and the pipeline's health), ``settings`` (range checks of the numeric settings).
 The names below are the public API: ``from postemb_rt import nearline``, then
 ``nearline.connect``, ``nearline.publish``, ``nearline.Worker``, ``nearline.stats``.
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..errors import ValidationError
+from . import settings
 from .events import id_ms
 from .keys import DEAD_STREAM, EMBEDDINGS_STREAM, KEY_PREFIX, POSTS_STREAM
 
@@ -53,8 +55,17 @@ def stats(client, group: str = "embedder", *, posts_stream: str = POSTS_STREAM, 
     lag: events in ``posts`` not yet delivered to the group; lag_s: age of the oldest of them.
     pending: delivered, not yet acknowledged; oldest_pending_s: age of the oldest.
     throughput_per_s and freshness (embedded_at - created_at) percentiles: over the last
-    ``window_s`` seconds of the ``embeddings`` stream (at most ``sample`` announcements).
+    ``window_s`` seconds (> 0) of the ``embeddings`` stream (at most ``sample`` announcements).
+    A stream name whose key holds another type raises ValidationError naming the argument and the key.
     """
+    settings.check(window_s=window_s)
+    for arg, key in (("posts_stream", posts_stream), ("dead_stream", dead_stream),
+                     ("embeddings_stream", embeddings_stream)):
+        kind = client.type(key)
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        if kind not in ("stream", "none"):  # XLEN and XINFO would fail with a bare WRONGTYPE
+            raise ValidationError(f"`{arg}`: key {key!r} holds a {kind}, not a stream. Given: {key!r}. Fix: name the "
+                                  "stream the workers use, or delete or rename that key.")
     now = time.time()
     out: dict = {"group": group, "posts_len": client.xlen(posts_stream), "dead_len": client.xlen(dead_stream),
                  "embeddings_len": client.xlen(embeddings_stream)}
@@ -86,9 +97,13 @@ def stats(client, group: str = "embedder", *, posts_stream: str = POSTS_STREAM, 
     out.update({f"freshness_p{p}_s": _pct(fresh, p) for p in (50, 90, 99)})
     out["freshness_max_s"] = round(max(fresh), 4) if fresh else None
     workers = []
-    for key in client.scan_iter(match=f"{prefix}:nearline:worker:{group}:*", count=100):
+    for key in client.scan_iter(match=f"{prefix}:nearline:worker:{group}:*", count=100, _type="string"):
         raw = client.get(key)
-        if raw:
-            workers.append(json.loads(raw))
+        try:
+            beat = json.loads(raw) if raw else None
+        except ValueError:  # not a worker's heartbeat
+            beat = None
+        if isinstance(beat, dict) and "consumer" in beat:
+            workers.append(beat)
     out["workers"] = workers
     return out

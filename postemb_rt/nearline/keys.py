@@ -11,7 +11,8 @@ Record layout (hash ``postemb:{vector_version}:{post_id}``):
                     ``+<precision>`` / ``+chunk`` when the precision or the long-post mode
                     changes the numbers (vectors of two modes never share a key)
     created_at      seconds since the epoch (producer's clock), "%.6f"
-    embedded_at     seconds since the epoch when the worker wrote it, "%.6f"
+    embedded_at     seconds since the epoch when the worker sent the write that stored it
+                    (the attempt that succeeded, after any retries of a Redis outage), "%.6f"
     event_id        the ``posts`` stream id the record came from
     text_sha256     hex SHA-256 of the post's UTF-8 text (the content the vector is of)
     prompt_name     the model's prompt the text was embedded with ("" for none; records
@@ -42,25 +43,31 @@ DEAD_MAXLEN = 100_000
 def connect(url: str = "redis://127.0.0.1:6379/0", **kwargs):
     """A redis-py client for ``url`` with the timeouts the pipeline expects (bytes replies).
 
-    socket_timeout must exceed the longest XREADGROUP BLOCK the worker issues (1 s).
-    A dropped connection or a timeout is retried by redis-py itself (``Retry``: 5 retries,
-    exponential backoff 50 ms .. 1 s, about 1.5 s in all); past that the worker's own loop
-    keeps retrying without limit (every command it sends is safe to repeat).
+    socket_timeout (10 s) must exceed the longest XREADGROUP BLOCK the worker issues (1 s); it
+    bounds one command against a Redis that does not answer (frozen, or packets dropped).
+    A dropped or refused connection (``ConnectionError``) is retried by redis-py itself
+    (``Retry``: 5 retries, backoff 50 ms .. 0.8 s, about 1.5 s of waiting in all); a timeout is
+    not: redis-py would retry it after a full socket_timeout each time, and its health-check
+    PING (``health_check_interval``) would nest a second such loop inside every attempt, so a
+    frozen Redis held one call for minutes. Past that the worker's own loop keeps retrying
+    without limit, with its backoff, and stops waiting at once on ``Worker.stop`` (every command
+    it sends is safe to repeat).
     """
     import redis
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
-    opts = dict(socket_timeout=10.0, socket_connect_timeout=2.0, health_check_interval=15,
-                decode_responses=False, retry=Retry(ExponentialBackoff(cap=1.0, base=0.05), 5),
-                retry_on_error=[redis.ConnectionError, redis.TimeoutError])
+    # ExponentialBackoff waits min(cap, base * 2^n) before retry n: 50, 100, 200, 400, 800 ms
+    opts = dict(socket_timeout=10.0, socket_connect_timeout=2.0, health_check_interval=0,
+                decode_responses=False,
+                retry=Retry(ExponentialBackoff(cap=1.0, base=0.025), 5, supported_errors=(redis.ConnectionError,)),
+                retry_on_error=[redis.ConnectionError])
     opts.update(kwargs)
     try:
         return redis.Redis.from_url(url, **opts)
     except ValueError as exc:  # redis-py's "Redis URL must specify one of the following schemes ..."
         raise ValidationError(f"`--redis` is not a Redis URL: {exc}. Given: {url!r}. Fix: "
                               "e.g. redis://127.0.0.1:6379/0 (rediss:// for TLS, unix:///path/to/socket).") from None
-
 
 
 # KEYS[1] = embeddings stream, KEYS[1+i] = hash key of item i.
@@ -153,6 +160,23 @@ end
 if #ids > 0 then redis.call('XACK', KEYS[2], ARGV[1], unpack(ids)) end
 return #ids
 """
+
+# Every command a worker sends, for a least-privilege Redis user (``acl_rules``): INFO (the
+# cluster check), XGROUP CREATE, XREADGROUP, XAUTOCLAIM, XPENDING and XCLAIM (redelivery),
+# XACK, EVALSHA and SCRIPT LOAD (the two scripts; TYPE, HMGET, HSET, XADD and XACK run inside
+# them, and ACLs apply there too), SET (the heartbeat), PING (``postemb nearline`` checks the
+# credentials with it) and SELECT (a database other than 0).
+WORKER_COMMANDS = ("ping", "select", "info", "xgroup|create", "xreadgroup", "xautoclaim", "xpending", "xclaim",
+                   "xack", "evalsha", "script|load", "type", "hmget", "hset", "xadd", "set")
+
+
+def acl_rules(posts_stream: str = POSTS_STREAM, dead_stream: str = DEAD_STREAM,
+              embeddings_stream: str = EMBEDDINGS_STREAM, prefix: str = KEY_PREFIX) -> str:
+    """The ACL SETUSER rules a worker needs, no more: its commands (``WORKER_COMMANDS``) and
+    keys (the three streams; ``{prefix}:*``: the records and the heartbeats)."""
+    keys = [posts_stream, dead_stream, embeddings_stream, f"{prefix}:*"]
+    return " ".join([f"+{c}" for c in WORKER_COMMANDS] + [f"~{k}" for k in keys])
+
 
 TRANSIENT_PREFIXES = ("LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY ", "OOM", "MISCONF",
                       "NOREPLICAS", "NOSCRIPT", "NOGROUP", "UNBLOCKED")

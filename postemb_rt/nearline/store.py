@@ -19,7 +19,8 @@ import numpy as np
 
 from ..errors import PostEmbError
 from .events import Post, event_fields
-from .keys import DEAD_MAXLEN, refused_everything, store_key, transient
+from .keys import (DEAD_MAXLEN, DEAD_STREAM, EMBEDDINGS_STREAM, KEY_PREFIX, POSTS_STREAM, acl_rules,
+                   refused_everything, store_key, transient)
 
 log = logging.getLogger("postemb_rt.nearline")
 
@@ -48,28 +49,29 @@ class StoreMixin:
         entries (event_id, fields, reason) of posts the store refuses deterministically
         (e.g. WRONGTYPE at the post's key): found by splitting the batch, the rest is stored."""
         t0 = time.perf_counter()
-        embedded_at = f"{time.time():.6f}"
         items = [(p, [p.event_id, p.post_id, f"{p.created_at:.6f}",
                       np.ascontiguousarray(v, dtype="<f4").tobytes(),  # dim*4 bytes
                       hashlib.sha256(p.text.encode("utf-8")).hexdigest(),
                       self.prompt_of(p) or ""]) for p, v in zip(posts, vectors)]
 
         def write(chunk):
+            # embedded_at: when this attempt writes, so an attempt that succeeds after retries
+            # (a Redis outage) stamps the time the record really appeared, not the first try
+            embedded_at = time.time()
             keys = [self.embeddings] + [store_key(self.vector_version, p.post_id, self.prefix) for p, _ in chunk]
-            args = [self.embeddings_maxlen, self.model_version, self.vector_version, self.dim, embedded_at]
+            args = [self.embeddings_maxlen, self.model_version, self.vector_version, self.dim, f"{embedded_at:.6f}"]
             for _, a in chunk:
                 args += a
-            return self._script(keys=keys, args=args)
+            return self._script(keys=keys, args=args), embedded_at
 
         results, failed = self._isolate("store", items, write, lambda item: item[0].event_id)
         done = [p for chunk, _ in results for p, _ in chunk]
         if done:
             self._ack([p.event_id for p in done])  # never before the write above has succeeded
-        written = sum(n for _, n in results)
+        written = sum(n for _, (n, _) in results)
         self.stats.stored += written
         self.stats.rewrites += len(done) - written
-        t = float(embedded_at)
-        self.stats.freshness.extend(t - p.created_at for p in done)
+        self.stats.freshness.extend(t - p.created_at for chunk, (_, t) in results for p, _ in chunk)
         self.stats.store_s += time.perf_counter() - t0
         return [(p.event_id, event_fields(p), f"the store refused it: {type(err).__name__}: {err}"[:1000])
                 for (p, _), err in failed]
@@ -82,7 +84,7 @@ class StoreMixin:
         except Exception as exc:
             raise StoreError(f"XACK on {self.posts!r} (group {self.group!r}) failed deterministically: "
                              f"{type(exc).__name__}: {exc}. The events stay pending (nothing is lost). "
-                             f"Fix: {fix_hint(exc)}") from exc
+                             f"Fix: {fix_hint(exc, self)}") from exc
 
     def _dead_letter(self, dead: list) -> None:
         """Move entries (event_id, fields, reason) to the dead-letter stream and acknowledge
@@ -109,7 +111,7 @@ class StoreMixin:
                 raise
             except Exception as exc:
                 raise StoreError(f"dead-lettering event {eid!r} on {self.dead!r} failed: {type(exc).__name__}: "
-                                 f"{exc}. It stays pending. Fix: {fix_hint(exc)}") from exc
+                                 f"{exc}. It stays pending. Fix: {fix_hint(exc, self)}") from exc
         self.stats.dead += len(dead)
         for eid, _, reason in dead:
             log.warning("dead-lettered %s: %s", eid, reason)
@@ -139,7 +141,7 @@ class StoreMixin:
             self.stats.retries += 1
             if refused_everything(err):
                 raise StoreError(f"{what} refused: {type(err).__name__}: {err}. Nothing was acknowledged. "
-                                 f"Fix: {fix_hint(err)}") from err
+                                 f"Fix: {fix_hint(err, self)}") from err
             if hi - lo > 1:
                 log.warning("%s failed for %d events (%s: %s); splitting the batch to find the cause", what,
                             hi - lo, type(err).__name__, err)
@@ -153,7 +155,7 @@ class StoreMixin:
             except Exception as probe_err:
                 raise StoreError(f"{what} fails for every post, not one: {type(probe_err).__name__}: {probe_err}. "
                                  f"Nothing was acknowledged: the events stay pending. "
-                                 f"Fix: {fix_hint(probe_err)}") from probe_err
+                                 f"Fix: {fix_hint(probe_err, self)}") from probe_err
             failed.append((chunk[0], err))
         return results, failed
 
@@ -189,11 +191,15 @@ class StoreMixin:
                     last_touch = time.monotonic()
             except Exception:  # the broker is down too; the next attempt will tell
                 pass
+            if self.stop_event.is_set():  # asked while the commands above waited on a silent Redis
+                raise Stopped()
             if time.monotonic() - started > 60 and failures % 10 == 0:
                 log.error("%s has been failing for %.0f s", what, time.monotonic() - started)
 
 
-def fix_hint(exc: BaseException) -> str:
+def fix_hint(exc: BaseException, worker=None) -> str:
+    """The "Fix:" of an error Redis gave the worker. worker: whose stream names and key prefix
+    a least-privilege ACL rule names (None: the defaults)."""
     import redis
 
     if "WRONGTYPE" in str(exc):
@@ -202,6 +208,9 @@ def fix_hint(exc: BaseException) -> str:
         return ("give the worker the right credentials in its Redis URL, redis://[USER]:PASSWORD@HOST:PORT/DB "
                 "(--redis, or $POSTEMB_REDIS), for a user that is enabled.")
     if isinstance(exc, redis.exceptions.NoPermissionError):
-        return ("grant the worker's Redis user the commands and keys it needs (EVALSHA/EVAL, XREADGROUP, XACK, "
-                "XADD, XAUTOCLAIM, XCLAIM, XPENDING, HSET/HMGET on the store prefix, the three streams).")
+        names = ((worker.posts, worker.dead, worker.embeddings, worker.prefix) if worker is not None
+                 else (POSTS_STREAM, DEAD_STREAM, EMBEDDINGS_STREAM, KEY_PREFIX))
+        return (f"grant the worker's Redis user every command and key it needs: ACL SETUSER <user> "
+                f"{acl_rules(*names)} (the scripts run TYPE, HMGET, HSET, XADD and XACK; SET writes the "
+                f"heartbeat at {names[3]}:nearline:worker:*).")
     return "see the Redis error above; the worker can go on once Redis accepts the write."

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import socket
 import threading
@@ -26,6 +25,7 @@ import time
 from .. import prompts
 from ..errors import ValidationError
 from .events import MAX_TEXT_BYTES, parse_event
+from . import settings
 from .health import WorkerStats
 from .keys import (DEAD_LUA, DEAD_STREAM, EMBEDDINGS_MAXLEN, EMBEDDINGS_STREAM, KEY_PREFIX, POSTS_STREAM, STORE_LUA,
                    refuse_cluster, refused_everything, transient)
@@ -51,7 +51,7 @@ class Worker(StoreMixin, ModelMixin):
         it alone: a post that kills or hangs the worker reaches ``max_deliveries`` by itself
         and the innocent posts of its batch are stored.
     max_deliveries: an event delivered more often than this without being finished is poison
-        (it crashes or hangs the worker) and is dead-lettered without being run again.
+        (it crashes or hangs the worker) and is dead-lettered without being run again (>= 1).
     max_attempts: model calls per chunk before the chunk is split to find the post that
         fails (see :meth:`_embed`); transient Redis failures are retried without limit.
     model_timeout_s: a model call (one micro-batch, or a part of one) that runs longer than
@@ -74,25 +74,15 @@ class Worker(StoreMixin, ModelMixin):
 
     def __init__(self, client, encoder, group: str = "embedder", consumer: str | None = None, *,
                  batch_size: int = 64, max_wait_ms: float = 10.0, claim_idle_ms: int = 30_000,
-                 max_deliveries: int = 10, max_attempts: int = 3, max_text_bytes: int = MAX_TEXT_BYTES, start_id: str = "0",
+                 max_deliveries: int = 10, max_attempts: int = 3, max_text_bytes: int = MAX_TEXT_BYTES,
+                 start_id: str = "0",
                  posts_stream: str = POSTS_STREAM, dead_stream: str = DEAD_STREAM,
                  embeddings_stream: str = EMBEDDINGS_STREAM, prefix: str = KEY_PREFIX,
                  embeddings_maxlen: int = EMBEDDINGS_MAXLEN, poll_ms: int = 500, heartbeat_s: float = 2.0,
                  model_timeout_s: float | None = DEFAULT_MODEL_TIMEOUT_S, prompt_name: str | None = None,
                  truncate_dim: int | None = None):
-        if batch_size < 1:
-            raise ValidationError(f"`batch_size` must be >= 1. Given: {batch_size}.")
-        if max_wait_ms < 0:
-            raise ValidationError(f"`max_wait_ms` must be >= 0. Given: {max_wait_ms}.")
-        if max_attempts < 1:
-            raise ValidationError(f"`max_attempts` must be >= 1. Given: {max_attempts}.")
-        if claim_idle_ms < 1:
-            raise ValidationError(f"`claim_idle_ms` must be >= 1. Given: {claim_idle_ms}.")
-        if model_timeout_s is not None and (isinstance(model_timeout_s, bool)
-                                            or not isinstance(model_timeout_s, (int, float))
-                                            or not math.isfinite(model_timeout_s) or model_timeout_s < 0):
-            raise ValidationError(f"`model_timeout_s` must be a number of seconds >= 0 (0 or None: no bound). "
-                                  f"Given: {model_timeout_s!r}.")
+        settings.check(batch_size=batch_size, max_wait_ms=max_wait_ms, max_attempts=max_attempts,
+                       claim_idle_ms=claim_idle_ms, max_deliveries=max_deliveries, model_timeout_s=model_timeout_s)
         self.client, self.encoder = client, encoder
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
@@ -137,6 +127,8 @@ class Worker(StoreMixin, ModelMixin):
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
         self._next_beat = 0.0
+        self._redis_ok = True  # the last loop step reached Redis (else the final heartbeat is skipped)
+        self._beat_refused = False  # the heartbeat key is refused (NOPERM): warned once
         self._group_ready = False
         self._model: _ModelThread | None = None
         self._model_hung = False
@@ -179,13 +171,17 @@ class Worker(StoreMixin, ModelMixin):
                         self._process(entries, claimed)
                     self._heartbeat()
                     failures = 0
+                    self._redis_ok = True
                 except Stopped:
+                    self._redis_ok = False  # stopped while retrying a failing Redis
                     log.warning("stopping with a batch unfinished; it stays pending and will be claimed")
                     break
                 except Exception as exc:
+                    self._redis_ok = False
                     if refused_everything(exc):  # credentials or permissions: no retry can cure it
                         raise StoreError(f"redis refused the worker: {type(exc).__name__}: {str(exc).rstrip('.')}. "
-                                         f"Nothing was acknowledged. Fix: {fix_hint(exc)}") from exc
+                                         f"The batch in hand was not acknowledged (its events stay pending). "
+                                         f"Fix: {fix_hint(exc, self)}") from exc
                     if not transient(exc):
                         raise
                     self._group_ready = False
@@ -203,7 +199,7 @@ class Worker(StoreMixin, ModelMixin):
             if self._model is not None and not self._model_hung:
                 self._model.close()
                 self._model = None
-            self._heartbeat(force=True)
+            self._final_heartbeat()
             log.info("worker %s stopped: %s", self.consumer, self.stats.snapshot())
         return 0
 
@@ -319,7 +315,7 @@ class Worker(StoreMixin, ModelMixin):
         self.stats.events += sum(1 for eid, _ in entries if eid is not None)
 
     def _over_delivered(self, ids: list) -> dict:
-        if not ids or self.max_deliveries <= 0:
+        if not ids:
             return {}
         rows = self.client.xpending_range(self.posts, self.group, min=ids[0], max=ids[-1], count=len(ids),
                                           consumername=self.consumer)  # just claimed: ours now
@@ -331,22 +327,63 @@ class Worker(StoreMixin, ModelMixin):
         """Seconds to wait after the ``failures``-th failure in a row (capped at 5 s from n = 7)."""
         return self._backoff.compute(min(failures, 20))  # bounded exponent: 2^n stays a small float
 
-    def _heartbeat(self, force: bool = False) -> None:
-        """Publish this worker's counters (hash ``{prefix}:nearline:worker:{group}:{consumer}``,
-        expiring after 5 heartbeats) for ``postemb nearline --stats``."""
+    def _heartbeat(self, client=None, force: bool = False) -> None:
+        """Publish this worker's counters (JSON at ``{prefix}:nearline:worker:{group}:{consumer}``,
+        expiring after 5 heartbeats) for ``postemb nearline --stats``, at most every
+        ``heartbeat_s`` unless ``force``. client: the one to send it with (default: the worker's).
+
+        Observability must not stop the pipeline: a heartbeat the worker's Redis user may not
+        write (NOPERM) logs one warning naming the key and the grant, and the worker goes on
+        embedding (it keeps trying, and logs once more when the heartbeat is accepted again).
+        A transient failure is raised, for the loop's backoff like any other Redis failure."""
+        import redis
+
         now = time.monotonic()
         if not force and now < self._next_beat:
             return
         self._next_beat = now + self.heartbeat_s
-        key = f"{self.prefix}:nearline:worker:{self.group}:{self.consumer}"
+        key = self.heartbeat_key()
         snap = self.stats.snapshot() | {"consumer": self.consumer, "model_version": self.model_version,
                                          "vector_version": self.vector_version, "prompt_name": self.prompt_name,
                                          "pid": os.getpid(),
                                          "at": time.time()}
         try:
-            self.client.set(key, json.dumps(snap), ex=max(1, int(self.heartbeat_s * 5)))
-        except Exception as exc:  # observability must not stop the pipeline
-            if force:
-                log.debug("final heartbeat failed: %s", exc)
-            else:
-                raise
+            (client or self.client).set(key, json.dumps(snap), ex=max(1, int(self.heartbeat_s * 5)))
+        except redis.exceptions.NoPermissionError as exc:
+            if not self._beat_refused:
+                self._beat_refused = True
+                log.warning("heartbeat refused: the worker's Redis user may not SET %r (%s: %s); the worker "
+                            "goes on embedding, but `postemb nearline --stats` will not list it. Fix: ACL SETUSER "
+                            "<user> +set ~%s:nearline:worker:*", key, type(exc).__name__, exc, self.prefix)
+            return
+        if self._beat_refused:
+            self._beat_refused = False
+            log.warning("heartbeat accepted again on %r", key)
+
+    def heartbeat_key(self) -> str:
+        """The key of this worker's heartbeat: ``{prefix}:nearline:worker:{group}:{consumer}``."""
+        return f"{self.prefix}:nearline:worker:{self.group}:{self.consumer}"
+
+    def _final_heartbeat(self, timeout_s: float = 1.0) -> None:
+        """The last counters, on stopping: on a connection of its own with a ``timeout_s`` socket
+        timeout and no retry, and skipped when the loop's last step failed on Redis, so that a
+        Redis that does not answer (frozen, packets dropped) cannot hold the exit a supervisor
+        waits for."""
+        if not self._redis_ok:
+            log.info("final heartbeat skipped: redis failed on the last step")
+            return
+        import redis
+
+        pool = getattr(self.client, "connection_pool", None)
+        client = None
+        if pool is not None:  # a redis-py client: the same server and credentials, bounded
+            kw = dict(pool.connection_kwargs, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                      retry=None, retry_on_error=[])
+            client = redis.Redis(connection_pool=redis.ConnectionPool(connection_class=pool.connection_class, **kw))
+        try:
+            self._heartbeat(client, force=True)
+        except Exception as exc:  # noqa: BLE001 - observability must not stop the exit
+            log.info("final heartbeat failed: %s", exc)
+        finally:
+            if client is not None:
+                client.connection_pool.disconnect()
