@@ -19,12 +19,33 @@ class ApiError(Exception):
             self.body.update(limit=limit, given=given)
 
 
+def dumps(obj) -> bytes:
+    """``obj`` as compact JSON bytes. numpy arrays are written as nested lists (C-contiguous ones natively), float32
+    in its shortest round-trip form (``0.12573022``, as text-embeddings-inference writes it; parsed
+    back and cast to float32 it is the same number), about half the bytes of float64's repr, by
+    orjson, in C. What orjson refuses (an integer past 64 bits echoed from a request as ``given``) is
+    written by the standard library."""
+    import orjson
+
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_SERIALIZE_NUMPY, default=_as_list)
+    except orjson.JSONEncodeError:
+        return json.dumps(obj, separators=(",", ":"), default=_as_list).encode()
+
+
+def _as_list(obj):
+    """orjson's fallback for what it does not write natively (a numpy array that is not C-contiguous, as
+    a prefix ``vecs[:, :k]``): a nested list."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
 def json_response(status: int, obj, headers: dict | None = None):
     """A compact JSON answer (``Response``, not ``JSONResponse``: no re-validation, no indent)."""
     from fastapi import Response
 
-    return Response(json.dumps(obj, separators=(",", ":")), status_code=status, headers=headers,
-                    media_type="application/json")
+    return Response(dumps(obj), status_code=status, headers=headers, media_type="application/json")
 
 
 def error_response(err: ApiError):

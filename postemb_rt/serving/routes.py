@@ -16,7 +16,7 @@ from . import encodings, tei
 from .auth import Admission, Gate
 from .config import ServeConfig
 from .docs import add_docs
-from .errors import CLIENT_CLOSED, ApiError, error_response, json_response
+from .errors import CLIENT_CLOSED, ApiError, dumps, error_response, json_response
 from .metrics import Metrics
 from .registry import ModelRegistry
 from .schemas import EmbedRequest, ErrorResponse, V1EmbeddingsRequest, body_doc, json_object, parse
@@ -50,14 +50,13 @@ def base64_rows(vecs) -> list[str]:
 
 
 async def _render(obj, values: int):
-    """A 200 JSON answer; a big one (rows x dim numbers, ~20 bytes each) is encoded on a worker
-    thread so that the event loop keeps accepting and answering meanwhile."""
+    """A 200 JSON answer (vectors as numpy arrays: ``errors.dumps``); a big one (rows x dim numbers)
+    is encoded on a worker thread so that the event loop keeps accepting and answering meanwhile."""
     if values <= RENDER_INLINE_VALUES:
         return json_response(200, obj)
     from fastapi import Response
 
-    body = await asyncio.to_thread(json.dumps, obj, separators=(",", ":"))
-    return Response(body, media_type="application/json")
+    return Response(await asyncio.to_thread(dumps, obj), media_type="application/json")
 
 
 def _openai_status(err: ApiError) -> ApiError:
@@ -162,9 +161,9 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
                 ranges = await m.off_loop(quantization.ranges_for, enc, dim, True)  # truncate_dim, normalize
         if req.embedding_type != "float":  # as /embed_full's `encoding`: the model's calibrated ranges, packed bits
             q = await m.off_loop(encodings.quantize, vecs, req.embedding_type, ranges)
-            rows = q.tolist() if req.encoding_format == "float" else [base64.b64encode(r.tobytes()).decode() for r in q]
+            rows = list(q) if req.encoding_format == "float" else [base64.b64encode(r.tobytes()).decode() for r in q]
         else:
-            rows = vecs.tolist() if req.encoding_format == "float" else base64_rows(vecs)
+            rows = list(vecs) if req.encoding_format == "float" else base64_rows(vecs)
         data = [{"object": "embedding", "index": i, "embedding": r} for i, r in enumerate(rows)]
         # `truncated`: indices of inputs cut to max_length (OpenAI clients keep unknown fields)
         resp = await _render({"object": "list", "data": data, "model": m.name,
@@ -194,10 +193,10 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         if req.encoding in ("binary", "ubinary"):
             out.update(bytes_per_row=(enc.dim + 7) // 8, bit_order="big")
         if req.encoding == "float32":
-            out["embeddings"] = vecs.tolist()
+            out["embeddings"] = vecs
         else:  # as Encoder.encode(precision=...), the model's ranges (GET /info); off the loop: the first
             # call imports sentence-transformers (and torch), which a float32-only server never loads
-            out["embeddings"] = (await m.off_loop(encodings.quantize, vecs, req.encoding, m.quant_ranges)).tolist()
+            out["embeddings"] = await m.off_loop(encodings.quantize, vecs, req.encoding, m.quant_ranges)
         out.update(truncated=truncated, long_posts=long_posts, **chunk_stats,
                    usage={"prompt_tokens": tokens, "total_tokens": tokens})
         return await _render(out, vecs.size)

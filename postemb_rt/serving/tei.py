@@ -140,7 +140,7 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
                     prompt_name=req.prompt_name, truncation_direction=req.truncation_direction)
                 if dim < enc.dim:  # the prefix, re-normalised when asked (as Encoder.encode's truncate_dim)
                     vecs = truncate_rows(vecs, dim, req.normalize)
-                resp = await render(vecs.tolist(), vecs.size)
+                resp = await render(vecs, vecs.size)
         except ApiError as err:
             return tei_error(err)
         resp.headers[TRUNCATED_HEADER] = str(len(truncated))
@@ -168,7 +168,7 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
                     texts, "inputs", truncate=truncate, normalize=True, long_posts=cfg.long_posts,
                     prompt_name=p.prompt_name, truncation_direction=p.truncation_direction, item=_similarity_item)
                 scores = vecs[1:] @ vecs[0]  # cosine: the rows are unit vectors
-                resp = await render(scores.tolist(), 0)
+                resp = await render(scores, 0)
         except ApiError as err:
             return tei_error(err)
         resp.headers[TRUNCATED_HEADER] = str(len(truncated))

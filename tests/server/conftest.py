@@ -20,7 +20,7 @@ from tests.conftest import SAMPLE_TEXTS
 def require_serve_extra():
     """Call at a test module's top: skips the module unless the [serve] extra and httpx are
     installed; returns the httpx module."""
-    for name in ("fastapi", "uvicorn", "prometheus_client"):
+    for name in ("fastapi", "uvicorn", "prometheus_client", "orjson"):
         pytest.importorskip(name, reason="the server needs the [serve] extra")
     return pytest.importorskip("httpx")
 

@@ -233,3 +233,23 @@ def test_info_and_answers_report_the_vector_version(client, server_encoder):
     truncate = client.post("/embed_full", json={"inputs": ["a post"]}).json()["vector_version"]
     chunk = client.post("/embed_full", json={"inputs": ["a post"], "long_posts": "chunk"}).json()["vector_version"]
     assert truncate == server_encoder.vector_version and chunk.endswith("+chunk") and chunk != truncate
+
+
+def test_answers_write_float32_in_its_shortest_round_trip_form():
+    """errors.dumps (every JSON answer): a float32 vector is written as float32's shortest decimal, which
+    reads back (cast to float32) as the same bits, in about half float64's bytes; a strided prefix and an
+    integer past 64 bits (a request's value echoed in an error) are written too."""
+    import json
+
+    from postemb_rt.serving.errors import dumps
+
+    vecs = np.random.default_rng(0).standard_normal((64, 384)).astype(np.float32)
+    vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+    body = dumps({"embeddings": vecs, "rows": list(vecs[:2])})
+    back = json.loads(body)
+    assert np.array_equal(np.array(back["embeddings"], np.float64).astype(np.float32), vecs)
+    assert np.array_equal(np.array(back["rows"], np.float32), vecs[:2])
+    assert len(body) < 0.65 * len(json.dumps({"embeddings": vecs.tolist(), "rows": vecs[:2].tolist()}))
+    assert np.array_equal(np.array(json.loads(dumps(vecs[:, :16])), np.float32), vecs[:, :16])  # not contiguous
+    assert json.loads(dumps({"given": 2**70, "q": np.array([[-128, 127]], np.int8)})) == {"given": 2**70,
+                                                                                          "q": [[-128, 127]]}
