@@ -99,13 +99,13 @@ class Encoder(SentenceTransformerAPI):
             of max_length tokens sharing ``chunk_overlap`` tokens (default: 32, at most a quarter of a
             window), at most ``max_chunks`` of them, combined by their token-weighted mean; see
             postemb_rt.long_posts). The default of ``encode`` / ``submit`` / ``aencode`` (each can override it).
-        truncate_dim: a nested prefix the model declares (sentence-transformers' ``truncate_dim``): what
-            ``encode`` and ``submit`` return by default, and the vectors' version (``@<k>``).
+        truncate_dim: a nested prefix the model declares (ST's ``truncate_dim``; None: the model's own, if it
+            sets one): what ``encode`` and ``submit`` return by default, and the vectors' version (``@<k>``).
         """
         if precision not in PRECISIONS:
             raise ValidationError(f"`precision` must be one of {PRECISIONS}. Given: {precision!r}.")
         md = resolve(name_or_path)
-        k = eo.check_truncate_dim(md, truncate_dim)  # refused before the model loads; None: full
+        k = eo.check_truncate_dim(md, md.config.truncate_dim if truncate_dim is None else truncate_dim)  # None: full
         device = backends.resolve_device(device)
         if max_length is not None and not (2 <= max_length <= md.config.max_length):
             raise ValidationError(

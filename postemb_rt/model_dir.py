@@ -72,6 +72,9 @@ class PostEmbConfig:
     default_prompt_name: str | None = None
     include_prompt: bool = True  # Pooling's include_prompt; False (prompt tokens not pooled) is refused
     matryoshka_dims: list | None = None  # prefixes the model was trained to embed in (encode's truncate_dim)
+    # the prefix encode returns when a call names none (sentence-transformers' truncate_dim of
+    # config_sentence_transformers.json); None: the full dim. One of matryoshka_dims
+    truncate_dim: int | None = None
     # sentence-transformers' similarity_fn_name ("dot", "euclidean", "manhattan"); None: "cosine"
     similarity_fn_name: str | None = None
     format_version: int = FORMAT_VERSION
@@ -120,17 +123,22 @@ class PostEmbConfig:
         return cfg
 
     def check_matryoshka_dims(self, path) -> None:
-        """``matryoshka_dims``, as read from ``path``: None, or ints between 1 and dim - 1."""
+        """``matryoshka_dims``, as read from ``path``: None, or ints between 1 and dim - 1; and
+        ``truncate_dim``: None, the dim, or one of them."""
         dims = self.matryoshka_dims
         if dims is not None and not (isinstance(dims, list) and all(
                 isinstance(k, int) and not isinstance(k, bool) and 0 < k < self.dim for k in dims)):
             raise ValidationError(f"`matryoshka_dims` in {path} must be a list of ints between 1 and dim - 1 "
                                   f"({self.dim - 1}): the prefixes the model was trained to embed in. Given: {dims!r}. "
                                   "Fix: correct or remove it.")
+        allowed = sorted({*(dims or ()), self.dim})
+        if self.truncate_dim is not None and (type(self.truncate_dim) is not int or self.truncate_dim not in allowed):
+            raise ValidationError(f"`truncate_dim` in {path} must be one of {allowed} (the dim, and matryoshka_dims). "
+                                  f"Given: {self.truncate_dim!r}. Fix: correct or remove it.")
 
 
 _OPTIONAL_KEYS = {"prompts": None, "default_prompt_name": None, "include_prompt": True, "matryoshka_dims": None,
-                  "similarity_fn_name": None}
+                  "similarity_fn_name": None, "truncate_dim": None}
 
 
 @dataclass(frozen=True)

@@ -18,9 +18,10 @@ with, per module (its ``path`` relative to the folder):
   with a non-empty prompt on it;
 - ``config_sentence_transformers.json``: ``prompts`` and ``default_prompt_name``, applied by
   ``Encoder.encode`` as sentence-transformers does (postemb_rt.prompts); ``similarity_fn_name``;
-  and ``matryoshka_dims``, the nested prefixes ``truncate_dim`` accepts (a postemb_rt key, as in
+  ``matryoshka_dims``, the nested prefixes ``truncate_dim`` accepts (a postemb_rt key, as in
   postemb.json, that export/export_sentence_transformers.py writes: sentence-transformers has no
-  field declaring them and ignores it);
+  field declaring them and ignores it); and ``truncate_dim``, the prefix ``encode`` returns by
+  default, as sentence-transformers reads it (``from_pretrained(truncate_dim=)`` overrides it);
 - ``Dense``: ``config.json`` (``in_features``, ``out_features``, ``bias``,
   ``activation_function``, default Tanh as in sentence-transformers) and
   ``model.safetensors`` or ``pytorch_model.bin`` (``linear.weight``, ``linear.bias``);
@@ -196,6 +197,9 @@ def read_st_folder(root: Path) -> tuple[dict, list, Path, Path]:
         do_lower_case=bool(st_cfg.get("do_lower_case", False)),
         **prompts,
     )
+    k = cfg["truncate_dim"]  # sentence-transformers' default prefix: declared by saying so (ST needs no list)
+    if type(k) is int and 0 < k < dim and k not in (cfg["matryoshka_dims"] or []):
+        cfg["matryoshka_dims"] = sorted({*(cfg["matryoshka_dims"] or []), k})
     return cfg, files, enc, tokenizer
 
 
@@ -224,7 +228,8 @@ def _prompts(root: Path, pooling_path: Path) -> dict:
     """The folder's prompts as PostEmbConfig fields: ``prompts`` and ``default_prompt_name`` of
     config_sentence_transformers.json (a null prompt text is "", as sentence-transformers reads
     it) and the Pooling module's ``include_prompt``; checked by prompts.check_prompts. Also its
-    ``similarity_fn_name`` (``Encoder.similarity``; None for "cosine") and ``matryoshka_dims``."""
+    ``similarity_fn_name`` (``Encoder.similarity``; None for "cosine"), ``matryoshka_dims`` and
+    ``truncate_dim`` (the prefix sentence-transformers' ``encode`` returns by default)."""
     path = root / "config_sentence_transformers.json"
     cfg = _read_json(path, "sentence-transformers config") if path.exists() else {}
     raw = cfg.get("prompts") or {}
@@ -241,4 +246,5 @@ def _prompts(root: Path, pooling_path: Path) -> dict:
                               "Fix: save the folder again with SentenceTransformer.save().")
     return {"prompts": prompts or None, "default_prompt_name": default, "include_prompt": bool(include),
             "similarity_fn_name": None if similarity == "cosine" else similarity,
-            "matryoshka_dims": cfg.get("matryoshka_dims")}  # checked by model_dir, as postemb.json's
+            "matryoshka_dims": cfg.get("matryoshka_dims"),  # checked by model_dir, as postemb.json's
+            "truncate_dim": cfg.get("truncate_dim")}

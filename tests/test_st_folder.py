@@ -291,3 +291,31 @@ def test_matryoshka_dims_of_config_sentence_transformers_json_are_truncate_dims(
         with pytest.raises(ValidationError, match=r"`matryoshka_dims` in .*config_sentence_transformers.json must be a "
                                                   r"list of ints between 1 and dim - 1 \(23\)"):
             Encoder.from_pretrained(d, backend="torch", warmup=False)
+
+
+def test_a_folders_own_truncate_dim_is_encodes_default_as_in_sentence_transformers(tmp_path, monkeypatch):
+    """sentence-transformers reads ``truncate_dim`` from config_sentence_transformers.json (what
+    ``SentenceTransformer(..., truncate_dim=k).save()`` writes) as encode's default: so does Encoder, and
+    from_pretrained(truncate_dim=) overrides it (the full dim: the whole vector)."""
+    from sentence_transformers import SentenceTransformer
+
+    monkeypatch.setenv("POSTEMB_CACHE", str(tmp_path / "cache"))
+    d = build_st_folder(tmp_path / "td", arch="bert", dense=[(24, True, None)])
+    _edit(d / "config_sentence_transformers.json", truncate_dim=16)
+    st = SentenceTransformer(str(d), device="cpu")
+    assert st.truncate_dim == 16 and st.encode(TEXTS).shape == (len(TEXTS), 16)
+    with Encoder.from_pretrained(d, backend="torch") as enc:
+        assert enc.truncate_dim == 16 and enc.vector_version.endswith("@16")
+        assert_exact(enc.encode(TEXTS), st.encode(TEXTS, normalize_embeddings=True))
+    with Encoder.from_pretrained(d, backend="torch", truncate_dim=24) as full:
+        assert full.truncate_dim is None and full.encode(TEXTS).shape == (len(TEXTS), 24)
+    _edit(d / "config_sentence_transformers.json", truncate_dim=12, matryoshka_dims=[8])  # 12 declared by saying so
+    with Encoder.from_pretrained(d, backend="torch", warmup=False) as enc:
+        assert enc.truncate_dim == 12
+        with pytest.raises(ValidationError, match=r"must be one of the dims this model was trained to embed in "
+                                                  r"\[8, 12, 24\]"):
+            enc.encode(TEXTS[:1], truncate_dim=16)
+    _edit(d / "config_sentence_transformers.json", truncate_dim="16", matryoshka_dims=None)
+    with pytest.raises(ValidationError, match=r"`truncate_dim` in .*config_sentence_transformers.json must be one of "
+                                              r"\[24\].*Given: '16'"):
+        Encoder.from_pretrained(d, backend="torch", warmup=False)
