@@ -155,8 +155,7 @@ class Runtime:
             raise ApiError(413, f"`{name}` is more than max_input_chars ({limit}) characters, and its {side} {limit} "
                                 f"hold at most max_length ({enc.max_length}) tokens, so cutting it there would "
                                 "change its vector. Fix: shorten it, or raise the server's --max-input-chars.",
-                           param=name,
-                           code="max_input_chars", limit=limit, given=f">{limit}")
+                           param=name, code="max_input_chars", limit=limit, given=f">{limit}")
         vecs, tokens = await self._compute(tok.ids, field)
         if normalize:
             vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
