@@ -71,8 +71,7 @@ def allowed_dims(model) -> list[int]:
     ``model``: an Encoder, its ModelDir or its ``PostEmbConfig``. ``truncate_dim``, the server's
     ``dimensions`` and the commands' ``--truncate-dim`` take these."""
     md = getattr(model, "model", model)  # an Encoder's ModelDir
-    cfg = getattr(md, "config", md)
-    return sorted({*(cfg.matryoshka_dims or ()), cfg.dim})
+    return getattr(md, "config", md).nested_dims
 
 
 def check_truncate_dim(model, truncate_dim) -> int | None:
@@ -81,8 +80,11 @@ def check_truncate_dim(model, truncate_dim) -> int | None:
     allowed dims and the file that declares them."""
     dims = allowed_dims(model)
     if truncate_dim is not None and (isinstance(truncate_dim, bool) or truncate_dim not in dims):
+        from .model_dir import CONFIG_FILE
+        from .st_folder import is_st_folder
+
         path = getattr(getattr(model, "model", model), "path", None)
-        if path is not None and not (path / "postemb.json").exists() and (path / "modules.json").exists():
+        if path is not None and not (path / CONFIG_FILE).exists() and is_st_folder(path):  # as load_model_dir
             where = f"`matryoshka_dims` of {path / 'config_sentence_transformers.json'}"  # an ST folder
         else:
             where = "the matryoshka_dims of its postemb.json"

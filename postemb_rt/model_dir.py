@@ -85,6 +85,11 @@ class PostEmbConfig:
             return self.dense[-1]["out_features"]
         return self.projection_dim or self.hidden_size
 
+    @property
+    def nested_dims(self) -> list[int]:
+        """The dims the model embeds in, ascending: its ``matryoshka_dims`` and its own dim."""
+        return sorted({*(self.matryoshka_dims or ()), self.dim})
+
     def to_json(self) -> str:
         d = dataclasses.asdict(self)
         for k, default in _OPTIONAL_KEYS.items():  # absent when unset: older files and fingerprints unchanged
@@ -131,10 +136,10 @@ class PostEmbConfig:
             raise ValidationError(f"`matryoshka_dims` in {path} must be a list of ints between 1 and dim - 1 "
                                   f"({self.dim - 1}): the prefixes the model was trained to embed in. Given: {dims!r}. "
                                   "Fix: correct or remove it.")
-        allowed = sorted({*(dims or ()), self.dim})
-        if self.truncate_dim is not None and (type(self.truncate_dim) is not int or self.truncate_dim not in allowed):
-            raise ValidationError(f"`truncate_dim` in {path} must be one of {allowed} (the dim, and matryoshka_dims). "
-                                  f"Given: {self.truncate_dim!r}. Fix: correct or remove it.")
+        if self.truncate_dim is not None and (type(self.truncate_dim) is not int
+                                              or self.truncate_dim not in self.nested_dims):
+            raise ValidationError(f"`truncate_dim` in {path} must be one of {self.nested_dims} (the dim, and "
+                                  f"matryoshka_dims). Given: {self.truncate_dim!r}. Fix: correct or remove it.")
 
 
 _OPTIONAL_KEYS = {"prompts": None, "default_prompt_name": None, "include_prompt": True, "matryoshka_dims": None,

@@ -44,8 +44,8 @@ def _read_parquet_split(s: Split, id_type: str):
     for i, (pid, tx) in enumerate(zip(ids.to_pylist(), texts)):
         if pid is None:
             bad.append({"id": None, "row_in_split": i, "reason": "`id` is null"})
-        elif id_type == "int" and _int_id_problem(pid):  # a uint64 id above the int64 maximum
-            bad.append({"id": pid, "row_in_split": i, "reason": _int_id_problem(pid)})
+        elif id_type == "int" and (why := _int_id_problem(pid)):  # a uint64 id above the int64 maximum
+            bad.append({"id": pid, "row_in_split": i, "reason": why})
         elif tx is None:
             bad.append({"id": pid, "row_in_split": i, "reason": "`text` is null"})
         elif isinstance(tx, bytes):
@@ -112,8 +112,8 @@ def _read_jsonl_split(s: Split, id_type: str):
                 continue
             if id_type == "string":
                 pid = str(pid)
-            elif _int_id_problem(pid):
-                bad.append({**where, "id": pid, "reason": _int_id_problem(pid)})
+            elif why := _int_id_problem(pid):
+                bad.append({**where, "id": pid, "reason": why})
                 continue
             tx = obj.get("text")
             if not isinstance(tx, str):
