@@ -76,8 +76,11 @@ def allowed_dims(model) -> list[int]:
 
 def check_truncate_dim(model, truncate_dim) -> int | None:
     """``truncate_dim`` for ``model`` (an Encoder, its ModelDir or its config) -> the prefix to cut to,
-    or None for the full dim (None or the model's own dim); anything else is refused, naming the
-    allowed dims and the file that declares them."""
+    or None for the full dim (the model's own dim); anything else is refused, naming the allowed dims
+    and the file that declares them. None is the model's default: an Encoder's ``truncate_dim`` (set
+    at load), else its config's (a sentence-transformers folder's ``truncate_dim``), else the full dim."""
+    if truncate_dim is None:
+        truncate_dim = model.truncate_dim if hasattr(model, "model") else getattr(model, "config", model).truncate_dim
     dims = allowed_dims(model)
     if truncate_dim is not None and (isinstance(truncate_dim, bool) or truncate_dim not in dims):
         from .model_dir import CONFIG_FILE
@@ -113,9 +116,7 @@ def resolve(encoder, *, prompt_name=None, prompt=None, normalize=None, normalize
             "sentence-transformers' name; False there means 'as the model computes', not 'raw').")
     if normalize is None:
         normalize = True if normalize_embeddings else model.normalize
-    if truncate_dim is None:  # the encoder's own default (from_pretrained(truncate_dim=k)), if any
-        truncate_dim = getattr(encoder, "truncate_dim", None)
-    k = check_truncate_dim(encoder, truncate_dim) or encoder.dim
+    k = check_truncate_dim(encoder, truncate_dim) or encoder.dim  # None: the encoder's default prefix
     precision = quantization.check_precision("float32" if precision is None else precision)  # None: ST's float32
     text = prompts.resolve(model, prompt=prompt, prompt_name=prompt_name)
     ranges = (quantization.ranges_for(encoder, truncate_dim=k, normalize=bool(normalize))

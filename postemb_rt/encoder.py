@@ -105,7 +105,7 @@ class Encoder(SentenceTransformerAPI):
         if precision not in PRECISIONS:
             raise ValidationError(f"`precision` must be one of {PRECISIONS}. Given: {precision!r}.")
         md = resolve(name_or_path)
-        k = eo.check_truncate_dim(md, md.config.truncate_dim if truncate_dim is None else truncate_dim)  # None: full
+        k = eo.check_truncate_dim(md, truncate_dim)  # refused before the model loads; None: the config's default
         device = backends.resolve_device(device)
         if max_length is not None and not (2 <= max_length <= md.config.max_length):
             raise ValidationError(
@@ -182,8 +182,8 @@ class Encoder(SentenceTransformerAPI):
         return self.vector_version_at(self.truncate_dim)
 
     def vector_version_at(self, truncate_dim: int | None) -> str:
-        """:attr:`vector_version` of this encoder's vectors cut to ``truncate_dim`` (a nested prefix it
-        declares, ``@<k>`` in the version; None or its own dim: the full vector). Refuses other dims."""
+        """:attr:`vector_version` of this encoder's vectors cut to ``truncate_dim`` (a declared nested prefix:
+        ``@<k>``; its own dim: the full vector; None: its default, as ``encode``). Refuses other dims."""
         return vector_version(self.model_version, self.backend.precision, self.long_posts,
                               eo.check_truncate_dim(self, truncate_dim),
                               self.max_length if self.max_length != self.model.config.max_length else None)

@@ -151,7 +151,8 @@ class SentenceTransformerAPI:
         ``truncate_dim`` prefix (None: the full dim) and ``vector_version`` says so."""
         from .encode_options import check_truncate_dim
 
-        before, self.truncate_dim = self.truncate_dim, check_truncate_dim(self, truncate_dim)
+        full = self.dim if truncate_dim is None else truncate_dim  # None: no truncation, as in sentence-transformers
+        before, self.truncate_dim = self.truncate_dim, check_truncate_dim(self, full)
         try:
             yield self
         finally:

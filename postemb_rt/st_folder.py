@@ -197,9 +197,9 @@ def read_st_folder(root: Path) -> tuple[dict, list, Path, Path]:
         do_lower_case=bool(st_cfg.get("do_lower_case", False)),
         **prompts,
     )
-    k = cfg["truncate_dim"]  # sentence-transformers' default prefix: declared by saying so (ST needs no list)
-    if type(k) is int and 0 < k < dim and k not in (cfg["matryoshka_dims"] or []):
-        cfg["matryoshka_dims"] = sorted({*(cfg["matryoshka_dims"] or []), k})
+    k, dims = cfg["truncate_dim"], cfg["matryoshka_dims"]  # ST's default prefix: declared by saying so
+    if type(k) is int and 0 < k < dim and (dims is None or isinstance(dims, list)):  # else refused by model_dir
+        cfg["matryoshka_dims"] = sorted({*(dims or []), k})
     return cfg, files, enc, tokenizer
 
 

@@ -299,6 +299,11 @@ def test_a_folders_own_truncate_dim_is_encodes_default_as_in_sentence_transforme
     from_pretrained(truncate_dim=) overrides it (the full dim: the whole vector)."""
     from sentence_transformers import SentenceTransformer
 
+    import torch
+
+    from postemb_rt.backfill.run import resolve_model_version
+    from postemb_rt.backfill.splits import SplitEmbedder
+
     monkeypatch.setenv("POSTEMB_CACHE", str(tmp_path / "cache"))
     d = build_st_folder(tmp_path / "td", arch="bert", dense=[(24, True, None)])
     _edit(d / "config_sentence_transformers.json", truncate_dim=16)
@@ -307,6 +312,19 @@ def test_a_folders_own_truncate_dim_is_encodes_default_as_in_sentence_transforme
     with Encoder.from_pretrained(d, backend="torch") as enc:
         assert enc.truncate_dim == 16 and enc.vector_version.endswith("@16")
         assert_exact(enc.encode(TEXTS), st.encode(TEXTS, normalize_embeddings=True))
+        # None is the default everywhere a version is named with vectors: never 16-d rows under a 24-d version
+        assert enc.vector_version_at(None) == enc.vector_version == resolve_model_version(str(d))
+        with enc.truncate_embeddings(None):  # sentence-transformers' None: no truncation
+            assert enc.encode(TEXTS).shape == (len(TEXTS), 24) and "@" not in enc.vector_version
+    threads = torch.get_num_threads()
+    monkeypatch.setenv("POSTEMB_NUM_THREADS", "1")  # restored after the test (the actor sets its own)
+    try:
+        full = SplitEmbedder(str(d), "torch", 1, 8, str(tmp_path / "out"), truncate_dim=None)  # a backfill, dim 24
+        assert "@" not in full.vector_version
+        assert full.enc.encode(TEXTS, truncate_dim=full.truncate_dim).shape[1] == 24
+        full.enc.close()
+    finally:
+        torch.set_num_threads(threads)
     with Encoder.from_pretrained(d, backend="torch", truncate_dim=24) as full:
         assert full.truncate_dim is None and full.encode(TEXTS).shape == (len(TEXTS), 24)
     _edit(d / "config_sentence_transformers.json", truncate_dim=12, matryoshka_dims=[8])  # 12 declared by saying so
@@ -315,6 +333,10 @@ def test_a_folders_own_truncate_dim_is_encodes_default_as_in_sentence_transforme
         with pytest.raises(ValidationError, match=r"must be one of the dims this model was trained to embed in "
                                                   r"\[8, 12, 24\]"):
             enc.encode(TEXTS[:1], truncate_dim=16)
+    _edit(d / "config_sentence_transformers.json", truncate_dim=16, matryoshka_dims=8)  # refused, not a crash
+    with pytest.raises(ValidationError, match=r"`matryoshka_dims` in .*config_sentence_transformers.json must be a "
+                                              r"list of ints"):
+        Encoder.from_pretrained(d, backend="torch", warmup=False)
     _edit(d / "config_sentence_transformers.json", truncate_dim="16", matryoshka_dims=None)
     with pytest.raises(ValidationError, match=r"`truncate_dim` in .*config_sentence_transformers.json must be one of "
                                               r"\[24\].*Given: '16'"):

@@ -207,7 +207,8 @@ def resolve_model_version(model: str, precision: str = "fp32", long_posts: str =
     """The version a backfill with ``model``, ``precision`` and ``long_posts`` writes with each
     vector: ``postemb_rt.encoder.vector_version`` (the model version, plus ``@<k>`` for a nested
     prefix, ``+<precision>`` and ``+chunk`` where they change the numbers), the same string
-    ``Encoder.vector_version`` gives at the full dim. No model is loaded."""
+    ``Encoder.vector_version`` gives (``truncate_dim`` None: the model's default prefix, if its config
+    sets one). No model is loaded."""
     from ..encode_options import check_truncate_dim
     from ..model_dir import vector_version
     from ..model_dir import resolve

@@ -177,8 +177,9 @@ class SplitEmbedder:
 
         self.enc = Encoder.from_pretrained(model, backend=backend, device="cpu", long_posts=long_posts,
                                            precision=precision)
-        self.truncate_dim = truncate_dim  # the driver checked it (None: the full dim)
-        self.vector_version = self.enc.vector_version_at(truncate_dim)
+        # the driver resolved it (None: the full dim, named as such: None would be the encoder's default)
+        self.truncate_dim = truncate_dim or self.enc.dim
+        self.vector_version = self.enc.vector_version_at(self.truncate_dim)
         if vector_version is not None and self.vector_version != vector_version:  # the model changed on disk
             raise RuntimeError(f"the model {model!r} loaded by this worker has vector version "
                                f"{self.vector_version!r}; the run started with {vector_version!r}.")

@@ -184,8 +184,9 @@ def run(args) -> int:
     write_embeddings(out, ids, vectors, version)
     st = enc.last_stats
     rate = len(texts) / seconds if seconds > 0 else float("inf")
+    dim = args.truncate_dim or enc.truncate_dim or enc.dim  # asked for, else the encoder's default prefix
     print(f"embedded {len(texts)} posts in {seconds:.2f} s ({rate:.0f} posts/s, {st.tokens / max(seconds, 1e-9):.0f} "
-          f"tokens/s), backend={enc.backend.name}, model={version}, dim={args.truncate_dim or enc.dim}"
+          f"tokens/s), backend={enc.backend.name}, model={version}, dim={dim}"
           f"{f' ({vectors.shape[-1]} bytes per row, packed bits)' if args.quantize.endswith('binary') else ''}, "
           f"truncated={len(st.truncated)}, chunked={st.chunked} ({st.windows} windows) -> {out}")
     return 0
