@@ -64,6 +64,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="after a batch's first event, wait at most this long for more (default: 10)")
     p.add_argument("--claim-idle-ms", type=int, default=30_000,
                    help="claim other consumers' pending events idle this long (default: 30000)")
+    p.add_argument("--forget-idle-ms", type=int, default=3_600_000,
+                   help="remove from the group consumers with nothing pending that have not read for this long: "
+                        "dead workers, which restarts under the HOST-PID default name pile up (0: never; "
+                        "default: 3600000, one hour)")
     p.add_argument("--max-deliveries", type=int, default=10,
                    help="dead-letter an event delivered more often than this (>= 1; default: 10)")
     p.add_argument("--model-timeout", type=float, default=DEFAULT_MODEL_TIMEOUT_S, metavar="S",
@@ -102,6 +106,7 @@ def _print_stats(s: dict) -> None:
 
 # the library's setting -> this command's flag, for the messages of nearline.settings.check
 FLAGS = {"batch_size": "--batch-size", "max_wait_ms": "--max-wait-ms", "claim_idle_ms": "--claim-idle-ms",
+         "forget_idle_ms": "--forget-idle-ms",
          "max_deliveries": "--max-deliveries", "model_timeout_s": "--model-timeout", "threads": "--threads",
          "window_s": "--window"}
 
@@ -114,8 +119,8 @@ def run(args) -> int:
         settings.check(FLAGS, window_s=args.window)
     else:
         settings.check(FLAGS, batch_size=args.batch_size, max_wait_ms=args.max_wait_ms,
-                       claim_idle_ms=args.claim_idle_ms, max_deliveries=args.max_deliveries,
-                       model_timeout_s=args.model_timeout, threads=args.threads)
+                       claim_idle_ms=args.claim_idle_ms, forget_idle_ms=args.forget_idle_ms,
+                       max_deliveries=args.max_deliveries, model_timeout_s=args.model_timeout, threads=args.threads)
     client = nearline.connect(args.redis)
     where = client.connection_pool.connection_kwargs  # never the password
     where = f"{where.get('host', where.get('path'))}:{where.get('port', '')} db {where.get('db', 0)}"
@@ -136,7 +141,8 @@ def run(args) -> int:
                                       long_posts=args.long_posts)
     worker = nearline.Worker(client, encoder, args.group, args.consumer, batch_size=args.batch_size,
                              max_wait_ms=args.max_wait_ms, claim_idle_ms=args.claim_idle_ms,
-                             max_deliveries=args.max_deliveries, posts_stream=args.posts_stream,
+                             forget_idle_ms=args.forget_idle_ms, max_deliveries=args.max_deliveries,
+                             posts_stream=args.posts_stream,
                              dead_stream=args.dead_stream, embeddings_stream=args.embeddings_stream,
                              model_timeout_s=args.model_timeout, prompt_name=args.prompt_name,
                              truncate_dim=args.truncate_dim)

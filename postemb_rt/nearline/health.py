@@ -25,6 +25,7 @@ class WorkerStats:
     rewrites: int = 0        # re-deliveries whose record already existed (no-op)
     dead: int = 0
     claimed: int = 0         # entries taken over from idle consumers
+    forgotten: int = 0       # dead consumers removed from the group (nothing pending, idle forget_idle_ms)
     trimmed: int = 0         # pending entries whose event was trimmed from the stream
     retries: int = 0         # model/store attempts that failed (then retried, or the batch split)
     reconnects: int = 0

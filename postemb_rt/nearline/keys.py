@@ -1,7 +1,8 @@
 """Redis names and the store: stream and key names, the client set-up (``connect``), the
 Lua scripts that write a post's record and its announcement (``STORE_LUA``) or move events
-to the dead-letter stream (``DEAD_LUA``), each all or nothing, which Redis errors are worth
-retrying (``transient``), and reading a record back (``fetch``).
+to the dead-letter stream (``DEAD_LUA``), each all or nothing, or forget dead consumers
+(``FORGET_LUA``), which Redis errors are worth retrying (``transient``), and reading a record
+back (``fetch``).
 
 Record layout (hash ``postemb:{vector_version}:{post_id}``):
     vector          dim*4 bytes, float32 little-endian, unit L2 norm
@@ -161,13 +162,35 @@ if #ids > 0 then redis.call('XACK', KEYS[2], ARGV[1], unpack(ids)) end
 return #ids
 """
 
+# KEYS[1] = posts stream. ARGV = group, idle ms, the calling consumer.
+# Forgets the group's consumers that hold no pending event and have been idle at least ARGV[2]
+# ms: dead workers (each restart under the HOST-PID default name adds one, and --stats lists
+# them all). One script, so no consumer can read an event between the check and the delete
+# (XGROUP DELCONSUMER drops a consumer's pending entries with it). A live worker reads at
+# least every poll, so its idle time stays far below the bound; one forgotten anyway is
+# created again by its next read, with nothing lost. Returns the names forgotten.
+FORGET_LUA = """
+local gone = {}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+  local f = {}
+  for i = 1, #c, 2 do f[c[i]] = c[i + 1] end
+  if f['pending'] == 0 and f['idle'] >= tonumber(ARGV[2]) and f['name'] ~= ARGV[3] then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], f['name'])
+    gone[#gone + 1] = f['name']
+  end
+end
+return gone
+"""
+
 # Every command a worker sends, for a least-privilege Redis user (``acl_rules``): INFO (the
 # cluster check), XGROUP CREATE, XREADGROUP, XAUTOCLAIM, XPENDING and XCLAIM (redelivery),
-# XACK, EVALSHA and SCRIPT LOAD (the two scripts; TYPE, HMGET, HSET, XADD and XACK run inside
-# them, and ACLs apply there too), SET (the heartbeat), PING (``postemb nearline`` checks the
-# credentials with it) and SELECT (a database other than 0).
+# XACK, EVALSHA and SCRIPT LOAD (the three scripts; TYPE, HMGET, HSET, XADD, XACK, XINFO
+# CONSUMERS and XGROUP DELCONSUMER run inside them, and ACLs apply there too), SET (the
+# heartbeat), PING (``postemb nearline`` checks the credentials with it) and SELECT (a
+# database other than 0).
 WORKER_COMMANDS = ("ping", "select", "info", "xgroup|create", "xreadgroup", "xautoclaim", "xpending", "xclaim",
-                   "xack", "evalsha", "script|load", "type", "hmget", "hset", "xadd", "set")
+                   "xack", "evalsha", "script|load", "type", "hmget", "hset", "xadd", "set", "xinfo|consumers",
+                   "xgroup|delconsumer")
 
 
 def acl_rules(posts_stream: str = POSTS_STREAM, dead_stream: str = DEAD_STREAM,

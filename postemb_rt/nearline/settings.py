@@ -13,6 +13,8 @@ RULES = {
     "batch_size": (True, 1, False, "an integer >= 1", " Fix: e.g. 64 (the default)."),
     "max_wait_ms": (False, 0, False, "a number of milliseconds >= 0", " Fix: e.g. 10 (the default)."),
     "claim_idle_ms": (True, 1, False, "an integer number of milliseconds >= 1", " Fix: e.g. 30000 (the default)."),
+    "forget_idle_ms": (True, 0, False, "an integer number of milliseconds >= 0 (0: never)",
+                       " Fix: e.g. 3600000 (the default: one hour), or 0 to keep every consumer."),
     "max_deliveries": (True, 1, False, "an integer >= 1",
                        " Fix: a small count such as 10 (the default): an event delivered more often than this "
                        "is poison (it crashed or hung the worker) and is dead-lettered; without a bound it would "

@@ -27,12 +27,13 @@ from ..errors import ValidationError
 from .events import MAX_TEXT_BYTES, parse_event
 from . import settings
 from .health import WorkerStats
-from .keys import (DEAD_LUA, DEAD_STREAM, EMBEDDINGS_MAXLEN, EMBEDDINGS_STREAM, KEY_PREFIX, POSTS_STREAM, STORE_LUA,
-                   refuse_cluster, refused_everything, transient)
+from .keys import (DEAD_LUA, DEAD_STREAM, EMBEDDINGS_MAXLEN, EMBEDDINGS_STREAM, FORGET_LUA, KEY_PREFIX, POSTS_STREAM,
+                   STORE_LUA, refuse_cluster, refused_everything, transient)
 from .model import DEFAULT_MODEL_TIMEOUT_S, ModelMixin, ModelTimeoutError, _ModelThread
 from .store import Stopped, StoreError, StoreMixin, fix_hint
 
 log = logging.getLogger("postemb_rt.nearline")
+FORGET_EVERY_S = 60.0  # how often a worker looks for dead consumers to forget
 
 class Worker(StoreMixin, ModelMixin):
     """One consumer in a consumer group: micro-batches from ``posts`` -> vectors in the store.
@@ -50,6 +51,11 @@ class Worker(StoreMixin, ModelMixin):
         processed one at a time, so the delivery count of an event counts the attempts on
         it alone: a post that kills or hangs the worker reaches ``max_deliveries`` by itself
         and the innocent posts of its batch are stored.
+    forget_idle_ms: consumers of the group that hold no pending event and have not read for
+        this long are removed from it (at most once a minute, atomically: ``FORGET_LUA``), so
+        that restarts under the HOST-PID default name do not pile up in the group and in
+        ``--stats``. Nothing pending is ever dropped; a live worker reads at least every
+        ``poll_ms``, and one forgotten anyway is added back by its next read. 0: never.
     max_deliveries: an event delivered more often than this without being finished is poison
         (it crashes or hangs the worker) and is dead-lettered without being run again (>= 1).
     max_attempts: model calls per chunk before the chunk is split to find the post that
@@ -74,20 +80,22 @@ class Worker(StoreMixin, ModelMixin):
 
     def __init__(self, client, encoder, group: str = "embedder", consumer: str | None = None, *,
                  batch_size: int = 64, max_wait_ms: float = 10.0, claim_idle_ms: int = 30_000,
-                 max_deliveries: int = 10, max_attempts: int = 3, max_text_bytes: int = MAX_TEXT_BYTES,
-                 start_id: str = "0",
+                 forget_idle_ms: int = 3_600_000, max_deliveries: int = 10, max_attempts: int = 3,
+                 max_text_bytes: int = MAX_TEXT_BYTES, start_id: str = "0",
                  posts_stream: str = POSTS_STREAM, dead_stream: str = DEAD_STREAM,
                  embeddings_stream: str = EMBEDDINGS_STREAM, prefix: str = KEY_PREFIX,
                  embeddings_maxlen: int = EMBEDDINGS_MAXLEN, poll_ms: int = 500, heartbeat_s: float = 2.0,
                  model_timeout_s: float | None = DEFAULT_MODEL_TIMEOUT_S, prompt_name: str | None = None,
                  truncate_dim: int | None = None):
         settings.check(batch_size=batch_size, max_wait_ms=max_wait_ms, max_attempts=max_attempts,
-                       claim_idle_ms=claim_idle_ms, max_deliveries=max_deliveries, model_timeout_s=model_timeout_s)
+                       claim_idle_ms=claim_idle_ms, forget_idle_ms=forget_idle_ms, max_deliveries=max_deliveries,
+                       model_timeout_s=model_timeout_s)
         self.client, self.encoder = client, encoder
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.batch_size, self.max_wait_ms = batch_size, max_wait_ms
         self.claim_idle_ms, self.max_deliveries = claim_idle_ms, max_deliveries
+        self.forget_idle_ms = forget_idle_ms
         self.max_attempts = max_attempts
         self.max_text_bytes, self.start_id = max_text_bytes, start_id
         self.posts, self.dead, self.embeddings = posts_stream, dead_stream, embeddings_stream
@@ -119,6 +127,7 @@ class Worker(StoreMixin, ModelMixin):
         self.stop_event = threading.Event()
         self._script = client.register_script(STORE_LUA)
         self._dead_script = client.register_script(DEAD_LUA)
+        self._forget_script = client.register_script(FORGET_LUA)
         from redis.backoff import EqualJitterBackoff
 
         # wait before attempt n+1: uniform(0.5, 1) * min(5 s, 50 ms * 2^n)
@@ -126,6 +135,8 @@ class Worker(StoreMixin, ModelMixin):
         self._own_cursor: bytes | str | None = "0"  # replay our own pending entries first
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
+        self._next_forget = 0.0
+        self._forget_refused = False  # forgetting consumers was refused: warned once
         self._next_beat = 0.0
         self._redis_ok = True  # the last loop step reached Redis (else the final heartbeat is skipped)
         self._beat_refused = False  # the heartbeat key is refused (NOPERM): warned once
@@ -255,6 +266,7 @@ class Worker(StoreMixin, ModelMixin):
             self._claim_cursor = cursor
             if cursor in (b"0-0", "0-0"):  # sweep done; next one after a pause
                 self._next_claim = now + self.claim_idle_ms / 4000.0
+                self._forget_dead_consumers(now)
             if entries:
                 self.stats.claimed += len(entries)
                 log.warning("claimed idle pending event %s", entries[0][0])
@@ -313,6 +325,33 @@ class Worker(StoreMixin, ModelMixin):
                 self._dead_letter(rejected)
         # every entry is now acknowledged: stored (or a rewrite), dead-lettered, or trimmed
         self.stats.events += sum(1 for eid, _ in entries if eid is not None)
+
+    def _forget_dead_consumers(self, now: float) -> None:
+        """Remove the group's consumers idle ``forget_idle_ms`` with nothing pending, at most
+        every ``FORGET_EVERY_S``. Housekeeping must not stop the pipeline: a refusal (a Redis
+        user not granted XINFO CONSUMERS or XGROUP DELCONSUMER) is warned once, and the worker
+        goes on; a transient failure is raised, for the loop's backoff."""
+        import redis
+
+        if not self.forget_idle_ms or now < self._next_forget:
+            return
+        self._next_forget = now + FORGET_EVERY_S
+        try:
+            gone = self._forget_script(keys=[self.posts], args=[self.group, self.forget_idle_ms, self.consumer])
+        except redis.ResponseError as exc:
+            if transient(exc):
+                raise
+            if not self._forget_refused:
+                self._forget_refused = True
+                log.warning("forgetting dead consumers was refused (%s: %s); the worker goes on, and dead "
+                            "consumers stay listed in the group. Fix: ACL SETUSER <user> +xinfo|consumers "
+                            "+xgroup|delconsumer, or --forget-idle-ms 0", type(exc).__name__, exc)
+            return
+        if gone:
+            self.stats.forgotten += len(gone)
+            names = [g.decode() if isinstance(g, bytes) else g for g in gone]
+            log.info("forgot %d consumers of group %r idle over %d ms with nothing pending: %s%s", len(names),
+                     self.group, self.forget_idle_ms, ", ".join(names[:10]), " ..." if len(names) > 10 else "")
 
     def _over_delivered(self, ids: list) -> dict:
         if not ids:

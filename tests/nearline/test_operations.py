@@ -1,5 +1,5 @@
 """Near-line operations: shutdown against a Redis that does not answer, a least-privilege
-Redis user, the command's flag checks and ``--stats`` on bad keys, and what ``embedded_at``
+Redis user, dead consumers forgotten, the command's flag checks and ``--stats`` on bad keys, and what ``embedded_at``
 means. Each against a real redis-server, with the fake model of ``test_faults``.
 """
 from __future__ import annotations
@@ -143,11 +143,75 @@ def test_a_refused_heartbeat_warns_once_and_the_worker_goes_on(redis_server, red
     redis_client.acl_deluser("nobeat")
 
 
+# -- dead consumers are forgotten -----------------------------------------------------------
+
+
+def _consumers(client) -> dict[str, int]:
+    return {c["name"].decode(): c["pending"] for c in client.xinfo_consumers("posts", "embedder")}
+
+
+def _dead_consumers(client) -> None:
+    """Two consumers that stopped: "idle-done" finished its event, "idle-holding" holds one."""
+    publish_all(client, 2, start=100)
+    client.xgroup_create("posts", "embedder", id="0")
+    done = client.xreadgroup("embedder", "idle-done", {"posts": ">"}, count=1)
+    client.xack("posts", "embedder", done[0][1][0][0])
+    client.xreadgroup("embedder", "idle-holding", {"posts": ">"}, count=1)
+    time.sleep(0.02)
+
+
+def test_idle_consumers_with_nothing_pending_are_forgotten_and_no_event_is_lost(redis_server, redis_client, caplog):
+    """Restarts under the HOST-PID default name used to pile up in the group and in --stats."""
+    _dead_consumers(redis_client)
+    ids = publish_all(redis_client, 3)
+    w = nearline.Worker(nearline.connect(redis_server.url), FakeEncoder(), batch_size=8, max_wait_ms=50,
+                        forget_idle_ms=10, claim_idle_ms=60_000, heartbeat_s=0.01)
+    with caplog.at_level("INFO", logger="postemb_rt.nearline"):
+        w.run(max_events=3)
+    assert stored_ids(redis_client) == set(ids) and w.stats.forgotten == 1
+    assert _consumers(redis_client) == {"idle-holding": 1, w.consumer: 0}  # its event stays, to be claimed
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("forgot ")]
+    assert "forgot 1 consumers of group 'embedder' idle over 10 ms with nothing pending: idle-done" == line
+    claimer = nearline.Worker(nearline.connect(redis_server.url), FakeEncoder(), claim_idle_ms=1)
+    claimer.run(max_events=1)
+    assert stored_ids(redis_client) == set(ids) | {"p101"} and pending(redis_client) == 0
+
+
+def test_forget_idle_ms_0_keeps_every_consumer(redis_server, redis_client):
+    _dead_consumers(redis_client)
+    publish_all(redis_client, 2)
+    w = nearline.Worker(nearline.connect(redis_server.url), FakeEncoder(), forget_idle_ms=0, claim_idle_ms=60_000)
+    w.run(max_events=2)
+    assert _consumers(redis_client) == {"idle-done": 0, "idle-holding": 1, w.consumer: 0} and w.stats.forgotten == 0
+    with pytest.raises(ValidationError, match=r"`forget_idle_ms` must be an integer number of milliseconds >= 0"):
+        nearline.Worker(None, FakeEncoder(), forget_idle_ms=-1)
+
+
+def test_a_user_not_granted_forgetting_is_warned_once_and_the_worker_goes_on(redis_server, redis_client, caplog):
+    """A user set up from an older fix hint (without XINFO CONSUMERS / XGROUP DELCONSUMER)."""
+    rules = _hint_rules().replace(" +xinfo|consumers", "").replace(" +xgroup|delconsumer", "")
+    user = _acl_user(redis_client, "older", rules)
+    _dead_consumers(redis_client)
+    ids = publish_all(redis_client, 4)
+    w = nearline.Worker(nearline.connect(redis_server.url.replace("redis://", "redis://" + user)), FakeEncoder(),
+                        batch_size=1, max_wait_ms=0, forget_idle_ms=10, claim_idle_ms=60_000)
+    with caplog.at_level("WARNING", logger="postemb_rt.nearline"):
+        for _ in range(2):  # a second sweep, a minute later: refused again, not warned again
+            w._next_forget = 0.0
+            w.run(max_events=w.stats.events + 2)
+    assert stored_ids(redis_client) == set(ids) and w.stats.forgotten == 0 and "idle-done" in _consumers(redis_client)
+    (warning,) = [r.getMessage() for r in caplog.records if "forgetting" in r.getMessage()]
+    assert "was refused" in warning and "goes on" in warning
+    assert "Fix: ACL SETUSER <user> +xinfo|consumers +xgroup|delconsumer, or --forget-idle-ms 0" in warning
+    redis_client.acl_deluser("older")
+
+
 # -- the command's flags and --stats ---------------------------------------------------------
 
 
 @pytest.mark.parametrize("argv, flag", [
     (["--max-deliveries", "0"], "--max-deliveries"), (["--max-deliveries", "-3"], "--max-deliveries"),
+    (["--forget-idle-ms", "-1"], "--forget-idle-ms"),
     (["--model-timeout", "-1"], "--model-timeout"), (["--threads", "-1"], "--threads"),
     (["--stats", "--window", "0"], "--window"), (["--stats", "--window", "-5"], "--window")])
 def test_the_command_refuses_out_of_range_flags_naming_them(argv, flag, monkeypatch, capsys):
