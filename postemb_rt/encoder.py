@@ -91,8 +91,7 @@ class Encoder(SentenceTransformerAPI):
             or a tensorrt engine built so). "auto": the first precision that clears the bar on
             this CPU of (backends.precision_candidates) bf16 where the CPU has it natively, else
             int8, else fp32 (bf16 before a faster int8: it is much closer to fp32);
-            ``describe()["precision_reason"]`` says which ran and why. The vectors' version says
-            the precision (``vector_version``).
+            ``describe()["precision_reason"]`` says which ran and why; ``vector_version`` says it.
         max_length: tokens per post after truncation (default: the model's, 256).
         max_batch_tokens: padded tokens per batch (rows x longest row); default: the backend's.
         long_posts: "truncate" (cut posts at max_length) or "chunk" (embed the whole post as windows
@@ -133,6 +132,7 @@ class Encoder(SentenceTransformerAPI):
             if why:
                 log.info("precision='auto' chose %r on backend %r: %s", p, enc.backend.name, enc.precision_reason)
             enc.truncate_dim = k  # after the fidelity check, which compares full vectors
+            enc._remember_load(name_or_path, backend, device, max_batch_tokens, warmup)  # for pickling
             return enc
 
     @classmethod

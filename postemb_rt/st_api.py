@@ -3,8 +3,8 @@ for it runs unchanged: ``similarity`` / ``similarity_pairwise`` with ``similarit
 ``get_sentence_embedding_dimension``, ``truncate_embeddings`` (with ``from_pretrained(truncate_dim=)``),
 ``max_seq_length``, ``encode_query`` / ``encode_document``, ``prompts`` / ``default_prompt_name``,
 torch's ``device`` / ``to`` / ``cpu`` / ``eval`` (this Encoder, where it already runs), and the
-``model_card_data`` that sentence-transformers' evaluators write their metrics into.
-(``encode``'s own keyword arguments are in ``encode_options``.) Each method has
+``model_card_data`` that sentence-transformers' evaluators write their metrics into, and pickling
+(multiprocessing, joblib, Ray, Spark: the load call travels, not the compiled model). (``encode``'s own keyword arguments are in ``encode_options``.) Each method has
 sentence-transformers' meaning and return type (torch tensors for scores).
 
 What an Encoder does not do is refused with ValidationError naming what to use instead: moving or
@@ -15,6 +15,7 @@ command), and a dict or set as ``encode``'s texts.
 from __future__ import annotations
 
 from contextlib import contextmanager
+from pathlib import Path
 
 from .errors import ValidationError
 from .st_folder import SIMILARITY_FNS
@@ -350,3 +351,41 @@ class SentenceTransformerAPI:
             f"--out {path} (a sentence-transformers folder, checked against this model's vectors).")
 
     save_pretrained = save
+
+    # -- pickling: the load call travels, and is made again where it lands ----------------------
+    def _remember_load(self, name_or_path, backend: str, device: str, max_batch_tokens, warmup: bool) -> None:
+        """What ``__reduce__`` loads again: a registered name as given, a directory as its absolute path."""
+        from .model_dir import REGISTERED
+
+        registered = isinstance(name_or_path, str) and name_or_path in REGISTERED
+        self._loaded_as = dict(name_or_path=name_or_path if registered else str(Path(self.model.path).resolve()),
+                               backend=backend, device=device, max_batch_tokens=max_batch_tokens, warmup=warmup)
+
+    def __reduce__(self):
+        """Pickle (multiprocessing, joblib, Ray, Spark) as the load call, not the compiled model, which
+        cannot travel: unpickling loads the model again where it lands, with the same backend (as asked),
+        device, precision (the one that ran), max_length, long-post mode, ``truncate_dim`` and
+        ``similarity_fn_name``. The model must be there (a registered name, or the directory at the same
+        absolute path) with the same contents: a model whose files differ is refused (its vectors would
+        not match). Each unpickle is a full load: send an Encoder once per process, not with every task."""
+        loaded = getattr(self, "_loaded_as", None)
+        if loaded is None:
+            raise TypeError(f"this {type(self).__name__} was not built by from_pretrained, so it cannot be loaded "
+                            "again where it is unpickled. Fix: build it with Encoder.from_pretrained.")
+        kwargs = dict(loaded, precision=self.backend.precision, max_length=self.max_length,
+                      long_posts=self.long_posts, chunk_overlap=self.chunk_overlap, max_chunks=self.max_chunks,
+                      truncate_dim=self.truncate_dim)
+        return _unpickle, (type(self), kwargs, self.model.fingerprint, self._similarity_fn_name)
+
+
+def _unpickle(cls, kwargs: dict, fingerprint: str, similarity_fn_name):
+    """``__reduce__``'s other half: the same load call, refused when the model's files differ."""
+    enc = cls.from_pretrained(**kwargs)
+    if enc.model.fingerprint != fingerprint:
+        enc.close()
+        raise ValidationError(f"unpickling an Encoder of {kwargs['name_or_path']!r}: the model here differs from "
+                              f"the one pickled (fingerprint {enc.model.fingerprint}, pickled {fingerprint}), so its "
+                              "vectors would not match. Fix: install the same model (the same postemb_rt version, "
+                              "or a copy of the directory) where it is unpickled.")
+    enc._similarity_fn_name = similarity_fn_name
+    return enc
