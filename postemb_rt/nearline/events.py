@@ -13,6 +13,20 @@ from .keys import POSTS_MAXLEN, POSTS_STREAM
 MAX_TEXT_BYTES = 32 * 1024  # a post larger than this (UTF-8) is poison, not a post
 MAX_POST_ID_BYTES = 256
 MAX_PROMPT_NAME_BYTES = 256
+# A created_at further ahead of the clock than this is not a clock's skew but another unit
+# (milliseconds or microseconds since the epoch): refused by publish, dead-lettered by a worker,
+# since it would make every freshness figure meaningless.
+MAX_FUTURE_S = 86_400.0
+
+
+def _future_problem(created: float, now: float) -> str:
+    """Why ``created`` (seconds since the epoch) cannot be a post's creation time, or ""."""
+    if created <= now + MAX_FUTURE_S:
+        return ""
+    unit = next((u for u, f in (("milliseconds", 1e3), ("microseconds", 1e6), ("nanoseconds", 1e9))
+                 if abs(created / f - now) <= MAX_FUTURE_S), None)
+    return (f"`created_at` {created!r} is {created - now:.3g} s in the future: seconds since the epoch are "
+            f"expected{f', this looks like {unit}' if unit else ''}")
 
 
 def _as_epoch(created_at) -> float:
@@ -26,6 +40,10 @@ def _as_epoch(created_at) -> float:
             or created_at < 0:
         raise ValidationError(f"`created_at` must be seconds since the epoch (float >= 0) or an aware datetime. "
                               f"Given: {created_at!r}.")
+    problem = _future_problem(float(created_at), time.time())
+    if problem:
+        raise ValidationError(f"{problem}. Fix: pass seconds (e.g. time.time(), or milliseconds / 1000), or an "
+                              "aware datetime.")
     return float(created_at)
 
 
@@ -37,7 +55,8 @@ def publish(client, post_id, text: str, created_at=None, *, stream: str = POSTS_
     post_id: str or int, non-empty, at most 256 UTF-8 bytes.
     text: the post (str, at most MAX_TEXT_BYTES = 32 KiB as UTF-8; longer posts are
         rejected here, and a worker dead-letters any that reach it from other producers).
-    created_at: seconds since the epoch (float) or an aware datetime; default: now.
+    created_at: seconds since the epoch (float) or an aware datetime; default: now. More than a
+        day ahead of this clock is refused (milliseconds, most likely: ``MAX_FUTURE_S``).
     prompt_name: a prompt of the worker's model (its ``prompts``, e.g. "query" / "document")
         to embed this post with; None: the worker's ``--prompt-name`` (default: the model's
         default prompt, if any). A name the model lacks is dead-lettered by the worker with
@@ -132,6 +151,9 @@ def parse_event(event_id: bytes, fields: dict, max_text_bytes: int = MAX_TEXT_BY
             created = float("nan")
         if not math.isfinite(created) or created < 0:
             return None, f"invalid `created_at`: {raw_ts[:40]!r}"
+        problem = _future_problem(created, time.time())
+        if problem:
+            return None, problem
     raw_prompt = fields.get(b"prompt_name")
     prompt_name = None
     if raw_prompt is not None:

@@ -93,6 +93,10 @@ def test_publish_writes_fields_validates_and_trims(redis_client):
                 dict(post_id="p", text="x", created_at=float("nan"))):
         with pytest.raises(ValidationError):
             nearline.publish(redis_client, **bad)
+    for ms in (time.time() * 1000, time.time() + 2 * 86_400):  # a day of skew is tolerated, not two
+        with pytest.raises(ValidationError, match=r"`created_at` .* s in the future: seconds since the epoch .*Fix"):
+            nearline.publish(redis_client, "p", "x", created_at=ms)
+    nearline.publish(redis_client, "p", "x", created_at=time.time() + 3600)
     for i in range(1000):  # MAXLEN ~ trims whole macro-nodes: bounded, not exact
         nearline.publish(redis_client, i, "x", stream="small", maxlen=50)
     assert 50 <= redis_client.xlen("small") < 1000
@@ -108,6 +112,10 @@ def test_poison_event_reasons():
         "not text": {b"post_id": b"1", b"text": b"\x00\x01binary"},
         "oversized": {b"post_id": b"1", b"text": b"x" * (nearline.MAX_TEXT_BYTES + 1)},
         "invalid `created_at`": {b"post_id": b"1", b"text": b"hi", b"created_at": b"yesterday"},
+        "in the future: seconds since the epoch are expected, this looks like milliseconds":
+            {b"post_id": b"1", b"text": b"hi", b"created_at": f"{time.time() * 1000:.0f}".encode()},
+        "in the future: seconds since the epoch are expected, this looks like microseconds":
+            {b"post_id": b"1", b"text": b"hi", b"created_at": f"{time.time() * 1e6:.0f}".encode()},
     }
     for reason, fields in cases.items():
         post, why = nearline.parse_event(b"1-0", fields)
