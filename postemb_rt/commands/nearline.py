@@ -156,7 +156,7 @@ def run(args) -> int:
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     print(f"postemb nearline: consumer {worker.consumer!r} of group {args.group!r} reading stream "
           f"{args.posts_stream!r} on redis {where}; model {encoder.model_version}, vectors "
-          f"{encoder.vector_version}; SIGTERM finishes the batch in hand, then exits", flush=True)
+          f"{worker.vector_version}; SIGTERM finishes the batch in hand, then exits", flush=True)
     try:
         return worker.run(max_events=args.max_events)
     except nearline.ModelTimeoutError as exc:

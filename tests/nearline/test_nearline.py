@@ -183,6 +183,21 @@ def test_a_nested_prefix_is_stored_under_its_own_vector_version(redis_server, re
         assert (again.vector_version, again.dim, again.truncate_dim) == (version, 16, 16)
 
 
+def test_the_command_names_the_version_it_stores_under(redis_server, redis_client, nearline_encoder, monkeypatch,
+                                                        capsys):
+    """Its start line said the full-dim version with --truncate-dim 16, while it stored under "@16"."""
+    from postemb_rt.commands import nearline as command
+    from postemb_rt.encoder import Encoder
+
+    monkeypatch.setattr(Encoder, "from_pretrained", classmethod(lambda cls, *a, **k: nearline_encoder))
+    monkeypatch.setattr(nearline_encoder, "close", lambda: None)  # the shared fixture outlives the command
+    nearline.publish(redis_client, 1, "a post")
+    assert command.main(["--redis", redis_server.url, "--truncate-dim", "16", "--max-events", "1"]) == 0
+    version = nearline_encoder.model_version + "@16"
+    assert f"vectors {version};" in capsys.readouterr().out
+    assert redis_client.exists(nearline.store_key(version, "1"))
+
+
 def test_reprocessing_is_an_idempotent_noop(redis_server, redis_client, nearline_encoder):
     texts = make_posts(100, seed=1)
     for i, text in enumerate(texts):
