@@ -34,7 +34,7 @@ import sys
 import time
 from pathlib import Path
 
-INSTALL_HINT = ("Fix: on a machine with an NVIDIA GPU and driver, pip install 'postemb_rt[gpu]' tensorrt "
+INSTALL_HINT = ("Fix: on a machine with an NVIDIA GPU and driver, pip install 'postemb_rt[gpu,tensorrt]' "
                 "(TensorRT 10.x; see the README's GPU section).")
 
 
@@ -43,7 +43,8 @@ class BuildError(Exception):
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from postemb_rt.commands import Parser
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--onnx", required=True, help="model.onnx written by export_onnx.py --pooling external")
     p.add_argument("--out", help="output directory (default: the ONNX file's directory)")
     prec = p.add_mutually_exclusive_group()

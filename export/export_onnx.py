@@ -30,7 +30,8 @@ from pathlib import Path
 def main(argv=None) -> int:
     from postemb_rt.onnx_export import DEFAULT_POOLING
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from postemb_rt.commands import Parser
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="'default', 'base' or a model directory")
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--no-optimize", action="store_true", help="skip ONNX Runtime's transformer graph fusions")

@@ -17,14 +17,15 @@ text-embeddings-inference and a model hub read as they are:
 
 Then, when sentence-transformers is installed, embeds real posts with it and with
 postemb_rt's torch backend and exits 3 if any cosine is below --min-cosine (default 0.99999)
-or any element differs by more than --max-abs (default 1e-5). Exit 2: the model cannot be
-loaded or written (the message says why).
+or any element differs by more than --max-abs (default 1e-5), writing nothing (OUT appears only
+once the check passes). Exit 2: the model cannot be loaded or written (the message says why).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import shutil
+import tempfile
 import sys
 from pathlib import Path
 
@@ -35,7 +36,8 @@ ACTIVATION_CLASSES = {"identity": "torch.nn.modules.linear.Identity", "tanh": "t
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from postemb_rt.commands import Parser
+    p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="'default', 'base' or a model directory")
     p.add_argument("--out", required=True, help="output folder (created; must be empty or absent)")
     p.add_argument("--parity-posts", type=int, default=64, help="real posts in the parity check (default 64)")
@@ -48,15 +50,29 @@ def main(argv=None) -> int:
 
     out = Path(args.out)
     try:
-        if out.exists() and any(out.iterdir()):
-            raise PostEmbError(f"`--out` {str(out)!r} is not empty. Fix: pass a new folder.")
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise PostEmbError(f"`--out` {str(out)!r} is not an empty folder. Fix: pass a new folder.")
         src = resolve(args.model)
-        write_st_folder(src, out)
-    except PostEmbError as exc:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except (PostEmbError, OSError) as exc:
         print(f"export_sentence_transformers: error: {exc}", file=sys.stderr)
         return 2
+    # written and checked beside OUT, which appears only once the check passes: a failed export leaves nothing
+    with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.resolve().parent) as tmp:
+        try:
+            write_st_folder(src, Path(tmp))
+        except PostEmbError as exc:
+            print(f"export_sentence_transformers: error: {exc}", file=sys.stderr)
+            return 2
+        code = check_parity(src, Path(tmp), args)
+        if code:
+            print(f"export_sentence_transformers: nothing written to {out}", file=sys.stderr)
+            return code
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        Path(tmp).rename(out)
     print(f"wrote {out} ({src.config.model_version}: {src.config.pooling} pooling, dim {src.config.dim})")
-    return check_parity(src, out, args)
+    return 0
 
 
 def write_st_folder(md, out: Path) -> None:
@@ -150,10 +166,17 @@ def check_parity(src, out: Path, args) -> int:
     err = float(np.abs(got - want).max())
     print(f"parity with sentence-transformers on {len(texts)} posts: min cosine {cos.min():.7f}, "
           f"max abs error {err:.2e} (thresholds {args.min_cosine}, {args.max_abs})")
-    if cos.min() < args.min_cosine or err > args.max_abs:
+    failed = []
+    if cos.min() < args.min_cosine:
         worst = int(np.argmin(cos))
-        print(f"export_sentence_transformers: parity FAILED: post {worst} ({texts[worst][:80]!r}) has cosine "
-              f"{cos[worst]:.7f}", file=sys.stderr)
+        failed.append(f"post {worst} ({texts[worst][:80]!r}) has cosine {cos[worst]:.7f} < --min-cosine "
+                      f"{args.min_cosine}")
+    if err > args.max_abs:
+        worst = int(np.abs(got - want).max(axis=1).argmax())
+        failed.append(f"post {worst} ({texts[worst][:80]!r}) differs by {err:.2e} in one element > --max-abs "
+                      f"{args.max_abs}")
+    if failed:
+        print(f"export_sentence_transformers: parity FAILED: {'; '.join(failed)}", file=sys.stderr)
         return 3
     return 0
 

@@ -21,6 +21,7 @@ import re
 import sys
 from pathlib import Path
 
+from .commands import Parser
 from .errors import PostEmbError, ValidationError
 
 # subcommand modules, in the order `postemb --help` lists them
@@ -142,7 +143,7 @@ def _version() -> str:
 
 
 def build_parser(environ=None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="postemb", description="Post embeddings: embed, serve, evaluate.")
+    parser = Parser(prog="postemb", description="Post embeddings: embed, serve, evaluate.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     parser.add_argument("--version", action="version", version=f"postemb {_version()}")
     parser.add_argument("--log-format", choices=["text", "json"],

@@ -100,3 +100,23 @@ def test_a_value_the_environment_gave_is_named_by_its_variable_in_a_later_error(
     assert "`--max-inputs` (from $POSTEMB_MAX_INPUTS) must be >= 1. Given: -1." in capsys.readouterr().err
     assert cli.main(["serve", "--model", "base", "--max-inputs=-2"]) == 2  # the command line won: no variable
     assert "error: `--max-inputs` must be >= 1. Given: -2." in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["serve", "--precision", "fp64"], "postemb serve: error: argument --precision: invalid choice: 'fp64'"),
+    (["backfill"], "postemb backfill: error: the following arguments are required: --input, --output"),
+    (["nearline", "--batch-size", "x"], "postemb nearline: error: argument --batch-size: invalid int value: 'x'"),
+    (["embed", "--bogus"], "postemb embed: error: the following arguments are required"),
+    (["--bogus"], "postemb: error: the following arguments are required: COMMAND")])
+def test_a_flag_the_parser_refuses_is_one_line_with_the_fix(argv, says, capsys):
+    """argparse printed its usage block first, and no fix."""
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.startswith(says) and err.count("\n") == 1, err
+    assert err.rstrip().endswith(f". Fix: see `{says.split(': error')[0]} --help`.")
+
+
+def test_serve_threads_0_is_the_default_and_below_0_is_refused(capsys):
+    assert cli.main(["serve", "--model", "base", "--threads", "-1"]) == 2
+    assert "`--threads` must be >= 0 (0: the default). Given: -1." in capsys.readouterr().err

@@ -51,7 +51,17 @@ def test_the_folder_loads_back_into_encoder(st_default, backend):
 def test_a_non_empty_out_folder_is_refused(tmp_path):
     (tmp_path / "x").write_text("keep me")
     res = run_export("--model", "default", "--out", str(tmp_path))
-    assert res.returncode == 2 and "is not empty. Fix:" in res.stderr
+    assert res.returncode == 2 and "is not an empty folder. Fix:" in res.stderr
+
+
+def test_a_failed_parity_check_names_the_check_and_leaves_nothing(tmp_path):
+    """It used to leave the folder behind (so the same command then failed on a non-empty --out)
+    and to blame the cosine whichever bound failed."""
+    pytest.importorskip("sentence_transformers")
+    res = run_export("--model", "default", "--out", str(tmp_path / "st"), "--parity-posts", "8", "--max-abs", "0")
+    assert res.returncode == 3, res.stderr
+    assert "parity FAILED: post " in res.stderr and "> --max-abs 0.0" in res.stderr and "--min-cosine" not in res.stderr
+    assert f"nothing written to {tmp_path / 'st'}" in res.stderr and list(tmp_path.iterdir()) == []
 
 
 def test_the_models_prompts_and_similarity_fn_name_are_exported(tmp_path):

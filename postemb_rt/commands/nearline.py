@@ -15,6 +15,7 @@ import signal
 import sys
 
 from .. import backends
+from . import Parser
 from ..nearline.model import DEFAULT_MODEL_TIMEOUT_S, EXIT_MODEL_TIMEOUT
 
 log = logging.getLogger("postemb_rt.nearline")
@@ -193,7 +194,7 @@ def _preflight(client, where: str, must_answer: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="postemb nearline")
+    p = Parser(prog="postemb nearline")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     add_arguments(p)
     args = p.parse_args(argv)

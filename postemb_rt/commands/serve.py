@@ -41,7 +41,7 @@ def config_from_args(args):
     from ..serving.config import ServeConfig
 
     if args.api_key is not None and not args.api_key.strip():
-        raise ValidationError("`--api-key` (or $POSTEMB_API_KEY) is empty, which would serve without "
+        raise ValidationError("`--api-key` is empty, which would serve without "
                               "authentication. Given: ''. Fix: set a non-empty key, or unset POSTEMB_API_KEY "
                               "(and drop --api-key) to serve without one on purpose.")
     if args.max_batch_tokens is not None and args.max_batch_tokens < 1:
@@ -118,6 +118,9 @@ def run(args) -> int:
     except ImportError as exc:
         raise ValidationError(f"`postemb serve` needs the serve extra ({exc.name} is missing). "
                               "Fix: pip install 'postemb_rt[serve]'.") from None
+    if args.threads is not None and args.threads < 0:
+        raise ValidationError(f"`--threads` must be >= 0 (0: the default). Given: {args.threads}. Fix: e.g. 1 per "
+                              "worker, or leave it out.")
     threads = args.threads or default_threads(args.workers)
     if threads:
         os.environ["POSTEMB_NUM_THREADS"] = str(threads)
@@ -239,7 +242,7 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=1,
                    help="server processes, each with its own model and its share of the cores (default: 1)")
     p.add_argument("--threads", type=int, default=None,
-                   help="intra-op threads for the model, per worker (sets POSTEMB_NUM_THREADS; default: "
+                   help="intra-op threads for the model, per worker (sets POSTEMB_NUM_THREADS; 0 or default: "
                         "$POSTEMB_NUM_THREADS, else one per physical core or the process's CPU limit, shared out among "
                         "the workers)")
     p.add_argument("--api-key", default=os.environ.get("POSTEMB_API_KEY"),

@@ -100,7 +100,7 @@ def test_empty_api_key_refuses_to_start(monkeypatch):
     parser = argparse.ArgumentParser()
     register(parser.add_subparsers())
     for argv in (["serve"], ["serve", "--api-key", "  "]):
-        with pytest.raises(ValidationError, match=r"`--api-key` \(or \$POSTEMB_API_KEY\) is empty.*Fix: set a "
+        with pytest.raises(ValidationError, match=r"`--api-key` is empty.*Fix: set a "
                                                   r"non-empty key"):
             config_from_args(parser.parse_args(argv))
     monkeypatch.delenv("POSTEMB_API_KEY")
