@@ -44,6 +44,7 @@ class BuildError(Exception):
 
 def parse_args(argv=None) -> argparse.Namespace:
     from postemb_rt.commands import Parser
+
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--onnx", required=True, help="model.onnx written by export_onnx.py --pooling external")
     p.add_argument("--out", help="output directory (default: the ONNX file's directory)")
@@ -190,7 +191,7 @@ def main(argv=None) -> int:
         return 2
     p = next(iter(profiles.values()))
     print(f"profile (batch x seq): min {p.min[0]}x{p.min[1]}, opt {p.opt[0]}x{p.opt[1]}, max {p.max[0]}x{p.max[1]}; "
-          f"precision {precision}")
+          f"precision {precision}", file=sys.stderr)  # stdout: --dry-run's engine.json alone
     if args.dry_run:
         print(_meta(md, profiles, precision, argv, tensorrt_version="(not built)", compute_capability="?",
                     device_name="?").to_json(), end="")

@@ -30,7 +30,8 @@ from pathlib import Path
 def main(argv=None) -> int:
     from postemb_rt.onnx_export import DEFAULT_POOLING
 
-    from postemb_rt.commands import Parser
+    from postemb_rt.commands import Parser, at_least
+
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="'default', 'base' or a model directory")
     p.add_argument("--out", required=True, help="output directory (created)")
@@ -39,12 +40,12 @@ def main(argv=None) -> int:
                    help="graph: pooling, projection and normalisation inside the ONNX model; external: "
                         "the model ends at last_hidden_state and the runtime pools with the C++ kernel "
                         "(default: %(default)s, as fast on CPU: benchmarks/RESULTS.md)")
-    p.add_argument("--parity-posts", type=int, default=256,
+    p.add_argument("--parity-posts", type=at_least(1), default=256,
                    help="real posts (5/6 short, 1/6 long) in the parity check (default 256)")
     p.add_argument("--min-cosine", type=float, default=0.9999, help="parity threshold (default 0.9999)")
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                    help="fp32 (exact), or int8 (dynamic quantization, gated by the fidelity check)")
-    p.add_argument("--fidelity-posts", type=int, default=None,
+    p.add_argument("--fidelity-posts", type=at_least(1), default=None,
                    help="posts in the int8 fidelity check (default: postemb_rt.fidelity.DEFAULT_POSTS)")
     p.add_argument("--force", action="store_true", help="write an int8 model even if its fidelity misses the bar")
     args = p.parse_args(argv)
@@ -56,6 +57,8 @@ def main(argv=None) -> int:
     try:
         src = resolve(args.model)
         out = Path(args.out)
+        if out.exists() and not out.is_dir():
+            raise PostEmbError(f"`--out` {str(out)!r} is a file. Fix: name a folder (new, or an earlier export's).")
         out.resolve().parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".fp32-", dir=out.resolve().parent) as tmp:
             rc = export_checked(src, Path(tmp), args)  # written to OUT only once it passed the parity check
@@ -69,6 +72,10 @@ def main(argv=None) -> int:
             return 0
     except PostEmbError as exc:
         print(f"export_onnx: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path the OS refuses (permissions, a file on the way, a full disk): one line
+        print(f"export_onnx: error: `--out` {args.out!r}: {exc.strerror or exc}. Fix: pass a folder this user may "
+              "create and write.", file=sys.stderr)
         return 2
 
 

@@ -36,11 +36,12 @@ ACTIVATION_CLASSES = {"identity": "torch.nn.modules.linear.Identity", "tanh": "t
 
 
 def main(argv=None) -> int:
-    from postemb_rt.commands import Parser
+    from postemb_rt.commands import Parser, at_least
+
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default", help="'default', 'base' or a model directory")
     p.add_argument("--out", required=True, help="output folder (created; must be empty or absent)")
-    p.add_argument("--parity-posts", type=int, default=64, help="real posts in the parity check (default 64)")
+    p.add_argument("--parity-posts", type=at_least(1), default=64, help="real posts in the parity check (default 64)")
     p.add_argument("--min-cosine", type=float, default=0.99999, help="parity threshold (default 0.99999)")
     p.add_argument("--max-abs", type=float, default=1e-5, help="largest element difference (default 1e-5)")
     args = p.parse_args(argv)
@@ -54,23 +55,23 @@ def main(argv=None) -> int:
             raise PostEmbError(f"`--out` {str(out)!r} is not an empty folder. Fix: pass a new folder.")
         src = resolve(args.model)
         out.parent.mkdir(parents=True, exist_ok=True)
-    except (PostEmbError, OSError) as exc:
+        # written and checked beside OUT, which appears only once the check passes: a failed export leaves nothing
+        with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.resolve().parent) as tmp:
+            write_st_folder(src, Path(tmp))
+            code = check_parity(src, Path(tmp), args)
+            if code:
+                print(f"export_sentence_transformers: nothing written to {out}", file=sys.stderr)
+                return code
+            if out.exists():
+                out.rmdir()  # empty (checked above)
+            Path(tmp).rename(out)
+    except PostEmbError as exc:
         print(f"export_sentence_transformers: error: {exc}", file=sys.stderr)
         return 2
-    # written and checked beside OUT, which appears only once the check passes: a failed export leaves nothing
-    with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.resolve().parent) as tmp:
-        try:
-            write_st_folder(src, Path(tmp))
-        except PostEmbError as exc:
-            print(f"export_sentence_transformers: error: {exc}", file=sys.stderr)
-            return 2
-        code = check_parity(src, Path(tmp), args)
-        if code:
-            print(f"export_sentence_transformers: nothing written to {out}", file=sys.stderr)
-            return code
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        Path(tmp).rename(out)
+    except OSError as exc:  # a path the OS refuses (permissions, a full disk): one line
+        print(f"export_sentence_transformers: error: `--out` {args.out!r}: {exc.strerror or exc}. Fix: pass a folder "
+              "this user may create and write.", file=sys.stderr)
+        return 2
     print(f"wrote {out} ({src.config.model_version}: {src.config.pooling} pooling, dim {src.config.dim})")
     return 0
 

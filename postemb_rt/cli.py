@@ -168,7 +168,7 @@ def _as_flags(message: str, parser: argparse.ArgumentParser, command: str, argv:
     becomes that flag (`batch_size` -> `--batch-size`, `name_or_path` -> `--model`); one whose
     value came from the environment (a deployed command, the flag not in ``argv``) also names
     its variable: `--max-inputs` (from $POSTEMB_MAX_INPUTS)."""
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[command]
+    sub = _subparser(parser, [command, *argv[argv.index(command) + 1:]] if command in argv else [command])
     flags = {o[2:].replace("-", "_"): o for a in sub._actions for o in a.option_strings if o.startswith("--")}
 
     def flag(m: re.Match) -> str:
@@ -180,6 +180,25 @@ def _as_flags(message: str, parser: argparse.ArgumentParser, command: str, argv:
         from_env = command in ENV_COMMANDS and not given and env_name(opt) in os.environ
         return f"`{opt}` (from ${env_name(opt)})" if from_env else f"`{opt}`"
     return re.sub(r"`((?:--)?[\w-]+)`", flag, message)
+
+
+def _subparser(parser: argparse.ArgumentParser, words: list[str]) -> argparse.ArgumentParser:
+    """The parser of the deepest (sub)command ``words`` name (``index query`` -> its own parser)."""
+    for word in words:
+        nested = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+        if nested is None or word not in nested.choices:
+            break
+        parser = nested.choices[word]
+    return parser
+
+
+def _os_message(exc: Exception) -> str:
+    """An OS error as one line with a fix (the project's own FileNotFoundErrors carry theirs)."""
+    if not isinstance(exc, OSError) or exc.strerror is None:
+        return str(exc)
+    where = f" {exc.filename!r}" + (f" -> {exc.filename2!r}" if exc.filename2 else "") if exc.filename else ""
+    return (f"{exc.strerror}:{where}. Fix: check that path: a file where a folder must be (or the reverse), a folder "
+            "this user may not write, or a full disk")
 
 
 def _cache_hint(exc: Exception) -> str:
@@ -207,9 +226,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose, args.log_format)
     try:
         return int(args.func(args) or 0)
-    except (PostEmbError, FileNotFoundError) as exc:
-        print(f"postemb {args.command}: error: {_as_flags(str(exc), parser, args.command, argv)}{_cache_hint(exc)}",
-              file=sys.stderr)
+    except (PostEmbError, OSError) as exc:  # OSError: a path that cannot be read or written, as one line
+        message = _as_flags(_os_message(exc), parser, args.command, argv)
+        print(f"postemb {args.command}: error: {message}{_cache_hint(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -52,6 +52,28 @@ def _temporary(final: Path) -> Path:
             continue
 
 
+def check_writable(final: str | Path, arg: str) -> None:
+    """Refuse, before any work, an output file that could not be written: a folder where the
+    file goes, a folder that cannot be created (a file on the way, no permission), or a folder
+    this process may not create files in (tried with :func:`_temporary`, then removed).
+    ValidationError naming ``arg`` (the flag), the path and the OS's reason."""
+    from .errors import ValidationError
+
+    final = Path(final)
+    if final.is_dir():
+        raise ValidationError(f"`{arg}` {str(final)!r} is a folder. Fix: name a file in it, e.g. "
+                              f"{str(final / ('embeddings' + final.suffix))!r}.")
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        _temporary(final).unlink()
+    except OSError as exc:
+        where = exc.filename and (final.parent if Path(exc.filename).name.startswith(".tmp-") else exc.filename)
+        why = (f"{where} is a file, not a folder" if isinstance(exc, (FileExistsError, NotADirectoryError))
+               else f"{exc.strerror or exc}{f' ({where})' if where else ''}")
+        raise ValidationError(f"`{arg}` {str(final)!r} cannot be written: {why}. Fix: pass a path in a folder this "
+                              "user may create files in.") from None
+
+
 def atomic_write(final: str | Path, write: Callable[[Path], None] | bytes | str) -> Path:
     """Write ``final`` durably: ``write(tmp)`` (or the bytes / str given) to a temporary name
     in the same folder (unique per call), fsync it, rename it to ``final``, fsync the folder.

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from .durable import one_builder, read_sealed, write_sealed
+from .errors import ValidationError
 from .logs import dropped
 from .tokenization import TRUNCATED_WARNING
 
@@ -103,7 +104,11 @@ def posts(n: int | None = None) -> tuple[list[str], str]:
     else the built-in sample (too few posts for a meaningful overlap@10: the source says so)."""
     from .data import BUILTIN_POSTS, data_root, long_posts, short_posts
 
-    n = n or int(os.environ.get("POSTEMB_FIDELITY_POSTS", DEFAULT_POSTS))
+    if n is None:
+        n = int(os.environ.get("POSTEMB_FIDELITY_POSTS", DEFAULT_POSTS))
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:  # a negative n sliced the whole split
+        raise ValidationError(f"the fidelity check's number of posts must be an integer >= 1. Given: {n!r}. "
+                              f"Fix: e.g. {DEFAULT_POSTS} (the default), or unset POSTEMB_FIDELITY_POSTS.")
     if data_root(required=False) is None:
         return list(BUILTIN_POSTS), f"built-in sample of {len(BUILTIN_POSTS)} posts: no shared data"
     n_long = max(n // 6, 1)

@@ -176,8 +176,11 @@ def no_model(monkeypatch):
 @pytest.mark.parametrize("rows, match", [
     ([{"id": 1, "text": "a"}, {"id": "x", "text": "b"}],
      r"posts.jsonl:2: `id` 'x' is a string, but .*posts.jsonl:1's is an integer.*Fix:"),
-    ([{"text": "a"}, {"id": "x", "text": "b"}],
-     r"posts.jsonl:2: `id` 'x' is a string, but .*posts.jsonl:1's is an integer"),
+    ([{"text": "a"}, {"id": 0, "text": "b"}],  # numbered by position, the first post's id was 0 too
+     r"posts.jsonl:2: has `id`, unlike .*posts.jsonl:1; posts without one are numbered by position.*Fix: give "),
+    ([{"id": 1, "text": "a"}, {"text": "b"}], r"posts.jsonl:2: has no `id`, unlike .*posts.jsonl:1"),
+    ([{"id": 7, "text": "a"}, {"id": 8, "text": "b"}, {"id": 7, "text": "c"}],
+     r"posts.jsonl:3: `id` 7 was given before, at .*posts.jsonl:1; an id names one post. Fix: make the ids unique"),
     ([{"id": "a", "text": "a"}, {"id": None, "text": "b"}], r"posts.jsonl:2: `id` is null.*Fix:"),
     ([{"id": True, "text": "a"}], r"posts.jsonl:1: `id` must be an integer or a string. Given: bool"),
     ([{"id": 1.5, "text": "a"}], r"posts.jsonl:1: `id` must be an integer or a string. Given: float"),
@@ -269,3 +272,61 @@ def test_library_errors_name_the_commands_flags(tmp_path, capsys):
     assert "`--model` 'nosuch' is neither a registered name" in capsys.readouterr().err  # not `name_or_path`
     assert main(["embed", str(src), "--out", str(tmp_path / "o.npy"), "--model", "base", "--batch-size", "0"]) == 2
     assert "`--batch-size` must be a positive int. Given: 0." in capsys.readouterr().err
+
+
+def test_jsonl_bytes_that_are_not_utf8_are_named_and_a_byte_order_mark_is_read(tmp_path, capsys, no_model):
+    from postemb_rt.commands.embed import read_posts
+
+    src = tmp_path / "posts.jsonl"
+    src.write_bytes(b'\xef\xbb\xbf{"id": 1, "text": "a"}\n{"id": 2, "text": "b\xff"}\n')
+    assert main(["embed", str(src), "--out", str(tmp_path / "o.npy")]) == 2
+    assert "posts.jsonl:2 is not valid UTF-8 (byte 20 of the line). Fix: save the file as UTF-8." in \
+        capsys.readouterr().err
+    src.write_bytes(b'\xef\xbb\xbf{"id": 1, "text": "a"}\n')
+    assert read_posts(src) == ([1], ["a"])
+    (tmp_path / "posts.txt").write_bytes(b"\xef\xbb\xbfone\ntwo\n")
+    assert read_posts(tmp_path / "posts.txt") == ([0, 1], ["one", "two"])
+
+
+@pytest.mark.parametrize("out, words", [
+    ("{tmp}/folder.npy", "`--out` '{tmp}/folder.npy' is a folder. Fix: name a file in it"),
+    ("{tmp}/afile/o.npy", "`--out` '{tmp}/afile/o.npy' cannot be written: {tmp}/afile is a file, not a folder. Fix:"),
+])
+def test_an_output_that_cannot_be_written_is_refused_before_the_model_loads(tmp_path, capsys, no_model, out, words):
+    (tmp_path / "posts.txt").write_text("x\n")
+    (tmp_path / "folder.npy").mkdir()
+    (tmp_path / "afile").write_text("")
+    assert main(["embed", str(tmp_path / "posts.txt"), "--out", out.format(tmp=tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert words.format(tmp=tmp_path) in err and "Traceback" not in err and err.count("\n") == 1
+
+
+def test_an_os_error_after_the_work_is_one_line_and_a_subcommands_flags_are_named(tmp_path, capsys):
+    src = tmp_path / "posts.txt"
+    src.write_text("a post\nanother\n")
+    assert main(["embed", str(src), "--out", str(tmp_path / "e.parquet"), "--model", "base"]) == 0
+    (tmp_path / "afile").write_text("")
+    assert main(["index", "build", "--input", str(tmp_path / "e.parquet"), "--out", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err
+    (line,) = [x for x in err.splitlines() if "error:" in x]  # (the model's first-use export logs too)
+    assert line.startswith("postemb index: error: File exists: ") and "Fix: check that path" in line
+    assert "Traceback" not in err
+    assert main(["index", "build", "--input", str(tmp_path / "e.parquet"), "--out", str(tmp_path / "idx")]) == 0
+    assert main(["index", "query", "--index", str(tmp_path / "idx"), "--k", "0", "--text", "hi", "--model", "base"]) == 2
+    assert "error: `--k` must be a positive int. Given: 0." in capsys.readouterr().err  # the query parser's flag
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["eval", "--out", "{tmp}", "--zs-posts", "-5"], "argument --zs-posts: must be an integer >= 1. Given: '-5'"),
+    (["eval", "--out", "{tmp}", "--throughput-posts", "-1"], "argument --throughput-posts: must be an integer >= 0"),
+])
+def test_eval_sizes_are_checked_before_any_work(tmp_path, capsys, argv, words):
+    """A negative size sliced the whole split from the end and started embedding 50,000 posts."""
+    with pytest.raises(SystemExit) as exit_:
+        main([a.format(tmp=tmp_path) for a in argv])
+    assert exit_.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_eval_refuses_an_unknown_teacher_before_any_row(tmp_path, capsys, no_model):
+    assert main(["eval", "--out", str(tmp_path), "--teacher", "nope"]) == 2
+    assert "`--teacher` 'nope' is neither a registered teacher" in capsys.readouterr().err

@@ -1,5 +1,6 @@
 """Subcommands of ``postemb``: one module each, each with ``register(subparsers)``; and
-``Parser``, the argument parser of every command and export script."""
+``Parser``, the argument parser of every command and export script, with ``at_least``, its
+type for counts."""
 from __future__ import annotations
 
 import argparse
@@ -12,3 +13,18 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message.rstrip('.')}. Fix: see `{self.prog} --help`.\n")
+
+
+def at_least(low: int):
+    """An argparse ``type``: an integer >= ``low`` (a count of posts, anchors, ...), else the
+    parser's one-line error naming the flag and the value."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}. Given: {text!r}")
+        return value
+    parse.__name__ = f"integer >= {low}"
+    return parse

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from .. import backends
+from ..durable import check_writable
 from ..errors import ValidationError
 from ..quantization import PRECISIONS
 
@@ -37,7 +38,7 @@ def _lines(path: Path) -> list[str]:
     dropped; a final "\n" ends the last line and starts none."""
     data = path.read_bytes()
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a byte-order mark is not text
     except UnicodeDecodeError as exc:
         line = data[:exc.start].count(b"\n") + 1
         raise ValidationError(f"`INPUT` {path}:{line} is not valid UTF-8 (byte {exc.start}). "
@@ -81,13 +82,21 @@ def read_posts(path: Path) -> tuple[list, list[str]]:
         raise ValidationError(f"`INPUT` must end in one of {INPUTS}. Given: {str(path)!r}.")
     if not path.exists():
         raise FileNotFoundError(f"`INPUT` {str(path)!r} does not exist.")
+    if path.is_dir():
+        raise ValidationError(f"`INPUT` {str(path)!r} is a folder. Fix: name a file (a folder of Parquet or JSONL "
+                              "files is `postemb backfill`'s input).")
     if path.suffix == ".txt":
         texts = _lines(path)
         return list(range(len(texts))), texts
     if path.suffix == ".jsonl":
-        ids, texts, linenos = [], [], []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        ids, texts, linenos, has_id = [], [], [], None
+        with path.open("rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark is not JSON
+                except UnicodeDecodeError as exc:
+                    raise ValidationError(f"`INPUT` {path}:{lineno} is not valid UTF-8 (byte {exc.start} of the "
+                                          "line). Fix: save the file as UTF-8.") from None
                 if not line.strip():
                     continue
                 try:
@@ -96,10 +105,16 @@ def read_posts(path: Path) -> tuple[list, list[str]]:
                     raise ValidationError(f"{path}:{lineno}: not valid JSON ({exc.msg}).") from None
                 if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                     raise ValidationError(f"{path}:{lineno}: needs a string field `text`. Given: {line.strip()[:80]!r}.")
+                if has_id is not None and ("id" in obj) != has_id:
+                    raise ValidationError(f"{path}:{lineno}: {'has' if 'id' in obj else 'has no'} `id`, unlike "
+                                          f"{path}:{linenos[0]}; posts without one are numbered by position, which "
+                                          "can repeat a given id. Fix: give every post an id, or none.")
+                has_id = "id" in obj
                 ids.append(obj.get("id", len(ids)))
                 texts.append(obj["text"])
                 linenos.append(lineno)
         check_ids(ids, lambda i: f"{path}:{linenos[i]}")
+        check_unique(ids, lambda i: f"{path}:{linenos[i]}")
         return ids, texts
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -124,7 +139,19 @@ def read_posts(path: Path) -> tuple[list, list[str]]:
                               "Fix: cast the column to int64 or string.")
     ids = col.to_pylist()
     check_ids(ids, lambda i: f"{path} row {i}")
+    check_unique(ids, lambda i: f"{path} row {i}")
     return ids, texts
+
+
+def check_unique(ids: list, where) -> None:
+    """A ValidationError naming the first id given twice and both places (``where(i)``): an
+    index keeps one vector per id, so the second post would be dropped without a word."""
+    seen: dict = {}
+    for i, pid in enumerate(ids):
+        j = seen.setdefault(pid, i)
+        if j != i:
+            raise ValidationError(f"{where(i)}: `id` {pid!r} was given before, at {where(j)}; an id names one post. "
+                                  "Fix: make the ids unique (or leave `id` out to number the posts by position).")
 
 
 def write_embeddings(path: Path, ids: list, vectors, model_version: str) -> None:
@@ -158,6 +185,7 @@ def run(args) -> int:
             f"float32 embeddings, as `postemb index build` reads them. Given: --out {args.out!r}. "
             "Fix: write to a .npy file, or drop --quantize.")
     ids, texts = read_posts(inp)
+    check_writable(out, "--out")
     enc = Encoder.from_pretrained(args.model, backend=args.backend, device=args.device,
                                   precision=args.precision, max_length=args.max_length, long_posts=args.long_posts)
     if not texts:

@@ -20,6 +20,7 @@ import argparse
 from pathlib import Path
 
 from .. import backends
+from . import at_least
 
 
 def _parse_model(spec: str) -> tuple[str, str]:
@@ -41,6 +42,10 @@ def run(args) -> int:
     spec = EvalSpec(seed=args.seed, auc_anchors=args.auc_anchors, zs_fit=args.zs_posts, zs_test=args.zs_posts,
                     retrieval_posts=args.retrieval_posts, pca_posts=args.pca_posts, split=args.split)
     models = [_parse_model(m) for m in (args.model or ["default"])]
+    if args.teacher is not None:  # a typo refused now, not after every model's rows
+        from ..train.teacher import resolve
+
+        resolve(args.teacher)
     pr = lambda m: print(m, flush=True)  # noqa: E731
     rows, outs, data = evaluate_rows(models, root, out, spec, backend=args.backend, progress=pr, teacher=args.teacher,
                                      prefixes=args.prefixes)
@@ -82,17 +87,17 @@ def register(sub) -> None:
                    help="add rows `teacher` and `teacher-pca50` (a registered teacher, e.g. all-mpnet-base-v2, "
                         "or a sentence-transformers folder); targets 1 and 4 need them")
     d = EvalSpec()
-    p.add_argument("--auc-anchors", type=int, default=d.auc_anchors,
+    p.add_argument("--auc-anchors", type=at_least(1), default=d.auc_anchors,
                    help=f"held-out anchors per task (default: {d.auc_anchors})")
-    p.add_argument("--zs-posts", type=int, default=d.zs_fit,
+    p.add_argument("--zs-posts", type=at_least(1), default=d.zs_fit,
                    help=f"zero-shot fit and test posts per task (default: {d.zs_fit})")
-    p.add_argument("--retrieval-posts", type=int, default=d.retrieval_posts,
+    p.add_argument("--retrieval-posts", type=at_least(1), default=d.retrieval_posts,
                    help=f"emoji test posts for P@10 (default: {d.retrieval_posts})")
-    p.add_argument("--pca-posts", type=int, default=d.pca_posts,
+    p.add_argument("--pca-posts", type=at_least(1), default=d.pca_posts,
                    help=f"train posts for the base-PCA-50 fit (default: {d.pca_posts})")
     p.add_argument("--prefixes", type=_prefixes, default=(),
                    help="K,K,...: also score every --model's first K components re-normalised (rows NAME@K; the "
                         "control for a model trained without nested dims) and base-pcaK")
-    p.add_argument("--throughput-posts", type=int, default=2000,
+    p.add_argument("--throughput-posts", type=at_least(0), default=2000,
                    help="short posts for the 50-d vs base throughput (0: skip; default: 2000)")
     p.set_defaults(func=run)

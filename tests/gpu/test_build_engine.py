@@ -26,18 +26,18 @@ def run(mod, capsys, *args):
 
 
 def test_dry_run_prints_the_profile_and_engine_json(build_engine, onnx_dir, capsys):
-    code, out, _ = run(build_engine, capsys, "--onnx", onnx_dir / "model.onnx", "--fp16", "--max-shape", "64x128",
-                       "--dry-run")
+    code, out, err = run(build_engine, capsys, "--onnx", onnx_dir / "model.onnx", "--fp16", "--max-shape", "64x128",
+                         "--dry-run")
     assert code == 0
-    assert "min 1x1, opt 32x64, max 64x128; precision fp16" in out
-    meta = json.loads(out[out.index("{"):])
+    assert "min 1x1, opt 32x64, max 64x128; precision fp16" in err
+    meta = json.loads(out)  # `--dry-run > engine.json` is the file
     assert meta["precision"] == "fp16" and meta["model_version"] == "test-v1" and meta["hidden_size"] == 384
     assert meta["inputs"]["attention_mask"] == {"min": [1, 1], "opt": [32, 64], "max": [64, 128]}
 
 
 def test_max_batch_sets_the_default_max_shape(build_engine, onnx_dir, capsys):
-    code, out, _ = run(build_engine, capsys, "--onnx", onnx_dir / "model.onnx", "--max-batch", "16", "--dry-run")
-    assert code == 0 and "opt 16x64, max 16x256; precision fp32" in out
+    code, _, err = run(build_engine, capsys, "--onnx", onnx_dir / "model.onnx", "--max-batch", "16", "--dry-run")
+    assert code == 0 and "opt 16x64, max 16x256; precision fp32" in err
 
 
 @pytest.mark.parametrize("extra, match", [
