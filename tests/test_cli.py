@@ -312,7 +312,8 @@ def test_an_os_error_after_the_work_is_one_line_and_a_subcommands_flags_are_name
     assert line.startswith("postemb index: error: File exists: ") and "Fix: check that path" in line
     assert "Traceback" not in err
     assert main(["index", "build", "--input", str(tmp_path / "e.parquet"), "--out", str(tmp_path / "idx")]) == 0
-    assert main(["index", "query", "--index", str(tmp_path / "idx"), "--k", "0", "--text", "hi", "--model", "base"]) == 2
+    query = ["index", "query", "--index", str(tmp_path / "idx"), "--text", "hi", "--model", "base"]
+    assert main([*query, "--k", "0"]) == 2
     assert "error: `--k` must be a positive int. Given: 0." in capsys.readouterr().err  # the query parser's flag
 
 
