@@ -2,7 +2,7 @@
 and errors still show; ``postemb -v`` shows its INFO lines too).
 
 Left alone: a line from Ray's C++ core, "Actor ... has constructor arguments in the object store
-and max_restarts > 0", which Ray Data logs for every actor pool (ray-project/ray#57733, its own
+and max_restarts > 0", which Ray Data logs for every actor pool (the line links ray-project/ray#53727; its own
 bookkeeping, not our arguments); it cannot be filtered from Python.
 """
 from __future__ import annotations

@@ -24,7 +24,8 @@ from . import at_least
 
 
 def _parse_model(spec: str) -> tuple[str, str]:
-    """``--model NAME=PATH`` or ``PATH`` -> (row name, model); unnamed rows are named after the model."""
+    """``--model NAME=PATH`` or ``PATH`` -> (row name, model); unnamed rows are named after the model,
+    except ``default``, whose row is ``multitask`` (the name every earlier report gives it)."""
     from ..model_dir import split_named
 
     name, path = split_named(spec)
@@ -75,7 +76,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("eval", help="offline evaluation report (per-task AUC, zero-shot, STS-B, retrieval)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", help="NAME=PATH or a model name/dir; repeatable (default: default)")
+    p.add_argument("--model", action="append", help="NAME=PATH or a model name/dir; repeatable; an unnamed row is named after the model, "
+                        "`default`'s `multitask` (default: default)")
     p.add_argument("--out", required=True, help="report folder, e.g. reports/")
     p.add_argument("--data", default=None, help="data root holding tweeteval/ and stsb/ (default: ../shared/data)")
     p.add_argument("--backend", default="auto", choices=backends.CHOICES,
