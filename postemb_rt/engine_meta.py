@@ -202,11 +202,17 @@ def rebuild_hint(directory, precision: str | None = None) -> str:
 
 
 def check_meta(meta: EngineMeta, directory, *, model_version: str, hidden_size: int,
-               tensorrt_version: str | None = None, compute_capability: str | None = None) -> None:
+               tensorrt_version: str | None = None, compute_capability: str | None = None,
+               onnx_sha256: str | None = None) -> None:
     """Raise EngineMismatchError listing every way ``meta`` does not fit this model and
-    machine (model version, hidden size, TensorRT version, GPU compute capability).
-    ``tensorrt_version`` / ``compute_capability`` None: not checked (no tensorrt / GPU)."""
+    machine (model version, hidden size, TensorRT version, GPU compute capability, the
+    model.onnx beside it: re-exported since the build, under the same model version).
+    ``tensorrt_version`` / ``compute_capability`` / ``onnx_sha256`` None: not checked (no
+    tensorrt / GPU / model.onnx; an engine.json without ``onnx_sha256`` is not checked either)."""
     problems = []
+    if onnx_sha256 is not None and meta.onnx_sha256 and meta.onnx_sha256 != onnx_sha256:
+        problems.append("model.onnx: the engine was built from another model.onnx (sha256 differs: exported again "
+                        "since the build)")
     if meta.model_version != model_version:
         problems.append(f"model_version: engine built from {meta.model_version!r}, postemb.json says {model_version!r}")
     if meta.hidden_size != hidden_size:

@@ -61,7 +61,8 @@ class OnnxBackend(Backend):
             if precision != "int8":
                 raise ValidationError(
                     f"`{onnx_md.path}` holds an {onnx_md.config.precision} ONNX model, so `precision` must be "
-                    f"{onnx_md.config.precision!r}. Given: {precision!r}. Fix: precision="
+                    f"{onnx_md.config.precision!r}. Given: {precision!r}"
+                    f"{' (the default)' if precision == 'fp32' else ''}. Fix: precision="
                     f"{onnx_md.config.precision!r}, or load the float32 model directory."
                 )
             from ..onnx_export import cached_int8  # first use only

@@ -71,8 +71,10 @@ class TensorRTBackend(Backend):
                 f"Given: {precision!r}. Fix: precision={meta.precision!r}, or {rebuild_hint(directory, precision)}")
         self._torch_device = _device(torch, device)
         cap = torch.cuda.get_device_capability(self._torch_device)
+        onnx = model.onnx_path if model.onnx_path is not None and model.onnx_path.is_file() else None
         check_meta(meta, directory, model_version=model.config.model_version, hidden_size=model.config.hidden_size,
-                   tensorrt_version=trt.__version__, compute_capability=f"{cap[0]}.{cap[1]}")
+                   tensorrt_version=trt.__version__, compute_capability=f"{cap[0]}.{cap[1]}",
+                   onnx_sha256=file_sha256(onnx) if onnx is not None else None)
         engine_path = directory / meta.engine_file
         if not engine_path.is_file():
             raise EngineMismatchError(f"`{engine_path}` is missing. Fix: {rebuild_hint(directory, meta.precision)}")

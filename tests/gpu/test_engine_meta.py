@@ -103,6 +103,16 @@ def test_every_mismatch_is_listed_with_the_rebuild_command():
         assert part in msg
 
 
+def test_an_onnx_exported_again_since_the_build_is_a_mismatch():
+    """A re-export into the engine's folder kept the old model.plan, taken as valid under the same version."""
+    built = meta(onnx_sha256="aa" * 32)
+    check_meta(built, "/m", model_version="m1", hidden_size=384, onnx_sha256="aa" * 32)
+    check_meta(meta(), "/m", model_version="m1", hidden_size=384, onnx_sha256="bb" * 32)  # built before the field
+    with pytest.raises(EngineMismatchError, match=r"model.onnx: the engine was built from another model.onnx .*Fix: "
+                                                  r"rebuild the engine"):
+        check_meta(built, "/m", model_version="m1", hidden_size=384, onnx_sha256="bb" * 32)
+
+
 def test_seq_outside_profile_names_max_length_and_rebuild():
     check_shape(meta(), "/m", 256)
     with pytest.raises(EngineMismatchError, match=r"seq length 300 is outside .*seq 1..256.*max_length <= 256"):
