@@ -345,6 +345,10 @@ class SentenceTransformerAPI:
 
     def save(self, path, *args, **kwargs):
         """Refused, naming the export command: the runtime reads models, it never writes them."""
+        if self.model.encoder_path is None:  # the export reads the encoder's weights, which this directory lacks
+            raise ValidationError(f"`save` / `save_pretrained`: an Encoder does not write models, and "
+                                  f"{str(self.model.path)!r} holds only an ONNX model. Given: path={str(path)!r}. Fix: "
+                                  f"{_EXPORT} --model <the model directory it was exported from> --out {path}.")
         raise ValidationError(
             f"`save` / `save_pretrained`: an Encoder does not write models (the runtime reads them; writing is the "
             f"export scripts' job). Given: path={str(path)!r}. Fix: {_EXPORT} --model {self.model.path} "

@@ -219,3 +219,11 @@ def test_get_max_seq_length_and_save(enc, st, tmp_path):
                                                   r"export/export_sentence_transformers.py --model .* --out "):
             call(str(tmp_path / "out"))
     assert not (tmp_path / "out").exists()
+    from types import SimpleNamespace
+
+    from postemb_rt.st_api import SentenceTransformerAPI
+
+    onnx_only = SimpleNamespace(model=SimpleNamespace(path=tmp_path / "m-onnx", encoder_path=None))
+    with pytest.raises(ValidationError, match=r"holds only an ONNX model.*Fix: .* --model <the model directory it "
+                                              r"was exported from>"):
+        SentenceTransformerAPI.save(onnx_only, str(tmp_path / "out"))
