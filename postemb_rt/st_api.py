@@ -4,7 +4,8 @@ for it runs unchanged: ``similarity`` / ``similarity_pairwise`` with ``similarit
 ``max_seq_length``, ``encode_query`` / ``encode_document``, ``prompts`` / ``default_prompt_name``,
 torch's ``device`` / ``to`` / ``cpu`` / ``eval`` (this Encoder, where it already runs), and the
 ``model_card_data`` that sentence-transformers' evaluators write their metrics into, and pickling
-(multiprocessing, joblib, Ray, Spark: the load call travels, not the compiled model). (``encode``'s own keyword arguments are in ``encode_options``.) Each method has
+(multiprocessing, joblib, Ray, Spark: the load call travels, not the compiled model).
+(``encode``'s own keyword arguments are in ``encode_options``.) Each method has
 sentence-transformers' meaning and return type (torch tensors for scores).
 
 What an Encoder does not do is refused with ValidationError naming what to use instead: moving or

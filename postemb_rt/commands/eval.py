@@ -76,7 +76,8 @@ def register(sub) -> None:
 
     p = sub.add_parser("eval", help="offline evaluation report (per-task AUC, zero-shot, STS-B, retrieval)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", action="append", help="NAME=PATH or a model name/dir; repeatable; an unnamed row is named after the model, "
+    p.add_argument("--model", action="append",
+                   help="NAME=PATH or a model name/dir; repeatable; an unnamed row is named after the model, "
                         "`default`'s `multitask` (default: default)")
     p.add_argument("--out", required=True, help="report folder, e.g. reports/")
     p.add_argument("--data", default=None, help="data root holding tweeteval/ and stsb/ (default: ../shared/data)")

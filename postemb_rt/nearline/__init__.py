@@ -20,8 +20,8 @@ vector (stored and announced again).
 Delivery is at-least-once: an event is acknowledged only after its embedding is written,
 so a crash anywhere leaves it pending, and a live worker claims it (XAUTOCLAIM) once it
 has been idle for ``claim_idle_ms``. A consumer with nothing pending that has not read for
-``forget_idle_ms`` (a dead worker) is removed from the group. The store write is idempotent: a Lua script writes
-the hash and announces it, all or nothing (every key's type is checked before the first
+``forget_idle_ms`` (a dead worker) is removed from the group. The store write is
+idempotent: a Lua script writes the hash and announces it, all or nothing (every key's type is checked before the first
 write; a key of the wrong type fails the call with an error naming it, and nothing is
 written), and skips an event when the record already holds this post's current content
 (same ``text_sha256``) or a newer event for the post.
