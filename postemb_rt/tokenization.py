@@ -39,6 +39,7 @@ class PostTokenizer:
         if lowercase:
             _add_lowercase(self._tok)
         self._windows: dict[int, object] = {}  # overlap -> a copy of the tokenizer cutting windows
+        self._untruncated = None  # a copy that does not truncate (tokenize)
         self._tok.enable_truncation(max_length)
         self.pad_id = _pad_id(self._tok, Path(path).parent / "tokenizer_config.json")
         self.specials = self._tok.num_special_tokens_to_add(False)
@@ -55,6 +56,34 @@ class PostTokenizer:
                 f"{len(truncated)} text(s) are too long. Fix: shorten them or pass truncate=True."
             )
         return Tokenized([e.ids for e in encs], truncated)
+
+    # -- what code written for sentence-transformers reads from ``model.tokenizer`` (a Hugging Face tokenizer) --
+    @property
+    def model_max_length(self) -> int:
+        """Hugging Face's name for ``max_length``: tokens the model reads, special tokens included."""
+        return self.max_length
+
+    def tokenize(self, text: str) -> list[str]:
+        """Hugging Face's ``tokenize``: ``text``'s tokens, without special tokens, not truncated."""
+        return self._one(text, "tokenize").tokens
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Hugging Face's ``encode``: ``text``'s token ids (with [CLS] ... [SEP] unless
+        ``add_special_tokens`` is False), cut to max_length as the model reads them."""
+        return self._one(text, "encode", add_special_tokens).ids
+
+    def _one(self, text: str, call: str, add_special_tokens: bool = False):
+        if not isinstance(text, str):
+            raise ValidationError(f"`text` of tokenizer.{call} must be a str. Given: {type(text).__name__}. "
+                                  "Fix: pass one text (encode / __call__ on the Encoder take lists).")
+        if call == "tokenize":  # the whole text, as Hugging Face's tokenize does
+            from tokenizers import Tokenizer
+
+            if self._untruncated is None:
+                self._untruncated = Tokenizer.from_str(self._tok.to_str())
+                self._untruncated.no_truncation()
+            return self._untruncated.encode(text, add_special_tokens=False)
+        return self._tok.encode(text, add_special_tokens=add_special_tokens)
 
     def encodings(self, texts: list[str], add_special_tokens: bool = True) -> list:
         """Each text's ``tokenizers.Encoding`` (ids, tokens, character offsets, special-token mask),

@@ -227,3 +227,15 @@ def test_get_max_seq_length_and_save(enc, st, tmp_path):
     with pytest.raises(ValidationError, match=r"holds only an ONNX model.*Fix: .* --model <the model directory it "
                                               r"was exported from>"):
         SentenceTransformerAPI.save(onnx_only, str(tmp_path / "out"))
+
+
+def test_the_tokenizer_answers_what_code_for_sentence_transformers_asks_of_it(enc, st):
+    """``model.tokenizer`` is a Hugging Face tokenizer in ST: its tokenize / encode / model_max_length."""
+    text = "Thrilled to announce our new café! " + LONG
+    assert enc.tokenizer.tokenize(text) == st.tokenizer.tokenize(text)  # whole, not truncated
+    assert enc.tokenizer.encode("hello world") == st.tokenizer.encode("hello world")
+    assert enc.tokenizer.encode(text) == st.tokenizer.encode(text, truncation=True, max_length=enc.max_length)
+    assert enc.tokenizer.encode("hi", add_special_tokens=False) == st.tokenizer.encode("hi", add_special_tokens=False)
+    assert enc.tokenizer.model_max_length == st.max_seq_length == enc.max_length
+    with pytest.raises(ValidationError, match=r"`text` of tokenizer.encode must be a str. Given: list"):
+        enc.tokenizer.encode(["a", "b"])
