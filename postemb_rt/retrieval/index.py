@@ -29,15 +29,13 @@ Versions: an index records the **vector version** of its vectors (``Encoder.vect
 the model version plus ``+<precision>`` / ``+chunk`` when those change the numbers), the string
 the near-line store keys by and backfill writes in its ``model_version`` column.
 
-Saved as a folder: ``index.faiss`` (faiss.write_index, or write_index_binary), ``ids.parquet``
-(one column ``id``, its Arrow type kept), ``vectors.npy`` (binary with rescoring only: float32
-(n, dim)), ``index.json`` (kind, dim, binary, bits, rescore, count, parameters, vector version,
-faiss version). ``faiss`` is imported here only. Reading the sources (Parquet, the near-line
-store) is ``sources.py``'s.
+Saved as a folder (``index.faiss``, ``ids.parquet``, ``vectors.npy`` with rescoring, ``index.json``
+recording each file's size and SHA-256), written beside the target and swapped in whole:
+``folder.py``. ``faiss`` is imported here and there only. Reading the sources (Parquet, the
+near-line store) is ``sources.py``'s.
 """
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -340,65 +338,25 @@ class PostIndex:
                 "faiss_version": faiss.__version__, "faiss_index": type(self.index).__name__}
 
     def save(self, folder) -> Path:
-        """Write ``index.faiss``, ``ids.parquet``, ``vectors.npy`` (binary with rescoring) and
-        ``index.json`` into ``folder`` (created), each durably (``durable.atomic_write``: a new
-        file renamed over the old, so saving over the folder an index was loaded from, whose
-        ``vectors.npy`` is memory-mapped, is safe). ``index.json`` is written last."""
-        import faiss
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        """Save as the folder ``folder`` (``index.faiss``, ``ids.parquet``, ``vectors.npy`` with
+        rescoring, ``index.json`` recording each file's size and SHA-256): written beside it, fsynced
+        and swapped in whole (``folder.py``), so the folder holds the old index or the whole new one,
+        never a mix; saving over the folder this index was loaded from (its ``vectors.npy``
+        memory-mapped) is safe. A folder holding other files is refused (ValidationError)."""
+        from . import folder as storage
 
-        from ..durable import atomic_write
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_index = faiss.write_index_binary if self.binary else faiss.write_index
-        atomic_write(folder / "index.faiss", lambda tmp: write_index(self.index, str(tmp)))
-        atomic_write(folder / "ids.parquet", lambda tmp: pq.write_table(pa.table({"id": pa.array(self.ids)}), tmp))
-        if self.rescore:
-            atomic_write(folder / "vectors.npy", lambda tmp: np.save(tmp, self._floats()))
-        else:  # left by an earlier save with rescoring
-            (folder / "vectors.npy").unlink(missing_ok=True)
-        atomic_write(folder / "index.json", json.dumps(self.describe(), indent=1))
-        return folder
+        return storage.write(self, folder)
 
     @classmethod
     def load(cls, folder, mmap: bool = True) -> "PostIndex":
-        """A saved index; ``mmap``: a binary index's float vectors (rescoring) are memory-mapped
-        from ``vectors.npy`` (read from disk as queries touch them) rather than read in; an
-        ``add`` after loading reads them into memory."""
-        import faiss
-        import pyarrow.parquet as pq
+        """A saved index, its files checked against the sizes and SHA-256s ``index.json`` records
+        (folders saved before it recorded them: counts and shapes only); a damaged or mixed folder
+        raises one ValidationError naming the file and the fix. ``mmap``: a binary index's float
+        vectors (rescoring) are memory-mapped from ``vectors.npy`` (read from disk as queries
+        touch them) rather than read in; an ``add`` after loading reads them into memory."""
+        from . import folder as storage
 
-        folder = Path(folder)
-        meta_path = folder / "index.json"
-        if not meta_path.exists():
-            raise FileNotFoundError(f"`index` {str(folder)!r} is not a saved PostIndex (no index.json). "
-                                    "Fix: build one with `postemb index build`.")
-        meta = json.loads(meta_path.read_text())
-        idx = cls.__new__(cls)
-        idx.dim, idx.kind = meta["dim"], meta["kind"]
-        idx.vector_version = meta.get("vector_version", meta.get("model_version"))  # older files: model_version
-        idx.binary, idx.rescore = bool(meta.get("binary", False)), int(meta.get("rescore", 0))
-        idx.bits = int(meta.get("bits", 0))
-        idx.ef_search, idx.nprobe, idx.nlist = meta["ef_search"], meta["nprobe"], meta["nlist"]
-        read = faiss.read_index_binary if idx.binary else faiss.read_index
-        idx.index = read(str(folder / "index.faiss"))
-        idx.ids = pq.read_table(folder / "ids.parquet").column("id").to_pylist()
-        idx._pos = {pid: i for i, pid in enumerate(idx.ids)}
-        idx._float_parts = []
-        want_d = idx.bits if idx.binary else idx.dim
-        if idx.index.ntotal != len(idx.ids) or idx.index.d != want_d:
-            raise ValidationError(f"`index` {str(folder)!r} is inconsistent: {idx.index.ntotal} vectors of "
-                                  f"{idx.index.d} {'bits' if idx.binary else 'dims'}, {len(idx.ids)} ids, index.json "
-                                  f"says {want_d}. Fix: rebuild it.")
-        if idx.rescore:
-            floats = np.load(folder / "vectors.npy", mmap_mode="r" if mmap else None)
-            if floats.shape != (len(idx.ids), idx.dim) or floats.dtype != np.float32:
-                raise ValidationError(f"`index` {str(folder)!r} is inconsistent: vectors.npy is {floats.dtype} "
-                                      f"{floats.shape}, expected float32 ({len(idx.ids)}, {idx.dim}). Fix: rebuild it.")
-            idx._float_parts = [floats]
-        return idx
+        return storage.read(cls, folder, mmap)
 
 
 def _rescore(q: np.ndarray, candidates: np.ndarray, floats: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

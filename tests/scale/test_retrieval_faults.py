@@ -1,0 +1,124 @@
+"""``PostIndex`` and ``postemb index`` when things go wrong: an interrupted save, index folders
+mixed up or damaged, ids of two types, bad ``--member`` lists, an unreachable store, and
+repeated ids in the input. Each gives the old index whole or one ValidationError naming the
+thing and the fix, never a traceback or a silent wrong answer."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+pytest.importorskip("faiss", reason="faiss is not installed (pip install -e '.[scale]')")
+pytest.importorskip("scipy", reason="scipy is not installed (pip install -e '.[scale]')")
+
+from postemb_rt.errors import ValidationError  # noqa: E402
+from postemb_rt.retrieval import PostIndex  # noqa: E402
+from tests.scale.test_retrieval import random_unit  # noqa: E402
+
+N = 300
+
+
+def saved(folder, ids=None, seed=1, **params):
+    """An index over N random unit vectors saved in ``folder``; returns (index, vectors)."""
+    x = random_unit(N, seed)
+    idx = PostIndex.build([f"p{i}" for i in range(N)] if ids is None else ids, x, **params)
+    idx.save(folder)
+    return idx, x
+
+
+# -- saving --------------------------------------------------------------------------------------
+def test_an_interrupted_save_leaves_the_old_index_whole(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+
+    old, x = saved(tmp_path / "idx")
+    new = PostIndex.build([f"p{i}" for i in reversed(range(N))], random_unit(N, 2))  # same count, other order
+
+    def fail(*a, **kw):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(pq, "write_table", fail)  # index.faiss is written before ids.parquet
+    with pytest.raises(OSError, match="No space left"):
+        new.save(tmp_path / "idx")
+    monkeypatch.undo()
+    back = PostIndex.load(tmp_path / "idx")
+    assert back.search(x[250], 1)[0][0].id == "p250" and back.ids == old.ids
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["idx"]  # no temporary folder left beside it
+    new.save(tmp_path / "idx")
+    assert PostIndex.load(tmp_path / "idx").ids == new.ids
+
+
+@pytest.mark.parametrize("name", ["index.faiss", "ids.parquet", "vectors.npy"])
+def test_files_of_two_saves_mixed_in_one_folder_are_refused(tmp_path, name):
+    # same count and shapes: the old checks (counts, dims) passed, and ids were paired with other vectors
+    _, x = saved(tmp_path / "a", binary=True, rescore=2)
+    saved(tmp_path / "b", ids=[f"p{i}" for i in reversed(range(N))], seed=2, binary=True, rescore=2)
+    shutil.copyfile(tmp_path / "b" / name, tmp_path / "a" / name)
+    with pytest.raises(ValidationError, match=rf"`index` '.*a': {name} is not the file index.json was saved "
+                                              r"with .*Fix: rebuild the index \(postemb index build"):
+        PostIndex.load(tmp_path / "a")
+
+
+def test_an_index_folder_saved_before_file_records_still_loads(tmp_path):
+    idx, x = saved(tmp_path / "idx")
+    meta = json.loads((tmp_path / "idx" / "index.json").read_text())
+    del meta["files"]
+    (tmp_path / "idx" / "index.json").write_text(json.dumps(meta))
+    assert PostIndex.load(tmp_path / "idx").search(x[7], 1)[0][0].id == "p7"
+
+
+def test_save_replaces_an_index_folder_but_never_a_folder_of_other_files(tmp_path):
+    saved(tmp_path / "idx")
+    (tmp_path / "idx" / ".tmp-0123456789abcdef-index.faiss").write_bytes(b"x")  # left by an older save
+    idx, x = saved(tmp_path / "idx", seed=3)
+    assert sorted(p.name for p in (tmp_path / "idx").iterdir()) == ["ids.parquet", "index.faiss", "index.json"]
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "notes.txt").write_text("mine")
+    with pytest.raises(ValidationError, match=r"`folder` '.*home' holds files that are not an index's \('notes.txt'\)"
+                                              r".*Fix: save into a new folder"):
+        idx.save(tmp_path / "home")
+    assert (tmp_path / "home" / "notes.txt").read_text() == "mine"
+    (tmp_path / "empty").mkdir()
+    idx.save(tmp_path / "empty")
+    assert PostIndex.load(tmp_path / "empty").search(x[3], 1)[0][0].id == "p3"
+
+
+# -- damaged folders -----------------------------------------------------------------------------
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _drop_key(path, key):
+    meta = json.loads(path.read_text())
+    del meta[key]
+    path.write_text(json.dumps(meta))
+
+
+DAMAGE = {  # what is done to the folder -> what the error says
+    "index.faiss truncated": (lambda f: _truncate(f / "index.faiss"), "index.faiss is not the file index.json"),
+    "index.faiss missing": (lambda f: (f / "index.faiss").unlink(), "index.faiss is missing"),
+    "ids.parquet missing": (lambda f: (f / "ids.parquet").unlink(), "ids.parquet is missing"),
+    "index.json truncated": (lambda f: _truncate(f / "index.json"), "index.json is not valid JSON"),
+    "index.json without dim": (lambda f: _drop_key(f / "index.json", "dim"), r"index.json lacks \['dim'\]"),
+    "index.json a list": (lambda f: (f / "index.json").write_text("[]"), "index.json is not a JSON object"),
+    "vectors.npy missing": (lambda f: (f / "vectors.npy").unlink(), "vectors.npy is missing"),
+}
+OLD_DAMAGE = {  # the same in a folder saved before index.json recorded its files: read, and failing there
+    "index.faiss truncated": (lambda f: _truncate(f / "index.faiss"), "index.faiss is not readable by faiss"),
+    "ids.parquet truncated": (lambda f: _truncate(f / "ids.parquet"), "ids.parquet is not readable"),
+    "vectors.npy truncated": (lambda f: _truncate(f / "vectors.npy"), "vectors.npy is not readable"),
+}
+
+
+CASES = [pytest.param(False, damage, says, id=what) for what, (damage, says) in DAMAGE.items()] + [
+    pytest.param(True, damage, says, id=f"{what}, saved before file records")
+    for what, (damage, says) in {**DAMAGE, **OLD_DAMAGE}.items()]
+
+
+@pytest.mark.parametrize("old,damage,says", CASES)
+def test_a_damaged_index_folder_is_one_error_naming_the_file_and_the_fix(tmp_path, old, damage, says):
+    saved(tmp_path / "idx", binary=True, rescore=2)
+    if old:
+        _drop_key(tmp_path / "idx" / "index.json", "files")
+    damage(tmp_path / "idx")
+    with pytest.raises(ValidationError, match=rf"`index` '.*idx': {says}.*Fix: rebuild the index"):
+        PostIndex.load(tmp_path / "idx")
