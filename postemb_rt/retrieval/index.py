@@ -21,9 +21,10 @@ on disk): a query fetches the ``k * m`` nearest by Hamming and re-ranks them by 
 the practice of sentence-transformers' binary-quantization retrieval (``rescore_multiplier``);
 scores are then exact cosines. What recall this keeps on our data: docs/RETRIEVAL.md.
 
-Post ids are arbitrary (int or str): FAISS stores row positions 0..n-1 and ``ids[pos]`` maps
-them back. Adding an id already present is skipped (an embedding is a pure function of
-(text, vector version), so it is the same vector); ``add`` returns how many were new.
+Post ids are ints (int64) or strs, one type per index (``ids.parquet`` holds one Arrow type):
+FAISS stores row positions 0..n-1 and ``ids[pos]`` maps them back. Adding an id already present
+is skipped (an embedding is a pure function of (text, vector version), so it is the same
+vector); ``add`` returns how many were new.
 
 Versions: an index records the **vector version** of its vectors (``Encoder.vector_version``:
 the model version plus ``+<precision>`` / ``+chunk`` when those change the numbers), the string
@@ -85,6 +86,31 @@ def _as_vectors(vectors, dim: int | None, name: str = "vectors") -> np.ndarray:
                 f"`{name}` must be unit L2 rows (the encoder's output). Given: row {int(bad[0])} has norm "
                 f"{norms[bad[0]]:.4g}. Fix: v / np.linalg.norm(v, axis=1, keepdims=True).")
     return v
+
+
+def _as_ids(ids, first) -> list:
+    """``ids`` as a list of Python ints or of strs (numpy scalars converted), all of ``first``'s
+    type (the index's first id; None: ``ids[0]``'s). Raises ValidationError naming the first
+    other id: one type per index, as ``ids.parquet`` stores one Arrow type."""
+    out, where = [], "the index's ids"
+    for i, pid in enumerate(ids):
+        if isinstance(pid, (int, np.integer)) and not isinstance(pid, bool):
+            pid = int(pid)
+            if not -(1 << 63) <= pid < 1 << 63:
+                raise ValidationError(f"`ids[{i}]` must fit in int64 (ids.parquet's type). Given: {pid}. "
+                                      "Fix: str ids.")
+        elif isinstance(pid, str):
+            pid = str(pid)
+        else:
+            raise ValidationError(f"`ids[{i}]` must be an int or str. Given: {pid!r} ({type(pid).__name__}).")
+        if first is None:
+            first, where = pid, "`ids[0]`"
+        if type(pid) is not type(first):
+            raise ValidationError(f"`ids[{i}]` must be a{'n' if type(first) is int else ''} {type(first).__name__} "
+                                  f"like {where} (one id type per index). Given: {pid!r} ({type(pid).__name__}). "
+                                  f"Fix: give every id as {type(first).__name__}.")
+        out.append(pid)
+    return out
 
 
 def _check_rescore(rescore, binary: bool) -> int:
@@ -183,17 +209,17 @@ class PostIndex:
         return len(self.ids)
 
     def add(self, ids, vectors) -> int:
-        """Add posts: ``ids`` (n,) int or str, ``vectors`` float32 (n, dim) unit rows. Ids already
-        in the index (or repeated in ``ids``) are skipped. IVF trains on its first add, which
-        must then hold at least 39 * nlist vectors. Returns the number added."""
+        """Add posts: ``ids`` (n,) int or str, of one type, the index's (ValidationError before
+        anything is added otherwise), ``vectors`` float32 (n, dim) unit rows. Ids already in the
+        index (or repeated in ``ids``) are skipped. IVF trains on its first add, which must then
+        hold at least 39 * nlist vectors. Returns the number added."""
         v = _as_vectors(vectors, self.dim)
         ids = list(ids)
         if len(ids) != len(v):
             raise ValidationError(f"`ids` and `vectors` must have the same length. Given: {len(ids)} and {len(v)}.")
+        ids = _as_ids(ids, self.ids[0] if self.ids else None)
         keep = []
         for i, pid in enumerate(ids):
-            if pid is None:
-                raise ValidationError(f"`ids[{i}]` must be an int or str. Given: None.")
             if pid not in self._pos:
                 self._pos[pid] = len(self.ids) + len(keep)
                 keep.append(i)

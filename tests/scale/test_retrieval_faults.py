@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 pytest.importorskip("faiss", reason="faiss is not installed (pip install -e '.[scale]')")
@@ -122,3 +123,23 @@ def test_a_damaged_index_folder_is_one_error_naming_the_file_and_the_fix(tmp_pat
     damage(tmp_path / "idx")
     with pytest.raises(ValidationError, match=rf"`index` '.*idx': {says}.*Fix: rebuild the index"):
         PostIndex.load(tmp_path / "idx")
+
+
+# -- ids -----------------------------------------------------------------------------------------
+def test_an_index_holds_one_id_type(tmp_path):
+    idx = PostIndex.build([1, 2], random_unit(2))
+    with pytest.raises(ValidationError, match=r"`ids\[1\]` must be an int like the index's ids \(one id type per "
+                                              r"index\). Given: 'x' \(str\)"):
+        idx.add([3, "x"], random_unit(2, 3))
+    assert len(idx) == 2 and idx.position(3) is None  # nothing of the refused call was added
+    with pytest.raises(ValidationError, match=r"`ids\[0\]` must be an int or str. Given: 1.5 \(float\)"):
+        PostIndex.build([1.5], random_unit(1))
+    with pytest.raises(ValidationError, match=r"`ids\[0\]` must be an int or str. Given: True \(bool\)"):
+        idx.add([True], random_unit(1))
+    with pytest.raises(ValidationError, match=r"`ids\[1\]` must be a str like `ids\[0\]`"):
+        PostIndex.build(["a", 2], random_unit(2))
+    with pytest.raises(ValidationError, match=r"`ids\[0\]` must fit in int64 \(ids.parquet's type\). Given: 9223372"):
+        idx.add([1 << 63], random_unit(1))  # it failed in save, with index.faiss written
+    assert idx.add(np.array([3], np.int64), random_unit(1, 4)) == 1 and idx.ids[-1] == 3  # numpy ints are ints
+    idx.save(tmp_path / "idx")
+    assert PostIndex.load(tmp_path / "idx").ids == [1, 2, 3]
