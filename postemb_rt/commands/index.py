@@ -11,9 +11,9 @@ their vector version (model version + "+<precision>" when not fp32 + "+chunk" in
 mode), and the query encoder is loaded with that precision and long-post mode; ``--model``
 must be that model (default: default); ``--precision`` / ``--long-posts`` may say the same
 thing explicitly, and anything that would give another vector version is refused. Or for a
-member (``--member ID,ID,...``: the posts they engaged with; Ward clusters, one query per
-cluster, merged; the history itself is left out; ``--mean`` uses the single mean vector
-instead). See docs/RETRIEVAL.md.
+member (``--member ID,ID,...``: the posts they engaged with, each counted once; Ward clusters,
+one query per cluster, merged; the history itself is left out; ``--mean`` uses the single mean
+vector instead). See docs/RETRIEVAL.md.
 """
 from __future__ import annotations
 
@@ -32,6 +32,52 @@ def _parse_id(raw: str, index):
         return int(raw)
     except ValueError:
         return raw
+
+
+def member_ids(raw: str, index, where: str) -> list:
+    """The ids of ``--member`` ``raw``, in order, each once: split at commas, an item is taken as
+    given when the index holds it so, else with surrounding spaces stripped (empty items
+    dropped), as a str or else an int (``_parse_id``). Raises ValidationError naming
+    ``--member`` when no id is left or one is not in the index (``where``: the index folder)."""
+    items = {}  # id -> the item that gave it
+    for item in raw.split(","):
+        item = item if index.position(item) is not None else item.strip()
+        if item:
+            items.setdefault(_parse_id(item, index), item)
+    if not items:
+        raise ValidationError(f"`--member` must name at least one post id. Given: {raw!r}. Fix: --member ID,ID,... "
+                              "(comma-separated ids of posts in the index).")
+    for pid, item in items.items():
+        if index.position(pid) is None:
+            like = f"ids like {index.ids[0]!r}" if len(index) else "none"
+            raise ValidationError(f"`--member` id {item!r} is not in the index {where!r} ({len(index)} posts, "
+                                  f"{like}). Fix: ids of posts the index holds.")
+    return list(items)
+
+
+def _store(url: str):
+    """(client, where) for ``--redis`` ``url``; where: host:port and db, never the password."""
+    from .. import nearline
+
+    client = nearline.connect(url)
+    kw = client.connection_pool.connection_kwargs
+    where = f"{kw['host']}:{kw.get('port', 6379)}" if "host" in kw else str(kw.get("path"))
+    return client, f"{where} db {kw.get('db', 0)}"
+
+
+def _store_error(exc: Exception, where: str) -> ValidationError:
+    """A Redis error while reading ``--redis``, as one line naming it and the fix."""
+    import redis
+
+    why = f"{type(exc).__name__}: {str(exc).rstrip('.')}"
+    if isinstance(exc, (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError,
+                        redis.exceptions.NoPermissionError)):
+        return ValidationError(f"`--redis` {where} refused the credentials: {why}. Fix: give a user that may SCAN and "
+                               "HMGET the store's keys, redis://[USER]:PASSWORD@HOST:PORT/DB.")
+    if isinstance(exc, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        return ValidationError(f"`--redis` {where} does not answer: {why}. Fix: start it, or point --redis at the "
+                               "store the near-line worker writes to (redis://HOST:PORT/DB).")
+    return ValidationError(f"`--redis` {where}: reading the store failed: {why}. Fix: see the Redis error.")
 
 
 def split_vector_version(version: str) -> tuple[str, str, str, int | None, int | None]:
@@ -86,18 +132,31 @@ def query_encoder(args, index_version: str | None):
 
 def run_build(args) -> int:
     from ..retrieval import PostIndex
+    from ..retrieval.folder import check_target
 
     start = time.perf_counter()
     if args.rescore and not args.binary:
         raise ValidationError(f"`--rescore` {args.rescore} needs `--binary` (a float index ranks by exact cosine "
                               "already). Fix: add --binary, or drop --rescore.")
+    if args.input and args.redis:
+        raise ValidationError(f"`index build` reads one source: give `--input` or `--redis`, not both. Given: --input "
+                              f"{args.input!r} and --redis. Fix: drop one (build one index per source).")
     params = {"kind": args.kind, "binary": args.binary, "rescore": args.rescore}
+    check_target(args.out, "--out")  # before the build: a folder save() would refuse
     if args.redis:
+        import redis
+
         if not args.vector_version:
             raise ValidationError("`--redis` needs `--vector-version` (which embeddings to index: the version the "
                                   "near-line worker stores under, its Encoder.vector_version). Given: none.")
-        idx = PostIndex.from_redis(args.redis, args.vector_version, **params)
-        source = args.redis
+        client, where = _store(args.redis)
+        try:
+            idx = PostIndex.from_redis(client, args.vector_version, **params)
+        except redis.RedisError as exc:
+            raise _store_error(exc, where) from None
+        finally:
+            client.close()
+        source = f"redis {where}"
     else:
         if not args.input:
             raise ValidationError("`index build` needs `--input` (Parquet embeddings) or `--redis URL`. Given: neither.")
@@ -114,10 +173,12 @@ def run_build(args) -> int:
 def run_query(args) -> int:
     from ..retrieval import PostIndex, mean_embedding, member_embedding, retrieve
 
-    idx = PostIndex.load(args.index)
     if bool(args.text) == bool(args.member):
         raise ValidationError("`index query` needs either `--text` or `--member`. Given: "
                               f"{'both' if args.text else 'neither'}.")
+    if args.k < 1:
+        raise ValidationError(f"`--k` must be a positive int. Given: {args.k}.")
+    idx = PostIndex.load(args.index)
     results = []
     if args.text:
         enc, dim = query_encoder(args, idx.vector_version)
@@ -128,7 +189,7 @@ def run_query(args) -> int:
         for text, hits in zip(args.text, idx.search(vectors, args.k, rescore=args.rescore)):
             results.append({"query": text, "hits": hits})
     else:
-        ids = [_parse_id(x.strip(), idx) for x in args.member.split(",") if x.strip()]
+        ids = member_ids(args.member, idx, args.index)
         history = idx.vectors_of(ids)
         member = mean_embedding(history) if args.mean else member_embedding(
             history, distance_threshold=args.distance_threshold, max_clusters=args.max_clusters)
@@ -170,7 +231,9 @@ def register(sub) -> None:
     q = isub.add_parser("query", help="top-k posts for texts or for a member")
     q.add_argument("--index", required=True, help="index folder (from `postemb index build`)")
     q.add_argument("--text", action="append", help="a query post (repeatable)")
-    q.add_argument("--member", help="comma-separated ids of the posts a member engaged with")
+    q.add_argument("--member", help="comma-separated ids of the posts a member engaged with; spaces around an id "
+                                    "are dropped unless the index holds it with them, empty items are ignored, "
+                                    "a repeated id counts once")
     q.add_argument("--k", type=int, default=10, help="posts to return (default: 10)")
     q.add_argument("--model", default="default", help="with --text: the model that embeds it; must be the index's "
                                                       "(default: default)")

@@ -88,6 +88,11 @@ def _as_vectors(vectors, dim: int | None, name: str = "vectors") -> np.ndarray:
     return v
 
 
+def _check_k(k) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValidationError(f"`k` must be a positive int. Given: {k!r}.")
+
+
 def _as_ids(ids, first) -> list:
     """``ids`` as a list of Python ints or of strs (numpy scalars converted), all of ``first``'s
     type (the index's first id; None: ``ids[0]``'s). Raises ValidationError naming the first
@@ -287,8 +292,7 @@ class PostIndex:
         import faiss
 
         q = _as_vectors(queries, self.dim, "queries")
-        if not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValidationError(f"`k` must be a positive int. Given: {k!r}.")
+        _check_k(k)
         m = self.rescore if rescore is None else _check_rescore(rescore, self.binary)
         if m and not self.rescore:
             raise ValidationError(f"`rescore` {m} needs the float vectors, which this index did not keep (built "
@@ -319,6 +323,7 @@ class PostIndex:
         """Top-k posts for each query (float32 (q, dim) or (dim,)), best first, as ``Hit(id,
         score)``; ids in ``exclude`` (e.g. what the member already saw) are left out.
         ``rescore``: as in :meth:`search_positions`."""
+        _check_k(k)  # before k grows by the excluded ids
         exclude = set(exclude)
         extra = sum(1 for e in exclude if e in self._pos)
         scores, pos = self.search_positions(queries, k + extra, rescore=rescore)

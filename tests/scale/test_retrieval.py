@@ -146,9 +146,10 @@ def test_build_from_parquet_reads_committed_backfill_output_only(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed (apt-get install redis-server)")
-def test_build_from_the_nearline_store(tmp_path):
+def test_build_from_the_nearline_store(tmp_path, capsys):
     pytest.importorskip("redis", reason="redis-py is not installed")
     from postemb_rt import nearline
+    from postemb_rt.cli import main
     from tests.nearline.conftest import RedisServer
 
     class StubEncoder:  # the Worker's contract; vectors are a fixed function of the text
@@ -171,6 +172,9 @@ def test_build_from_the_nearline_store(tmp_path):
                                                   r"\(keys postemb:stub-v1:\*\). Versions it holds: 'stub-v1\+chunk'"):
             PostIndex.from_redis(client, "stub-v1")  # the model version alone: not what the worker stored under
         client.close()
+        assert main(["index", "build", "--redis", server.url, "--vector-version", "stub-v1+chunk", "--out",
+                     str(tmp_path / "idx")]) == 0
+        assert f"indexed 20 posts from redis 127.0.0.1:{server.port} db 0 in " in capsys.readouterr().out  # no URL
     finally:
         server.stop()
 

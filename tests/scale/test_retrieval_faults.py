@@ -143,3 +143,52 @@ def test_an_index_holds_one_id_type(tmp_path):
     assert idx.add(np.array([3], np.int64), random_unit(1, 4)) == 1 and idx.ids[-1] == 3  # numpy ints are ints
     idx.save(tmp_path / "idx")
     assert PostIndex.load(tmp_path / "idx").ids == [1, 2, 3]
+
+
+def test_search_refuses_k_0_even_with_ids_to_exclude():
+    idx = PostIndex.build(["a", "b"], random_unit(2))
+    with pytest.raises(ValidationError, match="`k` must be a positive int. Given: 0"):
+        idx.search(random_unit(1, 5), k=0, exclude={"a"})  # k grew by the excluded id and passed: [[]]
+
+
+# -- the command ---------------------------------------------------------------------------------
+def test_cli_member_lists_are_parsed_deduplicated_and_checked(tmp_path, capsys):
+    from postemb_rt.cli import main
+
+    saved(tmp_path / "idx")
+    q = ["index", "query", "--index", str(tmp_path / "idx"), "--k", "3", "--json", "--member"]
+    assert main(q + ["p1,p1, p1 ,"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["query"].startswith("member of 1 posts,") and "p1" not in {h["id"] for h in out["hits"]}
+    assert main(q + [",,"]) == 2
+    assert "`--member` must name at least one post id. Given: ',,'" in capsys.readouterr().err
+    assert main(q + ["p1,nope"]) == 2
+    err = capsys.readouterr().err
+    assert "`--member` id 'nope' is not in the index" in err and "ids like 'p0'" in err and "ids[" not in err
+    assert main(q[:-1] + ["--k", "0", "--member", "p1"]) == 2
+    assert "`--k` must be a positive int. Given: 0" in capsys.readouterr().err
+    ints = PostIndex.build([10, 20, 30], random_unit(3))
+    ints.save(tmp_path / "ints")
+    assert main(["index", "query", "--index", str(tmp_path / "ints"), "--member", "10, 20", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["query"].startswith("member of 2 posts,")
+    spaced = PostIndex.build([" a", "b"], random_unit(2))  # an id with a space: taken as given when the index holds it
+    spaced.save(tmp_path / "spaced")
+    assert main(["index", "query", "--index", str(tmp_path / "spaced"), "--member", " a, b ", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["query"].startswith("member of 2 posts,")
+
+
+def test_cli_build_refuses_two_sources_a_foreign_out_folder_and_an_unreachable_store(tmp_path, capsys):
+    pytest.importorskip("redis", reason="redis-py is not installed")
+    from postemb_rt.cli import main
+
+    build = ["index", "build", "--out", str(tmp_path / "idx"), "--vector-version", "v1"]
+    assert main(build + ["--input", str(tmp_path), "--redis", "redis://127.0.0.1:1/0"]) == 2
+    assert "give `--input` or `--redis`, not both" in capsys.readouterr().err
+    assert main(build + ["--redis", "redis://:s3cret@127.0.0.1:1/0"]) == 2  # nothing listens on port 1
+    err = capsys.readouterr().err
+    assert "`--redis` 127.0.0.1:1 db 0 does not answer" in err and "Fix: start it" in err
+    assert "s3cret" not in err and "Traceback" not in err
+    assert not (tmp_path / "idx").exists()
+    (tmp_path / "notes.txt").write_text("mine")
+    assert main(["index", "build", "--input", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2  # before reading
+    assert f"`--out` '{tmp_path}' holds files that are not an index's ('notes.txt')" in capsys.readouterr().err
