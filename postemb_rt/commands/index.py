@@ -5,7 +5,8 @@ or a folder) or from the near-line store (``--redis URL --vector-version V``: th
 worker stores under, e.g. postemb-mt50-v4 or postemb-mt50-v4+bf16+chunk); FAISS kind by size
 (flat up to 20k posts, HNSW up to 2M, IVF beyond) unless ``--kind`` says. ``--binary`` stores
 sign bits (1 bit per dimension, Hamming distance); ``--rescore N`` keeps the float vectors
-too and re-ranks the k*N Hamming-nearest by cosine.
+too and re-ranks the k*N Hamming-nearest by cosine. Rows whose id came earlier are skipped
+(the first row of each id is kept) and counted in a warning.
 query: by text (``--text``), embedded the way the index's vectors were: the index records
 their vector version (model version + "+<precision>" when not fp32 + "+chunk" in chunk
 mode), and the query encoder is loaded with that precision and long-post mode; ``--model``
@@ -156,17 +157,20 @@ def run_build(args) -> int:
             raise _store_error(exc, where) from None
         finally:
             client.close()
-        source = f"redis {where}"
+        source, rows = f"redis {where}", len(idx) + idx.skipped
     else:
         if not args.input:
             raise ValidationError("`index build` needs `--input` (Parquet embeddings) or `--redis URL`. Given: neither.")
         idx = PostIndex.from_parquet(args.input, **params)
-        source = args.input
+        source, rows = args.input, len(idx) + idx.skipped
     idx.save(args.out)
     d = idx.describe()
     binary = f", binary ({d['bits']} bits, rescore {d['rescore']})" if d["binary"] else ""
     print(f"indexed {d['count']} posts from {source} in {time.perf_counter() - start:.1f} s: kind={d['kind']} "
           f"({d['faiss_index']}), dim={d['dim']}{binary}, vector version={d['vector_version']} -> {args.out}")
+    if idx.skipped:
+        print(f"warning: skipped {idx.skipped} of {rows} rows: their id came earlier (the first row of each id "
+              "is kept)")
     return 0
 
 

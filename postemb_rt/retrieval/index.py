@@ -24,7 +24,9 @@ scores are then exact cosines. What recall this keeps on our data: docs/RETRIEVA
 Post ids are ints (int64) or strs, one type per index (``ids.parquet`` holds one Arrow type):
 FAISS stores row positions 0..n-1 and ``ids[pos]`` maps them back. Adding an id already present
 is skipped (an embedding is a pure function of (text, vector version), so it is the same
-vector); ``add`` returns how many were new.
+vector); ``add`` returns how many were new and counts the rest in ``skipped``, which ``build``
+and ``from_parquet`` log as a warning (rows of their input whose id came earlier: the first
+row of each id is kept).
 
 Versions: an index records the **vector version** of its vectors (``Encoder.vector_version``:
 the model version plus ``+<precision>`` / ``+chunk`` when those change the numbers), the string
@@ -37,6 +39,7 @@ near-line store) is ``sources.py``'s.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +49,7 @@ import numpy as np
 from ..errors import ValidationError
 from .sources import read_parquet, read_store
 
+log = logging.getLogger("postemb_rt")
 KINDS = ("auto", "flat", "hnsw", "ivf")
 FLAT_MAX = 20_000
 HNSW_MAX = 2_000_000
@@ -118,6 +122,12 @@ def _as_ids(ids, first) -> list:
     return out
 
 
+def _warn_skipped(idx: "PostIndex", rows: int, source) -> None:
+    if idx.skipped:
+        log.warning("%s: skipped %d of %d rows: their id came earlier (the first row of each id is kept)",
+                    source, idx.skipped, rows)
+
+
 def _check_rescore(rescore, binary: bool) -> int:
     if isinstance(rescore, bool) or not isinstance(rescore, (int, np.integer)) or rescore < 0:
         raise ValidationError(f"`rescore` must be an int >= 0 (0: no rescoring; m: re-rank the k*m nearest by "
@@ -179,6 +189,7 @@ class PostIndex:
             self.index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
         self.ids: list = []
         self._pos: dict = {}
+        self.skipped = 0  # ids add() skipped as already present (or repeated in one call)
 
     @property
     def model_version(self) -> str | None:
@@ -193,6 +204,7 @@ class PostIndex:
         v = _as_vectors(vectors, None)
         idx = cls(v.shape[1], kind, expected_size=len(v), vector_version=vector_version, **params)
         idx.add(ids, v)
+        _warn_skipped(idx, len(v), "PostIndex.build")
         return idx
 
     def _codes(self, v: np.ndarray) -> np.ndarray:
@@ -216,8 +228,8 @@ class PostIndex:
     def add(self, ids, vectors) -> int:
         """Add posts: ``ids`` (n,) int or str, of one type, the index's (ValidationError before
         anything is added otherwise), ``vectors`` float32 (n, dim) unit rows. Ids already in the
-        index (or repeated in ``ids``) are skipped. IVF trains on its first add, which must then
-        hold at least 39 * nlist vectors. Returns the number added."""
+        index (or repeated in ``ids``) are skipped, counted in ``skipped``. IVF trains on its first
+        add, which must then hold at least 39 * nlist vectors. Returns the number added."""
         v = _as_vectors(vectors, self.dim)
         ids = list(ids)
         if len(ids) != len(v):
@@ -229,8 +241,10 @@ class PostIndex:
                 self._pos[pid] = len(self.ids) + len(keep)
                 keep.append(i)
         if not keep:
+            self.skipped += len(ids)
             return 0
-        if len(keep) < len(ids):
+        skipped = len(ids) - len(keep)
+        if skipped:
             v = v[keep]
             ids = [ids[i] for i in keep]
         codes = self._codes(v)
@@ -243,6 +257,7 @@ class PostIndex:
                     f"vectors. Given: {len(v)}. Fix: add more at once, a smaller nlist, or kind='hnsw'.")
             self.index.train(codes[: 256 * self.nlist])
         self.index.add(codes)
+        self.skipped += skipped
         if self.rescore:
             self._float_parts.append(v)
         self.ids.extend(ids)
@@ -268,6 +283,7 @@ class PostIndex:
                 pending_ids, pending_v = [], []
         if pending_v:
             idx.add(pending_ids, np.concatenate(pending_v))
+        _warn_skipped(idx, n, path)
         return idx
 
     @classmethod

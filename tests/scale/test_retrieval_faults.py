@@ -145,6 +145,15 @@ def test_an_index_holds_one_id_type(tmp_path):
     assert PostIndex.load(tmp_path / "idx").ids == [1, 2, 3]
 
 
+def test_build_counts_the_rows_it_skips_as_repeated_ids(caplog):
+    x = random_unit(5)
+    with caplog.at_level("WARNING", logger="postemb_rt"):
+        idx = PostIndex.build(["a", "b", "a", "c", "a"], x)
+    assert idx.ids == ["a", "b", "c"] and idx.skipped == 2
+    np.testing.assert_allclose(idx.vectors_of(["a"])[0], x[0])  # the first row of an id is kept
+    assert "skipped 2 of 5 rows: their id came earlier" in caplog.text
+
+
 def test_search_refuses_k_0_even_with_ids_to_exclude():
     idx = PostIndex.build(["a", "b"], random_unit(2))
     with pytest.raises(ValidationError, match="`k` must be a positive int. Given: 0"):
@@ -192,3 +201,19 @@ def test_cli_build_refuses_two_sources_a_foreign_out_folder_and_an_unreachable_s
     (tmp_path / "notes.txt").write_text("mine")
     assert main(["index", "build", "--input", str(tmp_path / "none"), "--out", str(tmp_path)]) == 2  # before reading
     assert f"`--out` '{tmp_path}' holds files that are not an index's ('notes.txt')" in capsys.readouterr().err
+
+
+def test_cli_build_reports_rows_skipped_as_repeated_ids(tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from postemb_rt.backfill import embeddings_table
+    from postemb_rt.cli import main
+
+    (tmp_path / "emb").mkdir()
+    ids = [f"p{i % 40}" for i in range(50)]  # p0..p9 twice
+    pq.write_table(embeddings_table(ids, random_unit(50), "m1", "string"), tmp_path / "emb" / "part-00000.parquet")
+    assert main(["index", "build", "--input", str(tmp_path / "emb"), "--out", str(tmp_path / "idx")]) == 0
+    out, err = capsys.readouterr()
+    assert "indexed 40 posts" in out
+    assert "warning: skipped 10 of 50 rows: their id came earlier (the first row of each id is kept)" in out
+    assert "skipped 10 of 50 rows" in err  # the log warning
