@@ -265,6 +265,12 @@ def test_unreadable_inputs_are_named_not_tracebacks(tmp_path, capsys, argv, word
     assert words in err and "Traceback" not in err
 
 
+def test_a_password_in_a_bad_redis_url_is_never_printed(capsys):
+    assert main(["nearline", "--redis", "http://user:s3cret@host:6379/0"]) == 2
+    err = capsys.readouterr().err
+    assert "Given: 'http://user:***@host:6379/0'" in err and "s3cret" not in err
+
+
 def test_library_errors_name_the_commands_flags(tmp_path, capsys):
     src = tmp_path / "posts.txt"
     src.write_text("x\n")

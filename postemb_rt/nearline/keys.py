@@ -67,7 +67,11 @@ def connect(url: str = "redis://127.0.0.1:6379/0", **kwargs):
     try:
         return redis.Redis.from_url(url, **opts)
     except ValueError as exc:  # redis-py's "Redis URL must specify one of the following schemes ..."
-        raise ValidationError(f"`--redis` is not a Redis URL: {exc}. Given: {url!r}. Fix: "
+        import re
+
+        def hide(text: str) -> str:  # a password in the URL is never printed
+            return re.sub(r"(//[^/@:]*:)[^/]*@", r"\1***@", text)
+        raise ValidationError(f"`--redis` is not a Redis URL: {hide(str(exc))}. Given: {hide(url)!r}. Fix: "
                               "e.g. redis://127.0.0.1:6379/0 (rediss:// for TLS, unix:///path/to/socket).") from None
 
 
