@@ -119,6 +119,47 @@ def durable_rename(src: str | Path, dst: str | Path) -> None:
         fsync_dir(src.parent)
 
 
+@contextmanager
+def new_folder(final: str | Path) -> Iterator[Path]:
+    """Build the folder ``final`` whole or not at all. Yields a new, empty folder beside it
+    (``.<name>.tmp-<random>``) to write into; when the block ends, its files get the umask's
+    permissions (as ``open()`` gives; safetensors writes 0600), it is fsynced and swapped in:
+    ``final``, if there, is renamed aside (``.<name>.old-<random>``), the new folder renamed into
+    place, the old one removed. On an exception (Ctrl-C, a full disk) the new folder is removed
+    and ``final`` is left as it was. Only a crash between the two renames leaves no folder at
+    ``final``: the old one is then the ``.<name>.old-*`` folder beside it."""
+    import shutil
+
+    final = Path(os.path.abspath(final))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:16]}")
+    tmp.mkdir()
+    aside = None
+    try:
+        yield tmp
+        mask = os.umask(0)
+        os.umask(mask)
+        for dirpath, _, filenames in os.walk(tmp):
+            for name in filenames:
+                os.chmod(os.path.join(dirpath, name), 0o666 & ~mask)
+        fsync_tree(tmp)
+        if final.exists():
+            aside = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:16]}")
+            os.rename(final, aside)
+        try:
+            durable_rename(tmp, final)
+        except BaseException:
+            if aside is not None:
+                os.rename(aside, final)
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if aside is not None:
+        shutil.rmtree(aside, ignore_errors=True)
+        fsync_dir(final.parent)
+
+
 def read_json(path: str | Path, what: str | None = None, fix: str = "restore the file"):
     """The JSON value stored in ``path`` (UTF-8).
 

@@ -8,8 +8,8 @@ reading any, so files of two saves (a save interrupted by an older version, a fo
 together by hand) are refused by name instead of pairing ids with another save's vectors.
 
 Saving writes a whole new folder beside the target (``.<name>.tmp-<random>``), fsyncs it, then
-swaps it in: the old folder is renamed aside (``.<name>.old-<random>``), the new one renamed
-into place, the old one removed. An error or an interrupt (Ctrl-C) before the swap removes the
+swaps it in (``durable.new_folder``): the old folder is renamed aside (``.<name>.old-<random>``),
+the new one renamed into place, the old one removed. An error or an interrupt (Ctrl-C) before the swap removes the
 new folder and leaves the old index as it was; a crash (kill -9, power cut) while writing leaves
 the old index whole plus a ``.<name>.tmp-*`` folder to delete. Only a crash between the two
 renames (two system calls) leaves no index at the name: ``load`` then names the aside folder
@@ -19,8 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -61,37 +59,20 @@ def write(idx, folder) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from ..durable import durable_rename, fsync_dir, fsync_tree
+    from ..durable import new_folder
     from ..model_dir import _file_digest
 
     final = check_target(folder)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:16]}")
-    tmp.mkdir()  # the umask's permissions, as the files inside get
-    try:
+    # the old folder stays in place until the swap: a memory map of its vectors.npy (idx's, when
+    # idx was loaded from there) is read below and stays valid after the old folder is removed
+    with new_folder(final) as tmp:
         (faiss.write_index_binary if idx.binary else faiss.write_index)(idx.index, str(tmp / "index.faiss"))
         pq.write_table(pa.table({"id": pa.array(idx.ids)}), tmp / "ids.parquet")
-        if idx.rescore:  # read from the old folder's memory map when idx was loaded from there: still in place
+        if idx.rescore:
             np.save(tmp / "vectors.npy", idx._floats())
         meta = idx.describe()
         meta["files"] = {p.name: {"bytes": p.stat().st_size, "sha256": _file_digest(p)} for p in sorted(tmp.iterdir())}
         (tmp / "index.json").write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        fsync_tree(tmp)
-        if not final.exists():
-            durable_rename(tmp, final)
-            return Path(folder)
-        aside = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:16]}")
-        os.rename(final, aside)
-        try:
-            durable_rename(tmp, final)
-        except BaseException:
-            os.rename(aside, final)
-            raise
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    shutil.rmtree(aside, ignore_errors=True)  # a memory map of its vectors.npy (idx's) stays valid
-    fsync_dir(final.parent)
     return Path(folder)
 
 
