@@ -6,7 +6,9 @@
 # RUNS: where the training outputs and the report go (outside the repository; the report is
 # $REPORT, default $RUNS/report, so the committed reports/ are never overwritten).
 # Stages: teacher, multi, singles, seeds, eval (the default: all five), and ship, only when named:
-#   it copies $RUNS/multitask over the shipped model in postemb_rt/models/default/.
+#   it copies $RUNS/multitask over the shipped model in postemb_rt/models/default/ (a run of a shipped
+#   recipe is versioned "<version>-retrain": rename it in postemb.json when shipping it on purpose).
+# A stage's output folder must be new: postemb train refuses a non-empty --out (delete it to rerun).
 # CONFIGS: the recipe's folder (default configs/v3; configs/ for v2).
 # MULTI: the multi-task config (default $CONFIGS/default.json, or $CONFIGS/multitask.json where there is none);
 #   the single-task runs are $CONFIGS/single_<task>.json (skipped, saying so, where there are none).

@@ -3,14 +3,19 @@
 The config is JSON with the fields of ``postemb_rt.train.config.TrainConfig`` (see
 ``configs/``). DIR becomes a model directory that ``Encoder.from_pretrained(DIR)`` loads.
 ``--plan`` prints the task mixing, steps per task and the nested prefixes (``matryoshka_dims``)
-without training.
+without training. DIR is checked before the run (never inside the package's shipped models; not
+a non-empty folder unless ``--force``) and written whole once it ends (an interrupted run leaves
+it as it was). A run never writes a registered model's version: it gets ``-retrain``.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
+from pathlib import Path
 
 from ..errors import ValidationError
+from ..model_dir import REGISTERED, resolve
 
 
 def run(args) -> int:
@@ -39,8 +44,46 @@ def run(args) -> int:
         return 0
     if not args.out:
         raise ValidationError("`--out` is required (the model directory to write), unless --plan. Given: none.")
+    _check_out(Path(args.out), args.force)  # before the run, not after it
+    cfg.model_version = _own_version(cfg.model_version)
     train(cfg, args.out, progress=lambda m: print(m, flush=True))
+    if args.out in REGISTERED:
+        print(f"note: `{args.out}` is also a registered model's name, which wins: load this run as ./{args.out}")
     return 0
+
+
+def _check_out(out: Path, force: bool) -> None:
+    """Refuse an ``--out`` the run could not (or must not) write, before any training: inside the
+    package's shipped models, a file, a folder with files (unless ``force``), or a place this user
+    may not create a folder in (the run writes a folder beside it, then renames it: durable.new_folder)."""
+    shipped = Path(__file__).resolve().parents[1] / "models"
+    where = out.resolve()
+    if where == shipped or shipped in where.parents:
+        raise ValidationError(f"`--out` {str(out)!r} is inside the package's shipped models ({shipped}). Fix: train "
+                              "into a folder outside the package (e.g. ../runs/NAME); ship a run by copying its files "
+                              "(configs/reproduce.sh ship).")
+    if out.exists() and not out.is_dir():
+        raise ValidationError(f"`--out` {str(out)!r} is a file. Fix: name a folder (new, or empty).")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise ValidationError(f"`--out` {str(out)!r} is not empty. Fix: a new folder, or --force to replace it "
+                              "(whole, once the run has finished; an interrupted run leaves it as it is).")
+    try:
+        out.resolve().parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(dir=out.resolve().parent).cleanup()
+    except OSError as exc:
+        raise ValidationError(f"`--out` {str(out)!r} cannot be written: {exc.strerror or exc}. Fix: a folder in a "
+                              "place this user may create folders in.") from None
+
+
+def _own_version(version: str) -> str:
+    """``version``, or ``version-retrain`` when a registered model (the shipped ones) has it: a run of
+    a shipped recipe never writes the shipped model's version, so their vectors never share one."""
+    taken = {resolve(name).config.model_version for name in REGISTERED}
+    if version not in taken:
+        return version
+    print(f"note: model_version {version!r} is a registered model's; this run writes {version}-retrain, so their "
+          "vectors never share a version (rename it in postemb.json to ship it)", flush=True)
+    return f"{version}-retrain"
 
 
 def register(sub) -> None:
@@ -56,4 +99,6 @@ def register(sub) -> None:
                    help="override the config's seed (also for its steps_from reference); "
                         "appends -seed<N> to the model version")
     p.add_argument("--plan", action="store_true", help="print task mixing and steps per task, then exit")
+    p.add_argument("--force", action="store_true",
+                   help="replace a non-empty --out (whole, once the run has finished)")
     p.set_defaults(func=run)

@@ -60,11 +60,13 @@ SUMMARY_FILE = "train_summary.json"
 
 
 def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
-    """Train and write the model directory ``out``. Returns the summary dict."""
+    """Train and write the model directory ``out``, whole or not at all (``durable.new_folder``: an
+    interrupted or failed run leaves ``out`` as it was). Returns the summary dict."""
     import torch
     from safetensors.torch import save_file
     from torch import nn
 
+    from ..durable import new_folder
     from ..model_dir import CONFIG_FILE, PROJECTION_FILE, BASE_PACKAGE, PostEmbConfig, resolve
     from ..modeling import PostEmbModel
     from ..native import pack_padded
@@ -275,40 +277,41 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     probe_prefixes = {k: probe_losses(k) for k, _ in dims} if len(dims) > 1 and probe else None
     train_seconds = time.perf_counter() - t_start - t_teacher
 
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.detach().clone().contiguous() for k, v in proj.state_dict().items()}, str(out / PROJECTION_FILE))
-    save_file(adapter_state(model.encoder), str(out / ADAPTERS_FILE))
-    prefixes = [k for k, _ in dims if k < cfg.projection_dim]  # the serving side lists the prefixes below dim
-    pcfg = PostEmbConfig(model_version=cfg.model_version, hidden_size=hidden, projection_dim=cfg.projection_dim,
-                         normalize=True, max_length=md.config.max_length, encoder=f"pip:{BASE_PACKAGE}",
-                         adapters=ADAPTERS_FILE, matryoshka_dims=prefixes or None)
-    (out / CONFIG_FILE).write_text(pcfg.to_json())
-    artefact = sum((out / f).stat().st_size for f in (CONFIG_FILE, PROJECTION_FILE, ADAPTERS_FILE))
-    summary = {
-        "model_version": cfg.model_version,
-        "config": dataclasses.asdict(cfg),
-        "data_root": str(root),
-        "train_seconds": round(train_seconds, 1),
-        "threads": cfg.threads,
-        "trained_parameters": n_trained,
-        "lora_layers_wrapped": len(wrapped),
-        "artefact_bytes": artefact,
-        "task_anchors": sizes,
-        "mixing_probabilities": probs,
-        "pairs_seen": seen,
-        "task_balance": balance or {t: 1.0 for t in steps_of},  # each task's pair weight
-        # a number ("shared") or {task: number} ("per_task")
-        "final_scale": calibration_values(log_scale.exp()),
-        "final_offset": calibration_values(offset),
-        "probe_loss_start": probe_start,
-        "probe_loss_end": probe_end,
-        **({"probe_loss_end_prefixes": probe_prefixes} if probe_prefixes else {}),
-        "loss_curve": curve,
-    }
-    if ts is not None:
-        summary["teacher"] = {**ts.info, "load_seconds": round(t_teacher, 1)}
-    if pairs_of is not None:
-        summary["pair_pool"] = {k: len(v) for k, v in pairs_of.items()}
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    proj_state = {k: v.detach().clone().contiguous() for k, v in proj.state_dict().items()}
+    with new_folder(out) as tmp:  # whole or not at all: an interrupted run leaves --out as it was
+        save_file(proj_state, str(tmp / PROJECTION_FILE))
+        save_file(adapter_state(model.encoder), str(tmp / ADAPTERS_FILE))
+        prefixes = [k for k, _ in dims if k < cfg.projection_dim]  # the serving side lists the prefixes below dim
+        pcfg = PostEmbConfig(model_version=cfg.model_version, hidden_size=hidden, projection_dim=cfg.projection_dim,
+                             normalize=True, max_length=md.config.max_length, encoder=f"pip:{BASE_PACKAGE}",
+                             adapters=ADAPTERS_FILE, matryoshka_dims=prefixes or None)
+        (tmp / CONFIG_FILE).write_text(pcfg.to_json())
+        artefact = sum((tmp / f).stat().st_size for f in (CONFIG_FILE, PROJECTION_FILE, ADAPTERS_FILE))
+        summary = {
+            "model_version": cfg.model_version,
+            "config": dataclasses.asdict(cfg),
+            "data_root": str(root),
+            "train_seconds": round(train_seconds, 1),
+            "threads": cfg.threads,
+            "trained_parameters": n_trained,
+            "lora_layers_wrapped": len(wrapped),
+            "artefact_bytes": artefact,
+            "task_anchors": sizes,
+            "mixing_probabilities": probs,
+            "pairs_seen": seen,
+            "task_balance": balance or {t: 1.0 for t in steps_of},  # each task's pair weight
+            # a number ("shared") or {task: number} ("per_task")
+            "final_scale": calibration_values(log_scale.exp()),
+            "final_offset": calibration_values(offset),
+            "probe_loss_start": probe_start,
+            "probe_loss_end": probe_end,
+            **({"probe_loss_end_prefixes": probe_prefixes} if probe_prefixes else {}),
+            "loss_curve": curve,
+        }
+        if ts is not None:
+            summary["teacher"] = {**ts.info, "load_seconds": round(t_teacher, 1)}
+        if pairs_of is not None:
+            summary["pair_pool"] = {k: len(v) for k, v in pairs_of.items()}
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     progress(f"trained {n_trained} parameters in {train_seconds:.0f}s; artefact {artefact / 1e6:.2f} MB -> {out}")
     return summary
