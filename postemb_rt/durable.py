@@ -119,6 +119,21 @@ def durable_rename(src: str | Path, dst: str | Path) -> None:
         fsync_dir(src.parent)
 
 
+def _umask() -> int:
+    """The process's umask, read without setting it where Linux shows it (os.umask sets it, for a
+    moment in which another thread's new file would get the wrong permissions)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def new_folder(final: str | Path) -> Iterator[Path]:
     """Build the folder ``final`` whole or not at all. Yields a new, empty folder beside it
@@ -137,8 +152,7 @@ def new_folder(final: str | Path) -> Iterator[Path]:
     aside = None
     try:
         yield tmp
-        mask = os.umask(0)
-        os.umask(mask)
+        mask = _umask()
         for dirpath, _, filenames in os.walk(tmp):
             for name in filenames:
                 os.chmod(os.path.join(dirpath, name), 0o666 & ~mask)
