@@ -80,8 +80,12 @@ class TrainConfig:
     def from_file(cls, path: str | Path, seed: int | None = None) -> "TrainConfig":
         """``seed`` (if given) replaces the file's seed, in a ``steps_from`` reference too.
         ``"extends": "other.json"`` (relative to the file) starts from that config's keys."""
-        path = Path(path)
-        raw = _read_config(path)
+        return cls._from_file(Path(path), seed, (), None)
+
+    @classmethod
+    def _from_file(cls, path: Path, seed, chain: tuple, named_by: str | None) -> "TrainConfig":
+        """``chain``: the resolved files whose ``steps_from`` led here; ``named_by``: who named this file."""
+        raw = _read_config(path, named_by)
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(raw) - known)
         if unknown:
@@ -91,7 +95,11 @@ class TrainConfig:
         cfg = cls(**raw)
         if cfg.steps_from:
             ref_path = (path.parent / cfg.steps_from).resolve()
-            ref = cls.from_file(ref_path, seed)
+            chain = chain + (path.resolve(),)
+            if ref_path in chain:
+                raise ValidationError(f"`steps_from` in {path} makes a cycle: {[str(p) for p in chain + (ref_path,)]}. "
+                                      "Fix: name the multi-task config whose schedule gives this run's steps.")
+            ref = cls._from_file(ref_path, seed, chain, f"`steps_from` in {path}")
             if len(cfg.tasks) != 1 or cfg.tasks[0] not in ref.tasks:
                 raise ValidationError(f"`steps_from` needs exactly one task of {ref_path}'s tasks. Given: {cfg.tasks}.")
             cfg.steps = max(1, task_schedule_counts(ref)[cfg.tasks[0]])
@@ -178,20 +186,30 @@ class TrainConfig:
                                       "weight per dim, or leave it out (all 1).")
 
 
-def _read_config(path: Path, seen: tuple = ()) -> dict:
-    """The JSON keys of a config file, ``_comment`` keys dropped, ``extends`` resolved."""
+def _read_config(path: Path, named_by: str | None = None, seen: tuple = ()) -> dict:
+    """The JSON keys of a config file, ``_comment`` keys dropped, ``extends`` resolved.
+    ``named_by``: the key and file that named this one (None: the ``--config`` file itself);
+    ``seen``: the resolved files whose ``extends`` led here."""
+    what = f"{named_by} names {str(path)!r}, which" if named_by else f"`--config` {str(path)!r}"
     try:
         raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValidationError(f"`--config` {str(path)!r} could not be read as JSON: {exc}.") from None
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        fix = " Fix: name a config file by its path relative to the file that names it." if named_by else ""
+        raise ValidationError(f"{what} could not be read as JSON: {exc}.{fix}") from None
+    if not isinstance(raw, dict):
+        raise ValidationError(f"{what} must hold a JSON object of config keys. Given: a {type(raw).__name__}.")
     raw = {k: v for k, v in raw.items() if not k.startswith("_")}
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
+    if not (isinstance(parent, str) and parent):
+        raise ValidationError(f"`extends` in {path} must be a config file's path relative to it, e.g. "
+                              f"\"multitask.json\". Given: {parent!r}.")
     ref = (path.parent / parent).resolve()
-    if ref in seen:
-        raise ValidationError(f"`extends` in {path} makes a cycle: {[str(p) for p in seen + (ref,)]}.")
-    return {**_read_config(ref, seen + (path.resolve(),)), **raw}
+    chain = seen + (path.resolve(),)
+    if ref in chain:
+        raise ValidationError(f"`extends` in {path} makes a cycle: {[str(p) for p in chain + (ref,)]}.")
+    return {**_read_config(ref, f"`extends` in {path}", chain), **raw}
 
 
 def data_root_of(cfg: TrainConfig) -> Path:
