@@ -5,16 +5,72 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import re
 from dataclasses import dataclass, field
+from numbers import Integral, Real
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
-from ..errors import ValidationError
+from ..errors import PostEmbError, ValidationError
 from . import tasks as T
 
 LORA_TARGETS = ["attention.self.query", "attention.self.key", "attention.self.value",
                 "attention.output.dense", "intermediate.dense", "output.dense"]
+# the most texts of one kind a step encodes in one batch with gradients (batch_size pairs, distill_posts,
+# pair_posts pairs): memory grows with their number x max_length, and a run far past it is killed for
+# memory without an error (100,000 distill_posts was). The configs use 32.
+MAX_STEP_POSTS = 1024
+
+
+class Range(NamedTuple):
+    """A numeric key's type and range: ``low`` <= x (< x if ``low_open``), x <= ``high`` (< if ``high_open``)."""
+    integer: bool
+    low: float
+    low_open: bool = False
+    high: float | None = None
+    high_open: bool = False
+    why: str = ""  # what the value means, said after the range
+
+
+# Every key of TrainConfig is checked by exactly one of RANGES, CHOICES, NAMES or its own code (OWN_CHECKS)
+RANGES = {
+    "steps": Range(True, 1),
+    "batch_size": Range(True, 2, high=MAX_STEP_POSTS, why="pairs per step"),
+    "mixing_temperature": Range(False, 0.1, why="p_t ~ n_t ** (1 / T): 1 proportional, large uniform; below 0.1 "
+                                "every step goes to the largest task, and n_t ** (1 / T) overflows near 0"),
+    "task_weight": Range(False, 0, True, why="a run without its task loss trains no task"),
+    "lr": Range(False, 0, True), "head_lr": Range(False, 0, True),
+    "warmup_frac": Range(False, 0, high=1, high_open=True, why="the share of the steps the learning rate warms up"),
+    "weight_decay": Range(False, 0),
+    "lora_rank": Range(True, 1), "lora_alpha": Range(False, 0, True),
+    "projection_dim": Range(True, 1, why="the served vector's dims, at most the base's hidden size"),
+    "pca_posts": Range(True, 1),
+    "scale_init": Range(False, 0, True, why="the task loss's scale starts here and is learnt as its log"),
+    "max_length": Range(True, 2, why="room for [CLS] and [SEP]"),
+    "seed": Range(True, 0, high=2 ** 64, high_open=True, why="numpy's and torch's seeds"),
+    "threads": Range(True, 1), "log_every": Range(True, 1),
+    "distill_weight": Range(False, 0),
+    "distill_posts": Range(True, 0, high=MAX_STEP_POSTS, why="posts per step, encoded in one batch"),
+    "teacher_max_length": Range(True, 2, why="room for [CLS] and [SEP]"),
+    "distill_pool": Range(True, 0, why="0: every general post"),
+    "direct_weight": Range(False, 0), "nce_weight": Range(False, 0), "nce_temperature": Range(False, 0, True),
+    "pair_weight": Range(False, 0),
+    "pair_posts": Range(True, 0, high=MAX_STEP_POSTS, why="pairs per step, encoded in one batch"),
+    "pair_neighbours": Range(True, 0, why="0: STS-B pairs only"),
+    "probe_pairs": Range(True, 0, why="pairs per task; 0: no probe"),
+}
+CHOICES = {"task_batches": ("one", "mixed"), "loss": ("bce", "contrastive"), "task_balance": ("pairs", "tasks"),
+           "projection_init": ("pca", "random", "teacher"), "calibration": ("shared", "per_task"),
+           "direct_target": ("pca", "linear")}
+# key: (None allowed?, what the string is)
+NAMES = {"base": (False, "'base' or an encoder directory"), "data": (True, "the data root; left out: the default"),
+         "steps_from": (True, "a config file relative to this one"),
+         "teacher": (True, "a registered teacher, 'base' or a sentence-transformers folder")}
+OWN_CHECKS = ("model_version", "tasks", "lora_layers", "lora_targets", "matryoshka_dims", "matryoshka_weights")
+_VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass
@@ -79,8 +135,14 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path, seed: int | None = None) -> "TrainConfig":
         """``seed`` (if given) replaces the file's seed, in a ``steps_from`` reference too.
-        ``"extends": "other.json"`` (relative to the file) starts from that config's keys."""
-        return cls._from_file(Path(path), seed, (), None)
+        ``"extends": "other.json"`` (relative to the file) starts from that config's keys.
+        Every key is checked (``validate``) before a ``steps_from`` reference loads any data."""
+        path = Path(path)
+        if seed is not None:
+            problem = _range_problem(RANGES["seed"], seed)
+            if problem:
+                raise ValidationError(f"`seed` given for {path} must be {problem}. Given: {seed!r}.")
+        return cls._from_file(path, seed, (), None)
 
     @classmethod
     def _from_file(cls, path: Path, seed, chain: tuple, named_by: str | None) -> "TrainConfig":
@@ -93,6 +155,7 @@ class TrainConfig:
         if seed is not None:
             raw["seed"] = seed
         cfg = cls(**raw)
+        cfg.validate(path)
         if cfg.steps_from:
             ref_path = (path.parent / cfg.steps_from).resolve()
             chain = chain + (path.resolve(),)
@@ -103,31 +166,22 @@ class TrainConfig:
             if len(cfg.tasks) != 1 or cfg.tasks[0] not in ref.tasks:
                 raise ValidationError(f"`steps_from` needs exactly one task of {ref_path}'s tasks. Given: {cfg.tasks}.")
             cfg.steps = max(1, task_schedule_counts(ref)[cfg.tasks[0]])
-        cfg.validate(path)
         return cfg
 
     def validate(self, where="config"):
-        if self.loss not in ("bce", "contrastive"):
-            raise ValidationError(f"`loss` in {where} must be 'bce' or 'contrastive'. Given: {self.loss!r}.")
-        if self.projection_init not in ("pca", "random", "teacher"):
-            raise ValidationError(f"`projection_init` in {where} must be 'pca', 'random' or 'teacher'. "
-                                  f"Given: {self.projection_init!r}.")
+        """Raise ValidationError for the first key of the wrong type or out of range (``RANGES``,
+        ``CHOICES``, ``NAMES`` and the keys of ``OWN_CHECKS``), then for keys that do not fit
+        together, then for what the base encoder cannot take. Reads no data: the base's config only."""
+        for f in dataclasses.fields(self):
+            self._check_key(f.name, getattr(self, f.name), where)
         for t in self.tasks:
             if t in T.ZERO_SHOT:
                 raise ValidationError(f"`tasks` in {where} must not include {t!r}: it is a zero-shot evaluation task.")
             if t not in T.TASKS:
                 raise ValidationError(f"`tasks` in {where} entries must be among {list(T.TASKS)}. Given: {t!r}.")
-        if not self.task_weight > 0:
-            raise ValidationError(f"`task_weight` in {where} must be > 0 (a run without its task loss trains no task). "
-                                  f"Given: {self.task_weight}.")
-        if self.distill_weight < 0:
-            raise ValidationError(f"`distill_weight` in {where} must be >= 0. Given: {self.distill_weight}.")
         terms = {"distill_weight": self.distill_weight, "direct_weight": self.direct_weight,
                  "nce_weight": self.nce_weight, "pair_weight": self.pair_weight}
-        for k, v in terms.items():
-            if v < 0:
-                raise ValidationError(f"`{k}` in {where} must be >= 0. Given: {v}.")
-        if self.distill_posts < 0 or (self.distill_posts and not any(terms.values())):
+        if self.distill_posts and not any(terms.values()):
             raise ValidationError(f"`distill_posts` in {where} must be >= 0, and needs a distillation term > 0. "
                                   f"Given: distill_posts {self.distill_posts}, {terms}.")
         if self.teacher:
@@ -135,6 +189,11 @@ class TrainConfig:
                 raise ValidationError(f"`teacher` in {where} needs `distill_posts` >= 2 and a distillation term > 0 "
                                       f"(the teacher is distilled on that stream). Given: distill_posts "
                                       f"{self.distill_posts}, {terms}.")
+            if self.distill_pool and self.distill_posts > self.distill_pool:
+                raise ValidationError(f"`distill_posts` in {where} must be <= `distill_pool` ({self.distill_pool}): "
+                                      f"each step draws that many distinct posts of the pool. Given: "
+                                      f"{self.distill_posts}. Fix: raise distill_pool (0: every post) or lower "
+                                      "distill_posts.")
         elif self.direct_weight or self.nce_weight or self.pair_weight:
             raise ValidationError(f"`direct_weight`, `nce_weight` and `pair_weight` in {where} need a `teacher`. "
                                   f"Given: direct_weight {self.direct_weight}, nce_weight {self.nce_weight}, "
@@ -142,22 +201,91 @@ class TrainConfig:
         if self.pair_weight and (self.pair_posts < 4 or self.pair_neighbours < 0):
             raise ValidationError(f"`pair_weight` in {where} needs `pair_posts` >= 4 and `pair_neighbours` >= 0. "
                                   f"Given: pair_posts {self.pair_posts}, pair_neighbours {self.pair_neighbours}.")
-        if self.task_batches not in ("one", "mixed"):
-            raise ValidationError(f"`task_batches` in {where} must be 'one' or 'mixed'. Given: {self.task_batches!r}.")
         if self.task_batches == "mixed" and self.loss != "bce":
             raise ValidationError(f"`task_batches` 'mixed' in {where} needs `loss` 'bce' (a contrastive softmax over "
                                   f"several tasks' label names is not defined here). Given: loss {self.loss!r}.")
-        if self.task_balance not in ("pairs", "tasks"):
-            raise ValidationError(f"`task_balance` in {where} must be 'pairs' or 'tasks'. Given: {self.task_balance!r}.")
-        if self.calibration not in ("shared", "per_task"):
-            raise ValidationError(f"`calibration` in {where} must be 'shared' or 'per_task'. Given: {self.calibration!r}.")
-        if self.direct_target not in ("pca", "linear"):
-            raise ValidationError(f"`direct_target` in {where} must be 'pca' or 'linear'. Given: {self.direct_target!r}.")
         if self.projection_init == "teacher" and not self.teacher:
             raise ValidationError(f"`projection_init` 'teacher' in {where} needs a `teacher`.")
         self._check_matryoshka(where)
-        if not self.tasks or self.steps < 1 or self.batch_size < 2:
-            raise ValidationError(f"{where}: needs tasks, steps >= 1 and batch_size >= 2.")
+        self._check_base(where)
+
+    def _check_key(self, key, value, where):
+        """The type and range of one key (see ``validate``)."""
+        assert key in RANGES or key in CHOICES or key in NAMES or key in OWN_CHECKS, f"no check for `{key}`"
+        default = _default(key)
+        if key in RANGES:
+            problem = _range_problem(RANGES[key], value)
+            if problem:
+                raise ValidationError(f"`{key}` in {where} must be {problem}. Given: {value!r}. "
+                                      f"Fix: e.g. {default!r} (the default).")
+        elif key in CHOICES:
+            if not isinstance(value, str) or value not in CHOICES[key]:
+                raise ValidationError(f"`{key}` in {where} must be {_either(CHOICES[key])}. Given: {value!r}.")
+        elif key in NAMES:
+            optional, what = NAMES[key]
+            if not (isinstance(value, str) and value) and not (value is None and optional):
+                fix = "leave it out" if optional else f"e.g. {default!r} (the default)"
+                raise ValidationError(f"`{key}` in {where} must be a non-empty string ({what}). Given: {value!r}. "
+                                      f"Fix: {fix}.")
+        elif key == "model_version":
+            if not (isinstance(value, str) and _VERSION.fullmatch(value)):
+                fix = re.sub(r"[^A-Za-z0-9._-]+", "-", str(value)).strip("._-") or default
+                raise ValidationError(
+                    f"`model_version` in {where} must be a non-empty string of letters, digits, '.', '_' and '-' "
+                    f"that starts with a letter or digit: vector versions add '@<dim>' and '+<precision>' suffixes "
+                    f"that are parsed back, and '/' splits store keys. Given: {value!r}. Fix: e.g. {fix!r}.")
+        elif key == "tasks":
+            if not (isinstance(value, list) and value and all(isinstance(t, str) for t in value)):
+                raise ValidationError(f"`tasks` in {where} must be a non-empty list of task names among "
+                                      f"{list(T.TASKS)}. Given: {value!r}. Fix: e.g. ['emoji'] for one task.")
+            if len(set(value)) < len(value):
+                raise ValidationError(f"`tasks` in {where} must name each task once (a task's mixing weight comes "
+                                      f"from its data, not from repeats). Given: {value!r}. "
+                                      f"Fix: e.g. {list(dict.fromkeys(value))!r}.")
+        elif key == "lora_targets":
+            ok = isinstance(value, list) and value and all(isinstance(t, str) for t in value)
+            if not (ok and set(value) <= set(LORA_TARGETS) and len(set(value)) == len(value)):
+                raise ValidationError(f"`lora_targets` in {where} must be a non-empty list of distinct linear layers "
+                                      f"of an encoder layer, among {LORA_TARGETS}. Given: {value!r}. "
+                                      "Fix: pick from that list, or leave it out (all of them).")
+        elif key == "lora_layers" and value is not None:
+            ok = isinstance(value, list) and value and all(_is_int(i) and i >= 0 for i in value)
+            if not (ok and len(set(value)) == len(value)):
+                raise ValidationError(f"`lora_layers` in {where} must be a non-empty list of distinct layer indices "
+                                      f">= 0, or left out (all layers). Given: {value!r}.")
+
+    def _check_base(self, where):
+        """What the base encoder can take (its config files only: nothing is loaded)."""
+        from ..model_dir import resolve
+
+        try:
+            md = resolve(self.base)
+            hf_file = md.encoder_path and md.encoder_path / "config.json"
+            hf = json.loads(hf_file.read_text()) if hf_file and hf_file.is_file() else {}
+        except (PostEmbError, OSError, ValueError, KeyError) as exc:
+            why = str(exc).split(" Fix: ")[0]  # its own fix may name 'default', which has a projection
+            raise ValidationError(f"`base` in {where} must be 'base' or an encoder directory. Given: {self.base!r}, "
+                                  f"which could not be resolved: {why} Fix: 'base' (the default), or a directory "
+                                  "of an encoder without a projection.") from None
+        if md.config.projection_dim or md.encoder_path is None:
+            raise ValidationError(f"`base` in {where} must be an encoder without a projection, with its Hugging Face "
+                                  f"encoder files (not ONNX only). Given: {self.base!r}. Fix: 'base' (the default).")
+        hidden = md.config.hidden_size
+        if self.projection_dim > hidden:
+            raise ValidationError(f"`projection_dim` in {where} must be <= the base's hidden size ({hidden}: the "
+                                  f"projection maps the pooled vector down). Given: {self.projection_dim}. "
+                                  f"Fix: e.g. {_default('projection_dim')} (the default).")
+        hf = hf if isinstance(hf, dict) else {}
+        layers, positions = hf.get("num_hidden_layers"), hf.get("max_position_embeddings")
+        if self.lora_layers and _is_int(layers) and max(self.lora_layers) >= layers:
+            keep = [i for i in self.lora_layers if i < layers]
+            raise ValidationError(f"`lora_layers` in {where} must be layer indices of the base, 0 to {layers - 1} "
+                                  f"({layers} layers). Given: {self.lora_layers}. Fix: e.g. {keep or [layers - 1]}, "
+                                  "or leave it out (all layers).")
+        if _is_int(positions) and self.max_length > positions:
+            raise ValidationError(f"`max_length` in {where} must be <= the base's max_position_embeddings "
+                                  f"({positions}). Given: {self.max_length}. Fix: e.g. {_default('max_length')} "
+                                  "(the default).")
 
     def _check_matryoshka(self, where):
         dims, weights, d = self.matryoshka_dims, self.matryoshka_weights, self.projection_dim
@@ -184,6 +312,32 @@ class TrainConfig:
                 raise ValidationError(f"`matryoshka_weights` in {where} must be a list of {n} numbers > 0, one per "
                                       f"entry of `matryoshka_dims` ({dims}). Given: {weights!r}. Fix: one positive "
                                       "weight per dim, or leave it out (all 1).")
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, Integral) and not isinstance(v, bool)
+
+
+def _range_problem(r: Range, v) -> str:
+    """'' if ``v`` fits ``r``, else what it must be: ">= 0 and < 1 (a number; ...)"."""
+    ok = _is_int(v) if r.integer else (isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v))
+    if ok and (v > r.low if r.low_open else v >= r.low) and (
+            r.high is None or (v < r.high if r.high_open else v <= r.high)):
+        return ""
+    high = "" if r.high is None else f" and {'<' if r.high_open else '<='} {'2**64' if r.high == 2 ** 64 else r.high}"
+    kind = "an integer" if r.integer else "a number"
+    return f"{'>' if r.low_open else '>='} {r.low}{high} ({kind}{'; ' + r.why if r.why else ''})"
+
+
+def _default(key: str):
+    f = TrainConfig.__dataclass_fields__[key]
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def _either(choices) -> str:
+    """"'a' or 'b'", "'a', 'b' or 'c'"."""
+    quoted = [repr(c) for c in choices]
+    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
 
 
 def _read_config(path: Path, named_by: str | None = None, seen: tuple = ()) -> dict:
