@@ -179,7 +179,8 @@ def _as_flags(message: str, parser: argparse.ArgumentParser, command: str, argv:
         given = any(a == opt or a.startswith(opt + "=") for a in argv)
         from_env = command in ENV_COMMANDS and not given and env_name(opt) in os.environ
         return f"`{opt}` (from ${env_name(opt)})" if from_env else f"`{opt}`"
-    return re.sub(r"`((?:--)?[\w-]+)`", flag, message)
+    # a key of a file (`steps` in c.json) is not the flag of the same name: left as the file names it
+    return re.sub(r"`((?:--)?[\w-]+)`(?! (?:in|of) \S+\.json)", flag, message)
 
 
 def _subparser(parser: argparse.ArgumentParser, words: list[str]) -> argparse.ArgumentParser:

@@ -346,3 +346,15 @@ def test_eval_sizes_are_checked_before_any_work(tmp_path, capsys, argv, words):
 def test_eval_refuses_an_unknown_teacher_before_any_row(tmp_path, capsys, no_model):
     assert main(["eval", "--out", str(tmp_path), "--teacher", "nope"]) == 2
     assert "`--teacher` 'nope' is neither a registered teacher" in capsys.readouterr().err
+
+
+def test_a_config_files_key_is_named_as_the_file_names_it_not_as_the_flag(tmp_path, capsys):
+    """`steps` in a training config is not `--steps`, though the command has that flag too."""
+    config = tmp_path / "c.json"
+    config.write_text('{"model_version": "x", "steps": "5"}')
+    assert main(["train", "--config", str(config), "--plan"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: `steps` in {config} must be >= 1" in err and "`--steps`" not in err
+    config.write_text('{"model_version": "x", "steps": 5}')
+    assert main(["train", "--config", str(config), "--plan", "--steps", "0"]) == 2
+    assert "`--steps` must be >= 1. Given: 0." in capsys.readouterr().err  # the flag's own value: the flag
