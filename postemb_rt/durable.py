@@ -52,15 +52,16 @@ def _temporary(final: Path) -> Path:
             continue
 
 
-def check_writable(final: str | Path, arg: str) -> None:
+def check_writable(final: str | Path, arg: str, folder: bool = False) -> None:
     """Refuse, before any work, an output file that could not be written: a folder where the
     file goes, a folder that cannot be created (a file on the way, no permission), or a folder
     this process may not create files in (tried with :func:`_temporary`, then removed).
-    ValidationError naming ``arg`` (the flag), the path and the OS's reason."""
+    ``folder``: ``final`` is a folder built beside itself (:func:`new_folder`), so only the
+    place beside it is tried. ValidationError naming ``arg`` (the flag), the path and the OS's reason."""
     from .errors import ValidationError
 
-    final = Path(final)
-    if final.is_dir():
+    final = Path(os.path.abspath(final)) if folder else Path(final)
+    if final.is_dir() and not folder:
         raise ValidationError(f"`{arg}` {str(final)!r} is a folder. Fix: name a file in it, e.g. "
                               f"{str(final / ('embeddings' + final.suffix))!r}.")
     try:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 from pathlib import Path
 
+from ..durable import check_writable
 from ..errors import ValidationError
 from ..model_dir import REGISTERED, resolve
 
@@ -67,12 +67,7 @@ def _check_out(out: Path, force: bool) -> None:
     if out.is_dir() and any(out.iterdir()) and not force:
         raise ValidationError(f"`--out` {str(out)!r} is not empty. Fix: a new folder, or --force to replace it "
                               "(whole, once the run has finished; an interrupted run leaves it as it is).")
-    try:
-        out.resolve().parent.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryDirectory(dir=out.resolve().parent).cleanup()
-    except OSError as exc:
-        raise ValidationError(f"`--out` {str(out)!r} cannot be written: {exc.strerror or exc}. Fix: a folder in a "
-                              "place this user may create folders in.") from None
+    check_writable(out, "--out", folder=True)
 
 
 def _own_version(version: str) -> str:

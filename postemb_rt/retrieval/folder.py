@@ -9,11 +9,11 @@ together by hand) are refused by name instead of pairing ids with another save's
 
 Saving writes a whole new folder beside the target (``.<name>.tmp-<random>``), fsyncs it, then
 swaps it in (``durable.new_folder``): the old folder is renamed aside (``.<name>.old-<random>``),
-the new one renamed into place, the old one removed. An error or an interrupt (Ctrl-C) before the swap removes the
-new folder and leaves the old index as it was; a crash (kill -9, power cut) while writing leaves
-the old index whole plus a ``.<name>.tmp-*`` folder to delete. Only a crash between the two
-renames (two system calls) leaves no index at the name: ``load`` then names the aside folder
-holding the previous one.
+the new one renamed into place, the old one removed. An error or an interrupt (Ctrl-C) before
+the swap removes the new folder and leaves the old index as it was; a crash (kill -9, power cut)
+while writing leaves the old index whole plus a ``.<name>.tmp-*`` folder to delete. Only a crash
+between the two renames (two system calls) leaves no index at the name: ``load`` then names the
+aside folder holding the previous one.
 """
 from __future__ import annotations
 
