@@ -4,6 +4,7 @@ type for counts."""
 from __future__ import annotations
 
 import argparse
+import math
 
 
 class Parser(argparse.ArgumentParser):
@@ -15,16 +16,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message.rstrip('.')}. Fix: see `{self.prog} --help`.\n")
 
 
-def at_least(low: int):
-    """An argparse ``type``: an integer >= ``low`` (a count of posts, anchors, ...), else the
-    parser's one-line error naming the flag and the value."""
-    def parse(text: str) -> int:
+def at_least(low: int, kind=int):
+    """An argparse ``type``: an integer (``kind`` float: a finite number) >= ``low`` (a count of
+    posts, seconds, ...), else the parser's one-line error naming the flag and the value."""
+    what = "an integer" if kind is int else "a number"
+
+    def parse(text: str):
         try:
-            value = int(text)
+            value = kind(text)
         except ValueError:
             value = None
-        if value is None or value < low:
-            raise argparse.ArgumentTypeError(f"must be an integer >= {low}. Given: {text!r}")
+        if value is None or not math.isfinite(value) or value < low:
+            raise argparse.ArgumentTypeError(f"must be {what} >= {low}. Given: {text!r}")
         return value
-    parse.__name__ = f"integer >= {low}"
+    parse.__name__ = f"{what.split()[1]} >= {low}"
     return parse

@@ -6,19 +6,27 @@ The config is JSON with the fields of ``postemb_rt.train.config.TrainConfig`` (s
 without training. DIR is checked before the run (never inside the package's shipped models; not
 a non-empty folder unless ``--force``) and written whole once it ends (an interrupted run leaves
 it as it was). A run never writes a registered model's version: it gets ``-retrain``.
+
+Every ``--checkpoint-every`` seconds (default 300; 0: never) the run's state is saved to
+DIR.checkpoint.pt beside DIR. Ctrl-C or SIGTERM then stop the run after the current step, saving
+it (Ctrl-C twice: at once); the same command with ``--resume`` continues it, taking the same
+steps as a run never stopped. The checkpoint is removed when DIR is written.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from ..durable import check_writable
 from ..errors import ValidationError
+from . import at_least
 from ..model_dir import REGISTERED, resolve
 
 
 def run(args) -> int:
+    from ..train.checkpoint import Stopped
     from ..train.config import TrainConfig, task_schedule_counts, task_sizes
     from ..train.trainer import train
     from ..train.tasks import mixing_probabilities
@@ -46,7 +54,13 @@ def run(args) -> int:
         raise ValidationError("`--out` is required (the model directory to write), unless --plan. Given: none.")
     _check_out(Path(args.out), args.force)  # before the run, not after it
     cfg.model_version = _own_version(cfg.model_version)
-    train(cfg, args.out, progress=lambda m: print(m, flush=True))
+    try:
+        train(cfg, args.out, progress=lambda m: print(m, flush=True), checkpoint_every=args.checkpoint_every,
+              resume=args.resume)
+    except Stopped as stop:
+        print(f"stopped after step {stop.step} of {cfg.steps}; its state is in {stop.path}. Continue: the same "
+              "command with --resume", file=sys.stderr, flush=True)
+        return 128 + stop.signum
     if args.out in REGISTERED:
         print(f"note: `{args.out}` is also a registered model's name, which wins: load this run as ./{args.out}")
     return 0
@@ -96,4 +110,9 @@ def register(sub) -> None:
     p.add_argument("--plan", action="store_true", help="print task mixing and steps per task, then exit")
     p.add_argument("--force", action="store_true",
                    help="replace a non-empty --out (whole, once the run has finished)")
+    p.add_argument("--checkpoint-every", type=at_least(0, float), default=300.0, metavar="SECONDS",
+                   help="save the run's state to OUT.checkpoint.pt this often, and on Ctrl-C / SIGTERM "
+                        "(default 300; 0: never)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run from OUT.checkpoint.pt (same config, data and flags)")
     p.set_defaults(func=run)

@@ -59,9 +59,16 @@ ADAPTERS_FILE = "adapters.safetensors"
 SUMMARY_FILE = "train_summary.json"
 
 
-def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
+def train(cfg: TrainConfig, out: str | Path, progress=print, checkpoint_every: float | None = None,
+          resume: bool = False) -> dict:
     """Train and write the model directory ``out``, whole or not at all (``durable.new_folder``: an
-    interrupted or failed run leaves ``out`` as it was). Returns the summary dict."""
+    interrupted or failed run leaves ``out`` as it was). Returns the summary dict.
+
+    ``checkpoint_every`` (seconds; None or 0: never): save the loop's state to ``<out>.checkpoint.pt``
+    after the first step that ends that long after the last save (``checkpoint.py``); while the
+    steps run, SIGINT or SIGTERM then stop the run after the current step, saving it, and raise
+    ``checkpoint.Stopped`` (a second SIGINT stops at once). ``resume``: continue from it. The
+    checkpoint is removed once ``out`` is written."""
     import torch
     from safetensors.torch import save_file
     from torch import nn
@@ -71,10 +78,12 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
     from ..modeling import PostEmbModel
     from ..native import pack_padded
     from ..tokenization import PostTokenizer
+    from . import checkpoint as ckpt
     from .lora import add_lora, adapter_state
 
     t_start = time.perf_counter()
     cfg.validate()
+    ckpt_path = ckpt.check_start(out, resume) if checkpoint_every or resume else None
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     out = Path(out)
@@ -233,49 +242,90 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         model.train()
         return got
 
-    probe_start = probe_losses()
+    rng = np.random.default_rng([cfg.seed, 3])
+    trained = {**{f"model.{n}": p for n, p in model.named_parameters() if p.requires_grad},
+               "log_scale": log_scale, "offset": offset,
+               **({f"to_teacher.{n}": p for n, p in to_teacher.named_parameters()} if to_teacher else {})}
+    draws = {"pairs": rng, "stream": stream_rng, "related": pair_rng}
+    identity = ckpt.identity(cfg, sizes)
+    start, before = 0, 0.0  # steps done and loop seconds spent by the runs this one resumes
+    if resume:
+        state = ckpt.load(ckpt_path, identity)
+        with torch.no_grad():
+            for name, p in trained.items():
+                p.copy_(state["trained"][name])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["schedule"])
+        for name, g in draws.items():
+            g.bit_generator.state = state["draws"][name]
+        torch.set_rng_state(state["torch_rng"])
+        start, before, probe_start = state["step"], state["loop_seconds"], state["probe_start"]
+        seen, curve, window, term_window = state["seen"], state["curve"], state["window"], state["term_window"]
+        progress(f"resuming from step {start}/{cfg.steps} ({ckpt_path})")
+    else:
+        probe_start = probe_losses()
+        seen = {t: 0 for t in cfg.tasks}
+        curve, window, term_window = [], [], {}
+
+    def save_checkpoint(done):
+        ckpt.save(ckpt_path, {
+            "identity": identity, "step": done, "loop_seconds": before + time.perf_counter() - t_loop,
+            "trained": {k: v.detach().clone() for k, v in trained.items()}, "optimizer": opt.state_dict(),
+            "schedule": sched.state_dict(), "draws": {k: g.bit_generator.state for k, g in draws.items()},
+            "torch_rng": torch.get_rng_state(), "probe_start": probe_start, "seen": seen, "curve": curve,
+            "window": window, "term_window": term_window})
+
     model.train()
     progress(f"set-up {time.perf_counter() - t_start:.0f}s; {n_trained} trained parameters")
-    t_loop = time.perf_counter()
-    rng = np.random.default_rng([cfg.seed, 3])
-    seen = {t: 0 for t in cfg.tasks}
-    curve, window, term_window = [], [], {}
-    for step, counts in enumerate(step_pairs(cfg, plan)):
-        pairs = [p for t, n in counts.items()
-                 for p in tasks[t].sample(rng, n, positives_only=cfg.loss == "contrastive")]
-        heads = [head_of[t] for t, n in counts.items() for _ in range(n)]
-        pair_w = None if balance is None else [balance[t] for t, n in counts.items() for _ in range(n)]
-        extra = [stream[i] for i in stream_rng.integers(len(stream), size=cfg.distill_posts)] if stream else ()
-        loss = pair_loss(pairs, heads, cfg.loss == "contrastive", cfg.distill_weight if ts is None else 0.0, extra,
-                         cfg.task_weight, pair_w)
-        if ts is not None:
-            n = min(cfg.distill_posts, len(ts.posts))  # distinct posts: in-batch negatives are never the post itself
-            terms = teacher_loss(stream_rng.choice(len(ts.posts), size=n, replace=False))
-            for k, v in terms.items():
-                term_window.setdefault(k, []).append(v.item())
-            loss = loss + sum(terms.values())
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(adapter_params + head_params, 1.0)
-        opt.step()
-        sched.step()
-        for t, n in counts.items():
-            seen[t] += n
-        window.append(loss.item())
-        if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
-            curve.append({"step": step + 1, "loss": float(np.mean(window)),
-                          **{k: float(np.mean(v)) for k, v in term_window.items()}})
-            window, term_window = [], {}
-            el = time.perf_counter() - t_loop
-            parts = "".join(f" {k} {curve[-1][k]:.4f}" for k in ("similarity", "direct", "nce", "pair") if k in curve[-1])
-            scales = "/".join(f"{v:.2f}" for v in log_scale.exp().tolist())
-            progress(f"step {step + 1}/{cfg.steps} loss {curve[-1]['loss']:.4f}{parts} scale {scales} "
-                     f"{el / (step + 1):.2f}s/step, eta {el / (step + 1) * (cfg.steps - step - 1):.0f}s")
+    t_loop = last_save = time.perf_counter()
+    with ckpt.stop_on_signals(bool(ckpt_path and checkpoint_every)) as asked:  # [signal numbers] received
+        for step, counts in enumerate(step_pairs(cfg, plan)):
+            if step < start:
+                continue
+            pairs = [p for t, n in counts.items()
+                     for p in tasks[t].sample(rng, n, positives_only=cfg.loss == "contrastive")]
+            heads = [head_of[t] for t, n in counts.items() for _ in range(n)]
+            pair_w = None if balance is None else [balance[t] for t, n in counts.items() for _ in range(n)]
+            extra = [stream[i] for i in stream_rng.integers(len(stream), size=cfg.distill_posts)] if stream else ()
+            loss = pair_loss(pairs, heads, cfg.loss == "contrastive", cfg.distill_weight if ts is None else 0.0, extra,
+                             cfg.task_weight, pair_w)
+            if ts is not None:
+                # distinct posts: in-batch negatives are never the post itself
+                n = min(cfg.distill_posts, len(ts.posts))
+                terms = teacher_loss(stream_rng.choice(len(ts.posts), size=n, replace=False))
+                for k, v in terms.items():
+                    term_window.setdefault(k, []).append(v.item())
+                loss = loss + sum(terms.values())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(adapter_params + head_params, 1.0)
+            opt.step()
+            sched.step()
+            for t, n in counts.items():
+                seen[t] += n
+            window.append(loss.item())
+            if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
+                curve.append({"step": step + 1, "loss": float(np.mean(window)),
+                              **{k: float(np.mean(v)) for k, v in term_window.items()}})
+                window, term_window = [], {}
+                per_step = (time.perf_counter() - t_loop) / (step + 1 - start)
+                parts = "".join(f" {k} {curve[-1][k]:.4f}" for k in ("similarity", "direct", "nce", "pair")
+                                if k in curve[-1])
+                scales = "/".join(f"{v:.2f}" for v in log_scale.exp().tolist())
+                progress(f"step {step + 1}/{cfg.steps} loss {curve[-1]['loss']:.4f}{parts} scale {scales} "
+                         f"{per_step:.2f}s/step, eta {per_step * (cfg.steps - step - 1):.0f}s")
+            stop = bool(asked) and step + 1 < cfg.steps
+            due = bool(checkpoint_every) and time.perf_counter() - last_save >= checkpoint_every
+            if ckpt_path is not None and step + 1 < cfg.steps and (stop or due):
+                save_checkpoint(step + 1)
+                last_save = time.perf_counter()
+            if stop:
+                raise ckpt.Stopped(step + 1, ckpt_path, asked[0])
     probe_end = probe_losses()
     progress(f"probe loss (BCE on {cfg.probe_pairs} fixed train pairs per task) before {probe_start} after {probe_end}")
     # each trained prefix's probe loss at the end (nested runs only; its first entry is probe_end)
     probe_prefixes = {k: probe_losses(k) for k, _ in dims} if len(dims) > 1 and probe else None
-    train_seconds = time.perf_counter() - t_start - t_teacher
+    train_seconds = time.perf_counter() - t_start - t_teacher + before
 
     proj_state = {k: v.detach().clone().contiguous() for k, v in proj.state_dict().items()}
     with new_folder(out) as tmp:  # whole or not at all: an interrupted run leaves --out as it was
@@ -306,6 +356,7 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
             "probe_loss_start": probe_start,
             "probe_loss_end": probe_end,
             **({"probe_loss_end_prefixes": probe_prefixes} if probe_prefixes else {}),
+            **({"resumed_from_step": start} if start else {}),
             "loss_curve": curve,
         }
         if ts is not None:
@@ -313,5 +364,7 @@ def train(cfg: TrainConfig, out: str | Path, progress=print) -> dict:
         if pairs_of is not None:
             summary["pair_pool"] = {k: len(v) for k, v in pairs_of.items()}
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    if ckpt_path is not None:
+        ckpt_path.unlink(missing_ok=True)
     progress(f"trained {n_trained} parameters in {train_seconds:.0f}s; artefact {artefact / 1e6:.2f} MB -> {out}")
     return summary
