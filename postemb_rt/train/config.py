@@ -4,6 +4,7 @@ its checks) and the task schedule it fixes up front. The recipe that reads it:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -75,7 +76,9 @@ _VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 @dataclass
 class TrainConfig:
-    model_version: str = "postemb-mt50"
+    # the vector version the run writes; None: "postemb-mt50-<hash of every other key but threads>", so two
+    # configs that set none never share one (their vectors must not mix in a store)
+    model_version: str | None = None
     tasks: list[str] = field(default_factory=lambda: list(T.TASKS))
     data: str | None = None  # data root (tweeteval/, stsb/); default: postemb_rt.data.data_root()
     base: str = "base"
@@ -125,6 +128,12 @@ class TrainConfig:
     # Descending, starting at projection_dim, e.g. [50, 32, 16, 8]. None (or [projection_dim]): today's loss.
     matryoshka_dims: list[int] | None = None
     matryoshka_weights: list[float] | None = None
+
+    def __post_init__(self):
+        if self.model_version is None:
+            keys = {k: v for k, v in dataclasses.asdict(self).items() if k not in ("model_version", "threads")}
+            digest = hashlib.sha256(json.dumps(keys, sort_keys=True, default=repr).encode()).hexdigest()
+            self.model_version = f"postemb-mt50-{digest[:8]}"
 
     def nested_dims(self) -> list[tuple[int, float]]:
         """[(k, weight), ...] of the trained prefixes, descending; [(projection_dim, 1.0)] without nesting."""
@@ -229,7 +238,7 @@ class TrainConfig:
                                       f"Fix: {fix}.")
         elif key == "model_version":
             if not (isinstance(value, str) and _VERSION.fullmatch(value)):
-                fix = re.sub(r"[^A-Za-z0-9._-]+", "-", str(value)).strip("._-") or default
+                fix = re.sub(r"[^A-Za-z0-9._-]+", "-", str(value)).strip("._-") or "postemb-mt50-mine"
                 raise ValidationError(
                     f"`model_version` in {where} must be a non-empty string of letters, digits, '.', '_' and '-' "
                     f"that starts with a letter or digit: vector versions add '@<dim>' and '+<precision>' suffixes "

@@ -366,5 +366,6 @@ def train(cfg: TrainConfig, out: str | Path, progress=print, checkpoint_every: f
         (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     if ckpt_path is not None:
         ckpt_path.unlink(missing_ok=True)
-    progress(f"trained {n_trained} parameters in {train_seconds:.0f}s; artefact {artefact / 1e6:.2f} MB -> {out}")
+    progress(f"trained {n_trained} parameters in {train_seconds:.0f}s; artefact {artefact / 1e6:.2f} MB -> {out} "
+             f"(model_version {cfg.model_version})")
     return summary

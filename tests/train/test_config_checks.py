@@ -80,6 +80,15 @@ def test_every_key_has_a_check_and_the_defaults_pass():
                 model_version="postemb-mt50_v4.1", warmup_frac=0, data="some/where").validate()
 
 
+def test_configs_that_set_no_model_version_never_share_one(tmp_path):
+    a, again = TrainConfig.from_file(_write(tmp_path, "a.json", {"lr": 1e-3})), TrainConfig(lr=1e-3, threads=1)
+    b = TrainConfig.from_file(_write(tmp_path, "b.json", {"lr": 2e-3}))
+    assert re.fullmatch(r"postemb-mt50-[0-9a-f]{8}", a.model_version)
+    assert a.model_version == again.model_version != b.model_version  # threads change no weight: not in it
+    assert TrainConfig.from_file(_write(tmp_path, "c.json", {"lr": 2e-3, "model_version": "mine"})).model_version == "mine"
+    a.validate()
+
+
 def test_the_fixes_are_values_that_pass(tmp_path):
     for key, value, fix in [("model_version", "a/b@c+d", "a-b-c-d"), ("tasks", ["emoji", "sts", "emoji"],
                                                                       ["emoji", "sts"])]:
