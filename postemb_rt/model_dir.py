@@ -279,6 +279,9 @@ def _confined(root: Path, spec, key: str) -> Path:
 def load_model_dir(path: str | Path) -> ModelDir:
     """Read a model directory (one holding ``postemb.json``) and check its files exist."""
     root = Path(path).expanduser().resolve()
+    if not root.is_dir() and str(path) in REGISTERED:
+        raise ModelNotFoundError(f"`path` {str(path)!r} is a registered model's name, not a directory. Fix: "
+                                 f"model_dir.resolve({str(path)!r}) reads names and directories.")
     if not root.is_dir():
         raise ModelNotFoundError(
             f"`name_or_path` {str(path)!r} is neither a registered name ({', '.join(REGISTERED)}) nor a "

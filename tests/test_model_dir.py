@@ -100,3 +100,12 @@ def test_named_model_entries_split_on_an_equals_sign_before_any_slash():
     assert split_named("default") == (None, "default")
     assert _parse_model("./runs/lr=2e-5") == ("lr=2e-5", "./runs/lr=2e-5")  # eval: the row named after the folder
     assert _parse_model("default") == ("multitask", "default") and _parse_model("v4=/r/v4") == ("v4", "/r/v4")
+
+
+def test_load_model_dir_given_a_registered_name_says_resolve_reads_names():
+    from postemb_rt.errors import ModelNotFoundError
+    from postemb_rt.model_dir import load_model_dir
+
+    with pytest.raises(ModelNotFoundError, match=r"'default' is a registered model's name, not a directory\. "
+                                                 r"Fix: model_dir\.resolve\('default'\)"):
+        load_model_dir("default")
