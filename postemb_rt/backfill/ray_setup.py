@@ -8,30 +8,76 @@ bookkeeping, not our arguments); it cannot be filtered from Python.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from contextlib import contextmanager
 
 from ..cpu import usable_cpus
+from ..errors import ValidationError
 from ..logs import dropped
 
 log = logging.getLogger("postemb_rt.backfill")
+REACH_SECONDS = 5.0  # a cluster's address must accept a connection this soon (Ray itself retries for minutes)
 
 
 def ray_init(ray_address: str | None, num_cpus: int | None) -> bool:
-    """Connect (or start a local Ray). Returns True if this call started it."""
+    """Connect (or start a local Ray). Returns True if this call started it.
+
+    ``ray_address`` None: the cluster in ``$RAY_ADDRESS`` when set (Ray's own convention: a Ray job
+    sets it), else a new Ray on this machine with ``num_cpus`` (never a cluster that ``ray start``
+    left running here: ``--ray-address auto`` joins that). A HOST:PORT that accepts no connection
+    within ``REACH_SECONDS`` is refused naming where the address came from, as is 'auto' with no
+    cluster to find; Ray would retry an unreachable address for minutes."""
     import ray
 
     if ray.is_initialized():
         return False
     kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    source, address = check_address(ray_address)
+    if address and not ray_address:
+        log.warning("joining the Ray cluster at %s ($RAY_ADDRESS; unset it to start Ray on this machine)", address)
     # Ray's notice that token authentication is on (its default when RAY_AUTH_MODE is unset) is not
     # the user's business in a backfill; a notice that it is off, or any other warning, still shows
     with dropped("ray._private.authentication.authentication_token_setup",
                  lambda r: r.getMessage().startswith("Token authentication is enabled for this Ray cluster")):
-        if ray_address:
-            ray.init(address=ray_address, **kwargs)
-        else:
-            ray.init(num_cpus=num_cpus or usable_cpus(), **kwargs)  # a CPU mask or quota, else every CPU
+        try:
+            if address:
+                ray.init(address=address, **kwargs)
+            else:  # "local": not $RAY_ADDRESS, nor a cluster `ray start` left here
+                ray.init(address="local", num_cpus=num_cpus or usable_cpus(), **kwargs)  # a CPU mask or quota
+        except ConnectionError as exc:  # 'auto' with no cluster; Ray's message names its own --address flag
+            raise ValidationError(f"`{source}` {address!r}: no Ray cluster found ({str(exc).splitlines()[0]}). Fix: "
+                                  f"start one (`ray start --head`), pass its HOST:PORT, or "
+                                  f"{_without(source)} to start Ray on this machine.") from None
     return True
+
+
+def check_address(ray_address: str | None) -> tuple[str, str | None]:
+    """(where the address comes from, the address: ``ray_address``, else $RAY_ADDRESS, else None),
+    refused when it is a HOST:PORT that accepts no connection within REACH_SECONDS."""
+    source, address = ("--ray-address", ray_address) if ray_address else ("$RAY_ADDRESS", os.environ.get("RAY_ADDRESS"))
+    if address:
+        _check_reachable(address, source)
+    return source, address or None
+
+
+def _without(source: str) -> str:
+    return "omit --ray-address" if source == "--ray-address" else "unset RAY_ADDRESS"
+
+
+def _check_reachable(address: str, source: str) -> None:
+    """Refuse a HOST:PORT (or ray://HOST:PORT) that accepts no TCP connection within REACH_SECONDS."""
+    where = address.split("://", 1)[-1]
+    host, _, port = where.rpartition(":")
+    if not host or not port.isdigit():  # 'auto', or a form Ray parses itself
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=REACH_SECONDS).close()
+    except OSError as exc:
+        why = "no answer in %gs" % REACH_SECONDS if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ValidationError(f"`{source}` {address!r}: cannot reach a Ray cluster there ({why}). Fix: start it "
+                              f"(`ray start --head --port {port}`), correct the address, or {_without(source)} to "
+                              "start Ray on this machine.") from None
 
 
 @contextmanager

@@ -14,7 +14,7 @@ from ..durable import atomic_write, durable_rename, read_json
 from ..errors import PostEmbError, ValidationError
 from .plan import (ID_TYPES, MARKER, ROWS_PER_SPLIT, STAGING, SUCCESS, FilePlan, errors_name, jsonl_first_id_type,
                    jsonl_rows, list_inputs, make_output, parquet_id_type, part_name, plan_file)
-from .ray_setup import ray_init, rows
+from .ray_setup import check_address, ray_init, rows
 from .splits import SplitEmbedder, describe_error
 
 log = logging.getLogger("postemb_rt.backfill")
@@ -229,8 +229,9 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     output_path: a folder (created); see the module docstring for its layout.
     num_workers: model actors (default: the cluster's CPUs // threads_per_worker, at least 1).
     threads_per_worker: inference threads per actor, and the CPUs each asks Ray for.
-    ray_address: None starts Ray on this machine (unless already started in this process);
-        "auto" or "ray://host:port" / "host:port" joins a cluster.
+    ray_address: None starts Ray on this machine (unless already started in this process), or
+        joins the cluster in $RAY_ADDRESS when that is set; "auto" or "ray://host:port" /
+        "host:port" joins a cluster (one that accepts no connection in 5 s is refused).
     on_split: called on the driver after each finished split (summary row, report so far);
         an exception raised there stops the run (what the tests use to interrupt one).
     long_posts: "truncate" or "chunk" (embed whole posts; see postemb_rt.long_posts).
@@ -288,6 +289,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
 
     resolve_prompt(md.config, prompt_name=prompt_name)  # an unknown name: refused here, listing the prompts
     prompt_name = prompt_name if prompt_name is not None else md.config.default_prompt_name
+    check_address(ray_address)  # an unreachable cluster: refused before the output folder is made
     make_output(inp, out)
     _check_model_version(out, model_version, fingerprint)
     _check_prompt(_committed(out)[1], prompt_name, f"`--output` {str(out)!r}",

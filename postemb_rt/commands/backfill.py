@@ -7,8 +7,9 @@ folder per input file, mirroring the input tree, holding ``part-NNNNN.parquet`` 
 ``postemb-mt50-v4+chunk``), ``_errors-NNNNN.jsonl`` (bad rows and why) and ``_SUCCESS.json``.
 The ``id`` column has one type in the whole output (int64 or string, ``--id-type``), so
 ``postemb index build`` reads it. Re-running the same command resumes: finished files
-are skipped, nothing is written twice. Local by default (Ray on this machine);
-``--ray-address auto`` joins the Ray cluster this machine belongs to. Layout, resuming and
+are skipped, nothing is written twice. Local by default (a new Ray on this machine, or the
+cluster in $RAY_ADDRESS when that is set, as in a Ray job); ``--ray-address auto`` joins the Ray
+cluster this machine belongs to; an address that accepts no connection within 5 s is refused. Layout, resuming and
 scaling: docs/BACKFILL.md.
 """
 from __future__ import annotations
@@ -72,7 +73,8 @@ def register(sub) -> None:
     p.add_argument("--threads-per-worker", type=int, default=1,
                    help="inference threads of each actor, and the CPUs it asks Ray for (default: 1)")
     p.add_argument("--ray-address", default=None,
-                   help="omit: start Ray on this machine; 'auto' or HOST:PORT: join that Ray cluster")
+                   help="omit: $RAY_ADDRESS's cluster if set, else a new Ray on this machine; 'auto' or HOST:PORT: "
+                        "join that Ray cluster")
     p.add_argument("--batch-size", type=int, default=64, help="posts per model batch at most (default: 64)")
     p.add_argument("--long-posts", choices=["truncate", "chunk"], default="truncate",
                    help="posts longer than max_length: truncate, or chunk (embed them whole) (default: truncate)")
