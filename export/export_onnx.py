@@ -10,6 +10,12 @@ external, OUT/projection.safetensors for a model with a projection). Then embeds
 with the torch model and with the exported model and exits non-zero (3) if any cosine
 similarity is below --min-cosine (default 0.9999); OUT is written only when the check passes.
 
+OUT is absent, an empty folder, or an earlier export (its postemb.json names an ONNX model and no
+encoder): it is built beside itself and swapped in whole (postemb_rt.durable.new_folder), so it
+holds exactly the files this export wrote, none of an earlier one's (a projection.safetensors of
+--pooling external, an engine build_engine.py added: rebuild the engine). Any other folder, and
+the source model's own, is refused (exit 2) and left as it is.
+
 With --precision int8 the float32 export is then quantized (postemb_rt.onnx_export.quantize_int8)
 and its fidelity to float32 is measured on real posts (postemb_rt.fidelity: mean and minimum
 cosine, overlap@10 of nearest neighbours). Below the thresholds nothing is written to OUT and
@@ -57,8 +63,7 @@ def main(argv=None) -> int:
     try:
         src = resolve(args.model)
         out = Path(args.out)
-        if out.exists() and not out.is_dir():
-            raise PostEmbError(f"`--out` {str(out)!r} is a file. Fix: name a folder (new, or an earlier export's).")
+        check_out(out, src.path)
         out.resolve().parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".fp32-", dir=out.resolve().parent) as tmp:
             rc = export_checked(src, Path(tmp), args)  # written to OUT only once it passed the parity check
@@ -67,7 +72,7 @@ def main(argv=None) -> int:
                 return rc
             if args.precision == "int8":
                 return quantize_checked(Path(tmp), out, args)
-            copy_dir(Path(tmp), out)
+            write_whole(Path(tmp), out)
             print(f"wrote {out / 'model.onnx'}")
             return 0
     except PostEmbError as exc:
@@ -128,19 +133,46 @@ def quantize_checked(fp32_dir: Path, out: Path, args) -> int:
         f = dataclasses.replace(f, forced=True)
         print(f"export_onnx: --force: writing an int8 model that misses the bar ({'; '.join(f.failures())})",
               file=sys.stderr)
-    copy_dir(int8.path, out)
     cfg = dataclasses.replace(int8.config, fidelity=f.to_dict())
-    (out / CONFIG_FILE).write_text(cfg.to_json())
+    (int8.path / CONFIG_FILE).write_text(cfg.to_json())
+    write_whole(int8.path, out)
     print(f"wrote {out / 'model.onnx'} (int8, {(out / 'model.onnx').stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 
-def copy_dir(src: Path, out: Path) -> None:
-    """The files of the model directory ``src`` into ``out`` (created)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for item in src.iterdir():
-        if item.is_file():
-            shutil.copyfile(item, out / item.name)
+def check_out(out: Path, src: Path) -> None:
+    """Refuse, before any work, an ``--out`` that write_whole must not replace: a file, the source
+    model ``src`` (or a folder holding it), or a non-empty folder that is not an earlier export
+    (postemb.json naming an ONNX model and no encoder). PostEmbError naming the path and the fix."""
+    from postemb_rt import PostEmbError
+    from postemb_rt.durable import read_json
+    from postemb_rt.model_dir import CONFIG_FILE
+
+    if out.exists() and not out.is_dir():
+        raise PostEmbError(f"`--out` {str(out)!r} is a file. Fix: name a folder (new, or an earlier export's).")
+    if not out.is_dir():
+        return
+    where = out.resolve()
+    if where == src.resolve() or where in src.resolve().parents:
+        raise PostEmbError(f"`--out` {str(out)!r} is the source model `--model` {str(src)!r} (or holds it), which "
+                           "the export would replace. Fix: pass another folder.")
+    cfg = read_json(out / CONFIG_FILE)
+    earlier = isinstance(cfg, dict) and cfg.get("onnx") and cfg.get("encoder") is None
+    if any(out.iterdir()) and not earlier:
+        raise PostEmbError(f"`--out` {str(out)!r} is not empty and not an earlier export (no {CONFIG_FILE} naming "
+                           "an ONNX model without an encoder); the export replaces OUT whole. Fix: pass a new or "
+                           "empty folder, or an earlier export's.")
+
+
+def write_whole(src: Path, out: Path) -> None:
+    """The files of the model directory ``src`` as the folder ``out``, built beside it and swapped in
+    whole (durable.new_folder): an earlier export's files there are gone, none mixed in."""
+    from postemb_rt.durable import new_folder
+
+    with new_folder(out) as tmp:
+        for item in src.iterdir():
+            if item.is_file():
+                shutil.copyfile(item, tmp / item.name)
 
 
 if __name__ == "__main__":

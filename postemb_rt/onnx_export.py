@@ -71,7 +71,8 @@ def export_onnx(model: ModelDir, out_dir: str | Path, optimize: bool = True,
                 pooling: str = DEFAULT_POOLING) -> ModelDir:
     """Write a self-contained ONNX model directory (model.onnx, tokenizer.json, postemb.json,
     and projection.safetensors for ``pooling="external"`` when the model has a projection) for ``model``
-    into ``out_dir`` (created; existing files there are overwritten).
+    into ``out_dir`` (created; files of these names are overwritten, others left: export/export_onnx.py
+    exports into a new folder and swaps it in whole, so a re-export leaves none of an earlier one's).
 
     pooling: "graph" (pool, project, normalise inside the ONNX graph) or "external" (the
     graph ends at last_hidden_state; the runtime pools with the C++ kernel).

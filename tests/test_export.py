@@ -1,4 +1,5 @@
 """export/export_onnx.py: the round trip and its parity gate."""
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -48,3 +49,41 @@ def test_parity_gate_fails_the_export_below_threshold(tmp_path):
 def test_missing_model_exits_2_with_a_message(tmp_path):
     res = run_export("--model", str(tmp_path / "nope"), "--out", str(tmp_path / "o"))
     assert res.returncode == 2 and "Fix:" in res.stderr
+
+
+def test_a_re_export_leaves_exactly_the_files_it_wrote(tmp_path):
+    # default has a projection: --pooling external writes projection.safetensors, which a graph export
+    # (the head inside the ONNX model) must not leave behind; nor an engine built from the earlier ONNX
+    out = tmp_path / "default-onnx"
+    res = run_export("--model", "default", "--out", str(out), "--pooling", "external", "--no-optimize",
+                     "--parity-posts", "4")
+    assert res.returncode == 0, res.stderr
+    assert (out / "projection.safetensors").is_file()
+    (out / "model.plan").write_bytes(b"an engine of the earlier ONNX")  # what build_engine.py adds beside it
+    (out / "engine.json").write_text("{}")
+    res = run_export("--model", "default", "--out", str(out), "--pooling", "graph", "--no-optimize",
+                     "--parity-posts", "4")
+    assert res.returncode == 0, res.stderr
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "tokenizer.json", "postemb.json"}
+    assert not [p.name for p in tmp_path.iterdir() if p.name != "default-onnx"]  # nothing left beside it
+    enc = Encoder.from_pretrained(out, backend="onnxruntime")
+    assert enc.model.config.onnx_pooling == "graph" and enc.dim == 50
+
+
+def test_out_is_refused_when_it_holds_something_other_than_an_earlier_export(tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    res = run_export("--model", "base", "--out", str(mine))
+    assert res.returncode == 2
+    assert f"`--out` {str(mine)!r}" in res.stderr and "not an earlier export" in res.stderr and "Fix:" in res.stderr
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"]  # untouched
+
+
+def test_out_is_refused_when_it_is_the_source_model(tmp_path):
+    src = tmp_path / "src"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "postemb_rt" / "models" / "default", src)
+    before = sorted(p.name for p in src.iterdir())
+    res = run_export("--model", str(src), "--out", str(src))
+    assert res.returncode == 2 and "is the source model" in res.stderr and "Fix:" in res.stderr
+    assert sorted(p.name for p in src.iterdir()) == before
