@@ -17,6 +17,7 @@ MAX_PROMPT_NAME_BYTES = 256
 # (milliseconds or microseconds since the epoch): refused by publish, dead-lettered by a worker,
 # since it would make every freshness figure meaningless.
 MAX_FUTURE_S = 86_400.0
+EMPTY_TEXT_REASON = "empty `text`: nothing to embed (the HTTP server refuses an empty input too)"
 
 
 def _future_problem(created: float, now: float) -> str:
@@ -53,8 +54,10 @@ def publish(client, post_id, text: str, created_at=None, *, stream: str = POSTS_
 
     client: a redis-py client (see :func:`connect`).
     post_id: str or int, non-empty, at most 256 UTF-8 bytes.
-    text: the post (str, at most MAX_TEXT_BYTES = 32 KiB as UTF-8; longer posts are
-        rejected here, and a worker dead-letters any that reach it from other producers).
+    text: the post (str, not empty, at most MAX_TEXT_BYTES = 32 KiB as UTF-8; an empty or longer
+        post is refused here, and a worker dead-letters any that reach it from other producers).
+        Empty means "", as the HTTP server refuses it ([CLS] [SEP] alone is no post's vector);
+        whitespace is text to the server and to the worker.
     created_at: seconds since the epoch (float) or an aware datetime; default: now. More than a
         day ahead of this clock is refused (milliseconds, most likely: ``MAX_FUTURE_S``).
     prompt_name: a prompt of the worker's model (its ``prompts``, e.g. "query" / "document")
@@ -82,6 +85,9 @@ def publish(client, post_id, text: str, created_at=None, *, stream: str = POSTS_
                               f"({len(pid.encode('utf-8'))} bytes).")
     if not isinstance(text, str):
         raise ValidationError(f"`text` must be str. Given: {type(text).__name__}.")
+    if not text:
+        raise ValidationError("`text` is an empty string: there is nothing to embed. Given: ''. Fix: publish the "
+                              "post once it has text (a worker dead-letters an empty one).")
     data = text.encode("utf-8")
     if len(data) > MAX_TEXT_BYTES:
         raise ValidationError(f"`text` must be at most {MAX_TEXT_BYTES} UTF-8 bytes. Given: {len(data)} bytes.")
@@ -133,6 +139,8 @@ def parse_event(event_id: bytes, fields: dict, max_text_bytes: int = MAX_TEXT_BY
         return None, "`post_id` is not valid UTF-8"
     if not pid or len(raw_pid) > MAX_POST_ID_BYTES:
         return None, f"`post_id` must be 1..{MAX_POST_ID_BYTES} bytes. Given: {len(raw_pid)} bytes"
+    if not raw_text:  # as the HTTP server refuses "": [CLS] [SEP] alone is no post's vector
+        return None, EMPTY_TEXT_REASON
     if len(raw_text) > max_text_bytes:
         return None, f"oversized `text`: {len(raw_text)} bytes > {max_text_bytes}"
     try:

@@ -97,6 +97,9 @@ def test_publish_writes_fields_validates_and_trims(redis_client):
         with pytest.raises(ValidationError, match=r"`created_at` .* s in the future: seconds since the epoch .*Fix"):
             nearline.publish(redis_client, "p", "x", created_at=ms)
     nearline.publish(redis_client, "p", "x", created_at=time.time() + 3600)
+    with pytest.raises(ValidationError, match=r"`text` is an empty string.*Given: ''.*Fix"):
+        nearline.publish(redis_client, "p", "")  # as the HTTP server: [CLS][SEP] alone is no post's vector
+    nearline.publish(redis_client, "p", " ")  # whitespace is text to the server too: embedded
     for i in range(1000):  # MAXLEN ~ trims whole macro-nodes: bounded, not exact
         nearline.publish(redis_client, i, "x", stream="small", maxlen=50)
     assert 50 <= redis_client.xlen("small") < 1000
@@ -112,6 +115,7 @@ def test_poison_event_reasons():
         "not text": {b"post_id": b"1", b"text": b"\x00\x01binary"},
         "oversized": {b"post_id": b"1", b"text": b"x" * (nearline.MAX_TEXT_BYTES + 1)},
         "invalid `created_at`": {b"post_id": b"1", b"text": b"hi", b"created_at": b"yesterday"},
+        "empty `text`: nothing to embed": {b"post_id": b"1", b"text": b""},
         "in the future: seconds since the epoch are expected, this looks like milliseconds":
             {b"post_id": b"1", b"text": b"hi", b"created_at": f"{time.time() * 1000:.0f}".encode()},
         "in the future: seconds since the epoch are expected, this looks like microseconds":
@@ -309,12 +313,12 @@ def test_kill9_mid_batch_while_posts_arrive_then_new_worker_recovers(redis_serve
 def test_poison_events_go_to_dead_letter_and_the_rest_flow(redis_server, redis_client, nearline_encoder):
     bad = [{"post_id": "b1"}, {"text": "no id"}, {"post_id": "b3", "text": b"\xff\xfe\xfd"},
            {"post_id": "b4", "text": b"\x00\x00PNG"}, {"post_id": "b5", "text": b"y" * 40_000},
-           {"post_id": "b6", "text": "ok", "created_at": "soon"}]
+           {"post_id": "b6", "text": "ok", "created_at": "soon"}, {"post_id": "b7", "text": ""}]
     good = make_posts(60, seed=4)
     for i, text in enumerate(good):
         nearline.publish(redis_client, i, text)
-        if i % 10 == 0:
-            redis_client.xadd("posts", bad[i // 10])
+        if i % 9 == 0:
+            redis_client.xadd("posts", bad[i // 9])
     with running(nearline.Worker(nearline.connect(redis_server.url), nearline_encoder, batch_size=8)) as w:
         wait_until(lambda: drained(redis_client), 60, "drain")
     assert w.stats.dead == len(bad) and w.stats.stored == 60
@@ -322,7 +326,7 @@ def test_poison_events_go_to_dead_letter_and_the_rest_flow(redis_server, redis_c
     assert len(dead) == len(bad)
     reasons = [f[b"reason"].decode() for _, f in dead]
     for want in ("missing field `text`", "missing field `post_id`", "not valid UTF-8", "not text", "oversized",
-                 "invalid `created_at`"):
+                 "invalid `created_at`", "empty `text`"):
         assert any(want in r for r in reasons), (want, reasons)
     assert all(f[b"event_id"] and f[b"consumer"] == w.consumer.encode() for _, f in dead)
     assert_exactly_once(redis_client, nearline_encoder.model_version, [str(i) for i in range(60)])
