@@ -15,7 +15,7 @@ from ..errors import PostEmbError, ValidationError
 from .plan import (ID_TYPES, MARKER, ROWS_PER_SPLIT, STAGING, SUCCESS, FilePlan, errors_name, jsonl_first_id_type,
                    jsonl_rows, list_inputs, make_output, parquet_id_type, part_name, plan_file)
 from .ray_setup import check_address, ray_init, rows
-from .splits import SplitEmbedder, describe_error
+from .splits import SplitEmbedder, count_empty, describe_error
 
 log = logging.getLogger("postemb_rt.backfill")
 
@@ -39,6 +39,7 @@ class BackfillReport:
     splits_reused: int = 0  # finished by an interrupted earlier run
     rows_embedded: int = 0
     rows_bad: int = 0
+    rows_empty: int = 0  # empty texts: skipped, no vector (splits.EMPTY_TEXT_REASON, in the errors files)
     seconds: float = 0.0
     model_version: str = ""  # the vector version written with each vector (Encoder.vector_version)
     model_fingerprint: str = ""
@@ -365,6 +366,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
                 else:
                     report.rows_embedded += int(row["rows"])
                     report.rows_bad += int(row["bad"])
+                    report.rows_empty += int(row["empty"])
                     todo[rel].discard(index)
                     if not todo[rel]:
                         _try_commit(out, pending[rel], report)
@@ -403,15 +405,20 @@ def _commit(out: Path, plan: FilePlan, report: BackfillReport) -> None:
     staging = out / STAGING / plan.rel
     rows = sum(pq.ParquetFile(staging / part_name(s.index)).metadata.num_rows for s in plan.splits)
     errors = [staging / errors_name(s.index) for s in plan.splits if (staging / errors_name(s.index)).exists()]
-    bad = sum(sum(1 for _ in e.open(encoding="utf-8")) for e in errors)
+    bad = empty = 0  # the errors files' lines: bad rows and empty texts
+    for e in errors:
+        with e.open(encoding="utf-8") as f:
+            lines = f.readlines()
+        bad, empty = bad + len(lines), empty + count_empty(lines)
+    bad -= empty
     expected = sum(s.rows for s in plan.splits) if plan.path.suffix == ".parquet" else jsonl_rows(plan.path)
-    if rows + bad != expected:  # a part written twice or lost: never commit it
-        raise BackfillError(f"{plan.path}: {rows} embedded + {bad} bad rows != {expected} input rows; "
-                            f"left in {staging} for inspection.")
+    if rows + bad + empty != expected:  # a part written twice or lost: never commit it
+        raise BackfillError(f"{plan.path}: {rows} embedded + {bad} bad rows + {empty} empty texts != {expected} "
+                            f"input rows; left in {staging} for inspection.")
     meta = {"source": str(plan.path), "source_size": plan.size, "source_mtime_ns": plan.mtime_ns,
             "model_version": report.model_version, "model_fingerprint": report.model_fingerprint,
             "id_type": report.id_type, "prompt_name": report.prompt_name, "rows": rows,
-            "bad_rows": bad, "splits": len(plan.splits), "committed_at": time.time()}
+            "bad_rows": bad, "empty_rows": empty, "splits": len(plan.splits), "committed_at": time.time()}
     atomic_write(staging / SUCCESS, json.dumps(meta, indent=1))
     (staging / MARKER).unlink(missing_ok=True)
     final = out / plan.rel

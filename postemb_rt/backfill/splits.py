@@ -12,6 +12,16 @@ from ..durable import atomic_write
 from .plan import BOM, ID_TYPES, STAGING, Split, errors_name, parquet_text_kind, part_name
 
 INT64 = (-(2 ** 63), 2 ** 63 - 1)
+# An empty text ("") gets no vector: the HTTP server refuses it and the near-line worker dead-letters it
+# ([CLS] [SEP] alone is no post's vector). Listed in the errors file with this reason, counted apart from
+# the bad rows (a post without text is not a broken row). Whitespace is text, as to the server.
+EMPTY_TEXT_REASON = "`text` is empty: nothing to embed (skipped: no vector)"
+
+
+def count_empty(bad) -> int:
+    """How many of the errors records ``bad`` (dicts, or the errors file's JSON lines) are empty texts."""
+    return sum(1 for b in bad if (b.get("reason") if isinstance(b, dict) else
+                                  EMPTY_TEXT_REASON in b and json.loads(b).get("reason")) == EMPTY_TEXT_REASON)
 
 
 # -- reading and checking one split (actor) -----------------------------------------------
@@ -50,6 +60,8 @@ def _read_parquet_split(s: Split, id_type: str):
             bad.append({"id": pid, "row_in_split": i, "reason": "`text` is null"})
         elif isinstance(tx, bytes):
             bad.append({"id": pid, "row_in_split": i, "reason": "`text` is not valid UTF-8"})
+        elif not tx:
+            bad.append({"id": pid, "row_in_split": i, "reason": EMPTY_TEXT_REASON})
         else:
             good.append(i)
     if len(good) < len(texts):
@@ -120,6 +132,9 @@ def _read_jsonl_split(s: Split, id_type: str):
                 why = "`text` is missing or null" if tx is None else f"`text` must be a string. Given: {type(tx).__name__}"
                 bad.append({**where, "id": pid, "reason": why})
                 continue
+            if not tx:
+                bad.append({**where, "id": pid, "reason": EMPTY_TEXT_REASON})
+                continue
             ids.append(pid)
             texts.append(tx)
     return ids, texts, bad
@@ -162,8 +177,9 @@ class SplitEmbedder:
     """The Ray Data actor: loads the model once, then embeds one split per call.
 
     ``__call__`` gets a batch of split descriptions (dict of numpy columns; ``batch_size=1``)
-    and returns one summary row per split: rel, index, rows (embedded), bad, seconds,
-    error (empty, or why the split failed: it is then retried by a later run)."""
+    and returns one summary row per split: rel, index, rows (embedded), bad, empty (texts
+    skipped: EMPTY_TEXT_REASON), seconds, error (empty, or why the split failed: it is then
+    retried by a later run)."""
 
     def __init__(self, model: str, backend: str, threads: int, batch_size: int, out: str,
                  long_posts: str = "truncate", precision: str = "fp32", id_type: str = "string",
@@ -189,21 +205,22 @@ class SplitEmbedder:
         self.staging = Path(out) / STAGING
 
     def __call__(self, batch: dict) -> dict:
-        out = {"rel": [], "index": [], "rows": [], "bad": [], "seconds": [], "error": []}
+        out = {"rel": [], "index": [], "rows": [], "bad": [], "empty": [], "seconds": [], "error": []}
         for j in range(len(batch["rel"])):
             s = Split(**{k: (v[j].item() if hasattr(v[j], "item") else v[j]) for k, v in batch.items()})
             start = time.perf_counter()
-            rows = bad = 0
+            rows = bad = empty = 0
             error = ""
             try:
-                rows, bad = self.run_split(s)
+                rows, bad, empty = self.run_split(s)
             except Exception as exc:  # noqa: BLE001 - reported per split; the file stays uncommitted
                 error = describe_error(exc)
-            for k, v in zip(out, (s.rel, s.index, rows, bad, time.perf_counter() - start, error)):
+            for k, v in zip(out, (s.rel, s.index, rows, bad, empty, time.perf_counter() - start, error)):
                 out[k].append(v)
         return out
 
-    def run_split(self, s: Split) -> tuple[int, int]:
+    def run_split(self, s: Split) -> tuple[int, int, int]:
+        """Embed the split ``s`` and write its part (and errors file): (rows embedded, bad rows, empty texts)."""
         import pyarrow.parquet as pq
 
         ids, texts, bad = (_read_parquet_split if s.kind == "parquet" else _read_jsonl_split)(s, self.id_type)
@@ -220,4 +237,5 @@ class SplitEmbedder:
         table = embeddings_table(ids, vectors, self.vector_version, self.id_type)
         # the part is written last: its presence marks the split done (errors file included)
         atomic_write(folder / part_name(s.index), lambda p: pq.write_table(table, p))
-        return len(texts), len(bad)
+        empty = count_empty(bad)
+        return len(texts), len(bad) - empty, empty

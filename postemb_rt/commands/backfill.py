@@ -5,6 +5,8 @@ INPUT: a folder of ``.parquet`` files (columns ``id``, ``text``) or of ``.jsonl`
 folder per input file, mirroring the input tree, holding ``part-NNNNN.parquet`` (``id``,
 ``embedding`` fixed-size list of float32, ``model_version``: the vector version, e.g.
 ``postemb-mt50-v4+chunk``), ``_errors-NNNNN.jsonl`` (bad rows and why) and ``_SUCCESS.json``.
+An empty text ("", which the HTTP server refuses) gets no vector: it is listed in the errors file
+with its reason and counted apart, as "empty texts skipped", in the progress and the summary.
 The ``id`` column has one type in the whole output (int64 or string, ``--id-type``), so
 ``postemb index build`` reads it. Re-running the same command resumes: finished files
 are skipped, nothing is written twice. Local by default (a new Ray on this machine, or the
@@ -33,7 +35,8 @@ def run(args) -> int:
             return
         if bar is None:
             bar = tqdm(unit="post", desc="backfill")
-        bar.update(int(row["rows"]) + int(row["bad"]))
+        bar.update(int(row["rows"]) + int(row["bad"]) + int(row["empty"]))
+        bar.set_postfix(bad=report.rows_bad, empty=report.rows_empty, refresh=False)
 
     failed = None
     try:
@@ -49,11 +52,12 @@ def run(args) -> int:
             bar.close()
     print(f"backfilled {r.rows_embedded} posts in {r.seconds:.1f} s ({r.posts_per_s:.0f} posts/s), "
           f"files: {r.files_committed} committed, {r.files_skipped} skipped (done before), {r.files_failed} failed, "
-          f"{r.files_total} total; bad rows: {r.rows_bad}; splits: {r.splits_run} run, {r.splits_reused} reused; "
+          f"{r.files_total} total; bad rows: {r.rows_bad}; empty texts skipped: {r.rows_empty}; "
+          f"splits: {r.splits_run} run, {r.splits_reused} reused; "
           f"workers={r.workers}, model={r.model_version}, prompt={r.prompt_name}, ids={r.id_type} -> {args.output}")
     if r.errors_files:
         more = f" (+{len(r.errors_files) - 1} more)" if len(r.errors_files) > 1 else ""
-        print(f"bad rows and reasons: {r.errors_files[0]}{more}")
+        print(f"bad rows and empty texts, with reasons: {r.errors_files[0]}{more}")
     if failed is not None:
         print(f"postemb backfill: error: {failed}", file=sys.stderr)
         return 1

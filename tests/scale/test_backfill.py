@@ -141,20 +141,24 @@ def test_cli_backfill_jsonl_sends_bad_rows_to_errors_file_with_reason(tmp_path, 
         json.dumps({"text": "no id"}),
         json.dumps(["a", "list"]),
         "",
+        json.dumps({"id": 103, "text": ""}),  # an empty post: skipped, counted apart from the bad rows
     ] + [json.dumps(g) for g in good[3:]]
     data = "\n".join(lines).encode() + b'\n{"id": 102, "text": "bad \xff byte"}\n'
     (src / "a.jsonl").write_bytes(data)
     assert main(["backfill", "--input", str(src), "--output", str(tmp_path / "emb"), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "backfilled 6 posts" in printed and "bad rows: 6" in printed and "_errors-00000.jsonl" in printed
+    assert "empty texts skipped: 1" in printed
+    meta = json.loads((tmp_path / "emb" / "a.jsonl" / bf.SUCCESS).read_text())
+    assert (meta["rows"], meta["bad_rows"], meta["empty_rows"]) == (6, 6, 1)
     ids, vectors, _ = read_output(tmp_path / "emb")
     assert sorted(ids) == list(range(6))
     errors = [json.loads(x) for x in (tmp_path / "emb" / "a.jsonl" / "_errors-00000.jsonl").read_text().splitlines()]
     reasons = {e["reason"] for e in errors}
     assert reasons == {"`text` is missing or null", "`text` must be a string. Given: int",
                        "not valid JSON (Expecting value)", "`id` is missing or null",
-                       "must be a JSON object. Given: list", "line is not valid UTF-8"}
-    assert {e["id"] for e in errors if e["id"] is not None} == {100, 101}
+                       "must be a JSON object. Given: list", "line is not valid UTF-8", bf_splits.EMPTY_TEXT_REASON}
+    assert {e["id"] for e in errors if e["id"] is not None} == {100, 101, 103}
     assert all(isinstance(e["byte"], int) for e in errors)
     # the same command again: nothing to do, nothing written
     assert main(["backfill", "--input", str(src), "--output", str(tmp_path / "emb"), "--no-progress"]) == 0
@@ -218,9 +222,15 @@ def test_jsonl_commit_checks_the_row_count_against_the_input(tmp_path):
     staging.mkdir(parents=True)
     vectors = np.ones((4, 50), np.float32)  # a part that lost a row
     pq.write_table(bf.embeddings_table([0, 1, 2, 3], vectors, "m", "int"), staging / bf.part_name(0))
-    with pytest.raises(bf.BackfillError, match=r"4 embedded \+ 0 bad rows != 5 input rows"):
+    with pytest.raises(bf.BackfillError, match=r"4 embedded \+ 0 bad rows \+ 0 empty texts != 5 input rows"):
         bf_run._commit(tmp_path / "out", plan, bf.BackfillReport(model_version="m"))
     assert not (tmp_path / "out" / plan.rel).exists()
+    # the fifth row was an empty text: listed in the errors file, it makes the count add up, counted apart
+    record = {"byte": 0, "id": 4, "reason": bf_splits.EMPTY_TEXT_REASON, "split": 0}
+    (staging / "_errors-00000.jsonl").write_text(json.dumps(record) + "\n")
+    bf_run._commit(tmp_path / "out", plan, bf.BackfillReport(model_version="m"))
+    meta = json.loads((tmp_path / "out" / plan.rel / bf.SUCCESS).read_text())
+    assert (meta["rows"], meta["bad_rows"], meta["empty_rows"]) == (4, 0, 1)
 
 
 def test_resume_with_another_model_is_refused_naming_both(tmp_path, ray_local):

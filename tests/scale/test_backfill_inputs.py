@@ -149,3 +149,17 @@ def test_a_finished_run_leaves_no_empty_staging_folder(tmp_path):
     (unfinished / bf.part_name(0)).write_bytes(b"part")
     bf_run._remove_empty_dirs(tmp_path / "emb" / bf.STAGING)
     assert (unfinished / bf.part_name(0)).exists()
+
+
+def test_an_empty_text_is_skipped_with_its_reason_and_whitespace_is_embedded(tmp_path):
+    """As the HTTP server refuses "" and the near-line worker dead-letters it: no vector for it (one
+    [CLS] [SEP] vector per empty post would be noise in an index); listed with its id and reason."""
+    pq.write_table(pa.table({"id": [1, 2, 3], "text": ["a post", "", " "]}), tmp_path / "s.parquet")
+    pq.write_table(pa.table({"id": [1, 2], "text": pa.array([b"", b"ok"], pa.binary())}), tmp_path / "b.parquet")
+    (tmp_path / "j.jsonl").write_text('{"id": 1, "text": ""}\n{"id": 2, "text": "  "}\n{"id": 3, "text": "hi"}\n')
+    for name, want_ids, want_texts, empty_id in (("s.parquet", [1, 3], ["a post", " "], 2),
+                                                 ("b.parquet", [2], ["ok"], 1), ("j.jsonl", [2, 3], ["  ", "hi"], 1)):
+        ids, texts, bad = _read(tmp_path / name)
+        assert (ids, texts) == (want_ids, want_texts), name
+        assert [(b["id"], b["reason"]) for b in bad] == [(empty_id, bf_splits.EMPTY_TEXT_REASON)], name
+        assert bf_splits.count_empty(bad) == 1
