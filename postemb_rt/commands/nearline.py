@@ -127,8 +127,7 @@ def run(args) -> int:
     where = f"{where.get('host', where.get('path'))}:{where.get('port', '')} db {where.get('db', 0)}"
     _preflight(client, where, must_answer=args.stats)
     if args.stats:
-        s = nearline.stats(client, args.group, posts_stream=args.posts_stream, dead_stream=args.dead_stream,
-                           embeddings_stream=args.embeddings_stream, window_s=args.window)
+        s = _stats(client, where, args)
         if args.json:
             print(json.dumps(s, indent=2, default=str))
         else:
@@ -169,6 +168,26 @@ def run(args) -> int:
             signal.signal(s, h)
         if not worker.model_hung:  # release the backend now, not in the interpreter's teardown
             encoder.close()
+
+
+def _stats(client, where: str, args) -> dict:
+    """``nearline.stats`` for ``--stats``; a Redis error is one line with the fix, not a traceback (for a
+    refused command or key, NOPERM, the ACL rules ``keys.acl_rules`` gives, which cover --stats)."""
+    import redis
+
+    from .. import nearline
+    from ..nearline.keys import KEY_PREFIX, refused_everything
+    from ..nearline.store import StoreError, fix_hint
+
+    try:
+        return nearline.stats(client, args.group, posts_stream=args.posts_stream, dead_stream=args.dead_stream,
+                              embeddings_stream=args.embeddings_stream, window_s=args.window)
+    except redis.RedisError as exc:
+        names = argparse.Namespace(posts=args.posts_stream, dead=args.dead_stream, embeddings=args.embeddings_stream,
+                                   prefix=KEY_PREFIX)
+        fix = fix_hint(exc, names) if refused_everything(exc) else "check that it is up and reachable, then try again."
+        raise StoreError(f"--stats: redis {where} failed a read: {type(exc).__name__}: {str(exc).rstrip('.')}. "
+                         f"Fix: {fix}") from None
 
 
 def _preflight(client, where: str, must_answer: bool) -> None:

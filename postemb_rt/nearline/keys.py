@@ -191,18 +191,25 @@ return gone
 # XACK, EVALSHA and SCRIPT LOAD (the three scripts; TYPE, HMGET, HSET, XADD, XACK, XINFO
 # CONSUMERS and XGROUP DELCONSUMER run inside them, and ACLs apply there too), SET (the
 # heartbeat), PING (``postemb nearline`` checks the credentials with it) and SELECT (a
-# database other than 0).
+# database other than 0). ``publish`` sends XADD alone.
 WORKER_COMMANDS = ("ping", "select", "info", "xgroup|create", "xreadgroup", "xautoclaim", "xpending", "xclaim",
                    "xack", "evalsha", "script|load", "type", "hmget", "hset", "xadd", "set", "xinfo|consumers",
                    "xgroup|delconsumer")
+# What ``postemb nearline --stats`` (``health.stats``) adds, all reads: the streams' types and lengths, the
+# group, the oldest undelivered and pending events, the newest announcements, the heartbeats (SCAN, GET).
+STATS_COMMANDS = ("type", "xlen", "exists", "xinfo|groups", "xinfo|consumers", "xrange", "xrevrange", "xpending",
+                  "scan", "get")
 
 
 def acl_rules(posts_stream: str = POSTS_STREAM, dead_stream: str = DEAD_STREAM,
               embeddings_stream: str = EMBEDDINGS_STREAM, prefix: str = KEY_PREFIX) -> str:
-    """The ACL SETUSER rules a worker needs, no more: its commands (``WORKER_COMMANDS``) and
-    keys (the three streams; ``{prefix}:*``: the records and the heartbeats)."""
+    """The ACL SETUSER rules one Redis user needs to run the worker, ``publish`` and ``postemb nearline
+    --stats``, no more: their commands (``WORKER_COMMANDS``, ``STATS_COMMANDS``) and keys (the three
+    streams; ``{prefix}:*``: the records and the heartbeats). A producer that only publishes needs
+    ``+xadd ~{posts_stream}`` (and ``+select`` for a database other than 0)."""
     keys = [posts_stream, dead_stream, embeddings_stream, f"{prefix}:*"]
-    return " ".join([f"+{c}" for c in WORKER_COMMANDS] + [f"~{k}" for k in keys])
+    commands = dict.fromkeys(WORKER_COMMANDS + STATS_COMMANDS)  # in order, once each
+    return " ".join([f"+{c}" for c in commands] + [f"~{k}" for k in keys])
 
 
 TRANSIENT_PREFIXES = ("LOADING", "READONLY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN", "BUSY ", "OOM", "MISCONF",

@@ -4,6 +4,7 @@ means. Each against a real redis-server, with the fake model of ``test_faults``.
 """
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -109,22 +110,74 @@ def _hint_rules() -> str:
     return hint.split("ACL SETUSER <user> ", 1)[1].split(" (", 1)[0]
 
 
-def test_the_user_the_fix_hint_describes_runs_every_worker_path(redis_server, redis_client, caplog):
-    """Store, acknowledge, dead-letter, claim a dead consumer's event, heartbeat: nothing refused."""
-    user = _acl_user(redis_client, "least", _hint_rules())
-    ids = publish_all(redis_client, 4)
-    redis_client.xadd("posts", {"post_id": "bad"})  # poison: the dead-letter script
-    redis_client.xgroup_create("posts", "embedder", id="0")
-    redis_client.xreadgroup("embedder", "gone", {"posts": ">"}, count=1)  # p0: pending at a dead consumer
-    w = nearline.Worker(nearline.connect(redis_server.url.replace("redis://", "redis://" + user)), FakeEncoder(),
-                        batch_size=8, max_wait_ms=50, claim_idle_ms=1, heartbeat_s=0.01)
+def _commands_since_reset(admin) -> tuple[set, set]:
+    """(commands called, commands refused) since CONFIG RESETSTAT, from INFO commandstats (subcommands as
+    ``xgroup|create``; the commands scripts run are counted too)."""
+    stats = admin.info("commandstats")
+    return ({k[len("cmdstat_"):] for k, v in stats.items() if v["calls"]},
+            {k[len("cmdstat_"):] for k, v in stats.items() if v.get("rejected_calls")})
+
+
+def test_the_user_the_fix_hint_describes_runs_every_worker_publish_and_stats_command(own_redis, caplog, capsys):
+    """A user granted `acl_rules()` and nothing else, on database 3 (SELECT on every connection), runs publish,
+    the worker (store, acknowledge, dead-letter, SCRIPT LOAD after a flush, XAUTOCLAIM of a dead consumer's event
+    and its XPENDING, the XCLAIM that keeps a batch ours while a dropped write is retried, forgetting a dead
+    consumer, the heartbeat, INFO) and `postemb nearline --stats` (PING and every read): Redis refuses nothing,
+    and every command the rules grant is used by one of them."""
+    from postemb_rt.commands import nearline as command
+
+    admin = redis.Redis(host="127.0.0.1", port=own_redis.port, db=3)
+    rules = _hint_rules()
+    url = f"redis://{_acl_user(admin, 'least', rules)}127.0.0.1:{own_redis.port}/3"
+    _dead_consumers(admin)  # idle-done: nothing pending (forgotten); idle-holding: p101 pending (claimed)
+    admin.script_flush()  # the worker loads its three scripts itself
+    admin.config_resetstat()
+    admin.execute_command("ACL", "LOG", "RESET")
+
+    ids = publish_all(nearline.connect(url), 4)
+    nearline.connect(url).xadd("posts", {"post_id": "bad"})  # poison: the dead-letter script
+    w = nearline.Worker(nearline.connect(url), FakeEncoder(), batch_size=8, max_wait_ms=50, claim_idle_ms=1,
+                        forget_idle_ms=10, heartbeat_s=1)
+    script, drops = w._script, []
+
+    def dropped_once(keys, args):  # the first store fails as a dropped connection does: retried, batch kept ours
+        if not drops:
+            drops.append(time.time())
+            raise redis.ConnectionError("Connection closed by server (simulated)")
+        return script(keys=keys, args=args)
+
+    w._script = dropped_once
     with caplog.at_level("WARNING", logger="postemb_rt.nearline"):
-        w.run(max_events=5)
-    assert stored_ids(redis_client) == set(ids) and pending(redis_client) == 0 and w.stats.claimed >= 1
-    assert [f[b"post_id"] for _, f in redis_client.xrange("posts-dead")] == [b"bad"]
-    assert redis_client.get(w.heartbeat_key()) is not None
+        w.run(max_events=6)
+    assert command.main(["--redis", url, "--stats", "--json"]) == 0
+    called, refused = _commands_since_reset(admin)
+    denied = [dict(zip(e[::2], e[1::2])) for e in admin.execute_command("ACL", "LOG")]
+    # redis-py's optional CLIENT SETINFO on connecting (Redis >= 7.2; ignored when refused) cannot be granted
+    # portably: ACL SETUSER refuses the name on older servers
+    assert [d for d in denied if d.get(b"object") != b"client|setinfo"] == [] and not refused - {"client|setinfo"}
+    granted = {r[1:] for r in rules.split() if r.startswith("+")}
+    assert granted - called == set(), "granted but never used: a rule to spare, or a path this test misses"
+    stats = json.loads(capsys.readouterr().out)
+    assert [b["consumer"] for b in stats["workers"]] == [w.consumer] and stats["pending"] == 0
+    assert stored_ids(admin) == set(ids) | {"p101"} and pending(admin) == 0
+    assert drops and w.stats.claimed >= 1 and w.stats.forgotten >= 1 and w.stats.dead == 1
+    assert [f[b"post_id"] for _, f in admin.xrange("posts-dead")] == [b"bad"]
     assert not [r for r in caplog.records if "refused" in r.getMessage()]
-    redis_client.acl_deluser("least")
+
+
+def test_stats_refused_by_redis_is_one_line_with_the_grant(redis_server, redis_client, capsys):
+    """A user set up from an older fix hint (the worker's commands only): --stats was a NoPermissionError traceback."""
+    from postemb_rt.commands import nearline as command
+    from postemb_rt.nearline.keys import WORKER_COMMANDS
+
+    publish_all(redis_client, 1)
+    user = _acl_user(redis_client, "nostats", " ".join(f"+{c}" for c in WORKER_COMMANDS) + " ~posts ~postemb:*")
+    assert command.main(["--redis", redis_server.url.replace("redis://", "redis://" + user), "--stats"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("postemb nearline: error: --stats: redis 127.0.0.1:") and "NoPermissionError" in err
+    assert f"Fix: grant the worker's Redis user every command and key it needs: ACL SETUSER <user> " \
+           f"{nearline.keys.acl_rules()}" in err and "\n" not in err
+    redis_client.acl_deluser("nostats")
 
 
 def test_a_refused_heartbeat_warns_once_and_the_worker_goes_on(redis_server, redis_client, caplog):
