@@ -76,8 +76,8 @@ def _check_model_version(out: Path, model_version: str, fingerprint: str) -> Non
             raise ValidationError(
                 f"`--output` {str(out)!r} holds embeddings of model {theirs[0]!r} (fingerprint {theirs[1]}, "
                 f"{success.parent}); this run uses {model_version!r} (fingerprint {fingerprint}). "
-                "Fix: pick a new --output folder, or run with the model (and --precision, --long-posts) that "
-                "wrote it.")
+                "Fix: pick a new --output folder, or run with the --model, --precision, --long-posts and "
+                "--truncate-dim that wrote it (its version says them: <model>@<dim>+<precision>+<mode>).")
         # one committed file is enough: every file of a folder was written by one model
 
 
@@ -189,8 +189,9 @@ def _resume_staging(staging: Path, want: dict, rel: str) -> None:
                 f"`--output`: the unfinished file {rel!r} ({staging}) was started with model "
                 f"{have.get('model_version')!r} (fingerprint {have.get('model_fingerprint')}); this run uses "
                 f"{want['model_version']!r} (fingerprint {want['model_fingerprint']}). Its parts would be committed "
-                "under the wrong model. Fix: finish it with the first model, or delete that staging folder "
-                "(or pick a new --output folder) to embed it with this one.")
+                "under the wrong model. Fix: finish it with the first run's --model, --precision, --long-posts and "
+                "--truncate-dim (its version says them: <model>@<dim>+<precision>+<mode>), or delete that staging "
+                "folder (or pick a new --output folder) to embed it with this one.")
         _check_prompt(have, want.get("prompt_name"), f"the unfinished file {rel!r} ({staging})",
                       "finish it with that --prompt-name, or delete that staging folder (or pick a new --output "
                       "folder) to embed it with this one.")
@@ -288,7 +289,8 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     fingerprint = md.fingerprint
     from ..prompts import resolve as resolve_prompt
 
-    resolve_prompt(md.config, prompt_name=prompt_name)  # an unknown name: refused here, listing the prompts
+    # an unknown name: refused here, listing the prompts
+    resolve_prompt(md.config, prompt_name=prompt_name, fix="use one of those, or leave --prompt-name out")
     prompt_name = prompt_name if prompt_name is not None else md.config.default_prompt_name
     check_address(ray_address)  # an unreachable cluster: refused before the output folder is made
     make_output(inp, out)

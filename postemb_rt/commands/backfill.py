@@ -47,6 +47,13 @@ def run(args) -> int:
                      prompt_name=args.prompt_name, truncate_dim=args.truncate_dim)
     except BackfillError as exc:
         r, failed = exc.report, exc
+    except KeyboardInterrupt:
+        if bar is not None:
+            bar.close()
+            bar = None
+        print(f"postemb backfill: interrupted. Finished splits are kept in {args.output}: run the same command again "
+              "to resume (nothing is embedded or written twice).", file=sys.stderr, flush=True)
+        raise
     finally:
         if bar is not None:
             bar.close()

@@ -240,7 +240,8 @@ def test_resume_with_another_model_is_refused_naming_both(tmp_path, ray_local):
                     on_split=_stop_at_first_split)
     default_v = bf.resolve_model_version("default")
     with pytest.raises(ValidationError, match=rf"started with model '{default_v}'.*this run uses "
-                                              r"'all-MiniLM-L6-v2'.*Fix: finish it with the first model"):
+                                              r"'all-MiniLM-L6-v2'.*Fix: finish it with the first run's --model, "
+                                              r"--precision"):
         bf.backfill(tmp_path / "posts", tmp_path / "emb", "base", num_workers=1, rows_per_split=3)
     report = bf.backfill(tmp_path / "posts", tmp_path / "emb", "default", num_workers=1, rows_per_split=3)
     assert report.splits_reused >= 1 and report.files_committed == 1
@@ -386,7 +387,7 @@ def test_a_nested_prefix_is_written_under_its_own_version_and_a_resume_cannot_mi
     with pytest.raises(Interrupt):
         bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=1, rows_per_split=3, truncate_dim=16,
                     on_split=_stop_at_first_split)
-    with pytest.raises(ValidationError, match=rf"started with model '{re.escape(v16)}'"):
+    with pytest.raises(ValidationError, match=rf"started with model '{re.escape(v16)}'.*--truncate-dim"):
         bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=1, rows_per_split=3)
     report = bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=1, rows_per_split=3, truncate_dim=16)
     assert report.model_version == v16 and report.files_committed == 1
@@ -415,7 +416,8 @@ def _prompted_model(tmp_path):
 def test_unknown_prompt_name_is_refused_before_any_work_listing_the_prompts(tmp_path):
     write_parquet_set(tmp_path / "posts", n_files=1)
     with pytest.raises(ValidationError, match=r"`prompt_name` must be one of this model's prompts "
-                                              r"\['document', 'passage', 'query'\]\. Given: 'nope'"):
+                                              r"\['document', 'passage', 'query'\]\. Given: 'nope'\. "
+                                              r"Fix: use one of those, or leave --prompt-name out\.$"):
         bf.backfill(tmp_path / "posts", tmp_path / "emb", str(_prompted_model(tmp_path)), prompt_name="nope")
     assert not (tmp_path / "emb").exists()
 

@@ -163,3 +163,15 @@ def test_an_empty_text_is_skipped_with_its_reason_and_whitespace_is_embedded(tmp
         assert (ids, texts) == (want_ids, want_texts), name
         assert [(b["id"], b["reason"]) for b in bad] == [(empty_id, bf_splits.EMPTY_TEXT_REASON)], name
         assert bf_splits.count_empty(bad) == 1
+
+
+def test_an_interrupted_backfill_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    import postemb_rt.backfill as package
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(package, "backfill", interrupted)
+    assert main(["backfill", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 130
+    assert ("postemb backfill: interrupted. Finished splits are kept in " + str(tmp_path / "out") + ": run the same "
+            "command again to resume") in capsys.readouterr().err
