@@ -111,7 +111,9 @@ def plan_file(path: Path, root: Path, rows_per_split: int = ROWS_PER_SPLIT) -> F
 
 def _check_columns(path: Path, names: list[str]) -> None:
     if "id" not in names or "text" not in names:
-        raise ValidationError(f"`--input` file {str(path)!r} needs columns `id` and `text`. Given columns: {names}.")
+        raise ValidationError(f"`--input` file {str(path)!r} needs columns `id` and `text`. Given columns: {names}. "
+                              "Fix: write the input with those names, e.g. DuckDB's COPY (SELECT post_id AS id, body "
+                              "AS text FROM 'in.parquet') TO 'posts.parquet'.")
 
 
 def jsonl_rows(path: Path) -> int:

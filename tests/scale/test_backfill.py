@@ -83,7 +83,7 @@ def test_inputs_are_checked_before_any_work(tmp_path):
     with pytest.raises(ValidationError, match="mixes .parquet and .jsonl"):
         bf.backfill(tmp_path / "mixed", tmp_path / "out")
     pq.write_table(pa.table({"post": [1], "text": ["a"]}), tmp_path / "noid.parquet")
-    with pytest.raises(ValidationError, match=r"needs columns `id` and `text`.*\['post', 'text'\]"):
+    with pytest.raises(ValidationError, match=r"needs columns `id` and `text`.*\['post', 'text'\]\. Fix: write the input "):
         bf.backfill(tmp_path / "noid.parquet", tmp_path / "out2")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         bf.backfill(tmp_path / "nowhere", tmp_path / "out3")
