@@ -5,6 +5,11 @@ A plain ``os.replace`` is atomic but not durable: after a power cut the rename m
 disk while the file's data is not (an empty or truncated file under the final name), or
 the rename itself may be lost. POSIX needs an fsync of the file before the rename, and an
 fsync of the folder after it, for both to survive.
+
+Temporary names carry their writer, ``<pid>@<host>`` (:func:`_writer`), so a writer killed
+(kill -9, OOM) before it could clean up is recognised: a later write of the same final path
+removes the leftovers of writers of this host that no longer run (:func:`_sweep`), and never one
+of a running process or of another host (a shared file system), which may still be writing.
 """
 from __future__ import annotations
 
@@ -12,6 +17,9 @@ import hashlib
 import json
 import logging
 import os
+import re
+import shutil
+import socket
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,19 +45,100 @@ def _fsync_file(path: Path) -> None:
         os.close(fd)
 
 
+def _writer() -> str:
+    """This process as the writer a temporary name carries: ``<pid>@<host>``. host: the host name
+    (characters other than letters, digits, '.' and '-' as '_', at most 64), plus ``~<inode hex>`` of
+    the PID namespace where Linux shows it, so two containers that share a host name and a volume
+    but not their PIDs never take each other's running writers for dead."""
+    host = re.sub(r"[^A-Za-z0-9.-]", "_", socket.gethostname())[:64] or "_"
+    try:
+        host += f"~{os.stat('/proc/self/ns/pid').st_ino:x}"
+    except OSError:
+        pass
+    return f"{os.getpid()}@{host}"
+
+
+def _dead(writer: str) -> bool:
+    """True only when ``writer`` (:func:`_writer`'s form) is a process of this host (and PID
+    namespace) that no longer runs, so what it left is garbage. Another host's, a running
+    process's (another user's too: kill answers EPERM), or any where kill cannot probe: False."""
+    pid, at, host = writer.partition("@")
+    mine, _, my_host = _writer().partition("@")
+    if not at or not pid.isdigit() or host != my_host or pid == mine or os.name != "posix":
+        return False
+    try:
+        os.kill(int(pid), 0)  # signal 0: no signal sent, only the check that the process exists
+    except ProcessLookupError:
+        return True
+    except (OSError, OverflowError):
+        return False
+    return False
+
+
+def _sweep(folder: Path, writer_of: Callable[[str], str | None]) -> None:
+    """Remove each entry of ``folder`` whose name ``writer_of`` maps to a dead writer (:func:`_dead`):
+    a temporary file or folder left by a killed process. Best effort: an entry that cannot be
+    removed stays, with a warning; the write that sweeps goes on either way."""
+    try:
+        names = [e.name for e in os.scandir(folder)]
+    except OSError:
+        return
+    for name in names:
+        writer = writer_of(name)
+        if writer is None or not _dead(writer):
+            continue
+        path = folder / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:  # another writer of the same path swept it first
+            continue
+        except OSError as exc:
+            log.warning("could not remove %s, left by process %s, which no longer runs: %s", path, writer, exc)
+            continue
+        log.info("removed %s, left by process %s, which no longer runs (killed while writing)", path, writer)
+
+
 def _temporary(final: Path) -> Path:
     """A new, empty file beside ``final``, unique per call (a random name created with O_EXCL,
-    so two writers of one file, even two threads of one process, never share it). Created with
-    the umask's permissions as ``open()`` would, not ``tempfile.mkstemp``'s 0600: outputs that
-    others should read stay readable. The name ends with ``final``'s (at most 120 characters of
-    it), so writers that add a missing suffix (``numpy.save``) keep the name given."""
+    so two writers of one file, even two threads of one process, never share it):
+    ``.tmp-<16 hex>-<writer>-<name>`` (:func:`_writer`). Created with the umask's permissions as
+    ``open()`` would, not ``tempfile.mkstemp``'s 0600: outputs that others should read stay
+    readable. The name ends with ``final``'s (at most 120 characters of it), so writers that add
+    a missing suffix (``numpy.save``) keep the name given."""
+    writer = _writer()
     while True:
-        tmp = final.with_name(f".tmp-{uuid.uuid4().hex[:16]}-{final.name[-120:]}")
+        tmp = final.with_name(f".tmp-{uuid.uuid4().hex[:16]}-{writer}-{final.name[-120:]}")
         try:
             os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
             return tmp
         except FileExistsError:  # pragma: no cover - 64 random bits
             continue
+
+
+def _file_writer(final: Path) -> Callable[[str], str | None]:
+    """The writer of a name :func:`_temporary` gives for ``final``, else None."""
+    head, tail = ".tmp-", f"-{final.name[-120:]}"
+
+    def writer_of(name: str) -> str | None:
+        if not (name.startswith(head) and name.endswith(tail)):
+            return None
+        middle = name[len(head):len(name) - len(tail)]  # <16 hex>-<writer>
+        return middle[17:] if len(middle) > 17 and middle[16] == "-" else None
+    return writer_of
+
+
+def _folder_writer(final: Path, kind: str) -> Callable[[str], str | None]:
+    """The writer of a ``.<name>.<kind>-<16 hex>-<writer>`` folder that :func:`new_folder` names
+    beside ``final`` (kind: tmp or old), else None."""
+    head = f".{final.name}.{kind}-"
+
+    def writer_of(name: str) -> str | None:
+        rest = name[len(head):] if name.startswith(head) else ""
+        return rest[17:] if len(rest) > 17 and rest[16] == "-" else None
+    return writer_of
 
 
 def check_writable(final: str | Path, arg: str, folder: bool = False) -> None:
@@ -80,8 +169,10 @@ def atomic_write(final: str | Path, write: Callable[[Path], None] | bytes | str)
     in the same folder (unique per call), fsync it, rename it to ``final``, fsync the folder.
     Readers see the old file or the whole new one, never a part, and so does a reboot after a
     power cut. Returns ``final``. The temporary file is removed if anything fails (a full disk:
-    the OSError propagates and nothing is left behind)."""
+    the OSError propagates and nothing is left behind); temporary files of ``final`` that killed
+    writers left (kill -9) are removed first (:func:`_sweep`)."""
     final = Path(final)
+    _sweep(final.parent, _file_writer(final))
     tmp = _temporary(final)
     try:
         if callable(write):
@@ -138,17 +229,21 @@ def _umask() -> int:
 @contextmanager
 def new_folder(final: str | Path) -> Iterator[Path]:
     """Build the folder ``final`` whole or not at all. Yields a new, empty folder beside it
-    (``.<name>.tmp-<random>``) to write into; when the block ends, its files get the umask's
-    permissions (as ``open()`` gives; safetensors writes 0600), it is fsynced and swapped in:
-    ``final``, if there, is renamed aside (``.<name>.old-<random>``), the new folder renamed into
-    place, the old one removed. On an exception (Ctrl-C, a full disk) the new folder is removed
-    and ``final`` is left as it was. Only a crash between the two renames leaves no folder at
-    ``final``: the old one is then the ``.<name>.old-*`` folder beside it."""
-    import shutil
-
+    (``.<name>.tmp-<random>-<writer>``, :func:`_writer`) to write into; when the block ends, its
+    files get the umask's permissions (as ``open()`` gives; safetensors writes 0600), it is fsynced
+    and swapped in: ``final``, if there, is renamed aside (``.<name>.old-<random>-<writer>``), the
+    new folder renamed into place, the old one removed. On an exception (Ctrl-C, a full disk) the
+    new folder is removed and ``final`` is left as it was. Only a crash between the two renames
+    leaves no folder at ``final``: the old one is then the ``.<name>.old-*`` folder beside it.
+    What killed writers of ``final`` left is removed (:func:`_sweep`): their ``.tmp-`` folders
+    first, their ``.old-`` folders once the new folder is in place (until then such a folder may
+    be the only copy of the previous one)."""
     final = Path(os.path.abspath(final))
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:16]}")
+    tmp_of, probe_of = _folder_writer(final, "tmp"), _file_writer(final)  # probe: check_writable(folder=True)'s
+    _sweep(final.parent, lambda name: tmp_of(name) or probe_of(name))
+    writer = _writer()
+    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex[:16]}-{writer}")
     tmp.mkdir()
     aside = None
     try:
@@ -159,7 +254,7 @@ def new_folder(final: str | Path) -> Iterator[Path]:
                 os.chmod(os.path.join(dirpath, name), 0o666 & ~mask)
         fsync_tree(tmp)
         if final.exists():
-            aside = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:16]}")
+            aside = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:16]}-{writer}")
             os.rename(final, aside)
         try:
             durable_rename(tmp, final)
@@ -173,6 +268,7 @@ def new_folder(final: str | Path) -> Iterator[Path]:
     if aside is not None:
         shutil.rmtree(aside, ignore_errors=True)
         fsync_dir(final.parent)
+    _sweep(final.parent, _folder_writer(final, "old"))
 
 
 def read_json(path: str | Path, what: str | None = None, fix: str = "restore the file"):

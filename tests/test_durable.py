@@ -127,3 +127,139 @@ def test_fsync_tree_fsyncs_every_file_and_folder(tmp_path, calls):
     synced = {c[1] for c in calls if c[0] == "fsync"}
     assert synced == {str(tmp_path / "d"), str(tmp_path / "d" / "sub"), str(tmp_path / "d" / "a.bin"),
                       str(tmp_path / "d" / "sub" / "b.bin")}
+
+
+# -- leftovers of killed writers -------------------------------------------------------------------
+WRITER = """
+import sys, time
+from pathlib import Path
+from postemb_rt import durable
+
+final = Path(sys.argv[2])
+def hold(tmp):
+    (tmp / "part.bin" if tmp.is_dir() else tmp).write_bytes(b"half")
+    print("writing", flush=True)
+    time.sleep(120)
+if sys.argv[1] == "file":
+    durable.atomic_write(final, hold)
+else:
+    with durable.new_folder(final) as tmp:
+        hold(tmp)
+"""
+
+
+def _killed_while_writing(kind: str, final: Path) -> None:
+    """Run a writer of ``final`` (atomic_write or new_folder) in a child process and kill -9 it mid-write."""
+    import signal
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-c", WRITER, kind, str(final)], stdout=subprocess.PIPE, env=env)
+    try:
+        assert child.stdout.readline() == b"writing\n"
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", ""])
+    child.wait()
+    return child.pid
+
+
+def _as(pid: int, host: str | None = None) -> str:
+    """The writer part of a temporary name for process ``pid`` of this host (or of ``host``)."""
+    return f"{pid}@{host or durable._writer().partition('@')[2]}"
+
+
+@pytest.mark.parametrize("kind", ["file", "folder"])
+def test_a_writer_killed_mid_write_leaves_a_temporary_the_next_write_of_the_path_removes(tmp_path, kind, caplog):
+    final = tmp_path / ("out.json" if kind == "file" else "model")
+    _killed_while_writing(kind, final)
+    left = [p.name for p in tmp_path.iterdir()]
+    assert len(left) == 1 and left[0].startswith(".tmp-" if kind == "file" else ".model.tmp-"), left
+    with caplog.at_level("INFO", logger="postemb_rt"):
+        if kind == "file":
+            durable.atomic_write(final, "{}")
+        else:
+            with durable.new_folder(final) as tmp:
+                (tmp / "a.txt").write_text("new")
+    assert [p.name for p in tmp_path.iterdir()] == [final.name]
+    assert f"removed {tmp_path / left[0]}, left by process" in caplog.text and "which no longer runs" in caplog.text
+
+
+def test_leftovers_of_running_or_remote_writers_and_of_other_paths_are_kept(tmp_path):
+    """Only a dead writer of this host is known to be gone: this process (another thread may be
+    writing), another running process, another host on a shared volume, a name without a writer
+    (an older version's) and a temporary of another file all stay."""
+    import subprocess
+    import sys
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = _dead_pid()
+        keep = [f".tmp-{'a' * 16}-{_as(os.getpid())}-x.json", f".tmp-{'b' * 16}-{_as(alive.pid)}-x.json",
+                f".tmp-{'c' * 16}-{_as(dead, 'other-host')}-x.json", f".tmp-{'d' * 16}-x.json",
+                f".tmp-{'e' * 16}-{_as(dead)}-y.json", f".tmp-{'1' * 16}-{_as(dead)}-a-x.json",
+                f".x.json.tmp-{'f' * 16}-{_as(os.getpid())}"]
+        gone = [f".tmp-{'0' * 16}-{_as(dead)}-x.json"]
+        for name in keep + gone:
+            (tmp_path / name).write_text("left")
+        durable.atomic_write(tmp_path / "x.json", "{}")
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(keep + ["x.json"])
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_an_aside_folder_of_a_dead_writer_stays_until_a_new_folder_is_in_place(tmp_path):
+    """A crash between new_folder's two renames leaves no folder at the name and the previous one
+    aside (``.<name>.old-*``): the only copy, kept while a new write can still fail."""
+    final, dead = tmp_path / "idx", _dead_pid()
+    aside = tmp_path / f".idx.old-{'0' * 16}-{_as(dead)}"
+    aside.mkdir()
+    (aside / "index.json").write_text("{}")
+    with pytest.raises(OSError, match="disk full"):
+        with durable.new_folder(final):
+            raise OSError("disk full (simulated)")
+    assert aside.is_dir() and not final.exists()
+    with durable.new_folder(final) as tmp:
+        (tmp / "index.json").write_text("{}")
+    assert [p.name for p in tmp_path.iterdir()] == ["idx"]
+
+
+def test_a_leftover_that_cannot_be_removed_is_logged_and_the_write_goes_on(tmp_path, monkeypatch, caplog):
+    left = tmp_path / f".tmp-{'0' * 16}-{_as(_dead_pid())}-x.json"
+    left.write_text("left")
+    real_unlink = Path.unlink
+
+    def refuse(self, *a, **k):
+        if self == left:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_unlink(self, *a, **k)
+    monkeypatch.setattr(Path, "unlink", refuse)
+    durable.atomic_write(tmp_path / "x.json", "{}")
+    assert (tmp_path / "x.json").read_text() == "{}" and left.exists()
+    assert f"could not remove {left}" in caplog.text
+
+
+def test_check_writable_names_the_folder_not_the_temporary_name(tmp_path, monkeypatch):
+    from postemb_rt import ValidationError
+
+    real_open = os.open
+
+    def refuse(path, flags, *a, **k):
+        if Path(path).name.startswith(".tmp-"):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real_open(path, flags, *a, **k)
+    monkeypatch.setattr(os, "open", refuse)
+    with pytest.raises(ValidationError) as err:
+        durable.check_writable(tmp_path / "e.npy", "--out")
+    assert f"cannot be written: Permission denied ({tmp_path}). Fix:" in str(err.value)
+    assert ".tmp-" not in str(err.value)

@@ -7,13 +7,14 @@ SHA-256). ``files`` ties the folder together: ``load`` checks each file against 
 reading any, so files of two saves (a save interrupted by an older version, a folder put
 together by hand) are refused by name instead of pairing ids with another save's vectors.
 
-Saving writes a whole new folder beside the target (``.<name>.tmp-<random>``), fsyncs it, then
-swaps it in (``durable.new_folder``): the old folder is renamed aside (``.<name>.old-<random>``),
-the new one renamed into place, the old one removed. An error or an interrupt (Ctrl-C) before
-the swap removes the new folder and leaves the old index as it was; a crash (kill -9, power cut)
-while writing leaves the old index whole plus a ``.<name>.tmp-*`` folder to delete. Only a crash
-between the two renames (two system calls) leaves no index at the name: ``load`` then names the
-aside folder holding the previous one.
+Saving writes a whole new folder beside the target (``.<name>.tmp-<random>-<writer>``), fsyncs
+it, then swaps it in (``durable.new_folder``): the old folder is renamed aside
+(``.<name>.old-<random>-<writer>``), the new one renamed into place, the old one removed. An error
+or an interrupt (Ctrl-C) before the swap removes the new folder and leaves the old index as it was;
+a crash (kill -9, power cut) while writing leaves the old index whole plus a ``.<name>.tmp-*``
+folder, which the next save to the same folder on the same host removes once its writer (the
+process named in it) no longer runs. Only a crash between the two renames (two system calls)
+leaves no index at the name: ``load`` then names the aside folder holding the previous one.
 """
 from __future__ import annotations
 
