@@ -1,7 +1,9 @@
 """``postemb index build|query``: an ANN index over post embeddings, and top-k queries on it.
 
 build: from Parquet embeddings (``postemb backfill`` or ``postemb embed`` output: a file
-or a folder) or from the near-line store (``--redis URL --vector-version V``: the version the
+or a folder; their ``model_version`` column is the vector version the index records, and Parquet
+without one needs ``--vector-version V``, or ``--allow-unversioned`` for an index that records
+none) or from the near-line store (``--redis URL --vector-version V``: the version the
 worker stores under, e.g. postemb-mt50-v4 or postemb-mt50-v4+bf16+chunk); FAISS kind by size
 (flat up to 20k posts, HNSW up to 2M, IVF beyond) unless ``--kind`` says. ``--binary`` stores
 sign bits (1 bit per dimension, Hamming distance); ``--rescore N`` keeps the float vectors
@@ -20,9 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 
 from ..errors import ValidationError
+
+log = logging.getLogger("postemb_rt")
 
 
 def _parse_id(raw: str, index):
@@ -117,8 +122,11 @@ def query_encoder(args, index_version: str | None):
 
     if index_version:
         model, want_p, want_lp, dim, max_length = split_vector_version(index_version)
-    else:  # an index built without a version (PostIndex.build in code): the encoder's defaults
+    else:  # an index built without a version (--allow-unversioned, PostIndex.build in code): the encoder's defaults
         model, want_p, want_lp, dim, max_length = None, "fp32", "truncate", None, None
+        log.warning("`--index` %r records no vector version, so `--model` %r is not checked against the model that "
+                    "made its vectors: if another model (or precision) made them, the hits mean nothing. Fix: rebuild "
+                    "the index with --vector-version V.", args.index, args.model)
     precision, long_posts = args.precision or want_p, args.long_posts or want_lp
     got = vector_version(resolve(args.model).config.model_version, precision, long_posts, dim, max_length)
     if index_version and got != index_version:
@@ -161,7 +169,8 @@ def run_build(args) -> int:
     else:
         if not args.input:
             raise ValidationError("`index build` needs `--input` (Parquet embeddings) or `--redis URL`. Given: neither.")
-        idx = PostIndex.from_parquet(args.input, **params)
+        idx = PostIndex.from_parquet(args.input, vector_version=args.vector_version,
+                                     allow_unversioned=args.allow_unversioned, **params)
         source, rows = args.input, len(idx) + idx.skipped
     idx.save(args.out)
     d = idx.describe()
@@ -221,9 +230,13 @@ def register(sub) -> None:
     b.add_argument("--input", help="Parquet embeddings: a file or a folder (columns id, embedding, model_version)")
     b.add_argument("--redis", help="or: a near-line store URL (redis://host:port/db)")
     b.add_argument("--vector-version", "--model-version", dest="vector_version",
-                   help="with --redis: the vector version the worker stores under (its Encoder.vector_version: "
-                        "model version + '+<precision>' when not fp32 + '+chunk' in chunk mode); "
-                        "--model-version is its old name")
+                   help="the vectors' version (Encoder.vector_version: model version + '+<precision>' when not fp32 "
+                        "+ '+chunk' in chunk mode). With --redis: the version the worker stores under. With --input: "
+                        "the version of rows without one (no model_version column, or null), which the column's "
+                        "must equal (default: the column's). --model-version is its old name")
+    b.add_argument("--allow-unversioned", action="store_true",
+                   help="with --input: build from Parquet that records no vector version, none given, an index of "
+                        "no version: `index query --text` cannot check its model against it (default: refused)")
     b.add_argument("--out", required=True, help="index folder to write")
     b.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw", "ivf"], help="FAISS index kind (default: auto)")
     b.add_argument("--binary", action="store_true",

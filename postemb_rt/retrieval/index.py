@@ -264,12 +264,15 @@ class PostIndex:
         return len(ids)
 
     @classmethod
-    def from_parquet(cls, path, kind: str = "auto", batch_rows: int = 65_536, **params) -> "PostIndex":
+    def from_parquet(cls, path, kind: str = "auto", batch_rows: int = 65_536, vector_version: str | None = None,
+                     allow_unversioned: bool = True, **params) -> "PostIndex":
         """An index over Parquet embeddings (``postemb backfill`` / ``postemb embed`` output: columns
         ``id``, ``embedding`` fixed-size list<float32>, ``model_version``): a file or a folder
         (read recursively; ``_``/``.``-prefixed files and folders ignored). One version only: the
-        ``model_version`` column holds the vector version (``Encoder.vector_version``)."""
-        n, batches = read_parquet(path, batch_rows)
+        ``model_version`` column holds the vector version (``Encoder.vector_version``);
+        ``vector_version`` states it for Parquet without one (and must equal the column's).
+        An index of no version (logged as a warning) is refused with ``allow_unversioned=False``."""
+        n, batches = read_parquet(path, batch_rows, vector_version, allow_unversioned)
         idx: PostIndex | None = None
         pending_ids, pending_v = [], []
         for ids, vec, mv in batches:
@@ -284,6 +287,9 @@ class PostIndex:
         if pending_v:
             idx.add(pending_ids, np.concatenate(pending_v))
         _warn_skipped(idx, n, path)
+        if idx.vector_version is None:
+            log.warning("%s records no vector version (no model_version column, none given): queries of this index "
+                        "cannot be checked against the model that made its vectors", path)
         return idx
 
     @classmethod

@@ -13,6 +13,8 @@ import numpy as np
 
 from ..errors import ValidationError
 
+_NULLS = " (null: no version; `vector_version` states the version of such rows)"
+
 
 @contextmanager
 def _arrow_errors(path):
@@ -29,13 +31,26 @@ def _arrow_errors(path):
                               "give the Parquet output of postemb embed or backfill (one model per index).") from None
 
 
-def read_parquet(path, batch_rows: int = 65_536) -> tuple[int, Iterator[tuple[list, np.ndarray, object]]]:
+def _unversioned(path, why: str) -> ValidationError:
+    return ValidationError(
+        f"`path` {str(path)!r} records no vector version ({why}), so the index would not know which model made "
+        "its vectors and `index query --text` could not check the query's model against them. Given: no "
+        "`vector_version`. Fix: give `vector_version` (the Encoder.vector_version that embedded them, e.g. "
+        "'postemb-mt50-v4'; `postemb embed` and backfill write it in the column), or build without one on purpose "
+        "(`allow_unversioned`).")
+
+
+def read_parquet(path, batch_rows: int = 65_536, vector_version: str | None = None,
+                 allow_unversioned: bool = True) -> tuple[int, Iterator[tuple[list, np.ndarray, object]]]:
     """(n, batches) for Parquet embeddings at ``path`` (columns ``id``, ``embedding``
     fixed-size list<float32>, optional ``model_version``: the vector version), a file or a
     folder (read recursively; ``_``/``.``-prefixed files and folders ignored). n: the row
     count; batches: (ids (b,), float32 (b, dim), vector version or None) of up to
-    ``batch_rows`` rows, lazily. Raises ValidationError for missing columns, no rows, or
-    more than one vector version (met while iterating)."""
+    ``batch_rows`` rows, lazily. ``vector_version``: the version of rows without one (no column,
+    or null), which rows with one must equal. ``allow_unversioned=False``: rows of no version
+    are refused (before any is read when there is no column). Raises ValidationError for missing
+    columns, no rows, rows of no version so refused, or more than one vector version (met while
+    iterating)."""
     import pyarrow.dataset as pads
 
     with _arrow_errors(path):
@@ -47,6 +62,8 @@ def read_parquet(path, batch_rows: int = 65_536) -> tuple[int, Iterator[tuple[li
     if n == 0:
         raise ValidationError(f"`path` {str(path)!r} holds no embeddings.")
     cols = ["id", "embedding"] + (["model_version"] if "model_version" in names else [])
+    if "model_version" not in cols and vector_version is None and not allow_unversioned:
+        raise _unversioned(path, f"no model_version column; its columns: {names}")
 
     def batches():
         with _arrow_errors(path):
@@ -60,18 +77,26 @@ def read_parquet(path, batch_rows: int = 65_536) -> tuple[int, Iterator[tuple[li
             emb = batch.column("embedding")
             dim = emb.type.list_size if hasattr(emb.type, "list_size") and emb.type.list_size > 0 else len(emb[0])
             vec = np.asarray(emb.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
-            mv = None
+            mv = vector_version
             if "model_version" in cols:
-                versions = set(batch.column("model_version").to_pylist())
+                versions = {vector_version if v is None else v for v in batch.column("model_version").to_pylist()}
                 if len(versions) != 1:
-                    raise ValidationError(f"`path` {str(path)!r} mixes model versions {sorted(map(str, versions))}. "
-                                          "Fix: build one index per model version.")
+                    raise ValidationError(
+                        f"`path` {str(path)!r} mixes model versions {sorted(map(str, versions))}. "
+                        f"Fix: build one index per model version{_NULLS if None in versions else ''}.")
                 mv = versions.pop()
+                if vector_version is not None and mv != vector_version:
+                    raise ValidationError(
+                        f"`vector_version` {vector_version!r} is not the version {str(path)!r} records in its "
+                        f"model_version column: {mv!r}. Fix: leave `vector_version` out (the column says it), or "
+                        f"build from embeddings of {vector_version!r}.")
+            if mv is None and not allow_unversioned:
+                raise _unversioned(path, "its model_version column is null")
             if not seen:
                 first, seen = mv, True
-            elif mv is not None and first is not None and mv != first:
+            elif mv != first:
                 raise ValidationError(f"`path` {str(path)!r} mixes model versions {first!r} and {mv!r}. "
-                                      "Fix: build one index per model version.")
+                                      f"Fix: build one index per model version{_NULLS if None in (mv, first) else ''}.")
             yield batch.column("id").to_pylist(), vec, mv
 
     return n, batches()

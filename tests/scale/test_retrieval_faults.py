@@ -217,3 +217,74 @@ def test_cli_build_reports_rows_skipped_as_repeated_ids(tmp_path, capsys):
     assert "indexed 40 posts" in out
     assert "warning: skipped 10 of 50 rows: their id came earlier (the first row of each id is kept)" in out
     assert "skipped 10 of 50 rows" in err  # the log warning
+
+
+def _versionless_parquet(path, n=20):
+    """Parquet embeddings without the `model_version` column (a hand-made export), for ``n`` 50-d posts."""
+    import pyarrow.parquet as pq
+
+    from postemb_rt.backfill import embeddings_table
+
+    pq.write_table(embeddings_table([f"p{i}" for i in range(n)], random_unit(n), "x", "string")
+                   .drop_columns(["model_version"]), path)
+    return path
+
+
+def test_cli_build_from_parquet_without_a_version_needs_one_or_an_explicit_opt_out(tmp_path, capsys):
+    """An index of no version cannot check a query's model against its vectors: from Parquet without
+    a `model_version` column, `index build` asks for --vector-version (recorded, then checked by
+    `query --text`) and builds an index of no version only with --allow-unversioned."""
+    from postemb_rt.cli import main
+
+    src = _versionless_parquet(tmp_path / "e.parquet")
+    build = ["index", "build", "--input", str(src), "--out", str(tmp_path / "idx")]
+    assert main(build) == 2
+    err = capsys.readouterr().err
+    assert f"`path` '{src}' records no vector version (no model_version column; its columns: ['id', 'embedding'])" \
+           in err and "Given: no `--vector-version`. Fix: give `--vector-version` (the Encoder.vector_version" in err
+    assert "(`--allow-unversioned`)" in err and not (tmp_path / "idx").exists()
+    assert main(build + ["--vector-version", "postemb-mt50-v4"]) == 0
+    assert "vector version=postemb-mt50-v4" in capsys.readouterr().out
+    assert PostIndex.load(tmp_path / "idx").vector_version == "postemb-mt50-v4"
+    query = ["index", "query", "--index", str(tmp_path / "idx"), "--text", "hi", "--model", "base"]
+    assert main(query) == 2  # checked before the model loads
+    assert "gives vectors of version 'all-MiniLM-L6-v2' but the index holds 'postemb-mt50-v4'" \
+           in capsys.readouterr().err
+    assert main(build + ["--allow-unversioned"]) == 0
+    out, err = capsys.readouterr()
+    assert "vector version=None" in out and f"{src} records no vector version (no model_version column" in err
+    assert PostIndex.load(tmp_path / "idx").vector_version is None
+    assert main([*query[:-1], "default", "--json"]) == 0  # queried, with a warning
+    assert f"`--index` '{tmp_path / 'idx'}' records no vector version, so `--model` 'default' is not checked" \
+           in capsys.readouterr().err
+
+
+def test_a_stated_vector_version_must_agree_with_the_column_and_fills_null_rows(tmp_path):
+    import pyarrow.parquet as pq
+
+    from postemb_rt.backfill import embeddings_table
+
+    x = random_unit(4)
+    pq.write_table(embeddings_table(["a", "b"], x[:2], "m1", "string"), tmp_path / "e.parquet")
+    assert PostIndex.from_parquet(tmp_path / "e.parquet", vector_version="m1").vector_version == "m1"
+    with pytest.raises(ValidationError, match=r"`vector_version` 'm2' is not the version .* records in its "
+                                              r"model_version column: 'm1'. Fix: leave `vector_version` out"):
+        PostIndex.from_parquet(tmp_path / "e.parquet", vector_version="m2")
+    nulls = embeddings_table(["c", "d"], x[2:], "m1", "string")
+    nulls = nulls.set_column(2, "model_version", pa_nulls(nulls))
+    (tmp_path / "d").mkdir()
+    pq.write_table(nulls, tmp_path / "d" / "part-0.parquet")
+    with pytest.raises(ValidationError, match="records no vector version \\(its model_version column is null\\)"):
+        PostIndex.from_parquet(tmp_path / "d", allow_unversioned=False)
+    assert PostIndex.from_parquet(tmp_path / "d", vector_version="m1", allow_unversioned=False).vector_version == "m1"
+    pq.write_table(embeddings_table(["a", "b"], x[:2], "m1", "string"), tmp_path / "d" / "part-1.parquet")
+    with pytest.raises(ValidationError, match=r"mixes model versions (None and 'm1'|'m1' and None).*`vector_version` "
+                                              r"states the version of such rows"):  # a null batch took the index's
+        PostIndex.from_parquet(tmp_path / "d", batch_rows=2)
+    assert PostIndex.from_parquet(tmp_path / "d", vector_version="m1").vector_version == "m1"
+
+
+def pa_nulls(table):
+    import pyarrow as pa
+
+    return pa.nulls(table.num_rows, pa.string())
