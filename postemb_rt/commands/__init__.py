@@ -1,6 +1,6 @@
 """Subcommands of ``postemb``: one module each, each with ``register(subparsers)``; and
 ``Parser``, the argument parser of every command and export script, with ``at_least``, its
-type for counts."""
+type for counts, and ``add_prompt_args``, the prompt flags of the commands that encode."""
 from __future__ import annotations
 
 import argparse
@@ -31,3 +31,12 @@ def at_least(low: int, kind=int):
         return value
     parse.__name__ = f"{what.split()[1]} >= {low}"
     return parse
+
+
+def add_prompt_args(parser: argparse.ArgumentParser, what: str = "post") -> None:
+    """``--prompt-name`` / ``--prompt``: ``Encoder.encode``'s ``prompt_name`` / ``prompt``
+    (postemb_rt.prompts), prepended to every ``what`` the command encodes; checked there."""
+    parser.add_argument("--prompt-name", default=None, help="a prompt of the model's (its `prompts`, e.g. query or "
+                        f"document) prepended to every {what} (default: the model's default prompt, if any)")
+    parser.add_argument("--prompt", default=None, help=f"a prompt text prepended to every {what} (\"\" turns the "
+                        "model's default prompt off); not with --prompt-name")

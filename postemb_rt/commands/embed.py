@@ -24,6 +24,7 @@ from .. import backends
 from ..durable import check_writable
 from ..errors import ValidationError
 from ..quantization import PRECISIONS
+from . import add_prompt_args
 
 INT64 = (-(2 ** 63), 2 ** 63 - 1)
 
@@ -236,10 +237,7 @@ def register(sub) -> None:
                    help="output quantization, Encoder.encode(precision=...): int8 / uint8 one byte per dimension "
                         "(the model's calibration ranges), binary / ubinary one bit (8 per byte); .npy output "
                         "only, which keeps the dtype (default: float32)")
-    p.add_argument("--prompt-name", default=None, help="a prompt of the model's (its `prompts`, e.g. query or "
-                   "document) prepended to every post (default: the model's default prompt, if any)")
-    p.add_argument("--prompt", default=None, help="a prompt text prepended to every post (\"\" turns the model's "
-                   "default prompt off); not with --prompt-name")
+    add_prompt_args(p)
     p.add_argument("--truncate-dim", type=int, default=None,
                    help="a nested prefix the model declares (its matryoshka_dims, e.g. 32, 16 or 8 for default): the "
                         "first K components re-normalised; the vector version gets '@K' (default: the full dim)")

@@ -13,7 +13,10 @@ query: by text (``--text``), embedded the way the index's vectors were: the inde
 their vector version (model version + "+<precision>" when not fp32 + "+chunk" in chunk
 mode), and the query encoder is loaded with that precision and long-post mode; ``--model``
 must be that model (default: default); ``--precision`` / ``--long-posts`` may say the same
-thing explicitly, and anything that would give another vector version is refused. Or for a
+thing explicitly, and anything that would give another vector version is refused;
+``--prompt-name`` / ``--prompt`` as in ``postemb embed`` (a prompt is not part of the vector
+version, so which one the posts were embedded with is not checked: for a model with query and
+document prompts, ``--prompt-name query`` against posts embedded with ``document``). Or for a
 member (``--member ID,ID,...``: the posts they engaged with, each counted once; Ward clusters,
 one query per cluster, merged; the history itself is left out; ``--mean`` uses the single mean
 vector instead). See docs/RETRIEVAL.md.
@@ -26,6 +29,7 @@ import logging
 import time
 
 from ..errors import ValidationError
+from . import add_prompt_args
 
 log = logging.getLogger("postemb_rt")
 
@@ -114,11 +118,12 @@ def query_encoder(args, index_version: str | None):
     """The encoder for ``--text`` queries, loaded so its vector version is the index's: the
     precision and long-post mode come from the index's recorded version unless ``--precision`` /
     ``--long-posts`` say otherwise (then they must agree with it); a nested prefix (``@<k>``) is
-    returned as the ``truncate_dim`` to encode queries with. Checked before the model loads.
-    Returns (encoder, truncate_dim or None)."""
+    returned as the ``truncate_dim`` to encode queries with. Checked before the model loads, with
+    ``--prompt-name`` / ``--prompt``. Returns (encoder, truncate_dim or None)."""
     from ..encoder import Encoder
     from ..model_dir import vector_version
     from ..model_dir import resolve
+    from ..prompts import resolve as resolve_prompt
 
     if index_version:
         model, want_p, want_lp, dim, max_length = split_vector_version(index_version)
@@ -128,7 +133,9 @@ def query_encoder(args, index_version: str | None):
                     "made its vectors: if another model (or precision) made them, the hits mean nothing. Fix: rebuild "
                     "the index with --vector-version V.", args.index, args.model)
     precision, long_posts = args.precision or want_p, args.long_posts or want_lp
-    got = vector_version(resolve(args.model).config.model_version, precision, long_posts, dim, max_length)
+    config = resolve(args.model).config
+    resolve_prompt(config, prompt=args.prompt, prompt_name=args.prompt_name)  # a bad one: refused before the load
+    got = vector_version(config.model_version, precision, long_posts, dim, max_length)
     if index_version and got != index_version:
         raise ValidationError(
             f"`--model` {args.model!r} with --precision {precision} --long-posts {long_posts} gives vectors of "
@@ -191,12 +198,16 @@ def run_query(args) -> int:
                               f"{'both' if args.text else 'neither'}.")
     if args.k < 1:
         raise ValidationError(f"`--k` must be a positive int. Given: {args.k}.")
+    if args.member and (args.prompt_name is not None or args.prompt is not None):
+        given = f"--prompt-name {args.prompt_name!r}" if args.prompt_name is not None else f"--prompt {args.prompt!r}"
+        raise ValidationError(f"`--prompt-name` / `--prompt` apply to `--text` queries (a member's vectors are the "
+                              f"stored ones). Given: {given} with --member. Fix: drop it.")
     idx = PostIndex.load(args.index)
     results = []
     if args.text:
         enc, dim = query_encoder(args, idx.vector_version)
         try:
-            vectors = enc.encode(args.text, truncate_dim=dim)
+            vectors = enc.encode(args.text, truncate_dim=dim, prompt_name=args.prompt_name, prompt=args.prompt)
         finally:
             enc.close()
         for text, hits in zip(args.text, idx.search(vectors, args.k, rescore=args.rescore)):
@@ -260,6 +271,7 @@ def register(sub) -> None:
                    help="with --text: compute precision (default: the one the index's vector version records)")
     q.add_argument("--long-posts", choices=["truncate", "chunk"],
                    help="with --text: long-post mode (default: the one the index's vector version records)")
+    add_prompt_args(q, "--text query")
     q.add_argument("--rescore", type=int, metavar="N",
                    help="binary index: rescore multiplier for this query (default: the index's; 0: Hamming order)")
     q.add_argument("--mean", action="store_true", help="with --member: one mean vector instead of Ward clusters")

@@ -261,3 +261,40 @@ def test_cli_index_build_and_query_by_text_and_member(tmp_path, capsys, default_
     assert main(["index", "query", "--index", str(tmp_path / "idx"), "--text", "x", "--model", "base"]) == 2
     assert (f"`--model` 'base' with --precision fp32 --long-posts truncate gives vectors of version 'all-MiniLM-L6-v2' "
             f"but the index holds '{default_encoder.model_version}'") in capsys.readouterr().err
+
+
+def test_cli_query_by_text_takes_embeds_prompt_flags(tmp_path, capsys, default_encoder, monkeypatch):
+    """`index query --text` encodes with --prompt-name / --prompt as `postemb embed` and Encoder.encode
+    do; a bad one is refused before the model loads, and with --member (stored vectors) neither applies."""
+    import pyarrow.parquet as pq
+
+    from postemb_rt import Encoder
+    from postemb_rt.backfill import embeddings_table
+    from postemb_rt.cli import main
+
+    ids = [f"p{i}" for i in range(len(POSTS))]
+    pq.write_table(embeddings_table(ids, default_encoder.encode(POSTS), default_encoder.model_version, "string"),
+                   tmp_path / "e.parquet")
+    assert main(["index", "build", "--input", str(tmp_path / "e.parquet"), "--out", str(tmp_path / "idx")]) == 0
+    idx = PostIndex.load(tmp_path / "idx")
+    q = ["index", "query", "--index", str(tmp_path / "idx"), "--text", POSTS[12], "--k", "3", "--json"]
+    capsys.readouterr()
+    assert main([*q, "--prompt", "a post about: "]) == 0
+    got = json.loads(capsys.readouterr().out)["hits"]
+    want = idx.search(default_encoder.encode([POSTS[12]], prompt="a post about: "), 3)[0]
+    assert [h["id"] for h in got] == [h.id for h in want] and got[0]["score"] < 0.999  # the prompt was applied
+    np.testing.assert_allclose([h["score"] for h in got], [h.score for h in want], atol=1e-5)
+    assert main([*q, "--prompt-name", "query"]) == 0  # every model has the (here empty) query prompt
+    assert json.loads(capsys.readouterr().out)["hits"][0]["score"] > 0.999
+
+    def no_load(*a, **k):
+        raise AssertionError("the model loaded before the prompt was checked")
+    monkeypatch.setattr(Encoder, "from_pretrained", no_load)
+    assert main([*q, "--prompt-name", "passage"]) == 2
+    assert "`--prompt-name` must be one of this model's prompts ['document', 'query']. Given: 'passage'" \
+           in capsys.readouterr().err
+    assert main([*q, "--prompt-name", "query", "--prompt", "q: "]) == 2
+    assert "give `--prompt` or `--prompt-name`, not both" in capsys.readouterr().err
+    member = ["index", "query", "--index", str(tmp_path / "idx"), "--member", "p1", "--prompt-name", "query"]
+    assert main(member) == 2
+    assert "`--prompt-name` / `--prompt` apply to `--text` queries" in capsys.readouterr().err
