@@ -8,7 +8,9 @@ worker stores under, e.g. postemb-mt50-v4 or postemb-mt50-v4+bf16+chunk); FAISS 
 (flat up to 20k posts, HNSW up to 2M, IVF beyond) unless ``--kind`` says. ``--binary`` stores
 sign bits (1 bit per dimension, Hamming distance); ``--rescore N`` keeps the float vectors
 too and re-ranks the k*N Hamming-nearest by cosine. Rows whose id came earlier are skipped
-(the first row of each id is kept) and counted in a warning.
+(the first row of each id is kept) and counted in a warning, which counts apart, and names, those
+whose vector is not their id's first row's (two posts under one id, or a post edited and embedded
+again: retrieval/repeats.py says why they are reported, not refused).
 query: by text (``--text``), embedded the way the index's vectors were: the index records
 their vector version (model version + "+<precision>" when not fp32 + "+chunk" in chunk
 mode), and the query encoder is loaded with that precision and long-post mode; ``--model``
@@ -149,6 +151,7 @@ def query_encoder(args, index_version: str | None):
 def run_build(args) -> int:
     from ..retrieval import PostIndex
     from ..retrieval.folder import check_target
+    from ..retrieval.repeats import skipped_message
 
     start = time.perf_counter()
     if args.rescore and not args.binary:
@@ -185,8 +188,7 @@ def run_build(args) -> int:
     print(f"indexed {d['count']} posts from {source} in {time.perf_counter() - start:.1f} s: kind={d['kind']} "
           f"({d['faiss_index']}), dim={d['dim']}{binary}, vector version={d['vector_version']} -> {args.out}")
     if idx.skipped:
-        print(f"warning: skipped {idx.skipped} of {rows} rows: their id came earlier (the first row of each id "
-              "is kept)")
+        print(f"warning: {skipped_message(idx, rows)}")
     return 0
 
 

@@ -128,7 +128,7 @@ def read(cls, folder, mmap: bool = True):
     idx.binary, idx.rescore = bool(meta.get("binary", False)), int(meta.get("rescore", 0))
     idx.bits = int(meta.get("bits", 0))
     idx.ef_search, idx.nprobe, idx.nlist = meta["ef_search"], meta["nprobe"], meta["nlist"]
-    idx.skipped, idx._float_parts = 0, []
+    idx.skipped, idx.conflicts, idx.conflict_ids, idx._float_parts = 0, 0, [], []
     needed = ["index.faiss", "ids.parquet"] + (["vectors.npy"] if idx.rescore else [])
     for name in needed:
         if not (folder / name).is_file():

@@ -26,7 +26,8 @@ FAISS stores row positions 0..n-1 and ``ids[pos]`` maps them back. Adding an id 
 is skipped (an embedding is a pure function of (text, vector version), so it is the same
 vector); ``add`` returns how many were new and counts the rest in ``skipped``, which ``build``
 and ``from_parquet`` log as a warning (rows of their input whose id came earlier: the first
-row of each id is kept).
+row of each id is kept). Skipped rows whose vector is not their id's first are counted apart,
+in ``conflicts``, and named in that warning: ``repeats.py``.
 
 Versions: an index records the **vector version** of its vectors (``Encoder.vector_version``:
 the model version plus ``+<precision>`` / ``+chunk`` when those change the numbers), the string
@@ -47,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ValidationError
+from .repeats import EXAMPLES, differing, skipped_message
 from .sources import read_parquet, read_store
 
 log = logging.getLogger("postemb_rt")
@@ -124,8 +126,7 @@ def _as_ids(ids, first) -> list:
 
 def _warn_skipped(idx: "PostIndex", rows: int, source) -> None:
     if idx.skipped:
-        log.warning("%s: skipped %d of %d rows: their id came earlier (the first row of each id is kept)",
-                    source, idx.skipped, rows)
+        log.warning("%s: %s", source, skipped_message(idx, rows))
 
 
 def _check_rescore(rescore, binary: bool) -> int:
@@ -190,6 +191,7 @@ class PostIndex:
         self.ids: list = []
         self._pos: dict = {}
         self.skipped = 0  # ids add() skipped as already present (or repeated in one call)
+        self.conflicts, self.conflict_ids = 0, []  # of those, rows of another vector; a few of their ids
 
     @property
     def model_version(self) -> str | None:
@@ -228,20 +230,25 @@ class PostIndex:
     def add(self, ids, vectors) -> int:
         """Add posts: ``ids`` (n,) int or str, of one type, the index's (ValidationError before
         anything is added otherwise), ``vectors`` float32 (n, dim) unit rows. Ids already in the
-        index (or repeated in ``ids``) are skipped, counted in ``skipped``. IVF trains on its first
+        index (or repeated in ``ids``) are skipped, counted in ``skipped`` (and in ``conflicts`` when
+        their vector is not the kept one: ``repeats.py``). IVF trains on its first
         add, which must then hold at least 39 * nlist vectors. Returns the number added."""
         v = _as_vectors(vectors, self.dim)
         ids = list(ids)
         if len(ids) != len(v):
             raise ValidationError(f"`ids` and `vectors` must have the same length. Given: {len(ids)} and {len(v)}.")
         ids = _as_ids(ids, self.ids[0] if self.ids else None)
-        keep = []
+        keep, repeats = [], []  # repeats: (row, position of its id's kept row)
         for i, pid in enumerate(ids):
-            if pid not in self._pos:
+            pos = self._pos.get(pid)
+            if pos is None:
                 self._pos[pid] = len(self.ids) + len(keep)
                 keep.append(i)
+            else:
+                repeats.append((i, pos))
+        conflicts = differing(self, v, ids, repeats, keep, len(self.ids))
         if not keep:
-            self.skipped += len(ids)
+            self._count_skipped(len(ids), conflicts)
             return 0
         skipped = len(ids) - len(keep)
         if skipped:
@@ -257,7 +264,7 @@ class PostIndex:
                     f"vectors. Given: {len(v)}. Fix: add more at once, a smaller nlist, or kind='hnsw'.")
             self.index.train(codes[: 256 * self.nlist])
         self.index.add(codes)
-        self.skipped += skipped
+        self._count_skipped(skipped, conflicts)
         if self.rescore:
             self._float_parts.append(v)
         self.ids.extend(ids)
@@ -359,23 +366,32 @@ class PostIndex:
         """The stored vectors of ``ids`` as float32 (n, dim); raises ValidationError naming an
         unknown id. A binary index returns the kept float vectors (rescore > 0), else the sign
         vectors scaled to unit norm (+-1/sqrt(dim)): the most its bits say."""
-        out = np.empty((len(ids), self.dim), np.float32)
         positions = []
         for i, pid in enumerate(ids):
             if pid not in self._pos:
                 raise ValidationError(f"`ids[{i}]` {pid!r} is not in the index.")
             positions.append(self._pos[pid])
+        return self.vectors_at(positions)
+
+    def vectors_at(self, positions) -> np.ndarray:
+        """:meth:`vectors_of` by row position (0..len-1) instead of id."""
+        out = np.empty((len(positions), self.dim), np.float32)
         if self.binary and self.rescore:
-            return np.asarray(self._floats()[positions], np.float32).reshape(len(ids), self.dim)
-        if self.kind == "ivf" and len(ids):
+            return np.asarray(self._floats()[positions], np.float32).reshape(len(positions), self.dim)
+        if self.kind == "ivf" and len(positions):
             self.index.make_direct_map()
         for i, p in enumerate(positions):
-            row = self.index.reconstruct(p)
+            row = self.index.reconstruct(int(p))
             if self.binary:
                 bits = np.unpackbits(np.asarray(row, np.uint8))[: self.dim]
                 row = (bits.astype(np.float32) * 2 - 1) / np.sqrt(self.dim)
             out[i] = row
         return out
+
+    def _count_skipped(self, skipped: int, conflicts: list) -> None:
+        self.skipped += skipped
+        self.conflicts += len(conflicts)
+        self.conflict_ids += conflicts[: EXAMPLES - len(self.conflict_ids)]
 
     def position(self, pid) -> int | None:
         return self._pos.get(pid)

@@ -211,12 +211,37 @@ def test_cli_build_reports_rows_skipped_as_repeated_ids(tmp_path, capsys):
 
     (tmp_path / "emb").mkdir()
     ids = [f"p{i % 40}" for i in range(50)]  # p0..p9 twice
-    pq.write_table(embeddings_table(ids, random_unit(50), "m1", "string"), tmp_path / "emb" / "part-00000.parquet")
+    x = random_unit(50)
+    x[40:45] = x[:5]  # p0..p4 repeat their vector, p5..p9 come with another
+    pq.write_table(embeddings_table(ids, x, "m1", "string"), tmp_path / "emb" / "part-00000.parquet")
     assert main(["index", "build", "--input", str(tmp_path / "emb"), "--out", str(tmp_path / "idx")]) == 0
     out, err = capsys.readouterr()
     assert "indexed 40 posts" in out
-    assert "warning: skipped 10 of 50 rows: their id came earlier (the first row of each id is kept)" in out
-    assert "skipped 10 of 50 rows" in err  # the log warning
+    assert ("warning: skipped 10 of 50 rows: their id came earlier (the first row of each id is kept); 5 of them had "
+            "another vector than their id's first row (ids 'p5', 'p6', 'p7', ...): two posts under one id") in out
+    assert "skipped 10 of 50 rows" in err and "5 of them had another vector" in err  # the log warning
+
+
+@pytest.mark.parametrize("params", [{"kind": "flat"}, {"kind": "hnsw"}, {"kind": "ivf", "nlist": 2},
+                                    {"binary": True}, {"binary": True, "rescore": 2}], ids=str)
+def test_repeated_ids_with_another_vector_are_counted_apart_and_named(params, caplog, tmp_path):
+    """A repeat of the same vector (a resumed backfill) is a plain skip; one of another vector (one id for
+    two posts, or an edited post embedded again) is counted and named, in one add and across adds."""
+    x = random_unit(100, 7)
+    ids = [f"p{i}" for i in range(100)]
+    noisy = x[3] + np.float32(1e-7)  # re-embedding noise: the same vector
+    with caplog.at_level("WARNING", logger="postemb_rt"):
+        idx = PostIndex.build(ids + ["p3", "p4"], np.vstack([x, noisy / np.linalg.norm(noisy), x[5]]), **params)
+    assert (idx.skipped, idx.conflicts, idx.conflict_ids) == (2, 1, ["p4"])
+    assert "skipped 2 of 102 rows" in caplog.text and "1 of them had another vector than their id's first row " \
+           "(ids 'p4'): two posts under one id, or a post edited and embedded again, and the index holds the first" \
+           in caplog.text
+    assert idx.add(["p0", "p1", "new"], np.vstack([x[0], x[2], x[9]])) == 1  # p0 the same, p1 another
+    assert (idx.skipped, idx.conflicts, idx.conflict_ids) == (4, 2, ["p4", "p1"])
+    assert idx.search(x[1], 1)[0][0].id == "p1"  # the first vector kept
+    idx.save(tmp_path / "idx")
+    back = PostIndex.load(tmp_path / "idx")
+    assert back.add(["p2", "p6"], np.vstack([x[3], x[6]])) == 0 and (back.conflicts, back.conflict_ids) == (1, ["p2"])
 
 
 def _versionless_parquet(path, n=20):
