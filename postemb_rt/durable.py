@@ -98,7 +98,7 @@ def _sweep(folder: Path, writer_of: Callable[[str], str | None]) -> None:
         except OSError as exc:
             log.warning("could not remove %s, left by process %s, which no longer runs: %s", path, writer, exc)
             continue
-        log.info("removed %s, left by process %s, which no longer runs (killed while writing)", path, writer)
+        log.info("removed %s, left by process %s, which no longer runs (it stopped mid-write)", path, writer)
 
 
 def _temporary(final: Path) -> Path:
