@@ -21,8 +21,8 @@ from pathlib import Path
 
 from ..durable import check_writable
 from ..errors import ValidationError
-from . import at_least
 from ..model_dir import REGISTERED, resolve
+from . import at_least
 
 
 def run(args) -> int:
