@@ -76,6 +76,16 @@ def _responses(*codes: int, ok: dict | None = None) -> dict:
     return out
 
 
+def _get_and_head(app, path: str, endpoint, responses: dict, name: str | None = None) -> None:
+    """``GET path`` in the OpenAPI spec, and ``HEAD path`` (probes) beside it but left out of the spec: one
+    route with both methods gives both operations one operationId (FastAPI's "Duplicate Operation ID"),
+    which breaks OpenAPI code generators; FastAPI's own GET routes do not list HEAD either."""
+    from fastapi import Response
+
+    app.add_api_route(path, endpoint, methods=["GET"], response_class=Response, responses=responses, name=name)
+    app.add_api_route(path, endpoint, methods=["HEAD"], response_class=Response, name=name, include_in_schema=False)
+
+
 def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = None):
     """The FastAPI app. The models load on a thread when the app starts (lifespan); their
     batchers are drained when it stops. ``app.state.models`` is the
@@ -224,10 +234,8 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         return json_response(200, {"status": "ok"})
 
     for path in ("/health", "/ping", "/"):  # liveness; /ping and GET / are TEI's (SageMaker's, load balancers')
-        app.add_api_route(path, health, methods=["GET", "HEAD"], response_class=Response, responses=_responses(),
-                          name=f"health{path.replace('/', '_')}")
+        _get_and_head(app, path, health, responses=_responses(), name=f"health{path.replace('/', '_')}")
 
-    @app.api_route("/ready", methods=["GET", "HEAD"], response_class=Response, responses=_responses(503))
     async def ready():
         # Unauthenticated: a reason code only; the details are in the log (and /info, with the key).
         # 200 only when every model is loaded, warmed up and healthy.
@@ -247,7 +255,8 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
                                            "workers_ready": ready_workers, "workers": workers}, {"Retry-After": "1"})
         return json_response(200, {"status": "ready", "model": rt.name, "models": models.names()})
 
-    @app.api_route("/info", methods=["GET", "HEAD"], response_class=Response, responses=_responses(*KEYED))
+    _get_and_head(app, "/ready", ready, responses=_responses(503))
+
     async def info():  # ours and text-embeddings-inference's fields, of the default model; then every model
         out = {**rt.info(), **tei.info_fields(rt), "ready": models.loaded, "limits": cfg.public(),
                "models": models.describe()}
@@ -255,10 +264,13 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
             out["load_error"] = models.load_error
         return json_response(200, out)
 
-    @app.api_route("/metrics", methods=["GET", "HEAD"], response_class=Response, responses=_responses(
-        *KEYED, ok={CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}))
+    _get_and_head(app, "/info", info, responses=_responses(*KEYED))
+
     async def prometheus_metrics():
         return Response(metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    _get_and_head(app, "/metrics", prometheus_metrics,
+                  responses=_responses(*KEYED, ok={CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}))
 
     tei.add_routes(app, cfg, rt, admission, _render, KEYED)
     app.add_middleware(Gate, runtime=rt, metrics=metrics)

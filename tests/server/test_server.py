@@ -235,6 +235,27 @@ def test_info_and_answers_report_the_vector_version(client, server_encoder):
     assert truncate == server_encoder.vector_version and chunk.endswith("+chunk") and chunk != truncate
 
 
+def test_openapi_operation_ids_are_unique_and_built_without_warnings(main_server, client):
+    """GET and HEAD on one route shared an operationId (six of them: /health, /ping, /, /ready, /info,
+    /metrics), which code generators refuse, and building /openapi.json logged FastAPI's "Duplicate
+    Operation ID" warning for each; the HEAD routes are left out of the spec (they still answer)."""
+    import warnings
+
+    from postemb_rt.serving.config import ServeConfig
+    from postemb_rt.serving.routes import create_app
+
+    ops = [op["operationId"] for item in client.get("/openapi.json").json()["paths"].values() for op in item.values()]
+    assert len(ops) == len(set(ops)), sorted(o for o in ops if ops.count(o) > 1)
+    for path in ("/health", "/ping", "/", "/ready", "/info", "/metrics"):
+        assert client.head(path).status_code == 200, path
+    time.sleep(0.5)  # the server's stderr (a warning goes there) is read by a thread
+    assert not [line for line in main_server.lines if "Duplicate Operation ID" in line]
+    with warnings.catch_warnings(record=True) as caught:  # in process too: FastAPI warns once per process
+        warnings.simplefilter("always")
+        create_app(ServeConfig(api_key="k")).openapi()
+    assert [str(w.message) for w in caught if "Duplicate Operation ID" in str(w.message)] == []
+
+
 def test_answers_write_float32_in_its_shortest_round_trip_form():
     """errors.dumps (every JSON answer): a float32 vector is written as float32's shortest decimal, which
     reads back (cast to float32) as the same bits, in about half float64's bytes; a strided prefix and an
