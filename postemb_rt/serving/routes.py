@@ -11,7 +11,6 @@ from typing import Callable
 
 from .. import quantization
 from ..encode_options import truncate as truncate_rows
-from ..encoder import vector_version
 from . import encodings, tei
 from .auth import Admission, Gate
 from .config import ServeConfig
@@ -20,7 +19,7 @@ from .errors import CLIENT_CLOSED, ApiError, dumps, error_response, json_respons
 from .metrics import Metrics
 from .registry import ModelRegistry
 from .schemas import EmbedRequest, ErrorResponse, V1EmbeddingsRequest, body_doc, json_object, parse
-from .tei import TRUNCATED_HEADER, check_dimensions
+from .tei import TRUNCATED_HEADER, VERSION_HEADER, check_dimensions
 
 log = logging.getLogger("postemb_rt.server")
 
@@ -175,11 +174,13 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         else:
             rows = list(vecs) if req.encoding_format == "float" else base64_rows(vecs)
         data = [{"object": "embedding", "index": i, "embedding": r} for i, r in enumerate(rows)]
-        # `truncated`: indices of inputs cut to max_length (OpenAI clients keep unknown fields)
-        resp = await _render({"object": "list", "data": data, "model": m.name,
+        # `truncated`: indices of inputs cut to max_length; `vector_version`: the version of these vectors, the
+        # precision and the `dimensions` prefix included (OpenAI clients keep unknown fields, in model_extra)
+        version = m.vector_version(dim)
+        resp = await _render({"object": "list", "data": data, "model": m.name, "vector_version": version,
                               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "truncated": truncated},
                              vecs.size if req.encoding_format == "float" else 0)
-        resp.headers[TRUNCATED_HEADER] = str(len(truncated))
+        resp.headers[TRUNCATED_HEADER], resp.headers[VERSION_HEADER] = str(len(truncated)), version
         return resp
 
     @app.post("/embed_full", openapi_extra=body_doc(EmbedRequest), response_class=Response,
@@ -197,7 +198,7 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
                                                 long_posts=long_posts, chunk_stats=chunk_stats,
                                                 prompt_name=req.prompt_name,
                                                 truncation_direction=req.truncation_direction)
-        version = vector_version(enc.model_version, enc.backend.precision, long_posts)
+        version = m.vector_version(None, long_posts)
         out = {"model": m.name, "vector_version": version, "dim": enc.dim, "encoding": req.encoding,
                "normalized": req.normalize}
         if req.encoding in ("binary", "ubinary"):
@@ -209,7 +210,9 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
             out["embeddings"] = await m.off_loop(encodings.quantize, vecs, req.encoding, m.quant_ranges)
         out.update(truncated=truncated, long_posts=long_posts, **chunk_stats,
                    usage={"prompt_tokens": tokens, "total_tokens": tokens})
-        return await _render(out, vecs.size)
+        resp = await _render(out, vecs.size)
+        resp.headers[VERSION_HEADER] = version
+        return resp
 
     async def v1_models():  # OpenAI clients and tools list models before using one
         for m in models.runtimes:  # 503 until every model is loaded (an unnamed one's name is its version)
@@ -279,7 +282,7 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
 
         app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST", "HEAD"],
                            allow_headers=["authorization", "content-type"],
-                           expose_headers=[TRUNCATED_HEADER, "X-Compute-Tokens", "Retry-After"])
+                           expose_headers=[TRUNCATED_HEADER, VERSION_HEADER, "X-Compute-Tokens", "Retry-After"])
     return app
 
 

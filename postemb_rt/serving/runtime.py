@@ -15,7 +15,8 @@ from typing import Callable
 import numpy as np
 
 from .. import quantization
-from ..encode_options import allowed_dims
+from ..encode_options import allowed_dims, check_truncate_dim
+from ..model_dir import vector_version
 from ..errors import BatcherClosedError, DeadlineExceededError, OverloadedError, ValidationError
 from .config import ServeConfig
 from . import encodings
@@ -110,6 +111,17 @@ class Runtime:
             raise ApiError(503, "The model is still loading; retry shortly.", type="server_error",
                            code="loading", headers={"Retry-After": "1"})
         return self.encoder
+
+    def vector_version(self, dim: int | None = None, long_posts: str = "truncate") -> str:
+        """The vector version of this model's answers cut to ``dim`` (None: its full dim) in ``long_posts``
+        mode: what ``Encoder.vector_version_at(dim)`` reports for an encoder loaded in that mode (the
+        server's encoder has one mode, ``--long-posts``, but /v1/embeddings always truncates and
+        /embed_full takes a mode per request). Built by ``model_dir.vector_version``, the one function
+        that writes these strings, from the encoder's own precision, prefix and max_length. Once loaded."""
+        enc = self.encoder
+        max_length = enc.max_length if enc.max_length != enc.model.config.max_length else None
+        return vector_version(enc.model_version, enc.backend.precision, long_posts,
+                              check_truncate_dim(enc, enc.dim if dim is None else dim), max_length)
 
     # -- one embedding request ---------------------------------------------------------
     def prompted(self, enc, texts: list[str], prompt_name: str | None) -> list[str]:
@@ -290,7 +302,8 @@ class Runtime:
             if self.batcher is not None:
                 desc["batcher"] = self.batcher.implementation
                 d["batcher_options"] = self.batcher.options
-            d.update(model=enc.model_version, vector_version=enc.vector_version, dim=enc.dim, max_length=enc.max_length,
+            d.update(model=enc.model_version, vector_version=self.vector_version(None, self.cfg.long_posts),
+                     dim=enc.dim, max_length=enc.max_length,
                      backend=desc.get("backend"), precision=desc.get("precision"),
                      precision_reason=desc.get("precision_reason"), runtime=desc,
                      encodings=encodings.describe(enc.dim, self.quant_ranges),

@@ -44,6 +44,7 @@ from .schemas import (DecodeRequest, ErrorResponse, SimilarityParameters, Simila
                       TeiErrorResponse, TokenizeRequest, body_doc, given, json_object, parse)
 
 TRUNCATED_HEADER = "X-Truncated-Inputs"  # how many inputs of the request were cut to max_length
+VERSION_HEADER = "X-Vector-Version"  # the vector version of the answer's vectors (Runtime.vector_version)
 AUTO_TRUNCATE = True  # TEI's --auto-truncate: what `truncate: null` means here (as /v1/embeddings always does)
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
 _ERRORS = {
@@ -141,6 +142,7 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
                 if dim < enc.dim:  # the prefix, re-normalised when asked (as Encoder.encode's truncate_dim)
                     vecs = truncate_rows(vecs, dim, req.normalize)
                 resp = await render(vecs, vecs.size)
+                resp.headers[VERSION_HEADER] = rt.vector_version(dim, cfg.long_posts)
         except ApiError as err:
             return tei_error(err)
         resp.headers[TRUNCATED_HEADER] = str(len(truncated))
@@ -169,6 +171,7 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
                     prompt_name=p.prompt_name, truncation_direction=p.truncation_direction, item=_similarity_item)
                 scores = vecs[1:] @ vecs[0]  # cosine: the rows are unit vectors
                 resp = await render(scores, 0)
+                resp.headers[VERSION_HEADER] = rt.vector_version(None, cfg.long_posts)  # of the vectors compared
         except ApiError as err:
             return tei_error(err)
         resp.headers[TRUNCATED_HEADER] = str(len(truncated))

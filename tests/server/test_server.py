@@ -235,6 +235,27 @@ def test_info_and_answers_report_the_vector_version(client, server_encoder):
     assert truncate == server_encoder.vector_version and chunk.endswith("+chunk") and chunk != truncate
 
 
+def test_every_embedding_answer_names_its_vector_version(main_server, client, server_encoder):
+    """Each embedding answer says which vector version it carries, so a store filled from the server and
+    from the backfill never mixes versions unseen: ``vector_version`` in /v1/embeddings' body (the openai
+    client keeps it in ``model_extra``) and the ``X-Vector-Version`` header on every embedding route."""
+    from postemb_rt import Encoder
+
+    version = server_encoder.vector_version
+    oa = openai.OpenAI(base_url=main_server.url + "/v1", api_key=API_KEY, max_retries=0)
+    raw = oa.embeddings.with_raw_response.create(model="base", input=TEXTS[:2], encoding_format="float")
+    assert raw.parse().model_extra["vector_version"] == raw.headers["X-Vector-Version"] == version
+    for path, body in [("/embeddings", {"input": TEXTS[:2]}), ("/embed", {"inputs": TEXTS[:2]}),
+                       ("/", {"inputs": TEXTS[:2]}), ("/invocations", {"inputs": TEXTS[:2]}),
+                       ("/embed_full", {"inputs": TEXTS[:2], "encoding": "int8"}),
+                       ("/similarity", {"inputs": {"source_sentence": TEXTS[0], "sentences": TEXTS[1:3]}})]:
+        r = client.post(path, json=body)
+        assert r.status_code == 200 and r.headers["X-Vector-Version"] == version, (path, r.headers, r.text[:200])
+    chunk = client.post("/embed_full", json={"inputs": TEXTS[:2], "long_posts": "chunk"})
+    chunked = Encoder.from_pretrained("base", backend="onnxruntime", device="cpu", long_posts="chunk")
+    assert chunk.headers["X-Vector-Version"] == chunk.json()["vector_version"] == chunked.vector_version != version
+
+
 def test_openapi_operation_ids_are_unique_and_built_without_warnings(main_server, client):
     """GET and HEAD on one route shared an operationId (six of them: /health, /ping, /, /ready, /info,
     /metrics), which code generators refuse, and building /openapi.json logged FastAPI's "Duplicate

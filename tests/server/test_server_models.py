@@ -312,3 +312,31 @@ def test_cors_is_off_by_default_and_answers_preflights_before_the_key_when_on(fa
         assert c.get("/v1/models", headers={"Origin": "https://app.example"}).status_code == 401  # still keyed
         other = c.options("/v1/embeddings", headers={**pre, "Origin": "https://evil.example"})
         assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+
+
+def test_answers_name_a_bf16_and_nested_vector_version_as_the_encoder_does():
+    """With bf16 (`--precision auto` on a bf16-capable CPU) the vectors are ``<model>+bf16``, and with
+    ``dimensions`` 16 ``<model>@16+bf16``: each answer says so exactly as the server's Encoder reports it
+    (``vector_version_at``), in /v1/embeddings' body (the openai client's ``model_extra``) and header, and
+    on TEI's /embed; /info agrees. The body said only ``"model": "postemb-mt50-v4"``."""
+    from starlette.testclient import TestClient
+
+    from postemb_rt.cpu import native_bf16
+
+    if not native_bf16():
+        pytest.skip("bf16 on OpenVINO needs a CPU with native bf16 (AVX512-BF16 or AMX)")
+    app = create_app(ServeConfig(model="default", backend="openvino", precision="bf16"))
+    with TestClient(app) as c:
+        _wait(lambda: app.state.runtime.ready, "the default model to load", timeout=180)
+        enc = app.state.runtime.encoder
+        assert enc.vector_version.endswith("+bf16")
+        oa = openai.OpenAI(base_url=str(c.base_url) + "/v1", api_key="none", http_client=c, max_retries=0)
+        for dims, want in ((None, enc.vector_version), (16, enc.vector_version_at(16))):
+            kwargs = {} if dims is None else {"dimensions": dims}
+            raw = oa.embeddings.with_raw_response.create(model="default", input=TEXTS, **kwargs)
+            assert raw.parse().model_extra["vector_version"] == raw.headers["X-Vector-Version"] == want
+            assert raw.parse().model == enc.model_version  # the served name: the version is the body's other field
+            tei = c.post("/embed", json={"inputs": TEXTS, **kwargs})
+            assert tei.headers["X-Vector-Version"] == want, tei.headers
+        assert enc.vector_version_at(16) == f"{enc.model_version}@16+bf16"
+        assert c.get("/info").json()["vector_version"] == enc.vector_version
