@@ -12,11 +12,13 @@ load stops the server with exit code 1.
 Several models: repeat --model (each NAME=MODEL or MODEL; $POSTEMB_MODEL takes them
 comma-separated). Each model has its own encoder and batcher and is served under its NAME, else
 its model_version; the first is the default. /v1/embeddings and /embed_full pick one by the
-request's `model` field (a served name or a model_version; absent: the default; unknown: 404
-model_not_found); text-embeddings-inference's routes (/embed, /, /similarity, /tokenize, /decode) have no such
-field and serve the default model. GET /v1/models lists them; GET /ready turns 200 when every
-one is loaded. Two models served under one name are refused at start. With one model, the
-request's `model` is ignored, as before.
+request's `model` field (a served name, or an alias naming one model only: its model_version, or the
+MODEL typed for a model without a NAME, so `--model default --model base` answers to "default" and
+"base"; absent: the default; unknown: 404 model_not_found); text-embeddings-inference's routes
+(/embed, /, /similarity, /tokenize, /decode) have no such field and serve the default model. GET
+/v1/models lists them; GET /ready turns 200 when every one is loaded. Two models served under one
+name are refused at start. With one model, the request's `model` is ignored, as before (GET
+/v1/models/{id} takes its served name and aliases only).
 
 Needs the ``[serve]`` extra (fastapi, uvicorn, prometheus-client).
 """

@@ -12,13 +12,15 @@ body deadlines, accept batches: what ``postemb serve`` runs uvicorn with).
 
 Routes:
     POST /v1/embeddings  OpenAI-compatible: ``input`` (str | list[str]), ``model`` (with several
-                         models: a served name or a model_version, absent = the default
+                         models: a served name or an alias (``registry``), absent = the default
                          model, unknown = 404 ``model_not_found``; with one: any string;
                          the answer's ``model`` names the model that answered), ``encoding_format``
                          (float | base64), ``dimensions`` (the model's dim or a declared prefix), ``user``
                          (ignored). Unknown fields are ignored, as OpenAI clients send extras.
-                         The answer adds ``truncated`` (indices of inputs cut to max_length).
-    GET  /v1/models      every served model, ``id`` = its served name (OpenAI-compatible listing).
+                         The answer adds ``truncated`` (indices of inputs cut to max_length) and
+                         ``vector_version`` (``Runtime.vector_version``: ``@<dim>`` for a prefix).
+    GET  /v1/models      every served model once, ``id`` = its served name, ``aliases`` the others
+                         (OpenAI-compatible listing); /v1/models/{id} takes either.
     POST /embed, POST /  text-embeddings-inference's (see ``tei``): a bare array of vectors; TEI has
                          no ``model`` field, so these (and /tokenize, /decode) serve the default model.
     POST /tokenize, /decode  text-embeddings-inference's.

@@ -1,11 +1,15 @@
 """The served models: one :class:`Runtime` (its own encoder and dynamic batcher) per ``--model``,
 loaded in order on the load thread, and the lookup of a request's ``model`` field.
 
-A model is served under its NAME (``--model NAME=MODEL``), else its ``model_version``; a request
-may name it either way. The first ``--model`` is the default model: requests without a
+A model is served under its NAME (``--model NAME=MODEL``), else its ``model_version``. A request
+may also name it by an alias: its ``model_version``, and for a model given without a NAME the MODEL
+as the operator typed it (``--model default --model base`` answers to "default" and "base"), when
+that alias names one served model only (a served name always wins; an alias two models share is a
+404 naming their served names). The first ``--model`` is the default model: requests without a
 ``model`` field, and text-embeddings-inference's routes (which have none), get it. A server with
 one model ignores the field, as it always has (clients that hard-code a model name keep working);
-with several, an unknown name is a 404 ``model_not_found`` (OpenAI's answer)."""
+with several, an unknown name is a 404 ``model_not_found`` (OpenAI's answer). ``/v1/models`` lists
+each model once, ``id`` its served name, ``aliases`` the others; ``/v1/models/{id}`` takes either."""
 from __future__ import annotations
 
 import dataclasses
@@ -37,8 +41,10 @@ class ModelRegistry:
         self.default = self.runtimes[0]
         self._specs = [model for _, model in specs]
         self._entries = [cfg.model] if isinstance(cfg.model, str) else list(cfg.model)  # as given: messages
-        # served names (and, once every model is loaded, model_versions) -> Runtime
+        # served names (and, once every model is loaded, unambiguous aliases) -> Runtime
         self._by_name = {name: rt for (name, _), rt in zip(specs, self.runtimes) if name is not None}
+        self._typed = [model if name is None else None for name, model in specs]  # an unnamed model's alias
+        self._shared: dict[str, list[Runtime]] = {}  # aliases of several models -> those models
         self.loaded = False  # every model loaded and its name in the table
         self._error: str | None = None
         self._closed = False
@@ -67,8 +73,13 @@ class ModelRegistry:
                            "a NAME is served under its model_version). Fix: name them, --model NAME=MODEL (e.g. "
                            f"--model {rt.name}-2={spec}).", log_it=True)
                 return
-        for rt in self.runtimes:  # a request may also name a model by its model_version
-            by_name.setdefault(rt.encoder.model_version, rt)
+        claims: dict[str, list[Runtime]] = {}  # alias -> the models it could name
+        for rt in self.runtimes:
+            for alias in self._candidates(rt):
+                if alias not in by_name:  # a served name always names its own model
+                    claims.setdefault(alias, []).append(rt)
+        self._shared = {alias: rts for alias, rts in claims.items() if len(rts) > 1}
+        by_name.update({alias: rts[0] for alias, rts in claims.items() if len(rts) == 1})
         self._by_name = by_name
         self.loaded = True
         self.on_loaded()
@@ -76,9 +87,24 @@ class ModelRegistry:
     def summary(self) -> str:
         """What each loaded model runs on, for the log: served name, backend, precision and why,
         vector version."""
-        return "; ".join(f"{rt.name!r} on {rt.encoder.backend.name} {rt.encoder.backend.precision} "
-                         f"({rt.encoder.precision_reason}), vectors {rt.encoder.vector_version}"
+        return "; ".join(f"{rt.name!r}{self._typed_note(rt)} on {rt.encoder.backend.name} "
+                         f"{rt.encoder.backend.precision} ({rt.encoder.precision_reason}), "
+                         f"vectors {rt.vector_version(None, rt.cfg.long_posts)}"
                          for rt in self.runtimes)
+
+    def _typed_note(self, rt: Runtime) -> str:
+        typed = self._typed[self.runtimes.index(rt)]
+        return f" (--model {typed})" if typed is not None and typed != rt.name else ""
+
+    def _candidates(self, rt: Runtime) -> list[str]:
+        """``rt``'s (loaded) possible aliases: the MODEL typed for it when it has no NAME, its model_version."""
+        typed = self._typed[self.runtimes.index(rt)]
+        return list(dict.fromkeys(a for a in (typed, rt.encoder.model_version) if a is not None and a != rt.name))
+
+    def aliases(self, rt: Runtime) -> list[str]:
+        """The names besides its served name that a request may give ``rt`` by, once every model is loaded:
+        its possible aliases (the MODEL typed for it without a NAME, its model_version) that name it alone."""
+        return [a for a in self._candidates(rt) if self._by_name.get(a) is rt] if self.loaded else []
 
     def _fail(self, error: str, log_it: bool = False) -> None:
         self._error = error
@@ -99,13 +125,14 @@ class ModelRegistry:
             rt.close()
 
     # -- requests ----------------------------------------------------------------------
-    def resolve(self, name: str | None) -> Runtime:
-        """The Runtime a request's ``model`` field names; the default one for None (and always with
-        one model). Several models: 404 ``model_not_found`` for an unknown name, 503 ``loading``
-        while a model it might be (an unnamed one's model_version) is still loading."""
-        if name is None or not self.multi:
+    def resolve(self, name: str | None, exact: bool = False) -> Runtime:
+        """The Runtime a request's ``model`` field names (a served name or an alias); the default one for
+        None, and for any name with one model unless ``exact`` (``/v1/models/{id}``). Otherwise 404
+        ``model_not_found`` for an unknown name, 503 ``loading`` while a model it might be (an alias is
+        known once every model is loaded) is still loading."""
+        if name is None or not (self.multi or exact):
             return self.default
-        rt = self._by_name.get(name)
+        rt = self.lookup(name)
         if rt is not None:
             return rt
         if self._error is not None:  # the detail is in the log, never in an answer
@@ -118,6 +145,17 @@ class ModelRegistry:
                             "(GET /v1/models). Fix: send one of them as `model`, or leave `model` out for the "
                             f"default ({self.default.name!r}).", param="model", code="model_not_found")
 
+    def lookup(self, name: str) -> Runtime | None:
+        """The model ``name`` names (a served name or an alias; any number of models), None when it names
+        none; 404 ``model_not_found`` when it is an alias of several, naming their served names."""
+        rt = self._by_name.get(name)
+        if rt is None and name in self._shared:
+            served = [m.name for m in self._shared[name]]
+            raise ApiError(404, f"The model {name!r} names {len(served)} served models: {served} (it is the "
+                                "model_version or the --model of each). Fix: send one of their served names as "
+                                "`model` (GET /v1/models lists them).", param="model", code="model_not_found")
+        return rt
+
     def names(self) -> list[str]:
         """Served names in --model order (an unnamed model's is known once it is loaded)."""
         return [rt.name or spec for rt, spec in zip(self.runtimes, self._specs)]
@@ -129,7 +167,8 @@ class ModelRegistry:
             enc = rt.encoder
             d = {"name": rt.name or spec, "model": spec, "default": rt is self.default, "ready": rt.ready}
             if enc is not None:
-                d.update(model_version=enc.model_version, vector_version=enc.vector_version, dim=enc.dim,
+                d.update(aliases=self.aliases(rt), model_version=enc.model_version,
+                         vector_version=rt.vector_version(None, rt.cfg.long_posts), dim=enc.dim,
                          max_length=enc.max_length, backend=enc.backend.name, precision=enc.backend.precision,
                          dimensions=allowed_dims(enc))
             out.append(d)

@@ -217,15 +217,12 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
     async def v1_models():  # OpenAI clients and tools list models before using one
         for m in models.runtimes:  # 503 until every model is loaded (an unnamed one's name is its version)
             m.require_encoder()
-        return json_response(200, {"object": "list", "data": [_model_card(m) for m in models.runtimes]})
+        return json_response(200, {"object": "list", "data": [_model_card(m, models) for m in models.runtimes]})
 
-    async def v1_model(model: str):  # OpenAI's models.retrieve: the served name, exactly
-        for m in models.runtimes:
+    async def v1_model(model: str):  # OpenAI's models.retrieve: a served name or an alias (registry)
+        for m in models.runtimes:  # 503 until every model is loaded, as /v1/models
             m.require_encoder()
-            if m.name == model:
-                return json_response(200, _model_card(m))
-        raise ApiError(404, f"The model {model!r} does not exist on this server. Served models: {models.names()}.",
-                       param="model", code="model_not_found")
+        return json_response(200, _model_card(models.resolve(model, exact=True), models))
 
     for prefix in ("/v1", ""):  # "": a client whose base_url lacks /v1, as /embeddings
         app.add_api_route(f"{prefix}/models", v1_models, methods=["GET"], response_class=Response,
@@ -312,6 +309,9 @@ def app_from_env():
     return app
 
 
-def _model_card(m) -> dict:
-    """One served model as OpenAI's ``/v1/models`` lists it."""
-    return {"id": m.name, "object": "model", "created": int(m.started), "owned_by": "postemb_rt"}
+def _model_card(m, models: ModelRegistry) -> dict:
+    """One served model as OpenAI's ``/v1/models`` lists it (``id``: its served name; ``aliases``, ours: the
+    other names a request may give it by, e.g. the ``--model`` typed; the ``openai`` client keeps it in
+    ``model_extra``). Listed once, not once per alias: tools that list models then offer each one once."""
+    return {"id": m.name, "object": "model", "created": int(m.started), "owned_by": "postemb_rt",
+            "aliases": models.aliases(m)}

@@ -36,7 +36,14 @@ def test_openai_client_default_base64_and_single_string(main_server, server_enco
 
 def test_openai_client_lists_the_served_model(main_server, server_encoder):
     c = openai.OpenAI(base_url=main_server.url + "/v1", api_key=API_KEY, max_retries=0)
-    assert [m.id for m in c.models.list()] == [server_encoder.model_version]
+    assert [(m.id, m.model_extra["aliases"]) for m in c.models.list()] == [(server_encoder.model_version, ["base"])]
+    # the name the operator typed (`--model base`) is the model too, for models.retrieve (GET /v1/models/base was
+    # a 404 while every embedding request, whatever its `model`, was answered)
+    for name in ("base", server_encoder.model_version):
+        assert c.models.retrieve(name).id == server_encoder.model_version
+    with pytest.raises(openai.NotFoundError, match="'text-embedding-3-small' does not exist"):
+        c.models.retrieve("text-embedding-3-small")  # a model card is not invented for any name
+    assert c.embeddings.create(model="text-embedding-3-small", input="a post").model == server_encoder.model_version
 
 
 def test_big_answers_are_complete(client, server_encoder):

@@ -61,6 +61,24 @@ def test_openai_client_gets_the_model_it_names(oai, encoders):
         assert r.model == answered
 
 
+def test_the_model_an_operator_typed_is_an_alias(two_models, oai, encoders):
+    """`--model base --model small=default`: requests naming "base" (what the operator typed; the model is
+    served as its model_version) were a 404; now it is an alias, for /v1/embeddings and models.retrieve.
+    /v1/models lists each model once (``id``: its served name) with its ``aliases``; "default" stays
+    unknown here (that model was given the NAME small)."""
+    base_version, small_version = encoders["base"].model_version, encoders["small"].model_version
+    r = oai.embeddings.create(model="base", input=TEXTS, encoding_format="float")
+    assert r.model == base_version
+    assert_exact(np.array([d.embedding for d in r.data], dtype=np.float32), encoders["base"].encode(TEXTS))
+    assert oai.models.retrieve("base").id == base_version and oai.models.retrieve(small_version).id == "small"
+    assert [(m.id, m.model_extra["aliases"]) for m in oai.models.list()] == [
+        (base_version, ["base"]), ("small", [small_version])]
+    info = httpx.get(two_models.url + "/info", headers=AUTH).json()
+    assert [m["aliases"] for m in info["models"]] == [["base"], [small_version]]
+    with pytest.raises(openai.NotFoundError, match=r"'default' does not exist on this server"):
+        oai.embeddings.create(model="default", input="a post")
+
+
 def test_no_model_field_gets_the_default_model_as_do_tei_routes(two_models, encoders):
     with httpx.Client(base_url=two_models.url, headers=AUTH, timeout=60) as c:
         r = c.post("/v1/embeddings", json={"input": TEXTS})
@@ -197,6 +215,35 @@ def test_lookup_by_served_name_or_version_and_one_model_ignores_the_field(fake_l
     assert "'third'" in info.value.body["message"] and "['first-v1', 'two']" in info.value.body["message"]
     one = ModelRegistry(ServeConfig(model="first"))
     assert one.resolve("anything") is one.default  # as before: clients that hard-code a name keep working
+
+
+def test_aliases_name_one_model_only_and_served_names_win(fake_loads):
+    """An alias (the MODEL typed without a NAME, a model_version) answers only when it names one model: a
+    served name wins over another model's alias, and a model_version two named models share is a 404
+    naming both. With one model any name embeds, but /v1/models/{id} (``exact``) takes only its names."""
+    _, versions = fake_loads
+    models = ModelRegistry(ServeConfig(model=["first", "default=second", "default"]))
+    models.load()
+    first, named, typed = models.runtimes
+    assert models.resolve("first") is first and models.resolve("default") is named  # the NAME, not the alias
+    assert models.resolve("default-v1") is typed and models.aliases(typed) == []
+    assert [models.aliases(m) for m in models.runtimes] == [["first"], ["second-v1"], []]
+    versions.update({"x": "v", "y": "v"})
+    shared = ModelRegistry(ServeConfig(model=["a=x", "b=y"]))
+    shared.load()
+    with pytest.raises(ApiError) as info:
+        shared.resolve("v")
+    assert info.value.status == 404 and info.value.body["code"] == "model_not_found"
+    assert "'v' names 2 served models: ['a', 'b']" in info.value.body["message"]
+    assert "Fix: send one of their served names" in info.value.body["message"]
+    assert shared.aliases(shared.runtimes[0]) == []
+    one = ModelRegistry(ServeConfig(model="first"))
+    one.load()
+    assert one.resolve("text-embedding-3-small") is one.default  # OpenAI clients' default model name
+    assert one.resolve("first", exact=True) is one.resolve("first-v1", exact=True) is one.default
+    with pytest.raises(ApiError) as info:
+        one.resolve("text-embedding-3-small", exact=True)
+    assert info.value.status == 404
 
 
 @pytest.mark.parametrize("model, versions, error", [
