@@ -253,7 +253,9 @@ def register(sub) -> None:
     p.add_argument("--cors-origin", action="append", default=None, metavar="ORIGIN",
                    help="a browser origin allowed to call the API (CORS), e.g. https://app.example.com; repeatable; "
                         "'*' allows any (default: none: browsers on other origins are refused)")
-    p.add_argument("--max-inputs", type=int, default=256, help="posts per request (default: 256)")
+    p.add_argument("--max-inputs", type=int, default=256,
+                   help="posts per request; past it 413 (OpenAI takes 2,048: an answer's bytes and compute time grow "
+                        "with it, see README's limits table) (default: 256)")
     p.add_argument("--max-input-chars", type=int, default=16_384, help="characters per post (default: 16384)")
     p.add_argument("--max-body-bytes", type=int, default=4 * 1024 * 1024, help="request body bytes (default: 4 MiB)")
     p.add_argument("--max-concurrent-requests", type=int, default=128,
@@ -271,7 +273,8 @@ def register(sub) -> None:
                    help="seconds a request gets to send its body once its headers came (then 408 and closed), "
                         "and an answer its client stops reading gets to drain (then closed) (default: 30)")
     p.add_argument("--max-queued-tokens", type=int, default=65_536,
-                   help="batcher queue bound in tokens; past it requests get 429 (default: 65536)")
+                   help="batcher queue bound in tokens; past it requests get 429; a request larger than it is fed "
+                        "to the queue in pieces (default: 65536)")
     p.add_argument("--max-batch-size", type=int, default=64, help="posts per model call (default: 64)")
     p.add_argument("--max-wait-us", type=int, default=500,
                    help="how long a post waits for company before its batch runs (default: 500)")

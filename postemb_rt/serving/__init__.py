@@ -44,6 +44,9 @@ Routes:
                          models, ``postemb_ready`` and ``postemb_batcher_*`` carry a ``model``
                          label (the served name).
 
+Every embedding answer has the headers ``X-Truncated-Inputs`` and ``X-Vector-Version``. A request of
+more tokens than max_queued_tokens is fed to the batcher in pieces (``Runtime._compute``).
+
 Errors are OpenAI-shaped JSON, ``{"error": {"message", "type", "param", "code", ...}}``
 (TEI's routes: TEI's shape); limit errors add ``limit`` and ``given``. Client mistakes are
 413 (a size limit) or 422 (malformed JSON, wrong type, empty list, naming the field and

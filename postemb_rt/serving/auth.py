@@ -20,6 +20,7 @@ OPEN_GET_PATHS = frozenset({"/"})  # probes only when read (GET, HEAD): POST / e
 ROUTES = ("/v1/embeddings", "/embeddings", "/v1/models", "/models", "/embed", "/embed_full", "/", "/invocations",
           "/similarity", "/tokenize", "/decode", "/rerank", "/predict", "/embed_sparse", "/embed_all", "/health",
           "/ready", "/ping", "/info", "/metrics", "/openapi.json", "/docs")
+BODY_FIX = " Fix: split the request (client), or start the server with a higher --max-body-bytes (operator)."
 REQUEST_ID = b"x-request-id"  # echoed on every answer (a new one when the client sent none or a malformed one)
 
 
@@ -64,7 +65,7 @@ class Admission:
         limit = self.cfg.max_body_bytes
         cl = request.headers.get("content-length")
         if cl is not None and cl.isdigit() and int(cl) > limit:
-            raise ApiError(413, f"The request body is {int(cl)} bytes, more than max_body_bytes ({limit}).",
+            raise ApiError(413, f"The request body is {int(cl)} bytes, more than max_body_bytes ({limit}).{BODY_FIX}",
                            param="body", code="max_body_bytes", limit=limit, given=int(cl), headers=CLOSE)
         chunks, size = [], 0
 
@@ -72,7 +73,7 @@ class Admission:
             nonlocal size
             async for chunk in request.stream():
                 if size + len(chunk) > limit:
-                    raise ApiError(413, f"The request body is more than max_body_bytes ({limit}) bytes.",
+                    raise ApiError(413, f"The request body is more than max_body_bytes ({limit}) bytes.{BODY_FIX}",
                                    param="body", code="max_body_bytes", limit=limit, given=f">{limit}", headers=CLOSE)
                 if self.buffered + len(chunk) > self.buffer_limit:
                     raise ApiError(429, f"The server holds {self.buffered} bytes of request bodies, its bound "

@@ -27,6 +27,9 @@ log = logging.getLogger("postemb_rt.server")
 TOKENIZE_INLINE_CHARS = 16_384  # requests with more characters are tokenized off the event loop
 TOKENIZE_THREADS = 2  # big requests tokenized at once (encode_batch is itself multi-threaded)
 PROBE_TIMEOUT_S = 10.0
+# a request bigger than max_queued_tokens is fed in pieces of at most this fraction of the queue (65,536 / 4:
+# 64 posts of 256 tokens, one full batch at the defaults), so a piece finds room beside other requests
+PIECES_PER_QUEUE = 4
 
 
 class Runtime:
@@ -185,7 +188,8 @@ class Runtime:
             name = item(long[0])
             raise ApiError(413, f"`{name}` is {len(texts[long[0]])} characters, more than max_input_chars ({limit}). "
                                 "Fix: shorten it, or send truncate: true (a long post's first max_length tokens "
-                                "are embedded; with long_posts chunk, at most max_input_chars characters are).",
+                                "are embedded; with long_posts chunk, at most max_input_chars characters are) "
+                                "(client), or start the server with a higher --max-input-chars (operator).",
                            param=name, code="max_input_chars", limit=limit, given=len(texts[long[0]]))
         if not long:
             return texts, []
@@ -232,16 +236,44 @@ class Runtime:
             self._tokenize_slots.release()
 
     async def _compute(self, ids: list[list[int]], field: str):
-        """Token-id lists through the batcher: (raw float32 (n, dim), tokens); errors as ApiError."""
-        tokens = sum(map(len, ids))
+        """Token-id lists through the batcher: (raw float32 (n, dim), tokens); errors as ApiError.
+
+        A request of more tokens than max_queued_tokens, which the queue could never hold at once, is fed
+        to it in pieces (consecutive posts, ``_pieces``), each submitted once the one before is computed, so
+        it holds at most a piece of the queue and other requests' posts batch between its pieces; the
+        batching itself stays the C++ scheduler's. Every piece shares the request's one deadline
+        (request_timeout_s from the first submit). Memory: the ids are the request's own (no copy); the
+        batcher copies one piece at a time; the rows are written into one (n, dim) array."""
+        tokens, longest = sum(map(len, ids)), max(map(len, ids))
         limit = self.cfg.max_queued_tokens
-        if tokens > limit:
-            raise ApiError(413, f"`{field}` is {tokens} tokens, more than max_queued_tokens ({limit}), so it can "
-                                "never be queued. Fix: split the request.", param=field, code="max_queued_tokens",
-                           limit=limit, given=tokens)
-        submitted, batches_before = time.monotonic(), self.batches_done
+        if longest > limit:  # only when max_queued_tokens < max_length: a full-length post never fits
+            raise ApiError(413, f"`{field}` holds a post of {longest} tokens, more than the server's "
+                                f"max_queued_tokens ({limit}), so it can never be queued. Fix: shorten that post "
+                                "(client), or start the server with --max-queued-tokens at least the model's "
+                                "max_length (operator).", param=field, code="max_queued_tokens", limit=limit,
+                           given=longest)
+        pieces = [ids] if tokens <= limit else list(_pieces(ids, max(limit // PIECES_PER_QUEUE, longest)))
+        start, out, done = time.monotonic(), None, 0
+        for piece in pieces:
+            left = self.cfg.request_timeout_s - (time.monotonic() - start)
+            if left <= 0:  # the piece before was computed (the model works) as the deadline passed
+                self._timed_out(DeadlineExceededError("the request's deadline passed between two of its pieces."),
+                                True, (done, tokens, len(pieces)))
+            vecs = await self._submit(piece, field, left, start, (done, tokens, len(pieces)))
+            if len(pieces) == 1:
+                return vecs, tokens
+            if out is None:
+                out = np.empty((len(ids), vecs.shape[1]), dtype=np.float32)
+            out[done:done + len(piece)] = vecs
+            done += len(piece)
+        return out, tokens
+
+    async def _submit(self, ids, field: str, timeout_s: float, start: float, progress):
+        """One submit to the batcher, awaited: float32 (len(ids), dim); its errors as ApiError. ``start``:
+        when the request's first piece was submitted (its deadline is start + request_timeout_s)."""
+        batches_before = self.batches_done
         try:
-            fut = self.batcher.submit(ids, timeout=self.cfg.request_timeout_s)
+            fut = self.batcher.submit(ids, timeout=timeout_s)
         except OverloadedError as exc:
             retry = self.retry_after_s()
             raise ApiError(429, f"Overloaded: {exc}", type="overloaded", code="queue_full",
@@ -256,16 +288,9 @@ class Runtime:
             # the batcher notices an expired request when it forms its next batch, i.e. after a
             # model call returns: that call does not show progress if it returned past the deadline
             ended = self.batches_done - batches_before
-            if self.last_batch_end > submitted + self.cfg.request_timeout_s:
+            if self.last_batch_end > start + self.cfg.request_timeout_s:
                 ended -= 1
-            if ended > 0:
-                # batches finished while it waited: the model works, the server is overloaded (a
-                # client's 429, not a server error; a storm used to count these as 5xx)
-                raise ApiError(429, f"Overloaded: {exc}", type="overloaded", code="queue_timeout",
-                               headers={"Retry-After": str(self.retry_after_s())}) from None
-            # no batch finished while it waited: the model is stuck
-            raise ApiError(503, f"Timed out in the queue: {exc}", type="server_error", code="timeout",
-                           headers={"Retry-After": str(self.retry_after_s())}) from None
+            self._timed_out(exc, ended > 0, progress)
         except BatcherClosedError:
             raise ApiError(503, "The server is shutting down.", type="server_error", code="shutting_down") from None
         except Exception as exc:  # noqa: BLE001 - the backend failed this request's batch
@@ -274,7 +299,25 @@ class Runtime:
             raise ApiError(503, "The model failed on the batch holding this request; the server log says why.",
                            type="server_error", code="backend_error") from None
         self.backend_error = None
-        return vecs, tokens
+        return vecs
+
+    def _timed_out(self, exc: Exception, progressed: bool, progress) -> None:
+        """Raises the answer to a request whose deadline passed: 429 when batches finished while it
+        waited (``progressed``: overload), 503 when none did (a stuck model). ``progress``: (posts computed,
+        tokens, pieces)."""
+        done, tokens, pieces = progress
+        if pieces > 1:  # a request bigger than the queue: say so, and how to avoid it
+            exc = (f"{exc} The request's {tokens} tokens were fed to the queue in {pieces} pieces and {done} of its "
+                   f"posts were computed within request_timeout_s ({self.cfg.request_timeout_s:g} s). Fix: split the "
+                   "request (client), or raise --request-timeout (operator).")
+        if progressed:
+            # batches finished while it waited: the model works, the server is overloaded (a
+            # client's 429, not a server error; a storm used to count these as 5xx)
+            raise ApiError(429, f"Overloaded: {exc}", type="overloaded", code="queue_timeout",
+                           headers={"Retry-After": str(self.retry_after_s())}) from None
+        # no batch finished while it waited: the model is stuck
+        raise ApiError(503, f"Timed out in the queue: {exc}", type="server_error", code="timeout",
+                       headers={"Retry-After": str(self.retry_after_s())}) from None
 
     def retry_after_s(self) -> int:
         """Whole seconds until the queued tokens are computed at the rate measured so far (1..60)."""
@@ -311,6 +354,19 @@ class Runtime:
         if self.load_error:
             d["load_error"] = self.load_error
         return d
+
+
+def _pieces(ids: list[list[int]], budget: int):
+    """``ids`` as consecutive runs of at most ``budget`` tokens each (a post as long as budget: alone)."""
+    piece, n = [], 0
+    for row in ids:
+        if piece and n + len(row) > budget:
+            yield piece
+            piece, n = [], 0
+        piece.append(row)
+        n += len(row)
+    if piece:
+        yield piece
 
 
 def _tokenize_left(tokenizer, texts: list[str]):

@@ -51,9 +51,11 @@ def check_texts(value, field: str, cfg: ServeConfig) -> list[str]:
         raise ApiError(422, f"`{field}` must hold at least one string. Given: an empty list.", param=field,
                        code="empty_input")
     if len(value) > cfg.max_inputs:
+        langchain = f"; LangChain's OpenAIEmbeddings: chunk_size={cfg.max_inputs}" if field == "input" else ""
         raise ApiError(413, f"`{field}` holds {len(value)} strings, more than max_inputs ({cfg.max_inputs}). "
-                            "Fix: split the request.", param=field, code="max_inputs", limit=cfg.max_inputs,
-                       given=len(value))
+                            f"Fix: split the request into requests of at most {cfg.max_inputs} (client{langchain}), "
+                            "or start the server with a higher --max-inputs (operator).", param=field,
+                       code="max_inputs", limit=cfg.max_inputs, given=len(value))
     for i, t in enumerate(value):
         if not isinstance(t, str):
             hint = (" Token-id arrays are not supported (an OpenAI client's are its own tokenizer's ids, not this "

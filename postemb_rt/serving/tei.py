@@ -162,7 +162,9 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
                 texts, p = [req.inputs.source_sentence, *req.inputs.sentences], req.parameters or SimilarityParameters()
                 if len(texts) > cfg.max_inputs:
                     raise ApiError(413, f"`inputs` holds {len(texts)} sentences (source_sentence and sentences), "
-                                        f"more than max_inputs ({cfg.max_inputs}). Fix: split the request.",
+                                        f"more than max_inputs ({cfg.max_inputs}). Fix: split the request into "
+                                        f"requests of at most {cfg.max_inputs - 1} sentences (client), or start the "
+                                        "server with a higher --max-inputs (operator).",
                                    param="inputs.sentences", code="max_inputs", limit=cfg.max_inputs,
                                    given=len(texts))
                 truncate = AUTO_TRUNCATE if p.truncate is None else p.truncate
@@ -211,7 +213,9 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
                                              (total, cfg.max_queued_tokens, "ids in all", "max_queued_tokens")):
                     if n > limit:
                         raise ApiError(413, f"`ids` holds {n} {what}, more than {name} ({limit}). Fix: split the "
-                                            "request.", param="ids", code=name, limit=limit, given=n)
+                                            f"request (client), or start the server with a higher "
+                                            f"--{name.replace('_', '-')} (operator).", param="ids", code=name,
+                                       limit=limit, given=n)
                 try:  # off the event loop, as tokenization: a big batch must not stall the probes
                     texts = await rt.off_loop(enc.tokenizer.decode, ids, req.skip_special_tokens)
                 except ValidationError as exc:

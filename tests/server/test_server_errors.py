@@ -8,7 +8,10 @@ import time
 
 import pytest
 
-from tests.server.conftest import LIMITS, ServerProc, fault_argv, require_serve_extra
+import numpy as np
+
+from tests.conftest import assert_exact
+from tests.server.conftest import API_KEY, LIMITS, ServerProc, fault_argv, require_serve_extra
 
 httpx = require_serve_extra()
 
@@ -141,12 +144,138 @@ def _wait_for(pred, timeout: float, what: str):
         time.sleep(0.01)
 
 
-def test_request_over_the_queue_bound_in_tokens_is_413(fault):
-    srv, _, c = fault
-    r = c.post("/embed_full", json={"inputs": [LONG, LONG, LONG]})  # 3 x 256 tokens > 600
+def test_a_request_over_the_queue_bound_is_fed_to_it_in_pieces():
+    """4 posts of 775 tokens > max_queued_tokens 600: a 413 until now (OpenAI takes up to 300k tokens a
+    request); now the request goes to the batcher in pieces as the queue drains (here a post each:
+    600 / 4 < 256), and the answer is the whole request's, in order (the openai client, in process)."""
+    from starlette.testclient import TestClient
+
+    from postemb_rt.serving.config import ServeConfig
+    from postemb_rt.serving.routes import create_app
+
+    openai = pytest.importorskip("openai")
+    app = create_app(ServeConfig(model="base", backend="onnxruntime", precision="fp32",
+                                 max_queued_tokens=MAX_QUEUED_TOKENS))
+    texts = [LONG, "a short post in between", LONG + "more words", LONG]
+    with TestClient(app) as c:
+        _wait_for(lambda: app.state.runtime.ready, 180, "the model to load")
+        oa = openai.OpenAI(base_url=str(c.base_url) + "/v1", api_key="none", http_client=c, max_retries=0)
+        r = oa.embeddings.create(model="base", input=texts, encoding_format="float")
+        assert r.usage.prompt_tokens > MAX_QUEUED_TOKENS
+        want = app.state.runtime.encoder.encode(texts)  # the server's own model, through Encoder.encode
+        assert_exact(np.array([d.embedding for d in r.data], np.float32), want)
+        assert app.state.runtime.batcher.stats()["requests_submitted"] == 1 + 4  # the warm-up, then a post each
+        full = c.post("/embed_full", json={"inputs": texts})
+        assert full.status_code == 200 and full.json()["usage"]["prompt_tokens"] > MAX_QUEUED_TOKENS
+        assert_exact(np.array(full.json()["embeddings"], np.float32), want)
+
+
+class _Batcher:
+    """A batcher that records each submit's posts and answers row i with [first id, len]; ``fail_at``: the
+    submit (0-based) whose future fails with ``DeadlineExceededError``."""
+
+    def __init__(self, fail_at: int | None = None):
+        self.submits, self.fail_at = [], fail_at
+
+    def submit(self, posts, timeout=None):
+        from concurrent.futures import Future
+
+        from postemb_rt.errors import DeadlineExceededError
+
+        self.submits.append((len(posts), sum(map(len, posts)), timeout))
+        fut = Future()
+        if len(self.submits) - 1 == self.fail_at:
+            fut.set_exception(DeadlineExceededError("the request's deadline passed in the batcher queue."))
+        else:
+            fut.set_result(np.array([[p[0], len(p)] for p in posts], np.float32))
+        return fut
+
+    def stats(self):
+        return {"queued_tokens": 0, "tokens_computed": 0, "inference_seconds": {"sum": 0.0}}
+
+
+def _runtime(**cfg):
+    from postemb_rt.serving.config import ServeConfig
+    from postemb_rt.serving.runtime import Runtime
+
+    rt = Runtime(ServeConfig(**cfg))
+    rt.batcher = _Batcher()
+    return rt
+
+
+def test_pieces_keep_the_order_fit_a_quarter_of_the_queue_and_share_one_deadline():
+    import asyncio
+
+    rt = _runtime(max_queued_tokens=100, request_timeout_s=30.0)
+    ids = [[i] * n for i, n in enumerate([10, 20, 5, 25, 1, 1, 30, 12])]  # 104 tokens > 100
+    vecs, tokens = asyncio.run(rt._compute(ids, "input"))
+    assert tokens == 104 and vecs.tolist() == [[i, len(p)] for i, p in enumerate(ids)]
+    # (posts, tokens) per submit: consecutive posts, at most max(100 // 4, the longest post: 30) tokens each
+    assert [(n, t) for n, t, _ in rt.batcher.submits] == [(2, 30), (2, 30), (2, 2), (1, 30), (1, 12)]
+    timeouts = [t for _, _, t in rt.batcher.submits]
+    assert all(0 < t <= 30.0 for t in timeouts) and timeouts == sorted(timeouts, reverse=True)  # one deadline
+    rt.batcher = _Batcher()
+    asyncio.run(rt._compute(ids[:3], "input"))  # within the queue: one submit, as before
+    assert len(rt.batcher.submits) == 1
+
+
+def test_a_pieced_request_past_its_deadline_says_how_to_avoid_it():
+    import asyncio
+
+    from postemb_rt.serving.errors import ApiError
+
+    rt = _runtime(max_queued_tokens=100)
+    rt.batcher = _Batcher(fail_at=1)
+    with pytest.raises(ApiError) as info:
+        asyncio.run(rt._compute([[7] * 30] * 5, "input"))
+    msg = info.value.body["message"]
+    assert info.value.status == 503 and info.value.body["code"] == "timeout"  # no batch finished (a fake)
+    assert "150 tokens were fed to the queue in 5 pieces and 1 of its posts were computed" in msg, msg
+    assert "Fix: split the request (client), or raise --request-timeout (operator)" in msg, msg
+
+
+def test_a_post_longer_than_the_whole_queue_is_413_naming_both_fixes():
+    import asyncio
+
+    from postemb_rt.serving.errors import ApiError
+
+    rt = _runtime(max_queued_tokens=100)  # below max_length (256): a full-length post never fits
+    with pytest.raises(ApiError) as info:
+        asyncio.run(rt._compute([[1] * 10, [1] * 150], "input"))
+    err = info.value.body
+    assert info.value.status == 413 and err["code"] == "max_queued_tokens"
+    assert (err["limit"], err["given"]) == (100, 150)
+    assert "Fix: shorten that post (client), or start the server with --max-queued-tokens" in err["message"]
+    assert rt.batcher.submits == []
+
+
+@pytest.mark.parametrize("route, body, flag", [
+    ("/v1/embeddings", {"input": ["a"] * (LIMITS["max_inputs"] + 1)}, "--max-inputs"),
+    ("/embed", {"inputs": ["a"] * (LIMITS["max_inputs"] + 1)}, "--max-inputs"),
+    ("/similarity", {"inputs": {"source_sentence": "a", "sentences": ["b"] * LIMITS["max_inputs"]}}, "--max-inputs"),
+    ("/decode", {"ids": [[101]] * (LIMITS["max_inputs"] + 1)}, "--max-inputs"),
+    ("/embed_full", {"inputs": ["x" * 1000] * 30, "pad": "y" * LIMITS["max_body_bytes"]}, "--max-body-bytes"),
+    ("/embed_full", {"inputs": "b" * (LIMITS["max_input_chars"] + 1), "truncate": False}, "--max-input-chars"),
+])
+def test_size_limit_errors_name_the_clients_fix_and_the_operators_flag(client, route, body, flag):
+    r = client.post(route, json=body)
+    assert r.status_code in (400, 413), r.text[:300]
     err = r.json()["error"]
-    assert r.status_code == 413 and err["code"] == "max_queued_tokens"
-    assert (err["limit"], err["given"]) == (MAX_QUEUED_TOKENS, 768)
+    msg = err if isinstance(err, str) else err["message"]  # TEI's routes: TEI's shape
+    assert "Fix: " in msg and "(client" in msg and f"{flag} (operator)" in msg, msg
+
+
+def test_openai_client_over_max_inputs_is_told_to_split_or_raise_the_flag(main_server):
+    """LangChain's OpenAIEmbeddings sends 1,000 inputs a request (chunk_size): the 400 says the chunk size
+    that fits and the operator's flag."""
+    openai = pytest.importorskip("openai")
+    oa = openai.OpenAI(base_url=main_server.url + "/v1", api_key=API_KEY, max_retries=0)
+    n = LIMITS["max_inputs"]
+    with pytest.raises(openai.BadRequestError) as info:
+        oa.embeddings.create(model="base", input=["a post"] * (n + 1))
+    assert info.value.code == "max_inputs" and info.value.param == "input"
+    assert f"split the request into requests of at most {n} (client; LangChain's OpenAIEmbeddings: chunk_size={n})" \
+           in info.value.message and "a higher --max-inputs (operator)" in info.value.message
 
 
 def test_overload_is_429_with_retry_after_at_once(fault):
