@@ -18,6 +18,11 @@ std::vector<double> latency_bounds() {
   return {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0};
 }
 
+// Where the queue bound is set, and the path that has none (submit is for a few posts per call).
+const std::string kQueueFix =
+    "submit fewer posts per request (for bulk work, Encoder.encode() has no queue), or raise the limit where "
+    "the batcher is started: Encoder.start_batcher(max_queued_tokens=...) or DynamicBatcher(max_queued_tokens=...).";
+
 void check_positive(const char* name, int64_t v) {
   if (v < 1) throw std::invalid_argument(std::string("`") + name + "` must be >= 1. Given: " + std::to_string(v) + ".");
 }
@@ -68,6 +73,8 @@ DynamicBatcher::DynamicBatcher(BatcherOptions options, RunBatchFn run, Completio
   if (opt_.batch_overhead_tokens < 0)
     throw std::invalid_argument("`batch_overhead_tokens` must be >= 0. Given: " +
                                 std::to_string(opt_.batch_overhead_tokens) + ".");
+  if (opt_.pad_id < 0)
+    throw std::invalid_argument("`pad_id` must be >= 0 (a token id). Given: " + std::to_string(opt_.pad_id) + ".");
   if (!run_ || !on_done_) throw std::invalid_argument("`run` and `on_done` must be callable.");
   thread_ = std::thread([this] { loop(); });
   thread_id_ = thread_.get_id();
@@ -95,7 +102,7 @@ void DynamicBatcher::submit(uint64_t ticket, std::vector<std::vector<int64_t>> p
   if (tokens > opt_.max_queued_tokens)
     throw std::invalid_argument("`posts` hold " + std::to_string(tokens) + " tokens, more than max_queued_tokens (" +
                                 std::to_string(opt_.max_queued_tokens) +
-                                "), so they can never be queued. Fix: split the request or raise max_queued_tokens.");
+                                "), so they can never be queued. Fix: " + kQueueFix);
   auto req = std::make_shared<Request>();
   req->ticket = ticket;
   req->rows = static_cast<int64_t>(posts.size());

@@ -5,6 +5,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -16,16 +17,75 @@ namespace py = pybind11;
 
 namespace {
 
-std::vector<std::vector<int64_t>> rows_from_python(const py::sequence& seqs) {
-  std::vector<std::vector<int64_t>> rows;
-  rows.reserve(py::len(seqs));
-  size_t i = 0;
-  for (const py::handle& item : seqs) {
-    if (!py::isinstance<py::sequence>(item) || py::isinstance<py::str>(item))
-      throw py::type_error("`seqs[" + std::to_string(i) + "]` must be a sequence of int token ids. Given: " +
-                           std::string(py::str(py::type::of(item).attr("__name__"))) + ".");
-    rows.push_back(item.cast<std::vector<int64_t>>());
-    ++i;
+std::string type_name(PyObject* o) { return Py_TYPE(o)->tp_name; }
+
+std::string short_repr(PyObject* o) {
+  const std::string r = py::repr(py::handle(o));
+  return r.size() > 40 ? r.substr(0, 37) + "..." : r;
+}
+
+const char* const kIdsFix = "Fix: pass a list of token-id lists (one list of int per post), e.g. "
+                            "Encoder.tokenizer(texts).ids, or embed texts with Encoder.submit(texts).";
+
+std::string where(const char* name, Py_ssize_t i, Py_ssize_t j = -1) {
+  return std::string("`") + name + "[" + std::to_string(i) + "]" + (j < 0 ? "" : "[" + std::to_string(j) + "]") +
+         "`";
+}
+
+constexpr int64_t kAnyVocab = std::numeric_limits<int64_t>::max();  // ids >= 0, vocabulary size unknown
+
+// One token id, name[i][j], as int64: a Python int or an integer-like object (numpy ints), not
+// bool or float. vocab > 0: it must lie in [0, vocab) (an id past the embedding table is read
+// silently as garbage by some runtimes; kAnyVocab: any id >= 0); vocab == 0: any int64 (packing).
+// Messages are built only on failure: this runs once per token.
+int64_t token_id(PyObject* x, int64_t vocab, const char* name, Py_ssize_t i, Py_ssize_t j) {
+  py::object index;
+  if (!PyLong_Check(x) || PyBool_Check(x)) {
+    if (PyBool_Check(x) || PyFloat_Check(x) || !PyIndex_Check(x) ||
+        !(index = py::reinterpret_steal<py::object>(PyNumber_Index(x)))) {
+      PyErr_Clear();
+      throw py::type_error(where(name, i, j) + " must be an int token id. Given: " + type_name(x) + " (" +
+                           short_repr(x) + "). " + kIdsFix);
+    }
+    x = index.ptr();
+  }
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(x, &overflow);
+  if (overflow == 0 && v == -1 && PyErr_Occurred()) throw py::error_already_set();
+  if (vocab > 0 && (overflow != 0 || v < 0 || (vocab != kAnyVocab && v >= vocab))) {
+    const std::string ids = vocab == kAnyVocab ? " (ids are >= 0 and below 2**63)"
+                                               : " of this model (0.." + std::to_string(vocab - 1) + ")";
+    throw std::invalid_argument(where(name, i, j) + " is " + short_repr(x) + ", not a token id" + ids +
+                                ". Fix: pass ids from the model's own tokenizer (Encoder.tokenizer(texts).ids).");
+  }
+  if (overflow != 0)
+    throw std::invalid_argument(where(name, i, j) + " is " + short_repr(x) + ", outside int64. " + kIdsFix);
+  return static_cast<int64_t>(v);
+}
+
+// Ragged token-id rows from Python (`name`: a sequence, not a str, of sequences of int), converted
+// and checked (token_id) in one pass while holding the GIL.
+std::vector<std::vector<int64_t>> rows_from_python(const py::handle& obj, const char* name, int64_t vocab) {
+  auto is_text = [](PyObject* o) { return PyUnicode_Check(o) || PyBytes_Check(o) || PyByteArray_Check(o); };
+  if (!PySequence_Check(obj.ptr()) || is_text(obj.ptr()))
+    throw py::type_error(std::string("`") + name + "` must be a list of token-id lists. Given: " +
+                         type_name(obj.ptr()) + ". " + kIdsFix);
+  auto seq = py::reinterpret_steal<py::object>(PySequence_Fast(obj.ptr(), "not a sequence"));
+  if (!seq) throw py::error_already_set();
+  const Py_ssize_t n = PySequence_Fast_GET_SIZE(seq.ptr());
+  std::vector<std::vector<int64_t>> rows(static_cast<size_t>(n));
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    PyObject* item = PySequence_Fast_GET_ITEM(seq.ptr(), i);
+    if (!PySequence_Check(item) || is_text(item))
+      throw py::type_error(where(name, i) + " must be a sequence of int token ids. Given: " + type_name(item) + ". " +
+                           kIdsFix);
+    auto row = py::reinterpret_steal<py::object>(PySequence_Fast(item, "not a sequence"));
+    if (!row) throw py::error_already_set();
+    const Py_ssize_t len = PySequence_Fast_GET_SIZE(row.ptr());
+    PyObject** ids = PySequence_Fast_ITEMS(row.ptr());
+    auto& out = rows[static_cast<size_t>(i)];
+    out.resize(static_cast<size_t>(len));
+    for (Py_ssize_t j = 0; j < len; ++j) out[static_cast<size_t>(j)] = token_id(ids[j], vocab, name, i, j);
   }
   return rows;
 }
@@ -33,8 +93,8 @@ std::vector<std::vector<int64_t>> rows_from_python(const py::sequence& seqs) {
 void bind_pack(py::module_& m) {
   m.def(
       "pack_padded",
-      [](const py::sequence& seqs, int64_t pad_id, int64_t pad_to_multiple) {
-        auto rows = rows_from_python(seqs);
+      [](const py::object& seqs, int64_t pad_id, int64_t pad_to_multiple) {
+        auto rows = rows_from_python(seqs, "seqs", 0);
         const int64_t width = postemb::packed_width(rows, pad_to_multiple);
         const auto n = static_cast<py::ssize_t>(rows.size());
         py::array_t<int64_t> ids({n, static_cast<py::ssize_t>(width)});
@@ -167,8 +227,9 @@ struct PyBatcherCallbacks {
 
 class PyDynamicBatcher {
  public:
-  PyDynamicBatcher(py::object run, py::object on_done, const postemb::BatcherOptions& opt)
-      : cb_(std::make_shared<PyBatcherCallbacks>(PyBatcherCallbacks{std::move(run), std::move(on_done)})) {
+  PyDynamicBatcher(py::object run, py::object on_done, const postemb::BatcherOptions& opt, int64_t vocab_size)
+      : vocab_(vocab_size > 0 ? vocab_size : kAnyVocab),
+        cb_(std::make_shared<PyBatcherCallbacks>(PyBatcherCallbacks{std::move(run), std::move(on_done)})) {
     if (!PyCallable_Check(cb_->run.ptr()) || !PyCallable_Check(cb_->on_done.ptr()))
       throw py::type_error("`run` and `on_done` must be callable.");
     auto cb = cb_;
@@ -238,8 +299,10 @@ class PyDynamicBatcher {
   }
 
   postemb::DynamicBatcher& core() { return *core_; }
+  int64_t vocab() const { return vocab_; }  // submit's token ids lie in [0, vocab)
 
  private:
+  int64_t vocab_;
   std::shared_ptr<PyBatcherCallbacks> cb_;
   std::unique_ptr<postemb::DynamicBatcher> core_;
 };
@@ -267,7 +330,7 @@ void bind_batcher(py::module_& m) {
                                "C++ dynamic batcher (csrc/batcher.h). Use postemb_rt.batching.DynamicBatcher.")
       .def(py::init([](py::object run, py::object on_done, int64_t max_batch_tokens, int64_t max_batch_size,
                        int64_t max_wait_us, int64_t max_queued_tokens, int64_t batch_overhead_tokens, int64_t window,
-                       int64_t pad_id) {
+                       int64_t pad_id, int64_t vocab_size) {
              postemb::BatcherOptions o;
              o.max_batch_tokens = max_batch_tokens;
              o.max_batch_size = max_batch_size;
@@ -276,22 +339,26 @@ void bind_batcher(py::module_& m) {
              o.batch_overhead_tokens = batch_overhead_tokens;
              o.window = window;
              o.pad_id = pad_id;
-             return std::make_unique<PyDynamicBatcher>(std::move(run), std::move(on_done), o);
+             return std::make_unique<PyDynamicBatcher>(std::move(run), std::move(on_done), o, vocab_size);
            }),
            py::arg("run"), py::arg("on_done"), py::arg("max_batch_tokens") = 4096, py::arg("max_batch_size") = 64,
            py::arg("max_wait_us") = 500, py::arg("max_queued_tokens") = 65536, py::arg("batch_overhead_tokens") = 64,
-           py::arg("window") = 1024, py::arg("pad_id") = 0)
+           py::arg("window") = 1024, py::arg("pad_id") = 0, py::arg("vocab_size") = 0,
+           "Options as csrc/batcher.h BatcherOptions; vocab_size > 0: submit refuses token ids outside\n"
+           "[0, vocab_size) (0: any id >= 0). Validated with clear messages by postemb_rt.batching.")
       .def(
           "submit",
-          [](PyDynamicBatcher& self, uint64_t ticket, const py::sequence& posts, double timeout_s) {
-            auto rows = rows_from_python(posts);
-            const int64_t timeout_us = timeout_s > 0 ? std::max<int64_t>(1, static_cast<int64_t>(timeout_s * 1e6)) : 0;
+          [](PyDynamicBatcher& self, uint64_t ticket, const py::object& posts, double timeout_s) {
+            auto rows = rows_from_python(posts, "posts", self.vocab());
+            // 1e9 s (31 years) or more, inf or NaN: no deadline (and timeout_s * 1e6 stays inside int64).
+            const int64_t timeout_us =
+                timeout_s > 0 && timeout_s < 1e9 ? std::max<int64_t>(1, static_cast<int64_t>(timeout_s * 1e6)) : 0;
             py::gil_scoped_release release;
             self.core().submit(ticket, std::move(rows), timeout_us);
           },
           py::arg("ticket"), py::arg("posts"), py::arg("timeout_s") = 0.0,
           "Queue posts (a sequence of int token-id sequences) under `ticket`. Raises OverloadedError,\n"
-          "BatcherClosedError, ValueError. timeout_s > 0: fail instead of computing after that long.")
+          "BatcherClosedError, ValueError, TypeError. timeout_s > 0: fail instead of computing after that long.")
       .def(
           "cancel",
           [](PyDynamicBatcher& self, uint64_t ticket) {

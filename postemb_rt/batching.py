@@ -22,6 +22,7 @@ from concurrent.futures import Future, InvalidStateError
 
 import numpy as np
 
+from .batcher_args import check_options, check_timeout, token_rows
 from .errors import BatcherClosedError, BatchFailedError, DeadlineExceededError, PostEmbError, ValidationError
 
 log = logging.getLogger("postemb_rt")
@@ -85,12 +86,17 @@ class DynamicBatcher:
     max_batch_tokens: padded tokens per batch (rows x longest row).
     max_batch_size: rows per batch.
     max_wait_us: how long the oldest queued post waits for company before its batch runs.
-    max_queued_tokens: backpressure; ``submit`` past it raises ``OverloadedError`` at once.
+    max_queued_tokens: backpressure; ``submit`` past it raises ``OverloadedError`` at once. A request
+        larger than it can never be queued (ValidationError); below max_batch_tokens, batches never
+        fill by tokens (``Encoder.start_batcher`` refuses that; the server uses it as a small queue).
     batch_overhead_tokens: a model call's fixed cost in padded tokens. Queued posts are
         grouped by length to minimise sum(overhead + rows x longest row): 0 splits into
         many tight batches, a large value gives plain fill-up batches. The group holding the
         oldest queued post always runs next, so nothing waits behind better fits.
     pad_id: the token id written into padding slots.
+    vocab_size: the model's vocabulary size (``Encoder`` passes its tokenizer's): ``submit`` refuses
+        token ids outside [0, vocab_size) at once (some runtimes read such an id silently as garbage);
+        None: any id >= 0. Options are ints (``batcher_args.check_options``), else ValidationError.
 
     ``submit`` returns a ``concurrent.futures.Future`` per request; ``stats()`` gives queue
     depth, counters and Prometheus-shaped histograms. ``close()`` (also at interpreter exit)
@@ -104,9 +110,13 @@ class DynamicBatcher:
 
     def __init__(self, embed, *, max_batch_tokens: int = 4096, max_batch_size: int = 64,
                  max_wait_us: int = 500, max_queued_tokens: int = 65536, batch_overhead_tokens: int = 64,
-                 pad_id: int = 0, native: bool | None = None):
+                 pad_id: int = 0, vocab_size: int | None = None, native: bool | None = None):
         from . import native as _native
 
+        self.options = dict(max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
+                            max_wait_us=max_wait_us, max_queued_tokens=max_queued_tokens,
+                            batch_overhead_tokens=batch_overhead_tokens, pad_id=pad_id, vocab_size=vocab_size)
+        check_options(embed, self.options)  # before a thread starts or a warning is logged
         if native and _native._C is None:
             raise PostEmbError(
                 "`native=True` needs the extension postemb_rt._C, which is not loaded (not built, or "
@@ -117,27 +127,16 @@ class DynamicBatcher:
             fix = ("unset POSTEMB_NATIVE" if _native.disabled() else "pip install -e . (needs a C++17 compiler)")
             log.warning("postemb_rt._C is not loaded: concurrent requests are computed one at a time, "
                         "without batching across requests (%s). Fix: %s", SERIAL, fix)
-        for name, value in (("max_batch_tokens", max_batch_tokens), ("max_batch_size", max_batch_size),
-                            ("max_queued_tokens", max_queued_tokens)):
-            if not isinstance(value, int) or value < 1:
-                raise ValidationError(f"`{name}` must be an int >= 1. Given: {value!r}.")
-        if not isinstance(max_wait_us, int) or max_wait_us < 0:
-            raise ValidationError(f"`max_wait_us` must be an int >= 0. Given: {max_wait_us!r}.")
-        if not isinstance(batch_overhead_tokens, int) or batch_overhead_tokens < 0:
-            raise ValidationError(f"`batch_overhead_tokens` must be an int >= 0. Given: {batch_overhead_tokens!r}.")
         self._embed = embed
         self._pending: dict[int, tuple[Future, bool]] = {}
         self._tickets = itertools.count(1)
         self._batch_exc: BaseException | None = None
-        self.options = dict(max_batch_tokens=max_batch_tokens, max_batch_size=max_batch_size,
-                            max_wait_us=max_wait_us, max_queued_tokens=max_queued_tokens,
-                            batch_overhead_tokens=batch_overhead_tokens, pad_id=pad_id)
         # The callbacks hold only a weak reference to self, so dropping the last user reference
         # is never done by (nor waits for) the scheduler thread; _LIVE keeps self until close().
         ref = weakref.ref(self)
         core_cls = _native._C.DynamicBatcher if use_c else SerialCore
         self.implementation = "C++ (postemb_rt._C)" if use_c else SERIAL
-        self._core = core_cls(_make_run(ref), _make_on_done(ref), **self.options)
+        self._core = core_cls(_make_run(ref), _make_on_done(ref), **{**self.options, "vocab_size": vocab_size or 0})
         with _LIVE_LOCK:
             _LIVE.add(self)
 
@@ -146,17 +145,19 @@ class DynamicBatcher:
         """Queue one request.
 
         posts: a list of token-id lists (int), each 1..max_batch_tokens long, e.g. from
-            ``PostTokenizer``. timeout: seconds; a request not computed by then fails with
-            ``DeadlineExceededError`` and is not computed.
+            ``PostTokenizer``; ids in [0, vocab_size). timeout: seconds > 0 (None: no deadline); a
+            request not computed by then fails with ``DeadlineExceededError`` and is not computed.
         squeeze: resolve to row 0 as (D,) instead of (1, D).
         Returns a Future of float32 (len(posts), D) in post order. Raises ``OverloadedError``
-        (queue full; retry later), ``BatcherClosedError``, ``ValidationError``, immediately.
+        (queue full; retry later), ``BatcherClosedError``, ``ValidationError`` (a value),
+        ``TypeError`` (``posts`` not a list of lists of int), immediately.
         """
+        timeout_s = check_timeout(timeout)
         fut: Future = Future()
         ticket = next(self._tickets)
         self._pending[ticket] = (fut, squeeze)
         try:
-            self._core.submit(ticket, posts, float(timeout) if timeout else 0.0)
+            self._core.submit(ticket, posts, timeout_s)
         except ValueError as exc:
             del self._pending[ticket]
             raise ValidationError(str(exc)) from None
@@ -280,6 +281,9 @@ COUNTERS = ("requests_submitted", "requests_ok", "requests_failed", "requests_ex
             "requests_cancelled", "requests_closed", "batches", "batches_failed", "posts_computed",
             "tokens_computed", "padded_tokens_computed")  # csrc/batcher.h BatcherStats
 GAUGES = ("pending_requests", "queued_posts", "queued_tokens", "in_flight_posts")
+QUEUE_FIX = ("submit fewer posts per request (for bulk work, Encoder.encode() has no queue), or raise the limit "
+             "where the batcher is started: Encoder.start_batcher(max_queued_tokens=...) or "
+             "DynamicBatcher(max_queued_tokens=...).")  # csrc/batcher.cpp kQueueFix
 
 
 class SerialCore:
@@ -294,10 +298,10 @@ class SerialCore:
     """
 
     def __init__(self, run, on_done, max_batch_tokens=4096, max_batch_size=64, max_wait_us=500,
-                 max_queued_tokens=65536, batch_overhead_tokens=64, pad_id=0):
+                 max_queued_tokens=65536, batch_overhead_tokens=64, pad_id=0, vocab_size=0):
         self._run, self._on_done = run, on_done
         self._max_batch_tokens, self._max_batch_size = max_batch_tokens, max_batch_size
-        self._max_queued_tokens, self._pad_id = max_queued_tokens, pad_id
+        self._max_queued_tokens, self._pad_id, self._vocab_size = max_queued_tokens, pad_id, vocab_size
         self._cv = threading.Condition()
         self._queue: collections.deque = collections.deque()  # (ticket, rows, deadline), arrival order
         self._live: set[int] = set()  # tickets queued or in flight, not cancelled
@@ -311,11 +315,7 @@ class SerialCore:
     def submit(self, ticket: int, posts, timeout_s: float = 0.0) -> None:
         from .errors import OverloadedError
 
-        rows = []
-        for i, p in enumerate(posts):
-            if isinstance(p, (str, bytes)) or not hasattr(p, "__len__"):
-                raise TypeError(f"`seqs[{i}]` must be a sequence of int token ids. Given: {type(p).__name__}.")
-            rows.append([int(x) for x in p])
+        rows = token_rows(posts, self._vocab_size)
         if not rows:
             raise ValueError("`posts` must hold at least one post. Given: 0 posts.")
         for i, r in enumerate(rows):
@@ -325,7 +325,7 @@ class SerialCore:
         tokens, limit = sum(map(len, rows)), self._max_queued_tokens
         if tokens > limit:
             raise ValueError(f"`posts` hold {tokens} tokens, more than max_queued_tokens ({limit}), so they can "
-                             "never be queued. Fix: split the request or raise max_queued_tokens.")
+                             f"never be queued. Fix: {QUEUE_FIX}")
         with self._cv:
             if self._closing:
                 raise BatcherClosedError("the batcher is closed; submit() is no longer accepted.")

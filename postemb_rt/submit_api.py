@@ -13,6 +13,7 @@ from concurrent.futures import Future
 import numpy as np
 
 from . import long_posts as lp, prompts
+from .batcher_args import check_timeout
 from .batching import DynamicBatcher
 from .errors import BatcherClosedError, ValidationError
 from .futures import gather
@@ -34,10 +35,19 @@ class SubmitAPI:
     def _start_batcher_locked(self, options: dict) -> DynamicBatcher:
         if self._batcher_closed:
             raise BatcherClosedError("this Encoder is closed; submit() is no longer accepted.")
-        self._batcher_opts = {"max_batch_tokens": self.max_batch_tokens,
-                              "max_queued_tokens": max(65536, 16 * self.max_batch_tokens), **options}
+        default_queue = max(65536, 16 * self.max_batch_tokens)
+        opts = {"max_batch_tokens": self.max_batch_tokens, "max_queued_tokens": default_queue,
+                "pad_id": self.tokenizer.pad_id,
+                # submit refuses token ids past the vocabulary, as the tokenizer's decode (the server's /decode) does
+                "vocab_size": self.tokenizer._tok.get_vocab_size(with_added_tokens=True), **options}
+        queue, batch = opts["max_queued_tokens"], opts["max_batch_tokens"]
+        if all(isinstance(v, int) and not isinstance(v, bool) for v in (queue, batch)) and queue < batch:
+            raise ValidationError(f"`max_queued_tokens` must be >= max_batch_tokens ({batch}): a smaller queue never "
+                                  f"fills a batch. Given: {queue}. Fix: leave it out (default {default_queue}), or "
+                                  "lower max_batch_tokens with it.")
         embed = functools.partial(self.backend.embed, normalize=self.model.config.normalize)
-        self._batcher = DynamicBatcher(embed, pad_id=self.tokenizer.pad_id, **self._batcher_opts)
+        self._batcher = DynamicBatcher(embed, **opts)  # checks the other options
+        self._batcher_opts = opts
         return self._batcher
 
     @property
@@ -55,7 +65,7 @@ class SubmitAPI:
                 if self._batcher_closed:
                     raise BatcherClosedError("this Encoder is closed; submit() is no longer accepted.")
                 self._raw_batcher = DynamicBatcher(functools.partial(self.backend.embed, normalize=False),
-                                                   pad_id=self.tokenizer.pad_id, **self._batcher_opts)
+                                                   **self._batcher_opts)
             return self._raw_batcher
 
     def submit(self, texts, timeout: float | None = None, truncate: bool = True,
@@ -63,7 +73,8 @@ class SubmitAPI:
         """Embed texts through the shared dynamic batcher; for many concurrent callers.
 
         texts: a str or a list of str (a few posts; big lists are better served by ``encode``).
-        timeout: seconds; a request not computed by then fails with DeadlineExceededError.
+        timeout: seconds > 0 (None: no deadline); a request not computed by then fails with
+            DeadlineExceededError.
         long_posts: "truncate" or "chunk" for this call (default: the encoder's).
         prompt_name / prompt: as ``encode`` (default: the model's default prompt, if any).
         Returns a ``concurrent.futures.Future`` of float32 (len(texts), dim) in input order, or
@@ -71,6 +82,7 @@ class SubmitAPI:
         the calling thread, never waits for the model. Raises at once: ValidationError,
         OverloadedError (queue full: retry later), BatcherClosedError (after ``close()``).
         """
+        check_timeout(timeout)  # before anything else: an empty request is refused alike
         single = isinstance(texts, str)
         text = prompts.resolve(self.model.config, prompt=prompt, prompt_name=prompt_name)
         texts = prompts.apply(self._check_texts([texts] if single else texts), text)

@@ -470,7 +470,7 @@ def test_length_grouping_cuts_padding_and_stats_expose_it(impl):
 
 @pytest.mark.parametrize("impl", IMPLS)
 def test_options_are_validated(impl):
-    with pytest.raises(ValidationError, match="`max_batch_size` must be an int >= 1. Given: 0"):
+    with pytest.raises(ValidationError, match=r"`max_batch_size` must be an int from 1 to 2\*\*40. Given: 0"):
         DynamicBatcher(fake_vectors, max_batch_size=0)
     with pytest.raises(ValidationError, match="`max_wait_us`"):
         DynamicBatcher(fake_vectors, max_wait_us=-1)

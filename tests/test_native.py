@@ -43,3 +43,13 @@ def test_non_sequence_row_names_its_index():
 def test_bad_multiple_is_rejected():
     with pytest.raises(ValueError, match="`pad_to_multiple` must be >= 1. Given: 0"):
         native.pack_padded([[1]], 0, 0)
+
+
+@pytest.mark.parametrize("seqs, error, match", [
+    ([[1, 2.5]], TypeError, r"`seqs\[0\]\[1\]` must be an int token id. Given: float \(2.5\). Fix:"),
+    (None, TypeError, r"`seqs` must be a list of token-id lists. Given: NoneType. Fix:"),
+    ([[1, 2**70]], ValueError, r"`seqs\[0\]\[1\]` is 1180591620717411303424, outside int64. Fix:"),
+])
+def test_bad_ids_are_named_not_a_pybind11_cast_error(seqs, error, match):
+    with pytest.raises(error, match=match):
+        native.pack_padded(seqs, 0)

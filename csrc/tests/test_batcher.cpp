@@ -210,6 +210,20 @@ void test_overload_deadline_cancel() {
   CHECK(s.requests_rejected == 1 && s.requests_expired == 1 && s.requests_cancelled == 1, "counters");
 }
 
+void test_a_negative_pad_id_is_refused() {
+  BatcherOptions opt;
+  opt.pad_id = -1;
+  std::string what;
+  try {
+    DynamicBatcher b(
+        opt, [](const BatchView& v, std::vector<float>& o, int64_t& d) { fake_model(v, o, d); },
+        [](std::vector<Completion>&) {});
+  } catch (const std::invalid_argument& e) {
+    what = e.what();
+  }
+  CHECK(what == "`pad_id` must be >= 0 (a token id). Given: -1.", "pad_id -1: %s", what.c_str());
+}
+
 void test_close_while_busy() {
   for (bool drain : {true, false}) {
     Sink sink;
@@ -325,6 +339,7 @@ int main() {
   test_stress();
   test_backend_errors_fail_only_their_batch();
   test_overload_deadline_cancel();
+  test_a_negative_pad_id_is_refused();
   test_close_while_busy();
   test_grouping_and_fairness();
   std::printf("ALL OK\n");

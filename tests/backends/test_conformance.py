@@ -39,6 +39,19 @@ def test_describe_reports_the_pooling_kernel_that_ran(encoders, model, variant):
         assert kernel.startswith("C++ masked_mean_pool_l2 (")
 
 
+@pytest.mark.parametrize("model,variant", VARIANTS)
+@pytest.mark.parametrize("bad", [-5, 10**6])
+def test_token_ids_past_the_vocabulary_are_refused_not_embedded(encoders, model, variant, bad):
+    """OpenVINO and onnxruntime read an id past the embedding table as garbage and returned a unit
+    vector without a word: the batcher refuses it, on every backend alike."""
+    from postemb_rt.errors import ValidationError
+
+    batcher = encoders[model, variant].batcher
+    with pytest.raises(ValidationError, match=rf"`posts\[0\]\[1\]` is {bad}, not a token id of this model "
+                                              r"\(0..30521\). Fix:"):
+        batcher.submit([[101, bad, 102]])
+
+
 def test_external_export_stops_at_hidden_states(encoders):
     enc = encoders["projected", "onnx-external"]
     assert enc.model.config.onnx_pooling == "external"
