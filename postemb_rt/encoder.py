@@ -57,6 +57,7 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
         self._raw_batcher: DynamicBatcher | None = None  # chunk mode's windows: raw vectors, combined after
         self._batcher_lock = threading.Lock()
         self._batcher_closed = False
+        self._closed_backend: dict | None = None  # backend.describe() as close() found it
         self.fidelity: Fidelity | None = None  # measured fidelity of a fast CPU precision to fp32
         self.precision_reason = "exact" if backend.precision == "fp32" else "asked for"  # "auto": what it tried
         self.truncate_dim: int | None = None  # from_pretrained(truncate_dim=k): encode/submit's default prefix
@@ -206,14 +207,15 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
             "long_posts": (self.long_posts if self.long_posts == "truncate" else
                            f"chunk (overlap {self.chunk_overlap}, max_chunks {self.max_chunks})"),
             "max_batch_tokens": self.max_batch_tokens,
-            **self.backend.describe(),
+            **(self._closed_backend or self.backend.describe()),  # after close(): what ran
             "backend_reason": self.backend_reason,
             "precision_reason": self.precision_reason,
             "fidelity": (self.fidelity.to_dict() if self.fidelity is not None
                          else "exact (float32)" if self.backend.precision == "fp32"
                          else "not measured at load (GPU precisions: benchmarks/gpu_suite.py)"),
             "packing": "C++ (postemb_rt._C)" if native.NATIVE else "python fallback",
-            "batcher": self._batcher.implementation if self._batcher is not None else "not started",
+            "batcher": ("closed" if self._batcher_closed else self._batcher.implementation if self._batcher is not None
+                        else "not started"),
         }
 
     def _check_texts(self, texts) -> list[str]:
@@ -344,6 +346,8 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
         for x in (b, raw):
             if x is not None:
                 x.close(drain=True)
+        if self._closed_backend is None:
+            self._closed_backend = self.backend.describe()
         self.backend.close()
 
     def __enter__(self):

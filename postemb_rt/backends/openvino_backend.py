@@ -202,6 +202,9 @@ class OpenVinoBackend(Backend):
             self.pooling_kernel = self._pool.name
         self._local = threading.local()
         self._version = ov.__version__
+        # read once, so that describe() still answers after close() has dropped the compiled model
+        self._compiled_facts = {"inference_precision": inference_precision(self._compiled),
+                                "threads": int(self._compiled.get_property("INFERENCE_NUM_THREADS"))}
 
     def ov_model(self, core):
         """The ``openvino.Model`` this backend compiles: our export; for ``int8``, its smoothed copy
@@ -229,8 +232,7 @@ class OpenVinoBackend(Backend):
 
     def describe(self) -> dict:
         out = {**super().describe(), "onnx_path": str(self.onnx_path), "openvino": self._version,
-               "inference_precision": inference_precision(self._compiled),
-               "threads": int(self._compiled.get_property("INFERENCE_NUM_THREADS"))}
+               **self._compiled_facts}
         if self.precision == "int8":
             out["int8"] = (f"{self.int8_matmuls} matmuls int8 x int8: weights per output channel, inputs one "
                            "static scale per tensor (calibrated on TweetEval train posts, after SmoothQuant)")

@@ -52,6 +52,23 @@ def test_token_ids_past_the_vocabulary_are_refused_not_embedded(encoders, model,
         batcher.submit([[101, bad, 102]])
 
 
+@pytest.mark.parametrize("variant", ["torch", "onnx-external", "openvino-graph", "openvino-external"])
+def test_describe_after_close_reports_what_ran(encoders, variant):
+    """close() releases the model, not the record of it: describe() afterwards (a server's last log
+    line, a report) answers as before, with the batcher "closed", on every backend."""
+    from postemb_rt import Encoder
+
+    loaded = encoders["base", variant]
+    enc = Encoder.from_pretrained(loaded.model.path, backend=loaded.backend.name, device="cpu", warmup=False)
+    backend, before = enc.backend.describe(), enc.describe()
+    enc.close()
+    after = enc.describe()
+    assert after.pop("batcher") == "closed" and before.pop("batcher") == "not started"
+    assert after == before
+    if variant.startswith("openvino"):  # its own describe, too, no longer reads the released compiled model
+        assert enc.backend.describe() == backend
+
+
 def test_external_export_stops_at_hidden_states(encoders):
     enc = encoders["projected", "onnx-external"]
     assert enc.model.config.onnx_pooling == "external"
