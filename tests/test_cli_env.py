@@ -2,6 +2,7 @@
 naming rule; --version; JSON logs."""
 import json
 import logging
+import re
 import subprocess
 import sys
 
@@ -78,6 +79,17 @@ def test_serve_takes_device_and_max_batch_tokens():
     assert config_from_args(parse(["serve"], {})).max_batch_tokens is None
     with pytest.raises(ValidationError, match=r"`--max-batch-tokens` must be >= 1. Given: 0"):
         config_from_args(parse(["serve", "--max-batch-tokens", "0"], {}))
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--request-timeout", "0", "must be > 0 seconds. Given: 0.0"), ("--request-timeout", "nan", "must be > 0 seconds. Given: nan"),
+    ("--header-timeout", "-1", "must be > 0 seconds"), ("--drain-timeout", "-1", "must be >= 0 seconds. Given: -1.0"),
+])
+def test_serve_refuses_a_timeout_that_would_fail_every_request(flag, value, words):
+    from postemb_rt.commands.serve import config_from_args
+
+    with pytest.raises(ValidationError, match=re.escape(f"`{flag}` {words}")):
+        config_from_args(parse(["serve", flag, value], {}))
 
 
 def test_serve_leaves_model_threads_to_the_backend_and_shares_the_cores_among_workers(monkeypatch):

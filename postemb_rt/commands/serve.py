@@ -66,9 +66,12 @@ def config_from_args(args):
     for name in ("max_wait_us", "batch_overhead_tokens"):
         if getattr(cfg, name) < 0:
             raise ValidationError(f"`--{name.replace('_', '-')}` must be >= 0. Given: {getattr(cfg, name)}.")
-    for name, flag in (("header_timeout_s", "header-timeout"), ("body_timeout_s", "body-timeout")):
+    for name, flag in (("header_timeout_s", "header-timeout"), ("body_timeout_s", "body-timeout"),
+                       ("request_timeout_s", "request-timeout")):
         if not getattr(cfg, name) > 0:
             raise ValidationError(f"`--{flag}` must be > 0 seconds. Given: {getattr(cfg, name)}.")
+    if not cfg.drain_timeout_s >= 0:
+        raise ValidationError(f"`--drain-timeout` must be >= 0 seconds. Given: {cfg.drain_timeout_s}.")
     if args.workers < 1:
         raise ValidationError(f"`--workers` must be >= 1. Given: {args.workers}.")
     if not 0 <= args.port <= 65535:
