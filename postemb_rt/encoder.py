@@ -179,10 +179,11 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
         """model_dir.vector_version of this encoder's vectors: what a store, output or server records."""
         return self.vector_version_at(self.truncate_dim)
 
-    def vector_version_at(self, truncate_dim: int | None) -> str:
+    def vector_version_at(self, truncate_dim: int | None, long_posts: str | None = None) -> str:
         """:attr:`vector_version` of this encoder's vectors cut to ``truncate_dim`` (a declared nested prefix:
-        ``@<k>``; its own dim: the full vector; None: its default, as ``encode``). Refuses other dims."""
-        return vector_version(self.model_version, self.backend.precision, self.long_posts,
+        ``@<k>``; its own dim: the full vector; None: its default, as ``encode``), in ``long_posts`` mode
+        (None: the encoder's own). Refuses other dims."""
+        return vector_version(self.model_version, self.backend.precision, long_posts or self.long_posts,
                               eo.check_truncate_dim(self, truncate_dim),
                               self.max_length if self.max_length != self.model.config.max_length else None)
 

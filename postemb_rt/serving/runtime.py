@@ -15,8 +15,7 @@ from typing import Callable
 import numpy as np
 
 from .. import quantization
-from ..encode_options import allowed_dims, check_truncate_dim
-from ..model_dir import vector_version
+from ..encode_options import allowed_dims
 from ..errors import BatcherClosedError, DeadlineExceededError, OverloadedError, ValidationError
 from .config import ServeConfig
 from . import encodings
@@ -117,14 +116,10 @@ class Runtime:
 
     def vector_version(self, dim: int | None = None, long_posts: str = "truncate") -> str:
         """The vector version of this model's answers cut to ``dim`` (None: its full dim) in ``long_posts``
-        mode: what ``Encoder.vector_version_at(dim)`` reports for an encoder loaded in that mode (the
-        server's encoder has one mode, ``--long-posts``, but /v1/embeddings always truncates and
-        /embed_full takes a mode per request). Built by ``model_dir.vector_version``, the one function
-        that writes these strings, from the encoder's own precision, prefix and max_length. Once loaded."""
+        mode (the server's encoder has one mode, ``--long-posts``, but /v1/embeddings always truncates
+        and /embed_full takes a mode per request): ``Encoder.vector_version_at``. Once loaded."""
         enc = self.encoder
-        max_length = enc.max_length if enc.max_length != enc.model.config.max_length else None
-        return vector_version(enc.model_version, enc.backend.precision, long_posts,
-                              check_truncate_dim(enc, enc.dim if dim is None else dim), max_length)
+        return enc.vector_version_at(enc.dim if dim is None else dim, long_posts)
 
     # -- one embedding request ---------------------------------------------------------
     def prompted(self, enc, texts: list[str], prompt_name: str | None) -> list[str]:
