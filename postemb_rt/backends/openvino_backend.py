@@ -180,7 +180,9 @@ class OpenVinoBackend(Backend):
                                      fix=f"delete {smoothed.path} so that it is calibrated again")
             self.numerics = f"-static{INT8_STATIC_RECIPE}-{config['INFERENCE_PRECISION_HINT']}-{smoothed.path.name}"
         try:
+            keep_own_altstack()  # before: the stack the plugin saves and puts back is ours; after: its own is not kept
             self._compiled = core.compile_model(self.ov_model(core), "CPU", config)
+            keep_own_altstack()
         except RuntimeError as e:
             verbose = onednn_exec_verbose()
             if verbose is None:
@@ -241,3 +243,38 @@ class OpenVinoBackend(Backend):
     def close(self) -> None:
         self._local = threading.local()
         self._compiled = None
+
+
+_ALTSTACK = threading.local()  # this thread's alternate signal stack, once keep_own_altstack gave it one
+ALTSTACK_BYTES = 64 * 1024  # above any signal frame with AVX-512 or AMX state (the plugin's own: 11,568 bytes)
+
+
+def keep_own_altstack() -> None:
+    """Give the calling thread an alternate signal stack of ours, which lives as long as the thread.
+
+    OpenVINO 2026.4's CPU plugin gives a thread that compiles a model an alternate signal stack
+    (sigaltstack) of its own, and when that compiled model is freed the thread is left pointing at
+    a stack of the plugin's that may be freed already: two models freed in the order they were
+    compiled did it (tests/backends/test_openvino_signals.py). Python runs every signal handler on
+    that stack (SA_ONSTACK), so the next Ctrl-C or SIGTERM crashed the process (SIGSEGV) instead
+    of raising KeyboardInterrupt or shutting down. Called before and after each compile: what the
+    plugin saves and puts back is then this stack. Linux only; elsewhere nothing is done."""
+    import ctypes
+    import sys
+
+    if sys.platform != "linux":
+        return
+
+    class StackT(ctypes.Structure):
+        _fields_ = [("ss_sp", ctypes.c_void_p), ("ss_flags", ctypes.c_int), ("ss_size", ctypes.c_size_t)]
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ours = getattr(_ALTSTACK, "buffer", None)
+    if ours is None:
+        ours = _ALTSTACK.buffer = ctypes.create_string_buffer(ALTSTACK_BYTES)
+    now = StackT()
+    if libc.sigaltstack(None, ctypes.byref(now)) != 0 or now.ss_sp == ctypes.addressof(ours):
+        return
+    if libc.sigaltstack(ctypes.byref(StackT(ctypes.addressof(ours), 0, ALTSTACK_BYTES)), None) != 0:
+        log.warning("could not set an alternate signal stack (errno %d): a signal after OpenVINO models were "
+                    "freed may crash this process", ctypes.get_errno())
