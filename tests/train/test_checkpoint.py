@@ -2,8 +2,10 @@
 then resumed, ends with the same model as a run never stopped; a checkpoint resumes only its own
 run; the command says how to continue."""
 import json
-import os
+import re
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -42,27 +44,45 @@ def straight(tiny_data, tmp_path_factory):
     return out, train(TrainConfig(data=str(tiny_data), **RUN), out, progress=lambda m: None)
 
 
-def test_a_run_stopped_by_sigint_then_resumed_ends_as_the_run_never_stopped(tiny_data, tmp_path, straight):
-    out = tmp_path / "model"
-
-    def progress(message):
-        if message.startswith("step 2/"):
-            os.kill(os.getpid(), signal.SIGINT)  # as Ctrl-C: handled, the step ends first
-
-    with pytest.raises(checkpoint.Stopped) as stopped:
-        train(TrainConfig(data=str(tiny_data), **RUN), out, progress=progress, checkpoint_every=3600)
-    assert (stopped.value.step, stopped.value.signum) == (2, signal.SIGINT)
-    assert stopped.value.path == checkpoint.path_for(out) and stopped.value.path.is_file()
-    assert not out.exists()  # the model folder is written only at the end
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Python's handler is back
+def test_a_run_stopped_by_sigterm_then_resumed_ends_as_the_run_never_stopped(tiny_data, tmp_path, straight):
+    # a real `postemb train` process and a real signal, as a user or a scheduler sends it (a signal sent to
+    # this test process would reach every model earlier tests left in it: tests/backends/test_openvino_signals.py)
+    config, out = tmp_path / "run.json", tmp_path / "model"
+    config.write_text(json.dumps({**RUN, "data": str(tiny_data)}))
+    proc = subprocess.Popen([sys.executable, "-m", "postemb_rt.cli", "train", "--config", str(config), "--out",
+                             str(out), "--threads", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("step 2/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    rest, err = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "SIGTERM: stopping after this step" in err and "Continue: the same command with --resume" in err
+    stopped = int(re.search(r"stopped after step (\d+) of 6", err).group(1))
+    assert 2 <= stopped < 6 and not out.exists()  # the model folder is written only at the end
+    assert checkpoint.peek(checkpoint.path_for(out)) == f"{stopped} of 6"
 
     said = []
     summary = train(TrainConfig(data=str(tiny_data), **RUN), out, progress=said.append, checkpoint_every=3600,
                     resume=True)
-    assert any(m.startswith("resuming from step 2/6") for m in said)
-    assert summary["resumed_from_step"] == 2
+    assert any(m.startswith(f"resuming from step {stopped}/6") for m in said)
+    assert summary["resumed_from_step"] == stopped
     assert not checkpoint.path_for(out).exists()  # removed once the model is written
     _same_model(straight[0], out, straight[1], summary)
+
+
+def test_the_first_signal_asks_for_a_stop_the_second_sigint_stops_at_once_and_handlers_come_back():
+    before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    with checkpoint.stop_on_signals(True) as asked:
+        handler = signal.getsignal(signal.SIGTERM)
+        assert handler is signal.getsignal(signal.SIGINT) and handler not in before
+        handler(signal.SIGTERM, None)  # as the OS would call it
+        assert asked == [signal.SIGTERM]
+        with pytest.raises(KeyboardInterrupt):
+            handler(signal.SIGINT, None)
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
+    with checkpoint.stop_on_signals(False) as asked:  # checkpoints off: signals do what they did
+        assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
 def test_a_crashed_run_resumes_from_its_last_periodic_checkpoint(tiny_data, tmp_path, straight):
