@@ -20,6 +20,14 @@ from tests.train.conftest import SMOKE
 
 # the similarity term over a stream of general posts: the stream's draws are resumed too
 RUN = {**SMOKE, "steps": 6, "log_every": 2, "distill_weight": 0.5, "distill_posts": 4}
+# the shipped recipe's shape: a teacher's similarity, direct, in-batch-negative and pair terms (their draws),
+# per-task calibration, task balance, nested prefixes; and a learnt map to the teacher (its own tensors)
+TEACHER = {**SMOKE, "steps": 6, "log_every": 2, "teacher": "base", "teacher_max_length": 32, "distill_posts": 8,
+           "distill_weight": 1.0, "direct_weight": 1.0, "nce_weight": 0.5, "pair_weight": 1.0,
+           "projection_init": "teacher", "calibration": "per_task", "task_balance": "tasks",
+           "matryoshka_dims": [50, 16]}
+LINEAR = {**SMOKE, "steps": 6, "log_every": 2, "teacher": "base", "teacher_max_length": 32, "distill_posts": 8,
+          "direct_weight": 1.0, "direct_target": "linear"}
 
 
 def _weights(folder):
@@ -85,7 +93,11 @@ def test_the_first_signal_asks_for_a_stop_the_second_sigint_stops_at_once_and_ha
         assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
-def test_a_crashed_run_resumes_from_its_last_periodic_checkpoint(tiny_data, tmp_path, straight):
+@pytest.mark.parametrize("recipe", [RUN, TEACHER, LINEAR], ids=["frozen-base", "teacher-nested", "teacher-linear"])
+def test_a_crashed_run_resumes_from_its_last_periodic_checkpoint(tiny_data, tmp_path, straight, recipe):
+    if recipe is not RUN:
+        straight = tmp_path / "straight", train(TrainConfig(data=str(tiny_data), **recipe), tmp_path / "straight",
+                                                progress=lambda m: None)
     out = tmp_path / "model"
 
     def crash(message):
@@ -93,9 +105,9 @@ def test_a_crashed_run_resumes_from_its_last_periodic_checkpoint(tiny_data, tmp_
             raise RuntimeError("power cut")
 
     with pytest.raises(RuntimeError, match="power cut"):  # a checkpoint after every step (1 ns apart)
-        train(TrainConfig(data=str(tiny_data), **RUN), out, progress=crash, checkpoint_every=1e-9)
+        train(TrainConfig(data=str(tiny_data), **recipe), out, progress=crash, checkpoint_every=1e-9)
     assert checkpoint.peek(checkpoint.path_for(out)) == "3 of 6"  # step 4 never finished
-    summary = train(TrainConfig(data=str(tiny_data), **RUN), out, progress=lambda m: None, checkpoint_every=1e-9,
+    summary = train(TrainConfig(data=str(tiny_data), **recipe), out, progress=lambda m: None, checkpoint_every=1e-9,
                     resume=True)
     _same_model(straight[0], out, straight[1], summary)
 
