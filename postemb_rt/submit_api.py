@@ -39,7 +39,7 @@ class SubmitAPI:
         opts = {"max_batch_tokens": self.max_batch_tokens, "max_queued_tokens": default_queue,
                 "pad_id": self.tokenizer.pad_id,
                 # submit refuses token ids past the vocabulary, as the tokenizer's decode (the server's /decode) does
-                "vocab_size": self.tokenizer._tok.get_vocab_size(with_added_tokens=True), **options}
+                "vocab_size": self.tokenizer.vocab_size, **options}
         queue, batch = opts["max_queued_tokens"], opts["max_batch_tokens"]
         if all(isinstance(v, int) and not isinstance(v, bool) for v in (queue, batch)) and queue < batch:
             raise ValidationError(f"`max_queued_tokens` must be >= max_batch_tokens ({batch}): a smaller queue never "

@@ -43,6 +43,7 @@ class PostTokenizer:
         self._tok.enable_truncation(max_length)
         self.pad_id = _pad_id(self._tok, Path(path).parent / "tokenizer_config.json")
         self.specials = self._tok.num_special_tokens_to_add(False)
+        self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)  # token ids are 0..vocab_size - 1
 
     def __call__(self, texts: list[str], truncate: bool = True) -> Tokenized:
         """texts: list of str (already validated). Raises ValidationError for an over-long
@@ -92,7 +93,7 @@ class PostTokenizer:
 
     def decode(self, ids: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
         """Token-id lists back to text (the server's /decode); ids past the vocabulary raise ValidationError."""
-        size = self._tok.get_vocab_size(with_added_tokens=True)
+        size = self.vocab_size
         for i, row in enumerate(ids):
             bad = next((x for x in row if not 0 <= x < size), None)
             if bad is not None:

@@ -74,7 +74,7 @@ class Runtime:
                     self.batches_done += 1
 
             batcher = DynamicBatcher(
-                timed_embed, pad_id=enc.tokenizer.pad_id,
+                timed_embed, pad_id=enc.tokenizer.pad_id, vocab_size=enc.tokenizer.vocab_size,
                 max_batch_tokens=enc.max_batch_tokens, max_batch_size=self.cfg.max_batch_size,
                 max_wait_us=self.cfg.max_wait_us, max_queued_tokens=self.cfg.max_queued_tokens,
                 batch_overhead_tokens=self.cfg.batch_overhead_tokens)
