@@ -66,13 +66,19 @@ def _dead(writer: str) -> bool:
     mine, _, my_host = _writer().partition("@")
     if not at or not pid.isdigit() or host != my_host or pid == mine or os.name != "posix":
         return False
+    return not pid_alive(int(pid))
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether the process ``pid`` of this host runs: False only when the kernel says there is none
+    (ESRCH). Another user's process (EPERM), or one kill cannot probe (a pid past its range): True."""
     try:
-        os.kill(int(pid), 0)  # signal 0: no signal sent, only the check that the process exists
+        os.kill(pid, 0)  # signal 0: no signal sent, only the check that the process exists
     except ProcessLookupError:
-        return True
-    except (OSError, OverflowError):
         return False
-    return False
+    except (OSError, OverflowError):
+        return True
+    return True
 
 
 def _sweep(folder: Path, writer_of: Callable[[str], str | None]) -> None:

@@ -17,6 +17,7 @@ import os
 import threading
 
 from ..batching import COUNTERS, GAUGES
+from ..durable import pid_alive
 
 log = logging.getLogger("postemb_rt.server")
 
@@ -57,16 +58,6 @@ def merge(snapshots: list[dict]) -> tuple[dict, dict]:
             if m["stats"] is not None:
                 agg["stats"] = _add_stats(agg["stats"], m["stats"])
     return conns, models
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process: alive
-        pass
-    return True
 
 
 class BatcherCollector:
@@ -129,7 +120,7 @@ class BatcherCollector:
                     snap = json.load(f)
             except (OSError, ValueError):  # removed as its worker stopped
                 continue
-            if snap["pid"] != self.pid and _alive(snap["pid"]):
+            if snap["pid"] != self.pid and pid_alive(snap["pid"]):
                 out.append(snap)
         return out
 
