@@ -21,8 +21,9 @@ Routes:
                          ``vector_version`` (``Runtime.vector_version``: ``@<dim>`` for a prefix).
     GET  /v1/models      every served model once, ``id`` = its served name, ``aliases`` the others
                          (OpenAI-compatible listing); /v1/models/{id} takes either.
-    POST /embed, POST /  text-embeddings-inference's (see ``tei``): a bare array of vectors; TEI has
-                         no ``model`` field, so these (and /tokenize, /decode) serve the default model.
+    POST /embed, POST /  text-embeddings-inference's (see ``tei``): a bare array of vectors; ``inputs`` may
+                         be token ids, as TEI's (``tokens``); TEI has no ``model`` field, so these (and
+                         /tokenize, /decode) serve the default model.
     POST /tokenize, /decode  text-embeddings-inference's.
     POST /embed_full     native: ``inputs``, ``truncate`` (true), ``normalize`` (true),
                          ``encoding`` (float32 | int8 | uint8 | binary | ubinary), ``long_posts`` (truncate |

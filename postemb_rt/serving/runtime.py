@@ -20,6 +20,7 @@ from ..errors import BatcherClosedError, DeadlineExceededError, OverloadedError,
 from .config import ServeConfig
 from . import encodings
 from .errors import ApiError
+from .tokens import check_cut, check_vocab, fit_chars, fit_ids, tokenize_left
 
 log = logging.getLogger("postemb_rt.server")
 
@@ -132,66 +133,65 @@ class Runtime:
         except ValidationError as exc:
             raise ApiError(422, str(exc), param="prompt_name", code="unknown_prompt_name") from None
 
-    async def embed(self, texts: list[str], field: str, truncate: bool, normalize: bool,
+    async def embed(self, texts: list, field: str, truncate: bool, normalize: bool,
                     long_posts: str = "truncate", chunk_stats: dict | None = None, prompt_name: str | None = None,
                     truncation_direction: str = "right", item: Callable[[int], str] | None = None):
         """Returns (float32 (n, dim) vectors in input order, tokens computed, truncated indices).
-        long_posts="chunk": windows of long posts share the batcher, combined here
-        (postemb_rt.long_posts); ``chunk_stats`` gets {"chunked", "windows"}. truncation_direction
-        "left" keeps a long post's last max_length tokens instead of its first. Errors call the
-        request's field ``field`` and its post i ``item(i)`` (default ``field[i]``)."""
+        ``texts``: str each, or (text-embeddings-inference's /embed) a list of token ids, read as TEI
+        reads them (``serving.tokens``). long_posts="chunk": windows of long posts share the batcher,
+        combined here (postemb_rt.long_posts); ``chunk_stats`` gets {"chunked", "windows"}.
+        truncation_direction "left" keeps a long post's last max_length tokens instead of its first.
+        Errors call the request's field ``field`` and its post i ``item(i)`` (default ``field[i]``)."""
         enc = self.require_encoder()
         item = item or f"{field}[{{}}]".format
-        texts, cut = self.fit_chars(texts, item, truncate and long_posts != "chunk", truncation_direction)
+        at = [i for i, t in enumerate(texts) if not isinstance(t, str)]  # token-id inputs
+        ids, ids_cut, keep = [], [], None
+        if at:
+            rows = [texts[i] for i in at]
+            check_vocab(enc.tokenizer, rows, _reindexed(item, at))
+            if prompt_name is not None or enc.model.config.default_prompt_name is not None:
+                decoded = await self.off_loop(enc.tokenizer.decode, rows, True)  # TEI: a prompt reads the text
+                texts = list(texts)
+                for i, text in zip(at, decoded):
+                    texts[i] = text
+            else:
+                ids, ids_cut = fit_ids(rows, _reindexed(item, at), enc.max_length, truncate, truncation_direction,
+                                       long_posts == "chunk")
+                keep = [i for i, t in enumerate(texts) if isinstance(t, str)]
+                texts, item = [texts[i] for i in keep], _reindexed(item, keep)  # the texts' own indices
+        texts, cut = fit_chars(texts, item, truncate and long_posts != "chunk", self.cfg.max_input_chars,
+                               truncation_direction)
         texts = self.prompted(enc, texts, prompt_name)
         if long_posts == "chunk":
-            return await self._embed_chunked(enc, texts, field, item, truncate, normalize, chunk_stats)
-        if truncation_direction.lower() == "left":
-            tok = await self.off_loop(_tokenize_left, enc.tokenizer, texts)
+            vecs, n_tokens, truncated = await self._embed_chunked(enc, texts, field, item, truncate, normalize,
+                                                                  chunk_stats, ids)
+        else:
+            vecs, n_tokens, truncated = await self._embed_truncated(enc, texts, field, item, truncate, normalize,
+                                                                    truncation_direction, cut, ids)
+        if keep is None:
+            return vecs, n_tokens, truncated
+        out = np.empty_like(vecs)  # texts first, then the token-id inputs: back to the request's order
+        out[keep], out[at] = vecs[:len(keep)], vecs[len(keep):]
+        return out, n_tokens, sorted([keep[j] for j in truncated] + [at[j] for j in ids_cut])
+
+    async def _embed_truncated(self, enc, texts, field, item, truncate, normalize, direction, cut, ids):
+        """``texts`` cut to max_length tokens, then the token-id rows ``ids``, through the batcher:
+        (float32 (len(texts) + len(ids), dim), tokens, truncated text indices)."""
+        if direction.lower() == "left":
+            tok = await self.off_loop(tokenize_left, enc.tokenizer, texts)
         elif sum(map(len, texts)) > TOKENIZE_INLINE_CHARS:
             tok = await self.off_loop(enc.tokenizer, texts, True)
         else:
             tok = enc.tokenizer(texts, True)
-        if tok.truncated and not truncate:
-            name = item(tok.truncated[0])
-            raise ApiError(422, f"`{name}` is longer than max_length ({enc.max_length} tokens) and truncate "
-                                f"is false; {len(tok.truncated)} input(s) are too long. Fix: shorten them or send "
-                                "truncate: true.", param=name, code="max_length",
-                           limit=enc.max_length, given=f">{enc.max_length}")
-        short = sorted(set(cut) - set(tok.truncated))
-        if short:  # cut where the model still reads: the vector would not be the whole post's
-            name, limit = item(short[0]), self.cfg.max_input_chars
-            side = "last" if truncation_direction.lower() == "left" else "first"
-            raise ApiError(413, f"`{name}` is more than max_input_chars ({limit}) characters, and its {side} {limit} "
-                                f"hold at most max_length ({enc.max_length}) tokens, so cutting it there would "
-                                "change its vector. Fix: shorten it, or raise the server's --max-input-chars.",
-                           param=name, code="max_input_chars", limit=limit, given=f">{limit}")
-        vecs, tokens = await self._compute(tok.ids, field)
+        check_cut(tok, cut, item, truncate, enc.max_length, self.cfg.max_input_chars, direction)
+        vecs, n_tokens = await self._compute(tok.ids + ids if ids else tok.ids, field)
         if normalize:
             vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        return vecs, tokens, tok.truncated
+        return vecs, n_tokens, tok.truncated
 
-    def fit_chars(self, texts: list[str], item: Callable[[int], str], cut: bool,
-                  direction: str = "right") -> tuple[list[str], list[int]]:
-        """Posts longer than max_input_chars, which bounds the tokenizer's work: when ``cut`` (the
-        request truncates to max_length tokens) each is cut to its first (``direction`` "left": last)
-        max_input_chars characters, as text-embeddings-inference does, far past the tokens the model
-        reads; else 413. Returns (texts, indices cut)."""
-        limit = self.cfg.max_input_chars
-        long = [i for i, t in enumerate(texts) if len(t) > limit]
-        if long and not cut:
-            name = item(long[0])
-            raise ApiError(413, f"`{name}` is {len(texts[long[0]])} characters, more than max_input_chars ({limit}). "
-                                "Fix: shorten it, or send truncate: true (a long post's first max_length tokens "
-                                "are embedded; with long_posts chunk, at most max_input_chars characters are) "
-                                "(client), or start the server with a higher --max-input-chars (operator).",
-                           param=name, code="max_input_chars", limit=limit, given=len(texts[long[0]]))
-        if not long:
-            return texts, []
-        left = direction.lower() == "left"
-        return [t[-limit:] if left and len(t) > limit else t[:limit] for t in texts], long
-
-    async def _embed_chunked(self, enc, texts, field, item, truncate, normalize, chunk_stats):
+    async def _embed_chunked(self, enc, texts, field, item, truncate, normalize, chunk_stats, ids):
+        """``texts`` in windows combined per post, then the token-id rows ``ids``, through the batcher:
+        (float32 (len(texts) + len(ids), dim), tokens, truncated text indices)."""
         from .. import long_posts as lp
 
         try:
@@ -199,19 +199,19 @@ class Runtime:
                               enc.max_chunks, truncate, item)
         except ValidationError as exc:
             raise ApiError(422, str(exc), param=field, code="max_chunks", limit=enc.max_chunks) from None
-        n = len(chunks.single_ids)
-        vecs, tokens = await self._compute(chunks.single_ids + chunks.windows, field)
-        out = np.empty((len(texts), vecs.shape[1]), dtype=np.float32)
+        n = len(chunks.single_ids) + len(ids)  # the rows embedded whole
+        vecs, n_tokens = await self._compute(chunks.single_ids + ids + chunks.windows, field)
+        out = np.empty((len(texts) + len(ids), vecs.shape[1]), dtype=np.float32)
         single = vecs[:n]
         if normalize:
             single = single / np.maximum(np.linalg.norm(single, axis=1, keepdims=True), 1e-12)
-        out[chunks.singles] = single
+        out[chunks.singles], out[len(texts):] = single[:n - len(ids)], single[n - len(ids):]
         if chunks.windows:
             posts, combined = lp.combine(vecs[n:], chunks, normalize)
             out[posts] = combined
         if chunk_stats is not None:
             chunk_stats.update(chunked=chunks.chunked, windows=len(chunks.windows))
-        return out, tokens, chunks.truncated
+        return out, n_tokens, chunks.truncated
 
     async def off_loop(self, fn, *args):
         """``fn(*args)`` (tokenization) on a worker thread, ``TOKENIZE_THREADS`` at once: a storm of
@@ -351,6 +351,11 @@ class Runtime:
         return d
 
 
+def _reindexed(item: Callable[[int], str], at: list[int]) -> Callable[[int], str]:
+    """``item`` for a sub-list of a request's inputs: its j-th is the request's ``at[j]``-th."""
+    return lambda j: item(at[j])
+
+
 def _pieces(ids: list[list[int]], budget: int):
     """``ids`` as consecutive runs of at most ``budget`` tokens each (a post as long as budget: alone)."""
     piece, n = [], 0
@@ -362,26 +367,6 @@ def _pieces(ids: list[list[int]], budget: int):
         n += len(row)
     if piece:
         yield piece
-
-
-def _tokenize_left(tokenizer, texts: list[str]):
-    """Tokenized with truncation from the left: a long text keeps its last max_length - 2 content
-    tokens between [CLS] and [SEP] (its windows without overlap, joined, cut from the start)."""
-    from ..tokenization import Tokenized
-
-    if tokenizer.specials != 2:
-        raise ApiError(422, "truncation_direction \"left\" needs a tokenizer that adds one token before and one "
-                            f"after a text; this one adds {tokenizer.specials}. Fix: truncate from the right.",
-                       param="truncation_direction", code="invalid_value")
-    ids, truncated, keep = [], [], tokenizer.max_length - 2
-    for i, windows in enumerate(tokenizer.windows(texts, 0)):
-        if len(windows) == 1:
-            ids.append(windows[0])
-            continue
-        content = [t for w in windows for t in w[1:-1]]
-        ids.append(windows[0][:1] + content[-keep:] + windows[0][-1:])
-        truncated.append(i)
-    return Tokenized(ids, truncated)
 
 
 def _default_encoder(cfg: ServeConfig):

@@ -16,6 +16,12 @@ from .errors import ApiError
 
 Texts = Annotated[str | Annotated[list[str], Field(min_length=1)],
                   Field(description="a string or a list of strings")]
+_IDS_SCHEMA = {"type": "array", "items": {"type": "integer", "minimum": 0}, "minItems": 1}
+# text-embeddings-inference's `inputs`: a string, one input's token ids, or a list of strings and token-id lists
+TeiInputs = Annotated[Any, WithJsonSchema({"anyOf": [
+    {"type": "string"}, _IDS_SCHEMA, {"type": "array", "minItems": 1, "items": {"anyOf": [{"type": "string"},
+                                                                                          _IDS_SCHEMA]}}]}),
+    Field(description="a string, a list of token ids (one input's, as /tokenize gives them), or a list of those")]
 LongPosts = Literal["truncate", "chunk"]
 
 
@@ -38,30 +44,42 @@ def _cfg(info: ValidationInfo) -> ServeConfig:
     return (info.context or {}).get("cfg") or ServeConfig()
 
 
-def check_texts(value, field: str, cfg: ServeConfig) -> list[str]:
+def _token_ids(value) -> bool:
+    """Whether ``value`` is meant as one input's token ids: a JSON array whose first item is an integer."""
+    return isinstance(value, list) and bool(value) and type(value[0]) is int
+
+
+def check_texts(value, field: str, cfg: ServeConfig, ids: bool = False) -> list:
     """``value`` as a non-empty list of non-empty str, at most ``cfg.max_inputs`` of them; errors
     name ``field``. Characters per post (``max_input_chars``) are the runtime's: it cuts a long post
-    when the request truncates (``Runtime.fit_chars``)."""
-    if isinstance(value, str):
+    when the request truncates (``tokens.fit_chars``). ``ids`` (text-embeddings-inference's /embed):
+    an input may also be its token ids, a non-empty list of ints >= 0 (a list of ints alone is one
+    input); the runtime checks them against the model (``tokens.fit_ids``)."""
+    kinds = "a string, a list of token ids, or a list of those" if ids else "a string or a list of strings"
+    if isinstance(value, str) or (ids and _token_ids(value)):
         value = [value]
     elif not isinstance(value, list):
-        raise ApiError(422, f"`{field}` must be a string or a list of strings. Given: {type_name(value)} "
-                            f"{given(value)}.", param=field, code="invalid_type")
+        raise ApiError(422, f"`{field}` must be {kinds}. Given: {type_name(value)} {given(value)}.", param=field,
+                       code="invalid_type")
     if not value:
-        raise ApiError(422, f"`{field}` must hold at least one string. Given: an empty list.", param=field,
-                       code="empty_input")
+        raise ApiError(422, f"`{field}` must hold at least one {'input' if ids else 'string'}. Given: an empty "
+                            "list.", param=field, code="empty_input")
     if len(value) > cfg.max_inputs:
         langchain = f"; LangChain's OpenAIEmbeddings: chunk_size={cfg.max_inputs}" if field == "input" else ""
-        raise ApiError(413, f"`{field}` holds {len(value)} strings, more than max_inputs ({cfg.max_inputs}). "
-                            f"Fix: split the request into requests of at most {cfg.max_inputs} (client{langchain}), "
-                            "or start the server with a higher --max-inputs (operator).", param=field,
-                       code="max_inputs", limit=cfg.max_inputs, given=len(value))
+        raise ApiError(413, f"`{field}` holds {len(value)} {'inputs' if ids else 'strings'}, more than max_inputs "
+                            f"({cfg.max_inputs}). Fix: split the request into requests of at most {cfg.max_inputs} "
+                            f"(client{langchain}), or start the server with a higher --max-inputs (operator).",
+                       param=field, code="max_inputs", limit=cfg.max_inputs, given=len(value))
     for i, t in enumerate(value):
+        if ids and isinstance(t, list):
+            _check_ids(t, f"{field}[{i}]")
+            continue
         if not isinstance(t, str):
             hint = (" Token-id arrays are not supported (an OpenAI client's are its own tokenizer's ids, not this "
                     "model's): send text; LangChain's OpenAIEmbeddings: check_embedding_ctx_length=False."
-                    if isinstance(t, (int, list)) and not isinstance(t, bool) else "")
-            raise ApiError(422, f"`{field}[{i}]` must be a string. Given: {type_name(t)} {given(t)}.{hint}",
+                    if not ids and isinstance(t, (int, list)) and not isinstance(t, bool) else "")
+            what = "a string or a list of token ids" if ids else "a string"
+            raise ApiError(422, f"`{field}[{i}]` must be {what}. Given: {type_name(t)} {given(t)}.{hint}",
                            param=f"{field}[{i}]", code="invalid_type")
         if not t:  # as text-embeddings-inference and OpenAI: [CLS][SEP] alone is no post's vector
             raise ApiError(422, f"`{field}[{i}]` is an empty string: there is nothing to embed. Fix: leave it out "
@@ -73,6 +91,22 @@ def check_texts(value, field: str, cfg: ServeConfig) -> list[str]:
                 raise ApiError(422, f"`{field}[{i}]` is not valid Unicode text: {exc.reason} at character "
                                     f"{exc.start}.", param=f"{field}[{i}]", code="invalid_text") from None
     return value
+
+
+def _check_ids(row: list, name: str) -> None:
+    """One input's token ids: a non-empty list of ints >= 0 (the model's vocabulary: ``tokens.fit_ids``)."""
+    if not row:  # as an empty string: [CLS][SEP] alone is no post (TEI: "`inputs` cannot be empty")
+        raise ApiError(422, f"`{name}` is an empty list of token ids: there is nothing to embed. Fix: leave it out "
+                            "of the request.", param=name, code="empty_string")
+    k = next((k for k, x in enumerate(row) if type(x) is not int or x < 0), None)
+    if k is not None:
+        raise ApiError(422, f"`{name}[{k}]` must be a token id (an integer >= 0). Given: {type_name(row[k])} "
+                            f"{given(row[k])}.", param=name, code="invalid_type")
+
+
+def _inputs(value, info: ValidationInfo) -> list:
+    """A field validator: ``check_texts`` with token-id inputs allowed (text-embeddings-inference's /embed)."""
+    return check_texts(value, info.field_name, _cfg(info), ids=True)
 
 
 def _null_is_default(cls, value, info: ValidationInfo):
@@ -151,7 +185,7 @@ class TeiEmbedRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    inputs: Texts
+    inputs: TeiInputs
     normalize: StrictBool = True
     truncate: Optional[StrictBool] = Field(None, description="null: the server's auto_truncate (true)")
     truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
@@ -168,7 +202,7 @@ class TeiEmbedRequest(BaseModel):
                                 "/embed_full.", param=moved[0], code="moved_to_embed_full")
         return data
 
-    _check_inputs = field_validator("inputs", mode="before")(_texts)
+    _check_inputs = field_validator("inputs", mode="before")(_inputs)
     _defaults = field_validator("normalize", "truncation_direction", mode="before")(classmethod(_null_is_default))
 
 

@@ -2,11 +2,15 @@
 ``InferenceClient.feature_extraction``, the TEI integrations of langchain and llama-index) work
 unchanged:
 
-    POST /embed, POST /   ``inputs`` (str | list[str]), ``normalize`` (true), ``truncate`` (null:
-                          the server's ``auto_truncate``, true here), ``truncation_direction``
-                          (right | left), ``prompt_name``, ``dimensions`` (the model's dim or
-                          a declared matryoshka prefix); answers a bare JSON array of floats,
-                          one vector per input. Unknown fields are ignored, as TEI does
+    POST /embed, POST /   ``inputs`` (a string, one input's token ids, or a list of strings and token-id
+                          lists, as TEI: ids are read as TEI reads them, see ``tokens``: no special
+                          tokens added, cut to max_length with truncation, a prompt applied to their
+                          text; ids past the vocabulary are a 422; TEI takes ids here only, not
+                          on /similarity nor /tokenize), ``normalize`` (true),
+                          ``truncate`` (null: the server's ``auto_truncate``, true here),
+                          ``truncation_direction`` (right | left), ``prompt_name``, ``dimensions`` (the
+                          model's dim or a declared matryoshka prefix); answers a bare JSON array of
+                          floats, one vector per input. Unknown fields are ignored, as TEI does
                           (``encoding_format`` too: base64 is /v1/embeddings'); our
                           native fields (``encoding``, ``long_posts``) are a 422 naming
                           ``/embed_full``, where the native answer moved. POST /invocations is the
@@ -42,6 +46,7 @@ from ..encode_options import allowed_dims, truncate as truncate_rows
 from .errors import ApiError, json_response
 from .schemas import (DecodeRequest, ErrorResponse, SimilarityParameters, SimilarityRequest, TeiEmbedRequest,
                       TeiErrorResponse, TokenizeRequest, body_doc, given, json_object, parse)
+from .tokens import fit_chars
 
 TRUNCATED_HEADER = "X-Truncated-Inputs"  # how many inputs of the request were cut to max_length
 VERSION_HEADER = "X-Vector-Version"  # the vector version of the answer's vectors (Runtime.vector_version)
@@ -52,9 +57,9 @@ _ERRORS = {
     401: "missing or wrong API key (`Authorization: Bearer <key>`), our answer shape",
     408: "Validation: the request body did not arrive within body_timeout_s",
     413: "Validation: a size limit (body bytes, inputs, queued tokens), a post longer than max_input_length (or "
-         "max_input_chars) with truncate false, an empty string, an unknown prompt_name or dimensions",
+         "max_input_chars) with truncate false, an empty string or list of ids, an unknown prompt_name or dimensions",
     415: "Validation: the body is not declared JSON (Content-Type) or is compressed (Content-Encoding)",
-    422: "Validation: malformed JSON, a wrong type, a missing field",
+    422: "Validation: malformed JSON, a wrong type, a missing field, a token id past the model's vocabulary",
     424: "Backend: the model failed on the batch holding this request",
     429: "Overloaded: see Retry-After",
     503: "Unhealthy: the model is loading or failed to load, a queue deadline, or shutting down",
@@ -186,7 +191,7 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
             async with admission(request) as body:
                 req = parse(TokenizeRequest, json_object(body), cfg)
                 enc = rt.require_encoder()
-                texts, _ = rt.fit_chars(req.inputs, "inputs[{}]".format, cut=False)
+                texts, _ = fit_chars(req.inputs, "inputs[{}]".format, False, cfg.max_input_chars)
                 texts = rt.prompted(enc, texts, req.prompt_name)
                 encs = await rt.off_loop(enc.tokenizer.encodings, texts, req.add_special_tokens)
         except ApiError as err:

@@ -147,7 +147,8 @@ def _wait_for(pred, timeout: float, what: str):
 def test_a_request_over_the_queue_bound_is_fed_to_it_in_pieces():
     """4 posts of 775 tokens > max_queued_tokens 600: a 413 until now (OpenAI takes up to 300k tokens a
     request); now the request goes to the batcher in pieces as the queue drains (here a post each:
-    600 / 4 < 256), and the answer is the whole request's, in order (the openai client, in process)."""
+    600 / 4 < 256), and the answer is the whole request's, in order (the openai client, in process; and
+    TEI's /embed given the posts' token ids)."""
     from starlette.testclient import TestClient
 
     from postemb_rt.serving.config import ServeConfig
@@ -168,6 +169,10 @@ def test_a_request_over_the_queue_bound_is_fed_to_it_in_pieces():
         full = c.post("/embed_full", json={"inputs": texts})
         assert full.status_code == 200 and full.json()["usage"]["prompt_tokens"] > MAX_QUEUED_TOKENS
         assert_exact(np.array(full.json()["embeddings"], np.float32), want)
+        ids = app.state.runtime.encoder.tokenizer(texts).ids  # TEI's token-id inputs take the same path
+        by_ids = c.post("/embed", json={"inputs": ids})
+        assert by_ids.status_code == 200 and int(by_ids.headers["X-Compute-Tokens"]) > MAX_QUEUED_TOKENS
+        assert_exact(np.array(by_ids.json(), np.float32), want)
 
 
 class _Batcher:

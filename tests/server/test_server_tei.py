@@ -1,6 +1,6 @@
 """text-embeddings-inference's API (POST /embed and /, /similarity, /tokenize, /decode, /info), tested with
 the real clients: ``huggingface_hub.InferenceClient`` (``feature_extraction``, ``sentence_similarity``)
-and ``openai``."""
+and ``openai``; token-id ``inputs`` (TEI's) with raw HTTP, as no client helper sends them."""
 import time
 
 import numpy as np
@@ -207,6 +207,13 @@ def test_chunk_mode_errors_name_the_requests_own_field():
             assert f"`{name}` needs" in msg and f"max_chunks ({DEFAULT_MAX_CHUNKS})" in msg, msg
         ok = c.post("/similarity", json={"inputs": {"source_sentence": huge, "sentences": [huge, "b"]}})
         assert ok.status_code == 200 and ok.json()[0] == pytest.approx(1, abs=1e-5)
+        # token ids beside a chunked post: embedded whole; ids past max_length have no text to cut in windows
+        b_ids = app.state.runtime.encoder.tokenizer(["b"]).ids[0]
+        mixed = c.post("/embed", json={"inputs": [b_ids, huge]})
+        assert_exact(_vectors(mixed), _vectors(c.post("/embed", json={"inputs": ["b", huge]})))
+        long = c.post("/embed", json={"inputs": ["b", b_ids * 100]})
+        assert long.status_code == 413 and "`inputs[1]` holds 300 token ids" in long.json()["error"], long.text
+        assert "--long-posts chunk" in long.json()["error"]
 
 
 def test_rerank_and_predict_answer_teis_model_type_error(client, main_server):
@@ -272,3 +279,73 @@ def test_huggingface_hub_asking_base64_gets_floats_as_from_tei(hub, server_encod
     """huggingface_hub sends its encoding_format to TEI's /embed, which ignores it (base64 is the
     OpenAI route's); an answer in base64 would crash the client."""
     assert_exact(hub.feature_extraction(TEXTS, encoding_format="base64"), server_encoder.encode(TEXTS))
+
+
+def _vectors(r) -> np.ndarray:
+    assert r.status_code == 200, r.text[:300]
+    return np.array(r.json(), np.float32)
+
+
+def test_token_ids_from_tokenize_embed_as_their_text(client, server_encoder):
+    """TEI's /embed takes token ids as ``inputs`` (one input's list, a list of lists, or mixed with
+    strings): the ids /tokenize gives ([CLS] ... [SEP] included) embed as the text does, on every route
+    /embed serves, in the request's order."""
+    texts = [*TEXTS, LONG]
+    ids = [[t["id"] for t in row] for row in client.post("/tokenize", json={"inputs": texts}).json()]
+    assert ids == server_encoder.tokenizer(texts).ids  # cut to max_length, as the model reads the text
+    want = _vectors(client.post("/embed", json={"inputs": texts}))
+    assert_exact(want, server_encoder.encode(texts))
+    for path in ("/embed", "/", "/invocations"):
+        r = client.post(path, json={"inputs": ids})
+        assert_exact(_vectors(r), want)
+        assert r.headers["X-Truncated-Inputs"] == "0"  # the ids are within max_length: nothing cut here
+    assert_exact(_vectors(client.post("/embed", json={"inputs": ids[1]})), want[1:2])  # a list of ints: one input
+    mixed = client.post("/embed", json={"inputs": [ids[0], texts[1], ids[2], texts[2]]})
+    assert_exact(_vectors(mixed), want[[0, 1, 2, 2]])
+    assert mixed.headers["X-Truncated-Inputs"] == "1"  # the text LONG; ids are cut only when longer than 256
+
+
+def test_token_ids_get_no_special_tokens_and_a_prompt_reads_their_text_as_tei(client):
+    """As TEI: ids without a prompt are the model's input as given (no [CLS]/[SEP] added); with
+    ``prompt_name`` their text, special tokens left out, is prompted and tokenized as any text."""
+    want = _vectors(client.post("/embed", json={"inputs": TEXTS}))
+    bare = [[t["id"] for t in row] for row in
+            client.post("/tokenize", json={"inputs": TEXTS, "add_special_tokens": False}).json()]
+    as_given = _vectors(client.post("/embed", json={"inputs": bare}))
+    assert np.abs(as_given - want).max() > 1e-2  # without [CLS] ... [SEP]: another input, another vector
+    # "query" is this model's empty prompt: the ids' text, tokenized with its special tokens
+    assert_exact(_vectors(client.post("/embed", json={"inputs": bare, "prompt_name": "query"})), want)
+
+
+def test_token_ids_longer_than_max_length_are_cut_as_tei_cuts_them_or_refused(client, server_encoder):
+    n = server_encoder.max_length
+    (cls, a, sep), (_, b, _) = server_encoder.tokenizer(["apple", "banana"]).ids
+    long = [cls] + [a] * 300 + [b] * 300 + [sep]  # 602 ids: TEI cuts the ids themselves, [SEP] or [CLS] with them
+    right = client.post("/embed", json={"inputs": [long, [cls, a, sep]]})
+    assert right.headers["X-Truncated-Inputs"] == "1", right.text[:300]
+    assert_exact(_vectors(right)[:1], _vectors(client.post("/embed", json={"inputs": [long[:n]]})))
+    left = client.post("/embed", json={"inputs": long, "truncation_direction": "left"})
+    assert_exact(_vectors(left), _vectors(client.post("/embed", json={"inputs": long[-n:]})))
+    assert np.abs(_vectors(left) - _vectors(right)[:1]).max() > 1e-2  # the b's, not the a's
+    refused = client.post("/embed", json={"inputs": ["ok", long], "truncate": False})
+    assert refused.status_code == 413 and refused.json()["error_type"] == "Validation", refused.text
+    assert f"`inputs[1]` holds 602 token ids, more than max_length ({n})" in refused.json()["error"]
+
+
+@pytest.mark.parametrize("inputs, status, words", [
+    ([[101, 10**6, 102]], 422, "`inputs[0]` holds 1000000, not a token id of this model's tokenizer (0..{last})"),
+    (["ok", [101, "VOCAB"]], 422, "`inputs[1]` holds {size}, not a token id"),  # the first id past the vocabulary
+    ([101, -1, 102], 422, "`inputs[0][1]` must be a token id (an integer >= 0). Given: integer -1."),
+    ([["a"]], 422, "`inputs[0][0]` must be a token id"),
+    ([[101, 102], 7], 422, "`inputs[1]` must be a string or a list of token ids. Given: integer 7."),
+    ([[101, 1.5]], 422, "`inputs[0][1]` must be a token id"),
+    (["ok", []], 413, "`inputs[1]` is an empty list of token ids"),
+    ([[101, 102]] * (LIMITS["max_inputs"] + 1), 413, f"33 inputs, more than max_inputs ({LIMITS['max_inputs']})"),
+])
+def test_bad_token_ids_are_tei_errors_naming_the_input(client, server_encoder, inputs, status, words):
+    size = server_encoder.tokenizer.vocab_size
+    inputs = [[size if x == "VOCAB" else x for x in row] if isinstance(row, list) else row for row in inputs]
+    words = words.format(size=size, last=size - 1)
+    r = client.post("/embed", json={"inputs": inputs})
+    assert r.status_code == status and r.json()["error_type"] == "Validation", r.text[:300]
+    assert words in r.json()["error"], r.json()["error"]
