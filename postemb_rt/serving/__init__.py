@@ -46,7 +46,8 @@ Routes:
                          label (the served name).
 
 Every embedding answer has the headers ``X-Truncated-Inputs`` and ``X-Vector-Version``. A request of
-more tokens than max_queued_tokens is fed to the batcher in pieces (``Runtime._compute``).
+more tokens than max_queued_tokens is fed to the batcher in pieces (``Runtime._compute``): a full queue
+refuses its first piece (429) only; a later piece waits for room within the request's deadline.
 
 Errors are OpenAI-shaped JSON, ``{"error": {"message", "type", "param", "code", ...}}``
 (TEI's routes: TEI's shape); limit errors add ``limit`` and ``given``. Client mistakes are

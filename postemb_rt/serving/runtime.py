@@ -30,6 +30,8 @@ PROBE_TIMEOUT_S = 10.0
 # a request bigger than max_queued_tokens is fed in pieces of at most this fraction of the queue (65,536 / 4:
 # 64 posts of 256 tokens, one full batch at the defaults), so a piece finds room beside other requests
 PIECES_PER_QUEUE = 4
+# a later piece that finds the queue full waits for a batch to leave it, polling from this pause up to the max
+ROOM_POLL_S, ROOM_POLL_MAX_S = 0.005, 0.1
 
 
 class Runtime:
@@ -54,6 +56,8 @@ class Runtime:
         self.started = time.time()
         self._closed = False
         self._lock = threading.Lock()
+        self._room_lock = threading.Lock()
+        self._room_waiters: list = []  # (event loop, Future) of the pieces waiting for room (_queue)
 
     # -- lifecycle ---------------------------------------------------------------------
     def load(self) -> None:
@@ -68,6 +72,7 @@ class Runtime:
             embed = functools.partial(enc.backend.embed, normalize=False)
 
             def timed_embed(input_ids, attention_mask):  # on the batcher's thread
+                self.made_room()  # this batch left the queue: room for a piece waiting (_queue)
                 try:
                     return embed(input_ids, attention_mask)
                 finally:
@@ -236,9 +241,11 @@ class Runtime:
         A request of more tokens than max_queued_tokens, which the queue could never hold at once, is fed
         to it in pieces (consecutive posts, ``_pieces``), each submitted once the one before is computed, so
         it holds at most a piece of the queue and other requests' posts batch between its pieces; the
-        batching itself stays the C++ scheduler's. Every piece shares the request's one deadline
-        (request_timeout_s from the first submit). Memory: the ids are the request's own (no copy); the
-        batcher copies one piece at a time; the rows are written into one (n, dim) array."""
+        batching itself stays the C++ scheduler's. Only the first piece is refused (429) by a full queue: a
+        later one waits for room (``_queue``), so the rows already computed are not thrown away. Every piece
+        shares the request's one deadline (request_timeout_s from the first submit). Memory: the ids are the
+        request's own (no copy); the batcher copies one piece at a time; the rows are written into one (n, dim)
+        array."""
         tokens, longest = sum(map(len, ids)), max(map(len, ids))
         limit = self.cfg.max_queued_tokens
         if longest > limit:  # only when max_queued_tokens < max_length: a full-length post never fits
@@ -249,12 +256,8 @@ class Runtime:
                            given=longest)
         pieces = [ids] if tokens <= limit else list(_pieces(ids, max(limit // PIECES_PER_QUEUE, longest)))
         start, out, done = time.monotonic(), None, 0
-        for piece in pieces:
-            left = self.cfg.request_timeout_s - (time.monotonic() - start)
-            if left <= 0:  # the piece before was computed (the model works) as the deadline passed
-                self._timed_out(DeadlineExceededError("the request's deadline passed between two of its pieces."),
-                                True, (done, tokens, len(pieces)))
-            vecs = await self._submit(piece, field, left, start, (done, tokens, len(pieces)))
+        for n, piece in enumerate(pieces):
+            vecs = await self._submit(piece, field, start, (done, tokens, len(pieces)), later=n > 0)
             if len(pieces) == 1:
                 return vecs, tokens
             if out is None:
@@ -263,20 +266,11 @@ class Runtime:
             done += len(piece)
         return out, tokens
 
-    async def _submit(self, ids, field: str, timeout_s: float, start: float, progress):
-        """One submit to the batcher, awaited: float32 (len(ids), dim); its errors as ApiError. ``start``:
-        when the request's first piece was submitted (its deadline is start + request_timeout_s)."""
+    async def _submit(self, ids, field: str, start: float, progress, later: bool):
+        """One submit to the batcher (``_queue``), awaited: float32 (len(ids), dim); its errors as ApiError.
+        ``start``: when the request's first piece was submitted (its deadline is start + request_timeout_s)."""
         batches_before = self.batches_done
-        try:
-            fut = self.batcher.submit(ids, timeout=timeout_s)
-        except OverloadedError as exc:
-            retry = self.retry_after_s()
-            raise ApiError(429, f"Overloaded: {exc}", type="overloaded", code="queue_full",
-                           headers={"Retry-After": str(retry)}) from None
-        except BatcherClosedError:
-            raise ApiError(503, "The server is shutting down.", type="server_error", code="shutting_down") from None
-        except ValidationError as exc:  # the batcher's own checks; the ones above should catch everything first
-            raise ApiError(422, f"`{field}`: {exc}", param=field, code="invalid_value") from None
+        fut = await self._queue(ids, field, start, progress, later)
         try:
             vecs = await asyncio.wrap_future(fut)
         except DeadlineExceededError as exc:
@@ -295,6 +289,61 @@ class Runtime:
                            type="server_error", code="backend_error") from None
         self.backend_error = None
         return vecs
+
+    async def _queue(self, ids, field: str, start: float, progress, later: bool):
+        """``batcher.submit`` within the request's deadline: its Future. A full queue answers a request's first
+        piece 429 at once (the backpressure clients expect); a ``later`` piece, whose request holds computed rows,
+        waits for room instead: woken as a batch leaves the queue (``made_room``), else after a pause that
+        doubles from ROOM_POLL_S to ROOM_POLL_MAX_S (a queue emptied by expired or cancelled requests), the event
+        loop free meanwhile. Past the deadline: ``_timed_out`` (429 if batches ran meanwhile, else 503)."""
+        deadline, batches_before = start + self.cfg.request_timeout_s, self.batches_done
+        pause, waited = ROOM_POLL_S, False
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:  # no wait: the piece before was computed (the model works) as the deadline passed
+                why = "the batcher queue stayed full" if waited else "the deadline passed between two of its pieces"
+                self._timed_out(DeadlineExceededError(f"{why}."), not waited or self.batches_done > batches_before,
+                                progress)
+            try:
+                return self.batcher.submit(ids, timeout=left)
+            except OverloadedError as exc:
+                if not later:
+                    raise ApiError(429, f"Overloaded: {exc}", type="overloaded", code="queue_full",
+                                   headers={"Retry-After": str(self.retry_after_s())}) from None
+            except BatcherClosedError:
+                raise ApiError(503, "The server is shutting down.", type="server_error", code="shutting_down") from None
+            except ValidationError as exc:  # the batcher's own checks; the ones above should catch everything first
+                raise ApiError(422, f"`{field}`: {exc}", param=field, code="invalid_value") from None
+            await self._room(min(pause, left))
+            pause, waited = min(2 * pause, ROOM_POLL_MAX_S), True
+
+    def made_room(self) -> None:
+        """Wakes the pieces waiting for room in the queue (``_room``); the batcher's thread calls it as a batch
+        leaves the queue. Without a waiter: one read."""
+        if not self._room_waiters:
+            return
+        with self._room_lock:
+            waiters, self._room_waiters = self._room_waiters, []
+        for loop, fut in waiters:
+            try:
+                loop.call_soon_threadsafe(_wake, fut)
+            except RuntimeError:  # that event loop has closed
+                pass
+
+    async def _room(self, timeout_s: float) -> None:
+        """Returns once a batch left the queue (``made_room``), or after ``timeout_s``."""
+        loop = asyncio.get_running_loop()
+        waiter = (loop, loop.create_future())
+        with self._room_lock:
+            self._room_waiters.append(waiter)
+        try:
+            await asyncio.wait_for(waiter[1], timeout_s)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            with self._room_lock:
+                if waiter in self._room_waiters:
+                    self._room_waiters.remove(waiter)
 
     def _timed_out(self, exc: Exception, progressed: bool, progress) -> None:
         """Raises the answer to a request whose deadline passed: 429 when batches finished while it
@@ -349,6 +398,11 @@ class Runtime:
         if self.load_error:
             d["load_error"] = self.load_error
         return d
+
+
+def _wake(fut) -> None:
+    if not fut.done():  # not timed out meanwhile
+        fut.set_result(None)
 
 
 def _reindexed(item: Callable[[int], str], at: list[int]) -> Callable[[int], str]:

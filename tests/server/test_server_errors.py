@@ -177,16 +177,22 @@ def test_a_request_over_the_queue_bound_is_fed_to_it_in_pieces():
 
 class _Batcher:
     """A batcher that records each submit's posts and answers row i with [first id, len]; ``fail_at``: the
-    submit (0-based) whose future fails with ``DeadlineExceededError``."""
+    submit (0-based) whose future fails with ``DeadlineExceededError``; ``full``: the submit attempts (0-based)
+    that find the queue full (``OverloadedError``, recorded in ``refused``), each calling ``on_full()`` first."""
 
-    def __init__(self, fail_at: int | None = None):
-        self.submits, self.fail_at = [], fail_at
+    def __init__(self, fail_at: int | None = None, full=(), on_full=lambda: None):
+        self.submits, self.fail_at, self.full, self.on_full, self.refused = [], fail_at, set(full), on_full, []
 
     def submit(self, posts, timeout=None):
         from concurrent.futures import Future
 
-        from postemb_rt.errors import DeadlineExceededError
+        from postemb_rt.errors import DeadlineExceededError, OverloadedError
 
+        if len(self.submits) + len(self.refused) in self.full:
+            self.refused.append(len(posts))
+            self.on_full()
+            raise OverloadedError("the batcher queue is full: 90 tokens queued, this request adds 30, "
+                                  "max_queued_tokens is 100. Retry later.")
         self.submits.append((len(posts), sum(map(len, posts)), timeout))
         fut = Future()
         if len(self.submits) - 1 == self.fail_at:
@@ -253,6 +259,99 @@ def test_a_post_longer_than_the_whole_queue_is_413_naming_both_fixes():
     assert "Fix: shorten that post (client), or start the server with --max-queued-tokens" in err["message"]
     assert rt.batcher.submits == []
 
+
+def test_a_later_piece_finding_the_queue_full_waits_for_room_woken_as_a_batch_leaves_it(monkeypatch):
+    """5 pieces of 30 tokens (queue 100); the 2nd finds the queue full 3 times. It waits for room (it was a
+    429, and the 1st piece's rows were thrown away) and the request is answered whole, in order. What wakes
+    it is the batcher's thread as a batch leaves the queue (``Runtime.made_room``; the poll is set to a
+    minute here, so nothing else could), and the event loop runs other tasks while it waits."""
+    import asyncio
+
+    from postemb_rt.serving import runtime
+
+    monkeypatch.setattr(runtime, "ROOM_POLL_S", 60.0)
+    monkeypatch.setattr(runtime, "ROOM_POLL_MAX_S", 60.0)
+    rt = _runtime(max_queued_tokens=100, request_timeout_s=30.0)
+    ticks, ran_while_waiting = [0], []
+
+    def batch_leaves_the_queue():  # as the batcher's thread would, once the refused piece waits
+        def run():
+            deadline = time.monotonic() + 10
+            while not rt._room_waiters and time.monotonic() < deadline:
+                time.sleep(0.001)
+            before = ticks[0]
+            while ticks[0] < before + 3 and time.monotonic() < deadline:  # the loop is free: it ticks on
+                time.sleep(0.001)
+            ran_while_waiting.append(ticks[0] >= before + 3)
+            rt.made_room()
+        threading.Thread(target=run, daemon=True).start()
+
+    async def run():
+        task = asyncio.ensure_future(rt._compute([[i] * 30 for i in range(5)], "input"))
+        while not task.done():
+            ticks[0] += 1
+            await asyncio.sleep(0.001)
+        return await task
+
+    rt.batcher = _Batcher(full={1, 2, 3}, on_full=batch_leaves_the_queue)
+    start = time.monotonic()
+    vecs, tokens = asyncio.run(run())
+    assert vecs.tolist() == [[i, 30] for i in range(5)] and tokens == 150
+    assert rt.batcher.refused == [1, 1, 1] and len(rt.batcher.submits) == 5  # refused 3 times, then queued
+    assert ran_while_waiting == [True] * 3 and time.monotonic() - start < 9  # woken by made_room, not the poll
+    assert rt._room_waiters == []
+
+
+def test_the_first_piece_finding_the_queue_full_is_429_at_once():
+    """The backpressure clients expect: a request (or the first piece of one bigger than the queue) that
+    finds the queue full is refused at once, with Retry-After; nothing of it was computed."""
+    import asyncio
+
+    from postemb_rt.serving.errors import ApiError
+
+    for ids in ([[7] * 30], [[7] * 30] * 5):
+        rt = _runtime(max_queued_tokens=100)
+        rt.batcher = _Batcher(full={0})
+        with pytest.raises(ApiError) as info:
+            asyncio.run(rt._compute(ids, "input"))
+        assert info.value.status == 429 and info.value.body["code"] == "queue_full", info.value.body
+        assert int(info.value.headers["Retry-After"]) >= 1
+        assert rt.batcher.refused == [1] and rt.batcher.submits == []  # one try (a post: the first piece), no wait
+
+
+def test_a_waiting_piece_retries_on_its_own_when_no_batch_signals():
+    """Room can come without a model call (a queued request expired or was cancelled): a waiting piece
+    also retries after a pause doubling from ROOM_POLL_S, so it is served though made_room never runs."""
+    import asyncio
+
+    rt = _runtime(max_queued_tokens=100, request_timeout_s=30.0)
+    rt.batcher = _Batcher(full={2, 3, 4, 5})
+    vecs, _ = asyncio.run(rt._compute([[i] * 30 for i in range(4)], "input"))
+    assert vecs[:, 0].tolist() == [0, 1, 2, 3] and rt.batcher.refused == [1] * 4
+
+
+@pytest.mark.parametrize("batches_ran, status, code", [(True, 429, "queue_timeout"), (False, 503, "timeout")])
+def test_a_piece_waiting_past_the_deadline_is_429_while_batches_run_else_503(batches_ran, status, code):
+    """The queue stays full until the request's one deadline: 429 when other batches ran meanwhile (an
+    overload), 503 when none did (a stuck model), saying how to avoid it. It waited in pauses, not a
+    busy loop: a handful of tries in 0.3 s."""
+    import asyncio
+
+    from postemb_rt.serving.errors import ApiError
+
+    rt = _runtime(max_queued_tokens=100, request_timeout_s=0.3)
+
+    def other_requests_batch():
+        if batches_ran:
+            rt.batches_done += 1
+
+    rt.batcher = _Batcher(full=range(1, 1000), on_full=other_requests_batch)
+    with pytest.raises(ApiError) as info:
+        asyncio.run(rt._compute([[7] * 30] * 5, "input"))
+    msg = info.value.body["message"]
+    assert info.value.status == status and info.value.body["code"] == code, msg
+    assert "the batcher queue stayed full." in msg and "in 5 pieces and 1 of its posts were computed" in msg, msg
+    assert len(rt.batcher.submits) == 1 and 2 <= len(rt.batcher.refused) <= 20, rt.batcher.refused
 
 @pytest.mark.parametrize("route, body, flag", [
     ("/v1/embeddings", {"input": ["a"] * (LIMITS["max_inputs"] + 1)}, "--max-inputs"),
