@@ -29,7 +29,7 @@ Routes:
                          ``encoding`` (float32 | int8 | uint8 | binary | ubinary), ``long_posts`` (truncate |
                          chunk; default ``--long-posts``; the answer counts ``chunked`` posts
                          and their ``windows``), ``prompt_name``, ``truncation_direction``,
-                         ``model`` (as /v1/embeddings').
+                         ``model`` and ``dimensions`` (as /v1/embeddings').
                          Unknown fields are a 422. (It was ``/embed`` before /embed became TEI's.)
     GET  /health         live (200 as soon as the process serves HTTP).
     GET  /ready          200 once every model is loaded and warmed up through its batcher (the
@@ -65,5 +65,8 @@ int8 / uint8 / binary: ``Encoder.encode(precision=...)``'s quantization, see
 
 ``dimensions``: the model's dim, or a prefix it was trained to embed in (``matryoshka_dims`` in its
 postemb.json: 32, 16 and 8 for ``default`` since v4); the answer is that prefix re-normalised, as
-``Encoder.encode(truncate_dim=...)``. Any other value is a 422 naming the allowed ones.
+``Encoder.encode(truncate_dim=...)``. Any other value is a 422 naming the allowed ones. A request naming
+none gets the model's default, ``Runtime.default_dim``: the ``truncate_dim`` its config declares (what
+``Encoder.encode`` and sentence-transformers return by default), else its dim; the answer's vector version
+says which (``@<dim>``), and /info's ``default_dimensions`` too.
 """

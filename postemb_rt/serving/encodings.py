@@ -2,8 +2,9 @@
 
 The quantization is ``Encoder.encode(precision=...)``'s (``postemb_rt.quantization``:
 sentence-transformers' ``quantize_embeddings``), with the model's calibration ranges
-(``quantization.ranges_for(encoder, normalize=True)``, computed once per model when the server
-loads it, cached on disk), so an int8 answer equals ``Encoder.encode(texts, precision="int8")``.
+(``quantization.ranges_for(encoder, truncate_dim, normalize=True)`` at the model's default dim, computed
+once per model when the server loads it, cached on disk; another ``dimensions``: that prefix's own ranges,
+``Runtime.ranges_at``), so an int8 answer equals ``Encoder.encode(texts, precision="int8")``.
 ``binary`` keeps its HTTP meaning (packed sign bits as unsigned bytes 0..255, first component in
 the high bit), which is sentence-transformers' ``ubinary`` (its ``binary`` is those bytes minus
 128); ``ubinary`` is accepted as well. All need ``normalize: true``.

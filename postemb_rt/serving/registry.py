@@ -161,7 +161,8 @@ class ModelRegistry:
         return [rt.name or spec for rt, spec in zip(self.runtimes, self._specs)]
 
     def describe(self) -> list[dict]:
-        """``/info``'s ``models``: each served model's name, version, dim, allowed ``dimensions`` and state."""
+        """``/info``'s ``models``: each served model's name, version, dim, allowed ``dimensions``, the
+        ``default_dimensions`` a request naming none gets (its truncate_dim, else its dim) and state."""
         out = []
         for rt, spec in zip(self.runtimes, self._specs):
             enc = rt.encoder
@@ -170,6 +171,6 @@ class ModelRegistry:
                 d.update(aliases=self.aliases(rt), model_version=enc.model_version,
                          vector_version=rt.vector_version(None, rt.cfg.long_posts), dim=enc.dim,
                          max_length=enc.max_length, backend=enc.backend.name, precision=enc.backend.precision,
-                         dimensions=allowed_dims(enc))
+                         dimensions=allowed_dims(enc), default_dimensions=rt.default_dim)
             out.append(d)
         return out

@@ -9,7 +9,6 @@ import threading
 from contextlib import asynccontextmanager
 from typing import Callable
 
-from .. import quantization
 from ..encode_options import truncate as truncate_rows
 from . import encodings, tei
 from .auth import Admission, Gate
@@ -163,12 +162,10 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         dim = check_dimensions(enc, req.dimensions)
         vecs, tokens, truncated = await m.embed(req.input, "input", truncate=True, normalize=True,
                                                 prompt_name=req.prompt_name)
-        ranges = m.quant_ranges
-        if dim < enc.dim:  # a declared matryoshka prefix: the first `dim` components re-normalised
+        if dim < enc.dim:  # a declared prefix (the model's truncate_dim when none is asked): re-normalised
             vecs = truncate_rows(vecs, dim, True)
-            if req.embedding_type in ("int8", "uint8"):  # ranges calibrated for that prefix (computed once, cached)
-                ranges = await m.off_loop(quantization.ranges_for, enc, dim, True)  # truncate_dim, normalize
         if req.embedding_type != "float":  # as /embed_full's `encoding`: the model's calibrated ranges, packed bits
+            ranges = await m.ranges_at(dim) if req.embedding_type in ("int8", "uint8") else None
             q = await m.off_loop(encodings.quantize, vecs, req.embedding_type, ranges)
             rows = list(q) if req.encoding_format == "float" else [base64.b64encode(r.tobytes()).decode() for r in q]
         else:
@@ -193,21 +190,25 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         long_posts = req.long_posts or cfg.long_posts
         m = models.resolve(req.model)
         enc = m.require_encoder()
+        dim = check_dimensions(enc, req.dimensions)
         chunk_stats = {"chunked": 0, "windows": 0}
         vecs, tokens, truncated = await m.embed(req.inputs, "inputs", truncate=req.truncate, normalize=req.normalize,
                                                 long_posts=long_posts, chunk_stats=chunk_stats,
                                                 prompt_name=req.prompt_name,
                                                 truncation_direction=req.truncation_direction)
-        version = m.vector_version(None, long_posts)
-        out = {"model": m.name, "vector_version": version, "dim": enc.dim, "encoding": req.encoding,
+        if dim < enc.dim:  # a declared prefix (the model's truncate_dim by default), as on /v1/embeddings
+            vecs = truncate_rows(vecs, dim, req.normalize)
+        version = m.vector_version(dim, long_posts)
+        out = {"model": m.name, "vector_version": version, "dim": dim, "encoding": req.encoding,
                "normalized": req.normalize}
         if req.encoding in ("binary", "ubinary"):
-            out.update(bytes_per_row=(enc.dim + 7) // 8, bit_order="big")
+            out.update(bytes_per_row=(dim + 7) // 8, bit_order="big")
         if req.encoding == "float32":
             out["embeddings"] = vecs
         else:  # as Encoder.encode(precision=...), the model's ranges (GET /info); off the loop: the first
             # call imports sentence-transformers (and torch), which a float32-only server never loads
-            out["embeddings"] = await m.off_loop(encodings.quantize, vecs, req.encoding, m.quant_ranges)
+            ranges = await m.ranges_at(dim) if req.encoding in ("int8", "uint8") else None
+            out["embeddings"] = await m.off_loop(encodings.quantize, vecs, req.encoding, ranges)
         out.update(truncated=truncated, long_posts=long_posts, **chunk_stats,
                    usage={"prompt_tokens": tokens, "total_tokens": tokens})
         resp = await _render(out, vecs.size)

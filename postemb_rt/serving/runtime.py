@@ -65,8 +65,8 @@ class Runtime:
 
         try:
             enc = self._load_encoder()
-            # /embed_full's int8 / uint8 calibration: once per model (cached on disk), before any request
-            self.quant_ranges = quantization.ranges_for(enc, normalize=True)
+            # int8 / uint8 calibration at the default dim: once per model (cached on disk), before any request
+            self.quant_ranges = quantization.ranges_for(enc, enc.truncate_dim, normalize=True)
             # normalize=False on the batcher so /embed and /embed_full can serve raw vectors; rows are
             # normalised per request below (one pass over (n, dim) float32).
             embed = functools.partial(enc.backend.embed, normalize=False)
@@ -120,12 +120,24 @@ class Runtime:
                            code="loading", headers={"Retry-After": "1"})
         return self.encoder
 
+    @property
+    def default_dim(self) -> int:
+        """The dim of an answer to a request naming no ``dimensions``: the model's ``truncate_dim`` (the prefix
+        ``Encoder.encode`` and sentence-transformers return by default), else its full dim. Once loaded."""
+        return self.encoder.truncate_dim or self.encoder.dim
+
     def vector_version(self, dim: int | None = None, long_posts: str = "truncate") -> str:
-        """The vector version of this model's answers cut to ``dim`` (None: its full dim) in ``long_posts``
+        """The vector version of this model's answers cut to ``dim`` (None: ``default_dim``) in ``long_posts``
         mode (the server's encoder has one mode, ``--long-posts``, but /v1/embeddings always truncates
         and /embed_full takes a mode per request): ``Encoder.vector_version_at``. Once loaded."""
-        enc = self.encoder
-        return enc.vector_version_at(enc.dim if dim is None else dim, long_posts)
+        return self.encoder.vector_version_at(dim or self.default_dim, long_posts)
+
+    async def ranges_at(self, dim: int):
+        """float32 (2, dim): the int8 / uint8 calibration ranges of this model's unit vectors cut to ``dim``,
+        those computed at load for ``default_dim``, else computed once (cached on disk) off the event loop."""
+        if dim == self.default_dim:
+            return self.quant_ranges
+        return await self.off_loop(quantization.ranges_for, self.encoder, dim, True)  # truncate_dim, normalize
 
     # -- one embedding request ---------------------------------------------------------
     def prompted(self, enc, texts: list[str], prompt_name: str | None) -> list[str]:
@@ -393,8 +405,8 @@ class Runtime:
                      dim=enc.dim, max_length=enc.max_length,
                      backend=desc.get("backend"), precision=desc.get("precision"),
                      precision_reason=desc.get("precision_reason"), runtime=desc,
-                     encodings=encodings.describe(enc.dim, self.quant_ranges),
-                     dimensions=allowed_dims(enc))
+                     encodings=encodings.describe(self.default_dim, self.quant_ranges),
+                     dimensions=allowed_dims(enc), default_dimensions=self.default_dim)
         if self.load_error:
             d["load_error"] = self.load_error
         return d

@@ -117,6 +117,10 @@ PromptName = Optional[StrictStr]
 MODEL_DOC = ("a served model's name (GET /v1/models) or model_version; null: the default model (the first "
              "--model); ignored by a server with one model, which serves it whatever the name")
 PROMPT_DOC = "a prompt of the model's (`prompts`), prepended to each input; null: the model's default prompt, if any"
+# checked against the served model by the route (tei.check_dimensions)
+Dimensions = Annotated[Any, WithJsonSchema({"type": "integer"}), Field(
+    description="the model's dim or a prefix it declares (GET /info `dimensions`); null: the model's default "
+                "(`default_dimensions`: its truncate_dim if it declares one, else its dim)")]
 
 
 class V1EmbeddingsRequest(BaseModel):
@@ -128,7 +132,7 @@ class V1EmbeddingsRequest(BaseModel):
     input: Texts
     encoding_format: Literal["float", "base64"] = "float"
     model: Optional[StrictStr] = Field(None, description=MODEL_DOC)
-    dimensions: Annotated[Any, WithJsonSchema({"type": "integer"})] = None
+    dimensions: Dimensions = None
     user: Annotated[Any, WithJsonSchema({"type": "string"})] = None  # ignored
     embedding_type: Literal["float", "int8", "uint8", "binary", "ubinary"] = Field(
         "float", description="our extension (the openai client sends it in extra_body): int8 / uint8 / binary "
@@ -155,6 +159,7 @@ class EmbedRequest(BaseModel):
     prompt_name: PromptName = Field(None, description=PROMPT_DOC)
     truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
     model: Optional[StrictStr] = Field(None, description=MODEL_DOC)
+    dimensions: Dimensions = None
 
     @model_validator(mode="before")
     @classmethod
@@ -190,7 +195,7 @@ class TeiEmbedRequest(BaseModel):
     truncate: Optional[StrictBool] = Field(None, description="null: the server's auto_truncate (true)")
     truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
     prompt_name: PromptName = Field(None, description=PROMPT_DOC)
-    dimensions: Annotated[Any, WithJsonSchema({"type": "integer"})] = None
+    dimensions: Dimensions = None
 
     @model_validator(mode="before")
     @classmethod

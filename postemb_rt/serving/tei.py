@@ -9,7 +9,8 @@ unchanged:
                           on /similarity nor /tokenize), ``normalize`` (true),
                           ``truncate`` (null: the server's ``auto_truncate``, true here),
                           ``truncation_direction`` (right | left), ``prompt_name``, ``dimensions`` (the
-                          model's dim or a declared matryoshka prefix); answers a bare JSON array of
+                          model's dim or a declared matryoshka prefix; null: the model's default,
+                          its ``truncate_dim`` if it declares one); answers a bare JSON array of
                           floats, one vector per input. Unknown fields are ignored, as TEI does
                           (``encoding_format`` too: base64 is /v1/embeddings'); our
                           native fields (``encoding``, ``long_posts``) are a 422 naming
@@ -18,8 +19,8 @@ unchanged:
     POST /similarity      ``inputs: {source_sentence, sentences}``, ``parameters: {truncate,
                           truncation_direction, prompt_name}`` (``InferenceClient.sentence_similarity``
                           sent to ``URL/similarity``): the cosine of each sentence with the source, a
-                          bare JSON array. ``POST /`` stays ``/embed``, TEI's default for an
-                          embedding model.
+                          bare JSON array, of the vectors at the model's default dim. ``POST /`` stays
+                          ``/embed``, TEI's default for an embedding model.
     POST /tokenize        ``inputs``, ``add_special_tokens`` (true), ``prompt_name``: per input, its
                           tokens ``{id, text, special, start, stop}`` (UTF-8 byte offsets, as TEI's),
                           as the model reads them (cut to max_length).
@@ -89,11 +90,12 @@ def tei_error(err: ApiError):
 
 
 def check_dimensions(enc, dims) -> int:
-    """``dimensions`` -> the dim to answer in: absent means the model's own; otherwise one the model
+    """``dimensions`` -> the dim to answer in: absent means the model's default (its ``truncate_dim``, what
+    ``Encoder.encode`` returns by default, else its dim: ``Runtime.default_dim``); otherwise one the model
     was trained to embed in (its dim or a declared ``matryoshka_dims`` prefix), else a 422 naming them."""
     allowed = allowed_dims(enc)
     if dims is None:
-        return enc.dim
+        return enc.truncate_dim or enc.dim
     if type(dims) is not int or dims not in allowed:
         raise ApiError(422, f"`dimensions` must be one of {allowed}: this model's dim and the prefixes it was "
                             f"trained to embed in (matryoshka_dims). Given: {given(dims)}.", param="dimensions",
@@ -176,6 +178,8 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
                 vecs, tokens, truncated = await rt.embed(
                     texts, "inputs", truncate=truncate, normalize=True, long_posts=cfg.long_posts,
                     prompt_name=p.prompt_name, truncation_direction=p.truncation_direction, item=_similarity_item)
+                if rt.default_dim < rt.encoder.dim:  # the model's default prefix (truncate_dim), as Encoder.encode's
+                    vecs = truncate_rows(vecs, rt.default_dim, True)
                 scores = vecs[1:] @ vecs[0]  # cosine: the rows are unit vectors
                 resp = await render(scores, 0)
                 resp.headers[VERSION_HEADER] = rt.vector_version(None, cfg.long_posts)  # of the vectors compared
