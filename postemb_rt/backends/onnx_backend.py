@@ -83,6 +83,10 @@ class OnnxBackend(Backend):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = model_threads()  # 0: one per physical core
         self._session = ort.InferenceSession(str(onnx_path), so, providers=providers)
+        # read once, so that describe() still answers after close() has dropped the session
+        threads = self._session.get_session_options().intra_op_num_threads
+        self._session_facts = {"providers": self._session.get_providers(),
+                               "threads": threads or "onnxruntime's default: one per physical core"}
         outputs = {o.name for o in self._session.get_outputs()}
         pooling = onnx_md.config.onnx_pooling
         need = {"embedding", "pooled"} if pooling == "graph" else {"last_hidden_state"}
@@ -106,10 +110,7 @@ class OnnxBackend(Backend):
         return vec
 
     def describe(self) -> dict:
-        threads = self._session.get_session_options().intra_op_num_threads
-        return {**super().describe(), "onnx_path": str(self.onnx_path),
-                "providers": self._session.get_providers(),
-                "threads": threads or "onnxruntime's default: one per physical core"}
+        return {**super().describe(), "onnx_path": str(self.onnx_path), **self._session_facts}
 
     def close(self) -> None:
         self._session = None
