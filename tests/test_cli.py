@@ -81,6 +81,25 @@ def test_embed_prompts_equal_encode_and_a_bad_one_is_named(tmp_path, base_onnx, 
     assert main([*argv, "--prompt-name", "query", "--prompt", "q: "]) == 2
 
 
+def test_backfill_and_nearline_take_the_prompt_name_flag_of_embed_and_not_a_prompt_text():
+    """One definition of --prompt-name (commands.add_prompt_args): backfill and nearline say what embed
+    says, plus what they do with the name; neither offers --prompt, a text they record nowhere."""
+    from postemb_rt import cli
+
+    parser = cli.build_parser(environ={})
+    sub = next(a for a in parser._actions if a.dest == "command").choices
+
+    def helps(command):
+        return {o: a.help for a in sub[command]._actions for o in a.option_strings}
+
+    shared = helps("embed")["--prompt-name"].split(" prepended to every ")[0]
+    assert "--prompt" in helps("embed") and "e.g. query or document" in shared
+    for command, says in (("backfill", "recorded in each _SUCCESS.json"), ("nearline", "is dead-lettered")):
+        got = helps(command)
+        assert got["--prompt-name"].startswith(shared + " prepended to every ") and says in got["--prompt-name"]
+        assert "--prompt" not in got, command
+
+
 def test_embed_quantize_refuses_parquet_output(tmp_path, capsys):
     src = tmp_path / "posts.txt"
     src.write_text("x\n")

@@ -33,10 +33,15 @@ def at_least(low: int, kind=int):
     return parse
 
 
-def add_prompt_args(parser: argparse.ArgumentParser, what: str = "post") -> None:
+def add_prompt_args(parser: argparse.ArgumentParser, what: str = "post", *, text: bool = True,
+                    note: str = "") -> None:
     """``--prompt-name`` / ``--prompt``: ``Encoder.encode``'s ``prompt_name`` / ``prompt``
-    (postemb_rt.prompts), prepended to every ``what`` the command encodes; checked there."""
+    (postemb_rt.prompts), prepended to every ``what`` the command encodes; checked there.
+    ``text`` False: ``--prompt-name`` only, for the commands that record the prompt by its name
+    (backfill's ``_SUCCESS.json``, the near-line records), so a prompt text has no place there;
+    ``note``: what the command does with the name besides, appended to its help."""
     parser.add_argument("--prompt-name", default=None, help="a prompt of the model's (its `prompts`, e.g. query or "
-                        f"document) prepended to every {what} (default: the model's default prompt, if any)")
-    parser.add_argument("--prompt", default=None, help=f"a prompt text prepended to every {what} (\"\" turns the "
-                        "model's default prompt off); not with --prompt-name")
+                        f"document) prepended to every {what}{note} (default: the model's default prompt, if any)")
+    if text:
+        parser.add_argument("--prompt", default=None, help=f"a prompt text prepended to every {what} (\"\" turns "
+                            "the model's default prompt off); not with --prompt-name")

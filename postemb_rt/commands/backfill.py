@@ -20,6 +20,7 @@ import argparse
 import sys
 
 from .. import backends
+from . import add_prompt_args
 
 
 def run(args) -> int:
@@ -97,10 +98,7 @@ def register(sub) -> None:
                         "columns' (integer and string files mixed are refused: use string); JSONL: the first id's. "
                         "string writes integer ids as decimal strings; a string id in an int output is a bad row "
                         "(default: auto)")
-    p.add_argument("--prompt-name", default=None,
-                   help="the model's prompt to embed every post with (e.g. query or document: its `prompts`); "
-                        "recorded in each _SUCCESS.json, and a resume must use the same (default: the model's "
-                        "default prompt, if any)")
+    add_prompt_args(p, text=False, note="; recorded in each _SUCCESS.json, and a resume must use the same")
     p.add_argument("--truncate-dim", type=int, default=None,
                    help="a nested prefix the model declares (its matryoshka_dims, e.g. 32, 16 or 8 for default): "
                         "write the first K components re-normalised, under vector version '<model>@K' "

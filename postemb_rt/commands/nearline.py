@@ -15,7 +15,7 @@ import signal
 import sys
 
 from .. import backends
-from . import Parser
+from . import Parser, add_prompt_args
 from ..nearline.model import DEFAULT_MODEL_TIMEOUT_S, EXIT_MODEL_TIMEOUT
 
 log = logging.getLogger("postemb_rt.nearline")
@@ -49,10 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="posts longer than max_length: truncate, or chunk (embed them whole) (default: truncate)")
     p.add_argument("--precision", default="fp32", choices=backends.PRECISIONS,
                    help="fp32 (exact), or bf16 / int8 on CPU (gated by measured fidelity; default: fp32)")
-    p.add_argument("--prompt-name", default=None,
-                   help="the model's prompt (its `prompts`, e.g. query or document) for events without a "
-                        "prompt_name field; an event naming a prompt the model lacks is dead-lettered; stored in "
-                        "each record (default: the model's default prompt, if any)")
+    add_prompt_args(p, "post whose event has no prompt_name field", text=False,
+                    note="; an event naming a prompt the model lacks is dead-lettered; stored in each record")
     p.add_argument("--truncate-dim", type=int, default=None,
                    help="a nested prefix the model declares (its matryoshka_dims, e.g. 32, 16 or 8 for default): "
                         "store the first K components re-normalised, under vector version '<model>@K' "
