@@ -34,8 +34,9 @@ Paths must be visible under the same name to every Ray node (a shared file syste
 support an atomic ``rename`` (POSIX, NFS, Lustre); object stores (S3) are not support
 
 Modules: ``plan`` (listing the input files and cutting them into splits), ``splits`` (the
-Ray actor: reading, checking and embedding one split), ``run`` (the driver: ``backfill``,
-resuming, committing, the report). The names below are the public API.
+Ray actor: reading, checking and embedding one split), ``resume`` (what an output already
+holds: the model, prompt and id type a run must share with it), ``run`` (the driver:
+``backfill``, committing, the report). The names below are the public API.
 """
 from .plan import FORMATS, ROWS_PER_SPLIT, STAGING, SUCCESS, FilePlan, Split, jsonl_rows, list_inputs, part_name, plan_file
 from .run import BackfillError, BackfillReport, backfill, resolve_model_version

@@ -12,9 +12,10 @@ from typing import Callable
 
 from ..durable import atomic_write, durable_rename, read_json
 from ..errors import PostEmbError, ValidationError
-from .plan import (ID_TYPES, MARKER, ROWS_PER_SPLIT, STAGING, SUCCESS, FilePlan, errors_name, jsonl_first_id_type,
-                   jsonl_rows, list_inputs, make_output, parquet_id_type, part_name, plan_file)
+from .plan import (MARKER, ROWS_PER_SPLIT, STAGING, SUCCESS, FilePlan, errors_name, jsonl_rows, list_inputs,
+                   make_output, part_name, plan_file)
 from .ray_setup import check_address, ray_init, rows
+from .resume import check_model_version, check_prompt, committed, decide_id_type, marker, resume_staging
 from .splits import SplitEmbedder, count_empty, describe_error
 
 log = logging.getLogger("postemb_rt.backfill")
@@ -56,154 +57,6 @@ class BackfillReport:
 
 
 # -- the run (driver) ---------------------------------------------------------------------
-def _model_of(meta: dict) -> tuple:
-    return meta.get("model_version"), meta.get("model_fingerprint")
-
-
-def _committed(out: Path):
-    """(the _SUCCESS.json of one committed file of ``out``, its meta), or (None, {}) if none."""
-    for success in out.rglob(SUCCESS):
-        if STAGING not in success.relative_to(out).parts:
-            return success, read_json(success) or {}
-    return None, {}
-
-
-def _check_model_version(out: Path, model_version: str, fingerprint: str) -> None:
-    success, meta = _committed(out)
-    if success is not None:
-        theirs = _model_of(meta)
-        if theirs[0] not in (None, model_version) or theirs[1] not in (None, fingerprint):
-            raise ValidationError(
-                f"`--output` {str(out)!r} holds embeddings of model {theirs[0]!r} (fingerprint {theirs[1]}, "
-                f"{success.parent}); this run uses {model_version!r} (fingerprint {fingerprint}). "
-                "Fix: pick a new --output folder, or run with the --model, --precision, --long-posts and "
-                "--truncate-dim that wrote it (its version says them: <model>@<dim>+<precision>+<mode>).")
-        # one committed file is enough: every file of a folder was written by one model
-
-
-_NO_PROMPT_RECORD = object()  # outputs of versions before prompts: no `prompt_name` recorded
-
-
-def _check_prompt(have: dict, prompt_name: str | None, where: str, fix: str) -> None:
-    """Refuse to mix vectors of two prompts in one output (``have``: a _SUCCESS.json or a
-    staging marker; one written before prompts existed records none and is not checked)."""
-    theirs = have.get("prompt_name", _NO_PROMPT_RECORD)
-    if theirs is not _NO_PROMPT_RECORD and theirs != prompt_name:
-        raise ValidationError(
-            f"`--prompt-name`: {where} was embedded with prompt {theirs!r}; this run uses {prompt_name!r} "
-            f"(None: no prompt). One output holds vectors of one prompt. Fix: {fix}")
-
-
-def _output_id_type(out: Path) -> tuple[str | None, str]:
-    """(the id type of the committed files of ``out``, where it was read), or (None, "") when
-    nothing is committed. Outputs of older versions (no ``id_type`` in _SUCCESS.json): from a
-    part's schema."""
-    success, meta = _committed(out)
-    if success is None:
-        return None, ""
-    if meta.get("id_type") in ID_TYPES:
-        return meta["id_type"], str(success)
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    for part in sorted(success.parent.glob("part-*.parquet")):
-        t = pq.read_schema(part).field("id").type
-        if pa.types.is_integer(t):
-            return "int", str(part)
-        if pa.types.is_string(t) or pa.types.is_large_string(t):
-            return "string", str(part)
-    return None, ""
-
-
-def decide_id_type(files: list[Path], out: Path, id_type: str = "auto") -> str:
-    """The one id type ("int" or "string") of the output, decided before any work, or a
-    ValidationError naming the clash and the fix.
-
-    An output that already holds committed files keeps their type (``id_type`` must then be
-    "auto" or that type). Else ``id_type`` "int" / "string" as asked, or for "auto": Parquet
-    inputs, the type of their ``id`` columns (read from the footers; integer and string
-    columns mixed are refused: use "string"); JSONL inputs, the type of the first valid id of
-    the first file. Rows then cast: integer ids into a "string" output as their decimal
-    strings; a string id into an "int" output is a bad row (errors file, with the fix), and a
-    string Parquet column into an "int" output is refused here."""
-    if id_type not in ("auto", *ID_TYPES):
-        raise ValidationError(f"`id_type` must be 'auto', 'int' or 'string'. Given: {id_type!r}.")
-    have, where = _output_id_type(out)
-    if have is not None and id_type not in ("auto", have):
-        raise ValidationError(
-            f"`--id-type` {id_type!r}: `--output` {str(out)!r} already holds {have} ids ({where}); one output has "
-            f"one id type. Fix: --id-type {have} (or auto), or pick a new --output folder.")
-    want = have or (id_type if id_type != "auto" else None)
-    why = f"the ids already in {where}" if have else "--id-type int"
-    if files[0].suffix == ".parquet":
-        found: dict[str, Path] = {}
-        for f in files:
-            try:
-                t = parquet_id_type(f)
-            except ValidationError:
-                raise
-            except Exception:  # noqa: BLE001 - an unreadable file fails alone when it is planned
-                continue
-            if t is not None:
-                found.setdefault(t, f)
-        if want == "int" and "string" in found:
-            raise ValidationError(
-                f"`--input` file {str(found['string'])!r} has string ids, but this output's ids are integers ({why}). "
-                "Fix: pick a new --output folder and run with --id-type string.")
-        if want is None and len(found) > 1:
-            raise ValidationError(
-                f"`--input` mixes integer ids ({found['int']}) and string ids ({found['string']}); an output holds one "
-                "id type, so its index can read it. Fix: --id-type string (integer ids are written as their decimal "
-                "strings), or split the input into one folder per id type.")
-        return want or next(iter(found), "string")
-    if want is not None:
-        return want
-    for f in files:
-        t = jsonl_first_id_type(f)
-        if t is not None:
-            return t
-    return "string"  # no row has an id: every row is bad, the parts are empty
-
-
-def _marker(plan: FilePlan, model_version: str, fingerprint: str, rows_per_split: int, id_type: str,
-            prompt_name: str | None = None) -> dict:
-    """What the staging folder of an unfinished file was started with (``_source.json``):
-    the source's size and mtime, the model (vector version and fingerprint), the split plan
-    (each split's first and count: for JSONL, byte ranges), the id type and the prompt name, so parts of
-    different runs are never mixed."""
-    return {"size": plan.size, "mtime_ns": plan.mtime_ns, "model_version": model_version,
-            "model_fingerprint": fingerprint, "rows_per_split": rows_per_split,
-            "splits": [[s.first, s.count] for s in plan.splits], "id_type": id_type,
-            "prompt_name": prompt_name}
-
-
-def _resume_staging(staging: Path, want: dict, rel: str) -> None:
-    """Keep the finished parts of ``staging`` if its marker matches ``want``; restart the file
-    if the source or the split plan changed; refuse if another model wrote them."""
-    have = read_json(staging / MARKER)
-    if have == want:
-        return
-    if have is not None and staging.is_dir() and any(staging.glob("part-*.parquet")):
-        if _model_of(have) != _model_of(want):
-            raise ValidationError(
-                f"`--output`: the unfinished file {rel!r} ({staging}) was started with model "
-                f"{have.get('model_version')!r} (fingerprint {have.get('model_fingerprint')}); this run uses "
-                f"{want['model_version']!r} (fingerprint {want['model_fingerprint']}). Its parts would be committed "
-                "under the wrong model. Fix: finish it with the first run's --model, --precision, --long-posts and "
-                "--truncate-dim (its version says them: <model>@<dim>+<precision>+<mode>), or delete that staging "
-                "folder (or pick a new --output folder) to embed it with this one.")
-        _check_prompt(have, want.get("prompt_name"), f"the unfinished file {rel!r} ({staging})",
-                      "finish it with that --prompt-name, or delete that staging folder (or pick a new --output "
-                      "folder) to embed it with this one.")
-        if (have.get("size"), have.get("mtime_ns")) == (want["size"], want["mtime_ns"]):
-            log.warning("%s: the split plan or id type changed since the interrupted run (rows_per_split %s -> "
-                        "%s, id type %s -> %s); its finished splits are discarded and the file restarts", rel,
-                        have.get("rows_per_split"), want["rows_per_split"], have.get("id_type"), want["id_type"])
-    shutil.rmtree(staging, ignore_errors=True)  # absent, or from another version of the file or plan
-    staging.mkdir(parents=True)
-    atomic_write(staging / MARKER, json.dumps(want))
-
-
 def resolve_model_version(model: str, precision: str = "fp32", long_posts: str = "truncate",
                           truncate_dim: int | None = None) -> str:
     """The version a backfill with ``model``, ``precision`` and ``long_posts`` writes with each
@@ -294,8 +147,8 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     prompt_name = prompt_name if prompt_name is not None else md.config.default_prompt_name
     check_address(ray_address)  # an unreachable cluster: refused before the output folder is made
     make_output(inp, out)
-    _check_model_version(out, model_version, fingerprint)
-    _check_prompt(_committed(out)[1], prompt_name, f"`--output` {str(out)!r}",
+    check_model_version(out, model_version, fingerprint)
+    check_prompt(committed(out)[1], prompt_name, f"`--output` {str(out)!r}",
                   "pick a new --output folder, or run with the --prompt-name that wrote it.")
     id_type = decide_id_type(files, out, id_type)
     report = BackfillReport(files_total=len(files), model_version=model_version, model_fingerprint=fingerprint,
@@ -324,7 +177,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
             continue
         staging = out / STAGING / rel
         try:
-            _resume_staging(staging, _marker(plan, model_version, fingerprint, rows_per_split, id_type, prompt_name),
+            resume_staging(staging, marker(plan, model_version, fingerprint, rows_per_split, id_type, prompt_name),
                             rel)
         except OSError as exc:  # a full disk: this file cannot start; the report names it
             report.failures.append(f"{rel}: cannot prepare its staging folder ({describe_error(exc)})"[:500])
