@@ -35,7 +35,7 @@ support an atomic ``rename`` (POSIX, NFS, Lustre); object stores (S3) are not su
 
 Modules: ``plan`` (listing the input files and cutting them into splits), ``splits`` (the
 Ray actor: reading, checking and embedding one split), ``resume`` (what an output already
-holds: the model, prompt and id type a run must share with it), ``run`` (the driver:
+holds: the model, prompt, input columns and id type a run must share with it), ``run`` (the driver:
 ``backfill``, committing, the report). The names below are the public API.
 """
 from .plan import FORMATS, ROWS_PER_SPLIT, STAGING, SUCCESS, FilePlan, Split, jsonl_rows, list_inputs, part_name, plan_file

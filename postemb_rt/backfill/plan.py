@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from ..errors import ValidationError
 
@@ -14,6 +15,25 @@ MARKER = "_source.json"  # in a staging folder: what its parts were made from (s
 ROWS_PER_SPLIT = 10_000  # ~30 s of CPU inference per split on one core: fine-grained resume, small retries
 ID_TYPES = ("int", "string")  # of an output's `id` column (Arrow int64 / string): one per output
 BOM = b"\xef\xbb\xbf"  # the UTF-8 byte order mark some editors put at the start of a JSONL file
+
+
+class Columns(NamedTuple):
+    """The names of the input's id and text columns (Parquet) or fields (JSONL): ``--id-column``,
+    ``--text-column``. One pair per run, recorded with the output (a resume must use the same)."""
+
+    id: str = "id"
+    text: str = "text"
+
+
+def check_columns(columns: Columns) -> Columns:
+    """``columns``, or a ValidationError naming the argument: each a non-empty str, the two different."""
+    for arg, name in (("id_column", columns.id), ("text_column", columns.text)):
+        if not isinstance(name, str) or not name:
+            raise ValidationError(f"`{arg}` must be a column name (a non-empty str). Given: {name!r}.")
+    if columns.id == columns.text:
+        raise ValidationError(f"`id_column` and `text_column` must name two columns. Given: {columns.id!r} for both. "
+                              "Fix: name the input's id column and its text column.")
+    return columns
 
 
 @dataclass(frozen=True)
@@ -48,7 +68,8 @@ def list_inputs(input_path: Path) -> tuple[Path, list[Path]]:
         raise FileNotFoundError(f"`--input` {str(input_path)!r} does not exist.")
     if input_path.is_file():
         if input_path.suffix not in FORMATS:
-            raise ValidationError(f"`--input` must be a folder or a file ending in {FORMATS}. Given: {str(input_path)!r}.")
+            raise ValidationError(f"`--input` must be a folder or a file ending in {FORMATS}. "
+                                  f"Given: {str(input_path)!r}.")
         return input_path.parent, [input_path]
     files = sorted(p for p in input_path.rglob("*") if p.is_file() and p.suffix in FORMATS
                    and not any(part.startswith(("_", ".")) for part in p.relative_to(input_path).parts))
@@ -83,11 +104,12 @@ def make_output(input_path: Path, out: Path) -> None:
                               "writable file system, not under a file).") from exc
 
 
-def plan_file(path: Path, root: Path, rows_per_split: int = ROWS_PER_SPLIT) -> FilePlan:
+def plan_file(path: Path, root: Path, rows_per_split: int = ROWS_PER_SPLIT,
+              columns: Columns = Columns()) -> FilePlan:
     """The splits of one input file. Parquet: consecutive row groups up to ``rows_per_split``
     rows (a row group is never cut, so a file written as one huge row group is one split);
-    reads only the footer, and checks the ``id`` and ``text`` columns exist. JSONL: byte
-    ranges of about ``rows_per_split`` * 200 bytes (no read)."""
+    reads only the footer, and checks that the ``columns`` exist. JSONL: byte ranges of about
+    ``rows_per_split`` * 200 bytes (no read)."""
     st = path.stat()
     rel = path.relative_to(root).as_posix()
     splits: list[Split] = []
@@ -95,7 +117,7 @@ def plan_file(path: Path, root: Path, rows_per_split: int = ROWS_PER_SPLIT) -> F
         import pyarrow.parquet as pq
 
         meta = pq.ParquetFile(path)
-        _check_columns(path, meta.schema_arrow.names)
+        _check_columns(path, meta.schema_arrow.names, columns)
         first, rows = 0, 0
         for rg in range(meta.num_row_groups):
             rows += meta.metadata.row_group(rg).num_rows
@@ -109,11 +131,11 @@ def plan_file(path: Path, root: Path, rows_per_split: int = ROWS_PER_SPLIT) -> F
     return FilePlan(path, rel, st.st_size, st.st_mtime_ns, splits)
 
 
-def _check_columns(path: Path, names: list[str]) -> None:
-    if "id" not in names or "text" not in names:
-        raise ValidationError(f"`--input` file {str(path)!r} needs columns `id` and `text`. Given columns: {names}. "
-                              "Fix: write the input with those names, e.g. DuckDB's COPY (SELECT post_id AS id, body "
-                              "AS text FROM 'in.parquet') TO 'posts.parquet'.")
+def _check_columns(path: Path, names: list[str], columns: Columns) -> None:
+    if columns.id not in names or columns.text not in names:
+        raise ValidationError(f"`--input` file {str(path)!r} needs columns `{columns.id}` and `{columns.text}` "
+                              f"(--id-column, --text-column). Given columns: {names}. Fix: name the columns it "
+                              "holds its ids and texts in, e.g. --id-column post_id --text-column body.")
 
 
 def jsonl_rows(path: Path) -> int:
@@ -135,19 +157,19 @@ def errors_name(index: int) -> str:
     return f"_errors-{index:05d}.jsonl"
 
 
-def parquet_id_type(path: Path) -> str | None:
-    """The id type ("int" or "string") of a Parquet input's ``id`` column, from its footer;
-    None for a column of nulls only (every row is bad: it fits any output). Other column types
-    are refused (ValidationError naming the file, the type and the fix), and so is a ``text``
+def parquet_id_type(path: Path, columns: Columns = Columns()) -> str | None:
+    """The id type ("int" or "string") of a Parquet input's id column (``columns.id``), from its
+    footer; None for a column of nulls only (every row is bad: it fits any output). Other column
+    types are refused (ValidationError naming the file, the type and the fix), and so is a text
     column that holds no text (:func:`parquet_text_kind`). A dictionary-encoded column (what
     pandas writes for a ``category``) counts as its values' type."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     schema = pq.read_schema(path)
-    _check_columns(path, schema.names)
-    parquet_text_kind(path, schema.field("text").type)
-    t = schema.field("id").type
+    _check_columns(path, schema.names, columns)
+    parquet_text_kind(path, schema.field(columns.text).type, columns.text)
+    t = schema.field(columns.id).type
     t = t.value_type if pa.types.is_dictionary(t) else t
     if pa.types.is_integer(t):
         return "int"
@@ -155,15 +177,16 @@ def parquet_id_type(path: Path) -> str | None:
         return "string"
     if pa.types.is_null(t):
         return None
-    raise ValidationError(f"`--input` file {str(path)!r}: column `id` must hold integers or strings. Given: {t}. "
-                          "Fix: cast the column to int64 or string and run again.")
+    raise ValidationError(f"`--input` file {str(path)!r}: column `{columns.id}` must hold integers or strings. Given: "
+                          f"{t}. Fix: cast the column to int64 or string and run again.")
 
 
-def parquet_text_kind(path, t) -> str:
-    """How the split reader takes a Parquet ``text`` column of Arrow type ``t`` (a dictionary by its
-    values' type): "string" (string, large_string, string_view), "binary" (each value decoded as
-    UTF-8; an invalid one is a bad row) or "null" (a column of nulls only: every row is a bad row,
-    "`text` is null"). Any other type is refused: ValidationError naming the file, the type, the fix."""
+def parquet_text_kind(path, t, column: str = "text") -> str:
+    """How the split reader takes a Parquet text column (named ``column``) of Arrow type ``t`` (a
+    dictionary by its values' type): "string" (string, large_string, string_view), "binary" (each
+    value decoded as UTF-8; an invalid one is a bad row) or "null" (a column of nulls only: every row
+    is a bad row, "`text` is null"). Any other type is refused: ValidationError naming the file, the
+    type, the fix."""
     import pyarrow as pa
 
     v = t.value_type if pa.types.is_dictionary(t) else t
@@ -173,13 +196,13 @@ def parquet_text_kind(path, t) -> str:
         return "binary"
     if pa.types.is_null(v):
         return "null"
-    raise ValidationError(f"`--input` file {str(path)!r}: column `text` must hold strings. Given: {t}. "
+    raise ValidationError(f"`--input` file {str(path)!r}: column `{column}` must hold strings. Given: {t}. "
                           "Fix: cast the column to string (or drop the file from the input) and run again.")
 
 
-def jsonl_first_id_type(path: Path) -> str | None:
-    """The id type ("int" or "string") of the first row of a JSONL input with a valid id (an
-    integer or a string); None when no row has one. Reads the file only up to that row."""
+def jsonl_first_id_type(path: Path, id_column: str = "id") -> str | None:
+    """The id type ("int" or "string") of the first row of a JSONL input with a valid id (field
+    ``id_column``: an integer or a string); None when no row has one. Reads the file only up to that row."""
     import json
 
     with open(path, "rb") as f:
@@ -188,7 +211,7 @@ def jsonl_first_id_type(path: Path) -> str | None:
                 obj = json.loads(raw)
             except ValueError:  # not JSON, not UTF-8: a bad row, skipped here as the split reader will
                 continue
-            pid = obj.get("id") if isinstance(obj, dict) else None
+            pid = obj.get(id_column) if isinstance(obj, dict) else None
             if isinstance(pid, str):
                 return "string"
             if isinstance(pid, int) and not isinstance(pid, bool):

@@ -1,9 +1,9 @@
 """Resuming (driver side): what an output folder already holds, and whether this run may add to it.
 
-One output holds vectors of one model (vector version and fingerprint) and one prompt, and ids
-of one type; its committed files say so in their ``_SUCCESS.json``, and the staging folder of an
-unfinished file in its ``_source.json`` (``MARKER``), which also records the source and the
-split plan its finished parts were made from."""
+One output holds vectors of one model (vector version and fingerprint) and one prompt, read from
+input columns of one pair of names, and ids of one type; its committed files say so in their
+``_SUCCESS.json``, and the staging folder of an unfinished file in its ``_source.json``
+(``MARKER``), which also records the source and the split plan its finished parts were made from."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from ..durable import atomic_write, read_json
 from ..errors import ValidationError
-from .plan import ID_TYPES, MARKER, STAGING, SUCCESS, FilePlan, jsonl_first_id_type, parquet_id_type
+from .plan import ID_TYPES, MARKER, STAGING, SUCCESS, Columns, FilePlan, jsonl_first_id_type, parquet_id_type
 
 log = logging.getLogger("postemb_rt.backfill")
 
@@ -43,17 +43,34 @@ def check_model_version(out: Path, model_version: str, fingerprint: str) -> None
         # one committed file is enough: every file of a folder was written by one model
 
 
-_NO_PROMPT_RECORD = object()  # outputs of versions before prompts: no `prompt_name` recorded
+_UNRECORDED = object()
+# What one output shares beside its model: (the key its records hold, the flag, how a refusal says it, what a
+# record without the key means). Outputs of versions before prompts recorded none: not checked. Outputs of
+# versions before --id-column / --text-column were read from `id` and `text`: the only names there were.
+SHARED = (("prompt_name", "--prompt-name", "was embedded with prompt {theirs!r}; this run uses {ours!r} (None: no "
+           "prompt). One output holds vectors of one prompt", _UNRECORDED),
+          ("id_column", "--id-column", "was read with id column {theirs!r}; this run reads {ours!r}. One output's "
+           "ids come from one column", Columns().id),
+          ("text_column", "--text-column", "was read with text column {theirs!r}; this run reads {ours!r}. One "
+           "output's vectors come from one column", Columns().text))
 
 
-def check_prompt(have: dict, prompt_name: str | None, where: str, fix: str) -> None:
-    """Refuse to mix vectors of two prompts in one output (``have``: a _SUCCESS.json or a
-    staging marker; one written before prompts existed records none and is not checked)."""
-    theirs = have.get("prompt_name", _NO_PROMPT_RECORD)
-    if theirs is not _NO_PROMPT_RECORD and theirs != prompt_name:
-        raise ValidationError(
-            f"`--prompt-name`: {where} was embedded with prompt {theirs!r}; this run uses {prompt_name!r} "
-            f"(None: no prompt). One output holds vectors of one prompt. Fix: {fix}")
+def recorded(have: dict) -> dict:
+    """A _SUCCESS.json or a staging marker ``have``, with the SHARED keys a record of an older version
+    lacks filled in as that version read them (the columns; the prompt stays unrecorded)."""
+    return {**{key: before for key, _, _, before in SHARED if before is not _UNRECORDED}, **have}
+
+
+def check_same(have: dict, want: dict, where: str, fix: str) -> None:
+    """Refuse to add to an output with another prompt or other input columns than it was made with
+    (``have``: a _SUCCESS.json or a staging marker, ``where`` it is; ``want``: this run's values of
+    the SHARED keys). ``fix`` is the error's advice, with ``{flag}`` standing for the flag that differs."""
+    have = recorded(have)
+    for key, flag, says, _ in SHARED:
+        theirs = have.get(key, _UNRECORDED)
+        if theirs is not _UNRECORDED and theirs != want[key]:
+            raise ValidationError(f"`{flag}`: {where} {says.format(theirs=theirs, ours=want[key])}. "
+                                  f"Fix: {fix.format(flag=flag)}")
 
 
 def output_id_type(out: Path) -> tuple[str | None, str]:
@@ -77,13 +94,13 @@ def output_id_type(out: Path) -> tuple[str | None, str]:
     return None, ""
 
 
-def decide_id_type(files: list[Path], out: Path, id_type: str = "auto") -> str:
+def decide_id_type(files: list[Path], out: Path, id_type: str = "auto", columns: Columns = Columns()) -> str:
     """The one id type ("int" or "string") of the output, decided before any work, or a
     ValidationError naming the clash and the fix.
 
     An output that already holds committed files keeps their type (``id_type`` must then be
     "auto" or that type). Else ``id_type`` "int" / "string" as asked, or for "auto": Parquet
-    inputs, the type of their ``id`` columns (read from the footers; integer and string
+    inputs, the type of their id columns (``columns.id``, read from the footers; integer and string
     columns mixed are refused: use "string"); JSONL inputs, the type of the first valid id of
     the first file. Rows then cast: integer ids into a "string" output as their decimal
     strings; a string id into an "int" output is a bad row (errors file, with the fix), and a
@@ -101,7 +118,7 @@ def decide_id_type(files: list[Path], out: Path, id_type: str = "auto") -> str:
         found: dict[str, Path] = {}
         for f in files:
             try:
-                t = parquet_id_type(f)
+                t = parquet_id_type(f, columns)
             except ValidationError:
                 raise
             except Exception:  # noqa: BLE001 - an unreadable file fails alone when it is planned
@@ -121,28 +138,30 @@ def decide_id_type(files: list[Path], out: Path, id_type: str = "auto") -> str:
     if want is not None:
         return want
     for f in files:
-        t = jsonl_first_id_type(f)
+        t = jsonl_first_id_type(f, columns.id)
         if t is not None:
             return t
     return "string"  # no row has an id: every row is bad, the parts are empty
 
 
 def marker(plan: FilePlan, model_version: str, fingerprint: str, rows_per_split: int, id_type: str,
-            prompt_name: str | None = None) -> dict:
+           prompt_name: str | None = None, columns: Columns = Columns()) -> dict:
     """What the staging folder of an unfinished file was started with (``_source.json``):
     the source's size and mtime, the model (vector version and fingerprint), the split plan
-    (each split's first and count: for JSONL, byte ranges), the id type and the prompt name, so parts of
-    different runs are never mixed."""
+    (each split's first and count: for JSONL, byte ranges), the id type, the prompt name and the
+    input's id and text columns, so parts of different runs are never mixed."""
     return {"size": plan.size, "mtime_ns": plan.mtime_ns, "model_version": model_version,
             "model_fingerprint": fingerprint, "rows_per_split": rows_per_split,
             "splits": [[s.first, s.count] for s in plan.splits], "id_type": id_type,
-            "prompt_name": prompt_name}
+            "prompt_name": prompt_name, "id_column": columns.id, "text_column": columns.text}
 
 
 def resume_staging(staging: Path, want: dict, rel: str) -> None:
     """Keep the finished parts of ``staging`` if its marker matches ``want``; restart the file
-    if the source or the split plan changed; refuse if another model wrote them."""
+    if the source or the split plan changed; refuse if another model, prompt or pair of columns
+    wrote them (``check_same``)."""
     have = read_json(staging / MARKER)
+    have = recorded(have) if isinstance(have, dict) else have  # an older version's marker: its columns
     if have == want:
         return
     if have is not None and staging.is_dir() and any(staging.glob("part-*.parquet")):
@@ -154,9 +173,8 @@ def resume_staging(staging: Path, want: dict, rel: str) -> None:
                 "under the wrong model. Fix: finish it with the first run's --model, --precision, --long-posts and "
                 "--truncate-dim (its version says them: <model>@<dim>+<precision>+<mode>), or delete that staging "
                 "folder (or pick a new --output folder) to embed it with this one.")
-        check_prompt(have, want.get("prompt_name"), f"the unfinished file {rel!r} ({staging})",
-                      "finish it with that --prompt-name, or delete that staging folder (or pick a new --output "
-                      "folder) to embed it with this one.")
+        check_same(have, want, f"the unfinished file {rel!r} ({staging})", "finish it with that {flag}, or delete "
+                   "that staging folder (or pick a new --output folder) to embed it with this one.")
         if (have.get("size"), have.get("mtime_ns")) == (want["size"], want["mtime_ns"]):
             log.warning("%s: the split plan or id type changed since the interrupted run (rows_per_split %s -> "
                         "%s, id type %s -> %s); its finished splits are discarded and the file restarts", rel,

@@ -12,10 +12,10 @@ from typing import Callable
 
 from ..durable import atomic_write, durable_rename, read_json
 from ..errors import PostEmbError, ValidationError
-from .plan import (MARKER, ROWS_PER_SPLIT, STAGING, SUCCESS, FilePlan, errors_name, jsonl_rows, list_inputs,
-                   make_output, part_name, plan_file)
+from .plan import (MARKER, ROWS_PER_SPLIT, STAGING, SUCCESS, Columns, FilePlan, check_columns, errors_name,
+                   jsonl_rows, list_inputs, make_output, part_name, plan_file)
 from .ray_setup import check_address, ray_init, rows
-from .resume import check_model_version, check_prompt, committed, decide_id_type, marker, resume_staging
+from .resume import check_model_version, check_same, committed, decide_id_type, marker, resume_staging
 from .splits import SplitEmbedder, count_empty, describe_error
 
 log = logging.getLogger("postemb_rt.backfill")
@@ -45,6 +45,8 @@ class BackfillReport:
     model_version: str = ""  # the vector version written with each vector (Encoder.vector_version)
     model_fingerprint: str = ""
     prompt_name: str | None = None  # the model's prompt every post was embedded with (None: no prompt)
+    id_column: str = "id"  # the input's columns (Parquet) or fields (JSONL) read
+    text_column: str = "text"
     id_type: str = ""  # of the output's `id` column: "int" (int64) or "string"
     workers: int = 0
     failures: list[str] = field(default_factory=list)
@@ -77,10 +79,13 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
              rows_per_split: int = ROWS_PER_SPLIT, ray_address: str | None = None,
              on_split: Callable[[dict, BackfillReport], None] | None = None,
              long_posts: str = "truncate", precision: str = "fp32", id_type: str = "auto",
-             prompt_name: str | None = None, truncate_dim: int | None = None) -> BackfillReport:
+             prompt_name: str | None = None, truncate_dim: int | None = None, id_column: str = "id",
+             text_column: str = "text") -> BackfillReport:
     """Embed every post under ``input_path`` into Parquet under ``output_path`` on Ray Data.
 
-    input_path: a .parquet / .jsonl file or a folder of them (columns / fields ``id``, ``text``).
+    input_path: a .parquet / .jsonl file or a folder of them (columns / fields ``id``, ``text``,
+    or the names ``id_column`` and ``text_column`` give: one pair for every file; recorded in each
+    ``_SUCCESS.json``, and a resume with others is refused, as with another prompt).
     output_path: a folder (created); see the module docstring for its layout.
     num_workers: model actors (default: the cluster's CPUs // threads_per_worker, at least 1).
     threads_per_worker: inference threads per actor, and the CPUs each asks Ray for.
@@ -120,6 +125,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
         raise ValidationError(f"`batch_size` must be >= 1. Given: {batch_size}.")
     if rows_per_split < 1:
         raise ValidationError(f"`rows_per_split` must be >= 1. Given: {rows_per_split}.")
+    columns = check_columns(Columns(id_column, text_column))
     start = time.perf_counter()
     inp, out = Path(input_path), Path(output_path)
     root, files = list_inputs(inp)
@@ -148,11 +154,14 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     check_address(ray_address)  # an unreachable cluster: refused before the output folder is made
     make_output(inp, out)
     check_model_version(out, model_version, fingerprint)
-    check_prompt(committed(out)[1], prompt_name, f"`--output` {str(out)!r}",
-                  "pick a new --output folder, or run with the --prompt-name that wrote it.")
-    id_type = decide_id_type(files, out, id_type)
+    success, meta = committed(out)
+    if success is not None:  # a new output: nothing to match
+        check_same(meta, {"prompt_name": prompt_name, "id_column": columns.id, "text_column": columns.text},
+                   f"`--output` {str(out)!r}", "pick a new --output folder, or run with the {flag} that wrote it.")
+    id_type = decide_id_type(files, out, id_type, columns)
     report = BackfillReport(files_total=len(files), model_version=model_version, model_fingerprint=fingerprint,
-                            id_type=id_type, prompt_name=prompt_name)
+                            id_type=id_type, prompt_name=prompt_name, id_column=columns.id,
+                            text_column=columns.text)
 
     # what is left to do
     pending: dict[str, FilePlan] = {}
@@ -168,17 +177,17 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
             shutil.rmtree(out / STAGING / rel, ignore_errors=True)  # late writes of an interrupted run
             continue
         try:
-            plan = plan_file(f, root, rows_per_split)
+            plan = plan_file(f, root, rows_per_split, columns)
         except ValidationError:
-            raise  # a file without `id`/`text`: the input is not what the run expects
+            raise  # a file without the id and text columns: the input is not what the run expects
         except Exception as exc:  # noqa: BLE001 - an unreadable file fails alone; the rest runs
             report.failures.append(f"{rel}: cannot read it ({type(exc).__name__}: {exc})"[:500])
             report.files_failed += 1
             continue
         staging = out / STAGING / rel
         try:
-            resume_staging(staging, marker(plan, model_version, fingerprint, rows_per_split, id_type, prompt_name),
-                            rel)
+            resume_staging(staging, marker(plan, model_version, fingerprint, rows_per_split, id_type, prompt_name,
+                                           columns), rel)
         except OSError as exc:  # a full disk: this file cannot start; the report names it
             report.failures.append(f"{rel}: cannot prepare its staging folder ({describe_error(exc)})"[:500])
             report.files_failed += 1
@@ -211,7 +220,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
                 fn_constructor_kwargs=dict(model=model, backend=backend, threads=threads_per_worker,
                                            batch_size=batch_size, out=str(out), long_posts=long_posts,
                                            precision=precision, id_type=id_type, vector_version=model_version,
-                                           prompt_name=prompt_name, truncate_dim=truncate_dim),
+                                           prompt_name=prompt_name, truncate_dim=truncate_dim, columns=columns),
             )
             for row in rows(ds):
                 rel, index = row["rel"], int(row["index"])
@@ -272,7 +281,8 @@ def _commit(out: Path, plan: FilePlan, report: BackfillReport) -> None:
                             f"input rows; left in {staging} for inspection.")
     meta = {"source": str(plan.path), "source_size": plan.size, "source_mtime_ns": plan.mtime_ns,
             "model_version": report.model_version, "model_fingerprint": report.model_fingerprint,
-            "id_type": report.id_type, "prompt_name": report.prompt_name, "rows": rows,
+            "id_type": report.id_type, "prompt_name": report.prompt_name, "id_column": report.id_column,
+            "text_column": report.text_column, "rows": rows,
             "bad_rows": bad, "empty_rows": empty, "splits": len(plan.splits), "committed_at": time.time()}
     atomic_write(staging / SUCCESS, json.dumps(meta, indent=1))
     (staging / MARKER).unlink(missing_ok=True)

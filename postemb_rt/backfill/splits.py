@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from ..durable import atomic_write
-from .plan import BOM, ID_TYPES, STAGING, Split, errors_name, parquet_text_kind, part_name
+from .plan import BOM, ID_TYPES, STAGING, Columns, Split, errors_name, parquet_text_kind, part_name
 
 INT64 = (-(2 ** 63), 2 ** 63 - 1)
 # An empty text ("") gets no vector: the HTTP server refuses it and the near-line worker dead-letters it
@@ -25,20 +25,21 @@ def count_empty(bad) -> int:
 
 
 # -- reading and checking one split (actor) -----------------------------------------------
-def _read_parquet_split(s: Split, id_type: str):
+def _read_parquet_split(s: Split, id_type: str, columns: Columns = Columns()):
     """(ids: pyarrow Array of the good rows, cast to the output's ``id_type``, texts: list[str],
-    bad: list[dict]). The run checked before any work that the columns cast (:func:`parquet_id_type`:
-    integer or string ids, a string column only into a "string" output; a string-like, binary or
-    all-null ``text``); dictionary-encoded columns (pandas ``category``) are read by their values."""
+    bad: list[dict]), from the ``columns`` named. The run checked before any work that they cast
+    (:func:`parquet_id_type`: integer or string ids, a string column only into a "string" output; a
+    string-like, binary or all-null text); dictionary-encoded columns (pandas ``category``) are read
+    by their values."""
     import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
-    t = pq.ParquetFile(s.path).read_row_groups(list(range(s.first, s.first + s.count)), columns=["id", "text"])
-    ids, text = t.column("id"), t.column("text")
+    t = pq.ParquetFile(s.path).read_row_groups(list(range(s.first, s.first + s.count)), columns=list(columns))
+    ids, text = t.column(columns.id), t.column(columns.text)
     if pa.types.is_dictionary(ids.type):
         ids = ids.cast(ids.type.value_type)
-    kind = parquet_text_kind(s.path, text.type)  # checked by the run too; here for a file changed since
+    kind = parquet_text_kind(s.path, text.type, columns.text)  # checked by the run too; here for a file changed since
     ids, text = ids.combine_chunks(), text.cast(pa.large_binary() if kind == "binary" else pa.large_string())
     bad: list[dict] = []
     if kind == "binary":
@@ -53,13 +54,13 @@ def _read_parquet_split(s: Split, id_type: str):
     good = []
     for i, (pid, tx) in enumerate(zip(ids.to_pylist(), texts)):
         if pid is None:
-            bad.append({"id": None, "row_in_split": i, "reason": "`id` is null"})
+            bad.append({"id": None, "row_in_split": i, "reason": f"`{columns.id}` is null"})
         elif id_type == "int" and (why := _int_id_problem(pid)):  # a uint64 id above the int64 maximum
             bad.append({"id": pid, "row_in_split": i, "reason": why})
         elif tx is None:
-            bad.append({"id": pid, "row_in_split": i, "reason": "`text` is null"})
+            bad.append({"id": pid, "row_in_split": i, "reason": f"`{columns.text}` is null"})
         elif isinstance(tx, bytes):
-            bad.append({"id": pid, "row_in_split": i, "reason": "`text` is not valid UTF-8"})
+            bad.append({"id": pid, "row_in_split": i, "reason": f"`{columns.text}` is not valid UTF-8"})
         elif not tx:
             bad.append({"id": pid, "row_in_split": i, "reason": EMPTY_TEXT_REASON})
         else:
@@ -80,10 +81,10 @@ def _int_id_problem(pid) -> str | None:
     return f"{why}. Fix: embed this input into a new --output with --id-type string"
 
 
-def _read_jsonl_split(s: Split, id_type: str):
-    """(ids: list, texts: list[str], bad: list[dict]) for the lines starting in [first, first + count).
-    ``id_type`` (the output's, decided before any work): "string" writes an integer id as its
-    decimal string; "int" sends a string id to the errors file (with the fix)."""
+def _read_jsonl_split(s: Split, id_type: str, columns: Columns = Columns()):
+    """(ids: list, texts: list[str], bad: list[dict]) for the lines starting in [first, first + count),
+    from the fields ``columns`` names. ``id_type`` (the output's, decided before any work): "string"
+    writes an integer id as its decimal string; "int" sends a string id to the errors file (with the fix)."""
     ids, texts, bad = [], [], []
     end = s.first + s.count
     with open(s.path, "rb") as f:
@@ -116,10 +117,10 @@ def _read_jsonl_split(s: Split, id_type: str):
             if not isinstance(obj, dict):
                 bad.append({**where, "id": None, "reason": f"must be a JSON object. Given: {type(obj).__name__}"})
                 continue
-            pid = obj.get("id")
+            pid = obj.get(columns.id)
             if pid is None or isinstance(pid, bool) or not isinstance(pid, (int, str)):
-                why = "`id` is missing or null" if pid is None else \
-                    f"`id` must be a string or an integer. Given: {type(pid).__name__}"
+                why = f"`{columns.id}` is missing or null" if pid is None else \
+                    f"`{columns.id}` must be a string or an integer. Given: {type(pid).__name__}"
                 bad.append({**where, "id": None if pid is None else repr(pid)[:80], "reason": why})
                 continue
             if id_type == "string":
@@ -127,9 +128,10 @@ def _read_jsonl_split(s: Split, id_type: str):
             elif why := _int_id_problem(pid):
                 bad.append({**where, "id": pid, "reason": why})
                 continue
-            tx = obj.get("text")
+            tx = obj.get(columns.text)
             if not isinstance(tx, str):
-                why = "`text` is missing or null" if tx is None else f"`text` must be a string. Given: {type(tx).__name__}"
+                why = f"`{columns.text}` is missing or null" if tx is None else \
+                    f"`{columns.text}` must be a string. Given: {type(tx).__name__}"
                 bad.append({**where, "id": pid, "reason": why})
                 continue
             if not tx:
@@ -184,7 +186,7 @@ class SplitEmbedder:
     def __init__(self, model: str, backend: str, threads: int, batch_size: int, out: str,
                  long_posts: str = "truncate", precision: str = "fp32", id_type: str = "string",
                  vector_version: str | None = None, prompt_name: str | None = None,
-                 truncate_dim: int | None = None):
+                 truncate_dim: int | None = None, columns: Columns = Columns()):
         os.environ["POSTEMB_NUM_THREADS"] = str(threads)  # read by the onnxruntime backend
         import torch
 
@@ -201,6 +203,7 @@ class SplitEmbedder:
                                f"{self.vector_version!r}; the run started with {vector_version!r}.")
         self.batch_size = batch_size
         self.id_type = id_type
+        self.columns = Columns(*columns)  # the input's id and text column names
         self.prompt_name = prompt_name  # the driver resolved it (None: the model has no default prompt)
         self.staging = Path(out) / STAGING
 
@@ -223,7 +226,8 @@ class SplitEmbedder:
         """Embed the split ``s`` and write its part (and errors file): (rows embedded, bad rows, empty texts)."""
         import pyarrow.parquet as pq
 
-        ids, texts, bad = (_read_parquet_split if s.kind == "parquet" else _read_jsonl_split)(s, self.id_type)
+        read = _read_parquet_split if s.kind == "parquet" else _read_jsonl_split
+        ids, texts, bad = read(s, self.id_type, self.columns)
         # prompt="" when no prompt applies: never the model's default behind the driver's back
         prompt = {"prompt_name": self.prompt_name} if self.prompt_name is not None else {"prompt": ""}
         vectors = self.enc.encode(texts, batch_size=self.batch_size, truncate_dim=self.truncate_dim, **prompt)

@@ -1,9 +1,10 @@
 """``postemb backfill --input posts/ --output embeddings/``: embed every post of a folder on Ray Data.
 
 INPUT: a folder of ``.parquet`` files (columns ``id``, ``text``) or of ``.jsonl`` files
-(objects with ``id`` and ``text``), searched recursively, or one such file. OUTPUT: one
-folder per input file, mirroring the input tree, holding ``part-NNNNN.parquet`` (``id``,
-``embedding`` fixed-size list of float32, ``model_version``: the vector version, e.g.
+(objects with ``id`` and ``text``), searched recursively, or one such file; ``--id-column`` and
+``--text-column`` name other columns (one pair for every file; a resume must use the same).
+OUTPUT: one folder per input file, mirroring the input tree, holding ``part-NNNNN.parquet``
+(``id``, ``embedding`` fixed-size list of float32, ``model_version``: the vector version, e.g.
 ``postemb-mt50-v4+chunk``), ``_errors-NNNNN.jsonl`` (bad rows and why) and ``_SUCCESS.json``.
 An empty text ("", which the HTTP server refuses) gets no vector: it is listed in the errors file
 with its reason and counted apart, as "empty texts skipped", in the progress and the summary.
@@ -45,7 +46,8 @@ def run(args) -> int:
                      threads_per_worker=args.threads_per_worker, batch_size=args.batch_size,
                      rows_per_split=args.rows_per_split, ray_address=args.ray_address, on_split=on_split,
                      long_posts=args.long_posts, precision=args.precision, id_type=args.id_type,
-                     prompt_name=args.prompt_name, truncate_dim=args.truncate_dim)
+                     prompt_name=args.prompt_name, truncate_dim=args.truncate_dim, id_column=args.id_column,
+                     text_column=args.text_column)
     except BackfillError as exc:
         r, failed = exc.report, exc
     except KeyboardInterrupt:
@@ -75,8 +77,15 @@ def run(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("backfill", help="embed a folder of posts on Ray Data (resumable)", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--input", required=True, help="folder (or file) of .parquet or .jsonl posts with id, text")
+    p.add_argument("--input", required=True, help="folder (or file) of .parquet or .jsonl posts with an id and a "
+                                                   "text (columns: --id-column, --text-column)")
     p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--id-column", default="id",
+                   help="the input's column (Parquet) or field (JSONL) holding each post's id, in every file; "
+                        "recorded in each _SUCCESS.json, and a resume must use the same (default: id)")
+    p.add_argument("--text-column", default="text",
+                   help="the input's column (Parquet) or field (JSONL) holding each post's text, in every file; "
+                        "recorded in each _SUCCESS.json, and a resume must use the same (default: text)")
     p.add_argument("--model", default="default", help="'default', 'base' or a model directory (default: default)")
     p.add_argument("--backend", default="auto", choices=backends.CHOICES,
                    help="the runtime (default: auto: the fastest installed for this device and precision)")

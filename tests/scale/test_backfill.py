@@ -83,7 +83,8 @@ def test_inputs_are_checked_before_any_work(tmp_path):
     with pytest.raises(ValidationError, match="mixes .parquet and .jsonl"):
         bf.backfill(tmp_path / "mixed", tmp_path / "out")
     pq.write_table(pa.table({"post": [1], "text": ["a"]}), tmp_path / "noid.parquet")
-    with pytest.raises(ValidationError, match=r"needs columns `id` and `text`.*\['post', 'text'\]\. Fix: write the input "):
+    with pytest.raises(ValidationError, match=r"needs columns `id` and `text` \(--id-column, --text-column\)\. Given "
+                                              r"columns: \['post', 'text'\]\. Fix: name the columns it holds its ids "):
         bf.backfill(tmp_path / "noid.parquet", tmp_path / "out2")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         bf.backfill(tmp_path / "nowhere", tmp_path / "out3")
@@ -447,6 +448,40 @@ def test_prompt_name_embeds_every_post_is_recorded_and_a_resume_cannot_mix_promp
     with pytest.raises(ValidationError, match=r"`--prompt-name`: `--output` .* was embedded with prompt 'query'; "
                                               r"this run uses 'passage'.*Fix: pick a new --output folder"):
         bf.backfill(tmp_path / "posts", tmp_path / "emb", model, num_workers=1, prompt_name="passage")
+
+
+# -- other column names ------------------------------------------------------------------------
+def test_columns_named_otherwise_are_embedded_recorded_and_a_resume_cannot_mix_them(tmp_path, ray_local, capsys,
+                                                                                    default_encoder):
+    from postemb_rt.cli import main
+
+    texts = POSTS[:9]
+    ids = [f"post-{i}" for i in range(len(texts))]
+    (tmp_path / "posts").mkdir()
+    # `id` and `text` are there too, and are not what the run is asked to read
+    pq.write_table(pa.table({"post_id": ids, "body": texts, "id": list(range(9)), "text": ["decoy"] * 9}),
+                   tmp_path / "posts" / "p.parquet", row_group_size=3)
+    with pytest.raises(Interrupt):
+        bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=1, rows_per_split=3, id_column="post_id",
+                    text_column="body", on_split=_stop_at_first_split)
+    with pytest.raises(ValidationError, match=r"`--id-column`: the unfinished file 'p.parquet' .* was read with id "
+                                              r"column 'post_id'; this run reads 'id'\..*Fix: finish it with that "
+                                              r"--id-column, or delete that staging folder"):
+        bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=1, rows_per_split=3)
+    argv = ["backfill", "--input", str(tmp_path / "posts"), "--output", str(tmp_path / "emb"), "--num-workers", "1",
+            "--rows-per-split", "3", "--no-progress"]
+    assert main([*argv, "--id-column", "post_id", "--text-column", "body"]) == 0
+    ran, reused = map(int, re.search(r"splits: (\d+) run, (\d+) reused", capsys.readouterr().out).groups())
+    assert reused >= 1 and ran + reused == 3  # the parts read from `body` were kept
+    got_ids, vectors, _ = read_output(tmp_path / "emb")
+    assert got_ids == ids
+    assert_exact(vectors, default_encoder.encode(texts))
+    meta = json.loads((tmp_path / "emb" / "p.parquet" / bf.SUCCESS).read_text())
+    assert (meta["id_column"], meta["text_column"], meta["rows"]) == ("post_id", "body", 9)
+    assert main([*argv, "--id-column", "post_id"]) == 2  # the committed file was read from `body`
+    assert ("`--text-column`: `--output` " in (err := capsys.readouterr().err)
+            and "was read with text column 'body'; this run reads 'text'" in err
+            and "Fix: pick a new --output folder, or run with the --text-column that wrote it." in err)
 
 
 @pytest.mark.parametrize("verbose", [False, True])

@@ -1,7 +1,8 @@
 """``postemb backfill`` on awkward inputs and arguments: dictionary-encoded, non-text and all-null
 ``text`` columns, uint64 ids past int64, a UTF-8 byte order mark, an output inside the input or
-that cannot be created, a batch size of 0, and the staging folder left behind. Each is checked
-on the planning and reading functions, or refused before Ray starts: no test here needs Ray."""
+that cannot be created, a batch size of 0, the staging folder left behind, and columns named
+otherwise (``--id-column``, ``--text-column``). Each is checked on the planning and reading
+functions, or refused before Ray starts: no test here needs Ray."""
 from __future__ import annotations
 
 import json
@@ -14,18 +15,20 @@ pa = pytest.importorskip("pyarrow")
 import pyarrow.parquet as pq  # noqa: E402
 
 from postemb_rt import backfill as bf  # noqa: E402
-from postemb_rt.backfill import run as bf_run, splits as bf_splits  # noqa: E402
+from postemb_rt.backfill import resume as bf_resume, run as bf_run, splits as bf_splits  # noqa: E402
+from postemb_rt.backfill.plan import MARKER, Columns  # noqa: E402
 from postemb_rt.cli import main  # noqa: E402
 
 INT_FIX = "`id` is outside the int64 range. Fix: embed this input into a new --output with --id-type string"
 
 
-def _read(path, id_type="int"):
+def _read(path, id_type="int", columns=Columns()):
     """(ids, texts, bad) of every split of ``path``, through the run's own check of its columns."""
-    assert bf_run.decide_id_type([path], path.parent / "no-output", id_type) == id_type
+    assert bf_run.decide_id_type([path], path.parent / "no-output", id_type, columns) == id_type
     ids, texts, bad = [], [], []
-    for s in bf.plan_file(path, path.parent, rows_per_split=4).splits:
-        i, t, b = (bf_splits._read_parquet_split if s.kind == "parquet" else bf_splits._read_jsonl_split)(s, id_type)
+    for s in bf.plan_file(path, path.parent, rows_per_split=4, columns=columns).splits:
+        read = bf_splits._read_parquet_split if s.kind == "parquet" else bf_splits._read_jsonl_split
+        i, t, b = read(s, id_type, columns)
         ids += i.to_pylist() if hasattr(i, "to_pylist") else i
         texts += t
         bad += b
@@ -175,3 +178,71 @@ def test_an_interrupted_backfill_says_how_to_resume(tmp_path, monkeypatch, capsy
     assert main(["backfill", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 130
     assert ("postemb backfill: interrupted. Finished splits are kept in " + str(tmp_path / "out") + ": run the same "
             "command again to resume") in capsys.readouterr().err
+
+
+# -- columns named otherwise ----------------------------------------------------------------------
+def test_id_and_text_columns_named_otherwise_are_read_and_bad_rows_name_them(tmp_path):
+    cols = Columns("post_id", "body")
+    # an `id` column of strings beside the integer `post_id`: decide_id_type says "int" only from the right one
+    pq.write_table(pa.table({"post_id": [1, 2, None], "body": ["a post", None, "x"], "id": ["not", "the", "id"]}),
+                   tmp_path / "p.parquet")
+    (tmp_path / "j.jsonl").write_text('{"post_id": 5, "body": "hi", "text": "not the text"}\n'
+                                      '{"id": 6, "body": "no post_id"}\n{"post_id": 7, "text": "no body"}\n')
+    ids, texts, bad = _read(tmp_path / "p.parquet", columns=cols)
+    assert (ids, texts) == ([1], ["a post"])
+    assert [(b["id"], b["reason"]) for b in bad] == [(2, "`body` is null"), (None, "`post_id` is null")]
+    ids, texts, bad = _read(tmp_path / "j.jsonl", columns=cols)
+    assert (ids, texts) == ([5], ["hi"])
+    assert [(b["id"], b["reason"]) for b in bad] == [(None, "`post_id` is missing or null"),
+                                                     (7, "`body` is missing or null")]
+
+
+def test_an_input_without_the_columns_is_refused_naming_the_options(tmp_path, capsys):
+    pq.write_table(pa.table({"post_id": [1], "body": ["a"]}), tmp_path / "a.parquet")
+    argv = ["backfill", "--input", str(tmp_path / "a.parquet"), "--output", str(tmp_path / "emb")]
+    with pytest.raises(ValidationError, match=r"needs columns `id` and `text` \(--id-column, --text-column\)\. Given "
+                                              r"columns: \['post_id', 'body'\]\. Fix: name the columns it holds"):
+        bf.backfill(tmp_path / "a.parquet", tmp_path / "emb")
+    assert main([*argv, "--id-column", "post_id"]) == 2
+    assert "needs columns `post_id` and `text`" in capsys.readouterr().err
+    for more, says in ((["--id-column", "body", "--text-column", "body"],
+                        "`--id-column` and `--text-column` must name two columns. Given: 'body' for both."),
+                       (["--text-column", ""], "`--text-column` must be a column name (a non-empty str). Given: ''.")):
+        assert main([*argv, *more]) == 2
+        assert says in capsys.readouterr().err
+
+
+def test_a_resume_refuses_other_columns_than_the_output_was_read_with(tmp_path, capsys):
+    """As another prompt is refused: a committed file's _SUCCESS.json, or an unfinished file's staging
+    marker, names the columns; a record of a version before the options was read from `id` and `text`."""
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"post_id": [1], "body": ["a"]}), tmp_path / "in" / "a.parquet")
+    done = tmp_path / "emb" / "a.parquet"
+    done.mkdir(parents=True)
+    meta = {"model_version": bf.resolve_model_version("default"), "id_column": "post_id", "text_column": "body"}
+    (done / bf.SUCCESS).write_text(json.dumps(meta))
+    pq.write_table(pa.table({"id": [2], "text": ["b"]}), tmp_path / "in" / "b.parquet")  # a new file, named plainly
+    argv = ["backfill", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "emb")]
+    assert main(argv) == 2
+    assert ("`--id-column`: `--output` " in (err := capsys.readouterr().err) and "was read with id column 'post_id'; "
+            "this run reads 'id'. One output's ids come from one column. Fix: pick a new --output folder, or run "
+            "with the --id-column that wrote it." in err)
+    del meta["id_column"], meta["text_column"]  # a _SUCCESS.json of before the options: `id` and `text`
+    (done / bf.SUCCESS).write_text(json.dumps(meta))
+    assert main([*argv, "--id-column", "post_id", "--text-column", "body"]) == 2
+    assert "was read with id column 'id'; this run reads 'post_id'" in capsys.readouterr().err
+
+    plan = bf.plan_file(tmp_path / "in" / "a.parquet", tmp_path / "in", columns=Columns("post_id", "body"))
+    staging = tmp_path / "staging"
+    started = bf_resume.marker(plan, "m", "fp", 10, "int", None, Columns("post_id", "body"))
+    bf_resume.resume_staging(staging, started, "a.parquet")  # a new staging folder, its marker written
+    (staging / bf.part_name(0)).write_bytes(b"a finished part")
+    with pytest.raises(ValidationError, match=r"`--text-column`: the unfinished file 'a.parquet' .* was read with "
+                                              r"text column 'body'; this run reads 'text'\. .*Fix: finish it with "
+                                              r"that --text-column, or delete"):
+        bf_resume.resume_staging(staging, {**started, "text_column": "text"}, "a.parquet")
+    plain = bf_resume.marker(plan, "m", "fp", 10, "int")  # `id` and `text`
+    old = {k: v for k, v in plain.items() if k not in ("id_column", "text_column")}
+    (staging / MARKER).write_text(json.dumps(old))  # a marker of before the options
+    bf_resume.resume_staging(staging, plain, "a.parquet")
+    assert (staging / bf.part_name(0)).exists()  # the same run: its finished part is kept, not restarted
