@@ -247,7 +247,7 @@ def train(cfg: TrainConfig, out: str | Path, progress=print, checkpoint_every: f
                "log_scale": log_scale, "offset": offset,
                **({f"to_teacher.{n}": p for n, p in to_teacher.named_parameters()} if to_teacher else {})}
     draws = {"pairs": rng, "stream": stream_rng, "related": pair_rng}
-    identity = ckpt.identity(cfg, sizes)
+    identity = ckpt.identity(cfg, sizes, ckpt.data_fingerprint(sd)) if ckpt_path else None  # what a resume matches
     start, before = 0, 0.0  # steps done and loop seconds spent by the runs this one resumes
     if resume:
         state = ckpt.load(ckpt_path, identity)

@@ -1,8 +1,10 @@
 """Resumable training (``train/checkpoint.py``): a run stopped by a signal or killed by a crash,
 then resumed, ends with the same model as a run never stopped; a checkpoint resumes only its own
-run; the command says how to continue."""
+run, on its own data; the command says how to continue."""
 import json
+import logging
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ from safetensors.torch import load_file
 
 from postemb_rt.cli import main
 from postemb_rt.errors import ValidationError
-from postemb_rt.train import checkpoint
+from postemb_rt.train import checkpoint, tasks
 from postemb_rt.train.config import TrainConfig
 from postemb_rt.train.trainer import train
 from tests.train.conftest import SMOKE
@@ -114,11 +116,13 @@ def test_a_crashed_run_resumes_from_its_last_periodic_checkpoint(tiny_data, tmp_
 
 def test_a_checkpoint_resumes_only_its_own_run(tiny_data, tmp_path):
     out = tmp_path / "model"
+    data = checkpoint.data_fingerprint(tasks.load_split(tiny_data, "train"))
     checkpoint.save(checkpoint.path_for(out), {
-        "identity": checkpoint.identity(TrainConfig(data=str(tiny_data), **RUN), {"emoji": 1}), "step": 3})
+        "identity": checkpoint.identity(TrainConfig(data=str(tiny_data), **RUN), {"emoji": 1}, data), "step": 3})
     with pytest.raises(ValidationError, match=r"has the checkpoint of an interrupted run .*step 3 of 6.*--resume"):
         train(TrainConfig(data=str(tiny_data), **RUN), out, progress=lambda m: None, checkpoint_every=60)
-    with pytest.raises(ValidationError, match=r"other settings \(lr: 0.003 there, 0.001 here; task anchors"):
+    with pytest.raises(ValidationError, match=r"other settings or data \(lr: 0.003 there, 0.001 here; task anchors: "
+                                              r"\{'emoji': 1\} there, .* here \(the data changed\)\)\. Fix:"):
         train(TrainConfig(data=str(tiny_data), **{**RUN, "lr": 1e-3}), out, progress=lambda m: None, resume=True)
     checkpoint.path_for(out).write_bytes(b"not a checkpoint")
     with pytest.raises(ValidationError, match="cannot be read .* Fix: delete it"):
@@ -159,3 +163,40 @@ def test_a_checkpoint_interval_that_is_not_a_finite_number_of_seconds_is_refused
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert f"--checkpoint-every: must be a number >= 0. Given: '{value}'" in err and "Fix:" in err
+
+
+def test_a_resume_on_other_data_of_the_same_sizes_is_refused_naming_what_changed(tiny_data, tmp_path, caplog):
+    """The task sizes alone let a run resume on edited data; the data's fingerprint does not. A checkpoint
+    of before the fingerprint resumes on the sizes alone, with a warning that says so."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    cfg, out = TrainConfig(data=str(data), **RUN), tmp_path / "model"
+
+    def crash(message):
+        if message.startswith("step 2/"):
+            raise RuntimeError("power cut")
+
+    with pytest.raises(RuntimeError, match="power cut"):
+        train(cfg, out, progress=crash, checkpoint_every=1e-9)
+    path = checkpoint.path_for(out)
+    before = checkpoint.data_fingerprint(tasks.load_split(data, "train"))
+    assert checkpoint._load(path)["identity"]["data"] == before
+    emoji = data / "tweeteval" / "emoji" / "train_text.txt"
+    original = emoji.read_text()
+    emoji.write_text(original.replace("\n", " edited\n", 1))  # one row edited: every size as it was
+    after = checkpoint.data_fingerprint(tasks.load_split(data, "train"))
+    assert {p for p in before if before[p] != after[p]} == {"emoji"}
+    files = re.escape("(tweeteval/emoji/train_text.txt, train_labels.txt and mapping.txt)")
+    with pytest.raises(ValidationError, match=rf"other settings or data \(training data: other rows in emoji {files} "
+                                              rf"than the run was trained on \(fingerprint {before['emoji']} there, "
+                                              rf"{after['emoji']} here\)\)\. Fix: resume with the same config, data"):
+        train(cfg, out, progress=lambda m: None, resume=True)
+
+    emoji.write_text(original)
+    state = checkpoint._load(path)
+    del state["identity"]["data"]  # as an older version wrote it
+    checkpoint.save(path, state)
+    with caplog.at_level(logging.WARNING, logger="postemb_rt.train.checkpoint"):
+        summary = train(cfg, out, progress=lambda m: None, checkpoint_every=1e-9, resume=True)
+    assert summary["resumed_from_step"] == 1
+    assert "records no fingerprint of its training data" in caplog.text
