@@ -48,6 +48,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ValidationError
+from .checks import as_ids, as_vectors, check_k, check_rescore
 from .repeats import EXAMPLES, differing, skipped_message
 from .sources import read_parquet, read_store
 
@@ -59,7 +60,6 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 IVF_NPROBE = 64
-UNIT_TOLERANCE = 1e-3  # |norm - 1| allowed on input rows
 
 
 def choose_kind(n: int) -> str:
@@ -71,72 +71,9 @@ def ivf_nlist(n: int) -> int:
     return max(16, int(4 * math.sqrt(max(n, 1))))
 
 
-def _as_vectors(vectors, dim: int | None, name: str = "vectors") -> np.ndarray:
-    v = np.asarray(vectors)
-    if v.ndim == 1:
-        v = v[None, :]
-    if v.ndim != 2 or (dim is not None and v.shape[1] != dim):
-        want = f"(n, {dim})" if dim is not None else "(n, dim)"
-        raise ValidationError(f"`{name}` must have shape {want}. Given: {v.shape}.")
-    if not np.issubdtype(v.dtype, np.floating):
-        raise ValidationError(f"`{name}` must be float32. Given: {v.dtype}.")
-    v = np.ascontiguousarray(v, dtype=np.float32)
-    if len(v) and not np.isfinite(v).all():  # NaN slips through the norm check below (NaN > tol is False)
-        row = int(np.flatnonzero(~np.isfinite(v).all(1))[0])
-        raise ValidationError(f"`{name}` must be finite. Given: NaN or inf in row {row}.")
-    if len(v):
-        norms = np.linalg.norm(v, axis=1)
-        bad = np.flatnonzero(np.abs(norms - 1) > UNIT_TOLERANCE)
-        if len(bad):
-            raise ValidationError(
-                f"`{name}` must be unit L2 rows (the encoder's output). Given: row {int(bad[0])} has norm "
-                f"{norms[bad[0]]:.4g}. Fix: v / np.linalg.norm(v, axis=1, keepdims=True).")
-    return v
-
-
-def _check_k(k) -> None:
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValidationError(f"`k` must be a positive int. Given: {k!r}.")
-
-
-def _as_ids(ids, first) -> list:
-    """``ids`` as a list of Python ints or of strs (numpy scalars converted), all of ``first``'s
-    type (the index's first id; None: ``ids[0]``'s). Raises ValidationError naming the first
-    other id: one type per index, as ``ids.parquet`` stores one Arrow type."""
-    out, where = [], "the index's ids"
-    for i, pid in enumerate(ids):
-        if isinstance(pid, (int, np.integer)) and not isinstance(pid, bool):
-            pid = int(pid)
-            if not -(1 << 63) <= pid < 1 << 63:
-                raise ValidationError(f"`ids[{i}]` must fit in int64 (ids.parquet's type). Given: {pid}. "
-                                      "Fix: str ids.")
-        elif isinstance(pid, str):
-            pid = str(pid)
-        else:
-            raise ValidationError(f"`ids[{i}]` must be an int or str. Given: {pid!r} ({type(pid).__name__}).")
-        if first is None:
-            first, where = pid, "`ids[0]`"
-        if type(pid) is not type(first):
-            raise ValidationError(f"`ids[{i}]` must be a{'n' if type(first) is int else ''} {type(first).__name__} "
-                                  f"like {where} (one id type per index). Given: {pid!r} ({type(pid).__name__}). "
-                                  f"Fix: give every id as {type(first).__name__}.")
-        out.append(pid)
-    return out
-
-
 def _warn_skipped(idx: "PostIndex", rows: int, source) -> None:
     if idx.skipped:
         log.warning("%s: %s", source, skipped_message(idx, rows))
-
-
-def _check_rescore(rescore, binary: bool) -> int:
-    if isinstance(rescore, bool) or not isinstance(rescore, (int, np.integer)) or rescore < 0:
-        raise ValidationError(f"`rescore` must be an int >= 0 (0: no rescoring; m: re-rank the k*m nearest by "
-                              f"Hamming with the float vectors). Given: {rescore!r}.")
-    if rescore and not binary:
-        raise ValidationError(f"`rescore` applies to a binary index only (a float index ranks by exact cosine "
-                              f"already). Given: rescore={rescore} with binary=False. Fix: binary=True, or rescore=0.")
-    return int(rescore)
 
 
 @dataclass
@@ -167,7 +104,7 @@ class PostIndex:
                                       "Fix: pass expected_size=N, or use PostIndex.build(ids, vectors).")
             kind = choose_kind(expected_size)
         self.dim, self.kind, self.vector_version = dim, kind, vector_version
-        self.binary, self.rescore = bool(binary), _check_rescore(rescore, bool(binary))
+        self.binary, self.rescore = bool(binary), check_rescore(rescore, bool(binary))
         self.bits = 8 * -(-dim // 8) if self.binary else 0  # FAISS binary codes are whole bytes
         self.ef_search, self.nprobe = ef_search, nprobe
         self.nlist = nlist or (ivf_nlist(expected_size or 0) if kind == "ivf" else 0)
@@ -203,7 +140,7 @@ class PostIndex:
     def build(cls, ids, vectors, kind: str = "auto", vector_version: str | None = None, **params) -> "PostIndex":
         """An index over ``vectors`` float32 (n, dim) unit rows with ``ids`` (n,), kind by size;
         ``params``: ``binary``, ``rescore``, ``ef_search``, ``nprobe``, ``nlist``."""
-        v = _as_vectors(vectors, None)
+        v = as_vectors(vectors, None)
         idx = cls(v.shape[1], kind, expected_size=len(v), vector_version=vector_version, **params)
         idx.add(ids, v)
         _warn_skipped(idx, len(v), "PostIndex.build")
@@ -233,11 +170,11 @@ class PostIndex:
         index (or repeated in ``ids``) are skipped, counted in ``skipped`` (and in ``conflicts`` when
         their vector is not the kept one: ``repeats.py``). IVF trains on its first
         add, which must then hold at least 39 * nlist vectors. Returns the number added."""
-        v = _as_vectors(vectors, self.dim)
+        v = as_vectors(vectors, self.dim)
         ids = list(ids)
         if len(ids) != len(v):
             raise ValidationError(f"`ids` and `vectors` must have the same length. Given: {len(ids)} and {len(v)}.")
-        ids = _as_ids(ids, self.ids[0] if self.ids else None)
+        ids = as_ids(ids, self.ids[0] if self.ids else None)
         keep, repeats = [], []  # repeats: (row, position of its id's kept row)
         for i, pid in enumerate(ids):
             pos = self._pos.get(pid)
@@ -320,9 +257,9 @@ class PostIndex:
         0: Hamming order; > 0 needs an index built with rescore > 0, which kept the floats)."""
         import faiss
 
-        q = _as_vectors(queries, self.dim, "queries")
-        _check_k(k)
-        m = self.rescore if rescore is None else _check_rescore(rescore, self.binary)
+        q = as_vectors(queries, self.dim, "queries")
+        check_k(k)
+        m = self.rescore if rescore is None else check_rescore(rescore, self.binary)
         if m and not self.rescore:
             raise ValidationError(f"`rescore` {m} needs the float vectors, which this index did not keep (built "
                                   "with rescore=0). Fix: rebuild with rescore > 0 (`postemb index build --binary "
@@ -352,7 +289,7 @@ class PostIndex:
         """Top-k posts for each query (float32 (q, dim) or (dim,)), best first, as ``Hit(id,
         score)``; ids in ``exclude`` (e.g. what the member already saw) are left out.
         ``rescore``: as in :meth:`search_positions`."""
-        _check_k(k)  # before k grows by the excluded ids
+        check_k(k)  # before k grows by the excluded ids
         exclude = set(exclude)
         extra = sum(1 for e in exclude if e in self._pos)
         scores, pos = self.search_positions(queries, k + extra, rescore=rescore)

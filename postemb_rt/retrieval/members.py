@@ -23,7 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ValidationError
-from .index import Hit, PostIndex, _as_vectors
+from .checks import as_vectors
+from .index import Hit, PostIndex
 
 DISTANCE_THRESHOLD = 1.25  # chosen on simulated dev members (validation splits; docs/RETRIEVAL.md)
 MAX_CLUSTERS = 3  # chosen with the threshold
@@ -65,7 +66,7 @@ def member_embedding(history, distance_threshold: float = DISTANCE_THRESHOLD,
         raise ValidationError(f"`distance_threshold` must be > 0. Given: {distance_threshold!r}.")
     if not isinstance(max_clusters, (int, np.integer)) or max_clusters < 1:
         raise ValidationError(f"`max_clusters` must be an int >= 1. Given: {max_clusters!r}.")
-    h = _as_vectors(history, None, "history") if len(history) else np.asarray(history, np.float32)
+    h = as_vectors(history, None, "history") if len(history) else np.asarray(history, np.float32)
     if len(h) == 0:
         dim = h.shape[1] if h.ndim == 2 else 0
         return MemberEmbedding(np.empty((0, dim), np.float32), np.empty(0, np.float32), np.empty(0, np.int64))
@@ -82,7 +83,7 @@ def member_embedding(history, distance_threshold: float = DISTANCE_THRESHOLD,
 
 def mean_embedding(history) -> MemberEmbedding:
     """The single-vector baseline: the normalised mean of the history (one cluster)."""
-    h = _as_vectors(history, None, "history") if len(history) else np.asarray(history, np.float32)
+    h = as_vectors(history, None, "history") if len(history) else np.asarray(history, np.float32)
     if len(h) == 0:
         return member_embedding(h)
     return _from_labels(h, np.zeros(len(h), np.int64))

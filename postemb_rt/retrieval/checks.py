@@ -1,0 +1,76 @@
+"""What a ``PostIndex`` accepts: vectors (unit float32 rows), ids (one type), ``k`` and ``rescore``;
+each check raises ValidationError naming the argument, the value given and the fix."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ValidationError
+
+UNIT_TOLERANCE = 1e-3  # |norm - 1| allowed on input rows
+
+
+def as_vectors(vectors, dim: int | None, name: str = "vectors") -> np.ndarray:
+    """``vectors`` (n, dim) or (dim,) as C-contiguous float32 (n, dim), checked: floating, finite, unit
+    L2 rows; ``dim`` None: any width. ``name``: the argument the errors name."""
+    v = np.asarray(vectors)
+    if v.ndim == 1:
+        v = v[None, :]
+    if v.ndim != 2 or (dim is not None and v.shape[1] != dim):
+        want = f"(n, {dim})" if dim is not None else "(n, dim)"
+        raise ValidationError(f"`{name}` must have shape {want}. Given: {v.shape}.")
+    if not np.issubdtype(v.dtype, np.floating):
+        raise ValidationError(f"`{name}` must be float32. Given: {v.dtype}.")
+    v = np.ascontiguousarray(v, dtype=np.float32)
+    if len(v) and not np.isfinite(v).all():  # NaN slips through the norm check below (NaN > tol is False)
+        row = int(np.flatnonzero(~np.isfinite(v).all(1))[0])
+        raise ValidationError(f"`{name}` must be finite. Given: NaN or inf in row {row}.")
+    if len(v):
+        norms = np.linalg.norm(v, axis=1)
+        bad = np.flatnonzero(np.abs(norms - 1) > UNIT_TOLERANCE)
+        if len(bad):
+            raise ValidationError(
+                f"`{name}` must be unit L2 rows (the encoder's output). Given: row {int(bad[0])} has norm "
+                f"{norms[bad[0]]:.4g}. Fix: v / np.linalg.norm(v, axis=1, keepdims=True).")
+    return v
+
+
+def check_k(k) -> None:
+    """``k``, how many hits: a positive int."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ValidationError(f"`k` must be a positive int. Given: {k!r}.")
+
+
+def as_ids(ids, first) -> list:
+    """``ids`` as a list of Python ints or of strs (numpy scalars converted), all of ``first``'s
+    type (the index's first id; None: ``ids[0]``'s). Raises ValidationError naming the first
+    other id: one type per index, as ``ids.parquet`` stores one Arrow type."""
+    out, where = [], "the index's ids"
+    for i, pid in enumerate(ids):
+        if isinstance(pid, (int, np.integer)) and not isinstance(pid, bool):
+            pid = int(pid)
+            if not -(1 << 63) <= pid < 1 << 63:
+                raise ValidationError(f"`ids[{i}]` must fit in int64 (ids.parquet's type). Given: {pid}. "
+                                      "Fix: str ids.")
+        elif isinstance(pid, str):
+            pid = str(pid)
+        else:
+            raise ValidationError(f"`ids[{i}]` must be an int or str. Given: {pid!r} ({type(pid).__name__}).")
+        if first is None:
+            first, where = pid, "`ids[0]`"
+        if type(pid) is not type(first):
+            raise ValidationError(f"`ids[{i}]` must be a{'n' if type(first) is int else ''} {type(first).__name__} "
+                                  f"like {where} (one id type per index). Given: {pid!r} ({type(pid).__name__}). "
+                                  f"Fix: give every id as {type(first).__name__}.")
+        out.append(pid)
+    return out
+
+
+def check_rescore(rescore, binary: bool) -> int:
+    """``rescore`` as an int >= 0; > 0 only for a ``binary`` index."""
+    if isinstance(rescore, bool) or not isinstance(rescore, (int, np.integer)) or rescore < 0:
+        raise ValidationError(f"`rescore` must be an int >= 0 (0: no rescoring; m: re-rank the k*m nearest by "
+                              f"Hamming with the float vectors). Given: {rescore!r}.")
+    if rescore and not binary:
+        raise ValidationError(f"`rescore` applies to a binary index only (a float index ranks by exact cosine "
+                              f"already). Given: rescore={rescore} with binary=False. Fix: binary=True, or rescore=0.")
+    return int(rescore)
