@@ -16,9 +16,12 @@ their vector version (model version + "+<precision>" when not fp32 + "+chunk" in
 mode), and the query encoder is loaded with that precision and long-post mode; ``--model``
 must be that model (default: default); ``--precision`` / ``--long-posts`` may say the same
 thing explicitly, and anything that would give another vector version is refused;
-``--prompt-name`` / ``--prompt`` as in ``postemb embed`` (a prompt is not part of the vector
-version, so which one the posts were embedded with is not checked: for a model with query and
-document prompts, ``--prompt-name query`` against posts embedded with ``document``). Or for a
+``--prompt-name`` / ``--prompt`` as in ``postemb embed`` (default: the model's default prompt). A
+prompt is not part of the vector version: the index records the one its posts were embedded with
+where its source says it (a backfill output's _SUCCESS.json, the near-line records; build prints
+it), and a query embedded with that same prompt on a model whose query and document prompts
+differ gets a warning naming the fix (``--prompt-name query`` against posts embedded with
+``document``); the query still runs. Or for a
 member (``--member ID,ID,...``: the posts they engaged with, each counted once; Ward clusters,
 one query per cluster, merged; the history itself is left out; ``--mean`` uses the single mean
 vector instead). See docs/RETRIEVAL.md.
@@ -148,6 +151,31 @@ def query_encoder(args, index_version: str | None):
                                    max_length=max_length), dim
 
 
+def prompt_warning(config, prompt: str | None, prompt_name: str | None, posts_prompt: str | None) -> str | None:
+    """What to warn when ``--text`` queries (``prompt`` / ``prompt_name``, as ``prompts.resolve`` takes
+    them) are embedded with the prompt text the index's posts were (``posts_prompt``: its record, a
+    name of ``config``'s prompts, "" for none) on a model whose ``query`` and ``document`` prompts
+    differ (e5, bge, nomic style: queries and posts each take their own); None when they are not, the
+    model's two are one text (every post and query alike, as ``default``), or the posts' prompt is
+    not known. A warning, not a refusal: a query may be meant as a post (post-to-post search)."""
+    from ..prompts import model_prompts, resolve
+
+    prompts = model_prompts(config)
+    posts = prompts.get(posts_prompt) if posts_prompt else ""
+    if posts_prompt is None or posts is None or prompts["query"] == prompts["document"]:
+        return None
+    if resolve(config, prompt=prompt, prompt_name=prompt_name) != posts:
+        return None
+    sides = f"query {prompts['query']!r}, document {prompts['document']!r}"
+    fix = ("the posts were embedded with the query prompt: rebuild the index from posts embedded with the one for "
+           "documents (postemb backfill --prompt-name document)" if posts == prompts["query"] else
+           "--prompt-name query")
+    same = f"prompt {posts_prompt!r}, {posts!r}" if posts_prompt else "no prompt"
+    return (f"`--text` queries are embedded as the index's posts were ({same}), but this model's query and "
+            f"document prompts differ ({sides}): a query and the posts it should find usually take one each. "
+            f"Fix: {fix} (or leave it so when the queries are posts themselves).")
+
+
 def run_build(args) -> int:
     from ..retrieval import PostIndex
     from ..retrieval.folder import check_target
@@ -185,8 +213,10 @@ def run_build(args) -> int:
     idx.save(args.out)
     d = idx.describe()
     binary = f", binary ({d['bits']} bits, rescore {d['rescore']})" if d["binary"] else ""
+    prompt = {None: "not known", "": "none"}.get(d["prompt_name"], d["prompt_name"])
     print(f"indexed {d['count']} posts from {source} in {time.perf_counter() - start:.1f} s: kind={d['kind']} "
-          f"({d['faiss_index']}), dim={d['dim']}{binary}, vector version={d['vector_version']} -> {args.out}")
+          f"({d['faiss_index']}), dim={d['dim']}{binary}, vector version={d['vector_version']}, posts' prompt="
+          f"{prompt} -> {args.out}")
     if idx.skipped:
         print(f"warning: {skipped_message(idx, rows)}")
     return 0
@@ -208,6 +238,8 @@ def run_query(args) -> int:
     results = []
     if args.text:
         enc, dim = query_encoder(args, idx.vector_version)
+        if warning := prompt_warning(enc.model.config, args.prompt, args.prompt_name, idx.prompt_name):
+            log.warning("%s", warning)
         try:
             vectors = enc.encode(args.text, truncate_dim=dim, prompt_name=args.prompt_name, prompt=args.prompt)
         finally:

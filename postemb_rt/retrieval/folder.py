@@ -125,6 +125,7 @@ def read(cls, folder, mmap: bool = True):
     idx = cls.__new__(cls)
     idx.dim, idx.kind = meta["dim"], meta["kind"]
     idx.vector_version = meta.get("vector_version", meta.get("model_version"))  # older files: model_version
+    idx.prompt_name = meta.get("prompt_name")  # older files: none (the posts' prompt not known)
     idx.binary, idx.rescore = bool(meta.get("binary", False)), int(meta.get("rescore", 0))
     idx.bits = int(meta.get("bits", 0))
     idx.ef_search, idx.nprobe, idx.nlist = meta["ef_search"], meta["nprobe"], meta["nlist"]

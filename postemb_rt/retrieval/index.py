@@ -31,7 +31,10 @@ in ``conflicts``, and named in that warning: ``repeats.py``.
 
 Versions: an index records the **vector version** of its vectors (``Encoder.vector_version``:
 the model version plus ``+<precision>`` / ``+chunk`` when those change the numbers), the string
-the near-line store keys by and backfill writes in its ``model_version`` column.
+the near-line store keys by and backfill writes in its ``model_version`` column. The vector
+version does not name the prompt (an input, like the text): ``prompt_name`` records the one the
+posts were embedded with where the source says it (a backfill output's ``_SUCCESS.json``, the
+near-line records' ``prompt_name``; ``sources.py``), "" for none, None when not known.
 
 Saved as a folder (``index.faiss``, ``ids.parquet``, ``vectors.npy`` with rescoring, ``index.json``
 recording each file's size and SHA-256), written beside the target and swapped in whole:
@@ -50,7 +53,7 @@ import numpy as np
 from ..errors import ValidationError
 from .checks import as_ids, as_vectors, check_k, check_rescore
 from .repeats import EXAMPLES, differing, skipped_message
-from .sources import read_parquet, read_store
+from .sources import read_parquet, read_store, stated_prompt
 
 log = logging.getLogger("postemb_rt")
 KINDS = ("auto", "flat", "hnsw", "ivf")
@@ -87,11 +90,13 @@ class PostIndex:
     :meth:`from_redis`, or ``PostIndex(dim, kind)`` + :meth:`add`; persist with :meth:`save` /
     :meth:`load`; query with :meth:`search`. ``binary=True`` stores sign bits (Hamming);
     ``rescore=m`` also keeps the float vectors and re-ranks the k*m Hamming-nearest by cosine
-    (see the module docstring). ``vector_version``: the version of the vectors it holds."""
+    (see the module docstring). ``vector_version``: the version of the vectors it holds;
+    ``prompt_name``: the model prompt its posts were embedded with ("" none, None not known)."""
 
     def __init__(self, dim: int, kind: str = "auto", *, expected_size: int | None = None,
                  vector_version: str | None = None, binary: bool = False, rescore: int = 0,
-                 ef_search: int = HNSW_EF_SEARCH, nprobe: int = IVF_NPROBE, nlist: int | None = None):
+                 ef_search: int = HNSW_EF_SEARCH, nprobe: int = IVF_NPROBE, nlist: int | None = None,
+                 prompt_name: str | None = None):
         import faiss
 
         if kind not in KINDS:
@@ -103,7 +108,10 @@ class PostIndex:
                 raise ValidationError("`kind='auto'` needs `expected_size` (the number of posts it will hold). "
                                       "Fix: pass expected_size=N, or use PostIndex.build(ids, vectors).")
             kind = choose_kind(expected_size)
-        self.dim, self.kind, self.vector_version = dim, kind, vector_version
+        if prompt_name is not None and not isinstance(prompt_name, str):
+            raise ValidationError(f"`prompt_name` must be a str (\"\": no prompt) or None (not known). "
+                                  f"Given: {type(prompt_name).__name__}.")
+        self.dim, self.kind, self.vector_version, self.prompt_name = dim, kind, vector_version, prompt_name
         self.binary, self.rescore = bool(binary), check_rescore(rescore, bool(binary))
         self.bits = 8 * -(-dim // 8) if self.binary else 0  # FAISS binary codes are whole bytes
         self.ef_search, self.nprobe = ef_search, nprobe
@@ -139,7 +147,7 @@ class PostIndex:
     @classmethod
     def build(cls, ids, vectors, kind: str = "auto", vector_version: str | None = None, **params) -> "PostIndex":
         """An index over ``vectors`` float32 (n, dim) unit rows with ``ids`` (n,), kind by size;
-        ``params``: ``binary``, ``rescore``, ``ef_search``, ``nprobe``, ``nlist``."""
+        ``params``: ``binary``, ``rescore``, ``ef_search``, ``nprobe``, ``nlist``, ``prompt_name``."""
         v = as_vectors(vectors, None)
         idx = cls(v.shape[1], kind, expected_size=len(v), vector_version=vector_version, **params)
         idx.add(ids, v)
@@ -215,8 +223,11 @@ class PostIndex:
         (read recursively; ``_``/``.``-prefixed files and folders ignored). One version only: the
         ``model_version`` column holds the vector version (``Encoder.vector_version``);
         ``vector_version`` states it for Parquet without one (and must equal the column's).
-        An index of no version (logged as a warning) is refused with ``allow_unversioned=False``."""
-        n, batches = read_parquet(path, batch_rows, vector_version, allow_unversioned)
+        An index of no version (logged as a warning) is refused with ``allow_unversioned=False``.
+        ``prompt_name``: what the backfill outputs holding the files record (``sources.parquet_prompt``),
+        else the one given (a different one is refused)."""
+        n, batches, recorded = read_parquet(path, batch_rows, vector_version, allow_unversioned)
+        params["prompt_name"] = stated_prompt(params.get("prompt_name"), recorded, repr(str(path)))
         idx: PostIndex | None = None
         pending_ids, pending_v = [], []
         for ids, vec, mv in batches:
@@ -245,8 +256,11 @@ class PostIndex:
         ``+chunk`` where the worker runs so); ``postemb_rt.encoder.vector_version(model_version,
         precision, long_posts)`` computes it. ``client``: a redis-py client or a ``redis://`` URL.
         Reads in SCAN pages of ``scan_count`` keys, one pipeline each. Nothing under that version:
-        ValidationError listing the versions the store does hold (from a few SCAN pages)."""
-        ids, vectors = read_store(client, vector_version, prefix, scan_count)
+        ValidationError listing the versions the store does hold (from a few SCAN pages).
+        ``prompt_name``: the one its records name (``sources.read_store``), else the one given (a
+        different one is refused)."""
+        ids, vectors, recorded = read_store(client, vector_version, prefix, scan_count)
+        params["prompt_name"] = stated_prompt(params.get("prompt_name"), recorded, f"the store's {vector_version!r}")
         return cls.build(ids, vectors, kind=kind, vector_version=vector_version, **params)
 
     # -- querying ----------------------------------------------------------------------
@@ -339,6 +353,7 @@ class PostIndex:
 
         return {"kind": self.kind, "dim": self.dim, "binary": self.binary, "bits": self.bits,
                 "rescore": self.rescore, "count": len(self), "vector_version": self.vector_version,
+                "prompt_name": self.prompt_name,
                 "bytes_per_post": self.bits // 8 if self.binary else 4 * self.dim,
                 "ef_search": self.ef_search, "nprobe": self.nprobe, "nlist": self.nlist, "hnsw_m": HNSW_M,
                 "faiss_version": faiss.__version__, "faiss_index": type(self.index).__name__}

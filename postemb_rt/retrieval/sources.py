@@ -1,17 +1,22 @@
 """Where an index's vectors come from: Parquet embeddings (``postemb backfill`` / ``postemb
 embed`` output) and the near-line Redis store (``postemb_rt.nearline``). Each reader checks
-its source (columns, one vector version) and hands back ids and float32 vectors;
+its source (columns, one vector version) and hands back ids and float32 vectors, and the
+prompt the posts were embedded with where the source records it (``one_prompt``);
 ``PostIndex.from_parquet`` / ``PostIndex.from_redis`` build the index from them.
 ``pyarrow`` and ``redis`` are imported inside the reader that needs them.
 """
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import ValidationError
+
+log = logging.getLogger("postemb_rt")
 
 _NULLS = " (null: no version; `vector_version` states the version of such rows)"
 
@@ -40,17 +45,60 @@ def _unversioned(path, why: str) -> ValidationError:
         "(`allow_unversioned`).")
 
 
+def one_prompt(records: dict, source) -> str | None:
+    """The one prompt name of a source's posts ("" for none), from ``records`` {where: the prompt name
+    recorded there, None where nothing is}: None (not known) when some place records nothing, or
+    when two disagree (logged as a warning naming both: the index then holds vectors of several
+    prompts, so queries cannot match one)."""
+    names: dict = {}
+    for where, name in records.items():
+        if name is None:
+            return None
+        names.setdefault(name, where)
+    if len(names) > 1:
+        (a, wa), (b, wb) = list(names.items())[:2]
+        log.warning("%s: its posts were embedded with several prompts (%r in %s, %r in %s): the index records none",
+                    source, a or "none", wa, b or "none", wb)
+        return None
+    return next(iter(names), None)
+
+
+def stated_prompt(given: str | None, recorded: str | None, source) -> str | None:
+    """The posts' prompt name for an index built from ``source``: what it ``recorded``, or the caller's
+    ``given`` one where it records none; both known and different: ValidationError."""
+    if given is not None and recorded is not None and given != recorded:
+        raise ValidationError(f"`prompt_name` {given!r} is not the prompt {source} records for its posts: {recorded!r} "
+                              "(\"\": none). Fix: leave `prompt_name` out (the source says it).")
+    return recorded if given is None else given
+
+
+def parquet_prompt(files) -> str | None:
+    """The prompt name the Parquet ``files`` were embedded with ("" for none), as the ``postemb
+    backfill`` output folder holding each records it (``prompt_name`` in its ``_SUCCESS.json``; null
+    there: no prompt): None when a file has no such record (``postemb embed`` output, a backfill of
+    a version before prompts, other Parquet) or the records disagree (``one_prompt``)."""
+    from ..backfill.plan import SUCCESS
+    from ..durable import read_json
+
+    records = {}
+    for folder in sorted({Path(f).parent for f in files}):
+        meta = read_json(folder / SUCCESS)
+        name = meta.get("prompt_name", 0) if isinstance(meta, dict) else 0  # 0: no record of the prompt
+        records[str(folder)] = "" if name is None else name if isinstance(name, str) else None
+    return one_prompt(records, "the Parquet embeddings")
+
+
 def read_parquet(path, batch_rows: int = 65_536, vector_version: str | None = None,
-                 allow_unversioned: bool = True) -> tuple[int, Iterator[tuple[list, np.ndarray, object]]]:
-    """(n, batches) for Parquet embeddings at ``path`` (columns ``id``, ``embedding``
+                 allow_unversioned: bool = True) -> tuple[int, Iterator[tuple[list, np.ndarray, object]], str | None]:
+    """(n, batches, prompt name) for Parquet embeddings at ``path`` (columns ``id``, ``embedding``
     fixed-size list<float32>, optional ``model_version``: the vector version), a file or a
     folder (read recursively; ``_``/``.``-prefixed files and folders ignored). n: the row
     count; batches: (ids (b,), float32 (b, dim), vector version or None) of up to
-    ``batch_rows`` rows, lazily. ``vector_version``: the version of rows without one (no column,
-    or null), which rows with one must equal. ``allow_unversioned=False``: rows of no version
-    are refused (before any is read when there is no column). Raises ValidationError for missing
-    columns, no rows, rows of no version so refused, or more than one vector version (met while
-    iterating)."""
+    ``batch_rows`` rows, lazily; prompt name: ``parquet_prompt``'s. ``vector_version``: the
+    version of rows without one (no column, or null), which rows with one must equal.
+    ``allow_unversioned=False``: rows of no version are refused (before any is read when there is
+    no column). Raises ValidationError for missing columns, no rows, rows of no version so refused,
+    or more than one vector version (met while iterating)."""
     import pyarrow.dataset as pads
 
     with _arrow_errors(path):
@@ -99,30 +147,33 @@ def read_parquet(path, batch_rows: int = 65_536, vector_version: str | None = No
                                       f"Fix: build one index per model version{_NULLS if None in (mv, first) else ''}.")
             yield batch.column("id").to_pylist(), vec, mv
 
-    return n, batches()
+    return n, batches(), parquet_prompt(ds.files)
 
 
 def read_store(client, vector_version: str, prefix: str | None = None,
-               scan_count: int = 1000) -> tuple[list[str], np.ndarray]:
-    """(ids (n,), float32 (n, dim)): every embedding hash at ``{prefix}:{vector_version}:*`` in
-    the near-line store. ``client``: a redis-py client or a ``redis://`` URL. Reads in SCAN
-    pages of ``scan_count`` keys, one pipeline each. Nothing under that version:
-    ValidationError listing the versions the store does hold (from a few SCAN pages)."""
+               scan_count: int = 1000) -> tuple[list[str], np.ndarray, str | None]:
+    """(ids (n,), float32 (n, dim), prompt name): every embedding hash at ``{prefix}:{vector_version}:*``
+    in the near-line store, and the prompt its records name (their ``prompt_name``, "" for none; None
+    when a record names none, written before prompts, or two differ: ``one_prompt``). ``client``: a
+    redis-py client or a ``redis://`` URL. Reads in SCAN pages of ``scan_count`` keys, one pipeline
+    each. Nothing under that version: ValidationError listing the versions the store does hold (from
+    a few SCAN pages)."""
     from .. import nearline
 
     if isinstance(client, str):
         client = nearline.connect(client)
     prefix = prefix or nearline.KEY_PREFIX
-    ids, vecs = [], []
+    ids, vecs, prompts = [], [], {}  # prompts: {prompt name or None: the first post id recording it}
     for keys in _scan_pages(client, f"{nearline.store_key(vector_version, '', prefix)}*", scan_count):
         pipe = client.pipeline(transaction=False)
         for key in keys:
-            pipe.hmget(key, "post_id", "vector")
-        for pid, vec in pipe.execute():
+            pipe.hmget(key, "post_id", "vector", "prompt_name")
+        for pid, vec, prompt in pipe.execute():
             if pid is None or vec is None:
                 continue  # deleted between SCAN and HMGET, or not an embedding record
             ids.append(pid.decode())
             vecs.append(np.frombuffer(vec, dtype="<f4"))
+            prompts.setdefault(None if prompt is None else prompt.decode("utf-8", "replace"), ids[-1])
     if not ids:
         held = _versions_held(client, prefix)
         raise ValidationError(
@@ -130,7 +181,8 @@ def read_store(client, vector_version: str, prefix: str | None = None,
             f"{prefix}:{vector_version}:*). Versions it holds: {', '.join(map(repr, held)) or 'none'}"
             f"{' (from a sample of keys)' if held else ''}. Fix: pass the worker's vector version "
             "(Encoder.vector_version: the model version plus +<precision> / +chunk when not fp32 / truncate).")
-    return ids, np.stack(vecs).astype(np.float32)
+    records = {f"post {pid!r}": name for name, pid in prompts.items()}
+    return ids, np.stack(vecs).astype(np.float32), one_prompt(records, f"the store's {vector_version!r} records")
 
 
 def _versions_held(client, prefix: str, pages: int = 3, count: int = 1000) -> list[str]:

@@ -146,7 +146,7 @@ def test_build_from_parquet_reads_committed_backfill_output_only(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed (apt-get install redis-server)")
-def test_build_from_the_nearline_store(tmp_path, capsys):
+def test_build_from_the_nearline_store(tmp_path, capsys, caplog):
     pytest.importorskip("redis", reason="redis-py is not installed")
     from postemb_rt import nearline
     from postemb_rt.cli import main
@@ -168,13 +168,21 @@ def test_build_from_the_nearline_store(tmp_path, capsys):
         idx = PostIndex.from_redis(server.url, "stub-v1+chunk", scan_count=7)
         assert sorted(idx.ids) == sorted(f"post{i}" for i in range(20)) and idx.vector_version == "stub-v1+chunk"
         np.testing.assert_allclose(idx.vectors_of(["post3"])[0], StubEncoder().encode([POSTS[3]])[0])
+        assert idx.prompt_name == ""  # every record says: no prompt
+        client.hset(nearline.store_key("stub-v1+chunk", "post3"), "prompt_name", "query")
+        with caplog.at_level("WARNING", logger="postemb_rt"):
+            assert PostIndex.from_redis(client, "stub-v1+chunk").prompt_name is None  # records of two prompts
+        assert "several prompts" in caplog.text
+        client.hset(nearline.store_key("stub-v1+chunk", "post3"), "prompt_name", "")
         with pytest.raises(ValidationError, match=r"`vector_version` 'stub-v1': the store holds no embeddings under it "
                                                   r"\(keys postemb:stub-v1:\*\). Versions it holds: 'stub-v1\+chunk'"):
             PostIndex.from_redis(client, "stub-v1")  # the model version alone: not what the worker stored under
         client.close()
         assert main(["index", "build", "--redis", server.url, "--vector-version", "stub-v1+chunk", "--out",
                      str(tmp_path / "idx")]) == 0
-        assert f"indexed 20 posts from redis 127.0.0.1:{server.port} db 0 in " in capsys.readouterr().out  # no URL
+        out = capsys.readouterr().out
+        assert f"indexed 20 posts from redis 127.0.0.1:{server.port} db 0 in " in out  # no URL
+        assert "posts' prompt=none -> " in out
     finally:
         server.stop()
 
