@@ -17,6 +17,22 @@ POSTS = [t for t in SAMPLE_TEXTS if t] + [f"post number {i}: {w} and more about 
      "leadership", "sleep", "batteries", "space", "chess"])]
 
 
+def prompted_model(tmp_path):
+    """A copy of the default model with e5-style prompts in its postemb.json: query "query: ", passage
+    "passage: " (its default prompt); document stays "" (same model version: its vectors are default's)."""
+    import json
+    import shutil
+
+    from postemb_rt.model_dir import resolve
+
+    d = tmp_path / "prompted"
+    shutil.copytree(resolve("default").path, d)
+    cfg = json.loads((d / "postemb.json").read_text())
+    cfg.update(prompts={"query": "query: ", "passage": "passage: "}, default_prompt_name="passage")
+    (d / "postemb.json").write_text(json.dumps(cfg))
+    return d
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     ray = pytest.importorskip("ray", reason="ray is not installed (pip install -e '.[scale]')")

@@ -14,7 +14,7 @@ import pytest
 
 from postemb_rt.errors import ValidationError
 from tests.conftest import assert_exact
-from tests.scale.conftest import POSTS
+from tests.scale.conftest import POSTS, prompted_model
 
 pa = pytest.importorskip("pyarrow")
 import pyarrow.dataset as pads  # noqa: E402
@@ -400,26 +400,12 @@ def test_a_nested_prefix_is_written_under_its_own_version_and_a_resume_cannot_mi
 
 
 # -- prompts --------------------------------------------------------------------------------
-def _prompted_model(tmp_path):
-    """The default model with e5-style prompts in its postemb.json (default prompt 'passage')."""
-    import shutil
-
-    from postemb_rt.model_dir import resolve
-
-    d = tmp_path / "prompted"
-    shutil.copytree(resolve("default").path, d)
-    cfg = json.loads((d / "postemb.json").read_text())
-    cfg.update(prompts={"query": "query: ", "passage": "passage: "}, default_prompt_name="passage")
-    (d / "postemb.json").write_text(json.dumps(cfg))
-    return d
-
-
 def test_unknown_prompt_name_is_refused_before_any_work_listing_the_prompts(tmp_path):
     write_parquet_set(tmp_path / "posts", n_files=1)
     with pytest.raises(ValidationError, match=r"`prompt_name` must be one of this model's prompts "
                                               r"\['document', 'passage', 'query'\]\. Given: 'nope'\. "
                                               r"Fix: use one of those, or leave --prompt-name out\.$"):
-        bf.backfill(tmp_path / "posts", tmp_path / "emb", str(_prompted_model(tmp_path)), prompt_name="nope")
+        bf.backfill(tmp_path / "posts", tmp_path / "emb", str(prompted_model(tmp_path)), prompt_name="nope")
     assert not (tmp_path / "emb").exists()
 
 
@@ -427,7 +413,7 @@ def test_prompt_name_embeds_every_post_is_recorded_and_a_resume_cannot_mix_promp
     from postemb_rt import Encoder
 
     truth = write_parquet_set(tmp_path / "posts", n_files=1, rows_per_group=3)
-    model = str(_prompted_model(tmp_path))
+    model = str(prompted_model(tmp_path))
     with pytest.raises(Interrupt):
         bf.backfill(tmp_path / "posts", tmp_path / "emb", model, num_workers=1, rows_per_split=3,
                     prompt_name="query", on_split=_stop_at_first_split)

@@ -5,7 +5,6 @@ prompt on a model whose query and document prompts differ."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
@@ -13,7 +12,7 @@ pytest.importorskip("faiss", reason="faiss is not installed (pip install -e '.[s
 
 from postemb_rt.errors import ValidationError  # noqa: E402
 from postemb_rt.retrieval import PostIndex  # noqa: E402
-from tests.scale.conftest import POSTS  # noqa: E402
+from tests.scale.conftest import POSTS, prompted_model  # noqa: E402
 from tests.scale.test_retrieval import random_unit  # noqa: E402
 
 WARNING = "`--text` queries are embedded as the index's posts were"
@@ -65,18 +64,6 @@ def test_an_index_records_the_prompt_of_its_backfill_output_and_keeps_it(tmp_pat
     assert PostIndex.from_parquet(tmp_path / "emb").prompt_name is None
 
 
-def _prompted_model(tmp_path):
-    """The default model with e5-style prompts: query "query: ", passage "passage: " (the default), document ""."""
-    from postemb_rt.model_dir import resolve
-
-    d = tmp_path / "prompted"
-    shutil.copytree(resolve("default").path, d)
-    cfg = json.loads((d / "postemb.json").read_text())
-    cfg.update(prompts={"query": "query: ", "passage": "passage: "}, default_prompt_name="passage")
-    (d / "postemb.json").write_text(json.dumps(cfg))
-    return d
-
-
 def test_a_query_taking_the_posts_prompt_on_an_asymmetric_model_is_warned_and_still_runs(tmp_path, capsys,
                                                                                           default_encoder):
     from postemb_rt.cli import main
@@ -87,7 +74,7 @@ def test_a_query_taking_the_posts_prompt_on_an_asymmetric_model_is_warned_and_st
     assert main(["index", "build", "--input", str(tmp_path / "emb"), "--out", str(tmp_path / "idx")]) == 0
     assert f"vector version={version}, posts' prompt=passage -> " in capsys.readouterr().out
     q = ["index", "query", "--index", str(tmp_path / "idx"), "--text", POSTS[3], "--k", "3", "--json",
-         "--model", str(_prompted_model(tmp_path))]
+         "--model", str(prompted_model(tmp_path))]
     assert main(q) == 0  # the model's default prompt: the posts' own
     out, err = capsys.readouterr()
     assert (f"{WARNING} (prompt 'passage', 'passage: '), but this model's query and document prompts differ (query "
@@ -125,7 +112,7 @@ def test_no_warning_where_queries_and_posts_share_one_prompt_or_the_posts_prompt
     assert WARNING not in capsys.readouterr().err
     # an index that does not know its posts' prompt: nothing to compare, even on an asymmetric model
     assert main(["index", "query", "--index", str(tmp_path / "old-idx"), "--text", POSTS[3], "--json", "--model",
-                 str(_prompted_model(tmp_path))]) == 0
+                 str(prompted_model(tmp_path))]) == 0
     assert WARNING not in capsys.readouterr().err
 
 
