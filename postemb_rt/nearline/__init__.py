@@ -25,13 +25,26 @@ idempotent: a Lua script writes the hash and announces it, all or nothing (every
 write; a key of the wrong type fails the call with an error naming it, and nothing is
 written), and skips an event when the record already holds this post's current content
 (same ``text_sha256``) or a newer event for the post.
-The guarantee, exactly: the hash ends up with one embedding per (vector version, post id),
-of the newest event's text; the ``embeddings`` stream gets one announcement per
-(post id, distinct text) in event order: a re-delivered event, or the same post
-published twice with the same text, announces nothing new; an edited text (a new event
-with different text) is announced again, as it should be. A late, older event is never
-announced. An announcement can still be lost only with the Redis node itself (its
-persistence settings decide that), never by a worker crash.
+
+Deletions: ``publish_delete(client, post_id)`` appends a deletion event (``op`` = ``delete``)
+to the same ``posts`` stream, so the stream's order decides between it and the post's creates
+and edits. The worker handles it without a model call, in the same store script call as the
+posts of its batch, in event order: a deletion newer than the record replaces it with a
+tombstone (no vector; ``fetch`` returns None, readers of the records skip it) and is announced
+with ``deleted_at`` (see ``keys``); a post never seen is tombstoned too. Tombstones are kept,
+never expired (``keys`` says why and what they cost).
+
+The guarantee, exactly: the hash ends up with one record per (vector version, post id), of the
+newest event: the embedding of its text, or a tombstone when that event is a deletion (an older
+create or edit arriving late never brings a deleted post back; a newer one does). The
+``embeddings`` stream gets one announcement per (post id, distinct text) and per deletion of a
+live or never-seen post, in event order: a re-delivered event, the same post published twice
+with the same text, or a deleted post deleted again, announces nothing new; an edited text (a
+new event with different text), or a post published again after its deletion, is announced
+again, as it should be. A late, older event is never announced. An announcement can still be
+lost only with the Redis node itself (its persistence settings decide that), never by a worker
+crash. A deletion applies to the worker's vector version: each group reads it (one group per
+vector version), and records of a version no worker runs any more keep their vectors.
 
 Failures, each costing only the post that causes it:
 - The model: an input it rejects (``ValidationError``) is isolated at once by splitting
@@ -66,17 +79,18 @@ connecting and refuses a cluster node with a clear error (use one primary, with 
 or Sentinel for failover). Needs Redis >= 6.2 (XAUTOCLAIM); tested with 7.0.
 
 Modules: ``keys`` (stream and key names, the client set-up, the store script, reading a
-stored embedding back), ``events`` (publishing and validating post-created events),
+stored embedding back), ``events`` (publishing and validating post and deletion events),
 ``worker`` (the consumer loop), ``store`` (the worker's Redis writes: store, acknowledge,
 dead-letter, retry, and isolating the post a deterministic failure is of), ``health`` (worker
 counters and the pipeline's health), ``settings`` (range checks of the numeric settings).
 The names below are the public API: ``from postemb_rt import nearline``, then
-``nearline.connect``, ``nearline.publish``, ``nearline.Worker``, ``nearline.stats``.
+``nearline.connect``, ``nearline.publish``, ``nearline.publish_delete``, ``nearline.Worker``,
+``nearline.stats``.
 
 ``redis`` (redis-py >= 5) is imported inside the functions that talk to Redis only;
 ``import postemb_rt`` does not need it.
 """
-from .events import MAX_POST_ID_BYTES, MAX_TEXT_BYTES, Post, parse_event, publish
+from .events import MAX_POST_ID_BYTES, MAX_TEXT_BYTES, Deletion, Post, parse_event, publish, publish_delete
 from .health import WorkerStats, stats
 from .keys import (DEAD_MAXLEN, DEAD_STREAM, EMBEDDINGS_MAXLEN, EMBEDDINGS_STREAM, KEY_PREFIX, POSTS_MAXLEN,
                    POSTS_STREAM, StoredEmbedding, connect, fetch, store_key)
@@ -84,7 +98,7 @@ from .store import StoreError
 from .model import DEFAULT_MODEL_TIMEOUT_S, EXIT_MODEL_TIMEOUT, PROBE_TEXT, ModelTimeoutError
 from .worker import Worker
 
-__all__ = ["connect", "publish", "parse_event", "fetch", "store_key", "stats", "Worker", "WorkerStats", "Post",
-           "StoreError", "ModelTimeoutError", "DEFAULT_MODEL_TIMEOUT_S", "EXIT_MODEL_TIMEOUT",
+__all__ = ["connect", "publish", "publish_delete", "parse_event", "fetch", "store_key", "stats", "Worker",
+           "WorkerStats", "Post", "Deletion", "StoreError", "ModelTimeoutError", "DEFAULT_MODEL_TIMEOUT_S", "EXIT_MODEL_TIMEOUT",
            "StoredEmbedding", "POSTS_STREAM", "DEAD_STREAM", "EMBEDDINGS_STREAM", "KEY_PREFIX", "POSTS_MAXLEN",
            "EMBEDDINGS_MAXLEN", "DEAD_MAXLEN", "MAX_TEXT_BYTES", "MAX_POST_ID_BYTES", "PROBE_TEXT"]

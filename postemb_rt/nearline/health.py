@@ -20,9 +20,10 @@ from .keys import DEAD_STREAM, EMBEDDINGS_STREAM, KEY_PREFIX, POSTS_STREAM
 class WorkerStats:
     started_at: float = field(default_factory=time.time)
     batches: int = 0
-    events: int = 0          # entries handled (stored, skipped as rewrites, or dead-lettered)
+    events: int = 0          # entries handled (stored, deleted, skipped as rewrites, or dead-lettered)
     stored: int = 0          # hashes written
-    rewrites: int = 0        # re-deliveries whose record already existed (no-op)
+    deleted: int = 0         # tombstones written (deletions announced)
+    rewrites: int = 0        # re-deliveries, or events older than the record (no-op)
     dead: int = 0
     claimed: int = 0         # entries taken over from idle consumers
     forgotten: int = 0       # dead consumers removed from the group (nothing pending, idle forget_idle_ms)
@@ -55,8 +56,9 @@ def stats(client, group: str = "embedder", *, posts_stream: str = POSTS_STREAM, 
 
     lag: events in ``posts`` not yet delivered to the group; lag_s: age of the oldest of them.
     pending: delivered, not yet acknowledged; oldest_pending_s: age of the oldest.
-    throughput_per_s and freshness (embedded_at - created_at) percentiles: over the last
-    ``window_s`` seconds (> 0) of the ``embeddings`` stream (at most ``sample`` announcements).
+    throughput_per_s (embeddings announced), deletions_per_s (deletions announced) and freshness
+    (embedded_at - created_at) percentiles: over the last ``window_s`` seconds (> 0) of the
+    ``embeddings`` stream (at most ``sample`` announcements).
     A stream name whose key holds another type raises ValidationError naming the argument and the key.
     """
     settings.check(window_s=window_s)
@@ -86,15 +88,18 @@ def stats(client, group: str = "embedder", *, posts_stream: str = POSTS_STREAM, 
         out["consumer_pending"] = {c["name"].decode() if isinstance(c["name"], bytes) else c["name"]:
                                    {"pending": c["pending"], "idle_ms": c["idle"]}
                                    for c in client.xinfo_consumers(posts_stream, group)}
-    fresh, times = [], []
+    fresh, deletions = [], 0
     for _, f in client.xrevrange(embeddings_stream, count=sample):
-        t = float(f[b"embedded_at"])
+        t = float(f.get(b"embedded_at") or f[b"removed_at"])  # a deletion's announcement: removed_at
         if t < now - window_s:
             break
-        times.append(t)
-        fresh.append(t - float(f[b"created_at"]))
+        if b"deleted_at" in f:
+            deletions += 1
+        else:
+            fresh.append(t - float(f[b"created_at"]))
     out["window_s"] = window_s
-    out["throughput_per_s"] = round(len(times) / window_s, 2)
+    out["throughput_per_s"] = round(len(fresh) / window_s, 2)
+    out["deletions_per_s"] = round(deletions / window_s, 2)
     out.update({f"freshness_p{p}_s": _pct(fresh, p) for p in (50, 90, 99)})
     out["freshness_max_s"] = round(max(fresh), 4) if fresh else None
     workers = []

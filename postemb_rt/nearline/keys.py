@@ -19,8 +19,20 @@ Record layout (hash ``postemb:{vector_version}:{post_id}``):
     prompt_name     the model's prompt the text was embedded with ("" for none; records
                     written before prompts lack it, and were embedded with no prompt name)
 
+Tombstone (the same key, once the post is deleted: ``publish_delete``): ``post_id``,
+``event_id`` (the deletion's), ``deleted_at`` (producer's clock) and ``removed_at`` (when the
+worker wrote it), "%.6f"; no ``vector``. A record is a tombstone when it has ``deleted_at``;
+``fetch`` returns None for it, and every reader of the records must skip it. Tombstones are
+kept, never expired: without one, an older create or edit of the post still in the stream or
+pending in the group (a backlog, a crashed worker's batch, an outage) would bring the post back,
+and no expiry can bound how late that event comes. They cost ~200 bytes of Redis memory
+each (a 4-field hash). One may be deleted by hand once every group has acknowledged every
+event up to its ``event_id`` (XINFO GROUPS: nothing pending before it, last-delivered-id past it).
+
 Announcement (``embeddings`` stream): post_id, key, model_version, vector_version,
-created_at, embedded_at, prompt_name.
+created_at, embedded_at, prompt_name. A deletion's announcement: post_id, key, model_version,
+vector_version, deleted_at, removed_at; a consumer tells it apart by ``deleted_at`` (it has no
+``created_at`` / ``embedded_at``), and drops the post.
 """
 from __future__ import annotations
 
@@ -76,17 +88,23 @@ def connect(url: str = "redis://127.0.0.1:6379/0", **kwargs):
 
 
 # KEYS[1] = embeddings stream, KEYS[1+i] = hash key of item i.
-# ARGV = embeddings maxlen, model_version, vector_version, dim, embedded_at, then per item
-#        event_id, post_id, created_at, vector bytes, text_sha256, prompt_name ("" for none).
+# ARGV = embeddings maxlen, model_version, vector_version, dim, embedded_at (a deletion's removed_at), then
+#        per item event_id, post_id, created_at (a deletion's deleted_at), vector bytes, text_sha256,
+#        prompt_name ("" for none), op ("" for a post, "delete" for a deletion: vector and text_sha256 "").
 # All or nothing: every key's TYPE is checked before the first write, and a key of the wrong
 # type fails the whole call with an error that names it (nothing written, nothing
 # announced). Past the checks no command can fail on the data (an out-of-memory server
 # refuses the first write of a script, never a later one), so a call writes every record
-# or none. A hash already holding this event id or a newer one for the post is left alone
-# (a re-delivery or an older event arriving late). A newer event with the text already
+# or none. (A command the user's ACL refuses, e.g. DEL without +del, fails the call midway:
+# items before it stay written, unacknowledged, and their re-delivery is a rewrite.) A hash
+# already holding this event id or a newer one for the post is left alone (a re-delivery or
+# an older event arriving late). A newer event with the text already
 # stored with the same prompt (the post published twice) only moves ``event_id`` forward: no
-# new vector, no announcement. Returns the number of records written (= announced). No items (KEYS[1]
-# only): the checks alone, the worker's probe.
+# new vector, no announcement. A newer deletion replaces the record with a tombstone (DEL, then
+# HSET) and announces it; on a tombstone it only moves ``event_id`` forward. A newer post over
+# a tombstone deletes it and writes the record. Items are applied in order (event order), so a
+# batch announces in event order. Returns {records written, tombstones written} (= announced).
+# No items (KEYS[1] only): the checks alone, the worker's probe.
 STORE_LUA = """
 local function check(key, want)
   local t = redis.call('TYPE', key)['ok']
@@ -98,7 +116,7 @@ end
 local bad = check(KEYS[1], 'stream')
 for i = 2, #KEYS do bad = bad or check(KEYS[i], 'hash') end
 if bad then return redis.error_reply(bad) end
-if #ARGV ~= 5 + (#KEYS - 1) * 6 then
+if #ARGV ~= 5 + (#KEYS - 1) * 7 then
   return redis.error_reply('ERR postemb store: ' .. #ARGV .. ' arguments for ' .. (#KEYS - 1) .. ' items')
 end
 local function newer(a, b)
@@ -108,14 +126,27 @@ local function newer(a, b)
   am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
   return am > bm or (am == bm and as > bs)
 end
-local written = 0
+local written, deleted = 0, 0
 for i = 2, #KEYS do
-  local a = 6 + (i - 2) * 6
-  local cur = redis.call('HMGET', KEYS[i], 'event_id', 'text_sha256', 'prompt_name')
+  local a = 6 + (i - 2) * 7
+  local cur = redis.call('HMGET', KEYS[i], 'event_id', 'text_sha256', 'prompt_name', 'deleted_at')
   if (not cur[1]) or newer(ARGV[a], cur[1]) then
-    if cur[1] and cur[2] == ARGV[a + 4] and (cur[3] or '') == ARGV[a + 5] then
-      redis.call('HSET', KEYS[i], 'event_id', ARGV[a])
+    if ARGV[a + 6] == 'delete' then
+      if cur[4] then
+        redis.call('HSET', KEYS[i], 'event_id', ARGV[a])
+      else
+        redis.call('DEL', KEYS[i])
+        redis.call('HSET', KEYS[i], 'post_id', ARGV[a + 1], 'event_id', ARGV[a], 'deleted_at', ARGV[a + 2],
+                   'removed_at', ARGV[5])
+        redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'post_id', ARGV[a + 1], 'key', KEYS[i],
+                   'model_version', ARGV[2], 'vector_version', ARGV[3], 'deleted_at', ARGV[a + 2],
+                   'removed_at', ARGV[5])
+        deleted = deleted + 1
+      end
+    elseif cur[1] and cur[2] == ARGV[a + 4] and (cur[3] or '') == ARGV[a + 5] then
+      redis.call('HSET', KEYS[i], 'event_id', ARGV[a])  -- (a tombstone has no text_sha256)
     else
+      if cur[4] then redis.call('DEL', KEYS[i]) end
       redis.call('HSET', KEYS[i], 'vector', ARGV[a + 3], 'dim', ARGV[4], 'model_version', ARGV[2],
                  'vector_version', ARGV[3], 'post_id', ARGV[a + 1], 'created_at', ARGV[a + 2],
                  'embedded_at', ARGV[5], 'event_id', ARGV[a], 'text_sha256', ARGV[a + 4],
@@ -127,7 +158,7 @@ for i = 2, #KEYS do
     end
   end
 end
-return written
+return {written, deleted}
 """
 
 # KEYS[1] = dead-letter stream, KEYS[2] = posts stream.
@@ -188,12 +219,12 @@ return gone
 
 # Every command a worker sends, for a least-privilege Redis user (``acl_rules``): INFO (the
 # cluster check), XGROUP CREATE, XREADGROUP, XAUTOCLAIM, XPENDING and XCLAIM (redelivery),
-# XACK, EVALSHA and SCRIPT LOAD (the three scripts; TYPE, HMGET, HSET, XADD, XACK, XINFO
-# CONSUMERS and XGROUP DELCONSUMER run inside them, and ACLs apply there too), SET (the
+# XACK, EVALSHA and SCRIPT LOAD (the three scripts; TYPE, HMGET, HSET, DEL (a deletion's tombstone), XADD,
+# XACK, XINFO CONSUMERS and XGROUP DELCONSUMER run inside them, and ACLs apply there too), SET (the
 # heartbeat), PING (``postemb nearline`` checks the credentials with it) and SELECT (a
-# database other than 0). ``publish`` sends XADD alone.
+# database other than 0). ``publish`` and ``publish_delete`` send XADD alone.
 WORKER_COMMANDS = ("ping", "select", "info", "xgroup|create", "xreadgroup", "xautoclaim", "xpending", "xclaim",
-                   "xack", "evalsha", "script|load", "type", "hmget", "hset", "xadd", "set", "xinfo|consumers",
+                   "xack", "evalsha", "script|load", "type", "hmget", "hset", "del", "xadd", "set", "xinfo|consumers",
                    "xgroup|delconsumer")
 # What ``postemb nearline --stats`` (``health.stats``) adds, all reads: the streams' types and lengths, the
 # group, the oldest undelivered and pending events, the newest announcements, the heartbeats (SCAN, GET).
@@ -239,14 +270,21 @@ def transient(exc: BaseException) -> bool:
     return False
 
 
+# How Redis 7.0 refuses a command that a script runs for want of an ACL grant: a plain error, not
+# NOPERM (e.g. a user granted the rules of before deletions, without +del, storing a tombstone).
+SCRIPT_REFUSED = "The user executing the script can't"
+
+
 def refused_everything(exc: BaseException) -> bool:
     """True when Redis refuses this client whatever it sends: a wrong or missing password, a
     disabled user (AuthenticationError, AuthorizationError), or a user without permission for a
-    command or key (NOPERM). Neither retrying nor isolating a post can cure it: the worker stops."""
+    command or key (NOPERM, or ``SCRIPT_REFUSED`` inside a script). Neither retrying nor isolating
+    a post can cure it: the worker stops."""
     import redis
 
     return isinstance(exc, (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError,
-                            redis.exceptions.NoPermissionError))
+                            redis.exceptions.NoPermissionError)) or \
+        (isinstance(exc, redis.ResponseError) and SCRIPT_REFUSED in str(exc))
 
 
 def store_key(vector_version: str, post_id: str, prefix: str = KEY_PREFIX) -> str:
@@ -266,14 +304,14 @@ class StoredEmbedding:
 
 
 def fetch(client, vector_version: str, post_id, prefix: str = KEY_PREFIX) -> StoredEmbedding | None:
-    """Read one stored embedding back (None if absent). vector: float32 (dim,).
+    """Read one stored embedding back (None if absent or deleted: a tombstone). vector: float32 (dim,).
 
     vector_version: the version the worker stores under, its encoder's ``vector_version``
     (the model version, plus ``+<precision>`` / ``+chunk`` for a fast precision or the chunk
     long-post mode; the plain model version for fp32 + truncate). Records written before
     the vector version existed report their model version as ``vector_version``."""
     h = client.hgetall(store_key(vector_version, str(post_id), prefix))
-    if not h:
+    if not h or b"deleted_at" in h:  # a tombstone
         return None
     model_version = h[b"model_version"].decode()
     return StoredEmbedding(np.frombuffer(h[b"vector"], dtype="<f4").astype(np.float32),

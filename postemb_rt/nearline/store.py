@@ -18,7 +18,7 @@ import time
 import numpy as np
 
 from ..errors import PostEmbError
-from .events import Post, event_fields
+from .events import DELETE_OP, Deletion, Post, event_fields
 from .keys import (DEAD_MAXLEN, DEAD_STREAM, EMBEDDINGS_STREAM, KEY_PREFIX, POSTS_STREAM, acl_rules,
                    refused_everything, store_key, transient)
 
@@ -44,15 +44,18 @@ class StoreMixin:
     scripts (``_script``: STORE_LUA, ``_dead_script``: DEAD_LUA), ``_group_ready`` /
     ``_ensure_group()`` and ``_wait_s(failures)`` (the backoff)."""
 
-    def _store(self, posts: list[Post], vectors: list) -> list:
-        """Write and announce (the store script), then acknowledge. Returns the dead-letter
-        entries (event_id, fields, reason) of posts the store refuses deterministically
-        (e.g. WRONGTYPE at the post's key): found by splitting the batch, the rest is stored."""
+    def _store(self, posts: list[Post | Deletion], vectors: list) -> list:
+        """Write and announce (the store script), then acknowledge. posts: posts and deletions in
+        event order; vectors: float32 (dim,) for each post, None for each deletion. Returns the
+        dead-letter entries (event_id, fields, reason) of events the store refuses
+        deterministically (e.g. WRONGTYPE at the post's key): found by splitting the batch, the
+        rest is stored."""
         t0 = time.perf_counter()
-        items = [(p, [p.event_id, p.post_id, f"{p.created_at:.6f}",
-                      np.ascontiguousarray(v, dtype="<f4").tobytes(),  # dim*4 bytes
-                      hashlib.sha256(p.text.encode("utf-8")).hexdigest(),
-                      self.prompt_of(p) or ""]) for p, v in zip(posts, vectors)]
+        items = [(p, [p.event_id, p.post_id, f"{p.deleted_at:.6f}", "", "", "", DELETE_OP]) if isinstance(p, Deletion)
+                 else (p, [p.event_id, p.post_id, f"{p.created_at:.6f}",
+                           np.ascontiguousarray(v, dtype="<f4").tobytes(),  # dim*4 bytes
+                           hashlib.sha256(p.text.encode("utf-8")).hexdigest(), self.prompt_of(p) or "", ""])
+                 for p, v in zip(posts, vectors)]
 
         def write(chunk):
             # embedded_at: when this attempt writes, so an attempt that succeeds after retries
@@ -68,10 +71,13 @@ class StoreMixin:
         done = [p for chunk, _ in results for p, _ in chunk]
         if done:
             self._ack([p.event_id for p in done])  # never before the write above has succeeded
-        written = sum(n for _, (n, _) in results)
+        written = sum(int(n[0]) for _, (n, _) in results)
+        deleted = sum(int(n[1]) for _, (n, _) in results)
         self.stats.stored += written
-        self.stats.rewrites += len(done) - written
-        self.stats.freshness.extend(t - p.created_at for chunk, (_, t) in results for p, _ in chunk)
+        self.stats.deleted += deleted
+        self.stats.rewrites += len(done) - written - deleted
+        self.stats.freshness.extend(t - p.created_at for chunk, (_, t) in results for p, _ in chunk
+                                    if isinstance(p, Post))
         self.stats.store_s += time.perf_counter() - t0
         return [(p.event_id, event_fields(p), f"the store refused it: {type(err).__name__}: {err}"[:1000])
                 for (p, _), err in failed]
@@ -207,10 +213,10 @@ def fix_hint(exc: BaseException, worker=None) -> str:
     if isinstance(exc, (redis.exceptions.AuthenticationError, redis.exceptions.AuthorizationError)):
         return ("give the worker the right credentials in its Redis URL, redis://[USER]:PASSWORD@HOST:PORT/DB "
                 "(--redis, or $POSTEMB_REDIS), for a user that is enabled.")
-    if isinstance(exc, redis.exceptions.NoPermissionError):
+    if refused_everything(exc):  # a permission (NOPERM), the credentials being handled above
         names = ((worker.posts, worker.dead, worker.embeddings, worker.prefix) if worker is not None
                  else (POSTS_STREAM, DEAD_STREAM, EMBEDDINGS_STREAM, KEY_PREFIX))
         return (f"grant the worker's Redis user every command and key it needs: ACL SETUSER <user> "
-                f"{acl_rules(*names)} (the scripts run TYPE, HMGET, HSET, XADD and XACK; SET writes the "
+                f"{acl_rules(*names)} (the scripts run TYPE, HMGET, HSET, DEL, XADD and XACK; SET writes the "
                 f"heartbeat at {names[3]}:nearline:worker:*).")
     return "see the Redis error above; the worker can go on once Redis accepts the write."

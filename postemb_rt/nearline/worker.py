@@ -24,7 +24,7 @@ import time
 
 from .. import prompts
 from ..errors import ValidationError
-from .events import MAX_TEXT_BYTES, parse_event
+from .events import MAX_TEXT_BYTES, Post, parse_event
 from . import settings
 from .health import WorkerStats
 from .keys import (DEAD_LUA, DEAD_STREAM, EMBEDDINGS_MAXLEN, EMBEDDINGS_STREAM, FORGET_LUA, KEY_PREFIX, POSTS_STREAM,
@@ -158,7 +158,7 @@ class Worker(StoreMixin, ModelMixin):
         return self._model_hung
 
     def run(self, max_events: int | None = None) -> int:
-        """Process until :meth:`stop` (or ``max_events`` handled: stored, rewritten or
+        """Process until :meth:`stop` (or ``max_events`` handled: stored, deleted, rewritten or
         dead-lettered). Returns 0. Raises :class:`~.store.StoreError` when Redis refuses a
         write for every post or refuses the worker (credentials, permissions),
         :class:`ModelTimeoutError` when a model call hangs (then this worker cannot run again:
@@ -305,7 +305,7 @@ class Worker(StoreMixin, ModelMixin):
                                           f"model hung (model_timeout_s={self.model_timeout_s}) on it"))
                 continue
             post, reason = parse_event(eid, fields, self.max_text_bytes)
-            if post is not None and post.prompt_name is not None:
+            if isinstance(post, Post) and post.prompt_name is not None:
                 post, reason = self._check_prompt(post)
             if post is None:
                 dead.append((eid, fields, reason))
@@ -317,14 +317,16 @@ class Worker(StoreMixin, ModelMixin):
             self._ack(gone)
         if dead:
             self._dead_letter(dead)
-        if good:
-            vectors, rejected = self._embed(good)
-            keep = [i for i, v in enumerate(vectors) if v is not None]
+        if good:  # deletions need no model call: stored with the batch's posts, in event order
+            posts = [p for p in good if isinstance(p, Post)]
+            vectors, rejected = self._embed(posts)
+            got = dict(zip([p.event_id for p in posts], vectors))
+            keep = [p for p in good if not isinstance(p, Post) or got[p.event_id] is not None]
             if keep:
-                rejected += self._store([good[i] for i in keep], [vectors[i] for i in keep])
+                rejected += self._store(keep, [got.get(p.event_id) for p in keep])
             if rejected:
                 self._dead_letter(rejected)
-        # every entry is now acknowledged: stored (or a rewrite), dead-lettered, or trimmed
+        # every entry is now acknowledged: stored (a post, a tombstone, or a rewrite), dead-lettered, or trimmed
         self.stats.events += sum(1 for eid, _ in entries if eid is not None)
 
     def _forget_dead_consumers(self, now: float) -> None:
