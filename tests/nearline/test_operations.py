@@ -120,9 +120,9 @@ def _commands_since_reset(admin) -> tuple[set, set]:
 
 def test_the_user_the_fix_hint_describes_runs_every_worker_publish_and_stats_command(own_redis, caplog, capsys):
     """A user granted `acl_rules()` and nothing else, on database 3 (SELECT on every connection), runs publish,
-    the worker (store, acknowledge, dead-letter, SCRIPT LOAD after a flush, XAUTOCLAIM of a dead consumer's event
-    and its XPENDING, the XCLAIM that keeps a batch ours while a dropped write is retried, forgetting a dead
-    consumer, the heartbeat, INFO) and `postemb nearline --stats` (PING and every read): Redis refuses nothing,
+    publish_delete, the worker (store, a deletion's tombstone, acknowledge, dead-letter, SCRIPT LOAD after a
+    flush, XAUTOCLAIM of a dead consumer's event and its XPENDING, the XCLAIM that keeps a batch ours while a
+    dropped write is retried, forgetting a dead consumer, the heartbeat, INFO) and `postemb nearline --stats` (PING and every read): Redis refuses nothing,
     and every command the rules grant is used by one of them."""
     from postemb_rt.commands import nearline as command
 
@@ -136,6 +136,7 @@ def test_the_user_the_fix_hint_describes_runs_every_worker_publish_and_stats_com
 
     ids = publish_all(nearline.connect(url), 4)
     nearline.connect(url).xadd("posts", {"post_id": "bad"})  # poison: the dead-letter script
+    nearline.publish_delete(nearline.connect(url), "p0")  # a tombstone: DEL in the store script
     w = nearline.Worker(nearline.connect(url), FakeEncoder(), batch_size=8, max_wait_ms=50, claim_idle_ms=1,
                         forget_idle_ms=10, heartbeat_s=1)
     script, drops = w._script, []
@@ -148,7 +149,7 @@ def test_the_user_the_fix_hint_describes_runs_every_worker_publish_and_stats_com
 
     w._script = dropped_once
     with caplog.at_level("WARNING", logger="postemb_rt.nearline"):
-        w.run(max_events=6)
+        w.run(max_events=7)
     assert command.main(["--redis", url, "--stats", "--json"]) == 0
     called, refused = _commands_since_reset(admin)
     denied = [dict(zip(e[::2], e[1::2])) for e in admin.execute_command("ACL", "LOG")]
@@ -160,7 +161,8 @@ def test_the_user_the_fix_hint_describes_runs_every_worker_publish_and_stats_com
     stats = json.loads(capsys.readouterr().out)
     assert [b["consumer"] for b in stats["workers"]] == [w.consumer] and stats["pending"] == 0
     assert stored_ids(admin) == set(ids) | {"p101"} and pending(admin) == 0
-    assert drops and w.stats.claimed >= 1 and w.stats.forgotten >= 1 and w.stats.dead == 1
+    assert drops and w.stats.claimed >= 1 and w.stats.forgotten >= 1 and w.stats.dead == 1 and w.stats.deleted == 1
+    assert nearline.fetch(admin, "fake-v1", "p0") is None and admin.hexists("postemb:fake-v1:p0", "deleted_at")
     assert [f[b"post_id"] for _, f in admin.xrange("posts-dead")] == [b"bad"]
     assert not [r for r in caplog.records if "refused" in r.getMessage()]
 
