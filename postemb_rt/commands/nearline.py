@@ -91,7 +91,8 @@ def _print_stats(s: dict) -> None:
     print(f"group {s['group']}: lag {f(s['lag'])} events (oldest undelivered {f(s['lag_s'], ' s')}), "
           f"pending {s['pending']} (oldest {f(s['oldest_pending_s'], ' s')}), consumers {s.get('consumers', 0)}")
     print(f"streams: posts {s['posts_len']}, embeddings {s['embeddings_len']}, posts-dead {s['dead_len']}")
-    print(f"last {s['window_s']:.0f} s: {s['throughput_per_s']} posts/s; freshness p50 {f(s['freshness_p50_s'], ' s')}"
+    print(f"last {s['window_s']:.0f} s: {s['throughput_per_s']} posts/s, {s['deletions_per_s']} deletions/s; "
+          f"freshness p50 {f(s['freshness_p50_s'], ' s')}"
           f", p90 {f(s['freshness_p90_s'], ' s')}, p99 {f(s['freshness_p99_s'], ' s')}, "
           f"max {f(s['freshness_max_s'], ' s')}")
     for c, v in sorted(s.get("consumer_pending", {}).items()):
@@ -99,7 +100,8 @@ def _print_stats(s: dict) -> None:
     for w in s["workers"]:
         print(f"  worker {w['consumer']} (pid {w['pid']}, {w.get('vector_version') or w['model_version']}): "
               f"events {w['events']}, "
-              f"stored {w['stored']}, rewrites {w['rewrites']}, dead {w['dead']}, claimed {w['claimed']}, "
+              f"stored {w['stored']}, deleted {w.get('deleted', 0)}, rewrites {w['rewrites']}, dead {w['dead']}, "
+              f"claimed {w['claimed']}, "
               f"retries {w['retries']}, reconnects {w['reconnects']}, p99 {f(w['freshness_p99_s'], ' s')}")
 
 

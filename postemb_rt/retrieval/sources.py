@@ -170,7 +170,7 @@ def read_store(client, vector_version: str, prefix: str | None = None,
             pipe.hmget(key, "post_id", "vector", "prompt_name")
         for pid, vec, prompt in pipe.execute():
             if pid is None or vec is None:
-                continue  # deleted between SCAN and HMGET, or not an embedding record
+                continue  # deleted between SCAN and HMGET, a deleted post's tombstone (no vector), or no record
             ids.append(pid.decode())
             vecs.append(np.frombuffer(vec, dtype="<f4"))
             prompts.setdefault(None if prompt is None else prompt.decode("utf-8", "replace"), ids[-1])
