@@ -198,6 +198,7 @@ def test_an_index_built_from_the_store_skips_tombstones(redis_server, redis_clie
     worker(redis_server).run(max_events=8)
     idx = PostIndex.from_redis(redis_client, "fake-v1")
     assert sorted(idx.ids) == ["p0", "p2", "p3"]
+    assert idx.prompt_name == ""  # the records' prompt: a tombstone (it records none) does not make it unknown
     hits = idx.search(fake_vector("post number 1")[None], k=5)[0]
     assert sorted(h.id for h in hits) == ["p0", "p2", "p3"]  # the deleted posts' vectors are not served
 
