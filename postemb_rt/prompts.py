@@ -75,6 +75,16 @@ def resolve(config, prompt: str | None = None, prompt_name: str | None = None,
     return text
 
 
+def recorded_name(config, prompt: str | None = None, prompt_name: str | None = None) -> str | None:
+    """The prompt name to record beside vectors embedded with these arguments (``resolve``'s rule): the
+    name given, else the model's default prompt name; "" for no prompt (none applies, or ``prompt=""``);
+    None for a ``prompt`` text, which has no name (an index then says "not known")."""
+    if prompt is not None:
+        return "" if prompt == "" else None
+    name = prompt_name if prompt_name is not None else config.default_prompt_name
+    return "" if name is None else name
+
+
 def apply(texts: list[str], prompt: str) -> list[str]:
     """``prompt + text`` for each text (texts unchanged, not copied, for the empty prompt)."""
     return [prompt + t for t in texts] if prompt else texts

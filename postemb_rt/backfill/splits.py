@@ -151,19 +151,25 @@ def arrow_id_type(id_type: str):
     return pa.int64() if id_type == "int" else pa.string()
 
 
-def embeddings_table(ids, vectors, model_version: str, id_type: str):
+PROMPT_KEY = b"postemb.prompt_name"  # a Parquet file's schema metadata: its rows' prompt name (embeddings_table)
+
+
+def embeddings_table(ids, vectors, model_version: str, id_type: str, prompt_name: str | None = None):
     """The output schema (of ``postemb backfill`` and ``postemb embed``): ``id`` (int64 for
     ``id_type`` "int", string for "string", whatever the rows: a part with no good rows is
     still of that type), ``embedding`` fixed_size_list<float32>[dim], ``model_version``
     (string: the vector version, ``Encoder.vector_version``). ids: n ints or strs (or a
-    pyarrow Array); vectors: float32 (n, dim)."""
+    pyarrow Array); vectors: float32 (n, dim). ``prompt_name`` (not None): the prompt the rows
+    were embedded with ("" for none, ``prompts.recorded_name``), in the schema's metadata under
+    ``PROMPT_KEY`` (``postemb embed``'s record; a backfill records it in ``_SUCCESS.json``)."""
     import pyarrow as pa
 
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
     emb = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
     ids = ids.cast(arrow_id_type(id_type)) if isinstance(ids, pa.Array) else pa.array(ids, arrow_id_type(id_type))
-    return pa.table({"id": ids, "embedding": emb,
-                     "model_version": pa.array([model_version] * len(vectors), pa.string())})
+    table = pa.table({"id": ids, "embedding": emb,
+                      "model_version": pa.array([model_version] * len(vectors), pa.string())})
+    return table if prompt_name is None else table.replace_schema_metadata({PROMPT_KEY: prompt_name.encode()})
 
 
 def describe_error(exc: BaseException) -> str:

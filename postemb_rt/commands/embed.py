@@ -8,8 +8,9 @@ all integers or all strings, never null (checked before the model loads; without
 posts are numbered by position). OUT: ``.npy`` (float32 (n, dim), input order; with
 ``--quantize`` the quantized array and dtype, as ``Encoder.encode(precision=...)``) or
 ``.parquet`` (``id`` int64 or string, ``embedding`` as fixed-size list of float32,
-``model_version``: the vector version, e.g. ``all-MiniLM-L6-v2+chunk``), written durably,
-and readable by ``postemb index build``.
+``model_version``: the vector version, e.g. ``all-MiniLM-L6-v2+chunk``; the prompt's name in the
+schema metadata, ``postemb.prompt_name``, "" for none, absent for a ``--prompt`` text), written
+durably, and readable by ``postemb index build`` (which records that prompt).
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from pathlib import Path
 from .. import backends
 from ..durable import check_writable
 from ..errors import ValidationError
+from ..prompts import recorded_name
 from ..quantization import PRECISIONS
 from . import add_prompt_args
 
@@ -155,10 +157,10 @@ def check_unique(ids: list, where) -> None:
                                   "Fix: make the ids unique (or leave `id` out to number the posts by position).")
 
 
-def write_embeddings(path: Path, ids: list, vectors, model_version: str) -> None:
-    """Write ``vectors`` float32 (n, dim) to ``path`` (.npy, or .parquet with ``ids`` and
-    ``model_version``: the schema of ``postemb backfill``) durably: a temporary name, fsync,
-    rename, so a failure (a full disk) leaves no partial file under ``path``."""
+def write_embeddings(path: Path, ids: list, vectors, model_version: str, prompt_name: str | None = None) -> None:
+    """Write ``vectors`` float32 (n, dim) to ``path`` (.npy, or .parquet with ``ids``, ``model_version``
+    and the ``prompt_name`` they were embedded with: the schema of ``postemb backfill``) durably: a
+    temporary name, fsync, rename, so a failure (a full disk) leaves no partial file under ``path``."""
     import numpy as np
 
     from ..backfill.splits import embeddings_table
@@ -170,7 +172,7 @@ def write_embeddings(path: Path, ids: list, vectors, model_version: str) -> None
         return
     import pyarrow.parquet as pq
 
-    table = embeddings_table(ids, vectors, model_version, check_ids(ids, lambda i: f"ids[{i}]"))
+    table = embeddings_table(ids, vectors, model_version, check_ids(ids, lambda i: f"ids[{i}]"), prompt_name)
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
@@ -210,7 +212,7 @@ def run(args) -> int:
                               "max_length), or --long-posts chunk (embed long posts whole).") from None
     seconds = time.perf_counter() - start
     version = enc.vector_version_at(args.truncate_dim)
-    write_embeddings(out, ids, vectors, version)
+    write_embeddings(out, ids, vectors, version, recorded_name(enc.model.config, args.prompt, args.prompt_name))
     st = enc.last_stats
     rate = len(texts) / seconds if seconds > 0 else float("inf")
     dim = args.truncate_dim or enc.truncate_dim or enc.dim  # asked for, else the encoder's default prefix

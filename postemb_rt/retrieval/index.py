@@ -33,8 +33,9 @@ Versions: an index records the **vector version** of its vectors (``Encoder.vect
 the model version plus ``+<precision>`` / ``+chunk`` when those change the numbers), the string
 the near-line store keys by and backfill writes in its ``model_version`` column. The vector
 version does not name the prompt (an input, like the text): ``prompt_name`` records the one the
-posts were embedded with where the source says it (a backfill output's ``_SUCCESS.json``, the
-near-line records' ``prompt_name``; ``sources.py``), "" for none, None when not known.
+posts were embedded with where the source says it (a backfill output's ``_SUCCESS.json``, a ``postemb
+embed`` Parquet file's metadata, the near-line records' ``prompt_name``; ``sources.py``), "" for none,
+None when not known.
 
 Saved as a folder (``index.faiss``, ``ids.parquet``, ``vectors.npy`` with rescoring, ``index.json``
 recording each file's size and SHA-256), written beside the target and swapped in whole:
@@ -224,7 +225,7 @@ class PostIndex:
         ``model_version`` column holds the vector version (``Encoder.vector_version``);
         ``vector_version`` states it for Parquet without one (and must equal the column's).
         An index of no version (logged as a warning) is refused with ``allow_unversioned=False``.
-        ``prompt_name``: what the backfill outputs holding the files record (``sources.parquet_prompt``),
+        ``prompt_name``: what the files record (``sources.parquet_prompt``: backfill or embed),
         else the one given (a different one is refused)."""
         n, batches, recorded = read_parquet(path, batch_rows, vector_version, allow_unversioned)
         params["prompt_name"] = stated_prompt(params.get("prompt_name"), recorded, repr(str(path)))

@@ -73,18 +73,29 @@ def stated_prompt(given: str | None, recorded: str | None, source) -> str | None
 
 
 def parquet_prompt(files) -> str | None:
-    """The prompt name the Parquet ``files`` were embedded with ("" for none), as the ``postemb
-    backfill`` output folder holding each records it (``prompt_name`` in its ``_SUCCESS.json``; null
-    there: no prompt): None when a file has no such record (``postemb embed`` output, a backfill of
-    a version before prompts, other Parquet) or the records disagree (``one_prompt``)."""
+    """The prompt name the Parquet ``files`` were embedded with ("" for none): per file, as the
+    ``postemb backfill`` output folder holding it records it (``prompt_name`` in its ``_SUCCESS.json``;
+    null there: no prompt), else as the file itself does (``postemb embed``: its schema metadata,
+    ``splits.PROMPT_KEY``). None when a file has neither (a backfill of a version before prompts, an
+    embed with a ``--prompt`` text, other Parquet) or the records disagree (``one_prompt``)."""
+    import pyarrow.parquet as pq
+
     from ..backfill.plan import SUCCESS
+    from ..backfill.splits import PROMPT_KEY
     from ..durable import read_json
 
-    records = {}
-    for folder in sorted({Path(f).parent for f in files}):
-        meta = read_json(folder / SUCCESS)
-        name = meta.get("prompt_name", 0) if isinstance(meta, dict) else 0  # 0: no record of the prompt
-        records[str(folder)] = "" if name is None else name if isinstance(name, str) else None
+    records, folders = {}, {}
+    for f in sorted(files):
+        folder = Path(f).parent
+        if folder not in folders:
+            meta = read_json(folder / SUCCESS)
+            folders[folder] = meta.get("prompt_name", 0) if isinstance(meta, dict) else 0  # 0: no record
+        name = folders[folder]
+        if name == 0:  # no backfill record: the file's own
+            own = (pq.read_schema(f).metadata or {}).get(PROMPT_KEY)
+            records[str(f)] = None if own is None else own.decode()
+        else:
+            records[str(folder)] = "" if name is None else name if isinstance(name, str) else None
     return one_prompt(records, "the Parquet embeddings")
 
 

@@ -131,3 +131,29 @@ def test_prompt_warning_compares_prompt_texts_not_names():
     assert prompt_warning(cfg, None, None, "gone") is None  # a name this model does not have
     same = PostEmbConfig(model_version="x", hidden_size=4, prompts={"query": "s: ", "document": "s: "})
     assert prompt_warning(same, None, "query", "document") is None  # one prompt for both sides
+
+
+def test_postemb_embed_parquet_records_its_prompt_and_an_index_built_from_it_says_so(tmp_path, capsys):
+    """``postemb embed --out X.parquet`` records the prompt name in the file's schema metadata (the model's
+    default, a --prompt-name, "" for none or --prompt ""; nothing for a --prompt text, which has no name)."""
+    import pyarrow.parquet as pq
+
+    from postemb_rt.backfill.splits import PROMPT_KEY
+    from postemb_rt.cli import main
+
+    posts = tmp_path / "posts.txt"
+    posts.write_text("\n".join(POSTS[:4]) + "\n")
+    model = str(prompted_model(tmp_path))  # default prompt: passage
+    cases = (([], "passage"), (["--prompt-name", "query"], "query"), (["--prompt", ""], "none"),
+             (["--prompt", "passage: "], "not known"))
+    for i, (flags, shown) in enumerate(cases):
+        out = tmp_path / f"e{i}" / "e.parquet"
+        assert main(["embed", str(posts), "--out", str(out), "--model", model, *flags]) == 0
+        meta = pq.read_schema(out).metadata or {}
+        assert meta.get(PROMPT_KEY) == (None if shown == "not known" else b"" if shown == "none" else shown.encode())
+        capsys.readouterr()
+        assert main(["index", "build", "--input", str(out.parent), "--out", str(tmp_path / f"idx{i}")]) == 0
+        assert f"posts' prompt={shown} -> " in capsys.readouterr().out, flags
+    # a folder of two embed outputs with other prompts: not known (and said)
+    (tmp_path / "e0" / "q.parquet").write_bytes((tmp_path / "e1" / "e.parquet").read_bytes())
+    assert PostIndex.from_parquet(tmp_path / "e0").prompt_name is None
