@@ -167,24 +167,29 @@ def read_store(client, vector_version: str, prefix: str | None = None,
     in the near-line store, and the prompt its records name (their ``prompt_name``, "" for none; None
     when a record names none, written before prompts, or two differ: ``one_prompt``). ``client``: a
     redis-py client or a ``redis://`` URL. Reads in SCAN pages of ``scan_count`` keys, one pipeline
-    each. Nothing under that version: ValidationError listing the versions the store does hold (from
-    a few SCAN pages)."""
+    each. Deleted posts' tombstones are skipped. Nothing under that version: ValidationError listing the
+    versions the store does hold (from a few SCAN pages), or saying that every post there was deleted."""
     from .. import nearline
 
     if isinstance(client, str):
         client = nearline.connect(client)
     prefix = prefix or nearline.KEY_PREFIX
-    ids, vecs, prompts = [], [], {}  # prompts: {prompt name or None: the first post id recording it}
+    ids, vecs, prompts, deleted = [], [], {}, 0  # prompts: {prompt name or None: the first post id recording it}
     for keys in _scan_pages(client, f"{nearline.store_key(vector_version, '', prefix)}*", scan_count):
         pipe = client.pipeline(transaction=False)
         for key in keys:
             pipe.hmget(key, "post_id", "vector", "prompt_name")
         for pid, vec, prompt in pipe.execute():
-            if pid is None or vec is None:
-                continue  # deleted between SCAN and HMGET, a deleted post's tombstone (no vector), or no record
+            if pid is None or vec is None:  # deleted between SCAN and HMGET, or a deleted post's tombstone
+                deleted += pid is not None
+                continue
             ids.append(pid.decode())
             vecs.append(np.frombuffer(vec, dtype="<f4"))
             prompts.setdefault(None if prompt is None else prompt.decode("utf-8", "replace"), ids[-1])
+    if not ids and deleted:
+        raise ValidationError(f"`vector_version` {vector_version!r}: every post the store holds under it was deleted "
+                              f"({deleted} tombstones, no vectors), so there is nothing to index. Fix: build the index "
+                              "once the worker has stored posts under it.")
     if not ids:
         held = _versions_held(client, prefix)
         raise ValidationError(

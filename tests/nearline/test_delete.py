@@ -201,6 +201,12 @@ def test_an_index_built_from_the_store_skips_tombstones(redis_server, redis_clie
     assert idx.prompt_name == ""  # the records' prompt: a tombstone (it records none) does not make it unknown
     hits = idx.search(fake_vector("post number 1")[None], k=5)[0]
     assert sorted(h.id for h in hits) == ["p0", "p2", "p3"]  # the deleted posts' vectors are not served
+    for pid in ("p0", "p2", "p3"):  # every post deleted: said so, not "holds no embeddings" beside that version
+        nearline.publish_delete(redis_client, pid)
+    worker(redis_server).run(max_events=3)
+    with pytest.raises(ValidationError, match=r"`vector_version` 'fake-v1': every post the store holds under it was "
+                                              r"deleted \(6 tombstones, no vectors\), so there is nothing to index"):
+        PostIndex.from_redis(redis_client, "fake-v1")
 
 
 def test_a_user_granted_the_rules_of_before_deletions_stops_the_worker_with_the_grant(redis_server, redis_client):
