@@ -124,7 +124,7 @@ class Runtime:
     def default_dim(self) -> int:
         """The dim of an answer to a request naming no ``dimensions``: the model's ``truncate_dim`` (the prefix
         ``Encoder.encode`` and sentence-transformers return by default), else its full dim. Once loaded."""
-        return self.encoder.truncate_dim or self.encoder.dim
+        return self.encoder.get_embedding_dimension()
 
     def vector_version(self, dim: int | None = None, long_posts: str = "truncate") -> str:
         """The vector version of this model's answers cut to ``dim`` (None: ``default_dim``) in ``long_posts``

@@ -95,7 +95,7 @@ def check_dimensions(enc, dims) -> int:
     was trained to embed in (its dim or a declared ``matryoshka_dims`` prefix), else a 422 naming them."""
     allowed = allowed_dims(enc)
     if dims is None:
-        return enc.truncate_dim or enc.dim
+        return enc.get_embedding_dimension()
     if type(dims) is not int or dims not in allowed:
         raise ApiError(422, f"`dimensions` must be one of {allowed}: this model's dim and the prefixes it was "
                             f"trained to embed in (matryoshka_dims). Given: {given(dims)}.", param="dimensions",
