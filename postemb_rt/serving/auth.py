@@ -53,7 +53,8 @@ class Admission:
             self.active += 1
             self.metrics.in_flight.set(self.active)
             try:
-                yield body
+                async with _cancelled_on_disconnect(request.receive):
+                    yield body
             finally:
                 self.active -= 1
                 self.metrics.in_flight.set(self.active)
@@ -96,6 +97,36 @@ class Admission:
             self.buffered -= size
             raise
         return b"".join(chunks)
+
+
+@asynccontextmanager
+async def _cancelled_on_disconnect(receive):
+    """The block (a request being computed, its body read) is cancelled when its client disconnects: a
+    client that gave up (its timeout, Ctrl-C, the `openai` client's retry after a timeout) costs no more
+    model time, its posts leave the batcher's queue (``DynamicBatcher.submit``'s cancel hook) and free
+    room for others, and the block raises ``ClientDisconnect`` (answered 499). Once the body is read,
+    ``receive`` returns only when the connection is lost (ASGI's ``http.disconnect``)."""
+    from starlette.requests import ClientDisconnect
+
+    task, left = asyncio.current_task(), False
+
+    async def watch():
+        nonlocal left
+        if (await receive())["type"] == "http.disconnect":
+            left = True
+            task.cancel()
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not left:  # the server's own cancellation (shutdown): not ours to turn into an answer
+            raise
+        if hasattr(task, "uncancel"):  # Python 3.11+: this cancellation is handled
+            task.uncancel()
+        raise ClientDisconnect() from None
+    finally:
+        watcher.cancel()
 
 
 def _check_json(headers) -> None:
