@@ -21,7 +21,8 @@ ROUTES = ("/v1/embeddings", "/embeddings", "/v1/models", "/models", "/embed", "/
           "/similarity", "/tokenize", "/decode", "/rerank", "/predict", "/embed_sparse", "/embed_all", "/health",
           "/ready", "/ping", "/info", "/metrics", "/openapi.json", "/docs")
 BODY_FIX = " Fix: split the request (client), or start the server with a higher --max-body-bytes (operator)."
-REQUEST_ID = b"x-request-id"  # echoed on every answer (a new one when the client sent none or a malformed one)
+REQUEST_ID_HEADER = "X-Request-ID"  # echoed on every answer (a new one when the client sent none or a malformed one)
+REQUEST_ID = REQUEST_ID_HEADER.lower().encode()
 
 
 CLOSE = {"Connection": "close"}  # answers sent before the body was read: the connection cannot be reused

@@ -11,7 +11,7 @@ from typing import Callable
 
 from ..encode_options import truncate as truncate_rows
 from . import encodings, tei
-from .auth import Admission, Gate
+from .auth import REQUEST_ID_HEADER, Admission, Gate
 from .config import ServeConfig
 from .docs import add_docs
 from .errors import CLIENT_CLOSED, ApiError, dumps, error_response, json_response
@@ -278,9 +278,11 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
     if cfg.cors_origins:  # outside the Gate (added last): a browser's preflight carries no API key
         from starlette.middleware.cors import CORSMiddleware
 
+        # any request header: the origins are the gate, and SDKs add their own on every request (the openai
+        # JS client's x-stainless-*), which a fixed list refuses in the preflight, so the browser never sends it
         app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST", "HEAD"],
-                           allow_headers=["authorization", "content-type"],
-                           expose_headers=[TRUNCATED_HEADER, VERSION_HEADER, "X-Compute-Tokens", "Retry-After"])
+                           allow_headers=["*"], expose_headers=[TRUNCATED_HEADER, VERSION_HEADER, "X-Compute-Tokens",
+                                                                "Retry-After", REQUEST_ID_HEADER])
     return app
 
 

@@ -361,6 +361,34 @@ def test_cors_is_off_by_default_and_answers_preflights_before_the_key_when_on(fa
         assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
 
 
+# what the `openai` JavaScript client (openai-node, in a browser) sends beside the key: a preflight must allow them
+OPENAI_NODE_HEADERS = ("authorization,content-type,x-stainless-arch,x-stainless-lang,x-stainless-os,"
+                       "x-stainless-package-version,x-stainless-retry-count,x-stainless-runtime,"
+                       "x-stainless-runtime-version,x-stainless-timeout,x-request-id")
+
+
+def test_cors_preflights_of_browser_sdks_pass_and_the_request_id_is_readable(fake_loads):
+    """A browser app using the `openai` JS client sends its x-stainless-* headers on every request (and a
+    client may send X-Request-ID): the preflight must allow them or the browser never sends the request
+    ("Request header field x-stainless-os is not allowed by Access-Control-Allow-Headers"). The answer's
+    X-Request-ID is readable by the page, as the other headers we add."""
+    from starlette.testclient import TestClient
+
+    app = create_app(ServeConfig(model="m", api_key=API_KEY, cors_origins=["https://app.example"]))
+    with TestClient(app) as c:
+        _wait(lambda: app.state.runtime.ready, "the model to load")
+        pre = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+               "Access-Control-Request-Headers": OPENAI_NODE_HEADERS}
+        r = c.options("/v1/embeddings", headers=pre)
+        assert r.status_code == 200, r.text
+        allowed = {h.strip().lower() for h in r.headers["access-control-allow-headers"].split(",")}
+        assert set(OPENAI_NODE_HEADERS.split(",")) <= allowed, allowed
+        ok = c.get("/v1/models", headers={"Origin": "https://app.example", **AUTH})
+        assert "x-request-id" in ok.headers["access-control-expose-headers"].lower()
+        other = c.options("/v1/embeddings", headers={**pre, "Origin": "https://evil.example"})
+        assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
+
+
 def test_answers_name_a_bf16_and_nested_vector_version_as_the_encoder_does():
     """With bf16 (`--precision auto` on a bf16-capable CPU) the vectors are ``<model>+bf16``, and with
     ``dimensions`` 16 ``<model>@16+bf16``: each answer says so exactly as the server's Encoder reports it
