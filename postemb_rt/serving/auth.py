@@ -33,10 +33,13 @@ class Admission:
     (``max_body_bytes``: 413), time (``body_timeout_s`` once the headers came: 408) and, over all
     requests reading at once, bytes (``max_concurrent_requests * max_body_bytes``: 429); only
     then does it take one of ``max_concurrent_requests`` compute slots (429 when none is free).
-    A client still sending its body holds no slot. One event loop: no lock needed."""
+    A client still sending its body holds no slot; a 429 for want of one says when the requests holding
+    them will be done (``retry_after_s``: the batchers' queues at their measured rates). One event loop: no
+    lock needed."""
 
-    def __init__(self, cfg, metrics):
+    def __init__(self, cfg, metrics, retry_after_s=lambda: 1):
         self.cfg, self.metrics = cfg, metrics
+        self.retry_after_s = retry_after_s  # () -> int: when the requests computing now will be done
         self.active = 0  # requests holding a compute slot
         self.buffered = 0  # body bytes held by requests (being read, or read and not yet answered)
         self.buffer_limit = cfg.max_concurrent_requests * cfg.max_body_bytes
@@ -50,7 +53,7 @@ class Admission:
             if self.active >= limit:
                 raise ApiError(429, f"Too many embedding requests in progress (max_concurrent_requests is {limit}); "
                                     "retry shortly.", type="overloaded", code="max_concurrent_requests", limit=limit,
-                               given=self.active + 1, headers={"Retry-After": "1"})
+                               given=self.active + 1, headers={"Retry-After": str(self.retry_after_s())})
             self.active += 1
             self.metrics.in_flight.set(self.active)
             try:

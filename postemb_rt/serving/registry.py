@@ -156,6 +156,11 @@ class ModelRegistry:
                                 "`model` (GET /v1/models lists them).", param="model", code="model_not_found")
         return rt
 
+    def retry_after_s(self) -> int:
+        """Seconds until every model's queued tokens are computed at its measured rate (``Runtime.retry_after_s``,
+        1..60; 1 before any batcher runs): the Retry-After of a 429 for the server's own limits."""
+        return max([rt.retry_after_s() for rt in self.runtimes if rt.batcher is not None], default=1)
+
     def names(self) -> list[str]:
         """Served names in --model order (an unnamed model's is known once it is loaded)."""
         return [rt.name or spec for rt, spec in zip(self.runtimes, self._specs)]

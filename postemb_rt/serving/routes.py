@@ -102,7 +102,7 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
     EMBED_ERRORS = (*KEYED, *((404,) if multi else ()), 408, 413, 415, 422, 429, 503)
     V1_ERRORS = (*KEYED, 400, *((404,) if multi else ()), 408, 413, 415, 429, 503)
     metrics = Metrics(models)
-    admission = Admission(cfg, metrics)
+    admission = Admission(cfg, metrics, models.retry_after_s)
 
     @asynccontextmanager
     async def lifespan(app):

@@ -1,5 +1,5 @@
 """What real clients do besides asking: give up on a request (a timeout, Ctrl-C, the `openai` client's
-retry after its timeout), which must not cost the model anything more."""
+retry after its timeout), which must not cost the model anything more; retry a 429 after its Retry-After."""
 import json
 import socket
 import threading
@@ -11,13 +11,18 @@ from tests.server.conftest import ServerProc, fault_argv, ready_until_done, requ
 from tests.server.test_server_limits import metric, wait_for
 
 httpx = require_serve_extra()
+openai = pytest.importorskip("openai", reason="the [test] extra installs openai")
+
+MAX_CONCURRENT = 2
+LONG = "word " * 300  # > 256 tokens: max_length tokens each
 
 
 @pytest.fixture(scope="module")
 def fault(tmp_path_factory):
-    """(server, fault_dir, httpx.Client): the fault-injecting server (fault_server.py), no API key."""
+    """(server, fault_dir, httpx.Client): the fault-injecting server (fault_server.py), no API key, at most
+    MAX_CONCURRENT requests computed at once."""
     fault_dir = tmp_path_factory.mktemp("faults")
-    for srv in ready_until_done(ServerProc(fault_argv(fault_dir))):
+    for srv in ready_until_done(ServerProc(fault_argv(fault_dir, f"--max-concurrent-requests={MAX_CONCURRENT}"))):
         with httpx.Client(base_url=srv.url, timeout=60) as c:
             yield srv, fault_dir, c
 
@@ -57,3 +62,30 @@ def test_a_request_whose_client_left_is_dropped_from_the_queue_and_counted_499(f
     assert metric(c, "postemb_batcher_posts_computed_total") == computed + 1  # the first request's post only
     assert c.post(path, json={field: ["served after"]}).status_code == 200
     assert "Traceback" not in "".join(srv.lines)
+
+
+def test_a_429_for_max_concurrent_requests_says_when_the_work_in_progress_will_be_done(fault):
+    """Both compute slots are taken: one request on the held model, one queued with 32 full-length posts
+    (8,192 tokens). A third is refused (429 max_concurrent_requests) with a Retry-After estimated from the
+    queue and the measured rate, as for queue_full: a fixed "1" made the openai client spend its two
+    retries in 2 s while the work in progress took far longer, and raise RateLimitError."""
+    srv, fault_dir, c = fault
+    (fault_dir / "hold").touch()
+    threads = [threading.Thread(target=lambda: c.post("/embed_full", json={"inputs": ["holds the model"]})),
+               threading.Thread(target=lambda: c.post("/embed_full", json={"inputs": [LONG] * 32}))]
+    try:
+        threads[0].start()
+        wait_for(lambda: (fault_dir / "held").exists(), 60, "the first request to reach the held model")
+        threads[1].start()
+        wait_for(lambda: metric(c, "postemb_batcher_queued_tokens") == 32 * 256, 30, "the second to be queued")
+        oa = openai.OpenAI(base_url=srv.url + "/v1", api_key="none", max_retries=0)
+        with pytest.raises(openai.RateLimitError) as refused:
+            oa.embeddings.create(model="m", input="a third request")
+    finally:
+        (fault_dir / "hold").unlink()
+        for t in threads:
+            t.join(120)
+    headers = refused.value.response.headers
+    assert refused.value.code == "max_concurrent_requests", refused.value.body
+    # 8,192 tokens queued: past a second of work at any rate this model reaches on a CPU
+    assert 2 <= int(headers["Retry-After"]) <= 60, headers
