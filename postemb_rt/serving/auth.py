@@ -34,7 +34,7 @@ class Admission:
     requests reading at once, bytes (``max_concurrent_requests * max_body_bytes``: 429); only
     then does it take one of ``max_concurrent_requests`` compute slots (429 when none is free).
     A client still sending its body holds no slot; a 429 for want of one says when the requests holding
-    them will be done (``retry_after_s``: the batchers' queues at their measured rates). One event loop: no
+    them will be done (``retry_after_s``: the batchers' queued and in-flight work at their measured rates). One event loop: no
     lock needed."""
 
     def __init__(self, cfg, metrics, retry_after_s=lambda: 1):

@@ -157,8 +157,9 @@ class ModelRegistry:
         return rt
 
     def retry_after_s(self) -> int:
-        """Seconds until every model's queued tokens are computed at its measured rate (``Runtime.retry_after_s``,
-        1..60; 1 before any batcher runs): the Retry-After of a 429 for the server's own limits."""
+        """Seconds until every model's queued and in-flight tokens are computed at its measured rate
+        (``Runtime.retry_after_s``, 1..60; 1 before any batcher runs): the Retry-After of a 429 for the server's
+        own limits."""
         return max([rt.retry_after_s() for rt in self.runtimes if rt.batcher is not None], default=1)
 
     def names(self) -> list[str]:

@@ -376,11 +376,13 @@ class Runtime:
                        headers={"Retry-After": str(self.retry_after_s())}) from None
 
     def retry_after_s(self) -> int:
-        """Whole seconds until the queued tokens are computed at the rate measured so far (1..60)."""
+        """Whole seconds until the tokens queued and those of the batch being computed (its posts at the mean
+        tokens per post so far) are computed at the rate measured so far (1..60)."""
         s = self.batcher.stats()
         busy = s["inference_seconds"]["sum"] if "inference_seconds" in s else 0.0  # SerialCore: no histograms
         rate = s["tokens_computed"] / busy if busy > 0 else 0.0
-        return max(1, min(60, math.ceil(s["queued_tokens"] / rate))) if rate > 0 else 1
+        left = s["queued_tokens"] + s["in_flight_posts"] * s["tokens_computed"] / max(1, s["posts_computed"])
+        return max(1, min(60, math.ceil(left / rate))) if rate > 0 else 1
 
     async def probe(self) -> bool:
         """After a backend failure: one tiny request through the batcher; True if it worked."""

@@ -59,7 +59,8 @@ class _QueueBatcher:
         self.batch_done = batch_done
 
     def stats(self):
-        return {"queued_tokens": 10_000, "tokens_computed": 1_000, "inference_seconds": {"sum": 1.0}}
+        return {"queued_tokens": 10_000, "in_flight_posts": 0, "posts_computed": 10, "tokens_computed": 1_000,
+                "inference_seconds": {"sum": 1.0}}
 
     def submit(self, ids, timeout=None):
         from concurrent.futures import Future

@@ -202,7 +202,8 @@ class _Batcher:
         return fut
 
     def stats(self):
-        return {"queued_tokens": 0, "tokens_computed": 0, "inference_seconds": {"sum": 0.0}}
+        return {"queued_tokens": 0, "in_flight_posts": 0, "posts_computed": 0, "tokens_computed": 0,
+                "inference_seconds": {"sum": 0.0}}
 
 
 def _runtime(**cfg):
