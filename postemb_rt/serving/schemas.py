@@ -199,7 +199,16 @@ class TeiEmbedRequest(BaseModel):
 
     @model_validator(mode="before")
     @classmethod
-    def _native_fields_moved(cls, data):
+    def _other_routes_requests(cls, data):
+        """A request meant for another route gets a 422 naming that route: /embed_full's native fields, or
+        /similarity's body (``InferenceClient(base_url=URL).sentence_similarity`` posts it to ``/``)."""
+        inputs = data.get("inputs") if isinstance(data, dict) else None
+        if isinstance(inputs, dict) and "source_sentence" in inputs:
+            raise ApiError(422, "`inputs` is a similarity request ({source_sentence, sentences}), and this route "
+                                "embeds (POST /, /embed, /invocations, as text-embeddings-inference's for an "
+                                "embedding model). Fix: send it to POST /similarity (huggingface_hub: "
+                                'InferenceClient(base_url=URL + "/similarity").sentence_similarity).', param="inputs",
+                           code="invalid_type")
         moved = [k for k in NATIVE_ONLY if isinstance(data, dict) and k in data]
         if moved:
             raise ApiError(422, f"`{moved[0]}` is a field of POST /embed_full, where the native answer moved; /embed "

@@ -142,6 +142,18 @@ def test_huggingface_hub_sentence_similarity_is_the_cosine(main_server, server_e
     assert abs(scores[1] - 1) <= 1e-5 and scores[0] < 0.99  # itself, and another post
 
 
+def test_sentence_similarity_sent_to_the_bare_url_is_told_the_similarity_route(hub):
+    """`InferenceClient(base_url=URL).sentence_similarity` posts its {source_sentence, sentences} to `/`, which
+    is /embed (as TEI, for an embedding model): still TEI's 422, but the message names the route that answers
+    it and how to point the client there, instead of only "`inputs` must be a string ... Given: object"."""
+    with pytest.raises(huggingface_hub.errors.HfHubHTTPError) as refused:
+        hub.sentence_similarity(TEXTS[0], other_sentences=[TEXTS[1]])
+    assert refused.value.response.status_code == 422
+    body = refused.value.response.json()
+    assert body["error_type"] == "Validation" and "`inputs`" in body["error"], body
+    assert "POST /similarity" in body["error"] and 'base_url=URL + "/similarity"' in body["error"], body
+
+
 def test_similarity_passes_tei_parameters(client, server_encoder):
     body = {"inputs": {"source_sentence": LONG, "sentences": [LONG, " ".join(["b"] * 600)]},
             "parameters": {"truncation_direction": "left", "prompt_name": "query"}, "future_field": 1}
