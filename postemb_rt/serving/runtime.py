@@ -242,10 +242,14 @@ class Runtime:
             raise ApiError(429, f"Overloaded: the tokenizer was busy with other requests for request_timeout_s "
                                 f"({self.cfg.request_timeout_s:g} s).", type="overloaded", code="tokenizer_busy",
                            headers={"Retry-After": "1"}) from None
-        try:
-            return await asyncio.to_thread(fn, *args)
-        finally:
-            self._tokenize_slots.release()
+        work = asyncio.ensure_future(asyncio.to_thread(fn, *args))  # the slot is freed when the thread returns,
+        work.add_done_callback(self._thread_done)  # also for a request cancelled meanwhile (its client left)
+        return await asyncio.shield(work)
+
+    def _thread_done(self, work: asyncio.Future) -> None:
+        self._tokenize_slots.release()
+        if not work.cancelled():
+            work.exception()  # read here: a cancelled request's error is nobody's to raise
 
     async def _compute(self, ids: list[list[int]], field: str):
         """Token-id lists through the batcher: (raw float32 (n, dim), tokens); errors as ApiError.

@@ -95,3 +95,35 @@ def test_a_429_for_max_concurrent_requests_says_when_the_work_in_progress_will_b
     headers = refused.value.response.headers
     assert refused.value.code == "max_concurrent_requests", refused.value.body
     assert 2 <= int(headers["Retry-After"]) <= 60, headers
+
+
+def test_a_request_cancelled_while_tokenized_keeps_its_tokenizer_slot_until_the_thread_is_done():
+    """A client that leaves cancels its request, but not the tokenizer thread already running for it: the slot
+    (one of TOKENIZE_THREADS) stays taken until that thread returns. Released at the cancel, clients that send
+    big bodies and leave at once would each start one more thread (the executor queueing their texts without
+    bound, past the admission limits, which a cancelled request no longer holds)."""
+    import asyncio
+
+    from postemb_rt.serving.config import ServeConfig
+    from postemb_rt.serving.runtime import TOKENIZE_THREADS, Runtime
+
+    rt, release, running = Runtime(ServeConfig()), threading.Event(), []
+
+    def tokenize_slowly():
+        running.append(1)
+        release.wait(10)
+
+    async def run():
+        left = [asyncio.ensure_future(rt.off_loop(tokenize_slowly)) for _ in range(TOKENIZE_THREADS)]
+        while len(running) < TOKENIZE_THREADS:
+            await asyncio.sleep(0.01)
+        for task in left:  # their clients disconnected
+            task.cancel()
+        await asyncio.gather(*left, return_exceptions=True)
+        later = asyncio.ensure_future(rt.off_loop(lambda: "tokenized"))
+        await asyncio.sleep(0.3)
+        waited = not later.done()
+        release.set()
+        return waited, await later
+
+    assert asyncio.run(run()) == (True, "tokenized")
