@@ -167,15 +167,19 @@ def read_store(client, vector_version: str, prefix: str | None = None,
     in the near-line store, and the prompt its records name (their ``prompt_name``, "" for none; None
     when a record names none, written before prompts, or two differ: ``one_prompt``). ``client``: a
     redis-py client or a ``redis://`` URL. Reads in SCAN pages of ``scan_count`` keys, one pipeline
-    each. Deleted posts' tombstones are skipped. Nothing under that version: ValidationError listing the
-    versions the store does hold (from a few SCAN pages), or saying that every post there was deleted."""
+    each; a key SCAN returns twice (it may) is read once. Deleted posts' tombstones are skipped. Nothing under
+    that version: ValidationError listing the versions the store does hold (from a few SCAN pages), or saying
+    that every post there was deleted."""
     from .. import nearline
 
     if isinstance(client, str):
         client = nearline.connect(client)
     prefix = prefix or nearline.KEY_PREFIX
     ids, vecs, prompts, deleted = [], [], {}, 0  # prompts: {prompt name or None: the first post id recording it}
+    seen: set = set()  # SCAN may return a key twice (a rehash while it iterates, e.g. under a live worker)
     for keys in _scan_pages(client, f"{nearline.store_key(vector_version, '', prefix)}*", scan_count):
+        keys = [k for k in dict.fromkeys(keys) if k not in seen]
+        seen.update(keys)
         pipe = client.pipeline(transaction=False)
         for key in keys:
             pipe.hmget(key, "post_id", "vector", "prompt_name")
