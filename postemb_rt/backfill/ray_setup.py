@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
+import threading
 from contextlib import contextmanager
 
 from ..cpu import usable_cpus
@@ -33,6 +35,7 @@ def ray_init(ray_address: str | None, num_cpus: int | None) -> bool:
     if ray.is_initialized():
         return False
     kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True)
+    ours = signal.getsignal(signal.SIGTERM) is _interrupt  # sigterm_interrupts() is in force
     source, address = check_address(ray_address)
     if address and not ray_address:
         log.warning("joining the Ray cluster at %s ($RAY_ADDRESS; unset it to start Ray on this machine)", address)
@@ -49,7 +52,31 @@ def ray_init(ray_address: str | None, num_cpus: int | None) -> bool:
             raise ValidationError(f"`{source}` {address!r}: no Ray cluster found ({str(exc).splitlines()[0]}). Fix: "
                                   f"start one (`ray start --head`), pass its HOST:PORT, or "
                                   f"{_without(source)} to start Ray on this machine.") from None
+        finally:
+            if ours:  # ray.init took SIGTERM: take it back (see sigterm_interrupts)
+                signal.signal(signal.SIGTERM, _interrupt)
     return True
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def sigterm_interrupts():
+    """Make SIGTERM (a scheduler's stop, ``kill``) end the run as Ctrl-C does, a KeyboardInterrupt in
+    the main thread: finished splits are kept, the command says how to resume. Returns the function
+    that puts the previous handler back. ``ray.init`` installs Ray's own handlers: ``sys.exit(15)``, which
+    the command does not take for an interruption, and abseil's failure handler in its C++ core, which
+    prints a stack trace as for a crash and arms a 3 s abort timer (ray-project/ray#64830);
+    :func:`ray_init` takes the signal back from them while this is in force. Off the main thread (no
+    signal handlers there): nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+    return restore
 
 
 def check_address(ray_address: str | None) -> tuple[str, str | None]:

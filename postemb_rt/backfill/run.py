@@ -14,7 +14,7 @@ from ..durable import atomic_write, durable_rename, read_json
 from ..errors import PostEmbError, ValidationError
 from .plan import (MARKER, ROWS_PER_SPLIT, STAGING, SUCCESS, Columns, FilePlan, check_columns, errors_name,
                    jsonl_rows, list_inputs, make_output, part_name, plan_file)
-from .ray_setup import check_address, ray_init, rows
+from .ray_setup import check_address, ray_init, rows, sigterm_interrupts
 from .resume import check_model_version, check_same, committed, decide_id_type, marker, resume_staging
 from .splits import SplitEmbedder, count_empty, describe_error
 
@@ -196,7 +196,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
         report.splits_reused += len(plan.splits) - len(left)
         pending[rel], todo[rel] = plan, left
 
-    started_ray = False
+    started_ray, restore_sigterm = False, sigterm_interrupts()  # SIGTERM stops the run as Ctrl-C does
     try:
         units = [asdict(s) for rel, p in pending.items() for s in p.splits if s.index in todo[rel]]
         for rel in [r for r, left in todo.items() if not left]:  # every split reused: commit now
@@ -240,6 +240,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     finally:
         if started_ray:
             ray.shutdown()
+        restore_sigterm()
         _remove_empty_dirs(out / STAGING)
         report.seconds = time.perf_counter() - start
     if report.failures:

@@ -1,13 +1,18 @@
 """Backfill under a full disk: a 2 MB tmpfs (mounted here; needs root, which CI has) holds the
 output and is filled up after the first finished split. The run must fail with an error that
 says so and what to do, commit nothing partial or corrupt, leave no temporary file, and a
-re-run after space is freed must finish every file with every row exactly once."""
+re-run after space is freed must finish every file with every row exactly once. And stopped by
+SIGTERM (a scheduler's stop): as by Ctrl-C, then resumed by the same command."""
 from __future__ import annotations
 
 import errno
 import json
 import os
+import signal
 import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -89,3 +94,39 @@ def test_a_full_disk_fails_clearly_commits_nothing_partial_and_a_rerun_finishes(
     ids, _, _ = read_output(out)
     assert len(ids) == len(set(ids)) == len(truth) and set(ids) == set(truth)
     assert len(PostIndex.from_parquet(out)) == len(POSTS) // 3 * 3
+
+
+def test_sigterm_stops_a_backfill_as_ctrl_c_does_and_the_same_command_resumes(tmp_path, ray_local):
+    """``postemb backfill`` sent SIGTERM mid-run (a scheduler's stop, ``kill``): it says it was interrupted
+    and how to resume, and exits 130 as on Ctrl-C, not with Ray's handlers (``sys.exit(15)`` and a
+    stack trace from its C++ core, which then aborts the process 3 s later); the same run then
+    commits every row exactly once, reusing the splits finished before the signal."""
+    inp, out = tmp_path / "in", tmp_path / "out"
+    inp.mkdir()
+    (inp / "p.jsonl").write_text("".join(json.dumps({"id": i, "text": f"{POSTS[i % len(POSTS)]} #{i}"}) + "\n"
+                                         for i in range(200)))
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(root),
+                                                                          "RAY_USAGE_STATS_ENABLED": "0"}
+    proc = subprocess.Popen([sys.executable, "-m", "postemb_rt.cli", "backfill", "--input", str(inp), "--output",
+                             str(out), "--num-workers", "1", "--rows-per-split", "1", "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=root)
+    try:
+        deadline = time.monotonic() + 300
+        while not list((out / bf.STAGING / "p.jsonl").glob("part-*.parquet")):  # Ray runs: a split is done
+            assert proc.poll() is None and time.monotonic() < deadline, "the run ended before a split was done"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err[-3000:]
+    assert f"postemb backfill: interrupted. Finished splits are kept in {out}: run the same command again" in err
+    assert "SIGTERM received" not in err and "Traceback" not in err, err[-3000:]
+    assert not (out / "p.jsonl" / bf.SUCCESS).exists()  # stopped before the end
+    report = bf.backfill(inp, out, num_workers=1, rows_per_split=1)
+    assert report.splits_reused >= 1 and report.files_committed == 1
+    ids, _, _ = read_output(out)
+    assert sorted(ids) == list(range(200))
