@@ -15,6 +15,7 @@ MARKER = "_source.json"  # in a staging folder: what its parts were made from (s
 ROWS_PER_SPLIT = 10_000  # ~30 s of CPU inference per split on one core: fine-grained resume, small retries
 ID_TYPES = ("int", "string")  # of an output's `id` column (Arrow int64 / string): one per output
 BOM = b"\xef\xbb\xbf"  # the UTF-8 byte order mark some editors put at the start of a JSONL file
+FIELD_PROBE_ROWS = 100  # JSONL objects read to tell a field name the file does not use (check_jsonl_fields)
 
 
 class Columns(NamedTuple):
@@ -131,11 +132,36 @@ def plan_file(path: Path, root: Path, rows_per_split: int = ROWS_PER_SPLIT,
     return FilePlan(path, rel, st.st_size, st.st_mtime_ns, splits)
 
 
-def _check_columns(path: Path, names: list[str], columns: Columns) -> None:
+def _check_columns(path: Path, names: list[str], columns: Columns, given: str = "Given columns") -> None:
     if columns.id not in names or columns.text not in names:
         raise ValidationError(f"`--input` file {str(path)!r} needs columns `{columns.id}` and `{columns.text}` "
-                              f"(--id-column, --text-column). Given columns: {names}. Fix: name the columns it "
+                              f"(--id-column, --text-column). {given}: {names}. Fix: name the columns it "
                               "holds its ids and texts in, e.g. --id-column post_id --text-column body.")
+
+
+def check_jsonl_fields(files: list[Path], columns: Columns = Columns()) -> None:
+    """Refuse, before any work, a JSONL file none of whose first ``FIELD_PROBE_ROWS`` objects has the id
+    field or none the text field (``columns``): a name the file does not use (a forgotten --id-column /
+    --text-column), which would otherwise make every row a bad row, as a Parquet file without the
+    columns is refused. A file with some rows lacking a field is not refused: those are bad rows."""
+    import json
+
+    for path in (f for f in files if f.suffix == ".jsonl"):
+        seen: dict = {}  # the fields met, in order
+        objects = 0
+        with open(path, "rb") as f:
+            for i, raw in enumerate(f):
+                try:
+                    obj = json.loads(raw.removeprefix(BOM) if i == 0 else raw)
+                except ValueError:  # not JSON, not UTF-8, a blank line: not an object to learn fields from
+                    continue
+                if isinstance(obj, dict):
+                    objects += 1
+                    seen.update(dict.fromkeys(obj))
+                    if (columns.id in seen and columns.text in seen) or objects >= FIELD_PROBE_ROWS:
+                        break
+        if objects:
+            _check_columns(path, list(seen), columns, f"Fields of its first {objects} objects")
 
 
 def jsonl_rows(path: Path) -> int:

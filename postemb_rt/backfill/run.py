@@ -12,8 +12,8 @@ from typing import Callable
 
 from ..durable import atomic_write, durable_rename, read_json
 from ..errors import PostEmbError, ValidationError
-from .plan import (MARKER, ROWS_PER_SPLIT, STAGING, SUCCESS, Columns, FilePlan, check_columns, errors_name,
-                   jsonl_rows, list_inputs, make_output, part_name, plan_file)
+from .plan import (MARKER, ROWS_PER_SPLIT, STAGING, SUCCESS, Columns, FilePlan, check_columns, check_jsonl_fields,
+                   errors_name, jsonl_rows, list_inputs, make_output, part_name, plan_file)
 from .ray_setup import check_address, ray_init, rows, sigterm_interrupts
 from .resume import check_model_version, check_same, committed, decide_id_type, marker, resume_staging
 from .splits import SplitEmbedder, count_empty, describe_error
@@ -129,6 +129,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     start = time.perf_counter()
     inp, out = Path(input_path), Path(output_path)
     root, files = list_inputs(inp)
+    check_jsonl_fields(files, columns)  # a Parquet file's columns: checked from its footer (decide_id_type)
     from ..encoder import PRECISIONS
     from ..model_dir import vector_version
 

@@ -246,3 +246,23 @@ def test_a_resume_refuses_other_columns_than_the_output_was_read_with(tmp_path, 
     (staging / MARKER).write_text(json.dumps(old))  # a marker of before the options
     bf_resume.resume_staging(staging, plain, "a.parquet")
     assert (staging / bf.part_name(0)).exists()  # the same run: its finished part is kept, not restarted
+
+
+def test_a_jsonl_file_whose_rows_lack_a_field_altogether_is_refused_naming_the_options(tmp_path, capsys):
+    """A forgotten --id-column / --text-column on JSONL: refused before any work, as a Parquet file without
+    the columns is, not committed as a file whose every row is bad (which a resume with the right flags
+    would then refuse to add to). A file where only some rows lack a field runs: those are bad rows."""
+    (tmp_path / "in").mkdir()
+    rows = [{"post_id": f"p{i}", "body": f"post {i}"} for i in range(150)]
+    (tmp_path / "in" / "a.jsonl").write_text("not json\n\n" + "".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["backfill", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "emb")]
+    assert main(argv) == 2
+    assert ("needs columns `id` and `text` (--id-column, --text-column). Fields of its first 100 objects: "
+            "['post_id', 'body']. Fix: name the columns it holds its ids and texts in"
+            in capsys.readouterr().err)
+    assert main([*argv, "--id-column", "post_id"]) == 2  # the text field still not one it uses
+    assert "needs columns `post_id` and `text`" in capsys.readouterr().err
+    assert not (tmp_path / "emb").exists()  # refused before the output is made
+    rows[0] = {"post_id": "p0"}  # some rows without `body`, the rest with it: bad rows, not a refusal
+    (tmp_path / "in" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    bf.plan.check_jsonl_fields([tmp_path / "in" / "a.jsonl"], Columns("post_id", "body"))
