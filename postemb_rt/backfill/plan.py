@@ -66,7 +66,8 @@ def list_inputs(input_path: Path) -> tuple[Path, list[Path]]:
     """(root, files): a single .parquet/.jsonl file, or every such file under a folder
     (recursively, sorted; ``_``/``.``-prefixed names skipped). One format per run."""
     if not input_path.exists():
-        raise FileNotFoundError(f"`--input` {str(input_path)!r} does not exist.")
+        raise FileNotFoundError(f"`--input` {str(input_path)!r} does not exist. Fix: give a folder of "
+                                f"{' or '.join(FORMATS)} files, or one such file.")
     if input_path.is_file():
         if input_path.suffix not in FORMATS:
             raise ValidationError(f"`--input` must be a folder or a file ending in {FORMATS}. "

@@ -119,7 +119,9 @@ def read_parquet(path, batch_rows: int = 65_536, vector_version: str | None = No
         raise ValidationError(f"`path` {str(path)!r} needs columns `id` and `embedding`. Given columns: {names}.")
     n = ds.count_rows()
     if n == 0:
-        raise ValidationError(f"`path` {str(path)!r} holds no embeddings.")
+        raise ValidationError(f"`path` {str(path)!r} holds no embeddings (0 rows). Fix: give embeddings of at least "
+                              "one post; a backfill lists the rows it did not embed, and why, in its output's "
+                              "_errors-*.jsonl files.")
     cols = ["id", "embedding"] + (["model_version"] if "model_version" in names else [])
     if "model_version" not in cols and vector_version is None and not allow_unversioned:
         raise _unversioned(path, f"no model_version column; its columns: {names}")

@@ -86,7 +86,8 @@ def test_inputs_are_checked_before_any_work(tmp_path):
     with pytest.raises(ValidationError, match=r"needs columns `id` and `text` \(--id-column, --text-column\)\. Given "
                                               r"columns: \['post', 'text'\]\. Fix: name the columns it holds its ids "):
         bf.backfill(tmp_path / "noid.parquet", tmp_path / "out2")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match=r"`--input` '.*nowhere' does not exist\. Fix: give a folder of "
+                                                r"\.parquet or \.jsonl files, or one such file"):
         bf.backfill(tmp_path / "nowhere", tmp_path / "out3")
     (tmp_path / "out4" / "x.parquet").mkdir(parents=True)
     (tmp_path / "out4" / "x.parquet" / bf.SUCCESS).write_text(json.dumps({"model_version": "other-model"}))

@@ -145,6 +145,19 @@ def test_build_from_parquet_reads_committed_backfill_output_only(tmp_path):
         PostIndex.from_parquet(tmp_path / "emb")
 
 
+
+def test_a_backfill_output_without_vectors_says_where_its_rows_went(tmp_path):
+    """Every row of a backfill bad or empty: its parts hold no rows. The refusal says so and where to look."""
+    import pyarrow.parquet as pq
+
+    from postemb_rt.backfill import embeddings_table
+
+    (tmp_path / "emb" / "a.jsonl").mkdir(parents=True)
+    pq.write_table(embeddings_table([], np.zeros((0, DIM), np.float32), "m1", "int"),
+                   tmp_path / "emb" / "a.jsonl" / "part-00000.parquet")
+    with pytest.raises(ValidationError, match=r"`path` '.*emb' holds no embeddings \(0 rows\)\. Fix: .*_errors-\*\.jsonl"):
+        PostIndex.from_parquet(tmp_path / "emb")
+
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed (apt-get install redis-server)")
 def test_build_from_the_nearline_store(tmp_path, capsys, caplog):
     pytest.importorskip("redis", reason="redis-py is not installed")
