@@ -121,7 +121,7 @@ class Worker(StoreMixin, ModelMixin):
                 raise ValidationError(f"`prompt_name` {prompt_name!r}: this encoder ({type(encoder).__name__}) has no "
                                       "prompts. Fix: pass a postemb_rt Encoder, or no prompt_name.")
             prompts.resolve(self._model_config, prompt_name=prompt_name,  # unknown: refused, listing them
-                            fix="use one of those, or leave prompt_name out (the model's default)")
+                            fix="use one of those, or leave `prompt_name` out (the model's default)")
         self.prompt_name = prompt_name if prompt_name is not None else getattr(self._model_config,
                                                                                "default_prompt_name", None)
         self.stats = WorkerStats()

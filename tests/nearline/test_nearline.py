@@ -567,8 +567,9 @@ def test_prompt_events_publish_validate_and_refuse_bad_names(redis_client, promp
             nearline.publish(redis_client, 1, "hi", prompt_name=bad)
     assert nearline.parse_event(b"1-0", {b"post_id": b"1", b"text": b"hi", b"prompt_name": b""})[1] == \
         "`prompt_name` must be 1..256 bytes. Given: 0 bytes"
-    with pytest.raises(ValidationError, match=r"prompts \['document', 'passage', 'query'\]\. Given: 'nope'"):
-        nearline.Worker(redis_client, prompted_encoder, prompt_name="nope")
+    with pytest.raises(ValidationError, match=r"prompts \['document', 'passage', 'query'\]\. Given: 'nope'\. "
+                                              r"Fix: use one of those, or leave `prompt_name` out"):
+        nearline.Worker(redis_client, prompted_encoder, prompt_name="nope")  # `postemb nearline`: `--prompt-name`
 
 
 def test_batch_is_embedded_once_per_prompt_recorded_and_unknown_prompt_dead_lettered(redis_server, redis_client,
