@@ -300,6 +300,22 @@ def read_json(path: str | Path, what: str | None = None, fix: str = "restore the
         raise ValidationError(f"`{path}` ({what}) is not valid JSON: {exc}. Fix: restore the file.") from None
 
 
+def read_safetensors(path: str | Path, what: str, framework: str = "pt") -> dict:
+    """The tensors of the safetensors file ``path`` (torch tensors, or numpy arrays with
+    ``framework="np"``). A damaged or partly written file raises ``ValidationError`` naming it
+    (``what``) and the fix, as read_json does for a JSON file: safetensors' own error names neither."""
+    from safetensors import SafetensorError, safe_open
+
+    from .errors import ValidationError
+
+    try:
+        with safe_open(str(path), framework=framework) as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except SafetensorError as exc:
+        raise ValidationError(f"`{path}` ({what}) is not a readable safetensors file: {exc}. It is damaged or was "
+                              "not written whole. Fix: restore the file (copy the model again).") from None
+
+
 @contextmanager
 def one_builder(final: str | Path, what: str) -> Iterator[None]:
     """Held while a process checks for, and builds, the cache entry ``final`` (``what`` names it in

@@ -12,7 +12,8 @@ import inspect
 import torch
 from torch import nn
 
-from .errors import BackendUnavailableError, ModelNotFoundError
+from .durable import read_safetensors
+from .errors import BackendUnavailableError, ModelNotFoundError, ValidationError
 from .model_dir import ModelDir, PROJECTION_FILE
 from .ops.reference import masked_mean_pool_l2_ref, pool_ref
 
@@ -28,9 +29,7 @@ def load_dense(md: ModelDir) -> nn.ModuleList:
     for d in md.config.dense or ():
         path = md.path / d["file"]
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
+            state = read_safetensors(path, "Dense weights")
         else:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         linear = nn.Linear(d["in_features"], d["out_features"], bias=d["bias"])
@@ -38,8 +37,8 @@ def load_dense(md: ModelDir) -> nn.ModuleList:
                                                                            if d["bias"] else {})}
         got = {k: tuple(v.shape) for k, v in state.items() if k in want}
         if got != want:
-            raise ValueError(f"`{path}` holds {got or sorted(state)}; its config.json says {want}. "
-                             "Fix: save the Dense module again so its weights match its config.")
+            raise ValidationError(f"`{path}` holds {got or sorted(state)}; its config.json says {want}. "
+                                  "Fix: save the Dense module again so its weights match its config.")
         linear.load_state_dict({k[len("linear."):]: v for k, v in state.items() if k in want})
         layers.append(nn.Sequential(linear, ACTIVATIONS[d["activation"]]()))
     return layers
@@ -50,20 +49,20 @@ def merge_adapters(encoder: nn.Module, path) -> int:
     @ A (r, in), for each ``<module>.lora_A`` / ``<module>.lora_B`` pair in the safetensors
     file. After the merge the model is an ordinary encoder: no extra work per forward pass.
     Returns the number of layers changed."""
-    from safetensors.torch import load_file
-
-    state = load_file(str(path))
+    state = read_safetensors(path, "low-rank adapters")
     modules = dict(encoder.named_modules())
     names = sorted({k.rsplit(".", 1)[0] for k in state})
     for name in names:
         a, b = state.get(f"{name}.lora_A"), state.get(f"{name}.lora_B")
         mod = modules.get(name)
         if a is None or b is None or not isinstance(mod, nn.Linear):
-            raise ValueError(f"`{path}`: {name!r} needs lora_A and lora_B and must name a linear layer of the encoder.")
+            raise ValidationError(f"`{path}`: {name!r} needs lora_A and lora_B and must name a linear layer of the "
+                                  "encoder. Fix: restore the file, or train the adapters again for this encoder.")
         if (b.shape[0], a.shape[1]) != tuple(mod.weight.shape) or a.shape[0] != b.shape[1]:
-            raise ValueError(
+            raise ValidationError(
                 f"`{path}`: {name!r} has lora_A {tuple(a.shape)}, lora_B {tuple(b.shape)}; "
-                f"the layer's weight is {tuple(mod.weight.shape)}."
+                f"the layer's weight is {tuple(mod.weight.shape)}. Fix: restore the file, or train the adapters "
+                "again for this encoder."
             )
         with torch.no_grad():
             mod.weight += (b.float() @ a.float()).to(mod.weight.dtype)
@@ -124,6 +123,7 @@ class PostEmbModel(nn.Module):
 
     @classmethod
     def from_model_dir(cls, md: ModelDir, attn_implementation: str | None = None) -> "PostEmbModel":
+        from safetensors import SafetensorError
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 
@@ -141,20 +141,24 @@ class PostEmbModel(nn.Module):
                 "(pytorch_model.bin) are never loaded: unpickling can run code. Fix: convert them once where you "
                 "trust the file, e.g. AutoModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True).")
         # use_safetensors=True: never fall back to unpickling a .bin file
-        encoder = AutoModel.from_pretrained(str(md.encoder_path), local_files_only=True, use_safetensors=True,
-                                            **kwargs)
+        try:
+            encoder = AutoModel.from_pretrained(str(md.encoder_path), local_files_only=True, use_safetensors=True,
+                                                **kwargs)
+        except SafetensorError:
+            for path in sorted(md.encoder_path.glob("*.safetensors")):
+                read_safetensors(path, "encoder weights")  # raises, naming the damaged file
+            raise
         if md.adapters_path is not None:
             merge_adapters(encoder, md.adapters_path)
         projection = None
         if md.projection_path is not None:
-            from safetensors.torch import load_file
-
-            state = load_file(str(md.projection_path))
+            state = read_safetensors(md.projection_path, "projection")
             out_dim, in_dim = state["weight"].shape
             if in_dim != md.config.hidden_size or out_dim != md.config.projection_dim:
-                raise ValueError(
+                raise ValidationError(
                     f"`{PROJECTION_FILE}` in {md.path} has weight shape {tuple(state['weight'].shape)}; "
-                    f"postemb.json says ({md.config.projection_dim}, {md.config.hidden_size})."
+                    f"postemb.json says ({md.config.projection_dim}, {md.config.hidden_size}). Fix: restore the "
+                    "file, or correct projection_dim / hidden_size in postemb.json."
                 )
             projection = nn.Linear(in_dim, out_dim, bias="bias" in state)
             projection.load_state_dict(state)

@@ -1,5 +1,6 @@
 """The model directory format: postemb.json, projection weights, ONNX-only directories."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -109,3 +110,27 @@ def test_load_model_dir_given_a_registered_name_says_resolve_reads_names():
     with pytest.raises(ModelNotFoundError, match=r"'default' is a registered model's name, not a directory\. "
                                                  r"Fix: model_dir\.resolve\('default'\)"):
         load_model_dir("default")
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("victim", ["projection.safetensors", "adapters.safetensors"])
+def test_a_partly_written_weights_file_is_named_with_the_fix(tmp_path, victim, backend):
+    """The shipped model's folder copied with one weights file cut short: one error naming it."""
+    import shutil
+
+    d = Path(shutil.copytree(resolve("default").path, tmp_path / "copy"))
+    f = d / victim
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(ValidationError, match=rf"`{f}` \(.*\) is not a readable safetensors file: .*Fix: restore"):
+        Encoder.from_pretrained(d, backend=backend, warmup=False)
+
+
+def test_a_projection_of_another_shape_than_postemb_json_says_is_a_validation_error(projected_dir, tmp_path):
+    import shutil
+
+    d = Path(shutil.copytree(projected_dir, tmp_path / "copy"))
+    cfg = json.loads((d / CONFIG_FILE).read_text())
+    (d / CONFIG_FILE).write_text(json.dumps({**cfg, "projection_dim": 40}))
+    with pytest.raises(ValidationError, match=r"projection.safetensors` .*\(50, 384\); postemb.json says \(40, 384\)"
+                                              r".*Fix:"):
+        Encoder.from_pretrained(d, backend="torch", warmup=False)

@@ -157,8 +157,19 @@ def test_mismatched_dense_sizes_are_named(folders, tmp_path):
                                               r"outputs 32. Fix: set in_features to 32"):
         Encoder.from_pretrained(d, backend="torch")
     _edit(d / "2_Dense" / "config.json", in_features=32, out_features=17)  # config and weights disagree
-    with pytest.raises(ValueError, match=r"2_Dense/model.safetensors` holds .*\(16, 32\).*Fix:"):
+    with pytest.raises(ValidationError, match=r"2_Dense/model.safetensors` holds .*\(16, 32\).*Fix:"):
         Encoder.from_pretrained(d, backend="torch")
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
+@pytest.mark.parametrize("victim", ["model.safetensors", "2_Dense/model.safetensors"])
+def test_a_partly_written_weights_file_is_named_with_the_fix(folders, tmp_path, victim, backend):
+    """A copy cut short (a full disk, an interrupted download): safetensors' own error names no file."""
+    d = _copy(folders, tmp_path)
+    f = d / victim
+    f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])
+    with pytest.raises(ValidationError, match=rf"`{f}` \(.*\) is not a readable safetensors file: .*Fix: restore"):
+        Encoder.from_pretrained(d, backend=backend, warmup=False)
 
 
 def test_unknown_activation_is_named(folders, tmp_path):

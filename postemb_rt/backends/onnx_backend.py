@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..cpu import model_threads
+from ..durable import read_safetensors
 from ..errors import BackendUnavailableError, ValidationError
 from ..ops.masked_mean_pool_l2 import CpuPooler
 from .base import Backend
@@ -29,9 +30,7 @@ def _projection(md) -> tuple[np.ndarray | None, np.ndarray | None]:
     if not md.config.projection_dim:
         return None, None
     path = md.projection_path  # load_model_dir checked that it exists
-    from safetensors.numpy import load_file
-
-    state = load_file(str(path))
+    state = read_safetensors(path, "projection", framework="np")
     weight = state["weight"].T  # (D, H) -> (H, D)
     if weight.shape != (md.config.hidden_size, md.config.projection_dim):
         raise ValidationError(

@@ -110,9 +110,9 @@ class TensorRTBackend(Backend):
 
         weight = bias = None
         if model.config.projection_dim:
-            from safetensors.torch import load_file
+            from ..durable import read_safetensors
 
-            state = load_file(str(model.projection_path))
+            state = read_safetensors(model.projection_path, "projection")
             # (D, H) -> (H, D) C-contiguous once: the kernel reads W row by row.
             weight = state["weight"].float().t().contiguous().to(self._torch_device)
             bias = state["bias"].float().to(self._torch_device) if "bias" in state else None
