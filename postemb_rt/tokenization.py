@@ -48,7 +48,7 @@ class PostTokenizer:
     def __call__(self, texts: list[str], truncate: bool = True) -> Tokenized:
         """texts: list of str (already validated). Raises ValidationError for an over-long
         text when ``truncate`` is False."""
-        encs = self._tok.encode_batch(texts)
+        encs = _encode_batch(self._tok, texts)
         truncated = [i for i, e in enumerate(encs) if e.overflowing]
         if truncated and not truncate:
             i = truncated[0]
@@ -83,13 +83,13 @@ class PostTokenizer:
             if self._untruncated is None:
                 self._untruncated = Tokenizer.from_str(self._tok.to_str())
                 self._untruncated.no_truncation()
-            return self._untruncated.encode(text, add_special_tokens=False)
-        return self._tok.encode(text, add_special_tokens=add_special_tokens)
+            return _encode_batch(self._untruncated, [text], "text", add_special_tokens=False)[0]
+        return _encode_batch(self._tok, [text], "text", add_special_tokens=add_special_tokens)[0]
 
     def encodings(self, texts: list[str], add_special_tokens: bool = True) -> list:
         """Each text's ``tokenizers.Encoding`` (ids, tokens, character offsets, special-token mask),
         cut to max_length as the model reads it (the server's /tokenize)."""
-        return self._tok.encode_batch(texts, add_special_tokens=add_special_tokens)
+        return _encode_batch(self._tok, texts, add_special_tokens=add_special_tokens)
 
     def decode(self, ids: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
         """Token-id lists back to text (the server's /decode); ids past the vocabulary raise ValidationError."""
@@ -111,7 +111,28 @@ class PostTokenizer:
             tok = Tokenizer.from_str(self._tok.to_str())
             tok.enable_truncation(self.max_length, stride=overlap)
             self._windows[overlap] = tok
-        return [[e.ids] + [o.ids for o in e.overflowing] for e in tok.encode_batch(texts)]
+        return [[e.ids] + [o.ids for o in e.overflowing] for e in _encode_batch(tok, texts)]
+
+
+def _encode_batch(tok, texts: list[str], name: str = "texts", **kwargs) -> list:
+    """``tok.encode_batch(texts, **kwargs)``. A str holding a lone surrogate (half of a UTF-16 pair:
+    what ``json.loads('"\\ud800"')`` or bytes decoded with ``errors="surrogateescape"`` give) is not
+    Unicode text and the tokenizer refuses it with a TypeError naming neither the text nor a fix:
+    raised as ValidationError naming ``name[i]`` (``text`` for one text) and the code point."""
+    try:
+        return tok.encode_batch(texts, **kwargs)
+    except TypeError:
+        for i, text in enumerate(texts):
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                where = name if name == "text" else f"{name}[{i}]"
+                raise ValidationError(
+                    f"`{where}` holds a lone surrogate (U+{ord(text[exc.start]):04X}, half of a UTF-16 pair): not "
+                    "Unicode text, so it cannot be tokenized. Fix: replace it, e.g. text.encode('utf-8', "
+                    "'replace').decode() (it becomes '?'), or decode the source as UTF-8 without "
+                    "errors='surrogateescape'.") from None
+        raise
 
 
 def _add_lowercase(tok) -> None:

@@ -142,6 +142,16 @@ def test_too_long_post_with_no_truncate_fails_clearly(tmp_path, capsys):
     assert "post 1 of" in err and "(id 1) is longer than max_length (256 tokens), and --no-truncate is given" in err
 
 
+def test_a_lone_surrogate_from_a_json_escape_names_the_post(tmp_path, capsys):
+    """json.loads keeps "\\ud800" as a lone surrogate, which the tokenizer cannot read: one line naming the post."""
+    src = tmp_path / "posts.jsonl"
+    src.write_text('{"id": "a", "text": "ok"}\n{"id": "b", "text": "half \\ud800 a pair"}\n')
+    assert main(["embed", str(src), "--out", str(tmp_path / "o.npy"), "--model", "base", "--backend", "torch"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"postemb embed: error: post 1 of {src} (id 'b') holds a lone surrogate (U+D800") and \
+        "Fix:" in err and err.count("\n") == 1
+
+
 def test_demo_prints_throughput_and_neighbours(capsys):
     assert main(["demo", "--n", "40", "--model", "base", "--queries", "1"]) == 0
     out = capsys.readouterr().out

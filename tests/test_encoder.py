@@ -92,6 +92,25 @@ def test_non_str_item_names_its_index_and_type(enc, bad, index, typename):
         enc.encode(bad)
 
 
+SURROGATE = "a lone surrogate .*U\\+D800.*not Unicode text.*Fix: .*encode\\('utf-8', 'replace'\\)"
+
+
+def test_a_lone_surrogate_names_its_text_and_the_fix(base_torch):
+    """json.loads('"\\ud800"') and bytes decoded with surrogateescape give str values that are
+    not Unicode text; the tokenizer's own error (a TypeError) names neither the text nor a fix."""
+    bad = ["fine", "half of a pair \ud800 here"]
+    with pytest.raises(ValidationError, match=r"`texts\[1\]` holds " + SURROGATE):
+        base_torch.encode(bad)
+    with pytest.raises(ValidationError, match=r"`texts\[1\]` holds " + SURROGATE):
+        base_torch.encode(bad, long_posts="chunk")
+    with pytest.raises(ValidationError, match=r"`texts\[1\]` holds " + SURROGATE):
+        base_torch.submit(bad).result()
+    with pytest.raises(ValidationError, match=r"`text` holds " + SURROGATE):
+        base_torch.tokenizer.tokenize(bad[1])
+    assert base_torch.encode(["fine", "a whole pair \ud83d\ude42 here".encode("utf-16", "surrogatepass")
+                              .decode("utf-16")]).shape == (2, 384)  # a pair joined into one character is fine
+
+
 def test_non_iterable_texts_rejected(enc):
     with pytest.raises(ValidationError, match="`texts` must be a str or a list of str. Given: int"):
         enc.encode(42)

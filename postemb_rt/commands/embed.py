@@ -203,11 +203,15 @@ def run(args) -> int:
         vectors = enc.encode(texts, batch_size=args.batch_size, show_progress_bar=show,
                              truncate=not args.no_truncate, **opts)
     except ValidationError as exc:  # the library names `texts[i]` and its argument: named here as posts and flags
-        too_long = re.match(r"`texts\[(\d+)\]` is longer than (max_length \(\d+ tokens\))", str(exc))
-        if too_long is None:
+        item = re.match(r"`texts\[(\d+)\]` ", str(exc))
+        if item is None:
             raise
-        i = int(too_long.group(1))
-        raise ValidationError(f"post {i} of {inp} (id {ids[i]!r}) is longer than {too_long.group(2)}, and "
+        i = int(item.group(1))
+        post = f"post {i} of {inp} (id {ids[i]!r})"
+        too_long = re.match(r"is longer than (max_length \(\d+ tokens\))", str(exc)[item.end():])
+        if too_long is None:  # e.g. a lone surrogate (a "\ud800" JSON escape)
+            raise ValidationError(f"{post} {str(exc)[item.end():]}") from None
+        raise ValidationError(f"{post} is longer than {too_long.group(1)}, and "
                               "--no-truncate is given. Fix: shorten it, drop --no-truncate (posts are cut at "
                               "max_length), or --long-posts chunk (embed long posts whole).") from None
     seconds = time.perf_counter() - start
