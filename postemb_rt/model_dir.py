@@ -297,13 +297,22 @@ def load_model_dir(path: str | Path) -> ModelDir:
             cfg = PostEmbConfig(model_version=f"{root.name}-{content_hash(files)}", **fields)
             cfg.check_matryoshka_dims(root / "config_sentence_transformers.json")
             return ModelDir(root, cfg, enc, tokenizer, None, None)
+        leftovers = st_folder.st_leftovers(root)
+        if leftovers:
+            raise ModelNotFoundError(
+                f"`{root / st_folder.MODULES_FILE}` is missing, but the folder holds sentence-transformers files "
+                f"({', '.join(leftovers)}): a damaged or partly copied sentence-transformers folder. Loaded as a "
+                "bare encoder it would lose its modules (pooling, Dense, Normalize) and give other vectors. Fix: "
+                "restore modules.json (or save the folder again with SentenceTransformer.save()); for the bare "
+                "encoder with mean pooling, a folder of its Hugging Face files alone (config.json, weights, "
+                "tokenizer.json).")
         if (root / "config.json").exists() and (root / "tokenizer.json").exists():
             # A plain Hugging Face sentence-embedding directory: mean pooling, no projection.
-            hf = json.loads((root / "config.json").read_text())
+            _, hidden = st_folder.encoder_config(root / "config.json")
             files = [(n, root / n) for n in ("config.json", "tokenizer.json", "model.safetensors",
                                              "pytorch_model.bin") if (root / n).exists()]
             version = f"{root.name}-{content_hash(files)}"
-            cfg = PostEmbConfig(model_version=version, hidden_size=hf["hidden_size"])
+            cfg = PostEmbConfig(model_version=version, hidden_size=hidden)
             return ModelDir(root, cfg, root, root / "tokenizer.json", None, None)
         raise ModelNotFoundError(
             f"`{root}` has no {CONFIG_FILE}. Fix: point at a directory written by export/export_onnx.py or "

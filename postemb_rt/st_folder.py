@@ -38,6 +38,7 @@ and a retrained one a new version: the near-line store and backfill key on it.
 """
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from .durable import confined, read_json
@@ -131,6 +132,25 @@ def is_st_folder(root: Path) -> bool:
     return (root / MODULES_FILE).exists()
 
 
+def st_leftovers(root: Path) -> list[str]:
+    """The sentence-transformers files in ``root`` besides modules.json (numbered module folders such as
+    ``1_Pooling/``, its configs): a folder holding any of them without modules.json lost it."""
+    folders = sorted(f"{p.name}/" for p in root.iterdir()
+                     if p.is_dir() and re.fullmatch(r"\d+_\w+", p.name) and (p / "config.json").is_file())
+    return folders + [n for n in (ST_CONFIG_FILE, "config_sentence_transformers.json") if (root / n).is_file()]
+
+
+def encoder_config(hf_file: Path) -> tuple[dict, int]:
+    """A Hugging Face encoder's ``config.json`` and its width, or one error naming the file."""
+    hf = _read_json(hf_file, "Hugging Face encoder config")
+    hf = hf if isinstance(hf, dict) else {}
+    hidden = hf.get("hidden_size", hf.get("dim", hf.get("d_model")))  # "dim": DistilBERT
+    if not isinstance(hidden, int):
+        raise ValidationError(f"`{hf_file}` has no hidden_size, so it is not an encoder postemb_rt can run "
+                              f"(model_type {hf.get('model_type')!r}). Fix: use an encoder model (BERT, MPNet, ...).")
+    return hf, hidden
+
+
 def read_st_folder(root: Path) -> tuple[dict, list, Path, Path]:
     """The sentence-transformers folder ``root`` (see the module docstring) as (PostEmbConfig
     fields but ``model_version``, the (name, path) files its version is a hash of, the encoder
@@ -149,11 +169,7 @@ def read_st_folder(root: Path) -> tuple[dict, list, Path, Path]:
     paths = [_module_path(root, m, modules_file, i) for i, m in enumerate(modules)]
     enc = paths[0]
     hf_file = enc / "config.json"
-    hf = _read_json(hf_file, "Hugging Face encoder config")
-    hidden = hf.get("hidden_size", hf.get("dim", hf.get("d_model")))  # "dim": DistilBERT
-    if not isinstance(hidden, int):
-        raise ValidationError(f"`{hf_file}` has no hidden_size, so it is not an encoder postemb_rt can run "
-                              f"(model_type {hf.get('model_type')!r}). Fix: use an encoder model (BERT, MPNet, ...).")
+    hf, hidden = encoder_config(hf_file)
     weights = next((enc / f for f in _WEIGHT_FILES if (enc / f).exists()), None)
     if weights is None:
         raise ModelNotFoundError(f"`{enc}` (Transformer) has no encoder weights: neither "

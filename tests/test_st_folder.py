@@ -172,6 +172,34 @@ def test_a_partly_written_weights_file_is_named_with_the_fix(folders, tmp_path, 
         Encoder.from_pretrained(d, backend=backend, warmup=False)
 
 
+def test_a_folder_that_lost_its_modules_json_is_refused_not_loaded_as_a_bare_encoder(folders, tmp_path):
+    """Without modules.json the folder's config.json + tokenizer.json would load as a plain Hugging Face
+    encoder: mean pooling, no Dense, no Normalize; other vectors of another dim, and no error."""
+    d = _copy(folders, tmp_path)
+    (d / "modules.json").unlink()
+    with pytest.raises(ModelNotFoundError, match=rf"`{d}/modules.json` is missing, but the folder holds "
+                                                 r"sentence-transformers files \(1_Pooling/, 2_Dense/, .*\).*Fix: "
+                                                 r"restore modules.json"):
+        Encoder.from_pretrained(d, backend="torch", warmup=False)
+
+
+@pytest.mark.parametrize("arch", ["bert", "distilbert"])
+def test_a_plain_hugging_face_folder_loads_and_its_bad_config_is_named(folders, tmp_path, arch):
+    """config.json, tokenizer.json and weights alone: mean pooling, no head (DistilBERT's width is "dim")."""
+    src, d = folders[f"{arch}-mean-dense-tanh"], tmp_path / arch
+    d.mkdir()
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        shutil.copy(src / name, d / name)
+    enc = Encoder.from_pretrained(d, backend="torch", warmup=False)
+    assert enc.dim == 32 and enc.encode(["a post"]).shape == (1, 32)
+    (d / "config.json").write_text("{")
+    with pytest.raises(ValidationError, match=rf"`{d}/config.json` .* is not valid JSON.*Fix:"):
+        Encoder.from_pretrained(d, backend="torch", warmup=False)
+    (d / "config.json").write_text(json.dumps({"model_type": "t5"}))
+    with pytest.raises(ValidationError, match=r"config.json` has no hidden_size.*'t5'.*Fix:"):
+        Encoder.from_pretrained(d, backend="torch", warmup=False)
+
+
 def test_unknown_activation_is_named(folders, tmp_path):
     d = _copy(folders, tmp_path)
     _edit(d / "2_Dense" / "config.json", activation_function="my.custom.Swish")
