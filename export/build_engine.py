@@ -81,8 +81,10 @@ def plan_build(args):
                               "export/export_onnx.py --pooling external --out DIR, then --onnx DIR/model.onnx.")
     md = load_model_dir(onnx.parent)
     if md.onnx_path is None or md.onnx_path.resolve() != onnx.resolve():
-        raise ValidationError(f"`--onnx` {args.onnx!r} is not the ONNX model named by {onnx.parent}/postemb.json "
-                              f"({md.config.onnx!r}).")
+        named = f"names {md.onnx_path.name!r}" if md.onnx_path is not None else "names no ONNX file"
+        raise ValidationError(f"`--onnx` {args.onnx!r} is not the ONNX model of its folder: the model there {named}. "
+                              f"Fix: python export/export_onnx.py --pooling external --out DIR, then --onnx "
+                              "DIR/model.onnx.")
     if md.config.onnx_pooling != "external":
         raise ValidationError(
             f"`--onnx` {args.onnx!r} was exported with onnx_pooling {md.config.onnx_pooling!r}; TensorRT builds from "
@@ -95,7 +97,27 @@ def plan_build(args):
                               f"--max-shape {args.max_shape!r}.")
     profiles = build_profiles(md.config.max_length, args.min_shape, args.opt_shape, args.max_shape, max_batch)
     out = Path(args.out) if args.out else onnx.parent
+    _check_out(out, args.out, onnx.parent)
     return md, out, profiles
+
+
+def _check_out(out: Path, given, onnx_dir: Path) -> None:
+    """--out: absent, empty, the ONNX file's folder, or an earlier build's (its engine.json): the build copies
+    the model's files into it over any of the same name, so another model's folder would end up half each."""
+    from postemb_rt.engine_meta import META_FILE
+    from postemb_rt.errors import ValidationError
+
+    if not out.exists() or out.resolve() == onnx_dir.resolve():
+        return
+    if not out.is_dir():
+        what = "is a file"
+    elif any(out.iterdir()) and not (out / META_FILE).is_file():
+        what = f"is a folder of other files (no {META_FILE} of an earlier build)"
+    else:
+        return
+    raise ValidationError(f"`--out` {given!r} {what}; the build copies the model's files into it (postemb.json, "
+                          "tokenizer, projection, model.onnx), over any of the same name. Fix: an absent or empty "
+                          "folder, the ONNX file's own folder (the default), or an earlier build's --out.")
 
 
 def _meta(md, profiles, precision, argv, **built):
