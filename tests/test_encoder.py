@@ -160,6 +160,8 @@ def test_the_previous_default_stays_loadable_beside_the_nested_default():
         ({"backend": "tpu"}, r"`backend` must be one of \['auto', 'torch', 'onnxruntime'.*Given: 'tpu'"),
         ({"precision": "int3"}, r"`precision` must be one of .*Given: 'int3'"),
         ({"device": "gpu0"}, r"`device` must be 'auto', 'cpu' or 'cuda\[:N\]'. Given: 'gpu0'"),
+        ({"device": "cuda-1"}, r"`device` must be 'auto', 'cpu' or 'cuda\[:N\]'.*Given: 'cuda-1'"),
+        ({"device": 0}, r"`device` must be 'auto', 'cpu' or 'cuda\[:N\]'.*Given: 0"),
         ({"max_length": 1000}, r"`max_length` must be between 2 and the model's max_length \(256\). Given: 1000"),
         ({"max_length": 2}, r"`max_length` must leave room for text: at least 3 \(2 special tokens and one of text\)"),
         ({"max_batch_tokens": 100}, r"`max_batch_tokens` must be >= max_length \(256\). Given: 100"),
@@ -168,6 +170,16 @@ def test_the_previous_default_stays_loadable_beside_the_nested_default():
 def test_bad_arguments_name_the_argument_and_value(kwargs, match):
     with pytest.raises(ValidationError, match=match):
         Encoder.from_pretrained("base", **{"backend": "torch", **kwargs})
+
+
+def test_device_takes_a_torch_device_and_none_as_sentence_transformers_does():
+    """enc.device is a torch.device, so code that loads a second Encoder beside the first passes one;
+    SentenceTransformer(device=None) picks the device, as "auto" does."""
+    import torch
+
+    for device in (torch.device("cpu"), None):
+        enc = Encoder.from_pretrained("base", backend="torch", device=device, warmup=False)
+        assert enc.device == torch.device("cpu") and enc.describe()["device"] == "cpu"
 
 
 def test_missing_model_directory_says_how_to_fix(tmp_path):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import re
+import sys
 
 from ..errors import BackendUnavailableError, ValidationError
 from ..model_dir import ModelDir
@@ -40,17 +42,22 @@ def backend_class(name: str):
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
-def resolve_device(device: str) -> str:
-    """"auto" -> "cuda" when torch sees a GPU, else "cpu"; "cpu" / "cuda[:N]" as given; else ValidationError."""
-    if device == "auto":
+def resolve_device(device) -> str:
+    """"auto" (or None, sentence-transformers' default) -> "cuda" when torch sees a GPU, else "cpu"; "cpu" /
+    "cuda[:N]" (a str or a torch.device, as ``Encoder.device`` gives) as given; else ValidationError."""
+    torch = sys.modules.get("torch")  # a torch.device exists only once torch is imported
+    if torch is not None and isinstance(device, torch.device):
+        device = str(device)
+    if device is None or device == "auto":
         try:
             import torch
 
             return "cuda" if torch.cuda.is_available() else "cpu"
         except ImportError:
             return "cpu"
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ValidationError(f"`device` must be 'auto', 'cpu' or 'cuda[:N]'. Given: {device!r}.")
+    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise ValidationError(f"`device` must be 'auto', 'cpu' or 'cuda[:N]'. Given: {device!r}. Fix: one of those "
+                              "(a torch.device of them works too).")
     return device
 
 
