@@ -228,7 +228,9 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
         texts = list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
-                raise ValidationError(f"`texts[{i}]` must be str. Given: {type(t).__name__}.")
+                raise ValidationError(f"`texts[{i}]` must be str. Given: {type(t).__name__} ({repr(t)[:40]}). "
+                                      "Fix: pass every text as a str (str(x) for a number; drop or fill missing "
+                                      "values: None, NaN).")
         return texts
 
     def _warn_truncated(self, cut: int, n: int, mode: str) -> None:

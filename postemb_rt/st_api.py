@@ -15,6 +15,7 @@ command), and a dict or set as ``encode``'s texts.
 """
 from __future__ import annotations
 
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -26,8 +27,8 @@ _TORCH_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}  # to
 
 
 def unordered_hint(texts) -> str:
-    """Why a dict or a set is not a list of texts, for the error of ``encode`` / ``submit``; "" for
-    anything else (iterating a dict gives its keys, a set an arbitrary order)."""
+    """Why a dict, a set or a pandas DataFrame is not a list of texts, for the error of ``encode`` / ``submit``;
+    "" for anything else (iterating a dict gives its keys, a set an arbitrary order, a DataFrame its column names)."""
     from collections.abc import Mapping, Set
 
     if isinstance(texts, Mapping):
@@ -37,6 +38,10 @@ def unordered_hint(texts) -> str:
     if isinstance(texts, Set):
         return (" A set has no order, so its rows could not be matched to the texts. Fix: pass a list "
                 "(sorted(texts)) and keep it to pair the rows with their texts.")
+    pandas = sys.modules.get("pandas")  # a DataFrame exists only once pandas is imported
+    if pandas is not None and isinstance(texts, pandas.DataFrame):
+        return (" Iterated, a DataFrame gives its column names, not its rows. Fix: pass the column of texts, "
+                f"df[{next(iter(texts.columns), 'text')!r}].")
     return ""
 
 

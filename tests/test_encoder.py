@@ -111,6 +111,25 @@ def test_a_lone_surrogate_names_its_text_and_the_fix(base_torch):
                               .decode("utf-16")]).shape == (2, 384)  # a pair joined into one character is fine
 
 
+def test_a_dataframe_is_refused_not_embedded_as_its_column_names(base_torch):
+    """Iterating a pandas DataFrame gives its column labels: embedding them would be a silent wrong answer."""
+    import pandas as pd
+
+    df = pd.DataFrame({"text": ["a post", "another post"], "id": [1, 2]})
+    with pytest.raises(ValidationError, match=r"`texts` must be a str or a list of str. Given: DataFrame. .*column "
+                                              r"names.*Fix: .*df\['text'\]"):
+        base_torch.encode(df)
+    with pytest.raises(ValidationError, match=r"Given: DataFrame"):
+        base_torch.submit(df)
+    assert base_torch.encode(df["text"]).shape == (2, 384)  # one column is a list of texts
+
+
+def test_a_missing_value_is_named_with_its_value_and_the_fix(base_torch):
+    """pandas' missing text is a float NaN: 'Given: float' alone does not say it is a missing value."""
+    with pytest.raises(ValidationError, match=r"`texts\[1\]` must be str. Given: float \(nan\). Fix: "):
+        base_torch.encode(["a post", float("nan")])
+
+
 def test_non_iterable_texts_rejected(enc):
     with pytest.raises(ValidationError, match="`texts` must be a str or a list of str. Given: int"):
         enc.encode(42)
