@@ -27,6 +27,7 @@ quantizes and converts. The rules (README "Encoding semantics"):
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,6 +75,13 @@ def allowed_dims(model) -> list[int]:
     return getattr(md, "config", md).nested_dims
 
 
+def as_int(value):
+    """``value`` as a plain int when it is an integer of any type (numpy's too: a size computed with numpy
+    is an int to sentence-transformers), else unchanged (a bool too), so that the caller's own check
+    (``type(x) is int``) refuses it by name."""
+    return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
+
+
 def check_truncate_dim(model, truncate_dim) -> int | None:
     """``truncate_dim`` for ``model`` (an Encoder, its ModelDir or its config) -> the prefix to cut to,
     or None for the full dim (the model's own dim); anything else is refused, naming the allowed dims
@@ -81,8 +89,8 @@ def check_truncate_dim(model, truncate_dim) -> int | None:
     at load), else its config's (a sentence-transformers folder's ``truncate_dim``), else the full dim."""
     if truncate_dim is None:
         truncate_dim = model.truncate_dim if hasattr(model, "model") else getattr(model, "config", model).truncate_dim
-    dims = allowed_dims(model)
-    if truncate_dim is not None and (isinstance(truncate_dim, bool) or truncate_dim not in dims):
+    dims, truncate_dim = allowed_dims(model), as_int(truncate_dim)
+    if truncate_dim is not None and (type(truncate_dim) is not int or truncate_dim not in dims):  # 16.0, True too
         from .model_dir import CONFIG_FILE
         from .st_folder import is_st_folder
 
@@ -101,7 +109,8 @@ def resolve(encoder, *, prompt_name=None, prompt=None, normalize=None, normalize
             precision="float32", convert_to_numpy=True, convert_to_tensor=False, device=None,
             output_value="sentence_embedding", batch_size=64) -> EncodeOptions:
     """Check a call's arguments against ``encoder`` (see the module docstring)."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+    batch_size = as_int(batch_size)
+    if type(batch_size) is not int or batch_size < 1:  # True too
         raise ValidationError(f"`batch_size` must be a positive int. Given: {batch_size!r}.")
     if output_value != "sentence_embedding":
         raise ValidationError(

@@ -184,8 +184,10 @@ class SentenceTransformerAPI:
 
     @max_seq_length.setter
     def max_seq_length(self, value: int) -> None:
-        own = self.model.config.max_length
-        if isinstance(value, bool) or not isinstance(value, int) or not 2 <= value <= own:
+        from .encode_options import as_int
+
+        own, value = self.model.config.max_length, as_int(value)
+        if type(value) is not int or not 2 <= value <= own:
             raise ValidationError(f"`max_seq_length` must be an int from 2 to the model's max_length ({own}). "
                                   f"Given: {value!r}.")
         if value > self.max_batch_tokens:

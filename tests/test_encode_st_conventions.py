@@ -297,6 +297,23 @@ def test_batch_size_must_be_positive(enc):
     assert_exact(enc.encode(TEXTS, batch_size=1), enc.encode(TEXTS, batch_size=32))  # ST's default, same vectors
 
 
+def test_numpy_integers_are_integers_and_floats_are_refused_by_name(mrl, folders):
+    """Sizes computed with numpy (np.int64) are ints to sentence-transformers too; 16.0 is not a dim."""
+    assert_exact(mrl.encode(TEXTS, batch_size=np.int64(3)), mrl.encode(TEXTS, batch_size=3))
+    assert_exact(mrl.encode(TEXTS, truncate_dim=np.int64(16)), mrl.encode(TEXTS, truncate_dim=16))
+    with pytest.raises(ValidationError, match=r"`truncate_dim` must be one of .*\[8, 16, 32\].*Given: 16\.0"):
+        mrl.encode(TEXTS, truncate_dim=16.0)
+    enc = Encoder.from_pretrained(folders["mrl"], backend="torch", warmup=False, max_length=np.int64(48),
+                                  truncate_dim=np.int64(8))
+    assert enc.vector_version == "tiny-mrl@8+max48" and enc.encode(TEXTS).shape == (len(TEXTS), 8)
+    enc.max_seq_length = np.int64(40)
+    assert enc.max_length == 40 and enc.vector_version == "tiny-mrl@8+max40"
+    for bad in ("48", 48.0):
+        with pytest.raises(ValidationError, match=rf"`max_length` must be between 2 and the model's max_length "
+                                                  rf"\(64\)\. Given: {bad!r}"):
+            Encoder.from_pretrained(folders["mrl"], backend="torch", warmup=False, max_length=bad)
+
+
 def test_show_progress_bar_none_follows_the_log_level(enc, capsys):
     import logging
 
