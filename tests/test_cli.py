@@ -1,5 +1,6 @@
 """`postemb` end to end on small files."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -124,6 +125,28 @@ def test_bad_jsonl_line_is_named(tmp_path, capsys):
     src.write_text('{"text": "ok"}\n{"txt": "wrong field"}\n')
     assert main(["embed", str(src), "--out", str(tmp_path / "o.npy"), "--model", "base"]) == 2
     assert "posts.jsonl:2: needs a string field `text`" in capsys.readouterr().err
+
+
+def _parquet(path, **columns):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table(columns), path)
+
+
+@pytest.mark.parametrize("name, write, match", [
+    ("p.jsonl", lambda p: p.write_text('{"text": "ok"}\n{"txt": "x"}\n'), r"p.jsonl:2: needs a string field `text`"),
+    ("p.jsonl", lambda p: p.write_text('{"text": "ok"}\nnot json\n'), r"p.jsonl:2: not valid JSON"),
+    ("p.parquet", lambda p: _parquet(p, text=["a", None]), r"row 1 column `text` must be a string. Given: NoneType"),
+    ("p.parquet", lambda p: _parquet(p, body=["a"]), r"needs a column `text`. Given columns: \['body'\]"),
+    ("p.parquet", lambda p: p.write_bytes(b"not parquet"), r"is not a readable Parquet file: [^\n]*[^.]\. Fix:"),
+])
+def test_every_input_error_names_the_fix(tmp_path, capsys, name, write, match):
+    """README, Commands: errors print one line naming the argument, the value given and the fix."""
+    write(tmp_path / name)
+    assert main(["embed", str(tmp_path / name), "--out", str(tmp_path / "o.npy"), "--model", "base"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(match, err) and "Fix: " in err and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize("name, out, match", [("posts.csv", "o.npy", "`INPUT` must end in one of"),

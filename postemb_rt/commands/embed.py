@@ -65,7 +65,7 @@ def check_ids(ids: list, where) -> str:
                                   "strings), or leave `id` out of every post to number them by position.")
         if isinstance(pid, bool) or not isinstance(pid, (int, str)):
             raise ValidationError(f"{where(i)}: `id` must be an integer or a string. Given: {type(pid).__name__} "
-                                  f"({pid!r}).")
+                                  f"({pid!r}). Fix: write the ids as integers or as strings.")
         if isinstance(pid, int) and not INT64[0] <= pid <= INT64[1]:
             raise ValidationError(f"{where(i)}: `id` {pid} is outside the int64 range. Fix: write the ids as strings.")
         k = "string" if isinstance(pid, str) else "int"
@@ -105,9 +105,11 @@ def read_posts(path: Path) -> tuple[list, list[str]]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise ValidationError(f"{path}:{lineno}: not valid JSON ({exc.msg}).") from None
+                    raise ValidationError(f"{path}:{lineno}: not valid JSON ({exc.msg}). Fix: one JSON object per "
+                                          'line, e.g. {"id": 1, "text": "a post"}.') from None
                 if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                    raise ValidationError(f"{path}:{lineno}: needs a string field `text`. Given: {line.strip()[:80]!r}.")
+                    raise ValidationError(f"{path}:{lineno}: needs a string field `text`. Given: "
+                                          f'{line.strip()[:80]!r}. Fix: one object per line with the post as "text".')
                 if has_id is not None and ("id" in obj) != has_id:
                     raise ValidationError(f"{path}:{lineno}: {'has' if 'id' in obj else 'has no'} `id`, unlike "
                                           f"{path}:{linenos[0]}; posts without one are numbered by position, which "
@@ -125,14 +127,17 @@ def read_posts(path: Path) -> tuple[list, list[str]]:
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise ValidationError(f"`INPUT` {path} is not a readable Parquet file: {exc}. Fix: give a Parquet table with "
+        raise ValidationError(f"`INPUT` {path} is not a readable Parquet file: {str(exc).rstrip('.')}. Fix: give a "
+                              "Parquet table with "
                               "a `text` column (and optionally `id`), or a .txt / .jsonl file.") from None
     if "text" not in table.column_names:
-        raise ValidationError(f"`INPUT` {path} needs a column `text`. Given columns: {table.column_names}.")
+        raise ValidationError(f"`INPUT` {path} needs a column `text`. Given columns: {table.column_names}. Fix: "
+                              "name the column of posts `text` (postemb backfill --text-column reads another name).")
     texts = table.column("text").to_pylist()
     for i, t in enumerate(texts):
         if not isinstance(t, str):
-            raise ValidationError(f"{path}: row {i} column `text` must be a string. Given: {type(t).__name__}.")
+            raise ValidationError(f"{path}: row {i} column `text` must be a string. Given: {type(t).__name__}. Fix: "
+                                  "give every row its post's text (drop rows without one).")
     if "id" not in table.column_names:
         return list(range(len(texts))), texts
     col = table.column("id")
