@@ -175,6 +175,17 @@ def test_a_lone_surrogate_from_a_json_escape_names_the_post(tmp_path, capsys):
         "Fix:" in err and err.count("\n") == 1
 
 
+def test_cuda_without_a_gpu_names_the_flag_in_the_fix(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    (tmp_path / "p.txt").write_text("a post\n")
+    assert main(["embed", str(tmp_path / "p.txt"), "--out", str(tmp_path / "o.npy"), "--model", "base",
+                 "--backend", "torch", "--device", "cuda"]) == 2
+    assert "sees no CUDA device. Fix: `--device` 'cpu'" in capsys.readouterr().err
+
+
 def test_demo_prints_throughput_and_neighbours(capsys):
     assert main(["demo", "--n", "40", "--model", "base", "--queries", "1"]) == 0
     out = capsys.readouterr().out

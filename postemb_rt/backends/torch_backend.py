@@ -61,7 +61,8 @@ class TorchBackend(Backend):
                                   f"Given: {precision!r}.")
         if not torch.cuda.is_available():
             raise BackendUnavailableError(
-                f"`device` {device!r} was asked for but torch sees no CUDA device. Fix: device='cpu'."
+                f"`device` {device!r} was asked for but torch sees no CUDA device. Fix: `device` 'cpu' (or 'auto', "
+                "which picks the CPU here)."
             )
         super().__init__(model, device, precision)
         self._cuda = TorchCudaRunner(model, device, precision, max_batch_tokens=self.max_batch_tokens)
