@@ -37,15 +37,19 @@ BUILTIN_POSTS = [
 ]
 
 
+_SAID: set[tuple[str, str]] = set()  # (POSTEMB_DATA, the folder used instead) already warned about
+
+
 def data_root(required: bool = True) -> Path | None:
     """The data directory, or None (required=False) / an error (required=True) if absent."""
     candidates = [Path(os.environ["POSTEMB_DATA"])] if os.environ.get("POSTEMB_DATA") else []
     candidates += [Path.cwd().parent / "shared" / "data", _CHECKOUT.parent / "shared" / "data"]
     for i, c in enumerate(candidates):
         if (c / "tweeteval").is_dir():
-            if i and os.environ.get("POSTEMB_DATA"):  # set, but not to the data: say which folder is used
-                logging.getLogger("postemb_rt").warning(
-                    "POSTEMB_DATA=%s holds no tweeteval/; using %s instead", os.environ["POSTEMB_DATA"], c)
+            said = (os.environ.get("POSTEMB_DATA"), str(c))
+            if i and said[0] and said not in _SAID:  # set, but not to the data: say once which folder is used
+                _SAID.add(said)
+                logging.getLogger("postemb_rt").warning("POSTEMB_DATA=%s holds no tweeteval/; using %s instead", *said)
             return c
     if required:
         raise ModelNotFoundError(

@@ -186,6 +186,20 @@ def test_cuda_without_a_gpu_names_the_flag_in_the_fix(tmp_path, capsys):
     assert "sees no CUDA device. Fix: `--device` 'cpu'" in capsys.readouterr().err
 
 
+def test_a_wrong_postemb_data_is_said_once(tmp_path, monkeypatch, caplog):
+    """demo (and every reader) calls data_root more than once: one warning, not one per call."""
+    from postemb_rt.data import data_root
+
+    found = tmp_path / "shared" / "data"
+    (found / "tweeteval").mkdir(parents=True)
+    (tmp_path / "wd").mkdir()
+    monkeypatch.chdir(tmp_path / "wd")  # ../shared/data is the fallback
+    monkeypatch.setenv("POSTEMB_DATA", str(tmp_path / "wd"))  # holds no tweeteval/
+    assert data_root(required=False) == found and data_root() == found
+    said = [r for r in caplog.records if "holds no tweeteval/" in r.getMessage()]
+    assert len(said) == 1 and str(found) in said[0].getMessage()
+
+
 def test_demo_prints_throughput_and_neighbours(capsys):
     assert main(["demo", "--n", "40", "--model", "base", "--queries", "1"]) == 0
     out = capsys.readouterr().out
