@@ -39,9 +39,16 @@ class EncodeStats:
 class Encoder(SubmitAPI, SentenceTransformerAPI):
     """A loaded model on one backend. Build it with :meth:`from_pretrained`."""
 
-    def __init__(self, model: ModelDir, backend: backends.base.Backend, backend_reason: str,
-                 max_length: int | None = None, max_batch_tokens: int | None = None, long_posts: str = "truncate",
-                 chunk_overlap: int | None = None, max_chunks: int = lp.DEFAULT_MAX_CHUNKS):
+    def __init__(self, model: ModelDir | None = None, backend: backends.base.Backend | None = None,
+                 backend_reason: str | None = None, max_length: int | None = None,
+                 max_batch_tokens: int | None = None, long_posts: str = "truncate", chunk_overlap: int | None = None,
+                 max_chunks: int = lp.DEFAULT_MAX_CHUNKS, **st_kwargs):
+        if not isinstance(model, ModelDir) or backend is None or st_kwargs:  # e.g. Encoder("default"), as ST's
+            given = model if model is not None else st_kwargs.get("model_name_or_path", "default")
+            raise ValidationError(
+                f"Encoder(...) is built by Encoder.from_pretrained, which loads the model (SentenceTransformer(name) "
+                f"loads it in its constructor). Given: Encoder({given!r}). Fix: Encoder.from_pretrained({given!r}) "
+                "(with backend=, device=, precision= as needed).")
         self.model = model
         self.backend = backend
         self.backend_reason = backend_reason

@@ -201,6 +201,15 @@ def test_device_takes_a_torch_device_and_none_as_sentence_transformers_does():
         assert enc.device == torch.device("cpu") and enc.describe()["device"] == "cpu"
 
 
+@pytest.mark.parametrize("args, kwargs", [(("default",), {}), ((), {"model_name_or_path": "base"}), ((), {})])
+def test_the_constructor_called_as_sentence_transformers_names_from_pretrained(args, kwargs):
+    """SentenceTransformer("name") loads a model; Encoder("name") used to fail on 'missing 2 required
+    positional arguments: backend and backend_reason', which names neither the mistake nor the fix."""
+    with pytest.raises(ValidationError, match=r"Encoder\(\.\.\.\) is built by Encoder\.from_pretrained.*Fix: "
+                                              r"Encoder\.from_pretrained\("):
+        Encoder(*args, **kwargs)
+
+
 def test_missing_model_directory_says_how_to_fix(tmp_path):
     with pytest.raises(ModelNotFoundError, match="neither a registered name .* Fix:"):
         Encoder.from_pretrained(str(tmp_path / "nope"))
