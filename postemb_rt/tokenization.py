@@ -34,7 +34,11 @@ class PostTokenizer:
         if max_length < 2:
             raise ValidationError(f"`max_length` must be >= 2 (room for [CLS] and [SEP]). Given: {max_length}.")
         self.max_length = max_length
-        self._tok = Tokenizer.from_file(str(path))
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - tokenizers raises a bare Exception naming no file
+            raise ValidationError(f"`{path}` (tokenizer) cannot be read: {exc}. It is damaged or was not written "
+                                  "whole. Fix: restore the file (copy the model again).") from None
         self._tok.no_padding()
         if lowercase:
             _add_lowercase(self._tok)

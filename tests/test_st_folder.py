@@ -200,6 +200,15 @@ def test_a_plain_hugging_face_folder_loads_and_its_bad_config_is_named(folders, 
         Encoder.from_pretrained(d, backend="torch", warmup=False)
 
 
+def test_a_partly_written_tokenizer_is_named_with_the_fix(folders, tmp_path):
+    """tokenizers' own error is a bare Exception ('EOF while parsing a string') naming no file."""
+    d = _copy(folders, tmp_path)
+    f = d / "tokenizer.json"
+    f.write_bytes(f.read_bytes()[:50])
+    with pytest.raises(ValidationError, match=rf"`{f}` \(tokenizer\) cannot be read: .*Fix: restore"):
+        Encoder.from_pretrained(d, backend="torch", warmup=False)
+
+
 def test_unknown_activation_is_named(folders, tmp_path):
     d = _copy(folders, tmp_path)
     _edit(d / "2_Dense" / "config.json", activation_function="my.custom.Swish")
