@@ -69,6 +69,21 @@ def merge_adapters(encoder: nn.Module, path) -> int:
     return len(names)
 
 
+def _check_complete(md: ModelDir, info: dict) -> None:
+    """Refuse an encoder whose weights lack some of its tensors, which transformers would initialise at
+    random (it only prints a report). The pooler is never run (pooling is the model's own), so a
+    checkpoint saved without it is complete; ``position_ids`` are buffers, not weights."""
+    missing = sorted(k for k in info.get("missing_keys") or ()
+                     if not k.startswith("pooler.") and not k.endswith("position_ids"))
+    if missing:
+        files = sorted(p.name for p in md.encoder_path.glob("*.safetensors"))
+        where = md.encoder_path / files[0] if len(files) == 1 else f"{md.encoder_path} ({', '.join(files)})"
+        raise ValidationError(
+            f"`{where}` lacks {len(missing)} of the encoder's tensors ({', '.join(missing[:3])}"
+            f"{', ...' if len(missing) > 3 else ''}): transformers would fill them with random numbers. Fix: restore "
+            "the weights file (copy the model again), or use the weights saved with this config.json.")
+
+
 class PostEmbModel(nn.Module):
     """forward(input_ids (B, S) int64, attention_mask (B, S) int64) -> (pooled (B, D) float32
     before normalisation, embedding (B, D) float32 unit rows).
@@ -142,12 +157,13 @@ class PostEmbModel(nn.Module):
                 "trust the file, e.g. AutoModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True).")
         # use_safetensors=True: never fall back to unpickling a .bin file
         try:
-            encoder = AutoModel.from_pretrained(str(md.encoder_path), local_files_only=True, use_safetensors=True,
-                                                **kwargs)
+            encoder, info = AutoModel.from_pretrained(str(md.encoder_path), local_files_only=True,
+                                                      use_safetensors=True, output_loading_info=True, **kwargs)
         except SafetensorError:
             for path in sorted(md.encoder_path.glob("*.safetensors")):
                 read_safetensors(path, "encoder weights")  # raises, naming the damaged file
             raise
+        _check_complete(md, info)
         if md.adapters_path is not None:
             merge_adapters(encoder, md.adapters_path)
         projection = None

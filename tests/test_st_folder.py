@@ -209,6 +209,22 @@ def test_a_partly_written_tokenizer_is_named_with_the_fix(folders, tmp_path):
         Encoder.from_pretrained(d, backend="torch", warmup=False)
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_weights_that_lack_encoder_tensors_are_refused_not_filled_with_random_numbers(folders, tmp_path, arch):
+    """transformers initialises a tensor missing from the checkpoint at random and only prints a report:
+    the folder would load and give other vectors. Every architecture's own folder loads as it is."""
+    from safetensors.torch import load_file, save_file
+
+    d = _copy(folders, tmp_path, f"{arch}-mean-dense-tanh")
+    Encoder.from_pretrained(d, backend="torch", warmup=False)  # complete: no tensor missing
+    state = load_file(str(d / "model.safetensors"))
+    dropped = sorted(k for k in state if ".1." in k and k.endswith("weight"))[0]  # a weight of the second layer
+    save_file({k: v for k, v in state.items() if k != dropped}, str(d / "model.safetensors"))
+    with pytest.raises(ValidationError, match=r"model.safetensors` lacks 1 of the encoder's tensors \(.*\): "
+                                              r"transformers would fill them with random numbers.*Fix:"):
+        Encoder.from_pretrained(d, backend="torch", warmup=False)
+
+
 def test_unknown_activation_is_named(folders, tmp_path):
     d = _copy(folders, tmp_path)
     _edit(d / "2_Dense" / "config.json", activation_function="my.custom.Swish")
