@@ -70,14 +70,23 @@ def merge_adapters(encoder: nn.Module, path) -> int:
 
 
 def _check_complete(md: ModelDir, info: dict) -> None:
-    """Refuse an encoder whose weights lack some of its tensors, which transformers would initialise at
-    random (it only prints a report). The pooler is never run (pooling is the model's own), so a
-    checkpoint saved without it is complete; ``position_ids`` are buffers, not weights."""
-    missing = sorted(k for k in info.get("missing_keys") or ()
-                     if not k.startswith("pooler.") and not k.endswith("position_ids"))
+    """Refuse an encoder whose weights lack some of its tensors or hold them at other sizes than its
+    config.json, which transformers would initialise at random (it only prints a report). The pooler
+    is never run (pooling is the model's own), so a checkpoint saved without it is complete;
+    ``position_ids`` are buffers, not weights."""
+    def used(key: str) -> bool:
+        return not key.startswith("pooler.") and not key.endswith("position_ids")
+
+    missing = sorted(k for k in info.get("missing_keys") or () if used(k))
+    mismatched = sorted(str(m[0] if isinstance(m, (tuple, list)) else m) for m in info.get("mismatched_keys") or ())
+    files = sorted(p.name for p in md.encoder_path.glob("*.safetensors"))
+    where = md.encoder_path / files[0] if len(files) == 1 else f"{md.encoder_path} ({', '.join(files)})"
+    if [k for k in mismatched if used(k)]:
+        raise ValidationError(
+            f"`{where}` holds tensors of other sizes than `{md.encoder_path / 'config.json'}` says "
+            f"({', '.join(mismatched[:3])}{', ...' if len(mismatched) > 3 else ''}). Fix: restore config.json or the "
+            "weights, so that both are the same model's.")
     if missing:
-        files = sorted(p.name for p in md.encoder_path.glob("*.safetensors"))
-        where = md.encoder_path / files[0] if len(files) == 1 else f"{md.encoder_path} ({', '.join(files)})"
         raise ValidationError(
             f"`{where}` lacks {len(missing)} of the encoder's tensors ({', '.join(missing[:3])}"
             f"{', ...' if len(missing) > 3 else ''}): transformers would fill them with random numbers. Fix: restore "
@@ -157,8 +166,10 @@ class PostEmbModel(nn.Module):
                 "trust the file, e.g. AutoModel.from_pretrained(dir).save_pretrained(dir, safe_serialization=True).")
         # use_safetensors=True: never fall back to unpickling a .bin file
         try:
+            # mismatched sizes are loaded (at random) and reported in `info`, then refused by _check_complete
             encoder, info = AutoModel.from_pretrained(str(md.encoder_path), local_files_only=True,
-                                                      use_safetensors=True, output_loading_info=True, **kwargs)
+                                                      use_safetensors=True, output_loading_info=True,
+                                                      ignore_mismatched_sizes=True, **kwargs)
         except SafetensorError:
             for path in sorted(md.encoder_path.glob("*.safetensors")):
                 read_safetensors(path, "encoder weights")  # raises, naming the damaged file

@@ -225,6 +225,15 @@ def test_weights_that_lack_encoder_tensors_are_refused_not_filled_with_random_nu
         Encoder.from_pretrained(d, backend="torch", warmup=False)
 
 
+def test_weights_of_other_sizes_than_config_json_are_named(folders, tmp_path):
+    """transformers raises a RuntimeError pointing at a printed report: one ValidationError instead."""
+    d = _copy(folders, tmp_path)
+    _edit(d / "config.json", intermediate_size=40)
+    with pytest.raises(ValidationError, match=r"model.safetensors` holds tensors of other sizes than .*config.json` "
+                                              r"says \(.*intermediate.*\).*Fix:"):
+        Encoder.from_pretrained(d, backend="torch", warmup=False)
+
+
 def test_unknown_activation_is_named(folders, tmp_path):
     d = _copy(folders, tmp_path)
     _edit(d / "2_Dense" / "config.json", activation_function="my.custom.Swish")
