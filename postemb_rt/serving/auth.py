@@ -103,16 +103,23 @@ class Admission:
         return b"".join(chunks)
 
 
+# A request still running this long starts watching its connection. Most one-post requests are answered
+# sooner and never pay for the watch (a task per request cost about 10% of the server's own throughput at 16
+# clients: benchmarks/RESULTS.md, "Clients that leave"); a client that leaves costs at most this much model time.
+WATCH_AFTER_S = 0.05
+
+
 @asynccontextmanager
-async def _cancelled_on_disconnect(receive):
+async def _cancelled_on_disconnect(receive, after_s: float = WATCH_AFTER_S):
     """The block (a request being computed, its body read) is cancelled when its client disconnects: a
     client that gave up (its timeout, Ctrl-C, the `openai` client's retry after a timeout) costs no more
     model time, its posts leave the batcher's queue (``DynamicBatcher.submit``'s cancel hook) and free
     room for others, and the block raises ``ClientDisconnect`` (answered 499). Once the body is read,
-    ``receive`` returns only when the connection is lost (ASGI's ``http.disconnect``)."""
+    ``receive`` returns only when the connection is lost (ASGI's ``http.disconnect``); it is awaited only
+    by a block still running after ``after_s``."""
     from starlette.requests import ClientDisconnect
 
-    task, left = asyncio.current_task(), False
+    task, left, watcher = asyncio.current_task(), False, None
 
     async def watch():
         nonlocal left
@@ -120,7 +127,11 @@ async def _cancelled_on_disconnect(receive):
             left = True
             task.cancel()
 
-    watcher = asyncio.ensure_future(watch())
+    def start() -> None:
+        nonlocal watcher
+        watcher = asyncio.ensure_future(watch())
+
+    timer = asyncio.get_running_loop().call_later(after_s, start)
     try:
         yield
     except asyncio.CancelledError:
@@ -130,7 +141,9 @@ async def _cancelled_on_disconnect(receive):
             task.uncancel()
         raise ClientDisconnect() from None
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()
 
 
 def _check_json(headers) -> None:
