@@ -104,7 +104,7 @@ class Admission:
 
 
 # A request still running this long starts watching its connection. Most one-post requests are answered
-# sooner and never pay for the watch (a task per request cost about 10% of the server's own throughput at 16
+# sooner and never pay for the watch (a task per request cost 11-18% of the server's own throughput at 16
 # clients: benchmarks/RESULTS.md, "Clients that leave"); a client that leaves costs at most this much model time.
 WATCH_AFTER_S = 0.05
 

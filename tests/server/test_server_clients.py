@@ -130,7 +130,7 @@ def test_a_request_cancelled_while_tokenized_keeps_its_tokenizer_slot_until_the_
 
 
 def test_the_connection_is_watched_only_by_a_request_still_running_after_watch_after_s():
-    """A request answered within WATCH_AFTER_S never awaits `receive` (a task per request cost ~10% of the
+    """A request answered within WATCH_AFTER_S never awaits `receive` (a task per request cost 11-18% of the
     server's own throughput at 16 clients); one still running then is cancelled when its client leaves."""
     import asyncio
 
