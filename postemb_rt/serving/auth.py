@@ -34,8 +34,8 @@ class Admission:
     requests reading at once, bytes (``max_concurrent_requests * max_body_bytes``: 429); only
     then does it take one of ``max_concurrent_requests`` compute slots (429 when none is free).
     A client still sending its body holds no slot; a 429 for want of one says when the requests holding
-    them will be done (``retry_after_s``: the batchers' queued and in-flight work at their measured rates). One event loop: no
-    lock needed."""
+    them will be done (``retry_after_s``: the batchers' queued and in-flight work at their measured
+    rates). One event loop: no lock needed."""
 
     def __init__(self, cfg, metrics, retry_after_s=lambda: 1):
         self.cfg, self.metrics = cfg, metrics
@@ -105,7 +105,8 @@ class Admission:
 
 # A request still running this long starts watching its connection. Most one-post requests are answered
 # sooner and never pay for the watch (a task per request cost 11-18% of the server's own throughput at 16
-# clients: benchmarks/RESULTS.md, "Clients that leave"); a client that leaves costs at most this much model time.
+# clients: benchmarks/RESULTS.md, "Clients that leave"); a client that leaves
+# is noticed at most this late.
 WATCH_AFTER_S = 0.05
 
 
