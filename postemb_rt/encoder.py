@@ -112,10 +112,10 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
         md = resolve(name_or_path)
         k = eo.check_truncate_dim(md, truncate_dim)  # refused before the model loads; None: the config's default
         device = backends.resolve_device(device)
-        if max_length is not None and not (type(max_length) is int and 2 <= max_length <= md.config.max_length):
+        if max_length is not None and not (type(max_length) is int and 3 <= max_length <= md.config.max_length):
             raise ValidationError(
-                f"`max_length` must be between 2 and the model's max_length ({md.config.max_length}). "
-                f"Given: {max_length!r}."
+                f"`max_length` must be between 3 (2 special tokens and one of text) and the model's max_length "
+                f"({md.config.max_length}). Given: {max_length!r}."
             )
         options = dict(max_length=max_length, max_batch_tokens=max_batch_tokens, warmup=warmup,
                        long_posts=long_posts, chunk_overlap=chunk_overlap, max_chunks=max_chunks)

@@ -178,7 +178,7 @@ class SentenceTransformerAPI:
     @property
     def max_seq_length(self) -> int:
         """sentence-transformers' name for ``max_length``: tokens per post, special tokens included.
-        Settable, from 2 to the model's own, before the first ``submit``/``aencode``; a shorter one
+        Settable, from 3 to the model's own, before the first ``submit``/``aencode``; a shorter one
         is part of the vectors' version (``+max<n>``)."""
         return self.max_length
 
@@ -187,9 +187,9 @@ class SentenceTransformerAPI:
         from .encode_options import as_int
 
         own, value = self.model.config.max_length, as_int(value)
-        if type(value) is not int or not 2 <= value <= own:
-            raise ValidationError(f"`max_seq_length` must be an int from 2 to the model's max_length ({own}). "
-                                  f"Given: {value!r}.")
+        if type(value) is not int or not 3 <= value <= own:
+            raise ValidationError(f"`max_seq_length` must be an int from 3 (2 special tokens and one of text) to "
+                                  f"the model's max_length ({own}). Given: {value!r}.")
         if value > self.max_batch_tokens:
             raise ValidationError(f"`max_seq_length` must be <= max_batch_tokens ({self.max_batch_tokens}). "
                                   f"Given: {value}. Fix: Encoder.from_pretrained(..., max_batch_tokens=N).")

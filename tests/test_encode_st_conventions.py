@@ -309,7 +309,8 @@ def test_numpy_integers_are_integers_and_floats_are_refused_by_name(mrl, folders
     enc.max_seq_length = np.int64(40)
     assert enc.max_length == 40 and enc.vector_version == "tiny-mrl@8+max40"
     for bad in ("48", 48.0):
-        with pytest.raises(ValidationError, match=rf"`max_length` must be between 2 and the model's max_length "
+        with pytest.raises(ValidationError, match=rf"`max_length` must be between 3 \(2 special tokens and one of "
+                                                  rf"text\) and the model's max_length "
                                                   rf"\(64\)\. Given: {bad!r}"):
             Encoder.from_pretrained(folders["mrl"], backend="torch", warmup=False, max_length=bad)
 

@@ -181,8 +181,9 @@ def test_the_previous_default_stays_loadable_beside_the_nested_default():
         ({"device": "gpu0"}, r"`device` must be 'auto', 'cpu' or 'cuda\[:N\]'. Given: 'gpu0'"),
         ({"device": "cuda-1"}, r"`device` must be 'auto', 'cpu' or 'cuda\[:N\]'.*Given: 'cuda-1'"),
         ({"device": 0}, r"`device` must be 'auto', 'cpu' or 'cuda\[:N\]'.*Given: 0"),
-        ({"max_length": 1000}, r"`max_length` must be between 2 and the model's max_length \(256\). Given: 1000"),
-        ({"max_length": 2}, r"`max_length` must leave room for text: at least 3 \(2 special tokens and one of text\)"),
+        ({"max_length": 1000}, r"`max_length` must be between 3 \(2 special tokens and one of text\) and the model's "
+                               r"max_length \(256\). Given: 1000"),
+        ({"max_length": 2}, r"`max_length` must be between 3 \(2 special tokens and one of text\) and .*Given: 2\."),
         ({"max_batch_tokens": 100}, r"`max_batch_tokens` must be >= max_length \(256\). Given: 100"),
     ],
 )

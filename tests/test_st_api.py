@@ -100,7 +100,8 @@ def test_dimension_and_max_seq_length_as_sentence_transformers(enc, st):
     finally:
         st.max_seq_length = 64
     for bad in (1, 65, 16.0, True):
-        with pytest.raises(ValidationError, match=r"`max_seq_length` must be an int from 2 to the model's "):
+        with pytest.raises(ValidationError, match=r"`max_seq_length` must be an int from 3 \(2 special tokens and one "
+                                                   r"of text\) to the model's "):
             enc.max_seq_length = bad
     enc.submit(["a post"]).result()
     with pytest.raises(ValidationError, match=r"cannot change once submit\(\)/aencode\(\) started the batcher"):
