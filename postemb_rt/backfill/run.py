@@ -41,6 +41,7 @@ class BackfillReport:
     rows_embedded: int = 0
     rows_bad: int = 0
     rows_empty: int = 0  # empty texts: skipped, no vector (splits.EMPTY_TEXT_REASON, in the errors files)
+    rows_planned: int | None = None  # rows of the splits this run embeds (None: a JSONL split's, unknown until read)
     seconds: float = 0.0
     model_version: str = ""  # the vector version written with each vector (Encoder.vector_version)
     model_fingerprint: str = ""
@@ -78,6 +79,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
              num_workers: int | None = None, threads_per_worker: int = 1, batch_size: int = 64,
              rows_per_split: int = ROWS_PER_SPLIT, ray_address: str | None = None,
              on_split: Callable[[dict, BackfillReport], None] | None = None,
+             on_start: Callable[[BackfillReport], None] | None = None,
              long_posts: str = "truncate", precision: str = "fp32", id_type: str = "auto",
              prompt_name: str | None = None, truncate_dim: int | None = None, id_column: str = "id",
              text_column: str = "text") -> BackfillReport:
@@ -94,6 +96,8 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
         "host:port" joins a cluster (one that accepts no connection in 5 s is refused).
     on_split: called on the driver after each finished split (summary row, report so far);
         an exception raised there stops the run (what the tests use to interrupt one).
+    on_start: called on the driver once the splits left to embed are known, before the model loads
+        (``report.rows_planned``: their rows, for a progress bar's total; earlier runs' splits excluded).
     long_posts: "truncate" or "chunk" (embed whole posts; see postemb_rt.long_posts).
     precision: "fp32" (exact), or "bf16" / "int8" on CPU (see ``Encoder.from_pretrained``).
     The output's ``model_version`` column holds the vector version (the model version plus
@@ -200,6 +204,9 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     started_ray, restore_sigterm = False, sigterm_interrupts()  # SIGTERM stops the run as Ctrl-C does
     try:
         units = [asdict(s) for rel, p in pending.items() for s in p.splits if s.index in todo[rel]]
+        report.rows_planned = None if any(u["rows"] < 0 for u in units) else sum(u["rows"] for u in units)
+        if on_start is not None:
+            on_start(report)
         for rel in [r for r, left in todo.items() if not left]:  # every split reused: commit now
             _try_commit(out, pending[rel], report)
         if units:

@@ -31,12 +31,14 @@ def run(args) -> int:
 
     bar = None
 
-    def on_split(row, report):
+    def on_start(report):  # the bar from the start, not after the first split (minutes at 10,000 rows a split)
         nonlocal bar
-        if args.no_progress:
-            return
+        if not args.no_progress:  # a total for Parquet; JSONL's rows are counted as its splits are read
+            bar = tqdm(unit="post", desc="backfill", total=report.rows_planned)
+
+    def on_split(row, report):
         if bar is None:
-            bar = tqdm(unit="post", desc="backfill")
+            return
         bar.update(int(row["rows"]) + int(row["bad"]) + int(row["empty"]))
         bar.set_postfix(bad=report.rows_bad, empty=report.rows_empty, refresh=False)
 
@@ -45,7 +47,7 @@ def run(args) -> int:
         r = backfill(args.input, args.output, args.model, backend=args.backend, num_workers=args.num_workers,
                      threads_per_worker=args.threads_per_worker, batch_size=args.batch_size,
                      rows_per_split=args.rows_per_split, ray_address=args.ray_address, on_split=on_split,
-                     long_posts=args.long_posts, precision=args.precision, id_type=args.id_type,
+                     on_start=on_start, long_posts=args.long_posts, precision=args.precision, id_type=args.id_type,
                      prompt_name=args.prompt_name, truncate_dim=args.truncate_dim, id_column=args.id_column,
                      text_column=args.text_column)
     except BackfillError as exc:

@@ -185,8 +185,12 @@ def test_rerun_after_interruption_skips_finished_files_and_writes_no_duplicates(
     assert 1 <= len(done) < 4
     first_parts = {p: p.stat().st_mtime_ns for d in done for p in d.glob("part-*.parquet")}
 
-    report = bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=2, rows_per_split=3)
+    started = []  # on_start: once, before any split, with the rows left (a progress bar's total)
+    report = bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=2, rows_per_split=3,
+                         on_start=lambda r: started.append((r.rows_planned, r.splits_run)))
     assert report.files_skipped == len(done) and report.files_committed == 4 - len(done)
+    assert started == [(report.rows_embedded + report.rows_bad + report.rows_empty, 0)]
+    assert 0 < started[0][0] < len(truth)  # the rows of the splits left, not of the whole input
     ids, _, _ = read_output(tmp_path / "emb")
     assert len(ids) == len(set(ids)) == len(truth) and set(ids) == set(truth)
     assert {p: p.stat().st_mtime_ns for p in first_parts} == first_parts  # finished files untouched
