@@ -49,9 +49,9 @@ def _token_ids(value) -> bool:
     return isinstance(value, list) and bool(value) and type(value[0]) is int
 
 
-def check_texts(value, field: str, cfg: ServeConfig, ids: bool = False) -> list:
+def check_texts(value, field: str, cfg: ServeConfig, ids: bool = False, one: bool = False) -> list:
     """``value`` as a non-empty list of non-empty str, at most ``cfg.max_inputs`` of them; errors
-    name ``field``. Characters per post (``max_input_chars``) are the runtime's: it cuts a long post
+    name ``field`` (an item ``field[i]``; ``one``: a field that is never a list, ``field`` alone). Characters per post (``max_input_chars``) are the runtime's: it cuts a long post
     when the request truncates (``tokens.fit_chars``). ``ids`` (text-embeddings-inference's /embed):
     an input may also be its token ids, a non-empty list of ints >= 0 (a list of ints alone is one
     input); the runtime checks them against the model (``tokens.fit_ids``)."""
@@ -71,25 +71,26 @@ def check_texts(value, field: str, cfg: ServeConfig, ids: bool = False) -> list:
                             f"(client{langchain}), or start the server with a higher --max-inputs (operator).",
                        param=field, code="max_inputs", limit=cfg.max_inputs, given=len(value))
     for i, t in enumerate(value):
+        name = field if one else f"{field}[{i}]"
         if ids and isinstance(t, list):
-            _check_ids(t, f"{field}[{i}]")
+            _check_ids(t, name)
             continue
         if not isinstance(t, str):
             hint = (" Token-id arrays are not supported (an OpenAI client's are its own tokenizer's ids, not this "
                     "model's): send text; LangChain's OpenAIEmbeddings: check_embedding_ctx_length=False."
                     if not ids and isinstance(t, (int, list)) and not isinstance(t, bool) else "")
             what = "a string or a list of token ids" if ids else "a string"
-            raise ApiError(422, f"`{field}[{i}]` must be {what}. Given: {type_name(t)} {given(t)}.{hint}",
-                           param=f"{field}[{i}]", code="invalid_type")
+            raise ApiError(422, f"`{name}` must be {what}. Given: {type_name(t)} {given(t)}.{hint}",
+                           param=name, code="invalid_type")
         if not t:  # as text-embeddings-inference and OpenAI: [CLS][SEP] alone is no post's vector
-            raise ApiError(422, f"`{field}[{i}]` is an empty string: there is nothing to embed. Fix: leave it out "
-                                "of the request.", param=f"{field}[{i}]", code="empty_string")
+            raise ApiError(422, f"`{name}` is an empty string: there is nothing to embed. Fix: leave it out "
+                                "of the request.", param=name, code="empty_string")
         if not t.isascii():
             try:
                 t.encode("utf-8")
             except UnicodeEncodeError as exc:  # a lone surrogate such as "\ud800" from JSON escapes
-                raise ApiError(422, f"`{field}[{i}]` is not valid Unicode text: {exc.reason} at character "
-                                    f"{exc.start}.", param=f"{field}[{i}]", code="invalid_text") from None
+                raise ApiError(422, f"`{name}` is not valid Unicode text: {exc.reason} at character "
+                                    f"{exc.start}.", param=name, code="invalid_text") from None
     return value
 
 
@@ -234,7 +235,7 @@ class SimilarityInputs(BaseModel):
         if not isinstance(value, str):  # a list here is a mistake, not a batch: one source per request
             raise ApiError(422, f"`inputs.source_sentence` must be a string. Given: {type_name(value)} "
                                 f"{given(value)}.", param="inputs.source_sentence", code="invalid_type")
-        return check_texts(value, "inputs.source_sentence", _cfg(info))[0]  # the limits of every input
+        return check_texts(value, "inputs.source_sentence", _cfg(info), one=True)[0]  # every input's limits
 
     @field_validator("sentences", mode="before")
     @classmethod

@@ -168,6 +168,8 @@ def test_similarity_passes_tei_parameters(client, server_encoder):
     ({"inputs": {"source_sentence": "a"}}, 422, "Validation", "`inputs.sentences` is required"),
     ({"inputs": "a"}, 422, "Validation", "`inputs` must be an object: source_sentence"),
     ({"inputs": {"source_sentence": "a", "sentences": ["b", 3]}}, 422, "Validation", "`inputs.sentences[1]` must"),
+    ({"inputs": {"source_sentence": "", "sentences": ["b"]}}, 413, "Validation",  # TEI's status for an empty input
+     "`inputs.source_sentence` is an empty string"),  # one string, never a list: no [0]
     ({"inputs": {"source_sentence": "a", "sentences": ["b"] * LIMITS["max_inputs"]}}, 413, "Validation",
      "max_inputs"),
     ({"inputs": {"source_sentence": "a", "sentences": ["b", LONG]}, "parameters": {"truncate": False}}, 413,
