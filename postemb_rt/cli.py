@@ -161,6 +161,7 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
 
 
 ARGUMENT_FLAGS = {"name_or_path": "model"}  # a library argument whose flag has another name
+COMMAND_ARGUMENT_FLAGS = {"index": {"path": "input"}}  # the same, in one command only (`path` of read_parquet)
 
 
 def _as_flags(message: str, parser: argparse.ArgumentParser, command: str, argv: list[str]) -> str:
@@ -170,10 +171,11 @@ def _as_flags(message: str, parser: argparse.ArgumentParser, command: str, argv:
     its variable: `--max-inputs` (from $POSTEMB_MAX_INPUTS)."""
     sub = _subparser(parser, [command, *argv[argv.index(command) + 1:]] if command in argv else [command])
     flags = {o[2:].replace("-", "_"): o for a in sub._actions for o in a.option_strings if o.startswith("--")}
+    renamed = {**ARGUMENT_FLAGS, **COMMAND_ARGUMENT_FLAGS.get(command, {})}
 
     def flag(m: re.Match) -> str:
         name = m.group(1).removeprefix("--").replace("-", "_")
-        opt = flags.get(ARGUMENT_FLAGS.get(name, name))
+        opt = flags.get(renamed.get(name, name))
         if opt is None:
             return m.group(0)
         given = any(a == opt or a.startswith(opt + "=") for a in argv)

@@ -355,6 +355,8 @@ def test_library_errors_name_the_commands_flags(tmp_path, capsys):
     assert "`--model` 'nosuch' is neither a registered name" in capsys.readouterr().err  # not `name_or_path`
     assert main(["embed", str(src), "--out", str(tmp_path / "o.npy"), "--model", "base", "--batch-size", "0"]) == 2
     assert "`--batch-size` must be a positive int. Given: 0." in capsys.readouterr().err
+    assert main(["index", "build", "--input", str(tmp_path / "none.parquet"), "--out", str(tmp_path / "idx")]) == 2
+    assert "`--input` '" in capsys.readouterr().err  # index's reader names it `path`
 
 
 def test_jsonl_bytes_that_are_not_utf8_are_named_and_a_byte_order_mark_is_read(tmp_path, capsys, no_model):
