@@ -1,5 +1,5 @@
-"""export/build_engine.py without TensorRT: argument handling, the dry run's engine.json,
-and clear exits when the ONNX model, TensorRT or CUDA is missing."""
+"""export/build_engine.py without TensorRT: argument handling, the dry run's engine.json, the checks of
+--onnx and --out before any build, and clear exits when the ONNX model, TensorRT or CUDA is missing."""
 import importlib.util
 import json
 from pathlib import Path
@@ -95,3 +95,37 @@ def test_builds_a_real_engine_for_the_base_model(build_engine, tmp_path, capsys)
     meta = json.loads((out.path / "engine.json").read_text())
     assert meta["precision"] == "fp16" and (out.path / "model.plan").stat().st_size == meta["engine_bytes"]
     assert (tmp_path / "timing.cache").stat().st_size > 0
+
+
+def test_out_may_be_new_empty_the_onnx_folder_or_an_earlier_build(build_engine, onnx_dir, tmp_path, capsys):
+    onnx = onnx_dir / "model.onnx"
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "earlier").mkdir()
+    (tmp_path / "earlier" / "engine.json").write_text("{}")
+    for out in (tmp_path / "new", tmp_path / "empty", onnx_dir, tmp_path / "earlier"):
+        assert run(build_engine, capsys, "--onnx", onnx, "--out", out, "--dry-run")[0] == 0, out
+
+
+def test_an_out_folder_of_other_files_is_refused_before_the_build(build_engine, onnx_dir, tmp_path, capsys):
+    """The build copies the model's files into --out over any of the same names: another model's
+    folder would be left half one model, half the other."""
+    other = tmp_path / "other-model"
+    other.mkdir()
+    (other / "postemb.json").write_text("{}")
+    (other / "adapters.safetensors").write_bytes(b"")
+    code, _, err = run(build_engine, capsys, "--onnx", onnx_dir / "model.onnx", "--out", other, "--dry-run")
+    assert code == 2 and f"`--out` '{other}' is a folder of other files" in err and "Fix:" in err
+    (tmp_path / "a-file").write_text("")
+    code, _, err = run(build_engine, capsys, "--onnx", onnx_dir / "model.onnx", "--out", tmp_path / "a-file",
+                       "--dry-run")
+    assert code == 2 and "is a file" in err and "Fix:" in err
+
+
+def test_an_onnx_file_outside_an_export_folder_names_the_fix(build_engine, onnx_dir, tmp_path, capsys):
+    """A folder whose model names no ONNX file (a sentence-transformers folder, a training run): the
+    message must not point at a postemb.json that is not there."""
+    (onnx_dir / "postemb.json").unlink()
+    (onnx_dir / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 384}))
+    code, _, err = run(build_engine, capsys, "--onnx", onnx_dir / "model.onnx", "--dry-run")
+    assert code == 2 and "postemb.json" not in err.split("Fix:")[0]
+    assert "names no ONNX file" in err and "Fix: python export/export_onnx.py" in err
