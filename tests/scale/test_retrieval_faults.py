@@ -265,7 +265,7 @@ def test_cli_build_from_parquet_without_a_version_needs_one_or_an_explicit_opt_o
     build = ["index", "build", "--input", str(src), "--out", str(tmp_path / "idx")]
     assert main(build) == 2
     err = capsys.readouterr().err
-    assert f"`path` '{src}' records no vector version (no model_version column; its columns: ['id', 'embedding'])" \
+    assert f"`--input` '{src}' records no vector version (no model_version column; its columns: ['id', 'embedding'])" \
            in err and "Given: no `--vector-version`. Fix: give `--vector-version` (the Encoder.vector_version" in err
     assert "(`--allow-unversioned`)" in err and not (tmp_path / "idx").exists()
     assert main(build + ["--vector-version", "postemb-mt50-v4"]) == 0
