@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 from ..errors import ValidationError
 
@@ -145,22 +145,14 @@ def check_jsonl_fields(files: list[Path], columns: Columns = Columns()) -> None:
     field or none the text field (``columns``): a name the file does not use (a forgotten --id-column /
     --text-column), which would otherwise make every row a bad row, as a Parquet file without the
     columns is refused. A file with some rows lacking a field is not refused: those are bad rows."""
-    import json
-
     for path in (f for f in files if f.suffix == ".jsonl"):
         seen: dict = {}  # the fields met, in order
         objects = 0
-        with open(path, "rb") as f:
-            for i, raw in enumerate(f):
-                try:
-                    obj = json.loads(raw.removeprefix(BOM) if i == 0 else raw)
-                except ValueError:  # not JSON, not UTF-8, a blank line: not an object to learn fields from
-                    continue
-                if isinstance(obj, dict):
-                    objects += 1
-                    seen.update(dict.fromkeys(obj))
-                    if (columns.id in seen and columns.text in seen) or objects >= FIELD_PROBE_ROWS:
-                        break
+        for obj in _jsonl_objects(path):
+            objects += 1
+            seen.update(dict.fromkeys(obj))
+            if (columns.id in seen and columns.text in seen) or objects >= FIELD_PROBE_ROWS:
+                break
         if objects:
             _check_columns(path, list(seen), columns, f"Fields of its first {objects} objects")
 
@@ -230,17 +222,26 @@ def parquet_text_kind(path, t, column: str = "text") -> str:
 def jsonl_first_id_type(path: Path, id_column: str = "id") -> str | None:
     """The id type ("int" or "string") of the first row of a JSONL input with a valid id (field
     ``id_column``: an integer or a string); None when no row has one. Reads the file only up to that row."""
+    for obj in _jsonl_objects(path):
+        pid = obj.get(id_column)
+        if isinstance(pid, str):
+            return "string"
+        if isinstance(pid, int) and not isinstance(pid, bool):
+            return "int"
+    return None
+
+
+def _jsonl_objects(path: Path) -> Iterator[dict]:
+    """The JSON objects of a JSONL file, in order, read lazily as the split reader reads rows: a UTF-8
+    byte order mark at the start is not text; a line that is not JSON, not UTF-8, blank or not an object
+    is skipped (a bad row there, not something to learn fields or id types from)."""
     import json
 
     with open(path, "rb") as f:
-        for raw in f:
+        for i, raw in enumerate(f):
             try:
-                obj = json.loads(raw)
-            except ValueError:  # not JSON, not UTF-8: a bad row, skipped here as the split reader will
+                obj = json.loads(raw.removeprefix(BOM) if i == 0 else raw)
+            except ValueError:
                 continue
-            pid = obj.get(id_column) if isinstance(obj, dict) else None
-            if isinstance(pid, str):
-                return "string"
-            if isinstance(pid, int) and not isinstance(pid, bool):
-                return "int"
-    return None
+            if isinstance(obj, dict):
+                yield obj

@@ -91,6 +91,9 @@ def test_a_byte_order_mark_at_the_start_of_a_jsonl_file_is_not_part_of_row_1(tmp
         ids, texts, bad = _read(tmp_path / name, "int")
         assert (ids, bad) == (list(range(12)), []) and texts[0].startswith("post 0")
         assert bf.jsonl_rows(tmp_path / name) == 12  # the count a commit checks the parts against
+    # the id type of a run comes from the first row with an id: row 1, after the mark
+    (tmp_path / "mixed.jsonl").write_bytes(b"\xef\xbb\xbf" + b'{"id": 1, "text": "a"}\n{"id": "b", "text": "b"}\n')
+    assert bf.plan.jsonl_first_id_type(tmp_path / "mixed.jsonl") == "int"
 
 
 @pytest.mark.parametrize("where", ["inside", "equal"])
