@@ -44,6 +44,12 @@ def model_prompts(config) -> dict[str, str]:
     return {**dict.fromkeys(BUILTIN_NAMES, ""), **(config.prompts or {})}
 
 
+def name_in_use(config, prompt_name: str | None = None) -> str | None:
+    """The prompt name that applies when no ``prompt`` text is given: ``prompt_name``, else the default
+    prompt name of the model with this PostEmbConfig (None: none, or no config); not checked here."""
+    return prompt_name if prompt_name is not None else getattr(config, "default_prompt_name", None)
+
+
 def resolve(config, prompt: str | None = None, prompt_name: str | None = None,
             fix: str = "use one of those, or pass the text as `prompt`") -> str:
     """The prompt text to prepend ("" for none) for a call with these arguments on a model with
@@ -59,7 +65,7 @@ def resolve(config, prompt: str | None = None, prompt_name: str | None = None,
         text = prompt
     else:
         known = model_prompts(config)
-        name = prompt_name if prompt_name is not None else config.default_prompt_name
+        name = name_in_use(config, prompt_name)
         if name is None:
             return ""
         if name not in known:
@@ -81,7 +87,7 @@ def recorded_name(config, prompt: str | None = None, prompt_name: str | None = N
     None for a ``prompt`` text, which has no name (an index then says "not known")."""
     if prompt is not None:
         return "" if prompt == "" else None
-    name = prompt_name if prompt_name is not None else config.default_prompt_name
+    name = name_in_use(config, prompt_name)
     return "" if name is None else name
 
 

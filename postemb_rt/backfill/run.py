@@ -151,11 +151,11 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     truncate_dim = check_truncate_dim(md.config, truncate_dim)  # None: the full dim
     model_version = vector_version(md.config.model_version, precision, long_posts, truncate_dim)
     fingerprint = md.fingerprint
-    from ..prompts import resolve as resolve_prompt
+    from .. import prompts
 
     # an unknown name: refused here, listing the prompts
-    resolve_prompt(md.config, prompt_name=prompt_name, fix="use one of those, or leave --prompt-name out")
-    prompt_name = prompt_name if prompt_name is not None else md.config.default_prompt_name
+    prompts.resolve(md.config, prompt_name=prompt_name, fix="use one of those, or leave --prompt-name out")
+    prompt_name = prompts.name_in_use(md.config, prompt_name)
     check_address(ray_address)  # an unreachable cluster: refused before the output folder is made
     make_output(inp, out)
     check_model_version(out, model_version, fingerprint)

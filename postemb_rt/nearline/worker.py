@@ -122,8 +122,7 @@ class Worker(StoreMixin, ModelMixin):
                                       "prompts. Fix: pass a postemb_rt Encoder, or no prompt_name.")
             prompts.resolve(self._model_config, prompt_name=prompt_name,  # unknown: refused, listing them
                             fix="use one of those, or leave `prompt_name` out (the model's default)")
-        self.prompt_name = prompt_name if prompt_name is not None else getattr(self._model_config,
-                                                                               "default_prompt_name", None)
+        self.prompt_name = prompts.name_in_use(self._model_config, prompt_name)
         self.stats = WorkerStats()
         self.stop_event = threading.Event()
         self._script = client.register_script(STORE_LUA)

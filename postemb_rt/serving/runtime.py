@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .. import quantization
+from .. import prompts, quantization
 from ..encode_options import allowed_dims
 from ..errors import BatcherClosedError, DeadlineExceededError, OverloadedError, ValidationError
 from .config import ServeConfig
@@ -143,8 +143,6 @@ class Runtime:
     def prompted(self, enc, texts: list[str], prompt_name: str | None) -> list[str]:
         """``texts`` with the prompt that applies (``prompt_name``'s, else the model's default, if
         any) prepended, as ``Encoder.encode`` does (postemb_rt.prompts); 422 for an unknown name."""
-        from .. import prompts
-
         try:
             return prompts.apply(texts, prompts.resolve(enc.model.config, None, prompt_name, fix="use one of those"))
         except ValidationError as exc:
@@ -166,7 +164,7 @@ class Runtime:
         if at:
             rows = [texts[i] for i in at]
             check_vocab(enc.tokenizer, rows, _reindexed(item, at))
-            if prompt_name is not None or enc.model.config.default_prompt_name is not None:
+            if prompts.name_in_use(enc.model.config, prompt_name) is not None:
                 decoded = await self.off_loop(enc.tokenizer.decode, rows, True)  # TEI: a prompt reads the text
                 texts = list(texts)
                 for i, text in zip(at, decoded):
