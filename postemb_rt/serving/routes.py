@@ -226,10 +226,9 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         return json_response(200, _model_card(models.resolve(model, exact=True), models))
 
     for prefix in ("/v1", ""):  # "": a client whose base_url lacks /v1, as /embeddings
-        app.add_api_route(f"{prefix}/models", v1_models, methods=["GET"], response_class=Response,
-                          responses=_responses(*KEYED, 503), name=f"{prefix[1:]}_models".lstrip("_"))
-        app.add_api_route(f"{prefix}/models/{{model:path}}", v1_model, methods=["GET"], response_class=Response,
-                          responses=_responses(*KEYED, 404, 503), name=f"{prefix[1:]}_model".lstrip("_"))
+        _get_and_head(app, f"{prefix}/models", v1_models, _responses(*KEYED, 503), f"{prefix[1:]}_models".lstrip("_"))
+        _get_and_head(app, f"{prefix}/models/{{model:path}}", v1_model, _responses(*KEYED, 404, 503),
+                      f"{prefix[1:]}_model".lstrip("_"))
 
     async def health():
         return json_response(200, {"status": "ok"})

@@ -274,8 +274,10 @@ def test_openapi_operation_ids_are_unique_and_built_without_warnings(main_server
 
     ops = [op["operationId"] for item in client.get("/openapi.json").json()["paths"].values() for op in item.values()]
     assert len(ops) == len(set(ops)), sorted(o for o in ops if ops.count(o) > 1)
-    for path in ("/health", "/ping", "/", "/ready", "/info", "/metrics"):
+    for path in ("/health", "/ping", "/", "/ready", "/info", "/metrics", "/v1/models", "/models",
+                 "/v1/models/base", "/models/base"):  # HEAD wherever GET answers (axum's get does, TEI's)
         assert client.head(path).status_code == 200, path
+    assert client.head("/v1/models/nope").status_code == 404
     time.sleep(0.5)  # the server's stderr (a warning goes there) is read by a thread
     assert not [line for line in main_server.lines if "Duplicate Operation ID" in line]
     with warnings.catch_warnings(record=True) as caught:  # in process too: FastAPI warns once per process
