@@ -40,7 +40,7 @@ class BackfillReport:
     splits_reused: int = 0  # finished by an interrupted earlier run
     rows_embedded: int = 0
     rows_bad: int = 0
-    rows_empty: int = 0  # empty texts: skipped, no vector (splits.EMPTY_TEXT_REASON, in the errors files)
+    rows_empty: int = 0  # empty texts: skipped, no vector (splits.empty_text_reason, in the errors files)
     rows_planned: int | None = None  # rows of the splits this run embeds (None: a JSONL split's, unknown until read)
     seconds: float = 0.0
     model_version: str = ""  # the vector version written with each vector (Encoder.vector_version)

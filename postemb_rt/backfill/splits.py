@@ -15,13 +15,18 @@ INT64 = (-(2 ** 63), 2 ** 63 - 1)
 # An empty text ("") gets no vector: the HTTP server refuses it and the near-line worker dead-letters it
 # ([CLS] [SEP] alone is no post's vector). Listed in the errors file with this reason, counted apart from
 # the bad rows (a post without text is not a broken row). Whitespace is text, as to the server.
-EMPTY_TEXT_REASON = "`text` is empty: nothing to embed (skipped: no vector)"
+EMPTY_TEXT = " is empty: nothing to embed (skipped: no vector)"  # the end of the reason (empty_text_reason)
+
+
+def empty_text_reason(columns: Columns = Columns()) -> str:
+    """The errors file's reason for an empty text, naming the text column (``--text-column``)."""
+    return f"`{columns.text}`{EMPTY_TEXT}"
 
 
 def count_empty(bad) -> int:
     """How many of the errors records ``bad`` (dicts, or the errors file's JSON lines) are empty texts."""
-    return sum(1 for b in bad if (b.get("reason") if isinstance(b, dict) else
-                                  EMPTY_TEXT_REASON in b and json.loads(b).get("reason")) == EMPTY_TEXT_REASON)
+    return sum(1 for b in bad if str(b.get("reason") if isinstance(b, dict) else
+                                     EMPTY_TEXT in b and json.loads(b).get("reason")).endswith(EMPTY_TEXT))
 
 
 # -- reading and checking one split (actor) -----------------------------------------------
@@ -62,7 +67,7 @@ def _read_parquet_split(s: Split, id_type: str, columns: Columns = Columns()):
         elif isinstance(tx, bytes):
             bad.append({"id": pid, "row_in_split": i, "reason": f"`{columns.text}` is not valid UTF-8"})
         elif not tx:
-            bad.append({"id": pid, "row_in_split": i, "reason": EMPTY_TEXT_REASON})
+            bad.append({"id": pid, "row_in_split": i, "reason": empty_text_reason(columns)})
         else:
             good.append(i)
     if len(good) < len(texts):
@@ -135,7 +140,7 @@ def _read_jsonl_split(s: Split, id_type: str, columns: Columns = Columns()):
                 bad.append({**where, "id": pid, "reason": why})
                 continue
             if not tx:
-                bad.append({**where, "id": pid, "reason": EMPTY_TEXT_REASON})
+                bad.append({**where, "id": pid, "reason": empty_text_reason(columns)})
                 continue
             ids.append(pid)
             texts.append(tx)
@@ -186,7 +191,7 @@ class SplitEmbedder:
 
     ``__call__`` gets a batch of split descriptions (dict of numpy columns; ``batch_size=1``)
     and returns one summary row per split: rel, index, rows (embedded), bad, empty (texts
-    skipped: EMPTY_TEXT_REASON), seconds, error (empty, or why the split failed: it is then
+    skipped: empty_text_reason), seconds, error (empty, or why the split failed: it is then
     retried by a later run)."""
 
     def __init__(self, model: str, backend: str, threads: int, batch_size: int, out: str,

@@ -159,7 +159,7 @@ def test_cli_backfill_jsonl_sends_bad_rows_to_errors_file_with_reason(tmp_path, 
     reasons = {e["reason"] for e in errors}
     assert reasons == {"`text` is missing or null", "`text` must be a string. Given: int",
                        "not valid JSON (Expecting value)", "`id` is missing or null",
-                       "must be a JSON object. Given: list", "line is not valid UTF-8", bf_splits.EMPTY_TEXT_REASON}
+                       "must be a JSON object. Given: list", "line is not valid UTF-8", bf_splits.empty_text_reason()}
     assert {e["id"] for e in errors if e["id"] is not None} == {100, 101, 103}
     assert all(isinstance(e["byte"], int) for e in errors)
     # the same command again: nothing to do, nothing written
@@ -232,7 +232,7 @@ def test_jsonl_commit_checks_the_row_count_against_the_input(tmp_path):
         bf_run._commit(tmp_path / "out", plan, bf.BackfillReport(model_version="m"))
     assert not (tmp_path / "out" / plan.rel).exists()
     # the fifth row was an empty text: listed in the errors file, it makes the count add up, counted apart
-    record = {"byte": 0, "id": 4, "reason": bf_splits.EMPTY_TEXT_REASON, "split": 0}
+    record = {"byte": 0, "id": 4, "reason": bf_splits.empty_text_reason(), "split": 0}
     (staging / "_errors-00000.jsonl").write_text(json.dumps(record) + "\n")
     bf_run._commit(tmp_path / "out", plan, bf.BackfillReport(model_version="m"))
     meta = json.loads((tmp_path / "out" / plan.rel / bf.SUCCESS).read_text())

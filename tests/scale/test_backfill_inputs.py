@@ -167,7 +167,7 @@ def test_an_empty_text_is_skipped_with_its_reason_and_whitespace_is_embedded(tmp
                                                  ("b.parquet", [2], ["ok"], 1), ("j.jsonl", [2, 3], ["  ", "hi"], 1)):
         ids, texts, bad = _read(tmp_path / name)
         assert (ids, texts) == (want_ids, want_texts), name
-        assert [(b["id"], b["reason"]) for b in bad] == [(empty_id, bf_splits.EMPTY_TEXT_REASON)], name
+        assert [(b["id"], b["reason"]) for b in bad] == [(empty_id, bf_splits.empty_text_reason())], name
         assert bf_splits.count_empty(bad) == 1
 
 
@@ -187,17 +187,21 @@ def test_an_interrupted_backfill_says_how_to_resume(tmp_path, monkeypatch, capsy
 def test_id_and_text_columns_named_otherwise_are_read_and_bad_rows_name_them(tmp_path):
     cols = Columns("post_id", "body")
     # an `id` column of strings beside the integer `post_id`: decide_id_type says "int" only from the right one
-    pq.write_table(pa.table({"post_id": [1, 2, None], "body": ["a post", None, "x"], "id": ["not", "the", "id"]}),
-                   tmp_path / "p.parquet")
+    pq.write_table(pa.table({"post_id": [1, 2, None, 3], "body": ["a post", None, "x", ""],
+                             "id": ["not", "the", "id", "!"]}), tmp_path / "p.parquet")
     (tmp_path / "j.jsonl").write_text('{"post_id": 5, "body": "hi", "text": "not the text"}\n'
-                                      '{"id": 6, "body": "no post_id"}\n{"post_id": 7, "text": "no body"}\n')
+                                      '{"id": 6, "body": "no post_id"}\n{"post_id": 7, "text": "no body"}\n'
+                                      '{"post_id": 8, "body": ""}\n')
+    empty = "`body` is empty: nothing to embed (skipped: no vector)"  # it said `text`
     ids, texts, bad = _read(tmp_path / "p.parquet", columns=cols)
     assert (ids, texts) == ([1], ["a post"])
-    assert [(b["id"], b["reason"]) for b in bad] == [(2, "`body` is null"), (None, "`post_id` is null")]
+    assert [(b["id"], b["reason"]) for b in bad] == [(2, "`body` is null"), (None, "`post_id` is null"), (3, empty)]
     ids, texts, bad = _read(tmp_path / "j.jsonl", columns=cols)
     assert (ids, texts) == ([5], ["hi"])
     assert [(b["id"], b["reason"]) for b in bad] == [(None, "`post_id` is missing or null"),
-                                                     (7, "`body` is missing or null")]
+                                                     (7, "`body` is missing or null"), (8, empty)]
+    assert bf_splits.count_empty(bad) == 1  # counted as an empty text, as `text`'s reason is
+    assert bf_splits.count_empty([json.dumps(b) for b in bad]) == 1  # and as a line of an errors file
 
 
 def test_an_input_without_the_columns_is_refused_naming_the_options(tmp_path, capsys):
