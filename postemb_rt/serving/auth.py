@@ -11,7 +11,7 @@ import time
 import uuid
 from contextlib import asynccontextmanager
 
-from .errors import CLIENT_CLOSED, ApiError, error_response
+from .errors import CLIENT_CLOSED, ApiError, error_response, retry_after
 
 log = logging.getLogger("postemb_rt.server")
 
@@ -37,9 +37,9 @@ class Admission:
     them will be done (``retry_after_s``: the batchers' queued and in-flight work at their measured
     rates). One event loop: no lock needed."""
 
-    def __init__(self, cfg, metrics, retry_after_s=lambda: 1):
+    def __init__(self, cfg, metrics, retry_after_s=lambda: 1.0):
         self.cfg, self.metrics = cfg, metrics
-        self.retry_after_s = retry_after_s  # () -> int: when the requests computing now will be done
+        self.retry_after_s = retry_after_s  # () -> seconds until the requests computing now are done
         self.active = 0  # requests holding a compute slot
         self.buffered = 0  # body bytes held by requests (being read, or read and not yet answered)
         self.buffer_limit = cfg.max_concurrent_requests * cfg.max_body_bytes
@@ -53,7 +53,7 @@ class Admission:
             if self.active >= limit:
                 raise ApiError(429, f"Too many embedding requests in progress (max_concurrent_requests is {limit}); "
                                     "retry shortly.", type="overloaded", code="max_concurrent_requests", limit=limit,
-                               given=self.active + 1, headers={"Retry-After": str(self.retry_after_s())})
+                               given=self.active + 1, headers=retry_after(self.retry_after_s()))
             self.active += 1
             self.metrics.in_flight.set(self.active)
             try:
@@ -85,7 +85,7 @@ class Admission:
                                         f"(max_concurrent_requests * max_body_bytes = {self.buffer_limit}); retry "
                                         "shortly.", type="overloaded", code="body_buffer_full",
                                    limit=self.buffer_limit, given=self.buffered + len(chunk),
-                                   headers={"Retry-After": "1", **CLOSE})
+                                   headers={**retry_after(1), **CLOSE})
                 self.buffered += len(chunk)
                 size += len(chunk)
                 chunks.append(chunk)

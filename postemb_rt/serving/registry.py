@@ -18,7 +18,7 @@ from typing import Callable
 
 from ..encode_options import allowed_dims
 from .config import ServeConfig
-from .errors import ApiError
+from .errors import ApiError, retry_after
 from .runtime import Runtime
 
 log = logging.getLogger("postemb_rt.server")
@@ -140,7 +140,7 @@ class ModelRegistry:
                            code="model_load_failed")
         if not self.loaded:
             raise ApiError(503, "The models are still loading; retry shortly.", type="server_error",
-                           code="loading", headers={"Retry-After": "1"})
+                           code="loading", headers=retry_after(1))
         raise ApiError(404, f"The model {name!r} does not exist on this server. Served models: {self.names()} "
                             "(GET /v1/models). Fix: send one of them as `model`, or leave `model` out for the "
                             f"default ({self.default.name!r}).", param="model", code="model_not_found")
@@ -156,11 +156,11 @@ class ModelRegistry:
                                 "`model` (GET /v1/models lists them).", param="model", code="model_not_found")
         return rt
 
-    def retry_after_s(self) -> int:
+    def retry_after_s(self) -> float:
         """Seconds until every model's queued and in-flight tokens are computed at its measured rate
-        (``Runtime.retry_after_s``, 1..60; 1 before any batcher runs): the Retry-After of a 429 for the server's
-        own limits."""
-        return max([rt.retry_after_s() for rt in self.runtimes if rt.batcher is not None], default=1)
+        (``Runtime.retry_after_s``; 1 before any batcher runs): the wait a 429 for the server's own limits
+        asks for (``errors.retry_after``)."""
+        return max([rt.retry_after_s() for rt in self.runtimes if rt.batcher is not None], default=1.0)
 
     def names(self) -> list[str]:
         """Served names in --model order (an unnamed model's is known once it is loaded)."""

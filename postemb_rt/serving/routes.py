@@ -281,7 +281,7 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         # JS client's x-stainless-*), which a fixed list refuses in the preflight, so the browser never sends it
         app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST", "HEAD"],
                            allow_headers=["*"], expose_headers=[TRUNCATED_HEADER, VERSION_HEADER, "X-Compute-Tokens",
-                                                                "Retry-After", REQUEST_ID_HEADER])
+                                                                "Retry-After", "retry-after-ms", REQUEST_ID_HEADER])
     return app
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import math
 import threading
 import time
 from typing import Callable
@@ -19,7 +18,7 @@ from ..encode_options import allowed_dims
 from ..errors import BatcherClosedError, DeadlineExceededError, OverloadedError, ValidationError
 from .config import ServeConfig
 from . import encodings
-from .errors import ApiError
+from .errors import ApiError, retry_after
 from .tokens import check_cut, check_vocab, fit_chars, fit_ids, tokenize_left
 
 log = logging.getLogger("postemb_rt.server")
@@ -117,7 +116,7 @@ class Runtime:
                 raise ApiError(503, "The model failed to load; the server log says why.", type="server_error",
                                code="model_load_failed")
             raise ApiError(503, "The model is still loading; retry shortly.", type="server_error",
-                           code="loading", headers={"Retry-After": "1"})
+                           code="loading", headers=retry_after(1))
         return self.encoder
 
     @property
@@ -239,7 +238,7 @@ class Runtime:
         except asyncio.TimeoutError:
             raise ApiError(429, f"Overloaded: the tokenizer was busy with other requests for request_timeout_s "
                                 f"({self.cfg.request_timeout_s:g} s).", type="overloaded", code="tokenizer_busy",
-                           headers={"Retry-After": "1"}) from None
+                           headers=retry_after(1)) from None
         work = asyncio.ensure_future(asyncio.to_thread(fn, *args))  # the slot is freed when the thread returns,
         work.add_done_callback(self._thread_done)  # also for a request cancelled meanwhile (its client left)
         return await asyncio.shield(work)
@@ -323,7 +322,7 @@ class Runtime:
             except OverloadedError as exc:
                 if not later:
                     raise ApiError(429, f"Overloaded: {exc}", type="overloaded", code="queue_full",
-                                   headers={"Retry-After": str(self.retry_after_s())}) from None
+                                   headers=retry_after(self.retry_after_s())) from None
             except BatcherClosedError:
                 raise ApiError(503, "The server is shutting down.", type="server_error", code="shutting_down") from None
             except ValidationError as exc:  # the batcher's own checks; the ones above should catch everything first
@@ -372,19 +371,19 @@ class Runtime:
             # batches finished while it waited: the model works, the server is overloaded (a
             # client's 429, not a server error; a storm used to count these as 5xx)
             raise ApiError(429, f"Overloaded: {exc}", type="overloaded", code="queue_timeout",
-                           headers={"Retry-After": str(self.retry_after_s())}) from None
+                           headers=retry_after(self.retry_after_s())) from None
         # no batch finished while it waited: the model is stuck
         raise ApiError(503, f"Timed out in the queue: {exc}", type="server_error", code="timeout",
-                       headers={"Retry-After": str(self.retry_after_s())}) from None
+                       headers=retry_after(self.retry_after_s())) from None
 
-    def retry_after_s(self) -> int:
-        """Whole seconds until the tokens queued and those of the batch being computed (its posts at the mean
-        tokens per post so far) are computed at the rate measured so far (1..60)."""
+    def retry_after_s(self) -> float:
+        """Seconds until the tokens queued and those of the batch being computed (its posts at the mean tokens
+        per post so far) are computed at the rate measured so far (1 before any is measured)."""
         s = self.batcher.stats()
         busy = s["inference_seconds"]["sum"] if "inference_seconds" in s else 0.0  # SerialCore: no histograms
         rate = s["tokens_computed"] / busy if busy > 0 else 0.0
         left = s["queued_tokens"] + s["in_flight_posts"] * s["tokens_computed"] / max(1, s["posts_computed"])
-        return max(1, min(60, math.ceil(left / rate))) if rate > 0 else 1
+        return left / rate if rate > 0 else 1.0
 
     async def probe(self) -> bool:
         """After a backend failure: one tiny request through the batcher; True if it worked."""

@@ -95,6 +95,7 @@ def test_a_429_for_max_concurrent_requests_says_when_the_work_in_progress_will_b
     headers = refused.value.response.headers
     assert refused.value.code == "max_concurrent_requests", refused.value.body
     assert 2 <= int(headers["Retry-After"]) <= 60, headers
+    assert int(headers["Retry-After"]) - 1 < int(headers["retry-after-ms"]) / 1000 <= int(headers["Retry-After"])
 
 
 def test_a_request_cancelled_while_tokenized_keeps_its_tokenizer_slot_until_the_thread_is_done():
