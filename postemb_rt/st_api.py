@@ -1,7 +1,8 @@
 """The rest of sentence-transformers' ``SentenceTransformer`` API on ``Encoder``, so code written
 for it runs unchanged: ``similarity`` / ``similarity_pairwise`` with ``similarity_fn_name``,
-``get_sentence_embedding_dimension``, ``truncate_embeddings`` (with ``from_pretrained(truncate_dim=)``),
-``max_seq_length``, ``encode_query`` / ``encode_document``, ``prompts`` / ``default_prompt_name``,
+``get_sentence_embedding_dimension``, ``truncate_embeddings`` (with ``from_pretrained(truncate_dim=)``;
+also under its older name ``truncate_sentence_embeddings``), ``max_seq_length``,
+``encode_query`` / ``encode_document``, ``prompts`` / ``default_prompt_name``,
 torch's ``device`` / ``to`` / ``cpu`` / ``eval`` (this Encoder, where it already runs), and the
 ``model_card_data`` that sentence-transformers' evaluators write their metrics into, and pickling
 (multiprocessing, joblib, Ray, Spark: the load call travels, not the compiled model).
@@ -164,6 +165,8 @@ class SentenceTransformerAPI:
             yield self
         finally:
             self.truncate_dim = before
+
+    truncate_sentence_embeddings = truncate_embeddings  # sentence-transformers' older name (deprecated there)
 
     def _prefix(self, vectors):
         """``submit``'s full vectors (n, dim) or (dim,) -> their ``truncate_dim`` prefix, normalised

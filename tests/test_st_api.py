@@ -148,6 +148,24 @@ def test_truncate_dim_at_load_is_encode_and_submits_default_as_sentence_transfor
         Encoder.from_pretrained(mrl, backend="torch", truncate_dim=12)
 
 
+def test_truncate_sentence_embeddings_is_the_older_name_as_in_sentence_transformers(mrl):
+    """ST still has ``truncate_sentence_embeddings`` (its pre-3.x name, deprecated); it was an AttributeError here."""
+    import warnings
+
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(mrl), device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        with st.truncate_sentence_embeddings(8):
+            want, want_dim = st.encode(SAMPLE_TEXTS[:3], normalize_embeddings=True), st.get_embedding_dimension()
+    with Encoder.from_pretrained(mrl, backend="torch") as enc:
+        with enc.truncate_sentence_embeddings(8):
+            assert enc.get_sentence_embedding_dimension() == want_dim == 8
+            assert_exact(enc.encode(SAMPLE_TEXTS[:3]), want)
+        assert enc.truncate_dim is None and enc.encode("a post").shape == (32,)
+
+
 def test_torch_module_surface_is_this_encoder_where_it_runs(enc, st):
     """device / to / cpu / eval / float / train(False) as on a SentenceTransformer (this Encoder, on the device it
     runs on); moving, casting and training are refused naming from_pretrained's arguments."""
