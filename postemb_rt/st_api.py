@@ -1,6 +1,6 @@
 """The rest of sentence-transformers' ``SentenceTransformer`` API on ``Encoder``, so code written
 for it runs unchanged: ``similarity`` / ``similarity_pairwise`` with ``similarity_fn_name``,
-``get_sentence_embedding_dimension``, ``truncate_embeddings`` (with ``from_pretrained(truncate_dim=)``;
+``get_sentence_embedding_dimension``, ``tokenize``, ``truncate_embeddings`` (with ``from_pretrained(truncate_dim=)``;
 also under its older name ``truncate_sentence_embeddings``), ``max_seq_length``,
 ``encode_query`` / ``encode_document``, ``prompts`` / ``default_prompt_name``,
 torch's ``device`` / ``to`` / ``cpu`` / ``eval`` (this Encoder, where it already runs), and the
@@ -86,6 +86,27 @@ def _matrix(x, name: str):
         raise ValidationError(f"`{name}` must be embeddings, (n, dim) or (dim,), of numbers. Given: shape "
                               f"{tuple(x.shape)}, dtype {x.dtype}.")
     return x.float()
+
+
+def _model_input_names(folder: Path) -> list[str]:
+    """What a Hugging Face tokenizer of ``folder`` returns (its ``model_input_names``): tokenizer_config.json's own
+    list, else its ``tokenizer_class``'s (BERT's: with token_type_ids; MPNet's, RoBERTa's, a generic fast
+    tokenizer's: without), else BERT's."""
+    import json
+
+    try:
+        cfg = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cfg = {}
+    names = cfg.get("model_input_names")
+    if not names and isinstance(cfg.get("tokenizer_class"), str):
+        import transformers
+
+        try:  # a class this transformers lacks, or one whose extra (sentencepiece) is missing: BERT's
+            names = getattr(getattr(transformers, cfg["tokenizer_class"]), "model_input_names", None)
+        except (AttributeError, ImportError):
+            names = None
+    return list(names or ("input_ids", "token_type_ids", "attention_mask"))
 
 
 class SentenceTransformerAPI:
@@ -200,6 +221,30 @@ class SentenceTransformerAPI:
             raise ValidationError("`max_seq_length` cannot change once submit()/aencode() started the batcher. "
                                   f"Fix: Encoder.from_pretrained(..., max_length={value}).")
         self._set_max_length(value, None)  # as at load: the tokenizer, and the default chunk overlap
+
+    def tokenize(self, texts) -> dict:
+        """sentence-transformers' ``tokenize`` (deprecated there for ``preprocess``): what the model reads for
+        ``texts`` (a list of str), {name: int64 torch tensor (n, longest)}: ``input_ids``, ``token_type_ids``
+        (zeros) where the model's tokenizer class gives them, ``attention_mask``; each text cut at
+        ``max_seq_length`` tokens, special tokens included; no prompt. ``{}`` for []. Not the "modality" entry
+        sentence-transformers 6 adds (not a tensor). A str is refused (sentence-transformers reads it as a list
+        of its characters)."""
+        import numpy as np
+        import torch
+
+        from . import native
+
+        if isinstance(texts, str):
+            raise ValidationError(f"`texts` of tokenize must be a list of str (sentence-transformers reads a str as "
+                                  f"its characters, one row each). Given: a str ({texts!r:.40}). Fix: "
+                                  "tokenize([text]).")
+        texts = self._check_texts(texts)
+        if not texts:
+            return {}
+        ids, mask = (torch.from_numpy(np.asarray(x, dtype=np.int64))
+                     for x in native.pack_padded(self.tokenizer(texts).ids, self.tokenizer.pad_id))
+        out = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": mask}
+        return {k: out[k] for k in _model_input_names(self.model.tokenizer_path.parent) if k in out}
 
     def encode_query(self, texts, **kwargs):
         """sentence-transformers' ``encode_query``: ``encode`` with the model's "query" prompt ("" if it

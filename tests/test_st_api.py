@@ -258,3 +258,32 @@ def test_the_tokenizer_answers_what_code_for_sentence_transformers_asks_of_it(en
     assert enc.tokenizer.model_max_length == st.max_seq_length == enc.max_length
     with pytest.raises(ValidationError, match=r"`text` of tokenizer.encode must be a str. Given: list"):
         enc.tokenizer.encode(["a", "b"])
+
+
+@pytest.mark.parametrize("tokenizer_class", [None, "BertTokenizer"])
+def test_tokenize_gives_sentence_transformers_features(enc, st, folder, tokenizer_class, tmp_path):
+    """``model.tokenize(texts)`` (ST's, deprecated there for ``preprocess``): int64 tensors padded to the longest
+    text, cut at max_seq_length, token_type_ids where the tokenizer class gives them (BERT's; not the generic
+    fast tokenizer's of the built folders); it was an AttributeError here."""
+    from contextlib import ExitStack
+
+    from sentence_transformers import SentenceTransformer
+
+    texts = ["Thrilled to announce our new café!", "hi", LONG]
+    with ExitStack() as stack:
+        if tokenizer_class:
+            d = Path(shutil.copytree(folder, tmp_path / "bert-tok"))
+            cfg = json.loads((d / "tokenizer_config.json").read_text())
+            (d / "tokenizer_config.json").write_text(json.dumps({**cfg, "tokenizer_class": tokenizer_class}))
+            st = SentenceTransformer(str(d), device="cpu")
+            enc = stack.enter_context(Encoder.from_pretrained(d, backend="torch"))
+        want = {k: v for k, v in st.tokenize(texts).items() if k != "modality"}  # ST 6 adds "modality": "text"
+        got = enc.tokenize(texts)
+        assert list(got) == list(want) and got["input_ids"].shape == (3, enc.max_seq_length)
+        assert ("token_type_ids" in got) is (tokenizer_class is not None)
+        for k, v in got.items():
+            assert isinstance(v, torch.Tensor) and v.dtype == torch.int64 and torch.equal(v, want[k]), k
+        assert enc.tokenize([]) == st.tokenize([]) == {}
+        with pytest.raises(ValidationError, match=r"`texts` of tokenize must be a list of str.*Given: a str.*Fix: "
+                                                  r"tokenize\(\[text\]\)"):
+            enc.tokenize("one post")
