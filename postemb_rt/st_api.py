@@ -262,7 +262,8 @@ class SentenceTransformerAPI:
     def _st_inputs(self, texts, args: tuple, st_only: dict):
         """``encode``'s texts: its first argument, or sentence-transformers' ``sentences=`` / ``inputs=``.
         Refuses further positional arguments (sentence-transformers' order is not ours, and changed
-        between its versions), ``pool`` / ``chunk_size`` other than None, and unknown keywords."""
+        between its versions), ``pool`` / ``chunk_size`` other than None, and unknown keywords. ``task`` (ST 6's,
+        for a Router module) changes nothing, as in sentence-transformers on a model without a Router."""
         if args:
             raise ValidationError(
                 f"`encode` takes the texts as its only positional argument. Given: {len(args)} more: {args!r:.80}. "
@@ -270,6 +271,7 @@ class SentenceTransformerAPI:
                 "(sentence-transformers >= 2.4 takes prompt_name second, older versions batch_size).")
         if st_only.pop("pool", None) is not None or st_only.pop("chunk_size", None) is not None:
             raise _no_pool("encode(pool=..., chunk_size=...)")
+        st_only.pop("task", None)  # ST routes on it through a Router module, which postemb_rt never loads: a no-op
         named = {k: st_only.pop(k) for k in ("sentences", "inputs") if k in st_only}
         if st_only:
             raise ValidationError(f"`encode` got keyword arguments it does not take: {sorted(st_only)}. Fix: drop "

@@ -242,6 +242,15 @@ def test_sentences_and_inputs_are_the_texts_as_in_sentence_transformers(enc, st)
         enc.encode(TEXTS, foo=1)
 
 
+def test_task_is_taken_and_changes_nothing_as_in_sentence_transformers(enc, st):
+    """ST 6 takes ``task`` on every model: a Router module routes on it, and without one (postemb_rt loads no
+    Router) it changes nothing. It was refused here as an unknown keyword."""
+    want = st["norm"].encode(TEXTS[:3])
+    assert_exact(st["norm"].encode(TEXTS[:3], task="query"), want)
+    for task in ("query", "document", None):
+        assert_exact(enc.encode(TEXTS[:3], task=task), want)
+
+
 def test_arguments_after_the_texts_are_keyword_only(enc, st, folders):
     """ST 6.3 takes prompt_name second (older ST: batch_size): a positional value is refused, naming it."""
     import inspect
