@@ -262,8 +262,9 @@ class SentenceTransformerAPI:
     def _st_inputs(self, texts, args: tuple, st_only: dict):
         """``encode``'s texts: its first argument, or sentence-transformers' ``sentences=`` / ``inputs=``.
         Refuses further positional arguments (sentence-transformers' order is not ours, and changed
-        between its versions), ``pool`` / ``chunk_size`` other than None, and unknown keywords. ``task`` (ST 6's,
-        for a Router module) changes nothing, as in sentence-transformers on a model without a Router."""
+        between its versions), ``pool`` / ``chunk_size`` / ``processing_kwargs`` other than None, and unknown
+        keywords. ``task`` (ST 6's, for a Router module) changes nothing, as in sentence-transformers on a
+        model without a Router."""
         if args:
             raise ValidationError(
                 f"`encode` takes the texts as its only positional argument. Given: {len(args)} more: {args!r:.80}. "
@@ -272,6 +273,16 @@ class SentenceTransformerAPI:
         if st_only.pop("pool", None) is not None or st_only.pop("chunk_size", None) is not None:
             raise _no_pool("encode(pool=..., chunk_size=...)")
         st_only.pop("task", None)  # ST routes on it through a Router module, which postemb_rt never loads: a no-op
+        processing = st_only.pop("processing_kwargs", None)
+        if processing is not None:  # ST 6: {"text": {"max_length": 256, "truncation": True}}, this call's tokenizer
+            found = [d["max_length"] for d in (processing, *getattr(processing, "values", tuple)())
+                     if isinstance(d, dict) and "max_length" in d]
+            n = found[0] if found else "N"
+            raise ValidationError(
+                f"`processing_kwargs` (sentence-transformers' tokenizer settings for one call) is not taken: an "
+                f"Encoder's tokenizer is set at load, and cuts at max_seq_length ({self.max_length} tokens, special "
+                f"tokens included). Given: {processing!r:.120}. Fix: drop it; for a shorter cut, enc.max_seq_length = "
+                f"{n} (before the first submit) or Encoder.from_pretrained(..., max_length={n}).")
         named = {k: st_only.pop(k) for k in ("sentences", "inputs") if k in st_only}
         if st_only:
             raise ValidationError(f"`encode` got keyword arguments it does not take: {sorted(st_only)}. Fix: drop "

@@ -251,6 +251,17 @@ def test_task_is_taken_and_changes_nothing_as_in_sentence_transformers(enc, st):
         assert_exact(enc.encode(TEXTS[:3], task=task), want)
 
 
+def test_processing_kwargs_is_refused_naming_the_value_and_max_seq_length(enc, st):
+    """ST 6 takes per-call tokenizer settings (``processing_kwargs``); here the tokenizer is set at load: refused
+    with the value and where a shorter cut is set (it said only 'keyword arguments it does not take')."""
+    kwargs = {"text": {"max_length": 8, "truncation": True}}
+    assert st["norm"].encode(TEXTS[:2], processing_kwargs=kwargs).shape == (2, 32)
+    with pytest.raises(ValidationError, match=r"`processing_kwargs`.*Given: \{'text': \{'max_length': 8.*Fix: .*"
+                                              r"max_seq_length = 8.*from_pretrained\(\.\.\., max_length=8\)"):
+        enc.encode(TEXTS[:2], processing_kwargs=kwargs)
+    assert_exact(enc.encode(TEXTS[:2], processing_kwargs=None), enc.encode(TEXTS[:2]))  # None: nothing to override
+
+
 def test_arguments_after_the_texts_are_keyword_only(enc, st, folders):
     """ST 6.3 takes prompt_name second (older ST: batch_size): a positional value is refused, naming it."""
     import inspect
