@@ -12,8 +12,9 @@ text-embeddings-inference and a model hub read as they are:
     1_Pooling/config.json             the pooling mode (word_embedding_dimension, pooling_mode_* keys)
     2_Dense/{config.json,model.safetensors}   the projection (e.g. 384 -> 50, identity activation)
     config_sentence_transformers.json the model's prompts and similarity_fn_name (cosine unless it says),
-                                      and its matryoshka_dims (the prefixes truncate_dim takes: a postemb_rt
-                                      key, which sentence-transformers ignores; Encoder reads it back)
+                                      its matryoshka_dims (the prefixes truncate_dim takes: a postemb_rt
+                                      key, which sentence-transformers ignores; Encoder reads it back),
+                                      and its truncate_dim when it sets one (encode's default prefix, in both)
 
 Then, when sentence-transformers is installed, embeds real posts with it and with
 postemb_rt's torch backend and exits 3 if any cosine is below --min-cosine (default 0.99999)
@@ -139,6 +140,7 @@ def write_st_folder(md, out: Path) -> None:
         "prompts": cfg.prompts or {}, "default_prompt_name": cfg.default_prompt_name,
         "similarity_fn_name": cfg.similarity_fn_name or "cosine",
         **({"matryoshka_dims": list(cfg.matryoshka_dims)} if cfg.matryoshka_dims else {}),
+        **({"truncate_dim": cfg.truncate_dim} if cfg.truncate_dim is not None else {}),  # encode's default prefix
     })
 
 

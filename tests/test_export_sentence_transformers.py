@@ -115,3 +115,49 @@ def test_the_models_matryoshka_dims_are_exported_and_truncate_dim_matches(st_def
         with pytest.raises(ValidationError,
                            match=r"`matryoshka_dims` of .*config_sentence_transformers.json\)\. Given: 12"):
             enc.encode(TEXTS[:1], truncate_dim=12)
+
+
+def _export_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("export_st", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _model_with(tmp_path, **keys):
+    """A copy of `default` whose postemb.json also says ``keys``."""
+    import json
+    import shutil
+
+    from postemb_rt.model_dir import resolve
+
+    src = Path(shutil.copytree(resolve("default").path, tmp_path / "src"))
+    cfg = json.loads((src / "postemb.json").read_text())
+    (src / "postemb.json").write_text(json.dumps({**cfg, **keys}))
+    return resolve(src)
+
+
+def test_the_models_truncate_dim_is_exported(tmp_path, monkeypatch):
+    """A model whose postemb.json sets truncate_dim (encode's default prefix) keeps it: sentence-transformers reads
+    it from config_sentence_transformers.json, so the folder embeds in 16 dims there too. It was left out: ST and
+    the folder loaded back gave 50-d vectors, and the parity check failed on the shapes."""
+    import argparse
+
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers import SentenceTransformer
+
+    monkeypatch.setenv("POSTEMB_CACHE", str(tmp_path / "cache"))
+    export, md = _export_module(), _model_with(tmp_path, truncate_dim=16)
+    export.write_st_folder(md, tmp_path / "out")
+    args = argparse.Namespace(parity_posts=8, min_cosine=0.99999, max_abs=1e-5)
+    assert export.check_parity(md, tmp_path / "out", args) == 0
+    st = SentenceTransformer(str(tmp_path / "out"), device="cpu")
+    assert st.truncate_dim == st.get_embedding_dimension() == 16
+    with Encoder.from_pretrained(md.path, backend="torch") as src, \
+            Encoder.from_pretrained(tmp_path / "out", backend="torch") as enc:
+        want = src.encode(TEXTS)
+        assert want.shape == (len(TEXTS), 16) and enc.truncate_dim == 16
+        assert_parity(enc.encode(TEXTS), want)
+        assert_parity(st.encode(TEXTS, normalize_embeddings=True), want)
