@@ -9,7 +9,7 @@ text-embeddings-inference and a model hub read as they are:
     config.json, model.safetensors    the encoder, low-rank adapters merged into its weights
     tokenizer.json (+ its config)     the tokenizer, as the model uses it
     sentence_bert_config.json         max_seq_length, do_lower_case
-    1_Pooling/config.json             the pooling mode (word_embedding_dimension, pooling_mode_* keys)
+    1_Pooling/config.json             the pooling mode (word_embedding_dimension, pooling_mode_* keys, include_prompt)
     2_Dense/{config.json,model.safetensors}   the projection (e.g. 384 -> 50, identity activation)
     config_sentence_transformers.json the model's prompts and similarity_fn_name (cosine unless it says),
                                       its matryoshka_dims (the prefixes truncate_dim takes: a postemb_rt
@@ -112,7 +112,7 @@ def write_st_folder(md, out: Path) -> None:
         "pooling_mode_mean_sqrt_len_tokens": False,
         "pooling_mode_weightedmean_tokens": False,
         "pooling_mode_lasttoken": cfg.pooling == "lasttoken",
-        "include_prompt": True,
+        "include_prompt": cfg.include_prompt,  # false: prompt tokens left out of the mean
     })
     layers = []
     if model.projection is not None:

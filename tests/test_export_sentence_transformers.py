@@ -161,3 +161,21 @@ def test_the_models_truncate_dim_is_exported(tmp_path, monkeypatch):
         assert want.shape == (len(TEXTS), 16) and enc.truncate_dim == 16
         assert_parity(enc.encode(TEXTS), want)
         assert_parity(st.encode(TEXTS, normalize_embeddings=True), want)
+
+
+def test_the_models_include_prompt_is_exported(tmp_path):
+    """A model whose Pooling leaves prompt tokens out (include_prompt false) keeps that in 1_Pooling/config.json.
+    It was written as true: sentence-transformers then pooled over the prompt, and the folder loaded back
+    embedded prompts that the source model refuses."""
+    pytest.importorskip("sentence_transformers")
+    from sentence_transformers import SentenceTransformer
+
+    md = _model_with(tmp_path, include_prompt=False, prompts={"query": "query: ", "document": ""})
+    _export_module().write_st_folder(md, tmp_path / "out")
+    st = SentenceTransformer(str(tmp_path / "out"), device="cpu")
+    assert st[1].include_prompt is False
+    for path in (md.path, tmp_path / "out"):
+        with Encoder.from_pretrained(path, backend="torch") as enc:
+            assert_parity(enc.encode(TEXTS), st.encode(TEXTS))  # no prompt: the same vectors
+            with pytest.raises(ValidationError, match=r"include_prompt: false"):
+                enc.encode(TEXTS[:1], prompt_name="query")
