@@ -88,27 +88,6 @@ def _matrix(x, name: str):
     return x.float()
 
 
-def _model_input_names(folder: Path) -> list[str]:
-    """What a Hugging Face tokenizer of ``folder`` returns (its ``model_input_names``): tokenizer_config.json's own
-    list, else its ``tokenizer_class``'s (BERT's: with token_type_ids; MPNet's, RoBERTa's, a generic fast
-    tokenizer's: without), else BERT's."""
-    import json
-
-    try:
-        cfg = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        cfg = {}
-    names = cfg.get("model_input_names")
-    if not names and isinstance(cfg.get("tokenizer_class"), str):
-        import transformers
-
-        try:  # a class this transformers lacks, or one whose extra (sentencepiece) is missing: BERT's
-            names = getattr(getattr(transformers, cfg["tokenizer_class"]), "model_input_names", None)
-        except (AttributeError, ImportError):
-            names = None
-    return list(names or ("input_ids", "token_type_ids", "attention_mask"))
-
-
 class SentenceTransformerAPI:
     """A base of ``Encoder`` (which provides ``model``, ``dim``, ``max_length``, ``_set_max_length``,
     ``encode`` and its batchers)."""
@@ -233,6 +212,7 @@ class SentenceTransformerAPI:
         import torch
 
         from . import native
+        from .tokenization import model_input_names
 
         if isinstance(texts, str):
             raise ValidationError(f"`texts` of tokenize must be a list of str (sentence-transformers reads a str as "
@@ -244,7 +224,8 @@ class SentenceTransformerAPI:
         ids, mask = (torch.from_numpy(np.asarray(x, dtype=np.int64))
                      for x in native.pack_padded(self.tokenizer(texts).ids, self.tokenizer.pad_id))
         out = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": mask}
-        return {k: out[k] for k in _model_input_names(self.model.tokenizer_path.parent) if k in out}
+        names = model_input_names(self.model.tokenizer_path.parent / "tokenizer_config.json")
+        return {k: out[k] for k in names if k in out}
 
     def encode_query(self, texts, **kwargs):
         """sentence-transformers' ``encode_query``: ``encode`` with the model's "query" prompt ("" if it

@@ -170,3 +170,24 @@ def _pad_id(tok, tokenizer_config: Path) -> int:
         if i is not None:
             return i
     return 0
+
+
+def model_input_names(tokenizer_config: Path) -> list[str]:
+    """What a Hugging Face tokenizer with this tokenizer_config.json returns (its ``model_input_names``): the
+    file's own list, else its ``tokenizer_class``'s (BERT's: with token_type_ids; MPNet's, RoBERTa's, a
+    generic fast tokenizer's: without), else BERT's."""
+    import json
+
+    try:
+        cfg = json.loads(tokenizer_config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        cfg = {}
+    names = cfg.get("model_input_names") if isinstance(cfg, dict) else None
+    if not names and isinstance(cfg, dict) and isinstance(cfg.get("tokenizer_class"), str):
+        try:  # a class this transformers lacks, or one whose extra (sentencepiece) is missing: BERT's
+            import transformers
+
+            names = getattr(getattr(transformers, cfg["tokenizer_class"]), "model_input_names", None)
+        except (AttributeError, ImportError):
+            names = None
+    return list(names or ("input_ids", "token_type_ids", "attention_mask"))
