@@ -58,9 +58,15 @@ def check_device(encoder, device) -> None:
             f"sentence-transformers for one process per device, which postemb_rt does not start. Given: {device!r}. "
             "Fix: drop `device`: one Encoder already uses every core through its C++ batcher, and threads share "
             "it through submit(); for several GPUs, one Encoder.from_pretrained(..., device='cuda:N') per GPU.")
+    from .backends import resolve_device
+
     given = str(device) if type(device).__name__ == "device" else device  # a torch.device
     norm = {"cuda": "cuda:0"}
-    if not isinstance(given, str) or norm.get(given, given) != norm.get(loaded, loaded):
+    try:
+        same = norm.get(g := resolve_device(given), g) == norm.get(loaded, loaded)  # "cpu:0" is "cpu", as in torch
+    except ValidationError:  # not a device: refused below, with this check's fix
+        same = False
+    if not same:
         raise ValidationError(
             f"`device` must be None or the device this Encoder was loaded on ({loaded!r}): an Encoder does not move "
             f"between devices. Given: {device!r}. Fix: Encoder.from_pretrained(..., device={given!r}).")

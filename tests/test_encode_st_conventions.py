@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from postemb_rt import Encoder, ValidationError, durable, quantization
+from postemb_rt.backends import resolve_device
 from postemb_rt.data import BUILTIN_POSTS
 from tests.conftest import SAMPLE_TEXTS, assert_exact
 from tests.st_models import build_st_folder
@@ -218,6 +219,9 @@ def test_convert_to_tensor_and_numpy_as_sentence_transformers(enc, st):
 def test_device_must_be_the_encoders_own(enc):
     assert_exact(enc.encode(TEXTS[:2], device="cpu"), enc.encode(TEXTS[:2]))
     assert_exact(enc.encode(TEXTS[:2], device=torch.device("cpu")), enc.encode(TEXTS[:2]))
+    for d in ("cpu:0", torch.device("cpu:0")):  # torch's (and sentence-transformers') name of the same CPU
+        assert_exact(enc.encode(TEXTS[:2], device=d), enc.encode(TEXTS[:2]))
+    assert resolve_device("cpu:0") == "cpu"  # and Encoder.from_pretrained(device="cpu:0") loads on it
     for d in ("cuda", "cuda:1", torch.device("cuda:1")):
         with pytest.raises(ValidationError, match=r"`device` must be None or the device this Encoder was loaded on "
                                                   r"\('cpu'\).*Fix: Encoder.from_pretrained\(..., device='cuda"):

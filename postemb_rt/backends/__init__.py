@@ -44,7 +44,8 @@ def backend_class(name: str):
 
 def resolve_device(device) -> str:
     """"auto" (or None, sentence-transformers' default) -> "cuda" when torch sees a GPU, else "cpu"; "cpu" /
-    "cuda[:N]" (a str or a torch.device, as ``Encoder.device`` gives) as given; else ValidationError."""
+    "cuda[:N]" (a str or a torch.device, as ``Encoder.device`` gives) as given, "cpu:N" as "cpu" (torch
+    ignores a CPU's index); else ValidationError."""
     torch = sys.modules.get("torch")  # a torch.device exists only once torch is imported
     if torch is not None and isinstance(device, torch.device):
         device = str(device)
@@ -55,10 +56,10 @@ def resolve_device(device) -> str:
             return "cuda" if torch.cuda.is_available() else "cpu"
         except ImportError:
             return "cpu"
-    if not isinstance(device, str) or not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+    if not isinstance(device, str) or not re.fullmatch(r"(cpu|cuda)(:\d+)?", device):
         raise ValidationError(f"`device` must be 'auto', 'cpu' or 'cuda[:N]'. Given: {device!r}. Fix: one of those "
                               "(a torch.device of them works too).")
-    return device
+    return "cpu" if device.startswith("cpu") else device
 
 
 def _has(package: str) -> bool:
