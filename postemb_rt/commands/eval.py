@@ -80,7 +80,8 @@ def register(sub) -> None:
                    help="NAME=PATH or a model name/dir; repeatable; an unnamed row is named after the model, "
                         "`default`'s `multitask` (default: default)")
     p.add_argument("--out", required=True, help="report folder, e.g. reports/")
-    p.add_argument("--data", default=None, help="data root holding tweeteval/ and stsb/ (default: ../shared/data)")
+    p.add_argument("--data", default=None,
+                   help="data root holding tweeteval/ and stsb/ (default: $POSTEMB_DATA, else ../shared/data)")
     p.add_argument("--backend", default="auto", choices=backends.CHOICES,
                    help="the runtime (default: auto: the fastest installed for this device and precision)")
     p.add_argument("--seed", type=int, default=0)
