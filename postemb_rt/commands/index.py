@@ -12,8 +12,9 @@ too and re-ranks the k*N Hamming-nearest by cosine. Rows whose id came earlier a
 whose vector is not their id's first row's (two posts under one id, or a post edited and embedded
 again: retrieval/repeats.py says why they are reported, not refused).
 query: by text (``--text``), embedded the way the index's vectors were: the index records
-their vector version (model version + "+<precision>" when not fp32 + "+chunk" in chunk
-mode), and the query encoder is loaded with that precision and long-post mode; ``--model``
+their vector version (model version + "@K" for a nested prefix + "+<precision>" when not fp32
++ "+maxN" for a shorter max_length + "+chunk" in chunk mode), and the query encoder is loaded
+with that prefix, precision, max_length and long-post mode; ``--model``
 must be that model (default: default); ``--precision`` / ``--long-posts`` may say the same
 thing explicitly, and anything that would give another vector version is refused;
 ``--prompt-name`` / ``--prompt`` as in ``postemb embed`` (default: the model's default prompt). A
@@ -275,10 +276,11 @@ def register(sub) -> None:
     b.add_argument("--input", help="Parquet embeddings: a file or a folder (columns id, embedding, model_version)")
     b.add_argument("--redis", help="or: a near-line store URL (redis://host:port/db)")
     b.add_argument("--vector-version", "--model-version", dest="vector_version",
-                   help="the vectors' version (Encoder.vector_version: model version + '+<precision>' when not fp32 "
-                        "+ '+chunk' in chunk mode). With --redis: the version the worker stores under. With --input: "
-                        "the version of rows without one (no model_version column, or null), which the column's "
-                        "must equal (default: the column's). --model-version is its old name")
+                   help="the vectors' version (Encoder.vector_version: model version + '@K' for a nested prefix "
+                        "+ '+<precision>' when not fp32 + '+maxN' for a shorter max_length + '+chunk' in chunk "
+                        "mode, e.g. postemb-mt50-v4@16+bf16). With --redis: the version the worker stores under. "
+                        "With --input: the version of rows without one (no model_version column, or null), which "
+                        "the column's must equal (default: the column's). --model-version is its old name")
     b.add_argument("--allow-unversioned", action="store_true",
                    help="with --input: build from Parquet that records no vector version, none given, an index of "
                         "no version: `index query --text` cannot check its model against it (default: refused)")

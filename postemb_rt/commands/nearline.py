@@ -24,9 +24,11 @@ log = logging.getLogger("postemb_rt.nearline")
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "nearline", help="near-line worker: posts stream -> embeddings store (Redis Streams)",
-        description="Embed post-created events from a Redis stream with a consumer group, store one hash per "
-                    "post at postemb:{vector_version}:{post_id} (the model version, plus +precision / +chunk when "
-                    "those change the numbers), announce it on the `embeddings` stream, then acknowledge. "
+        description="Embed post events from a Redis stream with a consumer group, store one hash per "
+                    "post at postemb:{vector_version}:{post_id} (the model version, plus @K / +precision / +chunk "
+                    "when --truncate-dim, the precision or the long-post mode change the numbers), announce it on "
+                    "the `embeddings` stream, then acknowledge; a deletion (nearline.publish_delete) replaces the "
+                    "record with a tombstone, announced the same way. "
                     "SIGTERM/SIGINT finish the current batch and exit 0. Exit 2: a flag out of range, or Redis "
                     "refuses every write (a shared key of the wrong type, NOPERM; nothing acknowledged) or the "
                     "credentials (checked before the model loads). Exit 3: a model call ran past "
@@ -73,7 +75,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="a model call (one micro-batch) that runs longer than this stops the worker with exit code "
                         "3, for its supervisor to restart it; its events stay pending and are retried one at a "
                         "time (0: no bound; default: %(default)s)")
-    p.add_argument("--posts-stream", default="posts", help="the stream of post-created events (default: posts)")
+    p.add_argument("--posts-stream", default="posts",
+                   help="the stream of post events: creates, edits, deletions (default: posts)")
     p.add_argument("--dead-stream", default="posts-dead",
                    help="where events that failed --max-deliveries times go (default: posts-dead)")
     p.add_argument("--embeddings-stream", default="embeddings",
