@@ -132,3 +132,14 @@ def test_a_flag_the_parser_refuses_is_one_line_with_the_fix(argv, says, capsys):
 def test_serve_threads_0_is_the_default_and_below_0_is_refused(capsys):
     assert cli.main(["serve", "--model", "base", "--threads", "-1"]) == 2
     assert "`--threads` must be >= 0 (0: the default). Given: -1." in capsys.readouterr().err
+
+
+def test_a_parser_error_that_names_its_fix_gets_no_second_fix(monkeypatch, capsys):
+    """A list in $POSTEMB_MODEL for a one-model command names its own fix; the parser added
+    "Fix: see `postemb nearline --help`." after it, two fixes on one line."""
+    monkeypatch.setenv("POSTEMB_MODEL", "default,base")
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["nearline", "--stats"])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("Fix:") == 1 and err.count("\n") == 1, err
+    assert err.rstrip().endswith("or pass --model VALUE."), err

@@ -13,6 +13,8 @@ class Parser(argparse.ArgumentParser):
     are this class too (``add_subparsers`` makes them of the parent's class)."""
 
     def error(self, message: str):
+        if "Fix:" in message:  # the message names its own fix (an ArgumentTypeError of ours)
+            self.exit(2, f"{self.prog}: error: {message}\n")
         self.exit(2, f"{self.prog}: error: {message.rstrip('.')}. Fix: see `{self.prog} --help`.\n")
 
 
