@@ -289,7 +289,8 @@ def register(sub) -> None:
     p.add_argument("--drain-timeout", type=float, default=30.0,
                    help="SIGTERM: seconds in-flight requests get to finish (default: 30)")
     p.add_argument("--long-posts", choices=["truncate", "chunk"], default="truncate",
-                   help="/embed_full's and /embed's default for posts longer than max_length: truncate, or chunk "
-                        "(embed the whole post as windows; see README) (default: truncate)")
+                   help="posts longer than max_length on /embed_full (the default of its long_posts field), /embed, "
+                        "/, /invocations and /similarity: truncate, or chunk (embed the whole post as windows; see "
+                        "README); /v1/embeddings always truncates (default: truncate)")
     p.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
     p.set_defaults(func=run)
