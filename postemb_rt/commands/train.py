@@ -101,7 +101,7 @@ def register(sub) -> None:
     p.add_argument("--config", required=True, help="training config (JSON), e.g. configs/multitask.json")
     p.add_argument("--out", help="output model directory")
     p.add_argument("--steps", type=int, default=None,
-                   help="override the config's steps (the model version then ends in -steps<N>)")
+                   help="override the config's steps (when they differ, the model version ends in -steps<N>)")
     p.add_argument("--threads", type=int, default=None,
                    help="override the config's torch threads (1 beats 2 when other jobs share 2 cores)")
     p.add_argument("--seed", type=int, default=None,
