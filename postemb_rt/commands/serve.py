@@ -20,7 +20,8 @@ MODEL typed for a model without a NAME, so `--model default --model base` answer
 name are refused at start. With one model, the request's `model` is ignored, as before (GET
 /v1/models/{id} takes its served name and aliases only).
 
-Needs the ``[serve]`` extra (fastapi, uvicorn, prometheus-client).
+Needs the ``[serve]`` extra (fastapi, uvicorn, prometheus-client, orjson, swagger-ui-bundle for
+/docs, sentence-transformers for the quantized encodings).
 """
 from __future__ import annotations
 
