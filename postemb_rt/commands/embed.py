@@ -243,7 +243,8 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     p.add_argument("--precision", default="fp32", choices=backends.PRECISIONS,
                    help="fp32 (exact); on CPU bf16 or int8 (gated by measured fidelity, see README \"Fast precisions\"); "
-                        "on CUDA fp16 or bf16 (default: fp32)")
+                        "on CUDA fp16 or bf16; auto: the first that clears the bar here (bf16 with native bf16, "
+                        "else int8, else fp32; the vector version says which) (default: fp32)")
     p.add_argument("--quantize", choices=list(PRECISIONS), default="float32",
                    help="output quantization, Encoder.encode(precision=...): int8 / uint8 one byte per dimension "
                         "(the model's calibration ranges), binary / ubinary one bit (8 per byte); .npy output "

@@ -50,7 +50,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--long-posts", choices=["truncate", "chunk"], default="truncate",
                    help="posts longer than max_length: truncate, or chunk (embed them whole) (default: truncate)")
     p.add_argument("--precision", default="fp32", choices=backends.PRECISIONS,
-                   help="fp32 (exact), or bf16 / int8 on CPU (gated by measured fidelity; default: fp32)")
+                   help="fp32 (exact), or bf16 / int8 on CPU (gated by measured fidelity), or auto (the first "
+                        "that clears the bar on this CPU: bf16 with native bf16, else int8, else fp32; a worker "
+                        "on another CPU may pick another, and stores under its own vector version) (default: fp32)")
     add_prompt_args(p, "post whose event has no prompt_name field", text=False,
                     note="; an event naming a prompt the model lacks is dead-lettered; stored in each record")
     p.add_argument("--truncate-dim", type=int, default=None,
