@@ -184,7 +184,8 @@ def listen(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ValidationError(f"cannot listen on {host}:{port}: {exc.strerror}.") from None
+        raise ValidationError(f"cannot listen on {host}:{port}: {exc.strerror}. Fix: a free --port (0 picks one) "
+                              "on an address of this machine (--host), or stop what holds that port.") from None
     sock.listen(LISTEN_BACKLOG)
     return sock
 

@@ -212,6 +212,18 @@ def test_several_workers_on_a_port_in_use_fail_as_one_worker_does():
     assert f"cannot listen on 127.0.0.1:{port}: Address already in use" in out.stderr
 
 
+def test_a_port_in_use_is_one_error_with_the_fix():
+    """README: errors name the argument, the value and the fix; "cannot listen" named no fix."""
+    from postemb_rt.commands.serve import listen
+    from postemb_rt.errors import ValidationError
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ValidationError, match=rf"cannot listen on 127.0.0.1:{port}: .*\. Fix: .*--port"):
+            listen("127.0.0.1", port)
+
+
 def test_openapi_documents_error_responses_and_metrics_content_type(client):
     spec = client.get("/openapi.json").json()
     for path, refused in (("/v1/embeddings", "400"), ("/embed_full", "422")):  # OpenAI's status, and ours
