@@ -84,9 +84,12 @@ def register(sub) -> None:
                    help="data root holding tweeteval/ and stsb/ (default: $POSTEMB_DATA, else ../shared/data)")
     p.add_argument("--backend", default="auto", choices=backends.CHOICES,
                    help="the runtime (default: auto: the fastest installed for this device and precision)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the held-out subsamples, recorded in the report (not a training seed: rows "
+                        "NAME-seed<N> are those) (default: 0)")
     p.add_argument("--split", choices=["test", "val"], default="test",
-                   help="held-out data: test (the report) or val (to choose a recipe without looking at test)")
+                   help="held-out data: test (the report) or val (to choose a recipe without looking at test) "
+                        "(default: test)")
     p.add_argument("--teacher", default=None,
                    help="add rows `teacher` and `teacher-pca50` (a registered teacher, e.g. all-mpnet-base-v2, "
                         "or a sentence-transformers folder); targets 1 and 4 need them")
