@@ -191,12 +191,14 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--backend", default="torch", choices=("torch", "onnxruntime", "openvino"),
                    help="torch, onnxruntime or openvino (default torch)")
-    p.add_argument("--precision", default="bf16",
-                   help="torch: fp32 or bf16; onnxruntime: fp32 or int8; openvino: fp32, bf16 or int8 (default bf16)")
+    p.add_argument("--precision", default=None,
+                   help="torch: fp32 or bf16; onnxruntime: fp32 or int8; openvino: fp32, bf16 or int8 "
+                        "(default: bf16, int8 for onnxruntime)")
     p.add_argument("--n", type=int, default=1000, help="short posts (default 1000)")
     p.add_argument("--model", default="base")
     p.add_argument("--compile", action="store_true", help="also time the encoder under torch.compile")
     args = p.parse_args(argv)
+    args.precision = args.precision or ("int8" if args.backend == "onnxruntime" else "bf16")
     import torch
     from torch.profiler import ProfilerActivity, profile
 

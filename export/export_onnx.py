@@ -39,7 +39,8 @@ def main(argv=None) -> int:
     from postemb_rt.commands import Parser, at_least
 
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="default", help="'default', 'base' or a model directory")
+    p.add_argument("--model", default="default",
+                   help="a registered name ('default', 'base', ...) or a model directory (default: default)")
     p.add_argument("--out", required=True, help="output directory (created)")
     p.add_argument("--no-optimize", action="store_true", help="skip ONNX Runtime's transformer graph fusions")
     p.add_argument("--pooling", choices=["graph", "external"], default=DEFAULT_POOLING,

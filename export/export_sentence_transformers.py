@@ -40,7 +40,8 @@ def main(argv=None) -> int:
     from postemb_rt.commands import Parser, at_least
 
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="default", help="'default', 'base' or a model directory")
+    p.add_argument("--model", default="default",
+                   help="a registered name ('default', 'base', ...) or a model directory (default: default)")
     p.add_argument("--out", required=True, help="output folder (created; must be empty or absent)")
     p.add_argument("--parity-posts", type=at_least(1), default=64, help="real posts in the parity check (default 64)")
     p.add_argument("--min-cosine", type=float, default=0.99999, help="parity threshold (default 0.99999)")

@@ -125,8 +125,7 @@ class DynamicBatcher:
         use_c = _native._C is not None if native is None else bool(native)
         if native is None and not use_c:
             fix = ("unset POSTEMB_NATIVE" if _native.disabled() else "pip install -e . (needs a C++17 compiler)")
-            log.warning("postemb_rt._C is not loaded: concurrent requests are computed one at a time, "
-                        "without batching across requests (%s). Fix: %s", SERIAL, fix)
+            log.warning("Batcher: %s. Fix: %s", SERIAL, fix)
         self._embed = embed
         self._pending: dict[int, tuple[Future, bool]] = {}
         self._tickets = itertools.count(1)

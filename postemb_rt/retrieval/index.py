@@ -253,9 +253,9 @@ class PostIndex:
                    scan_count: int = 1000, **params) -> "PostIndex":
         """An index over the near-line store (``postemb_rt.nearline``): every hash at
         ``{prefix}:{vector_version}:*``. ``vector_version``: the version the worker stores under,
-        its encoder's ``Encoder.vector_version`` (the model version, plus ``+bf16`` / ``+int8`` /
-        ``+chunk`` where the worker runs so); ``postemb_rt.encoder.vector_version(model_version,
-        precision, long_posts)`` computes it. ``client``: a redis-py client or a ``redis://`` URL.
+        its encoder's ``Encoder.vector_version`` (the model version, plus ``@<k>`` / ``+bf16`` / ``+int8`` /
+        ``+max<n>`` / ``+chunk`` where the worker runs so); ``postemb_rt.encoder.vector_version(model_version,
+        precision, long_posts, truncate_dim, max_length)`` computes it. ``client``: a redis-py client or a ``redis://`` URL.
         Reads in SCAN pages of ``scan_count`` keys, one pipeline each. Nothing under that version:
         ValidationError listing the versions the store does hold (from a few SCAN pages).
         ``prompt_name``: the one its records name (``sources.read_store``), else the one given (a
