@@ -8,13 +8,13 @@ from typing import Any
 
 CLIENT_CLOSED = 499  # nginx's "client closed request": the client left before its answer
 RETRY_AFTER_S = (1, 60)  # the bounds of a Retry-After (the openai clients give up past 120 s)
-RETRY_JITTER = 0.5  # a Retry-After is spread over up to this fraction more than the wait estimated
+RETRY_JITTER = 1.0  # a Retry-After is spread over the wait estimated to (1 + this) times it
 
 
 def retry_after(seconds: float) -> dict:
     """The headers that ask a refused client to come back in about ``seconds`` (bounded by RETRY_AFTER_S):
     ``Retry-After`` (whole seconds) and ``retry-after-ms``, which the openai clients read first. Both are
-    spread at random over up to RETRY_JITTER more than that, the same draw for both: clients refused together
+    drawn at random from that wait to (1 + RETRY_JITTER) times it, one draw for both: clients refused together
     then come back apart, not in one burst that the server refuses again (an openai client adds no jitter of
     its own to a Retry-After)."""
     low, high = RETRY_AFTER_S

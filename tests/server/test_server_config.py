@@ -89,8 +89,8 @@ def test_a_queue_deadline_under_load_is_429_and_503_only_when_the_model_is_stuck
     with pytest.raises(ApiError) as info:
         asyncio.run(rt._compute([[101, 2000, 102]], "input"))
     assert info.value.status == status and info.value.body["code"] == code
-    headers = info.value.headers  # 10,000 tokens queued at 1,000 tokens/s: 10 s, spread over up to 15 s
-    assert 10_000 <= int(headers["retry-after-ms"]) <= 15_000
+    headers = info.value.headers  # 10,000 tokens queued at 1,000 tokens/s: 10 s, spread over up to 20 s
+    assert 10_000 <= int(headers["retry-after-ms"]) <= 20_000
     assert int(headers["Retry-After"]) == -(-int(headers["retry-after-ms"]) // 1000)
 
 
@@ -101,9 +101,9 @@ def test_a_retry_after_is_bounded_and_spread_so_refused_clients_come_back_apart(
 
     draws = [retry_after(2.0) for _ in range(200)]
     ms = [int(h["retry-after-ms"]) for h in draws]
-    assert min(ms) >= 2000 and max(ms) <= 3000 and len(set(ms)) > 100, (min(ms), max(ms), len(set(ms)))
+    assert min(ms) >= 2000 and max(ms) <= 4000 and len(set(ms)) > 100, (min(ms), max(ms), len(set(ms)))
     assert all(int(h["Retry-After"]) == -(-int(h["retry-after-ms"]) // 1000) for h in draws)  # one draw for both
-    assert {retry_after(0.0)["Retry-After"], retry_after(1e-9)["Retry-After"]} <= {"1", "2"}  # at least 1 s
+    assert {retry_after(0.0)["Retry-After"], retry_after(1e-9)["Retry-After"]} <= {"1", "2"}  # 1 s at least
     assert retry_after(1e6) == {"Retry-After": "60", "retry-after-ms": "60000"}  # at most 60 s
 
 
