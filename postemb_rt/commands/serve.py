@@ -6,8 +6,9 @@
 
 The port opens at once (``GET /health`` answers); the model loads meanwhile and ``GET /ready``
 turns 200 when it is warmed up. SIGTERM: stop accepting, finish the requests in flight (at
-most --drain-timeout seconds), drain the batcher, exit 0 (Ctrl-C does the same, exit 130). A model that fails to
-load stops the server with exit code 1.
+most --drain-timeout seconds), drain the batcher, exit 0 (Ctrl-C does the same, exit 130; a second
+Ctrl-C stops at once, leaving the requests in flight unanswered). A model that fails to load stops the
+server with exit code 1.
 
 Several models: repeat --model (each NAME=MODEL or MODEL; $POSTEMB_MODEL takes them
 comma-separated). Each model has its own encoder and batcher and is served under its NAME, else
@@ -26,7 +27,9 @@ Needs the ``[serve]`` extra (fastapi, uvicorn, prometheus-client, orjson, swagge
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import logging
 import os
 import shutil
 import signal
@@ -197,17 +200,22 @@ def url(host: str, port: int) -> str:
 def serve_app(app, host: str, port: int, drain_timeout_s: float, verbose: bool = False, access_log: bool = False,
               what: str = "") -> int:
     """Serve a ``postemb_rt.serving.routes.create_app`` app on host:port (0: a free port) until SIGTERM
-    or Ctrl-C; prints the address once listening. Returns the exit code: 0 after a drain, 1
-    when a model failed to load."""
+    or Ctrl-C; prints the address once listening. Returns the exit code: 0 after a drain (130 after
+    Ctrl-C's, or when a second Ctrl-C cut it short), 1 when a model failed to load."""
     import uvicorn
 
+    from ..logs import dropped
     from ..serving.connections import configure, uvicorn_options
 
     cfg = app.state.models.cfg
     configure(cfg.max_connections, cfg.header_timeout_s, cfg.body_timeout_s)
-    # uvicorn re-raises a captured SIGTERM after its graceful shutdown, which would end the
-    # process with -15: a handler of our own makes that re-raise a no-op, so a drain exits 0.
+    # uvicorn re-raises a captured SIGTERM / SIGINT after its shutdown, which would end the process with -15,
+    # or raise KeyboardInterrupt into asyncio's runner (at random either that or a cancel; after a second
+    # Ctrl-C, with the tasks still running cancelled and their tracebacks): handlers of our own take those
+    # re-raises, so a drain exits 0 after SIGTERM and 130 after Ctrl-C, every time
+    interrupted = []
     signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     sock = listen(host, port)
     host, port = sock.getsockname()[:2]
     server = uvicorn.Server(uvicorn.Config(app, log_level="info" if verbose else "warning", access_log=access_log,
@@ -218,12 +226,24 @@ def serve_app(app, host: str, port: int, drain_timeout_s: float, verbose: bool =
     models.on_loaded = lambda: print(f"postemb serve: ready: {models.summary()}", flush=True)
     print(f"postemb serve: listening on {url(host, port)} ({what}; GET /ready turns 200 when the model is "
           "loaded)", flush=True)
-    server.run(sockets=[sock])
+    # a second Ctrl-C stops uvicorn at once (force_exit): the requests in flight and the lifespan's wait are
+    # cancelled, which uvicorn and Starlette log as tracebacks; the message below says what happened instead
+    def cut_short(r: logging.LogRecord) -> bool:
+        cancelled = r.exc_info is not None and isinstance(r.exc_info[1], asyncio.CancelledError)
+        return server.force_exit and (cancelled or "CancelledError" in r.getMessage())
+
+    with dropped("uvicorn.error", cut_short):
+        server.run(sockets=[sock])
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C interrupts again from here
     if models.load_error:
         print(f"postemb serve: error: {models.load_error}", file=sys.stderr)
         return 1
+    if server.force_exit:
+        print("postemb serve: stopped at a second Ctrl-C: requests in flight were not answered (a batch "
+              "being computed finishes first)", file=sys.stderr, flush=True)
+        return 130
     print("postemb serve: stopped", flush=True)
-    return 0
+    return 130 if interrupted else 0
 
 
 def register(sub) -> None:

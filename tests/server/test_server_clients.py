@@ -156,3 +156,54 @@ def test_the_connection_is_watched_only_by_a_request_still_running_after_watch_a
 
     assert asyncio.run(run(0.0)) == ("answered", 0)
     assert asyncio.run(run(5.0)) == ("cancelled", 1)
+
+
+def test_ctrl_c_drains_and_exits_130(tmp_path):
+    """As README says; it was 130 or 0 at random (uvicorn re-raises the SIGINT it caught into asyncio's runner,
+    which either cancels its task or raises KeyboardInterrupt)."""
+    import signal
+
+    srv = ServerProc(fault_argv(tmp_path))
+    srv.wait_ready()
+    srv.proc.send_signal(signal.SIGINT)
+    rc = srv.proc.wait(60)
+    time.sleep(0.2)  # the output reader thread
+    out = "".join(srv.lines)
+    assert rc == 130 and "postemb serve: stopped" in out and "Traceback" not in out, out
+
+
+def test_a_second_ctrl_c_stops_at_once_says_so_and_exits_130(tmp_path):
+    """The first Ctrl-C drains the requests in flight (up to --drain-timeout); a second one stops at once, as
+    uvicorn does. It used to print Starlette's traceback of the cancelled lifespan and exit 0 ("stopped")."""
+    import signal
+
+    srv = ServerProc(fault_argv(tmp_path, "--drain-timeout=30"))
+    srv.wait_ready()
+    (tmp_path / "hold").touch()
+
+    def held_request():
+        try:
+            httpx.post(srv.url + "/embed_full", json={"inputs": ["held in the model"]}, timeout=60)
+        except httpx.TransportError:
+            pass  # the server stopped without answering: what a second Ctrl-C means
+
+    t = threading.Thread(target=held_request)
+    try:
+        t.start()
+        wait_for(lambda: (tmp_path / "held").exists(), 60, "the request to reach the held model")
+        srv.proc.send_signal(signal.SIGINT)
+        time.sleep(0.5)  # draining: waiting for the held request
+        assert srv.proc.poll() is None
+        srv.proc.send_signal(signal.SIGINT)
+        wait_for(lambda: any("stopped at a second Ctrl-C" in line for line in srv.lines), 30, "the server to stop")
+        (tmp_path / "hold").unlink()  # the batch being computed finishes (the process waits for its thread)
+        rc = srv.proc.wait(30)
+    finally:
+        (tmp_path / "hold").unlink(missing_ok=True)
+        t.join(60)
+        srv.stop()
+    time.sleep(0.2)  # the output reader thread
+    out = "".join(srv.lines)
+    assert rc == 130, out
+    assert "stopped at a second Ctrl-C: requests in flight were not answered" in out
+    assert "Traceback" not in out and "CancelledError" not in out, out
