@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -346,8 +347,16 @@ def resolve(name_or_path: str | Path) -> ModelDir:
             f"`name_or_path` must be a str or Path. Given: {type(name_or_path).__name__}."
         )
     if isinstance(name_or_path, str) and name_or_path in REGISTERED:
+        if Path(name_or_path).is_dir() and name_or_path not in _SHADOWED:
+            _SHADOWED.add(name_or_path)  # said once per name
+            logging.getLogger("postemb_rt").warning(
+                "%r is a registered model name and a folder here: loading the registered model (sentence-transformers "
+                "would load the folder). Fix: './%s' for the folder.", name_or_path, name_or_path)
         return REGISTERED[name_or_path]()
     return load_model_dir(name_or_path)
+
+
+_SHADOWED: set[str] = set()  # registered names that resolve met as folders of the working directory too
 
 
 def vector_version(model_version: str, precision: str = "fp32", long_posts: str = "truncate",

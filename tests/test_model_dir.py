@@ -112,6 +112,25 @@ def test_load_model_dir_given_a_registered_name_says_resolve_reads_names():
         load_model_dir("default")
 
 
+def test_a_folder_named_like_a_registered_model_is_said_once_with_the_fix(tmp_path, monkeypatch, caplog):
+    """sentence-transformers loads a local folder before a name; postemb_rt loads the registered model and says
+    so (it said nothing: a user with ./default/ got the shipped model unawares)."""
+    import shutil
+
+    from postemb_rt import model_dir
+
+    shutil.copytree(model_dir.resolve("base").path, tmp_path / "base")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(model_dir, "_SHADOWED", set())
+    with caplog.at_level("WARNING", logger="postemb_rt"):
+        assert model_dir.resolve("base").path != (tmp_path / "base")
+        model_dir.resolve("base")
+    said = [r.getMessage() for r in caplog.records if "registered model name and a folder here" in r.getMessage()]
+    assert said == ["'base' is a registered model name and a folder here: loading the registered model "
+                    "(sentence-transformers would load the folder). Fix: './base' for the folder."]
+    assert model_dir.resolve("./base").path.resolve() == (tmp_path / "base").resolve()
+
+
 @pytest.mark.parametrize("backend", ["torch", "onnxruntime"])
 @pytest.mark.parametrize("victim", ["projection.safetensors", "adapters.safetensors"])
 def test_a_partly_written_weights_file_is_named_with_the_fix(tmp_path, victim, backend):
