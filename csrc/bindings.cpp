@@ -298,7 +298,15 @@ class PyDynamicBatcher {
     core_.reset();  // destroys the callbacks' Python references with the GIL held
   }
 
-  postemb::DynamicBatcher& core() { return *core_; }
+  postemb::DynamicBatcher& core() {
+    if (!core_) throw postemb::BatcherClosedError(kAbandoned);
+    return *core_;
+  }
+  // In a forked child (postemb_rt/forks.py): the scheduler thread stayed in the parent, and a lock of
+  // the core may be held there for ever, so the core is never closed nor freed (leaked); every call
+  // after this raises BatcherClosedError.
+  void abandon() { (void)core_.release(); }
+  static constexpr const char* kAbandoned = "this batcher was inherited through fork() (postemb_rt/forks.py)";
   int64_t vocab() const { return vocab_; }  // submit's token ids lie in [0, vocab)
 
  private:
@@ -373,6 +381,8 @@ void bind_batcher(py::module_& m) {
             self.core().close(drain);
           },
           py::arg("drain") = true, "Stop; drain=True computes what is queued first. Joins the thread.")
+      .def("abandon", &PyDynamicBatcher::abandon,
+           "In a forked child: forget the core without closing it (its thread stayed in the parent); leaked.")
       .def_property_readonly("closed", [](PyDynamicBatcher& self) {
         py::gil_scoped_release release;
         return self.core().closed();

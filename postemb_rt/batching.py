@@ -22,6 +22,7 @@ from concurrent.futures import Future, InvalidStateError
 
 import numpy as np
 
+from . import forks
 from .batcher_args import check_options, check_timeout, token_rows
 from .errors import BatcherClosedError, BatchFailedError, DeadlineExceededError, PostEmbError, ValidationError
 
@@ -138,6 +139,16 @@ class DynamicBatcher:
         self._core = core_cls(_make_run(ref), _make_on_done(ref), **{**self.options, "vocab_size": vocab_size or 0})
         with _LIVE_LOCK:
             _LIVE.add(self)
+        forks.holds_threads(self)
+
+    def _after_fork_in_child(self) -> None:
+        """postemb_rt.forks: the scheduler thread stayed in the parent, and a lock of it may be held for ever:
+        never close this copy (the exit hook would wait for that thread), refuse work; the C++ core is leaked."""
+        global _LIVE_LOCK
+        _LIVE_LOCK = threading.Lock()
+        _LIVE.discard(self)
+        core, self._core = self._core, forks.Abandoned()
+        getattr(core, "abandon", lambda: None)()
 
     # -- callers -----------------------------------------------------------------------
     def submit(self, posts, timeout: float | None = None, squeeze: bool = False) -> Future:

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from concurrent.futures import Future
 
 import numpy as np
 
-from . import long_posts as lp, prompts
+from . import forks, long_posts as lp, prompts
 from .batcher_args import check_timeout
 from .batching import DynamicBatcher
 from .errors import BatcherClosedError, ValidationError
@@ -47,8 +48,14 @@ class SubmitAPI:
                                   "lower max_batch_tokens with it.")
         embed = functools.partial(self.backend.embed, normalize=self.model.config.normalize)
         self._batcher = DynamicBatcher(embed, **opts)  # checks the other options
+        forks.holds_threads(self)  # a forked child starts its own
         self._batcher_opts = opts
         return self._batcher
+
+    def _after_fork_in_child(self) -> None:
+        """postemb_rt.forks: the batchers' threads stayed in the parent; the next submit() starts this process's."""
+        self._batcher_lock = threading.Lock()
+        self._batcher = self._raw_batcher = None
 
     @property
     def batcher(self) -> DynamicBatcher:

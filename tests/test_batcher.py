@@ -505,7 +505,7 @@ def test_without_the_extension_requests_are_computed_one_at_a_time_and_reported(
 
     with caplog.at_level("WARNING", logger="postemb_rt"):
         b = DynamicBatcher(embed, max_batch_size=64, max_wait_us=100_000)
-    assert "one at a time" in caplog.text and "Fix: pip install -e ." in caplog.text
+    assert "one request at a time" in caplog.text and "Fix: pip install -e ." in caplog.text
     futs = {}
 
     def caller(first):  # 4 threads x 10 requests, submitted concurrently

@@ -11,6 +11,7 @@ import logging
 import numpy as np
 import torch
 
+from .. import forks
 from ..errors import BackendUnavailableError, ValidationError
 from ..modeling import PostEmbModel
 from ..ops.masked_mean_pool_l2 import CpuPooler
@@ -75,6 +76,7 @@ class TorchBackend(Backend):
     def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray, normalize: bool = True) -> np.ndarray:
         if self._cuda is not None:
             return self._cuda(input_ids, attention_mask, normalize=normalize)
+        forks.torch_ran()  # torch's OpenMP pool now exists: a forked child must run torch on one thread
         hidden = self._model.hidden_states(torch.from_numpy(input_ids), torch.from_numpy(attention_mask)).float()
         if self._fused:
             return self._pool(hidden.numpy(), attention_mask, normalize=normalize)  # (B, S, H) -> (B, D)
