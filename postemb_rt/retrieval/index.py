@@ -281,7 +281,7 @@ class PostIndex:
                                   "--rescore N`), or rescore=0.")
         if len(self) == 0 or len(q) == 0:
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
-        fetch = int(k) * max(m, 1)
+        fetch = min(int(k) * max(m, 1), self.index.ntotal)  # FAISS allocates (q, fetch): k is a cap, not a size
         if self.kind == "hnsw":
             params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, fetch))
         elif self.kind == "ivf":
@@ -290,24 +290,24 @@ class PostIndex:
             params = None
         if not self.binary:
             scores, pos = self.index.search(q, fetch, params=params)
-            scores[pos < 0] = -np.inf
-            return scores, pos
+            return _padded(scores, pos, int(k))
         hamming, pos = self.index.search(self._codes(q), fetch, params=params)
         pos = pos.astype(np.int64, copy=False)
         if not m:  # cosine of the sign vectors: (dim - 2 * hamming) / dim; padding bits are 0 on both sides
             scores = (1.0 - 2.0 * hamming.astype(np.float32) / self.dim).astype(np.float32)
-            scores[pos < 0] = -np.inf
-            return scores, pos
+            return _padded(scores, pos, int(k))
         return _rescore(q, pos, self._floats(), int(k))
 
     def search(self, queries, k: int = 10, exclude=(), rescore: int | None = None) -> list[list[Hit]]:
         """Top-k posts for each query (float32 (q, dim) or (dim,)), best first, as ``Hit(id,
-        score)``; ids in ``exclude`` (e.g. what the member already saw) are left out.
+        score)``; ids in ``exclude`` (e.g. what the member already saw) are left out. ``k`` is a
+        cap: a k beyond the index's size returns every post (no k-sized arrays are made).
         ``rescore``: as in :meth:`search_positions`."""
         check_k(k)  # before k grows by the excluded ids
         exclude = set(exclude)
         extra = sum(1 for e in exclude if e in self._pos)
-        scores, pos = self.search_positions(queries, k + extra, rescore=rescore)
+        # never more than the index holds: a k of 10**12 ("all of them") must not size arrays
+        scores, pos = self.search_positions(queries, max(1, min(k + extra, len(self))), rescore=rescore)
         out = []
         for srow, prow in zip(scores, pos):
             hits = [Hit(self.ids[p], float(s)) for s, p in zip(srow, prow) if p >= 0 and self.ids[p] not in exclude]
@@ -379,6 +379,14 @@ class PostIndex:
         from . import folder as storage
 
         return storage.read(cls, folder, mmap)
+
+
+def _padded(scores: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """FAISS's (scores, positions) (q, <= k) as (q, k), -inf / -1 where no post was found."""
+    out_s, out_p = np.full((len(pos), k), -np.inf, np.float32), np.full((len(pos), k), -1, np.int64)
+    out_s[:, : pos.shape[1]], out_p[:, : pos.shape[1]] = scores, pos
+    out_s[out_p < 0] = -np.inf
+    return out_s, out_p
 
 
 def _rescore(q: np.ndarray, candidates: np.ndarray, floats: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

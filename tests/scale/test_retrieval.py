@@ -126,6 +126,16 @@ def test_fewer_posts_than_k_returns_what_there_is():
     assert sorted(h.id for h in idx.search(idx.vectors_of(["a"]), k=10, exclude={"a"})[0]) == ["b", "c"]
 
 
+@pytest.mark.parametrize("params", [{"kind": "flat"}, {"kind": "hnsw"}, {"binary": True, "rescore": 4}])
+def test_a_k_far_beyond_the_index_returns_every_post_without_allocating_k(params):
+    # k is a cap, as in FAISS: a k of 10**12 must not allocate (q, k) arrays (373 GiB at 10**11: a MemoryError)
+    idx = PostIndex.build(range(30), random_unit(30, 2), **params)
+    hits = idx.search(random_unit(2, 3), k=10**12, exclude={0})
+    assert [len(h) for h in hits] == [29, 29] and all(0 not in [h.id for h in row] for row in hits)
+    member = member_embedding(idx.vectors_of([1, 2, 3]))
+    assert len(retrieve(idx, member, k=10**12, exclude=[1, 2, 3])) == 27
+
+
 def test_build_from_parquet_reads_committed_backfill_output_only(tmp_path):
     import pyarrow.parquet as pq
 
