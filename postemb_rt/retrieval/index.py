@@ -267,7 +267,8 @@ class PostIndex:
     # -- querying ----------------------------------------------------------------------
     def search_positions(self, queries, k: int, rescore: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Raw search: ``queries`` float32 (q, dim) unit rows -> (scores float32 (q, k),
-        positions int64 (q, k)); position -1 (score -inf) where fewer than k posts were found.
+        positions int64 (q, k)), best first, equal scores in the order the posts were added;
+        position -1 (score -inf) where fewer than k posts were found.
         ``rescore``: a binary index's rescore multiplier for this call (default: the index's;
         0: Hamming order; > 0 needs an index built with rescore > 0, which kept the floats)."""
         import faiss
@@ -299,9 +300,10 @@ class PostIndex:
         return _rescore(q, pos, self._floats(), int(k))
 
     def search(self, queries, k: int = 10, exclude=(), rescore: int | None = None) -> list[list[Hit]]:
-        """Top-k posts for each query (float32 (q, dim) or (dim,)), best first, as ``Hit(id,
-        score)``; ids in ``exclude`` (e.g. what the member already saw) are left out. ``k`` is a
-        cap: a k beyond the index's size returns every post (no k-sized arrays are made).
+        """Top-k posts for each query (float32 (q, dim) or (dim,)), best first (equal scores in the
+        order the posts were added), as ``Hit(id, score)``; ids in ``exclude`` (e.g. what the member
+        already saw) are left out. ``k`` is a cap: a k beyond the index's size returns every post
+        (no k-sized arrays are made).
         ``rescore``: as in :meth:`search_positions`."""
         check_k(k)  # before k grows by the excluded ids
         exclude = set(exclude)
@@ -382,10 +384,14 @@ class PostIndex:
 
 
 def _padded(scores: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """FAISS's (scores, positions) (q, <= k) as (q, k), -inf / -1 where no post was found."""
+    """FAISS's (scores, positions) (q, <= k) as (q, k), best first and equal scores in the order the posts
+    were added (FAISS's float heap gives ties last-added first, its binary indexes first-added first),
+    -inf / -1 where no post was found."""
+    scores = np.where(pos < 0, -np.inf, scores).astype(np.float32)
+    order = np.lexsort((np.where(pos < 0, np.iinfo(np.int64).max, pos), -scores), axis=-1)
     out_s, out_p = np.full((len(pos), k), -np.inf, np.float32), np.full((len(pos), k), -1, np.int64)
-    out_s[:, : pos.shape[1]], out_p[:, : pos.shape[1]] = scores, pos
-    out_s[out_p < 0] = -np.inf
+    out_s[:, : pos.shape[1]] = np.take_along_axis(scores, order, 1)
+    out_p[:, : pos.shape[1]] = np.take_along_axis(pos, order, 1)
     return out_s, out_p
 
 

@@ -136,6 +136,20 @@ def test_a_k_far_beyond_the_index_returns_every_post_without_allocating_k(params
     assert len(retrieve(idx, member, k=10**12, exclude=[1, 2, 3])) == 27
 
 
+@pytest.mark.parametrize("params", [{"kind": "flat"}, {"kind": "hnsw"}, {"binary": True}, {"binary": True, "rescore": 2}])
+def test_tied_scores_come_in_the_order_the_posts_were_added(params):
+    # one text posted under several ids (reposts) gives equal vectors: FAISS's float heap returned them last-added
+    # first, its binary index and the rescoring first-added first; one order for every kind: insertion order
+    x = random_unit(6, 5)
+    vectors = np.concatenate([x[:1], np.repeat(x[1:2], 4, 0), x[2:]])  # ids 11..14: one vector
+    idx = PostIndex.build([10, 11, 12, 13, 14, 15, 16, 17, 18], vectors, **params)
+    hits = idx.search(x[1], k=9)[0]
+    assert [h.id for h in hits[:4]] == [11, 12, 13, 14] and len({h.score for h in hits[:4]}) == 1
+    if params == {"kind": "flat"}:
+        assert [h.id for h in idx.search(x[1], k=2)[0]] == [11, 12]  # the cut keeps the first added too
+        assert np.array_equal(idx.search_positions(x[1:2], 3)[1], [[1, 2, 3]])
+
+
 def test_build_from_parquet_reads_committed_backfill_output_only(tmp_path):
     import pyarrow.parquet as pq
 
