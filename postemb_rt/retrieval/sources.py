@@ -114,6 +114,11 @@ def read_parquet(path, batch_rows: int = 65_536, vector_version: str | None = No
 
     with _arrow_errors(path):
         ds = pads.dataset(str(path), format="parquet")
+    if not ds.files:
+        raise ValidationError(f"`path` {str(path)!r} holds no Parquet files (names starting with _ or . are skipped: "
+                              "a backfill's _staging/, _SUCCESS.json). Fix: give a Parquet file or a folder of them "
+                              "(postemb embed --out X.parquet, or postemb backfill's output, once it has committed "
+                              "files).")
     names = ds.schema.names
     if "id" not in names or "embedding" not in names:
         raise ValidationError(f"`path` {str(path)!r} needs columns `id` and `embedding`. Given columns: {names}.")
@@ -131,13 +136,16 @@ def read_parquet(path, batch_rows: int = 65_536, vector_version: str | None = No
             yield from _batches()
 
     def _batches():
-        first, seen = None, False
-        for batch in ds.to_batches(columns=cols, batch_size=batch_rows):
+        first, seen, dim, rows = None, False, None, {}  # rows: {file: rows read from it}
+        for tagged in ds.scanner(columns=cols, batch_size=batch_rows).scan_batches():
+            batch, where = tagged.record_batch, tagged.fragment.path
             if batch.num_rows == 0:
                 continue
-            emb = batch.column("embedding")
-            dim = emb.type.list_size if hasattr(emb.type, "list_size") and emb.type.list_size > 0 else len(emb[0])
-            vec = np.asarray(emb.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+            start = rows.get(where, 0)
+            rows[where] = start + batch.num_rows
+            ids = batch.column("id").to_pylist()
+            vec = _embeddings(path, where, start, ids, batch.column("embedding"), dim)
+            dim = vec.shape[1]
             mv = vector_version
             if "model_version" in cols:
                 versions = {vector_version if v is None else v for v in batch.column("model_version").to_pylist()}
@@ -158,9 +166,47 @@ def read_parquet(path, batch_rows: int = 65_536, vector_version: str | None = No
             elif mv != first:
                 raise ValidationError(f"`path` {str(path)!r} mixes model versions {first!r} and {mv!r}. "
                                       f"Fix: build one index per model version{_NULLS if None in (mv, first) else ''}.")
-            yield batch.column("id").to_pylist(), vec, mv
+            yield ids, vec, mv
 
     return n, batches(), parquet_prompt(ds.files)
+
+
+def _embeddings(path, where: str, start: int, ids: list, emb, dim: int | None) -> np.ndarray:
+    """A batch's ``embedding`` column as float32 (b, dim), every row checked: an id, an embedding of
+    ``dim`` values (None: the batch's first row's), finite, unit L2 (the encoder's output). A bad row:
+    ValidationError naming ``path``, the file ``where``, the row (``start``: the batch's first row in
+    that file) and its post id, with the fix."""
+    import pyarrow.compute as pc
+
+    from .checks import UNIT_TOLERANCE
+
+    def bad(i: int, what: str, fix: str) -> ValidationError:
+        row = f"row {start + i}" if ids[i] is None else f"post id {ids[i]!r} (row {start + i})"
+        return ValidationError(f"`path` {str(path)!r}: {row} of {where!r} {what}. Fix: {fix}.")
+
+    redo = "re-embed that post (postemb embed / backfill write unit vectors), or drop the row"
+    if None in ids:
+        raise bad(ids.index(None), "has no id (null)", "give every row its post's id, or drop the row")
+    if emb.null_count:
+        raise bad(int(np.flatnonzero(emb.is_null().to_numpy(zero_copy_only=False))[0]), "has no embedding (null)", redo)
+    lengths = pc.list_value_length(emb).to_numpy(zero_copy_only=False)
+    dim = int(lengths[0]) if dim is None else dim
+    if dim == 0:
+        raise bad(0, "has an empty embedding (0 values)", redo)
+    if (lengths != dim).any():
+        i = int(np.flatnonzero(lengths != dim)[0])
+        raise bad(i, f"has an embedding of {lengths[i]} values, the others {dim}",
+                  "build one index per model and truncate_dim, from its own embeddings")
+    vec = np.asarray(emb.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+    finite = np.isfinite(vec).all(1)
+    if not finite.all():
+        raise bad(int(np.flatnonzero(~finite)[0]), "has NaN or inf in its embedding", redo)
+    norms = np.linalg.norm(vec, axis=1)
+    off = np.flatnonzero(np.abs(norms - 1) > UNIT_TOLERANCE)
+    if len(off):
+        raise bad(int(off[0]), f"has an embedding of norm {norms[off[0]]:.4g}, not a unit vector (the encoder's "
+                               "output)", redo + " (or write v / ||v||)")
+    return vec
 
 
 def read_store(client, vector_version: str, prefix: str | None = None,

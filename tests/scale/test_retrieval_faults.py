@@ -15,7 +15,7 @@ pytest.importorskip("scipy", reason="scipy is not installed (pip install -e '.[s
 
 from postemb_rt.errors import ValidationError  # noqa: E402
 from postemb_rt.retrieval import PostIndex  # noqa: E402
-from tests.scale.test_retrieval import random_unit  # noqa: E402
+from tests.scale.test_retrieval import DIM, random_unit  # noqa: E402
 
 N = 300
 
@@ -313,3 +313,41 @@ def pa_nulls(table):
     import pyarrow as pa
 
     return pa.nulls(table.num_rows, pa.string())
+
+
+def test_parquet_rows_that_hold_no_embedding_are_named_by_file_and_id(tmp_path, capsys):
+    # NaN, zero, null and ragged rows were refused as `vectors` "row 7" (of a batch: no file, no id), or a traceback
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from postemb_rt.cli import main
+
+    (tmp_path / "empty" / "_staging").mkdir(parents=True)
+    with pytest.raises(ValidationError, match=r"`path` '.*empty' holds no Parquet files \(names starting with _ or \. "
+                                              r"are skipped.*\)\. Fix: give"):
+        PostIndex.from_parquet(tmp_path / "empty")
+    x = random_unit(6)
+
+    def write(name, rows, ids=(10, 11, 12, 13, 14, 15), fixed=True):
+        typ = pa.list_(pa.float32(), DIM) if fixed else pa.list_(pa.float32())
+        (tmp_path / name).mkdir()
+        pq.write_table(pa.table({"id": pa.array(ids[:3], pa.int64()), "embedding": pa.array(list(x[:3]), typ),
+                                 "model_version": ["m"] * 3}), tmp_path / name / "part-0.parquet")
+        pq.write_table(pa.table({"id": pa.array(ids[3:], pa.int64()), "embedding": pa.array(rows, typ),
+                                 "model_version": ["m"] * 3}), tmp_path / name / "part-1.parquet")
+        return tmp_path / name
+
+    nan, zero = x[3:].copy(), x[3:].copy()
+    nan[1, 5], zero[2] = np.nan, 0
+    cases = [(write("nan", list(nan)), r"post id 14 \(row 1\) of '.*part-1.parquet' has NaN or inf in its embedding"),
+             (write("zero", list(zero)), r"post id 15 \(row 2\) of '.*part-1.parquet' has an embedding of norm 0, "
+                                         r"not a unit vector"),
+             (write("noid", list(x[3:]), ids=(10, 11, 12, 13, None, 15)), r"row 1 of '.*part-1.parquet' has no id"),
+             (write("noemb", [x[3], None, x[5]]), r"post id 14 \(row 1\) of '.*part-1.parquet' has no embedding"),
+             (write("ragged", [x[3], x[4, :40], x[5]], fixed=False),
+              r"post id 14 \(row 1\) of '.*part-1.parquet' has an embedding of 40 values, the others 50")]
+    for folder, says in cases:
+        with pytest.raises(ValidationError, match=rf"`path` '.*{folder.name}': {says}.*\. Fix: "):
+            PostIndex.from_parquet(folder, batch_rows=2)
+    assert main(["index", "build", "--input", str(tmp_path / "nan"), "--out", str(tmp_path / "idx")]) == 2
+    assert f"`--input` '{tmp_path / 'nan'}': post id 14 (row 1) of" in capsys.readouterr().err
