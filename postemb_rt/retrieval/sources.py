@@ -119,6 +119,7 @@ def read_parquet(path, batch_rows: int = 65_536, vector_version: str | None = No
                               "a backfill's _staging/, _SUCCESS.json). Fix: give a Parquet file or a folder of them "
                               "(postemb embed --out X.parquet, or postemb backfill's output, once it has committed "
                               "files).")
+    _one_kind(path, ds.files)
     names = ds.schema.names
     if "id" not in names or "embedding" not in names:
         raise ValidationError(f"`path` {str(path)!r} needs columns `id` and `embedding`. Given columns: {names}.")
@@ -169,6 +170,41 @@ def read_parquet(path, batch_rows: int = 65_536, vector_version: str | None = No
             yield ids, vec, mv
 
     return n, batches(), parquet_prompt(ds.files)
+
+
+def _one_kind(path, files) -> None:
+    """The Parquet ``files`` hold ids of one type (int or string) and embeddings of one width, as
+    their schemas say; else a ValidationError naming ``path`` and two files that differ (arrow's
+    own error, met while reading, names neither)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def kinds(f) -> tuple:
+        with _arrow_errors(f):
+            schema = pq.read_schema(f)
+        i = schema.field("id").type if "id" in schema.names else None
+        e = schema.field("embedding").type if "embedding" in schema.names else None
+        return (None if i is None else "int" if pa.types.is_integer(i) else
+                "string" if pa.types.is_string(i) or pa.types.is_large_string(i) else str(i),
+                e.list_size if isinstance(e, pa.FixedSizeListType) else None)
+
+    seen: list = [None, None]  # per kind: (value, file) of the first file that says it
+    for f in files:
+        for j, value in enumerate(kinds(f)):
+            if value is None:
+                continue
+            if seen[j] is None:
+                seen[j] = (value, f)
+            elif value != seen[j][0]:
+                if j == 0:
+                    raise ValidationError(
+                        f"`path` {str(path)!r}: the ids of {f!r} are {value}, those of {seen[j][1]!r} {seen[j][0]} "
+                        "(one id type per index). Fix: write every file's ids as one type (postemb backfill "
+                        "--id-type), or build one index per id type.")
+                raise ValidationError(
+                    f"`path` {str(path)!r}: the embeddings of {f!r} have {value} values, those of {seen[j][1]!r} "
+                    f"{seen[j][0]} (two models or truncate dims). Fix: build one index per vector version, "
+                    "from a folder of its own.")
 
 
 def _embeddings(path, where: str, start: int, ids: list, emb, dim: int | None) -> np.ndarray:

@@ -351,3 +351,26 @@ def test_parquet_rows_that_hold_no_embedding_are_named_by_file_and_id(tmp_path, 
             PostIndex.from_parquet(folder, batch_rows=2)
     assert main(["index", "build", "--input", str(tmp_path / "nan"), "--out", str(tmp_path / "idx")]) == 2
     assert f"`--input` '{tmp_path / 'nan'}': post id 14 (row 1) of" in capsys.readouterr().err
+
+
+def test_parquet_files_of_two_id_types_or_widths_in_one_folder_are_named(tmp_path):
+    # arrow's own error ("Failed to parse string: 's0' as a scalar of type int64", "Size of FixedSizeList is not the
+    # same") named neither file, and said "one model per index" for ids of two types
+    import pyarrow.parquet as pq
+
+    from postemb_rt.backfill import embeddings_table
+
+    x = random_unit(4)
+    short = x[:, :16] / np.linalg.norm(x[:, :16], axis=1, keepdims=True)
+    (tmp_path / "ids" / "b").mkdir(parents=True)
+    pq.write_table(embeddings_table([1, 2], x[:2], "m", "int"), tmp_path / "ids" / "a.parquet")
+    pq.write_table(embeddings_table(["s0", "s1"], x[2:], "m", "string"), tmp_path / "ids" / "b" / "c.parquet")
+    with pytest.raises(ValidationError, match=r"`path` '.*ids': the ids of '.*b/c.parquet' are string, those of "
+                                              r"'.*a.parquet' int \(one id type per index\)\. Fix: "):
+        PostIndex.from_parquet(tmp_path / "ids")
+    (tmp_path / "dims" / "b").mkdir(parents=True)
+    pq.write_table(embeddings_table([1, 2], x[:2], "m", "int"), tmp_path / "dims" / "a.parquet")
+    pq.write_table(embeddings_table([3, 4], short[2:], "m@16", "int"), tmp_path / "dims" / "b" / "c.parquet")
+    with pytest.raises(ValidationError, match=r"`path` '.*dims': the embeddings of '.*b/c.parquet' have 16 values, "
+                                              r"those of '.*a.parquet' 50 \(two models or truncate dims\)\. Fix: "):
+        PostIndex.from_parquet(tmp_path / "dims")
