@@ -236,6 +236,10 @@ def run_query(args) -> int:
         raise ValidationError(f"`--prompt-name` / `--prompt` apply to `--text` queries (a member's vectors are the "
                               f"stored ones). Given: {given} with --member. Fix: drop it.")
     idx = PostIndex.load(args.index)
+    if args.rescore and not idx.binary:
+        raise ValidationError(f"`--rescore` {args.rescore} applies to a binary index (`index build --binary --rescore "
+                              f"N`); `--index` {args.index!r} is a float index, which ranks by exact cosine already. "
+                              "Fix: drop --rescore.")
     results = []
     if args.text:
         enc, dim = query_encoder(args, idx.vector_version)

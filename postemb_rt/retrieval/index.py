@@ -206,8 +206,9 @@ class PostIndex:
                 for pid in ids:
                     del self._pos[pid]
                 raise ValidationError(
-                    f"an IVF index with nlist={self.nlist} trains on its first add, which needs >= {39 * self.nlist} "
-                    f"vectors. Given: {len(v)}. Fix: add more at once, a smaller nlist, or kind='hnsw'.")
+                    f"`kind` 'ivf': an IVF index with nlist={self.nlist} trains on its first add, which needs >= "
+                    f"{39 * self.nlist} vectors. Given: {len(v)}. Fix: `kind` 'hnsw' or 'auto' (kind by size: IVF "
+                    "pays from millions of posts), or add more at once, or a smaller nlist.")
             self.index.train(codes[: 256 * self.nlist])
         self.index.add(codes)
         self._count_skipped(skipped, conflicts)

@@ -134,6 +134,22 @@ def write_embeddings(folder, vectors, version):
                    folder / "part-00000.parquet")
 
 
+def test_cli_errors_give_the_command_line_s_fix(tmp_path, capsys):
+    # they said the library's: "Fix: binary=True, or rescore=0", "kind='hnsw'"
+    from postemb_rt.cli import main
+
+    write_embeddings(tmp_path / "emb", random_unit(50, 2), "m")
+    assert main(["index", "build", "--input", str(tmp_path / "emb"), "--out", str(tmp_path / "idx")]) == 0
+    capsys.readouterr()
+    assert main(["index", "query", "--index", str(tmp_path / "idx"), "--member", "p0", "--rescore", "2"]) == 2
+    err = capsys.readouterr().err
+    assert "`--rescore` 2 applies to a binary index" in err and "Fix: drop --rescore" in err and "binary=True" not in err
+    assert main(["index", "query", "--index", str(tmp_path / "idx"), "--member", "p0", "--rescore", "0"]) == 0
+    assert main(["index", "build", "--input", str(tmp_path / "emb"), "--out", str(tmp_path / "ivf"), "--kind", "ivf"]) == 2
+    err = capsys.readouterr().err
+    assert "`--kind` 'ivf': an IVF index with nlist=" in err and "Fix: `--kind` 'hnsw' or 'auto'" in err
+
+
 def test_cli_binary_index_build_and_query(tmp_path, capsys, default_encoder):
     from postemb_rt.cli import main
 
