@@ -214,8 +214,6 @@ def _embeddings(path, where: str, start: int, ids: list, emb, dim: int | None) -
     that file) and its post id, with the fix."""
     import pyarrow.compute as pc
 
-    from .checks import UNIT_TOLERANCE
-
     def bad(i: int, what: str, fix: str) -> ValidationError:
         row = f"row {start + i}" if ids[i] is None else f"post id {ids[i]!r} (row {start + i})"
         return ValidationError(f"`path` {str(path)!r}: {row} of {where!r} {what}. Fix: {fix}.")
@@ -234,15 +232,24 @@ def _embeddings(path, where: str, start: int, ids: list, emb, dim: int | None) -
         raise bad(i, f"has an embedding of {lengths[i]} values, the others {dim}",
                   "build one index per model and truncate_dim, from its own embeddings")
     vec = np.asarray(emb.flatten().to_numpy(zero_copy_only=False), dtype=np.float32).reshape(-1, dim)
+    if wrong := _first_not_unit(vec, "embedding"):
+        raise bad(*wrong, redo)
+    return vec
+
+
+def _first_not_unit(vec: np.ndarray, what: str) -> tuple[int, str] | None:
+    """(row, what is wrong with it) for the first row of float32 (n, dim) ``vec`` that is not a finite
+    unit L2 vector (the encoder's output, as ``checks.as_vectors`` wants), else None."""
+    from .checks import UNIT_TOLERANCE
+
     finite = np.isfinite(vec).all(1)
     if not finite.all():
-        raise bad(int(np.flatnonzero(~finite)[0]), "has NaN or inf in its embedding", redo)
+        return int(np.flatnonzero(~finite)[0]), f"has NaN or inf in its {what}"
     norms = np.linalg.norm(vec, axis=1)
     off = np.flatnonzero(np.abs(norms - 1) > UNIT_TOLERANCE)
     if len(off):
-        raise bad(int(off[0]), f"has an embedding of norm {norms[off[0]]:.4g}, not a unit vector (the encoder's "
-                               "output)", redo + " (or write v / ||v||)")
-    return vec
+        return int(off[0]), f"has {'an' if what[0] in 'aeiou' else 'a'} {what} of norm {norms[off[0]]:.4g}, not a unit vector (the encoder's output)"
+    return None
 
 
 def read_store(client, vector_version: str, prefix: str | None = None,
@@ -259,7 +266,7 @@ def read_store(client, vector_version: str, prefix: str | None = None,
     if isinstance(client, str):
         client = nearline.connect(client)
     prefix = prefix or nearline.KEY_PREFIX
-    ids, vecs, prompts, deleted = [], [], {}, 0  # prompts: {prompt name or None: the first post id recording it}
+    ids, vecs, keys_read, prompts, deleted = [], [], [], {}, 0  # prompts: {prompt name or None: its first post id}
     seen: set = set()  # SCAN may return a key twice (a rehash while it iterates, e.g. under a live worker)
     for keys in _scan_pages(client, f"{nearline.store_key(vector_version, '', prefix)}*", scan_count):
         keys = [k for k in dict.fromkeys(keys) if k not in seen]
@@ -267,11 +274,14 @@ def read_store(client, vector_version: str, prefix: str | None = None,
         pipe = client.pipeline(transaction=False)
         for key in keys:
             pipe.hmget(key, "post_id", "vector", "prompt_name")
-        for pid, vec, prompt in pipe.execute():
+        for key, (pid, vec, prompt) in zip(keys, pipe.execute()):
             if pid is None or vec is None:  # deleted between SCAN and HMGET, or a deleted post's tombstone
                 deleted += pid is not None
                 continue
             ids.append(pid.decode())
+            keys_read.append(key.decode() if isinstance(key, bytes) else key)
+            if len(vec) % 4 or not vec:
+                raise _bad_record(vector_version, keys_read[-1], ids[-1], f"holds {len(vec)} bytes, not float32 values")
             vecs.append(np.frombuffer(vec, dtype="<f4"))
             prompts.setdefault(None if prompt is None else prompt.decode("utf-8", "replace"), ids[-1])
     if not ids and deleted:
@@ -286,7 +296,22 @@ def read_store(client, vector_version: str, prefix: str | None = None,
             f"{' (from a sample of keys)' if held else ''}. Fix: pass the worker's vector version "
             "(Encoder.vector_version: the model version plus +<precision> / +chunk when not fp32 / truncate).")
     records = {f"post {pid!r}": name for name, pid in prompts.items()}
-    return ids, np.stack(vecs).astype(np.float32), one_prompt(records, f"the store's {vector_version!r} records")
+    lengths = np.array([len(v) for v in vecs])
+    values, counts = np.unique(lengths, return_counts=True)
+    if len(values) > 1:  # the odd one out: a record whose length most records do not have
+        usual = int(values[np.argmax(counts)])
+        i = int(np.flatnonzero(lengths != usual)[0])
+        raise _bad_record(vector_version, keys_read[i], ids[i], f"holds {lengths[i]} values, most others {usual}")
+    vectors = np.stack(vecs).astype(np.float32)
+    if wrong := _first_not_unit(vectors, "vector"):
+        raise _bad_record(vector_version, keys_read[wrong[0]], ids[wrong[0]], wrong[1])
+    return ids, vectors, one_prompt(records, f"the store's {vector_version!r} records")
+
+
+def _bad_record(vector_version: str, key: str, pid: str, what: str) -> ValidationError:
+    return ValidationError(f"`vector_version` {vector_version!r}: the store's record {key!r} (post {pid!r}) {what}. "
+                           "Fix: delete that key and have the near-line worker embed the post again (publish it), "
+                           "or find what else writes under that version.")
 
 
 def _versions_held(client, prefix: str, pages: int = 3, count: int = 1000) -> list[str]:

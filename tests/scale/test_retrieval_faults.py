@@ -374,3 +374,30 @@ def test_parquet_files_of_two_id_types_or_widths_in_one_folder_are_named(tmp_pat
     with pytest.raises(ValidationError, match=r"`path` '.*dims': the embeddings of '.*b/c.parquet' have 16 values, "
                                               r"those of '.*a.parquet' 50 \(two models or truncate dims\)\. Fix: "):
         PostIndex.from_parquet(tmp_path / "dims")
+
+
+def test_store_records_that_hold_no_embedding_are_named_by_key(tmp_path):
+    # a NaN record was `vectors` "row 2" (of SCAN order), one of another length or of odd bytes a ValueError traceback
+    pytest.importorskip("redis", reason="redis-py is not installed")
+    from postemb_rt import nearline
+    from tests.nearline.conftest import RedisServer
+
+    server = RedisServer(tmp_path)
+    server.start()
+    try:
+        client = nearline.connect(server.url)
+        x = random_unit(4)
+        nan = x[3].copy()
+        nan[2] = np.inf
+        for version, last in [("nan", nan.tobytes()), ("short", x[3, :40].tobytes()), ("odd", b"abc"),
+                              ("zero", np.zeros(DIM, "<f4").tobytes())]:
+            for i, vec in enumerate([*(v.tobytes() for v in x[:3]), last]):
+                client.hset(nearline.store_key(version, f"p{i}"), mapping={"post_id": f"p{i}", "vector": vec})
+        for version, says in [("nan", "has NaN or inf in its vector"), ("short", "holds 40 values, most others 50"),
+                              ("odd", "holds 3 bytes, not float32 values"), ("zero", "has a vector of norm 0")]:
+            with pytest.raises(ValidationError, match=rf"`vector_version` '{version}': the store's record "
+                                                      rf"'postemb:{version}:p3' \(post 'p3'\) {says}.*\. Fix: "):
+                PostIndex.from_redis(client, version)
+        client.close()
+    finally:
+        server.stop()
