@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -274,7 +275,7 @@ class PostIndex:
         0: Hamming order; > 0 needs an index built with rescore > 0, which kept the floats)."""
         import faiss
 
-        q = as_vectors(queries, self.dim, "queries")
+        q = self._queries(queries)
         check_k(k)
         m = self.rescore if rescore is None else check_rescore(rescore, self.binary)
         if m and not self.rescore:
@@ -299,6 +300,19 @@ class PostIndex:
             scores = (1.0 - 2.0 * hamming.astype(np.float32) / self.dim).astype(np.float32)
             return _padded(scores, pos, int(k))
         return _rescore(q, pos, self._floats(), int(k))
+
+    def _queries(self, queries) -> np.ndarray:
+        """``queries`` checked (``as_vectors``); one of another width is told how the index's were made."""
+        try:
+            return as_vectors(queries, self.dim, "queries")
+        except ValidationError as exc:
+            shape = np.shape(queries)
+            if not self.vector_version or not shape or shape[-1] == self.dim:
+                raise
+            nested = re.search(r"@(\d+)(?:\+|$)", self.vector_version)
+            how = f"its model, truncate_dim={nested.group(1)}" if nested else "its model, its full width"
+            raise ValidationError(f"{exc} The index holds {self.vector_version!r} vectors. Fix: embed the queries as "
+                                  f"they were ({how}).") from None
 
     def search(self, queries, k: int = 10, exclude=(), rescore: int | None = None) -> list[list[Hit]]:
         """Top-k posts for each query (float32 (q, dim) or (dim,)), best first (equal scores in the

@@ -120,6 +120,14 @@ def test_bad_arguments_are_named():
         idx.add([6, 7], np.vstack([random_unit(1), np.full((1, DIM), np.nan, np.float32)]))  # NaN passed the norm check
 
 
+def test_queries_of_another_width_are_told_the_index_s_vector_version():
+    idx = PostIndex.build([1, 2], random_unit(2, dim=16), vector_version="postemb-mt50-v4@16")
+    with pytest.raises(ValidationError, match=r"`queries` must have shape \(n, 16\). Given: \(1, 50\). The index holds "
+                                              r"'postemb-mt50-v4@16' vectors\. Fix: embed the queries as they were "
+                                              r"\(its model, truncate_dim=16\)"):
+        idx.search(random_unit(1))
+
+
 def test_fewer_posts_than_k_returns_what_there_is():
     idx = PostIndex.build(["a", "b", "c"], random_unit(3))
     assert len(idx.search(random_unit(1, 1), k=10)[0]) == 3
