@@ -235,6 +235,15 @@ def run_query(args) -> int:
         given = f"--prompt-name {args.prompt_name!r}" if args.prompt_name is not None else f"--prompt {args.prompt!r}"
         raise ValidationError(f"`--prompt-name` / `--prompt` apply to `--text` queries (a member's vectors are the "
                               f"stored ones). Given: {given} with --member. Fix: drop it.")
+    from ..retrieval.members import DISTANCE_THRESHOLD, MAX_CLUSTERS
+
+    member_only = [("--mean", args.mean, False), ("--distance-threshold", args.distance_threshold, DISTANCE_THRESHOLD),
+                   ("--max-clusters", args.max_clusters, MAX_CLUSTERS)]
+    for flag, value, default in member_only if args.text else []:
+        if value != default:
+            given = flag if value is True else f"{flag} {value}"
+            raise ValidationError(f"`{flag}` applies to `--member` queries (how a member's posts are clustered). "
+                                  f"Given: {given} with --text. Fix: drop it.")
     idx = PostIndex.load(args.index)
     if args.rescore and not idx.binary:
         raise ValidationError(f"`--rescore` {args.rescore} applies to a binary index (`index build --binary --rescore "
@@ -316,7 +325,7 @@ def register(sub) -> None:
                    help="binary index: rescore multiplier for this query (default: the index's; 0: Hamming order)")
     q.add_argument("--mean", action="store_true", help="with --member: one mean vector instead of Ward clusters")
     q.add_argument("--distance-threshold", type=float, default=DISTANCE_THRESHOLD,
-                   help=f"Ward cut height (default: {DISTANCE_THRESHOLD})")
-    q.add_argument("--max-clusters", type=int, default=MAX_CLUSTERS, help=f"clusters at most (default: {MAX_CLUSTERS})")
+                   help=f"with --member: Ward cut height (default: {DISTANCE_THRESHOLD})")
+    q.add_argument("--max-clusters", type=int, default=MAX_CLUSTERS, help=f"with --member: clusters at most (default: {MAX_CLUSTERS})")
     q.add_argument("--json", action="store_true", help="one JSON object per query")
     q.set_defaults(func=run_query)

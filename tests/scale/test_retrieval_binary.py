@@ -148,6 +148,10 @@ def test_cli_errors_give_the_command_line_s_fix(tmp_path, capsys):
     assert main(["index", "build", "--input", str(tmp_path / "emb"), "--out", str(tmp_path / "ivf"), "--kind", "ivf"]) == 2
     err = capsys.readouterr().err
     assert "`--kind` 'ivf': an IVF index with nlist=" in err and "Fix: `--kind` 'hnsw' or 'auto'" in err
+    for flag in (["--mean"], ["--max-clusters", "2"], ["--distance-threshold", "0.5"]):  # were ignored
+        assert main(["index", "query", "--index", str(tmp_path / "idx"), "--text", "x", *flag]) == 2
+        err = capsys.readouterr().err
+        assert f"`{flag[0]}` applies to `--member` queries" in err and f"Given: {' '.join(flag)} with --text." in err
 
 
 def test_cli_binary_index_build_and_query(tmp_path, capsys, default_encoder):
