@@ -326,6 +326,7 @@ def register(sub) -> None:
     q.add_argument("--mean", action="store_true", help="with --member: one mean vector instead of Ward clusters")
     q.add_argument("--distance-threshold", type=float, default=DISTANCE_THRESHOLD,
                    help=f"with --member: Ward cut height (default: {DISTANCE_THRESHOLD})")
-    q.add_argument("--max-clusters", type=int, default=MAX_CLUSTERS, help=f"with --member: clusters at most (default: {MAX_CLUSTERS})")
+    q.add_argument("--max-clusters", type=int, default=MAX_CLUSTERS,
+                   help=f"with --member: clusters at most (default: {MAX_CLUSTERS})")
     q.add_argument("--json", action="store_true", help="one JSON object per query")
     q.set_defaults(func=run_query)

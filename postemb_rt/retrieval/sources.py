@@ -248,7 +248,9 @@ def _first_not_unit(vec: np.ndarray, what: str) -> tuple[int, str] | None:
     norms = np.linalg.norm(vec, axis=1)
     off = np.flatnonzero(np.abs(norms - 1) > UNIT_TOLERANCE)
     if len(off):
-        return int(off[0]), f"has {'an' if what[0] in 'aeiou' else 'a'} {what} of norm {norms[off[0]]:.4g}, not a unit vector (the encoder's output)"
+        article = "an" if what[0] in "aeiou" else "a"
+        return int(off[0]), (f"has {article} {what} of norm {norms[off[0]]:.4g}, not a unit vector (the encoder's "
+                             "output)")
     return None
 
 

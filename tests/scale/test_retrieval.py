@@ -144,7 +144,8 @@ def test_a_k_far_beyond_the_index_returns_every_post_without_allocating_k(params
     assert len(retrieve(idx, member, k=10**12, exclude=[1, 2, 3])) == 27
 
 
-@pytest.mark.parametrize("params", [{"kind": "flat"}, {"kind": "hnsw"}, {"binary": True}, {"binary": True, "rescore": 2}])
+@pytest.mark.parametrize("params", [{"kind": "flat"}, {"kind": "hnsw"}, {"binary": True},
+                                    {"binary": True, "rescore": 2}])
 def test_tied_scores_come_in_the_order_the_posts_were_added(params):
     # one text posted under several ids (reposts) gives equal vectors: FAISS's float heap returned them last-added
     # first, its binary index and the rescoring first-added first; one order for every kind: insertion order
