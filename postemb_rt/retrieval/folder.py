@@ -32,7 +32,8 @@ REQUIRED = ("dim", "kind", "ef_search", "nprobe", "nlist")  # index.json keys ev
 
 def _damaged(folder: Path, what: str) -> ValidationError:
     return ValidationError(f"`index` {str(folder)!r}: {what}. Fix: rebuild the index (postemb index build "
-                           f"--out {folder}, or PostIndex.save).")
+                           f"--out {folder}, or PostIndex.save); if this folder is a copy of one, copy the whole folder "
+                           "again.")
 
 
 def check_target(folder, name: str = "folder") -> Path:
