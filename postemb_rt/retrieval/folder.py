@@ -80,6 +80,10 @@ def write(idx, folder) -> Path:
 
 def _meta(folder: Path) -> dict:
     path = folder / "index.json"
+    if folder.is_file():
+        raise ValidationError(f"`index` {str(folder)!r} is a file, not an index folder. Fix: give the folder holding "
+                              f"it, {str(folder.parent)!r} (an index is a folder: index.faiss, ids.parquet, "
+                              "index.json).")
     if not path.exists():
         aside = sorted(p for p in folder.parent.glob(f".{folder.name}.old-*") if (p / "index.json").exists())
         hint = (f" A save was interrupted between its two renames: the previous index is in {str(aside[0])!r}. "

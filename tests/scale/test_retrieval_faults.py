@@ -127,6 +127,13 @@ def test_a_damaged_index_folder_is_one_error_naming_the_file_and_the_fix(tmp_pat
         PostIndex.load(tmp_path / "idx")
 
 
+def test_a_file_of_an_index_given_as_the_index_names_its_folder(tmp_path):
+    saved(tmp_path / "idx")  # was: "is not a saved PostIndex (no index.json)", given index.json itself
+    with pytest.raises(ValidationError, match=r"`index` '.*idx/index.json' is a file, not an index folder. Fix: give "
+                                              r"the folder holding it, '.*idx'"):
+        PostIndex.load(tmp_path / "idx" / "index.json")
+
+
 # -- ids -----------------------------------------------------------------------------------------
 def test_an_index_holds_one_id_type(tmp_path):
     idx = PostIndex.build([1, 2], random_unit(2))
