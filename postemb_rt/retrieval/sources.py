@@ -173,18 +173,24 @@ def read_parquet(path, batch_rows: int = 65_536, vector_version: str | None = No
 
 
 def _one_kind(path, files) -> None:
-    """The Parquet ``files`` hold ids of one type (int or string) and embeddings of one width, as
-    their schemas say; else a ValidationError naming ``path`` and two files that differ (arrow's
-    own error, met while reading, names neither)."""
+    """Each of the Parquet ``files`` has columns ``id`` and ``embedding``, and they hold ids of one type
+    (int or string) and embeddings of one width, as their schemas say; else a ValidationError naming
+    ``path`` and the file (two files that differ; arrow's own error, met while reading, names neither,
+    and a file without a column reads as nulls)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     def kinds(f) -> tuple:
         with _arrow_errors(f):
             schema = pq.read_schema(f)
-        i = schema.field("id").type if "id" in schema.names else None
-        e = schema.field("embedding").type if "embedding" in schema.names else None
-        return (None if i is None else "int" if pa.types.is_integer(i) else
+        for column in ("id", "embedding"):
+            if column not in schema.names:
+                raise ValidationError(
+                    f"`path` {str(path)!r}: {f!r} has no column `{column}` (its columns: {schema.names}): not "
+                    "embeddings. Fix: give a folder of embeddings only (postemb embed / backfill output), or move "
+                    "that file out of it.")
+        i, e = schema.field("id").type, schema.field("embedding").type
+        return ("int" if pa.types.is_integer(i) else
                 "string" if pa.types.is_string(i) or pa.types.is_large_string(i) else str(i),
                 e.list_size if isinstance(e, pa.FixedSizeListType) else None)
 

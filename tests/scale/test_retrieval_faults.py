@@ -383,6 +383,10 @@ def test_parquet_files_of_two_id_types_or_widths_in_one_folder_are_named(tmp_pat
     with pytest.raises(ValidationError, match=r"`path` '.*dims': the embeddings of '.*b/c.parquet' have 16 values, "
                                               r"those of '.*a.parquet' 50 \(two models or truncate dims\)\. Fix: "):
         PostIndex.from_parquet(tmp_path / "dims")
+    pq.write_table(embeddings_table([1], x[:1], "m", "int").drop(["embedding"]), tmp_path / "ids" / "b" / "c.parquet")
+    with pytest.raises(ValidationError, match=r"`path` '.*ids': '.*b/c.parquet' has no column `embedding` \(its "
+                                              r"columns: \['id', 'model_version'\]\): not embeddings\. Fix: "):
+        PostIndex.from_parquet(tmp_path / "ids")  # was: its rows "have no embedding (null)"
 
 
 def test_store_records_that_hold_no_embedding_are_named_by_key(tmp_path):
