@@ -11,8 +11,10 @@ started. Threads do not survive a fork, and a lock that one of them held stays h
   for ever (plain sentence-transformers too). Once torch has run a model here, a forked child runs
   torch with one thread, as torch's own DataLoader workers do.
 
-onnxruntime and OpenVINO models work in a forked child as they are. The other start methods
-("spawn", "forkserver") start a fresh interpreter and need none of this.
+onnxruntime and OpenVINO models compute in a forked child as they are, but their teardown at a normal
+exit can hang there (plain onnxruntime's does): multiprocessing's workers end with ``os._exit`` and are
+fine (README "Forked processes"). The other start methods ("spawn", "forkserver") start a fresh
+interpreter and need none of this.
 """
 from __future__ import annotations
 

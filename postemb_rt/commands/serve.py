@@ -209,13 +209,6 @@ def serve_app(app, host: str, port: int, drain_timeout_s: float, verbose: bool =
 
     cfg = app.state.models.cfg
     configure(cfg.max_connections, cfg.header_timeout_s, cfg.body_timeout_s)
-    # uvicorn re-raises a captured SIGTERM / SIGINT after its shutdown, which would end the process with -15,
-    # or raise KeyboardInterrupt into asyncio's runner (at random either that or a cancel; after a second
-    # Ctrl-C, with the tasks still running cancelled and their tracebacks): handlers of our own take those
-    # re-raises, so a drain exits 0 after SIGTERM and 130 after Ctrl-C, every time
-    interrupted = []
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     sock = listen(host, port)
     host, port = sock.getsockname()[:2]
     server = uvicorn.Server(uvicorn.Config(app, log_level="info" if verbose else "warning", access_log=access_log,
@@ -232,6 +225,13 @@ def serve_app(app, host: str, port: int, drain_timeout_s: float, verbose: bool =
         cancelled = r.exc_info is not None and isinstance(r.exc_info[1], asyncio.CancelledError)
         return server.force_exit and (cancelled or "CancelledError" in r.getMessage())
 
+    # uvicorn re-raises a captured SIGTERM / SIGINT after its shutdown, which would end the process with -15,
+    # or raise KeyboardInterrupt into asyncio's runner (at random either that or a cancel; after a second
+    # Ctrl-C, with the tasks still running cancelled and their tracebacks): handlers of our own take those
+    # re-raises, so a drain exits 0 after SIGTERM and 130 after Ctrl-C, every time
+    interrupted = []
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     with dropped("uvicorn.error", cut_short):
         server.run(sockets=[sock])
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C interrupts again from here
