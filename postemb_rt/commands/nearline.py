@@ -3,7 +3,8 @@
     postemb nearline --redis redis://127.0.0.1:6379/0 --group embedder --consumer w1 --model default
     postemb nearline --redis redis://127.0.0.1:6379/0 --group embedder --stats [--json]
 
-Also runnable without the ``postemb`` entry point: ``python -m postemb_rt.commands.nearline ...``.
+Also runnable without the ``postemb`` entry point: ``python -m postemb_rt.commands.nearline ...``, which
+reads the same environment variables (``--redis`` <- ``$POSTEMB_REDIS``, ...).
 """
 from __future__ import annotations
 
@@ -218,14 +219,20 @@ def _preflight(client, where: str, must_answer: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ..cli import apply_env_defaults
+    from ..errors import PostEmbError
+
     p = Parser(prog="postemb nearline")
     p.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     add_arguments(p)
-    args = p.parse_args(argv)
+    try:
+        apply_env_defaults(p)  # the flags' variables, as `postemb nearline` reads them ($POSTEMB_REDIS, ...)
+        args = p.parse_args(argv)
+    except PostEmbError as exc:  # a variable that does not parse
+        print(f"postemb nearline: error: {exc}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from ..errors import PostEmbError
-
     try:
         return run(args)
     except PostEmbError as exc:  # as `postemb nearline` reports it
