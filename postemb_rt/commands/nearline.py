@@ -90,11 +90,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="--stats: print JSON")
 
 
-def _print_stats(s: dict) -> None:
+def _print_stats(s: dict, posts_stream: str = "posts") -> None:
     def f(v, unit=""):
         return "-" if v is None else f"{v}{unit}"
 
-    print(f"group {s['group']}: lag {f(s['lag'])} events (oldest undelivered {f(s['lag_s'], ' s')}), "
+    missing = "" if s.get("group_exists", True) else (
+        f"does not exist on stream {posts_stream!r} (its groups: {', '.join(s['groups']) or 'none'}; a worker "
+        "creates its group when it starts), ")
+    print(f"group {s['group']}: {missing}lag {f(s['lag'])} events (oldest undelivered {f(s['lag_s'], ' s')}), "
           f"pending {s['pending']} (oldest {f(s['oldest_pending_s'], ' s')}), consumers {s.get('consumers', 0)}")
     print(f"streams: posts {s['posts_len']}, embeddings {s['embeddings_len']}, posts-dead {s['dead_len']}")
     print(f"last {s['window_s']:.0f} s: {s['throughput_per_s']} posts/s, {s['deletions_per_s']} deletions/s; "
@@ -137,7 +140,7 @@ def run(args) -> int:
         if args.json:
             print(json.dumps(s, indent=2, default=str))
         else:
-            _print_stats(s)
+            _print_stats(s, args.posts_stream)
         return 0
     if args.threads:
         os.environ["POSTEMB_NUM_THREADS"] = str(args.threads)

@@ -54,6 +54,8 @@ def stats(client, group: str = "embedder", *, posts_stream: str = POSTS_STREAM, 
           sample: int = 5000) -> dict:
     """Pipeline health, read from Redis only (no model needed).
 
+    group_exists: whether ``group`` exists on ``posts_stream`` (a worker creates it when it starts;
+    False: no worker has, or a typo), groups: the names of the groups that do.
     lag: events in ``posts`` not yet delivered to the group; lag_s: age of the oldest of them.
     pending: delivered, not yet acknowledged; oldest_pending_s: age of the oldest.
     throughput_per_s (embeddings announced), deletions_per_s (deletions announced) and freshness
@@ -74,8 +76,12 @@ def stats(client, group: str = "embedder", *, posts_stream: str = POSTS_STREAM, 
                  "embeddings_len": client.xlen(embeddings_stream)}
     groups = client.xinfo_groups(posts_stream) if client.exists(posts_stream) else []
     g = next((x for x in groups if x["name"] in (group, group.encode())), None)
-    if g is None:
-        out.update(lag=out["posts_len"], pending=0, consumers=0, lag_s=None, oldest_pending_s=None)
+    out["group_exists"] = g is not None
+    out["groups"] = [x["name"].decode() if isinstance(x["name"], bytes) else x["name"] for x in groups]
+    if g is None:  # no worker has started on it (or a typo): every event is undelivered
+        first = client.xrange(posts_stream, count=1)
+        out.update(lag=out["posts_len"], pending=0, consumers=0, oldest_pending_s=None,
+                   lag_s=round(now - id_ms(first[0][0]) / 1000.0, 3) if first else None)
     else:
         lag = g.get("lag")
         last = g.get("last-delivered-id")

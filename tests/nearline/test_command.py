@@ -28,3 +28,23 @@ def test_python_m_reads_the_environment_as_postemb_nearline_does(redis_server, r
     monkeypatch.delenv("POSTEMB_REDIS")
     monkeypatch.setenv("POSTEMB_REDIS_URL", redis_server.url)
     assert command.main(["--stats"]) == 0
+
+
+def test_stats_of_a_group_that_does_not_exist_says_so(redis_server, redis_client, capsys):
+    """`--group embeder` (a typo) printed lag, pending 0 and consumers 0 like a group that exists,
+    and the age of its undelivered events as '-'."""
+    from postemb_rt.commands import nearline as command
+
+    publish_all(redis_client, 4)
+    s = nearline.stats(redis_client, "embeder")
+    assert s["group_exists"] is False and s["groups"] == [] and s["lag"] == 4 and s["lag_s"] is not None
+    redis_client.xgroup_create("posts", "embedder", id="0")
+    assert nearline.stats(redis_client, "embeder")["groups"] == ["embedder"]
+    assert nearline.stats(redis_client)["group_exists"] is True
+    assert command.main(["--redis", redis_server.url, "--group", "embeder", "--stats"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("group embeder: does not exist on stream 'posts' (its groups: embedder; a worker creates")
+    assert "lag 4 events (oldest undelivered " in first and "undelivered -" not in first
+    redis_client.delete("posts")
+    assert command.main(["--redis", redis_server.url, "--group", "embeder", "--stats"]) == 0
+    assert "does not exist on stream 'posts' (its groups: none; " in capsys.readouterr().out
