@@ -56,7 +56,8 @@ def stats(client, group: str = "embedder", *, posts_stream: str = POSTS_STREAM, 
 
     group_exists: whether ``group`` exists on ``posts_stream`` (a worker creates it when it starts;
     False: no worker has, or a typo), groups: the names of the groups that do.
-    lag: events in ``posts`` not yet delivered to the group; lag_s: age of the oldest of them.
+    lag: events in ``posts`` not yet delivered to the group (None when Redis cannot tell; events
+    trimmed before any delivery are lost, not lag); lag_s: age of the oldest of them.
     pending: delivered, not yet acknowledged; oldest_pending_s: age of the oldest.
     throughput_per_s (embeddings announced), deletions_per_s (deletions announced) and freshness
     (embedded_at - created_at) percentiles: over the last ``window_s`` seconds (> 0) of the
@@ -86,6 +87,12 @@ def stats(client, group: str = "embedder", *, posts_stream: str = POSTS_STREAM, 
         lag = g.get("lag")
         last = g.get("last-delivered-id")
         nxt = client.xrange(posts_stream, min=b"(" + last if isinstance(last, bytes) else f"({last}", count=1)
+        # Redis's lag (entries added - entries read) still counts events trimmed before any delivery:
+        # none undelivered is left when nothing follows last-delivered-id, and never more than XLEN
+        if not nxt:
+            lag = 0
+        elif lag is not None:
+            lag = min(lag, out["posts_len"])
         out.update(lag=lag, pending=g["pending"], consumers=g["consumers"],
                    last_delivered_id=last.decode() if isinstance(last, bytes) else last,
                    lag_s=round(now - id_ms(nxt[0][0]) / 1000.0, 3) if nxt else 0.0)

@@ -48,3 +48,19 @@ def test_stats_of_a_group_that_does_not_exist_says_so(redis_server, redis_client
     redis_client.delete("posts")
     assert command.main(["--redis", redis_server.url, "--group", "embeder", "--stats"]) == 0
     assert "does not exist on stream 'posts' (its groups: none; " in capsys.readouterr().out
+
+
+def test_stats_lag_counts_only_undelivered_events_still_in_the_stream(redis_client):
+    """Events trimmed before any delivery (MAXLEN while the workers were down) stayed in Redis's lag
+    counter: --stats said lag 5 with 2 events in the stream, and lag 3 forever once all were read."""
+    publish_all(redis_client, 10)
+    redis_client.xgroup_create("posts", "embedder", id="0")
+    redis_client.xreadgroup("embedder", "gone", {"posts": ">"}, count=7)
+    redis_client.xtrim("posts", maxlen=0)
+    publish_all(redis_client, 2, start=10)
+    s = nearline.stats(redis_client)
+    assert (s["posts_len"], s["lag"], s["pending"]) == (2, 2, 7)
+    read = redis_client.xreadgroup("embedder", "live", {"posts": ">"}, count=10)
+    assert len(read[0][1]) == 2
+    s = nearline.stats(redis_client)
+    assert (s["lag"], s["lag_s"]) == (0, 0.0)
