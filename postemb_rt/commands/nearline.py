@@ -30,7 +30,8 @@ def register(subparsers) -> None:
                     "when --truncate-dim, the precision or the long-post mode change the numbers), announce it on "
                     "the `embeddings` stream, then acknowledge; a deletion (nearline.publish_delete) replaces the "
                     "record with a tombstone, announced the same way. "
-                    "SIGTERM/SIGINT finish the current batch and exit 0. Exit 2: a flag out of range, or Redis "
+                    "SIGTERM/SIGINT finish the current batch and exit 0 (a second one stops at once: SIGINT with exit "
+                    "130, the batch left pending). Exit 2: a flag out of range, or Redis "
                     "refuses every write (a shared key of the wrong type, NOPERM; nothing acknowledged) or the "
                     "credentials (checked before the model loads). Exit 3: a model call ran past "
                     "--model-timeout (restart the worker; a post that hangs the model every time is dead-lettered "
@@ -159,8 +160,16 @@ def run(args) -> int:
     def on_signal(signum, frame):
         log.warning("%s: finishing the current batch, then exiting", signal.Signals(signum).name)
         worker.stop()
-        # a second signal ends the process at once
-        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+        # a second signal ends the process at once: SIGTERM by its default action; SIGINT (a person
+        # at a terminal) says so and exits 130, without a traceback, without waiting for the model
+        # call in hand or closing the encoder under it
+        signal.signal(signum, on_second_sigint if signum == signal.SIGINT else signal.SIG_DFL)
+
+    def on_second_sigint(signum, frame):
+        sys.stdout.flush()
+        print("postemb nearline: second SIGINT: stopped at once; the batch in hand was not acknowledged (its "
+              "events stay pending, to be redelivered)", file=sys.stderr, flush=True)
+        os._exit(130)
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     print(f"postemb nearline: consumer {worker.consumer!r} of group {args.group!r} reading stream "

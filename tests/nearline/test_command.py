@@ -5,11 +5,28 @@ real redis-server, with the fake model of ``test_faults``.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from postemb_rt import nearline
-from tests.nearline.test_faults import publish_all
+from tests.nearline.test_faults import pending, publish_all
+from tests.nearline.test_nearline import _WORKER_ENV, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+# `postemb nearline` in a process of its own, with the fake model, which hangs on a post marked "hang"
+CLI_WITH_HANGING_MODEL = """
+import sys
+from postemb_rt.commands import nearline as command
+from postemb_rt.encoder import Encoder
+from tests.nearline.test_faults import FakeEncoder
+Encoder.from_pretrained = classmethod(lambda cls, *a, **k: FakeEncoder(hang="hang"))
+sys.exit(command.main(sys.argv[1:]))
+"""
 
 redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'redis>=5')")
 
@@ -64,3 +81,28 @@ def test_stats_lag_counts_only_undelivered_events_still_in_the_stream(redis_clie
     assert len(read[0][1]) == 2
     s = nearline.stats(redis_client)
     assert (s["lag"], s["lag_s"]) == (0, 0.0)
+
+
+def test_a_second_ctrl_c_stops_at_once_with_one_line_and_exit_130(redis_server, redis_client):
+    """The second SIGINT used to raise KeyboardInterrupt in the middle of the batch: a traceback, then
+    up to 10 s joining the model thread still in its call, then the encoder closed under that call."""
+    publish_all(redis_client, 1, marked={0: "hang"})
+    proc = subprocess.Popen([sys.executable, "-c", CLI_WITH_HANGING_MODEL, "--redis", redis_server.url,
+                             "--consumer", "twice"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=_WORKER_ENV)
+    try:
+        wait_until(lambda: redis_client.exists("postemb:nearline:worker:embedder:twice") or
+                   nearline.stats(redis_client)["pending"] == 1, 30, "the worker to take the post")
+        time.sleep(0.3)  # in the model call, which hangs
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        rc = proc.wait(5)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    err = proc.stderr.read()
+    assert rc == 130 and "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert err.strip().splitlines()[-1] == ("postemb nearline: second SIGINT: stopped at once; the batch in hand "
+                                           "was not acknowledged (its events stay pending, to be redelivered)")
+    assert pending(redis_client) == 1
