@@ -140,6 +140,8 @@ class Worker(StoreMixin, ModelMixin):
         self._next_beat = 0.0
         self._redis_ok = True  # the last loop step reached Redis (else the final heartbeat is skipped)
         self._beat_refused = False  # the heartbeat key is refused (NOPERM): warned once
+        self._instance = os.urandom(8).hex()  # tells this worker's heartbeats from another's under its name
+        self._twin_warned = False  # another live worker under this consumer name: warned once
         self._group_ready = False
         self._model: _ModelThread | None = None
         self._model_hung = False
@@ -388,8 +390,10 @@ class Worker(StoreMixin, ModelMixin):
                                          "vector_version": self.vector_version, "prompt_name": self.prompt_name,
                                          "pid": os.getpid(),
                                          "at": time.time()}
+        snap["instance"] = self._instance
         try:
-            (client or self.client).set(key, json.dumps(snap), ex=max(1, int(self.heartbeat_s * 5)))
+            # GET: the beat it replaces, to tell a second live worker under this consumer name
+            old = (client or self.client).set(key, json.dumps(snap), ex=max(1, int(self.heartbeat_s * 5)), get=True)
         except redis.exceptions.NoPermissionError as exc:
             if not self._beat_refused:
                 self._beat_refused = True
@@ -400,6 +404,23 @@ class Worker(StoreMixin, ModelMixin):
         if self._beat_refused:
             self._beat_refused = False
             log.warning("heartbeat accepted again on %r", key)
+        self._check_twin(old)
+
+    def _check_twin(self, old) -> None:
+        """Warn once when the heartbeat replaced (``old``) is another live worker's under this consumer
+        name: written by another instance after this one started (a predecessor's last beat is older)."""
+        try:
+            beat = json.loads(old) if old else None
+        except ValueError:
+            return
+        if self._twin_warned or not isinstance(beat, dict) or beat.get("instance") in (None, self._instance):
+            return
+        if float(beat.get("at") or 0) > self.stats.started_at:
+            self._twin_warned = True
+            log.warning("another live worker uses the consumer name %r of group %r (pid %s): the two read as one "
+                        "consumer, each replays the other's pending events as its own, and --stats lists one of "
+                        "them. Fix: give each worker its own --consumer (default: HOST-PID)", self.consumer,
+                        self.group, beat.get("pid"))
 
     def heartbeat_key(self) -> str:
         """The key of this worker's heartbeat: ``{prefix}:nearline:worker:{group}:{consumer}``."""

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from postemb_rt import nearline
-from tests.nearline.test_faults import pending, publish_all
-from tests.nearline.test_nearline import _WORKER_ENV, wait_until
+from tests.nearline.test_faults import FakeEncoder, pending, publish_all, stored_ids
+from tests.nearline.test_nearline import _WORKER_ENV, drained, running, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 # `postemb nearline` in a process of its own, with the fake model, which hangs on a post marked "hang"
@@ -106,3 +106,31 @@ def test_a_second_ctrl_c_stops_at_once_with_one_line_and_exit_130(redis_server, 
     assert err.strip().splitlines()[-1] == ("postemb nearline: second SIGINT: stopped at once; the batch in hand "
                                            "was not acknowledged (its events stay pending, to be redelivered)")
     assert pending(redis_client) == 1
+
+
+def test_two_live_workers_with_one_consumer_name_are_warned_about(redis_server, redis_client, caplog):
+    """Two workers started with the same --consumer read as one consumer: each replays the other's pending
+    events as its own, and they overwrite one heartbeat, so --stats lists one worker. Nothing said so."""
+    ids = publish_all(redis_client, 20)
+    a, b = (nearline.Worker(nearline.connect(redis_server.url), FakeEncoder(delay_s=0.01), consumer="same",
+                            batch_size=2, max_wait_ms=0, heartbeat_s=0.05) for _ in range(2))
+    with caplog.at_level("WARNING", logger="postemb_rt.nearline"), running(a), running(b):
+        wait_until(lambda: drained(redis_client), 30, "both workers to drain the stream")
+        wait_until(lambda: any("consumer name" in r.getMessage() for r in caplog.records), 5, "the warning")
+    assert stored_ids(redis_client) == set(ids) and not a.errors and not b.errors
+    warnings = [r.getMessage() for r in caplog.records if "consumer name" in r.getMessage()]
+    assert len(warnings) <= 2  # once per worker at most
+    assert "another live worker uses the consumer name 'same' of group 'embedder'" in warnings[0]
+    assert "Fix: give each worker its own --consumer (default: HOST-PID)" in warnings[0]
+
+
+def test_a_restart_under_the_same_consumer_name_is_not_warned_about(redis_server, redis_client, caplog):
+    """A supervisor restarting a worker with a fixed name finds its predecessor's last heartbeat: no warning."""
+    publish_all(redis_client, 2)
+    first = nearline.Worker(nearline.connect(redis_server.url), FakeEncoder(), consumer="same", heartbeat_s=0.01)
+    first.run(max_events=2)
+    publish_all(redis_client, 2, start=2)
+    second = nearline.Worker(nearline.connect(redis_server.url), FakeEncoder(), consumer="same", heartbeat_s=0.01)
+    with caplog.at_level("WARNING", logger="postemb_rt.nearline"):
+        second.run(max_events=2)
+    assert not [r for r in caplog.records if "consumer name" in r.getMessage()]
