@@ -82,7 +82,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--posts-stream", default="posts",
                    help="the stream of post events: creates, edits, deletions (default: posts)")
     p.add_argument("--dead-stream", default="posts-dead",
-                   help="where events that failed --max-deliveries times go (default: posts-dead)")
+                   help="where poison events (malformed, refused by the model or the store, or delivered more than "
+                        "--max-deliveries times), each with its reason, go (default: posts-dead)")
     p.add_argument("--embeddings-stream", default="embeddings",
                    help="where each stored embedding is announced (default: embeddings)")
     p.add_argument("--max-events", type=int, default=None, help="exit after this many events (testing)")

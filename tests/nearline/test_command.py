@@ -134,3 +134,15 @@ def test_a_restart_under_the_same_consumer_name_is_not_warned_about(redis_server
     with caplog.at_level("WARNING", logger="postemb_rt.nearline"):
         second.run(max_events=2)
     assert not [r for r in caplog.records if "consumer name" in r.getMessage()]
+
+
+def test_dead_stream_help_names_every_kind_of_event_that_goes_there(capsys):
+    """It said only "events that failed --max-deliveries times": malformed events and posts the model
+    rejects go there too, at once."""
+    from postemb_rt.commands import nearline as command
+
+    with pytest.raises(SystemExit):
+        command.main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "poison events (malformed, refused by the model or the store, or delivered more than --max-deliveries" \
+           " times), each with its reason" in text
