@@ -388,9 +388,7 @@ class Worker(StoreMixin, ModelMixin):
         key = self.heartbeat_key()
         snap = self.stats.snapshot() | {"consumer": self.consumer, "model_version": self.model_version,
                                          "vector_version": self.vector_version, "prompt_name": self.prompt_name,
-                                         "pid": os.getpid(),
-                                         "at": time.time()}
-        snap["instance"] = self._instance
+                                         "pid": os.getpid(), "at": time.time(), "instance": self._instance}
         try:
             # GET: the beat it replaces, to tell a second live worker under this consumer name
             old = (client or self.client).set(key, json.dumps(snap), ex=max(1, int(self.heartbeat_s * 5)), get=True)
