@@ -13,7 +13,7 @@ from .batching import DynamicBatcher, padding_ratio, plan_batches
 from .errors import BackendUnavailableError, BatcherClosedError, FidelityError, ValidationError
 from .fidelity import Fidelity
 from .model_dir import ModelDir, resolve, vector_version
-from .st_api import SentenceTransformerAPI, unordered_hint
+from .st_api import SentenceTransformerAPI, check_similarity_fn_name, unordered_hint
 from .submit_api import SubmitAPI
 from .tokenization import TRUNCATED_WARNING, PostTokenizer
 
@@ -80,7 +80,7 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
                         precision: str = "fp32", max_length: int | None = None,
                         max_batch_tokens: int | None = None, warmup: bool = True, long_posts: str = "truncate",
                         chunk_overlap: int | None = None, max_chunks: int = lp.DEFAULT_MAX_CHUNKS,
-                        truncate_dim: int | None = None) -> "Encoder":
+                        truncate_dim: int | None = None, similarity_fn_name=None) -> "Encoder":
         """Load a model.
 
         name_or_path: "default" (the shipped post-embedding model), "base" (the pre-trained
@@ -105,10 +105,13 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
             postemb_rt.long_posts). The default of ``encode`` / ``submit`` / ``aencode`` (each can override it).
         truncate_dim: a nested prefix the model declares (ST's ``truncate_dim``; None: the model's own, if it
             sets one): what ``encode`` and ``submit`` return by default, and the vectors' version (``@<k>``).
+        similarity_fn_name: what ``similarity`` computes (ST's constructor argument; None: the model's, else
+            "cosine"), as setting ``enc.similarity_fn_name``.
         """
         if precision not in PRECISIONS:
             raise ValidationError(f"`precision` must be one of {PRECISIONS}. Given: {precision!r}.")
         max_length, chunk_overlap, max_chunks = (eo.as_int(v) for v in (max_length, chunk_overlap, max_chunks))
+        similarity_fn_name = check_similarity_fn_name(similarity_fn_name)
         md = resolve(name_or_path)
         k = eo.check_truncate_dim(md, truncate_dim)  # refused before the model loads; None: the config's default
         device = backends.resolve_device(device)
@@ -138,6 +141,7 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
             if why:
                 log.info("precision='auto' chose %r on backend %r: %s", p, enc.backend.name, enc.precision_reason)
             enc.truncate_dim = k  # after the fidelity check, which compares full vectors
+            enc._similarity_fn_name = similarity_fn_name
             enc._remember_load(name_or_path, backend, device, max_batch_tokens, warmup)  # for pickling
             return enc
 

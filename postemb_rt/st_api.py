@@ -88,6 +88,15 @@ def _matrix(x, name: str):
     return x.float()
 
 
+def check_similarity_fn_name(value) -> str | None:
+    """``value`` (a name, ST's SimilarityFunction enum, None: the model's) as a SIMILARITY_FNS name or None."""
+    value = getattr(value, "value", value)
+    if value is not None and value not in SIMILARITY_FNS:
+        raise ValidationError(f"`similarity_fn_name` must be one of {SIMILARITY_FNS} (or None: the model's). "
+                              f"Given: {value!r}.")
+    return value
+
+
 class SentenceTransformerAPI:
     """A base of ``Encoder`` (which provides ``model``, ``dim``, ``max_length``, ``_set_max_length``,
     ``encode`` and its batchers)."""
@@ -104,11 +113,7 @@ class SentenceTransformerAPI:
 
     @similarity_fn_name.setter
     def similarity_fn_name(self, value) -> None:
-        value = getattr(value, "value", value)  # sentence-transformers' SimilarityFunction enum
-        if value is not None and value not in SIMILARITY_FNS:
-            raise ValidationError(f"`similarity_fn_name` must be one of {SIMILARITY_FNS} (or None: the model's). "
-                                  f"Given: {value!r}.")
-        self._similarity_fn_name = value
+        self._similarity_fn_name = check_similarity_fn_name(value)
 
     def similarity(self, embeddings1, embeddings2):
         """(n1, n2) torch float32 tensor of scores between every row of ``embeddings1`` and every row

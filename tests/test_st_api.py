@@ -2,6 +2,7 @@
 ``similarity_pairwise`` and ``similarity_fn_name``, the dimension getters and ``max_seq_length``,
 each compared with sentence-transformers itself on the same folder."""
 import json
+import pickle
 import shutil
 from pathlib import Path
 
@@ -72,6 +73,13 @@ def test_similarity_fn_name_comes_from_the_folder_and_is_checked(folder, tmp_pat
         assert e.similarity_fn_name == SentenceTransformer(str(dot), device="cpu").similarity_fn_name == "manhattan"
         v = e.encode(SAMPLE_TEXTS[:3])
         assert torch.allclose(e.similarity(v, v), -torch.cdist(torch.from_numpy(v), torch.from_numpy(v), p=1))
+    # ST's constructor argument, over the folder's (it was a TypeError), and carried by pickling
+    with Encoder.from_pretrained(dot, backend="torch", similarity_fn_name=SimilarityFunction.COSINE) as e:
+        assert e.similarity_fn_name == SentenceTransformer(str(dot), device="cpu",
+                                                           similarity_fn_name="cosine").similarity_fn_name == "cosine"
+        assert pickle.loads(pickle.dumps(e)).similarity_fn_name == "cosine"
+    with pytest.raises(ValidationError, match=r"`similarity_fn_name` must be one of .*Given: 'maxsim'"):
+        Encoder.from_pretrained(tmp_path / "not loaded", similarity_fn_name="maxsim")  # before the model loads
     cfg_path.write_text(json.dumps({**cfg, "similarity_fn_name": "hamming"}))
     with pytest.raises(ValidationError, match=r"similarity_fn_name 'hamming'; it must be one of"):
         Encoder.from_pretrained(dot, backend="torch")
