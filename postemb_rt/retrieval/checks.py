@@ -21,17 +21,25 @@ def as_vectors(vectors, dim: int | None, name: str = "vectors") -> np.ndarray:
     if not np.issubdtype(v.dtype, np.floating):
         raise ValidationError(f"`{name}` must be float32. Given: {v.dtype}.")
     v = np.ascontiguousarray(v, dtype=np.float32)
-    if len(v) and not np.isfinite(v).all():  # NaN slips through the norm check below (NaN > tol is False)
-        row = int(np.flatnonzero(~np.isfinite(v).all(1))[0])
-        raise ValidationError(f"`{name}` must be finite. Given: NaN or inf in row {row}.")
-    if len(v):
-        norms = np.linalg.norm(v, axis=1)
-        bad = np.flatnonzero(np.abs(norms - 1) > UNIT_TOLERANCE)
-        if len(bad):
-            raise ValidationError(
-                f"`{name}` must be unit L2 rows (the encoder's output). Given: row {int(bad[0])} has norm "
-                f"{norms[bad[0]]:.4g}. Fix: v / np.linalg.norm(v, axis=1, keepdims=True).")
+    bad = first_not_unit(v)
+    if bad is not None and np.isnan(bad[1]):
+        raise ValidationError(f"`{name}` must be finite. Given: NaN or inf in row {bad[0]}.")
+    if bad is not None:
+        raise ValidationError(
+            f"`{name}` must be unit L2 rows (the encoder's output). Given: row {bad[0]} has norm "
+            f"{bad[1]:.4g}. Fix: v / np.linalg.norm(v, axis=1, keepdims=True).")
     return v
+
+
+def first_not_unit(v: np.ndarray) -> tuple[int, float] | None:
+    """(row, its L2 norm; NaN for a row holding NaN or inf) of the first row of float32 (n, dim) ``v`` that
+    is not a finite unit vector (``UNIT_TOLERANCE``), else None."""
+    finite = np.isfinite(v).all(1)
+    if not finite.all():  # NaN slips through the norm check below (NaN > tol is False)
+        return int(np.flatnonzero(~finite)[0]), float("nan")
+    norms = np.linalg.norm(v, axis=1)
+    off = np.flatnonzero(np.abs(norms - 1) > UNIT_TOLERANCE)
+    return (int(off[0]), float(norms[off[0]])) if len(off) else None
 
 
 def check_k(k) -> None:

@@ -245,19 +245,17 @@ def _embeddings(path, where: str, start: int, ids: list, emb, dim: int | None) -
 
 def _first_not_unit(vec: np.ndarray, what: str) -> tuple[int, str] | None:
     """(row, what is wrong with it) for the first row of float32 (n, dim) ``vec`` that is not a finite
-    unit L2 vector (the encoder's output, as ``checks.as_vectors`` wants), else None."""
-    from .checks import UNIT_TOLERANCE
+    unit L2 vector (the encoder's output: ``checks.first_not_unit``), else None."""
+    from .checks import first_not_unit
 
-    finite = np.isfinite(vec).all(1)
-    if not finite.all():
-        return int(np.flatnonzero(~finite)[0]), f"has NaN or inf in its {what}"
-    norms = np.linalg.norm(vec, axis=1)
-    off = np.flatnonzero(np.abs(norms - 1) > UNIT_TOLERANCE)
-    if len(off):
-        article = "an" if what[0] in "aeiou" else "a"
-        return int(off[0]), (f"has {article} {what} of norm {norms[off[0]]:.4g}, not a unit vector (the encoder's "
-                             "output)")
-    return None
+    bad = first_not_unit(vec)
+    if bad is None:
+        return None
+    row, norm = bad
+    if np.isnan(norm):
+        return row, f"has NaN or inf in its {what}"
+    article = "an" if what[0] in "aeiou" else "a"
+    return row, f"has {article} {what} of norm {norm:.4g}, not a unit vector (the encoder's output)"
 
 
 def read_store(client, vector_version: str, prefix: str | None = None,
