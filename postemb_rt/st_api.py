@@ -217,7 +217,6 @@ class SentenceTransformerAPI:
         import torch
 
         from . import native
-        from .tokenization import model_input_names
 
         if isinstance(texts, str):
             raise ValidationError(f"`texts` of tokenize must be a list of str (sentence-transformers reads a str as "
@@ -229,8 +228,7 @@ class SentenceTransformerAPI:
         ids, mask = (torch.from_numpy(np.asarray(x, dtype=np.int64))
                      for x in native.pack_padded(self.tokenizer(texts).ids, self.tokenizer.pad_id))
         out = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": mask}
-        names = model_input_names(self.model.tokenizer_path.parent / "tokenizer_config.json")
-        return {k: out[k] for k in names if k in out}
+        return {k: out[k] for k in self.tokenizer.model_input_names if k in out}
 
     def encode_query(self, texts, **kwargs):
         """sentence-transformers' ``encode_query``: ``encode`` with the model's "query" prompt ("" if it

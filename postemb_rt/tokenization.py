@@ -5,6 +5,7 @@ is switched off here because the runtime pads each batch only to its longest row
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,9 +46,25 @@ class PostTokenizer:
         self._windows: dict[int, object] = {}  # overlap -> a copy of the tokenizer cutting windows
         self._untruncated = None  # a copy that does not truncate (tokenize)
         self._tok.enable_truncation(max_length)
-        self.pad_id = _pad_id(self._tok, Path(path).parent / "tokenizer_config.json")
+        self._config = _read_config(Path(path).parent / "tokenizer_config.json")
+        self.pad_id = _pad_id(self._tok, self._config)
         self.specials = self._tok.num_special_tokens_to_add(False)
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)  # token ids are 0..vocab_size - 1
+
+    @functools.cached_property
+    def model_input_names(self) -> list[str]:
+        """What a Hugging Face tokenizer of this model returns (its ``model_input_names``): tokenizer_config.json's
+        own list, else its ``tokenizer_class``'s (BERT's: with token_type_ids; MPNet's, RoBERTa's, a generic fast
+        tokenizer's: without), else BERT's."""
+        names = self._config.get("model_input_names")
+        if not names and isinstance(self._config.get("tokenizer_class"), str):
+            try:  # a class this transformers lacks, or one whose extra (sentencepiece) is missing: BERT's
+                import transformers
+
+                names = getattr(getattr(transformers, self._config["tokenizer_class"]), "model_input_names", None)
+            except (AttributeError, ImportError):
+                names = None
+        return list(names or ("input_ids", "token_type_ids", "attention_mask"))
 
     def __call__(self, texts: list[str], truncate: bool = True) -> Tokenized:
         """texts: list of str (already validated). Raises ValidationError for an over-long
@@ -152,42 +169,28 @@ def _add_lowercase(tok) -> None:
     tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), *rest])
 
 
-def _pad_id(tok, tokenizer_config: Path) -> int:
-    """The pad token's id: ``pad_token`` of tokenizer_config.json when present, else [PAD] or <pad>, else 0."""
+def _read_config(path: Path) -> dict:
+    """A tokenizer_config.json as a dict: {} when it is absent, not JSON or not an object (defaults then apply)."""
     import json
 
+    if not path.exists():
+        return {}
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def _pad_id(tok, config: dict) -> int:
+    """The pad token's id: tokenizer_config.json's ``pad_token`` when present, else [PAD] or <pad>, else 0."""
     names = ["[PAD]", "<pad>"]
-    if tokenizer_config.exists():
-        try:
-            pad = json.loads(tokenizer_config.read_text()).get("pad_token")
-        except (json.JSONDecodeError, AttributeError):
-            pad = None
-        pad = pad.get("content") if isinstance(pad, dict) else pad
-        if isinstance(pad, str):
-            names.insert(0, pad)
+    pad = config.get("pad_token")
+    pad = pad.get("content") if isinstance(pad, dict) else pad
+    if isinstance(pad, str):
+        names.insert(0, pad)
     for name in names:
         i = tok.token_to_id(name)
         if i is not None:
             return i
     return 0
-
-
-def model_input_names(tokenizer_config: Path) -> list[str]:
-    """What a Hugging Face tokenizer with this tokenizer_config.json returns (its ``model_input_names``): the
-    file's own list, else its ``tokenizer_class``'s (BERT's: with token_type_ids; MPNet's, RoBERTa's, a
-    generic fast tokenizer's: without), else BERT's."""
-    import json
-
-    try:
-        cfg = json.loads(tokenizer_config.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        cfg = {}
-    names = cfg.get("model_input_names") if isinstance(cfg, dict) else None
-    if not names and isinstance(cfg, dict) and isinstance(cfg.get("tokenizer_class"), str):
-        try:  # a class this transformers lacks, or one whose extra (sentencepiece) is missing: BERT's
-            import transformers
-
-            names = getattr(getattr(transformers, cfg["tokenizer_class"]), "model_input_names", None)
-        except (AttributeError, ImportError):
-            names = None
-    return list(names or ("input_ids", "token_type_ids", "attention_mask"))
