@@ -10,6 +10,9 @@ ext_modules = [
         "postemb_rt._C",
         sorted(glob("csrc/*.cpp")),  # csrc/tests/ holds C++-only test programs, not built here
         include_dirs=["csrc"],
+        # the headers: a change to one rebuilds the extension, and setuptools puts them in the sdist (without them
+        # a wheel built from the sdist, `python -m build`'s default, fails: "batcher.h: No such file")
+        depends=sorted(glob("csrc/*.h")),
         cxx_std=17,
         extra_compile_args=["-O3"],  # no -march=native: wheels must run on any x86-64
     ),
@@ -25,7 +28,7 @@ setup(
     packages=find_packages(include=["postemb_rt", "postemb_rt.*"]) + ["postemb_rt.kernels", "postemb_rt.models",
                                                                      *MODEL_DIRS],
     package_dir={"postemb_rt.kernels": "kernels"},
-    package_data={"postemb_rt": ["models/*/*", "py.typed"]},
+    package_data={"postemb_rt": ["models/*/*"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": build_ext},
 )
