@@ -86,3 +86,37 @@ def test_unknown_config_key_is_refused(tmp_path):
     p.write_text(json.dumps({"stepz": 3}))
     with pytest.raises(ValidationError, match=r"unknown keys \['stepz'\]"):
         TrainConfig.from_file(p)
+
+
+def test_a_bom_and_crlf_endings_are_read_as_plain_utf8_lines(data, tiny_data):
+    """Files saved by Windows tools: a UTF-8 BOM and CRLF endings change no text, label or name."""
+    want = T.load_split(tiny_data, "train")
+    for rel in ("tweeteval/emotion/train_text.txt", "tweeteval/emotion/train_labels.txt",
+                "tweeteval/emotion/mapping.txt", "stsb/stsb-en-train.csv"):
+        f = data / rel
+        f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes().replace(b"\n", b"\r\n"))
+    got = T.load_split(data, "train")
+    assert (got.emotion.texts, got.emotion.labels, got.emotion.names) == (
+        want.emotion.texts, want.emotion.labels, want.emotion.names)
+    from postemb_rt.train.data import read_sts
+    assert read_sts(data / "stsb/stsb-en-train.csv") == read_sts(tiny_data / "stsb/stsb-en-train.csv")
+
+
+@pytest.mark.parametrize("brk", ["\u2028", "\u2029", "\x85", "\x0c"])
+def test_a_post_holding_a_unicode_line_break_stays_one_post(data, brk):
+    f = data / "tweeteval/emoji/train_text.txt"
+    lines = _lines(f)
+    lines[4] = f"first part{brk}second part"
+    f.write_text("\n".join(lines) + "\n")
+    emoji = T.load_split(data, "train").emoji
+    assert len(emoji) == 48 and emoji.texts[4] == f"first part{brk}second part"
+
+
+@pytest.mark.parametrize("rel", ["tweeteval/emotion/train_text.txt", "stsb/stsb-en-train.csv"])
+def test_bytes_that_are_not_utf8_name_file_and_line(data, rel):
+    f = data / rel
+    lines = f.read_bytes().split(b"\n")
+    lines[2] = b"caf\xe9 au lait" + (b",x,3.0" if rel.endswith(".csv") else b"")
+    f.write_bytes(b"\n".join(lines))
+    with pytest.raises(ValidationError, match=rf"{rel.split('/')[-1]}:3: not UTF-8 .*Fix: save it as UTF-8"):
+        T.build_task(T.load_split(data, "train"), "sts")
