@@ -71,8 +71,10 @@ def _read(path: Path) -> list[str]:
 
 
 def read_mapping(path: Path) -> list[str]:
-    """``id<TAB>name...`` lines -> names indexed by id. Emoji names (``_red_heart_``) become words."""
+    """``id<TAB>name...`` lines -> names indexed by id. Emoji names (``_red_heart_``) become words.
+    Each id and each name (ignoring case: the label tasks pair posts with them) once."""
     names: dict[int, str] = {}
+    line_of: dict[int, int] = {}
     for lineno, line in enumerate(_read(path), 1):
         if not line.strip():
             continue
@@ -81,8 +83,15 @@ def read_mapping(path: Path) -> list[str]:
             idx = int(cols[0])
         except ValueError:
             raise DataError(f"{path}:{lineno}: expected `id<TAB>name`. Given: {line[:80]!r}.") from None
-        name = cols[-1].strip() if len(cols) > 1 else str(idx)
-        names[idx] = name.strip("_").replace("_", " ")
+        name = (cols[-1].strip() if len(cols) > 1 else str(idx)).strip("_").replace("_", " ")
+        if idx in names:
+            raise DataError(f"{path}:{lineno}: label id {idx} is given twice (lines {line_of[idx]} and {lineno}). "
+                            "Fix: one line per id.")
+        same = [i for i, n in names.items() if n.casefold() == name.casefold()]
+        if same:
+            raise DataError(f"{path}:{lineno}: label name {name!r} is also id {same[0]}'s (line {line_of[same[0]]}): "
+                            "a post's negative pair would be its positive. Fix: one name per label.")
+        names[idx], line_of[idx] = name, lineno
     if sorted(names) != list(range(len(names))):
         raise DataError(f"{path}: label ids must be 0..{len(names) - 1}. Given: {sorted(names)}.")
     return [names[i] for i in range(len(names))]

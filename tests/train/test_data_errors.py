@@ -120,3 +120,15 @@ def test_bytes_that_are_not_utf8_name_file_and_line(data, rel):
     f.write_bytes(b"\n".join(lines))
     with pytest.raises(ValidationError, match=rf"{rel.split('/')[-1]}:3: not UTF-8 .*Fix: save it as UTF-8"):
         T.build_task(T.load_split(data, "train"), "sts")
+
+
+@pytest.mark.parametrize("mapping, match", [
+    ("0\tanger\n1\tjoy\n1\tsadness\n", r"mapping.txt:3: label id 1 is given twice \(lines 2 and 3\)"),
+    ("0\tanger\n1\tjoy\n2\tJoy\n", r"mapping.txt:3: label name 'Joy' is also id 1's \(line 2\)"),
+])
+def test_a_mapping_that_gives_an_id_or_a_name_twice_names_both_lines(data, mapping, match):
+    """A repeated id silently re-named a label; a repeated name made a label's negative pair
+    the same text as its positive."""
+    (data / "tweeteval/emotion/mapping.txt").write_text(mapping)
+    with pytest.raises(ValidationError, match=match):
+        T.load_split(data, "train")
