@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -37,6 +38,27 @@ def embed_all(model: str, texts: list[str], backend: str, spec: EvalSpec, declar
                                "re-normalised; the prefix rows would not score what is served.")
     enc.close()
     return table, info
+
+
+def check_row_names(models: list[tuple[str, str]]) -> None:
+    """Refuse, before any work, a ``--model`` row name that would replace another row (a baseline's,
+    or another ``--model``'s: rows and their cache files are keyed by name) or that is no file name
+    (``rows/<name>.json``; '@' marks the prefix rows ``<name>@<k>``)."""
+    from ..errors import ValidationError
+
+    seen = set()
+    for name, model in models:
+        fix = f"Fix: name the row, e.g. --model mine={model}."
+        if re.fullmatch(r"(base|teacher)(-pca\d+)?", name):
+            raise ValidationError(f"`--model` row name {name!r} is the baseline's (rows base, base-pca<k>, teacher, "
+                                  f"teacher-pca<k>; the base is always evaluated). Given: {name}={model}. {fix}")
+        if not name or name.startswith(".") or any(c in name for c in "/\\@"):
+            raise ValidationError(f"`--model` row name {name!r} must be a file name: not starting with '.', no '/', "
+                                  f"'@' (which marks the prefix rows NAME@K) or '\\'. Given: {name}={model}. {fix}")
+        if name in seen:
+            raise ValidationError(f"`--model` row name {name!r} is given twice: the second row would replace the "
+                                  f"first. Given: {name}={model}. Fix: one name per row.")
+        seen.add(name)
 
 
 def pca_dims(spec: "EvalSpec", prefixes) -> list[int]:
@@ -156,6 +178,7 @@ def evaluate_rows(models: list[tuple[str, str]], root: Path, out: Path, spec: Ev
     keyed by the model fingerprint, the spec and its prefixes."""
     from ..model_dir import resolve
 
+    check_row_names(models)
     plan = {name: model_prefixes(name, model, prefixes) for name, model in models}
     dims = pca_dims(spec, [k for ks, _ in plan.values() for k in ks])
     data = build_eval_data(root, spec)

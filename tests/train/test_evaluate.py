@@ -1,5 +1,8 @@
 """Eval smoke test on the tiny data, through the CLI."""
 import json
+import re
+
+import pytest
 
 from postemb_rt.cli import main
 from postemb_rt.train import evaluate as E
@@ -107,3 +110,18 @@ def test_target_1_is_na_not_missed_when_a_reference_row_was_not_evaluated():
     assert t1["met"] is None and "rows missing: ['teacher-pca50']" in t1["detail"]
     rows["base"] = row(0.70)  # a present row beats it: missed, whatever is missing
     assert check_targets(rows, "multitask")[0]["met"] is False
+
+
+@pytest.mark.parametrize("models, match", [
+    (["base=MODEL"], r"`--model` row name 'base' is the baseline's"),  # it replaced the base row and base-pca50
+    (["base-pca16=MODEL"], r"`--model` row name 'base-pca16' is the baseline's"),
+    (["teacher=MODEL"], r"`--model` row name 'teacher' is the baseline's"),
+    (["a=MODEL", "a=MODEL"], r"`--model` row name 'a' is given twice"),  # the second silently replaced the first
+    (["a@16=MODEL"], r"`--model` row name 'a@16' .* no '/', '@'"),  # '@' marks the prefix rows
+])
+def test_a_row_name_that_would_replace_another_row_is_refused_before_any_work(tmp_path, capsys, models, match):
+    args = [a for m in models for a in ("--model", m.replace("MODEL", "default"))]
+    out = tmp_path / "reports"
+    assert main(["eval", *args, "--out", str(out), "--data", str(tmp_path / "no-data")]) != 0
+    assert re.search(match, capsys.readouterr().err)
+    assert not out.exists()
