@@ -34,15 +34,18 @@ def _parse_model(spec: str) -> tuple[str, str]:
 
 def run(args) -> int:
     from ..data import data_root, read_lines, SHORT_POSTS
-    from ..train.eval_rows import evaluate_rows, throughput
+    from ..durable import check_writable
+    from ..train.eval_rows import check_row_names, evaluate_rows, throughput
     from ..train.evaluate import EvalSpec
     from ..train.report import write_report
 
     root = Path(args.data) if args.data else data_root()
     out = Path(args.out)
+    models = [_parse_model(m) for m in (args.model or ["default"])]
+    check_row_names(models)  # these two before any data is read or model embedded
+    check_writable(out / "eval.json", "--out")
     spec = EvalSpec(seed=args.seed, auc_anchors=args.auc_anchors, zs_fit=args.zs_posts, zs_test=args.zs_posts,
                     retrieval_posts=args.retrieval_posts, pca_posts=args.pca_posts, split=args.split)
-    models = [_parse_model(m) for m in (args.model or ["default"])]
     if args.teacher is not None:  # a typo refused now, not after every model's rows
         from ..train.teacher import resolve
 

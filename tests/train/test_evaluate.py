@@ -125,3 +125,11 @@ def test_a_row_name_that_would_replace_another_row_is_refused_before_any_work(tm
     assert main(["eval", *args, "--out", str(out), "--data", str(tmp_path / "no-data")]) != 0
     assert re.search(match, capsys.readouterr().err)
     assert not out.exists()
+
+
+def test_an_out_that_cannot_be_written_is_refused_naming_the_flag_before_any_data_is_read(tmp_path, capsys):
+    taken = tmp_path / "a-file"
+    taken.write_text("x")
+    assert main(["eval", "--out", str(taken), "--data", str(tmp_path / "no-data")]) != 0
+    err = capsys.readouterr().err
+    assert f"`--out` {str(taken / 'eval.json')!r} cannot be written: {taken} is a file, not a folder" in err, err
