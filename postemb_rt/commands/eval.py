@@ -45,7 +45,8 @@ def run(args) -> int:
     check_row_names(models)  # these two before any data is read or model embedded
     check_writable(out / "eval.json", "--out")
     spec = EvalSpec(seed=args.seed, auc_anchors=args.auc_anchors, zs_fit=args.zs_posts, zs_test=args.zs_posts,
-                    retrieval_posts=args.retrieval_posts, pca_posts=args.pca_posts, split=args.split)
+                    retrieval_posts=args.retrieval_posts, pca_posts=args.pca_posts, split=args.split,
+                    drop_seen=not args.keep_seen)
     if args.teacher is not None:  # a typo refused now, not after every model's rows
         from ..train.teacher import resolve
 
@@ -91,8 +92,12 @@ def register(sub) -> None:
                    help="seed of the held-out subsamples, recorded in the report (not a training seed: rows "
                         "NAME-seed<N> are those) (default: 0)")
     p.add_argument("--split", choices=["test", "val"], default="test",
-                   help="held-out data: test (the report) or val (to choose a recipe without looking at test) "
-                        "(default: test)")
+                   help="held-out data: test (the report) or val (to choose a recipe without looking at test; STS-B "
+                        "has no test split here: both score STS-B dev) (default: test)")
+    p.add_argument("--keep-seen", action="store_true",
+                   help="keep held-out items that the rows were fitted on (by default dropped and counted in the "
+                        "report: test posts also in the train data, STS-B dev pairs that are train pairs, zero-shot "
+                        "test posts also in the probe's fit set); reproduces the reports committed before this option")
     p.add_argument("--teacher", default=None,
                    help="add rows `teacher` and `teacher-pca50` (a registered teacher, e.g. all-mpnet-base-v2, "
                         "or a sentence-transformers folder); targets 1 and 4 need them")

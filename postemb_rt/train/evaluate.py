@@ -26,6 +26,12 @@ slices and re-normalises itself, :func:`prefix_table`). Every prefix k also adds
 ``base-pca<k>`` (and ``teacher-pca<k>``): the base's top k principal axes (:func:`pca_tables`;
 PCA is nested too, so one fit serves every k).
 
+Held out: ``EvalSpec.drop_seen`` (default) drops every item a row was fitted on, counting them in
+the report: test posts whose text (case and spaces ignored) is also in the multi-task train data
+(pairs, hashtag posts, retrieval), STS-B dev pairs that are STS-B train pairs, and zero-shot test
+posts also in the probe's fit set (TweetEval's hate test split repeats 236 of its train posts,
+93 of them with the other label). STS-B has no test split here: ``--split val`` scores STS-B dev too.
+
 Noise: every target comparison carries a paired bootstrap 95% interval of the difference
 (the same held-out items resampled for both rows, :func:`paired_delta`), from the
 per-item outputs kept in ``rows/<name>.npz`` (the rows and their cache:
@@ -69,6 +75,10 @@ class EvalSpec:
     # retrieval from the val splits, zero-shot probes scored on val (sentiment, which has no
     # train split, fits on one half of val and scores on the other); STS-B dev either way.
     split: str = "test"
+    # drop held-out items the rows were fitted on (``build_eval_data``): posts (case and spaces
+    # ignored) of the multi-task train data, STS-B dev pairs that are train pairs, zero-shot test
+    # posts in the probe's fit set. False: every item, as every report committed before it was.
+    drop_seen: bool = True
 
     def key(self) -> str:
         return hashlib.sha256(json.dumps(dataclasses.asdict(self), sort_keys=True).encode()).hexdigest()[:12]
@@ -91,6 +101,7 @@ class EvalData:
     sts: tuple  # (a, b, scores)
     retrieval: dict  # name -> (texts, labels)
     pca_posts: list
+    dropped: dict = dataclasses.field(default_factory=dict)  # held-out items dropped as seen (spec.drop_seen)
 
     def texts(self) -> list[str]:
         out = set()
@@ -116,20 +127,51 @@ class EvalData:
         return {t: np.array([p.label for p in ps]) for t, ps in self.pairs.items()}
 
 
+def _part(ds: D.Labelled, idx) -> D.Labelled:
+    return D.Labelled([ds.texts[j] for j in idx], [ds.labels[j] for j in idx], ds.names)
+
+
 def _halves(ds: D.Labelled, seed: int) -> tuple[D.Labelled, D.Labelled]:
     idx = np.random.default_rng([seed, 60]).permutation(len(ds))
-    part = lambda ix: D.Labelled([ds.texts[j] for j in ix], [ds.labels[j] for j in ix], ds.names)  # noqa: E731
-    return part(np.sort(idx[:len(ds) // 2])), part(np.sort(idx[len(ds) // 2:]))
+    return _part(ds, np.sort(idx[:len(ds) // 2])), _part(ds, np.sort(idx[len(ds) // 2:]))
+
+
+def _key(text: str) -> str:
+    """What makes two posts the same post: case and runs of spaces ignored."""
+    return " ".join(text.casefold().split())
+
+
+def _unseen(ds: D.Labelled, seen: set, what: str, dropped: dict) -> D.Labelled:
+    """``ds`` without the posts whose ``_key`` is in ``seen``; their count goes to ``dropped[what]``."""
+    keep = [i for i, t in enumerate(ds.texts) if _key(t) not in seen]
+    dropped[what] = len(ds) - len(keep)
+    if not keep:
+        raise D.DataError(f"{what}: every held-out post is also in the data it is compared with. Fix: other "
+                          "held-out data, or `postemb eval --keep-seen`.")
+    return _part(ds, keep)
 
 
 def build_eval_data(root: Path, spec: EvalSpec) -> EvalData:
     if spec.split not in ("test", "val"):
         raise ValueError(f"`split` must be 'test' or 'val'. Given: {spec.split!r}.")
-    sd = T.load_split(root, spec.split)
+    from .distill import general_posts
+
+    sd, tr = T.load_split(root, spec.split), T.load_split(root, "train")
+    dropped, seen_pairs = {}, set()
+    if spec.drop_seen:  # what the trained rows were fitted on is not held out
+        seen = {_key(t) for t in general_posts(tr)}
+        sd.topic, sd.emoji, sd.emotion = (_unseen(getattr(sd, n), seen, n, dropped)
+                                          for n in ("topic", "emoji", "emotion"))
+        a, b, _ = D.read_sts(tr.sts_path, strict=False)
+        seen_pairs = {k for x, y in zip(a, b) for k in ((_key(x), _key(y)), (_key(y), _key(x)))}
     pairs = {}
     for i, t in enumerate(T.TASKS):
         rng = np.random.default_rng([spec.seed, 10 + i])
         pairs[t] = T.build_task(sd, t).heldout(rng, None if t == "sts" else spec.auc_anchors)
+    pairs["sts"] = [p for p in pairs["sts"] if (_key(p.a), _key(p.b)) not in seen_pairs]
+    if {p.label for p in pairs["sts"]} != {0.0, 1.0}:
+        raise D.DataError("stsb-en-dev.csv: no pair with score >= 4 or none with score <= 1 is left that is not also "
+                          "an STS-B train pair. Fix: other held-out data, or `postemb eval --keep-seen`.")
     zs = {}
     for i, t in enumerate(T.ZERO_SHOT):
         has_train = (root / "tweeteval" / t / "train_text.txt").exists()
@@ -138,20 +180,25 @@ def build_eval_data(root: Path, spec: EvalSpec) -> EvalData:
             test = D.read_task(root, t, spec.split, strict=False)
         else:  # val, no train split: one half of val fits, the other scores
             fit, test = _halves(D.read_task(root, t, "val", strict=False), spec.seed)
+        if spec.drop_seen:  # the probe and kNN are fitted on the fit posts
+            test = _unseen(test, {_key(x) for x in fit.texts}, f"zero-shot {t}", dropped)
         rng = np.random.default_rng([spec.seed, 20 + i])
         fi, ti = _sub(rng, len(fit), spec.zs_fit), _sub(rng, len(test), spec.zs_test)
         zs[t] = ([fit.texts[j] for j in fi], np.array(fit.labels)[fi],
                  [test.texts[j] for j in ti], np.array(test.labels)[ti])
     a, b, s = D.read_sts(root / "stsb" / "stsb-en-dev.csv", strict=False)
+    keep = [i for i, (x, y) in enumerate(zip(a, b)) if (_key(x), _key(y)) not in seen_pairs]
+    if spec.drop_seen:
+        dropped["sts pairs"] = len(a) - len(keep)
+    a, b, s = [a[i] for i in keep], [b[i] for i in keep], [s[i] for i in keep]
     rng = np.random.default_rng([spec.seed, 30])
     ei = _sub(rng, len(sd.emoji), spec.retrieval_posts)
     retrieval = {"emoji": ([sd.emoji.texts[j] for j in ei], np.array(sd.emoji.labels)[ei]),
                  "topic": (list(sd.topic.texts), np.array(sd.topic.labels))}
-    tr = T.load_split(root, "train")
     pool = tr.emoji.texts + tr.emotion.texts + tr.topic.texts
     rng = np.random.default_rng([spec.seed, 40])
     pca_posts = [pool[j] for j in _sub(rng, len(pool), spec.pca_posts)]
-    return EvalData(pairs, zs, (a, b, np.array(s)), retrieval, pca_posts)
+    return EvalData(pairs, zs, (a, b, np.array(s)), retrieval, pca_posts, dropped)
 
 
 def _auc(scores, labels) -> float:

@@ -178,7 +178,8 @@ def write_report(out: Path, rows: dict, main: str, spec: EvalSpec, extra: dict, 
     means, sds = seed_means(rows)
     seed_targets = check_targets({**rows, **means}, main) if main in means else []
     report = {"main_model": main, "spec": dataclasses.asdict(spec), "bootstrap": BOOTSTRAP, "rows": rows,
-              "targets": targets, "seed_means": means, "seed_sds": sds, "seed_targets": seed_targets, **extra}
+              "targets": targets, "seed_means": means, "seed_sds": sds, "seed_targets": seed_targets,
+              **({"dropped_as_seen": data.dropped} if data is not None else {}), **extra}
     jp, mp = out / "eval.json", out / "eval.md"
     jp.write_text(json.dumps(report, indent=2, default=float) + "\n")
     lines = [f"# Evaluation: `{main}`", "",
@@ -217,6 +218,9 @@ def write_report(out: Path, rows: dict, main: str, spec: EvalSpec, extra: dict, 
         lines += ["", f"On the means over {means[main]['seeds']} training seeds (each row with seed rows "
                   "replaced by their mean):", ""]
         lines += _target_lines(seed_targets)
+    if data is not None and data.dropped:
+        lines += ["", "Held-out items dropped because the rows were fitted on them (case and spaces ignored; "
+                  f"`--keep-seen` keeps them): `{json.dumps(data.dropped)}`"]
     lines += ["", f"Spec: `{json.dumps(dataclasses.asdict(spec))}`", ""]
     mp.write_text("\n".join(lines))
     return jp, mp

@@ -58,10 +58,11 @@ def make_tiny_data(root):
         rows = ["sentence1,sentence2,score"]
         for i in range(n):
             w = rng.choice(EMOJI_WORDS + EMOTION_WORDS)
+            late = "" if name == "train" else " tonight"  # dev pairs are no train pairs: held out
             if i % 2:
-                rows.append(f"a dog is {w[0]} today,a dog is {w[0]} now,{4 + (i % 3) / 2}")
+                rows.append(f"a dog is {w[0]} today{late},a dog is {w[0]} now,{4 + (i % 3) / 2}")
             else:
-                rows.append(f"a man plays {w[1]} music,\"the cat sleeps, quietly\",{(i % 3) / 3:.2f}")
+                rows.append(f"a man plays {w[1]} music{late},\"the cat sleeps, quietly\",{(i % 3) / 3:.2f}")
         (sts / f"stsb-en-{name}.csv").write_text("\n".join(rows) + "\n")
     return root
 

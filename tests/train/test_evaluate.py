@@ -1,4 +1,5 @@
 """Eval smoke test on the tiny data, through the CLI."""
+import dataclasses
 import json
 import re
 
@@ -39,6 +40,7 @@ def test_eval_command_writes_report_with_all_rows(smoke_model, tiny_data, tmp_pa
     assert all(set(r["probe_c"]) == {"sentiment", "hate", "offensive"} for r in report["rows"].values())
     md = (out / "eval.md").read_text()
     assert "| base-pca50 |" in md and "## Targets" in md and "95% interval" in md
+    assert report["dropped_as_seen"]["emoji"] > 0 and "Held-out items dropped because the rows were fitted" in md
     assert "Training seeds" not in md
     # a second run reuses the cached rows
     assert main(["eval", "--model", f"multitask={model}", "--out", str(out), "--data", str(tiny_data),
@@ -65,7 +67,7 @@ def test_val_split_never_reads_test_files(tiny_data, tmp_path):
         p.unlink()
     data = E.build_eval_data(root, E.EvalSpec(split="val", pca_posts=20))
     fit, _, test, _ = data.zs["sentiment"]
-    assert len(fit) == len(test) == 12  # the 24 val posts, split in two
+    assert len(fit) == 12 and len(test) + data.dropped["zero-shot sentiment"] == 12  # the 24 val posts, in two
     assert all(len(data.pairs[t]) > 0 for t in data.pairs)
 
 
@@ -133,3 +135,29 @@ def test_an_out_that_cannot_be_written_is_refused_naming_the_flag_before_any_dat
     assert main(["eval", "--out", str(taken), "--data", str(tmp_path / "no-data")]) != 0
     err = capsys.readouterr().err
     assert f"`--out` {str(taken / 'eval.json')!r} cannot be written: {taken} is a file, not a folder" in err, err
+
+
+def test_held_out_items_the_rows_were_fitted_on_are_dropped_and_counted(tiny_data, tmp_path):
+    """Test posts also in the train data (the tiny data repeats many), STS-B dev pairs that are train
+    pairs and zero-shot test posts also in the probe's fit set are not held out: dropped, counted."""
+    import shutil
+    from postemb_rt.train import tasks as T
+    from postemb_rt.train.distill import general_posts
+
+    spec = E.EvalSpec(pca_posts=20)
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    train_row = (root / "stsb/stsb-en-train.csv").read_text().splitlines()[2]  # a score >= 4 pair
+    with (root / "stsb/stsb-en-dev.csv").open("a") as f:
+        f.write(train_row.upper() + "\n")  # case ignored
+    data = E.build_eval_data(root, spec)
+    seen = {E._key(t) for t in general_posts(T.load_split(root, "train"))}
+    for t in ("topic", "emoji", "emotion"):
+        assert data.dropped[t] > 0 and not any(E._key(p.a) in seen for p in data.pairs[t])
+    assert data.dropped["sts pairs"] == 1 and len(data.sts[0]) == 30
+    assert all(E._key(x) not in seen for texts, _ in data.retrieval.values() for x in texts)
+    for t, (fit, _, test, _) in data.zs.items():
+        assert data.dropped[f"zero-shot {t}"] > 0 and not {E._key(x) for x in fit} & {E._key(x) for x in test}
+    kept = E.build_eval_data(root, dataclasses.replace(spec, drop_seen=False))
+    assert kept.dropped == {} and len(kept.sts[0]) == 31 and len(kept.retrieval["topic"][0]) == 60
+    assert spec.key() != dataclasses.replace(spec, drop_seen=False).key()  # cached rows of either never serve the other
