@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ModelNotFoundError
+from .errors import ModelNotFoundError, ValidationError
 
 _CHECKOUT = Path(__file__).resolve().parent.parent
 SHORT_POSTS = "tweeteval/emoji/test_text.txt"
@@ -59,9 +59,31 @@ def data_root(required: bool = True) -> Path | None:
     return None
 
 
-def read_lines(path: Path) -> list[str]:
-    """Lines of a UTF-8 text file, without line endings (empty lines kept)."""
-    return path.read_text(encoding="utf-8").splitlines()
+def read_text(path: Path, error: type[Exception] = ValidationError, arg: str = "") -> str:
+    """The file as UTF-8 text, a BOM (Windows tools write one) dropped; bytes that are not UTF-8
+    are an ``error`` naming the argument ``arg`` (if given), the file and the line."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        where = f"`{arg}` {path}" if arg else str(path)
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise error(f"{where}:{line}: not UTF-8 ({exc.reason}: {raw[exc.start:exc.end]!r}). "
+                    "Fix: save it as UTF-8.") from None
+
+
+def read_lines(path: Path, error: type[Exception] = ValidationError, arg: str = "") -> list[str]:
+    r"""The lines of a UTF-8 text file (:func:`read_text`), empty lines kept, cut at "\n" only ("\r\n"
+    loses its "\r"): one line per post, even where a post holds another Unicode line break (U+2028,
+    U+0085, form feed), which ``str.splitlines`` would cut it at, shifting every later post against
+    its label."""
+    text = read_text(path, error, arg)
+    if not text:
+        return []
+    lines = text.split("\n")
+    if lines[-1] == "":  # the last line's newline
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
 
 
 def short_posts(n: int = 4000) -> list[str]:

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from .. import backends
+from ..data import read_lines
 from ..durable import check_writable
 from ..errors import ValidationError
 from ..prompts import recorded_name
@@ -33,25 +34,6 @@ INT64 = (-(2 ** 63), 2 ** 63 - 1)
 INPUTS = (".txt", ".jsonl", ".parquet")
 OUTPUTS = (".npy", ".parquet")
 PROGRESS_MIN_POSTS = 1000  # show a progress bar from this many posts on
-
-
-def _lines(path: Path) -> list[str]:
-    r"""The lines of a UTF-8 text file: split at "\n" only (``str.splitlines`` would also cut at
-    U+2028, \x0c, \x85, ... so ids would stop being line numbers), a "\r" just before it
-    dropped; a final "\n" ends the last line and starts none."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")  # a byte-order mark is not text
-    except UnicodeDecodeError as exc:
-        line = data[:exc.start].count(b"\n") + 1
-        raise ValidationError(f"`INPUT` {path}:{line} is not valid UTF-8 (byte {exc.start}). "
-                              "Fix: save the file as UTF-8.") from None
-    if not text:
-        return []
-    lines = text.split("\n")
-    if lines[-1] == "":
-        lines.pop()
-    return [x[:-1] if x.endswith("\r") else x for x in lines]
 
 
 def check_ids(ids: list, where) -> str:
@@ -89,7 +71,7 @@ def read_posts(path: Path) -> tuple[list, list[str]]:
         raise ValidationError(f"`INPUT` {str(path)!r} is a folder. Fix: name a file (a folder of Parquet or JSONL "
                               "files is `postemb backfill`'s input).")
     if path.suffix == ".txt":
-        texts = _lines(path)
+        texts = read_lines(path, arg="INPUT")  # one post per "\n": ids are line numbers
         return list(range(len(texts))), texts
     if path.suffix == ".jsonl":
         ids, texts, linenos, has_id = [], [], [], None

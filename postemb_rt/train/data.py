@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..data import read_lines, read_text
 from ..errors import ValidationError
 
 # Stance folders -> topic text (the SemEval-2016 task 6 targets, in words).
@@ -46,28 +47,15 @@ class Labelled:
         return len(self.texts)
 
 
-def _text(path: Path) -> str:
-    """The file as UTF-8 text, a BOM (Windows tools write one) dropped; bytes that are not UTF-8
-    are a DataError naming the line."""
+def _exists(path: Path) -> Path:
     if not path.exists():
         raise DataError(f"{path}: file not found. Fix: point `data` at a folder holding tweeteval/ and stsb/.")
-    raw = path.read_bytes()
-    try:
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        raise DataError(f"{path}:{line}: not UTF-8 ({exc.reason}: {raw[exc.start:exc.end]!r}). "
-                        "Fix: save it as UTF-8.") from None
+    return path
 
 
 def _read(path: Path) -> list[str]:
-    """The lines of a text file, cut at "\n" only ("\r\n" loses its "\r"): one line per post, even
-    where a post holds another Unicode line break (U+2028, U+0085, form feed), which
-    ``str.splitlines`` would cut it at, shifting every later post against its label."""
-    lines = _text(path).split("\n")
-    if lines[-1] == "":  # the last line's newline
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+    """The lines of a text file, one per post (``data.read_lines``); not UTF-8: a DataError."""
+    return read_lines(_exists(path), DataError)
 
 
 def read_mapping(path: Path) -> list[str]:
@@ -147,7 +135,7 @@ def read_topics(root: Path, split: str, strict: bool = True) -> Labelled:
 def read_sts(path: Path, strict: bool = True) -> tuple[list[str], list[str], list[float]]:
     """STS-B CSV -> (sentences1, sentences2, scores 0..5)."""
     a, b, s = [], [], []
-    with io.StringIO(_text(path), newline="") as f:
+    with io.StringIO(read_text(_exists(path), DataError), newline="") as f:
         for lineno, row in enumerate(csv.reader(f), 1):
             if not row:
                 continue
