@@ -44,7 +44,6 @@ class PostTokenizer:
         if lowercase:
             _add_lowercase(self._tok)
         self._windows: dict[int, object] = {}  # overlap -> a copy of the tokenizer cutting windows
-        self._untruncated = None  # a copy that does not truncate (tokenize)
         self._tok.enable_truncation(max_length)
         self._config = _read_config(Path(path).parent / "tokenizer_config.json")
         self.pad_id = _pad_id(self._tok, self._config)
@@ -99,18 +98,23 @@ class PostTokenizer:
             raise ValidationError(f"`text` of tokenizer.{call} must be a str. Given: {type(text).__name__}. "
                                   "Fix: pass one text (encode / __call__ on the Encoder take lists).")
         if call == "tokenize":  # the whole text, as Hugging Face's tokenize does
-            from tokenizers import Tokenizer
-
-            if self._untruncated is None:
-                self._untruncated = Tokenizer.from_str(self._tok.to_str())
-                self._untruncated.no_truncation()
-            return _encode_batch(self._untruncated, [text], "text", add_special_tokens=False)[0]
+            return _encode_batch(self._whole, [text], "text", add_special_tokens=False)[0]
         return _encode_batch(self._tok, [text], "text", add_special_tokens=add_special_tokens)[0]
 
     def encodings(self, texts: list[str], add_special_tokens: bool = True) -> list:
-        """Each text's ``tokenizers.Encoding`` (ids, tokens, character offsets, special-token mask),
-        cut to max_length as the model reads it (the server's /tokenize)."""
-        return _encode_batch(self._tok, texts, add_special_tokens=add_special_tokens)
+        """Each text's ``tokenizers.Encoding`` (ids, tokens, character offsets, special-token mask) of the
+        whole text, not cut to max_length (the server's /tokenize, as text-embeddings-inference's: a client
+        counts the tokens to learn whether a post will be cut)."""
+        return _encode_batch(self._whole, texts, add_special_tokens=add_special_tokens)
+
+    @functools.cached_property
+    def _whole(self):
+        """A copy of the tokenizer that does not truncate (``tokenize``, ``encodings``)."""
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_str(self._tok.to_str())
+        tok.no_truncation()
+        return tok
 
     def decode(self, ids: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
         """Token-id lists back to text (the server's /decode); ids past the vocabulary raise ValidationError."""

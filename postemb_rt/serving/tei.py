@@ -23,7 +23,7 @@ unchanged:
                           ``/embed``, TEI's default for an embedding model.
     POST /tokenize        ``inputs``, ``add_special_tokens`` (true), ``prompt_name``: per input, its
                           tokens ``{id, text, special, start, stop}`` (UTF-8 byte offsets, as TEI's),
-                          as the model reads them (cut to max_length).
+                          every token of the text, not cut to max_length (as TEI's).
     POST /decode          ``ids`` (a list, or a list of lists), ``skip_special_tokens`` (true): texts.
     GET  /info            TEI's fields (``model_id``, ``max_input_length``, ...) beside ours.
 
@@ -198,6 +198,7 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
                 texts, _ = fit_chars(req.inputs, "inputs[{}]".format, False, cfg.max_input_chars)
                 texts = rt.prompted(enc, texts, req.prompt_name)
                 encs = await rt.off_loop(enc.tokenizer.encodings, texts, req.add_special_tokens)
+                _within(sum(len(e.ids) for e in encs), cfg.max_queued_tokens, "inputs", "tokens in all")
         except ApiError as err:
             return tei_error(err)
         out = []
@@ -217,14 +218,8 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
                 req = parse(DecodeRequest, json_object(body), cfg)
                 enc = rt.require_encoder()
                 ids = req.ids if isinstance(req.ids[0], list) else [req.ids]
-                total = sum(map(len, ids))
-                for n, limit, what, name in ((len(ids), cfg.max_inputs, "lists", "max_inputs"),
-                                             (total, cfg.max_queued_tokens, "ids in all", "max_queued_tokens")):
-                    if n > limit:
-                        raise ApiError(413, f"`ids` holds {n} {what}, more than {name} ({limit}). Fix: split the "
-                                            f"request (client), or start the server with a higher "
-                                            f"--{name.replace('_', '-')} (operator).", param="ids", code=name,
-                                       limit=limit, given=n)
+                _within(len(ids), cfg.max_inputs, "ids", "lists", "max_inputs")
+                _within(sum(map(len, ids)), cfg.max_queued_tokens, "ids", "ids in all")
                 try:  # off the event loop, as tokenization: a big batch must not stall the probes
                     texts = await rt.off_loop(enc.tokenizer.decode, ids, req.skip_special_tokens)
                 except ValidationError as exc:
@@ -240,6 +235,15 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
                  **{c: responses[c] for c in keyed}}
         app.add_api_route(path, _wrong_model_type(why), methods=["POST"], response_class=Response, responses=wrong,
                           name=f"tei{path.replace('/', '_')}")
+
+
+def _within(n: int, limit: int, field: str, what: str, name: str = "max_queued_tokens") -> None:
+    """413 naming ``field`` when a request's count ``n`` of ``what`` is more than the server's ``name`` (``limit``):
+    the bound of /decode's and /tokenize's answers, which the batcher's queue does not bound."""
+    if n > limit:
+        raise ApiError(413, f"`{field}` holds {n} {what}, more than {name} ({limit}). Fix: split the request "
+                            f"(client), or start the server with a higher --{name.replace('_', '-')} (operator).",
+                       param=field, code=name, limit=limit, given=n)
 
 
 WRONG_MODEL_TYPE = {"/rerank": "model is not a re-ranker model", "/predict": "model is not a classifier model",

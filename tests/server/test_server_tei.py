@@ -116,6 +116,16 @@ def test_tokenize_and_decode(client, server_encoder):
     assert f"more than max_inputs ({LIMITS['max_inputs']})" in many.json()["error"]
 
 
+def test_tokenize_gives_every_token_of_a_long_text_as_tei(client, server_encoder):
+    """TEI's /tokenize does not truncate: a client counts the tokens to learn whether a post will be cut."""
+    toks = client.post("/tokenize", json={"inputs": [LONG, "short"]}).json()
+    assert len(toks[0]) == 602 > server_encoder.max_length  # [CLS], 300 a's, 300 b's, [SEP]
+    assert [t["text"] for t in toks[0][1:-1]] == LONG.split() and toks[0][-1]["special"]
+    assert toks[0][-2]["stop"] == len(LONG) and len(toks[1]) == 3
+    bare = client.post("/tokenize", json={"inputs": LONG, "add_special_tokens": False}).json()[0]
+    assert [t["id"] for t in bare] == [t["id"] for t in toks[0][1:-1]]
+
+
 def test_info_has_tei_fields_and_ours(client, server_encoder):
     info = client.get("/info").json()
     assert info["model_id"] == server_encoder.model_version and info["max_input_length"] == server_encoder.max_length
@@ -191,6 +201,33 @@ def test_openai_client_without_v1_in_base_url(main_server, server_encoder):
     assert_exact(np.array([d.embedding for d in resp.data], np.float32), server_encoder.encode(TEXTS))
 
 
+def _wait_loaded(app, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not app.state.runtime.ready:
+        assert app.state.runtime.load_error is None, app.state.runtime.load_error
+        assert time.monotonic() < deadline, "the model did not load"
+        time.sleep(0.05)
+
+
+def test_tokenize_answers_at_most_max_queued_tokens_tokens():
+    """/tokenize's answer is every token (not cut to max_length), so, as /decode's, it is bounded by
+    max_queued_tokens: past it, a 413 naming the limit, the count and both fixes."""
+    from starlette.testclient import TestClient
+
+    from postemb_rt.serving.config import ServeConfig
+    from postemb_rt.serving.routes import create_app
+
+    app = create_app(ServeConfig(model="base", backend="onnxruntime", precision="fp32", max_queued_tokens=4096))
+    with TestClient(app) as c:
+        _wait_loaded(app)
+        assert sum(map(len, c.post("/tokenize", json={"inputs": [LONG] * 6}).json())) == 6 * 602
+        r = c.post("/tokenize", json={"inputs": [LONG] * 7})
+        assert r.status_code == 413 and r.json()["error_type"] == "Validation", r.text
+        msg = r.json()["error"]
+        assert "`inputs` holds 4214 tokens in all, more than max_queued_tokens (4096)" in msg, msg
+        assert "split the request" in msg and "--max-queued-tokens" in msg, msg
+
+
 def test_chunk_mode_errors_name_the_requests_own_field():
     """With long_posts "chunk", a post needing more than max_chunks windows under truncate false is
     named as its request names it: ``inputs[1]`` on /embed, ``inputs.sentences[0]`` on /similarity."""
@@ -204,10 +241,7 @@ def test_chunk_mode_errors_name_the_requests_own_field():
     app = create_app(ServeConfig(model="base", backend="onnxruntime", precision="fp32", long_posts="chunk",
                                  max_input_chars=len(huge), max_queued_tokens=1 << 20))
     with TestClient(app) as c:
-        deadline = time.monotonic() + 120
-        while not app.state.runtime.ready:
-            assert time.monotonic() < deadline, "the model did not load"
-            time.sleep(0.05)
+        _wait_loaded(app)
         for path, body, name in [
             ("/embed", {"inputs": ["b", huge], "truncate": False}, "inputs[1]"),
             ("/similarity", {"inputs": {"source_sentence": "b", "sentences": [huge]},
@@ -303,10 +337,13 @@ def _vectors(r) -> np.ndarray:
 def test_token_ids_from_tokenize_embed_as_their_text(client, server_encoder):
     """TEI's /embed takes token ids as ``inputs`` (one input's list, a list of lists, or mixed with
     strings): the ids /tokenize gives ([CLS] ... [SEP] included) embed as the text does, on every route
-    /embed serves, in the request's order."""
+    /embed serves, in the request's order. /tokenize gives a long text's every token (as TEI's): cut to
+    max_length with its [SEP] kept, they embed as the text does too."""
     texts = [*TEXTS, LONG]
     ids = [[t["id"] for t in row] for row in client.post("/tokenize", json={"inputs": texts}).json()]
-    assert ids == server_encoder.tokenizer(texts).ids  # cut to max_length, as the model reads the text
+    assert len(ids[2]) == 602 > server_encoder.max_length  # the whole text, not cut
+    ids[2] = ids[2][:server_encoder.max_length - 1] + ids[2][-1:]
+    assert ids == server_encoder.tokenizer(texts).ids  # as the model reads the text
     want = _vectors(client.post("/embed", json={"inputs": texts}))
     assert_exact(want, server_encoder.encode(texts))
     for path in ("/embed", "/", "/invocations"):
