@@ -6,6 +6,7 @@ import base64
 import json
 import logging
 import threading
+import time
 from contextlib import asynccontextmanager
 from typing import Callable
 
@@ -18,7 +19,7 @@ from .errors import CLIENT_CLOSED, ApiError, dumps, error_response, json_respons
 from .metrics import Metrics
 from .registry import ModelRegistry
 from .schemas import EmbedRequest, ErrorResponse, V1EmbeddingsRequest, body_doc, json_object, parse
-from .tei import TRUNCATED_HEADER, VERSION_HEADER, check_dimensions
+from .tei import COMPUTE_HEADERS, TRUNCATED_HEADER, VERSION_HEADER, check_dimensions, compute_headers
 
 log = logging.getLogger("postemb_rt.server")
 
@@ -145,9 +146,10 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
                                              "type": "server_error", "param": None, "code": "internal"}})
 
     async def v1_embeddings(request: Request):
+        started = time.monotonic()
         try:
             async with admission(request) as body:
-                return await _v1_embeddings(parse(V1EmbeddingsRequest, json_object(body), cfg))
+                return await _v1_embeddings(parse(V1EmbeddingsRequest, json_object(body), cfg), started)
         except ApiError as err:
             raise _openai_status(err) from None
 
@@ -156,7 +158,7 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
                           response_class=Response, responses=_responses(*V1_ERRORS),
                           name="v1_embeddings" if path.startswith("/v1") else "embeddings")
 
-    async def _v1_embeddings(req):
+    async def _v1_embeddings(req, started: float):
         m = models.resolve(req.model)  # one model: `model` is ignored, as it always was
         enc = m.require_encoder()
         dim = check_dimensions(enc, req.dimensions)
@@ -178,15 +180,17 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
                               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "truncated": truncated},
                              vecs.size if req.encoding_format == "float" else 0)
         resp.headers[TRUNCATED_HEADER], resp.headers[VERSION_HEADER] = str(len(truncated)), version
+        compute_headers(resp, started, req.input, tokens)
         return resp
 
     @app.post("/embed_full", openapi_extra=body_doc(EmbedRequest), response_class=Response,
               responses=_responses(*EMBED_ERRORS))
     async def embed_full(request: Request):
+        started = time.monotonic()
         async with admission(request) as body:
-            return await _embed(parse(EmbedRequest, json_object(body), cfg))
+            return await _embed(parse(EmbedRequest, json_object(body), cfg), started)
 
-    async def _embed(req):
+    async def _embed(req, started: float):
         long_posts = req.long_posts or cfg.long_posts
         m = models.resolve(req.model)
         enc = m.require_encoder()
@@ -213,6 +217,7 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
                    usage={"prompt_tokens": tokens, "total_tokens": tokens})
         resp = await _render(out, vecs.size)
         resp.headers[VERSION_HEADER] = version
+        compute_headers(resp, started, req.inputs, tokens)
         return resp
 
     async def v1_models():  # OpenAI clients and tools list models before using one
@@ -280,7 +285,7 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         # any request header: the origins are the gate, and SDKs add their own on every request (the openai
         # JS client's x-stainless-*), which a fixed list refuses in the preflight, so the browser never sends it
         app.add_middleware(CORSMiddleware, allow_origins=list(cfg.cors_origins), allow_methods=["GET", "POST", "HEAD"],
-                           allow_headers=["*"], expose_headers=[TRUNCATED_HEADER, VERSION_HEADER, "X-Compute-Tokens",
+                           allow_headers=["*"], expose_headers=[TRUNCATED_HEADER, VERSION_HEADER, *COMPUTE_HEADERS,
                                                                 "Retry-After", "retry-after-ms", REQUEST_ID_HEADER])
     return app
 

@@ -39,8 +39,10 @@ size limit, a post too long with truncate false, an empty string, an unknown pro
 dimensions) or 422 (a malformed request), 415 (not JSON), Empty 400, Overloaded 429, Backend 424
 (the model failed on the batch), Unhealthy 503. A missing or wrong
 API key is our 401 (as on every route). Every answer of an embedding says in the
-``X-Truncated-Inputs`` header how many inputs were cut to max_length.
+``X-Truncated-Inputs`` header how many inputs were cut to max_length, and carries TEI's metadata headers
+(``compute_headers``).
 """
+import time
 
 from .. import __version__
 from ..encode_options import allowed_dims, truncate as truncate_rows
@@ -103,6 +105,20 @@ def check_dimensions(enc, dims) -> int:
     return dims
 
 
+def compute_headers(resp, started: float, inputs: list, tokens: int) -> None:
+    """text-embeddings-inference's metadata headers on an embedding answer (every embedding route, as TEI's, its
+    OpenAI route included): ``X-Compute-Tokens`` (tokens computed), ``X-Compute-Characters`` (characters of the
+    inputs; a token-id input counts one per id, as TEI's), ``X-Compute-Time`` and ``X-Total-Time`` (milliseconds
+    since the route took the request, ``started``: ``time.monotonic()``). TEI's per-request tokenization, queue
+    and inference times are not measured here, so their headers are left out."""
+    ms = str(int((time.monotonic() - started) * 1000))
+    resp.headers.update({"X-Compute-Tokens": str(tokens), "X-Compute-Characters": str(sum(map(len, inputs))),
+                         "X-Compute-Time": ms, "X-Total-Time": ms})
+
+
+COMPUTE_HEADERS = ("X-Compute-Tokens", "X-Compute-Characters", "X-Compute-Time", "X-Total-Time")
+
+
 def info_fields(rt) -> dict:
     """TEI's ``/info`` fields (``model_*`` only once the model is loaded)."""
     cfg, enc = rt.cfg, rt.encoder
@@ -137,6 +153,7 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
     responses = _responses(keyed)
 
     async def embed(request: Request):
+        started = time.monotonic()
         try:
             async with admission(request) as body:
                 req = parse(TeiEmbedRequest, json_object(body), cfg)
@@ -153,7 +170,7 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
         except ApiError as err:
             return tei_error(err)
         resp.headers[TRUNCATED_HEADER] = str(len(truncated))
-        resp.headers["X-Compute-Tokens"] = str(tokens)  # TEI's header
+        compute_headers(resp, started, req.inputs, tokens)
         return resp
 
     for path in ("/embed", "/", "/invocations"):  # /invocations: SageMaker's, as TEI serves it
@@ -163,6 +180,7 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
     @app.post("/similarity", openapi_extra=body_doc(SimilarityRequest), response_class=Response,
               responses=responses)
     async def similarity(request: Request):
+        started = time.monotonic()
         try:
             async with admission(request) as body:
                 req = parse(SimilarityRequest, json_object(body), cfg)
@@ -186,7 +204,7 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
         except ApiError as err:
             return tei_error(err)
         resp.headers[TRUNCATED_HEADER] = str(len(truncated))
-        resp.headers["X-Compute-Tokens"] = str(tokens)
+        compute_headers(resp, started, texts, tokens)
         return resp
 
     @app.post("/tokenize", openapi_extra=body_doc(TokenizeRequest), response_class=Response, responses=responses)

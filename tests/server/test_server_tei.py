@@ -126,6 +126,27 @@ def test_tokenize_gives_every_token_of_a_long_text_as_tei(client, server_encoder
     assert [t["id"] for t in bare] == [t["id"] for t in toks[0][1:-1]]
 
 
+def test_embedding_answers_carry_teis_metadata_headers(main_server, client, server_encoder):
+    """TEI's X-Compute-Tokens, X-Compute-Characters, X-Compute-Time and X-Total-Time on every embedding
+    route (TEI sends them on its OpenAI route too): tokens computed, characters of the inputs (a token-id
+    input counts one per id, as TEI's), milliseconds."""
+    tokens, chars = sum(server_encoder.tokenizer(TEXTS).lengths), sum(map(len, TEXTS))
+    oa = openai.OpenAI(base_url=main_server.url + "/v1", api_key=API_KEY, max_retries=0)
+    answers = [oa.embeddings.with_raw_response.create(model="any", input=TEXTS, encoding_format="float").headers]
+    for path, body in [("/embed", {"inputs": TEXTS}), ("/", {"inputs": TEXTS}), ("/embeddings", {"input": TEXTS}),
+                       ("/embed_full", {"inputs": TEXTS}), ("/invocations", {"inputs": TEXTS}),
+                       ("/similarity", {"inputs": {"source_sentence": TEXTS[0], "sentences": TEXTS[1:]}})]:
+        r = client.post(path, json=body)
+        assert r.status_code == 200, (path, r.text[:200])
+        answers.append(r.headers)
+    ids = server_encoder.tokenizer(TEXTS[:1]).ids[0]
+    by_ids = client.post("/embed", json={"inputs": [ids, TEXTS[1]]}).headers
+    assert int(by_ids["X-Compute-Characters"]) == len(ids) + len(TEXTS[1])
+    for h in answers:
+        assert int(h["X-Compute-Tokens"]) == tokens and int(h["X-Compute-Characters"]) == chars, h
+        assert int(h["X-Total-Time"]) >= int(h["X-Compute-Time"]) >= 0, h
+
+
 def test_info_has_tei_fields_and_ours(client, server_encoder):
     info = client.get("/info").json()
     assert info["model_id"] == server_encoder.model_version and info["max_input_length"] == server_encoder.max_length
