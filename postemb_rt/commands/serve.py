@@ -57,7 +57,7 @@ def config_from_args(args):
                       max_inputs=args.max_inputs, max_input_chars=args.max_input_chars,
                       max_body_bytes=args.max_body_bytes, max_concurrent_requests=args.max_concurrent_requests,
                       max_connections=args.max_connections, header_timeout_s=args.header_timeout,
-                      body_timeout_s=args.body_timeout,
+                      body_timeout_s=args.body_timeout, keep_alive_timeout_s=args.keep_alive_timeout,
                       max_queued_tokens=args.max_queued_tokens,
                       max_batch_size=args.max_batch_size, max_wait_us=args.max_wait_us,
                       batch_overhead_tokens=args.batch_overhead_tokens,
@@ -71,7 +71,7 @@ def config_from_args(args):
         if getattr(cfg, name) < 0:
             raise ValidationError(f"`--{name.replace('_', '-')}` must be >= 0. Given: {getattr(cfg, name)}.")
     for name, flag in (("header_timeout_s", "header-timeout"), ("body_timeout_s", "body-timeout"),
-                       ("request_timeout_s", "request-timeout")):
+                       ("request_timeout_s", "request-timeout"), ("keep_alive_timeout_s", "keep-alive-timeout")):
         if not getattr(cfg, name) > 0:
             raise ValidationError(f"`--{flag}` must be > 0 seconds. Given: {getattr(cfg, name)}.")
     if not cfg.drain_timeout_s >= 0:
@@ -155,7 +155,7 @@ def run(args) -> int:
         signal.signal(signal.SIGTERM, lambda *_: None)  # see serve_app
         from ..serving.connections import configure, uvicorn_options
 
-        configure(cfg.max_connections, cfg.header_timeout_s, cfg.body_timeout_s)  # each worker does it again
+        configure(cfg)  # each worker does it again
         print(f"postemb serve: listening on {url(args.host, port)} ({what}; {args.workers} workers, model threads "
               f"per worker: {os.environ['POSTEMB_NUM_THREADS']}; GET /ready turns 200 "
               "when every worker's model is loaded)", flush=True)
@@ -208,7 +208,7 @@ def serve_app(app, host: str, port: int, drain_timeout_s: float, verbose: bool =
     from ..serving.connections import configure, uvicorn_options
 
     cfg = app.state.models.cfg
-    configure(cfg.max_connections, cfg.header_timeout_s, cfg.body_timeout_s)
+    configure(cfg)
     sock = listen(host, port)
     host, port = sock.getsockname()[:2]
     server = uvicorn.Server(uvicorn.Config(app, log_level="info" if verbose else "warning", access_log=access_log,
@@ -292,8 +292,12 @@ def register(sub) -> None:
                         "when every one has a request in progress it gets 503 (default: 2048, at most the open-file "
                         "limit less 128; the soft limit is raised to the hard one at start)")
     p.add_argument("--header-timeout", type=float, default=10.0,
-                   help="seconds a connection gets to send a request's headers, counted from its start or the "
-                        "previous answer; then 408 and closed (default: 10)")
+                   help="seconds a connection gets to send a request's headers, counted from its start, or on a "
+                        "kept-alive connection from the next request's first byte; then 408 and closed (default: 10)")
+    p.add_argument("--keep-alive-timeout", type=float, default=5.0,
+                   help="seconds an idle kept-alive connection stays open after an answer. Behind a proxy or load "
+                        "balancer that keeps upstream connections open, set it above the proxy's idle timeout (an "
+                        "AWS ALB's 60 s: 65), else a request sent as the server closes gets a 502 (default: 5)")
     p.add_argument("--body-timeout", type=float, default=30.0,
                    help="seconds a request gets to send its body once its headers came (then 408 and closed), "
                         "and an answer its client stops reading gets to drain (then closed) (default: 30)")

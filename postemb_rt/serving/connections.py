@@ -11,7 +11,8 @@ protocol class, ``loop=`` a loop factory):
 
 - ``GuardedH11Protocol``: every connection still receiving a request (its headers, or a body
   the app has not finished reading) has a deadline: ``header_timeout_s`` for the headers
-  (from the connection's start or the end of the previous answer; trickling bytes do not
+  (from the connection's start, or on a kept-alive connection from the first byte of its next
+  request, which may come up to ``keep_alive_s`` after the previous answer; trickling bytes do not
   extend it; 408 if some bytes came, a plain close if none), then ``body_timeout_s`` plus a
   grace period for the body (the app answers 408 at ``body_timeout_s`` itself). At most
   ``max_connections`` connections: one more closes the oldest connection that is still
@@ -47,7 +48,6 @@ log = logging.getLogger("postemb_rt.server")
 ACCEPT_BATCH = 16  # connections accepted per event-loop turn
 FD_RESERVE = 128  # fds kept for the process (model files, threads, log) and the accept batches in flight
 H11_MAX_HEADER_BYTES = 16 * 1024  # request line + headers (h11's default, set explicitly): past it, 400
-KEEP_ALIVE_TIMEOUT_S = 5  # uvicorn's default: an idle keep-alive connection is closed after it
 BODY_GRACE_S = 5.0  # the protocol's backstop past body_timeout_s (the app answers 408 first)
 LOG_EVERY_S = 60.0  # a repeated warning (fd exhaustion, evictions, bad requests) at most this often
 
@@ -57,6 +57,7 @@ class ConnectionLimits:
     max_connections: int = 2048
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
+    keep_alive_s: float = 5.0  # uvicorn's default: an idle kept-alive connection is closed after it
 
 
 LIMITS = ConnectionLimits()
@@ -81,16 +82,18 @@ def raise_nofile_limit() -> int:
     return soft
 
 
-def configure(max_connections: int, header_timeout_s: float, body_timeout_s: float) -> ConnectionLimits:
-    """Set this process's connection limits (call before serving). ``max_connections`` is capped at
-    the fd limit (raised to the hard limit first) less ``FD_RESERVE``; the result is in ``LIMITS``."""
+def configure(cfg) -> ConnectionLimits:
+    """Set this process's connection limits from a ``ServeConfig`` (call before serving).
+    ``max_connections`` is capped at the fd limit (raised to the hard limit first) less
+    ``FD_RESERVE``; the result is in ``LIMITS``."""
     soft = raise_nofile_limit()
-    cap = max_connections
+    cap = max_connections = cfg.max_connections
     if soft != resource.RLIM_INFINITY and cap > soft - FD_RESERVE:
         cap = max(16, soft - FD_RESERVE)
         log.warning("max_connections lowered from %d to %d: the open-file limit is %d (ulimit -n); raise it to "
                     "hold more connections", max_connections, cap, soft)
-    LIMITS.max_connections, LIMITS.header_timeout_s, LIMITS.body_timeout_s = cap, header_timeout_s, body_timeout_s
+    LIMITS.max_connections, LIMITS.keep_alive_s = cap, cfg.keep_alive_timeout_s
+    LIMITS.header_timeout_s, LIMITS.body_timeout_s = cfg.header_timeout_s, cfg.body_timeout_s
     rate_limit = RateLimitFilter()
     for name in ("uvicorn.error", "asyncio"):
         logger = logging.getLogger(name)
@@ -102,7 +105,7 @@ def configure(max_connections: int, header_timeout_s: float, body_timeout_s: flo
 def uvicorn_options() -> dict:
     """The uvicorn ``Config`` options that carry these limits (after ``configure``)."""
     return dict(http=GuardedH11Protocol, loop="postemb_rt.serving.connections:loop_factory",
-                h11_max_incomplete_event_size=H11_MAX_HEADER_BYTES, timeout_keep_alive=KEEP_ALIVE_TIMEOUT_S,
+                h11_max_incomplete_event_size=H11_MAX_HEADER_BYTES, timeout_keep_alive=LIMITS.keep_alive_s,
                 # a backstop on request tasks (one can outlive its connection when the client leaves);
                 # connections themselves stay under max_connections, well below it
                 limit_concurrency=2 * LIMITS.max_connections)
@@ -157,6 +160,7 @@ class GuardedH11Protocol(H11Protocol):
     _timer: asyncio.TimerHandle | None = None
     _send_timer: asyncio.TimerHandle | None = None  # while writing is paused (see pause_writing)
     _got_bytes = False
+    _answered = False  # an answer was sent: the connection is kept alive between requests
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
@@ -207,11 +211,14 @@ class GuardedH11Protocol(H11Protocol):
             self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
+        if self._phase == "headers" and not self._got_bytes and self._answered:
+            self._restart_timer(LIMITS.header_timeout_s)  # a kept-alive connection's next request began
         self._got_bytes = True
         super().data_received(data)
         self._track()
 
     def on_response_complete(self) -> None:
+        self._answered = True
         super().on_response_complete()
         self._track()
 
@@ -236,9 +243,16 @@ class GuardedH11Protocol(H11Protocol):
         _RECEIVING[self] = None  # newest last
         if phase == "headers":
             self._got_bytes = False
-            self._timer = self.loop.call_later(LIMITS.header_timeout_s, self._deadline_passed)
+            # idle between requests, uvicorn closes it at keep_alive_s (this timer is a backstop); once
+            # the next request's first byte comes, it has header_timeout_s (data_received)
+            self._restart_timer(LIMITS.keep_alive_s + 1.0 if self._answered else LIMITS.header_timeout_s)
         else:
-            self._timer = self.loop.call_later(LIMITS.body_timeout_s + BODY_GRACE_S, self._deadline_passed)
+            self._restart_timer(LIMITS.body_timeout_s + BODY_GRACE_S)
+
+    def _restart_timer(self, seconds: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_later(seconds, self._deadline_passed)
 
     def _deadline_passed(self) -> None:
         self._timer = None

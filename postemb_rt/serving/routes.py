@@ -301,7 +301,7 @@ def app_from_env():
     from .connections import configure
 
     cfg = ServeConfig(**json.loads(os.environ["POSTEMB_SERVE_CONFIG"]))
-    configure(cfg.max_connections, cfg.header_timeout_s, cfg.body_timeout_s)  # this worker's connection limits
+    configure(cfg)  # this worker's connection limits
     app = create_app(cfg)
     models, fatal_file = app.state.models, os.environ.get("POSTEMB_SERVE_FATAL_FILE")
 

@@ -16,6 +16,7 @@ FD_LIMIT = 1024
 STALLED = 2000
 HEADER_TIMEOUT_S = 4.0
 BODY_TIMEOUT_S = 3.0
+KEEP_ALIVE_S = 6.0  # above HEADER_TIMEOUT_S: a proxy's pooled connection idles past the header timeout
 PARTIAL_HEADERS = b"GET /health HTTP/1.1\r\nHost: x\r\nX-a: "
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
@@ -27,7 +28,7 @@ def _low_fd_limit():
 @pytest.fixture(scope="module")
 def abuse_server():
     argv = serve_argv("--max-concurrent-requests", "2", "--header-timeout", str(HEADER_TIMEOUT_S),
-                      "--body-timeout", str(BODY_TIMEOUT_S))
+                      "--body-timeout", str(BODY_TIMEOUT_S), "--keep-alive-timeout", str(KEEP_ALIVE_S))
     yield from ready_until_done(ServerProc(argv, env={"POSTEMB_API_KEY": API_KEY}, preexec_fn=_low_fd_limit))
 
 
@@ -170,6 +171,38 @@ def test_header_timeout_answers_408_and_closes_idle_connections(abuse_server):
         for s in (partial, idle, trickle):
             s.close()
     assert _metric(abuse_server, "postemb_http_connections_closed_total", reason="header_timeout") >= 2
+
+
+def _health(s: socket.socket) -> int:
+    """GET /health on the kept-alive ``s``; its status, the answer read whole (0: closed)."""
+    s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.settimeout(10)
+    f = s.makefile("rb")
+    status, length = f.readline(), 0
+    while (line := f.readline()) not in (b"\r\n", b""):
+        if line.lower().startswith(b"content-length:"):
+            length = int(line.split(b":")[1])
+    f.read(length)
+    return int(status.split()[1]) if status else 0
+
+
+def test_keep_alive_timeout_holds_idle_connections_past_the_header_timeout_then_closes_them(abuse_server):
+    port = _port(abuse_server)
+    kept, slow = _connect(port), _connect(port)
+    try:
+        assert _health(kept) == 200 and _health(slow) == 200
+        time.sleep(HEADER_TIMEOUT_S + 1)  # idle past the header timeout, within the keep-alive timeout
+        assert _health(kept) == 200  # the same connection: it was kept
+        t = time.perf_counter()
+        slow.sendall(PARTIAL_HEADERS)  # the next request's headers get header_timeout_s from their first byte
+        assert _status(slow, HEADER_TIMEOUT_S + 5) == 408
+        assert time.perf_counter() - t > HEADER_TIMEOUT_S - 1
+        kept.settimeout(KEEP_ALIVE_S + 5)
+        assert kept.recv(100) == b""  # idle for the keep-alive timeout: closed without an answer
+        assert time.perf_counter() - t > KEEP_ALIVE_S - 1
+    finally:
+        kept.close()
+        slow.close()
 
 
 def test_clients_that_never_read_their_answers_cannot_hold_every_connection():
