@@ -27,7 +27,7 @@ from pathlib import Path
 
 from .durable import atomic_write, durable_rename, fsync_tree, one_builder, read_json
 from .logs import dropped
-from .model_dir import CONFIG_FILE, PROJECTION_FILE, ModelDir, PostEmbConfig, load_model_dir
+from .model_dir import CONFIG_FILE, PROJECTION_FILE, ModelDir, load_model_dir
 
 log = logging.getLogger("postemb_rt")
 OPSET = 17
@@ -136,31 +136,22 @@ def export_onnx(model: ModelDir, out_dir: str | Path, optimize: bool = True,
     else:
         raw.replace(final)
     shutil.copyfile(model.tokenizer_path, out / "tokenizer.json")
-    if pooling == "external" and head[0] is not None:  # the runtime projects: the head as one projection
+    external_head = pooling == "external" and head[0] is not None
+    if external_head:  # the runtime projects: the head as one projection
         from safetensors.torch import save_file
 
         state = {"weight": head[0].detach().contiguous()}
         if head[1] is not None:
             state["bias"] = head[1].detach().contiguous()
         save_file(state, str(out / PROJECTION_FILE))
-    cfg = PostEmbConfig(
-        model_version=model.config.model_version,
-        hidden_size=model.config.hidden_size,
-        pooling=model.config.pooling,
+    # the source's config, less what the export changes: every setting of what encode returns (prompts,
+    # truncate_dim, similarity_fn_name, ...) stays, so the export embeds the same texts alike
+    cfg = dataclasses.replace(
+        model.config,
         # the head runs in the graph (its Dense entries stay, for describe()), or outside it as one projection
-        projection_dim=model.config.dim if pooling == "external" and head[0] is not None else model.config.projection_dim,
+        projection_dim=model.config.dim if external_head else model.config.projection_dim,
         dense=None if pooling == "external" else model.config.dense,
-        normalize=model.config.normalize,
-        max_length=model.config.max_length,
-        encoder=None,
-        onnx="model.onnx",
-        onnx_pooling=pooling,
-        do_lower_case=model.config.do_lower_case,
-        # inputs and outputs the model defines, kept so the exported directory embeds the same texts alike
-        prompts=model.config.prompts,
-        default_prompt_name=model.config.default_prompt_name,
-        include_prompt=model.config.include_prompt,
-        matryoshka_dims=model.config.matryoshka_dims,
+        encoder=None, adapters=None, onnx="model.onnx", onnx_pooling=pooling, precision="fp32", fidelity=None,
     )
     (out / CONFIG_FILE).write_text(cfg.to_json())
     return load_model_dir(out)

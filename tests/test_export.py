@@ -87,3 +87,27 @@ def test_out_is_refused_when_it_is_the_source_model(tmp_path):
     res = run_export("--model", str(src), "--out", str(src))
     assert res.returncode == 2 and "is the source model" in res.stderr and "Fix:" in res.stderr
     assert sorted(p.name for p in src.iterdir()) == before
+
+
+def _model_copy(tmp_path, **config):
+    """A copy of the registered default model with ``config`` merged into its postemb.json."""
+    import json
+
+    src = tmp_path / "src"
+    shutil.copytree(Path(__file__).resolve().parent.parent / "postemb_rt" / "models" / "default", src)
+    cfg = json.loads((src / "postemb.json").read_text())
+    (src / "postemb.json").write_text(json.dumps({**cfg, **config}))
+    return src
+
+
+def test_the_export_keeps_the_models_output_settings(tmp_path, sample_texts):
+    """truncate_dim (the prefix encode returns by default) and similarity_fn_name are the model's: the
+    export embeds and compares as the source does (the parity check compared 16 dims with 50 and crashed)."""
+    src = _model_copy(tmp_path, truncate_dim=16, similarity_fn_name="dot")
+    out = tmp_path / "onnx"
+    res = run_export("--model", str(src), "--out", str(out), "--no-optimize", "--parity-posts", "4")
+    assert res.returncode == 0, res.stderr
+    enc, ref = Encoder.from_pretrained(out), Encoder.from_pretrained(src, backend="torch")
+    assert (enc.model.config.truncate_dim, enc.model.config.similarity_fn_name) == (16, "dot")
+    assert enc.vector_version == ref.vector_version == "postemb-mt50-v4@16"
+    assert_exact(enc.encode(sample_texts), ref.encode(sample_texts))
