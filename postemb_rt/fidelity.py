@@ -56,7 +56,8 @@ class Fidelity:
 
     def failures(self) -> list[str]:
         """The thresholds this measurement misses, as readable strings (empty: it passes)."""
-        return [f"{k} {getattr(self, k):.4f} < {v}" for k, v in THRESHOLDS.items() if getattr(self, k) < v]
+        # `not >=`: a NaN (a non-finite embedding) misses every threshold
+        return [f"{k} {getattr(self, k):.4f} < {v}" for k, v in THRESHOLDS.items() if not getattr(self, k) >= v]
 
     @property
     def ok(self) -> bool:
@@ -91,12 +92,27 @@ def overlap_at_k(ref: np.ndarray, other: np.ndarray, k: int = 10, every: int = Q
     return float(np.mean([len(np.intersect1d(x, y)) / k for x, y in zip(a, b)]))
 
 
+def _unit_rows(e: np.ndarray) -> np.ndarray:
+    """``e``'s rows scaled to unit length (float64); a zero or non-finite row becomes NaN."""
+    e = np.asarray(e, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return e / np.linalg.norm(e, axis=1, keepdims=True)
+
+
+def cosines(ref: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """Row-wise cosine (float64) of two (n, d) arrays of one shape, whatever their rows' norms (a model
+    with normalize=False); NaN for a row that is zero or not finite, so a ``>=`` threshold fails it."""
+    if np.shape(ref) != np.shape(other):
+        raise ValueError(f"`other` must have the shape of `ref` {np.shape(ref)}. Given: {np.shape(other)}.")
+    return np.sum(_unit_rows(ref) * _unit_rows(other), axis=1)
+
+
 def measure(ref: np.ndarray, other: np.ndarray, source: str) -> Fidelity:
-    """Fidelity of ``other`` to ``ref`` (same posts, unit rows)."""
-    if ref.shape != other.shape:
-        raise ValueError(f"`other` must have the shape of `ref` {ref.shape}. Given: {other.shape}.")
-    cos = np.sum(ref.astype(np.float64) * other.astype(np.float64), axis=1)
-    return Fidelity(float(cos.mean()), float(cos.min()), overlap_at_k(ref, other), len(ref), source)
+    """Fidelity of ``other`` to ``ref`` (same posts): :func:`cosines`, and overlap@10 of the rows as unit
+    vectors (cosine neighbours)."""
+    cos = cosines(ref, other)
+    overlap = overlap_at_k(_unit_rows(ref), _unit_rows(other))
+    return Fidelity(float(cos.mean()), float(cos.min()), overlap, len(ref), source)
 
 
 def posts(n: int | None = None) -> tuple[list[str], str]:

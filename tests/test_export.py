@@ -111,3 +111,15 @@ def test_the_export_keeps_the_models_output_settings(tmp_path, sample_texts):
     assert (enc.model.config.truncate_dim, enc.model.config.similarity_fn_name) == (16, "dot")
     assert enc.vector_version == ref.vector_version == "postemb-mt50-v4@16"
     assert_exact(enc.encode(sample_texts), ref.encode(sample_texts))
+
+
+def test_the_parity_check_compares_cosines_of_a_model_that_does_not_normalize(tmp_path):
+    """normalize=False: the check printed dot products of unnormalised rows as cosines (min 3.02)."""
+    import re
+
+    src = _model_copy(tmp_path, normalize=False)
+    res = run_export("--model", str(src), "--out", str(tmp_path / "onnx"), "--no-optimize", "--parity-posts", "4")
+    assert res.returncode == 0, res.stderr
+    low, mean = map(float, re.search(r"min cosine (\S+), mean (\S+) ", res.stdout).groups())
+    assert 0.9999 <= low <= mean <= 1 + 1e-6
+    assert run_export("--model", str(src), "--out", str(tmp_path / "o"), "--min-cosine", "nan").returncode == 2

@@ -50,6 +50,20 @@ def test_identical_embeddings_have_perfect_fidelity_and_noise_lowers_it():
     assert not worse.ok and any(f.startswith("overlap_at_10") for f in worse.failures())
 
 
+def test_fidelity_is_measured_by_cosine_for_rows_that_are_not_unit_and_a_nan_row_misses_the_bar():
+    """A model with normalize=False embeds rows of any norm: their dot product is no cosine (a candidate
+    pointing elsewhere but 10x longer passed the bar), and a NaN compared below no threshold."""
+    rng = np.random.default_rng(0)
+    ref = 5 * rng.normal(size=(200, 16))
+    assert fidelity.measure(ref, 3 * ref, "unit test").min_cos == pytest.approx(1.0)  # same directions
+    off = fidelity.measure(ref, 10 * ref + rng.normal(scale=50, size=ref.shape), "unit test")
+    assert off.mean_cos < 0.9 and not off.ok and any(f.startswith("mean_cos") for f in off.failures())
+    broken = ref.copy()
+    broken[3] = np.nan
+    nan = fidelity.measure(ref, broken, "unit test")
+    assert not nan.ok and "min_cos nan < 0.98" in nan.failures()
+
+
 def test_overlap_counts_shared_neighbours_and_needs_more_rows_than_k():
     ref = np.eye(12, dtype=np.float32)[:, :12]
     assert fidelity.overlap_at_k(ref, ref, k=3, every=1) == 1.0
