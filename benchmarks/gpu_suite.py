@@ -161,12 +161,12 @@ def kernel_rows(bw: float) -> list[str]:
 
 
 def build_trt(tmp: Path, precision: str) -> Path | None:
-    """Export base with external pooling and build an engine; None (with the reason printed) on failure."""
+    """Export base with external pooling, unfused, and build an engine; None (with the reason printed) on failure."""
     from postemb_rt.model_dir import resolve
     from postemb_rt.onnx_export import export_onnx
 
     out = tmp / f"trt-{precision}"
-    md = export_onnx(resolve("base"), out, pooling="external")
+    md = export_onnx(resolve("base"), out, optimize=False, pooling="external")  # unfused: TensorRT parses it
     flags = [] if precision == "fp32" else [f"--{precision}"]
     r = subprocess.run([sys.executable, str(ROOT / "export" / "build_engine.py"), "--onnx", str(md.onnx_path),
                         "--timing-cache", str(tmp / "timing.cache"), *flags], capture_output=True, text=True)

@@ -1,7 +1,11 @@
 """Build a TensorRT engine from an ONNX model exported with external pooling.
 
-    python export/export_onnx.py --model default --out models/default-trt --pooling external
+    python export/export_onnx.py --model default --out models/default-trt --pooling external --no-optimize
     python export/build_engine.py --onnx models/default-trt/model.onnx --out models/default-trt --fp16
+
+The ONNX model must be float32 and hold standard ONNX operators only (export_onnx.py --no-optimize):
+ONNX Runtime's fused operators (domain com.microsoft: Attention, SkipLayerNormalization, ...) and
+its int8 are nothing TensorRT's ONNX parser takes, so they are refused (exit 2) before TensorRT.
 
 Writes OUT/model.plan (the serialized engine) and OUT/engine.json (profile shapes,
 precision, TensorRT version, GPU, source model version; see postemb_rt/engine_meta.py).
@@ -34,6 +38,9 @@ import sys
 import time
 from pathlib import Path
 
+from postemb_rt.engine_meta import EXPORT_COMMAND  # pure Python: imports neither tensorrt nor torch
+
+EXPORT_FIX = f"Fix: {EXPORT_COMMAND} --out DIR, then --onnx DIR/model.onnx."
 INSTALL_HINT = ("Fix: on a machine with an NVIDIA GPU and driver, pip install 'postemb_rt[gpu,tensorrt]' "
                 "(TensorRT 10.x; see the README's GPU section).")
 
@@ -46,7 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     from postemb_rt.commands import Parser
 
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--onnx", required=True, help="model.onnx written by export_onnx.py --pooling external")
+    p.add_argument("--onnx", required=True,
+                   help="model.onnx written by export_onnx.py --pooling external --no-optimize")
     p.add_argument("--out", help="output directory (default: the ONNX file's directory)")
     prec = p.add_mutually_exclusive_group()
     prec.add_argument("--fp16", action="store_true", help="allow fp16 kernels (TensorRT 10 BuilderFlag.FP16)")
@@ -77,20 +85,18 @@ def plan_build(args):
 
     onnx = Path(args.onnx)
     if not onnx.is_file():
-        raise ValidationError(f"`--onnx` must be an existing ONNX file. Given: {args.onnx!r}. Fix: python "
-                              "export/export_onnx.py --pooling external --out DIR, then --onnx DIR/model.onnx.")
+        raise ValidationError(f"`--onnx` must be an existing ONNX file. Given: {args.onnx!r}. {EXPORT_FIX}")
     md = load_model_dir(onnx.parent)
     if md.onnx_path is None or md.onnx_path.resolve() != onnx.resolve():
         named = f"names {md.onnx_path.name!r}" if md.onnx_path is not None else "names no ONNX file"
         raise ValidationError(f"`--onnx` {args.onnx!r} is not the ONNX model of its folder: the model there {named}. "
-                              f"Fix: python export/export_onnx.py --pooling external --out DIR, then --onnx "
-                              "DIR/model.onnx.")
+                              f"{EXPORT_FIX}")
     if md.config.onnx_pooling != "external":
         raise ValidationError(
             f"`--onnx` {args.onnx!r} was exported with onnx_pooling {md.config.onnx_pooling!r}; TensorRT builds from "
-            "the hidden-states graph and the runtime pools with the Triton kernel. Fix: python "
-            "export/export_onnx.py --pooling external --out DIR."
+            f"the hidden-states graph and the runtime pools with the Triton kernel. {EXPORT_FIX}"
         )
+    _check_graph(md, args.onnx)
     max_batch = DEFAULT_MAX_BATCH if args.max_batch is None else args.max_batch
     if args.max_batch is not None and args.max_shape:
         raise ValidationError(f"give `--max-batch` or `--max-shape`, not both. Given: --max-batch {args.max_batch} "
@@ -99,6 +105,32 @@ def plan_build(args):
     out = Path(args.out) if args.out else onnx.parent
     _check_out(out, args.out, onnx.parent)
     return md, out, profiles
+
+
+def _check_graph(md, given) -> None:
+    """--onnx must be a float32 graph of standard ONNX operators, the only kind TensorRT's ONNX parser
+    takes: ONNX Runtime's fused operators (export_onnx.py's default transformer fusions, in the
+    com.microsoft domain) and its int8 (MatMulInteger, DynamicQuantizeLinear) would fail only on the GPU."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    from postemb_rt.errors import ValidationError
+
+    if md.config.precision != "fp32":
+        raise ValidationError(f"`--onnx` {given!r} is a {md.config.precision} model (ONNX Runtime's quantization, "
+                              f"which TensorRT's ONNX parser does not take). {EXPORT_FIX}")
+    try:
+        graph = onnx.load(str(md.onnx_path), load_external_data=False).graph
+    except DecodeError as exc:
+        raise ValidationError(f"`--onnx` {given!r} is not an ONNX model ({exc}). {EXPORT_FIX}") from None
+    contrib: dict[str, set] = {}
+    for n in graph.node:
+        if n.domain not in ("", "ai.onnx"):
+            contrib.setdefault(n.domain, set()).add(n.op_type)
+    if contrib:
+        ops = "; ".join(f"{d}: {', '.join(sorted(o))}" for d, o in sorted(contrib.items()))
+        raise ValidationError(f"`--onnx` {given!r} holds ONNX Runtime's own fused operators, which TensorRT's ONNX "
+                              f"parser does not know ({ops}). {EXPORT_FIX}")
 
 
 def _check_out(out: Path, given, onnx_dir: Path) -> None:
@@ -151,7 +183,7 @@ def build(md, profiles, precision: str, timing_cache: Path | None, workspace_byt
 
     if OUTPUT not in outputs:
         raise BuildError(f"{md.onnx_path} has outputs {sorted(outputs)}; expected {OUTPUT!r} "
-                         "(export_onnx.py --pooling external).")
+                         f"({EXPORT_COMMAND}).")
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)

@@ -42,7 +42,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", default="default",
                    help="a registered name ('default', 'base', ...) or a model directory (default: default)")
     p.add_argument("--out", required=True, help="output directory (created)")
-    p.add_argument("--no-optimize", action="store_true", help="skip ONNX Runtime's transformer graph fusions")
+    p.add_argument("--no-optimize", action="store_true",
+                   help="skip ONNX Runtime's transformer graph fusions (its own operators, which TensorRT cannot "
+                        "build from: pass it for build_engine.py)")
     p.add_argument("--pooling", choices=["graph", "external"], default=DEFAULT_POOLING,
                    help="graph: pooling, projection and normalisation inside the ONNX model; external: "
                         "the model ends at last_hidden_state and the runtime pools with the C++ kernel "

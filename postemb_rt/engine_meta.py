@@ -34,6 +34,9 @@ OUTPUT = "last_hidden_state"  # (batch, seq, hidden)
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEFAULT_MAX_BATCH = 128
 DEFAULT_OPT = (32, 64)  # (batch, seq): a typical batch of short posts
+# the ONNX model an engine builds from: hidden states, without ONNX Runtime's fused (com.microsoft)
+# operators, which TensorRT's ONNX parser does not know
+EXPORT_COMMAND = "python export/export_onnx.py --pooling external --no-optimize"
 
 Shape = tuple[int, int]  # (batch, seq)
 
@@ -198,7 +201,7 @@ class EngineMeta:
 def rebuild_hint(directory, precision: str | None = None) -> str:
     flag = f" --{precision}" if precision in ("fp16", "bf16") else ""
     return (f"rebuild the engine on this machine: python export/build_engine.py --onnx {directory}/model.onnx "
-            f"--out {directory}{flag} (model.onnx from python export/export_onnx.py --pooling external).")
+            f"--out {directory}{flag} (model.onnx from {EXPORT_COMMAND}).")
 
 
 def check_meta(meta: EngineMeta, directory, *, model_version: str, hidden_size: int,

@@ -12,7 +12,7 @@ project had TensorRT when it was written. On CPU, tests/gpu runs it against a st
 engine (bindings, row splitting, pooling, every engine.json check); a real engine only in
 tests/gpu with CUDA + tensorrt and in benchmarks/gpu_suite.py.
 
-Use: python export/export_onnx.py --model M --out DIR --pooling external, then
+Use: python export/export_onnx.py --model M --out DIR --pooling external --no-optimize, then
 python export/build_engine.py --onnx DIR/model.onnx --out DIR --fp16, then
 Encoder.from_pretrained(DIR, backend="tensorrt", device="cuda", precision="fp16").
 """

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.gpu.conftest import HAS_TRT, needs_cuda, needs_trt
+from tests.gpu.conftest import HAS_TRT, needs_cuda, needs_trt, tiny_onnx
 
 SCRIPT = Path(__file__).resolve().parents[2] / "export" / "build_engine.py"
 
@@ -88,7 +88,7 @@ def test_builds_a_real_engine_for_the_base_model(build_engine, tmp_path, capsys)
     from postemb_rt.model_dir import resolve
     from postemb_rt.onnx_export import export_onnx
 
-    out = export_onnx(resolve("base"), tmp_path / "trt", pooling="external")
+    out = export_onnx(resolve("base"), tmp_path / "trt", optimize=False, pooling="external")
     code, _, err = run(build_engine, capsys, "--onnx", out.onnx_path, "--fp16", "--max-batch", "32",
                        "--timing-cache", tmp_path / "timing.cache")
     assert code == 0, err
@@ -129,3 +129,36 @@ def test_an_onnx_file_outside_an_export_folder_names_the_fix(build_engine, onnx_
     code, _, err = run(build_engine, capsys, "--onnx", onnx_dir / "model.onnx", "--dry-run")
     assert code == 2 and "postemb.json" not in err.split("Fix:")[0]
     assert "names no ONNX file" in err and "Fix: python export/export_onnx.py" in err
+
+
+def test_onnx_runtimes_fused_operators_are_refused_before_tensorrt_naming_no_optimize(build_engine, capsys,
+                                                                                      tmp_path):
+    """export_onnx.py's default fusions are ONNX Runtime's own operators (com.microsoft: Attention,
+    EmbedLayerNormalization, ...), which TensorRT's ONNX parser does not know: the build would have failed
+    on the GPU machine; it is refused at once, --dry-run included, and the unfused export passes."""
+    from postemb_rt.model_dir import resolve
+    from postemb_rt.onnx_export import export_onnx
+
+    fused = export_onnx(resolve("base"), tmp_path / "fused", pooling="external")
+    code, _, err = run(build_engine, capsys, "--onnx", fused.onnx_path, "--dry-run")
+    assert code == 2 and "com.microsoft" in err and "Attention" in err
+    assert "Fix: python export/export_onnx.py --pooling external --no-optimize" in err
+    plain = export_onnx(resolve("base"), tmp_path / "plain", optimize=False, pooling="external")
+    assert run(build_engine, capsys, "--onnx", plain.onnx_path, "--dry-run")[0] == 0
+
+
+@pytest.mark.parametrize("what", ["not onnx", "contrib op", "int8"])
+def test_an_onnx_file_tensorrt_cannot_build_from_exits_2_before_tensorrt(build_engine, onnx_dir, capsys, what):
+    onnx = onnx_dir / "model.onnx"
+    if what == "not onnx":
+        onnx.write_bytes(b"not really onnx")
+    elif what == "contrib op":
+        tiny_onnx(onnx, domain="com.microsoft")
+    else:
+        cfg = json.loads((onnx_dir / "postemb.json").read_text())
+        (onnx_dir / "postemb.json").write_text(json.dumps({**cfg, "precision": "int8"}))
+    code, _, err = run(build_engine, capsys, "--onnx", onnx, "--fp16")  # no --dry-run: checked before TensorRT
+    assert code == 2 and f"`--onnx` {str(onnx)!r}" in err and "Fix:" in err
+    assert "tensorrt` Python package" not in err
+    assert {"not onnx": "is not an ONNX model", "contrib op": "(com.microsoft: Gather)",
+            "int8": "int8"}[what] in err
