@@ -33,11 +33,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import shutil
 import sys
 import time
 from pathlib import Path
 
+from postemb_rt.durable import atomic_write
 from postemb_rt.engine_meta import EXPORT_COMMAND  # pure Python: imports neither tensorrt nor torch
 
 EXPORT_FIX = f"Fix: {EXPORT_COMMAND} --out DIR, then --onnx DIR/model.onnx."
@@ -67,8 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workspace-gib", type=float, default=4.0, help="builder workspace limit in GiB (default 4)")
     p.add_argument("--dry-run", action="store_true", help="check arguments, print engine.json; no TensorRT")
     args = p.parse_args(argv)
-    if args.workspace_gib <= 0:
-        p.error(f"--workspace-gib must be > 0. Given: {args.workspace_gib}.")
+    if not 0 < args.workspace_gib < math.inf:  # nan too
+        p.error(f"--workspace-gib must be a finite number > 0. Given: {args.workspace_gib}.")
     return args
 
 
@@ -104,7 +106,20 @@ def plan_build(args):
     profiles = build_profiles(md.config.max_length, args.min_shape, args.opt_shape, args.max_shape, max_batch)
     out = Path(args.out) if args.out else onnx.parent
     _check_out(out, args.out, onnx.parent)
+    if args.timing_cache:
+        _check_timing_cache(Path(args.timing_cache), args.timing_cache)
     return md, out, profiles
+
+
+def _check_timing_cache(path: Path, given) -> None:
+    """--timing-cache is read before the build and written after it: it must be able to be a file."""
+    from postemb_rt.errors import ValidationError
+
+    blocker = path if path.is_dir() else next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        what = "is a folder" if blocker == path else f"has a file on its way ({str(blocker)!r} is a file)"
+        raise ValidationError(f"`--timing-cache` {given!r} {what}; the build reads the cache from it and saves it "
+                              "there. Fix: name a file (absent, or an earlier build's cache) in a folder.")
 
 
 def _check_graph(md, given) -> None:
@@ -215,7 +230,7 @@ def build(md, profiles, precision: str, timing_cache: Path | None, workspace_byt
         raise BuildError("TensorRT's build_serialized_network failed (see the TensorRT log above).")
     if cache is not None:
         timing_cache.parent.mkdir(parents=True, exist_ok=True)
-        timing_cache.write_bytes(bytes(config.get_timing_cache().serialize()))
+        atomic_write(timing_cache, bytes(config.get_timing_cache().serialize()))  # a Ctrl-C leaves the old one
     out_dtype = str(outputs[OUTPUT].dtype).rsplit(".", 1)[-1].lower()  # DataType.FLOAT -> "float"
     return bytes(plan), {"float": "float32", "half": "float16", "bf16": "bfloat16"}.get(out_dtype, out_dtype), \
         trt.__version__
@@ -275,10 +290,7 @@ def main(argv=None) -> int:
         return 1
     if out.resolve() != md.path.resolve():
         copy_model_dir(md.path, out)
-    engine_path = out / ENGINE_FILE
-    tmp = engine_path.with_suffix(".plan.tmp")
-    tmp.write_bytes(plan)
-    tmp.replace(engine_path)
+    engine_path = atomic_write(out / ENGINE_FILE, plan)
     meta = _meta(md, profiles, precision, argv, tensorrt_version=trt_version,
                  compute_capability=f"{major}.{minor}", device_name=torch.cuda.get_device_name(),
                  engine_sha256=file_sha256(engine_path), engine_bytes=len(plan), output_dtype=out_dtype,

@@ -162,3 +162,25 @@ def test_an_onnx_file_tensorrt_cannot_build_from_exits_2_before_tensorrt(build_e
     assert "tensorrt` Python package" not in err
     assert {"not onnx": "is not an ONNX model", "contrib op": "(com.microsoft: Gather)",
             "int8": "int8"}[what] in err
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "0"])
+def test_a_workspace_that_is_no_positive_finite_number_exits_2(build_engine, onnx_dir, capsys, value):
+    """nan and inf passed the `<= 0` check, then int(nan * 2**30) raised inside the build."""
+    with pytest.raises(SystemExit) as exc:
+        build_engine.parse_args(["--onnx", str(onnx_dir / "model.onnx"), "--workspace-gib", value])
+    assert exc.value.code == 2 and f"--workspace-gib must be a finite number > 0. Given: {value}" in \
+        capsys.readouterr().err
+
+
+def test_a_timing_cache_that_cannot_be_a_file_exits_2_before_the_build(build_engine, onnx_dir, tmp_path, capsys):
+    """It was read before the build (a folder: IsADirectoryError) and written after it (a file on the way:
+    the traceback came after minutes of building, and the engine was not written)."""
+    (tmp_path / "a-file").write_text("")
+    for cache, what in ((tmp_path, "is a folder"), (tmp_path / "a-file" / "timing.cache", "is a file")):
+        code, _, err = run(build_engine, capsys, "--onnx", onnx_dir / "model.onnx", "--timing-cache", cache,
+                           "--dry-run")
+        assert code == 2 and f"`--timing-cache` {str(cache)!r}" in err and what in err and "Fix:" in err
+    code, _, _ = run(build_engine, capsys, "--onnx", onnx_dir / "model.onnx", "--timing-cache",
+                     tmp_path / "new" / "timing.cache", "--dry-run")
+    assert code == 0
