@@ -66,6 +66,10 @@ def main(argv=None) -> int:
 
     try:
         src = resolve(args.model)
+        if src.config.encoder is None:
+            raise PostEmbError(f"`--model` {args.model!r} is an ONNX export ({src.config.onnx}): it holds no encoder "
+                               "to export from. Fix: pass the model it was exported from (a registered name or a "
+                               "directory with an encoder).")
         out = Path(args.out)
         check_out(out, src.path)
         out.resolve().parent.mkdir(parents=True, exist_ok=True)

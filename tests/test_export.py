@@ -123,3 +123,21 @@ def test_the_parity_check_compares_cosines_of_a_model_that_does_not_normalize(tm
     low, mean = map(float, re.search(r"min cosine (\S+), mean (\S+) ", res.stdout).groups())
     assert 0.9999 <= low <= mean <= 1 + 1e-6
     assert run_export("--model", str(src), "--out", str(tmp_path / "o"), "--min-cosine", "nan").returncode == 2
+
+
+def test_an_onnx_export_as_model_is_refused_naming_the_flag(tmp_path):
+    """It has no encoder to export from: the message spoke of the torch backend and backend='onnxruntime'."""
+    import json
+
+    from postemb_rt.model_dir import PostEmbConfig
+
+    export = tmp_path / "an-export"
+    export.mkdir()
+    (export / "postemb.json").write_text(PostEmbConfig(model_version="v1", hidden_size=8, encoder=None,
+                                                       onnx="model.onnx").to_json())
+    (export / "model.onnx").write_bytes(b"")
+    (export / "tokenizer.json").write_text(json.dumps({}))
+    res = run_export("--model", str(export), "--out", str(tmp_path / "o"))
+    assert res.returncode == 2 and f"`--model` {str(export)!r} is an ONNX export" in res.stderr
+    assert "backend=" not in res.stderr and "Fix: pass the model it was exported from" in res.stderr
+    assert not (tmp_path / "o").exists()
