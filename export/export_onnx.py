@@ -28,7 +28,6 @@ import argparse
 import logging
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -62,6 +61,7 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     from postemb_rt import PostEmbError
+    from postemb_rt.durable import new_folder
     from postemb_rt.model_dir import resolve
 
     try:
@@ -72,17 +72,23 @@ def main(argv=None) -> int:
                                "directory with an encoder).")
         out = Path(args.out)
         check_out(out, src.path)
-        out.resolve().parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".fp32-", dir=out.resolve().parent) as tmp:
-            rc = export_checked(src, Path(tmp), args)  # written to OUT only once it passed the parity check
+        # staged beside OUT and swapped in whole once every check passed; a failed check, a Ctrl-C or an
+        # error leaves OUT as it was, and what a killed run left there the next run removes
+        with new_folder(out) as tmp:
+            rc = export_checked(src, tmp / "fp32", args)
+            if not rc and args.precision == "int8":
+                rc = quantize_checked(tmp / "fp32", tmp / "int8", args)
             if rc:
-                print(f"export_onnx: nothing written to {out}.", file=sys.stderr)
-                return rc
-            if args.precision == "int8":
-                return quantize_checked(Path(tmp), out, args)
-            write_whole(Path(tmp), out)
-            print(f"wrote {out / 'model.onnx'}")
-            return 0
+                raise Refused(rc)
+            for item in (tmp / args.precision).iterdir():
+                item.replace(tmp / item.name)
+            for name in ("fp32", "int8"):
+                shutil.rmtree(tmp / name, ignore_errors=True)
+        print(f"wrote {out / 'model.onnx'} ({args.precision}, {(out / 'model.onnx').stat().st_size / 2**20:.1f} MiB)")
+        return 0
+    except Refused as exc:
+        print(f"export_onnx: nothing written to {out}.", file=sys.stderr)
+        return exc.args[0]
     except PostEmbError as exc:
         print(f"export_onnx: error: {exc}", file=sys.stderr)
         return 2
@@ -90,6 +96,10 @@ def main(argv=None) -> int:
         print(f"export_onnx: error: `--out` {args.out!r}: {exc.strerror or exc}. Fix: pass a folder this user may "
               "create and write.", file=sys.stderr)
         return 2
+
+
+class Refused(Exception):
+    """A check failed: nothing is written to OUT; args[0]: the exit status."""
 
 
 def export_checked(src, out: Path, args) -> int:
@@ -119,7 +129,7 @@ def export_checked(src, out: Path, args) -> int:
 
 def quantize_checked(fp32_dir: Path, out: Path, args) -> int:
     """Quantize the float32 export in ``fp32_dir`` to int8, measure its fidelity, and write it to
-    ``out`` only if it clears the bar (or --force): 0, or 3 (nothing written)."""
+    ``out`` only if it clears the bar (or --force): 0, or 3 (nothing written to ``out``)."""
     import dataclasses
 
     from postemb_rt import Encoder, fidelity
@@ -134,8 +144,8 @@ def quantize_checked(fp32_dir: Path, out: Path, args) -> int:
         f = fidelity.measure_encoders(ref, cand, *fidelity.posts(args.fidelity_posts))
     print(f"int8 fidelity: {f.summary()}; thresholds {fidelity.THRESHOLDS}")
     if not f.ok and not args.force:
-        print(f"export_onnx: int8 fidelity below the bar ({'; '.join(f.failures())}); nothing written to "
-              f"{out}. Fix: keep fp32, or pass --force to write it anyway.", file=sys.stderr)
+        print(f"export_onnx: int8 fidelity below the bar ({'; '.join(f.failures())}). Fix: keep fp32, or pass "
+              "--force to write it anyway.", file=sys.stderr)
         return 3
     if not f.ok:
         f = dataclasses.replace(f, forced=True)
@@ -144,12 +154,11 @@ def quantize_checked(fp32_dir: Path, out: Path, args) -> int:
     cfg = dataclasses.replace(int8.config, fidelity=f.to_dict())
     (int8.path / CONFIG_FILE).write_text(cfg.to_json())
     write_whole(int8.path, out)
-    print(f"wrote {out / 'model.onnx'} (int8, {(out / 'model.onnx').stat().st_size / 2**20:.1f} MiB)")
     return 0
 
 
 def check_out(out: Path, src: Path) -> None:
-    """Refuse, before any work, an ``--out`` that write_whole must not replace: a file, the source
+    """Refuse, before any work, an ``--out`` that the export must not replace: a file, the source
     model ``src`` (or a folder holding it), or a non-empty folder that is not an earlier export
     (postemb.json naming an ONNX model and no encoder). PostEmbError naming the path and the fix."""
     from postemb_rt import PostEmbError
@@ -173,14 +182,14 @@ def check_out(out: Path, src: Path) -> None:
 
 
 def write_whole(src: Path, out: Path) -> None:
-    """The files of the model directory ``src`` as the folder ``out``, built beside it and swapped in
-    whole (durable.new_folder): an earlier export's files there are gone, none mixed in."""
+    """The files of the temporary model directory ``src`` (moved: same file system) as the folder ``out``,
+    built beside it and swapped in whole (durable.new_folder): none of what was there before is mixed in."""
     from postemb_rt.durable import new_folder
 
     with new_folder(out) as tmp:
         for item in src.iterdir():
             if item.is_file():
-                shutil.copyfile(item, tmp / item.name)
+                item.replace(tmp / item.name)
 
 
 if __name__ == "__main__":

@@ -141,3 +141,25 @@ def test_an_onnx_export_as_model_is_refused_naming_the_flag(tmp_path):
     assert res.returncode == 2 and f"`--model` {str(export)!r} is an ONNX export" in res.stderr
     assert "backend=" not in res.stderr and "Fix: pass the model it was exported from" in res.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_killed_export_leaves_nothing_a_later_export_does_not_sweep(tmp_path):
+    """A kill -9 (an OOM kill) leaves its staging folder beside OUT; the next export removes it (it left a
+    hidden .fp32-* folder of a model's size that nothing removed) and OUT is whole."""
+    import signal
+    import time
+
+    out = tmp_path / "o"
+    run = subprocess.Popen([sys.executable, str(SCRIPT), "--model", "base", "--out", str(out), "--no-optimize"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not [p for p in tmp_path.iterdir() if p.name.startswith(".")] and time.monotonic() < deadline:
+        assert run.poll() is None, "the export ended before it staged anything"
+        time.sleep(0.05)
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+    assert not out.exists() and [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+    res = run_export("--model", "base", "--out", str(out), "--no-optimize", "--parity-posts", "4")
+    assert res.returncode == 0, res.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["o"]
+    assert {p.name for p in out.iterdir()} == {"model.onnx", "tokenizer.json", "postemb.json"}
