@@ -54,8 +54,9 @@ def main(argv=None) -> int:
                    help="parity threshold: every post's cosine must reach it (default 0.9999)")
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
                    help="fp32 (exact), or int8 (dynamic quantization, gated by the fidelity check)")
-    p.add_argument("--fidelity-posts", type=at_least(1), default=None,
-                   help="posts in the int8 fidelity check (default: postemb_rt.fidelity.DEFAULT_POSTS)")
+    p.add_argument("--fidelity-posts", type=at_least(11), default=None,
+                   help="posts in the int8 fidelity check, at least 11 for its overlap@10 (default: "
+                        "$POSTEMB_FIDELITY_POSTS, else postemb_rt.fidelity.DEFAULT_POSTS, 1200)")
     p.add_argument("--force", action="store_true", help="write an int8 model even if its fidelity misses the bar")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

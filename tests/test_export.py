@@ -163,3 +163,10 @@ def test_a_killed_export_leaves_nothing_a_later_export_does_not_sweep(tmp_path):
     assert res.returncode == 0, res.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["o"]
     assert {p.name for p in out.iterdir()} == {"model.onnx", "tokenizer.json", "postemb.json"}
+
+
+def test_too_few_fidelity_posts_are_refused_before_the_export(tmp_path):
+    """overlap@10 needs more than 10 posts: 5 raised a ValueError traceback after the export and quantization."""
+    res = run_export("--model", "base", "--out", str(tmp_path / "o"), "--precision", "int8", "--fidelity-posts", "5")
+    assert res.returncode == 2 and "argument --fidelity-posts: must be an integer >= 11. Given: '5'" in res.stderr
+    assert "Traceback" not in res.stderr and not (tmp_path / "o").exists()
