@@ -16,7 +16,7 @@ model directory for Encoder.from_pretrained(OUT, backend="tensorrt", device="cud
 Shapes (batch x seq) of the one optimisation profile, trtexec style:
     --min-shape 1x1 --opt-shape 32x64 --max-shape 128x256     (every input)
     --max-shape input_ids:64x256,attention_mask:64x256         (named)
-Defaults: min 1x1, opt 32x64, max --max-batch x the model's max_length.
+Defaults: min 1x1, opt 32x64 (kept within min and max), max --max-batch x the model's max_length.
 
 An engine runs only under the TensorRT version and on the GPU generation that built it:
 build on the machine (type) that serves. --dry-run checks the arguments and prints the
@@ -62,7 +62,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     prec.add_argument("--fp16", action="store_true", help="allow fp16 kernels (TensorRT 10 BuilderFlag.FP16)")
     prec.add_argument("--bf16", action="store_true", help="allow bf16 kernels (TensorRT 10 BuilderFlag.BF16)")
     p.add_argument("--min-shape", help="BATCHxSEQ or name:BATCHxSEQ,... (default 1x1)")
-    p.add_argument("--opt-shape", help="shape TensorRT tunes for (default 32x64, capped by --max-shape)")
+    p.add_argument("--opt-shape",
+                   help="shape TensorRT tunes for (default 32x64, kept within --min-shape and --max-shape)")
     p.add_argument("--max-shape", help="largest shape served (default: --max-batch x the model's max_length)")
     p.add_argument("--max-batch", type=int, default=None, help="rows in the default --max-shape (default 128)")
     p.add_argument("--timing-cache", help="file to read layer timings from and save them to (speeds up rebuilds)")

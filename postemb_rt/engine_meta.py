@@ -98,7 +98,7 @@ def build_profiles(max_length: int, min_spec: str | None = None, opt_spec: str |
                    inputs=INPUTS) -> dict[str, ShapeProfile]:
     """The optimisation profile of every input, from the shape flags and the model.
 
-    Defaults: min 1x1, opt 32x64 (capped by max), max ``max_batch`` x ``max_length``.
+    Defaults: min 1x1, opt 32x64 (kept within min and max), max ``max_batch`` x ``max_length``.
     Rules (each a ValidationError naming the flag and value): min <= opt <= max in both
     dimensions; max seq <= the model's max_length (the tokenizer never makes longer rows);
     input_ids and attention_mask share one profile (the encoder reads them together).
@@ -115,7 +115,8 @@ def build_profiles(max_length: int, min_spec: str | None = None, opt_spec: str |
     pick = lambda flag, default: next(iter(specs[flag].values()), default)  # noqa: E731
     hi = pick("--max-shape", (max_batch, max_length))
     lo = pick("--min-shape", (1, 1))
-    mid = pick("--opt-shape", (min(DEFAULT_OPT[0], hi[0]), min(DEFAULT_OPT[1], hi[1])))
+    # the default opt within the given min and max (a flag's own value is checked below, never moved)
+    mid = pick("--opt-shape", tuple(max(lo[d], min(DEFAULT_OPT[d], hi[d])) for d in (0, 1)))
     if hi[1] > max_length:
         raise ValidationError(f"`--max-shape` seq must be <= the model's max_length ({max_length}): the "
                               f"tokenizer truncates there. Given: {hi[0]}x{hi[1]}.")

@@ -48,6 +48,11 @@ def test_opt_is_capped_by_a_small_max_shape():
     assert build_profiles(256, max_spec="8x32")["input_ids"] == ShapeProfile((1, 1), (8, 32), (8, 32))
 
 
+def test_the_default_opt_is_raised_to_a_large_min_shape():
+    """--min-shape 64x128 alone failed 'min <= opt' against the default opt 32x64 the user never gave."""
+    assert build_profiles(256, min_spec="64x128")["input_ids"] == ShapeProfile((64, 128), (64, 128), (128, 256))
+
+
 @pytest.mark.parametrize("kw, match", [
     ({"max_spec": "8x512"}, r"seq must be <= the model's max_length \(256\).*8x512"),
     ({"min_spec": "4x4", "opt_spec": "2x8"}, r"batch must satisfy min <= opt <= max.*min 4, opt 2"),
