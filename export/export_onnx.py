@@ -40,7 +40,8 @@ def main(argv=None) -> int:
     p = Parser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="default",
                    help="a registered name ('default', 'base', ...) or a model directory (default: default)")
-    p.add_argument("--out", required=True, help="output directory (created)")
+    p.add_argument("--out", required=True,
+                   help="output directory: new, empty, or an earlier export (replaced whole); see above")
     p.add_argument("--no-optimize", action="store_true",
                    help="skip ONNX Runtime's transformer graph fusions (its own operators, which TensorRT cannot "
                         "build from: pass it for build_engine.py)")
@@ -53,11 +54,13 @@ def main(argv=None) -> int:
     p.add_argument("--min-cosine", type=at_least(-1, float), default=0.9999,
                    help="parity threshold: every post's cosine must reach it (default 0.9999)")
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
-                   help="fp32 (exact), or int8 (dynamic quantization, gated by the fidelity check)")
+                   help="fp32 (exact), or int8 (dynamic quantization, gated by the fidelity check) "
+                        "(default: %(default)s)")
     p.add_argument("--fidelity-posts", type=at_least(11), default=None,
                    help="posts in the int8 fidelity check, at least 11 for its overlap@10 (default: "
                         "$POSTEMB_FIDELITY_POSTS, else postemb_rt.fidelity.DEFAULT_POSTS, 1200)")
-    p.add_argument("--force", action="store_true", help="write an int8 model even if its fidelity misses the bar")
+    p.add_argument("--force", action="store_true",
+                   help="with --precision int8: write it even if its fidelity misses the bar (marked forced)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
