@@ -60,16 +60,17 @@ def check_device(encoder, device) -> None:
             "it through submit(); for several GPUs, one Encoder.from_pretrained(..., device='cuda:N') per GPU.")
     from .backends import resolve_device
 
-    given = str(device) if type(device).__name__ == "device" else device  # a torch.device
-    norm = {"cuda": "cuda:0"}
     try:
-        same = norm.get(g := resolve_device(given), g) == norm.get(loaded, loaded)  # "cpu:0" is "cpu", as in torch
+        given = resolve_device(device)  # a str or a torch.device; "cpu:0" is "cpu", as in torch
     except ValidationError:  # not a device: refused below, with this check's fix
-        same = False
-    if not same:
+        given = None
+    norm = {"cuda": "cuda:0"}
+    if given is None or norm.get(given, given) != norm.get(loaded, loaded):
+        fix = (f"Encoder.from_pretrained(..., device={given!r})" if given is not None else
+               "drop `device`, or pass this Encoder's own")
         raise ValidationError(
             f"`device` must be None or the device this Encoder was loaded on ({loaded!r}): an Encoder does not move "
-            f"between devices. Given: {device!r}. Fix: Encoder.from_pretrained(..., device={given!r}).")
+            f"between devices. Given: {device!r}. Fix: {fix}.")
 
 
 def allowed_dims(model) -> list[int]:

@@ -226,6 +226,9 @@ def test_device_must_be_the_encoders_own(enc):
         with pytest.raises(ValidationError, match=r"`device` must be None or the device this Encoder was loaded on "
                                                   r"\('cpu'\).*Fix: Encoder.from_pretrained\(..., device='cuda"):
             enc.encode(TEXTS[:2], device=d)
+    for d in ("mps", "CPU", 0):  # not a device this runtime loads on: the fix is not to load on it
+        with pytest.raises(ValidationError, match=rf"loaded on \('cpu'\).*Given: {d!r}\. Fix: drop `device`"):
+            enc.encode(TEXTS[:2], device=d)
 
 
 # -- how the texts are passed: ST's keyword names, positional order, dicts and sets, the pool ----------
