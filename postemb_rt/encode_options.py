@@ -89,6 +89,15 @@ def as_int(value):
     return int(value) if isinstance(value, numbers.Integral) and not isinstance(value, bool) else value
 
 
+def check_int(name: str, value, lowest: int, lowest_is: str | None = None) -> int:
+    """``value`` as a plain int (any integer type: ``as_int``) when it is >= ``lowest``, else ValidationError
+    naming ``name`` and the value (``lowest_is``: what the bound is, e.g. "max_length (256)"). Not a bool."""
+    value = as_int(value)
+    if type(value) is not int or value < lowest:
+        raise ValidationError(f"`{name}` must be an int >= {lowest_is or lowest}. Given: {value!r}.")
+    return value
+
+
 def check_truncate_dim(model, truncate_dim) -> int | None:
     """``truncate_dim`` for ``model`` (an Encoder, its ModelDir or its config) -> the prefix to cut to,
     or None for the full dim (the model's own dim); anything else is refused, naming the allowed dims
@@ -116,9 +125,7 @@ def resolve(encoder, *, prompt_name=None, prompt=None, normalize=None, normalize
             precision="float32", convert_to_numpy=True, convert_to_tensor=False, device=None,
             output_value="sentence_embedding", batch_size=64) -> EncodeOptions:
     """Check a call's arguments against ``encoder`` (see the module docstring)."""
-    batch_size = as_int(batch_size)
-    if type(batch_size) is not int or batch_size < 1:  # True too
-        raise ValidationError(f"`batch_size` must be a positive int. Given: {batch_size!r}.")
+    check_int("batch_size", batch_size, 1)
     if output_value != "sentence_embedding":
         raise ValidationError(
             f"`output_value` must be 'sentence_embedding': postemb_rt returns one vector per text. "

@@ -36,6 +36,12 @@ class EncodeStats:
     windows: int = 0  # the windows those posts were cut into
 
 
+def check_max_batch_tokens(value, max_length: int) -> int | None:
+    """``from_pretrained``'s ``max_batch_tokens``: None (the backend's default), or an int >= ``max_length``
+    (a batch holds at least one whole post)."""
+    return None if value is None else eo.check_int("max_batch_tokens", value, max_length, f"max_length ({max_length})")
+
+
 class Encoder(SubmitAPI, SentenceTransformerAPI):
     """A loaded model on one backend. Build it with :meth:`from_pretrained`."""
 
@@ -53,10 +59,7 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
         self.backend = backend
         self.backend_reason = backend_reason
         self.max_length = max_length or model.config.max_length
-        self.max_batch_tokens = max_batch_tokens or backend.max_batch_tokens
-        if self.max_batch_tokens < self.max_length:
-            raise ValidationError(f"`max_batch_tokens` must be >= max_length ({self.max_length}). "
-                                  f"Given: {self.max_batch_tokens}.")
+        self.max_batch_tokens = check_max_batch_tokens(max_batch_tokens, self.max_length) or backend.max_batch_tokens
         self.long_posts, self.max_chunks = lp.check_mode(long_posts), max_chunks
         self._set_max_length(self.max_length, chunk_overlap)
         self.last_stats = EncodeStats()
@@ -98,7 +101,7 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
             int8, else fp32 (bf16 before a faster int8: it is much closer to fp32);
             ``describe()["precision_reason"]`` says which ran and why; ``vector_version`` says it.
         max_length: tokens per post after truncation (default: the model's, 256).
-        max_batch_tokens: padded tokens per batch (rows x longest row); default: the backend's.
+        max_batch_tokens: padded tokens per batch (rows x longest row), at least max_length; default: the backend's.
         long_posts: "truncate" (cut posts at max_length) or "chunk" (embed the whole post as windows
             of max_length tokens sharing ``chunk_overlap`` tokens (default: 32, at most a quarter of a
             window), at most ``max_chunks`` of them, combined by their token-weighted mean; see
@@ -120,6 +123,7 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
                 f"`max_length` must be between 3 (2 special tokens and one of text) and the model's max_length "
                 f"({md.config.max_length}). Given: {max_length!r}."
             )
+        max_batch_tokens = check_max_batch_tokens(max_batch_tokens, max_length or md.config.max_length)
         options = dict(max_length=max_length, max_batch_tokens=max_batch_tokens, warmup=warmup,
                        long_posts=long_posts, chunk_overlap=chunk_overlap, max_chunks=max_chunks)
         if precision == "auto":
@@ -247,7 +251,8 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
 
     def _warn_truncated(self, cut: int, n: int, mode: str) -> None:
         if cut:  # one warning when `cut` of `n` texts were cut, naming `mode`'s limit
-            limit = f"max_length ({self.max_length} tokens)" if mode == "truncate" else f"max_chunks ({self.max_chunks})"
+            limit = (f"max_length ({self.max_length} tokens)" if mode == "truncate" else
+                     f"max_chunks ({self.max_chunks})")
             log.warning(TRUNCATED_WARNING, cut, n, limit)
 
     def encode(self, texts=None, *args, batch_size: int = 64, show_progress_bar: bool | None = False,
@@ -262,7 +267,8 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
             ``inputs=`` (sentence-transformers' names). The only positional argument. An empty string
             is embedded as the model sees it: [CLS] [SEP] and nothing else (a valid vector).
         batch_size: at most this many posts (chunk mode: windows) per batch.
-        max_batch_tokens: at most this many padded tokens per batch (default: the encoder's).
+        max_batch_tokens: at most this many padded tokens per batch, >= 1 (default: the encoder's); a post
+            longer than it runs alone.
         truncate: cut posts longer than max_length tokens (chunk mode: longer than max_chunks windows),
             counted in ``last_stats`` and logged; with False, such a post raises ValidationError instead.
         normalize: unit L2 rows (True) or raw pooled/projected vectors (False); default: the model's (ST: Normalize).
@@ -296,7 +302,8 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
         if not texts:
             self.last_stats = EncodeStats()
             return eo.finish(out[:, :opts.dim], opts, False)
-        budget = max_batch_tokens or self.max_batch_tokens
+        budget = self.max_batch_tokens if max_batch_tokens is None else eo.check_int("max_batch_tokens",
+                                                                                    max_batch_tokens, 1)
         bar = None
         if show_progress_bar is None:
             show_progress_bar = log.getEffectiveLevel() in (logging.INFO, logging.DEBUG)  # sentence-transformers' rule

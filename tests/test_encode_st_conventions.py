@@ -319,7 +319,7 @@ def test_output_value_other_than_sentence_embedding_is_refused(enc):
 
 def test_batch_size_must_be_positive(enc):
     for b in (0, -1, 2.5, True):
-        with pytest.raises(ValidationError, match=r"`batch_size` must be a positive int"):
+        with pytest.raises(ValidationError, match=rf"`batch_size` must be an int >= 1\. Given: {b!r}"):
             enc.encode(TEXTS[:2], batch_size=b)
     assert_exact(enc.encode(TEXTS, batch_size=1), enc.encode(TEXTS, batch_size=32))  # ST's default, same vectors
 

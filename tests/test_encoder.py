@@ -184,12 +184,40 @@ def test_the_previous_default_stays_loadable_beside_the_nested_default():
         ({"max_length": 1000}, r"`max_length` must be between 3 \(2 special tokens and one of text\) and the model's "
                                r"max_length \(256\). Given: 1000"),
         ({"max_length": 2}, r"`max_length` must be between 3 \(2 special tokens and one of text\) and .*Given: 2\."),
-        ({"max_batch_tokens": 100}, r"`max_batch_tokens` must be >= max_length \(256\). Given: 100"),
+        ({"max_batch_tokens": 100}, r"`max_batch_tokens` must be an int >= max_length \(256\). Given: 100"),
+        # 0 used to be the default silently; "4096" a bare TypeError; 4096.0 loaded, and failed at the first submit
+        ({"max_batch_tokens": 0}, r"`max_batch_tokens` must be an int >= max_length \(256\). Given: 0"),
+        ({"max_batch_tokens": "4096"}, r"`max_batch_tokens` must be an int >= max_length \(256\). Given: '4096'"),
+        ({"max_batch_tokens": 4096.0}, r"`max_batch_tokens` must be an int >= max_length \(256\). Given: 4096\.0"),
+        ({"max_batch_tokens": True}, r"`max_batch_tokens` must be an int >= max_length \(256\). Given: True"),
+        ({"max_length": 64, "max_batch_tokens": 32}, r"`max_batch_tokens` must be an int >= max_length \(64\)"),
     ],
 )
-def test_bad_arguments_name_the_argument_and_value(kwargs, match):
+def test_bad_arguments_name_the_argument_and_value(kwargs, match, monkeypatch):
+    from postemb_rt import backends
+
+    real = backends.backend_class
+
+    def not_loaded(name):  # each is refused before a backend loads the model
+        real(name)  # which checks the name
+        raise AssertionError(f"the {name} backend was loaded")
+
+    monkeypatch.setattr(backends, "backend_class", not_loaded)
     with pytest.raises(ValidationError, match=match):
         Encoder.from_pretrained("base", **{"backend": "torch", **kwargs})
+
+
+def test_max_batch_tokens_is_any_int_type_and_checked_per_call(base_onnx, sample_texts):
+    """A numpy int is an int (it loaded, then the first submit refused it); encode's own budget is
+    checked too (0 was the encoder's default silently, a str a bare TypeError); a row longer than a
+    small budget runs alone, as before."""
+    with Encoder.from_pretrained("base", backend="onnxruntime", max_batch_tokens=np.int64(512), warmup=False) as e:
+        assert type(e.max_batch_tokens) is int and e.describe()["max_batch_tokens"] == 512
+        assert_exact(e.submit(sample_texts[:3]).result(), base_onnx.encode(sample_texts[:3]))
+    assert_exact(base_onnx.encode(sample_texts, max_batch_tokens=np.int64(8)), base_onnx.encode(sample_texts))
+    for bad in (0, -5, "300", 300.0, False):
+        with pytest.raises(ValidationError, match=rf"`max_batch_tokens` must be an int >= 1\. Given: {bad!r}"):
+            base_onnx.encode(sample_texts, max_batch_tokens=bad)
 
 
 def test_device_takes_a_torch_device_and_none_as_sentence_transformers_does():
