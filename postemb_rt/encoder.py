@@ -239,6 +239,8 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
         if self._batcher_closed:  # the backend is released too
             raise BatcherClosedError("this Encoder is closed. Fix: load another with Encoder.from_pretrained.")
         hint = unordered_hint(texts)  # a dict or a set: not a list of texts
+        if getattr(texts, "ndim", None) == 0:  # a 0-d numpy array: not iterable, though it has __iter__
+            hint = " A 0-d array holds one text. Fix: texts.item() for that text, or a 1-d array of texts."
         if hint or isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
             raise ValidationError(f"`texts` must be a str or a list of str. Given: {type(texts).__name__}.{hint}")
         texts = list(texts)

@@ -133,6 +133,11 @@ def test_a_missing_value_is_named_with_its_value_and_the_fix(base_torch):
 def test_non_iterable_texts_rejected(enc):
     with pytest.raises(ValidationError, match="`texts` must be a str or a list of str. Given: int"):
         enc.encode(42)
+    for call in (enc.encode, enc.submit):  # a 0-d array was a bare TypeError ("iteration over a 0-d array")
+        with pytest.raises(ValidationError, match=r"`texts` must be a str or a list of str. Given: ndarray\. A 0-d "
+                                                  r"array holds one text\. Fix: texts\.item\(\)"):
+            call(np.array("a post"))
+    assert_exact(enc.encode(np.array(["a post", "another"])), enc.encode(["a post", "another"]))
 
 
 def test_describe_reports_what_runs(enc):
