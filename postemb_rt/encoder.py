@@ -4,11 +4,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import backends, encode_options as eo, fidelity, long_posts as lp, native, prompts
+from . import backends, encode_options as eo, fidelity, forks, long_posts as lp, native, prompts
 from .batching import DynamicBatcher, padding_ratio, plan_batches
 from .errors import BackendUnavailableError, BatcherClosedError, FidelityError, ValidationError
 from .fidelity import Fidelity
@@ -18,6 +19,7 @@ from .submit_api import SubmitAPI
 from .tokenization import TRUNCATED_WARNING, PostTokenizer
 
 log = logging.getLogger("postemb_rt")
+CLOSED = "this Encoder is closed. Fix: load another with Encoder.from_pretrained."
 PRECISIONS = backends.PRECISIONS
 CPU_FAST = ("bf16", "int8")  # CPU precisions gated by measured fidelity (postemb_rt.fidelity)
 
@@ -67,6 +69,9 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
         self._raw_batcher: DynamicBatcher | None = None  # chunk mode's windows: raw vectors, combined after
         self._batcher_lock = threading.Lock()
         self._batcher_closed = False
+        self._encoding = 0  # encode calls computing on the backend now: close() waits for them
+        self._idle = threading.Condition(self._batcher_lock)
+        forks.holds_threads(self)  # a forked child starts without the parent's threads (and their encode calls)
         self._closed_backend: dict | None = None  # backend.describe() as close() found it
         self.fidelity: Fidelity | None = None  # measured fidelity of a fast CPU precision to fp32
         self.precision_reason = "exact" if backend.precision == "fp32" else "asked for"  # "auto": what it tried
@@ -237,7 +242,7 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
 
     def _check_texts(self, texts) -> list[str]:
         if self._batcher_closed:  # the backend is released too
-            raise BatcherClosedError("this Encoder is closed. Fix: load another with Encoder.from_pretrained.")
+            raise BatcherClosedError(CLOSED)
         hint = unordered_hint(texts)  # a dict or a set: not a list of texts
         if getattr(texts, "ndim", None) == 0:  # a 0-d numpy array: not iterable, though it has __iter__
             hint = " A 0-d array holds one text. Fix: texts.item() for that text, or a 1-d array of texts."
@@ -322,17 +327,18 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
         self._warn_truncated(len(cut), len(texts), mode)
         lengths = [len(x) for x in seqs]
         plans = []
-        if seqs:
-            vecs, plan = self._embed_all(seqs, batch_size, budget, normalize, bar)
-            out[idx] = vecs
-            plans.append((lengths, plan))
-        if chunks is not None and chunks.windows:
-            vecs, plan = self._embed_all(chunks.windows, batch_size, budget, False, None)
-            posts, combined = lp.combine(vecs, chunks, normalize)
-            out[posts] = combined
-            if bar is not None:
-                bar.update(len(posts))
-            plans.append(([len(w) for w in chunks.windows], plan))
+        with self._computing():
+            if seqs:
+                vecs, plan = self._embed_all(seqs, batch_size, budget, normalize, bar)
+                out[idx] = vecs
+                plans.append((lengths, plan))
+            if chunks is not None and chunks.windows:
+                vecs, plan = self._embed_all(chunks.windows, batch_size, budget, False, None)
+                posts, combined = lp.combine(vecs, chunks, normalize)
+                out[posts] = combined
+                if bar is not None:
+                    bar.update(len(posts))
+                plans.append(([len(w) for w in chunks.windows], plan))
         if bar is not None:
             bar.close()
         all_lengths, all_batches = [], []  # both plans as one, for the padding ratio
@@ -349,6 +355,25 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
             out = eo.truncate(out, opts.dim, opts.normalize)
         return eo.finish(out, opts, single)
 
+    @contextmanager
+    def _computing(self):
+        """One ``encode`` call on the backend: refused once ``close()`` began; ``close()`` waits for it."""
+        with self._batcher_lock:
+            if self._batcher_closed:
+                raise BatcherClosedError(CLOSED)
+            self._encoding += 1
+        try:
+            yield
+        finally:
+            with self._batcher_lock:
+                self._encoding -= 1
+                self._idle.notify_all()
+
+    def _after_fork_in_child(self) -> None:
+        """postemb_rt.forks: the parent's threads, and the encode calls they were running, are not here."""
+        super()._after_fork_in_child()  # a new lock, no batchers
+        self._idle, self._encoding = threading.Condition(self._batcher_lock), 0
+
     def _embed_all(self, seqs: list[list[int]], batch_size: int, max_batch_tokens: int, normalize: bool, bar):
         """Token-id lists -> (float32 (len(seqs), dim) in their order, the batch plan)."""
         out = np.empty((len(seqs), self.dim), dtype=np.float32)
@@ -362,11 +387,13 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
         return out, plan
 
     def close(self) -> None:
-        """Drain and stop the batcher (if started), then release the backend."""
+        """Refuse new calls, let ``encode`` calls already running on other threads finish, drain and stop the
+        batcher (if started), then release the backend."""
         with self._batcher_lock:
             b, self._batcher = self._batcher, None
             raw, self._raw_batcher = self._raw_batcher, None
             self._batcher_closed = True
+            self._idle.wait_for(lambda: not self._encoding)
         for x in (b, raw):
             if x is not None:
                 x.close(drain=True)

@@ -266,3 +266,36 @@ def test_a_closed_encoder_refuses_every_call_by_name():
     for call in (lambda: enc.encode(["a post"]), lambda: enc.submit(["a post"])):
         with pytest.raises(BatcherClosedError, match="this Encoder is closed. Fix: load another"):
             call()
+
+
+def test_close_waits_for_an_encode_running_on_another_thread(base_onnx, sample_texts):
+    """close() drains: an encode already running on another thread finishes with every row (the backend was
+    released under it: AttributeError on NoneType at its next batch), and later calls are refused."""
+    import threading
+
+    from postemb_rt.errors import BatcherClosedError
+
+    enc = Encoder.from_pretrained("base", backend="onnxruntime", warmup=False)
+    inside, release, real = threading.Event(), threading.Event(), enc.backend.embed
+
+    def embed(*args, **kwargs):  # the first batch holds until the test has called close()
+        inside.set()
+        assert release.wait(60)
+        return real(*args, **kwargs)
+
+    enc.backend.embed = embed
+    got = {}
+    worker = threading.Thread(target=lambda: got.update(v=enc.encode(sample_texts, batch_size=2)))
+    worker.start()
+    assert inside.wait(60)
+    closer = threading.Thread(target=enc.close)
+    closer.start()
+    closer.join(0.5)
+    assert closer.is_alive()  # waiting for the running encode
+    with pytest.raises(BatcherClosedError, match="this Encoder is closed"):  # closing: nothing new starts
+        enc.encode(["a post"])
+    release.set()
+    worker.join(60)
+    closer.join(60)
+    assert not closer.is_alive() and enc.describe()["batcher"] == "closed"
+    assert_exact(got["v"], base_onnx.encode(sample_texts))

@@ -70,3 +70,44 @@ def test_a_multiprocessing_fork_pool_uses_the_parents_encoder(backend):
     assert res.returncode == 0, res.stderr[-2000:]
     diffs = ast.literal_eval(res.stdout.strip().splitlines()[-1].removeprefix("diffs "))
     assert len(diffs) == 2 and max(diffs) < 1e-4, diffs
+
+
+def test_a_child_forked_during_an_encode_on_another_thread_encodes_and_closes():
+    """close() waits for encode calls running on other threads (Encoder._computing); in a child forked while a
+    parent thread was in one, that call does not exist, so the child's close() must not wait for it."""
+    script = textwrap.dedent("""
+        import os, threading, time
+        from postemb_rt import Encoder
+        enc = Encoder.from_pretrained("base", backend="torch", warmup=False)
+        inside, release, real = threading.Event(), threading.Event(), enc.backend.embed
+        def held(*args, **kwargs):
+            inside.set()
+            release.wait(60)
+            return real(*args, **kwargs)
+        enc.backend.embed = held
+        worker = threading.Thread(target=enc.encode, args=(["a post"],))
+        worker.start()
+        inside.wait(60)
+        pid = os.fork()
+        if pid == 0:
+            enc.backend.embed = real
+            enc.encode(["a post in the child"])
+            enc.close()  # waited for ever for the parent thread's encode
+            os._exit(0)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 60:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                print("exit", os.waitstatus_to_exitcode(status))
+                break
+            time.sleep(0.05)
+        else:
+            os.kill(pid, 9)
+            print("hung: the child did not exit in 60 s")
+        release.set()
+        worker.join()
+        enc.close()
+    """)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240)
+    out = res.stdout.strip().splitlines()[-1] if res.stdout.strip() else res.stderr[-2000:]
+    assert out == "exit 0", out
