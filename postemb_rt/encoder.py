@@ -1,6 +1,7 @@
 """``Encoder``: the front door. Texts in, float32 unit vectors out, in input order."""
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
@@ -14,6 +15,7 @@ from .batching import DynamicBatcher, padding_ratio, plan_batches
 from .errors import BackendUnavailableError, BatcherClosedError, FidelityError, ValidationError
 from .fidelity import Fidelity
 from .model_dir import ModelDir, resolve, vector_version
+from .prompts import overridden as with_prompts
 from .st_api import SentenceTransformerAPI, check_similarity_fn_name, unordered_hint
 from .submit_api import SubmitAPI
 from .tokenization import TRUNCATED_WARNING, PostTokenizer
@@ -88,7 +90,8 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
                         precision: str = "fp32", max_length: int | None = None,
                         max_batch_tokens: int | None = None, warmup: bool = True, long_posts: str = "truncate",
                         chunk_overlap: int | None = None, max_chunks: int = lp.DEFAULT_MAX_CHUNKS,
-                        truncate_dim: int | None = None, similarity_fn_name=None) -> "Encoder":
+                        truncate_dim: int | None = None, similarity_fn_name=None, prompts: dict | None = None,
+                        default_prompt_name: str | None = None) -> "Encoder":
         """Load a model.
 
         name_or_path: "default" (the shipped post-embedding model), "base" (the pre-trained
@@ -115,12 +118,16 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
             sets one): what ``encode`` and ``submit`` return by default, and the vectors' version (``@<k>``).
         similarity_fn_name: what ``similarity`` computes (ST's constructor argument; None: the model's, else
             "cosine"), as setting ``enc.similarity_fn_name``.
+        prompts / default_prompt_name: ST's constructor arguments: {name: text} over the model's prompts of
+            those names (others added), and the prompt ``encode`` / ``submit`` apply when a call names none
+            (None: the model's default, if any); ``enc.prompts`` / ``enc.default_prompt_name`` then say them.
         """
         if precision not in PRECISIONS:
             raise ValidationError(f"`precision` must be one of {PRECISIONS}. Given: {precision!r}.")
         max_length, chunk_overlap, max_chunks = (eo.as_int(v) for v in (max_length, chunk_overlap, max_chunks))
         similarity_fn_name = check_similarity_fn_name(similarity_fn_name)
         md = resolve(name_or_path)
+        prompt_config = with_prompts(md.config, prompts, default_prompt_name)  # checked before the model loads
         k = eo.check_truncate_dim(md, truncate_dim)  # refused before the model loads; None: the config's default
         device = backends.resolve_device(device)
         if max_length is not None and not (type(max_length) is int and 3 <= max_length <= md.config.max_length):
@@ -151,7 +158,10 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
                 log.info("precision='auto' chose %r on backend %r: %s", p, enc.backend.name, enc.precision_reason)
             enc.truncate_dim = k  # after the fidelity check, which compares full vectors
             enc._similarity_fn_name = similarity_fn_name
-            enc._remember_load(name_or_path, backend, device, max_batch_tokens, warmup)  # for pickling
+            if prompt_config is not md.config:  # prompts= / default_prompt_name=: what every prompt reader reads
+                enc.model = dataclasses.replace(enc.model, config=prompt_config)
+            enc._remember_load(name_or_path, backend=backend, device=device, max_batch_tokens=max_batch_tokens,
+                               warmup=warmup, prompts=prompts, default_prompt_name=default_prompt_name)  # pickling
             return enc
 
     @classmethod

@@ -1,7 +1,8 @@
 """Prompts, as sentence-transformers defines them: text prepended to every input before tokenization.
 
 A model's prompts come from ``postemb.json`` (``prompts``, ``default_prompt_name``) or a
-sentence-transformers folder's ``config_sentence_transformers.json`` (postemb_rt.st_folder). The
+sentence-transformers folder's ``config_sentence_transformers.json`` (postemb_rt.st_folder), and
+``Encoder.from_pretrained(prompts=..., default_prompt_name=...)`` sets them over those (``overridden``). The
 names ``"query"`` and ``"document"`` always exist, as in sentence-transformers >= 5 (empty unless
 the model sets them), so ``prompt_name="query"`` works on any model.
 
@@ -15,6 +16,9 @@ never the prompt), and in ``long_posts="chunk"`` mode it is in the first window 
 input, not part of the model: ``model_version`` and ``vector_version`` do not name it.
 """
 from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
 
 from .errors import ValidationError
 
@@ -31,12 +35,27 @@ def check_prompts(prompts, default_prompt_name, include_prompt, where) -> None:
     if default_prompt_name is not None and default_prompt_name not in (prompts or {}):
         raise ValidationError(
             f"`default_prompt_name` in {where} must be one of the prompts {sorted(prompts or {})}. "
-            f"Given: {default_prompt_name!r}. Fix: add it to `prompts`, or set it to null.")
+            f"Given: {default_prompt_name!r}. Fix: add it to `prompts`, or set it to null (None).")
     if not include_prompt and default_prompt_name is not None and prompts[default_prompt_name]:
         raise ValidationError(
             f"{where}: the default prompt {default_prompt_name!r} would be left out of pooling "
             "(Pooling include_prompt: false), which postemb_rt does not compute: it pools every token. "
             "Fix: set default_prompt_name to null, or load the folder with sentence-transformers.")
+
+
+def overridden(config, prompts=None, default_prompt_name=None, where: str = "Encoder.from_pretrained(...)"):
+    """``config`` (a PostEmbConfig) with sentence-transformers' constructor arguments over its own: ``prompts``
+    ({name: text}) replace the model's prompts of those names and add the others; ``default_prompt_name`` (None:
+    the model's) names the default, a built-in name too. ``config`` itself when neither is given; else checked as
+    a model's own prompts are (``check_prompts``: ValidationError naming ``where``)."""
+    if prompts is None and default_prompt_name is None:
+        return config
+    prompts = dict(prompts) if isinstance(prompts, Mapping) else prompts  # e.g. another Encoder's .prompts
+    check_prompts(prompts, None, True, where)  # the given ones: a mapping of str to str
+    merged = {**(config.prompts or {}), **(prompts or {})}
+    name = config.default_prompt_name if default_prompt_name is None else default_prompt_name
+    check_prompts({**dict.fromkeys(BUILTIN_NAMES, ""), **merged}, name, config.include_prompt, where)
+    return dataclasses.replace(config, prompts=merged or None, default_prompt_name=name)
 
 
 def model_prompts(config) -> dict[str, str]:

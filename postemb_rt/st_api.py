@@ -280,8 +280,8 @@ class SentenceTransformerAPI:
     # -- the model's own settings, as sentence-transformers names them -------------------------
     @property
     def prompts(self):
-        """The model's prompts, {name: text}, "query" and "document" always among them (as
-        sentence-transformers >= 5): read-only, from its postemb.json or config_sentence_transformers.json."""
+        """The model's prompts, {name: text}, "query" and "document" always among them (as sentence-transformers
+        >= 5): read-only, from its postemb.json or config_sentence_transformers.json and from_pretrained(prompts=)."""
         from types import MappingProxyType
 
         from .prompts import model_prompts
@@ -290,20 +290,20 @@ class SentenceTransformerAPI:
 
     @prompts.setter
     def prompts(self, value) -> None:
-        raise ValidationError(f"`prompts` are the model's own (its config file), part of what its vectors mean; an "
-                              f"Encoder does not change them. Given: {value!r:.80}. Fix: pass prompt='...' to encode, "
-                              "or set `prompts` in the model's postemb.json / config_sentence_transformers.json.")
+        raise ValidationError(f"`prompts` are set at load (the model's config file), part of what its vectors mean. "
+                              f"Given: {value!r:.80}. Fix: pass prompt='...' to encode, or load with "
+                              "Encoder.from_pretrained(..., prompts={...}) (sentence-transformers' argument).")
 
     @property
     def default_prompt_name(self) -> str | None:
-        """The prompt ``encode`` applies when a call names none (None: no prompt), from the model's config."""
+        """The prompt ``encode`` applies when a call names none (None: none): from_pretrained's, else the model's."""
         return self.model.config.default_prompt_name
 
     @default_prompt_name.setter
     def default_prompt_name(self, value) -> None:
-        raise ValidationError(f"`default_prompt_name` is the model's own (its config file). Given: {value!r}. "
-                              "Fix: pass prompt_name=... to encode (or encode_query / encode_document), or set it "
-                              "in the model's postemb.json / config_sentence_transformers.json.")
+        raise ValidationError(f"`default_prompt_name` is set at load (the model's config file). Given: {value!r}. "
+                              "Fix: pass prompt_name=... to encode (or encode_query / encode_document), or load with "
+                              "Encoder.from_pretrained(..., default_prompt_name=...).")
 
     def get_max_seq_length(self) -> int:
         """sentence-transformers' getter of ``max_seq_length`` (== ``max_length``)."""
@@ -410,21 +410,22 @@ class SentenceTransformerAPI:
     save_pretrained = save
 
     # -- pickling: the load call travels, and is made again where it lands ----------------------
-    def _remember_load(self, name_or_path, backend: str, device: str, max_batch_tokens, warmup: bool) -> None:
-        """What ``__reduce__`` loads again: a registered name as given, a directory as its absolute path."""
+    def _remember_load(self, name_or_path, **load_args) -> None:
+        """What ``__reduce__`` loads again: ``from_pretrained``'s ``load_args`` as given, a registered name as
+        given, a directory as its absolute path."""
         from .model_dir import REGISTERED
 
         registered = isinstance(name_or_path, str) and name_or_path in REGISTERED
-        self._loaded_as = dict(name_or_path=name_or_path if registered else str(Path(self.model.path).resolve()),
-                               backend=backend, device=device, max_batch_tokens=max_batch_tokens, warmup=warmup)
+        self._loaded_as = dict(load_args, name_or_path=name_or_path if registered else
+                               str(Path(self.model.path).resolve()))
 
     def __reduce__(self):
         """Pickle (multiprocessing, joblib, Ray, Spark) as the load call, not the compiled model, which
         cannot travel: unpickling loads the model again where it lands, with the same backend (as asked),
-        device, precision (the one that ran), max_length, long-post mode, ``truncate_dim`` and
-        ``similarity_fn_name``. The model must be there (a registered name, or the directory at the same
-        absolute path) with the same contents: a model whose files differ is refused (its vectors would
-        not match). Each unpickle is a full load: send an Encoder once per process, not with every task."""
+        device, precision (the one that ran), max_length, long-post mode, ``truncate_dim``, ``similarity_fn_name``
+        and from_pretrained's ``prompts`` / ``default_prompt_name``. The model must be there (a registered name,
+        or the directory at the same absolute path) with the same contents: a model whose files differ is refused
+        (its vectors would not match). Each unpickle is a full load: send an Encoder once per process."""
         loaded = getattr(self, "_loaded_as", None)
         if loaded is None:
             raise TypeError(f"this {type(self).__name__} was not built by from_pretrained, so it cannot be loaded "

@@ -218,10 +218,65 @@ def test_prompts_and_default_prompt_name_as_sentence_transformers(enc, st, promp
                      ref.encode(SAMPLE_TEXTS[:3], prompt_name="topic"))
         with pytest.raises(TypeError):  # read-only: a change would not reach encode
             e.prompts["query"] = "q: "
-        with pytest.raises(ValidationError, match=r"`prompts` are the model's own.*Fix: pass prompt="):
+        with pytest.raises(ValidationError, match=r"`prompts` are set at load.*Fix: pass prompt=.*"
+                                                  r"from_pretrained\(\.\.\., prompts="):
             e.prompts = {"query": "q: "}
-        with pytest.raises(ValidationError, match=r"`default_prompt_name` is the model's own.*Fix: pass prompt_name="):
+        with pytest.raises(ValidationError, match=r"`default_prompt_name` is set at load.*Fix: pass prompt_name=.*"
+                                                  r"from_pretrained\(\.\.\., default_prompt_name="):
             e.default_prompt_name = None
+
+
+def test_prompts_and_default_prompt_name_at_load_as_sentence_transformers_constructor(folder, prompted, monkeypatch):
+    """SentenceTransformer(path, prompts=..., default_prompt_name=...): the given prompts over the model's own (by
+    name), the given default over the model's; from_pretrained takes both (they were a TypeError), checks them
+    before the model loads, and pickling carries them."""
+    from sentence_transformers import SentenceTransformer
+
+    from postemb_rt import backends
+
+    given = dict(prompts={"query": "q: ", "title": "title: "}, default_prompt_name="title")
+    ref = SentenceTransformer(str(prompted), device="cpu", **given)
+    texts = SAMPLE_TEXTS[:4]
+    with Encoder.from_pretrained(prompted, backend="torch", **given) as e:
+        assert dict(e.prompts) == ref.prompts == {"query": "q: ", "document": "passage: ", "topic": "t: ",
+                                                  "title": "title: "}
+        assert e.default_prompt_name == ref.default_prompt_name == "title"
+        assert e.describe()["default_prompt_name"] == "title"
+        want = ref.encode(texts)
+        assert_exact(e.encode(texts), want)
+        assert_exact(e.submit(texts).result(), want)
+        assert_exact(e.encode_query(texts), ref.encode_query(texts))
+        assert_exact(e.encode(texts, prompt_name="document"), ref.encode(texts, prompt_name="document"))
+        again = pickle.loads(pickle.dumps(e))
+        with again:
+            assert dict(again.prompts) == dict(e.prompts) and again.default_prompt_name == "title"
+            assert_exact(again.encode(texts), want)
+    # the model's default stays when none is given; a built-in name is a default even when empty, as in ST
+    for kwargs in (dict(prompts={"document": "doc: "}), dict(default_prompt_name="document")):
+        ref = SentenceTransformer(str(prompted), device="cpu", **kwargs)
+        with Encoder.from_pretrained(prompted, backend="torch", **kwargs) as e:
+            assert (dict(e.prompts), e.default_prompt_name) == (ref.prompts, ref.default_prompt_name)
+            assert_exact(e.encode(texts), ref.encode(texts))
+    ref = SentenceTransformer(str(folder), device="cpu", default_prompt_name="query")
+    with Encoder.from_pretrained(folder, backend="torch", default_prompt_name="query") as e:
+        assert (dict(e.prompts), e.default_prompt_name) == (ref.prompts, ref.default_prompt_name)
+    real = backends.backend_class
+
+    def not_loaded(name):  # each refusal below comes before a backend loads the model
+        real(name)
+        raise AssertionError(f"the {name} backend was loaded")
+
+    monkeypatch.setattr(backends, "backend_class", not_loaded)
+    for kwargs, match in (
+            (dict(default_prompt_name="nope"), r"`default_prompt_name` in Encoder.from_pretrained\(\.\.\.\) must be "
+                                               r"one of the prompts \['document', 'query', 'topic'\]. Given: 'nope'"),
+            (dict(prompts={"query": 1}), r"`prompts` in Encoder.from_pretrained\(\.\.\.\) must be a mapping of "
+                                         r"prompt name to text. Given: \{'query': 1\}"),
+            (dict(prompts=["query: "]), r"`prompts` in Encoder.from_pretrained\(\.\.\.\) must be a mapping")):
+        with pytest.raises(ValidationError, match=match):
+            Encoder.from_pretrained(prompted, backend="torch", **kwargs)
+        with pytest.raises((ValueError, TypeError, AttributeError)):  # ST refuses them too (once loaded)
+            SentenceTransformer(str(prompted), device="cpu", **kwargs).encode(texts)
 
 
 def test_sentence_transformers_evaluators_run_on_an_encoder(enc, st):
