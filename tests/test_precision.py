@@ -192,6 +192,22 @@ def test_bf16_on_cpu_keeps_the_embedding(base_torch, backend):
     assert cosines(enc.encode(CORPUS[:20]), base_torch.encode(CORPUS[:20])).min() >= 0.99
 
 
+@pytest.mark.parametrize("native", [True, False])
+def test_torch_bf16_warns_where_the_cpu_flags_say_bf16_is_emulated(monkeypatch, caplog, tmp_path, native):
+    """One test of native bf16 (postemb_rt.cpu.native_bf16, the CPU's flags and ONEDNN_MAX_CPU_ISA), as the
+    backend choice and precision="auto" use: torch's own check also says True on AVX-512 CPUs that emulate
+    bf16, and ignores the oneDNN cap, so the torch backend did not warn there."""
+    from postemb_rt import cpu
+    from postemb_rt.backends.torch_backend import TorchBackend
+    from postemb_rt.model_dir import resolve
+    from tests.st_models import build_st_folder
+
+    monkeypatch.setattr(cpu, "native_bf16", lambda *a, **k: native)
+    with caplog.at_level("WARNING", logger="postemb_rt"):
+        TorchBackend(resolve(build_st_folder(tmp_path / "st")), "cpu", "bf16").close()
+    assert ("lacks native bf16" in caplog.text) is not native, caplog.text
+
+
 def _fake_cpu(monkeypatch, native_bf16: bool):
     from postemb_rt import backends
 

@@ -31,13 +31,17 @@ class TorchBackend(Backend):
             return
         if precision not in CPU_PRECISIONS:
             raise ValidationError(f"`precision` for the torch backend on CPU must be one of {CPU_PRECISIONS}. "
-                                  f"Given: {precision!r}. Fix: fp16 is CUDA-only; int8 runs on backend='openvino' or 'onnxruntime'.")
+                                  f"Given: {precision!r}. Fix: fp16 is CUDA-only; int8 runs on backend='openvino' "
+                                  "or 'onnxruntime'.")
         super().__init__(model, device, precision)
         self._model = PostEmbModel.from_model_dir(model)
         if precision == "bf16":
-            if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
-                log.warning("precision='bf16': this CPU lacks native bf16 instructions (AVX512-BF16 or AMX); "
-                            "oneDNN emulates them, which is usually slower than fp32")
+            from .. import cpu
+
+            if not cpu.native_bf16():  # the CPU's flags and ONEDNN_MAX_CPU_ISA (torch's check says True on AVX-512)
+                log.warning("precision='bf16': this CPU lacks native bf16 instructions (AVX512-BF16 or AMX), or "
+                            "ONEDNN_MAX_CPU_ISA holds oneDNN below them; oneDNN emulates them, which is usually "
+                            "slower than fp32")
             self._model.encoder.to(torch.bfloat16)  # oneDNN bf16 matmuls; pooling reads float32
         fused = self._model.fused_head()
         weight = bias = None
