@@ -182,6 +182,9 @@ def test_the_previous_default_stays_loadable_beside_the_nested_default():
     "kwargs, match",
     [
         ({"backend": "tpu"}, r"`backend` must be one of \['auto', 'torch', 'onnxruntime'.*Given: 'tpu'"),
+        ({"backend": ["torch"]}, r"`backend` must be one of .*Given: \['torch'\]"),
+        ({"backend": "onnx"}, r"`backend` must be one of .*Given: 'onnx'\. Fix: backend='onnxruntime' \("
+                              r"sentence-transformers' 'onnx'"),
         ({"precision": "int3"}, r"`precision` must be one of .*Given: 'int3'"),
         ({"device": "gpu0"}, r"`device` must be 'auto', 'cpu' or 'cuda\[:N\]'. Given: 'gpu0'"),
         ({"device": "cuda-1"}, r"`device` must be 'auto', 'cpu' or 'cuda\[:N\]'.*Given: 'cuda-1'"),

@@ -34,8 +34,10 @@ def names() -> list[str]:
 def backend_class(name: str):
     """The Backend subclass registered under ``name``; raises BackendUnavailableError with the
     install hint when its package is missing."""
-    if name not in _REGISTRY:
-        raise ValidationError(f"`backend` must be one of {['auto', *_REGISTRY]}. Given: {name!r}.")
+    if not isinstance(name, str) or name not in _REGISTRY:  # a list was a bare TypeError (unhashable)
+        fix = (" Fix: backend='onnxruntime' (sentence-transformers' 'onnx': the same runtime)." if name == "onnx" else
+               "")
+        raise ValidationError(f"`backend` must be one of {['auto', *_REGISTRY]}. Given: {name!r}.{fix}")
     module, cls, package, hint = _REGISTRY[name]
     if importlib.util.find_spec(package) is None:
         raise BackendUnavailableError(f"backend {name!r} needs the package `{package}`. Fix: {hint}")
