@@ -143,8 +143,12 @@ def test_non_iterable_texts_rejected(enc):
 def test_describe_reports_what_runs(enc):
     d = enc.describe()
     assert d["backend"] == enc.backend.name and d["dim"] == 384 and d["device"] == "cpu"
-    for key in ("model_version", "precision", "pooling_kernel", "backend_reason", "packing", "max_length"):
-        assert d[key], key
+    for key in ("model_version", "precision", "pooling_kernel", "backend_reason", "packing", "max_length", "threads"):
+        assert d[key], key  # threads: README "Backends" (torch's were not said)
+    if enc.backend.name == "torch":
+        import torch
+
+        assert d["threads"] == torch.get_num_threads()
 
 
 def test_describe_reports_the_batcher_once_started():

@@ -74,7 +74,8 @@ class TorchBackend(Backend):
         self.pooling_kernel = self._cuda.pooling_kernel
 
     def describe(self) -> dict:
-        return {**super().describe(), **(self._cuda.describe() if self._cuda is not None else {})}
+        return {**super().describe(), **(self._cuda.describe() if self._cuda is not None else
+                                         {"threads": torch.get_num_threads()})}  # torch's intra-op threads
 
     @torch.inference_mode()
     def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray, normalize: bool = True) -> np.ndarray:
