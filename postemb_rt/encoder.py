@@ -161,7 +161,8 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
             if prompt_config is not md.config:  # prompts= / default_prompt_name=: what every prompt reader reads
                 enc.model = dataclasses.replace(enc.model, config=prompt_config)
             enc._remember_load(name_or_path, backend=backend, device=device, max_batch_tokens=max_batch_tokens,
-                               warmup=warmup, prompts=prompts, default_prompt_name=default_prompt_name)  # pickling
+                               warmup=warmup, prompts=None if prompts is None else dict(prompts),  # pickling
+                               default_prompt_name=default_prompt_name)
             return enc
 
     @classmethod

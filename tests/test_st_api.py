@@ -251,6 +251,9 @@ def test_prompts_and_default_prompt_name_at_load_as_sentence_transformers_constr
         with again:
             assert dict(again.prompts) == dict(e.prompts) and again.default_prompt_name == "title"
             assert_exact(again.encode(texts), want)
+        with Encoder.from_pretrained(folder, backend="torch", prompts=e.prompts, default_prompt_name="title") as f:
+            assert dict(f.prompts) == dict(e.prompts)  # another Encoder's (read-only) prompts, which pickle too
+            assert dict(pickle.loads(pickle.dumps(f)).prompts) == dict(e.prompts)
     # the model's default stays when none is given; a built-in name is a default even when empty, as in ST
     for kwargs in (dict(prompts={"document": "doc: "}), dict(default_prompt_name="document")):
         ref = SentenceTransformer(str(prompted), device="cpu", **kwargs)
