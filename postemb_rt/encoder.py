@@ -5,7 +5,7 @@ import dataclasses
 import logging
 import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -38,6 +38,18 @@ class EncodeStats:
     seconds: float = 0.0
     chunked: int = 0  # long_posts="chunk": posts embedded as several windows
     windows: int = 0  # the windows those posts were cut into
+
+
+def _progress(show: bool | None, total: int):
+    """``encode``'s progress bar, a context manager (closed however the call ends); None: shown when the
+    "postemb_rt" logger is at INFO or DEBUG (sentence-transformers' rule). Not shown: ``nullcontext()``."""
+    if show is None:
+        show = log.getEffectiveLevel() in (logging.INFO, logging.DEBUG)
+    if not show:
+        return nullcontext()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, unit="post", desc="encode")
 
 
 def check_max_batch_tokens(value, max_length: int) -> int | None:
@@ -322,13 +334,6 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
             return eo.finish(out[:, :opts.dim], opts, False)
         budget = self.max_batch_tokens if max_batch_tokens is None else eo.check_int("max_batch_tokens",
                                                                                     max_batch_tokens, 1)
-        bar = None
-        if show_progress_bar is None:
-            show_progress_bar = log.getEffectiveLevel() in (logging.INFO, logging.DEBUG)  # sentence-transformers' rule
-        if show_progress_bar:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=len(texts), unit="post", desc="encode")
         if mode == "truncate":
             tok = self.tokenizer(texts, truncate=truncate)
             idx, seqs, cut, chunks = np.arange(len(texts)), tok.ids, tok.truncated, None
@@ -338,7 +343,7 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
         self._warn_truncated(len(cut), len(texts), mode)
         lengths = [len(x) for x in seqs]
         plans = []
-        with self._computing():
+        with self._computing(), _progress(show_progress_bar, len(texts)) as bar:
             if seqs:
                 vecs, plan = self._embed_all(seqs, batch_size, budget, normalize, bar)
                 out[idx] = vecs
@@ -350,8 +355,6 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
                 if bar is not None:
                     bar.update(len(posts))
                 plans.append(([len(w) for w in chunks.windows], plan))
-        if bar is not None:
-            bar.close()
         all_lengths, all_batches = [], []  # both plans as one, for the padding ratio
         for ls, plan in plans:
             all_batches += [b + len(all_lengths) for b in plan]

@@ -342,6 +342,25 @@ def test_numpy_integers_are_integers_and_floats_are_refused_by_name(mrl, folders
             Encoder.from_pretrained(folders["mrl"], backend="torch", warmup=False, max_length=bad)
 
 
+def test_the_progress_bar_is_closed_however_encode_ends(enc, capsys, monkeypatch):
+    """A refused text or a failing backend left the bar open (shown at 0% and never finished); now a refusal
+    shows none, and a failure closes it."""
+    from tqdm import tqdm
+
+    with pytest.raises(ValidationError, match="truncate=False"):
+        enc.encode(["word " * 1000], show_progress_bar=True, truncate=False)
+    assert "encode" not in capsys.readouterr().err  # refused before any bar
+    open_bars = len(tqdm._instances)
+
+    def fails(*args, **kwargs):
+        raise RuntimeError("the backend failed")
+
+    monkeypatch.setattr(enc.backend, "embed", fails)
+    with pytest.raises(RuntimeError, match="the backend failed") as info:
+        enc.encode(TEXTS[:3], show_progress_bar=True)
+    assert info.value and len(tqdm._instances) == open_bars  # closed, though the traceback still holds it
+
+
 def test_show_progress_bar_none_follows_the_log_level(enc, capsys):
     import logging
 
