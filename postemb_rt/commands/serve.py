@@ -294,10 +294,10 @@ def register(sub) -> None:
     p.add_argument("--header-timeout", type=float, default=10.0,
                    help="seconds a connection gets to send a request's headers, counted from its start, or on a "
                         "kept-alive connection from the next request's first byte; then 408 and closed (default: 10)")
-    p.add_argument("--keep-alive-timeout", type=float, default=5.0,
-                   help="seconds an idle kept-alive connection stays open after an answer. Behind a proxy or load "
-                        "balancer that keeps upstream connections open, set it above the proxy's idle timeout (an "
-                        "AWS ALB's 60 s: 65), else a request sent as the server closes gets a 502 (default: 5)")
+    p.add_argument("--keep-alive-timeout", type=float, default=75.0,
+                   help="seconds an idle kept-alive connection stays open after an answer; keep it above the idle "
+                        "timeout of a proxy or load balancer in front (nginx's upstream keepalive and an AWS ALB: 60 "
+                        "s), else a request it sends as the server closes gets a 502 (default: 75; uvicorn's is 5)")
     p.add_argument("--body-timeout", type=float, default=30.0,
                    help="seconds a request gets to send its body once its headers came (then 408 and closed), "
                         "and an answer its client stops reading gets to drain (then closed) (default: 30)")

@@ -30,7 +30,9 @@ class ServeConfig:
     max_connections: int = 2048  # open connections; one more closes the oldest one still sending its request
     header_timeout_s: float = 10.0  # a request's headers must arrive within this (408, closed)
     body_timeout_s: float = 30.0  # a request's body must arrive within this once its headers did (408, closed)
-    keep_alive_timeout_s: float = 5.0  # an idle kept-alive connection is closed after this (uvicorn's default)
+    # an idle kept-alive connection is closed after this: longer than the 60 s for which proxies and load balancers
+    # (nginx's upstream keepalive, AWS ALB) keep theirs open, so the server never closes one as they send on it
+    keep_alive_timeout_s: float = 75.0
     max_queued_tokens: int = 65_536  # batcher backpressure: past it, 429
     max_batch_size: int = 64
     max_wait_us: int = 500

@@ -57,7 +57,7 @@ class ConnectionLimits:
     max_connections: int = 2048
     header_timeout_s: float = 10.0
     body_timeout_s: float = 30.0
-    keep_alive_s: float = 5.0  # uvicorn's default: an idle kept-alive connection is closed after it
+    keep_alive_s: float = 75.0  # an idle kept-alive connection is closed after it (ServeConfig.keep_alive_timeout_s)
 
 
 LIMITS = ConnectionLimits()
