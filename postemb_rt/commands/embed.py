@@ -174,6 +174,9 @@ def run(args) -> int:
             f"`--quantize {args.quantize}` needs a .npy `--out` (the quantized dtype is kept there); .parquet holds "
             f"float32 embeddings, as `postemb index build` reads them. Given: --out {args.out!r}. "
             "Fix: write to a .npy file, or drop --quantize.")
+    if out.exists() and inp.exists() and out.samefile(inp):  # read whole, then replaced by its embeddings
+        raise ValidationError(f"`--out` {args.out!r} is INPUT itself; writing it would replace the posts with their "
+                              "embeddings. Fix: pass another --out path.")
     ids, texts = read_posts(inp)
     check_writable(out, "--out")
     enc = Encoder.from_pretrained(args.model, backend=args.backend, device=args.device,
