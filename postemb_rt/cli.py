@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -228,7 +229,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"$POSTEMB_LOG_FORMAT must be 'text' or 'json'. Given: {args.log_format!r}.")
     configure_logging(args.verbose, args.log_format)
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # a reader gone (`| head`) fails here, not in the interpreter's last flush
+        return code
+    except BrokenPipeError:  # stdout's reader left: stop quietly, as a unix tool killed by SIGPIPE would
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's "Note on SIGPIPE")
+        return 128 + signal.SIGPIPE
     except (PostEmbError, OSError) as exc:  # OSError: a path that cannot be read or written, as one line
         message = _as_flags(_os_message(exc), parser, args.command, argv)
         print(f"postemb {args.command}: error: {message}{_cache_hint(exc)}", file=sys.stderr)

@@ -15,3 +15,21 @@ def test_an_out_that_is_the_input_is_refused_before_the_model_loads(tmp_path, ca
         err = capsys.readouterr().err
         assert f"`--out` {str(out)!r} is INPUT" in err and "Fix: " in err and err.count("\n") == 1, err
     assert pq.read_table(src).column_names == ["text"]  # the posts are still there
+
+
+def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly(tmp_path):
+    """`postemb demo | head -3`: the reader gone, the command stops as unix tools do (exit 128 + SIGPIPE),
+    with no traceback and no 'error: Broken pipe ... Fix: check that path'."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader has left before the first line: every write to stdout fails with EPIPE
+    try:
+        done = subprocess.run([sys.executable, "-m", "postemb_rt.cli", "demo", "--n", "8", "--queries", "1"],
+                              stdout=write, stderr=subprocess.PIPE, text=True, timeout=300)
+    finally:
+        os.close(write)
+    assert done.returncode == 128 + signal.SIGPIPE and done.stderr == "", done.stderr
