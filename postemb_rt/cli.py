@@ -128,10 +128,15 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure_logging(verbose: bool, log_format: str) -> None:
+    """One stderr handler (text or JSON) for every log line, Python's warnings included (a library's
+    ``warnings.warn``, which would print its own lines); ``verbose``: postemb_rt's INFO lines, while other
+    libraries stay at WARNING (onnxruntime's quantizer logs dozens of INFO lines on the root logger)."""
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter() if log_format == "json" else
                          logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, handlers=[handler], force=True)
+    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
+    logging.getLogger("postemb_rt").setLevel(logging.INFO if verbose else logging.NOTSET)
+    logging.captureWarnings(True)
 
 
 def _version() -> str:
@@ -237,7 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signal.SIGPIPE
     except (PostEmbError, OSError) as exc:  # OSError: a path that cannot be read or written, as one line
         message = _as_flags(_os_message(exc), parser, args.command, argv)
-        print(f"postemb {args.command}: error: {message}{_cache_hint(exc)}", file=sys.stderr)
+        line = f"postemb {args.command}: error: {message}{_cache_hint(exc)}"
+        if args.log_format == "json":  # as every other line on stderr
+            logging.getLogger("postemb_rt").error(line)
+        else:
+            print(line, file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -33,3 +33,58 @@ def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly(tmp_path):
     finally:
         os.close(write)
     assert done.returncode == 128 + signal.SIGPIPE and done.stderr == "", done.stderr
+
+
+def test_verbose_is_our_info_not_every_librarys(capsys):
+    """-v: postemb_rt's INFO lines; another library's INFO (onnxruntime's quantizer logs dozens per model on the
+    root logger) stays out, its warnings not."""
+    import logging
+
+    from postemb_rt.cli import configure_logging
+
+    try:
+        configure_logging(verbose=True, log_format="text")
+        logging.getLogger("postemb_rt").info("ours")
+        logging.getLogger("postemb_rt.server").info("ours too")
+        logging.info("a library's detail")
+        logging.getLogger("somelib").warning("a library's warning")
+        assert capsys.readouterr().err.splitlines() == [
+            "INFO postemb_rt: ours", "INFO postemb_rt.server: ours too", "WARNING somelib: a library's warning"]
+        configure_logging(verbose=False, log_format="text")
+        logging.getLogger("postemb_rt").info("ours")
+        assert capsys.readouterr().err == ""
+    finally:
+        configure_logging(verbose=False, log_format="text")
+
+
+def _json_lines(err: str) -> list[dict]:
+    import json
+
+    lines = err.splitlines()
+    assert lines, "no log line"
+    return [json.loads(line) for line in lines]  # every line one JSON object
+
+
+def test_json_logs_hold_python_warnings_too():
+    import subprocess
+    import sys
+
+    code = ("import warnings; from postemb_rt.cli import configure_logging; configure_logging(False, 'json'); "
+            "warnings.warn('a library is deprecated', DeprecationWarning, stacklevel=1); "
+            "warnings.warn('a library warns', UserWarning)")
+    done = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True, timeout=120)
+    records = _json_lines(done.stderr)
+    assert [r["level"] for r in records] == ["WARNING", "WARNING"], done.stderr
+    assert "a library is deprecated" in records[0]["message"] and "a library warns" in records[1]["message"]
+
+
+def test_json_logs_hold_embeds_warning_and_its_errors(tmp_path, capsys):
+    src = tmp_path / "posts.jsonl"
+    src.write_text("\n")
+    assert main(["--log-format", "json", "embed", str(src), "--out", str(tmp_path / "o.npy")]) == 0
+    out, err = capsys.readouterr()
+    assert any(r["level"] == "WARNING" and "holds no posts" in r["message"] for r in _json_lines(err)), err
+    assert out.startswith("embedded 0 posts")  # the summary: stdout, as before
+    assert main(["--log-format", "json", "embed", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o.npy")]) == 2
+    (record,) = _json_lines(capsys.readouterr().err)
+    assert record["level"] == "ERROR" and record["message"].startswith("postemb embed: error: `INPUT` "), record

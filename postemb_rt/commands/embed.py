@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import re
 import sys
 import time
@@ -182,7 +183,7 @@ def run(args) -> int:
     enc = Encoder.from_pretrained(args.model, backend=args.backend, device=args.device,
                                   precision=args.precision, max_length=args.max_length, long_posts=args.long_posts)
     if not texts:
-        print(f"postemb embed: warning: {inp} holds no posts; writing an empty array", file=sys.stderr)
+        logging.getLogger("postemb_rt").warning("%s holds no posts; writing an empty array", inp)
     opts = dict(precision=args.quantize, prompt_name=args.prompt_name, prompt=args.prompt,
                 truncate_dim=args.truncate_dim)
     if args.quantize != "float32" and texts:  # imports sentence-transformers, calibrates (once): not timed
