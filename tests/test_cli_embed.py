@@ -1,6 +1,7 @@
 """`postemb embed` and the CLI front end, as a user meets them: the output path, pipes, logs and progress."""
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
 from postemb_rt.cli import main
 from tests.test_cli import no_model  # noqa: F401 (a fixture)
@@ -88,3 +89,17 @@ def test_json_logs_hold_embeds_warning_and_its_errors(tmp_path, capsys):
     assert main(["--log-format", "json", "embed", str(tmp_path / "none.txt"), "--out", str(tmp_path / "o.npy")]) == 2
     (record,) = _json_lines(capsys.readouterr().err)
     assert record["level"] == "ERROR" and record["message"].startswith("postemb embed: error: `INPUT` "), record
+
+
+@pytest.mark.parametrize("tty", [False, True])
+def test_the_progress_bar_is_drawn_on_a_terminal_only(tmp_path, capsys, monkeypatch, tty):
+    """stderr a file or a pipe (a job's log): no bar, whose carriage-return redraws would fill it."""
+    import sys
+
+    from postemb_rt.commands import embed
+
+    monkeypatch.setattr(embed, "PROGRESS_MIN_POSTS", 2)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: tty)
+    (tmp_path / "posts.txt").write_text("one post\nanother post\na third\n")
+    assert main(["embed", str(tmp_path / "posts.txt"), "--out", str(tmp_path / "o.npy")]) == 0
+    assert ("3/3" in capsys.readouterr().err) == tty

@@ -6,6 +6,7 @@ is not there), and prints what ran, the throughput and a few nearest neighbours.
 """
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -32,7 +33,8 @@ def run(args) -> int:
     for k, v in enc.describe().items():
         print(f"  {k}: {v}")
     start = time.perf_counter()
-    vectors = enc.encode(texts, batch_size=64, show_progress_bar=len(texts) > 5000)  # a bar only when it takes a while
+    # a bar only when it takes a while, on a terminal (not into a log's file)
+    vectors = enc.encode(texts, batch_size=64, show_progress_bar=len(texts) > 5000 and sys.stderr.isatty())
     seconds = time.perf_counter() - start
     st = enc.last_stats
     print(f"embedded {len(texts)} posts ({source}) in {seconds:.2f} s: {len(texts) / seconds:.0f} posts/s, "

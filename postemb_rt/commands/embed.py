@@ -189,7 +189,7 @@ def run(args) -> int:
     if args.quantize != "float32" and texts:  # imports sentence-transformers, calibrates (once): not timed
         enc.encode(texts[:1], **opts)
     start = time.perf_counter()
-    show = not args.no_progress and len(texts) >= PROGRESS_MIN_POSTS
+    show = not args.no_progress and len(texts) >= PROGRESS_MIN_POSTS and sys.stderr.isatty()  # no redraws in a log
     try:
         vectors = enc.encode(texts, batch_size=args.batch_size, show_progress_bar=show,
                              truncate=not args.no_truncate, **opts)
@@ -228,9 +228,9 @@ def register(sub) -> None:
                    help="the runtime (default: auto: the fastest installed for this device and precision)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda[:N] (default: auto)")
     p.add_argument("--precision", default="fp32", choices=backends.PRECISIONS,
-                   help="fp32 (exact); on CPU bf16 or int8 (gated by measured fidelity, see README \"Fast precisions\"); "
-                        "on CUDA fp16 or bf16; auto: the first that clears the bar here (bf16 with native bf16, "
-                        "else int8, else fp32; the vector version says which) (default: fp32)")
+                   help="fp32 (exact); on CPU bf16 or int8 (gated by measured fidelity, see README "
+                        "\"Fast precisions\"); on CUDA fp16 or bf16; auto: the first that clears the bar here "
+                        "(bf16 with native bf16, else int8, else fp32; the vector version says which) (default: fp32)")
     p.add_argument("--quantize", choices=list(PRECISIONS), default="float32",
                    help="output quantization, Encoder.encode(precision=...): int8 / uint8 one byte per dimension "
                         "(the model's calibration ranges), binary / ubinary one bit (8 per byte); .npy output "
@@ -246,5 +246,7 @@ def register(sub) -> None:
     p.add_argument("--long-posts", choices=["truncate", "chunk"], default="truncate",
                    help="truncate: cut posts at max-length; chunk: embed whole posts as windows of max-length "
                         "tokens, token-weighted mean (default: truncate)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help=f"no progress bar (default: one on stderr from {PROGRESS_MIN_POSTS} posts on, when it is a "
+                        "terminal)")
     p.set_defaults(func=run)
