@@ -103,3 +103,36 @@ def test_the_progress_bar_is_drawn_on_a_terminal_only(tmp_path, capsys, monkeypa
     (tmp_path / "posts.txt").write_text("one post\nanother post\na third\n")
     assert main(["embed", str(tmp_path / "posts.txt"), "--out", str(tmp_path / "o.npy")]) == 0
     assert ("3/3" in capsys.readouterr().err) == tty
+
+
+def _damage(path, column: int) -> None:
+    """Overwrite the first data page header of ``column`` (row group 0) with bytes Parquet cannot read."""
+    offset = pq.ParquetFile(path).metadata.row_group(0).column(column).data_page_offset
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * 16)
+
+
+def test_parquet_input_reads_its_text_and_id_columns_only(tmp_path, capsys):
+    """Other columns (a nested one, images, a damaged one) are neither read nor held in memory; a
+    dictionary-encoded `id` (pandas' category) is read as its values."""
+    import numpy as np
+
+    src = tmp_path / "posts.parquet"
+    ids = pa.array(["p1", "p2"]).dictionary_encode()
+    pq.write_table(pa.table({"text": ["a post", "another"], "id": ids, "blob": [b"x" * 5000, b"y" * 5000],
+                             "nested": [[{"k": 1}], []]}), src, compression="none")
+    _damage(src, 2)
+    out = tmp_path / "o.parquet"
+    assert main(["embed", str(src), "--out", str(out)]) == 0, capsys.readouterr().err
+    got = pq.read_table(out)
+    assert got.column("id").to_pylist() == ["p1", "p2"] and np.asarray(got.column("embedding").to_pylist()).shape[0] == 2
+
+
+def test_a_damaged_text_column_is_named_as_an_unreadable_input(tmp_path, capsys, no_model):  # noqa: F811
+    src = tmp_path / "posts.parquet"
+    pq.write_table(pa.table({"text": ["a" * 5000, "b" * 5000]}), src, compression="none")
+    _damage(src, 0)
+    assert main(["embed", str(src), "--out", str(tmp_path / "o.npy")]) == 2
+    err = capsys.readouterr().err
+    assert f"`INPUT` {src} is not a readable Parquet file: " in err and "Fix: " in err and err.count("\n") == 1, err

@@ -3,7 +3,7 @@
 INPUT: ``.txt`` (one post per line; every line is a post, empty lines included; ids are
 0-based line numbers; a line ends at "\\n" only, a "\\r" just before it is dropped, and
 U+2028, form feeds and the like stay inside the post), ``.jsonl`` (one object per line with
-``text`` and optional ``id``) or ``.parquet`` (column ``text``, optional ``id``). Ids are
+``text`` and optional ``id``) or ``.parquet`` (column ``text``, optional ``id``; no other is read). Ids are
 all integers or all strings, never null (checked before the model loads; without ``id``,
 posts are numbered by position). OUT: ``.npy`` (float32 (n, dim), input order; with
 ``--quantize`` the quantized array and dtype, as ``Encoder.encode(precision=...)``) or
@@ -107,15 +107,22 @@ def read_posts(path: Path) -> tuple[list, list[str]]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
-        raise ValidationError(f"`INPUT` {path} is not a readable Parquet file: {str(exc).rstrip('.')}. Fix: give a "
-                              "Parquet table with "
-                              "a `text` column (and optionally `id`), or a .txt / .jsonl file.") from None
-    if "text" not in table.column_names:
-        raise ValidationError(f"`INPUT` {path} needs a column `text`. Given columns: {table.column_names}. Fix: "
+    def unreadable(exc: Exception) -> ValidationError:
+        why = " ".join(str(exc).split()).rstrip(".")  # pyarrow's message, one line
+        return ValidationError(f"`INPUT` {path} is not a readable Parquet file: {why}. Fix: give a Parquet table with "
+                               "a `text` column (and optionally `id`), or a .txt / .jsonl file.")
+
+    try:  # (OSError: pyarrow's for a damaged page)
+        names = pq.read_schema(path).names
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+        raise unreadable(exc) from None
+    if "text" not in names:
+        raise ValidationError(f"`INPUT` {path} needs a column `text`. Given columns: {names}. Fix: "
                               "name the column of posts `text` (postemb backfill --text-column reads another name).")
+    try:  # those two columns only: others (images, nested rows, a damaged one) are neither read nor held
+        table = pq.read_table(path, columns=[c for c in ("text", "id") if c in names])
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, OSError) as exc:
+        raise unreadable(exc) from None
     texts = table.column("text").to_pylist()
     for i, t in enumerate(texts):
         if not isinstance(t, str):
@@ -124,6 +131,8 @@ def read_posts(path: Path) -> tuple[list, list[str]]:
     if "id" not in table.column_names:
         return list(range(len(texts))), texts
     col = table.column("id")
+    if pa.types.is_dictionary(col.type):  # pandas' category: its values
+        col = col.cast(col.type.value_type)
     if not (pa.types.is_integer(col.type) or pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
             or pa.types.is_null(col.type)):
         raise ValidationError(f"`INPUT` {path}: column `id` must be integers or strings. Given: {col.type}. "
