@@ -353,8 +353,8 @@ def test_library_errors_name_the_commands_flags(tmp_path, capsys):
     src.write_text("x\n")
     assert main(["embed", str(src), "--out", str(tmp_path / "o.npy"), "--model", "nosuch"]) == 2
     assert "`--model` 'nosuch' is neither a registered name" in capsys.readouterr().err  # not `name_or_path`
-    assert main(["embed", str(src), "--out", str(tmp_path / "o.npy"), "--model", "base", "--batch-size", "0"]) == 2
-    assert "`--batch-size` must be a positive int. Given: 0." in capsys.readouterr().err
+    assert main(["embed", str(src), "--out", str(tmp_path / "o.npy"), "--model", "base", "--max-length", "2"]) == 2
+    assert "`--max-length` must be between 3 " in capsys.readouterr().err  # the library's `max_length`
     assert main(["index", "build", "--input", str(tmp_path / "none.parquet"), "--out", str(tmp_path / "idx")]) == 2
     assert "`--input` '" in capsys.readouterr().err  # index's reader names it `path`
 

@@ -136,3 +136,25 @@ def test_a_damaged_text_column_is_named_as_an_unreadable_input(tmp_path, capsys,
     assert main(["embed", str(src), "--out", str(tmp_path / "o.npy")]) == 2
     err = capsys.readouterr().err
     assert f"`INPUT` {src} is not a readable Parquet file: " in err and "Fix: " in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["embed", "{tmp}/posts.csv", "--out", "{tmp}/o.npy"], "`INPUT` must end in one of ('.txt', '.jsonl', '.parquet'). "
+                                                         "Given: '{tmp}/posts.csv'. Fix: "),
+    (["embed", "{tmp}/none.txt", "--out", "{tmp}/o.npy"], "`INPUT` '{tmp}/none.txt' does not exist. Fix: "),
+    (["embed", "{tmp}/posts.txt", "--out", "{tmp}/o"], "`--out` must end in one of ('.npy', '.parquet'). "
+                                                      "Given: '{tmp}/o'. Fix: "),
+    (["embed", "{tmp}/posts.txt", "--out", "{tmp}/o.npy", "--batch-size", "0"],
+     "argument --batch-size: must be an integer >= 1. Given: '0'. Fix: "),
+    (["demo", "--n", "0"], "argument --n: must be an integer >= 1. Given: '0'. Fix: "),
+    (["demo", "--queries", "-1"], "argument --queries: must be an integer >= 0. Given: '-1'. Fix: "),
+])
+def test_flag_and_path_errors_name_the_fix_before_any_work(tmp_path, capsys, no_model, argv, words):  # noqa: F811
+    (tmp_path / "posts.csv").write_text("x\n")
+    (tmp_path / "posts.txt").write_text("x\n")
+    try:
+        code = main([a.format(tmp=tmp_path) for a in argv])
+    except SystemExit as exc:  # the parser's own refusal
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2 and words.format(tmp=tmp_path) in err and err.count("\n") == 1, err

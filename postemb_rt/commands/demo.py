@@ -12,16 +12,13 @@ import time
 import numpy as np
 
 from .. import backends
+from . import at_least
 
 
 def run(args) -> int:
     from ..data import BUILTIN_POSTS, data_root, short_posts
     from ..encoder import Encoder
-    from ..errors import ValidationError
 
-    for flag, value, least in (("--n", args.n, 1), ("--queries", args.queries, 0)):
-        if value < least:
-            raise ValidationError(f"`{flag}` must be >= {least}. Given: {value}.")
     if data_root(required=False) is not None:
         texts = short_posts(args.n)
         source = f"first {len(texts)} posts of the TweetEval emoji test split" + (
@@ -52,8 +49,8 @@ def run(args) -> int:
 
 def register(sub) -> None:
     p = sub.add_parser("demo", help="embed a sample of posts and show nearest neighbours", description=__doc__)
-    p.add_argument("--n", type=int, default=2000, help="posts to embed (default: 2000)")
-    p.add_argument("--queries", type=int, default=3, help="posts to show neighbours for (default: 3)")
+    p.add_argument("--n", type=at_least(1), default=2000, help="posts to embed (default: 2000)")
+    p.add_argument("--queries", type=at_least(0), default=3, help="posts to show neighbours for (default: 3)")
     p.add_argument("--model", default="default", help="model name or directory (default: default)")
     p.add_argument("--backend", default="auto", choices=backends.CHOICES,
                    help="the runtime (default: auto: the fastest installed for this device and precision)")

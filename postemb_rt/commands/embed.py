@@ -28,7 +28,7 @@ from ..durable import check_writable
 from ..errors import ValidationError
 from ..prompts import recorded_name
 from ..quantization import PRECISIONS
-from . import add_prompt_args
+from . import add_prompt_args, at_least
 
 INT64 = (-(2 ** 63), 2 ** 63 - 1)
 
@@ -65,9 +65,11 @@ def read_posts(path: Path) -> tuple[list, list[str]]:
     """(ids, texts) from a .txt, .jsonl or .parquet file; errors name the file and line (or
     row). The ids are checked (:func:`check_ids`) here, before any model is loaded."""
     if path.suffix not in INPUTS:
-        raise ValidationError(f"`INPUT` must end in one of {INPUTS}. Given: {str(path)!r}.")
+        raise ValidationError(f"`INPUT` must end in one of {INPUTS}. Given: {str(path)!r}. Fix: name the posts' "
+                              "file by its format (a CSV: write it as .jsonl or .parquet).")
     if not path.exists():
-        raise FileNotFoundError(f"`INPUT` {str(path)!r} does not exist.")
+        raise FileNotFoundError(f"`INPUT` {str(path)!r} does not exist. Fix: check the path (relative paths start "
+                                "at the current folder).")
     if path.is_dir():
         raise ValidationError(f"`INPUT` {str(path)!r} is a folder. Fix: name a file (a folder of Parquet or JSONL "
                               "files is `postemb backfill`'s input).")
@@ -178,7 +180,8 @@ def run(args) -> int:
 
     inp, out = Path(args.input), Path(args.out)
     if out.suffix not in OUTPUTS:
-        raise ValidationError(f"`--out` must end in one of {OUTPUTS}. Given: {args.out!r}.")
+        raise ValidationError(f"`--out` must end in one of {OUTPUTS}. Given: {args.out!r}. Fix: add .npy (an array "
+                              "in input order) or .parquet (with ids and the vector version).")
     if args.quantize != "float32" and out.suffix != ".npy":
         raise ValidationError(
             f"`--quantize {args.quantize}` needs a .npy `--out` (the quantized dtype is kept there); .parquet holds "
@@ -248,7 +251,7 @@ def register(sub) -> None:
     p.add_argument("--truncate-dim", type=int, default=None,
                    help="a nested prefix the model declares (its matryoshka_dims, e.g. 32, 16 or 8 for default): the "
                         "first K components re-normalised; the vector version gets '@K' (default: the full dim)")
-    p.add_argument("--batch-size", type=int, default=64, help="posts per batch at most (default: 64)")
+    p.add_argument("--batch-size", type=at_least(1), default=64, help="posts per batch at most (default: 64)")
     p.add_argument("--max-length", type=int, default=None, help="tokens per post (default: the model's)")
     p.add_argument("--no-truncate", action="store_true",
                    help="fail on posts longer than max-length (with --long-posts chunk: than max_chunks windows)")
