@@ -222,6 +222,25 @@ def _cache_hint(exc: Exception) -> str:
             "~/.cache/postemb_rt). Fix: point POSTEMB_CACHE at a writable folder.")
 
 
+GLOBAL_OPTIONS = ("-v", "--verbose", "--log-format")  # options of `postemb` itself, given before the command
+
+
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``parser.parse_args(argv)``, but an option of ``postemb`` itself given after the command
+    (``postemb embed ... -v``) is refused saying where it goes, not as an unrecognized argument."""
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        given = next((i for i, a in enumerate(extra) if a.split("=")[0] in GLOBAL_OPTIONS), None)
+        if given is None:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")  # what parse_args says
+        option = extra[given].split("=")[0]
+        takes_value = option == "--log-format" and "=" not in extra[given]
+        words = extra[given:given + 2 if takes_value else given + 1]
+        parser.error(f"`{option}` is an option of `postemb` itself, given after the command. Fix: put it before the "
+                     f"command: postemb {' '.join(words)} {args.command} ...")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
@@ -229,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"postemb: error: {exc}", file=sys.stderr)
         return 2
     argv = sys.argv[1:] if argv is None else argv
-    args = parser.parse_args(argv)
+    args = _parse(parser, argv)
     if args.log_format not in ("text", "json"):
         parser.error(f"$POSTEMB_LOG_FORMAT must be 'text' or 'json'. Given: {args.log_format!r}.")
     configure_logging(args.verbose, args.log_format)

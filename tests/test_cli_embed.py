@@ -158,3 +158,16 @@ def test_flag_and_path_errors_name_the_fix_before_any_work(tmp_path, capsys, no_
         code = exc.code
     err = capsys.readouterr().err
     assert code == 2 and words.format(tmp=tmp_path) in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("option", [["-v"], ["--verbose"], ["--log-format", "json"], ["--log-format=json"]])
+def test_a_global_option_after_the_command_says_where_it_goes(tmp_path, capsys, no_model, option):  # noqa: F811
+    with pytest.raises(SystemExit) as exc:
+        main(["embed", str(tmp_path / "posts.txt"), "--out", str(tmp_path / "o.npy"), *option])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err == (
+        f"postemb: error: `{option[0].split('=')[0]}` is an option of `postemb` itself, given after the command. "
+        f"Fix: put it before the command: postemb {' '.join(option)} embed ...\n")
+    with pytest.raises(SystemExit):
+        main(["embed", str(tmp_path / "posts.txt"), "--out", str(tmp_path / "o.npy"), "--nosuch"])
+    assert "unrecognized arguments: --nosuch. Fix: see `postemb --help`." in capsys.readouterr().err  # as before
