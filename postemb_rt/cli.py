@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import re
+import select
 import signal
 import sys
 from pathlib import Path
@@ -222,6 +223,17 @@ def _cache_hint(exc: Exception) -> str:
             "~/.cache/postemb_rt). Fix: point POSTEMB_CACHE at a writable folder.")
 
 
+def _stdout_gone() -> bool:
+    """Whether stdout is a pipe whose reader has left (poll reports POLLERR), so a BrokenPipeError
+    was stdout's, not that of a socket or a child process inside the command."""
+    try:
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll (Windows), no file descriptor (a captured stdout)
+        return False
+
+
 GLOBAL_OPTIONS = ("-v", "--verbose", "--log-format")  # options of `postemb` itself, given before the command
 
 
@@ -256,10 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         code = int(args.func(args) or 0)
         sys.stdout.flush()  # a reader gone (`| head`) fails here, not in the interpreter's last flush
         return code
-    except BrokenPipeError:  # stdout's reader left: stop quietly, as a unix tool killed by SIGPIPE would
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's "Note on SIGPIPE")
-        return 128 + signal.SIGPIPE
     except (PostEmbError, OSError) as exc:  # OSError: a path that cannot be read or written, as one line
+        if isinstance(exc, BrokenPipeError) and _stdout_gone():  # `| head`: quiet, as a unix tool killed by SIGPIPE
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's "Note on SIGPIPE")
+            return 128 + signal.SIGPIPE
         message = _as_flags(_os_message(exc), parser, args.command, argv)
         line = f"postemb {args.command}: error: {message}{_cache_hint(exc)}"
         if args.log_format == "json":  # as every other line on stderr

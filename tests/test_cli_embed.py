@@ -126,7 +126,8 @@ def test_parquet_input_reads_its_text_and_id_columns_only(tmp_path, capsys):
     out = tmp_path / "o.parquet"
     assert main(["embed", str(src), "--out", str(out)]) == 0, capsys.readouterr().err
     got = pq.read_table(out)
-    assert got.column("id").to_pylist() == ["p1", "p2"] and np.asarray(got.column("embedding").to_pylist()).shape[0] == 2
+    assert got.column("id").to_pylist() == ["p1", "p2"]
+    assert np.asarray(got.column("embedding").to_pylist()).shape == (2, 50)
 
 
 def test_a_damaged_text_column_is_named_as_an_unreadable_input(tmp_path, capsys, no_model):  # noqa: F811
@@ -171,3 +172,14 @@ def test_a_global_option_after_the_command_says_where_it_goes(tmp_path, capsys, 
     with pytest.raises(SystemExit):
         main(["embed", str(tmp_path / "posts.txt"), "--out", str(tmp_path / "o.npy"), "--nosuch"])
     assert "unrecognized arguments: --nosuch. Fix: see `postemb --help`." in capsys.readouterr().err  # as before
+
+
+def test_a_broken_pipe_that_is_not_stdouts_is_an_error(capsys, monkeypatch):
+    """A BrokenPipeError of a socket or a child process inside a command is still said, with exit 2."""
+    from postemb_rt.commands import embed
+
+    def fail(args):
+        raise BrokenPipeError(32, "Broken pipe")
+    monkeypatch.setattr(embed, "run", fail)
+    assert main(["embed", "x.txt", "--out", "o.npy"]) == 2
+    assert capsys.readouterr().err.startswith("postemb embed: error: Broken pipe")
