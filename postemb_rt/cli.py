@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import os
 import re
@@ -25,6 +24,7 @@ from pathlib import Path
 
 from .commands import Parser
 from .errors import PostEmbError, ValidationError
+from .logs import configure_logging
 
 # subcommand modules, in the order `postemb --help` lists them
 COMMANDS = ["postemb_rt.commands.embed", "postemb_rt.commands.demo", "postemb_rt.commands.train",
@@ -115,29 +115,6 @@ def _env_value(action: argparse.Action, var: str, raw: str):
     if action.nargs in ("+", "*") or isinstance(action, argparse._AppendAction):
         return [one(part) for part in env_items(raw)]  # (env_list flags split it themselves, by env_items)
     return one(raw)
-
-
-class JsonFormatter(logging.Formatter):
-    """One JSON object per log line (``--log-format json``): time, level, logger, message."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out = {"time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S%z"), "level": record.levelname,
-               "logger": record.name, "message": record.getMessage()}
-        if record.exc_info:
-            out["exception"] = self.formatException(record.exc_info)
-        return json.dumps(out, ensure_ascii=False)
-
-
-def configure_logging(verbose: bool, log_format: str) -> None:
-    """One stderr handler (text or JSON) for every log line, Python's warnings included (a library's
-    ``warnings.warn``, which would print its own lines); ``verbose``: postemb_rt's INFO lines, while other
-    libraries stay at WARNING (onnxruntime's quantizer logs dozens of INFO lines on the root logger)."""
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter() if log_format == "json" else
-                         logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
-    logging.getLogger("postemb_rt").setLevel(logging.INFO if verbose else logging.NOTSET)
-    logging.captureWarnings(True)
 
 
 def _version() -> str:

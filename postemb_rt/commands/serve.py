@@ -153,6 +153,7 @@ def run(args) -> int:
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         os.environ["POSTEMB_SERVE_WORKERS"] = str(args.workers)  # /ready waits for them all
         signal.signal(signal.SIGTERM, lambda *_: None)  # see serve_app
+        from ..logs import log_config
         from ..serving.connections import configure, uvicorn_options
 
         configure(cfg)  # each worker does it again
@@ -161,8 +162,9 @@ def run(args) -> int:
               "when every worker's model is loaded)", flush=True)
         try:
             uvicorn.run("postemb_rt.serving.routes:app_from_env", factory=True, host=args.host, port=port,
-                        workers=args.workers, log_level="info" if args.verbose else "warning",
-                        access_log=args.access_log, timeout_graceful_shutdown=cfg.drain_timeout_s,
+                        workers=args.workers, log_level=None, access_log=args.access_log,
+                        log_config=log_config(args.verbose, args.log_format, args.access_log),
+                        timeout_graceful_shutdown=cfg.drain_timeout_s,
                         backlog=LISTEN_BACKLOG, **uvicorn_options())
             with open(fatal, encoding="utf-8") as f:
                 errors = f.read().split("\n")[0]
@@ -174,7 +176,7 @@ def run(args) -> int:
             return 1
         return 0
     return serve_app(create_app(cfg), args.host, args.port, cfg.drain_timeout_s, verbose=args.verbose,
-                     access_log=args.access_log, what=what)
+                     access_log=args.access_log, what=what, log_format=args.log_format)
 
 
 def listen(host: str, port: int) -> socket.socket:
@@ -198,20 +200,22 @@ def url(host: str, port: int) -> str:
 
 
 def serve_app(app, host: str, port: int, drain_timeout_s: float, verbose: bool = False, access_log: bool = False,
-              what: str = "") -> int:
+              what: str = "", log_format: str = "text") -> int:
     """Serve a ``postemb_rt.serving.routes.create_app`` app on host:port (0: a free port) until SIGTERM
-    or Ctrl-C; prints the address once listening. Returns the exit code: 0 after a drain (130 after
-    Ctrl-C's, or when a second Ctrl-C cut it short), 1 when a model failed to load."""
+    or Ctrl-C; prints the address once listening; uvicorn logs through ``logs.log_config``'s handler.
+    Returns the exit code: 0 after a drain (130 after Ctrl-C's, or when a second Ctrl-C cut it short), 1
+    when a model failed to load."""
     import uvicorn
 
-    from ..logs import dropped
+    from ..logs import dropped, log_config
     from ..serving.connections import configure, uvicorn_options
 
     cfg = app.state.models.cfg
     configure(cfg)
     sock = listen(host, port)
     host, port = sock.getsockname()[:2]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="info" if verbose else "warning", access_log=access_log,
+    logs = log_config(verbose, log_format, access_log)
+    server = uvicorn.Server(uvicorn.Config(app, log_level=None, log_config=logs, access_log=access_log,
                                            timeout_graceful_shutdown=drain_timeout_s, lifespan="on",
                                            backlog=LISTEN_BACKLOG, **uvicorn_options()))
     models = app.state.models
@@ -318,5 +322,7 @@ def register(sub) -> None:
                    help="posts longer than max_length on /embed_full (the default of its long_posts field), /embed, "
                         "/, /invocations and /similarity: truncate, or chunk (embed the whole post as windows; see "
                         "README); /v1/embeddings always truncates (default: truncate)")
-    p.add_argument("--access-log", action="store_true", help="log every request (costs throughput)")
+    p.add_argument("--access-log", action="store_true",
+                   help="one log line per request (uvicorn.access, INFO) on stderr, JSON with --log-format json; "
+                        "-v is not needed (costs throughput)")
     p.set_defaults(func=run)
