@@ -12,19 +12,19 @@ from __future__ import annotations
 
 import atexit
 import collections
-import copy
 import itertools
 import logging
 import threading
 import time
 import weakref
-from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import Future
 
 import numpy as np
 
 from . import forks
 from .batcher_args import check_options, check_timeout, token_rows
 from .errors import BatcherClosedError, BatchFailedError, DeadlineExceededError, PostEmbError, ValidationError
+from .futures import own_copy, settle
 
 log = logging.getLogger("postemb_rt")
 
@@ -233,35 +233,12 @@ class DynamicBatcher:
             if entry is None:
                 continue
             fut, squeeze = entry
-            try:
-                if status == _OK:
-                    fut.set_result(values[0] if squeeze else values)
-                elif status == _BACKEND_ERROR:
-                    fut.set_exception(_own_copy(batch_exc) if batch_exc is not None else BatchFailedError(message))
-                elif status == _DEADLINE:
-                    fut.set_exception(DeadlineExceededError(message))
-                else:
-                    fut.set_exception(BatcherClosedError(message))
-            except InvalidStateError:  # cancelled meanwhile
-                pass
-
-
-def _own_copy(exc: BaseException) -> BaseException:
-    """A copy of ``exc`` for one future: every caller of a failed batch raises its own object,
-    so threads re-raising at once never rewrite one shared ``__traceback__``. Same type, args,
-    attributes, cause and original traceback; an exception that cannot be copied becomes a
-    BatchFailedError caused by it."""
-    try:
-        new = copy.copy(exc)
-    except Exception:  # noqa: BLE001 - a constructor that does not take its own args back
-        new = None
-    if new is None or new is exc or type(new) is not type(exc):
-        new = BatchFailedError(f"{type(exc).__name__}: {exc}")
-        new.__cause__ = exc
-    else:
-        new.__cause__, new.__context__ = exc.__cause__, exc.__context__
-        new.__suppress_context__ = exc.__suppress_context__
-    return new.with_traceback(exc.__traceback__)
+            if status == _OK:
+                settle(fut, values[0] if squeeze else values)
+            elif status == _BACKEND_ERROR:
+                settle(fut, exc=own_copy(batch_exc) if batch_exc is not None else BatchFailedError(message))
+            else:
+                settle(fut, exc=(DeadlineExceededError if status == _DEADLINE else BatcherClosedError)(message))
 
 
 def _make_run(ref):

@@ -1,8 +1,50 @@
-"""Combining concurrent.futures: one Future for several (a chunked post's windows, a request's parts)."""
+"""concurrent.futures helpers for the batcher: resolving a caller's Future from the scheduler thread
+(``settle``), one exception object per caller of a failed batch (``own_copy``), and one Future for
+several (``gather``: a chunked post's windows, a request's parts)."""
 from __future__ import annotations
 
+import copy
+import logging
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
+
+from .errors import BatchFailedError
+
+log = logging.getLogger("postemb_rt")
+
+
+def settle(fut: Future, result=None, exc: BaseException | None = None) -> None:
+    """Resolve ``fut`` with ``exc`` if given, else ``result``, and never raise: a future cancelled
+    meanwhile stays cancelled, and a done-callback that raises a BaseException (concurrent.futures
+    guards callbacks against Exception only) is logged, so the caller can go on resolving the
+    other futures of its batch."""
+    try:
+        if exc is not None:
+            fut.set_exception(exc)
+        else:
+            fut.set_result(result)
+    except InvalidStateError:  # cancelled meanwhile
+        pass
+    except BaseException:  # noqa: BLE001 - a caller's done-callback; the other callers still wait
+        log.exception("postemb_rt: a done-callback of a batcher future raised; the batcher goes on")
+
+
+def own_copy(exc: BaseException) -> BaseException:
+    """A copy of ``exc`` for one future: every caller of a failed batch raises its own object,
+    so threads re-raising at once never rewrite one shared ``__traceback__``. Same type, args,
+    attributes, cause and original traceback; an exception that cannot be copied becomes a
+    BatchFailedError caused by it."""
+    try:
+        new = copy.copy(exc)
+    except Exception:  # noqa: BLE001 - a constructor that does not take its own args back
+        new = None
+    if new is None or new is exc or type(new) is not type(exc):
+        new = BatchFailedError(f"{type(exc).__name__}: {exc}")
+        new.__cause__ = exc
+    else:
+        new.__cause__, new.__context__ = exc.__cause__, exc.__context__
+        new.__suppress_context__ = exc.__suppress_context__
+    return new.with_traceback(exc.__traceback__)
 
 
 def gather(parts: list[Future], build) -> Future:

@@ -1,0 +1,44 @@
+"""The futures that DynamicBatcher.submit and Encoder.submit return, used as concurrent.futures and
+asyncio users use them: done-callbacks that raise, cancel() of a combined future, which exception
+a failed batch's callers get."""
+import threading
+
+import numpy as np
+import pytest
+
+from postemb_rt.batching import DynamicBatcher
+
+IMPLS = ["native", "serial"]
+
+
+def ones(ids, mask):
+    return np.ones((ids.shape[0], 4), np.float32)
+
+
+def exits(_fut):
+    raise SystemExit("a callback exits")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_done_callback_that_raises_does_not_strand_the_rest_of_its_batch(impl, caplog):
+    """A callback raising BaseException (SystemExit here) escapes concurrent.futures' own guard, which
+    catches Exception only; every other request of that batch must still be resolved, and the batcher
+    keeps serving."""
+    gate, entered = threading.Event(), threading.Event()
+
+    def embed(ids, mask):
+        entered.set()
+        gate.wait(30)
+        return ones(ids, mask)
+
+    with DynamicBatcher(embed, native=impl == "native", max_batch_size=8, max_wait_us=0) as b:
+        first = b.submit([[1]])
+        assert entered.wait(10)  # the model holds the first batch; the next three queue together
+        futs = [b.submit([[i + 2]]) for i in range(3)]
+        futs[0].add_done_callback(exits)
+        gate.set()
+        first.result(timeout=30)
+        for f in futs:
+            assert f.result(timeout=30).shape == (1, 4)
+        assert b.submit([[9]]).result(timeout=30).shape == (1, 4)
+    assert "a callback exits" in caplog.text
