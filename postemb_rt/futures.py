@@ -48,7 +48,8 @@ def own_copy(exc: BaseException) -> BaseException:
 
 
 def gather(parts: list[Future], build) -> Future:
-    """A Future of ``build([f.result() for f in parts])``, failing with the first part's error."""
+    """A Future of ``build([f.result() for f in parts])``, failing with the first part's error.
+    Cancelling it cancels the parts (their queued posts are dropped, as for a plain request)."""
     out: Future = Future()
     left = [len(parts)]
     lock = threading.Lock()
@@ -58,11 +59,21 @@ def gather(parts: list[Future], build) -> Future:
             left[0] -= 1
             if left[0]:
                 return
+        if out.cancelled():
+            return
         try:
-            out.set_result(build([f.result() for f in parts]))
+            result = build([f.result() for f in parts])
         except BaseException as exc:  # a part's error (deadline, closed, backend) or the combine's
-            out.set_exception(exc)
+            settle(out, exc=exc)
+        else:
+            settle(out, result)
 
+    def cancel_parts(fut: Future) -> None:
+        if fut.cancelled():
+            for f in parts:
+                f.cancel()
+
+    out.add_done_callback(cancel_parts)
     for f in parts:
         f.add_done_callback(done)
     return out

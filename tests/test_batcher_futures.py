@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from postemb_rt.batching import DynamicBatcher
+from postemb_rt.futures import gather
 
 IMPLS = ["native", "serial"]
 
@@ -42,3 +43,31 @@ def test_a_done_callback_that_raises_does_not_strand_the_rest_of_its_batch(impl,
             assert f.result(timeout=30).shape == (1, 4)
         assert b.submit([[9]]).result(timeout=30).shape == (1, 4)
     assert "a callback exits" in caplog.text
+
+
+def test_cancelling_a_combined_future_drops_its_queued_parts_quietly(caplog):
+    """Encoder.submit returns gather()'s Future in chunk mode and with truncate_dim: cancel() of it
+    (an asyncio task awaiting aencode being cancelled) must cancel the parts, so their posts leave
+    the queue uncomputed, and must log nothing when the parts finish."""
+    gate, entered = threading.Event(), threading.Event()
+    computed: list[int] = []
+
+    def embed(ids, mask):
+        entered.set()
+        gate.wait(30)
+        computed.extend(int(x) for x in ids[:, 0])
+        return ones(ids, mask)
+
+    with DynamicBatcher(embed, native=True, max_batch_size=8, max_wait_us=0) as b:
+        busy = b.submit([[1]])
+        assert entered.wait(10)
+        parts = [b.submit([[2]]), b.submit([[3]])]
+        combined = gather(parts, lambda res: np.concatenate(res))
+        assert combined.cancel()
+        assert all(p.cancelled() for p in parts)
+        gate.set()
+        busy.result(timeout=30)
+        assert b.submit([[4]]).result(timeout=30).shape == (1, 4)
+        assert b.stats()["requests_cancelled"] == 2
+    assert computed == [1, 4]
+    assert "exception calling callback" not in caplog.text and "InvalidStateError" not in caplog.text
