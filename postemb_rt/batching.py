@@ -220,6 +220,7 @@ class DynamicBatcher:
 
     # -- scheduler thread (GIL held by the binding for these calls only) ----------------
     def _run(self, input_ids, attention_mask):
+        self._batch_exc = None  # a failed batch whose callers had all cancelled left its own behind
         try:
             return self._embed(input_ids, attention_mask)
         except BaseException as exc:

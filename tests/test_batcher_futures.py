@@ -71,3 +71,27 @@ def test_cancelling_a_combined_future_drops_its_queued_parts_quietly(caplog):
         assert b.stats()["requests_cancelled"] == 2
     assert computed == [1, 4]
     assert "exception calling callback" not in caplog.text and "InvalidStateError" not in caplog.text
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_a_failed_batch_nobody_waits_for_does_not_lend_its_exception_to_a_later_one(impl):
+    """The first batch raises KeyError, but its only request was cancelled meanwhile; the second
+    batch fails on a wrong return dtype. Its caller gets that error, not the first batch's KeyError."""
+    gate, entered = threading.Event(), threading.Event()
+    calls = []
+
+    def embed(ids, mask):
+        calls.append(1)
+        if len(calls) == 1:
+            entered.set()
+            gate.wait(30)
+            raise KeyError("the first batch's error")
+        return np.ones((ids.shape[0], 4), np.float64)
+
+    with DynamicBatcher(embed, native=impl == "native", max_wait_us=0) as b:
+        first = b.submit([[1]])
+        assert entered.wait(10)
+        assert first.cancel()
+        gate.set()
+        err = b.submit([[2]]).exception(timeout=30)
+    assert not isinstance(err, KeyError) and "float32" in str(err), repr(err)
