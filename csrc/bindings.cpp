@@ -117,6 +117,10 @@ void bind_pack(py::module_& m) {
 // held; the kernel runs with the GIL released.
 std::string dtype_name(const py::array& a) { return py::str(a.dtype().attr("name")); }
 
+// float32 of native byte order, whatever the dtype object (numpy's own instance, or an equal one
+// carrying metadata, or a '=' copy): numpy's equivalence, not object identity.
+bool is_f32(const py::handle& a) { return py::isinstance<py::array_t<float>>(a); }
+
 int64_t elem_stride(const py::array& a, py::ssize_t axis, const char* arg) {
   const auto bytes = static_cast<int64_t>(a.strides(axis));
   const auto item = static_cast<int64_t>(a.itemsize());
@@ -133,8 +137,9 @@ const py::array* optional_f32(const py::object& obj, const char* arg, py::ssize_
     throw py::type_error(std::string("`") + arg + "` must be a numpy float32 array or None. Given: " +
                          std::string(py::str(py::type::of(obj).attr("__name__"))) + ".");
   const auto& a = reinterpret_cast<const py::array&>(obj);
-  if (!a.dtype().is(py::dtype::of<float>()))
-    throw std::invalid_argument(std::string("`") + arg + "` must be float32. Given: " + dtype_name(a) + ".");
+  if (!is_f32(a))  // str(dtype), not its name: a big-endian float32 reads '>f4', not 'float32'
+    throw std::invalid_argument(std::string("`") + arg + "` must be float32. Given: " +
+                                std::string(py::str(a.dtype())) + ".");
   if (a.ndim() != ndim)
     throw std::invalid_argument(std::string("`") + arg + "` must have " + std::to_string(ndim) +
                                 " dimension(s). Given: " + std::to_string(a.ndim()) + ".");
@@ -248,7 +253,7 @@ class PyDynamicBatcher {
               throw std::runtime_error("`run` must return a numpy float32 array (B, D). Given: " +
                                        std::string(py::str(py::type::of(res).attr("__name__"))) + ".");
             auto arr = py::reinterpret_borrow<py::array>(res);
-            if (!arr.dtype().is(py::dtype::of<float>()) || arr.ndim() != 2 || arr.shape(0) != v.rows)
+            if (!is_f32(arr) || arr.ndim() != 2 || arr.shape(0) != v.rows)
               throw std::runtime_error("`run` must return float32 (" + std::to_string(v.rows) +
                                        ", D). Given: " + std::string(py::str(arr.dtype())) + " " +
                                        std::string(py::str(res.attr("shape"))) + ".");

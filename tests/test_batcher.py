@@ -190,6 +190,20 @@ def test_backend_exception_fails_exactly_the_requests_of_that_batch(impl):
     assert s["batches_failed"] > 0 and s["requests_failed"] == len(poisoned)
 
 
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [np.dtype(np.float32, metadata={"source": "runtime"}),
+                                   np.dtype(np.float32).newbyteorder("=")], ids=["metadata", "native-order"])
+def test_a_float32_result_is_accepted_whatever_its_dtype_object(impl, dtype):
+    """float32 is float32: a dtype object equal to np.float32 but not numpy's own instance (one
+    carrying metadata, or a native-order copy) was refused as 'must return float32. Given: float32'."""
+    def embed(ids, mask):
+        return fake_vectors(ids, mask).view(dtype)
+
+    with make_batcher(embed, impl, max_wait_us=0) as b:
+        got = b.submit([[1, 2, 3]]).result(timeout=30)
+    assert_exact(got, fake_vectors(np.array([[1, 2, 3]]), np.ones((1, 3), np.int64)))
+
+
 def batches_when_done(futs, batches):
     for f in futs.values():
         f.exception(timeout=30)

@@ -1,4 +1,4 @@
-"""postemb_rt._C batch packing against the pure-Python fallback."""
+"""postemb_rt._C batch packing against the pure-Python fallback, and the bindings' argument checks."""
 import numpy as np
 import pytest
 
@@ -53,3 +53,14 @@ def test_bad_multiple_is_rejected():
 def test_bad_ids_are_named_not_a_pybind11_cast_error(seqs, error, match):
     with pytest.raises(error, match=match):
         native.pack_padded(seqs, 0)
+
+
+def test_pooling_takes_a_float32_weight_whatever_its_dtype_object():
+    """A float32 weight whose dtype object is not numpy's own instance (metadata) is float32 still."""
+    rng = np.random.default_rng(0)
+    hidden = rng.standard_normal((2, 3, 4), dtype=np.float32)
+    mask = np.ones((2, 3), np.int64)
+    weight = rng.standard_normal((4, 5), dtype=np.float32)
+    tagged = weight.view(np.dtype(np.float32, metadata={"source": "checkpoint"}))
+    np.testing.assert_array_equal(native._C.masked_mean_pool_l2(hidden, mask, tagged),
+                                  native._C.masked_mean_pool_l2(hidden, mask, weight))
