@@ -179,7 +179,8 @@ bool DynamicBatcher::due_locked(BatcherClock::time_point now) const {
   return now - queue_.front().enqueued >= std::chrono::microseconds(opt_.max_wait_us);
 }
 
-void DynamicBatcher::purge_locked(BatcherClock::time_point now, std::vector<Completion>& done) {
+BatcherClock::time_point DynamicBatcher::purge_locked(BatcherClock::time_point now, std::vector<Completion>& done) {
+  auto next_deadline = BatcherClock::time_point::max();
   auto keep = queue_.begin();
   for (auto it = queue_.begin(); it != queue_.end(); ++it) {
     Request& r = *it->req;
@@ -201,10 +202,12 @@ void DynamicBatcher::purge_locked(BatcherClock::time_point now, std::vector<Comp
       stats_.queued_tokens -= it->len;
       continue;
     }
+    next_deadline = std::min(next_deadline, r.deadline);
     if (keep != it) *keep = std::move(*it);
     ++keep;
   }
   queue_.erase(keep, queue_.end());
+  return next_deadline;
 }
 
 void DynamicBatcher::fail_all_locked(RequestStatus status, const std::string& message, std::vector<Completion>& done) {
@@ -396,7 +399,7 @@ void DynamicBatcher::loop() {
       std::unique_lock<std::mutex> lk(mu_);
       for (;;) {
         const auto now = BatcherClock::now();
-        purge_locked(now, done);
+        const auto next_deadline = purge_locked(now, done);
         if (closing_ && !drain_) {
           fail_all_locked(RequestStatus::kClosed, "the batcher was closed before this request was computed.", done);
           exit_after = true;
@@ -415,8 +418,10 @@ void DynamicBatcher::loop() {
           batch = form_locked();
           break;
         }
-        // Wake when the oldest post has waited max_wait_us, or earlier on submit/close.
-        cv_.wait_until(lk, queue_.front().enqueued + std::chrono::microseconds(opt_.max_wait_us));
+        // Wake when the oldest post has waited max_wait_us or a queued request's deadline passes
+        // (its caller hears of it then, not only when a batch is due), or earlier on submit/close.
+        cv_.wait_until(lk, std::min(queue_.front().enqueued + std::chrono::microseconds(opt_.max_wait_us),
+                                    next_deadline));
       }
     }
     if (!batch.posts.empty()) run_batch(batch, done);

@@ -172,7 +172,8 @@ class DynamicBatcher {
 
   void loop();
   // Under mu_: drops posts of finished/expired/cancelled requests; expired ones go to `done`.
-  void purge_locked(BatcherClock::time_point now, std::vector<Completion>& done);
+  // Returns the earliest deadline among the requests left queued (time_point::max() if none).
+  BatcherClock::time_point purge_locked(BatcherClock::time_point now, std::vector<Completion>& done);
   void fail_all_locked(RequestStatus status, const std::string& message, std::vector<Completion>& done);
   Batch form_locked();
   void run_batch(Batch& batch, std::vector<Completion>& done);

@@ -6,7 +6,7 @@ import threading
 import numpy as np
 import pytest
 
-from postemb_rt.batching import DynamicBatcher
+from postemb_rt.batching import DeadlineExceededError, DynamicBatcher
 from postemb_rt.futures import gather
 
 IMPLS = ["native", "serial"]
@@ -95,3 +95,13 @@ def test_a_failed_batch_nobody_waits_for_does_not_lend_its_exception_to_a_later_
         gate.set()
         err = b.submit([[2]]).exception(timeout=30)
     assert not isinstance(err, KeyError) and "float32" in str(err), repr(err)
+
+
+def test_a_deadline_shorter_than_max_wait_fails_when_it_passes():
+    """max_wait_us of 10 minutes (a lone post waits that long for company): a request with a 10 ms
+    deadline is reported expired when the deadline passes. The 60 s bound only catches a scheduler
+    that sleeps until the batch is due."""
+    with DynamicBatcher(ones, native=True, max_wait_us=600_000_000) as b:
+        err = b.submit([[1, 2]], timeout=0.01).exception(timeout=60)
+        assert isinstance(err, DeadlineExceededError), repr(err)
+        b.close(drain=False)

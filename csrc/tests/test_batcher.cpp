@@ -210,6 +210,20 @@ void test_overload_deadline_cancel() {
   CHECK(s.requests_rejected == 1 && s.requests_expired == 1 && s.requests_cancelled == 1, "counters");
 }
 
+// A deadline shorter than max_wait_us: the caller hears of it when it passes, not when the batch
+// would have been due (10 minutes here; the wait below is 60 s, so only a missed wake fails it).
+void test_a_deadline_is_honoured_while_the_queue_waits_for_company() {
+  Sink sink;
+  BatcherOptions opt;
+  opt.max_wait_us = 600LL * 1000 * 1000;
+  DynamicBatcher b(
+      opt, [](const BatchView& v, std::vector<float>& o, int64_t& d) { fake_model(v, o, d); }, std::ref(sink));
+  b.submit(1, {std::vector<int64_t>(3, 1)}, /*timeout_us=*/10000);
+  CHECK(sink.wait_for(1, 60000), "the expired request was not reported until its batch was due");
+  CHECK(sink.got.at(1).status == RequestStatus::kDeadlineExceeded, "1 expired");
+  b.close(false);
+}
+
 void test_a_negative_pad_id_is_refused() {
   BatcherOptions opt;
   opt.pad_id = -1;
@@ -339,6 +353,7 @@ int main() {
   test_stress();
   test_backend_errors_fail_only_their_batch();
   test_overload_deadline_cancel();
+  test_a_deadline_is_honoured_while_the_queue_waits_for_company();
   test_a_negative_pad_id_is_refused();
   test_close_while_busy();
   test_grouping_and_fairness();
