@@ -1,6 +1,7 @@
 #include "pack.h"
 
 #include <algorithm>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -13,7 +14,11 @@ int64_t packed_width(const std::vector<std::vector<int64_t>>& rows, int64_t pad_
   size_t longest = 0;
   for (const auto& r : rows) longest = std::max(longest, r.size());
   const int64_t w = static_cast<int64_t>(longest);
-  return ((w + pad_to_multiple - 1) / pad_to_multiple) * pad_to_multiple;
+  const int64_t up = w % pad_to_multiple == 0 ? 0 : pad_to_multiple - w % pad_to_multiple;
+  if (up > std::numeric_limits<int64_t>::max() - w)  // (w + multiple - 1) would wrap negative
+    throw std::invalid_argument("`pad_to_multiple` (" + std::to_string(pad_to_multiple) + ") rounds the longest row (" +
+                                std::to_string(w) + ") past int64. Fix: a small multiple such as 8 or 64.");
+  return w + up;
 }
 
 void pack_padded(const std::vector<std::vector<int64_t>>& rows, int64_t pad_id, int64_t width,

@@ -38,6 +38,8 @@ NATIVE = _C is not None
 def _pack_padded_py(seqs, pad_id: int = 0, pad_to_multiple: int = 1):
     if len(seqs) == 0:
         raise ValueError("`rows` must hold at least one row. Given: 0 rows.")
+    if pad_to_multiple < 1:  # as csrc/pack.cpp packed_width
+        raise ValueError(f"`pad_to_multiple` must be >= 1. Given: {pad_to_multiple}.")
     width = max(len(s) for s in seqs)
     width = -(-width // pad_to_multiple) * pad_to_multiple
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)

@@ -40,9 +40,20 @@ def test_non_sequence_row_names_its_index():
         native.pack_padded([[1, 2], 5], 0)
 
 
-def test_bad_multiple_is_rejected():
-    with pytest.raises(ValueError, match="`pad_to_multiple` must be >= 1. Given: 0"):
-        native.pack_padded([[1]], 0, 0)
+@pytest.mark.parametrize("pack", [native.pack_padded, native._pack_padded_py], ids=["native", "python"])
+@pytest.mark.parametrize("multiple", [0, -8])
+def test_bad_multiple_is_rejected(pack, multiple):
+    with pytest.raises(ValueError, match=f"`pad_to_multiple` must be >= 1. Given: {multiple}"):
+        pack([[1]], 0, multiple)
+
+
+def test_a_huge_multiple_does_not_wrap_to_a_negative_width():
+    """Rounding 2 up to a multiple of 2**63 - 1 computed 2 + 2**63 - 2, past int64: the width wrapped
+    negative ('negative dimensions are not allowed'). Now it is 2**63 - 1 wide, which numpy refuses
+    as too large to allocate."""
+    with pytest.raises((ValueError, MemoryError)) as err:
+        native.pack_padded([[1, 2]], 0, 2**63 - 1)
+    assert "negative" not in str(err.value)
 
 
 @pytest.mark.parametrize("seqs, error, match", [
