@@ -24,7 +24,7 @@ import numpy as np
 from . import forks
 from .batcher_args import check_options, check_timeout, token_rows
 from .errors import BatcherClosedError, BatchFailedError, DeadlineExceededError, PostEmbError, ValidationError
-from .futures import own_copy, settle
+from .futures import BatcherFuture, SchedulerThread, own_copy, settle
 
 log = logging.getLogger("postemb_rt")
 
@@ -131,6 +131,7 @@ class DynamicBatcher:
         self._pending: dict[int, tuple[Future, bool]] = {}
         self._tickets = itertools.count(1)
         self._batch_exc: BaseException | None = None
+        self._thread = SchedulerThread()  # its futures' result() refuses to wait on it
         # The callbacks hold only a weak reference to self, so dropping the last user reference
         # is never done by (nor waits for) the scheduler thread; _LIVE keeps self until close().
         ref = weakref.ref(self)
@@ -163,7 +164,7 @@ class DynamicBatcher:
         ``TypeError`` (``posts`` not a list of lists of int), immediately.
         """
         timeout_s = check_timeout(timeout)
-        fut: Future = Future()
+        fut = BatcherFuture(self._thread)
         ticket = next(self._tickets)
         self._pending[ticket] = (fut, squeeze)
         try:
@@ -220,6 +221,7 @@ class DynamicBatcher:
 
     # -- scheduler thread (GIL held by the binding for these calls only) ----------------
     def _run(self, input_ids, attention_mask):
+        self._thread.ident = threading.get_ident()
         self._batch_exc = None  # a failed batch whose callers had all cancelled left its own behind
         try:
             return self._embed(input_ids, attention_mask)
@@ -228,6 +230,7 @@ class DynamicBatcher:
             raise
 
     def _on_done(self, items) -> None:
+        self._thread.ident = threading.get_ident()
         batch_exc, self._batch_exc = self._batch_exc, None
         for ticket, status, values, message, _queue_s, _infer_s in items:
             entry = self._pending.pop(ticket, None)

@@ -13,6 +13,40 @@ from .errors import BatchFailedError
 log = logging.getLogger("postemb_rt")
 
 
+class SchedulerThread:
+    """Which thread runs a batcher's callbacks: set by the batcher from its first callback."""
+
+    __slots__ = ("ident",)
+
+    def __init__(self) -> None:
+        self.ident: int | None = None
+
+
+class BatcherFuture(Future):
+    """The concurrent.futures.Future of one batcher request. Its done-callbacks run on the batcher's
+    thread; ``result()`` or ``exception()`` there, for a request not computed yet, would wait for that
+    very thread for ever (and ``close()`` with it), so they raise RuntimeError instead."""
+
+    def __init__(self, scheduler: SchedulerThread) -> None:
+        super().__init__()
+        self._scheduler = scheduler
+
+    def result(self, timeout=None):
+        self._refuse_to_wait_for_itself("result")
+        return super().result(timeout)
+
+    def exception(self, timeout=None):
+        self._refuse_to_wait_for_itself("exception")
+        return super().exception(timeout)
+
+    def _refuse_to_wait_for_itself(self, method: str) -> None:
+        if self._scheduler.ident == threading.get_ident() and not self.done():
+            raise RuntimeError(
+                f"{method}() was called on the batcher's own thread (in a done-callback) for a request not "
+                "computed yet: it would wait for ever, as this thread is the one computing it. Fix: chain the "
+                "work with add_done_callback, or wait for the result on another thread.")
+
+
 def settle(fut: Future, result=None, exc: BaseException | None = None) -> None:
     """Resolve ``fut`` with ``exc`` if given, else ``result``, and never raise: a future cancelled
     meanwhile stays cancelled, and a done-callback that raises a BaseException (concurrent.futures

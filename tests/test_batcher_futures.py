@@ -105,3 +105,34 @@ def test_a_deadline_shorter_than_max_wait_fails_when_it_passes():
         err = b.submit([[1, 2]], timeout=0.01).exception(timeout=60)
         assert isinstance(err, DeadlineExceededError), repr(err)
         b.close(drain=False)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_waiting_inside_a_done_callback_raises_instead_of_hanging_the_batcher(impl):
+    """Done-callbacks run on the batcher's own thread; result() there on a request not computed yet
+    would wait for that very thread for ever (and close() with it). It raises RuntimeError naming
+    the fix; a future already done still answers."""
+    seen = []
+
+    def callback(fut):
+        later = b.submit([[5]])
+        try:
+            later.result(timeout=60)
+        except RuntimeError as exc:
+            seen.append(str(exc))
+        seen.append(fut.result().shape)  # done: answers at once
+
+    gate = threading.Event()
+
+    def embed(ids, mask):
+        gate.wait(30)  # the callback is attached before the first request is computed
+        return ones(ids, mask)
+
+    with DynamicBatcher(embed, native=impl == "native", max_wait_us=0) as b:
+        first = b.submit([[1]])
+        first.add_done_callback(callback)
+        gate.set()
+        first.result(timeout=60)
+        assert b.submit([[2]]).result(timeout=60).shape == (1, 4)  # still serving
+    assert len(seen) == 2 and "done-callback" in seen[0] and "add_done_callback" in seen[0], seen
+    assert seen[1] == (1, 4)
