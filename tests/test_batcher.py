@@ -38,6 +38,21 @@ def fake_vectors(ids: np.ndarray, mask: np.ndarray, dim: int = 8) -> np.ndarray:
     return v.astype(np.float32)
 
 
+class Gated:
+    """A model whose every call waits inside until ``gate`` is set (30 s at most): ``entered`` is set once
+    a call is inside, ``computed`` gets each row's first id, then ``model`` answers."""
+
+    def __init__(self, model=None):
+        self.gate, self.entered, self.computed = threading.Event(), threading.Event(), []
+        self.model = model or fake_vectors
+
+    def __call__(self, ids, mask):
+        self.entered.set()
+        self.gate.wait(30)
+        self.computed.extend(int(x) for x in ids[:, 0])
+        return self.model(ids, mask)
+
+
 class FakeBackend(Backend):
     name = "fake"
 
@@ -284,15 +299,8 @@ def test_close_while_callers_are_blocked(drain, impl):
     queued request with BatcherClosedError (none computed). No deadlock, and the scheduler
     thread is gone afterwards. Barriers are events, not sleeps."""
     before = os_threads()
-    gate, entered = threading.Event(), threading.Event()
-    computed: list[int] = []
-
-    def embed(ids, mask):
-        entered.set()
-        gate.wait(30)
-        computed.extend(int(x) for x in ids[:, 0])
-        return fake_vectors(ids, mask)
-
+    embed = Gated()
+    gate, entered, computed = embed.gate, embed.entered, embed.computed
     b = make_batcher(embed, impl, max_batch_size=2, max_wait_us=0)
     outcomes: dict[int, str] = {}
     lock = threading.Lock()

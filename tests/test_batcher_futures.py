@@ -8,6 +8,7 @@ import pytest
 
 from postemb_rt.batching import DeadlineExceededError, DynamicBatcher
 from postemb_rt.futures import gather
+from tests.test_batcher import Gated
 
 IMPLS = ["native", "serial"]
 
@@ -25,13 +26,8 @@ def test_a_done_callback_that_raises_does_not_strand_the_rest_of_its_batch(impl,
     """A callback raising BaseException (SystemExit here) escapes concurrent.futures' own guard, which
     catches Exception only; every other request of that batch must still be resolved, and the batcher
     keeps serving."""
-    gate, entered = threading.Event(), threading.Event()
-
-    def embed(ids, mask):
-        entered.set()
-        gate.wait(30)
-        return ones(ids, mask)
-
+    embed = Gated(ones)
+    gate, entered = embed.gate, embed.entered
     with DynamicBatcher(embed, native=impl == "native", max_batch_size=8, max_wait_us=0) as b:
         first = b.submit([[1]])
         assert entered.wait(10)  # the model holds the first batch; the next three queue together
@@ -49,15 +45,8 @@ def test_cancelling_a_combined_future_drops_its_queued_parts_quietly(caplog):
     """Encoder.submit returns gather()'s Future in chunk mode and with truncate_dim: cancel() of it
     (an asyncio task awaiting aencode being cancelled) must cancel the parts, so their posts leave
     the queue uncomputed, and must log nothing when the parts finish."""
-    gate, entered = threading.Event(), threading.Event()
-    computed: list[int] = []
-
-    def embed(ids, mask):
-        entered.set()
-        gate.wait(30)
-        computed.extend(int(x) for x in ids[:, 0])
-        return ones(ids, mask)
-
+    embed = Gated(ones)
+    gate, entered, computed = embed.gate, embed.entered, embed.computed
     with DynamicBatcher(embed, native=True, max_batch_size=8, max_wait_us=0) as b:
         busy = b.submit([[1]])
         assert entered.wait(10)
