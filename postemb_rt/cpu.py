@@ -22,18 +22,26 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
         return set()
 
 
+def onednn_cap(environ=None) -> str:
+    """The ISA cap oneDNN (torch's, and OpenVINO's copy) reads, upper-cased, "" when unset: its
+    variable ONEDNN_MAX_CPU_ISA, else the older name DNNL_MAX_CPU_ISA (oneDNN reads both, ONEDNN_
+    first, an empty value as unset: seen with torch 2.13's oneDNN 3.12; OpenVINO 2026.4.1's copy
+    honours DNNL_MAX_CPU_ISA too)."""
+    environ = os.environ if environ is None else environ
+    return (environ.get("ONEDNN_MAX_CPU_ISA", "").strip() or environ.get("DNNL_MAX_CPU_ISA", "").strip()).upper()
+
+
 def _native(any_of: set[str], level: str, flags: set[str] | None, environ) -> bool:
-    """The CPU has one of the flags ``any_of`` and ONEDNN_MAX_CPU_ISA does not hold oneDNN below
-    ``level`` (one of ONEDNN_ISAS)."""
+    """The CPU has one of the flags ``any_of`` and the oneDNN cap (:func:`onednn_cap`) does not
+    hold oneDNN below ``level`` (one of ONEDNN_ISAS)."""
     flags = cpu_flags() if flags is None else flags
-    cap = (os.environ if environ is None else environ).get("ONEDNN_MAX_CPU_ISA", "").strip().upper()
-    return bool(any_of & flags) and cap not in ONEDNN_ISAS[:ONEDNN_ISAS.index(level)]
+    return bool(any_of & flags) and onednn_cap(environ) not in ONEDNN_ISAS[:ONEDNN_ISAS.index(level)]
 
 
 def native_bf16(flags: set[str] | None = None, environ=None) -> bool:
     """True when bf16 matmuls run natively here: the CPU has AVX512-BF16 or AMX-BF16 and
     ONEDNN_MAX_CPU_ISA does not hold oneDNN below them (then bf16 would be emulated, slower than
-    fp32, and OpenVINO's bf16 graph does not compile)."""
+    fp32, and OpenVINO's bf16 graph does not compile; DNNL_MAX_CPU_ISA, its older name, counts too)."""
     return _native({"avx512_bf16", "amx_bf16"}, "AVX512_CORE_BF16", flags, environ)
 
 
