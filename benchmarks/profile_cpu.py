@@ -82,6 +82,14 @@ def parse_onednn_verbose(text: str) -> dict[str, tuple[int, float]]:
     return out
 
 
+def no_matmul_note(precision: str) -> str:
+    """Why the oneDNN table holds no matmul at ``precision`` (torch backend)."""
+    why = ("torch's fp32 matmuls go to MKL, not oneDNN" if precision == "fp32" else
+           "torch sends bf16 matmuls to oneDNN only from AVX-512 up; below it (an AVX2-only CPU, or "
+           "ONEDNN_MAX_CPU_ISA=AVX2) its own kernels run them")
+    return f"no oneDNN matmul ran at {precision} ({why})"
+
+
 def onednn_kernels(run) -> dict[str, tuple[int, float]]:
     """{"primitive: implementation": (calls, seconds)} of the oneDNN primitives ``run()``
     executes in this process: torch's switch for oneDNN's verbose mode around the call, its
@@ -259,7 +267,7 @@ def main(argv=None) -> None:
         for k, (calls, sec) in sorted(kernels.items(), key=lambda kv: -kv[1][1]):
             print(f"| {k} | {calls} | {sec:.2f} | {sec / wall:.0%} |")
     if not any(k.startswith("matmul:") for k in kernels):
-        print(f"no oneDNN matmul ran at {args.precision} (torch's fp32 matmuls go to MKL, not oneDNN)")
+        print(no_matmul_note(args.precision))
     if args.compile:
         backend = enc.backend
         model = backend._model

@@ -2,7 +2,8 @@
 kernel table reads oneDNN's verbose lines and captures them from this process."""
 import pytest
 
-from benchmarks.profile_cpu import median_batch, onednn_kernels, openvino_profile, parse_onednn_verbose
+from benchmarks.profile_cpu import (median_batch, no_matmul_note, onednn_kernels, openvino_profile,
+                                    parse_onednn_verbose)
 
 TEXTS = [f"post {i}: " + "word " * (i % 37) for i in range(300)]
 
@@ -46,13 +47,21 @@ def test_the_verbose_parser_sums_exec_lines_per_primitive_and_implementation():
     assert got["eltwise: jit:avx512_core_bf16"] == (1, pytest.approx(0.00025))  # the older format (no v1)
 
 
-def test_onednn_kernels_captures_the_bf16_matmul_this_process_runs_and_restores_stdout(capfd):
+def test_onednn_kernels_captures_the_linear_this_process_runs_and_restores_stdout(capfd):
+    """An mkldnn Linear runs in oneDNN on any x86 CPU (a bf16 F.linear reaches oneDNN only from
+    AVX-512 up: under ONEDNN_MAX_CPU_ISA=AVX2, as on an AVX2-only Xeon or EPYC, it ran no primitive)."""
     import torch
+    from torch.utils import mkldnn
 
-    lin = torch.nn.Linear(64, 256).to(torch.bfloat16)
-    x = torch.randn(32, 64, dtype=torch.bfloat16)
+    lin = mkldnn.to_mkldnn(torch.nn.Linear(64, 256).eval())
+    x = torch.randn(32, 64).to_mkldnn()
     got = onednn_kernels(lambda: (lin(x), lin(x)))
-    matmuls = {k: v for k, v in got.items() if k.startswith("matmul: ")}
-    assert sum(calls for calls, _ in matmuls.values()) == 2, got  # one implementation per CPU; its name varies
+    linear = {k: v for k, v in got.items() if k.startswith("inner_product: ")}
+    assert sum(calls for calls, _ in linear.values()) == 2, got  # one implementation per CPU; its name varies
     print("after")
     assert capfd.readouterr().out == "after\n"  # nothing of oneDNN's leaked, and stdout is back
+
+
+def test_an_empty_matmul_table_says_why_for_the_precision_profiled():
+    assert no_matmul_note("fp32") == "no oneDNN matmul ran at fp32 (torch's fp32 matmuls go to MKL, not oneDNN)"
+    assert "only from AVX-512 up" in no_matmul_note("bf16") and "MKL" not in no_matmul_note("bf16")
