@@ -1,6 +1,6 @@
 """Backfill throughput on Ray Data vs a single-process ``Encoder.encode`` over the same posts.
 
-    python benchmarks/bench_backfill.py [--n 20000] [--files 8] [--rounds 2] [--configs 2x1,1x2] [--out FILE.json]
+    python benchmarks/bench_backfill.py [--n 20000] [--files 8] [--rounds 2] [--configs Nx1,1xN] [--out FILE.json]
     POSTEMB_BENCH_N=200 pytest benchmarks/bench_backfill.py --benchmark-disable    # as a quick test
 
 Workload: the first ``--n`` short posts (TweetEval emoji test), written as ``--files``
@@ -10,9 +10,10 @@ Parquet files (row groups of n/files rows, one split each). In one run, interlea
 - baseline: one process, ``Encoder.from_pretrained("default")`` (loaded once, before the
   clock), reads the same files with pyarrow, ``encode``s every post (the backend's own
   threads: one per core), writes one Parquet file of embeddings;
-- backfill, per config ``WxT`` (W actors of T threads): ``postemb_rt.backfill.backfill`` into
-  a fresh output folder, on a Ray started once before the rounds (``ray.init(num_cpus=cores)``,
-  its start time reported apart). The clock covers everything a re-run pays: planning,
+- backfill, per config ``WxT`` (W actors of T threads; default ``Nx1,1xN`` for the N CPUs this
+  process may use, ``postemb_rt.cpu.usable_cpus``: the baseline's cores, so 2x1,1x2 on 2 cores):
+  ``postemb_rt.backfill.backfill`` into a fresh output folder, on a Ray started once before the
+  rounds (``ray.init(num_cpus=N)``, its start time reported apart). The clock covers everything a re-run pays: planning,
   actor start and model load, inference, writes, commits.
 
 Prints one line per measurement, then the medians and backfill/baseline; target >= 0.85.
@@ -35,6 +36,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.compare import cpu_name  # noqa: E402
 
 TARGET = 0.85
+
+
+def default_configs(cpus: int) -> str:
+    """``Nx1,1xN``: every CPU the baseline uses, as N one-thread actors and as one N-thread actor."""
+    return f"{cpus}x1" if cpus == 1 else f"{cpus}x1,1x{cpus}"
+
+
+def parse_configs(text: str, cpus: int) -> list[tuple[int, int]]:
+    """[(workers, threads)] from ``--configs`` (``WxT,...``); each must fit the ``cpus`` Ray is given
+    (every actor asks Ray for T CPUs: more than it has and the pool never fills)."""
+    out = []
+    for c in text.split(","):
+        try:
+            w, t = (int(x) for x in c.strip().lower().split("x"))
+        except ValueError:
+            raise ValueError(f"`--configs` must be WORKERSxTHREADS pairs, comma-separated (e.g. 2x1,1x2). "
+                             f"Given: {text!r}.") from None
+        if w < 1 or t < 1 or w * t > cpus:
+            raise ValueError(f"`--configs` {c!r}: workers and threads must be >= 1 and workers x threads at most "
+                             f"the {cpus} CPUs this process may use. Given: {text!r}. Fix: e.g. "
+                             f"{default_configs(cpus)}.")
+        out.append((w, t))
+    return out
 
 
 def write_workload(texts: list[str], folder: Path, files: int) -> list[Path]:
@@ -88,7 +112,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n", type=int, default=20_000, help="posts (default: 20000)")
     ap.add_argument("--files", type=int, default=8, help="input Parquet files = splits (default: 8)")
     ap.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default: 2)")
-    ap.add_argument("--configs", default="2x1,1x2", help="backfill configs WORKERSxTHREADS (default: 2x1,1x2)")
+    ap.add_argument("--configs", default=None, help="backfill configs WORKERSxTHREADS (default: Nx1,1xN for "
+                    "the N CPUs this process may use)")
     ap.add_argument("--backend", default="auto", help="encoder backend for both sides (default: auto)")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
@@ -98,26 +123,31 @@ def main(argv=None) -> int:
     import torch
 
     from postemb_rt import Encoder
+    from postemb_rt.cpu import usable_cpus
     from postemb_rt.data import short_posts
 
-    configs = [tuple(int(x) for x in c.split("x")) for c in args.configs.split(",")]
+    cpus = usable_cpus()
+    try:
+        configs = parse_configs(args.configs or default_configs(cpus), cpus)
+    except ValueError as e:
+        ap.error(str(e))
     texts = short_posts(args.n)
     tmp = Path(tempfile.mkdtemp(prefix="bench-backfill-"))
     paths = write_workload(texts, tmp / "posts", args.files)
     rows_per_split = -(-len(texts) // len(paths))
     load_before = os.getloadavg()
     header = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_name(),
-              "cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load_before],
+              "cpus": cpus, "machine_cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load_before],
               "posts": len(texts), "files": len(paths), "ray": ray.__version__,
               "onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "python": sys.version.split()[0]}
-    print(f"# {header['date']} | {header['cpu']} | {header['cpus']} CPUs | load {load_before[0]:.2f} "
-          f"{load_before[1]:.2f} {load_before[2]:.2f} | {len(texts)} posts in {len(paths)} files | ray {ray.__version__}",
-          flush=True)
+    print(f"# {header['date']} | {header['cpu']} | {cpus} of {os.cpu_count()} CPUs usable | load "
+          f"{load_before[0]:.2f} {load_before[1]:.2f} {load_before[2]:.2f} | {len(texts)} posts in {len(paths)} files "
+          f"| ray {ray.__version__}", flush=True)
 
     enc = Encoder.from_pretrained("default", backend=args.backend, device="cpu")
     enc.encode(texts[:64])
     t0 = time.perf_counter()
-    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, logging_level="WARNING")
+    ray.init(num_cpus=cpus, include_dashboard=False, logging_level="WARNING")
     ray_start = time.perf_counter() - t0
     print(f"ray.init: {ray_start:.1f} s (not in the backfill times); baseline: {enc.describe()['backend']}, "
           f"one process", flush=True)

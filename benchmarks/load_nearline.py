@@ -38,6 +38,7 @@ from urllib.parse import urlparse
 import numpy as np
 
 from postemb_rt import nearline
+from postemb_rt.cpu import usable_cpus
 from postemb_rt.data import SHORT_POSTS, data_root, read_lines
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -76,7 +77,7 @@ class OwnRedis:
 
 
 def start_workers(url, n, tag, args, logdir):
-    threads = args.threads or max(1, (os.cpu_count() or 2) // n)
+    threads = args.threads or max(1, usable_cpus() // n)  # a taskset mask or a cgroup quota, not the machine
     procs = []
     for i in range(n):
         cmd = [sys.executable, "-m", "postemb_rt.commands.nearline", "--redis", url, "--group", "bench",
@@ -220,7 +221,8 @@ def main(argv=None) -> int:
     p.add_argument("--rate", type=float, default=200.0, help="posts/s (default 200)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds of publishing per run (default 60)")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to run (default 1 2)")
-    p.add_argument("--threads", type=int, default=None, help="model threads per worker (default cores/workers)")
+    p.add_argument("--threads", type=int, default=None, help="model threads per worker (default: the CPUs this "
+                   "process may use / workers)")
     p.add_argument("--model", default="default")
     p.add_argument("--backend", default="auto", help="the workers' and the ceiling's backend (default auto)")
     p.add_argument("--precision", default="fp32",
@@ -262,8 +264,8 @@ def main(argv=None) -> int:
         print(json.dumps(res), flush=True)
         return res
 
-    print(f"redis {url}; {os.cpu_count()} CPUs; model {args.model} backend {args.backend} precision "
-          f"{args.precision}; worker logs in {logdir}", flush=True)
+    print(f"redis {url}; {usable_cpus()} of {os.cpu_count()} CPUs usable; model {args.model} backend {args.backend} "
+          f"precision {args.precision}; worker logs in {logdir}", flush=True)
     best = {}
     ceiling = None if args.no_ceiling else model_ceiling(texts, args)
     if ceiling:
