@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from postemb_rt.cpu import cpu_flags  # one reader of /proc/cpuinfo's flags
+from postemb_rt.cpu import cpu_flags, kernel_amx_tiles  # one reader of /proc/cpuinfo's flags
 
 PRECISIONS = ("fp32", "bf16", "int8")
 UNITS = {"fp32": "GFLOP/s", "bf16": "GFLOP/s", "int8": "GOP/s"}
@@ -469,12 +469,15 @@ def choose_clock(chain_hz: float, refs: list[dict], chain_label: str = "ALU chai
 
 
 def isa_peak(cores: int, iters: int = 500_000, repeats: int = 20, probe=None, flags: set[str] | None = None,
-             cpuinfo_mhz: float | None = None) -> dict:
+             cpuinfo_mhz: float | None = None, kernel_amx: bool | None = None) -> dict:
     """Theoretical peak per precision: cores x 512-bit instructions per cycle (measured, rounded to
     the nearest half) x LANES x 2 x clock, or with AMX (amx_bf16 / amx_int8 flags) for bf16 / int8
     cores x the documented tile OP per cycle (AMX) x clock. The clock is measured by
     isa_probe.c's dependent ALU chain and cross-checked (:func:`choose_clock`).
 
+    The tile peak needs the kernel's AMX tile state too (``kernel_amx``, default
+    postemb_rt.cpu.kernel_amx_tiles; None: unknown, the flags trusted): without it the zmm figure
+    stays the peak, its formula saying why.
     ``probe`` (default: :class:`CompiledProbe`), ``flags`` (default: /proc/cpuinfo) and
     ``cpuinfo_mhz`` (default: /proc/cpuinfo) are there for tests. Returns {"clock_hz",
     "clock_source", "clock": {chain_hz, cross_check, disagreement, references}, "cores",
@@ -484,6 +487,7 @@ def isa_peak(cores: int, iters: int = 500_000, repeats: int = 20, probe=None, fl
         raise ValueError(f"`cores` must be an int >= 1. Given: {cores!r}.")
     flags = cpu_flags() if flags is None else set(flags)
     cpuinfo_mhz = _cpuinfo_mhz() if cpuinfo_mhz is None else cpuinfo_mhz
+    kernel_amx = kernel_amx_tiles() if kernel_amx is None else kernel_amx
     out = {"cores": cores, "precisions": {}}
     if probe is None:
         try:
@@ -516,7 +520,11 @@ def isa_peak(cores: int, iters: int = 500_000, repeats: int = 20, probe=None, fl
                      "formula": f"{cores} core{s} x {per_cycle:g} zmm {name[4:]}/cycle x {LANES[p]} lanes x 2 x "
                                 f"{clock / 1e9:.2f} GHz"}
         amx_flag, per_cycle_amx, what = AMX.get(p, (None, 0, ""))
-        if amx_flag in flags:  # tiles outrun any zmm instruction: they are the peak, the zmm figure stays beside
+        if amx_flag in flags and kernel_amx is False:  # flags from a kernel (< 5.16) that cannot run tiles
+            why = f"{amx_flag} in the CPU flags, but this kernel does not enable AMX tile state: no library can use it"
+            entry = dict(entry, **{"formula" if entry["ops_per_s"] else "reason":
+                                   f"{entry.get('formula') or entry['reason']} ({why})"})
+        elif amx_flag in flags:  # tiles outrun any zmm instruction: they are the peak, the zmm figure stays beside
             zmm = entry
             entry = {"ops_per_s": cores * per_cycle_amx * clock, "per_cycle": per_cycle_amx,
                      "formula": f"{cores} core{s} x {per_cycle_amx} {p} {'FLOP' if p == 'bf16' else 'OP'}/cycle (AMX {what}) x "

@@ -54,6 +54,34 @@ def vnni512(flags: set[str] | None = None, environ=None) -> bool:
     return _native({"avx512_vnni", "amx_int8"}, "AVX512_CORE_VNNI", flags, environ)
 
 
+# arch_prctl(2) on Linux x86-64: its syscall number, the query for the XSAVE state components the
+# kernel supports (Linux >= 5.16, asm/prctl.h) and AMX tile data's component (asm/fpu/types.h).
+SYS_ARCH_PRCTL, ARCH_GET_XCOMP_SUPP, XFEATURE_XTILEDATA = 158, 0x1021, 18
+
+
+def kernel_amx_tiles(libc=None) -> bool | None:
+    """True when the kernel supports AMX tile state (arch_prctl ARCH_GET_XCOMP_SUPP lists XTILEDATA),
+    False when it does not (a kernel before 5.16 answers EINVAL, and may list the amx_* flags in
+    /proc/cpuinfo all the same: then no library can use the tiles), None where it cannot be asked
+    (not Linux x86-64). A process must also request the tiles (ARCH_REQ_XCOMP_PERM) before its
+    first tile instruction: oneDNN (torch's and OpenVINO's), MLAS and torch do that themselves,
+    so nothing here needs to. ``libc``: for tests."""
+    import ctypes
+    import platform
+    import sys
+
+    if libc is None:
+        if not sys.platform.startswith("linux") or platform.machine() not in ("x86_64", "AMD64"):
+            return None
+        libc = ctypes.CDLL(None, use_errno=True)
+    mask = ctypes.c_uint64(0)
+    try:  # syscall(2) is variadic: its arguments passed as longs, as it reads them
+        rc = libc.syscall(ctypes.c_long(SYS_ARCH_PRCTL), ctypes.c_long(ARCH_GET_XCOMP_SUPP), ctypes.byref(mask))
+    except (AttributeError, OSError):
+        return None
+    return rc == 0 and bool(mask.value >> XFEATURE_XTILEDATA & 1)
+
+
 # oneDNN verbose modes that time every primitive's execution (ONEDNN_VERBOSE, or its old name
 # DNNL_VERBOSE; comma-separated): 1, 2, all, profile, profile_exec. Measured with OpenVINO 2026.4.1:
 # with any of them set, its CPU plugin fails to compile our graph ("could not execute a primitive"

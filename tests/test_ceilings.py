@@ -138,8 +138,9 @@ class FakeCore:
         return ceil.ZMM_OPS * iters / (self.pipes * self.clock_hz)
 
 
-def fake_peak(core, flags=ZMM_FLAGS, cpuinfo_mhz=2500.0, cores=2):
-    return ceil.isa_peak(cores, iters=1000, repeats=4, probe=core, flags=flags, cpuinfo_mhz=cpuinfo_mhz)
+def fake_peak(core, flags=ZMM_FLAGS, cpuinfo_mhz=2500.0, cores=2, kernel_amx=True):
+    return ceil.isa_peak(cores, iters=1000, repeats=4, probe=core, flags=flags, cpuinfo_mhz=cpuinfo_mhz,
+                         kernel_amx=kernel_amx)
 
 
 def test_isa_peak_is_cores_x_pipes_x_lanes_x_2_x_measured_clock():
@@ -215,6 +216,18 @@ def test_amx_flags_give_the_documented_tile_peak_for_bf16_and_int8_and_keep_the_
     assert only_bf16["bf16"]["ops_per_s"] == pytest.approx(2 * 1024 * 3.0e9)
     assert only_bf16["bf16"]["zmm"]["reason"] == "no avx512_bf16 (this probe needs it)"
     assert only_bf16["int8"]["ops_per_s"] is None
+
+
+def test_amx_flags_on_a_kernel_without_tile_state_keep_the_zmm_peak_and_say_why():
+    """A kernel before 5.16 may list amx_* in /proc/cpuinfo without enabling tile state: no library
+    can use the tiles there, so the tile peak would overstate the machine 4-8x."""
+    flags = ZMM_FLAGS | {"amx_tile", "amx_bf16", "amx_int8"}
+    peak = fake_peak(FakeCore(clock_hz=3.0e9), flags=flags, kernel_amx=False)["precisions"]
+    for prec, lanes in (("bf16", 32), ("int8", 64)):
+        assert peak[prec]["ops_per_s"] == pytest.approx(2 * 2 * lanes * 2 * 3.0e9) and "zmm" not in peak[prec]
+        assert "this kernel does not enable AMX tile state" in peak[prec]["formula"]
+    only_amx = fake_peak(FakeCore(), flags={"avx512f", "amx_bf16"}, kernel_amx=False)["precisions"]["bf16"]
+    assert only_amx["ops_per_s"] is None and "this kernel does not enable AMX tile state" in only_amx["reason"]
 
 
 def test_a_probe_that_cannot_be_compiled_is_reported_not_guessed(monkeypatch):

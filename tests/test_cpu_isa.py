@@ -17,3 +17,32 @@ BF16_CPU = {"avx512f", "avx512_vnni", "avx512_bf16"}
 def test_the_onednn_cap_is_read_under_both_names_as_onednn_reads_it(env, bf16, vnni):
     assert cpu.native_bf16(BF16_CPU, env) is bf16
     assert cpu.vnni512(BF16_CPU, env) is vnni
+
+
+class FakeLibc:
+    """arch_prctl(ARCH_GET_XCOMP_SUPP) through ``syscall``: returns ``rc`` and writes ``mask``."""
+
+    def __init__(self, rc, mask=0):
+        self.rc, self.mask, self.calls = rc, mask, []
+
+    def syscall(self, number, code, out):
+        self.calls.append((number.value, code.value))
+        out._obj.value = self.mask
+        return self.rc
+
+
+@pytest.mark.parametrize("libc, want", [
+    (FakeLibc(0, 0x602e7), True),   # x87 .. AVX-512 state and XTILECFG/XTILEDATA (bits 17, 18): Linux >= 5.16 on AMX
+    (FakeLibc(0, 0xe7), False),     # a kernel that knows AMX on a CPU (or VM) without it
+    (FakeLibc(-1), False),          # EINVAL: a kernel before 5.16, which may list amx_* flags all the same
+])
+def test_kernel_amx_tiles_asks_the_kernel_for_tile_state(libc, want):
+    assert cpu.kernel_amx_tiles(libc=libc) is want
+    assert libc.calls == [(158, 0x1021)]  # SYS_arch_prctl, ARCH_GET_XCOMP_SUPP
+
+
+def test_kernel_amx_tiles_on_this_machine_agrees_with_its_flags():
+    got = cpu.kernel_amx_tiles()
+    assert got in (True, False, None)
+    if got:  # a kernel with tile state lists the flags; the flags without it mean an old kernel
+        assert "amx_tile" in cpu.cpu_flags()
