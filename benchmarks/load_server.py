@@ -171,6 +171,12 @@ def main(argv=None) -> int:
     p.add_argument("--batch-overhead-tokens", type=int, default=None, help="the server's (default: its default)")
     p.add_argument("--json", default=None, help="write the cases here")
     args = p.parse_args(argv)
+    for name in ("posts", "requests", "batch_requests"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1. Given: {getattr(args, name)}.")
+    if args.batch_clients.strip(",") and args.posts < 64:  # a batch64 request sends 64 distinct posts
+        p.error(f"--posts must be >= 64 with --batch-clients (each batch request sends 64 posts). Given: "
+                f"{args.posts}. Fix: --posts 64 or more, or --batch-clients ''.")
     host = urlsplit(args.url).hostname if args.url else "127.0.0.1"
     if host not in ("127.0.0.1", "localhost", "::1"):
         raise SystemExit(f"--url must be on loopback. Given: {args.url!r}.")
