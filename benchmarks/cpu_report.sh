@@ -25,8 +25,13 @@ step() {  # step NAME COMMAND...: run it, log it, remember a failure
     "$@" 2>&1 | grep --line-buffered -v 'it/s]$' | tee -a "$LOG" || failed+=("$name")
 }
 
+# lscpu in the C locale (its labels are translated otherwise); sockets, NUMA nodes and SMT set what the
+# thread counts mean on a server; then what the runtime reads: usable CPUs (taskset, cgroup quota), the
+# oneDNN cap, and whether the kernel enables AMX tile state (amx_* flags alone do not say).
 { echo "# CPU report, $(date -u '+%Y-%m-%d %H:%M UTC'), $(git rev-parse --short HEAD 2>/dev/null)"
-  lscpu | grep -E '^(Model name|CPU family|Model|Thread\(s\) per core|Core\(s\) per socket|Flags):'
+  LC_ALL=C lscpu | grep -E '^(Vendor ID|Model name|CPU family|Model|Stepping|CPU\(s\)|Thread\(s\) per core|'\
+'Core\(s\) per socket|Socket\(s\)|NUMA node\(s\)|Hypervisor vendor|Flags):'
+  "$PY" -m postemb_rt.cpu
   nproc; uptime; } | tee "$LOG"
 
 step gate "$PY" benchmarks/throughput_gate.py

@@ -60,7 +60,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_encode import make_encode  # noqa: E402
-from postemb_rt.cpu import cpu_flags  # noqa: E402
+from postemb_rt.cpu import PATH_FLAGS, cpu_flags, kernel_amx_tiles, usable_cpus  # noqa: E402
 from benchmarks.compare import cpu_name, measure_interleaved  # noqa: E402
 
 BASELINE = "sentence-transformers"
@@ -68,7 +68,7 @@ FLOORS = {"auto": 0.9, "fastest": 1.5, "int8": 1.5}
 # The rows as bench_encode.make_encode providers (backend:precision).
 PROVIDERS = {"auto": "auto:fp32", "fastest": "auto:auto", "int8": "auto:int8"}
 # The CPU flags that decide the fast path, shown in the table.
-SHOWN_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+SHOWN_FLAGS = PATH_FLAGS
 WARMUP_POSTS = 64
 
 
@@ -153,7 +153,8 @@ def run(n: int, rounds: int, floors: dict[str, float], model: str = "base", fast
                    min_cos_vs_baseline=float(np.sum(outs[name] * base, axis=1).min()))
     verdict["rows"]["fastest"]["why"] = why
     return {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "cpu": cpu_name(),
-            "cpus": os.cpu_count(), "flags": [f for f in SHOWN_FLAGS if f in flags],
+            "cpus": os.cpu_count(), "usable_cpus": usable_cpus(), "flags": [f for f in SHOWN_FLAGS if f in flags],
+            "amx_tiles": kernel_amx_tiles(),
             "load_start": load_start, "load_end": os.getloadavg(), "posts": n, "workload": source, "rounds": rounds,
             "threads_env": os.environ.get("POSTEMB_NUM_THREADS"),
             "baseline": {"what": what[BASELINE], "seconds": seconds[BASELINE],
@@ -163,9 +164,13 @@ def run(n: int, rounds: int, floors: dict[str, float], model: str = "base", fast
 def table(report: dict) -> list[str]:
     """The log lines: machine, date and load, then one row per measured path."""
     load = "/".join(f"{x:.2f}" for x in report["load_start"][:1] + report["load_end"][:1])
-    lines = [f"# throughput gate | {report['date']} | {report['cpu']} | {report['cpus']} CPUs | flags: "
-             f"{' '.join(report['flags']) or 'none of ' + ', '.join(SHOWN_FLAGS)} | load (1 min) before/after "
-             f"{load} | {report['posts']} {report['workload']} x {report['rounds']} interleaved rounds",
+    usable = report.get("usable_cpus", report["cpus"])
+    cpus = f"{report['cpus']} CPUs" + (f" ({usable} usable)" if usable != report["cpus"] else "")
+    flags = " ".join(report["flags"]) or "none of " + ", ".join(SHOWN_FLAGS)
+    if report.get("amx_tiles") is False and any(f.startswith("amx_") for f in report["flags"]):
+        flags += " (no AMX tile state in this kernel)"  # cpu.kernel_amx_tiles: the flags alone overstate it
+    lines = [f"# throughput gate | {report['date']} | {report['cpu']} | {cpus} | flags: {flags} | load (1 min) "
+             f"before/after {load} | {report['posts']} {report['workload']} x {report['rounds']} interleaved rounds",
              f"baseline: {report['baseline']['what']}: {report['baseline']['posts_per_s']:.0f} posts/s (median)",
              "| row | what runs | posts/s | x baseline per round | median | floor | min cos vs baseline | verdict |",
              "|---|---|---:|---|---:|---:|---:|---|"]

@@ -7,6 +7,8 @@ import math
 import os
 from pathlib import Path
 
+# The CPU flags that decide the runtime's fast paths (native bf16, OpenVINO's int8), shown in reports.
+PATH_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 # ONEDNN_MAX_CPU_ISA values, lowest first, up to the first level with native bf16 (oneDNN's order;
 # OpenVINO's copy of oneDNN honours the same variable)
 ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
@@ -170,3 +172,33 @@ def model_threads(environ=None, usable: int | None = None) -> int:
         return int(value)
     usable = usable_cpus() if usable is None else usable
     return usable if usable < (os.cpu_count() or usable) else 0
+
+
+_READ = object()
+
+
+def describe(flags: set[str] | None = None, environ=None, usable: int | None = None, machine: int | None = None,
+             quota=_READ, kernel_amx=_READ) -> list[str]:
+    """What the runtime reads of this CPU, as lines for a report (``python -m postemb_rt.cpu``):
+    the CPUs it may use, the flags that pick a path, the oneDNN cap and what it leaves native, and
+    whether the kernel enables AMX tile state. Every argument defaults to this machine's."""
+    flags = cpu_flags() if flags is None else flags
+    quota = cgroup_cpu_quota() if quota is _READ else quota
+    usable = usable_cpus() if usable is None else usable
+    machine = (os.cpu_count() or usable) if machine is None else machine
+    kernel_amx = kernel_amx_tiles() if kernel_amx is _READ else kernel_amx
+    cap = onednn_cap(environ)
+    yes = {True: "yes", False: "no"}
+    amx = {True: "yes", None: "unknown (not Linux x86-64)"}.get(kernel_amx, "no") + (
+        " (amx_* flags without it: a kernel before 5.16; no library can use tiles)"
+        if kernel_amx is False and any(f.startswith("amx_") for f in flags) else "")
+    return [f"CPUs usable: {usable} of {machine} (affinity mask"
+            + (f" and cgroup quota {quota:g} CPUs)" if quota else "; no cgroup quota)"),
+            f"flags that pick a path: {' '.join(f for f in PATH_FLAGS if f in flags) or 'none'}",
+            f"oneDNN cap: {cap or 'none'} -> native bf16 {yes[native_bf16(flags, environ)]}, OpenVINO int8 "
+            f"(AVX512-VNNI/AMX) {yes[vnni512(flags, environ)]}",
+            f"AMX tile state in this kernel: {amx}"]
+
+
+if __name__ == "__main__":
+    print("\n".join(describe()))

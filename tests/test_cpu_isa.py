@@ -46,3 +46,27 @@ def test_kernel_amx_tiles_on_this_machine_agrees_with_its_flags():
     assert got in (True, False, None)
     if got:  # a kernel with tile state lists the flags; the flags without it mean an old kernel
         assert "amx_tile" in cpu.cpu_flags()
+
+
+def test_describe_says_what_the_runtime_reads_of_this_cpu():
+    lines = cpu.describe(flags={"avx512f", "avx512_bf16", "amx_bf16", "sse2"}, environ={"DNNL_MAX_CPU_ISA": "avx2"},
+                         usable=3, machine=64, quota=2.5, kernel_amx=False)
+    assert lines == [
+        "CPUs usable: 3 of 64 (affinity mask and cgroup quota 2.5 CPUs)",
+        "flags that pick a path: avx512f avx512_bf16 amx_bf16",
+        "oneDNN cap: AVX2 -> native bf16 no, OpenVINO int8 (AVX512-VNNI/AMX) no",
+        "AMX tile state in this kernel: no (amx_* flags without it: a kernel before 5.16; no library can use tiles)",
+    ]
+    plain = cpu.describe(flags=set(), environ={}, usable=2, machine=2, quota=None, kernel_amx=None)
+    assert plain[0] == "CPUs usable: 2 of 2 (affinity mask; no cgroup quota)"
+    assert plain[1] == "flags that pick a path: none" and plain[2].startswith("oneDNN cap: none -> native bf16 no")
+    assert plain[3] == "AMX tile state in this kernel: unknown (not Linux x86-64)"
+
+
+def test_python_m_postemb_rt_cpu_prints_the_description_of_this_machine():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "postemb_rt.cpu"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].startswith("CPUs usable: ") and "AMX tile state in this kernel: " in r.stdout

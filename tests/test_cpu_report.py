@@ -34,6 +34,10 @@ def test_every_step_runs_in_order_into_one_log(tmp_path):
     r, log = _run(tmp_path, _stub(tmp_path))
     assert r.returncode == 0, r.stdout + r.stderr
     assert log.startswith("# CPU report, ") and "Model name:" in log
+    header = log.split("\n## ")[0]
+    # the topology and vendor lines an unfamiliar server needs (sockets, NUMA nodes, SMT), and the runtime's view
+    assert all(f"\n{key}:" in header for key in ("Vendor ID", "CPU(s)", "Socket(s)", "NUMA node(s)", "Flags"))
+    assert "ran: -m postemb_rt.cpu" in header  # usable CPUs, the oneDNN cap, the kernel's AMX tile state
     headers = [line.split(" (")[0][3:] for line in log.splitlines() if line.startswith("## ")]
     assert headers == STEPS
     assert "ran: benchmarks/profile_cpu.py --backend openvino --precision int8" in log

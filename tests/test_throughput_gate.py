@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from benchmarks import throughput_gate as gate
+from postemb_rt.cpu import PATH_FLAGS
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -124,3 +125,14 @@ def test_the_real_gate_fails_when_our_runtime_is_slowed(tmp_path):
     # the int8 row runs too, on the backend auto picks for int8 here, one thread like the others
     assert report["rows"]["int8"]["what"].startswith("auto:int8 -> ") and report["rows"]["int8"]["what"].endswith(", int8")
     assert "| int8 |" in r.stdout
+
+
+def test_table_says_when_fewer_cpus_are_usable_and_when_the_kernel_cannot_run_the_amx_flags():
+    verdict = gate.evaluate({"sentence-transformers": [2.0], "auto": [1.0]}, gate.FLOORS)
+    verdict["rows"]["auto"].update(what="auto", seconds=[1.0], posts_per_s=100.0, min_cos_vs_baseline=1.0)
+    report = {"date": "d", "cpu": "Fake CPU", "cpus": 64, "usable_cpus": 4, "flags": ["avx512f", "amx_bf16"],
+              "amx_tiles": False, "load_start": (0.5,), "load_end": (0.7,), "posts": 10, "workload": "w",
+              "rounds": 1, "baseline": {"what": "ST", "posts_per_s": 50.0}, **verdict}
+    head = gate.table(report)[0]
+    assert "| Fake CPU | 64 CPUs (4 usable) | flags: avx512f amx_bf16 (no AMX tile state in this kernel) |" in head
+    assert gate.SHOWN_FLAGS is PATH_FLAGS  # one list
