@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from postemb_rt.cpu import cpu_flags, kernel_amx_tiles  # one reader of /proc/cpuinfo's flags
+from postemb_rt.cpu import cpu_flags, kernel_amx_tiles, physical_cores  # one reader of /proc/cpuinfo's flags
 
 PRECISIONS = ("fp32", "bf16", "int8")
 UNITS = {"fp32": "GFLOP/s", "bf16": "GFLOP/s", "int8": "GOP/s"}
@@ -468,6 +468,14 @@ def choose_clock(chain_hz: float, refs: list[dict], chain_label: str = "ALU chai
                                                       f"({out['disagreement']})")
 
 
+def peak_cores(threads: int, physical: int | None = None) -> int:
+    """The cores :func:`isa_peak` counts for ``threads`` threads: at most the physical cores this
+    process may use (``physical``, default cpu.physical_cores; unknown: the threads), since SMT
+    siblings share one core's vector pipes and AMX unit."""
+    physical = physical_cores() if physical is None else physical
+    return min(threads, physical) if physical else threads
+
+
 def isa_peak(cores: int, iters: int = 500_000, repeats: int = 20, probe=None, flags: set[str] | None = None,
              cpuinfo_mhz: float | None = None, kernel_amx: bool | None = None) -> dict:
     """Theoretical peak per precision: cores x 512-bit instructions per cycle (measured, rounded to
@@ -566,7 +574,7 @@ def main(argv=None) -> int:
 
     threads = args.threads or torch.get_num_threads()
     meas = measure(args.m, threads, args.repeats)
-    peak = isa_peak(threads)
+    peak = isa_peak(peak_cores(threads))
     ceils = ceilings(meas)
     print(f"# matmul ceilings, M = {args.m}, {threads} threads; ISA clock: {peak['clock_source']}")
     print("\n".join(describe(ceils, meas, peak)))

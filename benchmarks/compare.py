@@ -181,7 +181,7 @@ def main(argv=None) -> int:
     workloads = [("short", short_posts(args.n))]
     if args.long:
         workloads.append(("long", long_posts(args.long)))
-    peak = ceil.isa_peak(threads)
+    peak = ceil.isa_peak(ceil.peak_cores(threads))  # SMT siblings share a core's pipes
     load_start = os.getloadavg()[0]
     print(f"# {date.today()} | {cpu_name()} | {os.cpu_count()} CPUs | load {load_start:.2f} | torch "
           f"{torch.__version__} threads {torch.get_num_threads()} | matmul ceilings: per workload, below the table "

@@ -153,6 +153,21 @@ def usable_cpus(proc_cgroup: str = "/proc/self/cgroup", cgroup_root: str = "/sys
     return max(1, min(n, math.ceil(quota))) if quota else n
 
 
+def physical_cores(cpus: set[int] | None = None, sysfs: str = "/sys/devices/system/cpu") -> int | None:
+    """The physical cores among ``cpus`` (default: this process's affinity mask): distinct (socket,
+    core id) pairs of Linux's sysfs topology, so SMT siblings count once; None where a CPU's
+    topology cannot be read."""
+    cpus = os.sched_getaffinity(0) if cpus is None else cpus
+    found = set()
+    for c in cpus:
+        topo = Path(sysfs) / f"cpu{c}" / "topology"
+        try:
+            found.add(((topo / "physical_package_id").read_text().strip(), (topo / "core_id").read_text().strip()))
+        except OSError:
+            return None
+    return len(found) or None
+
+
 def model_threads(environ=None, usable: int | None = None) -> int:
     """Intra-op threads for onnxruntime and OpenVINO: ``POSTEMB_NUM_THREADS`` when set; else, when
     this process may use fewer CPUs than the machine has (:func:`usable_cpus`), that many; else 0,

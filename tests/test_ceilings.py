@@ -230,6 +230,18 @@ def test_amx_flags_on_a_kernel_without_tile_state_keep_the_zmm_peak_and_say_why(
     assert only_amx["ops_per_s"] is None and "this kernel does not enable AMX tile state" in only_amx["reason"]
 
 
+@pytest.mark.parametrize("threads, physical, want", [(4, 2, 2), (2, 4, 2), (1, 1, 1)])
+def test_the_peak_counts_threads_on_physical_cores_only(threads, physical, want):
+    """SMT siblings share one core's vector pipes and AMX unit: 4 threads on 2 cores (a 4-vCPU VM
+    with 2 threads per core) peak as 2 cores, not 4."""
+    assert ceil.peak_cores(threads, physical) == want
+
+
+def test_with_an_unreadable_topology_the_peak_counts_the_threads(monkeypatch):
+    monkeypatch.setattr(ceil, "physical_cores", lambda: None)
+    assert ceil.peak_cores(3) == 3
+
+
 def test_a_probe_that_cannot_be_compiled_is_reported_not_guessed(monkeypatch):
     monkeypatch.setenv("CC", "false")
     peak = ceil.isa_peak(2, iters=10, repeats=1, flags=ZMM_FLAGS, cpuinfo_mhz=2500.0)

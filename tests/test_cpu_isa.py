@@ -70,3 +70,30 @@ def test_python_m_postemb_rt_cpu_prints_the_description_of_this_machine():
     r = subprocess.run([sys.executable, "-m", "postemb_rt.cpu"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0].startswith("CPUs usable: ") and "AMX tile state in this kernel: " in r.stdout
+
+
+def _topology(tmp_path, cores: dict[int, tuple[int, int]]):
+    """A fake /sys/devices/system/cpu: {cpu: (socket, core id)}."""
+    for c, (package, core) in cores.items():
+        topo = tmp_path / f"cpu{c}" / "topology"
+        topo.mkdir(parents=True)
+        (topo / "physical_package_id").write_text(f"{package}\n")
+        (topo / "core_id").write_text(f"{core}\n")
+    return str(tmp_path)
+
+
+def test_physical_cores_counts_smt_siblings_once_and_each_socket_apart(tmp_path):
+    # 2 sockets x 2 cores x 2 threads; core ids repeat on each socket, as Linux numbers them
+    sysfs = _topology(tmp_path, {0: (0, 0), 1: (0, 1), 2: (1, 0), 3: (1, 1),
+                                 4: (0, 0), 5: (0, 1), 6: (1, 0), 7: (1, 1)})
+    assert cpu.physical_cores(set(range(8)), sysfs) == 4
+    assert cpu.physical_cores({0, 4}, sysfs) == 1  # one core's two hyperthreads (taskset -c 0,4)
+    assert cpu.physical_cores({0, 2}, sysfs) == 2
+    assert cpu.physical_cores({0, 9}, sysfs) is None  # cpu9 unreadable: unknown, not a guess
+
+
+def test_physical_cores_of_this_process_are_at_most_its_cpus():
+    import os
+
+    n = cpu.physical_cores()
+    assert n is None or 1 <= n <= len(os.sched_getaffinity(0))
