@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from postemb_rt.cpu import cpu_flags, kernel_amx_tiles, physical_cores  # one reader of /proc/cpuinfo's flags
+from postemb_rt.cpu import cpu_flags, kernel_amx_tiles, model_threads, physical_cores
 
 PRECISIONS = ("fp32", "bf16", "int8")
 UNITS = {"fp32": "GFLOP/s", "bf16": "GFLOP/s", "int8": "GOP/s"}
@@ -468,6 +468,15 @@ def choose_clock(chain_hz: float, refs: list[dict], chain_label: str = "ALU chai
                                                       f"({out['disagreement']})")
 
 
+def default_threads(usable: int | None = None) -> int:
+    """The workloads' threads: the runtime's (cpu.model_threads: POSTEMB_NUM_THREADS, else the CPUs a
+    mask or cgroup quota leaves), else torch's default. torch's ignores a quota: ceilings timed on it
+    under a 4-CPU quota on a big host are throttled, below the rows."""
+    import torch
+
+    return model_threads(usable=usable) or torch.get_num_threads()
+
+
 def peak_cores(threads: int, physical: int | None = None) -> int:
     """The cores :func:`isa_peak` counts for ``threads`` threads: at most the physical cores this
     process may use (``physical``, default cpu.physical_cores; unknown: the threads), since SMT
@@ -566,13 +575,12 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--m", type=int, default=1408, help="GEMM rows (rows x padded tokens of a batch; default "
                     "1408, about a 64-post batch of short posts)")
-    ap.add_argument("--threads", type=int, default=None, help="threads (default: torch's, as the workloads)")
+    ap.add_argument("--threads", type=int, default=None, help="threads (default: the runtime's, as the workloads: "
+                    "POSTEMB_NUM_THREADS, else a CPU mask's or quota's, else torch's)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--json", type=Path, default=None, help="also write the measurement here")
     args = ap.parse_args(argv)
-    import torch
-
-    threads = args.threads or torch.get_num_threads()
+    threads = args.threads or default_threads()
     meas = measure(args.m, threads, args.repeats)
     peak = isa_peak(peak_cores(threads))
     ceils = ceilings(meas)

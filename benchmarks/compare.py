@@ -173,7 +173,7 @@ def main(argv=None) -> int:
     from postemb_rt.data import long_posts, short_posts
     from postemb_rt.fidelity import overlap_at_k
 
-    threads = int(os.environ.get("POSTEMB_NUM_THREADS") or 0) or torch.get_num_threads()
+    threads = ceil.default_threads()  # the runtime's backends' (a CPU mask or quota), else torch's
     hidden, intermediate, _ = model_dims()
     share = int8_share()
     ov_rest = PRECISION_OF_HINT[compile_config("int8")["INFERENCE_PRECISION_HINT"]]  # int8's float part

@@ -1,6 +1,7 @@
 """benchmarks/ceilings.py: the per-precision matmul ceilings, the ISA peak and the >100% guard.
 Tiny shapes only; no timing is asserted beyond "positive and finite"."""
 import math
+import os
 import shutil
 
 import numpy as np
@@ -240,6 +241,21 @@ def test_the_peak_counts_threads_on_physical_cores_only(threads, physical, want)
 def test_with_an_unreadable_topology_the_peak_counts_the_threads(monkeypatch):
     monkeypatch.setattr(ceil, "physical_cores", lambda: None)
     assert ceil.peak_cores(3) == 3
+
+
+def test_the_ceilings_run_on_the_runtimes_threads_then_torchs(monkeypatch):
+    """Under a cgroup quota (a 4-CPU pod on a 64-core host) torch's default counts the host's cores
+    while the runtime's backends use the quota's: ceilings timed on torch's, throttled, sat below the
+    rows and read as OVER CEILING."""
+    import torch
+
+    monkeypatch.setenv("POSTEMB_NUM_THREADS", "3")
+    assert ceil.default_threads(usable=1) == 3
+    monkeypatch.delenv("POSTEMB_NUM_THREADS")
+    machine = os.cpu_count()
+    if machine > 1:
+        assert ceil.default_threads(usable=1) == 1  # a mask or quota of one CPU
+    assert ceil.default_threads(usable=machine) == torch.get_num_threads()  # the whole machine: torch's
 
 
 def test_a_probe_that_cannot_be_compiled_is_reported_not_guessed(monkeypatch):
