@@ -97,3 +97,33 @@ def test_physical_cores_of_this_process_are_at_most_its_cpus():
 
     n = cpu.physical_cores()
     assert n is None or 1 <= n <= len(os.sched_getaffinity(0))
+
+
+SPR_CPUINFO = """processor\t: 0
+vendor_id\t: GenuineIntel
+cpu family\t: 6
+model\t\t: 143
+model name\t: Intel(R) Xeon(R) Platinum 8480+ @ 2.00GHz
+cpu MHz\t\t: 2000.000
+flags\t\t: fpu sse2 avx2 fma avx512f avx512dq avx512bw avx512vl avx512_vnni avx512_bf16 avx_vnni \
+amx_bf16 avx512_fp16 amx_tile amx_int8
+vmx flags\t: vnmi preemption_timer posted_intr invvpid ept_x_only
+bugs\t\t: spectre_v1 spectre_v2
+
+processor\t: 1
+flags\t\t: fpu sse2
+"""
+
+
+def test_an_intel_amx_cpuinfo_gives_the_first_cpus_flags_and_the_paths_they_open(tmp_path):
+    path = tmp_path / "cpuinfo"
+    path.write_text(SPR_CPUINFO)
+    flags = cpu.cpu_flags(str(path))
+    assert {"amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx512_fp16"} <= flags
+    assert "vnmi" not in flags and "spectre_v1" not in flags  # the vmx flags and bugs lines are not flags
+    assert cpu.native_bf16(flags, {}) and cpu.vnni512(flags, {})
+    assert cpu.describe(flags=flags, environ={}, usable=2, machine=2, quota=None, kernel_amx=True)[1:] == [
+        "flags that pick a path: avx2 avx512f avx512_vnni avx512_bf16 amx_tile amx_bf16 amx_int8",
+        "oneDNN cap: none -> native bf16 yes, OpenVINO int8 (AVX512-VNNI/AMX) yes",
+        "AMX tile state in this kernel: yes"]
+    assert cpu.cpu_flags(str(tmp_path / "absent")) == set()
