@@ -10,7 +10,8 @@ openvino backend: the CPU plugin's performance counters (``PERF_COUNT``) over th
 median batch, the model compiled at that static shape (see ``openvino_profile``), time per node
 type and per implementation: the plugin names the kernel each node ran (``brgemm_avx512_bf16`` for a bf16
 matmul on AVX512-BF16; an ``amx`` in the name for AMX tiles), so this says which instructions
-the matmuls of a precision reached on this CPU.
+the matmuls of a precision reached on this CPU. Both the torch and the openvino profile end with
+the share of the matmul time on AMX tiles (``amx_line``).
 
     python benchmarks/profile_cpu.py [--backend torch] [--precision bf16] [--n 1000] [--model base] [--compile]
     python benchmarks/profile_cpu.py --backend onnxruntime --precision int8
@@ -80,6 +81,22 @@ def parse_onednn_verbose(text: str) -> dict[str, tuple[int, float]]:
         calls, sec = out.get(key, (0, 0.0))
         out[key] = (calls + 1, sec + ms / 1e3)
     return out
+
+
+# The node types (OpenVINO) and primitives (oneDNN) that run the model's matmuls.
+MATMUL_KINDS = ("FullyConnected", "FullyConnectedQuantizedLegacy", "MatMul", "matmul", "inner_product")
+
+
+def amx_line(times: dict) -> str:
+    """The share of the matmul time spent in AMX tile kernels, from {"kind: implementation": seconds
+    or (calls, seconds)} (openvino_profile's or onednn_kernels'): OpenVINO names them
+    ``brgemm_avx512_amx_bf16`` / ``..._I8``, oneDNN ``brg_matmul:avx512_core_amx`` (an ``amx`` in each)."""
+    sec = {k: v[1] if isinstance(v, tuple) else v for k, v in times.items() if k.split(": ")[0] in MATMUL_KINDS}
+    if not sec:
+        return "matmul time on AMX tiles: no matmul kernel ran"
+    amx = sum(v for k, v in sec.items() if "amx" in k.split(": ", 1)[1].lower())
+    return (f"matmul time on AMX tiles (an `amx` in the kernel name): {amx / sum(sec.values()):.0%} of "
+            f"{sum(sec.values()) * 1e3:.1f} ms")
 
 
 def no_matmul_note(precision: str) -> str:
@@ -238,6 +255,7 @@ def main(argv=None) -> None:
               f"{nodes * 1e3:.1f} ms ({nodes / wall:.0%})")
         top = dict(sorted(impl.items(), key=lambda kv: -kv[1])[:12])
         print_shares("where (node type: implementation; top 12)", top, wall, ms=True)
+        print(amx_line(impl))
         print()
         print_shares("where (node type)", {k: v for k, v in by.items() if v >= 0.0005 * wall}, wall, ms=True)
         enc.close()
@@ -268,6 +286,8 @@ def main(argv=None) -> None:
             print(f"| {k} | {calls} | {sec:.2f} | {sec / wall:.0%} |")
     if not any(k.startswith("matmul:") for k in kernels):
         print(no_matmul_note(args.precision))
+    else:
+        print(amx_line(kernels))
     if args.compile:
         backend = enc.backend
         model = backend._model

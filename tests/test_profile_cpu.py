@@ -65,3 +65,16 @@ def test_onednn_kernels_captures_the_linear_this_process_runs_and_restores_stdou
 def test_an_empty_matmul_table_says_why_for_the_precision_profiled():
     assert no_matmul_note("fp32") == "no oneDNN matmul ran at fp32 (torch's fp32 matmuls go to MKL, not oneDNN)"
     assert "only from AVX-512 up" in no_matmul_note("bf16") and "MKL" not in no_matmul_note("bf16")
+
+
+def test_the_share_of_matmul_time_on_amx_tiles_reads_either_librarys_kernel_names():
+    from benchmarks.profile_cpu import amx_line
+
+    openvino = {"FullyConnected: brgemm_avx512_amx_bf16": 0.060, "FullyConnectedQuantizedLegacy: brgemm_avx512_amx_I8":
+                0.020, "FullyConnected: brgemm_avx512_bf16": 0.020, "Subgraph: jit_avx512_amx_bf16": 0.5,
+                "MVN: jit_avx512_f32": 0.1}
+    assert amx_line(openvino) == "matmul time on AMX tiles (an `amx` in the kernel name): 80% of 100.0 ms"
+    onednn = {"matmul: brg_matmul:avx512_core_amx": (2, 0.003), "inner_product: brgemm:avx512_core_amx": (1, 0.001),
+              "matmul: brg_matmul:avx512_core_bf16": (1, 0.004), "eltwise: jit:avx512_core": (5, 1.0)}
+    assert amx_line(onednn) == "matmul time on AMX tiles (an `amx` in the kernel name): 50% of 8.0 ms"
+    assert amx_line({"MVN: jit_avx512_f32": 0.1}) == "matmul time on AMX tiles: no matmul kernel ran"
