@@ -44,11 +44,12 @@ PASSES = {
 }
 # The tests that exercise the ISA-dependent code: every backend against the torch reference (the C++
 # pooling kernel on the path the pass forces), bf16 and the fidelity bar. The kernel's own tests
-# already run every path on this CPU (tests/kernels), so they are not repeated.
+# already run every path on this CPU (tests/kernels), so they are not repeated. tests/test_profile_cpu.py:
+# the profiler reads oneDNN's verbose lines, which name the ISA a pass holds (an AVX2-only CPU once captured none).
 # The CPU features a pass needs (it can only hold libraries below what the CPU has).
 NEEDS = {"avx2": {"avx2"}, "avx512-core": {"avx512f", "avx512bw", "avx512vl", "avx512dq"},
          "avx512-vnni": {"avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni"}}
-TESTS = ["tests/backends", "tests/test_precision.py", "tests/test_isa_emulation.py"]
+TESTS = ["tests/backends", "tests/test_precision.py", "tests/test_isa_emulation.py", "tests/test_profile_cpu.py"]
 # The VNNI pass runs only what differs from avx512-core there: the int8 tests and the pass's own checks.
 SELECT = {"avx2": ["-k", "not int8"], "avx512-core": ["-k", "not int8"], "avx512-vnni": ["-k", "int8 or pass"]}
 # Emulation artefacts, per pass: tests that fail only because the emulation is partial (none today:
