@@ -99,7 +99,8 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     on_start: called on the driver once the splits left to embed are known, before the model loads
         (``report.rows_planned``: their rows, for a progress bar's total; earlier runs' splits excluded).
     long_posts: "truncate" or "chunk" (embed whole posts; see postemb_rt.long_posts).
-    precision: "fp32" (exact), or "bf16" / "int8" on CPU (see ``Encoder.from_pretrained``).
+    precision: "fp32" (exact), "bf16" or "int8" (see ``Encoder.from_pretrained``): the workers run on CPU,
+    so "fp16" is refused, and so is "auto" (workers on different CPUs would pick different ones).
     The output's ``model_version`` column holds the vector version (the model version plus
     ``+<precision>`` / ``+chunk``); a resumed run must use the same (refused otherwise).
     id_type: "auto", "int" or "string": the one type of the output's ``id`` column, decided
@@ -142,6 +143,9 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
                               "precision for its own CPU, and one output would hold vectors of several versions. "
                               "Fix: name one precision (fp32, bf16 or int8); `Encoder.from_pretrained('MODEL', "
                               "precision='auto').describe()['precision']` says which is fastest on a node.")
+    if precision == "fp16":  # every backend refuses it on CPU, with a fix (CUDA) a backfill cannot take
+        raise ValidationError("`precision` 'fp16' is refused by backfill: its workers load the model on CPU, where "
+                              "fp16 does not run. Fix: fp32, bf16 or int8.")
     if precision not in PRECISIONS:
         raise ValidationError(f"`precision` must be one of {PRECISIONS}. Given: {precision!r}.")
     md = resolve(model)

@@ -102,9 +102,10 @@ def register(sub) -> None:
     p.add_argument("--long-posts", choices=["truncate", "chunk"], default="truncate",
                    help="posts longer than max_length: truncate, or chunk (embed them whole) (default: truncate)")
     p.add_argument("--precision", default="fp32", choices=backends.PRECISIONS,
-                   help="fp32 (exact), or on CPU bf16 / int8 (gated by measured fidelity); written into the vectors' "
-                        "model_version as +bf16 / +int8; auto is refused: workers on different CPUs would pick "
-                        "different precisions for one output (default: fp32)")
+                   help="fp32 (exact), or bf16 / int8 (gated by measured fidelity); written into the vectors' "
+                        "model_version as +bf16 / +int8. The workers run on CPU, so fp16 is refused; auto is "
+                        "refused too: workers on different CPUs would pick different precisions for one output "
+                        "(default: fp32)")
     p.add_argument("--id-type", choices=["auto", "int", "string"], default="auto",
                    help="the one type of the output's id column. auto: an existing output's; else Parquet: the id "
                         "columns' (integer and string files mixed are refused: use string); JSONL: the first id's. "

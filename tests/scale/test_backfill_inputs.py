@@ -1,7 +1,7 @@
 """``postemb backfill`` on awkward inputs and arguments: dictionary-encoded, non-text and all-null
 ``text`` columns, uint64 ids past int64, a UTF-8 byte order mark, an output inside the input or
-that cannot be created, a batch size of 0, the staging folder left behind, and columns named
-otherwise (``--id-column``, ``--text-column``). Each is checked on the planning and reading
+that cannot be created, a batch size of 0, fp16 (CPU workers), the staging folder left behind, and
+columns named otherwise (``--id-column``, ``--text-column``). Each is checked on the planning and reading
 functions, or refused before Ray starts: no test here needs Ray."""
 from __future__ import annotations
 
@@ -138,6 +138,19 @@ def test_a_batch_size_below_1_is_refused_before_any_work(tmp_path, capsys):
     assert main(["backfill", "--input", str(tmp_path / "a.parquet"), "--output", str(tmp_path / "emb"),
                  "--batch-size", "0"]) == 2
     assert "`--batch-size` must be >= 1. Given: 0." in capsys.readouterr().err
+
+
+def test_fp16_is_refused_before_any_work_as_backfill_runs_on_cpu(tmp_path, capsys):
+    """Before, the output and a staging folder were made, then the driver's warm-up failed with a fix
+    (backend='torch' on CUDA) that a backfill, whose workers load the model on CPU, cannot take."""
+    pq.write_table(pa.table({"id": [1], "text": ["a"]}), tmp_path / "a.parquet")
+    with pytest.raises(ValidationError, match=r"`precision` 'fp16' is refused by backfill: .*CPU.*Fix: fp32, bf16 "
+                                              r"or int8"):
+        bf.backfill(tmp_path / "a.parquet", tmp_path / "emb", precision="fp16")
+    assert not (tmp_path / "emb").exists()
+    assert main(["backfill", "--input", str(tmp_path / "a.parquet"), "--output", str(tmp_path / "emb"),
+                 "--precision", "fp16"]) == 2
+    assert "`--precision` 'fp16' is refused by backfill" in capsys.readouterr().err
 
 
 def test_a_finished_run_leaves_no_empty_staging_folder(tmp_path):
