@@ -31,7 +31,7 @@ name, fsync, rename, fsync of the folder), and so is the commit's rename. Reader
 ``_staging/`` and every ``_``- or ``.``-prefixed file, so they see committed files only.
 
 Paths must be visible under the same name to every Ray node (a shared file system) and
-support an atomic ``rename`` (POSIX, NFS, Lustre); object stores (S3) are not support
+support an atomic ``rename`` (POSIX, NFS, Lustre); object stores (S3) are not supported.
 
 Modules: ``plan`` (listing the input files and cutting them into splits), ``splits`` (the
 Ray actor: reading, checking and embedding one split), ``resume`` (what an output already

@@ -89,7 +89,8 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     or the names ``id_column`` and ``text_column`` give: one pair for every file; recorded in each
     ``_SUCCESS.json``, and a resume with others is refused, as with another prompt).
     output_path: a folder (created); see the module docstring for its layout.
-    num_workers: model actors (default: the cluster's CPUs // threads_per_worker, at least 1).
+    num_workers: model actors (default: the cluster's CPUs // threads_per_worker, at least 1); never
+        more than the splits left to run.
     threads_per_worker: inference threads per actor, and the CPUs each asks Ray for.
     ray_address: None starts Ray on this machine (unless already started in this process), or
         joins the cluster in $RAY_ADDRESS when that is set; "auto" or "ray://host:port" /
@@ -102,7 +103,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     precision: "fp32" (exact), "bf16" or "int8" (see ``Encoder.from_pretrained``): the workers run on CPU,
     so "fp16" is refused, and so is "auto" (workers on different CPUs would pick different ones).
     The output's ``model_version`` column holds the vector version (the model version plus
-    ``+<precision>`` / ``+chunk``); a resumed run must use the same (refused otherwise).
+    ``@<k>`` / ``+<precision>`` / ``+chunk``); a resumed run must use the same (refused otherwise).
     id_type: "auto", "int" or "string": the one type of the output's ``id`` column, decided
     before any work (see :func:`decide_id_type`), so every output loads in
     ``PostIndex.from_parquet``.
@@ -112,7 +113,8 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     with another prompt is refused.
     truncate_dim: a nested prefix the model declares (``matryoshka_dims``): each vector is its
     first ``truncate_dim`` components re-normalised, and the vector version gets ``@<k>`` (so a
-    resume at another dim is refused like one with another model). None: the full dim.
+    resume at another dim is refused like one with another model). None: the model's default
+    prefix if its config sets one (a sentence-transformers folder's ``truncate_dim``), else the full dim.
     Returns a BackfillReport; raises BackfillError after the run if some splits or commits
     failed (their files stay uncommitted, and a re-run finishes them; the rest is committed),
     e.g. on a full disk (the error says so and what to do).

@@ -115,7 +115,7 @@ def register(sub) -> None:
     p.add_argument("--truncate-dim", type=int, default=None,
                    help="a nested prefix the model declares (its matryoshka_dims, e.g. 32, 16 or 8 for default): "
                         "write the first K components re-normalised, under vector version '<model>@K' "
-                        "(default: the full dim)")
+                        "(default: the model's default prefix if its config sets one, else the full dim)")
     p.add_argument("--rows-per-split", type=int, default=10_000,
                    help="rows per unit of work (Parquet row groups are never cut) (default: 10000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -30,12 +30,12 @@ row of each id is kept). Skipped rows whose vector is not their id's first are c
 in ``conflicts``, and named in that warning: ``repeats.py``.
 
 Versions: an index records the **vector version** of its vectors (``Encoder.vector_version``:
-the model version plus ``+<precision>`` / ``+chunk`` when those change the numbers), the string
-the near-line store keys by and backfill writes in its ``model_version`` column. The vector
-version does not name the prompt (an input, like the text): ``prompt_name`` records the one the
-posts were embedded with where the source says it (a backfill output's ``_SUCCESS.json``, a ``postemb
-embed`` Parquet file's metadata, the near-line records' ``prompt_name``; ``sources.py``), "" for none,
-None when not known.
+the model version plus ``@<k>`` / ``+<precision>`` / ``+max<n>`` / ``+chunk`` when those change the
+numbers), the string the near-line store keys by and backfill writes in its ``model_version``
+column. The vector version does not name the prompt (an input, like the text): ``prompt_name``
+records the one the posts were embedded with where the source says it (a backfill output's
+``_SUCCESS.json``, a ``postemb embed`` Parquet file's metadata, the near-line records'
+``prompt_name``; ``sources.py``), "" for none, None when not known.
 
 Saved as a folder (``index.faiss``, ``ids.parquet``, ``vectors.npy`` with rescoring, ``index.json``
 recording each file's size and SHA-256), written beside the target and swapped in whole:
