@@ -49,13 +49,14 @@ def _partial_sums_kernel(
     h_ok = h < H
     h_base = hidden_ptr + row * stride_hb
     m_base = mask_ptr + row * stride_mb
-    offs_s = tl.arange(0, BLOCK_S)
+    h_off = h.to(tl.int64) * stride_hh  # int64 within a row too: a strided view's s * stride_hs
+    offs_s = tl.arange(0, BLOCK_S)      # (e.g. seq-major buffers, stride_hs = B*H) may pass 2**31
     acc = tl.zeros([BLOCK_S, BLOCK_H], dtype=tl.float32)  # reduced over S once, after the loop
     s_lo = split * S_PER_SPLIT
     for s0 in range(0, S_PER_SPLIT, BLOCK_S):
         s = s_lo + s0 + offs_s
         tok = (tl.load(m_base + s * stride_ms, mask=s < S, other=0) != 0) & (s < S)
-        x = tl.load(h_base + s[:, None] * stride_hs + h[None, :] * stride_hh,
+        x = tl.load(h_base + s.to(tl.int64)[:, None] * stride_hs + h_off[None, :],
                     mask=tok[:, None] & h_ok[None, :], other=0.0)
         acc += x.to(tl.float32)
     tl.store(ws_ptr + (row * tl.num_programs(2) + split) * H + h, tl.sum(acc, axis=0), mask=h_ok)

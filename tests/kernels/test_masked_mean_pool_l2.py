@@ -71,6 +71,22 @@ def test_non_contiguous_inputs_are_read_in_place():
     torch.testing.assert_close(out, ref, atol=TOL[torch.float32], rtol=0)
 
 
+def test_token_offsets_past_2_to_the_32_are_not_wrapped_to_int32():
+    """A token stride below 2**31 whose multiples pass 2**32 (a seq-major buffer viewed as
+    (B, S, H)): token 3 sits at element 3 * 3 * 2**29; an int32 offset wraps to 2**29 and
+    silently reads other memory. The storage is ~9.7 GB of address space, but only the touched
+    pages are ever backed (torch.empty does not write it; the kernel reads unmasked tokens only)."""
+    H, stride_s = 16, 3 * 2**29
+    storage = torch.empty(3 * stride_s + H, dtype=torch.float16, device=DEVICE)
+    hidden = storage.as_strided((1, 4, H), (0, stride_s, 1))
+    hidden[0, 0] = 1.0
+    hidden[0, 3] = torch.arange(H, dtype=torch.float16, device=DEVICE)
+    storage[2**29:2**29 + H] = -7.0  # where a wrapped offset would land
+    mask = torch.tensor([[1, 0, 0, 1]], device=DEVICE)  # tokens 1, 2 (offsets in [2**31, 2**32)) unread
+    out = masked_mean_pool_l2(hidden, mask, normalize=False).cpu()
+    torch.testing.assert_close(out[0], (1.0 + torch.arange(H, dtype=torch.float32)) / 2, atol=0, rtol=0)
+
+
 def test_long_sequence_loops_over_many_tiles():
     out, ref = run(*make_inputs(2, 8192, 384, None, dtype=torch.bfloat16))
     torch.testing.assert_close(out, ref, atol=TOL[torch.bfloat16], rtol=0)
