@@ -5,7 +5,8 @@ The model directory must hold ``model.plan`` and ``engine.json`` next to an ONNX
 exported with ``--pooling external``. Before deserializing, ``engine.json`` is checked
 against the model (version, hidden size), the installed TensorRT and this GPU's compute
 capability; any mismatch raises EngineMismatchError naming the rebuild command. Batches
-with more rows than the engine's profile are split; a padded length beyond it raises.
+with more rows than the engine's profile are split; a padded length beyond it raises; fewer
+rows or a shorter length than its minimum (``--min-shape``) are padded up to it.
 
 UNVERIFIED: written against the TensorRT 10 Python API documentation; no machine of this
 project had TensorRT when it was written. On CPU, tests/gpu runs it against a stand-in
@@ -26,6 +27,7 @@ import numpy as np
 from ..engine_meta import INPUTS, OUTPUT, EngineMeta, check_meta, check_shape, file_sha256, rebuild_hint, row_chunks
 from ..errors import BackendUnavailableError, EngineMismatchError, ValidationError
 from .base import Backend
+from .torch_cuda import fill_padded
 
 log = logging.getLogger("postemb_rt")
 INSTALL_HINT = "pip install 'postemb_rt[gpu,tensorrt]' (TensorRT 10.x, on a machine with an NVIDIA GPU)"
@@ -82,6 +84,7 @@ class TensorRTBackend(Backend):
             raise EngineMismatchError(f"`{engine_path}` is not the engine `engine.json` describes (sha256 differs). "
                                       f"Fix: {rebuild_hint(directory, meta.precision)}")
         self._max_rows, self._max_seq = meta.profile().max
+        self._min_rows, self._min_seq = meta.profile().min
         if self._max_seq < model.config.max_length:
             log.warning("engine %s serves seq <= %d, below the model's max_length %d: pass max_length=%d to "
                         "Encoder.from_pretrained or longer posts fail", engine_path, self._max_seq,
@@ -127,7 +130,7 @@ class TensorRTBackend(Backend):
         import torch
 
         rows, seq = input_ids.shape
-        check_shape(self.meta, self.model.path, seq)
+        check_shape(self.meta, self.model.path, max(seq, self._min_seq))  # shorter ones are padded
         outs = []
         with self._lock, torch.cuda.device(self._torch_device), torch.cuda.stream(self._stream):
             for a, b in row_chunks(rows, self._max_rows):
@@ -137,7 +140,14 @@ class TensorRTBackend(Backend):
         return host.numpy()
 
     def _run(self, torch, ids_np, mask_np, normalize):
-        """One chunk (b <= max rows, s in profile) through the engine on self._stream, then pooled."""
+        """One chunk (b <= max rows, s <= max seq) through the engine on self._stream, then pooled.
+        Below the profile's minimum it is padded up to it (padding never changes a real row)."""
+        rows, seq = ids_np.shape
+        if rows < self._min_rows or seq < self._min_seq:
+            shape = (max(rows, self._min_rows), max(seq, self._min_seq))
+            ids_pad, mask_pad = np.empty(shape, dtype=np.int64), np.empty(shape, dtype=np.int64)
+            fill_padded(ids_pad, mask_pad, ids_np, mask_np)
+            ids_np, mask_np = ids_pad, mask_pad
         dev = self._torch_device
         ids = torch.from_numpy(ids_np).to(dev, non_blocking=True).to(self._dtypes["input_ids"])
         mask = torch.from_numpy(mask_np).to(dev, non_blocking=True).to(self._dtypes["attention_mask"])
@@ -153,7 +163,7 @@ class TensorRTBackend(Backend):
         if not ctx.execute_async_v3(self._stream.cuda_stream):
             raise RuntimeError(f"TensorRT execute_async_v3 failed for a ({b}, {s}) batch (see the TensorRT log).")
         # The pooler runs on the same stream after the engine: reads B*S*H*itemsize bytes once.
-        return self._pool(hidden, mask, normalize=normalize)
+        return self._pool(hidden, mask, normalize=normalize)[:rows]
 
     def describe(self) -> dict:
         p = self.meta.profile()

@@ -99,11 +99,12 @@ def make(version="10.9.0", has_fp16=True, parse_ok=True, plan=b"PLAN-BYTES"):
     return trt
 
 
-def add_runtime(trt, hidden_fn):
+def add_runtime(trt, hidden_fn, profile=((1, 1), (1 << 30, 1 << 30))):
     """Give ``trt`` a Runtime whose engine writes ``hidden_fn(ids, mask)`` (numpy, float32
     (b, s, H)) to the output address on execute_async_v3: memory is host memory here (the
     backend's tensors are moved to CPU by the test), reached through ctypes like a device
-    pointer would be by TensorRT."""
+    pointer would be by TensorRT. ``set_input_shape`` refuses (returns False, as TensorRT
+    does) a shape outside ``profile`` = ((min rows, min seq), (max rows, max seq))."""
     import ctypes
 
     import numpy as np
@@ -120,6 +121,9 @@ def add_runtime(trt, hidden_fn):
             self.shapes, self.ptrs = {}, {}
 
         def set_input_shape(self, name, shape):
+            (lo_b, lo_s), (hi_b, hi_s) = profile
+            if not (lo_b <= shape[0] <= hi_b and lo_s <= shape[1] <= hi_s):
+                return False
             self.shapes[name] = tuple(shape)
             return True
 

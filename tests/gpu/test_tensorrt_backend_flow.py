@@ -24,6 +24,13 @@ pytestmark = pytest.mark.skipif("__import__('torch').cuda.is_available()",
 H, D, VOCAB = 384, 50, 1000
 
 
+def write_meta(directory, lo=(1, 1)):
+    prof = ShapeProfile(lo, (4, 8), (4, 32)).as_dict()  # at most 4 rows: larger batches are split
+    EngineMeta(precision="fp16", inputs={n: prof for n in INPUTS}, hidden_size=H, model_version="test-v1",
+               tensorrt_version="10.9.0", compute_capability="9.0", device_name="Fake H100",
+               engine_sha256=file_sha256(directory / "model.plan"), engine_bytes=4).write(directory)
+
+
 @pytest.fixture()
 def engine_dir(onnx_dir):
     import json
@@ -36,10 +43,7 @@ def engine_dir(onnx_dir):
     cfg = json.loads((onnx_dir / "postemb.json").read_text())
     (onnx_dir / "postemb.json").write_text(json.dumps({**cfg, "projection_dim": D}))
     (onnx_dir / "model.plan").write_bytes(b"PLAN")
-    prof = ShapeProfile((1, 1), (4, 8), (4, 32)).as_dict()  # at most 4 rows: larger batches are split
-    EngineMeta(precision="fp16", inputs={n: prof for n in INPUTS}, hidden_size=H, model_version="test-v1",
-               tensorrt_version="10.9.0", compute_capability="9.0", device_name="Fake H100",
-               engine_sha256=file_sha256(onnx_dir / "model.plan"), engine_bytes=4).write(onnx_dir)
+    write_meta(onnx_dir)
     return onnx_dir
 
 
@@ -50,8 +54,13 @@ def table():
 
 @pytest.fixture()
 def backend(engine_dir, table, monkeypatch):
-    """A TensorRTBackend on the stand-in engine, its tensors kept on the CPU."""
-    trt = fake_tensorrt.add_runtime(fake_tensorrt.make(), lambda ids, mask: table[ids])
+    return make_backend(engine_dir, table, monkeypatch)
+
+
+def make_backend(engine_dir, table, monkeypatch, lo=(1, 1)):
+    """A TensorRTBackend on the stand-in engine (profile min ``lo``, max 4x32), its tensors kept on the CPU."""
+    write_meta(engine_dir, lo)
+    trt = fake_tensorrt.add_runtime(fake_tensorrt.make(), lambda ids, mask: table[ids], profile=(lo, (4, 32)))
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (9, 0))
@@ -101,6 +110,17 @@ def test_seq_beyond_the_profile_raises_before_running(backend):
     with pytest.raises(EngineMismatchError, match=r"seq length 33 is outside .*seq 1..32"):
         backend.embed(ids, mask)
     assert not [c for c in backend.calls if c[0] == "execute_async_v3"]
+
+
+@pytest.mark.parametrize("rows, seq", [(1, 3), (3, 7), (6, 8), (5, 20)])
+def test_batches_below_the_profile_minimum_are_padded_up_to_it(engine_dir, table, monkeypatch, rows, seq):
+    """An engine built with --min-shape 2x8: fewer rows or a shorter padded length than that are
+    padded up to it (extra rows dropped, extra columns masked), not refused by TensorRT."""
+    be = make_backend(engine_dir, table, monkeypatch, lo=(2, 8))
+    ids, mask = batch(rows, seq)
+    assert_exact(be.embed(ids, mask), expected(be, table, ids, mask))
+    runs = [c[1:] for c in be.calls if c[0] == "execute_async_v3"]
+    assert runs == [(max(2, min(4, rows - i)), max(8, seq)) for i in range(0, rows, 4)]
 
 
 def test_describe_names_engine_profile_and_kernel(backend):
