@@ -247,9 +247,15 @@ def main(argv=None) -> int:
              f"{len(long_)} long.", ""]
     bw = copy_bandwidth_gbs()
     lines += [f"### Triton kernel vs torch composition (device copy bandwidth {bw:.0f} GB/s)", "", *kernel_rows(bw), ""]
+    printed = emit(lines, 0, args.out)  # kept even if the end-to-end part fails or the run is killed
 
     check = short[:512] + long_
-    ref = Encoder.from_pretrained("base", backend="torch", device="cpu").encode(check)
+    try:
+        ref = Encoder.from_pretrained("base", backend="torch", device="cpu").encode(check)
+    except Exception as exc:  # e.g. no base encoder here (no network): benchmarks/gpu_bundle.py brings it
+        lines += [f"End-to-end rows not run: the CPU float32 reference failed to load: {type(exc).__name__}: {exc}"]
+        emit(lines, printed, args.out)
+        return 1
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for label, make in providers(Path(tmp), not args.no_trt).items():
@@ -274,6 +280,8 @@ def main(argv=None) -> int:
             results.append(("sentence-transformers fp16 (best of batch 32, 256)", None, st_best, "baseline"))
         except ImportError:
             results.append(("sentence-transformers fp16", None, None, "not installed: pip install sentence-transformers"))
+        except Exception as exc:  # installed, but its model or CUDA failed: the rows above still count
+            results.append(("sentence-transformers fp16", None, st_best, f"failed: {type(exc).__name__}: {exc}"))
 
     lines += ["### Correctness vs CPU float32 reference and end-to-end throughput (short posts)", "",
               "| provider | min cosine | mean cosine | posts/s | x sentence-transformers fp16 | notes |",
@@ -283,11 +291,16 @@ def main(argv=None) -> int:
         c_mean = "-" if cos is None else f"{cos.mean():.6f}"
         ratio = "-" if pps is None or not st_best else f"{pps / st_best:.2f}x"
         lines.append(f"| {label} | {c_min} | {c_mean} | {'-' if pps is None else f'{pps:,.0f}'} | {ratio} | {note} |")
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    emit(lines, printed, args.out)
     return 0
+
+
+def emit(lines: list[str], printed: int, out: str | None) -> int:
+    """Print lines[printed:] and write all of ``lines`` to ``out`` (when given); returns len(lines)."""
+    print("\n".join(lines[printed:]), flush=True)
+    if out:
+        Path(out).write_text("\n".join(lines) + "\n")
+    return len(lines)
 
 
 if __name__ == "__main__":
