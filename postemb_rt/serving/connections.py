@@ -22,6 +22,10 @@ protocol class, ``loop=`` a loop factory):
   buffer past its high-water mark, nothing drained) for ``body_timeout_s`` closes the
   connection (nginx's ``send_timeout``): a crowd of clients that send requests and never
   read cannot hold every connection.
+- ``FramedH11Connection``: h11's connection, refusing a request that has both ``Content-Length`` and
+  ``Transfer-Encoding`` (h11 frames it by the latter and keeps the connection; RFC 9112 6.1 calls it a
+  request-smuggling pattern and requires the close): a 400 naming both, and the connection closed, as
+  nginx answers it.
 - ``loop_factory``: an asyncio loop that accepts at most ``ACCEPT_BATCH`` connections per
   loop turn (asyncio accepts up to the listen backlog, 2048, before any protocol runs, which
   runs past the fd limit at once), and logs "out of file descriptors" once a minute with a
@@ -152,15 +156,48 @@ def _raw_error(status: int, reason: str, code: str, message: str) -> bytes:
     return head + body
 
 
+AMBIGUOUS_FRAMING = ("The request has both Content-Length and Transfer-Encoding, two framings of its body that a "
+                     "proxy in front may read differently from this server (request smuggling, RFC 9112 6.1); the "
+                     "connection is closed. Fix: send one of them (a client library sends one by itself: look for "
+                     "a proxy or code that adds the other).")
+
+
+class FramedH11Connection(h11.Connection):
+    """h11's server connection; a request with both Content-Length and Transfer-Encoding is its
+    protocol error (uvicorn then answers 400 and closes: ``GuardedH11Protocol.send_400_response``)."""
+
+    framing_error = False
+
+    def next_event(self):
+        event = super().next_event()
+        if isinstance(event, h11.Request):
+            names = {name for name, _ in event.headers}  # h11 lower-cases them
+            if b"content-length" in names and b"transfer-encoding" in names:
+                self.framing_error = True
+                raise h11.RemoteProtocolError(AMBIGUOUS_FRAMING, error_status_hint=400)
+        return event
+
+
 class GuardedH11Protocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline on receiving each request and a cap on connections
-    (see the module docstring)."""
+    """uvicorn's h11 protocol with a deadline on receiving each request, a cap on connections and
+    unambiguous request framing (see the module docstring)."""
 
     _phase: str | None = None  # "headers", "body" or None (request received: computing or answering)
     _timer: asyncio.TimerHandle | None = None
     _send_timer: asyncio.TimerHandle | None = None  # while writing is paused (see pause_writing)
     _got_bytes = False
     _answered = False  # an answer was sent: the connection is kept alive between requests
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        size = self.config.h11_max_incomplete_event_size
+        self.conn = FramedH11Connection(h11.SERVER, h11.DEFAULT_MAX_INCOMPLETE_EVENT_SIZE if size is None else size)
+
+    def send_400_response(self, msg: str) -> None:
+        if not self.conn.framing_error:  # h11's own refusals: uvicorn's answer
+            return super().send_400_response(msg)
+        self.transport.write(_raw_error(400, "Bad Request", "ambiguous_framing", AMBIGUOUS_FRAMING))
+        self.transport.close()
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)

@@ -1,0 +1,48 @@
+"""What an operator exposing the server on a network relies on, beyond the API key rules of
+test_server.py: HTTP framing that a proxy in front cannot read another way (request smuggling), and
+header values that stay valid HTTP whatever the served model's folder is called."""
+import socket
+
+from tests.server.conftest import API_KEY, require_serve_extra
+
+require_serve_extra()
+
+BODY = b'{"input":"a"}'
+
+
+def _exchange(url: str, data: bytes, timeout: float = 10.0) -> bytes:
+    """Everything the server sends back on one connection for ``data``, until it closes it (or ``timeout``)."""
+    host, port = url.rsplit("/", 1)[1].rsplit(":", 1)
+    out = b""
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(data)
+        try:
+            while chunk := s.recv(65536):
+                out += chunk
+        except (TimeoutError, socket.timeout):
+            out += b"<still open>"
+    return out
+
+
+def test_a_request_framed_by_both_content_length_and_transfer_encoding_is_refused_and_its_connection_closed(
+        main_server):
+    """RFC 9112 6.1: such a request is a request-smuggling pattern (a proxy in front that frames it by its
+    Content-Length reads a different request than the server, which frames it by Transfer-Encoding), and
+    the server must close the connection after it. h11 framed it by Transfer-Encoding and kept the
+    connection: a request pipelined behind it was answered too. Now: a 400 naming both headers, then close."""
+    head = (f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    chunked = b"%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY)
+    out = _exchange(main_server.url, head + chunked + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+    assert out.startswith(b"HTTP/1.1 400 "), out[:300]
+    assert out.count(b"HTTP/1.1 ") == 1 and not out.endswith(b"<still open>"), out  # the pipelined one: never read
+    assert b"ambiguous_framing" in out and b"Content-Length" in out and b"Transfer-Encoding" in out, out
+    for order in (b"Transfer-Encoding: chunked\r\nContent-Length: 3\r\n",  # either order, any case
+                  b"transfer-encoding: chunked\r\ncontent-length: 3\r\n"):
+        out = _exchange(main_server.url, b"POST /health HTTP/1.1\r\nHost: x\r\n" + order + b"\r\n" + chunked)
+        assert out.startswith(b"HTTP/1.1 400 ") and b"ambiguous_framing" in out, out[:300]
+    # one of the two, as every client sends: answered, and the connection kept for the next request
+    alone = (f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\n"
+             "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    out = _exchange(main_server.url, alone + chunked + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
+    assert out.startswith(b"HTTP/1.1 200 ") and out.count(b"HTTP/1.1 200 ") == 2, out[:300]
