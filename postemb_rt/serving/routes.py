@@ -19,7 +19,8 @@ from .errors import CLIENT_CLOSED, ApiError, dumps, error_response, json_respons
 from .metrics import Metrics
 from .registry import ModelRegistry
 from .schemas import EmbedRequest, ErrorResponse, V1EmbeddingsRequest, body_doc, json_object, parse
-from .tei import COMPUTE_HEADERS, TRUNCATED_HEADER, VERSION_HEADER, check_dimensions, compute_headers
+from .tei import (COMPUTE_HEADERS, TRUNCATED_HEADER, VERSION_HEADER, check_dimensions, compute_headers,
+                  version_header)
 
 log = logging.getLogger("postemb_rt.server")
 
@@ -179,7 +180,8 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         resp = await _render({"object": "list", "data": data, "model": m.name, "vector_version": version,
                               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}, "truncated": truncated},
                              vecs.size if req.encoding_format == "float" else 0)
-        resp.headers[TRUNCATED_HEADER], resp.headers[VERSION_HEADER] = str(len(truncated)), version
+        resp.headers[TRUNCATED_HEADER] = str(len(truncated))
+        version_header(resp, version)
         compute_headers(resp, started, req.input, tokens)
         return resp
 
@@ -216,7 +218,7 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         out.update(truncated=truncated, long_posts=long_posts, **chunk_stats,
                    usage={"prompt_tokens": tokens, "total_tokens": tokens})
         resp = await _render(out, vecs.size)
-        resp.headers[VERSION_HEADER] = version
+        version_header(resp, version)
         compute_headers(resp, started, req.inputs, tokens)
         return resp
 

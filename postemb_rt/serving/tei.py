@@ -43,6 +43,7 @@ API key is our 401 (as on every route). Every answer of an embedding says in the
 (``compute_headers``).
 """
 import time
+from urllib.parse import quote
 
 from .. import __version__
 from ..encode_options import allowed_dims, truncate as truncate_rows
@@ -53,6 +54,7 @@ from .tokens import fit_chars
 
 TRUNCATED_HEADER = "X-Truncated-Inputs"  # how many inputs of the request were cut to max_length
 VERSION_HEADER = "X-Vector-Version"  # the vector version of the answer's vectors (Runtime.vector_version)
+_HEADER_SAFE = "".join(chr(c) for c in range(0x21, 0x7F) if chr(c) != "%")  # visible ASCII: as it is
 AUTO_TRUNCATE = True  # TEI's --auto-truncate: what `truncate: null` means here (as /v1/embeddings always does)
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "int8": "int8"}
 _ERRORS = {
@@ -103,6 +105,13 @@ def check_dimensions(enc, dims) -> int:
                             f"trained to embed in (matryoshka_dims). Given: {given(dims)}.", param="dimensions",
                        code="dimensions_unsupported", limit=allowed, given=dims)
     return dims
+
+
+def version_header(resp, version: str) -> None:
+    """``X-Vector-Version: version`` on ``resp``: every character outside visible ASCII (a space, a control
+    character, another script: a model folder's name starts its model_version) and ``%`` percent-encoded as
+    UTF-8, so the header is always valid HTTP (``urllib.parse.unquote`` gives the version back)."""
+    resp.headers[VERSION_HEADER] = quote(version, safe=_HEADER_SAFE)
 
 
 def compute_headers(resp, started: float, inputs: list, tokens: int) -> None:
@@ -166,7 +175,7 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
                 if dim < enc.dim:  # the prefix, re-normalised when asked (as Encoder.encode's truncate_dim)
                     vecs = truncate_rows(vecs, dim, req.normalize)
                 resp = await render(vecs, vecs.size)
-                resp.headers[VERSION_HEADER] = rt.vector_version(dim, cfg.long_posts)
+                version_header(resp, rt.vector_version(dim, cfg.long_posts))
         except ApiError as err:
             return tei_error(err)
         resp.headers[TRUNCATED_HEADER] = str(len(truncated))
@@ -200,7 +209,7 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
                     vecs = truncate_rows(vecs, rt.default_dim, True)
                 scores = vecs[1:] @ vecs[0]  # cosine: the rows are unit vectors
                 resp = await render(scores, 0)
-                resp.headers[VERSION_HEADER] = rt.vector_version(None, cfg.long_posts)  # of the vectors compared
+                version_header(resp, rt.vector_version(None, cfg.long_posts))  # of the vectors compared
         except ApiError as err:
             return tei_error(err)
         resp.headers[TRUNCATED_HEADER] = str(len(truncated))

@@ -2,6 +2,7 @@
 test_server.py: HTTP framing that a proxy in front cannot read another way (request smuggling), and
 header values that stay valid HTTP whatever the served model's folder is called."""
 import socket
+import time
 
 from tests.server.conftest import API_KEY, require_serve_extra
 
@@ -46,3 +47,47 @@ def test_a_request_framed_by_both_content_length_and_transfer_encoding_is_refuse
              "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
     out = _exchange(main_server.url, alone + chunked + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n", timeout=5)
     assert out.startswith(b"HTTP/1.1 200 ") and out.count(b"HTTP/1.1 200 ") == 2, out[:300]
+
+
+def test_a_model_folder_named_outside_ascii_gives_valid_version_headers_not_500s(tmp_path):
+    """A sentence-transformers folder's name starts its model_version, which every embedding answer carries
+    in X-Vector-Version: a folder named in another script (or holding a control character) made every
+    embedding request a 500 (Starlette encodes header values as latin-1; h11 refuses CR and LF). Now the
+    header is the version with every character outside visible ASCII (and `%`) percent-encoded as UTF-8,
+    which `urllib.parse.unquote` turns back into the body's `vector_version`."""
+    import os
+    import shutil
+    from urllib.parse import unquote
+
+    from starlette.testclient import TestClient
+
+    from postemb_rt.model_dir import resolve
+    from postemb_rt.serving.config import ServeConfig
+    from postemb_rt.serving.routes import create_app
+
+    def link_or_copy(src, dst):  # the base model's weights, not copied where the filesystem allows
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    folder = shutil.copytree(resolve("base").path, tmp_path / "模型 ✓\r\nX-Injected: 1", copy_function=link_or_copy)
+    app = create_app(ServeConfig(model=str(folder), backend="torch", precision="fp32"))
+    with TestClient(app) as c:
+        deadline = time.monotonic() + 300
+        while not app.state.runtime.ready:
+            assert app.state.runtime.load_error is None and time.monotonic() < deadline, app.state.runtime.load_error
+            time.sleep(0.1)
+        version = app.state.runtime.vector_version()
+        assert version.startswith("模型 ✓\r\nX-Injected: 1-"), version
+        for path, body, key in (("/v1/embeddings", {"input": "a"}, "vector_version"),
+                                ("/embed_full", {"inputs": "a"}, "vector_version"),
+                                ("/embed", {"inputs": "a"}, None),
+                                ("/similarity", {"inputs": {"source_sentence": "a", "sentences": ["b"]}}, None)):
+            r = c.post(path, json=body)
+            assert r.status_code == 200, (path, r.text)
+            header = r.headers["x-vector-version"]
+            assert header.isascii() and header.isprintable() and " " not in header, header
+            assert "x-injected" not in r.headers and unquote(header) == version, header
+            if key:
+                assert r.json()[key] == version
