@@ -114,7 +114,10 @@ def _null_is_default(cls, value, info: ValidationInfo):
     return cls.model_fields[info.field_name].default if value is None else value
 
 
-PromptName = Optional[StrictStr]
+# a prompt or model name longer than this is no name: refused (422) before an error could echo it whole
+NAME_MAX_CHARS = 256
+PromptName = Optional[Annotated[StrictStr, Field(max_length=NAME_MAX_CHARS)]]
+ModelName = Optional[Annotated[StrictStr, Field(max_length=NAME_MAX_CHARS)]]
 MODEL_DOC = ("a served model's name (GET /v1/models) or model_version; null: the default model (the first "
              "--model); ignored by a server with one model, which serves it whatever the name")
 PROMPT_DOC = "a prompt of the model's (`prompts`), prepended to each input; null: the model's default prompt, if any"
@@ -132,7 +135,7 @@ class V1EmbeddingsRequest(BaseModel):
 
     input: Texts
     encoding_format: Literal["float", "base64"] = "float"
-    model: Optional[StrictStr] = Field(None, description=MODEL_DOC)
+    model: ModelName = Field(None, description=MODEL_DOC)
     dimensions: Dimensions = None
     user: Annotated[Any, WithJsonSchema({"type": "string"})] = None  # ignored
     embedding_type: Literal["float", "int8", "uint8", "binary", "ubinary"] = Field(
@@ -159,7 +162,7 @@ class EmbedRequest(BaseModel):
     long_posts: Optional[LongPosts] = Field(None, description="default: the server's --long-posts")
     prompt_name: PromptName = Field(None, description=PROMPT_DOC)
     truncation_direction: Literal["right", "left", "Right", "Left"] = "right"
-    model: Optional[StrictStr] = Field(None, description=MODEL_DOC)
+    model: ModelName = Field(None, description=MODEL_DOC)
     dimensions: Dimensions = None
 
     @model_validator(mode="before")

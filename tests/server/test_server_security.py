@@ -91,3 +91,17 @@ def test_a_model_folder_named_outside_ascii_gives_valid_version_headers_not_500s
             assert "x-injected" not in r.headers and unquote(header) == version, header
             if key:
                 assert r.json()[key] == version
+
+
+def test_a_prompt_or_model_name_past_256_characters_is_refused_without_echoing_it_whole(client):
+    """An unknown name is echoed in its error (to say which one): one past NAME_MAX_CHARS is no name, and is
+    refused by the schema, whose message cuts the value, so a body-sized "name" is not sent back."""
+    long = "x" * 20_000  # under the test server's max_body_bytes
+    for path, body, status in (("/v1/embeddings", {"input": "a", "prompt_name": long}, 400),
+                               ("/v1/embeddings", {"input": "a", "model": long}, 400),
+                               ("/embed", {"inputs": "a", "prompt_name": long}, 422),
+                               ("/embed_full", {"inputs": ["a"], "model": long}, 422)):
+        r = client.post(path, json=body)
+        field = "prompt_name" if "prompt_name" in body else "model"
+        assert r.status_code == status and f"`{field}`" in r.text and "256 characters" in r.text, (path, r.text)
+        assert len(r.content) < 1000, (path, len(r.content))
