@@ -13,7 +13,7 @@ best times, so each shape counts with its share of the FLOPs.
 |---|---|
 | fp32 | MKL (torch F.linear), oneDNN (torch.utils.mkldnn Linear), MLAS (onnxruntime MatMul), OpenVINO (MatMul, f32) |
 | bf16 | oneDNN (torch F.linear in bf16; torch.utils.mkldnn Linear in bf16), MLAS (onnxruntime MatMul in bf16: not implemented on CPU in onnxruntime 1.32, reported as unavailable), OpenVINO (MatMul, inference precision bf16: its own oneDNN build, AMX tiles where present; only with native bf16) |
-| int8 | MLAS (onnxruntime MatMulInteger u8 x s8 -> s32), oneDNN (torch._int_mm s8 x s8 -> s32), torch quantized.linear (x86 engine: fbgemm or oneDNN; u8 x s8 -> u8 requantized) |
+| int8 | MLAS (onnxruntime MatMulInteger u8 x s8 -> s32), oneDNN (torch._int_mm s8 x s8 -> s32), torch quantized.linear (x86 engine: fbgemm or oneDNN; u8 x s8 -> u8 requantized), OpenVINO (MatMul between FakeQuantize nodes, which it runs as an int8 FullyConnected, u8 x i8, its own oneDNN build, AMX tiles where present; only with AVX512-VNNI or AMX, as the openvino backend) |
 
 Weights are constants the library may pre-pack (ONNX initializers, mkldnn/quantized packed
 weights), as in the model. A library that cannot run a shape is listed with its error, not
@@ -149,25 +149,39 @@ def _ort_matmul(dtype_name: str):
     return make
 
 
+def _openvino_compiled(dtype_name: str, m: int, k: int, n: int, threads: int):
+    """OpenVINO's CPU plugin (its own oneDNN, AMX tiles where present) on one MatMul with a constant weight, at
+    the inference precision the openvino backend uses for ``dtype_name``; int8: the MatMul between FakeQuantize
+    nodes (the pattern of the backend's static int8 graphs), which the plugin runs as an int8 FullyConnected.
+    Returns (compiled model, feeds)."""
+    import openvino as ov
+    from openvino import opset13 as ops
+
+    from postemb_rt.backends.openvino_backend import HINTS, compile_config
+    from postemb_rt.cpu import native_bf16, vnni512
+
+    if dtype_name == "bf16" and not native_bf16():
+        raise RuntimeError("no native bf16 here (the openvino backend refuses bf16)")
+    if dtype_name == "int8" and not vnni512():
+        raise RuntimeError("no AVX512-VNNI or AMX int8 here (the openvino backend refuses int8)")
+    x = ops.parameter([m, k], ov.Type.f32, name="x")
+    a, b = x, ops.constant(_rng().standard_normal((k, n), dtype=np.float32))
+    if dtype_name == "int8":  # activations u8 (256 levels), weights i8 (255, symmetric)
+        def lim(v):
+            return ops.constant(np.float32(v))
+
+        a = ops.fake_quantize(a, lim(-4), lim(4), lim(-4), lim(4), 256)
+        b = ops.fake_quantize(b, lim(-4), lim(4), lim(-4), lim(4), 255)
+    hint = compile_config("int8")["INFERENCE_PRECISION_HINT"] if dtype_name == "int8" else HINTS[dtype_name]
+    compiled = ov.Core().compile_model(ov.Model([ops.matmul(a, b, False, False)], [x]), "CPU", {
+        "INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
+    return compiled, {0: _rng().standard_normal((m, k), dtype=np.float32)}
+
+
 def _openvino_matmul(dtype_name: str):
-    """OpenVINO's CPU plugin (its own oneDNN, AMX tiles where present) on one MatMul with a constant
-    weight, at the inference precision the openvino backend uses for ``dtype_name``."""
     def make(m, k, n, threads):
-        import openvino as ov
-        from openvino import opset13 as ops
-
-        from postemb_rt.backends.openvino_backend import HINTS
-        from postemb_rt.cpu import native_bf16
-
-        if dtype_name == "bf16" and not native_bf16():
-            raise RuntimeError("no native bf16 here (the openvino backend refuses bf16)")
-        x = ops.parameter([m, k], ov.Type.f32, name="x")
-        w = ops.constant(_rng().standard_normal((k, n), dtype=np.float32))
-        model = ov.Model([ops.matmul(x, w, False, False)], [x])
-        compiled = ov.Core().compile_model(model, "CPU", {
-            "INFERENCE_PRECISION_HINT": HINTS[dtype_name],
-            "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads})
-        req, feeds = compiled.create_infer_request(), {0: _rng().standard_normal((m, k), dtype=np.float32)}
+        compiled, feeds = _openvino_compiled(dtype_name, m, k, n, threads)
+        req = compiled.create_infer_request()
         return lambda: req.infer(feeds)
     return make
 
@@ -214,7 +228,8 @@ LIBRARIES = {
              ("openvino: MatMul bf16", _openvino_matmul("bf16"))],
     "int8": [("mlas: onnxruntime MatMulInteger", _ort_matmul_integer),
              ("onednn: torch._int_mm", _torch_int_mm),
-             ("x86 engine (fbgemm/onednn): torch quantized.linear", _torch_qlinear)],
+             ("x86 engine (fbgemm/onednn): torch quantized.linear", _torch_qlinear),
+             ("openvino: MatMul u8 x i8 (FakeQuantize)", _openvino_matmul("int8"))],
 }
 
 

@@ -106,6 +106,22 @@ def test_measure_runs_every_precision_on_tiny_shapes_and_reports_what_could_not_
     assert sum(line.startswith("- ") for line in lines) == 3
 
 
+def test_openvinos_int8_ceiling_runs_an_int8_fullyconnected_where_the_backend_offers_int8():
+    """The openvino backend's int8 graphs are MatMuls between FakeQuantize nodes; the int8 ceiling times the
+    same pattern, which the plugin must run as an int8 FullyConnected (else it measures a float matmul)."""
+    from postemb_rt.cpu import vnni512
+
+    if not vnni512():  # the backend refuses int8 here, and so does its ceiling
+        with pytest.raises(RuntimeError, match="VNNI or AMX"):
+            ceil._openvino_compiled("int8", 32, 64, 128, 1)
+        return
+    compiled, feeds = ceil._openvino_compiled("int8", 32, 64, 128, 1)
+    ops = {op.get_rt_info()["layerType"].astype(str): op.get_rt_info()["runtimePrecision"].astype(str)
+           for op in compiled.get_runtime_model().get_ordered_ops()}
+    assert ops.get("FullyConnected") in ("u8", "i8"), ops
+    assert compiled.create_infer_request().infer(feeds)[0].shape == (32, 128)
+
+
 def test_measure_rejects_bad_arguments_naming_them():
     with pytest.raises(ValueError, match=r"`threads` must be an int >= 1 .* Given: 0"):
         ceil.measure(32, threads=0)
