@@ -29,6 +29,7 @@ ABANDONED = ("this batcher was inherited through fork(): its scheduler thread st
              "DynamicBatcher here.")
 _HOLDERS: "weakref.WeakSet" = weakref.WeakSet()  # batchers and encoders: each forgets its threads in a child
 _torch_ran = False
+_torch_one_thread = False  # a forked child of a process where torch ran (torch_on_one_thread)
 
 
 class Abandoned:
@@ -61,11 +62,18 @@ def torch_ran() -> None:
     _torch_ran = True
 
 
+def torch_on_one_thread() -> bool:
+    """True in a forked child of a process where torch ran: torch must stay on the one thread it was set to."""
+    return _torch_one_thread
+
+
 def _after_fork_in_child() -> None:
+    global _torch_one_thread
     for obj in list(_HOLDERS):
         obj._after_fork_in_child()
     if _torch_ran and "torch" in sys.modules:
         sys.modules["torch"].set_num_threads(1)
+        _torch_one_thread = True
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -87,3 +87,20 @@ def test_the_backends_threads_stay_on_the_cpus_the_process_was_given(backend):
     threads, first, allowed = out.stdout.split(maxsplit=2)
     assert allowed.strip() == repr([first])
     assert threads == "1"  # describe() (and the server's /info) says so
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: torch's default is one thread already")
+def test_the_torch_backend_takes_postemb_num_threads_as_the_others_do():
+    """torch reads neither $POSTEMB_NUM_THREADS (the server's --threads) nor a cgroup quota: its default is one
+    thread per CPU of the mask, so `postemb serve --backend torch --threads 1` ran on every core."""
+    script = textwrap.dedent("""
+        import torch
+        from postemb_rt import Encoder
+        enc = Encoder.from_pretrained("base", backend="torch", device="cpu")
+        enc.encode(["a post"])
+        print(enc.describe()["threads"], torch.get_num_threads())
+    """)
+    env = {**os.environ, "POSTEMB_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1", "1"]

@@ -11,7 +11,7 @@ import logging
 import numpy as np
 import torch
 
-from .. import forks
+from .. import cpu, forks
 from ..errors import BackendUnavailableError, ValidationError
 from ..modeling import PostEmbModel
 from ..ops.masked_mean_pool_l2 import CpuPooler
@@ -34,10 +34,11 @@ class TorchBackend(Backend):
                                   f"Given: {precision!r}. Fix: fp16 is CUDA-only; int8 runs on backend='openvino' "
                                   "or 'onnxruntime'.")
         super().__init__(model, device, precision)
+        threads = cpu.model_threads()  # $POSTEMB_NUM_THREADS, or a CPU limit torch does not read (a cgroup quota)
+        if threads and not forks.torch_on_one_thread():  # torch's threads are process-wide
+            torch.set_num_threads(threads)
         self._model = PostEmbModel.from_model_dir(model)
         if precision == "bf16":
-            from .. import cpu
-
             if not cpu.native_bf16():  # the CPU's flags and ONEDNN_MAX_CPU_ISA (torch's check says True on AVX-512)
                 log.warning("precision='bf16': this CPU lacks native bf16 instructions (AVX512-BF16 or AMX), or "
                             "ONEDNN_MAX_CPU_ISA holds oneDNN below them; oneDNN emulates them, which is usually "
