@@ -8,7 +8,8 @@ from benchmarks import load_server
 
 
 @pytest.mark.parametrize("argv, match", [
-    (["--posts", "50"], r"--posts must be >= 64 with --batch-clients .* Given: 50. Fix: --posts 64 or more, or --batch-clients ''"),
+    (["--posts", "50"],
+     r"--posts must be >= 64 with --batch-clients .* Given: 50. Fix: --posts 64 or more, or --batch-clients ''"),
     (["--posts", "0", "--batch-clients", ""], r"--posts must be >= 1. Given: 0"),
     (["--requests", "0"], r"--requests must be >= 1. Given: 0"),
     (["--batch-requests", "0"], r"--batch-requests must be >= 1. Given: 0"),

@@ -43,7 +43,8 @@ def sdist_names(tmp_path_factory) -> set[str]:
 def test_the_sdist_holds_every_file_the_extension_includes(sdist_names):
     needed = set()
     for f in sorted((ROOT / "csrc").glob("*.[ch]pp")) + sorted((ROOT / "csrc").glob("*.h")):
-        needed |= {f"csrc/{h}" for h in re.findall(r'#include "([^"]+)"', f.read_text()) if (ROOT / "csrc" / h).exists()}
+        local = [h for h in re.findall(r'#include "([^"]+)"', f.read_text()) if (ROOT / "csrc" / h).exists()]
+        needed |= {f"csrc/{h}" for h in local}
     assert needed, "csrc/*.cpp include no local header: this test reads the wrong folder"
     assert needed <= sdist_names, f"missing from the sdist: {sorted(needed - sdist_names)}"
     assert {p.relative_to(ROOT).as_posix() for p in (ROOT / "csrc").glob("*.cpp")} <= sdist_names
