@@ -116,8 +116,7 @@ def _null_is_default(cls, value, info: ValidationInfo):
 
 # a prompt or model name longer than this is no name: refused (422) before an error could echo it whole
 NAME_MAX_CHARS = 256
-PromptName = Optional[Annotated[StrictStr, Field(max_length=NAME_MAX_CHARS)]]
-ModelName = Optional[Annotated[StrictStr, Field(max_length=NAME_MAX_CHARS)]]
+PromptName = ModelName = Optional[Annotated[StrictStr, Field(max_length=NAME_MAX_CHARS)]]
 MODEL_DOC = ("a served model's name (GET /v1/models) or model_version; null: the default model (the first "
              "--model); ignored by a server with one model, which serves it whatever the name")
 PROMPT_DOC = "a prompt of the model's (`prompts`), prepended to each input; null: the model's default prompt, if any"
