@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import ValidationError
 from . import settings
 from .events import id_ms
-from .keys import DEAD_STREAM, EMBEDDINGS_STREAM, KEY_PREFIX, POSTS_STREAM
+from .keys import DEAD_STREAM, EMBEDDINGS_STREAM, KEY_PREFIX, POSTS_STREAM, require_bytes
 
 
 @dataclass
@@ -65,6 +65,7 @@ def stats(client, group: str = "embedder", *, posts_stream: str = POSTS_STREAM, 
     A stream name whose key holds another type raises ValidationError naming the argument and the key.
     """
     settings.check(window_s=window_s)
+    require_bytes(client)
     for arg, key in (("posts_stream", posts_stream), ("dead_stream", dead_stream),
                      ("embeddings_stream", embeddings_stream)):
         kind = client.type(key)

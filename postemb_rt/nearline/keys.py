@@ -287,6 +287,17 @@ def refused_everything(exc: BaseException) -> bool:
         (isinstance(exc, redis.ResponseError) and SCRIPT_REFUSED in str(exc))
 
 
+def require_bytes(client) -> None:
+    """Raise ValidationError for a redis-py client that decodes replies to str (decode_responses=True):
+    event fields and records are read by their bytes names, and vectors are raw bytes."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is not None and getattr(pool, "connection_kwargs", {}).get("decode_responses"):
+        raise ValidationError("`client` decodes replies to str (decode_responses=True), but event fields and "
+                              "records are bytes (a vector is raw float32): every event would read as missing "
+                              "its fields and be dead-lettered. Given: a client with decode_responses=True. Fix: "
+                              "nearline.connect(url), or redis.Redis(..., decode_responses=False).")
+
+
 def store_key(vector_version: str, post_id: str, prefix: str = KEY_PREFIX) -> str:
     """``{prefix}:{vector_version}:{post_id}``: the hash holding one post's embedding."""
     return f"{prefix}:{vector_version}:{post_id}"
@@ -310,6 +321,7 @@ def fetch(client, vector_version: str, post_id, prefix: str = KEY_PREFIX) -> Sto
     (the model version, plus ``+<precision>`` / ``+chunk`` for a fast precision or the chunk
     long-post mode; the plain model version for fp32 + truncate). Records written before
     the vector version existed report their model version as ``vector_version``."""
+    require_bytes(client)
     h = client.hgetall(store_key(vector_version, str(post_id), prefix))
     if not h or b"deleted_at" in h:  # a tombstone
         return None

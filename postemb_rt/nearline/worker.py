@@ -28,7 +28,7 @@ from .events import MAX_TEXT_BYTES, Post, parse_event
 from . import settings
 from .health import WorkerStats
 from .keys import (DEAD_LUA, DEAD_STREAM, EMBEDDINGS_MAXLEN, EMBEDDINGS_STREAM, FORGET_LUA, KEY_PREFIX, POSTS_STREAM,
-                   STORE_LUA, refuse_cluster, refused_everything, transient)
+                   STORE_LUA, refuse_cluster, refused_everything, require_bytes, transient)
 from .model import DEFAULT_MODEL_TIMEOUT_S, ModelMixin, ModelTimeoutError, _ModelThread
 from .store import Stopped, StoreError, StoreMixin, fix_hint
 
@@ -90,6 +90,7 @@ class Worker(StoreMixin, ModelMixin):
         settings.check(batch_size=batch_size, max_wait_ms=max_wait_ms, max_attempts=max_attempts,
                        claim_idle_ms=claim_idle_ms, forget_idle_ms=forget_idle_ms, max_deliveries=max_deliveries,
                        model_timeout_s=model_timeout_s)
+        require_bytes(client)
         self.client, self.encoder = client, encoder
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"

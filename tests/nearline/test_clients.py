@@ -1,0 +1,27 @@
+"""The Redis client a worker is given: replies as bytes, and the database its URL names. Against a
+real redis-server, with the fake model of ``test_faults``.
+"""
+from __future__ import annotations
+
+import pytest
+
+from postemb_rt import ValidationError, nearline
+from tests.nearline.test_faults import FakeEncoder, publish_all
+
+redis = pytest.importorskip("redis", reason="redis-py is not installed (pip install 'redis>=5')")
+
+
+def test_a_client_that_decodes_replies_is_refused_before_any_event_is_read(redis_server, redis_client):
+    """With decode_responses=True every field name comes back as str, so every event read as one
+    missing `post_id`: the worker dead-lettered and acknowledged the whole stream, embedding nothing."""
+    publish_all(redis_client, 3)
+    decoding = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    with pytest.raises(ValidationError, match=r"`client` decodes replies.*decode_responses=True.*Fix: "
+                                              r"nearline.connect"):
+        nearline.Worker(decoding, FakeEncoder())
+    with pytest.raises(ValidationError, match=r"`client` decodes replies"):
+        nearline.fetch(decoding, "fake-v1", "p0")
+    with pytest.raises(ValidationError, match=r"`client` decodes replies"):
+        nearline.stats(decoding)
+    assert redis_client.xlen("posts-dead") == 0 and not redis_client.exists("postemb:fake-v1:p0")
+    decoding.close()
