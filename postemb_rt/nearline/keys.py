@@ -36,7 +36,9 @@ vector_version, deleted_at, removed_at; a consumer tells it apart by ``deleted_a
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -76,13 +78,19 @@ def connect(url: str = "redis://127.0.0.1:6379/0", **kwargs):
                 retry=Retry(ExponentialBackoff(cap=1.0, base=0.025), 5, supported_errors=(redis.ConnectionError,)),
                 retry_on_error=[redis.ConnectionError])
     opts.update(kwargs)
+
+    def hide(text: str) -> str:  # a password in the URL is never printed
+        return re.sub(r"(//[^/@:]*:)[^/]*@", r"\1***@", text)
+    if isinstance(url, str):
+        # redis-py reads the path's digits as the database and ignores any other path (database 0)
+        parts = urlsplit(url)
+        if parts.scheme in ("redis", "rediss") and not re.fullmatch(r"/?\d*", parts.path):
+            raise ValidationError(f"`--redis` names database {parts.path[1:]!r}, not a number: redis-py would use "
+                                  f"database 0. Given: {hide(url)!r}. Fix: e.g. redis://127.0.0.1:6379/0 (the path "
+                                  "is the database number and nothing else).")
     try:
         return redis.Redis.from_url(url, **opts)
     except ValueError as exc:  # redis-py's "Redis URL must specify one of the following schemes ..."
-        import re
-
-        def hide(text: str) -> str:  # a password in the URL is never printed
-            return re.sub(r"(//[^/@:]*:)[^/]*@", r"\1***@", text)
         raise ValidationError(f"`--redis` is not a Redis URL: {hide(str(exc))}. Given: {hide(url)!r}. Fix: "
                               "e.g. redis://127.0.0.1:6379/0 (rediss:// for TLS, unix:///path/to/socket).") from None
 

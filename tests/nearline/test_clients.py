@@ -25,3 +25,18 @@ def test_a_client_that_decodes_replies_is_refused_before_any_event_is_read(redis
         nearline.stats(decoding)
     assert redis_client.xlen("posts-dead") == 0 and not redis_client.exists("postemb:fake-v1:p0")
     decoding.close()
+
+
+@pytest.mark.parametrize("path", ["/x", "/posts", "/0/1", "/-1"])
+def test_a_url_whose_database_is_not_a_number_is_refused(path):
+    """redis-py ignores a database it cannot parse and uses database 0: redis://host:6379/posts wrote to
+    database 0 without a word."""
+    with pytest.raises(ValidationError, match=r"`--redis` names database .* not a number.*Given: "
+                                              r"'redis://127.0.0.1:6379" + path):
+        nearline.connect("redis://127.0.0.1:6379" + path)
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379", "redis://127.0.0.1:6379/", "redis://127.0.0.1:6379/3",
+                                 "redis://127.0.0.1:6379/?db=2", "unix:///tmp/redis.sock?db=1"])
+def test_urls_with_a_database_number_or_none_are_accepted(url):
+    nearline.connect(url).close()
