@@ -210,12 +210,12 @@ def _stats(client, where: str, args) -> dict:
 
 
 def _preflight(client, where: str, must_answer: bool) -> None:
-    """One PING before the model loads. Refused credentials end the command now (exit 2), not after
-    the load; a server that does not answer ends ``--stats`` (``must_answer``) and is only logged for
+    """One PING before the model loads. Refused credentials, or a connection Redis answers with an error
+    (a database it does not have), end the command now (exit 2), not after the load; a server that does not answer ends ``--stats`` (``must_answer``) and is only logged for
     the worker, which retries until it answers (its loop's backoff)."""
     import redis
 
-    from ..nearline.keys import refused_everything
+    from ..nearline.keys import refused_everything, transient
     from ..nearline.store import StoreError, fix_hint
 
     try:
@@ -224,6 +224,11 @@ def _preflight(client, where: str, must_answer: bool) -> None:
         why = f"{type(exc).__name__}: {str(exc).rstrip('.')}"
         if refused_everything(exc):
             raise StoreError(f"redis {where} refused the credentials: {why}. Fix: {fix_hint(exc)}") from None
+        if isinstance(exc, redis.ResponseError) and not transient(exc):  # it answered: an error no retry cures
+            fix = ("name a database the server has in --redis (redis://HOST:PORT/DB, DB below its `databases` "
+                   "setting: CONFIG GET databases, 16 by default)" if "DB index" in str(exc) else
+                   "check that --redis (or $POSTEMB_REDIS) points at a Redis server, with the right database")
+            raise StoreError(f"redis {where} refused the connection: {why}. Fix: {fix}.") from None
         if must_answer:
             raise StoreError(f"redis {where} does not answer: {why}. Fix: start it, or point --redis (or "
                              "$POSTEMB_REDIS) at the right one.") from None

@@ -3,6 +3,8 @@ real redis-server, with the fake model of ``test_faults``.
 """
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from postemb_rt import ValidationError, nearline
@@ -25,6 +27,30 @@ def test_a_client_that_decodes_replies_is_refused_before_any_event_is_read(redis
         nearline.stats(decoding)
     assert redis_client.xlen("posts-dead") == 0 and not redis_client.exists("postemb:fake-v1:p0")
     decoding.close()
+
+
+def _command(argv: list[str]):
+    from postemb_rt.commands import nearline as command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    return command, parser.parse_args(argv)
+
+
+def test_a_database_redis_refuses_ends_the_command_before_the_model_loads(redis_server, redis_client, monkeypatch):
+    """Redis answers SELECT 99 with "DB index is out of range": the command used to log that Redis "does
+    not answer yet", load the model, then die with a traceback (exit 1); --stats said to start Redis."""
+    from postemb_rt.encoder import Encoder
+
+    loaded = []
+    monkeypatch.setattr(Encoder, "from_pretrained", classmethod(lambda cls, *a, **k: loaded.append(1)))
+    url = redis_server.url.rsplit("/", 1)[0] + "/99"
+    for extra in ([], ["--stats"]):
+        command, args = _command(["--redis", url, *extra])
+        with pytest.raises(nearline.StoreError, match=r"refused the connection: ResponseError: DB index is out of "
+                                                      r"range.*Fix: .*database"):
+            command.run(args)
+    assert not loaded
 
 
 @pytest.mark.parametrize("path", ["/x", "/posts", "/0/1", "/-1"])
