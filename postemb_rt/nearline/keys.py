@@ -174,8 +174,10 @@ return {written, deleted}
 #        (field, value, field, value, ...).
 # Adds each record to the dead-letter stream and acknowledges its event, all or nothing as
 # STORE_LUA: types and record shapes are checked before the first write, and an error
-# names the key or the event. Returns the number of records moved. No records: the checks
-# alone (the worker's probe).
+# names the key or the event. An event no longer pending in the group is skipped: a retry of a
+# call whose reply was lost (a timeout, a dropped connection), or another worker that claimed it
+# and moved it first, adds no second record. Returns the number of records moved. No records:
+# the checks alone (the worker's probe).
 DEAD_LUA = """
 local function check(key)
   local t = redis.call('TYPE', key)['ok']
@@ -198,8 +200,11 @@ while i <= #ARGV do
 end
 local ids = {}
 for _, r in ipairs(records) do
-  redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, r[1], r[2]))
-  ids[#ids + 1] = ARGV[r[1] - 2]
+  local id = ARGV[r[1] - 2]
+  if #redis.call('XPENDING', KEYS[2], ARGV[1], id, id, 1) > 0 then  -- else moved already: no second record
+    redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, r[1], r[2]))
+    ids[#ids + 1] = id
+  end
 end
 if #ids > 0 then redis.call('XACK', KEYS[2], ARGV[1], unpack(ids)) end
 return #ids
@@ -228,7 +233,7 @@ return gone
 # Every command a worker sends, for a least-privilege Redis user (``acl_rules``): INFO (the
 # cluster check), XGROUP CREATE, XREADGROUP, XAUTOCLAIM, XPENDING and XCLAIM (redelivery),
 # XACK, EVALSHA and SCRIPT LOAD (the three scripts; TYPE, HMGET, HSET, DEL (a deletion's tombstone), XADD,
-# XACK, XINFO CONSUMERS and XGROUP DELCONSUMER run inside them, and ACLs apply there too), SET (the
+# XACK, XPENDING, XINFO CONSUMERS and XGROUP DELCONSUMER run inside them, and ACLs apply there too), SET (the
 # heartbeat), PING (``postemb nearline`` checks the credentials with it) and SELECT (a
 # database other than 0). ``publish`` and ``publish_delete`` send XADD alone.
 WORKER_COMMANDS = ("ping", "select", "info", "xgroup|create", "xreadgroup", "xautoclaim", "xpending", "xclaim",

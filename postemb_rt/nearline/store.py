@@ -217,6 +217,6 @@ def fix_hint(exc: BaseException, worker=None) -> str:
         names = ((worker.posts, worker.dead, worker.embeddings, worker.prefix) if worker is not None
                  else (POSTS_STREAM, DEAD_STREAM, EMBEDDINGS_STREAM, KEY_PREFIX))
         return (f"grant the worker's Redis user every command and key it needs: ACL SETUSER <user> "
-                f"{acl_rules(*names)} (the scripts run TYPE, HMGET, HSET, DEL, XADD and XACK; SET writes the "
+                f"{acl_rules(*names)} (the scripts run TYPE, HMGET, HSET, DEL, XADD, XPENDING and XACK; SET writes the "
                 f"heartbeat at {names[3]}:nearline:worker:*).")
     return "see the Redis error above; the worker can go on once Redis accepts the write."
