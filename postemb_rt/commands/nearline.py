@@ -108,6 +108,10 @@ def _print_stats(s: dict, posts_stream: str = "posts") -> None:
           f"max {f(s['freshness_max_s'], ' s')}")
     for c, v in sorted(s.get("consumer_pending", {}).items()):
         print(f"  consumer {c}: pending {v['pending']}, idle {v['idle_ms']} ms")
+    versions = sorted({str(w.get("vector_version") or w.get("model_version")) for w in s["workers"]})
+    if len(versions) > 1:  # each event goes to one consumer: every version gets only part of the posts
+        print(f"  warning: the live workers store under {len(versions)} vector versions ({', '.join(versions)}): "
+              "each gets only part of the posts. Fix: one group per vector version (--group)")
     for w in s["workers"]:
         print(f"  worker {w['consumer']} (pid {w['pid']}, {w.get('vector_version') or w['model_version']}): "
               f"events {w['events']}, "

@@ -4,6 +4,7 @@ Redis alone: ``postemb nearline --stats``)."""
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -14,6 +15,8 @@ from ..errors import ValidationError
 from . import settings
 from .events import id_ms
 from .keys import DEAD_STREAM, EMBEDDINGS_STREAM, KEY_PREFIX, POSTS_STREAM, require_bytes
+
+log = logging.getLogger("postemb_rt.nearline")
 
 
 @dataclass
@@ -43,6 +46,30 @@ class WorkerStats:
                 if k != "freshness"}
         return snap | pct | {"posts_per_s": round(self.events / up, 2)}
 
+
+def check_versions(worker, client) -> None:
+    """Warn once when a live worker of ``worker``'s group stores under another vector version.
+
+    A group delivers each event to one of its consumers, so workers of two vector versions in one
+    group (a rolling deploy of a new model, --precision auto on mixed CPUs) split the posts: each
+    version gets part of them, neither all. Each heartbeat records (SET ... GET, expiring as the
+    heartbeats do) the vector version at ``{prefix}:nearline:worker:{group}`` and reads the one it
+    replaces, so two versions alternating there are seen within a few beats, without a SCAN."""
+    beat = {"vector_version": worker.vector_version, "by": worker.consumer, "at": time.time()}
+    old = client.set(f"{worker.prefix}:nearline:worker:{worker.group}", json.dumps(beat),
+                     ex=max(1, int(worker.heartbeat_s * 5)), get=True)
+    try:
+        other = json.loads(old) if old else None
+    except ValueError:
+        return
+    if worker._mixed_warned or not isinstance(other, dict) or other.get("vector_version") in (None,
+                                                                                              worker.vector_version):
+        return
+    worker._mixed_warned = True
+    log.warning("group %r has live workers of two vector versions: this one stores %r, worker %r stores %r. Each "
+                "event goes to one worker of the group, so each version gets only part of the posts. Fix: one group "
+                "per vector version (--group), e.g. a new group for the new version, then stop the old workers",
+                worker.group, worker.vector_version, other.get("by"), other.get("vector_version"))
 
 
 def _pct(values, p):

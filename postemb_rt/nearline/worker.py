@@ -26,7 +26,7 @@ from .. import prompts
 from ..errors import ValidationError
 from .events import MAX_TEXT_BYTES, Post, parse_event
 from . import settings
-from .health import WorkerStats
+from .health import WorkerStats, check_versions
 from .keys import (DEAD_LUA, DEAD_STREAM, EMBEDDINGS_MAXLEN, EMBEDDINGS_STREAM, FORGET_LUA, KEY_PREFIX, POSTS_STREAM,
                    STORE_LUA, refuse_cluster, refused_everything, require_bytes, transient)
 from .model import DEFAULT_MODEL_TIMEOUT_S, ModelMixin, ModelTimeoutError, _ModelThread
@@ -95,14 +95,12 @@ class Worker(StoreMixin, ModelMixin):
         self.group = group
         self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
         self.batch_size, self.max_wait_ms = batch_size, max_wait_ms
-        self.claim_idle_ms, self.max_deliveries = claim_idle_ms, max_deliveries
-        self.forget_idle_ms = forget_idle_ms
+        self.claim_idle_ms, self.max_deliveries, self.forget_idle_ms = claim_idle_ms, max_deliveries, forget_idle_ms
         self.max_attempts = max_attempts
         self.max_text_bytes, self.start_id = max_text_bytes, start_id
         self.posts, self.dead, self.embeddings = posts_stream, dead_stream, embeddings_stream
-        self.prefix, self.embeddings_maxlen = prefix, embeddings_maxlen
-        self.poll_ms, self.heartbeat_s = poll_ms, heartbeat_s
-        self.model_timeout_s = float(model_timeout_s or 0.0)
+        self.prefix, self.embeddings_maxlen, self.poll_ms = prefix, embeddings_maxlen, poll_ms
+        self.model_timeout_s, self.heartbeat_s = float(model_timeout_s or 0.0), heartbeat_s
         self.model_version, self.dim = encoder.model_version, encoder.dim
         # the store's version: keys, records, announcements and heartbeats carry it
         self.vector_version = getattr(encoder, "vector_version", None) or encoder.model_version
@@ -143,6 +141,7 @@ class Worker(StoreMixin, ModelMixin):
         self._beat_refused = False  # the heartbeat key is refused (NOPERM): warned once
         self._instance = os.urandom(8).hex()  # tells this worker's heartbeats from another's under its name
         self._twin_warned = False  # another live worker under this consumer name: warned once
+        self._mixed_warned = False  # a live worker of this group on another vector version: warned once
         self._group_ready = False
         self._model: _ModelThread | None = None
         self._model_hung = False
@@ -393,6 +392,7 @@ class Worker(StoreMixin, ModelMixin):
         try:
             # GET: the beat it replaces, to tell a second live worker under this consumer name
             old = (client or self.client).set(key, json.dumps(snap), ex=max(1, int(self.heartbeat_s * 5)), get=True)
+            check_versions(self, client or self.client)
         except redis.exceptions.NoPermissionError as exc:
             if not self._beat_refused:
                 self._beat_refused = True

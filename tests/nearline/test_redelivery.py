@@ -3,6 +3,8 @@ twice. Against a real redis-server, with the fake model of ``test_faults``.
 """
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from postemb_rt import nearline
@@ -47,3 +49,54 @@ def test_an_event_two_workers_dead_letter_is_recorded_once(redis_server, redis_c
     a._process(entries, False)
     assert redis_client.xlen("posts-dead") == 1 and list(dead(redis_client)) == ["bad"]
     assert redis_client.xrange("posts-dead")[0][1][b"consumer"] == b"b"
+
+
+def test_workers_of_two_vector_versions_in_one_group_are_warned_about(redis_server, redis_client, caplog):
+    """A group hands each event to one consumer: a rolling deploy of a new model under the same --group
+    (or --precision auto on mixed CPUs) split the posts between two vector versions, each incomplete,
+    without a word."""
+    from tests.nearline.test_faults import publish_all
+    from tests.nearline.test_nearline import drained, running, wait_until
+
+    publish_all(redis_client, 40)
+    old = nearline.Worker(nearline.connect(redis_server.url), FakeEncoder(delay_s=0.01), consumer="old",
+                          batch_size=2, heartbeat_s=0.05, poll_ms=50)
+    new = nearline.Worker(nearline.connect(redis_server.url), FakeEncoder(delay_s=0.01, vector_version="fake-v2"),
+                          consumer="new", batch_size=2, heartbeat_s=0.05, poll_ms=50)
+    with caplog.at_level("WARNING", logger="postemb_rt.nearline"), running(old), running(new):
+        wait_until(lambda: drained(redis_client) and old._mixed_warned and new._mixed_warned, 15,
+                   "both workers to warn")
+    warned = [r.getMessage() for r in caplog.records if "two vector versions" in r.getMessage()]
+    assert len(warned) == 2  # once each
+    assert "'fake-v1'" in warned[0] and "'fake-v2'" in warned[0] and "Fix: one group per vector version" in warned[0]
+
+
+def test_workers_of_one_vector_version_are_not_warned_about(redis_server, redis_client, caplog):
+    from tests.nearline.test_faults import publish_all
+    from tests.nearline.test_nearline import drained, running, wait_until
+
+    publish_all(redis_client, 20)
+    workers = [nearline.Worker(nearline.connect(redis_server.url), FakeEncoder(delay_s=0.01), consumer=f"w{i}",
+                               batch_size=2, heartbeat_s=0.05) for i in range(2)]
+    with caplog.at_level("WARNING", logger="postemb_rt.nearline"), running(workers[0]), running(workers[1]):
+        wait_until(lambda: drained(redis_client), 15, "the group to drain")
+        time.sleep(0.3)  # a few more heartbeats each
+    assert not [r for r in caplog.records if "two vector versions" in r.getMessage()]
+
+
+def test_stats_says_when_the_live_workers_of_a_group_store_two_vector_versions(redis_client, capsys):
+    import json
+
+    from postemb_rt.commands import nearline as command
+
+    nearline.publish(redis_client, "p0", "a post")
+    redis_client.xgroup_create("posts", "embedder", id="0")
+    for consumer, version in (("old", "fake-v1"), ("new", "fake-v2")):
+        nearline.Worker(redis_client, FakeEncoder(vector_version=version), consumer=consumer)._heartbeat()
+    command._print_stats(nearline.stats(redis_client))
+    out = capsys.readouterr().out
+    assert "warning: the live workers store under 2 vector versions (fake-v1, fake-v2)" in out
+    redis_client.delete("postemb:nearline:worker:embedder:new")
+    command._print_stats(nearline.stats(redis_client))
+    assert "vector versions" not in capsys.readouterr().out
+    assert json.loads(redis_client.get("postemb:nearline:worker:embedder:old"))["vector_version"] == "fake-v1"
