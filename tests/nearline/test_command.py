@@ -146,3 +146,23 @@ def test_dead_stream_help_names_every_kind_of_event_that_goes_there(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "poison events (malformed, refused by the model or the store, or delivered more than --max-deliveries" \
            " times), each with its reason" in text
+
+
+def test_stats_finds_the_heartbeats_among_many_records_in_few_round_trips(redis_client):
+    """--stats walks the whole keyspace (SCAN) for the heartbeats: at COUNT 100 that was one round trip
+    per 100 keys, 100,000 of them for a store of 10M records."""
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(30_000):
+        pipe.hset(f"postemb:fake-v1:{i}", "dim", 8)
+    pipe.execute()
+    redis_client.xgroup_create("posts", "embedder", id="0", mkstream=True)
+    nearline.Worker(redis_client, FakeEncoder(), consumer="w1")._heartbeat()
+    scans, send = [], redis_client.execute_command
+
+    def counting(*args, **kwargs):
+        scans.extend(args[:1] if args[0] == "SCAN" else [])
+        return send(*args, **kwargs)
+
+    redis_client.execute_command = counting
+    assert [w["consumer"] for w in nearline.stats(redis_client)["workers"]] == ["w1"]
+    assert 1 <= len(scans) <= 10
