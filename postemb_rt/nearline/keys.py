@@ -1,8 +1,8 @@
 """Redis names and the store: stream and key names, the client set-up (``connect``), the
 Lua scripts that write a post's record and its announcement (``STORE_LUA``) or move events
 to the dead-letter stream (``DEAD_LUA``), each all or nothing, or forget dead consumers
-(``FORGET_LUA``), which Redis errors are worth retrying (``transient``), and reading a record
-back (``fetch``).
+(``FORGET_LUA``), which Redis errors are worth retrying (``transient``), the server checks
+(``check_server``) and reading a record back (``fetch``).
 
 Record layout (hash ``postemb:{vector_version}:{post_id}``):
     vector          dim*4 bytes, float32 little-endian, unit L2 norm
@@ -36,6 +36,7 @@ vector_version, deleted_at, removed_at; a consumer tells it apart by ``deleted_a
 """
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -230,8 +231,8 @@ end
 return gone
 """
 
-# Every command a worker sends, for a least-privilege Redis user (``acl_rules``): INFO (the
-# cluster check), XGROUP CREATE, XREADGROUP, XAUTOCLAIM, XPENDING and XCLAIM (redelivery),
+# Every command a worker sends, for a least-privilege Redis user (``acl_rules``): INFO (the server checks:
+# cluster, eviction policy), XGROUP CREATE, XREADGROUP, XAUTOCLAIM, XPENDING and XCLAIM (redelivery),
 # XACK, EVALSHA and SCRIPT LOAD (the three scripts; TYPE, HMGET, HSET, DEL (a deletion's tombstone), XADD,
 # XACK, XPENDING, XINFO CONSUMERS and XGROUP DELCONSUMER run inside them, and ACLs apply there too), SET (the
 # heartbeat), PING (``postemb nearline`` checks the credentials with it) and SELECT (a
@@ -345,12 +346,21 @@ def fetch(client, vector_version: str, post_id, prefix: str = KEY_PREFIX) -> Sto
                            h.get(b"prompt_name", b"").decode())
 
 
-def refuse_cluster(client) -> None:
+def check_server(client) -> None:
     """Raise ValidationError on a Redis Cluster node (see the module docstring: the store
-    script writes several keys atomically, which a cluster refuses with CROSSSLOT)."""
-    info = client.info("cluster")
+    script writes several keys atomically, which a cluster refuses with CROSSSLOT); warn when the
+    server may evict keys the pipeline needs (one INFO)."""
+    info = client.info()
     if int(info.get("cluster_enabled", 0) or 0):
         raise ValidationError(
             "`client` is connected to a Redis Cluster node (INFO cluster: cluster_enabled:1); the near-line store "
             "writes a post's hash and its announcement in one atomic script, which Redis Cluster refuses "
             "(CROSSSLOT). Fix: point --redis at a single Redis primary (use replicas or Sentinel for failover).")
+    policy = info.get("maxmemory_policy", "noeviction")
+    policy = policy.decode() if isinstance(policy, bytes) else str(policy)
+    if policy.startswith("allkeys-"):  # volatile-*: only keys with a TTL (the heartbeats) may go
+        logging.getLogger("postemb_rt.nearline").warning(
+            "redis evicts any key under memory pressure (maxmemory-policy %s): records, tombstones (a deleted post "
+            "comes back), the posts stream and its consumer group (events lost) can vanish without an error. Fix: "
+            "CONFIG SET maxmemory-policy noeviction (a full Redis then refuses writes, which the worker retries "
+            "without losing an event), or a volatile-* policy", policy)

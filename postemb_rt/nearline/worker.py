@@ -28,7 +28,7 @@ from .events import MAX_TEXT_BYTES, Post, parse_event
 from . import settings
 from .health import WorkerStats, check_versions
 from .keys import (DEAD_LUA, DEAD_STREAM, EMBEDDINGS_MAXLEN, EMBEDDINGS_STREAM, FORGET_LUA, KEY_PREFIX, POSTS_STREAM,
-                   STORE_LUA, refuse_cluster, refused_everything, require_bytes, transient)
+                   STORE_LUA, check_server, refused_everything, require_bytes, transient)
 from .model import DEFAULT_MODEL_TIMEOUT_S, ModelMixin, ModelTimeoutError, _ModelThread
 from .store import Stopped, StoreError, StoreMixin, fix_hint
 
@@ -221,7 +221,7 @@ class Worker(StoreMixin, ModelMixin):
     def _ensure_group(self) -> None:
         import redis
 
-        refuse_cluster(self.client)
+        check_server(self.client)
         try:
             # id "0": a new group starts from the beginning of the stream, so no event
             # published before the first worker started is skipped.

@@ -66,3 +66,22 @@ def test_a_url_whose_database_is_not_a_number_is_refused(path):
                                  "redis://127.0.0.1:6379/?db=2", "unix:///tmp/redis.sock?db=1"])
 def test_urls_with_a_database_number_or_none_are_accepted(url):
     nearline.connect(url).close()
+
+
+@pytest.mark.parametrize("policy, warned", [("allkeys-lru", True), ("allkeys-random", True), ("noeviction", False),
+                                            ("volatile-lru", False)])
+def test_a_redis_that_may_evict_any_key_is_warned_about(redis_server, redis_client, caplog, policy, warned):
+    """allkeys-* evicts records, tombstones, the posts stream and its group under memory pressure: posts
+    lost or deleted ones back, without an error anywhere. The worker said nothing."""
+    publish_all(redis_client, 2)
+    redis_client.config_set("maxmemory-policy", policy)
+    try:
+        w = nearline.Worker(nearline.connect(redis_server.url), FakeEncoder())
+        with caplog.at_level("WARNING", logger="postemb_rt.nearline"):
+            w.run(max_events=2)
+    finally:
+        redis_client.config_set("maxmemory-policy", "noeviction")
+    said = [r.getMessage() for r in caplog.records if "maxmemory-policy" in r.getMessage()]
+    assert len(said) == int(warned) and redis_client.exists("postemb:fake-v1:p1")
+    if warned:
+        assert policy in said[0] and "Fix: CONFIG SET maxmemory-policy noeviction" in said[0]
