@@ -112,7 +112,8 @@ def connect(url: str = "redis://127.0.0.1:6379/0", **kwargs):
 # new vector, no announcement. A newer deletion replaces the record with a tombstone (DEL, then
 # HSET) and announces it; on a tombstone it only moves ``event_id`` forward. A newer post over
 # a tombstone deletes it and writes the record. Items are applied in order (event order), so a
-# batch announces in event order. Returns {records written, tombstones written} (= announced).
+# batch announces in event order. Returns {records written, tombstones written} (= announced) and one
+# letter per item: w (a record written), d (a tombstone written), - (nothing new: a rewrite).
 # No items (KEYS[1] only): the checks alone, the worker's probe.
 STORE_LUA = """
 local function check(key, want)
@@ -135,10 +136,11 @@ local function newer(a, b)
   am, as, bm, bs = tonumber(am), tonumber(as), tonumber(bm), tonumber(bs)
   return am > bm or (am == bm and as > bs)
 end
-local written, deleted = 0, 0
+local written, deleted, done = 0, 0, {}
 for i = 2, #KEYS do
   local a = 6 + (i - 2) * 7
   local cur = redis.call('HMGET', KEYS[i], 'event_id', 'text_sha256', 'prompt_name', 'deleted_at')
+  done[i - 1] = '-'
   if (not cur[1]) or newer(ARGV[a], cur[1]) then
     if ARGV[a + 6] == 'delete' then
       if cur[4] then
@@ -150,7 +152,7 @@ for i = 2, #KEYS do
         redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'post_id', ARGV[a + 1], 'key', KEYS[i],
                    'model_version', ARGV[2], 'vector_version', ARGV[3], 'deleted_at', ARGV[a + 2],
                    'removed_at', ARGV[5])
-        deleted = deleted + 1
+        deleted, done[i - 1] = deleted + 1, 'd'
       end
     elseif cur[1] and cur[2] == ARGV[a + 4] and (cur[3] or '') == ARGV[a + 5] then
       redis.call('HSET', KEYS[i], 'event_id', ARGV[a])  -- (a tombstone has no text_sha256)
@@ -163,11 +165,11 @@ for i = 2, #KEYS do
       redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'post_id', ARGV[a + 1], 'key', KEYS[i],
                  'model_version', ARGV[2], 'vector_version', ARGV[3], 'created_at', ARGV[a + 2],
                  'embedded_at', ARGV[5], 'prompt_name', ARGV[a + 5])
-      written = written + 1
+      written, done[i - 1] = written + 1, 'w'
     end
   end
 end
-return {written, deleted}
+return {written, deleted, table.concat(done)}
 """
 
 # KEYS[1] = dead-letter stream, KEYS[2] = posts stream.

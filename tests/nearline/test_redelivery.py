@@ -100,3 +100,18 @@ def test_stats_says_when_the_live_workers_of_a_group_store_two_vector_versions(r
     command._print_stats(nearline.stats(redis_client))
     assert "vector versions" not in capsys.readouterr().out
     assert json.loads(redis_client.get("postemb:nearline:worker:embedder:old"))["vector_version"] == "fake-v1"
+
+
+def test_worker_freshness_counts_the_records_written_not_the_rewrites(redis_server, redis_client):
+    """The worker's freshness (its heartbeat's p50/p90/p99) took every event stored, re-deliveries and the same
+    text published again included, though they wrote nothing; the embeddings stream, which --stats reads
+    for the pipeline's freshness, announces only what was written."""
+    w = nearline.Worker(nearline.connect(redis_server.url), FakeEncoder(), consumer="w")
+    nearline.publish(redis_client, "p0", "a post", created_at=time.time() - 1000)
+    w.run(max_events=1)
+    nearline.publish(redis_client, "p0", "a post", created_at=time.time() - 5000)  # the same text again
+    nearline.publish(redis_client, "p1", "another post")
+    w.run(max_events=3)
+    assert (w.stats.stored, w.stats.rewrites) == (2, 1) and len(w.stats.freshness) == 2
+    assert 999 < w.stats.freshness[0] < 1100 and w.stats.freshness[1] < 100  # p0 then p1, not the rewrite
+    assert redis_client.xlen("embeddings") == 2
