@@ -54,7 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--precision", default="fp32", choices=backends.PRECISIONS,
                    help="fp32 (exact), or bf16 / int8 on CPU (gated by measured fidelity), or auto (the first "
                         "that clears the bar on this CPU: bf16 with native bf16, else int8, else fp32; a worker "
-                        "on another CPU may pick another, and stores under its own vector version) (default: fp32)")
+                        "on another CPU may pick another, and stores under its own vector version: give each "
+                        "version a --group of its own, since a group's workers split its posts) (default: fp32)")
     add_prompt_args(p, "post whose event has no prompt_name field", text=False,
                     note="; an event naming a prompt the model lacks is dead-lettered; stored in each record")
     p.add_argument("--truncate-dim", type=int, default=None,
@@ -215,8 +216,9 @@ def _stats(client, where: str, args) -> dict:
 
 def _preflight(client, where: str, must_answer: bool) -> None:
     """One PING before the model loads. Refused credentials, or a connection Redis answers with an error
-    (a database it does not have), end the command now (exit 2), not after the load; a server that does not answer ends ``--stats`` (``must_answer``) and is only logged for
-    the worker, which retries until it answers (its loop's backoff)."""
+    (a database it does not have), end the command now (exit 2), not after the load; a server that does
+    not answer ends ``--stats`` (``must_answer``) and is only logged for the worker, which retries until
+    it answers (its loop's backoff)."""
     import redis
 
     from ..nearline.keys import refused_everything, transient
