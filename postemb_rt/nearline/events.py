@@ -71,7 +71,8 @@ def publish(client, post_id, text: str, created_at=None, *, stream: str = POSTS_
     client: a redis-py client (see :func:`connect`).
     post_id: str or int, non-empty, at most 256 UTF-8 bytes.
     text: the post (str, not empty, at most MAX_TEXT_BYTES = 32 KiB as UTF-8; an empty or longer
-        post is refused here, and a worker dead-letters any that reach it from other producers).
+        post is refused here, as is one with a NUL character, and a worker dead-letters any that reach it
+        from other producers).
         Empty means "", as the HTTP server refuses it ([CLS] [SEP] alone is no post's vector);
         whitespace is text to the server and to the worker.
     created_at: seconds since the epoch (float) or an aware datetime; default: now. More than a
@@ -100,6 +101,10 @@ def publish(client, post_id, text: str, created_at=None, *, stream: str = POSTS_
         raise ValidationError("`text` is an empty string: there is nothing to embed. Given: ''. Fix: publish the "
                               "post once it has text (a worker dead-letters an empty one); a post whose text was "
                               "deleted: publish_delete(client, post_id).")
+    if "\x00" in text:  # what a worker dead-letters as a binary payload (parse_event)
+        raise ValidationError(f"`text` contains a NUL character (at index {text.index(chr(0))}): a worker "
+                              "dead-letters it as a binary payload, not text. Given: a str with NUL. Fix: remove the NUL "
+                              "characters (text.replace('\\x00', '')).")
     data = text.encode("utf-8")
     if len(data) > MAX_TEXT_BYTES:
         raise ValidationError(f"`text` must be at most {MAX_TEXT_BYTES} UTF-8 bytes. Given: {len(data)} bytes.")

@@ -85,3 +85,13 @@ def test_a_redis_that_may_evict_any_key_is_warned_about(redis_server, redis_clie
     assert len(said) == int(warned) and redis_client.exists("postemb:fake-v1:p1")
     if warned:
         assert policy in said[0] and "Fix: CONFIG SET maxmemory-policy noeviction" in said[0]
+
+
+def test_publish_refuses_a_text_with_nul_that_a_worker_would_dead_letter(redis_client):
+    """publish refused an empty or oversized text up front, but took one with a NUL character, which every
+    worker then dead-letters as a binary payload."""
+    with pytest.raises(ValidationError, match=r"`text` contains a NUL character \(at index 3\).*Fix: remove"):
+        nearline.publish(redis_client, "p0", "abc\x00def")
+    assert redis_client.xlen("posts") == 0
+    post, reason = nearline.parse_event(b"1-0", {b"post_id": b"p0", b"text": b"abc\x00def"})
+    assert post is None and "NUL" in reason  # what it would have become
