@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -146,13 +147,17 @@ def stats(client, group: str = "embedder", *, posts_stream: str = POSTS_STREAM, 
     workers = []
     # the heartbeats are a handful of keys among every record of the store: SCAN walks the whole keyspace, so
     # COUNT 10,000 keeps that to one round trip per 10,000 keys (COUNT 100 took 100,000 for 10M records)
-    for key in client.scan_iter(match=f"{prefix}:nearline:worker:{group}:*", count=10_000, _type="string"):
+    # glob characters in the group name matched literally; the key checked whole, since the pattern of group "a"
+    # also matches the heartbeats of group "a:b"
+    base = f"{prefix}:nearline:worker:{group}:"
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", base) + "*"
+    for key in client.scan_iter(match=pattern, count=10_000, _type="string"):
         raw = client.get(key)
         try:
             beat = json.loads(raw) if raw else None
         except ValueError:  # not a worker's heartbeat
             beat = None
-        if isinstance(beat, dict) and "consumer" in beat:
+        if isinstance(beat, dict) and "consumer" in beat and key == f"{base}{beat['consumer']}".encode():
             workers.append(beat)
     out["workers"] = workers
     return out

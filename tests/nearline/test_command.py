@@ -166,3 +166,12 @@ def test_stats_finds_the_heartbeats_among_many_records_in_few_round_trips(redis_
     redis_client.execute_command = counting
     assert [w["consumer"] for w in nearline.stats(redis_client)["workers"]] == ["w1"]
     assert 1 <= len(scans) <= 10
+
+
+def test_stats_lists_the_workers_of_its_group_only(redis_client):
+    """The heartbeat pattern of group "a" (postemb:nearline:worker:a:*) also matched group "a:b"'s, and a group
+    name with glob characters ("e[1]") matched none of its own."""
+    for group, consumer in (("a", "w1"), ("a:b", "w2"), ("e[1]", "w3"), ("e1", "w4")):
+        nearline.Worker(redis_client, FakeEncoder(), group=group, consumer=consumer)._heartbeat()
+    listed = {g: [w["consumer"] for w in nearline.stats(redis_client, g)["workers"]] for g in ("a", "a:b", "e[1]")}
+    assert listed == {"a": ["w1"], "a:b": ["w2"], "e[1]": ["w3"]}
