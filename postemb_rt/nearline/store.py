@@ -78,7 +78,7 @@ class StoreMixin:
         self.stats.rewrites += len(done) - written - deleted
         # the records written only: a rewrite (a re-delivery, the same text again) made nothing fresher
         self.stats.freshness.extend(t - p.created_at for chunk, (n, t) in results
-                                    for (p, _), done in zip(chunk, bytes(n[2])) if done == ord("w"))
+                                    for (p, _), outcome in zip(chunk, bytes(n[2])) if outcome == ord("w"))
         self.stats.store_s += time.perf_counter() - t0
         return [(p.event_id, event_fields(p), f"the store refused it: {type(err).__name__}: {err}"[:1000])
                 for (p, _), err in failed]
