@@ -76,7 +76,8 @@ Single node only: the store script writes several keys in one atomic step, which
 Cluster refuses (CROSSSLOT) unless every key shares one hash slot, and putting every key
 in one slot would remove the point of a cluster. The worker checks ``INFO`` on
 connecting and refuses a cluster node with a clear error (use one primary, with replicas
-or Sentinel for failover), and warns when its maxmemory-policy may evict any key (allkeys-*). Needs Redis >= 6.2 (XAUTOCLAIM); tested with 7.0.
+or Sentinel for failover), and warns when its maxmemory-policy may evict any key
+(allkeys-*). Needs Redis >= 6.2 (XAUTOCLAIM); tested with 7.0.
 
 Modules: ``keys`` (stream and key names, the client set-up, the store script, reading a
 stored embedding back), ``events`` (publishing and validating post and deletion events),

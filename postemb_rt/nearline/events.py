@@ -103,8 +103,8 @@ def publish(client, post_id, text: str, created_at=None, *, stream: str = POSTS_
                               "deleted: publish_delete(client, post_id).")
     if "\x00" in text:  # what a worker dead-letters as a binary payload (parse_event)
         raise ValidationError(f"`text` contains a NUL character (at index {text.index(chr(0))}): a worker "
-                              "dead-letters it as a binary payload, not text. Given: a str with NUL. Fix: remove the NUL "
-                              "characters (text.replace('\\x00', '')).")
+                              "dead-letters it as a binary payload, not text. Given: a str with NUL. Fix: remove "
+                              "the NUL characters (text.replace('\\x00', '')).")
     data = text.encode("utf-8")
     if len(data) > MAX_TEXT_BYTES:
         raise ValidationError(f"`text` must be at most {MAX_TEXT_BYTES} UTF-8 bytes. Given: {len(data)} bytes.")
