@@ -76,9 +76,12 @@ def check_texts(value, field: str, cfg: ServeConfig, ids: bool = False, one: boo
             _check_ids(t, name)
             continue
         if not isinstance(t, str):
-            hint = (" Token-id arrays are not supported (an OpenAI client's are its own tokenizer's ids, not this "
-                    "model's): send text; LangChain's OpenAIEmbeddings: check_embedding_ctx_length=False."
-                    if not ids and isinstance(t, (int, list)) and not isinstance(t, bool) else "")
+            hint = ""
+            if not ids and isinstance(t, (int, list)) and not isinstance(t, bool):  # token ids, on a text route
+                hint = (" Token-id arrays are not supported (an OpenAI client's are its own tokenizer's ids, not "
+                        "this model's): send text; LangChain's OpenAIEmbeddings: check_embedding_ctx_length=False."
+                        if field == "input" else " Token ids are taken by POST /embed (and /, /invocations) only, "
+                        "as text-embeddings-inference: send text here.")
             what = "a string or a list of token ids" if ids else "a string"
             raise ApiError(422, f"`{name}` must be {what}. Given: {type_name(t)} {given(t)}.{hint}",
                            param=name, code="invalid_type")

@@ -1,0 +1,31 @@
+"""Drop-in details a client of text-embeddings-inference or OpenAI trips on: what each route says when a
+request is meant for another route, checked on the shared ``main_server``."""
+import pytest
+
+from tests.server.conftest import require_serve_extra
+
+httpx = require_serve_extra()
+
+IDS = [101, 7592, 102]  # "[CLS] hello [SEP]": token ids, which only /embed (and /, /invocations) take, as TEI
+
+
+@pytest.mark.parametrize("path, body, name", [
+    ("/similarity", {"inputs": {"source_sentence": "a", "sentences": [IDS]}}, "inputs.sentences[0]"),
+    ("/similarity", {"inputs": {"source_sentence": "a", "sentences": IDS}}, "inputs.sentences[0]"),
+    ("/tokenize", {"inputs": [IDS]}, "inputs[0]"),
+    ("/embed_full", {"inputs": [IDS]}, "inputs[0]"),
+])
+def test_token_ids_sent_to_a_text_route_are_told_the_route_that_takes_them(client, path, body, name):
+    """Token ids on a route that takes text: the error names the item and POST /embed, not the OpenAI
+    client's tokenizer nor LangChain's OpenAIEmbeddings, which the request has nothing to do with."""
+    r = client.post(path, json=body)
+    assert r.status_code == 422, r.text[:300]
+    message = r.json()["error"]
+    message = message if isinstance(message, str) else message["message"]
+    assert f"`{name}` must be a string" in message and "POST /embed" in message, message
+    assert "OpenAI" not in message and "LangChain" not in message, message
+
+
+def test_token_ids_on_the_openai_route_still_get_the_openai_hint(client):
+    r = client.post("/v1/embeddings", json={"input": [IDS]})
+    assert r.status_code == 400 and "check_embedding_ctx_length=False" in r.json()["error"]["message"], r.text
