@@ -170,7 +170,7 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
         if req.embedding_type != "float":  # as /embed_full's `encoding`: the model's calibrated ranges, packed bits
             ranges = await m.ranges_at(dim) if req.embedding_type in ("int8", "uint8") else None
             q = await m.off_loop(encodings.quantize, vecs, req.embedding_type, ranges)
-            rows = list(q) if req.encoding_format == "float" else [base64.b64encode(r.tobytes()).decode() for r in q]
+            rows = list(q)  # encoding_format float: base64 (float32's) is refused with them (schemas)
         else:
             rows = list(vecs) if req.encoding_format == "float" else base64_rows(vecs)
         data = [{"object": "embedding", "index": i, "embedding": r} for i, r in enumerate(rows)]

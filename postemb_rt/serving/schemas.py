@@ -142,12 +142,25 @@ class V1EmbeddingsRequest(BaseModel):
     user: Annotated[Any, WithJsonSchema({"type": "string"})] = None  # ignored
     embedding_type: Literal["float", "int8", "uint8", "binary", "ubinary"] = Field(
         "float", description="our extension (the openai client sends it in extra_body): int8 / uint8 / binary "
-                             "(= ubinary, packed sign bits) as Encoder.encode(precision=...); with encoding_format "
-                             "base64, each row's raw bytes")
+                             "(= ubinary, packed sign bits) as Encoder.encode(precision=...), integers; needs "
+                             "encoding_format float (base64 is float32's)")
     prompt_name: PromptName = Field(None, description=PROMPT_DOC + " (our extension, as embedding_type)")
 
     _check_input = field_validator("input", mode="before")(_texts)
     _defaults = field_validator("encoding_format", mode="before")(classmethod(_null_is_default))
+
+    @model_validator(mode="after")
+    def _base64_is_float32(self):
+        """OpenAI's base64 is float32 bytes: the openai clients ask for it by default and decode every base64 row
+        as float32, so quantized rows' raw bytes became garbage floats (no error when their bytes are a multiple
+        of 4, e.g. a 384-d int8 row gave 96 numbers). Refused, never silently misread."""
+        if self.embedding_type != "float" and self.encoding_format == "base64":
+            raise ApiError(422, f"`encoding_format` base64 is float32 bytes (OpenAI's API; the openai clients ask "
+                                f"for it by default and decode it as float32), and `embedding_type` "
+                                f"{self.embedding_type!r} rows are not float32. Given: base64. Fix: send "
+                                'encoding_format="float" with it (the rows are then integers).',
+                           param="encoding_format", code="invalid_value")
+        return self
 
 
 class EmbedRequest(BaseModel):

@@ -29,3 +29,22 @@ def test_token_ids_sent_to_a_text_route_are_told_the_route_that_takes_them(clien
 def test_token_ids_on_the_openai_route_still_get_the_openai_hint(client):
     r = client.post("/v1/embeddings", json={"input": [IDS]})
     assert r.status_code == 400 and "check_embedding_ctx_length=False" in r.json()["error"]["message"], r.text
+
+
+@pytest.mark.parametrize("kind", ["int8", "uint8", "binary", "ubinary"])
+def test_openai_client_default_never_decodes_quantized_rows_as_float32(main_server, server_encoder, kind):
+    """The openai client asks for base64 unless told otherwise, and decodes each base64 row as float32:
+    quantized rows in base64 (their raw bytes) became garbage floats (a 384-d int8 row: 96 numbers, no
+    error). The combination is a 400 naming the fix; with encoding_format "float" the rows are the ints."""
+    import numpy as np
+    import openai
+
+    from tests.server.conftest import API_KEY
+
+    c = openai.OpenAI(base_url=main_server.url + "/v1", api_key=API_KEY, max_retries=0)
+    with pytest.raises(openai.BadRequestError) as refused:
+        c.embeddings.create(model="m", input=["a post"], extra_body={"embedding_type": kind})
+    assert refused.value.param == "encoding_format" and 'encoding_format="float"' in refused.value.message
+    r = c.embeddings.create(model="m", input=["a post"], encoding_format="float", extra_body={"embedding_type": kind})
+    want = server_encoder.encode(["a post"], precision="ubinary" if kind == "binary" else kind)  # binary = ubinary here
+    np.testing.assert_array_equal(r.data[0].embedding, want[0])
