@@ -222,7 +222,7 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
             async with admission(request) as body:
                 req = parse(TokenizeRequest, json_object(body), cfg)
                 enc = rt.require_encoder()
-                texts, _ = fit_chars(req.inputs, "inputs[{}]".format, False, cfg.max_input_chars)
+                texts, _ = fit_chars(req.inputs, "inputs[{}]".format, False, cfg.max_input_chars, truncatable=False)
                 texts = rt.prompted(enc, texts, req.prompt_name)
                 encs = await rt.off_loop(enc.tokenizer.encodings, texts, req.add_special_tokens)
                 _within(sum(len(e.ids) for e in encs), cfg.max_queued_tokens, "inputs", "tokens in all")

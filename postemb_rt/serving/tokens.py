@@ -22,18 +22,21 @@ from __future__ import annotations
 from .errors import ApiError
 
 
-def fit_chars(texts: list[str], item, cut: bool, limit: int, direction: str = "right") -> tuple[list[str], list[int]]:
+def fit_chars(texts: list[str], item, cut: bool, limit: int, direction: str = "right",
+              truncatable: bool = True) -> tuple[list[str], list[int]]:
     """Posts longer than ``limit`` (max_input_chars, which bounds the tokenizer's work): when ``cut`` (the
     request truncates to max_length tokens) each is cut to its first (``direction`` "left": last) ``limit``
     characters, as text-embeddings-inference does, far past the tokens the model reads; else 413 naming
-    ``item(i)``. Returns (texts, indices cut)."""
+    ``item(i)``, whose fix offers ``truncate: true`` only to a route that takes it (``truncatable``; not
+    /tokenize). Returns (texts, indices cut)."""
     long = [i for i, t in enumerate(texts) if len(t) > limit]
     if long and not cut:
         name = item(long[0])
+        send = (", or send truncate: true (a long post's first max_length tokens are embedded; with long_posts "
+                "chunk, at most max_input_chars characters are)") if truncatable else " or split it"
         raise ApiError(413, f"`{name}` is {len(texts[long[0]])} characters, more than max_input_chars ({limit}). "
-                            "Fix: shorten it, or send truncate: true (a long post's first max_length tokens "
-                            "are embedded; with long_posts chunk, at most max_input_chars characters are) "
-                            "(client), or start the server with a higher --max-input-chars (operator).",
+                            f"Fix: shorten it{send} (client), or start the server with a higher --max-input-chars "
+                            "(operator).",
                        param=name, code="max_input_chars", limit=limit, given=len(texts[long[0]]))
     if not long:
         return texts, []

@@ -48,3 +48,13 @@ def test_openai_client_default_never_decodes_quantized_rows_as_float32(main_serv
     r = c.embeddings.create(model="m", input=["a post"], encoding_format="float", extra_body={"embedding_type": kind})
     want = server_encoder.encode(["a post"], precision="ubinary" if kind == "binary" else kind)  # binary = ubinary here
     np.testing.assert_array_equal(r.data[0].embedding, want[0])
+
+
+def test_a_tokenize_request_past_max_input_chars_is_not_told_to_send_truncate_which_tokenize_lacks(client):
+    from tests.server.conftest import LIMITS
+
+    text = "word " * (LIMITS["max_input_chars"] // 5 + 1)
+    r = client.post("/tokenize", json={"inputs": text, "truncate": True})  # TEI's /tokenize has no `truncate`
+    assert r.status_code == 413 and r.json()["error_type"] == "Validation", r.text[:300]
+    message = r.json()["error"]
+    assert "max_input_chars" in message and "--max-input-chars" in message and "truncate" not in message, message
