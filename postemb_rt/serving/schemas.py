@@ -51,8 +51,9 @@ def _token_ids(value) -> bool:
 
 def check_texts(value, field: str, cfg: ServeConfig, ids: bool = False, one: bool = False) -> list:
     """``value`` as a non-empty list of non-empty str, at most ``cfg.max_inputs`` of them; errors
-    name ``field`` (an item ``field[i]``; ``one``: a field that is never a list, ``field`` alone). Characters per post (``max_input_chars``) are the runtime's: it cuts a long post
-    when the request truncates (``tokens.fit_chars``). ``ids`` (text-embeddings-inference's /embed):
+    name ``field`` (an item ``field[i]``; ``one``: a field that is never a list, ``field`` alone). Characters
+    per post (``max_input_chars``) are the runtime's: it cuts a long post when the request truncates
+    (``tokens.fit_chars``). ``ids`` (text-embeddings-inference's /embed):
     an input may also be its token ids, a non-empty list of ints >= 0 (a list of ints alone is one
     input); the runtime checks them against the model (``tokens.fit_ids``)."""
     kinds = "a string, a list of token ids, or a list of those" if ids else "a string or a list of strings"

@@ -61,8 +61,8 @@ def main() -> int:
     sub = parser.add_subparsers(dest="command")
     register(sub)
     fault_dir = Path(sys.argv[1])
-    args = parser.parse_args(["serve", "--model", "base", "--backend", "onnxruntime", "--precision", "fp32", "--port", "0",
-                              *sys.argv[2:]])
+    args = parser.parse_args(["serve", "--model", "base", "--backend", "onnxruntime", "--precision", "fp32",
+                              "--port", "0", *sys.argv[2:]])
     args.verbose = False
     cfg = config_from_args(args)
     app = create_app(cfg, load_encoder=faulty_loader(cfg, fault_dir))

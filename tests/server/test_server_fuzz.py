@@ -40,7 +40,8 @@ v1_bodies = _fields("input", {"input": st.one_of(valid_inputs, inputs), "model":
                      "encoding_format": st.sampled_from(["float", "base64", "int8", ""]),
                      "dimensions": st.one_of(st.just(384), st.integers(-5, 2000)), "user": st.text(max_size=10)})
 native_bodies = _fields("inputs", {"inputs": st.one_of(valid_inputs, inputs), "truncate": st.booleans(),
-                                   "normalize": st.booleans(), "encoding": st.sampled_from(["float32", "int8", "binary", "bf16"])})
+                                   "normalize": st.booleans(),
+                                   "encoding": st.sampled_from(["float32", "int8", "binary", "bf16"])})
 
 
 def _check(client, route, data: bytes):
