@@ -78,7 +78,7 @@ def check_texts(value, field: str, cfg: ServeConfig, ids: bool = False, one: boo
             continue
         if not isinstance(t, str):
             hint = ""
-            if not ids and isinstance(t, (int, list)) and not isinstance(t, bool):  # token ids, on a text route
+            if not ids and (type(t) is int or _token_ids(t)):  # token ids (an array of ints), on a text route
                 hint = (" Token-id arrays are not supported (an OpenAI client's are its own tokenizer's ids, not "
                         "this model's): send text; LangChain's OpenAIEmbeddings: check_embedding_ctx_length=False."
                         if field == "input" else " Token ids are taken by POST /embed (and /, /invocations) only, "

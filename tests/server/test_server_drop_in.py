@@ -58,3 +58,13 @@ def test_a_tokenize_request_past_max_input_chars_is_not_told_to_send_truncate_wh
     assert r.status_code == 413 and r.json()["error_type"] == "Validation", r.text[:300]
     message = r.json()["error"]
     assert "max_input_chars" in message and "--max-input-chars" in message and "truncate" not in message, message
+
+
+@pytest.mark.parametrize("path, body", [("/v1/embeddings", {"input": [["a post", "another"]]}),
+                                        ("/tokenize", {"inputs": [["a post"]]})])
+def test_a_nested_list_of_strings_is_not_called_token_ids(client, path, body):
+    r = client.post(path, json=body)
+    message = r.json()["error"]
+    message = message if isinstance(message, str) else message["message"]
+    assert r.status_code in (400, 422) and "must be a string. Given: array" in message, r.text[:300]
+    assert "oken id" not in message and "oken-id" not in message, message
