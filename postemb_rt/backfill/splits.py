@@ -128,6 +128,9 @@ def _read_jsonl_split(s: Split, id_type: str, columns: Columns = Columns()):
                     f"`{columns.id}` must be a string or an integer. Given: {type(pid).__name__}"
                 bad.append({**where, "id": None if pid is None else repr(pid)[:80], "reason": why})
                 continue
+            if isinstance(pid, str) and (why := _not_unicode(pid, columns.id)):  # the errors file gets it escaped
+                bad.append({**where, "id": pid.encode("utf-8", "backslashreplace").decode(), "reason": why})
+                continue
             if id_type == "string":
                 pid = str(pid)
             elif why := _int_id_problem(pid):
@@ -139,12 +142,27 @@ def _read_jsonl_split(s: Split, id_type: str, columns: Columns = Columns()):
                     f"`{columns.text}` must be a string. Given: {type(tx).__name__}"
                 bad.append({**where, "id": pid, "reason": why})
                 continue
+            if why := _not_unicode(tx, columns.text):
+                bad.append({**where, "id": pid, "reason": why})
+                continue
             if not tx:
                 bad.append({**where, "id": pid, "reason": empty_text_reason(columns)})
                 continue
             ids.append(pid)
             texts.append(tx)
     return ids, texts, bad
+
+
+def _not_unicode(value: str, field: str) -> str | None:
+    """Why the JSONL ``field`` ``value`` can be neither embedded nor written (a lone surrogate: JSON's
+    "\\ud83d" escape of half a UTF-16 pair, e.g. an emoji cut by a truncation, which the tokenizer and
+    Arrow refuse), or None. One such row would otherwise fail its whole split on every run."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return (f"`{field}` holds a lone surrogate (U+{ord(value[exc.start]):04X}, half of a UTF-16 pair): "
+                "not Unicode text")
+    return None
 
 
 def arrow_id_type(id_type: str):

@@ -286,3 +286,24 @@ def test_a_jsonl_file_whose_rows_lack_a_field_altogether_is_refused_naming_the_o
     rows[0] = {"post_id": "p0"}  # some rows without `body`, the rest with it: bad rows, not a refusal
     (tmp_path / "in" / "a.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     bf.plan.check_jsonl_fields([tmp_path / "in" / "a.jsonl"], Columns("post_id", "body"))
+
+
+def test_a_lone_surrogate_in_a_jsonl_row_is_a_bad_row_not_a_split_that_never_finishes(tmp_path):
+    """JSON may escape half of a UTF-16 pair ("\\ud83d", e.g. an emoji cut by a truncation): Python reads
+    it as a lone surrogate, which the tokenizer and Arrow refuse. Before, one such row failed its whole
+    split on every run, so the file was never committed."""
+    rows = [{"id": 1, "text": "fine"}, {"id": 2, "text": "cut emoji \ud83d"}, {"id": "x\udc00", "text": "odd id"},
+            {"id": 3, "text": "also fine"}]
+    (tmp_path / "s.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="ascii")
+    ids, texts, bad = _read(tmp_path / "s.jsonl", "string")
+    assert (ids, texts) == (["1", "3"], ["fine", "also fine"])
+    assert [(b["id"], b["reason"]) for b in bad] == [
+        ("2", "`text` holds a lone surrogate (U+D83D, half of a UTF-16 pair): not Unicode text"),
+        ("x\\udc00", "`id` holds a lone surrogate (U+DC00, half of a UTF-16 pair): not Unicode text")]
+    emb = bf_splits.SplitEmbedder("default", "auto", 1, 8, str(tmp_path / "out"))
+    split = bf.plan_file(tmp_path / "s.jsonl", tmp_path).splits[0]
+    assert emb.run_split(split) == (2, 2, 0)  # the split finishes: 2 embedded, 2 bad, 0 empty
+    staged = tmp_path / "out" / bf.STAGING / "s.jsonl"
+    assert pq.read_table(staged / bf.part_name(0)).column("id").to_pylist() == ["1", "3"]
+    errors = [json.loads(line) for line in (staged / "_errors-00000.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert [e["id"] for e in errors] == ["2", "x\\udc00"]
