@@ -119,7 +119,8 @@ def read_parquet(path, batch_rows: int = 65_536, vector_version: str | None = No
                               "a backfill's _staging/, _SUCCESS.json). Fix: give a Parquet file or a folder of them "
                               "(postemb embed --out X.parquet, or postemb backfill's output, once it has committed "
                               "files).")
-    _one_kind(path, ds.files)
+    with _arrow_errors(path):  # every file by the schema of all: the first file's would drop the others' columns
+        ds = pads.dataset(ds.files, format="parquet", schema=_unified(_one_kind(path, ds.files)))
     names = ds.schema.names
     if "id" not in names or "embedding" not in names:
         raise ValidationError(f"`path` {str(path)!r} needs columns `id` and `embedding`. Given columns: {names}.")
@@ -172,17 +173,27 @@ def read_parquet(path, batch_rows: int = 65_536, vector_version: str | None = No
     return n, batches(), parquet_prompt(ds.files)
 
 
-def _one_kind(path, files) -> None:
+def _unified(schemas: list):
+    """The schema to read every file by: pyarrow's unification of the files' ``schemas`` (a column some
+    files lack reads as nulls there; int32 and int64 ids as int64), a dictionary column (pandas
+    ``category``) taken as its values' type. A dataset takes its first file's schema, so a first file
+    without ``model_version`` hid the other files' versions (two versions made one index of none)."""
+    import pyarrow as pa
+
+    plain = [pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in s])
+             for s in schemas]
+    return pa.unify_schemas(plain, promote_options="permissive")
+
+
+def _one_kind(path, files) -> list:
     """Each of the Parquet ``files`` has columns ``id`` and ``embedding``, and they hold ids of one type
     (int or string) and embeddings of one width, as their schemas say; else a ValidationError naming
     ``path`` and the file (two files that differ; arrow's own error, met while reading, names neither,
-    and a file without a column reads as nulls)."""
+    and a file without a column reads as nulls). Returns the files' schemas."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    def kinds(f) -> tuple:
-        with _arrow_errors(f):
-            schema = pq.read_schema(f)
+    def kinds(schema) -> tuple:
         for column in ("id", "embedding"):
             if column not in schema.names:
                 raise ValidationError(
@@ -195,8 +206,11 @@ def _one_kind(path, files) -> None:
                 e.list_size if isinstance(e, pa.FixedSizeListType) else None)
 
     seen: list = [None, None]  # per kind: (value, file) of the first file that says it
+    schemas = []
     for f in files:
-        for j, value in enumerate(kinds(f)):
+        with _arrow_errors(f):
+            schemas.append(pq.read_schema(f))
+        for j, value in enumerate(kinds(schemas[-1])):
             if value is None:
                 continue
             if seen[j] is None:
@@ -211,6 +225,7 @@ def _one_kind(path, files) -> None:
                     f"`path` {str(path)!r}: the embeddings of {f!r} have {value} values, those of {seen[j][1]!r} "
                     f"{seen[j][0]} (two models or truncate dims). Fix: build one index per vector version, "
                     "from a folder of its own.")
+    return schemas
 
 
 def _embeddings(path, where: str, start: int, ids: list, emb, dim: int | None) -> np.ndarray:
