@@ -45,6 +45,8 @@ def _read_parquet_split(s: Split, id_type: str, columns: Columns = Columns()):
     if pa.types.is_dictionary(ids.type):
         ids = ids.cast(ids.type.value_type)
     kind = parquet_text_kind(s.path, text.type, columns.text)  # checked by the run too; here for a file changed since
+    if kind == "string" and not _valid_utf8(text):  # raw bytes in a string column: read as binary, rows checked
+        kind = "binary"
     ids, text = ids.combine_chunks(), text.cast(pa.large_binary() if kind == "binary" else pa.large_string())
     bad: list[dict] = []
     if kind == "binary":
@@ -73,6 +75,18 @@ def _read_parquet_split(s: Split, id_type: str, columns: Columns = Columns()):
     if len(good) < len(texts):
         ids, texts = pc.take(ids, pa.array(good, type=pa.int64())), [texts[i] for i in good]
     return pc.cast(ids, arrow_id_type(id_type)), texts, bad
+
+
+def _valid_utf8(column) -> bool:
+    """Whether a string ``column`` (pyarrow) holds valid UTF-8: Arrow does not check a Parquet file's
+    bytes on read, and one invalid value would make ``to_pylist`` fail the whole split on every run."""
+    import pyarrow as pa
+
+    try:
+        column.validate(full=True)
+    except pa.ArrowInvalid:
+        return False
+    return True
 
 
 def _int_id_problem(pid) -> str | None:

@@ -307,3 +307,14 @@ def test_a_lone_surrogate_in_a_jsonl_row_is_a_bad_row_not_a_split_that_never_fin
     assert pq.read_table(staged / bf.part_name(0)).column("id").to_pylist() == ["1", "3"]
     errors = [json.loads(line) for line in (staged / "_errors-00000.jsonl").read_text(encoding="utf-8").splitlines()]
     assert [e["id"] for e in errors] == ["2", "x\\udc00"]
+
+
+def test_invalid_utf8_in_a_parquet_string_column_is_a_bad_row_as_in_a_binary_one(tmp_path):
+    """Arrow does not check a Parquet string column's bytes on read; a writer that put raw bytes there made
+    `to_pylist` raise UnicodeDecodeError, failing the whole split on every run (the file never committed)."""
+    raw = pa.array([b"ok", b"bad \xff\xfe", None, b"fine"], pa.binary())
+    text = pa.Array.from_buffers(pa.string(), len(raw), raw.buffers(), null_count=raw.null_count)
+    pq.write_table(pa.table({"id": [1, 2, 3, 4], "text": text}), tmp_path / "u.parquet")
+    ids, texts, bad = _read(tmp_path / "u.parquet")
+    assert (ids, texts) == ([1, 4], ["ok", "fine"])
+    assert [(b["id"], b["reason"]) for b in bad] == [(2, "`text` is not valid UTF-8"), (3, "`text` is null")]
