@@ -5,7 +5,7 @@
                                                  output/2024/01/b.jsonl/_errors-00000.jsonl    (bad rows and why)
                                                  output/2024/01/b.jsonl/_SUCCESS.json          (counts, source size/mtime)
 
-The unit of work is a *split*: a run of Parquet row groups (about ``rows_per_split`` rows) or
+The unit of work is a *split*: a run of Parquet row groups (about ``rows_per_split`` rows; a bigger group is cut) or
 a byte range of a JSONL file (lines belong to the split they start in). The driver lists
 the splits, ``ray.data.from_items`` makes one row per split, and ``map_batches`` runs them
 on a pool of actors (``ActorPoolStrategy``), each of which loads the model once and then,

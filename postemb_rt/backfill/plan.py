@@ -40,7 +40,9 @@ def check_columns(columns: Columns) -> Columns:
 @dataclass(frozen=True)
 class Split:
     """One unit of work. ``rel``: the input file's path relative to the input root (also its
-    output folder). Parquet: row groups [first, first + count). JSONL: bytes [start, end)."""
+    output folder). Parquet: row groups [first, first + count), of which the ``rows`` rows from
+    row ``skip`` (a piece of a row group larger than ``rows_per_split``: skip > 0 but for the
+    first). JSONL: bytes [start, end)."""
 
     path: str
     rel: str
@@ -49,6 +51,7 @@ class Split:
     first: int
     count: int
     rows: int  # rows in the split (Parquet: exact; JSONL: -1, unknown until read)
+    skip: int = 0  # Parquet: rows of the first row group before the split's (a cut row group)
 
 
 @dataclass
@@ -109,8 +112,10 @@ def make_output(input_path: Path, out: Path) -> None:
 def plan_file(path: Path, root: Path, rows_per_split: int = ROWS_PER_SPLIT,
               columns: Columns = Columns()) -> FilePlan:
     """The splits of one input file. Parquet: consecutive row groups up to ``rows_per_split``
-    rows (a row group is never cut, so a file written as one huge row group is one split);
-    reads only the footer, and checks that the ``columns`` exist. JSONL: byte ranges of about
+    rows; a row group larger than that (pandas and pyarrow write up to 1,048,576 rows a group) is
+    cut into near-equal pieces of at most ``rows_per_split`` rows, each its own split (each reads
+    its group and keeps its rows: the extra read is small beside embedding them); reads only the
+    footer, and checks that the ``columns`` exist. JSONL: byte ranges of about
     ``rows_per_split`` * 200 bytes (no read)."""
     st = path.stat()
     rel = path.relative_to(root).as_posix()
@@ -122,7 +127,17 @@ def plan_file(path: Path, root: Path, rows_per_split: int = ROWS_PER_SPLIT,
         _check_columns(path, meta.schema_arrow.names, columns)
         first, rows = 0, 0
         for rg in range(meta.num_row_groups):
-            rows += meta.metadata.row_group(rg).num_rows
+            n = meta.metadata.row_group(rg).num_rows
+            if n > rows_per_split:  # cut it; the groups before it close their own split first
+                if rg > first:
+                    splits.append(Split(str(path), rel, len(splits), "parquet", first, rg - first, rows))
+                pieces = -(-n // rows_per_split)
+                bounds = [n * i // pieces for i in range(pieces + 1)]
+                for a, b in zip(bounds, bounds[1:]):
+                    splits.append(Split(str(path), rel, len(splits), "parquet", rg, 1, b - a, a))
+                first, rows = rg + 1, 0
+                continue
+            rows += n
             if rows >= rows_per_split or rg == meta.num_row_groups - 1:
                 splits.append(Split(str(path), rel, len(splits), "parquet", first, rg + 1 - first, rows))
                 first, rows = rg + 1, 0

@@ -148,11 +148,12 @@ def marker(plan: FilePlan, model_version: str, fingerprint: str, rows_per_split:
            prompt_name: str | None = None, columns: Columns = Columns()) -> dict:
     """What the staging folder of an unfinished file was started with (``_source.json``):
     the source's size and mtime, the model (vector version and fingerprint), the split plan
-    (each split's first and count: for JSONL, byte ranges), the id type, the prompt name and the
-    input's id and text columns, so parts of different runs are never mixed."""
+    (each split's first and count, and its skip in a cut row group: for JSONL, byte ranges), the
+    id type, the prompt name and the input's id and text columns, so parts of different runs are
+    never mixed."""
     return {"size": plan.size, "mtime_ns": plan.mtime_ns, "model_version": model_version,
             "model_fingerprint": fingerprint, "rows_per_split": rows_per_split,
-            "splits": [[s.first, s.count] for s in plan.splits], "id_type": id_type,
+            "splits": [[s.first, s.count] + ([s.skip] if s.skip else []) for s in plan.splits], "id_type": id_type,
             "prompt_name": prompt_name, "id_column": columns.id, "text_column": columns.text}
 
 

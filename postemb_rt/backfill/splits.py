@@ -41,6 +41,8 @@ def _read_parquet_split(s: Split, id_type: str, columns: Columns = Columns()):
     import pyarrow.parquet as pq
 
     t = pq.ParquetFile(s.path).read_row_groups(list(range(s.first, s.first + s.count)), columns=list(columns))
+    if s.skip or s.rows < t.num_rows:  # a piece of a row group larger than rows_per_split (plan_file)
+        t = t.slice(s.skip, s.rows)
     ids, text = t.column(columns.id), t.column(columns.text)
     if pa.types.is_dictionary(ids.type):
         ids = ids.cast(ids.type.value_type)

@@ -117,6 +117,7 @@ def register(sub) -> None:
                         "write the first K components re-normalised, under vector version '<model>@K' "
                         "(default: the model's default prefix if its config sets one, else the full dim)")
     p.add_argument("--rows-per-split", type=int, default=10_000,
-                   help="rows per unit of work (Parquet row groups are never cut) (default: 10000)")
+                   help="rows per unit of work (Parquet: row groups packed up to it; a bigger group is cut into "
+                        "pieces of at most this many rows) (default: 10000)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -318,3 +318,29 @@ def test_invalid_utf8_in_a_parquet_string_column_is_a_bad_row_as_in_a_binary_one
     ids, texts, bad = _read(tmp_path / "u.parquet")
     assert (ids, texts) == ([1, 4], ["ok", "fine"])
     assert [(b["id"], b["reason"]) for b in bad] == [(2, "`text` is not valid UTF-8"), (3, "`text` is null")]
+
+
+def test_a_row_group_larger_than_rows_per_split_is_cut_into_splits(tmp_path):
+    """pandas and pyarrow write row groups of up to 1,048,576 rows: before, such a group was one split,
+    so a 1M-row file kept one worker busy for most of an hour while the others idled, and an interruption
+    lost the whole of it. Groups that fit keep their plan (an interrupted run's parts stay valid)."""
+    pq.write_table(pa.table({"id": list(range(25)), "text": [f"p{i}" for i in range(25)]}), tmp_path / "one.parquet")
+    plan = bf.plan_file(tmp_path / "one.parquet", tmp_path, rows_per_split=8)
+    assert [(s.first, s.count, s.skip, s.rows) for s in plan.splits] == [(0, 1, 0, 6), (0, 1, 6, 6), (0, 1, 12, 6),
+                                                                        (0, 1, 18, 7)]
+    assert _read(tmp_path / "one.parquet")[:2] == (list(range(25)), [f"p{i}" for i in range(25)])  # 4 rows a split
+    # groups of 3, 20, 3, 3 rows: the small ones are packed as before, the big one cut
+    writer = pq.ParquetWriter(tmp_path / "mixed.parquet", pa.schema({"id": pa.int64(), "text": pa.string()}))
+    start = 0
+    for n in (3, 20, 3, 3):
+        writer.write_table(pa.table({"id": range(start, start + n), "text": ["t"] * n}), row_group_size=n)
+        start += n
+    writer.close()
+    plan = bf.plan_file(tmp_path / "mixed.parquet", tmp_path, rows_per_split=8)
+    assert [(s.first, s.count, s.skip, s.rows) for s in plan.splits] == [(0, 1, 0, 3), (1, 1, 0, 6), (1, 1, 6, 7),
+                                                                        (1, 1, 13, 7), (2, 2, 0, 6)]
+    got = [i for s in plan.splits for i in bf_splits._read_parquet_split(s, "int")[0].to_pylist()]
+    assert got == list(range(29))
+    # the staging marker tells a cut plan from the uncut one an older version made of the same file
+    want = bf_resume.marker(plan, "v", "fp", 8, "int")
+    assert want["splits"] == [[0, 1], [1, 1], [1, 1, 6], [1, 1, 13], [2, 2]]
