@@ -174,14 +174,14 @@ def read_parquet(path, batch_rows: int = 65_536, vector_version: str | None = No
 
 
 def _unified(schemas: list):
-    """The schema to read every file by: pyarrow's unification of the files' ``schemas`` (a column some
-    files lack reads as nulls there; int32 and int64 ids as int64), a dictionary column (pandas
-    ``category``) taken as its values' type. A dataset takes its first file's schema, so a first file
-    without ``model_version`` hid the other files' versions (two versions made one index of none)."""
+    """The schema to read every file by: pyarrow's unification of the files' ``schemas``, their columns
+    read here only (others may differ freely), a column some files lack reading as nulls there (int32 and
+    int64 ids as int64), a dictionary column (pandas ``category``) as its values' type. A dataset takes its
+    first file's schema, so a first file without ``model_version`` hid the other files' versions."""
     import pyarrow as pa
 
-    plain = [pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in s])
-             for s in schemas]
+    plain = [pa.schema([f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in s
+                        if f.name in ("id", "embedding", "model_version")]) for s in schemas]
     return pa.unify_schemas(plain, promote_options="permissive")
 
 

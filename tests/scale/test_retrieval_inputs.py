@@ -43,5 +43,7 @@ def test_a_first_file_without_a_version_column_does_not_hide_the_versions_of_the
 def test_int32_and_int64_id_files_build_one_index(tmp_path):
     """Before: "Integer value 1099511627776 not in range" (the folder read as int32, its first file's type)."""
     pq.write_table(_table([1, 2], "v", pa.int32()), tmp_path / "a.parquet")
-    pq.write_table(_table([2 ** 40, 7], "v", seed=1), tmp_path / "b.parquet")
-    assert PostIndex.from_parquet(tmp_path).ids == [1, 2, 2 ** 40, 7]
+    pq.write_table(_table([2 ** 40, 7], "v", seed=1).append_column("note", pa.array(["x", "y"])),
+                   tmp_path / "b.parquet")
+    pq.write_table(_table([8], "v", seed=2).append_column("note", pa.array([1.5])), tmp_path / "c.parquet")
+    assert PostIndex.from_parquet(tmp_path).ids == [1, 2, 2 ** 40, 7, 8]  # other columns may differ
