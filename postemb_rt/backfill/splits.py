@@ -47,23 +47,17 @@ def _read_parquet_split(s: Split, id_type: str, columns: Columns = Columns()):
     if pa.types.is_dictionary(ids.type):
         ids = ids.cast(ids.type.value_type)
     kind = parquet_text_kind(s.path, text.type, columns.text)  # checked by the run too; here for a file changed since
-    if kind == "string" and not _valid_utf8(text):  # raw bytes in a string column: read as binary, rows checked
-        kind = "binary"
-    ids, text = ids.combine_chunks(), text.cast(pa.large_binary() if kind == "binary" else pa.large_string())
+    ids = ids.combine_chunks()
+    # string-like, binary, or a column of nulls only (every row bad: `text` is null)
+    texts = _values(text, kind == "binary" or (kind == "string" and not _valid_utf8(text)))
     bad: list[dict] = []
-    if kind == "binary":
-        texts = []
-        for v in text.to_pylist():
-            try:
-                texts.append(None if v is None else v.decode("utf-8"))
-            except UnicodeDecodeError:
-                texts.append(b"")  # marked bad below
-    else:  # string-like, or a column of nulls only (every row bad: `text` is null)
-        texts = text.to_pylist()
     good = []
-    for i, (pid, tx) in enumerate(zip(ids.to_pylist(), texts)):
+    for i, (pid, tx) in enumerate(zip(_values(ids, pa.types.is_string(ids.type) and not _valid_utf8(ids)), texts)):
         if pid is None:
             bad.append({"id": None, "row_in_split": i, "reason": f"`{columns.id}` is null"})
+        elif isinstance(pid, bytes):
+            bad.append({"id": pid.decode("utf-8", "backslashreplace"), "row_in_split": i,
+                        "reason": f"`{columns.id}` is not valid UTF-8"})
         elif id_type == "int" and (why := _int_id_problem(pid)):  # a uint64 id above the int64 maximum
             bad.append({"id": pid, "row_in_split": i, "reason": why})
         elif tx is None:
@@ -77,6 +71,22 @@ def _read_parquet_split(s: Split, id_type: str, columns: Columns = Columns()):
     if len(good) < len(texts):
         ids, texts = pc.take(ids, pa.array(good, type=pa.int64())), [texts[i] for i in good]
     return pc.cast(ids, arrow_id_type(id_type)), texts, bad
+
+
+def _values(column, decode: bool) -> list:
+    """``column``'s values as Python objects; ``decode``: each value's bytes decoded as UTF-8 (a binary
+    column, or a string one holding invalid UTF-8), kept as bytes where that fails (a bad row)."""
+    import pyarrow as pa
+
+    if not decode:
+        return column.to_pylist()
+    out = []
+    for v in column.cast(pa.large_binary()).to_pylist():
+        try:
+            out.append(None if v is None else v.decode("utf-8"))
+        except UnicodeDecodeError:
+            out.append(v)
+    return out
 
 
 def _valid_utf8(column) -> bool:

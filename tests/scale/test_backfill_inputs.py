@@ -318,6 +318,11 @@ def test_invalid_utf8_in_a_parquet_string_column_is_a_bad_row_as_in_a_binary_one
     ids, texts, bad = _read(tmp_path / "u.parquet")
     assert (ids, texts) == ([1, 4], ["ok", "fine"])
     assert [(b["id"], b["reason"]) for b in bad] == [(2, "`text` is not valid UTF-8"), (3, "`text` is null")]
+    pq.write_table(pa.table({"id": text, "text": ["a", "b", "c", "d"]}), tmp_path / "u-id.parquet")  # ids too
+    ids, texts, bad = _read(tmp_path / "u-id.parquet", "string")
+    assert (ids, texts) == (["ok", "fine"], ["a", "d"])
+    assert [(b["id"], b["reason"]) for b in bad] == [("bad \\xff\\xfe", "`id` is not valid UTF-8"),
+                                                     (None, "`id` is null")]
 
 
 def test_a_row_group_larger_than_rows_per_split_is_cut_into_splits(tmp_path):
