@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 import time
 
 from ..errors import ValidationError
@@ -208,8 +209,22 @@ def run_build(args) -> int:
     else:
         if not args.input:
             raise ValidationError("`index build` needs `--input` (Parquet embeddings) or `--redis URL`. Given: neither.")
-        idx = PostIndex.from_parquet(args.input, vector_version=args.vector_version,
-                                     allow_unversioned=args.allow_unversioned, **params)
+        bar = None
+
+        def progress(done: int, total: int) -> None:  # on a terminal only: no redraws in a log
+            nonlocal bar
+            if bar is None and not args.no_progress and sys.stderr.isatty():
+                from tqdm.auto import tqdm
+
+                bar = tqdm(unit="post", desc="index build", total=total)
+            if bar is not None:
+                bar.update(done - bar.n)
+        try:
+            idx = PostIndex.from_parquet(args.input, vector_version=args.vector_version,
+                                         allow_unversioned=args.allow_unversioned, on_progress=progress, **params)
+        finally:
+            if bar is not None:
+                bar.close()
         source, rows = args.input, len(idx) + idx.skipped
     idx.save(args.out)
     d = idx.describe()
@@ -304,6 +319,7 @@ def register(sub) -> None:
     b.add_argument("--rescore", type=int, default=0, metavar="N",
                    help="with --binary: keep the float vectors too (vectors.npy) and re-rank the k*N nearest by "
                         "Hamming with them (default: 0, no rescoring; 4 is usual)")
+    b.add_argument("--no-progress", action="store_true", help="no progress bar (shown on a terminal, for --input)")
     b.set_defaults(func=run_build)
     q = isub.add_parser("query", help="top-k posts for texts or for a member")
     q.add_argument("--index", required=True, help="index folder (from `postemb index build`)")

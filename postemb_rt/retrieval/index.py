@@ -220,7 +220,7 @@ class PostIndex:
 
     @classmethod
     def from_parquet(cls, path, kind: str = "auto", batch_rows: int = 65_536, vector_version: str | None = None,
-                     allow_unversioned: bool = True, **params) -> "PostIndex":
+                     allow_unversioned: bool = True, on_progress=None, **params) -> "PostIndex":
         """An index over Parquet embeddings (``postemb backfill`` / ``postemb embed`` output: columns
         ``id``, ``embedding`` fixed-size list<float32>, ``model_version``): a file or a folder
         (read recursively; ``_``/``.``-prefixed files and folders ignored). One version only: the
@@ -228,11 +228,12 @@ class PostIndex:
         ``vector_version`` states it for Parquet without one (and must equal the column's).
         An index of no version (logged as a warning) is refused with ``allow_unversioned=False``.
         ``prompt_name``: what the files record (``sources.parquet_prompt``: backfill or embed),
-        else the one given (a different one is refused)."""
+        else the one given (a different one is refused). ``on_progress(rows indexed, rows in all)``: called
+        after each batch is added (a progress bar's update: minutes at millions of posts)."""
         n, batches, recorded = read_parquet(path, batch_rows, vector_version, allow_unversioned)
         params["prompt_name"] = stated_prompt(params.get("prompt_name"), recorded, repr(str(path)))
         idx: PostIndex | None = None
-        pending_ids, pending_v = [], []
+        pending_ids, pending_v, done = [], [], 0
         for ids, vec, mv in batches:
             if idx is None:
                 idx = cls(vec.shape[1], kind, expected_size=n, vector_version=mv, **params)
@@ -241,9 +242,13 @@ class PostIndex:
             need = 256 * idx.nlist if idx.kind == "ivf" and not idx.index.is_trained else 0
             if sum(len(p) for p in pending_v) >= need:
                 idx.add(pending_ids, np.concatenate(pending_v))
-                pending_ids, pending_v = [], []
+                done, pending_ids, pending_v = done + len(pending_ids), [], []
+                if on_progress is not None:
+                    on_progress(done, n)
         if pending_v:
             idx.add(pending_ids, np.concatenate(pending_v))
+            if on_progress is not None:
+                on_progress(n, n)
         _warn_skipped(idx, n, path)
         if idx.vector_version is None:
             log.warning("%s records no vector version (no model_version column, none given): queries of this index "

@@ -47,3 +47,13 @@ def test_int32_and_int64_id_files_build_one_index(tmp_path):
                    tmp_path / "b.parquet")
     pq.write_table(_table([8], "v", seed=2).append_column("note", pa.array([1.5])), tmp_path / "c.parquet")
     assert PostIndex.from_parquet(tmp_path).ids == [1, 2, 2 ** 40, 7, 8]  # other columns may differ
+
+
+def test_from_parquet_reports_its_progress_up_to_every_row(tmp_path):
+    """A build over millions of posts takes minutes: ``index build`` draws a bar from these calls."""
+    pq.write_table(_table(list(range(10)), "v"), tmp_path / "a.parquet")
+    pq.write_table(_table(list(range(10, 15)), "v", seed=1), tmp_path / "b.parquet")
+    calls = []
+    idx = PostIndex.from_parquet(tmp_path, batch_rows=4, on_progress=lambda done, total: calls.append((done, total)))
+    assert len(idx) == 15 and len(calls) >= 4 and calls[-1] == (15, 15)
+    assert [d for d, _ in calls] == sorted(d for d, _ in calls) and {t for _, t in calls} == {15}
