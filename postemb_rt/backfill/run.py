@@ -192,7 +192,8 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
         except ValidationError:
             raise  # a file without the id and text columns: the input is not what the run expects
         except Exception as exc:  # noqa: BLE001 - an unreadable file fails alone; the rest runs
-            report.failures.append(f"{rel}: cannot read it ({type(exc).__name__}: {exc})"[:500])
+            report.failures.append(f"{rel}: cannot read it ({type(exc).__name__}: {str(exc)[:300]}). Fix: replace it "
+                                   "with a readable copy, or move it out of --input: every run fails on it until then")
             report.files_failed += 1
             continue
         staging = out / STAGING / rel

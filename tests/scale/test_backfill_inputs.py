@@ -349,3 +349,14 @@ def test_a_row_group_larger_than_rows_per_split_is_cut_into_splits(tmp_path):
     # the staging marker tells a cut plan from the uncut one an older version made of the same file
     want = bf_resume.marker(plan, "v", "fp", 8, "int")
     assert want["splits"] == [[0, 1], [1, 1], [1, 1, 6], [1, 1, 13], [2, 2]]
+
+
+def test_an_unreadable_input_file_s_failure_says_a_rerun_fails_on_it_until_it_is_fixed(tmp_path, capsys):
+    """A 0-byte .parquet (an interrupted copy) fails every run; before, the error said only that a re-run
+    retries it, with no fix, so the exit status stayed 1 run after run."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "zero.parquet").write_bytes(b"")
+    assert main(["backfill", "--input", str(tmp_path / "in"), "--output", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "zero.parquet: cannot read it (ArrowInvalid: Parquet file size is 0 bytes). Fix: replace it with a " \
+           "readable copy, or move it out of --input: every run fails on it until then" in err
