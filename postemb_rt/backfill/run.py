@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -210,7 +211,9 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
 
     started_ray, restore_sigterm = False, sigterm_interrupts()  # SIGTERM stops the run as Ctrl-C does
     try:
-        units = [asdict(s) for rel, p in pending.items() for s in p.splits if s.index in todo[rel]]
+        # absolute: an actor resolves a relative path against its own working directory, not the driver's
+        units = [{**asdict(s), "path": os.path.abspath(s.path)} for rel, p in pending.items() for s in p.splits
+                 if s.index in todo[rel]]
         report.rows_planned = None if any(u["rows"] < 0 for u in units) else sum(u["rows"] for u in units)
         if on_start is not None:
             on_start(report)
@@ -233,7 +236,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
                 SplitEmbedder, batch_size=1, batch_format="numpy",
                 compute=rd.ActorPoolStrategy(size=workers), num_cpus=threads_per_worker,
                 fn_constructor_kwargs=dict(model=model, backend=backend, threads=threads_per_worker,
-                                           batch_size=batch_size, out=str(out), long_posts=long_posts,
+                                           batch_size=batch_size, out=os.path.abspath(out), long_posts=long_posts,
                                            precision=precision, id_type=id_type, vector_version=model_version,
                                            prompt_name=prompt_name, truncate_dim=truncate_dim, columns=columns),
             )

@@ -2,7 +2,8 @@
 output and is filled up after the first finished split. The run must fail with an error that
 says so and what to do, commit nothing partial or corrupt, leave no temporary file, and a
 re-run after space is freed must finish every file with every row exactly once. And stopped by
-SIGTERM (a scheduler's stop): as by Ctrl-C, then resumed by the same command."""
+SIGTERM (a scheduler's stop): as by Ctrl-C, then resumed by the same command. And given relative
+paths, which the actors (another working directory) must not read against their own."""
 from __future__ import annotations
 
 import errno
@@ -130,3 +131,14 @@ def test_sigterm_stops_a_backfill_as_ctrl_c_does_and_the_same_command_resumes(tm
     assert report.splits_reused >= 1 and report.files_committed == 1
     ids, _, _ = read_output(out)
     assert sorted(ids) == list(range(200))
+
+
+def test_relative_paths_mean_the_driver_s_folder_not_each_actor_s(tmp_path, ray_local, monkeypatch):
+    """Ray actors do not run in the driver's working directory (on a cluster: where `ray start` ran;
+    here: where the session's Ray started). Before, `--input posts --output emb` reached them
+    relative, so every split failed with FileNotFoundError (or read and wrote another node's folders)."""
+    monkeypatch.chdir(tmp_path)
+    truth = write_parquet_set(Path("posts"), n_files=1)
+    report = bf.backfill("posts", "emb", num_workers=1)
+    assert (report.files_committed, report.rows_embedded) == (1, len(truth))
+    assert sorted(read_output(tmp_path / "emb")[0]) == sorted(truth)
