@@ -123,7 +123,7 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     import ray
     import ray.data as rd
 
-    from ..model_dir import resolve
+    from ..model_dir import REGISTERED, resolve
 
     if threads_per_worker < 1:
         raise ValidationError(f"`threads_per_worker` must be >= 1. Given: {threads_per_worker}.")
@@ -229,13 +229,16 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
             workers = num_workers or max(1, cpus // threads_per_worker)
             workers = min(workers, len(units))
             report.workers = workers
+            # a model folder by its absolute path (an actor reads a relative one against its own working
+            # directory); a registered name as given (each node finds it in its own install)
+            actor_model = model if isinstance(model, str) and model in REGISTERED else str(md.path)
             ctx = rd.DataContext.get_current()
             ctx.enable_progress_bars = False
             ds = rd.from_items(units, override_num_blocks=len(units))
             ds = ds.map_batches(
                 SplitEmbedder, batch_size=1, batch_format="numpy",
                 compute=rd.ActorPoolStrategy(size=workers), num_cpus=threads_per_worker,
-                fn_constructor_kwargs=dict(model=model, backend=backend, threads=threads_per_worker,
+                fn_constructor_kwargs=dict(model=actor_model, backend=backend, threads=threads_per_worker,
                                            batch_size=batch_size, out=os.path.abspath(out), long_posts=long_posts,
                                            precision=precision, id_type=id_type, vector_version=model_version,
                                            prompt_name=prompt_name, truncate_dim=truncate_dim, columns=columns),

@@ -136,9 +136,13 @@ def test_sigterm_stops_a_backfill_as_ctrl_c_does_and_the_same_command_resumes(tm
 def test_relative_paths_mean_the_driver_s_folder_not_each_actor_s(tmp_path, ray_local, monkeypatch):
     """Ray actors do not run in the driver's working directory (on a cluster: where `ray start` ran;
     here: where the session's Ray started). Before, `--input posts --output emb` reached them
-    relative, so every split failed with FileNotFoundError (or read and wrote another node's folders)."""
+    relative, so every split failed with FileNotFoundError (or read and wrote another node's folders),
+    and `--model my-model` (a folder) killed every actor: "neither a registered name nor a directory"."""
+    from postemb_rt.model_dir import resolve
+
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "my-model").symlink_to(resolve("default").path, target_is_directory=True)
     truth = write_parquet_set(Path("posts"), n_files=1)
-    report = bf.backfill("posts", "emb", num_workers=1)
+    report = bf.backfill("posts", "emb", "my-model", num_workers=1)
     assert (report.files_committed, report.rows_embedded) == (1, len(truth))
     assert sorted(read_output(tmp_path / "emb")[0]) == sorted(truth)
