@@ -142,8 +142,8 @@ def _read_jsonl_split(s: Split, id_type: str, columns: Columns = Columns()):
                 continue
             try:
                 obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                bad.append({**where, "id": None, "reason": f"not valid JSON ({exc.msg})"})
+            except ValueError as exc:  # JSONDecodeError, or a number past Python's 4,300-digit limit
+                bad.append({**where, "id": None, "reason": f"not valid JSON ({getattr(exc, 'msg', str(exc))[:200]})"})
                 continue
             if not isinstance(obj, dict):
                 bad.append({**where, "id": None, "reason": f"must be a JSON object. Given: {type(obj).__name__}"})
