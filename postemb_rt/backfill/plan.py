@@ -256,7 +256,7 @@ def _jsonl_objects(path: Path) -> Iterator[dict]:
         for i, raw in enumerate(f):
             try:
                 obj = json.loads(raw.removeprefix(BOM) if i == 0 else raw)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
             if isinstance(obj, dict):
                 yield obj

@@ -142,7 +142,7 @@ def _read_jsonl_split(s: Split, id_type: str, columns: Columns = Columns()):
                 continue
             try:
                 obj = json.loads(line)
-            except ValueError as exc:  # JSONDecodeError, or a number past Python's 4,300-digit limit
+            except (ValueError, RecursionError) as exc:  # or a number past Python's 4,300-digit limit, too deep
                 bad.append({**where, "id": None, "reason": f"not valid JSON ({getattr(exc, 'msg', str(exc))[:200]})"})
                 continue
             if not isinstance(obj, dict):

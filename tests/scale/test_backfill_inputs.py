@@ -362,11 +362,14 @@ def test_an_unreadable_input_file_s_failure_says_a_rerun_fails_on_it_until_it_is
            "readable copy, or move it out of --input: every run fails on it until then" in err
 
 
-def test_a_jsonl_number_past_python_s_digit_limit_is_a_bad_row(tmp_path):
-    """json.loads raises a plain ValueError (not JSONDecodeError) for an integer of over 4,300 digits:
-    before, one such row, in any field, failed its split on every run."""
-    lines = ['{"id": 1, "text": "fine"}', '{"id": 2, "text": "x", "n": ' + "9" * 5000 + "}", '{"id": 3, "text": "ok"}']
+def test_a_jsonl_number_past_python_s_digit_limit_or_nesting_too_deep_is_a_bad_row(tmp_path):
+    """json.loads raises a plain ValueError (not JSONDecodeError) for an integer of over 4,300 digits, and
+    RecursionError for arrays nested past the stack: before, one such row, in any field, failed its split
+    on every run."""
+    lines = ['{"id": 1, "text": "fine"}', '{"id": 2, "text": "x", "n": ' + "9" * 5000 + "}", '{"id": 3, "text": "ok"}',
+             '{"id": 4, "text": "y", "deep": ' + "[" * 200_000 + "]" * 200_000 + "}"]
     (tmp_path / "n.jsonl").write_text("\n".join(lines) + "\n")
     ids, texts, bad = _read(tmp_path / "n.jsonl", "int")
     assert (ids, texts) == ([1, 3], ["fine", "ok"])
-    assert len(bad) == 1 and bad[0]["reason"].startswith("not valid JSON (Exceeds the limit (4300 digits)")
+    assert [b["reason"][:40] for b in bad] == ["not valid JSON (Exceeds the limit (4300 ",
+                                               "not valid JSON (maximum recursion depth "]
