@@ -195,13 +195,18 @@ def _file_digest(path: Path) -> str:
     return _DIGESTS[key]
 
 
-def content_hash(files) -> str:
-    """12 hex digits of SHA-256 over the files' names (relative) and contents, in the given order
-    (the version of a folder without postemb.json: ``<folder name>-<content_hash>``)."""
-    h = hashlib.sha256()
+def content_hash(files, pipeline: str = "") -> str:
+    """12 hex digits of SHA-256 over ``pipeline`` (how the files are computed, where they do not say it) and the
+    files' names (relative) and contents, in the given order (the version of a folder without postemb.json:
+    ``<folder name>-<content_hash>``)."""
+    h = hashlib.sha256(pipeline.encode())
     for name, p in files:
         h.update(f"{name}\0{p.stat().st_size}\0{_file_digest(p)}".encode())
     return h.hexdigest()[:12]
+
+
+# a plain Hugging Face folder's pipeline (in its version: before 2026-12-06 it was normalised, cut at 256 tokens)
+_PLAIN_PIPELINE = "Transformer -> Pooling(mean), as sentence-transformers loads it\n"
 
 
 def texts_digest(texts) -> str:
@@ -308,12 +313,14 @@ def load_model_dir(path: str | Path) -> ModelDir:
                 "encoder with mean pooling, a folder of its Hugging Face files alone (config.json, weights, "
                 "tokenizer.json).")
         if (root / "config.json").exists() and (root / "tokenizer.json").exists():
-            # A plain Hugging Face sentence-embedding directory: mean pooling, no projection.
-            _, hidden = st_folder.encoder_config(root / "config.json")
+            # A plain Hugging Face encoder directory, as SentenceTransformer(dir) builds it: Transformer -> mean
+            # Pooling, no Normalize (raw vectors), cut at the tokenizer's model_max_length capped at the positions
+            hf, hidden = st_folder.encoder_config(root / "config.json")
             files = [(n, root / n) for n in ("config.json", "tokenizer.json", "model.safetensors",
-                                             "pytorch_model.bin") if (root / n).exists()]
-            version = f"{root.name}-{content_hash(files)}"
-            cfg = PostEmbConfig(model_version=version, hidden_size=hidden)
+                                             "pytorch_model.bin", "tokenizer_config.json") if (root / n).exists()]
+            version = f"{root.name}-{content_hash(files, _PLAIN_PIPELINE)}"
+            max_length = st_folder.max_seq_length({}, root / "tokenizer_config.json", hf)
+            cfg = PostEmbConfig(model_version=version, hidden_size=hidden, normalize=False, max_length=max_length)
             return ModelDir(root, cfg, root, root / "tokenizer.json", None, None)
         raise ModelNotFoundError(
             f"`{root}` has no {CONFIG_FILE}. Fix: point at a directory written by export/export_onnx.py or "

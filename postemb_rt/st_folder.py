@@ -188,7 +188,7 @@ def read_st_folder(root: Path) -> tuple[dict, list, Path, Path]:
             f"`{enc / ST_CONFIG_FILE}` has transformer_task {task!r} reading {out_name!r}; postemb_rt runs "
             "'feature-extraction' encoders pooled from 'last_hidden_state'. Fix: load it with sentence-transformers."
         )
-    max_len = _max_length(st_cfg, enc / "tokenizer_config.json", hf)
+    max_len = max_seq_length(st_cfg, enc / "tokenizer_config.json", hf)
     pooling = _pooling(paths[1], hidden)
     dense, dim = [], hidden
     for p, kind in zip(paths[2:], kinds[2:]):
@@ -196,7 +196,7 @@ def read_st_folder(root: Path) -> tuple[dict, list, Path, Path]:
             dense.append(_dense(root, p, dim))
             dim = dense[-1]["out_features"]
     files = [(str(p.relative_to(root)), p) for p in (modules_file, hf_file, weights, tokenizer)]
-    # tokenizer_config.json: its model_max_length can set max_length (see _max_length)
+    # tokenizer_config.json: its model_max_length can set max_length (see max_seq_length)
     files += [(str(p.relative_to(root)), p) for p in (enc / ST_CONFIG_FILE, enc / "tokenizer_config.json",
                                                       *(q / "config.json" for q in paths[1:])) if p.exists()]
     files += [(d["file"], root / d["file"]) for d in dense]
@@ -230,7 +230,7 @@ def _module_path(root: Path, entry: dict, modules_file: Path, i: int) -> Path:
                     f"copy the module's folder into {root} and give its path relative to it in {MODULES_FILE}")
 
 
-def _max_length(st_cfg: dict, tokenizer_config: Path, hf: dict) -> int:
+def max_seq_length(st_cfg: dict, tokenizer_config: Path, hf: dict) -> int:
     """As sentence-transformers: ``max_seq_length`` of sentence_bert_config.json (older saves), else
     the tokenizer's ``model_max_length`` (newer saves) capped at the encoder's max_position_embeddings."""
     if st_cfg.get("max_seq_length"):

@@ -1,0 +1,54 @@
+"""Folders a user loads with ``SentenceTransformer(path)`` that are not plain ``Transformer -> Pooling -> Dense* ->
+Normalize`` pipelines of sentence-transformers' defaults: each must give sentence-transformers' vectors, or be
+refused by name (never other vectors)."""
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from postemb_rt import Encoder, ValidationError
+from postemb_rt.data import BUILTIN_POSTS
+from tests.st_models import build_st_folder
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("sentence_transformers")
+
+# short posts, and one longer than every max_seq_length here (64) and the encoder's 160 positions
+TEXTS = ["a post", "", *BUILTIN_POSTS[:6], " ".join(BUILTIN_POSTS)]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A sentence-transformers folder (BERT, 160 positions, max_seq_length 64 in tokenizer_config.json)."""
+    return build_st_folder(tmp_path_factory.mktemp("compat") / "mean")
+
+
+def st_encode(path, texts=TEXTS):
+    from sentence_transformers import SentenceTransformer
+
+    st = SentenceTransformer(str(path), device="cpu")
+    return st, st.encode(texts, batch_size=4)
+
+
+def assert_close(got, want):
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("tokenizer_config", [True, False])
+def test_a_plain_hugging_face_folder_is_what_sentence_transformers_makes_of_it(folder, tmp_path, tokenizer_config):
+    """SentenceTransformer(hf_dir) builds Transformer -> Pooling(mean), no Normalize, cut at the tokenizer's
+    model_max_length capped at max_position_embeddings (160 without tokenizer_config.json)."""
+    d = tmp_path / "hf"
+    d.mkdir()
+    for name in ("config.json", "tokenizer.json", "model.safetensors") + (("tokenizer_config.json",) * tokenizer_config):
+        shutil.copy(folder / name, d / name)
+    st, want = st_encode(d)
+    assert [type(m).__name__ for m in st] == ["Transformer", "Pooling"]
+    with Encoder.from_pretrained(d, backend="torch") as enc:
+        assert enc.max_seq_length == st.max_seq_length == (64 if tokenizer_config else 160)
+        assert_close(enc.encode(TEXTS, batch_size=3), want)
+        assert not enc.describe()["normalize"]
+        assert_close(enc.encode(TEXTS, normalize_embeddings=True), st.encode(TEXTS, normalize_embeddings=True))
