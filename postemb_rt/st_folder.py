@@ -26,7 +26,9 @@ with, per module (its ``path`` relative to the folder):
   ``activation_function``, default Tanh as in sentence-transformers) and
   ``model.safetensors`` or ``pytorch_model.bin`` (``linear.weight``, ``linear.bias``);
 - ``Normalize``: unit L2 rows; without it the folder's embeddings are not normalised, so
-  ``Encoder.encode`` returns them raw by default, as ``SentenceTransformer.encode`` does.
+  ``Encoder.encode`` returns them raw by default, as ``SentenceTransformer.encode`` does. A Dense or
+  Normalize on another feature than ``sentence_embedding`` (``module_input_name`` / ``module_output_name``)
+  is refused: it would not change the vector there.
 
 Anything else (another module type, an order other than the above, a pooling mode or
 activation not listed, sizes that do not chain, no tokenizer) raises one error naming the
@@ -112,9 +114,9 @@ def _dense(root: Path, path: Path, in_dim: int) -> dict:
             f"`{cfg_file}` has activation_function {act_name!r}; postemb_rt computes {sorted(ACTIVATIONS)}. "
             "Fix: use one of those, or load the folder with sentence-transformers."
         )
-    if cfg.get("use_residual") or cfg.get("module_input_name", "sentence_embedding") != "sentence_embedding":
-        raise ValidationError(f"`{cfg_file}`: use_residual and module_input_name other than "
-                              "'sentence_embedding' are not supported. Fix: load it with sentence-transformers.")
+    if cfg.get("use_residual"):
+        raise ValidationError(f"`{cfg_file}`: use_residual is not supported. Fix: load it with sentence-transformers.")
+    _check_feature(cfg_file, cfg)
     if cfg.get("in_features") != in_dim:
         raise ValidationError(
             f"`{cfg_file}` has in_features {cfg.get('in_features')}, but the module before it outputs "
@@ -126,6 +128,16 @@ def _dense(root: Path, path: Path, in_dim: int) -> dict:
                                  "Fix: save the folder again with SentenceTransformer.save().")
     return {"file": str(weights.relative_to(root)), "in_features": in_dim, "out_features": int(cfg["out_features"]),
             "bias": bool(cfg.get("bias", True)), "activation": ACTIVATIONS[act_name]}
+
+
+def _check_feature(cfg_file: Path, cfg: dict) -> None:
+    """A Dense or Normalize module's config: it must read and write the sentence embedding (as by default);
+    on another feature (a ColBERT model's token embeddings, a side output) it would not change the vector."""
+    for key in ("module_input_name", "module_output_name"):
+        if cfg.get(key, "sentence_embedding") not in (None, "sentence_embedding"):
+            raise ValidationError(
+                f"`{cfg_file}` has {key} {cfg[key]!r}; postemb_rt applies Dense and Normalize to "
+                f"'sentence_embedding' only (the vector it returns). Fix: load the folder with sentence-transformers.")
 
 
 def is_st_folder(root: Path) -> bool:
@@ -195,6 +207,8 @@ def read_st_folder(root: Path) -> tuple[dict, list, Path, Path]:
         if kind == "Dense":
             dense.append(_dense(root, p, dim))
             dim = dense[-1]["out_features"]
+        elif (p / "config.json").exists():  # Normalize: sentence-transformers >= 6 writes its feature names
+            _check_feature(p / "config.json", _read_json(p / "config.json", "Normalize config"))
     files = [(str(p.relative_to(root)), p) for p in (modules_file, hf_file, weights, tokenizer)]
     # tokenizer_config.json: its model_max_length can set max_length (see max_seq_length)
     files += [(str(p.relative_to(root)), p) for p in (enc / ST_CONFIG_FILE, enc / "tokenizer_config.json",

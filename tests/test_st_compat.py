@@ -52,3 +52,25 @@ def test_a_plain_hugging_face_folder_is_what_sentence_transformers_makes_of_it(f
         assert_close(enc.encode(TEXTS, batch_size=3), want)
         assert not enc.describe()["normalize"]
         assert_close(enc.encode(TEXTS, normalize_embeddings=True), st.encode(TEXTS, normalize_embeddings=True))
+
+
+@pytest.fixture(scope="module")
+def dense_folder(tmp_path_factory):
+    return build_st_folder(tmp_path_factory.mktemp("compat") / "dense", dense=[(16, True, torch.nn.Tanh())])
+
+
+@pytest.mark.parametrize("module, key, value", [
+    ("2_Dense", "module_output_name", "dense_embedding"),  # ST keeps the pooled vector as the sentence embedding
+    ("3_Normalize", "module_input_name", "token_embeddings"),  # ST normalises the tokens (ColBERT), not the vector
+    ("3_Normalize", "module_output_name", "normalized"),  # ST leaves sentence_embedding raw
+])
+def test_a_dense_or_normalize_on_another_feature_is_refused_not_applied(dense_folder, tmp_path, module, key, value):
+    d = Path(shutil.copytree(dense_folder, tmp_path / "f"))
+    cfg_file = d / module / "config.json"
+    cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
+    cfg_file.write_text(json.dumps({**cfg, key: value}))
+    with pytest.raises(ValidationError, match=rf"`{cfg_file}`.*{key} {value!r}.*'sentence_embedding'.*Fix:"):
+        Encoder.from_pretrained(d, backend="torch", warmup=False)
+    cfg_file.write_text(json.dumps({**cfg, key: "sentence_embedding"}))  # the default, spelled out: loads
+    with Encoder.from_pretrained(d, backend="torch") as enc:
+        assert_close(enc.encode(TEXTS), st_encode(d)[1])
