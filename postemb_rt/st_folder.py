@@ -8,7 +8,9 @@ the pipeline
 
 with, per module (its ``path`` relative to the folder):
 
-- ``Transformer``: ``sentence_bert_config.json`` (``max_seq_length``, ``do_lower_case``),
+- ``Transformer``: ``sentence_bert_config.json`` (``max_seq_length``, ``do_lower_case``; its tokenizer
+  settings' cut: ``processing_kwargs`` max_length, ``processor_kwargs`` / ``tokenizer_args`` model_max_length;
+  other tokenizer settings are refused),
   the Hugging Face encoder (``config.json`` + weights; any ``AutoModel`` encoder) and
   ``tokenizer.json``;
 - ``Pooling``: ``config.json``; one mode of mean, cls, max, lasttoken (either the
@@ -35,8 +37,8 @@ activation not listed, sizes that do not chain, no tokenizer) raises one error n
 file, the value and the fix: a folder never loads half a pipeline.
 
 ``model_version`` is ``<folder name>-<12 hex digits>`` of a SHA-256 over the pipeline's
-files' contents (configs, tokenizer and ``tokenizer_config.json``, weights), so a copy of the folder gets the same version
-and a retrained one a new version: the near-line store and backfill key on it.
+files' contents (configs, tokenizer and ``tokenizer_config.json``, weights), so a copy of the folder gets the
+same version and a retrained one a new version: the near-line store and backfill key on it.
 """
 from __future__ import annotations
 
@@ -190,7 +192,8 @@ def read_st_folder(root: Path) -> tuple[dict, list, Path, Path]:
     if not tokenizer.exists():
         raise ModelNotFoundError(
             f"`{enc}` has no tokenizer.json (the fast tokenizer postemb_rt reads). Fix: write it with "
-            f"python -c \"from transformers import AutoTokenizer as T; T.from_pretrained('{enc}').save_pretrained('{enc}')\""
+            "python -c \"from transformers import AutoTokenizer as T; "
+            f"T.from_pretrained('{enc}').save_pretrained('{enc}')\""
         )
     st_cfg = _read_json(enc / ST_CONFIG_FILE, "Transformer config") if (enc / ST_CONFIG_FILE).exists() else {}
     task = st_cfg.get("transformer_task", "feature-extraction")
@@ -200,7 +203,7 @@ def read_st_folder(root: Path) -> tuple[dict, list, Path, Path]:
             f"`{enc / ST_CONFIG_FILE}` has transformer_task {task!r} reading {out_name!r}; postemb_rt runs "
             "'feature-extraction' encoders pooled from 'last_hidden_state'. Fix: load it with sentence-transformers."
         )
-    max_len = max_seq_length(st_cfg, enc / "tokenizer_config.json", hf)
+    max_len = max_seq_length(st_cfg, enc / "tokenizer_config.json", hf, enc / ST_CONFIG_FILE)
     pooling = _pooling(paths[1], hidden)
     dense, dim = [], hidden
     for p, kind in zip(paths[2:], kinds[2:]):
@@ -244,9 +247,43 @@ def _module_path(root: Path, entry: dict, modules_file: Path, i: int) -> Path:
                     f"copy the module's folder into {root} and give its path relative to it in {MODULES_FILE}")
 
 
-def max_seq_length(st_cfg: dict, tokenizer_config: Path, hf: dict) -> int:
-    """As sentence-transformers: ``max_seq_length`` of sentence_bert_config.json (older saves), else
-    the tokenizer's ``model_max_length`` (newer saves) capped at the encoder's max_position_embeddings."""
+# sentence_bert_config.json's tokenizer load arguments (processor_kwargs; tokenizer_args before
+# sentence-transformers 6) that leave the tokens as they are; any other is refused, as are the tokenizer call's
+# (processing_kwargs) but max_length and truncation, and encode_query / encode_document's own cuts
+_KEPT_LOAD_ARGS = ("model_max_length", "use_fast", "trust_remote_code", "revision", "token", "cache_dir",
+                   "local_files_only", "clean_up_tokenization_spaces")
+
+
+def _tokenizer_cut(st_cfg: dict, cfg_file: Path) -> int | None:
+    """The cut (tokens, special ones included) that sentence_bert_config.json's tokenizer settings set, as
+    sentence-transformers applies them (None: none set); ValidationError for settings postemb_rt does not apply."""
+    load = {**(st_cfg.get("tokenizer_args") or {}), **(st_cfg.get("processor_kwargs") or {})}
+    call = st_cfg.get("processing_kwargs") or {}
+    odd = [f"{'processor_kwargs' if k in (st_cfg.get('processor_kwargs') or {}) else 'tokenizer_args'}.{k}"
+           for k in load if k not in _KEPT_LOAD_ARGS]
+    odd += [f"processing_kwargs.{bucket}.{k}" for bucket, kw in call.items() for k in (kw or {})
+            if bucket not in ("text", "common") or k not in ("max_length", "truncation")
+            or (k == "truncation" and kw[k] not in (True, "longest_first", "only_first"))]
+    odd += [k for k in ("query_length", "document_length", "query_expansion") if st_cfg.get(k) is not None]
+    text, common = call.get("text") or {}, call.get("common") or {}
+    cut = text.get("max_length", common.get("max_length", load.get("model_max_length")))
+    if cut is not None and not (type(cut) is int and cut > 0):
+        odd.append(f"max_length {cut!r}")
+    if odd:
+        raise ValidationError(
+            f"`{cfg_file}` sets tokenizer settings that postemb_rt does not apply (its tokenizer.json is read as it "
+            f"is, cut at one max_length): {', '.join(odd)}. Fix: remove them if the tokens do not change without "
+            "them, or load the folder with sentence-transformers.")
+    return cut
+
+
+def max_seq_length(st_cfg: dict, tokenizer_config: Path, hf: dict, cfg_file: Path | None = None) -> int:
+    """As sentence-transformers: the tokenizer settings' cut (``_tokenizer_cut``), else ``max_seq_length``
+    of sentence_bert_config.json (``cfg_file``; older saves), else the tokenizer's ``model_max_length``
+    (newer saves) capped at the encoder's max_position_embeddings."""
+    cut = _tokenizer_cut(st_cfg, cfg_file) if st_cfg else None
+    if cut is not None:
+        return cut
     if st_cfg.get("max_seq_length"):
         return int(st_cfg["max_seq_length"])
     limit = hf.get("max_position_embeddings") or 512

@@ -43,7 +43,8 @@ def test_a_plain_hugging_face_folder_is_what_sentence_transformers_makes_of_it(f
     model_max_length capped at max_position_embeddings (160 without tokenizer_config.json)."""
     d = tmp_path / "hf"
     d.mkdir()
-    for name in ("config.json", "tokenizer.json", "model.safetensors") + (("tokenizer_config.json",) * tokenizer_config):
+    names = ("config.json", "tokenizer.json", "model.safetensors") + (("tokenizer_config.json",) * tokenizer_config)
+    for name in names:
         shutil.copy(folder / name, d / name)
     st, want = st_encode(d)
     assert [type(m).__name__ for m in st] == ["Transformer", "Pooling"]
@@ -74,3 +75,38 @@ def test_a_dense_or_normalize_on_another_feature_is_refused_not_applied(dense_fo
     cfg_file.write_text(json.dumps({**cfg, key: "sentence_embedding"}))  # the default, spelled out: loads
     with Encoder.from_pretrained(d, backend="torch") as enc:
         assert_close(enc.encode(TEXTS), st_encode(d)[1])
+
+
+def _with_st_config(folder, tmp_path, **keys):
+    d = Path(shutil.copytree(folder, tmp_path / "f"))
+    cfg_file = d / "sentence_bert_config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), **keys}))
+    return d, cfg_file
+
+
+@pytest.mark.parametrize("keys, cut", [
+    (dict(processing_kwargs={"text": {"max_length": 16}}), 16),  # sentence-transformers 6: the tokenizer call's
+    (dict(processing_kwargs={"common": {"max_length": 20, "truncation": True}}), 20),
+    (dict(processor_kwargs={"model_max_length": 24}), 24),  # the tokenizer's load arguments
+    (dict(tokenizer_args={"model_max_length": 100, "use_fast": True}), 100),  # their name before 6, past 64
+    (dict(max_seq_length=16, tokenizer_args={"model_max_length": 20}), 20),  # wins over max_seq_length, as there
+])
+def test_the_tokenizer_settings_of_sentence_bert_config_cut_as_in_sentence_transformers(folder, tmp_path, keys, cut):
+    d, _ = _with_st_config(folder, tmp_path, **keys)
+    want = st_encode(d)[1]
+    with Encoder.from_pretrained(d, backend="torch") as enc:
+        assert enc.max_seq_length == cut
+        assert_close(enc.encode(TEXTS), want)
+
+
+@pytest.mark.parametrize("keys, named", [
+    (dict(tokenizer_args={"add_prefix_space": True}), "tokenizer_args.add_prefix_space"),
+    (dict(processor_kwargs={"do_lower_case": True}), "processor_kwargs.do_lower_case"),
+    (dict(processing_kwargs={"text": {"truncation": False}}), "processing_kwargs.text.truncation"),
+    (dict(processing_kwargs={"text": {"padding_side": "left"}}), "processing_kwargs.text.padding_side"),
+    (dict(query_length=32), "query_length"),  # encode_query's own cut (multi-vector models)
+])
+def test_tokenizer_settings_that_would_change_the_tokens_are_refused_by_name(folder, tmp_path, keys, named):
+    d, cfg_file = _with_st_config(folder, tmp_path, **keys)
+    with pytest.raises(ValidationError, match=rf"`{cfg_file}` .*{named}.*Fix:"):
+        Encoder.from_pretrained(d, backend="torch", warmup=False)
