@@ -316,6 +316,7 @@ def load_model_dir(path: str | Path) -> ModelDir:
             # A plain Hugging Face encoder directory, as SentenceTransformer(dir) builds it: Transformer -> mean
             # Pooling, no Normalize (raw vectors), cut at the tokenizer's model_max_length capped at the positions
             hf, hidden = st_folder.encoder_config(root / "config.json")
+            st_folder.check_normalizer(root, root / "tokenizer.json", hf)
             files = [(n, root / n) for n in ("config.json", "tokenizer.json", "model.safetensors",
                                              "pytorch_model.bin", "tokenizer_config.json") if (root / n).exists()]
             version = f"{root.name}-{content_hash(files, _PLAIN_PIPELINE)}"

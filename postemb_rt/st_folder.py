@@ -142,6 +142,40 @@ def _check_feature(cfg_file: Path, cfg: dict) -> None:
                 f"'sentence_embedding' only (the vector it returns). Fix: load the folder with sentence-transformers.")
 
 
+# transformers' tokenizer classes that build a BertNormalizer from tokenizer_config.json (do_lower_case,
+# strip_accents, tokenize_chinese_chars; defaults True, None, True), not from tokenizer.json; and the model types
+# whose tokenizer is one of them when tokenizer_config.json names no class
+_CONFIG_NORMALIZED = ("BertTokenizer", "DistilBertTokenizer", "MPNetTokenizer", "FunnelTokenizer", "ConvBertTokenizer",
+                      "MobileBertTokenizer", "SqueezeBertTokenizer", "ElectraTokenizer", "SplinterTokenizer")
+_CONFIG_NORMALIZED_TYPES = ("bert", "distilbert", "mpnet", "funnel", "convbert", "mobilebert", "squeezebert", "electra")
+
+
+def check_normalizer(enc: Path, tokenizer: Path, hf: dict) -> None:
+    """Refuse a tokenizer that sentence-transformers (through transformers' ``AutoTokenizer``) would normalise
+    otherwise than ``tokenizer`` (the tokenizer.json postemb_rt reads) does: a BERT-family class rebuilds the
+    normalizer from ``enc``/tokenizer_config.json. ``hf``: the encoder's config.json."""
+    cfg_file = enc / "tokenizer_config.json"
+    cfg = _read_json(cfg_file, "tokenizer config") if cfg_file.exists() else {}
+    cls = cfg.get("tokenizer_class")
+    if not (cls.removesuffix("Fast") in _CONFIG_NORMALIZED if isinstance(cls, str)
+            else hf.get("model_type") in _CONFIG_NORMALIZED_TYPES):
+        return
+    lower = cfg.get("do_lower_case", True)
+    want = dict(clean_text=True, handle_chinese_chars=cfg.get("tokenize_chinese_chars", True), lowercase=lower,
+                strip_accents=lower if cfg.get("strip_accents") is None else cfg["strip_accents"])
+    norm = _read_json(tokenizer, "tokenizer").get("normalizer") or {}
+    have = {k: norm.get(k) for k in want} if norm.get("type") == "BertNormalizer" else None
+    if have and have["strip_accents"] is None:  # tokenizers' own rule: accents stripped when lower-cased
+        have["strip_accents"] = have["lowercase"]
+    if have != want:
+        raise ValidationError(
+            f"`{cfg_file}` makes transformers' {cls or hf.get('model_type')} tokenizer normalise text with {want} "
+            f"(do_lower_case, strip_accents, tokenize_chinese_chars), but the normalizer of `{tokenizer}`, which "
+            f"postemb_rt reads, is {have or norm.get('type')}: sentence-transformers would see other tokens. Fix: "
+            f"python -c \"from transformers import AutoTokenizer as T; T.from_pretrained('{enc}')"
+            f".save_pretrained('{enc}')\" (writes tokenizer.json as transformers builds it).")
+
+
 def is_st_folder(root: Path) -> bool:
     return (root / MODULES_FILE).exists()
 
@@ -195,6 +229,7 @@ def read_st_folder(root: Path) -> tuple[dict, list, Path, Path]:
             "python -c \"from transformers import AutoTokenizer as T; "
             f"T.from_pretrained('{enc}').save_pretrained('{enc}')\""
         )
+    check_normalizer(enc, tokenizer, hf)
     st_cfg = _read_json(enc / ST_CONFIG_FILE, "Transformer config") if (enc / ST_CONFIG_FILE).exists() else {}
     task = st_cfg.get("transformer_task", "feature-extraction")
     out_name = ((st_cfg.get("modality_config") or {}).get("text") or {}).get("method_output_name", "last_hidden_state")

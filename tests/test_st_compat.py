@@ -110,3 +110,30 @@ def test_tokenizer_settings_that_would_change_the_tokens_are_refused_by_name(fol
     d, cfg_file = _with_st_config(folder, tmp_path, **keys)
     with pytest.raises(ValidationError, match=rf"`{cfg_file}` .*{named}.*Fix:"):
         Encoder.from_pretrained(d, backend="torch", warmup=False)
+
+
+@pytest.mark.parametrize("tokenizer_config, agrees", [
+    ({"tokenizer_class": "BertTokenizer", "do_lower_case": True}, True),  # as tokenizer.json's BertNormalizer
+    ({"tokenizer_class": "BertTokenizerFast"}, True),  # transformers' defaults: lower case, accents as lower case
+    ({}, True),  # no class: config.json's model_type "bert" picks BertTokenizer
+    ({"tokenizer_class": "BertTokenizer", "do_lower_case": False}, False),  # a cased tokenizer over an uncased vocab
+    ({"tokenizer_class": "DistilBertTokenizer", "strip_accents": False}, False),
+    ({"tokenizer_class": "BertTokenizer", "tokenize_chinese_chars": False}, False),
+])
+def test_a_tokenizer_config_that_rebuilds_another_normalizer_is_refused(folder, tmp_path, tokenizer_config, agrees):
+    """transformers builds a BERT-family tokenizer's normalizer from tokenizer_config.json (do_lower_case,
+    strip_accents, tokenize_chinese_chars), not from tokenizer.json, which postemb_rt reads."""
+    d = Path(shutil.copytree(folder, tmp_path / "f"))
+    cfg_file = d / "tokenizer_config.json"
+    cfg = {k: v for k, v in json.loads(cfg_file.read_text()).items() if k != "tokenizer_class"}
+    cfg_file.write_text(json.dumps({**cfg, **tokenizer_config}))
+    texts = TEXTS + ["Über CAFÉ Ünïcödé 日本語"]
+    if agrees:
+        with Encoder.from_pretrained(d, backend="torch") as enc:
+            assert_close(enc.encode(texts), st_encode(d, texts)[1])
+    else:
+        named = rf"`{cfg_file}` .*normalizer.*`{d}/tokenizer.json`.*Fix: .*save_pretrained"
+        with pytest.raises(ValidationError, match=named):
+            Encoder.from_pretrained(d, backend="torch", warmup=False)
+        assert np.abs(st_encode(d, texts)[1] - Encoder.from_pretrained(
+            Path(shutil.copytree(folder, tmp_path / "g")), backend="torch").encode(texts)).max() > 1e-3  # they differ
