@@ -142,37 +142,50 @@ def _check_feature(cfg_file: Path, cfg: dict) -> None:
                 f"'sentence_embedding' only (the vector it returns). Fix: load the folder with sentence-transformers.")
 
 
-# transformers' tokenizer classes that build a BertNormalizer from tokenizer_config.json (do_lower_case,
-# strip_accents, tokenize_chinese_chars; defaults True, None, True), not from tokenizer.json; and the model types
-# whose tokenizer is one of them when tokenizer_config.json names no class
-_CONFIG_NORMALIZED = ("BertTokenizer", "DistilBertTokenizer", "MPNetTokenizer", "FunnelTokenizer", "ConvBertTokenizer",
-                      "MobileBertTokenizer", "SqueezeBertTokenizer", "ElectraTokenizer", "SplinterTokenizer")
-_CONFIG_NORMALIZED_TYPES = ("bert", "distilbert", "mpnet", "funnel", "convbert", "mobilebert", "squeezebert", "electra")
+# transformers' tokenizer classes that build their text handling from tokenizer_config.json, not from
+# tokenizer.json: BERT's BertNormalizer (do_lower_case, strip_accents, tokenize_chinese_chars; defaults True,
+# None, True) and RoBERTa's ByteLevel pre-tokenizer (add_prefix_space, default False); and the model types whose
+# tokenizer is one of them when tokenizer_config.json names no class
+_BERT_CLASSES = ("BertTokenizer", "DistilBertTokenizer", "MPNetTokenizer", "FunnelTokenizer", "ConvBertTokenizer",
+                 "MobileBertTokenizer", "SqueezeBertTokenizer", "ElectraTokenizer", "SplinterTokenizer")
+_BERT_TYPES = ("bert", "distilbert", "mpnet", "funnel", "convbert", "mobilebert", "squeezebert", "electra")
+
+
+def _rebuilt(family: str, cfg: dict, tok: dict) -> tuple[dict, object]:
+    """(what transformers builds from tokenizer_config.json ``cfg``, what tokenizer.json ``tok`` holds)."""
+    if family == "bert":
+        lower = cfg.get("do_lower_case", True)
+        want = dict(clean_text=True, handle_chinese_chars=cfg.get("tokenize_chinese_chars", True), lowercase=lower,
+                    strip_accents=lower if cfg.get("strip_accents") is None else cfg["strip_accents"])
+        step = tok.get("normalizer") or {}
+        have = {k: step.get(k) for k in want} if step.get("type") == "BertNormalizer" else step.get("type")
+        if isinstance(have, dict) and have["strip_accents"] is None:  # tokenizers' rule: stripped when lower-cased
+            have["strip_accents"] = have["lowercase"]
+        return want, have
+    step = tok.get("pre_tokenizer") or {}
+    want = {"add_prefix_space": cfg.get("add_prefix_space", False)}
+    have = {"add_prefix_space": step.get("add_prefix_space")} if step.get("type") == "ByteLevel" else step.get("type")
+    return want, have
 
 
 def check_normalizer(enc: Path, tokenizer: Path, hf: dict) -> None:
-    """Refuse a tokenizer that sentence-transformers (through transformers' ``AutoTokenizer``) would normalise
-    otherwise than ``tokenizer`` (the tokenizer.json postemb_rt reads) does: a BERT-family class rebuilds the
-    normalizer from ``enc``/tokenizer_config.json. ``hf``: the encoder's config.json."""
+    """Refuse a tokenizer that sentence-transformers (through transformers' ``AutoTokenizer``) would apply otherwise
+    than ``tokenizer`` (the tokenizer.json postemb_rt reads) does: a BERT-family or RoBERTa class rebuilds its text
+    handling from ``enc``/tokenizer_config.json (``_rebuilt``). ``hf``: the encoder's config.json."""
     cfg_file = enc / "tokenizer_config.json"
     cfg = _read_json(cfg_file, "tokenizer config") if cfg_file.exists() else {}
     cls = cfg.get("tokenizer_class")
-    if not (cls.removesuffix("Fast") in _CONFIG_NORMALIZED if isinstance(cls, str)
-            else hf.get("model_type") in _CONFIG_NORMALIZED_TYPES):
+    name, kind = (cls.removesuffix("Fast"), None) if isinstance(cls, str) else (None, hf.get("model_type"))
+    family = ("bert" if name in _BERT_CLASSES or kind in _BERT_TYPES else
+              "roberta" if name == "RobertaTokenizer" or kind == "roberta" else None)
+    if family is None:
         return
-    lower = cfg.get("do_lower_case", True)
-    want = dict(clean_text=True, handle_chinese_chars=cfg.get("tokenize_chinese_chars", True), lowercase=lower,
-                strip_accents=lower if cfg.get("strip_accents") is None else cfg["strip_accents"])
-    norm = _read_json(tokenizer, "tokenizer").get("normalizer") or {}
-    have = {k: norm.get(k) for k in want} if norm.get("type") == "BertNormalizer" else None
-    if have and have["strip_accents"] is None:  # tokenizers' own rule: accents stripped when lower-cased
-        have["strip_accents"] = have["lowercase"]
+    want, have = _rebuilt(family, cfg, _read_json(tokenizer, "tokenizer"))
     if have != want:
         raise ValidationError(
-            f"`{cfg_file}` makes transformers' {cls or hf.get('model_type')} tokenizer normalise text with {want} "
-            f"(do_lower_case, strip_accents, tokenize_chinese_chars), but the normalizer of `{tokenizer}`, which "
-            f"postemb_rt reads, is {have or norm.get('type')}: sentence-transformers would see other tokens. Fix: "
-            f"python -c \"from transformers import AutoTokenizer as T; T.from_pretrained('{enc}')"
+            f"`{cfg_file}` makes transformers' {cls or kind} tokenizer handle text with {want}, but the normalizer "
+            f"or pre-tokenizer of `{tokenizer}`, which postemb_rt reads, has {have}: sentence-transformers would see "
+            f"other tokens. Fix: python -c \"from transformers import AutoTokenizer as T; T.from_pretrained('{enc}')"
             f".save_pretrained('{enc}')\" (writes tokenizer.json as transformers builds it).")
 
 

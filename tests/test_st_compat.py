@@ -137,3 +137,27 @@ def test_a_tokenizer_config_that_rebuilds_another_normalizer_is_refused(folder, 
             Encoder.from_pretrained(d, backend="torch", warmup=False)
         assert np.abs(st_encode(d, texts)[1] - Encoder.from_pretrained(
             Path(shutil.copytree(folder, tmp_path / "g")), backend="torch").encode(texts)).max() > 1e-3  # they differ
+
+
+@pytest.fixture(scope="module")
+def roberta_folder(tmp_path_factory):
+    return build_st_folder(tmp_path_factory.mktemp("compat") / "roberta", arch="roberta")
+
+
+@pytest.mark.parametrize("tokenizer_config, agrees", [
+    ({"tokenizer_class": "RobertaTokenizer"}, True),  # add_prefix_space False, as tokenizer.json's ByteLevel
+    ({}, True),  # no class: model_type "roberta"
+    ({"tokenizer_class": "RobertaTokenizerFast", "add_prefix_space": True}, False),
+])
+def test_a_roberta_tokenizer_config_that_adds_a_prefix_space_is_refused(roberta_folder, tmp_path, tokenizer_config,
+                                                                        agrees):
+    d = Path(shutil.copytree(roberta_folder, tmp_path / "f"))
+    cfg_file = d / "tokenizer_config.json"
+    cfg = {k: v for k, v in json.loads(cfg_file.read_text()).items() if k != "tokenizer_class"}
+    cfg_file.write_text(json.dumps({**cfg, **tokenizer_config}))
+    if agrees:
+        with Encoder.from_pretrained(d, backend="torch") as enc:
+            assert_close(enc.encode(TEXTS), st_encode(d)[1])
+    else:
+        with pytest.raises(ValidationError, match=rf"`{cfg_file}` .*'add_prefix_space': True.*Fix: .*save_pretrained"):
+            Encoder.from_pretrained(d, backend="torch", warmup=False)
