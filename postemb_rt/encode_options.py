@@ -113,11 +113,15 @@ def check_truncate_dim(model, truncate_dim) -> int | None:
         path = getattr(getattr(model, "model", model), "path", None)
         if path is not None and not (path / CONFIG_FILE).exists() and is_st_folder(path):  # as load_model_dir
             where = f"`matryoshka_dims` of {path / 'config_sentence_transformers.json'}"  # an ST folder
+            # sentence-transformers cuts any prefix and writes no matryoshka_dims: a model trained for one says so
+            declare = (f", or, for a model trained to embed in its first {truncate_dim} components (Matryoshka), "
+                       f"add {truncate_dim} to that matryoshka_dims" if type(truncate_dim) is int
+                       and 0 < truncate_dim < dims[-1] else "")
         else:
-            where = "the matryoshka_dims of its postemb.json"
+            where, declare = "the matryoshka_dims of its postemb.json", ""
         raise ValidationError(
             f"`truncate_dim` must be one of the dims this model was trained to embed in {dims} (its dim, and "
-            f"{where}). Given: {truncate_dim!r}. Fix: use one of those.")
+            f"{where}). Given: {truncate_dim!r}. Fix: use one of those{declare}.")
     return None if truncate_dim is None or truncate_dim == dims[-1] else truncate_dim
 
 

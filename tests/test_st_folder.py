@@ -346,7 +346,8 @@ def test_matryoshka_dims_of_config_sentence_transformers_json_are_truncate_dims(
     d = build_st_folder(tmp_path / "mrl", arch="bert", dense=[(24, True, None)])
     with pytest.raises(ValidationError, match=r"`truncate_dim` must be one of .* \[24\] \(its dim, and "
                                               r"`matryoshka_dims` of .*mrl/config_sentence_transformers.json\). "
-                                              r"Given: 16"):
+                                              r"Given: 16\. Fix: .* or, for a model trained to embed in its "
+                                              r"first 16 components \(Matryoshka\), add 16 to that matryoshka_dims"):
         Encoder.from_pretrained(d, backend="torch", truncate_dim=16)
     _edit(d / "config_sentence_transformers.json", matryoshka_dims=[16, 8])
     st = SentenceTransformer(str(d), device="cpu", truncate_dim=16)
