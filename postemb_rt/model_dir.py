@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -289,10 +290,12 @@ def load_model_dir(path: str | Path) -> ModelDir:
         raise ModelNotFoundError(f"`path` {str(path)!r} is a registered model's name, not a directory. Fix: "
                                  f"model_dir.resolve({str(path)!r}) reads names and directories.")
     if not root.is_dir():
+        hub = (f" (postemb_rt downloads nothing: fetch a hub model first, hf download {path} --local-dir DIR, "
+               "and pass DIR)") if re.fullmatch(r"[\w.-]+/[\w.-]+", str(path)) else ""
         raise ModelNotFoundError(
             f"`name_or_path` {str(path)!r} is neither a registered name ({', '.join(REGISTERED)}) nor a "
-            "directory. Fix: pass 'default', 'base', or a directory written by export/export_onnx.py or "
-            "`postemb train`."
+            "directory. Fix: pass 'default', 'base', or a directory: a sentence-transformers folder, a Hugging Face "
+            f"encoder, or one written by export/export_onnx.py or `postemb train`{hub}."
         )
     cfg_file = root / CONFIG_FILE
     if not cfg_file.exists():

@@ -161,3 +161,15 @@ def test_a_roberta_tokenizer_config_that_adds_a_prefix_space_is_refused(roberta_
     else:
         with pytest.raises(ValidationError, match=rf"`{cfg_file}` .*'add_prefix_space': True.*Fix: .*save_pretrained"):
             Encoder.from_pretrained(d, backend="torch", warmup=False)
+
+
+def test_a_hub_model_id_is_refused_naming_the_download_and_the_folders_that_load(tmp_path, monkeypatch):
+    """SentenceTransformer("org/name") downloads; postemb_rt never does, and says what to pass instead."""
+    from postemb_rt import ModelNotFoundError
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ModelNotFoundError, match=r"'sentence-transformers/all-MiniLM-L6-v2' is neither a registered "
+                                                 r"name .*nor a directory.*a sentence-transformers folder.*"
+                                                 r"downloads nothing.*hf download "
+                                                 r"sentence-transformers/all-MiniLM-L6-v2 --local-dir DIR"):
+        Encoder.from_pretrained("sentence-transformers/all-MiniLM-L6-v2")
