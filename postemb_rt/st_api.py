@@ -1,18 +1,15 @@
-"""The rest of sentence-transformers' ``SentenceTransformer`` API on ``Encoder``, so code written
-for it runs unchanged: ``similarity`` / ``similarity_pairwise`` with ``similarity_fn_name``,
-``get_sentence_embedding_dimension``, ``tokenize``, ``truncate_embeddings`` (with ``from_pretrained(truncate_dim=)``;
-also under its older name ``truncate_sentence_embeddings``), ``max_seq_length``,
-``encode_query`` / ``encode_document``, ``prompts`` / ``default_prompt_name``,
-torch's ``device`` / ``to`` / ``cpu`` / ``eval`` (this Encoder, where it already runs), and the
-``model_card_data`` that sentence-transformers' evaluators write their metrics into, and pickling
-(multiprocessing, joblib, Ray, Spark: the load call travels, not the compiled model).
-(``encode``'s own keyword arguments are in ``encode_options``.) Each method has
-sentence-transformers' meaning and return type (torch tensors for scores).
+"""The rest of sentence-transformers' ``SentenceTransformer`` API on ``Encoder``, so code written for it runs
+unchanged: ``similarity`` / ``similarity_pairwise`` with ``similarity_fn_name``, ``get_sentence_embedding_dimension``,
+``tokenize`` / ``preprocess``, ``truncate_embeddings`` (with ``from_pretrained(truncate_dim=)``; also under its older
+name ``truncate_sentence_embeddings``), ``max_seq_length``, ``encode_query`` / ``encode_document``, ``prompts`` /
+``default_prompt_name``, torch's ``device`` / ``to`` / ``cpu`` / ``eval`` (this Encoder, where it already runs),
+``evaluate`` and the ``model_card_data`` that evaluators write their metrics into, and pickling (multiprocessing,
+joblib, Ray, Spark: the load call travels, not the compiled model). (``encode``'s own keyword arguments are in
+``encode_options``.) Each method has sentence-transformers' meaning and return type (torch tensors for scores).
 
-What an Encoder does not do is refused with ValidationError naming what to use instead: moving or
-casting (``to("cuda")``, ``half()``: ``from_pretrained(device=..., precision=...)``), training,
-the multi-process pool (``submit``: one Encoder already runs every core), ``save`` (the export
-command), and a dict or set as ``encode``'s texts.
+What an Encoder does not do is refused with ValidationError naming what to use instead: moving or casting
+(``to("cuda")``, ``half()``: ``from_pretrained(device=..., precision=...)``), training, the multi-process pool
+(``submit``: one Encoder already runs every core), ``save`` (the export command), a dict or set as ``encode``'s texts.
 """
 from __future__ import annotations
 
@@ -69,8 +66,8 @@ class ModelCardData:
 
 
 def _matrix(x, name: str):
-    """Embeddings as sentence-transformers' ``similarity`` takes them (a 1-D or 2-D numpy array or
-    torch tensor, or a list of 1-D ones) -> float32 2-D torch tensor."""
+    """Embeddings as sentence-transformers' ``similarity`` takes them (a 1-D or 2-D numpy array or torch tensor,
+    or a list of 1-D ones) -> float32 2-D torch tensor."""
     import numpy as np
     import torch
 
@@ -116,10 +113,9 @@ class SentenceTransformerAPI:
         self._similarity_fn_name = check_similarity_fn_name(value)
 
     def similarity(self, embeddings1, embeddings2):
-        """(n1, n2) torch float32 tensor of scores between every row of ``embeddings1`` and every row
-        of ``embeddings2`` (numpy arrays, torch tensors, or lists of 1-D ones; a 1-D input is one
-        row): cosine, dot product, or negative euclidean / manhattan distance, as
-        ``similarity_fn_name`` says. Higher is more similar, as in sentence-transformers."""
+        """(n1, n2) torch float32 tensor of scores between every row of ``embeddings1`` and every row of
+        ``embeddings2`` (numpy arrays, torch tensors, or lists of 1-D ones; a 1-D input is one row): cosine, dot
+        product, or negative euclidean / manhattan distance, as ``similarity_fn_name`` says (higher: more similar)."""
         import torch
 
         a, b, fn = self._operands(embeddings1, embeddings2)
@@ -139,8 +135,7 @@ class SentenceTransformerAPI:
         return -(a - b).norm(p=2.0 if fn == "euclidean" else 1.0, dim=1)
 
     def _operands(self, embeddings1, embeddings2):
-        """(a, b, similarity_fn_name): both inputs as float32 2-D tensors of one dim, rows normalised
-        for cosine (which is then a dot product)."""
+        """(a, b, similarity_fn_name): both inputs as float32 2-D tensors of one dim, rows normalised for cosine."""
         import torch
 
         a, b = _matrix(embeddings1, "embeddings1"), _matrix(embeddings2, "embeddings2")
@@ -174,8 +169,8 @@ class SentenceTransformerAPI:
     truncate_sentence_embeddings = truncate_embeddings  # sentence-transformers' older name (deprecated there)
 
     def _prefix(self, vectors):
-        """``submit``'s full vectors (n, dim) or (dim,) -> their ``truncate_dim`` prefix, normalised
-        again when the model normalises (what ``encode`` returns at that prefix)."""
+        """``submit``'s full vectors (n, dim) or (dim,) -> their ``truncate_dim`` prefix, normalised again when the
+        model normalises (what ``encode`` returns at that prefix)."""
         import numpy as np
 
         from .encode_options import truncate
@@ -206,29 +201,35 @@ class SentenceTransformerAPI:
                                   f"Fix: Encoder.from_pretrained(..., max_length={value}).")
         self._set_max_length(value, None)  # as at load: the tokenizer, and the default chunk overlap
 
-    def tokenize(self, texts) -> dict:
-        """sentence-transformers' ``tokenize`` (deprecated there for ``preprocess``): what the model reads for
-        ``texts`` (a list of str), {name: int64 torch tensor (n, longest)}: ``input_ids``, ``token_type_ids``
-        (zeros) where the model's tokenizer class gives them, ``attention_mask``; each text cut at
-        ``max_seq_length`` tokens, special tokens included; no prompt. ``{}`` for []. Not the "modality" entry
-        sentence-transformers 6 adds (not a tensor). A str is refused (sentence-transformers reads it as a list
-        of its characters)."""
+    def tokenize(self, texts, prompt: str | None = None) -> dict:
+        """sentence-transformers' ``tokenize`` (``preprocess`` in sentence-transformers 6): what the model reads for
+        ``texts`` (a list of str; ``prompt``, a text, before each), {name: int64 torch tensor (n, longest)}:
+        ``input_ids``, ``token_type_ids`` (zeros) where the model's tokenizer class gives them, ``attention_mask``
+        (each text cut at ``max_seq_length`` tokens, special tokens included), and with a prompt ``prompt_length``
+        (int: its tokens and the first special one). ``{}`` for []. Not the "modality" entry (a str) of
+        sentence-transformers 6. A str is refused (sentence-transformers reads it as a list of its characters)."""
         import numpy as np
         import torch
 
         from . import native
 
         if isinstance(texts, str):
-            raise ValidationError(f"`texts` of tokenize must be a list of str (sentence-transformers reads a str as "
-                                  f"its characters, one row each). Given: a str ({texts!r:.40}). Fix: "
-                                  "tokenize([text]).")
-        texts = self._check_texts(texts)
+            raise ValidationError(f"`texts` of tokenize must be a list of str (sentence-transformers reads a str "
+                                  f"as its characters). Given: a str ({texts!r:.40}). Fix: tokenize([text]).")
+        texts = [(prompt or "") + t for t in self._check_texts(texts)]
         if not texts:
             return {}
         ids, mask = (torch.from_numpy(np.asarray(x, dtype=np.int64))
                      for x in native.pack_padded(self.tokenizer(texts).ids, self.tokenizer.pad_id))
         out = {"input_ids": ids, "token_type_ids": torch.zeros_like(ids), "attention_mask": mask}
-        return {k: out[k] for k in self.tokenizer.model_input_names if k in out}
+        length = {"prompt_length": len(self.tokenizer([prompt]).ids[0]) - 1} if prompt else {}  # without [SEP]
+        return {**{k: out[k] for k in self.tokenizer.model_input_names if k in out}, **length}
+
+    preprocess = tokenize
+
+    def evaluate(self, evaluator, output_path: str | None = None):
+        """sentence-transformers' ``evaluate``: ``evaluator(self, output_path)``'s metrics (also in model_card_data)."""
+        return evaluator(self, output_path)
 
     def encode_query(self, texts, **kwargs):
         """sentence-transformers' ``encode_query``: ``encode`` with the model's "query" prompt ("" if it

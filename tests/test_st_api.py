@@ -293,8 +293,9 @@ def test_sentence_transformers_evaluators_run_on_an_encoder(enc, st):
     for evaluator in (sts, ir):
         got, want = evaluator(enc), evaluator(st)
         assert got.keys() == want.keys() and all(abs(got[k] - want[k]) < 1e-5 for k in got), (got, want)
-    assert [r["evaluator"] for r in enc.model_card_data.eval_results] == ["EmbeddingSimilarityEvaluator",
-                                                                          "InformationRetrievalEvaluator"]
+        assert enc.evaluate(evaluator) == got  # ST's model.evaluate(evaluator): evaluator(model)
+    assert [r["evaluator"] for r in enc.model_card_data.eval_results] == ["EmbeddingSimilarityEvaluator"] * 2 + [
+        "InformationRetrievalEvaluator"] * 2
 
 
 def test_get_max_seq_length_and_save(enc, st, tmp_path):
@@ -350,6 +351,11 @@ def test_tokenize_gives_sentence_transformers_features(enc, st, folder, tokenize
         for k, v in got.items():
             assert isinstance(v, torch.Tensor) and v.dtype == torch.int64 and torch.equal(v, want[k]), k
         assert enc.tokenize([]) == st.tokenize([]) == {}
+        for prompt in (None, "query: "):  # ST 6's preprocess: tokenize, with the prompt before each text
+            want = {k: v for k, v in st.preprocess(texts, prompt=prompt).items() if k != "modality"}
+            got = enc.preprocess(texts, prompt=prompt)
+            assert list(got) == list(want) and all(torch.equal(torch.as_tensor(got[k]), torch.as_tensor(want[k]))
+                                                   for k in got)
         with pytest.raises(ValidationError, match=r"`texts` of tokenize must be a list of str.*Given: a str.*Fix: "
                                                   r"tokenize\(\[text\]\)"):
             enc.tokenize("one post")
