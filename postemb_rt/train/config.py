@@ -144,7 +144,8 @@ class TrainConfig:
     @classmethod
     def from_file(cls, path: str | Path, seed: int | None = None) -> "TrainConfig":
         """``seed`` (if given) replaces the file's seed, in a ``steps_from`` reference too.
-        ``"extends": "other.json"`` (relative to the file) starts from that config's keys.
+        ``"extends": "other.json"`` (relative to the file) starts from that config's keys but its
+        ``model_version`` (a file that names none gets the hash of its own keys).
         Every key is checked (``validate``) before a ``steps_from`` reference loads any data."""
         path = Path(path)
         if seed is not None:
@@ -372,7 +373,10 @@ def _read_config(path: Path, named_by: str | None = None, seen: tuple = ()) -> d
     chain = seen + (path.resolve(),)
     if ref in chain:
         raise ValidationError(f"`extends` in {path} makes a cycle: {[str(p) for p in chain + (ref,)]}.")
-    return {**_read_config(ref, f"`extends` in {path}", chain), **raw}
+    # every key but model_version: a variant that names none gets the hash of its own keys, never the
+    # parent's version (two recipes' vectors under one version would mix in a store)
+    inherited = {k: v for k, v in _read_config(ref, f"`extends` in {path}", chain).items() if k != "model_version"}
+    return {**inherited, **raw}
 
 
 def data_root_of(cfg: TrainConfig) -> Path:

@@ -156,3 +156,16 @@ def test_a_parent_that_is_a_list_names_the_extends_key(tmp_path):
     with pytest.raises(ValidationError, match=rf"`extends` in {re.escape(str(child))} names .*list\.json.*JSON "
                                               "object"):
         TrainConfig.from_file(child)
+
+
+def test_a_config_that_extends_another_never_inherits_its_model_version(tmp_path):
+    """A variant that names no model_version gets its own hash version, never the parent's: a parent's
+    version inherited by a config with other keys put two recipes' vectors under one version."""
+    parent = _write(tmp_path, "parent.json", {"model_version": "postemb-mt50-parent", "lora_rank": 16})
+    child = _write(tmp_path, "child.json", {"extends": "parent.json", "lora_rank": 4})
+    named = _write(tmp_path, "named.json", {"extends": "child.json", "model_version": "mine"})
+    p, c = TrainConfig.from_file(parent), TrainConfig.from_file(child)
+    assert (p.model_version, p.lora_rank, c.lora_rank) == ("postemb-mt50-parent", 16, 4)
+    assert c.model_version != p.model_version and c.model_version.startswith("postemb-mt50-")
+    assert c.model_version == TrainConfig(lora_rank=4).model_version  # the hash of its keys
+    assert TrainConfig.from_file(named).model_version == "mine"
