@@ -64,6 +64,20 @@ def run(args) -> int:
     return 0
 
 
+SEED_LIMIT = 2 ** 32  # the probe's folds take a legacy numpy seed, below 2**32
+
+
+def _seed(text: str) -> int:
+    try:
+        seed = int(text)
+    except ValueError:
+        seed = None
+    if seed is None or not 0 <= seed < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0 and < 2**32 (numpy's seeds of the held-out "
+                                         f"subsamples and the probe's folds). Given: {text!r}.")
+    return seed
+
+
 def _prefixes(text: str) -> list[int]:
     try:
         ks = [int(v) for v in text.split(",") if v.strip()]
@@ -88,7 +102,7 @@ def register(sub) -> None:
                    help="data root holding tweeteval/ and stsb/ (default: $POSTEMB_DATA, else ../shared/data)")
     p.add_argument("--backend", default="auto", choices=backends.CHOICES,
                    help="the runtime (default: auto: the fastest installed for this device and precision)")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=_seed, default=0,
                    help="seed of the held-out subsamples, recorded in the report (not a training seed: rows "
                         "NAME-seed<N> are those) (default: 0)")
     p.add_argument("--split", choices=["test", "val"], default="test",

@@ -161,3 +161,16 @@ def test_held_out_items_the_rows_were_fitted_on_are_dropped_and_counted(tiny_dat
     kept = E.build_eval_data(root, dataclasses.replace(spec, drop_seen=False))
     assert kept.dropped == {} and len(kept.sts[0]) == 31 and len(kept.retrieval["topic"][0]) == 60
     assert spec.key() != dataclasses.replace(spec, drop_seen=False).key()  # cached rows of either never serve the other
+
+
+@pytest.mark.parametrize("seed", ["-1", str(2 ** 32), "x"])
+def test_a_seed_numpy_cannot_take_is_refused_naming_the_flag_before_any_work(tmp_path, capsys, seed):
+    """-1 failed with numpy's traceback once the data was read; 2**32 only in the probe's folds, after
+    every row was embedded."""
+    out = tmp_path / "reports"
+    with pytest.raises(SystemExit) as exc:
+        main(["eval", "--seed", seed, "--out", str(out), "--data", str(tmp_path / "no-data")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--seed" in err and "must be an integer >= 0 and < 2**32" in err and repr(seed) in err, err
+    assert not out.exists()
