@@ -145,7 +145,7 @@ def _teacher_rows(teacher: str, data: EvalData, spec: EvalSpec, rows_dir: Path, 
     from . import teacher as TT
 
     dims = dims or [spec.pca_dim]
-    key = f"{TT.fingerprint(TT.resolve(teacher))}-{spec.key()}-pca{dims}"
+    key = f"{TT.fingerprint(TT.resolve(teacher))}-{spec.key()}-{data.digest}-pca{dims}"
     cache = rows_dir / "teacher.json"
     names = ["teacher"] + [f"teacher-pca{k}" for k in dims]
     hit = _cached_rows(rows_dir, cache, names, key)
@@ -175,7 +175,8 @@ def evaluate_rows(models: list[tuple[str, str]], root: Path, out: Path, spec: Ev
     teacher and teacher-pca<k> (if ``teacher``) and each (name, model), with ``<name>@<k>``
     for every prefix k the model declares or ``prefixes`` asks for (see the module docstring);
     each model's rows are cached in ``out/rows/<name>.json`` (+ ``.npz``, per-item outputs)
-    keyed by the model fingerprint, the spec and its prefixes."""
+    keyed by the model fingerprint, the spec, the evaluation data's content (``EvalData.digest``)
+    and its prefixes."""
     from ..model_dir import resolve
 
     check_row_names(models)
@@ -192,7 +193,7 @@ def evaluate_rows(models: list[tuple[str, str]], root: Path, out: Path, spec: Ev
         with_pca = name == "base" and baselines
         ks, declared = ([], []) if with_pca else plan[name]
         names = [name] + ([f"base-pca{k}" for k in dims] if with_pca else [f"{name}@{k}" for k in ks])
-        key = f"{resolve(model).fingerprint}-{spec.key()}-{root}-{names}"
+        key = f"{resolve(model).fingerprint}-{spec.key()}-{data.digest}-{names}"
         cache = rows_dir / f"{name}.json"
         hit = _cached_rows(rows_dir, cache, names, key)
         if hit is not None:

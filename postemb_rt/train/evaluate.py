@@ -121,6 +121,16 @@ class EvalData:
         return sorted(set(self.texts()) | set(self.pca_posts))
 
     @cached_property
+    def digest(self) -> str:
+        """16 hex digits of a SHA-256 over every held-out item, label and fit text in order: the rows'
+        cache key (``eval_rows``), so rows scored on other data (another root, an edited file) never serve."""
+        parts = [{t: [(p.a, p.b, p.label) for p in ps] for t, ps in self.pairs.items()},
+                 {t: [ft, fy.tolist(), tt, ty.tolist()] for t, (ft, fy, tt, ty) in self.zs.items()},
+                 [self.sts[0], self.sts[1], np.asarray(self.sts[2]).tolist()],
+                 {n: [t, np.asarray(y).tolist()] for n, (t, y) in self.retrieval.items()}, self.pca_posts]
+        return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+    @cached_property
     def pair_labels(self) -> dict:
         """task -> the held-out pairs' labels as an array (built once; the bootstrap reads it
         thousands of times)."""

@@ -174,3 +174,44 @@ def test_a_seed_numpy_cannot_take_is_refused_naming_the_flag_before_any_work(tmp
     err = capsys.readouterr().err
     assert "--seed" in err and "must be an integer >= 0 and < 2**32" in err and repr(seed) in err, err
     assert not out.exists()
+
+
+def test_cached_rows_never_serve_other_evaluation_data(tiny_data, tmp_path, monkeypatch):
+    """The rows' cache is keyed by the evaluation data's content: the teacher's rows were keyed by teacher
+    and spec alone, so another --data (or an edited file) into the same --out reused rows (and per-item
+    outputs) scored on other items, silently wrong where the counts agreed; the model rows by the root's path."""
+    import shutil
+
+    import numpy as np
+
+    from postemb_rt.train import eval_rows as R
+    from postemb_rt.train import teacher as TT
+
+    calls = []
+
+    def fake_embed(teacher, texts, **kw):  # a fixed 8-d embedding per text: the cache logic only
+        calls.append(len(texts))
+        x = np.stack([np.random.default_rng(list(t.encode()) or [0]).normal(size=8) for t in texts])
+        return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), {"seconds": 0.0, "dim": 8}
+
+    monkeypatch.setattr(TT, "embed_cached", fake_embed)
+    spec, out = E.EvalSpec(pca_posts=20, pca_dim=4), tmp_path / "reports" / "rows"
+    out.mkdir(parents=True)
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    first = E.build_eval_data(root, spec)
+    R._teacher_rows("base", first, spec, out, lambda m: None)
+    R._teacher_rows("base", E.build_eval_data(root, spec), spec, out, lambda m: None)
+    assert len(calls) == 1  # the same data: cached
+    dev = root / "stsb" / "stsb-en-dev.csv"  # the same pairs, other gold scores (edited in place)
+    lines = dev.read_text().splitlines()
+    dev.write_text("\n".join(lines[:1] + [ln.rsplit(",", 1)[0] + f",{i % 6}" for i, ln in enumerate(lines[1:])])
+                   + "\n")
+    edited = E.build_eval_data(root, spec)
+    assert len(edited.sts[0]) == len(first.sts[0])  # the same items: a stale row would not even fail
+    rows, _ = R._teacher_rows("base", edited, spec, out, lambda m: None)
+    assert len(calls) == 2
+    texts = edited.texts_with_pca()
+    table = dict(zip(texts, fake_embed("", texts)[0]))
+    fresh = E.metrics_from(E.outputs(E._lookup(table), edited, spec), edited)
+    assert rows["teacher"]["sts_spearman"] == pytest.approx(fresh["sts_spearman"])
