@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -124,16 +125,20 @@ def _save_outputs(path: Path, out: dict) -> None:
 
 def _cached_rows(rows_dir: Path, cache: Path, names: list[str], key: str) -> tuple[dict, dict] | None:
     """(rows, per-item outputs of ``names``) from ``cache`` and ``rows_dir/<name>.npz`` if
-    all exist and the cache was written under ``key``; else None."""
+    all exist, can be read and the cache was written under ``key``; else None (computed again:
+    a cache file that cannot be read, e.g. cut short by an older version's kill, is no error)."""
     if not (cache.exists() and all((rows_dir / f"{n}.npz").exists() for n in names)):
         return None
-    cached = json.loads(cache.read_text())
-    if cached.get("key") != key:
+    try:
+        cached = json.loads(cache.read_text())
+        if not (isinstance(cached, dict) and cached.get("key") == key and isinstance(cached.get("rows"), dict)):
+            return None
+        outs = {}
+        for n in names:
+            with np.load(rows_dir / f"{n}.npz", allow_pickle=False) as z:
+                outs[n] = dict(z)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):  # ValueError: bad JSON or npz contents
         return None
-    outs = {}
-    for n in names:
-        with np.load(rows_dir / f"{n}.npz") as z:
-            outs[n] = dict(z)
     return cached["rows"], outs
 
 
@@ -164,7 +169,7 @@ def _teacher_rows(teacher: str, data: EvalData, spec: EvalSpec, rows_dir: Path, 
     rows.update({f"teacher-pca{k}": {**meta, "dim": k, **metrics_from(outs[f"teacher-pca{k}"], data)} for k in dims})
     for n, o in outs.items():
         _save_outputs(rows_dir / f"{n}.npz", o)
-    cache.write_text(json.dumps({"key": key, "rows": rows}, indent=2) + "\n")
+    atomic_write(cache, json.dumps({"key": key, "rows": rows}, indent=2) + "\n")
     return rows, outs
 
 
@@ -215,7 +220,7 @@ def evaluate_rows(models: list[tuple[str, str]], root: Path, out: Path, spec: Ev
             got[n] = {**info, "dim": k, **extra, **metrics_from(got_out[n], data)}
         for n, o in got_out.items():
             _save_outputs(rows_dir / f"{n}.npz", o)
-        cache.write_text(json.dumps({"key": key, "rows": got}, indent=2) + "\n")
+        atomic_write(cache, json.dumps({"key": key, "rows": got}, indent=2) + "\n")
         rows.update(got)
         outs.update(got_out)
         progress(f"{names}: done in {time.perf_counter() - t0:.0f}s (embed {info['embed_seconds']}s)")

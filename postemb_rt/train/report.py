@@ -9,6 +9,7 @@ import re
 
 import numpy as np
 
+from ..durable import atomic_write
 from . import tasks as T
 from .evaluate import BOOTSTRAP, COLUMNS, EvalData, EvalSpec, paired_delta
 
@@ -181,7 +182,7 @@ def write_report(out: Path, rows: dict, main: str, spec: EvalSpec, extra: dict, 
               "targets": targets, "seed_means": means, "seed_sds": sds, "seed_targets": seed_targets,
               **({"dropped_as_seen": data.dropped} if data is not None else {}), **extra}
     jp, mp = out / "eval.json", out / "eval.md"
-    jp.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    atomic_write(jp, json.dumps(report, indent=2, default=float) + "\n")  # a kill leaves the old report whole
     lines = [f"# Evaluation: `{main}`", "",
              "AUC / F1 / kNN / P@10 in [0, 1]; STS-B Spearman x100. Built by `postemb eval`; "
              "definitions in `postemb_rt/train/evaluate.py`.", ""]
@@ -222,5 +223,5 @@ def write_report(out: Path, rows: dict, main: str, spec: EvalSpec, extra: dict, 
         lines += ["", "Held-out items dropped because the rows were fitted on them (case and spaces ignored; "
                   f"`--keep-seen` keeps them): `{json.dumps(data.dropped)}`"]
     lines += ["", f"Spec: `{json.dumps(dataclasses.asdict(spec))}`", ""]
-    mp.write_text("\n".join(lines))
+    atomic_write(mp, "\n".join(lines))
     return jp, mp

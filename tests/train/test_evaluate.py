@@ -215,3 +215,24 @@ def test_cached_rows_never_serve_other_evaluation_data(tiny_data, tmp_path, monk
     table = dict(zip(texts, fake_embed("", texts)[0]))
     fresh = E.metrics_from(E.outputs(E._lookup(table), edited, spec), edited)
     assert rows["teacher"]["sts_spearman"] == pytest.approx(fresh["sts_spearman"])
+
+
+@pytest.mark.parametrize("damage", ["json", "npz"])
+def test_a_row_cache_cut_short_is_computed_again_not_an_error(tmp_path, damage):
+    """A rows/<name>.json cut short (it was written in place; a kill while writing it) made every later
+    `postemb eval` into that --out fail with JSONDecodeError; now it is a cache miss."""
+    import numpy as np
+
+    from postemb_rt.train import eval_rows as R
+
+    rows = tmp_path / "rows"
+    rows.mkdir()
+    R._save_outputs(rows / "m.npz", {"sts": np.arange(3.0)})
+    text = '{"key": "k", "rows": {"m": {"dim": 50}}}'
+    (rows / "m.json").write_text(text)
+    assert R._cached_rows(rows, rows / "m.json", ["m"], "k")[0] == {"m": {"dim": 50}}
+    if damage == "json":
+        (rows / "m.json").write_text(text[:25])
+    else:
+        (rows / "m.npz").write_bytes((rows / "m.npz").read_bytes()[:40])
+    assert R._cached_rows(rows, rows / "m.json", ["m"], "k") is None
