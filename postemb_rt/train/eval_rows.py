@@ -50,9 +50,11 @@ def check_row_names(models: list[tuple[str, str]]) -> None:
     seen = set()
     for name, model in models:
         fix = f"Fix: name the row, e.g. --model mine={model}."
-        if re.fullmatch(r"(base|teacher)(-pca\d+)?", name):
+        # NAME-seed<N> is a training seed of the row NAME (report.seed_means): a baseline's would be averaged into it
+        if re.fullmatch(r"(base|teacher)(-pca\d+)?(-seed\d+)?", name):
             raise ValidationError(f"`--model` row name {name!r} is the baseline's (rows base, base-pca<k>, teacher, "
-                                  f"teacher-pca<k>; the base is always evaluated). Given: {name}={model}. {fix}")
+                                  f"teacher-pca<k>; the base is always evaluated; NAME-seed<N> is a seed of NAME). "
+                                  f"Given: {name}={model}. {fix}")
         if not name or name.startswith(".") or any(c in name for c in "/\\@"):
             raise ValidationError(f"`--model` row name {name!r} must be a file name: not starting with '.', no '/', "
                                   f"'@' (which marks the prefix rows NAME@K) or '\\'. Given: {name}={model}. {fix}")

@@ -118,6 +118,8 @@ def test_target_1_is_na_not_missed_when_a_reference_row_was_not_evaluated():
     (["base=MODEL"], r"`--model` row name 'base' is the baseline's"),  # it replaced the base row and base-pca50
     (["base-pca16=MODEL"], r"`--model` row name 'base-pca16' is the baseline's"),
     (["teacher=MODEL"], r"`--model` row name 'teacher' is the baseline's"),
+    (["base-seed1=MODEL"], r"`--model` row name 'base-seed1' is the baseline's"),  # averaged into the base row
+    (["teacher-pca50-seed2=MODEL"], r"`--model` row name 'teacher-pca50-seed2' is the baseline's"),
     (["a=MODEL", "a=MODEL"], r"`--model` row name 'a' is given twice"),  # the second silently replaced the first
     (["a@16=MODEL"], r"`--model` row name 'a@16' .* no '/', '@'"),  # '@' marks the prefix rows
 ])
