@@ -24,7 +24,9 @@ def run(args) -> int:
         source = f"first {len(texts)} posts of the TweetEval emoji test split" + (
             f", all it holds (--n {args.n} asked for more)" if len(texts) < args.n else "")
     else:
-        texts, source = BUILTIN_POSTS, "built-in sample (shared data not found; set POSTEMB_DATA)"
+        texts = BUILTIN_POSTS[:args.n]
+        source = "built-in sample (shared data not found; set POSTEMB_DATA)" + (
+            f", all it holds (--n {args.n} asked for more)" if len(texts) < args.n else "")
     print(f"loading model {args.model!r} (backend={args.backend}) ...")
     enc = Encoder.from_pretrained(args.model, backend=args.backend)
     for k, v in enc.describe().items():
