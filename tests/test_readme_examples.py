@@ -108,3 +108,15 @@ def test_demo_n_limits_the_built_in_sample_too(monkeypatch, capsys):
     assert main(["demo", "--n", "3", "--queries", "1", "--model", "base", "--backend", "torch"]) == 0
     out = capsys.readouterr().out
     assert "embedded 3 posts (built-in sample" in out and "output (3, 384) float32" in out, out
+
+
+def test_embed_given_a_folder_says_it_is_a_folder(tmp_path, capsys):
+    """README "Commands": `postemb embed INPUT` takes one file; a folder of posts (no suffix) was
+    told to end in .txt, .jsonl or .parquet, as if renaming it would do; it is now told it is a
+    folder, and that a folder is `postemb backfill`'s input."""
+    from postemb_rt.cli import main
+
+    (tmp_path / "posts").mkdir()
+    assert main(["embed", str(tmp_path / "posts"), "--out", str(tmp_path / "o.npy")]) == 2
+    err = capsys.readouterr().err
+    assert "is a folder" in err and "postemb backfill" in err and err.count("\n") == 1, err

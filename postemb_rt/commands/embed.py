@@ -64,15 +64,15 @@ def check_ids(ids: list, where) -> str:
 def read_posts(path: Path) -> tuple[list, list[str]]:
     """(ids, texts) from a .txt, .jsonl or .parquet file; errors name the file and line (or
     row). The ids are checked (:func:`check_ids`) here, before any model is loaded."""
+    if path.is_dir():  # before its suffix: a folder is not fixed by renaming it
+        raise ValidationError(f"`INPUT` {str(path)!r} is a folder. Fix: name a file (a folder of Parquet or JSONL "
+                              "files is `postemb backfill`'s input).")
     if path.suffix not in INPUTS:
         raise ValidationError(f"`INPUT` must end in one of {INPUTS}. Given: {str(path)!r}. Fix: name the posts' "
                               "file by its format (a CSV: write it as .jsonl or .parquet).")
     if not path.exists():
         raise FileNotFoundError(f"`INPUT` {str(path)!r} does not exist. Fix: check the path (relative paths start "
                                 "at the current folder).")
-    if path.is_dir():
-        raise ValidationError(f"`INPUT` {str(path)!r} is a folder. Fix: name a file (a folder of Parquet or JSONL "
-                              "files is `postemb backfill`'s input).")
     if path.suffix == ".txt":
         texts = read_lines(path, arg="INPUT")  # one post per "\n": ids are line numbers
         return list(range(len(texts))), texts
