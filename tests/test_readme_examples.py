@@ -120,3 +120,15 @@ def test_embed_given_a_folder_says_it_is_a_folder(tmp_path, capsys):
     assert main(["embed", str(tmp_path / "posts"), "--out", str(tmp_path / "o.npy")]) == 2
     err = capsys.readouterr().err
     assert "is a folder" in err and "postemb backfill" in err and err.count("\n") == 1, err
+
+
+def test_every_environment_variable_the_code_reads_is_in_the_readme():
+    """README "Commands" lists the library's variables (the flags' own follow one rule, and
+    `postemb serve`'s hand-off to its workers, POSTEMB_SERVE_*, is internal)."""
+    pattern = re.compile(r"""(?:environ(?:\.get)?\(?\[?|getenv\()\s*["'](POSTEMB_[A-Z0-9_]+)["']""")
+    read = set()
+    for path in [*(ROOT / "postemb_rt").rglob("*.py"), *(ROOT / "csrc").glob("*.cpp")]:
+        read |= set(pattern.findall(path.read_text(encoding="utf-8")))
+    assert "POSTEMB_NATIVE" in read and "POSTEMB_CPU_ISA" in read  # the pattern finds them
+    unnamed = sorted(v for v in read if not v.startswith("POSTEMB_SERVE_") and v not in README)
+    assert not unnamed, unnamed
