@@ -180,12 +180,14 @@ def _subparser(parser: argparse.ArgumentParser, words: list[str]) -> argparse.Ar
 
 
 def _os_message(exc: Exception) -> str:
-    """An OS error as one line with a fix (the project's own FileNotFoundErrors carry theirs)."""
+    """An OS error as one line with one fix (the project's own FileNotFoundErrors carry theirs);
+    inside the cache, the cache's fix (:func:`_cache_hint`) instead of the general one."""
     if not isinstance(exc, OSError) or exc.strerror is None:
         return str(exc)
     where = f" {exc.filename!r}" + (f" -> {exc.filename2!r}" if exc.filename2 else "") if exc.filename else ""
-    return (f"{exc.strerror}:{where}. Fix: check that path: a file where a folder must be (or the reverse), a folder "
-            "this user may not write, or a full disk")
+    return f"{exc.strerror}:{where}" + (_cache_hint(exc) or (
+        ". Fix: check that path: a file where a folder must be (or the reverse), a folder this user may not write, "
+        "or a full disk"))
 
 
 def _cache_hint(exc: Exception) -> str:
@@ -196,8 +198,8 @@ def _cache_hint(exc: Exception) -> str:
     root = cache_root()
     if not name or not (Path(name) == root or root in Path(name).parents):
         return ""
-    return (f" (the cache folder, {root}: $POSTEMB_CACHE, else $XDG_CACHE_HOME/postemb_rt, else "
-            "~/.cache/postemb_rt). Fix: point POSTEMB_CACHE at a writable folder.")
+    return (f" (in the cache folder, {root}: $POSTEMB_CACHE, else $XDG_CACHE_HOME/postemb_rt, else "
+            "~/.cache/postemb_rt). Fix: point POSTEMB_CACHE at a writable folder")
 
 
 def _stdout_gone() -> bool:
@@ -250,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (Python's "Note on SIGPIPE")
             return 128 + signal.SIGPIPE
         message = _as_flags(_os_message(exc), parser, args.command, argv)
-        line = f"postemb {args.command}: error: {message}{_cache_hint(exc)}"
+        line = f"postemb {args.command}: error: {message}"
         if args.log_format == "json":  # as every other line on stderr
             logging.getLogger("postemb_rt").error(line)
         else:

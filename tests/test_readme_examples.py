@@ -132,3 +132,18 @@ def test_every_environment_variable_the_code_reads_is_in_the_readme():
     assert "POSTEMB_NATIVE" in read and "POSTEMB_CPU_ISA" in read  # the pattern finds them
     unnamed = sorted(v for v in read if not v.startswith("POSTEMB_SERVE_") and v not in README)
     assert not unnamed, unnamed
+
+
+def test_a_cache_that_cannot_be_written_is_one_error_with_one_fix(tmp_path, monkeypatch, capsys):
+    """README "Commands": one line naming the fix. A POSTEMB_CACHE that cannot hold the ONNX export
+    got two fixes in a row ('Fix: check that path ... Fix: point POSTEMB_CACHE ...'); now one."""
+    from postemb_rt.cli import main
+
+    (tmp_path / "posts.txt").write_text("a post\n")
+    (tmp_path / "cache").write_text("a file where the cache folder must be")
+    monkeypatch.setenv("POSTEMB_CACHE", str(tmp_path / "cache"))
+    assert main(["embed", str(tmp_path / "posts.txt"), "--out", str(tmp_path / "o.npy"), "--model", "base",
+                 "--backend", "onnxruntime"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.count("Fix:") == 1 and "Fix: point POSTEMB_CACHE at a writable folder" in err
+    assert str(tmp_path / "cache") in err, err
