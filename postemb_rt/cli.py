@@ -222,8 +222,9 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
     args, extra = parser.parse_known_args(argv)
     if extra:
         given = next((i for i, a in enumerate(extra) if a.split("=")[0] in GLOBAL_OPTIONS), None)
-        if given is None:
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")  # what parse_args says
+        if given is None:  # what parse_args says, from the (sub)command's parser: its --help lists its flags
+            words = argv[argv.index(args.command):] if args.command in argv else []
+            _subparser(parser, words).error(f"unrecognized arguments: {' '.join(extra)}")
         option = extra[given].split("=")[0]
         takes_value = option == "--log-format" and "=" not in extra[given]
         words = extra[given:given + 2 if takes_value else given + 1]

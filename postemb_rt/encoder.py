@@ -145,7 +145,8 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
         if max_length is not None and not (type(max_length) is int and 3 <= max_length <= md.config.max_length):
             raise ValidationError(
                 f"`max_length` must be between 3 (2 special tokens and one of text) and the model's max_length "
-                f"({md.config.max_length}). Given: {max_length!r}."
+                f"({md.config.max_length}). Given: {max_length!r}. Fix: pass an int in that range, or None (the "
+                "model's)."
             )
         max_batch_tokens = check_max_batch_tokens(max_batch_tokens, max_length or md.config.max_length)
         options = dict(max_length=max_length, max_batch_tokens=max_batch_tokens, warmup=warmup,

@@ -192,7 +192,7 @@ class SentenceTransformerAPI:
         own, value = self.model.config.max_length, as_int(value)
         if type(value) is not int or not 3 <= value <= own:
             raise ValidationError(f"`max_seq_length` must be an int from 3 (2 special tokens and one of text) to "
-                                  f"the model's max_length ({own}). Given: {value!r}.")
+                                  f"the model's max_length ({own}). Given: {value!r}. Fix: an int in that range.")
         if value > self.max_batch_tokens:
             raise ValidationError(f"`max_seq_length` must be <= max_batch_tokens ({self.max_batch_tokens}). "
                                   f"Given: {value}. Fix: Encoder.from_pretrained(..., max_batch_tokens=N).")

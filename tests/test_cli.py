@@ -437,3 +437,12 @@ def test_a_config_files_key_is_named_as_the_file_names_it_not_as_the_flag(tmp_pa
     config.write_text('{"model_version": "x", "steps": 5}')
     assert main(["train", "--config", str(config), "--plan", "--steps", "0"]) == 2
     assert "`--steps` must be >= 1. Given: 0." in capsys.readouterr().err  # the flag's own value: the flag
+
+
+def test_teacher_without_its_action_names_the_actions(capsys):
+    """`postemb teacher` alone said "required: action", a word the user cannot type."""
+    with pytest.raises(SystemExit) as exc:
+        main(["teacher"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "the following arguments are required: fetch|path" in err, err
+    assert "Fix: see `postemb teacher --help`" in err

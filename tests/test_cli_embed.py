@@ -171,7 +171,12 @@ def test_a_global_option_after_the_command_says_where_it_goes(tmp_path, capsys, 
         f"Fix: put it before the command: postemb {' '.join(option)} embed ...\n")
     with pytest.raises(SystemExit):
         main(["embed", str(tmp_path / "posts.txt"), "--out", str(tmp_path / "o.npy"), "--nosuch"])
-    assert "unrecognized arguments: --nosuch. Fix: see `postemb --help`." in capsys.readouterr().err  # as before
+    # the command's own help, which lists its flags (`postemb --help` lists commands only)
+    assert "postemb embed: error: unrecognized arguments: --nosuch. Fix: see `postemb embed --help`." \
+        in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["-v", "index", "build", str(tmp_path / "a.parquet"), "--out", str(tmp_path / "i"), "--nosuch"])
+    assert "Fix: see `postemb index build --help`." in capsys.readouterr().err
 
 
 def test_a_broken_pipe_that_is_not_stdouts_is_an_error(capsys, monkeypatch):

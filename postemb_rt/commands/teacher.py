@@ -24,7 +24,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("teacher", help="fetch and verify the distillation teacher", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("action", choices=["fetch", "path"],
+    p.add_argument("action", choices=["fetch", "path"], metavar="fetch|path",
                    help="fetch: install and verify the teacher; path: verify it and print its folder")
     p.add_argument("--name", default="all-mpnet-base-v2", choices=sorted(TEACHERS),
                    help="registered teacher (default: all-mpnet-base-v2)")
