@@ -164,7 +164,7 @@ class ModelMixin:
             if self._model is None:
                 self._model = _ModelThread(f"postemb-model-{self.consumer}")
             fut = self._model.submit(call)
-            futures.wait([fut], timeout=self.model_timeout_s)
+            self._wait_beating(fut)
             if not fut.done():
                 self._model_hung = True
                 self.stats.model_timeouts += 1
@@ -179,6 +179,20 @@ class ModelMixin:
             return fut.result()
         finally:
             self.stats.encode_s += time.perf_counter() - t
+
+    def _wait_beating(self, fut) -> None:
+        """Wait for the model call ``fut`` up to ``model_timeout_s``, sending the heartbeat every ``heartbeat_s``
+        meanwhile: a call longer than the heartbeat's life (5 beats, 10 s by default; a batch of long posts on a
+        busy CPU) dropped a live worker from ``--stats``. A heartbeat that fails here is only logged (the loop's
+        next one raises as before); one against a frozen Redis can hold the wait up to its socket timeout."""
+        deadline = time.monotonic() + self.model_timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            if futures.wait([fut], timeout=min(left, self.heartbeat_s)).done:
+                return
+            try:
+                self._heartbeat()
+            except Exception as exc:  # observability never fails a model call
+                log.debug("heartbeat during a model call failed: %s: %s", type(exc).__name__, exc)
 
     def _encode_bounded(self, chunk: list[Post], prompt_name: str | None = None) -> list:
         """encode(chunk), retried up to max_attempts times (backoff 50 ms .. 5 s) on any error

@@ -407,3 +407,21 @@ def test_vectors_are_stored_under_the_encoders_vector_version(redis_server, redi
     nearline.Worker(nearline.connect(redis_server.url), FakeEncoder(vector_version=None)).run(max_events=1)
     assert stored_ids(redis_client, "fake-v1") == {"p0"}
     assert nearline.fetch(redis_client, "fake-v1", "p0").vector_version == "fake-v1"
+
+
+def test_a_model_call_longer_than_the_heartbeats_life_keeps_the_worker_listed(redis_server, redis_client):
+    """The heartbeat lives 5 beats; a model call longer than that (long posts on a busy CPU) dropped the live
+    worker from --stats until the call ended. Now it beats while it waits on the model."""
+    enc = FakeEncoder(delay_s=3.0)
+    publish_all(redis_client, 1)
+    w = nearline.Worker(nearline.connect(redis_server.url), enc, batch_size=1, max_wait_ms=10, heartbeat_s=0.2)
+    t = threading.Thread(target=w.run, kwargs={"max_events": 1}, daemon=True)
+    t.start()
+    wait_until(lambda: enc.calls, 15, "the model call")  # the model call has started (heartbeats live 1 s, the call 3 s)
+    seen = []
+    for _ in range(10):
+        time.sleep(0.25)
+        seen.append(len(nearline.stats(redis_client)["workers"]))
+    t.join(15)
+    assert not t.is_alive() and w.stats.stored == 1
+    assert all(n == 1 for n in seen), seen  # listed throughout the 2.5 s inside the call
