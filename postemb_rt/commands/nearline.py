@@ -107,6 +107,9 @@ def _print_stats(s: dict, posts_stream: str = "posts") -> None:
           f"freshness p50 {f(s['freshness_p50_s'], ' s')}"
           f", p90 {f(s['freshness_p90_s'], ' s')}, p99 {f(s['freshness_p99_s'], ' s')}, "
           f"max {f(s['freshness_max_s'], ' s')}")
+    if s.get("foreign_announcements"):
+        print(f"  skipped {s['foreign_announcements']} entries of the embeddings stream without a worker's fields "
+              "(embedded_at or removed_at, created_at): another producer writes to it")
     for c, v in sorted(s.get("consumer_pending", {}).items()):
         print(f"  consumer {c}: pending {v['pending']}, idle {v['idle_ms']} ms")
     versions = sorted({str(w.get("vector_version") or w.get("model_version")) for w in s["workers"]})

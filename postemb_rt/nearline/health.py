@@ -89,7 +89,8 @@ def stats(client, group: str = "embedder", *, posts_stream: str = POSTS_STREAM, 
     pending: delivered, not yet acknowledged; oldest_pending_s: age of the oldest.
     throughput_per_s (embeddings announced), deletions_per_s (deletions announced) and freshness
     (embedded_at - created_at) percentiles: over the last ``window_s`` seconds (> 0) of the
-    ``embeddings`` stream (at most ``sample`` announcements).
+    ``embeddings`` stream (at most ``sample`` announcements); foreign_announcements: entries of that
+    sample without a worker's fields (another producer's), skipped.
     A stream name whose key holds another type raises ValidationError naming the argument and the key.
     """
     settings.check(window_s=window_s)
@@ -130,15 +131,21 @@ def stats(client, group: str = "embedder", *, posts_stream: str = POSTS_STREAM, 
         out["consumer_pending"] = {c["name"].decode() if isinstance(c["name"], bytes) else c["name"]:
                                    {"pending": c["pending"], "idle_ms": c["idle"]}
                                    for c in client.xinfo_consumers(posts_stream, group)}
-    fresh, deletions = [], 0
+    fresh, deletions, foreign = [], 0, 0
     for _, f in client.xrevrange(embeddings_stream, count=sample):
-        t = float(f.get(b"embedded_at") or f[b"removed_at"])  # a deletion's announcement: removed_at
+        try:
+            t = float(f.get(b"embedded_at") or f[b"removed_at"])  # a deletion's announcement: removed_at
+            age = None if b"deleted_at" in f else t - float(f[b"created_at"])
+        except (KeyError, ValueError):  # an entry another producer added to the stream: not a worker's
+            foreign += 1
+            continue
         if t < now - window_s:
             break
-        if b"deleted_at" in f:
+        if age is None:
             deletions += 1
         else:
-            fresh.append(t - float(f[b"created_at"]))
+            fresh.append(age)
+    out["foreign_announcements"] = foreign
     out["window_s"] = window_s
     out["throughput_per_s"] = round(len(fresh) / window_s, 2)
     out["deletions_per_s"] = round(deletions / window_s, 2)

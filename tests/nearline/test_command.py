@@ -175,3 +175,18 @@ def test_stats_lists_the_workers_of_its_group_only(redis_client):
         nearline.Worker(redis_client, FakeEncoder(), group=group, consumer=consumer)._heartbeat()
     listed = {g: [w["consumer"] for w in nearline.stats(redis_client, g)["workers"]] for g in ("a", "a:b", "e[1]")}
     assert listed == {"a": ["w1"], "a:b": ["w2"], "e[1]": ["w3"]}
+
+
+def test_stats_skips_and_counts_entries_another_producer_added_to_the_embeddings_stream(redis_server, redis_client,
+                                                                                       capsys):
+    """An entry without a worker's fields (embedded_at / removed_at, created_at) raised KeyError in `--stats`."""
+    from postemb_rt.commands.nearline import _print_stats
+
+    publish_all(redis_client, 2)
+    nearline.Worker(nearline.connect(redis_server.url), FakeEncoder(), batch_size=2).run(max_events=2)
+    redis_client.xadd("embeddings", {"note": "written by another service"})
+    redis_client.xadd("embeddings", {"embedded_at": "not a time", "created_at": "1"})
+    s = nearline.stats(redis_client)
+    assert s["foreign_announcements"] == 2 and s["freshness_p50_s"] is not None  # the worker's two still counted
+    _print_stats(s)
+    assert "skipped 2 entries of the embeddings stream without a worker's fields" in capsys.readouterr().out
