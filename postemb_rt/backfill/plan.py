@@ -11,6 +11,7 @@ from ..errors import ValidationError
 FORMATS = (".parquet", ".jsonl")
 STAGING = "_staging"
 SUCCESS = "_SUCCESS.json"
+LOCK_NAME = ".postemb-backfill.lock"  # held by the run writing the output (backfill.run._only_run)
 MARKER = "_source.json"  # in a staging folder: what its parts were made from (see _marker)
 ROWS_PER_SPLIT = 10_000  # ~30 s of CPU inference per split on one core: fine-grained resume, small retries
 ID_TYPES = ("int", "string")  # of an output's `id` column (Arrow int64 / string): one per output

@@ -13,8 +13,8 @@ from typing import Callable
 
 from ..durable import atomic_write, durable_rename, read_json
 from ..errors import PostEmbError, ValidationError
-from .plan import (MARKER, ROWS_PER_SPLIT, STAGING, SUCCESS, Columns, FilePlan, check_columns, check_jsonl_fields,
-                   errors_name, jsonl_rows, list_inputs, make_output, part_name, plan_file)
+from .plan import (LOCK_NAME, MARKER, ROWS_PER_SPLIT, STAGING, SUCCESS, Columns, FilePlan, check_columns,
+                   check_jsonl_fields, errors_name, jsonl_rows, list_inputs, make_output, part_name, plan_file)
 from .ray_setup import check_address, ray_init, rows, sigterm_interrupts
 from .resume import check_model_version, check_same, committed, decide_id_type, marker, resume_staging
 from .splits import SplitEmbedder, count_empty, describe_error
@@ -165,52 +165,54 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     prompt_name = prompts.name_in_use(md.config, prompt_name)
     check_address(ray_address)  # an unreachable cluster: refused before the output folder is made
     make_output(inp, out)
-    check_model_version(out, model_version, fingerprint)
-    success, meta = committed(out)
-    if success is not None:  # a new output: nothing to match
-        check_same(meta, {"prompt_name": prompt_name, "id_column": columns.id, "text_column": columns.text},
-                   f"`--output` {str(out)!r}", "pick a new --output folder, or run with the {flag} that wrote it.")
-    id_type = decide_id_type(files, out, id_type, columns)
-    report = BackfillReport(files_total=len(files), model_version=model_version, model_fingerprint=fingerprint,
-                            id_type=id_type, prompt_name=prompt_name, id_column=columns.id,
-                            text_column=columns.text)
-
-    # what is left to do
-    pending: dict[str, FilePlan] = {}
-    todo: dict[str, set[int]] = {}
-    for f in files:
-        rel = f.relative_to(root).as_posix()
-        done = read_json(out / rel / SUCCESS)
-        if done is not None:
-            st = f.stat()
-            if (done.get("source_size"), done.get("source_mtime_ns")) != (st.st_size, st.st_mtime_ns):
-                log.warning("%s changed since it was embedded; skipped (delete %s to embed it again)", f, out / rel)
-            report.files_skipped += 1
-            shutil.rmtree(out / STAGING / rel, ignore_errors=True)  # late writes of an interrupted run
-            continue
-        try:
-            plan = plan_file(f, root, rows_per_split, columns)
-        except ValidationError:
-            raise  # a file without the id and text columns: the input is not what the run expects
-        except Exception as exc:  # noqa: BLE001 - an unreadable file fails alone; the rest runs
-            report.failures.append(f"{rel}: cannot read it ({type(exc).__name__}: {str(exc)[:300]}). Fix: replace it "
-                                   "with a readable copy, or move it out of --input: every run fails on it until then")
-            report.files_failed += 1
-            continue
-        staging = out / STAGING / rel
-        try:
-            resume_staging(staging, marker(plan, model_version, fingerprint, rows_per_split, id_type, prompt_name,
-                                           columns), rel)
-        except OSError as exc:  # a full disk: this file cannot start; the report names it
-            report.failures.append(f"{rel}: cannot prepare its staging folder ({describe_error(exc)})"[:500])
-            report.files_failed += 1
-            continue
-        left = {s.index for s in plan.splits if not (staging / part_name(s.index)).exists()}
-        report.splits_reused += len(plan.splits) - len(left)
-        pending[rel], todo[rel] = plan, left
-
-    started_ray, restore_sigterm = False, sigterm_interrupts()  # SIGTERM stops the run as Ctrl-C does
+    lock = _only_run(out)  # held until the run ends: two runs into one output would undo each other's work
+    started_ray, restore_sigterm, report = False, sigterm_interrupts(), None  # SIGTERM stops it as Ctrl-C does
     try:
+        check_model_version(out, model_version, fingerprint)
+        success, meta = committed(out)
+        if success is not None:  # a new output: nothing to match
+            check_same(meta, {"prompt_name": prompt_name, "id_column": columns.id, "text_column": columns.text},
+                       f"`--output` {str(out)!r}", "pick a new --output folder, or run with the {flag} that wrote it.")
+        id_type = decide_id_type(files, out, id_type, columns)
+        report = BackfillReport(files_total=len(files), model_version=model_version, model_fingerprint=fingerprint,
+                                id_type=id_type, prompt_name=prompt_name, id_column=columns.id,
+                                text_column=columns.text)
+
+        # what is left to do
+        pending: dict[str, FilePlan] = {}
+        todo: dict[str, set[int]] = {}
+        for f in files:
+            rel = f.relative_to(root).as_posix()
+            done = read_json(out / rel / SUCCESS)
+            if done is not None:
+                st = f.stat()
+                if (done.get("source_size"), done.get("source_mtime_ns")) != (st.st_size, st.st_mtime_ns):
+                    log.warning("%s changed since it was embedded; skipped (delete %s to embed it again)", f, out / rel)
+                report.files_skipped += 1
+                shutil.rmtree(out / STAGING / rel, ignore_errors=True)  # late writes of an interrupted run
+                continue
+            try:
+                plan = plan_file(f, root, rows_per_split, columns)
+            except ValidationError:
+                raise  # a file without the id and text columns: the input is not what the run expects
+            except Exception as exc:  # noqa: BLE001 - an unreadable file fails alone; the rest runs
+                report.failures.append(f"{rel}: cannot read it ({type(exc).__name__}: {str(exc)[:300]}). Fix: "
+                                       "replace it with a readable copy, or move it out of --input: every run fails "
+                                       "on it until then")
+                report.files_failed += 1
+                continue
+            staging = out / STAGING / rel
+            try:
+                resume_staging(staging, marker(plan, model_version, fingerprint, rows_per_split, id_type, prompt_name,
+                                               columns), rel)
+            except OSError as exc:  # a full disk: this file cannot start; the report names it
+                report.failures.append(f"{rel}: cannot prepare its staging folder ({describe_error(exc)})"[:500])
+                report.files_failed += 1
+                continue
+            left = {s.index for s in plan.splits if not (staging / part_name(s.index)).exists()}
+            report.splits_reused += len(plan.splits) - len(left)
+            pending[rel], todo[rel] = plan, left
+
         # absolute: an actor resolves a relative path against its own working directory, not the driver's
         units = [{**asdict(s), "path": os.path.abspath(s.path)} for rel, p in pending.items() for s in p.splits
                  if s.index in todo[rel]]
@@ -263,7 +265,9 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
             ray.shutdown()
         restore_sigterm()
         _remove_empty_dirs(out / STAGING)
-        report.seconds = time.perf_counter() - start
+        lock.release()
+        if report is not None:
+            report.seconds = time.perf_counter() - start
     if report.failures:
         err = BackfillError(
             f"{report.files_failed} file(s) failed ({len(report.failures)} failure(s)); the other files are committed "
@@ -271,6 +275,23 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
         err.report = report
         raise err
     return report
+
+
+def _only_run(out: Path):
+    """The output's lock (filelock: an OS lock, dropped when its holder ends, a kill included), taken without
+    waiting; held by another run: ValidationError naming `--output` and the fix. Two runs into one output (a
+    scheduler's retry beside a run still going, two terminals) each removed the other's staging and commits."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(out / LOCK_NAME)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise ValidationError(f"`--output` {str(out)!r} is being written by another backfill (it holds "
+                              f"{str(out / LOCK_NAME)!r}): two runs into one output undo each other's work. Fix: wait "
+                              "for that run to end (or stop it), then run again: it resumes where that one left off.") \
+            from None
+    return lock
 
 
 def _try_commit(out: Path, plan: FilePlan, report: BackfillReport) -> None:

@@ -373,3 +373,32 @@ def test_a_jsonl_number_past_python_s_digit_limit_or_nesting_too_deep_is_a_bad_r
     assert (ids, texts) == ([1, 3], ["fine", "ok"])
     assert [b["reason"][:40] for b in bad] == ["not valid JSON (Exceeds the limit (4300 ",
                                                "not valid JSON (maximum recursion depth "]
+
+
+def test_a_second_run_into_an_output_another_run_writes_is_refused(tmp_path, capsys):
+    """Two runs into one output (a scheduler's retry beside a run still going) each removed the other's staging
+    and committed files; the second is now refused before any work, and a run ended by a refusal of its own
+    leaves the output free for the next."""
+    from filelock import FileLock
+
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table({"id": [1], "text": ["a post"]}), tmp_path / "in" / "a.parquet")
+    out = tmp_path / "emb"
+    argv = ["backfill", "--input", str(tmp_path / "in"), "--output", str(out)]
+    out.mkdir()
+    other = FileLock(out / bf_run.LOCK_NAME)
+    other.acquire(timeout=0)  # the run still going (another process holds it the same way)
+    try:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"`--output` {str(out)!r} is being written by another backfill" in err and "Fix: wait" in err, err
+        assert not (out / bf.STAGING).exists()  # nothing touched
+    finally:
+        other.release()
+    done = out / "a.parquet"
+    done.mkdir()
+    (done / bf.SUCCESS).write_text(json.dumps({"model_version": "another-model"}))
+    assert main(argv) == 2 and "holds embeddings of model 'another-model'" in capsys.readouterr().err
+    free = FileLock(out / bf_run.LOCK_NAME)
+    free.acquire(timeout=0)  # released by the refused run
+    free.release()
