@@ -62,7 +62,7 @@ def run(args) -> int:
     finally:
         if bar is not None:
             bar.close()
-    print(f"backfilled {r.rows_embedded} posts in {r.seconds:.1f} s ({r.posts_per_s:.0f} posts/s), "
+    print(f"backfilled {r.rows_embedded} posts in {r.seconds:.1f} s ({r.posts_per_s:.1f} posts/s), "
           f"files: {r.files_committed} committed, {r.files_skipped} skipped (done before), {r.files_failed} failed, "
           f"{r.files_total} total; bad rows: {r.rows_bad}; empty texts skipped: {r.rows_empty}; "
           f"splits: {r.splits_run} run, {r.splits_reused} reused; "
