@@ -8,6 +8,8 @@ from typing import Any
 
 CLIENT_CLOSED = 499  # nginx's "client closed request": the client left before its answer
 RETRY_AFTER_S = (1, 60)  # the bounds of a Retry-After (the openai clients give up past 120 s)
+# a failure no retry cures (a model that failed to load): the openai clients retry a 503 unless told so
+NO_RETRY = {"x-should-retry": "false"}
 RETRY_JITTER = 1.0  # a Retry-After is spread over the wait estimated to (1 + this) times it
 
 

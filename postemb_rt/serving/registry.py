@@ -18,7 +18,7 @@ from typing import Callable
 
 from ..encode_options import allowed_dims
 from .config import ServeConfig
-from .errors import ApiError, retry_after
+from .errors import NO_RETRY, ApiError, retry_after
 from .runtime import Runtime
 
 log = logging.getLogger("postemb_rt.server")
@@ -137,7 +137,7 @@ class ModelRegistry:
             return rt
         if self._error is not None:  # the detail is in the log, never in an answer
             raise ApiError(503, "A model failed to load; the server log says why.", type="server_error",
-                           code="model_load_failed")
+                           code="model_load_failed", headers=NO_RETRY)
         if not self.loaded:
             raise ApiError(503, "The models are still loading; retry shortly.", type="server_error",
                            code="loading", headers=retry_after(1))

@@ -18,7 +18,7 @@ from ..encode_options import allowed_dims
 from ..errors import BatcherClosedError, DeadlineExceededError, OverloadedError, ValidationError
 from .config import ServeConfig
 from . import encodings
-from .errors import ApiError, retry_after
+from .errors import NO_RETRY, ApiError, retry_after
 from .tokens import check_cut, check_vocab, fit_chars, fit_ids, tokenize_left
 
 log = logging.getLogger("postemb_rt.server")
@@ -114,7 +114,7 @@ class Runtime:
         if not self.ready:
             if self.load_error:  # the detail (paths, OS errors) is in the log, never in an answer
                 raise ApiError(503, "The model failed to load; the server log says why.", type="server_error",
-                               code="model_load_failed")
+                               code="model_load_failed", headers=NO_RETRY)
             raise ApiError(503, "The model is still loading; retry shortly.", type="server_error",
                            code="loading", headers=retry_after(1))
         return self.encoder

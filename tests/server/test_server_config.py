@@ -49,6 +49,7 @@ def test_503_bodies_carry_no_exception_text():
         for path, body in (("/v1/embeddings", {"input": "x"}), ("/embed_full", {"inputs": ["x"]})):
             r = c.post(path, json=body, headers={"Authorization": "Bearer k"})
             assert r.status_code == 503 and r.json()["error"]["code"] == "model_load_failed"
+            assert r.headers["x-should-retry"] == "false"  # the openai clients retry a 503 unless told not to
             assert "Permission denied" not in r.text and "/home/someone" not in r.text, r.text
 
 
