@@ -44,12 +44,13 @@ class CpuPooler:
     def __init__(self, weight=None, bias=None):
         self.weight = None if weight is None else np.ascontiguousarray(weight, dtype=np.float32)
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
+        self.isa = None  # the ISA resolved once, here: .name says it, every call runs it
         if _has_cpu_kernel():
             try:
                 isa = native._C.cpu_isa()
             except ValueError as exc:  # a bad $POSTEMB_CPU_ISA, named by the extension
                 raise ValidationError(f"{exc} Fix: set it to one of them, or unset it.") from None
-            self.name = f"C++ masked_mean_pool_l2 ({isa})"
+            self.isa, self.name = isa, f"C++ masked_mean_pool_l2 ({isa})"
         else:
             if native.disabled():
                 reason = f"POSTEMB_NATIVE={os.environ['POSTEMB_NATIVE']}"
@@ -61,8 +62,8 @@ class CpuPooler:
             log.warning("pooling with the torch reference: %s", self.name)
 
     def __call__(self, hidden: np.ndarray, mask: np.ndarray, normalize: bool = True) -> np.ndarray:
-        if _has_cpu_kernel():
-            return native._C.masked_mean_pool_l2(hidden, mask, self.weight, self.bias, normalize)
+        if self.isa is not None:
+            return native._C.masked_mean_pool_l2(hidden, mask, self.weight, self.bias, normalize, self.isa)
         import torch
 
         t = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
