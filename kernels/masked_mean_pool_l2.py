@@ -151,6 +151,8 @@ def _check(hidden, mask, weight, bias) -> tuple[int, int, int, int]:
     if hidden.dtype not in _HIDDEN_DTYPES:
         raise ValueError(f"`hidden` must be float32, float16 or bfloat16. Given: {hidden.dtype}.")
     B, S, H = hidden.shape
+    if H < 1:  # the launcher's tile arithmetic divides by it
+        raise ValueError(f"`hidden` must have H >= 1 features. Given: shape {tuple(hidden.shape)}.")
     if not isinstance(mask, torch.Tensor) or tuple(mask.shape) != (B, S):
         raise ValueError(f"`mask` must be a tensor of shape (B, S) = {(B, S)}. Given: "
                          f"{tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__}.")
@@ -160,6 +162,8 @@ def _check(hidden, mask, weight, bias) -> tuple[int, int, int, int]:
     if weight is not None:
         if weight.dim() != 2 or weight.shape[0] != H:
             raise ValueError(f"`weight` must have shape (H, D) with H = {H}. Given: {tuple(weight.shape)}.")
+        if weight.shape[1] < 1:
+            raise ValueError(f"`weight` must have shape (H, D) with D >= 1. Given: {tuple(weight.shape)}.")
         D = weight.shape[1]
         if D > _MAX_BLOCK_D:
             raise ValueError(f"`weight` output size D must be <= {_MAX_BLOCK_D}. Given: {D}.")

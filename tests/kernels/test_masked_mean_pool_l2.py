@@ -118,6 +118,11 @@ def test_empty_batch_and_bad_arguments():
         masked_mean_pool_l2(hidden, mask, weight[:100])
     with pytest.raises(ValueError, match="`mask` must be bool or integer"):
         masked_mean_pool_l2(hidden, mask.float())
+    # an empty feature axis is named, as by the C++ kernel (it was a ZeroDivisionError in the launcher)
+    with pytest.raises(ValueError, match=r"`hidden` must have H >= 1 features. Given: shape \(2, 3, 0\)"):
+        masked_mean_pool_l2(hidden[:, :, :0], mask)
+    with pytest.raises(ValueError, match=r"`weight` must have shape \(H, D\) with D >= 1. Given: \(384, 0\)"):
+        masked_mean_pool_l2(hidden, mask, weight[:, :0])
 
 
 @pytest.mark.skipif(not CUDA, reason="needs CUDA: the compiled Triton kernel runs only on a GPU")
