@@ -182,9 +182,11 @@ void bind_pool(py::module_& m) {
 
         a.D = a.H;
         if (const py::array* w = optional_f32(weight, "weight", 2)) {
+          const std::string given =
+              ". Given: (" + std::to_string(w->shape(0)) + ", " + std::to_string(w->shape(1)) + ").";
           if (w->shape(0) != a.H)
-            throw std::invalid_argument("`weight` must have shape (H, D) with H = " + std::to_string(a.H) +
-                                        ". Given: (" + std::to_string(w->shape(0)) + ", " + std::to_string(w->shape(1)) + ").");
+            throw std::invalid_argument("`weight` must have shape (H, D) with H = " + std::to_string(a.H) + given);
+          if (w->shape(1) < 1) throw std::invalid_argument("`weight` must have shape (H, D) with D >= 1" + given);
           a.weight = static_cast<const float*>(w->data());
           a.D = w->shape(1);
           a.weight_stride_h = elem_stride(*w, 0, "weight");

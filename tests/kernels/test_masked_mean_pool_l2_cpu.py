@@ -127,6 +127,8 @@ def test_arguments_are_validated_with_names_and_values():
         _C.masked_mean_pool_l2(hidden, mask.astype(np.float32))
     with pytest.raises(ValueError, match=r"`weight` must have shape \(H, D\) with H = 384. Given: \(100, 50\)"):
         _C.masked_mean_pool_l2(hidden, mask, weight[:100])
+    with pytest.raises(ValueError, match=r"`weight` must have shape \(H, D\) with D >= 1. Given: \(384, 0\)"):
+        _C.masked_mean_pool_l2(hidden, mask, weight[:, :0])
     with pytest.raises(ValueError, match="`weight` must be float32. Given: float64"):
         _C.masked_mean_pool_l2(hidden, mask, weight.astype(np.float64))
     with pytest.raises(ValueError, match=r"`bias` must have shape \(D,\) = \(50,\). Given: \(49,\)"):
