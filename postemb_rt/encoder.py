@@ -96,6 +96,7 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
         tok = PostTokenizer(self.model.tokenizer_path, max_length, lowercase=self.model.config.do_lower_case)
         self.chunk_overlap = lp.check_chunking(chunk_overlap, self.max_chunks, max_length, tok.specials)
         self.tokenizer, self.max_length = tok, max_length
+        self._overlap_asked = chunk_overlap  # from_pretrained's chunk_overlap (None: the default for max_length)
 
     @classmethod
     def from_pretrained(cls, name_or_path="default", backend: str = "auto", device: str = "auto",

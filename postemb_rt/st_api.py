@@ -199,7 +199,7 @@ class SentenceTransformerAPI:
         if self._batcher is not None or self._raw_batcher is not None:
             raise ValidationError("`max_seq_length` cannot change once submit()/aencode() started the batcher. "
                                   f"Fix: Encoder.from_pretrained(..., max_length={value}).")
-        self._set_max_length(value, None)  # as at load: the tokenizer, and the default chunk overlap
+        self._set_max_length(value, self._overlap_asked)  # as at load: the tokenizer, the chunk overlap asked
 
     def tokenize(self, texts, prompt: str | None = None) -> dict:
         """sentence-transformers' ``tokenize`` (``preprocess`` in sentence-transformers 6): what the model reads for

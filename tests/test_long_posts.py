@@ -92,3 +92,19 @@ def test_default_overlap_fits_a_short_max_length():
         assert enc.chunk_overlap == (16 - 2) // 4 and enc.encode(["a short post"]).shape == (1, enc.dim)
     with Encoder.from_pretrained("base", backend="torch", warmup=False) as enc:
         assert enc.chunk_overlap == 32  # unchanged at the model's max_length
+
+
+def test_max_seq_length_keeps_the_chunk_overlap_asked_at_load():
+    """Setting max_seq_length replaced an explicit chunk_overlap by the default for the new length (4 became 31);
+    one that no longer fits is refused naming it, and the default still follows the length."""
+    from postemb_rt import Encoder
+
+    with Encoder.from_pretrained("base", backend="torch", max_length=32, chunk_overlap=4, warmup=False) as enc:
+        enc.max_seq_length = 128
+        assert (enc.max_length, enc.chunk_overlap) == (128, 4)
+    with Encoder.from_pretrained("base", backend="torch", max_length=64, chunk_overlap=20, warmup=False) as enc:
+        with pytest.raises(ValidationError, match=r"`chunk_overlap` must be an int in \[0, 14\)"):
+            enc.max_seq_length = 16
+    with Encoder.from_pretrained("base", backend="torch", max_length=16, warmup=False) as enc:
+        enc.max_seq_length = 128
+        assert enc.chunk_overlap == (128 - 2) // 4  # the default for 128 tokens (a quarter of the window)
