@@ -168,14 +168,24 @@ def physical_cores(cpus: set[int] | None = None, sysfs: str = "/sys/devices/syst
     return len(found) or None
 
 
+def omp_threads(environ=None) -> int | None:
+    """``OMP_NUM_THREADS`` as OpenMP reads it: the first (outermost) level of its comma-separated list
+    when that is an integer >= 1, else None (unset, or a value OpenMP ignores too)."""
+    environ = os.environ if environ is None else environ
+    first = environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    return int(first) if first.isdigit() and int(first) > 0 else None
+
+
 def model_threads(environ=None, usable: int | None = None) -> int:
-    """Intra-op threads for onnxruntime and OpenVINO: ``POSTEMB_NUM_THREADS`` when set; else, when
-    this process may use fewer CPUs than the machine has (:func:`usable_cpus`), that many; else 0,
-    the library's default (one thread per physical core). Without it, onnxruntime's default counts
-    every physical core of the machine and pins a thread to each, so it leaves ``taskset`` and
-    runs on cores given to other processes (two processes set to a core each: 126-135 posts/s
-    each, 167-173 with this; benchmarks/RESULTS.md "CPU limits"), and neither library reads a
-    cgroup quota."""
+    """Intra-op threads for onnxruntime, OpenVINO and torch on the CPU: ``POSTEMB_NUM_THREADS`` when
+    set; else ``OMP_NUM_THREADS`` (:func:`omp_threads`), which worker launchers set per worker (Ray
+    to a task's num_cpus, 1 by default) and torch honours but onnxruntime and OpenVINO do not read;
+    else, when this process may use fewer CPUs than the machine has (:func:`usable_cpus`), that
+    many; else 0, the library's default (one thread per physical core). Without it, onnxruntime's
+    default counts every physical core of the machine and pins a thread to each, so it leaves
+    ``taskset`` and runs on cores given to other processes (two processes set to a core each:
+    126-135 posts/s each, 167-173 with this; benchmarks/RESULTS.md "CPU limits"), and neither
+    library reads a cgroup quota."""
     environ = os.environ if environ is None else environ
     value = environ.get("POSTEMB_NUM_THREADS", "").strip()
     if value:
@@ -185,6 +195,9 @@ def model_threads(environ=None, usable: int | None = None) -> int:
             raise ValidationError(f"`POSTEMB_NUM_THREADS` must be an integer >= 0 (0: the library's default). "
                                   f"Given: {value!r}.")
         return int(value)
+    omp = omp_threads(environ)
+    if omp is not None:
+        return omp
     usable = usable_cpus() if usable is None else usable
     return usable if usable < (os.cpu_count() or usable) else 0
 

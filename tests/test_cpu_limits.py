@@ -104,3 +104,30 @@ def test_the_torch_backend_takes_postemb_num_threads_as_the_others_do():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["1", "1"]
+
+
+def test_model_threads_follows_omp_num_threads_when_postemb_num_threads_is_unset():
+    """OMP_NUM_THREADS is the thread count every worker launcher sets (Ray sets it to a task's num_cpus,
+    1 by default; gunicorn / Celery deployments set it per worker) and torch, so sentence-transformers,
+    honours it; onnxruntime and OpenVINO do not read it, so a worker told to use one thread ran one per core."""
+    machine = os.cpu_count()
+    assert cpu.model_threads({"OMP_NUM_THREADS": "1"}, usable=machine) == 1
+    assert cpu.model_threads({"OMP_NUM_THREADS": " 2 "}, usable=1) == 2  # explicit, as torch takes it
+    assert cpu.model_threads({"OMP_NUM_THREADS": "3,1"}, usable=machine) == 3  # OpenMP's nested list: the outer level
+    assert cpu.model_threads({"POSTEMB_NUM_THREADS": "2", "OMP_NUM_THREADS": "1"}, usable=machine) == 2  # ours first
+    assert cpu.model_threads({"POSTEMB_NUM_THREADS": "0", "OMP_NUM_THREADS": "1"}, usable=machine) == 0
+    for ignored in ("0", "", "many", "-2"):  # not a thread count (OpenMP ignores these too): the CPU limit decides
+        assert cpu.model_threads({"OMP_NUM_THREADS": ignored}, usable=machine) == 0
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_the_backends_run_omp_num_threads_threads_as_torch_does(backend):
+    script = textwrap.dedent(f"""
+        from postemb_rt import Encoder
+        enc = Encoder.from_pretrained("base", backend={backend!r}, device="cpu")
+        print(enc.describe()["threads"])
+    """)
+    env = {**{k: v for k, v in os.environ.items() if k != "POSTEMB_NUM_THREADS"}, "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["1"]

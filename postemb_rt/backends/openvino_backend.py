@@ -25,7 +25,7 @@ matmuls through oneDNN with AMX tiles where the CPU has them. Precisions:
   measured in benchmarks/RESULTS.md ("Static int8 on OpenVINO").
 
 One compiled model per backend; one infer request per calling thread (an infer request is
-not thread-safe, the compiled model is). ``POSTEMB_NUM_THREADS`` sets the plugin's threads
+not thread-safe, the compiled model is). ``POSTEMB_NUM_THREADS`` (else ``OMP_NUM_THREADS``) sets its threads
 (default: the plugin's, one per physical core, or the CPUs this process may use where a CPU
 mask or quota limits it: ``postemb_rt.cpu.model_threads``). Threads are never pinned to cores
 (``ENABLE_CPU_PINNING=False``; the plugin pins them by default on Linux): each process pins

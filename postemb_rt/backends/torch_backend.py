@@ -34,7 +34,7 @@ class TorchBackend(Backend):
                                   f"Given: {precision!r}. Fix: fp16 is CUDA-only; int8 runs on backend='openvino' "
                                   "or 'onnxruntime'.")
         super().__init__(model, device, precision)
-        threads = cpu.model_threads()  # $POSTEMB_NUM_THREADS, or a CPU limit torch does not read (a cgroup quota)
+        threads = cpu.model_threads()  # $POSTEMB_NUM_THREADS, $OMP_NUM_THREADS, or a CPU limit (a cgroup quota)
         if threads and not forks.torch_on_one_thread():  # torch's threads are process-wide
             torch.set_num_threads(threads)
         self._model = PostEmbModel.from_model_dir(model)
