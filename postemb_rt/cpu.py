@@ -56,6 +56,20 @@ def vnni512(flags: set[str] | None = None, environ=None) -> bool:
     return _native({"avx512_vnni", "amx_int8"}, "AVX512_CORE_VNNI", flags, environ)
 
 
+# The flags with which onnxruntime's MLAS multiplies u8 x s8 int8 matmuls with VNNI into int32 (AVX512-VNNI,
+# AVX-VNNI, AMX-INT8); without one it uses vpmaddubsw, whose int16 sums of pairs saturate (onnxruntime's
+# quantization docs), so its dynamic int8 computes other numbers there.
+VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+
+
+def mlas_int8_kernels(flags: set[str] | None = None) -> str:
+    """Which u8 x s8 dot product onnxruntime's int8 matmuls run on this CPU: "u8s8-vnni" (exact int32
+    sums) or "u8s8-madd16" (vpmaddubsw: pair sums saturate at int16). MLAS reads cpuid itself, so
+    ONEDNN_MAX_CPU_ISA does not change it."""
+    flags = cpu_flags() if flags is None else flags
+    return "u8s8-vnni" if flags & VNNI_FLAGS else "u8s8-madd16"
+
+
 # arch_prctl(2) on Linux x86-64: its syscall number, the query for the XSAVE state components the
 # kernel supports (Linux >= 5.16, asm/prctl.h) and AMX tile data's component (asm/fpu/types.h).
 SYS_ARCH_PRCTL, ARCH_GET_XCOMP_SUPP, XFEATURE_XTILEDATA = 158, 0x1021, 18

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..cpu import model_threads
+from .. import cpu
 from ..durable import read_safetensors
 from ..errors import BackendUnavailableError, ValidationError
 from ..ops.masked_mean_pool_l2 import CpuPooler
@@ -69,6 +69,13 @@ class OnnxBackend(Backend):
             onnx_md = cached_int8(onnx_md)
         self.onnx_model = onnx_md
         onnx_path = self.onnx_path = onnx_md.onnx_path
+        self._int8 = None
+        if precision == "int8" and device == "cpu":  # MLAS's int8 dot product differs by CPU: a fidelity key part
+            kernels = cpu.mlas_int8_kernels()
+            self.numerics = f"-{kernels}"
+            self._int8 = (f"dynamic int8 (onnxruntime, MLAS {kernels}: " +
+                          ("VNNI dot products, exact int32 sums)" if kernels.endswith("vnni") else
+                           "vpmaddubsw without VNNI; its int16 pair sums may saturate)"))
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendUnavailableError(
@@ -80,7 +87,7 @@ class OnnxBackend(Backend):
             providers = ["CPUExecutionProvider"]
         so = ort.SessionOptions()
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.intra_op_num_threads = model_threads()  # 0: one per physical core
+        so.intra_op_num_threads = cpu.model_threads()  # 0: one per physical core
         self._session = ort.InferenceSession(str(onnx_path), so, providers=providers)
         # read once, so that describe() still answers after close() has dropped the session
         threads = self._session.get_session_options().intra_op_num_threads
@@ -109,7 +116,8 @@ class OnnxBackend(Backend):
         return vec
 
     def describe(self) -> dict:
-        return {**super().describe(), "onnx_path": str(self.onnx_path), **self._session_facts}
+        return {**super().describe(), "onnx_path": str(self.onnx_path), **self._session_facts,
+                **({"int8": self._int8} if self._int8 else {})}
 
     def close(self) -> None:
         self._session = None
