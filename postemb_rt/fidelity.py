@@ -121,7 +121,11 @@ def posts(n: int | None = None) -> tuple[list[str], str]:
     from .data import BUILTIN_POSTS, data_root, long_posts, short_posts
 
     if n is None:
-        n = int(os.environ.get("POSTEMB_FIDELITY_POSTS", DEFAULT_POSTS))
+        value = os.environ.get("POSTEMB_FIDELITY_POSTS", "").strip()
+        if value and not (value.isdigit() and int(value) >= 1):
+            raise ValidationError(f"`POSTEMB_FIDELITY_POSTS` must be an integer >= 1. Given: {value!r}. "
+                                  f"Fix: e.g. {DEFAULT_POSTS} (the default), or unset it.")
+        n = int(value) if value else DEFAULT_POSTS
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:  # a negative n sliced the whole split
         raise ValidationError(f"the fidelity check's number of posts must be an integer >= 1. Given: {n!r}. "
                               f"Fix: e.g. {DEFAULT_POSTS} (the default), or unset POSTEMB_FIDELITY_POSTS.")
