@@ -24,13 +24,21 @@ def cpu_flags(path: str = "/proc/cpuinfo") -> set[str]:
         return set()
 
 
+def _cap_setting(environ=None) -> str:
+    """The variable that sets the oneDNN cap and its value as given ("ONEDNN_MAX_CPU_ISA=AVX2"), "" when unset."""
+    environ = os.environ if environ is None else environ
+    for name in ("ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA"):
+        if environ.get(name, "").strip():
+            return f"{name}={environ[name].strip()}"
+    return ""
+
+
 def onednn_cap(environ=None) -> str:
     """The ISA cap oneDNN (torch's, and OpenVINO's copy) reads, upper-cased, "" when unset: its
     variable ONEDNN_MAX_CPU_ISA, else the older name DNNL_MAX_CPU_ISA (oneDNN reads both, ONEDNN_
     first, an empty value as unset: seen with torch 2.13's oneDNN 3.12; OpenVINO 2026.4.1's copy
     honours DNNL_MAX_CPU_ISA too)."""
-    environ = os.environ if environ is None else environ
-    return (environ.get("ONEDNN_MAX_CPU_ISA", "").strip() or environ.get("DNNL_MAX_CPU_ISA", "").strip()).upper()
+    return _cap_setting(environ).partition("=")[2].upper()
 
 
 def _native(any_of: set[str], level: str, flags: set[str] | None, environ) -> bool:
@@ -40,11 +48,29 @@ def _native(any_of: set[str], level: str, flags: set[str] | None, environ) -> bo
     return bool(any_of & flags) and onednn_cap(environ) not in ONEDNN_ISAS[:ONEDNN_ISAS.index(level)]
 
 
+# kind -> (the flags that run it natively, the oneDNN level they need, their names for a reason)
+NATIVE = {"bf16": ({"avx512_bf16", "amx_bf16"}, "AVX512_CORE_BF16", "AVX512-BF16 and AMX-BF16"),
+          "int8": ({"avx512_vnni", "amx_int8"}, "AVX512_CORE_VNNI", "AVX512-VNNI and AMX-INT8")}
+
+
+def not_native(kind: str, flags: set[str] | None = None, environ=None) -> str:
+    """Why ``kind`` ("bf16": :func:`native_bf16`; "int8": OpenVINO's, :func:`vnni512`) does not run
+    natively here, for a report ("" when it does): the CPU lacks its instructions, or the oneDNN
+    cap, named as set, holds oneDNN below them (a cap set fleet-wide on CPUs that have them)."""
+    any_of, level, names = NATIVE[kind]
+    flags = cpu_flags() if flags is None else flags
+    if not any_of & flags:
+        return f"this CPU lacks {names}"
+    if _native(any_of, level, flags, environ):
+        return ""
+    return f"{_cap_setting(environ)} holds oneDNN below {level}, which this CPU has"
+
+
 def native_bf16(flags: set[str] | None = None, environ=None) -> bool:
     """True when bf16 matmuls run natively here: the CPU has AVX512-BF16 or AMX-BF16 and
     ONEDNN_MAX_CPU_ISA does not hold oneDNN below them (then bf16 would be emulated, slower than
     fp32, and OpenVINO's bf16 graph does not compile; DNNL_MAX_CPU_ISA, its older name, counts too)."""
-    return _native({"avx512_bf16", "amx_bf16"}, "AVX512_CORE_BF16", flags, environ)
+    return _native(*NATIVE["bf16"][:2], flags, environ)
 
 
 def vnni512(flags: set[str] | None = None, environ=None) -> bool:
@@ -53,7 +79,7 @@ def vnni512(flags: set[str] | None = None, environ=None) -> bool:
     RESULTS.md "Static int8 on OpenVINO"); the AMX CPUs have it too. Held below VNNI it was no
     faster than onnxruntime's int8 (AVX512_CORE) or slower than fp32 (AVX2), so elsewhere int8
     stays on onnxruntime."""
-    return _native({"avx512_vnni", "amx_int8"}, "AVX512_CORE_VNNI", flags, environ)
+    return _native(*NATIVE["int8"][:2], flags, environ)
 
 
 # The flags with which onnxruntime's MLAS multiplies u8 x s8 int8 matmuls with VNNI into int32 (AVX512-VNNI,

@@ -84,6 +84,13 @@ def cpu_vnni512() -> bool:
     return vnni512()
 
 
+def _not_native(kind: str) -> str:
+    """Why ``kind`` ("bf16", "int8") is not native here (``postemb_rt.cpu.not_native``), for a reason."""
+    from .. import cpu
+
+    return cpu.not_native(kind) or "not native here"
+
+
 def choose(model: ModelDir, device: str, precision: str = "fp32") -> tuple[str, str]:
     """backend="auto": (name, why). The fastest backend that can run this model at ``precision``
     here (for fp32: the fastest exact one). The ranking is measured (benchmarks/RESULTS.md,
@@ -109,13 +116,14 @@ def choose(model: ModelDir, device: str, precision: str = "fp32") -> tuple[str, 
             return "openvino", ("precision int8 on CPU: OpenVINO (AVX512-VNNI or AMX here; static int8 from "
                                 "calibrated ranges; faster and closer to fp32 than onnxruntime's int8, RESULTS.md)")
         return "onnxruntime", ("precision int8 runs on onnxruntime (dynamic int8 quantization); " +
-                               ("openvino's int8 runs only on AVX512-VNNI or AMX CPUs" if has_ov else
-                                no_ov("int8")))
+                               (f"openvino's int8 runs only on AVX512-VNNI or AMX CPUs ({_not_native('int8')})"
+                                if has_ov else no_ov("int8")))
     if precision == "bf16" and cpu:
         if has_ov and has_ort and cpu_native_bf16():
             return "openvino", "precision bf16 on CPU: OpenVINO (native bf16 here; faster than torch, RESULTS.md)"
-        return "torch", ("precision bf16 on CPU runs on torch (oneDNN bf16)" + ("" if has_ov else
-                         "; " + no_ov("bf16")))
+        return "torch", ("precision bf16 on CPU runs on torch (oneDNN bf16)" + (
+            "; " + no_ov("bf16") if not has_ov else "" if not has_ort else
+            f"; openvino's bf16 needs native bf16 ({_not_native('bf16')})"))
     if model.encoder_path is None:
         if not has_ort:
             raise BackendUnavailableError(
@@ -154,7 +162,7 @@ def precision_candidates(model: ModelDir, device: str, backend: str = "auto") ->
         out.append("bf16")
         why.append("this CPU has native bf16 (AVX512-BF16 or AMX): bf16 first")
     else:
-        why.append("no native bf16 on this CPU (oneDNN would emulate it): bf16 skipped")
+        why.append(f"no native bf16 here ({_not_native('bf16')}; oneDNN would emulate it): bf16 skipped")
     out += ["int8", "fp32"]
     if backend != "auto":
         out = [p for p in out if p in offers.get(backend, ("fp32",))]
