@@ -218,8 +218,10 @@ def omp_threads(environ=None) -> int | None:
 
 def model_threads(environ=None, usable: int | None = None) -> int:
     """Intra-op threads for onnxruntime, OpenVINO and torch on the CPU: ``POSTEMB_NUM_THREADS`` when
-    set; else ``OMP_NUM_THREADS`` (:func:`omp_threads`), which worker launchers set per worker (Ray
-    to a task's num_cpus, 1 by default) and torch honours but onnxruntime and OpenVINO do not read;
+    set and not 0 (0 is the default, as ``postemb serve --threads 0``; it used to mean the library's
+    own, which leaves a CPU mask); else ``OMP_NUM_THREADS`` (:func:`omp_threads`), which worker
+    launchers set per worker (Ray to a task's num_cpus, 1 by default) and torch honours but
+    onnxruntime and OpenVINO do not read;
     else, when this process may use fewer CPUs than the machine has (:func:`usable_cpus`), that
     many; else 0, the library's default (one thread per physical core). Without it, onnxruntime's
     default counts every physical core of the machine and pins a thread to each, so it leaves
@@ -232,9 +234,10 @@ def model_threads(environ=None, usable: int | None = None) -> int:
         if not value.isdigit():
             from .errors import ValidationError
 
-            raise ValidationError(f"`POSTEMB_NUM_THREADS` must be an integer >= 0 (0: the library's default). "
-                                  f"Given: {value!r}.")
-        return int(value)
+            raise ValidationError(f"`POSTEMB_NUM_THREADS` must be an integer >= 0 (0: the default). "
+                                  f"Given: {value!r}. Fix: e.g. 1 per worker, or unset it.")
+        if int(value):
+            return int(value)
     omp = omp_threads(environ)
     if omp is not None:
         return omp

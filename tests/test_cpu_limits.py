@@ -62,9 +62,20 @@ def test_model_threads_takes_the_environment_then_a_limit_then_the_librarys_defa
         cpu.model_threads({"POSTEMB_NUM_THREADS": "two"})
 
 
+def test_postemb_num_threads_0_is_the_default_which_keeps_to_the_cpu_limit():
+    """0 is documented as "the default" (as `postemb serve --threads 0`): it let onnxruntime pin a thread to
+    every physical core of the machine, outside a taskset mask or cpuset, as if no limit were set."""
+    machine = os.cpu_count()
+    assert cpu.model_threads({"POSTEMB_NUM_THREADS": "0"}, usable=machine) == 0
+    if machine > 1:
+        assert cpu.model_threads({"POSTEMB_NUM_THREADS": "0"}, usable=1) == 1
+        assert cpu.model_threads({"POSTEMB_NUM_THREADS": " 0 "}, usable=machine - 1) == machine - 1
+
+
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: a thread has no other CPU to run on")
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
-def test_the_backends_threads_stay_on_the_cpus_the_process_was_given(backend):
+@pytest.mark.parametrize("backend, env", [("onnxruntime", {}), ("openvino", {}),
+                                          ("onnxruntime", {"POSTEMB_NUM_THREADS": "0"})])
+def test_the_backends_threads_stay_on_the_cpus_the_process_was_given(backend, env):
     """onnxruntime's default pins a thread to every physical core of the machine, outside a
     taskset mask: two processes set to a core each ran at 126-135 posts/s each, 167-173 once
     they kept to it (benchmarks/RESULTS.md, "CPU limits")."""
@@ -81,7 +92,7 @@ def test_the_backends_threads_stay_on_the_cpus_the_process_was_given(backend):
             allowed.add(line.split(":")[1].strip())
         print(enc.describe()["threads"], first, sorted(allowed))
     """)
-    env = {k: v for k, v in os.environ.items() if k != "POSTEMB_NUM_THREADS"}
+    env = {**{k: v for k, v in os.environ.items() if k not in ("POSTEMB_NUM_THREADS", "OMP_NUM_THREADS")}, **env}
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     threads, first, allowed = out.stdout.split(maxsplit=2)
@@ -115,7 +126,7 @@ def test_model_threads_follows_omp_num_threads_when_postemb_num_threads_is_unset
     assert cpu.model_threads({"OMP_NUM_THREADS": " 2 "}, usable=1) == 2  # explicit, as torch takes it
     assert cpu.model_threads({"OMP_NUM_THREADS": "3,1"}, usable=machine) == 3  # OpenMP's nested list: the outer level
     assert cpu.model_threads({"POSTEMB_NUM_THREADS": "2", "OMP_NUM_THREADS": "1"}, usable=machine) == 2  # ours first
-    assert cpu.model_threads({"POSTEMB_NUM_THREADS": "0", "OMP_NUM_THREADS": "1"}, usable=machine) == 0
+    assert cpu.model_threads({"POSTEMB_NUM_THREADS": "0", "OMP_NUM_THREADS": "1"}, usable=machine) == 1  # 0: unset
     for ignored in ("0", "", "many", "-2"):  # not a thread count (OpenMP ignores these too): the CPU limit decides
         assert cpu.model_threads({"OMP_NUM_THREADS": ignored}, usable=machine) == 0
 
