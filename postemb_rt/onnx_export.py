@@ -48,8 +48,17 @@ def cache_root() -> Path:
     """``POSTEMB_CACHE``, else ``$XDG_CACHE_HOME/postemb_rt``, else ``~/.cache/postemb_rt``."""
     if os.environ.get("POSTEMB_CACHE"):
         return Path(os.environ["POSTEMB_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "postemb_rt"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "postemb_rt"
+    try:  # HOME, else the passwd entry of this uid: an arbitrary container uid may have neither
+        return Path.home() / ".cache" / "postemb_rt"
+    except (RuntimeError, KeyError) as e:
+        from .errors import PostEmbError
+
+        uid = getattr(os, "getuid", lambda: "?")()
+        raise PostEmbError(f"the cache folder is under the home directory, and this user (uid {uid}) has "
+                           f"no home directory: HOME is unset and there is no passwd entry ({e}). Fix: set "
+                           "POSTEMB_CACHE to a writable folder.") from e
 
 
 def _hidden_states_module(model):
