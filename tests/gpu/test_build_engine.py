@@ -124,8 +124,15 @@ def test_an_out_folder_of_other_files_is_refused_before_the_build(build_engine, 
 def test_an_onnx_file_outside_an_export_folder_names_the_fix(build_engine, onnx_dir, tmp_path, capsys):
     """A folder whose model names no ONNX file (a sentence-transformers folder, a training run): the
     message must not point at a postemb.json that is not there."""
+    import shutil
+
+    from postemb_rt.model_dir import resolve
+
     (onnx_dir / "postemb.json").unlink()
     (onnx_dir / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 384}))
+    # a Hugging Face folder's real tokenizer (the fixture's stand-in `{}` has no BERT normalizer, which a
+    # plain Hugging Face folder's load now checks against transformers' rebuild of it)
+    shutil.copy(resolve("base").tokenizer_path, onnx_dir / "tokenizer.json")
     code, _, err = run(build_engine, capsys, "--onnx", onnx_dir / "model.onnx", "--dry-run")
     assert code == 2 and "postemb.json" not in err.split("Fix:")[0]
     assert "names no ONNX file" in err and "Fix: python export/export_onnx.py" in err
