@@ -48,17 +48,16 @@ class WorkerStats:
         return snap | pct | {"posts_per_s": round(self.events / up, 2)}
 
 
-def check_versions(worker, client) -> None:
+def check_versions(worker, client, ttl_s: int) -> None:
     """Warn once when a live worker of ``worker``'s group stores under another vector version.
 
     A group delivers each event to one of its consumers, so workers of two vector versions in one
     group (a rolling deploy of a new model, --precision auto on mixed CPUs) split the posts: each
     version gets part of them, neither all. Each heartbeat records (SET ... GET, expiring as the
-    heartbeats do) the vector version at ``{prefix}:nearline:worker:{group}`` and reads the one it
+    heartbeats do: ``ttl_s``) the vector version at ``{prefix}:nearline:worker:{group}`` and reads the one it
     replaces, so two versions alternating there are seen within a few beats, without a SCAN."""
     beat = {"vector_version": worker.vector_version, "by": worker.consumer, "at": time.time()}
-    old = client.set(f"{worker.prefix}:nearline:worker:{worker.group}", json.dumps(beat),
-                     ex=max(1, int(worker.heartbeat_s * 5)), get=True)
+    old = client.set(f"{worker.prefix}:nearline:worker:{worker.group}", json.dumps(beat), ex=ttl_s, get=True)
     try:
         other = json.loads(old) if old else None
     except ValueError:

@@ -390,9 +390,9 @@ class Worker(StoreMixin, ModelMixin):
                                          "vector_version": self.vector_version, "prompt_name": self.prompt_name,
                                          "pid": os.getpid(), "at": time.time(), "instance": self._instance}
         try:
-            # GET: the beat it replaces, to tell a second live worker under this consumer name
-            old = (client or self.client).set(key, json.dumps(snap), ex=max(1, int(self.heartbeat_s * 5)), get=True)
-            check_versions(self, client or self.client)
+            r = client or self.client  # GET: the beat it replaces, to tell a second live worker under this name
+            old = r.set(key, json.dumps(snap), ex=(ttl := max(1, int(self.heartbeat_s * 5))), get=True)
+            check_versions(self, r, ttl)
         except redis.exceptions.NoPermissionError as exc:
             if not self._beat_refused:
                 self._beat_refused = True
