@@ -11,7 +11,8 @@ them); ``--prefixes 32,16,8`` adds ``NAME@K`` for every model even where it decl
 prefix (the control: truncated without nested training; the evaluation slices and
 re-normalises itself, since the runtime refuses that truncate_dim). Every prefix K adds the
 row ``base-pcaK`` (and ``teacher-pcaK``). Writes ``OUT/eval.md`` and ``OUT/eval.json``; each row is
-cached in ``OUT/rows/`` so rows can be added in later runs. Sizes and seeds: see
+cached in ``OUT/rows/`` so rows can be added in later runs (a cached row answers only for the same
+model, ``--backend``, data and settings). Sizes and seeds: see
 ``postemb_rt.train.evaluate.EvalSpec``.
 """
 from __future__ import annotations

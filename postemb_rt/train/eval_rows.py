@@ -182,8 +182,8 @@ def evaluate_rows(models: list[tuple[str, str]], root: Path, out: Path, spec: Ev
     teacher and teacher-pca<k> (if ``teacher``) and each (name, model), with ``<name>@<k>``
     for every prefix k the model declares or ``prefixes`` asks for (see the module docstring);
     each model's rows are cached in ``out/rows/<name>.json`` (+ ``.npz``, per-item outputs)
-    keyed by the model fingerprint, the spec, the evaluation data's content (``EvalData.digest``)
-    and its prefixes."""
+    keyed by the model fingerprint, the backend asked for, the spec, the evaluation data's content
+    (``EvalData.digest``) and its prefixes."""
     from ..model_dir import resolve
 
     check_row_names(models)
@@ -200,7 +200,8 @@ def evaluate_rows(models: list[tuple[str, str]], root: Path, out: Path, spec: Ev
         with_pca = name == "base" and baselines
         ks, declared = ([], []) if with_pca else plan[name]
         names = [name] + ([f"base-pca{k}" for k in dims] if with_pca else [f"{name}@{k}" for k in ks])
-        key = f"{resolve(model).fingerprint}-{spec.key()}-{data.digest}-{names}"
+        # the backend asked for: rows computed on another (each row says which ran) never answer for it
+        key = f"{resolve(model).fingerprint}-{backend}-{spec.key()}-{data.digest}-{names}"
         cache = rows_dir / f"{name}.json"
         hit = _cached_rows(rows_dir, cache, names, key)
         if hit is not None:
