@@ -150,7 +150,7 @@ void bind_pool(py::module_& m) {
   m.def(
       "masked_mean_pool_l2",
       [](const py::array& hidden, const py::array& mask, const py::object& weight, const py::object& bias,
-         bool normalize, const std::string& isa, int num_threads) {
+         bool normalize, const std::string& isa, int num_threads, int max_threads) {
         postemb::PoolArgs a;
         if (hidden.ndim() != 3)
           throw std::invalid_argument("`hidden` must be 3-d (B, S, H). Given: " + std::to_string(hidden.ndim()) + "-d.");
@@ -205,18 +205,23 @@ void bind_pool(py::module_& m) {
         a.out = out.mutable_data();
         {
           py::gil_scoped_release release;
-          postemb::masked_mean_pool_l2(a, which, num_threads);
+          postemb::masked_mean_pool_l2(a, which, num_threads, max_threads);
         }
         return out;
       },
       py::arg("hidden").noconvert(), py::arg("mask").noconvert(), py::arg("weight") = py::none(),
       py::arg("bias") = py::none(), py::arg("normalize") = true, py::arg("isa") = "auto", py::arg("num_threads") = 0,
+      py::arg("max_threads") = 0,
       "normalize(W^T * mean_{s: mask[b,s] != 0} hidden[b,s] + bias) per row, in one pass, GIL released.\n\n"
       "hidden: (B, S, H) float32, float16 or ml_dtypes.bfloat16, any strides (no copy). mask: (B, S) bool or\n"
       "integer (nonzero = token). weight: (H, D) float32 or None. bias: (D,) float32 or None.\n"
       "normalize: unit L2 rows, else the raw projected mean. isa: 'auto' ($POSTEMB_CPU_ISA, else the best\n"
-      "this CPU has), 'generic', 'avx2' or 'avx512'. num_threads: 0 = automatic.\n"
+      "this CPU has), 'generic', 'avx2' or 'avx512'. num_threads: > 0: that many threads; 0: automatic,\n"
+      "pool_threads(bytes read, max_threads) (max_threads 0: the affinity mask's CPUs).\n"
       "Returns float32 (B, D). A row without tokens pools to zeros (+ bias), never NaN.");
+  m.def("pool_threads", &postemb::pool_threads, py::arg("bytes"), py::arg("max_threads") = 0,
+        "The threads masked_mean_pool_l2(num_threads=0) starts for `bytes` of hidden states read: one per\n"
+        "4 MiB, at least 1, at most max_threads (when > 0) and the CPUs of this process's affinity mask.");
   m.def(
       "cpu_isa", [](const std::string& isa) { return std::string(postemb::cpu_isa_name(postemb::resolve_cpu_isa(isa))); },
       py::arg("isa") = "auto", "The ISA masked_mean_pool_l2 runs with for `isa` ('auto' honours $POSTEMB_CPU_ISA).");

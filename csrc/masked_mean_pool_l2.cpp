@@ -23,6 +23,10 @@
 #include <thread>
 #include <vector>
 
+#if defined(__linux__)
+#include <sched.h>
+#endif
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #define POSTEMB_X86 1
@@ -308,7 +312,30 @@ CpuIsa resolve_cpu_isa(const std::string& requested) {
   return want;
 }
 
-void masked_mean_pool_l2(const PoolArgs& a, CpuIsa isa, int num_threads) {
+int64_t affinity_cpus() {
+#if defined(__linux__)
+  // A mask as wide as the kernel's CPU count: the fixed cpu_set_t (1024 CPUs) fails with EINVAL beyond it.
+  const int max_cpus = std::max<int>(1024, static_cast<int>(std::thread::hardware_concurrency()) * 2);
+  cpu_set_t* set = CPU_ALLOC(max_cpus);
+  if (set != nullptr) {
+    const size_t size = CPU_ALLOC_SIZE(max_cpus);
+    CPU_ZERO_S(size, set);
+    const int n = sched_getaffinity(0, size, set) == 0 ? CPU_COUNT_S(size, set) : 0;
+    CPU_FREE(set);
+    if (n > 0) return n;
+  }
+#endif
+  return std::max<int64_t>(1, std::thread::hardware_concurrency());
+}
+
+int64_t pool_threads(int64_t bytes, int64_t max_threads) {
+  const int64_t want = std::max<int64_t>(1, bytes >> 22);  // >= 4 MiB read per thread
+  if (want == 1) return 1;                                  // no syscall for the common small batch
+  const int64_t cap = max_threads > 0 ? std::min(max_threads, affinity_cpus()) : affinity_cpus();
+  return std::min(want, cap);
+}
+
+void masked_mean_pool_l2(const PoolArgs& a, CpuIsa isa, int num_threads, int max_threads) {
   validate(a);
   if (a.B == 0) return;
   const RowsFn rows = rows_fn(isa);
@@ -316,13 +343,12 @@ void masked_mean_pool_l2(const PoolArgs& a, CpuIsa isa, int num_threads) {
   if (threads <= 0) {
     // A thread costs ~20-50 us to start and contends with whatever else runs (e.g. an
     // inference runtime's spinning workers right after a batch): give each >= 4 MiB of
-    // hidden states actually read (unmasked tokens; the mask scan is B*S reads).
+    // hidden states actually read (unmasked tokens; the mask scan is B*S reads), and never more
+    // than the CPUs this process may use (its affinity mask, and max_threads: the caller's share).
     int64_t tokens = 0;
     for (int64_t b = 0; b < a.B; ++b)
       for (int64_t s = 0; s < a.S; ++s) tokens += mask_at(a, b, s);
-    const int64_t bytes = tokens * a.H * (a.hidden_type == HiddenType::f32 ? 4 : 2);
-    threads = std::min<int64_t>(std::max<int64_t>(1, std::thread::hardware_concurrency()),
-                                std::max<int64_t>(1, bytes >> 22));
+    threads = pool_threads(tokens * a.H * (a.hidden_type == HiddenType::f32 ? 4 : 2), max_threads);
   }
   threads = std::min<int64_t>(threads, a.B);
   if (threads <= 1) {

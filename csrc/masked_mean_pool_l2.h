@@ -45,7 +45,15 @@ const char* cpu_isa_name(CpuIsa isa);
 // Validates `a` (throws std::invalid_argument naming the field and value) and computes
 // out. Sums 8-token blocks in fp32, carries them in double (one pass; reads only the unmasked tokens' B*S_real*H
 // elements once). A row without tokens pools to the zero vector (then + bias); never NaN.
-// num_threads <= 0: one thread per hardware thread, fewer for small inputs (>= 4 MiB read each).
-void masked_mean_pool_l2(const PoolArgs& a, CpuIsa isa, int num_threads = 0);
+// num_threads > 0: that many threads (at most B). num_threads <= 0: pool_threads(bytes read, max_threads).
+void masked_mean_pool_l2(const PoolArgs& a, CpuIsa isa, int num_threads = 0, int max_threads = 0);
+
+// The CPUs this process may run on: its affinity mask (taskset, a container's cpuset, a pinned
+// worker), not the host's count; std::thread::hardware_concurrency() where there is no mask (not Linux).
+int64_t affinity_cpus();
+
+// The threads masked_mean_pool_l2 starts on its own for `bytes` of hidden states read: one per 4 MiB
+// (a thread costs ~20-50 us to start), at least 1, at most max_threads when > 0 and at most affinity_cpus().
+int64_t pool_threads(int64_t bytes, int64_t max_threads = 0);
 
 }  // namespace postemb

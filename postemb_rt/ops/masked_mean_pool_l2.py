@@ -23,7 +23,7 @@ import os
 
 import numpy as np
 
-from .. import native
+from .. import cpu, native
 from ..errors import ValidationError
 from .reference import masked_mean_pool_l2_ref
 
@@ -38,13 +38,18 @@ class CpuPooler:
     """Pools numpy hidden states (B, S, H) float32 with mask (B, S) into float32 (B, D).
 
     weight: (H, D) float32 or None; bias: (D,) float32 or None. Both are kept C-contiguous
-    (copied once here, never per call).
+    (copied once here, never per call). ``max_threads``: the most threads a call starts (one per 4 MiB
+    of hidden states read), read once here as the model's (``cpu.model_threads()``: POSTEMB_NUM_THREADS,
+    OMP_NUM_THREADS, else the CPUs this process may use, ``cpu.usable_cpus()``); the kernel also
+    keeps to the affinity mask of the moment.
     """
 
     def __init__(self, weight=None, bias=None):
         self.weight = None if weight is None else np.ascontiguousarray(weight, dtype=np.float32)
         self.bias = None if bias is None else np.ascontiguousarray(bias, dtype=np.float32)
         self.isa = None  # the ISA resolved once, here: .name says it, every call runs it
+        # its share of the CPUs, as the model's; the kernel alone counted every CPU of the host
+        self.max_threads = cpu.model_threads() or cpu.usable_cpus()
         if _has_cpu_kernel():
             try:
                 isa = native._C.cpu_isa()
@@ -63,7 +68,8 @@ class CpuPooler:
 
     def __call__(self, hidden: np.ndarray, mask: np.ndarray, normalize: bool = True) -> np.ndarray:
         if self.isa is not None:
-            return native._C.masked_mean_pool_l2(hidden, mask, self.weight, self.bias, normalize, self.isa)
+            return native._C.masked_mean_pool_l2(hidden, mask, self.weight, self.bias, normalize, self.isa,
+                                                 max_threads=self.max_threads)
         import torch
 
         t = lambda a: None if a is None else torch.from_numpy(a)  # noqa: E731
