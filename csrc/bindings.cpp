@@ -7,6 +7,7 @@
 
 #include <limits>
 #include <string>
+#include <unordered_set>
 #include <vector>
 
 #include "pack.h"
@@ -237,6 +238,16 @@ struct PyBatcherCallbacks {
   py::object on_done;
 };
 
+class PyDynamicBatcher;
+
+// The batchers not yet freed nor abandoned, closed with drain by an atexit hook (bind_batcher) before Python
+// tears down: a scheduler thread that asks for the GIL once finalisation has begun is ended by Python inside
+// its `run` call (an abort or a segfault at exit). Touched only with the GIL held, which guards it.
+std::unordered_set<PyDynamicBatcher*>& live_batchers() {
+  static auto* live = new std::unordered_set<PyDynamicBatcher*>();  // never freed: used up to the last exit hook
+  return *live;
+}
+
 class PyDynamicBatcher {
  public:
   PyDynamicBatcher(py::object run, py::object on_done, const postemb::BatcherOptions& opt, int64_t vocab_size)
@@ -292,9 +303,11 @@ class PyDynamicBatcher {
             e.discard_as_unraisable("postemb_rt._C.DynamicBatcher on_done");
           }
         });
+    live_batchers().insert(this);
   }
 
   ~PyDynamicBatcher() {
+    live_batchers().erase(this);
     if (!core_) return;
     const bool own_thread = core_->on_scheduler_thread();
     {
@@ -317,7 +330,10 @@ class PyDynamicBatcher {
   // In a forked child (postemb_rt/forks.py): the scheduler thread stayed in the parent, and a lock of
   // the core may be held there for ever, so the core is never closed nor freed (leaked); every call
   // after this raises BatcherClosedError.
-  void abandon() { (void)core_.release(); }
+  void abandon() {
+    live_batchers().erase(this);
+    (void)core_.release();
+  }
   static constexpr const char* kAbandoned = "this batcher was inherited through fork() (postemb_rt/forks.py)";
   int64_t vocab() const { return vocab_; }  // submit's token ids lie in [0, vocab)
 
@@ -346,6 +362,16 @@ void bind_batcher(py::module_& m) {
       py::set_error(py::module_::import("postemb_rt.errors").attr("BatcherClosedError"), e.what());
     }
   });
+  // Registered at import, so it runs after postemb_rt.batching's own exit hook (atexit: last in, first out).
+  py::module_::import("atexit").attr("register")(py::cpp_function([] {
+    std::vector<PyDynamicBatcher*> live(live_batchers().begin(), live_batchers().end());
+    for (PyDynamicBatcher* b : live) {
+      if (live_batchers().count(b) == 0) continue;  // freed by a callback of one closed before it
+      // Its Python object (pybind11 finds the registered one): it stays alive while close() waits.
+      py::object self = py::cast(b, py::return_value_policy::reference);
+      self.attr("close")(true);
+    }
+  }));
   py::class_<PyDynamicBatcher>(m, "DynamicBatcher",
                                "C++ dynamic batcher (csrc/batcher.h). Use postemb_rt.batching.DynamicBatcher.")
       .def(py::init([](py::object run, py::object on_done, int64_t max_batch_tokens, int64_t max_batch_size,
