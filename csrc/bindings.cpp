@@ -147,11 +147,28 @@ const py::array* optional_f32(const py::object& obj, const char* arg, py::ssize_
   return &a;
 }
 
+// A numpy array taken as it is: never converted (a copy would hide a wrong dtype and cost a read of it all).
+const py::array& numpy_arg(const py::object& obj, const char* arg, const char* what) {
+  if (!py::isinstance<py::array>(obj))
+    throw py::type_error(std::string("`") + arg + "` must be a numpy array " + what + ". Given: " +
+                         type_name(obj.ptr()) + ". Fix: pass a CPU torch tensor as tensor.numpy() (no copy), "
+                         "other sequences through np.asarray().");
+  return reinterpret_cast<const py::array&>(obj);
+}
+
 void bind_pool(py::module_& m) {
   m.def(
       "masked_mean_pool_l2",
-      [](const py::array& hidden, const py::array& mask, const py::object& weight, const py::object& bias,
+      [](const py::object& hidden_arg, const py::object& mask_arg, const py::object& weight, const py::object& bias,
          bool normalize, const std::string& isa, int num_threads, int max_threads) {
+        const py::array& hidden = numpy_arg(hidden_arg, "hidden", "(B, S, H) of float32, float16 or bfloat16");
+        const py::array& mask = numpy_arg(mask_arg, "mask", "(B, S) of bool or integers");
+        if (num_threads < 0)
+          throw std::invalid_argument("`num_threads` must be >= 0 (0: automatic). Given: " +
+                                      std::to_string(num_threads) + ".");
+        if (max_threads < 0)
+          throw std::invalid_argument("`max_threads` must be >= 0 (0: the affinity mask). Given: " +
+                                      std::to_string(max_threads) + ".");
         postemb::PoolArgs a;
         if (hidden.ndim() != 3)
           throw std::invalid_argument("`hidden` must be 3-d (B, S, H). Given: " + std::to_string(hidden.ndim()) + "-d.");
@@ -175,7 +192,8 @@ void bind_pool(py::module_& m) {
                                       std::to_string(a.S) + ") to match `hidden`. Given: " +
                                       std::string(py::str(mask.attr("shape"))) + ".");
         if ((mkind != 'b' && mkind != 'i' && mkind != 'u') || mask.dtype().byteorder() == '>')
-          throw std::invalid_argument("`mask` must be a native-endian bool or integer array. Given: " + dtype_name(mask) + ".");
+          throw std::invalid_argument("`mask` must be a native-endian bool or integer array. Given: " +
+                                      std::string(py::str(mask.dtype())) + ".");  // '>i8', not its name int64
         a.mask = mask.data();
         a.mask_bytes = static_cast<int>(mask.itemsize());
         a.mask_stride_b = elem_stride(mask, 0, "mask");
@@ -210,7 +228,7 @@ void bind_pool(py::module_& m) {
         }
         return out;
       },
-      py::arg("hidden").noconvert(), py::arg("mask").noconvert(), py::arg("weight") = py::none(),
+      py::arg("hidden"), py::arg("mask"), py::arg("weight") = py::none(),  // objects: checked, never converted
       py::arg("bias") = py::none(), py::arg("normalize") = true, py::arg("isa") = "auto", py::arg("num_threads") = 0,
       py::arg("max_threads") = 0,
       "normalize(W^T * mean_{s: mask[b,s] != 0} hidden[b,s] + bias) per row, in one pass, GIL released.\n\n"

@@ -75,3 +75,29 @@ def test_pooling_takes_a_float32_weight_whatever_its_dtype_object():
     tagged = weight.view(np.dtype(np.float32, metadata={"source": "checkpoint"}))
     np.testing.assert_array_equal(native._C.masked_mean_pool_l2(hidden, mask, tagged),
                                   native._C.masked_mean_pool_l2(hidden, mask, weight))
+
+
+def test_pooling_names_a_non_array_argument_not_a_pybind11_signature():
+    """noconvert refused them with pybind11's "incompatible function arguments" and the whole signature."""
+    torch = pytest.importorskip("torch")
+    hidden, mask = np.ones((1, 1, 1), np.float32), np.ones((1, 1), np.int64)
+    with pytest.raises(TypeError, match=r"`hidden` must be a numpy array \(B, S, H\).* Given: Tensor. Fix: .*\(\)"):
+        native._C.masked_mean_pool_l2(torch.ones(1, 1, 1), mask)
+    with pytest.raises(TypeError, match=r"`hidden` must be a numpy array \(B, S, H\).* Given: list. Fix:"):
+        native._C.masked_mean_pool_l2(hidden.tolist(), mask)
+    with pytest.raises(TypeError, match=r"`mask` must be a numpy array \(B, S\).* Given: list. Fix:"):
+        native._C.masked_mean_pool_l2(hidden, mask.tolist())
+
+
+def test_pooling_names_a_big_endian_mask_as_such():
+    """The message said "Given: int64" for a '>i8' mask: the name hid the byte order it refused."""
+    with pytest.raises(ValueError, match=r"`mask` must be a native-endian bool or integer array. Given: >i8"):
+        native._C.masked_mean_pool_l2(np.ones((1, 2, 3), np.float32), np.ones((1, 2), ">i8"))
+
+
+def test_pooling_refuses_a_negative_thread_count():
+    """num_threads=-3 ran on the automatic count as if 0 had been given."""
+    with pytest.raises(ValueError, match=r"`num_threads` must be >= 0 \(0: automatic\). Given: -3"):
+        native._C.masked_mean_pool_l2(np.ones((1, 2, 3), np.float32), np.ones((1, 2), np.int64), num_threads=-3)
+    with pytest.raises(ValueError, match=r"`max_threads` must be >= 0 \(0: the affinity mask\). Given: -1"):
+        native._C.masked_mean_pool_l2(np.ones((1, 2, 3), np.float32), np.ones((1, 2), np.int64), max_threads=-1)
