@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
@@ -314,15 +315,17 @@ CpuIsa resolve_cpu_isa(const std::string& requested) {
 
 int64_t affinity_cpus() {
 #if defined(__linux__)
-  // A mask as wide as the kernel's CPU count: the fixed cpu_set_t (1024 CPUs) fails with EINVAL beyond it.
-  const int max_cpus = std::max<int>(1024, static_cast<int>(std::thread::hardware_concurrency()) * 2);
-  cpu_set_t* set = CPU_ALLOC(max_cpus);
-  if (set != nullptr) {
+  // The mask must be as wide as the kernel's (EINVAL otherwise): the fixed cpu_set_t holds 1024 CPUs.
+  for (int max_cpus = 1024; max_cpus <= (1 << 20); max_cpus *= 4) {
+    cpu_set_t* set = CPU_ALLOC(max_cpus);
+    if (set == nullptr) break;
     const size_t size = CPU_ALLOC_SIZE(max_cpus);
     CPU_ZERO_S(size, set);
-    const int n = sched_getaffinity(0, size, set) == 0 ? CPU_COUNT_S(size, set) : 0;
+    const int rc = sched_getaffinity(0, size, set);
+    const int n = rc == 0 ? CPU_COUNT_S(size, set) : 0;
     CPU_FREE(set);
     if (n > 0) return n;
+    if (rc != 0 && errno != EINVAL) break;
   }
 #endif
   return std::max<int64_t>(1, std::thread::hardware_concurrency());
