@@ -8,7 +8,8 @@
 namespace postemb {
 
 int64_t packed_width(const std::vector<std::vector<int64_t>>& rows, int64_t pad_to_multiple) {
-  if (rows.empty()) throw std::invalid_argument("`rows` must hold at least one row. Given: 0 rows.");
+  // named as pack_padded's Python argument, its only caller's
+  if (rows.empty()) throw std::invalid_argument("`seqs` must hold at least one row. Given: 0 rows.");
   if (pad_to_multiple < 1)
     throw std::invalid_argument("`pad_to_multiple` must be >= 1. Given: " + std::to_string(pad_to_multiple) + ".");
   size_t longest = 0;

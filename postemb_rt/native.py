@@ -37,7 +37,7 @@ NATIVE = _C is not None
 
 def _pack_padded_py(seqs, pad_id: int = 0, pad_to_multiple: int = 1):
     if len(seqs) == 0:
-        raise ValueError("`rows` must hold at least one row. Given: 0 rows.")
+        raise ValueError("`seqs` must hold at least one row. Given: 0 rows.")
     if pad_to_multiple < 1:  # as csrc/pack.cpp packed_width
         raise ValueError(f"`pad_to_multiple` must be >= 1. Given: {pad_to_multiple}.")
     width = max(len(s) for s in seqs)

@@ -30,9 +30,11 @@ def test_accepts_tuples_and_numpy_rows():
     assert ids.tolist() == [[1, 2], [3, 0]]
 
 
-def test_empty_batch_is_a_value_error():
-    with pytest.raises(ValueError, match="at least one row"):
-        native.pack_padded([], 0)
+@pytest.mark.parametrize("pack", [native.pack_padded, native._pack_padded_py], ids=["native", "python"])
+def test_empty_batch_is_a_value_error_naming_the_argument(pack):
+    """It named `rows`, which pack_padded has no argument called."""
+    with pytest.raises(ValueError, match=r"`seqs` must hold at least one row. Given: 0 rows."):
+        pack([], 0)
 
 
 def test_non_sequence_row_names_its_index():
