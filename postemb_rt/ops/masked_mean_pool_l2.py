@@ -31,7 +31,8 @@ log = logging.getLogger("postemb_rt")
 
 
 def _has_cpu_kernel() -> bool:
-    return native._C is not None and hasattr(native._C, "masked_mean_pool_l2")
+    # pool_threads came with masked_mean_pool_l2's max_threads: an older build would raise TypeError per call
+    return native._C is not None and all(hasattr(native._C, f) for f in ("masked_mean_pool_l2", "pool_threads"))
 
 
 class CpuPooler:

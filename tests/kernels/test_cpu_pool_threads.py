@@ -46,6 +46,9 @@ class _FakeC:
     def cpu_isa(self, isa="auto"):
         return "generic"
 
+    def pool_threads(self, bytes_read, max_threads=0):
+        return 1
+
     def masked_mean_pool_l2(self, hidden, mask, weight, bias, normalize, isa, **kwargs):
         self.calls.append(kwargs)
         return np.zeros((hidden.shape[0], hidden.shape[2]), np.float32)
@@ -75,3 +78,22 @@ def test_cpu_pooler_without_a_setting_caps_at_the_usable_cpus(monkeypatch):
     monkeypatch.setattr(native, "_C", fake)
     ops.CpuPooler()(np.zeros((1, 1, 4), np.float32), np.ones((1, 1), np.int64))
     assert fake.calls == [{"max_threads": 2}]
+
+
+class _StaleC:
+    """An extension built before max_threads: no pool_threads, and masked_mean_pool_l2 refuses the keyword."""
+
+    def cpu_isa(self, isa="auto"):
+        return "generic"
+
+    def masked_mean_pool_l2(self, hidden, mask, weight, bias, normalize, isa):
+        return np.zeros((hidden.shape[0], hidden.shape[2]), np.float32)
+
+
+def test_an_extension_built_before_max_threads_is_named_and_not_called(monkeypatch):
+    """Sources updated without a rebuild: every pooling call would raise TypeError mid-encode."""
+    monkeypatch.setattr(native, "_C", _StaleC())
+    pool = ops.CpuPooler()
+    assert pool.isa is None and "postemb_rt._C predates it" in pool.name
+    out = pool(np.ones((2, 3, 4), np.float32), np.ones((2, 3), np.int64))
+    np.testing.assert_allclose(out, np.full((2, 4), 0.5, np.float32))
