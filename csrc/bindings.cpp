@@ -128,7 +128,7 @@ int64_t elem_stride(const py::array& a, py::ssize_t axis, const char* arg) {
   if (bytes % item != 0)
     throw std::invalid_argument(std::string("`") + arg + "` stride " + std::to_string(axis) + " (" +
                                 std::to_string(bytes) + " bytes) must be a multiple of its item size (" +
-                                std::to_string(item) + ").");
+                                std::to_string(item) + "). Fix: np.ascontiguousarray(" + arg + ") (one copy).");
   return bytes / item;
 }
 

@@ -103,3 +103,11 @@ def test_pooling_refuses_a_negative_thread_count():
         native._C.masked_mean_pool_l2(np.ones((1, 2, 3), np.float32), np.ones((1, 2), np.int64), num_threads=-3)
     with pytest.raises(ValueError, match=r"`max_threads` must be >= 0 \(0: the affinity mask\). Given: -1"):
         native._C.masked_mean_pool_l2(np.ones((1, 2, 3), np.float32), np.ones((1, 2), np.int64), max_threads=-1)
+
+
+def test_a_stride_off_the_item_size_names_the_fix():
+    buf = np.zeros(64, np.uint8)
+    hidden = np.lib.stride_tricks.as_strided(buf.view(np.float32), (1, 2, 3), (48, 24, 6))  # 6 bytes: half a float
+    with pytest.raises(ValueError, match=r"`hidden` stride 2 \(6 bytes\) must be a multiple of its item size \(4\)\. "
+                                         r"Fix: np\.ascontiguousarray\(hidden\)"):
+        native._C.masked_mean_pool_l2(hidden, np.ones((1, 2), np.int64))
