@@ -8,6 +8,7 @@ prompt the posts were embedded with where the source records it (``one_prompt``)
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -289,18 +290,22 @@ def read_store(client, vector_version: str, prefix: str | None = None,
     prefix = prefix or nearline.KEY_PREFIX
     ids, vecs, keys_read, prompts, deleted = [], [], [], {}, 0  # prompts: {prompt name or None: its first post id}
     seen: set = set()  # SCAN may return a key twice (a rehash while it iterates, e.g. under a live worker)
-    for keys in _scan_pages(client, f"{nearline.store_key(vector_version, '', prefix)}*", scan_count):
+    for keys in _scan_pages(client, f"{_literal(nearline.store_key(vector_version, '', prefix))}*", scan_count):
         keys = [k for k in dict.fromkeys(keys) if k not in seen]
         seen.update(keys)
         pipe = client.pipeline(transaction=False)
         for key in keys:
             pipe.hmget(key, "post_id", "vector", "prompt_name")
         for key, (pid, vec, prompt) in zip(keys, pipe.execute()):
+            key = key.decode() if isinstance(key, bytes) else key
+            # the key whole: {prefix}:{version}:* also matches the records of a version "{version}:more"
+            if pid is not None and key != nearline.store_key(vector_version, pid.decode(), prefix):
+                continue
             if pid is None or vec is None:  # deleted between SCAN and HMGET, or a deleted post's tombstone
                 deleted += pid is not None
                 continue
             ids.append(pid.decode())
-            keys_read.append(key.decode() if isinstance(key, bytes) else key)
+            keys_read.append(key)
             if len(vec) % 4 or not vec:
                 raise _bad_record(vector_version, keys_read[-1], ids[-1], f"holds {len(vec)} bytes, not float32 values")
             vecs.append(np.frombuffer(vec, dtype="<f4"))
@@ -339,7 +344,7 @@ def _versions_held(client, prefix: str, pages: int = 3, count: int = 1000) -> li
     """Vector versions seen in up to ``pages`` SCAN pages of ``{prefix}:*`` keys (a sample, cheap)."""
     seen, cursor = set(), 0
     for _ in range(pages):
-        cursor, keys = client.scan(cursor=cursor, match=f"{prefix}:*", count=count)
+        cursor, keys = client.scan(cursor=cursor, match=f"{_literal(prefix)}:*", count=count)
         for key in keys:
             key = key.decode() if isinstance(key, bytes) else key
             version = key[len(prefix) + 1:].split(":", 1)[0]
@@ -348,6 +353,13 @@ def _versions_held(client, prefix: str, pages: int = 3, count: int = 1000) -> li
         if cursor == 0:
             break
     return sorted(seen)
+
+
+def _literal(text: str) -> str:
+    """``text`` as a SCAN MATCH pattern matching it literally: Redis glob's ``* ? [ ] \\`` escaped by a
+    backslash (the escape ``nearline --stats`` applies to its group name; "a[1]" matched key "a1", "a*" every
+    key starting with "a")."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 def _scan_pages(client, match: str, count: int):
