@@ -8,7 +8,7 @@ batch; later adds keep it):
 |---|---|---|
 | <= 20,000 | ``flat`` (IndexFlatIP) | exact; a query reads n*dim*4 bytes (4 MB at 20k x 50): well under 1 ms |
 | <= 2,000,000 | ``hnsw`` (IndexHNSWFlat, M=32) | no training, incremental adds, recall@10 >= 0.95 at efSearch 128; +M*2*4 = 256 bytes/post of links |
-| larger | ``ivf`` (IndexIVFFlat, nlist = 4*sqrt(n)) | cheaper to build and smaller than HNSW; trained once on the first 256*nlist vectors |
+| larger | ``ivf`` (IndexIVFFlat, nlist = 4*sqrt(n)) | cheaper to build and smaller than HNSW; trained on 256*nlist vectors sampled from all |
 
 Binary (``binary=True``): each post is stored as its sign bits, ``quantize_embeddings(v,
 "ubinary")`` (``postemb_rt.quantization``, the library's one quantization: bit = x > 0, packed 8
@@ -201,22 +201,32 @@ class PostIndex:
         if skipped:
             v = v[keep]
             ids = [ids[i] for i in keep]
-        codes = self._codes(v)
         if self.kind == "ivf" and not self.index.is_trained:
-            if len(v) < 39 * self.nlist:
+            try:
+                self.train(v)
+            except ValidationError:
                 for pid in ids:
                     del self._pos[pid]
-                raise ValidationError(
-                    f"`kind` 'ivf': an IVF index with nlist={self.nlist} trains on its first add, which needs >= "
-                    f"{39 * self.nlist} vectors. Given: {len(v)}. Fix: `kind` 'hnsw' or 'auto' (kind by size: IVF "
-                    "pays from millions of posts), or add more at once, or a smaller nlist.")
-            self.index.train(codes[: 256 * self.nlist])
-        self.index.add(codes)
+                raise
+        self.index.add(self._codes(v))
         self._count_skipped(skipped, conflicts)
         if self.rescore:
             self._float_parts.append(v)
         self.ids.extend(ids)
         return len(ids)
+
+    def train(self, vectors) -> None:
+        """IVF: learn the nlist centroids from ``vectors`` float32 (n, dim) unit rows (n >= 39 * nlist), a
+        seeded uniform sample of 256 * nlist of them (FAISS's cap, and all a binary IVF converts to floats),
+        never the first rows: input in time or topic order would put every centroid among its first topics.
+        ``add`` trains on its first add so; ``from_parquet`` samples its whole input first."""
+        v = as_vectors(vectors, self.dim)
+        if len(v) < 39 * self.nlist:
+            raise ValidationError(
+                f"`kind` 'ivf': an IVF index with nlist={self.nlist} trains on its first add, which needs >= "
+                f"{39 * self.nlist} vectors. Given: {len(v)}. Fix: `kind` 'hnsw' or 'auto' (kind by size: IVF "
+                "pays from millions of posts), or add more at once, or a smaller nlist.")
+        self.index.train(self._codes(v[_sample(len(v), 256 * self.nlist)]))
 
     @classmethod
     def from_parquet(cls, path, kind: str = "auto", batch_rows: int = 65_536, vector_version: str | None = None,
@@ -233,22 +243,15 @@ class PostIndex:
         n, batches, recorded = read_parquet(path, batch_rows, vector_version, allow_unversioned)
         params["prompt_name"] = stated_prompt(params.get("prompt_name"), recorded, repr(str(path)))
         idx: PostIndex | None = None
-        pending_ids, pending_v, done = [], [], 0
         for ids, vec, mv in batches:
             if idx is None:
                 idx = cls(vec.shape[1], kind, expected_size=n, vector_version=mv, **params)
-            pending_ids += ids
-            pending_v.append(vec)
-            need = 256 * idx.nlist if idx.kind == "ivf" and not idx.index.is_trained else 0
-            if sum(len(p) for p in pending_v) >= need:
-                idx.add(pending_ids, np.concatenate(pending_v))
-                done, pending_ids, pending_v = done + len(pending_ids), [], []
-                if on_progress is not None:
-                    on_progress(done, n)
-        if pending_v:
-            idx.add(pending_ids, np.concatenate(pending_v))
+                if idx.kind == "ivf":  # a first pass for a sample of every file (read twice: IVF is for millions)
+                    idx.train(_sampled(read_parquet(path, batch_rows, vector_version, allow_unversioned)[1], n,
+                                       _sample(n, 256 * idx.nlist)))
+            idx.add(ids, vec)
             if on_progress is not None:
-                on_progress(n, n)
+                on_progress(len(idx) + idx.skipped, n)
         _warn_skipped(idx, n, path)
         if idx.vector_version is None:
             log.warning("%s records no vector version (no model_version column, none given): queries of this index "
@@ -401,6 +404,21 @@ class PostIndex:
         from . import folder as storage
 
         return storage.read(cls, folder, mmap)
+
+
+def _sample(n: int, m: int) -> np.ndarray:
+    """Sorted positions of a uniform sample of min(n, m) of n rows, the same for the same (n, m)."""
+    return np.arange(n) if n <= m else np.sort(np.random.default_rng(0).choice(n, m, replace=False))
+
+
+def _sampled(batches, n: int, rows: np.ndarray) -> np.ndarray:
+    """float32 (len(rows), dim): the ``rows`` (sorted positions among n) of ``batches`` ((ids, vectors, _), ...)."""
+    out, start = [], 0
+    for _, vec, _ in batches:
+        lo, hi = np.searchsorted(rows, [start, start + len(vec)])
+        out.append(vec[rows[lo:hi] - start])
+        start += len(vec)
+    return np.concatenate(out)
 
 
 def _padded(scores: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
