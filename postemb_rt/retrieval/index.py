@@ -54,6 +54,7 @@ import numpy as np
 
 from ..errors import ValidationError
 from .checks import as_ids, as_vectors, check_k, check_rescore
+from .ranking import padded, rescored
 from .repeats import EXAMPLES, differing, skipped_message
 from .sources import read_parquet, read_store, stated_prompt
 
@@ -292,22 +293,28 @@ class PostIndex:
                                   "--rescore N`), or rescore=0.")
         if len(self) == 0 or len(q) == 0:
             return np.full((len(q), k), -np.inf, np.float32), np.full((len(q), k), -1, np.int64)
-        fetch = min(int(k) * max(m, 1), self.index.ntotal)  # FAISS allocates (q, fetch): k is a cap, not a size
-        if self.kind == "hnsw":
-            params = faiss.SearchParametersHNSW(efSearch=max(self.ef_search, fetch))
-        elif self.kind == "ivf":
-            params = faiss.SearchParametersIVF(nprobe=min(self.nprobe, self.nlist))
-        else:
-            params = None
+        k, n = int(k), self.index.ntotal
+        fetch = min(k * max(m, 1), n)  # FAISS allocates (q, fetch): k is a cap, not a size
+
+        def params(fetch: int):
+            if self.kind == "hnsw":
+                return faiss.SearchParametersHNSW(efSearch=max(self.ef_search, fetch))
+            return faiss.SearchParametersIVF(nprobe=min(self.nprobe, self.nlist)) if self.kind == "ivf" else None
         if not self.binary:
-            scores, pos = self.index.search(q, fetch, params=params)
-            return _padded(scores, pos, int(k))
-        hamming, pos = self.index.search(self._codes(q), fetch, params=params)
+            # an ANN index keeps the equal scores it met first in its graph or lists: one more is fetched, and
+            # while that one ties the k-th, twice as many, so the cut keeps the first added (flat: already so)
+            fetch = fetch if self.kind == "flat" else min(k + 1, n)
+            scores, pos = self.index.search(q, fetch, params=params(fetch))
+            while fetch < n and ((pos[:, -1] >= 0) & (scores[:, -1] == scores[:, k - 1])).any():
+                fetch = min(2 * fetch, n)
+                scores, pos = self.index.search(q, fetch, params=params(fetch))
+            return padded(scores, pos, k)
+        hamming, pos = self.index.search(self._codes(q), fetch, params=params(fetch))
         pos = pos.astype(np.int64, copy=False)
         if not m:  # cosine of the sign vectors: (dim - 2 * hamming) / dim; padding bits are 0 on both sides
             scores = (1.0 - 2.0 * hamming.astype(np.float32) / self.dim).astype(np.float32)
-            return _padded(scores, pos, int(k))
-        return _rescore(q, pos, self._floats(), int(k))
+            return padded(scores, pos, k)
+        return rescored(q, pos, self._floats(), k)
 
     def _queries(self, queries) -> np.ndarray:
         """``queries`` checked (``as_vectors``); one of another width is told how the index's were made."""
@@ -419,30 +426,3 @@ def _sampled(batches, n: int, rows: np.ndarray) -> np.ndarray:
         out.append(vec[rows[lo:hi] - start])
         start += len(vec)
     return np.concatenate(out)
-
-
-def _padded(scores: np.ndarray, pos: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """FAISS's (scores, positions) (q, <= k) as (q, k), best first and equal scores in the order the posts
-    were added (FAISS's float heap gives ties last-added first, its binary indexes first-added first),
-    -inf / -1 where no post was found."""
-    scores = np.where(pos < 0, -np.inf, scores).astype(np.float32)
-    order = np.lexsort((np.where(pos < 0, np.iinfo(np.int64).max, pos), -scores), axis=-1)
-    out_s, out_p = np.full((len(pos), k), -np.inf, np.float32), np.full((len(pos), k), -1, np.int64)
-    out_s[:, : pos.shape[1]] = np.take_along_axis(scores, order, 1)
-    out_p[:, : pos.shape[1]] = np.take_along_axis(pos, order, 1)
-    return out_s, out_p
-
-
-def _rescore(q: np.ndarray, candidates: np.ndarray, floats: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Re-rank each query's candidate positions (q, c) (-1: none) by float cosine with ``floats``
-    (n, dim); -> (scores float32 (q, k), positions int64 (q, k)), best first, -1 / -inf padded."""
-    scores = np.full((len(q), k), -np.inf, np.float32)
-    pos = np.full((len(q), k), -1, np.int64)
-    for i, row in enumerate(candidates):
-        row = np.sort(row[row >= 0])  # sorted: sequential reads from a memmap
-        if not len(row):
-            continue
-        s = np.asarray(floats[row], np.float32) @ q[i]
-        top = np.argsort(-s, kind="stable")[:k]
-        scores[i, : len(top)], pos[i, : len(top)] = s[top], row[top]
-    return scores, pos

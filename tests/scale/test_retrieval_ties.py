@@ -1,0 +1,31 @@
+"""Posts of equal score (one text posted under several ids) cut by ``k``: the ones kept are the first added,
+for an ANN index (HNSW, IVF) as for a flat one, so a top-k is the first k of a top-(k+1) and does not hang on
+the order FAISS met them in its graph or lists."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("faiss", reason="faiss is not installed (pip install -e '.[scale]')")
+
+from postemb_rt.retrieval import PostIndex  # noqa: E402
+
+REPOSTS = [0, 5, 100, 700, 1500, 2999]  # positions holding one vector
+
+
+def with_reposts(n=3000, dim=50, seed=0):
+    x = np.random.default_rng(seed).standard_normal((n, dim))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    x[REPOSTS] = x[0]
+    return x
+
+
+@pytest.mark.parametrize("params", [{"kind": "flat"}, {"kind": "hnsw"}, {"kind": "ivf", "nlist": 16, "nprobe": 16}])
+def test_a_cut_through_equal_scores_keeps_the_first_added(params):
+    x = with_reposts()
+    idx = PostIndex.build([f"p{i}" for i in range(len(x))], x, **params)
+    for k in range(1, len(REPOSTS) + 1):
+        for row in idx.search(np.repeat(x[:1], 3, 0), k):  # one query, and a batch of them
+            assert [h.id for h in row] == [f"p{i}" for i in REPOSTS[:k]]
+    hits = idx.search(x[0], 2, exclude={"p5"})[0]
+    assert [h.id for h in hits] == ["p0", "p100"]
