@@ -13,6 +13,10 @@ def as_vectors(vectors, dim: int | None, name: str = "vectors") -> np.ndarray:
     """``vectors`` (n, dim) or (dim,) as C-contiguous float32 (n, dim), checked: floating, finite, unit
     L2 rows; ``dim`` None: any width. ``name``: the argument the errors name."""
     v = np.asarray(vectors)
+    if v.shape == (0,):  # [] has no width: read as one row of 0 values, it was "row 0 has norm 0"
+        raise ValidationError(f"`{name}` must have shape (n, {'dim' if dim is None else dim}). Given: (0,), no rows "
+                              f"and no width. Fix: np.empty((0, {'dim' if dim is None else dim}), np.float32) for "
+                              "none, or give the vectors.")
     if v.ndim == 1:
         v = v[None, :]
     if v.ndim != 2 or (dim is not None and v.shape[1] != dim):
@@ -46,6 +50,13 @@ def check_k(k) -> None:
     """``k``, how many hits: a positive int."""
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
         raise ValidationError(f"`k` must be a positive int. Given: {k!r}.")
+
+
+def check_positive(name: str, value, fix: str) -> int:
+    """A search or build parameter ``name`` (``nprobe``, ``ef_search``, ``nlist``) as a positive int."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValidationError(f"`{name}` must be a positive int. Given: {value!r}. Fix: {fix}.")
+    return int(value)
 
 
 def as_ids(ids, first) -> list:

@@ -53,7 +53,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ValidationError
-from .checks import as_ids, as_vectors, check_k, check_rescore
+from .checks import as_ids, as_vectors, check_k, check_positive, check_rescore
 from .ranking import padded, rescored
 from .repeats import EXAMPLES, differing, skipped_message
 from .sources import read_parquet, read_store, stated_prompt
@@ -117,7 +117,9 @@ class PostIndex:
         self.dim, self.kind, self.vector_version, self.prompt_name = dim, kind, vector_version, prompt_name
         self.binary, self.rescore = bool(binary), check_rescore(rescore, bool(binary))
         self.bits = 8 * -(-dim // 8) if self.binary else 0  # FAISS binary codes are whole bytes
-        self.ef_search, self.nprobe = ef_search, nprobe
+        self.ef_search = check_positive("ef_search", ef_search, f"leave it out ({HNSW_EF_SEARCH}), or more for recall")
+        self.nprobe = check_positive("nprobe", nprobe, f"leave it out ({IVF_NPROBE}), or more for recall")
+        nlist = nlist if nlist is None else check_positive("nlist", nlist, "leave it out (4 * sqrt(expected_size))")
         self.nlist = nlist or (ivf_nlist(expected_size or 0) if kind == "ivf" else 0)
         # binary + rescore: the float vectors, in parts appended by add() (joined on first use)
         self._float_parts: list[np.ndarray] = []
