@@ -177,12 +177,16 @@ class PostIndex:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def add(self, ids, vectors) -> int:
+    def add(self, ids, vectors, vector_version: str | None = None) -> int:
         """Add posts: ``ids`` (n,) int or str, of one type, the index's (ValidationError before
         anything is added otherwise), ``vectors`` float32 (n, dim) unit rows. Ids already in the
         index (or repeated in ``ids``) are skipped, counted in ``skipped`` (and in ``conflicts`` when
         their vector is not the kept one: ``repeats.py``). IVF trains on its first
-        add, which must then hold at least 39 * nlist vectors. Returns the number added."""
+        add, which must then hold at least 39 * nlist vectors. ``vector_version``: the vectors' (as in
+        :meth:`search`; an empty index of none takes it). Returns the number added."""
+        self._same_version(vector_version, "vectors")
+        if not self.ids and self.vector_version is None:
+            self.vector_version = vector_version
         v = as_vectors(vectors, self.dim)
         ids = list(ids)
         if len(ids) != len(v):
@@ -278,7 +282,8 @@ class PostIndex:
         return cls.build(ids, vectors, kind=kind, vector_version=vector_version, **params)
 
     # -- querying ----------------------------------------------------------------------
-    def search_positions(self, queries, k: int, rescore: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def search_positions(self, queries, k: int, rescore: int | None = None,
+                         vector_version: str | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Raw search: ``queries`` float32 (q, dim) unit rows -> (scores float32 (q, k),
         positions int64 (q, k)), best first, equal scores in the order the posts were added;
         position -1 (score -inf) where fewer than k posts were found.
@@ -286,6 +291,7 @@ class PostIndex:
         0: Hamming order; > 0 needs an index built with rescore > 0, which kept the floats)."""
         import faiss
 
+        self._same_version(vector_version, "queries")
         q = self._queries(queries)
         check_k(k)
         m = self.rescore if rescore is None else check_rescore(rescore, self.binary)
@@ -318,6 +324,14 @@ class PostIndex:
             return padded(scores, pos, k)
         return rescored(q, pos, self._floats(), k)
 
+    def _same_version(self, given: str | None, what: str) -> None:
+        if given is not None and self.vector_version is not None and given != self.vector_version:
+            raise ValidationError(
+                f"`vector_version` {given!r}: the {what} are not the index's vectors, which are "
+                f"{self.vector_version!r} (another model, precision or prefix: its neighbours would be unrelated "
+                f"posts). Fix: embed them with an encoder whose vector_version is {self.vector_version!r} "
+                "(`postemb index query --text` loads one so), or build an index of their version.")
+
     def _queries(self, queries) -> np.ndarray:
         """``queries`` checked (``as_vectors``); one of another width is told how the index's were made."""
         try:
@@ -331,17 +345,21 @@ class PostIndex:
             raise ValidationError(f"{exc} The index holds {self.vector_version!r} vectors. Fix: embed the queries as "
                                   f"they were ({how}).") from None
 
-    def search(self, queries, k: int = 10, exclude=(), rescore: int | None = None) -> list[list[Hit]]:
+    def search(self, queries, k: int = 10, exclude=(), rescore: int | None = None,
+               vector_version: str | None = None) -> list[list[Hit]]:
         """Top-k posts for each query (float32 (q, dim) or (dim,)), best first (equal scores in the
         order the posts were added), as ``Hit(id, score)``; ids in ``exclude`` (e.g. what the member
         already saw) are left out. ``k`` is a cap: a k beyond the index's size returns every post
         (no k-sized arrays are made).
-        ``rescore``: as in :meth:`search_positions`."""
+        ``rescore``: as in :meth:`search_positions`. ``vector_version``: the queries' (``Encoder.vector_version``,
+        or ``vector_version_at(k)`` for a prefix); another than the index's is refused (a query of another model,
+        precision or prefix of the same width would find unrelated posts; the vectors cannot tell)."""
         check_k(k)  # before k grows by the excluded ids
         exclude = set(exclude)
         extra = sum(1 for e in exclude if e in self._pos)
         # never more than the index holds: a k of 10**12 ("all of them") must not size arrays
-        scores, pos = self.search_positions(queries, max(1, min(k + extra, len(self))), rescore=rescore)
+        scores, pos = self.search_positions(queries, max(1, min(k + extra, len(self))), rescore=rescore,
+                                            vector_version=vector_version)
         out = []
         for srow, prow in zip(scores, pos):
             hits = [Hit(self.ids[p], float(s)) for s, p in zip(srow, prow) if p >= 0 and self.ids[p] not in exclude]

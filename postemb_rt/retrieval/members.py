@@ -114,17 +114,18 @@ def quotas(weights, k: int) -> np.ndarray:
 
 
 def retrieve(index: PostIndex, member: MemberEmbedding, k: int = 10, exclude=(),
-             rescore: int | None = None) -> list[Hit]:
+             rescore: int | None = None, vector_version: str | None = None) -> list[Hit]:
     """Top-k posts for a member by the merging rule of the module docstring. ``exclude``: ids
     to leave out (normally the member's history). An empty member gives an empty list (the
     caller falls back to, e.g., popular posts). ``rescore``: a binary index's rescore multiplier
-    (default: the index's; see ``PostIndex.search_positions``)."""
+    (default: the index's; see ``PostIndex.search_positions``). ``vector_version``: the member's vectors', as
+    in ``PostIndex.search`` (another than the index's is refused)."""
     if len(member) == 0 or len(index) == 0:
         return []
     exclude = set(exclude)
     q = quotas(member.weights, k)
     # a cluster loses at most k - 1 candidates to heavier clusters, so 2k each always suffice
-    per_cluster = index.search(member.vectors, 2 * k, exclude=exclude, rescore=rescore)
+    per_cluster = index.search(member.vectors, 2 * k, exclude=exclude, rescore=rescore, vector_version=vector_version)
     taken: dict = {}
     leftovers: list[Hit] = []
     for c in np.argsort(-member.weights, kind="stable"):
