@@ -285,8 +285,11 @@ def read_store(client, vector_version: str, prefix: str | None = None,
     that every post there was deleted."""
     from .. import nearline
 
+    from ..nearline.keys import require_bytes
+
     if isinstance(client, str):
         client = nearline.connect(client)
+    require_bytes(client)  # a vector is raw float32: decoded replies failed on it (UnicodeDecodeError)
     prefix = prefix or nearline.KEY_PREFIX
     ids, vecs, keys_read, prompts, deleted = [], [], [], {}, 0  # prompts: {prompt name or None: its first post id}
     seen: set = set()  # SCAN may return a key twice (a rehash while it iterates, e.g. under a live worker)

@@ -61,3 +61,19 @@ def test_a_longer_versions_keys_are_not_read_as_this_versions(store):
     put("p", "v3", "a:b")
     put("p", "v3:b", "zz")
     assert PostIndex.from_redis(client, "v3", prefix="p").ids == ["a:b"]
+
+
+def test_a_client_that_decodes_replies_is_refused_with_the_fix(store):
+    """A vector is raw float32 bytes: a decode_responses=True client failed on it with a bare UnicodeDecodeError."""
+    import redis
+
+    client, put = store
+    put("postemb", "v1", "p0")
+    kw = client.connection_pool.connection_kwargs
+    decoding = redis.Redis(host=kw["host"], port=kw["port"], decode_responses=True)
+    try:
+        with pytest.raises(ValidationError, match=r"`client` decodes replies to str \(decode_responses=True\).* Fix: "
+                                                  r"nearline.connect\(url\)"):
+            PostIndex.from_redis(decoding, "v1")
+    finally:
+        decoding.close()
