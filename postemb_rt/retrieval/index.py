@@ -382,7 +382,7 @@ class PostIndex:
         out = np.empty((len(positions), self.dim), np.float32)
         if self.binary and self.rescore:
             return np.asarray(self._floats()[positions], np.float32).reshape(len(positions), self.dim)
-        if self.kind == "ivf" and len(positions):
+        if self.kind == "ivf" and len(positions) and not self.index.direct_map.type:  # NoMap; adds keep it
             self.index.make_direct_map()
         for i, p in enumerate(positions):
             row = self.index.reconstruct(int(p))

@@ -24,3 +24,31 @@ def test_an_empty_build_of_plain_lists_is_told_the_width_is_missing():
                                               r"width\. Fix: np.empty\(\(0, dim\), np.float32\)"):
         PostIndex.build([], [], kind="flat")
     assert len(PostIndex.build([], np.empty((0, 8), np.float32), kind="flat")) == 0
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_an_ivf_index_maps_positions_to_vectors_once_and_keeps_the_map_through_adds(binary):
+    """``vectors_of`` (each member query) rebuilt FAISS's direct map, a pass over every list: O(n) per call."""
+    x = np.random.default_rng(0).standard_normal((3000, 8))
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    idx = PostIndex.build(range(2000), x[:2000], kind="ivf", nlist=16, binary=binary)
+
+    class Counting:  # the FAISS index, its make_direct_map calls counted
+        def __init__(self, index):
+            self.inner, self.calls = index, 0
+
+        def make_direct_map(self, *a):
+            self.calls += 1
+            return self.inner.make_direct_map(*a)
+
+        def __getattr__(self, name):
+            return getattr(self.inner, name)
+    idx.index = Counting(idx.index)
+    want = idx.vectors_of([3, 1999])
+    for _ in range(3):
+        np.testing.assert_array_equal(idx.vectors_of([3, 1999]), want)
+    idx.add(range(2000, 3000), x[2000:])
+    got = idx.vectors_of([2500])
+    assert idx.index.calls == 1
+    if not binary:
+        np.testing.assert_allclose(got[0], x[2500])
