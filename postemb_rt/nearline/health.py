@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -15,7 +14,7 @@ import numpy as np
 from ..errors import ValidationError
 from . import settings
 from .events import id_ms
-from .keys import DEAD_STREAM, EMBEDDINGS_STREAM, KEY_PREFIX, POSTS_STREAM, require_bytes
+from .keys import DEAD_STREAM, EMBEDDINGS_STREAM, KEY_PREFIX, POSTS_STREAM, require_bytes, scan_literal
 
 log = logging.getLogger("postemb_rt.nearline")
 
@@ -156,7 +155,7 @@ def stats(client, group: str = "embedder", *, posts_stream: str = POSTS_STREAM, 
     # glob characters in the group name matched literally; the key checked whole, since the pattern of group "a"
     # also matches the heartbeats of group "a:b"
     base = f"{prefix}:nearline:worker:{group}:"
-    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", base) + "*"
+    pattern = scan_literal(base) + "*"
     for key in client.scan_iter(match=pattern, count=10_000, _type="string"):
         raw = client.get(key)
         try:

@@ -309,9 +309,15 @@ def require_bytes(client) -> None:
     pool = getattr(client, "connection_pool", None)
     if pool is not None and getattr(pool, "connection_kwargs", {}).get("decode_responses"):
         raise ValidationError("`client` decodes replies to str (decode_responses=True), but event fields and "
-                              "records are bytes (a vector is raw float32): every event would read as missing "
-                              "its fields and be dead-lettered. Given: a client with decode_responses=True. Fix: "
+                              "records are bytes (a vector is raw float32): a worker would read every event as "
+                              "missing its fields and dead-letter it, a store read fails on the first vector. Given: a client with decode_responses=True. Fix: "
                               "nearline.connect(url), or redis.Redis(..., decode_responses=False).")
+
+
+def scan_literal(text: str) -> str:
+    """``text`` as a SCAN MATCH pattern matching it literally: Redis glob's ``* ? [ ] \\`` escaped by a
+    backslash (unescaped, a prefix "a[1]" matched key "a1", "a*" every key starting with "a")."""
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 def store_key(vector_version: str, post_id: str, prefix: str = KEY_PREFIX) -> str:

@@ -8,7 +8,6 @@ prompt the posts were embedded with where the source records it (``one_prompt``)
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -285,7 +284,7 @@ def read_store(client, vector_version: str, prefix: str | None = None,
     that every post there was deleted."""
     from .. import nearline
 
-    from ..nearline.keys import require_bytes
+    from ..nearline.keys import require_bytes, scan_literal
 
     if isinstance(client, str):
         client = nearline.connect(client)
@@ -293,7 +292,7 @@ def read_store(client, vector_version: str, prefix: str | None = None,
     prefix = prefix or nearline.KEY_PREFIX
     ids, vecs, keys_read, prompts, deleted = [], [], [], {}, 0  # prompts: {prompt name or None: its first post id}
     seen: set = set()  # SCAN may return a key twice (a rehash while it iterates, e.g. under a live worker)
-    for keys in _scan_pages(client, f"{_literal(nearline.store_key(vector_version, '', prefix))}*", scan_count):
+    for keys in _scan_pages(client, f"{scan_literal(nearline.store_key(vector_version, '', prefix))}*", scan_count):
         keys = [k for k in dict.fromkeys(keys) if k not in seen]
         seen.update(keys)
         pipe = client.pipeline(transaction=False)
@@ -345,9 +344,11 @@ def _bad_record(vector_version: str, key: str, pid: str, what: str) -> Validatio
 
 def _versions_held(client, prefix: str, pages: int = 3, count: int = 1000) -> list[str]:
     """Vector versions seen in up to ``pages`` SCAN pages of ``{prefix}:*`` keys (a sample, cheap)."""
+    from ..nearline.keys import scan_literal
+
     seen, cursor = set(), 0
     for _ in range(pages):
-        cursor, keys = client.scan(cursor=cursor, match=f"{_literal(prefix)}:*", count=count)
+        cursor, keys = client.scan(cursor=cursor, match=f"{scan_literal(prefix)}:*", count=count)
         for key in keys:
             key = key.decode() if isinstance(key, bytes) else key
             version = key[len(prefix) + 1:].split(":", 1)[0]
@@ -356,13 +357,6 @@ def _versions_held(client, prefix: str, pages: int = 3, count: int = 1000) -> li
         if cursor == 0:
             break
     return sorted(seen)
-
-
-def _literal(text: str) -> str:
-    """``text`` as a SCAN MATCH pattern matching it literally: Redis glob's ``* ? [ ] \\`` escaped by a
-    backslash (the escape ``nearline --stats`` applies to its group name; "a[1]" matched key "a1", "a*" every
-    key starting with "a")."""
-    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
 
 
 def _scan_pages(client, match: str, count: int):
