@@ -44,8 +44,10 @@ def main(argv=None) -> int:
                    help="a registered name ('default', 'base', ...) or a model directory (default: default)")
     p.add_argument("--out", required=True, help="output folder (created; must be empty or absent)")
     p.add_argument("--parity-posts", type=at_least(1), default=64, help="real posts in the parity check (default 64)")
-    p.add_argument("--min-cosine", type=float, default=0.99999, help="parity threshold (default 0.99999)")
-    p.add_argument("--max-abs", type=float, default=1e-5, help="largest element difference (default 1e-5)")
+    p.add_argument("--min-cosine", type=at_least(-1, float), default=0.99999,
+                   help="parity threshold: every post's cosine must reach it (default 0.99999)")
+    p.add_argument("--max-abs", type=at_least(0, float), default=1e-5,
+                   help="largest element difference allowed (default 1e-5)")
     args = p.parse_args(argv)
 
     from postemb_rt import PostEmbError
@@ -171,12 +173,12 @@ def check_parity(src, out: Path, args) -> int:
     print(f"parity with sentence-transformers on {len(texts)} posts: min cosine {cos.min():.7f}, "
           f"max abs error {err:.2e} (thresholds {args.min_cosine}, {args.max_abs})")
     failed = []
-    if cos.min() < args.min_cosine:
-        worst = int(np.argmin(cos))
+    if not cos.min() >= args.min_cosine:  # `not >=`: a NaN (a non-finite vector) fails
+        worst = int(np.argmin(cos))  # the first NaN, if any
         failed.append(f"post {worst} ({texts[worst][:80]!r}) has cosine {cos[worst]:.7f} < --min-cosine "
                       f"{args.min_cosine}")
-    if err > args.max_abs:
-        worst = int(np.abs(got - want).max(axis=1).argmax())
+    if not err <= args.max_abs:
+        worst = int(np.abs(got - want).max(axis=1).argmax())  # the first NaN, if any
         failed.append(f"post {worst} ({texts[worst][:80]!r}) differs by {err:.2e} in one element > --max-abs "
                       f"{args.max_abs}")
     if failed:

@@ -179,3 +179,33 @@ def test_the_models_include_prompt_is_exported(tmp_path):
             assert_parity(enc.encode(TEXTS), st.encode(TEXTS))  # no prompt: the same vectors
             with pytest.raises(ValidationError, match=r"include_prompt: false"):
                 enc.encode(TEXTS[:1], prompt_name="query")
+
+
+def test_a_folder_that_embeds_nan_fails_the_parity_check(st_default, tmp_path, capsys):
+    """NaN compares false with both thresholds (`cos < min`, `err > max`): a folder whose vectors were NaN passed
+    the check (0) and was written."""
+    import argparse
+    import shutil
+
+    pytest.importorskip("sentence_transformers")
+    from safetensors.torch import load_file, save_file
+
+    from postemb_rt.model_dir import resolve
+
+    folder = Path(shutil.copytree(st_default, tmp_path / "st"))
+    dense = folder / "2_Dense" / "model.safetensors"
+    state = load_file(str(dense))
+    state["linear.weight"][0, 0] = float("nan")  # component 0 of every vector, then all of it after Normalize
+    save_file(state, str(dense))
+    args = argparse.Namespace(parity_posts=4, min_cosine=0.99999, max_abs=1e-5)
+    assert _export_module().check_parity(resolve("default"), folder, args) == 3
+    err = capsys.readouterr().err
+    assert "parity FAILED: post 0 " in err and "cosine nan < --min-cosine" in err and "differs by nan" in err
+
+
+@pytest.mark.parametrize("flag", ["--min-cosine", "--max-abs"])
+def test_a_nan_threshold_is_refused(tmp_path, flag):
+    """A NaN threshold turned its check off (every comparison with NaN is false)."""
+    res = run_export("--model", "default", "--out", str(tmp_path / "st"), flag, "nan")
+    assert res.returncode == 2 and f"argument {flag}: must be a number >= " in res.stderr and "Given: 'nan'" in res.stderr
+    assert not (tmp_path / "st").exists()
