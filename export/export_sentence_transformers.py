@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import tempfile
 import sys
 from pathlib import Path
 
@@ -51,6 +50,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
 
     from postemb_rt import PostEmbError
+    from postemb_rt.durable import new_folder
     from postemb_rt.model_dir import resolve
 
     out = Path(args.out)
@@ -58,17 +58,17 @@ def main(argv=None) -> int:
         if out.exists() and (not out.is_dir() or any(out.iterdir())):
             raise PostEmbError(f"`--out` {str(out)!r} is not an empty folder. Fix: pass a new folder.")
         src = resolve(args.model)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        # written and checked beside OUT, which appears only once the check passes: a failed export leaves nothing
-        with tempfile.TemporaryDirectory(prefix=f".{out.name}-", dir=out.resolve().parent) as tmp:
-            write_st_folder(src, Path(tmp))
-            code = check_parity(src, Path(tmp), args)
+        # written and checked beside OUT, which appears only once the check passes (a failed export, a Ctrl-C or a
+        # kill leaves nothing there; the next run removes what a killed one left beside it), with the umask's
+        # permissions (a temporary folder is 0700 and safetensors writes 0600: no other user could read it), fsynced
+        with new_folder(out) as tmp:
+            write_st_folder(src, tmp)
+            code = check_parity(src, tmp, args)
             if code:
-                print(f"export_sentence_transformers: nothing written to {out}", file=sys.stderr)
-                return code
-            if out.exists():
-                out.rmdir()  # empty (checked above)
-            Path(tmp).rename(out)
+                raise Refused(code)
+    except Refused as exc:
+        print(f"export_sentence_transformers: nothing written to {out}", file=sys.stderr)
+        return exc.args[0]
     except PostEmbError as exc:
         print(f"export_sentence_transformers: error: {exc}", file=sys.stderr)
         return 2
@@ -78,6 +78,10 @@ def main(argv=None) -> int:
         return 2
     print(f"wrote {out} ({src.config.model_version}: {src.config.pooling} pooling, dim {src.config.dim})")
     return 0
+
+
+class Refused(Exception):
+    """The parity check failed: nothing is written to OUT; args[0]: the exit status."""
 
 
 def write_st_folder(md, out: Path) -> None:

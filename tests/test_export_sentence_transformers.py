@@ -48,6 +48,22 @@ def test_the_folder_loads_back_into_encoder(st_default, backend):
         assert np.allclose(np.linalg.norm(enc.encode(TEXTS), axis=1), 1.0, atol=1e-5)
 
 
+def test_the_folder_is_readable_as_the_umask_allows_and_nothing_is_left_beside_it(st_default):
+    """It was built in a tempfile.TemporaryDirectory (0700) and renamed into place, with safetensors' 0600
+    weights: another user (a text-embeddings-inference container, a hub upload job) could not read it."""
+    import os
+    import stat
+
+    mask = os.umask(0)
+    os.umask(mask)
+    modes = {p.relative_to(st_default).as_posix(): stat.S_IMODE(p.stat().st_mode)
+             for p in [st_default, *st_default.rglob("*")]}
+    assert modes["model.safetensors"] == modes["2_Dense/model.safetensors"] == 0o666 & ~mask
+    assert {m for name, m in modes.items() if (st_default / name).is_file()} == {0o666 & ~mask}
+    assert {m for name, m in modes.items() if (st_default / name).is_dir()} == {0o777 & ~mask}
+    assert [p.name for p in st_default.parent.iterdir()] == ["default-st"]
+
+
 def test_a_non_empty_out_folder_is_refused(tmp_path):
     (tmp_path / "x").write_text("keep me")
     res = run_export("--model", "default", "--out", str(tmp_path))
