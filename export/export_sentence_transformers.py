@@ -140,7 +140,8 @@ def write_st_folder(md, out: Path) -> None:
     if cfg.normalize:
         modules.append((f"{len(modules)}_Normalize", "Normalize"))
         (out / modules[-1][0]).mkdir(exist_ok=True)
-    _write_json(out / "modules.json", [{"idx": i, "name": str(i), "path": path, "type": f"sentence_transformers.models.{t}"}
+    _write_json(out / "modules.json", [{"idx": i, "name": str(i), "path": path,
+                                        "type": f"sentence_transformers.models.{t}"}
                                        for i, (path, t) in enumerate(modules)])
     _write_json(out / "config_sentence_transformers.json", {
         "__version__": {"pytorch": torch.__version__, "postemb_rt_model_version": cfg.model_version},
