@@ -13,7 +13,28 @@ SCRIPT = Path(__file__).resolve().parent.parent / "export" / "export_onnx.py"
 
 
 def run_export(*args):
+    """The script as a user runs it, in a new process."""
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=600)
+
+
+def export_here(*args):
+    """The script's main() in this process (it skips a new interpreter's imports of torch, transformers and
+    onnxruntime): the same exit status and printed output as run_export."""
+    import contextlib
+    import importlib.util
+    import io
+    import types
+
+    spec = importlib.util.spec_from_file_location("export_onnx_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            rc = module.main(list(args))
+        except SystemExit as exc:  # argparse's refusals
+            rc = exc.code
+    return types.SimpleNamespace(returncode=rc, stdout=out.getvalue(), stderr=err.getvalue())
 
 
 def test_export_round_trip_writes_a_self_contained_directory(tmp_path, base_torch, sample_texts):
@@ -29,7 +50,7 @@ def test_export_round_trip_writes_a_self_contained_directory(tmp_path, base_torc
 
 def test_external_pooling_export_pools_outside_the_graph(tmp_path, base_torch, sample_texts):
     out = tmp_path / "base-onnx-external"
-    res = run_export("--model", "base", "--out", str(out), "--pooling", "external", "--parity-posts", "8")
+    res = export_here("--model", "base", "--out", str(out), "--pooling", "external", "--parity-posts", "8")
     assert res.returncode == 0, res.stderr
     enc = Encoder.from_pretrained(out)
     assert enc.model.config.onnx_pooling == "external"
@@ -39,7 +60,7 @@ def test_external_pooling_export_pools_outside_the_graph(tmp_path, base_torch, s
 
 def test_parity_gate_fails_the_export_below_threshold(tmp_path):
     # cosine can never exceed 1 + float error, so a threshold of 1.01 must fail the gate
-    res = run_export("--model", "base", "--out", str(tmp_path / "o"), "--no-optimize",
+    res = export_here("--model", "base", "--out", str(tmp_path / "o"), "--no-optimize",
                      "--parity-posts", "4", "--min-cosine", "1.01")
     assert res.returncode == 3
     assert "parity FAILED" in res.stderr and "nothing written to" in res.stderr
@@ -55,13 +76,13 @@ def test_a_re_export_leaves_exactly_the_files_it_wrote(tmp_path):
     # default has a projection: --pooling external writes projection.safetensors, which a graph export
     # (the head inside the ONNX model) must not leave behind; nor an engine built from the earlier ONNX
     out = tmp_path / "default-onnx"
-    res = run_export("--model", "default", "--out", str(out), "--pooling", "external", "--no-optimize",
+    res = export_here("--model", "default", "--out", str(out), "--pooling", "external", "--no-optimize",
                      "--parity-posts", "4")
     assert res.returncode == 0, res.stderr
     assert (out / "projection.safetensors").is_file()
     (out / "model.plan").write_bytes(b"an engine of the earlier ONNX")  # what build_engine.py adds beside it
     (out / "engine.json").write_text("{}")
-    res = run_export("--model", "default", "--out", str(out), "--pooling", "graph", "--no-optimize",
+    res = export_here("--model", "default", "--out", str(out), "--pooling", "graph", "--no-optimize",
                      "--parity-posts", "4")
     assert res.returncode == 0, res.stderr
     assert {p.name for p in out.iterdir()} == {"model.onnx", "tokenizer.json", "postemb.json"}
@@ -105,7 +126,7 @@ def test_the_export_keeps_the_models_output_settings(tmp_path, sample_texts):
     export embeds and compares as the source does (the parity check compared 16 dims with 50 and crashed)."""
     src = _model_copy(tmp_path, truncate_dim=16, similarity_fn_name="dot")
     out = tmp_path / "onnx"
-    res = run_export("--model", str(src), "--out", str(out), "--no-optimize", "--parity-posts", "4")
+    res = export_here("--model", str(src), "--out", str(out), "--no-optimize", "--parity-posts", "4")
     assert res.returncode == 0, res.stderr
     enc, ref = Encoder.from_pretrained(out), Encoder.from_pretrained(src, backend="torch")
     assert (enc.model.config.truncate_dim, enc.model.config.similarity_fn_name) == (16, "dot")
@@ -118,11 +139,11 @@ def test_the_parity_check_compares_cosines_of_a_model_that_does_not_normalize(tm
     import re
 
     src = _model_copy(tmp_path, normalize=False)
-    res = run_export("--model", str(src), "--out", str(tmp_path / "onnx"), "--no-optimize", "--parity-posts", "4")
+    res = export_here("--model", str(src), "--out", str(tmp_path / "onnx"), "--no-optimize", "--parity-posts", "4")
     assert res.returncode == 0, res.stderr
     low, mean = map(float, re.search(r"min cosine (\S+), mean (\S+) ", res.stdout).groups())
     assert 0.9999 <= low <= mean <= 1 + 1e-6
-    assert run_export("--model", str(src), "--out", str(tmp_path / "o"), "--min-cosine", "nan").returncode == 2
+    assert export_here("--model", str(src), "--out", str(tmp_path / "o"), "--min-cosine", "nan").returncode == 2
 
 
 def test_an_onnx_export_as_model_is_refused_naming_the_flag(tmp_path):
@@ -159,7 +180,7 @@ def test_a_killed_export_leaves_nothing_a_later_export_does_not_sweep(tmp_path):
     run.send_signal(signal.SIGKILL)
     run.wait()
     assert not out.exists() and [p for p in tmp_path.iterdir() if p.name.startswith(".")]
-    res = run_export("--model", "base", "--out", str(out), "--no-optimize", "--parity-posts", "4")
+    res = export_here("--model", "base", "--out", str(out), "--no-optimize", "--parity-posts", "4")
     assert res.returncode == 0, res.stderr
     assert [p.name for p in tmp_path.iterdir()] == ["o"]
     assert {p.name for p in out.iterdir()} == {"model.onnx", "tokenizer.json", "postemb.json"}
