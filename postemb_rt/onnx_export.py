@@ -76,7 +76,20 @@ def _hidden_states_module(model):
     return HiddenStates(model).eval()
 
 
-def export_onnx(model: ModelDir, out_dir: str | Path, optimize: bool = True,
+def _model_dir(model, arg: str) -> ModelDir:
+    """``model`` as a ModelDir: itself, or a registered name or folder read (``model_dir.resolve``)."""
+    from .errors import ValidationError
+    from .model_dir import resolve
+
+    if isinstance(model, ModelDir):
+        return model
+    if not isinstance(model, (str, Path)):
+        raise ValidationError(f"`{arg}` must be a ModelDir, a registered name or a folder. "
+                              f"Given: {type(model).__name__}.")
+    return resolve(model)
+
+
+def export_onnx(model: ModelDir | str | Path, out_dir: str | Path, optimize: bool = True,
                 pooling: str = DEFAULT_POOLING) -> ModelDir:
     """Write a self-contained ONNX model directory (model.onnx, tokenizer.json, postemb.json,
     and projection.safetensors for ``pooling="external"`` when the model has a projection) for ``model``
@@ -85,7 +98,7 @@ def export_onnx(model: ModelDir, out_dir: str | Path, optimize: bool = True,
 
     pooling: "graph" (pool, project, normalise inside the ONNX graph) or "external" (the
     graph ends at last_hidden_state; the runtime pools with the C++ kernel).
-    Returns the written directory, loaded."""
+    ``model``: a ModelDir, a registered name or a folder. Returns the written directory, loaded."""
     import torch
 
     from .errors import ValidationError
@@ -93,8 +106,10 @@ def export_onnx(model: ModelDir, out_dir: str | Path, optimize: bool = True,
 
     if pooling not in POOLINGS:
         raise ValidationError(f"`pooling` must be one of {POOLINGS}. Given: {pooling!r}.")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    model = _model_dir(model, "model")
+    if model.encoder_path is None:
+        raise ValidationError(f"`model` {str(model.path)!r} holds only an ONNX model ({model.config.onnx}): no encoder "
+                              "to export from. Fix: pass the model directory (or name) it was exported from.")
     torch_model = PostEmbModel.from_model_dir(model, attn_implementation="eager")
     head = torch_model.fused_head()
     if pooling == "external" and head is False:
@@ -108,6 +123,8 @@ def export_onnx(model: ModelDir, out_dir: str | Path, optimize: bool = True,
     else:
         exported, outputs = _hidden_states_module(torch_model), ["last_hidden_state"]
         axes = {"last_hidden_state": {0: "batch", 1: "sequence"}}
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     # tracing inputs: any ids the vocabulary holds (a small test model's may be tiny)
     ids = torch.tensor([[1, 5, 6, 2], [1, 7, 2, 0]], dtype=torch.int64)
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]], dtype=torch.int64)
@@ -307,7 +324,7 @@ def int8_smoothed_nodes(onnx_model) -> list[str]:
     return [n for n in int8_nodes(onnx_model) if n not in downs]
 
 
-def smooth_int8(fp32: ModelDir, calibration: list[str] | None = None) -> tuple:
+def smooth_int8(fp32: ModelDir | str | Path, calibration: list[str] | None = None) -> tuple:
     """Step 1 of both int8 recipes: (model, ranges). ``model``: the onnx.ModelProto of the float32
     ONNX directory ``fp32`` with :func:`int8_smoothed_nodes` smoothed (postemb_rt.int8_smooth,
     alpha INT8_SMOOTH_ALPHA) by per-channel activation maxima over the ``calibration`` posts
@@ -322,6 +339,7 @@ def smooth_int8(fp32: ModelDir, calibration: list[str] | None = None) -> tuple:
     from .errors import ValidationError
     from .tokenization import PostTokenizer
 
+    fp32 = _model_dir(fp32, "fp32")
     if fp32.onnx_path is None or fp32.config.precision != "fp32":
         raise ValidationError(f"`fp32` must be a float32 ONNX model directory. Given: {fp32.path} "
                               f"(onnx {fp32.config.onnx!r}, precision {fp32.config.precision!r}).")
@@ -347,17 +365,19 @@ def _copy_dir_files(fp32: ModelDir, out: Path, precision: str) -> ModelDir:
     return load_model_dir(out)
 
 
-def quantize_int8(fp32: ModelDir, out_dir: str | Path, calibration: list[str] | None = None) -> ModelDir:
+def quantize_int8(fp32: ModelDir | str | Path, out_dir: str | Path, calibration: list[str] | None = None) -> ModelDir:
     """Write an int8 copy of the float32 ONNX model directory ``fp32`` into ``out_dir``: the
     onnxruntime backend's int8 (recipe INT8_RECIPE).
 
     1. :func:`smooth_int8` with the ``calibration`` posts.
     2. ONNX Runtime dynamic quantization (int8 weights per output channel, activations quantized
        per batch at run time) of :func:`int8_nodes`; the rest stays float32.
-    ``postemb.json`` says ``"precision": "int8"``; its fidelity is measured by the caller."""
+    ``fp32``: a ModelDir or its folder. ``postemb.json`` says ``"precision": "int8"``; its fidelity is
+    measured by the caller."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    fp32 = _model_dir(fp32, "fp32")
     model, _ = smooth_int8(fp32, calibration)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -376,13 +396,15 @@ def quantize_int8(fp32: ModelDir, out_dir: str | Path, calibration: list[str] | 
 STATIC_RANGES_FILE = "int8_ranges.json"
 
 
-def smoothed_for_static_int8(fp32: ModelDir, out_dir: str | Path, calibration: list[str] | None = None) -> ModelDir:
+def smoothed_for_static_int8(fp32: ModelDir | str | Path, out_dir: str | Path,
+                             calibration: list[str] | None = None) -> ModelDir:
     """Write what the openvino backend's int8 quantizes (postemb_rt.backends.openvino_backend.
     quantize_static) into ``out_dir``: :func:`smooth_int8` of ``fp32``'s graph (a float32 graph,
     ``"precision": "fp32"``) and ``int8_ranges.json``, {the name of the tensor each of
     :func:`int8_nodes` reads: the largest |value| it took over the ``calibration`` posts}."""
     import onnx
 
+    fp32 = _model_dir(fp32, "fp32")
     model, ranges = smooth_int8(fp32, calibration)
     reads = {n.name: n.input[0] for n in model.graph.node}  # after smoothing: the Mul's output
     out = Path(out_dir)
