@@ -20,9 +20,10 @@ With --precision int8 the float32 export is then quantized (postemb_rt.onnx_expo
 and its fidelity to float32 is measured on real posts (postemb_rt.fidelity: mean and minimum
 cosine, overlap@10 of nearest neighbours). Below the thresholds nothing is written to OUT and
 the exit code is 3, unless --force, which writes it marked as forced. The measured fidelity is
-stored in OUT/postemb.json, and Encoder.describe() reports it; its source names the onnxruntime
-version and the int8 kernels it was measured with ("MLAS u8s8-vnni" on CPUs with VNNI, exact int32
-sums; "u8s8-madd16" without, whose int16 pair sums can saturate): export on the kind of CPU that serves.
+stored in OUT/postemb.json, and Encoder.describe() reports it, with the onnxruntime version and
+the int8 kernels it was measured with (``numerics``: MLAS "u8s8-vnni" on CPUs with VNNI, exact int32
+sums; "u8s8-madd16" without, whose int16 pair sums can saturate). Loaded on the other kind of CPU,
+the folder's fidelity is still used, with a warning: export on the kind of CPU that serves.
 """
 from __future__ import annotations
 
@@ -138,6 +139,8 @@ def quantize_checked(fp32_dir: Path, out: Path, args) -> int:
     ``out`` only if it clears the bar (or --force): 0, or 3 (nothing written to ``out``)."""
     import dataclasses
 
+    import onnxruntime as ort
+
     from postemb_rt import Encoder, fidelity
     from postemb_rt.backends import backend_class
     from postemb_rt.model_dir import CONFIG_FILE, load_model_dir
@@ -148,9 +151,9 @@ def quantize_checked(fp32_dir: Path, out: Path, args) -> int:
             Encoder(int8, backend_class("onnxruntime")(int8, device="cpu", precision="int8"),
                     "export_onnx.py fidelity check") as cand:
         f = fidelity.measure_encoders(ref, cand, *fidelity.posts(args.fidelity_posts))
-    # MLAS's int8 dot product differs by CPU (postemb_rt.cpu.mlas_int8_kernels: exact int32 sums with VNNI,
-    # saturating int16 pair sums without): the folder says which one its fidelity was measured with
-    f = dataclasses.replace(f, source=f"{f.source}; {int8_kernels()}")
+    # MLAS's int8 dot product differs by CPU (exact int32 sums with VNNI, saturating int16 pair sums without):
+    # f.numerics names the one its fidelity was measured with, and the source onnxruntime's version
+    f = dataclasses.replace(f, source=f"{f.source}; onnxruntime {ort.__version__}")
     print(f"int8 fidelity: {f.summary()}; thresholds {fidelity.THRESHOLDS}")
     if not f.ok and not args.force:
         print(f"export_onnx: int8 fidelity below the bar ({'; '.join(f.failures())}). Fix: keep fp32, or pass "
@@ -165,15 +168,6 @@ def quantize_checked(fp32_dir: Path, out: Path, args) -> int:
     write_whole(int8.path, out)
     return 0
 
-
-def int8_kernels() -> str:
-    """The int8 matmuls the onnxruntime backend runs here, as the exported folder records them:
-    "int8 kernels: onnxruntime VERSION MLAS u8s8-vnni" (or u8s8-madd16)."""
-    import onnxruntime
-
-    from postemb_rt.cpu import mlas_int8_kernels
-
-    return f"int8 kernels: onnxruntime {onnxruntime.__version__} MLAS {mlas_int8_kernels()}"
 
 
 def check_out(out: Path, src: Path) -> None:

@@ -53,6 +53,9 @@ class Fidelity:
     posts: int
     source: str
     forced: bool = False  # written by export_onnx.py --force despite missing THRESHOLDS
+    # the candidate backend's numerics it was measured with (``Backend.numerics`` without its "-": onnxruntime
+    # int8's MLAS kernel, "u8s8-vnni" or "u8s8-madd16"); "": none, or not recorded (measured before 2026-12-06)
+    numerics: str = ""
 
     def failures(self) -> list[str]:
         """The thresholds this measurement misses, as readable strings (empty: it passes)."""
@@ -64,8 +67,9 @@ class Fidelity:
         return not self.failures()
 
     def summary(self) -> str:
+        kernels = f", measured with {self.numerics}" if self.numerics else ""
         return (f"mean cosine {self.mean_cos:.5f}, min {self.min_cos:.5f}, overlap@10 {self.overlap_at_10:.3f} "
-                f"on {self.posts} posts ({self.source})")
+                f"on {self.posts} posts ({self.source}{kernels})")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -143,6 +147,7 @@ def measure_encoders(reference, candidate, texts: list[str], source: str) -> Fid
     me = threading.get_ident()
     with dropped(log, lambda r: r.msg == TRUNCATED_WARNING and r.thread == me):
         f = measure(reference.encode(texts), candidate.encode(texts), source)
+    f = dataclasses.replace(f, numerics=candidate.backend.numerics.lstrip("-"))
     log.info("fidelity of %s to float32: %s (%.1f s)", candidate.backend.precision, f.summary(),
              time.perf_counter() - start)
     return f
@@ -231,6 +236,11 @@ def gate(encoder, backend_name: str, load_reference) -> Fidelity:
     stored = onnx_md.config.fidelity if onnx_md is not None else None
     if stored is not None:
         f = Fidelity.from_dict(stored)
+        here = encoder.backend.numerics.lstrip("-")
+        if f.numerics and f.numerics != here:  # onnxruntime int8: VNNI sums exactly, vpmaddubsw saturates
+            log.warning("%s: its int8 fidelity was measured with %s, and this CPU runs %s: the stored %s was not "
+                        "measured for these numbers. Fix: export it again (export/export_onnx.py --precision int8) "
+                        "on this kind of CPU.", onnx_md.path, f.numerics, here or "other numerics", f.summary())
     else:
         texts, source = posts()
         artefact = onnx_md.path.name if onnx_md is not None else ""  # the int8 cache entry names its recipe
