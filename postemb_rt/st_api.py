@@ -231,18 +231,18 @@ class SentenceTransformerAPI:
         """sentence-transformers' ``evaluate``: ``evaluator(self, output_path)``'s metrics (also in model_card_data)."""
         return evaluator(self, output_path)
 
-    def encode_query(self, texts, **kwargs):
-        """sentence-transformers' ``encode_query``: ``encode`` with the model's "query" prompt ("" if it
-        has none, which also skips the default prompt) unless ``prompt`` / ``prompt_name`` is given."""
+    def encode_query(self, texts=None, *args, **kwargs):
+        """sentence-transformers' ``encode_query``: ``encode`` (texts also as ``inputs=`` / ``sentences=``) with the
+        model's "query" prompt ("" if it has none: no default prompt) unless ``prompt`` / ``prompt_name`` is given."""
         if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None:
             kwargs["prompt_name"] = "query"
-        return self.encode(texts, **kwargs)
+        return self.encode(texts, *args, **kwargs)
 
-    def encode_document(self, texts, **kwargs):
+    def encode_document(self, texts=None, *args, **kwargs):
         """sentence-transformers' ``encode_document``: as ``encode_query`` with the "document" prompt."""
         if kwargs.get("prompt") is None and kwargs.get("prompt_name") is None:
             kwargs["prompt_name"] = "document"
-        return self.encode(texts, **kwargs)
+        return self.encode(texts, *args, **kwargs)
 
     def _st_inputs(self, texts, args: tuple, st_only: dict):
         """``encode``'s texts: its first argument, or sentence-transformers' ``sentences=`` / ``inputs=``.
