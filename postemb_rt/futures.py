@@ -23,13 +23,22 @@ class SchedulerThread:
 
 
 class BatcherFuture(Future):
-    """The concurrent.futures.Future of one batcher request. Its done-callbacks run on the batcher's
-    thread; ``result()`` or ``exception()`` there, for a request not computed yet, would wait for that
-    very thread for ever (and ``close()`` with it), so they raise RuntimeError instead."""
+    """The concurrent.futures.Future of one batcher request, or of several (``gather``: ``parts``). Its
+    done-callbacks run on a batcher's thread; ``result()`` or ``exception()`` there, for a request not
+    computed yet by that very thread, would wait for it for ever (and ``close()`` with it), so they raise
+    RuntimeError instead."""
 
-    def __init__(self, scheduler: SchedulerThread) -> None:
+    def __init__(self, scheduler: SchedulerThread | None = None, parts: tuple[Future, ...] = ()) -> None:
         super().__init__()
-        self._scheduler = scheduler
+        self._scheduler, self._parts = scheduler, parts
+
+    def _waits_for_this_thread(self) -> bool:
+        """Not done, and it (or a part not done yet) is computed by the calling thread's batcher."""
+        if self.done():
+            return False
+        if self._scheduler is not None and self._scheduler.ident == threading.get_ident():
+            return True
+        return any(isinstance(p, BatcherFuture) and p._waits_for_this_thread() for p in self._parts)
 
     def result(self, timeout=None):
         self._refuse_to_wait_for_itself("result")
@@ -40,7 +49,7 @@ class BatcherFuture(Future):
         return super().exception(timeout)
 
     def _refuse_to_wait_for_itself(self, method: str) -> None:
-        if self._scheduler.ident == threading.get_ident() and not self.done():
+        if self._waits_for_this_thread():
             raise RuntimeError(
                 f"{method}() was called on the batcher's own thread (in a done-callback) for a request not "
                 "computed yet: it would wait for ever, as this thread is the one computing it. Fix: chain the "
@@ -83,8 +92,9 @@ def own_copy(exc: BaseException) -> BaseException:
 
 def gather(parts: list[Future], build) -> Future:
     """A Future of ``build([f.result() for f in parts])``, failing with the first part's error.
-    Cancelling it cancels the parts (their queued posts are dropped, as for a plain request)."""
-    out: Future = Future()
+    Cancelling it cancels the parts (their queued posts are dropped, as for a plain request). Its
+    ``result()`` on a batcher's thread, while a part waits for that thread, raises as a part's would."""
+    out: Future = BatcherFuture(parts=tuple(parts))
     left = [len(parts)]
     lock = threading.Lock()
 
