@@ -78,6 +78,7 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
         self.max_batch_tokens = check_max_batch_tokens(max_batch_tokens, self.max_length) or backend.max_batch_tokens
         self.long_posts, self.max_chunks = lp.check_mode(long_posts), max_chunks
         self._set_max_length(self.max_length, chunk_overlap)
+        self._stats = threading.local()  # last_stats: each thread's own last encode call
         self.last_stats = EncodeStats()
         self._batcher: DynamicBatcher | None = None  # started by the first submit()/aencode()
         self._raw_batcher: DynamicBatcher | None = None  # chunk mode's windows: raw vectors, combined after
@@ -211,6 +212,15 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
         ``backend_name`` in float32)."""
         return fidelity.gate(self, backend_name, lambda: Encoder.from_pretrained(
             self.model.path, backend=backend_name, device="cpu", max_length=self.max_length))
+
+    @property
+    def last_stats(self) -> EncodeStats:
+        """What this thread's last ``encode`` call did (a thread that made none: the last call of any thread)."""
+        return getattr(self._stats, "value", None) or self._any_stats
+
+    @last_stats.setter
+    def last_stats(self, stats: EncodeStats) -> None:
+        self._stats.value = self._any_stats = stats
 
     @property
     def dim(self) -> int:

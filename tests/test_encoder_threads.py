@@ -45,3 +45,30 @@ def test_waiting_on_the_batchers_own_thread_raises_for_every_kind_of_submit(enc,
     got = _wait_in_a_done_callback(e, **kwargs)
     assert isinstance(got, RuntimeError) and "batcher's own thread" in str(got), got
     assert e.submit([LONG_POST], **kwargs).result(timeout=60).shape == (1, 16 if e is enc16 else 50)
+
+
+def test_last_stats_describe_the_calling_threads_own_last_encode(enc):
+    """``last_stats`` was one attribute for every thread: a thread that read it after its own encode got whichever
+    call ended last anywhere (here another thread's, whose ``truncated`` indices are not its posts'). Each thread
+    now reads its own last call; a thread that made none reads the last call of any thread."""
+    encoded, other_done, seen = threading.Event(), threading.Event(), []
+
+    def worker():
+        enc.encode(["a short post", LONG_POST, "another"])
+        encoded.set()
+        assert other_done.wait(60)
+        seen.append(enc.last_stats)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    assert encoded.wait(60)
+    enc.encode(["hi"])  # this thread's call ends after the worker's
+    other_done.set()
+    t.join(60)
+    assert (seen[0].posts, seen[0].truncated) == (3, [1])
+    assert (enc.last_stats.posts, enc.last_stats.truncated) == (1, [])
+    reader = []
+    t = threading.Thread(target=lambda: reader.append(enc.last_stats))  # no encode of its own
+    t.start()
+    t.join(60)
+    assert reader[0].posts == 1
