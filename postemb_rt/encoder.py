@@ -282,13 +282,18 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
         if getattr(texts, "ndim", None) == 0:  # a 0-d numpy array: not iterable, though it has __iter__
             hint = " A 0-d array holds one text. Fix: texts.item() for that text, or a 1-d array of texts."
         if hint or isinstance(texts, (bytes, bytearray)) or not hasattr(texts, "__iter__"):
+            hint = hint or (" Fix: pass the texts: encode(texts), or as `inputs=` / `sentences=`." if texts is None
+                            else " Fix: decode them to str first: texts.decode('utf-8')."
+                            if isinstance(texts, (bytes, bytearray)) else
+                            " Fix: pass a str or a list of str (str(x) for a number).")
             raise ValidationError(f"`texts` must be a str or a list of str. Given: {type(texts).__name__}.{hint}")
         texts = list(texts)
         for i, t in enumerate(texts):
             if not isinstance(t, str):
+                fix = (f"decode it: texts[{i}].decode('utf-8')" if isinstance(t, (bytes, bytearray)) else
+                       "pass every text as a str (str(x) for a number; drop or fill missing values: None, NaN)")
                 raise ValidationError(f"`texts[{i}]` must be str. Given: {type(t).__name__} ({repr(t)[:40]}). "
-                                      "Fix: pass every text as a str (str(x) for a number; drop or fill missing "
-                                      "values: None, NaN).")
+                                      f"Fix: {fix}.")
         return texts
 
     def _warn_truncated(self, cut: int, n: int, mode: str) -> None:

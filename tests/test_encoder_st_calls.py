@@ -51,3 +51,24 @@ def test_encode_query_and_document_refuse_positional_options_as_encode_does(enc,
         getattr(enc, method)(TEXTS, "query")
     with pytest.raises(ValidationError, match=r"`texts` must be a str or a list of str. Given: None"):
         getattr(enc, method)()
+
+
+@pytest.mark.parametrize("texts, fix", [
+    (None, r"Fix: pass the texts: encode\(texts\), or as `inputs=` / `sentences=`"),
+    (b"a post", r"Fix: decode them to str first: texts.decode\('utf-8'\)"),
+    (bytearray(b"a post"), r"Fix: decode them to str first"),
+    (42, r"Fix: pass a str or a list of str \(str\(x\) for a number\)"),
+])
+def test_texts_that_are_not_text_are_refused_with_the_fix(enc, texts, fix):
+    """The error named the type only: no fix for None (texts not passed), bytes (not decoded) or a number."""
+    for call in (enc.encode, enc.submit, enc.encode_query):
+        with pytest.raises(ValidationError, match=rf"`texts` must be a str or a list of str. Given: "
+                                                  rf"{type(texts).__name__}\. {fix}"):
+            call(texts)
+
+
+def test_a_bytes_item_is_refused_with_decode_as_the_fix(enc):
+    """``str(b'...')`` (the fix given for a number) would embed "b'...'": the fix for bytes is to decode them."""
+    with pytest.raises(ValidationError, match=r"`texts\[1\]` must be str. Given: bytes \(b'x'\). Fix: decode it: "
+                                              r"texts\[1\].decode\('utf-8'\)"):
+        enc.encode(["a post", b"x"])
