@@ -168,14 +168,14 @@ class SentenceTransformerAPI:
 
     truncate_sentence_embeddings = truncate_embeddings  # sentence-transformers' older name (deprecated there)
 
-    def _prefix(self, vectors):
-        """``submit``'s full vectors (n, dim) or (dim,) -> their ``truncate_dim`` prefix, normalised again when the
-        model normalises (what ``encode`` returns at that prefix)."""
+    def _prefix(self, vectors, truncate_dim: int):
+        """``submit``'s full vectors (n, dim) or (dim,) -> their ``truncate_dim`` prefix (the one in force at the
+        submit), normalised again when the model normalises (what ``encode`` returns at that prefix)."""
         import numpy as np
 
         from .encode_options import truncate
 
-        rows = truncate(np.atleast_2d(vectors), self.truncate_dim, self.model.config.normalize)
+        rows = truncate(np.atleast_2d(vectors), truncate_dim, self.model.config.normalize)
         return rows[0] if vectors.ndim == 1 else rows
 
     @property

@@ -90,13 +90,13 @@ class SubmitAPI:
         OverloadedError (queue full: retry later), BatcherClosedError (after ``close()``).
         """
         check_timeout(timeout)  # before anything else: an empty request is refused alike
-        single = isinstance(texts, str)
+        single, k = isinstance(texts, str), self.truncate_dim  # k: the prefix now, not when the batch returns
         text = prompts.resolve(self.model.config, prompt=prompt, prompt_name=prompt_name)
         texts = prompts.apply(self._check_texts([texts] if single else texts), text)
         mode = lp.check_mode(long_posts or self.long_posts)
         if not texts:
             fut: Future = Future()
-            fut.set_result(np.empty((0, self.truncate_dim or self.dim), dtype=np.float32))
+            fut.set_result(np.empty((0, k or self.dim), dtype=np.float32))
             return fut
         if mode == "truncate":
             tok = self.tokenizer(texts, truncate=truncate)
@@ -112,7 +112,7 @@ class SubmitAPI:
                 if chunks.singles:
                     parts.append(self.batcher.submit(chunks.single_ids, timeout=timeout))
                 fut = gather(parts, lambda res: self._assemble(res, chunks, len(texts), single))
-        return fut if self.truncate_dim is None else gather([fut], lambda res: self._prefix(res[0]))
+        return fut if k is None else gather([fut], lambda res: self._prefix(res[0], k))
 
     def _assemble(self, results, chunks, n: int, single: bool) -> np.ndarray:
         out = np.empty((n, self.dim), dtype=np.float32)

@@ -72,3 +72,31 @@ def test_last_stats_describe_the_calling_threads_own_last_encode(enc):
     t.start()
     t.join(60)
     assert reader[0].posts == 1
+
+
+def test_a_submit_returns_the_prefix_in_force_when_it_was_made(enc16):
+    """``submit`` cut its vectors to the encoder's truncate_dim read when the batch came back, on the batcher's
+    thread: a future made inside ``truncate_embeddings(8)`` and computed after the block ended came back 16-d (and
+    one made before a block began, 8-d), so a caller's dim depended on when the model ran."""
+    release, calls = threading.Event(), []
+    embed = enc16.backend.embed
+
+    def held_embed(*args, **kwargs):  # the batcher computes only once the test lets it
+        calls.append(1)
+        assert release.wait(60)
+        return embed(*args, **kwargs)
+
+    enc16.backend.embed = held_embed
+    try:
+        enc16.start_batcher()  # binds held_embed
+        with enc16.truncate_embeddings(8):
+            inside = enc16.submit(["a post"])
+        outside = enc16.submit(["a post"])
+        with enc16.truncate_embeddings(32):
+            release.set()
+            got = inside.result(timeout=60), outside.result(timeout=60)
+    finally:
+        enc16.backend.embed = embed
+        release.set()
+    assert [g.shape for g in got] == [(1, 8), (1, 16)]
+    assert calls
