@@ -28,6 +28,7 @@ quantizes and converts. The rules (README "Encoding semantics"):
 from __future__ import annotations
 
 import numbers
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -123,6 +124,27 @@ def check_truncate_dim(model, truncate_dim) -> int | None:
             f"`truncate_dim` must be one of the dims this model was trained to embed in {dims} (its dim, and "
             f"{where}). Given: {truncate_dim!r}. Fix: use one of those{declare}.")
     return None if truncate_dim is None or truncate_dim == dims[-1] else truncate_dim
+
+
+@contextmanager
+def truncate_block(encoder, truncate_dim):
+    """``Encoder.truncate_embeddings``: ``encoder.truncate_dim`` is ``truncate_dim`` (None: the full dim, as in
+    sentence-transformers) while the block lasts. Blocks of several threads may end in any order: the last one
+    begun and not ended is in force, and once all have ended, the dim from before the first (restoring each block's
+    own "before" would leave the dim of a block already ended in force for ever)."""
+    block = [check_truncate_dim(encoder, encoder.dim if truncate_dim is None else truncate_dim)]  # one per block
+    blocks = encoder.__dict__.setdefault("_truncate_blocks", [])
+    with encoder._batcher_lock:
+        if not blocks:
+            encoder._truncate_before = encoder.truncate_dim
+        blocks.append(block)
+        encoder.truncate_dim = block[0]
+    try:
+        yield encoder
+    finally:
+        with encoder._batcher_lock:
+            del blocks[next(i for i, b in enumerate(blocks) if b is block)]
+            encoder.truncate_dim = blocks[-1][0] if blocks else encoder._truncate_before
 
 
 def resolve(encoder, *, prompt_name=None, prompt=None, normalize=None, normalize_embeddings=None, truncate_dim=None,

@@ -14,7 +14,6 @@ What an Encoder does not do is refused with ValidationError naming what to use i
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import ValidationError
@@ -153,18 +152,13 @@ class SentenceTransformerAPI:
 
     get_embedding_dimension = get_sentence_embedding_dimension
 
-    @contextmanager
     def truncate_embeddings(self, truncate_dim: int | None):
-        """sentence-transformers' context manager: inside it, ``encode`` and ``submit`` return the
-        ``truncate_dim`` prefix (None: the full dim) and ``vector_version`` says so."""
-        from .encode_options import check_truncate_dim
+        """sentence-transformers' context manager: inside it, ``encode`` and ``submit`` (of every thread, as in ST)
+        return the ``truncate_dim`` prefix (None: the full dim) and ``vector_version`` says so; blocks of several
+        threads may end in any order (``encode_options.truncate_block``)."""
+        from .encode_options import truncate_block
 
-        full = self.dim if truncate_dim is None else truncate_dim  # None: no truncation, as in sentence-transformers
-        before, self.truncate_dim = self.truncate_dim, check_truncate_dim(self, full)
-        try:
-            yield self
-        finally:
-            self.truncate_dim = before
+        return truncate_block(self, truncate_dim)
 
     truncate_sentence_embeddings = truncate_embeddings  # sentence-transformers' older name (deprecated there)
 

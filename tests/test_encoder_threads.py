@@ -100,3 +100,34 @@ def test_a_submit_returns_the_prefix_in_force_when_it_was_made(enc16):
         release.set()
     assert [g.shape for g in got] == [(1, 8), (1, 16)]
     assert calls
+
+
+def test_truncate_embeddings_blocks_of_two_threads_ending_out_of_order_restore_the_encoder(enc16):
+    """Each block restored the dim it found when it began: thread A enters 8, thread B enters 32, A ends (32 stays:
+    B's block), B ends and restored 8, A's dim, for ever after, so every later call of every thread got 8-d
+    vectors. As in sentence-transformers, a block sets the dim for every thread while it lasts; now the last block
+    begun and not ended is in force, and once all have ended, the encoder's own dim (16) again."""
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+    seen = {}
+
+    def a():
+        with enc16.truncate_embeddings(8):
+            a_in.set()
+            assert b_in.wait(60)
+        a_out.set()
+
+    def b():
+        assert a_in.wait(60)
+        with enc16.truncate_embeddings(32):
+            b_in.set()
+            assert a_out.wait(60)
+            seen["inside b after a ended"] = enc16.truncate_dim
+
+    threads = [threading.Thread(target=f) for f in (a, b)]
+    [t.start() for t in threads]
+    [t.join(60) for t in threads]
+    assert seen == {"inside b after a ended": 32}
+    assert enc16.truncate_dim == 16 and enc16.encode(["a post"]).shape == (1, 16)
+    with enc16.truncate_embeddings(8), enc16.truncate_embeddings(None):  # nested in one thread: as in ST
+        assert enc16.encode(["a post"]).shape == (1, 50)
+    assert enc16.truncate_dim == 16
