@@ -74,11 +74,12 @@ def test_last_stats_describe_the_calling_threads_own_last_encode(enc):
     assert reader[0].posts == 1
 
 
-def test_a_submit_returns_the_prefix_in_force_when_it_was_made(enc16):
+def test_a_submit_returns_the_prefix_in_force_when_it_was_made():
     """``submit`` cut its vectors to the encoder's truncate_dim read when the batch came back, on the batcher's
     thread: a future made inside ``truncate_embeddings(8)`` and computed after the block ended came back 16-d (and
     one made before a block began, 8-d), so a caller's dim depended on when the model ran."""
     release, calls = threading.Event(), []
+    enc16 = Encoder.from_pretrained("default", backend="onnxruntime", truncate_dim=16)  # its batcher not started
     embed = enc16.backend.embed
 
     def held_embed(*args, **kwargs):  # the batcher computes only once the test lets it
@@ -96,8 +97,8 @@ def test_a_submit_returns_the_prefix_in_force_when_it_was_made(enc16):
             release.set()
             got = inside.result(timeout=60), outside.result(timeout=60)
     finally:
-        enc16.backend.embed = embed
         release.set()
+        enc16.close()
     assert [g.shape for g in got] == [(1, 8), (1, 16)]
     assert calls
 
