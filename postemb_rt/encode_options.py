@@ -74,6 +74,31 @@ def check_device(encoder, device) -> None:
             f"between devices. Given: {device!r}. Fix: {fix}.")
 
 
+# sentence-transformers' constructor arguments that have no counterpart in Encoder.from_pretrained: what to do instead
+_HUB = "no model hub is read here: pass the registered name or the local folder"
+_ST_LOAD_ARGS = {
+    "trust_remote_code": "no remote code runs here (a folder whose modules need it is refused when loaded): drop it",
+    "cache_folder": "models load from a registered name or a local folder, and POSTEMB_CACHE sets where derived "
+                    "artefacts (ONNX exports, fidelity) are cached: drop it",
+    "revision": _HUB, "token": _HUB, "local_files_only": _HUB,
+    "model_kwargs": "precision= ('fp32', 'bf16', 'int8', 'auto') and backend= replace torch_dtype and friends",
+    "tokenizer_kwargs": "max_length= sets the tokens per post; the tokenizer is the folder's",
+    "config_kwargs": "the folder's config is used as it is: drop it",
+    "model_card_data": "drop it (no model card is written here)",
+}
+
+
+def refuse_load_args(kwargs: dict) -> None:
+    """TypeError for keyword arguments ``Encoder.from_pretrained`` does not take, naming the first and its fix
+    (a sentence-transformers constructor argument: what to pass instead)."""
+    if kwargs:
+        name = next(iter(kwargs))
+        st = name in _ST_LOAD_ARGS
+        raise TypeError(f"Encoder.from_pretrained() got an unexpected keyword argument {name!r}"
+                        f"{' (sentence-transformers takes it)' if st else ''}. Fix: "
+                        f"{_ST_LOAD_ARGS[name] if st else 'see help(Encoder.from_pretrained) for the arguments'}.")
+
+
 def allowed_dims(model) -> list[int]:
     """The dims a model embeds in: its own, and the prefixes it declares (``matryoshka_dims`` of its
     postemb.json, or of a sentence-transformers folder's config_sentence_transformers.json), ascending.

@@ -105,8 +105,9 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
                         max_batch_tokens: int | None = None, warmup: bool = True, long_posts: str = "truncate",
                         chunk_overlap: int | None = None, max_chunks: int = lp.DEFAULT_MAX_CHUNKS,
                         truncate_dim: int | None = None, similarity_fn_name=None, prompts: dict | None = None,
-                        default_prompt_name: str | None = None) -> "Encoder":
-        """Load a model.
+                        default_prompt_name: str | None = None, **unknown) -> "Encoder":
+        """Load a model. Another keyword (e.g. sentence-transformers' ``trust_remote_code``) is a TypeError naming
+        what to pass instead.
 
         name_or_path: "default" (the shipped post-embedding model), "base" (the pre-trained
             encoder, all-MiniLM-L6-v2), or a model directory.
@@ -136,6 +137,7 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
             those names (others added), and the prompt ``encode`` / ``submit`` apply when a call names none
             (None: the model's default, if any); ``enc.prompts`` / ``enc.default_prompt_name`` then say them.
         """
+        eo.refuse_load_args(unknown)
         if precision not in PRECISIONS:
             raise ValidationError(f"`precision` must be one of {PRECISIONS}. Given: {precision!r}.")
         max_length, chunk_overlap, max_chunks = (eo.as_int(v) for v in (max_length, chunk_overlap, max_chunks))

@@ -72,3 +72,16 @@ def test_a_bytes_item_is_refused_with_decode_as_the_fix(enc):
     with pytest.raises(ValidationError, match=r"`texts\[1\]` must be str. Given: bytes \(b'x'\). Fix: decode it: "
                                               r"texts\[1\].decode\('utf-8'\)"):
         enc.encode(["a post", b"x"])
+
+
+@pytest.mark.parametrize("kwargs, fix", [({"trust_remote_code": True}, "no remote code runs here"),
+                                         ({"cache_folder": "/tmp/x"}, "POSTEMB_CACHE"),
+                                         ({"model_kwargs": {"torch_dtype": "bfloat16"}}, "precision="),
+                                         ({"token": "hf_x"}, "local folder"),
+                                         ({"max_seq_len": 64}, "help(Encoder.from_pretrained)")])
+def test_a_sentence_transformers_constructor_argument_gets_a_type_error_naming_what_to_pass(folder, kwargs, fix):
+    """SentenceTransformer(folder, trust_remote_code=True) copied as Encoder.from_pretrained(...) got Python's bare
+    'unexpected keyword argument', with nothing on what this runtime takes instead."""
+    with pytest.raises(TypeError, match=rf"unexpected keyword argument '{next(iter(kwargs))}'") as err:
+        Encoder.from_pretrained(folder, backend="torch", **kwargs)
+    assert f"Fix: {fix}" in str(err.value) or fix in str(err.value).split("Fix: ")[1]
