@@ -113,21 +113,30 @@ def test_unreadable_file_fails_alone_and_is_named(tmp_path, capsys):
 
 
 # -- on Ray -----------------------------------------------------------------------------------
-def test_backfill_output_rows_ids_and_vectors_match_encode(tmp_path, ray_local, default_encoder):
-    truth = write_parquet_set(tmp_path / "posts")
-    report = bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=2, rows_per_split=8)
+@pytest.fixture(scope="module")
+def backfilled(tmp_path_factory, ray_local):
+    """One finished backfill of write_parquet_set (3 files, 2 workers, splits of 8 rows): (input folder,
+    output folder, {id: text}, report). Tests only read it, or change a copy (shutil.copytree keeps mtimes)."""
+    root = tmp_path_factory.mktemp("backfilled")
+    truth = write_parquet_set(root / "posts")
+    report = bf.backfill(root / "posts", root / "emb", num_workers=2, rows_per_split=8)
+    return root / "posts", root / "emb", truth, report
+
+
+def test_backfill_output_rows_ids_and_vectors_match_encode(backfilled, default_encoder):
+    _, emb, truth, report = backfilled
     assert (report.files_committed, report.rows_embedded, report.rows_bad) == (3, len(truth), 0)
     assert report.splits_run > 3 and report.workers == 2
-    ids, vectors, table = read_output(tmp_path / "emb")
+    ids, vectors, table = read_output(emb)
     assert sorted(ids) == sorted(truth) and len(ids) == len(truth)
     assert table.schema.field("embedding").type == pa.list_(pa.float32(), 50)
     assert set(table.column("model_version").to_pylist()) == {default_encoder.model_version}
     expected = default_encoder.encode([truth[i] for i in ids])
     assert_exact(vectors, expected)
     # the output mirrors the input tree, one folder per input file, each with its counts
-    meta = json.loads((tmp_path / "emb" / "sub" / "posts-0.parquet" / bf.SUCCESS).read_text())
+    meta = json.loads((emb / "sub" / "posts-0.parquet" / bf.SUCCESS).read_text())
     assert meta["rows"] == len(POSTS) // 3 and meta["bad_rows"] == 0
-    assert not (tmp_path / "emb" / bf.STAGING).exists()  # an empty staging folder is removed at the end
+    assert not (emb / bf.STAGING).exists()  # an empty staging folder is removed at the end
 
 
 def test_cli_backfill_jsonl_sends_bad_rows_to_errors_file_with_reason(tmp_path, ray_local, capsys):
@@ -200,13 +209,16 @@ def test_rerun_after_interruption_skips_finished_files_and_writes_no_duplicates(
     assert sorted(read_output(tmp_path / "emb")[0]) == sorted(ids)
 
 
-def test_changed_input_file_is_not_silently_reembedded(tmp_path, ray_local, caplog):
-    write_parquet_set(tmp_path / "posts", n_files=1)
-    bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=1)
+def test_changed_input_file_is_not_silently_reembedded(tmp_path, backfilled, caplog):
+    import shutil
+
+    src, emb, _, _ = backfilled
+    shutil.copytree(src, tmp_path / "posts")  # a copy of a finished backfill, every mtime as it was embedded
+    shutil.copytree(emb, tmp_path / "emb")
     path = tmp_path / "posts" / "sub" / "posts-0.parquet"
     os.utime(path, ns=(path.stat().st_atime_ns, path.stat().st_mtime_ns + 10**9))
     report = bf.backfill(tmp_path / "posts", tmp_path / "emb", num_workers=1)
-    assert report.files_skipped == 1 and report.splits_run == 0
+    assert report.files_skipped == 3 and report.splits_run == 0  # the changed file as well as the other two
     assert "changed since it was embedded" in caplog.text
 
 
