@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.server.conftest import API_KEY, ServerProc, ready_until_done, require_serve_extra, serve_argv
+from tests.server.conftest import API_KEY, ServerProc, require_serve_extra, serve_argv
 
 httpx = require_serve_extra()
 
@@ -26,10 +26,28 @@ def _low_fd_limit():
 
 
 @pytest.fixture(scope="module")
-def abuse_server():
-    argv = serve_argv("--max-concurrent-requests", "2", "--header-timeout", str(HEADER_TIMEOUT_S),
-                      "--body-timeout", str(BODY_TIMEOUT_S), "--keep-alive-timeout", str(KEEP_ALIVE_S))
-    yield from ready_until_done(ServerProc(argv, env={"POSTEMB_API_KEY": API_KEY}, preexec_fn=_low_fd_limit))
+def servers():
+    """This module's two servers, started together: a server prints its address before it loads its
+    model, so each loads while the other does. "abuse" (max_concurrent_requests 2, the timeouts above,
+    1,024 files) and "unread" (max_connections 5, for the clients that never read). Both are waited
+    for (GET /ready), then stopped with SIGTERM at the module's end, each checked to exit 0."""
+    abuse = serve_argv("--max-concurrent-requests", "2", "--header-timeout", str(HEADER_TIMEOUT_S),
+                       "--body-timeout", str(BODY_TIMEOUT_S), "--keep-alive-timeout", str(KEEP_ALIVE_S))
+    started = {"abuse": ServerProc(abuse, env={"POSTEMB_API_KEY": API_KEY}, preexec_fn=_low_fd_limit)}
+    try:
+        started["unread"] = ServerProc(serve_argv("--max-connections", "5", "--body-timeout", str(BODY_TIMEOUT_S)))
+        for srv in started.values():
+            srv.wait_ready()
+        yield started
+    finally:
+        codes = {name: srv.stop() for name, srv in started.items()}
+    for name, rc in codes.items():
+        assert rc == 0, f"postemb serve ({name}) exited {rc} after SIGTERM: {''.join(started[name].lines)[-3000:]}"
+
+
+@pytest.fixture(scope="module")
+def abuse_server(servers):
+    return servers["abuse"]
 
 
 def _port(srv) -> int:
@@ -205,40 +223,39 @@ def test_keep_alive_timeout_holds_idle_connections_past_the_header_timeout_then_
         slow.close()
 
 
-def test_clients_that_never_read_their_answers_cannot_hold_every_connection():
+def test_clients_that_never_read_their_answers_cannot_hold_every_connection(servers):
     """At max_connections 5, five clients each pipeline six requests with ~1 MB answers and read
     nothing (more than the kernel's socket buffers hold): their connections show as stalled, /health
     still answers (a stalled connection is evicted for it), and after body_timeout_s every stalled
     one is closed (send_timeout). Before, they held every connection until they left, and every new
     one, probes included, got 503."""
-    argv = serve_argv("--max-connections", "5", "--body-timeout", str(BODY_TIMEOUT_S))
     body = '{"input": [' + ",".join(['"x"'] * 128) + "]}"  # 128 x 384 floats: about 1 MB of JSON back
     request = (f"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                f"Content-Length: {len(body)}\r\n\r\n{body}").encode()
-    for srv in ready_until_done(ServerProc(argv)):
-        port, stalled = _port(srv), []
-        try:
-            for _ in range(5):
-                s = socket.socket()
-                s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
-                s.connect(("127.0.0.1", port))
-                s.sendall(request * 6)
-                stalled.append(s)
-            deadline = time.monotonic() + 30  # a scrape takes a slot: it evicts one of the five once all stall
-            while _metric(srv, "postemb_http_connections_stalled") < 4:
-                assert time.monotonic() < deadline, "the clients' answers never stalled"
-                time.sleep(0.2)
-            probe = httpx.get(srv.url + "/health", timeout=5, headers={"Connection": "close"})
-            assert probe.status_code == 200, probe.text[:300]
-            assert _metric(srv, "postemb_http_connections_closed_total", reason="evicted") >= 1
-            deadline = time.monotonic() + BODY_TIMEOUT_S + 10
-            while _metric(srv, "postemb_http_connections_closed_total", reason="send_timeout") < 1:
-                assert time.monotonic() < deadline, "no stalled connection was closed after body_timeout_s"
-                time.sleep(0.5)
-            deadline = time.monotonic() + BODY_TIMEOUT_S + 10
-            while _metric(srv, "postemb_http_connections") > 1 or _metric(srv, "postemb_http_connections_stalled"):
-                assert time.monotonic() < deadline, "stalled connections are still open"  # 1: the scrape's own
-                time.sleep(0.5)
-        finally:
-            for s in stalled:
-                s.close()
+    srv = servers["unread"]  # max_connections 5, body_timeout_s BODY_TIMEOUT_S
+    port, stalled = _port(srv), []
+    try:
+        for _ in range(5):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+            s.connect(("127.0.0.1", port))
+            s.sendall(request * 6)
+            stalled.append(s)
+        deadline = time.monotonic() + 30  # a scrape takes a slot: it evicts one of the five once all stall
+        while _metric(srv, "postemb_http_connections_stalled") < 4:
+            assert time.monotonic() < deadline, "the clients' answers never stalled"
+            time.sleep(0.2)
+        probe = httpx.get(srv.url + "/health", timeout=5, headers={"Connection": "close"})
+        assert probe.status_code == 200, probe.text[:300]
+        assert _metric(srv, "postemb_http_connections_closed_total", reason="evicted") >= 1
+        deadline = time.monotonic() + BODY_TIMEOUT_S + 10
+        while _metric(srv, "postemb_http_connections_closed_total", reason="send_timeout") < 1:
+            assert time.monotonic() < deadline, "no stalled connection was closed after body_timeout_s"
+            time.sleep(0.5)
+        deadline = time.monotonic() + BODY_TIMEOUT_S + 10
+        while _metric(srv, "postemb_http_connections") > 1 or _metric(srv, "postemb_http_connections_stalled"):
+            assert time.monotonic() < deadline, "stalled connections are still open"  # 1: the scrape's own
+            time.sleep(0.5)
+    finally:
+        for s in stalled:
+            s.close()
