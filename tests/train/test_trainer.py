@@ -7,6 +7,10 @@ import pytest
 from postemb_rt.train import tasks as T
 from postemb_rt.train.config import TrainConfig, schedule, task_schedule_counts
 
+# the short runs below compare runs with each other, never the probe loss (test_smoke_training_loss_falls
+# checks it): no probe, which took most of each short run's time (its pairs encoded before and after)
+NO_PROBE = {"probe_pairs": 0}
+
 
 def test_smoke_training_loss_falls(smoke_model):
     _, summary = smoke_model
@@ -130,7 +134,7 @@ def test_mixed_task_batches_keep_each_tasks_pairs_and_spread_them_over_the_steps
         TrainConfig(task_batches="per-step").validate()
     with pytest.raises(ValidationError, match="`task_batches` 'mixed' .* needs `loss` 'bce'"):
         TrainConfig(task_batches="mixed", loss="contrastive").validate()
-    cfg = dict(SMOKE, steps=4, log_every=2)
+    cfg = dict(SMOKE, steps=4, log_every=2, **NO_PROBE)
     a = train(TrainConfig(data=str(tiny_data), **cfg), tmp_path / "a", progress=lambda m: None)
     b = train(TrainConfig(data=str(tiny_data), task_batches="mixed", **cfg), tmp_path / "b", progress=lambda m: None)
     assert b["pairs_seen"] == a["pairs_seen"] and np.isfinite(b["loss_curve"][-1]["loss"])
@@ -143,7 +147,7 @@ def test_per_task_calibration_gives_each_task_its_scale_and_leaves_single_task_r
 
     with pytest.raises(ValidationError, match="`calibration` in .* must be 'shared' or 'per_task'. Given: 'task'"):
         TrainConfig(calibration="task").validate()
-    cfg = dict(SMOKE, steps=6, log_every=3, task_batches="mixed")
+    cfg = dict(SMOKE, steps=6, log_every=3, task_batches="mixed", **NO_PROBE)
     multi = train(TrainConfig(data=str(tiny_data), calibration="per_task", **cfg), tmp_path / "m", progress=lambda m: None)
     scales, offsets = multi["final_scale"], multi["final_offset"]
     assert set(scales) == set(offsets) == set(T.TASKS)
@@ -165,7 +169,7 @@ def test_task_balance_gives_every_task_the_same_total_weight_and_leaves_single_t
 
     with pytest.raises(ValidationError, match="`task_balance` in .* must be 'pairs' or 'tasks'. Given: 'task'"):
         TrainConfig(task_balance="task").validate()
-    cfg = dict(SMOKE, steps=10, log_every=5, task_batches="mixed")
+    cfg = dict(SMOKE, steps=10, log_every=5, task_batches="mixed", **NO_PROBE)
     pairs = train(TrainConfig(data=str(tiny_data), **cfg), tmp_path / "p", progress=lambda m: None)
     tasks = train(TrainConfig(data=str(tiny_data), task_balance="tasks", **cfg), tmp_path / "t", progress=lambda m: None)
     assert pairs["task_balance"] == {t: 1.0 for t in pairs["pairs_seen"] if pairs["pairs_seen"][t]}
@@ -234,7 +238,7 @@ def test_task_weight_scales_the_task_loss_and_must_be_positive(tiny_data, tmp_pa
 
     with pytest.raises(ValidationError, match="`task_weight` .* must be > 0.*Given: 0.0"):
         TrainConfig(task_weight=0.0).validate()
-    cfg = dict(SMOKE, steps=1, log_every=1)
+    cfg = dict(SMOKE, steps=1, log_every=1, **NO_PROBE)
     full = train(TrainConfig(data=str(tiny_data), **cfg), tmp_path / "a", progress=lambda m: None)
     half = train(TrainConfig(data=str(tiny_data), task_weight=0.5, **cfg), tmp_path / "b", progress=lambda m: None)
     # same seed, same pairs, no distillation: the first step's loss is the task loss alone
@@ -250,7 +254,7 @@ def test_general_posts_stream_feeds_the_similarity_term(tiny_data, tmp_path):
     sd = T.load_split(tiny_data, "train")
     pool = general_posts(sd)
     assert len(pool) == len(sd.emoji) + len(sd.emotion) + len(sd.topic) + 2 * 40  # 40 STS train pairs
-    cfg = dict(SMOKE, steps=4, log_every=1, distill_weight=1.0)
+    cfg = dict(SMOKE, steps=4, log_every=1, distill_weight=1.0, **NO_PROBE)
     plain = train(TrainConfig(data=str(tiny_data), **cfg), tmp_path / "a", progress=lambda m: None)
     stream = train(TrainConfig(data=str(tiny_data), distill_posts=8, **cfg), tmp_path / "b", progress=lambda m: None)
     assert stream["config"]["distill_posts"] == 8
