@@ -66,6 +66,7 @@ HNSW_M = 32
 HNSW_EF_CONSTRUCTION = 80
 HNSW_EF_SEARCH = 128
 IVF_NPROBE = 64
+TIE_FETCH_MAX = 1024  # HNSW/IVF: most posts fetched past the k-th while they tie it (a text reposted 100,000 times)
 
 
 def choose_kind(n: int) -> str:
@@ -309,12 +310,12 @@ class PostIndex:
                 return faiss.SearchParametersHNSW(efSearch=max(self.ef_search, fetch))
             return faiss.SearchParametersIVF(nprobe=min(self.nprobe, self.nlist)) if self.kind == "ivf" else None
         if not self.binary:
-            # an ANN index keeps the equal scores it met first in its graph or lists: one more is fetched, and
-            # while that one ties the k-th, twice as many, so the cut keeps the first added (flat: already so)
-            fetch = fetch if self.kind == "flat" else min(k + 1, n)
+            # an ANN index keeps the equal scores it met first: one more is fetched, and while that one ties the k-th
+            # twice as many (up to TIE_FETCH_MAX past it), so the cut keeps the first added (flat: already so)
+            fetch, most = (fetch, fetch) if self.kind == "flat" else (min(k + 1, n), min(k + TIE_FETCH_MAX, n))
             scores, pos = self.index.search(q, fetch, params=params(fetch))
-            while fetch < n and ((pos[:, -1] >= 0) & (scores[:, -1] == scores[:, k - 1])).any():
-                fetch = min(2 * fetch, n)
+            while fetch < most and ((pos[:, -1] >= 0) & (scores[:, -1] == scores[:, k - 1])).any():
+                fetch = min(2 * fetch, most)
                 scores, pos = self.index.search(q, fetch, params=params(fetch))
             return padded(scores, pos, k)
         hamming, pos = self.index.search(self._codes(q), fetch, params=params(fetch))

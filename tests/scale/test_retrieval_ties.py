@@ -29,3 +29,20 @@ def test_a_cut_through_equal_scores_keeps_the_first_added(params):
             assert [h.id for h in row] == [f"p{i}" for i in REPOSTS[:k]]
     hits = idx.search(x[0], 2, exclude={"p5"})[0]
     assert [h.id for h in hits] == ["p0", "p100"]
+
+
+def test_the_tie_fetch_stops_at_its_cap(monkeypatch):
+    """A text reposted by thousands of ids must not turn one query into a search of all of them: the fetch stops
+    TIE_FETCH_MAX past the k-th (here 4), and the hits are still k posts of the tied vector."""
+    from postemb_rt.retrieval import index as I
+
+    monkeypatch.setattr(I, "TIE_FETCH_MAX", 4)
+    x = with_reposts()
+    x[:600] = x[0]  # 600 posts of one vector
+    idx = PostIndex.build([f"p{i}" for i in range(len(x))], x, kind="hnsw")
+    fetched = []
+    search = idx.index.search
+    monkeypatch.setattr(idx.index, "search", lambda q, n, params=None: fetched.append(n) or search(q, n, params=params))
+    hits = idx.search(x[0], 3)[0]
+    assert len(hits) == 3 and all(h.score == pytest.approx(1.0) for h in hits)
+    assert fetched == [4, 7]  # k + 1, then capped at k + TIE_FETCH_MAX
