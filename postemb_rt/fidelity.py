@@ -176,7 +176,9 @@ def _verified(d) -> tuple[Fidelity | None, str]:
     """(the Fidelity of a verified cache entry's content, "") if it has a measurement's fields and
     ranges and is not ``forced`` (only an exported artefact can be); else (None, why)."""
     names = {f.name for f in dataclasses.fields(Fidelity)}
-    ok = (isinstance(d, dict) and set(d) == names and _number(d["mean_cos"], -1.0001, 1.0001)
+    # an entry sealed before ``numerics`` existed holds every other field (its key names the numerics already)
+    ok = (isinstance(d, dict) and set(d) in (names, names - {"numerics"})
+          and isinstance(d.get("numerics", ""), str) and _number(d["mean_cos"], -1.0001, 1.0001)
           and _number(d["min_cos"], -1.0001, 1.0001) and _number(d["overlap_at_10"], 0, 1)
           and isinstance(d["posts"], int) and not isinstance(d["posts"], bool) and d["posts"] > 0
           and isinstance(d["source"], str) and d["forced"] is False)

@@ -176,5 +176,17 @@ def test_a_wrong_shape_moved_or_forged_fidelity_entry_is_measured_again(cache, c
     assert fidelity.cached("k", _compute(calls)) == GOOD and len(calls) == 1  # the new entry is trusted
 
 
+def test_an_entry_sealed_before_numerics_existed_is_trusted(cache, caplog):
+    """Fidelity.numerics came later: every entry of an upgraded cache was called untrusted and measured again."""
+    d = {"mean_cos": 0.999, "min_cos": 0.99, "overlap_at_10": 0.95, "posts": 1200, "source": "before", "forced": False}
+    path = fidelity.entry_path("k")
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"key": "k", "fidelity": d, "sha256": durable.seal("k", "fidelity", d)}))
+    calls = []
+    with caplog.at_level(logging.WARNING, logger="postemb_rt"):
+        assert fidelity.cached("k", _compute(calls)) == Fidelity(**d)
+    assert not calls and "not trusted" not in caplog.text
+
+
 def test_texts_key_tells_apart_lists_a_join_would_confuse():
     assert fidelity.texts_key(["a\x00b"]) != fidelity.texts_key(["a", "b"])
