@@ -286,6 +286,18 @@ def test_export_tool_refuses_a_low_fidelity_int8_model_unless_forced(tmp_path, m
     with pytest.raises(ValidationError, match="holds an int8 ONNX model"):
         Encoder.from_pretrained(tmp_path / "ok", precision="fp32")
 
+    # the same fp32 graph quantizes to the same int8 graph: the runs below reuse the first's (seconds each)
+    from postemb_rt import onnx_export
+    from postemb_rt.model_dir import load_model_dir
+
+    shutil.copytree(tmp_path / "ok", tmp_path / "int8-once")
+
+    def quantized_once(md, out):
+        shutil.rmtree(out, ignore_errors=True)  # a refused run leaves its int8 there, as quantize_int8 overwrites
+        shutil.copytree(tmp_path / "int8-once", out)
+        return load_model_dir(out)
+
+    monkeypatch.setattr(onnx_export, "quantize_int8", quantized_once)
     monkeypatch.setitem(fidelity.THRESHOLDS, "overlap_at_10", 1.01)
     assert tool.quantize_checked(fp32, tmp_path / "refused", args) == 3
     assert not (tmp_path / "refused").exists()
