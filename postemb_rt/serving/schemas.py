@@ -262,7 +262,14 @@ class SimilarityInputs(BaseModel):
         if isinstance(value, str):  # as TEI: a list always (one string would be scored alone, likely a mistake)
             raise ApiError(422, f"`inputs.sentences` must be a list of strings. Given: string {given(value)}. Fix: "
                                 "send [\"...\"].", param="inputs.sentences", code="invalid_type")
-        return check_texts(value, "inputs.sentences", _cfg(info))
+        cfg = _cfg(info)
+        if isinstance(value, list) and len(value) >= cfg.max_inputs:  # the source sentence counts too
+            raise ApiError(413, f"`inputs` holds {len(value) + 1} sentences (source_sentence and sentences), more "
+                                f"than max_inputs ({cfg.max_inputs}). Fix: split the request into requests of at most "
+                                f"{cfg.max_inputs - 1} sentences (client), or start the server with a higher "
+                                "--max-inputs (operator).", param="inputs.sentences", code="max_inputs",
+                           limit=cfg.max_inputs, given=len(value) + 1)
+        return check_texts(value, "inputs.sentences", cfg)
 
 
 class SimilarityParameters(BaseModel):

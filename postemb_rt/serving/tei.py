@@ -193,14 +193,8 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
         try:
             async with admission(request) as body:
                 req = parse(SimilarityRequest, json_object(body), cfg)
+                # at most max_inputs sentences in all, the source counted (schemas.SimilarityInputs)
                 texts, p = [req.inputs.source_sentence, *req.inputs.sentences], req.parameters or SimilarityParameters()
-                if len(texts) > cfg.max_inputs:
-                    raise ApiError(413, f"`inputs` holds {len(texts)} sentences (source_sentence and sentences), "
-                                        f"more than max_inputs ({cfg.max_inputs}). Fix: split the request into "
-                                        f"requests of at most {cfg.max_inputs - 1} sentences (client), or start the "
-                                        "server with a higher --max-inputs (operator).",
-                                   param="inputs.sentences", code="max_inputs", limit=cfg.max_inputs,
-                                   given=len(texts))
                 truncate = AUTO_TRUNCATE if p.truncate is None else p.truncate
                 vecs, tokens, truncated = await rt.embed(
                     texts, "inputs", truncate=truncate, normalize=True, long_posts=cfg.long_posts,

@@ -421,3 +421,12 @@ def test_bad_token_ids_are_tei_errors_naming_the_input(client, server_encoder, i
     r = client.post("/embed", json={"inputs": inputs})
     assert r.status_code == status and r.json()["error_type"] == "Validation", r.text[:300]
     assert words in r.json()["error"], r.json()["error"]
+
+
+@pytest.mark.parametrize("n", [LIMITS["max_inputs"], LIMITS["max_inputs"] + 1])
+def test_similarity_over_max_inputs_is_told_a_split_that_fits(client, n):
+    """The source sentence counts toward max_inputs, so a request fits with max_inputs - 1 sentences; more than
+    max_inputs sentences were told to split into requests of max_inputs sentences, which are refused again."""
+    r = client.post("/similarity", json={"inputs": {"source_sentence": "a", "sentences": ["b"] * n}})
+    assert r.status_code == 413 and r.json()["error_type"] == "Validation", r.text[:300]
+    assert f"at most {LIMITS['max_inputs'] - 1} sentences" in r.json()["error"], r.json()["error"]
