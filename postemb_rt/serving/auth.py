@@ -26,6 +26,7 @@ REQUEST_ID = REQUEST_ID_HEADER.lower().encode()
 
 
 CLOSE = {"Connection": "close"}  # answers sent before the body was read: the connection cannot be reused
+DRAIN_MAX_BYTES = 64 << 20  # a refused body is read and dropped up to this much before the close (see _dropping_body)
 
 
 class Admission:
@@ -66,12 +67,16 @@ class Admission:
             self.buffered -= len(body)
 
     async def _read(self, request) -> bytes:
-        _check_json(request.headers)
+        try:
+            _check_json(request.headers)
+        except ApiError as exc:
+            raise await self._dropping_body(request, exc) from None
         limit = self.cfg.max_body_bytes
         cl = request.headers.get("content-length")
         if cl is not None and cl.isdigit() and int(cl) > limit:
-            raise ApiError(413, f"The request body is {int(cl)} bytes, more than max_body_bytes ({limit}).{BODY_FIX}",
-                           param="body", code="max_body_bytes", limit=limit, given=int(cl), headers=CLOSE)
+            raise await self._dropping_body(request, ApiError(
+                413, f"The request body is {int(cl)} bytes, more than max_body_bytes ({limit}).{BODY_FIX}",
+                param="body", code="max_body_bytes", limit=limit, given=int(cl), headers=CLOSE)) from None
         chunks, size = [], 0
 
         async def pull():
@@ -97,10 +102,41 @@ class Admission:
             raise ApiError(408, f"The request body did not arrive within body_timeout_s ({self.cfg.body_timeout_s:g} "
                                 f"s); {size} bytes came.", param="body", code="body_timeout",
                            limit=self.cfg.body_timeout_s, given=size, headers=CLOSE) from None
+        except ApiError as exc:  # 413 or 429 in the middle of the body
+            self.buffered -= size
+            raise await self._dropping_body(request, exc) from None
         except BaseException:
             self.buffered -= size
             raise
         return b"".join(chunks)
+
+    async def _dropping_body(self, request, error: ApiError) -> ApiError:
+        """``error``, an answer before the body was read whole (so the connection closes), once the rest of the body
+        has been read and dropped: within body_timeout_s and DRAIN_MAX_BYTES, and not for a client that waits for
+        ``100 Continue`` before sending it. Closed while the client still sends, its kernel gets a reset and loses
+        the answer: the async openai and huggingface_hub clients raised a connection error for a 413, and
+        AsyncOpenAI sent the whole body twice more (nginx reads such a body for the same reason)."""
+        declared = request.headers.get("content-length", "")
+        if (request.headers.get("expect", "").lower() == "100-continue" and not getattr(request, "_stream_consumed",
+                                                                                      False)) or \
+                (declared.isdigit() and int(declared) > DRAIN_MAX_BYTES):
+            return error
+
+        async def drop() -> None:
+            left = DRAIN_MAX_BYTES
+            while left > 0:
+                message = await request.receive()
+                if message["type"] != "http.request":
+                    return
+                left -= len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    return
+
+        try:
+            await asyncio.wait_for(drop(), self.cfg.body_timeout_s)
+        except asyncio.TimeoutError:
+            pass
+        return error
 
 
 # A request still running this long starts watching its connection. Most one-post requests are answered
