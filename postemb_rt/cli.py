@@ -126,7 +126,10 @@ def _version() -> str:
         return "unknown (not installed)"
 
 
-def build_parser(environ=None) -> argparse.ArgumentParser:
+def build_parser(environ=None, refuse_for=ENV_COMMANDS) -> argparse.ArgumentParser:
+    """The ``postemb`` parser, the deployed commands' defaults read from ``environ``. A variable that
+    does not parse raises ValidationError only for a command in ``refuse_for`` (the one being run):
+    a bad $POSTEMB_PORT is serve's error, not that of `postemb embed` or `postemb --version`."""
     parser = Parser(prog="postemb", description="Post embeddings: embed, serve, evaluate.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     parser.add_argument("--version", action="version", version=f"postemb {_version()}")
@@ -140,8 +143,23 @@ def build_parser(environ=None) -> argparse.ArgumentParser:
                  for a in sub.choices[name]._actions
                  if (longs := [o for o in a.option_strings if o.startswith("--")]) and _is_list(a)}
     for name in ENV_COMMANDS:
-        apply_env_defaults(sub.choices[name], environ, list_vars)
+        try:
+            apply_env_defaults(sub.choices[name], environ, list_vars)
+        except ValidationError:
+            if name in refuse_for:
+                raise
     return parser
+
+
+def _command_word(argv: list[str]) -> str | None:
+    """The command ``argv`` names (its first word that is not an option of ``postemb`` or its value)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--log-format":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
 
 
 ARGUMENT_FLAGS = {"name_or_path": "model"}  # a library argument whose flag has another name
@@ -234,12 +252,12 @@ def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespa
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     try:
-        parser = build_parser()
-    except ValidationError as exc:  # a POSTEMB_* variable that does not parse
+        parser = build_parser(refuse_for=(_command_word(argv),))
+    except ValidationError as exc:  # a POSTEMB_* variable of this command that does not parse
         print(f"postemb: error: {exc}", file=sys.stderr)
         return 2
-    argv = sys.argv[1:] if argv is None else argv
     args = _parse(parser, argv)
     if args.log_format not in ("text", "json"):
         parser.error(f"$POSTEMB_LOG_FORMAT must be 'text' or 'json'. Given: {args.log_format!r}.")
