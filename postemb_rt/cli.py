@@ -202,10 +202,11 @@ def _os_message(exc: Exception) -> str:
     inside the cache, the cache's fix (:func:`_cache_hint`) instead of the general one."""
     if not isinstance(exc, OSError) or exc.strerror is None:
         return str(exc)
-    where = f" {exc.filename!r}" + (f" -> {exc.filename2!r}" if exc.filename2 else "") if exc.filename else ""
-    return f"{exc.strerror}:{where}" + (_cache_hint(exc) or (
+    where = f": {exc.filename!r}" + (f" -> {exc.filename2!r}" if exc.filename2 else "") if exc.filename else ""
+    return f"{exc.strerror}{where}" + (_cache_hint(exc) or (
         ". Fix: check that path: a file where a folder must be (or the reverse), a folder this user may not write, "
-        "or a full disk"))
+        "or a full disk" if where else ". Fix: check the command's paths and its stdout (a full disk, a folder "
+        "this user may not write)"))
 
 
 def _cache_hint(exc: Exception) -> str:
@@ -264,7 +265,14 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.verbose, args.log_format)
     try:
         code = int(args.func(args) or 0)
-        sys.stdout.flush()  # a reader gone (`| head`) fails here, not in the interpreter's last flush
+        try:
+            sys.stdout.flush()  # a reader gone (`| head`) fails here, not in the interpreter's last flush
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError) or exc.filename is not None:
+                raise
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (no second report at exit)
+            raise PostEmbError(f"writing to stdout failed: {exc.strerror or exc}. Fix: send stdout to a file or "
+                               "device with room (or to /dev/null); what the command wrote to files is kept") from None
         return code
     except (PostEmbError, OSError) as exc:  # OSError: a path that cannot be read or written, as one line
         if isinstance(exc, BrokenPipeError) and _stdout_gone():  # `| head`: quiet, as a unix tool killed by SIGPIPE
