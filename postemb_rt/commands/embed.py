@@ -1,12 +1,12 @@
 """``postemb embed INPUT --out OUT``: embed a file of posts.
 
-INPUT: ``.txt`` (one post per line; every line is a post, empty lines included; ids are
-0-based line numbers; a line ends at "\\n" only, a "\\r" just before it is dropped, and
-U+2028, form feeds and the like stay inside the post), ``.jsonl`` (one object per line with
-``text`` and optional ``id``) or ``.parquet`` (column ``text``, optional ``id``; no other is read). Ids are
-all integers or all strings, never null (checked before the model loads; without ``id``,
-posts are numbered by position). OUT: ``.npy`` (float32 (n, dim), input order; with
-``--quantize`` the quantized array and dtype, as ``Encoder.encode(precision=...)``) or
+INPUT: ``-`` (standard input, read as a ``.txt`` file), ``.txt`` (one post per line; every line is a
+post, empty lines included; ids are 0-based line numbers; a line ends at "\\n" only, a "\\r" just
+before it is dropped, and U+2028, form feeds and the like stay inside the post), ``.jsonl`` (one
+object per line with ``text`` and optional ``id``) or ``.parquet`` (column ``text``, optional
+``id``; no other is read). Ids are all integers or all strings, never null (checked before the model
+loads; without ``id``, posts are numbered by position). OUT: ``.npy`` (float32 (n, dim), input
+order; with ``--quantize`` the quantized array and dtype, as ``Encoder.encode(precision=...)``) or
 ``.parquet`` (``id`` int64 or string, ``embedding`` as fixed-size list of float32,
 ``model_version``: the vector version, e.g. ``all-MiniLM-L6-v2+chunk``; the prompt's name in the
 schema metadata, ``postemb.prompt_name``, "" for none, absent for a ``--prompt`` text), written
@@ -61,9 +61,34 @@ def check_ids(ids: list, where) -> str:
     return kind or "int"
 
 
+STDIN = "-"  # INPUT that names standard input
+
+
+def read_stdin() -> list[str]:
+    r"""The posts on standard input, as :func:`postemb_rt.data.read_lines` cuts a .txt file: one per
+    "\n", empty lines kept, a "\r" before it dropped, a byte-order mark ignored."""
+    if sys.stdin is None or sys.stdin.isatty():  # reading would wait for typed posts and a Ctrl-D
+        raise ValidationError("`INPUT` - reads the posts from stdin, which is a terminal. Fix: pipe them in "
+                              "(cat posts.txt | postemb embed - --out OUT) or name the file as INPUT.")
+    raw = sys.stdin.buffer.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ValidationError(f"`INPUT` - (stdin):{line}: not UTF-8 ({exc.reason}: {raw[exc.start:exc.end]!r}). "
+                              "Fix: send UTF-8 text (e.g. through iconv -t UTF-8).") from None
+    lines = text.split("\n") if text else []
+    if lines and lines[-1] == "":  # the last line's newline
+        lines.pop()
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
 def read_posts(path: Path) -> tuple[list, list[str]]:
-    """(ids, texts) from a .txt, .jsonl or .parquet file; errors name the file and line (or
-    row). The ids are checked (:func:`check_ids`) here, before any model is loaded."""
+    """(ids, texts) from a .txt, .jsonl or .parquet file, or stdin (``-``, as .txt); errors name the file
+    and line (or row). The ids are checked (:func:`check_ids`) here, before any model is loaded."""
+    if str(path) == STDIN:
+        texts = read_stdin()
+        return list(range(len(texts))), texts
     if path.is_dir():  # before its suffix: a folder is not fixed by renaming it
         raise ValidationError(f"`INPUT` {str(path)!r} is a folder. Fix: name a file (a folder of Parquet or JSONL "
                               "files is `postemb backfill`'s input).")
@@ -187,10 +212,12 @@ def run(args) -> int:
             f"`--quantize {args.quantize}` needs a .npy `--out` (the quantized dtype is kept there); .parquet holds "
             f"float32 embeddings, as `postemb index build` reads them. Given: --out {args.out!r}. "
             "Fix: write to a .npy file, or drop --quantize.")
-    if out.exists() and inp.exists() and out.samefile(inp):  # read whole, then replaced by its embeddings
+    if str(inp) != STDIN and out.exists() and inp.exists() and out.samefile(inp):  # read whole, then replaced
         raise ValidationError(f"`--out` {args.out!r} is INPUT itself; writing it would replace the posts with their "
                               "embeddings. Fix: pass another --out path.")
     ids, texts = read_posts(inp)
+    if str(inp) == STDIN:
+        inp = "stdin"  # as the messages below name it
     check_writable(out, "--out")
     enc = Encoder.from_pretrained(args.model, backend=args.backend, device=args.device,
                                   precision=args.precision, max_length=args.max_length, long_posts=args.long_posts)
@@ -233,7 +260,7 @@ def run(args) -> int:
 def register(sub) -> None:
     p = sub.add_parser("embed", help="embed a file of posts", description=__doc__,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("input", metavar="INPUT", help="posts: .txt, .jsonl or .parquet")
+    p.add_argument("input", metavar="INPUT", help="posts: .txt, .jsonl or .parquet; '-': stdin, one post per line")
     p.add_argument("--out", required=True, help="embeddings: .npy or .parquet")
     p.add_argument("--model", default="default", help="'default', 'base' or a model directory (default: default)")
     p.add_argument("--backend", default="auto", choices=backends.CHOICES,
