@@ -266,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         code = int(args.func(args) or 0)
         try:
-            sys.stdout.flush()  # a reader gone (`| head`) fails here, not in the interpreter's last flush
+            if sys.stdout is not None:  # None: started with fd 1 closed (`>&-`), where print() writes nothing
+                sys.stdout.flush()  # a reader gone (`| head`) fails here, not in the interpreter's last flush
         except OSError as exc:
             if isinstance(exc, BrokenPipeError) or exc.filename is not None:
                 raise

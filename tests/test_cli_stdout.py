@@ -36,3 +36,15 @@ def test_an_os_error_without_a_path_has_no_dangling_colon(capsys, monkeypatch):
     assert main(["embed", "x.txt", "--out", "o.npy"]) == 2
     assert capsys.readouterr().err.startswith("postemb embed: error: Input/output error. Fix: check the command's "
                                               "paths and its stdout")
+
+
+def test_a_closed_stdout_is_no_traceback(tmp_path):
+    """`postemb embed ... >&-` (a launcher that closes fd 1): Python has no sys.stdout then, and the flush after
+    the command, which had done its work, raised AttributeError with a traceback and exit 1."""
+    (tmp_path / "posts.txt").write_text("a post\n")
+    done = subprocess.run([sys.executable, "-m", "postemb_rt.cli", "embed", "posts.txt", "--out", "e.npy", "--backend",
+                           "torch"], cwd=tmp_path, stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                          timeout=300, preexec_fn=lambda: os.close(1),
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
+    assert np.load(tmp_path / "e.npy").shape == (1, 50)
