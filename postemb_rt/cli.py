@@ -259,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:  # a POSTEMB_* variable of this command that does not parse
         print(f"postemb: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C while the commands' modules import
+        return 130
     args = _parse(parser, argv)
     if args.log_format not in ("text", "json"):
         parser.error(f"$POSTEMB_LOG_FORMAT must be 'text' or 'json'. Given: {args.log_format!r}.")

@@ -48,3 +48,14 @@ def test_a_closed_stdout_is_no_traceback(tmp_path):
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr
     assert np.load(tmp_path / "e.npy").shape == (1, 50)
+
+
+def test_ctrl_c_while_the_commands_load_is_exit_130_without_a_traceback(monkeypatch):
+    """build_parser imports every command's module (numpy, the backends' registry): a Ctrl-C there was a
+    KeyboardInterrupt traceback; it is 130, as a Ctrl-C once the command runs."""
+    from postemb_rt import cli
+
+    def interrupted(**kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli, "build_parser", interrupted)
+    assert main(["embed", "x.txt", "--out", "o.npy"]) == 130
