@@ -77,11 +77,18 @@ class Admission:
             raise await self._dropping_body(request, ApiError(
                 413, f"The request body is {int(cl)} bytes, more than max_body_bytes ({limit}).{BODY_FIX}",
                 param="body", code="max_body_bytes", limit=limit, given=int(cl), headers=CLOSE)) from None
-        chunks, size = [], 0
+        chunks, size, seen = [], 0, {"started": False, "complete": False}  # seen: the body's messages so far
 
         async def pull():
             nonlocal size
-            async for chunk in request.stream():
+            from starlette.requests import ClientDisconnect
+
+            while not seen["complete"]:  # ASGI's messages, not request.stream(): a refusal must know if more comes
+                message = await request.receive()
+                seen["started"] = True
+                if message["type"] != "http.request":
+                    raise ClientDisconnect()  # as request.stream() does
+                chunk, seen["complete"] = message.get("body", b""), not message.get("more_body", False)
                 if size + len(chunk) > limit:
                     raise ApiError(413, f"The request body is more than max_body_bytes ({limit}) bytes.{BODY_FIX}",
                                    param="body", code="max_body_bytes", limit=limit, given=f">{limit}", headers=CLOSE)
@@ -104,21 +111,21 @@ class Admission:
                            limit=self.cfg.body_timeout_s, given=size, headers=CLOSE) from None
         except ApiError as exc:  # 413 or 429 in the middle of the body
             self.buffered -= size
-            raise await self._dropping_body(request, exc) from None
+            raise await self._dropping_body(request, exc, **seen) from None
         except BaseException:
             self.buffered -= size
             raise
         return b"".join(chunks)
 
-    async def _dropping_body(self, request, error: ApiError) -> ApiError:
+    async def _dropping_body(self, request, error: ApiError, started: bool = False, complete: bool = False):
         """``error``, an answer before the body was read whole (so the connection closes), once the rest of the body
         has been read and dropped: within body_timeout_s and DRAIN_MAX_BYTES, and not for a client that waits for
-        ``100 Continue`` before sending it. Closed while the client still sends, its kernel gets a reset and loses
-        the answer: the async openai and huggingface_hub clients raised a connection error for a 413, and
-        AsyncOpenAI sent the whole body twice more (nginx reads such a body for the same reason)."""
+        ``100 Continue`` before sending it (none asked for yet: not ``started``). Closed while the client still
+        sends, its kernel gets a reset and loses the answer: the async openai and huggingface_hub clients raised a
+        connection error for a 413, and AsyncOpenAI sent the whole body twice more (nginx reads such a body for the
+        same reason). ``complete``: its last message came already (another receive would wait for a disconnect)."""
         declared = request.headers.get("content-length", "")
-        if (request.headers.get("expect", "").lower() == "100-continue" and not getattr(request, "_stream_consumed",
-                                                                                      False)) or \
+        if complete or (not started and request.headers.get("expect", "").lower() == "100-continue") or \
                 (declared.isdigit() and int(declared) > DRAIN_MAX_BYTES):
             return error
 
