@@ -77,7 +77,11 @@ def read_lines(path: Path, error: type[Exception] = ValidationError, arg: str = 
     loses its "\r"): one line per post, even where a post holds another Unicode line break (U+2028,
     U+0085, form feed), which ``str.splitlines`` would cut it at, shifting every later post against
     its label."""
-    text = read_text(path, error, arg)
+    return split_lines(read_text(path, error, arg))
+
+
+def split_lines(text: str) -> list[str]:
+    r"""``text``'s lines as :func:`read_lines` cuts a file's (one per "\n", a "\r" before it dropped)."""
     if not text:
         return []
     lines = text.split("\n")

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from .. import backends
-from ..data import read_lines
+from ..data import read_lines, split_lines
 from ..durable import check_writable
 from ..errors import ValidationError
 from ..prompts import recorded_name
@@ -77,10 +77,7 @@ def read_stdin() -> list[str]:
         line = raw.count(b"\n", 0, exc.start) + 1
         raise ValidationError(f"`INPUT` - (stdin):{line}: not UTF-8 ({exc.reason}: {raw[exc.start:exc.end]!r}). "
                               "Fix: send UTF-8 text (e.g. through iconv -t UTF-8).") from None
-    lines = text.split("\n") if text else []
-    if lines and lines[-1] == "":  # the last line's newline
-        lines.pop()
-    return [line[:-1] if line.endswith("\r") else line for line in lines]
+    return split_lines(text)
 
 
 def read_posts(path: Path) -> tuple[list, list[str]]:
