@@ -169,7 +169,6 @@ def quantize_checked(fp32_dir: Path, out: Path, args) -> int:
     return 0
 
 
-
 def check_out(out: Path, src: Path) -> None:
     """Refuse, before any work, an ``--out`` that the export must not replace: a file, the source
     model ``src`` (or a folder holding it), or a non-empty folder that is not an earlier export
