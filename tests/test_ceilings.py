@@ -265,6 +265,7 @@ def test_the_ceilings_run_on_the_runtimes_threads_then_torchs(monkeypatch):
     rows and read as OVER CEILING."""
     import torch
 
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # a launcher's (Ray, a container's env) decides first
     monkeypatch.setenv("POSTEMB_NUM_THREADS", "3")
     assert ceil.default_threads(usable=1) == 3
     monkeypatch.delenv("POSTEMB_NUM_THREADS")
@@ -272,6 +273,8 @@ def test_the_ceilings_run_on_the_runtimes_threads_then_torchs(monkeypatch):
     if machine > 1:
         assert ceil.default_threads(usable=1) == 1  # a mask or quota of one CPU
     assert ceil.default_threads(usable=machine) == torch.get_num_threads()  # the whole machine: torch's
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")  # as torch's own threads follow it
+    assert ceil.default_threads(usable=1) == ceil.default_threads(usable=machine) == 2
 
 
 def test_a_probe_that_cannot_be_compiled_is_reported_not_guessed(monkeypatch):
