@@ -111,6 +111,18 @@ def interleaved_seconds(encoders: dict, texts, rounds: int) -> tuple[dict[str, l
     return seconds, outs
 
 
+def baseline_threads(usable: int | None = None) -> int:
+    """The threads the baseline (sentence-transformers, so torch) runs on: torch's own default, capped at
+    the CPUs this process may use (cpu.usable_cpus: its CPU mask and cgroup quota). torch's default reads
+    a mask but not a quota, so in a container with a CPU limit on a larger host (a CI pod) the baseline
+    ran a thread per host core, throttled to the quota, while our rows kept to it: every ratio rose with
+    the baseline's slowdown, and a real regression could pass the floors (ceilings.default_threads caps
+    the ceilings' threads the same way)."""
+    import torch
+
+    return max(1, min(torch.get_num_threads(), usable_cpus() if usable is None else usable))
+
+
 def load_rows(model: str, fastest: str) -> tuple[dict, dict]:
     """({row: texts -> (n, d) float32}, {row: what runs}) for the baseline and our rows (``fastest``:
     the provider given for that row)."""
@@ -141,6 +153,9 @@ def run(n: int, rounds: int, floors: dict[str, float], model: str = "base", fast
     if fastest is None:
         fastest, why = PROVIDERS["fastest"], "the runtime's precision='auto'"
     texts, source = workload(n)
+    import torch
+
+    torch.set_num_threads(baseline_threads())
     load_start = os.getloadavg()
     encoders, what = load_rows(model, fastest)
     for encode in encoders.values():
@@ -157,7 +172,7 @@ def run(n: int, rounds: int, floors: dict[str, float], model: str = "base", fast
             "amx_tiles": kernel_amx_tiles(),
             "load_start": load_start, "load_end": os.getloadavg(), "posts": n, "workload": source, "rounds": rounds,
             "threads_env": os.environ.get("POSTEMB_NUM_THREADS"),
-            "baseline": {"what": what[BASELINE], "seconds": seconds[BASELINE],
+            "baseline": {"what": what[BASELINE], "threads": torch.get_num_threads(), "seconds": seconds[BASELINE],
                          "posts_per_s": n / statistics.median(seconds[BASELINE])}, **verdict}
 
 
@@ -171,7 +186,8 @@ def table(report: dict) -> list[str]:
         flags += " (no AMX tile state in this kernel)"  # cpu.kernel_amx_tiles: the flags alone overstate it
     lines = [f"# throughput gate | {report['date']} | {report['cpu']} | {cpus} | flags: {flags} | load (1 min) "
              f"before/after {load} | {report['posts']} {report['workload']} x {report['rounds']} interleaved rounds",
-             f"baseline: {report['baseline']['what']}: {report['baseline']['posts_per_s']:.0f} posts/s (median)",
+             f"baseline: {report['baseline']['what']}: {report['baseline']['posts_per_s']:.0f} posts/s (median)"
+             + (f", torch threads: {report['baseline']['threads']}" if report["baseline"].get("threads") else ""),
              "| row | what runs | posts/s | x baseline per round | median | floor | min cos vs baseline | verdict |",
              "|---|---|---:|---|---:|---:|---:|---|"]
     for name, r in report["rows"].items():

@@ -140,3 +140,36 @@ def test_table_says_when_fewer_cpus_are_usable_and_when_the_kernel_cannot_run_th
     head = gate.table(report)[0]
     assert "| Fake CPU | 64 CPUs (4 usable) | flags: avx512f amx_bf16 (no AMX tile state in this kernel) |" in head
     assert gate.SHOWN_FLAGS is PATH_FLAGS  # one list
+
+
+
+def test_the_baseline_runs_on_the_cpus_a_quota_leaves_as_our_rows_do(monkeypatch):
+    """torch's default thread count reads a CPU mask but not a cgroup quota: in a container with a CPU limit on a
+    larger host (a CI pod) the baseline ran a thread per host core, throttled, against our rows' quota
+    (cpu.model_threads), and every ratio rose with its slowdown. Here: a fake quota of 1 CPU, fake rows."""
+    import torch
+
+    from postemb_rt import cpu
+
+    monkeypatch.setattr(cpu, "cgroup_cpu_quota", lambda *a, **k: 1.0)
+    monkeypatch.delenv("POSTEMB_NUM_THREADS", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    seen = []
+
+    def rows(model, fastest):
+        def encode(texts, name):
+            seen.append((name, torch.get_num_threads()))
+            return np.ones((len(texts), 4), np.float32) / 2
+        encoders = {n: (lambda texts, n=n: encode(texts, n)) for n in (gate.BASELINE, *gate.PROVIDERS)}
+        return encoders, {n: n for n in encoders}
+
+    monkeypatch.setattr(gate, "load_rows", rows)
+    saved = torch.get_num_threads()
+    try:
+        report = gate.run(8, 2, gate.FLOORS)
+    finally:
+        torch.set_num_threads(saved)
+    assert {t for n, t in seen if n == gate.BASELINE} == {1} and report["baseline"]["threads"] == 1
+    if os.cpu_count() > 1:
+        assert cpu.model_threads() == 1  # our rows: the same one CPU
+    assert gate.table(report)[1].endswith("posts/s (median), torch threads: 1")
