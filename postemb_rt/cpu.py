@@ -8,7 +8,8 @@ import os
 from pathlib import Path
 
 # The CPU flags that decide the runtime's fast paths (native bf16, OpenVINO's int8), shown in reports.
-PATH_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+# avx_vnni: onnxruntime's int8 kernels (mlas_int8_kernels) on a CPU without AVX-512.
+PATH_FLAGS = ("avx2", "avx_vnni", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 # ONEDNN_MAX_CPU_ISA values, lowest first, up to the first level with native bf16 (oneDNN's order;
 # OpenVINO's copy of oneDNN honours the same variable)
 ONEDNN_ISAS = ("SSE41", "AVX", "AVX2", "AVX2_VNNI", "AVX2_VNNI_2", "AVX512_CORE", "AVX512_CORE_VNNI",
@@ -251,14 +252,16 @@ _READ = object()
 def describe(flags: set[str] | None = None, environ=None, usable: int | None = None, machine: int | None = None,
              quota=_READ, kernel_amx=_READ) -> list[str]:
     """What the runtime reads of this CPU, as lines for a report (``python -m postemb_rt.cpu``):
-    the CPUs it may use, the flags that pick a path, the oneDNN cap and what it leaves native, and
-    whether the kernel enables AMX tile state. Every argument defaults to this machine's."""
+    the CPUs it may use, the flags that pick a path, the oneDNN cap and what it leaves native,
+    onnxruntime's int8 kernels, and whether the kernel enables AMX tile state. Every argument
+    defaults to this machine's."""
     flags = cpu_flags() if flags is None else flags
     quota = cgroup_cpu_quota() if quota is _READ else quota
     usable = usable_cpus() if usable is None else usable
     machine = (os.cpu_count() or usable) if machine is None else machine
     kernel_amx = kernel_amx_tiles() if kernel_amx is _READ else kernel_amx
-    cap = onednn_cap(environ)
+    cap, mlas = onednn_cap(environ), mlas_int8_kernels(flags)
+    sums = "VNNI or AMX-INT8: exact int32 sums" if mlas.endswith("vnni") else "vpmaddubsw: int16 pair sums may saturate"
     yes = {True: "yes", False: "no"}
     amx = {True: "yes", None: "unknown (not Linux x86-64)"}.get(kernel_amx, "no") + (
         " (amx_* flags without it: a kernel before 5.16; no library can use tiles)"
@@ -268,6 +271,7 @@ def describe(flags: set[str] | None = None, environ=None, usable: int | None = N
             f"flags that pick a path: {' '.join(f for f in PATH_FLAGS if f in flags) or 'none'}",
             f"oneDNN cap: {cap or 'none'} -> native bf16 {yes[native_bf16(flags, environ)]}, OpenVINO int8 "
             f"(AVX512-VNNI/AMX) {yes[vnni512(flags, environ)]}",
+            f"onnxruntime int8 (MLAS, from cpuid; no cap holds it): {mlas} ({sums})",
             f"AMX tile state in this kernel: {amx}"]
 
 

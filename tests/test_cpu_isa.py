@@ -55,12 +55,13 @@ def test_describe_says_what_the_runtime_reads_of_this_cpu():
         "CPUs usable: 3 of 64 (affinity mask and cgroup quota 2.5 CPUs)",
         "flags that pick a path: avx512f avx512_bf16 amx_bf16",
         "oneDNN cap: AVX2 -> native bf16 no, OpenVINO int8 (AVX512-VNNI/AMX) no",
+        "onnxruntime int8 (MLAS, from cpuid; no cap holds it): u8s8-madd16 (vpmaddubsw: int16 pair sums may saturate)",
         "AMX tile state in this kernel: no (amx_* flags without it: a kernel before 5.16; no library can use tiles)",
     ]
     plain = cpu.describe(flags=set(), environ={}, usable=2, machine=2, quota=None, kernel_amx=None)
     assert plain[0] == "CPUs usable: 2 of 2 (affinity mask; no cgroup quota)"
     assert plain[1] == "flags that pick a path: none" and plain[2].startswith("oneDNN cap: none -> native bf16 no")
-    assert plain[3] == "AMX tile state in this kernel: unknown (not Linux x86-64)"
+    assert plain[4] == "AMX tile state in this kernel: unknown (not Linux x86-64)"
 
 
 def test_python_m_postemb_rt_cpu_prints_the_description_of_this_machine():
@@ -123,7 +124,8 @@ def test_an_intel_amx_cpuinfo_gives_the_first_cpus_flags_and_the_paths_they_open
     assert "vnmi" not in flags and "spectre_v1" not in flags  # the vmx flags and bugs lines are not flags
     assert cpu.native_bf16(flags, {}) and cpu.vnni512(flags, {})
     assert cpu.describe(flags=flags, environ={}, usable=2, machine=2, quota=None, kernel_amx=True)[1:] == [
-        "flags that pick a path: avx2 avx512f avx512_vnni avx512_bf16 amx_tile amx_bf16 amx_int8",
+        "flags that pick a path: avx2 avx_vnni avx512f avx512_vnni avx512_bf16 amx_tile amx_bf16 amx_int8",
         "oneDNN cap: none -> native bf16 yes, OpenVINO int8 (AVX512-VNNI/AMX) yes",
+        "onnxruntime int8 (MLAS, from cpuid; no cap holds it): u8s8-vnni (VNNI or AMX-INT8: exact int32 sums)",
         "AMX tile state in this kernel: yes"]
     assert cpu.cpu_flags(str(tmp_path / "absent")) == set()

@@ -34,3 +34,16 @@ def test_onnxruntime_int8_fidelity_is_keyed_by_the_cpus_int8_kernels(monkeypatch
     assert "saturat" in seen["no vnni"][1] and "VNNI" in seen["avx512-vnni"][1]
     fp32 = OnnxBackend(md, precision="fp32")
     assert fp32.numerics == "" and "int8" not in fp32.describe()  # exact fp32: nothing to key or say
+
+
+@pytest.mark.parametrize("flags, shown, kernels", [
+    ({"avx2", "fma", "avx_vnni"}, "avx2 avx_vnni", "u8s8-vnni"),  # AVX-VNNI without AVX-512 (Intel's E-core Xeons)
+    ({"avx2", "fma"}, "avx2", "u8s8-madd16"),                      # Haswell .. Zen 3
+])
+def test_the_cpu_report_shows_what_picks_onnxruntimes_int8_kernels(flags, shown, kernels):
+    """`python -m postemb_rt.cpu` (the top of a CPU report) and the gate's table showed the flags of the oneDNN
+    paths only: on an AVX-VNNI CPU without AVX-512, whose onnxruntime int8 runs MLAS's exact VNNI sums (not the
+    saturating vpmaddubsw of a plain AVX2 CPU), neither the flag nor the kernels were in the report."""
+    lines = cpu.describe(flags=flags, environ={}, usable=2, machine=2, quota=None, kernel_amx=False)
+    assert f"flags that pick a path: {shown}" in lines
+    assert any(line.startswith(f"onnxruntime int8 (MLAS, from cpuid; no cap holds it): {kernels} (") for line in lines)
