@@ -394,7 +394,9 @@ def _cpuinfo_mhz() -> float | None:
 
 class CompiledProbe:
     """isa_probe.c compiled with the system C compiler (-O2, no -march: each probe names its own
-    target) and loaded. The same methods on a fake drive :func:`isa_peak` in the tests."""
+    target) and loaded. The same methods on a fake drive :func:`isa_peak` in the tests. A toolchain
+    that cannot build the vdpbf16ps probe (binutils before 2.33: RHEL 8, Ubuntu 18.04, Debian 10; GCC
+    before 9) builds the rest without it; ``unavailable`` then says why ({probe: reason})."""
 
     def __init__(self):
         cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
@@ -402,14 +404,24 @@ class CompiledProbe:
             raise RuntimeError("no C compiler (cc) on PATH")
         out = Path(tempfile.mkdtemp(prefix="postemb_isa_")) / "isa_probe.so"
         src = Path(__file__).with_name("isa_probe.c")
-        r = subprocess.run([cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(src)], capture_output=True, text=True)
-        if r.returncode != 0:
-            raise RuntimeError(f"{cc} failed on {src.name}: {r.stderr.strip()[:200]}")
+        self.unavailable, first = {}, ""
+        for extra in ([], ["-DPOSTEMB_NO_BF16_PROBE"]):
+            r = subprocess.run([cc, "-O2", "-shared", "-fPIC", *extra, "-o", str(out), str(src)], capture_output=True,
+                               text=True)
+            if r.returncode == 0:
+                break
+            lines = r.stderr.strip().splitlines() or [""]
+            first = first or next((x for x in lines if "rror" in x), lines[0]).strip()
+            self.unavailable["zmm_dpbf16"] = f"{cc} cannot build the vdpbf16ps probe ({first[:160]})"
+        else:
+            raise RuntimeError(f"{cc} failed on {src.name}: {first[:200]}")
         lib = self.lib = ctypes.CDLL(str(out))
         lib.alu_chain.argtypes, lib.alu_chain.restype = [ctypes.c_long] * 3, ctypes.c_long
         lib.alu_chain_cycles.argtypes, lib.alu_chain_cycles.restype = [ctypes.c_long] * 3, ctypes.c_longlong
         lib.tsc.argtypes, lib.tsc.restype = [], ctypes.c_ulonglong
         for name, _ in PROBES.values():
+            if name in self.unavailable:
+                continue
             fn = getattr(lib, name)
             fn.argtypes, fn.restype = [ctypes.c_long], ctypes.c_double
 
@@ -544,7 +556,10 @@ def isa_peak(cores: int, iters: int = 500_000, repeats: int = 20, probe=None, fl
             out["precisions"][p] = {"ops_per_s": None, "reason": f"no clock: {chosen['disagreement']}"}
             continue
         entry = {"ops_per_s": None, "reason": f"no {flag} (this probe needs it)"}
-        if flag in flags:
+        not_built = getattr(probe, "unavailable", {}).get(name)
+        if flag in flags and not_built:
+            entry = {"ops_per_s": None, "reason": f"not measured: {not_built}"}
+        elif flag in flags:
             measured = ZMM_OPS * iters / probe.zmm_seconds(name, iters, repeats) / clock
             per_cycle = max(0.5, round(measured * 2) / 2)
             entry = {"ops_per_s": cores * per_cycle * LANES[p] * 2 * clock, "per_cycle_measured": measured,

@@ -309,3 +309,27 @@ def test_compare_charges_int8_rows_at_both_ceilings_and_a_missing_ceiling_is_not
     assert ideal_seconds(1000, 1e6, "fp32", ceils, 0.35) == pytest.approx(1e9 / 100e9)
     assert ideal_seconds(1000, 1e6, "int8", ceils, 0.35) == pytest.approx(1e9 * (0.35 / 400e9 + 0.65 / 100e9))
     assert math.isnan(ideal_seconds(1000, 1e6, "bf16", ceils, 0.35))
+
+
+@pytest.mark.skipif(shutil.which("cc") is None, reason="no C compiler for benchmarks/isa_probe.c")
+def test_an_assembler_without_avx512_bf16_still_measures_the_clock_and_the_other_probes(monkeypatch, tmp_path):
+    """GNU as before binutils 2.33 (RHEL 8, Ubuntu 18.04, Debian 10) cannot assemble vdpbf16ps: the whole probe
+    failed to build there, so the clock and every peak were lost and the real-probe test above failed. Emulated
+    with GNU as' -march (every extension the probe uses but AVX512-BF16); this CPU's own flags pick the probes."""
+    cc = tmp_path / "cc"
+    cc.write_text('#!/bin/sh\nexec cc -Wa,-march=generic64+avx512f+avx512bw+avx512vl+avx512dq+avx512_vnni "$@"\n')
+    cc.chmod(0o755)
+    (tmp_path / "t.c").write_text("int f(void) { return 1; }\n")
+    import subprocess
+
+    if subprocess.run([str(cc), "-c", "-o", str(tmp_path / "t.o"), str(tmp_path / "t.c")]).returncode != 0:
+        pytest.skip("cc does not assemble with GNU as (-Wa,-march): the older assembler cannot be emulated")
+    monkeypatch.setenv("CC", str(cc))
+    peak = ceil.isa_peak(cores=1, iters=20_000, repeats=2)
+    assert peak["clock_source"].startswith(("measured:", "cross-check:")), peak["clock_source"]
+    flags = ceil.cpu_flags()
+    bf16 = peak["precisions"]["bf16"]
+    if "avx512_bf16" in flags:
+        assert "vdpbf16ps" in bf16.get("reason", "") + str(bf16.get("zmm", {}).get("reason", "")), bf16
+    if "avx512f" in flags:
+        assert peak["precisions"]["fp32"]["ops_per_s"] > 0
