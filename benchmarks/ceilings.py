@@ -51,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from postemb_rt.cpu import cpu_flags, kernel_amx_tiles, model_threads, physical_cores
+from postemb_rt.cpu import cpu_flags, kernel_amx_tiles, model_threads, physical_cores, usable_cpus
 
 PRECISIONS = ("fp32", "bf16", "int8")
 UNITS = {"fp32": "GFLOP/s", "bf16": "GFLOP/s", "int8": "GOP/s"}
@@ -502,6 +502,18 @@ def default_threads(usable: int | None = None) -> int:
     import torch
 
     return model_threads(usable=usable) or torch.get_num_threads()
+
+
+def baseline_threads(usable: int | None = None) -> int:
+    """The threads the baseline (sentence-transformers, so torch) runs on: torch's own default, capped at
+    the CPUs this process may use (cpu.usable_cpus: its CPU mask and cgroup quota). torch's default reads
+    a mask but not a quota, so in a container with a CPU limit on a larger host (a CI pod) the baseline
+    ran a thread per host core, throttled to the quota, while our rows kept to it: every ratio rose with
+    the baseline's slowdown, and a real regression could pass the gate's floors (default_threads caps
+    the ceilings' threads the same way)."""
+    import torch
+
+    return max(1, min(torch.get_num_threads(), usable_cpus() if usable is None else usable))
 
 
 def peak_cores(threads: int, physical: int | None = None) -> int:

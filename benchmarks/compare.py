@@ -174,6 +174,7 @@ def main(argv=None) -> int:
     from postemb_rt.fidelity import overlap_at_k
 
     threads = ceil.default_threads()  # the runtime's backends' (a CPU mask or quota), else torch's
+    torch.set_num_threads(ceil.baseline_threads())  # sentence-transformers' rows: within a quota too
     hidden, intermediate, _ = model_dims()
     share = int8_share()
     ov_rest = PRECISION_OF_HINT[compile_config("int8")["INFERENCE_PRECISION_HINT"]]  # int8's float part

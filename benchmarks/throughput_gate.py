@@ -61,6 +61,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.bench_encode import make_encode  # noqa: E402
 from postemb_rt.cpu import PATH_FLAGS, cpu_flags, kernel_amx_tiles, usable_cpus  # noqa: E402
+from benchmarks.ceilings import baseline_threads  # noqa: E402
 from benchmarks.compare import cpu_name, measure_interleaved  # noqa: E402
 
 BASELINE = "sentence-transformers"
@@ -109,18 +110,6 @@ def interleaved_seconds(encoders: dict, texts, rounds: int) -> tuple[dict[str, l
             seconds[n].append(s)
             outs[n] = out
     return seconds, outs
-
-
-def baseline_threads(usable: int | None = None) -> int:
-    """The threads the baseline (sentence-transformers, so torch) runs on: torch's own default, capped at
-    the CPUs this process may use (cpu.usable_cpus: its CPU mask and cgroup quota). torch's default reads
-    a mask but not a quota, so in a container with a CPU limit on a larger host (a CI pod) the baseline
-    ran a thread per host core, throttled to the quota, while our rows kept to it: every ratio rose with
-    the baseline's slowdown, and a real regression could pass the floors (ceilings.default_threads caps
-    the ceilings' threads the same way)."""
-    import torch
-
-    return max(1, min(torch.get_num_threads(), usable_cpus() if usable is None else usable))
 
 
 def load_rows(model: str, fastest: str) -> tuple[dict, dict]:

@@ -142,7 +142,6 @@ def test_table_says_when_fewer_cpus_are_usable_and_when_the_kernel_cannot_run_th
     assert gate.SHOWN_FLAGS is PATH_FLAGS  # one list
 
 
-
 def test_the_baseline_runs_on_the_cpus_a_quota_leaves_as_our_rows_do(monkeypatch):
     """torch's default thread count reads a CPU mask but not a cgroup quota: in a container with a CPU limit on a
     larger host (a CI pod) the baseline ran a thread per host core, throttled, against our rows' quota
