@@ -87,8 +87,9 @@ def stats(client, group: str = "embedder", *, posts_stream: str = POSTS_STREAM, 
     pending: delivered, not yet acknowledged; oldest_pending_s: age of the oldest.
     throughput_per_s (embeddings announced), deletions_per_s (deletions announced) and freshness
     (embedded_at - created_at) percentiles: over the last ``window_s`` seconds (> 0) of the
-    ``embeddings`` stream (at most ``sample`` announcements); foreign_announcements: entries of that
-    sample without a worker's fields (another producer's), skipped.
+    ``embeddings`` stream, read as at most its newest ``sample`` announcements; throughput_window_s:
+    the seconds the rates are over (``window_s``, or less when the sample ends inside the window);
+    foreign_announcements: entries of that sample without a worker's fields (another producer's), skipped.
     A stream name whose key holds another type raises ValidationError naming the argument and the key.
     """
     settings.check(window_s=window_s)
@@ -129,8 +130,11 @@ def stats(client, group: str = "embedder", *, posts_stream: str = POSTS_STREAM, 
         out["consumer_pending"] = {c["name"].decode() if isinstance(c["name"], bytes) else c["name"]:
                                    {"pending": c["pending"], "idle_ms": c["idle"]}
                                    for c in client.xinfo_consumers(posts_stream, group)}
-    fresh, deletions, foreign = [], 0, 0
-    for _, f in client.xrevrange(embeddings_stream, count=sample):
+    # the rates are over the window, or over the part of it the sample reaches: at more than `sample`
+    # announcements per window_s, dividing the sample by the whole window gave sample / window_s at any rate
+    fresh, deletions, foreign, oldest, covered = [], 0, 0, now, window_s
+    announced = client.xrevrange(embeddings_stream, count=sample)
+    for _, f in announced:
         try:
             t = float(f.get(b"embedded_at") or f[b"removed_at"])  # a deletion's announcement: removed_at
             age = None if b"deleted_at" in f else t - float(f[b"created_at"])
@@ -139,14 +143,20 @@ def stats(client, group: str = "embedder", *, posts_stream: str = POSTS_STREAM, 
             continue
         if t < now - window_s:
             break
+        oldest = min(oldest, t)
         if age is None:
             deletions += 1
         else:
             fresh.append(age)
+    else:  # no announcement older than the window was read: a full sample covers its newest part only
+        if len(announced) >= sample:
+            covered = min(window_s, max(now - oldest, 1e-3))
     out["foreign_announcements"] = foreign
     out["window_s"] = window_s
-    out["throughput_per_s"] = round(len(fresh) / window_s, 2)
-    out["deletions_per_s"] = round(deletions / window_s, 2)
+    out["sample"] = sample
+    out["throughput_window_s"] = round(covered, 3)  # the seconds the rates below are over
+    out["throughput_per_s"] = round(len(fresh) / covered, 2)
+    out["deletions_per_s"] = round(deletions / covered, 2)
     out.update({f"freshness_p{p}_s": _pct(fresh, p) for p in (50, 90, 99)})
     out["freshness_max_s"] = round(max(fresh), 4) if fresh else None
     workers = []

@@ -190,3 +190,26 @@ def test_stats_skips_and_counts_entries_another_producer_added_to_the_embeddings
     assert s["foreign_announcements"] == 2 and s["freshness_p50_s"] is not None  # the worker's two still counted
     _print_stats(s)
     assert "skipped 2 entries of the embeddings stream without a worker's fields" in capsys.readouterr().out
+
+
+def test_stats_throughput_is_over_the_time_its_sample_covers_not_the_whole_window(redis_client, capsys):
+    """--stats reads at most the newest 5,000 announcements; at more than 5,000 per --window (83/s for 60 s: a
+    worker draining a backlog, the README's 200 posts/s benchmark) it divided them by the whole window and said
+    83.33 posts/s whatever the rate."""
+    from postemb_rt.commands.nearline import _print_stats
+
+    now = time.time()
+    pipe = redis_client.pipeline(transaction=False)
+    for i in range(6000):  # 200 announcements a second over the last 30 s, each embedded 0.5 s after its post
+        at = now - 30 + i / 200
+        pipe.xadd("embeddings", {"post_id": str(i), "created_at": f"{at - 0.5:.6f}", "embedded_at": f"{at:.6f}"})
+    pipe.xadd("embeddings", {"post_id": "d", "deleted_at": f"{now:.6f}", "removed_at": f"{now:.6f}"})
+    pipe.execute()
+    s = nearline.stats(redis_client, window_s=60)
+    assert 190 <= s["throughput_per_s"] <= 201, s["throughput_per_s"]
+    assert 24 <= s["throughput_window_s"] <= 26 and s["freshness_p50_s"] == pytest.approx(0.5, abs=1e-3)
+    assert s["deletions_per_s"] == round(1 / s["throughput_window_s"], 2)
+    _print_stats(s)
+    assert "last 25 s (the newest 5000 announcements; --window 60 s):" in capsys.readouterr().out
+    few = nearline.stats(redis_client, window_s=60, sample=10_000)  # the sample holds the whole window
+    assert few["throughput_window_s"] == 60 and few["throughput_per_s"] == 100.0
