@@ -88,6 +88,24 @@ def check_address(ray_address: str | None) -> tuple[str, str | None]:
     return source, address or None
 
 
+def check_actor_size(threads_per_worker: int, address: str | None) -> None:
+    """Refuse, before any work, model actors larger than the Ray this run starts on this machine (no
+    ``address``, none running in this process): each asks Ray for ``threads_per_worker`` CPUs, and with
+    fewer, none could start and the run would wait for resources that never come (Ray Data gives up after
+    30 minutes). A cluster is not checked: an autoscaler may add nodes large enough."""
+    import ray
+
+    if address or ray.is_initialized():
+        return
+    cpus = usable_cpus()
+    if threads_per_worker > cpus:
+        raise ValidationError(f"`threads_per_worker` {threads_per_worker}: each model actor asks Ray for "
+                              f"{threads_per_worker} CPUs, and the Ray this run starts on this machine has {cpus} (the "
+                              "CPUs this process may use): no actor could start, and the run would wait until Ray Data "
+                              f"gives up (30 minutes). Fix: {cpus} or fewer, or --ray-address of a cluster with nodes "
+                              f"of {threads_per_worker} CPUs.")
+
+
 def _without(source: str) -> str:
     return "omit --ray-address" if source == "--ray-address" else "unset RAY_ADDRESS"
 

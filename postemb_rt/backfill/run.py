@@ -15,7 +15,7 @@ from ..durable import atomic_write, durable_rename, read_json
 from ..errors import PostEmbError, ValidationError
 from .plan import (LOCK_NAME, MARKER, ROWS_PER_SPLIT, STAGING, SUCCESS, Columns, FilePlan, check_columns,
                    check_jsonl_fields, errors_name, jsonl_rows, list_inputs, make_output, part_name, plan_file)
-from .ray_setup import check_address, ray_init, rows, sigterm_interrupts
+from .ray_setup import check_actor_size, check_address, ray_init, rows, sigterm_interrupts
 from .resume import check_model_version, check_same, committed, decide_id_type, marker, resume_staging
 from .splits import SplitEmbedder, count_empty, describe_error
 
@@ -163,7 +163,8 @@ def backfill(input_path, output_path, model: str = "default", *, backend: str = 
     # an unknown name: refused here, listing the prompts
     prompts.resolve(md.config, prompt_name=prompt_name, fix="use one of those, or leave --prompt-name out")
     prompt_name = prompts.name_in_use(md.config, prompt_name)
-    check_address(ray_address)  # an unreachable cluster: refused before the output folder is made
+    # an unreachable cluster, or actors larger than the local Ray: refused before the output folder is made
+    check_actor_size(threads_per_worker, check_address(ray_address)[1])
     make_output(inp, out)
     lock = _only_run(out)  # held until the run ends: two runs into one output would undo each other's work
     started_ray, restore_sigterm, report = False, sigterm_interrupts(), None  # SIGTERM stops it as Ctrl-C does

@@ -82,3 +82,22 @@ def test_backfill_refuses_an_unreachable_cluster_before_it_makes_the_output(tmp_
     with pytest.raises(ValidationError, match="cannot reach a Ray cluster there"):
         backfill(tmp_path / "posts.jsonl", tmp_path / "out", ray_address=closed_port)
     assert not (tmp_path / "out").exists() and fake_ray == []
+
+
+def test_an_actor_larger_than_the_local_ray_is_refused_before_any_work(tmp_path, fake_ray, monkeypatch, capsys):
+    """`--threads-per-worker 4` on a 2-CPU machine: every actor asked Ray for 4 CPUs, none could start, and the run
+    waited (Ray Data: "The job may hang forever unless the cluster scales up"; it gives up after 30 minutes)."""
+    from postemb_rt.backfill import backfill
+    from postemb_rt.cli import main
+
+    monkeypatch.setattr(ray_setup, "usable_cpus", lambda: 2)
+    (tmp_path / "posts.jsonl").write_text('{"id": 1, "text": "hello"}\n')
+    with pytest.raises(ValidationError, match=r"`threads_per_worker` 3: each model actor asks Ray for 3 CPUs, and the "
+                                              r"Ray this run starts on this machine has 2 .*Fix: 2 or fewer"):
+        backfill(tmp_path / "posts.jsonl", tmp_path / "out", threads_per_worker=3)
+    assert main(["backfill", "--input", str(tmp_path / "posts.jsonl"), "--output", str(tmp_path / "out"),
+                 "--threads-per-worker", "4"]) == 2
+    assert "`--threads-per-worker` 4: each model actor asks Ray for 4 CPUs" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and fake_ray == []
+    ray_setup.check_actor_size(2, None)  # fits: no error
+    ray_setup.check_actor_size(8, "127.0.0.1:6379")  # a cluster's nodes are its own (an autoscaler may add them)
