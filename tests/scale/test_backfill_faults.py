@@ -104,8 +104,11 @@ def test_sigterm_stops_a_backfill_as_ctrl_c_does_and_the_same_command_resumes(tm
     commits every row exactly once, reusing the splits finished before the signal."""
     inp, out = tmp_path / "in", tmp_path / "out"
     inp.mkdir()
+    # ~30 splits of one or two rows (200 bytes each): seconds of work after the first, for the signal to land in,
+    # and few for the resume to run (200 rows, ~150 splits, made the resume most of the test's time)
+    n = 40
     (inp / "p.jsonl").write_text("".join(json.dumps({"id": i, "text": f"{POSTS[i % len(POSTS)]} #{i}"}) + "\n"
-                                         for i in range(200)))
+                                         for i in range(n)))
     root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"PYTHONPATH": str(root),
                                                                           "RAY_USAGE_STATS_ENABLED": "0"}
@@ -130,7 +133,7 @@ def test_sigterm_stops_a_backfill_as_ctrl_c_does_and_the_same_command_resumes(tm
     report = bf.backfill(inp, out, num_workers=1, rows_per_split=1)
     assert report.splits_reused >= 1 and report.files_committed == 1
     ids, _, _ = read_output(out)
-    assert sorted(ids) == list(range(200))
+    assert sorted(ids) == list(range(n))
 
 
 def test_relative_paths_mean_the_driver_s_folder_not_each_actor_s(tmp_path, ray_local, monkeypatch):
