@@ -107,9 +107,9 @@ class Worker(StoreMixin, ModelMixin):
         # the model's prompts (postemb_rt.prompts): None for a duck-typed encoder without a config
         self._model_config = getattr(getattr(encoder, "model", None), "config", None)
         self.truncate_dim = None
-        if truncate_dim is None:  # the encoder's own default prefix (from_pretrained(truncate_dim=k)), if any
-            truncate_dim = getattr(encoder, "truncate_dim", None)
-        if truncate_dim is not None and truncate_dim != encoder.dim:
+        default = getattr(encoder, "truncate_dim", None)  # the encoder's own prefix (from_pretrained(truncate_dim=k))
+        truncate_dim = default if truncate_dim is None else truncate_dim  # the full dim: passed on if default cuts
+        if truncate_dim is not None and (truncate_dim != encoder.dim or default not in (None, truncate_dim)):
             if self._model_config is None:
                 raise ValidationError(f"`truncate_dim` {truncate_dim!r}: this encoder ({type(encoder).__name__}) "
                                       "declares no nested dims. Fix: pass a postemb_rt Encoder, or no truncate_dim.")

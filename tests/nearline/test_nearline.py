@@ -192,6 +192,25 @@ def test_a_nested_prefix_is_stored_under_its_own_vector_version(redis_server, re
         assert (again.vector_version, again.dim, again.truncate_dim) == (version, 16, 16)
 
 
+def test_the_full_dim_asked_of_an_encoder_with_a_default_prefix_is_stored_whole(redis_server, redis_client,
+                                                                                 nearline_encoder):
+    """truncate_dim=50 (the full dim) on an encoder loaded with a default prefix of 16
+    (from_pretrained(truncate_dim=16), a sentence-transformers folder's truncate_dim): the worker took 50 for
+    "nothing to cut", and encode applied its default, so 16 floats were stored with dim 50 under "<model>@16"."""
+    enc = nearline_encoder
+    texts = make_posts(3, seed=8)
+    with enc.truncate_embeddings(16):
+        worker = nearline.Worker(nearline.connect(redis_server.url), enc, consumer="whole", truncate_dim=50)
+        assert (worker.vector_version, worker.dim) == (enc.model_version, 50)
+        for i, text in enumerate(texts):
+            nearline.publish(redis_client, i, text)
+        worker.run(max_events=3)
+    rows = [redis_client.hgetall(nearline.store_key(enc.model_version, str(i))) for i in range(3)]
+    got = np.stack([np.frombuffer(r[b"vector"], dtype="<f4") for r in rows])
+    assert_exact(got, enc.encode(texts))
+    assert int(rows[0][b"dim"]) == 50 and not redis_client.exists(nearline.store_key(enc.model_version + "@16", "0"))
+
+
 def test_the_command_names_the_version_it_stores_under(redis_server, redis_client, nearline_encoder, monkeypatch,
                                                         capsys):
     """Its start line said the full-dim version with --truncate-dim 16, while it stored under "@16"."""
