@@ -119,6 +119,10 @@ def _print_stats(s: dict, posts_stream: str = "posts") -> None:
     if len(versions) > 1:  # each event goes to one consumer: every version gets only part of the posts
         print(f"  warning: the live workers store under {len(versions)} vector versions ({', '.join(versions)}): "
               "each gets only part of the posts. Fix: one group per vector version (--group)")
+    prompts = sorted({repr(w["prompt_name"]) for w in s["workers"] if "prompt_name" in w})
+    if len(versions) == 1 and len(prompts) > 1:  # posts without a prompt_name get either worker's default prompt
+        print(f"  warning: the live workers embed with {len(prompts)} default prompts ({', '.join(prompts)}): each "
+              "post without a prompt_name gets either. Fix: the same --prompt-name for every worker of a group")
     for w in s["workers"]:
         print(f"  worker {w['consumer']} (pid {w['pid']}, {w.get('vector_version') or w['model_version']}): "
               f"events {w['events']}, "

@@ -48,27 +48,37 @@ class WorkerStats:
 
 
 def check_versions(worker, client, ttl_s: int) -> None:
-    """Warn once when a live worker of ``worker``'s group stores under another vector version.
+    """Warn once when a live worker of ``worker``'s group stores under another vector version, or embeds the
+    posts whose event names no prompt with another default prompt (``--prompt-name``).
 
-    A group delivers each event to one of its consumers, so workers of two vector versions in one
-    group (a rolling deploy of a new model, --precision auto on mixed CPUs) split the posts: each
-    version gets part of them, neither all. Each heartbeat records (SET ... GET, expiring as the
-    heartbeats do: ``ttl_s``) the vector version at ``{prefix}:nearline:worker:{group}`` and reads the one it
-    replaces, so two versions alternating there are seen within a few beats, without a SCAN."""
-    beat = {"vector_version": worker.vector_version, "by": worker.consumer, "at": time.time()}
+    A group delivers each event to one of its consumers, so workers of two vector versions in one group (a
+    rolling deploy of a new model, --precision auto on mixed CPUs) split the posts: each version gets part
+    of them, neither all; workers of two default prompts store each such post with either prompt. Each
+    heartbeat records (SET ... GET, expiring as the heartbeats do: ``ttl_s``) the version and the prompt at
+    ``{prefix}:nearline:worker:{group}`` and reads the ones it replaces, so two alternating there are seen
+    within a few beats, without a SCAN."""
+    beat = {"vector_version": worker.vector_version, "prompt_name": worker.prompt_name, "by": worker.consumer,
+            "at": time.time()}
     old = client.set(f"{worker.prefix}:nearline:worker:{worker.group}", json.dumps(beat), ex=ttl_s, get=True)
     try:
         other = json.loads(old) if old else None
     except ValueError:
         return
-    if worker._mixed_warned or not isinstance(other, dict) or other.get("vector_version") in (None,
-                                                                                              worker.vector_version):
+    if worker._mixed_warned or not isinstance(other, dict) or other.get("vector_version") is None:
         return
-    worker._mixed_warned = True
-    log.warning("group %r has live workers of two vector versions: this one stores %r, worker %r stores %r. Each "
-                "event goes to one worker of the group, so each version gets only part of the posts. Fix: one group "
-                "per vector version (--group), e.g. a new group for the new version, then stop the old workers",
-                worker.group, worker.vector_version, other.get("by"), other.get("vector_version"))
+    if other["vector_version"] != worker.vector_version:
+        worker._mixed_warned = True
+        log.warning("group %r has live workers of two vector versions: this one stores %r, worker %r stores %r. "
+                    "Each event goes to one worker of the group, so each version gets only part of the posts. Fix: "
+                    "one group per vector version (--group), e.g. a new group for the new version, then stop the old "
+                    "workers", worker.group, worker.vector_version, other.get("by"), other["vector_version"])
+    elif other.get("prompt_name", worker.prompt_name) != worker.prompt_name:  # (beats of before: no prompt_name)
+        worker._mixed_warned = True
+        log.warning("group %r has live workers of two default prompts: this one embeds the posts whose event names "
+                    "no prompt_name with prompt %r, worker %r with %r (None: no prompt). Each event goes to one "
+                    "worker of the group, so each such post gets either prompt. Fix: give every worker of a group "
+                    "the same --prompt-name (or a group of its own)", worker.group, worker.prompt_name,
+                    other.get("by"), other["prompt_name"])
 
 
 def _pct(values, p):

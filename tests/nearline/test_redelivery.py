@@ -115,3 +115,25 @@ def test_worker_freshness_counts_the_records_written_not_the_rewrites(redis_serv
     assert (w.stats.stored, w.stats.rewrites) == (2, 1) and len(w.stats.freshness) == 2
     assert 999 < w.stats.freshness[0] < 1100 and w.stats.freshness[1] < 100  # p0 then p1, not the rewrite
     assert redis_client.xlen("embeddings") == 2
+
+
+def test_workers_of_two_default_prompts_in_one_group_are_warned_about(redis_client, nearline_encoder, caplog,
+                                                                      capsys):
+    """Two workers of one vector version, one started with --prompt-name query, one with document: each post
+    without a prompt_name of its own was embedded with either prompt, as the group handed it out, without a word."""
+    a = nearline.Worker(redis_client, nearline_encoder, consumer="a", prompt_name="query", heartbeat_s=0.01)
+    b = nearline.Worker(redis_client, nearline_encoder, consumer="b", prompt_name="document", heartbeat_s=0.01)
+    same = nearline.Worker(redis_client, nearline_encoder, consumer="c", prompt_name="document", heartbeat_s=0.01)
+    with caplog.at_level("WARNING", logger="postemb_rt.nearline"):
+        for w in (b, same, b, a, b):  # `same` only ever replaces b's beat: nothing to warn about
+            w._heartbeat(force=True)
+    warned = [r.getMessage() for r in caplog.records if "two default prompts" in r.getMessage()]
+    assert (a._mixed_warned, b._mixed_warned, same._mixed_warned) == (True, True, False) and len(warned) == 2
+    assert "prompt 'query', worker 'b' with 'document'" in warned[0] and "Fix: give every worker of a group the " \
+           "same --prompt-name" in warned[0]
+    assert not [r for r in caplog.records if "two vector versions" in r.getMessage()]
+    from postemb_rt.commands import nearline as command
+
+    command._print_stats(nearline.stats(redis_client))
+    assert "warning: the live workers embed with 2 default prompts ('document', 'query'): each post without a " \
+           "prompt_name gets either" in capsys.readouterr().out
