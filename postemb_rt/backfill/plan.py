@@ -2,12 +2,14 @@
 of work (a run of Parquet row groups, or a byte range of a JSONL file)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
 from ..errors import ValidationError
 
+log = logging.getLogger("postemb_rt.backfill")
 FORMATS = (".parquet", ".jsonl")
 STAGING = "_staging"
 SUCCESS = "_SUCCESS.json"
@@ -68,7 +70,8 @@ class FilePlan:
 
 def list_inputs(input_path: Path) -> tuple[Path, list[Path]]:
     """(root, files): a single .parquet/.jsonl file, or every such file under a folder
-    (recursively, sorted; ``_``/``.``-prefixed names skipped). One format per run."""
+    (recursively, sorted; ``_``/``.``-prefixed names skipped, as Spark and pyarrow skip them; a file of another
+    suffix, e.g. ``.jsonl.gz``, is not read, and a warning counts them). One format per run."""
     if not input_path.exists():
         raise FileNotFoundError(f"`--input` {str(input_path)!r} does not exist. Fix: give a folder of "
                                 f"{' or '.join(FORMATS)} files, or one such file.")
@@ -77,8 +80,14 @@ def list_inputs(input_path: Path) -> tuple[Path, list[Path]]:
             raise ValidationError(f"`--input` must be a folder or a file ending in {FORMATS}. "
                                   f"Given: {str(input_path)!r}.")
         return input_path.parent, [input_path]
-    files = sorted(p for p in input_path.rglob("*") if p.is_file() and p.suffix in FORMATS
-                   and not any(part.startswith(("_", ".")) for part in p.relative_to(input_path).parts))
+    shown = [p for p in input_path.rglob("*")
+             if p.is_file() and not any(part.startswith(("_", ".")) for part in p.relative_to(input_path).parts)]
+    files = sorted(p for p in shown if p.suffix in FORMATS)
+    others = sorted(p for p in shown if p.suffix not in FORMATS)
+    if files and others:  # e.g. a .jsonl.gz beside .jsonl files: not read, so said once
+        log.warning(
+            "%d file(s) under %s are not %s and are not read (e.g. %s); decompress or convert them to embed them",
+            len(others), input_path, " or ".join(FORMATS), others[0].relative_to(input_path))
     if not files:
         raise ValidationError(f"`--input` {str(input_path)!r} holds no {' or '.join(FORMATS)} files.")
     kinds = {p.suffix for p in files}

@@ -402,3 +402,23 @@ def test_a_second_run_into_an_output_another_run_writes_is_refused(tmp_path, cap
     free = FileLock(out / bf_run.LOCK_NAME)
     free.acquire(timeout=0)  # released by the refused run
     free.release()
+
+
+def test_files_of_another_suffix_beside_the_inputs_are_named_in_a_warning_not_read_silently(tmp_path, caplog):
+    """A folder of .jsonl files with a .jsonl.gz among them: the .gz is not read (one format, uncompressed),
+    and a warning says how many such files were left and names one; ``_``/``.``-prefixed names (Spark's
+    _SUCCESS, editors' .swp) are skipped without a word, as before."""
+    for name in ("a.jsonl", "sub/b.jsonl", "c.jsonl.gz", "notes.txt", "_SUCCESS", ".a.jsonl.swp", "_tmp/d.csv"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text('{"id": 1, "text": "x"}\n')
+    with caplog.at_level("WARNING", logger="postemb_rt.backfill"):
+        root, files = bf.list_inputs(tmp_path)
+    assert (root, [p.relative_to(tmp_path).as_posix() for p in files]) == (tmp_path, ["a.jsonl", "sub/b.jsonl"])
+    [warning] = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(f"2 file(s) under {tmp_path} are not .parquet or .jsonl and are not read (e.g. c.jsonl.gz)")
+    caplog.clear()
+    for name in ("c.jsonl.gz", "notes.txt"):
+        (tmp_path / name).unlink()
+    with caplog.at_level("WARNING", logger="postemb_rt.backfill"):
+        assert len(bf.list_inputs(tmp_path)[1]) == 2
+    assert not caplog.records
