@@ -103,13 +103,20 @@ def long_posts(n: int = 1000, seed: int = 0, median_tokens: int = 100, max_token
     whitespace words x 1.6 (the measured word-piece/word ratio of these tweets: 1.63), so no
     tokenizer is needed here; measured: median 106 tokens, 5.5% of posts over the model's
     max_length of 256, which the encoder truncates."""
-    return concatenated_posts(read_lines(data_root() / SHORT_POSTS), n, seed, median_tokens, max_tokens)
+    path = data_root() / SHORT_POSTS
+    tweets = read_lines(path)
+    if n > 0 and not tweets:
+        raise ValidationError(f"{path} holds no posts, so no long posts can be made of them. Fix: restore the "
+                              "shared data (copy tweeteval/ again), or set POSTEMB_DATA to a folder holding it.")
+    return concatenated_posts(tweets, n, seed, median_tokens, max_tokens)
 
 
 def concatenated_posts(tweets: list[str], n: int, seed: int = 0, median_tokens: int = 100, max_tokens: int = 512,
                        start: int = 0) -> list[str]:
     """``n`` long posts of consecutive ``tweets`` (from index ``start``, wrapping around), each
     up to a length drawn as :func:`long_posts` describes (words x 1.6 per tweet, plus one)."""
+    if n > 0 and not tweets:  # tweets[j % 0]
+        raise ValidationError("`tweets` must hold at least one post to concatenate. Given: 0 posts.")
     rng = np.random.default_rng(seed)
     targets = np.minimum(rng.lognormal(np.log(median_tokens), 0.6, n), max_tokens)
     posts, j = [], start
