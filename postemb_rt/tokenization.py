@@ -44,9 +44,8 @@ class PostTokenizer:
         if lowercase:
             _add_lowercase(self._tok)
         self._windows: dict[int, object] = {}  # overlap -> a copy of the tokenizer cutting windows
+        self._tok.enable_truncation(max_length)
         self._config = _read_config(Path(path).parent / "tokenizer_config.json")
-        self.truncation_side = _truncation_side(self._config, Path(path).parent / "tokenizer_config.json")
-        self._tok.enable_truncation(max_length, direction=self.truncation_side)
         self.pad_id = _pad_id(self._tok, self._config)
         self.specials = self._tok.num_special_tokens_to_add(False)
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)  # token ids are 0..vocab_size - 1
@@ -135,7 +134,7 @@ class PostTokenizer:
             from tokenizers import Tokenizer
 
             tok = Tokenizer.from_str(self._tok.to_str())
-            tok.enable_truncation(self.max_length, stride=overlap, direction=self.truncation_side)
+            tok.enable_truncation(self.max_length, stride=overlap)
             self._windows[overlap] = tok
         return [[e.ids] + [o.ids for o in e.overflowing] for e in _encode_batch(tok, texts)]
 
@@ -185,16 +184,6 @@ def _read_config(path: Path) -> dict:
     except json.JSONDecodeError:
         return {}
     return cfg if isinstance(cfg, dict) else {}
-
-
-def _truncation_side(config: dict, path: Path) -> str:
-    """Where a long text is cut: tokenizer_config.json's ``truncation_side`` ("right", the default: its end;
-    "left": its start), as transformers' tokenizer, so sentence-transformers, reads it."""
-    side = config.get("truncation_side", "right")
-    if side not in ("right", "left"):
-        raise ValidationError(f"`truncation_side` in {path} must be 'right' or 'left'. Given: {side!r}. Fix: one "
-                              "of those, or drop the key (right: a long post loses its end).")
-    return side
 
 
 def _pad_id(tok, config: dict) -> int:
