@@ -103,6 +103,20 @@ def test_the_encoders_queue_must_hold_a_batch():
         assert enc.start_batcher(max_queued_tokens=4096, max_batch_tokens=4096).options["max_queued_tokens"] == 4096
 
 
+def test_the_batchers_token_budget_must_hold_one_post_of_max_length():
+    """start_batcher(max_batch_tokens=100) with max_length 256 was accepted, then every post over 100 tokens
+    failed at submit ("`posts[0]` must hold 1 to max_batch_tokens (100) token ids"); from_pretrained refuses
+    the same value up front, and now start_batcher does too."""
+    from postemb_rt.model_dir import resolve
+
+    md = resolve("base")
+    with Encoder(md, FakeBackend(md), "test") as enc:
+        with pytest.raises(ValidationError, match=r"`max_batch_tokens` must be an int >= max_length \(256\), the "
+                                                  r"tokens one post may hold. Given: 100."):
+            enc.start_batcher(max_batch_tokens=100)
+        assert enc.start_batcher(max_batch_tokens=256).options["max_batch_tokens"] == 256
+
+
 # -- options -----------------------------------------------------------------------------
 @pytest.mark.parametrize("kwargs, match", [
     ({"max_batch_tokens": 2**70}, rf"`max_batch_tokens` must be an int from 1 to 2\*\*40. Given: {2**70}. Fix:"),
