@@ -224,8 +224,14 @@ def test_auto_precision_tries_native_bf16_first_then_int8_then_fp32(monkeypatch,
     assert got == expected and "fidelity bar" in why
     assert backends.precision_candidates(resolve("base"), "cpu", backend="onnxruntime")[0] == ["int8", "fp32"]
     assert backends.precision_candidates(resolve("base"), "cpu", backend="torch")[0] == expected[:1] * native_bf16 + ["fp32"]
+    monkeypatch.setattr(backends, "cpu_vnni512", lambda: True)
     assert backends.precision_candidates(resolve("base"), "cpu", backend="openvino")[0] == expected
     assert backends.precision_candidates(resolve("base"), "cuda")[0] == ["fp32"]
+    # no AVX512-VNNI nor AMX (AVX2-only, Skylake-SP): OpenVINO refuses int8, so it is not tried (it was, with a warning)
+    monkeypatch.setattr(backends, "cpu_vnni512", lambda: False)
+    got, why = backends.precision_candidates(resolve("base"), "cpu", backend="openvino")
+    assert got == [p for p in expected if p != "int8"] and "openvino's int8 runs only on AVX512-VNNI or AMX" in why
+    assert backends.precision_candidates(resolve("base"), "cpu", backend="onnxruntime")[0] == ["int8", "fp32"]
 
 
 def test_auto_precision_loads_the_first_that_clears_the_bar_and_says_why(monkeypatch):

@@ -166,5 +166,8 @@ def precision_candidates(model: ModelDir, device: str, backend: str = "auto") ->
     out += ["int8", "fp32"]
     if backend != "auto":
         out = [p for p in out if p in offers.get(backend, ("fp32",))]
+        if backend == "openvino" and not cpu_vnni512():  # it would refuse int8 at load, with a warning
+            out.remove("int8")
+            why.append(f"openvino's int8 runs only on AVX512-VNNI or AMX ({_not_native('int8')}): int8 skipped")
         why.append(f"backend {backend!r} runs {', '.join(out)}")
     return out, "; ".join(why) + "; each must clear the fidelity bar (postemb_rt.fidelity), else the next"
