@@ -74,7 +74,7 @@ class OnnxBackend(Backend):
             kernels = cpu.mlas_int8_kernels()
             self.numerics = f"-{kernels}"
             self._int8 = (f"dynamic int8 (onnxruntime, MLAS {kernels}: " +
-                          ("VNNI dot products, exact int32 sums)" if kernels.endswith("vnni") else
+                          ("VNNI or AMX dot products, exact int32 sums)" if kernels.endswith("vnni") else
                            "vpmaddubsw without VNNI; its int16 pair sums may saturate)"))
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
