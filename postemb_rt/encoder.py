@@ -354,7 +354,7 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
         budget = self.max_batch_tokens if max_batch_tokens is None else eo.check_int("max_batch_tokens",
                                                                                     max_batch_tokens, 1)
         if mode == "truncate":
-            tok = self.tokenizer(texts, truncate=truncate)
+            tok = self.tokenizer(texts, truncate=truncate, prompt=opts.prompt)
             idx, seqs, cut, chunks = np.arange(len(texts)), tok.ids, tok.truncated, None
         else:
             chunks = lp.split(self.tokenizer.windows(texts, self.chunk_overlap), self.max_chunks, truncate)

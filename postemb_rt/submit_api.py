@@ -102,7 +102,7 @@ class SubmitAPI:
             fut.set_result(np.empty((0, k or self.dim), dtype=np.float32))
             return fut
         if mode == "truncate":
-            tok = self.tokenizer(texts, truncate=truncate)
+            tok = self.tokenizer(texts, truncate=truncate, prompt=text)
             self._warn_truncated(len(tok.truncated), len(texts), mode)
             fut = self.batcher.submit(tok.ids, timeout=timeout, squeeze=single)
         else:

@@ -65,16 +65,17 @@ class PostTokenizer:
                 names = None
         return list(names or ("input_ids", "token_type_ids", "attention_mask"))
 
-    def __call__(self, texts: list[str], truncate: bool = True) -> Tokenized:
-        """texts: list of str (already validated). Raises ValidationError for an over-long
-        text when ``truncate`` is False."""
+    def __call__(self, texts: list[str], truncate: bool = True, prompt: str | None = None) -> Tokenized:
+        """texts: list of str (already validated; ``prompt``: the prompt they start with, named in the error).
+        Raises ValidationError for an over-long text when ``truncate`` is False."""
         encs = _encode_batch(self._tok, texts)
         truncated = [i for i, e in enumerate(encs) if e.overflowing]
         if truncated and not truncate:
-            i = truncated[0]
+            i, with_prompt = truncated[0], f" with its prompt {prompt!r}" if prompt else ""
             raise ValidationError(
-                f"`texts[{i}]` is longer than max_length ({self.max_length} tokens) and truncate=False. "
-                f"{len(truncated)} text(s) are too long. Fix: shorten them or pass truncate=True."
+                f"`texts[{i}]`{with_prompt} is longer than max_length ({self.max_length} tokens) and truncate=False. "
+                f"{len(truncated)} text(s) are too long. Fix: shorten them"
+                f"{', encode without the prompt,' if prompt else ''} or pass truncate=True."
             )
         return Tokenized([e.ids for e in encs], truncated)
 

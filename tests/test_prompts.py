@@ -91,6 +91,19 @@ def test_the_prompt_counts_towards_max_length(enc):
     assert n_prompted == enc.max_length and enc.last_stats.truncated == [0]
 
 
+def test_a_post_the_prompt_pushes_past_max_length_names_the_prompt_when_truncate_is_false(enc):
+    """A post that fits max_length alone but not after its prompt: the error named only the post, which the
+    user had checked fits; it now names the prompt too, on encode and submit."""
+    ids = enc.tokenizer([" ".join(BUILTIN_POSTS)], truncate=True).ids[0][1:enc.max_length - 2]  # 253 tokens
+    post = enc.tokenizer.decode([ids], True)[0]
+    assert len(enc.tokenizer([post], truncate=False, prompt=None).ids[0]) <= enc.max_length  # fits alone
+    for call in (enc.encode, lambda t, **kw: enc.submit(t, **kw).result()):
+        with pytest.raises(ValidationError, match=r"`texts\[0\]` with its prompt 'query: ' is longer than max_length "
+                                                  r"\(\d+ tokens\) .* Fix: shorten them, encode without the prompt,"):
+            call([post], prompt_name="query", truncate=False)
+        call([post], prompt="", truncate=False)  # no prompt: it fits
+
+
 def test_prompt_and_prompt_name_together_are_refused(enc):
     with pytest.raises(ValidationError, match=r"give `prompt` or `prompt_name`, not both.*Fix:"):
         enc.encode(TEXTS[:2], prompt="a: ", prompt_name="query")
