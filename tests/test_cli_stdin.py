@@ -21,12 +21,16 @@ def test_dash_reads_the_posts_from_stdin_as_a_txt_file_would_give_them(tmp_path)
     file by its format"): the unix way to pass a stream, as sentence-transformers users script it."""
     posts = b"first post\r\n\nsecond post\n"
     (tmp_path / "posts.txt").write_bytes(posts)
-    piped = _embed(tmp_path, posts)
+    # both commands in one interpreter (one import of torch and transformers, not two), stdin a real pipe; the
+    # next test runs `python -m postemb_rt.cli embed -` itself
+    both = ("import sys; from postemb_rt.cli import main; "
+            "sys.exit(main(['embed', '-', '--out', 'e.npy', '--backend', 'torch']) "
+            "or main(['embed', 'posts.txt', '--out', 'f.npy', '--backend', 'torch']))")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    piped = subprocess.run([sys.executable, "-c", both], cwd=tmp_path, input=posts, capture_output=True, env=env,
+                           timeout=300)
     assert piped.returncode == 0, piped.stderr
     from_stdin = np.load(tmp_path / "e.npy")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    subprocess.run([sys.executable, "-m", "postemb_rt.cli", "embed", "posts.txt", "--out", "f.npy", "--backend",
-                    "torch"], cwd=tmp_path, check=True, capture_output=True, env=env, timeout=300)
     assert from_stdin.shape == (3, 50) and np.array_equal(from_stdin, np.load(tmp_path / "f.npy"))
 
 
