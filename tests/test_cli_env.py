@@ -145,15 +145,26 @@ def test_a_parser_error_that_names_its_fix_gets_no_second_fix(monkeypatch, capsy
     assert err.rstrip().endswith("or pass --model VALUE."), err
 
 
+BAD_DEPLOY_ENV = {"POSTEMB_PORT": "", "POSTEMB_MAX_INPUTS": "many"}
+
+
+@pytest.fixture(scope="module")
+def served_with_bad_variables():
+    """`postemb -v serve --port 0` under BAD_DEPLOY_ENV, run once: the same command and environment for every
+    case below (each asserts on it)."""
+    env = {**__import__("os").environ, **BAD_DEPLOY_ENV}
+    return subprocess.run([sys.executable, "-m", "postemb_rt.cli", "-v", "serve", "--port", "0"],
+                          capture_output=True, text=True, env=env)
+
+
 @pytest.mark.parametrize("argv", [["--version"], ["--help"], ["demo", "--help"], ["embed", "--help"],
                                   ["index", "query", "--help"], ["--log-format", "text", "embed", "--help"]])
-def test_a_bad_variable_of_a_deployed_command_leaves_the_other_commands_alone(argv):
+def test_a_bad_variable_of_a_deployed_command_leaves_the_other_commands_alone(argv, served_with_bad_variables):
     """Only serve, nearline and backfill read POSTEMB_<FLAG>: a container's $POSTEMB_PORT left empty
     (``POSTEMB_PORT=${PORT}``, PORT unset) made `postemb --version`, `postemb embed` and every other
     command exit 2 on a variable they never read."""
-    env = {**__import__("os").environ, "POSTEMB_PORT": "", "POSTEMB_MAX_INPUTS": "many"}
+    env = {**__import__("os").environ, **BAD_DEPLOY_ENV}
     out = subprocess.run([sys.executable, "-m", "postemb_rt.cli", *argv], capture_output=True, text=True, env=env)
     assert out.returncode == 0 and "POSTEMB_PORT" not in out.stderr, out.stderr
-    served = subprocess.run([sys.executable, "-m", "postemb_rt.cli", "-v", "serve", "--port", "0"],
-                            capture_output=True, text=True, env=env)  # the command that reads it still refuses it
+    served = served_with_bad_variables  # the command that reads it still refuses it
     assert served.returncode == 2 and "$POSTEMB_PORT must be an integer. Given: ''" in served.stderr, served.stderr
