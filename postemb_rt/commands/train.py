@@ -28,7 +28,7 @@ from . import at_least
 def run(args) -> int:
     from ..train.checkpoint import Stopped
     from ..train.config import TrainConfig, task_schedule_counts, task_sizes
-    from ..train.trainer import train
+    from ..train.trainer import DivergedError, train
     from ..train.tasks import mixing_probabilities
 
     cfg = TrainConfig.from_file(args.config, seed=args.seed)
@@ -57,6 +57,9 @@ def run(args) -> int:
     try:
         train(cfg, args.out, progress=lambda m: print(m, flush=True), checkpoint_every=args.checkpoint_every,
               resume=args.resume)
+    except DivergedError as exc:  # a run that started and failed: exit 1, as README's Commands say
+        print(f"postemb train: error: {exc}", file=sys.stderr, flush=True)
+        return 1
     except Stopped as stop:
         print(f"stopped after step {stop.step} of {cfg.steps}; its state is in {stop.path}. Continue: the same "
               "command with --resume", file=sys.stderr, flush=True)

@@ -47,7 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ValidationError
+from ..errors import PostEmbError, ValidationError
 from . import tasks as T
 from .config import TrainConfig, data_root_of, schedule, step_pairs
 from .distill import _batches_to_tensors, _cached_pca, _lstsq_projection, general_posts, teacher_pairs, teacher_stream
@@ -57,6 +57,10 @@ log = logging.getLogger(__name__)
 
 ADAPTERS_FILE = "adapters.safetensors"
 SUMMARY_FILE = "train_summary.json"
+
+
+class DivergedError(PostEmbError, RuntimeError):
+    """The loss or a trained tensor stopped being finite: the run stops there and writes no model."""
 
 
 def train(cfg: TrainConfig, out: str | Path, progress=print, checkpoint_every: float | None = None,
@@ -275,6 +279,13 @@ def train(cfg: TrainConfig, out: str | Path, progress=print, checkpoint_every: f
             "torch_rng": torch.get_rng_state(), "probe_start": probe_start, "seen": seen, "curve": curve,
             "window": window, "term_window": term_window})
 
+    def diverged(done, what):
+        kept = f" The checkpoint {ckpt_path} resumes only these settings: delete it." if ckpt_path and \
+            ckpt_path.exists() else ""
+        return (f"training diverged at step {done} of {cfg.steps}: {what}; no model was written. Fix: lower `lr` "
+                f"({cfg.lr}) and `head_lr` ({cfg.head_lr}) (defaults {TrainConfig.lr} and {TrainConfig.head_lr}), "
+                f"or raise `warmup_frac` ({cfg.warmup_frac}).{kept}")
+
     model.train()
     progress(f"set-up {time.perf_counter() - t_start:.0f}s; {n_trained} trained parameters")
     t_loop = last_save = time.perf_counter()
@@ -296,11 +307,16 @@ def train(cfg: TrainConfig, out: str | Path, progress=print, checkpoint_every: f
                 for k, v in terms.items():
                     term_window.setdefault(k, []).append(v.item())
                 loss = loss + sum(terms.values())
+            if not torch.isfinite(loss):  # NaN gradients would make every weight NaN, and the model written NaN
+                raise DivergedError(diverged(step + 1, f"the loss is {loss.item()}"))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(adapter_params + head_params, 1.0)
             opt.step()
             sched.step()
+            bad = next((n for n, p in trained.items() if not torch.isfinite(p).all()), None)
+            if bad:  # e.g. the loss's scale overflowed: finite loss, infinite weights
+                raise DivergedError(diverged(step + 1, f"`{bad}` is not finite after the update"))
             for t, n in counts.items():
                 seen[t] += n
             window.append(loss.item())
