@@ -4,7 +4,8 @@ The config is JSON with the fields of ``postemb_rt.train.config.TrainConfig`` (s
 ``configs/``). DIR becomes a model directory that ``Encoder.from_pretrained(DIR)`` loads.
 ``--plan`` prints the task mixing, steps per task and the nested prefixes (``matryoshka_dims``)
 without training. DIR is checked before the run (never inside the package's shipped models; not
-a non-empty folder unless ``--force``) and written whole once it ends (an interrupted run leaves
+a non-empty folder unless ``--force``, which replaces only an earlier run's model folder, one
+holding neither the config nor the data) and written whole once it ends (an interrupted run leaves
 it as it was). A run never writes a registered model's version: it gets ``-retrain``.
 
 Every ``--checkpoint-every`` seconds (default 300; 0: never) the run's state is saved to
@@ -27,7 +28,7 @@ from . import at_least
 
 def run(args) -> int:
     from ..train.checkpoint import Stopped
-    from ..train.config import TrainConfig, task_schedule_counts, task_sizes
+    from ..train.config import TrainConfig, data_root_of, task_schedule_counts, task_sizes
     from ..train.trainer import DivergedError, train
     from ..train.tasks import mixing_probabilities
 
@@ -52,7 +53,7 @@ def run(args) -> int:
         return 0
     if not args.out:
         raise ValidationError("`--out` is required (the model directory to write), unless --plan. Given: none.")
-    _check_out(Path(args.out), args.force)  # before the run, not after it
+    _check_out(Path(args.out), args.force, Path(args.config), data_root_of(cfg))  # before the run, not after it
     cfg.model_version = _own_version(cfg.model_version)
     try:
         train(cfg, args.out, progress=lambda m: print(m, flush=True), checkpoint_every=args.checkpoint_every,
@@ -69,10 +70,12 @@ def run(args) -> int:
     return 0
 
 
-def _check_out(out: Path, force: bool) -> None:
+def _check_out(out: Path, force: bool, config: Path, data: Path) -> None:
     """Refuse an ``--out`` the run could not (or must not) write, before any training: inside the
-    package's shipped models, a file, a folder with files (unless ``force``), or a place this user
-    may not create a folder in (the run writes a folder beside it, then renames it: durable.new_folder)."""
+    package's shipped models, a file, a folder with files (``force``: only an earlier model folder, one
+    that holds neither the ``config`` file nor the ``data`` root, since it is replaced whole), or a place
+    this user may not create a folder in (the run writes a folder beside it, then renames it:
+    durable.new_folder)."""
     shipped = Path(__file__).resolve().parents[1] / "models"
     where = out.resolve()
     if where == shipped or shipped in where.parents:
@@ -81,9 +84,18 @@ def _check_out(out: Path, force: bool) -> None:
                               "(configs/reproduce.sh ship).")
     if out.exists() and not out.is_dir():
         raise ValidationError(f"`--out` {str(out)!r} is a file. Fix: name a folder (new, or empty).")
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise ValidationError(f"`--out` {str(out)!r} is not empty. Fix: a new folder, or --force to replace it "
-                              "(whole, once the run has finished; an interrupted run leaves it as it is).")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise ValidationError(f"`--out` {str(out)!r} is not empty. Fix: a new folder, or --force to replace it "
+                                  "(whole, once the run has finished; an interrupted run leaves it as it is).")
+        fix = "Fix: a new folder (e.g. ../runs/NAME); --force replaces only an earlier run's model folder."
+        if not (out / "postemb.json").is_file():
+            raise ValidationError(f"`--out` {str(out)!r} is not a model folder (no postemb.json): --force would "
+                                  f"delete everything in it. {fix}")
+        for what, path in (("the --config file", config), ("the training data", data)):
+            if where == path.resolve() or where in path.resolve().parents:
+                raise ValidationError(f"`--out` {str(out)!r} holds {what} ({path}), which --force would delete. "
+                                      f"{fix}")
     check_writable(out, "--out", folder=True)
 
 
@@ -112,7 +124,8 @@ def register(sub) -> None:
                         "appends -seed<N> to the model version")
     p.add_argument("--plan", action="store_true", help="print task mixing and steps per task, then exit")
     p.add_argument("--force", action="store_true",
-                   help="replace a non-empty --out (whole, once the run has finished)")
+                   help="replace a non-empty --out (whole, once the run has finished): an earlier run's model "
+                        "folder (postemb.json) only")
     p.add_argument("--checkpoint-every", type=at_least(0, float), default=300.0, metavar="SECONDS",
                    help="save the run's state to OUT.checkpoint.pt this often, and on Ctrl-C / SIGTERM "
                         "(default 300; 0: never)")

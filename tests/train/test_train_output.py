@@ -43,6 +43,26 @@ def test_an_out_the_run_must_not_write_is_refused_before_training(config, tmp_pa
     assert words in err and "Traceback" not in err and (tmp_path / "full" / "notes.txt").read_text() == "mine"
 
 
+def test_force_replaces_only_an_earlier_model_folder_never_one_holding_the_config_or_the_data(
+        config, tiny_data, tmp_path, capsys, no_training, monkeypatch):
+    """--force replaced any folder: `--out . --force` from a project folder deleted it whole, the config
+    trained from included, once the run ended."""
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--config", str(config), "--out", ".", "--force"]) == 2
+    assert "is not a model folder (no postemb.json)" in capsys.readouterr().err
+    (tmp_path / "postemb.json").write_text("{}")  # a model folder, but it holds the config
+    assert main(["train", "--config", "tiny.json", "--out", str(tmp_path), "--force"]) == 2
+    assert "holds the --config file" in capsys.readouterr().err
+    model = tmp_path / "runs" / "model"
+    model.mkdir(parents=True)
+    (model / "postemb.json").write_text("{}")
+    (config.parent / "tiny.json").write_text(json.dumps({**SMOKE, "data": str(model / "data"), "steps": 2}))
+    assert main(["train", "--config", str(config), "--out", str(model), "--force"]) == 2
+    assert "holds the training data" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt", "postemb.json", "runs", "tiny.json"]
+
+
 def test_a_run_that_fails_while_writing_leaves_the_old_model_whole(smoke_model, config, tmp_path, monkeypatch):
     """It wrote file by file into --out: a crash left the new projection beside the old adapters,
     loading under the old version."""
