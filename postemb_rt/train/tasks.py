@@ -181,22 +181,35 @@ class SplitData:
     sts_path: Path
     strict: bool
     cache: dict = field(default_factory=dict)
+    split: str = "train"  # for messages: the files read are <split>_text.txt
 
 
 def load_split(root: Path, split: str) -> SplitData:
     strict = split == "train"
     sts = root / "stsb" / ("stsb-en-train.csv" if split == "train" else "stsb-en-dev.csv")
     return SplitData(D.read_topics(root, split, strict), D.read_task(root, "emoji", split, strict),
-                     D.read_task(root, "emotion", split, strict), sts, strict)
+                     D.read_task(root, "emotion", split, strict), sts, strict, split=split)
+
+
+def _label_task(sd: SplitData, name: str) -> LabelTask:
+    """A label task, refused without posts or with a single label (its negative pair is another label's name)."""
+    ds = getattr(sd, name)
+    files = (f"tweeteval/stance/<target>/{sd.split}_text.txt" if name == "topic"
+             else f"tweeteval/{name}/{sd.split}_text.txt")
+    if not len(ds):
+        raise D.DataError(f"the `{name}` task has no posts ({files}). Fix: add labelled posts, or drop "
+                          f"{name!r} from `tasks`.")
+    if len(ds.names) < 2:
+        where = "stance/<target> folders" if name == "topic" else f"tweeteval/{name}/mapping.txt"
+        raise D.DataError(f"the `{name}` task has {len(ds.names)} label ({ds.names[0]!r}): a pair task needs at least "
+                          f"2 (a post's negative pair is another label's name). Fix: add labels ({where}), or drop "
+                          f"{name!r} from `tasks`.")
+    return LabelTask(name, ds)
 
 
 def build_task(sd: SplitData, name: str) -> PairTask:
-    if name == "topic":
-        return LabelTask("topic", sd.topic)
-    if name == "emoji":
-        return LabelTask("emoji", sd.emoji)
-    if name == "emotion":
-        return LabelTask("emotion", sd.emotion)
+    if name in ("topic", "emoji", "emotion"):
+        return _label_task(sd, name)
     if name == "hashtag":
         posts = sd.emoji.texts + sd.emotion.texts + sd.topic.texts
         task = HashtagTask(posts, min_tag_posts=5 if sd.strict else 3)

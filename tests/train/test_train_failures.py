@@ -26,3 +26,29 @@ def test_a_run_whose_loss_diverges_stops_at_that_step_and_writes_no_model(tiny_d
     assert main(["train", "--config", str(config), "--out", str(tmp_path / "model")]) == 1  # a run that failed
     err = capsys.readouterr().err
     assert "diverged at step" in err and "Traceback" not in err and not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("change, words", [
+    ("empty", "`emotion` task has no posts (tweeteval/emotion/train_text.txt)"),
+    ("one-label", "`emotion` task has 1 label ('anger'): a pair task needs at least 2"),
+])
+def test_a_task_without_posts_or_with_one_label_is_refused_naming_it(tiny_data, tmp_path, capsys, change, words):
+    """An empty split was a ZeroDivisionError alone and silently got no step beside another task; one label was
+    numpy's 'high <= 0' after the model loaded (a post's negative pair is another label's name)."""
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    emotion = data / "tweeteval" / "emotion"
+    if change == "empty":
+        (emotion / "train_text.txt").write_text("")
+        (emotion / "train_labels.txt").write_text("")
+    else:
+        (emotion / "mapping.txt").write_text("0\tanger\n")
+        (emotion / "train_labels.txt").write_text("0\n" * 48)
+    for tasks in (["emotion"], ["emoji", "emotion"]):
+        config = tmp_path / "c.json"
+        config.write_text(json.dumps({**TINY, "data": str(data), "tasks": tasks}))
+        assert main(["train", "--config", str(config), "--plan"]) == 2
+        err = capsys.readouterr().err
+        assert words in err and "Fix:" in err and "Traceback" not in err
