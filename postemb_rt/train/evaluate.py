@@ -85,6 +85,7 @@ class EvalSpec:
 
 
 BOOTSTRAP = 1000  # resamples behind every interval in the report
+PROBE_FOLDS = 5  # the probe's C is chosen by this many stratified folds of its fit set
 
 
 def _sub(rng, n_total, n):
@@ -194,6 +195,7 @@ def build_eval_data(root: Path, spec: EvalSpec) -> EvalData:
             test = _unseen(test, {_key(x) for x in fit.texts}, f"zero-shot {t}", dropped)
         rng = np.random.default_rng([spec.seed, 20 + i])
         fi, ti = _sub(rng, len(fit), spec.zs_fit), _sub(rng, len(test), spec.zs_test)
+        _check_probe_fit(t, np.array(fit.labels)[fi], spec)
         zs[t] = ([fit.texts[j] for j in fi], np.array(fit.labels)[fi],
                  [test.texts[j] for j in ti], np.array(test.labels)[ti])
     a, b, s = D.read_sts(root / "stsb" / "stsb-en-dev.csv", strict=False)
@@ -209,6 +211,18 @@ def build_eval_data(root: Path, spec: EvalSpec) -> EvalData:
     rng = np.random.default_rng([spec.seed, 40])
     pca_posts = [pool[j] for j in _sub(rng, len(pool), spec.pca_posts)]
     return EvalData(pairs, zs, (a, b, np.array(s)), retrieval, pca_posts, dropped)
+
+
+def _check_probe_fit(task: str, labels: np.ndarray, spec: EvalSpec) -> None:
+    """Refuse, before any model is embedded, a probe fit set that its folds cannot split: fewer than 2
+    labels, a label with 1 post (a fold would train on one label), or no label with ``PROBE_FOLDS`` posts."""
+    counts = np.bincount(labels) if len(labels) else np.zeros(0, int)
+    present = counts[counts > 0]
+    if len(present) < 2 or present.min() < 2 or present.max() < PROBE_FOLDS:
+        raise D.DataError(f"zero-shot `{task}`: the probe's fit set has {dict(enumerate(counts.tolist()))} posts per "
+                          f"label ({len(labels)} posts, --zs-posts {spec.zs_fit}); its {PROBE_FOLDS}-fold "
+                          f"cross-validation needs 2 labels, 2 posts of each and {PROBE_FOLDS} of one. Fix: a larger "
+                          f"--zs-posts (default {EvalSpec.zs_fit}), or more labelled posts of {task}.")
 
 
 def _auc(scores, labels) -> float:
@@ -245,7 +259,7 @@ def outputs(emb, data: EvalData, spec: EvalSpec) -> dict[str, np.ndarray]:
         got[f"pair_{t}"] = (emb([p.a for p in ps]) * emb([p.b for p in ps])).sum(1)
     for t, (ft, fy, tt, ty) in data.zs.items():
         xf, xt = emb(ft), emb(tt)
-        folds = StratifiedKFold(5, shuffle=True, random_state=spec.seed)
+        folds = StratifiedKFold(PROBE_FOLDS, shuffle=True, random_state=spec.seed)
         probe = lambda c: LogisticRegression(C=c, class_weight="balanced", max_iter=2000)  # noqa: E731
         cv = [cross_val_score(probe(c), xf, fy, cv=folds, scoring="f1_macro").mean() for c in spec.probe_cs]
         best = float(spec.probe_cs[int(np.argmax(cv))])

@@ -101,6 +101,22 @@ def test_prefix_rows_for_declared_dims_and_truncation_controls(smoke_model, tiny
 
 
 
+@pytest.mark.parametrize("zs_posts", ["3", "4"])
+def test_a_probe_fit_set_too_small_for_its_folds_is_refused_before_any_model_is_embedded(tiny_data, tmp_path, capsys,
+                                                                                       monkeypatch, zs_posts):
+    """--zs-posts 3 was sklearn's 'Cannot have number of splits n_splits=5 greater than the number of samples'
+    after every row was embedded; 4 posts of 2 labels: 'n_splits=5 cannot be greater than the number of members in
+    each class'."""
+    from postemb_rt.train import eval_rows
+
+    monkeypatch.setattr(eval_rows, "embed_all", lambda *a, **k: pytest.fail("embedded before the check"))
+    assert main(["eval", "--out", str(tmp_path / "r"), "--data", str(tiny_data), "--backend", "torch",
+                 "--zs-posts", zs_posts, "--pca-posts", "40", "--throughput-posts", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "zero-shot `sentiment`: the probe's fit set has" in err and f"--zs-posts {zs_posts}" in err
+    assert "Fix: a larger --zs-posts" in err and "Traceback" not in err
+
+
 def test_target_1_is_na_not_missed_when_a_reference_row_was_not_evaluated():
     from postemb_rt.train.report import ZS_COLS, check_targets
 
