@@ -9,7 +9,19 @@ from postemb_rt.cli import main
 from postemb_rt.train import evaluate as E
 
 
-def test_eval_command_writes_report_with_all_rows(smoke_model, tiny_data, tmp_path, capsys):
+@dataclasses.dataclass(frozen=True)
+class TwoCs(E.EvalSpec):
+    probe_cs: tuple = (0.1, 1.0)
+
+
+@pytest.fixture
+def two_cs(monkeypatch):
+    """The probe's C chosen by cross-validation from 2 values, not 4: these tests check the rows, their cache and
+    the report, not the grid (its fits, 20 per row and zero-shot task, were most of their time)."""
+    monkeypatch.setattr(E, "EvalSpec", TwoCs)
+
+
+def test_eval_command_writes_report_with_all_rows(smoke_model, tiny_data, tmp_path, capsys, two_cs):
     model, _ = smoke_model
     out = tmp_path / "reports"
     rc = main(["eval", "--model", f"multitask={model}", "--model", f"single-emoji={model}", "--out", str(out),
@@ -38,6 +50,8 @@ def test_eval_command_writes_report_with_all_rows(smoke_model, tiny_data, tmp_pa
         assert lo <= d + 1e-9 and d <= hi + 1e-9, text
     assert set(report["targets"][1]["ci"]) == {"emoji", "mean"}
     assert all(set(r["probe_c"]) == {"sentiment", "hate", "offensive"} for r in report["rows"].values())
+    assert report["spec"]["probe_cs"] == [0.1, 1.0]
+    assert all(c in (0.1, 1.0) for r in report["rows"].values() for c in r["probe_c"].values())
     md = (out / "eval.md").read_text()
     assert "| base-pca50 |" in md and "## Targets" in md and "95% interval" in md
     assert report["dropped_as_seen"]["emoji"] > 0 and "Held-out items dropped because the rows were fitted" in md
@@ -71,7 +85,7 @@ def test_val_split_never_reads_test_files(tiny_data, tmp_path):
     assert all(len(data.pairs[t]) > 0 for t in data.pairs)
 
 
-def test_prefix_rows_for_declared_dims_and_truncation_controls(smoke_model, tiny_data, tmp_path, capsys):
+def test_prefix_rows_for_declared_dims_and_truncation_controls(smoke_model, tiny_data, tmp_path, capsys, two_cs):
     """A model declaring matryoshka_dims gets a row per prefix (served by truncate_dim, checked);
     --prefixes adds control rows for a model that declares none; each prefix adds base-pcaK."""
     import shutil
