@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 import time
 import zipfile
 from pathlib import Path
@@ -26,7 +27,8 @@ def embed_all(model: str, texts: list[str], backend: str, spec: EvalSpec, declar
 
     enc = Encoder.from_pretrained(model, backend=backend, device="cpu")
     t0 = time.perf_counter()
-    x = enc.encode(texts, batch_size=spec.batch_size)
+    # the longest step of an eval (every text of every row): a bar on a terminal, else encode's rule (the logger)
+    x = enc.encode(texts, batch_size=spec.batch_size, show_progress_bar=True if sys.stderr.isatty() else None)
     info = {"model_version": enc.model_version, "dim": enc.dim, "backend": enc.backend.name,
             "embed_seconds": round(time.perf_counter() - t0, 1), "texts": len(texts)}
     table = dict(zip(texts, x))

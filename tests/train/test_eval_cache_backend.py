@@ -29,3 +29,40 @@ def test_rows_cached_on_one_backend_are_computed_again_for_another(tiny_data, tm
     assert calls == ["torch"]  # the same backend: cached
     assert run("onnxruntime")["m"]["backend"] == "onnxruntime"
     assert calls == ["torch", "onnxruntime"]
+
+
+def test_embedding_every_text_shows_a_progress_bar_on_a_terminal(monkeypatch):
+    """The longest step of `postemb eval` (every text of every row) ran without a bar; on a terminal it has
+    one now, and elsewhere (CI logs, pipes) encode's own rule holds (shown when the logger is at INFO)."""
+    import io
+    import sys
+
+    from postemb_rt import encoder as encoder_mod
+
+    seen = []
+
+    class FakeEncoder:
+        model_version, dim = "fake", 4
+        backend = type("B", (), {"name": "torch"})()
+
+        @classmethod
+        def from_pretrained(cls, *a, **k):
+            return cls()
+
+        def encode(self, texts, batch_size=32, show_progress_bar=None, **k):
+            seen.append(show_progress_bar)
+            return np.ones((len(texts), 4), np.float32) / 2
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(encoder_mod, "Encoder", FakeEncoder)
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    for stderr, shown in ((Tty(), True), (io.StringIO(), None)):
+        monkeypatch.setattr(sys, "stderr", stderr)
+        table, _ = R.embed_all("m", ["a", "b"], "torch", E.EvalSpec())
+        assert seen.pop() is shown and set(table) == {"a", "b"}
