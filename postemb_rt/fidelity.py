@@ -139,6 +139,12 @@ def posts(n: int | None = None) -> tuple[list[str], str]:
     return short_posts(n - n_long) + long_posts(n_long), "TweetEval emoji test + concatenated long posts"
 
 
+def numerics_of(backend) -> str:
+    """What a Fidelity records of ``backend``'s numerics (``Fidelity.numerics``): its ``numerics`` (a cache key
+    part, "-u8s8-vnni") without the leading "-"; "" for none."""
+    return backend.numerics.lstrip("-")
+
+
 def measure_encoders(reference, candidate, texts: list[str], source: str) -> Fidelity:
     """Fidelity of ``candidate`` (an Encoder) to ``reference`` (float32) on ``texts``."""
     start = time.perf_counter()
@@ -147,7 +153,7 @@ def measure_encoders(reference, candidate, texts: list[str], source: str) -> Fid
     me = threading.get_ident()
     with dropped(log, lambda r: r.msg == TRUNCATED_WARNING and r.thread == me):
         f = measure(reference.encode(texts), candidate.encode(texts), source)
-    f = dataclasses.replace(f, numerics=candidate.backend.numerics.lstrip("-"))
+    f = dataclasses.replace(f, numerics=numerics_of(candidate.backend))
     log.info("fidelity of %s to float32: %s (%.1f s)", candidate.backend.precision, f.summary(),
              time.perf_counter() - start)
     return f
@@ -238,7 +244,7 @@ def gate(encoder, backend_name: str, load_reference) -> Fidelity:
     stored = onnx_md.config.fidelity if onnx_md is not None else None
     if stored is not None:
         f = Fidelity.from_dict(stored)
-        here = encoder.backend.numerics.lstrip("-")
+        here = numerics_of(encoder.backend)
         if f.numerics and f.numerics != here:  # onnxruntime int8: VNNI sums exactly, vpmaddubsw saturates
             log.warning("%s: its int8 fidelity was measured with %s, and this CPU runs %s: the stored %s was not "
                         "measured for these numbers. Fix: export it again (export/export_onnx.py --precision int8) "
