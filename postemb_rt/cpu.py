@@ -87,6 +87,9 @@ def vnni512(flags: set[str] | None = None, environ=None) -> bool:
 # AVX-VNNI, AMX-INT8); without one it uses vpmaddubsw, whose int16 sums of pairs saturate (onnxruntime's
 # quantization docs), so its dynamic int8 computes other numbers there.
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
+# How each kernel of mlas_int8_kernels sums (the reports' and the onnxruntime backend's one wording)
+MLAS_INT8_SUMS = {"u8s8-vnni": "VNNI or AMX-INT8: exact int32 sums",
+                  "u8s8-madd16": "vpmaddubsw: int16 pair sums may saturate"}
 
 
 def mlas_int8_kernels(flags: set[str] | None = None) -> str:
@@ -261,7 +264,6 @@ def describe(flags: set[str] | None = None, environ=None, usable: int | None = N
     machine = (os.cpu_count() or usable) if machine is None else machine
     kernel_amx = kernel_amx_tiles() if kernel_amx is _READ else kernel_amx
     cap, mlas = onednn_cap(environ), mlas_int8_kernels(flags)
-    sums = "VNNI or AMX-INT8: exact int32 sums" if mlas.endswith("vnni") else "vpmaddubsw: int16 pair sums may saturate"
     yes = {True: "yes", False: "no"}
     amx = {True: "yes", None: "unknown (not Linux x86-64)"}.get(kernel_amx, "no") + (
         " (amx_* flags without it: a kernel before 5.16; no library can use tiles)"
@@ -271,7 +273,7 @@ def describe(flags: set[str] | None = None, environ=None, usable: int | None = N
             f"flags that pick a path: {' '.join(f for f in PATH_FLAGS if f in flags) or 'none'}",
             f"oneDNN cap: {cap or 'none'} -> native bf16 {yes[native_bf16(flags, environ)]}, OpenVINO int8 "
             f"(AVX512-VNNI/AMX) {yes[vnni512(flags, environ)]}",
-            f"onnxruntime int8 (MLAS, from cpuid; no cap holds it): {mlas} ({sums})",
+            f"onnxruntime int8 (MLAS, from cpuid; no cap holds it): {mlas} ({MLAS_INT8_SUMS[mlas]})",
             f"AMX tile state in this kernel: {amx}"]
 
 

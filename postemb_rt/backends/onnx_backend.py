@@ -73,9 +73,7 @@ class OnnxBackend(Backend):
         if precision == "int8" and device == "cpu":  # MLAS's int8 dot product differs by CPU: a fidelity key part
             kernels = cpu.mlas_int8_kernels()
             self.numerics = f"-{kernels}"
-            self._int8 = (f"dynamic int8 (onnxruntime, MLAS {kernels}: " +
-                          ("VNNI or AMX dot products, exact int32 sums)" if kernels.endswith("vnni") else
-                           "vpmaddubsw without VNNI; its int16 pair sums may saturate)"))
+            self._int8 = f"dynamic int8 (onnxruntime, MLAS {kernels}; {cpu.MLAS_INT8_SUMS[kernels]})"
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendUnavailableError(
