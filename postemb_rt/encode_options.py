@@ -124,6 +124,12 @@ def check_int(name: str, value, lowest: int, lowest_is: str | None = None) -> in
     return value
 
 
+def check_max_batch_tokens(value, max_length: int) -> int | None:
+    """``max_batch_tokens`` of ``from_pretrained`` and ``start_batcher``: None (the backend's default), or an int
+    >= ``max_length`` (a batch holds at least one whole post; a smaller budget would refuse every longer post)."""
+    return None if value is None else check_int("max_batch_tokens", value, max_length, f"max_length ({max_length})")
+
+
 def check_truncate_dim(model, truncate_dim) -> int | None:
     """``truncate_dim`` for ``model`` (an Encoder, its ModelDir or its config) -> the prefix to cut to,
     or None for the full dim (the model's own dim); anything else is refused, naming the allowed dims

@@ -52,12 +52,6 @@ def _progress(show: bool | None, total: int):
     return tqdm(total=total, unit="post", desc="encode")
 
 
-def check_max_batch_tokens(value, max_length: int) -> int | None:
-    """``from_pretrained``'s ``max_batch_tokens``: None (the backend's default), or an int >= ``max_length``
-    (a batch holds at least one whole post)."""
-    return None if value is None else eo.check_int("max_batch_tokens", value, max_length, f"max_length ({max_length})")
-
-
 class Encoder(SubmitAPI, SentenceTransformerAPI):
     """A loaded model on one backend. Build it with :meth:`from_pretrained`."""
 
@@ -75,7 +69,7 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
         self.backend = backend
         self.backend_reason = backend_reason
         self.max_length = max_length or model.config.max_length
-        self.max_batch_tokens = check_max_batch_tokens(max_batch_tokens, self.max_length) or backend.max_batch_tokens
+        self.max_batch_tokens = eo.check_max_batch_tokens(max_batch_tokens, self.max_length) or backend.max_batch_tokens
         self.long_posts, self.max_chunks = lp.check_mode(long_posts), max_chunks
         self._set_max_length(self.max_length, chunk_overlap)
         self._stats = threading.local()  # last_stats: each thread's own last encode call
@@ -152,7 +146,7 @@ class Encoder(SubmitAPI, SentenceTransformerAPI):
                 f"({md.config.max_length}). Given: {max_length!r}. Fix: pass an int in that range, or None (the "
                 "model's)."
             )
-        max_batch_tokens = check_max_batch_tokens(max_batch_tokens, max_length or md.config.max_length)
+        max_batch_tokens = eo.check_max_batch_tokens(max_batch_tokens, max_length or md.config.max_length)
         options = dict(max_length=max_length, max_batch_tokens=max_batch_tokens, warmup=warmup,
                        long_posts=long_posts, chunk_overlap=chunk_overlap, max_chunks=max_chunks)
         if precision == "auto":

@@ -41,9 +41,7 @@ class SubmitAPI:
                 "pad_id": self.tokenizer.pad_id,
                 # submit refuses token ids past the vocabulary, as the tokenizer's decode (the server's /decode) does
                 "vocab_size": self.tokenizer.vocab_size, **options}
-        if "max_batch_tokens" in options:  # below max_length, every longer post would be refused at submit
-            eo.check_int("max_batch_tokens", options["max_batch_tokens"], self.max_length,
-                         f"max_length ({self.max_length}), the tokens one post may hold")
+        eo.check_max_batch_tokens(options.get("max_batch_tokens"), self.max_length)
         queue, batch = opts["max_queued_tokens"], opts["max_batch_tokens"]
         if all(isinstance(v, int) and not isinstance(v, bool) for v in (queue, batch)) and queue < batch:
             raise ValidationError(f"`max_queued_tokens` must be >= max_batch_tokens ({batch}): a smaller queue never "

@@ -111,8 +111,8 @@ def test_the_batchers_token_budget_must_hold_one_post_of_max_length():
 
     md = resolve("base")
     with Encoder(md, FakeBackend(md), "test") as enc:
-        with pytest.raises(ValidationError, match=r"`max_batch_tokens` must be an int >= max_length \(256\), the "
-                                                  r"tokens one post may hold. Given: 100."):
+        with pytest.raises(ValidationError, match=r"`max_batch_tokens` must be an int >= max_length \(256\). "
+                                                  r"Given: 100."):
             enc.start_batcher(max_batch_tokens=100)
         assert enc.start_batcher(max_batch_tokens=256).options["max_batch_tokens"] == 256
 
