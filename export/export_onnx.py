@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     p.add_argument("--min-cosine", type=at_least(-1, float), default=0.9999,
                    help="parity threshold: every post's cosine must reach it (default 0.9999)")
     p.add_argument("--precision", choices=["fp32", "int8"], default="fp32",
-                   help="fp32 (exact), or int8 (dynamic quantization, gated by the fidelity check) "
+                   help="fp32 (exact), or int8 (static scales from calibrated ranges, gated by the fidelity check) "
                         "(default: %(default)s)")
     p.add_argument("--fidelity-posts", type=at_least(11), default=None,
                    help="posts in the int8 fidelity check, at least 11 for its overlap@10 (default: "

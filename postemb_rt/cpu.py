@@ -85,7 +85,7 @@ def vnni512(flags: set[str] | None = None, environ=None) -> bool:
 
 # The flags with which onnxruntime's MLAS multiplies u8 x s8 int8 matmuls with VNNI into int32 (AVX512-VNNI,
 # AVX-VNNI, AMX-INT8); without one it uses vpmaddubsw, whose int16 sums of pairs saturate (onnxruntime's
-# quantization docs), so its dynamic int8 computes other numbers there.
+# quantization docs), so its int8 computes other numbers there.
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 # How each kernel of mlas_int8_kernels sums (the reports' and the onnxruntime backend's one wording)
 MLAS_INT8_SUMS = {"u8s8-vnni": "VNNI or AMX-INT8: exact int32 sums",

@@ -1,17 +1,16 @@
 """ONNX export: the model (encoder + pooling + projection + normalisation) as one ONNX graph.
 
-Used by ``export/export_onnx.py`` (the command-line tool, which adds a parity check on
-real posts) and by the onnxruntime backend the first time it meets a model directory
-that has no ONNX file (``cached_export``).
+Used by ``export/export_onnx.py`` (the command-line tool, which adds a parity check on real posts)
+and by the onnxruntime backend the first time it meets a model directory without an ONNX file (``cached_export``).
 
 The exported graph takes ``input_ids`` and ``attention_mask`` (int64, dynamic batch and
 sequence axes). With ``pooling="graph"`` it outputs ``embedding`` (float32 (B, D), unit
 rows) and ``pooled`` (the same before L2 normalisation). With ``pooling="external"`` it
 stops at ``last_hidden_state`` (float32 (B, S, H)); the directory then also holds
 ``projection.safetensors`` and the onnxruntime backend pools with the C++ kernel
-(``postemb_rt._C.masked_mean_pool_l2``), as a TensorRT engine does with the Triton one. With ``optimize=True`` ONNX Runtime's transformer
-optimizer fuses attention, LayerNorm+residual and bias+GELU; the encoder is traced with
-eager attention because that is the pattern the attention fusion recognises.
+(``postemb_rt._C.masked_mean_pool_l2``), as a TensorRT engine does with the Triton one. With
+``optimize=True`` ONNX Runtime's transformer optimizer fuses attention, LayerNorm+residual and bias+GELU;
+the encoder is traced with eager attention because that is the pattern the attention fusion recognises.
 """
 from __future__ import annotations
 
@@ -33,10 +32,9 @@ log = logging.getLogger("postemb_rt")
 OPSET = 17
 POOLINGS = ("graph", "external")
 # What cached_export (the onnxruntime backend's first use, so backend="auto" on CPU) writes.
-# Measured on the 2-core CPU machine, first 4000 short posts, per-batch paired timing:
-# external/graph throughput 0.98-1.00 over three runs (pooling is < 1% of a batch either
-# way; the external path also copies the (B, S, H) hidden states out of the session), so the
-# graph stays the default: a tie, and one artefact instead of two.
+# Measured on the 2-core CPU machine, first 4000 short posts, per-batch paired timing: external/graph
+# throughput 0.98-1.00 over three runs (pooling is < 1% of a batch either way; the external path also
+# copies the (B, S, H) hidden states out), so the graph stays the default: a tie, and one artefact.
 # benchmarks/bench_masked_mean_pool_l2.py::test_onnx_pooling_short_posts re-measures it.
 DEFAULT_POOLING = "graph"
 # Encoders whose exported graph ONNX Runtime's "bert" fusions recognise; others are exported
@@ -275,7 +273,7 @@ def _build_entry(target: Path, key: str, build, what: str) -> ModelDir:
     return load_model_dir(target)
 
 
-INT8_RECIPE = 3  # bump when quantize_int8 / int8_nodes change: cached int8 models and fidelities are keyed by it
+INT8_RECIPE = 4  # bump when quantize_int8 / int8_nodes change: cached int8 models and fidelities are keyed by it
 # Smoothing strength for the smoothed matmuls (postemb_rt.int8_smooth); 0.75 measured better than 0.5
 # for QKV and the up-projections on both models (benchmarks/RESULTS.md, "Fast precisions").
 INT8_SMOOTH_ALPHA = 0.75
@@ -329,9 +327,9 @@ def smooth_int8(fp32: ModelDir | str | Path, calibration: list[str] | None = Non
     ONNX directory ``fp32`` with :func:`int8_smoothed_nodes` smoothed (postemb_rt.int8_smooth,
     alpha INT8_SMOOTH_ALPHA) by per-channel activation maxima over the ``calibration`` posts
     (default: ``int8_smooth.calibration_posts()``, TweetEval train tweets, never the fidelity
-    posts); it computes the same embeddings as ``fp32`` up to float rounding. ``ranges``: {each of
-    :func:`int8_nodes`: the largest |value| its input (smoothed where it was) took over those
-    posts}, the range a static quantizer gives that input."""
+    posts); it computes the same embeddings as ``fp32`` up to float rounding. ``ranges``: {the name
+    of the tensor each of :func:`int8_nodes` reads (after smoothing: the Mul's output): the largest
+    |value| it took over those posts}, the range a static quantizer gives that input."""
     import numpy as np
     import onnx
 
@@ -351,7 +349,8 @@ def smooth_int8(fp32: ModelDir | str | Path, calibration: list[str] | None = Non
     targets = [t for t in int8_smooth.smoothable(model) if t[0].name in nodes]
     act_max = int8_smooth.activation_maxima(fp32.onnx_path, tok, texts, targets)
     scales = int8_smooth.smooth(model, {n: a for n, a in act_max.items() if n in smoothed}, INT8_SMOOTH_ALPHA)
-    return model, {n: float(np.max(a / scales[n] if n in scales else a)) for n, a in act_max.items()}
+    reads = {n.name: n.input[0] for n in model.graph.node}
+    return model, {reads[n]: float(np.max(a / scales[n] if n in scales else a)) for n, a in act_max.items()}
 
 
 def _copy_dir_files(fp32: ModelDir, out: Path, precision: str) -> ModelDir:
@@ -370,15 +369,18 @@ def quantize_int8(fp32: ModelDir | str | Path, out_dir: str | Path, calibration:
     onnxruntime backend's int8 (recipe INT8_RECIPE).
 
     1. :func:`smooth_int8` with the ``calibration`` posts.
-    2. ONNX Runtime dynamic quantization (int8 weights per output channel, activations quantized
-       per batch at run time) of :func:`int8_nodes`; the rest stays float32.
+    2. onnxruntime's ``quantize_dynamic`` of :func:`int8_nodes` (int8 weights per output channel; the
+       rest stays float32), then every input's scale made static, from its calibrated range
+       (``int8_static``): no vector depends on its batch (recipe 3 kept the per-batch scales).
     ``fp32``: a ModelDir or its folder. ``postemb.json`` says ``"precision": "int8"``; its fidelity is
     measured by the caller."""
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    from .int8_static import static_inputs
+
     fp32 = _model_dir(fp32, "fp32")
-    model, _ = smooth_int8(fp32, calibration)
+    model, ranges = smooth_int8(fp32, calibration)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     nodes = int8_nodes(model)
@@ -390,6 +392,9 @@ def quantize_int8(fp32: ModelDir | str | Path, out_dir: str | Path, calibration:
         quantize_dynamic(model, str(out / "model.onnx"), per_channel=True, weight_type=QuantType.QInt8,
                          op_types_to_quantize=ops or ["MatMul"], nodes_to_quantize=nodes,
                          extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    quantized = onnx.load(str(out / "model.onnx"))
+    static_inputs(quantized, ranges)
+    onnx.save(quantized, str(out / "model.onnx"))
     return _copy_dir_files(fp32, out, "int8")
 
 
@@ -406,11 +411,10 @@ def smoothed_for_static_int8(fp32: ModelDir | str | Path, out_dir: str | Path,
 
     fp32 = _model_dir(fp32, "fp32")
     model, ranges = smooth_int8(fp32, calibration)
-    reads = {n.name: n.input[0] for n in model.graph.node}  # after smoothing: the Mul's output
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(out / "model.onnx"))
-    (out / STATIC_RANGES_FILE).write_text(json.dumps({reads[n]: r for n, r in ranges.items()}, indent=1))
+    (out / STATIC_RANGES_FILE).write_text(json.dumps(ranges, indent=1))
     return _copy_dir_files(fp32, out, "fp32")
 
 

@@ -11,6 +11,7 @@ import torch
 
 from postemb_rt import ValidationError
 from postemb_rt import int8_smooth as sm
+from postemb_rt.int8_static import GELU_MIN
 from postemb_rt.model_dir import resolve
 from postemb_rt.onnx_export import (STATIC_RANGES_FILE, export_onnx, int8_nodes, int8_smoothed_nodes, quantize_int8,
                                     smoothed_for_static_int8)
@@ -109,7 +110,18 @@ def test_quantized_graph_runs_qattention_and_keeps_the_first_half_down_projectio
     model = onnx.load(str(q.onnx_path))
     ops = [n.op_type for n in model.graph.node]
     assert ops.count("QAttention") == 2 and "Attention" not in ops
-    assert ops.count("MatMulInteger") == 5  # out, up of both layers and layer 1's down
+    assert ops.count("MatMulIntegerToFloat") == 5  # out, up of both layers and layer 1's down
+    # every input static (int8_static): one QuantizeLinear per int8 node, no scale computed at run time
+    assert ops.count("QuantizeLinear") == 7 and "DynamicQuantizeLinear" not in ops and "MatMulInteger" not in ops
+    producer = {o: n.op_type for n in model.graph.node for o in n.output}
+    consts = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    q_inputs = [(producer.get(n.input[0]), float(consts[n.input[1]]), int(consts[n.input[2]]))
+                for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    # a GELU's output is quantized over [GELU_MIN, r] (one: layer 1's down-projection), every other input over [-r, r]
+    (gelu,) = [(scale, zp) for op, scale, zp in q_inputs if op == "BiasGelu"]
+    assert -gelu[0] * gelu[1] == pytest.approx(GELU_MIN, abs=gelu[0])
+    assert {op for op, _, _ in q_inputs} == {"BiasGelu", "Mul", "QAttention"}
+    assert {zp for op, _, zp in q_inputs if op != "BiasGelu"} <= {127, 128}
     float_matmuls = {n.name for n in model.graph.node if n.op_type == "MatMul"}
     assert any("layer.0/output/dense" in n for n in float_matmuls)
     assert not any("layer.1/output/dense" in n for n in float_matmuls)
@@ -147,3 +159,40 @@ def test_smoothing_errors_name_the_argument_the_value_and_the_fix(fp32):
     with pytest.raises(ValidationError, match="`texts` must hold at least one calibration post"):
         sm.activation_maxima(fp32.onnx_path, tokenizer_of(fp32), [], [(node, weight)])
 
+
+
+def test_an_input_without_a_calibrated_range_is_refused_not_left_dynamic():
+    from onnx import TensorProto, helper
+
+    from postemb_rt.int8_static import static_inputs
+
+    node = helper.make_node("DynamicQuantizeLinear", ["x"], ["q", "s", "z"], name="dq")
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("q", TensorProto.UINT8, [2])])
+    with pytest.raises(ValueError, match="'x' has no calibrated range"):
+        static_inputs(helper.make_model(graph), {"y": 1.0})
+
+
+def test_an_int8_folder_with_per_batch_scales_says_so_and_warns_to_export_it_again(fp32, tmp_path, caplog):
+    """An int8 folder exported before 2026-12-06 (recipe 3: onnxruntime's quantize_dynamic as it is)
+    still loads, but describe() and a warning say its vectors move with their batch."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from postemb_rt.backends.onnx_backend import OnnxBackend
+    from postemb_rt.model_dir import load_model_dir
+    from postemb_rt.onnx_export import _copy_dir_files
+
+    old, new = tmp_path / "recipe3", tmp_path / "recipe4"
+    old.mkdir()
+    quantize_dynamic(str(fp32.onnx_path), str(old / "model.onnx"), per_channel=True, weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    _copy_dir_files(fp32, old, "int8")
+    quantize_int8(fp32, new, calibration=TEXTS[:20])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="postemb_rt"):
+        static = OnnxBackend(load_model_dir(new), precision="int8").describe()["int8"]
+        assert not caplog.records
+        dynamic = OnnxBackend(load_model_dir(old), precision="int8").describe()["int8"]
+    assert static.startswith("static int8") and "no vector depends on its batch" in static
+    assert dynamic.startswith("dynamic int8") and "a vector moves with its batch" in dynamic
+    assert "export it again" in caplog.text and str(old / "model.onnx") in caplog.text

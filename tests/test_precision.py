@@ -134,7 +134,8 @@ def test_static_int8_puts_fake_quantize_on_calibrated_token_matmuls_only(caplog)
     import torch
     from openvino import opset13 as ops
 
-    from postemb_rt.backends.openvino_backend import GELU_MIN, quantize_static
+    from postemb_rt.backends.openvino_backend import quantize_static
+    from postemb_rt.int8_static import GELU_MIN
 
     rng = np.random.default_rng(0)
     w = rng.normal(size=(16, 8)).astype(np.float32) * np.linspace(0.1, 10, 8, dtype=np.float32)  # (K, N)

@@ -13,13 +13,18 @@ A model directory without an ONNX file is exported on first use into the cache
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from .. import cpu
 from ..durable import read_safetensors
 from ..errors import BackendUnavailableError, ValidationError
+from ..int8_static import per_batch_inputs
 from ..ops.masked_mean_pool_l2 import CpuPooler
 from .base import Backend
+
+log = logging.getLogger("postemb_rt")
 
 PRECISIONS = ("fp32", "int8")  # int8: postemb_rt.onnx_export.quantize_int8
 
@@ -73,7 +78,15 @@ class OnnxBackend(Backend):
         if precision == "int8" and device == "cpu":  # MLAS's int8 dot product differs by CPU: a fidelity key part
             kernels = cpu.mlas_int8_kernels()
             self.numerics = f"-{kernels}"
-            self._int8 = f"dynamic int8 (onnxruntime, MLAS {kernels}; {cpu.MLAS_INT8_SUMS[kernels]})"
+            per_batch = per_batch_inputs(onnx_path)
+            scales = ("inputs scaled per batch, so a vector moves with its batch" if per_batch else
+                      "inputs one calibrated scale per tensor, so no vector depends on its batch")
+            self._int8 = (f"{'dynamic' if per_batch else 'static'} int8 (onnxruntime, MLAS {kernels}; "
+                          f"{cpu.MLAS_INT8_SUMS[kernels]}; {scales})")
+            if per_batch:
+                log.warning("`%s` quantizes its int8 inputs per batch (an int8 export of before 2026-12-06, recipe 3): "
+                            "a post's vector moves with its batch neighbours. Fix: export it again (python "
+                            "export/export_onnx.py --precision int8), whose scales are fixed.", onnx_path)
         if device.startswith("cuda"):
             if "CUDAExecutionProvider" not in ort.get_available_providers():
                 raise BackendUnavailableError(

@@ -44,13 +44,13 @@ import numpy as np
 from ..cpu import model_threads, native_bf16 as cpu_native_bf16, onednn_exec_verbose, vnni512
 from ..durable import read_json
 from ..errors import BackendUnavailableError, ValidationError
+from ..int8_static import input_range
 from ..ops.masked_mean_pool_l2 import CpuPooler
 from .base import Backend
 from .onnx_backend import _projection
 
 log = logging.getLogger("postemb_rt")
 PRECISIONS = ("fp32", "bf16", "int8")
-GELU_MIN = -0.1700  # erf GELU's minimum (-0.16997, at x = -0.7518): no post-GELU value is lower
 INT8_STATIC_RECIPE = 1  # bump when quantize_static changes: cached fidelities are keyed by it
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # our float precisions -> OpenVINO's INFERENCE_PRECISION_HINT
 PRECISION_OF_HINT = {**{hint: p for p, hint in HINTS.items()}, "f16": "fp16"}  # as OpenVINO reports them
@@ -99,7 +99,8 @@ def quantize_static(model, ranges: dict[str, float]) -> int:
             continue
         r = ranges[name]
         used.add(name)
-        lo, levels = (GELU_MIN, 256) if src.get_node().get_type_name() == "Gelu" else (-r, 255)
+        after_gelu = src.get_node().get_type_name() == "Gelu"
+        lo, levels = input_range(r, after_gelu)[0], (256 if after_gelu else 255)
         a_lo, a_hi = ops.constant(np.float32(lo)), ops.constant(np.float32(r))
         op.input(0).replace_source_output(ops.fake_quantize(src, a_lo, a_hi, a_lo, a_hi, levels).output(0))
         w = weight.get_data().astype(np.float32)
