@@ -114,7 +114,7 @@ def choose(model: ModelDir, device: str, precision: str = "fp32") -> tuple[str, 
             return "onnxruntime", "the model directory holds an int8 ONNX model (onnxruntime's quantization)"
         if has_ov and cpu and cpu_vnni512():
             return "openvino", ("precision int8 on CPU: OpenVINO (AVX512-VNNI or AMX here; static int8 from "
-                                "calibrated ranges; faster and closer to fp32 than onnxruntime's int8, RESULTS.md)")
+                                "calibrated ranges; faster than onnxruntime's int8, RESULTS.md)")
         return "onnxruntime", ("precision int8 runs on onnxruntime (static int8 from calibrated ranges); " +
                                (f"openvino's int8 runs only on AVX512-VNNI or AMX CPUs ({_not_native('int8')})"
                                 if has_ov else no_ov("int8")))
