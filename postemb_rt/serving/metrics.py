@@ -5,7 +5,10 @@ With ``postemb serve --workers N`` a scrape reaches one worker, so every worker 
 the HTTP metrics use prometheus-client's multiprocess mode (files in ``PROMETHEUS_MULTIPROC_DIR``,
 which the command creates), and each worker writes a snapshot of its batchers' stats and
 connection counts there every ``PUBLISH_S`` seconds; a scrape adds the other workers' latest
-snapshots to its own live numbers (``merge``)."""
+snapshots to its own live numbers (``merge``).
+
+Beside our ``postemb_*`` series, text-embeddings-inference's (``te_*``, ``TeiRequest``), with TEI's names, types,
+labels and units, so that a TEI dashboard reads this server unchanged; only those this server measures."""
 from __future__ import annotations
 
 import copy
@@ -15,6 +18,7 @@ import logging
 import math
 import os
 import threading
+import time
 
 from ..batching import COUNTERS, GAUGES
 from ..durable import pid_alive
@@ -24,6 +28,17 @@ log = logging.getLogger("postemb_rt.server")
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"  # prometheus-client's; set by `postemb serve --workers N`
 WORKERS_ENV = "POSTEMB_SERVE_WORKERS"  # how many workers `postemb serve --workers N` started
 PUBLISH_S = 1.0  # how often a worker writes its snapshot (another worker's numbers are at most this old)
+
+# text-embeddings-inference's request series (router/src/http/server.rs, core/src/infer.rs): duration buckets in
+# seconds as TEI's router/src/prometheus.rs sets them (35, geometric from 15 us, x1.5)
+TEI_DURATION_BUCKETS = tuple(float(f"{1e-5 * 1.5 ** k:.10g}") for k in range(1, 36))
+TEI_METHODS = ("single", "batch")
+# TEI's `err` label for a refused request: codes TEI's tokenizer refuses (counted as "tokenization" there)
+_TEI_TOKENIZATION = frozenset({"max_length", "max_input_chars", "empty_string", "unknown_prompt_name", "max_chunks"})
+# the batcher's series under TEI's names (core/src/queue.rs): a gauge, then histograms
+_TEI_BATCHER = {"queued_posts": ("te_queue_size", "posts waiting in the batcher queue"),
+                "batch_size": ("te_batch_next_size", "posts per batch"),
+                "queue_seconds": ("te_embed_queue_duration", "seconds a post waited in the batcher queue")}
 
 _BATCHER_HISTOGRAMS = {"batch_size": "posts per batch", "batch_padding_ratio": "padded share of a batch's slots",
                        "queue_seconds": "seconds a post waited in the batcher queue",
@@ -58,6 +73,84 @@ def merge(snapshots: list[dict]) -> tuple[dict, dict]:
             if m["stats"] is not None:
                 agg["stats"] = _add_stats(agg["stats"], m["stats"])
     return conns, models
+
+
+def _buckets(h: dict) -> list:
+    """One batcher histogram (``bounds``, per-bucket ``counts``) as prometheus-client's cumulative buckets."""
+    cum, buckets = 0, []
+    for bound, n in zip(h["bounds"] + [math.inf], h["counts"]):
+        cum += n
+        buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), cum))
+    return buckets
+
+
+def tei_method(inputs) -> str | None:
+    """TEI's ``method`` label for a request's inputs: ``single`` (one string, or one input's token ids), ``batch``
+    (a list of them); None for anything else (a body TEI's JSON extractor refuses, so TEI counts nothing)."""
+    if isinstance(inputs, str) or (isinstance(inputs, list) and inputs and type(inputs[0]) is int):
+        return "single"
+    return "batch" if isinstance(inputs, list) else None
+
+
+def tei_failure(err) -> str:
+    """TEI's ``te_request_failure`` ``err`` label for a refused request (``serving.errors.ApiError``): TEI's
+    values where TEI refuses the same thing; ``unhealthy`` for a 503 TEI has no counterpart of (loading, a
+    deadline, shutdown)."""
+    code = err.body.get("code")
+    if err.status == 429:
+        return "overloaded"
+    if code == "max_inputs":
+        return "batch_size"
+    if code == "backend_error":
+        return "inference"
+    if code in _TEI_TOKENIZATION:
+        return "tokenization"
+    return "unhealthy" if err.status >= 500 else "validation"
+
+
+class TeiRequest:
+    """``with metrics.tei_request(started) as t``: one embedding request counted in TEI's series. ``t.received
+    (method)`` once its body is a JSON object (TEI counts a request once its JSON extractor took it):
+    ``te_request_count{method}``; ``t.embedding(n)`` once its n inputs are checked: ``te_embed_count``. On
+    leaving: ``te_request_success{method}``, ``te_embed_success`` and ``te_request_duration`` (seconds since
+    ``started``, ``time.monotonic()``), or ``te_request_failure{err}`` (``tei_failure``; ``dropped``: the client
+    left). A 429 before the body was parsed (admission) counts as a failure too. ``counted`` False (``/tokenize``,
+    ``/decode``, as TEI's): failures only."""
+
+    def __init__(self, metrics: "Metrics", started: float | None, counted: bool = True):
+        self.m, self.started, self.counted = metrics, started, counted
+        self.method, self.inputs = None, 0
+
+    def received(self, method: str | None) -> None:
+        self.method = method
+        if method is not None and self.counted:
+            self.m.tei_requests.labels(method).inc()
+
+    def embedding(self, n: int) -> None:
+        self.inputs = n
+        self.m.tei_embeds.inc(n)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, typ, exc, tb):
+        if exc is None:
+            if self.method is not None and self.counted:
+                self.m.tei_success.labels(self.method).inc()
+                self.m.tei_embeds_ok.inc(self.inputs)
+                self.m.tei_duration.observe(time.monotonic() - self.started)
+            return False
+        from starlette.requests import ClientDisconnect
+
+        from .errors import ApiError
+
+        if isinstance(exc, ApiError) and (self.method is not None or exc.status == 429):
+            self.m.tei_failures.labels(tei_failure(exc)).inc()
+        elif self.method is not None and isinstance(exc, ClientDisconnect):
+            self.m.tei_failures.labels("dropped").inc()
+        elif self.method is not None and isinstance(exc, Exception):  # a server bug (answered 500)
+            self.m.tei_failures.labels("internal").inc()
+        return False
 
 
 class BatcherCollector:
@@ -170,19 +263,20 @@ class BatcherCollector:
             for values, s in stats:
                 fam.add_metric(values, s[k])
             yield fam
-        for k, doc in _BATCHER_HISTOGRAMS.items():
-            fam = HistogramMetricFamily(f"postemb_batcher_{k}", doc, labels=labels)
+        hists = [(f"postemb_batcher_{k}", k, doc) for k, doc in _BATCHER_HISTOGRAMS.items()]
+        hists += [(name, k, doc) for k, (name, doc) in _TEI_BATCHER.items() if k in _BATCHER_HISTOGRAMS]
+        for name, k, doc in hists:
+            fam = HistogramMetricFamily(name, doc, labels=labels)
             for values, s in stats:
-                h = s.get(k)
-                if h is None:  # SerialCore (no extension) keeps counters only
-                    continue
-                cum, buckets = 0, []
-                for bound, n in zip(h["bounds"] + [math.inf], h["counts"]):
-                    cum += n
-                    buckets.append(("+Inf" if bound == math.inf else repr(float(bound)), cum))
-                fam.add_metric(values, buckets, sum_value=h["sum"])
+                if s.get(k) is not None:  # None: SerialCore (no extension) keeps counters only
+                    fam.add_metric(values, _buckets(s[k]), sum_value=s[k]["sum"])
             if fam.samples:
                 yield fam
+        name, doc = _TEI_BATCHER["queued_posts"]
+        fam = GaugeMetricFamily(name, doc, labels=labels)
+        for values, s in stats:
+            fam.add_metric(values, s["queued_posts"])
+        yield fam
 
 
 class Metrics:
@@ -202,20 +296,40 @@ class Metrics:
                                  registry=self.registry)
         self.in_flight = Gauge("postemb_http_requests_in_flight", "embedding requests in progress (admitted)",
                                registry=self.registry, multiprocess_mode="livesum")
+        # text-embeddings-inference's names (TeiRequest); counters are written without `_total` (exposition)
+        self.tei_requests = Counter("te_request_count", "embedding requests received, by method (single: one "
+                                    "input; batch: a list)", ["method"], registry=self.registry)
+        self.tei_success = Counter("te_request_success", "embedding requests answered 200, by method", ["method"],
+                                   registry=self.registry)
+        self.tei_failures = Counter("te_request_failure", "refused or failed requests, by cause", ["err"],
+                                    registry=self.registry)
+        for method in TEI_METHODS:  # 0 rather than no series before the first request
+            self.tei_requests.labels(method), self.tei_success.labels(method)
+        self.tei_embeds = Counter("te_embed_count", "inputs sent to embedding", registry=self.registry)
+        self.tei_embeds_ok = Counter("te_embed_success", "inputs embedded", registry=self.registry)
+        self.tei_duration = Histogram("te_request_duration", "seconds from the route taking a request (its body "
+                                      "read included) to its answer, of requests answered 200",
+                                      buckets=TEI_DURATION_BUCKETS, registry=self.registry)
         self.batchers = BatcherCollector(models, self.shared_dir)
         self.registry.register(self.batchers)
+
+    def tei_request(self, started: float | None, counted: bool = True) -> TeiRequest:
+        return TeiRequest(self, started, counted)
 
     def exposition(self) -> bytes:
         from prometheus_client import CollectorRegistry, generate_latest
 
-        if not self.shared_dir:
-            return generate_latest(self.registry)
-        from prometheus_client.multiprocess import MultiProcessCollector
+        registry = self.registry
+        if self.shared_dir:
+            from prometheus_client.multiprocess import MultiProcessCollector
 
-        registry = CollectorRegistry(auto_describe=False)
-        MultiProcessCollector(registry, self.shared_dir)  # the HTTP metrics of every worker, summed
-        registry.register(self.batchers)
-        return generate_latest(registry)
+            registry = CollectorRegistry(auto_describe=False)
+            MultiProcessCollector(registry, self.shared_dir)  # the HTTP metrics of every worker, summed
+            registry.register(self.batchers)
+        families = list(registry.collect())
+        tei = [f for f in families if f.type == "counter" and f.name.startswith("te_")]
+        rest = [f for f in families if not (f.type == "counter" and f.name.startswith("te_"))]
+        return generate_latest(_Families(rest)) + _tei_counters(tei)
 
     def start_publishing(self):
         """With several workers: a thread publishing this worker's snapshot; returns the function that
@@ -232,3 +346,33 @@ class Metrics:
             self.batchers.wake.set()
             thread.join()
         return halt
+
+
+class _Families:
+    """A collector of families already collected (``generate_latest`` takes a collector)."""
+
+    def __init__(self, families: list):
+        self.families = families
+
+    def collect(self):
+        return self.families
+
+
+def _tei_counters(families: list) -> bytes:
+    """TEI's counters as TEI's exporter (metrics-exporter-prometheus) writes them: each sample named as its
+    metric (``te_request_count{method="batch"} 3``), where prometheus-client's text format would add ``_total``
+    to the name (``te_request_count_total``, which a TEI dashboard's queries do not find); no ``_created``."""
+    from prometheus_client.utils import floatToGoString
+
+    def esc(v: str) -> str:
+        return v.replace("\\", r"\\").replace("\n", r"\n").replace('"', r'\"')
+
+    out = []
+    for f in families:
+        out += [f"# HELP {f.name} {esc(f.documentation)}\n", f"# TYPE {f.name} counter\n"]
+        for s in f.samples:
+            if s.name == f.name + "_total":
+                labels = ",".join(f'{k}="{esc(v)}"' for k, v in sorted(s.labels.items()))
+                out.append(f"{f.name}{{{labels}}} " if labels else f"{f.name} ")
+                out.append(f"{floatToGoString(s.value)}\n")
+    return "".join(out).encode("utf-8")

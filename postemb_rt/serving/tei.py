@@ -48,6 +48,7 @@ from urllib.parse import quote
 from .. import __version__
 from ..encode_options import allowed_dims, truncate as truncate_rows
 from .errors import ApiError, json_response
+from .metrics import tei_method
 from .schemas import (DecodeRequest, ErrorResponse, SimilarityParameters, SimilarityRequest, TeiEmbedRequest,
                       TeiErrorResponse, TokenizeRequest, body_doc, given, json_object, parse)
 from .tokens import fit_chars
@@ -160,22 +161,27 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
     from fastapi import Request, Response
 
     responses = _responses(keyed)
+    metrics = admission.metrics  # TEI's series (metrics.TeiRequest): each route counts as TEI's does
 
     async def embed(request: Request):
         started = time.monotonic()
         try:
-            async with admission(request) as body:
-                req = parse(TeiEmbedRequest, json_object(body), cfg)
-                enc = rt.require_encoder()
-                dim = check_dimensions(enc, req.dimensions)
-                truncate = AUTO_TRUNCATE if req.truncate is None else req.truncate
-                vecs, tokens, truncated = await rt.embed(
-                    req.inputs, "inputs", truncate=truncate, normalize=req.normalize, long_posts=cfg.long_posts,
-                    prompt_name=req.prompt_name, truncation_direction=req.truncation_direction)
-                if dim < enc.dim:  # the prefix, re-normalised when asked (as Encoder.encode's truncate_dim)
-                    vecs = truncate_rows(vecs, dim, req.normalize)
-                resp = await render(vecs, vecs.size)
-                version_header(resp, rt.vector_version(dim, cfg.long_posts))
+            with metrics.tei_request(started) as t:
+                async with admission(request) as body:
+                    obj = json_object(body)
+                    t.received(tei_method(obj.get("inputs")))
+                    req = parse(TeiEmbedRequest, obj, cfg)
+                    t.embedding(len(req.inputs))
+                    enc = rt.require_encoder()
+                    dim = check_dimensions(enc, req.dimensions)
+                    truncate = AUTO_TRUNCATE if req.truncate is None else req.truncate
+                    vecs, tokens, truncated = await rt.embed(
+                        req.inputs, "inputs", truncate=truncate, normalize=req.normalize, long_posts=cfg.long_posts,
+                        prompt_name=req.prompt_name, truncation_direction=req.truncation_direction)
+                    if dim < enc.dim:  # the prefix, re-normalised when asked (as Encoder.encode's truncate_dim)
+                        vecs = truncate_rows(vecs, dim, req.normalize)
+                    resp = await render(vecs, vecs.size)
+                    version_header(resp, rt.vector_version(dim, cfg.long_posts))
         except ApiError as err:
             return tei_error(err)
         resp.headers[TRUNCATED_HEADER] = str(len(truncated))
@@ -191,19 +197,25 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
     async def similarity(request: Request):
         started = time.monotonic()
         try:
-            async with admission(request) as body:
-                req = parse(SimilarityRequest, json_object(body), cfg)
-                # at most max_inputs sentences in all, the source counted (schemas.SimilarityInputs)
-                texts, p = [req.inputs.source_sentence, *req.inputs.sentences], req.parameters or SimilarityParameters()
-                truncate = AUTO_TRUNCATE if p.truncate is None else p.truncate
-                vecs, tokens, truncated = await rt.embed(
-                    texts, "inputs", truncate=truncate, normalize=True, long_posts=cfg.long_posts,
-                    prompt_name=p.prompt_name, truncation_direction=p.truncation_direction, item=_similarity_item)
-                if rt.default_dim < rt.encoder.dim:  # the model's default prefix (truncate_dim), as Encoder.encode's
-                    vecs = truncate_rows(vecs, rt.default_dim, True)
-                scores = vecs[1:] @ vecs[0]  # cosine: the rows are unit vectors
-                resp = await render(scores, 0)
-                version_header(resp, rt.vector_version(None, cfg.long_posts))  # of the vectors compared
+            with metrics.tei_request(started) as t:
+                async with admission(request) as body:
+                    obj = json_object(body)
+                    # TEI embeds the source and the sentences as one batch request
+                    t.received("batch" if isinstance(obj.get("inputs"), dict) else None)
+                    req = parse(SimilarityRequest, obj, cfg)
+                    # at most max_inputs sentences in all, the source counted (schemas.SimilarityInputs)
+                    texts = [req.inputs.source_sentence, *req.inputs.sentences]
+                    p = req.parameters or SimilarityParameters()
+                    t.embedding(len(texts))
+                    truncate = AUTO_TRUNCATE if p.truncate is None else p.truncate
+                    vecs, tokens, truncated = await rt.embed(
+                        texts, "inputs", truncate=truncate, normalize=True, long_posts=cfg.long_posts,
+                        prompt_name=p.prompt_name, truncation_direction=p.truncation_direction, item=_similarity_item)
+                    if rt.default_dim < rt.encoder.dim:  # the model's default prefix (truncate_dim), as Encoder's
+                        vecs = truncate_rows(vecs, rt.default_dim, True)
+                    scores = vecs[1:] @ vecs[0]  # cosine: the rows are unit vectors
+                    resp = await render(scores, 0)
+                    version_header(resp, rt.vector_version(None, cfg.long_posts))  # of the vectors compared
         except ApiError as err:
             return tei_error(err)
         resp.headers[TRUNCATED_HEADER] = str(len(truncated))
@@ -213,13 +225,17 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
     @app.post("/tokenize", openapi_extra=body_doc(TokenizeRequest), response_class=Response, responses=responses)
     async def tokenize(request: Request):
         try:
-            async with admission(request) as body:
-                req = parse(TokenizeRequest, json_object(body), cfg)
-                enc = rt.require_encoder()
-                texts, _ = fit_chars(req.inputs, "inputs[{}]".format, False, cfg.max_input_chars, truncatable=False)
-                texts = rt.prompted(enc, texts, req.prompt_name)
-                encs = await rt.off_loop(enc.tokenizer.encodings, texts, req.add_special_tokens)
-                _within(sum(len(e.ids) for e in encs), cfg.max_queued_tokens, "inputs", "tokens in all")
+            with metrics.tei_request(None, counted=False) as t:  # TEI counts this route's failures only
+                async with admission(request) as body:
+                    obj = json_object(body)
+                    t.received(tei_method(obj.get("inputs")))
+                    req = parse(TokenizeRequest, obj, cfg)
+                    enc = rt.require_encoder()
+                    texts, _ = fit_chars(req.inputs, "inputs[{}]".format, False, cfg.max_input_chars,
+                                         truncatable=False)
+                    texts = rt.prompted(enc, texts, req.prompt_name)
+                    encs = await rt.off_loop(enc.tokenizer.encodings, texts, req.add_special_tokens)
+                    _within(sum(len(e.ids) for e in encs), cfg.max_queued_tokens, "inputs", "tokens in all")
         except ApiError as err:
             return tei_error(err)
         out = []
@@ -235,16 +251,19 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
         from ..errors import ValidationError
 
         try:
-            async with admission(request) as body:
-                req = parse(DecodeRequest, json_object(body), cfg)
-                enc = rt.require_encoder()
-                ids = req.ids if isinstance(req.ids[0], list) else [req.ids]
-                _within(len(ids), cfg.max_inputs, "ids", "lists", "max_inputs")
-                _within(sum(map(len, ids)), cfg.max_queued_tokens, "ids", "ids in all")
-                try:  # off the event loop, as tokenization: a big batch must not stall the probes
-                    texts = await rt.off_loop(enc.tokenizer.decode, ids, req.skip_special_tokens)
-                except ValidationError as exc:
-                    raise ApiError(422, str(exc), param="ids", code="invalid_value") from None
+            with metrics.tei_request(None, counted=False) as t:  # TEI counts this route's failures only
+                async with admission(request) as body:
+                    obj = json_object(body)
+                    t.received(tei_method(obj.get("ids")))
+                    req = parse(DecodeRequest, obj, cfg)
+                    enc = rt.require_encoder()
+                    ids = req.ids if isinstance(req.ids[0], list) else [req.ids]
+                    _within(len(ids), cfg.max_inputs, "ids", "lists", "max_inputs")
+                    _within(sum(map(len, ids)), cfg.max_queued_tokens, "ids", "ids in all")
+                    try:  # off the event loop, as tokenization: a big batch must not stall the probes
+                        texts = await rt.off_loop(enc.tokenizer.decode, ids, req.skip_special_tokens)
+                    except ValidationError as exc:
+                        raise ApiError(422, str(exc), param="ids", code="invalid_value") from None
         except ApiError as err:
             return tei_error(err)
         return json_response(200, texts)
@@ -254,8 +273,8 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
     for path, why in WRONG_MODEL_TYPE.items():
         wrong = {424: {"description": f"Backend: {why} (TEI's answer for such a model)", "model": TeiErrorResponse},
                  **{c: responses[c] for c in keyed}}
-        app.add_api_route(path, _wrong_model_type(why), methods=["POST"], response_class=Response, responses=wrong,
-                          name=f"tei{path.replace('/', '_')}")
+        app.add_api_route(path, _wrong_model_type(why, metrics), methods=["POST"], response_class=Response,
+                          responses=wrong, name=f"tei{path.replace('/', '_')}")
 
 
 def _within(n: int, limit: int, field: str, what: str, name: str = "max_queued_tokens") -> None:
@@ -272,8 +291,9 @@ WRONG_MODEL_TYPE = {"/rerank": "model is not a re-ranker model", "/predict": "mo
                     "/embed_all": "this server pools each post into one vector and keeps no token vectors: use /embed"}
 
 
-def _wrong_model_type(why: str):
+def _wrong_model_type(why: str, metrics):
     async def answer():
+        metrics.tei_failures.labels("model_type").inc()  # as TEI counts a route its model cannot serve
         return json_response(424, {"error": why, "error_type": "Backend"})
     return answer
 
