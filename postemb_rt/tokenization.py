@@ -2,6 +2,9 @@
 
 The packaged all-MiniLM-L6-v2 ``tokenizer.json`` pads every input to 128 tokens; padding
 is switched off here because the runtime pads each batch only to its longest row.
+A long text is cut on the model's side, as transformers reads it (``truncation_side`` of
+tokenizer_config.json, else tokenizer.json's truncation direction, else the right: the text's
+start is kept); a call may name the other side (the server's ``truncation_direction``).
 """
 from __future__ import annotations
 
@@ -10,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ValidationError
+
+SIDES = ("right", "left")  # transformers' truncation_side: "right" keeps a long text's start, "left" its end
 
 # The encoder's warning for posts cut at max_length or max_chunks (args: how many, of how many, what
 # cut them); postemb_rt.fidelity drops it for the posts of its own check.
@@ -44,8 +49,10 @@ class PostTokenizer:
         if lowercase:
             _add_lowercase(self._tok)
         self._windows: dict[int, object] = {}  # overlap -> a copy of the tokenizer cutting windows
-        self._tok.enable_truncation(max_length)
         self._config = _read_config(Path(path).parent / "tokenizer_config.json")
+        self._side = _truncation_side(self._config, self._tok.truncation, Path(path).parent / "tokenizer_config.json")
+        self._tok.enable_truncation(max_length)
+        self._cut = {"right": self._tok}  # side -> a tokenizer cutting there (the left one made on first use)
         self.pad_id = _pad_id(self._tok, self._config)
         self.specials = self._tok.num_special_tokens_to_add(False)
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)  # token ids are 0..vocab_size - 1
@@ -65,10 +72,44 @@ class PostTokenizer:
                 names = None
         return list(names or ("input_ids", "token_type_ids", "attention_mask"))
 
-    def __call__(self, texts: list[str], truncate: bool = True, prompt: str | None = None) -> Tokenized:
+    @property
+    def truncation_side(self) -> str:
+        """transformers' name: "right" (a long text keeps its start) or "left" (its end), the side ``__call__``
+        cuts by default: tokenizer_config.json's ``truncation_side``, else tokenizer.json's direction, else right.
+        Read-only: it is part of the model (and of its folder's model version)."""
+        return self._side
+
+    @truncation_side.setter
+    def truncation_side(self, value) -> None:
+        if value != self._side:
+            raise ValidationError(
+                f"`tokenizer.truncation_side` is the model's ({self._side!r}, from its tokenizer_config.json) and is "
+                f"not set on a loaded Encoder. Given: {value!r}. Fix: write \"truncation_side\": {value!r} in the "
+                "folder's tokenizer_config.json and load it again (a new model version), or on the server send "
+                "truncation_direction with the request.")
+
+    def _cutter(self, side: str | None):
+        """The tokenizer cutting on ``side`` (None: the model's ``truncation_side``)."""
+        side = self._side if side is None else side.lower() if isinstance(side, str) else side
+        tok = self._cut.get(side)
+        if tok is None:
+            if side not in SIDES:
+                raise ValidationError(f"`side` must be one of {SIDES} (or None: the model's, {self._side!r}). "
+                                      f"Given: {side!r}.")
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_str(self._tok.to_str())
+            tok.enable_truncation(self.max_length, direction=side)
+            self._cut[side] = tok
+        return tok
+
+    def __call__(self, texts: list[str], truncate: bool = True, prompt: str | None = None,
+                 side: str | None = None) -> Tokenized:
         """texts: list of str (already validated; ``prompt``: the prompt they start with, named in the error).
+        A text longer than max_length keeps its first max_length tokens, or with ``side`` "left" its last ones
+        ([CLS] and [SEP] kept); ``side`` None: the model's ``truncation_side``.
         Raises ValidationError for an over-long text when ``truncate`` is False."""
-        encs = _encode_batch(self._tok, texts)
+        encs = _encode_batch(self._cutter(side), texts)
         truncated = [i for i, e in enumerate(encs) if e.overflowing]
         if truncated and not truncate:
             i, with_prompt = truncated[0], f" with its prompt {prompt!r}" if prompt else ""
@@ -91,7 +132,7 @@ class PostTokenizer:
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Hugging Face's ``encode``: ``text``'s token ids (with [CLS] ... [SEP] unless
-        ``add_special_tokens`` is False), cut to max_length as the model reads them."""
+        ``add_special_tokens`` is False), cut to max_length as the model reads them (on its ``truncation_side``)."""
         return self._one(text, "encode", add_special_tokens).ids
 
     def _one(self, text: str, call: str, add_special_tokens: bool = False):
@@ -100,7 +141,7 @@ class PostTokenizer:
                                   "Fix: pass one text (encode / __call__ on the Encoder take lists).")
         if call == "tokenize":  # the whole text, as Hugging Face's tokenize does
             return _encode_batch(self._whole, [text], "text", add_special_tokens=False)[0]
-        return _encode_batch(self._tok, [text], "text", add_special_tokens=add_special_tokens)[0]
+        return _encode_batch(self._cutter(None), [text], "text", add_special_tokens=add_special_tokens)[0]
 
     def encodings(self, texts: list[str], add_special_tokens: bool = True) -> list:
         """Each text's ``tokenizers.Encoding`` (ids, tokens, character offsets, special-token mask) of the
@@ -172,6 +213,19 @@ def _add_lowercase(tok) -> None:
         return
     rest = list(current) if isinstance(current, normalizers.Sequence) else [current] if current is not None else []
     tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), *rest])
+
+
+def _truncation_side(config: dict, in_json: dict | None, path: Path) -> str:
+    """The side transformers cuts a long text on: tokenizer_config.json's ``truncation_side`` (``config``, read
+    from ``path``), else the truncation tokenizer.json holds (``in_json``: ``Tokenizer.truncation``), else right.
+    A value transformers refuses is a ValidationError naming the file."""
+    side = config.get("truncation_side")
+    if side is None:
+        return (in_json or {}).get("direction", "right")
+    if side not in SIDES:  # transformers raises too ("Truncation side should be selected between ...")
+        raise ValidationError(f"`{path}` has truncation_side {side!r}; it must be one of {SIDES} (as transformers "
+                              "requires). Fix: write \"right\" (keep a long post's start) or \"left\" (its end).")
+    return side
 
 
 def _read_config(path: Path) -> dict:

@@ -19,7 +19,7 @@ from ..errors import BatcherClosedError, DeadlineExceededError, OverloadedError,
 from .config import ServeConfig
 from . import encodings
 from .errors import NO_RETRY, ApiError, retry_after
-from .tokens import check_cut, check_vocab, fit_chars, fit_ids, tokenize_left
+from .tokens import check_cut, check_vocab, cut_side, fit_chars, fit_ids
 
 log = logging.getLogger("postemb_rt.server")
 
@@ -125,11 +125,16 @@ class Runtime:
         ``Encoder.encode`` and sentence-transformers return by default), else its full dim. Once loaded."""
         return self.encoder.get_embedding_dimension()
 
-    def vector_version(self, dim: int | None = None, long_posts: str = "truncate") -> str:
+    def vector_version(self, dim: int | None = None, long_posts: str = "truncate",
+                       truncation_direction: str | None = "right") -> str:
         """The vector version of this model's answers cut to ``dim`` (None: ``default_dim``) in ``long_posts``
-        mode (the server's encoder has one mode, ``--long-posts``, but /v1/embeddings always truncates
-        and /embed_full takes a mode per request): ``Encoder.vector_version_at``. Once loaded."""
-        return self.encoder.vector_version_at(dim or self.default_dim, long_posts)
+        mode (/v1/embeddings always truncates, /embed_full takes a mode per request): ``Encoder.vector_version_at``,
+        plus ``+<side>`` for posts truncated on the other side than the model's (``truncation_direction``, as
+        ``embed``'s), whose long posts' vectors differ. Once loaded."""
+        enc = self.encoder
+        version, side = enc.vector_version_at(dim or self.default_dim, long_posts), cut_side(enc, truncation_direction)
+        other = side != enc.tokenizer.truncation_side and (long_posts or enc.long_posts) == "truncate"
+        return f"{version}+{side}" if other else version
 
     async def ranges_at(self, dim: int):
         """float32 (2, dim): the int8 / uint8 calibration ranges of this model's unit vectors cut to ``dim``,
@@ -149,14 +154,16 @@ class Runtime:
 
     async def embed(self, texts: list, field: str, truncate: bool, normalize: bool,
                     long_posts: str = "truncate", chunk_stats: dict | None = None, prompt_name: str | None = None,
-                    truncation_direction: str = "right", item: Callable[[int], str] | None = None):
+                    truncation_direction: str | None = "right", item: Callable[[int], str] | None = None):
         """Returns (float32 (n, dim) vectors in input order, tokens computed, truncated indices).
         ``texts``: str each, or (text-embeddings-inference's /embed) a list of token ids, read as TEI
         reads them (``serving.tokens``). long_posts="chunk": windows of long posts share the batcher,
         combined here (postemb_rt.long_posts); ``chunk_stats`` gets {"chunked", "windows"}.
-        truncation_direction "left" keeps a long post's last max_length tokens instead of its first.
+        truncation_direction "left" keeps a long post's last max_length tokens instead of its first (default
+        "right", as text-embeddings-inference, which reads no tokenizer_config.json; None: the model's side).
         Errors call the request's field ``field`` and its post i ``item(i)`` (default ``field[i]``)."""
         enc = self.require_encoder()
+        truncation_direction = cut_side(enc, truncation_direction)
         item = item or f"{field}[{{}}]".format
         at = [i for i, t in enumerate(texts) if not isinstance(t, str)]  # token-id inputs
         ids, ids_cut, keep = [], [], None
@@ -191,12 +198,10 @@ class Runtime:
     async def _embed_truncated(self, enc, texts, field, item, truncate, normalize, direction, cut, ids):
         """``texts`` cut to max_length tokens, then the token-id rows ``ids``, through the batcher:
         (float32 (len(texts) + len(ids), dim), tokens, truncated text indices)."""
-        if direction.lower() == "left":
-            tok = await self.off_loop(tokenize_left, enc.tokenizer, texts)
-        elif sum(map(len, texts)) > TOKENIZE_INLINE_CHARS:
-            tok = await self.off_loop(enc.tokenizer, texts, True)
+        if sum(map(len, texts)) > TOKENIZE_INLINE_CHARS:
+            tok = await self.off_loop(functools.partial(enc.tokenizer, side=direction), texts, True)
         else:
-            tok = enc.tokenizer(texts, True)
+            tok = enc.tokenizer(texts, True, side=direction)
         check_cut(tok, cut, item, truncate, enc.max_length, self.cfg.max_input_chars, direction)
         vecs, n_tokens = await self._compute(tok.ids + ids if ids else tok.ids, field)
         if normalize:

@@ -1,5 +1,5 @@
 """A request's inputs as the token-id rows the model reads: texts cut to max_input_chars (``fit_chars``) and
-the checks of their tokenization (``check_cut``), texts truncated from the left (``tokenize_left``), and
+the checks of their tokenization (``check_cut``), and
 text-embeddings-inference's token-id inputs (``POST /embed`` takes ``inputs`` as token ids, e.g. ``/tokenize``'s:
 ``check_vocab``, ``fit_ids``). ``runtime`` calls these; errors are ``ApiError``.
 
@@ -63,24 +63,10 @@ def check_cut(tok, cut: list[int], item, truncate: bool, max_length: int, limit:
                        param=name, code="max_input_chars", limit=limit, given=f">{limit}")
 
 
-def tokenize_left(tokenizer, texts: list[str]):
-    """Tokenized with truncation from the left: a long text keeps its last max_length - 2 content
-    tokens between [CLS] and [SEP] (its windows without overlap, joined, cut from the start)."""
-    from ..tokenization import Tokenized
-
-    if tokenizer.specials != 2:
-        raise ApiError(422, "truncation_direction \"left\" needs a tokenizer that adds one token before and one "
-                            f"after a text; this one adds {tokenizer.specials}. Fix: truncate from the right.",
-                       param="truncation_direction", code="invalid_value")
-    ids, truncated, keep = [], [], tokenizer.max_length - 2
-    for i, windows in enumerate(tokenizer.windows(texts, 0)):
-        if len(windows) == 1:
-            ids.append(windows[0])
-            continue
-        content = [t for w in windows for t in w[1:-1]]
-        ids.append(windows[0][:1] + content[-keep:] + windows[0][-1:])
-        truncated.append(i)
-    return Tokenized(ids, truncated)
+def cut_side(enc, direction: str | None) -> str:
+    """A request's ``truncation_direction`` ("right" or "left", any case) in lower case; None: the side the
+    model ``enc`` cuts on (its tokenizer's ``truncation_side``, as ``Encoder.encode``)."""
+    return (direction or enc.tokenizer.truncation_side).lower()
 
 
 def check_vocab(tokenizer, rows: list[list[int]], item) -> None:
