@@ -328,15 +328,36 @@ def _tokenizer_cut(st_cfg: dict, cfg_file: Path) -> int | None:
 def max_seq_length(st_cfg: dict, tokenizer_config: Path, hf: dict, cfg_file: Path | None = None) -> int:
     """As sentence-transformers: the tokenizer settings' cut (``_tokenizer_cut``), else ``max_seq_length``
     of sentence_bert_config.json (``cfg_file``; older saves), else the tokenizer's ``model_max_length``
-    (newer saves) capped at the encoder's max_position_embeddings."""
+    (newer saves) capped at the encoder's positions (``positions``). A cut set past those positions is cut
+    there, with a warning: sentence-transformers takes it and fails on a post that long (an index error in the
+    model, which in a batch fails every post beside it)."""
+    limit = positions(hf)
     cut = _tokenizer_cut(st_cfg, cfg_file) if st_cfg else None
+    if cut is None and st_cfg.get("max_seq_length"):
+        cut = int(st_cfg["max_seq_length"])
     if cut is not None:
-        return cut
-    if st_cfg.get("max_seq_length"):
-        return int(st_cfg["max_seq_length"])
-    limit = hf.get("max_position_embeddings") or 512
+        if cut > limit:
+            import logging
+
+            logging.getLogger("postemb_rt").warning(
+                "`%s` sets max_seq_length %d, but its encoder reads at most %d tokens (max_position_embeddings of "
+                "its config.json): posts are cut at %d (sentence-transformers fails on longer ones). Fix: set "
+                "max_seq_length to at most %d.", cfg_file, cut, limit, limit, limit)
+        return min(cut, limit)
     tm = _read_json(tokenizer_config, "tokenizer config").get("model_max_length") if tokenizer_config.exists() else None
     return int(min(tm, limit)) if isinstance(tm, (int, float)) and tm > 0 else int(limit)
+
+
+def positions(hf: dict) -> int:
+    """Tokens the encoder of config.json ``hf`` reads: its ``max_position_embeddings`` (512 if absent), less
+    the ids RoBERTa-style position embeddings skip (they count from the padding id + 1: RoBERTa and XLM-RoBERTa
+    ``pad_token_id`` + 1, MPNet 2), so a 514-position RoBERTa reads 512."""
+    n = int(hf.get("max_position_embeddings") or 512)
+    kind = hf.get("model_type")
+    if kind in ("roberta", "xlm-roberta", "camembert", "xlm-roberta-xl"):
+        pad = hf.get("pad_token_id")
+        return n - ((pad if isinstance(pad, int) else 1) + 1)
+    return n - 2 if kind == "mpnet" else n
 
 
 def _prompts(root: Path, pooling_path: Path) -> dict:
