@@ -95,9 +95,10 @@ def test_a_truncation_side_transformers_refuses_is_named(tmp_path):
         Encoder.from_pretrained(d, backend="torch")
 
 
-def test_the_servers_tei_routes_cut_on_the_right_by_default_and_say_so_in_the_version(left):
-    """TEI's default direction is "right" whatever the folder says; the answer's version then names the side
-    (``+right``) so that it never shares a version with ``Encoder.encode``'s left-cut vectors of this folder."""
+def test_the_servers_routes_cut_on_the_right_by_default_and_say_so_in_the_version(left):
+    """TEI's default direction is "right" whatever the folder says (and the other routes' too, for now); the
+    answer's version then names the side (``+right``) so that it never shares a version with ``Encoder.encode``'s
+    left-cut vectors of this folder."""
     pytest.importorskip("fastapi")
     from starlette.testclient import TestClient
 
@@ -117,6 +118,10 @@ def test_the_servers_tei_routes_cut_on_the_right_by_default_and_say_so_in_the_ve
         assert _cos(np.array(default.json()), base.encode(TEXTS)).min() > 0.9999  # right-cut, as TEI
         assert _cos(np.array(asked_left.json()), enc.encode(TEXTS)).min() > 0.9999  # the folder's own cut
         assert default.headers["X-Vector-Version"] == enc.vector_version + "+right" != enc.vector_version
+        oa = c.post("/v1/embeddings", json={"input": TEXTS})  # the OpenAI route: right, as today (see README)
+        assert oa.status_code == 200, oa.text[:300]
+        assert _cos(np.array([d["embedding"] for d in oa.json()["data"]]), base.encode(TEXTS)).min() > 0.9999
+        assert oa.json()["vector_version"] == enc.vector_version + "+right"
         assert rt.vector_version(None, "truncate", "left") == rt.vector_version(None, "truncate", None) \
             == enc.vector_version  # the model's side adds nothing
         assert rt.vector_version(None, "chunk", "right") == enc.vector_version_at(None, "chunk")  # no cut there
