@@ -83,10 +83,10 @@ class PostTokenizer:
     def truncation_side(self, value) -> None:
         if value != self._side:
             raise ValidationError(
-                f"`tokenizer.truncation_side` is the model's ({self._side!r}, from its tokenizer_config.json) and is "
-                f"not set on a loaded Encoder. Given: {value!r}. Fix: write \"truncation_side\": {value!r} in the "
-                "folder's tokenizer_config.json and load it again (a new model version), or on the server send "
-                "truncation_direction with the request.")
+                f"`tokenizer.truncation_side` is the model's ({self._side!r}, read from its tokenizer files at "
+                f"load) and is not set on a loaded Encoder. Given: {value!r}. Fix: write \"truncation_side\": "
+                f"{value!r} in the folder's tokenizer_config.json and load it again (a new model version), or on the "
+                "server send truncation_direction with the request.")
 
     def _cutter(self, side: str | None):
         """The tokenizer cutting on ``side`` (None: the model's ``truncation_side``)."""
@@ -221,7 +221,7 @@ def _truncation_side(config: dict, in_json: dict | None, path: Path) -> str:
     A value transformers refuses is a ValidationError naming the file."""
     side = config.get("truncation_side")
     if side is None:
-        return (in_json or {}).get("direction", "right")
+        return str((in_json or {}).get("direction", "right")).lower()
     if side not in SIDES:  # transformers raises too ("Truncation side should be selected between ...")
         raise ValidationError(f"`{path}` has truncation_side {side!r}; it must be one of {SIDES} (as transformers "
                               "requires). Fix: write \"right\" (keep a long post's start) or \"left\" (its end).")
