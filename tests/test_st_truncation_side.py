@@ -118,6 +118,7 @@ def test_the_servers_routes_cut_on_the_right_by_default_and_say_so_in_the_versio
         assert _cos(np.array(default.json()), base.encode(TEXTS)).min() > 0.9999  # right-cut, as TEI
         assert _cos(np.array(asked_left.json()), enc.encode(TEXTS)).min() > 0.9999  # the folder's own cut
         assert default.headers["X-Vector-Version"] == enc.vector_version + "+right" != enc.vector_version
+        assert asked_left.headers["X-Vector-Version"] == enc.vector_version  # the folder's own cut adds nothing
         oa = c.post("/v1/embeddings", json={"input": TEXTS})  # the OpenAI route: right, as today (see README)
         assert oa.status_code == 200, oa.text[:300]
         assert _cos(np.array([d["embedding"] for d in oa.json()["data"]]), base.encode(TEXTS)).min() > 0.9999

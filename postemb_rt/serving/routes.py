@@ -214,7 +214,7 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
                                                 truncation_direction=req.truncation_direction)
         if dim < enc.dim:  # a declared prefix (the model's truncate_dim by default), as on /v1/embeddings
             vecs = truncate_rows(vecs, dim, req.normalize)
-        version = m.vector_version(dim, long_posts)
+        version = m.vector_version(dim, long_posts, req.truncation_direction)
         out = {"model": m.name, "vector_version": version, "dim": dim, "encoding": req.encoding,
                "normalized": req.normalize}
         if req.encoding in ("binary", "ubinary"):

@@ -181,7 +181,7 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
                     if dim < enc.dim:  # the prefix, re-normalised when asked (as Encoder.encode's truncate_dim)
                         vecs = truncate_rows(vecs, dim, req.normalize)
                     resp = await render(vecs, vecs.size)
-                    version_header(resp, rt.vector_version(dim, cfg.long_posts))
+                    version_header(resp, rt.vector_version(dim, cfg.long_posts, req.truncation_direction))
         except ApiError as err:
             return tei_error(err)
         resp.headers[TRUNCATED_HEADER] = str(len(truncated))
@@ -215,7 +215,8 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
                         vecs = truncate_rows(vecs, rt.default_dim, True)
                     scores = vecs[1:] @ vecs[0]  # cosine: the rows are unit vectors
                     resp = await render(scores, 0)
-                    version_header(resp, rt.vector_version(None, cfg.long_posts))  # of the vectors compared
+                    # the version of the vectors compared
+                    version_header(resp, rt.vector_version(None, cfg.long_posts, p.truncation_direction))
         except ApiError as err:
             return tei_error(err)
         resp.headers[TRUNCATED_HEADER] = str(len(truncated))

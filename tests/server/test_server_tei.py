@@ -56,6 +56,10 @@ def test_truncation_direction_left_keeps_the_end(client, server_encoder):
     n = server_encoder.max_length - 2
     assert_exact(np.array(right.json(), np.float32), server_encoder.encode([" ".join(["a"] * n)]))
     assert_exact(np.array(left.json(), np.float32), server_encoder.encode([" ".join(["b"] * n)]))
+    # the other cut of one model never shares its version: the left one names its side
+    assert left.headers["X-Vector-Version"] == right.headers["X-Vector-Version"] + "+left"
+    full = client.post("/embed_full", json={"inputs": [LONG], "truncation_direction": "left"})
+    assert full.json()["vector_version"] == left.headers["X-Vector-Version"], full.text[:300]
 
 
 @pytest.mark.parametrize("body, status, error_type, words", [
@@ -191,6 +195,7 @@ def test_similarity_passes_tei_parameters(client, server_encoder):
     r = client.post("/similarity", json=body)
     assert r.status_code == 200 and r.headers["X-Truncated-Inputs"] == "3", r.text[:300]
     assert r.json()[0] == pytest.approx(1, abs=1e-5) and r.json()[1] == pytest.approx(1, abs=1e-5)  # all end in b's
+    assert r.headers["X-Vector-Version"].endswith("+left")  # the vectors compared were cut on the left
 
 
 @pytest.mark.parametrize("body, status, error_type, words", [
