@@ -14,7 +14,9 @@ Built from one split (``train`` for training, ``test`` for held-out evaluation; 
 Hashtag vocabulary: tags on at least ``min_tag_posts`` posts of the split's emoji, emotion
 and stance posts (train: 5, test: 3), the ``#SemST`` marker excluded. Training samples an
 anchor uniformly and makes a positive or a negative with probability 1/2; held-out sets
-take up to ``n`` anchors (seeded) and one positive and one negative pair for each.
+take up to ``n`` anchors (seeded) and one positive and one negative pair for each. A post that
+carries every vocabulary tag has no negative: the task is refused; where no post shares none
+of an anchor's tags, its post negative is a tag it lacks.
 """
 from __future__ import annotations
 
@@ -110,6 +112,13 @@ class HashtagTask(PairTask):
                 self.tags_of[i].add(h)
         self.occ = [(i, h) for h in self.vocab for i in self.by_tag[h]]
         self.tagged = sorted(self.tags_of)
+        full = [i for i in self.tagged if len(self.tags_of[i]) == len(self.vocab)]
+        if full:  # every other tagged post shares one of its tags, and it lacks none: no negative pair
+            raise D.DataError(
+                f"the `hashtag` task has no negative pair for {len(full)} post(s) that carry every hashtag of its "
+                f"vocabulary {self.vocab} (the tags on >= {min_tag_posts} posts), e.g. {posts[full[0]][:80]!r}: "
+                "a negative is a tag the post lacks or a post sharing none of its tags. Fix: add posts with other "
+                "hashtags, or drop 'hashtag' from `tasks`.")
 
     def __len__(self):
         return len(self.occ)
@@ -128,18 +137,26 @@ class HashtagTask(PairTask):
     def negative(self, rng, i):
         p, h = self.occ[i]
         a = D.strip_hashtag(self.posts[p], h)
-        mine = self.tags_of[p]
-        if rng.random() < 0.5 and len(mine) < len(self.vocab):
-            g = self.vocab[int(rng.integers(len(self.vocab)))]
-            while g in mine:
-                g = self.vocab[int(rng.integers(len(self.vocab)))]
-            return Pair(a, self.words[g], 0.0, ("tag", g))
+        mine = self.tags_of[p]  # never all of vocab (refused in __init__): a tag negative always exists
+        if rng.random() < 0.5:
+            return self._tag_negative(rng, a, mine)
         for _ in range(100):
             q = self.tagged[int(rng.integers(len(self.tagged)))]
             if not (self.tags_of[q] & mine):
                 break
+        else:  # rare (most posts share a tag of p): draw among the posts apart, or a tag p lacks if none is
+            apart = [q for q in self.tagged if not self.tags_of[q] & mine]
+            if not apart:
+                return self._tag_negative(rng, a, mine)
+            q = apart[int(rng.integers(len(apart)))]
         g = sorted(self.tags_of[q])[int(rng.integers(len(self.tags_of[q])))]
         return Pair(a, D.strip_hashtag(self.posts[q], g), 0.0, ("post", q))
+
+    def _tag_negative(self, rng, a, mine):
+        g = self.vocab[int(rng.integers(len(self.vocab)))]
+        while g in mine:
+            g = self.vocab[int(rng.integers(len(self.vocab)))]
+        return Pair(a, self.words[g], 0.0, ("tag", g))
 
 
 class StsTask(PairTask):
