@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import re
 from dataclasses import dataclass, field
 from numbers import Integral, Real
@@ -67,7 +68,8 @@ CHOICES = {"task_batches": ("one", "mixed"), "loss": ("bce", "contrastive"), "ta
            "projection_init": ("pca", "random", "teacher"), "calibration": ("shared", "per_task"),
            "direct_target": ("pca", "linear")}
 # key: (None allowed?, what the string is)
-NAMES = {"base": (False, "'base' or an encoder directory"), "data": (True, "the data root; left out: the default"),
+NAMES = {"base": (False, "'base' or an encoder directory"),
+         "data": (True, "the data root, relative to the config file; left out: the default"),
          "steps_from": (True, "a config file relative to this one"),
          "teacher": (True, "a registered teacher, 'base' or a sentence-transformers folder")}
 OWN_CHECKS = ("model_version", "tasks", "lora_layers", "lora_targets", "matryoshka_dims", "matryoshka_weights")
@@ -80,7 +82,9 @@ class TrainConfig:
     # configs that set none never share one (their vectors must not mix in a store)
     model_version: str | None = None
     tasks: list[str] = field(default_factory=lambda: list(T.TASKS))
-    data: str | None = None  # data root (tweeteval/, stsb/); default: postemb_rt.data.data_root()
+    # data root (tweeteval/, stsb/): relative to the config file (to the working directory for a config made in
+    # Python); None: postemb_rt.data.data_root() (POSTEMB_DATA, else ../shared/data)
+    data: str | None = None
     base: str = "base"
     steps: int = 1000
     steps_from: str | None = None  # another config: take this run's steps = that run's steps of our task
@@ -128,6 +132,8 @@ class TrainConfig:
     # Descending, starting at projection_dim, e.g. [50, 32, 16, 8]. None (or [projection_dim]): today's loss.
     matryoshka_dims: list[int] | None = None
     matryoshka_weights: list[float] | None = None
+    # not a key: the file this config was read from (from_file), whose folder a relative `data` is read from
+    source = None
 
     def __post_init__(self):
         if self.model_version is None:
@@ -165,6 +171,7 @@ class TrainConfig:
         if seed is not None:
             raw["seed"] = seed
         cfg = cls(**raw)
+        cfg.source = path.parent.resolve() / path.name  # the folder `extends` and `steps_from` are read from
         cfg.validate(path)
         if cfg.steps_from:
             ref_path = (path.parent / cfg.steps_from).resolve()
@@ -376,13 +383,31 @@ def _read_config(path: Path, named_by: str | None = None, seen: tuple = ()) -> d
     # every key but model_version: a variant that names none gets the hash of its own keys, never the
     # parent's version (two recipes' vectors under one version would mix in a store)
     inherited = {k: v for k, v in _read_config(ref, f"`extends` in {path}", chain).items() if k != "model_version"}
+    data = inherited.get("data")
+    if isinstance(data, str) and data and not Path(data).expanduser().is_absolute():  # relative to the parent file
+        inherited["data"] = os.path.relpath(ref.parent / data, path.parent.resolve())
     return {**inherited, **raw}
 
 
 def data_root_of(cfg: TrainConfig) -> Path:
+    """The data root: ``data`` relative to the config file (``source``), else ``data_root()``. A relative
+    ``data`` whose folder holds no tweeteval/ is refused, naming it read from the working directory too."""
     from ..data import data_root
 
-    return Path(cfg.data).expanduser() if cfg.data else data_root()
+    if not cfg.data:
+        return data_root()
+    given = Path(cfg.data).expanduser()
+    if given.is_absolute() or cfg.source is None:
+        return given
+    root = cfg.source.parent / given
+    if not (root / "tweeteval").is_dir():
+        cwd = Path.cwd() / given
+        there = "holds it" if (cwd / "tweeteval").is_dir() else "does not hold it either"
+        raise ValidationError(
+            f"`data` in {cfg.source} is {cfg.data!r}, read relative to that config file: {root.resolve()} holds no "
+            f"tweeteval/ (relative to the working directory, {cwd.resolve()} {there}). Fix: a path relative to the "
+            "config file's folder or an absolute one, or leave `data` out (POSTEMB_DATA, else ../shared/data).")
+    return root
 
 
 def task_sizes(cfg: TrainConfig) -> dict[str, int]:
