@@ -4,6 +4,7 @@ its checks) and the task schedule it fixes up front. The recipe that reads it:
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import json
 import math
@@ -132,8 +133,7 @@ class TrainConfig:
     # Descending, starting at projection_dim, e.g. [50, 32, 16, 8]. None (or [projection_dim]): today's loss.
     matryoshka_dims: list[int] | None = None
     matryoshka_weights: list[float] | None = None
-    # not a key: the file this config was read from (from_file), whose folder a relative `data` is read from
-    source = None
+    source = None  # not a key: the file read by from_file, from whose folder a relative `data` is read
 
     def __post_init__(self):
         if self.model_version is None:
@@ -163,11 +163,7 @@ class TrainConfig:
     @classmethod
     def _from_file(cls, path: Path, seed, chain: tuple, named_by: str | None) -> "TrainConfig":
         """``chain``: the resolved files whose ``steps_from`` led here; ``named_by``: who named this file."""
-        raw = _read_config(path, named_by)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise ValidationError(f"`{path}` has unknown keys {unknown}. Known keys: {sorted(known)}.")
+        raw = _read_config(path, named_by)  # each file's keys checked there: an error names the file that has them
         if seed is not None:
             raw["seed"] = seed
         cfg = cls(**raw)
@@ -362,14 +358,24 @@ def _read_config(path: Path, named_by: str | None = None, seen: tuple = ()) -> d
     ``named_by``: the key and file that named this one (None: the ``--config`` file itself);
     ``seen``: the resolved files whose ``extends`` led here."""
     what = f"{named_by} names {str(path)!r}, which" if named_by else f"`--config` {str(path)!r}"
+    objects = []  # every JSON object's (key, value) pairs: json.loads keeps the last of a key given twice, silently
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(), object_pairs_hook=lambda pairs: objects.append(pairs) or dict(pairs))
     except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
         fix = " Fix: name a config file by its path relative to the file that names it." if named_by else ""
         raise ValidationError(f"{what} could not be read as JSON: {exc}.{fix}") from None
     if not isinstance(raw, dict):
         raise ValidationError(f"{what} must hold a JSON object of config keys. Given: a {type(raw).__name__}.")
+    twice = [k for pairs in objects for i, (k, _) in enumerate(pairs) if k in dict(pairs[:i])]
+    if twice:
+        raise ValidationError(f"`{twice[0]}` in {path} is given twice (JSON keeps only the last). Fix: keep one.")
     raw = {k: v for k, v in raw.items() if not k.startswith("_")}
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(raw) - known - {"extends"})
+    if unknown:
+        near = {k: m[0] for k in unknown for m in [difflib.get_close_matches(k, known, 1)] if m}
+        raise ValidationError(f"`{path}` has unknown keys {unknown}" + (f" (did you mean {near}?)" if near else "")
+                              + f". Known keys: {sorted(known)}.")
     parent = raw.pop("extends", None)
     if parent is None:
         return raw
@@ -394,14 +400,11 @@ def data_root_of(cfg: TrainConfig) -> Path:
     ``data`` whose folder holds no tweeteval/ is refused, naming it read from the working directory too."""
     from ..data import data_root
 
-    if not cfg.data:
-        return data_root()
-    given = Path(cfg.data).expanduser()
-    if given.is_absolute() or cfg.source is None:
-        return given
-    root = cfg.source.parent / given
+    given = Path(cfg.data or ".").expanduser()
+    if not cfg.data or given.is_absolute() or cfg.source is None:
+        return given if cfg.data else data_root()
+    root, cwd = cfg.source.parent / given, Path.cwd() / given
     if not (root / "tweeteval").is_dir():
-        cwd = Path.cwd() / given
         there = "holds it" if (cwd / "tweeteval").is_dir() else "does not hold it either"
         raise ValidationError(
             f"`data` in {cfg.source} is {cfg.data!r}, read relative to that config file: {root.resolve()} holds no "
