@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def _read(path: Path) -> list[str]:
 
 def read_mapping(path: Path) -> list[str]:
     """``id<TAB>name...`` lines -> names indexed by id. Emoji names (``_red_heart_``) become words.
-    Each id and each name (ignoring case: the label tasks pair posts with them) once."""
+    Each id and each non-empty name (``_same``: the label tasks pair posts with them) once."""
     names: dict[int, str] = {}
     line_of: dict[int, int] = {}
     for lineno, line in enumerate(_read(path), 1):
@@ -72,10 +73,13 @@ def read_mapping(path: Path) -> list[str]:
         except ValueError:
             raise DataError(f"{path}:{lineno}: expected `id<TAB>name`. Given: {line[:80]!r}.") from None
         name = (cols[-1].strip() if len(cols) > 1 else str(idx)).strip("_").replace("_", " ")
+        if not _same(name):
+            raise DataError(f"{path}:{lineno}: label name is empty ({cols[-1]!r}, underscores read as spaces): a "
+                            "label task pairs a post with its label's name. Fix: give the label a name.")
         if idx in names:
             raise DataError(f"{path}:{lineno}: label id {idx} is given twice (lines {line_of[idx]} and {lineno}). "
                             "Fix: one line per id.")
-        same = [i for i, n in names.items() if n.casefold() == name.casefold()]
+        same = [i for i, n in names.items() if _same(n) == _same(name)]
         if same:
             raise DataError(f"{path}:{lineno}: label name {name!r} is also id {same[0]}'s (line {line_of[same[0]]}): "
                             "a post's negative pair would be its positive. Fix: one name per label.")
@@ -83,6 +87,11 @@ def read_mapping(path: Path) -> list[str]:
     if sorted(names) != list(range(len(names))):
         raise DataError(f"{path}: label ids must be 0..{len(names) - 1}. Given: {sorted(names)}.")
     return [names[i] for i in range(len(names))]
+
+
+def _same(name: str) -> str:
+    """What the model reads of a label name: case, Unicode form (NFKC) and runs of spaces ignored."""
+    return " ".join(unicodedata.normalize("NFKC", name).casefold().split())
 
 
 def read_split(folder: Path, split: str, names: list[str], strict: bool = True) -> Labelled:
@@ -129,7 +138,13 @@ def read_topics(root: Path, split: str, strict: bool = True) -> Labelled:
         part = read_split(base / name, split, stance_names, strict)
         texts += [STANCE_MARKER.sub("", t) for t in part.texts]
         labels += [i] * len(part)
-    return Labelled(texts, labels, [TOPICS.get(f, f) for f in folders])
+    topics = [TOPICS.get(f, f) for f in folders]
+    for i, t in enumerate(topics):
+        if any(_same(t) == _same(u) for u in topics[:i]):
+            first = folders[[_same(u) for u in topics].index(_same(t))]
+            raise DataError(f"{base}: the stance folders {first!r} and {folders[i]!r} are both the topic {t!r}: a "
+                            "post's negative pair would be its positive. Fix: merge them, or rename one.")
+    return Labelled(texts, labels, topics)
 
 
 def read_sts(path: Path, strict: bool = True) -> tuple[list[str], list[str], list[float]]:
