@@ -183,14 +183,19 @@ def hashtags(text: str) -> list[str]:
 
 
 def strip_hashtag(text: str, tag: str) -> str:
-    """The post with every occurrence of ``#tag`` (any case) removed, spaces tidied."""
-    out = re.sub(r"#" + re.escape(tag) + r"\b", " ", text, flags=re.IGNORECASE)
+    """The post with every hashtag that ``hashtags`` reads as ``tag`` removed (any case: ``#İstanbul``,
+    whose lower case is longer, too), spaces tidied."""
+    out = HASHTAG.sub(lambda m: " " if m.group(1).lower() == tag else m.group(0), text)
     return re.sub(r"\s+", " ", out).strip()
 
 
 def hashtag_words(tag: str, cased: str | None = None) -> str:
     """Text for a hashtag: its camel-case words when the original spelling has them
-    (``PopeFrancis`` -> ``Pope Francis``), else the tag."""
+    (``PopeFrancis`` -> ``Pope Francis``, ``CaféCrème`` -> ``Café Crème``), else the tag."""
     src = cased or tag
-    words = re.findall(r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+", src)
+    # each character's class (A: upper case, a: lower case, a caseless letter or a mark, 0: digit), split
+    # as r"[A-Z]?[a-z]+|[A-Z]+(?![a-z])|\d+" splits ASCII, in any script
+    shape = "".join("A" if c.isupper() else "0" if c.isdecimal() else "a" if c.isalpha() or c.islower()
+                    or unicodedata.category(c).startswith("M") else " " for c in src)
+    words = [src[m.start():m.end()] for m in re.finditer(r"A?a+|A+(?!a)|0+", shape)]
     return " ".join(words) if len(words) > 1 else tag
