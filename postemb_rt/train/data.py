@@ -50,7 +50,10 @@ class Labelled:
 
 def _exists(path: Path) -> Path:
     if not path.exists():
-        raise DataError(f"{path}: file not found. Fix: point `data` at a folder holding tweeteval/ and stsb/.")
+        raise DataError(f"{path}: file not found (training and evaluation read the emoji, emotion and stance posts "
+                        "and STS-B, whichever `tasks` a run trains: the hashtag task, the distillation stream and the "
+                        "checkpoint read them all). Fix: add it, or point `data` at a folder holding tweeteval/ and "
+                        "stsb/ laid out as postemb_rt/train/data.py says.")
     return path
 
 

@@ -60,3 +60,13 @@ def test_cli_plan_from_another_working_directory(project):
     out = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout)["task_anchors"] == {"emoji": 48}
+
+
+def test_a_missing_task_file_says_every_task_is_read_whichever_tasks_are_trained(project, capsys):
+    """A data root with the emoji task only, for an emoji-only config: the folder is right, a file is missing."""
+    shutil.rmtree(project / "data" / "tweeteval" / "stance")
+    from postemb_rt.cli import main
+
+    assert main(["train", "--config", str(project / "configs" / "x.json"), "--plan"]) == 2
+    err = capsys.readouterr().err
+    assert "stance/mapping.txt: file not found" in err and "whichever `tasks`" in err and "Fix: add" in err, err
