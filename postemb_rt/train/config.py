@@ -389,9 +389,10 @@ def _read_config(path: Path, named_by: str | None = None, seen: tuple = ()) -> d
     # every key but model_version: a variant that names none gets the hash of its own keys, never the
     # parent's version (two recipes' vectors under one version would mix in a store)
     inherited = {k: v for k, v in _read_config(ref, f"`extends` in {path}", chain).items() if k != "model_version"}
-    data = inherited.get("data")
-    if isinstance(data, str) and data and not Path(data).expanduser().is_absolute():  # relative to the parent file
-        inherited["data"] = os.path.relpath(ref.parent / data, path.parent.resolve())
+    for key in ("data", "steps_from"):  # a path means what it meant in the file that gives it: rebased onto this one
+        v = inherited.get(key)
+        if isinstance(v, str) and v and not Path(v).expanduser().is_absolute():
+            inherited[key] = os.path.relpath(ref.parent / v, path.parent.resolve())
     return {**inherited, **raw}
 
 

@@ -70,3 +70,17 @@ def test_a_missing_task_file_says_every_task_is_read_whichever_tasks_are_trained
     assert main(["train", "--config", str(project / "configs" / "x.json"), "--plan"]) == 2
     err = capsys.readouterr().err
     assert "stance/mapping.txt: file not found" in err and "whichever `tasks`" in err and "Fix: add" in err, err
+
+
+def test_an_inherited_steps_from_is_read_relative_to_the_file_that_gives_it(tiny_data, tmp_path, monkeypatch):
+    """As `data` and `extends`: a path key means what it meant in the file that wrote it."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "multi.json").write_text(json.dumps({"data": str(tiny_data), "steps": 40}))
+    (tmp_path / "a" / "single.json").write_text(json.dumps({"data": str(tiny_data), "tasks": ["emoji"],
+                                                            "steps_from": "multi.json"}))
+    (tmp_path / "b" / "child.json").write_text(json.dumps({"extends": "../a/single.json", "lora_rank": 4}))
+    monkeypatch.chdir(tmp_path / "b")
+    child = TrainConfig.from_file(tmp_path / "b" / "child.json")
+    single = TrainConfig.from_file(tmp_path / "a" / "single.json")
+    assert child.steps == single.steps and child.lora_rank == 4
