@@ -231,7 +231,9 @@ def build_task(sd: SplitData, name: str) -> PairTask:
         posts = sd.emoji.texts + sd.emotion.texts + sd.topic.texts
         task = HashtagTask(posts, min_tag_posts=5 if sd.strict else 3)
         if len(task) == 0:
-            raise D.DataError("hashtag task: no hashtag appears on enough posts of the split (train: 5, test: 3).")
+            raise D.DataError(f"the `hashtag` task has no anchor: no hashtag is on >= {5 if sd.strict else 3} posts of "
+                              f"the {sd.split} split (its emoji, emotion and stance posts; train: 5, else 3). Fix: add "
+                              "posts with hashtags, or drop 'hashtag' from `tasks`.")
         return task
     if name == "sts":
         return StsTask(sd.sts_path, sd.strict)

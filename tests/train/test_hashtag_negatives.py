@@ -56,3 +56,18 @@ def test_negatives_of_the_tiny_data_share_no_tag(tiny_data):
 
     task = T.build_task(T.load_split(tiny_data, "train"), "hashtag")
     _check_negatives(task)
+
+
+def test_data_without_frequent_hashtags_names_the_split_and_the_fix(tiny_data, tmp_path):
+    import shutil
+
+    from postemb_rt.train import tasks as T
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    for f in root.glob("tweeteval/*/train_text.txt"):
+        f.write_text(f.read_text().replace("#", ""))
+    for f in root.glob("tweeteval/stance/*/train_text.txt"):
+        f.write_text(f.read_text().replace("#blessed", "").replace("#BeachLife", "").replace("#mondays", ""))
+    with pytest.raises(D.DataError, match=r"`hashtag` task.*>= 5 posts of the train split.*Fix: .*drop 'hashtag'"):
+        T.build_task(T.load_split(root, "train"), "hashtag")
