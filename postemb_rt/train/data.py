@@ -111,10 +111,12 @@ def read_split(folder: Path, split: str, names: list[str], strict: bool = True) 
     for lineno, (t, lab) in enumerate(zip(texts, raw), 1):
         if strict and not t.strip():
             raise DataError(f"{tpath}:{lineno}: empty text. Fix: remove the line and its label in {lpath.name}.")
-        try:
-            y = int(lab.strip())
-        except ValueError:
-            raise DataError(f"{lpath}:{lineno}: label must be an integer id. Given: {lab[:40]!r}.") from None
+        if not lab.strip().isdecimal():  # int() would also read "1_0" as 10
+            named = [i for i, n in enumerate(names) if _same(n) == _same(lab)]
+            fix = f"its id, {named[0]}" if named else f"an id 0..{len(names) - 1}"
+            raise DataError(f"{lpath}:{lineno}: label must be an integer id. Given: {lab[:40]!r}. Fix: {fix} "
+                            f"({folder / 'mapping.txt'}).")
+        y = int(lab.strip())
         if not 0 <= y < len(names):
             raise DataError(
                 f"{lpath}:{lineno}: unknown label id {y}; {folder / 'mapping.txt'} has ids 0..{len(names) - 1}."

@@ -46,3 +46,15 @@ def test_stance_folders_that_give_the_same_topic_are_refused(data):
 def test_distinct_names_with_unicode_and_numbers_are_kept(data):
     (data / "tweeteval/emoji/mapping.txt").write_text("0\t\u2764\ufe0f\t_red_heart_\n1\t\U0001f525\n2\t2\n")
     assert T.load_split(data, "train").emoji.names == ["red heart", "\U0001f525", "2"]
+
+
+@pytest.mark.parametrize("given,fix", [("joy", "its id, 1"), ("Joy ", "its id, 1"), ("1_0", "an id 0..1"),
+                                       ("1.0", "an id 0..1")])
+def test_a_label_that_is_not_an_id_names_the_fix(data, given, fix):
+    f = data / "tweeteval/emotion/train_labels.txt"
+    lines = f.read_text().splitlines()
+    lines[3] = given
+    f.write_text("\n".join(lines) + "\n")
+    with pytest.raises(D.DataError, match=rf"emotion/train_labels.txt:4: label must be an integer id.*"
+                                          rf"Given: {given!r}.*Fix: .*{fix}"):
+        T.load_split(data, "train")
