@@ -163,11 +163,13 @@ class TrainConfig:
     @classmethod
     def _from_file(cls, path: Path, seed, chain: tuple, named_by: str | None) -> "TrainConfig":
         """``chain``: the resolved files whose ``steps_from`` led here; ``named_by``: who named this file."""
-        raw = _read_config(path, named_by)  # each file's keys checked there: an error names the file that has them
+        raw = _read_config(path, named_by, (), origin := {})  # each file's key names checked there, naming it
         if seed is not None:
             raw["seed"] = seed
         cfg = cls(**raw)
         cfg.source = path.parent.resolve() / path.name  # the folder `extends` and `steps_from` are read from
+        for key in sorted(set(raw) - {"seed"}):  # an inherited value's type and range: named by its file
+            cfg._check_key(key, raw[key], origin[key])
         cfg.validate(path)
         if cfg.steps_from:
             ref_path = (path.parent / cfg.steps_from).resolve()
@@ -233,7 +235,8 @@ class TrainConfig:
                                       f"Fix: e.g. {default!r} (the default).")
         elif key in CHOICES:
             if not isinstance(value, str) or value not in CHOICES[key]:
-                raise ValidationError(f"`{key}` in {where} must be {_either(CHOICES[key])}. Given: {value!r}.")
+                *most, last = map(repr, CHOICES[key])
+                raise ValidationError(f"`{key}` in {where} must be {', '.join(most)} or {last}. Given: {value!r}.")
         elif key in NAMES:
             optional, what = NAMES[key]
             if not (isinstance(value, str) and value) and not (value is None and optional):
@@ -347,16 +350,10 @@ def _default(key: str):
     return f.default_factory() if f.default is dataclasses.MISSING else f.default
 
 
-def _either(choices) -> str:
-    """"'a' or 'b'", "'a', 'b' or 'c'"."""
-    quoted = [repr(c) for c in choices]
-    return ", ".join(quoted[:-1]) + " or " + quoted[-1]
-
-
-def _read_config(path: Path, named_by: str | None = None, seen: tuple = ()) -> dict:
+def _read_config(path: Path, named_by: str | None, seen: tuple, origin: dict) -> dict:
     """The JSON keys of a config file, ``_comment`` keys dropped, ``extends`` resolved.
     ``named_by``: the key and file that named this one (None: the ``--config`` file itself);
-    ``seen``: the resolved files whose ``extends`` led here."""
+    ``seen``: the resolved files whose ``extends`` led here; ``origin``: filled with each key's file."""
     what = f"{named_by} names {str(path)!r}, which" if named_by else f"`--config` {str(path)!r}"
     objects = []  # every JSON object's (key, value) pairs: json.loads keeps the last of a key given twice, silently
     try:
@@ -377,6 +374,7 @@ def _read_config(path: Path, named_by: str | None = None, seen: tuple = ()) -> d
         raise ValidationError(f"`{path}` has unknown keys {unknown}" + (f" (did you mean {near}?)" if near else "")
                               + f". Known keys: {sorted(known)}.")
     parent = raw.pop("extends", None)
+    origin.update(dict.fromkeys(raw, path))
     if parent is None:
         return raw
     if not (isinstance(parent, str) and parent):
@@ -388,7 +386,9 @@ def _read_config(path: Path, named_by: str | None = None, seen: tuple = ()) -> d
         raise ValidationError(f"`extends` in {path} makes a cycle: {[str(p) for p in chain + (ref,)]}.")
     # every key but model_version: a variant that names none gets the hash of its own keys, never the
     # parent's version (two recipes' vectors under one version would mix in a store)
-    inherited = {k: v for k, v in _read_config(ref, f"`extends` in {path}", chain).items() if k != "model_version"}
+    inherited = _read_config(ref, f"`extends` in {path}", chain, mine := {})
+    inherited = {k: v for k, v in inherited.items() if k != "model_version"}
+    origin.update({k: f for k, f in mine.items() if k not in raw and k in inherited})
     for key in ("data", "steps_from"):  # a path means what it meant in the file that gives it: rebased onto this one
         v = inherited.get(key)
         if isinstance(v, str) and v and not Path(v).expanduser().is_absolute():
