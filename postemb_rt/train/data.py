@@ -135,7 +135,7 @@ def read_topics(root: Path, split: str, strict: bool = True) -> Labelled:
     with the ``#SemST`` marker removed."""
     base = root / "tweeteval" / "stance"
     stance_names = read_mapping(base / "mapping.txt")
-    folders = sorted(p.name for p in base.iterdir() if p.is_dir())
+    folders = sorted(p.name for p in base.iterdir() if p.is_dir() and not p.name.startswith("."))  # .ipynb_checkpoints
     if not folders:
         raise DataError(f"{base}: no stance/<target> folders.")
     texts, labels = [], []

@@ -58,3 +58,11 @@ def test_a_label_that_is_not_an_id_names_the_fix(data, given, fix):
     with pytest.raises(D.DataError, match=rf"emotion/train_labels.txt:4: label must be an integer id.*"
                                           rf"Given: {given!r}.*Fix: .*{fix}"):
         T.load_split(data, "train")
+
+
+def test_a_hidden_folder_in_stance_is_no_target(data):
+    """Jupyter and Finder leave hidden folders (.ipynb_checkpoints) beside the data: not a stance target."""
+    want = T.load_split(data, "train").topic
+    (data / "tweeteval/stance/.ipynb_checkpoints").mkdir()
+    got = T.load_split(data, "train").topic
+    assert (got.names, got.texts, got.labels) == (want.names, want.texts, want.labels)
