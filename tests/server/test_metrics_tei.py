@@ -1,15 +1,14 @@
 """text-embeddings-inference's Prometheus series on /metrics (``te_*``, beside ours): TEI's names, types, labels
 and units, so that a TEI dashboard reads this server unchanged, moved by exactly what the real clients
-(``huggingface_hub.InferenceClient``, ``openai``) sent. conftest's server, a two-worker one, and the collector on
-fakes for the one-model / several-models label rule."""
+(``huggingface_hub.InferenceClient``, ``openai``) sent. conftest's server, and the collector on fakes for the
+one-model / several-models label rule; with --workers 2: tests/server/test_server_limits.py."""
 import threading
 import time
 from types import SimpleNamespace
 
 import pytest
 
-from tests.server.conftest import (API_KEY, LIMITS, READY_TIMEOUT_S, ServerProc, fault_argv, ready_until_done,
-                                   require_serve_extra, serve_argv)
+from tests.server.conftest import API_KEY, LIMITS, ServerProc, fault_argv, ready_until_done, require_serve_extra
 
 httpx = require_serve_extra()
 huggingface_hub = pytest.importorskip("huggingface_hub", reason="the [test] extra installs huggingface_hub")
@@ -165,48 +164,6 @@ def test_batcher_series_get_a_model_label_only_with_several_models(names):
     for name in ("te_batch_next_size", "te_embed_queue_duration"):
         counts = [s for s in fams[name].samples if s.name == name + "_count"]
         assert [{k: v for k, v in s.labels.items()} for s in counts] == want and {s.value for s in counts} == {3}
-
-
-def test_several_workers_each_answer_tei_series_for_all(tmp_path):
-    """--workers 2: whichever worker a scrape reaches, the TEI series count every worker's requests (the
-    request counters through prometheus-client's multiprocess files, the batcher's through the snapshots)."""
-    from postemb_rt.serving.metrics import PUBLISH_S
-
-    srv = ServerProc(serve_argv("--workers", "2"), env={"TMPDIR": str(tmp_path)})
-    try:
-        srv.wait_ready()
-        c = httpx.Client(base_url=srv.url, timeout=60)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while value(scrape(c)[1], "postemb_server_workers") != 2:
-            assert time.monotonic() < deadline, "both workers publishing"
-            time.sleep(0.1)
-        time.sleep(2 * PUBLISH_S)  # another worker's batcher numbers are up to PUBLISH_S old
-        posts_before = value(scrape(c)[1], "te_embed_queue_duration", "_count")
-        for i in range(8):  # a new connection each: the kernel hands them to either worker
-            assert httpx.post(srv.url + "/embed", json={"inputs": [f"post {i}", "another"]}).status_code == 200
-        assert httpx.post(srv.url + "/embed", json={"inputs": []}).status_code == 400  # one failure
-
-        def counted(fams):
-            return (value(fams, "te_request_count", method="batch") == 9
-                    and value(fams, "te_request_failure", err="validation") == 1
-                    and value(fams, "te_request_success", method="batch") == 8
-                    and value(fams, "te_request_duration", "_count") == 8 and value(fams, "te_embed_success") == 16
-                    and value(fams, "te_embed_queue_duration", "_count") == posts_before + 16)
-        deadline = time.monotonic() + 10
-        while not counted(scrape(c)[1]):
-            assert time.monotonic() < deadline, f"every worker's requests in the scrape: {scrape(c)[0]}"
-            time.sleep(0.1)
-        time.sleep(2 * PUBLISH_S)  # the worker that answered may see fresh snapshots the other has yet to see
-        for _ in range(6):  # every scrape, whichever worker answers it
-            c.close()
-            c = httpx.Client(base_url=srv.url, timeout=60)
-            text, fams = scrape(c)
-            assert counted(fams) and "te_request_count_total" not in text
-            assert {n: fams[n].type for n in EXPORTED} == EXPORTED
-        c.close()
-    finally:
-        rc = srv.stop()
-    assert rc == 0, "".join(srv.lines)[-3000:]
 
 
 def wait_until(pred, timeout: float, what: str) -> None:

@@ -121,7 +121,9 @@ def test_model_load_failure_with_several_workers_exits_1(tmp_path):
 
 def test_several_workers_each_answer_metrics_for_all(tmp_path):
     """A scrape reaches one of the workers; whichever it is, it counts every worker's requests,
-    posts and connections. Each request opens a new connection, so the workers share them."""
+    posts and connections, in our series and in text-embeddings-inference's (the request counters through
+    prometheus-client's multiprocess files, the batcher's through the snapshots). Each request opens a new
+    connection, so the workers share them."""
     from postemb_rt.serving.metrics import PUBLISH_S
 
     srv = ServerProc(serve_argv("--workers", "2"), env={"TMPDIR": str(tmp_path)})  # the metrics dir lands there
@@ -135,12 +137,20 @@ def test_several_workers_each_answer_metrics_for_all(tmp_path):
                  READY_TIMEOUT_S, "both workers ready and publishing")
         time.sleep(2 * PUBLISH_S)  # another worker's batcher numbers are up to PUBLISH_S old
         before = metric(c, "postemb_batcher_posts_computed_total")
+        te_before = metric(c, "te_embed_queue_duration_count")  # text-embeddings-inference's twin series
         for i in range(16):  # a new connection each: the kernel hands them to either worker
             assert httpx.post(srv.url + "/embed_full", json={"inputs": [f"post {i}", "another"]}).status_code == 200
 
         def counted():
+            text = c.get("/metrics").text
             return (metric(c, "postemb_http_requests_total", route="/embed_full", status="200") == 16
-                    and metric(c, "postemb_batcher_posts_computed_total") == before + 32)
+                    and metric(c, "postemb_batcher_posts_computed_total") == before + 32
+                    # TEI's series too (tests/server/test_metrics_tei.py), its counters without `_total`
+                    and metric(c, "te_request_count", method="batch") == 16
+                    and metric(c, "te_request_success", method="batch") == 16 and metric(c, "te_embed_success") == 32
+                    and metric(c, "te_request_duration_count") == 16
+                    and metric(c, "te_embed_queue_duration_count") == te_before + 32
+                    and "te_request_count_total" not in text)
         wait_for(counted, 10, "every worker's requests in the scrape")
         time.sleep(2 * PUBLISH_S)
         for _ in range(8):  # every scrape, whichever worker answers it
