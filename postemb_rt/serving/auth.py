@@ -66,6 +66,22 @@ class Admission:
         finally:
             self.buffered -= len(body)
 
+    @asynccontextmanager
+    async def parsed(self, request, schema, started: float | None, field: str = "inputs", counted: bool = True,
+                     method=None):
+        """``async with admission.parsed(request, Schema, started) as (t, req)``: the admitted body (``__call__``) as
+        ``schema`` (``schemas.parse``), counted in text-embeddings-inference's series (``metrics.TeiRequest``, as
+        ``t``) from the moment it is a JSON object, by the ``method`` of its ``field`` (``metrics.tei_method``, or
+        ``method(obj)``); ``counted`` False: its failures only."""
+        from .metrics import tei_method
+        from .schemas import json_object, parse
+
+        with self.metrics.tei_request(started, counted) as t:
+            async with self(request) as body:
+                obj = json_object(body)
+                t.received(method(obj) if method else tei_method(obj.get(field)))
+                yield t, parse(schema, obj, self.cfg)
+
     async def _read(self, request) -> bytes:
         try:
             _check_json(request.headers)

@@ -16,9 +16,9 @@ from .auth import REQUEST_ID_HEADER, Admission, Gate
 from .config import ServeConfig
 from .docs import add_docs
 from .errors import CLIENT_CLOSED, ApiError, dumps, error_response, json_response
-from .metrics import Metrics, tei_method
+from .metrics import Metrics
 from .registry import ModelRegistry
-from .schemas import EmbedRequest, ErrorResponse, V1EmbeddingsRequest, body_doc, json_object, parse
+from .schemas import EmbedRequest, ErrorResponse, V1EmbeddingsRequest, body_doc
 from .tei import (COMPUTE_HEADERS, TRUNCATED_HEADER, VERSION_HEADER, check_dimensions, compute_headers,
                   version_header)
 
@@ -149,13 +149,10 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
     async def v1_embeddings(request: Request):
         started = time.monotonic()
         try:
-            with metrics.tei_request(started) as t:  # text-embeddings-inference's series (TEI counts this route)
-                async with admission(request) as body:
-                    obj = json_object(body)
-                    t.received(tei_method(obj.get("input")))
-                    req = parse(V1EmbeddingsRequest, obj, cfg)
-                    t.embedding(len(req.input))
-                    return await _v1_embeddings(req, started)
+            # in text-embeddings-inference's series too: TEI counts this route
+            async with admission.parsed(request, V1EmbeddingsRequest, started, "input") as (t, req):
+                t.embedding(len(req.input))
+                return await _v1_embeddings(req, started)
         except ApiError as err:
             raise _openai_status(err) from None
 
@@ -194,13 +191,9 @@ def create_app(cfg: ServeConfig | None = None, load_encoder: Callable | None = N
               responses=_responses(*EMBED_ERRORS))
     async def embed_full(request: Request):
         started = time.monotonic()
-        with metrics.tei_request(started) as t:  # an embedding route: in TEI's series too
-            async with admission(request) as body:
-                obj = json_object(body)
-                t.received(tei_method(obj.get("inputs")))
-                req = parse(EmbedRequest, obj, cfg)
-                t.embedding(len(req.inputs))
-                return await _embed(req, started)
+        async with admission.parsed(request, EmbedRequest, started) as (t, req):  # in TEI's series too
+            t.embedding(len(req.inputs))
+            return await _embed(req, started)
 
     async def _embed(req, started: float):
         long_posts = req.long_posts or cfg.long_posts

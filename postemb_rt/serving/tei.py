@@ -48,9 +48,8 @@ from urllib.parse import quote
 from .. import __version__
 from ..encode_options import allowed_dims, truncate as truncate_rows
 from .errors import ApiError, json_response
-from .metrics import tei_method
 from .schemas import (DecodeRequest, ErrorResponse, SimilarityParameters, SimilarityRequest, TeiEmbedRequest,
-                      TeiErrorResponse, TokenizeRequest, body_doc, given, json_object, parse)
+                      TeiErrorResponse, TokenizeRequest, body_doc, given)
 from .tokens import fit_chars
 
 TRUNCATED_HEADER = "X-Truncated-Inputs"  # how many inputs of the request were cut to max_length
@@ -161,27 +160,23 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
     from fastapi import Request, Response
 
     responses = _responses(keyed)
-    metrics = admission.metrics  # TEI's series (metrics.TeiRequest): each route counts as TEI's does
+    metrics = admission.metrics  # TEI's series: the routes count through admission.parsed, as TEI's do
 
     async def embed(request: Request):
         started = time.monotonic()
         try:
-            with metrics.tei_request(started) as t:
-                async with admission(request) as body:
-                    obj = json_object(body)
-                    t.received(tei_method(obj.get("inputs")))
-                    req = parse(TeiEmbedRequest, obj, cfg)
-                    t.embedding(len(req.inputs))
-                    enc = rt.require_encoder()
-                    dim = check_dimensions(enc, req.dimensions)
-                    truncate = AUTO_TRUNCATE if req.truncate is None else req.truncate
-                    vecs, tokens, truncated = await rt.embed(
-                        req.inputs, "inputs", truncate=truncate, normalize=req.normalize, long_posts=cfg.long_posts,
-                        prompt_name=req.prompt_name, truncation_direction=req.truncation_direction)
-                    if dim < enc.dim:  # the prefix, re-normalised when asked (as Encoder.encode's truncate_dim)
-                        vecs = truncate_rows(vecs, dim, req.normalize)
-                    resp = await render(vecs, vecs.size)
-                    version_header(resp, rt.vector_version(dim, cfg.long_posts, req.truncation_direction))
+            async with admission.parsed(request, TeiEmbedRequest, started) as (t, req):
+                t.embedding(len(req.inputs))
+                enc = rt.require_encoder()
+                dim = check_dimensions(enc, req.dimensions)
+                truncate = AUTO_TRUNCATE if req.truncate is None else req.truncate
+                vecs, tokens, truncated = await rt.embed(
+                    req.inputs, "inputs", truncate=truncate, normalize=req.normalize, long_posts=cfg.long_posts,
+                    prompt_name=req.prompt_name, truncation_direction=req.truncation_direction)
+                if dim < enc.dim:  # the prefix, re-normalised when asked (as Encoder.encode's truncate_dim)
+                    vecs = truncate_rows(vecs, dim, req.normalize)
+                resp = await render(vecs, vecs.size)
+                version_header(resp, rt.vector_version(dim, cfg.long_posts, req.truncation_direction))
         except ApiError as err:
             return tei_error(err)
         resp.headers[TRUNCATED_HEADER] = str(len(truncated))
@@ -197,26 +192,24 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
     async def similarity(request: Request):
         started = time.monotonic()
         try:
-            with metrics.tei_request(started) as t:
-                async with admission(request) as body:
-                    obj = json_object(body)
-                    # TEI embeds the source and the sentences as one batch request
-                    t.received("batch" if isinstance(obj.get("inputs"), dict) else None)
-                    req = parse(SimilarityRequest, obj, cfg)
-                    # at most max_inputs sentences in all, the source counted (schemas.SimilarityInputs)
-                    texts = [req.inputs.source_sentence, *req.inputs.sentences]
-                    p = req.parameters or SimilarityParameters()
-                    t.embedding(len(texts))
-                    truncate = AUTO_TRUNCATE if p.truncate is None else p.truncate
-                    vecs, tokens, truncated = await rt.embed(
-                        texts, "inputs", truncate=truncate, normalize=True, long_posts=cfg.long_posts,
-                        prompt_name=p.prompt_name, truncation_direction=p.truncation_direction, item=_similarity_item)
-                    if rt.default_dim < rt.encoder.dim:  # the model's default prefix (truncate_dim), as Encoder's
-                        vecs = truncate_rows(vecs, rt.default_dim, True)
-                    scores = vecs[1:] @ vecs[0]  # cosine: the rows are unit vectors
-                    resp = await render(scores, 0)
-                    # the version of the vectors compared
-                    version_header(resp, rt.vector_version(None, cfg.long_posts, p.truncation_direction))
+            # TEI embeds the source and the sentences as one batch request
+            async with admission.parsed(request, SimilarityRequest, started,
+                                        method=lambda obj: "batch" if isinstance(obj.get("inputs"), dict) else None
+                                        ) as (t, req):
+                # at most max_inputs sentences in all, the source counted (schemas.SimilarityInputs)
+                texts = [req.inputs.source_sentence, *req.inputs.sentences]
+                p = req.parameters or SimilarityParameters()
+                t.embedding(len(texts))
+                truncate = AUTO_TRUNCATE if p.truncate is None else p.truncate
+                vecs, tokens, truncated = await rt.embed(
+                    texts, "inputs", truncate=truncate, normalize=True, long_posts=cfg.long_posts,
+                    prompt_name=p.prompt_name, truncation_direction=p.truncation_direction, item=_similarity_item)
+                if rt.default_dim < rt.encoder.dim:  # the model's default prefix (truncate_dim), as Encoder's
+                    vecs = truncate_rows(vecs, rt.default_dim, True)
+                scores = vecs[1:] @ vecs[0]  # cosine: the rows are unit vectors
+                resp = await render(scores, 0)
+                # the version of the vectors compared
+                version_header(resp, rt.vector_version(None, cfg.long_posts, p.truncation_direction))
         except ApiError as err:
             return tei_error(err)
         resp.headers[TRUNCATED_HEADER] = str(len(truncated))
@@ -226,17 +219,14 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
     @app.post("/tokenize", openapi_extra=body_doc(TokenizeRequest), response_class=Response, responses=responses)
     async def tokenize(request: Request):
         try:
-            with metrics.tei_request(None, counted=False) as t:  # TEI counts this route's failures only
-                async with admission(request) as body:
-                    obj = json_object(body)
-                    t.received(tei_method(obj.get("inputs")))
-                    req = parse(TokenizeRequest, obj, cfg)
-                    enc = rt.require_encoder()
-                    texts, _ = fit_chars(req.inputs, "inputs[{}]".format, False, cfg.max_input_chars,
-                                         truncatable=False)
-                    texts = rt.prompted(enc, texts, req.prompt_name)
-                    encs = await rt.off_loop(enc.tokenizer.encodings, texts, req.add_special_tokens)
-                    _within(sum(len(e.ids) for e in encs), cfg.max_queued_tokens, "inputs", "tokens in all")
+            # TEI counts this route's failures only
+            async with admission.parsed(request, TokenizeRequest, None, counted=False) as (_, req):
+                enc = rt.require_encoder()
+                texts, _ = fit_chars(req.inputs, "inputs[{}]".format, False, cfg.max_input_chars,
+                                     truncatable=False)
+                texts = rt.prompted(enc, texts, req.prompt_name)
+                encs = await rt.off_loop(enc.tokenizer.encodings, texts, req.add_special_tokens)
+                _within(sum(len(e.ids) for e in encs), cfg.max_queued_tokens, "inputs", "tokens in all")
         except ApiError as err:
             return tei_error(err)
         out = []
@@ -252,19 +242,16 @@ def add_routes(app, cfg, rt, admission, render, keyed: tuple) -> None:
         from ..errors import ValidationError
 
         try:
-            with metrics.tei_request(None, counted=False) as t:  # TEI counts this route's failures only
-                async with admission(request) as body:
-                    obj = json_object(body)
-                    t.received(tei_method(obj.get("ids")))
-                    req = parse(DecodeRequest, obj, cfg)
-                    enc = rt.require_encoder()
-                    ids = req.ids if isinstance(req.ids[0], list) else [req.ids]
-                    _within(len(ids), cfg.max_inputs, "ids", "lists", "max_inputs")
-                    _within(sum(map(len, ids)), cfg.max_queued_tokens, "ids", "ids in all")
-                    try:  # off the event loop, as tokenization: a big batch must not stall the probes
-                        texts = await rt.off_loop(enc.tokenizer.decode, ids, req.skip_special_tokens)
-                    except ValidationError as exc:
-                        raise ApiError(422, str(exc), param="ids", code="invalid_value") from None
+            # TEI counts this route's failures only
+            async with admission.parsed(request, DecodeRequest, None, "ids", counted=False) as (_, req):
+                enc = rt.require_encoder()
+                ids = req.ids if isinstance(req.ids[0], list) else [req.ids]
+                _within(len(ids), cfg.max_inputs, "ids", "lists", "max_inputs")
+                _within(sum(map(len, ids)), cfg.max_queued_tokens, "ids", "ids in all")
+                try:  # off the event loop, as tokenization: a big batch must not stall the probes
+                    texts = await rt.off_loop(enc.tokenizer.decode, ids, req.skip_special_tokens)
+                except ValidationError as exc:
+                    raise ApiError(422, str(exc), param="ids", code="invalid_value") from None
         except ApiError as err:
             return tei_error(err)
         return json_response(200, texts)
