@@ -61,6 +61,7 @@ class OnnxBackend(Backend):
             from ..onnx_export import cached_export  # first use only; see module docstring
 
             onnx_md = cached_export(model)
+        given_int8 = onnx_md.config.precision == "int8"  # an exported int8 folder: maybe recipe 3 (per_batch_inputs)
         if onnx_md.config.precision != precision:
             if precision != "int8":
                 raise ValidationError(
@@ -78,7 +79,7 @@ class OnnxBackend(Backend):
         if precision == "int8" and device == "cpu":  # MLAS's int8 dot product differs by CPU: a fidelity key part
             kernels = cpu.mlas_int8_kernels()
             self.numerics = f"-{kernels}"
-            per_batch = per_batch_inputs(onnx_path)
+            per_batch = given_int8 and per_batch_inputs(onnx_path)  # cached_int8 writes recipe 4 only
             scales = ("inputs scaled per batch, so a vector moves with its batch" if per_batch else
                       "inputs one calibrated scale per tensor, so no vector depends on its batch")
             self._int8 = (f"{'dynamic' if per_batch else 'static'} int8 (onnxruntime, MLAS {kernels}; "
