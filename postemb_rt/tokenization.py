@@ -48,11 +48,10 @@ class PostTokenizer:
         self._tok.no_padding()
         if lowercase:
             _add_lowercase(self._tok)
-        self._windows: dict[int, object] = {}  # overlap -> a copy of the tokenizer cutting windows
+        self._variants: dict[tuple, object] = {}  # truncation settings -> a copy of the tokenizer (_variant)
         self._config = _read_config(Path(path).parent / "tokenizer_config.json")
         self._side = _truncation_side(self._config, self._tok.truncation, Path(path).parent / "tokenizer_config.json")
         self._tok.enable_truncation(max_length)
-        self._cut = {"right": self._tok}  # side -> a tokenizer cutting there (the left one made on first use)
         self.pad_id = _pad_id(self._tok, self._config)
         self.specials = self._tok.num_special_tokens_to_add(False)
         self.vocab_size = self._tok.get_vocab_size(with_added_tokens=True)  # token ids are 0..vocab_size - 1
@@ -91,16 +90,25 @@ class PostTokenizer:
     def _cutter(self, side: str | None):
         """The tokenizer cutting on ``side`` (None: the model's ``truncation_side``)."""
         side = self._side if side is None else side.lower() if isinstance(side, str) else side
-        tok = self._cut.get(side)
+        if side not in SIDES:
+            raise ValidationError(f"`side` must be one of {SIDES} (or None: the model's, {self._side!r}). "
+                                  f"Given: {side!r}.")
+        return self._tok if side == "right" else self._variant(direction=side)
+
+    def _variant(self, **truncation):
+        """A copy of the tokenizer truncating at max_length with ``truncation`` (``enable_truncation``'s other
+        arguments; none: not truncating), made on first use: truncation settings are per object, not per call."""
+        key = tuple(sorted(truncation.items()))
+        tok = self._variants.get(key)
         if tok is None:
-            if side not in SIDES:
-                raise ValidationError(f"`side` must be one of {SIDES} (or None: the model's, {self._side!r}). "
-                                      f"Given: {side!r}.")
             from tokenizers import Tokenizer
 
             tok = Tokenizer.from_str(self._tok.to_str())
-            tok.enable_truncation(self.max_length, direction=side)
-            self._cut[side] = tok
+            if truncation:
+                tok.enable_truncation(self.max_length, **truncation)
+            else:
+                tok.no_truncation()
+            self._variants[key] = tok
         return tok
 
     def __call__(self, texts: list[str], truncate: bool = True, prompt: str | None = None,
@@ -140,23 +148,14 @@ class PostTokenizer:
             raise ValidationError(f"`text` of tokenizer.{call} must be a str. Given: {type(text).__name__}. "
                                   "Fix: pass one text (encode / __call__ on the Encoder take lists).")
         if call == "tokenize":  # the whole text, as Hugging Face's tokenize does
-            return _encode_batch(self._whole, [text], "text", add_special_tokens=False)[0]
+            return _encode_batch(self._variant(), [text], "text", add_special_tokens=False)[0]
         return _encode_batch(self._cutter(None), [text], "text", add_special_tokens=add_special_tokens)[0]
 
     def encodings(self, texts: list[str], add_special_tokens: bool = True) -> list:
         """Each text's ``tokenizers.Encoding`` (ids, tokens, character offsets, special-token mask) of the
         whole text, not cut to max_length (the server's /tokenize, as text-embeddings-inference's: a client
         counts the tokens to learn whether a post will be cut)."""
-        return _encode_batch(self._whole, texts, add_special_tokens=add_special_tokens)
-
-    @functools.cached_property
-    def _whole(self):
-        """A copy of the tokenizer that does not truncate (``tokenize``, ``encodings``)."""
-        from tokenizers import Tokenizer
-
-        tok = Tokenizer.from_str(self._tok.to_str())
-        tok.no_truncation()
-        return tok
+        return _encode_batch(self._variant(), texts, add_special_tokens=add_special_tokens)
 
     def decode(self, ids: list[list[int]], skip_special_tokens: bool = True) -> list[str]:
         """Token-id lists back to text (the server's /decode); ids past the vocabulary raise ValidationError."""
@@ -171,14 +170,8 @@ class PostTokenizer:
         """Each text's windows of at most max_length tokens, special tokens included, consecutive
         windows sharing ``overlap`` content tokens (the tokenizer's overflow with a stride). A text
         that fits yields one window, the same ids as ``__call__``."""
-        tok = self._windows.get(overlap)
-        if tok is None:  # one tokenizer per overlap: truncation settings are per object, not per call
-            from tokenizers import Tokenizer
-
-            tok = Tokenizer.from_str(self._tok.to_str())
-            tok.enable_truncation(self.max_length, stride=overlap)
-            self._windows[overlap] = tok
-        return [[e.ids] + [o.ids for o in e.overflowing] for e in _encode_batch(tok, texts)]
+        encs = _encode_batch(self._variant(stride=overlap), texts)
+        return [[e.ids] + [o.ids for o in e.overflowing] for e in encs]
 
 
 def _encode_batch(tok, texts: list[str], name: str = "texts", **kwargs) -> list:
