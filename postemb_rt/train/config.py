@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from ..errors import PostEmbError, ValidationError
+from ..st_folder import positions as read_positions
 from . import tasks as T
 
 LORA_TARGETS = ["attention.self.query", "attention.self.key", "attention.self.value",
@@ -149,10 +150,9 @@ class TrainConfig:
 
     @classmethod
     def from_file(cls, path: str | Path, seed: int | None = None) -> "TrainConfig":
-        """``seed`` (if given) replaces the file's seed, in a ``steps_from`` reference too.
-        ``"extends": "other.json"`` (relative to the file) starts from that config's keys but its
-        ``model_version`` (a file that names none gets the hash of its own keys).
-        Every key is checked (``validate``) before a ``steps_from`` reference loads any data."""
+        """``seed`` (if given) replaces the file's seed, in a ``steps_from`` reference too. ``"extends": "other.json"``
+        (relative to the file) starts from that config's keys but its ``model_version`` (a file that names none gets
+        the hash of its own keys). Every key is checked (``validate``) before a ``steps_from`` reference loads data."""
         path = Path(path)
         if seed is not None:
             problem = _range_problem(RANGES["seed"], seed)
@@ -292,16 +292,17 @@ class TrainConfig:
                                   f"projection maps the pooled vector down). Given: {self.projection_dim}. "
                                   f"Fix: e.g. {_default('projection_dim')} (the default).")
         hf = hf if isinstance(hf, dict) else {}
-        layers, positions = hf.get("num_hidden_layers"), hf.get("max_position_embeddings")
+        layers = hf.get("num_hidden_layers")
+        positions = read_positions(hf) if _is_int(hf.get("max_position_embeddings")) else None  # less RoBERTa's offset
         if self.lora_layers and _is_int(layers) and max(self.lora_layers) >= layers:
             keep = [i for i in self.lora_layers if i < layers]
             raise ValidationError(f"`lora_layers` in {where} must be layer indices of the base, 0 to {layers - 1} "
                                   f"({layers} layers). Given: {self.lora_layers}. Fix: e.g. {keep or [layers - 1]}, "
                                   "or leave it out (all layers).")
         if _is_int(positions) and self.max_length > positions:
-            raise ValidationError(f"`max_length` in {where} must be <= the base's max_position_embeddings "
-                                  f"({positions}). Given: {self.max_length}. Fix: e.g. {_default('max_length')} "
-                                  "(the default).")
+            raise ValidationError(f"`max_length` in {where} must be <= the tokens the base reads ({positions}: "
+                                  f"max_position_embeddings, less RoBERTa's or MPNet's offset). Given: "
+                                  f"{self.max_length}. Fix: e.g. {_default('max_length')} (the default).")
 
     def _check_matryoshka(self, where):
         dims, weights, d = self.matryoshka_dims, self.matryoshka_weights, self.projection_dim

@@ -169,3 +169,15 @@ def test_a_config_that_extends_another_never_inherits_its_model_version(tmp_path
     assert c.model_version != p.model_version and c.model_version.startswith("postemb-mt50-")
     assert c.model_version == TrainConfig(lora_rank=4).model_version  # the hash of its keys
     assert TrainConfig.from_file(named).model_version == "mine"
+
+
+def test_max_length_is_held_to_the_tokens_a_roberta_base_reads_not_its_position_count(tmp_path):
+    """RoBERTa's position ids start past its padding id: 162 positions with pad_token_id 1 read 160 tokens
+    (st_folder.positions, as a sentence-transformers folder's cut is held), so max_length 161 is refused."""
+    from tests.st_models import build_encoder
+
+    base = build_encoder("roberta", tmp_path / "roberta")
+    TrainConfig.from_file(_write(tmp_path, "ok.json", {"base": str(base), "max_length": 160, "projection_dim": 16}))
+    path = _write(tmp_path, "c.json", {"base": str(base), "max_length": 161, "projection_dim": 16})
+    with pytest.raises(ValidationError, match=r"`max_length` in .*c\.json must be <= the tokens the base reads \(160"):
+        TrainConfig.from_file(path)
