@@ -187,14 +187,13 @@ def openvino_profile(enc, texts, repeats: int = 10) -> tuple[tuple, float, dict[
     to 3x its wall time here), at a static shape they add up to it."""
     import openvino as ov
 
-    from postemb_rt.backends.openvino_backend import compile_config
-
     backend = enc.backend
     ids, mask = median_batch(enc, texts)
     core = ov.Core()
     model = backend.ov_model(core)  # int8: the smoothed graph quantized as the backend does
     model.reshape({"input_ids": ids.shape, "attention_mask": mask.shape})
-    request = core.compile_model(model, "CPU", compile_config(backend.precision, PERF_COUNT="YES")).create_infer_request()
+    config = backend.config_for(ids.shape[1], PERF_COUNT="YES")  # as the backend runs a batch of this length
+    request = core.compile_model(model, "CPU", config).create_infer_request()
     feed = {"input_ids": ids, "attention_mask": mask}
     request.infer(feed)  # warm-up
     by: dict[str, float] = {}

@@ -24,7 +24,15 @@ matmuls through oneDNN with AMX tiles where the CPU has them. Precisions:
   (``postemb_rt.cpu.vnni512``). Gated by the fidelity bar like every fast CPU precision;
   measured in benchmarks/RESULTS.md ("Static int8 on OpenVINO").
 
-One compiled model per backend; one infer request per calling thread (an infer request is
+Short batches on AMX: OpenVINO runs each layer's attention as one fused kernel (a Snippets
+subgraph). On AMX tiles that kernel costs more than the attention as separate oneDNN ops at short
+lengths and less at long ones (bf16 and int8, 2-core Intel Xeon with AMX, 2026-12-06: +13% at 16-24
+padded tokens, level at 64, -16% at 256; benchmarks/RESULTS.md "Intel Xeon with AMX"). So where bf16
+runs on AMX tiles (``postemb_rt.cpu.amx_tiles``) and the precision is bf16 or int8, batches of at
+most ``SHORT_TOKENS`` padded tokens per row run on a second compilation of the same graph with
+``SNIPPETS_MODE=DISABLE`` (the same precision; vectors within bf16's own batch-to-batch spread).
+
+One compiled model per backend (two on AMX, above); one infer request per calling thread (an infer request is
 not thread-safe, the compiled model is). ``POSTEMB_NUM_THREADS`` (else ``OMP_NUM_THREADS``) sets its threads
 (default: the plugin's, one per physical core, or the CPUs this process may use where a CPU
 mask or quota limits it: ``postemb_rt.cpu.model_threads``). Threads are never pinned to cores
@@ -41,7 +49,7 @@ import threading
 
 import numpy as np
 
-from ..cpu import model_threads, native_bf16 as cpu_native_bf16, onednn_exec_verbose, vnni512
+from ..cpu import amx_tiles, model_threads, native_bf16 as cpu_native_bf16, onednn_exec_verbose, vnni512
 from ..durable import read_json
 from ..errors import BackendUnavailableError, ValidationError
 from ..int8_static import input_range
@@ -54,6 +62,13 @@ PRECISIONS = ("fp32", "bf16", "int8")
 INT8_STATIC_RECIPE = 1  # bump when quantize_static changes: cached fidelities are keyed by it
 HINTS = {"fp32": "f32", "bf16": "bf16"}  # our float precisions -> OpenVINO's INFERENCE_PRECISION_HINT
 PRECISION_OF_HINT = {**{hint: p for p, hint in HINTS.items()}, "f16": "fp16"}  # as OpenVINO reports them
+SHORT_TOKENS = 64  # padded tokens per row up to which a batch runs with SHORT_CONFIG on AMX (docstring)
+SHORT_CONFIG = {"SNIPPETS_MODE": "DISABLE"}  # attention as separate oneDNN ops, not OpenVINO's fused kernel
+
+
+def short_attention(precision: str) -> bool:
+    """Whether this precision's short batches get the second compilation (the module's docstring)."""
+    return precision != "fp32" and amx_tiles()
 
 
 def native_bf16(core=None) -> bool:
@@ -180,9 +195,15 @@ class OpenVinoBackend(Backend):
             self._ranges = read_json(smoothed.path / STATIC_RANGES_FILE, STATIC_RANGES_FILE,
                                      fix=f"delete {smoothed.path} so that it is calibrated again")
             self.numerics = f"-static{INT8_STATIC_RECIPE}-{config['INFERENCE_PRECISION_HINT']}-{smoothed.path.name}"
+        self._short = None  # the second compilation for short batches (module docstring), or None
+        short = short_attention(precision)
+        if short:
+            self.numerics += f"-shortattn{SHORT_TOKENS}"  # cached fidelities were measured without it
         try:
             keep_own_altstack()  # before: the stack the plugin saves and puts back is ours; after: its own is not kept
             self._compiled = core.compile_model(self.ov_model(core), "CPU", config)
+            if short:
+                self._short = core.compile_model(self.ov_model(core), "CPU", {**config, **SHORT_CONFIG})
             keep_own_altstack()
         except RuntimeError as e:
             verbose = onednn_exec_verbose()
@@ -208,6 +229,9 @@ class OpenVinoBackend(Backend):
         # read once, so that describe() still answers after close() has dropped the compiled model
         self._compiled_facts = {"inference_precision": inference_precision(self._compiled),
                                 "threads": int(self._compiled.get_property("INFERENCE_NUM_THREADS"))}
+        self._short_facts = "" if self._short is None else (
+            f"rows of at most {SHORT_TOKENS} padded tokens: attention as separate oneDNN ops (SNIPPETS_MODE=DISABLE), "
+            "faster there on AMX tiles than the fused kernel")
 
     def ov_model(self, core):
         """The ``openvino.Model`` this backend compiles: our export; for ``int8``, its smoothed copy
@@ -220,14 +244,24 @@ class OpenVinoBackend(Backend):
                                       "input is calibrated. Fix: re-export it with export/export_onnx.py.")
         return model
 
-    def _request(self):
-        req = getattr(self._local, "request", None)
+    def config_for(self, seq_len: int, **extra) -> dict:
+        """The CPU plugin's configuration that a batch of ``seq_len`` padded tokens per row runs with
+        (``extra``: more properties; benchmarks/profile_cpu.py compiles the same at a static shape)."""
+        short = self._short is not None and seq_len <= SHORT_TOKENS
+        return compile_config(self.precision, **(SHORT_CONFIG if short else {}), **extra)
+
+    def _request(self, seq_len: int):
+        """This thread's infer request for a batch of ``seq_len`` padded tokens per row."""
+        short = self._short is not None and seq_len <= SHORT_TOKENS
+        name = "short" if short else "request"
+        req = getattr(self._local, name, None)
         if req is None:
-            req = self._local.request = self._compiled.create_infer_request()
+            req = (self._short if short else self._compiled).create_infer_request()
+            setattr(self._local, name, req)
         return req
 
     def embed(self, input_ids: np.ndarray, attention_mask: np.ndarray, normalize: bool = True) -> np.ndarray:
-        out = self._request().infer({"input_ids": input_ids, "attention_mask": attention_mask})
+        out = self._request(input_ids.shape[1]).infer({"input_ids": input_ids, "attention_mask": attention_mask})
         if self._pool is not None:
             hidden = out["last_hidden_state"]  # (B, S, H) float32
             return self._pool(np.ascontiguousarray(hidden, dtype=np.float32), attention_mask, normalize=normalize)
@@ -236,6 +270,8 @@ class OpenVinoBackend(Backend):
     def describe(self) -> dict:
         out = {**super().describe(), "onnx_path": str(self.onnx_path), "openvino": self._version,
                **self._compiled_facts}
+        if self._short_facts:
+            out["short_batches"] = self._short_facts
         if self.precision == "int8":
             out["int8"] = (f"{self.int8_matmuls} matmuls int8 x int8: weights per output channel, inputs one "
                            "static scale per tensor (calibrated on TweetEval train posts, after SmoothQuant)")
@@ -243,7 +279,7 @@ class OpenVinoBackend(Backend):
 
     def close(self) -> None:
         self._local = threading.local()
-        self._compiled = None
+        self._compiled = self._short = None
 
 
 _ALTSTACK = threading.local()  # this thread's alternate signal stack, once keep_own_altstack gave it one
