@@ -356,8 +356,9 @@ def ceiling_warnings(ceils: dict, peak: dict | None) -> list[str]:
 
 # -- the ISA peak -----------------------------------------------------------------------------
 
-# Per core and cycle, from Intel's documentation, not measured here (no AMX machine has been lent
-# to this project, and a tile probe needs the kernel's XTILEDATA permission): one TDPBF16PS
+# Per core and cycle, from Intel's documentation, not measured here (no tile probe: it needs the kernel's
+# XTILEDATA permission; on the AMX machine of 2026-12-06 the best library ran at most 43% of these peaks,
+# benchmarks/RESULTS.md "Intel Xeon with AMX"): one TDPBF16PS
 # multiplies a 16x32 by a 32x16 bf16 tile into 16x16 fp32, 16*16*32*2 = 16,384 FLOP, and one
 # TDPBSSD/TDPBUSD a 16x64 by a 64x16 int8 tile, 32,768 OP, each at a throughput of one per 16
 # cycles per core on Sapphire Rapids and later: 1,024 bf16 FLOP and 2,048 int8 OP per cycle
