@@ -128,7 +128,6 @@ def kernel_amx_tiles(libc=None) -> bool | None:
     return rc == 0 and bool(mask.value >> XFEATURE_XTILEDATA & 1)
 
 
-
 # oneDNN levels below AMX beyond ONEDNN_ISAS (whose last, AVX512_CORE_BF16, is below it too)
 BELOW_AMX = (*ONEDNN_ISAS, "AVX512_CORE_FP16")
 
@@ -141,6 +140,7 @@ def amx_tiles(flags: set[str] | None = None, environ=None, kernel_amx=None) -> b
     if "amx_bf16" not in flags or onednn_cap(environ) in BELOW_AMX:
         return False
     return (kernel_amx_tiles() if kernel_amx is None else kernel_amx) is not False
+
 
 # oneDNN verbose modes that time every primitive's execution (ONEDNN_VERBOSE, or its old name
 # DNNL_VERBOSE; comma-separated): 1, 2, all, profile, profile_exec. Measured with OpenVINO 2026.4.1:
