@@ -201,9 +201,10 @@ class OpenVinoBackend(Backend):
             self.numerics += f"-shortattn{SHORT_TOKENS}"  # cached fidelities were measured without it
         try:
             keep_own_altstack()  # before: the stack the plugin saves and puts back is ours; after: its own is not kept
-            self._compiled = core.compile_model(self.ov_model(core), "CPU", config)
+            ov_model = self.ov_model(core)  # read (and for int8 quantized) once; each compilation clones it
+            self._compiled = core.compile_model(ov_model, "CPU", config)
             if short:
-                self._short = core.compile_model(self.ov_model(core), "CPU", {**config, **SHORT_CONFIG})
+                self._short = core.compile_model(ov_model, "CPU", {**config, **SHORT_CONFIG})
             keep_own_altstack()
         except RuntimeError as e:
             verbose = onednn_exec_verbose()
@@ -244,15 +245,18 @@ class OpenVinoBackend(Backend):
                                       "input is calibrated. Fix: re-export it with export/export_onnx.py.")
         return model
 
+    def _runs_short(self, seq_len: int) -> bool:
+        """Whether a batch of ``seq_len`` padded tokens per row runs on the short-batch compilation."""
+        return self._short is not None and seq_len <= SHORT_TOKENS
+
     def config_for(self, seq_len: int, **extra) -> dict:
         """The CPU plugin's configuration that a batch of ``seq_len`` padded tokens per row runs with
         (``extra``: more properties; benchmarks/profile_cpu.py compiles the same at a static shape)."""
-        short = self._short is not None and seq_len <= SHORT_TOKENS
-        return compile_config(self.precision, **(SHORT_CONFIG if short else {}), **extra)
+        return compile_config(self.precision, **(SHORT_CONFIG if self._runs_short(seq_len) else {}), **extra)
 
     def _request(self, seq_len: int):
         """This thread's infer request for a batch of ``seq_len`` padded tokens per row."""
-        short = self._short is not None and seq_len <= SHORT_TOKENS
+        short = self._runs_short(seq_len)
         name = "short" if short else "request"
         req = getattr(self._local, name, None)
         if req is None:
